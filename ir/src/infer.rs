@@ -1,0 +1,713 @@
+//! Type and shape inference for every op.
+//!
+//! [`infer`] derives result types from input types. Ops whose result type is a choice rather than
+//! a consequence (the output dtype and quantization parameters of quantize, requantize and the
+//! fused integer ops) take it from `declared`; inference then checks that choice against the
+//! inputs and fills in nothing but what follows from them. Symbolic dimensions (the batch `N`)
+//! flow through every op that does not need their value.
+
+use crate::{BinaryOp, ConvAttrs, DType, Dim, Epilogue, Op, PoolAttrs, QuantParams, Shape, TensorType, UnaryOp};
+
+type R<T> = std::result::Result<T, String>;
+
+/// Infers the result types of `op` applied to `inputs` (`None` for an absent optional input).
+/// `declared` is required for ops whose output quantization is chosen (see the module docs).
+pub fn infer(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorType]>) -> R<Vec<TensorType>> {
+    let x = |i: usize| -> R<&TensorType> {
+        inputs.get(i).copied().flatten().ok_or_else(|| format!("input {i} is missing"))
+    };
+    let opt = |i: usize| -> Option<&TensorType> { inputs.get(i).copied().flatten() };
+    let one = |t: TensorType| Ok(vec![t]);
+    match op {
+        Op::Input | Op::Const(_) => declared.map(|d| d.to_vec()).ok_or_else(|| "needs a declared type".into()),
+        Op::Conv(a) => {
+            let (xt, wt) = (float(x(0)?, "x")?, float(x(1)?, "w")?);
+            same_dtype(xt, wt)?;
+            let shape = conv_shape(a, &xt.shape, &wt.shape)?;
+            if let Some(b) = opt(2) {
+                same_dtype(xt, float(b, "bias")?)?;
+                expect_shape(b, &[wt.shape.0[0].clone()], "bias")?;
+            }
+            one(TensorType::new(xt.dtype, shape))
+        }
+        Op::BatchNorm { .. } => {
+            let xt = float(x(0)?, "x")?;
+            if xt.rank() < 2 {
+                return Err("batch norm needs an input of rank 2 or more".into());
+            }
+            for (i, n) in ["scale", "bias", "mean", "var"].iter().enumerate() {
+                let p = float(x(i + 1)?, n)?;
+                expect_shape(p, &[xt.shape.0[1].clone()], n)?;
+            }
+            one(xt.clone())
+        }
+        Op::Unary(UnaryOp::Not) => {
+            let t = x(0)?;
+            if t.dtype != DType::Bool {
+                return Err(format!("`not` needs bool, got {}", t.dtype));
+            }
+            one(t.clone())
+        }
+        Op::Unary(_) | Op::LeakyRelu { .. } | Op::Clip { .. } | Op::HardSigmoid { .. } | Op::Lrn { .. } => {
+            one(float(x(0)?, "x")?.clone())
+        }
+        Op::Softmax { axis } | Op::LogSoftmax { axis } => {
+            let t = float(x(0)?, "x")?;
+            norm_axis(*axis, t.rank())?;
+            one(t.clone())
+        }
+        Op::LayerNorm { axis, .. } => {
+            let t = float(x(0)?, "x")?;
+            norm_axis(*axis, t.rank())?;
+            float(x(1)?, "scale")?;
+            if let Some(b) = opt(2) {
+                float(b, "bias")?;
+            }
+            one(t.clone())
+        }
+        Op::Binary(b) => {
+            let (l, r) = (plain(x(0)?, "a")?, plain(x(1)?, "b")?);
+            if l.dtype != r.dtype {
+                return Err(format!("operand dtypes differ: {} and {}", l.dtype, r.dtype));
+            }
+            let shape = broadcast(&[&l.shape, &r.shape])?;
+            let dtype = match b {
+                BinaryOp::Equal | BinaryOp::Less | BinaryOp::Greater => DType::Bool,
+                BinaryOp::And | BinaryOp::Or if l.dtype != DType::Bool => {
+                    return Err(format!("`{}` needs bool operands", op.name()))
+                }
+                _ => l.dtype,
+            };
+            one(TensorType::new(dtype, shape))
+        }
+        Op::Where => {
+            let (c, a, b) = (x(0)?, plain(x(1)?, "x")?, plain(x(2)?, "y")?);
+            if c.dtype != DType::Bool {
+                return Err("condition must be bool".into());
+            }
+            if a.dtype != b.dtype {
+                return Err(format!("operand dtypes differ: {} and {}", a.dtype, b.dtype));
+            }
+            one(TensorType::new(a.dtype, broadcast(&[&c.shape, &a.shape, &b.shape])?))
+        }
+        Op::MatMul => {
+            let (a, b) = (float(x(0)?, "a")?, float(x(1)?, "b")?);
+            same_dtype(a, b)?;
+            one(TensorType::new(a.dtype, matmul_shape(&a.shape, &b.shape)?))
+        }
+        Op::Gemm { trans_a, trans_b, .. } => {
+            let (a, b) = (float(x(0)?, "a")?, float(x(1)?, "b")?);
+            same_dtype(a, b)?;
+            let shape = gemm_shape(&a.shape, &b.shape, *trans_a, *trans_b)?;
+            if let Some(c) = opt(2) {
+                same_dtype(a, float(c, "c")?)?;
+                let bc = broadcast(&[&c.shape, &shape])?;
+                if bc != shape {
+                    return Err(format!("c of shape {} does not broadcast to {}", c.shape, shape));
+                }
+            }
+            one(TensorType::new(a.dtype, shape))
+        }
+        Op::MaxPool(p) => {
+            let t = x(0)?;
+            one(t.with_shape(pool_shape(p, &t.shape)?))
+        }
+        Op::AveragePool(p) => {
+            let t = float(x(0)?, "x")?;
+            one(t.with_shape(pool_shape(p, &t.shape)?))
+        }
+        Op::GlobalAveragePool | Op::GlobalMaxPool => {
+            let t = if matches!(op, Op::GlobalMaxPool) { x(0)? } else { float(x(0)?, "x")? };
+            one(t.with_shape(global_pool_shape(&t.shape)?))
+        }
+        Op::ReduceMean { axes, keepdims } | Op::ReduceSum { axes, keepdims } | Op::ReduceMax { axes, keepdims } => {
+            let t = plain(x(0)?, "x")?;
+            let r = t.rank();
+            let axes: Vec<usize> = if axes.is_empty() {
+                (0..r).collect()
+            } else {
+                axes.iter().map(|&a| norm_axis(a, r)).collect::<R<_>>()?
+            };
+            let mut dims = vec![];
+            for (i, d) in t.shape.0.iter().enumerate() {
+                if axes.contains(&i) {
+                    if *keepdims {
+                        dims.push(Dim::Fixed(1));
+                    }
+                } else {
+                    dims.push(d.clone());
+                }
+            }
+            one(TensorType::new(t.dtype, Shape(dims)))
+        }
+        Op::Reshape { shape } => {
+            let t = x(0)?;
+            one(t.with_shape(reshape_shape(&t.shape, shape)?))
+        }
+        Op::Flatten { axis } => {
+            let t = x(0)?;
+            let r = t.rank();
+            let a = if *axis < 0 { *axis + r as i64 } else { *axis };
+            if a < 0 || a as usize > r {
+                return Err(format!("axis {axis} out of range for rank {r}"));
+            }
+            let (h, tl) = t.shape.0.split_at(a as usize);
+            one(t.with_shape(Shape(vec![dim_product(h)?, dim_product(tl)?])))
+        }
+        Op::Transpose { perm } => {
+            let t = x(0)?;
+            let mut seen = perm.clone();
+            seen.sort_unstable();
+            if seen != (0..t.rank()).collect::<Vec<_>>() {
+                return Err(format!("perm {perm:?} is not a permutation of 0..{}", t.rank()));
+            }
+            if t.quant.as_ref().is_some_and(|q| q.axis().is_some()) {
+                return Err("transpose of a per-axis quantized value".into());
+            }
+            one(t.with_shape(Shape(perm.iter().map(|&p| t.shape.0[p].clone()).collect())))
+        }
+        Op::Concat { axis } => {
+            let first = x(0)?;
+            let a = norm_axis(*axis, first.rank())?;
+            let mut total = Some(0usize);
+            for i in 0..inputs.len() {
+                let t = x(i)?;
+                if t.dtype != first.dtype || t.quant != first.quant || t.rank() != first.rank() {
+                    return Err(format!("input {i} is {t}, input 0 is {first}"));
+                }
+                for (k, (d, e)) in t.shape.0.iter().zip(&first.shape.0).enumerate() {
+                    if k != a && d != e {
+                        return Err(format!("input {i} has shape {}, input 0 has {}", t.shape, first.shape));
+                    }
+                }
+                total = total.zip(t.shape.0[a].fixed()).map(|(s, d)| s + d);
+            }
+            let mut dims = first.shape.0.clone();
+            dims[a] = match total {
+                Some(n) => Dim::Fixed(n),
+                None if inputs.len() == 1 => dims[a].clone(),
+                None => return Err("concatenation along a symbolic dimension".into()),
+            };
+            one(first.with_shape(Shape(dims)))
+        }
+        Op::Slice { starts, ends, axes, steps } => {
+            let t = x(0)?;
+            if starts.len() != ends.len() || starts.len() != axes.len() || starts.len() != steps.len() {
+                return Err("starts, ends, axes and steps differ in length".into());
+            }
+            let mut dims = t.shape.0.clone();
+            for i in 0..starts.len() {
+                let a = norm_axis(axes[i], t.rank())?;
+                let n = dims[a].fixed().ok_or("slice along a symbolic dimension")?;
+                let (s, e, st) = (starts[i], ends[i], steps[i]);
+                dims[a] = Dim::Fixed(slice_len(n, s, e, st)?);
+            }
+            one(t.with_shape(Shape(dims)))
+        }
+        Op::Gather { axis } => {
+            let (d, i) = (x(0)?, x(1)?);
+            if !matches!(i.dtype, DType::I32 | DType::I64) {
+                return Err(format!("indices must be i32 or i64, got {}", i.dtype));
+            }
+            let a = norm_axis(*axis, d.rank())?;
+            let mut dims = d.shape.0[..a].to_vec();
+            dims.extend(i.shape.0.iter().cloned());
+            dims.extend(d.shape.0[a + 1..].iter().cloned());
+            one(d.with_shape(Shape(dims)))
+        }
+        Op::Unsqueeze { axes } => {
+            let t = x(0)?;
+            let r = t.rank() + axes.len();
+            let mut ax: Vec<usize> = axes.iter().map(|&a| norm_axis(a, r)).collect::<R<_>>()?;
+            ax.sort_unstable();
+            let mut it = t.shape.0.iter();
+            let dims = (0..r)
+                .map(|i| if ax.contains(&i) { Dim::Fixed(1) } else { it.next().cloned().unwrap_or(Dim::Fixed(1)) })
+                .collect();
+            one(t.with_shape(Shape(dims)))
+        }
+        Op::Squeeze { axes } => {
+            let t = x(0)?;
+            let ax: Vec<usize> = if axes.is_empty() {
+                (0..t.rank()).filter(|&i| t.shape.0[i] == Dim::Fixed(1)).collect()
+            } else {
+                axes.iter().map(|&a| norm_axis(a, t.rank())).collect::<R<_>>()?
+            };
+            for &a in &ax {
+                if t.shape.0[a] != Dim::Fixed(1) {
+                    return Err(format!("cannot squeeze axis {a} of size {}", t.shape.0[a]));
+                }
+            }
+            let dims = (0..t.rank()).filter(|i| !ax.contains(i)).map(|i| t.shape.0[i].clone()).collect();
+            one(t.with_shape(Shape(dims)))
+        }
+        Op::Split { axis, sizes } => {
+            let t = x(0)?;
+            let a = norm_axis(*axis, t.rank())?;
+            let n = t.shape.0[a].fixed().ok_or("split along a symbolic dimension")?;
+            if sizes.iter().sum::<usize>() != n {
+                return Err(format!("split sizes {sizes:?} do not add up to {n}"));
+            }
+            Ok(sizes
+                .iter()
+                .map(|&s| {
+                    let mut d = t.shape.0.clone();
+                    d[a] = Dim::Fixed(s);
+                    t.with_shape(Shape(d))
+                })
+                .collect())
+        }
+        Op::Expand { shape } => {
+            let t = x(0)?;
+            let target = Shape(shape.iter().map(|&d| Dim::Fixed(d.max(0) as usize)).collect());
+            one(t.with_shape(broadcast(&[&t.shape, &target])?))
+        }
+        Op::Cast { to } => {
+            let t = plain(x(0)?, "x")?;
+            one(TensorType::new(*to, t.shape.clone()))
+        }
+        Op::Identity => one(x(0)?.clone()),
+        Op::Quantize => {
+            let t = float(x(0)?, "x")?;
+            declared_quant(declared, &t.shape, &[DType::I8, DType::U8, DType::I32])
+        }
+        Op::Dequantize => {
+            let t = quantized(x(0)?, "x")?;
+            one(TensorType::new(DType::F32, t.shape.clone()))
+        }
+        Op::Requantize => {
+            let t = quantized(x(0)?, "x")?;
+            declared_quant(declared, &t.shape, &[DType::I8, DType::U8])
+        }
+        Op::DynamicQuantize => {
+            let t = float(x(0)?, "x")?;
+            Ok(vec![
+                TensorType::new(DType::U8, t.shape.clone()),
+                TensorType::new(DType::F32, Shape(vec![])),
+                TensorType::new(DType::U8, Shape(vec![])),
+            ])
+        }
+        Op::ConvInteger(a) => {
+            let (xt, wt) = (int8(x(0)?, "x")?, int8(x(1)?, "w")?);
+            zero_point_input(opt(2), xt.dtype, "x_zero_point")?;
+            zero_point_input(opt(3), wt.dtype, "w_zero_point")?;
+            one(TensorType::new(DType::I32, conv_shape(a, &xt.shape, &wt.shape)?))
+        }
+        Op::MatMulInteger => {
+            let (a, b) = (int8(x(0)?, "a")?, int8(x(1)?, "b")?);
+            zero_point_input(opt(2), a.dtype, "a_zero_point")?;
+            zero_point_input(opt(3), b.dtype, "b_zero_point")?;
+            one(TensorType::new(DType::I32, matmul_shape(&a.shape, &b.shape)?))
+        }
+        Op::QConv { conv, epilogue } => {
+            let (xt, wt) = (quantized(x(0)?, "x")?, quantized(x(1)?, "w")?);
+            per_tensor(xt, "x")?;
+            let m = wt.shape.0.first().and_then(Dim::fixed).ok_or("weight needs a fixed output-channel dim")?;
+            channel_params(wt, 0, m, "w")?;
+            let shape = conv_shape(conv, &xt.shape, &wt.shape)?;
+            int_epilogue(epilogue, opt(2), m, declared, &shape)
+        }
+        Op::QMatMul { epilogue } => {
+            let (a, b) = (quantized(x(0)?, "a")?, quantized(x(1)?, "b")?);
+            per_tensor(a, "a")?;
+            let shape = matmul_shape(&a.shape, &b.shape)?;
+            let n = shape.0.last().and_then(Dim::fixed).ok_or("matmul needs a fixed last dim")?;
+            channel_params(b, b.rank().saturating_sub(1), n, "b")?;
+            int_epilogue(epilogue, opt(2), n, declared, &shape)
+        }
+        Op::QGemm { trans_a, trans_b, .. } => {
+            let Op::QGemm { epilogue, .. } = op else { unreachable!() };
+            let (a, b) = (quantized(x(0)?, "a")?, quantized(x(1)?, "b")?);
+            per_tensor(a, "a")?;
+            let shape = gemm_shape(&a.shape, &b.shape, *trans_a, *trans_b)?;
+            let n = shape.0[1].fixed().ok_or("gemm needs a fixed N")?;
+            channel_params(b, if *trans_b { 0 } else { 1 }, n, "b")?;
+            int_epilogue(epilogue, opt(2), n, declared, &shape)
+        }
+        Op::QAdd | Op::QMul => {
+            let (a, b) = (quantized(x(0)?, "a")?, quantized(x(1)?, "b")?);
+            per_tensor(a, "a")?;
+            per_tensor(b, "b")?;
+            let shape = broadcast(&[&a.shape, &b.shape])?;
+            declared_quant(declared, &shape, &[DType::I8, DType::U8])
+        }
+        Op::QGlobalAveragePool => {
+            let t = quantized(x(0)?, "x")?;
+            per_tensor(t, "x")?;
+            declared_quant(declared, &global_pool_shape(&t.shape)?, &[DType::I8, DType::U8])
+        }
+        Op::QAveragePool(p) => {
+            let t = quantized(x(0)?, "x")?;
+            per_tensor(t, "x")?;
+            declared_quant(declared, &pool_shape(p, &t.shape)?, &[DType::I8, DType::U8])
+        }
+        Op::QConcat { axis } => {
+            let first = quantized(x(0)?, "input 0")?;
+            let a = norm_axis(*axis, first.rank())?;
+            let mut dims = first.shape.0.clone();
+            let mut total = 0usize;
+            for i in 0..inputs.len() {
+                let t = quantized(x(i)?, "input")?;
+                per_tensor(t, "input")?;
+                if t.rank() != first.rank() {
+                    return Err(format!("input {i} has rank {}, input 0 has {}", t.rank(), first.rank()));
+                }
+                for (k, (d, e)) in t.shape.0.iter().zip(&first.shape.0).enumerate() {
+                    if k != a && d != e {
+                        return Err(format!("input {i} has shape {}, input 0 has {}", t.shape, first.shape));
+                    }
+                }
+                total += t.shape.0[a].fixed().ok_or("concatenation along a symbolic dimension")?;
+            }
+            dims[a] = Dim::Fixed(total);
+            declared_quant(declared, &Shape(dims), &[DType::I8, DType::U8])
+        }
+    }
+}
+
+fn float<'a>(t: &'a TensorType, what: &str) -> R<&'a TensorType> {
+    if !t.dtype.is_float() {
+        return Err(format!("{what} must be a float tensor, got {t}"));
+    }
+    if t.quant.is_some() {
+        return Err(format!("{what} must not be quantized, got {t}"));
+    }
+    Ok(t)
+}
+
+fn plain<'a>(t: &'a TensorType, what: &str) -> R<&'a TensorType> {
+    if t.quant.is_some() {
+        return Err(format!("{what} must not be quantized (dequantize it first), got {t}"));
+    }
+    Ok(t)
+}
+
+fn int8<'a>(t: &'a TensorType, what: &str) -> R<&'a TensorType> {
+    if !matches!(t.dtype, DType::I8 | DType::U8) {
+        return Err(format!("{what} must be i8 or u8, got {t}"));
+    }
+    Ok(t)
+}
+
+fn quantized<'a>(t: &'a TensorType, what: &str) -> R<&'a TensorType> {
+    if t.quant.is_none() || !t.dtype.is_quantizable_storage() {
+        return Err(format!("{what} must be a quantized i8/u8 tensor, got {t}"));
+    }
+    Ok(t)
+}
+
+fn per_tensor(t: &TensorType, what: &str) -> R<()> {
+    match &t.quant {
+        Some(QuantParams::PerTensor { .. }) => Ok(()),
+        _ => Err(format!("{what} must be quantized per tensor, got {t}")),
+    }
+}
+
+/// Checks per-tensor parameters, or per-axis ones on `axis` with `n` entries.
+fn channel_params(t: &TensorType, axis: usize, n: usize, what: &str) -> R<()> {
+    match &t.quant {
+        Some(QuantParams::PerAxis { axis: a, scales, .. }) if *a != axis || scales.len() != n => Err(format!(
+            "{what} is quantized on axis {a} with {} scales; expected axis {axis} with {n}",
+            scales.len()
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn zero_point_input(t: Option<&TensorType>, dtype: DType, what: &str) -> R<()> {
+    if let Some(t) = t {
+        if t.dtype != dtype {
+            return Err(format!("{what} must be {dtype}, got {t}"));
+        }
+    }
+    Ok(())
+}
+
+fn same_dtype(a: &TensorType, b: &TensorType) -> R<()> {
+    if a.dtype != b.dtype {
+        return Err(format!("operand dtypes differ: {} and {}", a.dtype, b.dtype));
+    }
+    Ok(())
+}
+
+fn expect_shape(t: &TensorType, dims: &[Dim], what: &str) -> R<()> {
+    if t.shape.0 != dims {
+        return Err(format!("{what} has shape {}, expected {}", t.shape, Shape(dims.to_vec())));
+    }
+    Ok(())
+}
+
+/// The epilogue of a fused integer kernel decides the result: requantized (declared quantized
+/// type) or dequantized (f32). The bias, when the epilogue adds one, is i32 with one value per
+/// output channel.
+fn int_epilogue(
+    ep: &[Epilogue],
+    bias: Option<&TensorType>,
+    channels: usize,
+    declared: Option<&[TensorType]>,
+    shape: &Shape,
+) -> R<Vec<TensorType>> {
+    let has_bias = ep.contains(&Epilogue::Bias);
+    match (has_bias, bias) {
+        (true, None) => return Err("epilogue adds a bias but there is no bias input".into()),
+        (false, Some(_)) => return Err("bias input given but the epilogue does not add it".into()),
+        (true, Some(b)) => {
+            if b.dtype != DType::I32 || b.shape.0 != [Dim::Fixed(channels)] {
+                return Err(format!("bias must be i32[{channels}], got {b}"));
+            }
+        }
+        _ => {}
+    }
+    let requant = ep.iter().filter(|e| matches!(e, Epilogue::Requant)).count();
+    let dequant = ep.iter().filter(|e| matches!(e, Epilogue::Dequant)).count();
+    match (requant, dequant) {
+        (1, 0) => declared_quant(declared, shape, &[DType::I8, DType::U8]),
+        (0, 1) => Ok(vec![TensorType::new(DType::F32, shape.clone())]),
+        _ => Err("the epilogue must end the accumulator in exactly one requant or dequant".into()),
+    }
+}
+
+/// A declared quantized result: dtype among `allowed`, shape as inferred, valid parameters.
+fn declared_quant(declared: Option<&[TensorType]>, shape: &Shape, allowed: &[DType]) -> R<Vec<TensorType>> {
+    let d = match declared {
+        Some([d]) => d,
+        _ => return Err("the result type (dtype and quantization parameters) must be declared".into()),
+    };
+    if !allowed.contains(&d.dtype) {
+        return Err(format!("result dtype {} is not one of {:?}", d.dtype, allowed));
+    }
+    let q = d.quant.as_ref().ok_or_else(|| format!("result type {d} has no quantization parameters"))?;
+    q.check()?;
+    if let QuantParams::PerAxis { axis, scales, .. } = q {
+        let n = shape.0.get(*axis).ok_or_else(|| format!("quantization axis {axis} out of range"))?;
+        if n.fixed() != Some(scales.len()) {
+            return Err(format!("{} scales for axis {axis} of size {n}", scales.len()));
+        }
+    }
+    Ok(vec![TensorType { dtype: d.dtype, shape: shape.clone(), quant: Some(q.clone()) }])
+}
+
+/// Normalizes a possibly negative axis into `0..rank`.
+pub fn norm_axis(axis: i64, rank: usize) -> R<usize> {
+    let a = if axis < 0 { axis + rank as i64 } else { axis };
+    if a < 0 || a >= rank as i64 {
+        return Err(format!("axis {axis} out of range for rank {rank}"));
+    }
+    Ok(a as usize)
+}
+
+/// Numpy broadcasting of several shapes. A symbolic dim broadcasts with 1 and with itself.
+pub fn broadcast(shapes: &[&Shape]) -> R<Shape> {
+    let r = shapes.iter().map(|s| s.rank()).max().unwrap_or(0);
+    let mut out = vec![Dim::Fixed(1); r];
+    for s in shapes {
+        let off = r - s.rank();
+        for (i, d) in s.0.iter().enumerate() {
+            let o = &mut out[off + i];
+            *o = match (&*o, d) {
+                (Dim::Fixed(1), d) => d.clone(),
+                (o, Dim::Fixed(1)) => o.clone(),
+                (a, b) if a == b => a.clone(),
+                (a, b) => {
+                    return Err(format!(
+                        "shapes {} do not broadcast (dim {a} vs {b})",
+                        shapes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+                    ))
+                }
+            };
+        }
+    }
+    Ok(Shape(out))
+}
+
+fn spatial_out(input: &Dim, k: usize, s: usize, pb: usize, pe: usize, d: usize, ceil: bool) -> R<Dim> {
+    let n = input.fixed().ok_or("spatial dimensions must be fixed")?;
+    if s == 0 || d == 0 || k == 0 {
+        return Err("kernel, strides and dilations must be positive".into());
+    }
+    let span = d * (k - 1) + 1;
+    let padded = n + pb + pe;
+    if padded < span {
+        return Err(format!("kernel extent {span} exceeds the padded input {padded}"));
+    }
+    let mut out = if ceil { (padded - span).div_ceil(s) + 1 } else { (padded - span) / s + 1 };
+    // ONNX: with ceil_mode, the last window must start inside the input or the begin padding.
+    if ceil && (out - 1) * s >= n + pb {
+        out -= 1;
+    }
+    Ok(Dim::Fixed(out))
+}
+
+fn check_spatial(kernel: &[usize], strides: &[usize], pads: &[usize], dilations: &[usize], sp: usize) -> R<()> {
+    if kernel.len() != sp || strides.len() != sp || dilations.len() != sp || pads.len() != 2 * sp {
+        return Err(format!(
+            "attributes do not fit {sp} spatial dims (kernel {kernel:?}, strides {strides:?}, pads {pads:?}, dilations {dilations:?})"
+        ));
+    }
+    Ok(())
+}
+
+/// Output shape of a convolution of `x` (N, C, spatial...) with `w` (M, C/group, kernel...).
+pub fn conv_shape(a: &ConvAttrs, x: &Shape, w: &Shape) -> R<Shape> {
+    if x.rank() < 3 || w.rank() != x.rank() {
+        return Err(format!("conv needs x of rank 3 or more and w of the same rank, got {x} and {w}"));
+    }
+    let sp = x.rank() - 2;
+    check_spatial(&a.kernel, &a.strides, &a.pads, &a.dilations, sp)?;
+    let wd = w.as_fixed().ok_or("weight shape must be fixed")?;
+    if wd[2..] != a.kernel[..] {
+        return Err(format!("kernel attribute {:?} does not match weight shape {w}", a.kernel));
+    }
+    let c = x.0[1].fixed().ok_or("channel dimension must be fixed")?;
+    if a.group == 0 || c % a.group != 0 || wd[0] % a.group != 0 || wd[1] * a.group != c {
+        return Err(format!("{c} input channels, weight {w} and group {} do not fit", a.group));
+    }
+    let mut dims = vec![x.0[0].clone(), Dim::Fixed(wd[0])];
+    for i in 0..sp {
+        dims.push(spatial_out(&x.0[2 + i], a.kernel[i], a.strides[i], a.pads[i], a.pads[sp + i], a.dilations[i], false)?);
+    }
+    Ok(Shape(dims))
+}
+
+/// Output shape of a max or average pool.
+pub fn pool_shape(p: &PoolAttrs, x: &Shape) -> R<Shape> {
+    if x.rank() < 3 {
+        return Err(format!("pooling needs rank 3 or more, got {x}"));
+    }
+    let sp = x.rank() - 2;
+    check_spatial(&p.kernel, &p.strides, &p.pads, &p.dilations, sp)?;
+    let mut dims = x.0[..2].to_vec();
+    for i in 0..sp {
+        if p.pads[i] >= p.kernel[i] || p.pads[sp + i] >= p.kernel[i] {
+            return Err("pads must be smaller than the kernel".into());
+        }
+        dims.push(spatial_out(&x.0[2 + i], p.kernel[i], p.strides[i], p.pads[i], p.pads[sp + i], p.dilations[i], p.ceil_mode)?);
+    }
+    Ok(Shape(dims))
+}
+
+fn global_pool_shape(x: &Shape) -> R<Shape> {
+    if x.rank() < 3 {
+        return Err(format!("global pooling needs rank 3 or more, got {x}"));
+    }
+    let mut dims = x.0[..2].to_vec();
+    dims.extend(std::iter::repeat_n(Dim::Fixed(1), x.rank() - 2));
+    Ok(Shape(dims))
+}
+
+/// Numpy matmul shapes, 1-D operands included.
+pub fn matmul_shape(a: &Shape, b: &Shape) -> R<Shape> {
+    if a.rank() == 0 || b.rank() == 0 {
+        return Err("matmul operands must have rank 1 or more".into());
+    }
+    let a2 = if a.rank() == 1 { Shape(vec![Dim::Fixed(1), a.0[0].clone()]) } else { a.clone() };
+    let b2 = if b.rank() == 1 { Shape(vec![b.0[0].clone(), Dim::Fixed(1)]) } else { b.clone() };
+    let (ra, rb) = (a2.rank(), b2.rank());
+    let k1 = &a2.0[ra - 1];
+    let k2 = &b2.0[rb - 2];
+    if k1 != k2 {
+        return Err(format!("inner dimensions differ: {a} @ {b}"));
+    }
+    let batch = broadcast(&[&Shape(a2.0[..ra - 2].to_vec()), &Shape(b2.0[..rb - 2].to_vec())])?;
+    let mut dims = batch.0;
+    if a.rank() > 1 {
+        dims.push(a2.0[ra - 2].clone());
+    }
+    if b.rank() > 1 {
+        dims.push(b2.0[rb - 1].clone());
+    }
+    Ok(Shape(dims))
+}
+
+fn gemm_shape(a: &Shape, b: &Shape, ta: bool, tb: bool) -> R<Shape> {
+    if a.rank() != 2 || b.rank() != 2 {
+        return Err(format!("gemm needs 2-D operands, got {a} and {b}"));
+    }
+    let (m, k1) = if ta { (&a.0[1], &a.0[0]) } else { (&a.0[0], &a.0[1]) };
+    let (k2, n) = if tb { (&b.0[1], &b.0[0]) } else { (&b.0[0], &b.0[1]) };
+    if k1 != k2 {
+        return Err(format!("inner dimensions differ: {a} and {b} (trans_a={ta}, trans_b={tb})"));
+    }
+    Ok(Shape(vec![m.clone(), n.clone()]))
+}
+
+/// Number of elements an ONNX slice selects from a dim of size `n`.
+pub fn slice_len(n: usize, start: i64, end: i64, step: i64) -> R<usize> {
+    let (s, e) = slice_bounds(n, start, end, step)?;
+    Ok(if step > 0 {
+        if e > s { ((e - s) as u64).div_ceil(step as u64) as usize } else { 0 }
+    } else if s > e {
+        ((s - e) as u64).div_ceil((-step) as u64) as usize
+    } else {
+        0
+    })
+}
+
+/// ONNX's clamped (start, end) of a slice over a dim of size `n`.
+pub fn slice_bounds(n: usize, start: i64, end: i64, step: i64) -> R<(i64, i64)> {
+    if step == 0 {
+        return Err("slice step must not be zero".into());
+    }
+    let n = n as i64;
+    let fix = |v: i64| if v < 0 { v.saturating_add(n) } else { v };
+    let (s, e) = (fix(start), fix(end));
+    Ok(if step > 0 { (s.clamp(0, n), e.clamp(0, n)) } else { (s.clamp(0, n - 1), e.clamp(-1, n - 1)) })
+}
+
+/// The product of dims; a single symbol times 1 stays that symbol.
+fn dim_product(dims: &[Dim]) -> R<Dim> {
+    let fixed: usize = dims.iter().filter_map(Dim::fixed).product();
+    let syms: Vec<&Dim> = dims.iter().filter(|d| d.fixed().is_none()).collect();
+    match (syms.as_slice(), fixed) {
+        ([], n) => Ok(Dim::Fixed(n)),
+        ([s], 1) => Ok((*s).clone()),
+        ([Dim::Sym(s)], n) => Ok(Dim::Sym(format!("{s}*{n}"))),
+        _ => Err(format!("cannot multiply symbolic dims {}", Shape(dims.to_vec()))),
+    }
+}
+
+/// ONNX Reshape with a constant target: `0` copies the input dim, `-1` is inferred from the rest.
+/// With a symbolic input, the symbol must be copied by a `0` or be what `-1` stands for.
+pub fn reshape_shape(input: &Shape, target: &[i64]) -> R<Shape> {
+    if target.iter().filter(|&&d| d == -1).count() > 1 {
+        return Err(format!("target shape {target:?} has more than one -1"));
+    }
+    let mut dims = vec![];
+    let mut copied = vec![false; input.rank()];
+    for (i, &t) in target.iter().enumerate() {
+        dims.push(match t {
+            0 => {
+                let d = input.0.get(i).ok_or_else(|| format!("target {target:?} copies dim {i} of {input}"))?;
+                copied[i] = true;
+                Some(d.clone())
+            }
+            -1 => None,
+            t if t > 0 => Some(Dim::Fixed(t as usize)),
+            t => return Err(format!("invalid target dim {t}")),
+        });
+    }
+    // Element counts of what is not copied on either side.
+    let rest_in: Vec<Dim> = input.0.iter().zip(&copied).filter(|(_, c)| !**c).map(|(d, _)| d.clone()).collect();
+    let fixed_in: usize = rest_in.iter().filter_map(Dim::fixed).product();
+    let syms_in: Vec<Dim> = rest_in.iter().filter(|d| d.fixed().is_none()).cloned().collect();
+    let fixed_out: usize = target.iter().filter(|&&t| t > 0).map(|&t| t as usize).product();
+    match dims.iter().position(Option::is_none) {
+        Some(pos) => {
+            if fixed_out == 0 || fixed_in % fixed_out != 0 {
+                return Err(format!("cannot reshape {input} to {target:?}"));
+            }
+            let k = fixed_in / fixed_out;
+            let mut factors = syms_in.clone();
+            if k != 1 || factors.is_empty() {
+                factors.push(Dim::Fixed(k));
+            }
+            dims[pos] = Some(dim_product(&factors)?);
+        }
+        None => {
+            if !syms_in.is_empty() || fixed_in != fixed_out {
+                return Err(format!("cannot reshape {input} to {target:?}"));
+            }
+        }
+    }
+    Ok(Shape(dims.into_iter().map(|d| d.expect("filled above")).collect()))
+}

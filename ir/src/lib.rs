@@ -1,0 +1,39 @@
+//! # qforge-ir: the typed dataflow IR
+//!
+//! Everything the other stages share: element types ([`DType`]), quantization parameters carried
+//! in types ([`QuantParams`], [`TensorType`]), shapes with symbolic dimensions ([`Shape`]), the op
+//! set ([`Op`]), the [`Graph`] of SSA values, type and shape inference ([`infer`]), the verifier
+//! ([`verify`]), the text form ([`text`]), concrete [`Tensor`]s and the reference interpreter
+//! ([`interp`]), the semantic oracle every other engine is tested against.
+//!
+//! ## Invariants
+//! * This crate knows nothing of ONNX, egg or Cranelift, and never touches files: the text form
+//!   goes to and from strings.
+//! * A graph that passed [`verify::verify`] has a type for every value that [`infer`] agrees with,
+//!   no cycle, and inputs of the arity and types its ops require.
+//! * Quantization parameters live in types, never in op attributes.
+//! * Numerics (rounding, saturation, requantization) are defined once, in [`numerics`]; the
+//!   interpreter follows them and so must every other engine.
+//! * Nothing here panics on user input: parse errors, malformed graphs and bad interpreter inputs
+//!   are [`IrError`] values.
+
+pub mod dtype;
+pub mod error;
+pub mod graph;
+pub mod infer;
+pub mod interp;
+pub mod numerics;
+pub mod op;
+pub mod quant;
+pub mod shape;
+pub mod tensor;
+pub mod text;
+pub mod verify;
+
+pub use dtype::DType;
+pub use error::{IrError, Result};
+pub use graph::{Graph, GraphOutput, Node, NodeId, Value};
+pub use op::{BinaryOp, ConvAttrs, Epilogue, Op, PoolAttrs, UnaryOp};
+pub use quant::QuantParams;
+pub use shape::{Dim, Shape, TensorType};
+pub use tensor::{Tensor, TensorData};

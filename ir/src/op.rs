@@ -1,0 +1,351 @@
+//! The operation set.
+//!
+//! Ops carry their attributes; quantization parameters are never attributes: a quantized op reads
+//! them from its input types and writes them into its output type. The text name of each op
+//! ([`Op::name`]) is what the printer writes and the parser reads.
+
+use crate::{DType, Tensor};
+use std::sync::Arc;
+
+/// Convolution attributes (2-D and 1-D; spatial dims follow ONNX's NCHW order).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ConvAttrs {
+    /// Kernel spatial shape (from the weight's shape, kept for readability and checks).
+    pub kernel: Vec<usize>,
+    pub strides: Vec<usize>,
+    /// Begin pads for each spatial dim, then end pads (ONNX order).
+    pub pads: Vec<usize>,
+    pub dilations: Vec<usize>,
+    pub group: usize,
+}
+
+/// Pooling attributes for max and average pooling.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolAttrs {
+    pub kernel: Vec<usize>,
+    pub strides: Vec<usize>,
+    /// Begin pads then end pads.
+    pub pads: Vec<usize>,
+    pub dilations: Vec<usize>,
+    pub ceil_mode: bool,
+    /// Average pooling only: whether padded cells count in the divisor.
+    pub count_include_pad: bool,
+}
+
+/// One step applied to the accumulator of a fused integer kernel, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Epilogue {
+    /// Add the i32 bias input (scale `sx * sw[c]`, zero point 0) per output channel.
+    Bias,
+    /// Requantize the i32 accumulator to the output type (see [`crate::numerics`]).
+    Requant,
+    /// Convert the accumulator to f32: `acc * sx * sw[c]` (dynamic or float-output kernels).
+    Dequant,
+    /// Clamp in the output's stored domain (ReLU, ReLU6 and Clip folded into the requantization).
+    Clamp { lo: i64, hi: i64 },
+}
+
+/// Element-wise unary functions (float; f16/bf16 computed in f32 and rounded back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    Relu,
+    Sigmoid,
+    Tanh,
+    /// x * relu6(x + 3) / 6
+    HardSwish,
+    /// Exact GELU: x * (1 + erf(x / sqrt 2)) / 2.
+    Gelu,
+    /// GELU with the tanh approximation.
+    GeluTanh,
+    Erf,
+    Exp,
+    Log,
+    Sqrt,
+    Neg,
+    Abs,
+    Reciprocal,
+    Floor,
+    Ceil,
+    Not,
+}
+
+/// Element-wise binary functions with numpy broadcasting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    Max,
+    Min,
+    Equal,
+    Less,
+    Greater,
+    And,
+    Or,
+}
+
+/// An operation. Inputs are listed as `x, w, [b]`: brackets mark optional inputs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    // ---- sources
+    /// A graph input; the node's name is the input's name.
+    Input,
+    /// A constant tensor.
+    Const(Arc<Tensor>),
+
+    // ---- float (and generic) compute
+    /// `x, w, [b]` -> y. Float convolution, grouped and depthwise included.
+    Conv(ConvAttrs),
+    /// `x, scale, bias, mean, var` -> y. Inference-mode batch normalization over axis 1.
+    BatchNorm { epsilon: f32 },
+    Unary(UnaryOp),
+    /// `max(x, alpha * x)`.
+    LeakyRelu { alpha: f32 },
+    /// `min(max(x, min), max)`: ReLU6 is `clip(0, 6)`.
+    Clip { min: f32, max: f32 },
+    /// `max(0, min(1, alpha * x + beta))`.
+    HardSigmoid { alpha: f32, beta: f32 },
+    Binary(BinaryOp),
+    /// `cond, x, y` -> `cond ? x : y` with broadcasting.
+    Where,
+    /// `a, b` -> numpy matmul (batched, broadcasting leading dims).
+    MatMul,
+    /// `a, b, [c]` -> `alpha * op(a) @ op(b) + beta * c`, 2-D.
+    Gemm { alpha: f32, beta: f32, trans_a: bool, trans_b: bool },
+    MaxPool(PoolAttrs),
+    AveragePool(PoolAttrs),
+    GlobalAveragePool,
+    GlobalMaxPool,
+    /// Local response normalization across channels.
+    Lrn { size: usize, alpha: f32, beta: f32, bias: f32 },
+    Softmax { axis: i64 },
+    LogSoftmax { axis: i64 },
+    /// `x, scale, [bias]` -> normalized over axes `axis..rank`.
+    LayerNorm { axis: i64, epsilon: f32 },
+    ReduceMean { axes: Vec<i64>, keepdims: bool },
+    ReduceSum { axes: Vec<i64>, keepdims: bool },
+    ReduceMax { axes: Vec<i64>, keepdims: bool },
+
+    // ---- data movement (any dtype; quantization parameters pass through unchanged)
+    /// ONNX Reshape with a constant target shape: `0` copies the input dim, `-1` is inferred.
+    Reshape { shape: Vec<i64> },
+    Flatten { axis: i64 },
+    Transpose { perm: Vec<usize> },
+    /// Inputs: any number of tensors of one type (but the axis dim).
+    Concat { axis: i64 },
+    Slice { starts: Vec<i64>, ends: Vec<i64>, axes: Vec<i64>, steps: Vec<i64> },
+    /// `data, indices` -> gathered along `axis`.
+    Gather { axis: i64 },
+    Unsqueeze { axes: Vec<i64> },
+    Squeeze { axes: Vec<i64> },
+    /// Split into equal or given parts along `axis`; one output per part.
+    Split { axis: i64, sizes: Vec<usize> },
+    /// Repeats by broadcasting to the constant `shape`.
+    Expand { shape: Vec<i64> },
+    /// Converts elements to `to`. Float to integer truncates toward zero and saturates (as ONNX
+    /// Runtime's cast, with saturation made explicit); integer to integer wraps.
+    Cast { to: DType },
+    Identity,
+
+    // ---- quantization
+    /// `x` (float) -> quantized output; parameters from the output type.
+    Quantize,
+    /// `x` (quantized) -> f32; parameters from the input type.
+    Dequantize,
+    /// `x` (quantized) -> quantized with the output type's parameters.
+    Requantize,
+    /// `x` (f32) -> (`y`: u8, `scale`: f32 scalar, `zero_point`: u8 scalar), ONNX
+    /// DynamicQuantizeLinear.
+    DynamicQuantize,
+    /// `x, w, [x_zp], [w_zp]` -> i32 accumulator (ONNX ConvInteger), raw integers.
+    ConvInteger(ConvAttrs),
+    /// `a, b, [a_zp], [b_zp]` -> i32 accumulator (ONNX MatMulInteger), raw integers.
+    MatMulInteger,
+    /// `x, w, [bias]` -> integer convolution on quantized types, then the epilogue
+    /// (ONNX QLinearConv is `[Bias, Requant]`).
+    QConv { conv: ConvAttrs, epilogue: Vec<Epilogue> },
+    /// `a, b, [bias]` -> batched integer matmul on quantized types, then the epilogue
+    /// (ONNX QLinearMatMul is `[Requant]`).
+    QMatMul { epilogue: Vec<Epilogue> },
+    /// `a, b, [c]` -> 2-D integer gemm, then the epilogue (`com.microsoft` QGemm).
+    QGemm { alpha: f32, trans_a: bool, trans_b: bool, epilogue: Vec<Epilogue> },
+    /// `a, b` quantized -> quantized sum (`com.microsoft` QLinearAdd).
+    QAdd,
+    /// `a, b` quantized -> quantized product (`com.microsoft` QLinearMul).
+    QMul,
+    /// Quantized global average pool (`com.microsoft` QLinearGlobalAveragePool, NCHW).
+    QGlobalAveragePool,
+    /// Quantized average pool (`com.microsoft` QLinearAveragePool).
+    QAveragePool(PoolAttrs),
+    /// Quantized concatenation, each input requantized to the output's parameters
+    /// (`com.microsoft` QLinearConcat).
+    QConcat { axis: i64 },
+}
+
+impl Op {
+    /// The op's name in the text form.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input => "input",
+            Op::Const(_) => "const",
+            Op::Conv(_) => "conv",
+            Op::BatchNorm { .. } => "batch_norm",
+            Op::Unary(u) => match u {
+                UnaryOp::Relu => "relu",
+                UnaryOp::Sigmoid => "sigmoid",
+                UnaryOp::Tanh => "tanh",
+                UnaryOp::HardSwish => "hard_swish",
+                UnaryOp::Gelu => "gelu",
+                UnaryOp::GeluTanh => "gelu_tanh",
+                UnaryOp::Erf => "erf",
+                UnaryOp::Exp => "exp",
+                UnaryOp::Log => "log",
+                UnaryOp::Sqrt => "sqrt",
+                UnaryOp::Neg => "neg",
+                UnaryOp::Abs => "abs",
+                UnaryOp::Reciprocal => "reciprocal",
+                UnaryOp::Floor => "floor",
+                UnaryOp::Ceil => "ceil",
+                UnaryOp::Not => "not",
+            },
+            Op::LeakyRelu { .. } => "leaky_relu",
+            Op::Clip { .. } => "clip",
+            Op::HardSigmoid { .. } => "hard_sigmoid",
+            Op::Binary(b) => match b {
+                BinaryOp::Add => "add",
+                BinaryOp::Sub => "sub",
+                BinaryOp::Mul => "mul",
+                BinaryOp::Div => "div",
+                BinaryOp::Pow => "pow",
+                BinaryOp::Max => "max",
+                BinaryOp::Min => "min",
+                BinaryOp::Equal => "equal",
+                BinaryOp::Less => "less",
+                BinaryOp::Greater => "greater",
+                BinaryOp::And => "and",
+                BinaryOp::Or => "or",
+            },
+            Op::Where => "where",
+            Op::MatMul => "matmul",
+            Op::Gemm { .. } => "gemm",
+            Op::MaxPool(_) => "max_pool",
+            Op::AveragePool(_) => "average_pool",
+            Op::GlobalAveragePool => "global_average_pool",
+            Op::GlobalMaxPool => "global_max_pool",
+            Op::Lrn { .. } => "lrn",
+            Op::Softmax { .. } => "softmax",
+            Op::LogSoftmax { .. } => "log_softmax",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::ReduceMean { .. } => "reduce_mean",
+            Op::ReduceSum { .. } => "reduce_sum",
+            Op::ReduceMax { .. } => "reduce_max",
+            Op::Reshape { .. } => "reshape",
+            Op::Flatten { .. } => "flatten",
+            Op::Transpose { .. } => "transpose",
+            Op::Concat { .. } => "concat",
+            Op::Slice { .. } => "slice",
+            Op::Gather { .. } => "gather",
+            Op::Unsqueeze { .. } => "unsqueeze",
+            Op::Squeeze { .. } => "squeeze",
+            Op::Split { .. } => "split",
+            Op::Expand { .. } => "expand",
+            Op::Cast { .. } => "cast",
+            Op::Identity => "identity",
+            Op::Quantize => "quantize",
+            Op::Dequantize => "dequantize",
+            Op::Requantize => "requantize",
+            Op::DynamicQuantize => "dynamic_quantize",
+            Op::ConvInteger(_) => "conv_integer",
+            Op::MatMulInteger => "matmul_integer",
+            Op::QConv { .. } => "qconv",
+            Op::QMatMul { .. } => "qmatmul",
+            Op::QGemm { .. } => "qgemm",
+            Op::QAdd => "qadd",
+            Op::QMul => "qmul",
+            Op::QGlobalAveragePool => "qglobal_average_pool",
+            Op::QAveragePool(_) => "qaverage_pool",
+            Op::QConcat { .. } => "qconcat",
+        }
+    }
+
+    /// Every unary op, for parsers and tests.
+    pub const UNARY: [UnaryOp; 16] = [
+        UnaryOp::Relu,
+        UnaryOp::Sigmoid,
+        UnaryOp::Tanh,
+        UnaryOp::HardSwish,
+        UnaryOp::Gelu,
+        UnaryOp::GeluTanh,
+        UnaryOp::Erf,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Neg,
+        UnaryOp::Abs,
+        UnaryOp::Reciprocal,
+        UnaryOp::Floor,
+        UnaryOp::Ceil,
+        UnaryOp::Not,
+    ];
+
+    /// Every binary op, for parsers and tests.
+    pub const BINARY: [BinaryOp; 12] = [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Pow,
+        BinaryOp::Max,
+        BinaryOp::Min,
+        BinaryOp::Equal,
+        BinaryOp::Less,
+        BinaryOp::Greater,
+        BinaryOp::And,
+        BinaryOp::Or,
+    ];
+
+    /// The allowed number of inputs (including absent optional ones), as an inclusive range.
+    /// `usize::MAX` as the upper bound means variadic.
+    pub fn arity(&self) -> (usize, usize) {
+        match self {
+            Op::Input | Op::Const(_) => (0, 0),
+            Op::Conv(_) | Op::QConv { .. } | Op::QMatMul { .. } | Op::QGemm { .. } => (2, 3),
+            Op::Gemm { .. } => (2, 3),
+            Op::BatchNorm { .. } => (5, 5),
+            Op::Binary(_) | Op::MatMul | Op::Gather { .. } | Op::QAdd | Op::QMul => (2, 2),
+            Op::Where => (3, 3),
+            Op::LayerNorm { .. } => (2, 3),
+            Op::ConvInteger(_) | Op::MatMulInteger => (2, 4),
+            Op::Concat { .. } | Op::QConcat { .. } => (1, usize::MAX),
+            _ => (1, 1),
+        }
+    }
+
+    /// Number of results.
+    pub fn num_outputs(&self) -> usize {
+        match self {
+            Op::DynamicQuantize => 3,
+            Op::Split { sizes, .. } => sizes.len(),
+            _ => 1,
+        }
+    }
+
+    /// Whether the op is one of the fused or integer ops that consume quantized types directly.
+    pub fn is_integer_kernel(&self) -> bool {
+        matches!(
+            self,
+            Op::QConv { .. }
+                | Op::QMatMul { .. }
+                | Op::QGemm { .. }
+                | Op::QAdd
+                | Op::QMul
+                | Op::QGlobalAveragePool
+                | Op::QAveragePool(_)
+                | Op::QConcat { .. }
+                | Op::ConvInteger(_)
+                | Op::MatMulInteger
+        )
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared helpers of qforge's integration tests.
