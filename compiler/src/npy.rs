@@ -1,1 +1,258 @@
-//! `.npy` reading and writing. (Implementation in progress.)
+//! `.npy` reading and writing (NumPy format versions 1 to 3) through the `npyz` crate.
+//!
+//! Supported element types: float32, float16, int64, int32, uint8, int8 and bool, either
+//! endianness, C order. float64 is refused rather than narrowed silently (the message suggests
+//! `astype(np.float32)`); Fortran order, structured and object arrays are refused too. bf16 has no
+//! NumPy type, so bf16 tensors cannot be written.
+//!
+//! Every length is checked against the bytes actually present before anything is allocated, so
+//! a corrupt or hostile header is an error, never a huge allocation or a panic.
+
+use half::f16;
+use npyz::{DType as NpyDType, TypeChar, WriterBuilder};
+use qforge_ir::{DType, Tensor, TensorData};
+use std::path::Path;
+
+/// What can go wrong reading or writing a `.npy` file. Every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum NpyError {
+    #[error("cannot read `{path}`: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("cannot write `{path}`: {source}")]
+    Write { path: String, source: std::io::Error },
+    #[error("`{path}` is not a valid .npy file: {msg}")]
+    Format { path: String, msg: String },
+    #[error("`{path}`: {msg}")]
+    Unsupported { path: String, msg: String },
+}
+
+/// The name used for in-memory data in messages.
+const IN_MEMORY: &str = "<bytes>";
+
+/// Reads a tensor from a `.npy` file.
+pub fn read(path: &Path) -> Result<Tensor, NpyError> {
+    let bytes = std::fs::read(path).map_err(|source| NpyError::Read { path: path.display().to_string(), source })?;
+    decode(&bytes, &path.display().to_string())
+}
+
+/// Reads a tensor from the bytes of a `.npy` file.
+pub fn read_bytes(bytes: &[u8]) -> Result<Tensor, NpyError> {
+    decode(bytes, IN_MEMORY)
+}
+
+/// Writes a tensor as a `.npy` file (little-endian, C order).
+pub fn write(path: &Path, t: &Tensor) -> Result<(), NpyError> {
+    let bytes = encode(t, &path.display().to_string())?;
+    std::fs::write(path, bytes).map_err(|source| NpyError::Write { path: path.display().to_string(), source })
+}
+
+/// The bytes of a `.npy` file holding `t`.
+pub fn write_bytes(t: &Tensor) -> Result<Vec<u8>, NpyError> {
+    encode(t, IN_MEMORY)
+}
+
+fn decode(bytes: &[u8], path: &str) -> Result<Tensor, NpyError> {
+    let format = |msg: String| NpyError::Format { path: path.to_string(), msg };
+    let unsupported = |msg: String| NpyError::Unsupported { path: path.to_string(), msg };
+    // Check the shape ourselves first: npyz multiplies the dims without overflow checks.
+    let (header_len, shape) = header_shape(bytes).map_err(format)?;
+    let mut n: usize = 1;
+    for &d in &shape {
+        n = n.checked_mul(d).ok_or_else(|| format(format!("shape {shape:?} has too many elements")))?;
+    }
+    let npy = npyz::NpyFile::new(bytes).map_err(|e| format(e.to_string()))?;
+    if npy.order() == npyz::Order::Fortran {
+        return Err(unsupported(
+            "the array is stored in Fortran order; save it with np.save(path, np.ascontiguousarray(x))".into(),
+        ));
+    }
+    let ts = match npy.dtype() {
+        NpyDType::Plain(ts) => ts,
+        other => return Err(unsupported(format!("structured dtype {} is not supported", other.descr()))),
+    };
+    let (tc, size) = (ts.type_char(), ts.size_field());
+    let dtype = match (tc, size) {
+        (TypeChar::Float, 4) => DType::F32,
+        (TypeChar::Float, 2) => DType::F16,
+        (TypeChar::Int, 8) => DType::I64,
+        (TypeChar::Int, 4) => DType::I32,
+        (TypeChar::Int, 1) => DType::I8,
+        (TypeChar::Uint, 1) => DType::U8,
+        (TypeChar::Bool, 1) => DType::Bool,
+        (TypeChar::Float, 8) => {
+            return Err(unsupported(
+                "dtype float64 is not supported (qforge computes in float32); convert it with \
+                 np.save(path, x.astype(np.float32))"
+                    .into(),
+            ))
+        }
+        _ => {
+            return Err(unsupported(format!(
+                "dtype `{ts}` is not supported (expected float32, float16, int64, int32, int8, uint8 or bool)"
+            )))
+        }
+    };
+    let need = (n as u128) * (dtype.size_bytes() as u128);
+    let have = bytes.len().saturating_sub(header_len) as u128;
+    if need > have {
+        return Err(format(format!("shape {shape:?} needs {need} bytes of data, the file has {have}")));
+    }
+    let io = |e: std::io::Error| format(e.to_string());
+    let data = match dtype {
+        DType::F32 => TensorData::F32(npy.into_vec::<f32>().map_err(io)?),
+        DType::F16 => TensorData::F16(npy.into_vec::<f16>().map_err(io)?),
+        DType::I64 => TensorData::I64(npy.into_vec::<i64>().map_err(io)?),
+        DType::I32 => TensorData::I32(npy.into_vec::<i32>().map_err(io)?),
+        DType::I8 => TensorData::I8(npy.into_vec::<i8>().map_err(io)?),
+        DType::U8 => TensorData::U8(npy.into_vec::<u8>().map_err(io)?),
+        DType::Bool => TensorData::Bool(npy.into_vec::<bool>().map_err(io)?),
+        DType::BF16 => return Err(unsupported("bf16 has no NumPy type".into())),
+    };
+    Tensor::new(shape, data).ok_or_else(|| format("the data does not match the shape".into()))
+}
+
+/// Parses the magic, version and header length, and the `shape` tuple of the header dict.
+/// Returns the offset of the data and the shape.
+fn header_shape(bytes: &[u8]) -> Result<(usize, Vec<usize>), String> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err("missing the \\x93NUMPY magic".into());
+    }
+    let (len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        v => return Err(format!("unsupported format version {v}")),
+    };
+    let end = start.checked_add(len).filter(|&e| e <= bytes.len()).ok_or("the header is truncated")?;
+    let text = std::str::from_utf8(&bytes[start..end]).map_err(|_| "the header is not text")?;
+    let key = ["'shape'", "\"shape\""].iter().find_map(|k| text.find(k).map(|i| i + k.len()));
+    let rest = &text[key.ok_or("the header has no shape")?..];
+    let rest = rest.trim_start().strip_prefix(':').ok_or("malformed shape entry")?.trim_start();
+    let inner = rest.strip_prefix('(').and_then(|r| r.split_once(')')).ok_or("malformed shape tuple")?.0;
+    let shape = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim_end_matches('L').parse::<usize>().map_err(|_| format!("bad dimension `{s}` in the shape")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((end, shape))
+}
+
+fn encode(t: &Tensor, path: &str) -> Result<Vec<u8>, NpyError> {
+    let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
+    let mut out = vec![];
+    let err = |e: std::io::Error| NpyError::Write { path: path.to_string(), source: e };
+    macro_rules! put {
+        ($ty:ty, $v:expr) => {{
+            let mut w = npyz::WriteOptions::<$ty>::new()
+                .default_dtype()
+                .shape(&shape)
+                .writer(&mut out)
+                .begin_nd()
+                .map_err(err)?;
+            w.extend($v.iter().copied()).map_err(err)?;
+            w.finish().map_err(err)?;
+        }};
+    }
+    match t.data() {
+        TensorData::F32(v) => put!(f32, v),
+        TensorData::F16(v) => put!(f16, v),
+        TensorData::I64(v) => put!(i64, v),
+        TensorData::I32(v) => put!(i32, v),
+        TensorData::I8(v) => put!(i8, v),
+        TensorData::U8(v) => put!(u8, v),
+        TensorData::Bool(v) => put!(bool, v),
+        TensorData::BF16(_) => {
+            return Err(NpyError::Unsupported {
+                path: path.to_string(),
+                msg: "NumPy has no bf16 type; cast the tensor to f32 before saving".into(),
+            })
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(t: Tensor) {
+        let bytes = write_bytes(&t).unwrap();
+        assert_eq!(read_bytes(&bytes).unwrap(), t);
+    }
+
+    #[test]
+    fn round_trips_every_supported_dtype() {
+        roundtrip(Tensor::from_f32(vec![2, 3], vec![1.0, -2.0, 3.5, 0.0, f32::MAX, f32::MIN_POSITIVE]));
+        roundtrip(Tensor::from_i64(vec![4], vec![i64::MIN, -1, 0, i64::MAX]));
+        roundtrip(Tensor::from_i64(vec![], vec![42]));
+        roundtrip(Tensor::from_f32(vec![0, 5], vec![]));
+        for (dtype, shape) in [
+            (DType::F16, vec![3, 1]),
+            (DType::I32, vec![3]),
+            (DType::I8, vec![1, 3]),
+            (DType::U8, vec![3]),
+            (DType::Bool, vec![3]),
+        ] {
+            roundtrip(Tensor::from_f64_iter(dtype, shape, [1.0, 0.0, 1.0].into_iter()));
+        }
+    }
+
+    #[test]
+    fn file_round_trip() {
+        let dir = std::env::temp_dir().join(format!("qforge-npy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.npy");
+        let t = Tensor::from_f32(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]);
+        write(&path, &t).unwrap();
+        assert_eq!(read(&path).unwrap(), t);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A v1 .npy file with the given header dict and data.
+    fn raw(dict: &str, data: &[u8]) -> Vec<u8> {
+        let mut h = dict.to_string();
+        h.push_str(&" ".repeat((64 - (10 + h.len() + 1) % 64) % 64));
+        h.push('\n');
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend((h.len() as u16).to_le_bytes());
+        b.extend(h.as_bytes());
+        b.extend(data);
+        b
+    }
+
+    #[test]
+    fn rejects_what_it_cannot_read() {
+        let err = |b: &[u8]| read_bytes(b).unwrap_err().to_string();
+        let f8 = raw("{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }", &[0; 16]);
+        assert!(err(&f8).contains("astype(np.float32)"), "{}", err(&f8));
+        let fortran = raw("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }", &[0; 16]);
+        assert!(err(&fortran).contains("Fortran"));
+        let u16s = raw("{'descr': '<u2', 'fortran_order': False, 'shape': (2,), }", &[0; 4]);
+        assert!(err(&u16s).contains("not supported"));
+        let short = raw("{'descr': '<f4', 'fortran_order': False, 'shape': (1000000,), }", &[0; 16]);
+        assert!(err(&short).contains("needs 4000000 bytes"));
+        let huge =
+            raw("{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 4294967296), }", &[]);
+        assert!(err(&huge).contains("too many elements"));
+        assert!(err(b"").contains("magic"));
+        assert!(err(b"\x93NUMPY\x01\x00\xff\xff{").contains("truncated"));
+        assert!(err(b"not an npy file at all").contains("magic"));
+        // Big-endian data is converted.
+        let be =
+            raw("{'descr': '>i4', 'fortran_order': False, 'shape': (2,), }", &[0, 0, 0, 1, 0xff, 0xff, 0xff, 0xfe]);
+        assert_eq!(read_bytes(&be).unwrap().to_i64_vec().unwrap(), vec![1, -2]);
+        let bf = Tensor::from_f64_iter(DType::BF16, vec![1], [1.0].into_iter());
+        assert!(write_bytes(&bf).unwrap_err().to_string().contains("bf16"));
+        let missing = read(Path::new("/nonexistent/x.npy")).unwrap_err().to_string();
+        assert!(missing.contains("/nonexistent/x.npy"), "{missing}");
+    }
+
+    #[test]
+    fn reads_the_corpus_files() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/models");
+        let x = read(&Path::new(dir).join("digits_test_x.npy")).unwrap();
+        assert_eq!((x.dtype(), x.shape()), (DType::F32, &[597, 1, 8, 8][..]));
+        let y = read(&Path::new(dir).join("digits_test_y.npy")).unwrap();
+        assert_eq!((y.dtype(), y.shape()), (DType::I64, &[597][..]));
+    }
+}

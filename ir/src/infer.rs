@@ -180,7 +180,7 @@ pub fn infer(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorT
                         return Err(format!("input {i} has shape {}, input 0 has {}", t.shape, first.shape));
                     }
                 }
-                total = total.zip(t.shape.0[a].fixed()).map(|(s, d)| s + d);
+                total = total.zip(t.shape.0[a].fixed()).map(|(s, d)| s.saturating_add(d));
             }
             let mut dims = first.shape.0.clone();
             dims[a] = match total {
@@ -245,7 +245,7 @@ pub fn infer(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorT
             let t = x(0)?;
             let a = norm_axis(*axis, t.rank())?;
             let n = t.shape.0[a].fixed().ok_or("split along a symbolic dimension")?;
-            if sizes.iter().sum::<usize>() != n {
+            if sizes.iter().try_fold(0usize, |a, &s| a.checked_add(s)) != Some(n) {
                 return Err(format!("split sizes {sizes:?} do not add up to {n}"));
             }
             Ok(sizes
@@ -357,7 +357,7 @@ pub fn infer(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorT
                         return Err(format!("input {i} has shape {}, input 0 has {}", t.shape, first.shape));
                     }
                 }
-                total += t.shape.0[a].fixed().ok_or("concatenation along a symbolic dimension")?;
+                total = total.saturating_add(t.shape.0[a].fixed().ok_or("concatenation along a symbolic dimension")?);
             }
             dims[a] = Dim::Fixed(total);
             declared_quant(declared, &Shape(dims), &[DType::I8, DType::U8])
@@ -525,14 +525,16 @@ fn spatial_out(input: &Dim, k: usize, s: usize, pb: usize, pe: usize, d: usize, 
     if s == 0 || d == 0 || k == 0 {
         return Err("kernel, strides and dilations must be positive".into());
     }
-    let span = d * (k - 1) + 1;
-    let padded = n + pb + pe;
+    let too_large = || format!("kernel, pads or input too large (input {n}, kernel {k}, pads {pb}+{pe}, dilation {d})");
+    let span = d.checked_mul(k - 1).and_then(|v| v.checked_add(1)).ok_or_else(too_large)?;
+    let padded = n.checked_add(pb).and_then(|v| v.checked_add(pe)).ok_or_else(too_large)?;
     if padded < span {
         return Err(format!("kernel extent {span} exceeds the padded input {padded}"));
     }
-    let mut out = if ceil { (padded - span).div_ceil(s) + 1 } else { (padded - span) / s + 1 };
+    let out = if ceil { (padded - span).div_ceil(s) } else { (padded - span) / s };
+    let mut out = out.checked_add(1).ok_or_else(too_large)?;
     // ONNX: with ceil_mode, the last window must start inside the input or the begin padding.
-    if ceil && (out - 1) * s >= n + pb {
+    if ceil && (out - 1).checked_mul(s).is_none_or(|v| v >= n + pb) {
         out -= 1;
     }
     Ok(Dim::Fixed(out))
@@ -559,7 +561,7 @@ pub fn conv_shape(a: &ConvAttrs, x: &Shape, w: &Shape) -> R<Shape> {
         return Err(format!("kernel attribute {:?} does not match weight shape {w}", a.kernel));
     }
     let c = x.0[1].fixed().ok_or("channel dimension must be fixed")?;
-    if a.group == 0 || c % a.group != 0 || wd[0] % a.group != 0 || wd[1] * a.group != c {
+    if a.group == 0 || c % a.group != 0 || wd[0] % a.group != 0 || wd[1].checked_mul(a.group) != Some(c) {
         return Err(format!("{c} input channels, weight {w} and group {} do not fit", a.group));
     }
     let mut dims = vec![x.0[0].clone(), Dim::Fixed(wd[0])];
@@ -637,7 +639,7 @@ pub fn slice_len(n: usize, start: i64, end: i64, step: i64) -> R<usize> {
     Ok(if step > 0 {
         if e > s { ((e - s) as u64).div_ceil(step as u64) as usize } else { 0 }
     } else if s > e {
-        ((s - e) as u64).div_ceil((-step) as u64) as usize
+        ((s - e) as u64).div_ceil(step.unsigned_abs()) as usize
     } else {
         0
     })
@@ -648,7 +650,10 @@ pub fn slice_bounds(n: usize, start: i64, end: i64, step: i64) -> R<(i64, i64)> 
     if step == 0 {
         return Err("slice step must not be zero".into());
     }
-    let n = n as i64;
+    let n = i64::try_from(n).map_err(|_| format!("dimension {n} is too large to slice"))?;
+    if n == 0 {
+        return Ok((0, 0));
+    }
     let fix = |v: i64| if v < 0 { v.saturating_add(n) } else { v };
     let (s, e) = (fix(start), fix(end));
     Ok(if step > 0 { (s.clamp(0, n), e.clamp(0, n)) } else { (s.clamp(0, n - 1), e.clamp(-1, n - 1)) })
@@ -656,7 +661,8 @@ pub fn slice_bounds(n: usize, start: i64, end: i64, step: i64) -> R<(i64, i64)> 
 
 /// The product of dims; a single symbol times 1 stays that symbol.
 fn dim_product(dims: &[Dim]) -> R<Dim> {
-    let fixed: usize = dims.iter().filter_map(Dim::fixed).product();
+    let fixed = dims.iter().filter_map(Dim::fixed).try_fold(1usize, |a, d| a.checked_mul(d));
+    let fixed = fixed.ok_or_else(|| format!("the product of dims {} overflows", Shape(dims.to_vec())))?;
     let syms: Vec<&Dim> = dims.iter().filter(|d| d.fixed().is_none()).collect();
     match (syms.as_slice(), fixed) {
         ([], n) => Ok(Dim::Fixed(n)),
@@ -688,9 +694,12 @@ pub fn reshape_shape(input: &Shape, target: &[i64]) -> R<Shape> {
     }
     // Element counts of what is not copied on either side.
     let rest_in: Vec<Dim> = input.0.iter().zip(&copied).filter(|(_, c)| !**c).map(|(d, _)| d.clone()).collect();
-    let fixed_in: usize = rest_in.iter().filter_map(Dim::fixed).product();
+    let overflow = || format!("cannot reshape {input} to {target:?}: element count overflows");
+    let fixed_in = rest_in.iter().filter_map(Dim::fixed).try_fold(1usize, |a, d| a.checked_mul(d));
+    let fixed_in = fixed_in.ok_or_else(overflow)?;
     let syms_in: Vec<Dim> = rest_in.iter().filter(|d| d.fixed().is_none()).cloned().collect();
-    let fixed_out: usize = target.iter().filter(|&&t| t > 0).map(|&t| t as usize).product();
+    let fixed_out = target.iter().filter(|&&t| t > 0).try_fold(1usize, |a, &t| a.checked_mul(t as usize));
+    let fixed_out = fixed_out.ok_or_else(overflow)?;
     match dims.iter().position(Option::is_none) {
         Some(pos) => {
             if fixed_out == 0 || fixed_in % fixed_out != 0 {

@@ -30,8 +30,10 @@
 //! `cvtps2dq`), so qforge matches ORT's QLinearConv and QLinearMatMul bit for bit. A float output
 //! (`QGemm` without an output scale, a dequantizing epilogue) is `(acc as f32) * (sx * sw[c])`.
 //!
-//! Integer ops whose ORT kernels compute in a different order (QLinearAdd, QLinearGlobalAveragePool)
-//! document their formula where they are interpreted, in [`crate::interp`].
+//! Integer ops whose ORT kernels compute in a different order (QLinearAdd, QLinearMul,
+//! QLinearGlobalAveragePool, QLinearAveragePool) have their element formulas below
+//! ([`QAddParams`], [`qlinear_mul`], [`global_average_multiplier`], [`quantize_zp_inside`]); the
+//! interpreter's quant module documents each with its ONNX Runtime source.
 
 use crate::DType;
 
@@ -94,6 +96,57 @@ pub fn requant_multiplier(sx: f32, sw: f32, sy: f32) -> f32 {
 pub fn requantize(acc: i64, multiplier: f32, zero_point: i32, dtype: DType) -> i64 {
     let r = round_half_even(acc as f32 * multiplier);
     saturate_f64(r as f64 + zero_point as f64, dtype)
+}
+
+/// ONNX Runtime's QLinearAdd (`com.microsoft`), as its AVX2 kernel computes it
+/// (`MlasQLinearAddKernelAvx2Helper`, with the compiler's FMA contraction): in f32 on the stored
+/// values, `ra = sa / sc`, `rb = sb / sc`, `fixed = zc - fma(za, ra, rb * zb)`, and
+/// `sat(round_half_even(fma(a, ra, fma(b, rb, fixed))))`. The zero points are folded into
+/// `fixed` and `zc` is added before rounding. Operand order matters (by an ulp): `a` is the
+/// kernel's first operand; where ORT's broadcaster hands the kernel one operand as a scalar per
+/// span, that operand is `b` (see `crate::interp`'s quant module).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QAddParams {
+    pub ra: f32,
+    pub rb: f32,
+    pub fixed: f32,
+}
+
+impl QAddParams {
+    pub fn new(sa: f32, za: i32, sb: f32, zb: i32, sc: f32, zc: i32) -> QAddParams {
+        let (ra, rb) = (sa / sc, sb / sc);
+        QAddParams { ra, rb, fixed: zc as f32 - (za as f32).mul_add(ra, rb * zb as f32) }
+    }
+
+    /// The stored result for stored operands `a` and `b`.
+    #[inline]
+    pub fn apply(&self, a: i64, b: i64, dtype: DType) -> i64 {
+        let v = (a as f32).mul_add(self.ra, (b as f32).mul_add(self.rb, self.fixed));
+        saturate_f64(v as f64, dtype)
+    }
+}
+
+/// ONNX Runtime's QLinearMul (`com.microsoft`, MLAS SSE2 kernel):
+/// `sat(round_half_even(((a - za) * (b - zb)) as f32 * ratio + zc))` with
+/// `ratio = (sa * sb) / sc` in f32; `zc` is added in f32 before rounding.
+#[inline]
+pub fn qlinear_mul(a: i64, za: i32, b: i64, zb: i32, ratio: f32, zc: i32, dtype: DType) -> i64 {
+    let p = (a - za as i64) * (b - zb as i64);
+    saturate_f64((p as f32 * ratio + zc as f32) as f64, dtype)
+}
+
+/// ONNX Runtime's QLinearGlobalAveragePool multiplier for `n` elements: `sx / (sy * n)` in f32;
+/// the result is [`requantize`]`(sum - zx * n, multiplier, zy)`.
+#[inline]
+pub fn global_average_multiplier(sx: f32, sy: f32, n: usize) -> f32 {
+    sx / (sy * n as f32)
+}
+
+/// Quantization with the zero point added before rounding, as ONNX Runtime's QLinearAveragePool
+/// does: `sat(round_half_even(x / scale + zero_point))`.
+#[inline]
+pub fn quantize_zp_inside(x: f32, scale: f32, zero_point: i32, dtype: DType) -> i64 {
+    saturate_f64((x / scale + zero_point as f32) as f64, dtype)
 }
 
 #[cfg(test)]

@@ -5,10 +5,19 @@
 //! planning, sensitivity analysis.
 //!
 //! ## Invariants
-//! * A pass is pure: graph in, graph out, plus a report. It never prints, never touches files and
-//!   never calls `qforge-codegen`; where it must run the graph (calibration, sensitivity) it asks for
-//!   an evaluator through a trait defined here, which `qforge` implements.
-//! * Every pass leaves a graph that passes [`qforge_ir::verify::verify`], and running it twice
-//!   changes nothing the second time.
+//! * One signature: [`Pass::run`] takes a graph and a [`PassContext`] and returns a
+//!   [`PassReport`]. A pass is pure: it never prints, never touches files and never calls
+//!   `qforge-codegen`; where it must run the graph (calibration, sensitivity) it asks for an
+//!   evaluator through a trait defined here, which `qforge` implements.
+//! * Every pass leaves a graph that passes [`qforge_ir::verify::verify`] (the [`Pipeline`] checks
+//!   after each pass when asked, always in tests), and running it twice changes nothing the second
+//!   time.
 //!
-//! This crate is at its beginning: the pass trait and pipeline arrive with the optimizer issue.
+//! Passes so far: [`canonicalize::Canonicalize`]. Quantization, precision and the egg optimizer
+//! arrive with their issues.
+
+pub mod canonicalize;
+pub mod pass;
+pub mod quantize;
+
+pub use pass::{Pass, PassContext, PassError, PassReport, Pipeline};

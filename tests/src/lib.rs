@@ -1,1 +1,162 @@
-//! Shared helpers of qforge's integration tests.
+//! Shared helpers of qforge's integration tests: where the corpus is, and the one comparison
+//! every reference check goes through.
+//!
+//! A reference case names a model, an input and a stored ONNX Runtime output; [`check`] imports the
+//! model, runs it on the reference interpreter, measures the agreement and asserts the case's
+//! expectation, printing the figures (max error, SQNR, bit-exact share, top-1 agreement) so the
+//! test log carries them.
+
+use anyhow::{bail, Context, Result};
+use qforge_ir::{Graph, Op, QuantParams, Tensor};
+use std::path::PathBuf;
+
+/// The shared model corpus, `../shared/models` beside the checkout.
+pub fn corpus() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/models"))
+}
+
+/// A file in the corpus.
+pub fn corpus_file(rel: &str) -> PathBuf {
+    corpus().join(rel)
+}
+
+/// What a case must achieve.
+#[derive(Clone, Copy, Debug)]
+pub enum Expect {
+    /// Float outputs: every element within `rel` times the reference's largest magnitude.
+    Float { rel: f32 },
+    /// Quantized outputs (dequantized at the end): at least `min_exact` of the elements bit-exact,
+    /// every element within `max_steps` output quantization steps, and the same top-1 as the
+    /// reference on every sample when `same_top1`.
+    Quantized { min_exact: f64, max_steps: f32, same_top1: bool },
+}
+
+/// One stored-reference check.
+#[derive(Clone, Copy, Debug)]
+pub struct Case {
+    pub model: &'static str,
+    pub input: &'static str,
+    pub reference: &'static str,
+    pub expect: Expect,
+}
+
+/// Agreement figures between an output and its reference.
+#[derive(Clone, Debug)]
+pub struct Agreement {
+    pub elements: usize,
+    pub max_abs: f32,
+    pub ref_max_abs: f32,
+    pub sqnr_db: f64,
+    pub exact_share: f64,
+    /// Largest difference in output quantization steps, when the output has a step.
+    pub max_steps: Option<f32>,
+    pub top1_same: usize,
+    pub rows: usize,
+}
+
+impl std::fmt::Display for Agreement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "max |err| {:.3e} (ref max {:.3e}), SQNR {:.1} dB, bit-exact {:.2}% of {}, top-1 same {}/{}",
+            self.max_abs,
+            self.ref_max_abs,
+            self.sqnr_db,
+            self.exact_share * 100.0,
+            self.elements,
+            self.top1_same,
+            self.rows
+        )?;
+        if let Some(s) = self.max_steps {
+            write!(f, ", max {s:.2} output steps")?;
+        }
+        Ok(())
+    }
+}
+
+/// Compares `out` with `reference` (same shape); `step` is the output quantization step.
+pub fn agreement(out: &Tensor, reference: &Tensor, step: Option<f32>) -> Result<Agreement> {
+    if out.shape() != reference.shape() {
+        bail!("output shape {:?} differs from the reference's {:?}", out.shape(), reference.shape());
+    }
+    let (a, r) = (out.to_f32_vec(), reference.to_f32_vec());
+    let mut max_abs = 0f32;
+    let (mut sig, mut noise) = (0f64, 0f64);
+    let mut exact = 0;
+    for (&x, &y) in a.iter().zip(&r) {
+        let d = (x - y).abs();
+        if d.is_nan() {
+            bail!("NaN in the output where the reference has {y}");
+        }
+        max_abs = max_abs.max(d);
+        sig += (y as f64) * (y as f64);
+        noise += ((x - y) as f64).powi(2);
+        exact += (x.to_bits() == y.to_bits()) as usize;
+    }
+    let ref_max_abs = r.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let rows = reference.shape().first().copied().unwrap_or(1).max(1);
+    let cols = r.len() / rows;
+    let argmax = |v: &[f32]| v.iter().enumerate().fold(0, |b, (i, &x)| if x > v[b] { i } else { b });
+    let top1_same = if cols == 0 {
+        rows
+    } else {
+        a.chunks(cols).zip(r.chunks(cols)).filter(|(x, y)| argmax(x) == argmax(y)).count()
+    };
+    Ok(Agreement {
+        elements: r.len(),
+        max_abs,
+        ref_max_abs,
+        sqnr_db: if noise == 0.0 { f64::INFINITY } else { 10.0 * (sig / noise).log10() },
+        exact_share: exact as f64 / r.len().max(1) as f64,
+        max_steps: step.map(|s| max_abs / s),
+        top1_same,
+        rows,
+    })
+}
+
+/// The quantization step of output 0 when it is produced by dequantizing a per-tensor value.
+pub fn output_step(g: &Graph) -> Option<f32> {
+    let out = g.outputs().first()?.value;
+    let node = g.node(out.node);
+    if !matches!(node.op, Op::Dequantize) {
+        return None;
+    }
+    let input = node.inputs().first().copied().flatten()?;
+    match g.value_type(input).quant.as_ref()? {
+        QuantParams::PerTensor { scale, .. } => Some(*scale),
+        QuantParams::PerAxis { .. } => None,
+    }
+}
+
+/// Imports the case's model, runs it on the reference interpreter, prints the agreement with the
+/// stored reference and asserts the expectation.
+pub fn check(case: &Case) -> Result<Agreement> {
+    let g = qforge::load_model(&corpus_file(case.model))?;
+    qforge_ir::verify::verify(&g).context("imported graph does not verify")?;
+    let x = qforge::npy::read(&corpus_file(case.input))?;
+    let reference = qforge::npy::read(&corpus_file(case.reference))?;
+    let out = qforge_ir::interp::run(&g, &[x])?.into_iter().next().context("no output")?;
+    let step = output_step(&g);
+    let a = agreement(&out, &reference, step)?;
+    println!("{}: {a}", case.model);
+    match case.expect {
+        Expect::Float { rel } => {
+            if a.max_abs > rel * a.ref_max_abs {
+                bail!("{}: max error {:.3e} exceeds {rel:e} of the reference's largest magnitude", case.model, a.max_abs);
+            }
+        }
+        Expect::Quantized { min_exact, max_steps, same_top1 } => {
+            let Some(steps) = a.max_steps else { bail!("{}: the output is not a dequantized per-tensor value", case.model) };
+            if a.exact_share < min_exact {
+                bail!("{}: bit-exact share {:.2}% is below {:.2}%", case.model, a.exact_share * 100.0, min_exact * 100.0);
+            }
+            if steps > max_steps + 1e-3 {
+                bail!("{}: {steps:.2} output steps off, more than {max_steps}", case.model);
+            }
+            if same_top1 && a.top1_same != a.rows {
+                bail!("{}: top-1 differs from the reference on {} samples", case.model, a.rows - a.top1_same);
+            }
+        }
+    }
+    Ok(a)
+}

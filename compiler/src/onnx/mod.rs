@@ -1,5 +1,28 @@
-//! ONNX import (and, later, QDQ export). (Implementation in progress.)
+//! ONNX import (and, later, QDQ export).
+//!
+//! * [`proto`]: the ONNX protobuf messages, generated once by prost-build and committed
+//!   (regenerate with `compiler/proto/regen.sh`; the build needs neither protoc nor a build script).
+//! * `import`: graph building: initializers, graph inputs with symbolic dims, the value map,
+//!   node naming, constant folding, outputs, verification.
+//! * `ops`: one function per ONNX op or op family.
+//! * `attrs`: typed attribute access. `tensors`: `TensorProto` <-> [`qforge_ir::Tensor`].
+//!
+//! Default-domain opsets 9 to 21 are imported, plus the `com.microsoft` ops that ONNX Runtime's
+//! quantization tools emit (QGemm, QLinearGlobalAveragePool, QLinearAveragePool, QLinearAdd,
+//! QLinearMul, QLinearConcat) and Gelu. Quantization parameters of QuantizeLinear,
+//! DequantizeLinear and the QLinear* ops must be constants; they become part of the value types.
 
+mod attrs;
+pub mod builder;
+mod import;
+mod ops;
+#[rustfmt::skip]
+pub mod proto;
+pub mod tensors;
+
+pub use import::{import_model, MAX_OPSET, MIN_OPSET};
+
+use prost::Message;
 use qforge_ir::Graph;
 use std::path::Path;
 
@@ -20,14 +43,30 @@ pub enum ImportError {
     Ir(#[from] qforge_ir::IrError),
 }
 
-/// Reads and imports an ONNX file.
+/// Reads and imports an ONNX file. The graph is named after the file's stem.
 pub fn import_file(path: &Path) -> Result<Graph, ImportError> {
     let bytes = std::fs::read(path).map_err(|source| ImportError::Io { path: path.display().to_string(), source })?;
-    import_bytes(&bytes, &path.display().to_string())
+    let mut g = import_bytes(&bytes, &path.display().to_string())?;
+    if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+        g.name = stem.to_string();
+    }
+    Ok(g)
 }
 
-/// Imports an ONNX model from its protobuf bytes; `origin` names it in errors.
+/// Imports an ONNX model from its protobuf bytes; `origin` names it in errors. The graph takes
+/// the ONNX graph's name ("model" when it has none).
 pub fn import_bytes(bytes: &[u8], origin: &str) -> Result<Graph, ImportError> {
-    let _ = bytes;
-    Err(ImportError::Decode { path: origin.into(), msg: "import is not implemented yet".into() })
+    if bytes.is_empty() {
+        return Err(ImportError::Decode { path: origin.into(), msg: "the file is empty".into() });
+    }
+    let model = proto::ModelProto::decode(bytes)
+        .map_err(|e| ImportError::Decode { path: origin.into(), msg: e.to_string() })?;
+    // Protobuf skips unknown fields, so arbitrary bytes can decode into an empty message.
+    if model.ir_version == 0 && model.graph.is_none() && model.opset_import.is_empty() {
+        return Err(ImportError::Decode {
+            path: origin.into(),
+            msg: "no ONNX model in the data (no ir_version, no opset_import, no graph)".into(),
+        });
+    }
+    import_model(&model, origin)
 }

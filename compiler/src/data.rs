@@ -1,0 +1,117 @@
+//! Batches and labels: splitting inputs along axis 0, joining outputs, top-1 accuracy.
+
+use anyhow::{bail, Result};
+use qforge_ir::{with_data, Tensor, TensorData};
+
+/// Rows `start..end` of axis 0.
+pub fn slice_batch(x: &Tensor, start: usize, end: usize) -> Result<Tensor> {
+    let Some(&n) = x.shape().first() else { bail!("cannot batch a scalar") };
+    if start > end || end > n {
+        bail!("batch {start}..{end} is outside 0..{n}");
+    }
+    let row: usize = x.shape()[1..].iter().product();
+    let mut shape = x.shape().to_vec();
+    shape[0] = end - start;
+    let data = with_data!(x.data(), v => v[start * row..end * row].to_vec().into_data());
+    Tensor::new(shape, data).ok_or_else(|| anyhow::anyhow!("internal: batch shape mismatch"))
+}
+
+/// Joins tensors of equal trailing shape along axis 0.
+pub fn concat_batch(parts: &[Tensor]) -> Result<Tensor> {
+    let Some(first) = parts.first() else { bail!("nothing to join") };
+    let mut shape = first.shape().to_vec();
+    if shape.is_empty() {
+        bail!("cannot join scalars along a batch axis");
+    }
+    shape[0] = 0;
+    let mut all = Vec::with_capacity(parts.len());
+    for p in parts {
+        if p.dtype() != first.dtype() || p.shape().get(1..) != first.shape().get(1..) {
+            bail!("batch outputs differ in type: {:?} vs {:?}", p.shape(), first.shape());
+        }
+        shape[0] += p.shape()[0];
+        all.push(p.data().clone());
+    }
+    let data = join(all)?;
+    Tensor::new(shape, data).ok_or_else(|| anyhow::anyhow!("internal: joined shape mismatch"))
+}
+
+fn join(parts: Vec<TensorData>) -> Result<TensorData> {
+    let mut it = parts.into_iter();
+    let Some(mut acc) = it.next() else { bail!("nothing to join") };
+    for p in it {
+        match (&mut acc, p) {
+            (TensorData::F32(a), TensorData::F32(b)) => a.extend(b),
+            (TensorData::F16(a), TensorData::F16(b)) => a.extend(b),
+            (TensorData::BF16(a), TensorData::BF16(b)) => a.extend(b),
+            (TensorData::I8(a), TensorData::I8(b)) => a.extend(b),
+            (TensorData::U8(a), TensorData::U8(b)) => a.extend(b),
+            (TensorData::I32(a), TensorData::I32(b)) => a.extend(b),
+            (TensorData::I64(a), TensorData::I64(b)) => a.extend(b),
+            (TensorData::Bool(a), TensorData::Bool(b)) => a.extend(b),
+            _ => bail!("batch outputs differ in dtype"),
+        }
+    }
+    Ok(acc)
+}
+
+/// Rebuilds `TensorData` from a vector of any element type.
+trait IntoData {
+    fn into_data(self) -> TensorData;
+}
+macro_rules! into_data {
+    ($t:ty, $v:ident) => {
+        impl IntoData for Vec<$t> {
+            fn into_data(self) -> TensorData {
+                TensorData::$v(self)
+            }
+        }
+    };
+}
+into_data!(f32, F32);
+into_data!(half::f16, F16);
+into_data!(half::bf16, BF16);
+into_data!(i8, I8);
+into_data!(u8, U8);
+into_data!(i32, I32);
+into_data!(i64, I64);
+into_data!(bool, Bool);
+
+/// Index of the largest score in each row of a `[N, C]` (or `[N, C, 1, 1]`) tensor; ties go to
+/// the first.
+pub fn argmax_rows(scores: &Tensor) -> Result<Vec<usize>> {
+    let Some(&n) = scores.shape().first() else { bail!("scores must have a batch dimension") };
+    if n == 0 {
+        return Ok(vec![]);
+    }
+    let v = scores.to_f32_vec();
+    let c = v.len() / n;
+    if c == 0 {
+        bail!("scores have no classes");
+    }
+    Ok(v.chunks(c)
+        .map(|row| row.iter().enumerate().fold(0, |best, (i, &x)| if x > row[best] { i } else { best }))
+        .collect())
+}
+
+/// Labels as class indices: an integer vector of one label per sample.
+pub fn labels(y: &Tensor) -> Result<Vec<usize>> {
+    let Some(v) = y.to_i64_vec() else { bail!("labels must be integers, got {}", y.dtype()) };
+    if y.rank() != 1 {
+        bail!("labels must be a vector of shape [N], got {:?}", y.shape());
+    }
+    v.into_iter()
+        .map(|l| usize::try_from(l).map_err(|_| anyhow::anyhow!("negative label {l}")))
+        .collect()
+}
+
+/// Share of predictions equal to the labels.
+pub fn top1(pred: &[usize], labels: &[usize]) -> Result<f64> {
+    if pred.len() != labels.len() {
+        bail!("{} predictions but {} labels", pred.len(), labels.len());
+    }
+    if pred.is_empty() {
+        bail!("no samples");
+    }
+    Ok(pred.iter().zip(labels).filter(|(p, l)| p == l).count() as f64 / pred.len() as f64)
+}

@@ -1,0 +1,365 @@
+//! Graph building: opsets, initializers, graph inputs with symbolic dimensions, the map from ONNX
+//! value names to IR values, node naming, constant folding, graph outputs and verification.
+
+use super::attrs::NodeRef;
+use super::proto::{tensor_shape_proto::dimension, type_proto, GraphProto, ModelProto, ValueInfoProto};
+use super::tensors::{dtype_from_onnx, tensor_from_proto};
+use super::{ops, ImportError};
+use qforge_ir::{infer, interp, Dim, Graph, Op, Shape, Tensor, TensorType, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// The ONNX default-domain opsets the importer understands.
+pub const MIN_OPSET: i64 = 9;
+pub const MAX_OPSET: i64 = 21;
+
+/// Largest element count of the fixed dims of a graph input (keeps shape arithmetic far from
+/// overflow).
+const MAX_INPUT_ELEMENTS: u128 = 1 << 48;
+
+/// Constant folding through the interpreter is limited to results (and inputs) of at most this
+/// many elements: it is meant for shape arithmetic and small parameter tensors, not weights.
+const FOLD_MAX_ELEMENTS: usize = 1 << 16;
+
+/// Import state: the graph being built and what ONNX names refer to.
+pub struct Importer {
+    pub g: Graph,
+    /// Default-domain opset.
+    pub opset: i64,
+    /// `com.microsoft` opset (1 when the model does not declare it).
+    pub ms_opset: i64,
+    /// ONNX value name -> IR value.
+    values: HashMap<String, Value>,
+    /// Initializers not yet added to the graph (added on first use, so unused ones and weights
+    /// consumed only as quantized constants never appear as plain constants).
+    inits: HashMap<String, Arc<Tensor>>,
+    /// Optional ONNX outputs the importer does not produce (Dropout's mask, MaxPool's indices):
+    /// value name -> description, for a clear error if something consumes one.
+    dropped: HashMap<String, String>,
+    /// Node names in use.
+    names: HashSet<String>,
+    /// Quantized constants already made from an initializer, by (name, dtype and parameters).
+    quant_consts: HashMap<(String, String), Value>,
+}
+
+impl Importer {
+    /// A name not used by any node yet, based on `base`.
+    pub fn fresh_name(&mut self, base: &str) -> String {
+        if self.names.insert(base.to_string()) {
+            return base.to_string();
+        }
+        let mut k = 1usize;
+        loop {
+            let name = format!("{base}_{k}");
+            if self.names.insert(name.clone()) {
+                return name;
+            }
+            k += 1;
+        }
+    }
+
+    /// The value an ONNX name refers to, adding an initializer to the graph on first use.
+    pub fn lookup(&mut self, name: &str) -> Option<Value> {
+        if let Some(v) = self.values.get(name) {
+            return Some(*v);
+        }
+        let t = self.inits.get(name)?.clone();
+        let node_name = self.fresh_name(name);
+        let t = Arc::try_unwrap(t).unwrap_or_else(|t| (*t).clone());
+        let v = self.g.add_const(node_name, t);
+        // Keep the tensor reachable by name without a second copy.
+        if let Op::Const(t) = &self.g.node(v.node).op {
+            self.inits.insert(name.to_string(), t.clone());
+        }
+        self.values.insert(name.to_string(), v);
+        Some(v)
+    }
+
+    /// Whether the name refers to anything (a value, an initializer).
+    pub fn knows(&self, name: &str) -> bool {
+        self.values.contains_key(name) || self.inits.contains_key(name)
+    }
+
+    /// If the name is a dropped optional output, what it was.
+    pub fn dropped(&self, name: &str) -> Option<&str> {
+        self.dropped.get(name).map(String::as_str)
+    }
+
+    /// The value bound to a name, without materializing initializers.
+    pub fn bound(&self, name: &str) -> Option<Value> {
+        self.values.get(name).copied()
+    }
+
+    /// The constant tensor behind an ONNX name (an initializer or a constant node), if any.
+    pub fn const_by_name(&self, name: &str) -> Option<Arc<Tensor>> {
+        match self.values.get(name) {
+            Some(v) => self.const_of(*v),
+            None => self.inits.get(name).cloned(),
+        }
+    }
+
+    /// The tensor of a constant value.
+    pub fn const_of(&self, v: Value) -> Option<Arc<Tensor>> {
+        match &self.g.node(v.node).op {
+            Op::Const(t) => Some(t.clone()),
+            _ => None,
+        }
+    }
+
+    /// A constant of a quantized type made from the constant tensor named `name` (one per
+    /// distinct type).
+    pub fn quant_const(&mut self, name: &str, t: &Tensor, ty: TensorType) -> Value {
+        let key = (name.to_string(), format!("{ty:?}"));
+        if let Some(v) = self.quant_consts.get(&key) {
+            return *v;
+        }
+        let node_name = self.fresh_name(name);
+        let v = self.g.add_const_typed(node_name, t.clone(), ty);
+        self.quant_consts.insert(key, v);
+        v
+    }
+
+    /// Adds a node, folding it into a constant when every input is constant and the op is cheap
+    /// (see [`Importer::try_fold`]). IR errors become node errors of `at`.
+    pub fn add(
+        &mut self,
+        at: &NodeRef,
+        op: Op,
+        inputs: Vec<Option<Value>>,
+        declared: Option<Vec<TensorType>>,
+        name: String,
+    ) -> Result<Value, ImportError> {
+        if let Some(v) = self.try_fold(&op, &inputs, declared.as_deref(), &name, at) {
+            return Ok(v);
+        }
+        let helper = name != at.name;
+        let v = self.g.add_node(op, inputs, declared, name).map_err(|e| match e {
+            qforge_ir::IrError::Node { node, msg, .. } if helper => at.err(format!("in `{node}`: {msg}")),
+            qforge_ir::IrError::Node { msg, .. } => at.err(msg),
+            e => ImportError::Ir(e),
+        })?;
+        if helper {
+            self.g.node_mut(v.node).from = vec![at.name.clone()];
+        }
+        Ok(v)
+    }
+
+    /// Folds `op` on constant inputs. Ops that only change the shape are folded here (any size);
+    /// cheap arithmetic and data movement on small tensors go through the reference
+    /// interpreter's `eval_op`. Anything that cannot be folded returns `None` and stays a node.
+    fn try_fold(
+        &mut self,
+        op: &Op,
+        inputs: &[Option<Value>],
+        declared: Option<&[TensorType]>,
+        name: &str,
+        at: &NodeRef,
+    ) -> Option<Value> {
+        if inputs.is_empty() || op.num_outputs() != 1 {
+            return None;
+        }
+        let reshape_only = matches!(
+            op,
+            Op::Reshape { .. } | Op::Flatten { .. } | Op::Unsqueeze { .. } | Op::Squeeze { .. } | Op::Identity
+        );
+        let evaluable = matches!(
+            op,
+            Op::Binary(_)
+                | Op::Unary(_)
+                | Op::Cast { .. }
+                | Op::Concat { .. }
+                | Op::Gather { .. }
+                | Op::Slice { .. }
+                | Op::Transpose { .. }
+                | Op::Expand { .. }
+                | Op::Where
+        );
+        if !reshape_only && !evaluable {
+            return None;
+        }
+        let consts: Vec<Arc<Tensor>> =
+            inputs.iter().map(|v| v.and_then(|v| self.const_of(v))).collect::<Option<_>>()?;
+        let vals: Vec<Value> = inputs.iter().map(|v| v.ok_or(())).collect::<Result<_, _>>().ok()?;
+        let in_types: Vec<Option<&TensorType>> = vals.iter().map(|v| Some(self.g.value_type(*v))).collect();
+        let out_ty = infer::infer(op, &in_types, declared).ok()?.pop()?;
+        let out_shape = out_ty.shape.as_fixed()?;
+        let folded = if reshape_only {
+            let t: &Tensor = consts.first()?;
+            t.clone().reshaped(out_shape)?
+        } else {
+            let small = |n: usize| n <= FOLD_MAX_ELEMENTS;
+            if !small(out_shape.iter().product()) || !consts.iter().all(|t| small(t.len())) {
+                return None;
+            }
+            let refs: Vec<Option<&Tensor>> = consts.iter().map(|t| Some(&**t)).collect();
+            let mut r = interp::eval_op(op, &in_types, std::slice::from_ref(&out_ty), &refs).ok()?;
+            let t = r.pop()?;
+            (r.is_empty() && t.dtype() == out_ty.dtype && t.shape() == out_shape.as_slice()).then_some(t)?
+        };
+        let node_name = self.fresh_name(name);
+        let v = self.g.add_const_typed(node_name, folded, out_ty);
+        self.g.node_mut(v.node).from = vec![at.name.clone()];
+        Some(v)
+    }
+}
+
+/// Imports a decoded model.
+pub fn import_model(model: &ModelProto, origin: &str) -> Result<Graph, ImportError> {
+    let graph = model.graph.as_ref().ok_or_else(|| ImportError::Model(format!("`{origin}` has no graph")))?;
+    let (mut opset, mut ms_opset) = (None, 1);
+    for o in &model.opset_import {
+        match o.domain.as_str() {
+            "" | "ai.onnx" => opset = Some(o.version),
+            "com.microsoft" => ms_opset = o.version,
+            _ => {}
+        }
+    }
+    let opset = opset.ok_or_else(|| {
+        ImportError::Model(format!("`{origin}` does not import the default ONNX domain (no opset_import for \"\")"))
+    })?;
+    if !(MIN_OPSET..=MAX_OPSET).contains(&opset) {
+        return Err(ImportError::Model(format!(
+            "`{origin}` uses opset {opset} of the default domain; qforge imports opsets {MIN_OPSET} to {MAX_OPSET} \
+             (convert it with onnx.version_converter)"
+        )));
+    }
+    let name = if graph.name.is_empty() { "model".to_string() } else { graph.name.clone() };
+    let mut im = Importer {
+        g: Graph::new(name),
+        opset,
+        ms_opset,
+        values: HashMap::new(),
+        inits: HashMap::new(),
+        dropped: HashMap::new(),
+        names: HashSet::new(),
+        quant_consts: HashMap::new(),
+    };
+    add_initializers(&mut im, graph)?;
+    add_inputs(&mut im, graph)?;
+    for (index, node) in graph.node.iter().enumerate() {
+        let base = if node.name.is_empty() { format!("{}_{index}", node.op_type) } else { node.name.clone() };
+        let name = im.fresh_name(&base);
+        let node_opset = match node.domain.as_str() {
+            "" | "ai.onnx" => im.opset,
+            "com.microsoft" => im.ms_opset,
+            d => model.opset_import.iter().find(|o| o.domain == d).map_or(0, |o| o.version),
+        };
+        let at = NodeRef { name, op: node.op_type.clone(), domain: node.domain.clone(), opset: node_opset };
+        let outs = ops::import_node(&mut im, node, &at)?;
+        for (i, out) in node.output.iter().enumerate() {
+            if out.is_empty() {
+                continue;
+            }
+            if im.knows(out) {
+                return Err(at.err(format!("output `{out}` is already defined (ONNX graphs are SSA)")));
+            }
+            match outs.get(i).copied().flatten() {
+                Some(v) => {
+                    im.values.insert(out.clone(), v);
+                }
+                None => {
+                    im.dropped.insert(out.clone(), format!("optional output {i} of {} node `{}`", at.op, at.name));
+                }
+            }
+        }
+    }
+    for o in &graph.output {
+        let v = im.lookup(&o.name).ok_or_else(|| match im.dropped(&o.name) {
+            Some(d) => {
+                ImportError::Model(format!("graph output `{}` is the {d}, which qforge does not compute", o.name))
+            }
+            None => ImportError::Model(format!("graph output `{}` is not produced by any node", o.name)),
+        })?;
+        check_output_type(&im.g, o, v)?;
+        im.g.add_output(o.name.clone(), v);
+    }
+    im.g.remove_dead();
+    qforge_ir::verify::verify(&im.g)?;
+    Ok(im.g)
+}
+
+fn add_initializers(im: &mut Importer, graph: &GraphProto) -> Result<(), ImportError> {
+    if let Some(s) = graph.sparse_initializer.first() {
+        let name = s.values.as_ref().map_or("", |v| v.name.as_str());
+        return Err(ImportError::Model(format!("sparse initializer `{name}` is not supported")));
+    }
+    for t in &graph.initializer {
+        if t.name.is_empty() {
+            return Err(ImportError::Model("an initializer has no name".into()));
+        }
+        let tensor = tensor_from_proto(t).map_err(|m| ImportError::Model(format!("initializer: {m}")))?;
+        if im.inits.insert(t.name.clone(), Arc::new(tensor)).is_some() {
+            return Err(ImportError::Model(format!("initializer `{}` is defined twice", t.name)));
+        }
+    }
+    Ok(())
+}
+
+/// Graph inputs that are not initializers (IR 3 models list every initializer as an input too;
+/// from IR 4 on an initializer that is also an input is a default the caller may override,
+/// which qforge treats as a constant).
+fn add_inputs(im: &mut Importer, graph: &GraphProto) -> Result<(), ImportError> {
+    for vi in &graph.input {
+        if im.inits.contains_key(&vi.name) {
+            continue;
+        }
+        if vi.name.is_empty() {
+            return Err(ImportError::Model("a graph input has no name".into()));
+        }
+        if im.values.contains_key(&vi.name) {
+            return Err(ImportError::Model(format!("graph input `{}` is listed twice", vi.name)));
+        }
+        let ty = input_type(vi)?;
+        im.names.insert(vi.name.clone());
+        let v = im.g.add_input(vi.name.clone(), ty);
+        im.values.insert(vi.name.clone(), v);
+    }
+    Ok(())
+}
+
+/// The type of a graph input. A dimension with a `dim_param` becomes that symbol; a first
+/// dimension with neither size nor name becomes the batch symbol `N`; any other unknown
+/// dimension is an error.
+fn input_type(vi: &ValueInfoProto) -> Result<TensorType, ImportError> {
+    let err = |m: &str| ImportError::Model(format!("graph input `{}` {m}", vi.name));
+    let tt = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(type_proto::Value::TensorType(tt)) => tt,
+        _ => return Err(err("is not a tensor")),
+    };
+    let dtype = dtype_from_onnx(tt.elem_type).map_err(|m| err(&format!("has an unsupported type: {m}")))?;
+    let shape = tt.shape.as_ref().ok_or_else(|| err("has no shape (qforge needs its rank and dimensions)"))?;
+    let mut dims = vec![];
+    let mut numel: u128 = 1;
+    for (i, d) in shape.dim.iter().enumerate() {
+        dims.push(match &d.value {
+            Some(dimension::Value::DimValue(v)) => {
+                let n = usize::try_from(*v).map_err(|_| err(&format!("has a negative dimension {v}")))?;
+                numel = numel.saturating_mul(n as u128);
+                if numel > MAX_INPUT_ELEMENTS {
+                    return Err(err(&format!("has more than {MAX_INPUT_ELEMENTS} elements")));
+                }
+                Dim::Fixed(n)
+            }
+            Some(dimension::Value::DimParam(p)) if !p.is_empty() => Dim::Sym(p.clone()),
+            _ if i == 0 => Dim::Sym("N".into()),
+            _ => return Err(err(&format!("has an unknown dimension {i} (neither a size nor a name)"))),
+        });
+    }
+    Ok(TensorType::new(dtype, Shape(dims)))
+}
+
+/// The element type a graph output declares must be the one the graph computes.
+fn check_output_type(g: &Graph, o: &ValueInfoProto, v: Value) -> Result<(), ImportError> {
+    let Some(type_proto::Value::TensorType(tt)) = o.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+        return Ok(());
+    };
+    if tt.elem_type == 0 {
+        return Ok(());
+    }
+    let have = g.value_type(v);
+    match dtype_from_onnx(tt.elem_type) {
+        Ok(d) if d == have.dtype => Ok(()),
+        Ok(d) => Err(ImportError::Model(format!("graph output `{}` is declared {d} but computes {have}", o.name))),
+        Err(m) => Err(ImportError::Model(format!("graph output `{}`: {m}", o.name))),
+    }
+}

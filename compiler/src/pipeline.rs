@@ -1,0 +1,160 @@
+//! The pipeline options every command shares (DESIGN.md, "Command line"), and their validation.
+//!
+//! The options are parsed from the start so scripts can rely on them; the stages behind some of
+//! them are not built yet, and asking for those is a clear error rather than a silent no-op.
+
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+
+/// How (and whether) to quantize.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantizeMode {
+    /// Keep the model's own precision (a QDQ or QAT model keeps its Q/DQ).
+    #[default]
+    None,
+    /// Static INT8 post-training quantization with calibration.
+    Int8,
+    /// Dynamic quantization: INT8 weights, activations quantized per batch at run time.
+    Dynamic,
+}
+
+/// Calibration observer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CalibMethod {
+    #[default]
+    Minmax,
+    Ema,
+    Percentile,
+    Entropy,
+    Mse,
+}
+
+/// Floating-point precision policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Fp16,
+    Bf16,
+    Amp,
+}
+
+/// Which engine runs the graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// The Cranelift JIT.
+    Jit,
+    /// The reference interpreter.
+    #[default]
+    Interp,
+}
+
+/// Options that choose what happens between import and execution.
+#[derive(Clone, Debug, Args, serde::Serialize)]
+pub struct PipelineOptions {
+    /// Quantization: none keeps the model's precision.
+    #[arg(long, value_enum, default_value_t = QuantizeMode::None)]
+    pub quantize: QuantizeMode,
+    /// Calibration inputs (.npy, batch on axis 0) for static quantization.
+    #[arg(long, value_name = "X.npy")]
+    pub calib: Option<PathBuf>,
+    /// Calibration observer.
+    #[arg(long, value_enum, default_value_t = CalibMethod::Minmax)]
+    pub calib_method: CalibMethod,
+    /// Quantize weights per output channel (the default).
+    #[arg(long, overrides_with = "per_tensor")]
+    pub per_channel: bool,
+    /// Quantize weights with one scale per tensor.
+    #[arg(long)]
+    pub per_tensor: bool,
+    /// Symmetric quantization (zero point 0).
+    #[arg(long, overrides_with = "asymmetric")]
+    pub symmetric: bool,
+    /// Asymmetric quantization.
+    #[arg(long)]
+    pub asymmetric: bool,
+    /// Floating-point precision.
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
+    /// Hardware profile: a shipped name or a TOML file.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub profile: Option<String>,
+    /// Per-layer quantization policy (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub qconfig: Option<PathBuf>,
+    /// Execution engine.
+    #[arg(long, value_enum, default_value_t = Engine::Interp)]
+    pub engine: Engine,
+    /// 0: the graph as imported; 1 and 2: the optimizations that exist (2 is the default).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub opt_level: u8,
+    /// Largest tensor any stage may allocate, in bytes.
+    #[arg(long, default_value_t = 4 << 30, value_name = "BYTES")]
+    pub max_tensor_bytes: u64,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            quantize: QuantizeMode::None,
+            calib: None,
+            calib_method: CalibMethod::Minmax,
+            per_channel: false,
+            per_tensor: false,
+            symmetric: false,
+            asymmetric: false,
+            precision: Precision::Fp32,
+            profile: None,
+            qconfig: None,
+            engine: Engine::Interp,
+            opt_level: 2,
+            max_tensor_bytes: 4 << 30,
+        }
+    }
+}
+
+/// A pipeline option whose stage does not exist yet.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{option} is not implemented yet ({stage} has not landed); run without it")]
+pub struct Unimplemented {
+    pub option: String,
+    pub stage: &'static str,
+}
+
+impl PipelineOptions {
+    /// Rejects options whose stage is not built yet, naming the option.
+    pub fn check_supported(&self) -> Result<(), Unimplemented> {
+        let no = |option: String, stage| Err(Unimplemented { option, stage });
+        match self.quantize {
+            QuantizeMode::None => {}
+            QuantizeMode::Int8 => return no("--quantize int8".into(), "post-training quantization"),
+            QuantizeMode::Dynamic => return no("--quantize dynamic".into(), "dynamic quantization"),
+        }
+        if self.calib.is_some() {
+            return no("--calib".into(), "calibration");
+        }
+        if self.calib_method != CalibMethod::Minmax {
+            return no(format!("--calib-method {:?}", self.calib_method).to_lowercase(), "calibration");
+        }
+        if self.per_channel || self.per_tensor || self.symmetric || self.asymmetric {
+            return no("quantization scheme options".into(), "post-training quantization");
+        }
+        if self.precision != Precision::Fp32 {
+            return no(format!("--precision {:?}", self.precision).to_lowercase(), "mixed precision");
+        }
+        if self.profile.is_some() {
+            return no("--profile".into(), "hardware profiles");
+        }
+        if self.qconfig.is_some() {
+            return no("--qconfig".into(), "the quantization policy");
+        }
+        if self.engine == Engine::Jit {
+            return no("--engine jit".into(), "the Cranelift JIT");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,209 @@
+//! The command line's contract: errors are one line on stderr and a non-zero exit, never a panic
+//! or a backtrace; `--json` output has the documented keys.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const QFORGE: &str = env!("CARGO_BIN_EXE_qforge");
+const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets");
+
+fn corpus(rel: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/models")).join(rel)
+}
+
+fn asset(name: &str) -> PathBuf {
+    Path::new(ASSETS).join(name)
+}
+
+/// A scratch directory unique to the test.
+fn scratch(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("qforge-cli-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+struct Outcome {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn qforge(args: &[&str]) -> Outcome {
+    let out = Command::new(QFORGE).args(args).env_remove("RUST_BACKTRACE").output().expect("qforge runs");
+    Outcome {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The one helper every error case goes through: non-zero exit, one line on stderr starting with
+/// `error:`, containing `needle`, and no panic or backtrace.
+fn expect_error(args: &[&str], needle: &str) {
+    let o = qforge(args);
+    assert_ne!(o.code, Some(0), "qforge {args:?} succeeded; stdout: {}", o.stdout);
+    assert_eq!(o.code, Some(1), "qforge {args:?} exited with {:?}: {}", o.code, o.stderr);
+    let lines: Vec<&str> = o.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "qforge {args:?} printed more than one line:\n{}", o.stderr);
+    assert!(lines[0].starts_with("error: "), "{}", lines[0]);
+    assert!(!o.stderr.contains("panicked") && !o.stderr.contains("internal error"), "{}", o.stderr);
+    assert!(lines[0].contains(needle), "qforge {args:?}: expected `{needle}` in: {}", lines[0]);
+}
+
+fn p(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn missing_model_file() {
+    expect_error(&["inspect", "/nonexistent/model.onnx"], "cannot read `/nonexistent/model.onnx`");
+}
+
+#[test]
+fn truncated_onnx() {
+    let d = scratch("truncated");
+    let bytes = std::fs::read(asset("digits_cnn.onnx")).unwrap();
+    let f = d.join("half.onnx");
+    std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+    expect_error(&["inspect", p(&f)], "is not a valid ONNX model");
+}
+
+#[test]
+fn non_onnx_file() {
+    let d = scratch("nononnx");
+    let f = d.join("notes.onnx");
+    std::fs::write(&f, "this is not a protobuf, just some text\n").unwrap();
+    expect_error(&["inspect", p(&f)], "is not a valid ONNX model");
+}
+
+#[test]
+fn unknown_model_extension() {
+    expect_error(&["inspect", p(&asset("digits_samples_x.npy"))], "unknown model format");
+}
+
+#[test]
+fn input_of_wrong_shape() {
+    let d = scratch("shape");
+    let x = qforge_ir::Tensor::from_f32(vec![2, 3], vec![0.0; 6]);
+    let f = d.join("x.npy");
+    qforge::npy::write(&f, &x).unwrap();
+    let out = d.join("y.npy");
+    expect_error(
+        &["run", p(&asset("digits_cnn.onnx")), "--input", p(&f), "--output", p(&out)],
+        "input `input`",
+    );
+}
+
+#[test]
+fn input_of_wrong_dtype() {
+    let d = scratch("dtype");
+    let x = qforge_ir::Tensor::from_i64(vec![1, 1, 8, 8], vec![0; 64]);
+    let f = d.join("x.npy");
+    qforge::npy::write(&f, &x).unwrap();
+    let out = d.join("y.npy");
+    expect_error(&["run", p(&asset("digits_cnn.onnx")), "--input", p(&f), "--output", p(&out)], "i64");
+}
+
+#[test]
+fn missing_input_npy() {
+    let d = scratch("missingnpy");
+    expect_error(
+        &["run", p(&asset("digits_cnn.onnx")), "--input", "/nonexistent/x.npy", "--output", p(&d.join("y.npy"))],
+        "/nonexistent/x.npy",
+    );
+}
+
+#[test]
+fn unsupported_op() {
+    let d = scratch("unsupported");
+    let f = d.join("einsum.onnx");
+    std::fs::write(&f, qforge::onnx::builder::single_node_model("Einsum", "")).unwrap();
+    expect_error(&["inspect", p(&f)], "unsupported op `Einsum`");
+}
+
+#[test]
+fn unimplemented_pipeline_option() {
+    expect_error(
+        &["inspect", p(&asset("digits_cnn.onnx")), "--quantize", "int8"],
+        "--quantize int8 is not implemented yet",
+    );
+}
+
+#[test]
+fn labels_count_mismatch() {
+    let d = scratch("labels");
+    let y = qforge_ir::Tensor::from_i64(vec![3], vec![1, 2, 3]);
+    let f = d.join("y.npy");
+    qforge::npy::write(&f, &y).unwrap();
+    expect_error(
+        &["eval", p(&asset("digits_cnn.onnx")), "--input", p(&asset("digits_samples_x.npy")), "--labels", p(&f)],
+        "200 inputs but 3 labels",
+    );
+}
+
+#[test]
+fn inspect_json_has_the_documented_keys() {
+    let o = qforge(&["inspect", p(&asset("digits_cnn.onnx")), "--json"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("one JSON object");
+    for key in ["inputs", "outputs", "ops", "params", "weight_bytes", "nodes"] {
+        assert!(v.get(key).is_some(), "missing key {key}");
+    }
+    assert_eq!(v["inputs"][0]["name"], "input");
+    assert_eq!(v["inputs"][0]["shape"], serde_json::json!(["N", "1", "8", "8"]));
+    assert_eq!(v["ops"]["conv"], 3);
+    let node = &v["nodes"][0];
+    for key in ["name", "op", "dtype", "quant", "from"] {
+        assert!(node.get(key).is_some(), "node lacks {key}");
+    }
+}
+
+#[test]
+fn eval_json_and_run_roundtrip() {
+    let o = qforge(&[
+        "eval",
+        p(&asset("digits_cnn.onnx")),
+        "--input",
+        p(&asset("digits_samples_x.npy")),
+        "--labels",
+        p(&asset("digits_samples_y.npy")),
+        "--json",
+    ]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("one JSON object");
+    assert_eq!(v["samples"], 200);
+    let top1 = v["top1"].as_f64().expect("top1");
+    assert!(top1 > 0.97, "top-1 {top1}");
+
+    let d = scratch("run");
+    let out = d.join("logits.npy");
+    let o = qforge(&["run", p(&asset("digits_cnn.onnx")), "--input", p(&asset("digits_samples_x.npy")), "--output", p(&out)]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let y = qforge::npy::read(&out).unwrap();
+    assert_eq!(y.shape(), &[200, 10]);
+}
+
+#[test]
+fn qop_model_runs_from_the_cli() {
+    let o = qforge(&[
+        "eval",
+        p(&corpus("digits_cnn_int8_qop.onnx")),
+        "--input",
+        p(&corpus("digits_test_x.npy")),
+        "--labels",
+        p(&corpus("digits_test_y.npy")),
+        "--json",
+    ]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    // ORT's figure for this model (models README): 99.33 %.
+    assert!((v["top1"].as_f64().unwrap() - 0.9933).abs() < 0.002, "{v}");
+}
+
+#[test]
+fn demo_prints_its_table() {
+    let o = qforge(&["demo"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert!(o.stdout.contains("top-1"), "{}", o.stdout);
+    assert!(o.stdout.contains("qforge inspect"), "{}", o.stdout);
+}

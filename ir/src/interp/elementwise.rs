@@ -1,0 +1,425 @@
+//! Element-wise ops: unary functions, binary arithmetic and comparisons with numpy broadcasting,
+//! `where`, and the float maps (leaky ReLU, clip, hard sigmoid).
+//!
+//! Floats: f16/bf16 widen to f32. `+ - * /` are computed in f32 (correctly rounded);
+//! transcendental functions (`exp`, `log`, `tanh`, `sigmoid`, `erf`, `gelu`, `pow`, ...) are
+//! evaluated in f64 and rounded to f32; every result is then rounded once to the storage type.
+//! `max`/`min` propagate NaN.
+//!
+//! Integers (and bool, as 0/1) compute in i64 and wrap into the storage type (two's complement,
+//! as ONNX Runtime's kernels do); division truncates toward zero and a zero divisor is an error;
+//! integer `pow` is `trunc(pow(a as f64, b as f64))`.
+
+use super::{float_tensor, floats, for_each_broadcast, int_tensor, numel, tensor, Cx, R};
+use crate::{BinaryOp, DType, Tensor, TensorData, UnaryOp};
+
+/// The error function, to about 1 ulp in f64: the rational approximations of Sun's fdlibm
+/// `s_erf.c` (piecewise on |x| < 0.84375, < 1.25, < 1/0.35, < 6; erf(x) = ±1 beyond). The
+/// constants are fdlibm's, digit for digit.
+#[allow(clippy::excessive_precision)]
+pub(crate) fn erf(x: f64) -> f64 {
+    const ERX: f64 = 8.45062911510467529297e-01;
+    const EFX: f64 = 1.28379167095512586316e-01;
+    const PP: [f64; 5] = [
+        1.28379167095512558561e-01,
+        -3.25042107247001499370e-01,
+        -2.84817495755985104766e-02,
+        -5.77027029648944159157e-03,
+        -2.37630166566501626084e-05,
+    ];
+    const QQ: [f64; 5] = [
+        3.97917223959155352819e-01,
+        6.50222499887672944485e-02,
+        5.08130628187576562776e-03,
+        1.32494738004321644526e-04,
+        -3.96022827877536812320e-06,
+    ];
+    const PA: [f64; 7] = [
+        -2.36211856075265944077e-03,
+        4.14856118683748331666e-01,
+        -3.72207876035701323847e-01,
+        3.18346619901161753674e-01,
+        -1.10894694282396677476e-01,
+        3.54783043256182359371e-02,
+        -2.16637559486879084300e-03,
+    ];
+    const QA: [f64; 6] = [
+        1.06420880400844228286e-01,
+        5.40397917702171048937e-01,
+        7.18286544141962662868e-02,
+        1.26171219808761642112e-01,
+        1.36370839120290507362e-02,
+        1.19844998467991074170e-02,
+    ];
+    const RA: [f64; 8] = [
+        -9.86494403484714822705e-03,
+        -6.93858572707181764372e-01,
+        -1.05586262253232909814e+01,
+        -6.23753324503260060396e+01,
+        -1.62396669462573470355e+02,
+        -1.84605092906711035994e+02,
+        -8.12874355063065934246e+01,
+        -9.81432934416914548592e+00,
+    ];
+    const SA: [f64; 8] = [
+        1.96512716674392571292e+01,
+        1.37657754143519042600e+02,
+        4.34565877475229228821e+02,
+        6.45387271733267880336e+02,
+        4.29008140027567833386e+02,
+        1.08635005541779435134e+02,
+        6.57024977031928170135e+00,
+        -6.04244152148580987438e-02,
+    ];
+    const RB: [f64; 7] = [
+        -9.86494292470009928597e-03,
+        -7.99283237680523006574e-01,
+        -1.77579549177547519889e+01,
+        -1.60636384855821916062e+02,
+        -6.37566443368389627722e+02,
+        -1.02509513161107724954e+03,
+        -4.83519191608651397019e+02,
+    ];
+    const SB: [f64; 7] = [
+        3.03380607434824582924e+01,
+        3.25792512996573918826e+02,
+        1.53672958608443695994e+03,
+        3.19985821950859553908e+03,
+        2.55305040643316442583e+03,
+        4.74528541206955367215e+02,
+        -2.24409524465858183362e+01,
+    ];
+    /// `c[0] + z*(c[1] + z*(...))`
+    fn horner(c: &[f64], z: f64) -> f64 {
+        c.iter().rev().fold(0.0, |acc, &k| acc * z + k)
+    }
+    /// `1 + z*(c[0] + z*(c[1] + ...))`
+    fn horner1(c: &[f64], z: f64) -> f64 {
+        1.0 + z * horner(c, z)
+    }
+
+    if x.is_nan() {
+        return x;
+    }
+    let (sign, a) = if x < 0.0 { (-1.0, -x) } else { (1.0, x) };
+    if a < 0.84375 {
+        if a < f64::powi(2.0, -28) {
+            return x + EFX * x;
+        }
+        let z = x * x;
+        return x + x * (horner(&PP, z) / horner1(&QQ, z));
+    }
+    if a < 1.25 {
+        let s = a - 1.0;
+        return sign * (ERX + horner(&PA, s) / horner1(&QA, s));
+    }
+    if a >= 6.0 {
+        return sign;
+    }
+    let s = 1.0 / (a * a);
+    let (r, q) = if a < 1.0 / 0.35 { (horner(&RA, s), horner1(&SA, s)) } else { (horner(&RB, s), horner1(&SB, s)) };
+    // z: a with the low 32 bits cleared, so -z*z is exact
+    let z = f64::from_bits(a.to_bits() & 0xffff_ffff_0000_0000);
+    let e = (-z * z - 0.5625).exp() * ((z - a) * (z + a) + r / q).exp();
+    sign * (1.0 - e / a)
+}
+
+/// Applies a float function element-wise (f16/bf16 widened, result rounded once).
+pub(crate) fn map_float(cx: &Cx, f: impl Fn(f32) -> f32) -> R<Tensor> {
+    let x = cx.x(0)?;
+    if !x.dtype().is_float() {
+        return Err(format!("needs a float tensor, got {}", x.dtype()));
+    }
+    let y: Vec<f32> = floats(x).iter().map(|&v| f(v)).collect();
+    float_tensor(x.dtype(), x.shape().to_vec(), y)
+}
+
+/// `f` evaluated in f64 and rounded to f32.
+fn via_f64(f: impl Fn(f64) -> f64) -> impl Fn(f32) -> f32 {
+    move |x| f(x as f64) as f32
+}
+
+pub(crate) fn unary(cx: &Cx, u: UnaryOp) -> R<Tensor> {
+    let x = cx.x(0)?;
+    if u == UnaryOp::Not {
+        let TensorData::Bool(v) = x.data() else {
+            return Err(format!("`not` needs bool, got {}", x.dtype()));
+        };
+        return tensor(x.shape().to_vec(), TensorData::Bool(v.iter().map(|b| !b).collect()));
+    }
+    let sqrt2 = std::f64::consts::SQRT_2;
+    match u {
+        UnaryOp::Relu => map_float(cx, |v| if v < 0.0 { 0.0 } else { v }),
+        UnaryOp::Sigmoid => map_float(cx, via_f64(|v| 1.0 / (1.0 + (-v).exp()))),
+        UnaryOp::Tanh => map_float(cx, via_f64(f64::tanh)),
+        UnaryOp::HardSwish => map_float(cx, via_f64(|v| v * (v + 3.0).clamp(0.0, 6.0) / 6.0)),
+        UnaryOp::Gelu => map_float(cx, via_f64(move |v| 0.5 * v * (1.0 + erf(v / sqrt2)))),
+        UnaryOp::GeluTanh => map_float(
+            cx,
+            via_f64(|v| {
+                let k = (2.0 / std::f64::consts::PI).sqrt();
+                0.5 * v * (1.0 + (k * (v + 0.044715 * v * v * v)).tanh())
+            }),
+        ),
+        UnaryOp::Erf => map_float(cx, via_f64(erf)),
+        UnaryOp::Exp => map_float(cx, via_f64(f64::exp)),
+        UnaryOp::Log => map_float(cx, via_f64(f64::ln)),
+        UnaryOp::Sqrt => map_float(cx, via_f64(f64::sqrt)),
+        UnaryOp::Neg => map_float(cx, |v| -v),
+        UnaryOp::Abs => map_float(cx, f32::abs),
+        UnaryOp::Reciprocal => map_float(cx, |v| 1.0 / v),
+        UnaryOp::Floor => map_float(cx, f32::floor),
+        UnaryOp::Ceil => map_float(cx, f32::ceil),
+        UnaryOp::Not => unreachable!("handled above"),
+    }
+}
+
+/// NaN-propagating max and min.
+fn fmax(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.max(b)
+    }
+}
+fn fmin(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.min(b)
+    }
+}
+
+/// Calls `f(out_index, a_offset, b_offset)` over the broadcast of `a` and `b` to `out`.
+fn zip_broadcast(a: &[usize], b: &[usize], out: &[usize], mut f: impl FnMut(usize, usize)) -> R<()> {
+    if a == out && b == out {
+        let n = numel(out).ok_or("result too large")?;
+        for i in 0..n {
+            f(i, i);
+        }
+        return Ok(());
+    }
+    for_each_broadcast(out, &[a, b], |_, o| f(o[0], o[1]))
+}
+
+pub(crate) fn binary(cx: &Cx, op: BinaryOp) -> R<Tensor> {
+    let (a, b) = (cx.x(0)?, cx.x(1)?);
+    if a.dtype() != b.dtype() {
+        return Err(format!("operand dtypes differ: {} and {}", a.dtype(), b.dtype()));
+    }
+    let shape = cx.out_shape(0);
+    let n = numel(&shape).ok_or("result too large")?;
+    let cmp = matches!(op, BinaryOp::Equal | BinaryOp::Less | BinaryOp::Greater);
+    if a.dtype().is_float() {
+        let (av, bv) = (floats(a), floats(b));
+        if cmp {
+            let mut y = Vec::with_capacity(n);
+            zip_broadcast(a.shape(), b.shape(), &shape, |i, j| {
+                let (x, z) = (av[i], bv[j]);
+                y.push(match op {
+                    BinaryOp::Equal => x == z,
+                    BinaryOp::Less => x < z,
+                    _ => x > z,
+                })
+            })?;
+            return tensor(shape, TensorData::Bool(y));
+        }
+        let f: fn(f32, f32) -> f32 = match op {
+            BinaryOp::Add => |x, z| x + z,
+            BinaryOp::Sub => |x, z| x - z,
+            BinaryOp::Mul => |x, z| x * z,
+            BinaryOp::Div => |x, z| x / z,
+            BinaryOp::Pow => |x, z| (x as f64).powf(z as f64) as f32,
+            BinaryOp::Max => fmax,
+            BinaryOp::Min => fmin,
+            _ => return Err(format!("`{}` needs bool operands", cx.op.name())),
+        };
+        let mut y = Vec::with_capacity(n);
+        zip_broadcast(a.shape(), b.shape(), &shape, |i, j| y.push(f(av[i], bv[j])))?;
+        return float_tensor(a.dtype(), shape, y);
+    }
+    let av = a.to_i64_vec().ok_or("operands must be numeric")?;
+    let bv = b.to_i64_vec().ok_or("operands must be numeric")?;
+    let mut y = Vec::with_capacity(n);
+    let mut err = None;
+    zip_broadcast(a.shape(), b.shape(), &shape, |i, j| {
+        let (x, z) = (av[i], bv[j]);
+        y.push(match op {
+            BinaryOp::Add => x.wrapping_add(z),
+            BinaryOp::Sub => x.wrapping_sub(z),
+            BinaryOp::Mul => x.wrapping_mul(z),
+            BinaryOp::Div => {
+                if z == 0 {
+                    err = Some("integer division by zero");
+                    0
+                } else {
+                    x.wrapping_div(z)
+                }
+            }
+            BinaryOp::Pow => (x as f64).powf(z as f64) as i64,
+            BinaryOp::Max => x.max(z),
+            BinaryOp::Min => x.min(z),
+            BinaryOp::Equal => (x == z) as i64,
+            BinaryOp::Less => (x < z) as i64,
+            BinaryOp::Greater => (x > z) as i64,
+            BinaryOp::And => (x != 0 && z != 0) as i64,
+            BinaryOp::Or => (x != 0 || z != 0) as i64,
+        })
+    })?;
+    if let Some(e) = err {
+        return Err(e.into());
+    }
+    int_tensor(if cmp { DType::Bool } else { a.dtype() }, shape, &y)
+}
+
+/// `cond ? x : y` with broadcasting, any dtype.
+pub(crate) fn where_(cx: &Cx) -> R<Tensor> {
+    let (c, x, y) = (cx.x(0)?, cx.x(1)?, cx.x(2)?);
+    let TensorData::Bool(cv) = c.data() else {
+        return Err(format!("condition must be bool, got {}", c.dtype()));
+    };
+    let shape = cx.out_shape(0);
+    let n = numel(&shape).ok_or("result too large")?;
+    macro_rules! pick {
+        ($xv:expr, $yv:expr) => {{
+            let mut out = Vec::with_capacity(n);
+            for_each_broadcast(&shape, &[c.shape(), x.shape(), y.shape()], |_, o| {
+                out.push(if cv[o[0]] { $xv[o[1]] } else { $yv[o[2]] })
+            })?;
+            out
+        }};
+    }
+    use TensorData as D;
+    let data = match (x.data(), y.data()) {
+        (D::F32(a), D::F32(b)) => D::F32(pick!(a, b)),
+        (D::F16(a), D::F16(b)) => D::F16(pick!(a, b)),
+        (D::BF16(a), D::BF16(b)) => D::BF16(pick!(a, b)),
+        (D::I8(a), D::I8(b)) => D::I8(pick!(a, b)),
+        (D::U8(a), D::U8(b)) => D::U8(pick!(a, b)),
+        (D::I32(a), D::I32(b)) => D::I32(pick!(a, b)),
+        (D::I64(a), D::I64(b)) => D::I64(pick!(a, b)),
+        (D::Bool(a), D::Bool(b)) => D::Bool(pick!(a, b)),
+        _ => return Err(format!("operand dtypes differ: {} and {}", x.dtype(), y.dtype())),
+    };
+    tensor(shape, data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::*;
+    use crate::{Op, Tensor};
+
+    #[test]
+    fn erf_matches_known_values() {
+        // reference values: Python's math.erf (correctly rounded here)
+        let cases = [
+            (0.0, 0.0),
+            (1e-10, 1.1283791670955126e-10),
+            (0.1, 0.1124629160182849),
+            (0.5, 0.5204998778130465),
+            (0.84375, 0.7672256612323416),
+            (1.0, 0.8427007929497149),
+            (1.25, 0.9229001282564582),
+            (2.0, 0.9953222650189527),
+            (2.857142857142857, 0.9999466876886117),
+            (3.5, 0.9999992569016276),
+            (5.9, 0.9999999999999999),
+            (6.0, 1.0),
+        ];
+        for (x, want) in cases {
+            let got = erf(x);
+            assert!((got - want).abs() <= 2.0 * f64::EPSILON * want.abs().max(1e-300), "erf({x}) = {got}, want {want}");
+            assert_eq!(erf(-x), -got);
+        }
+        assert!(erf(f64::NAN).is_nan());
+        assert_eq!(erf(f64::INFINITY), 1.0);
+    }
+
+    #[test]
+    fn unary_functions() {
+        let x = f32t(&[5], &[-2.0, -0.5, 0.0, 0.5, 2.0]);
+        let get = |u| eval1(&Op::Unary(u), &[&x]).unwrap().as_f32().unwrap().to_vec();
+        assert_eq!(get(UnaryOp::Relu), [0.0, 0.0, 0.0, 0.5, 2.0]);
+        assert_close(&get(UnaryOp::Sigmoid), &[0.11920292, 0.37754068, 0.5, 0.62245935, 0.8807971], 1e-7);
+        assert_close(&get(UnaryOp::Gelu), &[-0.04550026, -0.15426877, 0.0, 0.34573123, 1.9544997], 1e-7);
+        assert_close(&get(UnaryOp::GeluTanh), &[-0.04540231, -0.154286, 0.0, 0.345714, 1.9545977], 1e-7);
+        assert_close(&get(UnaryOp::HardSwish), &[-0.33333334, -0.20833333, 0.0, 0.29166666, 1.6666666], 1e-7);
+        assert_eq!(get(UnaryOp::Abs), [2.0, 0.5, 0.0, 0.5, 2.0]);
+        assert_eq!(get(UnaryOp::Floor), [-2.0, -1.0, 0.0, 0.0, 2.0]);
+        assert_eq!(get(UnaryOp::Ceil), [-2.0, -0.0, 0.0, 1.0, 2.0]);
+        let b = Tensor::new(vec![2], TensorData::Bool(vec![true, false])).unwrap();
+        let y = eval1(&Op::Unary(UnaryOp::Not), &[&b]).unwrap();
+        assert_eq!(y.data(), &TensorData::Bool(vec![false, true]));
+    }
+
+    #[test]
+    fn f16_results_round_once_to_nearest_even() {
+        // exp(x) rounded to f16: computed in f64, rounded once.
+        let x = Tensor::from_f32_slice(DType::F16, vec![3], &[0.0, 1.0, -1.0]);
+        let y = eval1(&Op::Unary(UnaryOp::Exp), &[&x]).unwrap();
+        assert_eq!(y.dtype(), DType::F16);
+        let want: Vec<f32> =
+            [1.0f64, 1f64.exp(), (-1f64).exp()].iter().map(|&v| half::f16::from_f32(v as f32).to_f32()).collect();
+        assert_eq!(y.to_f32_vec(), want);
+        // 2048 + 1 is a tie in f16 and rounds to even (2048); 2048 + 3 rounds up to 2052.
+        let a = Tensor::from_f32_slice(DType::F16, vec![2], &[2048.0, 2048.0]);
+        let b = Tensor::from_f32_slice(DType::F16, vec![2], &[1.0, 3.0]);
+        let y = eval1(&Op::Binary(BinaryOp::Add), &[&a, &b]).unwrap();
+        assert_eq!(y.to_f32_vec(), vec![2048.0, 2052.0]);
+    }
+
+    #[test]
+    fn binary_broadcasting() {
+        let a = f32t(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let b = f32t(&[3], &[10.0, 20.0, 30.0]);
+        let c = f32t(&[2, 1], &[-1.0, 1.0]);
+        let y = eval1(&Op::Binary(BinaryOp::Add), &[&a, &b]).unwrap();
+        assert_eq!(y.as_f32().unwrap(), &[11.0, 22.0, 33.0, 14.0, 25.0, 36.0]);
+        let y = eval1(&Op::Binary(BinaryOp::Mul), &[&c, &b]).unwrap();
+        assert_eq!(y.shape(), &[2, 3]);
+        assert_eq!(y.as_f32().unwrap(), &[-10.0, -20.0, -30.0, 10.0, 20.0, 30.0]);
+        let y = eval1(&Op::Binary(BinaryOp::Greater), &[&a, &f32t(&[], &[3.0])]).unwrap();
+        assert_eq!(y.data(), &TensorData::Bool(vec![false, false, false, true, true, true]));
+        let y = eval1(&Op::Binary(BinaryOp::Max), &[&f32t(&[2], &[1.0, f32::NAN]), &f32t(&[1], &[2.0])]).unwrap();
+        assert_eq!(y.as_f32().unwrap()[0], 2.0);
+        assert!(y.as_f32().unwrap()[1].is_nan());
+    }
+
+    #[test]
+    fn integer_binary_wraps_and_truncates() {
+        let a = i8t(&[3], &[100, -100, -7]);
+        let b = i8t(&[3], &[100, 100, 2]);
+        assert_eq!(eval1(&Op::Binary(BinaryOp::Add), &[&a, &b]).unwrap().to_i64_vec().unwrap(), vec![-56, 0, -5]);
+        assert_eq!(eval1(&Op::Binary(BinaryOp::Div), &[&a, &b]).unwrap().to_i64_vec().unwrap(), vec![1, -1, -3]);
+        let a = Tensor::from_i64(vec![2], vec![3, 1]);
+        let b = Tensor::from_i64(vec![1], vec![4]);
+        assert_eq!(eval1(&Op::Binary(BinaryOp::Pow), &[&a, &b]).unwrap().to_i64_vec().unwrap(), vec![81, 1]);
+        assert!(eval1(&Op::Binary(BinaryOp::Div), &[&a, &Tensor::from_i64(vec![1], vec![0])]).is_err());
+        let t = Tensor::new(vec![2], TensorData::Bool(vec![true, false])).unwrap();
+        let f = Tensor::new(vec![1], TensorData::Bool(vec![true])).unwrap();
+        assert_eq!(eval1(&Op::Binary(BinaryOp::And), &[&t, &f]).unwrap().data(), &TensorData::Bool(vec![true, false]));
+    }
+
+    #[test]
+    fn where_selects_with_broadcasting() {
+        let c = Tensor::new(vec![2, 1], TensorData::Bool(vec![true, false])).unwrap();
+        let x = Tensor::from_i64(vec![1, 2], vec![1, 2]);
+        let y = Tensor::from_i64(vec![], vec![9]);
+        let r = eval1(&Op::Where, &[&c, &x, &y]).unwrap();
+        assert_eq!(r.shape(), &[2, 2]);
+        assert_eq!(r.to_i64_vec().unwrap(), vec![1, 2, 9, 9]);
+    }
+
+    #[test]
+    fn float_maps() {
+        let x = f32t(&[4], &[-2.0, 0.5, 7.0, f32::NAN]);
+        let y = eval1(&Op::Clip { min: 0.0, max: 6.0 }, &[&x]).unwrap();
+        assert_eq!(&y.as_f32().unwrap()[..3], &[0.0, 0.5, 6.0]);
+        assert!(y.as_f32().unwrap()[3].is_nan());
+        let y = eval1(&Op::LeakyRelu { alpha: 0.1 }, &[&x]).unwrap();
+        assert_eq!(&y.as_f32().unwrap()[..3], &[-0.2, 0.5, 7.0]);
+        let y = eval1(&Op::HardSigmoid { alpha: 0.2, beta: 0.5 }, &[&x]).unwrap();
+        assert_close(&y.as_f32().unwrap()[..3], &[0.1, 0.6, 1.0], 1e-7);
+    }
+}

@@ -1,0 +1,282 @@
+//! Data movement on any dtype (quantization parameters pass through unchanged): reshape, flatten,
+//! (un)squeeze, identity, transpose, concat, slice, gather, split, expand; and cast.
+//!
+//! Cast: float to integer truncates toward zero and saturates (NaN gives 0); integer to integer
+//! wraps (two's complement); anything to bool is `!= 0`; to f32/f16/bf16 rounds to nearest even
+//! (through f32 for float sources, exactly widened from f16/bf16).
+
+use super::{map_data, numel, strides, tensor, Cx, Walker, R};
+use crate::infer::{norm_axis, slice_bounds};
+use crate::{DType, Tensor, TensorData};
+
+/// Same data, the inferred shape (reshape, flatten, squeeze, unsqueeze, identity).
+pub(crate) fn reshape(cx: &Cx) -> R<Tensor> {
+    let x = cx.x(0)?;
+    tensor(cx.out_shape(0), x.data().clone())
+}
+
+/// Copies the elements of a strided view (base offset, per-axis strides over `shape`).
+fn gather_view<T: Copy>(src: &[T], shape: &[usize], base: isize, st: Vec<isize>) -> R<Vec<T>> {
+    let n = numel(shape).ok_or("result too large")?;
+    let mut w = Walker::new(shape, vec![(base, st)]);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let o = w.offs()[0];
+        out.push(*src.get(o as usize).ok_or("internal: view out of bounds")?);
+        w.step();
+    }
+    Ok(out)
+}
+
+fn view(x: &Tensor, shape: &[usize], base: isize, st: Vec<isize>) -> R<Tensor> {
+    let data = map_data!(x.data(), v => gather_view(v, shape, base, st.clone())?);
+    tensor(shape.to_vec(), data)
+}
+
+pub(crate) fn transpose(cx: &Cx, perm: &[usize]) -> R<Tensor> {
+    let x = cx.x(0)?;
+    let st = strides(x.shape());
+    if perm.len() != x.rank() || perm.iter().any(|&p| p >= x.rank()) {
+        return Err(format!("perm {perm:?} does not fit rank {}", x.rank()));
+    }
+    let shape: Vec<usize> = perm.iter().map(|&p| x.shape()[p]).collect();
+    view(x, &shape, 0, perm.iter().map(|&p| st[p] as isize).collect())
+}
+
+pub(crate) fn slice(cx: &Cx, starts: &[i64], ends: &[i64], axes: &[i64], steps: &[i64]) -> R<Tensor> {
+    let x = cx.x(0)?;
+    let st = strides(x.shape());
+    let mut vst: Vec<isize> = st.iter().map(|&s| s as isize).collect();
+    let mut base = 0isize;
+    for i in 0..starts.len() {
+        let a = norm_axis(axes[i], x.rank())?;
+        let (s, _) = slice_bounds(x.shape()[a], starts[i], ends[i], steps[i])?;
+        base += s as isize * st[a] as isize;
+        vst[a] = steps[i] as isize * st[a] as isize;
+    }
+    let shape = cx.out_shape(0);
+    if numel(&shape) == Some(0) {
+        return view(x, &shape, 0, vec![0; shape.len()]);
+    }
+    view(x, &shape, base, vst)
+}
+
+/// Numpy broadcast of the input to the inferred shape.
+pub(crate) fn expand(cx: &Cx) -> R<Tensor> {
+    let x = cx.x(0)?;
+    let shape = cx.out_shape(0);
+    let st = super::broadcast_strides(x.shape(), &shape)?;
+    view(x, &shape, 0, st)
+}
+
+pub(crate) fn concat(cx: &Cx, axis: i64) -> R<Tensor> {
+    let first = cx.x(0)?;
+    let a = norm_axis(axis, first.rank())?;
+    let parts: Vec<&Tensor> = (0..cx.inputs.len()).map(|i| cx.x(i)).collect::<R<_>>()?;
+    concat_tensors(&parts, a, cx.out_shape(0))
+}
+
+/// Concatenates same-dtype tensors along axis `a` into `shape`.
+pub(crate) fn concat_tensors(parts: &[&Tensor], a: usize, shape: Vec<usize>) -> R<Tensor> {
+    let outer = numel(&shape[..a]).ok_or("result too large")?;
+    let inner = numel(&shape[a + 1..]).ok_or("result too large")?;
+    fn cat<T: Copy>(srcs: &[&[T]], blocks: &[usize], outer: usize) -> Vec<T> {
+        let mut out = Vec::with_capacity(blocks.iter().sum::<usize>() * outer);
+        for o in 0..outer {
+            for (s, &b) in srcs.iter().zip(blocks) {
+                out.extend_from_slice(&s[o * b..(o + 1) * b]);
+            }
+        }
+        out
+    }
+    let blocks: Vec<usize> = parts.iter().map(|t| t.shape().get(a).copied().unwrap_or(0) * inner).collect();
+    macro_rules! go {
+        ($var:ident) => {{
+            let mut srcs = Vec::with_capacity(parts.len());
+            for t in parts {
+                match t.data() {
+                    TensorData::$var(v) => srcs.push(v.as_slice()),
+                    d => return Err(format!("concatenating {} with {}", parts[0].dtype(), d.dtype())),
+                }
+            }
+            TensorData::$var(cat(&srcs, &blocks, outer))
+        }};
+    }
+    let data = match parts.first().ok_or("nothing to concatenate")?.data() {
+        TensorData::F32(_) => go!(F32),
+        TensorData::F16(_) => go!(F16),
+        TensorData::BF16(_) => go!(BF16),
+        TensorData::I8(_) => go!(I8),
+        TensorData::U8(_) => go!(U8),
+        TensorData::I32(_) => go!(I32),
+        TensorData::I64(_) => go!(I64),
+        TensorData::Bool(_) => go!(Bool),
+    };
+    tensor(shape, data)
+}
+
+pub(crate) fn split(cx: &Cx, axis: i64, sizes: &[usize]) -> R<Vec<Tensor>> {
+    let x = cx.x(0)?;
+    let a = norm_axis(axis, x.rank())?;
+    let st = strides(x.shape());
+    let mut start = 0usize;
+    let mut out = Vec::with_capacity(sizes.len());
+    for (i, &s) in sizes.iter().enumerate() {
+        let shape = cx.out_shape(i);
+        let base = if numel(&shape) == Some(0) { 0 } else { (start * st[a]) as isize };
+        out.push(view(x, &shape, base, st.iter().map(|&v| v as isize).collect())?);
+        start += s;
+    }
+    Ok(out)
+}
+
+pub(crate) fn gather(cx: &Cx, axis: i64) -> R<Tensor> {
+    let (x, idx) = (cx.x(0)?, cx.x(1)?);
+    let a = norm_axis(axis, x.rank())?;
+    let dim = x.shape()[a];
+    let ids = idx.to_i64_vec().ok_or("indices must be integers")?;
+    let mut rows = Vec::with_capacity(ids.len());
+    for &i in &ids {
+        let j = if i < 0 { i + dim as i64 } else { i };
+        if j < 0 || j >= dim as i64 {
+            return Err(format!("index {i} out of range for axis {a} of size {dim}"));
+        }
+        rows.push(j as usize);
+    }
+    let outer = numel(&x.shape()[..a]).ok_or("input too large")?;
+    let inner = numel(&x.shape()[a + 1..]).ok_or("input too large")?;
+    fn pick<T: Copy>(v: &[T], rows: &[usize], outer: usize, dim: usize, inner: usize) -> Vec<T> {
+        let mut out = Vec::with_capacity(outer * rows.len() * inner);
+        for o in 0..outer {
+            for &r in rows {
+                let s = (o * dim + r) * inner;
+                out.extend_from_slice(&v[s..s + inner]);
+            }
+        }
+        out
+    }
+    let data = map_data!(x.data(), v => pick(v, &rows, outer, dim, inner));
+    tensor(cx.out_shape(0), data)
+}
+
+/// ONNX Cast (see the module docs).
+pub(crate) fn cast(x: &Tensor, to: DType) -> R<Tensor> {
+    let shape = x.shape().to_vec();
+    if x.dtype() == to {
+        return Ok(x.clone());
+    }
+    if let Some(v) = x.to_i64_vec() {
+        return Ok(Tensor::from_i64_wrapping(to, shape, &v));
+    }
+    // float source: widening to f32 is exact for f16/bf16
+    let v = x.to_f32_vec();
+    Ok(match to {
+        DType::F32 | DType::F16 | DType::BF16 => Tensor::from_f32_slice(to, shape, &v),
+        DType::Bool => tensor(shape, TensorData::Bool(v.iter().map(|&f| f != 0.0).collect()))?,
+        _ => {
+            let (lo, hi) = to.int_range().ok_or("internal: not an integer type")?;
+            // `as i64` truncates toward zero, saturates at the i64 range and maps NaN to 0.
+            let ints: Vec<i64> = v.iter().map(|&f| (f as i64).clamp(lo, hi)).collect();
+            Tensor::from_i64_wrapping(to, shape, &ints)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::*;
+    use crate::{Op, QuantParams, Shape, TensorType};
+
+    fn iota(shape: &[usize]) -> Tensor {
+        let n: usize = shape.iter().product();
+        Tensor::from_i64(shape.to_vec(), (0..n as i64).collect())
+    }
+
+    #[test]
+    fn reshape_family() {
+        let x = iota(&[2, 3, 4]);
+        let y = eval1(&Op::Reshape { shape: vec![0, -1] }, &[&x]).unwrap();
+        assert_eq!(y.shape(), &[2, 12]);
+        let y = eval1(&Op::Flatten { axis: 2 }, &[&x]).unwrap();
+        assert_eq!(y.shape(), &[6, 4]);
+        let y = eval1(&Op::Unsqueeze { axes: vec![0, -1] }, &[&x]).unwrap();
+        assert_eq!(y.shape(), &[1, 2, 3, 4, 1]);
+        let y = eval1(&Op::Squeeze { axes: vec![] }, &[&y]).unwrap();
+        assert_eq!(y.shape(), &[2, 3, 4]);
+        assert_eq!(y.to_i64_vec(), x.to_i64_vec());
+    }
+
+    #[test]
+    fn transpose_and_slice() {
+        let x = iota(&[2, 3]);
+        let y = eval1(&Op::Transpose { perm: vec![1, 0] }, &[&x]).unwrap();
+        assert_eq!((y.shape(), y.to_i64_vec().unwrap()), (&[3usize, 2][..], vec![0, 3, 1, 4, 2, 5]));
+        let x = iota(&[3, 5]);
+        let op = Op::Slice { starts: vec![1, -1], ends: vec![3, 0], axes: vec![0, 1], steps: vec![1, -2] };
+        let y = eval1(&op, &[&x]).unwrap();
+        assert_eq!((y.shape(), y.to_i64_vec().unwrap()), (&[2usize, 2][..], vec![9, 7, 14, 12]));
+        let op = Op::Slice { starts: vec![0], ends: vec![i64::MAX], axes: vec![1], steps: vec![3] };
+        assert_eq!(eval1(&op, &[&x]).unwrap().to_i64_vec().unwrap(), vec![0, 3, 5, 8, 10, 13]);
+        let op = Op::Slice { starts: vec![4], ends: vec![2], axes: vec![1], steps: vec![1] };
+        assert_eq!(eval1(&op, &[&x]).unwrap().shape(), &[3, 0]);
+        let op = Op::Slice { starts: vec![-1], ends: vec![i64::MIN], axes: vec![0], steps: vec![-1] };
+        let y = eval1(&op, &[&x]).unwrap();
+        assert_eq!(y.shape(), &[3, 5]);
+        assert_eq!(&y.to_i64_vec().unwrap()[..5], &[10, 11, 12, 13, 14]);
+        let empty = iota(&[0, 2]);
+        assert_eq!(eval1(&op, &[&empty]).unwrap().shape(), &[0, 2]);
+    }
+
+    #[test]
+    fn concat_split_gather_expand() {
+        let a = iota(&[2, 2]);
+        let b = Tensor::from_i64(vec![2, 1], vec![10, 11]);
+        let y = eval1(&Op::Concat { axis: 1 }, &[&a, &b]).unwrap();
+        // concat requires equal types on every input but the axis dim: b has the same dtype
+        assert_eq!((y.shape(), y.to_i64_vec().unwrap()), (&[2usize, 3][..], vec![0, 1, 10, 2, 3, 11]));
+        let parts =
+            super::super::eval_op(&Op::Split { axis: 1, sizes: vec![2, 1] }, &[Some(&ty(&y))], &[], &[Some(&y)])
+                .unwrap();
+        assert_eq!(parts[0], a);
+        assert_eq!(parts[1], b);
+        let idx = Tensor::from_i64(vec![2, 2], vec![2, -3, 0, 2]);
+        let y = eval1(&Op::Gather { axis: 0 }, &[&iota(&[3]), &idx]).unwrap();
+        assert_eq!((y.shape(), y.to_i64_vec().unwrap()), (&[2usize, 2][..], vec![2, 0, 0, 2]));
+        let y = eval1(&Op::Gather { axis: 1 }, &[&iota(&[2, 3]), &Tensor::from_i64(vec![1], vec![1])]).unwrap();
+        assert_eq!((y.shape(), y.to_i64_vec().unwrap()), (&[2usize, 1][..], vec![1, 4]));
+        assert!(eval1(&Op::Gather { axis: 0 }, &[&iota(&[3]), &Tensor::from_i64(vec![1], vec![3])]).is_err());
+        let y = eval1(&Op::Expand { shape: vec![2, 1, 3] }, &[&Tensor::from_i64(vec![3], vec![7, 8, 9])]).unwrap();
+        assert_eq!((y.shape(), y.to_i64_vec().unwrap()), (&[2usize, 1, 3][..], vec![7, 8, 9, 7, 8, 9]));
+    }
+
+    #[test]
+    fn movement_keeps_quantized_bytes() {
+        let x = u8t(&[1, 2, 2], &[1, 2, 3, 4]);
+        let q = QuantParams::per_tensor(0.5, 3);
+        let op = Op::Transpose { perm: vec![0, 2, 1] };
+        let y = evalq(&op, &[&x], &[qty(&x, q)], &[]).unwrap().remove(0);
+        assert_eq!(y.data(), &TensorData::U8(vec![1, 3, 2, 4]));
+    }
+
+    #[test]
+    fn cast_rules() {
+        let f = f32t(&[6], &[1.9, -1.9, 300.0, -300.0, f32::NAN, 0.0]);
+        let c = |t: &Tensor, to| {
+            let op = Op::Cast { to };
+            let types = [TensorType::new(t.dtype(), Shape::fixed(t.shape()))];
+            evalq(&op, &[t], &types, &[]).unwrap().remove(0)
+        };
+        assert_eq!(c(&f, DType::I8).to_i64_vec().unwrap(), vec![1, -1, 127, -128, 0, 0]);
+        assert_eq!(c(&f, DType::U8).to_i64_vec().unwrap(), vec![1, 0, 255, 0, 0, 0]);
+        assert_eq!(c(&f, DType::Bool).data(), &TensorData::Bool(vec![true, true, true, true, true, false]));
+        let i = Tensor::from_i64(vec![3], vec![300, -1, 1 << 40]);
+        assert_eq!(c(&i, DType::U8).to_i64_vec().unwrap(), vec![44, 255, 0]);
+        assert_eq!(c(&i, DType::I32).to_i64_vec().unwrap(), vec![300, -1, 0]);
+        assert_eq!(c(&i, DType::F32).to_f32_vec(), vec![300.0, -1.0, 1099511627776.0]);
+        // f32 -> f16 rounds to nearest even: 2049 is a tie between 2048 and 2050
+        let h = c(&f32t(&[2], &[2049.0, 2051.0]), DType::F16);
+        assert_eq!(h.to_f32_vec(), vec![2048.0, 2052.0]);
+        assert_eq!(c(&h, DType::I32).to_i64_vec().unwrap(), vec![2048, 2052]);
+    }
+}

@@ -1,0 +1,301 @@
+//! Normalizations and reductions: batch norm (inference), layer norm, softmax / log-softmax, LRN,
+//! and ReduceMean / ReduceSum / ReduceMax.
+//!
+//! All float math is f32 with plain-order accumulation (f16/bf16 widened, results rounded once);
+//! `exp`, `ln` and `powf` are evaluated in f64 and rounded to f32.
+//! * batch norm: `(x - mean) / sqrt(var + eps) * scale + bias` per channel (axis 1);
+//! * layer norm over axes `axis..rank`: `mean = sum / n`, `var = sum((x - mean)^2) / n`,
+//!   `(x - mean) / sqrt(var + eps) * scale + bias`, with scale and bias broadcast to the normalized
+//!   shape;
+//! * softmax: `e = exp(x - max)`, `e / sum(e)`; log-softmax: `(x - max) - ln(sum(e))`;
+//! * LRN (ONNX): `x / (bias + alpha / size * sum of x^2 over channels
+//!   [c - floor((size-1)/2), c + ceil((size-1)/2)])^beta`;
+//! * reductions: floats sum in f32 in input order, mean = sum / count (NaN when empty), max
+//!   propagates NaN; integers sum wrapping in the storage type, mean truncates, max of nothing is
+//!   the dtype's lowest value.
+
+use super::{broadcast_strides, float_tensor, floats, int_tensor, numel, Cx, Walker, R};
+use crate::infer::norm_axis;
+use crate::Tensor;
+
+pub(crate) fn batch_norm(cx: &Cx, eps: f32) -> R<Tensor> {
+    let x = cx.x(0)?;
+    let s = x.shape();
+    if s.len() < 2 {
+        return Err("batch norm needs an input of rank 2 or more".into());
+    }
+    let c = s[1];
+    let params: Vec<_> = (1..5).map(|i| cx.x(i).map(floats)).collect::<R<_>>()?;
+    if params.iter().any(|p| p.len() != c) {
+        return Err(format!("batch norm parameters must have {c} elements"));
+    }
+    let (scale, bias, mean, var) = (&params[0], &params[1], &params[2], &params[3]);
+    let inner = numel(&s[2..]).ok_or("input too large")?;
+    let xv = floats(x);
+    let mut y = Vec::with_capacity(xv.len());
+    for (i, &v) in xv.iter().enumerate() {
+        let ch = i.checked_div(inner).unwrap_or(0) % c;
+        y.push((v - mean[ch]) / (var[ch] + eps).sqrt() * scale[ch] + bias[ch]);
+    }
+    float_tensor(x.dtype(), s.to_vec(), y)
+}
+
+/// (outer, n, inner) around one axis.
+fn around(shape: &[usize], a: usize) -> R<(usize, usize, usize)> {
+    let outer = numel(&shape[..a]).ok_or("input too large")?;
+    let inner = numel(&shape[a + 1..]).ok_or("input too large")?;
+    Ok((outer, shape[a], inner))
+}
+
+pub(crate) fn softmax(cx: &Cx, axis: i64, log: bool) -> R<Tensor> {
+    let x = cx.x(0)?;
+    let a = norm_axis(axis, x.rank())?;
+    let (outer, n, inner) = around(x.shape(), a)?;
+    let xv = floats(x);
+    let mut y = vec![0f32; xv.len()];
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |k: usize| (o * n + k) * inner + i;
+            let mut m = f32::NEG_INFINITY;
+            for k in 0..n {
+                let v = xv[at(k)];
+                if v > m || v.is_nan() {
+                    m = v;
+                }
+            }
+            let mut sum = 0f32;
+            for k in 0..n {
+                let e = ((xv[at(k)] - m) as f64).exp() as f32;
+                y[at(k)] = e;
+                sum += e;
+            }
+            if log {
+                let ls = (sum as f64).ln() as f32;
+                for k in 0..n {
+                    y[at(k)] = (xv[at(k)] - m) - ls;
+                }
+            } else {
+                for k in 0..n {
+                    y[at(k)] /= sum;
+                }
+            }
+        }
+    }
+    float_tensor(x.dtype(), x.shape().to_vec(), y)
+}
+
+/// `x` expanded from its shape to `to` (numpy broadcasting), as f32.
+fn expand_to(t: &Tensor, to: &[usize]) -> R<Vec<f32>> {
+    let v = floats(t);
+    let st = broadcast_strides(t.shape(), to)?;
+    let n = numel(to).ok_or("too large")?;
+    let mut w = Walker::new(to, vec![(0, st)]);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(v[w.offs()[0] as usize]);
+        w.step();
+    }
+    Ok(out)
+}
+
+pub(crate) fn layer_norm(cx: &Cx, axis: i64, eps: f32) -> R<Tensor> {
+    let x = cx.x(0)?;
+    let a = norm_axis(axis, x.rank())?;
+    let norm_shape = &x.shape()[a..];
+    let n = numel(norm_shape).ok_or("input too large")?;
+    let scale = expand_to(cx.x(1)?, norm_shape)?;
+    let bias = match cx.opt(2) {
+        Some(b) => expand_to(b, norm_shape)?,
+        None => vec![0.0; n],
+    };
+    let xv = floats(x);
+    let mut y = Vec::with_capacity(xv.len());
+    if n > 0 {
+        for row in xv.chunks(n) {
+            let mut sum = 0f32;
+            for &v in row {
+                sum += v;
+            }
+            let mean = sum / n as f32;
+            let mut sq = 0f32;
+            for &v in row {
+                sq += (v - mean) * (v - mean);
+            }
+            let denom = (sq / n as f32 + eps).sqrt();
+            for (k, &v) in row.iter().enumerate() {
+                y.push((v - mean) / denom * scale[k] + bias[k]);
+            }
+        }
+    }
+    float_tensor(x.dtype(), x.shape().to_vec(), y)
+}
+
+pub(crate) fn lrn(cx: &Cx, size: usize, alpha: f32, beta: f32, bias: f32) -> R<Tensor> {
+    let x = cx.x(0)?;
+    let s = x.shape();
+    if s.len() < 2 {
+        return Err("LRN needs an input of rank 2 or more".into());
+    }
+    if size == 0 {
+        return Err("LRN size must be positive".into());
+    }
+    let (outer, c, inner) = around(s, 1)?;
+    let (before, after) = ((size - 1) / 2, (size - 1).div_ceil(2));
+    let xv = floats(x);
+    let mut y = vec![0f32; xv.len()];
+    let k = alpha / size as f32;
+    for o in 0..outer {
+        for ch in 0..c {
+            let lo = ch.saturating_sub(before);
+            let hi = (ch + after).min(c.saturating_sub(1));
+            for i in 0..inner {
+                let mut sq = 0f32;
+                for cc in lo..=hi {
+                    let v = xv[(o * c + cc) * inner + i];
+                    sq += v * v;
+                }
+                let at = (o * c + ch) * inner + i;
+                y[at] = xv[at] / ((bias + k * sq) as f64).powf(beta as f64) as f32;
+            }
+        }
+    }
+    float_tensor(x.dtype(), s.to_vec(), y)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Reduce {
+    Sum,
+    Mean,
+    Max,
+}
+
+pub(crate) fn reduce(cx: &Cx, axes: &[i64], kind: Reduce) -> R<Tensor> {
+    let x = cx.x(0)?;
+    let s = x.shape();
+    let axes: Vec<usize> = if axes.is_empty() {
+        (0..s.len()).collect()
+    } else {
+        axes.iter().map(|&a| norm_axis(a, s.len())).collect::<R<_>>()?
+    };
+    // The result with kept dims, and where each input element lands in it.
+    let kept: Vec<usize> = s.iter().enumerate().map(|(i, &d)| if axes.contains(&i) { 1 } else { d }).collect();
+    let out_n = numel(&kept).ok_or("result too large")?;
+    let in_n = x.len();
+    let count = in_n.checked_div(out_n).unwrap_or(0);
+    let st = broadcast_strides(&kept, s)?;
+    let mut w = Walker::new(s, vec![(0, st)]);
+    let out_shape = cx.out_shape(0);
+    if x.dtype().is_float() {
+        let xv = floats(x);
+        let init = if kind == Reduce::Max { f32::NEG_INFINITY } else { 0.0 };
+        let mut acc = vec![init; out_n];
+        for &v in xv.iter() {
+            let o = &mut acc[w.offs()[0] as usize];
+            match kind {
+                Reduce::Max => {
+                    if v > *o || v.is_nan() {
+                        *o = v
+                    }
+                }
+                _ => *o += v,
+            }
+            w.step();
+        }
+        if kind == Reduce::Mean {
+            for v in &mut acc {
+                *v /= count as f32;
+            }
+        }
+        float_tensor(x.dtype(), out_shape, acc)
+    } else {
+        let xv = x.to_i64_vec().ok_or("reduction needs a numeric tensor")?;
+        let lowest = x.dtype().int_range().map_or(i64::MIN, |r| r.0);
+        let init = if kind == Reduce::Max { lowest } else { 0 };
+        let mut acc = vec![init; out_n];
+        for &v in &xv {
+            let o = &mut acc[w.offs()[0] as usize];
+            *o = match kind {
+                Reduce::Max => (*o).max(v),
+                _ => o.wrapping_add(v),
+            };
+            w.step();
+        }
+        if kind == Reduce::Mean && count > 0 {
+            for v in &mut acc {
+                *v = v.wrapping_div(count as i64);
+            }
+        }
+        int_tensor(x.dtype(), out_shape, &acc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use crate::{Op, Tensor};
+
+    #[test]
+    fn batch_norm_per_channel() {
+        let x = f32t(&[1, 2, 2], &[1.0, 3.0, 10.0, 20.0]);
+        let p = |a: f32, b: f32| f32t(&[2], &[a, b]);
+        let y =
+            eval1(&Op::BatchNorm { epsilon: 0.0 }, &[&x, &p(2.0, 1.0), &p(0.5, -1.0), &p(2.0, 10.0), &p(4.0, 25.0)])
+                .unwrap();
+        assert_eq!(y.as_f32().unwrap(), &[-0.5, 1.5, -1.0, 1.0]);
+    }
+
+    #[test]
+    fn softmax_is_stable_and_log_softmax_matches() {
+        let x = f32t(&[2, 3], &[1000.0, 1001.0, 1002.0, -1.0, 0.0, 1.0]);
+        let y = eval1(&Op::Softmax { axis: -1 }, &[&x]).unwrap();
+        let want = [0.09003057, 0.24472847, 0.66524096];
+        assert_close(&y.as_f32().unwrap()[..3], &want, 1e-6);
+        assert_close(&y.as_f32().unwrap()[3..], &want, 1e-6);
+        let y = eval1(&Op::LogSoftmax { axis: 1 }, &[&x]).unwrap();
+        let lw: Vec<f32> = want.iter().map(|v: &f32| v.ln()).collect();
+        assert_close(&y.as_f32().unwrap()[3..], &lw, 1e-6);
+        // over axis 0 of a [2,2]
+        let x = f32t(&[2, 2], &[0.0, 5.0, 0.0, 5.0]);
+        let y = eval1(&Op::Softmax { axis: 0 }, &[&x]).unwrap();
+        assert_eq!(y.as_f32().unwrap(), &[0.5, 0.5, 0.5, 0.5]);
+    }
+
+    #[test]
+    fn layer_norm_over_trailing_axes() {
+        let x = f32t(&[2, 2], &[1.0, 3.0, -2.0, 2.0]);
+        let scale = f32t(&[2], &[1.0, 2.0]);
+        let bias = f32t(&[2], &[0.0, 1.0]);
+        let y = eval1(&Op::LayerNorm { axis: -1, epsilon: 0.0 }, &[&x, &scale, &bias]).unwrap();
+        assert_eq!(y.as_f32().unwrap(), &[-1.0, 3.0, -1.0, 3.0]);
+        let y = eval1(&Op::LayerNorm { axis: 0, epsilon: 0.0 }, &[&x, &f32t(&[], &[1.0])]).unwrap();
+        let v = y.as_f32().unwrap();
+        let var = (0.0 + 4.0 + 9.0 + 1.0) / 4.0f32; // mean 1
+        assert_close(v, &[0.0, 2.0 / var.sqrt(), -3.0 / var.sqrt(), 1.0 / var.sqrt()], 1e-6);
+    }
+
+    #[test]
+    fn lrn_matches_the_formula() {
+        // size 3 over 3 channels at one pixel: channel windows [0,1], [0,2], [1,2]
+        let x = f32t(&[1, 3, 1, 1], &[1.0, 2.0, 3.0]);
+        let y = eval1(&Op::Lrn { size: 3, alpha: 3.0, beta: 0.5, bias: 1.0 }, &[&x]).unwrap();
+        let want = [1.0 / (1.0f32 + 5.0).sqrt(), 2.0 / (1.0f32 + 14.0).sqrt(), 3.0 / (1.0f32 + 13.0).sqrt()];
+        assert_close(y.as_f32().unwrap(), &want, 1e-6);
+    }
+
+    #[test]
+    fn reductions() {
+        let x = f32t(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let y = eval1(&Op::ReduceSum { axes: vec![1], keepdims: true }, &[&x]).unwrap();
+        assert_eq!((y.shape(), y.as_f32().unwrap()), (&[2usize, 1][..], &[6.0f32, 15.0][..]));
+        let y = eval1(&Op::ReduceMean { axes: vec![0], keepdims: false }, &[&x]).unwrap();
+        assert_eq!((y.shape(), y.as_f32().unwrap()), (&[3usize][..], &[2.5f32, 3.5, 4.5][..]));
+        let y = eval1(&Op::ReduceMax { axes: vec![], keepdims: false }, &[&x]).unwrap();
+        assert_eq!((y.shape(), y.as_f32().unwrap()), (&[][..], &[6.0f32][..]));
+        let x = Tensor::from_i64(vec![2, 2], vec![1, 2, 4, -7]);
+        let y = eval1(&Op::ReduceMean { axes: vec![-1], keepdims: false }, &[&x]).unwrap();
+        assert_eq!(y.to_i64_vec().unwrap(), vec![1, -1]);
+        let x = u8t(&[2], &[200, 100]);
+        let y = eval1(&Op::ReduceSum { axes: vec![0], keepdims: false }, &[&x]).unwrap();
+        assert_eq!(y.to_i64_vec().unwrap(), vec![44]);
+    }
+}

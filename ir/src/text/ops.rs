@@ -1,0 +1,488 @@
+//! Op names and attributes in both directions: what the printer writes for each op and how the
+//! parser rebuilds the op from its name and attributes. Kept side by side so they stay in step.
+
+use super::lexer::Pos;
+use crate::{BinaryOp, ConvAttrs, DType, Epilogue, IrError, Op, PoolAttrs, UnaryOp};
+
+type Result<T> = std::result::Result<T, IrError>;
+
+// ---------------------------------------------------------------- printing
+
+fn usizes(v: &[usize]) -> String {
+    let items: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+    format!("[{}]", items.join(","))
+}
+
+fn i64s(v: &[i64]) -> String {
+    let items: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+    format!("[{}]", items.join(","))
+}
+
+fn f32s(x: f32) -> String {
+    format!("{x:?}")
+}
+
+fn epilogue(ep: &[Epilogue]) -> String {
+    let items: Vec<String> = ep
+        .iter()
+        .map(|e| match e {
+            Epilogue::Bias => "bias".to_string(),
+            Epilogue::Requant => "requant".to_string(),
+            Epilogue::Dequant => "dequant".to_string(),
+            Epilogue::Clamp { lo, hi } => format!("clamp({lo},{hi})"),
+        })
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
+fn conv(c: &ConvAttrs) -> Vec<(&'static str, String)> {
+    vec![
+        ("kernel", usizes(&c.kernel)),
+        ("strides", usizes(&c.strides)),
+        ("pads", usizes(&c.pads)),
+        ("dilations", usizes(&c.dilations)),
+        ("group", c.group.to_string()),
+    ]
+}
+
+fn pool(p: &PoolAttrs) -> Vec<(&'static str, String)> {
+    vec![
+        ("kernel", usizes(&p.kernel)),
+        ("strides", usizes(&p.strides)),
+        ("pads", usizes(&p.pads)),
+        ("dilations", usizes(&p.dilations)),
+        ("ceil_mode", p.ceil_mode.to_string()),
+        ("count_include_pad", p.count_include_pad.to_string()),
+    ]
+}
+
+/// Every attribute of `op`, in the order of the op's fields (empty for ops without attributes).
+pub(super) fn print_attrs(op: &Op) -> Vec<(&'static str, String)> {
+    match op {
+        Op::Input | Op::Const(_) => vec![],
+        Op::Conv(c) | Op::ConvInteger(c) => conv(c),
+        Op::BatchNorm { epsilon } => vec![("epsilon", f32s(*epsilon))],
+        Op::Unary(_) => vec![],
+        Op::LeakyRelu { alpha } => vec![("alpha", f32s(*alpha))],
+        Op::Clip { min, max } => vec![("min", f32s(*min)), ("max", f32s(*max))],
+        Op::HardSigmoid { alpha, beta } => vec![("alpha", f32s(*alpha)), ("beta", f32s(*beta))],
+        Op::Binary(_) => vec![],
+        Op::Where | Op::MatMul => vec![],
+        Op::Gemm {
+            alpha,
+            beta,
+            trans_a,
+            trans_b,
+        } => vec![
+            ("alpha", f32s(*alpha)),
+            ("beta", f32s(*beta)),
+            ("trans_a", trans_a.to_string()),
+            ("trans_b", trans_b.to_string()),
+        ],
+        Op::MaxPool(p) | Op::AveragePool(p) | Op::QAveragePool(p) => pool(p),
+        Op::GlobalAveragePool | Op::GlobalMaxPool => vec![],
+        Op::Lrn {
+            size,
+            alpha,
+            beta,
+            bias,
+        } => vec![
+            ("size", size.to_string()),
+            ("alpha", f32s(*alpha)),
+            ("beta", f32s(*beta)),
+            ("bias", f32s(*bias)),
+        ],
+        Op::Softmax { axis } | Op::LogSoftmax { axis } => vec![("axis", axis.to_string())],
+        Op::LayerNorm { axis, epsilon } => {
+            vec![("axis", axis.to_string()), ("epsilon", f32s(*epsilon))]
+        }
+        Op::ReduceMean { axes, keepdims }
+        | Op::ReduceSum { axes, keepdims }
+        | Op::ReduceMax { axes, keepdims } => {
+            vec![("axes", i64s(axes)), ("keepdims", keepdims.to_string())]
+        }
+        Op::Reshape { shape } | Op::Expand { shape } => vec![("shape", i64s(shape))],
+        Op::Flatten { axis } | Op::Concat { axis } | Op::Gather { axis } | Op::QConcat { axis } => {
+            vec![("axis", axis.to_string())]
+        }
+        Op::Transpose { perm } => vec![("perm", usizes(perm))],
+        Op::Slice {
+            starts,
+            ends,
+            axes,
+            steps,
+        } => vec![
+            ("starts", i64s(starts)),
+            ("ends", i64s(ends)),
+            ("axes", i64s(axes)),
+            ("steps", i64s(steps)),
+        ],
+        Op::Unsqueeze { axes } | Op::Squeeze { axes } => vec![("axes", i64s(axes))],
+        Op::Split { axis, sizes } => vec![("axis", axis.to_string()), ("sizes", usizes(sizes))],
+        Op::Cast { to } => vec![("to", to.name().to_string())],
+        Op::Identity => vec![],
+        Op::Quantize | Op::Dequantize | Op::Requantize | Op::DynamicQuantize => vec![],
+        Op::MatMulInteger => vec![],
+        Op::QConv {
+            conv: c,
+            epilogue: ep,
+        } => {
+            let mut v = conv(c);
+            v.push(("epilogue", epilogue(ep)));
+            v
+        }
+        Op::QMatMul { epilogue: ep } => vec![("epilogue", epilogue(ep))],
+        Op::QGemm {
+            alpha,
+            trans_a,
+            trans_b,
+            epilogue: ep,
+        } => vec![
+            ("alpha", f32s(*alpha)),
+            ("trans_a", trans_a.to_string()),
+            ("trans_b", trans_b.to_string()),
+            ("epilogue", epilogue(ep)),
+        ],
+        Op::QAdd | Op::QMul | Op::QGlobalAveragePool => vec![],
+    }
+}
+
+// ---------------------------------------------------------------- parsing
+
+/// A parsed attribute value, before it is given a type by the op that reads it.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum AttrVal<'a> {
+    /// A number literal as written (including `-inf`).
+    Num(&'a str),
+    /// An identifier (`true`, `f16`, `bias`, `inf`, `NaN`).
+    Ident(&'a str),
+    /// `[v, ...]`.
+    List(Vec<(AttrVal<'a>, Pos)>),
+    /// `name(v, ...)`, e.g. `clamp(0,255)`.
+    Call(&'a str, Vec<(AttrVal<'a>, Pos)>),
+}
+
+/// The attributes written on one node, consumed by [`build_op`].
+pub(super) struct Attrs<'a> {
+    op: &'a str,
+    /// Where missing attributes are reported (the `{`, or the op name).
+    pos: Pos,
+    items: Vec<(&'a str, Pos, AttrVal<'a>, Pos)>,
+}
+
+impl<'a> Attrs<'a> {
+    pub fn new(op: &'a str, pos: Pos, items: Vec<(&'a str, Pos, AttrVal<'a>, Pos)>) -> Self {
+        Attrs { op, pos, items }
+    }
+
+    fn take(&mut self, key: &str) -> Result<(AttrVal<'a>, Pos)> {
+        match self.items.iter().position(|(k, ..)| *k == key) {
+            Some(i) => {
+                let (_, _, v, p) = self.items.remove(i);
+                Ok((v, p))
+            }
+            None => Err(self
+                .pos
+                .err(format!("`{}` needs the attribute `{key}`", self.op))),
+        }
+    }
+
+    fn bad(&self, key: &str, pos: Pos, want: &str) -> IrError {
+        pos.err(format!("attribute `{key}` of `{}` must be {want}", self.op))
+    }
+
+    fn usize(&mut self, key: &str) -> Result<usize> {
+        let (v, p) = self.take(key)?;
+        as_usize(&v).ok_or_else(|| self.bad(key, p, "a non-negative integer"))
+    }
+
+    fn i64(&mut self, key: &str) -> Result<i64> {
+        let (v, p) = self.take(key)?;
+        as_i64(&v).ok_or_else(|| self.bad(key, p, "an integer"))
+    }
+
+    fn f32(&mut self, key: &str) -> Result<f32> {
+        let (v, p) = self.take(key)?;
+        as_f32(&v).ok_or_else(|| self.bad(key, p, "a number"))
+    }
+
+    fn bool(&mut self, key: &str) -> Result<bool> {
+        let (v, p) = self.take(key)?;
+        match v {
+            AttrVal::Ident("true") => Ok(true),
+            AttrVal::Ident("false") => Ok(false),
+            _ => Err(self.bad(key, p, "`true` or `false`")),
+        }
+    }
+
+    fn list<T>(
+        &mut self,
+        key: &str,
+        want: &str,
+        f: impl Fn(&AttrVal) -> Option<T>,
+    ) -> Result<Vec<T>> {
+        let (v, p) = self.take(key)?;
+        let AttrVal::List(items) = v else {
+            return Err(self.bad(key, p, &format!("a list of {want}s")));
+        };
+        items
+            .iter()
+            .map(|(v, p)| f(v).ok_or_else(|| self.bad(key, *p, &format!("a list of {want}s"))))
+            .collect()
+    }
+
+    fn usizes(&mut self, key: &str) -> Result<Vec<usize>> {
+        self.list(key, "non-negative integer", as_usize)
+    }
+
+    fn i64s(&mut self, key: &str) -> Result<Vec<i64>> {
+        self.list(key, "integer", as_i64)
+    }
+
+    fn dtype(&mut self, key: &str) -> Result<DType> {
+        let (v, p) = self.take(key)?;
+        match v {
+            AttrVal::Ident(s) => s.parse::<DType>().map_err(|m| p.err(m)),
+            _ => Err(self.bad(key, p, "a dtype name")),
+        }
+    }
+
+    fn epilogue(&mut self, key: &str) -> Result<Vec<Epilogue>> {
+        let (v, p) = self.take(key)?;
+        let want = "a list of `bias`, `requant`, `dequant` and `clamp(LO,HI)`";
+        let AttrVal::List(items) = v else {
+            return Err(self.bad(key, p, want));
+        };
+        let mut out = vec![];
+        for (v, p) in &items {
+            out.push(match v {
+                AttrVal::Ident("bias") => Epilogue::Bias,
+                AttrVal::Ident("requant") => Epilogue::Requant,
+                AttrVal::Ident("dequant") => Epilogue::Dequant,
+                AttrVal::Call("clamp", args) => match args.as_slice() {
+                    [(lo, lp), (hi, hp)] => Epilogue::Clamp {
+                        lo: as_i64(lo).ok_or_else(|| lp.err("clamp bounds must be integers"))?,
+                        hi: as_i64(hi).ok_or_else(|| hp.err("clamp bounds must be integers"))?,
+                    },
+                    _ => return Err(p.err("`clamp` takes two integer bounds: `clamp(LO,HI)`")),
+                },
+                _ => return Err(self.bad(key, *p, want)),
+            });
+        }
+        Ok(out)
+    }
+
+    fn conv(&mut self) -> Result<ConvAttrs> {
+        Ok(ConvAttrs {
+            kernel: self.usizes("kernel")?,
+            strides: self.usizes("strides")?,
+            pads: self.usizes("pads")?,
+            dilations: self.usizes("dilations")?,
+            group: self.usize("group")?,
+        })
+    }
+
+    fn pool(&mut self) -> Result<PoolAttrs> {
+        Ok(PoolAttrs {
+            kernel: self.usizes("kernel")?,
+            strides: self.usizes("strides")?,
+            pads: self.usizes("pads")?,
+            dilations: self.usizes("dilations")?,
+            ceil_mode: self.bool("ceil_mode")?,
+            count_include_pad: self.bool("count_include_pad")?,
+        })
+    }
+
+    /// Errors on attributes no field consumed.
+    fn finish(self) -> Result<()> {
+        match self.items.first() {
+            Some((k, p, ..)) => Err(p.err(format!("`{}` has no attribute `{k}`", self.op))),
+            None => Ok(()),
+        }
+    }
+}
+
+fn as_usize(v: &AttrVal) -> Option<usize> {
+    match v {
+        AttrVal::Num(s) if s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_i64(v: &AttrVal) -> Option<i64> {
+    match v {
+        AttrVal::Num(s) if s.bytes().all(|b| b.is_ascii_digit() || b == b'-') => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Parses a float literal (`1`, `-2.5e-3`, `inf`, `-inf`, `NaN`) exactly as `f32`.
+pub(super) fn parse_f32(s: &str) -> Option<f32> {
+    let numeric = s
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_digit() || b == b'-');
+    if !(numeric || s == "inf" || s == "NaN") {
+        return None;
+    }
+    // A finite literal too large for f32 is an error, not infinity.
+    s.parse::<f32>()
+        .ok()
+        .filter(|x| x.is_finite() || s.ends_with("inf") || s == "NaN")
+}
+
+fn as_f32(v: &AttrVal) -> Option<f32> {
+    match v {
+        AttrVal::Num(s) | AttrVal::Ident(s) => parse_f32(s),
+        _ => None,
+    }
+}
+
+fn unary(name: &str) -> Option<UnaryOp> {
+    Op::UNARY.into_iter().find(|u| Op::Unary(*u).name() == name)
+}
+
+fn binary(name: &str) -> Option<BinaryOp> {
+    Op::BINARY
+        .into_iter()
+        .find(|b| Op::Binary(*b).name() == name)
+}
+
+/// Whether `name` is the text name of an op of a node line (not `input` or `const`).
+pub(super) fn is_op_name(name: &str) -> bool {
+    let pos = Pos { line: 0, col: 0 };
+    // Only an unknown name makes `build_op` answer `Ok(None)`; a known one fails on the missing
+    // attributes or succeeds.
+    !matches!(build_op(name, Attrs::new(name, pos, vec![])), Ok(None))
+}
+
+/// Rebuilds an op from its text name and attributes. `Ok(None)` when no op has that name.
+/// `input` and `const` are not ops of a node line and are rejected by the caller.
+pub(super) fn build_op(name: &str, mut a: Attrs) -> Result<Option<Op>> {
+    let op = match name {
+        "conv" => Op::Conv(a.conv()?),
+        "batch_norm" => Op::BatchNorm {
+            epsilon: a.f32("epsilon")?,
+        },
+        "leaky_relu" => Op::LeakyRelu {
+            alpha: a.f32("alpha")?,
+        },
+        "clip" => Op::Clip {
+            min: a.f32("min")?,
+            max: a.f32("max")?,
+        },
+        "hard_sigmoid" => Op::HardSigmoid {
+            alpha: a.f32("alpha")?,
+            beta: a.f32("beta")?,
+        },
+        "where" => Op::Where,
+        "matmul" => Op::MatMul,
+        "gemm" => Op::Gemm {
+            alpha: a.f32("alpha")?,
+            beta: a.f32("beta")?,
+            trans_a: a.bool("trans_a")?,
+            trans_b: a.bool("trans_b")?,
+        },
+        "max_pool" => Op::MaxPool(a.pool()?),
+        "average_pool" => Op::AveragePool(a.pool()?),
+        "global_average_pool" => Op::GlobalAveragePool,
+        "global_max_pool" => Op::GlobalMaxPool,
+        "lrn" => Op::Lrn {
+            size: a.usize("size")?,
+            alpha: a.f32("alpha")?,
+            beta: a.f32("beta")?,
+            bias: a.f32("bias")?,
+        },
+        "softmax" => Op::Softmax {
+            axis: a.i64("axis")?,
+        },
+        "log_softmax" => Op::LogSoftmax {
+            axis: a.i64("axis")?,
+        },
+        "layer_norm" => Op::LayerNorm {
+            axis: a.i64("axis")?,
+            epsilon: a.f32("epsilon")?,
+        },
+        "reduce_mean" => Op::ReduceMean {
+            axes: a.i64s("axes")?,
+            keepdims: a.bool("keepdims")?,
+        },
+        "reduce_sum" => Op::ReduceSum {
+            axes: a.i64s("axes")?,
+            keepdims: a.bool("keepdims")?,
+        },
+        "reduce_max" => Op::ReduceMax {
+            axes: a.i64s("axes")?,
+            keepdims: a.bool("keepdims")?,
+        },
+        "reshape" => Op::Reshape {
+            shape: a.i64s("shape")?,
+        },
+        "flatten" => Op::Flatten {
+            axis: a.i64("axis")?,
+        },
+        "transpose" => Op::Transpose {
+            perm: a.usizes("perm")?,
+        },
+        "concat" => Op::Concat {
+            axis: a.i64("axis")?,
+        },
+        "slice" => Op::Slice {
+            starts: a.i64s("starts")?,
+            ends: a.i64s("ends")?,
+            axes: a.i64s("axes")?,
+            steps: a.i64s("steps")?,
+        },
+        "gather" => Op::Gather {
+            axis: a.i64("axis")?,
+        },
+        "unsqueeze" => Op::Unsqueeze {
+            axes: a.i64s("axes")?,
+        },
+        "squeeze" => Op::Squeeze {
+            axes: a.i64s("axes")?,
+        },
+        "split" => Op::Split {
+            axis: a.i64("axis")?,
+            sizes: a.usizes("sizes")?,
+        },
+        "expand" => Op::Expand {
+            shape: a.i64s("shape")?,
+        },
+        "cast" => Op::Cast { to: a.dtype("to")? },
+        "identity" => Op::Identity,
+        "quantize" => Op::Quantize,
+        "dequantize" => Op::Dequantize,
+        "requantize" => Op::Requantize,
+        "dynamic_quantize" => Op::DynamicQuantize,
+        "conv_integer" => Op::ConvInteger(a.conv()?),
+        "matmul_integer" => Op::MatMulInteger,
+        "qconv" => Op::QConv {
+            conv: a.conv()?,
+            epilogue: a.epilogue("epilogue")?,
+        },
+        "qmatmul" => Op::QMatMul {
+            epilogue: a.epilogue("epilogue")?,
+        },
+        "qgemm" => Op::QGemm {
+            alpha: a.f32("alpha")?,
+            trans_a: a.bool("trans_a")?,
+            trans_b: a.bool("trans_b")?,
+            epilogue: a.epilogue("epilogue")?,
+        },
+        "qadd" => Op::QAdd,
+        "qmul" => Op::QMul,
+        "qglobal_average_pool" => Op::QGlobalAveragePool,
+        "qaverage_pool" => Op::QAveragePool(a.pool()?),
+        "qconcat" => Op::QConcat {
+            axis: a.i64("axis")?,
+        },
+        _ => match (unary(name), binary(name)) {
+            (Some(u), _) => Op::Unary(u),
+            (_, Some(b)) => Op::Binary(b),
+            _ => return Ok(None),
+        },
+    };
+    a.finish()?;
+    Ok(Some(op))
+}

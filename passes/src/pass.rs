@@ -1,0 +1,106 @@
+//! The one pass signature, the pass report, and the pipeline that runs passes in order.
+
+use qforge_ir::{Graph, IrError};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Settings every pass may read.
+#[derive(Clone, Debug)]
+pub struct PassContext {
+    /// Run the verifier after every pass (always in debug builds and tests).
+    pub verify: bool,
+    /// Largest tensor a pass may create (constant folding), in bytes.
+    pub max_tensor_bytes: u128,
+}
+
+impl Default for PassContext {
+    fn default() -> Self {
+        PassContext { verify: cfg!(debug_assertions), max_tensor_bytes: 4 << 30 }
+    }
+}
+
+/// What a pass did, for `--report` and the logs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PassReport {
+    pub pass: String,
+    /// Whether the graph changed.
+    pub changed: bool,
+    /// Named counters (rewrites applied, nodes removed, e-graph size, ...), sorted by name.
+    pub stats: BTreeMap<String, u64>,
+    /// Free-form findings (why something was not done), in the order found.
+    pub notes: Vec<String>,
+    pub time: Duration,
+}
+
+impl PassReport {
+    pub fn new(pass: &str) -> PassReport {
+        PassReport { pass: pass.to_string(), ..PassReport::default() }
+    }
+    /// Adds `n` to counter `key` (and marks the graph changed when `n > 0`).
+    pub fn count(&mut self, key: &str, n: u64) {
+        *self.stats.entry(key.to_string()).or_insert(0) += n;
+        self.changed |= n > 0;
+    }
+}
+
+/// A pass failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error("pass `{pass}`: {source}")]
+    Ir { pass: String, source: IrError },
+    #[error("pass `{pass}` left an invalid graph: {source}")]
+    Verify { pass: String, source: IrError },
+    #[error("pass `{pass}`: {msg}")]
+    Failed { pass: String, msg: String },
+}
+
+/// A graph-to-graph transformation. Pure: it never prints, touches files or runs code
+/// generation. Idempotent: a second run reports no change.
+pub trait Pass {
+    /// The name used by `--dump-after` and in reports.
+    fn name(&self) -> &'static str;
+    fn run(&self, g: &mut Graph, cx: &PassContext) -> Result<PassReport, PassError>;
+}
+
+/// Passes in order.
+#[derive(Default)]
+pub struct Pipeline {
+    passes: Vec<Box<dyn Pass>>,
+}
+
+impl Pipeline {
+    pub fn new() -> Pipeline {
+        Pipeline::default()
+    }
+
+    pub fn with(mut self, p: impl Pass + 'static) -> Pipeline {
+        self.passes.push(Box::new(p));
+        self
+    }
+
+    pub fn pass_names(&self) -> Vec<&'static str> {
+        self.passes.iter().map(|p| p.name()).collect()
+    }
+
+    /// Runs every pass, verifying after each when `cx.verify`, and calls `after(pass, graph)`
+    /// after each (the caller dumps IR text there).
+    pub fn run(
+        &self,
+        g: &mut Graph,
+        cx: &PassContext,
+        after: &mut dyn FnMut(&str, &Graph),
+    ) -> Result<Vec<PassReport>, PassError> {
+        let mut reports = vec![];
+        for p in &self.passes {
+            let t = Instant::now();
+            let mut r = p.run(g, cx)?;
+            r.time = t.elapsed();
+            if cx.verify {
+                qforge_ir::verify::verify(g).map_err(|source| PassError::Verify { pass: p.name().into(), source })?;
+            }
+            after(p.name(), g);
+            reports.push(r);
+        }
+        Ok(reports)
+    }
+}
