@@ -33,7 +33,7 @@
 //! Integer ops whose ORT kernels compute in a different order (QLinearAdd, QLinearMul,
 //! QLinearGlobalAveragePool, QLinearAveragePool) have their element formulas below
 //! ([`QAddParams`], [`qlinear_mul`], [`global_average_multiplier`], [`quantize_zp_inside`]); the
-//! interpreter's quant module documents each with its ONNX Runtime source.
+//! interpreter ([`crate::interp::quant`]) documents each with its ONNX Runtime source.
 
 use crate::DType;
 
@@ -104,7 +104,7 @@ pub fn requantize(acc: i64, multiplier: f32, zero_point: i32, dtype: DType) -> i
 /// `sat(round_half_even(fma(a, ra, fma(b, rb, fixed))))`. The zero points are folded into
 /// `fixed` and `zc` is added before rounding. Operand order matters (by an ulp): `a` is the
 /// kernel's first operand; where ORT's broadcaster hands the kernel one operand as a scalar per
-/// span, that operand is `b` (see `crate::interp`'s quant module).
+/// span, that operand is `b` (see [`crate::interp::quant`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct QAddParams {
     pub ra: f32,

@@ -7,8 +7,9 @@
 //! * Float ops on f16/bf16 widen their inputs to f32, compute in f32 (accumulating in plain loop
 //!   order) and round each result once to the storage type. Transcendental functions are evaluated
 //!   in f64 and rounded to f32 first (the "f32 result"), then once to the storage type.
-//! * Integer kernels accumulate exactly in i64 and saturate the accumulator to the i32 range before
-//!   the epilogue (see [`quant`] for every integer formula and where ONNX Runtime's order differs).
+//! * Integer kernels accumulate exactly (see [`quant`]) and saturate the accumulator to the i32
+//!   range before the epilogue; [`quant`] documents every integer formula, its ONNX Runtime source
+//!   and where ONNX Runtime's order differs from [`crate::numerics`]'s generic contract.
 //! * Integer element-wise arithmetic wraps in the storage type (two's complement), as ONNX Runtime's
 //!   kernels do; integer division by zero is an error, not a panic.
 //!
@@ -24,13 +25,13 @@
 //! Result shapes are never computed twice: before evaluating an op, [`eval_op`] runs
 //! [`crate::infer::infer`] on the concrete input shapes; kernels take their result shapes from that.
 
-pub(crate) mod conv;
-pub(crate) mod elementwise;
-pub(crate) mod matmul;
-pub(crate) mod movement;
-pub(crate) mod norm;
-pub(crate) mod pool;
-pub(crate) mod quant;
+pub mod conv;
+pub mod elementwise;
+pub mod matmul;
+pub mod movement;
+pub mod norm;
+pub mod pool;
+pub mod quant;
 
 use crate::{infer, DType, Dim, Graph, IrError, NodeId, Op, QuantParams, Shape, Tensor, TensorData, TensorType, Value};
 use std::borrow::Cow;
@@ -105,7 +106,11 @@ pub fn run_observed(
                     match v {
                         None => args.push(None),
                         Some(v) if !g.contains_value(*v) => {
-                            return Err(IrError::node(&node.name, node.op.name(), format!("input {slot} names a missing value")))
+                            return Err(IrError::node(
+                                &node.name,
+                                node.op.name(),
+                                format!("input {slot} names a missing value"),
+                            ))
                         }
                         Some(v) => match env.get(v) {
                             Some(t) => args.push(Some(t.as_ref())),

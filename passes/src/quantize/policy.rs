@@ -1,0 +1,326 @@
+//! The quantization policy (`--qconfig FILE`): a default, per-op-type rules and per-node-name
+//! rules (glob or regex), each setting some of: precision (`int8`, or `fp32`/`fp16`/`bf16` to keep
+//! a region in float), activation and weight schemes, weight granularity and bits, observer.
+//!
+//! Resolution for a node: the built-in defaults, then `[default]`, then the rule for its op type,
+//! then every node rule that matches its name, in file order (a later rule wins, field by field).
+//! Original node names (the `from` list of fused nodes) match too, so a rule written against the
+//! ONNX names keeps working after folding.
+//!
+//! This module holds the data and the matching; reading TOML is `qforge`'s (it touches files and
+//! reports the line of a bad entry).
+
+use super::observer::{CalibMethod, ObserverConfig};
+use super::scheme::{Granularity, QType, Scheme};
+use qforge_ir::Node;
+use std::fmt;
+
+/// The precision a node runs at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Precision {
+    /// Quantized to integers (the default of `--quantize int8|dynamic`).
+    #[default]
+    Int8,
+    Fp32,
+    Fp16,
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Int8 => "int8",
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Precision, String> {
+        match s {
+            "int8" => Ok(Precision::Int8),
+            "fp32" => Ok(Precision::Fp32),
+            "fp16" => Ok(Precision::Fp16),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(format!("unknown precision `{s}` (expected int8, fp32, fp16 or bf16)")),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Some of a node's settings; `None` leaves the earlier value.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Rule {
+    pub precision: Option<Precision>,
+    /// Activation scheme (`u8` asymmetric by default, as ONNX Runtime's QUInt8 activations).
+    pub activations: Option<Scheme>,
+    /// Weight scheme (`i8` symmetric by default; `i4`/`u4` for 4-bit weights).
+    pub weights: Option<Scheme>,
+    pub granularity: Option<WeightGranularity>,
+    pub observer: Option<CalibMethod>,
+    pub percentile: Option<f64>,
+    pub momentum: Option<f64>,
+    pub bins: Option<usize>,
+}
+
+impl Rule {
+    /// Overrides the fields `other` sets.
+    pub fn merge(&mut self, other: &Rule) {
+        macro_rules! take {
+            ($($f:ident),*) => {$(if other.$f.is_some() { self.$f = other.$f.clone(); })*};
+        }
+        take!(precision, activations, weights, granularity, observer, percentile, momentum, bins);
+    }
+}
+
+/// Weight granularity as written in a policy (the axis comes from the op).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightGranularity {
+    PerTensor,
+    PerChannel,
+}
+
+/// How a node-name pattern matches.
+#[derive(Clone, Debug)]
+pub enum Pattern {
+    /// Shell glob over the whole name: `*` any run of characters (including `/`), `?` one.
+    Glob(String),
+    Regex(regex::Regex),
+}
+
+impl Pattern {
+    pub fn regex(re: &str) -> Result<Pattern, String> {
+        regex::Regex::new(re).map(Pattern::Regex).map_err(|e| format!("invalid regex `{re}`: {e}"))
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            Pattern::Glob(g) => glob_match(g.as_bytes(), name.as_bytes()),
+            Pattern::Regex(r) => r.is_match(name),
+        }
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Pattern) -> bool {
+        match (self, other) {
+            (Pattern::Glob(a), Pattern::Glob(b)) => a == b,
+            (Pattern::Regex(a), Pattern::Regex(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pattern::Glob(g) => write!(f, "match = {g:?}"),
+            Pattern::Regex(r) => write!(f, "regex = {:?}", r.as_str()),
+        }
+    }
+}
+
+/// Iterative glob matching with `*` and `?` (backtracking on the last star).
+fn glob_match(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
+            pi += 1;
+            si += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if let Some((sp, ss)) = star {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// A rule for the nodes whose name matches.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeRule {
+    pub pattern: Pattern,
+    pub rule: Rule,
+}
+
+/// The whole policy.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QConfig {
+    pub default: Rule,
+    /// Rules by op name in the IR text form (`conv`, `gemm`, `matmul`, `add`, ...).
+    pub op_types: Vec<(String, Rule)>,
+    pub nodes: Vec<NodeRule>,
+}
+
+/// A node's resolved settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeSettings {
+    pub precision: Precision,
+    pub activations: Scheme,
+    pub weights: Scheme,
+    pub granularity: WeightGranularity,
+    pub observer: ObserverConfig,
+}
+
+impl NodeSettings {
+    pub fn quantized(&self) -> bool {
+        self.precision == Precision::Int8
+    }
+
+    /// The weight granularity for a weight whose output-channel axis is `axis`.
+    pub fn weight_granularity(&self, axis: Option<usize>) -> Granularity {
+        match (self.granularity, axis) {
+            (WeightGranularity::PerChannel, Some(axis)) => Granularity::PerChannel { axis },
+            _ => Granularity::PerTensor,
+        }
+    }
+
+    /// The observer for an activation quantized with this node's activation scheme.
+    pub fn activation_observer(&self) -> ObserverConfig {
+        ObserverConfig {
+            symmetric: self.activations.symmetric,
+            bits: self.activations.qtype.bits(),
+            ..self.observer.clone()
+        }
+    }
+}
+
+impl QConfig {
+    /// The built-in defaults: int8, `u8` asymmetric activations, `i8` symmetric per-channel
+    /// weights, min-max calibration (ONNX Runtime's `quantize_static` defaults).
+    pub fn builtin() -> Rule {
+        Rule {
+            precision: Some(Precision::Int8),
+            activations: Some(Scheme::asymmetric(QType::U8)),
+            weights: Some(Scheme::symmetric(QType::I8)),
+            granularity: Some(WeightGranularity::PerChannel),
+            observer: Some(CalibMethod::MinMax),
+            percentile: None,
+            momentum: None,
+            bins: None,
+        }
+    }
+
+    /// The rule that applies to `node` (every field set).
+    pub fn resolve_rule(&self, node: &Node) -> Rule {
+        let mut r = QConfig::builtin();
+        r.merge(&self.default);
+        let op = node.op.name();
+        for (name, rule) in &self.op_types {
+            if name == op {
+                r.merge(rule);
+            }
+        }
+        for n in &self.nodes {
+            if n.pattern.matches(&node.name) || node.from.iter().any(|f| n.pattern.matches(f)) {
+                r.merge(&n.rule);
+            }
+        }
+        r
+    }
+
+    /// The settings of `node`.
+    pub fn settings(&self, node: &Node) -> NodeSettings {
+        let r = self.resolve_rule(node);
+        let mut observer = ObserverConfig::new(r.observer.unwrap_or_default());
+        if let Some(p) = r.percentile {
+            observer.percentile = p;
+        }
+        if let Some(m) = r.momentum {
+            observer.momentum = m;
+        }
+        if let Some(b) = r.bins {
+            observer.bins = b;
+        }
+        NodeSettings {
+            precision: r.precision.unwrap_or_default(),
+            activations: r.activations.unwrap_or(Scheme::asymmetric(QType::U8)),
+            weights: r.weights.unwrap_or(Scheme::symmetric(QType::I8)),
+            granularity: r.granularity.unwrap_or(WeightGranularity::PerChannel),
+            observer,
+        }
+    }
+
+    /// Checks what cannot be checked while reading: activation schemes must be 8-bit.
+    pub fn check(&self) -> Result<(), String> {
+        let all = std::iter::once(("[default]".to_string(), &self.default))
+            .chain(self.op_types.iter().map(|(n, r)| (format!("[op.{n}]"), r)))
+            .chain(self.nodes.iter().map(|n| (format!("[[node]] {}", n.pattern), &n.rule)));
+        for (what, r) in all {
+            if let Some(a) = r.activations {
+                if a.qtype.bits() != 8 {
+                    return Err(format!("{what}: activations must be 8-bit (u8 or i8), got {}", a.qtype));
+                }
+            }
+            if let Some(p) = r.percentile {
+                if !(p > 0.0 && p <= 100.0) {
+                    return Err(format!("{what}: percentile {p} is not in (0, 100]"));
+                }
+            }
+            if let Some(m) = r.momentum {
+                if !(0.0..1.0).contains(&m) {
+                    return Err(format!("{what}: momentum {m} is not in [0, 1)"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qforge_ir::{DType, Graph, Shape, TensorType, UnaryOp};
+
+    #[test]
+    fn globs() {
+        let m = |p: &str, s: &str| Pattern::Glob(p.into()).matches(s);
+        assert!(m("/backbone/*", "/backbone/conv1/Conv"));
+        assert!(m("*Conv", "/backbone/conv1/Conv"));
+        assert!(m("/b?ck*/*/Conv", "/back/x/Conv"));
+        assert!(!m("/neck/*", "/backbone/conv1/Conv"));
+        assert!(m("*", ""));
+        assert!(!m("a", "ab"));
+        assert!(m("a*b*c", "axxbyyc"));
+        assert!(!m("a*b*c", "axxbyy"));
+    }
+
+    #[test]
+    fn later_rules_win_field_by_field() {
+        let mut g = Graph::new("t");
+        let x = g.add_input("x", TensorType::new(DType::F32, Shape::fixed(&[1, 4])));
+        let r = g.add_node(Op::Unary(UnaryOp::Relu), vec![Some(x)], None, "/head/relu").unwrap();
+        use qforge_ir::Op;
+        let q = QConfig {
+            default: Rule { observer: Some(CalibMethod::Entropy), ..Rule::default() },
+            op_types: vec![("relu".into(), Rule { granularity: Some(WeightGranularity::PerTensor), ..Rule::default() })],
+            nodes: vec![
+                NodeRule {
+                    pattern: Pattern::Glob("/head/*".into()),
+                    rule: Rule { precision: Some(Precision::Fp16), ..Rule::default() },
+                },
+                NodeRule {
+                    pattern: Pattern::regex("relu$").unwrap(),
+                    rule: Rule { precision: Some(Precision::Fp32), ..Rule::default() },
+                },
+            ],
+        };
+        let s = q.settings(g.node(r.node));
+        assert_eq!(s.precision, Precision::Fp32);
+        assert_eq!(s.granularity, WeightGranularity::PerTensor);
+        assert_eq!(s.observer.method, CalibMethod::Entropy);
+        assert_eq!(s.activations, Scheme::asymmetric(QType::U8));
+        assert!(!s.quantized());
+    }
+}
