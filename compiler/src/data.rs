@@ -100,9 +100,7 @@ pub fn labels(y: &Tensor) -> Result<Vec<usize>> {
     if y.rank() != 1 {
         bail!("labels must be a vector of shape [N], got {:?}", y.shape());
     }
-    v.into_iter()
-        .map(|l| usize::try_from(l).map_err(|_| anyhow::anyhow!("negative label {l}")))
-        .collect()
+    v.into_iter().map(|l| usize::try_from(l).map_err(|_| anyhow::anyhow!("negative label {l}"))).collect()
 }
 
 /// Share of predictions equal to the labels.

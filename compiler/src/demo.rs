@@ -34,13 +34,7 @@ pub fn run() -> Result<()> {
     println!("  {:<22} {:.1} ms", "import", import_ms);
     println!();
     println!("  {:<10} {:<8} {:>8} {:>14}", "precision", "engine", "top-1", "ms / sample");
-    println!(
-        "  {:<10} {:<8} {:>7.2}% {:>14.3}",
-        "fp32",
-        "interp",
-        acc * 100.0,
-        run_ms / y.len() as f64
-    );
+    println!("  {:<10} {:<8} {:>7.2}% {:>14.3}", "fp32", "interp", acc * 100.0, run_ms / y.len() as f64);
     println!("\n  ({} samples; INT8, FP16 and the JIT join this table as they land)", y.len());
     println!("\nNext, on your own model:\n  qforge inspect model.onnx\n  qforge eval model.onnx --input x.npy --labels y.npy");
     Ok(())

@@ -38,7 +38,11 @@ pub struct Summary {
 }
 
 fn value_info(name: &str, t: &TensorType) -> ValueInfo {
-    ValueInfo { name: name.to_string(), dtype: t.dtype.to_string(), shape: t.shape.0.iter().map(|d| d.to_string()).collect() }
+    ValueInfo {
+        name: name.to_string(),
+        dtype: t.dtype.to_string(),
+        shape: t.shape.0.iter().map(|d| d.to_string()).collect(),
+    }
 }
 
 impl Summary {
@@ -86,12 +90,7 @@ impl Summary {
         for v in &self.outputs {
             let _ = writeln!(s, "output   {}", sig(v));
         }
-        let _ = writeln!(
-            s,
-            "params   {} ({:.1} KiB of weights)",
-            self.params,
-            self.weight_bytes as f64 / 1024.0
-        );
+        let _ = writeln!(s, "params   {} ({:.1} KiB of weights)", self.params, self.weight_bytes as f64 / 1024.0);
         let _ = writeln!(s, "nodes    {}", self.nodes.len());
         let width = self.ops.keys().map(|k| k.len()).max().unwrap_or(0);
         for (op, n) in &self.ops {

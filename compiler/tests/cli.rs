@@ -88,10 +88,7 @@ fn input_of_wrong_shape() {
     let f = d.join("x.npy");
     qforge::npy::write(&f, &x).unwrap();
     let out = d.join("y.npy");
-    expect_error(
-        &["run", p(&asset("digits_cnn.onnx")), "--input", p(&f), "--output", p(&out)],
-        "input `input`",
-    );
+    expect_error(&["run", p(&asset("digits_cnn.onnx")), "--input", p(&f), "--output", p(&out)], "input `input`");
 }
 
 #[test]
@@ -177,7 +174,14 @@ fn eval_json_and_run_roundtrip() {
 
     let d = scratch("run");
     let out = d.join("logits.npy");
-    let o = qforge(&["run", p(&asset("digits_cnn.onnx")), "--input", p(&asset("digits_samples_x.npy")), "--output", p(&out)]);
+    let o = qforge(&[
+        "run",
+        p(&asset("digits_cnn.onnx")),
+        "--input",
+        p(&asset("digits_samples_x.npy")),
+        "--output",
+        p(&out),
+    ]);
     assert_eq!(o.code, Some(0), "{}", o.stderr);
     let y = qforge::npy::read(&out).unwrap();
     assert_eq!(y.shape(), &[200, 10]);

@@ -190,12 +190,8 @@ impl Graph {
 
     /// Sets input `slot` of `id` (extending the input list with `None`s when needed).
     pub fn set_input(&mut self, id: NodeId, slot: usize, v: Option<Value>) {
-        let old: Vec<_> = self
-            .g
-            .edges_directed(id, Direction::Incoming)
-            .filter(|e| *e.weight() == slot)
-            .map(|e| e.id())
-            .collect();
+        let old: Vec<_> =
+            self.g.edges_directed(id, Direction::Incoming).filter(|e| *e.weight() == slot).map(|e| e.id()).collect();
         for e in old {
             self.g.remove_edge(e);
         }
@@ -292,8 +288,8 @@ impl Graph {
             }
             // (node, next input slot to visit)
             let mut stack: Vec<(NodeId, usize)> = vec![];
-            if !mark.contains_key(&o.value.node) {
-                mark.insert(o.value.node, Mark::Open);
+            if let std::collections::hash_map::Entry::Vacant(e) = mark.entry(o.value.node) {
+                e.insert(Mark::Open);
                 stack.push((o.value.node, 0));
             }
             while let Some(top) = stack.last_mut() {

@@ -406,10 +406,9 @@ fn per_tensor(t: &TensorType, what: &str) -> R<()> {
 /// Checks per-tensor parameters, or per-axis ones on `axis` with `n` entries.
 fn channel_params(t: &TensorType, axis: usize, n: usize, what: &str) -> R<()> {
     match &t.quant {
-        Some(QuantParams::PerAxis { axis: a, scales, .. }) if *a != axis || scales.len() != n => Err(format!(
-            "{what} is quantized on axis {a} with {} scales; expected axis {axis} with {n}",
-            scales.len()
-        )),
+        Some(QuantParams::PerAxis { axis: a, scales, .. }) if *a != axis || scales.len() != n => {
+            Err(format!("{what} is quantized on axis {a} with {} scales; expected axis {axis} with {n}", scales.len()))
+        }
         _ => Ok(()),
     }
 }
@@ -451,10 +450,8 @@ fn int_epilogue(
     match (has_bias, bias) {
         (true, None) => return Err("epilogue adds a bias but there is no bias input".into()),
         (false, Some(_)) => return Err("bias input given but the epilogue does not add it".into()),
-        (true, Some(b)) => {
-            if b.dtype != DType::I32 || b.shape.0 != [Dim::Fixed(channels)] {
-                return Err(format!("bias must be i32[{channels}], got {b}"));
-            }
+        (true, Some(b)) if b.dtype != DType::I32 || b.shape.0 != [Dim::Fixed(channels)] => {
+            return Err(format!("bias must be i32[{channels}], got {b}"));
         }
         _ => {}
     }
@@ -566,7 +563,15 @@ pub fn conv_shape(a: &ConvAttrs, x: &Shape, w: &Shape) -> R<Shape> {
     }
     let mut dims = vec![x.0[0].clone(), Dim::Fixed(wd[0])];
     for i in 0..sp {
-        dims.push(spatial_out(&x.0[2 + i], a.kernel[i], a.strides[i], a.pads[i], a.pads[sp + i], a.dilations[i], false)?);
+        dims.push(spatial_out(
+            &x.0[2 + i],
+            a.kernel[i],
+            a.strides[i],
+            a.pads[i],
+            a.pads[sp + i],
+            a.dilations[i],
+            false,
+        )?);
     }
     Ok(Shape(dims))
 }
@@ -583,7 +588,15 @@ pub fn pool_shape(p: &PoolAttrs, x: &Shape) -> R<Shape> {
         if p.pads[i] >= p.kernel[i] || p.pads[sp + i] >= p.kernel[i] {
             return Err("pads must be smaller than the kernel".into());
         }
-        dims.push(spatial_out(&x.0[2 + i], p.kernel[i], p.strides[i], p.pads[i], p.pads[sp + i], p.dilations[i], p.ceil_mode)?);
+        dims.push(spatial_out(
+            &x.0[2 + i],
+            p.kernel[i],
+            p.strides[i],
+            p.pads[i],
+            p.pads[sp + i],
+            p.dilations[i],
+            p.ceil_mode,
+        )?);
     }
     Ok(Shape(dims))
 }
@@ -637,7 +650,11 @@ fn gemm_shape(a: &Shape, b: &Shape, ta: bool, tb: bool) -> R<Shape> {
 pub fn slice_len(n: usize, start: i64, end: i64, step: i64) -> R<usize> {
     let (s, e) = slice_bounds(n, start, end, step)?;
     Ok(if step > 0 {
-        if e > s { ((e - s) as u64).div_ceil(step as u64) as usize } else { 0 }
+        if e > s {
+            ((e - s) as u64).div_ceil(step as u64) as usize
+        } else {
+            0
+        }
     } else if s > e {
         ((s - e) as u64).div_ceil(step.unsigned_abs()) as usize
     } else {

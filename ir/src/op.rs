@@ -99,54 +99,116 @@ pub enum Op {
     /// `x, w, [b]` -> y. Float convolution, grouped and depthwise included.
     Conv(ConvAttrs),
     /// `x, scale, bias, mean, var` -> y. Inference-mode batch normalization over axis 1.
-    BatchNorm { epsilon: f32 },
+    BatchNorm {
+        epsilon: f32,
+    },
     Unary(UnaryOp),
     /// `max(x, alpha * x)`.
-    LeakyRelu { alpha: f32 },
+    LeakyRelu {
+        alpha: f32,
+    },
     /// `min(max(x, min), max)`: ReLU6 is `clip(0, 6)`.
-    Clip { min: f32, max: f32 },
+    Clip {
+        min: f32,
+        max: f32,
+    },
     /// `max(0, min(1, alpha * x + beta))`.
-    HardSigmoid { alpha: f32, beta: f32 },
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
     Binary(BinaryOp),
     /// `cond, x, y` -> `cond ? x : y` with broadcasting.
     Where,
     /// `a, b` -> numpy matmul (batched, broadcasting leading dims).
     MatMul,
     /// `a, b, [c]` -> `alpha * op(a) @ op(b) + beta * c`, 2-D.
-    Gemm { alpha: f32, beta: f32, trans_a: bool, trans_b: bool },
+    Gemm {
+        alpha: f32,
+        beta: f32,
+        trans_a: bool,
+        trans_b: bool,
+    },
     MaxPool(PoolAttrs),
     AveragePool(PoolAttrs),
     GlobalAveragePool,
     GlobalMaxPool,
     /// Local response normalization across channels.
-    Lrn { size: usize, alpha: f32, beta: f32, bias: f32 },
-    Softmax { axis: i64 },
-    LogSoftmax { axis: i64 },
+    Lrn {
+        size: usize,
+        alpha: f32,
+        beta: f32,
+        bias: f32,
+    },
+    Softmax {
+        axis: i64,
+    },
+    LogSoftmax {
+        axis: i64,
+    },
     /// `x, scale, [bias]` -> normalized over axes `axis..rank`.
-    LayerNorm { axis: i64, epsilon: f32 },
-    ReduceMean { axes: Vec<i64>, keepdims: bool },
-    ReduceSum { axes: Vec<i64>, keepdims: bool },
-    ReduceMax { axes: Vec<i64>, keepdims: bool },
+    LayerNorm {
+        axis: i64,
+        epsilon: f32,
+    },
+    ReduceMean {
+        axes: Vec<i64>,
+        keepdims: bool,
+    },
+    ReduceSum {
+        axes: Vec<i64>,
+        keepdims: bool,
+    },
+    ReduceMax {
+        axes: Vec<i64>,
+        keepdims: bool,
+    },
 
     // ---- data movement (any dtype; quantization parameters pass through unchanged)
     /// ONNX Reshape with a constant target shape: `0` copies the input dim, `-1` is inferred.
-    Reshape { shape: Vec<i64> },
-    Flatten { axis: i64 },
-    Transpose { perm: Vec<usize> },
+    Reshape {
+        shape: Vec<i64>,
+    },
+    Flatten {
+        axis: i64,
+    },
+    Transpose {
+        perm: Vec<usize>,
+    },
     /// Inputs: any number of tensors of one type (but the axis dim).
-    Concat { axis: i64 },
-    Slice { starts: Vec<i64>, ends: Vec<i64>, axes: Vec<i64>, steps: Vec<i64> },
+    Concat {
+        axis: i64,
+    },
+    Slice {
+        starts: Vec<i64>,
+        ends: Vec<i64>,
+        axes: Vec<i64>,
+        steps: Vec<i64>,
+    },
     /// `data, indices` -> gathered along `axis`.
-    Gather { axis: i64 },
-    Unsqueeze { axes: Vec<i64> },
-    Squeeze { axes: Vec<i64> },
+    Gather {
+        axis: i64,
+    },
+    Unsqueeze {
+        axes: Vec<i64>,
+    },
+    Squeeze {
+        axes: Vec<i64>,
+    },
     /// Split into equal or given parts along `axis`; one output per part.
-    Split { axis: i64, sizes: Vec<usize> },
+    Split {
+        axis: i64,
+        sizes: Vec<usize>,
+    },
     /// Repeats by broadcasting to the constant `shape`.
-    Expand { shape: Vec<i64> },
+    Expand {
+        shape: Vec<i64>,
+    },
     /// Converts elements to `to`. Float to integer truncates toward zero and saturates (as ONNX
     /// Runtime's cast, with saturation made explicit); integer to integer wraps.
-    Cast { to: DType },
+    Cast {
+        to: DType,
+    },
     Identity,
 
     // ---- quantization
@@ -165,12 +227,22 @@ pub enum Op {
     MatMulInteger,
     /// `x, w, [bias]` -> integer convolution on quantized types, then the epilogue
     /// (ONNX QLinearConv is `[Bias, Requant]`).
-    QConv { conv: ConvAttrs, epilogue: Vec<Epilogue> },
+    QConv {
+        conv: ConvAttrs,
+        epilogue: Vec<Epilogue>,
+    },
     /// `a, b, [bias]` -> batched integer matmul on quantized types, then the epilogue
     /// (ONNX QLinearMatMul is `[Requant]`).
-    QMatMul { epilogue: Vec<Epilogue> },
+    QMatMul {
+        epilogue: Vec<Epilogue>,
+    },
     /// `a, b, [c]` -> 2-D integer gemm, then the epilogue (`com.microsoft` QGemm).
-    QGemm { alpha: f32, trans_a: bool, trans_b: bool, epilogue: Vec<Epilogue> },
+    QGemm {
+        alpha: f32,
+        trans_a: bool,
+        trans_b: bool,
+        epilogue: Vec<Epilogue>,
+    },
     /// `a, b` quantized -> quantized sum (`com.microsoft` QLinearAdd).
     QAdd,
     /// `a, b` quantized -> quantized product (`com.microsoft` QLinearMul).
@@ -181,7 +253,9 @@ pub enum Op {
     QAveragePool(PoolAttrs),
     /// Quantized concatenation, each input requantized to the output's parameters
     /// (`com.microsoft` QLinearConcat).
-    QConcat { axis: i64 },
+    QConcat {
+        axis: i64,
+    },
 }
 
 impl Op {

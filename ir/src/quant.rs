@@ -11,11 +11,7 @@ pub enum QuantParams {
     /// One scale and zero point for the whole tensor.
     PerTensor { scale: f32, zero_point: i32 },
     /// One pair per index of `axis` (per output channel for conv and gemm weights).
-    PerAxis {
-        axis: usize,
-        scales: Vec<f32>,
-        zero_points: Vec<i32>,
-    },
+    PerAxis { axis: usize, scales: Vec<f32>, zero_points: Vec<i32> },
 }
 
 impl QuantParams {

@@ -61,11 +61,7 @@ pub fn verify(g: &Graph) -> Result<()> {
         if let Op::Const(t) = &node.op {
             let ty = &node.outputs[0];
             if ty.dtype != t.dtype() || ty.shape.as_fixed().as_deref() != Some(t.shape()) {
-                return Err(err(format!(
-                    "constant of {}{:?} declared as {ty}",
-                    t.dtype(),
-                    t.shape()
-                )));
+                return Err(err(format!("constant of {}{:?} declared as {ty}", t.dtype(), t.shape())));
             }
             continue;
         }
