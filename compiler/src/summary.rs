@@ -1,6 +1,6 @@
 //! What `qforge inspect` reports about a graph: inputs, outputs, op counts, parameters, nodes.
 
-use qforge_ir::{Graph, Op, TensorType};
+use qforge_ir::{Dim, Graph, Op, TensorType};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -10,7 +10,8 @@ use std::fmt::Write;
 pub struct ValueInfo {
     pub name: String,
     pub dtype: String,
-    pub shape: Vec<String>,
+    /// Fixed dims as numbers, symbolic ones (the batch `N`) as strings.
+    pub shape: Vec<serde_json::Value>,
 }
 
 /// One node, as `inspect --json` prints it.
@@ -41,7 +42,15 @@ fn value_info(name: &str, t: &TensorType) -> ValueInfo {
     ValueInfo {
         name: name.to_string(),
         dtype: t.dtype.to_string(),
-        shape: t.shape.0.iter().map(|d| d.to_string()).collect(),
+        shape: t
+            .shape
+            .0
+            .iter()
+            .map(|d| match d {
+                Dim::Fixed(n) => serde_json::Value::from(*n),
+                Dim::Sym(s) => serde_json::Value::from(s.as_str()),
+            })
+            .collect(),
     }
 }
 
@@ -82,7 +91,11 @@ impl Summary {
     /// The human-readable form.
     pub fn to_text(&self) -> String {
         let mut s = String::new();
-        let sig = |v: &ValueInfo| format!("{}: {}[{}]", v.name, v.dtype, v.shape.join(","));
+        let sig = |v: &ValueInfo| {
+            let dims: Vec<String> =
+                v.shape.iter().map(|d| d.as_str().map(str::to_string).unwrap_or_else(|| d.to_string())).collect();
+            format!("{}: {}[{}]", v.name, v.dtype, dims.join(","))
+        };
         let _ = writeln!(s, "graph    {}", self.name);
         for v in &self.inputs {
             let _ = writeln!(s, "input    {}", sig(v));

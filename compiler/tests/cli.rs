@@ -147,7 +147,7 @@ fn inspect_json_has_the_documented_keys() {
         assert!(v.get(key).is_some(), "missing key {key}");
     }
     assert_eq!(v["inputs"][0]["name"], "input");
-    assert_eq!(v["inputs"][0]["shape"], serde_json::json!(["N", "1", "8", "8"]));
+    assert_eq!(v["inputs"][0]["shape"], serde_json::json!(["N", 1, 8, 8]));
     assert_eq!(v["ops"]["conv"], 3);
     let node = &v["nodes"][0];
     for key in ["name", "op", "dtype", "quant", "from"] {

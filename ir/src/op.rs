@@ -397,6 +397,15 @@ impl Op {
         }
     }
 
+    /// The allowed input count in words ("2", "2 to 3", "at least 1"), for error messages.
+    pub fn arity_text(&self) -> String {
+        match self.arity() {
+            (lo, usize::MAX) => format!("at least {lo}"),
+            (lo, hi) if lo == hi => format!("{lo}"),
+            (lo, hi) => format!("{lo} to {hi}"),
+        }
+    }
+
     /// Number of results.
     pub fn num_outputs(&self) -> usize {
         match self {

@@ -36,14 +36,7 @@ pub fn verify(g: &Graph) -> Result<()> {
         let (lo, hi) = node.op.arity();
         let n_in = node.inputs().len();
         if n_in < lo || n_in > hi {
-            let want = if hi == usize::MAX {
-                format!("at least {lo}")
-            } else if lo == hi {
-                format!("{lo}")
-            } else {
-                format!("{lo} to {hi}")
-            };
-            return Err(err(format!("takes {want} inputs, has {n_in}")));
+            return Err(err(format!("takes {} inputs, has {n_in}", node.op.arity_text())));
         }
         let mut types = vec![];
         for (slot, v) in node.inputs().iter().enumerate() {

@@ -486,17 +486,7 @@ impl<'a> Parser<'a> {
         }
         let (lo, hi) = op.arity();
         if inputs.len() < lo || inputs.len() > hi {
-            let want = if hi == usize::MAX {
-                format!("at least {lo}")
-            } else if lo == hi {
-                format!("{lo}")
-            } else {
-                format!("{lo} to {hi}")
-            };
-            return Err(op_pos.err(format!(
-                "{what} takes {want} operands, got {}",
-                inputs.len()
-            )));
+            return Err(op_pos.err(format!("{what} takes {} operands, got {}", op.arity_text(), inputs.len())));
         }
         for (t, pos) in &types {
             if let Some(q) = &t.quant {
