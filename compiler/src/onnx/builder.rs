@@ -18,7 +18,7 @@ pub fn single_node_model(op_type: &str, domain: &str) -> Vec<u8> {
     model(17, vec![f32_input("x", &[1, 4])], vec![], vec![n], &["y"])
 }
 
-
+/// A value's name, ONNX element type code and dims.
 pub fn vi(name: &str, elem: i32, dims: &[Dim]) -> ValueInfoProto {
     let dim = dims
         .iter()
@@ -43,14 +43,17 @@ pub fn vi(name: &str, elem: i32, dims: &[Dim]) -> ValueInfoProto {
     }
 }
 
+/// An f32 graph input of fixed dims.
 pub fn f32_input(name: &str, dims: &[usize]) -> ValueInfoProto {
     vi(name, 1, &dims.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>())
 }
 
+/// A graph output by name, type left to inference.
 pub fn output(name: &str) -> ValueInfoProto {
     ValueInfoProto { name: name.into(), ..Default::default() }
 }
 
+/// A node of the default domain.
 pub fn node(op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
     NodeProto {
         op_type: op.into(),
@@ -61,26 +64,32 @@ pub fn node(op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributePro
     }
 }
 
+/// An integer attribute.
 pub fn int(name: &str, i: i64) -> AttributeProto {
     AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i, ..Default::default() }
 }
 
+/// An integer-list attribute.
 pub fn ints(name: &str, v: &[i64]) -> AttributeProto {
     AttributeProto { name: name.into(), r#type: AttributeType::Ints as i32, ints: v.to_vec(), ..Default::default() }
 }
 
+/// A float attribute.
 pub fn float(name: &str, f: f32) -> AttributeProto {
     AttributeProto { name: name.into(), r#type: AttributeType::Float as i32, f, ..Default::default() }
 }
 
+/// A tensor attribute.
 pub fn tensor_attr(name: &str, t: TensorProto) -> AttributeProto {
     AttributeProto { name: name.into(), r#type: AttributeType::Tensor as i32, t: Some(t), ..Default::default() }
 }
 
+/// An initializer.
 pub fn init(name: &str, t: &Tensor) -> TensorProto {
     tensor_to_proto(name, t)
 }
 
+/// A model: default-domain `opset` (and `com.microsoft` 1), inputs, initializers, nodes, outputs.
 pub fn model(
     opset: i64,
     inputs: Vec<ValueInfoProto>,

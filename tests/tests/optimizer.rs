@@ -1,0 +1,310 @@
+//! The equality-saturation optimizer (`qforge_passes::egraph`):
+//!
+//! * golden snapshots of every fixture in `tests/fixtures/opt/` before and after, with the rules
+//!   that fired and the fusion report (`snapshots/opt@*.snap`);
+//! * idempotence: optimizing an optimized graph changes nothing;
+//! * differential: every fixture and every corpus model runs on the interpreter before and after
+//!   optimization and the results agree (float: within 1e-4 of the largest magnitude; quantized:
+//!   within one output step, since the integer kernels round once where the literal Q/DQ graph
+//!   rounds in float);
+//! * the corpus: the optimized QDQ and QAT digits models against ONNX Runtime's outputs, their
+//!   structure (fused integer kernels, no Q/DQ between two integer ops), and no batch norm left
+//!   in the float models.
+
+use qforge_ir::{Graph, Op, QuantParams, Tensor, TensorType};
+use qforge_passes::egraph::{cost::CostTable, Optimize};
+use qforge_passes::{PassContext, PassReport, Pipeline};
+use qforge_tests::{agreement, check_at, corpus_file, Case, Expect};
+use std::path::Path;
+
+fn cx() -> PassContext {
+    PassContext { verify: true, ..PassContext::default() }
+}
+
+/// Runs the optimizer alone (verified after), returning the graph and its report.
+fn optimize_with(g: &Graph, opt: Optimize) -> (Graph, PassReport) {
+    let mut g = g.clone();
+    let mut reports = Pipeline::new().with(opt).run(&mut g, &cx(), &mut |_, _| {}).expect("the optimizer runs");
+    (g, reports.remove(0))
+}
+
+fn optimize(g: &Graph) -> (Graph, PassReport) {
+    optimize_with(g, Optimize::default())
+}
+
+fn fixture(path: &Path) -> Graph {
+    let text = std::fs::read_to_string(path).expect("fixture reads");
+    qforge_ir::text::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn text(g: &Graph) -> String {
+    qforge_ir::text::print_default(g).expect("graph prints")
+}
+
+/// What the snapshot records of a report: the rules that fired and the notes.
+fn report_text(r: &PassReport) -> String {
+    let mut s = String::new();
+    let fired: Vec<String> =
+        r.stats.iter().filter_map(|(k, v)| k.strip_prefix("applied ").filter(|_| *v > 0).map(str::to_string)).collect();
+    s.push_str(&format!("changed: {}\nrules fired: {}\n", r.changed, fired.join(", ")));
+    for key in ["nodes before", "nodes after"] {
+        s.push_str(&format!("{key}: {}\n", r.stats.get(key).copied().unwrap_or(0)));
+    }
+    for n in &r.notes {
+        s.push_str(n);
+        s.push('\n');
+    }
+    s
+}
+
+#[test]
+fn golden_fixtures() {
+    insta::glob!("../fixtures/opt", "*.qir", |path| {
+        let g = fixture(path);
+        let (after, report) = optimize(&g);
+        let snap = format!("{}\n// after optimize\n{}\n// report\n{}", text(&g), text(&after), report_text(&report));
+        insta::with_settings!({ snapshot_path => "../../snapshots", prepend_module_to_snapshot => false }, {
+            insta::assert_snapshot!("opt", snap);
+        });
+    });
+}
+
+#[test]
+fn optimizing_twice_changes_nothing() {
+    insta::glob!("../fixtures/opt", "*.qir", |path| {
+        let (once, _) = optimize(&fixture(path));
+        let (twice, r) = optimize(&once);
+        assert_eq!(text(&once), text(&twice), "{}: the second run changed the graph", path.display());
+        assert!(!r.changed, "{}: the second run reports a change", path.display());
+    });
+    for model in ["digits_cnn.onnx", "digits_cnn_int8_qdq.onnx", "digits_cnn_qat.onnx", "light/light_inception_v2.onnx"]
+    {
+        let (once, _) = optimize(&qforge::load_model(&corpus_file(model)).expect("imports"));
+        let (twice, r) = optimize(&once);
+        assert_eq!(text(&once), text(&twice), "{model}: the second run changed the graph");
+        assert!(!r.changed, "{model}: the second run reports a change");
+    }
+}
+
+/// Deterministic inputs for a graph: symbolic dims bound to 2, floats in [-1.5, 1.5), quantized
+/// inputs over their whole range.
+fn inputs(g: &Graph) -> Vec<Tensor> {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 11) as f64 / (1u64 << 53) as f64
+    };
+    g.inputs()
+        .iter()
+        .map(|&i| {
+            let t = &g.node(i).outputs[0];
+            let shape: Vec<usize> = t.shape.dims().iter().map(|d| d.fixed().unwrap_or(2)).collect();
+            let n: usize = shape.iter().product();
+            let vals: Vec<f64> = match t.dtype.int_range() {
+                Some((lo, hi)) => {
+                    let (lo, hi) = (lo.max(-128) as f64, hi.min(255) as f64);
+                    (0..n).map(|_| (lo + next() * (hi - lo + 1.0)).floor()).collect()
+                }
+                None => (0..n).map(|_| next() * 3.0 - 1.5).collect(),
+            };
+            Tensor::from_f64_iter(t.dtype, shape, vals.into_iter())
+        })
+        .collect()
+}
+
+/// The output step of output `i`: its own scale if quantized, the scale of the dequantize that
+/// makes it otherwise.
+fn step(g: &Graph, i: usize) -> Option<f32> {
+    let v = g.outputs()[i].value;
+    let per_tensor = |t: &TensorType| match &t.quant {
+        Some(QuantParams::PerTensor { scale, .. }) => Some(*scale),
+        _ => None,
+    };
+    if let Some(s) = per_tensor(g.value_type(v)) {
+        return Some(s);
+    }
+    let node = g.node(v.node);
+    if !matches!(node.op, Op::Dequantize) {
+        return None;
+    }
+    per_tensor(g.value_type(node.inputs()[0]?))
+}
+
+/// Runs `before` and `after` on the same inputs and checks every output agrees: floats within
+/// 1e-4 of the largest magnitude, quantized results within `steps` output steps.
+fn differential(name: &str, before: &Graph, after: &Graph, x: &[Tensor], steps: f32) {
+    let a = qforge_ir::interp::run(before, x).unwrap_or_else(|e| panic!("{name}: before: {e}"));
+    let b = qforge_ir::interp::run(after, x).unwrap_or_else(|e| panic!("{name}: after: {e}"));
+    for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+        let step = step(before, i);
+        let quantized = before.value_type(before.outputs()[i].value).quant.is_some();
+        let ag = agreement(b, a, step.filter(|_| !quantized)).unwrap_or_else(|e| panic!("{name}: output {i}: {e}"));
+        let tol = match step {
+            Some(_) if quantized => steps + 1e-3,
+            Some(s) => (1e-4 * ag.ref_max_abs).max(s * (steps + 1e-3)),
+            None => 1e-4 * ag.ref_max_abs.max(1e-30),
+        };
+        println!("{name} output {i}: {ag}");
+        assert!(ag.max_abs <= tol, "{name}: output {i} differs by {} (tolerance {tol})", ag.max_abs);
+    }
+}
+
+#[test]
+fn fixtures_agree_before_and_after() {
+    insta::glob!("../fixtures/opt", "*.qir", |path| {
+        let g = fixture(path);
+        let (after, _) = optimize(&g);
+        differential(&path.display().to_string(), &g, &after, &inputs(&g), 1.0);
+    });
+}
+
+#[test]
+fn without_int8_nothing_is_lowered_and_the_report_says_why() {
+    let g = fixture(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/opt/qdq_conv_relu.qir"));
+    let opt = Optimize { cost: CostTable { int8: false, ..CostTable::host() }, ..Optimize::default() };
+    let (after, r) = optimize_with(&g, opt);
+    assert!(!after.node_ids().any(|n| after.node(n).op.is_integer_kernel()));
+    assert!(
+        r.notes.iter().any(|n| n.contains("`/conv/Conv` (conv): the profile lacks int8 kernels")),
+        "{:#?}",
+        r.notes
+    );
+}
+
+// ---- the corpus
+
+fn optimized_model(model: &str) -> (Graph, Graph, Vec<PassReport>) {
+    let g = qforge::load_model(&corpus_file(model)).expect("imports");
+    let compiler = qforge::Compiler::new(qforge::PipelineOptions::default()).expect("default options");
+    let (opt, reports) = compiler.optimize_reported(g.clone(), &mut |_, _| {}).expect("the pipeline runs");
+    (g, opt, reports)
+}
+
+fn op_counts(g: &Graph) -> std::collections::BTreeMap<&'static str, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for n in g.schedule().expect("schedules") {
+        *m.entry(g.node(n).op.name()).or_default() += 1;
+    }
+    m
+}
+
+/// The integer digits models: every conv and the gemm are fused integer kernels with an
+/// epilogue, no float compute is left, no Q/DQ sits between two integer ops, and the fusion
+/// report is empty.
+fn assert_fully_lowered(model: &str) {
+    let (before, g, reports) = optimized_model(model);
+    let ops = op_counts(&g);
+    println!(
+        "{model}: {} nodes before, {} after: {ops:?}",
+        before.schedule().unwrap().len(),
+        g.schedule().unwrap().len()
+    );
+    assert_eq!(ops.get("qconv"), Some(&3), "{model}: {ops:?}");
+    assert_eq!(ops.get("qgemm"), Some(&1), "{model}: {ops:?}");
+    for float_op in ["conv", "gemm", "relu", "global_average_pool", "requantize"] {
+        assert!(!ops.contains_key(float_op), "{model}: a `{float_op}` is left: {ops:?}");
+    }
+    assert_eq!((ops.get("quantize"), ops.get("dequantize")), (Some(&1), Some(&1)), "{model}: {ops:?}");
+    for n in g.node_ids() {
+        if let Op::QConv { epilogue, .. } | Op::QGemm { epilogue, .. } = &g.node(n).op {
+            assert!(epilogue.len() >= 2, "{model}: `{}` has epilogue {epilogue:?}", g.node(n).name);
+        }
+    }
+    let opt = reports.iter().find(|r| r.pass == "optimize").expect("the optimizer ran");
+    assert!(!opt.notes.iter().any(|n| n.starts_with("not fused")), "{model}: {:#?}", opt.notes);
+    println!("{model}: {:#?}", opt);
+}
+
+#[test]
+fn qdq_digits_lowers_to_integer_kernels() {
+    assert_fully_lowered("digits_cnn_int8_qdq.onnx");
+}
+
+#[test]
+fn qat_digits_lowers_to_integer_kernels() {
+    assert_fully_lowered("digits_cnn_qat.onnx");
+}
+
+macro_rules! optimized_cases {
+    ($($name:ident: $model:expr, $input:expr, $reference:expr, $expect:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            let case = Case { model: $model, input: $input, reference: $reference, expect: $expect };
+            if let Err(e) = check_at(&case, 2) {
+                panic!("{e:#}");
+            }
+        }
+    )*};
+}
+
+optimized_cases! {
+    // The optimized QDQ model runs ORT's own integer kernels: bit-exact but for rare ties.
+    digits_int8_qdq_optimized: "digits_cnn_int8_qdq.onnx", "digits_test_x.npy", "digits_test_logits_ort_qdq.npy",
+        Expect::Quantized { min_exact: 0.99, max_steps: 1.0, same_top1: true };
+    // QAT: ORT keeps the convs in float (FusedConv on dequantized inputs, its bias quantized to
+    // i32 first) and lowers only the gemm; the optimizer lowers all of them, within one step.
+    digits_qat_optimized: "digits_cnn_qat.onnx", "digits_test_x.npy", "digits_test_logits_qat_ort.npy",
+        Expect::Quantized { min_exact: 0.0, max_steps: 1.0, same_top1: true };
+    digits_cnn_optimized: "digits_cnn.onnx", "digits_test_x.npy", "digits_test_logits_fp32.npy",
+        Expect::Float { rel: 1e-4 };
+}
+
+/// A float corpus model: no batch norm left after optimization, the optimized graph agrees with
+/// the unoptimized one and with ORT.
+fn float_model(model: &str, input: &str, reference: &str) {
+    let (before, after, reports) = optimized_model(model);
+    let (b, a) = (op_counts(&before), op_counts(&after));
+    println!("{model}: {} nodes as imported {b:?}", before.schedule().unwrap().len());
+    println!("{model}: {} nodes optimized {a:?}", after.schedule().unwrap().len());
+    for r in &reports {
+        println!("{model}: {} {:?} {:?} {:?}", r.pass, r.time, r.stats, r.notes);
+    }
+    assert!(!a.contains_key("batch_norm"), "{model}: batch norm left: {a:?}");
+    let x = qforge::npy::read(&corpus_file(input)).expect("input reads");
+    differential(model, &before, &after, std::slice::from_ref(&x), 0.0);
+    let out = qforge_ir::interp::run(&after, &[x]).expect("runs").remove(0);
+    let reference = qforge::npy::read(&corpus_file(reference)).expect("reference reads");
+    let ag = agreement(&out, &reference, None).expect("compares");
+    println!("{model} vs ORT: {ag}");
+    assert!(ag.max_abs <= 1e-4 * ag.ref_max_abs, "{model}: {ag}");
+}
+
+macro_rules! float_models {
+    ($($name:ident: $model:expr, $input:expr, $reference:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            float_model($model, $input, $reference);
+        }
+    )*};
+}
+
+float_models! {
+    digits_cnn_before_after: "digits_cnn.onnx", "digits_test_x.npy", "digits_test_logits_fp32.npy";
+    mobilenet_v2_before_after: "mobilenet_v2.onnx", "imagenet_like_test_x.npy", "mobilenet_v2_test_out_fp32.npy";
+    resnet18_before_after: "resnet18.onnx", "imagenet_like_test_x.npy", "resnet18_test_out_fp32.npy";
+    light_resnet50_before_after: "light/light_resnet50.onnx", "light/light_resnet50_input.npy", "light/light_resnet50_output.npy";
+    light_densenet121_before_after: "light/light_densenet121.onnx", "light/light_densenet121_input.npy", "light/light_densenet121_output.npy";
+    light_inception_v2_before_after: "light/light_inception_v2.onnx", "light/light_inception_v2_input.npy", "light/light_inception_v2_output.npy";
+    light_shufflenet_before_after: "light/light_shufflenet.onnx", "light/light_shufflenet_input.npy", "light/light_shufflenet_output.npy";
+    light_bvlc_alexnet_before_after: "light/light_bvlc_alexnet.onnx", "light/light_bvlc_alexnet_input.npy", "light/light_bvlc_alexnet_output.npy";
+    light_inception_v1_before_after: "light/light_inception_v1.onnx", "light/light_inception_v1_input.npy", "light/light_inception_v1_output.npy";
+    light_squeezenet_before_after: "light/light_squeezenet.onnx", "light/light_squeezenet_input.npy", "light/light_squeezenet_output.npy";
+    light_vgg19_before_after: "light/light_vgg19.onnx", "light/light_vgg19_input.npy", "light/light_vgg19_output.npy";
+    light_zfnet512_before_after: "light/light_zfnet512.onnx", "light/light_zfnet512_input.npy", "light/light_zfnet512_output.npy";
+}
+
+/// The integer corpus models before and after, on the interpreter: within two output steps (the
+/// literal Q/DQ graph rounds in float at every layer, the integer kernels once per layer; ORT's
+/// own literal and fused runs differ by as much).
+#[test]
+fn integer_models_before_after() {
+    for model in
+        ["digits_cnn_int8_qdq.onnx", "digits_cnn_qat.onnx", "digits_cnn_int8_qop.onnx", "digits_cnn_int8_dynamic.onnx"]
+    {
+        let (before, after, _) = optimized_model(model);
+        let x = qforge::npy::read(&corpus_file("digits_test_x.npy")).expect("input reads");
+        differential(model, &before, &after, &[x], 2.0);
+    }
+}
