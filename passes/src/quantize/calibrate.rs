@@ -71,8 +71,8 @@ impl Calibration {
 /// Why calibration failed; every error names the node.
 #[derive(Debug, thiserror::Error)]
 pub enum CalibError {
-    #[error("calibration: node `{node}` ({op}) result {port}: {source}")]
-    Observe { node: String, op: &'static str, port: usize, source: ObserveError },
+    #[error("calibration: node `{node}` ({op}) result {port}: {error}")]
+    Observe { node: String, op: &'static str, port: usize, error: ObserveError },
     #[error("calibration: running batch {batch}: {msg}")]
     Eval { batch: usize, msg: String },
     #[error("calibration: node `{node}` ({op}): {msg}")]
@@ -113,19 +113,20 @@ pub fn calibrate(
     let inputs: Vec<NodeId> = g.inputs().to_vec();
     let mut cal = Calibration::default();
     for (b, batch) in batches.enumerate() {
-        let mut failure: Option<CalibError> = None;
+        let failure: std::cell::RefCell<Option<CalibError>> = Default::default();
         {
             let mut feed = |id: NodeId, results: &[Tensor]| {
-                if failure.is_some() {
+                if failure.borrow().is_some() {
                     return;
                 }
                 let Some(ts) = by_node.get(&id) else { return };
                 for &i in ts {
                     let port = targets[i].value.port;
                     let Some(values) = results.get(port).and_then(|t| t.as_f32()) else { continue };
-                    if let Err(source) = observers[i].observe(values) {
+                    if let Err(error) = observers[i].observe(values) {
                         let n = g.node(id);
-                        failure = Some(CalibError::Observe { node: n.name.clone(), op: n.op.name(), port, source });
+                        *failure.borrow_mut() =
+                            Some(CalibError::Observe { node: n.name.clone(), op: n.op.name(), port, error });
                         return;
                     }
                 }
@@ -133,11 +134,11 @@ pub fn calibrate(
             for (&id, t) in inputs.iter().zip(&batch) {
                 feed(id, std::slice::from_ref(t));
             }
-            if failure.is_none() {
+            if failure.borrow().is_none() {
                 eval.run_observed(g, &batch, &mut feed).map_err(|msg| CalibError::Eval { batch: b, msg })?;
             }
         }
-        if let Some(e) = failure {
+        if let Some(e) = failure.into_inner() {
             return Err(e);
         }
         cal.batches += 1;

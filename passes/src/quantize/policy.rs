@@ -98,6 +98,15 @@ impl Pattern {
         regex::Regex::new(re).map(Pattern::Regex).map_err(|e| format!("invalid regex `{re}`: {e}"))
     }
 
+    /// A pattern matching exactly `name` (a glob when the name has no glob characters).
+    pub fn exact(name: &str) -> Pattern {
+        if name.contains(['*', '?']) {
+            Pattern::Regex(regex::Regex::new(&format!("^{}$", regex::escape(name))).expect("escaped"))
+        } else {
+            Pattern::Glob(name.to_string())
+        }
+    }
+
     pub fn matches(&self, name: &str) -> bool {
         match self {
             Pattern::Glob(g) => glob_match(g.as_bytes(), name.as_bytes()),
@@ -304,7 +313,10 @@ mod tests {
         use qforge_ir::Op;
         let q = QConfig {
             default: Rule { observer: Some(CalibMethod::Entropy), ..Rule::default() },
-            op_types: vec![("relu".into(), Rule { granularity: Some(WeightGranularity::PerTensor), ..Rule::default() })],
+            op_types: vec![(
+                "relu".into(),
+                Rule { granularity: Some(WeightGranularity::PerTensor), ..Rule::default() },
+            )],
             nodes: vec![
                 NodeRule {
                     pattern: Pattern::Glob("/head/*".into()),

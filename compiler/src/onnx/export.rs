@@ -1,0 +1,309 @@
+//! QDQ ONNX export (`qforge quantize MODEL --calib X.npy -o OUT.onnx`): a graph in the Q/DQ form
+//! the quantizer writes becomes a standard ONNX model (opset 17, IR 8) that ONNX Runtime and other
+//! runtimes load: `quantize` is QuantizeLinear, `dequantize` DequantizeLinear (per-axis parameters
+//! with `axis`), quantized constants become integer initializers whose scale and zero point feed
+//! their DequantizeLinear, and the float ops map one to one. Integer ops the optimizer makes
+//! (qconv, qgemm, ...) are not exported: export the Q/DQ graph (`--opt-level 1`), which is what
+//! other runtimes fuse themselves.
+
+use super::builder::{float, int, ints, vi};
+use super::proto::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto};
+use super::tensors::{dtype_to_onnx, tensor_to_proto};
+use prost::Message;
+use qforge_ir::{BinaryOp, DType, Graph, Op, QuantParams, Tensor, TensorType, UnaryOp, Value};
+use std::collections::{HashMap, HashSet};
+
+/// Export failed: an op has no ONNX form here, or the graph is malformed.
+#[derive(Debug, thiserror::Error)]
+#[error("QDQ export: node `{node}` ({op}): {msg}")]
+pub struct ExportError {
+    pub node: String,
+    pub op: &'static str,
+    pub msg: String,
+}
+
+struct Names {
+    used: HashSet<String>,
+    of: HashMap<Value, String>,
+}
+
+impl Names {
+    fn fresh(&mut self, base: &str) -> String {
+        let base = if base.is_empty() { "v" } else { base };
+        let mut name = base.to_string();
+        let mut i = 1;
+        while !self.used.insert(name.clone()) {
+            name = format!("{base}_{i}");
+            i += 1;
+        }
+        name
+    }
+}
+
+fn scalar(dtype: DType, x: f64) -> Tensor {
+    Tensor::from_f64_iter(dtype, vec![], std::iter::once(x))
+}
+
+/// Scale and zero-point initializers for `q` with zero points of `dtype`; returns their names and
+/// the axis for per-axis parameters.
+fn qparams(
+    q: &QuantParams,
+    dtype: DType,
+    base: &str,
+    names: &mut Names,
+    inits: &mut Vec<TensorProto>,
+) -> (String, String, Option<usize>) {
+    let (s, z, axis) = match q {
+        QuantParams::PerTensor { scale, zero_point } => {
+            (scalar(DType::F32, *scale as f64), scalar(dtype, *zero_point as f64), None)
+        }
+        QuantParams::PerAxis { axis, scales, zero_points } => (
+            Tensor::from_f32(vec![scales.len()], scales.clone()),
+            Tensor::from_f64_iter(dtype, vec![zero_points.len()], zero_points.iter().map(|&z| z as f64)),
+            Some(*axis),
+        ),
+    };
+    let (sn, zn) = (names.fresh(&format!("{base}_scale")), names.fresh(&format!("{base}_zero_point")));
+    inits.push(tensor_to_proto(&sn, &s));
+    inits.push(tensor_to_proto(&zn, &z));
+    (sn, zn, axis)
+}
+
+fn value_info(name: &str, t: &TensorType) -> super::proto::ValueInfoProto {
+    vi(name, dtype_to_onnx(t.dtype), t.shape.dims())
+}
+
+/// The model's bytes.
+pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
+    let order = g.schedule().map_err(|e| ExportError { node: g.name.clone(), op: "graph", msg: e.to_string() })?;
+    let mut names = Names { used: HashSet::new(), of: HashMap::new() };
+    let mut inputs = vec![];
+    for &i in g.inputs() {
+        let n = g.node(i);
+        let name = names.fresh(&n.name);
+        inputs.push(value_info(&name, &n.outputs[0]));
+        names.of.insert(Value::new(i, 0), name);
+    }
+    // graph outputs keep their names (a value that is an output under two names gets an Identity)
+    let mut out_alias: HashMap<Value, String> = HashMap::new();
+    for o in g.outputs() {
+        if !out_alias.contains_key(&o.value) && !names.of.contains_key(&o.value) && names.used.insert(o.name.clone()) {
+            out_alias.insert(o.value, o.name.clone());
+        }
+    }
+    let mut inits: Vec<TensorProto> = vec![];
+    let mut nodes: Vec<NodeProto> = vec![];
+    for id in order {
+        let node = g.node(id);
+        let err = |msg: String| ExportError { node: node.name.clone(), op: node.op.name(), msg };
+        let outs: Vec<String> = (0..node.outputs.len())
+            .map(|p| {
+                let v = Value::new(id, p);
+                out_alias.get(&v).cloned().unwrap_or_else(|| {
+                    let base = if node.outputs.len() > 1 { format!("{}:{p}", node.name) } else { node.name.clone() };
+                    names.fresh(&base)
+                })
+            })
+            .collect();
+        for (p, n) in outs.iter().enumerate() {
+            names.of.insert(Value::new(id, p), n.clone());
+        }
+        if let Op::Const(t) = &node.op {
+            inits.push(tensor_to_proto(&outs[0], t));
+            continue;
+        }
+        let mut ins: Vec<String> = vec![];
+        for v in node.inputs() {
+            ins.push(match v {
+                Some(v) => names.of.get(v).cloned().ok_or_else(|| err("input has no name".into()))?,
+                None => String::new(),
+            });
+        }
+        while ins.last().is_some_and(|s| s.is_empty()) {
+            ins.pop();
+        }
+        let in_ty = |i: usize| node.inputs().get(i).copied().flatten().map(|v| g.value_type(v));
+        let mut attrs = vec![];
+        let op_type: &str = match &node.op {
+            Op::Quantize | Op::Dequantize => {
+                let (ty, qdtype) = match node.op {
+                    Op::Quantize => (&node.outputs[0], node.outputs[0].dtype),
+                    _ => {
+                        let t = in_ty(0).ok_or_else(|| err("no input".into()))?;
+                        (t, t.dtype)
+                    }
+                };
+                let q = ty.quant.as_ref().ok_or_else(|| err("no quantization parameters".into()))?;
+                if matches!(node.op, Op::Quantize) && qdtype == DType::I32 {
+                    return Err(err("QuantizeLinear to int32 has no ONNX form (opset 17)".into()));
+                }
+                let (s, z, axis) = qparams(q, qdtype, &outs[0], &mut names, &mut inits);
+                ins.push(s);
+                if qdtype != DType::I32 || q.len() > 1 || q.zero_point(0) != 0 {
+                    ins.push(z);
+                }
+                if let Some(a) = axis {
+                    attrs.push(int("axis", a as i64));
+                }
+                if matches!(node.op, Op::Quantize) {
+                    "QuantizeLinear"
+                } else {
+                    "DequantizeLinear"
+                }
+            }
+            Op::Conv(a) | Op::ConvInteger(a) => {
+                attrs.push(ints("kernel_shape", &a.kernel.iter().map(|&x| x as i64).collect::<Vec<_>>()));
+                attrs.push(ints("strides", &a.strides.iter().map(|&x| x as i64).collect::<Vec<_>>()));
+                attrs.push(ints("pads", &a.pads.iter().map(|&x| x as i64).collect::<Vec<_>>()));
+                attrs.push(ints("dilations", &a.dilations.iter().map(|&x| x as i64).collect::<Vec<_>>()));
+                attrs.push(int("group", a.group as i64));
+                if matches!(node.op, Op::Conv(_)) {
+                    "Conv"
+                } else {
+                    "ConvInteger"
+                }
+            }
+            Op::Gemm { alpha, beta, trans_a, trans_b } => {
+                attrs.push(float("alpha", *alpha));
+                attrs.push(float("beta", *beta));
+                attrs.push(int("transA", *trans_a as i64));
+                attrs.push(int("transB", *trans_b as i64));
+                "Gemm"
+            }
+            Op::MatMul => "MatMul",
+            Op::MatMulInteger => "MatMulInteger",
+            Op::DynamicQuantize => "DynamicQuantizeLinear",
+            Op::Binary(b) => match b {
+                BinaryOp::Add => "Add",
+                BinaryOp::Sub => "Sub",
+                BinaryOp::Mul => "Mul",
+                BinaryOp::Div => "Div",
+                BinaryOp::Pow => "Pow",
+                BinaryOp::Max => "Max",
+                BinaryOp::Min => "Min",
+                _ => return Err(err("no export for this binary op".into())),
+            },
+            Op::Unary(u) => match u {
+                UnaryOp::Relu => "Relu",
+                UnaryOp::Sigmoid => "Sigmoid",
+                UnaryOp::Tanh => "Tanh",
+                UnaryOp::HardSwish => "HardSwish",
+                UnaryOp::Erf => "Erf",
+                UnaryOp::Exp => "Exp",
+                UnaryOp::Sqrt => "Sqrt",
+                UnaryOp::Neg => "Neg",
+                UnaryOp::Abs => "Abs",
+                _ => return Err(err("no export for this unary op".into())),
+            },
+            Op::Clip { min, max } => {
+                for (what, x) in [("min", *min), ("max", *max)] {
+                    let n = names.fresh(&format!("{}_{what}", outs[0]));
+                    inits.push(tensor_to_proto(&n, &scalar(DType::F32, x as f64)));
+                    ins.push(n);
+                }
+                "Clip"
+            }
+            Op::MaxPool(p) | Op::AveragePool(p) => {
+                attrs.push(ints("kernel_shape", &p.kernel.iter().map(|&x| x as i64).collect::<Vec<_>>()));
+                attrs.push(ints("strides", &p.strides.iter().map(|&x| x as i64).collect::<Vec<_>>()));
+                attrs.push(ints("pads", &p.pads.iter().map(|&x| x as i64).collect::<Vec<_>>()));
+                attrs.push(int("ceil_mode", p.ceil_mode as i64));
+                if matches!(node.op, Op::MaxPool(_)) {
+                    attrs.push(ints("dilations", &p.dilations.iter().map(|&x| x as i64).collect::<Vec<_>>()));
+                    "MaxPool"
+                } else {
+                    if p.dilations.iter().any(|&d| d != 1) {
+                        return Err(err("dilated average pooling needs opset 19".into()));
+                    }
+                    attrs.push(int("count_include_pad", p.count_include_pad as i64));
+                    "AveragePool"
+                }
+            }
+            Op::GlobalAveragePool => "GlobalAveragePool",
+            Op::GlobalMaxPool => "GlobalMaxPool",
+            Op::BatchNorm { epsilon } => {
+                attrs.push(float("epsilon", *epsilon));
+                "BatchNormalization"
+            }
+            Op::Flatten { axis } => {
+                attrs.push(int("axis", *axis));
+                "Flatten"
+            }
+            Op::Reshape { shape } => {
+                let n = names.fresh(&format!("{}_shape", outs[0]));
+                inits.push(tensor_to_proto(&n, &Tensor::from_i64(vec![shape.len()], shape.clone())));
+                ins.push(n);
+                "Reshape"
+            }
+            Op::Transpose { perm } => {
+                attrs.push(ints("perm", &perm.iter().map(|&x| x as i64).collect::<Vec<_>>()));
+                "Transpose"
+            }
+            Op::Concat { axis } => {
+                attrs.push(int("axis", *axis));
+                "Concat"
+            }
+            Op::Softmax { axis } => {
+                attrs.push(int("axis", *axis));
+                "Softmax"
+            }
+            Op::Cast { to } => {
+                attrs.push(int("to", dtype_to_onnx(*to) as i64));
+                "Cast"
+            }
+            Op::Identity => "Identity",
+            other => {
+                return Err(err(format!(
+                    "`{}` has no QDQ export (export the Q/DQ graph, --opt-level 1)",
+                    other.name()
+                )));
+            }
+        };
+        nodes.push(NodeProto {
+            op_type: op_type.into(),
+            name: node.name.clone(),
+            input: ins,
+            output: outs,
+            attribute: attrs,
+            ..Default::default()
+        });
+    }
+    // outputs: aliases, or an Identity where a value is output twice or is a graph input
+    let mut outputs = vec![];
+    for o in g.outputs() {
+        let have = names.of.get(&o.value).cloned().ok_or_else(|| ExportError {
+            node: o.name.clone(),
+            op: "output",
+            msg: "no value".into(),
+        })?;
+        if have != o.name {
+            let name = names.fresh(&o.name);
+            nodes.push(NodeProto {
+                op_type: "Identity".into(),
+                name: format!("{name}_Identity"),
+                input: vec![have],
+                output: vec![name.clone()],
+                ..Default::default()
+            });
+            outputs.push(value_info(&name, g.value_type(o.value)));
+        } else {
+            outputs.push(value_info(&have, g.value_type(o.value)));
+        }
+    }
+    Ok(ModelProto {
+        ir_version: 8,
+        producer_name: "qforge".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17 }],
+        graph: Some(GraphProto {
+            name: g.name.clone(),
+            node: nodes,
+            input: inputs,
+            initializer: inits,
+            output: outputs,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec())
+}

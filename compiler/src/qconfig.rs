@@ -1,0 +1,324 @@
+//! Reading the quantization policy (`--qconfig FILE`, TOML) into a
+//! [`qforge_passes::quantize::QConfig`]. Every error names the file and the line.
+//!
+//! ```toml
+//! # every field is optional; later, more specific rules win field by field
+//! [default]
+//! precision = "int8"            # int8 | fp32 | fp16 | bf16 (fp16/bf16: for the precision pass)
+//! activations = "u8-asymmetric" # u8-asymmetric | i8-symmetric | i8-asymmetric | u8-symmetric
+//! weights = "i8-symmetric"      # as above, or i4-symmetric | u4-asymmetric | ... (4-bit)
+//! granularity = "per-channel"   # per-channel | per-tensor (weights)
+//! bits = 8                      # weight bits: 8 or 4 (shorthand for the weight type)
+//! observer = "minmax"           # minmax | ema | percentile | entropy | mse
+//! percentile = 99.99            # percentile observer
+//! momentum = 0.99               # ema observer
+//! bins = 2048                   # histogram observers
+//!
+//! [op.gemm]                     # by op type, as the IR names it (conv, gemm, matmul, add, ...)
+//! granularity = "per-tensor"
+//!
+//! [[node]]                      # by node name (or an original ONNX node name it absorbed)
+//! match = "/backbone/*"         # a glob ...
+//! precision = "int8"
+//!
+//! [[node]]
+//! regex = "^/neck/"             # ... or a regex
+//! precision = "fp16"
+//!
+//! [[node]]
+//! match = "/head/*"
+//! skip = true                   # stay float (the same as precision = "fp32")
+//! ```
+
+use anyhow::{anyhow, Result};
+use qforge_passes::quantize::observer::CalibMethod;
+use qforge_passes::quantize::scheme::{QType, Scheme};
+use qforge_passes::quantize::{NodeRule, Pattern, Precision, QConfig, Rule, WeightGranularity};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use toml::Spanned;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileToml {
+    #[serde(default)]
+    default: Option<Spanned<RuleToml>>,
+    #[serde(default)]
+    op: BTreeMap<String, Spanned<RuleToml>>,
+    #[serde(default)]
+    node: Vec<Spanned<RuleToml>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RuleToml {
+    #[serde(rename = "match")]
+    glob: Option<Spanned<String>>,
+    regex: Option<Spanned<String>>,
+    precision: Option<Spanned<String>>,
+    skip: Option<Spanned<bool>>,
+    activations: Option<Spanned<String>>,
+    weights: Option<Spanned<String>>,
+    granularity: Option<Spanned<String>>,
+    bits: Option<Spanned<u32>>,
+    observer: Option<Spanned<String>>,
+    percentile: Option<Spanned<f64>>,
+    momentum: Option<Spanned<f64>>,
+    bins: Option<Spanned<usize>>,
+}
+
+/// Reads a qconfig file.
+pub fn load(path: &Path) -> Result<QConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read qconfig `{}`: {e}", path.display()))?;
+    parse(&text).map_err(|e| anyhow!("qconfig `{}`: {e}", path.display()))
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+/// Parses qconfig text; errors are `line N: message`.
+pub fn parse(text: &str) -> Result<QConfig, String> {
+    let file: FileToml = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| format!("line {}: ", line_of(text, s.start))).unwrap_or_default();
+        format!("{line}{}", e.message().trim_end())
+    })?;
+    let at = |span: std::ops::Range<usize>, msg: String| format!("line {}: {msg}", line_of(text, span.start));
+    let mut cfg = QConfig::default();
+    if let Some(d) = &file.default {
+        no_pattern(d.get_ref(), "[default]").map_err(|(s, m)| at(s, m))?;
+        cfg.default = rule(d.get_ref(), text)?;
+    }
+    for (name, r) in &file.op {
+        no_pattern(r.get_ref(), &format!("[op.{name}]")).map_err(|(s, m)| at(s, m))?;
+        if !KNOWN_OPS.contains(&name.as_str()) {
+            return Err(at(
+                r.span(),
+                format!("unknown op type `{name}` in [op.{name}] (expected one of {})", KNOWN_OPS.join(", ")),
+            ));
+        }
+        cfg.op_types.push((name.clone(), rule(r.get_ref(), text)?));
+    }
+    for n in &file.node {
+        let r = n.get_ref();
+        let pattern = match (&r.glob, &r.regex) {
+            (Some(g), None) => Pattern::Glob(g.get_ref().clone()),
+            (None, Some(re)) => Pattern::regex(re.get_ref()).map_err(|m| at(re.span(), m))?,
+            (Some(g), Some(_)) => {
+                return Err(at(g.span(), "a [[node]] rule takes `match` or `regex`, not both".into()))
+            }
+            (None, None) => {
+                return Err(at(n.span(), "a [[node]] rule needs `match = \"GLOB\"` or `regex = \"RE\"`".into()))
+            }
+        };
+        cfg.nodes.push(NodeRule { pattern, rule: rule(r, text)? });
+    }
+    cfg.check()?;
+    Ok(cfg)
+}
+
+/// The op names the IR uses (what `[op.NAME]` may name).
+const KNOWN_OPS: &[&str] = &[
+    "conv",
+    "gemm",
+    "matmul",
+    "add",
+    "max_pool",
+    "average_pool",
+    "global_average_pool",
+    "global_max_pool",
+    "concat",
+    "relu",
+    "clip",
+    "batch_norm",
+    "softmax",
+    "layer_norm",
+    "mul",
+    "sub",
+    "div",
+    "sigmoid",
+    "hard_swish",
+    "gelu",
+    "reshape",
+    "flatten",
+    "transpose",
+    "slice",
+    "gather",
+    "split",
+];
+
+fn no_pattern(r: &RuleToml, what: &str) -> Result<(), (std::ops::Range<usize>, String)> {
+    if let Some(g) = &r.glob {
+        return Err((g.span(), format!("`match` belongs in a [[node]] rule, not in {what}")));
+    }
+    if let Some(g) = &r.regex {
+        return Err((g.span(), format!("`regex` belongs in a [[node]] rule, not in {what}")));
+    }
+    Ok(())
+}
+
+fn scheme(s: &str, weights: bool) -> Result<Scheme, String> {
+    let (ty, kind) = match s.split_once('-') {
+        Some((t, k)) => (Some(t), k),
+        None => (None, s),
+    };
+    let symmetric = match kind {
+        "symmetric" => true,
+        "asymmetric" => false,
+        _ => return Err(format!("unknown scheme `{s}` (expected e.g. u8-asymmetric, i8-symmetric, symmetric)")),
+    };
+    let qtype = match ty {
+        Some("i8") => QType::I8,
+        Some("u8") => QType::U8,
+        Some("i4") if weights => QType::I4,
+        Some("u4") if weights => QType::U4,
+        Some(t) => {
+            return Err(format!("unknown type `{t}` in scheme `{s}` (i8, u8{})", if weights { ", i4, u4" } else { "" }))
+        }
+        None if symmetric => QType::I8,
+        None => {
+            if weights {
+                QType::I8
+            } else {
+                QType::U8
+            }
+        }
+    };
+    Ok(Scheme { qtype, symmetric })
+}
+
+fn rule(r: &RuleToml, text: &str) -> Result<Rule, String> {
+    let at = |span: std::ops::Range<usize>, msg: String| format!("line {}: {msg}", line_of(text, span.start));
+    let mut out = Rule::default();
+    if let Some(p) = &r.precision {
+        out.precision = Some(Precision::parse(p.get_ref()).map_err(|m| at(p.span(), m))?);
+    }
+    if let Some(s) = &r.skip {
+        if *s.get_ref() {
+            if out.precision.is_some_and(|p| p != Precision::Fp32) {
+                return Err(at(s.span(), "`skip = true` contradicts the rule's precision".into()));
+            }
+            out.precision = Some(Precision::Fp32);
+        }
+    }
+    if let Some(a) = &r.activations {
+        let s = scheme(a.get_ref(), false).map_err(|m| at(a.span(), m))?;
+        out.activations = Some(s);
+    }
+    if let Some(w) = &r.weights {
+        out.weights = Some(scheme(w.get_ref(), true).map_err(|m| at(w.span(), m))?);
+    }
+    if let Some(b) = &r.bits {
+        let base = out.weights.unwrap_or(Scheme::symmetric(QType::I8));
+        let qtype = match (*b.get_ref(), base.qtype.is_signed()) {
+            (8, true) => QType::I8,
+            (8, false) => QType::U8,
+            (4, true) => QType::I4,
+            (4, false) => QType::U4,
+            (n, _) => return Err(at(b.span(), format!("{n} weight bits (expected 8 or 4)"))),
+        };
+        out.weights = Some(Scheme { qtype, ..base });
+    }
+    if let Some(g) = &r.granularity {
+        out.granularity = Some(match g.get_ref().as_str() {
+            "per-channel" => WeightGranularity::PerChannel,
+            "per-tensor" => WeightGranularity::PerTensor,
+            other => {
+                return Err(at(g.span(), format!("unknown granularity `{other}` (expected per-channel or per-tensor)")))
+            }
+        });
+    }
+    if let Some(o) = &r.observer {
+        out.observer = Some(o.get_ref().parse::<CalibMethod>().map_err(|m| at(o.span(), m))?);
+    }
+    if let Some(p) = &r.percentile {
+        let v = *p.get_ref();
+        if !(v > 0.0 && v <= 100.0) {
+            return Err(at(p.span(), format!("percentile {v} is not in (0, 100]")));
+        }
+        out.percentile = Some(v);
+    }
+    if let Some(m) = &r.momentum {
+        let v = *m.get_ref();
+        if !(0.0..1.0).contains(&v) {
+            return Err(at(m.span(), format!("momentum {v} is not in [0, 1)")));
+        }
+        out.momentum = Some(v);
+    }
+    if let Some(b) = &r.bins {
+        if *b.get_ref() < 16 {
+            return Err(at(b.span(), format!("{} histogram bins (at least 16)", b.get_ref())));
+        }
+        out.bins = Some(*b.get_ref());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_example_backbone_int8_neck_fp16_head_fp32() {
+        let cfg = parse(
+            r#"
+[default]
+observer = "entropy"
+
+[op.gemm]
+granularity = "per-tensor"
+
+[[node]]
+match = "/backbone/*"
+precision = "int8"
+
+[[node]]
+regex = "^/neck/"
+precision = "fp16"
+
+[[node]]
+match = "/head/*"
+skip = true
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.default.observer, Some(CalibMethod::Entropy));
+        assert_eq!(cfg.op_types[0].1.granularity, Some(WeightGranularity::PerTensor));
+        assert_eq!(cfg.nodes.len(), 3);
+        assert_eq!(cfg.nodes[1].rule.precision, Some(Precision::Fp16));
+        assert_eq!(cfg.nodes[2].rule.precision, Some(Precision::Fp32));
+        assert!(cfg.nodes[2].pattern.matches("/head/fc/Gemm"));
+    }
+
+    #[test]
+    fn bad_files_name_the_line() {
+        let cases: &[(&str, &str)] = &[
+            ("[default]\nobserver = \"kl\"\n", "line 2: unknown calibration method `kl`"),
+            ("[default]\n\ngranularity = \"per-row\"\n", "line 3: unknown granularity `per-row`"),
+            ("[default]\nfoo = 1\n", "line 2: unknown field `foo`"),
+            ("[[node]]\nprecision = \"fp16\"\n", "line 1: a [[node]] rule needs `match"),
+            ("[[node]]\nregex = \"(\"\n", "line 2: invalid regex `(`"),
+            ("[default]\nmatch = \"x\"\n", "line 2: `match` belongs in a [[node]] rule"),
+            ("[default]\nbits = 3\n", "line 2: 3 weight bits"),
+            ("[default]\nactivations = \"i4-symmetric\"\n", "line 2: unknown type `i4`"),
+            ("[default]\nprecision = \"int4\"\n", "line 2: unknown precision `int4`"),
+            ("[op.convolution]\nskip = true\n", "line 1: unknown op type `convolution`"),
+            ("[default]\npercentile = 120.0\n", "line 2: percentile 120"),
+            ("[default\n", "line 1: "),
+            ("[default]\nskip = \"yes\"\n", "line 2: "),
+        ];
+        for (text, want) in cases {
+            let e = parse(text).expect_err(text);
+            assert!(e.starts_with(want), "{text:?}: got `{e}`, want `{want}...`");
+        }
+    }
+
+    #[test]
+    fn four_bit_weights_and_schemes() {
+        let cfg = parse("[default]\nweights = \"u8-asymmetric\"\nbits = 4\nactivations = \"symmetric\"\n").unwrap();
+        assert_eq!(cfg.default.weights, Some(Scheme::asymmetric(QType::U4)));
+        assert_eq!(cfg.default.activations, Some(Scheme::symmetric(QType::I8)));
+    }
+}
