@@ -1,0 +1,99 @@
+//! Mixed precision (issue 5): FP16/BF16 assignment under the AMP policy, hardware profiles, and
+//! channel alignment padding.
+//!
+//! * [`profile`]: hardware profiles as TOML data (`passes/profiles/*.toml`, embedded), the
+//!   [`Profile`] the optimizer's cost model reads (dtypes, features, layout, alignment, batch,
+//!   cost table).
+//! * [`policy`]: the three op classes (always f32, low precision, follow), the user's override
+//!   table (TOML) and the node-name patterns forced to f32.
+//! * [`amp`]: the [`AssignPrecision`] pass: per-node decisions with the rule that made each,
+//!   casts only at precision boundaries, constants converted offline, inputs and outputs keeping
+//!   their types, and the fp16 overflow guard fed by calibration [`Ranges`].
+//! * batch norm is folded into the conv before it ahead of the assignment ([`crate::batchnorm`]).
+//! * [`pad`]: the [`AlignChannels`] pass.
+//!
+//! Numerics are the interpreter's ([`qforge_ir::numerics`]): an f16/bf16 op widens its inputs to
+//! f32, computes (accumulating in f32) and rounds its result once.
+
+pub mod amp;
+pub mod pad;
+pub mod policy;
+pub mod profile;
+
+pub use amp::{AssignPrecision, Decision, PrecisionConfig, Ranges, Rule};
+pub use pad::AlignChannels;
+pub use policy::{OpClass, PrecisionPolicy};
+pub use profile::{CostClass, Layout, NumType, Profile, ProfileError};
+
+use qforge_ir::{DType, Graph, NodeId, Tensor};
+
+/// Runs a graph and shows every node's results to an observer. `qforge` implements it with its
+/// engine; [`Interpreter`] is the reference interpreter.
+pub trait Evaluator {
+    fn run_observed(
+        &self,
+        g: &Graph,
+        inputs: &[Tensor],
+        observe: &mut dyn FnMut(NodeId, &[Tensor]),
+    ) -> Result<(), String>;
+}
+
+/// The reference interpreter as an [`Evaluator`].
+pub struct Interpreter;
+
+impl Evaluator for Interpreter {
+    fn run_observed(
+        &self,
+        g: &Graph,
+        inputs: &[Tensor],
+        observe: &mut dyn FnMut(NodeId, &[Tensor]),
+    ) -> Result<(), String> {
+        let opts = qforge_ir::interp::RunOptions::default();
+        qforge_ir::interp::run_observed(g, inputs, &opts, observe).map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+/// The largest magnitude of every float result, per node name (graph inputs by name), over the
+/// given batches (each one tensor per graph input). NaN is ignored.
+pub fn observe_ranges(g: &Graph, batches: &[Vec<Tensor>], ev: &dyn Evaluator) -> Result<Ranges, String> {
+    let mut r = Ranges::new();
+    let note = |r: &mut Ranges, name: &str, t: &Tensor| {
+        if !t.dtype().is_float() {
+            return;
+        }
+        let m = t.range().map(|(lo, hi)| lo.abs().max(hi.abs())).unwrap_or(0.0);
+        let e = r.entry(name.to_string()).or_insert(0.0);
+        *e = e.max(m);
+    };
+    for b in batches {
+        for (&id, t) in g.inputs().iter().zip(b) {
+            note(&mut r, &g.node(id).name, t);
+        }
+        ev.run_observed(g, b, &mut |id, ts| {
+            for t in ts {
+                note(&mut r, &g.node(id).name, t);
+            }
+        })?;
+    }
+    Ok(r)
+}
+
+/// `--precision` as a pass configuration, checked against the profile: `fp16`/`bf16` need the
+/// profile to have that type; `amp` uses the profile's `[amp] low`.
+pub fn config_for(precision: &str, profile: &Profile) -> Result<PrecisionConfig, String> {
+    let (low, amp) = match precision {
+        "fp16" => (DType::F16, false),
+        "bf16" => (DType::BF16, false),
+        "amp" => (profile.amp_low, true),
+        other => return Err(format!("unknown precision `{other}` (expected fp32, fp16, bf16 or amp)")),
+    };
+    if !profile.supports(low) {
+        let have: Vec<String> = profile.float_types().iter().map(|d| d.to_string()).collect();
+        return Err(format!(
+            "--precision {precision}: hardware profile `{}` has no {low} (its float types: {})",
+            profile.name,
+            have.join(", ")
+        ));
+    }
+    Ok(PrecisionConfig::new(low, amp))
+}
