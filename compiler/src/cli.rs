@@ -30,6 +30,14 @@ pub enum Command {
         /// Print the IR text (large constants summarized).
         #[arg(long, conflicts_with = "json")]
         ir: bool,
+        /// Print the precision report: the profile, each node's dtype and the rule that chose it,
+        /// cast counts and channel padding.
+        #[arg(long, conflicts_with = "json")]
+        precision_report: bool,
+        /// List which nodes static quantization quantizes and why the others stay as they are
+        /// (after batch-norm folding and the qconfig policy).
+        #[arg(long)]
+        quantizable: bool,
         #[command(flatten)]
         pipeline: PipelineOptions,
     },
@@ -63,25 +71,62 @@ pub enum Command {
         #[command(flatten)]
         pipeline: PipelineOptions,
     },
-    /// Compile to a deployable artifact (not implemented yet).
+    /// Compile to a deployable artifact (writing artifacts is not implemented yet); with
+    /// `--report`, print what every pass did and the fusion report.
     Compile {
         model: PathBuf,
         #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Print each pass's report (time, counters, notes) and the fusion report: every Q/DQ
+        /// pair not folded into an integer kernel, with the reason.
+        #[arg(long)]
+        report: bool,
+        /// Write the IR text (large constants summarized) after this pass, or after every pass.
+        #[arg(long, value_name = "PASS|all", requires = "dump_dir")]
+        dump_after: Option<String>,
+        /// Where `--dump-after` writes, one `NN-PASS.qir` file per dump.
+        #[arg(long, value_name = "DIR", requires = "dump_after")]
+        dump_dir: Option<PathBuf>,
+        #[command(flatten)]
+        pipeline: PipelineOptions,
+    },
+    /// Write a QDQ ONNX model that other runtimes run: static INT8 (or --quantize dynamic) with
+    /// the pipeline's quantization options; needs --calib for int8.
+    Quantize {
+        model: PathBuf,
+        #[arg(short, long, value_name = "OUT.onnx")]
         output: PathBuf,
         #[command(flatten)]
         pipeline: PipelineOptions,
     },
-    /// Write a QDQ ONNX model that other runtimes run (not implemented yet).
-    Quantize {
-        model: PathBuf,
-        #[arg(long)]
-        calib: PathBuf,
-        #[arg(short, long)]
-        output: PathBuf,
-    },
     /// Measure latency (not implemented yet).
     Bench {
         model: PathBuf,
+        #[command(flatten)]
+        pipeline: PipelineOptions,
+    },
+    /// Quantize one layer at a time and rank the layers by output SQNR (and accuracy with labels).
+    Sensitivity {
+        model: PathBuf,
+        /// Evaluation inputs (default: the calibration set).
+        #[arg(long, value_name = "X.npy")]
+        input: Option<PathBuf>,
+        /// Labels of the evaluation inputs: adds each layer's top-1 accuracy.
+        #[arg(long, value_name = "Y.npy")]
+        labels: Option<PathBuf>,
+        /// Keep the most sensitive layers in float until the top-1 drop is at most D (a fraction,
+        /// 0.005 = half a point) and write the resulting qconfig to --output.
+        #[arg(long, value_name = "D", requires_all = ["labels", "output"])]
+        max_accuracy_drop: Option<f64>,
+        /// Where --max-accuracy-drop writes its qconfig.
+        #[arg(short, long, value_name = "QCONFIG.toml")]
+        output: Option<PathBuf>,
+        /// Samples per run.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         pipeline: PipelineOptions,
     },
@@ -92,16 +137,105 @@ pub enum Command {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Inspect { model, json, ir, pipeline } => inspect(&model, json, ir, pipeline),
+        Command::Inspect { model, json, quantizable: true, pipeline, .. } => {
+            crate::calibrate::inspect_quantizable(&model, json, pipeline)
+        }
+        Command::Inspect { model, json, ir, precision_report: true, pipeline, .. } if !json && !ir => {
+            precision_report(&model, pipeline)
+        }
+        Command::Inspect { model, json, ir, pipeline, .. } => inspect(&model, json, ir, pipeline),
         Command::Run { model, input, output, pipeline } => run_model(&model, &input, &output, pipeline),
         Command::Eval { model, input, labels, batch, json, pipeline } => {
             eval(&model, &input, &labels, batch, json, pipeline)
         }
-        Command::Compile { .. } => bail!("`qforge compile` is not implemented yet (compiled artifacts have not landed)"),
-        Command::Quantize { .. } => bail!("`qforge quantize` is not implemented yet (post-training quantization has not landed)"),
-        Command::Bench { .. } => bail!("`qforge bench` is not implemented yet (the JIT and its benchmark have not landed)"),
+        Command::Compile { model, output, report, dump_after, dump_dir, pipeline } => {
+            let dump = dump_after.zip(dump_dir);
+            compile(&model, output.as_deref(), report, dump, pipeline)
+        }
+        Command::Quantize { model, output, pipeline } => crate::calibrate::quantize_to_onnx(&model, &output, pipeline),
+        Command::Bench { .. } => {
+            bail!("`qforge bench` is not implemented yet (the JIT and its benchmark have not landed)")
+        }
+        Command::Sensitivity { model, input, labels, max_accuracy_drop, output, batch, json, pipeline } => {
+            let args = crate::calibrate::SensitivityArgs { input, labels, max_accuracy_drop, output, batch, json };
+            crate::calibrate::sensitivity(&model, &args, pipeline)
+        }
         Command::Demo => crate::demo::run(),
     }
+}
+
+/// `compile`: runs the pipeline; `--report` prints the pass reports and the fusion report;
+/// `--dump-after PASS|all --dump-dir DIR` writes the IR text after the named pass (or every pass).
+fn compile(
+    model: &Path,
+    output: Option<&Path>,
+    report: bool,
+    dump: Option<(String, PathBuf)>,
+    pipeline: PipelineOptions,
+) -> Result<()> {
+    if output.is_some() {
+        bail!("`qforge compile -o`: writing artifacts is not implemented yet (compiled artifacts have not landed)");
+    }
+    if !report && dump.is_none() {
+        bail!("`qforge compile` without -o only reports: give --report or --dump-after (writing artifacts is not implemented yet)");
+    }
+    let compiler = Compiler::new(pipeline)?;
+    if let Some((_, dir)) = &dump {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
+    }
+    let mut ran: Vec<String> = vec![];
+    let mut failed: Option<anyhow::Error> = None;
+    let mut after = |name: &str, g: &qforge_ir::Graph| {
+        ran.push(name.to_string());
+        let k = ran.len();
+        let Some((pass, dir)) = &dump else { return };
+        if failed.is_some() || (pass != "all" && pass != name) {
+            return;
+        }
+        let path = dir.join(format!("{k:02}-{name}.qir"));
+        let written = qforge_ir::text::print_default(g)
+            .map_err(anyhow::Error::from)
+            .and_then(|t| std::fs::write(&path, t).with_context(|| format!("cannot write `{}`", path.display())));
+        if let Err(e) = written {
+            failed = Some(e);
+        }
+    };
+    let (g, reports) = compiler.optimize_reported(load_model(model)?, &mut after)?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if let Some((pass, _)) = &dump {
+        if pass != "all" && !ran.contains(pass) {
+            bail!("--dump-after {pass}: no such pass ran (the passes: {}; or `all`)", ran.join(", "));
+        }
+    }
+    if !report {
+        return Ok(());
+    }
+    for r in &reports {
+        println!(
+            "pass {}: {:.1} ms, {}",
+            r.pass,
+            r.time.as_secs_f64() * 1e3,
+            if r.changed { "changed the graph" } else { "no change" }
+        );
+        for (k, v) in &r.stats {
+            println!("  {k}: {v}");
+        }
+        for n in &r.notes {
+            println!("  {n}");
+        }
+    }
+    let unfused = qforge_passes::report::fusion_report(&g, compiler.profile().dtypes.int8);
+    if unfused.is_empty() {
+        println!("fusion report: every quantize/dequantize is in an integer kernel or at the graph's edge");
+    } else {
+        println!("fusion report: {} leftover(s)", unfused.len());
+        for u in &unfused {
+            println!("  {u}");
+        }
+    }
+    Ok(())
 }
 
 fn inspect(model: &Path, json: bool, ir: bool, pipeline: PipelineOptions) -> Result<()> {
@@ -116,6 +250,28 @@ fn inspect(model: &Path, json: bool, ir: bool, pipeline: PipelineOptions) -> Res
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {
         print!("{}", s.to_text());
+    }
+    Ok(())
+}
+
+/// `inspect --precision-report`: the profile, then the precision and padding passes' reports.
+fn precision_report(model: &Path, pipeline: PipelineOptions) -> Result<()> {
+    let compiler = Compiler::new(pipeline)?;
+    let (_, reports) = compiler.optimize_reported(load_model(model)?, &mut |_, _| {})?;
+    print!("profile {}", compiler.profile().describe());
+    let mut any = false;
+    for r in reports.iter().filter(|r| r.pass == "precision" || r.pass == "align-channels") {
+        any = true;
+        println!("pass {}:", r.pass);
+        for (k, v) in &r.stats {
+            println!("  {k}: {v}");
+        }
+        for n in &r.notes {
+            println!("  {n}");
+        }
+    }
+    if !any {
+        println!("no precision assignment (--precision fp32) and no channel padding");
     }
     Ok(())
 }
@@ -171,7 +327,7 @@ fn run_model(model: &Path, inputs: &[String], outputs: &[PathBuf], pipeline: Pip
 }
 
 fn eval(model: &Path, input: &Path, labels: &Path, batch: usize, json: bool, pipeline: PipelineOptions) -> Result<()> {
-    let exe = Compiler::new(pipeline)?.compile(load_model(model)?)?;
+    let exe = Compiler::new(pipeline.clone())?.compile(load_model(model)?)?;
     if exe.graph().inputs().len() != 1 {
         bail!("eval needs a model with one input; this one has {}", exe.graph().inputs().len());
     }
@@ -186,17 +342,25 @@ fn eval(model: &Path, input: &Path, labels: &Path, batch: usize, json: bool, pip
     let pred = data::argmax_rows(&scores)?;
     let acc = data::top1(&pred, &y)?;
     let correct = pred.iter().zip(&y).filter(|(p, l)| p == l).count();
+    // quantized: the float model's accuracy beside it
+    let fp32 = crate::calibrate::fp32_top1(&pipeline, model, &x, &y, batch)?;
     if json {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "top1": acc,
             "samples": y.len(),
             "correct": correct,
             "engine": exe.engine(),
             "seconds": secs,
         });
+        if let Some(f) = fp32 {
+            v["fp32_top1"] = serde_json::json!(f);
+        }
         println!("{v}");
     } else {
         println!("top-1 {:.2}% ({correct}/{}) in {:.2} s", acc * 100.0, y.len(), secs);
+        if let Some(f) = fp32 {
+            println!("fp32 top-1 {:.2}% ({:+.2} points)", f * 100.0, (acc - f) * 100.0);
+        }
     }
     Ok(())
 }

@@ -1,20 +1,27 @@
 //! The [`Compiler`] API: load a model, run the pipeline, get something that runs.
 //!
-//! ```no_run
+//! ```
 //! use qforge::{Compiler, PipelineOptions};
-//! let compiler = Compiler::new(PipelineOptions::default())?;
-//! let graph = qforge::load_model("model.onnx".as_ref())?;
-//! let exe = compiler.compile(graph)?;
-//! let x = qforge::npy::read("x.npy".as_ref())?;
-//! let outputs = exe.run(&[x])?;
+//! # let assets = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets");
+//! # let (model, samples) = (assets.join("digits_cnn.onnx"), assets.join("digits_samples_x.npy"));
+//! // model = "digits_cnn.onnx", samples = "digits_samples_x.npy" (bundled in compiler/assets/)
+//! let graph = qforge::load_model(&model)?;
+//! let exe = Compiler::new(PipelineOptions::default())?.compile(graph)?;
+//! let x = qforge::npy::read(&samples)?;
+//! let logits = exe.run_batched(&x, 64)?;
+//! assert_eq!(logits.shape(), &[200, 10]);
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
-use crate::pipeline::{Engine, PipelineOptions};
+use crate::pipeline::{Engine, PipelineOptions, Precision};
 use anyhow::{bail, Context, Result};
 use qforge_ir::interp::{self, RunOptions};
 use qforge_ir::{Graph, Tensor};
 use qforge_passes::canonicalize::Canonicalize;
+use qforge_passes::egraph::{cost::CostTable, Optimize};
+use qforge_passes::precision::{
+    profile, AlignChannels, AssignPrecision, PrecisionConfig, Profile, ProfileError, Ranges,
+};
 use qforge_passes::{PassContext, PassReport, Pipeline};
 use std::path::Path;
 
@@ -27,28 +34,105 @@ pub fn load_model(path: &Path) -> Result<Graph> {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;
             qforge_ir::text::parse(&text).with_context(|| format!("`{}`", path.display()))
         }
-        _ => bail!(
-            "`{}`: unknown model format (expected a .onnx model or a .qir IR text file)",
-            path.display()
-        ),
+        _ => bail!("`{}`: unknown model format (expected a .onnx model or a .qir IR text file)", path.display()),
     }
+}
+
+/// `--profile NAME|FILE`: a shipped profile by name, else a TOML file; `host` when not given.
+pub fn resolve_profile(arg: Option<&str>) -> Result<Profile> {
+    let Some(arg) = arg else { return Ok(Profile::host()) };
+    if profile::shipped_names().contains(&arg) {
+        return Ok(Profile::shipped(arg)?);
+    }
+    let path = Path::new(arg);
+    if !path.exists() {
+        if arg.ends_with(".toml") || arg.contains(std::path::MAIN_SEPARATOR) {
+            bail!(
+                "hardware profile file `{arg}` does not exist (shipped profiles: {})",
+                profile::shipped_names().join(", ")
+            );
+        }
+        return Err(ProfileError::Unknown { name: arg.to_string() }.into());
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read profile `{}`", path.display()))?;
+    Ok(Profile::parse(&text, &path.display().to_string())?)
+}
+
+/// The profile and the precision configuration (`--precision`, `--precision-config`) of `opts`.
+fn precision_setup(opts: &PipelineOptions) -> Result<(Profile, Option<PrecisionConfig>)> {
+    let profile = resolve_profile(opts.profile.as_deref())?;
+    let name = match opts.precision {
+        Precision::Fp32 => return Ok((profile, None)),
+        Precision::Fp16 => "fp16",
+        Precision::Bf16 => "bf16",
+        Precision::Amp => "amp",
+    };
+    let mut c = qforge_passes::precision::config_for(name, &profile).map_err(anyhow::Error::msg)?;
+    if let Some(path) = &opts.precision_config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read precision config `{}`", path.display()))?;
+        c.policy.apply_overrides(&text, &path.display().to_string()).map_err(anyhow::Error::msg)?;
+    }
+    Ok((profile, Some(c)))
 }
 
 /// Strings the stages together according to [`PipelineOptions`].
 #[derive(Clone, Debug)]
 pub struct Compiler {
     opts: PipelineOptions,
+    qconfig: qforge_passes::quantize::QConfig,
+    /// The hardware profile (`--profile`, `host` by default).
+    profile: Profile,
+    /// Precision assignment (`--precision` other than fp32), without calibration ranges.
+    precision: Option<PrecisionConfig>,
 }
 
 impl Compiler {
     /// Checks the options; options whose stage is not built yet are an error here.
     pub fn new(opts: PipelineOptions) -> Result<Compiler> {
         opts.check_supported()?;
-        Ok(Compiler { opts })
+        if opts.quantize == crate::pipeline::QuantizeMode::Int8 && opts.calib.is_none() {
+            bail!("--quantize int8 needs calibration data: add --calib X.npy");
+        }
+        let qconfig = crate::calibrate::qconfig(&opts)?;
+        let (profile, precision) = precision_setup(&opts)?;
+        Ok(Compiler { opts, qconfig, profile, precision })
     }
 
     pub fn options(&self) -> &PipelineOptions {
         &self.opts
+    }
+
+    /// The hardware profile the pipeline targets (the optimizer's cost table).
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// The precision stage, after quantization (DESIGN.md's order): precision assignment when
+    /// `--precision` is not fp32 (at every opt level, as quantization: it is asked for, not an
+    /// optimization), then channel alignment padding from `--opt-level 1` when the profile asks for
+    /// it. `ranges` feed the fp16 overflow guard.
+    pub fn precision_pipeline(&self, ranges: Option<Ranges>) -> Pipeline {
+        let mut p = Pipeline::new();
+        if let Some(c) = &self.precision {
+            p = p.with(AssignPrecision::new(PrecisionConfig { ranges, ..c.clone() }));
+        }
+        if self.opts.opt_level >= 1 && self.profile.layout.channel_align > 1 {
+            p = p.with(AlignChannels { align: self.profile.layout.channel_align });
+        }
+        p
+    }
+
+    /// The equality-saturation optimizer, last (DESIGN.md's order: after quantization and
+    /// precision, so it sees their Q/DQ and casts), from `--opt-level 2`, with the profile's int8
+    /// support deciding whether it lowers to integer kernels.
+    pub fn optimizer_pipeline(&self) -> Pipeline {
+        let mut p = Pipeline::new();
+        if self.opts.opt_level >= 2 {
+            let cost = CostTable { int8: self.profile.dtypes.int8, ..CostTable::host() };
+            p = p.with(Optimize { cost, ..Optimize::default() });
+        }
+        p
     }
 
     /// Runs the pipeline on `graph` (verified before and after) and prepares it for execution.
@@ -85,8 +169,34 @@ impl Compiler {
     ) -> Result<(Graph, Vec<PassReport>)> {
         qforge_ir::verify::verify(&graph).context("the imported graph does not verify")?;
         let cx = PassContext { verify: true, max_tensor_bytes: self.opts.max_tensor_bytes as u128 };
-        let reports = self.pipeline().run(&mut graph, &cx, after)?;
+        let mut reports = self.pipeline().run(&mut graph, &cx, after)?;
+        if self.opts.quantize != crate::pipeline::QuantizeMode::None {
+            reports.extend(crate::calibrate::quantize_stage(&mut graph, &self.opts, &self.qconfig, &cx, after)?);
+        }
+        let ranges = self.overflow_ranges(&graph)?;
+        reports.extend(self.precision_pipeline(ranges).run(&mut graph, &cx, after)?);
+        reports.extend(self.optimizer_pipeline().run(&mut graph, &cx, after)?);
         Ok((graph, reports))
+    }
+
+    /// Calibration ranges for the fp16 overflow guard: with `--calib` and an f16 precision, the
+    /// graph runs on the calibration inputs (in batches of `--calib-batch`) and every node's largest
+    /// magnitude is kept.
+    fn overflow_ranges(&self, g: &Graph) -> Result<Option<Ranges>> {
+        let (Some(c), Some(path)) = (&self.precision, &self.opts.calib) else { return Ok(None) };
+        if c.low != qforge_ir::DType::F16 {
+            return Ok(None);
+        }
+        let x = crate::npy::read(path)?;
+        let n = x.shape().first().copied().context("the calibration input has no batch dimension")?;
+        let step = self.opts.calib_batch.max(1);
+        let mut batches = vec![];
+        for start in (0..n).step_by(step) {
+            batches.push(vec![crate::data::slice_batch(&x, start, (start + step).min(n))?]);
+        }
+        let r = qforge_passes::precision::observe_ranges(g, &batches, &qforge_passes::precision::Interpreter)
+            .map_err(|e| anyhow::anyhow!("calibration for the fp16 overflow guard: {e}"))?;
+        Ok(Some(r))
     }
 }
 

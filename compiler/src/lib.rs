@@ -10,6 +10,7 @@
 //! * Options whose stage has not landed are rejected by name ([`PipelineOptions::check_supported`]),
 //!   never silently ignored.
 
+pub mod calibrate;
 pub mod cli;
 pub mod data;
 pub mod demo;
@@ -17,6 +18,7 @@ pub mod driver;
 pub mod npy;
 pub mod onnx;
 pub mod pipeline;
+pub mod qconfig;
 pub mod summary;
 
 pub use driver::{load_model, Compiler, Executable};

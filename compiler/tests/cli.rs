@@ -120,9 +120,25 @@ fn unsupported_op() {
 
 #[test]
 fn unimplemented_pipeline_option() {
+    expect_error(&["inspect", p(&asset("digits_cnn.onnx")), "--engine", "jit"], "--engine jit is not implemented yet");
+}
+
+#[test]
+fn quantize_int8_needs_calibration_data() {
     expect_error(
         &["inspect", p(&asset("digits_cnn.onnx")), "--quantize", "int8"],
-        "--quantize int8 is not implemented yet",
+        "needs calibration data: add --calib",
+    );
+}
+
+#[test]
+fn bad_qconfig_names_the_line() {
+    let d = scratch("qconfig");
+    let f = d.join("bad.toml");
+    std::fs::write(&f, "[default]\nobserver = \"kl\"\n").unwrap();
+    expect_error(
+        &["inspect", p(&asset("digits_cnn.onnx")), "--quantize", "dynamic", "--qconfig", p(&f)],
+        "line 2: unknown calibration method `kl`",
     );
 }
 

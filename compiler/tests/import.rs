@@ -4,11 +4,11 @@
 
 use prost::Message;
 use qforge::onnx::builder::*;
-use qforge::onnx::tensors::tensor_to_proto;
 use qforge::onnx::proto::{
     attribute_proto::AttributeType, tensor_shape_proto::dimension, tensor_shape_proto::Dimension, type_proto,
     AttributeProto, ModelProto, NodeProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
+use qforge::onnx::tensors::tensor_to_proto;
 use qforge::onnx::{import_bytes, import_file, ImportError};
 use qforge_ir::{DType, Dim, Graph, Op, QuantParams, Tensor};
 use std::collections::BTreeMap;

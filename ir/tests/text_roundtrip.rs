@@ -9,10 +9,7 @@ use qforge_ir::{IrError, Op};
 use std::path::PathBuf;
 
 fn fixture_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/qir"
-    ))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/qir"))
 }
 
 fn fixtures() -> Vec<PathBuf> {
@@ -44,11 +41,7 @@ fn split_comments(text: &str) -> (&str, &str) {
 fn fixtures_print_back_exactly() {
     let bless = std::env::var_os("QFORGE_BLESS_QIR").is_some();
     let files = fixtures();
-    assert!(
-        files.len() >= 6,
-        "expected at least 6 fixtures in {}",
-        fixture_dir().display()
-    );
+    assert!(files.len() >= 6, "expected at least 6 fixtures in {}", fixture_dir().display());
     for path in files {
         let file = path.display();
         let text = std::fs::read_to_string(&path).expect("fixture is readable");
@@ -64,11 +57,7 @@ fn fixtures_print_back_exactly() {
 
         // Printing is stable through another round trip.
         let g2 = parse(&printed).unwrap_or_else(|e| panic!("{file}, reprinted: {e}"));
-        assert_eq!(
-            print(&g2, ConstMode::Full).unwrap(),
-            printed,
-            "{file}: print(parse(print(g))) differs"
-        );
+        assert_eq!(print(&g2, ConstMode::Full).unwrap(), printed, "{file}: print(parse(print(g))) differs");
 
         // Summary mode prints the same text when every constant is small enough to be inline,
         // and text that refuses to parse otherwise.

@@ -13,11 +13,16 @@
 //!   after each pass when asked, always in tests), and running it twice changes nothing the second
 //!   time.
 //!
-//! Passes so far: [`canonicalize::Canonicalize`]. Quantization, precision and the egg optimizer
-//! arrive with their issues.
+//! Passes so far: [`canonicalize::Canonicalize`]; quantization ([`quantize::FoldBatchNorm`],
+//! [`quantize::QuantizeStatic`] after calibration through [`quantize::Evaluator`],
+//! [`quantize::QuantizeDynamic`]). Precision and the egg optimizer arrive with their issues.
 
+pub mod batchnorm;
 pub mod canonicalize;
+pub mod egraph;
 pub mod pass;
+pub mod precision;
 pub mod quantize;
+pub mod report;
 
 pub use pass::{Pass, PassContext, PassError, PassReport, Pipeline};

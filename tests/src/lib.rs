@@ -131,24 +131,47 @@ pub fn output_step(g: &Graph) -> Option<f32> {
 /// Imports the case's model, runs it on the reference interpreter, prints the agreement with the
 /// stored reference and asserts the expectation.
 pub fn check(case: &Case) -> Result<Agreement> {
+    check_at(case, 0)
+}
+
+/// As [`check`], on the graph after the compiler pipeline at `--opt-level opt_level` (0: the graph
+/// as imported; every pass verified after it runs).
+pub fn check_at(case: &Case, opt_level: u8) -> Result<Agreement> {
     let g = qforge::load_model(&corpus_file(case.model))?;
     qforge_ir::verify::verify(&g).context("imported graph does not verify")?;
+    let g = if opt_level == 0 {
+        g
+    } else {
+        let opts = qforge::PipelineOptions { opt_level, ..qforge::PipelineOptions::default() };
+        qforge::Compiler::new(opts)?.optimize(g)?
+    };
     let x = qforge::npy::read(&corpus_file(case.input))?;
     let reference = qforge::npy::read(&corpus_file(case.reference))?;
     let out = qforge_ir::interp::run(&g, &[x])?.into_iter().next().context("no output")?;
     let step = output_step(&g);
     let a = agreement(&out, &reference, step)?;
-    println!("{}: {a}", case.model);
+    println!("{} (opt-level {opt_level}): {a}", case.model);
     match case.expect {
         Expect::Float { rel } => {
             if a.max_abs > rel * a.ref_max_abs {
-                bail!("{}: max error {:.3e} exceeds {rel:e} of the reference's largest magnitude", case.model, a.max_abs);
+                bail!(
+                    "{}: max error {:.3e} exceeds {rel:e} of the reference's largest magnitude",
+                    case.model,
+                    a.max_abs
+                );
             }
         }
         Expect::Quantized { min_exact, max_steps, same_top1 } => {
-            let Some(steps) = a.max_steps else { bail!("{}: the output is not a dequantized per-tensor value", case.model) };
+            let Some(steps) = a.max_steps else {
+                bail!("{}: the output is not a dequantized per-tensor value", case.model)
+            };
             if a.exact_share < min_exact {
-                bail!("{}: bit-exact share {:.2}% is below {:.2}%", case.model, a.exact_share * 100.0, min_exact * 100.0);
+                bail!(
+                    "{}: bit-exact share {:.2}% is below {:.2}%",
+                    case.model,
+                    a.exact_share * 100.0,
+                    min_exact * 100.0
+                );
             }
             if steps > max_steps + 1e-3 {
                 bail!("{}: {steps:.2} output steps off, more than {max_steps}", case.model);

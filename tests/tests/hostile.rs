@@ -37,7 +37,6 @@ fn kind(e: &ImportError) -> Kind {
     }
 }
 
-const F: i32 = 1;
 const U8: i32 = 2;
 const I64: i32 = 7;
 

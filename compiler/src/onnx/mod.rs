@@ -14,6 +14,7 @@
 
 mod attrs;
 pub mod builder;
+pub mod export;
 mod import;
 mod ops;
 #[rustfmt::skip]

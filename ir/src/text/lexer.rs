@@ -15,11 +15,7 @@ pub(super) struct Pos {
 
 impl Pos {
     pub fn err(self, msg: impl Into<String>) -> IrError {
-        IrError::Parse {
-            line: self.line,
-            col: self.col,
-            msg: msg.into(),
-        }
+        IrError::Parse { line: self.line, col: self.col, msg: msg.into() }
     }
 }
 
@@ -120,20 +116,11 @@ fn is_ident_char(c: char) -> bool {
 
 impl<'a> Lexer<'a> {
     pub fn new(src: &'a str) -> Self {
-        Lexer {
-            src,
-            at: 0,
-            line: 1,
-            col: 1,
-            started: false,
-        }
+        Lexer { src, at: 0, line: 1, col: 1, started: false }
     }
 
     fn pos(&self) -> Pos {
-        Pos {
-            line: self.line,
-            col: self.col,
-        }
+        Pos { line: self.line, col: self.col }
     }
 
     fn rest(&self) -> &'a str {
@@ -177,9 +164,7 @@ impl<'a> Lexer<'a> {
                 }
                 Some('/') if self.peek2() == Some('/') => {
                     if self.started {
-                        return Err(self
-                            .pos()
-                            .err("`//` comments are only allowed before `graph`"));
+                        return Err(self.pos().err("`//` comments are only allowed before `graph`"));
                     }
                     self.take_while(|c| c != '\n');
                 }
@@ -225,9 +210,7 @@ impl<'a> Lexer<'a> {
                             .map_err(|_| pos.err(format!("invalid value number `%{digits}`")))?;
                         Tok::Val(ValRef::Num(n))
                     }
-                    Some(c) if is_ident_start(c) => {
-                        Tok::Val(ValRef::Name(self.take_while(is_ident_char).to_string()))
-                    }
+                    Some(c) if is_ident_start(c) => Tok::Val(ValRef::Name(self.take_while(is_ident_char).to_string())),
                     _ => return Err(pos.err("expected a value name or number after `%`")),
                 }
             }
@@ -247,11 +230,7 @@ impl<'a> Lexer<'a> {
                 } else if self.peek2().is_some_and(|c| c.is_ascii_digit()) {
                     Tok::Num(self.number())
                 } else if self.rest().starts_with("-inf")
-                    && !self
-                        .rest()
-                        .get(4..)
-                        .and_then(|s| s.chars().next())
-                        .is_some_and(is_ident_char)
+                    && !self.rest().get(4..).and_then(|s| s.chars().next()).is_some_and(is_ident_char)
                 {
                     let start = self.at;
                     for _ in 0..4 {
@@ -284,11 +263,7 @@ impl<'a> Lexer<'a> {
         if matches!(self.peek(), Some('e' | 'E')) {
             let after = self.rest().get(1..).unwrap_or("");
             let digits_at = if after.starts_with(['+', '-']) { 1 } else { 0 };
-            if after
-                .get(digits_at..)
-                .and_then(|s| s.chars().next())
-                .is_some_and(|c| c.is_ascii_digit())
-            {
+            if after.get(digits_at..).and_then(|s| s.chars().next()).is_some_and(|c| c.is_ascii_digit()) {
                 self.bump();
                 if digits_at == 1 {
                     self.bump();
@@ -309,13 +284,9 @@ impl<'a> Lexer<'a> {
             match self.bump() {
                 None => return Err(start.err("unterminated string")),
                 Some('"') => return Ok(s),
-                Some('\n') => {
-                    return Err(start.err("unterminated string (strings cannot span lines)"))
-                }
+                Some('\n') => return Err(start.err("unterminated string (strings cannot span lines)")),
                 Some('\\') => {
-                    let e = self
-                        .bump()
-                        .ok_or_else(|| start.err("unterminated string"))?;
+                    let e = self.bump().ok_or_else(|| start.err("unterminated string"))?;
                     match e {
                         '"' => s.push('"'),
                         '\\' => s.push('\\'),
@@ -355,10 +326,8 @@ impl<'a> Lexer<'a> {
     fn hex4(&mut self, at: Pos) -> Result<u32, IrError> {
         let mut v = 0u32;
         for _ in 0..4 {
-            let d = self
-                .bump()
-                .and_then(|c| c.to_digit(16))
-                .ok_or_else(|| at.err("expected 4 hex digits after `\\u`"))?;
+            let d =
+                self.bump().and_then(|c| c.to_digit(16)).ok_or_else(|| at.err("expected 4 hex digits after `\\u`"))?;
             v = v * 16 + d;
         }
         Ok(v)

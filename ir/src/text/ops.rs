@@ -68,12 +68,7 @@ pub(super) fn print_attrs(op: &Op) -> Vec<(&'static str, String)> {
         Op::HardSigmoid { alpha, beta } => vec![("alpha", f32s(*alpha)), ("beta", f32s(*beta))],
         Op::Binary(_) => vec![],
         Op::Where | Op::MatMul => vec![],
-        Op::Gemm {
-            alpha,
-            beta,
-            trans_a,
-            trans_b,
-        } => vec![
+        Op::Gemm { alpha, beta, trans_a, trans_b } => vec![
             ("alpha", f32s(*alpha)),
             ("beta", f32s(*beta)),
             ("trans_a", trans_a.to_string()),
@@ -81,24 +76,14 @@ pub(super) fn print_attrs(op: &Op) -> Vec<(&'static str, String)> {
         ],
         Op::MaxPool(p) | Op::AveragePool(p) | Op::QAveragePool(p) => pool(p),
         Op::GlobalAveragePool | Op::GlobalMaxPool => vec![],
-        Op::Lrn {
-            size,
-            alpha,
-            beta,
-            bias,
-        } => vec![
-            ("size", size.to_string()),
-            ("alpha", f32s(*alpha)),
-            ("beta", f32s(*beta)),
-            ("bias", f32s(*bias)),
-        ],
+        Op::Lrn { size, alpha, beta, bias } => {
+            vec![("size", size.to_string()), ("alpha", f32s(*alpha)), ("beta", f32s(*beta)), ("bias", f32s(*bias))]
+        }
         Op::Softmax { axis } | Op::LogSoftmax { axis } => vec![("axis", axis.to_string())],
         Op::LayerNorm { axis, epsilon } => {
             vec![("axis", axis.to_string()), ("epsilon", f32s(*epsilon))]
         }
-        Op::ReduceMean { axes, keepdims }
-        | Op::ReduceSum { axes, keepdims }
-        | Op::ReduceMax { axes, keepdims } => {
+        Op::ReduceMean { axes, keepdims } | Op::ReduceSum { axes, keepdims } | Op::ReduceMax { axes, keepdims } => {
             vec![("axes", i64s(axes)), ("keepdims", keepdims.to_string())]
         }
         Op::Reshape { shape } | Op::Expand { shape } => vec![("shape", i64s(shape))],
@@ -106,38 +91,22 @@ pub(super) fn print_attrs(op: &Op) -> Vec<(&'static str, String)> {
             vec![("axis", axis.to_string())]
         }
         Op::Transpose { perm } => vec![("perm", usizes(perm))],
-        Op::Slice {
-            starts,
-            ends,
-            axes,
-            steps,
-        } => vec![
-            ("starts", i64s(starts)),
-            ("ends", i64s(ends)),
-            ("axes", i64s(axes)),
-            ("steps", i64s(steps)),
-        ],
+        Op::Slice { starts, ends, axes, steps } => {
+            vec![("starts", i64s(starts)), ("ends", i64s(ends)), ("axes", i64s(axes)), ("steps", i64s(steps))]
+        }
         Op::Unsqueeze { axes } | Op::Squeeze { axes } => vec![("axes", i64s(axes))],
         Op::Split { axis, sizes } => vec![("axis", axis.to_string()), ("sizes", usizes(sizes))],
         Op::Cast { to } => vec![("to", to.name().to_string())],
         Op::Identity => vec![],
         Op::Quantize | Op::Dequantize | Op::Requantize | Op::DynamicQuantize => vec![],
         Op::MatMulInteger => vec![],
-        Op::QConv {
-            conv: c,
-            epilogue: ep,
-        } => {
+        Op::QConv { conv: c, epilogue: ep } => {
             let mut v = conv(c);
             v.push(("epilogue", epilogue(ep)));
             v
         }
         Op::QMatMul { epilogue: ep } => vec![("epilogue", epilogue(ep))],
-        Op::QGemm {
-            alpha,
-            trans_a,
-            trans_b,
-            epilogue: ep,
-        } => vec![
+        Op::QGemm { alpha, trans_a, trans_b, epilogue: ep } => vec![
             ("alpha", f32s(*alpha)),
             ("trans_a", trans_a.to_string()),
             ("trans_b", trans_b.to_string()),
@@ -181,9 +150,7 @@ impl<'a> Attrs<'a> {
                 let (_, _, v, p) = self.items.remove(i);
                 Ok((v, p))
             }
-            None => Err(self
-                .pos
-                .err(format!("`{}` needs the attribute `{key}`", self.op))),
+            None => Err(self.pos.err(format!("`{}` needs the attribute `{key}`", self.op))),
         }
     }
 
@@ -215,20 +182,12 @@ impl<'a> Attrs<'a> {
         }
     }
 
-    fn list<T>(
-        &mut self,
-        key: &str,
-        want: &str,
-        f: impl Fn(&AttrVal) -> Option<T>,
-    ) -> Result<Vec<T>> {
+    fn list<T>(&mut self, key: &str, want: &str, f: impl Fn(&AttrVal) -> Option<T>) -> Result<Vec<T>> {
         let (v, p) = self.take(key)?;
         let AttrVal::List(items) = v else {
             return Err(self.bad(key, p, &format!("a list of {want}s")));
         };
-        items
-            .iter()
-            .map(|(v, p)| f(v).ok_or_else(|| self.bad(key, *p, &format!("a list of {want}s"))))
-            .collect()
+        items.iter().map(|(v, p)| f(v).ok_or_else(|| self.bad(key, *p, &format!("a list of {want}s")))).collect()
     }
 
     fn usizes(&mut self, key: &str) -> Result<Vec<usize>> {
@@ -318,17 +277,12 @@ fn as_i64(v: &AttrVal) -> Option<i64> {
 
 /// Parses a float literal (`1`, `-2.5e-3`, `inf`, `-inf`, `NaN`) exactly as `f32`.
 pub(super) fn parse_f32(s: &str) -> Option<f32> {
-    let numeric = s
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_digit() || b == b'-');
+    let numeric = s.bytes().next().is_some_and(|b| b.is_ascii_digit() || b == b'-');
     if !(numeric || s == "inf" || s == "NaN") {
         return None;
     }
     // A finite literal too large for f32 is an error, not infinity.
-    s.parse::<f32>()
-        .ok()
-        .filter(|x| x.is_finite() || s.ends_with("inf") || s == "NaN")
+    s.parse::<f32>().ok().filter(|x| x.is_finite() || s.ends_with("inf") || s == "NaN")
 }
 
 fn as_f32(v: &AttrVal) -> Option<f32> {
@@ -343,9 +297,7 @@ fn unary(name: &str) -> Option<UnaryOp> {
 }
 
 fn binary(name: &str) -> Option<BinaryOp> {
-    Op::BINARY
-        .into_iter()
-        .find(|b| Op::Binary(*b).name() == name)
+    Op::BINARY.into_iter().find(|b| Op::Binary(*b).name() == name)
 }
 
 /// Whether `name` is the text name of an op of a node line (not `input` or `const`).
@@ -361,20 +313,10 @@ pub(super) fn is_op_name(name: &str) -> bool {
 pub(super) fn build_op(name: &str, mut a: Attrs) -> Result<Option<Op>> {
     let op = match name {
         "conv" => Op::Conv(a.conv()?),
-        "batch_norm" => Op::BatchNorm {
-            epsilon: a.f32("epsilon")?,
-        },
-        "leaky_relu" => Op::LeakyRelu {
-            alpha: a.f32("alpha")?,
-        },
-        "clip" => Op::Clip {
-            min: a.f32("min")?,
-            max: a.f32("max")?,
-        },
-        "hard_sigmoid" => Op::HardSigmoid {
-            alpha: a.f32("alpha")?,
-            beta: a.f32("beta")?,
-        },
+        "batch_norm" => Op::BatchNorm { epsilon: a.f32("epsilon")? },
+        "leaky_relu" => Op::LeakyRelu { alpha: a.f32("alpha")? },
+        "clip" => Op::Clip { min: a.f32("min")?, max: a.f32("max")? },
+        "hard_sigmoid" => Op::HardSigmoid { alpha: a.f32("alpha")?, beta: a.f32("beta")? },
         "where" => Op::Where,
         "matmul" => Op::MatMul,
         "gemm" => Op::Gemm {
@@ -387,68 +329,28 @@ pub(super) fn build_op(name: &str, mut a: Attrs) -> Result<Option<Op>> {
         "average_pool" => Op::AveragePool(a.pool()?),
         "global_average_pool" => Op::GlobalAveragePool,
         "global_max_pool" => Op::GlobalMaxPool,
-        "lrn" => Op::Lrn {
-            size: a.usize("size")?,
-            alpha: a.f32("alpha")?,
-            beta: a.f32("beta")?,
-            bias: a.f32("bias")?,
-        },
-        "softmax" => Op::Softmax {
-            axis: a.i64("axis")?,
-        },
-        "log_softmax" => Op::LogSoftmax {
-            axis: a.i64("axis")?,
-        },
-        "layer_norm" => Op::LayerNorm {
-            axis: a.i64("axis")?,
-            epsilon: a.f32("epsilon")?,
-        },
-        "reduce_mean" => Op::ReduceMean {
-            axes: a.i64s("axes")?,
-            keepdims: a.bool("keepdims")?,
-        },
-        "reduce_sum" => Op::ReduceSum {
-            axes: a.i64s("axes")?,
-            keepdims: a.bool("keepdims")?,
-        },
-        "reduce_max" => Op::ReduceMax {
-            axes: a.i64s("axes")?,
-            keepdims: a.bool("keepdims")?,
-        },
-        "reshape" => Op::Reshape {
-            shape: a.i64s("shape")?,
-        },
-        "flatten" => Op::Flatten {
-            axis: a.i64("axis")?,
-        },
-        "transpose" => Op::Transpose {
-            perm: a.usizes("perm")?,
-        },
-        "concat" => Op::Concat {
-            axis: a.i64("axis")?,
-        },
+        "lrn" => Op::Lrn { size: a.usize("size")?, alpha: a.f32("alpha")?, beta: a.f32("beta")?, bias: a.f32("bias")? },
+        "softmax" => Op::Softmax { axis: a.i64("axis")? },
+        "log_softmax" => Op::LogSoftmax { axis: a.i64("axis")? },
+        "layer_norm" => Op::LayerNorm { axis: a.i64("axis")?, epsilon: a.f32("epsilon")? },
+        "reduce_mean" => Op::ReduceMean { axes: a.i64s("axes")?, keepdims: a.bool("keepdims")? },
+        "reduce_sum" => Op::ReduceSum { axes: a.i64s("axes")?, keepdims: a.bool("keepdims")? },
+        "reduce_max" => Op::ReduceMax { axes: a.i64s("axes")?, keepdims: a.bool("keepdims")? },
+        "reshape" => Op::Reshape { shape: a.i64s("shape")? },
+        "flatten" => Op::Flatten { axis: a.i64("axis")? },
+        "transpose" => Op::Transpose { perm: a.usizes("perm")? },
+        "concat" => Op::Concat { axis: a.i64("axis")? },
         "slice" => Op::Slice {
             starts: a.i64s("starts")?,
             ends: a.i64s("ends")?,
             axes: a.i64s("axes")?,
             steps: a.i64s("steps")?,
         },
-        "gather" => Op::Gather {
-            axis: a.i64("axis")?,
-        },
-        "unsqueeze" => Op::Unsqueeze {
-            axes: a.i64s("axes")?,
-        },
-        "squeeze" => Op::Squeeze {
-            axes: a.i64s("axes")?,
-        },
-        "split" => Op::Split {
-            axis: a.i64("axis")?,
-            sizes: a.usizes("sizes")?,
-        },
-        "expand" => Op::Expand {
-            shape: a.i64s("shape")?,
-        },
+        "gather" => Op::Gather { axis: a.i64("axis")? },
+        "unsqueeze" => Op::Unsqueeze { axes: a.i64s("axes")? },
+        "squeeze" => Op::Squeeze { axes: a.i64s("axes")? },
+        "split" => Op::Split { axis: a.i64("axis")?, sizes: a.usizes("sizes")? },
+        "expand" => Op::Expand { shape: a.i64s("shape")? },
         "cast" => Op::Cast { to: a.dtype("to")? },
         "identity" => Op::Identity,
         "quantize" => Op::Quantize,
@@ -457,13 +359,8 @@ pub(super) fn build_op(name: &str, mut a: Attrs) -> Result<Option<Op>> {
         "dynamic_quantize" => Op::DynamicQuantize,
         "conv_integer" => Op::ConvInteger(a.conv()?),
         "matmul_integer" => Op::MatMulInteger,
-        "qconv" => Op::QConv {
-            conv: a.conv()?,
-            epilogue: a.epilogue("epilogue")?,
-        },
-        "qmatmul" => Op::QMatMul {
-            epilogue: a.epilogue("epilogue")?,
-        },
+        "qconv" => Op::QConv { conv: a.conv()?, epilogue: a.epilogue("epilogue")? },
+        "qmatmul" => Op::QMatMul { epilogue: a.epilogue("epilogue")? },
         "qgemm" => Op::QGemm {
             alpha: a.f32("alpha")?,
             trans_a: a.bool("trans_a")?,
@@ -474,9 +371,7 @@ pub(super) fn build_op(name: &str, mut a: Attrs) -> Result<Option<Op>> {
         "qmul" => Op::QMul,
         "qglobal_average_pool" => Op::QGlobalAveragePool,
         "qaverage_pool" => Op::QAveragePool(a.pool()?),
-        "qconcat" => Op::QConcat {
-            axis: a.i64("axis")?,
-        },
+        "qconcat" => Op::QConcat { axis: a.i64("axis")? },
         _ => match (unary(name), binary(name)) {
             (Some(u), _) => Op::Unary(u),
             (_, Some(b)) => Op::Binary(b),

@@ -8,9 +8,7 @@ use super::lexer::{Lexer, Pos, Tok, Token, ValRef};
 use super::ops::{self, AttrVal, Attrs};
 use super::print::type_str;
 use super::quote;
-use crate::{
-    DType, Dim, Graph, IrError, QuantParams, Shape, Tensor, TensorData, TensorType, Value,
-};
+use crate::{DType, Dim, Graph, IrError, QuantParams, Shape, Tensor, TensorData, TensorType, Value};
 use half::{bf16, f16};
 use std::collections::HashMap;
 
@@ -31,23 +29,12 @@ pub(super) fn parse(text: &str) -> Result<Graph> {
 /// index.
 fn check_quant(t: &TensorType) -> std::result::Result<(), String> {
     let Some(q) = &t.quant else { return Ok(()) };
-    q.check()
-        .map_err(|m| format!("quantization parameters: {m}"))?;
+    q.check().map_err(|m| format!("quantization parameters: {m}"))?;
     if let QuantParams::PerAxis { axis, scales, .. } = q {
         match t.shape.0.get(*axis) {
             Some(Dim::Fixed(n)) if *n == scales.len() => {}
-            Some(d) => {
-                return Err(format!(
-                    "{} per-axis scales for axis {axis} of size {d}",
-                    scales.len()
-                ))
-            }
-            None => {
-                return Err(format!(
-                    "quantization axis {axis} is out of range for {}",
-                    type_str(t)
-                ))
-            }
+            Some(d) => return Err(format!("{} per-axis scales for axis {axis} of size {d}", scales.len())),
+            None => return Err(format!("quantization axis {axis} is out of range for {}", type_str(t))),
         }
     }
     Ok(())
@@ -67,11 +54,7 @@ impl<'a> Parser<'a> {
     fn new(text: &'a str) -> Result<Self> {
         let mut lex = Lexer::new(text);
         let tok = lex.next_token()?;
-        Ok(Parser {
-            lex,
-            tok,
-            values: HashMap::new(),
-        })
+        Ok(Parser { lex, tok, values: HashMap::new() })
     }
 
     /// Moves to the next token and returns the one that was current.
@@ -85,9 +68,7 @@ impl<'a> Parser<'a> {
     }
 
     fn expected(&self, what: &str) -> IrError {
-        self.tok
-            .pos
-            .err(format!("expected {what}, found {}", self.tok.tok))
+        self.tok.pos.err(format!("expected {what}, found {}", self.tok.tok))
     }
 
     fn at(&self, t: &Tok) -> bool {
@@ -134,10 +115,7 @@ impl<'a> Parser<'a> {
                 self.advance()?;
                 Ok(s.to_string())
             }
-            Tok::Ident(s) => Err(self.pos().err(format!(
-                "a name containing `*` must be quoted: {}",
-                quote(s)
-            ))),
+            Tok::Ident(s) => Err(self.pos().err(format!("a name containing `*` must be quoted: {}", quote(s)))),
             Tok::Str(_) => self.string(what),
             _ => Err(self.expected(what)),
         }
@@ -160,9 +138,7 @@ impl<'a> Parser<'a> {
         let (r, pos) = self.val_ref(what)?;
         match self.values.get(&r) {
             Some(v) => Ok((*v, r, pos)),
-            None => Err(pos.err(format!(
-                "unknown value {r} (values must be defined before they are used)"
-            ))),
+            None => Err(pos.err(format!("unknown value {r} (values must be defined before they are used)"))),
         }
     }
 
@@ -178,9 +154,7 @@ impl<'a> Parser<'a> {
                 self.advance()?;
                 Ok(x)
             }
-            (None, Tok::Num(s)) => Err(self
-                .pos()
-                .err(format!("number `{s}` is out of range for f32"))),
+            (None, Tok::Num(s)) => Err(self.pos().err(format!("number `{s}` is out of range for f32"))),
             (None, _) => Err(self.expected(what)),
         }
     }
@@ -189,9 +163,7 @@ impl<'a> Parser<'a> {
         let pos = self.pos();
         match self.tok.tok {
             Tok::Num(s) if s.bytes().all(|b| b.is_ascii_digit() || b == b'-') => {
-                let x = s
-                    .parse::<i64>()
-                    .map_err(|_| pos.err(format!("integer `{s}` is out of range")))?;
+                let x = s.parse::<i64>().map_err(|_| pos.err(format!("integer `{s}` is out of range")))?;
                 self.advance()?;
                 Ok((x, pos))
             }
@@ -213,17 +185,9 @@ impl<'a> Parser<'a> {
             _ => return Err(self.expected("a type such as `f32[N,3]`")),
         };
         self.advance()?;
-        let quant = if self.at(&Tok::Lt) {
-            Some(self.quant()?)
-        } else {
-            None
-        };
+        let quant = if self.at(&Tok::Lt) { Some(self.quant()?) } else { None };
         let shape = self.shape()?;
-        Ok(TensorType {
-            dtype,
-            shape,
-            quant,
-        })
+        Ok(TensorType { dtype, shape, quant })
     }
 
     /// `<scale:zp>` or `<axis=A: s0:z0, s1:z1, ...>`.
@@ -244,11 +208,7 @@ impl<'a> Parser<'a> {
                     }
                 }
             }
-            QuantParams::PerAxis {
-                axis,
-                scales,
-                zero_points,
-            }
+            QuantParams::PerAxis { axis, scales, zero_points }
         } else {
             let scale = self.f32_lit("a scale or `axis=`")?;
             self.expect(&Tok::Colon, "`:` between scale and zero point")?;
@@ -268,17 +228,12 @@ impl<'a> Parser<'a> {
         loop {
             let pos = self.pos();
             let d = match &self.tok.tok {
-                Tok::Num(s) if s.bytes().all(|b| b.is_ascii_digit()) => Dim::Fixed(
-                    s.parse()
-                        .map_err(|_| pos.err(format!("dimension `{s}` is too large")))?,
-                ),
+                Tok::Num(s) if s.bytes().all(|b| b.is_ascii_digit()) => {
+                    Dim::Fixed(s.parse().map_err(|_| pos.err(format!("dimension `{s}` is too large")))?)
+                }
                 Tok::Ident(s) if super::is_plain_dim(s) => Dim::Sym(s.to_string()),
                 Tok::Str(s) => Dim::Sym(s.clone()),
-                _ => {
-                    return Err(self.expected(
-                        "a dimension (a size, a symbol such as `N`, or a quoted symbol)",
-                    ))
-                }
+                _ => return Err(self.expected("a dimension (a size, a symbol such as `N`, or a quoted symbol)")),
             };
             self.advance()?;
             dims.push(d);
@@ -301,9 +256,7 @@ impl<'a> Parser<'a> {
                 let name = match &r {
                     ValRef::Name(n) => n.clone(),
                     ValRef::Num(_) => {
-                        return Err(pos.err(format!(
-                            "graph inputs are named: {r} is the form of a node's result"
-                        )))
+                        return Err(pos.err(format!("graph inputs are named: {r} is the form of a node's result")))
                     }
                 };
                 if self.values.contains_key(&r) {
@@ -420,14 +373,8 @@ impl<'a> Parser<'a> {
         self.advance()?;
         match op_name {
             "const" => return self.constant(g, results, op_pos),
-            "input" => {
-                return Err(
-                    op_pos.err("graph inputs are declared in the graph's signature, not as nodes")
-                )
-            }
-            _ if !ops::is_op_name(op_name) => {
-                return Err(op_pos.err(format!("unknown op `{op_name}`")))
-            }
+            "input" => return Err(op_pos.err("graph inputs are declared in the graph's signature, not as nodes")),
+            _ if !ops::is_op_name(op_name) => return Err(op_pos.err(format!("unknown op `{op_name}`"))),
             _ => {}
         }
 
@@ -439,9 +386,7 @@ impl<'a> Parser<'a> {
                 } else if matches!(self.tok.tok, Tok::Val(_)) {
                     inputs.push(Some(self.use_value("an operand")?.0));
                 } else {
-                    return Err(
-                        self.expected("an operand (`%0`, `%name`, or `_` for an absent input)")
-                    );
+                    return Err(self.expected("an operand (`%0`, `%name`, or `_` for an absent input)"));
                 }
                 if !self.eat(&Tok::Comma)? {
                     break;
@@ -449,11 +394,7 @@ impl<'a> Parser<'a> {
             }
         }
         let brace = self.pos();
-        let (items, attr_pos) = if self.at(&Tok::LBrace) {
-            (self.attrs()?, brace)
-        } else {
-            (vec![], op_pos)
-        };
+        let (items, attr_pos) = if self.at(&Tok::LBrace) { (self.attrs()?, brace) } else { (vec![], op_pos) };
         let op = ops::build_op(op_name, Attrs::new(op_name, attr_pos, items))?
             .ok_or_else(|| op_pos.err(format!("unknown op `{op_name}`")))?;
 
@@ -471,11 +412,7 @@ impl<'a> Parser<'a> {
         // The checks of the verifier, located.
         let what = format!("`{op_name}` {}", quote(&name));
         if types.len() != results.len() {
-            return Err(colon.err(format!(
-                "{what}: {} results but {} types",
-                results.len(),
-                types.len()
-            )));
+            return Err(colon.err(format!("{what}: {} results but {} types", results.len(), types.len())));
         }
         if op.num_outputs() != results.len() {
             return Err(op_pos.err(format!(
@@ -490,15 +427,13 @@ impl<'a> Parser<'a> {
         }
         for (t, pos) in &types {
             if let Some(q) = &t.quant {
-                q.check()
-                    .map_err(|m| pos.err(format!("{what}: quantization parameters: {m}")))?;
+                q.check().map_err(|m| pos.err(format!("{what}: quantization parameters: {m}")))?;
             }
         }
         let types: Vec<TensorType> = types.into_iter().map(|(t, _)| t).collect();
-        let in_types: Vec<Option<&TensorType>> =
-            inputs.iter().map(|v| v.map(|v| g.value_type(v))).collect();
-        let inferred = crate::infer::infer(&op, &in_types, Some(&types))
-            .map_err(|m| op_pos.err(format!("{what}: {m}")))?;
+        let in_types: Vec<Option<&TensorType>> = inputs.iter().map(|v| v.map(|v| g.value_type(v))).collect();
+        let inferred =
+            crate::infer::infer(&op, &in_types, Some(&types)).map_err(|m| op_pos.err(format!("{what}: {m}")))?;
         if inferred != types {
             let show = |ts: &[TensorType]| ts.iter().map(type_str).collect::<Vec<_>>().join(", ");
             return Err(colon.err(format!(
@@ -534,20 +469,14 @@ impl<'a> Parser<'a> {
         let data = self.const_data(ty.dtype)?;
         let (name, from) = self.node_name()?;
         let dims = ty.shape.as_fixed().ok_or_else(|| {
-            ty_pos.err(format!(
-                "constant {r}: a constant's type must have a fixed shape, got {}",
-                type_str(&ty)
-            ))
+            ty_pos.err(format!("constant {r}: a constant's type must have a fixed shape, got {}", type_str(&ty)))
         })?;
         check_quant(&ty).map_err(|m| ty_pos.err(format!("constant {r}: {m}")))?;
         let n = data.len();
         let t = Tensor::new(dims.clone(), data).ok_or_else(|| {
             let want = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
             let want = want.map_or("more than fit in memory".to_string(), |w| w.to_string());
-            data_pos.err(format!(
-                "constant {r} has {n} values, but its type {} holds {want}",
-                type_str(&ty)
-            ))
+            data_pos.err(format!("constant {r} has {n} values, but its type {} holds {want}", type_str(&ty)))
         })?;
         let v = g.add_const_typed(name, t, ty);
         g.node_mut(v.node).from = from;
@@ -636,33 +565,21 @@ impl<'a> Parser<'a> {
             Tok::Ident(s) => {
                 self.advance()?;
                 if self.eat(&Tok::LParen)? {
-                    Ok(AttrVal::Call(
-                        s,
-                        self.attr_list(&Tok::RParen, "`)`", depth + 1)?,
-                    ))
+                    Ok(AttrVal::Call(s, self.attr_list(&Tok::RParen, "`)`", depth + 1)?))
                 } else {
                     Ok(AttrVal::Ident(s))
                 }
             }
             Tok::LBracket => {
                 self.advance()?;
-                Ok(AttrVal::List(self.attr_list(
-                    &Tok::RBracket,
-                    "`]`",
-                    depth + 1,
-                )?))
+                Ok(AttrVal::List(self.attr_list(&Tok::RBracket, "`]`", depth + 1)?))
             }
             _ => Err(self.expected("an attribute value")),
         }
     }
 
     /// Values up to `close` (the opening bracket is consumed).
-    fn attr_list(
-        &mut self,
-        close: &Tok,
-        close_str: &str,
-        depth: usize,
-    ) -> Result<Vec<(AttrVal<'a>, Pos)>> {
+    fn attr_list(&mut self, close: &Tok, close_str: &str, depth: usize) -> Result<Vec<(AttrVal<'a>, Pos)>> {
         let mut v = vec![];
         if self.eat(close)? {
             return Ok(v);
@@ -684,14 +601,9 @@ impl<'a> Parser<'a> {
 pub(super) fn parse_op_for_test(op_name: &str, attrs: &str) -> Result<crate::Op> {
     let mut p = Parser::new(attrs)?;
     let pos = p.pos();
-    let items = if p.at(&Tok::LBrace) {
-        p.attrs()?
-    } else {
-        vec![]
-    };
+    let items = if p.at(&Tok::LBrace) { p.attrs()? } else { vec![] };
     if !p.at(&Tok::Eof) {
         return Err(p.expected("end of input"));
     }
-    ops::build_op(op_name, Attrs::new(op_name, pos, items))?
-        .ok_or_else(|| pos.err(format!("unknown op `{op_name}`")))
+    ops::build_op(op_name, Attrs::new(op_name, pos, items))?.ok_or_else(|| pos.err(format!("unknown op `{op_name}`")))
 }

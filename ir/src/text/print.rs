@@ -1,9 +1,7 @@
 //! The printer: nodes in the canonical schedule, results renumbered `%0, %1, ...` in print order.
 
 use super::{name, ops, quote, ConstMode};
-use crate::{
-    Dim, Graph, IrError, Node, NodeId, Op, QuantParams, Tensor, TensorData, TensorType, Value,
-};
+use crate::{Dim, Graph, IrError, Node, NodeId, Op, QuantParams, Tensor, TensorData, TensorType, Value};
 use std::collections::HashMap;
 use std::fmt::Write;
 
@@ -24,11 +22,7 @@ fn write_type(s: &mut String, t: &TensorType) {
         Some(QuantParams::PerTensor { scale, zero_point }) => {
             let _ = write!(s, "<{scale:?}:{zero_point}>");
         }
-        Some(QuantParams::PerAxis {
-            axis,
-            scales,
-            zero_points,
-        }) => {
+        Some(QuantParams::PerAxis { axis, scales, zero_points }) => {
             let _ = write!(s, "<axis={axis}:");
             for (i, (sc, z)) in scales.iter().zip(zero_points).enumerate() {
                 if i > 0 {
@@ -56,9 +50,7 @@ fn write_type(s: &mut String, t: &TensorType) {
 }
 
 fn node_at(g: &Graph, id: NodeId) -> Result<&Node> {
-    g.petgraph()
-        .node_weight(id)
-        .ok_or_else(|| IrError::Graph("the graph refers to a removed node".into()))
+    g.petgraph().node_weight(id).ok_or_else(|| IrError::Graph("the graph refers to a removed node".into()))
 }
 
 pub(super) fn print(g: &Graph, mode: ConstMode) -> Result<String> {
@@ -71,12 +63,7 @@ pub(super) fn print(g: &Graph, mode: ConstMode) -> Result<String> {
         let n = node_at(g, id)?;
         let ty = match (&n.op, n.outputs.as_slice()) {
             (Op::Input, [ty]) => ty,
-            _ => {
-                return Err(IrError::Graph(format!(
-                    "graph input `{}` is not an input node with one result",
-                    n.name
-                )))
-            }
+            _ => return Err(IrError::Graph(format!("graph input `{}` is not an input node with one result", n.name))),
         };
         if i > 0 {
             s.push_str(", ");
@@ -88,10 +75,7 @@ pub(super) fn print(g: &Graph, mode: ConstMode) -> Result<String> {
     s.push_str(") -> (");
     for (i, o) in g.outputs().iter().enumerate() {
         if !g.contains_value(o.value) {
-            return Err(IrError::Graph(format!(
-                "output `{}` names a value that does not exist",
-                o.name
-            )));
+            return Err(IrError::Graph(format!("output `{}` names a value that does not exist", o.name)));
         }
         if i > 0 {
             s.push_str(", ");
@@ -104,11 +88,7 @@ pub(super) fn print(g: &Graph, mode: ConstMode) -> Result<String> {
     for id in order {
         let n = node_at(g, id)?;
         if n.outputs.is_empty() {
-            return Err(IrError::node(
-                &n.name,
-                n.op.name(),
-                "a node without results cannot be printed",
-            ));
+            return Err(IrError::node(&n.name, n.op.name(), "a node without results cannot be printed"));
         }
         let mut results = vec![];
         for port in 0..n.outputs.len() {
@@ -123,11 +103,7 @@ pub(super) fn print(g: &Graph, mode: ConstMode) -> Result<String> {
         s.push_str(n.op.name());
         if let Op::Const(t) = &n.op {
             let [ty] = n.outputs.as_slice() else {
-                return Err(IrError::node(
-                    &n.name,
-                    "const",
-                    "a constant must have exactly one result",
-                ));
+                return Err(IrError::node(&n.name, "const", "a constant must have exactly one result"));
             };
             s.push(' ');
             write_type(&mut s, ty);

@@ -1,8 +1,8 @@
 use super::print::type_str;
 use super::*;
 use crate::{
-    BinaryOp, ConvAttrs, DType, Dim, Epilogue, Op, PoolAttrs, QuantParams, Shape, Tensor,
-    TensorData, TensorType, UnaryOp, Value,
+    BinaryOp, ConvAttrs, DType, Dim, Epilogue, Op, PoolAttrs, QuantParams, Shape, Tensor, TensorData, TensorType,
+    UnaryOp, Value,
 };
 
 /// A small graph around one node line, for error tests: `%x: f32[2,3]` in, `y: f32[2,3]` out.
@@ -20,10 +20,7 @@ fn parse_err(text: &str) -> (usize, usize, String) {
 
 fn assert_err(text: &str, line: usize, col: usize, needle: &str) {
     let (l, c, msg) = parse_err(text);
-    assert!(
-        msg.contains(needle),
-        "message {msg:?} does not contain {needle:?}"
-    );
+    assert!(msg.contains(needle), "message {msg:?} does not contain {needle:?}");
     assert_eq!((l, c), (line, col), "position of {msg:?}");
 }
 
@@ -53,38 +50,18 @@ fn leading_comments_are_ignored_later_ones_are_errors() {
 
 #[test]
 fn unknown_op() {
-    assert_err(
-        &around("  %0 = frobnicate %x : f32[2,3]  # \"a\""),
-        2,
-        8,
-        "unknown op `frobnicate`",
-    );
+    assert_err(&around("  %0 = frobnicate %x : f32[2,3]  # \"a\""), 2, 8, "unknown op `frobnicate`");
 }
 
 #[test]
 fn input_and_const_are_not_ops_of_node_lines() {
-    assert_err(
-        &around("  %0 = input : f32[2,3]  # \"a\""),
-        2,
-        8,
-        "signature",
-    );
+    assert_err(&around("  %0 = input : f32[2,3]  # \"a\""), 2, 8, "signature");
 }
 
 #[test]
 fn unknown_value() {
-    assert_err(
-        &around("  %0 = relu %7 : f32[2,3]  # \"a\""),
-        2,
-        13,
-        "unknown value %7",
-    );
-    assert_err(
-        &around("  %0 = relu %\"q r\" : f32[2,3]  # \"a\""),
-        2,
-        13,
-        "unknown value %\"q r\"",
-    );
+    assert_err(&around("  %0 = relu %7 : f32[2,3]  # \"a\""), 2, 13, "unknown value %7");
+    assert_err(&around("  %0 = relu %\"q r\" : f32[2,3]  # \"a\""), 2, 13, "unknown value %\"q r\"");
 }
 
 #[test]
@@ -97,12 +74,7 @@ fn use_before_definition() {
 fn duplicate_definitions() {
     let body = "  %0 = relu %x : f32[2,3]  # \"a\"\n  %0 = relu %x : f32[2,3]  # \"b\"";
     assert_err(&around(body), 3, 3, "%0 is defined twice");
-    assert_err(
-        &around("  %x = relu %x : f32[2,3]  # \"a\""),
-        2,
-        3,
-        "%x is defined twice",
-    );
+    assert_err(&around("  %x = relu %x : f32[2,3]  # \"a\""), 2, 3, "%x is defined twice");
     let text = "graph g(%x: f32[1], %x: f32[1]) -> (y: f32[1]) {\n  return %x\n}";
     assert_err(text, 1, 21, "declared twice");
     let text = "graph g(%x: f32[1]) -> (y: f32[1], y: f32[1]) {\n  return %x, %x\n}";
@@ -113,58 +85,18 @@ fn duplicate_definitions() {
 
 #[test]
 fn numbered_graph_inputs_are_rejected() {
-    assert_err(
-        "graph g(%0: f32[1]) -> () {\n  return\n}",
-        1,
-        9,
-        "graph inputs are named",
-    );
+    assert_err("graph g(%0: f32[1]) -> () {\n  return\n}", 1, 9, "graph inputs are named");
 }
 
 #[test]
 fn bad_types() {
-    assert_err(
-        &around("  %0 = relu %x : f31[2,3]  # \"a\""),
-        2,
-        18,
-        "unknown dtype `f31`",
-    );
-    assert_err(
-        &around("  %0 = relu %x : f32[2,3  # \"a\""),
-        2,
-        27,
-        "expected `,` or `]`",
-    );
-    assert_err(
-        &around("  %0 = relu %x : f32[2,-3]  # \"a\""),
-        2,
-        24,
-        "expected a dimension",
-    );
-    assert_err(
-        &around("  %0 = relu %x : f32<0.1>[2,3]  # \"a\""),
-        2,
-        25,
-        "`:` between scale and zero point",
-    );
-    assert_err(
-        &around("  %0 = relu %x : u8<0.1:99999999999>[2,3]  # \"a\""),
-        2,
-        25,
-        "out of range for an i32",
-    );
-    assert_err(
-        &around("  %0 = relu %x : f32[99999999999999999999999]  # \"a\""),
-        2,
-        22,
-        "too large",
-    );
-    assert_err(
-        &around("  %0 = relu %x : f32[a.b]  # \"a\""),
-        2,
-        22,
-        "expected a dimension",
-    );
+    assert_err(&around("  %0 = relu %x : f31[2,3]  # \"a\""), 2, 18, "unknown dtype `f31`");
+    assert_err(&around("  %0 = relu %x : f32[2,3  # \"a\""), 2, 27, "expected `,` or `]`");
+    assert_err(&around("  %0 = relu %x : f32[2,-3]  # \"a\""), 2, 24, "expected a dimension");
+    assert_err(&around("  %0 = relu %x : f32<0.1>[2,3]  # \"a\""), 2, 25, "`:` between scale and zero point");
+    assert_err(&around("  %0 = relu %x : u8<0.1:99999999999>[2,3]  # \"a\""), 2, 25, "out of range for an i32");
+    assert_err(&around("  %0 = relu %x : f32[99999999999999999999999]  # \"a\""), 2, 22, "too large");
+    assert_err(&around("  %0 = relu %x : f32[a.b]  # \"a\""), 2, 22, "expected a dimension");
 }
 
 #[test]
@@ -180,27 +112,13 @@ fn type_problems_are_reported_at_the_node() {
     let text = "graph g(%x: i32[2,3]) -> (y: f32[2,3]) {\n  %0 = relu %x : f32[2,3]  # \"a\"\n  return %0\n}";
     assert_err(text, 2, 8, "x must be a float tensor");
     // Wrong arity.
-    assert_err(
-        &around("  %0 = add %x : f32[2,3]  # \"a\""),
-        2,
-        8,
-        "takes 2 operands, got 1",
-    );
+    assert_err(&around("  %0 = add %x : f32[2,3]  # \"a\""), 2, 8, "takes 2 operands, got 1");
     // Wrong number of results.
-    assert_err(
-        &around("  %0, %1 = relu %x : f32[2,3], f32[2,3]  # \"a\""),
-        2,
-        12,
-        "has 1 results, the text names 2",
-    );
-    assert_err(
-        &around("  %0 = relu %x : f32[2,3], f32[2,3]  # \"a\""),
-        2,
-        16,
-        "1 results but 2 types",
-    );
+    assert_err(&around("  %0, %1 = relu %x : f32[2,3], f32[2,3]  # \"a\""), 2, 12, "has 1 results, the text names 2");
+    assert_err(&around("  %0 = relu %x : f32[2,3], f32[2,3]  # \"a\""), 2, 16, "1 results but 2 types");
     // Invalid quantization parameters.
-    let text = "graph g(%x: f32[2,3]) -> (y: u8<0.1:0>[2,3]) {\n  %0 = quantize %x : u8<-0.1:0>[2,3]  # \"q\"\n  return %0\n}";
+    let text =
+        "graph g(%x: f32[2,3]) -> (y: u8<0.1:0>[2,3]) {\n  %0 = quantize %x : u8<-0.1:0>[2,3]  # \"q\"\n  return %0\n}";
     assert_err(text, 2, 22, "not a finite positive number");
     // A quantize without quantization parameters.
     let text = "graph g(%x: f32[2,3]) -> (y: u8[2,3]) {\n  %0 = quantize %x : u8[2,3]  # \"q\"\n  return %0\n}";
@@ -228,87 +146,22 @@ fn attribute_problems() {
         "needs the attribute `group`",
     );
     assert_err(&conv(""), 2, 8, "needs the attribute `kernel`");
-    assert_err(
-        &conv(&ok.replace("group=1", "group=1, bogus=2")),
-        2,
-        92,
-        "`conv` has no attribute `bogus`",
-    );
-    assert_err(
-        &conv(&ok.replace("group=1", "group=1, group=1")),
-        2,
-        92,
-        "`group` is given twice",
-    );
-    assert_err(
-        &conv(&ok.replace("group=1", "group=true")),
-        2,
-        89,
-        "must be a non-negative integer",
-    );
-    assert_err(
-        &conv(&ok.replace("group=1", "group=-1")),
-        2,
-        89,
-        "must be a non-negative integer",
-    );
-    assert_err(
-        &conv(&ok.replace("strides=[1,1]", "strides=[1,x]")),
-        2,
-        46,
-        "a list of non-negative integers",
-    );
-    assert_err(
-        &conv(&ok.replace("strides=[1,1]", "strides=1")),
-        2,
-        43,
-        "a list of non-negative integers",
-    );
-    assert_err(
-        &conv(&ok.replace("group=1", "group=")),
-        2,
-        89,
-        "expected an attribute value",
-    );
+    assert_err(&conv(&ok.replace("group=1", "group=1, bogus=2")), 2, 92, "`conv` has no attribute `bogus`");
+    assert_err(&conv(&ok.replace("group=1", "group=1, group=1")), 2, 92, "`group` is given twice");
+    assert_err(&conv(&ok.replace("group=1", "group=true")), 2, 89, "must be a non-negative integer");
+    assert_err(&conv(&ok.replace("group=1", "group=-1")), 2, 89, "must be a non-negative integer");
+    assert_err(&conv(&ok.replace("strides=[1,1]", "strides=[1,x]")), 2, 46, "a list of non-negative integers");
+    assert_err(&conv(&ok.replace("strides=[1,1]", "strides=1")), 2, 43, "a list of non-negative integers");
+    assert_err(&conv(&ok.replace("group=1", "group=")), 2, 89, "expected an attribute value");
     // Attributes the op's inference rejects.
-    assert_err(
-        &conv(&ok.replace("kernel=[1,1]", "kernel=[2,2]")),
-        2,
-        8,
-        "does not match weight shape",
-    );
+    assert_err(&conv(&ok.replace("kernel=[1,1]", "kernel=[2,2]")), 2, 8, "does not match weight shape");
     // An op without attributes given some.
-    assert_err(
-        &around("  %0 = relu %x {alpha=1.0} : f32[2,3]  # \"a\""),
-        2,
-        17,
-        "`relu` has no attribute `alpha`",
-    );
+    assert_err(&around("  %0 = relu %x {alpha=1.0} : f32[2,3]  # \"a\""), 2, 17, "`relu` has no attribute `alpha`");
     // Typed values.
-    assert_err(
-        &around("  %0 = cast %x {to=f64} : f32[2,3]  # \"a\""),
-        2,
-        20,
-        "unknown dtype `f64`",
-    );
-    assert_err(
-        &around("  %0 = clip %x {min=zero, max=1.0} : f32[2,3]  # \"a\""),
-        2,
-        21,
-        "must be a number",
-    );
-    assert_err(
-        &around("  %0 = softmax %x {axis=1.5} : f32[2,3]  # \"a\""),
-        2,
-        25,
-        "must be an integer",
-    );
-    assert_err(
-        &around("  %0 = reduce_sum %x {axes=[1], keepdims=1} : f32[2,1]  # \"a\""),
-        2,
-        42,
-        "`true` or `false`",
-    );
+    assert_err(&around("  %0 = cast %x {to=f64} : f32[2,3]  # \"a\""), 2, 20, "unknown dtype `f64`");
+    assert_err(&around("  %0 = clip %x {min=zero, max=1.0} : f32[2,3]  # \"a\""), 2, 21, "must be a number");
+    assert_err(&around("  %0 = softmax %x {axis=1.5} : f32[2,3]  # \"a\""), 2, 25, "must be an integer");
+    assert_err(&around("  %0 = reduce_sum %x {axes=[1], keepdims=1} : f32[2,1]  # \"a\""), 2, 42, "`true` or `false`");
 }
 
 #[test]
@@ -316,27 +169,11 @@ fn epilogue_syntax() {
     let parse_ep = |s: &str| parse::parse_op_for_test("qmatmul", &format!("{{epilogue={s}}}"));
     assert_eq!(
         parse_ep("[bias, requant, clamp(-128,127)]").unwrap(),
-        Op::QMatMul {
-            epilogue: vec![
-                Epilogue::Bias,
-                Epilogue::Requant,
-                Epilogue::Clamp { lo: -128, hi: 127 }
-            ]
-        }
+        Op::QMatMul { epilogue: vec![Epilogue::Bias, Epilogue::Requant, Epilogue::Clamp { lo: -128, hi: 127 }] }
     );
     assert_eq!(parse_ep("[]").unwrap(), Op::QMatMul { epilogue: vec![] });
-    for bad in [
-        "[bias, relu]",
-        "[clamp(1)]",
-        "[clamp(0.5,1)]",
-        "bias",
-        "[clamp(0,1,2)]",
-        "[[bias]]",
-    ] {
-        assert!(
-            matches!(parse_ep(bad), Err(IrError::Parse { .. })),
-            "{bad} parsed"
-        );
+    for bad in ["[bias, relu]", "[clamp(1)]", "[clamp(0.5,1)]", "bias", "[clamp(0,1,2)]", "[[bias]]"] {
+        assert!(matches!(parse_ep(bad), Err(IrError::Parse { .. })), "{bad} parsed");
     }
     // Nesting is bounded: deep garbage is an error, not a stack overflow.
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
@@ -349,18 +186,9 @@ fn epilogue_syntax() {
 
 #[test]
 fn constant_problems() {
-    let c = |decl: &str| {
-        around(&format!(
-            "  %9 = const {decl}  # \"k\"\n  %0 = relu %x : f32[2,3]  # \"a\""
-        ))
-    };
+    let c = |decl: &str| around(&format!("  %9 = const {decl}  # \"k\"\n  %0 = relu %x : f32[2,3]  # \"a\""));
     parse(&c("f32[2] = [1, -2.5e3]")).unwrap();
-    assert_err(
-        &c("f32[3] = [1, 2]"),
-        2,
-        23,
-        "has 2 values, but its type f32[3] holds 3",
-    );
+    assert_err(&c("f32[3] = [1, 2]"), 2, 23, "has 2 values, but its type f32[3] holds 3");
     assert_err(&c("u8[2] = [1, 300]"), 2, 26, "300 is out of range for u8");
     assert_err(&c("i8[1] = [1.5]"), 2, 23, "expected an integer");
     assert_err(&c("bool[1] = [1]"), 2, 25, "`true` or `false`");
@@ -372,57 +200,19 @@ fn constant_problems() {
         21,
         "constant %9 is printed in summary form and cannot be parsed; print with full constants",
     );
-    assert_err(
-        &around("  %0, %1 = const f32[1] = [1]  # \"k\""),
-        2,
-        12,
-        "exactly one result",
-    );
-    assert_err(
-        &c("i8<axis=0: 0.1:0>[2] = [1, 2]"),
-        2,
-        14,
-        "1 per-axis scales for axis 0 of size 2",
-    );
-    assert_err(
-        &c("i8<axis=1: 0.1:0>[1] = [1]"),
-        2,
-        14,
-        "axis 1 is out of range",
-    );
+    assert_err(&around("  %0, %1 = const f32[1] = [1]  # \"k\""), 2, 12, "exactly one result");
+    assert_err(&c("i8<axis=0: 0.1:0>[2] = [1, 2]"), 2, 14, "1 per-axis scales for axis 0 of size 2");
+    assert_err(&c("i8<axis=1: 0.1:0>[1] = [1]"), 2, 14, "axis 1 is out of range");
     let text = "graph g(%x: u8<axis=0: 0.1:0, 0.2:0>[N]) -> (y: u8<axis=0: 0.1:0, 0.2:0>[N]) {\n  return %x\n}";
-    assert_err(
-        text,
-        1,
-        13,
-        "graph input %x: 2 per-axis scales for axis 0 of size N",
-    );
+    assert_err(text, 1, 13, "graph input %x: 2 per-axis scales for axis 0 of size N");
 }
 
 #[test]
 fn node_names_and_origins() {
-    assert_err(
-        &around("  %0 = relu %x : f32[2,3]"),
-        3,
-        3,
-        "expected `# \"name\"`",
-    );
-    assert_err(
-        &around("  %0 = relu %x : f32[2,3]  # r"),
-        2,
-        30,
-        "quoted string",
-    );
-    assert_err(
-        &around("  %0 = relu %x : f32[2,3]  # \"r\" from [\"a\", ]"),
-        2,
-        45,
-        "quoted string",
-    );
-    let g = parse(&around(
-        "  %0 = relu %x : f32[2,3]  # \"r\" from [\"a\", \"b\\\"c\"]",
-    ))
-    .unwrap();
+    assert_err(&around("  %0 = relu %x : f32[2,3]"), 3, 3, "expected `# \"name\"`");
+    assert_err(&around("  %0 = relu %x : f32[2,3]  # r"), 2, 30, "quoted string");
+    assert_err(&around("  %0 = relu %x : f32[2,3]  # \"r\" from [\"a\", ]"), 2, 45, "quoted string");
+    let g = parse(&around("  %0 = relu %x : f32[2,3]  # \"r\" from [\"a\", \"b\\\"c\"]")).unwrap();
     let id = g.outputs()[0].value.node;
     assert_eq!(g.node(id).from, vec!["a".to_string(), "b\"c".to_string()]);
     // `from []` is accepted and prints as nothing.
@@ -435,12 +225,7 @@ fn returns_are_checked() {
     let text = "graph g(%x: f32[2,3]) -> (y: f32[2,3]) {\n  return %x, %x\n}";
     assert_err(text, 2, 3, "declares 1 outputs but returns 2 values");
     let text = "graph g(%x: f32[2,3]) -> (y: f32[3,2]) {\n  return %x\n}";
-    assert_err(
-        text,
-        2,
-        10,
-        "%x is f32[2,3] but output y is declared f32[3,2]",
-    );
+    assert_err(text, 2, 10, "%x is f32[2,3] but output y is declared f32[3,2]");
     let text = "graph g(%x: f32[2,3]) -> (y: f32[2,3]) {\n  return _\n}";
     assert_err(text, 2, 10, "expected a returned value");
 }
@@ -454,74 +239,21 @@ fn verifier_errors_pass_through() {
 
 #[test]
 fn lexical_errors() {
-    assert_err(
-        &around("  %0 = relu %x : f32[2,3]  # \"r"),
-        2,
-        30,
-        "unterminated string",
-    );
-    assert_err(
-        &around("  %0 = relu %x : f32[2,3]  # \"r\\q\""),
-        2,
-        32,
-        "invalid escape `\\q`",
-    );
-    assert_err(
-        &around("  %0 = relu %x : f32[2,3]  # \"\\ud800\""),
-        2,
-        31,
-        "unpaired surrogate",
-    );
-    assert_err(
-        &around("  %0 = relu %x : f32[2,3]  # \"\\u12\""),
-        2,
-        31,
-        "4 hex digits",
-    );
-    assert_err(
-        &around("  %0 = relu %x ; f32[2,3]  # \"r\""),
-        2,
-        16,
-        "unexpected character ';'",
-    );
-    assert_err(
-        &around("  %0 = relu % : f32[2,3]  # \"r\""),
-        2,
-        13,
-        "after `%`",
-    );
-    assert_err(
-        &around("  %0 = relu %x - f32[2,3]  # \"r\""),
-        2,
-        16,
-        "after `-`",
-    );
-    assert_err(
-        &around("  %99999999999999999999999 = relu %x : f32[2,3]  # \"r\""),
-        2,
-        3,
-        "invalid value number",
-    );
+    assert_err(&around("  %0 = relu %x : f32[2,3]  # \"r"), 2, 30, "unterminated string");
+    assert_err(&around("  %0 = relu %x : f32[2,3]  # \"r\\q\""), 2, 32, "invalid escape `\\q`");
+    assert_err(&around("  %0 = relu %x : f32[2,3]  # \"\\ud800\""), 2, 31, "unpaired surrogate");
+    assert_err(&around("  %0 = relu %x : f32[2,3]  # \"\\u12\""), 2, 31, "4 hex digits");
+    assert_err(&around("  %0 = relu %x ; f32[2,3]  # \"r\""), 2, 16, "unexpected character ';'");
+    assert_err(&around("  %0 = relu % : f32[2,3]  # \"r\""), 2, 13, "after `%`");
+    assert_err(&around("  %0 = relu %x - f32[2,3]  # \"r\""), 2, 16, "after `-`");
+    assert_err(&around("  %99999999999999999999999 = relu %x : f32[2,3]  # \"r\""), 2, 3, "invalid value number");
     // Columns count characters, not bytes.
-    assert_err(
-        &around("  %0 = relu %x : f32[2,3]  # \"é\" é"),
-        2,
-        34,
-        "unexpected character 'é'",
-    );
+    assert_err(&around("  %0 = relu %x : f32[2,3]  # \"é\" é"), 2, 34, "unexpected character 'é'");
 }
 
 #[test]
 fn string_escapes_round_trip() {
-    let names = [
-        "plain",
-        "a b",
-        "quote\"back\\slash",
-        "tab\tnl\ncr\r",
-        "\u{1}\u{1f}\u{7f}",
-        "ünï 😀",
-        "",
-    ];
+    let names = ["plain", "a b", "quote\"back\\slash", "tab\tnl\ncr\r", "\u{1}\u{1f}\u{7f}", "ünï 😀", ""];
     for name in names {
         let q = quote(name);
         let text = around(&format!("  %0 = relu %x : f32[2,3]  # {q}"));
@@ -630,25 +362,12 @@ fn mutated_text_never_panics() {
 /// kind of operand.
 fn sample_graph() -> Graph {
     let mut g = Graph::new("sample");
-    let x = g.add_input(
-        "x",
-        TensorType::new(DType::F32, Shape(vec![Dim::Sym("N".into()), Dim::Fixed(4)])),
-    );
-    let w = g.add_const(
-        "w",
-        Tensor::from_f32(vec![3, 4], (0..12).map(|i| i as f32 * 0.25 - 1.0).collect()),
-    );
+    let x = g.add_input("x", TensorType::new(DType::F32, Shape(vec![Dim::Sym("N".into()), Dim::Fixed(4)])));
+    let w = g.add_const("w", Tensor::from_f32(vec![3, 4], (0..12).map(|i| i as f32 * 0.25 - 1.0).collect()));
     g.add_const("dead", Tensor::scalar_f32(1.0));
     let b = g.add_const("b", Tensor::from_f32(vec![3], vec![0.5, -0.5, 1.5]));
-    let gemm = Op::Gemm {
-        alpha: 1.0,
-        beta: 1.0,
-        trans_a: false,
-        trans_b: true,
-    };
-    let y = g
-        .add_node(gemm, vec![Some(x), Some(w), Some(b)], None, "fc")
-        .unwrap();
+    let gemm = Op::Gemm { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: true };
+    let y = g.add_node(gemm, vec![Some(x), Some(w), Some(b)], None, "fc").unwrap();
     let q = g
         .add_node(
             Op::Quantize,
@@ -661,21 +380,9 @@ fn sample_graph() -> Graph {
             "q",
         )
         .unwrap();
-    let dq = g
-        .add_node(Op::Dequantize, vec![Some(q)], None, "dq")
-        .unwrap();
+    let dq = g.add_node(Op::Dequantize, vec![Some(q)], None, "dq").unwrap();
     g.node_mut(dq.node).from = vec!["a".into(), "b".into()];
-    let r = g
-        .add_node(
-            Op::Clip {
-                min: f32::NEG_INFINITY,
-                max: 6.0,
-            },
-            vec![Some(dq)],
-            None,
-            "clip",
-        )
-        .unwrap();
+    let r = g.add_node(Op::Clip { min: f32::NEG_INFINITY, max: 6.0 }, vec![Some(dq)], None, "clip").unwrap();
     g.add_output("out", r);
     g.add_output("raw", y);
     g
@@ -703,9 +410,7 @@ graph sample(%x: f32[N,4]) -> (out: f32[N,3], raw: f32[N,3]) {
 }
 
 fn short_digest(g: &Graph, v: Value) -> String {
-    let Op::Const(t) = &g.node(v.node).op else {
-        panic!("not a constant")
-    };
+    let Op::Const(t) = &g.node(v.node).op else { panic!("not a constant") };
     let d = t.digest();
     format!("{:08x}", (d as u32) ^ ((d >> 32) as u32))
 }
@@ -713,10 +418,7 @@ fn short_digest(g: &Graph, v: Value) -> String {
 #[test]
 fn summary_constants() {
     let mut g = Graph::new("s");
-    let big = g.add_const(
-        "big",
-        Tensor::from_f32(vec![4, 5], (0..20).map(|i| i as f32 - 3.5).collect()),
-    );
+    let big = g.add_const("big", Tensor::from_f32(vec![4, 5], (0..20).map(|i| i as f32 - 3.5).collect()));
     let nan = g.add_const("nan", Tensor::from_f32(vec![21], vec![f32::NAN; 21]));
     let small = g.add_const("small", Tensor::from_f32(vec![2], vec![1.0, 2.0]));
     let empty = g.add_const("empty", Tensor::from_f32(vec![0, 3], vec![]));
@@ -740,10 +442,7 @@ fn summary_constants() {
     assert_err(&text, 2, 23, "constant %0 is printed in summary form");
     // A larger limit inlines more; full mode parses back and summarizes the same way.
     let inline = print(&g, ConstMode::Summary { inline_limit: 20 }).unwrap();
-    assert!(
-        inline.contains("%0 = const f32[4,5] = [-3.5, -2.5, "),
-        "{inline}"
-    );
+    assert!(inline.contains("%0 = const f32[4,5] = [-3.5, -2.5, "), "{inline}");
     assert!(inline.contains("%1 = const f32[21] #"), "{inline}");
     let full = print(&g, ConstMode::Full).unwrap();
     assert_eq!(print_default(&parse(&full).unwrap()).unwrap(), text);
@@ -755,81 +454,45 @@ fn quantized_constants_print_their_declared_type() {
     let ty = TensorType::quantized(
         DType::I8,
         Shape::fixed(&[2, 1]),
-        QuantParams::PerAxis {
-            axis: 0,
-            scales: vec![0.5, 0.25],
-            zero_points: vec![0, -1],
-        },
+        QuantParams::PerAxis { axis: 0, scales: vec![0.5, 0.25], zero_points: vec![0, -1] },
     );
     let t = Tensor::new(vec![2, 1], TensorData::I8(vec![-128, 127])).unwrap();
     let v = g.add_const_typed("w", t, ty);
     g.add_output("w", v);
     let text = print(&g, ConstMode::Full).unwrap();
-    assert!(
-        text.contains("%0 = const i8<axis=0: 0.5:0, 0.25:-1>[2,1] = [-128, 127]  # \"w\""),
-        "{text}"
-    );
-    assert_eq!(
-        print(&parse(&text).unwrap(), ConstMode::Full).unwrap(),
-        text
-    );
+    assert!(text.contains("%0 = const i8<axis=0: 0.5:0, 0.25:-1>[2,1] = [-128, 127]  # \"w\""), "{text}");
+    assert_eq!(print(&parse(&text).unwrap(), ConstMode::Full).unwrap(), text);
 }
 
 #[test]
 fn types_print_as_their_display_form() {
     let types = [
         TensorType::new(DType::F32, Shape(vec![])),
-        TensorType::new(
-            DType::BF16,
-            Shape(vec![Dim::Sym("N*3".into()), Dim::Fixed(0)]),
-        ),
-        TensorType::quantized(
-            DType::U8,
-            Shape::fixed(&[1, 2]),
-            QuantParams::per_tensor(1.0 / 255.0, 0),
-        ),
+        TensorType::new(DType::BF16, Shape(vec![Dim::Sym("N*3".into()), Dim::Fixed(0)])),
+        TensorType::quantized(DType::U8, Shape::fixed(&[1, 2]), QuantParams::per_tensor(1.0 / 255.0, 0)),
         TensorType::quantized(
             DType::I8,
             Shape::fixed(&[2, 1, 3, 3]),
-            QuantParams::PerAxis {
-                axis: 0,
-                scales: vec![0.01, 1e-7],
-                zero_points: vec![0, -3],
-            },
+            QuantParams::PerAxis { axis: 0, scales: vec![0.01, 1e-7], zero_points: vec![0, -3] },
         ),
     ];
     for t in types {
         assert_eq!(type_str(&t), t.to_string());
     }
     // Symbols that are not plain are quoted (Display does not).
-    let t = TensorType::new(
-        DType::F32,
-        Shape(vec![Dim::Sym("batch size".into()), Dim::Sym("".into())]),
-    );
+    let t = TensorType::new(DType::F32, Shape(vec![Dim::Sym("batch size".into()), Dim::Sym("".into())]));
     assert_eq!(type_str(&t), "f32[\"batch size\",\"\"]");
 }
 
 #[test]
 fn names_are_quoted_when_needed() {
     assert!(is_plain_name("conv1.weight") && is_plain_name("_x9") && !is_plain_name("9x"));
-    assert!(
-        !is_plain_name("") && !is_plain_name("a/b") && !is_plain_name("a*b") && !is_plain_name("é")
-    );
+    assert!(!is_plain_name("") && !is_plain_name("a/b") && !is_plain_name("a*b") && !is_plain_name("é"));
     assert!(is_plain_dim("N*3") && !is_plain_dim("a.b") && !is_plain_dim("3"));
     let mut g = Graph::new("my graph");
-    let x = g.add_input(
-        "gpu_0/data_0",
-        TensorType::new(DType::F32, Shape::fixed(&[1])),
-    );
+    let x = g.add_input("gpu_0/data_0", TensorType::new(DType::F32, Shape::fixed(&[1])));
     let y = g.add_input("0", TensorType::new(DType::F32, Shape::fixed(&[1])));
-    let s = g
-        .add_node(
-            Op::Binary(BinaryOp::Add),
-            vec![Some(x), Some(y)],
-            None,
-            "add",
-        )
-        .unwrap();
+    let s = g.add_node(Op::Binary(BinaryOp::Add), vec![Some(x), Some(y)], None, "add").unwrap();
     g.add_output("gpu_0/softmax_1", s);
     g.add_output("0", y);
     let text = print(&g, ConstMode::Full).unwrap();
@@ -840,10 +503,7 @@ graph \"my graph\"(%\"gpu_0/data_0\": f32[1], %\"0\": f32[1]) -> (\"gpu_0/softma
 }
 ";
     assert_eq!(text, want);
-    assert_eq!(
-        print(&parse(&text).unwrap(), ConstMode::Full).unwrap(),
-        want
-    );
+    assert_eq!(print(&parse(&text).unwrap(), ConstMode::Full).unwrap(), want);
 }
 
 #[test]
@@ -852,18 +512,8 @@ fn printing_a_broken_graph_errors_or_prints_but_never_panics() {
     let mut g = Graph::new("cyc");
     let x = g.add_input("x", TensorType::new(DType::F32, Shape::fixed(&[1])));
     let ty = vec![TensorType::new(DType::F32, Shape::fixed(&[1]))];
-    let a = g.add_node_unchecked(
-        Op::Unary(UnaryOp::Relu),
-        vec![Some(x)],
-        ty.clone(),
-        "a".into(),
-    );
-    let b = g.add_node_unchecked(
-        Op::Unary(UnaryOp::Relu),
-        vec![Some(Value::new(a, 0))],
-        ty.clone(),
-        "b".into(),
-    );
+    let a = g.add_node_unchecked(Op::Unary(UnaryOp::Relu), vec![Some(x)], ty.clone(), "a".into());
+    let b = g.add_node_unchecked(Op::Unary(UnaryOp::Relu), vec![Some(Value::new(a, 0))], ty.clone(), "b".into());
     g.set_input(a, 0, Some(Value::new(b, 0)));
     g.add_output("y", Value::new(b, 0));
     assert!(matches!(print(&g, ConstMode::Full), Err(IrError::Cycle(_))));
@@ -877,12 +527,7 @@ fn printing_a_broken_graph_errors_or_prints_but_never_panics() {
     // An input node that is not a graph input.
     let mut g = Graph::new("stray");
     let s = g.add_node_unchecked(Op::Input, vec![], ty.clone(), "s".into());
-    let r = g.add_node_unchecked(
-        Op::Unary(UnaryOp::Relu),
-        vec![Some(Value::new(s, 0))],
-        ty.clone(),
-        "r".into(),
-    );
+    let r = g.add_node_unchecked(Op::Unary(UnaryOp::Relu), vec![Some(Value::new(s, 0))], ty.clone(), "r".into());
     g.add_output("y", Value::new(r, 0));
     assert!(print(&g, ConstMode::Full).is_err());
 
@@ -897,23 +542,13 @@ fn printing_a_broken_graph_errors_or_prints_but_never_panics() {
     );
     g.add_output("y", Value::new(r, 0));
     let text = print(&g, ConstMode::Full).unwrap();
-    assert_eq!(
-        text.lines().nth(1).unwrap(),
-        "  %0 = add %x : i8[7]  # \"r\""
-    );
+    assert_eq!(text.lines().nth(1).unwrap(), "  %0 = add %x : i8[7]  # \"r\"");
     assert!(matches!(parse(&text), Err(IrError::Parse { line: 2, .. })));
     // A constant whose tensor does not match its type.
     let mut g = Graph::new("c");
-    let v = g.add_const_typed(
-        "k",
-        Tensor::scalar_f32(1.0),
-        TensorType::new(DType::I8, Shape::fixed(&[2])),
-    );
+    let v = g.add_const_typed("k", Tensor::scalar_f32(1.0), TensorType::new(DType::I8, Shape::fixed(&[2])));
     g.add_output("k", v);
-    assert_eq!(
-        print(&g, ConstMode::Full).unwrap().lines().nth(1).unwrap(),
-        "  %0 = const i8[2] = [1.0]  # \"k\""
-    );
+    assert_eq!(print(&g, ConstMode::Full).unwrap().lines().nth(1).unwrap(), "  %0 = const i8[2] = [1.0]  # \"k\"");
 }
 
 // ---------------------------------------------------------------- every op, both directions
@@ -921,13 +556,8 @@ fn printing_a_broken_graph_errors_or_prints_but_never_panics() {
 /// One sample of every op (with attributes that are not defaults), and a check that the samples
 /// cover every variant: adding an op without extending the text form fails to compile here.
 fn every_op() -> Vec<Op> {
-    let conv = ConvAttrs {
-        kernel: vec![3, 1],
-        strides: vec![2, 1],
-        pads: vec![1, 0, 1, 0],
-        dilations: vec![1, 2],
-        group: 4,
-    };
+    let conv =
+        ConvAttrs { kernel: vec![3, 1], strides: vec![2, 1], pads: vec![1, 0, 1, 0], dilations: vec![1, 2], group: 4 };
     let pool = PoolAttrs {
         kernel: vec![2, 2],
         strides: vec![2, 1],
@@ -936,83 +566,37 @@ fn every_op() -> Vec<Op> {
         ceil_mode: true,
         count_include_pad: false,
     };
-    let ep = vec![
-        Epilogue::Bias,
-        Epilogue::Requant,
-        Epilogue::Clamp { lo: -128, hi: 127 },
-    ];
+    let ep = vec![Epilogue::Bias, Epilogue::Requant, Epilogue::Clamp { lo: -128, hi: 127 }];
     let mut ops = vec![
         Op::Conv(conv.clone()),
         Op::BatchNorm { epsilon: 1e-5 },
         Op::LeakyRelu { alpha: 0.01 },
-        Op::Clip {
-            min: f32::NEG_INFINITY,
-            max: f32::INFINITY,
-        },
-        Op::HardSigmoid {
-            alpha: 0.2,
-            beta: 0.5,
-        },
+        Op::Clip { min: f32::NEG_INFINITY, max: f32::INFINITY },
+        Op::HardSigmoid { alpha: 0.2, beta: 0.5 },
         Op::Where,
         Op::MatMul,
-        Op::Gemm {
-            alpha: 0.5,
-            beta: 2.0,
-            trans_a: true,
-            trans_b: false,
-        },
+        Op::Gemm { alpha: 0.5, beta: 2.0, trans_a: true, trans_b: false },
         Op::MaxPool(pool.clone()),
         Op::AveragePool(pool.clone()),
         Op::GlobalAveragePool,
         Op::GlobalMaxPool,
-        Op::Lrn {
-            size: 5,
-            alpha: 1e-4,
-            beta: 0.75,
-            bias: 1.0,
-        },
+        Op::Lrn { size: 5, alpha: 1e-4, beta: 0.75, bias: 1.0 },
         Op::Softmax { axis: -1 },
         Op::LogSoftmax { axis: 1 },
-        Op::LayerNorm {
-            axis: -2,
-            epsilon: 1e-6,
-        },
-        Op::ReduceMean {
-            axes: vec![-1, 2],
-            keepdims: true,
-        },
-        Op::ReduceSum {
-            axes: vec![],
-            keepdims: false,
-        },
-        Op::ReduceMax {
-            axes: vec![0],
-            keepdims: false,
-        },
-        Op::Reshape {
-            shape: vec![0, -1, 3],
-        },
+        Op::LayerNorm { axis: -2, epsilon: 1e-6 },
+        Op::ReduceMean { axes: vec![-1, 2], keepdims: true },
+        Op::ReduceSum { axes: vec![], keepdims: false },
+        Op::ReduceMax { axes: vec![0], keepdims: false },
+        Op::Reshape { shape: vec![0, -1, 3] },
         Op::Flatten { axis: 0 },
-        Op::Transpose {
-            perm: vec![0, 3, 1, 2],
-        },
+        Op::Transpose { perm: vec![0, 3, 1, 2] },
         Op::Concat { axis: -3 },
-        Op::Slice {
-            starts: vec![0, -1],
-            ends: vec![i64::MAX, i64::MIN],
-            axes: vec![1, 2],
-            steps: vec![1, -1],
-        },
+        Op::Slice { starts: vec![0, -1], ends: vec![i64::MAX, i64::MIN], axes: vec![1, 2], steps: vec![1, -1] },
         Op::Gather { axis: 2 },
         Op::Unsqueeze { axes: vec![0, 3] },
         Op::Squeeze { axes: vec![] },
-        Op::Split {
-            axis: 1,
-            sizes: vec![2, 3, 1],
-        },
-        Op::Expand {
-            shape: vec![4, 1, 5],
-        },
+        Op::Split { axis: 1, sizes: vec![2, 3, 1] },
+        Op::Expand { shape: vec![4, 1, 5] },
         Op::Cast { to: DType::BF16 },
         Op::Identity,
         Op::Quantize,
@@ -1021,19 +605,9 @@ fn every_op() -> Vec<Op> {
         Op::DynamicQuantize,
         Op::ConvInteger(conv.clone()),
         Op::MatMulInteger,
-        Op::QConv {
-            conv,
-            epilogue: ep.clone(),
-        },
-        Op::QMatMul {
-            epilogue: vec![Epilogue::Dequant],
-        },
-        Op::QGemm {
-            alpha: 0.25,
-            trans_a: false,
-            trans_b: true,
-            epilogue: ep,
-        },
+        Op::QConv { conv, epilogue: ep.clone() },
+        Op::QMatMul { epilogue: vec![Epilogue::Dequant] },
+        Op::QGemm { alpha: 0.25, trans_a: false, trans_b: true, epilogue: ep },
         Op::QAdd,
         Op::QMul,
         Op::QGlobalAveragePool,
@@ -1105,18 +679,10 @@ fn every_op_prints_and_parses_back() {
     let mut covered: Vec<usize> = ops.iter().map(variant).collect();
     covered.sort_unstable();
     covered.dedup();
-    assert_eq!(
-        covered,
-        (2..=48).collect::<Vec<_>>(),
-        "every op but input and const has a sample"
-    );
+    assert_eq!(covered, (2..=48).collect::<Vec<_>>(), "every op but input and const has a sample");
     let mut names = std::collections::HashSet::new();
     for op in ops {
-        assert!(
-            names.insert(op.name()),
-            "op name {} is used twice",
-            op.name()
-        );
+        assert!(names.insert(op.name()), "op name {} is used twice", op.name());
         assert!(ops::is_op_name(op.name()), "{}", op.name());
         let attrs = ops::print_attrs(&op);
         let text = if attrs.is_empty() {
@@ -1125,8 +691,7 @@ fn every_op_prints_and_parses_back() {
             let items: Vec<String> = attrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
             format!("{{{}}}", items.join(", "))
         };
-        let back = parse::parse_op_for_test(op.name(), &text)
-            .unwrap_or_else(|e| panic!("{}: {e}", op.name()));
+        let back = parse::parse_op_for_test(op.name(), &text).unwrap_or_else(|e| panic!("{}: {e}", op.name()));
         assert_eq!(back, op, "{} {text}", op.name());
     }
     assert!(!ops::is_op_name("input") && !ops::is_op_name("const") && !ops::is_op_name("nope"));
