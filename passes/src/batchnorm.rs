@@ -16,6 +16,17 @@
 use crate::pass::{Pass, PassContext, PassError, PassReport};
 use qforge_ir::{Graph, NodeId, Op, Tensor, Value};
 
+/// The per-channel scale of an inference batch norm, `k[c] = gamma[c] / sqrt(var[c] + eps)` in
+/// f32 (ONNX Runtime's order): the one place qforge computes it.
+pub fn channel_scale(gamma: &[f32], var: &[f32], epsilon: f32) -> Vec<f32> {
+    gamma.iter().zip(var).map(|(&g, &v)| g / (v + epsilon).sqrt()).collect()
+}
+
+/// The folded bias `(b[c] - mean[c]) * k[c] + beta[c]` in f32, in that order.
+pub fn folded_bias(bias: &[f32], mean: &[f32], k: &[f32], beta: &[f32]) -> Vec<f32> {
+    (0..k.len()).map(|c| (bias[c] - mean[c]) * k[c] + beta[c]).collect()
+}
+
 /// The batch-norm folding pass.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FoldBatchNorm;
@@ -80,10 +91,10 @@ fn fold_one(g: &Graph, bn: NodeId) -> Option<(NodeId, Tensor, Tensor)> {
         return None;
     }
     let (gamma, beta, mean, var) = (&p[0], &p[1], &p[2], &p[3]);
-    let k: Vec<f32> = (0..m).map(|c| gamma[c] / (var[c] + epsilon).sqrt()).collect();
+    let k = channel_scale(gamma, var, epsilon);
     let inner = wv.len() / m;
     let w2: Vec<f32> = wv.iter().enumerate().map(|(i, &x)| x * k[i / inner]).collect();
-    let b2: Vec<f32> = (0..m).map(|c| (bias[c] - mean[c]) * k[c] + beta[c]).collect();
+    let b2 = folded_bias(&bias, mean, &k, beta);
     Some((x.node, Tensor::from_f32(w.shape().to_vec(), w2), Tensor::from_f32(vec![m], b2)))
 }
 

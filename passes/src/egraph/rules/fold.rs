@@ -182,8 +182,11 @@ impl Rule for BnIntoConv {
         if gamma.len() != m {
             return None;
         }
-        let k: Vec<f32> = (0..m).map(|c| gamma[c] / (var[c] + epsilon).sqrt()).collect();
-        let bias: Vec<f32> = (0..m).map(|c| (b[c] - mean[c]) * k[c] + beta[c]).collect();
+        if var.len() != m || b.len() != m || mean.len() != m || beta.len() != m {
+            return None;
+        }
+        let k = crate::batchnorm::channel_scale(&gamma, &var, *epsilon);
+        let bias = crate::batchnorm::folded_bias(&b, &mean, &k, &beta);
         build_conv(x, w, k, bias, attrs, "bn")
     }
 }
@@ -207,7 +210,7 @@ impl Rule for BnToAffine {
             return None;
         }
         let c = gamma.len();
-        let k: Vec<f32> = (0..c).map(|i| gamma[i] / (var[i] + epsilon).sqrt()).collect();
+        let k = crate::batchnorm::channel_scale(&gamma, &var, *epsilon);
         let shift: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * k[i]).collect();
         let mut shape = vec![c];
         shape.extend(std::iter::repeat_n(1, xt.rank().saturating_sub(2)));
