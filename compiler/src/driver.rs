@@ -194,7 +194,11 @@ impl Compiler {
         for start in (0..n).step_by(step) {
             batches.push(vec![crate::data::slice_batch(&x, start, (start + step).min(n))?]);
         }
-        let r = qforge_passes::precision::observe_ranges(g, &batches, &qforge_passes::precision::Interpreter)
+        let engine = crate::calibrate::EngineEvaluator {
+            engine: self.opts.engine,
+            run: qforge_ir::interp::RunOptions { max_tensor_bytes: self.opts.max_tensor_bytes as u128 },
+        };
+        let r = qforge_passes::precision::observe_ranges(g, &batches, &engine)
             .map_err(|e| anyhow::anyhow!("calibration for the fp16 overflow guard: {e}"))?;
         Ok(Some(r))
     }

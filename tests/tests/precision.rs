@@ -276,7 +276,7 @@ fn overflow_guard_keeps_large_activations_in_f32() -> Result<()> {
 
     // With calibration ranges, the guard keeps /big/Gemm (result beyond 32752) and /scale/Mul
     // (its input is) in f32; the head gemm (about 14) runs in fp16.
-    let ranges = observe_ranges(&g, &[vec![x.clone()]], &Interpreter).map_err(anyhow::Error::msg)?;
+    let ranges = observe_ranges(&g, &[vec![x.clone()]], &Interpreter::default()).map_err(anyhow::Error::msg)?;
     assert!(ranges["/big/Gemm"] > 65504.0, "{ranges:?}");
     let mut c = config_for("fp16", &profile).unwrap();
     c.ranges = Some(ranges.clone());

@@ -51,7 +51,7 @@ pub struct PrecisionConfig {
     pub policy: PrecisionPolicy,
     /// Calibration ranges for the fp16 overflow guard.
     pub ranges: Option<Ranges>,
-    /// Fold a batch norm into the conv before it first (see [`super::fold`]).
+    /// Fold a batch norm into the conv before it first (see [`crate::batchnorm`]).
     pub fold_batch_norm: bool,
 }
 

@@ -25,33 +25,9 @@ pub use pad::AlignChannels;
 pub use policy::{OpClass, PrecisionPolicy};
 pub use profile::{CostClass, Layout, NumType, Profile, ProfileError};
 
-use qforge_ir::{DType, Graph, NodeId, Tensor};
+use qforge_ir::{DType, Graph, Tensor};
 
-/// Runs a graph and shows every node's results to an observer. `qforge` implements it with its
-/// engine; [`Interpreter`] is the reference interpreter.
-pub trait Evaluator {
-    fn run_observed(
-        &self,
-        g: &Graph,
-        inputs: &[Tensor],
-        observe: &mut dyn FnMut(NodeId, &[Tensor]),
-    ) -> Result<(), String>;
-}
-
-/// The reference interpreter as an [`Evaluator`].
-pub struct Interpreter;
-
-impl Evaluator for Interpreter {
-    fn run_observed(
-        &self,
-        g: &Graph,
-        inputs: &[Tensor],
-        observe: &mut dyn FnMut(NodeId, &[Tensor]),
-    ) -> Result<(), String> {
-        let opts = qforge_ir::interp::RunOptions::default();
-        qforge_ir::interp::run_observed(g, inputs, &opts, observe).map(|_| ()).map_err(|e| e.to_string())
-    }
-}
+pub use crate::evaluator::{Evaluator, Interpreter};
 
 /// The largest magnitude of every float result, per node name (graph inputs by name), over the
 /// given batches (each one tensor per graph input). NaN is ignored.

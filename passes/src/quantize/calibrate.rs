@@ -11,40 +11,9 @@
 //! copy of a graph applies to another copy (sensitivity analysis quantizes many copies).
 
 use super::observer::{ObserveError, Observer, ObserverConfig};
-use qforge_ir::interp::{self, RunOptions};
+pub use crate::evaluator::{Evaluator, Interpreter};
 use qforge_ir::{Graph, NodeId, Op, Tensor, Value};
 use std::collections::{BTreeMap, HashMap};
-
-/// Runs a graph, calling `observe(node, results)` after each computed node (constants included,
-/// graph inputs excluded). `qforge` implements it with its engine.
-pub trait Evaluator {
-    fn run_observed(
-        &self,
-        g: &Graph,
-        inputs: &[Tensor],
-        observe: &mut dyn FnMut(NodeId, &[Tensor]),
-    ) -> Result<Vec<Tensor>, String>;
-
-    /// Runs without observing.
-    fn run(&self, g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
-        self.run_observed(g, inputs, &mut |_, _| {})
-    }
-}
-
-/// The reference interpreter as an [`Evaluator`].
-#[derive(Clone, Debug, Default)]
-pub struct Interpreter(pub RunOptions);
-
-impl Evaluator for Interpreter {
-    fn run_observed(
-        &self,
-        g: &Graph,
-        inputs: &[Tensor],
-        observe: &mut dyn FnMut(NodeId, &[Tensor]),
-    ) -> Result<Vec<Tensor>, String> {
-        interp::run_observed(g, inputs, &self.0, observe).map_err(|e| e.to_string())
-    }
-}
 
 /// One activation to observe, with the observer it gets.
 #[derive(Clone, Debug, PartialEq)]

@@ -345,7 +345,7 @@ fn epilogue(bias: bool, clamp: Option<(i64, i64)>) -> Vec<Epilogue> {
 ///
 /// `act` is nothing, `relu` or `clip`, which only the conv and matrix kernels absorb (as the
 /// clamp of their requantization). The bias becomes i32 at scale `sx * sw[c]` (see
-/// [`bias_operand`]).
+/// `bias_operand`).
 pub struct LowerToInteger;
 impl Rule for LowerToInteger {
     fn name(&self) -> &'static str {
