@@ -124,6 +124,16 @@ fn header_shape(bytes: &[u8]) -> Result<(usize, Vec<usize>), String> {
     };
     let end = start.checked_add(len).filter(|&e| e <= bytes.len()).ok_or("the header is truncated")?;
     let text = std::str::from_utf8(&bytes[start..end]).map_err(|_| "the header is not text")?;
+    // A plain array's header is one dict with one tuple in it. Anything nested deeper is a
+    // structured dtype (refused anyway) or garbage, and npyz's literal parser takes exponential
+    // time on deep nesting (found by fuzzing: fuzz/regressions/npy_read_nested_header_hang.npy).
+    let count = |c: char| text.chars().filter(|&x| x == c).count();
+    if count('[') > 0 || count('{') > 1 || count('(') > 1 {
+        return Err(
+            "the header is not a plain array's (nested lists, dicts or tuples: structured dtypes are not supported)"
+                .into(),
+        );
+    }
     let key = ["'shape'", "\"shape\""].iter().find_map(|k| text.find(k).map(|i| i + k.len()));
     let rest = &text[key.ok_or("the header has no shape")?..];
     let rest = rest.trim_start().strip_prefix(':').ok_or("malformed shape entry")?.trim_start();
@@ -218,6 +228,14 @@ mod tests {
         b.extend(h.as_bytes());
         b.extend(data);
         b
+    }
+
+    #[test]
+    fn deeply_nested_header_is_refused_quickly() {
+        let bytes = include_bytes!("../../fuzz/regressions/npy_read_nested_header_hang.npy");
+        // Refused by our header check, before npyz's parser could spend exponential time on it.
+        let e = read_bytes(bytes).unwrap_err().to_string();
+        assert!(e.contains("not a plain array"), "{e}");
     }
 
     #[test]
