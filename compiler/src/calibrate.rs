@@ -3,11 +3,11 @@
 //! quantization stages of the pipeline.
 
 use crate::data;
-use crate::pipeline::{CalibMethod as CliMethod, Engine, PipelineOptions, QuantizeMode};
+use crate::pipeline::{Engine, PipelineOptions, QuantizeMode};
 use anyhow::{bail, Context, Result};
-use qforge_ir::interp::{self, RunOptions};
+use qforge_ir::interp::RunOptions;
 use qforge_ir::{Graph, NodeId, Tensor};
-use qforge_passes::quantize::observer::CalibMethod;
+use qforge_passes::evaluator::Interpreter;
 use qforge_passes::quantize::scheme::{QType, Scheme};
 use qforge_passes::quantize::{
     activation_plan, calibrate, Calibration, Evaluator, FoldBatchNorm, QConfig, QuantizeDynamic, QuantizeStatic,
@@ -33,7 +33,7 @@ impl Evaluator for EngineEvaluator {
         observe: &mut dyn FnMut(NodeId, &[Tensor]),
     ) -> Result<Vec<Tensor>, String> {
         match self.engine {
-            Engine::Interp => interp::run_observed(g, inputs, &self.run, observe).map_err(|e| e.to_string()),
+            Engine::Interp => Interpreter(self.run.clone()).run_observed(g, inputs, observe),
             Engine::Jit => Err("the JIT engine is not implemented yet".into()),
         }
     }
@@ -62,21 +62,10 @@ pub fn qconfig(opts: &PipelineOptions) -> Result<QConfig> {
     } else if opts.asymmetric {
         d.activations = Some(Scheme::asymmetric(QType::U8));
     }
-    if opts.calib_method != CliMethod::Minmax {
-        d.observer = Some(method(opts.calib_method));
+    if let Some(m) = opts.calib_method {
+        d.observer = Some(m);
     }
     Ok(cfg)
-}
-
-/// The command line's calibration method as the passes' one.
-pub fn method(m: CliMethod) -> CalibMethod {
-    match m {
-        CliMethod::Minmax => CalibMethod::MinMax,
-        CliMethod::Ema => CalibMethod::Ema,
-        CliMethod::Percentile => CalibMethod::Percentile,
-        CliMethod::Entropy => CalibMethod::Entropy,
-        CliMethod::Mse => CalibMethod::Mse,
-    }
 }
 
 /// A progress callback: an indicatif bar on stderr when stderr is a terminal, nothing otherwise.

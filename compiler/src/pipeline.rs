@@ -19,17 +19,7 @@ pub enum QuantizeMode {
     Dynamic,
 }
 
-/// Calibration observer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CalibMethod {
-    #[default]
-    Minmax,
-    Ema,
-    Percentile,
-    Entropy,
-    Mse,
-}
+pub use qforge_passes::quantize::observer::CalibMethod;
 
 /// Floating-point precision policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default, serde::Serialize)]
@@ -63,8 +53,9 @@ pub struct PipelineOptions {
     #[arg(long, value_name = "X.npy")]
     pub calib: Option<PathBuf>,
     /// Calibration observer.
-    #[arg(long, value_enum, default_value_t = CalibMethod::Minmax)]
-    pub calib_method: CalibMethod,
+    #[arg(long, value_name = "minmax|ema|percentile|entropy|mse", value_parser = parse_calib_method)]
+    #[serde(serialize_with = "serialize_method")]
+    pub calib_method: Option<CalibMethod>,
     /// Calibration samples per run.
     #[arg(long, default_value_t = 50, value_name = "N")]
     pub calib_batch: usize,
@@ -110,7 +101,7 @@ impl Default for PipelineOptions {
         PipelineOptions {
             quantize: QuantizeMode::None,
             calib: None,
-            calib_method: CalibMethod::Minmax,
+            calib_method: None,
             calib_batch: 50,
             per_channel: false,
             per_tensor: false,
@@ -147,5 +138,17 @@ impl PipelineOptions {
             return no("--engine jit".into(), "the Cranelift JIT");
         }
         Ok(())
+    }
+}
+
+/// `--calib-method`: the observer names of [`CalibMethod`]'s `FromStr`, the one list of them.
+fn parse_calib_method(s: &str) -> Result<CalibMethod, String> {
+    s.parse()
+}
+
+fn serialize_method<S: serde::Serializer>(m: &Option<CalibMethod>, s: S) -> Result<S::Ok, S::Error> {
+    match m {
+        Some(m) => s.serialize_str(m.name()),
+        None => s.serialize_none(),
     }
 }

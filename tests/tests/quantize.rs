@@ -28,7 +28,7 @@ fn opts(mode: QuantizeMode, calib: &str, method: CalibMethod, per_tensor: bool) 
     PipelineOptions {
         quantize: mode,
         calib: (mode == QuantizeMode::Int8).then(|| corpus_file(calib)),
-        calib_method: method,
+        calib_method: Some(method),
         per_tensor,
         ..PipelineOptions::default()
     }
@@ -79,19 +79,19 @@ macro_rules! digits {
 }
 
 digits! {
-    digits_int8_minmax: CalibMethod::Minmax, false;
+    digits_int8_minmax: CalibMethod::MinMax, false;
     digits_int8_ema: CalibMethod::Ema, false;
     digits_int8_percentile: CalibMethod::Percentile, false;
     digits_int8_entropy: CalibMethod::Entropy, false;
     digits_int8_mse: CalibMethod::Mse, false;
-    digits_int8_minmax_per_tensor: CalibMethod::Minmax, true;
+    digits_int8_minmax_per_tensor: CalibMethod::MinMax, true;
 }
 
 /// The default configuration is ORT's `quantize_static` QDQ configuration: the outputs agree with
 /// ORT's stored QDQ logits within one output step (both run fused integer kernels).
 #[test]
 fn digits_int8_matches_ort_qdq_within_one_step() {
-    let o = opts(QuantizeMode::Int8, "digits_calib_x.npy", CalibMethod::Minmax, false);
+    let o = opts(QuantizeMode::Int8, "digits_calib_x.npy", CalibMethod::MinMax, false);
     let (g, y) = quantize("digits_cnn.onnx", "digits_test_x.npy", o).unwrap();
     let ort = qforge::npy::read(&corpus_file("digits_test_logits_ort_qdq.npy")).unwrap();
     let a = agreement(&y, &ort, qforge_tests::output_step(&g)).unwrap();
@@ -107,7 +107,7 @@ fn digits_int8_matches_ort_qdq_within_one_step() {
 /// `quantize_dynamic`: bit-exact with its stored logits (the whole test set as one batch, as ORT ran).
 #[test]
 fn digits_dynamic_matches_ort_quantize_dynamic() {
-    let o = opts(QuantizeMode::Dynamic, "", CalibMethod::Minmax, false);
+    let o = opts(QuantizeMode::Dynamic, "", CalibMethod::MinMax, false);
     let (g, y) = quantize("digits_cnn.onnx", "digits_test_x.npy", o).unwrap();
     let ort = qforge::npy::read(&corpus_file("digits_test_logits_ort_dynamic.npy")).unwrap();
     let a = agreement(&y, &ort, None).unwrap();
@@ -157,7 +157,7 @@ fn mobilenet_v2_int8_sqnr_sweep() {
         return;
     }
     let mut best = f64::NEG_INFINITY;
-    for m in [CalibMethod::Minmax, CalibMethod::Ema, CalibMethod::Percentile, CalibMethod::Entropy, CalibMethod::Mse] {
+    for m in [CalibMethod::MinMax, CalibMethod::Ema, CalibMethod::Percentile, CalibMethod::Entropy, CalibMethod::Mse] {
         for per_tensor in [false, true] {
             best = best.max(mobilenet_sqnr(m, per_tensor, 1));
         }
@@ -346,7 +346,7 @@ fn onnxruntime() -> bool {
 #[test]
 fn qdq_export_runs_in_qforge_and_onnxruntime() {
     let o =
-        PipelineOptions { opt_level: 1, ..opts(QuantizeMode::Int8, "digits_calib_x.npy", CalibMethod::Minmax, false) };
+        PipelineOptions { opt_level: 1, ..opts(QuantizeMode::Int8, "digits_calib_x.npy", CalibMethod::MinMax, false) };
     let (g, y) = quantize("digits_cnn.onnx", "digits_test_x.npy", o).unwrap();
     let bytes = qforge::onnx::export::export_qdq(&g).unwrap();
     let dir = std::env::temp_dir().join(format!("qforge-qdq-export-{}", std::process::id()));
@@ -410,7 +410,7 @@ fn integer_matmuls(g: &Graph, x: &Tensor, suffix: &str) -> std::collections::BTr
 /// (they are equal), the float output within 1e-2 of its largest magnitude.
 #[test]
 fn transformer_block_dynamic_matches_onnxruntime() {
-    let o = PipelineOptions { opt_level: 1, ..opts(QuantizeMode::Dynamic, "", CalibMethod::Minmax, false) };
+    let o = PipelineOptions { opt_level: 1, ..opts(QuantizeMode::Dynamic, "", CalibMethod::MinMax, false) };
     let exe =
         Compiler::new(o).unwrap().compile(qforge::load_model(&fixture("transformer_block.onnx")).unwrap()).unwrap();
     let g = exe.graph();
