@@ -1,12 +1,126 @@
 //! # qforge-codegen: the Cranelift JIT
 //!
-//! Compiles an optimized, planned [`qforge_ir::Graph`] into machine code: fused integer and float
-//! kernels described as data (main op plus epilogue list), the executable and its buffer arena.
+//! Compiles an optimized [`qforge_ir::Graph`] into machine code and runs it:
+//!
+//! 1. [`lower`]: the graph, for concrete input shapes, becomes steps over buffers: fused kernels
+//!    described as data ([`spec::KernelSpec`]: main op, epilogue list, store), element-wise
+//!    steps, layout conversions (NHWC for convolutions), and host steps for ops no kernel covers
+//!    (run by the reference interpreter and listed in the report);
+//! 2. [`memory`]: every buffer gets an offset in one arena by liveness;
+//! 3. [`emit`]: Cranelift generates one function per step from its description; the inner
+//!    loops call [`micro`]kernels registered as JIT symbols (AVX-512 VNNI/FMA intrinsics with
+//!    runtime dispatch) or, with [`Microkernels::Cranelift`], GEMMs emitted as 128-bit CLIF;
+//! 4. [`program`]: the executor runs the steps, splitting each over threads.
 //!
 //! ## Invariants
-//! * Depends on `qforge-ir` only; reads the plan that `qforge-passes` writes into the graph.
-//! * Follows [`qforge_ir::numerics`] exactly: the JIT agrees with the reference interpreter bit for
-//!   bit on integer graphs.
-//!
-//! This crate is at its beginning: the kernels arrive with the JIT issue. Until then every engine
-//! request is served by the reference interpreter in `qforge-ir`.
+//! * Depends on `qforge-ir` only; never changes the graph it is given.
+//! * Follows [`qforge_ir::numerics`] exactly: on integer graphs the JIT agrees with the reference
+//!   interpreter bit for bit; float results differ by summation order only.
+//! * Inputs are checked (count, dtype, shape) before any generated code runs; generated code
+//!   touches only the arena, its own scratch and the constants it was compiled with.
+//! * Callers: `qforge` (the compiler crate) and tests; nothing here reads files or the CLI.
+
+pub mod emit;
+pub mod lower;
+pub mod memory;
+pub mod micro;
+pub mod program;
+pub mod spec;
+
+pub use emit::Microkernels;
+pub use program::{Program, ProgramReport, StepInfo};
+
+use qforge_ir::{interp, Graph, Tensor, TensorType};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Errors of compilation and execution.
+#[derive(Debug, thiserror::Error)]
+pub enum JitError {
+    #[error("node `{node}`: {msg}")]
+    Lower { node: String, msg: String },
+    #[error("code generation: {0}")]
+    Codegen(String),
+    #[error("input: {0}")]
+    Input(String),
+    #[error("run: {0}")]
+    Run(String),
+}
+
+/// Options of the JIT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JitOptions {
+    pub microkernels: Microkernels,
+    /// Threads per step (1: the calling thread only).
+    pub threads: usize,
+}
+
+impl Default for JitOptions {
+    fn default() -> Self {
+        JitOptions { microkernels: Microkernels::Native, threads: 1 }
+    }
+}
+
+/// A graph compiled by the JIT: one [`Program`] per set of input shapes, generated on first use
+/// (a batch sweep compiles each batch size once).
+pub struct JitExecutable {
+    graph: Graph,
+    opts: JitOptions,
+    programs: Mutex<HashMap<Vec<Vec<usize>>, Arc<Program>>>,
+}
+
+impl JitExecutable {
+    /// Prepares `graph` for the JIT; code is generated per input shape by [`JitExecutable::program`].
+    pub fn new(graph: Graph, opts: JitOptions) -> JitExecutable {
+        JitExecutable { graph, opts, programs: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    pub fn options(&self) -> JitOptions {
+        self.opts
+    }
+
+    /// The program for inputs of these types (compiled now if it is the first time).
+    pub fn program_for(&self, types: &[TensorType]) -> Result<Arc<Program>, JitError> {
+        let key: Vec<Vec<usize>> = types.iter().map(|t| t.shape.as_fixed().unwrap_or_default()).collect();
+        if let Some(p) = self.programs.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(p);
+        }
+        let lw = lower::lower(&self.graph, types)?;
+        let p = Arc::new(Program::build(lw, self.opts.microkernels, self.opts.threads)?);
+        if let Ok(mut m) = self.programs.lock() {
+            m.insert(key, p.clone());
+        }
+        Ok(p)
+    }
+
+    /// The program for these input tensors (checked against the graph first).
+    pub fn program(&self, inputs: &[Tensor]) -> Result<Arc<Program>, JitError> {
+        interp::check_inputs(&self.graph, inputs).map_err(|e| JitError::Input(e.to_string()))?;
+        let types: Vec<TensorType> = self
+            .graph
+            .inputs()
+            .iter()
+            .zip(inputs)
+            .map(|(&id, t)| {
+                let decl = &self.graph.node(id).outputs[0];
+                TensorType { dtype: t.dtype(), shape: t.ir_shape(), quant: decl.quant.clone() }
+            })
+            .collect();
+        self.program_for(&types)
+    }
+
+    /// Runs the graph on `inputs` (one per graph input, in order).
+    pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, JitError> {
+        self.program(inputs)?.run(inputs, None)
+    }
+
+    /// Runs and adds each step's wall time to `times`.
+    pub fn run_profiled(&self, inputs: &[Tensor], times: &mut Vec<Duration>) -> Result<Vec<Tensor>, JitError> {
+        self.program(inputs)?.run(inputs, Some(times))
+    }
+}

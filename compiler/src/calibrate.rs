@@ -17,8 +17,9 @@ use qforge_passes::{PassContext, PassReport, Pipeline};
 use std::io::IsTerminal;
 use std::path::Path;
 
-/// The engine that runs calibration (and sensitivity analysis): the reference interpreter until
-/// the JIT lands.
+/// The engine that runs calibration (and sensitivity analysis). Observers see every intermediate
+/// tensor of the float graph, which only the interpreter exposes, so both engines calibrate on
+/// the interpreter; `engine` is kept for the day the JIT can report intermediates.
 #[derive(Clone, Debug)]
 pub struct EngineEvaluator {
     pub engine: Engine,
@@ -33,8 +34,7 @@ impl Evaluator for EngineEvaluator {
         observe: &mut dyn FnMut(NodeId, &[Tensor]),
     ) -> Result<Vec<Tensor>, String> {
         match self.engine {
-            Engine::Interp => Interpreter(self.run.clone()).run_observed(g, inputs, observe),
-            Engine::Jit => Err("the JIT engine is not implemented yet".into()),
+            Engine::Interp | Engine::Jit => Interpreter(self.run.clone()).run_observed(g, inputs, observe),
         }
     }
 }

@@ -99,9 +99,12 @@ pub enum Command {
         #[command(flatten)]
         pipeline: PipelineOptions,
     },
-    /// Measure latency (not implemented yet).
+    /// Measure latency and throughput: warm-ups, timed runs, median/p99, a batch sweep, a
+    /// per-kernel breakdown, and a latency budget.
     Bench {
         model: PathBuf,
+        #[command(flatten)]
+        args: crate::bench::BenchArgs,
         #[command(flatten)]
         pipeline: PipelineOptions,
     },
@@ -153,9 +156,7 @@ pub fn run(cli: Cli) -> Result<()> {
             compile(&model, output.as_deref(), report, dump, pipeline)
         }
         Command::Quantize { model, output, pipeline } => crate::calibrate::quantize_to_onnx(&model, &output, pipeline),
-        Command::Bench { .. } => {
-            bail!("`qforge bench` is not implemented yet (the JIT and its benchmark have not landed)")
-        }
+        Command::Bench { model, args, pipeline } => crate::bench::run(&model, &args, pipeline),
         Command::Sensitivity { model, input, labels, max_accuracy_drop, output, batch, json, pipeline } => {
             let args = crate::calibrate::SensitivityArgs { input, labels, max_accuracy_drop, output, batch, json };
             crate::calibrate::sensitivity(&model, &args, pipeline)

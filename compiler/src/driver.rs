@@ -15,6 +15,7 @@
 
 use crate::pipeline::{Engine, PipelineOptions, Precision};
 use anyhow::{bail, Context, Result};
+use qforge_codegen::{JitExecutable, JitOptions, Microkernels};
 use qforge_ir::interp::{self, RunOptions};
 use qforge_ir::{Graph, Tensor};
 use qforge_passes::canonicalize::Canonicalize;
@@ -24,6 +25,7 @@ use qforge_passes::precision::{
 };
 use qforge_passes::{PassContext, PassReport, Pipeline};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Loads a model by its extension: `.onnx` (imported) or `.qir` (the IR text form).
 pub fn load_model(path: &Path) -> Result<Graph> {
@@ -138,11 +140,33 @@ impl Compiler {
     /// Runs the pipeline on `graph` (verified before and after) and prepares it for execution.
     pub fn compile(&self, graph: Graph) -> Result<Executable> {
         let graph = self.optimize(graph)?;
-        Ok(Executable {
+        Ok(self.executable(graph))
+    }
+
+    /// Prepares an already optimized graph for the selected engine (the JIT generates code per
+    /// input shape on first run).
+    pub fn executable(&self, graph: Graph) -> Executable {
+        let jit = match self.opts.engine {
+            Engine::Jit => Some(Arc::new(JitExecutable::new(graph.clone(), self.jit_options()))),
+            Engine::Interp => None,
+        };
+        Executable {
             graph,
             engine: self.opts.engine,
             run: RunOptions { max_tensor_bytes: self.opts.max_tensor_bytes as u128 },
-        })
+            jit,
+        }
+    }
+
+    /// The JIT's options from `--threads` and `--kernels`.
+    pub fn jit_options(&self) -> JitOptions {
+        JitOptions {
+            threads: self.opts.threads as usize,
+            microkernels: match self.opts.kernels {
+                crate::pipeline::Kernels::Native => Microkernels::Native,
+                crate::pipeline::Kernels::Cranelift => Microkernels::Cranelift,
+            },
+        }
     }
 
     /// The passes `--opt-level` selects: none at 0; canonicalization from 1 (the optimizer, the
@@ -205,11 +229,12 @@ impl Compiler {
 }
 
 /// A compiled model, ready to run.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Executable {
     graph: Graph,
     engine: Engine,
     run: RunOptions,
+    jit: Option<Arc<JitExecutable>>,
 }
 
 impl Executable {
@@ -225,8 +250,16 @@ impl Executable {
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
         match self.engine {
             Engine::Interp => Ok(interp::run_observed(&self.graph, inputs, &self.run, &mut |_, _| {})?),
-            Engine::Jit => bail!("the JIT engine is not implemented yet"),
+            Engine::Jit => match &self.jit {
+                Some(j) => Ok(j.run(inputs)?),
+                None => bail!("the executable was built without the JIT"),
+            },
         }
+    }
+
+    /// The JIT executable (with `--engine jit`).
+    pub fn jit(&self) -> Option<&JitExecutable> {
+        self.jit.as_deref()
     }
 
     /// Runs a single-input graph over `x` in batches of `batch` along axis 0 and concatenates

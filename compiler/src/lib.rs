@@ -10,6 +10,7 @@
 //! * Options whose stage has not landed are rejected by name ([`PipelineOptions::check_supported`]),
 //!   never silently ignored.
 
+pub mod bench;
 pub mod calibrate;
 pub mod cli;
 pub mod data;

@@ -119,8 +119,35 @@ fn unsupported_op() {
 }
 
 #[test]
-fn unimplemented_pipeline_option() {
-    expect_error(&["inspect", p(&asset("digits_cnn.onnx")), "--engine", "jit"], "--engine jit is not implemented yet");
+fn bench_json_has_the_documented_keys_and_sweeps_batches() {
+    let o = qforge(&[
+        "bench",
+        p(&asset("digits_cnn.onnx")),
+        "--batch",
+        "1,4",
+        "--iters",
+        "3",
+        "--warmup",
+        "1",
+        "--profile-kernels",
+        "--json",
+    ]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(o.stdout.trim()).expect("one JSON object");
+    for key in ["median_ms", "p99_ms", "batch", "threads", "throughput", "sweep", "best_batch", "profile"] {
+        assert!(v.get(key).is_some(), "bench --json lacks `{key}`: {v}");
+    }
+    assert_eq!(v["batch"], 1);
+    assert_eq!(v["sweep"].as_array().map(|a| a.len()), Some(2));
+    assert!(v["profile"].as_array().is_some_and(|a| !a.is_empty()), "no kernel breakdown: {v}");
+}
+
+#[test]
+fn bench_fails_a_missed_latency_budget() {
+    expect_error(
+        &["bench", p(&asset("digits_cnn.onnx")), "--iters", "2", "--warmup", "0", "--max-latency-ms", "0.000001"],
+        "latency budget missed",
+    );
 }
 
 #[test]

@@ -147,7 +147,9 @@ pub fn check_at(case: &Case, opt_level: u8) -> Result<Agreement> {
     };
     let x = qforge::npy::read(&corpus_file(case.input))?;
     let reference = qforge::npy::read(&corpus_file(case.reference))?;
-    let out = qforge_ir::interp::run(&g, &[x])?.into_iter().next().context("no output")?;
+    let outs = qforge_ir::interp::run(&g, std::slice::from_ref(&x))?;
+    check_jit(&g, &[x], &outs).with_context(|| format!("{}: the JIT disagrees with the interpreter", case.model))?;
+    let out = outs.into_iter().next().context("no output")?;
     let step = output_step(&g);
     let a = agreement(&out, &reference, step)?;
     println!("{} (opt-level {opt_level}): {a}", case.model);
@@ -182,4 +184,65 @@ pub fn check_at(case: &Case, opt_level: u8) -> Result<Agreement> {
         }
     }
     Ok(a)
+}
+
+/// Whether `g` computes on integers anywhere (its JIT results must then be bit-exact).
+pub fn has_integer_values(g: &Graph) -> bool {
+    g.node_ids().any(|id| g.node(id).outputs.iter().any(|t| t.dtype.is_int()) && !matches!(g.node(id).op, Op::Const(_)))
+}
+
+/// The JIT oracle: runs `g` on the JIT with each set of microkernels (the native intrinsics and
+/// the Cranelift-only GEMMs) and compares every output with the interpreter's `expected`:
+/// bit for bit on graphs with integer values, within 1e-5 of the largest magnitude otherwise.
+pub fn check_jit(g: &Graph, inputs: &[Tensor], expected: &[Tensor]) -> Result<()> {
+    let exact = has_integer_values(g);
+    for mk in [qforge_codegen::Microkernels::Native, qforge_codegen::Microkernels::Cranelift] {
+        let exe =
+            qforge_codegen::JitExecutable::new(g.clone(), qforge_codegen::JitOptions { microkernels: mk, threads: 1 });
+        let outs = exe.run(inputs).with_context(|| format!("JIT ({mk:?})"))?;
+        if outs.len() != expected.len() {
+            bail!("JIT ({mk:?}): {} outputs, the interpreter has {}", outs.len(), expected.len());
+        }
+        for (i, (o, e)) in outs.iter().zip(expected).enumerate() {
+            if o.dtype() != e.dtype() {
+                bail!("JIT ({mk:?}) output {i}: {} where the interpreter has {}", o.dtype().name(), e.dtype().name());
+            }
+            let a = agreement(o, e, None)?;
+            if exact && a.exact_share < 1.0 {
+                bail!("JIT ({mk:?}) output {i} is not bit-exact on an integer graph: {a}");
+            }
+            if !exact && a.max_abs > 1e-5 * a.ref_max_abs.max(f32::MIN_POSITIVE) {
+                bail!("JIT ({mk:?}) output {i} differs by more than 1e-5 relative: {a}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deterministic inputs for a graph: symbolic dims bound to 2, floats in [-1.5, 1.5), quantized
+/// inputs over their whole range.
+pub fn fixture_inputs(g: &Graph) -> Vec<Tensor> {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 11) as f64 / (1u64 << 53) as f64
+    };
+    g.inputs()
+        .iter()
+        .map(|&i| {
+            let t = &g.node(i).outputs[0];
+            let shape: Vec<usize> = t.shape.dims().iter().map(|d| d.fixed().unwrap_or(2)).collect();
+            let n: usize = shape.iter().product();
+            let vals: Vec<f64> = match t.dtype.int_range() {
+                Some((lo, hi)) => {
+                    let (lo, hi) = (lo.max(-128) as f64, hi.min(255) as f64);
+                    (0..n).map(|_| (lo + next() * (hi - lo + 1.0)).floor()).collect()
+                }
+                None => (0..n).map(|_| next() * 3.0 - 1.5).collect(),
+            };
+            Tensor::from_f64_iter(t.dtype, shape, vals.into_iter())
+        })
+        .collect()
 }

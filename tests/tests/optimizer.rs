@@ -86,32 +86,8 @@ fn optimizing_twice_changes_nothing() {
     }
 }
 
-/// Deterministic inputs for a graph: symbolic dims bound to 2, floats in [-1.5, 1.5), quantized
-/// inputs over their whole range.
 fn inputs(g: &Graph) -> Vec<Tensor> {
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        (seed >> 11) as f64 / (1u64 << 53) as f64
-    };
-    g.inputs()
-        .iter()
-        .map(|&i| {
-            let t = &g.node(i).outputs[0];
-            let shape: Vec<usize> = t.shape.dims().iter().map(|d| d.fixed().unwrap_or(2)).collect();
-            let n: usize = shape.iter().product();
-            let vals: Vec<f64> = match t.dtype.int_range() {
-                Some((lo, hi)) => {
-                    let (lo, hi) = (lo.max(-128) as f64, hi.min(255) as f64);
-                    (0..n).map(|_| (lo + next() * (hi - lo + 1.0)).floor()).collect()
-                }
-                None => (0..n).map(|_| next() * 3.0 - 1.5).collect(),
-            };
-            Tensor::from_f64_iter(t.dtype, shape, vals.into_iter())
-        })
-        .collect()
+    qforge_tests::fixture_inputs(g)
 }
 
 /// The output step of output `i`: its own scale if quantized, the scale of the dequantize that

@@ -171,8 +171,9 @@ fn tensor_bytes(dtype: DType, shape: &[usize]) -> u128 {
     shape.iter().fold(dtype.size_bytes() as u128, |a, &d| a.saturating_mul(d as u128))
 }
 
-/// Checks the inputs against the graph's input types; symbolic dims must bind consistently.
-fn check_inputs(g: &Graph, inputs: &[Tensor]) -> Result<(), IrError> {
+/// Checks the inputs against the graph's input types; symbolic dims must bind consistently (every
+/// engine checks its inputs with this before running anything).
+pub fn check_inputs(g: &Graph, inputs: &[Tensor]) -> Result<(), IrError> {
     let ids = g.inputs();
     if inputs.len() < ids.len() {
         let missing = &g.node(ids[inputs.len()]).name;

@@ -1,0 +1,233 @@
+//! Code for a fused kernel's epilogue list ([`crate::spec::Step`]) over an accumulator tile:
+//! each row of the tile is processed 16 columns at a time as four 128-bit vectors (i32x4 or
+//! f32x4), then column by column for the remainder, with the same steps on scalars. The steps
+//! are emitted in the order of the list; nothing else is done to the values.
+//!
+//! Rounding and saturation follow [`qforge_ir::numerics`]: `nearest` rounds half to even (as
+//! `roundps`), `fcvt_to_sint_sat` saturates to i32, then the value is clamped to `[lo - zp,
+//! hi - zp]` and `zp` is added, which equals `saturate(round_half_even(x) + zp)` clamped to the
+//! folded activation range. Narrowing to u8/i8 happens after the clamp, so it is exact.
+
+use super::{flags, Emitter};
+use crate::spec::{Acc, Step, Store};
+use crate::JitError;
+use cranelift_codegen::ir::{types, InstBuilder, Type, Value};
+
+/// Where the tile is and where its results go. All pointers address the tile's first row at
+/// column `n0`.
+pub struct Tile {
+    /// The accumulator tile (i32 or f32), `ldc` elements per row.
+    pub tile: Value,
+    pub ldc: i64,
+    /// Rows in this tile (runtime).
+    pub rows: Value,
+    /// The tile's first column in the output (runtime), and how many columns it has.
+    pub n0: Value,
+    pub nr: Value,
+    /// The output element at (first row, n0), and the output row stride in bytes.
+    pub out: Value,
+    pub out_stride: i64,
+    /// The residual element at (first row, n0) (f32, same layout as the output), if any.
+    pub residual: Option<Value>,
+}
+
+/// Emits the epilogue `steps` of a kernel whose accumulator is `acc`, storing as `store`.
+/// `params[i]` is the address of step `i`'s per-channel array (padded to a multiple of 16 past
+/// the last column), or 0 for steps without one.
+pub fn emit(
+    em: &mut Emitter<'_, '_>,
+    acc: Acc,
+    steps: &[Step],
+    params: &[i64],
+    store: Store,
+    t: &Tile,
+) -> Result<(), JitError> {
+    let zero = em.iconst(0);
+    em.for_range(zero, t.rows, 1, |em, r| {
+        let tile_r = em.index(t.tile, r, t.ldc * 4);
+        let out_r = em.index(t.out, r, t.out_stride);
+        let res_r = t.residual.map(|p| em.index(p, r, t.out_stride / store.bytes() as i64 * 4));
+        let row = Row { tile: tile_r, out: out_r, res: res_r, n0: t.n0 };
+        let vend = em.b.ins().band_imm_s(t.nr, !15i64);
+        let zero = em.iconst(0);
+        em.for_range(zero, vend, 16, |em, j| chunk(em, acc, steps, params, store, &row, j, true))?;
+        em.for_range(vend, t.nr, 1, |em, j| chunk(em, acc, steps, params, store, &row, j, false))
+    })
+}
+
+struct Row {
+    tile: Value,
+    out: Value,
+    res: Option<Value>,
+    n0: Value,
+}
+
+/// A value being carried through the steps: i32 or f32 lanes.
+#[derive(Clone, Copy)]
+enum Lanes {
+    I(Value),
+    F(Value),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn chunk(
+    em: &mut Emitter<'_, '_>,
+    acc: Acc,
+    steps: &[Step],
+    params: &[i64],
+    store: Store,
+    row: &Row,
+    j: Value,
+    vector: bool,
+) -> Result<(), JitError> {
+    let groups = if vector { 4 } else { 1 };
+    let (ity, fty) = if vector { (types::I32X4, types::F32X4) } else { (types::I32, types::F32) };
+    let fl = flags();
+    let tile_j = em.index(row.tile, j, 4);
+    let mut vals: Vec<Lanes> = (0..groups)
+        .map(|g| match acc {
+            Acc::I32 => Lanes::I(em.b.ins().load(ity, fl, tile_j, 16 * g)),
+            Acc::F32 => Lanes::F(em.b.ins().load(fty, fl, tile_j, 16 * g)),
+        })
+        .collect();
+    let col = em.b.ins().iadd(row.n0, j);
+    for (i, step) in steps.iter().enumerate() {
+        let param = if params.get(i).copied().unwrap_or(0) != 0 {
+            let base = em.iconst(params[i]);
+            Some(em.index(base, col, 4))
+        } else {
+            None
+        };
+        for (g, v) in vals.iter_mut().enumerate() {
+            let off = (16 * g) as i32;
+            *v = apply(em, step, *v, param, off, row, j, ity, fty)?;
+        }
+    }
+    let out_j = em.index(row.out, j, store.bytes() as i64);
+    match store {
+        Store::F32 => {
+            for (g, v) in vals.iter().enumerate() {
+                let Lanes::F(v) = *v else { return Err(JitError::Codegen("an f32 store of integers".into())) };
+                em.b.ins().store(fl, v, out_j, (16 * g) as i32);
+            }
+        }
+        Store::U8 | Store::I8 => {
+            let ints: Vec<Value> = vals
+                .iter()
+                .map(|v| match v {
+                    Lanes::I(v) => Ok(*v),
+                    Lanes::F(_) => Err(JitError::Codegen("an integer store of floats".into())),
+                })
+                .collect::<Result<_, _>>()?;
+            if vector {
+                let a = em.b.ins().snarrow(ints[0], ints[1]);
+                let c = em.b.ins().snarrow(ints[2], ints[3]);
+                let q = if store == Store::U8 { em.b.ins().unarrow(a, c) } else { em.b.ins().snarrow(a, c) };
+                em.b.ins().store(fl, q, out_j, 0);
+            } else {
+                em.b.ins().istore8(fl, ints[0], out_j, 0);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn splat_f(em: &mut Emitter<'_, '_>, ty: Type, x: f32) -> Value {
+    let c = em.b.ins().f32const(x);
+    if ty.is_vector() {
+        em.b.ins().splat(ty, c)
+    } else {
+        c
+    }
+}
+
+pub(crate) fn splat_i(em: &mut Emitter<'_, '_>, ty: Type, x: i32) -> Value {
+    let c = em.b.ins().iconst(types::I32, x as i64);
+    if ty.is_vector() {
+        em.b.ins().splat(ty, c)
+    } else {
+        c
+    }
+}
+
+fn to_f(em: &mut Emitter<'_, '_>, v: Lanes, fty: Type) -> Value {
+    match v {
+        Lanes::F(v) => v,
+        Lanes::I(v) => em.b.ins().fcvt_from_sint(fty, v),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    em: &mut Emitter<'_, '_>,
+    step: &Step,
+    v: Lanes,
+    param: Option<Value>,
+    off: i32,
+    row: &Row,
+    j: Value,
+    ity: Type,
+    fty: Type,
+) -> Result<Lanes, JitError> {
+    let fl = flags();
+    let need = |p: Option<Value>| p.ok_or_else(|| JitError::Codegen("a per-channel step without its array".into()));
+    Ok(match step {
+        Step::AddChannelI32(_) => {
+            let Lanes::I(x) = v else { return Err(JitError::Codegen("an integer add on floats".into())) };
+            let p = em.b.ins().load(ity, fl, need(param)?, off);
+            Lanes::I(em.b.ins().iadd(x, p))
+        }
+        Step::ScaleToF32(_) => {
+            let x = to_f(em, v, fty);
+            let p = em.b.ins().load(fty, fl, need(param)?, off);
+            Lanes::F(em.b.ins().fmul(x, p))
+        }
+        Step::DivF32(d) => {
+            let x = to_f(em, v, fty);
+            let d = splat_f(em, fty, *d);
+            Lanes::F(em.b.ins().fdiv(x, d))
+        }
+        Step::AddChannelF32(_) => {
+            let x = to_f(em, v, fty);
+            let p = em.b.ins().load(fty, fl, need(param)?, off);
+            Lanes::F(em.b.ins().fadd(x, p))
+        }
+        Step::AddResidualF32 => {
+            let x = to_f(em, v, fty);
+            let res = row.res.ok_or_else(|| JitError::Codegen("a residual step without a residual".into()))?;
+            let at = em.index(res, j, 4);
+            let p = em.b.ins().load(fty, fl, at, off);
+            Lanes::F(em.b.ins().fadd(x, p))
+        }
+        Step::MaxF32(c) => {
+            let x = to_f(em, v, fty);
+            let c = splat_f(em, fty, *c);
+            Lanes::F(em.b.ins().fmax(x, c))
+        }
+        Step::MinF32(c) => {
+            let x = to_f(em, v, fty);
+            let c = splat_f(em, fty, *c);
+            Lanes::F(em.b.ins().fmin(x, c))
+        }
+        Step::RoundToInt { zp, lo, hi, bounded } => {
+            let i = match v {
+                Lanes::I(i) => i,
+                Lanes::F(x) => {
+                    let r = em.b.ins().nearest(x);
+                    if *bounded && ity == types::I32X4 && cfg!(target_arch = "x86_64") {
+                        // |r| < 2^30 was proved at lowering: the plain conversion is exact.
+                        em.b.ins().x86_cvtt2dq(ity, r)
+                    } else {
+                        em.b.ins().fcvt_to_sint_sat(ity, r)
+                    }
+                }
+            };
+            let lo = splat_i(em, ity, lo.saturating_sub(*zp));
+            let hi = splat_i(em, ity, hi.saturating_sub(*zp));
+            let i = em.b.ins().smax(i, lo);
+            let i = em.b.ins().smin(i, hi);
+            let z = splat_i(em, ity, *zp);
+            Lanes::I(em.b.ins().iadd(i, z))
+        }
+    })
+}

@@ -1,0 +1,250 @@
+//! The loops around a fused kernel's main op. A GEMM step walks its rows in blocks of
+//! [`ROW_BLOCK`] (gathering them with im2col when the rows are not the input itself) and its
+//! columns in weight panels, calling the GEMM microkernel into a scratch tile and the epilogue
+//! from the tile to the output; a depthwise step does one output image row per microkernel call,
+//! a global-sum step one image.
+
+use super::epilogue::{self, Tile};
+use super::Emitter;
+use crate::micro::{float, ConvGeom};
+use crate::spec::{KernelSpec, MainOp, Rows};
+use crate::JitError;
+use cranelift_codegen::ir::{types, InstBuilder, Value};
+
+/// Rows of a GEMM gathered and computed per block.
+pub const ROW_BLOCK: usize = 48;
+/// Columns of an int8 weight panel.
+pub const PANEL_I8: usize = 64;
+
+/// Arena offsets of a step's operands.
+#[derive(Clone, Copy, Debug)]
+pub struct Bindings {
+    pub input: i64,
+    pub output: i64,
+    pub residual: Option<i64>,
+}
+
+/// Addresses of what the generated code reads besides the arena (kept alive by the caller).
+pub struct Consts {
+    /// Per epilogue step: its per-channel array, or 0.
+    pub params: Vec<i64>,
+    /// The packed weights.
+    pub weights: i64,
+    /// The [`ConvGeom`] of im2col, depthwise and pooling steps, or 0.
+    pub geom: i64,
+}
+
+fn round_up(x: usize, a: usize) -> usize {
+    x.div_ceil(a) * a
+}
+
+/// The units a step's function is called over (GEMM rows, image rows, images).
+pub fn units(spec: &KernelSpec) -> usize {
+    match &spec.main {
+        MainOp::GemmU8I8 { .. } | MainOp::GemmF32 { .. } => spec.rows,
+        MainOp::DepthwiseU8I8 { geom, .. } | MainOp::DepthwiseF32 { geom, .. } => spec.rows / geom.ow.max(1),
+        MainOp::GlobalSumU8 { .. } | MainOp::GlobalSumF32 { .. } => spec.rows,
+    }
+}
+
+/// Leading dimension of the im2col buffer.
+fn im2col_ld(geom: &ConvGeom) -> usize {
+    round_up(geom.k().max(1), 16)
+}
+
+/// Scratch bytes one thread needs for `spec`.
+pub fn scratch_bytes(spec: &KernelSpec) -> usize {
+    match &spec.main {
+        MainOp::GemmU8I8 { rows, .. } => {
+            let a = match rows {
+                Rows::Direct { .. } => 0,
+                Rows::Im2col { geom, .. } => ROW_BLOCK * im2col_ld(geom),
+            };
+            ROW_BLOCK * PANEL_I8 * 4 + a + 64
+        }
+        MainOp::GemmF32 { rows, .. } => {
+            let a = match rows {
+                Rows::Direct { .. } => 0,
+                Rows::Im2col { geom, .. } => ROW_BLOCK * im2col_ld(geom) * 4,
+            };
+            ROW_BLOCK * float::PANEL * 4 + a + 64
+        }
+        MainOp::DepthwiseU8I8 { geom, .. } | MainOp::DepthwiseF32 { geom, .. } => {
+            geom.ow * round_up(geom.c, 16) * 4 + 64
+        }
+        MainOp::GlobalSumU8 { .. } | MainOp::GlobalSumF32 { .. } => round_up(spec.cols, 16) * 4 + 64,
+    }
+}
+
+/// Emits the body of `spec`'s step function.
+pub fn emit(
+    em: &mut Emitter<'_, '_>,
+    spec: &KernelSpec,
+    bind: Bindings,
+    consts: &Consts,
+    [arena, scratch, begin, end]: [Value; 4],
+) -> Result<(), JitError> {
+    let x = em.offset(arena, bind.input);
+    let out = em.offset(arena, bind.output);
+    let res = bind.residual.map(|r| em.offset(arena, r));
+    let es = spec.store.bytes() as i64;
+    let n = spec.cols as i64;
+    let acc = spec.main.acc();
+    let (steps, store) = (&spec.epilogue, spec.store);
+    match &spec.main {
+        MainOp::GemmU8I8 { rows, weights } => {
+            let kp = weights.kp as i64;
+            gemm_loops(em, x, out, res, scratch, begin, end, es, n, rows, GemmKind::U8I8 { kp }, consts, |em, t| {
+                epilogue::emit(em, acc, steps, &consts.params, store, t)
+            })
+        }
+        MainOp::GemmF32 { rows, weights } => {
+            let k = weights.k as i64;
+            gemm_loops(em, x, out, res, scratch, begin, end, es, n, rows, GemmKind::F32 { k }, consts, |em, t| {
+                epilogue::emit(em, acc, steps, &consts.params, store, t)
+            })
+        }
+        MainOp::DepthwiseU8I8 { geom, .. } | MainOp::DepthwiseF32 { geom, .. } => {
+            let ow = geom.ow as i64;
+            let ldo = round_up(geom.c, 16) as i64;
+            let zx = match &spec.main {
+                MainOp::DepthwiseU8I8 { zx, .. } => Some(*zx),
+                _ => None,
+            };
+            em.for_range(begin, end, 1, |em, row| {
+                let g = em.iconst(consts.geom);
+                let w = em.iconst(consts.weights);
+                let ldo_v = em.iconst(ldo);
+                match zx {
+                    Some(z) => {
+                        let z = em.b.ins().iconst(types::I32, z as i64);
+                        em.call("qf_depthwise_u8i8", &[g, x, z, w, row, scratch, ldo_v])?;
+                    }
+                    None => em.call("qf_depthwise_f32", &[g, x, w, row, scratch, ldo_v])?,
+                }
+                let first = em.b.ins().imul_imm_s(row, ow);
+                let t = tile_at(em, scratch, ldo, ow, 0, n, out, res, first, n, es)?;
+                epilogue::emit(em, acc, steps, &consts.params, store, &t)
+            })
+        }
+        MainOp::GlobalSumU8 { hw, .. } | MainOp::GlobalSumF32 { hw } => {
+            let f = match &spec.main {
+                MainOp::GlobalSumF32 { .. } => "qf_global_sum_f32",
+                MainOp::GlobalSumU8 { signed: true, .. } => "qf_global_sum_i8",
+                _ => "qf_global_sum_u8",
+            };
+            em.for_range(begin, end, 1, |em, img| {
+                let hw = em.iconst(*hw as i64);
+                let c = em.iconst(n);
+                em.call(f, &[x, hw, c, img, scratch])?;
+                let t = tile_at(em, scratch, round_up(n as usize, 16) as i64, 1, 0, n, out, res, img, n, es)?;
+                epilogue::emit(em, acc, steps, &consts.params, store, &t)
+            })
+        }
+    }
+}
+
+/// A tile of `rows` x `nr` results whose first output row is `first` (runtime) at column `n0`.
+#[allow(clippy::too_many_arguments)]
+fn tile_at(
+    em: &mut Emitter<'_, '_>,
+    tile: Value,
+    ldc: i64,
+    rows: i64,
+    n0: i64,
+    nr: i64,
+    out: Value,
+    res: Option<Value>,
+    first: Value,
+    n: i64,
+    es: i64,
+) -> Result<Tile, JitError> {
+    let elem = em.b.ins().imul_imm_s(first, n);
+    let elem = em.b.ins().iadd_imm_s(elem, n0);
+    let out_p = em.index(out, elem, es);
+    let res_p = res.map(|r| em.index(r, elem, 4));
+    let rows = em.iconst(rows);
+    let n0 = em.iconst(n0);
+    let nr = em.iconst(nr);
+    Ok(Tile { tile, ldc, rows, n0, nr, out: out_p, out_stride: n * es, residual: res_p })
+}
+
+enum GemmKind {
+    U8I8 { kp: i64 },
+    F32 { k: i64 },
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_loops(
+    em: &mut Emitter<'_, '_>,
+    x: Value,
+    out: Value,
+    res: Option<Value>,
+    scratch: Value,
+    begin: Value,
+    end: Value,
+    es: i64,
+    n: i64,
+    rows: &Rows,
+    kind: GemmKind,
+    consts: &Consts,
+    epi: impl Fn(&mut Emitter<'_, '_>, &Tile) -> Result<(), JitError>,
+) -> Result<(), JitError> {
+    let (panel, ab, kred) = match kind {
+        GemmKind::U8I8 { kp } => (PANEL_I8 as i64, 1i64, kp),
+        GemmKind::F32 { k } => (float::PANEL as i64, 4i64, k),
+    };
+    let ldc = panel;
+    let tile = scratch;
+    let abuf = em.offset(scratch, ROW_BLOCK as i64 * panel * 4);
+    let npanels = (n + panel - 1) / panel;
+    em.for_range(begin, end, ROW_BLOCK as i64, |em, m0| {
+        let left = em.b.ins().isub(end, m0);
+        let blk = em.iconst(ROW_BLOCK as i64);
+        let mb = em.min(left, blk);
+        let (a, lda) = match rows {
+            Rows::Direct { lda } => {
+                let a = em.index(x, m0, *lda as i64 * ab);
+                (a, *lda as i64)
+            }
+            Rows::Im2col { geom, pad, xor } => {
+                let ld = im2col_ld(geom) as i64;
+                let g = em.iconst(consts.geom);
+                let ldv = em.iconst(ld);
+                match kind {
+                    GemmKind::U8I8 { .. } => {
+                        let pad = em.b.ins().iconst(types::I32, *pad as i64);
+                        let xor = em.b.ins().iconst(types::I32, *xor as i64);
+                        em.call("qf_im2col_u8", &[g, x, m0, mb, abuf, ldv, pad, xor])?;
+                    }
+                    GemmKind::F32 { .. } => em.call("qf_im2col_f32", &[g, x, m0, mb, abuf, ldv])?,
+                }
+                (abuf, ld)
+            }
+        };
+        let lda_v = em.iconst(lda);
+        let zero = em.iconst(0);
+        let np = em.iconst(npanels);
+        em.for_range(zero, np, 1, |em, p| {
+            let n0 = em.b.ins().imul_imm_s(p, panel);
+            let nv = em.iconst(n);
+            let rest = em.b.ins().isub(nv, n0);
+            let pv = em.iconst(panel);
+            let nr = em.min(rest, pv);
+            let wbase = em.iconst(consts.weights);
+            let b = em.index(wbase, p, panel * kred * ab);
+            let kv = em.iconst(kred);
+            let ldc_v = em.iconst(ldc);
+            let f = match kind {
+                GemmKind::U8I8 { .. } => "qf_gemm_u8i8",
+                GemmKind::F32 { .. } => "qf_gemm_f32",
+            };
+            em.call(f, &[a, lda_v, mb, b, kv, tile, ldc_v, nr])?;
+            let elem = em.b.ins().imul_imm_s(m0, n);
+            let elem = em.b.ins().iadd(elem, n0);
+            let out_p = em.index(out, elem, es);
+            let res_p = res.map(|r| em.index(r, elem, 4));
+            epi(em, &Tile { tile, ldc, rows: mb, n0, nr, out: out_p, out_stride: n * es, residual: res_p })
+        })
+    })
+}

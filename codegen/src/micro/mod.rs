@@ -1,0 +1,48 @@
+//! Microkernels: the inner loops Cranelift cannot reach (512-bit vectors), written in Rust with
+//! `std::arch` intrinsics behind runtime CPU-feature dispatch, each with a portable version.
+//! Generated code calls them as registered JIT symbols; they never allocate, never panic on the
+//! hot path, and only touch the memory their arguments describe.
+//!
+//! Shared conventions:
+//! * Activations are NHWC; a convolution is a GEMM with rows `m = (img, oy, ox)`, columns the
+//!   output channels, and reduction index `k = (ky, kx, ci)` (ci fastest).
+//! * Packed weights are split into column panels of at most 64 columns (int8) or
+//!   [`float::PANEL`] columns (f32); the last panel is rounded up to a multiple of 16 columns and
+//!   the padding is zero, so a kernel may compute (but never stores beyond `ldc`) padded columns.
+
+pub mod float;
+pub mod int8;
+pub mod pool;
+
+/// Geometry of one 2-D convolution over an NHWC input, shared by the im2col and depthwise
+/// helpers. `#[repr(C)]` because generated code passes a pointer to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConvGeom {
+    /// Input height, width and channel count (all groups; the row stride of a pixel).
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    /// Output height and width.
+    pub oh: usize,
+    pub ow: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    /// Begin pads (the end pads follow from `oh`/`ow`).
+    pub ph: usize,
+    pub pw: usize,
+    pub dh: usize,
+    pub dw: usize,
+    /// Input channels of the group being gathered, and the first of them.
+    pub cin: usize,
+    pub cin_offset: usize,
+}
+
+impl ConvGeom {
+    /// Length of one im2col row: `kh * kw * cin`.
+    pub fn k(&self) -> usize {
+        self.kh * self.kw * self.cin
+    }
+}

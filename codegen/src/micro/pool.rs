@@ -1,0 +1,105 @@
+//! Pooling helpers over NHWC tensors: max pooling (one output row per call) and the per-channel
+//! sums of global average pooling (one image per call). Plain loops over contiguous channels,
+//! which the Rust compiler vectorizes; they touch only the input image and the output row.
+
+use super::ConvGeom;
+
+/// Max pooling, output row `row = img * oh + oy`: `out[ox * c + ch]` is the maximum over the
+/// in-image taps (padding never wins, as in ONNX). A window with no in-image tap stores the
+/// lowest value.
+///
+/// # Safety
+/// `x` holds the whole NHWC input described by `g` and `out` has `g.ow * g.c` writable elements.
+pub unsafe extern "C" fn max_pool_u8(g: *const ConvGeom, x: *const u8, row: usize, out: *mut u8) {
+    max_pool(&*g, x, row, out, u8::MIN, |a, b| a.max(b))
+}
+
+/// [`max_pool_u8`] on i8.
+///
+/// # Safety
+/// As [`max_pool_u8`].
+pub unsafe extern "C" fn max_pool_i8(g: *const ConvGeom, x: *const i8, row: usize, out: *mut i8) {
+    max_pool(&*g, x, row, out, i8::MIN, |a, b| a.max(b))
+}
+
+/// [`max_pool_u8`] on f32 (NaN never wins over a number, as the interpreter's `>` test).
+///
+/// # Safety
+/// As [`max_pool_u8`].
+pub unsafe extern "C" fn max_pool_f32(g: *const ConvGeom, x: *const f32, row: usize, out: *mut f32) {
+    max_pool(&*g, x, row, out, f32::NEG_INFINITY, |a, b| if b > a { b } else { a })
+}
+
+#[inline(always)]
+unsafe fn max_pool<T: Copy>(g: &ConvGeom, x: *const T, row: usize, out: *mut T, lowest: T, max: impl Fn(T, T) -> T) {
+    let (img, oy) = (row / g.oh, row % g.oh);
+    let c = g.c;
+    let xi = x.add(img * g.h * g.w * c);
+    let o = std::slice::from_raw_parts_mut(out, g.ow * c);
+    o.fill(lowest);
+    for ky in 0..g.kh {
+        let iy = (oy * g.sh + ky * g.dh) as isize - g.ph as isize;
+        if iy < 0 || iy >= g.h as isize {
+            continue;
+        }
+        for ox in 0..g.ow {
+            let orow = &mut o[ox * c..][..c];
+            for kx in 0..g.kw {
+                let ix = (ox * g.sw + kx * g.dw) as isize - g.pw as isize;
+                if ix < 0 || ix >= g.w as isize {
+                    continue;
+                }
+                let src = std::slice::from_raw_parts(xi.add((iy as usize * g.w + ix as usize) * c), c);
+                for (d, &s) in orow.iter_mut().zip(src) {
+                    *d = max(*d, s);
+                }
+            }
+        }
+    }
+}
+
+/// Per-channel sums of image `img` of an NHWC u8 tensor with `hw` pixels and `c` channels:
+/// `out[ch] = sum_p x[img][p][ch]` (exact in i32 for `hw < 2^23`).
+///
+/// # Safety
+/// `x` holds at least `(img + 1) * hw * c` elements and `out` has `c` writable elements.
+pub unsafe extern "C" fn global_sum_u8(x: *const u8, hw: usize, c: usize, img: usize, out: *mut i32) {
+    let o = std::slice::from_raw_parts_mut(out, c);
+    o.fill(0);
+    let xi = std::slice::from_raw_parts(x.add(img * hw * c), hw * c);
+    for px in xi.chunks_exact(c) {
+        for (d, &s) in o.iter_mut().zip(px) {
+            *d += s as i32;
+        }
+    }
+}
+
+/// [`global_sum_u8`] on i8.
+///
+/// # Safety
+/// As [`global_sum_u8`].
+pub unsafe extern "C" fn global_sum_i8(x: *const i8, hw: usize, c: usize, img: usize, out: *mut i32) {
+    let o = std::slice::from_raw_parts_mut(out, c);
+    o.fill(0);
+    let xi = std::slice::from_raw_parts(x.add(img * hw * c), hw * c);
+    for px in xi.chunks_exact(c) {
+        for (d, &s) in o.iter_mut().zip(px) {
+            *d += s as i32;
+        }
+    }
+}
+
+/// [`global_sum_u8`] on f32, summing pixels in order (the interpreter's order).
+///
+/// # Safety
+/// As [`global_sum_u8`].
+pub unsafe extern "C" fn global_sum_f32(x: *const f32, hw: usize, c: usize, img: usize, out: *mut f32) {
+    let o = std::slice::from_raw_parts_mut(out, c);
+    o.fill(0.0);
+    let xi = std::slice::from_raw_parts(x.add(img * hw * c), hw * c);
+    for px in xi.chunks_exact(c) {
+        for (d, &s) in o.iter_mut().zip(px) {
+            *d += s;
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Fused kernels described as data: a main operation that produces an accumulator tile, then an
+//! epilogue list applied to every element of the tile, then a store. The emitters in
+//! [`crate::emit`] generate code from this description and from nothing else, and
+//! [`KernelSpec::describe`] prints it for `qforge compile --report`.
+//!
+//! The numerics of each step are those of [`qforge_ir::numerics`]: an integer kernel's
+//! requantization is `[AddChannelI32(bias - zx * colsum), ScaleToF32((sx * sw[c]) / sy),
+//! RoundToInt { zp, lo, hi }]`, which is `saturate(round_half_even(acc as f32 * m[c]) + zp)`
+//! clamped to the folded activation range.
+
+use crate::micro::ConvGeom;
+use std::fmt::Write;
+use std::sync::Arc;
+
+/// Element type of an accumulator tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acc {
+    I32,
+    F32,
+}
+
+/// Where the rows of a GEMM's left operand come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Rows {
+    /// The input tensor itself: row `m` starts at element `m * lda` (1x1 stride-1 convolutions in
+    /// NHWC, matrix products).
+    Direct { lda: usize },
+    /// Gathered by im2col into scratch (`pad` is the stored value of a padded pixel, `xor` flips
+    /// the sign bit of i8 activations so they become u8 with zero point + 128).
+    Im2col { geom: ConvGeom, pad: u8, xor: u8 },
+}
+
+/// The operation that fills the accumulator tile.
+#[derive(Clone, Debug)]
+pub enum MainOp {
+    /// u8 x i8 -> i32 GEMM over weights packed by [`crate::micro::int8::pack_weights_i8`].
+    GemmU8I8 {
+        rows: Rows,
+        weights: Arc<crate::micro::int8::PackedI8>,
+    },
+    /// f32 GEMM over weights packed by [`crate::micro::float::pack_weights_f32`].
+    GemmF32 {
+        rows: Rows,
+        weights: Arc<crate::micro::float::PackedF32>,
+    },
+    /// Depthwise u8 x i8 convolution, one output row (`ow` pixels x `c` channels) per call.
+    DepthwiseU8I8 {
+        geom: ConvGeom,
+        zx: i32,
+        weights: Arc<crate::micro::int8::PackedDw>,
+    },
+    /// Depthwise f32 convolution, one output row per call.
+    DepthwiseF32 {
+        geom: ConvGeom,
+        weights: Arc<crate::micro::float::PackedDwF32>,
+    },
+    /// Sum over the `hw` pixels of each channel of one image (global average pooling), of u8 or
+    /// (`signed`) i8 values into i32, or of f32.
+    GlobalSumU8 {
+        hw: usize,
+        signed: bool,
+    },
+    GlobalSumF32 {
+        hw: usize,
+    },
+}
+
+impl MainOp {
+    pub fn acc(&self) -> Acc {
+        match self {
+            MainOp::GemmU8I8 { .. } | MainOp::DepthwiseU8I8 { .. } | MainOp::GlobalSumU8 { .. } => Acc::I32,
+            _ => Acc::F32,
+        }
+    }
+}
+
+/// One step applied to each accumulator element, in order; `[c]` is the output channel (column).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// `acc += v[c]` in i32 (bias, zero-point corrections).
+    AddChannelI32(Vec<i32>),
+    /// `acc = acc as f32 * v[c]` (an f32 accumulator is multiplied as it is).
+    ScaleToF32(Vec<f32>),
+    /// `acc = acc / d` in f32 (float average pooling divides, as the interpreter does).
+    DivF32(f32),
+    /// `acc += v[c]` in f32 (float bias).
+    AddChannelF32(Vec<f32>),
+    /// `acc += residual[row][c]`, an f32 tensor of the output's shape and layout (operand 1 of the
+    /// kernel's bindings).
+    AddResidualF32,
+    /// `acc = max(acc, v)` in f32 (ReLU is `MaxF32(0.0)`).
+    MaxF32(f32),
+    /// `acc = min(acc, v)` in f32.
+    MinF32(f32),
+    /// `q = clamp(round_half_even(acc), lo - zp, hi - zp) + zp`: the requantization's rounding and
+    /// saturation with the folded clamp (`lo`, `hi` are stored values). `bounded`: lowering proved
+    /// `|acc| < 2^30` here (from the accumulator's range and the steps before), so the conversion
+    /// to i32 cannot overflow and needs no saturation of its own.
+    RoundToInt { zp: i32, lo: i32, hi: i32, bounded: bool },
+}
+
+/// How the epilogue's result is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    U8,
+    I8,
+    F32,
+}
+
+impl Store {
+    pub fn bytes(self) -> usize {
+        match self {
+            Store::U8 | Store::I8 => 1,
+            Store::F32 => 4,
+        }
+    }
+}
+
+/// A fused kernel: `main`, then `epilogue`, then `store`, over `rows x cols` outputs (row-major,
+/// `cols` contiguous: NHWC pixels x channels, or matrix rows x columns).
+#[derive(Clone, Debug)]
+pub struct KernelSpec {
+    pub main: MainOp,
+    pub epilogue: Vec<Step>,
+    pub store: Store,
+    /// Output rows and columns.
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// Marks the [`Step::RoundToInt`] steps of `steps` whose input provably stays below `2^30` in
+/// magnitude, given `|acc| <= acc_bound` before the first step.
+pub fn mark_bounded(steps: &mut [Step], acc_bound: f64) {
+    let mut b = acc_bound;
+    for st in steps.iter_mut() {
+        match st {
+            Step::AddChannelI32(v) => b += v.iter().map(|x| (*x as f64).abs()).fold(0.0, f64::max),
+            Step::ScaleToF32(v) => b *= v.iter().map(|x| (*x as f64).abs()).fold(0.0, f64::max),
+            Step::AddChannelF32(v) => b += v.iter().map(|x| (*x as f64).abs()).fold(0.0, f64::max),
+            Step::DivF32(d) => b /= (*d as f64).abs(),
+            Step::MaxF32(_) | Step::MinF32(_) => {}
+            Step::AddResidualF32 => b = f64::INFINITY,
+            Step::RoundToInt { bounded, .. } => {
+                *bounded = b.is_finite() && b < (1u64 << 30) as f64;
+                b = (1u64 << 31) as f64;
+            }
+        }
+    }
+}
+
+impl KernelSpec {
+    /// One line: main op, epilogue list and store, e.g.
+    /// `gemm_u8i8(im2col 3x3 s1) 3136x64 k=576 [add_i32, scale_f32, round(zp=0, 0..255)] -> u8`.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        let rows_desc = |r: &Rows| match r {
+            Rows::Direct { .. } => "direct".to_string(),
+            Rows::Im2col { geom: g, .. } => format!("im2col {}x{} s{}", g.kh, g.kw, g.sh),
+        };
+        let _ = match &self.main {
+            MainOp::GemmU8I8 { rows, weights } => {
+                write!(s, "gemm_u8i8({}) {}x{} k={}", rows_desc(rows), self.rows, self.cols, weights.k)
+            }
+            MainOp::GemmF32 { rows, weights } => {
+                write!(s, "gemm_f32({}) {}x{} k={}", rows_desc(rows), self.rows, self.cols, weights.k)
+            }
+            MainOp::DepthwiseU8I8 { geom: g, .. } => {
+                write!(s, "depthwise_u8i8({}x{} s{}) {}x{}", g.kh, g.kw, g.sh, self.rows, self.cols)
+            }
+            MainOp::DepthwiseF32 { geom: g, .. } => {
+                write!(s, "depthwise_f32({}x{} s{}) {}x{}", g.kh, g.kw, g.sh, self.rows, self.cols)
+            }
+            MainOp::GlobalSumU8 { hw, .. } => write!(s, "global_sum_int(hw={hw}) {}x{}", self.rows, self.cols),
+            MainOp::GlobalSumF32 { hw } => write!(s, "global_sum_f32(hw={hw}) {}x{}", self.rows, self.cols),
+        };
+        let steps: Vec<String> = self
+            .epilogue
+            .iter()
+            .map(|st| match st {
+                Step::AddChannelI32(_) => "add_i32".to_string(),
+                Step::ScaleToF32(_) => "scale_f32".to_string(),
+                Step::DivF32(d) => format!("div({d})"),
+                Step::AddChannelF32(_) => "add_f32".to_string(),
+                Step::AddResidualF32 => "add_residual".to_string(),
+                Step::MaxF32(v) => format!("max({v})"),
+                Step::MinF32(v) => format!("min({v})"),
+                Step::RoundToInt { zp, lo, hi, .. } => format!("round(zp={zp}, {lo}..{hi})"),
+            })
+            .collect();
+        let store = match self.store {
+            Store::U8 => "u8",
+            Store::I8 => "i8",
+            Store::F32 => "f32",
+        };
+        let _ = write!(s, " [{}] -> {store}", steps.join(", "));
+        s
+    }
+
+    /// Multiply-accumulates of one run of the kernel (for GMAC/s reports).
+    pub fn macs(&self) -> u64 {
+        let (r, c) = (self.rows as u64, self.cols as u64);
+        match &self.main {
+            MainOp::GemmU8I8 { weights, .. } => r * c * weights.k as u64,
+            MainOp::GemmF32 { weights, .. } => r * c * weights.k as u64,
+            MainOp::DepthwiseU8I8 { geom, .. } | MainOp::DepthwiseF32 { geom, .. } => {
+                r * c * (geom.kh * geom.kw) as u64
+            }
+            MainOp::GlobalSumU8 { hw, .. } | MainOp::GlobalSumF32 { hw } => r * c * *hw as u64,
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The JIT against the reference interpreter (DESIGN.md's first oracle) on every fixture, before
+//! and after the optimizer, and on the INT8 models qforge's own quantizer produces. The corpus
+//! cases in `corpus.rs` check the JIT too (through `check`). Integer graphs must agree bit for
+//! bit, float graphs within 1e-5 of the largest magnitude, with both sets of microkernels.
+
+use anyhow::{Context, Result};
+use qforge::pipeline::QuantizeMode;
+use qforge::{Compiler, PipelineOptions};
+use qforge_ir::Graph;
+use qforge_tests::{check_jit, corpus_file, fixture_inputs};
+use std::path::Path;
+
+fn jit_case(name: &str, g: &Graph) -> Result<()> {
+    let x = fixture_inputs(g);
+    let expected = qforge_ir::interp::run(g, &x).with_context(|| format!("{name}: interpreter"))?;
+    check_jit(g, &x, &expected).with_context(|| name.to_string())
+}
+
+fn fixture(path: &Path) -> Graph {
+    let text = std::fs::read_to_string(path).expect("fixture readable");
+    qforge_ir::text::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn every_fixture_agrees_before_and_after_optimization() {
+    let mut failures = Vec::new();
+    let mut n = 0;
+    for dir in ["qir", "opt", "precision"] {
+        let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(dir);
+        let mut files: Vec<_> = std::fs::read_dir(&d).expect("fixture dir").flatten().map(|e| e.path()).collect();
+        files.sort();
+        for path in files.into_iter().filter(|p| p.extension().is_some_and(|e| e == "qir")) {
+            let g = fixture(&path);
+            let name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            n += 1;
+            if let Err(e) = jit_case(&name, &g) {
+                failures.push(format!("{e:#}"));
+            }
+            let optimized = Compiler::new(PipelineOptions::default()).and_then(|c| c.optimize(g.clone()));
+            if let Ok(o) = optimized {
+                n += 1;
+                if let Err(e) = jit_case(&format!("{name} (optimized)"), &o) {
+                    failures.push(format!("{e:#}"));
+                }
+            }
+        }
+    }
+    println!("{n} graphs checked");
+    assert!(failures.is_empty(), "{} of {n} disagree:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// A model quantized by qforge (calibrated on the first images of the calibration set, to keep
+/// the suite fast), run on both engines over the test input.
+fn quantized_model_agrees(model: &str) {
+    let calib = qforge::npy::read(&corpus_file("imagenet_like_calib_x.npy")).expect("calibration set");
+    let few = qforge::data::slice_batch(&calib, 0, 4).expect("four images");
+    let dir = std::env::temp_dir().join(format!("qforge-jit-{}-{model}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let calib_path = dir.join("calib.npy");
+    qforge::npy::write(&calib_path, &few).expect("write calibration subset");
+    let opts = PipelineOptions { quantize: QuantizeMode::Int8, calib: Some(calib_path), ..PipelineOptions::default() };
+    let g = Compiler::new(opts)
+        .and_then(|c| c.optimize(qforge::load_model(&corpus_file(model))?))
+        .expect("quantized and optimized");
+    let x = qforge::npy::read(&corpus_file("imagenet_like_test_x.npy")).expect("test input");
+    let x = qforge::data::slice_batch(&x, 0, 1).expect("one image");
+    let expected = qforge_ir::interp::run(&g, std::slice::from_ref(&x)).expect("interpreter");
+    if let Err(e) = check_jit(&g, &[x], &expected) {
+        panic!("{model}: {e:#}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn qforge_int8_resnet18_is_bit_exact_on_the_jit() {
+    quantized_model_agrees("resnet18.onnx");
+}
+
+#[test]
+fn qforge_int8_mobilenet_v2_is_bit_exact_on_the_jit() {
+    quantized_model_agrees("mobilenet_v2.onnx");
+}
