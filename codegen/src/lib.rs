@@ -2,6 +2,7 @@
 //!
 //! Compiles an optimized [`qforge_ir::Graph`] into machine code and runs it:
 //!
+//! 0. [`widen`]: f16/bf16 compute ops become f32 ops between a widening and a rounding cast;
 //! 1. [`lower`]: the graph, for concrete input shapes, becomes steps over buffers: fused kernels
 //!    described as data ([`spec::KernelSpec`]: main op, epilogue list, store), element-wise
 //!    steps, layout conversions (NHWC for convolutions), and host steps for ops no kernel covers
@@ -26,6 +27,7 @@ pub mod memory;
 pub mod micro;
 pub mod program;
 pub mod spec;
+pub mod widen;
 
 pub use emit::Microkernels;
 pub use program::{Program, ProgramReport, StepInfo};
@@ -90,7 +92,8 @@ impl JitExecutable {
         if let Some(p) = self.programs.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(p);
         }
-        let lw = lower::lower(&self.graph, types)?;
+        let widened = widen::widen_low_precision(&self.graph);
+        let lw = lower::lower(&widened, types)?;
         let p = Arc::new(Program::build(lw, self.opts.microkernels, self.opts.threads)?);
         if let Ok(mut m) = self.programs.lock() {
             m.insert(key, p.clone());

@@ -13,6 +13,7 @@
 //! `conv -> add -> relu` is one kernel.
 
 use crate::emit::elementwise::{Elementwise, IntTy};
+use crate::micro::rowops::{self, RowKind, RowOp};
 use crate::micro::{self, ConvGeom};
 use crate::spec::{mark_bounded, KernelSpec, MainOp, Rows, Step, Store};
 use crate::JitError;
@@ -64,6 +65,13 @@ pub enum StepKind {
         elem: usize,
         input: usize,
         output: usize,
+    },
+    /// A row operation (activation, softmax, layer norm, f16/bf16 conversion) over `units`.
+    Rows {
+        op: crate::micro::rowops::RowOp,
+        input: usize,
+        output: usize,
+        units: usize,
     },
     /// One node run by the reference interpreter on plain tensors.
     Host {
@@ -504,6 +512,85 @@ impl Lowerer<'_> {
                 };
                 self.elementwise(out, &[x], Elementwise::ClampF32 { lo, hi }, &name)
             }
+            Op::Unary(u) if oty.dtype == DType::F32 && *u != UnaryOp::Not => {
+                let Some(x) = x0.filter(|v| !self.is_const(*v)) else { return Ok(false) };
+                let layout = self.vals[&x].layout;
+                let input = self.in_layout(x, layout, &name)?;
+                let output = self.define(out, layout);
+                let n = numel(&oty);
+                self.push_rows(
+                    &name,
+                    RowKind::Unary(*u),
+                    input,
+                    output,
+                    n,
+                    1,
+                    n.div_ceil(rowops::CHUNK),
+                    vec![],
+                    vec![],
+                );
+                Ok(true)
+            }
+            Op::Cast { to } => {
+                let Some(x) = x0.filter(|v| !self.is_const(*v)) else { return Ok(false) };
+                let from = self.types[&x].dtype;
+                let kind = match (from, *to) {
+                    (a, b) if a == b => {
+                        let v = self.vals[&x].clone();
+                        self.vals.insert(out, Vinfo { ty: oty, buf: v.buf, layout: v.layout });
+                        return Ok(true);
+                    }
+                    (DType::F16, DType::F32) => RowKind::WidenF16,
+                    (DType::BF16, DType::F32) => RowKind::WidenBf16,
+                    (DType::F32, DType::F16) => RowKind::RoundF16,
+                    (DType::F32, DType::BF16) => RowKind::RoundBf16,
+                    _ => return Ok(false),
+                };
+                let layout = self.vals[&x].layout;
+                let input = self.in_layout(x, layout, &name)?;
+                let output = self.define(out, layout);
+                let n = numel(&oty);
+                self.push_rows(&name, kind, input, output, n, 1, n.div_ceil(rowops::CHUNK), vec![], vec![]);
+                Ok(true)
+            }
+            Op::Softmax { axis } | Op::LogSoftmax { axis } if oty.dtype == DType::F32 => {
+                let Some(x) = x0.filter(|v| !self.is_const(*v)) else { return Ok(false) };
+                let Some(d) = dims(&oty) else { return Ok(false) };
+                let Ok(a) = infer::norm_axis(*axis, d.len()) else { return Ok(false) };
+                let (n, inner) = (d[a], d[a + 1..].iter().product::<usize>());
+                if n == 0 {
+                    return Ok(false);
+                }
+                let log = matches!(node.op, Op::LogSoftmax { .. });
+                let input = self.plain(x, &name)?;
+                let output = self.define(out, Layout::Plain);
+                let units = numel(&oty) / n;
+                self.push_rows(&name, RowKind::Softmax { log }, input, output, n, inner, units, vec![], vec![]);
+                Ok(true)
+            }
+            Op::LayerNorm { axis, epsilon } if oty.dtype == DType::F32 => {
+                let Some(x) = x0.filter(|v| !self.is_const(*v)) else { return Ok(false) };
+                let Some(d) = dims(&oty) else { return Ok(false) };
+                let Ok(a) = infer::norm_axis(*axis, d.len()) else { return Ok(false) };
+                let n: usize = d[a..].iter().product();
+                let vec_of = |t: Option<Arc<Tensor>>| t.and_then(|t| t.as_f32().map(|v| v.to_vec()));
+                let Some(scale) = vec_of(self.const_of(ins.get(1).copied().flatten())) else { return Ok(false) };
+                let bias = match ins.get(2).copied().flatten() {
+                    Some(b) => match vec_of(self.const_of(Some(b))) {
+                        Some(v) => v,
+                        None => return Ok(false),
+                    },
+                    None => vec![0.0; n],
+                };
+                if n == 0 || scale.len() != n || bias.len() != n {
+                    return Ok(false);
+                }
+                let input = self.plain(x, &name)?;
+                let output = self.define(out, Layout::Plain);
+                let units = numel(&oty) / n;
+                self.push_rows(&name, RowKind::LayerNorm { eps: *epsilon }, input, output, n, 1, units, scale, bias);
+                Ok(true)
+            }
             Op::Binary(BinaryOp::Add) if oty.dtype == DType::F32 => {
                 let (Some(a), Some(b)) = (x0, ins.get(1).copied().flatten()) else { return Ok(false) };
                 if self.types[&a].shape != oty.shape || self.types[&b].shape != oty.shape {
@@ -513,6 +600,23 @@ impl Lowerer<'_> {
             }
             _ => Ok(false),
         }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push_rows(
+        &mut self,
+        name: &str,
+        kind: RowKind,
+        input: usize,
+        output: usize,
+        n: usize,
+        inner: usize,
+        units: usize,
+        scale: Vec<f32>,
+        bias: Vec<f32>,
+    ) {
+        let op = RowOp { kind, x: 0, y: 0, n, inner, scale, bias };
+        self.push(name, StepKind::Rows { op, input, output, units });
     }
 
     fn elementwise(&mut self, out: Value, ins: &[Value], op: Elementwise, name: &str) -> Result<bool, JitError> {

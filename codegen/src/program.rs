@@ -130,7 +130,9 @@ impl Program {
                     v
                 }
                 StepKind::Elementwise { inputs, .. } => inputs.clone(),
-                StepKind::MaxPool { input, .. } | StepKind::Convert { input, .. } => vec![*input],
+                StepKind::MaxPool { input, .. } | StepKind::Convert { input, .. } | StepKind::Rows { input, .. } => {
+                    vec![*input]
+                }
                 StepKind::Host { inputs, .. } => inputs
                     .iter()
                     .filter_map(|a| match a {
@@ -145,6 +147,7 @@ impl Program {
                 StepKind::Kernel { output, .. }
                 | StepKind::Elementwise { output, .. }
                 | StepKind::MaxPool { output, .. }
+                | StepKind::Rows { output, .. }
                 | StepKind::Convert { output, .. } => vec![*output],
                 StepKind::Host { outputs, .. } => outputs.iter().map(|o| o.0).collect(),
             }
@@ -274,6 +277,18 @@ impl Program {
                         macs: 0,
                     });
                 }
+                StepKind::Rows { op, input, output, units } => {
+                    let mut op = op.clone();
+                    op.x = off(*input);
+                    op.y = off(*output);
+                    let what = format!("{:?}", op.kind);
+                    let b = Box::new(op);
+                    let pa = &*b as *const crate::micro::rowops::RowOp as i64;
+                    keep.push(b);
+                    let id = jit.define_step(&s.name, |em, p| elementwise::emit_row_op(em, pa, p))?;
+                    funcs.push((i, id, *units, 1, false));
+                    infos.push(StepInfo { name: s.name.clone(), kind: "rows", what, macs: 0 });
+                }
                 StepKind::Convert { to_nhwc, .. } => infos.push(StepInfo {
                     name: s.name.clone(),
                     kind: "layout",
@@ -293,7 +308,10 @@ impl Program {
         let mut exec = Vec::with_capacity(nsteps);
         for (i, s) in steps.into_iter().enumerate() {
             let e = match s.kind {
-                StepKind::Kernel { .. } | StepKind::Elementwise { .. } | StepKind::MaxPool { .. } => {
+                StepKind::Kernel { .. }
+                | StepKind::Elementwise { .. }
+                | StepKind::MaxPool { .. }
+                | StepKind::Rows { .. } => {
                     let Some((j, id, units, grain, scratch)) = fi.next() else {
                         return Err(JitError::Codegen("step functions out of order".into()));
                     };

@@ -3,7 +3,7 @@
 //! inference each), a batch sweep that picks the best throughput, a per-kernel time breakdown,
 //! and a latency budget that fails the command when missed.
 
-use crate::driver::{load_model, Compiler};
+use crate::driver::Compiler;
 use crate::pipeline::{Engine, PipelineOptions};
 use anyhow::{bail, Context, Result};
 use qforge_ir::{DType, Dim, Graph, Tensor};
@@ -146,8 +146,7 @@ pub fn run(model: &std::path::Path, args: &BenchArgs, pipeline: PipelineOptions)
         bail!("--batch sizes must be at least 1");
     }
     let t0 = Instant::now();
-    let compiler = Compiler::new(pipeline)?;
-    let exe = compiler.compile(load_model(model)?)?;
+    let crate::artifact::Prepared { compiler, exe, .. } = crate::artifact::prepare(model, pipeline)?;
     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
     let data = match &args.input {
         Some(p) => Some(crate::npy::read(p).with_context(|| format!("`{}`", p.display()))?),
@@ -312,4 +311,52 @@ fn print_text(r: &BenchReport) {
             );
         }
     }
+}
+
+/// The JIT part of `compile --report`: code generation for the graph's inputs (symbolic dims
+/// bound to 1), the compile time of each stage (import, passes, JIT), the kernels with their
+/// epilogue lists, the ops left to the interpreter, and the arena against the sum of all
+/// intermediate tensors.
+pub fn jit_report(compiler: &Compiler, g: &Graph, import: Duration, passes: Duration) -> Result<()> {
+    if compiler.options().engine != Engine::Jit {
+        println!("compile time: import {:.1} ms, passes {:.1} ms", ms(import), ms(passes));
+        return Ok(());
+    }
+    let inputs = inputs_for(g, 1, None)?;
+    let exe = compiler.executable(g.clone());
+    let jit = exe.jit().context("the JIT executable")?;
+    let t = Instant::now();
+    let program = jit.program(&inputs)?;
+    let codegen = t.elapsed();
+    let r = &program.report;
+    println!(
+        "compile time: import {:.1} ms, passes {:.1} ms, JIT {:.1} ms (batch 1), total {:.1} ms",
+        ms(import),
+        ms(passes),
+        ms(codegen),
+        ms(import + passes + codegen)
+    );
+    let mk: Vec<String> = r.microkernels.iter().map(|(a, b)| format!("{a}={b}")).collect();
+    println!("JIT: {} steps, microkernels {}", r.steps.len(), mk.join(", "));
+    println!(
+        "memory plan: arena {:.2} MiB for {:.2} MiB of intermediate tensors ({:.0}% reused), scratch {:.1} KiB per thread",
+        r.arena_bytes as f64 / (1 << 20) as f64,
+        r.intermediate_bytes as f64 / (1 << 20) as f64,
+        100.0 * (1.0 - r.arena_bytes as f64 / (r.intermediate_bytes.max(1)) as f64),
+        r.scratch_bytes as f64 / 1024.0
+    );
+    if r.host_ops.is_empty() {
+        println!("every op runs in generated code");
+    } else {
+        let h: Vec<String> = r.host_ops.iter().map(|(o, n)| format!("{o} x{n}")).collect();
+        println!("ops run by the interpreter (no kernel yet): {}", h.join(", "));
+    }
+    for s in &r.steps {
+        println!("  {:<12} {}  {}", s.kind, s.what, s.name);
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }

@@ -71,11 +71,12 @@ pub enum Command {
         #[command(flatten)]
         pipeline: PipelineOptions,
     },
-    /// Compile to a deployable artifact (writing artifacts is not implemented yet); with
-    /// `--report`, print what every pass did and the fusion report.
+    /// Compile to a deployable artifact (`-o OUT.qfa`: the optimized graph with its weights, which
+    /// run, eval, bench and inspect take as MODEL); with `--report`, print what every pass did and
+    /// the fusion report.
     Compile {
         model: PathBuf,
-        #[arg(short, long)]
+        #[arg(short, long, value_name = "OUT.qfa")]
         output: Option<PathBuf>,
         /// Print each pass's report (time, counters, notes) and the fusion report: every Q/DQ
         /// pair not folded into an integer kernel, with the reason.
@@ -133,6 +134,36 @@ pub enum Command {
         #[command(flatten)]
         pipeline: PipelineOptions,
     },
+    /// Draw the IR after the pipeline (or after one pass): DOT, or SVG through Graphviz `dot`.
+    Graph {
+        model: PathBuf,
+        /// `.svg` (needs Graphviz `dot`) or `.dot`; without it, DOT on stdout.
+        #[arg(short, long, value_name = "OUT.svg|OUT.dot")]
+        output: Option<PathBuf>,
+        /// Draw the graph right after this pass (its first run) instead of after the pipeline.
+        #[arg(long, value_name = "PASS")]
+        after: Option<String>,
+        #[command(flatten)]
+        pipeline: PipelineOptions,
+    },
+    /// Write one self-contained HTML report: summary, per-node precision, fusion, per-layer
+    /// sensitivity, per-kernel latency, size and accuracy against fp32; needs --calib.
+    Report {
+        model: PathBuf,
+        #[command(flatten)]
+        args: crate::report_html::ReportArgs,
+        #[command(flatten)]
+        pipeline: PipelineOptions,
+    },
+    /// Compare two compiled artifacts node by node: changed quantization parameters and dtypes,
+    /// nodes only in one of them, differing header fields.
+    Diff {
+        a: PathBuf,
+        b: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// The whole pipeline on the bundled digits model.
     Demo,
 }
@@ -161,6 +192,11 @@ pub fn run(cli: Cli) -> Result<()> {
             let args = crate::calibrate::SensitivityArgs { input, labels, max_accuracy_drop, output, batch, json };
             crate::calibrate::sensitivity(&model, &args, pipeline)
         }
+        Command::Graph { model, output, after, pipeline } => {
+            crate::graph_dot::run(&model, output.as_deref(), after.as_deref(), pipeline)
+        }
+        Command::Report { model, args, pipeline } => crate::report_html::run(&model, &args, pipeline),
+        Command::Diff { a, b, json } => crate::artifact::diff::run(&a, &b, json),
         Command::Demo => crate::demo::run(),
     }
 }
@@ -174,11 +210,12 @@ fn compile(
     dump: Option<(String, PathBuf)>,
     pipeline: PipelineOptions,
 ) -> Result<()> {
-    if output.is_some() {
-        bail!("`qforge compile -o`: writing artifacts is not implemented yet (compiled artifacts have not landed)");
+    if let Some(out) = output.filter(|o| !crate::artifact::is_artifact(o)) {
+        let out = out.display();
+        bail!("-o `{out}`: artifacts are `.qfa` files (run, eval, bench and inspect know them by that extension)");
     }
-    if !report && dump.is_none() {
-        bail!("`qforge compile` without -o only reports: give --report or --dump-after (writing artifacts is not implemented yet)");
+    if output.is_none() && !report && dump.is_none() {
+        bail!("`qforge compile` without -o only reports: give -o OUT.qfa, --report or --dump-after");
     }
     let compiler = Compiler::new(pipeline)?;
     if let Some((_, dir)) = &dump {
@@ -201,7 +238,12 @@ fn compile(
             failed = Some(e);
         }
     };
-    let (g, reports) = compiler.optimize_reported(load_model(model)?, &mut after)?;
+    let t_import = Instant::now();
+    let loaded = load_model(model)?;
+    let import_time = t_import.elapsed();
+    let t_passes = Instant::now();
+    let (g, reports) = compiler.optimize_reported(loaded, &mut after)?;
+    let passes_time = t_passes.elapsed();
     if let Some(e) = failed {
         return Err(e);
     }
@@ -209,6 +251,9 @@ fn compile(
         if pass != "all" && !ran.contains(pass) {
             bail!("--dump-after {pass}: no such pass ran (the passes: {}; or `all`)", ran.join(", "));
         }
+    }
+    if let Some(out) = output {
+        crate::artifact::Artifact::new(g.clone(), model, &compiler)?.save(out)?;
     }
     if !report {
         return Ok(());
@@ -236,21 +281,33 @@ fn compile(
             println!("  {u}");
         }
     }
-    Ok(())
+    crate::bench::jit_report(&compiler, &g, import_time, passes_time)
 }
 
 fn inspect(model: &Path, json: bool, ir: bool, pipeline: PipelineOptions) -> Result<()> {
-    let compiler = Compiler::new(pipeline)?;
-    let g = compiler.optimize(load_model(model)?)?;
+    // an artifact: its stored graph, and where it came from
+    let (g, header) = if crate::artifact::is_artifact(model) {
+        let a = crate::artifact::load_for(model, &pipeline)?;
+        (a.graph, Some(a.header))
+    } else {
+        (Compiler::new(pipeline)?.optimize(load_model(model)?)?, None)
+    };
     if ir {
         print!("{}", qforge_ir::text::print_default(&g)?);
         return Ok(());
     }
     let s = Summary::of(&g)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        let mut v = serde_json::to_value(&s)?;
+        if let Some(h) = &header {
+            v["artifact"] = serde_json::to_value(h)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", s.to_text());
+        if let Some(h) = &header {
+            print!("{}", h.to_text());
+        }
     }
     Ok(())
 }
@@ -314,7 +371,7 @@ fn bind_inputs(g: &qforge_ir::Graph, args: &[String]) -> Result<Vec<Tensor>> {
 }
 
 fn run_model(model: &Path, inputs: &[String], outputs: &[PathBuf], pipeline: PipelineOptions) -> Result<()> {
-    let exe = Compiler::new(pipeline)?.compile(load_model(model)?)?;
+    let exe = crate::artifact::prepare(model, pipeline)?.exe;
     let x = bind_inputs(exe.graph(), inputs)?;
     let n_out = exe.graph().outputs().len();
     if outputs.len() > n_out {
@@ -328,7 +385,8 @@ fn run_model(model: &Path, inputs: &[String], outputs: &[PathBuf], pipeline: Pip
 }
 
 fn eval(model: &Path, input: &Path, labels: &Path, batch: usize, json: bool, pipeline: PipelineOptions) -> Result<()> {
-    let exe = Compiler::new(pipeline.clone())?.compile(load_model(model)?)?;
+    let prepared = crate::artifact::prepare(model, pipeline.clone())?;
+    let exe = prepared.exe;
     if exe.graph().inputs().len() != 1 {
         bail!("eval needs a model with one input; this one has {}", exe.graph().inputs().len());
     }
@@ -343,8 +401,11 @@ fn eval(model: &Path, input: &Path, labels: &Path, batch: usize, json: bool, pip
     let pred = data::argmax_rows(&scores)?;
     let acc = data::top1(&pred, &y)?;
     let correct = pred.iter().zip(&y).filter(|(p, l)| p == l).count();
-    // quantized: the float model's accuracy beside it
-    let fp32 = crate::calibrate::fp32_top1(&pipeline, model, &x, &y, batch)?;
+    // quantized: the float model's accuracy beside it (not for an artifact: no source model)
+    let fp32 = match prepared.artifact {
+        Some(_) => None,
+        None => crate::calibrate::fp32_top1(&pipeline, model, &x, &y, batch)?,
+    };
     if json {
         let mut v = serde_json::json!({
             "top1": acc,

@@ -27,7 +27,8 @@ use qforge_passes::{PassContext, PassReport, Pipeline};
 use std::path::Path;
 use std::sync::Arc;
 
-/// Loads a model by its extension: `.onnx` (imported) or `.qir` (the IR text form).
+/// Loads a model by its extension: `.onnx` (imported) or `.qir` (the IR text form). A compiled
+/// artifact (`.qfa`) is not a model to compile: see [`crate::artifact::prepare`].
 pub fn load_model(path: &Path) -> Result<Graph> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     match ext.as_str() {
@@ -36,6 +37,11 @@ pub fn load_model(path: &Path) -> Result<Graph> {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;
             qforge_ir::text::parse(&text).with_context(|| format!("`{}`", path.display()))
         }
+        "qfa" => bail!(
+            "`{}` is a compiled artifact: its graph is already optimized, so it runs as is with run, eval, bench, \
+             inspect and diff; other commands need the source model",
+            path.display()
+        ),
         _ => bail!("`{}`: unknown model format (expected a .onnx model or a .qir IR text file)", path.display()),
     }
 }

@@ -10,16 +10,19 @@
 //! * Options whose stage has not landed are rejected by name ([`PipelineOptions::check_supported`]),
 //!   never silently ignored.
 
+pub mod artifact;
 pub mod bench;
 pub mod calibrate;
 pub mod cli;
 pub mod data;
 pub mod demo;
 pub mod driver;
+pub mod graph_dot;
 pub mod npy;
 pub mod onnx;
 pub mod pipeline;
 pub mod qconfig;
+pub mod report_html;
 pub mod summary;
 
 pub use driver::{load_model, Compiler, Executable};

@@ -255,3 +255,16 @@ pub fn emit_max_pool(
         em.call(f, &[g, x, row, o])
     })
 }
+
+/// A row step: one call of the registered row-operation kernel per unit (`begin..end`).
+pub fn emit_row_op(
+    em: &mut Emitter<'_, '_>,
+    op: i64,
+    [arena, _scratch, begin, end]: [Value; 4],
+) -> Result<(), JitError> {
+    em.for_range(begin, end, 1, |em, u| {
+        let p = em.iconst(op);
+        let u1 = em.b.ins().iadd_imm_s(u, 1);
+        em.call("qf_row_op", &[p, arena, u, u1])
+    })
+}

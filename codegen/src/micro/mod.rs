@@ -13,6 +13,7 @@
 pub mod float;
 pub mod int8;
 pub mod pool;
+pub mod rowops;
 
 /// Geometry of one 2-D convolution over an NHWC input, shared by the im2col and depthwise
 /// helpers. `#[repr(C)]` because generated code passes a pointer to it.

@@ -134,11 +134,6 @@ pub(crate) fn map_float(cx: &Cx, f: impl Fn(f32) -> f32) -> R<Tensor> {
     float_tensor(x.dtype(), x.shape().to_vec(), y)
 }
 
-/// `f` evaluated in f64 and rounded to f32.
-fn via_f64(f: impl Fn(f64) -> f64) -> impl Fn(f32) -> f32 {
-    move |x| f(x as f64) as f32
-}
-
 pub(crate) fn unary(cx: &Cx, u: UnaryOp) -> R<Tensor> {
     let x = cx.x(0)?;
     if u == UnaryOp::Not {
@@ -147,30 +142,40 @@ pub(crate) fn unary(cx: &Cx, u: UnaryOp) -> R<Tensor> {
         };
         return tensor(x.shape().to_vec(), TensorData::Bool(v.iter().map(|b| !b).collect()));
     }
-    let sqrt2 = std::f64::consts::SQRT_2;
+    map_float(cx, |v| unary_scalar(u, v))
+}
+
+/// One float unary function on one value: the element formula of [`UnaryOp`] for every engine
+/// (the JIT's activation kernels call this too). Transcendental functions are evaluated in f64 and
+/// rounded to f32 once. `Not` (bool) is the identity here.
+pub fn unary_scalar(u: UnaryOp, v: f32) -> f32 {
+    let f64_of = |f: fn(f64) -> f64| f(v as f64) as f32;
     match u {
-        UnaryOp::Relu => map_float(cx, |v| if v < 0.0 { 0.0 } else { v }),
-        UnaryOp::Sigmoid => map_float(cx, via_f64(|v| 1.0 / (1.0 + (-v).exp()))),
-        UnaryOp::Tanh => map_float(cx, via_f64(f64::tanh)),
-        UnaryOp::HardSwish => map_float(cx, via_f64(|v| v * (v + 3.0).clamp(0.0, 6.0) / 6.0)),
-        UnaryOp::Gelu => map_float(cx, via_f64(move |v| 0.5 * v * (1.0 + erf(v / sqrt2)))),
-        UnaryOp::GeluTanh => map_float(
-            cx,
-            via_f64(|v| {
-                let k = (2.0 / std::f64::consts::PI).sqrt();
-                0.5 * v * (1.0 + (k * (v + 0.044715 * v * v * v)).tanh())
-            }),
-        ),
-        UnaryOp::Erf => map_float(cx, via_f64(erf)),
-        UnaryOp::Exp => map_float(cx, via_f64(f64::exp)),
-        UnaryOp::Log => map_float(cx, via_f64(f64::ln)),
-        UnaryOp::Sqrt => map_float(cx, via_f64(f64::sqrt)),
-        UnaryOp::Neg => map_float(cx, |v| -v),
-        UnaryOp::Abs => map_float(cx, f32::abs),
-        UnaryOp::Reciprocal => map_float(cx, |v| 1.0 / v),
-        UnaryOp::Floor => map_float(cx, f32::floor),
-        UnaryOp::Ceil => map_float(cx, f32::ceil),
-        UnaryOp::Not => unreachable!("handled above"),
+        UnaryOp::Relu => {
+            if v < 0.0 {
+                0.0
+            } else {
+                v
+            }
+        }
+        UnaryOp::Sigmoid => f64_of(|v| 1.0 / (1.0 + (-v).exp())),
+        UnaryOp::Tanh => f64_of(f64::tanh),
+        UnaryOp::HardSwish => f64_of(|v| v * (v + 3.0).clamp(0.0, 6.0) / 6.0),
+        UnaryOp::Gelu => f64_of(|v| 0.5 * v * (1.0 + erf(v / std::f64::consts::SQRT_2))),
+        UnaryOp::GeluTanh => f64_of(|v| {
+            let k = (2.0 / std::f64::consts::PI).sqrt();
+            0.5 * v * (1.0 + (k * (v + 0.044715 * v * v * v)).tanh())
+        }),
+        UnaryOp::Erf => f64_of(erf),
+        UnaryOp::Exp => f64_of(f64::exp),
+        UnaryOp::Log => f64_of(f64::ln),
+        UnaryOp::Sqrt => f64_of(f64::sqrt),
+        UnaryOp::Neg => -v,
+        UnaryOp::Abs => v.abs(),
+        UnaryOp::Reciprocal => 1.0 / v,
+        UnaryOp::Floor => v.floor(),
+        UnaryOp::Ceil => v.ceil(),
+        UnaryOp::Not => v,
     }
 }
 

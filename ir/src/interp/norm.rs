@@ -55,33 +55,40 @@ pub(crate) fn softmax(cx: &Cx, axis: i64, log: bool) -> R<Tensor> {
     let mut y = vec![0f32; xv.len()];
     for o in 0..outer {
         for i in 0..inner {
-            let at = |k: usize| (o * n + k) * inner + i;
-            let mut m = f32::NEG_INFINITY;
-            for k in 0..n {
-                let v = xv[at(k)];
-                if v > m || v.is_nan() {
-                    m = v;
-                }
-            }
-            let mut sum = 0f32;
-            for k in 0..n {
-                let e = ((xv[at(k)] - m) as f64).exp() as f32;
-                y[at(k)] = e;
-                sum += e;
-            }
-            if log {
-                let ls = (sum as f64).ln() as f32;
-                for k in 0..n {
-                    y[at(k)] = (xv[at(k)] - m) - ls;
-                }
-            } else {
-                for k in 0..n {
-                    y[at(k)] /= sum;
-                }
-            }
+            softmax_lane(&xv[o * n * inner + i..], &mut y[o * n * inner + i..], n, inner, log);
         }
     }
     float_tensor(x.dtype(), x.shape().to_vec(), y)
+}
+
+/// Softmax (or log-softmax) of one lane: the `n` values `x[k * stride]`, written to
+/// `y[k * stride]`. The formula for every engine: the maximum is subtracted first, each
+/// exponential is evaluated in f64 and rounded to f32, the sum accumulates in f32 in order.
+pub fn softmax_lane(x: &[f32], y: &mut [f32], n: usize, stride: usize, log: bool) {
+    let at = |k: usize| k * stride;
+    let mut m = f32::NEG_INFINITY;
+    for k in 0..n {
+        let v = x[at(k)];
+        if v > m || v.is_nan() {
+            m = v;
+        }
+    }
+    let mut sum = 0f32;
+    for k in 0..n {
+        let e = ((x[at(k)] - m) as f64).exp() as f32;
+        y[at(k)] = e;
+        sum += e;
+    }
+    if log {
+        let ls = (sum as f64).ln() as f32;
+        for k in 0..n {
+            y[at(k)] = (x[at(k)] - m) - ls;
+        }
+    } else {
+        for k in 0..n {
+            y[at(k)] /= sum;
+        }
+    }
 }
 
 /// `x` expanded from its shape to `to` (numpy broadcasting), as f32.
@@ -109,25 +116,32 @@ pub(crate) fn layer_norm(cx: &Cx, axis: i64, eps: f32) -> R<Tensor> {
         None => vec![0.0; n],
     };
     let xv = floats(x);
-    let mut y = Vec::with_capacity(xv.len());
+    let mut y = vec![0f32; xv.len()];
     if n > 0 {
-        for row in xv.chunks(n) {
-            let mut sum = 0f32;
-            for &v in row {
-                sum += v;
-            }
-            let mean = sum / n as f32;
-            let mut sq = 0f32;
-            for &v in row {
-                sq += (v - mean) * (v - mean);
-            }
-            let denom = (sq / n as f32 + eps).sqrt();
-            for (k, &v) in row.iter().enumerate() {
-                y.push((v - mean) / denom * scale[k] + bias[k]);
-            }
+        for (row, out) in xv.chunks(n).zip(y.chunks_mut(n)) {
+            layer_norm_row(row, &scale, &bias, eps, out);
         }
     }
     float_tensor(x.dtype(), x.shape().to_vec(), y)
+}
+
+/// Layer normalization of one row for every engine: mean and variance accumulate in f32 in
+/// order, `(v - mean) / sqrt(var + eps) * scale[k] + bias[k]`.
+pub fn layer_norm_row(row: &[f32], scale: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
+    let n = row.len();
+    let mut sum = 0f32;
+    for &v in row {
+        sum += v;
+    }
+    let mean = sum / n as f32;
+    let mut sq = 0f32;
+    for &v in row {
+        sq += (v - mean) * (v - mean);
+    }
+    let denom = (sq / n as f32 + eps).sqrt();
+    for (k, &v) in row.iter().enumerate() {
+        out[k] = (v - mean) / denom * scale[k] + bias[k];
+    }
 }
 
 pub(crate) fn lrn(cx: &Cx, size: usize, alpha: f32, beta: f32, bias: f32) -> R<Tensor> {

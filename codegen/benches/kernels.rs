@@ -1,0 +1,182 @@
+//! `cargo bench -p qforge-codegen --bench kernels`: GMAC/s of the generated conv and matmul
+//! kernels by shape (ResNet-18 and MobileNetV2 layers), int8 and f32, with the native
+//! microkernels and with the Cranelift-only GEMMs. Each case is a one-node graph compiled by the
+//! JIT; the time is the kernel step's own (im2col, microkernel calls and epilogue included,
+//! layout conversions of the graph's input and output excluded), the median of the timed runs.
+//!
+//! `QFORGE_BENCH_FILTER=substring` runs only the matching cases.
+
+use qforge_codegen::{JitExecutable, JitOptions, Microkernels};
+use qforge_ir::{ConvAttrs, DType, Epilogue, Graph, Op, QuantParams, Shape, Tensor, TensorData, TensorType};
+use std::time::Duration;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Conv {
+    name: &'static str,
+    cin: usize,
+    hw: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    depthwise: bool,
+}
+
+fn conv_graph(c: &Conv, int8: bool, rng: &mut Rng) -> Graph {
+    let mut g = Graph::new(c.name);
+    let group = if c.depthwise { c.cin } else { 1 };
+    let cin_g = c.cin / group;
+    let wshape = vec![c.cout, cin_g, c.k, c.k];
+    let nw: usize = wshape.iter().product();
+    let attrs = ConvAttrs {
+        kernel: vec![c.k, c.k],
+        strides: vec![c.stride, c.stride],
+        pads: vec![c.k / 2; 4],
+        dilations: vec![1, 1],
+        group,
+    };
+    let oh = (c.hw + 2 * (c.k / 2) - c.k) / c.stride + 1;
+    let xshape = Shape::fixed(&[1, c.cin, c.hw, c.hw]);
+    if int8 {
+        let x = g.add_input("x", TensorType::quantized(DType::U8, xshape, QuantParams::per_tensor(0.02, 128)));
+        let w: Vec<i8> = (0..nw).map(|_| (rng.next() >> 56) as i8).collect();
+        let wq = QuantParams::PerAxis { axis: 0, scales: vec![0.01; c.cout], zero_points: vec![0; c.cout] };
+        let w = Tensor::new(wshape.clone(), TensorData::I8(w)).expect("weight");
+        let w = g.add_const_typed("w", w, TensorType::quantized(DType::I8, Shape::fixed(&wshape), wq));
+        let b = Tensor::new(vec![c.cout], TensorData::I32((0..c.cout as i32).collect())).expect("bias");
+        let b = g.add_const("b", b);
+        let out =
+            TensorType::quantized(DType::U8, Shape::fixed(&[1, c.cout, oh, oh]), QuantParams::per_tensor(0.05, 0));
+        let op = Op::QConv {
+            conv: attrs,
+            epilogue: vec![Epilogue::Bias, Epilogue::Requant, Epilogue::Clamp { lo: 0, hi: 255 }],
+        };
+        let y = g.add_node(op, vec![Some(x), Some(w), Some(b)], Some(vec![out]), "conv").expect("qconv");
+        g.add_output("y", y);
+    } else {
+        let x = g.add_input("x", TensorType::new(DType::F32, xshape));
+        let w: Vec<f32> = (0..nw).map(|_| (rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5).collect();
+        let w = g.add_const("w", Tensor::from_f32(wshape, w));
+        let b = g.add_const("b", Tensor::from_f32(vec![c.cout], vec![0.1; c.cout]));
+        let y = g.add_node(Op::Conv(attrs), vec![Some(x), Some(w), Some(b)], None, "conv").expect("conv");
+        g.add_output("y", y);
+    }
+    g
+}
+
+fn matmul_graph(m: usize, k: usize, n: usize, int8: bool, rng: &mut Rng) -> Graph {
+    let mut g = Graph::new("matmul");
+    if int8 {
+        let a = g.add_input(
+            "a",
+            TensorType::quantized(DType::U8, Shape::fixed(&[m, k]), QuantParams::per_tensor(0.02, 128)),
+        );
+        let w: Vec<i8> = (0..n * k).map(|_| (rng.next() >> 56) as i8).collect();
+        let w = Tensor::new(vec![n, k], TensorData::I8(w)).expect("weight");
+        let w = g.add_const_typed(
+            "w",
+            w,
+            TensorType::quantized(DType::I8, Shape::fixed(&[n, k]), QuantParams::per_tensor(0.01, 0)),
+        );
+        let out = TensorType::quantized(DType::U8, Shape::fixed(&[m, n]), QuantParams::per_tensor(0.05, 128));
+        let op = Op::QGemm { alpha: 1.0, trans_a: false, trans_b: true, epilogue: vec![Epilogue::Requant] };
+        let y = g.add_node(op, vec![Some(a), Some(w)], Some(vec![out]), "gemm").expect("qgemm");
+        g.add_output("y", y);
+    } else {
+        let a = g.add_input("a", TensorType::new(DType::F32, Shape::fixed(&[m, k])));
+        let w: Vec<f32> = (0..n * k).map(|_| (rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5).collect();
+        let w = g.add_const("w", Tensor::from_f32(vec![n, k], w));
+        let op = Op::Gemm { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: true };
+        let y = g.add_node(op, vec![Some(a), Some(w)], None, "gemm").expect("gemm");
+        g.add_output("y", y);
+    }
+    g
+}
+
+fn input_for(g: &Graph, rng: &mut Rng) -> Tensor {
+    let ty = &g.node(g.inputs()[0]).outputs[0];
+    let shape = ty.shape.as_fixed().expect("fixed");
+    let n: usize = shape.iter().product();
+    match ty.dtype {
+        DType::U8 => {
+            Tensor::new(shape, TensorData::U8((0..n).map(|_| (rng.next() >> 56) as u8).collect())).expect("u8")
+        }
+        _ => Tensor::from_f32(shape, (0..n).map(|_| (rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5).collect()),
+    }
+}
+
+/// Median kernel-step time and MACs of one graph.
+fn measure(g: &Graph, mk: Microkernels, rng: &mut Rng) -> Option<(Duration, u64, String)> {
+    let exe = JitExecutable::new(g.clone(), JitOptions { microkernels: mk, threads: 1 });
+    let x = vec![input_for(g, rng)];
+    let p = exe.program(&x).ok()?;
+    let k = p.report.steps.iter().position(|s| s.kind == "kernel")?;
+    let macs = p.report.steps[k].macs;
+    let what = p.report.steps[k].what.clone();
+    let target = Duration::from_millis(300);
+    let mut samples = Vec::new();
+    let mut spent = Duration::ZERO;
+    for i in 0..200 {
+        let mut t = Vec::new();
+        p.run(&x, Some(&mut t)).ok()?;
+        if i >= 3 {
+            samples.push(t[k]);
+            spent += t[k];
+        }
+        if spent > target && samples.len() >= 10 {
+            break;
+        }
+    }
+    samples.sort();
+    Some((samples[samples.len() / 2], macs, what))
+}
+
+fn main() {
+    let filter = std::env::var("QFORGE_BENCH_FILTER").unwrap_or_default();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let convs = [
+        Conv { name: "resnet18.conv1 7x7/2", cin: 3, hw: 224, cout: 64, k: 7, stride: 2, depthwise: false },
+        Conv { name: "resnet18.layer1 3x3", cin: 64, hw: 56, cout: 64, k: 3, stride: 1, depthwise: false },
+        Conv { name: "resnet18.layer2 3x3", cin: 128, hw: 28, cout: 128, k: 3, stride: 1, depthwise: false },
+        Conv { name: "resnet18.layer3 3x3", cin: 256, hw: 14, cout: 256, k: 3, stride: 1, depthwise: false },
+        Conv { name: "resnet18.layer4 3x3", cin: 512, hw: 7, cout: 512, k: 3, stride: 1, depthwise: false },
+        Conv { name: "mobilenet.expand 1x1", cin: 24, hw: 56, cout: 144, k: 1, stride: 1, depthwise: false },
+        Conv { name: "mobilenet.project 1x1", cin: 144, hw: 56, cout: 24, k: 1, stride: 1, depthwise: false },
+        Conv { name: "mobilenet.dw 3x3 112", cin: 32, hw: 112, cout: 32, k: 3, stride: 1, depthwise: true },
+        Conv { name: "mobilenet.dw 3x3 14", cin: 384, hw: 14, cout: 384, k: 3, stride: 1, depthwise: true },
+    ];
+    println!("{:<28} {:<6} {:<10} {:>10} {:>10}  kernel", "shape", "type", "gemm", "ms", "GMAC/s");
+    for int8 in [true, false] {
+        let ty = if int8 { "int8" } else { "f32" };
+        let mut cases: Vec<(String, Graph)> =
+            convs.iter().map(|c| (c.name.to_string(), conv_graph(c, int8, &mut rng))).collect();
+        for (m, k, n) in [(1, 512, 1000), (64, 768, 768), (196, 768, 3072)] {
+            cases.push((format!("matmul {m}x{k}x{n}"), matmul_graph(m, k, n, int8, &mut rng)));
+        }
+        for (name, g) in &cases {
+            if !name.contains(&filter) {
+                continue;
+            }
+            for mk in [Microkernels::Native, Microkernels::Cranelift] {
+                let label = if mk == Microkernels::Native { "native" } else { "cranelift" };
+                match measure(g, mk, &mut rng) {
+                    Some((t, macs, what)) => println!(
+                        "{name:<28} {ty:<6} {label:<10} {:>10.3} {:>10.1}  {what}",
+                        t.as_secs_f64() * 1e3,
+                        macs as f64 / t.as_secs_f64() / 1e9
+                    ),
+                    None => println!("{name:<28} {ty:<6} {label:<10} (no kernel)"),
+                }
+            }
+        }
+    }
+}
