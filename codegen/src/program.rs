@@ -5,6 +5,7 @@
 use crate::emit::{elementwise, kernel, Jit, Microkernels};
 use crate::lower::{HostArg, Lowered, StepKind};
 use crate::memory;
+use crate::micro::requant::RequantParams;
 use crate::micro::ConvGeom;
 use crate::spec::Step;
 use crate::JitError;
@@ -227,7 +228,16 @@ impl Program {
                         params.push(addr);
                     }
                     let (weights, geom) = kernel_consts(&spec.main, &mut keep);
-                    let consts = kernel::Consts { params, weights, geom };
+                    let requant = match native_requant(spec, microkernels) {
+                        Some(rp) => {
+                            let b = Box::new(rp);
+                            let a = &*b as *const RequantParams as i64;
+                            keep.push(b);
+                            a
+                        }
+                        None => 0,
+                    };
+                    let consts = kernel::Consts { params, weights, geom, requant };
                     let bind = kernel::Bindings {
                         input: off(*input) as i64,
                         output: off(*output) as i64,
@@ -240,12 +250,11 @@ impl Program {
                         _ => 1,
                     };
                     funcs.push((i, id, kernel::units(spec), grain, true));
-                    infos.push(StepInfo {
-                        name: s.name.clone(),
-                        kind: "kernel",
-                        what: spec.describe(),
-                        macs: spec.macs(),
-                    });
+                    let mut what = spec.describe();
+                    if requant != 0 {
+                        what.push_str(" (epilogue: 512-bit requant microkernel)");
+                    }
+                    infos.push(StepInfo { name: s.name.clone(), kind: "kernel", what, macs: spec.macs() });
                 }
                 StepKind::Elementwise { op, inputs: ins, output, len } => {
                     let ins: Vec<i64> = ins.iter().map(|&b| off(b) as i64).collect();
@@ -503,6 +512,26 @@ impl Program {
     }
 }
 
+/// The 512-bit requantization epilogue's parameters, when `spec`'s epilogue is exactly the
+/// integer requantization with a proved bound and the native microkernels are selected.
+fn native_requant(spec: &crate::spec::KernelSpec, mk: Microkernels) -> Option<RequantParams> {
+    use crate::spec::{Acc, Store};
+    if mk != Microkernels::Native || !crate::micro::requant::available() || spec.main.acc() != Acc::I32 {
+        return None;
+    }
+    let signed_out = match spec.store {
+        Store::U8 => false,
+        Store::I8 => true,
+        Store::F32 => return None,
+    };
+    match spec.epilogue.as_slice() {
+        [Step::AddChannelI32(c), Step::ScaleToF32(m), Step::RoundToInt { zp, lo, hi, bounded: true }] => {
+            Some(RequantParams { corr: pad16(c), mult: pad16(m), zp: *zp, lo: *lo, hi: *hi, signed_out })
+        }
+        _ => None,
+    }
+}
+
 fn kernel_consts(main: &crate::spec::MainOp, keep: &mut Vec<Box<dyn Any + Send + Sync>>) -> (i64, i64) {
     use crate::spec::{MainOp, Rows};
     let geom_of = |g: &ConvGeom, keep: &mut Vec<Box<dyn Any + Send + Sync>>| {
@@ -548,31 +577,71 @@ fn kernel_consts(main: &crate::spec::MainOp, keep: &mut Vec<Box<dyn Any + Send +
 #[allow(clippy::too_many_arguments)]
 fn convert(mem: &mut [u8], to_nhwc: bool, n: usize, c: usize, hw: usize, elem: usize, input: usize, output: usize) {
     let len = n * c * hw * elem;
-    let src: Vec<u8> = mem[input..input + len].to_vec();
-    let dst = &mut mem[output..output + len];
+    if input + len > mem.len() || output + len > mem.len() {
+        return;
+    }
     let (rows, cols) = if to_nhwc { (c, hw) } else { (hw, c) };
-    fn transpose<const E: usize>(src: &[u8], dst: &mut [u8], n: usize, rows: usize, cols: usize) {
-        let plane = rows * cols * E;
+    /// `dst[col][row] = src[row][col]` for each image, in blocks that keep both sides in cache.
+    ///
+    /// # Safety
+    /// `src` and `dst` hold `n * rows * cols` elements of `T` each and do not overlap.
+    unsafe fn transpose<T: Copy>(src: *const T, dst: *mut T, n: usize, rows: usize, cols: usize) {
+        const B: usize = 32;
+        let plane = rows * cols;
         for img in 0..n {
-            let s = &src[img * plane..][..plane];
-            let d = &mut dst[img * plane..][..plane];
-            // Blocks of 16 rows keep the destination lines in cache.
-            for r0 in (0..rows).step_by(16) {
-                let r1 = (r0 + 16).min(rows);
-                for col in 0..cols {
-                    for r in r0..r1 {
-                        let (si, di) = ((r * cols + col) * E, (col * rows + r) * E);
-                        d[di..di + E].copy_from_slice(&s[si..si + E]);
+            let (s, d) = (src.add(img * plane), dst.add(img * plane));
+            for r0 in (0..rows).step_by(B) {
+                let r1 = (r0 + B).min(rows);
+                for c0 in (0..cols).step_by(B) {
+                    let c1 = (c0 + B).min(cols);
+                    for col in c0..c1 {
+                        for r in r0..r1 {
+                            d.add(col * rows + r).write_unaligned(s.add(r * cols + col).read_unaligned());
+                        }
                     }
                 }
             }
         }
     }
-    match elem {
-        1 => transpose::<1>(&src, dst, n, rows, cols),
-        2 => transpose::<2>(&src, dst, n, rows, cols),
-        4 => transpose::<4>(&src, dst, n, rows, cols),
-        _ => transpose::<8>(&src, dst, n, rows, cols),
+    /// The same for a compile-time row count (images with 1 to 4 channels, where the inner loop
+    /// would otherwise cost more than the copy).
+    ///
+    /// # Safety
+    /// As `transpose`.
+    unsafe fn transpose_rows<T: Copy, const R: usize>(src: *const T, dst: *mut T, n: usize, cols: usize) {
+        let plane = R * cols;
+        for img in 0..n {
+            let (s, d) = (src.add(img * plane), dst.add(img * plane));
+            for col in 0..cols {
+                for r in 0..R {
+                    d.add(col * R + r).write_unaligned(s.add(r * cols + col).read_unaligned());
+                }
+            }
+        }
+    }
+    unsafe fn dispatch<T: Copy>(src: *const T, dst: *mut T, n: usize, rows: usize, cols: usize) {
+        match rows {
+            1 => transpose_rows::<T, 1>(src, dst, n, cols),
+            2 => transpose_rows::<T, 2>(src, dst, n, cols),
+            3 => transpose_rows::<T, 3>(src, dst, n, cols),
+            4 => transpose_rows::<T, 4>(src, dst, n, cols),
+            _ => transpose::<T>(src, dst, n, rows, cols),
+        }
+    }
+    // Both buffers are live during this step, so the memory plan never lets them overlap.
+    if input < output + len && output < input + len {
+        return;
+    }
+    let base = mem.as_mut_ptr();
+    // SAFETY: both ranges lie inside `mem` (checked above) and do not overlap.
+    unsafe {
+        let (src, dst) = (base.add(input) as *const u8, base.add(output));
+        match elem {
+            1 => dispatch::<u8>(src, dst, n, rows, cols),
+            2 => dispatch::<u16>(src as *const u16, dst as *mut u16, n, rows, cols),
+            4 => dispatch::<u32>(src as *const u32, dst as *mut u32, n, rows, cols),
+            _ => dispatch::<u64>(src as *const u64, dst as *mut u64, n, rows, cols),
+        }
     }
 }
 

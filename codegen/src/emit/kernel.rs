@@ -32,6 +32,21 @@ pub struct Consts {
     pub weights: i64,
     /// The [`ConvGeom`] of im2col, depthwise and pooling steps, or 0.
     pub geom: i64,
+    /// The [`crate::micro::requant::RequantParams`] when the epilogue runs as the 512-bit
+    /// requantization microkernel instead of generated CLIF, or 0.
+    pub requant: i64,
+}
+
+/// The epilogue of one tile: a call of the registered requantization kernel when `consts`
+/// selects it, else the CLIF the epilogue list describes.
+fn tile_epilogue(em: &mut Emitter<'_, '_>, spec: &KernelSpec, consts: &Consts, t: &Tile) -> Result<(), JitError> {
+    if consts.requant != 0 {
+        let p = em.iconst(consts.requant);
+        let ldc = em.iconst(t.ldc);
+        let stride = em.iconst(t.out_stride);
+        return em.call("qf_requant", &[p, t.tile, ldc, t.rows, t.n0, t.nr, t.out, stride]);
+    }
+    epilogue::emit(em, spec.main.acc(), &spec.epilogue, &consts.params, spec.store, t)
 }
 
 fn round_up(x: usize, a: usize) -> usize {
@@ -89,19 +104,17 @@ pub fn emit(
     let res = bind.residual.map(|r| em.offset(arena, r));
     let es = spec.store.bytes() as i64;
     let n = spec.cols as i64;
-    let acc = spec.main.acc();
-    let (steps, store) = (&spec.epilogue, spec.store);
     match &spec.main {
         MainOp::GemmU8I8 { rows, weights } => {
             let kp = weights.kp as i64;
             gemm_loops(em, x, out, res, scratch, begin, end, es, n, rows, GemmKind::U8I8 { kp }, consts, |em, t| {
-                epilogue::emit(em, acc, steps, &consts.params, store, t)
+                tile_epilogue(em, spec, consts, t)
             })
         }
         MainOp::GemmF32 { rows, weights } => {
             let k = weights.k as i64;
             gemm_loops(em, x, out, res, scratch, begin, end, es, n, rows, GemmKind::F32 { k }, consts, |em, t| {
-                epilogue::emit(em, acc, steps, &consts.params, store, t)
+                tile_epilogue(em, spec, consts, t)
             })
         }
         MainOp::DepthwiseU8I8 { geom, .. } | MainOp::DepthwiseF32 { geom, .. } => {
@@ -124,7 +137,7 @@ pub fn emit(
                 }
                 let first = em.b.ins().imul_imm_s(row, ow);
                 let t = tile_at(em, scratch, ldo, ow, 0, n, out, res, first, n, es)?;
-                epilogue::emit(em, acc, steps, &consts.params, store, &t)
+                tile_epilogue(em, spec, consts, &t)
             })
         }
         MainOp::GlobalSumU8 { hw, .. } | MainOp::GlobalSumF32 { hw } => {
@@ -138,7 +151,7 @@ pub fn emit(
                 let c = em.iconst(n);
                 em.call(f, &[x, hw, c, img, scratch])?;
                 let t = tile_at(em, scratch, round_up(n as usize, 16) as i64, 1, 0, n, out, res, img, n, es)?;
-                epilogue::emit(em, acc, steps, &consts.params, store, &t)
+                tile_epilogue(em, spec, consts, &t)
             })
         }
     }

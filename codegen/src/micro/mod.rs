@@ -13,6 +13,7 @@
 pub mod float;
 pub mod int8;
 pub mod pool;
+pub mod requant;
 pub mod rowops;
 
 /// Geometry of one 2-D convolution over an NHWC input, shared by the im2col and depthwise
