@@ -56,11 +56,14 @@ pub struct JitOptions {
     pub microkernels: Microkernels,
     /// Threads per step (1: the calling thread only).
     pub threads: usize,
+    /// Debug mode (tests): guard bytes after every arena buffer, verified after every step; a
+    /// step that writes outside its buffers fails the run naming the step.
+    pub check_guards: bool,
 }
 
 impl Default for JitOptions {
     fn default() -> Self {
-        JitOptions { microkernels: Microkernels::Native, threads: 1 }
+        JitOptions { microkernels: Microkernels::Native, threads: 1, check_guards: false }
     }
 }
 
@@ -94,7 +97,9 @@ impl JitExecutable {
         }
         let widened = widen::widen_low_precision(&self.graph);
         let lw = lower::lower(&widened, types)?;
-        let p = Arc::new(Program::build(lw, self.opts.microkernels, self.opts.threads)?);
+        let mut p = Program::build(lw, self.opts.microkernels, self.opts.threads)?;
+        p.check_guards = self.opts.check_guards;
+        let p = Arc::new(p);
         if let Ok(mut m) = self.programs.lock() {
             m.insert(key, p.clone());
         }

@@ -72,6 +72,17 @@ thread_local! {
     static SCRATCH: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
 }
 
+/// The bytes after a buffer that no step may write, and the steps during which it is live.
+#[derive(Clone, Copy, Debug)]
+struct Guard {
+    start: usize,
+    len: usize,
+    first: usize,
+    last: usize,
+}
+
+const GUARD_BYTE: u8 = 0xA5;
+
 #[derive(Clone, Copy)]
 struct SendPtr(*mut u8);
 unsafe impl Send for SendPtr {}
@@ -90,6 +101,9 @@ pub struct Program {
     threads: usize,
     /// Keeps alive what generated code points at.
     _keep: Vec<Box<dyn Any + Send + Sync>>,
+    guards: Vec<Guard>,
+    /// Fill the guard bytes after every live buffer and verify them after every step.
+    pub check_guards: bool,
     pub report: ProgramReport,
 }
 
@@ -198,6 +212,21 @@ impl Program {
             })
             .collect();
         let plan = memory::plan(&mem);
+        // Guard regions: the slack after each planned buffer, checked while the buffer is live.
+        let guards: Vec<Guard> = mem
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.bytes > 0)
+            .map(|(i, b)| {
+                let start = plan.offsets[i] + b.bytes;
+                Guard {
+                    start,
+                    len: memory::SLACK.min(plan.arena_bytes.saturating_sub(start)),
+                    first: b.first,
+                    last: b.last,
+                }
+            })
+            .collect();
         let off = |b: usize| plan.offsets[resolve(b)];
 
         let mut jit = Jit::new(microkernels)?;
@@ -378,6 +407,8 @@ impl Program {
             pool,
             threads,
             _keep: keep,
+            guards,
+            check_guards: false,
             report,
         })
     }
@@ -415,6 +446,11 @@ impl Program {
         let bytes = arena.len() * 64;
         // SAFETY: `base` addresses `bytes` initialized bytes owned by `arena` for this call.
         let mem = unsafe { std::slice::from_raw_parts_mut(base, bytes) };
+        if self.check_guards {
+            for g in self.guards.iter().filter(|g| g.first == 0) {
+                mem[g.start..g.start + g.len].fill(GUARD_BYTE);
+            }
+        }
         for (t, (o, _)) in inputs.iter().zip(&self.inputs) {
             write_tensor(t, &mut mem[*o..]);
         }
@@ -422,6 +458,11 @@ impl Program {
             t.resize(self.exec.len(), Duration::ZERO);
         }
         for (i, e) in self.exec.iter().enumerate() {
+            if self.check_guards && i > 0 {
+                for g in self.guards.iter().filter(|g| g.first == i) {
+                    mem[g.start..g.start + g.len].fill(GUARD_BYTE);
+                }
+            }
             let t0 = Instant::now();
             match e {
                 Exec::Jit { func, units, grain, scratch } => self.run_jit(*func, base, *units, *grain, *scratch),
@@ -464,6 +505,17 @@ impl Program {
             }
             if let Some(t) = times.as_deref_mut() {
                 t[i] += t0.elapsed();
+            }
+            if self.check_guards {
+                for g in self.guards.iter().filter(|g| g.first <= i && i <= g.last) {
+                    if mem[g.start..g.start + g.len].iter().any(|&b| b != GUARD_BYTE) {
+                        let name = self.report.steps.get(i).map_or("?", |s| s.name.as_str());
+                        return Err(JitError::Run(format!(
+                            "step {i} (`{name}`) wrote past the end of a buffer (guard bytes at arena offset {} changed)",
+                            g.start
+                        )));
+                    }
+                }
             }
         }
         self.outputs.iter().map(|(o, ty)| read_tensor(ty, &mem[*o..])).collect()

@@ -172,6 +172,7 @@ impl Compiler {
                 crate::pipeline::Kernels::Native => Microkernels::Native,
                 crate::pipeline::Kernels::Cranelift => Microkernels::Cranelift,
             },
+            check_guards: false,
         }
     }
 

@@ -192,13 +192,16 @@ pub fn has_integer_values(g: &Graph) -> bool {
 }
 
 /// The JIT oracle: runs `g` on the JIT with each set of microkernels (the native intrinsics and
-/// the Cranelift-only GEMMs) and compares every output with the interpreter's `expected`:
-/// bit for bit on graphs with integer values, within 1e-5 of the largest magnitude otherwise.
+/// the Cranelift-only GEMMs, and the native ones on two threads), with guard bytes after every
+/// arena buffer checked after every step, and compares every output with the interpreter's
+/// `expected`: bit for bit on graphs with integer values, within 1e-5 of the largest magnitude
+/// otherwise.
 pub fn check_jit(g: &Graph, inputs: &[Tensor], expected: &[Tensor]) -> Result<()> {
     let exact = has_integer_values(g);
-    for mk in [qforge_codegen::Microkernels::Native, qforge_codegen::Microkernels::Cranelift] {
-        let exe =
-            qforge_codegen::JitExecutable::new(g.clone(), qforge_codegen::JitOptions { microkernels: mk, threads: 1 });
+    use qforge_codegen::Microkernels::{Cranelift, Native};
+    for (mk, threads) in [(Native, 1), (Cranelift, 1), (Native, 2)] {
+        let opts = qforge_codegen::JitOptions { microkernels: mk, threads, check_guards: true };
+        let exe = qforge_codegen::JitExecutable::new(g.clone(), opts);
         let outs = exe.run(inputs).with_context(|| format!("JIT ({mk:?})"))?;
         if outs.len() != expected.len() {
             bail!("JIT ({mk:?}): {} outputs, the interpreter has {}", outs.len(), expected.len());
