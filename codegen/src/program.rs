@@ -288,9 +288,40 @@ impl Program {
                 StepKind::Elementwise { op, inputs: ins, output, len } => {
                     let ins: Vec<i64> = ins.iter().map(|&b| off(b) as i64).collect();
                     let o = off(*output) as i64;
-                    let id = jit.define_step(&s.name, |em, p| elementwise::emit(em, *op, &ins, o, p))?;
+                    let native = match op {
+                        elementwise::Elementwise::QAdd { p, a, b, out }
+                            if microkernels == Microkernels::Native && crate::micro::requant::available() =>
+                        {
+                            use elementwise::IntTy;
+                            let (lo, hi) = if *out == IntTy::U8 { (0, 255) } else { (-128, 127) };
+                            let c = Box::new(crate::micro::requant::QAddConsts {
+                                ra: p.ra,
+                                rb: p.rb,
+                                fixed: p.fixed,
+                                a_signed: *a == IntTy::I8,
+                                b_signed: *b == IntTy::I8,
+                                lo,
+                                hi,
+                            });
+                            let addr = &*c as *const crate::micro::requant::QAddConsts as i64;
+                            keep.push(c);
+                            Some(addr)
+                        }
+                        _ => None,
+                    };
+                    let id = match native {
+                        Some(c) => {
+                            jit.define_step(&s.name, |em, p| elementwise::emit_native_qadd(em, c, &ins, o, p))?
+                        }
+                        None => jit.define_step(&s.name, |em, p| elementwise::emit(em, *op, &ins, o, p))?,
+                    };
                     funcs.push((i, id, *len, 1024, false));
-                    infos.push(StepInfo { name: s.name.clone(), kind: "elementwise", what: op.name().into(), macs: 0 });
+                    let what = if native.is_some() {
+                        format!("{} (512-bit microkernel)", op.name())
+                    } else {
+                        op.name().into()
+                    };
+                    infos.push(StepInfo { name: s.name.clone(), kind: "elementwise", what, macs: 0 });
                 }
                 StepKind::MaxPool { geom, dtype, input, output } => {
                     let g = Box::new(*geom);

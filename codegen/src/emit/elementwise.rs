@@ -268,3 +268,20 @@ pub fn emit_row_op(
         em.call("qf_row_op", &[p, arena, u, u1])
     })
 }
+
+/// A quantized add through the registered 512-bit kernel (`consts` addresses its
+/// [`crate::micro::requant::QAddConsts`]): one call for the units `begin..end`.
+pub fn emit_native_qadd(
+    em: &mut Emitter<'_, '_>,
+    consts: i64,
+    inputs: &[i64],
+    output: i64,
+    [arena, _scratch, begin, end]: [Value; 4],
+) -> Result<(), JitError> {
+    let [a, b] = inputs else { return Err(JitError::Codegen("qadd needs two inputs".into())) };
+    let pa = em.offset(arena, *a);
+    let pb = em.offset(arena, *b);
+    let pc = em.offset(arena, output);
+    let p = em.iconst(consts);
+    em.call("qf_qadd", &[p, pa, pb, pc, begin, end])
+}
