@@ -38,11 +38,14 @@ pub struct Buf {
 /// What a step does.
 #[derive(Clone, Debug)]
 pub enum StepKind {
+    /// A fused kernel writing columns `out_col..out_col + spec.cols` of output rows `ld_out` long.
     Kernel {
         spec: KernelSpec,
         input: usize,
         residual: Option<usize>,
         output: usize,
+        out_col: usize,
+        ld_out: usize,
     },
     Elementwise {
         op: Elementwise,
@@ -63,6 +66,20 @@ pub enum StepKind {
         c: usize,
         hw: usize,
         elem: usize,
+        input: usize,
+        output: usize,
+    },
+    /// Concatenation: for each of `outer` blocks, each part's `chunk` bytes go to its offset in
+    /// the output block of `stride` bytes.
+    Concat {
+        parts: Vec<(usize, usize)>,
+        output: usize,
+        outer: usize,
+        stride: usize,
+    },
+    /// Average pooling over NHWC f32.
+    AvgPool {
+        geom: micro::pool::AvgPoolGeom,
         input: usize,
         output: usize,
     },
@@ -467,6 +484,74 @@ impl Lowerer<'_> {
                 self.push(&name, StepKind::MaxPool { geom, dtype: oty.dtype, input, output });
                 Ok(true)
             }
+            Op::Concat { axis } | Op::QConcat { axis } => {
+                let Some(d) = dims(&oty) else { return Ok(false) };
+                let Ok(a) = infer::norm_axis(*axis, d.len()) else { return Ok(false) };
+                let vals: Vec<Value> = ins.iter().flatten().copied().collect();
+                if vals.len() != ins.len() || vals.is_empty() || vals.iter().any(|v| self.is_const(*v)) {
+                    return Ok(false);
+                }
+                for v in &vals {
+                    let t = &self.types[v];
+                    let same_params = matches!(node.op, Op::Concat { .. })
+                        || (per_tensor(&t.quant).is_some() && t.quant == oty.quant);
+                    if t.dtype != oty.dtype || !same_params {
+                        return Ok(false);
+                    }
+                }
+                let es = oty.dtype.size_bytes();
+                // Channels of NHWC activations are the innermost dim; otherwise plain order.
+                let nhwc = d.len() == 4 && a == 1 && self.vals[&vals[0]].layout == Layout::Nhwc;
+                let layout = if nhwc { Layout::Nhwc } else { Layout::Plain };
+                let (outer, inner) = if nhwc {
+                    (d[0] * d[2] * d[3], 1)
+                } else {
+                    (d[..a].iter().product::<usize>(), d[a + 1..].iter().product::<usize>())
+                };
+                let mut parts = Vec::new();
+                for v in &vals {
+                    let dv = dims(&self.types[v]).unwrap_or_default();
+                    let buf = self.in_layout(*v, layout, &name)?;
+                    parts.push((buf, dv.get(a).copied().unwrap_or(0) * inner * es));
+                }
+                let output = self.define(out, layout);
+                self.push(&name, StepKind::Concat { parts, output, outer, stride: d[a] * inner * es });
+                Ok(true)
+            }
+            Op::AveragePool(p) if oty.dtype == DType::F32 => {
+                let (Some(x), Some(d)) = (x0, x0.and_then(|x| self.ty(x)).and_then(dims)) else { return Ok(false) };
+                let od = dims(&oty).unwrap_or_default();
+                if d.len() != 4 || p.kernel.len() != 2 || self.is_const(x) {
+                    return Ok(false);
+                }
+                let geom = ConvGeom {
+                    h: d[2],
+                    w: d[3],
+                    c: d[1],
+                    oh: od[2],
+                    ow: od[3],
+                    kh: p.kernel[0],
+                    kw: p.kernel[1],
+                    sh: p.strides[0],
+                    sw: p.strides[1],
+                    ph: p.pads[0],
+                    pw: p.pads[1],
+                    dh: p.dilations[0],
+                    dw: p.dilations[1],
+                    cin: d[1],
+                    cin_offset: 0,
+                };
+                let geom = micro::pool::AvgPoolGeom {
+                    geom,
+                    pe_h: p.pads[2],
+                    pe_w: p.pads[3],
+                    include_pad: p.count_include_pad as usize,
+                };
+                let input = self.in_layout(x, Layout::Nhwc, &name)?;
+                let output = self.define(out, Layout::Nhwc);
+                self.push(&name, StepKind::AvgPool { geom, input, output });
+                Ok(true)
+            }
             Op::QAdd => {
                 let (Some(a), Some(b)) = (x0, ins.get(1).copied().flatten()) else { return Ok(false) };
                 let (ta, tb) = (self.types[&a].clone(), self.types[&b].clone());
@@ -697,7 +782,7 @@ impl Lowerer<'_> {
         let cin_g = wd[1];
         let Some(mut geom) = Self::geom(conv, &d, &od, cin_g) else { return Ok(false) };
         let depthwise = group > 1 && group == d[1] && cout == d[1] && cin_g == 1;
-        if group != 1 && !depthwise {
+        if group == 0 || cout % group != 0 || d[1] != cin_g * group {
             return Ok(false);
         }
         if depthwise && xi != IntTy::U8 {
@@ -713,47 +798,76 @@ impl Lowerer<'_> {
             None => vec![0; cout],
         };
         let bias_v = if epi.has_bias { bias_v } else { vec![0; cout] };
-        let (main, corr) = if depthwise {
+        // |sum (x - zx) * w| <= taps * 255 * 128 (activations differ from their zero point by at most 255).
+        let bound = (kh * kw * cin_g) as f64 * 255.0 * 128.0;
+        let rows_out = od[0] * od[2] * od[3];
+        let mut kernels: Vec<(KernelSpec, usize)> = Vec::new();
+        if depthwise {
             geom.cin = 1;
             let packed = micro::int8::pack_depthwise_i8(&wdata, cout, kh, kw);
-            (MainOp::DepthwiseU8I8 { geom, zx, weights: Arc::new(packed) }, bias_v)
+            let main = MainOp::DepthwiseU8I8 { geom, zx, weights: Arc::new(packed) };
+            let mut steps = vec![Step::AddChannelI32(bias_v)];
+            steps.extend(epi.steps.iter().cloned());
+            mark_bounded(&mut steps, bound);
+            kernels.push((KernelSpec { main, epilogue: steps, store: epi.store, rows: rows_out, cols: cout }, 0));
         } else {
-            // [cout][cin][kh][kw] -> [cout][kh][kw][cin]
+            // One GEMM per group over its input channels, writing its slice of output channels.
+            let cout_g = cout / group;
             let k = kh * kw * cin_g;
-            let mut wk = vec![0i8; cout * k];
-            for o in 0..cout {
-                for ci in 0..cin_g {
-                    for y in 0..kh {
-                        for xx in 0..kw {
-                            wk[o * k + (y * kw + xx) * cin_g + ci] = wdata[((o * cin_g + ci) * kh + y) * kw + xx];
+            let (xor, zxe) = if xi == IntTy::I8 { (0x80u8, zx + 128) } else { (0, zx) };
+            for gi in 0..group {
+                // [cout][cin][kh][kw] -> [cout][kh][kw][cin]
+                let mut wk = vec![0i8; cout_g * k];
+                for o in 0..cout_g {
+                    let oc = gi * cout_g + o;
+                    for ci in 0..cin_g {
+                        for y in 0..kh {
+                            for xx in 0..kw {
+                                wk[o * k + (y * kw + xx) * cin_g + ci] = wdata[((oc * cin_g + ci) * kh + y) * kw + xx];
+                            }
                         }
                     }
                 }
+                let packed = micro::int8::pack_weights_i8(&wk, cout_g, k);
+                let range = gi * cout_g..(gi + 1) * cout_g;
+                let corr: Vec<i32> = bias_v[range.clone()]
+                    .iter()
+                    .zip(&packed.col_sums)
+                    .map(|(&b, &s)| b.wrapping_sub(zxe.wrapping_mul(s)))
+                    .collect();
+                let direct = group == 1
+                    && kh == 1
+                    && kw == 1
+                    && geom.sh == 1
+                    && geom.sw == 1
+                    && geom.ph == 0
+                    && geom.pw == 0
+                    && od[2] == d[2]
+                    && od[3] == d[3]
+                    && xor == 0;
+                let g_geom = ConvGeom { cin_offset: gi * cin_g, ..geom };
+                let rows = if direct {
+                    Rows::Direct { lda: d[1] }
+                } else {
+                    Rows::Im2col { geom: g_geom, pad: (zxe as u8), xor }
+                };
+                let main = MainOp::GemmU8I8 { rows, weights: Arc::new(packed) };
+                let mut steps = vec![Step::AddChannelI32(corr)];
+                steps.extend(slice_steps(&epi.steps, range.clone()));
+                mark_bounded(&mut steps, bound);
+                kernels.push((
+                    KernelSpec { main, epilogue: steps, store: epi.store, rows: rows_out, cols: cout_g },
+                    range.start,
+                ));
             }
-            let packed = micro::int8::pack_weights_i8(&wk, cout, k);
-            let (xor, zxe) = if xi == IntTy::I8 { (0x80u8, zx + 128) } else { (0, zx) };
-            let corr: Vec<i32> =
-                bias_v.iter().zip(&packed.col_sums).map(|(&b, &s)| b.wrapping_sub(zxe.wrapping_mul(s))).collect();
-            let direct = kh == 1
-                && kw == 1
-                && geom.sh == 1
-                && geom.sw == 1
-                && geom.ph == 0
-                && geom.pw == 0
-                && od[2] == d[2]
-                && od[3] == d[3]
-                && xor == 0;
-            let rows = if direct { Rows::Direct { lda: d[1] } } else { Rows::Im2col { geom, pad: (zxe as u8), xor } };
-            (MainOp::GemmU8I8 { rows, weights: Arc::new(packed) }, corr)
-        };
-        let mut steps = vec![Step::AddChannelI32(corr)];
-        steps.extend(epi.steps);
-        // |sum (x - zx) * w| <= taps * 255 * 128 (activations differ from their zero point by at most 255).
-        mark_bounded(&mut steps, (kh * kw * cin_g) as f64 * 255.0 * 128.0);
-        let spec = KernelSpec { main, epilogue: steps, store: epi.store, rows: od[0] * od[2] * od[3], cols: cout };
+        }
         let input = self.in_layout(x, Layout::Nhwc, &name)?;
         let output = self.define(out, Layout::Nhwc);
-        self.push(&name, StepKind::Kernel { spec, input, residual: None, output });
+        let many = kernels.len() > 1;
+        for (gi, (spec, out_col)) in kernels.into_iter().enumerate() {
+            let label = if many { format!("{name}.group{gi}") } else { name.clone() };
+            self.push(&label, StepKind::Kernel { out_col, ld_out: cout, spec, input, residual: None, output });
+        }
         Ok(true)
     }
 
@@ -828,7 +942,10 @@ impl Lowerer<'_> {
         };
         let input = self.plain(a, &name)?;
         let output = self.define(out, Layout::Plain);
-        self.push(&name, StepKind::Kernel { spec, input, residual: None, output });
+        self.push(
+            &name,
+            StepKind::Kernel { out_col: 0, ld_out: spec.cols, spec: spec.clone(), input, residual: None, output },
+        );
         Ok(true)
     }
 
@@ -896,7 +1013,10 @@ impl Lowerer<'_> {
         let _ = oty;
         let input = self.plain(a, &name)?;
         let output = self.define(out, Layout::Plain);
-        self.push(&name, StepKind::Kernel { spec, input, residual: None, output });
+        self.push(
+            &name,
+            StepKind::Kernel { out_col: 0, ld_out: spec.cols, spec: spec.clone(), input, residual: None, output },
+        );
         Ok(true)
     }
 
@@ -945,7 +1065,7 @@ impl Lowerer<'_> {
         let Some(mut geom) = Self::geom(conv, &d, &od, cin_g) else { return Ok(false) };
         let group = conv.group;
         let depthwise = group > 1 && group == d[1] && cout == d[1] && cin_g == 1;
-        if group != 1 && !depthwise {
+        if group == 0 || cout % group != 0 || d[1] != cin_g * group {
             return Ok(false);
         }
         let mut steps = Vec::new();
@@ -973,33 +1093,52 @@ impl Lowerer<'_> {
             }
             cur = Value::new(c, 0);
         }
-        let main = if depthwise {
+        let rows_out = od[0] * od[2] * od[3];
+        let mut kernels: Vec<(KernelSpec, usize)> = Vec::new();
+        if depthwise {
             geom.cin = 1;
-            MainOp::DepthwiseF32 { geom, weights: Arc::new(micro::float::pack_depthwise_f32(wdata, cout, kh, kw)) }
+            let main =
+                MainOp::DepthwiseF32 { geom, weights: Arc::new(micro::float::pack_depthwise_f32(wdata, cout, kh, kw)) };
+            kernels.push((KernelSpec { main, epilogue: steps, store: Store::F32, rows: rows_out, cols: cout }, 0));
         } else {
+            let cout_g = cout / group;
             let k = kh * kw * cin_g;
-            let mut wk = vec![0f32; cout * k];
-            for o in 0..cout {
-                for ci in 0..cin_g {
-                    for y in 0..kh {
-                        for xx in 0..kw {
-                            wk[o * k + (y * kw + xx) * cin_g + ci] = wdata[((o * cin_g + ci) * kh + y) * kw + xx];
+            for gi in 0..group {
+                let mut wk = vec![0f32; cout_g * k];
+                for o in 0..cout_g {
+                    let oc = gi * cout_g + o;
+                    for ci in 0..cin_g {
+                        for y in 0..kh {
+                            for xx in 0..kw {
+                                wk[o * k + (y * kw + xx) * cin_g + ci] = wdata[((oc * cin_g + ci) * kh + y) * kw + xx];
+                            }
                         }
                     }
                 }
+                let direct = group == 1
+                    && kh == 1
+                    && kw == 1
+                    && geom.sh == 1
+                    && geom.sw == 1
+                    && geom.ph == 0
+                    && geom.pw == 0
+                    && od[2] == d[2]
+                    && od[3] == d[3];
+                let g_geom = ConvGeom { cin_offset: gi * cin_g, ..geom };
+                let rows =
+                    if direct { Rows::Direct { lda: d[1] } } else { Rows::Im2col { geom: g_geom, pad: 0, xor: 0 } };
+                let main = MainOp::GemmF32 { rows, weights: Arc::new(micro::float::pack_weights_f32(&wk, cout_g, k)) };
+                let range = gi * cout_g..(gi + 1) * cout_g;
+                let spec = KernelSpec {
+                    main,
+                    epilogue: slice_steps(&steps, range.clone()),
+                    store: Store::F32,
+                    rows: rows_out,
+                    cols: cout_g,
+                };
+                kernels.push((spec, range.start));
             }
-            let direct = kh == 1
-                && kw == 1
-                && geom.sh == 1
-                && geom.sw == 1
-                && geom.ph == 0
-                && geom.pw == 0
-                && od[2] == d[2]
-                && od[3] == d[3];
-            let rows = if direct { Rows::Direct { lda: d[1] } } else { Rows::Im2col { geom, pad: 0, xor: 0 } };
-            MainOp::GemmF32 { rows, weights: Arc::new(micro::float::pack_weights_f32(&wk, cout, k)) }
-        };
-        let spec = KernelSpec { main, epilogue: steps, store: Store::F32, rows: od[0] * od[2] * od[3], cols: cout };
+        }
         let input = self.in_layout(x, Layout::Nhwc, &name)?;
         let res_buf = match residual {
             Some(r) => Some(self.in_layout(r, Layout::Nhwc, &name)?),
@@ -1011,7 +1150,11 @@ impl Lowerer<'_> {
             label.push('+');
             label.push_str(&self.g.node(c).name);
         }
-        self.push(&label, StepKind::Kernel { spec, input, residual: res_buf, output });
+        let many = kernels.len() > 1;
+        for (gi, (spec, out_col)) in kernels.into_iter().enumerate() {
+            let l = if many { format!("{label}.group{gi}") } else { label.clone() };
+            self.push(&l, StepKind::Kernel { out_col, ld_out: cout, spec, input, residual: res_buf, output });
+        }
         Ok(true)
     }
 
@@ -1051,7 +1194,10 @@ impl Lowerer<'_> {
         let spec = KernelSpec { main, epilogue: steps, store, rows: n, cols: c };
         let input = self.in_layout(x, Layout::Nhwc, &name)?;
         let output = self.define(out, Layout::Nhwc);
-        self.push(&name, StepKind::Kernel { spec, input, residual: None, output });
+        self.push(
+            &name,
+            StepKind::Kernel { out_col: 0, ld_out: spec.cols, spec: spec.clone(), input, residual: None, output },
+        );
         Ok(true)
     }
 }
@@ -1128,4 +1274,17 @@ impl QuantEpilogue {
             }
         }
     }
+}
+
+/// `steps` restricted to the output channels `range` (per-channel arrays sliced).
+fn slice_steps(steps: &[Step], range: std::ops::Range<usize>) -> Vec<Step> {
+    steps
+        .iter()
+        .map(|st| match st {
+            Step::AddChannelI32(v) => Step::AddChannelI32(v[range.clone()].to_vec()),
+            Step::ScaleToF32(v) => Step::ScaleToF32(v[range.clone()].to_vec()),
+            Step::AddChannelF32(v) => Step::AddChannelF32(v[range.clone()].to_vec()),
+            other => other.clone(),
+        })
+        .collect()
 }

@@ -145,9 +145,11 @@ impl Program {
                     v
                 }
                 StepKind::Elementwise { inputs, .. } => inputs.clone(),
-                StepKind::MaxPool { input, .. } | StepKind::Convert { input, .. } | StepKind::Rows { input, .. } => {
-                    vec![*input]
-                }
+                StepKind::MaxPool { input, .. }
+                | StepKind::Convert { input, .. }
+                | StepKind::Rows { input, .. }
+                | StepKind::AvgPool { input, .. } => vec![*input],
+                StepKind::Concat { parts, .. } => parts.iter().map(|p| p.0).collect(),
                 StepKind::Host { inputs, .. } => inputs
                     .iter()
                     .filter_map(|a| match a {
@@ -163,6 +165,8 @@ impl Program {
                 | StepKind::Elementwise { output, .. }
                 | StepKind::MaxPool { output, .. }
                 | StepKind::Rows { output, .. }
+                | StepKind::Concat { output, .. }
+                | StepKind::AvgPool { output, .. }
                 | StepKind::Convert { output, .. } => vec![*output],
                 StepKind::Host { outputs, .. } => outputs.iter().map(|o| o.0).collect(),
             }
@@ -236,7 +240,7 @@ impl Program {
         let mut scratch_bytes = 64;
         for (i, s) in steps.iter().enumerate() {
             match &s.kind {
-                StepKind::Kernel { spec, input, residual, output } => {
+                StepKind::Kernel { spec, input, residual, output, out_col, ld_out } => {
                     let mut params = Vec::new();
                     for st in &spec.epilogue {
                         let addr = match st {
@@ -271,6 +275,8 @@ impl Program {
                         input: off(*input) as i64,
                         output: off(*output) as i64,
                         residual: residual.map(|r| off(r) as i64),
+                        out_col: *out_col as i64,
+                        ld_out: *ld_out as i64,
                     };
                     let id = jit.define_step(&s.name, |em, p| kernel::emit(em, spec, bind, &consts, p))?;
                     scratch_bytes = scratch_bytes.max(kernel::scratch_bytes(spec));
@@ -346,6 +352,37 @@ impl Program {
                         macs: 0,
                     });
                 }
+                StepKind::Concat { parts, output, outer, stride } => {
+                    let parts: Vec<(i64, i64)> =
+                        parts.iter().map(|&(b, chunk)| (off(b) as i64, chunk as i64)).collect();
+                    let (o, stride) = (off(*output) as i64, *stride as i64);
+                    let id = jit.define_step(&s.name, |em, p| elementwise::emit_concat(em, &parts, o, stride, p))?;
+                    funcs.push((i, id, *outer, 64, false));
+                    infos.push(StepInfo {
+                        name: s.name.clone(),
+                        kind: "concat",
+                        what: format!("concat of {}", parts.len()),
+                        macs: 0,
+                    });
+                }
+                StepKind::AvgPool { geom, input, output } => {
+                    let g = Box::new(*geom);
+                    let ga = &*g as *const crate::micro::pool::AvgPoolGeom as i64;
+                    keep.push(g);
+                    let row_bytes = (geom.geom.ow * geom.geom.c * 4) as i64;
+                    let (i_off, o_off) = (off(*input) as i64, off(*output) as i64);
+                    let id = jit.define_step(&s.name, |em, p| {
+                        elementwise::emit_max_pool(em, "qf_avg_pool_f32", ga, row_bytes, i_off, o_off, p)
+                    })?;
+                    let rows = buffers[*output].bytes / (row_bytes.max(1) as usize);
+                    funcs.push((i, id, rows, 1, false));
+                    infos.push(StepInfo {
+                        name: s.name.clone(),
+                        kind: "avg_pool",
+                        what: format!("avg_pool {}x{} s{} f32", geom.geom.kh, geom.geom.kw, geom.geom.sh),
+                        macs: 0,
+                    });
+                }
                 StepKind::Rows { op, input, output, units } => {
                     let mut op = op.clone();
                     op.x = off(*input);
@@ -380,6 +417,8 @@ impl Program {
                 StepKind::Kernel { .. }
                 | StepKind::Elementwise { .. }
                 | StepKind::MaxPool { .. }
+                | StepKind::Concat { .. }
+                | StepKind::AvgPool { .. }
                 | StepKind::Rows { .. } => {
                     let Some((j, id, units, grain, scratch)) = fi.next() else {
                         return Err(JitError::Codegen("step functions out of order".into()));

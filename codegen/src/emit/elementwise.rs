@@ -285,3 +285,24 @@ pub fn emit_native_qadd(
     let p = em.iconst(consts);
     em.call("qf_qadd", &[p, pa, pb, pc, begin, end])
 }
+
+/// Concatenation: for each input, one call of the registered block copy over the blocks
+/// `begin..end` into its slice of the output blocks.
+pub fn emit_concat(
+    em: &mut Emitter<'_, '_>,
+    parts: &[(i64, i64)],
+    output: i64,
+    stride: i64,
+    [arena, _scratch, begin, end]: [Value; 4],
+) -> Result<(), JitError> {
+    let mut at = 0;
+    for &(input, chunk) in parts {
+        let src = em.offset(arena, input);
+        let dst = em.offset(arena, output + at);
+        let c = em.iconst(chunk);
+        let st = em.iconst(stride);
+        em.call("qf_copy_blocks", &[src, dst, begin, end, c, st])?;
+        at += chunk;
+    }
+    Ok(())
+}

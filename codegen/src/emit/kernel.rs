@@ -22,6 +22,10 @@ pub struct Bindings {
     pub input: i64,
     pub output: i64,
     pub residual: Option<i64>,
+    /// Where the kernel's columns go in the output rows: the first column and the row length
+    /// (a grouped convolution writes one slice of channels per group).
+    pub out_col: i64,
+    pub ld_out: i64,
 }
 
 /// Addresses of what the generated code reads besides the arena (kept alive by the caller).
@@ -100,22 +104,49 @@ pub fn emit(
     [arena, scratch, begin, end]: [Value; 4],
 ) -> Result<(), JitError> {
     let x = em.offset(arena, bind.input);
-    let out = em.offset(arena, bind.output);
-    let res = bind.residual.map(|r| em.offset(arena, r));
     let es = spec.store.bytes() as i64;
+    let out = em.offset(arena, bind.output + bind.out_col * es);
+    let res = bind.residual.map(|r| em.offset(arena, r + bind.out_col * 4));
     let n = spec.cols as i64;
+    let ldo_out = bind.ld_out;
     match &spec.main {
         MainOp::GemmU8I8 { rows, weights } => {
             let kp = weights.kp as i64;
-            gemm_loops(em, x, out, res, scratch, begin, end, es, n, rows, GemmKind::U8I8 { kp }, consts, |em, t| {
-                tile_epilogue(em, spec, consts, t)
-            })
+            gemm_loops(
+                em,
+                x,
+                out,
+                res,
+                scratch,
+                begin,
+                end,
+                es,
+                n,
+                ldo_out,
+                rows,
+                GemmKind::U8I8 { kp },
+                consts,
+                |em, t| tile_epilogue(em, spec, consts, t),
+            )
         }
         MainOp::GemmF32 { rows, weights } => {
             let k = weights.k as i64;
-            gemm_loops(em, x, out, res, scratch, begin, end, es, n, rows, GemmKind::F32 { k }, consts, |em, t| {
-                tile_epilogue(em, spec, consts, t)
-            })
+            gemm_loops(
+                em,
+                x,
+                out,
+                res,
+                scratch,
+                begin,
+                end,
+                es,
+                n,
+                ldo_out,
+                rows,
+                GemmKind::F32 { k },
+                consts,
+                |em, t| tile_epilogue(em, spec, consts, t),
+            )
         }
         MainOp::DepthwiseU8I8 { geom, .. } | MainOp::DepthwiseF32 { geom, .. } => {
             let ow = geom.ow as i64;
@@ -136,7 +167,7 @@ pub fn emit(
                     None => em.call("qf_depthwise_f32", &[g, x, w, row, scratch, ldo_v])?,
                 }
                 let first = em.b.ins().imul_imm_s(row, ow);
-                let t = tile_at(em, scratch, ldo, ow, 0, n, out, res, first, n, es)?;
+                let t = tile_at(em, scratch, ldo, ow, 0, n, out, res, first, ldo_out, es)?;
                 tile_epilogue(em, spec, consts, &t)
             })
         }
@@ -150,7 +181,7 @@ pub fn emit(
                 let hw = em.iconst(*hw as i64);
                 let c = em.iconst(n);
                 em.call(f, &[x, hw, c, img, scratch])?;
-                let t = tile_at(em, scratch, round_up(n as usize, 16) as i64, 1, 0, n, out, res, img, n, es)?;
+                let t = tile_at(em, scratch, round_up(n as usize, 16) as i64, 1, 0, n, out, res, img, ldo_out, es)?;
                 tile_epilogue(em, spec, consts, &t)
             })
         }
@@ -198,6 +229,7 @@ fn gemm_loops(
     end: Value,
     es: i64,
     n: i64,
+    ld_out: i64,
     rows: &Rows,
     kind: GemmKind,
     consts: &Consts,
@@ -253,11 +285,11 @@ fn gemm_loops(
                 GemmKind::F32 { .. } => "qf_gemm_f32",
             };
             em.call(f, &[a, lda_v, mb, b, kv, tile, ldc_v, nr])?;
-            let elem = em.b.ins().imul_imm_s(m0, n);
+            let elem = em.b.ins().imul_imm_s(m0, ld_out);
             let elem = em.b.ins().iadd(elem, n0);
             let out_p = em.index(out, elem, es);
             let res_p = res.map(|r| em.index(r, elem, 4));
-            epi(em, &Tile { tile, ldc, rows: mb, n0, nr, out: out_p, out_stride: n * es, residual: res_p })
+            epi(em, &Tile { tile, ldc, rows: mb, n0, nr, out: out_p, out_stride: ld_out * es, residual: res_p })
         })
     })
 }

@@ -103,3 +103,76 @@ pub unsafe extern "C" fn global_sum_f32(x: *const f32, hw: usize, c: usize, img:
         }
     }
 }
+
+/// Concatenation's copy: for each block `o` in `begin..end`, the `chunk` bytes at
+/// `src + o * chunk` go to `dst + o * stride` (one input's slice of each output block).
+///
+/// # Safety
+/// `src` holds `end * chunk` bytes; `dst` holds `(end - 1) * stride + chunk` bytes; they do not
+/// overlap.
+pub unsafe extern "C" fn copy_blocks(
+    src: *const u8,
+    dst: *mut u8,
+    begin: usize,
+    end: usize,
+    chunk: usize,
+    stride: usize,
+) {
+    for o in begin..end {
+        std::ptr::copy_nonoverlapping(src.add(o * chunk), dst.add(o * stride), chunk);
+    }
+}
+
+/// Average pooling over NHWC f32, output row `row = img * oh + oy`; `pe_h`, `pe_w` are the end
+/// pads. The sum runs over the in-image taps in `(ky, kx)` order; the divisor is the number of
+/// in-image taps, or with `include_pad` the number of taps inside the padded input.
+///
+/// # Safety
+/// As [`max_pool_u8`].
+pub unsafe extern "C" fn avg_pool_f32(g: *const AvgPoolGeom, x: *const f32, row: usize, out: *mut f32) {
+    let a = &*g;
+    let g = &a.geom;
+    let (img, oy) = (row / g.oh, row % g.oh);
+    let c = g.c;
+    let xi = x.add(img * g.h * g.w * c);
+    let o = std::slice::from_raw_parts_mut(out, g.ow * c);
+    o.fill(0.0);
+    for ox in 0..g.ow {
+        let orow = &mut o[ox * c..][..c];
+        let (mut valid, mut padded) = (0usize, 0usize);
+        for ky in 0..g.kh {
+            let iy = (oy * g.sh + ky * g.dh) as isize - g.ph as isize;
+            let in_pad_y = iy >= -(g.ph as isize) && iy < (g.h + a.pe_h) as isize;
+            for kx in 0..g.kw {
+                let ix = (ox * g.sw + kx * g.dw) as isize - g.pw as isize;
+                let in_pad_x = ix >= -(g.pw as isize) && ix < (g.w + a.pe_w) as isize;
+                if in_pad_y && in_pad_x {
+                    padded += 1;
+                }
+                if iy < 0 || iy >= g.h as isize || ix < 0 || ix >= g.w as isize {
+                    continue;
+                }
+                valid += 1;
+                let src = std::slice::from_raw_parts(xi.add((iy as usize * g.w + ix as usize) * c), c);
+                for (d, &s) in orow.iter_mut().zip(src) {
+                    *d += s;
+                }
+            }
+        }
+        let count = if a.include_pad != 0 { padded } else { valid };
+        for d in orow.iter_mut() {
+            *d /= count as f32;
+        }
+    }
+}
+
+/// Geometry of an average pooling: the window geometry, the end pads and whether padded cells
+/// count in the divisor. `#[repr(C)]` because generated code passes a pointer to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AvgPoolGeom {
+    pub geom: ConvGeom,
+    pub pe_h: usize,
+    pub pe_w: usize,
+    pub include_pad: usize,
+}
