@@ -676,12 +676,50 @@ impl Lowerer<'_> {
                 self.push_rows(&name, RowKind::LayerNorm { eps: *epsilon }, input, output, n, 1, units, scale, bias);
                 Ok(true)
             }
-            Op::Binary(BinaryOp::Add) if oty.dtype == DType::F32 => {
+            Op::Binary(BinaryOp::Add)
+                if oty.dtype == DType::F32 && ins.iter().flatten().all(|v| self.types[v].shape == oty.shape) =>
+            {
                 let (Some(a), Some(b)) = (x0, ins.get(1).copied().flatten()) else { return Ok(false) };
-                if self.types[&a].shape != oty.shape || self.types[&b].shape != oty.shape {
+                self.elementwise(out, &[a, b], Elementwise::AddF32 { relu: false }, &name)
+            }
+            Op::Binary(op @ (BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul)) if oty.dtype == DType::F32 => {
+                // A tensor and a per-channel constant (a batch norm left as mul/add, a bias).
+                let (Some(a), Some(b)) = (x0, ins.get(1).copied().flatten()) else { return Ok(false) };
+                let Some(d) = dims(&oty) else { return Ok(false) };
+                let (x, k, const_first) = match (self.is_const(a), self.is_const(b)) {
+                    (false, true) => (a, b, false),
+                    (true, false) => (b, a, true),
+                    _ => return Ok(false),
+                };
+                if self.types[&x].shape != oty.shape || d.len() < 2 {
                     return Ok(false);
                 }
-                self.elementwise(out, &[a, b], Elementwise::AddF32 { relu: false }, &name)
+                let Some(kv) = self.const_of(Some(k)).and_then(|t| t.as_f32().map(|v| v.to_vec())) else {
+                    return Ok(false);
+                };
+                let kd = dims(&self.types[&k]).unwrap_or_default();
+                // The constant must vary along the channel axis (1) only.
+                let c = d[1];
+                let mut full = vec![1usize; d.len()];
+                let off = d.len().saturating_sub(kd.len());
+                if kd.len() > d.len() {
+                    return Ok(false);
+                }
+                full[off..].copy_from_slice(&kd);
+                let per_channel = full.iter().enumerate().all(|(i, &n)| n == 1 || (i == 1 && n == c));
+                if !per_channel {
+                    return Ok(false);
+                }
+                let v: Vec<f32> = if kv.len() == 1 { vec![kv[0]; c] } else { kv };
+                let layout = self.vals[&x].layout;
+                let input = self.in_layout(x, layout, &name)?;
+                let output = self.define(out, layout);
+                let hw: usize = d[2..].iter().product();
+                let nhwc = layout == Layout::Nhwc && d.len() == 4;
+                let kind = RowKind::ChannelBinary { op: *op, const_first, nhwc, c, hw };
+                let n = numel(&oty);
+                self.push_rows(&name, kind, input, output, n, 1, n.div_ceil(rowops::CHUNK), v, vec![]);
+                Ok(true)
             }
             _ => Ok(false),
         }

@@ -25,6 +25,15 @@ pub enum RowKind {
     LayerNorm {
         eps: f32,
     },
+    /// `y = x op v[c]` (or `v[c] op x` with `const_first`) with `v` in `scale`, the channel of
+    /// element `i` being `i % c` in NHWC and `(i / hw) % c` in plain order; units are [`CHUNK`]s.
+    ChannelBinary {
+        op: qforge_ir::BinaryOp,
+        const_first: bool,
+        nhwc: bool,
+        c: usize,
+        hw: usize,
+    },
     /// f16 -> f32, bf16 -> f32 (exact), f32 -> f16, f32 -> bf16 (round to nearest even); units are
     /// [`CHUNK`]s.
     WidenF16,
@@ -73,6 +82,24 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
             let y = std::slice::from_raw_parts_mut(arena.add(op.y) as *mut f32, op.n);
             for i in s..e {
                 y[i] = unary_scalar(u, x[i]);
+            }
+        }
+        RowKind::ChannelBinary { op: bop, const_first, nhwc, c, hw } => {
+            use qforge_ir::BinaryOp;
+            let (s, e) = (begin * CHUNK, (end * CHUNK).min(op.n));
+            let x = arena.add(op.x) as *const f32;
+            let y = arena.add(op.y) as *mut f32;
+            let (c, hw) = (c.max(1), hw.max(1));
+            for i in s..e {
+                let ch = if nhwc { i % c } else { (i / hw) % c };
+                let (p, q) =
+                    if const_first { (op.scale[ch], x.add(i).read()) } else { (x.add(i).read(), op.scale[ch]) };
+                let r = match bop {
+                    BinaryOp::Add => p + q,
+                    BinaryOp::Sub => p - q,
+                    _ => p * q,
+                };
+                y.add(i).write(r);
             }
         }
         RowKind::Softmax { log } => {
