@@ -44,6 +44,9 @@ pub fn short_quant(q: &QuantParams) -> String {
     match q {
         QuantParams::PerTensor { scale, zero_point } => format!("<{scale:.4e}:{zero_point}>"),
         QuantParams::PerAxis { axis, scales, .. } => format!("<axis={axis} x{}>", scales.len()),
+        QuantParams::PerGroup { axis, group_size, scales, .. } => {
+            format!("<axis={axis} group={group_size} x{}>", scales.len())
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! precision = "int8"            # int8 | fp32 | fp16 | bf16 (fp16/bf16: for the precision pass)
 //! activations = "u8-asymmetric" # u8-asymmetric | i8-symmetric | i8-asymmetric | u8-symmetric
 //! weights = "i8-symmetric"      # as above, or i4-symmetric | u4-asymmetric | ... (4-bit)
-//! granularity = "per-channel"   # per-channel | per-tensor (weights)
+//! granularity = "per-channel"   # per-channel | per-tensor | per-group:N (weights; see below)
 //! bits = 8                      # weight bits: 8 or 4 (shorthand for the weight type)
 //! observer = "minmax"           # minmax | ema | percentile | entropy | mse
 //! percentile = 99.99            # percentile observer
@@ -29,6 +29,16 @@
 //! match = "/head/*"
 //! skip = true                   # stay float (the same as precision = "fp32")
 //! ```
+//!
+//! `granularity = "per-group:32"` (any group size N > 0; 32, 64 and 128 are the usual ones, with
+//! `bits = 4`) quantizes weights block-wise: one scale and zero point per run of N consecutive
+//! weights along the reduction axis (axis 1 of conv weights `[O, I, kh, kw]` and of gemm weights
+//! `[N, K]` with `transB`; axis 0 of `[K, N]` gemm and matmul weights), the last run of an axis
+//! not divisible by N shorter. 4-bit values are stored one per i8 (`[-8, 7]`, `i4`) or u8
+//! (`[0, 15]`, `u4`) element (the ONNX export packs them two per byte). Per-group weights have
+//! no integer kernel: the op runs in float on the dequantized weight (its activations are still
+//! quantized), and the fusion report says so. Dynamic quantization treats per-group as
+//! per-channel.
 
 use anyhow::{anyhow, Result};
 use qforge_passes::quantize::observer::CalibMethod;
@@ -225,9 +235,23 @@ fn rule(r: &RuleToml, text: &str) -> Result<Rule, String> {
         out.granularity = Some(match g.get_ref().as_str() {
             "per-channel" => WeightGranularity::PerChannel,
             "per-tensor" => WeightGranularity::PerTensor,
-            other => {
-                return Err(at(g.span(), format!("unknown granularity `{other}` (expected per-channel or per-tensor)")))
-            }
+            other => match other.strip_prefix("per-group:").map(str::parse::<usize>) {
+                Some(Ok(n)) if n > 0 => WeightGranularity::PerGroup(n),
+                Some(_) => {
+                    return Err(at(
+                        g.span(),
+                        format!(
+                        "bad group size in granularity `{other}` (expected per-group:N with N > 0, e.g. per-group:32)"
+                    ),
+                    ))
+                }
+                None => {
+                    return Err(at(
+                        g.span(),
+                        format!("unknown granularity `{other}` (expected per-channel, per-tensor or per-group:N)"),
+                    ))
+                }
+            },
         });
     }
     if let Some(o) = &r.observer {
@@ -302,6 +326,8 @@ skip = true
             ("[[node]]\nregex = \"(\"\n", "line 2: invalid regex `(`"),
             ("[default]\nmatch = \"x\"\n", "line 2: `match` belongs in a [[node]] rule"),
             ("[default]\nbits = 3\n", "line 2: 3 weight bits"),
+            ("[default]\ngranularity = \"per-group:0\"\n", "line 2: bad group size in granularity `per-group:0`"),
+            ("[default]\ngranularity = \"per-group:x\"\n", "line 2: bad group size"),
             ("[default]\nactivations = \"i4-symmetric\"\n", "line 2: unknown type `i4`"),
             ("[default]\nprecision = \"int4\"\n", "line 2: unknown precision `int4`"),
             ("[op.convolution]\nskip = true\n", "line 1: unknown op type `convolution`"),
@@ -320,5 +346,8 @@ skip = true
         let cfg = parse("[default]\nweights = \"u8-asymmetric\"\nbits = 4\nactivations = \"symmetric\"\n").unwrap();
         assert_eq!(cfg.default.weights, Some(Scheme::asymmetric(QType::U4)));
         assert_eq!(cfg.default.activations, Some(Scheme::symmetric(QType::I8)));
+        let cfg = parse("[default]\nbits = 4\ngranularity = \"per-group:32\"\n").unwrap();
+        assert_eq!(cfg.default.weights, Some(Scheme::symmetric(QType::I4)));
+        assert_eq!(cfg.default.granularity, Some(WeightGranularity::PerGroup(32)));
     }
 }

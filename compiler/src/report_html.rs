@@ -154,6 +154,11 @@ fn quant_cell(q: Option<&QuantParams>) -> String {
             };
             format!("per axis {axis}: {} scales {lo:.4e}…{hi:.4e}, {zp}", scales.len())
         }
+        Some(QuantParams::PerGroup { axis, group_size, scales, .. }) => {
+            let lo = scales.iter().copied().fold(f32::INFINITY, f32::min);
+            let hi = scales.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            format!("per group of {group_size} on axis {axis}: {} scales {lo:.4e}…{hi:.4e}", scales.len())
+        }
     }
 }
 

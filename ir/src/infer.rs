@@ -13,6 +13,27 @@ type R<T> = std::result::Result<T, String>;
 /// Infers the result types of `op` applied to `inputs` (`None` for an absent optional input).
 /// `declared` is required for ops whose output quantization is chosen (see the module docs).
 pub fn infer(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorType]>) -> R<Vec<TensorType>> {
+    let out = infer_op(op, inputs, declared)?;
+    for t in &out {
+        check_group_params(t)?;
+    }
+    Ok(out)
+}
+
+/// Per-group parameters fit the (fixed) shape of the value they quantize. A movement op that
+/// keeps its input's parameters (reshape, flatten, ...) on a per-group value fails here.
+pub fn check_group_params(t: &TensorType) -> R<()> {
+    match &t.quant {
+        Some(q @ QuantParams::PerGroup { .. }) => {
+            let shape =
+                t.shape.as_fixed().ok_or_else(|| format!("per-group parameters need a fixed shape, got {t}"))?;
+            q.check_shape(&shape)
+        }
+        _ => Ok(()),
+    }
+}
+
+fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorType]>) -> R<Vec<TensorType>> {
     let x = |i: usize| -> R<&TensorType> {
         inputs.get(i).copied().flatten().ok_or_else(|| format!("input {i} is missing"))
     };
@@ -161,8 +182,8 @@ pub fn infer(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorT
             if seen != (0..t.rank()).collect::<Vec<_>>() {
                 return Err(format!("perm {perm:?} is not a permutation of 0..{}", t.rank()));
             }
-            if t.quant.as_ref().is_some_and(|q| q.axis().is_some()) {
-                return Err("transpose of a per-axis quantized value".into());
+            if t.quant.as_ref().is_some_and(|q| q.axis().is_some() || q.is_per_group()) {
+                return Err("transpose of a per-axis or per-group quantized value".into());
             }
             one(t.with_shape(Shape(perm.iter().map(|&p| t.shape.0[p].clone()).collect())))
         }
@@ -406,6 +427,9 @@ fn per_tensor(t: &TensorType, what: &str) -> R<()> {
 /// Checks per-tensor parameters, or per-axis ones on `axis` with `n` entries.
 fn channel_params(t: &TensorType, axis: usize, n: usize, what: &str) -> R<()> {
     match &t.quant {
+        Some(QuantParams::PerGroup { .. }) => {
+            Err(format!("{what} is quantized per group: per-group weights have no integer kernel"))
+        }
         Some(QuantParams::PerAxis { axis: a, scales, .. }) if *a != axis || scales.len() != n => {
             Err(format!("{what} is quantized on axis {a} with {} scales; expected axis {axis} with {n}", scales.len()))
         }

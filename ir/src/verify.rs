@@ -49,6 +49,7 @@ pub fn verify(g: &Graph) -> Result<()> {
         for t in node.outputs.iter() {
             if let Some(q) = &t.quant {
                 q.check().map_err(|m| err(format!("quantization parameters: {m}")))?;
+                infer::check_group_params(t).map_err(|m| err(format!("quantization parameters: {m}")))?;
             }
         }
         if let Op::Const(t) = &node.op {

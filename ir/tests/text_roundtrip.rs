@@ -129,6 +129,8 @@ fn mutated_fixtures_never_panic() {
         "1e38",
         "-0.0",
         "axis=9: 0.1:0",
+        "axis=1 group=0: 0.1:0",
+        "axis=1 group=3: 0.1:0",
     ];
     let mut state: u64 = 0x2545_f491_4f6c_dd1d;
     let mut next = |n: usize| {
@@ -158,4 +160,25 @@ fn mutated_fixtures_never_panic() {
             }
         }
     }
+}
+
+/// Per-group parameters: `<axis=A group=G: s:z, ...>` with one pair per group, the pairs in the
+/// row-major order of the parameter tensor (the value's shape with `ceil(dim / G)` at `A`); the
+/// round trip is exact, and malformed parameters are errors that say what is wrong.
+#[test]
+fn per_group_parameters_round_trip_and_are_checked() {
+    let good = "graph g() -> (w: f32[2,3]) {\n  %0 = const i8<axis=1 group=2: 0.5:0, 1e-7:-8, 0.1:3, 0.30000001:7>[2,3] = [-8, 7, 0, 1, 2, 3]  # \"w_q\"\n  %1 = dequantize %0 : f32[2,3]  # \"w_dq\"\n  return %1\n}\n";
+    let g = parse(good).unwrap();
+    let printed = print(&g, ConstMode::Full).unwrap();
+    assert_eq!(print(&parse(&printed).unwrap(), ConstMode::Full).unwrap(), printed);
+    assert!(printed.contains("i8<axis=1 group=2: 0.5:0, 1e-7:-8, 0.1:3, 0.3:7>[2,3]"), "{printed}");
+    let bad = [("group=0", "group size 0"), ("group=5", "per-group scales"), ("group=3", "per-group scales")];
+    for (group, want) in bad {
+        let text = good.replace("group=2", group);
+        let e = parse(&text).expect_err(group).to_string();
+        assert!(e.contains(want), "{group}: {e}");
+    }
+    // a per-group axis out of range
+    let e = parse(&good.replace("axis=1 group=2", "axis=2 group=2")).expect_err("axis 2").to_string();
+    assert!(e.contains("out of range"), "{e}");
 }

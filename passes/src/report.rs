@@ -72,6 +72,9 @@ fn why_not(g: &Graph, n: NodeId, int8: bool) -> String {
             if !matches!(t.dtype, DType::I8 | DType::U8) {
                 return format!("operand {i} is {}, which has no integer kernel", t.dtype);
             }
+            if matches!(t.quant, Some(QuantParams::PerGroup { .. })) {
+                return format!("operand {i} is quantized per group: per-group weights have no integer kernel");
+            }
             if matches!(t.quant, Some(QuantParams::PerAxis { .. })) {
                 return format!("operand {i} is quantized per axis");
             }
@@ -82,6 +85,14 @@ fn why_not(g: &Graph, n: NodeId, int8: bool) -> String {
         let konst = p.and_then(|p| producer(g, p, 0)).is_some_and(|c| matches!(g.node(c).op, Op::Const(_)));
         if !is_dq(g, p) || !konst {
             return format!("operand {i} (the weight) is not a quantized constant");
+        }
+        let per_group = p
+            .and_then(|p| producer(g, p, 0))
+            .is_some_and(|c| matches!(g.node(c).outputs[0].quant, Some(QuantParams::PerGroup { .. })));
+        if per_group {
+            return format!(
+                "operand {i} (the weight) is quantized per group: per-group weights have no integer kernel"
+            );
         }
     }
     if !quantized_after {

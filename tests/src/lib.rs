@@ -124,7 +124,7 @@ pub fn output_step(g: &Graph) -> Option<f32> {
     let input = node.inputs().first().copied().flatten()?;
     match g.value_type(input).quant.as_ref()? {
         QuantParams::PerTensor { scale, .. } => Some(*scale),
-        QuantParams::PerAxis { .. } => None,
+        QuantParams::PerAxis { .. } | QuantParams::PerGroup { .. } => None,
     }
 }
 

@@ -438,3 +438,146 @@ fn transformer_block_dynamic_matches_onnxruntime() {
         assert_eq!(same, p.len(), "{name}");
     }
 }
+
+// ---- 4-bit weights: per channel and per group (block-wise), on digits_cnn
+
+fn asset(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../compiler/assets").join(name)
+}
+
+/// Compiles digits_cnn with a qconfig (`bits = 4` and the granularity, or the int8 defaults when
+/// `bits` is 8) calibrated on the bundled calibration set, at `opt_level`; returns the graph and
+/// its top-1 on the corpus test set (597 images) and on the bundled samples (200 images).
+fn digits_weights(bits: u32, granularity: &str, opt_level: u8) -> (Graph, Tensor, f64, f64) {
+    let dir = std::env::temp_dir().join(format!("qforge-int4-{}-{bits}-{granularity}-{opt_level}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("qconfig.toml");
+    std::fs::write(&cfg, format!("[default]\nbits = {bits}\ngranularity = \"{granularity}\"\n")).unwrap();
+    let o = PipelineOptions {
+        quantize: QuantizeMode::Int8,
+        calib: Some(asset("digits_calib_x.npy")),
+        calib_method: Some(CalibMethod::MinMax),
+        qconfig: Some(cfg),
+        opt_level,
+        ..PipelineOptions::default()
+    };
+    let exe = Compiler::new(o).unwrap().compile(qforge::load_model(&corpus_file("digits_cnn.onnx")).unwrap()).unwrap();
+    verify(exe.graph()).unwrap();
+    let x = qforge::npy::read(&corpus_file("digits_test_x.npy")).unwrap();
+    let y = exe.run(&[x]).unwrap().remove(0);
+    let test = top1(&y, "digits_test_y.npy").unwrap();
+    let sx = qforge::npy::read(&asset("digits_samples_x.npy")).unwrap();
+    let sy = qforge::data::labels(&qforge::npy::read(&asset("digits_samples_y.npy")).unwrap()).unwrap();
+    let ys = exe.run(&[sx]).unwrap().remove(0);
+    let samples = qforge::data::top1(&qforge::data::argmax_rows(&ys).unwrap(), &sy).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    (exe.graph().clone(), y, test, samples)
+}
+
+/// Constants of the graph quantized per group, and the bits their codes need.
+fn per_group_weights(g: &Graph) -> Vec<(String, i64, i64)> {
+    g.node_ids()
+        .filter_map(|n| {
+            let node = g.node(n);
+            let Op::Const(t) = &node.op else { return None };
+            node.outputs[0].quant.as_ref().filter(|q| q.is_per_group())?;
+            let v = t.to_i64_vec()?;
+            Some((node.name.clone(), *v.iter().min()?, *v.iter().max()?))
+        })
+        .collect()
+}
+
+/// 4-bit weights on digits_cnn (MinMax calibration on the bundled set, u8 activations, i4
+/// symmetric weights). Measured top-1 on the 597 test images / the 200 bundled samples: fp32
+/// 99.50% / 99.50%; int8 per channel 99.33% / 99.00%; int4 per channel 96.31% / 96.00%; int4 per
+/// group of 32, 64 and 128: 99.33% / 99.50% each (the conv weights have at most 16 input
+/// channels, so their groups are all input channels of one kernel position; the gemm's
+/// reduction axis is grouped). Asserted: per channel within 4 points of fp32, per group within 2.
+#[test]
+fn digits_four_bit_weights_keep_top1() {
+    let (_, _, int8, int8_s) = digits_weights(8, "per-channel", 2);
+    println!("digits_cnn int8 per-channel: top-1 {:.2}% (samples {:.2}%)", int8 * 100.0, int8_s * 100.0);
+    let mut results = vec![];
+    for gran in ["per-channel", "per-group:32", "per-group:64", "per-group:128"] {
+        let (g, _, acc, acc_s) = digits_weights(4, gran, 2);
+        let groups = per_group_weights(&g);
+        println!(
+            "digits_cnn int4 {gran}: top-1 {:.2}% (samples {:.2}%; fp32 {:.2}%, int8 {:.2}%), per-group constants {groups:?}",
+            acc * 100.0,
+            acc_s * 100.0,
+            DIGITS_FP32_TOP1 * 100.0,
+            int8 * 100.0
+        );
+        results.push((gran, g, groups, acc, acc_s));
+    }
+    for (gran, g, groups, acc, acc_s) in results {
+        // 4-bit per channel loses a few points on this model; per group keeps within 2
+        let budget = if gran == "per-channel" { 0.04 } else { 0.02 };
+        assert!(acc >= DIGITS_FP32_TOP1 - budget, "{gran}: top-1 {acc} is more than {budget} below fp32");
+        assert!(acc_s >= 1.0 - budget - 0.01, "{gran}: samples top-1 {acc_s}");
+        if gran.starts_with("per-group") {
+            // the optimizer keeps dequantize(4-bit constant): the three convs and the gemm
+            assert_eq!(groups.len(), 4, "{gran}: {groups:?}");
+            for (name, lo, hi) in &groups {
+                assert!(*lo >= -8 && *hi <= 7, "{name}: codes {lo}..{hi} are not 4-bit");
+            }
+            // no integer kernel takes a per-group weight; the fusion report says why
+            let kernels = g
+                .node_ids()
+                .filter(|&n| matches!(g.node(n).op, Op::QConv { .. } | Op::QGemm { .. } | Op::QMatMul { .. }));
+            assert_eq!(kernels.count(), 0, "{gran}");
+            let report = qforge_passes::report::fusion_report(&g, true);
+            let text = format!("{report:?}");
+            assert!(text.contains("per-group weights have no integer kernel"), "{gran}: {text}");
+        }
+    }
+}
+
+/// The QDQ export of 4-bit per-group weights: blocked DequantizeLinear (opset 21, `block_size`)
+/// of INT4 initializers packed two per byte. ONNX Runtime (when installed) checks and runs it, and
+/// agrees with qforge's Q/DQ graph within one output step (bit-exact on almost every logit).
+#[test]
+fn per_group_export_runs_in_onnxruntime() {
+    let (g, y, _, _) = digits_weights(4, "per-group:32", 1);
+    assert_eq!(per_group_weights(&g).len(), 4);
+    let bytes = qforge::onnx::export::export_qdq(&g).unwrap();
+    if !onnxruntime() {
+        println!("note: onnxruntime is not installed for python3; skipped running the export in ORT");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("qforge-int4-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("digits_int4.onnx");
+    std::fs::write(&path, &bytes).unwrap();
+    let out = dir.join("ort_out.npy");
+    // graph optimizations off: ORT runs the Q/DQ graph as written, as qforge does at opt level 1
+    let script = format!(
+        "import numpy as np, onnx, onnxruntime as ort\n\
+         m = onnx.load({p:?})\n\
+         onnx.checker.check_model(m, full_check=True)\n\
+         dq = [n for n in m.graph.node if n.op_type == 'DequantizeLinear' and any(a.name == 'block_size' for a in n.attribute)]\n\
+         init = {{t.name: t for t in m.graph.initializer}}\n\
+         assert len(dq) == 4, len(dq)\n\
+         assert all(init[n.input[0]].data_type == onnx.TensorProto.INT4 for n in dq)\n\
+         o = ort.SessionOptions()\n\
+         o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL\n\
+         s = ort.InferenceSession({p:?}, o, providers=['CPUExecutionProvider'])\n\
+         x = np.load({x:?})\n\
+         np.save({o:?}, s.run(None, {{s.get_inputs()[0].name: x}})[0])\n",
+        p = path.display().to_string(),
+        x = corpus_file("digits_test_x.npy").display().to_string(),
+        o = out.display().to_string()
+    );
+    let r = std::process::Command::new("python3").args(["-c", &script]).output().unwrap();
+    assert!(r.status.success(), "onnxruntime failed: {}", String::from_utf8_lossy(&r.stderr));
+    let ort_y = qforge::npy::read(&out).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let a = agreement(&ort_y, &y, qforge_tests::output_step(&g)).unwrap();
+    println!("digits_cnn int4 per-group-32 QDQ export, ORT vs qforge: {a}");
+    // The float convs and gemm sum in a different order in ORT, so a value next to a rounding
+    // boundary of a later quantize can land one step away: measured 99.97% of the 5970 logits
+    // bit-exact, the others one output step (0.07) apart. Not within 1e-4 relative everywhere.
+    assert!(a.exact_share >= 0.999, "{a}");
+    assert!(a.max_steps.unwrap() <= 1.0 + 1e-3, "{a}");
+    assert_eq!(a.top1_same, a.rows, "{a}");
+}

@@ -95,6 +95,10 @@ fn quant_short(q: &Option<QuantParams>) -> String {
             let (lo, hi) = scales.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &s| (l.min(s), h.max(s)));
             format!("per-axis axis {axis} ({} channels, scales {lo:?}..{hi:?})", scales.len())
         }
+        Some(QuantParams::PerGroup { axis, group_size, scales, .. }) => {
+            let (lo, hi) = scales.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &s| (l.min(s), h.max(s)));
+            format!("per-group axis {axis} group {group_size} ({} groups, scales {lo:?}..{hi:?})", scales.len())
+        }
     }
 }
 

@@ -5,12 +5,19 @@
 //! their DequantizeLinear, and the float ops map one to one. Integer ops the optimizer makes
 //! (qconv, qgemm, ...) are not exported: export the Q/DQ graph (`--opt-level 1`), which is what
 //! other runtimes fuse themselves.
+//!
+//! Per-group (block-wise) parameters become a blocked DequantizeLinear/QuantizeLinear (`axis` and
+//! `block_size`, opset 21: the model is then opset 21, IR 10); a per-group constant whose codes
+//! and zero points fit in 4 bits (`[-8, 7]` for i8, `[0, 15]` for u8) is written as an INT4/UINT4
+//! initializer, two values per byte, with INT4/UINT4 zero points.
 
 use super::builder::{float, int, ints, vi};
+use super::proto::tensor_proto::DataType;
 use super::proto::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto};
 use super::tensors::{dtype_to_onnx, tensor_to_proto};
 use prost::Message;
 use qforge_ir::{BinaryOp, DType, Graph, Op, QuantParams, Tensor, TensorType, UnaryOp, Value};
+use qforge_passes::quantize::scheme::{pack_int4, QType};
 use std::collections::{HashMap, HashSet};
 
 /// Export failed: an op has no ONNX form here, or the graph is malformed.
@@ -44,29 +51,73 @@ fn scalar(dtype: DType, x: f64) -> Tensor {
     Tensor::from_f64_iter(dtype, vec![], std::iter::once(x))
 }
 
-/// Scale and zero-point initializers for `q` with zero points of `dtype`; returns their names and
-/// the axis for per-axis parameters.
+/// The 4-bit ONNX type (INT4 for i8, UINT4 for u8) of a per-group quantized constant whose codes
+/// and zero points all fit in 4 bits.
+fn four_bit(t: &Tensor, ty: &TensorType) -> Option<DataType> {
+    let Some(QuantParams::PerGroup { zero_points, .. }) = &ty.quant else { return None };
+    let (dt, lo, hi) = match t.dtype() {
+        DType::I8 => (DataType::Int4, -8, 7),
+        DType::U8 => (DataType::Uint4, 0, 15),
+        _ => return None,
+    };
+    let fits = |v: i64| (lo..=hi).contains(&v);
+    (t.to_i64_vec()?.into_iter().all(fits) && zero_points.iter().all(|&z| fits(z as i64))).then_some(dt)
+}
+
+/// An INT4/UINT4 initializer: `codes` packed two per byte (element `2i` in the low nibble).
+fn int4_proto(name: &str, shape: &[usize], codes: &[i64], dt: DataType) -> TensorProto {
+    let qtype = if dt == DataType::Int4 { QType::I4 } else { QType::U4 };
+    let codes: Vec<i32> = codes.iter().map(|&c| c as i32).collect();
+    TensorProto {
+        name: name.to_string(),
+        dims: shape.iter().map(|&d| d as i64).collect(),
+        data_type: dt as i32,
+        raw_data: pack_int4(&codes, qtype).expect("codes checked to fit in 4 bits"),
+        ..Default::default()
+    }
+}
+
+/// Scale and zero-point initializers for `q` with zero points of `dtype` (or of `int4`, the 4-bit
+/// type of the quantized value) for a value of `shape`; returns their names, the axis for
+/// per-axis and per-group parameters, and the block size for per-group ones.
 fn qparams(
     q: &QuantParams,
     dtype: DType,
+    int4: Option<DataType>,
+    shape: Option<&[usize]>,
     base: &str,
     names: &mut Names,
     inits: &mut Vec<TensorProto>,
-) -> (String, String, Option<usize>) {
-    let (s, z, axis) = match q {
+) -> Result<(String, String, Option<usize>, Option<usize>), String> {
+    let (sn, zn) = (names.fresh(&format!("{base}_scale")), names.fresh(&format!("{base}_zero_point")));
+    let (s, z, axis, block) = match q {
         QuantParams::PerTensor { scale, zero_point } => {
-            (scalar(DType::F32, *scale as f64), scalar(dtype, *zero_point as f64), None)
+            (scalar(DType::F32, *scale as f64), scalar(dtype, *zero_point as f64), None, None)
         }
         QuantParams::PerAxis { axis, scales, zero_points } => (
             Tensor::from_f32(vec![scales.len()], scales.clone()),
             Tensor::from_f64_iter(dtype, vec![zero_points.len()], zero_points.iter().map(|&z| z as f64)),
             Some(*axis),
+            None,
         ),
+        QuantParams::PerGroup { axis, group_size, scales, zero_points } => {
+            let shape = shape.ok_or("per-group parameters of a value without a fixed shape")?;
+            let ps = QuantParams::group_param_shape(*axis, *group_size, shape)
+                .ok_or("per-group parameters do not fit the value's shape")?;
+            let s = Tensor::from_f32(ps.clone(), scales.clone());
+            if let Some(dt) = int4 {
+                let zs: Vec<i64> = zero_points.iter().map(|&z| z as i64).collect();
+                inits.push(tensor_to_proto(&sn, &s));
+                inits.push(int4_proto(&zn, &ps, &zs, dt));
+                return Ok((sn, zn, Some(*axis), Some(*group_size)));
+            }
+            let z = Tensor::from_f64_iter(dtype, ps, zero_points.iter().map(|&z| z as f64));
+            (s, z, Some(*axis), Some(*group_size))
+        }
     };
-    let (sn, zn) = (names.fresh(&format!("{base}_scale")), names.fresh(&format!("{base}_zero_point")));
     inits.push(tensor_to_proto(&sn, &s));
     inits.push(tensor_to_proto(&zn, &z));
-    (sn, zn, axis)
+    Ok((sn, zn, axis, block))
 }
 
 fn value_info(name: &str, t: &TensorType) -> super::proto::ValueInfoProto {
@@ -93,6 +144,18 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
     }
     let mut inits: Vec<TensorProto> = vec![];
     let mut nodes: Vec<NodeProto> = vec![];
+    // blocked (per-group) quantization needs opset 21; 4-bit constants are exported as INT4/UINT4
+    let mut per_group = false;
+    let mut int4: HashMap<Value, DataType> = HashMap::new();
+    for &id in &order {
+        let node = g.node(id);
+        per_group |= node.outputs.iter().any(|t| t.quant.as_ref().is_some_and(QuantParams::is_per_group));
+        if let Op::Const(t) = &node.op {
+            if let Some(dt) = four_bit(t, &node.outputs[0]) {
+                int4.insert(Value::new(id, 0), dt);
+            }
+        }
+    }
     for id in order {
         let node = g.node(id);
         let err = |msg: String| ExportError { node: node.name.clone(), op: node.op.name(), msg };
@@ -109,7 +172,10 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
             names.of.insert(Value::new(id, p), n.clone());
         }
         if let Op::Const(t) = &node.op {
-            inits.push(tensor_to_proto(&outs[0], t));
+            match int4.get(&Value::new(id, 0)) {
+                Some(&dt) => inits.push(int4_proto(&outs[0], t.shape(), &t.to_i64_vec().unwrap_or_default(), dt)),
+                None => inits.push(tensor_to_proto(&outs[0], t)),
+            }
             continue;
         }
         let mut ins: Vec<String> = vec![];
@@ -137,13 +203,22 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
                 if matches!(node.op, Op::Quantize) && qdtype == DType::I32 {
                     return Err(err("QuantizeLinear to int32 has no ONNX form (opset 17)".into()));
                 }
-                let (s, z, axis) = qparams(q, qdtype, &outs[0], &mut names, &mut inits);
+                let packed = match node.op {
+                    Op::Dequantize => node.inputs()[0].and_then(|v| int4.get(&v).copied()),
+                    _ => None,
+                };
+                let shape = ty.shape.as_fixed();
+                let (s, z, axis, block) =
+                    qparams(q, qdtype, packed, shape.as_deref(), &outs[0], &mut names, &mut inits).map_err(err)?;
                 ins.push(s);
                 if qdtype != DType::I32 || q.len() > 1 || q.zero_point(0) != 0 {
                     ins.push(z);
                 }
                 if let Some(a) = axis {
                     attrs.push(int("axis", a as i64));
+                }
+                if let Some(b) = block {
+                    attrs.push(int("block_size", b as i64));
                 }
                 if matches!(node.op, Op::Quantize) {
                     "QuantizeLinear"
@@ -290,11 +365,12 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
             outputs.push(value_info(&have, g.value_type(o.value)));
         }
     }
+    let (ir_version, opset) = if per_group { (10, 21) } else { (8, 17) };
     Ok(ModelProto {
-        ir_version: 8,
+        ir_version,
         producer_name: "qforge".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
-        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17 }],
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: opset }],
         graph: Some(GraphProto {
             name: g.name.clone(),
             node: nodes,

@@ -563,28 +563,53 @@ pub(crate) fn for_each_broadcast(out: &[usize], inputs: &[&[usize]], mut f: impl
 pub(crate) struct ParamIndex {
     inner: usize,
     dim: usize,
+    /// Per group: the group size and the number of groups along the axis (0: not per group).
+    group_size: usize,
+    groups: usize,
 }
 
 impl ParamIndex {
     pub fn new(q: &QuantParams, shape: &[usize]) -> R<ParamIndex> {
         match q {
-            QuantParams::PerTensor { .. } => Ok(ParamIndex { inner: 1, dim: 1 }),
+            QuantParams::PerTensor { .. } => Ok(ParamIndex { inner: 1, dim: 1, group_size: 0, groups: 0 }),
             QuantParams::PerAxis { axis, scales, zero_points } => {
                 let dim = *shape.get(*axis).ok_or_else(|| format!("quantization axis {axis} out of range"))?;
                 if scales.len() != dim || zero_points.len() != dim {
                     return Err(format!("{} scales for axis {axis} of size {dim}", scales.len()));
                 }
-                Ok(ParamIndex { inner: numel(&shape[axis + 1..]).unwrap_or(usize::MAX).max(1), dim: dim.max(1) })
+                Ok(ParamIndex {
+                    inner: numel(&shape[axis + 1..]).unwrap_or(usize::MAX).max(1),
+                    dim: dim.max(1),
+                    group_size: 0,
+                    groups: 0,
+                })
+            }
+            QuantParams::PerGroup { axis, group_size, zero_points, .. } => {
+                q.check_shape(shape)?;
+                if zero_points.len() != q.len() {
+                    return Err(format!("{} scales but {} zero points", q.len(), zero_points.len()));
+                }
+                let dim = shape[*axis].max(1);
+                Ok(ParamIndex {
+                    inner: numel(&shape[axis + 1..]).unwrap_or(usize::MAX).max(1),
+                    dim,
+                    group_size: *group_size,
+                    groups: dim.div_ceil(*group_size),
+                })
             }
         }
     }
     /// The parameter index of flat element `i`.
     #[inline]
     pub fn at(&self, i: usize) -> usize {
-        if self.dim == 1 {
-            0
-        } else {
-            (i / self.inner) % self.dim
+        if self.dim == 1 && self.group_size == 0 {
+            return 0;
+        }
+        let a = (i / self.inner) % self.dim;
+        match a.checked_div(self.group_size) {
+            // per group: (outer index, group along the axis, inner index) in the parameter tensor
+            Some(group) => (i / (self.dim * self.inner) * self.groups + group) * self.inner + i % self.inner,
+            None => a,
         }
     }
 }
@@ -593,7 +618,9 @@ impl ParamIndex {
 pub(crate) fn per_tensor(q: &QuantParams, what: &str) -> R<(f32, i32)> {
     match q {
         QuantParams::PerTensor { scale, zero_point } => Ok((*scale, *zero_point)),
-        QuantParams::PerAxis { .. } => Err(format!("{what} must be quantized per tensor")),
+        QuantParams::PerAxis { .. } | QuantParams::PerGroup { .. } => {
+            Err(format!("{what} must be quantized per tensor"))
+        }
     }
 }
 

@@ -337,6 +337,7 @@ impl<'a> Epi<'a> {
         let sw = match wq {
             QuantParams::PerTensor { scale, .. } => vec![*scale],
             QuantParams::PerAxis { scales, .. } => scales.clone(),
+            QuantParams::PerGroup { .. } => return Err("per-group weights have no integer kernel".into()),
         };
         if sw.len() != 1 && sw.len() != channels {
             return Err(format!("{} weight scales for {channels} channels", sw.len()));
@@ -617,6 +618,35 @@ mod tests {
         let h = Tensor::from_f32_slice(DType::F16, vec![3], &[-1.0, 0.5, 300.0]);
         let y = evalq(&Op::Quantize, &[&h], &[ty(&h)], &[qout(DType::U8, pt(0.25, 10))]).unwrap().remove(0);
         assert_eq!(y.data(), &TensorData::U8(vec![6, 12, 255]));
+    }
+
+    #[test]
+    fn quantize_and_dequantize_per_group() {
+        // [2,3,2] in groups of 2 along axis 1: parameters [2,2,2] (axis 1 indices {0,1} and {2})
+        let q = QuantParams::PerGroup {
+            axis: 1,
+            group_size: 2,
+            scales: vec![1.0, 2.0, 4.0, 8.0, 0.5, 0.25, 16.0, 32.0],
+            zero_points: vec![0, 1, -1, 2, 0, 0, 3, -3],
+        };
+        let w = i8t(&[2, 3, 2], &[1, 2, 3, 4, 5, 6, 7, -1, -2, -3, -4, -5]);
+        let d = evalq(&Op::Dequantize, &[&w], &[qty(&w, q.clone())], &[]).unwrap().remove(0);
+        let want = [1.0, 2.0, 3.0, 6.0, 24.0, 32.0, 3.5, -0.25, -1.0, -0.75, -112.0, -64.0];
+        assert_eq!(d.as_f32().unwrap(), &want);
+        // quantizing the dequantized values with the same parameters gives the codes back
+        let y = evalq(&Op::Quantize, &[&d], &[ty(&d)], &[qout(DType::I8, q.clone())]).unwrap().remove(0);
+        assert_eq!(y, w);
+        // parameters that do not fit the shape are an error, not a panic
+        let short = QuantParams::PerGroup { axis: 1, group_size: 1, scales: vec![1.0; 8], zero_points: vec![0; 8] };
+        assert!(evalq(&Op::Dequantize, &[&w], &[qty(&w, short.clone())], &[]).is_err());
+        assert!(evalq(&Op::Quantize, &[&d], &[ty(&d)], &[qout(DType::I8, short)]).is_err());
+        // per-group weights have no integer kernel
+        let x = u8t(&[1, 3, 1, 2], &[1, 2, 3, 4, 5, 6]);
+        let wc = i8t(&[2, 3, 1, 1], &[1, 2, 3, 4, 5, 6]);
+        let wq = QuantParams::PerGroup { axis: 1, group_size: 2, scales: vec![1.0; 4], zero_points: vec![0; 4] };
+        let op = Op::QConv { conv: conv1x1(), epilogue: vec![Epilogue::Dequant] };
+        let e = evalq(&op, &[&x, &wc], &[qty(&x, pt(1.0, 0)), qty(&wc, wq)], &[]).unwrap_err();
+        assert!(e.contains("per-group weights have no integer kernel"), "{e}");
     }
 
     #[test]

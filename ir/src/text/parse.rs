@@ -30,11 +30,19 @@ pub(super) fn parse(text: &str) -> Result<Graph> {
 fn check_quant(t: &TensorType) -> std::result::Result<(), String> {
     let Some(q) = &t.quant else { return Ok(()) };
     q.check().map_err(|m| format!("quantization parameters: {m}"))?;
-    if let QuantParams::PerAxis { axis, scales, .. } = q {
-        match t.shape.0.get(*axis) {
+    match q {
+        QuantParams::PerTensor { .. } => {}
+        QuantParams::PerAxis { axis, scales, .. } => match t.shape.0.get(*axis) {
             Some(Dim::Fixed(n)) if *n == scales.len() => {}
             Some(d) => return Err(format!("{} per-axis scales for axis {axis} of size {d}", scales.len())),
             None => return Err(format!("quantization axis {axis} is out of range for {}", type_str(t))),
+        },
+        QuantParams::PerGroup { .. } => {
+            let shape = t
+                .shape
+                .as_fixed()
+                .ok_or_else(|| format!("per-group parameters need a fixed shape, got {}", type_str(t)))?;
+            q.check_shape(&shape)?;
         }
     }
     Ok(())
@@ -190,13 +198,19 @@ impl<'a> Parser<'a> {
         Ok(TensorType { dtype, shape, quant })
     }
 
-    /// `<scale:zp>` or `<axis=A: s0:z0, s1:z1, ...>`.
+    /// `<scale:zp>`, `<axis=A: s0:z0, s1:z1, ...>` or `<axis=A group=G: s0:z0, ...>`.
     fn quant(&mut self) -> Result<QuantParams> {
         self.expect(&Tok::Lt, "`<`")?;
         let q = if self.eat(&Tok::Ident("axis"))? {
             self.expect(&Tok::Eq, "`=` after `axis`")?;
             let axis = self.int_lit::<usize>("the quantization axis", "an axis")?;
-            self.expect(&Tok::Colon, "`:` after the quantization axis")?;
+            let group_size = if self.eat(&Tok::Ident("group"))? {
+                self.expect(&Tok::Eq, "`=` after `group`")?;
+                Some(self.int_lit::<usize>("the group size", "a group size")?)
+            } else {
+                None
+            };
+            self.expect(&Tok::Colon, "`:` after the quantization axis (or group size)")?;
             let (mut scales, mut zero_points) = (vec![], vec![]);
             if !self.at(&Tok::Gt) {
                 loop {
@@ -208,7 +222,10 @@ impl<'a> Parser<'a> {
                     }
                 }
             }
-            QuantParams::PerAxis { axis, scales, zero_points }
+            match group_size {
+                Some(group_size) => QuantParams::PerGroup { axis, group_size, scales, zero_points },
+                None => QuantParams::PerAxis { axis, scales, zero_points },
+            }
         } else {
             let scale = self.f32_lit("a scale or `axis=`")?;
             self.expect(&Tok::Colon, "`:` between scale and zero point")?;

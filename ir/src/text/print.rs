@@ -22,8 +22,18 @@ fn write_type(s: &mut String, t: &TensorType) {
         Some(QuantParams::PerTensor { scale, zero_point }) => {
             let _ = write!(s, "<{scale:?}:{zero_point}>");
         }
-        Some(QuantParams::PerAxis { axis, scales, zero_points }) => {
-            let _ = write!(s, "<axis={axis}:");
+        Some(
+            q @ (QuantParams::PerAxis { axis, scales, zero_points }
+            | QuantParams::PerGroup { axis, scales, zero_points, .. }),
+        ) => {
+            match q.group() {
+                Some((_, g)) => {
+                    let _ = write!(s, "<axis={axis} group={g}:");
+                }
+                None => {
+                    let _ = write!(s, "<axis={axis}:");
+                }
+            }
             for (i, (sc, z)) in scales.iter().zip(zero_points).enumerate() {
                 if i > 0 {
                     s.push(',');

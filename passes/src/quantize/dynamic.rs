@@ -60,7 +60,8 @@ impl QuantizeDynamic {
             return Ok(false);
         }
         let wshape = w.shape().to_vec();
-        let per_channel = s.granularity == WeightGranularity::PerChannel;
+        // dynamic quantization runs integer kernels, which per-group weights have not: per channel
+        let per_channel = matches!(s.granularity, WeightGranularity::PerChannel | WeightGranularity::PerGroup(_));
         // (weight values, weight shape, channel axis, scale multiplier, bias multiplier, conv?)
         let (wvals, wshape, axis, alpha, beta, is_conv) = match &node.op {
             Op::MatMul if wshape.len() >= 2 => (wf.to_vec(), wshape.clone(), wshape.len() - 1, 1.0, 1.0, false),
@@ -113,6 +114,7 @@ impl QuantizeDynamic {
         let (scales, zps): (Vec<f32>, Vec<i32>) = match &r.params {
             QuantParams::PerTensor { scale, zero_point } => (vec![*scale], vec![*zero_point]),
             QuantParams::PerAxis { scales, zero_points, .. } => (scales.clone(), zero_points.clone()),
+            QuantParams::PerGroup { .. } => return Err("dynamic quantization has no per-group weights".into()),
         };
         let zshape = if zps.len() == 1 { vec![] } else { vec![channels] };
         let wzp = g.add_const(

@@ -83,6 +83,10 @@ impl Rule {
 pub enum WeightGranularity {
     PerTensor,
     PerChannel,
+    /// Block-wise (meant for 4-bit weights): one scale and zero point per run of this many
+    /// consecutive weights along the reduction axis (see [`NodeSettings::weight_granularity`]).
+    /// Such weights have no integer kernel: the op computes in float on the dequantized weight.
+    PerGroup(usize),
 }
 
 /// How a node-name pattern matches.
@@ -188,9 +192,18 @@ impl NodeSettings {
     }
 
     /// The weight granularity for a weight whose output-channel axis is `axis`.
+    ///
+    /// Per group, the groups run along the reduction axis: axis 1 when the output channel is axis
+    /// 0 (conv weights `[O, I, kh, kw]`, gemm weights `[N, K]` with `transB`), else axis 0 (gemm
+    /// weights `[K, N]` without `transB`, matmul weights `[K, N]`). For a conv weight each spatial
+    /// position `(kh, kw)` of an output channel has its own groups of input channels, as ONNX's
+    /// blocked `DequantizeLinear` along axis 1 has.
     pub fn weight_granularity(&self, axis: Option<usize>) -> Granularity {
         match (self.granularity, axis) {
             (WeightGranularity::PerChannel, Some(axis)) => Granularity::PerChannel { axis },
+            (WeightGranularity::PerGroup(size), Some(axis)) => {
+                Granularity::PerGroup { axis: if axis == 0 { 1 } else { 0 }, size }
+            }
             _ => Granularity::PerTensor,
         }
     }

@@ -382,7 +382,8 @@ pub fn quantize_values(
 /// Per-group (block-wise) parameters: one (scale, zero point) per run of `group_size` consecutive
 /// elements along `axis`; the last run of a dimension not divisible by the group size is shorter.
 /// The parameters form a tensor of `shape` (the value's shape with `ceil(dim / group_size)` at
-/// `axis`), row-major. [`QuantParams`] has no block-wise form yet, so these travel on their own.
+/// `axis`), row-major: the layout of [`QuantParams::PerGroup`], which static quantization builds
+/// from them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GroupParams {
     pub axis: usize,

@@ -8,7 +8,12 @@
 //! * each float activation input: `x -> quantize -> dequantize -> op` (one Q/DQ pair per value,
 //!   shared by all its consumers), parameters from the calibrated range;
 //! * the constant weight: quantized offline into a constant of quantized type (`i8` symmetric,
-//!   per channel on the op's output-channel axis by default) `-> dequantize -> op`;
+//!   per channel on the op's output-channel axis by default) `-> dequantize -> op`; with a
+//!   per-group granularity (4-bit weights, `granularity = "per-group:32"`), one scale and zero point
+//!   per group along the reduction axis ([`QuantParams::PerGroup`], see
+//!   [`super::policy::NodeSettings::weight_granularity`]), codes in an `i8`/`u8` constant; such a
+//!   weight has no integer kernel, so its op computes in float on the dequantized weight and its
+//!   bias stays float;
 //! * the constant bias of conv and gemm: `i32` at scale `s_x * s_w[c]` (f32 product), zero point 0,
 //!   `-> dequantize -> op` (gemm only when `alpha = beta = 1` and the bias is a vector);
 //! * the result: `op -> quantize -> dequantize`, calibrated; max pool and average pool reuse their
@@ -217,7 +222,28 @@ pub(crate) fn quantize_weight(
     let axis = match gran {
         Granularity::PerTensor => None,
         Granularity::PerChannel { axis } => Some(axis),
-        Granularity::PerGroup { .. } => return Err("per-group weights cannot be expressed in the IR yet".into()),
+        Granularity::PerGroup { axis, size } => {
+            if axis >= shape.len() {
+                return Err(format!("per-group axis {axis} is out of range for a weight of shape {shape:?}"));
+            }
+            let gp = scheme::per_group(values, &shape, axis, size, scheme).map_err(|e| e.to_string())?;
+            let codes = gp.quantize(values, &shape).map_err(|e| e.to_string())?;
+            let params = QuantParams::PerGroup {
+                axis,
+                group_size: size,
+                scales: gp.scales.clone(),
+                zero_points: gp.zero_points.clone(),
+            };
+            let dtype = scheme.qtype.storage();
+            let qt = Tensor::from_f64_iter(dtype, shape.clone(), codes.iter().map(|&c| c as f64));
+            let name = g.node(w.node).name.clone();
+            let ty = TensorType::quantized(dtype, qt.ir_shape(), params.clone());
+            let c = g.add_const_typed(format!("{name}_quantized"), qt, ty);
+            let dq = g
+                .add_node(Op::Dequantize, vec![Some(c)], None, format!("{name}_DequantizeLinear"))
+                .map_err(|e| e.to_string())?;
+            return Ok((dq, params, gp.warnings));
+        }
     };
     let r = scheme::tensor_params(values, &shape, axis, scheme).map_err(|e| e.to_string())?;
     let codes = scheme::quantize_values(values, &shape, &r.params, scheme.qtype).map_err(|e| e.to_string())?;
@@ -337,6 +363,8 @@ impl Pass for QuantizeStatic {
             };
             let bias = g.node(*id).inputs().get(2).copied().flatten();
             let x = g.node(*id).inputs()[0];
+            // per-group weights have no integer kernel: the float op adds its float bias
+            let wq = wq.filter(|q| !q.is_per_group());
             if let (true, Some(b), Some(wq), Some(x)) = (bias_ok, bias, wq, x) {
                 let xp = params.get(&x).and_then(|t| t.quant.clone());
                 if let (Some(QuantParams::PerTensor { scale: sx, .. }), true) =

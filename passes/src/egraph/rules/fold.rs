@@ -34,7 +34,7 @@ impl Weight {
         }
         let m = *e.tensor.shape().first()?;
         let q = e.ty.quant.as_ref()?;
-        if q.axis().is_some_and(|a| a != 0) || (0..m).any(|c| q.zero_point(c) != 0) {
+        if q.is_per_group() || q.axis().is_some_and(|a| a != 0) || (0..m).any(|c| q.zero_point(c) != 0) {
             return None;
         }
         Some(Weight::Quantized {
@@ -112,7 +112,7 @@ fn bias_values(eg: &EG, c: Option<Id>, m: usize) -> Option<Vec<f32>> {
     }
     let b = dq_of(eg, c)?;
     let e = konst(eg, b)?;
-    let q = e.ty.quant.as_ref()?;
+    let q = e.ty.quant.as_ref().filter(|q| !q.is_per_group())?;
     let ints = e.tensor.to_i64_vec()?;
     (ints.len() == m)
         .then(|| ints.iter().enumerate().map(|(i, &v)| numerics::dequantize(v, q.scale(i), q.zero_point(i))).collect())

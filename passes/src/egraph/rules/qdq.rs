@@ -213,6 +213,18 @@ pub(crate) fn quantize_values(vals: &[f32], shape: &[usize], t: &QType) -> Optio
     let (axis, n) = match &t.quant {
         QuantParams::PerTensor { .. } => (0, 1),
         QuantParams::PerAxis { axis, scales, .. } => (*axis, scales.len()),
+        q @ QuantParams::PerGroup { .. } => {
+            q.check_shape(shape).ok()?;
+            return Some(
+                vals.iter()
+                    .enumerate()
+                    .map(|(i, &v)| {
+                        let c = q.index_of(shape, i);
+                        numerics::quantize(v, q.scale(c), q.zero_point(c), t.dtype)
+                    })
+                    .collect(),
+            );
+        }
     };
     let inner: usize = shape.get(axis + 1..).map(|s| s.iter().product()).unwrap_or(1);
     if n > 1 && shape.get(axis) != Some(&n) {
@@ -275,7 +287,7 @@ fn bias_operand(eg: &EG, c: Option<Id>, acc_scales: &[f32], beta: f32) -> Option
     let m = acc_scales.len();
     let real: Vec<f32> = if let Some(b) = dq_of(eg, c).filter(|&b| konst(eg, b).is_some()) {
         let e = konst(eg, b)?;
-        let q = e.ty.quant.as_ref()?;
+        let q = e.ty.quant.as_ref().filter(|q| !q.is_per_group())?;
         let ints = e.tensor.to_i64_vec()?;
         if ints.len() != m {
             return None;
@@ -379,7 +391,8 @@ fn lower(eg: &EG, op: &Op, ch: &[Id], t: &QType, clamp: Option<(i64, i64)>) -> O
             let wt = &konst(eg, w)?.ty;
             let m = *wt.shape.as_fixed()?.first()?;
             let wq = wt.quant.as_ref()?;
-            if wq.axis().is_some_and(|a| a != 0) {
+            // per-group weights have no integer kernel: the float conv stays
+            if wq.is_per_group() || wq.axis().is_some_and(|a| a != 0) {
                 return None;
             }
             let acc: Vec<f32> = (0..m).map(|c| sx * wq.scale(c)).collect();
@@ -400,7 +413,7 @@ fn lower(eg: &EG, op: &Op, ch: &[Id], t: &QType, clamp: Option<(i64, i64)>) -> O
             let bs = bt.shape.as_fixed()?;
             let n = if *trans_b { bs[0] } else { bs[1] };
             let bq = bt.quant.as_ref()?;
-            if bq.axis().is_some_and(|ax| ax != if *trans_b { 0 } else { 1 }) {
+            if bq.is_per_group() || bq.axis().is_some_and(|ax| ax != if *trans_b { 0 } else { 1 }) {
                 return None;
             }
             let acc: Vec<f32> = (0..n).map(|c| (alpha * sa) * bq.scale(c)).collect();
