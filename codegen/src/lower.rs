@@ -459,26 +459,10 @@ impl Lowerer<'_> {
             Op::MaxPool(p) => {
                 let (Some(x), Some(d)) = (x0, x0.and_then(|x| self.ty(x)).and_then(dims)) else { return Ok(false) };
                 let od = dims(&oty).unwrap_or_default();
-                if d.len() != 4 || p.kernel.len() != 2 || !matches!(oty.dtype, DType::U8 | DType::I8 | DType::F32) {
+                if !matches!(oty.dtype, DType::U8 | DType::I8 | DType::F32) {
                     return Ok(false);
                 }
-                let geom = ConvGeom {
-                    h: d[2],
-                    w: d[3],
-                    c: d[1],
-                    oh: od[2],
-                    ow: od[3],
-                    kh: p.kernel[0],
-                    kw: p.kernel[1],
-                    sh: p.strides[0],
-                    sw: p.strides[1],
-                    ph: p.pads[0],
-                    pw: p.pads[1],
-                    dh: p.dilations[0],
-                    dw: p.dilations[1],
-                    cin: d[1],
-                    cin_offset: 0,
-                };
+                let Some(geom) = Self::pool_geom(p, &d, &od) else { return Ok(false) };
                 let input = self.in_layout(x, Layout::Nhwc, &name)?;
                 let output = self.define(out, Layout::Nhwc);
                 self.push(&name, StepKind::MaxPool { geom, dtype: oty.dtype, input, output });
@@ -521,26 +505,10 @@ impl Lowerer<'_> {
             Op::AveragePool(p) if oty.dtype == DType::F32 => {
                 let (Some(x), Some(d)) = (x0, x0.and_then(|x| self.ty(x)).and_then(dims)) else { return Ok(false) };
                 let od = dims(&oty).unwrap_or_default();
-                if d.len() != 4 || p.kernel.len() != 2 || self.is_const(x) {
+                if self.is_const(x) {
                     return Ok(false);
                 }
-                let geom = ConvGeom {
-                    h: d[2],
-                    w: d[3],
-                    c: d[1],
-                    oh: od[2],
-                    ow: od[3],
-                    kh: p.kernel[0],
-                    kw: p.kernel[1],
-                    sh: p.strides[0],
-                    sw: p.strides[1],
-                    ph: p.pads[0],
-                    pw: p.pads[1],
-                    dh: p.dilations[0],
-                    dw: p.dilations[1],
-                    cin: d[1],
-                    cin_offset: 0,
-                };
+                let Some(geom) = Self::pool_geom(p, &d, &od) else { return Ok(false) };
                 let geom = micro::pool::AvgPoolGeom {
                     geom,
                     pe_h: p.pads[2],
@@ -755,6 +723,31 @@ impl Lowerer<'_> {
         let len = numel(&self.types[&out]);
         self.push(name, StepKind::Elementwise { op, inputs: bufs, output, len });
         Ok(true)
+    }
+
+    /// Pooling attributes as a [`ConvGeom`] for an NCHW input `d` and output `od` (every channel
+    /// its own window).
+    fn pool_geom(p: &qforge_ir::PoolAttrs, d: &[usize], od: &[usize]) -> Option<ConvGeom> {
+        if p.kernel.len() != 2 || d.len() != 4 || od.len() != 4 {
+            return None;
+        }
+        Some(ConvGeom {
+            h: d[2],
+            w: d[3],
+            c: d[1],
+            oh: od[2],
+            ow: od[3],
+            kh: p.kernel[0],
+            kw: p.kernel[1],
+            sh: p.strides[0],
+            sw: p.strides[1],
+            ph: p.pads[0],
+            pw: p.pads[1],
+            dh: p.dilations[0],
+            dw: p.dilations[1],
+            cin: d[1],
+            cin_offset: 0,
+        })
     }
 
     /// Conv attributes as a [`ConvGeom`] for an NCHW input `d` and output `od`.

@@ -233,17 +233,7 @@ pub fn sensitivity(model: &Path, args: &SensitivityArgs, opts: PipelineOptions) 
         None => None,
     };
     let batches: Vec<Vec<Tensor>> = batches(&x, args.batch)?.collect();
-    let mut reference = vec![];
-    for b in &batches {
-        reference.push(eval.run(&g, b).map_err(anyhow::Error::msg)?.into_iter().next().context("no outputs")?);
-    }
-    let fp32_top1 = match &labels {
-        Some(l) => {
-            let scores = data::concat_batch(&reference)?;
-            Some(data::top1(&data::argmax_rows(&scores)?, l)?)
-        }
-        None => None,
-    };
+    let (reference, fp32_top1) = reference_outputs(&g, &batches, &eval, labels.as_deref())?;
     let study = Study {
         graph: &g,
         config: &cfg,
@@ -352,4 +342,23 @@ pub fn quantize_to_onnx(model: &Path, output: &Path, mut opts: PipelineOptions) 
     let bytes = crate::onnx::export::export_qdq(&g)?;
     std::fs::write(output, bytes).with_context(|| format!("cannot write `{}`", output.display()))?;
     Ok(())
+}
+
+/// The float model's first output on each batch (the sensitivity study's reference) and, with
+/// labels, its top-1 accuracy.
+pub fn reference_outputs(
+    g: &Graph,
+    batches: &[Vec<Tensor>],
+    eval: &EngineEvaluator,
+    labels: Option<&[usize]>,
+) -> Result<(Vec<Tensor>, Option<f64>)> {
+    let mut reference = vec![];
+    for b in batches {
+        reference.push(eval.run(g, b).map_err(anyhow::Error::msg)?.into_iter().next().context("no outputs")?);
+    }
+    let top1 = match labels {
+        Some(l) => Some(data::top1(&data::argmax_rows(&data::concat_batch(&reference)?)?, l)?),
+        None => None,
+    };
+    Ok((reference, top1))
 }

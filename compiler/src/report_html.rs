@@ -36,7 +36,7 @@ use crate::summary::Summary;
 use anyhow::{bail, Context, Result};
 use qforge_ir::interp::RunOptions;
 use qforge_ir::{Graph, Op, QuantParams, Tensor};
-use qforge_passes::quantize::{EvalSet, Evaluator, LayerSensitivity, Study};
+use qforge_passes::quantize::{EvalSet, LayerSensitivity, Study};
 use qforge_passes::report::Unfused;
 use qforge_passes::PassReport;
 use std::fmt::Write as _;
@@ -254,14 +254,7 @@ fn sensitivity(
     let samples = xs.shape()[0];
     let labels = labels.map(|l| &l[..samples.min(l.len())]);
     let batches: Vec<Vec<Tensor>> = calibrate::batches(&xs, args.batch)?.collect();
-    let mut reference = vec![];
-    for b in &batches {
-        reference.push(eval.run(&g, b).map_err(anyhow::Error::msg)?.into_iter().next().context("no outputs")?);
-    }
-    let fp32_top1 = match labels {
-        Some(l) => Some(data::top1(&data::argmax_rows(&data::concat_batch(&reference)?)?, l)?),
-        None => None,
-    };
+    let (reference, fp32_top1) = calibrate::reference_outputs(&g, &batches, &eval, labels)?;
     let study = Study {
         graph: &g,
         config: &cfg,
