@@ -916,7 +916,7 @@ impl Lowerer<'_> {
         }
         let (at, bt, oty) = (self.types[&a].clone(), self.types[&bv].clone(), self.types[&out].clone());
         let (Some(ad), Some(bd)) = (dims(&at), dims(&bt)) else { return Ok(false) };
-        if bd.len() != 2 || ad.is_empty() || at.dtype != DType::U8 || bt.dtype != DType::I8 {
+        if bd.len() != 2 || ad.is_empty() || !matches!(at.dtype, DType::U8 | DType::I8) || bt.dtype != DType::I8 {
             return Ok(false);
         }
         let Some((sa, za)) = per_tensor(&at.quant) else { return Ok(false) };
@@ -959,13 +959,37 @@ impl Lowerer<'_> {
             t
         };
         let packed = micro::int8::pack_weights_i8(&wk, n, k);
+        // i8 activations become u8 (sign bit flipped, zero point + 128) while rows are gathered:
+        // the matrix is an NHWC "image" of m pixels with k channels and a 1x1 window.
+        let (rows, zae) = if at.dtype == DType::I8 {
+            let geom = ConvGeom {
+                h: m,
+                w: 1,
+                c: k,
+                oh: m,
+                ow: 1,
+                kh: 1,
+                kw: 1,
+                sh: 1,
+                sw: 1,
+                ph: 0,
+                pw: 0,
+                dh: 1,
+                dw: 1,
+                cin: k,
+                cin_offset: 0,
+            };
+            (Rows::Im2col { geom, pad: 0, xor: 0x80 }, za + 128)
+        } else {
+            (Rows::Direct { lda: k }, za)
+        };
         let corr: Vec<i32> =
-            bias_v.iter().zip(&packed.col_sums).map(|(&b, &s)| b.wrapping_sub(za.wrapping_mul(s))).collect();
+            bias_v.iter().zip(&packed.col_sums).map(|(&b, &s)| b.wrapping_sub(zae.wrapping_mul(s))).collect();
         let mut steps = vec![Step::AddChannelI32(corr)];
         steps.extend(epi.steps);
         mark_bounded(&mut steps, k as f64 * 255.0 * 128.0);
         let spec = KernelSpec {
-            main: MainOp::GemmU8I8 { rows: Rows::Direct { lda: k }, weights: Arc::new(packed) },
+            main: MainOp::GemmU8I8 { rows, weights: Arc::new(packed) },
             epilogue: steps,
             store: epi.store,
             rows: m,
