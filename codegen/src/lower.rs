@@ -728,31 +728,31 @@ impl Lowerer<'_> {
     /// Pooling attributes as a [`ConvGeom`] for an NCHW input `d` and output `od` (every channel
     /// its own window).
     fn pool_geom(p: &qforge_ir::PoolAttrs, d: &[usize], od: &[usize]) -> Option<ConvGeom> {
-        if p.kernel.len() != 2 || d.len() != 4 || od.len() != 4 {
-            return None;
-        }
-        Some(ConvGeom {
-            h: d[2],
-            w: d[3],
-            c: d[1],
-            oh: od[2],
-            ow: od[3],
-            kh: p.kernel[0],
-            kw: p.kernel[1],
-            sh: p.strides[0],
-            sw: p.strides[1],
-            ph: p.pads[0],
-            pw: p.pads[1],
-            dh: p.dilations[0],
-            dw: p.dilations[1],
-            cin: d[1],
-            cin_offset: 0,
-        })
+        Self::window_geom(&p.kernel, &p.strides, &p.pads, &p.dilations, d, od, *d.get(1)?)
     }
 
     /// Conv attributes as a [`ConvGeom`] for an NCHW input `d` and output `od`.
     fn geom(a: &qforge_ir::ConvAttrs, d: &[usize], od: &[usize], cin: usize) -> Option<ConvGeom> {
-        if a.kernel.len() != 2 || d.len() != 4 || od.len() != 4 {
+        Self::window_geom(&a.kernel, &a.strides, &a.pads, &a.dilations, d, od, cin)
+    }
+
+    /// A 2-D sliding window over an NCHW input `d` producing `od`.
+    fn window_geom(
+        kernel: &[usize],
+        strides: &[usize],
+        pads: &[usize],
+        dilations: &[usize],
+        d: &[usize],
+        od: &[usize],
+        cin: usize,
+    ) -> Option<ConvGeom> {
+        if kernel.len() != 2
+            || strides.len() < 2
+            || pads.len() < 2
+            || dilations.len() < 2
+            || d.len() != 4
+            || od.len() != 4
+        {
             return None;
         }
         Some(ConvGeom {
@@ -761,14 +761,14 @@ impl Lowerer<'_> {
             c: d[1],
             oh: od[2],
             ow: od[3],
-            kh: a.kernel[0],
-            kw: a.kernel[1],
-            sh: a.strides[0],
-            sw: a.strides[1],
-            ph: a.pads[0],
-            pw: a.pads[1],
-            dh: a.dilations[0],
-            dw: a.dilations[1],
+            kh: kernel[0],
+            kw: kernel[1],
+            sh: strides[0],
+            sw: strides[1],
+            ph: pads[0],
+            pw: pads[1],
+            dh: dilations[0],
+            dw: dilations[1],
             cin,
             cin_offset: 0,
         })

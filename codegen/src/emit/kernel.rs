@@ -110,43 +110,15 @@ pub fn emit(
     let n = spec.cols as i64;
     let ldo_out = bind.ld_out;
     match &spec.main {
-        MainOp::GemmU8I8 { rows, weights } => {
-            let kp = weights.kp as i64;
-            gemm_loops(
-                em,
-                x,
-                out,
-                res,
-                scratch,
-                begin,
-                end,
-                es,
-                n,
-                ldo_out,
-                rows,
-                GemmKind::U8I8 { kp },
-                consts,
-                |em, t| tile_epilogue(em, spec, consts, t),
-            )
-        }
-        MainOp::GemmF32 { rows, weights } => {
-            let k = weights.k as i64;
-            gemm_loops(
-                em,
-                x,
-                out,
-                res,
-                scratch,
-                begin,
-                end,
-                es,
-                n,
-                ldo_out,
-                rows,
-                GemmKind::F32 { k },
-                consts,
-                |em, t| tile_epilogue(em, spec, consts, t),
-            )
+        MainOp::GemmU8I8 { rows, .. } | MainOp::GemmF32 { rows, .. } => {
+            let kind = match &spec.main {
+                MainOp::GemmU8I8 { weights, .. } => GemmKind::U8I8 { kp: weights.kp as i64 },
+                MainOp::GemmF32 { weights, .. } => GemmKind::F32 { k: weights.k as i64 },
+                _ => return Err(JitError::Codegen("not a GEMM".into())),
+            };
+            gemm_loops(em, x, out, res, scratch, begin, end, es, n, ldo_out, rows, kind, consts, |em, t| {
+                tile_epilogue(em, spec, consts, t)
+            })
         }
         MainOp::DepthwiseU8I8 { geom, .. } | MainOp::DepthwiseF32 { geom, .. } => {
             let ow = geom.ow as i64;
