@@ -848,17 +848,7 @@ impl Lowerer<'_> {
             let (xor, zxe) = if xi == IntTy::I8 { (0x80u8, zx + 128) } else { (0, zx) };
             for gi in 0..group {
                 // [cout][cin][kh][kw] -> [cout][kh][kw][cin]
-                let mut wk = vec![0i8; cout_g * k];
-                for o in 0..cout_g {
-                    let oc = gi * cout_g + o;
-                    for ci in 0..cin_g {
-                        for y in 0..kh {
-                            for xx in 0..kw {
-                                wk[o * k + (y * kw + xx) * cin_g + ci] = wdata[((oc * cin_g + ci) * kh + y) * kw + xx];
-                            }
-                        }
-                    }
-                }
+                let wk = to_ohwi(&wdata, gi * cout_g..(gi + 1) * cout_g, cin_g, kh, kw);
                 let packed = micro::int8::pack_weights_i8(&wk, cout_g, k);
                 let range = gi * cout_g..(gi + 1) * cout_g;
                 let corr: Vec<i32> = bias_v[range.clone()]
@@ -866,16 +856,7 @@ impl Lowerer<'_> {
                     .zip(&packed.col_sums)
                     .map(|(&b, &s)| b.wrapping_sub(zxe.wrapping_mul(s)))
                     .collect();
-                let direct = group == 1
-                    && kh == 1
-                    && kw == 1
-                    && geom.sh == 1
-                    && geom.sw == 1
-                    && geom.ph == 0
-                    && geom.pw == 0
-                    && od[2] == d[2]
-                    && od[3] == d[3]
-                    && xor == 0;
+                let direct = group == 1 && xor == 0 && is_pointwise(&geom);
                 let g_geom = ConvGeom { cin_offset: gi * cin_g, ..geom };
                 let rows = if direct {
                     Rows::Direct { lda: d[1] }
@@ -947,17 +928,7 @@ impl Lowerer<'_> {
         } else {
             vec![0; n]
         };
-        let wk: Vec<i8> = if trans_b {
-            bdata
-        } else {
-            let mut t = vec![0i8; n * k];
-            for kk in 0..k {
-                for j in 0..n {
-                    t[j * k + kk] = bdata[kk * n + j];
-                }
-            }
-            t
-        };
+        let wk: Vec<i8> = if trans_b { bdata } else { transpose_kn(&bdata, k, n) };
         let packed = micro::int8::pack_weights_i8(&wk, n, k);
         // i8 activations become u8 (sign bit flipped, zero point + 128) while rows are gathered:
         // the matrix is an NHWC "image" of m pixels with k channels and a 1x1 window.
@@ -1028,17 +999,7 @@ impl Lowerer<'_> {
         }
         let m: usize = ad[..ad.len() - 1].iter().product();
         let Some(bdata) = b.as_f32() else { return Ok(false) };
-        let wk: Vec<f32> = if trans_b {
-            bdata.to_vec()
-        } else {
-            let mut t = vec![0f32; n * k];
-            for kk in 0..k {
-                for j in 0..n {
-                    t[j * k + kk] = bdata[kk * n + j];
-                }
-            }
-            t
-        };
+        let wk: Vec<f32> = if trans_b { bdata.to_vec() } else { transpose_kn(bdata, k, n) };
         let mut steps = Vec::new();
         if alpha != 1.0 {
             steps.push(Step::ScaleToF32(vec![alpha; n]));
@@ -1159,26 +1120,8 @@ impl Lowerer<'_> {
             let cout_g = cout / group;
             let k = kh * kw * cin_g;
             for gi in 0..group {
-                let mut wk = vec![0f32; cout_g * k];
-                for o in 0..cout_g {
-                    let oc = gi * cout_g + o;
-                    for ci in 0..cin_g {
-                        for y in 0..kh {
-                            for xx in 0..kw {
-                                wk[o * k + (y * kw + xx) * cin_g + ci] = wdata[((oc * cin_g + ci) * kh + y) * kw + xx];
-                            }
-                        }
-                    }
-                }
-                let direct = group == 1
-                    && kh == 1
-                    && kw == 1
-                    && geom.sh == 1
-                    && geom.sw == 1
-                    && geom.ph == 0
-                    && geom.pw == 0
-                    && od[2] == d[2]
-                    && od[3] == d[3];
+                let wk = to_ohwi(wdata, gi * cout_g..(gi + 1) * cout_g, cin_g, kh, kw);
+                let direct = group == 1 && is_pointwise(&geom);
                 let g_geom = ConvGeom { cin_offset: gi * cin_g, ..geom };
                 let rows =
                     if direct { Rows::Direct { lda: d[1] } } else { Rows::Im2col { geom: g_geom, pad: 0, xor: 0 } };
@@ -1342,4 +1285,38 @@ fn slice_steps(steps: &[Step], range: std::ops::Range<usize>) -> Vec<Step> {
             other => other.clone(),
         })
         .collect()
+}
+
+/// Conv weights `[cout][cin_g][kh][kw]` for the output channels `oc` as GEMM rows in im2col
+/// order: `[oc][kh][kw][cin_g]`.
+fn to_ohwi<T: Copy + Default>(w: &[T], oc: std::ops::Range<usize>, cin_g: usize, kh: usize, kw: usize) -> Vec<T> {
+    let k = kh * kw * cin_g;
+    let mut out = vec![T::default(); oc.len() * k];
+    for (o, c) in oc.enumerate() {
+        for ci in 0..cin_g {
+            for y in 0..kh {
+                for x in 0..kw {
+                    out[o * k + (y * kw + x) * cin_g + ci] = w[((c * cin_g + ci) * kh + y) * kw + x];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A `[k][n]` matrix as `[n][k]` (the packers take one row per output column).
+fn transpose_kn<T: Copy + Default>(b: &[T], k: usize, n: usize) -> Vec<T> {
+    let mut t = vec![T::default(); n * k];
+    for kk in 0..k {
+        for j in 0..n {
+            t[j * k + kk] = b[kk * n + j];
+        }
+    }
+    t
+}
+
+/// Whether a convolution reads each output pixel's input pixel and nothing else (1x1, stride 1,
+/// no padding), so its NHWC input already is the GEMM's left operand.
+fn is_pointwise(g: &ConvGeom) -> bool {
+    g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 && g.oh == g.h && g.ow == g.w
 }

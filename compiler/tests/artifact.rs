@@ -6,77 +6,10 @@ use qforge::artifact::{fnv1a64, Artifact, FAULT_MIDWAY, FAULT_VAR, FORMAT_VERSIO
 use qforge::pipeline::QuantizeMode;
 use qforge::{load_model, Compiler, PipelineOptions};
 use qforge_ir::Tensor;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Instant;
+use std::path::Path;
 
-const QFORGE: &str = env!("CARGO_BIN_EXE_qforge");
-const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets");
-
-fn corpus(rel: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/models")).join(rel)
-}
-
-fn asset(name: &str) -> PathBuf {
-    Path::new(ASSETS).join(name)
-}
-
-/// A fresh, empty scratch directory unique to the test.
-fn scratch(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("qforge-artifact-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("scratch dir");
-    d
-}
-
-fn p(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-struct Outcome {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn qforge_env(args: &[&str], env: &[(&str, &str)]) -> Outcome {
-    let mut c = Command::new(QFORGE);
-    c.args(args).env_remove("RUST_BACKTRACE").env_remove(FAULT_VAR);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let out = c.output().expect("qforge runs");
-    Outcome {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn qforge(args: &[&str]) -> Outcome {
-    qforge_env(args, &[])
-}
-
-fn expect_ok(args: &[&str]) -> Outcome {
-    let o = qforge(args);
-    assert_eq!(o.code, Some(0), "qforge {args:?} failed: {}", o.stderr);
-    o
-}
-
-/// Non-zero exit, one line on stderr starting with `error:` and containing `needle`, no panic.
-fn expect_error_env(args: &[&str], env: &[(&str, &str)], needle: &str) {
-    let o = qforge_env(args, env);
-    assert_eq!(o.code, Some(1), "qforge {args:?} exited with {:?}: {}", o.code, o.stderr);
-    let lines: Vec<&str> = o.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "qforge {args:?} printed more than one line:\n{}", o.stderr);
-    assert!(lines[0].starts_with("error: "), "{}", lines[0]);
-    assert!(!o.stderr.contains("panicked") && !o.stderr.contains("internal error"), "{}", o.stderr);
-    assert!(lines[0].contains(needle), "qforge {args:?}: expected `{needle}` in: {}", lines[0]);
-}
-
-fn expect_error(args: &[&str], needle: &str) {
-    expect_error_env(args, &[], needle)
-}
+mod common;
+use common::*;
 
 fn bits(ts: &[Tensor]) -> Vec<Vec<u32>> {
     ts.iter().map(|t| t.as_f32().expect("f32 output").iter().map(|x| x.to_bits()).collect()).collect()
@@ -280,50 +213,4 @@ fn diff_lists_changed_quantization() {
     expect_ok(&["compile", p(&model), "-o", p(&fp)]);
     let o = expect_ok(&["diff", p(&fp), p(&pc)]);
     assert!(o.stdout.lines().any(|l| l.starts_with("+ ") || l.contains("float ->")), "{}", o.stdout);
-}
-
-/// Sizes and times of the artifact against the text form with full constants (the alternative
-/// payload), on ResNet-18 and MobileNetV2: `cargo test -p qforge --test artifact -- --ignored
-/// --nocapture timings`.
-#[test]
-#[ignore]
-fn timings() {
-    let d = scratch("timings");
-    for name in ["resnet18.onnx", "mobilenet_v2.onnx"] {
-        let model = corpus(name);
-        let compiler = Compiler::new(PipelineOptions::default()).unwrap();
-        let g = compiler.optimize(load_model(&model).unwrap()).unwrap();
-        let path = d.join("m.qfa");
-        let a = Artifact::new(g.clone(), &model, &compiler).unwrap();
-        let t = Instant::now();
-        let encoded = a.to_bytes().unwrap();
-        let encode = t.elapsed();
-        drop(encoded);
-        let t = Instant::now();
-        a.save(&path).unwrap();
-        let save = t.elapsed();
-        let t = Instant::now();
-        let b = Artifact::load(&path).unwrap();
-        let load = t.elapsed();
-        let size = std::fs::metadata(&path).unwrap().len();
-        let t = Instant::now();
-        let text = qforge_ir::text::print(&g, qforge_ir::text::ConstMode::Full).unwrap();
-        let print = t.elapsed();
-        let t = Instant::now();
-        let back = qforge_ir::text::parse(&text).unwrap();
-        let parse = t.elapsed();
-        let exact = qforge_ir::text::print_default(&back).unwrap() == qforge_ir::text::print_default(&g).unwrap();
-        assert_eq!(qforge_ir::text::print_default(&b.graph).unwrap(), qforge_ir::text::print_default(&g).unwrap());
-        println!(
-            "{name}: artifact {:.1} MB, save {:.0} ms (encoding {:.0} ms), load {:.0} ms; full text {:.1} MB, print {:.0} ms, parse {:.0} ms, \
-             constants bit-exact through text: {exact}",
-            size as f64 / 1e6,
-            save.as_secs_f64() * 1e3,
-            encode.as_secs_f64() * 1e3,
-            load.as_secs_f64() * 1e3,
-            text.len() as f64 / 1e6,
-            print.as_secs_f64() * 1e3,
-            parse.as_secs_f64() * 1e3
-        );
-    }
 }

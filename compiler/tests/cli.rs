@@ -1,58 +1,8 @@
 //! The command line's contract: errors are one line on stderr and a non-zero exit, never a panic
 //! or a backtrace; `--json` output has the documented keys.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-const QFORGE: &str = env!("CARGO_BIN_EXE_qforge");
-const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets");
-
-fn corpus(rel: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/models")).join(rel)
-}
-
-fn asset(name: &str) -> PathBuf {
-    Path::new(ASSETS).join(name)
-}
-
-/// A scratch directory unique to the test.
-fn scratch(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("qforge-cli-{}-{test}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("scratch dir");
-    d
-}
-
-struct Outcome {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn qforge(args: &[&str]) -> Outcome {
-    let out = Command::new(QFORGE).args(args).env_remove("RUST_BACKTRACE").output().expect("qforge runs");
-    Outcome {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// The one helper every error case goes through: non-zero exit, one line on stderr starting with
-/// `error:`, containing `needle`, and no panic or backtrace.
-fn expect_error(args: &[&str], needle: &str) {
-    let o = qforge(args);
-    assert_ne!(o.code, Some(0), "qforge {args:?} succeeded; stdout: {}", o.stdout);
-    assert_eq!(o.code, Some(1), "qforge {args:?} exited with {:?}: {}", o.code, o.stderr);
-    let lines: Vec<&str> = o.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "qforge {args:?} printed more than one line:\n{}", o.stderr);
-    assert!(lines[0].starts_with("error: "), "{}", lines[0]);
-    assert!(!o.stderr.contains("panicked") && !o.stderr.contains("internal error"), "{}", o.stderr);
-    assert!(lines[0].contains(needle), "qforge {args:?}: expected `{needle}` in: {}", lines[0]);
-}
-
-fn p(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
+mod common;
+use common::{asset, corpus, expect_error, p, qforge, scratch};
 
 #[test]
 fn missing_model_file() {

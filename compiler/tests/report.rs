@@ -7,57 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const QFORGE: &str = env!("CARGO_BIN_EXE_qforge");
-const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets");
+mod common;
+use common::{expect_error_env as expect_error, expect_ok as qforge_ok, p, scratch};
 
+/// A bundled asset's path as a string argument.
 fn asset(name: &str) -> String {
-    Path::new(ASSETS).join(name).to_str().expect("utf-8 path").to_string()
-}
-
-/// A scratch directory unique to the test.
-fn scratch(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("qforge-report-{}-{test}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("scratch dir");
-    d
-}
-
-struct Outcome {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn qforge_env(args: &[&str], env: &[(&str, &str)]) -> Outcome {
-    let mut c = Command::new(QFORGE);
-    c.args(args).env_remove("RUST_BACKTRACE");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let out = c.output().expect("qforge runs");
-    Outcome {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn qforge_ok(args: &[&str]) -> Outcome {
-    let o = qforge_env(args, &[]);
-    assert_eq!(o.code, Some(0), "qforge {args:?} failed: {}", o.stderr);
-    o
-}
-
-/// Non-zero exit and one `error:` line containing `needle`.
-fn expect_error(args: &[&str], env: &[(&str, &str)], needle: &str) {
-    let o = qforge_env(args, env);
-    assert_eq!(o.code, Some(1), "qforge {args:?}: {:?}\n{}", o.code, o.stderr);
-    let lines: Vec<&str> = o.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "qforge {args:?} printed more than one line:\n{}", o.stderr);
-    assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "expected `{needle}` in: {}", lines[0]);
-}
-
-fn p(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
+    p(&common::asset(name)).to_string()
 }
 
 fn int8_args<'a>(model: &'a str, calib: &'a str) -> Vec<&'a str> {

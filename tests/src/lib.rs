@@ -114,18 +114,27 @@ pub fn agreement(out: &Tensor, reference: &Tensor, step: Option<f32>) -> Result<
     })
 }
 
-/// The quantization step of output 0 when it is produced by dequantizing a per-tensor value.
+/// The quantization step of output 0 (see [`output_step_at`]).
 pub fn output_step(g: &Graph) -> Option<f32> {
-    let out = g.outputs().first()?.value;
-    let node = g.node(out.node);
+    output_step_at(g, 0)
+}
+
+/// The quantization step of output `i`: its own per-tensor scale if it is quantized, else the
+/// per-tensor scale of the value a final dequantize reads; `None` otherwise.
+pub fn output_step_at(g: &Graph, i: usize) -> Option<f32> {
+    let v = g.outputs().get(i)?.value;
+    let per_tensor = |t: &qforge_ir::TensorType| match &t.quant {
+        Some(QuantParams::PerTensor { scale, .. }) => Some(*scale),
+        _ => None,
+    };
+    if let Some(s) = per_tensor(g.value_type(v)) {
+        return Some(s);
+    }
+    let node = g.node(v.node);
     if !matches!(node.op, Op::Dequantize) {
         return None;
     }
-    let input = node.inputs().first().copied().flatten()?;
-    match g.value_type(input).quant.as_ref()? {
-        QuantParams::PerTensor { scale, .. } => Some(*scale),
-        QuantParams::PerAxis { .. } | QuantParams::PerGroup { .. } => None,
-    }
+    per_tensor(g.value_type(node.inputs().first().copied().flatten()?))
 }
 
 /// Imports the case's model, runs it on the reference interpreter, prints the agreement with the

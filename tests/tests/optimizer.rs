@@ -11,7 +11,7 @@
 //!   structure (fused integer kernels, no Q/DQ between two integer ops), and no batch norm left
 //!   in the float models.
 
-use qforge_ir::{Graph, Op, QuantParams, Tensor, TensorType};
+use qforge_ir::{Graph, Op, Tensor};
 use qforge_passes::egraph::{cost::CostTable, Optimize};
 use qforge_passes::{PassContext, PassReport, Pipeline};
 use qforge_tests::{agreement, check_at, corpus_file, Case, Expect};
@@ -90,31 +90,13 @@ fn inputs(g: &Graph) -> Vec<Tensor> {
     qforge_tests::fixture_inputs(g)
 }
 
-/// The output step of output `i`: its own scale if quantized, the scale of the dequantize that
-/// makes it otherwise.
-fn step(g: &Graph, i: usize) -> Option<f32> {
-    let v = g.outputs()[i].value;
-    let per_tensor = |t: &TensorType| match &t.quant {
-        Some(QuantParams::PerTensor { scale, .. }) => Some(*scale),
-        _ => None,
-    };
-    if let Some(s) = per_tensor(g.value_type(v)) {
-        return Some(s);
-    }
-    let node = g.node(v.node);
-    if !matches!(node.op, Op::Dequantize) {
-        return None;
-    }
-    per_tensor(g.value_type(node.inputs()[0]?))
-}
-
 /// Runs `before` and `after` on the same inputs and checks every output agrees: floats within
 /// 1e-4 of the largest magnitude, quantized results within `steps` output steps.
 fn differential(name: &str, before: &Graph, after: &Graph, x: &[Tensor], steps: f32) {
     let a = qforge_ir::interp::run(before, x).unwrap_or_else(|e| panic!("{name}: before: {e}"));
     let b = qforge_ir::interp::run(after, x).unwrap_or_else(|e| panic!("{name}: after: {e}"));
     for (i, (a, b)) in a.iter().zip(&b).enumerate() {
-        let step = step(before, i);
+        let step = qforge_tests::output_step_at(before, i);
         let quantized = before.value_type(before.outputs()[i].value).quant.is_some();
         let ag = agreement(b, a, step.filter(|_| !quantized)).unwrap_or_else(|e| panic!("{name}: output {i}: {e}"));
         let tol = match step {

@@ -508,24 +508,6 @@ fn build(spec: &Spec) -> Graph {
 
 // ---- the checks
 
-/// The output step of output `i` (as `tests/optimizer.rs` decides it): its own scale if
-/// quantized, the scale of the dequantize that makes it otherwise.
-fn step_of(g: &Graph, i: usize) -> Option<f32> {
-    let v = g.outputs()[i].value;
-    let per_tensor = |t: &TensorType| match &t.quant {
-        Some(QuantParams::PerTensor { scale, .. }) => Some(*scale),
-        _ => None,
-    };
-    if let Some(s) = per_tensor(g.value_type(v)) {
-        return Some(s);
-    }
-    let node = g.node(v.node);
-    if !matches!(node.op, Op::Dequantize) {
-        return None;
-    }
-    per_tensor(g.value_type(node.inputs()[0]?))
-}
-
 /// How many output steps the optimized graph may be off: one per quantized layer the literal
 /// graph rounds in float and the integer kernels round once (`differential` allows one step for
 /// the single-layer fixtures and two for the digits models), at most two.
@@ -564,7 +546,7 @@ fn check(g: &Graph) -> Result<Vec<String>, String> {
     }
     let steps = allowed_steps(g);
     for (i, (a, b)) in before.iter().zip(&after).enumerate() {
-        let step = step_of(g, i);
+        let step = qforge_tests::output_step_at(g, i);
         let quantized = g.value_type(g.outputs()[i].value).quant.is_some();
         let ag = agreement(b, a, step.filter(|_| !quantized)).map_err(|e| format!("output {i}: {e:#}"))?;
         let tol = match step {
@@ -616,7 +598,8 @@ fn jit(g: &Graph, x: &[Tensor], expected: &[Tensor], steps: f32) -> anyhow::Resu
         let outs = exe.run(x).map_err(|e| anyhow::anyhow!("JIT ({mk:?}): {e}"))?;
         for (i, (o, e)) in outs.iter().zip(expected).enumerate() {
             let a = agreement(o, e, None)?;
-            let tol = (1e-5 * a.ref_max_abs).max(step_of(g, i).map_or(0.0, |s| s * (steps + 1e-3)));
+            let tol =
+                (1e-5 * a.ref_max_abs).max(qforge_tests::output_step_at(g, i).map_or(0.0, |s| s * (steps + 1e-3)));
             anyhow::ensure!(a.max_abs <= tol, "JIT ({mk:?}) output {i}: {a} (tolerance {tol}, mixed graph)");
         }
     }
