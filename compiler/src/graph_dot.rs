@@ -15,7 +15,7 @@
 use crate::driver::{load_model, Compiler};
 use crate::pipeline::PipelineOptions;
 use anyhow::{bail, Context, Result};
-use qforge_ir::{DType, Epilogue, Graph, Node, NodeId, Op, QuantParams, TensorType};
+use qforge_ir::{DType, Graph, Node, NodeId, Op, QuantParams, TensorType};
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -62,16 +62,7 @@ pub fn op_label(op: &Op) -> String {
         Op::QConv { epilogue, .. } | Op::QMatMul { epilogue } | Op::QGemm { epilogue, .. } => epilogue,
         _ => return op.name().to_string(),
     };
-    let steps: Vec<String> = ep
-        .iter()
-        .map(|e| match e {
-            Epilogue::Bias => "bias".to_string(),
-            Epilogue::Requant => "requant".to_string(),
-            Epilogue::Dequant => "dequant".to_string(),
-            Epilogue::Clamp { lo, hi } => format!("clamp({lo},{hi})"),
-        })
-        .collect();
-    format!("{} [{}]", op.name(), steps.join(", "))
+    format!("{} {}", op.name(), qforge_ir::text::epilogue_text(ep))
 }
 
 /// Escapes text for a double-quoted DOT string (where `\n` is a line break).

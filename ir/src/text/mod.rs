@@ -34,6 +34,7 @@
 
 mod lexer;
 mod ops;
+pub use ops::epilogue as epilogue_text;
 mod parse;
 mod print;
 #[cfg(test)]

@@ -22,7 +22,8 @@ fn f32s(x: f32) -> String {
     format!("{x:?}")
 }
 
-fn epilogue(ep: &[Epilogue]) -> String {
+/// An epilogue list as the text form writes it: `[bias, requant, clamp(0,255)]`.
+pub fn epilogue(ep: &[Epilogue]) -> String {
     let items: Vec<String> = ep
         .iter()
         .map(|e| match e {
