@@ -95,10 +95,18 @@ impl JitExecutable {
         if let Some(p) = self.programs.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(p);
         }
+        let t = std::time::Instant::now();
         let widened = widen::widen_low_precision(&self.graph);
         let lw = lower::lower(&widened, types)?;
         let mut p = Program::build(lw, self.opts.microkernels, self.opts.threads)?;
         p.check_guards = self.opts.check_guards;
+        tracing::info!(
+            "JIT compiled inputs {key:?}: {} steps ({} run by the interpreter) in {:.1} ms, arena {} bytes",
+            p.report.steps.len(),
+            p.report.host_ops.iter().map(|(_, n)| n).sum::<usize>(),
+            t.elapsed().as_secs_f64() * 1e3,
+            p.report.arena_bytes
+        );
         let p = Arc::new(p);
         if let Ok(mut m) = self.programs.lock() {
             m.insert(key, p.clone());

@@ -263,13 +263,32 @@ impl Artifact {
 
     /// Writes the artifact atomically (see the module docs).
     pub fn save(&self, path: &Path) -> Result<()> {
-        write_atomic(path, &self.to_bytes()?)
+        let t = std::time::Instant::now();
+        let bytes = self.to_bytes()?;
+        write_atomic(path, &bytes)?;
+        tracing::info!(
+            "saved artifact `{}`: {} nodes, {} bytes in {:.1} ms",
+            path.display(),
+            self.graph.node_count(),
+            bytes.len(),
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(())
     }
 
     /// Reads an artifact file; errors name the file.
     pub fn load(path: &Path) -> Result<Artifact> {
+        let t = std::time::Instant::now();
         let bytes = std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
-        Artifact::from_bytes(&bytes).with_context(|| format!("`{}`", path.display()))
+        let a = Artifact::from_bytes(&bytes).with_context(|| format!("`{}`", path.display()))?;
+        tracing::info!(
+            "loaded artifact `{}`: {} nodes, {} bytes in {:.1} ms",
+            path.display(),
+            a.graph.node_count(),
+            bytes.len(),
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(a)
     }
 }
 

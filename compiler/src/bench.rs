@@ -148,6 +148,7 @@ pub fn run(model: &std::path::Path, args: &BenchArgs, pipeline: PipelineOptions)
     let t0 = Instant::now();
     let crate::artifact::Prepared { compiler, exe, .. } = crate::artifact::prepare(model, pipeline)?;
     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
+    tracing::info!("bench: model ready in {compile_ms:.1} ms; batch sizes {:?}", args.batch);
     let data = match &args.input {
         Some(p) => Some(crate::npy::read(p).with_context(|| format!("`{}`", p.display()))?),
         None => None,
@@ -177,12 +178,18 @@ pub fn run(model: &std::path::Path, args: &BenchArgs, pipeline: PipelineOptions)
             }
             None => None,
         };
-        for _ in 0..args.warmup {
+        tracing::info!("bench batch {batch}: {} warm-up and {} timed runs", args.warmup, args.iters);
+        // one bar per batch size over its warm-ups and timed runs (updated outside the timed span)
+        let runs = args.warmup + args.iters;
+        let mut bar = crate::progress::bar(format!("batch {batch}"), "runs");
+        for k in 0..args.warmup {
             exe.run(&inputs)?;
+            bar(k + 1, runs);
         }
         let mut times = Vec::with_capacity(args.iters);
         let mut step_times: Vec<Duration> = Vec::new();
-        for _ in 0..args.iters {
+        for k in 0..args.iters {
+            bar(args.warmup + k, runs);
             let t = Instant::now();
             match (&program, args.profile_kernels && bi == 0) {
                 (Some(p), true) => {
@@ -197,8 +204,14 @@ pub fn run(model: &std::path::Path, args: &BenchArgs, pipeline: PipelineOptions)
             }
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
+        bar(runs, runs);
         times.sort_by(|a, b| a.total_cmp(b));
         let median = percentile(&times, 0.5);
+        tracing::debug!(
+            "bench batch {batch}: median {median:.3} ms, min {:.3} ms, max {:.3} ms",
+            times[0],
+            times[times.len() - 1]
+        );
         sweep.push(BatchResult {
             batch,
             median_ms: median,

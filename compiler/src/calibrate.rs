@@ -1,6 +1,6 @@
 //! Quantization in the driver: the engine as a calibration [`Evaluator`], calibration batches from
-//! a `.npy` file, the progress bar (stderr, on a terminal only), and the static and dynamic
-//! quantization stages of the pipeline.
+//! a `.npy` file (with a [`crate::progress`] bar), and the static and dynamic quantization stages
+//! of the pipeline.
 
 use crate::data;
 use crate::pipeline::{Engine, PipelineOptions, QuantizeMode};
@@ -14,7 +14,6 @@ use qforge_passes::quantize::{
     WeightGranularity,
 };
 use qforge_passes::{PassContext, PassReport, Pipeline};
-use std::io::IsTerminal;
 use std::path::Path;
 
 /// The engine that runs calibration (and sensitivity analysis). Observers see every intermediate
@@ -68,29 +67,6 @@ pub fn qconfig(opts: &PipelineOptions) -> Result<QConfig> {
     Ok(cfg)
 }
 
-/// A progress callback: an indicatif bar on stderr when stderr is a terminal, nothing otherwise.
-pub fn progress(what: &'static str) -> Box<dyn FnMut(usize, usize)> {
-    if !std::io::stderr().is_terminal() {
-        return Box::new(|_, _| {});
-    }
-    let mut bar: Option<indicatif::ProgressBar> = None;
-    Box::new(move |done, total| {
-        let b = bar.get_or_insert_with(|| {
-            let b =
-                indicatif::ProgressBar::with_draw_target(Some(total as u64), indicatif::ProgressDrawTarget::stderr());
-            if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} batches ({eta})") {
-                b.set_style(style.progress_chars("=> "));
-            }
-            b.set_message(what);
-            b
-        });
-        b.set_position(done as u64);
-        if done >= total {
-            b.finish_and_clear();
-        }
-    })
-}
-
 /// Batches of `batch` rows of `x` along axis 0, one at a time.
 pub fn batches(x: &Tensor, batch: usize) -> Result<impl Iterator<Item = Vec<Tensor>> + '_> {
     let n = *x.shape().first().context("calibration data has no batch dimension")?;
@@ -118,9 +94,25 @@ pub fn calibrate_file(
     let ap = activation_plan(g, cfg)?;
     let n = x.shape().first().copied().unwrap_or(0);
     let mut it = batches(&x, batch).with_context(|| format!("`{}`", calib.display()))?;
-    let mut bar = progress("calibrating");
-    let cal = calibrate(g, eval, &mut it, n.div_ceil(batch.max(1)), &ap.targets(), &mut *bar)
+    let total = n.div_ceil(batch.max(1));
+    let targets = ap.targets();
+    tracing::info!(
+        "calibrating on `{}`: {n} samples in {total} batches of {}, {} tensors observed, method {} by default",
+        calib.display(),
+        batch.max(1),
+        targets.len(),
+        cfg.default.observer.unwrap_or_default().name()
+    );
+    let t = std::time::Instant::now();
+    let mut bar = crate::progress::bar("calibrating", "batches");
+    let cal = calibrate(g, eval, &mut it, total, &targets, &mut *bar)
         .with_context(|| format!("calibrating on `{}`", calib.display()))?;
+    tracing::info!(
+        "calibrated {} ranges on {} batches in {:.1} ms",
+        cal.ranges.len(),
+        cal.batches,
+        t.elapsed().as_secs_f64() * 1e3
+    );
     Ok(cal)
 }
 
@@ -241,8 +233,7 @@ pub fn sensitivity(model: &Path, args: &SensitivityArgs, opts: PipelineOptions) 
         eval: &eval,
         set: EvalSet { batches: &batches, reference: &reference, labels: labels.as_deref() },
     };
-    let mut bar = progress("layers");
-    let ranked = study.analyze(&mut *bar).map_err(anyhow::Error::msg)?;
+    let ranked = analyze(&study)?;
     let (all_sqnr, all_top1) = study.evaluate(&cfg).map_err(anyhow::Error::msg)?;
     let mut kept = None;
     if let (Some(d), Some(f), Some(out)) = (args.max_accuracy_drop, fp32_top1, &args.output) {
@@ -298,6 +289,17 @@ pub fn sensitivity(model: &Path, args: &SensitivityArgs, opts: PipelineOptions) 
         );
     }
     Ok(())
+}
+
+/// Runs the sensitivity study (each quantizable layer quantized alone) with a progress bar per
+/// layer; `qforge sensitivity` and `qforge report` share it.
+pub fn analyze(study: &qforge_passes::quantize::Study) -> Result<Vec<qforge_passes::quantize::LayerSensitivity>> {
+    tracing::info!("sensitivity: quantizing one layer at a time, evaluated on {} batches", study.set.batches.len());
+    let t = std::time::Instant::now();
+    let mut bar = crate::progress::bar("sensitivity", "layers");
+    let ranked = study.analyze(&mut *bar).map_err(anyhow::Error::msg)?;
+    tracing::info!("sensitivity: {} layers ranked in {:.1} ms", ranked.len(), t.elapsed().as_secs_f64() * 1e3);
+    Ok(ranked)
 }
 
 /// A TOML basic string.

@@ -14,8 +14,24 @@ use std::time::Instant;
 #[derive(Debug, Parser)]
 #[command(name = "qforge", version, about, propagate_version = true)]
 pub struct Cli {
+    /// Log what each stage does on stderr: -v info (import, passes, calibration, JIT, artifacts),
+    /// -vv debug, -vvv trace. RUST_LOG, when set, overrides it (e.g. RUST_LOG=qforge=debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The log level `-v` asks for: warn by default, then info, debug and trace.
+    pub fn log_level(&self) -> &'static str {
+        match self.verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -31,11 +31,12 @@ use std::sync::Arc;
 /// artifact (`.qfa`) is not a model to compile: see [`crate::artifact::prepare`].
 pub fn load_model(path: &Path) -> Result<Graph> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-    match ext.as_str() {
-        "onnx" => Ok(crate::onnx::import_file(path)?),
+    let t = std::time::Instant::now();
+    let g = match ext.as_str() {
+        "onnx" => crate::onnx::import_file(path)?,
         "qir" => {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;
-            qforge_ir::text::parse(&text).with_context(|| format!("`{}`", path.display()))
+            qforge_ir::text::parse(&text).with_context(|| format!("`{}`", path.display()))?
         }
         "qfa" => bail!(
             "`{}` is a compiled artifact: its graph is already optimized, so it runs as is with run, eval, bench, \
@@ -43,7 +44,16 @@ pub fn load_model(path: &Path) -> Result<Graph> {
             path.display()
         ),
         _ => bail!("`{}`: unknown model format (expected a .onnx model or a .qir IR text file)", path.display()),
-    }
+    };
+    tracing::info!(
+        "imported `{}`: {} nodes, {} inputs, {} outputs in {:.1} ms",
+        path.display(),
+        g.node_count(),
+        g.inputs().len(),
+        g.outputs().len(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(g)
 }
 
 /// `--profile NAME|FILE`: a shipped profile by name, else a TOML file; `host` when not given.
@@ -104,6 +114,7 @@ impl Compiler {
         }
         let qconfig = crate::calibrate::qconfig(&opts)?;
         let (profile, precision) = precision_setup(&opts)?;
+        tracing::debug!("pipeline options: {opts:?}; hardware profile `{}`", profile.name);
         Ok(Compiler { opts, qconfig, profile, precision })
     }
 
@@ -199,6 +210,8 @@ impl Compiler {
         after: &mut dyn FnMut(&str, &Graph),
     ) -> Result<(Graph, Vec<PassReport>)> {
         qforge_ir::verify::verify(&graph).context("the imported graph does not verify")?;
+        let t = std::time::Instant::now();
+        let nodes = graph.node_count();
         let cx = PassContext { verify: true, max_tensor_bytes: self.opts.max_tensor_bytes as u128 };
         let mut reports = self.pipeline().run(&mut graph, &cx, after)?;
         if self.opts.quantize != crate::pipeline::QuantizeMode::None {
@@ -207,6 +220,12 @@ impl Compiler {
         let ranges = self.overflow_ranges(&graph)?;
         reports.extend(self.precision_pipeline(ranges).run(&mut graph, &cx, after)?);
         reports.extend(self.optimizer_pipeline().run(&mut graph, &cx, after)?);
+        tracing::info!(
+            "pipeline: {} passes, {nodes} -> {} nodes in {:.1} ms",
+            reports.len(),
+            graph.node_count(),
+            t.elapsed().as_secs_f64() * 1e3
+        );
         Ok((graph, reports))
     }
 
@@ -229,6 +248,7 @@ impl Compiler {
             engine: self.opts.engine,
             run: qforge_ir::interp::RunOptions { max_tensor_bytes: self.opts.max_tensor_bytes as u128 },
         };
+        tracing::info!("fp16 overflow guard: observing ranges on {n} samples in {} batches", batches.len());
         let r = qforge_passes::precision::observe_ranges(g, &batches, &engine)
             .map_err(|e| anyhow::anyhow!("calibration for the fp16 overflow guard: {e}"))?;
         Ok(Some(r))

@@ -21,6 +21,7 @@ pub mod graph_dot;
 pub mod npy;
 pub mod onnx;
 pub mod pipeline;
+pub mod progress;
 pub mod qconfig;
 pub mod report_html;
 pub mod summary;

@@ -20,11 +20,32 @@ fn main() -> ExitCode {
         eprintln!("error: internal error (a qforge bug){at}: {msg}");
     }));
     let cli = qforge::cli::Cli::parse();
+    init_logging(cli.log_level());
     match qforge::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&format!("{e:#}")));
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Installs the one log subscriber: events at `level` (from `-v`) or as `RUST_LOG` says when it
+/// is set, on stderr without timestamps. A `RUST_LOG` that does not parse is reported as a
+/// warning and `level` is used.
+fn init_logging(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let from_env = std::env::var("RUST_LOG").ok().filter(|s| !s.trim().is_empty());
+    let (filter, bad) = match from_env.map(|s| EnvFilter::try_new(&s).map_err(|e| (s, e))) {
+        Some(Ok(f)) => (f, None),
+        Some(Err(bad)) => (EnvFilter::new(level), Some(bad)),
+        None => (EnvFilter::new(level), None),
+    };
+    let installed =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().try_init();
+    if let Some((s, e)) = bad {
+        if installed.is_ok() {
+            tracing::warn!("RUST_LOG `{s}` ignored ({e}); logging at {level}");
         }
     }
 }

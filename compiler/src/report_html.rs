@@ -262,8 +262,7 @@ fn sensitivity(
         eval: &eval,
         set: EvalSet { batches: &batches, reference: &reference, labels },
     };
-    let mut bar = calibrate::progress("sensitivity");
-    let layers = study.analyze(&mut *bar).map_err(anyhow::Error::msg)?;
+    let layers = calibrate::analyze(&study)?;
     let (all_sqnr_db, all_top1) = study.evaluate(&cfg).map_err(anyhow::Error::msg)?;
     Ok(Sensitivity { layers, all_sqnr_db, all_top1, fp32_top1, samples })
 }

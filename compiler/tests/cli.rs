@@ -204,3 +204,196 @@ fn demo_prints_its_table() {
     assert!(o.stdout.contains("top-1"), "{}", o.stdout);
     assert!(o.stdout.contains("qforge inspect"), "{}", o.stdout);
 }
+
+#[test]
+fn verbose_logs_the_stages_on_stderr_and_the_default_is_quiet() {
+    let model = asset("digits_cnn.onnx");
+    let model = p(&model);
+    let quiet = qforge(&["inspect", model]);
+    assert_eq!(quiet.code, Some(0), "{}", quiet.stderr);
+    assert!(quiet.stderr.is_empty(), "nothing on stderr by default: {}", quiet.stderr);
+
+    let info = qforge(&["-v", "inspect", model]);
+    assert_eq!(info.code, Some(0), "{}", info.stderr);
+    assert_eq!(info.stdout, quiet.stdout, "-v changes stderr only");
+    for needle in ["INFO", "imported", "34 nodes", "pass canonicalize", "pass optimize"] {
+        assert!(info.stderr.contains(needle), "-v: no `{needle}` in:\n{}", info.stderr);
+    }
+    assert!(!info.stderr.contains("DEBUG"), "-v is info, not debug:\n{}", info.stderr);
+    // the global flag works after the subcommand too, and counts
+    let debug = qforge(&["inspect", model, "-vv"]);
+    assert!(debug.stderr.contains("DEBUG") && debug.stderr.contains("pipeline options"), "{}", debug.stderr);
+
+    // RUST_LOG overrides -v either way
+    let env = common::qforge_env(&["inspect", model], &[("RUST_LOG", "debug")]);
+    assert!(env.stderr.contains("DEBUG"), "RUST_LOG=debug without -v:\n{}", env.stderr);
+    let env = common::qforge_env(&["-vv", "inspect", model], &[("RUST_LOG", "warn")]);
+    assert!(env.stderr.is_empty(), "RUST_LOG=warn over -vv:\n{}", env.stderr);
+    // a RUST_LOG that does not parse is a warning, and the command still runs
+    let bad = common::qforge_env(&["inspect", model], &[("RUST_LOG", "qforge=loud")]);
+    assert_eq!(bad.code, Some(0), "{}", bad.stderr);
+    assert!(bad.stderr.contains("RUST_LOG `qforge=loud` ignored"), "{}", bad.stderr);
+}
+
+#[test]
+fn verbose_counts_up_to_trace() {
+    use clap::Parser;
+    for (args, level) in [
+        (&["qforge", "demo"][..], "warn"),
+        (&["qforge", "-v", "demo"], "info"),
+        (&["qforge", "demo", "-vv"], "debug"),
+        (&["qforge", "demo", "-v", "--verbose", "-v"], "trace"),
+        (&["qforge", "-vvvv", "demo"], "trace"),
+    ] {
+        let cli = qforge::cli::Cli::try_parse_from(args).expect("parses");
+        assert_eq!(cli.log_level(), level, "{args:?}");
+    }
+}
+
+#[test]
+fn verbose_logs_calibration_jit_and_artifacts() {
+    let d = scratch("verbose");
+    let qfa = d.join("m.qfa");
+    let (model, calib) = (asset("digits_cnn.onnx"), asset("digits_samples_x.npy"));
+    let o = qforge(&["compile", "-v", p(&model), "--quantize", "int8", "--calib", p(&calib), "-o", p(&qfa)]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    for needle in ["calibrating on", "method minmax", "calibrated", "pass quantize-static", "saved artifact"] {
+        assert!(o.stderr.contains(needle), "compile -v: no `{needle}` in:\n{}", o.stderr);
+    }
+    let o = qforge(&["bench", "-v", p(&qfa), "--iters", "2", "--warmup", "1", "--json"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    serde_json::from_str::<serde_json::Value>(o.stdout.trim()).expect("logs stay off stdout");
+    for needle in ["loaded artifact", "JIT compiled", "bench batch 1: 1 warm-up and 2 timed runs"] {
+        assert!(o.stderr.contains(needle), "bench -v: no `{needle}` in:\n{}", o.stderr);
+    }
+}
+
+#[test]
+fn errors_stay_one_line_after_the_logs() {
+    let o = qforge(&["-v", "inspect", "/nonexistent/model.onnx"]);
+    assert_eq!(o.code, Some(1), "{}", o.stderr);
+    let errors: Vec<&str> = o.stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{}", o.stderr);
+    assert_eq!(o.stderr.lines().last(), Some(errors[0]), "the error comes last: {}", o.stderr);
+    assert!(errors[0].contains("cannot read `/nonexistent/model.onnx`"), "{}", errors[0]);
+}
+
+/// The README's `## Command line` section: the fenced usage block and the prose after it.
+fn readme_command_line() -> (String, String) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+    let text = std::fs::read_to_string(path).expect("README.md");
+    let start = text.find("\n## Command line\n").expect("README has a `## Command line` section");
+    let section = &text[start + 1..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    let open = section.find("```\n").expect("a fenced usage block") + 4;
+    let close = open + section[open..].find("```").expect("the usage block closes");
+    (section[open..close].to_string(), format!("{}{}", &section[..open], &section[close..]))
+}
+
+/// The options a text mentions: `--long` names, and short `-x` ones standing alone.
+fn options_in(text: &str) -> std::collections::BTreeSet<String> {
+    text.split(|c: char| c.is_whitespace() || "[]|`(),".contains(c))
+        .filter_map(|t| {
+            let name = t.strip_prefix("--").map(|n| ("--", n)).or_else(|| t.strip_prefix('-').map(|n| ("-", n)))?;
+            let body: String = name.1.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+            let body = body.trim_end_matches('-');
+            let short_ok = name.0 == "-" && body.len() == 1 && body.chars().all(|c| c.is_ascii_alphabetic());
+            ((name.0 == "--" && !body.is_empty()) || short_ok).then(|| format!("{}{body}", name.0))
+        })
+        .collect()
+}
+
+/// The subcommands `qforge help` lists (without `help` itself).
+fn subcommands() -> Vec<String> {
+    let o = qforge(&["help"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let commands = o.stdout.split("Commands:\n").nth(1).expect("`qforge help` lists the commands");
+    commands
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+/// The options `qforge help SUB` defines: each as its long name and, when it has one, its short
+/// name (`("--output", Some("-o"))`). Definition lines are the ones indented by at most six
+/// spaces that start with a dash; descriptions and value lists are indented further.
+fn help_options(sub: &str) -> Vec<(String, Option<String>)> {
+    let o = qforge(&["help", sub]);
+    assert_eq!(o.code, Some(0), "qforge help {sub}: {}", o.stderr);
+    let mut out = vec![];
+    for line in o.stdout.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let t = line.trim_start();
+        if indent == 0 || indent > 6 || !t.starts_with('-') {
+            continue;
+        }
+        let (short, rest) = match t.split_once(", ") {
+            Some((s, r)) if s.len() == 2 && !s.starts_with("--") => (Some(s.to_string()), r),
+            _ => (None, t),
+        };
+        let long: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+        assert!(long.starts_with("--") && long.len() > 2, "qforge help {sub}: unexpected option line `{line}`");
+        out.push((long, short));
+    }
+    assert!(!out.is_empty(), "qforge help {sub} shows no options:\n{}", o.stdout);
+    out
+}
+
+/// The README's command-line reference and `--help` cannot drift apart: the same subcommands;
+/// every option clap defines is in the section (in the subcommand's usage line, by its long or
+/// short name, or in the prose that lists the PIPELINE and global options); every option a usage
+/// line names exists for that subcommand, and every option the section names exists somewhere.
+#[test]
+fn readme_command_line_matches_help() {
+    let (block, prose) = readme_command_line();
+    // usage lines: `qforge SUB ...` and the indented lines continuing it
+    let mut usage: std::collections::BTreeMap<String, String> = Default::default();
+    let mut current = None;
+    for line in block.lines() {
+        if let Some(rest) = line.strip_prefix("qforge ") {
+            let sub = rest.split_whitespace().next().unwrap_or_default().to_string();
+            usage.entry(sub.clone()).or_default().push_str(rest);
+            current = Some(sub);
+        } else if line.starts_with(' ') {
+            let sub = current.clone().unwrap_or_else(|| panic!("README usage block: `{line}` continues nothing"));
+            usage.entry(sub).or_default().push_str(&format!(" {line}"));
+        } else if !line.trim().is_empty() {
+            panic!("README usage block: `{line}` is not a `qforge COMMAND` line");
+        }
+    }
+    let subs = subcommands();
+    let listed: Vec<&String> = usage.keys().collect();
+    let mut sorted = subs.clone();
+    sorted.sort();
+    assert_eq!(listed, sorted.iter().collect::<Vec<_>>(), "README usage block against `qforge help`'s commands");
+
+    let prose_opts = options_in(&prose);
+    let section_opts: std::collections::BTreeSet<String> = options_in(&block).union(&prose_opts).cloned().collect();
+    let mut defined = std::collections::BTreeSet::new();
+    for sub in &subs {
+        let opts = help_options(sub);
+        let line_opts = options_in(&usage[sub]);
+        for (long, short) in &opts {
+            let in_line = line_opts.contains(long) || short.as_ref().is_some_and(|s| line_opts.contains(s));
+            assert!(
+                in_line || prose_opts.contains(long),
+                "`qforge {sub}` has {long} but README's usage line for {sub} and the prose after it do not mention it"
+            );
+            assert!(section_opts.contains(long), "README's Command line section never names {long} (qforge {sub})");
+            defined.insert(long.clone());
+            defined.extend(short.clone());
+        }
+        for o in &line_opts {
+            assert!(
+                opts.iter().any(|(l, s)| l == o || s.as_ref() == Some(o)),
+                "README's usage line for {sub} names {o}, which `qforge help {sub}` does not have"
+            );
+        }
+    }
+    for o in &section_opts {
+        assert!(defined.contains(o), "README's Command line section names {o}, which no `qforge help` shows");
+    }
+}

@@ -92,9 +92,21 @@ impl Pipeline {
     ) -> Result<Vec<PassReport>, PassError> {
         let mut reports = vec![];
         for p in &self.passes {
+            let before = g.node_count();
             let t = Instant::now();
             let mut r = p.run(g, cx)?;
             r.time = t.elapsed();
+            tracing::info!(
+                "pass {}: {before} -> {} nodes in {:.1} ms{}",
+                p.name(),
+                g.node_count(),
+                r.time.as_secs_f64() * 1e3,
+                if r.changed { "" } else { " (no change)" }
+            );
+            if !r.stats.is_empty() {
+                let stats: Vec<String> = r.stats.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                tracing::debug!("pass {}: {}", p.name(), stats.join(", "));
+            }
             if cx.verify {
                 qforge_ir::verify::verify(g).map_err(|source| PassError::Verify { pass: p.name().into(), source })?;
             }

@@ -37,11 +37,11 @@ pub struct Outcome {
     pub stderr: String,
 }
 
-/// Runs `qforge` with extra environment variables (and without backtraces or fault hooks from
-/// the caller's environment).
+/// Runs `qforge` with extra environment variables (and without backtraces, fault hooks or a log
+/// filter from the caller's environment).
 pub fn qforge_env(args: &[&str], env: &[(&str, &str)]) -> Outcome {
     let mut c = Command::new(QFORGE);
-    c.args(args).env_remove("RUST_BACKTRACE").env_remove("QFORGE_FAULT");
+    c.args(args).env_remove("RUST_BACKTRACE").env_remove("QFORGE_FAULT").env_remove("RUST_LOG");
     for (k, v) in env {
         c.env(k, v);
     }
