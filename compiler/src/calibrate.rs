@@ -16,9 +16,10 @@ use qforge_passes::quantize::{
 use qforge_passes::{PassContext, PassReport, Pipeline};
 use std::path::Path;
 
-/// The engine that runs calibration (and sensitivity analysis). Observers see every intermediate
-/// tensor of the float graph, which only the interpreter exposes, so both engines calibrate on
-/// the interpreter; `engine` is kept for the day the JIT can report intermediates.
+/// The engine that runs calibration, sensitivity analysis and the accuracy guard. Observers see
+/// every intermediate tensor of the float graph, which only the interpreter exposes, so both
+/// engines calibrate on the interpreter; runs that only need the outputs (sensitivity, the
+/// accuracy guard) use the JIT when it is the engine, compiled once per graph and input shape.
 #[derive(Clone, Debug)]
 pub struct EngineEvaluator {
     pub engine: Engine,
@@ -34,6 +35,15 @@ impl Evaluator for EngineEvaluator {
     ) -> Result<Vec<Tensor>, String> {
         match self.engine {
             Engine::Interp | Engine::Jit => Interpreter(self.run.clone()).run_observed(g, inputs, observe),
+        }
+    }
+
+    fn run(&self, g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
+        match self.engine {
+            Engine::Interp => Interpreter(self.run.clone()).run(g, inputs),
+            Engine::Jit => qforge_codegen::JitExecutable::new(g.clone(), qforge_codegen::JitOptions::default())
+                .run(inputs)
+                .map_err(|e| e.to_string()),
         }
     }
 }

@@ -21,7 +21,7 @@ use qforge_ir::{Graph, Tensor};
 use qforge_passes::canonicalize::Canonicalize;
 use qforge_passes::egraph::{cost::CostTable, Optimize};
 use qforge_passes::precision::{
-    profile, AlignChannels, AssignPrecision, PrecisionConfig, Profile, ProfileError, Ranges,
+    profile, AlignChannels, AssignPrecision, F32Prefix, PrecisionConfig, Profile, ProfileError, Ranges,
 };
 use qforge_passes::{PassContext, PassReport, Pipeline};
 use std::path::Path;
@@ -76,11 +76,26 @@ pub fn resolve_profile(arg: Option<&str>) -> Result<Profile> {
     Ok(Profile::parse(&text, &path.display().to_string())?)
 }
 
-/// The profile and the precision configuration (`--precision`, `--precision-config`) of `opts`.
-fn precision_setup(opts: &PipelineOptions) -> Result<(Profile, Option<PrecisionConfig>)> {
+/// The profile and the precision configuration (`--precision`, `--precision-config`, the
+/// qconfig's fp16/bf16 regions, `--min-sqnr`) of `opts`.
+fn precision_setup(
+    opts: &PipelineOptions,
+    qconfig: &qforge_passes::quantize::QConfig,
+) -> Result<(Profile, Option<PrecisionConfig>)> {
     let profile = resolve_profile(opts.profile.as_deref())?;
+    let regions = opts.qconfig.as_ref().map(|_| qconfig.clone());
     let name = match opts.precision {
-        Precision::Fp32 => return Ok((profile, None)),
+        Precision::Fp32 => {
+            let Some(q) = regions.filter(PrecisionConfig::has_low_regions) else {
+                if opts.min_sqnr.is_some() {
+                    bail!("--min-sqnr guards fp16/bf16 accuracy: it needs --precision fp16, bf16 or amp (or qconfig fp16/bf16 regions)");
+                }
+                return Ok((profile, None));
+            };
+            let mut c = PrecisionConfig::regions_only(q);
+            c.policy.min_sqnr_db = opts.min_sqnr;
+            return Ok((profile, Some(c)));
+        }
         Precision::Fp16 => "fp16",
         Precision::Bf16 => "bf16",
         Precision::Amp => "amp",
@@ -91,6 +106,13 @@ fn precision_setup(opts: &PipelineOptions) -> Result<(Profile, Option<PrecisionC
             .with_context(|| format!("cannot read precision config `{}`", path.display()))?;
         c.policy.apply_overrides(&text, &path.display().to_string()).map_err(anyhow::Error::msg)?;
     }
+    if opts.min_sqnr.is_some() {
+        c.policy.min_sqnr_db = opts.min_sqnr;
+    }
+    if c.policy.min_sqnr_db.is_some() && opts.calib.is_none() {
+        bail!("the accuracy guard (--min-sqnr or min_sqnr_db) measures on calibration data: add --calib X.npy");
+    }
+    c.regions = regions;
     Ok((profile, Some(c)))
 }
 
@@ -113,7 +135,7 @@ impl Compiler {
             bail!("--quantize int8 needs calibration data: add --calib X.npy");
         }
         let qconfig = crate::calibrate::qconfig(&opts)?;
-        let (profile, precision) = precision_setup(&opts)?;
+        let (profile, precision) = precision_setup(&opts, &qconfig)?;
         tracing::debug!("pipeline options: {opts:?}; hardware profile `{}`", profile.name);
         Ok(Compiler { opts, qconfig, profile, precision })
     }
@@ -131,10 +153,10 @@ impl Compiler {
     /// `--precision` is not fp32 (at every opt level, as quantization: it is asked for, not an
     /// optimization), then channel alignment padding from `--opt-level 1` when the profile asks for
     /// it. `ranges` feed the fp16 overflow guard.
-    pub fn precision_pipeline(&self, ranges: Option<Ranges>) -> Pipeline {
+    pub fn precision_pipeline(&self, ranges: Option<Ranges>, f32_prefix: Option<F32Prefix>) -> Pipeline {
         let mut p = Pipeline::new();
         if let Some(c) = &self.precision {
-            p = p.with(AssignPrecision::new(PrecisionConfig { ranges, ..c.clone() }));
+            p = p.with(AssignPrecision::new(PrecisionConfig { ranges, f32_prefix, ..c.clone() }));
         }
         if self.opts.opt_level >= 1 && self.profile.layout.channel_align > 1 {
             p = p.with(AlignChannels { align: self.profile.layout.channel_align });
@@ -148,7 +170,7 @@ impl Compiler {
     pub fn optimizer_pipeline(&self) -> Pipeline {
         let mut p = Pipeline::new();
         if self.opts.opt_level >= 2 {
-            let cost = CostTable { int8: self.profile.dtypes.int8, ..CostTable::host() };
+            let cost = CostTable::from_profile(&self.profile);
             p = p.with(Optimize { cost, ..Optimize::default() });
         }
         p
@@ -218,7 +240,8 @@ impl Compiler {
             reports.extend(crate::calibrate::quantize_stage(&mut graph, &self.opts, &self.qconfig, &cx, after)?);
         }
         let ranges = self.overflow_ranges(&graph)?;
-        reports.extend(self.precision_pipeline(ranges).run(&mut graph, &cx, after)?);
+        let prefix = self.accuracy_guard(&graph, &ranges, &cx)?;
+        reports.extend(self.precision_pipeline(ranges, prefix).run(&mut graph, &cx, after)?);
         reports.extend(self.optimizer_pipeline().run(&mut graph, &cx, after)?);
         tracing::info!(
             "pipeline: {} passes, {nodes} -> {} nodes in {:.1} ms",
@@ -237,6 +260,38 @@ impl Compiler {
         if c.low != qforge_ir::DType::F16 {
             return Ok(None);
         }
+        let (batches, engine) = self.calibration_runs(path)?;
+        tracing::info!("fp16 overflow guard: observing ranges in {} batches", batches.len());
+        let r = qforge_passes::precision::observe_ranges(g, &batches, &engine)
+            .map_err(|e| anyhow::anyhow!("calibration for the fp16 overflow guard: {e}"))?;
+        Ok(Some(r))
+    }
+
+    /// The accuracy guard (`--min-sqnr`, or `min_sqnr_db` in the precision config): the shortest
+    /// prefix of the ops precision assignment lowers that must stay f32 for the output on the
+    /// calibration inputs to reach the target ([`qforge_passes::precision::search`]).
+    fn accuracy_guard(&self, g: &Graph, ranges: &Option<Ranges>, cx: &PassContext) -> Result<Option<F32Prefix>> {
+        let (Some(c), Some(path)) = (&self.precision, &self.opts.calib) else { return Ok(None) };
+        let Some(target) = c.policy.min_sqnr_db else { return Ok(None) };
+        let (batches, engine) = self.calibration_runs(path)?;
+        let c = PrecisionConfig { ranges: ranges.clone(), ..c.clone() };
+        let t = std::time::Instant::now();
+        let o = qforge_passes::precision::f32_prefix_for(g, &c, target, &batches, &engine, cx)
+            .map_err(|e| anyhow::anyhow!("the accuracy guard: {e}"))?;
+        tracing::info!(
+            "accuracy guard: {} of {} low-precision ops kept f32 for {target} dB ({:.1} dB; all low {:.1} dB) in {} runs, {:.1} s",
+            o.prefix.count,
+            o.lowered,
+            o.chosen_db,
+            o.all_low_db,
+            o.probes.len() + 1,
+            t.elapsed().as_secs_f64()
+        );
+        Ok(Some(o.prefix))
+    }
+
+    /// The calibration inputs in batches of `--calib-batch`, and the engine to run them on.
+    fn calibration_runs(&self, path: &Path) -> Result<(Vec<Vec<Tensor>>, crate::calibrate::EngineEvaluator)> {
         let x = crate::npy::read(path)?;
         let n = x.shape().first().copied().context("the calibration input has no batch dimension")?;
         let step = self.opts.calib_batch.max(1);
@@ -248,10 +303,7 @@ impl Compiler {
             engine: self.opts.engine,
             run: qforge_ir::interp::RunOptions { max_tensor_bytes: self.opts.max_tensor_bytes as u128 },
         };
-        tracing::info!("fp16 overflow guard: observing ranges on {n} samples in {} batches", batches.len());
-        let r = qforge_passes::precision::observe_ranges(g, &batches, &engine)
-            .map_err(|e| anyhow::anyhow!("calibration for the fp16 overflow guard: {e}"))?;
-        Ok(Some(r))
+        Ok((batches, engine))
     }
 }
 

@@ -93,6 +93,10 @@ pub struct PipelineOptions {
     /// overflow_margin).
     #[arg(long, value_name = "FILE")]
     pub precision_config: Option<PathBuf>,
+    /// Accuracy guard for fp16/bf16/amp with --calib: keep the first ops in f32 until the output
+    /// on the calibration inputs reaches this SQNR (dB) against f32.
+    #[arg(long, value_name = "DB", value_parser = parse_sqnr_target)]
+    pub min_sqnr: Option<f64>,
     /// Per-layer quantization policy (TOML).
     #[arg(long, value_name = "FILE")]
     pub qconfig: Option<PathBuf>,
@@ -127,6 +131,7 @@ impl Default for PipelineOptions {
             precision: Precision::Fp32,
             profile: None,
             precision_config: None,
+            min_sqnr: None,
             qconfig: None,
             engine: Engine::Jit,
             threads: 1,
@@ -165,4 +170,10 @@ fn serialize_method<S: serde::Serializer>(m: &Option<CalibMethod>, s: S) -> Resu
         Some(m) => s.serialize_str(m.name()),
         None => s.serialize_none(),
     }
+}
+
+fn parse_sqnr_target(s: &str) -> Result<f64, String> {
+    let db: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number of dB"))?;
+    qforge_passes::precision::policy::check_sqnr_target(db)?;
+    Ok(db)
 }

@@ -14,11 +14,13 @@
 //! scale + bias` per element (a division and a square root among its six operations), so a per-channel
 //! multiply and add with precomputed constants is cheaper, and folding into a conv cheaper still.
 //!
-//! Symbolic dimensions (the batch) count as `batch`. The table is a plain struct: the precision
-//! work derives one from a hardware profile; [`CostTable::host`] is the default.
+//! Symbolic dimensions (the batch) count as `batch`. The table is a plain struct: the compiler
+//! derives it from the hardware profile ([`CostTable::from_profile`]); [`CostTable::host`] is the
+//! default.
 
 use super::analysis::EG;
 use super::lang::QNode;
+use crate::precision::profile::{CostClass, NumType, Profile};
 use egg::{Id, Language};
 use qforge_ir::{DType, Epilogue, Op, TensorType};
 
@@ -72,6 +74,35 @@ impl CostTable {
             epilogue_elem: 0.125,
             view: 0.125,
             batch: 1,
+        }
+    }
+
+    /// The table a hardware profile prices with: its multiply-accumulate costs (conv, relative to
+    /// f32 conv), element-wise costs, byte cost, int8 support and preferred batch. The overhead
+    /// per kernel, constant bytes, epilogue steps and views keep [`CostTable::host`]'s values
+    /// (a profile does not state them). A profile without a type (no f16, say) prices it as f32:
+    /// it never runs in it anyway, precision assignment refuses it.
+    pub fn from_profile(p: &Profile) -> CostTable {
+        let host = CostTable::host();
+        let cost = |class: CostClass, t: NumType| p.cost(class, t);
+        let f32_mac = cost(CostClass::Conv, NumType::F32).filter(|c| *c > 0.0).unwrap_or(1.0);
+        let rel = |class: CostClass, t: NumType, or: f64| cost(class, t).map(|c| c / f32_mac).unwrap_or(or);
+        let half_mac = match (cost(CostClass::Conv, NumType::F16), cost(CostClass::Conv, NumType::Bf16)) {
+            (Some(a), Some(b)) => a.min(b) / f32_mac,
+            (Some(a), None) | (None, Some(a)) => a / f32_mac,
+            (None, None) => 1.0,
+        };
+        let float_elem = rel(CostClass::Elementwise, NumType::F32, host.float_elem);
+        CostTable {
+            int8: p.dtypes.int8,
+            byte: p.cost.byte / f32_mac,
+            float_mac: 1.0,
+            half_mac,
+            int8_mac: rel(CostClass::Conv, NumType::I8, 1.0),
+            float_elem,
+            int_elem: rel(CostClass::Elementwise, NumType::I8, float_elem),
+            batch: p.layout.preferred_batch.max(1),
+            ..host
         }
     }
 
@@ -172,5 +203,31 @@ impl CostTable {
             _ => out_elems * self.float_elem,
         };
         self.node + traffic * self.byte + compute
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CostTable;
+    use crate::precision::Profile;
+
+    /// Every shipped profile prices arithmetic the way its hardware does: int8 below f32 where it
+    /// has int8, f16 no dearer than f32, and the host profile as written keeps the host table's
+    /// int8 and batch assumptions.
+    #[test]
+    fn shipped_profiles_make_sane_tables() {
+        for p in Profile::all_shipped() {
+            let t = CostTable::from_profile(&p);
+            assert_eq!(t.float_mac, 1.0, "{}", p.name);
+            assert!(t.half_mac <= t.float_mac, "{}: {t:?}", p.name);
+            assert_eq!(t.int8, p.dtypes.int8, "{}", p.name);
+            if p.dtypes.int8 {
+                assert!(t.int8_mac < t.float_mac, "{}: {t:?}", p.name);
+            }
+            assert!(t.byte > 0.0 && t.batch >= 1, "{}: {t:?}", p.name);
+        }
+        let xavier = Profile::shipped("nvidia-xavier").expect("shipped");
+        let t = CostTable::from_profile(&xavier);
+        assert_eq!((t.half_mac, t.int8_mac, t.batch), (0.125, 0.0625, 8));
     }
 }

@@ -10,11 +10,18 @@
 //! 1. the node's name matches a `force_fp32` pattern: f32;
 //! 2. the node is next to quantization (reads a dequantized or integer-converted value, or a
 //!    quantize reads it): f32, so Q/DQ patterns stay whole for the optimizer's integer kernels;
-//! 3. fp16 only: the overflow guard. A node stays f32 when a constant float input holds a value
+//! 3. the op is in the `fp32` class: f32 (also inside a qconfig fp16 region, as in autocast);
+//! 4. the qconfig (`regions`) resolves the node to `fp32`: f32; with `regions_only`
+//!    (`--precision fp32`), a node in no fp16/bf16 region: f32;
+//! 5. fp16 only: the overflow guard. A node stays f32 when a constant float input holds a value
 //!    beyond fp16's range, or, with calibration ranges, when its result or a float input was
 //!    observed beyond `overflow_margin * 65504` (see [`super::policy::DEFAULT_OVERFLOW_MARGIN`]);
-//! 4. the op's class: `fp32` stays f32; `low` runs in the low type; `follow` takes the widest type
-//!    of its non-constant float inputs under `amp` and the low type under `fp16`/`bf16`.
+//! 6. the qconfig resolves the node to `fp16` or `bf16`: that type;
+//! 7. the op's class: `low` runs in the low type; `follow` takes the widest type of its
+//!    non-constant float inputs under `amp` and the low type under `fp16`/`bf16`.
+//!
+//! Then the accuracy guard ([`F32Prefix`], chosen by [`super::search`]): the first `count` nodes
+//! that these rules put in low precision stay f32.
 //!
 //! # Rewriting
 //! A retyped node's float inputs are converted to its type, a kept node's back to their original
@@ -33,12 +40,22 @@
 
 use super::policy::{OpClass, PrecisionPolicy, F16_MAX};
 use crate::pass::{Pass, PassContext, PassError, PassReport};
+use crate::quantize::policy::{Precision as QPrecision, QConfig, Rule as QRule};
 use qforge_ir::{DType, Graph, NodeId, Op, Tensor, TensorType, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 /// Observed largest magnitude per node name (graph inputs by their names), from calibration.
 pub type Ranges = BTreeMap<String, f64>;
+
+/// The accuracy guard's decision ([`super::search`]): the first `count` nodes, in schedule
+/// order, that would run in low precision stay f32, because that is the shortest such prefix whose
+/// output reaches `target_db` SQNR against f32 on the calibration inputs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct F32Prefix {
+    pub count: usize,
+    pub target_db: f64,
+}
 
 /// What to assign.
 #[derive(Clone, Debug, PartialEq)]
@@ -53,11 +70,41 @@ pub struct PrecisionConfig {
     pub ranges: Option<Ranges>,
     /// Fold a batch norm into the conv before it first (see [`crate::batchnorm`]).
     pub fold_batch_norm: bool,
+    /// The quantization policy's float regions (`--qconfig`): a node whose rules resolve to
+    /// `fp16` or `bf16` runs in that type (unless its op is in the f32 class, as inside an
+    /// autocast region), one that resolves to `fp32` (or `skip`) stays f32.
+    pub regions: Option<QConfig>,
+    /// Only the `regions` are lowered; every other node stays f32 (`--precision fp32` with a
+    /// qconfig that asks for fp16 or bf16 somewhere).
+    pub regions_only: bool,
+    /// The accuracy guard's f32 prefix.
+    pub f32_prefix: Option<F32Prefix>,
 }
 
 impl PrecisionConfig {
     pub fn new(low: DType, amp: bool) -> PrecisionConfig {
-        PrecisionConfig { low, amp, policy: PrecisionPolicy::default(), ranges: None, fold_batch_norm: true }
+        PrecisionConfig {
+            low,
+            amp,
+            policy: PrecisionPolicy::default(),
+            ranges: None,
+            fold_batch_norm: true,
+            regions: None,
+            regions_only: false,
+            f32_prefix: None,
+        }
+    }
+
+    /// Assignment of the qconfig's float regions alone (`--precision fp32` with regions).
+    pub fn regions_only(regions: QConfig) -> PrecisionConfig {
+        PrecisionConfig { regions: Some(regions), regions_only: true, ..PrecisionConfig::new(DType::F16, false) }
+    }
+
+    /// Whether a qconfig asks for fp16 or bf16 anywhere (so `--precision fp32` still needs the
+    /// pass).
+    pub fn has_low_regions(q: &QConfig) -> bool {
+        let low = |r: &QRule| matches!(r.precision, Some(QPrecision::Fp16 | QPrecision::Bf16));
+        low(&q.default) || q.op_types.iter().any(|(_, r)| low(r)) || q.nodes.iter().any(|n| low(&n.rule))
     }
 }
 
@@ -77,6 +124,12 @@ pub enum Rule {
     FollowWidest,
     /// `follow` under `fp16`/`bf16`: the low type.
     FollowLowMode,
+    /// The qconfig's rules for the node resolve to this precision.
+    Region(&'static str),
+    /// Outside every qconfig float region with `--precision fp32`.
+    OutsideRegions,
+    /// Among the first nodes that would run in low precision, kept f32 to reach the SQNR target.
+    AccuracyGuard { target_db: f64 },
 }
 
 impl fmt::Display for Rule {
@@ -92,6 +145,11 @@ impl fmt::Display for Rule {
             Rule::Class(OpClass::Follow) => f.write_str("follow class"),
             Rule::FollowWidest => f.write_str("follows its widest input"),
             Rule::FollowLowMode => f.write_str("follow class, low precision in this mode"),
+            Rule::Region(p) => write!(f, "qconfig region asks for {p}"),
+            Rule::OutsideRegions => f.write_str("outside the qconfig's float regions"),
+            Rule::AccuracyGuard { target_db } => {
+                write!(f, "accuracy guard: in the f32 prefix that reaches {target_db} dB SQNR on the calibration data")
+            }
         }
     }
 }
@@ -131,6 +189,7 @@ pub const STAT_FP32: &str = "nodes kept fp32";
 pub const STAT_GUARDED: &str = "nodes kept fp32 by the overflow guard";
 pub const STAT_CASTS_REMOVED: &str = "casts made redundant";
 pub const STAT_FOLDED: &str = "batch norms folded into convs";
+pub const STAT_ACCURACY_GUARD: &str = "nodes kept fp32 by the accuracy guard";
 
 impl Pass for AssignPrecision {
     fn name(&self) -> &'static str {
@@ -215,10 +274,21 @@ impl Pass for AssignPrecision {
         report.stats.insert(STAT_GUARDED.into(), guarded as u64);
         report.count(STAT_CASTS, conv.casts);
         report.count(STAT_CONSTS, conv.consts);
+        if let Some(p) = &cfg.f32_prefix {
+            report.stats.insert(STAT_ACCURACY_GUARD.into(), p.count as u64);
+            report.notes.push(format!(
+                "accuracy guard: the first {} nodes that would run in low precision stay f32 (target {} dB SQNR \
+                 against f32 on the calibration data)",
+                p.count, p.target_db
+            ));
+        }
         report.notes.push(format!(
-            "mode {} with {}{}",
-            if cfg.amp { "amp" } else { "all-low" },
-            cfg.low,
+            "mode {}{}",
+            if cfg.regions_only {
+                "qconfig regions only".to_string()
+            } else {
+                format!("{} with {}", if cfg.amp { "amp" } else { "all-low" }, cfg.low)
+            },
             match (&cfg.ranges, cfg.low) {
                 (_, DType::BF16) => String::new(),
                 (Some(_), _) => format!(", overflow guard at {}", cfg.policy.overflow_limit()),
@@ -238,6 +308,8 @@ pub fn decide(g: &Graph, cfg: &PrecisionConfig, order: &[NodeId]) -> Vec<(NodeId
     let mut chosen: HashMap<NodeId, DType> = HashMap::new();
     let mut out = vec![];
     let limit = policy.overflow_limit();
+    // nodes that would have run in low precision so far (for the accuracy guard's prefix)
+    let mut lowered = 0usize;
     for &id in order {
         let node = g.node(id);
         if matches!(node.op, Op::Input | Op::Const(_)) {
@@ -253,8 +325,19 @@ pub fn decide(g: &Graph, cfg: &PrecisionConfig, order: &[NodeId]) -> Vec<(NodeId
         if float_inputs.iter().any(|v| g.value_type(*v).quant.is_some()) {
             continue;
         }
+        let region = cfg.regions.as_ref().and_then(|q| match q.resolve_rule(node).precision {
+            Some(QPrecision::Fp32) => Some((DType::F32, "fp32")),
+            Some(QPrecision::Fp16) => Some((DType::F16, "fp16")),
+            Some(QPrecision::Bf16) => Some((DType::BF16, "bf16")),
+            Some(QPrecision::Int8) | None => None,
+        });
+        // the type this node lowers to: its region's, or the mode's
+        let low = match region {
+            Some((d, _)) if d != DType::F32 => d,
+            _ => cfg.low,
+        };
         let guard = || -> Option<Rule> {
-            if cfg.low != DType::F16 {
+            if low != DType::F16 {
                 return None;
             }
             // constants become f16 offline: anything beyond fp16's range would be infinite
@@ -295,13 +378,21 @@ pub fn decide(g: &Graph, cfg: &PrecisionConfig, order: &[NodeId]) -> Vec<(NodeId
             (DType::F32, Rule::Forced(p.to_string()))
         } else if let Some(why) = quant_adjacent(g, id, &float_inputs) {
             (DType::F32, Rule::QuantDomain(why))
-        } else if class != OpClass::Fp32 && guard().is_some() {
-            (DType::F32, guard().expect("checked"))
+        } else if class == OpClass::Fp32 {
+            (DType::F32, Rule::Class(OpClass::Fp32))
+        } else if let Some((DType::F32, p)) = region {
+            (DType::F32, Rule::Region(p))
+        } else if region.is_none() && cfg.regions_only {
+            (DType::F32, Rule::OutsideRegions)
+        } else if let Some(rule) = guard() {
+            (DType::F32, rule)
+        } else if let Some((d, p)) = region {
+            (d, Rule::Region(p))
         } else {
             match class {
                 OpClass::Fp32 => (DType::F32, Rule::Class(OpClass::Fp32)),
-                OpClass::Low => (cfg.low, Rule::Class(OpClass::Low)),
-                OpClass::Follow if !cfg.amp => (cfg.low, Rule::FollowLowMode),
+                OpClass::Low => (low, Rule::Class(OpClass::Low)),
+                OpClass::Follow if !cfg.amp => (low, Rule::FollowLowMode),
                 OpClass::Follow => {
                     let mut widest: Option<DType> = None;
                     for v in &float_inputs {
@@ -317,6 +408,17 @@ pub fn decide(g: &Graph, cfg: &PrecisionConfig, order: &[NodeId]) -> Vec<(NodeId
                     (widest.unwrap_or(DType::F32), Rule::FollowWidest)
                 }
             }
+        };
+        let (dtype, rule) = match &cfg.f32_prefix {
+            Some(p) if dtype != DType::F32 => {
+                lowered += 1;
+                if lowered <= p.count {
+                    (DType::F32, Rule::AccuracyGuard { target_db: p.target_db })
+                } else {
+                    (dtype, rule)
+                }
+            }
+            _ => (dtype, rule),
         };
         chosen.insert(id, dtype);
         out.push((id, Decision { node: node.name.clone(), op: node.op.name(), dtype, rule }));

@@ -10,6 +10,8 @@
 //!   casts only at precision boundaries, constants converted offline, inputs and outputs keeping
 //!   their types, and the fp16 overflow guard fed by calibration [`Ranges`].
 //! * batch norm is folded into the conv before it ahead of the assignment ([`crate::batchnorm`]).
+//! * [`search`]: the accuracy guard, which finds the shortest f32 prefix reaching an SQNR target
+//!   on calibration inputs.
 //! * [`pad`]: the [`AlignChannels`] pass.
 //!
 //! Numerics are the interpreter's ([`qforge_ir::numerics`]): an f16/bf16 op widens its inputs to
@@ -19,11 +21,13 @@ pub mod amp;
 pub mod pad;
 pub mod policy;
 pub mod profile;
+pub mod search;
 
-pub use amp::{AssignPrecision, Decision, PrecisionConfig, Ranges, Rule};
+pub use amp::{AssignPrecision, Decision, F32Prefix, PrecisionConfig, Ranges, Rule};
 pub use pad::AlignChannels;
 pub use policy::{OpClass, PrecisionPolicy};
 pub use profile::{CostClass, Layout, NumType, Profile, ProfileError};
+pub use search::{f32_prefix_for, GuardOutcome};
 
 use qforge_ir::{DType, Graph, Tensor};
 

@@ -9,6 +9,9 @@
 //! # fraction of fp16's largest finite value (65504) an observed magnitude may reach before the
 //! # overflow guard keeps the op in f32 (fp16 only; bf16 has f32's range)
 //! overflow_margin = 0.5
+//! # the accuracy guard (with calibration data): keep the first ops in f32 until the output
+//! # reaches this SQNR against f32 on the calibration inputs (see `search`); `--min-sqnr` wins
+//! min_sqnr_db = 40.0
 //!
 //! [classes]          # op name (as in the IR text) = "fp32" | "low" | "follow"
 //! gelu = "fp32"
@@ -60,6 +63,8 @@ pub struct PrecisionPolicy {
     pub force_fp32: Vec<String>,
     /// Fraction of [`F16_MAX`] the overflow guard allows.
     pub overflow_margin: f64,
+    /// The accuracy guard's SQNR target (dB); `None`: no guard.
+    pub min_sqnr_db: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +73,7 @@ struct RawOverrides {
     #[serde(default)]
     force_fp32: Vec<String>,
     overflow_margin: Option<f64>,
+    min_sqnr_db: Option<f64>,
     #[serde(default)]
     classes: BTreeMap<String, OpClass>,
 }
@@ -147,6 +153,7 @@ impl Default for PrecisionPolicy {
             classes: assignable_ops().into_iter().map(|(op, c)| (op.name().to_string(), c)).collect(),
             force_fp32: vec![],
             overflow_margin: DEFAULT_OVERFLOW_MARGIN,
+            min_sqnr_db: None,
         }
     }
 }
@@ -189,7 +196,20 @@ impl PrecisionPolicy {
             }
             self.overflow_margin = m;
         }
+        if let Some(db) = raw.min_sqnr_db {
+            check_sqnr_target(db).map_err(|e| format!("precision config `{origin}`: {e}"))?;
+            self.min_sqnr_db = Some(db);
+        }
         Ok(())
+    }
+}
+
+/// An SQNR target must be a finite number of decibels above 0.
+pub fn check_sqnr_target(db: f64) -> Result<(), String> {
+    if db.is_finite() && db > 0.0 && db <= 200.0 {
+        Ok(())
+    } else {
+        Err(format!("min_sqnr_db {db} must be a number of dB in (0, 200]"))
     }
 }
 

@@ -67,7 +67,7 @@ fn argmax(v: &[f32]) -> usize {
 }
 
 /// SQNR (dB) of `outs` against `refs` and top-1 against `labels`.
-fn score(outs: &[Tensor], refs: &[Tensor], labels: Option<&[usize]>) -> (f64, Option<f64>) {
+pub(crate) fn score(outs: &[Tensor], refs: &[Tensor], labels: Option<&[usize]>) -> (f64, Option<f64>) {
     let (mut sig, mut noise) = (0f64, 0f64);
     let mut preds = vec![];
     for (o, r) in outs.iter().zip(refs) {
