@@ -89,7 +89,8 @@ pub fn batches(x: &Tensor, batch: usize) -> Result<impl Iterator<Item = Vec<Tens
 }
 
 /// Calibrates `g` (already prepared: batch norm folded) for static quantization under `cfg` on the
-/// samples of `calib` (a `.npy` file, batch on axis 0).
+/// samples of `calib` (a calibration set, see [`crate::calib_set`]: `.npy`, or `.npz` for models
+/// with several inputs).
 pub fn calibrate_file(
     g: &Graph,
     cfg: &QConfig,
@@ -97,13 +98,10 @@ pub fn calibrate_file(
     batch: usize,
     eval: &dyn Evaluator,
 ) -> Result<Calibration> {
-    if g.inputs().len() != 1 {
-        bail!("calibration needs a model with one input; this one has {}", g.inputs().len());
-    }
-    let x = crate::npy::read(calib)?;
+    let set = crate::calib_set::load(calib, g)?;
     let ap = activation_plan(g, cfg)?;
-    let n = x.shape().first().copied().unwrap_or(0);
-    let mut it = batches(&x, batch).with_context(|| format!("`{}`", calib.display()))?;
+    let n = set.samples;
+    let mut it = set.batches(batch)?.into_iter();
     let total = n.div_ceil(batch.max(1));
     let targets = ap.targets();
     tracing::info!(
@@ -166,7 +164,8 @@ pub fn fp32_top1(
     if opts.quantize == QuantizeMode::None {
         return Ok(None);
     }
-    let fp = PipelineOptions { quantize: QuantizeMode::None, calib: None, qconfig: None, ..opts.clone() };
+    let fp =
+        PipelineOptions { quantize: QuantizeMode::None, calib: None, qconfig: None, min_sqnr: None, ..opts.clone() };
     let exe = crate::Compiler::new(fp)?.compile(crate::load_model(model)?)?;
     let scores = exe.run_batched(x, batch)?;
     Ok(Some(data::top1(&data::argmax_rows(&scores)?, labels)?))

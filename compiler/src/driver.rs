@@ -260,7 +260,7 @@ impl Compiler {
         if c.low != qforge_ir::DType::F16 {
             return Ok(None);
         }
-        let (batches, engine) = self.calibration_runs(path)?;
+        let (batches, engine) = self.calibration_runs(path, g)?;
         tracing::info!("fp16 overflow guard: observing ranges in {} batches", batches.len());
         let r = qforge_passes::precision::observe_ranges(g, &batches, &engine)
             .map_err(|e| anyhow::anyhow!("calibration for the fp16 overflow guard: {e}"))?;
@@ -273,7 +273,7 @@ impl Compiler {
     fn accuracy_guard(&self, g: &Graph, ranges: &Option<Ranges>, cx: &PassContext) -> Result<Option<F32Prefix>> {
         let (Some(c), Some(path)) = (&self.precision, &self.opts.calib) else { return Ok(None) };
         let Some(target) = c.policy.min_sqnr_db else { return Ok(None) };
-        let (batches, engine) = self.calibration_runs(path)?;
+        let (batches, engine) = self.calibration_runs(path, g)?;
         let c = PrecisionConfig { ranges: ranges.clone(), ..c.clone() };
         let t = std::time::Instant::now();
         let o = qforge_passes::precision::f32_prefix_for(g, &c, target, &batches, &engine, cx)
@@ -290,15 +290,13 @@ impl Compiler {
         Ok(Some(o.prefix))
     }
 
-    /// The calibration inputs in batches of `--calib-batch`, and the engine to run them on.
-    fn calibration_runs(&self, path: &Path) -> Result<(Vec<Vec<Tensor>>, crate::calibrate::EngineEvaluator)> {
-        let x = crate::npy::read(path)?;
-        let n = x.shape().first().copied().context("the calibration input has no batch dimension")?;
-        let step = self.opts.calib_batch.max(1);
-        let mut batches = vec![];
-        for start in (0..n).step_by(step) {
-            batches.push(vec![crate::data::slice_batch(&x, start, (start + step).min(n))?]);
-        }
+    /// The calibration inputs of `g` in batches of `--calib-batch`, and the engine to run them on.
+    fn calibration_runs(
+        &self,
+        path: &Path,
+        g: &Graph,
+    ) -> Result<(Vec<Vec<Tensor>>, crate::calibrate::EngineEvaluator)> {
+        let batches = crate::calib_set::load(path, g)?.batches(self.opts.calib_batch)?;
         let engine = crate::calibrate::EngineEvaluator {
             engine: self.opts.engine,
             run: qforge_ir::interp::RunOptions { max_tensor_bytes: self.opts.max_tensor_bytes as u128 },

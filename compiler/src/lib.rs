@@ -12,6 +12,7 @@
 
 pub mod artifact;
 pub mod bench;
+pub mod calib_set;
 pub mod calibrate;
 pub mod cli;
 pub mod data;

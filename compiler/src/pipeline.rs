@@ -60,8 +60,9 @@ pub struct PipelineOptions {
     /// Quantization: none keeps the model's precision.
     #[arg(long, value_enum, default_value_t = QuantizeMode::None)]
     pub quantize: QuantizeMode,
-    /// Calibration inputs (.npy, batch on axis 0) for static quantization.
-    #[arg(long, value_name = "X.npy")]
+    /// Calibration inputs, samples on axis 0: a .npy for a model with one input, a .npz with one
+    /// array per input name (numpy.savez) for several.
+    #[arg(long, value_name = "X.npy|X.npz")]
     pub calib: Option<PathBuf>,
     /// Calibration observer.
     #[arg(long, value_name = "minmax|ema|percentile|entropy|mse", value_parser = parse_calib_method)]

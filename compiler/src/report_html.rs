@@ -324,6 +324,7 @@ impl Report {
             qconfig: None,
             precision: Precision::Fp32,
             precision_config: None,
+            min_sqnr: None,
             ..opts.clone()
         };
         let fp_compiler = Compiler::new(fp_opts)?;

@@ -1,0 +1,165 @@
+//! Calibration sets (`--calib`): one tensor per graph input, samples along axis 0.
+//!
+//! A model with one input takes a `.npy` file. A model with several (a BERT-style encoder's
+//! `input_ids` and `attention_mask`) takes a `.npz` archive, as `numpy.savez` (or
+//! `savez_compressed`) writes it, holding one array per graph input, named after the input. Every
+//! array must have the same number of samples; an array that names no input, or an input without
+//! an array, is an error that lists both sides.
+
+use crate::data;
+use anyhow::{bail, Context, Result};
+use qforge_ir::{Graph, Tensor};
+use std::io::Read;
+use std::path::Path;
+
+/// Calibration inputs for a graph, in the order of its inputs.
+#[derive(Clone, Debug)]
+pub struct CalibSet {
+    pub inputs: Vec<Tensor>,
+    /// Samples (the common length of axis 0).
+    pub samples: usize,
+}
+
+/// Reads `path` (`.npy` or `.npz`) as calibration inputs of `g`.
+pub fn load(path: &Path, g: &Graph) -> Result<CalibSet> {
+    let names: Vec<String> = g.inputs().iter().map(|&i| g.node(i).name.clone()).collect();
+    let is_npz = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npz"));
+    let inputs = if is_npz {
+        read_npz(path, &names)?
+    } else {
+        if names.len() != 1 {
+            bail!(
+                "`{}`: the model has {} inputs ({}); give the calibration set as a .npz with one array per input",
+                path.display(),
+                names.len(),
+                names.join(", ")
+            );
+        }
+        vec![crate::npy::read(path)?]
+    };
+    let mut samples = None;
+    for (t, name) in inputs.iter().zip(&names) {
+        let n = *t
+            .shape()
+            .first()
+            .with_context(|| format!("`{}`: calibration data for `{name}` has no batch dimension", path.display()))?;
+        match samples {
+            None => samples = Some(n),
+            Some(m) if m != n => {
+                bail!("`{}`: `{name}` has {n} samples but the first input has {m}", path.display())
+            }
+            Some(_) => {}
+        }
+    }
+    let samples = samples.unwrap_or(0);
+    if samples == 0 {
+        bail!("`{}`: the calibration set is empty", path.display());
+    }
+    Ok(CalibSet { inputs, samples })
+}
+
+/// The arrays of a `.npz` archive, one per name, in `names` order.
+fn read_npz(path: &Path, names: &[String]) -> Result<Vec<Tensor>> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    let mut zip =
+        zip::ZipArchive::new(file).with_context(|| format!("`{}` is not a .npz (zip) archive", path.display()))?;
+    let mut arrays: Vec<String> = vec![];
+    for n in zip.file_names() {
+        let n = n.with_context(|| format!("`{}`: an entry name is not valid", path.display()))?;
+        arrays.push(n.strip_suffix(".npy").unwrap_or(&n).to_string());
+    }
+    if let Some(extra) = arrays.iter().find(|a| !names.contains(a)) {
+        bail!(
+            "`{}`: array `{extra}` names no model input (inputs: {}; arrays: {})",
+            path.display(),
+            names.join(", "),
+            arrays.join(", ")
+        );
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let mut entry = zip.by_name(&format!("{name}.npy")).with_context(|| {
+            format!("`{}` has no array for the model's input `{name}` (arrays: {})", path.display(), arrays.join(", "))
+        })?;
+        let mut bytes = Vec::with_capacity(entry.size().min(1 << 30) as usize);
+        entry.read_to_end(&mut bytes).with_context(|| format!("`{}`: cannot read array `{name}`", path.display()))?;
+        let t = crate::npy::read_bytes(&bytes).with_context(|| format!("`{}`: array `{name}`", path.display()))?;
+        out.push(t);
+    }
+    Ok(out)
+}
+
+impl CalibSet {
+    /// The first `n` samples (all of them when there are fewer).
+    pub fn head(&self, n: usize) -> Result<CalibSet> {
+        let n = n.min(self.samples).max(1);
+        let inputs = self.inputs.iter().map(|t| data::slice_batch(t, 0, n)).collect::<Result<_>>()?;
+        Ok(CalibSet { inputs, samples: n })
+    }
+
+    /// Consecutive batches of `batch` samples (the last one shorter), each one tensor per input.
+    pub fn batches(&self, batch: usize) -> Result<Vec<Vec<Tensor>>> {
+        let batch = batch.max(1);
+        (0..self.samples.div_ceil(batch))
+            .map(|i| {
+                let (start, end) = (i * batch, ((i + 1) * batch).min(self.samples));
+                self.inputs.iter().map(|t| data::slice_batch(t, start, end)).collect()
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const TWO_INPUTS: &str = "graph two(%a: f32[N,4], %b: f32[N,4]) -> (y: f32[N,4]) {\n  %0 = add %a, %b : f32[N,4]  # \"add\"\n  %1 = relu %0 : f32[N,4]  # \"relu\"\n  return %1\n}\n";
+
+    fn npz(path: &Path, arrays: &[(&str, Tensor)]) {
+        let mut w = zip::ZipWriter::new(std::fs::File::create(path).expect("create"));
+        let o = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        for (name, t) in arrays {
+            w.start_file(format!("{name}.npy"), o).expect("entry");
+            w.write_all(&crate::npy::write_bytes(t).expect("npy")).expect("write");
+        }
+        w.finish().expect("finish");
+    }
+
+    fn rows(n: usize) -> Tensor {
+        Tensor::from_f32(vec![n, 4], (0..n * 4).map(|i| i as f32 * 0.25 - 1.0).collect())
+    }
+
+    /// A two-input model calibrates from a `.npz`; wrong archives are errors naming what is wrong.
+    #[test]
+    fn npz_sets_bind_by_input_name() {
+        let g = qforge_ir::text::parse(TWO_INPUTS).expect("parses");
+        let dir = std::env::temp_dir().join(format!("qforge-calib-set-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let cases: Vec<(&str, Vec<(&str, Tensor)>, Option<&str>)> = vec![
+            ("ok", vec![("b", rows(3)), ("a", rows(3))], None),
+            ("missing", vec![("a", rows(3))], Some("no array for the model's input `b`")),
+            ("extra", vec![("a", rows(3)), ("b", rows(3)), ("c", rows(3))], Some("array `c` names no model input")),
+            ("ragged", vec![("a", rows(3)), ("b", rows(2))], Some("`b` has 2 samples but the first input has 3")),
+        ];
+        for (name, arrays, err) in cases {
+            let p = dir.join(format!("{name}.npz"));
+            npz(&p, &arrays);
+            match (load(&p, &g), err) {
+                (Ok(set), None) => {
+                    assert_eq!(set.samples, 3);
+                    let b = set.batches(2).expect("batches");
+                    assert_eq!(b.len(), 2);
+                    assert_eq!((b[0].len(), b[0][0].shape(), b[1][1].shape()), (2, &[2usize, 4][..], &[1usize, 4][..]));
+                }
+                (Err(e), Some(want)) => assert!(format!("{e:#}").contains(want), "{name}: {e:#}"),
+                (r, want) => panic!("{name}: got {r:?}, wanted error {want:?}"),
+            }
+        }
+        let npy = dir.join("one.npy");
+        crate::npy::write(&npy, &rows(3)).expect("npy");
+        let e = load(&npy, &g).expect_err("a .npy for two inputs");
+        assert!(format!("{e:#}").contains("give the calibration set as a .npz"), "{e:#}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
