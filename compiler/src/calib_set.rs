@@ -136,7 +136,9 @@ mod tests {
         let g = qforge_ir::text::parse(TWO_INPUTS).expect("parses");
         let dir = std::env::temp_dir().join(format!("qforge-calib-set-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
-        let cases: Vec<(&str, Vec<(&str, Tensor)>, Option<&str>)> = vec![
+        // (archive name, its arrays, the error it must give)
+        type Case<'a> = (&'a str, Vec<(&'a str, Tensor)>, Option<&'a str>);
+        let cases: Vec<Case> = vec![
             ("ok", vec![("b", rows(3)), ("a", rows(3))], None),
             ("missing", vec![("a", rows(3))], Some("no array for the model's input `b`")),
             ("extra", vec![("a", rows(3)), ("b", rows(3)), ("c", rows(3))], Some("array `c` names no model input")),
