@@ -203,6 +203,11 @@ def bert():
     save("bert_test_mask.npy", test16[1].numpy())
     save("bert_test_ids_s32.npy", test32[0].numpy())
     save("bert_test_mask_s32.npy", test32[1].numpy())
+    # the same sets as one archive per set, one array per input name (qforge's --calib for a
+    # model with several inputs)
+    np.savez(os.path.join(OUT, "bert_calib.npz"), input_ids=torch.cat([c[0] for c in calib]).numpy(),
+             attention_mask=torch.cat([c[1] for c in calib]).numpy())
+    np.savez(os.path.join(OUT, "bert_test.npz"), input_ids=test16[0].numpy(), attention_mask=test16[1].numpy())
 
     def feeds(ids, mask):
         return {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
