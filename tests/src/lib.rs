@@ -52,6 +52,9 @@ pub struct Agreement {
     pub max_steps: Option<f32>,
     pub top1_same: usize,
     pub rows: usize,
+    /// Cosine similarity of each row (axis 0) with the reference's, averaged over the rows (as
+    /// `scripts/gen_transformer_fixtures.py` computes ONNX Runtime's figures).
+    pub mean_cosine: f64,
 }
 
 impl std::fmt::Display for Agreement {
@@ -102,7 +105,18 @@ pub fn agreement(out: &Tensor, reference: &Tensor, step: Option<f32>) -> Result<
     } else {
         a.chunks(cols).zip(r.chunks(cols)).filter(|(x, y)| argmax(x) == argmax(y)).count()
     };
+    let mean_cosine = if cols == 0 {
+        1.0
+    } else {
+        let cos = |x: &[f32], y: &[f32]| {
+            let dot: f64 = x.iter().zip(y).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let n = |v: &[f32]| v.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt();
+            dot / (n(x) * n(y))
+        };
+        a.chunks(cols).zip(r.chunks(cols)).map(|(x, y)| cos(x, y)).sum::<f64>() / rows as f64
+    };
     Ok(Agreement {
+        mean_cosine,
         elements: r.len(),
         max_abs,
         ref_max_abs,
