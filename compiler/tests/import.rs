@@ -207,6 +207,129 @@ fn constant_subgraphs_fold_at_import() {
     assert_eq!(g.value_type(g.outputs()[0].value).shape.as_fixed(), Some(vec![6, 4]));
 }
 
+/// Shape arithmetic on a dynamic batch `N` and sequence length `S` (as exported transformers write
+/// it) is evaluated symbolically: the graph is not specialized, and one graph runs at every size.
+#[test]
+fn dynamic_shape_arithmetic_stays_symbolic() {
+    let nodes = vec![
+        node("Shape", &["x"], &["s"], vec![]),
+        node("Gather", &["s", "i0"], &["n"], vec![int("axis", 0)]),
+        node("Gather", &["s", "i1"], &["sq"], vec![int("axis", 0)]),
+        node("Mul", &["n", "sq"], &["ns"], vec![]),
+        node("Unsqueeze", &["ns", "axes0"], &["ns1"], vec![]),
+        node("Concat", &["ns1", "eight"], &["target"], vec![int("axis", 0)]),
+        // [N,S,8] -> [N*S,8]: a plain reshape with -1
+        node("Reshape", &["x", "target"], &["flat"], vec![]),
+        // positions 0..S
+        node("Range", &["zero", "sq", "one"], &["pos"], vec![]),
+        // ones of shape [N,1]
+        node("Unsqueeze", &["n", "axes0"], &["n1"], vec![]),
+        node("Concat", &["n1", "one1"], &["n_1"], vec![int("axis", 0)]),
+        node(
+            "ConstantOfShape",
+            &["n_1"],
+            &["ones"],
+            vec![tensor_attr("value", init("v", &Tensor::from_f32(vec![1], vec![1.0])))],
+        ),
+        // S used as data: x * S
+        node("Cast", &["sq"], &["sqf"], vec![int("to", 1)]),
+        node("Mul", &["x", "sqf"], &["scaled"], vec![]),
+        // [N*S,8] -> [N,S,8]: two symbolic sizes, so every size is explicit
+        node("Concat", &["n1", "sq1", "eight"], &["back"], vec![int("axis", 0)]),
+        node("Unsqueeze", &["sq", "axes0"], &["sq1"], vec![]),
+        node("Reshape", &["flat", "back"], &["unflat"], vec![]),
+        // a slice of a position buffer up to S
+        node("Slice", &["buffer", "zero1", "sq1", "axes1"], &["buf"], vec![]),
+    ];
+    // Concat uses sq1 before it is defined above: put the nodes in order.
+    let mut nodes = nodes;
+    let at = nodes.iter().position(|n| n.output[0] == "sq1").unwrap();
+    let sq1 = nodes.remove(at);
+    nodes.insert(11, sq1);
+    let i64s = |v: Vec<i64>| Tensor::from_i64(vec![v.len()], v);
+    let inits = vec![
+        init("i0", &Tensor::from_i64(vec![], vec![0])),
+        init("i1", &Tensor::from_i64(vec![], vec![1])),
+        init("axes0", &i64s(vec![0])),
+        init("axes1", &i64s(vec![1])),
+        init("eight", &i64s(vec![8])),
+        init("zero", &Tensor::from_i64(vec![], vec![0])),
+        init("one", &Tensor::from_i64(vec![], vec![1])),
+        init("one1", &i64s(vec![1])),
+        init("zero1", &i64s(vec![0])),
+        init("buffer", &Tensor::from_i64(vec![1, 10], (100..110).collect())),
+    ];
+    let x = vi("x", 1, &[Dim::Sym("N".into()), Dim::Sym("S".into()), Dim::Fixed(8)]);
+    let outs = ["flat", "pos", "ones", "scaled", "unflat", "buf"];
+    let g = import(&model(17, vec![x], inits, nodes, &outs)).unwrap();
+    let types: Vec<String> = g.outputs().iter().map(|o| g.value_type(o.value).to_string()).collect();
+    assert_eq!(types, ["f32[N*S,8]", "i64[S]", "f32[N,1]", "f32[N,S,8]", "f32[N,S,8]", "i64[1,S]"]);
+    assert_eq!(g.node(g.outputs()[0].value.node).op, Op::Reshape { shape: vec![-1, 8] });
+    // The text form round-trips the new ops.
+    let text = qforge_ir::text::print(&g, qforge_ir::text::ConstMode::Full).unwrap();
+    assert_eq!(
+        qforge_ir::text::print(&qforge_ir::text::parse(&text).unwrap(), qforge_ir::text::ConstMode::Full).unwrap(),
+        text
+    );
+    for (n, sq) in [(2usize, 3usize), (1, 5)] {
+        let xs: Vec<f32> = (0..n * sq * 8).map(|i| i as f32).collect();
+        let x = Tensor::from_f32(vec![n, sq, 8], xs.clone());
+        let y = qforge_ir::interp::run(&g, &[x]).unwrap();
+        assert_eq!(y[0].shape(), &[n * sq, 8]);
+        assert_eq!(y[1].to_i64_vec().unwrap(), (0..sq as i64).collect::<Vec<_>>());
+        assert_eq!((y[2].shape(), y[2].to_f32_vec()), (&[n, 1][..], vec![1.0; n]));
+        assert_eq!(y[3].to_f32_vec(), xs.iter().map(|v| v * sq as f32).collect::<Vec<_>>());
+        assert_eq!((y[4].shape(), y[4].to_f32_vec()), (&[n, sq, 8][..], xs.clone()));
+        assert_eq!(y[5].to_i64_vec().unwrap(), (100..100 + sq as i64).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn mod_gather_elements_and_ordered_comparisons_import() {
+    let nodes = vec![
+        node("Mod", &["a", "b"], &["m"], vec![]),
+        node("Mod", &["a", "b"], &["f"], vec![int("fmod", 1)]),
+        node("GreaterOrEqual", &["a", "b"], &["ge"], vec![]),
+        node("LessOrEqual", &["a", "b"], &["le"], vec![]),
+        node("GatherElements", &["a2", "idx"], &["ge2"], vec![int("axis", 1)]),
+    ];
+    let inits = vec![
+        init("b", &Tensor::from_i64(vec![4], vec![3, -3, 3, 5])),
+        init("idx", &Tensor::from_i64(vec![2, 2], vec![1, 0, -1, 1])),
+    ];
+    let a = vi("a", 7, &[Dim::Fixed(4)]);
+    let a2 = vi("a2", 7, &[Dim::Fixed(2), Dim::Fixed(2)]);
+    let g = import(&model(17, vec![a, a2], inits, nodes, &["m", "f", "ge", "le", "ge2"])).unwrap();
+    let y = qforge_ir::interp::run(
+        &g,
+        &[Tensor::from_i64(vec![4], vec![-7, 7, 7, 5]), Tensor::from_i64(vec![2, 2], vec![1, 2, 3, 4])],
+    )
+    .unwrap();
+    assert_eq!(y[0].to_i64_vec().unwrap(), vec![2, -2, 1, 0]);
+    assert_eq!(y[1].to_i64_vec().unwrap(), vec![-1, 1, 1, 0]);
+    assert_eq!(y[2].to_i64_vec().unwrap(), vec![0, 1, 1, 1]);
+    assert_eq!(y[3].to_i64_vec().unwrap(), vec![1, 0, 0, 1]);
+    assert_eq!(y[4].to_i64_vec().unwrap(), vec![2, 1, 4, 4]);
+    // Float Mod without fmod=1 is an error naming the node.
+    let bytes = model(17, vec![f32_input("x", &[2])], vec![], vec![node("Mod", &["x", "x"], &["y"], vec![])], &["y"]);
+    assert!(node_msg(&import(&bytes).unwrap_err()).contains("fmod"));
+}
+
+/// Partial support is a one-line error naming the op: a Range whose bounds come from tensor data.
+#[test]
+fn range_of_tensor_data_is_a_clear_error() {
+    let nodes = vec![
+        node("ReduceMax", &["x"], &["m"], vec![int("keepdims", 0)]),
+        node("Range", &["zero", "m", "one"], &["r"], vec![]),
+    ];
+    let inits = vec![init("zero", &Tensor::from_i64(vec![], vec![0])), init("one", &Tensor::from_i64(vec![], vec![1]))];
+    let bytes = model(17, vec![vi("x", 7, &[Dim::Fixed(3)])], inits, nodes, &["r"]);
+    let e = import(&bytes).unwrap_err();
+    assert!(matches!(&e, ImportError::Node { op, .. } if op == "Range"), "{e:?}");
+    let line = e.to_string();
+    assert!(line.contains("Range") && line.contains("limit") && !line.contains('\n'), "{line}");
+}
+
 // ------------------------------------------------------------------------------------ malformed files
 
 #[test]
@@ -441,13 +564,18 @@ fn clip_sum_identity_dropout_and_constants() {
     let e = import(&model(13, vec![x()], vec![huge], nodes, &["y"])).unwrap_err();
     assert!(node_msg(&e).contains("limit"), "{e}");
 
-    // Shape of a fixed-shape value folds into a constant; of a symbolic one it is an error.
+    // Shape of a fixed-shape value folds into a constant; of a symbolic one it stays symbolic (a
+    // reshape copying the symbolic dim), and as data it is a `shape` op computed at run time.
     let nodes = vec![node("Shape", &["x"], &["s"], vec![]), node("Reshape", &["x", "s"], &["y"], vec![])];
     let g = import(&model(13, vec![x()], vec![], nodes.clone(), &["y"])).unwrap();
     assert_eq!(count(&g, "reshape"), 1);
-    let e = import(&model(13, vec![vi("x", 1, &[Dim::Sym("N".into()), Dim::Fixed(3)])], vec![], nodes, &["y"]))
-        .unwrap_err();
-    assert!(node_msg(&e).contains("symbolic"), "{e}");
+    let xn = || vi("x", 1, &[Dim::Sym("N".into()), Dim::Fixed(3)]);
+    let g = import(&model(13, vec![xn()], vec![], nodes, &["y"])).unwrap();
+    assert_eq!(g.node(g.outputs()[0].value.node).op, Op::Reshape { shape: vec![0, 3] });
+    let g = import(&model(13, vec![xn()], vec![], vec![node("Shape", &["x"], &["y"], vec![])], &["y"])).unwrap();
+    assert_eq!(count(&g, "shape"), 1);
+    let y = qforge_ir::interp::run(&g, &[Tensor::from_f32(vec![5, 3], vec![0.0; 15])]).unwrap();
+    assert_eq!(y[0].to_i64_vec().unwrap(), vec![5, 3]);
 }
 
 #[test]

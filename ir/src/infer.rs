@@ -6,7 +6,9 @@
 //! inputs and fills in nothing but what follows from them. Symbolic dimensions (the batch `N`)
 //! flow through every op that does not need their value.
 
-use crate::{BinaryOp, ConvAttrs, DType, Dim, Epilogue, Op, PoolAttrs, QuantParams, Shape, TensorType, UnaryOp};
+use crate::{
+    BinaryOp, ConvAttrs, DType, Dim, DimExpr, Epilogue, Op, PoolAttrs, QuantParams, Shape, TensorType, UnaryOp,
+};
 
 type R<T> = std::result::Result<T, String>;
 
@@ -93,7 +95,15 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             }
             let shape = broadcast(&[&l.shape, &r.shape])?;
             let dtype = match b {
-                BinaryOp::Equal | BinaryOp::Less | BinaryOp::Greater => DType::Bool,
+                BinaryOp::Equal
+                | BinaryOp::Less
+                | BinaryOp::Greater
+                | BinaryOp::GreaterOrEqual
+                | BinaryOp::LessOrEqual => DType::Bool,
+                BinaryOp::Mod if l.dtype.is_float() || l.dtype == DType::Bool => {
+                    return Err(format!("`mod` needs integer operands (use `fmod` for floats), got {}", l.dtype))
+                }
+                BinaryOp::Fmod if l.dtype == DType::Bool => return Err("`fmod` needs numeric operands".into()),
                 BinaryOp::And | BinaryOp::Or if l.dtype != DType::Bool => {
                     return Err(format!("`{}` needs bool operands", op.name()))
                 }
@@ -288,6 +298,58 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             one(TensorType::new(*to, t.shape.clone()))
         }
         Op::Identity => one(x(0)?.clone()),
+        Op::Shape { start, end } => {
+            let t = x(0)?;
+            if start > end || *end > t.rank() {
+                return Err(format!("dims {start}..{end} out of range for rank {}", t.rank()));
+            }
+            one(TensorType::new(DType::I64, Shape(vec![Dim::Fixed(end - start)])))
+        }
+        Op::Range { start, limit, delta, dtype } => {
+            if !matches!(dtype, DType::I32 | DType::I64 | DType::F32) {
+                return Err(format!("range of {dtype} is not supported (i32, i64 or f32)"));
+            }
+            let (s, l) = (dim_expr(start, inputs)?, dim_expr(limit, inputs)?);
+            one(TensorType::new(*dtype, Shape(vec![range_len(&s, &l, *delta)?])))
+        }
+        Op::ReshapeDyn { shape } => {
+            let t = x(0)?;
+            let dims: Vec<Dim> = shape.iter().map(|e| dim_expr(e, inputs)).collect::<R<_>>()?;
+            let (have, want) = (dim_product(&t.shape.0)?, dim_product(&dims)?);
+            if have != want {
+                return Err(format!("cannot reshape {} ({have} elements) to {} ({want})", t.shape, Shape(dims)));
+            }
+            if t.quant.as_ref().is_some_and(|q| q.axis().is_some() || q.is_per_group()) {
+                return Err("reshape of a per-axis or per-group quantized value".into());
+            }
+            one(t.with_shape(Shape(dims)))
+        }
+        Op::ExpandDyn { shape } => {
+            let t = x(0)?;
+            let dims: Vec<Dim> = shape.iter().map(|e| dim_expr(e, inputs)).collect::<R<_>>()?;
+            one(t.with_shape(broadcast(&[&t.shape, &Shape(dims)])?))
+        }
+        Op::GatherElements { axis } => {
+            let (d, i) = (x(0)?, x(1)?);
+            if !matches!(i.dtype, DType::I32 | DType::I64) {
+                return Err(format!("indices must be i32 or i64, got {}", i.dtype));
+            }
+            if d.rank() != i.rank() {
+                return Err(format!("data {} and indices {} differ in rank", d.shape, i.shape));
+            }
+            let a = norm_axis(*axis, d.rank())?;
+            for (k, (dd, id)) in d.shape.0.iter().zip(&i.shape.0).enumerate() {
+                if let (Some(dn), Some(inn)) = (dd.fixed(), id.fixed()) {
+                    if k != a && inn > dn {
+                        return Err(format!("indices {} exceed data {} on axis {k}", i.shape, d.shape));
+                    }
+                }
+            }
+            if d.quant.as_ref().is_some_and(|q| q.axis().is_some() || q.is_per_group()) {
+                return Err("gather_elements of a per-axis or per-group quantized value".into());
+            }
+            one(d.with_shape(i.shape.clone()))
+        }
         Op::Quantize => {
             let t = float(x(0)?, "x")?;
             declared_quant(declared, &t.shape, &[DType::I8, DType::U8, DType::I32])
@@ -508,6 +570,35 @@ fn declared_quant(declared: Option<&[TensorType]>, shape: &Shape, allowed: &[DTy
     Ok(vec![TensorType { dtype: d.dtype, shape: shape.clone(), quant: Some(q.clone()) }])
 }
 
+/// The size a [`DimExpr`] names, from the types of the op's inputs.
+pub fn dim_expr(e: &DimExpr, inputs: &[Option<&TensorType>]) -> R<Dim> {
+    let k = usize::try_from(e.k).map_err(|_| format!("size factor {} is negative", e.k))?;
+    let mut dims = vec![Dim::Fixed(k)];
+    for &(i, a) in &e.of {
+        let t = inputs.get(i).copied().flatten().ok_or_else(|| format!("size refers to missing input {i}"))?;
+        dims.push(t.shape.0.get(a).cloned().ok_or_else(|| format!("size refers to dim {a} of input {i} ({t})"))?);
+    }
+    dim_product(&dims)
+}
+
+/// The length of `start, start + delta, ...` below `limit` (ONNX Range): computed when both are
+/// fixed; with symbols, only `0..limit` with step 1 has a known length.
+fn range_len(start: &Dim, limit: &Dim, delta: i64) -> R<Dim> {
+    if delta == 0 {
+        return Err("range step must not be zero".into());
+    }
+    match (start.fixed(), limit.fixed()) {
+        (Some(s), Some(l)) => {
+            let (s, l) = (s as i128, l as i128);
+            let d = delta as i128;
+            let n = ((l - s) + d - d.signum()) / d;
+            Ok(Dim::Fixed(usize::try_from(n.max(0)).map_err(|_| "range too long".to_string())?))
+        }
+        (Some(0), None) if delta == 1 => Ok(limit.clone()),
+        _ => Err(format!("the length of a range from {start} to {limit} by {delta} is not a dim qforge can express")),
+    }
+}
+
 /// Normalizes a possibly negative axis into `0..rank`.
 pub fn norm_axis(axis: i64, rank: usize) -> R<usize> {
     let a = if axis < 0 { axis + rank as i64 } else { axis };
@@ -700,17 +791,9 @@ pub fn slice_bounds(n: usize, start: i64, end: i64, step: i64) -> R<(i64, i64)> 
     Ok(if step > 0 { (s.clamp(0, n), e.clamp(0, n)) } else { (s.clamp(0, n - 1), e.clamp(-1, n - 1)) })
 }
 
-/// The product of dims; a single symbol times 1 stays that symbol.
+/// The product of dims, in [`Dim::product`]'s canonical form (`N*16`, `N*S`).
 fn dim_product(dims: &[Dim]) -> R<Dim> {
-    let fixed = dims.iter().filter_map(Dim::fixed).try_fold(1usize, |a, d| a.checked_mul(d));
-    let fixed = fixed.ok_or_else(|| format!("the product of dims {} overflows", Shape(dims.to_vec())))?;
-    let syms: Vec<&Dim> = dims.iter().filter(|d| d.fixed().is_none()).collect();
-    match (syms.as_slice(), fixed) {
-        ([], n) => Ok(Dim::Fixed(n)),
-        ([s], 1) => Ok((*s).clone()),
-        ([Dim::Sym(s)], n) => Ok(Dim::Sym(format!("{s}*{n}"))),
-        _ => Err(format!("cannot multiply symbolic dims {}", Shape(dims.to_vec()))),
-    }
+    Dim::product(dims).ok_or_else(|| format!("the product of dims {} overflows", Shape(dims.to_vec())))
 }
 
 /// ONNX Reshape with a constant target: `0` copies the input dim, `-1` is inferred from the rest.
@@ -733,12 +816,11 @@ pub fn reshape_shape(input: &Shape, target: &[i64]) -> R<Shape> {
             t => return Err(format!("invalid target dim {t}")),
         });
     }
-    // Element counts of what is not copied on either side.
+    // Element counts of what is not copied on either side, as a constant factor and symbols
+    // (a symbolic dim like `N*4` contributes both).
     let rest_in: Vec<Dim> = input.0.iter().zip(&copied).filter(|(_, c)| !**c).map(|(d, _)| d.clone()).collect();
     let overflow = || format!("cannot reshape {input} to {target:?}: element count overflows");
-    let fixed_in = rest_in.iter().filter_map(Dim::fixed).try_fold(1usize, |a, d| a.checked_mul(d));
-    let fixed_in = fixed_in.ok_or_else(overflow)?;
-    let syms_in: Vec<Dim> = rest_in.iter().filter(|d| d.fixed().is_none()).cloned().collect();
+    let (fixed_in, syms_in) = dim_product(&rest_in).map_err(|_| overflow())?.factors().ok_or_else(overflow)?;
     let fixed_out = target.iter().filter(|&&t| t > 0).try_fold(1usize, |a, &t| a.checked_mul(t as usize));
     let fixed_out = fixed_out.ok_or_else(overflow)?;
     match dims.iter().position(Option::is_none) {
@@ -746,12 +828,7 @@ pub fn reshape_shape(input: &Shape, target: &[i64]) -> R<Shape> {
             if fixed_out == 0 || fixed_in % fixed_out != 0 {
                 return Err(format!("cannot reshape {input} to {target:?}"));
             }
-            let k = fixed_in / fixed_out;
-            let mut factors = syms_in.clone();
-            if k != 1 || factors.is_empty() {
-                factors.push(Dim::Fixed(k));
-            }
-            dims[pos] = Some(dim_product(&factors)?);
+            dims[pos] = Some(Dim::from_factors(fixed_in / fixed_out, syms_in));
         }
         None => {
             if !syms_in.is_empty() || fixed_in != fixed_out {

@@ -33,7 +33,7 @@ pub mod verify;
 pub use dtype::DType;
 pub use error::{IrError, Result};
 pub use graph::{Graph, GraphOutput, Node, NodeId, Value};
-pub use op::{BinaryOp, ConvAttrs, Epilogue, Op, PoolAttrs, UnaryOp};
+pub use op::{BinaryOp, ConvAttrs, DimExpr, Epilogue, Op, PoolAttrs, UnaryOp};
 pub use quant::QuantParams;
 pub use shape::{Dim, Shape, TensorType};
 pub use tensor::{Tensor, TensorData};

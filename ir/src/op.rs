@@ -84,6 +84,29 @@ pub enum BinaryOp {
     Greater,
     And,
     Or,
+    /// Integer modulus with the sign of the divisor (ONNX Mod, `fmod=0`; integers only).
+    Mod,
+    /// Remainder with the sign of the dividend (ONNX Mod, `fmod=1`; C `fmod` for floats).
+    Fmod,
+    GreaterOrEqual,
+    LessOrEqual,
+}
+
+/// A size written in an attribute: `k` times the product of dims of the op's own inputs
+/// (`(input, axis)` pairs), read from their types. With symbolic input types the size is a
+/// symbolic dim (`N*16`); with concrete ones (every engine re-infers per input shape) it is a
+/// number. This is how a graph with a dynamic batch or sequence length keeps sizes that depend on
+/// it (`Range(0, S)`, an expand to `[N,1,1]`) without being specialized at import.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DimExpr {
+    pub k: i64,
+    pub of: Vec<(usize, usize)>,
+}
+
+impl DimExpr {
+    pub fn fixed(k: i64) -> Self {
+        DimExpr { k, of: vec![] }
+    }
 }
 
 /// An operation. Inputs are listed as `x, w, [b]`: brackets mark optional inputs.
@@ -210,6 +233,31 @@ pub enum Op {
         to: DType,
     },
     Identity,
+    /// `x` -> i64[end - start]: dims `start..end` of `x` (ONNX Shape, bounds normalized).
+    Shape {
+        start: usize,
+        end: usize,
+    },
+    /// `refs...` -> 1-D `start, start + delta, ...` below `limit` (ONNX Range); the inputs are
+    /// read only for the dims `start` and `limit` name.
+    Range {
+        start: DimExpr,
+        limit: DimExpr,
+        delta: i64,
+        dtype: DType,
+    },
+    /// `x, refs...` -> `x` reshaped to `shape` (no `0` or `-1` entries: every size is explicit).
+    ReshapeDyn {
+        shape: Vec<DimExpr>,
+    },
+    /// `x, refs...` -> `x` broadcast with `shape` (ONNX Expand).
+    ExpandDyn {
+        shape: Vec<DimExpr>,
+    },
+    /// `data, indices` -> `data` picked along `axis` at `indices` (ONNX GatherElements).
+    GatherElements {
+        axis: i64,
+    },
 
     // ---- quantization
     /// `x` (float) -> quantized output; parameters from the output type.
@@ -300,6 +348,10 @@ impl Op {
                 BinaryOp::Greater => "greater",
                 BinaryOp::And => "and",
                 BinaryOp::Or => "or",
+                BinaryOp::Mod => "mod",
+                BinaryOp::Fmod => "fmod",
+                BinaryOp::GreaterOrEqual => "greater_or_equal",
+                BinaryOp::LessOrEqual => "less_or_equal",
             },
             Op::Where => "where",
             Op::MatMul => "matmul",
@@ -327,6 +379,11 @@ impl Op {
             Op::Expand { .. } => "expand",
             Op::Cast { .. } => "cast",
             Op::Identity => "identity",
+            Op::Shape { .. } => "shape",
+            Op::Range { .. } => "range",
+            Op::ReshapeDyn { .. } => "reshape_dyn",
+            Op::ExpandDyn { .. } => "expand_dyn",
+            Op::GatherElements { .. } => "gather_elements",
             Op::Quantize => "quantize",
             Op::Dequantize => "dequantize",
             Op::Requantize => "requantize",
@@ -365,7 +422,7 @@ impl Op {
     ];
 
     /// Every binary op, for parsers and tests.
-    pub const BINARY: [BinaryOp; 12] = [
+    pub const BINARY: [BinaryOp; 16] = [
         BinaryOp::Add,
         BinaryOp::Sub,
         BinaryOp::Mul,
@@ -378,6 +435,10 @@ impl Op {
         BinaryOp::Greater,
         BinaryOp::And,
         BinaryOp::Or,
+        BinaryOp::Mod,
+        BinaryOp::Fmod,
+        BinaryOp::GreaterOrEqual,
+        BinaryOp::LessOrEqual,
     ];
 
     /// The allowed number of inputs (including absent optional ones), as an inclusive range.
@@ -388,7 +449,8 @@ impl Op {
             Op::Conv(_) | Op::QConv { .. } | Op::QMatMul { .. } | Op::QGemm { .. } => (2, 3),
             Op::Gemm { .. } => (2, 3),
             Op::BatchNorm { .. } => (5, 5),
-            Op::Binary(_) | Op::MatMul | Op::Gather { .. } | Op::QAdd | Op::QMul => (2, 2),
+            Op::Binary(_) | Op::MatMul | Op::Gather { .. } | Op::GatherElements { .. } | Op::QAdd | Op::QMul => (2, 2),
+            Op::Range { .. } | Op::ReshapeDyn { .. } | Op::ExpandDyn { .. } => (1, usize::MAX),
             Op::Where => (3, 3),
             Op::LayerNorm { .. } => (2, 3),
             Op::ConvInteger(_) | Op::MatMulInteger => (2, 4),

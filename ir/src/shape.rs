@@ -17,6 +17,53 @@ impl Dim {
             Dim::Sym(_) => None,
         }
     }
+
+    /// The dim as a constant factor and its symbols (sorted, with repetition): `N*S*16` is
+    /// `(16, [N, S])`. A symbol is a product of names and numbers joined by `*`.
+    pub fn factors(&self) -> Option<(usize, Vec<String>)> {
+        match self {
+            Dim::Fixed(n) => Some((*n, vec![])),
+            Dim::Sym(s) => {
+                let (mut k, mut syms) = (1usize, vec![]);
+                for f in s.split('*') {
+                    if f.is_empty() {
+                        return None;
+                    }
+                    match f.parse::<usize>() {
+                        Ok(n) => k = k.checked_mul(n)?,
+                        Err(_) => syms.push(f.to_string()),
+                    }
+                }
+                syms.sort();
+                Some((k, syms))
+            }
+        }
+    }
+
+    /// The product of dims in canonical form: the symbols sorted, then the constant factor
+    /// (`N*16`, `N*S`); `None` on overflow.
+    pub fn product(dims: &[Dim]) -> Option<Dim> {
+        let (mut k, mut syms) = (1usize, vec![]);
+        for d in dims {
+            let (dk, ds) = d.factors()?;
+            k = k.checked_mul(dk)?;
+            syms.extend(ds);
+        }
+        Some(Dim::from_factors(k, syms))
+    }
+
+    /// `k` times the symbols, in canonical form (a zero factor makes the fixed dim 0).
+    pub fn from_factors(k: usize, mut syms: Vec<String>) -> Dim {
+        if syms.is_empty() || k == 0 {
+            return Dim::Fixed(k);
+        }
+        syms.sort();
+        let mut s = syms.join("*");
+        if k != 1 {
+            s.push_str(&format!("*{k}"));
+        }
+        Dim::Sym(s)
+    }
 }
 
 impl fmt::Display for Dim {

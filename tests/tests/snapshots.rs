@@ -20,3 +20,16 @@ fn digits_cnn_imported_ir() {
 fn digits_cnn_int8_qdq_imported_ir() {
     snapshot_import("digits_cnn_int8_qdq.onnx");
 }
+
+/// The imported BERT (`fixtures/transformers/bert.onnx`): shape arithmetic on the dynamic batch
+/// and sequence length stays symbolic (`range`, `reshape_dyn`, `expand_dyn` read `N` and `S` from
+/// the inputs' dims), nothing is specialized to one input shape.
+#[test]
+fn transformer_bert_imported_ir() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/transformers/bert.onnx");
+    let g = qforge::load_model(&path).expect("model imports");
+    let text = qforge_ir::text::print_default(&g).expect("graph prints");
+    insta::with_settings!({ snapshot_path => "../../snapshots", prepend_module_to_snapshot => false }, {
+        insta::assert_snapshot!("import__transformers__bert", text);
+    });
+}

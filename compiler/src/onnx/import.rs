@@ -4,7 +4,7 @@
 use super::attrs::NodeRef;
 use super::proto::{tensor_shape_proto::dimension, type_proto, GraphProto, ModelProto, ValueInfoProto};
 use super::tensors::{dtype_from_onnx, tensor_from_proto};
-use super::{ops, ImportError};
+use super::{ops, symbolic, ImportError};
 use qforge_ir::{infer, interp, Dim, Graph, Op, Shape, Tensor, TensorType, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -40,6 +40,11 @@ pub struct Importer {
     names: HashSet<String>,
     /// Quantized constants already made from an initializer, by (name, dtype and parameters).
     quant_consts: HashMap<(String, String), Value>,
+    /// Shape values with symbolic elements, by ONNX name (see [`symbolic`]); computed at run time
+    /// only if something uses them as data.
+    pub(super) sym: HashMap<String, symbolic::SymVal>,
+    /// Where each dimension symbol can be read: a graph input and its axis.
+    pub(super) sym_src: HashMap<String, (Value, usize)>,
 }
 
 impl Importer {
@@ -58,10 +63,21 @@ impl Importer {
         }
     }
 
-    /// The value an ONNX name refers to, adding an initializer to the graph on first use.
+    /// Binds an ONNX name to a value.
+    pub(super) fn bind_value(&mut self, name: &str, v: Value) {
+        self.values.insert(name.to_string(), v);
+    }
+
+    /// The value an ONNX name refers to, adding an initializer to the graph on first use and
+    /// computing a symbolic shape value (see [`symbolic::materialize`]) on first use as data.
     pub fn lookup(&mut self, name: &str) -> Option<Value> {
         if let Some(v) = self.values.get(name) {
             return Some(*v);
+        }
+        if self.sym.contains_key(name) {
+            let v = symbolic::materialize(self, name).ok()?;
+            self.values.insert(name.to_string(), v);
+            return Some(v);
         }
         let t = self.inits.get(name)?.clone();
         let node_name = self.fresh_name(name);
@@ -75,9 +91,9 @@ impl Importer {
         Some(v)
     }
 
-    /// Whether the name refers to anything (a value, an initializer).
+    /// Whether the name refers to anything (a value, an initializer, a shape value).
     pub fn knows(&self, name: &str) -> bool {
-        self.values.contains_key(name) || self.inits.contains_key(name)
+        self.values.contains_key(name) || self.inits.contains_key(name) || self.sym.contains_key(name)
     }
 
     /// If the name is a dropped optional output, what it was.
@@ -233,6 +249,8 @@ pub fn import_model(model: &ModelProto, origin: &str) -> Result<Graph, ImportErr
         dropped: HashMap::new(),
         names: HashSet::new(),
         quant_consts: HashMap::new(),
+        sym: HashMap::new(),
+        sym_src: HashMap::new(),
     };
     add_initializers(&mut im, graph)?;
     add_inputs(&mut im, graph)?;
@@ -245,6 +263,14 @@ pub fn import_model(model: &ModelProto, origin: &str) -> Result<Graph, ImportErr
             d => model.opset_import.iter().find(|o| o.domain == d).map_or(0, |o| o.version),
         };
         let at = NodeRef { name, op: node.op_type.clone(), domain: node.domain.clone(), opset: node_opset };
+        if let Some(s) = symbolic::eval(&im, node, node_opset) {
+            let out = node.output.first().map(String::as_str).unwrap_or("");
+            if out.is_empty() || im.knows(out) {
+                return Err(at.err(format!("output `{out}` is empty or already defined")));
+            }
+            symbolic::bind(&mut im, out, &at.name, s).map_err(|m| at.err(m))?;
+            continue;
+        }
         let outs = ops::import_node(&mut im, node, &at)?;
         for (i, out) in node.output.iter().enumerate() {
             if out.is_empty() {
@@ -264,6 +290,11 @@ pub fn import_model(model: &ModelProto, origin: &str) -> Result<Graph, ImportErr
         }
     }
     for o in &graph.output {
+        if im.bound(&o.name).is_none() && im.sym.contains_key(&o.name) {
+            let v = symbolic::materialize(&mut im, &o.name)
+                .map_err(|m| ImportError::Model(format!("graph output `{}`: {m}", o.name)))?;
+            im.bind_value(&o.name, v);
+        }
         let v = im.lookup(&o.name).ok_or_else(|| match im.dropped(&o.name) {
             Some(d) => {
                 ImportError::Model(format!("graph output `{}` is the {d}, which qforge does not compute", o.name))
@@ -311,8 +342,21 @@ fn add_inputs(im: &mut Importer, graph: &GraphProto) -> Result<(), ImportError> 
         }
         let ty = input_type(vi)?;
         im.names.insert(vi.name.clone());
+        let syms: Vec<(usize, String)> = ty
+            .shape
+            .0
+            .iter()
+            .enumerate()
+            .filter_map(|(a, d)| match d {
+                Dim::Sym(s) => Some((a, s.clone())),
+                Dim::Fixed(_) => None,
+            })
+            .collect();
         let v = im.g.add_input(vi.name.clone(), ty);
         im.values.insert(vi.name.clone(), v);
+        for (a, s) in syms {
+            im.sym_src.entry(s).or_insert((v, a));
+        }
     }
     Ok(())
 }

@@ -5,6 +5,8 @@
 //! * `import`: graph building: initializers, graph inputs with symbolic dims, the value map,
 //!   node naming, constant folding, outputs, verification.
 //! * `ops`: one function per ONNX op or op family.
+//! * `symbolic`: shape arithmetic on dynamic dims (batch, sequence length) evaluated at import,
+//!   so the graph stays symbolic instead of being specialized to one input shape.
 //! * `attrs`: typed attribute access. `tensors`: `TensorProto` <-> [`qforge_ir::Tensor`].
 //!
 //! Default-domain opsets 9 to 21 are imported, plus the `com.microsoft` ops that ONNX Runtime's
@@ -17,6 +19,7 @@ pub mod builder;
 pub mod export;
 mod import;
 mod ops;
+mod symbolic;
 #[rustfmt::skip]
 pub mod proto;
 pub mod tensors;

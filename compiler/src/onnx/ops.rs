@@ -8,12 +8,13 @@
 use super::attrs::{Attrs, NodeRef};
 use super::import::Importer;
 use super::proto::NodeProto;
+use super::symbolic::{self, Mono, SymVal};
 use super::tensors::{checked_numel, dtype_from_onnx, tensor_from_proto};
 use super::ImportError;
 use qforge_ir::infer::norm_axis;
 use qforge_ir::{
-    BinaryOp, ConvAttrs, DType, Dim, Epilogue, Op, PoolAttrs, QuantParams, Shape, Tensor, TensorData, TensorType,
-    UnaryOp, Value,
+    BinaryOp, ConvAttrs, DType, Dim, DimExpr, Epilogue, Op, PoolAttrs, QuantParams, Shape, Tensor, TensorData,
+    TensorType, UnaryOp, Value,
 };
 use std::sync::Arc;
 
@@ -82,6 +83,17 @@ impl<'a> Cx<'a> {
             "Div" => self.binary(BinaryOp::Div),
             "Pow" => self.binary(BinaryOp::Pow),
             "Equal" => self.binary(BinaryOp::Equal),
+            "GreaterOrEqual" => self.binary(BinaryOp::GreaterOrEqual),
+            "LessOrEqual" => self.binary(BinaryOp::LessOrEqual),
+            "Mod" => {
+                let fmod = self.attrs().int_or("fmod", 0)? != 0;
+                self.binary(if fmod { BinaryOp::Fmod } else { BinaryOp::Mod })
+            }
+            "Range" => self.range(),
+            "GatherElements" => {
+                let axis = self.attrs().int_or("axis", 0)?;
+                self.simple(Op::GatherElements { axis }, 2)
+            }
             "Less" => self.binary(BinaryOp::Less),
             "Greater" => self.binary(BinaryOp::Greater),
             "And" => self.binary(BinaryOp::And),
@@ -168,6 +180,11 @@ impl<'a> Cx<'a> {
     }
 
     fn value(&mut self, name: &str) -> R<Value> {
+        if self.im.bound(name).is_none() && self.im.sym.contains_key(name) {
+            let v = symbolic::materialize(self.im, name).map_err(|m| self.err(format!("input `{name}`: {m}")))?;
+            self.im.bind_value(name, v);
+            return Ok(v);
+        }
         if let Some(v) = self.im.lookup(name) {
             return Ok(v);
         }
@@ -228,6 +245,37 @@ impl<'a> Cx<'a> {
     fn simple(&mut self, op: Op, n: usize) -> R<Outs> {
         let ins = self.inputs_upto(n, n)?;
         one(self.add(op, ins, None)?)
+    }
+
+    /// The symbolic content of input `i` when it is a tracked shape value with symbolic elements.
+    fn sym_input(&self, i: usize) -> Option<SymVal> {
+        self.im.sym.get(self.input_name(i)?).cloned()
+    }
+
+    /// Sizes for an op taking `x` then reference inputs: the monomials as [`DimExpr`]s reading
+    /// their symbols from the graph inputs, which are appended to `ins`.
+    fn dim_exprs(&self, monos: &[Mono], ins: &mut Vec<Option<Value>>) -> R<Vec<DimExpr>> {
+        let base = ins.len();
+        let mut refs = vec![];
+        let out = monos
+            .iter()
+            .map(|m| symbolic::dim_expr(self.im, m, &mut refs, base).map_err(|e| self.err(e)))
+            .collect::<R<Vec<_>>>()?;
+        ins.extend(refs.into_iter().map(Some));
+        Ok(out)
+    }
+
+    /// A scalar input as a monomial: a constant or a tracked shape value.
+    fn scalar_mono(&self, i: usize, what: &str) -> R<Mono> {
+        let name = self.input_name(i).ok_or_else(|| self.err(format!("input {i} ({what}) is missing")))?;
+        let s = symbolic::sym_of(self.im, name);
+        match s.as_ref().map(|s| s.elems.as_slice()) {
+            Some([m]) => Ok(m.clone()),
+            _ => Err(self.err(format!(
+                "input `{name}` ({what}) must be a constant or computed from input shapes: qforge does not \
+                 support a {what} computed from tensor data"
+            ))),
+        }
     }
 
     /// The constant tensor of input `i`, which must be present.
@@ -577,12 +625,107 @@ impl<'a> Cx<'a> {
 
     fn reshape(&mut self) -> R<Outs> {
         let x = self.input(0)?;
+        if let Some(t) = self.sym_input(1) {
+            return self.reshape_sym(x, t);
+        }
         let shape = self.ints_input(1, "shape")?;
         let shape = self.target_shape(shape, "target shape")?;
         if self.attrs().bool_or("allowzero", false)? && shape.contains(&0) {
             return Err(self.err("allowzero=1 with a 0 in the target shape is not supported"));
         }
         one(self.add(Op::Reshape { shape }, vec![Some(x)], None)?)
+    }
+
+    /// Reshape to a target with symbolic entries: ONNX's `0` (copy) and `-1` (infer) when they
+    /// say it, otherwise every size explicit (`reshape_dyn`).
+    fn reshape_sym(&mut self, x: Value, t: SymVal) -> R<Outs> {
+        if self.attrs().bool_or("allowzero", false)? {
+            return Err(self.err("allowzero=1 with a computed target shape is not supported"));
+        }
+        let xt = self.ty(x);
+        let xd: Option<Vec<Mono>> = xt.shape.0.iter().map(Mono::of_dim).collect();
+        let xd = xd.ok_or_else(|| self.err(format!("cannot read the dims of {}", xt.shape)))?;
+        // Resolve ONNX's 0 (copy) into the input's dim.
+        let mut want: Vec<Option<Mono>> = vec![];
+        for (i, m) in t.elems.iter().enumerate() {
+            want.push(match m.konst() {
+                Some(0) => Some(xd.get(i).cloned().ok_or_else(|| self.err(format!("target copies missing dim {i}")))?),
+                Some(-1) => None,
+                Some(k) if k < 0 => return Err(self.err(format!("invalid target dim {k}"))),
+                _ => Some(m.clone()),
+            });
+        }
+        // The plain reshape: entries equal to the input's dim at the same place become 0; if
+        // exactly one symbolic entry is left, it becomes -1.
+        let mut plain: Vec<Option<i64>> = want
+            .iter()
+            .enumerate()
+            .map(|(i, w)| match w {
+                None => Some(-1),
+                Some(m) if xd.get(i) == Some(m) && m.konst().is_none() => Some(0),
+                Some(m) => m.konst(),
+            })
+            .collect();
+        let open: Vec<usize> = (0..plain.len()).filter(|&i| plain[i].is_none()).collect();
+        if open.len() == 1 && !plain.contains(&Some(-1)) {
+            plain[open[0]] = Some(-1);
+        }
+        if let Some(shape) = plain.into_iter().collect::<Option<Vec<i64>>>() {
+            if qforge_ir::infer::reshape_shape(&xt.shape, &shape).is_ok() {
+                return one(self.add(Op::Reshape { shape }, vec![Some(x)], None)?);
+            }
+        }
+        // Explicit sizes: -1 is the input's element count over the rest.
+        let total = xd.iter().try_fold(Mono::c(1), |a, m| a.mul(m));
+        let total = total.ok_or_else(|| self.err("element count overflows"))?;
+        let known = want.iter().flatten().try_fold(Mono::c(1), |a, m| a.mul(m));
+        let known = known.ok_or_else(|| self.err("element count overflows"))?;
+        let monos: Vec<Mono> = want
+            .into_iter()
+            .map(|w| match w {
+                Some(m) => Some(m),
+                None => total.div(&known),
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(|| self.err(format!("cannot infer the -1 of a target shape for {}", xt.shape)))?;
+        let mut ins = vec![Some(x)];
+        let shape = self.dim_exprs(&monos, &mut ins)?;
+        one(self.add(Op::ReshapeDyn { shape }, ins, None)?)
+    }
+
+    /// ONNX Range; bounds computed from input shapes make a `range` whose length is a dim.
+    fn range(&mut self) -> R<Outs> {
+        let start = self.scalar_mono(0, "start")?;
+        let limit = self.scalar_mono(1, "limit")?;
+        let delta = self.scalar_mono(2, "delta")?;
+        let delta = delta.konst().filter(|&d| d != 0).ok_or_else(|| self.err("delta must be a non-zero constant"))?;
+        let dtype = {
+            let name = self.input_name(0).unwrap_or("");
+            match (symbolic::sym_of(self.im, name), self.im.const_by_name(name)) {
+                (Some(s), _) => s.dtype,
+                (None, Some(t)) => t.dtype(),
+                (None, None) => DType::I64,
+            }
+        };
+        if !matches!(dtype, DType::I32 | DType::I64) {
+            return Err(self.err(format!("Range of {dtype} is not supported (i32 or i64)")));
+        }
+        if let (Some(s), Some(l)) = (start.konst(), limit.konst()) {
+            let d = delta as i128;
+            let n = ((l as i128 - s as i128) + d - d.signum()) / d;
+            let n = usize::try_from(n.max(0)).ok().filter(|&n| n <= 1 << 24);
+            let n = n.ok_or_else(|| self.err("range too long"))?;
+            let v: Vec<i64> = (0..n as i64).map(|i| s + i * delta).collect();
+            let t = Tensor::from_i64_wrapping(dtype, vec![n], &v);
+            return one(self.im.g.add_const(self.at.name.clone(), t));
+        }
+        if start.konst() != Some(0) || delta != 1 {
+            return Err(self.err("a Range with computed bounds must start at 0 with step 1"));
+        }
+        let mut ins = vec![];
+        let e = self.dim_exprs(&[start, limit], &mut ins)?;
+        let (s, l) = (e[0].clone(), e[1].clone());
+        one(self.add(Op::Range { start: s, limit: l, delta, dtype }, ins, None)?)
     }
 
     fn transpose(&mut self) -> R<Outs> {
@@ -607,6 +750,9 @@ impl<'a> Cx<'a> {
 
     fn slice(&mut self) -> R<Outs> {
         let x = self.input(0)?;
+        if self.at.opset >= 10 && (1..5).any(|i| self.sym_input(i).is_some()) {
+            return self.slice_sym(x);
+        }
         let (starts, ends, axes, steps) = if self.at.opset < 10 {
             let a = self.attrs();
             let starts = a.ints("starts")?.ok_or_else(|| self.err("attribute `starts` is required"))?;
@@ -636,6 +782,41 @@ impl<'a> Cx<'a> {
             }
         }
         one(self.add(Op::Slice { starts, ends, axes, steps }, vec![Some(x)], None)?)
+    }
+
+    /// A slice whose end is computed from input shapes: `[0, end)` with step 1 along one axis
+    /// becomes a gather of `range(0, end)`. (ONNX would clamp an end beyond the dim; here that is
+    /// an out-of-range index at run time.)
+    fn slice_sym(&mut self, x: Value) -> R<Outs> {
+        let unsupported = || self.err("a Slice with computed bounds must be one axis, from 0, step 1");
+        let get = |i: usize| -> R<Option<Mono>> {
+            match self.input_name(i) {
+                None => Ok(None),
+                Some(n) => match symbolic::sym_of(self.im, n).as_ref().map(|s| s.elems.as_slice()) {
+                    Some([m]) => Ok(Some(m.clone())),
+                    _ => Err(unsupported()),
+                },
+            }
+        };
+        let (start, end, axis, step) = (get(1)?, get(2)?, get(3)?, get(4)?);
+        if start.and_then(|m| m.konst()) != Some(0) || step.is_some_and(|m| m.konst() != Some(1)) {
+            return Err(unsupported());
+        }
+        let end = end.ok_or_else(unsupported)?;
+        let axis = match axis {
+            None => 0,
+            Some(m) => m.konst().ok_or_else(unsupported)?,
+        };
+        let rank = self.ty(x).rank();
+        norm_axis(axis, rank).map_err(|m| self.err(m))?;
+        let mut ins = vec![];
+        let e = self.dim_exprs(&[Mono::c(0), end], &mut ins)?;
+        let r = self.add_helper(
+            "range",
+            Op::Range { start: e[0].clone(), limit: e[1].clone(), delta: 1, dtype: DType::I64 },
+            ins,
+        )?;
+        one(self.add(Op::Gather { axis }, vec![Some(x), Some(r)], None)?)
     }
 
     fn unsqueeze(&mut self) -> R<Outs> {
@@ -698,6 +879,14 @@ impl<'a> Cx<'a> {
 
     fn expand(&mut self) -> R<Outs> {
         let x = self.input(0)?;
+        if let Some(t) = self.sym_input(1) {
+            if t.elems.iter().any(|m| m.k < 0) {
+                return Err(self.err("shape has a negative entry"));
+            }
+            let mut ins = vec![Some(x)];
+            let shape = self.dim_exprs(&t.elems, &mut ins)?;
+            return one(self.add(Op::ExpandDyn { shape }, ins, None)?);
+        }
         let shape = self.ints_input(1, "shape")?;
         let shape = self.target_shape(shape, "shape")?;
         if shape.contains(&-1) {
@@ -750,7 +939,6 @@ impl<'a> Cx<'a> {
     /// Folded here, never left as a node: the shape must be constant and the tensor small
     /// enough (see [`super::tensors::MAX_TENSOR_BYTES`]); it is checked before allocating.
     fn constant_of_shape(&mut self) -> R<Outs> {
-        let dims = self.ints_input(0, "shape")?;
         let value = match self.attrs().tensor("value")? {
             Some(tp) => tensor_from_proto(tp).map_err(|m| self.err(m))?,
             None => Tensor::scalar_f32(0.0),
@@ -758,12 +946,27 @@ impl<'a> Cx<'a> {
         if value.len() != 1 {
             return Err(self.err(format!("`value` must hold one element, got {}", value.len())));
         }
+        if let Some(t) = self.sym_input(0) {
+            // A shape computed from input shapes: the value broadcast to it.
+            if t.elems.iter().any(|m| m.k < 0) {
+                return Err(self.err("shape has a negative entry"));
+            }
+            let scalar = value.reshaped(vec![]).ok_or_else(|| self.err("`value` must hold one element"))?;
+            let name = self.im.fresh_name(&format!("{}/value", self.at.name));
+            let c = self.im.g.add_const(name, scalar);
+            let mut ins = vec![Some(c)];
+            let shape = self.dim_exprs(&t.elems, &mut ins)?;
+            return one(self.add(Op::ExpandDyn { shape }, ins, None)?);
+        }
+        let dims = self.ints_input(0, "shape")?;
         let (shape, n) = checked_numel(&dims, value.dtype()).map_err(|m| self.err(m))?;
         let t = Tensor::new(shape, splat(value.data(), n)).ok_or_else(|| self.err("shape and data disagree"))?;
         one(self.im.g.add_const(self.at.name.clone(), t))
     }
 
-    /// Folded when the selected dims are fixed: the IR has no dynamic-shape ops.
+    /// Folded when the selected dims are fixed. With symbolic dims the importer follows the
+    /// value symbolically (see [`symbolic`]) and never gets here, unless a dim cannot be read as
+    /// a product of symbols: then it is a `shape` op, computed at run time.
     fn shape(&mut self) -> R<Outs> {
         let x = self.input(0)?;
         let ty = self.ty(x);
@@ -771,17 +974,13 @@ impl<'a> Cx<'a> {
         let a = self.attrs();
         let (start, end) = if self.at.opset >= 15 { (a.int_or("start", 0)?, a.int_or("end", r)?) } else { (0, r) };
         let clamp = |v: i64| (if v < 0 { v.saturating_add(r) } else { v }).clamp(0, r) as usize;
-        let (s, e) = (clamp(start), clamp(end));
-        let dims = &ty.shape.0[s..e.max(s)];
+        let (s, e) = (clamp(start), clamp(end).max(clamp(start)));
+        let dims = &ty.shape.0[s..e];
         let vals: Option<Vec<i64>> = dims.iter().map(|d| d.fixed().map(|n| n as i64)).collect();
-        let vals = vals.ok_or_else(|| {
-            self.err(format!(
-                "the shape of a value with symbolic dimensions ({}) cannot be folded, and qforge has no \
-                 dynamic-shape ops; export with a fixed shape or constant shape arithmetic",
-                ty.shape
-            ))
-        })?;
-        one(self.im.g.add_const(self.at.name.clone(), Tensor::from_i64(vec![vals.len()], vals)))
+        match vals {
+            Some(vals) => one(self.im.g.add_const(self.at.name.clone(), Tensor::from_i64(vec![vals.len()], vals))),
+            None => one(self.add(Op::Shape { start: s, end: e }, vec![Some(x)], None)?),
+        }
     }
 
     // ---------------------------------------------------------------- quantization

@@ -214,7 +214,10 @@ pub(crate) fn binary(cx: &Cx, op: BinaryOp) -> R<Tensor> {
     }
     let shape = cx.out_shape(0);
     let n = numel(&shape).ok_or("result too large")?;
-    let cmp = matches!(op, BinaryOp::Equal | BinaryOp::Less | BinaryOp::Greater);
+    let cmp = matches!(
+        op,
+        BinaryOp::Equal | BinaryOp::Less | BinaryOp::Greater | BinaryOp::GreaterOrEqual | BinaryOp::LessOrEqual
+    );
     if a.dtype().is_float() {
         let (av, bv) = (floats(a), floats(b));
         if cmp {
@@ -224,6 +227,8 @@ pub(crate) fn binary(cx: &Cx, op: BinaryOp) -> R<Tensor> {
                 y.push(match op {
                     BinaryOp::Equal => x == z,
                     BinaryOp::Less => x < z,
+                    BinaryOp::GreaterOrEqual => x >= z,
+                    BinaryOp::LessOrEqual => x <= z,
                     _ => x > z,
                 })
             })?;
@@ -237,6 +242,8 @@ pub(crate) fn binary(cx: &Cx, op: BinaryOp) -> R<Tensor> {
             BinaryOp::Pow => |x, z| (x as f64).powf(z as f64) as f32,
             BinaryOp::Max => fmax,
             BinaryOp::Min => fmin,
+            // C fmod: the sign of the dividend (ONNX Mod with fmod=1).
+            BinaryOp::Fmod => |x, z| x % z,
             _ => return Err(format!("`{}` needs bool operands", cx.op.name())),
         };
         let mut y = Vec::with_capacity(n);
@@ -261,12 +268,28 @@ pub(crate) fn binary(cx: &Cx, op: BinaryOp) -> R<Tensor> {
                     x.wrapping_div(z)
                 }
             }
+            BinaryOp::Mod | BinaryOp::Fmod => {
+                if z == 0 {
+                    err = Some("integer modulus by zero");
+                    0
+                } else {
+                    let r = x.wrapping_rem(z);
+                    // Mod takes the sign of the divisor (Python's %), Fmod the dividend's.
+                    if op == BinaryOp::Mod && r != 0 && ((r < 0) != (z < 0)) {
+                        r.wrapping_add(z)
+                    } else {
+                        r
+                    }
+                }
+            }
             BinaryOp::Pow => (x as f64).powf(z as f64) as i64,
             BinaryOp::Max => x.max(z),
             BinaryOp::Min => x.min(z),
             BinaryOp::Equal => (x == z) as i64,
             BinaryOp::Less => (x < z) as i64,
             BinaryOp::Greater => (x > z) as i64,
+            BinaryOp::GreaterOrEqual => (x >= z) as i64,
+            BinaryOp::LessOrEqual => (x <= z) as i64,
             BinaryOp::And => (x != 0 && z != 0) as i64,
             BinaryOp::Or => (x != 0 || z != 0) as i64,
         })
@@ -389,6 +412,32 @@ mod tests {
         let y = eval1(&Op::Binary(BinaryOp::Max), &[&f32t(&[2], &[1.0, f32::NAN]), &f32t(&[1], &[2.0])]).unwrap();
         assert_eq!(y.as_f32().unwrap()[0], 2.0);
         assert!(y.as_f32().unwrap()[1].is_nan());
+    }
+
+    #[test]
+    fn mod_fmod_and_ordered_comparisons() {
+        // ONNX Mod: fmod=0 takes the divisor's sign, fmod=1 the dividend's.
+        let a = Tensor::from_i64(vec![6], vec![-4, 7, 5, 4, -7, 8]);
+        let b = Tensor::from_i64(vec![6], vec![2, -3, 8, -2, 3, 5]);
+        assert_eq!(
+            eval1(&Op::Binary(BinaryOp::Mod), &[&a, &b]).unwrap().to_i64_vec().unwrap(),
+            vec![0, -2, 5, 0, 2, 3]
+        );
+        assert_eq!(
+            eval1(&Op::Binary(BinaryOp::Fmod), &[&a, &b]).unwrap().to_i64_vec().unwrap(),
+            vec![0, 1, 5, 0, -1, 3]
+        );
+        let zero = Tensor::from_i64(vec![1], vec![0]);
+        assert!(eval1(&Op::Binary(BinaryOp::Mod), &[&a, &zero]).is_err());
+        let x = f32t(&[3], &[-4.3, 7.2, 5.0]);
+        let y = f32t(&[3], &[2.1, -3.4, 8.5]);
+        let r = eval1(&Op::Binary(BinaryOp::Fmod), &[&x, &y]).unwrap().to_f32_vec();
+        assert_eq!(r, vec![-4.3f32 % 2.1, 7.2f32 % -3.4, 5.0]);
+        assert!(eval1(&Op::Binary(BinaryOp::Mod), &[&x, &y]).is_err(), "float Mod needs fmod=1");
+        let ge = eval1(&Op::Binary(BinaryOp::GreaterOrEqual), &[&a, &b]).unwrap();
+        assert_eq!(ge.data(), &TensorData::Bool(vec![false, true, false, true, false, true]));
+        let le = eval1(&Op::Binary(BinaryOp::LessOrEqual), &[&x, &f32t(&[], &[5.0])]).unwrap();
+        assert_eq!(le.data(), &TensorData::Bool(vec![true, false, true]));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use super::{map_data, numel, strides, tensor, Cx, Walker, R};
 use crate::infer::{norm_axis, slice_bounds};
-use crate::{DType, Tensor, TensorData};
+use crate::{DType, DimExpr, Tensor, TensorData, TensorType};
 
 /// Same data, the inferred shape (reshape, flatten, squeeze, unsqueeze, identity).
 pub(crate) fn reshape(cx: &Cx) -> R<Tensor> {
@@ -159,6 +159,71 @@ pub(crate) fn gather(cx: &Cx, axis: i64) -> R<Tensor> {
     tensor(cx.out_shape(0), data)
 }
 
+/// Dims `start..end` of the input, as i64.
+pub(crate) fn shape(cx: &Cx, start: usize, end: usize) -> R<Tensor> {
+    let x = cx.x(0)?;
+    let dims = x.shape().get(start..end).ok_or("dims out of range")?;
+    let v: Vec<i64> =
+        dims.iter().map(|&d| i64::try_from(d).map_err(|_| "dim too large".to_string())).collect::<R<_>>()?;
+    Ok(Tensor::from_i64(vec![v.len()], v))
+}
+
+/// `start, start + delta, ...` (the length is the inferred one).
+pub(crate) fn range(cx: &Cx, start: &DimExpr, delta: i64) -> R<Tensor> {
+    let refs: Vec<Option<&TensorType>> = cx.in_types.iter().map(Option::as_ref).collect();
+    let s = crate::infer::dim_expr(start, &refs)?.fixed().ok_or("range start is not concrete")?;
+    let s = i64::try_from(s).map_err(|_| "range start too large")?;
+    let shape = cx.out_shape(0);
+    let n = shape.first().copied().unwrap_or(0);
+    let v: Vec<i64> = (0..n as i64).map(|i| s.saturating_add(i.saturating_mul(delta))).collect();
+    Ok(match cx.out_dtype(0) {
+        DType::F32 => Tensor::from_f32(shape, v.iter().map(|&x| x as f32).collect()),
+        d => Tensor::from_i64_wrapping(d, shape, &v),
+    })
+}
+
+/// ONNX GatherElements: `out[i..] = data[i.. with axis replaced by indices[i..]]`.
+pub(crate) fn gather_elements(cx: &Cx, axis: i64) -> R<Tensor> {
+    let (x, idx) = (cx.x(0)?, cx.x(1)?);
+    let a = norm_axis(axis, x.rank())?;
+    let ids = idx.to_i64_vec().ok_or("indices must be integers")?;
+    let (dshape, ishape) = (x.shape(), idx.shape());
+    if dshape.len() != ishape.len() {
+        return Err("data and indices differ in rank".into());
+    }
+    let dim = dshape[a] as i64;
+    let dst = strides(dshape);
+    let mut offs = Vec::with_capacity(ids.len());
+    let mut coord = vec![0usize; ishape.len()];
+    for &i in &ids {
+        let j = if i < 0 { i + dim } else { i };
+        if j < 0 || j >= dim {
+            return Err(format!("index {i} out of range for axis {a} of size {dim}"));
+        }
+        let mut o = 0usize;
+        for (k, &c) in coord.iter().enumerate() {
+            let c = if k == a { j as usize } else { c };
+            if c >= dshape[k] {
+                return Err(format!("indices of shape {ishape:?} exceed data of shape {dshape:?} on axis {k}"));
+            }
+            o += c * dst[k];
+        }
+        offs.push(o);
+        for k in (0..coord.len()).rev() {
+            coord[k] += 1;
+            if coord[k] < ishape[k] {
+                break;
+            }
+            coord[k] = 0;
+        }
+    }
+    fn pick<T: Copy>(v: &[T], offs: &[usize]) -> Vec<T> {
+        offs.iter().map(|&o| v[o]).collect()
+    }
+    let data = map_data!(x.data(), v => pick(v, &offs));
+    tensor(cx.out_shape(0), data)
+}
+
 /// ONNX Cast (see the module docs).
 pub(crate) fn cast(x: &Tensor, to: DType) -> R<Tensor> {
     let shape = x.shape().to_vec();
@@ -226,6 +291,46 @@ mod tests {
         assert_eq!(&y.to_i64_vec().unwrap()[..5], &[10, 11, 12, 13, 14]);
         let empty = iota(&[0, 2]);
         assert_eq!(eval1(&op, &[&empty]).unwrap().shape(), &[0, 2]);
+    }
+
+    #[test]
+    fn gather_elements_follows_onnx() {
+        // The ONNX spec's examples: axis 1 and axis 0, negative indices wrap.
+        let data = Tensor::from_i64(vec![2, 2], vec![1, 2, 3, 4]);
+        let idx = Tensor::from_i64(vec![2, 2], vec![0, 0, 1, 0]);
+        let y = eval1(&Op::GatherElements { axis: 1 }, &[&data, &idx]).unwrap();
+        assert_eq!(y.to_i64_vec().unwrap(), vec![1, 1, 4, 3]);
+        let data = Tensor::from_i64(vec![3, 3], (1..=9).collect());
+        let idx = Tensor::from_i64(vec![2, 3], vec![1, 2, 0, 2, 0, -3]);
+        let y = eval1(&Op::GatherElements { axis: 0 }, &[&data, &idx]).unwrap();
+        assert_eq!((y.shape(), y.to_i64_vec().unwrap()), (&[2usize, 3][..], vec![4, 8, 3, 7, 2, 3]));
+        let bad = Tensor::from_i64(vec![1, 1], vec![3]);
+        assert!(eval1(&Op::GatherElements { axis: 0 }, &[&data, &bad]).is_err());
+        // indices larger than the data off the axis are a type error
+        assert!(eval1(&Op::GatherElements { axis: 0 }, &[&data, &Tensor::from_i64(vec![1, 4], vec![0; 4])]).is_err());
+    }
+
+    #[test]
+    fn shape_range_and_dynamic_sizes_read_input_dims() {
+        use crate::DimExpr;
+        let x = iota(&[2, 3, 4]);
+        let y = eval1(&Op::Shape { start: 1, end: 3 }, &[&x]).unwrap();
+        assert_eq!((y.shape(), y.to_i64_vec().unwrap()), (&[2usize][..], vec![3, 4]));
+        let dim = |k, i, a| DimExpr { k, of: vec![(i, a)] };
+        let op = Op::Range { start: DimExpr::fixed(0), limit: dim(1, 0, 2), delta: 1, dtype: DType::I64 };
+        assert_eq!(eval1(&op, &[&x]).unwrap().to_i64_vec().unwrap(), vec![0, 1, 2, 3]);
+        let op = Op::Range { start: DimExpr::fixed(10), limit: DimExpr::fixed(3), delta: -3, dtype: DType::I32 };
+        let y = eval1(&op, &[&x]).unwrap();
+        assert_eq!((y.dtype(), y.to_i64_vec().unwrap()), (DType::I32, vec![10, 7, 4]));
+        // [2,3,4] -> [2*3, 4] with sizes read from the input itself, and from a second input
+        let op = Op::ReshapeDyn { shape: vec![DimExpr { k: 1, of: vec![(0, 0), (0, 1)] }, dim(1, 1, 0)] };
+        let y = eval1(&op, &[&x, &iota(&[4])]).unwrap();
+        assert_eq!((y.shape(), y.to_i64_vec().unwrap()), (&[6usize, 4][..], (0..24).collect::<Vec<_>>()));
+        let op = Op::ReshapeDyn { shape: vec![dim(2, 0, 0)] };
+        assert!(eval1(&op, &[&x]).is_err(), "element counts differ");
+        let op = Op::ExpandDyn { shape: vec![dim(1, 1, 0), DimExpr::fixed(1)] };
+        let y = eval1(&op, &[&Tensor::from_i64(vec![1, 2], vec![7, 8]), &iota(&[3])]).unwrap();
+        assert_eq!((y.shape(), y.to_i64_vec().unwrap()), (&[3usize, 2][..], vec![7, 8, 7, 8, 7, 8]));
     }
 
     #[test]

@@ -25,7 +25,9 @@
 //! * Floats print with `{:?}` (shortest round trip, `inf`, `-inf`, `NaN`), so they parse back
 //!   exactly; f16/bf16 constants print their f32 value.
 //! * Each op prints all its attributes, in the order of its fields; ops without attributes print
-//!   no braces. Absent optional operands are `_`.
+//!   no braces. Absent optional operands are `_`. A size read from the op's inputs' dims
+//!   ([`crate::DimExpr`]) is `d(K,I,A,...)`: `K` times dim `A` of input `I` (times ...), e.g.
+//!   `range %ids {start=0, limit=d(1,0,1), delta=1, dtype=i64} : i64[S]`.
 //! * Constants are inline (`const f32[3] = [...]`) or, in summary mode, `const TYPE #DIGEST
 //!   [MIN, MAX]`, which does not parse back.
 //! * `//` comment lines are allowed before `graph` only (and are not preserved).

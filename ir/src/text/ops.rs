@@ -2,7 +2,7 @@
 //! parser rebuilds the op from its name and attributes. Kept side by side so they stay in step.
 
 use super::lexer::Pos;
-use crate::{BinaryOp, ConvAttrs, DType, Epilogue, IrError, Op, PoolAttrs, UnaryOp};
+use crate::{BinaryOp, ConvAttrs, DType, DimExpr, Epilogue, IrError, Op, PoolAttrs, UnaryOp};
 
 type Result<T> = std::result::Result<T, IrError>;
 
@@ -15,6 +15,20 @@ fn usizes(v: &[usize]) -> String {
 
 fn i64s(v: &[i64]) -> String {
     let items: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+    format!("[{}]", items.join(","))
+}
+
+/// A size: `16`, or `d(K,I,A,...)` for `K` times dim `A` of input `I` times ...
+fn dim_expr(e: &DimExpr) -> String {
+    if e.of.is_empty() {
+        return e.k.to_string();
+    }
+    let refs: Vec<String> = e.of.iter().map(|(i, a)| format!("{i},{a}")).collect();
+    format!("d({},{})", e.k, refs.join(","))
+}
+
+fn dim_exprs(v: &[DimExpr]) -> String {
+    let items: Vec<String> = v.iter().map(dim_expr).collect();
     format!("[{}]", items.join(","))
 }
 
@@ -99,6 +113,15 @@ pub(super) fn print_attrs(op: &Op) -> Vec<(&'static str, String)> {
         Op::Split { axis, sizes } => vec![("axis", axis.to_string()), ("sizes", usizes(sizes))],
         Op::Cast { to } => vec![("to", to.name().to_string())],
         Op::Identity => vec![],
+        Op::Shape { start, end } => vec![("start", start.to_string()), ("end", end.to_string())],
+        Op::Range { start, limit, delta, dtype } => vec![
+            ("start", dim_expr(start)),
+            ("limit", dim_expr(limit)),
+            ("delta", delta.to_string()),
+            ("dtype", dtype.name().to_string()),
+        ],
+        Op::ReshapeDyn { shape } | Op::ExpandDyn { shape } => vec![("shape", dim_exprs(shape))],
+        Op::GatherElements { axis } => vec![("axis", axis.to_string())],
         Op::Quantize | Op::Dequantize | Op::Requantize | Op::DynamicQuantize => vec![],
         Op::MatMulInteger => vec![],
         Op::QConv { conv: c, epilogue: ep } => {
@@ -199,6 +222,15 @@ impl<'a> Attrs<'a> {
         self.list(key, "integer", as_i64)
     }
 
+    fn dim_expr(&mut self, key: &str) -> Result<DimExpr> {
+        let (v, p) = self.take(key)?;
+        as_dim_expr(&v).ok_or_else(|| self.bad(key, p, "a size (`16` or `d(K,INPUT,AXIS,...)`)"))
+    }
+
+    fn dim_exprs(&mut self, key: &str) -> Result<Vec<DimExpr>> {
+        self.list(key, "size (`16` or `d(K,INPUT,AXIS,...)`)", as_dim_expr)
+    }
+
     fn dtype(&mut self, key: &str) -> Result<DType> {
         let (v, p) = self.take(key)?;
         match v {
@@ -272,6 +304,21 @@ fn as_usize(v: &AttrVal) -> Option<usize> {
 fn as_i64(v: &AttrVal) -> Option<i64> {
     match v {
         AttrVal::Num(s) if s.bytes().all(|b| b.is_ascii_digit() || b == b'-') => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_dim_expr(v: &AttrVal) -> Option<DimExpr> {
+    match v {
+        AttrVal::Num(_) => Some(DimExpr::fixed(as_i64(v)?)),
+        AttrVal::Call("d", args) if args.len() >= 3 && args.len() % 2 == 1 => {
+            let k = as_i64(&args[0].0)?;
+            let of = args[1..]
+                .chunks(2)
+                .map(|c| Some((as_usize(&c[0].0)?, as_usize(&c[1].0)?)))
+                .collect::<Option<Vec<_>>>()?;
+            Some(DimExpr { k, of })
+        }
         _ => None,
     }
 }
@@ -354,6 +401,16 @@ pub(super) fn build_op(name: &str, mut a: Attrs) -> Result<Option<Op>> {
         "expand" => Op::Expand { shape: a.i64s("shape")? },
         "cast" => Op::Cast { to: a.dtype("to")? },
         "identity" => Op::Identity,
+        "shape" => Op::Shape { start: a.usize("start")?, end: a.usize("end")? },
+        "range" => Op::Range {
+            start: a.dim_expr("start")?,
+            limit: a.dim_expr("limit")?,
+            delta: a.i64("delta")?,
+            dtype: a.dtype("dtype")?,
+        },
+        "reshape_dyn" => Op::ReshapeDyn { shape: a.dim_exprs("shape")? },
+        "expand_dyn" => Op::ExpandDyn { shape: a.dim_exprs("shape")? },
+        "gather_elements" => Op::GatherElements { axis: a.i64("axis")? },
         "quantize" => Op::Quantize,
         "dequantize" => Op::Dequantize,
         "requantize" => Op::Requantize,

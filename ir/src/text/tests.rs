@@ -1,8 +1,8 @@
 use super::print::type_str;
 use super::*;
 use crate::{
-    BinaryOp, ConvAttrs, DType, Dim, Epilogue, Op, PoolAttrs, QuantParams, Shape, Tensor, TensorData, TensorType,
-    UnaryOp, Value,
+    BinaryOp, ConvAttrs, DType, Dim, DimExpr, Epilogue, Op, PoolAttrs, QuantParams, Shape, Tensor, TensorData,
+    TensorType, UnaryOp, Value,
 };
 
 /// A small graph around one node line, for error tests: `%x: f32[2,3]` in, `y: f32[2,3]` out.
@@ -613,6 +613,11 @@ fn every_op() -> Vec<Op> {
         Op::QGlobalAveragePool,
         Op::QAveragePool(pool),
         Op::QConcat { axis: 1 },
+        Op::Shape { start: 1, end: 3 },
+        Op::Range { start: DimExpr::fixed(0), limit: DimExpr { k: 1, of: vec![(0, 1)] }, delta: 1, dtype: DType::I64 },
+        Op::ReshapeDyn { shape: vec![DimExpr { k: 2, of: vec![(1, 0), (2, 1)] }, DimExpr::fixed(-1)] },
+        Op::ExpandDyn { shape: vec![DimExpr { k: 1, of: vec![(1, 0)] }, DimExpr::fixed(1)] },
+        Op::GatherElements { axis: -1 },
     ];
     ops.extend(Op::UNARY.iter().map(|&u| Op::Unary(u)));
     ops.extend(Op::BINARY.iter().map(|&b| Op::Binary(b)));
@@ -670,6 +675,11 @@ fn variant(op: &Op) -> usize {
         Op::QGlobalAveragePool => 46,
         Op::QAveragePool(_) => 47,
         Op::QConcat { .. } => 48,
+        Op::Shape { .. } => 49,
+        Op::Range { .. } => 50,
+        Op::ReshapeDyn { .. } => 51,
+        Op::ExpandDyn { .. } => 52,
+        Op::GatherElements { .. } => 53,
     }
 }
 
@@ -679,7 +689,7 @@ fn every_op_prints_and_parses_back() {
     let mut covered: Vec<usize> = ops.iter().map(variant).collect();
     covered.sort_unstable();
     covered.dedup();
-    assert_eq!(covered, (2..=48).collect::<Vec<_>>(), "every op but input and const has a sample");
+    assert_eq!(covered, (2..=53).collect::<Vec<_>>(), "every op but input and const has a sample");
     let mut names = std::collections::HashSet::new();
     for op in ops {
         assert!(names.insert(op.name()), "op name {} is used twice", op.name());

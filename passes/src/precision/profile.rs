@@ -190,6 +190,11 @@ impl CostClass {
             | Op::Squeeze { .. }
             | Op::Split { .. }
             | Op::Expand { .. }
+            | Op::ExpandDyn { .. }
+            | Op::ReshapeDyn { .. }
+            | Op::GatherElements { .. }
+            | Op::Shape { .. }
+            | Op::Range { .. }
             | Op::Identity => CostClass::Movement,
             Op::Cast { .. } | Op::Quantize | Op::Dequantize | Op::Requantize | Op::DynamicQuantize => {
                 CostClass::Convert
