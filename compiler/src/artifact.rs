@@ -68,7 +68,7 @@ const CONST_PREFIX: &str = "__qfa_const_";
 
 /// The pipeline options that change the graph (serialized key, command-line flag); the others
 /// (engine, threads, kernels, max-tensor-bytes) only change how it runs.
-const GRAPH_OPTIONS: [(&str, &str); 13] = [
+const GRAPH_OPTIONS: [(&str, &str); 15] = [
     ("quantize", "--quantize"),
     ("calib", "--calib"),
     ("calib_method", "--calib-method"),
@@ -81,6 +81,8 @@ const GRAPH_OPTIONS: [(&str, &str); 13] = [
     ("profile", "--profile"),
     ("precision_config", "--precision-config"),
     ("qconfig", "--qconfig"),
+    ("smooth", "--smooth"),
+    ("min_sqnr", "--min-sqnr"),
     ("opt_level", "--opt-level"),
 ];
 

@@ -1,6 +1,7 @@
 //! Quantization in the driver: the engine as a calibration [`Evaluator`], calibration batches from
 //! a `.npy` file (with a [`crate::progress`] bar), and the static and dynamic quantization stages
-//! of the pipeline.
+//! of the pipeline: SmoothQuant (`--smooth ALPHA` or `[smoothquant]`), calibration, the SQNR-driven
+//! float fallback (`--min-sqnr DB`) and Q/DQ insertion.
 
 use crate::data;
 use crate::pipeline::{Engine, PipelineOptions, QuantizeMode};
@@ -10,8 +11,8 @@ use qforge_ir::{Graph, NodeId, Tensor};
 use qforge_passes::evaluator::Interpreter;
 use qforge_passes::quantize::scheme::{QType, Scheme};
 use qforge_passes::quantize::{
-    activation_plan, calibrate, Calibration, Evaluator, FoldBatchNorm, QConfig, QuantizeDynamic, QuantizeStatic,
-    WeightGranularity,
+    activation_plan, calibrate, channel_absmax, skipping, smooth_sites, Calibration, ChannelStats, EvalSet, Evaluator,
+    FoldBatchNorm, QConfig, QuantizeDynamic, QuantizeStatic, SmoothQuant, Study, WeightGranularity,
 };
 use qforge_passes::{PassContext, PassReport, Pipeline};
 use std::path::Path;
@@ -74,6 +75,9 @@ pub fn qconfig(opts: &PipelineOptions) -> Result<QConfig> {
     if let Some(m) = opts.calib_method {
         d.observer = Some(m);
     }
+    if let Some(a) = opts.smooth {
+        cfg.smooth = Some(a);
+    }
     Ok(cfg)
 }
 
@@ -124,8 +128,78 @@ pub fn calibrate_file(
     Ok(cal)
 }
 
+/// SmoothQuant (when `cfg.smooth` is set): the per-channel maxima of every smoothable layer
+/// norm's result on the calibration samples, then the [`SmoothQuant`] pass. Nothing happens (and
+/// nothing is read) when the graph has no such layer norm.
+pub fn smooth_stage(
+    g: &mut Graph,
+    cfg: &QConfig,
+    calib: &Path,
+    batch: usize,
+    eval: &dyn Evaluator,
+    cx: &PassContext,
+    after: &mut dyn FnMut(&str, &Graph),
+) -> Result<Vec<PassReport>> {
+    let Some(alpha) = cfg.smooth else { return Ok(vec![]) };
+    let sites = smooth_sites(g);
+    if sites.is_empty() {
+        tracing::info!("smoothquant: no layer norm feeds only weight matmuls; nothing to smooth");
+        return Ok(vec![]);
+    }
+    let set = crate::calib_set::load(calib, g)?;
+    let total = set.samples.div_ceil(batch.max(1));
+    let mut it = set.batches(batch)?.into_iter();
+    tracing::info!("smoothquant (alpha {alpha}): observing {} layer norms on `{}`", sites.len(), calib.display());
+    let values: Vec<_> = sites.iter().map(|s| s.value()).collect();
+    let mut bar = crate::progress::bar("smoothing", "batches");
+    let maxima = channel_absmax(g, eval, &mut it, total, &values, &mut *bar)
+        .with_context(|| format!("observing channel maxima on `{}`", calib.display()))?;
+    let stats = ChannelStats::new(g, &sites, &maxima).map_err(anyhow::Error::msg)?;
+    Ok(Pipeline::new().with(SmoothQuant { alpha, stats }).run(g, cx, after)?)
+}
+
+/// `--min-sqnr DB` with `--quantize int8`: a sensitivity study on the calibration samples (each
+/// quantizable layer alone, ranked by output SQNR against the float graph), then the most
+/// sensitive layers kept in float until the output SQNR reaches `min_db`. Returns the policy with
+/// those layers skipped.
+pub fn sqnr_fallback(
+    g: &Graph,
+    cfg: &QConfig,
+    calibration: &Calibration,
+    calib: &Path,
+    batch: usize,
+    eval: &EngineEvaluator,
+    min_db: f64,
+) -> Result<QConfig> {
+    let batches = crate::calib_set::load(calib, g)?.batches(batch)?;
+    let (reference, _) = reference_outputs(g, &batches, eval, None)?;
+    let study = Study {
+        graph: g,
+        config: cfg,
+        calibration,
+        eval,
+        set: EvalSet { batches: &batches, reference: &reference, labels: None },
+    };
+    let ranked = analyze(&study)?;
+    let (skip, sqnr) = study.keep_float_until_sqnr(&ranked, min_db).map_err(anyhow::Error::msg)?;
+    if sqnr >= min_db {
+        tracing::info!(
+            "--min-sqnr {min_db}: {} of {} layers kept float, output SQNR {sqnr:.2} dB on the calibration set: {skip:?}",
+            skip.len(),
+            ranked.len()
+        );
+    } else {
+        tracing::warn!(
+            "--min-sqnr {min_db}: not reached with every one of the {} ranked layers float ({sqnr:.2} dB)",
+            ranked.len()
+        );
+    }
+    Ok(skipping(cfg, &skip))
+}
+
 /// The quantization stage of the pipeline (`--quantize int8|dynamic`): batch norm folded into
-/// convolutions, then calibration and Q/DQ insertion (int8) or dynamic quantization.
+/// convolutions, then (int8) SmoothQuant when asked, calibration, the `--min-sqnr` float fallback
+/// when asked and Q/DQ insertion, or dynamic quantization.
 pub fn quantize_stage(
     g: &mut Graph,
     opts: &PipelineOptions,
@@ -140,11 +214,24 @@ pub fn quantize_stage(
         QuantizeMode::None => {}
         QuantizeMode::Int8 => {
             let calib = opts.calib.as_deref().context("--quantize int8 needs calibration data: add --calib X.npy")?;
+            reports.extend(smooth_stage(g, cfg, calib, opts.calib_batch, &eval, cx, after)?);
             let calibration = calibrate_file(g, cfg, calib, opts.calib_batch, &eval)?;
-            let pass = QuantizeStatic { config: cfg.clone(), calibration };
+            let config = match opts.min_sqnr {
+                Some(db) => sqnr_fallback(g, cfg, &calibration, calib, opts.calib_batch, &eval, db)?,
+                None => cfg.clone(),
+            };
+            let pass = QuantizeStatic { config, calibration };
             reports.extend(Pipeline::new().with(pass).run(g, cx, after)?);
         }
         QuantizeMode::Dynamic => {
+            if opts.min_sqnr.is_some() {
+                bail!("--min-sqnr with --quantize dynamic is not supported: use --quantize int8 with --calib");
+            }
+            if cfg.smooth.is_some() {
+                tracing::warn!(
+                    "the qconfig's [smoothquant] applies to static int8 only; ignored by --quantize dynamic"
+                );
+            }
             let pass = QuantizeDynamic { config: cfg.clone(), conv: true };
             reports.extend(Pipeline::new().with(pass).run(g, cx, after)?);
         }
@@ -164,8 +251,14 @@ pub fn fp32_top1(
     if opts.quantize == QuantizeMode::None {
         return Ok(None);
     }
-    let fp =
-        PipelineOptions { quantize: QuantizeMode::None, calib: None, qconfig: None, min_sqnr: None, ..opts.clone() };
+    let fp = PipelineOptions {
+        quantize: QuantizeMode::None,
+        calib: None,
+        qconfig: None,
+        smooth: None,
+        min_sqnr: None,
+        ..opts.clone()
+    };
     let exe = crate::Compiler::new(fp)?.compile(crate::load_model(model)?)?;
     let scores = exe.run_batched(x, batch)?;
     Ok(Some(data::top1(&data::argmax_rows(&scores)?, labels)?))
@@ -177,13 +270,16 @@ pub fn inspect_quantizable(model: &Path, json: bool, opts: PipelineOptions) -> R
     let cfg = qconfig(&opts)?;
     let g = prepared_graph(model, &opts)?;
     let plan = qforge_passes::quantize::plan(&g)?;
+    let roles = qforge_passes::quantize::attention_roles(&g);
     let mut rows = vec![];
     for p in &plan {
         let node = g.node(p.id);
-        let s = cfg.settings(node);
+        let role = roles.get(&p.id).copied();
+        let s = cfg.settings_as(node, role);
         let (decision, reason) = match (&p.decision, s.quantized()) {
             (qforge_passes::quantize::Decision::Quantize { .. }, false) => {
-                ("keep".to_string(), format!("kept at {} by the qconfig policy", s.precision))
+                let why = role.map_or(String::new(), |r| format!(" ({})", r.name()));
+                ("keep".to_string(), format!("kept at {} by the qconfig policy{why}", s.precision))
             }
             (d, _) => (d.name().to_string(), p.reason.clone()),
         };
@@ -219,14 +315,19 @@ pub struct SensitivityArgs {
 }
 
 /// `qforge sensitivity`: each quantizable layer quantized alone, ranked by output SQNR; with
-/// `--max-accuracy-drop`, the qconfig that keeps the most sensitive layers in float.
+/// `--max-accuracy-drop` (labels) or `--min-sqnr` (no labels), the qconfig that keeps the most
+/// sensitive layers in float. SmoothQuant (`--smooth`, `[smoothquant]`) is applied first.
 pub fn sensitivity(model: &Path, args: &SensitivityArgs, opts: PipelineOptions) -> Result<()> {
-    use qforge_passes::quantize::{EvalSet, Study};
     let calib = opts.calib.clone().context("sensitivity needs calibration data: add --calib X.npy")?;
+    if args.max_accuracy_drop.is_some() && opts.min_sqnr.is_some() {
+        bail!("give --max-accuracy-drop or --min-sqnr, not both");
+    }
     let cfg = qconfig(&opts)?;
-    let g = prepared_graph(model, &opts)?;
+    let mut g = prepared_graph(model, &opts)?;
     let eval =
         EngineEvaluator { engine: opts.engine, run: RunOptions { max_tensor_bytes: opts.max_tensor_bytes as u128 } };
+    let cx = PassContext { verify: true, max_tensor_bytes: opts.max_tensor_bytes as u128 };
+    smooth_stage(&mut g, &cfg, &calib, opts.calib_batch, &eval, &cx, &mut |_, _| {})?;
     let calibration = calibrate_file(&g, &cfg, &calib, opts.calib_batch, &eval)?;
     let x = crate::npy::read(args.input.as_deref().unwrap_or(&calib))?;
     let labels = match &args.labels {
@@ -245,25 +346,31 @@ pub fn sensitivity(model: &Path, args: &SensitivityArgs, opts: PipelineOptions) 
     let ranked = analyze(&study)?;
     let (all_sqnr, all_top1) = study.evaluate(&cfg).map_err(anyhow::Error::msg)?;
     let mut kept = None;
+    let mut kept_sqnr = None;
     if let (Some(d), Some(f), Some(out)) = (args.max_accuracy_drop, fp32_top1, &args.output) {
         let (skip, top1) = study.keep_float_until(&ranked, f, d).map_err(anyhow::Error::msg)?;
-        let mut text = format!(
+        let text = format!(
             "# written by `qforge sensitivity --max-accuracy-drop {d}`: the {} most sensitive layers stay float\n\
              # fp32 top-1 {:.4}, int8 top-1 with these layers float {:.4}\n",
             skip.len(),
             f,
             top1
         );
-        if let Some(p) = &opts.qconfig {
-            text.push_str(&format!("# on top of `{}`: copy its rules above these\n", p.display()));
-        }
-        for s in &skip {
-            let key = if s.contains(['*', '?']) { "regex" } else { "match" };
-            let pat = if key == "regex" { format!("^{}$", regex_escape(s)) } else { s.clone() };
-            text.push_str(&format!("\n[[node]]\n{key} = {}\nskip = true\n", toml_string(&pat)));
-        }
-        std::fs::write(out, text).with_context(|| format!("cannot write `{}`", out.display()))?;
+        write_skip_qconfig(out, text, &skip, &cfg, &opts)?;
         kept = Some((skip, top1));
+    }
+    if let Some(db) = opts.min_sqnr {
+        let (skip, sqnr) = study.keep_float_until_sqnr(&ranked, db).map_err(anyhow::Error::msg)?;
+        if let Some(out) = &args.output {
+            let text = format!(
+                "# written by `qforge sensitivity --min-sqnr {db}`: the {} most sensitive layers stay float\n\
+                 # output SQNR against fp32 with these layers float: {sqnr:.2} dB{}\n",
+                skip.len(),
+                if sqnr >= db { "" } else { " (the target was not reached)" }
+            );
+            write_skip_qconfig(out, text, &skip, &cfg, &opts)?;
+        }
+        kept_sqnr = Some((skip, sqnr));
     }
     if args.json {
         let layers: Vec<_> = ranked
@@ -276,6 +383,10 @@ pub fn sensitivity(model: &Path, args: &SensitivityArgs, opts: PipelineOptions) 
         if let Some((skip, top1)) = &kept {
             v["kept_float"] = serde_json::json!(skip);
             v["top1_with_kept_float"] = serde_json::json!(top1);
+        }
+        if let Some((skip, sqnr)) = &kept_sqnr {
+            v["kept_float"] = serde_json::json!(skip);
+            v["sqnr_db_with_kept_float"] = serde_json::json!(sqnr);
         }
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -297,7 +408,34 @@ pub fn sensitivity(model: &Path, args: &SensitivityArgs, opts: PipelineOptions) 
             out.display()
         );
     }
+    if let Some((skip, sqnr)) = &kept_sqnr {
+        let written = args.output.as_ref().map_or(String::new(), |o| format!("; qconfig written to `{}`", o.display()));
+        println!("kept float: {} layer(s) {:?}, output SQNR {sqnr:.2} dB{written}", skip.len(), skip);
+    }
     Ok(())
+}
+
+/// Writes the qconfig of `sensitivity`: the header `text`, `[smoothquant]` when smoothing was
+/// on, and one `skip = true` rule per layer kept float.
+fn write_skip_qconfig(
+    out: &Path,
+    mut text: String,
+    skip: &[String],
+    cfg: &QConfig,
+    opts: &PipelineOptions,
+) -> Result<()> {
+    if let Some(p) = &opts.qconfig {
+        text.push_str(&format!("# on top of `{}`: copy its rules above these\n", p.display()));
+    }
+    if let Some(a) = cfg.smooth {
+        text.push_str(&format!("\n[smoothquant]\nalpha = {a}\n"));
+    }
+    for s in skip {
+        let key = if s.contains(['*', '?']) { "regex" } else { "match" };
+        let pat = if key == "regex" { format!("^{}$", regex_escape(s)) } else { s.clone() };
+        text.push_str(&format!("\n[[node]]\n{key} = {}\nskip = true\n", toml_string(&pat)));
+    }
+    std::fs::write(out, text).with_context(|| format!("cannot write `{}`", out.display()))
 }
 
 /// Runs the sensitivity study (each quantizable layer quantized alone) with a progress bar per

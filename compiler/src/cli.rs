@@ -138,7 +138,7 @@ pub enum Command {
         /// 0.005 = half a point) and write the resulting qconfig to --output.
         #[arg(long, value_name = "D", requires_all = ["labels", "output"])]
         max_accuracy_drop: Option<f64>,
-        /// Where --max-accuracy-drop writes its qconfig.
+        /// Where --max-accuracy-drop (or --min-sqnr, which needs no labels) writes its qconfig.
         #[arg(short, long, value_name = "QCONFIG.toml")]
         output: Option<PathBuf>,
         /// Samples per run.

@@ -87,8 +87,11 @@ fn precision_setup(
     let name = match opts.precision {
         Precision::Fp32 => {
             let Some(q) = regions.filter(PrecisionConfig::has_low_regions) else {
-                if opts.min_sqnr.is_some() {
-                    bail!("--min-sqnr guards fp16/bf16 accuracy: it needs --precision fp16, bf16 or amp (or qconfig fp16/bf16 regions)");
+                if opts.min_sqnr.is_some() && opts.quantize != crate::pipeline::QuantizeMode::Int8 {
+                    bail!(
+                        "--min-sqnr keeps ops at higher precision: it needs --quantize int8 or --precision fp16, bf16 \
+                         or amp (or qconfig fp16/bf16 regions)"
+                    );
                 }
                 return Ok((profile, None));
             };
@@ -133,6 +136,9 @@ impl Compiler {
         opts.check_supported()?;
         if opts.quantize == crate::pipeline::QuantizeMode::Int8 && opts.calib.is_none() {
             bail!("--quantize int8 needs calibration data: add --calib X.npy");
+        }
+        if opts.smooth.is_some() && opts.quantize != crate::pipeline::QuantizeMode::Int8 {
+            bail!("--smooth needs --quantize int8 (SmoothQuant is calibrated on --calib before static quantization)");
         }
         let qconfig = crate::calibrate::qconfig(&opts)?;
         let (profile, precision) = precision_setup(&opts, &qconfig)?;

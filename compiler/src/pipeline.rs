@@ -94,13 +94,20 @@ pub struct PipelineOptions {
     /// overflow_margin).
     #[arg(long, value_name = "FILE")]
     pub precision_config: Option<PathBuf>,
-    /// Accuracy guard for fp16/bf16/amp with --calib: keep the first ops in f32 until the output
-    /// on the calibration inputs reaches this SQNR (dB) against f32.
-    #[arg(long, value_name = "DB", value_parser = parse_sqnr_target)]
-    pub min_sqnr: Option<f64>,
     /// Per-layer quantization policy (TOML).
     #[arg(long, value_name = "FILE")]
     pub qconfig: Option<PathBuf>,
+    /// SmoothQuant before static INT8: migrate layer-norm outlier channels into the weights of
+    /// the matmuls they feed, with migration strength ALPHA in [0, 1] (0.5 is the usual value;
+    /// overrides the qconfig's `[smoothquant] alpha`).
+    #[arg(long, value_name = "ALPHA", value_parser = parse_alpha)]
+    pub smooth: Option<f64>,
+    /// Automatic fallback, measured on --calib: with --quantize int8, keep the most sensitive
+    /// layers (ranked by a sensitivity study) in float; with --precision fp16|bf16|amp, keep the
+    /// shortest prefix of low-precision ops in f32; either until the output SQNR against fp32
+    /// reaches DB.
+    #[arg(long, value_name = "DB", value_parser = parse_sqnr_target)]
+    pub min_sqnr: Option<f64>,
     /// Execution engine.
     #[arg(long, value_enum, default_value_t = Engine::Jit)]
     pub engine: Engine,
@@ -132,8 +139,9 @@ impl Default for PipelineOptions {
             precision: Precision::Fp32,
             profile: None,
             precision_config: None,
-            min_sqnr: None,
             qconfig: None,
+            smooth: None,
+            min_sqnr: None,
             engine: Engine::Jit,
             threads: 1,
             kernels: Kernels::Native,
@@ -158,6 +166,16 @@ impl PipelineOptions {
         // --calib), precision (checked against the profile) and the JIT (--engine, --threads,
         // --kernels). The check stays for the next option that arrives before its stage.
         Ok(())
+    }
+}
+
+/// `--smooth`: a migration strength in [0, 1].
+fn parse_alpha(s: &str) -> Result<f64, String> {
+    let a: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..=1.0).contains(&a) {
+        Ok(a)
+    } else {
+        Err(format!("{a} is not in [0, 1]"))
     }
 }
 

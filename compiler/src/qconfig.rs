@@ -17,6 +17,15 @@
 //! [op.gemm]                     # by op type, as the IR names it (conv, gemm, matmul, add, ...)
 //! granularity = "per-tensor"
 //!
+//! [op.attention_scores]         # attention's Q K^T matmul (built-in default: fp32)
+//! precision = "fp32"
+//!
+//! [op.attention_context]        # attention's P V matmul (built-in default: int8)
+//! precision = "int8"
+//!
+//! [smoothquant]                 # SmoothQuant before static int8 (`--smooth ALPHA` overrides)
+//! alpha = 0.5                   # migration strength in [0, 1]
+//!
 //! [[node]]                      # by node name (or an original ONNX node name it absorbed)
 //! match = "/backbone/*"         # a glob ...
 //! precision = "int8"
@@ -39,6 +48,18 @@
 //! no integer kernel: the op runs in float on the dequantized weight (its activations are still
 //! quantized), and the fusion report says so. Dynamic quantization treats per-group as
 //! per-channel.
+//!
+//! `[op.attention_scores]` and `[op.attention_context]` address the two activation-by-activation
+//! matmuls of attention (found by their place around the softmax:
+//! `qforge_passes::quantize::attention`); they apply after `[op.matmul]` and before `[[node]]`
+//! rules. Without them, attention follows the seed's policy: projections int8, scores fp32,
+//! softmax and layer norm float, context int8.
+//!
+//! `[smoothquant]` turns SmoothQuant on for static int8: before calibration, each layer norm that
+//! feeds only weight matmuls (Q, K, V; an MLP's first linear) has its gain and bias divided by
+//! `s_j = max|X_j|^alpha / max|W_j|^(1-alpha)` per channel and the weights' rows multiplied by it
+//! (the float function is unchanged; see `qforge_passes::quantize::smooth`). `alpha` defaults to
+//! 0.5.
 
 use anyhow::{anyhow, Result};
 use qforge_passes::quantize::observer::CalibMethod;
@@ -58,6 +79,14 @@ struct FileToml {
     op: BTreeMap<String, Spanned<RuleToml>>,
     #[serde(default)]
     node: Vec<Spanned<RuleToml>>,
+    #[serde(default)]
+    smoothquant: Option<Spanned<SmoothToml>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SmoothToml {
+    alpha: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -125,6 +154,19 @@ pub fn parse(text: &str) -> Result<QConfig, String> {
         };
         cfg.nodes.push(NodeRule { pattern, rule: rule(r, text)? });
     }
+    if let Some(sq) = &file.smoothquant {
+        let alpha = match &sq.get_ref().alpha {
+            Some(a) => {
+                let v = *a.get_ref();
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(at(a.span(), format!("[smoothquant] alpha {v} is not in [0, 1]")));
+                }
+                v
+            }
+            None => 0.5,
+        };
+        cfg.smooth = Some(alpha);
+    }
     cfg.check()?;
     Ok(cfg)
 }
@@ -157,6 +199,8 @@ const KNOWN_OPS: &[&str] = &[
     "slice",
     "gather",
     "split",
+    "attention_scores",
+    "attention_context",
 ];
 
 fn no_pattern(r: &RuleToml, what: &str) -> Result<(), (std::ops::Range<usize>, String)> {
@@ -334,11 +378,23 @@ skip = true
             ("[default]\npercentile = 120.0\n", "line 2: percentile 120"),
             ("[default\n", "line 1: "),
             ("[default]\nskip = \"yes\"\n", "line 2: "),
+            ("[smoothquant]\nalpha = 1.5\n", "line 2: [smoothquant] alpha 1.5 is not in [0, 1]"),
+            ("[smoothquant]\nbeta = 0.5\n", "line 2: unknown field `beta`"),
         ];
         for (text, want) in cases {
             let e = parse(text).expect_err(text);
             assert!(e.starts_with(want), "{text:?}: got `{e}`, want `{want}...`");
         }
+    }
+
+    #[test]
+    fn attention_roles_and_smoothquant() {
+        let cfg = parse("[op.attention_scores]\nprecision = \"fp16\"\n\n[smoothquant]\nalpha = 0.75\n").unwrap();
+        assert_eq!(cfg.op_types[0].0, "attention_scores");
+        assert_eq!(cfg.op_types[0].1.precision, Some(Precision::Fp16));
+        assert_eq!(cfg.smooth, Some(0.75));
+        assert_eq!(parse("[smoothquant]\n").unwrap().smooth, Some(0.5));
+        assert_eq!(parse("").unwrap().smooth, None);
     }
 
     #[test]

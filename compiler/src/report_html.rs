@@ -322,9 +322,10 @@ impl Report {
             quantize: QuantizeMode::None,
             calib: None,
             qconfig: None,
+            smooth: None,
+            min_sqnr: None,
             precision: Precision::Fp32,
             precision_config: None,
-            min_sqnr: None,
             ..opts.clone()
         };
         let fp_compiler = Compiler::new(fp_opts)?;

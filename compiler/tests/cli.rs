@@ -397,3 +397,37 @@ fn readme_command_line_matches_help() {
         assert!(defined.contains(o), "README's Command line section names {o}, which no `qforge help` shows");
     }
 }
+
+/// `sensitivity --min-sqnr DB -o QCONFIG.toml` needs no labels and writes a qconfig that loads
+/// (here on the transformer block with LayerNorm outliers, `--smooth` adds `[smoothquant]`);
+/// `--smooth` outside static INT8 is a one-line error.
+#[test]
+fn sensitivity_min_sqnr_writes_a_qconfig() {
+    let d = scratch("minsqnr");
+    let model =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/quant/transformer_block_outliers.qir");
+    let x =
+        qforge_ir::Tensor::from_f32(vec![40, 4, 8], (0..1280).map(|i| ((i * 37 % 101) as f32 / 25.0) - 2.0).collect());
+    let calib = d.join("calib.npy");
+    qforge::npy::write(&calib, &x).unwrap();
+    for (extra, skips) in [(None, true), (Some("0.5"), false)] {
+        let out = d.join("q.toml");
+        let mut args = vec!["sensitivity", p(&model), "--calib", p(&calib), "--min-sqnr", "30", "-o", p(&out)];
+        args.extend(["--engine", "interp"]);
+        if let Some(a) = extra {
+            args.extend(["--smooth", a]);
+        }
+        let o = qforge(&args);
+        assert_eq!(o.code, Some(0), "{}", o.stderr);
+        assert!(o.stdout.contains("kept float:"), "{}", o.stdout);
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(text.contains("skip = true"), skips, "{text}");
+        assert_eq!(text.contains("[smoothquant]"), extra.is_some(), "{text}");
+        let cfg = qforge::qconfig::load(&out).unwrap();
+        assert_eq!(cfg.smooth.is_some(), extra.is_some());
+    }
+    expect_error(
+        &["run", p(&model), "--input", p(&calib), "--output", p(&d.join("y.npy")), "--smooth", "0.5"],
+        "--smooth needs --quantize int8",
+    );
+}

@@ -394,7 +394,17 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             let (a, b) = (quantized(x(0)?, "a")?, quantized(x(1)?, "b")?);
             per_tensor(a, "a")?;
             let shape = matmul_shape(&a.shape, &b.shape)?;
-            let n = shape.0.last().and_then(Dim::fixed).ok_or("matmul needs a fixed last dim")?;
+            let n = match shape.0.last().and_then(Dim::fixed) {
+                Some(n) => n,
+                // a symbolic last dim (attention's scores, [N,H,S,S]): per-tensor b, no bias
+                None => {
+                    per_tensor(b, "b (the result's last dim is symbolic)")?;
+                    if opt(2).is_some() {
+                        return Err("a bias needs a fixed last dim".into());
+                    }
+                    0
+                }
+            };
             channel_params(b, b.rank().saturating_sub(1), n, "b")?;
             int_epilogue(epilogue, opt(2), n, declared, &shape)
         }

@@ -7,6 +7,9 @@
 //! evaluator frees intermediates after their last use, and the observers keep a few numbers or a
 //! fixed-size histogram each. Progress is reported through a callback (the pass never prints).
 //!
+//! [`channel_absmax`] is the other observation: the largest magnitude of each channel along the
+//! last axis (all other axes and every batch reduced), which SmoothQuant ([`super::smooth`]) needs.
+//!
 //! Ranges are keyed by the producing node's name and result port, so a calibration made on one
 //! copy of a graph applies to another copy (sensitivity analysis quantizes many copies).
 
@@ -128,4 +131,83 @@ pub fn calibrate(
         }
     }
     Ok(cal)
+}
+
+/// Per-channel absolute maxima by (producing node's name, result port).
+pub type ChannelMaxima = BTreeMap<(String, usize), Vec<f32>>;
+
+/// Runs `g` on every batch and returns, for each of `values`, the largest `|x|` of each channel
+/// along the last axis (all other axes and every batch reduced). The channel count is the last
+/// dimension, which must be the same on every batch. NaN or infinity is an error naming the node.
+pub fn channel_absmax(
+    g: &Graph,
+    eval: &dyn Evaluator,
+    batches: &mut dyn Iterator<Item = Vec<Tensor>>,
+    total: usize,
+    values: &[Value],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<ChannelMaxima, CalibError> {
+    let mut by_node: HashMap<NodeId, Vec<usize>> = HashMap::new();
+    for (i, v) in values.iter().enumerate() {
+        if !g.contains_value(*v) {
+            return Err(CalibError::Node { node: format!("{v:?}"), op: "?", msg: "not in the graph".into() });
+        }
+        by_node.entry(v.node).or_default().push(i);
+    }
+    let mut maxima: Vec<Option<Vec<f32>>> = vec![None; values.len()];
+    let mut seen = 0usize;
+    for (b, batch) in batches.enumerate() {
+        let failure: std::cell::RefCell<Option<CalibError>> = Default::default();
+        {
+            let mut feed = |id: NodeId, results: &[Tensor]| {
+                if failure.borrow().is_some() {
+                    return;
+                }
+                let Some(ix) = by_node.get(&id) else { return };
+                let n = g.node(id);
+                let fail = |msg: String| CalibError::Node { node: n.name.clone(), op: n.op.name(), msg };
+                for &i in ix {
+                    let Some(t) = results.get(values[i].port) else { continue };
+                    let Some(x) = t.as_f32() else {
+                        *failure.borrow_mut() = Some(fail("channel maxima need an f32 value".into()));
+                        return;
+                    };
+                    let c = t.shape().last().copied().unwrap_or(1).max(1);
+                    let m = maxima[i].get_or_insert_with(|| vec![0.0; c]);
+                    if m.len() != c {
+                        *failure.borrow_mut() = Some(fail(format!("{c} channels on batch {b}, {} before", m.len())));
+                        return;
+                    }
+                    for (k, &v) in x.iter().enumerate() {
+                        if !v.is_finite() {
+                            *failure.borrow_mut() = Some(fail(format!("non-finite value {v} on batch {b}")));
+                            return;
+                        }
+                        let a = &mut m[k % c];
+                        *a = a.max(v.abs());
+                    }
+                }
+            };
+            eval.run_observed(g, &batch, &mut feed).map_err(|msg| CalibError::Eval { batch: b, msg })?;
+        }
+        if let Some(e) = failure.into_inner() {
+            return Err(e);
+        }
+        seen += 1;
+        progress(b + 1, total);
+    }
+    if seen == 0 {
+        return Err(CalibError::Empty);
+    }
+    let mut out = ChannelMaxima::new();
+    for (v, m) in values.iter().zip(maxima) {
+        let n = g.node(v.node);
+        let m = m.ok_or_else(|| CalibError::Node {
+            node: n.name.clone(),
+            op: n.op.name(),
+            msg: "no value was observed".into(),
+        })?;
+        out.insert((n.name.clone(), v.port), m);
+    }
+    Ok(out)
 }

@@ -10,14 +10,20 @@
 //!   quantized activation, batches from an iterator, progress through a callback).
 //! * [`static_quant`]: static quantization, Q/DQ insertion in ONNX Runtime's QDQ form.
 //! * [`dynamic`]: dynamic quantization (DynamicQuantizeLinear + MatMulInteger/ConvInteger).
-//! * [`policy`]: the per-layer policy of `--qconfig` (default, per op type, per node name).
-//! * [`sensitivity`]: one layer quantized at a time, ranked by output SQNR.
+//! * [`policy`]: the per-layer policy of `--qconfig` (default, per op type, per attention role,
+//!   per node name); [`attention`] finds the scores and context matmuls of attention.
+//! * [`smooth`]: SmoothQuant's scale migration from layer-norm outputs into the weights of the
+//!   matmuls they feed (before calibration, with per-channel maxima from [`calibrate::channel_absmax`]).
+//! * [`sensitivity`]: one layer quantized at a time, ranked by output SQNR; the most sensitive
+//!   layers kept in float until an accuracy budget or an output SQNR target is met.
 //!
-//! The pipeline (in `qforge`): canonicalize, [`FoldBatchNorm`], calibrate (int8), then
+//! The pipeline (in `qforge`): canonicalize, [`FoldBatchNorm`], [`SmoothQuant`] (when asked),
+//! calibrate (int8), [`Study::keep_float_until_sqnr`] (with `--min-sqnr`), then
 //! [`QuantizeStatic`] or [`QuantizeDynamic`]; the optimizer then lowers the Q/DQ sandwiches to
 //! integer kernels. ReLU/clip after a quantized op: see [`static_quant`] (removed when the
 //! quantize after it clamps the same, as ORT does).
 
+pub mod attention;
 pub mod calibrate;
 pub mod dynamic;
 pub mod histogram;
@@ -26,15 +32,18 @@ pub mod plan;
 pub mod policy;
 pub mod scheme;
 pub mod sensitivity;
+pub mod smooth;
 pub mod static_quant;
 
 pub use crate::batchnorm::FoldBatchNorm;
-pub use calibrate::{calibrate, CalibError, Calibration, Evaluator, Interpreter, Target};
+pub use attention::attention_roles;
+pub use calibrate::{calibrate, channel_absmax, CalibError, Calibration, Evaluator, Interpreter, Target};
 pub use dynamic::QuantizeDynamic;
 pub use histogram::{EntropyObserver, Histogram, MseObserver, PercentileObserver};
 pub use observer::{CalibMethod, Ema, MinMax, ObserveError, Observer, ObserverConfig, PerChannelMinMax};
 pub use plan::{plan, Decision, NodePlan, WeightInput};
 pub use policy::{NodeRule, NodeSettings, Pattern, Precision, QConfig, Rule, WeightGranularity};
 pub use scheme::{Granularity, GroupParams, Params, QType, QuantResult, Scheme, SchemeError};
-pub use sensitivity::{EvalSet, LayerSensitivity, Study};
+pub use sensitivity::{skipping, EvalSet, LayerSensitivity, Study};
+pub use smooth::{smooth_sites, ChannelStats, NormStats, SmoothQuant, SmoothSite};
 pub use static_quant::{activation_plan, ActivationPlan, QuantizeStatic};

@@ -3,9 +3,20 @@
 //! a region in float), activation and weight schemes, weight granularity and bits, observer.
 //!
 //! Resolution for a node: the built-in defaults, then `[default]`, then the rule for its op type,
-//! then every node rule that matches its name, in file order (a later rule wins, field by field).
+//! then (for the two activation-by-activation matmuls of attention) the built-in default of its
+//! [`Role`] and the rule for that role (`[op.attention_scores]`, `[op.attention_context]`), then
+//! every node rule that matches its name, in file order (a later rule wins, field by field).
 //! Original node names (the `from` list of fused nodes) match too, so a rule written against the
 //! ONNX names keeps working after folding.
+//!
+//! # Attention
+//! The default for attention blocks is the seed's policy (exercise 6.5): the Q, K, V and output
+//! projections (weight matmuls) in INT8; the scores matmul `Q K^T` in float (fp32 here; the
+//! precision pass may lower it to fp16 with `--precision`); softmax and layer norm in float (they
+//! are never quantized, see [`mod@super::plan`]); the context matmul `P V` back in the quantized
+//! domain (INT8, its probabilities calibrated in `[0, 1]`). The roles are found by
+//! [`super::attention::attention_roles`]; a qconfig overrides them with `[op.attention_scores]`
+//! and `[op.attention_context]`, which come after `[op.matmul]`.
 //!
 //! This module holds the data and the matching; reading TOML is `qforge`'s (it touches files and
 //! reports the line of a bad entry).
@@ -50,6 +61,34 @@ impl Precision {
 impl fmt::Display for Precision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// What an activation-by-activation matmul does in an attention block (see
+/// [`super::attention::attention_roles`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// `Q K^T`: its result reaches a softmax (through scaling, masking and data movement).
+    AttentionScores,
+    /// `P V`: one of its operands comes from a softmax (through data movement).
+    AttentionContext,
+}
+
+impl Role {
+    /// The qconfig table name: `[op.attention_scores]`, `[op.attention_context]`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::AttentionScores => "attention_scores",
+            Role::AttentionContext => "attention_context",
+        }
+    }
+
+    /// The built-in rule of the role: scores stay float (fp32), context is INT8.
+    pub fn builtin(self) -> Rule {
+        match self {
+            Role::AttentionScores => Rule { precision: Some(Precision::Fp32), ..Rule::default() },
+            Role::AttentionContext => Rule { precision: Some(Precision::Int8), ..Rule::default() },
+        }
     }
 }
 
@@ -171,9 +210,13 @@ pub struct NodeRule {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct QConfig {
     pub default: Rule,
-    /// Rules by op name in the IR text form (`conv`, `gemm`, `matmul`, `add`, ...).
+    /// Rules by op name in the IR text form (`conv`, `gemm`, `matmul`, `add`, ...) or by
+    /// [`Role`] name (`attention_scores`, `attention_context`).
     pub op_types: Vec<(String, Rule)>,
     pub nodes: Vec<NodeRule>,
+    /// SmoothQuant's migration strength α (`[smoothquant] alpha`), `None`: no smoothing (see
+    /// [`super::smooth`]).
+    pub smooth: Option<f64>,
 }
 
 /// A node's resolved settings.
@@ -234,14 +277,27 @@ impl QConfig {
         }
     }
 
-    /// The rule that applies to `node` (every field set).
+    /// The rule that applies to `node` (every field set), as an op without a [`Role`].
     pub fn resolve_rule(&self, node: &Node) -> Rule {
+        self.resolve_rule_as(node, None)
+    }
+
+    /// The rule that applies to `node` playing `role` (every field set).
+    pub fn resolve_rule_as(&self, node: &Node, role: Option<Role>) -> Rule {
         let mut r = QConfig::builtin();
         r.merge(&self.default);
         let op = node.op.name();
         for (name, rule) in &self.op_types {
             if name == op {
                 r.merge(rule);
+            }
+        }
+        if let Some(role) = role {
+            r.merge(&role.builtin());
+            for (name, rule) in &self.op_types {
+                if name == role.name() {
+                    r.merge(rule);
+                }
             }
         }
         for n in &self.nodes {
@@ -252,9 +308,14 @@ impl QConfig {
         r
     }
 
-    /// The settings of `node`.
+    /// The settings of `node` (as an op without a [`Role`]).
     pub fn settings(&self, node: &Node) -> NodeSettings {
-        let r = self.resolve_rule(node);
+        self.settings_as(node, None)
+    }
+
+    /// The settings of `node` playing `role`.
+    pub fn settings_as(&self, node: &Node, role: Option<Role>) -> NodeSettings {
+        let r = self.resolve_rule_as(node, role);
         let mut observer = ObserverConfig::new(r.observer.unwrap_or_default());
         if let Some(p) = r.percentile {
             observer.percentile = p;
@@ -294,6 +355,11 @@ impl QConfig {
                 if !(0.0..1.0).contains(&m) {
                     return Err(format!("{what}: momentum {m} is not in [0, 1)"));
                 }
+            }
+        }
+        if let Some(a) = self.smooth {
+            if !(0.0..=1.0).contains(&a) {
+                return Err(format!("[smoothquant]: alpha {a} is not in [0, 1]"));
             }
         }
         Ok(())
@@ -340,6 +406,7 @@ mod tests {
                     rule: Rule { precision: Some(Precision::Fp32), ..Rule::default() },
                 },
             ],
+            smooth: None,
         };
         let s = q.settings(g.node(r.node));
         assert_eq!(s.precision, Precision::Fp32);

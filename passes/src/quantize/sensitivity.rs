@@ -1,7 +1,9 @@
 //! Sensitivity analysis: quantize one layer at a time (every other op stays float) and measure how
 //! far the output moves from the float model's, as SQNR (and top-1 accuracy when labels are
 //! given). The least robust layers come first; [`Study::keep_float_until`] then keeps the most sensitive
-//! ones in float until the accuracy drop is within a budget.
+//! ones in float until the accuracy drop is within a budget, and [`Study::keep_float_until_sqnr`]
+//! (no labels needed: transformers have none) until the output SQNR against the float model on
+//! the evaluation set reaches a target.
 //!
 //! The calibration is made once, on the prepared float graph with every layer quantized: ranges
 //! are keyed by value, and a value's range does not depend on which other layers are quantized
@@ -146,6 +148,25 @@ impl Study<'_> {
             let top1 = top1.ok_or("--max-accuracy-drop needs labels")?;
             if fp32_top1 - top1 <= max_drop + 1e-12 || skip.len() == ranked.len() {
                 return Ok((skip, top1));
+            }
+            skip.push(ranked[skip.len()].node.clone());
+        }
+    }
+
+    /// Keeps the most sensitive layers (in `ranked` order) in float, one more at a time, until the
+    /// output SQNR of the rest quantized against the float model reaches `min_db`. Returns the
+    /// layers kept in float and the SQNR reached (every ranked layer float when the target is
+    /// never met: then the quantized part is only what the ranking did not cover).
+    pub fn keep_float_until_sqnr(
+        &self,
+        ranked: &[LayerSensitivity],
+        min_db: f64,
+    ) -> Result<(Vec<String>, f64), String> {
+        let mut skip: Vec<String> = vec![];
+        loop {
+            let (sqnr, _) = self.evaluate(&skipping(self.config, &skip))?;
+            if sqnr >= min_db || skip.len() == ranked.len() {
+                return Ok((skip, sqnr));
             }
             skip.push(ranked[skip.len()].node.clone());
         }

@@ -32,9 +32,14 @@
 //! float, between the op and the quantize: `op -> relu -> Q -> DQ`, which the optimizer fuses as a
 //! clamp.
 //!
+//! The policy is resolved with each matmul's attention role ([`super::attention`]): by default
+//! the scores matmul of attention stays float and the context matmul is quantized (see
+//! [`super::policy`]).
+//!
 //! The pass is idempotent: a node that reads a dequantized value is already quantized and is
 //! left alone.
 
+use super::attention::attention_roles;
 use super::calibrate::{Calibration, Target};
 use super::plan::{plan, Decision, WeightInput};
 use super::policy::{NodeSettings, QConfig};
@@ -93,9 +98,10 @@ pub fn activation_plan(g: &Graph, cfg: &QConfig) -> Result<ActivationPlan, qforg
     // the effective decision of each node (the policy can keep a quantizable node in float)
     let mut quantized: HashMap<NodeId, NodeSettings> = HashMap::new();
     let mut fused_by: HashMap<NodeId, NodeId> = HashMap::new();
+    let roles = attention_roles(g);
     for np in &nodes {
         if let Decision::Quantize { .. } = np.decision {
-            let s = cfg.settings(g.node(np.id));
+            let s = cfg.settings_as(g.node(np.id), roles.get(&np.id).copied());
             if s.quantized() {
                 quantized.insert(np.id, s);
             }
