@@ -69,7 +69,6 @@ pub fn calibrate(
         CalibError::Node { node: n.name.clone(), op: n.op.name(), msg }
     };
     let mut observers: Vec<Box<dyn Observer>> = Vec::with_capacity(targets.len());
-    let mut by_node: HashMap<NodeId, Vec<usize>> = HashMap::new();
     let mut keys: BTreeMap<(String, usize), usize> = BTreeMap::new();
     for (i, t) in targets.iter().enumerate() {
         if !g.contains_value(t.value) {
@@ -80,43 +79,17 @@ pub fn calibrate(
             return Err(node_err(t.value.node, "two calibrated values share this node name".into()));
         }
         observers.push(t.observer.build().map_err(|e| node_err(t.value.node, e.to_string()))?);
-        by_node.entry(t.value.node).or_default().push(i);
     }
-    let inputs: Vec<NodeId> = g.inputs().to_vec();
-    let mut cal = Calibration::default();
-    for (b, batch) in batches.enumerate() {
-        let failure: std::cell::RefCell<Option<CalibError>> = Default::default();
-        {
-            let mut feed = |id: NodeId, results: &[Tensor]| {
-                if failure.borrow().is_some() {
-                    return;
-                }
-                let Some(ts) = by_node.get(&id) else { return };
-                for &i in ts {
-                    let port = targets[i].value.port;
-                    let Some(values) = results.get(port).and_then(|t| t.as_f32()) else { continue };
-                    if let Err(error) = observers[i].observe(values) {
-                        let n = g.node(id);
-                        *failure.borrow_mut() =
-                            Some(CalibError::Observe { node: n.name.clone(), op: n.op.name(), port, error });
-                        return;
-                    }
-                }
-            };
-            for (&id, t) in inputs.iter().zip(&batch) {
-                feed(id, std::slice::from_ref(t));
-            }
-            if failure.borrow().is_none() {
-                eval.run_observed(g, &batch, &mut feed).map_err(|msg| CalibError::Eval { batch: b, msg })?;
-            }
-        }
-        if let Some(e) = failure.into_inner() {
-            return Err(e);
-        }
-        cal.batches += 1;
-        cal.samples += batch.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
-        progress(b + 1, total);
-    }
+    let values: Vec<Value> = targets.iter().map(|t| t.value).collect();
+    let mut observe = |i: usize, t: &Tensor, _batch: usize| -> Result<(), CalibError> {
+        let Some(x) = t.as_f32() else { return Ok(()) };
+        observers[i].observe(x).map_err(|error| {
+            let n = g.node(values[i].node);
+            CalibError::Observe { node: n.name.clone(), op: n.op.name(), port: values[i].port, error }
+        })
+    };
+    let (batches, samples) = observe_values(g, eval, batches, total, &values, progress, &mut observe)?;
+    let mut cal = Calibration { batches, samples, ..Calibration::default() };
     if cal.batches == 0 || cal.samples == 0 {
         return Err(CalibError::Empty);
     }
@@ -147,55 +120,26 @@ pub fn channel_absmax(
     values: &[Value],
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<ChannelMaxima, CalibError> {
-    let mut by_node: HashMap<NodeId, Vec<usize>> = HashMap::new();
-    for (i, v) in values.iter().enumerate() {
-        if !g.contains_value(*v) {
-            return Err(CalibError::Node { node: format!("{v:?}"), op: "?", msg: "not in the graph".into() });
-        }
-        by_node.entry(v.node).or_default().push(i);
-    }
     let mut maxima: Vec<Option<Vec<f32>>> = vec![None; values.len()];
-    let mut seen = 0usize;
-    for (b, batch) in batches.enumerate() {
-        let failure: std::cell::RefCell<Option<CalibError>> = Default::default();
-        {
-            let mut feed = |id: NodeId, results: &[Tensor]| {
-                if failure.borrow().is_some() {
-                    return;
-                }
-                let Some(ix) = by_node.get(&id) else { return };
-                let n = g.node(id);
-                let fail = |msg: String| CalibError::Node { node: n.name.clone(), op: n.op.name(), msg };
-                for &i in ix {
-                    let Some(t) = results.get(values[i].port) else { continue };
-                    let Some(x) = t.as_f32() else {
-                        *failure.borrow_mut() = Some(fail("channel maxima need an f32 value".into()));
-                        return;
-                    };
-                    let c = t.shape().last().copied().unwrap_or(1).max(1);
-                    let m = maxima[i].get_or_insert_with(|| vec![0.0; c]);
-                    if m.len() != c {
-                        *failure.borrow_mut() = Some(fail(format!("{c} channels on batch {b}, {} before", m.len())));
-                        return;
-                    }
-                    for (k, &v) in x.iter().enumerate() {
-                        if !v.is_finite() {
-                            *failure.borrow_mut() = Some(fail(format!("non-finite value {v} on batch {b}")));
-                            return;
-                        }
-                        let a = &mut m[k % c];
-                        *a = a.max(v.abs());
-                    }
-                }
-            };
-            eval.run_observed(g, &batch, &mut feed).map_err(|msg| CalibError::Eval { batch: b, msg })?;
+    let mut observe = |i: usize, t: &Tensor, b: usize| -> Result<(), CalibError> {
+        let n = g.node(values[i].node);
+        let fail = |msg: String| CalibError::Node { node: n.name.clone(), op: n.op.name(), msg };
+        let x = t.as_f32().ok_or_else(|| fail("channel maxima need an f32 value".into()))?;
+        let c = t.shape().last().copied().unwrap_or(1).max(1);
+        let m = maxima[i].get_or_insert_with(|| vec![0.0; c]);
+        if m.len() != c {
+            return Err(fail(format!("{c} channels on batch {b}, {} before", m.len())));
         }
-        if let Some(e) = failure.into_inner() {
-            return Err(e);
+        for (k, &v) in x.iter().enumerate() {
+            if !v.is_finite() {
+                return Err(fail(format!("non-finite value {v} on batch {b}")));
+            }
+            let a = &mut m[k % c];
+            *a = a.max(v.abs());
         }
-        seen += 1;
-        progress(b + 1, total);
-    }
+        Ok(())
+    };
+    let (seen, _) = observe_values(g, eval, batches, total, values, progress, &mut observe)?;
     if seen == 0 {
         return Err(CalibError::Empty);
     }
@@ -210,4 +154,58 @@ pub fn channel_absmax(
         out.insert((n.name.clone(), v.port), m);
     }
     Ok(out)
+}
+
+/// Runs `g` on every batch (`total` of them, for progress), handing each of `values` (by its
+/// index) to `observe` as it is produced, graph inputs included; the first error stops the run.
+/// `progress(done, total)` is called after each batch. Returns the batches and samples seen.
+fn observe_values(
+    g: &Graph,
+    eval: &dyn Evaluator,
+    batches: &mut dyn Iterator<Item = Vec<Tensor>>,
+    total: usize,
+    values: &[Value],
+    progress: &mut dyn FnMut(usize, usize),
+    observe: &mut dyn FnMut(usize, &Tensor, usize) -> Result<(), CalibError>,
+) -> Result<(usize, usize), CalibError> {
+    let mut by_node: HashMap<NodeId, Vec<usize>> = HashMap::new();
+    for (i, v) in values.iter().enumerate() {
+        if !g.contains_value(*v) {
+            return Err(CalibError::Node { node: format!("{v:?}"), op: "?", msg: "not in the graph".into() });
+        }
+        by_node.entry(v.node).or_default().push(i);
+    }
+    let inputs: Vec<NodeId> = g.inputs().to_vec();
+    let (mut seen, mut samples) = (0usize, 0usize);
+    for (b, batch) in batches.enumerate() {
+        let failure: std::cell::RefCell<Option<CalibError>> = Default::default();
+        {
+            let mut feed = |id: NodeId, results: &[Tensor]| {
+                if failure.borrow().is_some() {
+                    return;
+                }
+                let Some(ix) = by_node.get(&id) else { return };
+                for &i in ix {
+                    let Some(t) = results.get(values[i].port) else { continue };
+                    if let Err(e) = observe(i, t, b) {
+                        *failure.borrow_mut() = Some(e);
+                        return;
+                    }
+                }
+            };
+            for (&id, t) in inputs.iter().zip(&batch) {
+                feed(id, std::slice::from_ref(t));
+            }
+            if failure.borrow().is_none() {
+                eval.run_observed(g, &batch, &mut feed).map_err(|msg| CalibError::Eval { batch: b, msg })?;
+            }
+        }
+        if let Some(e) = failure.into_inner() {
+            return Err(e);
+        }
+        seen += 1;
+        samples += batch.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
+        progress(b + 1, total);
+    }
+    Ok((seen, samples))
 }
