@@ -329,12 +329,12 @@ pub fn sensitivity(model: &Path, args: &SensitivityArgs, opts: PipelineOptions) 
     let cx = PassContext { verify: true, max_tensor_bytes: opts.max_tensor_bytes as u128 };
     smooth_stage(&mut g, &cfg, &calib, opts.calib_batch, &eval, &cx, &mut |_, _| {})?;
     let calibration = calibrate_file(&g, &cfg, &calib, opts.calib_batch, &eval)?;
-    let x = crate::npy::read(args.input.as_deref().unwrap_or(&calib))?;
+    let set = crate::calib_set::load(args.input.as_deref().unwrap_or(&calib), &g)?;
     let labels = match &args.labels {
         Some(p) => Some(data::labels(&crate::npy::read(p)?).with_context(|| format!("`{}`", p.display()))?),
         None => None,
     };
-    let batches: Vec<Vec<Tensor>> = batches(&x, args.batch)?.collect();
+    let batches = set.batches(args.batch)?;
     let (reference, fp32_top1) = reference_outputs(&g, &batches, &eval, labels.as_deref())?;
     let study = Study {
         graph: &g,
