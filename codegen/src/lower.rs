@@ -449,6 +449,32 @@ impl Lowerer<'_> {
                 self.vals.insert(out, Vinfo { ty: oty, buf, layout: Layout::Plain });
                 Ok(true)
             }
+            Op::Transpose { perm } => {
+                let Some(x) = x0.filter(|v| !self.is_const(*v)) else { return Ok(false) };
+                let (Some(din), Some(dout)) = (dims(&self.types[&x]), dims(&oty)) else { return Ok(false) };
+                let elem = oty.dtype.size_bytes();
+                let rank = din.len();
+                if perm.len() != rank || dout.len() != rank || !matches!(elem, 1 | 2 | 4 | 8) {
+                    return Ok(false);
+                }
+                // row-major input strides, in elements
+                let mut stride = vec![1usize; rank];
+                for a in (0..rank.saturating_sub(1)).rev() {
+                    stride[a] = stride[a + 1] * din[a + 1];
+                }
+                let mut index = dout.clone();
+                for &p in perm {
+                    let Some(&st) = usize::try_from(p).ok().and_then(|p| stride.get(p)) else { return Ok(false) };
+                    index.push(st);
+                }
+                let input = self.plain(x, &name)?;
+                let output = self.define(out, Layout::Plain);
+                let n = numel(&oty);
+                let kind = RowKind::Transpose { elem };
+                let op = RowOp { kind, x: 0, y: 0, n, inner: 1, scale: vec![], bias: vec![], index };
+                self.push(&name, StepKind::Rows { op, input, output, units: n.div_ceil(rowops::CHUNK) });
+                Ok(true)
+            }
             Op::QConv { conv, epilogue } => self.lower_qconv(id, conv, epilogue),
             Op::QGemm { alpha, trans_a: false, trans_b, epilogue } => self.lower_qgemm(id, *alpha, *trans_b, epilogue),
             Op::QMatMul { epilogue } => self.lower_qgemm(id, 1.0, false, epilogue),
@@ -650,8 +676,11 @@ impl Lowerer<'_> {
                 let (Some(a), Some(b)) = (x0, ins.get(1).copied().flatten()) else { return Ok(false) };
                 self.elementwise(out, &[a, b], Elementwise::AddF32 { relu: false }, &name)
             }
-            Op::Binary(op @ (BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul)) if oty.dtype == DType::F32 => {
-                // A tensor and a per-channel constant (a batch norm left as mul/add, a bias).
+            Op::Binary(op @ (BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div))
+                if oty.dtype == DType::F32 =>
+            {
+                // A tensor and a per-channel constant (a batch norm left as mul/add, a bias), or a
+                // constant along the last axis (a transformer's bias, `[.., C] + [C]`).
                 let (Some(a), Some(b)) = (x0, ins.get(1).copied().flatten()) else { return Ok(false) };
                 let Some(d) = dims(&oty) else { return Ok(false) };
                 let (x, k, const_first) = match (self.is_const(a), self.is_const(b)) {
@@ -675,16 +704,26 @@ impl Lowerer<'_> {
                 }
                 full[off..].copy_from_slice(&kd);
                 let per_channel = full.iter().enumerate().all(|(i, &n)| n == 1 || (i == 1 && n == c));
-                if !per_channel {
+                let last = d.len() - 1;
+                let along_last = full.iter().enumerate().all(|(i, &n)| n == 1 || (i == last && n == d[last]));
+                let (input, output, kind, c) = if per_channel {
+                    let v_c = c;
+                    let layout = self.vals[&x].layout;
+                    let input = self.in_layout(x, layout, &name)?;
+                    let output = self.define(out, layout);
+                    let hw: usize = d[2..].iter().product();
+                    let nhwc = layout == Layout::Nhwc && d.len() == 4;
+                    (input, output, RowKind::ChannelBinary { op: *op, const_first, nhwc, c: v_c, hw }, v_c)
+                } else if along_last {
+                    // in row-major order the channel of element i is i % C: the NHWC indexing
+                    let input = self.plain(x, &name)?;
+                    let output = self.define(out, Layout::Plain);
+                    let c = d[last];
+                    (input, output, RowKind::ChannelBinary { op: *op, const_first, nhwc: true, c, hw: 1 }, c)
+                } else {
                     return Ok(false);
-                }
+                };
                 let v: Vec<f32> = if kv.len() == 1 { vec![kv[0]; c] } else { kv };
-                let layout = self.vals[&x].layout;
-                let input = self.in_layout(x, layout, &name)?;
-                let output = self.define(out, layout);
-                let hw: usize = d[2..].iter().product();
-                let nhwc = layout == Layout::Nhwc && d.len() == 4;
-                let kind = RowKind::ChannelBinary { op: *op, const_first, nhwc, c, hw };
                 let n = numel(&oty);
                 self.push_rows(&name, kind, input, output, n, 1, n.div_ceil(rowops::CHUNK), v, vec![]);
                 Ok(true)
@@ -706,7 +745,7 @@ impl Lowerer<'_> {
         scale: Vec<f32>,
         bias: Vec<f32>,
     ) {
-        let op = RowOp { kind, x: 0, y: 0, n, inner, scale, bias };
+        let op = RowOp { kind, x: 0, y: 0, n, inner, scale, bias, index: vec![] };
         self.push(name, StepKind::Rows { op, input, output, units });
     }
 

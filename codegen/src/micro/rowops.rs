@@ -25,7 +25,7 @@ pub enum RowKind {
     LayerNorm {
         eps: f32,
     },
-    /// `y = x op v[c]` (or `v[c] op x` with `const_first`) with `v` in `scale`, the channel of
+    /// `y = x op v[c]` (or `v[c] op x` with `const_first`; op add, sub, mul or div) with `v` in `scale`, the channel of
     /// element `i` being `i % c` in NHWC and `(i / hw) % c` in plain order; units are [`CHUNK`]s.
     ChannelBinary {
         op: qforge_ir::BinaryOp,
@@ -40,6 +40,13 @@ pub enum RowKind {
     WidenBf16,
     RoundF16,
     RoundBf16,
+    /// A permutation of axes of elements of `elem` bytes (any dtype): output element `o`, written
+    /// as digits over the output dims, reads the input at the dot product of those digits with
+    /// the permuted input strides (both in [`RowOp::index`]); units are [`CHUNK`]s of output
+    /// elements.
+    Transpose {
+        elem: usize,
+    },
 }
 
 /// One row step: arena offsets of its input and output, and its sizes. Generated code passes a
@@ -56,6 +63,9 @@ pub struct RowOp {
     pub inner: usize,
     pub scale: Vec<f32>,
     pub bias: Vec<f32>,
+    /// Transpose: the output dims, then for each output axis the input stride (in elements) it
+    /// walks.
+    pub index: Vec<usize>,
 }
 
 impl RowOp {
@@ -97,9 +107,46 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                 let r = match bop {
                     BinaryOp::Add => p + q,
                     BinaryOp::Sub => p - q,
+                    BinaryOp::Div => p / q,
                     _ => p * q,
                 };
                 y.add(i).write(r);
+            }
+        }
+        RowKind::Transpose { elem } => {
+            let rank = op.index.len() / 2;
+            let (dims, strides) = op.index.split_at(rank);
+            let (s, e) = (begin * CHUNK, (end * CHUNK).min(op.n));
+            let y = arena.add(op.y);
+            // never in place in practice (the memory plan gives it its own buffer); copy if so
+            let copy: Vec<u8>;
+            let x = if op.x == op.y {
+                copy = std::slice::from_raw_parts(arena.add(op.x), op.n * elem).to_vec();
+                copy.as_ptr()
+            } else {
+                arena.add(op.x) as *const u8
+            };
+            if rank == 0 {
+                return;
+            }
+            // runs along the last output axis: one index decomposition per run
+            let (last, ls) = (dims[rank - 1].max(1), strides[rank - 1]);
+            let mut o = s;
+            while o < e {
+                let (mut rem, mut src) = (o / last, (o % last) * ls);
+                for a in (0..rank - 1).rev() {
+                    let d = dims[a].max(1);
+                    src += (rem % d) * strides[a];
+                    rem /= d;
+                }
+                let run = (last - o % last).min(e - o);
+                match elem {
+                    1 => strided_copy::<u8>(x, y, src, ls, o, run),
+                    2 => strided_copy::<u16>(x, y, src, ls, o, run),
+                    4 => strided_copy::<u32>(x, y, src, ls, o, run),
+                    _ => strided_copy::<u64>(x, y, src, ls, o, run),
+                }
+                o += run;
             }
         }
         RowKind::Softmax { log } => {
@@ -160,5 +207,17 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                 }
             }
         }
+    }
+}
+
+/// Copies `run` elements of type `T`: output elements `o..o + run` from input elements `src`,
+/// `src + step`, ...
+///
+/// # Safety
+/// Both ranges lie inside their buffers.
+unsafe fn strided_copy<T: Copy>(x: *const u8, y: *mut u8, src: usize, step: usize, o: usize, run: usize) {
+    let (x, y) = (x as *const T, y as *mut T);
+    for k in 0..run {
+        y.add(o + k).write_unaligned(x.add(src + k * step).read_unaligned());
     }
 }
