@@ -464,7 +464,7 @@ impl Lowerer<'_> {
                 }
                 let mut index = dout.clone();
                 for &p in perm {
-                    let Some(&st) = usize::try_from(p).ok().and_then(|p| stride.get(p)) else { return Ok(false) };
+                    let Some(&st) = stride.get(p) else { return Ok(false) };
                     index.push(st);
                 }
                 let input = self.plain(x, &name)?;
