@@ -45,6 +45,9 @@ pub struct Importer {
     pub(super) sym: HashMap<String, symbolic::SymVal>,
     /// Where each dimension symbol can be read: a graph input and its axis.
     pub(super) sym_src: HashMap<String, (Value, usize)>,
+    /// Bytes of constants the importer has made from shapes (`ConstantOfShape`): a small model can
+    /// ask for many large ones, so their total is bounded too (see [`Importer::charge`]).
+    materialized: u128,
 }
 
 impl Importer {
@@ -66,6 +69,20 @@ impl Importer {
     /// Binds an ONNX name to a value.
     pub(super) fn bind_value(&mut self, name: &str, v: Value) {
         self.values.insert(name.to_string(), v);
+    }
+
+    /// Counts `bytes` of a constant the importer is about to make from a shape; the total over
+    /// the model may not exceed [`super::tensors::MAX_TENSOR_BYTES`], the limit of one tensor.
+    pub fn charge(&mut self, bytes: u128) -> Result<(), String> {
+        self.materialized = self.materialized.saturating_add(bytes);
+        if self.materialized > super::tensors::MAX_TENSOR_BYTES {
+            return Err(format!(
+                "the constants this model builds from shapes total {} bytes, over the importer's limit of {} bytes",
+                self.materialized,
+                super::tensors::MAX_TENSOR_BYTES
+            ));
+        }
+        Ok(())
     }
 
     /// The value an ONNX name refers to, adding an initializer to the graph on first use and
@@ -249,6 +266,7 @@ pub fn import_model(model: &ModelProto, origin: &str) -> Result<Graph, ImportErr
         dropped: HashMap::new(),
         names: HashSet::new(),
         quant_consts: HashMap::new(),
+        materialized: 0,
         sym: HashMap::new(),
         sym_src: HashMap::new(),
     };

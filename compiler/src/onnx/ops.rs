@@ -960,6 +960,7 @@ impl<'a> Cx<'a> {
         }
         let dims = self.ints_input(0, "shape")?;
         let (shape, n) = checked_numel(&dims, value.dtype()).map_err(|m| self.err(m))?;
+        self.im.charge(n as u128 * value.dtype().size_bytes() as u128).map_err(|m| self.err(m))?;
         let t = Tensor::new(shape, splat(value.data(), n)).ok_or_else(|| self.err("shape and data disagree"))?;
         one(self.im.g.add_const(self.at.name.clone(), t))
     }
