@@ -90,13 +90,6 @@ fn read_npz(path: &Path, names: &[String]) -> Result<Vec<Tensor>> {
 }
 
 impl CalibSet {
-    /// The first `n` samples (all of them when there are fewer).
-    pub fn head(&self, n: usize) -> Result<CalibSet> {
-        let n = n.min(self.samples).max(1);
-        let inputs = self.inputs.iter().map(|t| data::slice_batch(t, 0, n)).collect::<Result<_>>()?;
-        Ok(CalibSet { inputs, samples: n })
-    }
-
     /// Consecutive batches of `batch` samples (the last one shorter), each one tensor per input.
     pub fn batches(&self, batch: usize) -> Result<Vec<Vec<Tensor>>> {
         let batch = batch.max(1);

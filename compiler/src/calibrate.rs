@@ -8,7 +8,7 @@ use crate::pipeline::{Engine, PipelineOptions, QuantizeMode};
 use anyhow::{bail, Context, Result};
 use qforge_ir::interp::RunOptions;
 use qforge_ir::{Graph, NodeId, Tensor};
-use qforge_passes::evaluator::Interpreter;
+use qforge_passes::evaluator::{first, Interpreter};
 use qforge_passes::quantize::scheme::{QType, Scheme};
 use qforge_passes::quantize::{
     activation_plan, calibrate, channel_absmax, skipping, smooth_sites, Calibration, ChannelStats, EvalSet, Evaluator,
@@ -39,12 +39,14 @@ impl Evaluator for EngineEvaluator {
         }
     }
 
-    fn run(&self, g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
+    fn first_outputs(&self, g: &Graph, batches: &[Vec<Tensor>]) -> Result<Vec<Tensor>, String> {
         match self.engine {
-            Engine::Interp => Interpreter(self.run.clone()).run(g, inputs),
-            Engine::Jit => qforge_codegen::JitExecutable::new(g.clone(), qforge_codegen::JitOptions::default())
-                .run(inputs)
-                .map_err(|e| e.to_string()),
+            Engine::Interp => batches.iter().map(|b| first(Interpreter(self.run.clone()).run(g, b)?)).collect(),
+            Engine::Jit => {
+                // compiled once; the JIT keeps one program per input shape
+                let exe = qforge_codegen::JitExecutable::new(g.clone(), qforge_codegen::JitOptions::default());
+                batches.iter().map(|b| first(exe.run(b).map_err(|e| e.to_string())?)).collect()
+            }
         }
     }
 }
@@ -501,10 +503,7 @@ pub fn reference_outputs(
     eval: &EngineEvaluator,
     labels: Option<&[usize]>,
 ) -> Result<(Vec<Tensor>, Option<f64>)> {
-    let mut reference = vec![];
-    for b in batches {
-        reference.push(eval.run(g, b).map_err(anyhow::Error::msg)?.into_iter().next().context("no outputs")?);
-    }
+    let reference = eval.first_outputs(g, batches).map_err(anyhow::Error::msg)?;
     let top1 = match labels {
         Some(l) => Some(data::top1(&data::argmax_rows(&data::concat_batch(&reference)?)?, l)?),
         None => None,

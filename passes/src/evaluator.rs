@@ -19,6 +19,17 @@ pub trait Evaluator {
     fn run(&self, g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
         self.run_observed(g, inputs, &mut |_, _| {})
     }
+
+    /// The first output of `g` on each batch. An engine that compiles overrides it to compile
+    /// `g` once for all the batches.
+    fn first_outputs(&self, g: &Graph, batches: &[Vec<Tensor>]) -> Result<Vec<Tensor>, String> {
+        batches.iter().map(|b| first(self.run(g, b)?)).collect()
+    }
+}
+
+/// The first of a graph's outputs.
+pub fn first(outputs: Vec<Tensor>) -> Result<Tensor, String> {
+    outputs.into_iter().next().ok_or_else(|| "the graph has no output".to_string())
 }
 
 /// The reference interpreter as an [`Evaluator`].

@@ -34,14 +34,6 @@ pub struct GuardOutcome {
     pub probes: Vec<(usize, f64)>,
 }
 
-/// The f32 graph's first output on every batch.
-fn outputs(g: &Graph, batches: &[Vec<Tensor>], ev: &dyn Evaluator) -> Result<Vec<Tensor>, String> {
-    batches
-        .iter()
-        .map(|b| ev.run(g, b)?.into_iter().next().ok_or_else(|| "the graph has no output".to_string()))
-        .collect()
-}
-
 /// Finds the shortest f32 prefix that brings `g` under `cfg` to `target_db` on `batches`.
 pub fn f32_prefix_for(
     g: &Graph,
@@ -51,13 +43,13 @@ pub fn f32_prefix_for(
     ev: &dyn Evaluator,
     cx: &PassContext,
 ) -> Result<GuardOutcome, String> {
-    let reference = outputs(g, batches, ev)?;
+    let reference = ev.first_outputs(g, batches)?;
     let probe = |count: usize| -> Result<(f64, usize), String> {
         let mut h = g.clone();
         let c = PrecisionConfig { f32_prefix: Some(F32Prefix { count, target_db }), ..cfg.clone() };
         let r = AssignPrecision::new(c).run(&mut h, cx).map_err(|e| e.to_string())?;
         let lowered = r.stats.get(STAT_LOW).copied().unwrap_or(0) as usize;
-        let (db, _) = score(&outputs(&h, batches, ev)?, &reference, None);
+        let (db, _) = score(&ev.first_outputs(&h, batches)?, &reference, None);
         Ok((db, lowered))
     };
     let (all_low_db, lowered) = probe(0)?;

@@ -108,10 +108,7 @@ impl Study<'_> {
         QuantizeStatic { config: cfg.clone(), calibration: self.calibration.clone() }
             .run(&mut q, &PassContext::default())
             .map_err(|e| e.to_string())?;
-        let mut outs = Vec::with_capacity(self.set.batches.len());
-        for b in self.set.batches {
-            outs.push(self.eval.run(&q, b)?.into_iter().next().ok_or("the model has no outputs")?);
-        }
+        let outs = self.eval.first_outputs(&q, self.set.batches)?;
         Ok(score(&outs, self.set.reference, self.set.labels))
     }
 
