@@ -42,12 +42,11 @@
 
 pub mod diff;
 
-use crate::driver::{Compiler, Executable};
-use crate::pipeline::PipelineOptions;
+use crate::compiler::{Compiler, Executable};
+use crate::options::PipelineOptions;
 use anyhow::{bail, Context, Result};
 use qforge_ir::{DType, Dim, Graph, Op, Tensor, TensorData, TensorType, Value};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -58,8 +57,7 @@ pub const FORMAT_VERSION: u32 = 1;
 /// The file extension `run`, `eval`, `bench` and `inspect` recognize artifacts by.
 pub const EXTENSION: &str = "qfa";
 /// The environment variable of the writer's fault hook, and its value.
-pub const FAULT_VAR: &str = "QFORGE_FAULT";
-pub const FAULT_MIDWAY: &str = "artifact-midway";
+pub use crate::files::{FAULT_MIDWAY, FAULT_VAR};
 
 /// Magic, version and header length.
 const PREAMBLE: usize = 16;
@@ -267,7 +265,7 @@ impl Artifact {
     pub fn save(&self, path: &Path) -> Result<()> {
         let t = std::time::Instant::now();
         let bytes = self.to_bytes()?;
-        write_atomic(path, &bytes)?;
+        crate::files::write_atomic(path, &bytes)?;
         tracing::info!(
             "saved artifact `{}`: {} nodes, {} bytes in {:.1} ms",
             path.display(),
@@ -560,46 +558,6 @@ fn check_const_type(rec: &ConstRecord, ty: &TensorType) -> Result<()> {
     Ok(())
 }
 
-fn fault_midway() -> bool {
-    std::env::var(FAULT_VAR).is_ok_and(|v| v.split(',').any(|f| f.trim() == FAULT_MIDWAY))
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file beside it, fsynced, renamed over it. On
-/// error the temporary file is removed and `path` is left as it was.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let file_name = path.file_name().with_context(|| format!("`{}` is not a file name", path.display()))?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(".{}.{}.tmp", file_name.to_string_lossy(), std::process::id()));
-    let written = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create `{}`", tmp.display()))?;
-        if fault_midway() {
-            f.write_all(&bytes[..bytes.len() / 2]).with_context(|| format!("cannot write `{}`", tmp.display()))?;
-            let _ = f.sync_all();
-            bail!(
-                "injected fault ({FAULT_VAR}={FAULT_MIDWAY}): stopped after {} of {} bytes",
-                bytes.len() / 2,
-                bytes.len()
-            );
-        }
-        f.write_all(bytes).with_context(|| format!("cannot write `{}`", tmp.display()))?;
-        f.sync_all().with_context(|| format!("cannot sync `{}`", tmp.display()))?;
-        drop(f);
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot move the artifact into `{}`", path.display()))
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e.context(format!("writing `{}`", path.display())));
-    }
-    // make the rename durable (best effort: not every platform syncs directories)
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 /// Rejects command-line options that would change the graph when they differ from the ones the
 /// artifact was compiled with. An option at its default counts as not given.
 pub fn check_options(given: &PipelineOptions, header: &Header) -> Result<()> {
@@ -611,17 +569,22 @@ pub fn check_options(given: &PipelineOptions, header: &Header) -> Result<()> {
             bail!(
                 "{flag} {} conflicts with the artifact, compiled with {key} = {}: an artifact runs its stored \
                  graph; recompile from the source model to change it",
-                show(g),
-                show(stored)
+                show(key, g),
+                show(key, stored)
             );
         }
     }
     Ok(())
 }
 
-fn show(v: &serde_json::Value) -> String {
+/// An option's value as the user would write it; an unset option is named as its default.
+fn show(key: &str, v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null if key == "calib_method" => {
+            format!("{} (the default)", qforge_passes::quantize::CalibMethod::default().name())
+        }
+        serde_json::Value::Null => "unset (the default)".to_string(),
         v => v.to_string(),
     }
 }
@@ -644,6 +607,50 @@ pub fn load_for(path: &Path, opts: &PipelineOptions) -> Result<Artifact> {
     Ok(a)
 }
 
+/// MODEL as `run`, `eval` and `bench` take it: an artifact (loaded, its options checked) or a
+/// model to compile (imported).
+pub enum Source {
+    Artifact(Artifact),
+    Model(Graph),
+}
+
+impl Source {
+    /// MODEL at `path`: an artifact by its extension, any other model imported.
+    pub fn open(path: &Path, opts: &PipelineOptions) -> Result<Source> {
+        if is_artifact(path) {
+            return Ok(Source::Artifact(load_for(path, opts)?));
+        }
+        Ok(Source::Model(crate::compiler::load_model_limited(path, opts.max_tensor_bytes)?))
+    }
+
+    /// The graph inputs are checked against: the artifact's, or the imported model's (the
+    /// pipeline keeps a model's inputs as they are).
+    pub fn graph(&self) -> &Graph {
+        match self {
+            Source::Artifact(a) => &a.graph,
+            Source::Model(g) => g,
+        }
+    }
+
+    /// Ready to run: an artifact's stored graph straight to [`Compiler::executable`] (with the
+    /// runtime options of `opts`), a model through the pipeline of `opts`. `make` builds the
+    /// compiler (commands add progress bars).
+    pub fn prepare(self, opts: PipelineOptions, make: fn(PipelineOptions) -> Result<Compiler>) -> Result<Prepared> {
+        match self {
+            Source::Artifact(a) => {
+                let compiler = make(runtime_options(&opts))?;
+                let exe = compiler.executable(a.graph);
+                Ok(Prepared { compiler, exe, artifact: Some(a.header) })
+            }
+            Source::Model(g) => {
+                let compiler = make(opts)?;
+                let exe = compiler.compile(g)?;
+                Ok(Prepared { compiler, exe, artifact: None })
+            }
+        }
+    }
+}
+
 /// What `run`, `eval` and `bench` execute.
 pub struct Prepared {
     pub compiler: Compiler,
@@ -652,18 +659,9 @@ pub struct Prepared {
     pub artifact: Option<Header>,
 }
 
-/// MODEL ready to run: an artifact's stored graph straight to [`Compiler::executable`], any other
-/// model through the pipeline.
+/// MODEL ready to run ([`Source::open`], then [`Source::prepare`] with [`Compiler::new`]).
 pub fn prepare(model: &Path, opts: PipelineOptions) -> Result<Prepared> {
-    if is_artifact(model) {
-        let a = load_for(model, &opts)?;
-        let compiler = Compiler::new(runtime_options(&opts))?;
-        let exe = compiler.executable(a.graph);
-        return Ok(Prepared { compiler, exe, artifact: Some(a.header) });
-    }
-    let compiler = Compiler::new(opts)?;
-    let exe = compiler.compile(crate::driver::load_model(model)?)?;
-    Ok(Prepared { compiler, exe, artifact: None })
+    Source::open(model, &opts)?.prepare(opts, Compiler::new)
 }
 
 impl Header {
@@ -676,7 +674,7 @@ impl Header {
             if v != &default[key] {
                 opts.push(match v {
                     serde_json::Value::Bool(true) => flag.to_string(),
-                    v => format!("{flag} {}", show(v)),
+                    v => format!("{flag} {}", show(key, v)),
                 });
             }
         }

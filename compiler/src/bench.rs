@@ -1,11 +1,12 @@
-//! `qforge bench`: latency and throughput of a compiled model, measured the way
+//! Latency and throughput of a compiled model (`qforge bench`), measured the way
 //! `../shared/bench/ort_latency.py` measures ONNX Runtime (warm-ups, then timed runs of one
-//! inference each), a batch sweep that picks the best throughput, a per-kernel time breakdown,
-//! and a latency budget that fails the command when missed.
+//! inference each), a batch sweep that picks the best throughput, and a per-kernel time
+//! breakdown; and the JIT part of `compile --report`. Returns data; `commands::bench` prints it.
 
-use crate::driver::Compiler;
-use crate::pipeline::{Engine, PipelineOptions};
-use anyhow::{bail, Context, Result};
+use crate::compiler::{Compiler, Executable};
+use crate::options::{parse_count, Engine};
+use crate::stats::percentile;
+use anyhow::{bail, Result};
 use qforge_ir::{DType, Dim, Graph, Tensor};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -15,10 +16,10 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
     /// Batch sizes to measure (comma-separated); the best throughput is reported as the choice.
-    #[arg(long, value_delimiter = ',', default_value = "1")]
+    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = parse_count)]
     pub batch: Vec<usize>,
     /// Timed runs per batch size.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = parse_count)]
     pub iters: usize,
     /// Untimed runs first.
     #[arg(long, default_value_t = 5)]
@@ -38,47 +39,47 @@ pub struct BenchArgs {
 }
 
 #[derive(Debug, Serialize)]
-struct BatchResult {
-    batch: usize,
-    median_ms: f64,
-    p99_ms: f64,
-    min_ms: f64,
+pub struct BatchResult {
+    pub batch: usize,
+    pub median_ms: f64,
+    pub p99_ms: f64,
+    pub min_ms: f64,
     /// Samples per second at the median latency.
-    throughput: f64,
+    pub throughput: f64,
     /// Arena bytes of the compiled program (JIT) and the sum of its intermediate tensors.
-    arena_bytes: Option<usize>,
-    intermediate_bytes: Option<usize>,
-    codegen_ms: Option<f64>,
+    pub arena_bytes: Option<usize>,
+    pub intermediate_bytes: Option<usize>,
+    pub codegen_ms: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
-struct KernelTime {
-    name: String,
-    what: String,
-    ms: f64,
-    share: f64,
-    gmacs: Option<f64>,
+pub struct KernelTime {
+    pub name: String,
+    pub what: String,
+    pub ms: f64,
+    pub share: f64,
+    pub gmacs: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
-struct BenchReport {
-    model: String,
-    engine: Engine,
-    threads: usize,
-    kernels: Vec<(String, String)>,
+pub struct BenchReport {
+    pub model: String,
+    pub engine: Engine,
+    pub threads: usize,
+    pub kernels: Vec<(String, String)>,
     /// The first batch size's figures at the top level (the keys scripts rely on).
-    batch: usize,
-    median_ms: f64,
-    p99_ms: f64,
-    throughput: f64,
-    compile_ms: f64,
-    sweep: Vec<BatchResult>,
-    best_batch: usize,
-    host_ops: Vec<(String, usize)>,
-    profile: Vec<KernelTime>,
+    pub batch: usize,
+    pub median_ms: f64,
+    pub p99_ms: f64,
+    pub throughput: f64,
+    pub compile_ms: f64,
+    pub sweep: Vec<BatchResult>,
+    pub best_batch: usize,
+    pub host_ops: Vec<(String, usize)>,
+    pub profile: Vec<KernelTime>,
     /// Multiply-accumulates per sample and the achieved rate at the first batch size.
-    macs: u64,
-    gmacs_per_s: f64,
+    pub macs: u64,
+    pub gmacs_per_s: f64,
 }
 
 /// A deterministic standard-normal input of `shape` (Box-Muller over a xorshift generator).
@@ -133,26 +134,17 @@ fn inputs_for(g: &Graph, batch: usize, data: Option<&Tensor>) -> Result<Vec<Tens
     Ok(out)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((p * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)]
-}
-
-/// `qforge bench MODEL`.
-pub fn run(model: &std::path::Path, args: &BenchArgs, pipeline: PipelineOptions) -> Result<()> {
-    if args.iters == 0 {
-        bail!("--iters must be at least 1");
-    }
-    if args.batch.is_empty() || args.batch.contains(&0) {
-        bail!("--batch sizes must be at least 1");
-    }
-    let t0 = Instant::now();
-    let crate::artifact::Prepared { compiler, exe, .. } = crate::artifact::prepare(model, pipeline)?;
-    let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
+/// Measures `exe` (compiled by `compiler` from `model`) as `args` say; `data` is `--input`'s
+/// tensor (its first rows are used), `compile_ms` how long preparing it took.
+pub fn measure(
+    model: &std::path::Path,
+    compiler: &Compiler,
+    exe: &Executable,
+    args: &BenchArgs,
+    data: Option<&Tensor>,
+    compile_ms: f64,
+) -> Result<BenchReport> {
     tracing::info!("bench: model ready in {compile_ms:.1} ms; batch sizes {:?}", args.batch);
-    let data = match &args.input {
-        Some(p) => Some(crate::npy::read(p).with_context(|| format!("`{}`", p.display()))?),
-        None => None,
-    };
     let threads = compiler.options().threads as usize;
     let mut sweep = Vec::new();
     let mut profile = Vec::new();
@@ -160,7 +152,7 @@ pub fn run(model: &std::path::Path, args: &BenchArgs, pipeline: PipelineOptions)
     let mut kernels = Vec::new();
     let mut macs_per_sample = 0u64;
     for (bi, &batch) in args.batch.iter().enumerate() {
-        let inputs = inputs_for(exe.graph(), batch, data.as_ref())?;
+        let inputs = inputs_for(exe.graph(), batch, data)?;
         let (mut arena, mut inter, mut codegen_ms) = (None, None, None);
         let program = match exe.jit() {
             Some(j) => {
@@ -181,7 +173,7 @@ pub fn run(model: &std::path::Path, args: &BenchArgs, pipeline: PipelineOptions)
         tracing::info!("bench batch {batch}: {} warm-up and {} timed runs", args.warmup, args.iters);
         // one bar per batch size over its warm-ups and timed runs (updated outside the timed span)
         let runs = args.warmup + args.iters;
-        let mut bar = crate::progress::bar(format!("batch {batch}"), "runs");
+        let mut bar = compiler.progress(&format!("batch {batch}"), "runs");
         for k in 0..args.warmup {
             exe.run(&inputs)?;
             bar(k + 1, runs);
@@ -244,7 +236,7 @@ pub fn run(model: &std::path::Path, args: &BenchArgs, pipeline: PipelineOptions)
             profile = rows;
         }
     }
-    let first = &sweep[0];
+    let Some(first) = sweep.first() else { bail!("--batch names no batch size") };
     let best = sweep.iter().max_by(|a, b| a.throughput.total_cmp(&b.throughput)).map_or(first.batch, |b| b.batch);
     let report = BenchReport {
         model: model.display().to_string(),
@@ -263,113 +255,25 @@ pub fn run(model: &std::path::Path, args: &BenchArgs, pipeline: PipelineOptions)
         profile,
         sweep,
     };
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print_text(&report);
-    }
-    if let Some(budget) = args.max_latency_ms {
-        if report.median_ms > budget {
-            bail!(
-                "latency budget missed: median {:.2} ms at batch {} exceeds --max-latency-ms {budget}",
-                report.median_ms,
-                report.batch
-            );
-        }
-    }
-    Ok(())
+    Ok(report)
 }
 
-fn print_text(r: &BenchReport) {
-    println!("{} ({:?}, {} thread(s); compile {:.0} ms)", r.model, r.engine, r.threads, r.compile_ms);
-    if !r.kernels.is_empty() {
-        let k: Vec<String> = r.kernels.iter().map(|(a, b)| format!("{a}={b}")).collect();
-        println!("microkernels: {}", k.join(", "));
-    }
-    if !r.host_ops.is_empty() {
-        let h: Vec<String> = r.host_ops.iter().map(|(o, n)| format!("{o} x{n}")).collect();
-        println!("ops run by the interpreter: {}", h.join(", "));
-    }
-    println!(
-        "{:>6} {:>10} {:>10} {:>10} {:>12} {:>12}",
-        "batch", "median ms", "p99 ms", "min ms", "samples/s", "arena MiB"
-    );
-    for b in &r.sweep {
-        println!(
-            "{:>6} {:>10.3} {:>10.3} {:>10.3} {:>12.1} {:>12}",
-            b.batch,
-            b.median_ms,
-            b.p99_ms,
-            b.min_ms,
-            b.throughput,
-            b.arena_bytes.map_or("-".into(), |a| format!("{:.2}", a as f64 / (1 << 20) as f64))
-        );
-    }
-    if r.sweep.len() > 1 {
-        println!("best throughput at batch {}", r.best_batch);
-    }
-    if r.macs > 0 {
-        println!("{:.3} GMAC per sample, {:.1} GMAC/s at batch {}", r.macs as f64 / 1e9, r.gmacs_per_s, r.batch);
-    }
-    if !r.profile.is_empty() {
-        println!("per-kernel time (batch {}, mean of the timed runs):", r.batch);
-        for k in &r.profile {
-            println!(
-                "  {:>8.3} ms {:>5.1}% {:>8} {}  {}",
-                k.ms,
-                k.share * 100.0,
-                k.gmacs.map_or(String::new(), |g| format!("{g:.1} G/s")),
-                k.name,
-                k.what
-            );
-        }
-    }
+/// The JIT part of `compile --report`: the program generated for the graph's inputs (symbolic
+/// dims bound to 1) and how long code generation took.
+pub struct JitReport {
+    pub report: qforge_codegen::ProgramReport,
+    pub codegen: Duration,
 }
 
-/// The JIT part of `compile --report`: code generation for the graph's inputs (symbolic dims
-/// bound to 1), the compile time of each stage (import, passes, JIT), the kernels with their
-/// epilogue lists, the ops left to the interpreter, and the arena against the sum of all
-/// intermediate tensors.
-pub fn jit_report(compiler: &Compiler, g: &Graph, import: Duration, passes: Duration) -> Result<()> {
+/// Generates the JIT program of `g` at batch 1 (`None` with `--engine interp`).
+pub fn jit_report(compiler: &Compiler, g: &Graph) -> Result<Option<JitReport>> {
     if compiler.options().engine != Engine::Jit {
-        println!("compile time: import {:.1} ms, passes {:.1} ms", ms(import), ms(passes));
-        return Ok(());
+        return Ok(None);
     }
     let inputs = inputs_for(g, 1, None)?;
     let exe = compiler.executable(g.clone());
-    let jit = exe.jit().context("the JIT executable")?;
+    let Some(jit) = exe.jit() else { return Ok(None) };
     let t = Instant::now();
     let program = jit.program(&inputs)?;
-    let codegen = t.elapsed();
-    let r = &program.report;
-    println!(
-        "compile time: import {:.1} ms, passes {:.1} ms, JIT {:.1} ms (batch 1), total {:.1} ms",
-        ms(import),
-        ms(passes),
-        ms(codegen),
-        ms(import + passes + codegen)
-    );
-    let mk: Vec<String> = r.microkernels.iter().map(|(a, b)| format!("{a}={b}")).collect();
-    println!("JIT: {} steps, microkernels {}", r.steps.len(), mk.join(", "));
-    println!(
-        "memory plan: arena {:.2} MiB for {:.2} MiB of intermediate tensors ({:.0}% reused), scratch {:.1} KiB per thread",
-        r.arena_bytes as f64 / (1 << 20) as f64,
-        r.intermediate_bytes as f64 / (1 << 20) as f64,
-        100.0 * (1.0 - r.arena_bytes as f64 / (r.intermediate_bytes.max(1)) as f64),
-        r.scratch_bytes as f64 / 1024.0
-    );
-    if r.host_ops.is_empty() {
-        println!("every op runs in generated code");
-    } else {
-        let h: Vec<String> = r.host_ops.iter().map(|(o, n)| format!("{o} x{n}")).collect();
-        println!("ops run by the interpreter (no kernel yet): {}", h.join(", "));
-    }
-    for s in &r.steps {
-        println!("  {:<12} {}  {}", s.kind, s.what, s.name);
-    }
-    Ok(())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
+    Ok(Some(JitReport { report: program.report.clone(), codegen: t.elapsed() }))
 }

@@ -10,7 +10,22 @@ use crate::data;
 use anyhow::{bail, Context, Result};
 use qforge_ir::{Graph, Tensor};
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A calibration file as read: one unnamed array (`.npy`) or named arrays (`.npz`). The
+/// pipeline reads it once ([`crate::Compiler`] keeps it) and binds it to a graph's inputs with
+/// [`CalibFile::bind`].
+#[derive(Clone, Debug)]
+pub struct CalibFile {
+    pub path: PathBuf,
+    arrays: Arrays,
+}
+
+#[derive(Clone, Debug)]
+enum Arrays {
+    Npy(Tensor),
+    Npz(Vec<(String, Tensor)>),
+}
 
 /// Calibration inputs for a graph, in the order of its inputs.
 #[derive(Clone, Debug)]
@@ -22,69 +37,106 @@ pub struct CalibSet {
 
 /// Reads `path` (`.npy` or `.npz`) as calibration inputs of `g`.
 pub fn load(path: &Path, g: &Graph) -> Result<CalibSet> {
-    let names: Vec<String> = g.inputs().iter().map(|&i| g.node(i).name.clone()).collect();
-    let is_npz = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npz"));
-    let inputs = if is_npz {
-        read_npz(path, &names)?
-    } else {
-        if names.len() != 1 {
-            bail!(
-                "`{}`: the model has {} inputs ({}); give the calibration set as a .npz with one array per input",
-                path.display(),
-                names.len(),
-                names.join(", ")
-            );
-        }
-        vec![crate::npy::read(path)?]
-    };
-    let mut samples = None;
-    for (t, name) in inputs.iter().zip(&names) {
-        let n = *t
-            .shape()
-            .first()
-            .with_context(|| format!("`{}`: calibration data for `{name}` has no batch dimension", path.display()))?;
-        match samples {
-            None => samples = Some(n),
-            Some(m) if m != n => {
-                bail!("`{}`: `{name}` has {n} samples but the first input has {m}", path.display())
-            }
-            Some(_) => {}
-        }
-    }
-    let samples = samples.unwrap_or(0);
-    if samples == 0 {
-        bail!("`{}`: the calibration set is empty", path.display());
-    }
-    Ok(CalibSet { inputs, samples })
+    CalibFile::read(path)?.bind(g)
 }
 
-/// The arrays of a `.npz` archive, one per name, in `names` order.
-fn read_npz(path: &Path, names: &[String]) -> Result<Vec<Tensor>> {
+impl CalibFile {
+    /// Reads every array of `path` (`.npy`, or `.npz` by its extension).
+    pub fn read(path: &Path) -> Result<CalibFile> {
+        let is_npz = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npz"));
+        let arrays = if is_npz { Arrays::Npz(read_npz(path)?) } else { Arrays::Npy(crate::npy::read(path)?) };
+        let f = CalibFile { path: path.to_path_buf(), arrays };
+        tracing::info!("calibration set `{}` read: {}", path.display(), f.describe());
+        Ok(f)
+    }
+
+    /// `200 samples of f32[200,1,8,8]` or, for a `.npz`, each array's name and type.
+    pub fn describe(&self) -> String {
+        let ty = |t: &Tensor| format!("{}{:?}", t.dtype(), t.shape());
+        match &self.arrays {
+            Arrays::Npy(t) => ty(t),
+            Arrays::Npz(a) => a.iter().map(|(n, t)| format!("{n} {}", ty(t))).collect::<Vec<_>>().join(", "),
+        }
+    }
+
+    /// The arrays as the inputs of `g`, in its input order, checked: one per input (by name for a
+    /// `.npz`), the same number of samples in each.
+    pub fn bind(&self, g: &Graph) -> Result<CalibSet> {
+        let path = &self.path;
+        let names: Vec<String> = g.inputs().iter().map(|&i| g.node(i).name.clone()).collect();
+        let inputs = match &self.arrays {
+            Arrays::Npy(t) => {
+                if names.len() != 1 {
+                    bail!(
+                        "`{}`: the model has {} inputs ({}); give the calibration set as a .npz with one array per input",
+                        path.display(),
+                        names.len(),
+                        names.join(", ")
+                    );
+                }
+                vec![t.clone()]
+            }
+            Arrays::Npz(arrays) => {
+                let listed = || arrays.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
+                if let Some((extra, _)) = arrays.iter().find(|(a, _)| !names.contains(a)) {
+                    bail!(
+                        "`{}`: array `{extra}` names no model input (inputs: {}; arrays: {})",
+                        path.display(),
+                        names.join(", "),
+                        listed()
+                    );
+                }
+                let mut out = Vec::with_capacity(names.len());
+                for name in &names {
+                    let Some((_, t)) = arrays.iter().find(|(a, _)| a == name) else {
+                        bail!(
+                            "`{}` has no array for the model's input `{name}` (arrays: {})",
+                            path.display(),
+                            listed()
+                        );
+                    };
+                    out.push(t.clone());
+                }
+                out
+            }
+        };
+        let mut samples = None;
+        for (t, name) in inputs.iter().zip(&names) {
+            let n = *t.shape().first().with_context(|| {
+                format!("`{}`: calibration data for `{name}` has no batch dimension", path.display())
+            })?;
+            match samples {
+                None => samples = Some(n),
+                Some(m) if m != n => {
+                    bail!("`{}`: `{name}` has {n} samples but the first input has {m}", path.display())
+                }
+                Some(_) => {}
+            }
+        }
+        let samples = samples.unwrap_or(0);
+        if samples == 0 {
+            bail!("`{}`: the calibration set is empty", path.display());
+        }
+        Ok(CalibSet { inputs, samples })
+    }
+}
+
+/// The arrays of a `.npz` archive with their names (the entry names without `.npy`).
+fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot read `{}`", path.display()))?;
     let mut zip =
         zip::ZipArchive::new(file).with_context(|| format!("`{}` is not a .npz (zip) archive", path.display()))?;
-    let mut arrays: Vec<String> = vec![];
-    for n in zip.file_names() {
-        let n = n.with_context(|| format!("`{}`: an entry name is not valid", path.display()))?;
-        arrays.push(n.strip_suffix(".npy").unwrap_or(&n).to_string());
-    }
-    if let Some(extra) = arrays.iter().find(|a| !names.contains(a)) {
-        bail!(
-            "`{}`: array `{extra}` names no model input (inputs: {}; arrays: {})",
-            path.display(),
-            names.join(", "),
-            arrays.join(", ")
-        );
-    }
-    let mut out = Vec::with_capacity(names.len());
-    for name in names {
-        let mut entry = zip.by_name(&format!("{name}.npy")).with_context(|| {
-            format!("`{}` has no array for the model's input `{name}` (arrays: {})", path.display(), arrays.join(", "))
-        })?;
+    let mut out = vec![];
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i).with_context(|| format!("`{}`: cannot read entry {i}", path.display()))?;
+        let Some(name) = entry.enclosed_name().and_then(|n| n.to_str().map(str::to_string)) else {
+            bail!("`{}`: an entry name is not valid", path.display());
+        };
+        let name = name.strip_suffix(".npy").unwrap_or(&name).to_string();
         let mut bytes = Vec::with_capacity(entry.size().min(1 << 30) as usize);
         entry.read_to_end(&mut bytes).with_context(|| format!("`{}`: cannot read array `{name}`", path.display()))?;
         let t = crate::npy::read_bytes(&bytes).with_context(|| format!("`{}`: array `{name}`", path.display()))?;
-        out.push(t);
+        out.push((name, t));
     }
     Ok(out)
 }
@@ -99,6 +151,12 @@ impl CalibSet {
                 self.inputs.iter().map(|t| data::slice_batch(t, start, end)).collect()
             })
             .collect()
+    }
+
+    /// The first sample of every input: what the graph's input types are checked against before
+    /// any expensive work.
+    pub fn first_sample(&self) -> Result<Vec<Tensor>> {
+        self.inputs.iter().map(|t| data::slice_batch(t, 0, 1)).collect()
     }
 }
 

@@ -113,3 +113,46 @@ pub fn top1(pred: &[usize], labels: &[usize]) -> Result<f64> {
     }
     Ok(pred.iter().zip(labels).filter(|(p, l)| p == l).count() as f64 / pred.len() as f64)
 }
+
+/// How many elements of a float tensor are NaN or infinite (0 for integer tensors).
+pub fn non_finite(t: &Tensor) -> (usize, usize) {
+    let count = |it: &mut dyn Iterator<Item = f32>| {
+        it.fold((0, 0), |(nan, inf), x| (nan + x.is_nan() as usize, inf + x.is_infinite() as usize))
+    };
+    match t.data() {
+        TensorData::F32(v) => count(&mut v.iter().copied()),
+        TensorData::F16(v) => count(&mut v.iter().map(|x| x.to_f32())),
+        TensorData::BF16(v) => count(&mut v.iter().map(|x| x.to_f32())),
+        _ => (0, 0),
+    }
+}
+
+/// Input data a model cannot represent: NaN or infinite values in `what` (`--input x.npy`,
+/// `--calib c.npy`). A float model propagates them while a quantized one maps them to finite
+/// values, so the user is told either way: a warning, or with `strict` an error.
+pub fn check_finite(tensors: &[Tensor], what: &str, strict: bool) -> Result<()> {
+    let (nan, inf) = tensors.iter().map(non_finite).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    if nan + inf == 0 {
+        return Ok(());
+    }
+    let total: usize = tensors.iter().map(|t| t.shape().iter().product::<usize>()).sum();
+    let msg = format!(
+        "{what} holds {nan} NaN and {inf} infinite value(s) of {total}: a float model propagates them, a quantized \
+         one turns them into finite values"
+    );
+    if strict {
+        bail!("{msg} (refused by --strict)");
+    }
+    tracing::warn!("{msg}");
+    Ok(())
+}
+
+/// Consecutive batches of `batch` rows of a single-input tensor `x` (the last one shorter), each
+/// as the one-tensor input list a graph runs on.
+pub fn batches(x: &Tensor, batch: usize) -> Result<std::vec::IntoIter<Vec<Tensor>>> {
+    let Some(&samples) = x.shape().first() else { bail!("the data has no batch dimension") };
+    if samples == 0 {
+        bail!("the data set is empty");
+    }
+    Ok(crate::calib_set::CalibSet { inputs: vec![x.clone()], samples }.batches(batch)?.into_iter())
+}

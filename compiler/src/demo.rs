@@ -1,10 +1,12 @@
-//! `qforge demo`: the whole pipeline on the bundled digits model, with no arguments: import,
+//! The demo: the whole pipeline on the bundled digits model, with no arguments: import,
 //! calibrate on the bundled calibration set, quantize to INT8, assign FP16, optimize, JIT-compile,
-//! and print FP32 vs INT8 vs FP16: top-1 accuracy, latency, weight size and fused kernels.
+//! and measure FP32 vs INT8 vs FP16: top-1 accuracy, latency, weight size and fused kernels.
+//! `qforge demo` prints what [`run`] returns.
 
+use crate::compiler::Compiler;
 use crate::data;
-use crate::driver::Compiler;
-use crate::pipeline::{PipelineOptions, Precision, QuantizeMode};
+use crate::options::{PipelineOptions, Precision, QuantizeMode};
+use crate::stats::median;
 use crate::summary::Summary;
 use anyhow::{Context, Result};
 use qforge_ir::{Graph, Op, Tensor};
@@ -15,14 +17,27 @@ const SAMPLES_X: &[u8] = include_bytes!("../assets/digits_samples_x.npy");
 const SAMPLES_Y: &[u8] = include_bytes!("../assets/digits_samples_y.npy");
 const CALIB_X: &[u8] = include_bytes!("../assets/digits_calib_x.npy");
 
-struct Row {
-    name: &'static str,
-    top1: f64,
-    batch1_us: f64,
-    per_sample_us: f64,
-    weight_kib: f64,
-    fused: usize,
-    host_ops: usize,
+/// One compiled variant of the model.
+pub struct Row {
+    pub name: &'static str,
+    pub top1: f64,
+    pub batch1_us: f64,
+    pub per_sample_us: f64,
+    pub weight_kib: f64,
+    /// Nodes after the pipeline (batch norm folded, kernels fused).
+    pub nodes: usize,
+    pub fused: usize,
+    pub host_ops: usize,
+}
+
+/// What the demo measured.
+pub struct Demo {
+    /// The model as imported.
+    pub imported: Summary,
+    pub import_ms: f64,
+    pub samples: usize,
+    pub calib_samples: usize,
+    pub rows: Vec<Row>,
 }
 
 /// Kernels that absorbed other nodes (integer kernels with epilogues, folded batch norms...).
@@ -51,8 +66,7 @@ fn measure(name: &'static str, opts: PipelineOptions, x: &Tensor, y: &[usize]) -
             f()?;
             t.push(s.elapsed().as_secs_f64() * 1e6);
         }
-        t.sort_by(|a, b| a.total_cmp(b));
-        Ok(t[t.len() / 2])
+        Ok(median(&mut t))
     };
     let n = y.len();
     let per_sample_us = median(&mut || exe.run_batched(x, 64).map(|_| ()))? / n as f64;
@@ -68,76 +82,36 @@ fn measure(name: &'static str, opts: PipelineOptions, x: &Tensor, y: &[usize]) -
         batch1_us,
         per_sample_us,
         weight_kib: summary.weight_bytes as f64 / 1024.0,
+        nodes: summary.nodes.len(),
         fused: fused_kernels(exe.graph()),
         host_ops,
     })
 }
 
-/// Runs the demo and prints its table.
-pub fn run() -> Result<()> {
+/// Runs the demo: imports the bundled model and measures each variant.
+pub fn run() -> Result<Demo> {
     let t = Instant::now();
     let g = crate::onnx::import_bytes(MODEL, "bundled digits_cnn.onnx")?;
     let import_ms = t.elapsed().as_secs_f64() * 1e3;
-    let summary = Summary::of(&g)?;
+    let imported = Summary::of(&g)?;
     let x = crate::npy::read_bytes(SAMPLES_X).context("bundled samples")?;
     let y = data::labels(&crate::npy::read_bytes(SAMPLES_Y).context("bundled labels")?)?;
+    let calib_samples = crate::npy::read_bytes(CALIB_X)?.shape().first().copied().unwrap_or(0);
     // The pipeline reads calibration data from a file, as a user's would be.
     let dir = std::env::temp_dir().join(format!("qforge-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
     let calib = dir.join("digits_calib_x.npy");
-    std::fs::write(&calib, CALIB_X).with_context(|| format!("cannot write `{}`", calib.display()))?;
-
-    println!("qforge demo: digits CNN (8x8 handwritten digits, bundled with qforge)\n");
-    println!("  {:<22} {}", "nodes", summary.nodes.len());
-    println!("  {:<22} {}", "parameters", summary.params);
-    let ops: Vec<String> = summary.ops.iter().map(|(k, v)| format!("{k} x{v}")).collect();
-    println!("  {:<22} {}", "ops", ops.join(", "));
-    println!("  {:<22} {:.1} ms", "import", import_ms);
-    println!(
-        "  {:<22} {} samples, calibration {} images",
-        "data",
-        y.len(),
-        crate::npy::read_bytes(CALIB_X)?.shape().first().copied().unwrap_or(0)
-    );
-    println!();
-
     let rows = (|| -> Result<Vec<Row>> {
+        crate::files::write(&calib, CALIB_X)?;
+        let int8 =
+            PipelineOptions { quantize: QuantizeMode::Int8, calib: Some(calib.clone()), ..PipelineOptions::default() };
+        let fp16 = PipelineOptions { precision: Precision::Fp16, ..PipelineOptions::default() };
         Ok(vec![
             measure("fp32", PipelineOptions::default(), &x, &y)?,
-            measure(
-                "int8",
-                PipelineOptions {
-                    quantize: QuantizeMode::Int8,
-                    calib: Some(calib.clone()),
-                    ..PipelineOptions::default()
-                },
-                &x,
-                &y,
-            )?,
-            measure("fp16", PipelineOptions { precision: Precision::Fp16, ..PipelineOptions::default() }, &x, &y)?,
+            measure("int8", int8, &x, &y)?,
+            measure("fp16", fp16, &x, &y)?,
         ])
     })();
     let _ = std::fs::remove_dir_all(&dir);
-    let rows = rows?;
-    println!(
-        "  {:<6} {:>8} {:>13} {:>14} {:>12} {:>13} {:>11}",
-        "", "top-1", "batch 1 (us)", "us/sample@64", "weights KiB", "fused kernels", "host ops"
-    );
-    for r in &rows {
-        println!(
-            "  {:<6} {:>7.2}% {:>13.1} {:>14.2} {:>12.1} {:>13} {:>11}",
-            r.name,
-            r.top1 * 100.0,
-            r.batch1_us,
-            r.per_sample_us,
-            r.weight_kib,
-            r.fused,
-            r.host_ops
-        );
-    }
-    println!("\n  JIT engine, 1 thread; host ops are ops the JIT hands to the reference interpreter.");
-    println!(
-        "\nNext, on your own model:\n  qforge inspect model.onnx\n  qforge eval model.onnx --input x.npy --labels y.npy --quantize int8 --calib calib.npy\n  qforge bench model.onnx --quantize int8 --calib calib.npy --profile-kernels"
-    );
-    Ok(())
+    Ok(Demo { imported, import_ms, samples: y.len(), calib_samples, rows: rows? })
 }

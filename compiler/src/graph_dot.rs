@@ -12,9 +12,8 @@
 //! `QFORGE_DOT` when set, else `dot` on the `PATH`); when it is missing the DOT text is written
 //! beside the requested file and the command fails with one line saying so.
 
-use crate::driver::{load_model, Compiler};
-use crate::pipeline::PipelineOptions;
-use anyhow::{bail, Context, Result};
+use crate::compiler::Compiler;
+use anyhow::{bail, Result};
 use qforge_ir::{DType, Graph, Node, NodeId, Op, QuantParams, TensorType};
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -79,9 +78,9 @@ fn dot_str(s: &str) -> String {
     o
 }
 
-/// Escapes text for a DOT HTML-like label.
+/// Escapes text for a DOT HTML-like label (the report's HTML escaper).
 fn dot_html(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    crate::report::render::escape(s)
 }
 
 /// The lines of a node's label (unescaped).
@@ -246,7 +245,7 @@ pub fn graph_after(compiler: &Compiler, model: &Path, after: Option<&str>) -> Re
             snapshot = Some(g.clone());
         }
     };
-    let (g, _) = compiler.optimize_reported(load_model(model)?, &mut hook)?;
+    let g = compiler.run(compiler.load(model)?, &mut hook)?.graph;
     let name = g.name.clone();
     match after {
         None => Ok((g, format!("{name}: after the pipeline"))),
@@ -256,33 +255,4 @@ pub fn graph_after(compiler: &Compiler, model: &Path, after: Option<&str>) -> Re
             None => bail!("--after {pass}: no such pass ran (the passes: {})", ran.join(", ")),
         },
     }
-}
-
-/// `qforge graph MODEL [PIPELINE] [--after PASS] [-o OUT.svg|OUT.dot]`: DOT on stdout without `-o`.
-pub fn run(model: &Path, output: Option<&Path>, after: Option<&str>, pipeline: PipelineOptions) -> Result<()> {
-    let format = output.map(Format::of).transpose()?;
-    let compiler = Compiler::new(pipeline)?;
-    let (g, title) = graph_after(&compiler, model, after)?;
-    let dot = to_dot(&g, &title)?;
-    let write = |path: &Path, text: &str| {
-        std::fs::write(path, text).with_context(|| format!("cannot write `{}`", path.display()))
-    };
-    match (output, format) {
-        (None, _) => print!("{dot}"),
-        (Some(path), Some(Format::Svg)) => match render_svg(&dot) {
-            Ok(svg) => write(path, &svg)?,
-            Err(RenderError::NotInstalled(prog)) => {
-                let fallback = path.with_extension("dot");
-                write(&fallback, &dot)?;
-                bail!(
-                    "graphviz `{prog}` is not installed, so no SVG: wrote the DOT text to `{}` instead \
-                     (install graphviz, or ask for -o OUT.dot)",
-                    fallback.display()
-                );
-            }
-            Err(e) => return Err(e.into()),
-        },
-        (Some(path), _) => write(path, &dot)?,
-    }
-    Ok(())
 }

@@ -1,31 +1,40 @@
 //! # qforge: the compiler driver
 //!
-//! ONNX import ([`onnx`]), `.npy` I/O ([`npy`]), the [`Compiler`] API that strings the stages
-//! together ([`driver`]), the options every command shares ([`pipeline`]), and the `qforge`
-//! command line ([`cli`]).
+//! ONNX import and export ([`onnx`]), `.npy`/`.npz` I/O ([`npy`], [`calib_set`]), the
+//! [`Compiler`] that resolves the options once and owns the one list of pipeline stages
+//! ([`compiler`], carried out by [`stages`]), compiled artifacts ([`artifact`]), what the commands
+//! measure and report ([`bench`], [`sensitivity`], [`report`], [`summary`], [`demo`]), and the
+//! `qforge` command line ([`commands`]).
 //!
 //! ## Invariants
 //! * This is the only crate that touches files, external formats and the command line.
+//! * Only [`commands`] (and the binary's `main`) print; every other module returns data, logs
+//!   through `tracing`, and reports progress through the [`Compiler`]'s progress hook.
+//! * The pipeline is assembled in one place, [`Compiler::stages`]; whoever needs part of it runs
+//!   a prefix of that list ([`Compiler::run_until`]), never a copy.
 //! * Errors reaching the user are one line with context; nothing here panics on user input.
-//! * Options whose stage has not landed are rejected by name ([`PipelineOptions::check_supported`]),
-//!   never silently ignored.
 
 pub mod artifact;
 pub mod bench;
 pub mod calib_set;
-pub mod calibrate;
-pub mod cli;
+pub mod commands;
+pub mod compiler;
 pub mod data;
 pub mod demo;
-pub mod driver;
+pub mod evaluator;
+pub mod files;
 pub mod graph_dot;
 pub mod npy;
 pub mod onnx;
-pub mod pipeline;
+pub mod options;
 pub mod progress;
 pub mod qconfig;
-pub mod report_html;
+pub mod quantizable;
+pub mod report;
+pub mod sensitivity;
+pub mod stages;
+pub mod stats;
 pub mod summary;
 
-pub use driver::{load_model, Compiler, Executable};
-pub use pipeline::PipelineOptions;
+pub use compiler::{load_model, Compiler, Executable, Stage, State};
+pub use options::PipelineOptions;

@@ -19,9 +19,9 @@ fn main() -> ExitCode {
         let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
         eprintln!("error: internal error (a qforge bug){at}: {msg}");
     }));
-    let cli = qforge::cli::Cli::parse();
+    let cli = qforge::commands::Cli::parse();
     init_logging(cli.log_level());
-    match qforge::cli::run(cli) {
+    match qforge::commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&format!("{e:#}")));

@@ -61,7 +61,9 @@
 //! (the float function is unchanged; see `qforge_passes::quantize::smooth`). `alpha` defaults to
 //! 0.5.
 
-use anyhow::{anyhow, Result};
+use crate::options::{PipelineOptions, QuantizeMode};
+use anyhow::{bail, Context, Result};
+use qforge_ir::Graph;
 use qforge_passes::quantize::observer::CalibMethod;
 use qforge_passes::quantize::scheme::{QType, Scheme};
 use qforge_passes::quantize::{NodeRule, Pattern, Precision, QConfig, Rule, WeightGranularity};
@@ -107,10 +109,130 @@ struct RuleToml {
     bins: Option<Spanned<usize>>,
 }
 
+/// A qconfig file's error: the line it is on (when known) and what is wrong.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{}{msg}", line.map_or(String::new(), |l| format!("line {l}: ")))]
+pub struct QConfigError {
+    pub line: Option<usize>,
+    pub msg: String,
+}
+
+/// A parsed qconfig with where its `[[node]]` rules are, so a rule that names no node can be
+/// reported by its line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QConfigFile {
+    pub config: QConfig,
+    /// The line of each `[[node]]` rule, in the order of `config.nodes`.
+    pub node_lines: Vec<usize>,
+}
+
 /// Reads a qconfig file.
-pub fn load(path: &Path) -> Result<QConfig> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read qconfig `{}`: {e}", path.display()))?;
-    parse(&text).map_err(|e| anyhow!("qconfig `{}`: {e}", path.display()))
+pub fn load(path: &Path) -> Result<QConfigFile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read qconfig `{}`", path.display()))?;
+    parse_file(&text).with_context(|| format!("qconfig `{}`", path.display()))
+}
+
+/// Parses qconfig text.
+pub fn parse(text: &str) -> Result<QConfig, QConfigError> {
+    parse_file(text).map(|f| f.config)
+}
+
+/// Every `[[node]]` rule of `file` must match a node of `g` (by its name or a name it absorbed):
+/// a rule that matches nothing is almost always a typo, and ignoring it would quantize the very
+/// layer the user meant to keep. The error names the rule and the closest node names.
+pub fn check_rules_match(file: &QConfigFile, g: &Graph, origin: &Path) -> Result<()> {
+    let mut names: Vec<&str> = vec![];
+    for id in g.node_ids() {
+        let n = g.node(id);
+        if matches!(n.op, qforge_ir::Op::Const(_) | qforge_ir::Op::Input) {
+            continue;
+        }
+        names.push(&n.name);
+        names.extend(n.from.iter().map(String::as_str));
+    }
+    names.sort_unstable();
+    names.dedup();
+    for (rule, line) in file.config.nodes.iter().zip(&file.node_lines) {
+        if names.iter().any(|n| rule.pattern.matches(n)) {
+            continue;
+        }
+        let wanted = match &rule.pattern {
+            Pattern::Glob(g) => g.replace(['*', '?'], ""),
+            Pattern::Regex(r) => r.as_str().trim_start_matches('^').trim_end_matches('$').to_string(),
+        };
+        let mut ranked: Vec<(usize, &str)> = names.iter().map(|n| (strsim::levenshtein(&wanted, n), *n)).collect();
+        ranked.sort();
+        let closest: Vec<String> = ranked.iter().take(3).map(|(_, n)| format!("`{n}`")).collect();
+        bail!(
+            "qconfig `{}` line {line}: the [[node]] rule {} names no node of the model (closest: {})",
+            origin.display(),
+            rule.pattern,
+            closest.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The policy the pipeline quantizes with: `--qconfig` (if any) with the command-line scheme
+/// options on top of its `[default]`: `--per-tensor`/`--per-channel`, `--symmetric` (i8
+/// symmetric activations) or `--asymmetric` (u8 asymmetric), `--calib-method`, `--smooth`.
+/// Dynamic quantization defaults to per-tensor weights, as ONNX Runtime's `quantize_dynamic`.
+pub fn resolve(opts: &PipelineOptions) -> Result<(QConfig, Option<QConfigFile>)> {
+    let file = opts.qconfig.as_deref().map(load).transpose()?;
+    let mut cfg = file.as_ref().map(|f| f.config.clone()).unwrap_or_default();
+    let d = &mut cfg.default;
+    if opts.quantize == QuantizeMode::Dynamic && d.granularity.is_none() {
+        d.granularity = Some(WeightGranularity::PerTensor);
+    }
+    if opts.per_tensor {
+        d.granularity = Some(WeightGranularity::PerTensor);
+    } else if opts.per_channel {
+        d.granularity = Some(WeightGranularity::PerChannel);
+    }
+    if opts.symmetric {
+        d.activations = Some(Scheme::symmetric(QType::I8));
+    } else if opts.asymmetric {
+        d.activations = Some(Scheme::asymmetric(QType::U8));
+    }
+    if let Some(m) = opts.calib_method {
+        d.observer = Some(m);
+    }
+    if let Some(a) = opts.smooth {
+        cfg.smooth = Some(a);
+    }
+    Ok((cfg, file))
+}
+
+/// Where the default observer came from, for the calibration log: `minmax (the default)`,
+/// `entropy (--calib-method)`, `mse (the qconfig's [default])`.
+pub fn observer_origin(opts: &PipelineOptions, cfg: &QConfig) -> String {
+    let m = cfg.default.observer.unwrap_or_default();
+    let from = match (opts.calib_method, cfg.default.observer) {
+        (Some(_), _) => "--calib-method",
+        (None, Some(_)) => "the qconfig's [default]",
+        (None, None) => "the default",
+    };
+    format!("{} ({from})", m.name())
+}
+
+/// A qconfig that keeps the named layers float: `header` (comment lines), `[smoothquant]` when
+/// `cfg` smooths, and one `skip = true` rule per layer (`sensitivity -o` and `--min-sqnr` write
+/// it; `compile --qconfig` reads it back).
+pub fn skip_rules_text(header: &str, skip: &[String], cfg: &QConfig, base: Option<&Path>) -> String {
+    let mut text = header.to_string();
+    if let Some(p) = base {
+        text.push_str(&format!("# on top of `{}`: copy its rules above these\n", p.display()));
+    }
+    if let Some(a) = cfg.smooth {
+        text.push_str(&format!("\n[smoothquant]\nalpha = {a}\n"));
+    }
+    for s in skip {
+        // a name with glob characters is matched exactly through an anchored, escaped regex
+        let (key, pat) =
+            if s.contains(['*', '?']) { ("regex", format!("^{}$", regex::escape(s))) } else { ("match", s.clone()) };
+        text.push_str(&format!("\n[[node]]\n{key} = {}\nskip = true\n", toml::Value::String(pat)));
+    }
+    text
 }
 
 /// 1-based line of a byte offset.
@@ -118,22 +240,28 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
 }
 
-/// Parses qconfig text; errors are `line N: message`.
-pub fn parse(text: &str) -> Result<QConfig, String> {
-    let file: FileToml = toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| format!("line {}: ", line_of(text, s.start))).unwrap_or_default();
-        format!("{line}{}", e.message().trim_end())
+/// The error at a byte span of `text`.
+fn at(text: &str, span: std::ops::Range<usize>, msg: impl ToString) -> QConfigError {
+    QConfigError { line: Some(line_of(text, span.start)), msg: msg.to_string() }
+}
+
+/// Parses qconfig text, keeping the lines of the `[[node]]` rules.
+pub fn parse_file(text: &str) -> Result<QConfigFile, QConfigError> {
+    let file: FileToml = toml::from_str(text).map_err(|e| QConfigError {
+        line: e.span().map(|s| line_of(text, s.start)),
+        msg: e.message().trim_end().to_string(),
     })?;
-    let at = |span: std::ops::Range<usize>, msg: String| format!("line {}: {msg}", line_of(text, span.start));
     let mut cfg = QConfig::default();
+    let mut node_lines = vec![];
     if let Some(d) = &file.default {
-        no_pattern(d.get_ref(), "[default]").map_err(|(s, m)| at(s, m))?;
+        no_pattern(d.get_ref(), "[default]").map_err(|(s, m)| at(text, s, m))?;
         cfg.default = rule(d.get_ref(), text)?;
     }
     for (name, r) in &file.op {
-        no_pattern(r.get_ref(), &format!("[op.{name}]")).map_err(|(s, m)| at(s, m))?;
+        no_pattern(r.get_ref(), &format!("[op.{name}]")).map_err(|(s, m)| at(text, s, m))?;
         if !KNOWN_OPS.contains(&name.as_str()) {
             return Err(at(
+                text,
                 r.span(),
                 format!("unknown op type `{name}` in [op.{name}] (expected one of {})", KNOWN_OPS.join(", ")),
             ));
@@ -144,22 +272,21 @@ pub fn parse(text: &str) -> Result<QConfig, String> {
         let r = n.get_ref();
         let pattern = match (&r.glob, &r.regex) {
             (Some(g), None) => Pattern::Glob(g.get_ref().clone()),
-            (None, Some(re)) => Pattern::regex(re.get_ref()).map_err(|m| at(re.span(), m))?,
-            (Some(g), Some(_)) => {
-                return Err(at(g.span(), "a [[node]] rule takes `match` or `regex`, not both".into()))
-            }
+            (None, Some(re)) => Pattern::regex(re.get_ref()).map_err(|m| at(text, re.span(), m))?,
+            (Some(g), Some(_)) => return Err(at(text, g.span(), "a [[node]] rule takes `match` or `regex`, not both")),
             (None, None) => {
-                return Err(at(n.span(), "a [[node]] rule needs `match = \"GLOB\"` or `regex = \"RE\"`".into()))
+                return Err(at(text, n.span(), "a [[node]] rule needs `match = \"GLOB\"` or `regex = \"RE\"`"))
             }
         };
         cfg.nodes.push(NodeRule { pattern, rule: rule(r, text)? });
+        node_lines.push(line_of(text, n.span().start));
     }
     if let Some(sq) = &file.smoothquant {
         let alpha = match &sq.get_ref().alpha {
             Some(a) => {
                 let v = *a.get_ref();
                 if !(0.0..=1.0).contains(&v) {
-                    return Err(at(a.span(), format!("[smoothquant] alpha {v} is not in [0, 1]")));
+                    return Err(at(text, a.span(), format!("[smoothquant] alpha {v} is not in [0, 1]")));
                 }
                 v
             }
@@ -167,8 +294,8 @@ pub fn parse(text: &str) -> Result<QConfig, String> {
         };
         cfg.smooth = Some(alpha);
     }
-    cfg.check()?;
-    Ok(cfg)
+    cfg.check().map_err(|msg| QConfigError { line: None, msg: msg.to_string() })?;
+    Ok(QConfigFile { config: cfg, node_lines })
 }
 
 /// The op names the IR uses (what `[op.NAME]` may name).
@@ -243,26 +370,25 @@ fn scheme(s: &str, weights: bool) -> Result<Scheme, String> {
     Ok(Scheme { qtype, symmetric })
 }
 
-fn rule(r: &RuleToml, text: &str) -> Result<Rule, String> {
-    let at = |span: std::ops::Range<usize>, msg: String| format!("line {}: {msg}", line_of(text, span.start));
+fn rule(r: &RuleToml, text: &str) -> Result<Rule, QConfigError> {
     let mut out = Rule::default();
     if let Some(p) = &r.precision {
-        out.precision = Some(Precision::parse(p.get_ref()).map_err(|m| at(p.span(), m))?);
+        out.precision = Some(Precision::parse(p.get_ref()).map_err(|m| at(text, p.span(), m))?);
     }
     if let Some(s) = &r.skip {
         if *s.get_ref() {
             if out.precision.is_some_and(|p| p != Precision::Fp32) {
-                return Err(at(s.span(), "`skip = true` contradicts the rule's precision".into()));
+                return Err(at(text, s.span(), "`skip = true` contradicts the rule's precision"));
             }
             out.precision = Some(Precision::Fp32);
         }
     }
     if let Some(a) = &r.activations {
-        let s = scheme(a.get_ref(), false).map_err(|m| at(a.span(), m))?;
+        let s = scheme(a.get_ref(), false).map_err(|m| at(text, a.span(), m))?;
         out.activations = Some(s);
     }
     if let Some(w) = &r.weights {
-        out.weights = Some(scheme(w.get_ref(), true).map_err(|m| at(w.span(), m))?);
+        out.weights = Some(scheme(w.get_ref(), true).map_err(|m| at(text, w.span(), m))?);
     }
     if let Some(b) = &r.bits {
         let base = out.weights.unwrap_or(Scheme::symmetric(QType::I8));
@@ -271,7 +397,7 @@ fn rule(r: &RuleToml, text: &str) -> Result<Rule, String> {
             (8, false) => QType::U8,
             (4, true) => QType::I4,
             (4, false) => QType::U4,
-            (n, _) => return Err(at(b.span(), format!("{n} weight bits (expected 8 or 4)"))),
+            (n, _) => return Err(at(text, b.span(), format!("{n} weight bits (expected 8 or 4)"))),
         };
         out.weights = Some(Scheme { qtype, ..base });
     }
@@ -283,6 +409,7 @@ fn rule(r: &RuleToml, text: &str) -> Result<Rule, String> {
                 Some(Ok(n)) if n > 0 => WeightGranularity::PerGroup(n),
                 Some(_) => {
                     return Err(at(
+                        text,
                         g.span(),
                         format!(
                         "bad group size in granularity `{other}` (expected per-group:N with N > 0, e.g. per-group:32)"
@@ -291,6 +418,7 @@ fn rule(r: &RuleToml, text: &str) -> Result<Rule, String> {
                 }
                 None => {
                     return Err(at(
+                        text,
                         g.span(),
                         format!("unknown granularity `{other}` (expected per-channel, per-tensor or per-group:N)"),
                     ))
@@ -299,25 +427,25 @@ fn rule(r: &RuleToml, text: &str) -> Result<Rule, String> {
         });
     }
     if let Some(o) = &r.observer {
-        out.observer = Some(o.get_ref().parse::<CalibMethod>().map_err(|m| at(o.span(), m))?);
+        out.observer = Some(o.get_ref().parse::<CalibMethod>().map_err(|m| at(text, o.span(), m))?);
     }
     if let Some(p) = &r.percentile {
         let v = *p.get_ref();
         if !(v > 0.0 && v <= 100.0) {
-            return Err(at(p.span(), format!("percentile {v} is not in (0, 100]")));
+            return Err(at(text, p.span(), format!("percentile {v} is not in (0, 100]")));
         }
         out.percentile = Some(v);
     }
     if let Some(m) = &r.momentum {
         let v = *m.get_ref();
         if !(0.0..1.0).contains(&v) {
-            return Err(at(m.span(), format!("momentum {v} is not in [0, 1)")));
+            return Err(at(text, m.span(), format!("momentum {v} is not in [0, 1)")));
         }
         out.momentum = Some(v);
     }
     if let Some(b) = &r.bins {
         if *b.get_ref() < 16 {
-            return Err(at(b.span(), format!("{} histogram bins (at least 16)", b.get_ref())));
+            return Err(at(text, b.span(), format!("{} histogram bins (at least 16)", b.get_ref())));
         }
         out.bins = Some(*b.get_ref());
     }
@@ -382,7 +510,7 @@ skip = true
             ("[smoothquant]\nbeta = 0.5\n", "line 2: unknown field `beta`"),
         ];
         for (text, want) in cases {
-            let e = parse(text).expect_err(text);
+            let e = parse(text).expect_err(text).to_string();
             assert!(e.starts_with(want), "{text:?}: got `{e}`, want `{want}...`");
         }
     }

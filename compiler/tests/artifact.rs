@@ -3,7 +3,7 @@
 //! every malformed file is a one-line error, and `qforge diff` lists changed quantization.
 
 use qforge::artifact::{fnv1a64, Artifact, FAULT_MIDWAY, FAULT_VAR, FORMAT_VERSION};
-use qforge::pipeline::QuantizeMode;
+use qforge::options::QuantizeMode;
 use qforge::{load_model, Compiler, PipelineOptions};
 use qforge_ir::Tensor;
 use std::path::Path;

@@ -245,7 +245,7 @@ fn verbose_counts_up_to_trace() {
         (&["qforge", "demo", "-v", "--verbose", "-v"], "trace"),
         (&["qforge", "-vvvv", "demo"], "trace"),
     ] {
-        let cli = qforge::cli::Cli::try_parse_from(args).expect("parses");
+        let cli = qforge::commands::Cli::try_parse_from(args).expect("parses");
         assert_eq!(cli.log_level(), level, "{args:?}");
     }
 }
@@ -257,7 +257,9 @@ fn verbose_logs_calibration_jit_and_artifacts() {
     let (model, calib) = (asset("digits_cnn.onnx"), asset("digits_samples_x.npy"));
     let o = qforge(&["compile", "-v", p(&model), "--quantize", "int8", "--calib", p(&calib), "-o", p(&qfa)]);
     assert_eq!(o.code, Some(0), "{}", o.stderr);
-    for needle in ["calibrating on", "method minmax", "calibrated", "pass quantize-static", "saved artifact"] {
+    for needle in
+        ["calibrating on", "observer minmax (the default)", "calibrated", "pass quantize-static", "saved artifact"]
+    {
         assert!(o.stderr.contains(needle), "compile -v: no `{needle}` in:\n{}", o.stderr);
     }
     let o = qforge(&["bench", "-v", p(&qfa), "--iters", "2", "--warmup", "1", "--json"]);
@@ -423,7 +425,7 @@ fn sensitivity_min_sqnr_writes_a_qconfig() {
         let text = std::fs::read_to_string(&out).unwrap();
         assert_eq!(text.contains("skip = true"), skips, "{text}");
         assert_eq!(text.contains("[smoothquant]"), extra.is_some(), "{text}");
-        let cfg = qforge::qconfig::load(&out).unwrap();
+        let cfg = qforge::qconfig::load(&out).unwrap().config;
         assert_eq!(cfg.smooth.is_some(), extra.is_some());
     }
     expect_error(

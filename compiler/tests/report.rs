@@ -57,7 +57,9 @@ fn graph_dot_labels_fused_nodes_folds_constants_and_has_a_legend() {
     // deterministic, and the same text on stdout without -o
     let again = qforge_ok(&args);
     assert_eq!(std::fs::read_to_string(&out).expect("dot"), dot);
-    assert!(again.stdout.is_empty());
+    let kib = dot.len() as f64 / 1024.0;
+    let line = format!("wrote `{}` ({kib:.1} KiB): digits_cnn: after the pipeline, 9 nodes\n", out.display());
+    assert_eq!(again.stdout, line);
     let mut stdout_args = vec!["graph"];
     stdout_args.extend(int8_args(&model, &calib));
     assert_eq!(qforge_ok(&stdout_args).stdout, dot);
@@ -144,7 +146,7 @@ fn report_has_every_section_and_is_deterministic_apart_from_timings() {
     let b = std::fs::read_to_string(write_report(&dir, "b.html")).expect("report");
     assert_eq!(strip_timings(&a), strip_timings(&b), "the report changed between runs (timings stripped)");
     assert!(a.starts_with("<!DOCTYPE html>") && a.trim_end().ends_with("</html>"));
-    for (id, _) in qforge::report_html::SECTIONS {
+    for (id, _) in qforge::report::SECTIONS {
         assert!(a.contains(&format!("<section id=\"{id}\">")), "no section `{id}`");
     }
     for needle in [
@@ -195,9 +197,9 @@ fn report_has_every_section_and_is_deterministic_apart_from_timings() {
 
 #[test]
 fn report_escapes_text() {
-    use qforge::report_html::{esc, sensitivity_svg};
+    use qforge::report::render::{escape, sensitivity_svg};
     use qforge_passes::quantize::LayerSensitivity;
-    assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+    assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;'");
     let layers = [LayerSensitivity {
         node: "<script>alert(1)</script>".into(),
         op: "conv",
@@ -279,7 +281,7 @@ fn report_renders_in_headless_chromium_without_console_errors() {
     let mut c = headless(&chromium, &dir.join("profile-dom"));
     c.arg("--dump-dom").arg(&url);
     let (dom, stderr) = run_with_timeout(c, Duration::from_secs(90));
-    for (id, _) in qforge::report_html::SECTIONS {
+    for (id, _) in qforge::report::SECTIONS {
         assert!(dom.contains(&format!("id=\"{id}\"")), "no section `{id}` in the rendered DOM; chromium:\n{stderr}");
     }
     assert!(dom.contains("<rect"), "no sensitivity bars in the DOM");

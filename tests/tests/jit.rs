@@ -4,7 +4,7 @@
 //! bit, float graphs within 1e-5 of the largest magnitude, with both sets of microkernels.
 
 use anyhow::{Context, Result};
-use qforge::pipeline::QuantizeMode;
+use qforge::options::QuantizeMode;
 use qforge::{Compiler, PipelineOptions};
 use qforge_ir::Graph;
 use qforge_tests::{check_jit, corpus_file, fixture_inputs};
@@ -123,7 +123,7 @@ fn cranelift_gemm_inner_loops_use_vpdpbusd() {
 /// distance from FP32.
 #[test]
 fn fp16_mobilenet_v2_on_the_jit_tracks_the_interpreter() {
-    let opts = PipelineOptions { precision: qforge::pipeline::Precision::Fp16, ..PipelineOptions::default() };
+    let opts = PipelineOptions { precision: qforge::options::Precision::Fp16, ..PipelineOptions::default() };
     let g = Compiler::new(opts)
         .and_then(|c| c.optimize(qforge::load_model(&corpus_file("mobilenet_v2.onnx"))?))
         .expect("fp16 graph");

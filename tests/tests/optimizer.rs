@@ -136,7 +136,8 @@ fn without_int8_nothing_is_lowered_and_the_report_says_why() {
 fn optimized_model(model: &str) -> (Graph, Graph, Vec<PassReport>) {
     let g = qforge::load_model(&corpus_file(model)).expect("imports");
     let compiler = qforge::Compiler::new(qforge::PipelineOptions::default()).expect("default options");
-    let (opt, reports) = compiler.optimize_reported(g.clone(), &mut |_, _| {}).expect("the pipeline runs");
+    let st = compiler.run(g.clone(), &mut |_, _| {}).expect("the pipeline runs");
+    let (opt, reports) = (st.graph, st.reports);
     (g, opt, reports)
 }
 

@@ -9,7 +9,7 @@
 //! outputs stay finite and close to f32) and then snapshots the IR and the pass report.
 
 use anyhow::{bail, ensure, Context, Result};
-use qforge::pipeline::{PipelineOptions, Precision};
+use qforge::options::{PipelineOptions, Precision};
 use qforge::Compiler;
 use qforge_ir::{interp, DType, Dim, Graph, Op, Tensor};
 use qforge_passes::precision::amp::STAT_ACCURACY_GUARD;
@@ -76,7 +76,7 @@ fn pipeline(setting: Setting) -> (Pipeline, Option<DType>, String) {
         Setting::Mode(m) => (Profile::host_base(), m),
         Setting::Profile(p) => (shipped(p), "amp"),
         Setting::Regions(file) => {
-            let q = qforge::qconfig::load(&fixture(file)).expect("the region fixture parses");
+            let q = qforge::qconfig::load(&fixture(file)).expect("the region fixture parses").config;
             let p = Pipeline::new().with(AssignPrecision::new(PrecisionConfig::regions_only(q)));
             return (p, None, format!("regions_{}", file.trim_end_matches(".toml")));
         }
@@ -451,8 +451,8 @@ fn mobilenet_v2_fp16_against_fp32_and_onnx_runtime() -> Result<()> {
         ..options(Precision::Fp16)
     };
     let compiler = Compiler::new(guarded)?;
-    let (g, reports) =
-        compiler.optimize_reported(qforge::load_model(&corpus_file("mobilenet_v2.onnx"))?, &mut |_, _| {})?;
+    let qforge::State { graph: g, reports, .. } =
+        compiler.run(qforge::load_model(&corpus_file("mobilenet_v2.onnx"))?, &mut |_, _| {})?;
     let kept = reports.iter().find_map(|r| r.stats.get(STAT_ACCURACY_GUARD).copied()).context("no guard stat")?;
     let y = compiler.executable(g).run(&[qforge::npy::read(&corpus_file("imagenet_like_test_x.npy"))?])?.remove(0);
     let c = agreement(&y, &fp32, None)?;
@@ -513,7 +513,7 @@ fn squeezenet_fp16_needs_the_overflow_guard() -> Result<()> {
 
     let opts = PipelineOptions { calib: Some(input), ..options(Precision::Fp16) };
     let compiler = Compiler::new(opts)?;
-    let (g, reports) = compiler.optimize_reported(qforge::load_model(&model)?, &mut |_, _| {})?;
+    let qforge::State { graph: g, reports, .. } = compiler.run(qforge::load_model(&model)?, &mut |_, _| {})?;
     let r = reports.iter().find(|r| r.pass == "precision").context("no precision report")?;
     let guarded = r.stats["nodes kept fp32 by the overflow guard"];
     println!("light_squeezenet fp16: {guarded} nodes guarded, {} low precision", r.stats["nodes low precision"]);

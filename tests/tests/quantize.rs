@@ -8,7 +8,7 @@
 //! One helper, [`quantize`], compiles a corpus model with a pipeline; the cases are data.
 
 use anyhow::{Context, Result};
-use qforge::pipeline::{CalibMethod, QuantizeMode};
+use qforge::options::{CalibMethod, QuantizeMode};
 use qforge::{Compiler, PipelineOptions};
 use qforge_ir::{verify::verify, ConvAttrs, DType, Graph, Op, Shape, Tensor, TensorType, UnaryOp};
 use qforge_passes::quantize::{
@@ -179,7 +179,7 @@ fn prepared_digits() -> Graph {
 
 fn calibrate_on(g: &Graph, cfg: &QConfig, x: &Tensor) -> Result<qforge_passes::quantize::Calibration, String> {
     let targets = activation_plan(g, cfg).unwrap().targets();
-    let mut batches = qforge::calibrate::batches(x, 50).unwrap();
+    let mut batches = qforge::data::batches(x, 50).unwrap();
     calibrate(g, &Interpreter::default(), &mut batches, 4, &targets, &mut |_, _| {}).map_err(|e| e.to_string())
 }
 
@@ -284,7 +284,7 @@ fn qconfig_skip_keeps_a_node_float() {
 fn seed_policy_backbone_int8_neck_fp16_head_fp32() {
     use qforge_passes::quantize::Precision;
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/quant/backbone_neck_head.toml");
-    let cfg = qforge::qconfig::load(&path).unwrap();
+    let cfg = qforge::qconfig::load(&path).unwrap().config;
     let mut g = Graph::new("seed");
     let x = g.add_input("x", TensorType::new(DType::F32, Shape::fixed(&[1, 4])));
     let mut prec = vec![];
@@ -309,7 +309,7 @@ fn sensitivity_ranks_layers_and_keeps_float_within_budget() {
     let calibration = calibrate_on(&g, &cfg, &x).unwrap();
     let test = qforge::npy::read(&corpus_file("digits_test_x.npy")).unwrap();
     let labels = qforge::data::labels(&qforge::npy::read(&corpus_file("digits_test_y.npy")).unwrap()).unwrap();
-    let batches: Vec<Vec<Tensor>> = qforge::calibrate::batches(&test, 200).unwrap().collect();
+    let batches: Vec<Vec<Tensor>> = qforge::data::batches(&test, 200).unwrap().collect();
     let eval = Interpreter::default();
     let reference: Vec<Tensor> = batches.iter().map(|b| qforge_ir::interp::run(&g, b).unwrap().remove(0)).collect();
     let study = Study {
@@ -639,7 +639,7 @@ fn sqnr_on(g: &Graph, reference: &Graph, x: &Tensor) -> f64 {
 fn norm_maxima(g: &Graph, x: &Tensor) -> std::collections::BTreeMap<(String, usize), Vec<f32>> {
     use qforge_passes::quantize::{channel_absmax, smooth_sites};
     let values: Vec<_> = smooth_sites(g).iter().map(|s| s.value()).collect();
-    let mut b = qforge::calibrate::batches(x, 50).unwrap();
+    let mut b = qforge::data::batches(x, 50).unwrap();
     channel_absmax(g, &Interpreter::default(), &mut b, 4, &values, &mut |_, _| {}).unwrap()
 }
 
@@ -832,7 +832,7 @@ fn sqnr_fallback_reaches_its_target_with_fewer_float_layers() {
     let cfg = QConfig::default();
     let calib = tokens(200, 1);
     let calibration = calibrate_on(&g, &cfg, &calib).unwrap();
-    let batches: Vec<Vec<Tensor>> = qforge::calibrate::batches(&calib, 50).unwrap().collect();
+    let batches: Vec<Vec<Tensor>> = qforge::data::batches(&calib, 50).unwrap().collect();
     let reference: Vec<Tensor> = batches.iter().map(|b| qforge_ir::interp::run(&g, b).unwrap().remove(0)).collect();
     let eval = Interpreter::default();
     let study = Study {
@@ -866,7 +866,7 @@ fn sqnr_fallback_reaches_its_target_with_fewer_float_layers() {
         calib: Some(f.clone()),
         min_sqnr: Some(MIN_SQNR_TARGET_DB),
         opt_level: 1,
-        engine: qforge::pipeline::Engine::Interp,
+        engine: qforge::options::Engine::Interp,
         ..PipelineOptions::default()
     };
     let exe = Compiler::new(o).unwrap().compile(qforge::load_model(&path).unwrap()).unwrap();

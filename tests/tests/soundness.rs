@@ -535,8 +535,8 @@ fn rules_fired(reports: &[PassReport]) -> Vec<String> {
 fn check(g: &Graph) -> Result<Vec<String>, String> {
     qforge_ir::verify::verify(g).map_err(|e| format!("the generated graph does not verify: {e}"))?;
     let compiler = qforge::Compiler::new(qforge::PipelineOptions::default()).map_err(|e| format!("{e:#}"))?;
-    let (opt, reports) =
-        compiler.optimize_reported(g.clone(), &mut |_, _| {}).map_err(|e| format!("the pipeline fails: {e:#}"))?;
+    let qforge::State { graph: opt, reports, .. } =
+        compiler.run(g.clone(), &mut |_, _| {}).map_err(|e| format!("the pipeline fails: {e:#}"))?;
     qforge_ir::verify::verify(&opt).map_err(|e| format!("the optimized graph does not verify: {e}"))?;
     let x = fixture_inputs(g);
     let before = qforge_ir::interp::run(g, &x).map_err(|e| format!("interpreter, before: {e}"))?;

@@ -12,7 +12,7 @@
 //! snapshot after precision assignment shows it).
 
 use anyhow::{ensure, Context, Result};
-use qforge::pipeline::{PipelineOptions, Precision, QuantizeMode};
+use qforge::options::{PipelineOptions, Precision, QuantizeMode};
 use qforge::Compiler;
 use qforge_ir::{DType, Graph, Op, Tensor};
 use qforge_tests::{agreement, Agreement};
@@ -161,7 +161,7 @@ fn bert_against_onnx_runtime() -> Result<()> {
 fn bert_amp_assignment() -> Result<()> {
     let opts = PipelineOptions { precision: Precision::Amp, ..PipelineOptions::default() };
     let mut after_precision: Option<Graph> = None;
-    Compiler::new(opts)?.optimize_reported(qforge::load_model(&fixture("bert.onnx"))?, &mut |pass, g| {
+    Compiler::new(opts)?.run(qforge::load_model(&fixture("bert.onnx"))?, &mut |pass, g| {
         if pass == "precision" {
             after_precision = Some(g.clone());
         }

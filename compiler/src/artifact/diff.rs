@@ -12,7 +12,6 @@ use anyhow::Result;
 use qforge_ir::{Graph, QuantParams, TensorType};
 use serde::Serialize;
 use std::collections::HashMap;
-use std::path::Path;
 
 /// One difference in a matched node.
 #[derive(Debug, Serialize, PartialEq)]
@@ -255,16 +254,4 @@ impl Diff {
         );
         s
     }
-}
-
-/// `qforge diff A.qfa B.qfa [--json]`.
-pub fn run(a: &Path, b: &Path, json: bool) -> Result<()> {
-    let (x, y) = (Artifact::load(a)?, Artifact::load(b)?);
-    let d = diff(&x, &y, &a.display().to_string(), &b.display().to_string())?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&d)?);
-    } else {
-        print!("{}", d.to_text());
-    }
-    Ok(())
 }

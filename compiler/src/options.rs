@@ -1,7 +1,6 @@
-//! The pipeline options every command shares (DESIGN.md, "Command line"), and their validation.
-//!
-//! The options are parsed from the start so scripts can rely on them; the stages behind some of
-//! them are not built yet, and asking for those is a clear error rather than a silent no-op.
+//! The pipeline options every command shares (DESIGN.md, "Command line"): the flags as the user
+//! gave them. [`crate::Compiler::new`] resolves them once (qconfig merged with the flags, the
+//! hardware profile, the precision configuration, the evaluator); nothing else interprets them.
 
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -69,7 +68,7 @@ pub struct PipelineOptions {
     #[serde(serialize_with = "serialize_method")]
     pub calib_method: Option<CalibMethod>,
     /// Calibration samples per run.
-    #[arg(long, default_value_t = 50, value_name = "N")]
+    #[arg(long, default_value_t = 50, value_name = "N", value_parser = parse_count)]
     pub calib_batch: usize,
     /// Quantize weights per output channel (the default).
     #[arg(long, overrides_with = "per_tensor")]
@@ -120,9 +119,13 @@ pub struct PipelineOptions {
     /// 0: the graph as imported; 1 and 2: the optimizations that exist (2 is the default).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub opt_level: u8,
-    /// Largest tensor any stage may allocate, in bytes.
-    #[arg(long, default_value_t = 4 << 30, value_name = "BYTES")]
+    /// Largest tensor any stage may create, in bytes (import, constant folding, both engines).
+    #[arg(long, default_value_t = DEFAULT_MAX_TENSOR_BYTES, value_name = "BYTES")]
     pub max_tensor_bytes: u64,
+    /// Refuse input data that the model cannot represent (NaN or infinite values in --input or
+    /// --calib) instead of warning about it.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 impl Default for PipelineOptions {
@@ -146,26 +149,52 @@ impl Default for PipelineOptions {
             threads: 1,
             kernels: Kernels::Native,
             opt_level: 2,
-            max_tensor_bytes: 4 << 30,
+            max_tensor_bytes: DEFAULT_MAX_TENSOR_BYTES,
+            strict: false,
         }
     }
 }
 
-/// A pipeline option whose stage does not exist yet.
-#[derive(Debug, thiserror::Error, PartialEq)]
-#[error("{option} is not implemented yet ({stage} has not landed); run without it")]
-pub struct Unimplemented {
-    pub option: String,
-    pub stage: &'static str,
-}
+/// The default of `--max-tensor-bytes`: 2 GiB, the importer's limit on one constant as well.
+pub const DEFAULT_MAX_TENSOR_BYTES: u64 = 1 << 31;
 
 impl PipelineOptions {
-    /// Rejects options whose stage is not built yet, naming the option.
-    pub fn check_supported(&self) -> Result<(), Unimplemented> {
-        // Every pipeline option's stage has landed: quantization (the driver checks that int8 has
-        // --calib), precision (checked against the profile) and the JIT (--engine, --threads,
-        // --kernels). The check stays for the next option that arrives before its stage.
-        Ok(())
+    /// The same pipeline without quantization or reduced precision: the "fp32" every comparison
+    /// (`eval`'s `fp32_top1`, `report`, `demo`) measures against. Engine, threads, kernels,
+    /// profile, opt level and limits stay as given.
+    pub fn fp32_baseline(&self) -> PipelineOptions {
+        PipelineOptions {
+            quantize: QuantizeMode::None,
+            calib: None,
+            calib_method: None,
+            qconfig: None,
+            smooth: None,
+            min_sqnr: None,
+            precision: Precision::Fp32,
+            precision_config: None,
+            ..self.clone()
+        }
+    }
+
+    /// Whether the pipeline changes the model's numbers (quantization, reduced precision, or a
+    /// qconfig that may hold fp16/bf16 regions): then [`PipelineOptions::fp32_baseline`] is a
+    /// different model worth comparing against.
+    pub fn changes_numerics(&self) -> bool {
+        self.quantize != QuantizeMode::None || self.precision != Precision::Fp32 || self.qconfig.is_some()
+    }
+
+    /// The largest tensor any stage may create, as the passes and the engines take it.
+    pub fn tensor_limit(&self) -> u128 {
+        self.max_tensor_bytes as u128
+    }
+}
+
+/// A count that must be at least 1 (batch sizes, iterations): the one rule for every such flag.
+pub fn parse_count(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
     }
 }
 

@@ -1,0 +1,188 @@
+//! What each [`Stage`] of the pipeline does. [`crate::Compiler::stages`] decides which stages run
+//! and in what order; this file only carries each one out on a [`State`].
+
+use crate::compiler::{Compiler, Stage, State};
+use crate::options::QuantizeMode;
+use crate::sensitivity;
+use anyhow::{Context, Result};
+use qforge_ir::Graph;
+use qforge_passes::canonicalize::Canonicalize;
+use qforge_passes::egraph::{cost::CostTable, Optimize};
+use qforge_passes::precision::{AlignChannels, AssignPrecision, F32Prefix, PrecisionConfig, Ranges};
+use qforge_passes::quantize::{
+    activation_plan, calibrate, channel_absmax, smooth_sites, ChannelStats, FoldBatchNorm, QuantizeDynamic,
+    QuantizeStatic, SmoothQuant,
+};
+use qforge_passes::{Pass, Pipeline};
+
+/// Runs `stage` on `st`.
+pub fn run(c: &Compiler, stage: Stage, st: &mut State, after: &mut dyn FnMut(&str, &Graph)) -> Result<()> {
+    match stage {
+        Stage::Canonicalize => pass(c, st, Canonicalize, after),
+        Stage::FoldBatchNorm => pass(c, st, FoldBatchNorm, after),
+        Stage::SmoothQuant => smooth(c, st, after),
+        Stage::Calibrate => calibrate_stage(c, st),
+        Stage::FloatFallback => float_fallback(c, st),
+        Stage::Quantize => quantize(c, st, after),
+        Stage::Precision => precision(c, st, after),
+        Stage::AlignChannels => pass(c, st, AlignChannels { align: c.profile().layout.channel_align }, after),
+        Stage::Optimize => {
+            let cost = CostTable::from_profile(c.profile());
+            pass(c, st, Optimize { cost, ..Optimize::default() }, after)
+        }
+    }
+}
+
+/// Runs one pass (verified after it) and keeps its report.
+fn pass(c: &Compiler, st: &mut State, p: impl Pass + 'static, after: &mut dyn FnMut(&str, &Graph)) -> Result<()> {
+    let reports = Pipeline::new().with(p).run(&mut st.graph, &c.pass_context(), after)?;
+    st.reports.extend(reports);
+    Ok(())
+}
+
+/// SmoothQuant: the per-channel maxima of every smoothable layer norm's result on the
+/// calibration set, then the [`SmoothQuant`] pass. Nothing runs when no layer norm qualifies.
+fn smooth(c: &Compiler, st: &mut State, after: &mut dyn FnMut(&str, &Graph)) -> Result<()> {
+    let Some(alpha) = st.qconfig.smooth else { return Ok(()) };
+    let sites = smooth_sites(&st.graph);
+    if sites.is_empty() {
+        tracing::info!("smoothquant: no layer norm feeds only weight matmuls; nothing to smooth");
+        return Ok(());
+    }
+    let batches = c.calib_batches(&st.graph)?;
+    let total = batches.len();
+    tracing::info!("smoothquant (alpha {alpha}): observing {} layer norms", sites.len());
+    let values: Vec<_> = sites.iter().map(|s| s.value()).collect();
+    let mut bar = c.progress("smoothing", "batches");
+    let maxima = channel_absmax(&st.graph, c.evaluator(), &mut batches.into_iter(), total, &values, &mut *bar)
+        .context("observing SmoothQuant's channel maxima on the calibration set")?;
+    let stats = ChannelStats::new(&st.graph, &sites, &maxima).map_err(anyhow::Error::msg)?;
+    pass(c, st, SmoothQuant { alpha, stats }, after)
+}
+
+/// Observes the calibration ranges of every activation static quantization will quantize.
+fn calibrate_stage(c: &Compiler, st: &mut State) -> Result<()> {
+    let g = &st.graph;
+    let ap = activation_plan(g, &st.qconfig)?;
+    let targets = ap.targets();
+    let batches = c.calib_batches(g)?;
+    let total = batches.len();
+    let file = c.calib_file()?;
+    tracing::info!(
+        "calibrating on `{}`: {total} batches of at most {}, {} tensors observed, observer {}",
+        file.path.display(),
+        c.options().calib_batch,
+        targets.len(),
+        crate::qconfig::observer_origin(c.options(), &st.qconfig)
+    );
+    let t = std::time::Instant::now();
+    let mut bar = c.progress("calibrating", "batches");
+    let cal = calibrate(g, c.evaluator(), &mut batches.into_iter(), total, &targets, &mut *bar)
+        .with_context(|| format!("calibrating on `{}`", file.path.display()))?;
+    tracing::info!(
+        "calibrated {} ranges on {} batches in {:.1} ms",
+        cal.ranges.len(),
+        cal.batches,
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    st.calibration = Some(cal);
+    Ok(())
+}
+
+/// `--min-sqnr DB` with INT8: a sensitivity study on the calibration set, then the most sensitive
+/// layers kept float until the output SQNR against the float graph reaches DB.
+fn float_fallback(c: &Compiler, st: &mut State) -> Result<()> {
+    let Some(min_db) = c.options().min_sqnr else { return Ok(()) };
+    let batches = c.calib_batches(&st.graph)?;
+    let study = sensitivity::prepare(c, st, &batches, None)?;
+    let ranked = study.rank()?;
+    let kept = study.keep_float_for_sqnr(&ranked, min_db)?;
+    if kept.reached >= min_db {
+        tracing::info!(
+            "--min-sqnr {min_db}: {} of {} layers kept float, output SQNR {:.2} dB on the calibration set: {:?}",
+            kept.layers.len(),
+            ranked.layers.len(),
+            kept.reached,
+            kept.layers
+        );
+    } else {
+        tracing::warn!(
+            "--min-sqnr {min_db}: not reached with every one of the {} ranked layers float ({:.2} dB)",
+            ranked.layers.len(),
+            kept.reached
+        );
+    }
+    st.qconfig = sensitivity::skipping(&st.qconfig, &kept);
+    Ok(())
+}
+
+/// Q/DQ insertion with the calibrated ranges (static INT8), or dynamic quantization.
+fn quantize(c: &Compiler, st: &mut State, after: &mut dyn FnMut(&str, &Graph)) -> Result<()> {
+    match c.options().quantize {
+        QuantizeMode::None => Ok(()),
+        QuantizeMode::Int8 => {
+            let calibration = st.calibration.clone().context("static quantization runs after calibration")?;
+            pass(c, st, QuantizeStatic { config: st.qconfig.clone(), calibration }, after)
+        }
+        QuantizeMode::Dynamic => {
+            if st.qconfig.smooth.is_some() {
+                tracing::warn!(
+                    "the qconfig's [smoothquant] applies to static int8 only; ignored by --quantize dynamic"
+                );
+            }
+            pass(c, st, QuantizeDynamic { config: st.qconfig.clone(), conv: true }, after)
+        }
+    }
+}
+
+/// Precision assignment, after the fp16 overflow guard's ranges and the accuracy guard's f32
+/// prefix are measured on the calibration set when asked for.
+fn precision(c: &Compiler, st: &mut State, after: &mut dyn FnMut(&str, &Graph)) -> Result<()> {
+    let Some(cfg) = c.precision() else { return Ok(()) };
+    let ranges = overflow_ranges(c, cfg, &st.graph)?;
+    let prefix = accuracy_guard(c, cfg, &st.graph, &ranges)?;
+    pass(c, st, AssignPrecision::new(PrecisionConfig { ranges, f32_prefix: prefix, ..cfg.clone() }), after)
+}
+
+/// With `--calib` and an f16 precision: every node's largest magnitude on the calibration set,
+/// for the fp16 overflow guard.
+fn overflow_ranges(c: &Compiler, cfg: &PrecisionConfig, g: &Graph) -> Result<Option<Ranges>> {
+    if cfg.low != qforge_ir::DType::F16 || c.options().calib.is_none() {
+        return Ok(None);
+    }
+    let batches = c.calib_batches(g)?;
+    tracing::info!("fp16 overflow guard: observing ranges in {} batches", batches.len());
+    let r = qforge_passes::precision::observe_ranges(g, &batches, c.evaluator())
+        .map_err(|e| anyhow::anyhow!("calibration for the fp16 overflow guard: {e}"))?;
+    Ok(Some(r))
+}
+
+/// The accuracy guard (`--min-sqnr`, or `min_sqnr_db` in the precision config): the shortest
+/// prefix of the ops precision assignment lowers that must stay f32 for the output on the
+/// calibration set to reach the target ([`qforge_passes::precision::search`]).
+fn accuracy_guard(
+    c: &Compiler,
+    cfg: &PrecisionConfig,
+    g: &Graph,
+    ranges: &Option<Ranges>,
+) -> Result<Option<F32Prefix>> {
+    let Some(target) = cfg.policy.min_sqnr_db else { return Ok(None) };
+    if c.options().calib.is_none() {
+        return Ok(None);
+    }
+    let batches = c.calib_batches(g)?;
+    let cfg = PrecisionConfig { ranges: ranges.clone(), ..cfg.clone() };
+    let t = std::time::Instant::now();
+    let o = qforge_passes::precision::f32_prefix_for(g, &cfg, target, &batches, c.evaluator(), &c.pass_context())
+        .map_err(|e| anyhow::anyhow!("the accuracy guard: {e}"))?;
+    tracing::info!(
+        "accuracy guard: {} of {} low-precision ops kept f32 for {target} dB ({:.1} dB; all low {:.1} dB) in {} runs, {:.1} s",
+        o.prefix.count,
+        o.lowered,
+        o.chosen_db,
+        o.all_low_db,
+        o.probes.len() + 1,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(Some(o.prefix))
+}
