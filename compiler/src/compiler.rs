@@ -361,7 +361,11 @@ impl Compiler {
             let path = self.calib_file()?.path.display().to_string();
             interp::check_inputs(graph, &set.first_sample()?)
                 .with_context(|| format!("calibration set `{path}` does not fit the model"))?;
-            crate::data::check_finite(&set.inputs, &format!("calibration set `{path}`"), true)?;
+            crate::data::check_finite(
+                &set.inputs,
+                &format!("calibration set `{path}`"),
+                crate::data::NonFinite::Refuse("calibration needs finite data"),
+            )?;
         }
         Ok(())
     }

@@ -127,10 +127,30 @@ pub fn non_finite(t: &Tensor) -> (usize, usize) {
     }
 }
 
+/// What to do about NaN or infinite values in data.
+#[derive(Clone, Copy, Debug)]
+pub enum NonFinite {
+    /// Warn (the default for inputs: a float model propagates them, a quantized one does not).
+    Warn,
+    /// Refuse, for the reason given (`--strict`; calibration, whose observers need finite data).
+    Refuse(&'static str),
+}
+
+impl NonFinite {
+    /// `--strict` refuses, otherwise a warning.
+    pub fn strict(strict: bool) -> NonFinite {
+        if strict {
+            NonFinite::Refuse("refused by --strict")
+        } else {
+            NonFinite::Warn
+        }
+    }
+}
+
 /// Input data a model cannot represent: NaN or infinite values in `what` (`--input x.npy`,
 /// `--calib c.npy`). A float model propagates them while a quantized one maps them to finite
-/// values, so the user is told either way: a warning, or with `strict` an error.
-pub fn check_finite(tensors: &[Tensor], what: &str, strict: bool) -> Result<()> {
+/// values, so the user is told either way: a warning, or an error.
+pub fn check_finite(tensors: &[Tensor], what: &str, policy: NonFinite) -> Result<()> {
     let (nan, inf) = tensors.iter().map(non_finite).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     if nan + inf == 0 {
         return Ok(());
@@ -140,11 +160,13 @@ pub fn check_finite(tensors: &[Tensor], what: &str, strict: bool) -> Result<()> 
         "{what} holds {nan} NaN and {inf} infinite value(s) of {total}: a float model propagates them, a quantized \
          one turns them into finite values"
     );
-    if strict {
-        bail!("{msg} (refused by --strict)");
+    match policy {
+        NonFinite::Refuse(why) => bail!("{msg} ({why})"),
+        NonFinite::Warn => {
+            tracing::warn!("{msg}");
+            Ok(())
+        }
     }
-    tracing::warn!("{msg}");
-    Ok(())
 }
 
 /// Consecutive batches of `batch` rows of a single-input tensor `x` (the last one shorter), each

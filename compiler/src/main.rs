@@ -19,7 +19,10 @@ fn main() -> ExitCode {
         let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
         eprintln!("error: internal error (a qforge bug){at}: {msg}");
     }));
-    let cli = qforge::commands::Cli::parse();
+    let cli = match qforge::commands::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     init_logging(cli.log_level());
     match qforge::commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -28,6 +31,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command line clap refuses: help and version print as clap prints them; an error is one line
+/// (clap's first paragraph, without its usage block and hint) and exit status 2, clap's status for
+/// usage errors.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+    }
+    let text = e.render().to_string();
+    let first: Vec<&str> =
+        text.lines().map(str::trim).skip_while(|l| l.is_empty()).take_while(|l| !l.is_empty()).collect();
+    eprintln!("error: {}", first.join(" ").trim_start_matches("error:").trim());
+    ExitCode::from(2)
 }
 
 /// Installs the one log subscriber: events at `level` (from `-v`) or as `RUST_LOG` says when it

@@ -433,3 +433,35 @@ fn sensitivity_min_sqnr_writes_a_qconfig() {
         "--smooth needs --quantize int8",
     );
 }
+
+/// One `compile --quantize int8 --calib X` reads the calibration file once and builds one
+/// evaluator, with the user's engine options, however many stages run the graph (calibration and
+/// the `--min-sqnr` fallback's sensitivity study here).
+#[test]
+fn one_compile_reads_the_calibration_set_once_and_builds_one_evaluator() {
+    let (model, calib) = (asset("digits_cnn.onnx"), asset("digits_calib_x.npy"));
+    let o = qforge(&[
+        "compile",
+        p(&model),
+        "--quantize",
+        "int8",
+        "--calib",
+        p(&calib),
+        "--min-sqnr",
+        "60",
+        "--threads",
+        "2",
+        "--kernels",
+        "cranelift",
+        "--report",
+        "-v",
+    ]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let count = |needle: &str| o.stderr.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("calibration set `"), 1, "the calibration file is read once:\n{}", o.stderr);
+    assert_eq!(count("qforge::evaluator: evaluator:"), 1, "one evaluator:\n{}", o.stderr);
+    assert_eq!(count("evaluator: jit, 2 thread(s), cranelift kernels"), 1, "{}", o.stderr);
+    // both stages that read it ran
+    assert_eq!(count("calibrated "), 1, "{}", o.stderr);
+    assert_eq!(count("sensitivity: quantizing one layer at a time"), 1, "{}", o.stderr);
+}

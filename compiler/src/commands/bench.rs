@@ -22,7 +22,7 @@ pub fn run(a: Args) -> Result<()> {
             crate::data::check_finite(
                 std::slice::from_ref(&x),
                 &format!("--input `{}`", p.display()),
-                a.pipeline.strict,
+                crate::data::NonFinite::strict(a.pipeline.strict),
             )?;
             Some(x)
         }

@@ -41,7 +41,11 @@ pub fn run(a: Args) -> Result<()> {
     let first = data::slice_batch(&x, 0, x.shape()[0].min(1))?;
     qforge_ir::interp::check_inputs(g, std::slice::from_ref(&first))
         .with_context(|| format!("`{}`", a.input.display()))?;
-    data::check_finite(std::slice::from_ref(&x), &format!("--input `{}`", a.input.display()), a.pipeline.strict)?;
+    data::check_finite(
+        std::slice::from_ref(&x),
+        &format!("--input `{}`", a.input.display()),
+        crate::data::NonFinite::strict(a.pipeline.strict),
+    )?;
     // quantized or reduced precision: the float model's accuracy beside it (not for an artifact,
     // which has no source model)
     let baseline = match &source {

@@ -6,7 +6,7 @@
 use crate::files;
 use crate::options::{PipelineOptions, QuantizeMode};
 use anyhow::Result;
-use qforge_ir::Op;
+use qforge_ir::{DType, Op};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -36,11 +36,13 @@ pub fn run(mut a: Args) -> Result<()> {
         .node_ids()
         .filter(|&id| {
             let n = g.node(id);
-            matches!(n.op, Op::Const(_)) && n.outputs.first().is_some_and(|t| t.quant.is_some())
+            // quantized weights; an int32 bias carries quantization parameters too, but is no weight
+            matches!(n.op, Op::Const(_))
+                && n.outputs.first().is_some_and(|t| t.quant.is_some() && t.dtype != DType::I32)
         })
         .count();
     println!(
-        "wrote `{}` ({}): {mode} QDQ ONNX, {weights} quantized weight tensor(s)",
+        "wrote `{}` ({}): {mode} QDQ ONNX, {weights} weight tensor(s) quantized",
         a.output.display(),
         files::human_bytes(bytes.len() as u64)
     );

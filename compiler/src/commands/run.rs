@@ -31,7 +31,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let x = bind_inputs(source.graph(), &a.input)?;
     qforge_ir::interp::check_inputs(source.graph(), &x)?;
-    crate::data::check_finite(&x, "--input", a.pipeline.strict)?;
+    crate::data::check_finite(&x, "--input", crate::data::NonFinite::strict(a.pipeline.strict))?;
     let exe = source.prepare(a.pipeline, super::compiler)?.exe;
     let ys = exe.run(&x)?;
     let mut written = vec![];

@@ -75,7 +75,11 @@ pub fn run(mut a: Args) -> Result<()> {
             let set = crate::calib_set::load(p, &g)?;
             qforge_ir::interp::check_inputs(&g, &set.first_sample()?)
                 .with_context(|| format!("`{}` does not fit the model", p.display()))?;
-            data::check_finite(&set.inputs, &format!("--input `{}`", p.display()), c.options().strict)?;
+            data::check_finite(
+                &set.inputs,
+                &format!("--input `{}`", p.display()),
+                crate::data::NonFinite::strict(c.options().strict),
+            )?;
             Some(set)
         }
         None => None,

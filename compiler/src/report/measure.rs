@@ -273,7 +273,11 @@ impl Report {
         }
         qforge_ir::interp::check_inputs(&source, &[data::slice_batch(&x, 0, 1)?])
             .with_context(|| format!("`{}` does not fit the model", x_path.display()))?;
-        data::check_finite(std::slice::from_ref(&x), &format!("`{}`", x_path.display()), opts.strict)?;
+        data::check_finite(
+            std::slice::from_ref(&x),
+            &format!("`{}`", x_path.display()),
+            crate::data::NonFinite::strict(opts.strict),
+        )?;
         let labels = match &args.labels {
             Some(p) => {
                 let l = data::labels(&crate::npy::read(p)?).with_context(|| format!("`{}`", p.display()))?;
