@@ -303,3 +303,15 @@ pub fn fixture_inputs(g: &Graph) -> Vec<Tensor> {
         })
         .collect()
 }
+
+/// `python3` with onnxruntime importable.
+pub fn onnxruntime_available() -> bool {
+    std::process::Command::new("python3").args(["-c", "import onnxruntime"]).output().is_ok_and(|o| o.status.success())
+}
+
+/// The first thing a test marked `#[ignore = "needs ..."]` does: it runs only when asked for
+/// (`cargo test -- --include-ignored`, as CI does after installing the tools), and then a missing
+/// tool is a failure, never a silent pass.
+pub fn require(available: bool, what: &str) {
+    assert!(available, "this test needs {what}; install it, or run the suite without --include-ignored");
+}

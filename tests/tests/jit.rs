@@ -86,19 +86,13 @@ fn qforge_int8_mobilenet_v2_is_bit_exact_on_the_jit() {
 /// dot-product tree must become `vpdpbusd`. Only the basic blocks that contain a dot product
 /// are kept, so the snapshot is the hot code and nothing else.
 #[test]
+#[ignore = "needs an x86-64 CPU with AVX-512 VNNI or AVX-VNNI"]
 fn cranelift_gemm_inner_loops_use_vpdpbusd() {
     #[cfg(target_arch = "x86_64")]
-    {
-        if !(std::is_x86_feature_detected!("avx512vnni") || std::is_x86_feature_detected!("avxvnni")) {
-            println!("skipped: this CPU has no VNNI");
-            return;
-        }
-    }
+    let vnni = std::is_x86_feature_detected!("avx512vnni") || std::is_x86_feature_detected!("avxvnni");
     #[cfg(not(target_arch = "x86_64"))]
-    {
-        println!("skipped: not x86-64");
-        return;
-    }
+    let vnni = false;
+    qforge_tests::require(vnni, "an x86-64 CPU with AVX-512 VNNI or AVX-VNNI");
     let text = qforge_codegen::emit::gemm_clif::gemm_u8i8_disassembly().expect("disassembly");
     let mut blocks: Vec<Vec<&str>> = vec![];
     for line in text.lines() {

@@ -1,15 +1,16 @@
-//! Transformers quantized and in low precision (issue 9's report): for the ViT and BERT fixtures
+//! Transformers quantized and in low precision: for the ViT and BERT fixtures
 //! (`fixtures/transformers/`), cosine similarity and SQNR of the output against ONNX Runtime's
 //! FP32 output for dynamic INT8, static INT8 under the attention policy, static INT8 with
 //! SmoothQuant and the automatic sensitivity fallback, FP16, BF16 and AMP, each printed beside
 //! ONNX Runtime's own figure for the same model (`metrics.json`, written by
 //! `scripts/gen_transformer_fixtures.py`). Every setting goes through one helper, [`figures`].
 //!
-//! Asserted (issue 9's "Done means"): dynamic INT8 with per-channel weights keeps the mean cosine
+//! Every printed row is asserted against a floor ([`Floor`]): dynamic INT8 keeps the mean cosine
 //! at least as high as ORT's `quantize_dynamic(per_channel=True)`; static INT8 with the automatic
-//! fallback beats ORT's default `quantize_static` QDQ on the same calibration data by the margin
-//! measured below; AMP keeps softmax and layer norm in f32 and every weight matmul low (the IR
-//! snapshot after precision assignment shows it).
+//! fallback beats ORT's default `quantize_static` QDQ on the same calibration data by a margin;
+//! the other settings stay at or just under their measured figures, or above the setting they
+//! refine. AMP keeps softmax and layer norm in f32 and every weight matmul low (the IR snapshot
+//! after precision assignment shows it).
 
 use anyhow::{ensure, Context, Result};
 use qforge::options::{PipelineOptions, Precision, QuantizeMode};
@@ -50,18 +51,45 @@ fn figures(m: &Model, opts: PipelineOptions) -> Result<Agreement> {
     agreement(&y, &m.reference, None)
 }
 
-/// The settings of the report, by label.
-fn settings(m: &Model) -> Vec<(&'static str, PipelineOptions, Option<&'static str>)> {
+/// What a setting's figures must reach: every printed row is asserted.
+#[derive(Clone, Copy, Debug)]
+enum Floor {
+    /// Mean cosine at least ORT's figure for the same setting.
+    OrtCosine,
+    /// SQNR at least ORT's figure for the same setting plus this margin (dB; negative: within).
+    OrtSqnr(f64),
+    /// SQNR at least this (dB): settings ORT has no figure for, floors a little under the
+    /// measured values so a regression shows.
+    Sqnr(f64),
+    /// SQNR at least that of the row with this label (minus a hundredth of a dB).
+    Row(&'static str),
+}
+
+const DYNAMIC_PC: &str = "dynamic int8 (per-channel)";
+const DYNAMIC_ORT: &str = "dynamic int8 (ORT's conventions: conv per tensor)";
+const STATIC: &str = "static int8, attention policy";
+const SMOOTH: &str = "static int8, SmoothQuant 0.5";
+const FALLBACK: &str = "static int8, fallback to 35 dB";
+
+/// The settings of the report, by label, with ORT's figure for the same setting (`metrics.json`)
+/// and the floor each must reach. Measured figures (the README's transformer table) are in the
+/// comments; floors sit under them.
+fn settings(m: &Model) -> Vec<(&'static str, PipelineOptions, Option<&'static str>, Floor)> {
     let calib = Some(fixture(m.calib));
     let base = PipelineOptions::default();
+    let vit = m.name == "vit";
+    let static_int8 = PipelineOptions { quantize: QuantizeMode::Int8, calib: calib.clone(), ..base.clone() };
     vec![
         (
-            "dynamic int8 (per-channel)",
+            DYNAMIC_PC,
             PipelineOptions { quantize: QuantizeMode::Dynamic, per_channel: true, ..base.clone() },
             Some("ort_int8_dynamic"),
+            // ViT 30.9 dB: its per-channel conv is a different weight rounding than ORT's per
+            // tensor (see below), 0.4 dB lower; BERT has no conv: cosine 1.000000 against 0.999981
+            if vit { Floor::Sqnr(30.5) } else { Floor::OrtCosine },
         ),
         (
-            "dynamic int8 (ORT's conventions: conv per tensor)",
+            DYNAMIC_ORT,
             PipelineOptions {
                 quantize: QuantizeMode::Dynamic,
                 per_channel: true,
@@ -69,90 +97,86 @@ fn settings(m: &Model) -> Vec<(&'static str, PipelineOptions, Option<&'static st
                 ..base.clone()
             },
             Some("ort_int8_dynamic"),
+            Floor::OrtCosine,
+        ),
+        // ViT 12.3 dB against ORT's 13.0; BERT 31.5 against 30.1
+        (STATIC, static_int8.clone(), Some("ort_int8_qdq"), Floor::OrtSqnr(if vit { -1.0 } else { 0.0 })),
+        // ViT 12.8 dB (pre-norm: SmoothQuant applies); BERT's post-norm blocks have no site
+        (
+            SMOOTH,
+            PipelineOptions { smooth: Some(0.5), ..static_int8.clone() },
+            Some("ort_int8_qdq"),
+            Floor::Row(STATIC),
         ),
         (
-            "static int8, attention policy",
-            PipelineOptions { quantize: QuantizeMode::Int8, calib: calib.clone(), ..base.clone() },
+            FALLBACK,
+            PipelineOptions { min_sqnr: Some(35.0), ..static_int8.clone() },
             Some("ort_int8_qdq"),
+            // ViT 35.6 dB against ORT's 13.0 (18 of 26 layers float); BERT 36.4 against 30.1
+            Floor::OrtSqnr(if vit { 20.0 } else { 5.0 }),
         ),
+        // ViT 60.9 dB against ORT's 60.5; BERT 66.8 against ORT's 75.0 (onnxconverter-common
+        // keeps more of BERT in f32)
         (
-            "static int8, SmoothQuant 0.5",
-            PipelineOptions { quantize: QuantizeMode::Int8, calib: calib.clone(), smooth: Some(0.5), ..base.clone() },
-            Some("ort_int8_qdq"),
+            "fp16",
+            PipelineOptions { precision: Precision::Fp16, ..base.clone() },
+            Some("ort_fp16"),
+            if vit { Floor::OrtSqnr(0.0) } else { Floor::Sqnr(65.0) },
         ),
+        // ViT 41.1 dB, BERT 49.9 dB
         (
-            "static int8, fallback to 35 dB",
-            PipelineOptions {
-                quantize: QuantizeMode::Int8,
-                calib: calib.clone(),
-                min_sqnr: Some(35.0),
-                ..base.clone()
-            },
-            Some("ort_int8_qdq"),
+            "bf16",
+            PipelineOptions { precision: Precision::Bf16, ..base.clone() },
+            None,
+            Floor::Sqnr(if vit { 40.0 } else { 48.5 }),
         ),
-        ("fp16", PipelineOptions { precision: Precision::Fp16, ..base.clone() }, Some("ort_fp16")),
-        ("bf16", PipelineOptions { precision: Precision::Bf16, ..base.clone() }, None),
-        ("amp", PipelineOptions { precision: Precision::Amp, ..base.clone() }, None),
+        // ViT 62.3 dB, BERT 97.3 dB: at least plain fp16
+        ("amp", PipelineOptions { precision: Precision::Amp, ..base.clone() }, None, Floor::Row("fp16")),
     ]
 }
 
-fn report(name: &'static str) -> Result<Vec<(&'static str, Agreement)>> {
+/// Every setting of `name` printed as a table row, and each checked against its floor.
+fn report(name: &'static str) -> Result<()> {
     let m = model(name)?;
-    let mut rows = vec![];
+    let mut rows: Vec<(&str, Agreement)> = vec![];
     println!("| {name} | qforge cosine | qforge SQNR dB | ORT cosine | ORT SQNR dB |");
     println!("|---|---|---|---|---|");
-    for (label, opts, ort) in settings(&m) {
+    let ort = |k: &str, f: &str| m.ort[k][f].as_f64().with_context(|| format!("metrics.json: {k}.{f}"));
+    let mut failures = vec![];
+    for (label, opts, ort_key, floor) in settings(&m) {
         let a = figures(&m, opts).with_context(|| format!("{name}: {label}"))?;
-        let (oc, os) = match ort {
-            Some(k) => (
-                format!("{:.6}", m.ort[k]["cosine"].as_f64().unwrap_or(f64::NAN)),
-                format!("{:.1}", m.ort[k]["sqnr_db"].as_f64().unwrap_or(f64::NAN)),
-            ),
+        let (oc, os) = match ort_key {
+            Some(k) => (format!("{:.6}", ort(k, "cosine")?), format!("{:.1}", ort(k, "sqnr_db")?)),
             None => ("-".into(), "-".into()),
         };
         println!("| {label} | {:.6} | {:.1} | {oc} | {os} |", a.mean_cosine, a.sqnr_db);
+        let key = || ort_key.context("a floor against ORT needs ORT's figure");
+        let (got, want, what) = match floor {
+            Floor::OrtCosine => (a.mean_cosine, ort(key()?, "cosine")?, "mean cosine"),
+            Floor::OrtSqnr(margin) => (a.sqnr_db, ort(key()?, "sqnr_db")? + margin, "SQNR dB"),
+            Floor::Sqnr(db) => (a.sqnr_db, db, "SQNR dB"),
+            Floor::Row(other) => {
+                let (_, o) = rows.iter().find(|(l, _)| *l == other).context("the row a floor names comes first")?;
+                (a.sqnr_db, o.sqnr_db - 0.01, "SQNR dB")
+            }
+        };
+        if got < want {
+            failures.push(format!("{name}: {label}: {what} {got:.6} is below its floor {want:.6} ({floor:?})"));
+        }
         rows.push((label, a));
     }
-    Ok(rows)
-}
-
-/// The Done-means comparisons with ORT on one model.
-fn against_ort(name: &'static str, fallback_margin_db: f64) -> Result<()> {
-    let m = model(name)?;
-    let rows = report(name)?;
-    let get = |label: &str| rows.iter().find(|(l, _)| *l == label).map(|(_, a)| a.clone()).context("missing row");
-    let ort = |k: &str, f: &str| m.ort[k][f].as_f64().context("metrics.json");
-    // qforge's dynamic path under ORT's conventions (the ViT's patch-embedding conv per tensor,
-    // as ORT's ConvInteger is); with per-channel conv weights too, the ViT's figure is a
-    // different weight-rounding realization (printed above, measured 0.4 dB lower on the 32
-    // calibration samples as well), not a better or worse scheme.
-    let dynamic = get("dynamic int8 (ORT's conventions: conv per tensor)")?;
-    ensure!(
-        dynamic.mean_cosine >= ort("ort_int8_dynamic", "cosine")?,
-        "{name}: dynamic int8 mean cosine {:.6} is below ORT's {:.6}",
-        dynamic.mean_cosine,
-        ort("ort_int8_dynamic", "cosine")?
-    );
-    let fallback = get("static int8, fallback to 35 dB")?;
-    let margin = fallback.sqnr_db - ort("ort_int8_qdq", "sqnr_db")?;
-    ensure!(
-        margin >= fallback_margin_db,
-        "{name}: static int8 with fallback {:.1} dB beats ORT's QDQ by only {margin:.1} dB",
-        fallback.sqnr_db
-    );
+    ensure!(failures.is_empty(), "{}", failures.join("; "));
     Ok(())
 }
 
 #[test]
 fn vit_against_onnx_runtime() -> Result<()> {
-    // measured: 35.6 dB against ORT's 13.0 (18 of 26 layers kept float, the residual adds first)
-    against_ort("vit", 20.0)
+    report("vit")
 }
 
 #[test]
 fn bert_against_onnx_runtime() -> Result<()> {
-    // measured: 36.4 dB against ORT's 30.1 (1 of 36 layers kept float)
-    against_ort("bert", 5.0)
+    report("bert")
 }
 
 /// `--precision amp` on BERT: the IR right after precision assignment, snapshotted; softmax and

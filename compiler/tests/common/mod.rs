@@ -79,3 +79,10 @@ pub fn expect_error_env(args: &[&str], env: &[(&str, &str)], needle: &str) {
 pub fn expect_error(args: &[&str], needle: &str) {
     expect_error_env(args, &[], needle)
 }
+
+/// The first thing a test marked `#[ignore = "needs ..."]` does: it runs only when asked for
+/// (`cargo test -- --include-ignored`, as CI does after installing the tools), and then a missing
+/// tool is a failure, never a silent pass.
+pub fn require(available: bool, what: &str) {
+    assert!(available, "this test needs {what}; install it, or run the suite without --include-ignored");
+}
