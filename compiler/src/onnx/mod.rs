@@ -4,7 +4,9 @@
 //!   (regenerate with `compiler/proto/regen.sh`; the build needs neither protoc nor a build script).
 //! * `import`: graph building: initializers, graph inputs with symbolic dims, the value map,
 //!   node naming, constant folding, outputs, verification.
-//! * `ops`: one function per ONNX op or op family.
+//! * `ops`: one converter per ONNX op (or small group), in one file per op family (`nn`, `math`,
+//!   `logic`, `array`, `constant`, `norm`, `quant`), found through a registry keyed by domain and
+//!   op type.
 //! * `symbolic`: shape arithmetic on dynamic dims (batch, sequence length) evaluated at import,
 //!   so the graph stays symbolic instead of being specialized to one input shape.
 //! * `attrs`: typed attribute access. `tensors`: `TensorProto` <-> [`qforge_ir::Tensor`].
