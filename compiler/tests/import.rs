@@ -8,7 +8,7 @@ use qforge::onnx::proto::{
     attribute_proto::AttributeType, tensor_shape_proto::dimension, tensor_shape_proto::Dimension, type_proto,
     AttributeProto, ModelProto, NodeProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
-use qforge::onnx::tensors::tensor_to_proto;
+use qforge::onnx::tensors::{tensor_to_proto, TensorError};
 use qforge::onnx::{import_bytes, import_file, ImportError};
 use qforge_ir::{DType, Dim, Graph, Op, QuantParams, Tensor};
 use std::collections::BTreeMap;
@@ -724,6 +724,10 @@ fn external_data_is_an_error_naming_the_tensor() {
         model(13, vec![f32_input("x", &[2])], vec![t], vec![node("Add", &["x", "big_weight"], &["y"], vec![])], &["y"]);
     let e = import(&bytes).unwrap_err();
     assert!(e.to_string().contains("`big_weight`") && e.to_string().contains("external"), "{e}");
+    assert!(
+        matches!(&e, ImportError::Initializer { name, error: TensorError::ExternalData } if name == "big_weight"),
+        "{e:?}"
+    );
 }
 
 #[test]

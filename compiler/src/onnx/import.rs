@@ -3,7 +3,7 @@
 
 use super::attrs::NodeRef;
 use super::proto::{tensor_shape_proto::dimension, type_proto, GraphProto, ModelProto, ValueInfoProto};
-use super::tensors::{dtype_from_onnx, tensor_from_proto};
+use super::tensors::{dtype_from_onnx, tensor_from_proto, TensorError, MAX_TENSOR_BYTES};
 use super::{ops, symbolic, ImportError};
 use qforge_ir::{infer, interp, Dim, Graph, Op, Shape, Tensor, TensorType, Value};
 use std::collections::{HashMap, HashSet};
@@ -72,15 +72,11 @@ impl Importer {
     }
 
     /// Counts `bytes` of a constant the importer is about to make from a shape; the total over
-    /// the model may not exceed [`super::tensors::MAX_TENSOR_BYTES`], the limit of one tensor.
-    pub fn charge(&mut self, bytes: u128) -> Result<(), String> {
+    /// the model may not exceed [`MAX_TENSOR_BYTES`], the limit of one tensor.
+    pub fn charge(&mut self, bytes: u128) -> Result<(), TensorError> {
         self.materialized = self.materialized.saturating_add(bytes);
-        if self.materialized > super::tensors::MAX_TENSOR_BYTES {
-            return Err(format!(
-                "the constants this model builds from shapes total {} bytes, over the importer's limit of {} bytes",
-                self.materialized,
-                super::tensors::MAX_TENSOR_BYTES
-            ));
+        if self.materialized > MAX_TENSOR_BYTES {
+            return Err(TensorError::TotalTooLarge { total: self.materialized, limit: MAX_TENSOR_BYTES });
         }
         Ok(())
     }
@@ -336,7 +332,7 @@ fn add_initializers(im: &mut Importer, graph: &GraphProto) -> Result<(), ImportE
         if t.name.is_empty() {
             return Err(ImportError::Model("an initializer has no name".into()));
         }
-        let tensor = tensor_from_proto(t).map_err(|m| ImportError::Model(format!("initializer: {m}")))?;
+        let tensor = tensor_from_proto(t).map_err(|error| ImportError::Initializer { name: t.name.clone(), error })?;
         if im.inits.insert(t.name.clone(), Arc::new(tensor)).is_some() {
             return Err(ImportError::Model(format!("initializer `{}` is defined twice", t.name)));
         }

@@ -32,19 +32,29 @@ use prost::Message;
 use qforge_ir::Graph;
 use std::path::Path;
 
-/// What can go wrong importing a model.
+/// What can go wrong importing a model. Each message is one line.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
+    /// The file cannot be read.
     #[error("cannot read `{path}`: {source}")]
     Io { path: String, source: std::io::Error },
+    /// The bytes are not an ONNX model.
     #[error("`{path}` is not a valid ONNX model: {msg}")]
     Decode { path: String, msg: String },
+    /// No converter for this op in this domain and opset.
     #[error("unsupported op `{op}` (domain `{domain}`, opset {opset}) at node `{node}`")]
     Unsupported { op: String, domain: String, opset: i64, node: String },
+    /// A node is malformed, ill-typed or uses what qforge does not support: `node` is its IR name
+    /// (the ONNX name, or `{op}_{index}` for an unnamed node), `op` its ONNX op type.
     #[error("node `{node}` ({op}): {msg}")]
     Node { node: String, op: String, msg: String },
+    /// An initializer cannot be read (its message is part of this one, not a `source()`).
+    #[error("initializer `{name}`: {error}")]
+    Initializer { name: String, error: tensors::TensorError },
+    /// The model as a whole is malformed (opsets, graph inputs and outputs).
     #[error("{0}")]
     Model(String),
+    /// The imported graph does not verify.
     #[error(transparent)]
     Ir(#[from] qforge_ir::IrError),
 }

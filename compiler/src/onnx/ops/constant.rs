@@ -6,7 +6,7 @@
 
 use super::{one, Cx, OpDef, Outs, R};
 use crate::onnx::symbolic;
-use crate::onnx::tensors::{checked_numel, tensor_from_proto};
+use crate::onnx::tensors::{checked_numel, tensor_from_proto, MAX_TENSOR_BYTES};
 use qforge_ir::{DType, Op, Tensor, TensorData};
 
 pub(super) const OPS: &[OpDef] = &[
@@ -20,7 +20,7 @@ pub(super) const OPS: &[OpDef] = &[
 fn constant(cx: &mut Cx) -> R<Outs> {
     let a = cx.attrs();
     let t = if let Some(tp) = a.tensor("value")? {
-        tensor_from_proto(tp).map_err(|m| cx.err(m))?
+        tensor_from_proto(tp).map_err(|m| cx.err(format!("attribute `value`: {m}")))?
     } else if let Some(f) = a.float("value_float")? {
         Tensor::scalar_f32(f)
     } else if let Some(v) = a.floats("value_floats")? {
@@ -41,7 +41,7 @@ fn constant(cx: &mut Cx) -> R<Outs> {
 /// enough (see [`crate::onnx::tensors::MAX_TENSOR_BYTES`]); it is checked before allocating.
 fn constant_of_shape(cx: &mut Cx) -> R<Outs> {
     let value = match cx.attrs().tensor("value")? {
-        Some(tp) => tensor_from_proto(tp).map_err(|m| cx.err(m))?,
+        Some(tp) => tensor_from_proto(tp).map_err(|m| cx.err(format!("attribute `value`: {m}")))?,
         None => Tensor::scalar_f32(0.0),
     };
     if value.len() != 1 {
@@ -60,7 +60,7 @@ fn constant_of_shape(cx: &mut Cx) -> R<Outs> {
         return one(cx.add(Op::ExpandDyn { shape }, ins, None)?);
     }
     let dims = cx.ints_input(0, "shape")?;
-    let (shape, n) = checked_numel(&dims, value.dtype()).map_err(|m| cx.err(m))?;
+    let (shape, n) = checked_numel(&dims, value.dtype(), MAX_TENSOR_BYTES).map_err(|m| cx.err(m))?;
     cx.im.charge(n as u128 * value.dtype().size_bytes() as u128).map_err(|m| cx.err(m))?;
     let t = Tensor::new(shape, splat(value.data(), n)).ok_or_else(|| cx.err("shape and data disagree"))?;
     one(cx.im.g.add_const(cx.at.name.clone(), t))

@@ -140,7 +140,7 @@ impl<'a> Cx<'a> {
         Attrs::new(self.node, self.at)
     }
 
-    fn err(&self, msg: impl Into<String>) -> ImportError {
+    fn err(&self, msg: impl std::fmt::Display) -> ImportError {
         self.at.err(msg)
     }
 
