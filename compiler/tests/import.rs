@@ -376,6 +376,42 @@ fn missing_empty_random_and_truncated_files_are_errors() {
     assert!(matches!(e, ImportError::Model(ref m) if m.contains("no graph")), "{e}");
 }
 
+/// No error in the chain repeats its source's message (which `{:#}` would print twice).
+fn assert_sources_not_repeated(e: &(dyn std::error::Error + 'static)) {
+    let mut link = Some(e);
+    while let Some(l) = link {
+        if let Some(src) = l.source() {
+            assert!(!l.to_string().contains(&src.to_string()), "`{l}` repeats its source `{src}`");
+        }
+        link = l.source();
+    }
+}
+
+#[test]
+fn an_os_error_is_printed_once() {
+    let path = Path::new("/nonexistent/missing.onnx");
+    let os = std::fs::read(path).unwrap_err().to_string();
+    assert!(os.contains("os error"), "{os}");
+    let e = import_file(path).unwrap_err();
+    assert_sources_not_repeated(&e);
+    let source = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<std::io::Error>());
+    assert_eq!(source.map(std::io::Error::kind), Some(std::io::ErrorKind::NotFound), "{e:?}");
+    // What the CLI prints: anyhow's alternate form joins the chain with ": ".
+    let line = format!("{:#}", anyhow::Error::from(e));
+    assert_eq!(line, format!("cannot read `/nonexistent/missing.onnx`: {os}"));
+    assert_eq!(line.matches("os error").count(), 1, "{line}");
+    // Errors that wrap another error of the importer's own carry it in the message only.
+    let mut t = init("w", &Tensor::from_f32(vec![2], vec![1.0, 2.0]));
+    t.raw_data.truncate(3);
+    let bytes = model(13, vec![f32_input("x", &[2])], vec![t], vec![node("Add", &["x", "w"], &["y"], vec![])], &["y"]);
+    let e = import(&bytes).unwrap_err();
+    assert_sources_not_repeated(&e);
+    assert_eq!(
+        format!("{:#}", anyhow::Error::from(e)),
+        "initializer `w`: raw_data has 3 bytes, but 2 f32 elements need 8"
+    );
+}
+
 fn import(bytes: &[u8]) -> Result<Graph, ImportError> {
     import_bytes(bytes, "test.onnx")
 }

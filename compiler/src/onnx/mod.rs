@@ -32,12 +32,20 @@ use prost::Message;
 use qforge_ir::Graph;
 use std::path::Path;
 
-/// What can go wrong importing a model. Each message is one line.
+/// What can go wrong importing a model. Each message is one line. An error wrapped inside
+/// another is either its `source()` or part of its message, never both (a chain printed with its
+/// sources, anyhow's `{:#}`, would repeat it).
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    /// The file cannot be read.
-    #[error("cannot read `{path}`: {source}")]
-    Io { path: String, source: std::io::Error },
+    /// The file cannot be read. The OS error is the `source()`, not part of this message, so a
+    /// chain printed with `{:#}` (anyhow's alternate form, as the CLI does) shows it once:
+    /// "cannot read `m.onnx`: No such file or directory (os error 2)".
+    #[error("cannot read `{path}`")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The bytes are not an ONNX model.
     #[error("`{path}` is not a valid ONNX model: {msg}")]
     Decode { path: String, msg: String },
