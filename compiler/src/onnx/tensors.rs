@@ -30,11 +30,11 @@ pub enum TensorError {
          bytes (--max-tensor-bytes)"
     )]
     TooLarge { dtype: DType, dims: Vec<i64>, bytes: u128, limit: u128 },
-    /// The constants built from shapes (`ConstantOfShape`) add up to more than the limit: a small
-    /// model can ask for many large ones.
+    /// The constants the importer builds (`ConstantOfShape`, `Range`) add up to more than the
+    /// limit: a small model can ask for many large ones.
     #[error(
-        "the constants this model builds from shapes total {total} bytes, more than the limit of {limit} bytes \
-         (--max-tensor-bytes)"
+        "the constants this model builds at import (ConstantOfShape, Range) total {total} bytes, more than the \
+         limit of {limit} bytes (--max-tensor-bytes)"
     )]
     TotalTooLarge { total: u128, limit: u128 },
     #[error(

@@ -6,7 +6,7 @@
 
 use super::{one, Cx, OpDef, Outs, R};
 use crate::onnx::symbolic;
-use crate::onnx::tensors::{checked_numel, tensor_from_proto, MAX_TENSOR_BYTES};
+use crate::onnx::tensors::{checked_numel, tensor_from_proto_limited};
 use qforge_ir::{DType, Op, Tensor, TensorData};
 
 pub(super) const OPS: &[OpDef] = &[
@@ -20,7 +20,7 @@ pub(super) const OPS: &[OpDef] = &[
 fn constant(cx: &mut Cx) -> R<Outs> {
     let a = cx.attrs();
     let t = if let Some(tp) = a.tensor("value")? {
-        tensor_from_proto(tp).map_err(|m| cx.err(format!("attribute `value`: {m}")))?
+        tensor_from_proto_limited(tp, cx.im.max_tensor_bytes).map_err(|m| cx.err(format!("attribute `value`: {m}")))?
     } else if let Some(f) = a.float("value_float")? {
         Tensor::scalar_f32(f)
     } else if let Some(v) = a.floats("value_floats")? {
@@ -37,11 +37,13 @@ fn constant(cx: &mut Cx) -> R<Outs> {
     one(cx.im.g.add_const(cx.at.name.clone(), t))
 }
 
-/// Folded here, never left as a node: the shape must be constant and the tensor small
-/// enough (see [`crate::onnx::tensors::MAX_TENSOR_BYTES`]); it is checked before allocating.
+/// Folded here, never left as a node: the shape must be constant and the tensor within the size
+/// limit ([`crate::onnx::ImportOptions::max_tensor_bytes`], for one tensor and for the total of
+/// the constants built at import); it is checked before allocating.
 fn constant_of_shape(cx: &mut Cx) -> R<Outs> {
     let value = match cx.attrs().tensor("value")? {
-        Some(tp) => tensor_from_proto(tp).map_err(|m| cx.err(format!("attribute `value`: {m}")))?,
+        Some(tp) => tensor_from_proto_limited(tp, cx.im.max_tensor_bytes)
+            .map_err(|m| cx.err(format!("attribute `value`: {m}")))?,
         None => Tensor::scalar_f32(0.0),
     };
     if value.len() != 1 {
@@ -60,7 +62,7 @@ fn constant_of_shape(cx: &mut Cx) -> R<Outs> {
         return one(cx.add(Op::ExpandDyn { shape }, ins, None)?);
     }
     let dims = cx.ints_input(0, "shape")?;
-    let (shape, n) = checked_numel(&dims, value.dtype(), MAX_TENSOR_BYTES).map_err(|m| cx.err(m))?;
+    let (shape, n) = checked_numel(&dims, value.dtype(), cx.im.max_tensor_bytes).map_err(|m| cx.err(m))?;
     cx.im.charge(n as u128 * value.dtype().size_bytes() as u128).map_err(|m| cx.err(m))?;
     let t = Tensor::new(shape, splat(value.data(), n)).ok_or_else(|| cx.err("shape and data disagree"))?;
     one(cx.im.g.add_const(cx.at.name.clone(), t))
@@ -127,6 +129,9 @@ fn range(cx: &mut Cx) -> R<Outs> {
         let n = ((l as i128 - s as i128) + d - d.signum()) / d;
         let n = usize::try_from(n.max(0)).ok().filter(|&n| n <= 1 << 24);
         let n = n.ok_or_else(|| cx.err("range too long"))?;
+        // Within the size limit, for this tensor and for the total built at import.
+        let (_, n) = checked_numel(&[n as i64], dtype, cx.im.max_tensor_bytes).map_err(|m| cx.err(m))?;
+        cx.im.charge(n as u128 * dtype.size_bytes() as u128).map_err(|m| cx.err(m))?;
         let v: Vec<i64> = (0..n as i64).map(|i| s + i * delta).collect();
         let t = Tensor::from_i64_wrapping(dtype, vec![n], &v);
         return one(cx.im.g.add_const(cx.at.name.clone(), t));
