@@ -93,8 +93,9 @@ impl Default for ImportOptions {
 
 impl ImportOptions {
     /// These options with the size limit `bytes` (see [`ImportOptions::max_tensor_bytes`]).
-    pub fn with_max_tensor_bytes(self, bytes: u64) -> ImportOptions {
-        ImportOptions { max_tensor_bytes: bytes, ..self }
+    pub fn with_max_tensor_bytes(mut self, bytes: u64) -> ImportOptions {
+        self.max_tensor_bytes = bytes;
+        self
     }
 }
 
