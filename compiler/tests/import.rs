@@ -8,8 +8,8 @@ use qforge::onnx::proto::{
     attribute_proto::AttributeType, tensor_shape_proto::dimension, tensor_shape_proto::Dimension, type_proto,
     AttributeProto, ModelProto, NodeProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
-use qforge::onnx::tensors::tensor_to_proto;
-use qforge::onnx::{import_bytes, import_file, ImportError};
+use qforge::onnx::tensors::{tensor_to_proto, TensorError};
+use qforge::onnx::{import_bytes, import_bytes_with, import_file, ImportError, ImportOptions};
 use qforge_ir::{DType, Dim, Graph, Op, QuantParams, Tensor};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -376,6 +376,42 @@ fn missing_empty_random_and_truncated_files_are_errors() {
     assert!(matches!(e, ImportError::Model(ref m) if m.contains("no graph")), "{e}");
 }
 
+/// No error in the chain repeats its source's message (which `{:#}` would print twice).
+fn assert_sources_not_repeated(e: &(dyn std::error::Error + 'static)) {
+    let mut link = Some(e);
+    while let Some(l) = link {
+        if let Some(src) = l.source() {
+            assert!(!l.to_string().contains(&src.to_string()), "`{l}` repeats its source `{src}`");
+        }
+        link = l.source();
+    }
+}
+
+#[test]
+fn an_os_error_is_printed_once() {
+    let path = Path::new("/nonexistent/missing.onnx");
+    let os = std::fs::read(path).unwrap_err().to_string();
+    assert!(os.contains("os error"), "{os}");
+    let e = import_file(path).unwrap_err();
+    assert_sources_not_repeated(&e);
+    let source = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<std::io::Error>());
+    assert_eq!(source.map(std::io::Error::kind), Some(std::io::ErrorKind::NotFound), "{e:?}");
+    // What the CLI prints: anyhow's alternate form joins the chain with ": ".
+    let line = format!("{:#}", anyhow::Error::from(e));
+    assert_eq!(line, format!("cannot read `/nonexistent/missing.onnx`: {os}"));
+    assert_eq!(line.matches("os error").count(), 1, "{line}");
+    // Errors that wrap another error of the importer's own carry it in the message only.
+    let mut t = init("w", &Tensor::from_f32(vec![2], vec![1.0, 2.0]));
+    t.raw_data.truncate(3);
+    let bytes = model(13, vec![f32_input("x", &[2])], vec![t], vec![node("Add", &["x", "w"], &["y"], vec![])], &["y"]);
+    let e = import(&bytes).unwrap_err();
+    assert_sources_not_repeated(&e);
+    assert_eq!(
+        format!("{:#}", anyhow::Error::from(e)),
+        "initializer `w`: raw_data has 3 bytes, but 2 f32 elements need 8"
+    );
+}
+
 fn import(bytes: &[u8]) -> Result<Graph, ImportError> {
     import_bytes(bytes, "test.onnx")
 }
@@ -724,6 +760,64 @@ fn external_data_is_an_error_naming_the_tensor() {
         model(13, vec![f32_input("x", &[2])], vec![t], vec![node("Add", &["x", "big_weight"], &["y"], vec![])], &["y"]);
     let e = import(&bytes).unwrap_err();
     assert!(e.to_string().contains("`big_weight`") && e.to_string().contains("external"), "{e}");
+    assert!(
+        matches!(&e, ImportError::Initializer { name, error: TensorError::ExternalData } if name == "big_weight"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn the_tensor_size_limit_is_an_import_option() {
+    let with_limit = |bytes: &[u8], limit: u64| {
+        import_bytes_with(bytes, "test.onnx", &ImportOptions::default().with_max_tensor_bytes(limit))
+    };
+    assert_eq!(ImportOptions::default().max_tensor_bytes, 1 << 31);
+
+    // An initializer of 4 f32 (16 bytes).
+    let w = init("w", &Tensor::from_f32(vec![4], vec![1.0; 4]));
+    let bytes = model(13, vec![f32_input("x", &[4])], vec![w], vec![node("Add", &["x", "w"], &["y"], vec![])], &["y"]);
+    import(&bytes).unwrap();
+    with_limit(&bytes, 16).unwrap();
+    let e = with_limit(&bytes, 15).unwrap_err();
+    assert!(
+        matches!(&e, ImportError::Initializer { name, error: TensorError::TooLarge { bytes: 16, limit: 15, .. } }
+            if name == "w"),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("limit of 15 bytes (--max-tensor-bytes)"), "{e}");
+
+    // Two ConstantOfShape of 6 f32 (24 bytes each): each one, then their total, is bounded.
+    let nodes = vec![
+        node("ConstantOfShape", &["s"], &["c1"], vec![]),
+        node("ConstantOfShape", &["s"], &["c2"], vec![]),
+        node("Add", &["x", "c1"], &["a"], vec![]),
+        node("Add", &["a", "c2"], &["y"], vec![]),
+    ];
+    let s = init("s", &Tensor::from_i64(vec![2], vec![2, 3]));
+    let bytes = model(13, vec![f32_input("x", &[2, 3])], vec![s], nodes, &["y"]);
+    with_limit(&bytes, 48).unwrap();
+    let e = with_limit(&bytes, 23).unwrap_err();
+    assert!(node_msg(&e).contains("needs 24 bytes, more than the limit of 23 bytes (--max-tensor-bytes)"), "{e}");
+    let e = with_limit(&bytes, 40).unwrap_err();
+    assert!(matches!(&e, ImportError::Node { node, .. } if node == "ConstantOfShape_1"), "{e:?}");
+    assert!(node_msg(&e).contains("total 48 bytes, more than the limit of 40 bytes (--max-tensor-bytes)"), "{e}");
+
+    // Range is bounded the same way (10 i64: 80 bytes).
+    let inits = vec![
+        init("zero", &Tensor::from_i64(vec![], vec![0])),
+        init("ten", &Tensor::from_i64(vec![], vec![10])),
+        init("one", &Tensor::from_i64(vec![], vec![1])),
+    ];
+    let bytes = model(13, vec![], inits, vec![node("Range", &["zero", "ten", "one"], &["y"], vec![])], &["y"]);
+    with_limit(&bytes, 80).unwrap();
+    assert!(node_msg(&with_limit(&bytes, 79).unwrap_err()).contains("--max-tensor-bytes"));
+
+    // A constant fold over the limit is not an error: the node stays, computed at run time.
+    let inits = vec![init("v", &Tensor::scalar_f32(0.5)), init("shape", &Tensor::from_i64(vec![2], vec![2, 3]))];
+    let nodes = vec![node("Expand", &["v", "shape"], &["e"], vec![]), node("Add", &["x", "e"], &["y"], vec![])];
+    let bytes = model(13, vec![f32_input("x", &[2, 3])], inits, nodes, &["y"]);
+    assert_eq!(histogram(&with_limit(&bytes, 24).unwrap()), BTreeMap::from([("add", 1), ("const", 1)]));
+    assert_eq!(histogram(&with_limit(&bytes, 23).unwrap()), BTreeMap::from([("add", 1), ("const", 1), ("expand", 1)]));
 }
 
 #[test]

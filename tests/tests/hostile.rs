@@ -30,7 +30,7 @@ fn kind(e: &ImportError) -> Kind {
         ImportError::Io { .. } | ImportError::Decode { .. } => Kind::Decode,
         ImportError::Unsupported { .. } => Kind::Unsupported,
         ImportError::Node { .. } => Kind::Node,
-        ImportError::Model(_) => Kind::Model,
+        ImportError::Model(_) | ImportError::Initializer { .. } => Kind::Model,
         // The importer reports a node's type errors as `Node`, with the ONNX op; what reaches
         // here from the IR concerns the graph as a whole.
         ImportError::Ir(_) => Kind::IrGraph,

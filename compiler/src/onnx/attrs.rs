@@ -16,9 +16,10 @@ pub struct NodeRef {
 }
 
 impl NodeRef {
-    /// An [`ImportError::Node`] about this node.
-    pub fn err(&self, msg: impl Into<String>) -> ImportError {
-        ImportError::Node { node: self.name.clone(), op: self.op.clone(), msg: msg.into() }
+    /// An [`ImportError::Node`] about this node; `msg` is a message or an error of the importer's
+    /// own (its text becomes the message).
+    pub fn err(&self, msg: impl std::fmt::Display) -> ImportError {
+        ImportError::Node { node: self.name.clone(), op: self.op.clone(), msg: msg.to_string() }
     }
 
     /// An [`ImportError::Unsupported`] for this node.

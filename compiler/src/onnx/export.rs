@@ -17,7 +17,7 @@ use super::proto::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto, Tensor
 use super::tensors::{dtype_to_onnx, tensor_to_proto};
 use prost::Message;
 use qforge_ir::{BinaryOp, DType, Graph, Op, QuantParams, Tensor, TensorType, UnaryOp, Value};
-use qforge_passes::quantize::scheme::{pack_int4, QType};
+use qforge_passes::quantize::scheme::{pack_int4, QType, SchemeError};
 use std::collections::{HashMap, HashSet};
 
 /// Export failed: an op has no ONNX form here, or the graph is malformed.
@@ -27,6 +27,17 @@ pub struct ExportError {
     pub node: String,
     pub op: &'static str,
     pub msg: String,
+}
+
+/// Why quantization parameters cannot be written (part of an [`ExportError`]'s message).
+#[derive(Debug, thiserror::Error)]
+enum ParamsError {
+    #[error("per-group parameters of a value without a fixed shape")]
+    NoFixedShape,
+    #[error("per-group parameters do not fit the value's shape")]
+    GroupShape,
+    #[error("4-bit zero points: {0}")]
+    Pack(SchemeError),
 }
 
 struct Names {
@@ -65,16 +76,17 @@ fn four_bit(t: &Tensor, ty: &TensorType) -> Option<DataType> {
 }
 
 /// An INT4/UINT4 initializer: `codes` packed two per byte (element `2i` in the low nibble).
-fn int4_proto(name: &str, shape: &[usize], codes: &[i64], dt: DataType) -> TensorProto {
+/// [`four_bit`] has checked that the codes fit; packing reports it if they do not.
+fn int4_proto(name: &str, shape: &[usize], codes: &[i64], dt: DataType) -> Result<TensorProto, SchemeError> {
     let qtype = if dt == DataType::Int4 { QType::I4 } else { QType::U4 };
     let codes: Vec<i32> = codes.iter().map(|&c| c as i32).collect();
-    TensorProto {
+    Ok(TensorProto {
         name: name.to_string(),
         dims: shape.iter().map(|&d| d as i64).collect(),
         data_type: dt as i32,
-        raw_data: pack_int4(&codes, qtype).expect("codes checked to fit in 4 bits"),
+        raw_data: pack_int4(&codes, qtype)?,
         ..Default::default()
-    }
+    })
 }
 
 /// Scale and zero-point initializers for `q` with zero points of `dtype` (or of `int4`, the 4-bit
@@ -88,7 +100,7 @@ fn qparams(
     base: &str,
     names: &mut Names,
     inits: &mut Vec<TensorProto>,
-) -> Result<(String, String, Option<usize>, Option<usize>), String> {
+) -> Result<(String, String, Option<usize>, Option<usize>), ParamsError> {
     let (sn, zn) = (names.fresh(&format!("{base}_scale")), names.fresh(&format!("{base}_zero_point")));
     let (s, z, axis, block) = match q {
         QuantParams::PerTensor { scale, zero_point } => {
@@ -101,14 +113,13 @@ fn qparams(
             None,
         ),
         QuantParams::PerGroup { axis, group_size, scales, zero_points } => {
-            let shape = shape.ok_or("per-group parameters of a value without a fixed shape")?;
-            let ps = QuantParams::group_param_shape(*axis, *group_size, shape)
-                .ok_or("per-group parameters do not fit the value's shape")?;
+            let shape = shape.ok_or(ParamsError::NoFixedShape)?;
+            let ps = QuantParams::group_param_shape(*axis, *group_size, shape).ok_or(ParamsError::GroupShape)?;
             let s = Tensor::from_f32(ps.clone(), scales.clone());
             if let Some(dt) = int4 {
                 let zs: Vec<i64> = zero_points.iter().map(|&z| z as i64).collect();
                 inits.push(tensor_to_proto(&sn, &s));
-                inits.push(int4_proto(&zn, &ps, &zs, dt));
+                inits.push(int4_proto(&zn, &ps, &zs, dt).map_err(ParamsError::Pack)?);
                 return Ok((sn, zn, Some(*axis), Some(*group_size)));
             }
             let z = Tensor::from_f64_iter(dtype, ps, zero_points.iter().map(|&z| z as f64));
@@ -173,7 +184,10 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
         }
         if let Op::Const(t) = &node.op {
             match int4.get(&Value::new(id, 0)) {
-                Some(&dt) => inits.push(int4_proto(&outs[0], t.shape(), &t.to_i64_vec().unwrap_or_default(), dt)),
+                Some(&dt) => inits.push(
+                    int4_proto(&outs[0], t.shape(), &t.to_i64_vec().unwrap_or_default(), dt)
+                        .map_err(|e| err(format!("4-bit constant: {e}")))?,
+                ),
                 None => inits.push(tensor_to_proto(&outs[0], t)),
             }
             continue;
@@ -209,7 +223,8 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
                 };
                 let shape = ty.shape.as_fixed();
                 let (s, z, axis, block) =
-                    qparams(q, qdtype, packed, shape.as_deref(), &outs[0], &mut names, &mut inits).map_err(err)?;
+                    qparams(q, qdtype, packed, shape.as_deref(), &outs[0], &mut names, &mut inits)
+                        .map_err(|e| err(e.to_string()))?;
                 ins.push(s);
                 if qdtype != DType::I32 || q.len() > 1 || q.zero_point(0) != 0 {
                     ins.push(z);

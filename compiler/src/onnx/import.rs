@@ -3,8 +3,8 @@
 
 use super::attrs::NodeRef;
 use super::proto::{tensor_shape_proto::dimension, type_proto, GraphProto, ModelProto, ValueInfoProto};
-use super::tensors::{dtype_from_onnx, tensor_from_proto};
-use super::{ops, symbolic, ImportError};
+use super::tensors::{dtype_from_onnx, tensor_from_proto_limited, TensorError};
+use super::{ops, symbolic, ImportError, ImportOptions};
 use qforge_ir::{infer, interp, Dim, Graph, Op, Shape, Tensor, TensorType, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -45,9 +45,12 @@ pub struct Importer {
     pub(super) sym: HashMap<String, symbolic::SymVal>,
     /// Where each dimension symbol can be read: a graph input and its axis.
     pub(super) sym_src: HashMap<String, (Value, usize)>,
-    /// Bytes of constants the importer has made from shapes (`ConstantOfShape`): a small model can
-    /// ask for many large ones, so their total is bounded too (see [`Importer::charge`]).
+    /// Bytes of constants the importer has made from shapes (`ConstantOfShape`, `Range`): a small
+    /// model can ask for many large ones, so their total is bounded too (see [`Importer::charge`]).
     materialized: u128,
+    /// The largest tensor the importer materializes, and the bound on `materialized`
+    /// ([`ImportOptions::max_tensor_bytes`]).
+    pub max_tensor_bytes: u128,
 }
 
 impl Importer {
@@ -72,15 +75,11 @@ impl Importer {
     }
 
     /// Counts `bytes` of a constant the importer is about to make from a shape; the total over
-    /// the model may not exceed [`super::tensors::MAX_TENSOR_BYTES`], the limit of one tensor.
-    pub fn charge(&mut self, bytes: u128) -> Result<(), String> {
+    /// the model may not exceed [`Importer::max_tensor_bytes`], the limit of one tensor.
+    pub fn charge(&mut self, bytes: u128) -> Result<(), TensorError> {
         self.materialized = self.materialized.saturating_add(bytes);
-        if self.materialized > super::tensors::MAX_TENSOR_BYTES {
-            return Err(format!(
-                "the constants this model builds from shapes total {} bytes, over the importer's limit of {} bytes",
-                self.materialized,
-                super::tensors::MAX_TENSOR_BYTES
-            ));
+        if self.materialized > self.max_tensor_bytes {
+            return Err(TensorError::TotalTooLarge { total: self.materialized, limit: self.max_tensor_bytes });
         }
         Ok(())
     }
@@ -216,6 +215,12 @@ impl Importer {
         let in_types: Vec<Option<&TensorType>> = vals.iter().map(|v| Some(self.g.value_type(*v))).collect();
         let out_ty = infer::infer(op, &in_types, declared).ok()?.pop()?;
         let out_shape = out_ty.shape.as_fixed()?;
+        // Never fold into a constant over the size limit: a small `--max-tensor-bytes` leaves the
+        // node to be computed at run time instead.
+        let bytes = out_shape.iter().fold(out_ty.dtype.size_bytes() as u128, |b, &d| b.saturating_mul(d as u128));
+        if bytes > self.max_tensor_bytes {
+            return None;
+        }
         let folded = if reshape_only {
             let t: &Tensor = consts.first()?;
             t.clone().reshaped(out_shape)?
@@ -236,8 +241,13 @@ impl Importer {
     }
 }
 
-/// Imports a decoded model.
+/// Imports a decoded model with the default [`ImportOptions`].
 pub fn import_model(model: &ModelProto, origin: &str) -> Result<Graph, ImportError> {
+    import_model_with(model, origin, &ImportOptions::default())
+}
+
+/// Imports a decoded model; `origin` names it in errors.
+pub fn import_model_with(model: &ModelProto, origin: &str, opts: &ImportOptions) -> Result<Graph, ImportError> {
     let graph = model.graph.as_ref().ok_or_else(|| ImportError::Model(format!("`{origin}` has no graph")))?;
     let (mut opset, mut ms_opset) = (None, 1);
     for o in &model.opset_import {
@@ -267,6 +277,7 @@ pub fn import_model(model: &ModelProto, origin: &str) -> Result<Graph, ImportErr
         names: HashSet::new(),
         quant_consts: HashMap::new(),
         materialized: 0,
+        max_tensor_bytes: u128::from(opts.max_tensor_bytes),
         sym: HashMap::new(),
         sym_src: HashMap::new(),
     };
@@ -336,7 +347,8 @@ fn add_initializers(im: &mut Importer, graph: &GraphProto) -> Result<(), ImportE
         if t.name.is_empty() {
             return Err(ImportError::Model("an initializer has no name".into()));
         }
-        let tensor = tensor_from_proto(t).map_err(|m| ImportError::Model(format!("initializer: {m}")))?;
+        let tensor = tensor_from_proto_limited(t, im.max_tensor_bytes)
+            .map_err(|error| ImportError::Initializer { name: t.name.clone(), error })?;
         if im.inits.insert(t.name.clone(), Arc::new(tensor)).is_some() {
             return Err(ImportError::Model(format!("initializer `{}` is defined twice", t.name)));
         }

@@ -1,13 +1,20 @@
-//! ONNX import (and, later, QDQ export).
+//! ONNX import and QDQ export.
 //!
 //! * [`proto`]: the ONNX protobuf messages, generated once by prost-build and committed
 //!   (regenerate with `compiler/proto/regen.sh`; the build needs neither protoc nor a build script).
 //! * `import`: graph building: initializers, graph inputs with symbolic dims, the value map,
 //!   node naming, constant folding, outputs, verification.
-//! * `ops`: one function per ONNX op or op family.
+//! * `ops`: one converter per ONNX op (or small group), in one file per op family (`nn`, `math`,
+//!   `logic`, `array`, `constant`, `norm`, `quant`), found through a registry keyed by domain and
+//!   op type.
 //! * `symbolic`: shape arithmetic on dynamic dims (batch, sequence length) evaluated at import,
 //!   so the graph stays symbolic instead of being specialized to one input shape.
-//! * `attrs`: typed attribute access. `tensors`: `TensorProto` <-> [`qforge_ir::Tensor`].
+//! * `attrs`: typed attribute access. [`tensors`]: `TensorProto` <-> [`qforge_ir::Tensor`].
+//! * [`export`]: QDQ ONNX export. [`builder`]: small models in code (tests, fuzzing).
+//!
+//! Entry points: [`import_file`] and [`import_bytes`] (default options), [`import_file_with`] and
+//! [`import_bytes_with`] taking [`ImportOptions`] (the tensor size limit). Errors are
+//! [`ImportError`] values, one line each.
 //!
 //! Default-domain opsets 9 to 21 are imported, plus the `com.microsoft` ops that ONNX Runtime's
 //! quantization tools emit (QGemm, QLinearGlobalAveragePool, QLinearAveragePool, QLinearAdd,
@@ -24,42 +31,99 @@ mod symbolic;
 pub mod proto;
 pub mod tensors;
 
-pub use import::{import_model, MAX_OPSET, MIN_OPSET};
+pub use import::{import_model, import_model_with, MAX_OPSET, MIN_OPSET};
 
 use prost::Message;
 use qforge_ir::Graph;
 use std::path::Path;
 
-/// What can go wrong importing a model.
+/// What can go wrong importing a model. Each message is one line. An error wrapped inside
+/// another is either its `source()` or part of its message, never both (a chain printed with its
+/// sources, anyhow's `{:#}`, would repeat it).
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("cannot read `{path}`: {source}")]
-    Io { path: String, source: std::io::Error },
+    /// The file cannot be read. The OS error is the `source()`, not part of this message, so a
+    /// chain printed with `{:#}` (anyhow's alternate form, as the CLI does) shows it once:
+    /// "cannot read `m.onnx`: No such file or directory (os error 2)".
+    #[error("cannot read `{path}`")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bytes are not an ONNX model.
     #[error("`{path}` is not a valid ONNX model: {msg}")]
     Decode { path: String, msg: String },
+    /// No converter for this op in this domain and opset.
     #[error("unsupported op `{op}` (domain `{domain}`, opset {opset}) at node `{node}`")]
     Unsupported { op: String, domain: String, opset: i64, node: String },
+    /// A node is malformed, ill-typed or uses what qforge does not support: `node` is its IR name
+    /// (the ONNX name, or `{op}_{index}` for an unnamed node), `op` its ONNX op type.
     #[error("node `{node}` ({op}): {msg}")]
     Node { node: String, op: String, msg: String },
+    /// An initializer cannot be read (its message is part of this one, not a `source()`).
+    #[error("initializer `{name}`: {error}")]
+    Initializer { name: String, error: tensors::TensorError },
+    /// The model as a whole is malformed (opsets, graph inputs and outputs).
     #[error("{0}")]
     Model(String),
+    /// The imported graph does not verify.
     #[error(transparent)]
     Ir(#[from] qforge_ir::IrError),
 }
 
-/// Reads and imports an ONNX file. The graph is named after the file's stem.
+/// How to import a model: `ImportOptions::default().with_max_tensor_bytes(n)` (building from the
+/// default keeps callers compiling when options are added).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportOptions {
+    /// The largest tensor the importer materializes, in bytes: each initializer, `Constant` and
+    /// `ConstantOfShape`, and constants folded at import (a fold that would exceed it stays a
+    /// node); also the bound on the total of the constants built at import (`ConstantOfShape`,
+    /// `Range`). Checked from the dims before anything is allocated; errors name
+    /// `--max-tensor-bytes`, the command-line flag that sets it. Default: 2 GiB
+    /// ([`tensors::MAX_TENSOR_BYTES`], the same as the IR's default limit).
+    pub max_tensor_bytes: u64,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions { max_tensor_bytes: tensors::MAX_TENSOR_BYTES as u64 }
+    }
+}
+
+impl ImportOptions {
+    /// These options with the size limit `bytes` (see [`ImportOptions::max_tensor_bytes`]).
+    pub fn with_max_tensor_bytes(mut self, bytes: u64) -> ImportOptions {
+        self.max_tensor_bytes = bytes;
+        self
+    }
+}
+
+/// Reads and imports an ONNX file with the default [`ImportOptions`]. The graph is named after
+/// the file's stem.
 pub fn import_file(path: &Path) -> Result<Graph, ImportError> {
+    import_file_with(path, &ImportOptions::default())
+}
+
+/// Reads and imports an ONNX file. The graph is named after the file's stem.
+pub fn import_file_with(path: &Path, opts: &ImportOptions) -> Result<Graph, ImportError> {
     let bytes = std::fs::read(path).map_err(|source| ImportError::Io { path: path.display().to_string(), source })?;
-    let mut g = import_bytes(&bytes, &path.display().to_string())?;
+    let mut g = import_bytes_with(&bytes, &path.display().to_string(), opts)?;
     if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
         g.name = stem.to_string();
     }
     Ok(g)
 }
 
+/// Imports an ONNX model from its protobuf bytes with the default [`ImportOptions`]; `origin`
+/// names it in errors. The graph takes the ONNX graph's name ("model" when it has none).
+pub fn import_bytes(bytes: &[u8], origin: &str) -> Result<Graph, ImportError> {
+    import_bytes_with(bytes, origin, &ImportOptions::default())
+}
+
 /// Imports an ONNX model from its protobuf bytes; `origin` names it in errors. The graph takes
 /// the ONNX graph's name ("model" when it has none).
-pub fn import_bytes(bytes: &[u8], origin: &str) -> Result<Graph, ImportError> {
+pub fn import_bytes_with(bytes: &[u8], origin: &str, opts: &ImportOptions) -> Result<Graph, ImportError> {
     if bytes.is_empty() {
         return Err(ImportError::Decode { path: origin.into(), msg: "the file is empty".into() });
     }
@@ -72,5 +136,5 @@ pub fn import_bytes(bytes: &[u8], origin: &str) -> Result<Graph, ImportError> {
             msg: "no ONNX model in the data (no ir_version, no opset_import, no graph)".into(),
         });
     }
-    import_model(&model, origin)
+    import_model_with(&model, origin, opts)
 }

@@ -21,6 +21,21 @@ use qforge_ir::{DType, Dim, DimExpr, Op, Tensor, Value};
 /// Largest shape value followed symbolically (elements).
 const MAX_ELEMS: usize = 64;
 
+/// Why a shape value cannot be expressed in the graph.
+#[derive(Debug, thiserror::Error)]
+pub enum SymbolicError {
+    /// The value uses a dimension symbol that no graph input carries, so nothing in the graph
+    /// can read that size at run time.
+    #[error("no graph input has the dimension `{0}`")]
+    NoInputDim(String),
+    /// An importer invariant does not hold: a qforge bug, reported instead of a panic.
+    #[error("internal: {0}")]
+    Internal(String),
+    /// Adding the nodes that compute the value failed.
+    #[error(transparent)]
+    Ir(#[from] qforge_ir::IrError),
+}
+
 /// `k` times the product of `syms` (sorted, with repetition).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mono {
@@ -319,9 +334,10 @@ fn equal(a: &Mono, b: &Mono) -> Option<bool> {
 
 /// Records the result of [`eval`] for `name`: a constant node when every element is known, a
 /// tracked shape value otherwise.
-pub fn bind(im: &mut Importer, name: &str, node_name: &str, s: SymVal) -> Result<(), String> {
+pub fn bind(im: &mut Importer, name: &str, node_name: &str, s: SymVal) -> Result<(), SymbolicError> {
     if s.is_const() {
-        let t = s.to_tensor().ok_or("internal: constant shape value")?;
+        let t =
+            s.to_tensor().ok_or_else(|| SymbolicError::Internal(format!("shape value `{name}` is not constant")))?;
         let v = im.g.add_const(node_name.to_string(), t);
         im.bind_value(name, v);
     } else {
@@ -332,10 +348,10 @@ pub fn bind(im: &mut Importer, name: &str, node_name: &str, s: SymVal) -> Result
 
 /// A [`DimExpr`] for a monomial: its symbols read from the graph inputs that carry them, added
 /// to `refs` (the op's inputs from index `base` on).
-pub fn dim_expr(im: &Importer, m: &Mono, refs: &mut Vec<Value>, base: usize) -> Result<DimExpr, String> {
+pub fn dim_expr(im: &Importer, m: &Mono, refs: &mut Vec<Value>, base: usize) -> Result<DimExpr, SymbolicError> {
     let mut of = vec![];
     for s in &m.syms {
-        let (v, axis) = *im.sym_src.get(s).ok_or_else(|| format!("no graph input has the dimension `{s}`"))?;
+        let (v, axis) = *im.sym_src.get(s).ok_or_else(|| SymbolicError::NoInputDim(s.clone()))?;
         let i = match refs.iter().position(|r| *r == v) {
             Some(i) => i,
             None => {
@@ -350,24 +366,22 @@ pub fn dim_expr(im: &Importer, m: &Mono, refs: &mut Vec<Value>, base: usize) -> 
 
 /// Computes a tracked shape value at run time: `shape` ops on the graph inputs that carry its
 /// symbols, multiplied by the constant factors, concatenated.
-pub fn materialize(im: &mut Importer, name: &str) -> Result<Value, String> {
-    let s = im.sym.get(name).cloned().ok_or_else(|| format!("internal: `{name}` is not a shape value"))?;
+pub fn materialize(im: &mut Importer, name: &str) -> Result<Value, SymbolicError> {
+    let s =
+        im.sym.get(name).cloned().ok_or_else(|| SymbolicError::Internal(format!("`{name}` is not a shape value")))?;
     let base = format!("{name}/value");
     let mut parts = vec![];
     for m in &s.elems {
         let mut acc: Option<Value> = None;
         for sym in &m.syms {
-            let (v, axis) = *im.sym_src.get(sym).ok_or_else(|| format!("no graph input has the dimension `{sym}`"))?;
+            let (v, axis) = *im.sym_src.get(sym).ok_or_else(|| SymbolicError::NoInputDim(sym.clone()))?;
             let nn = im.fresh_name(&format!("{base}/shape"));
-            let d =
-                im.g.add_node(Op::Shape { start: axis, end: axis + 1 }, vec![Some(v)], None, nn)
-                    .map_err(|e| e.to_string())?;
+            let d = im.g.add_node(Op::Shape { start: axis, end: axis + 1 }, vec![Some(v)], None, nn)?;
             acc = Some(match acc {
                 None => d,
                 Some(a) => {
                     let nn = im.fresh_name(&format!("{base}/mul"));
-                    im.g.add_node(Op::Binary(qforge_ir::BinaryOp::Mul), vec![Some(a), Some(d)], None, nn)
-                        .map_err(|e| e.to_string())?
+                    im.g.add_node(Op::Binary(qforge_ir::BinaryOp::Mul), vec![Some(a), Some(d)], None, nn)?
                 }
             });
         }
@@ -381,25 +395,24 @@ pub fn materialize(im: &mut Importer, name: &str) -> Result<Value, String> {
             Some(a) => {
                 let k = kc(im, m.k);
                 let nn = im.fresh_name(&format!("{base}/mul"));
-                im.g.add_node(Op::Binary(qforge_ir::BinaryOp::Mul), vec![Some(a), Some(k)], None, nn)
-                    .map_err(|e| e.to_string())?
+                im.g.add_node(Op::Binary(qforge_ir::BinaryOp::Mul), vec![Some(a), Some(k)], None, nn)?
             }
         };
         parts.push(Some(v));
     }
     let mut v = if parts.len() == 1 {
-        parts[0].ok_or("internal: empty part")?
+        parts[0].ok_or_else(|| SymbolicError::Internal(format!("shape value `{name}` has an empty part")))?
     } else {
         let nn = im.fresh_name(&format!("{base}/concat"));
-        im.g.add_node(Op::Concat { axis: 0 }, parts, None, nn).map_err(|e| e.to_string())?
+        im.g.add_node(Op::Concat { axis: 0 }, parts, None, nn)?
     };
     if s.shape.is_empty() {
         let nn = im.fresh_name(&format!("{base}/scalar"));
-        v = im.g.add_node(Op::Reshape { shape: vec![] }, vec![Some(v)], None, nn).map_err(|e| e.to_string())?;
+        v = im.g.add_node(Op::Reshape { shape: vec![] }, vec![Some(v)], None, nn)?;
     }
     if s.dtype != DType::I64 {
         let nn = im.fresh_name(&format!("{base}/cast"));
-        v = im.g.add_node(Op::Cast { to: s.dtype }, vec![Some(v)], None, nn).map_err(|e| e.to_string())?;
+        v = im.g.add_node(Op::Cast { to: s.dtype }, vec![Some(v)], None, nn)?;
     }
     Ok(v)
 }

@@ -4,12 +4,59 @@
 use super::proto::{tensor_proto::DataLocation, tensor_proto::DataType, TensorProto};
 use qforge_ir::{DType, Tensor, TensorData};
 
-/// The largest tensor the importer materializes (initializers, constants, `ConstantOfShape`).
+/// The largest tensor the importer materializes by default (initializers, constants,
+/// `ConstantOfShape`), and the default bound on the total of the constants it builds from shapes:
+/// 2 GiB, the size of the largest protobuf message, so any tensor stored inline in a valid model
+/// fits. [`super::ImportOptions::max_tensor_bytes`] (`--max-tensor-bytes`) changes it.
 pub const MAX_TENSOR_BYTES: u128 = 1 << 31;
 
+/// Why an ONNX tensor or element type cannot be imported. The message names neither the tensor
+/// nor where it comes from: the caller adds that (an initializer, a Constant's `value`).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum TensorError {
+    #[error("unknown ONNX element type {0}")]
+    UnknownElemType(i32),
+    #[error("element type DOUBLE (f64) is not supported; export the model in float32")]
+    Double,
+    #[error("element type {0} is not supported")]
+    UnsupportedElemType(&'static str),
+    #[error("negative dimension {dim} in {dims:?}")]
+    NegativeDim { dim: i64, dims: Vec<i64> },
+    #[error("dimension {0} is too large")]
+    DimTooLarge(i64),
+    /// The tensor is over the size limit; checked from the dims, before anything is allocated.
+    #[error(
+        "a tensor of shape {dims:?} and type {dtype} needs {bytes} bytes, more than the limit of {limit} \
+         bytes (--max-tensor-bytes)"
+    )]
+    TooLarge { dtype: DType, dims: Vec<i64>, bytes: u128, limit: u128 },
+    /// The constants the importer builds (`ConstantOfShape`, `Range`) add up to more than the
+    /// limit: a small model can ask for many large ones.
+    #[error(
+        "the constants this model builds at import (ConstantOfShape, Range) total {total} bytes, more than the \
+         limit of {limit} bytes (--max-tensor-bytes)"
+    )]
+    TotalTooLarge { total: u128, limit: u128 },
+    #[error(
+        "its data is in an external file, which is not supported; save the model with the data inline \
+         (onnx.save_model(m, path, save_as_external_data=False))"
+    )]
+    ExternalData,
+    #[error("it is segmented, which is not supported")]
+    Segmented,
+    #[error("raw_data has {have} bytes, but {n} {dtype} elements need {need}")]
+    RawLength { have: usize, n: usize, dtype: DType, need: usize },
+    #[error("{field} has {have} elements, but the dims need {need}")]
+    TypedLength { field: &'static str, have: usize, need: usize },
+    #[error("int32_data value {value} is out of range for {dtype}")]
+    OutOfRange { value: i32, dtype: DType },
+    #[error("the data does not match its dims {dims:?}")]
+    ShapeMismatch { dims: Vec<i64> },
+}
+
 /// The IR dtype of an ONNX `TensorProto.DataType` code, or an error naming the ONNX type.
-pub fn dtype_from_onnx(code: i32) -> Result<DType, String> {
-    let dt = DataType::try_from(code).map_err(|_| format!("unknown ONNX element type {code}"))?;
+pub fn dtype_from_onnx(code: i32) -> Result<DType, TensorError> {
+    let dt = DataType::try_from(code).map_err(|_| TensorError::UnknownElemType(code))?;
     Ok(match dt {
         DataType::Float => DType::F32,
         DataType::Float16 => DType::F16,
@@ -19,10 +66,8 @@ pub fn dtype_from_onnx(code: i32) -> Result<DType, String> {
         DataType::Int32 => DType::I32,
         DataType::Int64 => DType::I64,
         DataType::Bool => DType::Bool,
-        DataType::Double => {
-            return Err("element type DOUBLE (f64) is not supported; export the model in float32".into())
-        }
-        other => return Err(format!("element type {} is not supported", other.as_str_name())),
+        DataType::Double => return Err(TensorError::Double),
+        other => return Err(TensorError::UnsupportedElemType(other.as_str_name())),
     })
 }
 
@@ -41,47 +86,55 @@ pub fn dtype_to_onnx(dtype: DType) -> i32 {
 }
 
 /// Checked element count of `dims` (each must be non-negative), and the byte size of that many
-/// `dtype` elements, both guarded against `MAX_TENSOR_BYTES`.
-pub fn checked_numel(dims: &[i64], dtype: DType) -> Result<(Vec<usize>, usize), String> {
+/// `dtype` elements, both guarded against `max_bytes`.
+pub fn checked_numel(dims: &[i64], dtype: DType, max_bytes: u128) -> Result<(Vec<usize>, usize), TensorError> {
     let mut shape = Vec::with_capacity(dims.len());
     let mut n: u128 = 1;
     for &d in dims {
         if d < 0 {
-            return Err(format!("negative dimension {d} in {dims:?}"));
+            return Err(TensorError::NegativeDim { dim: d, dims: dims.to_vec() });
         }
-        shape.push(usize::try_from(d).map_err(|_| format!("dimension {d} is too large"))?);
+        shape.push(usize::try_from(d).map_err(|_| TensorError::DimTooLarge(d))?);
         n = n.saturating_mul(d as u128);
     }
     let bytes = n.saturating_mul(dtype.size_bytes() as u128);
-    if bytes > MAX_TENSOR_BYTES {
-        return Err(format!(
-            "a {dtype} tensor of shape {dims:?} needs {bytes} bytes, more than the limit of {MAX_TENSOR_BYTES}"
-        ));
+    if bytes > max_bytes {
+        return Err(TensorError::TooLarge { dtype, dims: dims.to_vec(), bytes, limit: max_bytes });
     }
-    Ok((shape, n as usize))
+    // `bytes` fits in `max_bytes`, so the count fits in memory, and in usize.
+    let n = usize::try_from(n).map_err(|_| TensorError::TooLarge {
+        dtype,
+        dims: dims.to_vec(),
+        bytes,
+        limit: max_bytes,
+    })?;
+    Ok((shape, n))
 }
 
-/// Converts a `TensorProto` into a tensor. Errors (as a message; the caller adds which tensor)
-/// on external data, unsupported element types and data that does not match the dims.
-pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor, String> {
+/// Converts a `TensorProto` into a tensor of at most [`MAX_TENSOR_BYTES`] (see
+/// [`tensor_from_proto_limited`]).
+pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor, TensorError> {
+    tensor_from_proto_limited(t, MAX_TENSOR_BYTES)
+}
+
+/// Converts a `TensorProto` into a tensor of at most `max_bytes`. Errors (without the tensor's
+/// name; the caller adds which tensor) on external data, unsupported element types, tensors over
+/// the limit and data that does not match the dims.
+pub fn tensor_from_proto_limited(t: &TensorProto, max_bytes: u128) -> Result<Tensor, TensorError> {
     if t.data_location == DataLocation::External as i32 || !t.external_data.is_empty() {
-        return Err(format!(
-            "tensor `{}` stores its data in an external file, which is not supported; \
-             save the model with the data inline (onnx.save_model(m, path, save_as_external_data=False))",
-            t.name
-        ));
+        return Err(TensorError::ExternalData);
     }
     if t.segment.is_some() {
-        return Err(format!("tensor `{}` is segmented, which is not supported", t.name));
+        return Err(TensorError::Segmented);
     }
-    let dtype = dtype_from_onnx(t.data_type).map_err(|m| format!("tensor `{}`: {m}", t.name))?;
-    let (shape, n) = checked_numel(&t.dims, dtype).map_err(|m| format!("tensor `{}`: {m}", t.name))?;
+    let dtype = dtype_from_onnx(t.data_type)?;
+    let (shape, n) = checked_numel(&t.dims, dtype, max_bytes)?;
     let data = if !t.raw_data.is_empty() || (typed_len(t, dtype) == 0 && n == 0) {
-        from_raw(&t.raw_data, dtype, n).map_err(|m| format!("tensor `{}`: {m}", t.name))?
+        from_raw(&t.raw_data, dtype, n)?
     } else {
-        from_typed(t, dtype, n).map_err(|m| format!("tensor `{}`: {m}", t.name))?
+        from_typed(t, dtype, n)?
     };
-    Tensor::new(shape, data).ok_or_else(|| format!("tensor `{}`: data does not match its dims {:?}", t.name, t.dims))
+    Tensor::new(shape, data).ok_or_else(|| TensorError::ShapeMismatch { dims: t.dims.clone() })
 }
 
 /// Number of elements in the typed field that holds `dtype`.
@@ -93,10 +146,10 @@ fn typed_len(t: &TensorProto, dtype: DType) -> usize {
     }
 }
 
-fn from_raw(raw: &[u8], dtype: DType, n: usize) -> Result<TensorData, String> {
-    let size = dtype.size_bytes();
-    if raw.len() != n.saturating_mul(size) {
-        return Err(format!("raw_data has {} bytes, but {n} {dtype} elements need {}", raw.len(), n * size));
+fn from_raw(raw: &[u8], dtype: DType, n: usize) -> Result<TensorData, TensorError> {
+    let need = n.saturating_mul(dtype.size_bytes());
+    if raw.len() != need {
+        return Err(TensorError::RawLength { have: raw.len(), n, dtype, need });
     }
     macro_rules! le {
         ($t:ty, $w:literal) => {
@@ -119,7 +172,7 @@ fn from_raw(raw: &[u8], dtype: DType, n: usize) -> Result<TensorData, String> {
     })
 }
 
-fn from_typed(t: &TensorProto, dtype: DType, n: usize) -> Result<TensorData, String> {
+fn from_typed(t: &TensorProto, dtype: DType, n: usize) -> Result<TensorData, TensorError> {
     let have = typed_len(t, dtype);
     if have != n {
         let field = match dtype {
@@ -127,14 +180,14 @@ fn from_typed(t: &TensorProto, dtype: DType, n: usize) -> Result<TensorData, Str
             DType::I64 => "int64_data",
             _ => "int32_data",
         };
-        return Err(format!("{field} has {have} elements, but the dims need {n}"));
+        return Err(TensorError::TypedLength { field, have, need: n });
     }
     let ints = &t.int32_data;
     // Narrow types are stored one per int32 (f16/bf16 as their bit patterns); values out of
     // range are corrupt files.
-    let narrow = |lo: i32, hi: i32| -> Result<(), String> {
+    let narrow = |lo: i32, hi: i32| -> Result<(), TensorError> {
         match ints.iter().find(|&&v| v < lo || v > hi) {
-            Some(v) => Err(format!("int32_data value {v} is out of range for {dtype}")),
+            Some(&value) => Err(TensorError::OutOfRange { value, dtype }),
             None => Ok(()),
         }
     };
@@ -230,11 +283,18 @@ mod tests {
             raw_data: vec![0; 15],
             ..Default::default()
         };
-        assert!(tensor_from_proto(&short).unwrap_err().contains("raw_data has 15 bytes"));
+        let e = tensor_from_proto(&short).unwrap_err();
+        assert!(matches!(e, TensorError::RawLength { have: 15, n: 4, need: 16, .. }), "{e:?}");
+        assert_eq!(e.to_string(), "raw_data has 15 bytes, but 4 f32 elements need 16");
         let huge = TensorProto { name: "h".into(), dims: vec![1 << 40, 1 << 40], data_type: 1, ..Default::default() };
-        assert!(tensor_from_proto(&huge).unwrap_err().contains("limit"));
+        let e = tensor_from_proto(&huge).unwrap_err();
+        assert!(matches!(e, TensorError::TooLarge { limit: MAX_TENSOR_BYTES, .. }), "{e:?}");
+        assert!(e.to_string().contains("limit of 2147483648 bytes (--max-tensor-bytes)"), "{e}");
+        // A tensor within the default limit is over a smaller one.
+        let e = tensor_from_proto_limited(&short, 8).unwrap_err();
+        assert_eq!(e, TensorError::TooLarge { dtype: DType::F32, dims: vec![4], bytes: 16, limit: 8 });
         let neg = TensorProto { name: "n".into(), dims: vec![-1], data_type: 1, ..Default::default() };
-        assert!(tensor_from_proto(&neg).unwrap_err().contains("negative"));
+        assert!(tensor_from_proto(&neg).unwrap_err().to_string().contains("negative"));
         let ext = TensorProto {
             name: "big".into(),
             dims: vec![1],
@@ -242,7 +302,9 @@ mod tests {
             data_location: DataLocation::External as i32,
             ..Default::default()
         };
-        assert!(tensor_from_proto(&ext).unwrap_err().contains("`big` stores its data in an external file"));
+        let e = tensor_from_proto(&ext).unwrap_err();
+        assert_eq!(e, TensorError::ExternalData);
+        assert!(e.to_string().contains("external file"), "{e}");
         let dbl = TensorProto {
             name: "d".into(),
             dims: vec![1],
@@ -250,9 +312,11 @@ mod tests {
             double_data: vec![1.0],
             ..Default::default()
         };
-        assert!(tensor_from_proto(&dbl).unwrap_err().contains("DOUBLE"));
+        assert!(tensor_from_proto(&dbl).unwrap_err().to_string().contains("DOUBLE"));
         let range =
             TensorProto { name: "r".into(), dims: vec![1], data_type: 2, int32_data: vec![300], ..Default::default() };
-        assert!(tensor_from_proto(&range).unwrap_err().contains("out of range"));
+        assert_eq!(tensor_from_proto(&range).unwrap_err(), TensorError::OutOfRange { value: 300, dtype: DType::U8 });
+        assert!(tensor_from_proto(&range).unwrap_err().to_string().contains("out of range"));
+        assert_eq!(dtype_from_onnx(99), Err(TensorError::UnknownElemType(99)));
     }
 }

@@ -1,0 +1,295 @@
+//! Data movement and shape changes: Reshape, Flatten, Transpose, Concat, Slice, Gather,
+//! GatherElements, Split, Squeeze, Unsqueeze, Expand, plus Cast and Identity (semantics: the ONNX
+//! operator spec, <https://onnx.ai/onnx/operators/>). Target shapes, axes and slice bounds must be
+//! constants, or shape values computed from the inputs' dims (see [`crate::onnx::symbolic`]),
+//! which become the IR's `0`/`-1` reshapes or [`qforge_ir::DimExpr`] sizes.
+
+use super::{one, Cx, OpDef, Outs, MAX_ATTR_DIM, R};
+use crate::onnx::symbolic::{self, Mono, SymVal};
+use crate::onnx::tensors::dtype_from_onnx;
+use qforge_ir::infer::norm_axis;
+use qforge_ir::{DType, Dim, Op, Value};
+
+pub(super) const OPS: &[OpDef] = &[
+    OpDef::onnx("Reshape", reshape),
+    OpDef::onnx("Flatten", flatten),
+    OpDef::onnx("Transpose", transpose),
+    OpDef::onnx("Concat", concat),
+    OpDef::onnx("Slice", slice),
+    OpDef::onnx("Gather", gather),
+    OpDef::onnx("GatherElements", gather_elements),
+    OpDef::onnx("Split", split),
+    OpDef::onnx("Squeeze", squeeze),
+    OpDef::onnx("Unsqueeze", unsqueeze),
+    OpDef::onnx("Expand", expand),
+    OpDef::onnx("Cast", cast),
+    OpDef::onnx("Identity", |cx| Ok(vec![Some(cx.input(0)?)])),
+];
+
+fn flatten(cx: &mut Cx) -> R<Outs> {
+    let axis = cx.attrs().int_or("axis", 1)?;
+    cx.simple(Op::Flatten { axis }, 1)
+}
+
+fn gather(cx: &mut Cx) -> R<Outs> {
+    let axis = cx.attrs().int_or("axis", 0)?;
+    cx.simple(Op::Gather { axis }, 2)
+}
+
+fn gather_elements(cx: &mut Cx) -> R<Outs> {
+    let axis = cx.attrs().int_or("axis", 0)?;
+    cx.simple(Op::GatherElements { axis }, 2)
+}
+
+fn reshape(cx: &mut Cx) -> R<Outs> {
+    let x = cx.input(0)?;
+    if let Some(t) = cx.sym_input(1) {
+        return reshape_sym(cx, x, t);
+    }
+    let shape = cx.ints_input(1, "shape")?;
+    let shape = cx.target_shape(shape, "target shape")?;
+    if cx.attrs().bool_or("allowzero", false)? && shape.contains(&0) {
+        return Err(cx.err("allowzero=1 with a 0 in the target shape is not supported"));
+    }
+    one(cx.add(Op::Reshape { shape }, vec![Some(x)], None)?)
+}
+
+/// Reshape to a target with symbolic entries: ONNX's `0` (copy) and `-1` (infer) when they
+/// say it, otherwise every size explicit (`reshape_dyn`).
+fn reshape_sym(cx: &mut Cx, x: Value, t: SymVal) -> R<Outs> {
+    if cx.attrs().bool_or("allowzero", false)? {
+        return Err(cx.err("allowzero=1 with a computed target shape is not supported"));
+    }
+    let xt = cx.ty(x);
+    let xd: Option<Vec<Mono>> = xt.shape.0.iter().map(Mono::of_dim).collect();
+    let xd = xd.ok_or_else(|| cx.err(format!("cannot read the dims of {}", xt.shape)))?;
+    // Resolve ONNX's 0 (copy) into the input's dim.
+    let mut want: Vec<Option<Mono>> = vec![];
+    for (i, m) in t.elems.iter().enumerate() {
+        want.push(match m.konst() {
+            Some(0) => Some(xd.get(i).cloned().ok_or_else(|| cx.err(format!("target copies missing dim {i}")))?),
+            Some(-1) => None,
+            Some(k) if k < 0 => return Err(cx.err(format!("invalid target dim {k}"))),
+            _ => Some(m.clone()),
+        });
+    }
+    // The plain reshape: entries equal to the input's dim at the same place become 0; if
+    // exactly one symbolic entry is left, it becomes -1.
+    let mut plain: Vec<Option<i64>> = want
+        .iter()
+        .enumerate()
+        .map(|(i, w)| match w {
+            None => Some(-1),
+            Some(m) if xd.get(i) == Some(m) && m.konst().is_none() => Some(0),
+            Some(m) => m.konst(),
+        })
+        .collect();
+    let open: Vec<usize> = (0..plain.len()).filter(|&i| plain[i].is_none()).collect();
+    if open.len() == 1 && !plain.contains(&Some(-1)) {
+        plain[open[0]] = Some(-1);
+    }
+    if let Some(shape) = plain.into_iter().collect::<Option<Vec<i64>>>() {
+        if qforge_ir::infer::reshape_shape(&xt.shape, &shape).is_ok() {
+            return one(cx.add(Op::Reshape { shape }, vec![Some(x)], None)?);
+        }
+    }
+    // Explicit sizes: -1 is the input's element count over the rest.
+    let total = xd.iter().try_fold(Mono::c(1), |a, m| a.mul(m));
+    let total = total.ok_or_else(|| cx.err("element count overflows"))?;
+    let known = want.iter().flatten().try_fold(Mono::c(1), |a, m| a.mul(m));
+    let known = known.ok_or_else(|| cx.err("element count overflows"))?;
+    let monos: Vec<Mono> = want
+        .into_iter()
+        .map(|w| match w {
+            Some(m) => Some(m),
+            None => total.div(&known),
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(|| cx.err(format!("cannot infer the -1 of a target shape for {}", xt.shape)))?;
+    let mut ins = vec![Some(x)];
+    let shape = cx.dim_exprs(&monos, &mut ins)?;
+    one(cx.add(Op::ReshapeDyn { shape }, ins, None)?)
+}
+
+/// Transpose; without `perm` the axes are reversed.
+fn transpose(cx: &mut Cx) -> R<Outs> {
+    let x = cx.input(0)?;
+    let rank = cx.ty(x).rank();
+    let perm = match cx.attrs().usizes("perm")? {
+        Some(p) => p,
+        None => (0..rank).rev().collect(),
+    };
+    one(cx.add(Op::Transpose { perm }, vec![Some(x)], None)?)
+}
+
+fn concat(cx: &mut Cx) -> R<Outs> {
+    let axis = cx.attrs().int("axis")?.ok_or_else(|| cx.err("attribute `axis` is required"))?;
+    let n = cx.node.input.len();
+    let ins = (0..n).map(|i| cx.input(i).map(Some)).collect::<R<Vec<_>>>()?;
+    if ins.is_empty() {
+        return Err(cx.err("needs at least one input"));
+    }
+    one(cx.add(Op::Concat { axis }, ins, None)?)
+}
+
+/// Slice: bounds are attributes before opset 10, constant inputs (with optional axes and steps)
+/// from then on.
+fn slice(cx: &mut Cx) -> R<Outs> {
+    let x = cx.input(0)?;
+    if cx.at.opset >= 10 && (1..5).any(|i| cx.sym_input(i).is_some()) {
+        return slice_sym(cx, x);
+    }
+    let (starts, ends, axes, steps) = if cx.at.opset < 10 {
+        let a = cx.attrs();
+        let starts = a.ints("starts")?.ok_or_else(|| cx.err("attribute `starts` is required"))?;
+        let ends = a.ints("ends")?.ok_or_else(|| cx.err("attribute `ends` is required"))?;
+        (starts, ends, a.ints("axes")?, None)
+    } else {
+        (
+            cx.ints_input(1, "starts")?,
+            cx.ints_input(2, "ends")?,
+            cx.opt_ints_input(3, "axes")?,
+            cx.opt_ints_input(4, "steps")?,
+        )
+    };
+    let n = starts.len();
+    let axes = axes.unwrap_or_else(|| (0..n as i64).collect());
+    let steps = steps.unwrap_or_else(|| vec![1; n]);
+    if ends.len() != n || axes.len() != n || steps.len() != n {
+        return Err(cx.err("starts, ends, axes and steps differ in length"));
+    }
+    // Keep the shape arithmetic well defined: no step of i64::MIN, no backwards slice of an
+    // empty dim.
+    let dims = cx.ty(x).shape.0;
+    for (&a, &st) in axes.iter().zip(&steps) {
+        let empty = norm_axis(a, dims.len()).ok().is_some_and(|a| dims[a] == Dim::Fixed(0));
+        if st == i64::MIN || (st < 0 && empty) {
+            return Err(cx.err(format!("step {st} on axis {a} is not supported")));
+        }
+    }
+    one(cx.add(Op::Slice { starts, ends, axes, steps }, vec![Some(x)], None)?)
+}
+
+/// A slice whose end is computed from input shapes: `[0, end)` with step 1 along one axis
+/// becomes a gather of `range(0, end)`. (ONNX would clamp an end beyond the dim; here that is
+/// an out-of-range index at run time.)
+fn slice_sym(cx: &mut Cx, x: Value) -> R<Outs> {
+    let unsupported = || cx.err("a Slice with computed bounds must be one axis, from 0, step 1");
+    let get = |i: usize| -> R<Option<Mono>> {
+        match cx.input_name(i) {
+            None => Ok(None),
+            Some(n) => match symbolic::sym_of(cx.im, n).as_ref().map(|s| s.elems.as_slice()) {
+                Some([m]) => Ok(Some(m.clone())),
+                _ => Err(unsupported()),
+            },
+        }
+    };
+    let (start, end, axis, step) = (get(1)?, get(2)?, get(3)?, get(4)?);
+    if start.and_then(|m| m.konst()) != Some(0) || step.is_some_and(|m| m.konst() != Some(1)) {
+        return Err(unsupported());
+    }
+    let end = end.ok_or_else(unsupported)?;
+    let axis = match axis {
+        None => 0,
+        Some(m) => m.konst().ok_or_else(unsupported)?,
+    };
+    let rank = cx.ty(x).rank();
+    norm_axis(axis, rank).map_err(|m| cx.err(m))?;
+    let mut ins = vec![];
+    let e = cx.dim_exprs(&[Mono::c(0), end], &mut ins)?;
+    let r = cx.add_helper(
+        "range",
+        Op::Range { start: e[0].clone(), limit: e[1].clone(), delta: 1, dtype: DType::I64 },
+        ins,
+    )?;
+    one(cx.add(Op::Gather { axis }, vec![Some(x), Some(r)], None)?)
+}
+
+/// Unsqueeze: axes are an attribute before opset 13, an input from then on.
+fn unsqueeze(cx: &mut Cx) -> R<Outs> {
+    let x = cx.input(0)?;
+    let axes = if cx.at.opset >= 13 {
+        cx.ints_input(1, "axes")?
+    } else {
+        cx.attrs().ints("axes")?.ok_or_else(|| cx.err("attribute `axes` is required"))?
+    };
+    if axes.len() > MAX_ATTR_DIM {
+        return Err(cx.err("too many axes"));
+    }
+    one(cx.add(Op::Unsqueeze { axes }, vec![Some(x)], None)?)
+}
+
+/// Squeeze: axes are an attribute before opset 13, an optional input from then on.
+fn squeeze(cx: &mut Cx) -> R<Outs> {
+    let x = cx.input(0)?;
+    let axes = if cx.at.opset >= 13 { cx.opt_ints_input(1, "axes")? } else { cx.attrs().ints("axes")? };
+    one(cx.add(Op::Squeeze { axes: axes.unwrap_or_default() }, vec![Some(x)], None)?)
+}
+
+/// Split: sizes from the `split` attribute (before opset 13) or input, otherwise equal parts,
+/// one per output (`num_outputs` from opset 18), the last one smaller when the dim does not
+/// divide.
+fn split(cx: &mut Cx) -> R<Outs> {
+    let x = cx.input(0)?;
+    let ty = cx.ty(x);
+    let a = cx.attrs();
+    let axis = a.int_or("axis", 0)?;
+    let n_out = cx.node.output.len();
+    let sizes = if cx.at.opset >= 13 { cx.opt_ints_input(1, "split")? } else { a.ints("split")? };
+    let sizes: Vec<usize> = match sizes {
+        Some(s) => s
+            .iter()
+            .map(|&v| usize::try_from(v).ok().filter(|&v| v <= MAX_ATTR_DIM))
+            .collect::<Option<_>>()
+            .ok_or_else(|| cx.err(format!("split sizes {s:?} must be non-negative")))?,
+        None => {
+            let parts = match a.int("num_outputs")? {
+                Some(k) => usize::try_from(k).ok().filter(|&k| k > 0),
+                None => Some(n_out).filter(|&k| k > 0),
+            };
+            let parts = parts.ok_or_else(|| cx.err("the number of outputs must be positive"))?;
+            if parts != n_out {
+                return Err(cx.err(format!("num_outputs is {parts} but the node has {n_out} outputs")));
+            }
+            let ax = norm_axis(axis, ty.rank()).map_err(|m| cx.err(m))?;
+            let dim = ty.shape.0[ax].fixed().ok_or_else(|| cx.err("split along a symbolic dimension"))?;
+            let chunk = dim.div_ceil(parts);
+            let last = dim.checked_sub(chunk * (parts - 1));
+            let last = last.ok_or_else(|| cx.err(format!("cannot split {dim} into {parts} parts")))?;
+            let mut s = vec![chunk; parts - 1];
+            s.push(last);
+            s
+        }
+    };
+    if sizes.len() != n_out {
+        return Err(cx.err(format!("{} split sizes for {n_out} outputs", sizes.len())));
+    }
+    let v = cx.add(Op::Split { axis, sizes }, vec![Some(x)], None)?;
+    Ok((0..n_out).map(|p| Some(Value::new(v.node, p))).collect())
+}
+
+/// Expand to a constant shape, or to one computed from input shapes (`expand_dyn`).
+fn expand(cx: &mut Cx) -> R<Outs> {
+    let x = cx.input(0)?;
+    if let Some(t) = cx.sym_input(1) {
+        if t.elems.iter().any(|m| m.k < 0) {
+            return Err(cx.err("shape has a negative entry"));
+        }
+        let mut ins = vec![Some(x)];
+        let shape = cx.dim_exprs(&t.elems, &mut ins)?;
+        return one(cx.add(Op::ExpandDyn { shape }, ins, None)?);
+    }
+    let shape = cx.ints_input(1, "shape")?;
+    let shape = cx.target_shape(shape, "shape")?;
+    if shape.contains(&-1) {
+        return Err(cx.err(format!("shape {shape:?} has a negative entry")));
+    }
+    one(cx.add(Op::Expand { shape }, vec![Some(x)], None)?)
+}
+
+fn cast(cx: &mut Cx) -> R<Outs> {
+    let to = cx.attrs().int("to")?.ok_or_else(|| cx.err("attribute `to` is required"))?;
+    let to = i32::try_from(to).map_err(|_| cx.err(format!("unknown element type {to}")))?;
+    let to = dtype_from_onnx(to).map_err(|m| cx.err(format!("cast to {m}")))?;
+    cx.simple(Op::Cast { to }, 1)
+}
