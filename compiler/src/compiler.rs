@@ -53,8 +53,8 @@ pub fn load_model_limited(path: &Path, max_tensor_bytes: u64) -> Result<Graph> {
     let t = std::time::Instant::now();
     let g = match ext.as_str() {
         "onnx" => {
-            let _ = max_tensor_bytes;
-            crate::onnx::import_file(path)?
+            let opts = crate::onnx::ImportOptions::default().with_max_tensor_bytes(max_tensor_bytes);
+            crate::onnx::import_file_with(path, &opts)?
         }
         "qir" => {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;

@@ -16,9 +16,9 @@ use std::path::Path;
 /// What can go wrong reading or writing a `.npy` file. Every message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum NpyError {
-    #[error("cannot read `{path}`: {source}")]
+    #[error("cannot read `{path}`")]
     Read { path: String, source: std::io::Error },
-    #[error("cannot write `{path}`: {source}")]
+    #[error("cannot write `{path}`")]
     Write { path: String, source: std::io::Error },
     #[error("`{path}` is not a valid .npy file: {msg}")]
     Format { path: String, msg: String },

@@ -358,6 +358,26 @@ fn cases(d: &Path, f: &Files) -> Vec<Case> {
         },
         // the small ones
         Case {
+            name: "an OS error is printed once (model)",
+            args: strs(&["inspect", "/nonexistent/model.onnx"]),
+            expect: Expect {
+                code: 1,
+                error: Some("error: cannot read `/nonexistent/model.onnx`: No such file or directory (os error 2)"),
+                ..Expect::default()
+            },
+            after: None,
+        },
+        Case {
+            name: "an OS error is printed once (data)",
+            args: strs(&["run", &f.model, "--input", "/nonexistent/x.npy", "--output", &out("o.npy")]),
+            expect: Expect {
+                code: 1,
+                error: Some("error: cannot read `/nonexistent/x.npy`: No such file or directory (os error 2)"),
+                ..Expect::default()
+            },
+            after: None,
+        },
+        Case {
             name: "a directory as MODEL",
             args: strs(&["inspect", &s(d)]),
             expect: Expect {
