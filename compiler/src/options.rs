@@ -190,7 +190,7 @@ impl PipelineOptions {
 }
 
 /// A count that must be at least 1 (batch sizes, iterations): the one rule for every such flag.
-pub fn parse_count(s: &str) -> Result<usize, String> {
+pub(crate) fn parse_count(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
         Ok(0) => Err("must be at least 1".to_string()),
         Ok(n) => Ok(n),

@@ -1,4 +1,4 @@
-//! Mixed precision (issue 5): the fp16/bf16 facts of the seed, precision assignment snapshots on a
+//! Mixed precision: the fp16/bf16 facts of the seed, precision assignment snapshots on a
 //! conv net and a transformer block under fp16, bf16, amp and every shipped profile, the overflow
 //! guard, channel alignment padding, and accuracy on the corpus (digits_cnn top-1, mobilenet_v2
 //! SQNR against fp32 and against ONNX Runtime's fp16 model).

@@ -1,7 +1,7 @@
-//! Post-training quantization (issue 4) on the corpus: static INT8 accuracy of digits_cnn for every
+//! Post-training quantization on the corpus: static INT8 accuracy of digits_cnn for every
 //! observer, agreement with ONNX Runtime's QDQ and dynamic references, MobileNetV2 SQNR against
 //! ORT's static QDQ figure, and the passes' contracts (verified, idempotent, clear errors on
-//! degenerate calibration data). Transformers (issue 9), on IR fixtures: SmoothQuant (f32 function
+//! degenerate calibration data). Transformers, on IR fixtures: SmoothQuant (f32 function
 //! kept, idempotent, INT8 SQNR gain on LayerNorm outliers), the default attention policy (a
 //! snapshot) and the SQNR-driven float fallback (`--min-sqnr`).
 //!
@@ -582,7 +582,7 @@ const SMOOTH_MARGIN_DB: f64 = 15.0;
 /// measured: q, k, v and fc1 kept float, 41.01 dB, 4 of 11 layers).
 const MIN_SQNR_TARGET_DB: f64 = 30.0;
 
-// ---- transformers (issue 9): SmoothQuant, the attention policy, the SQNR fallback, on IR
+// ---- transformers: SmoothQuant, the attention policy, the SQNR fallback, on IR
 // fixtures: `fixtures/precision/transformer_block.qir` and its copy with LayerNorm outlier
 // channels `fixtures/quant/transformer_block_outliers.qir`
 

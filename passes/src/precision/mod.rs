@@ -1,4 +1,4 @@
-//! Mixed precision (issue 5): FP16/BF16 assignment under the AMP policy, hardware profiles, and
+//! Mixed precision: FP16/BF16 assignment under the AMP policy, hardware profiles, and
 //! channel alignment padding.
 //!
 //! * [`profile`]: hardware profiles as TOML data (`passes/profiles/*.toml`, embedded), the

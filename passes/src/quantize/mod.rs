@@ -1,4 +1,4 @@
-//! Post-training quantization (issue 4).
+//! Post-training quantization.
 //!
 //! * [`scheme`]: the formulas from a calibrated range to a scale and zero point (symmetric and
 //!   asymmetric, per tensor, per channel and per group, 8 and 4 bits), and 4-bit packing.

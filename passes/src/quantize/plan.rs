@@ -1,7 +1,7 @@
 //! Which nodes static quantization quantizes, and why the others stay as they are
 //! (`qforge inspect --quantizable`).
 //!
-//! Quantized (Q/DQ around the op, issue 4): conv, gemm, matmul, add, pooling (max, average,
+//! Quantized (Q/DQ around the op): conv, gemm, matmul, add, pooling (max, average,
 //! global), concat. Around them, data movement carries its input's parameters through, ReLU and
 //! clip that directly follow a quantized op fold into its requantization (a clamp), and every
 //! other op stays as it is, with the reason. A pure function of the graph: it reads op kinds,

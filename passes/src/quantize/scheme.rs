@@ -2,7 +2,7 @@
 //!
 //! The real value of a stored integer `q` is `(q - zero_point) * scale` ([`qforge_ir::quant`]).
 //!
-//! # Formulas (the seed, section 6.1.1, and issue 4)
+//! # Formulas (the seed, section 6.1.1)
 //!
 //! First the range is widened to contain zero, `min = min(min, 0)`, `max = max(max, 0)`, so that
 //! the real zero (padding, ReLU's floor) is represented exactly. Then, with `b` the bit width:
