@@ -8,7 +8,7 @@ use crate::pipeline::{Engine, PipelineOptions, QuantizeMode};
 use anyhow::{bail, Context, Result};
 use qforge_ir::interp::RunOptions;
 use qforge_ir::{Graph, NodeId, Tensor};
-use qforge_passes::evaluator::{first, Interpreter};
+use qforge_passes::evaluator::{first, EvalError, Interpreter};
 use qforge_passes::quantize::scheme::{QType, Scheme};
 use qforge_passes::quantize::{
     activation_plan, calibrate, channel_absmax, skipping, smooth_sites, Calibration, ChannelStats, EvalSet, Evaluator,
@@ -33,19 +33,19 @@ impl Evaluator for EngineEvaluator {
         g: &Graph,
         inputs: &[Tensor],
         observe: &mut dyn FnMut(NodeId, &[Tensor]),
-    ) -> Result<Vec<Tensor>, String> {
+    ) -> Result<Vec<Tensor>, EvalError> {
         match self.engine {
             Engine::Interp | Engine::Jit => Interpreter(self.run.clone()).run_observed(g, inputs, observe),
         }
     }
 
-    fn first_outputs(&self, g: &Graph, batches: &[Vec<Tensor>]) -> Result<Vec<Tensor>, String> {
+    fn first_outputs(&self, g: &Graph, batches: &[Vec<Tensor>]) -> Result<Vec<Tensor>, EvalError> {
         match self.engine {
             Engine::Interp => batches.iter().map(|b| first(Interpreter(self.run.clone()).run(g, b)?)).collect(),
             Engine::Jit => {
                 // compiled once; the JIT keeps one program per input shape
                 let exe = qforge_codegen::JitExecutable::new(g.clone(), qforge_codegen::JitOptions::default());
-                batches.iter().map(|b| first(exe.run(b).map_err(|e| e.to_string())?)).collect()
+                batches.iter().map(|b| first(exe.run(b).map_err(EvalError::engine)?)).collect()
             }
         }
     }

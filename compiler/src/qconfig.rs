@@ -144,7 +144,7 @@ pub fn parse(text: &str) -> Result<QConfig, String> {
         let r = n.get_ref();
         let pattern = match (&r.glob, &r.regex) {
             (Some(g), None) => Pattern::Glob(g.get_ref().clone()),
-            (None, Some(re)) => Pattern::regex(re.get_ref()).map_err(|m| at(re.span(), m))?,
+            (None, Some(re)) => Pattern::regex(re.get_ref()).map_err(|e| at(re.span(), e.to_string()))?,
             (Some(g), Some(_)) => {
                 return Err(at(g.span(), "a [[node]] rule takes `match` or `regex`, not both".into()))
             }
@@ -167,7 +167,7 @@ pub fn parse(text: &str) -> Result<QConfig, String> {
         };
         cfg.smooth = Some(alpha);
     }
-    cfg.check()?;
+    cfg.check().map_err(|e| e.to_string())?;
     Ok(cfg)
 }
 
@@ -247,7 +247,7 @@ fn rule(r: &RuleToml, text: &str) -> Result<Rule, String> {
     let at = |span: std::ops::Range<usize>, msg: String| format!("line {}: {msg}", line_of(text, span.start));
     let mut out = Rule::default();
     if let Some(p) = &r.precision {
-        out.precision = Some(Precision::parse(p.get_ref()).map_err(|m| at(p.span(), m))?);
+        out.precision = Some(Precision::parse(p.get_ref()).map_err(|e| at(p.span(), e.to_string()))?);
     }
     if let Some(s) = &r.skip {
         if *s.get_ref() {
@@ -299,7 +299,7 @@ fn rule(r: &RuleToml, text: &str) -> Result<Rule, String> {
         });
     }
     if let Some(o) = &r.observer {
-        out.observer = Some(o.get_ref().parse::<CalibMethod>().map_err(|m| at(o.span(), m))?);
+        out.observer = Some(o.get_ref().parse::<CalibMethod>().map_err(|e| at(o.span(), e.to_string()))?);
     }
     if let Some(p) = &r.percentile {
         let v = *p.get_ref();

@@ -105,7 +105,7 @@ impl Pass for FoldBatchNorm {
 
     fn run(&self, g: &mut Graph, _cx: &PassContext) -> Result<PassReport, PassError> {
         let mut report = PassReport::new(self.name());
-        g.schedule().map_err(|source| PassError::Ir { pass: self.name().into(), source })?;
+        g.schedule().map_err(|error| PassError::Ir { pass: self.name().into(), error })?;
         report.count("batch norms folded", fold_batch_norms(g) as u64);
         Ok(report)
     }

@@ -43,6 +43,12 @@ impl BitSet {
     }
 }
 
+/// Extraction found no finite term for an e-class the root needs (a bug in the rules: every
+/// original node is a finite term).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("an e-class has no finite term")]
+pub struct ExtractError;
+
 struct Best {
     node: usize,
     own: f64,
@@ -51,7 +57,7 @@ struct Best {
 }
 
 /// The chosen e-node of every e-class reachable from `root`, and the total cost.
-pub fn extract(eg: &EG, root: Id, cost: &CostTable) -> Result<(HashMap<Id, QNode>, f64), String> {
+pub fn extract(eg: &EG, root: Id, cost: &CostTable) -> Result<(HashMap<Id, QNode>, f64), ExtractError> {
     let mut ids: Vec<Id> = eg.classes().map(|c| c.id).collect();
     ids.sort_unstable();
     let index: HashMap<Id, usize> = ids.iter().enumerate().map(|(i, &c)| (c, i)).collect();
@@ -103,7 +109,7 @@ pub fn extract(eg: &EG, root: Id, cost: &CostTable) -> Result<(HashMap<Id, QNode
         if choice.contains_key(&c) {
             continue;
         }
-        let b = best[index[&c]].as_ref().ok_or("an e-class has no finite term")?;
+        let b = best[index[&c]].as_ref().ok_or(ExtractError)?;
         let node = eg[c].nodes[b.node].clone().map_children(|ch| eg.find(ch));
         total += b.own;
         stack.extend(node.children().iter().copied());

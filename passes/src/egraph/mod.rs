@@ -27,6 +27,23 @@ use qforge_ir::Graph;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
+/// Why the optimizer failed (every case is a bug or a graph the e-graph cannot type).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OptimizeError {
+    #[error(transparent)]
+    Convert(#[from] convert::ConvertError),
+    #[error("empty graph")]
+    Empty,
+    /// The input graph does not type in the e-graph's analysis.
+    #[error("the graph does not type in the e-graph: {0}")]
+    Untyped(String),
+    /// A rule merged e-classes of different types.
+    #[error("unsound rewrite (a bug): {0}")]
+    Unsound(String),
+    #[error(transparent)]
+    Extract(#[from] extract::ExtractError),
+}
+
 /// The runner's limits (all explicit; hitting one is reported, not an error).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
@@ -66,11 +83,11 @@ pub struct Outcome {
 
 impl Optimize {
     /// Optimizes `g` in place and says what happened.
-    pub fn optimize(&self, g: &mut Graph) -> Result<Outcome, String> {
+    pub fn optimize(&self, g: &mut Graph) -> Result<Outcome, OptimizeError> {
         let lowered = convert::lower(g)?;
         let mut eg = EG::new(lowered.analysis);
         let ids = convert::add_expr(&mut eg, &lowered.expr);
-        let root = *ids.last().ok_or("empty graph")?;
+        let root = *ids.last().ok_or(OptimizeError::Empty)?;
         let originals: Vec<_> = lowered.nodes.iter().map(|&(n, i)| (n, ids[usize::from(i)])).collect();
         eg.rebuild();
         let mut out = Outcome { nodes_before: originals.len(), ..Outcome::default() };
@@ -84,7 +101,7 @@ impl Optimize {
             }
         }
         if let Some(e) = eg.analysis.errors.first() {
-            return Err(format!("the graph does not type in the e-graph: {e}"));
+            return Err(OptimizeError::Untyped(e.clone()));
         }
         let runner = Runner::default()
             .with_egraph(eg)
@@ -95,7 +112,7 @@ impl Optimize {
             .run(&rules::all(&self.cost));
         let eg = runner.egraph;
         if let Some(e) = eg.analysis.errors.first() {
-            return Err(format!("unsound rewrite (a bug): {e}"));
+            return Err(OptimizeError::Unsound(e.clone()));
         }
         out.stop_reason = match &runner.stop_reason {
             Some(egg::StopReason::Saturated) => "saturated".into(),
@@ -135,7 +152,7 @@ impl Pass for Optimize {
 
     fn run(&self, g: &mut Graph, _cx: &PassContext) -> Result<PassReport, PassError> {
         let mut r = PassReport::new(self.name());
-        let o = self.optimize(g).map_err(|msg| PassError::Failed { pass: self.name().into(), msg })?;
+        let o = self.optimize(g).map_err(|e| PassError::Failed { pass: self.name().into(), msg: e.to_string() })?;
         r.changed = o.changed;
         r.stats.insert("egraph classes".into(), o.egraph_classes as u64);
         r.stats.insert("egraph nodes".into(), o.egraph_nodes as u64);

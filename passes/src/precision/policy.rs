@@ -46,6 +46,27 @@ impl fmt::Display for OpClass {
     }
 }
 
+/// Why a precision override table was rejected; every message names the table.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OverrideError {
+    /// Not TOML, or not the table's fields.
+    #[error("precision config `{origin}`: {msg}")]
+    Toml { origin: String, msg: String },
+    #[error("precision config `{origin}`: `{op}` is not an op precision assignment retypes (ops: {known})")]
+    UnknownOp { origin: String, op: String, known: String },
+    #[error("precision config `{origin}`: overflow_margin {margin} must be in (0, 1]")]
+    Margin { origin: String, margin: f64 },
+    #[error("precision config `{origin}`: {error}")]
+    Target { origin: String, error: SqnrTargetError },
+}
+
+/// An SQNR target outside `(0, 200]` dB.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("min_sqnr_db {db} must be a number of dB in (0, 200]")]
+pub struct SqnrTargetError {
+    pub db: f64,
+}
+
 /// fp16's largest finite value.
 pub const F16_MAX: f64 = 65504.0;
 
@@ -176,28 +197,26 @@ impl PrecisionPolicy {
     }
 
     /// Applies a TOML override table (see the module docs); `origin` names it in errors.
-    pub fn apply_overrides(&mut self, text: &str, origin: &str) -> Result<(), String> {
-        let raw: RawOverrides =
-            toml::from_str(text).map_err(|e| format!("precision config `{origin}`: {}", e.message().trim()))?;
+    pub fn apply_overrides(&mut self, text: &str, origin: &str) -> Result<(), OverrideError> {
+        let origin = origin.to_string();
+        let raw: RawOverrides = toml::from_str(text)
+            .map_err(|e| OverrideError::Toml { origin: origin.clone(), msg: e.message().trim().to_string() })?;
         for (op, class) in raw.classes {
             if !self.classes.contains_key(&op) {
                 let known: Vec<&str> = self.classes.keys().map(String::as_str).collect();
-                return Err(format!(
-                    "precision config `{origin}`: `{op}` is not an op precision assignment retypes (ops: {})",
-                    known.join(", ")
-                ));
+                return Err(OverrideError::UnknownOp { origin, op, known: known.join(", ") });
             }
             self.classes.insert(op, class);
         }
         self.force_fp32.extend(raw.force_fp32);
         if let Some(m) = raw.overflow_margin {
             if !(m > 0.0 && m <= 1.0) {
-                return Err(format!("precision config `{origin}`: overflow_margin {m} must be in (0, 1]"));
+                return Err(OverrideError::Margin { origin, margin: m });
             }
             self.overflow_margin = m;
         }
         if let Some(db) = raw.min_sqnr_db {
-            check_sqnr_target(db).map_err(|e| format!("precision config `{origin}`: {e}"))?;
+            check_sqnr_target(db).map_err(|error| OverrideError::Target { origin, error })?;
             self.min_sqnr_db = Some(db);
         }
         Ok(())
@@ -205,11 +224,11 @@ impl PrecisionPolicy {
 }
 
 /// An SQNR target must be a finite number of decibels above 0.
-pub fn check_sqnr_target(db: f64) -> Result<(), String> {
+pub fn check_sqnr_target(db: f64) -> Result<(), SqnrTargetError> {
     if db.is_finite() && db > 0.0 && db <= 200.0 {
         Ok(())
     } else {
-        Err(format!("min_sqnr_db {db} must be a number of dB in (0, 200]"))
+        Err(SqnrTargetError { db })
     }
 }
 
@@ -265,9 +284,9 @@ mod tests {
         assert_eq!(p.forced_fp32("/attn/MatMul"), Some("/attn/*"));
         assert_eq!(p.forced_fp32("/mlp/MatMul"), None);
         assert_eq!(p.overflow_limit(), 16376.0);
-        let e = p.apply_overrides("[classes]\nfoo = \"low\"\n", "t").unwrap_err();
+        let e = p.apply_overrides("[classes]\nfoo = \"low\"\n", "t").unwrap_err().to_string();
         assert!(e.contains("`foo`") && e.contains("softmax"), "{e}");
-        let e = p.apply_overrides("[classes]\nconv = \"fp8\"\n", "t").unwrap_err();
+        let e = p.apply_overrides("[classes]\nconv = \"fp8\"\n", "t").unwrap_err().to_string();
         assert!(e.contains("fp8"), "{e}");
         assert!(p.apply_overrides("overflow_margin = 2.0", "t").is_err());
     }

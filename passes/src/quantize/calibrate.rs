@@ -14,7 +14,7 @@
 //! copy of a graph applies to another copy (sensitivity analysis quantizes many copies).
 
 use super::observer::{ObserveError, Observer, ObserverConfig};
-pub use crate::evaluator::{Evaluator, Interpreter};
+pub use crate::evaluator::{EvalError, Evaluator, Interpreter};
 use qforge_ir::{Graph, NodeId, Op, Tensor, Value};
 use std::collections::{BTreeMap, HashMap};
 
@@ -40,13 +40,14 @@ impl Calibration {
     }
 }
 
-/// Why calibration failed; every error names the node.
+/// Why calibration failed; every error names the node (or the batch). Messages include their
+/// cause, kept as a field rather than as `source()`, so that `{:#}` prints it once.
 #[derive(Debug, thiserror::Error)]
 pub enum CalibError {
     #[error("calibration: node `{node}` ({op}) result {port}: {error}")]
     Observe { node: String, op: &'static str, port: usize, error: ObserveError },
-    #[error("calibration: running batch {batch}: {msg}")]
-    Eval { batch: usize, msg: String },
+    #[error("calibration: running batch {batch}: {error}")]
+    Eval { batch: usize, error: EvalError },
     #[error("calibration: node `{node}` ({op}): {msg}")]
     Node { node: String, op: &'static str, msg: String },
     #[error("calibration: no calibration samples (the calibration set is empty)")]
@@ -197,7 +198,7 @@ fn observe_values(
                 feed(id, std::slice::from_ref(t));
             }
             if failure.borrow().is_none() {
-                eval.run_observed(g, &batch, &mut feed).map_err(|msg| CalibError::Eval { batch: b, msg })?;
+                eval.run_observed(g, &batch, &mut feed).map_err(|error| CalibError::Eval { batch: b, error })?;
             }
         }
         if let Some(e) = failure.into_inner() {

@@ -26,6 +26,24 @@ use super::scheme::{Granularity, QType, Scheme};
 use qforge_ir::Node;
 use std::fmt;
 
+/// Why a policy (or one of its entries) was rejected.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("unknown precision `{name}` (expected int8, fp32, fp16 or bf16)")]
+    UnknownPrecision { name: String },
+    #[error("invalid regex `{pattern}`: {error}")]
+    Regex { pattern: String, error: regex::Error },
+    /// `rule` names the entry (`[default]`, `[op.conv]`, `[[node]] match = "..."`).
+    #[error("{rule}: activations must be 8-bit (u8 or i8), got {qtype}")]
+    ActivationBits { rule: String, qtype: QType },
+    #[error("{rule}: percentile {value} is not in (0, 100]")]
+    Percentile { rule: String, value: f64 },
+    #[error("{rule}: momentum {value} is not in [0, 1)")]
+    Momentum { rule: String, value: f64 },
+    #[error("[smoothquant]: alpha {alpha} is not in [0, 1]")]
+    SmoothAlpha { alpha: f64 },
+}
+
 /// The precision a node runs at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Precision {
@@ -47,13 +65,13 @@ impl Precision {
         }
     }
 
-    pub fn parse(s: &str) -> Result<Precision, String> {
+    pub fn parse(s: &str) -> Result<Precision, PolicyError> {
         match s {
             "int8" => Ok(Precision::Int8),
             "fp32" => Ok(Precision::Fp32),
             "fp16" => Ok(Precision::Fp16),
             "bf16" => Ok(Precision::Bf16),
-            _ => Err(format!("unknown precision `{s}` (expected int8, fp32, fp16 or bf16)")),
+            _ => Err(PolicyError::UnknownPrecision { name: s.to_string() }),
         }
     }
 }
@@ -137,8 +155,8 @@ pub enum Pattern {
 }
 
 impl Pattern {
-    pub fn regex(re: &str) -> Result<Pattern, String> {
-        regex::Regex::new(re).map(Pattern::Regex).map_err(|e| format!("invalid regex `{re}`: {e}"))
+    pub fn regex(re: &str) -> Result<Pattern, PolicyError> {
+        regex::Regex::new(re).map(Pattern::Regex).map_err(|error| PolicyError::Regex { pattern: re.to_string(), error })
     }
 
     /// A pattern matching exactly `name` (a glob when the name has no glob characters).
@@ -336,30 +354,30 @@ impl QConfig {
     }
 
     /// Checks what cannot be checked while reading: activation schemes must be 8-bit.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), PolicyError> {
         let all = std::iter::once(("[default]".to_string(), &self.default))
             .chain(self.op_types.iter().map(|(n, r)| (format!("[op.{n}]"), r)))
             .chain(self.nodes.iter().map(|n| (format!("[[node]] {}", n.pattern), &n.rule)));
-        for (what, r) in all {
+        for (rule, r) in all {
             if let Some(a) = r.activations {
                 if a.qtype.bits() != 8 {
-                    return Err(format!("{what}: activations must be 8-bit (u8 or i8), got {}", a.qtype));
+                    return Err(PolicyError::ActivationBits { rule, qtype: a.qtype });
                 }
             }
             if let Some(p) = r.percentile {
                 if !(p > 0.0 && p <= 100.0) {
-                    return Err(format!("{what}: percentile {p} is not in (0, 100]"));
+                    return Err(PolicyError::Percentile { rule, value: p });
                 }
             }
             if let Some(m) = r.momentum {
                 if !(0.0..1.0).contains(&m) {
-                    return Err(format!("{what}: momentum {m} is not in [0, 1)"));
+                    return Err(PolicyError::Momentum { rule, value: m });
                 }
             }
         }
         if let Some(a) = self.smooth {
             if !(0.0..=1.0).contains(&a) {
-                return Err(format!("[smoothquant]: alpha {a} is not in [0, 1]"));
+                return Err(PolicyError::SmoothAlpha { alpha: a });
             }
         }
         Ok(())

@@ -203,7 +203,7 @@ pub(crate) fn insert_qdq(g: &mut Graph, v: Value, ty: TensorType) -> Result<Node
     let outputs: Vec<usize> = g.outputs().iter().enumerate().filter(|(_, o)| o.value == v).map(|(i, _)| i).collect();
     let base = g.node(v.node).name.clone();
     let base = if g.node(v.node).outputs.len() > 1 { format!("{base}:{}", v.port) } else { base };
-    let ir = |source| PassError::Ir { pass: "quantize-static".into(), source };
+    let ir = |error| PassError::Ir { pass: "quantize-static".into(), error };
     let q = g.add_node(Op::Quantize, vec![Some(v)], Some(vec![ty]), format!("{base}_QuantizeLinear")).map_err(ir)?;
     let dq = g.add_node(Op::Dequantize, vec![Some(q)], None, format!("{base}_DequantizeLinear")).map_err(ir)?;
     for (n, slot) in users {
@@ -303,8 +303,7 @@ impl Pass for QuantizeStatic {
 
     fn run(&self, g: &mut Graph, _cx: &PassContext) -> Result<PassReport, PassError> {
         let mut report = PassReport::new(self.name());
-        let ap =
-            activation_plan(g, &self.config).map_err(|source| PassError::Ir { pass: self.name().into(), source })?;
+        let ap = activation_plan(g, &self.config).map_err(|error| PassError::Ir { pass: self.name().into(), error })?;
         if ap.ops.is_empty() {
             return Ok(report);
         }
