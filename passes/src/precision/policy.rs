@@ -3,8 +3,8 @@
 //! overrides them with a TOML table:
 //!
 //! ```toml
-//! # nodes whose name matches a pattern (`*` any run of characters, `?` one) stay f32, as the
-//! # seed's custom_fwd(cast_inputs=torch.float32) region does
+//! # nodes whose name matches a pattern (`*` any run of characters, `?` one: `crate::glob`) stay
+//! # f32, as the seed's custom_fwd(cast_inputs=torch.float32) region does
 //! force_fp32 = ["/attn/*", "*/head/Gemm"]
 //! # fraction of fp16's largest finite value (65504) an observed magnitude may reach before the
 //! # overflow guard keeps the op in f32 (fp16 only; bf16 has f32's range)
@@ -188,7 +188,7 @@ impl PrecisionPolicy {
 
     /// The first force-f32 pattern matching `name`.
     pub fn forced_fp32(&self, name: &str) -> Option<&str> {
-        self.force_fp32.iter().find(|p| glob_match(p, name)).map(String::as_str)
+        self.force_fp32.iter().find(|p| crate::glob::glob_match(p, name)).map(String::as_str)
     }
 
     /// The largest magnitude the fp16 overflow guard allows.
@@ -232,29 +232,6 @@ pub fn check_sqnr_target(db: f64) -> Result<(), SqnrTargetError> {
     }
 }
 
-/// Shell-style matching: `*` matches any run of characters (also none), `?` exactly one.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    let (mut pi, mut ni) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ni));
-            pi += 1;
-        } else if let Some((sp, sn)) = star {
-            pi = sp + 1;
-            ni = sn + 1;
-            star = Some((sp, sn + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,16 +266,5 @@ mod tests {
         let e = p.apply_overrides("[classes]\nconv = \"fp8\"\n", "t").unwrap_err().to_string();
         assert!(e.contains("fp8"), "{e}");
         assert!(p.apply_overrides("overflow_margin = 2.0", "t").is_err());
-    }
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("*", ""));
-        assert!(glob_match("/a/*/b", "/a/x/y/b"));
-        assert!(glob_match("a?c", "abc"));
-        assert!(!glob_match("a?c", "ac"));
-        assert!(glob_match("*Softmax", "/attn/Softmax"));
-        assert!(!glob_match("*Softmax", "/attn/Softmax_1"));
-        assert!(glob_match("**x*", "axb"));
     }
 }
