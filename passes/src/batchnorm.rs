@@ -98,6 +98,43 @@ fn fold_one(g: &Graph, bn: NodeId) -> Option<(NodeId, Tensor, Tensor)> {
     Some((x.node, Tensor::from_f32(w.shape().to_vec(), w2), Tensor::from_f32(vec![m], b2)))
 }
 
+/// Why the batch norm `bn` cannot be folded into a conv before it, or `Ok` with that conv. The
+/// rule is this pass's and the optimizer's (`bn-into-conv`): the batch norm's input is the result
+/// of a conv that has no other user and is not a graph output, its parameters are constants, and
+/// the conv's weight is a constant (f32, or the dequantized i8 weight of a quantized graph). The
+/// optimizer reports the reason for every batch norm it leaves unfolded.
+pub fn fold_blocker(g: &Graph, bn: NodeId) -> Result<NodeId, String> {
+    let node = g.node(bn);
+    let Some(x) = node.inputs().first().copied().flatten() else { return Err("it has no input".into()) };
+    let prod = g.node(x.node);
+    match prod.op {
+        Op::Conv(_) => {}
+        Op::Input => return Err(format!("no conv before it: its input is the graph input `{}`", prod.name)),
+        _ => return Err(format!("no conv before it: its input comes from `{}` `{}`", prod.op.name(), prod.name)),
+    }
+    if g.is_output(x) {
+        return Err(format!("the result of the conv `{}` before it is also a graph output", prod.name));
+    }
+    match g.value_users(x).len() {
+        1 => {}
+        2 => return Err(format!("the result of the conv `{}` before it has another user", prod.name)),
+        n => return Err(format!("the result of the conv `{}` before it has {} other users", prod.name, n - 1)),
+    }
+    let is_const = |v: Option<Value>| v.is_some_and(|v| matches!(g.node(v.node).op, Op::Const(_)));
+    if !(1..5).all(|i| is_const(node.inputs().get(i).copied().flatten())) {
+        return Err("its parameters are not all constants".into());
+    }
+    let w = prod.inputs().get(1).copied().flatten();
+    let dq_const = w.is_some_and(|w| {
+        let d = g.node(w.node);
+        matches!(d.op, Op::Dequantize) && is_const(d.inputs().first().copied().flatten())
+    });
+    if !(is_const(w) || dq_const) {
+        return Err(format!("the weight of the conv `{}` before it is not a constant", prod.name));
+    }
+    Ok(x.node)
+}
+
 impl Pass for FoldBatchNorm {
     fn name(&self) -> &'static str {
         "fold-batch-norm"
