@@ -37,9 +37,12 @@ pub mod static_quant;
 
 pub use crate::batchnorm::FoldBatchNorm;
 pub use attention::attention_roles;
-pub use calibrate::{calibrate, channel_absmax, CalibError, Calibration, EvalError, Evaluator, Interpreter, Target};
+pub use calibrate::{
+    assess, calibrate, channel_absmax, CalibError, CalibWarning, Calibration, EvalError, Evaluator, Interpreter,
+    RangeAssessment, Target,
+};
 pub use dynamic::QuantizeDynamic;
-pub use histogram::{EntropyObserver, Histogram, MseObserver, PercentileObserver};
+pub use histogram::{EntropyObserver, Histogram, MseObserver, PercentileObserver, RangeQuality};
 pub use observer::{
     CalibMethod, Ema, MinMax, ObserveError, Observer, ObserverConfig, ParseCalibMethodError, PerChannelMinMax,
 };

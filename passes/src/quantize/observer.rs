@@ -37,6 +37,11 @@ pub trait Observer: Send + fmt::Debug {
     /// The proposed range, `None` before any value was observed. The range is not yet widened to
     /// contain zero: the scheme does that.
     fn range(&self) -> Option<(f32, f32)>;
+
+    /// The histogram of the values seen, for observers that keep one (percentile, entropy, MSE).
+    fn histogram(&self) -> Option<&super::histogram::Histogram> {
+        None
+    }
 }
 
 /// The batch's `(min, max)` (`None` for an empty batch), or the error for its first NaN or

@@ -125,7 +125,7 @@ pub fn activation_plan(g: &Graph, cfg: &QConfig) -> Result<ActivationPlan, qforg
     };
     let calibrated = |v: Value, s: &NodeSettings| Source::Calibrated {
         scheme: s.activations,
-        target: Target { value: v, observer: s.activation_observer() },
+        target: Target { value: v, observer: s.activation_observer(), scheme: s.activations },
     };
     for np in &nodes {
         let node = g.node(np.id);
@@ -148,7 +148,8 @@ pub fn activation_plan(g: &Graph, cfg: &QConfig) -> Result<ActivationPlan, qforg
                     Op::MaxPool(_) | Op::GlobalMaxPool | Op::AveragePool(_) => {
                         if let Some(x) = node.inputs()[0] {
                             if ap.index(x).is_some() {
-                                let target = Target { value: out, observer: s.activation_observer() };
+                                let target =
+                                    Target { value: out, observer: s.activation_observer(), scheme: s.activations };
                                 push(&mut ap, out, Source::SameAs { from: x, target });
                             }
                         }
@@ -169,11 +170,12 @@ pub fn activation_plan(g: &Graph, cfg: &QConfig) -> Result<ActivationPlan, qforg
                 if ap.index(x).is_none() {
                     continue;
                 }
-                let observer = cfg.settings(node).activation_observer();
+                let settings = cfg.settings(node);
+                let (observer, scheme) = (settings.activation_observer(), settings.activations);
                 for port in 0..node.outputs.len() {
                     let v = Value::new(np.id, port);
                     if is_f32(g, v) {
-                        let target = Target { value: v, observer: observer.clone() };
+                        let target = Target { value: v, observer: observer.clone(), scheme };
                         push(&mut ap, v, Source::SameAs { from: x, target });
                     }
                 }
