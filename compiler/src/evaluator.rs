@@ -14,7 +14,7 @@ use crate::options::{Engine, Kernels, PipelineOptions};
 use qforge_codegen::{JitExecutable, JitOptions, Microkernels};
 use qforge_ir::interp::RunOptions;
 use qforge_ir::{Graph, NodeId, Tensor};
-use qforge_passes::evaluator::{first, Evaluator, Interpreter};
+use qforge_passes::evaluator::{first, EvalError, Evaluator, Interpreter};
 
 /// The engine a pipeline runs graphs on, with the user's options.
 #[derive(Clone, Debug)]
@@ -80,17 +80,17 @@ impl Evaluator for EngineEvaluator {
         g: &Graph,
         inputs: &[Tensor],
         observe: &mut dyn FnMut(NodeId, &[Tensor]),
-    ) -> Result<Vec<Tensor>, String> {
+    ) -> Result<Vec<Tensor>, EvalError> {
         Interpreter(self.run.clone()).run_observed(g, inputs, observe)
     }
 
-    fn first_outputs(&self, g: &Graph, batches: &[Vec<Tensor>]) -> Result<Vec<Tensor>, String> {
+    fn first_outputs(&self, g: &Graph, batches: &[Vec<Tensor>]) -> Result<Vec<Tensor>, EvalError> {
         match self.engine {
             Engine::Interp => batches.iter().map(|b| first(Interpreter(self.run.clone()).run(g, b)?)).collect(),
             Engine::Jit => {
                 // compiled once; the JIT keeps one program per input shape
                 let exe = JitExecutable::new(g.clone(), self.jit);
-                batches.iter().map(|b| first(exe.run(b).map_err(|e| e.to_string())?)).collect()
+                batches.iter().map(|b| first(exe.run(b).map_err(EvalError::engine)?)).collect()
             }
         }
     }

@@ -210,7 +210,7 @@ fn parse_alpha(s: &str) -> Result<f64, String> {
 
 /// `--calib-method`: the observer names of [`CalibMethod`]'s `FromStr`, the one list of them.
 fn parse_calib_method(s: &str) -> Result<CalibMethod, String> {
-    s.parse()
+    s.parse().map_err(|e: qforge_passes::quantize::ParseCalibMethodError| e.to_string())
 }
 
 fn serialize_method<S: serde::Serializer>(m: &Option<CalibMethod>, s: S) -> Result<S::Ok, S::Error> {
@@ -222,6 +222,6 @@ fn serialize_method<S: serde::Serializer>(m: &Option<CalibMethod>, s: S) -> Resu
 
 fn parse_sqnr_target(s: &str) -> Result<f64, String> {
     let db: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number of dB"))?;
-    qforge_passes::precision::policy::check_sqnr_target(db)?;
+    qforge_passes::precision::policy::check_sqnr_target(db).map_err(|e| e.to_string())?;
     Ok(db)
 }

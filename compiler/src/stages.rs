@@ -85,6 +85,11 @@ fn calibrate_stage(c: &Compiler, st: &mut State) -> Result<()> {
         cal.batches,
         t.elapsed().as_secs_f64() * 1e3
     );
+    // a chosen range that clips far more than min-max's, or loses far more of the tensor: the
+    // user hears of it (and which tensor), whatever the method
+    for w in &cal.warnings {
+        tracing::warn!("{w}");
+    }
     st.calibration = Some(cal);
     Ok(())
 }

@@ -423,6 +423,29 @@ fn cases(d: &Path, f: &Files) -> Vec<Case> {
             after: None,
         },
         Case {
+            name: "a calibrated range far worse than min-max's is warned about, naming the tensor",
+            args: strs(&[
+                "compile",
+                &fixture("exact_int8.qir"),
+                "--quantize",
+                "int8",
+                "--calib",
+                &fixture("outliers_x.npy"),
+                "--calib-method",
+                "entropy",
+                "--report",
+            ]),
+            expect: Expect {
+                stderr: &[
+                    " WARN qforge::stages: calibration of `/conv/Conv` (conv) result 0: entropy range [-1.0085e2, \
+                     4.9386e1] clips 0.40% of the calibration values, SQNR 9.3 dB; min-max [-1.9399e2, 9.5215e1] would \
+                     clip 0.00%, SQNR 28.6 dB",
+                ],
+                ..Expect::default()
+            },
+            after: None,
+        },
+        Case {
             name: "sensitivity --json says what an infinite SQNR is",
             args: strs(&["sensitivity", &fixture("exact_int8.qir"), "--calib", &fixture("exact_int8_x.npy"), "--json"]),
             expect: Expect {

@@ -77,12 +77,16 @@ impl fmt::Display for DType {
     }
 }
 
+/// A dtype name that is not one of qforge's.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown dtype `{name}` (expected one of f32, f16, bf16, i8, u8, i32, i64, bool)")]
+pub struct ParseDTypeError {
+    pub name: String,
+}
+
 impl FromStr for DType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        DType::ALL
-            .into_iter()
-            .find(|d| d.name() == s)
-            .ok_or_else(|| format!("unknown dtype `{s}` (expected one of f32, f16, bf16, i8, u8, i32, i64, bool)"))
+    type Err = ParseDTypeError;
+    fn from_str(s: &str) -> Result<Self, ParseDTypeError> {
+        DType::ALL.into_iter().find(|d| d.name() == s).ok_or_else(|| ParseDTypeError { name: s.to_string() })
     }
 }

@@ -7,10 +7,43 @@
 //! flow through every op that does not need their value.
 
 use crate::{
-    BinaryOp, ConvAttrs, DType, Dim, DimExpr, Epilogue, Op, PoolAttrs, QuantParams, Shape, TensorType, UnaryOp,
+    BinaryOp, ConvAttrs, DType, Dim, DimExpr, Epilogue, Op, PoolAttrs, QuantError, QuantParams, Shape, TensorType,
+    UnaryOp,
 };
 
-type R<T> = std::result::Result<T, String>;
+/// Why inference rejected an op: its operands, attributes or declared result type do not fit. The
+/// messages name the operand or attribute; callers add the node.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum InferError {
+    /// A required input is absent.
+    #[error("input {0} is missing")]
+    MissingInput(usize),
+    /// An operand's dtype or quantization does not fit the op.
+    #[error("{0}")]
+    Operand(String),
+    /// Shapes or dims do not fit the op (or overflow).
+    #[error("{0}")]
+    Shape(String),
+    /// An attribute is invalid, or does not fit the operands.
+    #[error("{0}")]
+    Attribute(String),
+    /// The declared result type is missing or does not fit.
+    #[error("{0}")]
+    Result(String),
+    /// Quantization parameters are invalid or do not fit their value.
+    #[error(transparent)]
+    Quant(#[from] QuantError),
+}
+
+/// The interpreter's kernels and the IR's own wrappers ([`crate::IrError::Node`]) carry plain
+/// messages, to which the caller adds the node.
+impl From<InferError> for String {
+    fn from(e: InferError) -> String {
+        e.to_string()
+    }
+}
+
+type R<T> = std::result::Result<T, InferError>;
 
 /// Infers the result types of `op` applied to `inputs` (`None` for an absent optional input).
 /// `declared` is required for ops whose output quantization is chosen (see the module docs).
@@ -27,22 +60,21 @@ pub fn infer(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorT
 pub fn check_group_params(t: &TensorType) -> R<()> {
     match &t.quant {
         Some(q @ QuantParams::PerGroup { .. }) => {
-            let shape =
-                t.shape.as_fixed().ok_or_else(|| format!("per-group parameters need a fixed shape, got {t}"))?;
-            q.check_shape(&shape)
+            let shape = t.shape.as_fixed().ok_or_else(|| QuantError::GroupNeedsFixedShape { ty: t.to_string() })?;
+            Ok(q.check_shape(&shape)?)
         }
         _ => Ok(()),
     }
 }
 
 fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorType]>) -> R<Vec<TensorType>> {
-    let x = |i: usize| -> R<&TensorType> {
-        inputs.get(i).copied().flatten().ok_or_else(|| format!("input {i} is missing"))
-    };
+    let x = |i: usize| -> R<&TensorType> { inputs.get(i).copied().flatten().ok_or(InferError::MissingInput(i)) };
     let opt = |i: usize| -> Option<&TensorType> { inputs.get(i).copied().flatten() };
     let one = |t: TensorType| Ok(vec![t]);
     match op {
-        Op::Input | Op::Const(_) => declared.map(|d| d.to_vec()).ok_or_else(|| "needs a declared type".into()),
+        Op::Input | Op::Const(_) => {
+            declared.map(|d| d.to_vec()).ok_or_else(|| InferError::Result("needs a declared type".into()))
+        }
         Op::Conv(a) => {
             let (xt, wt) = (float(x(0)?, "x")?, float(x(1)?, "w")?);
             same_dtype(xt, wt)?;
@@ -56,7 +88,7 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
         Op::BatchNorm { .. } => {
             let xt = float(x(0)?, "x")?;
             if xt.rank() < 2 {
-                return Err("batch norm needs an input of rank 2 or more".into());
+                return Err(InferError::Shape("batch norm needs an input of rank 2 or more".into()));
             }
             for (i, n) in ["scale", "bias", "mean", "var"].iter().enumerate() {
                 let p = float(x(i + 1)?, n)?;
@@ -67,7 +99,7 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
         Op::Unary(UnaryOp::Not) => {
             let t = x(0)?;
             if t.dtype != DType::Bool {
-                return Err(format!("`not` needs bool, got {}", t.dtype));
+                return Err(InferError::Operand(format!("`not` needs bool, got {}", t.dtype)));
             }
             one(t.clone())
         }
@@ -91,7 +123,7 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
         Op::Binary(b) => {
             let (l, r) = (plain(x(0)?, "a")?, plain(x(1)?, "b")?);
             if l.dtype != r.dtype {
-                return Err(format!("operand dtypes differ: {} and {}", l.dtype, r.dtype));
+                return Err(InferError::Operand(format!("operand dtypes differ: {} and {}", l.dtype, r.dtype)));
             }
             let shape = broadcast(&[&l.shape, &r.shape])?;
             let dtype = match b {
@@ -101,11 +133,16 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
                 | BinaryOp::GreaterOrEqual
                 | BinaryOp::LessOrEqual => DType::Bool,
                 BinaryOp::Mod if l.dtype.is_float() || l.dtype == DType::Bool => {
-                    return Err(format!("`mod` needs integer operands (use `fmod` for floats), got {}", l.dtype))
+                    return Err(InferError::Operand(format!(
+                        "`mod` needs integer operands (use `fmod` for floats), got {}",
+                        l.dtype
+                    )))
                 }
-                BinaryOp::Fmod if l.dtype == DType::Bool => return Err("`fmod` needs numeric operands".into()),
+                BinaryOp::Fmod if l.dtype == DType::Bool => {
+                    return Err(InferError::Operand("`fmod` needs numeric operands".into()))
+                }
                 BinaryOp::And | BinaryOp::Or if l.dtype != DType::Bool => {
-                    return Err(format!("`{}` needs bool operands", op.name()))
+                    return Err(InferError::Operand(format!("`{}` needs bool operands", op.name())))
                 }
                 _ => l.dtype,
             };
@@ -114,10 +151,10 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
         Op::Where => {
             let (c, a, b) = (x(0)?, plain(x(1)?, "x")?, plain(x(2)?, "y")?);
             if c.dtype != DType::Bool {
-                return Err("condition must be bool".into());
+                return Err(InferError::Operand("condition must be bool".into()));
             }
             if a.dtype != b.dtype {
-                return Err(format!("operand dtypes differ: {} and {}", a.dtype, b.dtype));
+                return Err(InferError::Operand(format!("operand dtypes differ: {} and {}", a.dtype, b.dtype)));
             }
             one(TensorType::new(a.dtype, broadcast(&[&c.shape, &a.shape, &b.shape])?))
         }
@@ -134,7 +171,7 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
                 same_dtype(a, float(c, "c")?)?;
                 let bc = broadcast(&[&c.shape, &shape])?;
                 if bc != shape {
-                    return Err(format!("c of shape {} does not broadcast to {}", c.shape, shape));
+                    return Err(InferError::Shape(format!("c of shape {} does not broadcast to {}", c.shape, shape)));
                 }
             }
             one(TensorType::new(a.dtype, shape))
@@ -180,7 +217,7 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             let r = t.rank();
             let a = if *axis < 0 { *axis + r as i64 } else { *axis };
             if a < 0 || a as usize > r {
-                return Err(format!("axis {axis} out of range for rank {r}"));
+                return Err(InferError::Attribute(format!("axis {axis} out of range for rank {r}")));
             }
             let (h, tl) = t.shape.0.split_at(a as usize);
             one(t.with_shape(Shape(vec![dim_product(h)?, dim_product(tl)?])))
@@ -190,10 +227,10 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             let mut seen = perm.clone();
             seen.sort_unstable();
             if seen != (0..t.rank()).collect::<Vec<_>>() {
-                return Err(format!("perm {perm:?} is not a permutation of 0..{}", t.rank()));
+                return Err(InferError::Attribute(format!("perm {perm:?} is not a permutation of 0..{}", t.rank())));
             }
             if t.quant.as_ref().is_some_and(|q| q.axis().is_some() || q.is_per_group()) {
-                return Err("transpose of a per-axis or per-group quantized value".into());
+                return Err(InferError::Operand("transpose of a per-axis or per-group quantized value".into()));
             }
             one(t.with_shape(Shape(perm.iter().map(|&p| t.shape.0[p].clone()).collect())))
         }
@@ -204,11 +241,14 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             for i in 0..inputs.len() {
                 let t = x(i)?;
                 if t.dtype != first.dtype || t.quant != first.quant || t.rank() != first.rank() {
-                    return Err(format!("input {i} is {t}, input 0 is {first}"));
+                    return Err(InferError::Operand(format!("input {i} is {t}, input 0 is {first}")));
                 }
                 for (k, (d, e)) in t.shape.0.iter().zip(&first.shape.0).enumerate() {
                     if k != a && d != e {
-                        return Err(format!("input {i} has shape {}, input 0 has {}", t.shape, first.shape));
+                        return Err(InferError::Shape(format!(
+                            "input {i} has shape {}, input 0 has {}",
+                            t.shape, first.shape
+                        )));
                     }
                 }
                 total = total.zip(t.shape.0[a].fixed()).map(|(s, d)| s.saturating_add(d));
@@ -217,19 +257,19 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             dims[a] = match total {
                 Some(n) => Dim::Fixed(n),
                 None if inputs.len() == 1 => dims[a].clone(),
-                None => return Err("concatenation along a symbolic dimension".into()),
+                None => return Err(InferError::Shape("concatenation along a symbolic dimension".into())),
             };
             one(first.with_shape(Shape(dims)))
         }
         Op::Slice { starts, ends, axes, steps } => {
             let t = x(0)?;
             if starts.len() != ends.len() || starts.len() != axes.len() || starts.len() != steps.len() {
-                return Err("starts, ends, axes and steps differ in length".into());
+                return Err(InferError::Attribute("starts, ends, axes and steps differ in length".into()));
             }
             let mut dims = t.shape.0.clone();
             for i in 0..starts.len() {
                 let a = norm_axis(axes[i], t.rank())?;
-                let n = dims[a].fixed().ok_or("slice along a symbolic dimension")?;
+                let n = dims[a].fixed().ok_or_else(|| InferError::Shape("slice along a symbolic dimension".into()))?;
                 let (s, e, st) = (starts[i], ends[i], steps[i]);
                 dims[a] = Dim::Fixed(slice_len(n, s, e, st)?);
             }
@@ -238,7 +278,7 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
         Op::Gather { axis } => {
             let (d, i) = (x(0)?, x(1)?);
             if !matches!(i.dtype, DType::I32 | DType::I64) {
-                return Err(format!("indices must be i32 or i64, got {}", i.dtype));
+                return Err(InferError::Operand(format!("indices must be i32 or i64, got {}", i.dtype)));
             }
             let a = norm_axis(*axis, d.rank())?;
             let mut dims = d.shape.0[..a].to_vec();
@@ -266,7 +306,7 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             };
             for &a in &ax {
                 if t.shape.0[a] != Dim::Fixed(1) {
-                    return Err(format!("cannot squeeze axis {a} of size {}", t.shape.0[a]));
+                    return Err(InferError::Shape(format!("cannot squeeze axis {a} of size {}", t.shape.0[a])));
                 }
             }
             let dims = (0..t.rank()).filter(|i| !ax.contains(i)).map(|i| t.shape.0[i].clone()).collect();
@@ -275,9 +315,9 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
         Op::Split { axis, sizes } => {
             let t = x(0)?;
             let a = norm_axis(*axis, t.rank())?;
-            let n = t.shape.0[a].fixed().ok_or("split along a symbolic dimension")?;
+            let n = t.shape.0[a].fixed().ok_or_else(|| InferError::Shape("split along a symbolic dimension".into()))?;
             if sizes.iter().try_fold(0usize, |a, &s| a.checked_add(s)) != Some(n) {
-                return Err(format!("split sizes {sizes:?} do not add up to {n}"));
+                return Err(InferError::Attribute(format!("split sizes {sizes:?} do not add up to {n}")));
             }
             Ok(sizes
                 .iter()
@@ -301,13 +341,13 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
         Op::Shape { start, end } => {
             let t = x(0)?;
             if start > end || *end > t.rank() {
-                return Err(format!("dims {start}..{end} out of range for rank {}", t.rank()));
+                return Err(InferError::Attribute(format!("dims {start}..{end} out of range for rank {}", t.rank())));
             }
             one(TensorType::new(DType::I64, Shape(vec![Dim::Fixed(end - start)])))
         }
         Op::Range { start, limit, delta, dtype } => {
             if !matches!(dtype, DType::I32 | DType::I64 | DType::F32) {
-                return Err(format!("range of {dtype} is not supported (i32, i64 or f32)"));
+                return Err(InferError::Attribute(format!("range of {dtype} is not supported (i32, i64 or f32)")));
             }
             let (s, l) = (dim_expr(start, inputs)?, dim_expr(limit, inputs)?);
             one(TensorType::new(*dtype, Shape(vec![range_len(&s, &l, *delta)?])))
@@ -317,10 +357,14 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             let dims: Vec<Dim> = shape.iter().map(|e| dim_expr(e, inputs)).collect::<R<_>>()?;
             let (have, want) = (dim_product(&t.shape.0)?, dim_product(&dims)?);
             if have != want {
-                return Err(format!("cannot reshape {} ({have} elements) to {} ({want})", t.shape, Shape(dims)));
+                return Err(InferError::Shape(format!(
+                    "cannot reshape {} ({have} elements) to {} ({want})",
+                    t.shape,
+                    Shape(dims)
+                )));
             }
             if t.quant.as_ref().is_some_and(|q| q.axis().is_some() || q.is_per_group()) {
-                return Err("reshape of a per-axis or per-group quantized value".into());
+                return Err(InferError::Operand("reshape of a per-axis or per-group quantized value".into()));
             }
             one(t.with_shape(Shape(dims)))
         }
@@ -332,21 +376,24 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
         Op::GatherElements { axis } => {
             let (d, i) = (x(0)?, x(1)?);
             if !matches!(i.dtype, DType::I32 | DType::I64) {
-                return Err(format!("indices must be i32 or i64, got {}", i.dtype));
+                return Err(InferError::Operand(format!("indices must be i32 or i64, got {}", i.dtype)));
             }
             if d.rank() != i.rank() {
-                return Err(format!("data {} and indices {} differ in rank", d.shape, i.shape));
+                return Err(InferError::Shape(format!("data {} and indices {} differ in rank", d.shape, i.shape)));
             }
             let a = norm_axis(*axis, d.rank())?;
             for (k, (dd, id)) in d.shape.0.iter().zip(&i.shape.0).enumerate() {
                 if let (Some(dn), Some(inn)) = (dd.fixed(), id.fixed()) {
                     if k != a && inn > dn {
-                        return Err(format!("indices {} exceed data {} on axis {k}", i.shape, d.shape));
+                        return Err(InferError::Shape(format!(
+                            "indices {} exceed data {} on axis {k}",
+                            i.shape, d.shape
+                        )));
                     }
                 }
             }
             if d.quant.as_ref().is_some_and(|q| q.axis().is_some() || q.is_per_group()) {
-                return Err("gather_elements of a per-axis or per-group quantized value".into());
+                return Err(InferError::Operand("gather_elements of a per-axis or per-group quantized value".into()));
             }
             one(d.with_shape(i.shape.clone()))
         }
@@ -385,7 +432,12 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
         Op::QConv { conv, epilogue } => {
             let (xt, wt) = (quantized(x(0)?, "x")?, quantized(x(1)?, "w")?);
             per_tensor(xt, "x")?;
-            let m = wt.shape.0.first().and_then(Dim::fixed).ok_or("weight needs a fixed output-channel dim")?;
+            let m = wt
+                .shape
+                .0
+                .first()
+                .and_then(Dim::fixed)
+                .ok_or_else(|| InferError::Shape("weight needs a fixed output-channel dim".into()))?;
             channel_params(wt, 0, m, "w")?;
             let shape = conv_shape(conv, &xt.shape, &wt.shape)?;
             int_epilogue(epilogue, opt(2), m, declared, &shape)
@@ -400,7 +452,7 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
                 None => {
                     per_tensor(b, "b (the result's last dim is symbolic)")?;
                     if opt(2).is_some() {
-                        return Err("a bias needs a fixed last dim".into());
+                        return Err(InferError::Shape("a bias needs a fixed last dim".into()));
                     }
                     0
                 }
@@ -413,7 +465,7 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             let (a, b) = (quantized(x(0)?, "a")?, quantized(x(1)?, "b")?);
             per_tensor(a, "a")?;
             let shape = gemm_shape(&a.shape, &b.shape, *trans_a, *trans_b)?;
-            let n = shape.0[1].fixed().ok_or("gemm needs a fixed N")?;
+            let n = shape.0[1].fixed().ok_or_else(|| InferError::Shape("gemm needs a fixed N".into()))?;
             channel_params(b, if *trans_b { 0 } else { 1 }, n, "b")?;
             int_epilogue(epilogue, opt(2), n, declared, &shape)
         }
@@ -443,14 +495,25 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
                 let t = quantized(x(i)?, "input")?;
                 per_tensor(t, "input")?;
                 if t.rank() != first.rank() {
-                    return Err(format!("input {i} has rank {}, input 0 has {}", t.rank(), first.rank()));
+                    return Err(InferError::Shape(format!(
+                        "input {i} has rank {}, input 0 has {}",
+                        t.rank(),
+                        first.rank()
+                    )));
                 }
                 for (k, (d, e)) in t.shape.0.iter().zip(&first.shape.0).enumerate() {
                     if k != a && d != e {
-                        return Err(format!("input {i} has shape {}, input 0 has {}", t.shape, first.shape));
+                        return Err(InferError::Shape(format!(
+                            "input {i} has shape {}, input 0 has {}",
+                            t.shape, first.shape
+                        )));
                     }
                 }
-                total = total.saturating_add(t.shape.0[a].fixed().ok_or("concatenation along a symbolic dimension")?);
+                total = total.saturating_add(
+                    t.shape.0[a]
+                        .fixed()
+                        .ok_or_else(|| InferError::Shape("concatenation along a symbolic dimension".into()))?,
+                );
             }
             dims[a] = Dim::Fixed(total);
             declared_quant(declared, &Shape(dims), &[DType::I8, DType::U8])
@@ -460,31 +523,31 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
 
 fn float<'a>(t: &'a TensorType, what: &str) -> R<&'a TensorType> {
     if !t.dtype.is_float() {
-        return Err(format!("{what} must be a float tensor, got {t}"));
+        return Err(InferError::Operand(format!("{what} must be a float tensor, got {t}")));
     }
     if t.quant.is_some() {
-        return Err(format!("{what} must not be quantized, got {t}"));
+        return Err(InferError::Operand(format!("{what} must not be quantized, got {t}")));
     }
     Ok(t)
 }
 
 fn plain<'a>(t: &'a TensorType, what: &str) -> R<&'a TensorType> {
     if t.quant.is_some() {
-        return Err(format!("{what} must not be quantized (dequantize it first), got {t}"));
+        return Err(InferError::Operand(format!("{what} must not be quantized (dequantize it first), got {t}")));
     }
     Ok(t)
 }
 
 fn int8<'a>(t: &'a TensorType, what: &str) -> R<&'a TensorType> {
     if !matches!(t.dtype, DType::I8 | DType::U8) {
-        return Err(format!("{what} must be i8 or u8, got {t}"));
+        return Err(InferError::Operand(format!("{what} must be i8 or u8, got {t}")));
     }
     Ok(t)
 }
 
 fn quantized<'a>(t: &'a TensorType, what: &str) -> R<&'a TensorType> {
     if t.quant.is_none() || !t.dtype.is_quantizable_storage() {
-        return Err(format!("{what} must be a quantized i8/u8 tensor, got {t}"));
+        return Err(InferError::Operand(format!("{what} must be a quantized i8/u8 tensor, got {t}")));
     }
     Ok(t)
 }
@@ -492,7 +555,7 @@ fn quantized<'a>(t: &'a TensorType, what: &str) -> R<&'a TensorType> {
 fn per_tensor(t: &TensorType, what: &str) -> R<()> {
     match &t.quant {
         Some(QuantParams::PerTensor { .. }) => Ok(()),
-        _ => Err(format!("{what} must be quantized per tensor, got {t}")),
+        _ => Err(InferError::Operand(format!("{what} must be quantized per tensor, got {t}"))),
     }
 }
 
@@ -500,10 +563,13 @@ fn per_tensor(t: &TensorType, what: &str) -> R<()> {
 fn channel_params(t: &TensorType, axis: usize, n: usize, what: &str) -> R<()> {
     match &t.quant {
         Some(QuantParams::PerGroup { .. }) => {
-            Err(format!("{what} is quantized per group: per-group weights have no integer kernel"))
+            Err(InferError::Operand(format!("{what} is quantized per group: per-group weights have no integer kernel")))
         }
         Some(QuantParams::PerAxis { axis: a, scales, .. }) if *a != axis || scales.len() != n => {
-            Err(format!("{what} is quantized on axis {a} with {} scales; expected axis {axis} with {n}", scales.len()))
+            Err(InferError::Operand(format!(
+                "{what} is quantized on axis {a} with {} scales; expected axis {axis} with {n}",
+                scales.len()
+            )))
         }
         _ => Ok(()),
     }
@@ -512,7 +578,7 @@ fn channel_params(t: &TensorType, axis: usize, n: usize, what: &str) -> R<()> {
 fn zero_point_input(t: Option<&TensorType>, dtype: DType, what: &str) -> R<()> {
     if let Some(t) = t {
         if t.dtype != dtype {
-            return Err(format!("{what} must be {dtype}, got {t}"));
+            return Err(InferError::Operand(format!("{what} must be {dtype}, got {t}")));
         }
     }
     Ok(())
@@ -520,14 +586,14 @@ fn zero_point_input(t: Option<&TensorType>, dtype: DType, what: &str) -> R<()> {
 
 fn same_dtype(a: &TensorType, b: &TensorType) -> R<()> {
     if a.dtype != b.dtype {
-        return Err(format!("operand dtypes differ: {} and {}", a.dtype, b.dtype));
+        return Err(InferError::Operand(format!("operand dtypes differ: {} and {}", a.dtype, b.dtype)));
     }
     Ok(())
 }
 
 fn expect_shape(t: &TensorType, dims: &[Dim], what: &str) -> R<()> {
     if t.shape.0 != dims {
-        return Err(format!("{what} has shape {}, expected {}", t.shape, Shape(dims.to_vec())));
+        return Err(InferError::Shape(format!("{what} has shape {}, expected {}", t.shape, Shape(dims.to_vec()))));
     }
     Ok(())
 }
@@ -544,10 +610,12 @@ fn int_epilogue(
 ) -> R<Vec<TensorType>> {
     let has_bias = ep.contains(&Epilogue::Bias);
     match (has_bias, bias) {
-        (true, None) => return Err("epilogue adds a bias but there is no bias input".into()),
-        (false, Some(_)) => return Err("bias input given but the epilogue does not add it".into()),
+        (true, None) => return Err(InferError::Attribute("epilogue adds a bias but there is no bias input".into())),
+        (false, Some(_)) => {
+            return Err(InferError::Attribute("bias input given but the epilogue does not add it".into()))
+        }
         (true, Some(b)) if b.dtype != DType::I32 || b.shape.0 != [Dim::Fixed(channels)] => {
-            return Err(format!("bias must be i32[{channels}], got {b}"));
+            return Err(InferError::Operand(format!("bias must be i32[{channels}], got {b}")));
         }
         _ => {}
     }
@@ -556,7 +624,9 @@ fn int_epilogue(
     match (requant, dequant) {
         (1, 0) => declared_quant(declared, shape, &[DType::I8, DType::U8]),
         (0, 1) => Ok(vec![TensorType::new(DType::F32, shape.clone())]),
-        _ => Err("the epilogue must end the accumulator in exactly one requant or dequant".into()),
+        _ => {
+            Err(InferError::Attribute("the epilogue must end the accumulator in exactly one requant or dequant".into()))
+        }
     }
 }
 
@@ -564,17 +634,25 @@ fn int_epilogue(
 fn declared_quant(declared: Option<&[TensorType]>, shape: &Shape, allowed: &[DType]) -> R<Vec<TensorType>> {
     let d = match declared {
         Some([d]) => d,
-        _ => return Err("the result type (dtype and quantization parameters) must be declared".into()),
+        _ => {
+            return Err(InferError::Result(
+                "the result type (dtype and quantization parameters) must be declared".into(),
+            ))
+        }
     };
     if !allowed.contains(&d.dtype) {
-        return Err(format!("result dtype {} is not one of {:?}", d.dtype, allowed));
+        return Err(InferError::Result(format!("result dtype {} is not one of {:?}", d.dtype, allowed)));
     }
-    let q = d.quant.as_ref().ok_or_else(|| format!("result type {d} has no quantization parameters"))?;
+    let q = d
+        .quant
+        .as_ref()
+        .ok_or_else(|| InferError::Result(format!("result type {d} has no quantization parameters")))?;
     q.check()?;
     if let QuantParams::PerAxis { axis, scales, .. } = q {
-        let n = shape.0.get(*axis).ok_or_else(|| format!("quantization axis {axis} out of range"))?;
+        let n =
+            shape.0.get(*axis).ok_or_else(|| InferError::Result(format!("quantization axis {axis} out of range")))?;
         if n.fixed() != Some(scales.len()) {
-            return Err(format!("{} scales for axis {axis} of size {n}", scales.len()));
+            return Err(InferError::Result(format!("{} scales for axis {axis} of size {n}", scales.len())));
         }
     }
     Ok(vec![TensorType { dtype: d.dtype, shape: shape.clone(), quant: Some(q.clone()) }])
@@ -582,11 +660,21 @@ fn declared_quant(declared: Option<&[TensorType]>, shape: &Shape, allowed: &[DTy
 
 /// The size a [`DimExpr`] names, from the types of the op's inputs.
 pub fn dim_expr(e: &DimExpr, inputs: &[Option<&TensorType>]) -> R<Dim> {
-    let k = usize::try_from(e.k).map_err(|_| format!("size factor {} is negative", e.k))?;
+    let k = usize::try_from(e.k).map_err(|_| InferError::Attribute(format!("size factor {} is negative", e.k)))?;
     let mut dims = vec![Dim::Fixed(k)];
     for &(i, a) in &e.of {
-        let t = inputs.get(i).copied().flatten().ok_or_else(|| format!("size refers to missing input {i}"))?;
-        dims.push(t.shape.0.get(a).cloned().ok_or_else(|| format!("size refers to dim {a} of input {i} ({t})"))?);
+        let t = inputs
+            .get(i)
+            .copied()
+            .flatten()
+            .ok_or_else(|| InferError::Attribute(format!("size refers to missing input {i}")))?;
+        dims.push(
+            t.shape
+                .0
+                .get(a)
+                .cloned()
+                .ok_or_else(|| InferError::Attribute(format!("size refers to dim {a} of input {i} ({t})")))?,
+        );
     }
     dim_product(&dims)
 }
@@ -595,17 +683,19 @@ pub fn dim_expr(e: &DimExpr, inputs: &[Option<&TensorType>]) -> R<Dim> {
 /// fixed; with symbols, only `0..limit` with step 1 has a known length.
 fn range_len(start: &Dim, limit: &Dim, delta: i64) -> R<Dim> {
     if delta == 0 {
-        return Err("range step must not be zero".into());
+        return Err(InferError::Attribute("range step must not be zero".into()));
     }
     match (start.fixed(), limit.fixed()) {
         (Some(s), Some(l)) => {
             let (s, l) = (s as i128, l as i128);
             let d = delta as i128;
             let n = ((l - s) + d - d.signum()) / d;
-            Ok(Dim::Fixed(usize::try_from(n.max(0)).map_err(|_| "range too long".to_string())?))
+            Ok(Dim::Fixed(usize::try_from(n.max(0)).map_err(|_| InferError::Shape("range too long".into()))?))
         }
         (Some(0), None) if delta == 1 => Ok(limit.clone()),
-        _ => Err(format!("the length of a range from {start} to {limit} by {delta} is not a dim qforge can express")),
+        _ => Err(InferError::Shape(format!(
+            "the length of a range from {start} to {limit} by {delta} is not a dim qforge can express"
+        ))),
     }
 }
 
@@ -613,7 +703,7 @@ fn range_len(start: &Dim, limit: &Dim, delta: i64) -> R<Dim> {
 pub fn norm_axis(axis: i64, rank: usize) -> R<usize> {
     let a = if axis < 0 { axis + rank as i64 } else { axis };
     if a < 0 || a >= rank as i64 {
-        return Err(format!("axis {axis} out of range for rank {rank}"));
+        return Err(InferError::Attribute(format!("axis {axis} out of range for rank {rank}")));
     }
     Ok(a as usize)
 }
@@ -631,10 +721,10 @@ pub fn broadcast(shapes: &[&Shape]) -> R<Shape> {
                 (o, Dim::Fixed(1)) => o.clone(),
                 (a, b) if a == b => a.clone(),
                 (a, b) => {
-                    return Err(format!(
+                    return Err(InferError::Shape(format!(
                         "shapes {} do not broadcast (dim {a} vs {b})",
                         shapes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
-                    ))
+                    )))
                 }
             };
         }
@@ -643,15 +733,19 @@ pub fn broadcast(shapes: &[&Shape]) -> R<Shape> {
 }
 
 fn spatial_out(input: &Dim, k: usize, s: usize, pb: usize, pe: usize, d: usize, ceil: bool) -> R<Dim> {
-    let n = input.fixed().ok_or("spatial dimensions must be fixed")?;
+    let n = input.fixed().ok_or_else(|| InferError::Shape("spatial dimensions must be fixed".into()))?;
     if s == 0 || d == 0 || k == 0 {
-        return Err("kernel, strides and dilations must be positive".into());
+        return Err(InferError::Attribute("kernel, strides and dilations must be positive".into()));
     }
-    let too_large = || format!("kernel, pads or input too large (input {n}, kernel {k}, pads {pb}+{pe}, dilation {d})");
+    let too_large = || {
+        InferError::Shape(format!(
+            "kernel, pads or input too large (input {n}, kernel {k}, pads {pb}+{pe}, dilation {d})"
+        ))
+    };
     let span = d.checked_mul(k - 1).and_then(|v| v.checked_add(1)).ok_or_else(too_large)?;
     let padded = n.checked_add(pb).and_then(|v| v.checked_add(pe)).ok_or_else(too_large)?;
     if padded < span {
-        return Err(format!("kernel extent {span} exceeds the padded input {padded}"));
+        return Err(InferError::Shape(format!("kernel extent {span} exceeds the padded input {padded}")));
     }
     let out = if ceil { (padded - span).div_ceil(s) } else { (padded - span) / s };
     let mut out = out.checked_add(1).ok_or_else(too_large)?;
@@ -664,9 +758,9 @@ fn spatial_out(input: &Dim, k: usize, s: usize, pb: usize, pe: usize, d: usize, 
 
 fn check_spatial(kernel: &[usize], strides: &[usize], pads: &[usize], dilations: &[usize], sp: usize) -> R<()> {
     if kernel.len() != sp || strides.len() != sp || dilations.len() != sp || pads.len() != 2 * sp {
-        return Err(format!(
+        return Err(InferError::Attribute(format!(
             "attributes do not fit {sp} spatial dims (kernel {kernel:?}, strides {strides:?}, pads {pads:?}, dilations {dilations:?})"
-        ));
+        )));
     }
     Ok(())
 }
@@ -674,17 +768,19 @@ fn check_spatial(kernel: &[usize], strides: &[usize], pads: &[usize], dilations:
 /// Output shape of a convolution of `x` (N, C, spatial...) with `w` (M, C/group, kernel...).
 pub fn conv_shape(a: &ConvAttrs, x: &Shape, w: &Shape) -> R<Shape> {
     if x.rank() < 3 || w.rank() != x.rank() {
-        return Err(format!("conv needs x of rank 3 or more and w of the same rank, got {x} and {w}"));
+        return Err(InferError::Shape(format!(
+            "conv needs x of rank 3 or more and w of the same rank, got {x} and {w}"
+        )));
     }
     let sp = x.rank() - 2;
     check_spatial(&a.kernel, &a.strides, &a.pads, &a.dilations, sp)?;
-    let wd = w.as_fixed().ok_or("weight shape must be fixed")?;
+    let wd = w.as_fixed().ok_or_else(|| InferError::Shape("weight shape must be fixed".into()))?;
     if wd[2..] != a.kernel[..] {
-        return Err(format!("kernel attribute {:?} does not match weight shape {w}", a.kernel));
+        return Err(InferError::Attribute(format!("kernel attribute {:?} does not match weight shape {w}", a.kernel)));
     }
-    let c = x.0[1].fixed().ok_or("channel dimension must be fixed")?;
+    let c = x.0[1].fixed().ok_or_else(|| InferError::Shape("channel dimension must be fixed".into()))?;
     if a.group == 0 || c % a.group != 0 || wd[0] % a.group != 0 || wd[1].checked_mul(a.group) != Some(c) {
-        return Err(format!("{c} input channels, weight {w} and group {} do not fit", a.group));
+        return Err(InferError::Shape(format!("{c} input channels, weight {w} and group {} do not fit", a.group)));
     }
     let mut dims = vec![x.0[0].clone(), Dim::Fixed(wd[0])];
     for i in 0..sp {
@@ -704,14 +800,14 @@ pub fn conv_shape(a: &ConvAttrs, x: &Shape, w: &Shape) -> R<Shape> {
 /// Output shape of a max or average pool.
 pub fn pool_shape(p: &PoolAttrs, x: &Shape) -> R<Shape> {
     if x.rank() < 3 {
-        return Err(format!("pooling needs rank 3 or more, got {x}"));
+        return Err(InferError::Shape(format!("pooling needs rank 3 or more, got {x}")));
     }
     let sp = x.rank() - 2;
     check_spatial(&p.kernel, &p.strides, &p.pads, &p.dilations, sp)?;
     let mut dims = x.0[..2].to_vec();
     for i in 0..sp {
         if p.pads[i] >= p.kernel[i] || p.pads[sp + i] >= p.kernel[i] {
-            return Err("pads must be smaller than the kernel".into());
+            return Err(InferError::Attribute("pads must be smaller than the kernel".into()));
         }
         dims.push(spatial_out(
             &x.0[2 + i],
@@ -728,7 +824,7 @@ pub fn pool_shape(p: &PoolAttrs, x: &Shape) -> R<Shape> {
 
 fn global_pool_shape(x: &Shape) -> R<Shape> {
     if x.rank() < 3 {
-        return Err(format!("global pooling needs rank 3 or more, got {x}"));
+        return Err(InferError::Shape(format!("global pooling needs rank 3 or more, got {x}")));
     }
     let mut dims = x.0[..2].to_vec();
     dims.extend(std::iter::repeat_n(Dim::Fixed(1), x.rank() - 2));
@@ -738,7 +834,7 @@ fn global_pool_shape(x: &Shape) -> R<Shape> {
 /// Numpy matmul shapes, 1-D operands included.
 pub fn matmul_shape(a: &Shape, b: &Shape) -> R<Shape> {
     if a.rank() == 0 || b.rank() == 0 {
-        return Err("matmul operands must have rank 1 or more".into());
+        return Err(InferError::Shape("matmul operands must have rank 1 or more".into()));
     }
     let a2 = if a.rank() == 1 { Shape(vec![Dim::Fixed(1), a.0[0].clone()]) } else { a.clone() };
     let b2 = if b.rank() == 1 { Shape(vec![b.0[0].clone(), Dim::Fixed(1)]) } else { b.clone() };
@@ -746,7 +842,7 @@ pub fn matmul_shape(a: &Shape, b: &Shape) -> R<Shape> {
     let k1 = &a2.0[ra - 1];
     let k2 = &b2.0[rb - 2];
     if k1 != k2 {
-        return Err(format!("inner dimensions differ: {a} @ {b}"));
+        return Err(InferError::Shape(format!("inner dimensions differ: {a} @ {b}")));
     }
     let batch = broadcast(&[&Shape(a2.0[..ra - 2].to_vec()), &Shape(b2.0[..rb - 2].to_vec())])?;
     let mut dims = batch.0;
@@ -761,12 +857,12 @@ pub fn matmul_shape(a: &Shape, b: &Shape) -> R<Shape> {
 
 fn gemm_shape(a: &Shape, b: &Shape, ta: bool, tb: bool) -> R<Shape> {
     if a.rank() != 2 || b.rank() != 2 {
-        return Err(format!("gemm needs 2-D operands, got {a} and {b}"));
+        return Err(InferError::Shape(format!("gemm needs 2-D operands, got {a} and {b}")));
     }
     let (m, k1) = if ta { (&a.0[1], &a.0[0]) } else { (&a.0[0], &a.0[1]) };
     let (k2, n) = if tb { (&b.0[1], &b.0[0]) } else { (&b.0[0], &b.0[1]) };
     if k1 != k2 {
-        return Err(format!("inner dimensions differ: {a} and {b} (trans_a={ta}, trans_b={tb})"));
+        return Err(InferError::Shape(format!("inner dimensions differ: {a} and {b} (trans_a={ta}, trans_b={tb})")));
     }
     Ok(Shape(vec![m.clone(), n.clone()]))
 }
@@ -790,9 +886,9 @@ pub fn slice_len(n: usize, start: i64, end: i64, step: i64) -> R<usize> {
 /// ONNX's clamped (start, end) of a slice over a dim of size `n`.
 pub fn slice_bounds(n: usize, start: i64, end: i64, step: i64) -> R<(i64, i64)> {
     if step == 0 {
-        return Err("slice step must not be zero".into());
+        return Err(InferError::Attribute("slice step must not be zero".into()));
     }
-    let n = i64::try_from(n).map_err(|_| format!("dimension {n} is too large to slice"))?;
+    let n = i64::try_from(n).map_err(|_| InferError::Shape(format!("dimension {n} is too large to slice")))?;
     if n == 0 {
         return Ok((0, 0));
     }
@@ -803,46 +899,50 @@ pub fn slice_bounds(n: usize, start: i64, end: i64, step: i64) -> R<(i64, i64)> 
 
 /// The product of dims, in [`Dim::product`]'s canonical form (`N*16`, `N*S`).
 fn dim_product(dims: &[Dim]) -> R<Dim> {
-    Dim::product(dims).ok_or_else(|| format!("the product of dims {} overflows", Shape(dims.to_vec())))
+    Dim::product(dims)
+        .ok_or_else(|| InferError::Shape(format!("the product of dims {} overflows", Shape(dims.to_vec()))))
 }
 
 /// ONNX Reshape with a constant target: `0` copies the input dim, `-1` is inferred from the rest.
 /// With a symbolic input, the symbol must be copied by a `0` or be what `-1` stands for.
 pub fn reshape_shape(input: &Shape, target: &[i64]) -> R<Shape> {
     if target.iter().filter(|&&d| d == -1).count() > 1 {
-        return Err(format!("target shape {target:?} has more than one -1"));
+        return Err(InferError::Attribute(format!("target shape {target:?} has more than one -1")));
     }
     let mut dims = vec![];
     let mut copied = vec![false; input.rank()];
     for (i, &t) in target.iter().enumerate() {
         dims.push(match t {
             0 => {
-                let d = input.0.get(i).ok_or_else(|| format!("target {target:?} copies dim {i} of {input}"))?;
+                let d = input
+                    .0
+                    .get(i)
+                    .ok_or_else(|| InferError::Attribute(format!("target {target:?} copies dim {i} of {input}")))?;
                 copied[i] = true;
                 Some(d.clone())
             }
             -1 => None,
             t if t > 0 => Some(Dim::Fixed(t as usize)),
-            t => return Err(format!("invalid target dim {t}")),
+            t => return Err(InferError::Attribute(format!("invalid target dim {t}"))),
         });
     }
     // Element counts of what is not copied on either side, as a constant factor and symbols
     // (a symbolic dim like `N*4` contributes both).
     let rest_in: Vec<Dim> = input.0.iter().zip(&copied).filter(|(_, c)| !**c).map(|(d, _)| d.clone()).collect();
-    let overflow = || format!("cannot reshape {input} to {target:?}: element count overflows");
+    let overflow = || InferError::Shape(format!("cannot reshape {input} to {target:?}: element count overflows"));
     let (fixed_in, syms_in) = dim_product(&rest_in).map_err(|_| overflow())?.factors().ok_or_else(overflow)?;
     let fixed_out = target.iter().filter(|&&t| t > 0).try_fold(1usize, |a, &t| a.checked_mul(t as usize));
     let fixed_out = fixed_out.ok_or_else(overflow)?;
     match dims.iter().position(Option::is_none) {
         Some(pos) => {
             if fixed_out == 0 || fixed_in % fixed_out != 0 {
-                return Err(format!("cannot reshape {input} to {target:?}"));
+                return Err(InferError::Shape(format!("cannot reshape {input} to {target:?}")));
             }
             dims[pos] = Some(Dim::from_factors(fixed_in / fixed_out, syms_in));
         }
         None => {
             if !syms_in.is_empty() || fixed_in != fixed_out {
-                return Err(format!("cannot reshape {input} to {target:?}"));
+                return Err(InferError::Shape(format!("cannot reshape {input} to {target:?}")));
             }
         }
     }

@@ -30,10 +30,11 @@ pub mod tensor;
 pub mod text;
 pub mod verify;
 
-pub use dtype::DType;
+pub use dtype::{DType, ParseDTypeError};
 pub use error::{IrError, Result};
 pub use graph::{Graph, GraphOutput, Node, NodeId, Value};
+pub use infer::InferError;
 pub use op::{BinaryOp, ConvAttrs, DimExpr, Epilogue, Op, PoolAttrs, UnaryOp};
-pub use quant::QuantParams;
+pub use quant::{QuantError, QuantParams};
 pub use shape::{Dim, Shape, TensorType};
 pub use tensor::{Tensor, TensorData};

@@ -3,7 +3,35 @@
 //! The real value of a stored integer `q` is `(q - zero_point) * scale`. See
 //! [`crate::numerics`] for how values are rounded and saturated into the storage type.
 
+use crate::Dim;
 use std::fmt;
+
+/// Why quantization parameters are invalid, or do not fit the value they quantize.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum QuantError {
+    /// Per-axis or per-group parameters name an axis the value does not have.
+    #[error("quantization axis {axis} is out of range for rank {rank}")]
+    AxisOutOfRange { axis: usize, rank: usize },
+    /// Per-axis parameters with a pair count other than the axis' size.
+    #[error("{count} per-axis scales for axis {axis} of size {size}")]
+    AxisScales { count: usize, axis: usize, size: Dim },
+    /// Per-group parameters with a pair count other than the number of groups.
+    #[error(
+        "{count} per-group scales for shape {shape:?} in groups of {group_size} along axis {axis} (expected {expected:?})"
+    )]
+    GroupScales { count: usize, shape: Vec<usize>, group_size: usize, axis: usize, expected: Vec<usize> },
+    /// Per-group parameters on a value whose shape is not fixed.
+    #[error("per-group parameters need a fixed shape, got {ty}")]
+    GroupNeedsFixedShape { ty: String },
+    #[error("per-group quantization with group size 0")]
+    GroupSizeZero,
+    #[error("per-axis quantization with no scales")]
+    NoScales,
+    #[error("{scales} scales but {zero_points} zero points")]
+    ZeroPoints { scales: usize, zero_points: usize },
+    #[error("scale {scale} is not a finite positive number")]
+    Scale { scale: f32 },
+}
 
 /// Scale and zero point of a quantized tensor.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -74,25 +102,28 @@ impl QuantParams {
     /// Checks that these parameters fit a value of (fixed) `shape`: per-axis ones have one pair per
     /// index of an axis in range, per-group ones one pair per group (see
     /// [`QuantParams::group_param_shape`]).
-    pub fn check_shape(&self, shape: &[usize]) -> Result<(), String> {
+    pub fn check_shape(&self, shape: &[usize]) -> Result<(), QuantError> {
+        let out_of_range = |axis: usize| QuantError::AxisOutOfRange { axis, rank: shape.len() };
         match self {
             QuantParams::PerTensor { .. } => Ok(()),
             QuantParams::PerAxis { axis, scales, .. } => match shape.get(*axis) {
                 Some(&n) if n == scales.len() => Ok(()),
-                Some(n) => Err(format!("{} per-axis scales for axis {axis} of size {n}", scales.len())),
-                None => Err(format!("quantization axis {axis} is out of range for rank {}", shape.len())),
+                Some(&n) => Err(QuantError::AxisScales { count: scales.len(), axis: *axis, size: Dim::Fixed(n) }),
+                None => Err(out_of_range(*axis)),
             },
             QuantParams::PerGroup { axis, group_size, scales, .. } => {
                 let Some(ps) = Self::group_param_shape(*axis, *group_size, shape) else {
-                    return Err(format!("quantization axis {axis} is out of range for rank {}", shape.len()));
+                    return Err(out_of_range(*axis));
                 };
                 let n = ps.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
                 if n != Some(scales.len()) {
-                    return Err(format!(
-                        "{} per-group scales for shape {shape:?} in groups of {group_size} along axis {axis} \
-                         (expected {ps:?})",
-                        scales.len()
-                    ));
+                    return Err(QuantError::GroupScales {
+                        count: scales.len(),
+                        shape: shape.to_vec(),
+                        group_size: *group_size,
+                        axis: *axis,
+                        expected: ps,
+                    });
                 }
                 Ok(())
             }
@@ -139,24 +170,22 @@ impl QuantParams {
     }
 
     /// Checks what every consumer relies on: finite, strictly positive scales, one zero point per
-    /// scale. Returns a description of the first problem.
-    pub fn check(&self) -> Result<(), String> {
+    /// scale. Returns the first problem.
+    pub fn check(&self) -> Result<(), QuantError> {
         let (scales, zps): (&[f32], usize) = match self {
             QuantParams::PerTensor { scale, .. } => (std::slice::from_ref(scale), 1),
             QuantParams::PerAxis { scales, zero_points, .. } => (scales, zero_points.len()),
-            QuantParams::PerGroup { group_size: 0, .. } => {
-                return Err("per-group quantization with group size 0".into())
-            }
+            QuantParams::PerGroup { group_size: 0, .. } => return Err(QuantError::GroupSizeZero),
             QuantParams::PerGroup { scales, zero_points, .. } => (scales, zero_points.len()),
         };
         if scales.is_empty() {
-            return Err("per-axis quantization with no scales".into());
+            return Err(QuantError::NoScales);
         }
         if scales.len() != zps {
-            return Err(format!("{} scales but {} zero points", scales.len(), zps));
+            return Err(QuantError::ZeroPoints { scales: scales.len(), zero_points: zps });
         }
         if let Some(s) = scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-            return Err(format!("scale {s} is not a finite positive number"));
+            return Err(QuantError::Scale { scale: *s });
         }
         Ok(())
     }
@@ -189,7 +218,7 @@ impl fmt::Display for QuantParams {
 
 #[cfg(test)]
 mod tests {
-    use super::QuantParams;
+    use super::{QuantError, QuantParams};
 
     fn pg(axis: usize, group_size: usize, n: usize) -> QuantParams {
         QuantParams::PerGroup { axis, group_size, scales: vec![0.5; n], zero_points: vec![0; n] }
@@ -206,8 +235,8 @@ mod tests {
         assert!(q.is_per_group());
         assert_eq!(QuantParams::group_param_shape(1, 32, &[4, 70]), Some(vec![4, 3]));
         assert_eq!(q.check_shape(&[4, 70]), Ok(()));
-        assert!(q.check_shape(&[4, 64]).unwrap_err().contains("expected [4, 2]"));
-        assert!(q.check_shape(&[4]).unwrap_err().contains("out of range"));
+        assert!(q.check_shape(&[4, 64]).unwrap_err().to_string().contains("expected [4, 2]"));
+        assert_eq!(q.check_shape(&[4]), Err(QuantError::AxisOutOfRange { axis: 1, rank: 1 }));
         // element (r, c) of [4, 70] uses parameter (r, c / 32)
         for (r, c, p) in [(0, 0, 0), (0, 31, 0), (0, 32, 1), (0, 69, 2), (1, 0, 3), (3, 69, 11)] {
             assert_eq!(q.index_of(&[4, 70], r * 70 + c), p, "({r}, {c})");
@@ -218,12 +247,12 @@ mod tests {
             assert_eq!(q.index_of(&[5, 2], r * 2 + c), p, "({r}, {c})");
         }
         // invalid parameters
-        assert!(pg(1, 0, 1).check().unwrap_err().contains("group size 0"));
+        assert_eq!(pg(1, 0, 1).check(), Err(QuantError::GroupSizeZero));
         assert!(pg(1, 4, 0).check().is_err());
         let q = QuantParams::PerGroup { axis: 0, group_size: 2, scales: vec![1.0, 0.0], zero_points: vec![0, 0] };
-        assert!(q.check().unwrap_err().contains("not a finite positive"));
+        assert!(q.check().unwrap_err().to_string().contains("not a finite positive"));
         let q = QuantParams::PerGroup { axis: 0, group_size: 2, scales: vec![1.0, 1.0], zero_points: vec![0] };
-        assert!(q.check().unwrap_err().contains("zero points"));
+        assert_eq!(q.check(), Err(QuantError::ZeroPoints { scales: 2, zero_points: 1 }));
     }
 
     #[test]

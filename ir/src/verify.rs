@@ -62,7 +62,7 @@ pub fn verify(g: &Graph) -> Result<()> {
         if matches!(node.op, Op::Input) {
             continue;
         }
-        let inferred = infer::infer(&node.op, &types, Some(&node.outputs)).map_err(err)?;
+        let inferred = infer::infer(&node.op, &types, Some(&node.outputs)).map_err(|e| err(e.into()))?;
         if inferred != node.outputs {
             let show = |ts: &[crate::TensorType]| ts.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
             return Err(err(format!(

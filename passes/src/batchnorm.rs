@@ -98,6 +98,61 @@ fn fold_one(g: &Graph, bn: NodeId) -> Option<(NodeId, Tensor, Tensor)> {
     Some((x.node, Tensor::from_f32(w.shape().to_vec(), w2), Tensor::from_f32(vec![m], b2)))
 }
 
+/// Why a batch norm cannot be folded into a conv before it.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum FoldBlocker {
+    #[error("it has no input")]
+    NoInput,
+    #[error("no conv before it: its input is the graph input `{0}`")]
+    GraphInput(String),
+    #[error("no conv before it: its input comes from `{op}` `{node}`")]
+    NotAConv { op: &'static str, node: String },
+    #[error("the result of the conv `{0}` before it is also a graph output")]
+    ConvIsOutput(String),
+    #[error("the result of the conv `{conv}` before it has {}", if *.others == 1 { "another user".to_string() } else { format!("{} other users", .others) })]
+    ConvShared { conv: String, others: usize },
+    #[error("its parameters are not all constants")]
+    ParamsNotConstant,
+    #[error("the weight of the conv `{0}` before it is not a constant")]
+    WeightNotConstant(String),
+}
+
+/// Why the batch norm `bn` cannot be folded into a conv before it, or `Ok` with that conv. The
+/// rule is this pass's and the optimizer's (`bn-into-conv`): the batch norm's input is the result
+/// of a conv that has no other user and is not a graph output, its parameters are constants, and
+/// the conv's weight is a constant (f32, or the dequantized i8 weight of a quantized graph). The
+/// optimizer reports the reason for every batch norm it leaves unfolded.
+pub fn fold_blocker(g: &Graph, bn: NodeId) -> Result<NodeId, FoldBlocker> {
+    let node = g.node(bn);
+    let Some(x) = node.inputs().first().copied().flatten() else { return Err(FoldBlocker::NoInput) };
+    let prod = g.node(x.node);
+    match prod.op {
+        Op::Conv(_) => {}
+        Op::Input => return Err(FoldBlocker::GraphInput(prod.name.clone())),
+        _ => return Err(FoldBlocker::NotAConv { op: prod.op.name(), node: prod.name.clone() }),
+    }
+    if g.is_output(x) {
+        return Err(FoldBlocker::ConvIsOutput(prod.name.clone()));
+    }
+    let users = g.value_users(x).len();
+    if users != 1 {
+        return Err(FoldBlocker::ConvShared { conv: prod.name.clone(), others: users.saturating_sub(1) });
+    }
+    let is_const = |v: Option<Value>| v.is_some_and(|v| matches!(g.node(v.node).op, Op::Const(_)));
+    if !(1..5).all(|i| is_const(node.inputs().get(i).copied().flatten())) {
+        return Err(FoldBlocker::ParamsNotConstant);
+    }
+    let w = prod.inputs().get(1).copied().flatten();
+    let dq_const = w.is_some_and(|w| {
+        let d = g.node(w.node);
+        matches!(d.op, Op::Dequantize) && is_const(d.inputs().first().copied().flatten())
+    });
+    if !(is_const(w) || dq_const) {
+        return Err(FoldBlocker::WeightNotConstant(prod.name.clone()));
+    }
+    Ok(x.node)
+}
+
 impl Pass for FoldBatchNorm {
     fn name(&self) -> &'static str {
         "fold-batch-norm"
@@ -105,7 +160,7 @@ impl Pass for FoldBatchNorm {
 
     fn run(&self, g: &mut Graph, _cx: &PassContext) -> Result<PassReport, PassError> {
         let mut report = PassReport::new(self.name());
-        g.schedule().map_err(|source| PassError::Ir { pass: self.name().into(), source })?;
+        g.schedule().map_err(|error| PassError::Ir { pass: self.name().into(), error })?;
         report.count("batch norms folded", fold_batch_norms(g) as u64);
         Ok(report)
     }

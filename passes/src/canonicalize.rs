@@ -23,7 +23,7 @@ impl Pass for Canonicalize {
 
     fn run(&self, g: &mut Graph, cx: &PassContext) -> Result<PassReport, PassError> {
         let mut report = PassReport::new(self.name());
-        let ir = |source| PassError::Ir { pass: "canonicalize".into(), source };
+        let ir = |error| PassError::Ir { pass: "canonicalize".into(), error };
         let order = g.schedule().map_err(ir)?;
         for id in order {
             match g.node(id).op {

@@ -21,6 +21,7 @@ pub mod batchnorm;
 pub mod canonicalize;
 pub mod egraph;
 pub mod evaluator;
+pub mod glob;
 pub mod pass;
 pub mod precision;
 pub mod quantize;

@@ -43,13 +43,14 @@ impl PassReport {
     }
 }
 
-/// A pass failed.
+/// A pass failed. Every variant's message includes its cause (kept as a field, not as
+/// `source()`, so that `{:#}` prints it once).
 #[derive(Debug, thiserror::Error)]
 pub enum PassError {
-    #[error("pass `{pass}`: {source}")]
-    Ir { pass: String, source: IrError },
-    #[error("pass `{pass}` left an invalid graph: {source}")]
-    Verify { pass: String, source: IrError },
+    #[error("pass `{pass}`: {error}")]
+    Ir { pass: String, error: IrError },
+    #[error("pass `{pass}` left an invalid graph: {error}")]
+    Verify { pass: String, error: IrError },
     #[error("pass `{pass}`: {msg}")]
     Failed { pass: String, msg: String },
 }
@@ -108,11 +109,56 @@ impl Pipeline {
                 tracing::debug!("pass {}: {}", p.name(), stats.join(", "));
             }
             if cx.verify {
-                qforge_ir::verify::verify(g).map_err(|source| PassError::Verify { pass: p.name().into(), source })?;
+                qforge_ir::verify::verify(g).map_err(|error| PassError::Verify { pass: p.name().into(), error })?;
             }
             after(p.name(), g);
             reports.push(r);
         }
         Ok(reports)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::egraph::{convert::ConvertError, OptimizeError};
+    use crate::evaluator::EvalError;
+    use crate::precision::PrecisionError;
+    use crate::quantize::{CalibError, StudyError};
+    use std::error::Error;
+
+    /// `e` as the CLI prints it (anyhow's `{:#}`): its message and each source's, joined by ": ".
+    fn chain(e: &dyn Error) -> String {
+        let mut s = e.to_string();
+        let mut cur = e.source();
+        while let Some(c) = cur {
+            s.push_str(": ");
+            s.push_str(&c.to_string());
+            cur = c.source();
+        }
+        s
+    }
+
+    /// Every error that wraps another prints the cause once: in its message or as its source,
+    /// never both.
+    #[test]
+    fn errors_print_each_cause_once() {
+        let ir = || IrError::node("/conv/Conv", "conv", "input 1 is missing");
+        let pass = || PassError::Ir { pass: "canonicalize".into(), error: ir() };
+        let cases: Vec<Box<dyn Error>> = vec![
+            Box::new(pass()),
+            Box::new(PassError::Verify { pass: "optimize".into(), error: ir() }),
+            Box::new(CalibError::Eval { batch: 3, error: EvalError::Ir(ir()) }),
+            Box::new(StudyError::Quantize(pass())),
+            Box::new(StudyError::Eval(EvalError::engine(pass()))),
+            Box::new(PrecisionError::Eval(EvalError::Ir(ir()))),
+            Box::new(PrecisionError::Pass(pass())),
+            Box::new(OptimizeError::Convert(ConvertError::Ir(ir()))),
+        ];
+        for e in cases {
+            let s = chain(e.as_ref());
+            assert_eq!(s.matches("input 1 is missing").count(), 1, "{s}");
+            assert!(!s.contains('\n'), "{s}");
+        }
     }
 }

@@ -62,6 +62,8 @@ fn golden_fixtures() {
     insta::glob!("../fixtures/opt", "*.qir", |path| {
         let g = fixture(path);
         let (after, report) = optimize(&g);
+        let (cost_before, cost_after) = (report.stats["cost before"], report.stats["cost after"]);
+        assert!(cost_after <= cost_before, "{}: cost {cost_before} -> {cost_after}", path.display());
         let snap = format!("{}\n// after optimize\n{}\n// report\n{}", text(&g), text(&after), report_text(&report));
         insta::with_settings!({ snapshot_path => "../../snapshots", prepend_module_to_snapshot => false }, {
             insta::assert_snapshot!("opt", snap);
@@ -221,6 +223,7 @@ fn float_model(model: &str, input: &str, reference: &str) {
         println!("{model}: {} {:?} {:?} {:?}", r.pass, r.time, r.stats, r.notes);
     }
     assert!(!a.contains_key("batch_norm"), "{model}: batch norm left: {a:?}");
+    batch_norm_summary(model, &before, &after, &reports);
     let x = qforge::npy::read(&corpus_file(input)).expect("input reads");
     differential(model, &before, &after, std::slice::from_ref(&x), 0.0);
     let out = qforge_ir::interp::run(&after, &[x]).expect("runs").remove(0);
@@ -252,6 +255,114 @@ float_models! {
     light_squeezenet_before_after: "light/light_squeezenet.onnx", "light/light_squeezenet_input.npy", "light/light_squeezenet_output.npy";
     light_vgg19_before_after: "light/light_vgg19.onnx", "light/light_vgg19_input.npy", "light/light_vgg19_output.npy";
     light_zfnet512_before_after: "light/light_zfnet512.onnx", "light/light_zfnet512_input.npy", "light/light_zfnet512_output.npy";
+}
+
+// ---- batch norm folding
+
+/// The batch norms of `before` and what became of them after the default pipeline: how many were
+/// folded into a conv, and the optimizer's note for each one that was not. Checks that every
+/// batch norm left in `after` has a note saying why it could not fold (none may be left
+/// although it could fold), and that the optimizer never made the graph costlier.
+fn batch_norm_summary(name: &str, before: &Graph, after: &Graph, reports: &[PassReport]) -> String {
+    let bns: Vec<&str> = before
+        .node_ids()
+        .map(|n| before.node(n))
+        .filter(|n| matches!(n.op, Op::BatchNorm { .. }))
+        .map(|n| n.name.as_str())
+        .collect();
+    let opt = reports.iter().find(|r| r.pass == "optimize").expect("the optimizer ran");
+    let (cost_before, cost_after) = (opt.stats["cost before"], opt.stats["cost after"]);
+    assert!(cost_after <= cost_before, "{name}: cost {cost_before} -> {cost_after}");
+    let notes: Vec<&String> = opt.notes.iter().filter(|n| n.starts_with("batch norm `")).collect();
+    for n in &notes {
+        assert!(!n.contains("although it could be"), "{name}: {n}");
+    }
+    for id in after.node_ids() {
+        let node = after.node(id);
+        if matches!(node.op, Op::BatchNorm { .. }) {
+            let why = format!("batch norm `{}` not folded into a conv: ", node.name);
+            assert!(
+                notes.iter().any(|n| n.starts_with(&why)),
+                "{name}: `{}` is left unexplained: {notes:#?}",
+                node.name
+            );
+        }
+    }
+    let folded = opt.stats.get("batch norms folded").copied().unwrap_or(0);
+    let plural = if bns.len() == 1 { "" } else { "s" };
+    let mut s = format!("{name}: {} batch norm{plural}, {folded} folded\n", bns.len());
+    for n in notes {
+        s.push_str(&format!("  {n}\n"));
+    }
+    s
+}
+
+/// Every FP32 model of the corpus (`digits_cnn`, the ImageNet-shaped and the `light/` models) has
+/// a `float_models` case above, which checks that no batch norm is left.
+#[test]
+fn every_float_corpus_model_has_a_case() {
+    let src = include_str!("optimizer.rs");
+    let mut models = vec![];
+    for dir in ["", "light"] {
+        for e in std::fs::read_dir(corpus_file(dir)).expect("the corpus is there") {
+            let name = e.expect("reads").file_name().to_string_lossy().to_string();
+            let float = name.ends_with(".onnx") && !name.contains("int8") && !name.contains("qat");
+            if float {
+                models.push(if dir.is_empty() { name } else { format!("{dir}/{name}") });
+            }
+        }
+    }
+    models.sort();
+    assert_eq!(models.len(), 12, "{models:?}");
+    for m in models {
+        assert!(src.contains(&format!("_before_after: \"{m}\"")), "{m} has no float_models case");
+    }
+}
+
+/// Every float fixture (the `.qir` fixtures without quantized values and the FP32 transformer
+/// exports) after the default pipeline: each batch norm is folded into the conv before it, or
+/// the optimizer's report says why it cannot be (no conv before it, a conv with other users,
+/// parameters that are not constants). The snapshot lists every batch norm left.
+#[test]
+fn batch_norms_fold_in_every_float_fixture() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let mut files = vec![];
+    let mut dirs = vec![root.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).expect("fixtures read") {
+            let p = e.expect("reads").path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "qir") {
+                files.push(p);
+            }
+        }
+    }
+    for m in ["transformers/vit.onnx", "transformers/bert.onnx", "quant/transformer_block.onnx"] {
+        files.push(root.join(m));
+    }
+    files.sort();
+    let mut summary = String::new();
+    for path in files {
+        let g = qforge::load_model(&path).expect("loads");
+        let quantized = g.node_ids().any(|n| {
+            let node = g.node(n);
+            node.op.is_integer_kernel()
+                || matches!(node.op, Op::Quantize | Op::Dequantize | Op::DynamicQuantize)
+                || node.outputs.iter().any(|t| t.quant.is_some())
+        });
+        if quantized {
+            continue;
+        }
+        let compiler = qforge::Compiler::new(qforge::PipelineOptions::default()).expect("default options");
+        let qforge::State { graph: after, reports, .. } =
+            compiler.run(g.clone(), &mut |_, _| {}).expect("the pipeline runs");
+        let name = path.strip_prefix(&root).expect("under fixtures").display().to_string();
+        summary.push_str(&batch_norm_summary(&name, &g, &after, &reports));
+    }
+    insta::with_settings!({ snapshot_path => "../../snapshots", prepend_module_to_snapshot => false }, {
+        insta::assert_snapshot!("optimizer__batch_norms_in_float_fixtures", summary);
+    });
 }
 
 /// The integer corpus models before and after, on the interpreter: within two output steps (the

@@ -229,7 +229,12 @@ fn comments_cite_sources_not_issues() {
             let text = std::fs::read_to_string(&path).expect("source");
             for (n, line) in text.lines().enumerate() {
                 if line.contains("//") && issue(line) {
-                    bad.push(format!("{}:{}: {}", path.strip_prefix(&root).unwrap_or(&path).display(), n + 1, line.trim()));
+                    bad.push(format!(
+                        "{}:{}: {}",
+                        path.strip_prefix(&root).unwrap_or(&path).display(),
+                        n + 1,
+                        line.trim()
+                    ));
                 }
             }
         }

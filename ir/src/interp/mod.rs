@@ -229,18 +229,18 @@ pub fn eval_op(
     in_types: &[Option<&TensorType>],
     out_types: &[TensorType],
     inputs: &[Option<&Tensor>],
-) -> Result<Vec<Tensor>, String> {
-    eval_limited(op, in_types, out_types, inputs, RunOptions::default().max_tensor_bytes).map_err(|e| match e {
-        EvalError::Msg(m) => m,
-        EvalError::TooLarge { bytes, limit } => {
-            format!("a result of {bytes} bytes exceeds the limit of {limit} bytes")
-        }
-    })
+) -> Result<Vec<Tensor>, EvalError> {
+    eval_limited(op, in_types, out_types, inputs, RunOptions::default().max_tensor_bytes)
 }
 
-/// Why an op could not be evaluated.
-pub(crate) enum EvalError {
+/// Why an op could not be evaluated (the graph runner adds the node as [`IrError`]).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum EvalError {
+    /// The inputs or attributes do not fit the op.
+    #[error("{0}")]
     Msg(String),
+    /// A result would exceed the size limit.
+    #[error("a result of {bytes} bytes exceeds the limit of {limit} bytes")]
     TooLarge { bytes: u128, limit: u128 },
 }
 
@@ -297,7 +297,7 @@ fn eval_limited(
         });
     }
     let refs: Vec<Option<&TensorType>> = conc.iter().map(Option::as_ref).collect();
-    let outs = infer::infer(op, &refs, Some(out_types))?;
+    let outs = infer::infer(op, &refs, Some(out_types)).map_err(String::from)?;
     let mut shapes = Vec::with_capacity(outs.len());
     for o in &outs {
         let dims = o.shape.as_fixed().ok_or_else(|| format!("result shape {} is not concrete", o.shape))?;
@@ -589,7 +589,7 @@ impl ParamIndex {
                 })
             }
             QuantParams::PerGroup { axis, group_size, zero_points, .. } => {
-                q.check_shape(shape)?;
+                q.check_shape(shape).map_err(|e| e.to_string())?;
                 if zero_points.len() != q.len() {
                     return Err(format!("{} scales but {} zero points", q.len(), zero_points.len()));
                 }
@@ -675,7 +675,7 @@ pub(crate) mod testutil {
         QuantParams::per_tensor(scale, zp)
     }
     /// Evaluates `op` on plain (unquantized) inputs.
-    pub fn eval1(op: &crate::Op, inputs: &[&Tensor]) -> Result<Tensor, String> {
+    pub fn eval1(op: &crate::Op, inputs: &[&Tensor]) -> Result<Tensor, super::EvalError> {
         let types: Vec<TensorType> = inputs.iter().map(|t| ty(t)).collect();
         evalq(op, inputs, &types, &[]).map(|mut v| v.remove(0))
     }
@@ -685,7 +685,7 @@ pub(crate) mod testutil {
         inputs: &[&Tensor],
         types: &[TensorType],
         out: &[TensorType],
-    ) -> Result<Vec<Tensor>, String> {
+    ) -> Result<Vec<Tensor>, super::EvalError> {
         let tr: Vec<Option<&TensorType>> = types.iter().map(Some).collect();
         let ins: Vec<Option<&Tensor>> = inputs.iter().map(|t| Some(*t)).collect();
         super::eval_op(op, &tr, out, &ins)

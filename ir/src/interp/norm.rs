@@ -189,7 +189,7 @@ pub(crate) fn reduce(cx: &Cx, axes: &[i64], kind: Reduce) -> R<Tensor> {
     let axes: Vec<usize> = if axes.is_empty() {
         (0..s.len()).collect()
     } else {
-        axes.iter().map(|&a| norm_axis(a, s.len())).collect::<R<_>>()?
+        axes.iter().map(|&a| norm_axis(a, s.len())).collect::<Result<_, _>>()?
     };
     // The result with kept dims, and where each input element lands in it.
     let kept: Vec<usize> = s.iter().enumerate().map(|(i, &d)| if axes.contains(&i) { 1 } else { d }).collect();

@@ -234,7 +234,7 @@ impl<'a> Attrs<'a> {
     fn dtype(&mut self, key: &str) -> Result<DType> {
         let (v, p) = self.take(key)?;
         match v {
-            AttrVal::Ident(s) => s.parse::<DType>().map_err(|m| p.err(m)),
+            AttrVal::Ident(s) => s.parse::<DType>().map_err(|e| p.err(e.to_string())),
             _ => Err(self.bad(key, p, "a dtype name")),
         }
     }

@@ -8,7 +8,7 @@ use super::lexer::{Lexer, Pos, Tok, Token, ValRef};
 use super::ops::{self, AttrVal, Attrs};
 use super::print::type_str;
 use super::quote;
-use crate::{DType, Dim, Graph, IrError, QuantParams, Shape, Tensor, TensorData, TensorType, Value};
+use crate::{DType, Dim, Graph, IrError, QuantError, QuantParams, Shape, Tensor, TensorData, TensorType, Value};
 use half::{bf16, f16};
 use std::collections::HashMap;
 
@@ -27,25 +27,33 @@ pub(super) fn parse(text: &str) -> Result<Graph> {
 /// Checks the quantization parameters of a declared type (a graph input or a constant, whose
 /// types no inference checks): valid, and per-axis ones on an axis of the shape with one pair per
 /// index.
-fn check_quant(t: &TensorType) -> std::result::Result<(), String> {
+fn check_quant(t: &TensorType) -> std::result::Result<(), QuantError> {
     let Some(q) = &t.quant else { return Ok(()) };
-    q.check().map_err(|m| format!("quantization parameters: {m}"))?;
+    q.check()?;
     match q {
         QuantParams::PerTensor { .. } => {}
         QuantParams::PerAxis { axis, scales, .. } => match t.shape.0.get(*axis) {
             Some(Dim::Fixed(n)) if *n == scales.len() => {}
-            Some(d) => return Err(format!("{} per-axis scales for axis {axis} of size {d}", scales.len())),
-            None => return Err(format!("quantization axis {axis} is out of range for {}", type_str(t))),
+            Some(d) => return Err(QuantError::AxisScales { count: scales.len(), axis: *axis, size: d.clone() }),
+            None => return Err(QuantError::AxisOutOfRange { axis: *axis, rank: t.rank() }),
         },
         QuantParams::PerGroup { .. } => {
-            let shape = t
-                .shape
-                .as_fixed()
-                .ok_or_else(|| format!("per-group parameters need a fixed shape, got {}", type_str(t)))?;
+            let shape = t.shape.as_fixed().ok_or_else(|| QuantError::GroupNeedsFixedShape { ty: type_str(t) })?;
             q.check_shape(&shape)?;
         }
     }
     Ok(())
+}
+
+/// [`check_quant`]'s error as a message: invalid parameters are introduced as such, parameters
+/// that do not fit the shape speak for themselves.
+fn quant_message(e: &QuantError) -> String {
+    match e {
+        QuantError::GroupSizeZero | QuantError::NoScales | QuantError::ZeroPoints { .. } | QuantError::Scale { .. } => {
+            format!("quantization parameters: {e}")
+        }
+        _ => e.to_string(),
+    }
 }
 
 struct Parser<'a> {
@@ -189,7 +197,7 @@ impl<'a> Parser<'a> {
     fn ty(&mut self) -> Result<TensorType> {
         let pos = self.pos();
         let dtype = match self.tok.tok {
-            Tok::Ident(s) => s.parse::<DType>().map_err(|m| pos.err(m))?,
+            Tok::Ident(s) => s.parse::<DType>().map_err(|e| pos.err(e.to_string()))?,
             _ => return Err(self.expected("a type such as `f32[N,3]`")),
         };
         self.advance()?;
@@ -282,7 +290,7 @@ impl<'a> Parser<'a> {
                 self.expect(&Tok::Colon, "`:` and the input's type")?;
                 let ty_pos = self.pos();
                 let ty = self.ty()?;
-                check_quant(&ty).map_err(|m| ty_pos.err(format!("graph input {r}: {m}")))?;
+                check_quant(&ty).map_err(|e| ty_pos.err(format!("graph input {r}: {}", quant_message(&e))))?;
                 let v = g.add_input(name, ty);
                 self.values.insert(r, v);
                 if self.eat(&Tok::RParen)? {
@@ -488,7 +496,7 @@ impl<'a> Parser<'a> {
         let dims = ty.shape.as_fixed().ok_or_else(|| {
             ty_pos.err(format!("constant {r}: a constant's type must have a fixed shape, got {}", type_str(&ty)))
         })?;
-        check_quant(&ty).map_err(|m| ty_pos.err(format!("constant {r}: {m}")))?;
+        check_quant(&ty).map_err(|e| ty_pos.err(format!("constant {r}: {}", quant_message(&e))))?;
         let n = data.len();
         let t = Tensor::new(dims.clone(), data).ok_or_else(|| {
             let want = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));

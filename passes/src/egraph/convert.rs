@@ -14,6 +14,20 @@ use egg::{Id, Language, RecExpr};
 use qforge_ir::{Graph, NodeId, Op, TensorType, Value};
 use std::collections::{HashMap, HashSet};
 
+/// Why a graph could not be written as a term, or the extracted term rebuilt as a graph.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConvertError {
+    /// The graph does not schedule, or a rebuilt node does not type (the error names the node).
+    #[error(transparent)]
+    Ir(#[from] qforge_ir::IrError),
+    /// A node's result type is neither inferred nor a declared quantized type.
+    #[error("node `{node}` ({op}): result type is not derivable")]
+    Underivable { node: String, op: &'static str },
+    /// The extraction is not a well-formed term (a bug in extraction).
+    #[error("the extracted term cannot be rebuilt: {0}")]
+    Malformed(&'static str),
+}
+
 /// A graph written as one term.
 pub struct Lowered {
     pub expr: RecExpr<QNode>,
@@ -23,7 +37,7 @@ pub struct Lowered {
 }
 
 /// Writes `g` as a term (see the module docs).
-pub fn lower(g: &Graph) -> Result<Lowered, String> {
+pub fn lower(g: &Graph) -> Result<Lowered, ConvertError> {
     let mut expr: RecExpr<QNode> = RecExpr::default();
     let mut an = QAnalysis::default();
     let mut at: HashMap<NodeId, Id> = HashMap::new();
@@ -44,7 +58,7 @@ pub fn lower(g: &Graph) -> Result<Lowered, String> {
             Some(v) => at[&v.node],
         }
     };
-    for n in g.schedule().map_err(|e| e.to_string())? {
+    for n in g.schedule()? {
         let node = g.node(n);
         let id = match &node.op {
             Op::Input => continue,
@@ -65,7 +79,7 @@ pub fn lower(g: &Graph) -> Result<Lowered, String> {
                     Ok(t) if t == node.outputs => None,
                     _ => match node.outputs.as_slice() {
                         [TensorType { dtype, quant: Some(q), .. }] => Some(QType::new(*dtype, q.clone())),
-                        _ => return Err(format!("node `{}` ({}): result type is not derivable", node.name, op.name())),
+                        _ => return Err(ConvertError::Underivable { node: node.name.clone(), op: op.name() }),
                     },
                 };
                 expr.add(QNode::Op(OpData::new(op.clone(), decl), ch))
@@ -112,7 +126,7 @@ pub fn raise(
     choice: &HashMap<Id, QNode>,
     orig: &Graph,
     originals: &[(NodeId, Id)],
-) -> Result<Graph, String> {
+) -> Result<Graph, ConvertError> {
     let root = eg.find(root);
     // Post-order of the extracted classes.
     let mut order: Vec<Id> = vec![];
@@ -120,7 +134,7 @@ pub fn raise(
     let mut stack: Vec<(Id, usize)> = vec![(root, 0)];
     seen.insert(root);
     while let Some(&mut (c, ref mut k)) = stack.last_mut() {
-        let node = choice.get(&c).ok_or("an e-class without a choice")?;
+        let node = choice.get(&c).ok_or(ConvertError::Malformed("an e-class without a choice"))?;
         if *k < node.children().len() {
             let ch = eg.find(node.children()[*k]);
             *k += 1;
@@ -260,15 +274,15 @@ pub fn raise(
                 name = format!("{base}_{k}");
             }
         }
-        let input = |ch: Id| -> Result<Option<Value>, String> {
-            val.get(&eg.find(ch)).copied().ok_or_else(|| "an operand built after its user".to_string())
+        let input = |ch: Id| -> Result<Option<Value>, ConvertError> {
+            val.get(&eg.find(ch)).copied().ok_or(ConvertError::Malformed("an operand built after its user"))
         };
         let v = match node {
             QNode::Root(_) => None,
             QNode::Absent => None,
-            QNode::Input(i) => {
-                Some(val.get(&c).copied().flatten().ok_or_else(|| format!("input {} is not a graph input", i.0))?)
-            }
+            QNode::Input(_) => Some(
+                val.get(&c).copied().flatten().ok_or(ConvertError::Malformed("an input that is not a graph input"))?,
+            ),
             QNode::Const(r) => {
                 let e = eg.analysis.konst(*r);
                 let id = g.add_node_unchecked(Op::Const(e.tensor.clone()), vec![], vec![e.ty.clone()], name);
@@ -276,7 +290,7 @@ pub fn raise(
                 Some(Value::new(id, 0))
             }
             QNode::Proj(p, [t]) => {
-                let t = input(*t)?.ok_or("a result of nothing")?;
+                let t = input(*t)?.ok_or(ConvertError::Malformed("a result of nothing"))?;
                 Some(Value::new(t.node, p.0 as usize))
             }
             QNode::Op(d, ch) => {
@@ -285,16 +299,16 @@ pub fn raise(
                     (Some(q), [t]) => Some(vec![TensorType::quantized(q.dtype, t.shape.clone(), q.quant.clone())]),
                     _ => None,
                 };
-                let v = g.add_node(d.op().clone(), ins, declared, name).map_err(|e| e.to_string())?;
+                let v = g.add_node(d.op().clone(), ins, declared, name)?;
                 g.node_mut(v.node).from = from;
                 Some(v)
             }
         };
         val.insert(c, v);
     }
-    let QNode::Root(outs) = &choice[&root] else { return Err("the root is not a root".into()) };
+    let QNode::Root(outs) = &choice[&root] else { return Err(ConvertError::Malformed("the root is not a root")) };
     for (o, &c) in orig.outputs().iter().zip(outs.iter()) {
-        let v = val.get(&eg.find(c)).copied().flatten().ok_or("an output without a value")?;
+        let v = val.get(&eg.find(c)).copied().flatten().ok_or(ConvertError::Malformed("an output without a value"))?;
         g.add_output(o.name.clone(), v);
     }
     Ok(g)

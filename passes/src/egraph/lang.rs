@@ -99,11 +99,20 @@ impl fmt::Display for OpData {
         f.write_str(self.0.op.name())
     }
 }
+/// A leaf of the language that does not parse (egg's `define_language!` asks every leaf type for
+/// `FromStr`; terms are built from graphs, not parsed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a {what}: `{text}`")]
+pub struct LeafParseError {
+    pub what: &'static str,
+    pub text: String,
+}
+
 impl FromStr for OpData {
-    type Err = String;
+    type Err = LeafParseError;
     /// Ops are never parsed from s-expressions: terms are built from graphs.
-    fn from_str(s: &str) -> Result<Self, String> {
-        Err(format!("`{s}` is not parsed as an op"))
+    fn from_str(s: &str) -> Result<Self, LeafParseError> {
+        Err(LeafParseError { what: "parsable op", text: s.to_string() })
     }
 }
 
@@ -118,12 +127,12 @@ macro_rules! index_leaf {
             }
         }
         impl FromStr for $name {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
+            type Err = LeafParseError;
+            fn from_str(s: &str) -> Result<Self, LeafParseError> {
                 s.strip_prefix($prefix)
                     .and_then(|n| n.parse().ok())
                     .map($name)
-                    .ok_or_else(|| format!("not a {}: `{s}`", stringify!($name)))
+                    .ok_or_else(|| LeafParseError { what: stringify!($name), text: s.to_string() })
             }
         }
     };

@@ -7,10 +7,13 @@
 //! cheapest graph under the target's cost table ([`cost`]), and [`convert::raise`] turns it back
 //! into a graph with the original names and, on each fused node, the names it absorbed.
 //!
-//! The pass never makes a graph worse: if the extracted graph costs no less than the input, the
-//! input is kept unchanged (which also makes a second run a no-op). Its report has the runner's
-//! stop reason, iterations, e-graph size and the applications of each rule, the node counts and
-//! costs before and after, and the fusion report ([`crate::report`]) as notes.
+//! The pass never makes a graph worse: extraction starts its local search from the input's own
+//! terms, and if the extracted graph costs no less than the input, the input is kept unchanged
+//! (which also makes a second run a no-op). Its report has the runner's stop reason, iterations,
+//! e-graph size and the applications of each rule, the node counts and costs before and after,
+//! the number of batch norms folded and, for each batch norm not folded into a conv, why not
+//! ([`crate::batchnorm::fold_blocker`]) and what it runs as, and the fusion report
+//! ([`crate::report`]) as notes.
 
 pub mod analysis;
 pub mod convert;
@@ -23,9 +26,26 @@ use crate::pass::{Pass, PassContext, PassError, PassReport};
 use analysis::EG;
 use cost::CostTable;
 use egg::{Language, Runner, SimpleScheduler};
-use qforge_ir::Graph;
+use qforge_ir::{Graph, Op};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
+
+/// Why the optimizer failed (every case is a bug or a graph the e-graph cannot type).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OptimizeError {
+    #[error(transparent)]
+    Convert(#[from] convert::ConvertError),
+    #[error("empty graph")]
+    Empty,
+    /// The input graph does not type in the e-graph's analysis.
+    #[error("the graph does not type in the e-graph: {0}")]
+    Untyped(String),
+    /// A rule merged e-classes of different types.
+    #[error("unsound rewrite (a bug): {0}")]
+    Unsound(String),
+    #[error(transparent)]
+    Extract(#[from] extract::ExtractError),
+}
 
 /// The runner's limits (all explicit; hitting one is reported, not an error).
 #[derive(Clone, Debug, PartialEq)]
@@ -66,12 +86,19 @@ pub struct Outcome {
 
 impl Optimize {
     /// Optimizes `g` in place and says what happened.
-    pub fn optimize(&self, g: &mut Graph) -> Result<Outcome, String> {
+    pub fn optimize(&self, g: &mut Graph) -> Result<Outcome, OptimizeError> {
         let lowered = convert::lower(g)?;
         let mut eg = EG::new(lowered.analysis);
         let ids = convert::add_expr(&mut eg, &lowered.expr);
-        let root = *ids.last().ok_or("empty graph")?;
+        let root = *ids.last().ok_or(OptimizeError::Empty)?;
         let originals: Vec<_> = lowered.nodes.iter().map(|&(n, i)| (n, ids[usize::from(i)])).collect();
+        // The input graph's own e-node of each class, where extraction's local search starts.
+        let start: Vec<_> = lowered
+            .expr
+            .iter()
+            .enumerate()
+            .map(|(i, node)| (ids[i], node.clone().map_children(|ch| ids[usize::from(ch)])))
+            .collect();
         eg.rebuild();
         let mut out = Outcome { nodes_before: originals.len(), ..Outcome::default() };
         // The input graph's cost: each original node once.
@@ -84,7 +111,7 @@ impl Optimize {
             }
         }
         if let Some(e) = eg.analysis.errors.first() {
-            return Err(format!("the graph does not type in the e-graph: {e}"));
+            return Err(OptimizeError::Untyped(e.clone()));
         }
         let runner = Runner::default()
             .with_egraph(eg)
@@ -95,7 +122,7 @@ impl Optimize {
             .run(&rules::all(&self.cost));
         let eg = runner.egraph;
         if let Some(e) = eg.analysis.errors.first() {
-            return Err(format!("unsound rewrite (a bug): {e}"));
+            return Err(OptimizeError::Unsound(e.clone()));
         }
         out.stop_reason = match &runner.stop_reason {
             Some(egg::StopReason::Saturated) => "saturated".into(),
@@ -113,7 +140,7 @@ impl Optimize {
                 *out.applied.entry(name.to_string()).or_default() += n;
             }
         }
-        let (choice, total) = extract::extract(&eg, root, &self.cost)?;
+        let (choice, total) = extract::extract(&eg, root, &self.cost, &start)?;
         out.cost_after = total;
         if total >= out.cost_before * (1.0 - 1e-9) {
             out.cost_after = out.cost_before;
@@ -135,7 +162,8 @@ impl Pass for Optimize {
 
     fn run(&self, g: &mut Graph, _cx: &PassContext) -> Result<PassReport, PassError> {
         let mut r = PassReport::new(self.name());
-        let o = self.optimize(g).map_err(|msg| PassError::Failed { pass: self.name().into(), msg })?;
+        let batch_norms = batch_norms(g);
+        let o = self.optimize(g).map_err(|e| PassError::Failed { pass: self.name().into(), msg: e.to_string() })?;
         r.changed = o.changed;
         r.stats.insert("egraph classes".into(), o.egraph_classes as u64);
         r.stats.insert("egraph nodes".into(), o.egraph_nodes as u64);
@@ -154,11 +182,64 @@ impl Pass for Optimize {
         if !o.changed && o.applied.values().any(|&n| n > 0) {
             r.notes.push("no rewrite made the graph cheaper; kept it as it was".into());
         }
+        let (folded, notes) = batch_norm_notes(&batch_norms, g);
+        r.stats.insert("batch norms folded".into(), folded as u64);
+        r.notes.extend(notes);
         for u in crate::report::fusion_report(g, self.cost.int8) {
             r.notes.push(format!("not fused: {u}"));
         }
         Ok(r)
     }
+}
+
+/// Every batch norm of `g` before optimization: its name and the conv it can fold into, or why
+/// it cannot ([`crate::batchnorm::fold_blocker`]).
+fn batch_norms(g: &Graph) -> Vec<(String, Result<String, crate::batchnorm::FoldBlocker>)> {
+    g.node_ids()
+        .filter(|&id| matches!(g.node(id).op, Op::BatchNorm { .. }))
+        .map(|id| {
+            let fold = crate::batchnorm::fold_blocker(g, id).map(|conv| g.node(conv).name.clone());
+            (g.node(id).name.clone(), fold)
+        })
+        .collect()
+}
+
+/// How many of `batch_norms` were folded into a conv of the optimized graph `g` (one whose
+/// origins list the batch norm), and a note for each one that was not: why it could not fold, and
+/// what it runs as instead.
+fn batch_norm_notes(
+    batch_norms: &[(String, Result<String, crate::batchnorm::FoldBlocker>)],
+    g: &Graph,
+) -> (usize, Vec<String>) {
+    let mut folded = 0;
+    let mut notes = vec![];
+    for (name, fold) in batch_norms {
+        let conv = g.node_ids().map(|id| g.node(id)).find(|n| {
+            matches!(n.op, Op::Conv(_) | Op::QConv { .. } | Op::ConvInteger(_)) && n.from.iter().any(|f| f == name)
+        });
+        if conv.is_some() {
+            folded += 1;
+            continue;
+        }
+        let nodes = || g.node_ids().map(|id| g.node(id));
+        let now = match nodes().find(|n| n.name == *name).map(|n| &n.op) {
+            Some(Op::BatchNorm { .. }) => "it stays a batch norm".to_string(),
+            Some(Op::Binary(qforge_ir::BinaryOp::Add)) => "it runs as a per-channel multiply and add".to_string(),
+            Some(op) => format!("it runs as `{}`", op.name()),
+            None => match nodes().find(|n| n.from.iter().any(|f| f == name)) {
+                Some(n) => format!("it was merged into `{}` `{}`", n.op.name(), n.name),
+                None => "it was removed".to_string(),
+            },
+        };
+        notes.push(match fold {
+            Err(why) => format!("batch norm `{name}` not folded into a conv: {why}; {now}"),
+            Ok(conv) => format!(
+                "batch norm `{name}` not folded into the conv `{conv}` although it could be: folding was not \
+                 cheaper under the cost model; {now}"
+            ),
+        });
+    }
+    (folded, notes)
 }
 
 #[cfg(test)]

@@ -203,7 +203,7 @@ impl Pass for AssignPrecision {
         if !matches!(cfg.low, DType::F16 | DType::BF16) {
             return Err(fail(format!("the low-precision type must be f16 or bf16, not {}", cfg.low)));
         }
-        let ir = |source| PassError::Ir { pass: "precision".into(), source };
+        let ir = |error| PassError::Ir { pass: "precision".into(), error };
         if cfg.fold_batch_norm {
             report.count(STAT_FOLDED, crate::batchnorm::fold_batch_norms(g) as u64);
         }

@@ -25,17 +25,33 @@ pub mod search;
 
 pub use amp::{AssignPrecision, Decision, F32Prefix, PrecisionConfig, Ranges, Rule};
 pub use pad::AlignChannels;
-pub use policy::{OpClass, PrecisionPolicy};
+pub use policy::{OpClass, OverrideError, PrecisionPolicy, SqnrTargetError};
 pub use profile::{CostClass, Layout, NumType, Profile, ProfileError};
 pub use search::{f32_prefix_for, GuardOutcome};
 
 use qforge_ir::{DType, Graph, Tensor};
 
-pub use crate::evaluator::{Evaluator, Interpreter};
+pub use crate::evaluator::{EvalError, Evaluator, Interpreter};
+
+/// Why a precision configuration could not be made, or the accuracy guard could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum PrecisionError {
+    #[error("unknown precision `{name}` (expected fp32, fp16, bf16 or amp)")]
+    UnknownPrecision { name: String },
+    /// The hardware profile lacks the low-precision type asked for.
+    #[error("--precision {precision}: hardware profile `{profile}` has no {low} (its float types: {have})")]
+    Unsupported { precision: String, profile: String, low: DType, have: String },
+    /// Running the graph on the calibration inputs failed.
+    #[error(transparent)]
+    Eval(#[from] EvalError),
+    /// Assigning precision to a candidate failed.
+    #[error(transparent)]
+    Pass(#[from] crate::pass::PassError),
+}
 
 /// The largest magnitude of every float result, per node name (graph inputs by name), over the
 /// given batches (each one tensor per graph input). NaN is ignored.
-pub fn observe_ranges(g: &Graph, batches: &[Vec<Tensor>], ev: &dyn Evaluator) -> Result<Ranges, String> {
+pub fn observe_ranges(g: &Graph, batches: &[Vec<Tensor>], ev: &dyn Evaluator) -> Result<Ranges, EvalError> {
     let mut r = Ranges::new();
     let note = |r: &mut Ranges, name: &str, t: &Tensor| {
         if !t.dtype().is_float() {
@@ -60,20 +76,21 @@ pub fn observe_ranges(g: &Graph, batches: &[Vec<Tensor>], ev: &dyn Evaluator) ->
 
 /// `--precision` as a pass configuration, checked against the profile: `fp16`/`bf16` need the
 /// profile to have that type; `amp` uses the profile's `[amp] low`.
-pub fn config_for(precision: &str, profile: &Profile) -> Result<PrecisionConfig, String> {
+pub fn config_for(precision: &str, profile: &Profile) -> Result<PrecisionConfig, PrecisionError> {
     let (low, amp) = match precision {
         "fp16" => (DType::F16, false),
         "bf16" => (DType::BF16, false),
         "amp" => (profile.amp_low, true),
-        other => return Err(format!("unknown precision `{other}` (expected fp32, fp16, bf16 or amp)")),
+        other => return Err(PrecisionError::UnknownPrecision { name: other.to_string() }),
     };
     if !profile.supports(low) {
         let have: Vec<String> = profile.float_types().iter().map(|d| d.to_string()).collect();
-        return Err(format!(
-            "--precision {precision}: hardware profile `{}` has no {low} (its float types: {})",
-            profile.name,
-            have.join(", ")
-        ));
+        return Err(PrecisionError::Unsupported {
+            precision: precision.to_string(),
+            profile: profile.name.clone(),
+            low,
+            have: have.join(", "),
+        });
     }
     Ok(PrecisionConfig::new(low, amp))
 }

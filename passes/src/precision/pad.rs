@@ -36,7 +36,7 @@ impl Pass for AlignChannels {
         if self.align <= 1 {
             return Ok(report);
         }
-        let order = g.schedule().map_err(|source| PassError::Ir { pass: self.name().into(), source })?;
+        let order = g.schedule().map_err(|error| PassError::Ir { pass: self.name().into(), error })?;
         for id in order {
             if let Some(n) = pad_outputs(g, id, self.align) {
                 report.count("ops padded", 1);

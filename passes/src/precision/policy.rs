@@ -3,8 +3,8 @@
 //! overrides them with a TOML table:
 //!
 //! ```toml
-//! # nodes whose name matches a pattern (`*` any run of characters, `?` one) stay f32, as the
-//! # seed's custom_fwd(cast_inputs=torch.float32) region does
+//! # nodes whose name matches a pattern (`*` any run of characters, `?` one: `crate::glob`) stay
+//! # f32, as the seed's custom_fwd(cast_inputs=torch.float32) region does
 //! force_fp32 = ["/attn/*", "*/head/Gemm"]
 //! # fraction of fp16's largest finite value (65504) an observed magnitude may reach before the
 //! # overflow guard keeps the op in f32 (fp16 only; bf16 has f32's range)
@@ -44,6 +44,27 @@ impl fmt::Display for OpClass {
             OpClass::Follow => "follow",
         })
     }
+}
+
+/// Why a precision override table was rejected; every message names the table.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OverrideError {
+    /// Not TOML, or not the table's fields.
+    #[error("precision config `{origin}`: {msg}")]
+    Toml { origin: String, msg: String },
+    #[error("precision config `{origin}`: `{op}` is not an op precision assignment retypes (ops: {known})")]
+    UnknownOp { origin: String, op: String, known: String },
+    #[error("precision config `{origin}`: overflow_margin {margin} must be in (0, 1]")]
+    Margin { origin: String, margin: f64 },
+    #[error("precision config `{origin}`: {error}")]
+    Target { origin: String, error: SqnrTargetError },
+}
+
+/// An SQNR target outside `(0, 200]` dB.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("min_sqnr_db {db} must be a number of dB in (0, 200]")]
+pub struct SqnrTargetError {
+    pub db: f64,
 }
 
 /// fp16's largest finite value.
@@ -167,7 +188,7 @@ impl PrecisionPolicy {
 
     /// The first force-f32 pattern matching `name`.
     pub fn forced_fp32(&self, name: &str) -> Option<&str> {
-        self.force_fp32.iter().find(|p| glob_match(p, name)).map(String::as_str)
+        self.force_fp32.iter().find(|p| crate::glob::glob_match(p, name)).map(String::as_str)
     }
 
     /// The largest magnitude the fp16 overflow guard allows.
@@ -176,28 +197,26 @@ impl PrecisionPolicy {
     }
 
     /// Applies a TOML override table (see the module docs); `origin` names it in errors.
-    pub fn apply_overrides(&mut self, text: &str, origin: &str) -> Result<(), String> {
-        let raw: RawOverrides =
-            toml::from_str(text).map_err(|e| format!("precision config `{origin}`: {}", e.message().trim()))?;
+    pub fn apply_overrides(&mut self, text: &str, origin: &str) -> Result<(), OverrideError> {
+        let origin = origin.to_string();
+        let raw: RawOverrides = toml::from_str(text)
+            .map_err(|e| OverrideError::Toml { origin: origin.clone(), msg: e.message().trim().to_string() })?;
         for (op, class) in raw.classes {
             if !self.classes.contains_key(&op) {
                 let known: Vec<&str> = self.classes.keys().map(String::as_str).collect();
-                return Err(format!(
-                    "precision config `{origin}`: `{op}` is not an op precision assignment retypes (ops: {})",
-                    known.join(", ")
-                ));
+                return Err(OverrideError::UnknownOp { origin, op, known: known.join(", ") });
             }
             self.classes.insert(op, class);
         }
         self.force_fp32.extend(raw.force_fp32);
         if let Some(m) = raw.overflow_margin {
             if !(m > 0.0 && m <= 1.0) {
-                return Err(format!("precision config `{origin}`: overflow_margin {m} must be in (0, 1]"));
+                return Err(OverrideError::Margin { origin, margin: m });
             }
             self.overflow_margin = m;
         }
         if let Some(db) = raw.min_sqnr_db {
-            check_sqnr_target(db).map_err(|e| format!("precision config `{origin}`: {e}"))?;
+            check_sqnr_target(db).map_err(|error| OverrideError::Target { origin, error })?;
             self.min_sqnr_db = Some(db);
         }
         Ok(())
@@ -205,35 +224,12 @@ impl PrecisionPolicy {
 }
 
 /// An SQNR target must be a finite number of decibels above 0.
-pub fn check_sqnr_target(db: f64) -> Result<(), String> {
+pub fn check_sqnr_target(db: f64) -> Result<(), SqnrTargetError> {
     if db.is_finite() && db > 0.0 && db <= 200.0 {
         Ok(())
     } else {
-        Err(format!("min_sqnr_db {db} must be a number of dB in (0, 200]"))
+        Err(SqnrTargetError { db })
     }
-}
-
-/// Shell-style matching: `*` matches any run of characters (also none), `?` exactly one.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    let (mut pi, mut ni) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ni));
-            pi += 1;
-        } else if let Some((sp, sn)) = star {
-            pi = sp + 1;
-            ni = sn + 1;
-            star = Some((sp, sn + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
 }
 
 #[cfg(test)]
@@ -265,21 +261,10 @@ mod tests {
         assert_eq!(p.forced_fp32("/attn/MatMul"), Some("/attn/*"));
         assert_eq!(p.forced_fp32("/mlp/MatMul"), None);
         assert_eq!(p.overflow_limit(), 16376.0);
-        let e = p.apply_overrides("[classes]\nfoo = \"low\"\n", "t").unwrap_err();
+        let e = p.apply_overrides("[classes]\nfoo = \"low\"\n", "t").unwrap_err().to_string();
         assert!(e.contains("`foo`") && e.contains("softmax"), "{e}");
-        let e = p.apply_overrides("[classes]\nconv = \"fp8\"\n", "t").unwrap_err();
+        let e = p.apply_overrides("[classes]\nconv = \"fp8\"\n", "t").unwrap_err().to_string();
         assert!(e.contains("fp8"), "{e}");
         assert!(p.apply_overrides("overflow_margin = 2.0", "t").is_err());
-    }
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("*", ""));
-        assert!(glob_match("/a/*/b", "/a/x/y/b"));
-        assert!(glob_match("a?c", "abc"));
-        assert!(!glob_match("a?c", "ac"));
-        assert!(glob_match("*Softmax", "/attn/Softmax"));
-        assert!(!glob_match("*Softmax", "/attn/Softmax_1"));
-        assert!(glob_match("**x*", "axb"));
     }
 }

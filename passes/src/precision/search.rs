@@ -15,6 +15,7 @@
 //! the smallest.
 
 use super::amp::{AssignPrecision, F32Prefix, PrecisionConfig, STAT_LOW};
+use super::PrecisionError;
 use crate::evaluator::Evaluator;
 use crate::pass::{Pass, PassContext};
 use crate::quantize::sensitivity::score;
@@ -42,12 +43,12 @@ pub fn f32_prefix_for(
     batches: &[Vec<Tensor>],
     ev: &dyn Evaluator,
     cx: &PassContext,
-) -> Result<GuardOutcome, String> {
+) -> Result<GuardOutcome, PrecisionError> {
     let reference = ev.first_outputs(g, batches)?;
-    let probe = |count: usize| -> Result<(f64, usize), String> {
+    let probe = |count: usize| -> Result<(f64, usize), PrecisionError> {
         let mut h = g.clone();
         let c = PrecisionConfig { f32_prefix: Some(F32Prefix { count, target_db }), ..cfg.clone() };
-        let r = AssignPrecision::new(c).run(&mut h, cx).map_err(|e| e.to_string())?;
+        let r = AssignPrecision::new(c).run(&mut h, cx)?;
         let lowered = r.stats.get(STAT_LOW).copied().unwrap_or(0) as usize;
         let (db, _) = score(&ev.first_outputs(&h, batches)?, &reference, None);
         Ok((db, lowered))

@@ -191,7 +191,7 @@ impl Pass for QuantizeDynamic {
 
     fn run(&self, g: &mut Graph, _cx: &PassContext) -> Result<PassReport, PassError> {
         let mut report = PassReport::new(self.name());
-        let nodes = plan(g).map_err(|source| PassError::Ir { pass: self.name().into(), source })?;
+        let nodes = plan(g).map_err(|error| PassError::Ir { pass: self.name().into(), error })?;
         for np in nodes {
             if !matches!(np.decision, Decision::Quantize { weight: Some(_) }) {
                 continue;

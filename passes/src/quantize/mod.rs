@@ -37,13 +37,18 @@ pub mod static_quant;
 
 pub use crate::batchnorm::FoldBatchNorm;
 pub use attention::attention_roles;
-pub use calibrate::{calibrate, channel_absmax, CalibError, Calibration, Evaluator, Interpreter, Target};
+pub use calibrate::{
+    assess, calibrate, channel_absmax, CalibError, CalibWarning, Calibration, EvalError, Evaluator, Interpreter,
+    RangeAssessment, Target,
+};
 pub use dynamic::QuantizeDynamic;
-pub use histogram::{EntropyObserver, Histogram, MseObserver, PercentileObserver};
-pub use observer::{CalibMethod, Ema, MinMax, ObserveError, Observer, ObserverConfig, PerChannelMinMax};
+pub use histogram::{EntropyObserver, Histogram, MseObserver, PercentileObserver, RangeQuality};
+pub use observer::{
+    CalibMethod, Ema, MinMax, ObserveError, Observer, ObserverConfig, ParseCalibMethodError, PerChannelMinMax,
+};
 pub use plan::{plan, Decision, NodePlan, WeightInput};
-pub use policy::{NodeRule, NodeSettings, Pattern, Precision, QConfig, Rule, WeightGranularity};
+pub use policy::{NodeRule, NodeSettings, Pattern, PolicyError, Precision, QConfig, Rule, WeightGranularity};
 pub use scheme::{Granularity, GroupParams, Params, QType, QuantResult, Scheme, SchemeError};
-pub use sensitivity::{skipping, EvalSet, LayerSensitivity, Study};
-pub use smooth::{smooth_sites, ChannelStats, NormStats, SmoothQuant, SmoothSite};
+pub use sensitivity::{skipping, EvalSet, LayerSensitivity, Study, StudyError};
+pub use smooth::{smooth_sites, ChannelStats, NormStats, SmoothError, SmoothQuant, SmoothSite};
 pub use static_quant::{activation_plan, ActivationPlan, QuantizeStatic};

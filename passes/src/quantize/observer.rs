@@ -37,6 +37,11 @@ pub trait Observer: Send + fmt::Debug {
     /// The proposed range, `None` before any value was observed. The range is not yet widened to
     /// contain zero: the scheme does that.
     fn range(&self) -> Option<(f32, f32)>;
+
+    /// The histogram of the values seen, for observers that keep one (percentile, entropy, MSE).
+    fn histogram(&self) -> Option<&super::histogram::Histogram> {
+        None
+    }
 }
 
 /// The batch's `(min, max)` (`None` for an empty batch), or the error for its first NaN or
@@ -235,12 +240,20 @@ impl fmt::Display for CalibMethod {
     }
 }
 
+/// A calibration method name that is not one of [`CalibMethod::ALL`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown calibration method `{name}` (expected minmax, ema, percentile, entropy or mse)")]
+pub struct ParseCalibMethodError {
+    pub name: String,
+}
+
 impl FromStr for CalibMethod {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        CalibMethod::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| {
-            format!("unknown calibration method `{s}` (expected minmax, ema, percentile, entropy or mse)")
-        })
+    type Err = ParseCalibMethodError;
+    fn from_str(s: &str) -> Result<Self, ParseCalibMethodError> {
+        CalibMethod::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| ParseCalibMethodError { name: s.to_string() })
     }
 }
 
@@ -401,7 +414,7 @@ mod tests {
             let (lo, hi) = o.range().unwrap();
             assert!(lo <= 0.0 && hi >= 0.0 && lo >= -1.0 && hi <= 1.0, "{m}: {lo} {hi}");
         }
-        assert!("kl".parse::<CalibMethod>().unwrap_err().contains("unknown calibration method `kl`"));
+        assert!("kl".parse::<CalibMethod>().unwrap_err().to_string().contains("unknown calibration method `kl`"));
         let d = ObserverConfig::default();
         assert_eq!((d.method, d.momentum, d.percentile, d.bins, d.bits), (CalibMethod::MinMax, 0.99, 99.99, 2048, 8));
         let bad = |c: ObserverConfig| c.build().unwrap_err();

@@ -26,6 +26,24 @@ use super::scheme::{Granularity, QType, Scheme};
 use qforge_ir::Node;
 use std::fmt;
 
+/// Why a policy (or one of its entries) was rejected.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("unknown precision `{name}` (expected int8, fp32, fp16 or bf16)")]
+    UnknownPrecision { name: String },
+    #[error("invalid regex `{pattern}`: {error}")]
+    Regex { pattern: String, error: regex::Error },
+    /// `rule` names the entry (`[default]`, `[op.conv]`, `[[node]] match = "..."`).
+    #[error("{rule}: activations must be 8-bit (u8 or i8), got {qtype}")]
+    ActivationBits { rule: String, qtype: QType },
+    #[error("{rule}: percentile {value} is not in (0, 100]")]
+    Percentile { rule: String, value: f64 },
+    #[error("{rule}: momentum {value} is not in [0, 1)")]
+    Momentum { rule: String, value: f64 },
+    #[error("[smoothquant]: alpha {alpha} is not in [0, 1]")]
+    SmoothAlpha { alpha: f64 },
+}
+
 /// The precision a node runs at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Precision {
@@ -47,13 +65,13 @@ impl Precision {
         }
     }
 
-    pub fn parse(s: &str) -> Result<Precision, String> {
+    pub fn parse(s: &str) -> Result<Precision, PolicyError> {
         match s {
             "int8" => Ok(Precision::Int8),
             "fp32" => Ok(Precision::Fp32),
             "fp16" => Ok(Precision::Fp16),
             "bf16" => Ok(Precision::Bf16),
-            _ => Err(format!("unknown precision `{s}` (expected int8, fp32, fp16 or bf16)")),
+            _ => Err(PolicyError::UnknownPrecision { name: s.to_string() }),
         }
     }
 }
@@ -131,14 +149,15 @@ pub enum WeightGranularity {
 /// How a node-name pattern matches.
 #[derive(Clone, Debug)]
 pub enum Pattern {
-    /// Shell glob over the whole name: `*` any run of characters (including `/`), `?` one.
+    /// Shell glob over the whole name: `*` any run of characters (including `/`), `?` one
+    /// ([`crate::glob`]).
     Glob(String),
     Regex(regex::Regex),
 }
 
 impl Pattern {
-    pub fn regex(re: &str) -> Result<Pattern, String> {
-        regex::Regex::new(re).map(Pattern::Regex).map_err(|e| format!("invalid regex `{re}`: {e}"))
+    pub fn regex(re: &str) -> Result<Pattern, PolicyError> {
+        regex::Regex::new(re).map(Pattern::Regex).map_err(|error| PolicyError::Regex { pattern: re.to_string(), error })
     }
 
     /// A pattern matching exactly `name` (a glob when the name has no glob characters).
@@ -152,7 +171,7 @@ impl Pattern {
 
     pub fn matches(&self, name: &str) -> bool {
         match self {
-            Pattern::Glob(g) => glob_match(g.as_bytes(), name.as_bytes()),
+            Pattern::Glob(g) => crate::glob::glob_match(g, name),
             Pattern::Regex(r) => r.is_match(name),
         }
     }
@@ -175,28 +194,6 @@ impl fmt::Display for Pattern {
             Pattern::Regex(r) => write!(f, "regex = {:?}", r.as_str()),
         }
     }
-}
-
-/// Iterative glob matching with `*` and `?` (backtracking on the last star).
-fn glob_match(p: &[u8], s: &[u8]) -> bool {
-    let (mut pi, mut si) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
-            pi += 1;
-            si += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, si));
-            pi += 1;
-        } else if let Some((sp, ss)) = star {
-            pi = sp + 1;
-            si = ss + 1;
-            star = Some((sp, ss + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == b'*')
 }
 
 /// A rule for the nodes whose name matches.
@@ -336,30 +333,30 @@ impl QConfig {
     }
 
     /// Checks what cannot be checked while reading: activation schemes must be 8-bit.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), PolicyError> {
         let all = std::iter::once(("[default]".to_string(), &self.default))
             .chain(self.op_types.iter().map(|(n, r)| (format!("[op.{n}]"), r)))
             .chain(self.nodes.iter().map(|n| (format!("[[node]] {}", n.pattern), &n.rule)));
-        for (what, r) in all {
+        for (rule, r) in all {
             if let Some(a) = r.activations {
                 if a.qtype.bits() != 8 {
-                    return Err(format!("{what}: activations must be 8-bit (u8 or i8), got {}", a.qtype));
+                    return Err(PolicyError::ActivationBits { rule, qtype: a.qtype });
                 }
             }
             if let Some(p) = r.percentile {
                 if !(p > 0.0 && p <= 100.0) {
-                    return Err(format!("{what}: percentile {p} is not in (0, 100]"));
+                    return Err(PolicyError::Percentile { rule, value: p });
                 }
             }
             if let Some(m) = r.momentum {
                 if !(0.0..1.0).contains(&m) {
-                    return Err(format!("{what}: momentum {m} is not in [0, 1)"));
+                    return Err(PolicyError::Momentum { rule, value: m });
                 }
             }
         }
         if let Some(a) = self.smooth {
             if !(0.0..=1.0).contains(&a) {
-                return Err(format!("[smoothquant]: alpha {a} is not in [0, 1]"));
+                return Err(PolicyError::SmoothAlpha { alpha: a });
             }
         }
         Ok(())
@@ -370,19 +367,6 @@ impl QConfig {
 mod tests {
     use super::*;
     use qforge_ir::{DType, Graph, Shape, TensorType, UnaryOp};
-
-    #[test]
-    fn globs() {
-        let m = |p: &str, s: &str| Pattern::Glob(p.into()).matches(s);
-        assert!(m("/backbone/*", "/backbone/conv1/Conv"));
-        assert!(m("*Conv", "/backbone/conv1/Conv"));
-        assert!(m("/b?ck*/*/Conv", "/back/x/Conv"));
-        assert!(!m("/neck/*", "/backbone/conv1/Conv"));
-        assert!(m("*", ""));
-        assert!(!m("a", "ab"));
-        assert!(m("a*b*c", "axxbyyc"));
-        assert!(!m("a*b*c", "axxbyy"));
-    }
 
     #[test]
     fn later_rules_win_field_by_field() {

@@ -9,11 +9,28 @@
 //! are keyed by value, and a value's range does not depend on which other layers are quantized
 //! (calibration runs the float graph).
 
-use super::calibrate::{Calibration, Evaluator};
+use super::calibrate::{Calibration, EvalError, Evaluator};
 use super::policy::{NodeRule, Pattern, Precision, QConfig, Rule};
 use super::static_quant::{activation_plan, QuantizeStatic};
-use crate::pass::{Pass, PassContext};
-use qforge_ir::{Graph, Tensor};
+use crate::pass::{Pass, PassContext, PassError};
+use qforge_ir::{Graph, IrError, Tensor};
+
+/// Why a sensitivity study failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StudyError {
+    /// The graph has no plan of quantizable ops.
+    #[error(transparent)]
+    Plan(#[from] IrError),
+    /// Quantizing a copy of the graph failed.
+    #[error(transparent)]
+    Quantize(#[from] PassError),
+    /// Running a quantized copy failed.
+    #[error(transparent)]
+    Eval(#[from] EvalError),
+    /// An accuracy budget was asked for without labels.
+    #[error("--max-accuracy-drop needs labels")]
+    NoLabels,
+}
 
 /// One layer's sensitivity.
 #[derive(Clone, Debug, PartialEq)]
@@ -103,20 +120,19 @@ pub struct Study<'a> {
 
 impl Study<'_> {
     /// Quantizes the graph under `cfg` and scores it on the evaluation set: (SQNR, top-1).
-    pub fn evaluate(&self, cfg: &QConfig) -> Result<(f64, Option<f64>), String> {
+    pub fn evaluate(&self, cfg: &QConfig) -> Result<(f64, Option<f64>), StudyError> {
         let mut q = self.graph.clone();
         QuantizeStatic { config: cfg.clone(), calibration: self.calibration.clone() }
-            .run(&mut q, &PassContext::default())
-            .map_err(|e| e.to_string())?;
+            .run(&mut q, &PassContext::default())?;
         let outs = self.eval.first_outputs(&q, self.set.batches)?;
         Ok(score(&outs, self.set.reference, self.set.labels))
     }
 
     /// Each quantizable op's sensitivity, least robust (lowest SQNR) first. `progress(done,
     /// total)` after each layer.
-    pub fn analyze(&self, progress: &mut dyn FnMut(usize, usize)) -> Result<Vec<LayerSensitivity>, String> {
+    pub fn analyze(&self, progress: &mut dyn FnMut(usize, usize)) -> Result<Vec<LayerSensitivity>, StudyError> {
         let g = self.graph;
-        let ap = activation_plan(g, self.config).map_err(|e| e.to_string())?;
+        let ap = activation_plan(g, self.config)?;
         let total = ap.ops.len();
         let mut out = Vec::with_capacity(total);
         for (i, (id, _, _)) in ap.ops.iter().enumerate() {
@@ -138,11 +154,11 @@ impl Study<'_> {
         ranked: &[LayerSensitivity],
         fp32_top1: f64,
         max_drop: f64,
-    ) -> Result<(Vec<String>, f64), String> {
+    ) -> Result<(Vec<String>, f64), StudyError> {
         let mut skip: Vec<String> = vec![];
         loop {
             let (_, top1) = self.evaluate(&skipping(self.config, &skip))?;
-            let top1 = top1.ok_or("--max-accuracy-drop needs labels")?;
+            let top1 = top1.ok_or(StudyError::NoLabels)?;
             if fp32_top1 - top1 <= max_drop + 1e-12 || skip.len() == ranked.len() {
                 return Ok((skip, top1));
             }
@@ -158,7 +174,7 @@ impl Study<'_> {
         &self,
         ranked: &[LayerSensitivity],
         min_db: f64,
-    ) -> Result<(Vec<String>, f64), String> {
+    ) -> Result<(Vec<String>, f64), StudyError> {
         let mut skip: Vec<String> = vec![];
         loop {
             let (sqnr, _) = self.evaluate(&skipping(self.config, &skip))?;

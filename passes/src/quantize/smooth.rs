@@ -151,6 +151,17 @@ pub struct NormStats {
     pub bias: Option<Vec<f32>>,
 }
 
+/// Why observed channel maxima do not fit a smoothing site.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum SmoothError {
+    #[error("layer norm `{norm}`: no channel maxima were observed")]
+    NoMaxima { norm: String },
+    #[error("layer norm `{norm}`: {found} channel maxima for {channels} channels")]
+    Channels { norm: String, found: usize, channels: usize },
+    #[error("layer norm `{norm}`: no constant gain")]
+    NoGain { norm: String },
+}
+
 /// Channel statistics of the smoothing sites, by the layer norm's name.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ChannelStats {
@@ -160,22 +171,15 @@ pub struct ChannelStats {
 impl ChannelStats {
     /// Pairs observed maxima ([`super::calibrate::channel_absmax`] of each site's
     /// [`SmoothSite::value`]) with each layer norm's current gain and bias.
-    pub fn new(g: &Graph, sites: &[SmoothSite], maxima: &ChannelMaxima) -> Result<ChannelStats, String> {
+    pub fn new(g: &Graph, sites: &[SmoothSite], maxima: &ChannelMaxima) -> Result<ChannelStats, SmoothError> {
         let mut norms = BTreeMap::new();
         for s in sites {
             let name = g.node(s.norm).name.clone();
-            let absmax = maxima
-                .get(&(name.clone(), 0))
-                .ok_or_else(|| format!("layer norm `{name}`: no channel maxima were observed"))?;
+            let absmax = maxima.get(&(name.clone(), 0)).ok_or_else(|| SmoothError::NoMaxima { norm: name.clone() })?;
             if absmax.len() != s.channels {
-                return Err(format!(
-                    "layer norm `{name}`: {} channel maxima for {} channels",
-                    absmax.len(),
-                    s.channels
-                ));
+                return Err(SmoothError::Channels { norm: name, found: absmax.len(), channels: s.channels });
             }
-            let gain =
-                const_vec(g, s.norm, 1, s.channels).ok_or_else(|| format!("layer norm `{name}`: no constant gain"))?;
+            let gain = const_vec(g, s.norm, 1, s.channels).ok_or_else(|| SmoothError::NoGain { norm: name.clone() })?;
             let bias = const_vec(g, s.norm, 2, s.channels);
             norms.insert(name, NormStats { absmax: absmax.clone(), gain, bias });
         }

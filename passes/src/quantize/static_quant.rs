@@ -125,7 +125,7 @@ pub fn activation_plan(g: &Graph, cfg: &QConfig) -> Result<ActivationPlan, qforg
     };
     let calibrated = |v: Value, s: &NodeSettings| Source::Calibrated {
         scheme: s.activations,
-        target: Target { value: v, observer: s.activation_observer() },
+        target: Target { value: v, observer: s.activation_observer(), scheme: s.activations },
     };
     for np in &nodes {
         let node = g.node(np.id);
@@ -148,7 +148,8 @@ pub fn activation_plan(g: &Graph, cfg: &QConfig) -> Result<ActivationPlan, qforg
                     Op::MaxPool(_) | Op::GlobalMaxPool | Op::AveragePool(_) => {
                         if let Some(x) = node.inputs()[0] {
                             if ap.index(x).is_some() {
-                                let target = Target { value: out, observer: s.activation_observer() };
+                                let target =
+                                    Target { value: out, observer: s.activation_observer(), scheme: s.activations };
                                 push(&mut ap, out, Source::SameAs { from: x, target });
                             }
                         }
@@ -169,11 +170,12 @@ pub fn activation_plan(g: &Graph, cfg: &QConfig) -> Result<ActivationPlan, qforg
                 if ap.index(x).is_none() {
                     continue;
                 }
-                let observer = cfg.settings(node).activation_observer();
+                let settings = cfg.settings(node);
+                let (observer, scheme) = (settings.activation_observer(), settings.activations);
                 for port in 0..node.outputs.len() {
                     let v = Value::new(np.id, port);
                     if is_f32(g, v) {
-                        let target = Target { value: v, observer: observer.clone() };
+                        let target = Target { value: v, observer: observer.clone(), scheme };
                         push(&mut ap, v, Source::SameAs { from: x, target });
                     }
                 }
@@ -203,7 +205,7 @@ pub(crate) fn insert_qdq(g: &mut Graph, v: Value, ty: TensorType) -> Result<Node
     let outputs: Vec<usize> = g.outputs().iter().enumerate().filter(|(_, o)| o.value == v).map(|(i, _)| i).collect();
     let base = g.node(v.node).name.clone();
     let base = if g.node(v.node).outputs.len() > 1 { format!("{base}:{}", v.port) } else { base };
-    let ir = |source| PassError::Ir { pass: "quantize-static".into(), source };
+    let ir = |error| PassError::Ir { pass: "quantize-static".into(), error };
     let q = g.add_node(Op::Quantize, vec![Some(v)], Some(vec![ty]), format!("{base}_QuantizeLinear")).map_err(ir)?;
     let dq = g.add_node(Op::Dequantize, vec![Some(q)], None, format!("{base}_DequantizeLinear")).map_err(ir)?;
     for (n, slot) in users {
@@ -303,8 +305,7 @@ impl Pass for QuantizeStatic {
 
     fn run(&self, g: &mut Graph, _cx: &PassContext) -> Result<PassReport, PassError> {
         let mut report = PassReport::new(self.name());
-        let ap =
-            activation_plan(g, &self.config).map_err(|source| PassError::Ir { pass: self.name().into(), source })?;
+        let ap = activation_plan(g, &self.config).map_err(|error| PassError::Ir { pass: self.name().into(), error })?;
         if ap.ops.is_empty() {
             return Ok(report);
         }

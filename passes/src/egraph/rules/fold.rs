@@ -192,17 +192,20 @@ impl Rule for BnIntoConv {
 }
 
 /// `bn(x) = x * k + (beta - mean * k)` with `k = gamma / sqrt(var + eps)` as `[C, 1, ...]`
-/// constants, for a batch norm that cannot fold into a conv (its input has no conv).
+/// constants, for a batch norm that cannot fold into a conv: its input has no conv, or the conv's
+/// result has other users (folding would compute the conv twice; the extractor weighs that
+/// against this multiply and add).
 pub struct BnToAffine;
 impl Rule for BnToAffine {
     fn name(&self) -> &'static str {
         "bn-to-affine"
     }
-    fn rewrite(&self, eg: &EG, _: Id, node: &QNode) -> Option<Build> {
+    fn rewrite(&self, eg: &EG, class: Id, node: &QNode) -> Option<Build> {
         let QNode::Op(d, ch) = node else { return None };
         let Op::BatchNorm { epsilon } = d.op() else { return None };
         let [gamma, beta, mean, var] = bn_params(eg, ch)?;
-        if ops(eg, ch[0]).any(|(op, _, _)| matches!(op, Op::Conv(_))) {
+        let shared = || eg[ch[0]].parents().any(|p| eg.find(p) != eg.find(class));
+        if ops(eg, ch[0]).any(|(op, _, _)| matches!(op, Op::Conv(_))) && !shared() {
             return None;
         }
         let xt = ty(eg, ch[0])?;
