@@ -431,7 +431,7 @@ impl Program {
                 StepKind::Convert { to_nhwc, n, c, hw, elem, input, output } => {
                     Exec::Convert { to_nhwc, n, c, hw, elem, input: off(input), output: off(output) }
                 }
-                StepKind::Host { op, inputs: hin, outputs: hout } => Exec::Host {
+                StepKind::Host { op, inputs: hin, outputs: hout, .. } => Exec::Host {
                     op,
                     inputs: hin
                         .into_iter()
