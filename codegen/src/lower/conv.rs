@@ -207,6 +207,7 @@ impl Lowerer<'_> {
     /// per output channel): one u8 x i8 GEMM per group, or the depthwise kernel.
     pub(super) fn qconv(&mut self, n: &At, conv: &ConvAttrs, ep: &[Epilogue]) -> Lw {
         let (x, wv) = need(n.input(0).zip(n.input(1)), "an input is missing")?;
+        ensure(!self.is_const(x), "the input is a constant")?;
         let w = need(self.const_of(Some(wv)), "the weights are not a constant")?;
         let bias = match n.input(2) {
             Some(b) => Some(need(self.const_of(Some(b)), "the bias is not a constant")?),

@@ -81,6 +81,18 @@ mod tests {
   return %2
 }"#,
         },
+        Case {
+            name: "pooling or convolving a constant runs on the host",
+            shapes: &[&[1, 1, 2, 2]],
+            qir: r#"graph h(%x: u8<0.1:0>[N,1,2,2]) -> (y: u8<0.1:0>[1,1,1,1], z: u8<0.1:0>[1,1,2,2], s: u8<0.1:0>[N,1,2,2]) {
+  %0 = const u8<0.1:0>[1,1,2,2] = [1, 2, 3, 4]  # "image"
+  %1 = max_pool %0 {kernel=[2,2], strides=[2,2], pads=[0,0,0,0], dilations=[1,1], ceil_mode=false, count_include_pad=false} : u8<0.1:0>[1,1,1,1]  # "pool_const"
+  %2 = const i8<0.5:0>[1,1,1,1] = [2]  # "w"
+  %3 = qconv %0, %2 {kernel=[1,1], strides=[1,1], pads=[0,0,0,0], dilations=[1,1], group=1, epilogue=[requant]} : u8<0.1:0>[1,1,2,2]  # "qconv_const"
+  %4 = qconv %x, %2 {kernel=[1,1], strides=[1,1], pads=[0,0,0,0], dilations=[1,1], group=1, epilogue=[requant]} : u8<0.1:0>[N,1,2,2]  # "qconv"
+  return %1, %3, %4
+}"#,
+        },
     ];
 
     #[test]

@@ -18,6 +18,7 @@ impl Lowerer<'_> {
     /// Max pooling; padding never wins.
     pub(super) fn max_pool(&mut self, n: &At, p: &PoolAttrs) -> Lw {
         let x = need(n.input(0), "the input is missing")?;
+        ensure(!self.is_const(x), "the input is a constant")?;
         let d = need(self.ty(x).and_then(dims), "the input shape is not fixed")?;
         let od = dims(&n.oty).unwrap_or_default();
         ensure(matches!(n.oty.dtype, DType::U8 | DType::I8 | DType::F32), "the result is not u8, i8 or f32")?;
