@@ -48,6 +48,13 @@ pub enum JitError {
     Input(String),
     #[error("run: {0}")]
     Run(String),
+    /// A step failed at run time: a buffer outside the arena or overlapping another (a
+    /// memory-plan bug, reported instead of a wrong result), or a write past a buffer's end.
+    #[error("step {step} (`{name}`): {msg}")]
+    Step { step: usize, name: String, msg: String },
+    /// An allocation whose size comes from the model failed.
+    #[error("{what}: could not allocate {bytes} bytes")]
+    Alloc { what: String, bytes: usize },
 }
 
 /// Options of the JIT.
