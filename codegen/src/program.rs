@@ -500,7 +500,10 @@ impl Program {
                         return Err(JitError::Codegen("step functions out of order".into()));
                     };
                     debug_assert_eq!(i, j);
-                    // SAFETY: the function was defined with the step signature and finalized.
+                    // SAFETY: `id` was declared with `step_signature` (four pointer-sized
+                    // parameters in the host's default calling convention, which is the C ABI
+                    // `StepFn` names) and the module is finalized, so the address is that
+                    // function's code; it stays valid until `free_memory` when the program drops.
                     let func: StepFn = unsafe { std::mem::transmute::<*const u8, StepFn>(jit.address(id)) };
                     Exec::Jit { func, units, grain, scratch }
                 }
@@ -619,7 +622,7 @@ impl Program {
                         output: *output,
                     },
                 )
-                .map_err(|msg| self.step_error(i, msg))?,
+                .map_err(|e| self.step_error(i, e.to_string()))?,
                 Exec::Host { op, inputs: hin, outputs } => self.run_host(&mut arena, i, op, hin, outputs)?,
             }
             if let Some(t) = times.as_deref_mut() {
@@ -833,37 +836,48 @@ struct Transpose {
     output: usize,
 }
 
+/// Why a layout conversion cannot run: its buffers do not fit the arena or each other.
+#[derive(Debug, thiserror::Error)]
+enum ConvertError {
+    #[error("layout conversion of {n}x{c}x{hw} elements of {elem} bytes: the size overflows")]
+    Overflow { n: usize, c: usize, hw: usize, elem: usize },
+    #[error(
+        "layout conversion reads arena bytes {input}..{input_end} and writes {output}..{output_end}: \
+         outside the arena of {arena} bytes"
+    )]
+    Outside { input: usize, input_end: usize, output: usize, output_end: usize, arena: usize },
+    #[error(
+        "layout conversion reads arena bytes {input}..{input_end} and writes {output}..{output_end}, which overlap"
+    )]
+    Overlap { input: usize, input_end: usize, output: usize, output_end: usize },
+    #[error("layout conversion of {0}-byte elements")]
+    ElementSize(usize),
+}
+
 /// Runs the conversion `t` on the arena (a transpose of `c x hw` planes per image). Buffers
 /// outside the arena or overlapping each other are a memory-plan bug: an error naming both
 /// ranges, never a silent skip.
-fn convert(arena: &mut Arena<'_>, t: &Transpose) -> Result<(), String> {
+fn convert(arena: &mut Arena<'_>, t: &Transpose) -> Result<(), ConvertError> {
     let &Transpose { to_nhwc, n, c, hw, elem, input, output } = t;
     let len = [n, c, hw, elem].iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     let Some(len) = len else {
-        return Err(format!("layout conversion of {n}x{c}x{hw} elements of {elem} bytes: the size overflows"));
+        return Err(ConvertError::Overflow { n, c, hw, elem });
     };
-    let (in_end, out_end) = (input.checked_add(len), output.checked_add(len));
-    let (Some(in_end), Some(out_end)) = (in_end.filter(|&e| e <= arena.len), out_end.filter(|&e| e <= arena.len))
-    else {
-        return Err(format!(
-            "layout conversion reads arena bytes {input}..{} and writes {output}..{}: outside the arena of {} bytes",
-            input.saturating_add(len),
-            output.saturating_add(len),
-            arena.len
-        ));
-    };
+    let (input_end, output_end) = (input.saturating_add(len), output.saturating_add(len));
+    let fits = |start: usize, end: usize| start.checked_add(len) == Some(end) && end <= arena.len;
+    if !fits(input, input_end) || !fits(output, output_end) {
+        return Err(ConvertError::Outside { input, input_end, output, output_end, arena: arena.len });
+    }
     // Both buffers are live during this step, so the memory plan never lets them overlap.
-    if len > 0 && input < out_end && output < in_end {
-        return Err(format!(
-            "layout conversion reads arena bytes {input}..{in_end} and writes {output}..{out_end}, which overlap"
-        ));
+    if len > 0 && input < output_end && output < input_end {
+        return Err(ConvertError::Overlap { input, input_end, output, output_end });
     }
     if !matches!(elem, 1 | 2 | 4 | 8) {
-        return Err(format!("layout conversion of {elem}-byte elements"));
+        return Err(ConvertError::ElementSize(elem));
     }
     let (rows, cols) = if to_nhwc { (c, hw) } else { (hw, c) };
     let base = arena.ptr();
-    // SAFETY: `input..in_end` and `output..out_end` lie inside the arena and do not overlap
+    // SAFETY: `input..input_end` and `output..output_end` lie inside the arena and do not overlap
     // (checked above), each holds `n * rows * cols` elements of `elem` bytes, and no Rust
     // reference into the arena is alive (`arena` is borrowed mutably here). The element accesses
     // are unaligned reads and writes, so any offset is fine.
@@ -1053,7 +1067,7 @@ mod tests {
             (Transpose { elem: 3, ..conv(0, 64) }, "layout conversion of 3-byte elements"),
         ];
         for (t, want) in cases {
-            let e = convert(&mut arena, &t).unwrap_err();
+            let e = convert(&mut arena, &t).unwrap_err().to_string();
             assert!(e.contains(want), "{e} does not contain {want}");
         }
     }

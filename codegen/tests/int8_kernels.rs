@@ -73,6 +73,9 @@ fn check_gemm(m: usize, k: usize, n: usize, mode: u32, rng: &mut Rng) {
             let ldc = width + 5;
             let guard = 0x5a5a5a5a;
             let mut c = vec![guard; m * ldc + 8];
+            // SAFETY: `a` has `m` rows of `lda >= kp` bytes, panel `p` starts at `panel_offset(p, kp)` inside
+            // `packed.data` with `width * kp` bytes, `c` has `m` rows of `ldc = width + 5 >= round_up_16(nr)`
+            // i32; `variants()` lists only kernels this CPU supports.
             unsafe {
                 f(a.as_ptr(), lda, m, packed.data.as_ptr().add(panel_offset(p, kp)), kp, c.as_mut_ptr(), ldc, nr)
             };
@@ -174,6 +177,8 @@ fn row_sums() {
         let a: Vec<u8> = (0..m * lda).map(|_| rng.u8()).collect();
         for f in [row_sums_u8 as unsafe extern "C" fn(*const u8, usize, usize, usize, *mut i32), row_sums_u8_scalar] {
             let mut out = vec![0x11; m + 1];
+            // SAFETY: `a` has `m` rows of `lda >= k` bytes and `out` has `m + 1` i32; the dispatching
+            // `row_sums_u8` checks the CPU itself.
             unsafe { f(a.as_ptr(), lda, m, k, out.as_mut_ptr()) };
             for r in 0..m {
                 let s: i32 = a[r * lda..r * lda + k].iter().map(|&v| v as i32).sum();
@@ -270,6 +275,8 @@ fn im2col() {
                     im2col_u8_scalar,
                 ] {
                     let mut out = vec![0xeeu8; rows * ld];
+                    // SAFETY: `g` is valid, `x` holds every image of `g`, `out` has `rows` rows of `ld >=
+                    // g.k()` bytes; `im2col_u8` checks the CPU before using AVX-512.
                     unsafe { f(&g, x.as_ptr(), m0, rows, out.as_mut_ptr(), ld, pad, xor) };
                     assert_eq!(out, want, "{g:?} m0={m0} rows={rows} pad={pad} xor={xor}");
                     n += 1;
@@ -335,6 +342,9 @@ fn depthwise() {
                             let want = ref_dw(&g, &x, zx, &wt, row);
                             for (f, name) in &variants {
                                 let mut out = vec![0x77i32; g.ow * ldo];
+                                // SAFETY: `x` holds `imgs` images of `g`, `packed.data` the packed weights
+                                // for `g`, `out` `ow` rows of `ldo = c + 3 >= c` i32, and `row < imgs * oh`;
+                                // `variants` lists only kernels this CPU supports.
                                 unsafe { f(&g, x.as_ptr(), zx, packed.data.as_ptr(), row, out.as_mut_ptr(), ldo) };
                                 for ox in 0..g.ow {
                                     for ch in 0..ldo {
@@ -385,6 +395,8 @@ fn depthwise_odd_geometries() {
                 for (f, name) in &variants {
                     let ldo = c + 1;
                     let mut out = vec![0x77i32; g.ow * ldo];
+                    // SAFETY: as above: `row < 2 * oh` images of `x`, `out` `ow` rows of `ldo = c + 1` i32,
+                    // kernels this CPU supports.
                     unsafe { f(&g, x.as_ptr(), zx, packed.data.as_ptr(), row, out.as_mut_ptr(), ldo) };
                     for ox in 0..g.ow {
                         for ch in 0..ldo {

@@ -1,7 +1,8 @@
 //! Microkernels: the inner loops Cranelift cannot reach (512-bit vectors), written in Rust with
 //! `std::arch` intrinsics behind runtime CPU-feature dispatch, each with a portable version.
-//! Generated code calls them as registered JIT symbols; they never allocate, never panic on the
-//! hot path, and only touch the memory their arguments describe.
+//! Generated code calls them as registered JIT symbols; they never panic on the hot path and only
+//! touch the memory their arguments describe. The GEMM, im2col, depthwise and pooling kernels
+//! never allocate; the row operations keep one row (or strided lane) of scratch per call.
 //!
 //! Shared conventions:
 //! * Activations are NHWC; a convolution is a GEMM with rows `m = (img, oy, ox)`, columns the
