@@ -5,7 +5,7 @@ use super::proto::{tensor_proto::DataLocation, tensor_proto::DataType, TensorPro
 use qforge_ir::{DType, Tensor, TensorData};
 
 /// The largest tensor the importer materializes (initializers, constants, `ConstantOfShape`).
-pub const MAX_TENSOR_BYTES: u128 = 1 << 31;
+pub const MAX_TENSOR_BYTES: u128 = qforge_ir::DEFAULT_MAX_TENSOR_BYTES as u128;
 
 /// The IR dtype of an ONNX `TensorProto.DataType` code, or an error naming the ONNX type.
 pub fn dtype_from_onnx(code: i32) -> Result<DType, String> {
