@@ -32,7 +32,7 @@ pub mod widen;
 pub use emit::Microkernels;
 pub use program::{Program, ProgramReport, StepInfo};
 
-use qforge_ir::{interp, Graph, Tensor, TensorType};
+use qforge_ir::{interp, Graph, IrError, Tensor, TensorType};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -55,6 +55,10 @@ pub enum JitError {
     /// An allocation whose size comes from the model failed.
     #[error("{what}: could not allocate {bytes} bytes")]
     Alloc { what: String, bytes: usize },
+    /// An error of the IR crate, forwarded unchanged so its text is the interpreter's: a tensor
+    /// over the size limit ([`IrError::TooLarge`]), or a host step's failure naming its node.
+    #[error(transparent)]
+    Ir(#[from] IrError),
 }
 
 /// Options of the JIT.
@@ -66,11 +70,21 @@ pub struct JitOptions {
     /// Debug mode (tests): guard bytes after every arena buffer, verified after every step; a
     /// step that writes outside its buffers fails the run naming the step.
     pub check_guards: bool,
+    /// The largest tensor, constant, packed weight copy or host-step temporary the JIT may
+    /// allocate, in bytes (`--max-tensor-bytes`; the interpreter's
+    /// [`interp::RunOptions::max_tensor_bytes`]). Checked while lowering, before any buffer
+    /// exists.
+    pub max_tensor_bytes: u64,
 }
 
 impl Default for JitOptions {
     fn default() -> Self {
-        JitOptions { microkernels: Microkernels::Native, threads: 1, check_guards: false }
+        JitOptions {
+            microkernels: Microkernels::Native,
+            threads: 1,
+            check_guards: false,
+            max_tensor_bytes: qforge_ir::DEFAULT_MAX_TENSOR_BYTES,
+        }
     }
 }
 
@@ -104,9 +118,10 @@ impl JitExecutable {
         }
         let t = std::time::Instant::now();
         let widened = widen::widen_low_precision(&self.graph);
-        let lw = lower::lower(&widened, types)?;
+        let lw = lower::lower(&widened, types, self.opts.max_tensor_bytes as u128)?;
         let mut p = Program::build(lw, self.opts.microkernels, self.opts.threads)?;
         p.check_guards = self.opts.check_guards;
+        p.max_tensor_bytes = self.opts.max_tensor_bytes as u128;
         tracing::info!(
             "JIT compiled inputs {key:?}: {} steps ({} run by the interpreter) in {:.1} ms, arena {} bytes",
             p.report.steps.len(),

@@ -176,6 +176,8 @@ pub struct Program {
     guards: Vec<Guard>,
     /// Fill the guard bytes after every live buffer and verify them after every step.
     pub check_guards: bool,
+    /// The size limit host steps run the interpreter with (`--max-tensor-bytes`).
+    pub max_tensor_bytes: u128,
     pub report: ProgramReport,
 }
 
@@ -558,6 +560,7 @@ impl Program {
             _keep: keep,
             guards,
             check_guards: false,
+            max_tensor_bytes: qforge_ir::DEFAULT_MAX_TENSOR_BYTES as u128,
             report,
         })
     }
@@ -698,8 +701,8 @@ impl Program {
         let args: Vec<Option<&Tensor>> = owned.iter().zip(&consts).map(|(o, c)| o.as_ref().or(c.as_deref())).collect();
         let tys: Vec<Option<&TensorType>> = types.iter().map(|t| t.as_ref()).collect();
         let out_tys: Vec<TensorType> = outputs.iter().map(|o| o.1.clone()).collect();
-        let res = interp::eval_op(op, &tys, &out_tys, &args)
-            .map_err(|m| JitError::Run(format!("{} (host): {m}", op.name())))?;
+        let opts = interp::RunOptions { max_tensor_bytes: self.max_tensor_bytes };
+        let res = interp::eval_node(name, op, &tys, &out_tys, &args, &opts)?;
         drop(owned);
         for (k, (t, (o, ty))) in res.iter().zip(outputs).enumerate() {
             if t.dtype() != ty.dtype || Some(t.shape()) != ty.shape.as_fixed().as_deref() {

@@ -46,7 +46,7 @@ fn check_gemm(m: usize, k: usize, n: usize, mode: u32, rng: &mut Rng) {
             _ => rng.i8(),
         })
         .collect();
-    let packed = pack_weights_i8(&w, n, k);
+    let packed = pack_weights_i8(&w, n, k).unwrap();
     assert_eq!(packed.kp % 4, 0);
     for j in 0..n {
         let s: i32 = (0..k).map(|t| w[j * k + t] as i32).sum();
@@ -147,7 +147,7 @@ fn dispatch_names() {
 fn packing_layout() {
     let (n, k) = (70usize, 5usize);
     let w: Vec<i8> = (0..n * k).map(|i| (i % 251) as u8 as i8).collect();
-    let p = pack_weights_i8(&w, n, k);
+    let p = pack_weights_i8(&w, n, k).unwrap();
     assert_eq!(p.kp, 8);
     assert_eq!(panel_width(n, 0), 64);
     assert_eq!(panel_width(n, 1), 16);
@@ -335,7 +335,7 @@ fn depthwise() {
                         let x: Vec<u8> = (0..imgs * h * w * c).map(|_| if extreme { 255 } else { rng.u8() }).collect();
                         let wt: Vec<i8> = (0..c * k * k).map(|_| if extreme { -128 } else { rng.i8() }).collect();
                         let zx = if extreme { 0 } else { (rng.next() % 256) as i32 };
-                        let packed = pack_depthwise_i8(&wt, c, k, k);
+                        let packed = pack_depthwise_i8(&wt, c, k, k).unwrap();
                         assert_eq!(packed.data.len(), k * k * c.div_ceil(64) * 64);
                         let ldo = c + 3;
                         for row in [0, g.oh / 2, imgs * g.oh - 1] {
@@ -388,7 +388,7 @@ fn depthwise_odd_geometries() {
         let g = geom(h, w, c, k, s, p, d, 1, 0);
         let x: Vec<u8> = (0..2 * h * w * c).map(|_| rng.u8()).collect();
         let wt: Vec<i8> = (0..c * k * k).map(|_| rng.i8()).collect();
-        let packed = pack_depthwise_i8(&wt, c, k, k);
+        let packed = pack_depthwise_i8(&wt, c, k, k).unwrap();
         for &zx in &[0i32, 128, 255, -70000, 1 << 20] {
             for row in 0..2 * g.oh {
                 let want = ref_dw(&g, &x, zx, &wt, row);

@@ -212,6 +212,7 @@ impl Compiler {
                 crate::pipeline::Kernels::Cranelift => Microkernels::Cranelift,
             },
             check_guards: false,
+            max_tensor_bytes: self.opts.max_tensor_bytes,
         }
     }
 

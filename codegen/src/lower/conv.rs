@@ -14,10 +14,18 @@ use crate::micro::{self, ConvGeom};
 use crate::spec::{mark_bounded, KernelSpec, MainOp, Rows, Step, Store};
 use crate::JitError;
 use qforge_ir::{
-    numerics, BinaryOp, ConvAttrs, DType, Epilogue, NodeId, Op, QuantParams, Tensor, TensorType, UnaryOp, Value,
+    numerics, Allocation, BinaryOp, ConvAttrs, DType, Epilogue, NodeId, Op, QuantParams, Tensor, TensorType,
 };
-use std::collections::{HashMap, HashSet};
+use qforge_ir::{UnaryOp, Value};
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet, TryReserveError};
 use std::sync::Arc;
+
+/// A failed allocation of `bytes` for node `name`'s `what`, as an error.
+fn alloc_failed(name: &str, what: &str, bytes: u128) -> impl FnOnce(TryReserveError) -> JitError {
+    let what = format!("node `{name}`: {what}");
+    move |_| JitError::Alloc { what, bytes: usize::try_from(bytes).unwrap_or(usize::MAX) }
+}
 
 /// Conv attributes as a [`ConvGeom`] for an NCHW input `d` and output `od`.
 fn conv_geom(a: &ConvAttrs, d: &[usize], od: &[usize], cin: usize) -> Option<ConvGeom> {
@@ -160,19 +168,36 @@ impl Lowerer<'_> {
         let mut kernels: Vec<(KernelSpec, usize)> = Vec::new();
         if depthwise {
             geom.cin = 1;
-            let main =
-                MainOp::DepthwiseF32 { geom, weights: Arc::new(micro::float::pack_depthwise_f32(wdata, cout, kh, kw)) };
+            let bytes = micro::float::packed_dw_bytes(cout, kh, kw);
+            self.check_size(&name, Allocation::PackedWeights, bytes)?;
+            let packed = micro::float::pack_depthwise_f32(wdata, cout, kh, kw).map_err(alloc_failed(
+                &name,
+                "packed weights",
+                bytes,
+            ))?;
+            let main = MainOp::DepthwiseF32 { geom, weights: Arc::new(packed) };
             kernels.push((KernelSpec { main, epilogue: steps, store: Store::F32, rows: rows_out, cols: cout }, 0));
         } else {
             let cout_g = cout / group;
             let k = kh * kw * cin_g;
+            let bytes = micro::float::packed_bytes(cout_g, k);
+            self.check_size(&name, Allocation::PackedWeights, bytes)?;
             for gi in 0..group {
-                let wk = to_ohwi(wdata, gi * cout_g..(gi + 1) * cout_g, cin_g, kh, kw);
+                let wk = to_ohwi(wdata, gi * cout_g..(gi + 1) * cout_g, cin_g, kh, kw).map_err(alloc_failed(
+                    &name,
+                    "reordered weights",
+                    bytes,
+                ))?;
                 let direct = group == 1 && is_pointwise(&geom);
                 let g_geom = ConvGeom { cin_offset: gi * cin_g, ..geom };
                 let rows =
                     if direct { Rows::Direct { lda: d[1] } } else { Rows::Im2col { geom: g_geom, pad: 0, xor: 0 } };
-                let main = MainOp::GemmF32 { rows, weights: Arc::new(micro::float::pack_weights_f32(&wk, cout_g, k)) };
+                let packed = micro::float::pack_weights_f32(&wk, cout_g, k).map_err(alloc_failed(
+                    &name,
+                    "packed weights",
+                    bytes,
+                ))?;
+                let main = MainOp::GemmF32 { rows, weights: Arc::new(packed) };
                 let range = gi * cout_g..(gi + 1) * cout_g;
                 let spec = KernelSpec {
                     main,
@@ -232,6 +257,7 @@ impl Lowerer<'_> {
         };
         ensure(zw.iter().all(|&z| z == 0), "a weight zero point is not 0")?;
         let wdata = need(i8_data(&w), "the weight data are not i8")?;
+        let name = n.name.as_str();
         let group = conv.group;
         let cin_g = wd[1];
         let mut geom = need(conv_geom(conv, &d, &od, cin_g), "not a 2-D convolution")?;
@@ -254,7 +280,13 @@ impl Lowerer<'_> {
         let mut kernels: Vec<(KernelSpec, usize)> = Vec::new();
         if depthwise {
             geom.cin = 1;
-            let packed = micro::int8::pack_depthwise_i8(&wdata, cout, kh, kw);
+            let bytes = micro::int8::packed_dw_bytes(cout, kh, kw);
+            self.check_size(name, Allocation::PackedWeights, bytes)?;
+            let packed = micro::int8::pack_depthwise_i8(wdata, cout, kh, kw).map_err(alloc_failed(
+                name,
+                "packed weights",
+                bytes,
+            ))?;
             let main = MainOp::DepthwiseU8I8 { geom, zx, weights: Arc::new(packed) };
             let mut steps = vec![Step::AddChannelI32(bias_v)];
             steps.extend(epi.steps.iter().cloned());
@@ -265,10 +297,20 @@ impl Lowerer<'_> {
             let cout_g = cout / group;
             let k = kh * kw * cin_g;
             let (xor, zxe) = if xi == IntTy::I8 { (0x80u8, zx + 128) } else { (0, zx) };
+            let bytes = micro::int8::packed_bytes(cout_g, k);
+            self.check_size(name, Allocation::PackedWeights, bytes)?;
             for gi in 0..group {
                 // [cout][cin][kh][kw] -> [cout][kh][kw][cin]
-                let wk = to_ohwi(&wdata, gi * cout_g..(gi + 1) * cout_g, cin_g, kh, kw);
-                let packed = micro::int8::pack_weights_i8(&wk, cout_g, k);
+                let wk = to_ohwi(wdata, gi * cout_g..(gi + 1) * cout_g, cin_g, kh, kw).map_err(alloc_failed(
+                    name,
+                    "reordered weights",
+                    bytes,
+                ))?;
+                let packed = micro::int8::pack_weights_i8(&wk, cout_g, k).map_err(alloc_failed(
+                    name,
+                    "packed weights",
+                    bytes,
+                ))?;
                 let range = gi * cout_g..(gi + 1) * cout_g;
                 let corr: Vec<i32> = bias_v[range.clone()]
                     .iter()
@@ -338,8 +380,15 @@ impl Lowerer<'_> {
         } else {
             vec![0; cols]
         };
-        let wk: Vec<i8> = if trans_b { bdata } else { transpose_kn(&bdata, k, cols) };
-        let packed = micro::int8::pack_weights_i8(&wk, cols, k);
+        let name = n.name.as_str();
+        let bytes = micro::int8::packed_bytes(cols, k);
+        self.check_size(name, Allocation::PackedWeights, bytes)?;
+        let wk: Cow<'_, [i8]> = if trans_b {
+            Cow::Borrowed(bdata)
+        } else {
+            Cow::Owned(transpose_kn(bdata, k, cols).map_err(alloc_failed(name, "transposed weights", bytes))?)
+        };
+        let packed = micro::int8::pack_weights_i8(&wk, cols, k).map_err(alloc_failed(name, "packed weights", bytes))?;
         // i8 activations become u8 (sign bit flipped, zero point + 128) while rows are gathered:
         // the matrix is an NHWC "image" of m pixels with k channels and a 1x1 window.
         let (rows, zae) = if at.dtype == DType::I8 {
@@ -399,7 +448,14 @@ impl Lowerer<'_> {
         ensure(ad[ad.len() - 1] == k, "the inner dimensions differ")?;
         let m: usize = ad[..ad.len() - 1].iter().product();
         let bdata = need(b.as_f32(), "the right operand's data are not f32")?;
-        let wk: Vec<f32> = if trans_b { bdata.to_vec() } else { transpose_kn(bdata, k, cols) };
+        let name = n.name.as_str();
+        let bytes = micro::float::packed_bytes(cols, k);
+        self.check_size(name, Allocation::PackedWeights, bytes)?;
+        let wk: Cow<'_, [f32]> = if trans_b {
+            Cow::Borrowed(bdata)
+        } else {
+            Cow::Owned(transpose_kn(bdata, k, cols).map_err(alloc_failed(name, "transposed weights", bytes))?)
+        };
         let mut steps = Vec::new();
         if alpha != 1.0 {
             steps.push(Step::ScaleToF32(vec![alpha; cols]));
@@ -416,7 +472,8 @@ impl Lowerer<'_> {
                 }
             }
         }
-        let packed = micro::float::pack_weights_f32(&wk, cols, k);
+        let packed =
+            micro::float::pack_weights_f32(&wk, cols, k).map_err(alloc_failed(name, "packed weights", bytes))?;
         let spec = KernelSpec {
             main: MainOp::GemmF32 { rows: Rows::Direct { lda: k }, weights: Arc::new(packed) },
             epilogue: steps,
@@ -431,10 +488,10 @@ impl Lowerer<'_> {
     }
 }
 
-/// The i8 data of a tensor (a copy: it is reordered for packing).
-fn i8_data(t: &Tensor) -> Option<Vec<i8>> {
+/// The i8 data of a tensor.
+fn i8_data(t: &Tensor) -> Option<&[i8]> {
     match t.data() {
-        qforge_ir::TensorData::I8(v) => Some(v.clone()),
+        qforge_ir::TensorData::I8(v) => Some(v),
         _ => None,
     }
 }
@@ -519,9 +576,15 @@ fn slice_steps(steps: &[Step], range: std::ops::Range<usize>) -> Vec<Step> {
 
 /// Conv weights `[cout][cin_g][kh][kw]` for the output channels `oc` as GEMM rows in im2col
 /// order: `[oc][kh][kw][cin_g]`.
-fn to_ohwi<T: Copy + Default>(w: &[T], oc: std::ops::Range<usize>, cin_g: usize, kh: usize, kw: usize) -> Vec<T> {
+fn to_ohwi<T: Copy + Default>(
+    w: &[T],
+    oc: std::ops::Range<usize>,
+    cin_g: usize,
+    kh: usize,
+    kw: usize,
+) -> Result<Vec<T>, TryReserveError> {
     let k = kh * kw * cin_g;
-    let mut out = vec![T::default(); oc.len() * k];
+    let mut out = micro::try_zeroed(oc.len() * k)?;
     for (o, c) in oc.enumerate() {
         for ci in 0..cin_g {
             for y in 0..kh {
@@ -531,18 +594,18 @@ fn to_ohwi<T: Copy + Default>(w: &[T], oc: std::ops::Range<usize>, cin_g: usize,
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// A `[k][n]` matrix as `[n][k]` (the packers take one row per output column).
-fn transpose_kn<T: Copy + Default>(b: &[T], k: usize, n: usize) -> Vec<T> {
-    let mut t = vec![T::default(); n * k];
+fn transpose_kn<T: Copy + Default>(b: &[T], k: usize, n: usize) -> Result<Vec<T>, TryReserveError> {
+    let mut t = micro::try_zeroed(n * k)?;
     for kk in 0..k {
         for j in 0..n {
             t[j * k + kk] = b[kk * n + j];
         }
     }
-    t
+    Ok(t)
 }
 
 /// Whether a convolution reads each output pixel's input pixel and nothing else (1x1, stride 1,

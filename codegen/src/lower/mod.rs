@@ -40,6 +40,7 @@ use crate::micro::rowops::RowOp;
 use crate::micro::{self, ConvGeom};
 use crate::spec::KernelSpec;
 use crate::JitError;
+use qforge_ir::limits::{self, tensor_bytes, Allocation};
 use qforge_ir::{infer, BinaryOp, DType, Graph, NodeId, Op, QuantParams, Tensor, TensorType, UnaryOp, Value};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
@@ -430,6 +431,8 @@ impl At<'_> {
 
 struct Lowerer<'g> {
     g: &'g Graph,
+    /// The size limit on every tensor, constant and packed weight copy (`--max-tensor-bytes`).
+    limit: u128,
     types: HashMap<Value, TensorType>,
     vals: HashMap<Value, Vinfo>,
     /// Converted copies: (value, layout) -> buffer.
@@ -442,10 +445,16 @@ struct Lowerer<'g> {
 }
 
 /// Lowers `g` for inputs of the given concrete types (already checked against the graph).
-pub fn lower(g: &Graph, input_types: &[TensorType]) -> Result<Lowered, JitError> {
+///
+/// Every constant and result is checked against `max_tensor_bytes` in schedule order, as the
+/// interpreter checks them, before any buffer is planned; so are the JIT's packed weight copies
+/// and the temporaries of the nodes the interpreter runs as host steps. An oversized one is
+/// [`JitError::Ir`] with the interpreter's [`qforge_ir::IrError::TooLarge`].
+pub fn lower(g: &Graph, input_types: &[TensorType], max_tensor_bytes: u128) -> Result<Lowered, JitError> {
     let order = g.schedule().map_err(|e| JitError::Lower { node: String::new(), msg: e.to_string() })?;
     let mut lw = Lowerer {
         g,
+        limit: max_tensor_bytes,
         types: HashMap::new(),
         vals: HashMap::new(),
         converted: HashMap::new(),
@@ -471,6 +480,7 @@ pub fn lower(g: &Graph, input_types: &[TensorType]) -> Result<Lowered, JitError>
     }
     let (absorbed, groups) = lw.fusion_groups(&order);
     for &id in &order {
+        lw.check_results(id)?;
         let node = g.node(id);
         if matches!(node.op, Op::Input | Op::Const(_)) || absorbed.contains(&id) {
             continue;
@@ -523,6 +533,29 @@ impl<'g> Lowerer<'g> {
             }
         }
         Ok(())
+    }
+
+    /// Checks node `id`'s constant or results against the size limit, as the interpreter does
+    /// before it evaluates the node.
+    fn check_results(&self, id: NodeId) -> Result<(), JitError> {
+        let node = self.g.node(id);
+        match &node.op {
+            Op::Input => Ok(()),
+            Op::Const(t) => self.check_size(&node.name, Allocation::Constant, tensor_bytes(t.dtype(), t.shape())),
+            _ => {
+                for p in 0..node.outputs.len() {
+                    let ty = &self.types[&Value::new(id, p)];
+                    let d = dims(ty).unwrap_or_default();
+                    self.check_size(&node.name, Allocation::Result, tensor_bytes(ty.dtype, &d))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// `bytes` of `what` for node `name` against the size limit.
+    fn check_size(&self, name: &str, what: Allocation, bytes: u128) -> Result<(), JitError> {
+        Ok(limits::check(name, what, bytes, self.limit)?)
     }
 
     /// Lowers node `id` to a kernel, or to a host step with the reason none covers it.
@@ -660,7 +693,7 @@ mod test_util {
                 })
                 .collect();
             assert_eq!(types.len(), g.inputs().len(), "{}: one shape per input", c.name);
-            let lw = super::lower(&g, &types).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+            let lw = super::lower(&g, &types, u128::MAX).unwrap_or_else(|e| panic!("{}: {e}", c.name));
             text.push_str(&format!("== {} {:?}\n{}\n", c.name, c.shapes, lw.describe()));
         }
         insta::with_settings!({ snapshot_path => "../../../snapshots", prepend_module_to_snapshot => false }, {

@@ -35,7 +35,8 @@
 
 #![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 
-use super::ConvGeom;
+use super::{try_zeroed, ConvGeom};
+use std::collections::TryReserveError;
 
 /// Panel width in columns of the packed f32 weights.
 ///
@@ -90,14 +91,12 @@ pub fn panel_width(n: usize, p: usize) -> usize {
     }
 }
 
-/// Packs `w[j*k + t]` (`n` x `k`, row major) into [`PANEL`]-column panels.
-///
-/// Panics if `w.len() < n * k` (compile-time helper, not a kernel).
-pub fn pack_weights_f32(w: &[f32], n: usize, k: usize) -> PackedF32 {
-    assert!(w.len() >= n * k, "pack_weights_f32: w too short");
+/// Packs `w[j*k + t]` (`n` x `k`, row major) into [`PANEL`]-column panels (entries missing from
+/// a short `w` read as 0).
+pub fn pack_weights_f32(w: &[f32], n: usize, k: usize) -> Result<PackedF32, TryReserveError> {
     let np = panel_count(n);
     let len = if np == 0 { 0 } else { panel_offset(np - 1, k) + panel_width(n, np - 1) * k };
-    let mut data = vec![0.0f32; len];
+    let mut data = try_zeroed::<f32>(len)?;
     for p in 0..np {
         let width = panel_width(n, p);
         let base = panel_offset(p, k);
@@ -106,11 +105,17 @@ pub fn pack_weights_f32(w: &[f32], n: usize, k: usize) -> PackedF32 {
         for t in 0..k {
             let dst = &mut data[base + t * width..base + t * width + cols];
             for (jj, d) in dst.iter_mut().enumerate() {
-                *d = w[(c0 + jj) * k + t];
+                *d = w.get((c0 + jj) * k + t).copied().unwrap_or(0.0);
             }
         }
     }
-    PackedF32 { n, k, data }
+    Ok(PackedF32 { n, k, data })
+}
+
+/// Bytes of [`PackedF32::data`] for `n` columns and reduction length `k`, computed without
+/// packing: `round_up_16(n) * k` floats (full [`PANEL`]-column panels, the last rounded up to 16).
+pub fn packed_bytes(n: usize, k: usize) -> u128 {
+    (n as u128).div_ceil(16) * 16 * (k as u128) * 4
 }
 
 /// Signature shared by the GEMM kernels:
@@ -398,18 +403,23 @@ pub struct PackedDwF32 {
 
 /// Packs depthwise weights `w[ch*kh*kw + ky*kw + kx]` into [`PackedDwF32`].
 ///
-/// Panics if `w.len() < c*kh*kw` (compile-time helper, not a kernel).
-pub fn pack_depthwise_f32(w: &[f32], c: usize, kh: usize, kw: usize) -> PackedDwF32 {
+/// Entries missing from a short `w` read as 0.
+pub fn pack_depthwise_f32(w: &[f32], c: usize, kh: usize, kw: usize) -> Result<PackedDwF32, TryReserveError> {
     let taps = kh * kw;
-    assert!(w.len() >= c * taps, "pack_depthwise_f32: w too short");
     let cp = round_up_16(c);
-    let mut data = vec![0.0f32; taps * cp];
+    let mut data = try_zeroed::<f32>(taps * cp)?;
     for ch in 0..c {
         for tap in 0..taps {
-            data[tap * cp + ch] = w[ch * taps + tap];
+            data[tap * cp + ch] = w.get(ch * taps + tap).copied().unwrap_or(0.0);
         }
     }
-    PackedDwF32 { c, kh, kw, data }
+    Ok(PackedDwF32 { c, kh, kw, data })
+}
+
+/// Bytes of [`PackedDwF32::data`] for `c` channels and a `kh x kw` kernel:
+/// `kh * kw * round_up_16(c)` floats.
+pub fn packed_dw_bytes(c: usize, kh: usize, kw: usize) -> u128 {
+    (kh as u128) * (kw as u128) * ((c as u128).div_ceil(16) * 16) * 4
 }
 
 /// Signature shared by the depthwise kernels: `(g, x, w, row, out, ldo)`; see
@@ -1250,7 +1260,7 @@ mod tests {
     fn pack_layout() {
         let (n, k) = (47, 3);
         let w: Vec<f32> = (0..n * k).map(|i| i as f32).collect();
-        let p = pack_weights_f32(&w, n, k);
+        let p = pack_weights_f32(&w, n, k).unwrap();
         let np = n.div_ceil(PANEL);
         for pi in 0..np {
             let width = panel_width(n, pi);
@@ -1277,7 +1287,7 @@ mod tests {
                 let ms: Vec<usize> = if k >= 576 { vec![1, 7, 8, 12, 13, 19, 24, 25, 49] } else { (1..=25).collect() };
                 let n = nr;
                 let w = rng.vec(n * k);
-                let packed = pack_weights_f32(&w, n, k);
+                let packed = pack_weights_f32(&w, n, k).unwrap();
                 for &m in &ms {
                     let lda = k + 3;
                     let a = rng.vec(m * lda);
@@ -1353,7 +1363,7 @@ mod tests {
         let (m, k, n) = (37, 300, 32);
         let a = rng.vec(m * k);
         let w = rng.vec(n * k);
-        let p = pack_weights_f32(&w, n, k);
+        let p = pack_weights_f32(&w, n, k).unwrap();
         let mut outs = Vec::new();
         for (kern, _) in kernels() {
             let mut c = vec![0.0f32; m * n];
@@ -1518,7 +1528,7 @@ mod tests {
                 let imgs = 2;
                 let x = rng.vec(imgs * h * w * c);
                 let wt = rng.vec(c * kk * kk);
-                let pw = pack_depthwise_f32(&wt, c, kk, kk);
+                let pw = pack_depthwise_f32(&wt, c, kk, kk).unwrap();
                 let ldo = c + 5;
                 for row in 0..imgs * g.oh {
                     let img = row / g.oh;

@@ -32,7 +32,8 @@
 //! Measured on Zen 4 the VNNI kernel runs at ~98% of one 512-bit `vpdpbusd` per cycle for
 //! every k >= 64; the row-block size (24..192) makes no measurable difference.
 
-use super::ConvGeom;
+use super::{try_zeroed, ConvGeom};
+use std::collections::TryReserveError;
 
 #[inline]
 fn round_up(x: usize, m: usize) -> usize {
@@ -61,11 +62,11 @@ pub struct PackedI8 {
 /// 4 bytes: byte `(g, j, t) = w[64p + j][4g + t]`, zero for padded columns `j` or padded `t`.
 /// So one 64-byte load is 16 columns x 4 consecutive k. Entries missing from a short `w`
 /// (`w.len() < n*k`) read as 0.
-pub fn pack_weights_i8(w: &[i8], n: usize, k: usize) -> PackedI8 {
+pub fn pack_weights_i8(w: &[i8], n: usize, k: usize) -> Result<PackedI8, TryReserveError> {
     let kp = round_up(k, 4);
     let panels = n.div_ceil(64);
     let total = if panels == 0 { 0 } else { panel_offset(panels - 1, kp) + panel_width(n, panels - 1) * kp };
-    let mut data = vec![0i8; total];
+    let mut data = try_zeroed::<i8>(total)?;
     let get = |j: usize, t: usize| -> i8 { w.get(j * k + t).copied().unwrap_or(0) };
     for p in 0..panels {
         let width = panel_width(n, p);
@@ -85,8 +86,18 @@ pub fn pack_weights_i8(w: &[i8], n: usize, k: usize) -> PackedI8 {
             }
         }
     }
-    let col_sums = (0..n).map(|j| (0..k).fold(0i32, |s, t| s.wrapping_add(get(j, t) as i32))).collect();
-    PackedI8 { n, k, kp, data, col_sums }
+    let mut col_sums = try_zeroed::<i32>(n)?;
+    for (j, s) in col_sums.iter_mut().enumerate() {
+        *s = (0..k).fold(0i32, |s, t| s.wrapping_add(get(j, t) as i32));
+    }
+    Ok(PackedI8 { n, k, kp, data, col_sums })
+}
+
+/// Bytes of [`PackedI8::data`] for `n` columns and reduction length `k`, computed without
+/// packing: `round_up_16(n) * round_up_4(k)` (every panel but the last is 64 columns wide, the
+/// last is rounded up to 16).
+pub fn packed_bytes(n: usize, k: usize) -> u128 {
+    (n as u128).div_ceil(16) * 16 * ((k as u128).div_ceil(4) * 4)
 }
 
 /// Byte offset of panel `p` in [`PackedI8::data`]: `64 * p * kp` (every panel but the last is
@@ -435,16 +446,21 @@ pub struct PackedDw {
 
 /// Packs depthwise weights `w[ch*kh*kw + ky*kw + kx]` into [`PackedDw`] (missing entries of a
 /// short `w` read as 0).
-pub fn pack_depthwise_i8(w: &[i8], c: usize, kh: usize, kw: usize) -> PackedDw {
+pub fn pack_depthwise_i8(w: &[i8], c: usize, kh: usize, kw: usize) -> Result<PackedDw, TryReserveError> {
     let cp = round_up(c, 64);
     let taps = kh * kw;
-    let mut data = vec![0i8; taps * cp];
+    let mut data = try_zeroed::<i8>(taps * cp)?;
     for ch in 0..c {
         for tap in 0..taps {
             data[tap * cp + ch] = w.get(ch * taps + tap).copied().unwrap_or(0);
         }
     }
-    PackedDw { c, kh, kw, data }
+    Ok(PackedDw { c, kh, kw, data })
+}
+
+/// Bytes of [`PackedDw::data`] for `c` channels and a `kh x kw` kernel: `kh * kw * round_up_64(c)`.
+pub fn packed_dw_bytes(c: usize, kh: usize, kw: usize) -> u128 {
+    (kh as u128) * (kw as u128) * ((c as u128).div_ceil(64) * 64)
 }
 
 /// Signature shared by the depthwise variants (see [`depthwise_u8i8_scalar`]).
