@@ -117,8 +117,10 @@ impl JitExecutable {
             return Ok(p);
         }
         let t = std::time::Instant::now();
+        let limit = self.opts.max_tensor_bytes as u128;
+        lower::check_sizes(&self.graph, types, limit)?;
         let widened = widen::widen_low_precision(&self.graph);
-        let lw = lower::lower(&widened, types, self.opts.max_tensor_bytes as u128)?;
+        let lw = lower::lower(&widened, types, limit)?;
         let mut p = Program::build(lw, self.opts.microkernels, self.opts.threads)?;
         p.check_guards = self.opts.check_guards;
         p.max_tensor_bytes = self.opts.max_tensor_bytes as u128;

@@ -50,6 +50,16 @@ fn wide_conv(side: usize, cout: usize) -> (Graph, Vec<Tensor>) {
     (g, vec![Tensor::from_f32(vec![1, 1, side, side], vec![1.0; side * side])])
 }
 
+/// A sigmoid of an f16 input of `n` elements (the JIT computes it in f32 between a widening and
+/// a rounding cast).
+fn sigmoid_f16(n: usize) -> (Graph, Vec<Tensor>) {
+    let mut g = Graph::new("sigmoid_f16");
+    let x = g.add_input("x", ty(DType::F16, &[n]));
+    let y = node(&mut g, Op::Unary(qforge_ir::UnaryOp::Sigmoid), &[x], "sig");
+    g.add_output("y", y);
+    (g, vec![Tensor::from_f32_slice(DType::F16, vec![n], &vec![0.5; n])])
+}
+
 type Build = fn() -> (Graph, Vec<Tensor>);
 
 /// One oversized graph: what each engine must say under a 1 MiB limit (`None`: it runs).
@@ -139,6 +149,16 @@ const CASES: &[Case] = &[
             (g, vec![Tensor::new(vec![200_000], TensorData::U8(vec![1; 200_000])).expect("u8 tensor")])
         },
         "node `add_u8`: a temporary needs 1600000 bytes, more than the limit of 1048576 bytes (--max-tensor-bytes)",
+    ),
+    both(
+        "an f16 sigmoid: the JIT checks the graph as given before widening it to f32",
+        || sigmoid_f16(600_000),
+        "node `sig`: the result needs 1200000 bytes, more than the limit of 1048576 bytes (--max-tensor-bytes)",
+    ),
+    both(
+        "an f16 sigmoid within the limit whose f32 copies (the interpreter's and the JIT's) are not",
+        || sigmoid_f16(300_000),
+        "node `sig`: a temporary needs 1200000 bytes, more than the limit of 1048576 bytes (--max-tensor-bytes)",
     ),
     Case {
         name: "a matmul with one output column: the JIT's packed copy pads it to 16 columns",

@@ -4,20 +4,15 @@
 
 use super::{HostArg, Layout, Lowerer, StepKind};
 use crate::JitError;
-use qforge_ir::{interp, Allocation, NodeId, Op, TensorType, Value};
+use qforge_ir::{NodeId, Op, Value};
 
 impl Lowerer<'_> {
     /// Node `id` as a host step (its inputs in plain order, constants passed as they are). The
     /// interpreter's temporaries for it are held to the size limit now, as the interpreter
     /// would at run time.
     pub(super) fn lower_host(&mut self, id: NodeId, reason: String) -> Result<(), JitError> {
+        self.check_temporaries(id)?;
         let node = self.g.node(id);
-        let in_types: Vec<Option<&TensorType>> =
-            node.inputs().iter().map(|v| v.and_then(|v| self.types.get(&v))).collect();
-        let out_types: Vec<TensorType> =
-            (0..node.outputs.len()).filter_map(|p| self.types.get(&Value::new(id, p)).cloned()).collect();
-        let temp = interp::temporary_bytes(&node.op, &in_types, &out_types);
-        self.check_size(&node.name, Allocation::Temporary, temp)?;
         let mut args = Vec::new();
         for v in node.inputs() {
             args.push(match v {

@@ -451,25 +451,12 @@ struct Lowerer<'g> {
 /// and the temporaries of the nodes the interpreter runs as host steps. An oversized one is
 /// [`JitError::Ir`] with the interpreter's [`qforge_ir::IrError::TooLarge`].
 pub fn lower(g: &Graph, input_types: &[TensorType], max_tensor_bytes: u128) -> Result<Lowered, JitError> {
-    let order = g.schedule().map_err(|e| JitError::Lower { node: String::new(), msg: e.to_string() })?;
-    let mut lw = Lowerer {
-        g,
-        limit: max_tensor_bytes,
-        types: HashMap::new(),
-        vals: HashMap::new(),
-        converted: HashMap::new(),
-        buffers: Vec::new(),
-        steps: Vec::new(),
-        host: HashMap::new(),
-        users: HashMap::new(),
-        outputs: g.outputs().iter().map(|o| o.value).collect(),
-    };
+    let (mut lw, order) = Lowerer::new(g, input_types, max_tensor_bytes)?;
     for &id in &order {
         for v in g.node(id).inputs().iter().flatten() {
             *lw.users.entry(*v).or_default() += 1;
         }
     }
-    lw.concrete_types(&order, input_types)?;
     let mut inputs = Vec::new();
     for &id in g.inputs() {
         let v = Value::new(id, 0);
@@ -505,7 +492,44 @@ pub fn lower(g: &Graph, input_types: &[TensorType], max_tensor_bytes: u128) -> R
     Ok(Lowered { buffers: lw.buffers, steps: lw.steps, inputs, outputs, host_ops })
 }
 
+/// Checks every constant and result of `g` (for inputs of the given concrete types) against
+/// `max_tensor_bytes` in schedule order, exactly as the interpreter does while it runs `g`, and
+/// for the f16/bf16 nodes the JIT computes in f32 ([`crate::widen::is_widened`]) their f32
+/// copies, which are the interpreter's temporaries for them. The JIT checks the graph it was
+/// given with this before widening it (which renames nodes), so an oversized model gets the
+/// interpreter's message.
+pub fn check_sizes(g: &Graph, input_types: &[TensorType], max_tensor_bytes: u128) -> Result<(), JitError> {
+    let (lw, order) = Lowerer::new(g, input_types, max_tensor_bytes)?;
+    for &id in &order {
+        lw.check_results(id)?;
+        let node = g.node(id);
+        if crate::widen::is_widened(node) {
+            lw.check_temporaries(id)?;
+        }
+    }
+    Ok(())
+}
+
 impl<'g> Lowerer<'g> {
+    /// A lowerer for `g` with the concrete type of every value, and the schedule.
+    fn new(g: &'g Graph, input_types: &[TensorType], limit: u128) -> Result<(Lowerer<'g>, Vec<NodeId>), JitError> {
+        let order = g.schedule().map_err(|e| JitError::Lower { node: String::new(), msg: e.to_string() })?;
+        let mut lw = Lowerer {
+            g,
+            limit,
+            types: HashMap::new(),
+            vals: HashMap::new(),
+            converted: HashMap::new(),
+            buffers: Vec::new(),
+            steps: Vec::new(),
+            host: HashMap::new(),
+            users: HashMap::new(),
+            outputs: g.outputs().iter().map(|o| o.value).collect(),
+        };
+        lw.concrete_types(&order, input_types)?;
+        Ok((lw, order))
+    }
+
     /// The concrete type of every value, in schedule order, from the input types.
     fn concrete_types(&mut self, order: &[NodeId], input_types: &[TensorType]) -> Result<(), JitError> {
         let g = self.g;
@@ -551,6 +575,18 @@ impl<'g> Lowerer<'g> {
                 Ok(())
             }
         }
+    }
+
+    /// The interpreter's temporaries for node `id` (see [`qforge_ir::interp::temporary_bytes`])
+    /// against the size limit.
+    fn check_temporaries(&self, id: NodeId) -> Result<(), JitError> {
+        let node = self.g.node(id);
+        let in_types: Vec<Option<&TensorType>> =
+            node.inputs().iter().map(|v| v.and_then(|v| self.types.get(&v))).collect();
+        let out_types: Vec<TensorType> =
+            (0..node.outputs.len()).filter_map(|p| self.types.get(&Value::new(id, p)).cloned()).collect();
+        let bytes = qforge_ir::interp::temporary_bytes(&node.op, &in_types, &out_types);
+        self.check_size(&node.name, Allocation::Temporary, bytes)
     }
 
     /// `bytes` of `what` for node `name` against the size limit.
