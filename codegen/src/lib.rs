@@ -2,11 +2,15 @@
 //!
 //! Compiles an optimized [`qforge_ir::Graph`] into machine code and runs it:
 //!
-//! 0. [`widen`]: f16/bf16 compute ops become f32 ops between a widening and a rounding cast;
-//! 1. [`lower`]: the graph, for concrete input shapes, becomes steps over buffers: fused kernels
-//!    described as data ([`spec::KernelSpec`]: main op, epilogue list, store), element-wise
-//!    steps, layout conversions (NHWC for convolutions), and host steps for ops no kernel covers
-//!    (run by the reference interpreter and listed in the report);
+//! 0. [`lower::check_sizes`]: every constant, result and (for f16/bf16 compute) f32 copy of the
+//!    graph as given is checked against [`JitOptions::max_tensor_bytes`], as the interpreter
+//!    checks them; [`widen`]: f16/bf16 compute ops become f32 ops between a widening and a
+//!    rounding cast;
+//! 1. [`lower`]: the graph, for concrete input shapes, becomes steps over buffers, one kernel
+//!    family per file: fused kernels described as data ([`spec::KernelSpec`]: main op, epilogue
+//!    list, store), element-wise steps, row steps, layout conversions (NHWC for convolutions),
+//!    and host steps for ops no kernel covers (run by the reference interpreter and listed in the
+//!    report with the reason); packed weight copies are held to the size limit too;
 //! 2. [`memory`]: every buffer gets an offset in one arena by liveness;
 //! 3. [`emit`]: Cranelift generates one function per step from its description; the inner
 //!    loops call [`micro`]kernels registered as JIT symbols (AVX-512 VNNI/FMA intrinsics with
@@ -19,7 +23,22 @@
 //!   interpreter bit for bit; float results differ by summation order only.
 //! * Inputs are checked (count, dtype, shape) before any generated code runs; generated code
 //!   touches only the arena, its own scratch and the constants it was compiled with.
-//! * Callers: `qforge` (the compiler crate) and tests; nothing here reads files or the CLI.
+//! * One size limit with the interpreter ([`qforge_ir::limits`]): nothing larger than
+//!   [`JitOptions::max_tensor_bytes`] is allocated for a tensor, constant copy, packed weight
+//!   copy or host-step temporary; an oversized model is refused while lowering, before any
+//!   buffer exists, with the interpreter's [`qforge_ir::IrError::TooLarge`] message
+//!   ([`JitError::Ir`]). Allocations whose size comes from the model (arena, packing, host-step
+//!   tensors) are fallible: an error, never an abort.
+//! * Never panics on a user's model: malformed or unsupported graphs are [`JitError`] values or
+//!   host steps. A memory-plan bug is an error naming the step (layout conversions check their
+//!   ranges; `check_guards` checks every buffer's end), never silent wrong output.
+//! * The only crate with `unsafe` code. Every unsafe operation sits in an `unsafe` block with a
+//!   `// SAFETY:` comment saying what it relies on (`unsafe_op_in_unsafe_fn` and
+//!   `clippy::undocumented_unsafe_blocks` are denied in `Cargo.toml`); no Rust reference into the
+//!   arena is alive while generated code writes it.
+//! * Callers: `qforge` (the compiler crate) and tests; `passes` never calls it (it runs graphs
+//!   through its `Evaluator` trait). Nothing here reads files, prints or parses the command line;
+//!   it logs one `tracing` event per compiled program.
 
 pub mod emit;
 pub mod lower;

@@ -15,16 +15,16 @@
 //! This file is the driver: concrete types, the walk over the schedule, buffers and layouts, and
 //! the dispatch of each node to its kernel family, one file each:
 //!
-//! * [`conv`]: float and quantized convolutions, GEMMs and matrix products, their weight packing
+//! * `conv.rs`: float and quantized convolutions, GEMMs and matrix products, their weight packing
 //!   and the float-convolution fusion groups;
-//! * [`elementwise`]: quantize, dequantize, quantized add, float add and clamp, unary
+//! * `elementwise.rs`: quantize, dequantize, quantized add, float add and clamp, unary
 //!   activations, casts;
-//! * [`pool`]: max, average and global average pooling;
-//! * [`rows`]: softmax, layer norm, per-channel and last-axis constants, transposes;
-//! * [`movement`]: reshape aliases, concatenation, layout conversions;
-//! * [`host`]: host steps (the interpreter on one node) and constant outputs.
+//! * `pool.rs`: max, average and global average pooling;
+//! * `rows.rs`: softmax, layer norm, per-channel and last-axis constants, transposes;
+//! * `movement.rs`: reshape aliases, concatenation, layout conversions;
+//! * `host.rs`: host steps (the interpreter on one node) and constant outputs.
 //!
-//! A family function returns `Ok(())` when it lowered the node, or [`Skip::Host`] with the
+//! A family function returns `Ok(())` when it lowered the node, or `Skip::Host` with the
 //! reason no kernel covers it (before it has emitted anything), and the driver then makes the
 //! node a host step.
 
