@@ -27,8 +27,8 @@
 //!   [`JitOptions::max_tensor_bytes`] is allocated for a tensor, constant copy, packed weight
 //!   copy or host-step temporary; an oversized model is refused while lowering, before any
 //!   buffer exists, with the interpreter's [`qforge_ir::IrError::TooLarge`] message
-//!   ([`JitError::Ir`]). Allocations whose size comes from the model (arena, packing, host-step
-//!   tensors) are fallible: an error, never an abort.
+//!   ([`JitError::Ir`]). The arena, weight packing and host-step tensors, whose sizes come from
+//!   the model, are allocated fallibly: a failure is an error, not an abort.
 //! * Never panics on a user's model: malformed or unsupported graphs are [`JitError`] values or
 //!   host steps. A memory-plan bug is an error naming the step (layout conversions check their
 //!   ranges; `check_guards` checks every buffer's end), never silent wrong output.
