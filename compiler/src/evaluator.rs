@@ -70,6 +70,7 @@ pub fn jit_options(opts: &PipelineOptions) -> JitOptions {
             Kernels::Native => Microkernels::Native,
             Kernels::Cranelift => Microkernels::Cranelift,
         },
+        max_tensor_bytes: opts.max_tensor_bytes,
         ..JitOptions::default()
     }
 }

@@ -8,7 +8,7 @@ use qforge_ir::{DType, Tensor, TensorData};
 /// `ConstantOfShape`), and the default bound on the total of the constants it builds from shapes:
 /// 2 GiB, the size of the largest protobuf message, so any tensor stored inline in a valid model
 /// fits. [`super::ImportOptions::max_tensor_bytes`] (`--max-tensor-bytes`) changes it.
-pub const MAX_TENSOR_BYTES: u128 = 1 << 31;
+pub const MAX_TENSOR_BYTES: u128 = qforge_ir::DEFAULT_MAX_TENSOR_BYTES as u128;
 
 /// Why an ONNX tensor or element type cannot be imported. The message names neither the tensor
 /// nor where it comes from: the caller adds that (an initializer, a Constant's `value`).
