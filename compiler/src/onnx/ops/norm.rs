@@ -4,25 +4,25 @@
 
 use super::{one, Cx, OpDef, Outs, R};
 use qforge_ir::infer::norm_axis;
-use qforge_ir::{Dim, Op};
+use qforge_ir::{BinaryOp, DType, Dim, Op, Tensor, UnaryOp};
 
 pub(super) const OPS: &[OpDef] = &[
-    OpDef::onnx("Softmax", |cx| softmax(cx, false)),
-    OpDef::onnx("LogSoftmax", |cx| softmax(cx, true)),
+    OpDef::onnx("Softmax", &[1, 11, 13], |cx| softmax(cx, false)),
+    OpDef::onnx("LogSoftmax", &[1, 11, 13], |cx| softmax(cx, true)),
     // LayerNormalization joined the default domain in opset 17.
-    OpDef::onnx_since("LayerNormalization", 17, layer_norm),
+    OpDef::onnx("LayerNormalization", &[17], layer_norm),
 ];
 
-/// Softmax and LogSoftmax. From opset 13 the op normalizes along one axis. Before, it
+/// Softmax and LogSoftmax. From version 13 the op normalizes along one axis. Before, it
 /// normalized the input coerced to 2-D at `axis` (`[d0*..*d(a-1), da*..*dn]`); that is one
 /// axis when every dim after `axis` is 1, and otherwise Flatten -> softmax(1) -> Reshape.
 fn softmax(cx: &mut Cx, log: bool) -> R<Outs> {
     let x = cx.input(0)?;
     let ty = cx.ty(x);
     let mk = |axis| if log { Op::LogSoftmax { axis } } else { Op::Softmax { axis } };
-    let opset = cx.at.opset;
-    let axis = cx.attrs().int_or("axis", if opset >= 13 { -1 } else { 1 })?;
-    if opset >= 13 {
+    let version = cx.version;
+    let axis = cx.attrs().int_or("axis", if version >= 13 { -1 } else { 1 })?;
+    if version >= 13 {
         return one(cx.add(mk(axis), vec![Some(x)], None)?);
     }
     let r = ty.rank();
@@ -44,7 +44,7 @@ fn softmax(cx: &mut Cx, log: bool) -> R<Outs> {
         .collect();
     let target = target.ok_or_else(|| {
         cx.err(format!(
-            "opset {opset} {} over the 2-D coercion of {} at axis {axis} needs fixed dims (or only a \
+            "version {version} {} over the 2-D coercion of {} at axis {axis} needs fixed dims (or only a \
              symbolic batch with axis 1)",
             cx.at.op, ty.shape
         ))
@@ -54,11 +54,49 @@ fn softmax(cx: &mut Cx, log: bool) -> R<Outs> {
     one(cx.add(Op::Reshape { shape: target }, vec![Some(s)], None)?)
 }
 
-/// LayerNormalization; its optional Mean and InvStdDev outputs are not computed.
+/// LayerNormalization (version 17). `stash_type` is the type of the statistics and of their
+/// computation: qforge computes them in f32 (an f16 or bf16 input is widened), so only
+/// `stash_type=1` (FLOAT) is imported. The optional Mean and InvStdDev outputs (of an f32
+/// input) are computed beside the layer norm as the ONNX reference does, over the normalized
+/// axes kept as 1s: `mean = ReduceMean(x)`, `1 / sqrt(ReduceMean((x - mean)^2) + epsilon)`.
 fn layer_norm(cx: &mut Cx) -> R<Outs> {
     let a = cx.attrs();
-    let op = Op::LayerNorm { axis: a.int_or("axis", -1)?, epsilon: a.float_or("epsilon", 1e-5)? };
+    let (axis, epsilon) = (a.int_or("axis", -1)?, a.float_or("epsilon", 1e-5)?);
+    let stash = a.int_or("stash_type", 1)?;
+    if stash != 1 {
+        return Err(cx.err(format!(
+            "stash_type={stash} is not supported: qforge computes layer norm statistics in f32 (stash_type=1)"
+        )));
+    }
     let ins = cx.inputs_upto(2, 3)?;
-    let v = cx.add(op, ins, None)?;
-    Ok(vec![Some(v), None, None])
+    let x = cx.input(0)?;
+    let wanted = |i: usize| cx.node.output.get(i).is_some_and(|o| !o.is_empty());
+    let (want_mean, want_inv) = (wanted(1), wanted(2));
+    let stats = if want_mean || want_inv {
+        let xt = cx.ty(x);
+        if xt.dtype != DType::F32 || xt.quant.is_some() {
+            return Err(cx.err(format!("the optional Mean and InvStdDev outputs of a {xt} input are not supported")));
+        }
+        let a = norm_axis(axis, xt.rank()).map_err(|m| cx.err(m))?;
+        let axes: Vec<i64> = (a as i64..xt.rank() as i64).collect();
+        let mean_op = |axes: &Vec<i64>| Op::ReduceMean { axes: axes.clone(), keepdims: true };
+        let mean = cx.add_helper("mean", mean_op(&axes), vec![Some(x)])?;
+        let inv = if want_inv {
+            let d = cx.add_helper("deviation", Op::Binary(BinaryOp::Sub), vec![Some(x), Some(mean)])?;
+            let sq = cx.add_helper("square", Op::Binary(BinaryOp::Mul), vec![Some(d), Some(d)])?;
+            let var = cx.add_helper("variance", mean_op(&axes), vec![Some(sq)])?;
+            let name = cx.im.fresh_name(&format!("{}/epsilon", cx.at.name));
+            let eps = cx.im.g.add_const(name, Tensor::scalar_f32(epsilon));
+            let ve = cx.add_helper("variance_eps", Op::Binary(BinaryOp::Add), vec![Some(var), Some(eps)])?;
+            let sd = cx.add_helper("std_dev", Op::Unary(UnaryOp::Sqrt), vec![Some(ve)])?;
+            Some(cx.add_helper("inv_std_dev", Op::Unary(UnaryOp::Reciprocal), vec![Some(sd)])?)
+        } else {
+            None
+        };
+        (want_mean.then_some(mean), inv)
+    } else {
+        (None, None)
+    };
+    let v = cx.add(Op::LayerNorm { axis, epsilon }, ins, None)?;
+    Ok(vec![Some(v), stats.0, stats.1])
 }
