@@ -3,13 +3,13 @@
 //! Exported transformers compute their reshape targets, expand shapes, ranges and slice bounds
 //! from `Shape` of values whose batch `N` or sequence length `S` is dynamic. The importer follows
 //! those small integer "shape values" through `Shape`, `Size`, `Gather`, `Slice`, `Concat`,
-//! `Unsqueeze`, `Squeeze`, `Reshape`, `Cast`, `CastLike`, `Identity`, `Add`, `Sub`, `Mul`, `Div`,
-//! `Mod`, `Equal` and `Where`, holding each element as a [`Mono`]: a constant times symbols (`17*N`). Nothing of
-//! this enters the graph: a fully constant result becomes a constant; a symbolic one is kept by
-//! its ONNX name. Its consumers then either express it in the IR's own terms (a reshape with `0`
-//! and `-1`, [`qforge_ir::DimExpr`] sizes read from the dims of graph inputs), or, when it is
-//! used as data, it is computed at run time from `shape` ops ([`materialize`]). So one imported
-//! graph runs at every batch size and sequence length.
+//! `Unsqueeze`, `Squeeze`, `Reshape`, `Cast`, `CastLike`, `Identity`, `Neg`, `Add`, `Sub`, `Mul`,
+//! `Div`, `Mod`, `Equal` and `Where`, holding each element as a [`Mono`]: a constant times symbols
+//! (`17*N`). Nothing of this enters the graph: a fully constant result becomes a constant; a
+//! symbolic one is kept by its ONNX name. Its consumers then either express it in the IR's own
+//! terms (a reshape with `0` and `-1`, [`qforge_ir::DimExpr`] sizes read from the dims of graph
+//! inputs), or, when it is used as data, it is computed at run time from `shape` ops
+//! ([`materialize`]). So one imported graph runs at every batch size and sequence length.
 //!
 //! A symbolic dim is assumed to be at least 1 (an `Equal` of a dim with 0 or a negative number is
 //! false); anything the evaluator cannot express exactly is left to the ordinary import path.
@@ -176,6 +176,10 @@ pub fn eval(im: &Importer, node: &NodeProto, opset: i64) -> Option<SymVal> {
     let x = ins.first()?;
     let out = match op {
         "Identity" => x.clone(),
+        "Neg" => {
+            let elems = x.elems.iter().map(|m| Some(Mono { k: m.k.checked_neg()?, syms: m.syms.clone() }));
+            SymVal { elems: elems.collect::<Option<_>>()?, ..x.clone() }
+        }
         "Cast" | "CastLike" => {
             let to = if op == "Cast" {
                 super::tensors::dtype_from_onnx(i32::try_from(attr_i("to")?).ok()?).ok()?
