@@ -1454,6 +1454,58 @@ fn opset_cases() -> Vec<Case> {
             None,
             Want::Error("node `sum` (ReduceSum): input `axes` (axes) must be a constant (or computed from constants or input shapes), but it is computed at run time from graph input `a`"),
         ),
+        // ---- rewrites into existing ops
+        case(
+            "DepthToSpace-9 (DCR, no mode attribute)",
+            one_op(9, vec![fixed_vi("x", F32, &[1, 8, 1, 1])], vec![], "DepthToSpace", &["x"], &["y"], vec![int("blocksize", 2)]),
+            vec![f32t(&[1, 8, 1, 1], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])],
+            Some(vec![("reshape", 2), ("transpose", 1)]),
+            Want::Values(vec![f32t(&[1, 2, 2, 2], &[0.0, 2.0, 4.0, 6.0, 1.0, 3.0, 5.0, 7.0])]),
+        ),
+        case(
+            "DepthToSpace-13 CRD",
+            one_op(
+                13,
+                vec![fixed_vi("x", F32, &[1, 8, 1, 1])],
+                vec![],
+                "DepthToSpace",
+                &["x"],
+                &["y"],
+                vec![int("blocksize", 2), string_attr("mode", "CRD")],
+            ),
+            vec![f32t(&[1, 8, 1, 1], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])],
+            None,
+            Want::Values(vec![f32t(&[1, 2, 2, 2], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])]),
+        ),
+        case(
+            "SpaceToDepth-13",
+            one_op(13, vec![fixed_vi("x", F32, &[1, 2, 2, 2])], vec![], "SpaceToDepth", &["x"], &["y"], vec![int("blocksize", 2)]),
+            vec![f32t(&[1, 2, 2, 2], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])],
+            None,
+            Want::Values(vec![f32t(&[1, 8, 1, 1], &[0.0, 4.0, 1.0, 5.0, 2.0, 6.0, 3.0, 7.0])]),
+        ),
+        case(
+            "InstanceNormalization-13 (version 6)",
+            one_op(
+                13,
+                vec![fixed_vi("x", F32, &[1, 1, 4])],
+                vec![init("s", &f32t(&[1], &[2.0])), init("b", &f32t(&[1], &[1.0]))],
+                "InstanceNormalization",
+                &["x", "s", "b"],
+                &["y"],
+                vec![],
+            ),
+            vec![f32t(&[1, 1, 4], &[1.0, 2.0, 3.0, 4.0])],
+            None,
+            Want::Values(vec![f32t(&[1, 1, 4], &[-1.683_270_9, 0.105_576_34, 1.894_423_7, 3.683_270_9])]),
+        ),
+        case(
+            "LpNormalization-22 L2, a zero norm gives zeros",
+            one_op(22, vec![fixed_vi("x", F32, &[2, 2])], vec![], "LpNormalization", &["x"], &["y"], vec![int("axis", 1)]),
+            vec![f32t(&[2, 2], &[3.0, 4.0, 0.0, 0.0])],
+            None,
+            Want::Values(vec![f32t(&[2, 2], &[0.6, 0.8, 0.0, 0.0])]),
+        ),
         // ---- graph edges and constants
         case(
             "A graph without inputs (Constant-25, folded)",

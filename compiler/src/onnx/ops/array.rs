@@ -1,8 +1,10 @@
 //! Data movement and shape changes: Reshape, Flatten, Transpose, Concat, Slice, Gather,
-//! GatherElements, Split, Squeeze, Unsqueeze, Expand, plus Cast and Identity (semantics: the ONNX
-//! operator spec, <https://onnx.ai/onnx/operators/>). Target shapes, axes and slice bounds must be
-//! constants, or shape values computed from the inputs' dims (see [`crate::onnx::symbolic`]),
-//! which become the IR's `0`/`-1` reshapes or [`qforge_ir::DimExpr`] sizes.
+//! GatherElements, Split, Squeeze, Unsqueeze, Expand, DepthToSpace, SpaceToDepth, plus Cast,
+//! CastLike and Identity (semantics: the ONNX operator spec, <https://onnx.ai/onnx/operators/>).
+//! Target shapes, axes and slice bounds must be constants (or computed from constants: the
+//! importer folds them), or shape values computed from the inputs' dims (see
+//! [`crate::onnx::symbolic`]), which become the IR's `0`/`-1` reshapes or
+//! [`qforge_ir::DimExpr`] sizes.
 
 use super::{one, Cx, OpDef, Outs, MAX_ATTR_DIM, R};
 use crate::onnx::symbolic::{self, Mono, SymVal};
@@ -24,6 +26,8 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("Expand", &[8, 13], expand),
     OpDef::onnx("Cast", &[1, 6, 9, 13, 19, 21, 23, 24, 25, 28], cast),
     OpDef::onnx("CastLike", &[15, 19, 21, 23, 24, 25], cast_like),
+    OpDef::onnx("DepthToSpace", &[1, 11, 13, 28], |cx| depth_space(cx, true)),
+    OpDef::onnx("SpaceToDepth", &[1, 13, 28], |cx| depth_space(cx, false)),
     OpDef::onnx("Identity", &[1, 13, 14, 16, 19, 21, 23, 24, 25], |cx| Ok(vec![Some(cx.input(0)?)])),
 ];
 
@@ -333,4 +337,56 @@ fn cast_like(cx: &mut Cx) -> R<Outs> {
         return Err(cx.err(format!("the target type {lt} is quantized; CastLike takes a plain type")));
     }
     one(cx.add(Op::Cast { to: lt.dtype }, vec![Some(x)], None)?)
+}
+
+/// DepthToSpace (`to_space`) and SpaceToDepth: the reshape to 6-D, transpose and reshape back
+/// that the ONNX spec writes out, NCHW with fixed C, H and W (a symbolic batch is copied with
+/// `0`). `mode` is DCR (the default) or CRD: DepthToSpace has it from version 11, SpaceToDepth
+/// from version 28; before, both are DCR.
+fn depth_space(cx: &mut Cx, to_space: bool) -> R<Outs> {
+    let a = cx.attrs();
+    let b = a.int("blocksize")?.ok_or_else(|| cx.err("attribute `blocksize` is required"))?;
+    let b = usize::try_from(b).ok().filter(|&b| b > 0 && b <= MAX_ATTR_DIM);
+    let b = b.ok_or_else(|| cx.err("attribute `blocksize` must be positive"))?;
+    let has_mode = if to_space { cx.version >= 11 } else { cx.version >= 28 };
+    let mode = if has_mode { a.string("mode")?.unwrap_or_else(|| "DCR".into()) } else { "DCR".into() };
+    let crd = match mode.as_str() {
+        "DCR" => false,
+        "CRD" => true,
+        other => return Err(cx.err(format!("unknown mode \"{other}\" (DCR or CRD)"))),
+    };
+    let x = cx.input(0)?;
+    let xt = cx.ty(x);
+    let dims: Option<Vec<usize>> = xt.shape.0.get(1..).and_then(|d| d.iter().map(Dim::fixed).collect());
+    let (c, h, w) = match (xt.rank(), dims.as_deref()) {
+        (4, Some(&[c, h, w])) => (c, h, w),
+        _ => return Err(cx.err(format!("needs an NCHW input with fixed C, H and W, got {}", xt.shape))),
+    };
+    let n: i64 = match xt.shape.0[0] {
+        Dim::Fixed(n) => n as i64,
+        _ => 0,
+    };
+    let bb = b * b;
+    let i = |v: usize| v as i64;
+    let (tmp, perm, out) = if to_space {
+        if c % bb != 0 {
+            return Err(cx.err(format!("C={c} is not a multiple of blocksize^2={bb}")));
+        }
+        let (tmp, perm) = if crd {
+            (vec![n, i(c / bb), i(b), i(b), i(h), i(w)], vec![0, 1, 4, 2, 5, 3])
+        } else {
+            (vec![n, i(b), i(b), i(c / bb), i(h), i(w)], vec![0, 3, 4, 1, 5, 2])
+        };
+        (tmp, perm, vec![n, i(c / bb), i(h * b), i(w * b)])
+    } else {
+        if h % b != 0 || w % b != 0 {
+            return Err(cx.err(format!("H={h} and W={w} must be multiples of blocksize={b}")));
+        }
+        let tmp = vec![n, i(c), i(h / b), i(b), i(w / b), i(b)];
+        let perm = if crd { vec![0, 1, 3, 5, 2, 4] } else { vec![0, 3, 5, 1, 2, 4] };
+        (tmp, perm, vec![n, i(c * bb), i(h / b), i(w / b)])
+    };
+    let r = cx.add_helper("reshape", Op::Reshape { shape: tmp }, vec![Some(x)])?;
+    let t = cx.add_helper("transpose", Op::Transpose { perm }, vec![Some(r)])?;
+    one(cx.add(Op::Reshape { shape: out }, vec![Some(t)], None)?)
 }
