@@ -131,6 +131,14 @@ fn range(cx: &mut Cx) -> R<Outs> {
     if let Some(t) = float_range(cx)? {
         return one(cx.im.g.add_const(cx.at.name.clone(), t));
     }
+    // Bounds computed from tensor data give a result whose length is data: name the first one.
+    for (i, what) in [(0, "start"), (1, "limit"), (2, "delta")] {
+        if let Some(n) = cx.input_name(i) {
+            if cx.im.const_by_name(n).is_none() && symbolic::sym_of(cx.im, n).is_none() {
+                return Err(cx.not_constant(n, what));
+            }
+        }
+    }
     let start = cx.scalar_mono(0, "start")?;
     let limit = cx.scalar_mono(1, "limit")?;
     let delta = cx.scalar_mono(2, "delta")?;
