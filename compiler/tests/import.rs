@@ -1639,9 +1639,202 @@ fn registry_versions_match_the_onnx_changelog() {
     let out = std::process::Command::new("python3").args(["-c", &script]).output().expect("python3 runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).expect("utf-8");
+    // ops the spec removed (a deprecated last version): imported up to the opset before it
+    const REMOVED: &[(&str, i64)] = &[("Upsample", 10)];
     for ((name, versions, until), line) in ops.iter().zip(text.lines()) {
-        let want: Vec<i64> = line.split_whitespace().skip(1).map(|v| v.parse().expect("a version")).collect();
-        assert_eq!((*versions, *until), (want.as_slice(), qforge::onnx::MAX_OPSET), "{name}: {line}");
+        let all: Vec<i64> = line.split_whitespace().skip(1).map(|v| v.parse().expect("a version")).collect();
+        let last = REMOVED.iter().find(|r| r.0 == *name).map_or(qforge::onnx::MAX_OPSET, |r| r.1 - 1);
+        let want: Vec<i64> = all.into_iter().filter(|&v| v <= last).collect();
+        assert_eq!((*versions, *until), (want.as_slice(), last), "{name}: {line}");
     }
     assert_eq!(text.lines().count(), ops.len());
+}
+
+/// The op of the node producing the graph's first output.
+fn out_op(g: &Graph) -> &Op {
+    &g.node(g.outputs()[0].value.node).op
+}
+
+fn out_shape(g: &Graph) -> String {
+    g.value_type(g.outputs()[0].value).shape.to_string()
+}
+
+#[test]
+fn resize_and_upsample_map_every_form() {
+    use qforge_ir::{CoordMode, NearestMode, ResizeMode, ResizeTarget};
+    let xn = || vi("x", 1, &[Dim::Sym("N".into()), Dim::Fixed(3), Dim::Fixed(4), Dim::Fixed(4)]);
+    let scales = || init("scales", &Tensor::from_f32(vec![4], vec![1.0, 1.0, 2.0, 2.0]));
+    // Opset 13: an empty roi, constant scales; a symbolic batch scaled by 1 stays symbolic.
+    let g = import(&model(
+        13,
+        vec![xn()],
+        vec![scales()],
+        vec![node("Resize", &["x", "", "scales"], &["y"], vec![string("mode", "linear")])],
+        &["y"],
+    ))
+    .unwrap();
+    let Op::Resize(a) = out_op(&g) else { panic!("{:?}", out_op(&g)) };
+    assert_eq!((a.mode, a.coord), (ResizeMode::Linear, CoordMode::HalfPixel));
+    assert_eq!(out_shape(&g), "[N,3,8,8]");
+    // Sizes computed from the input's own shape (`F.interpolate(size=...)`): the kept dims stay.
+    let nodes = vec![
+        node("Shape", &["x"], &["s"], vec![]),
+        node("Slice", &["s", "zero", "two"], &["nc"], vec![]),
+        node("Concat", &["nc", "hw"], &["sizes"], vec![int("axis", 0)]),
+        node("Resize", &["x", "", "", "sizes"], &["y"], vec![string("coordinate_transformation_mode", "asymmetric")]),
+    ];
+    let inits = vec![
+        init("zero", &Tensor::from_i64(vec![1], vec![0])),
+        init("two", &Tensor::from_i64(vec![1], vec![2])),
+        init("hw", &Tensor::from_i64(vec![2], vec![6, 10])),
+    ];
+    let g = import(&model(13, vec![xn()], inits, nodes, &["y"])).unwrap();
+    let Op::Resize(a) = out_op(&g) else { panic!() };
+    assert!(matches!(&a.target, ResizeTarget::Sizes { axes, sizes, .. } if axes == &[2, 3] && sizes == &[6, 10]));
+    assert_eq!(out_shape(&g), "[N,3,6,10]");
+    let y = qforge_ir::interp::run(&g, &[Tensor::from_f32(vec![2, 3, 4, 4], vec![1.0; 96])]).unwrap();
+    assert_eq!(y[0].shape(), &[2, 3, 6, 10]);
+    // Both scales and sizes, and tf_crop_and_resize without a roi, are errors.
+    let sizes = init("sizes", &Tensor::from_i64(vec![4], vec![1, 3, 8, 8]));
+    let e = import(&model(
+        13,
+        vec![xn()],
+        vec![scales(), sizes],
+        vec![node("Resize", &["x", "", "scales", "sizes"], &["y"], vec![])],
+        &["y"],
+    ))
+    .unwrap_err();
+    assert!(node_msg(&e).contains("both given"), "{e}");
+    let e = import(&model(
+        13,
+        vec![xn()],
+        vec![scales()],
+        vec![node(
+            "Resize",
+            &["x", "", "scales"],
+            &["y"],
+            vec![string("coordinate_transformation_mode", "tf_crop_and_resize")],
+        )],
+        &["y"],
+    ))
+    .unwrap_err();
+    assert!(node_msg(&e).contains("needs the roi input"), "{e}");
+    let e = import(&model(
+        13,
+        vec![xn()],
+        vec![scales()],
+        vec![node("Resize", &["x", "", "scales"], &["y"], vec![string("nearest_mode", "stochastic")])],
+        &["y"],
+    ))
+    .unwrap_err();
+    assert!(node_msg(&e).contains("nearest_mode=\"stochastic\" is not supported"), "{e}");
+
+    // Upsample-9: asymmetric nearest rounding down, as a repeat; downscaling is refused.
+    let x = || f32_input("x", &[1, 1, 2, 2]);
+    let g =
+        import(&model(9, vec![x()], vec![scales()], vec![node("Upsample", &["x", "scales"], &["y"], vec![])], &["y"]))
+            .unwrap();
+    let Op::Resize(a) = out_op(&g) else { panic!() };
+    assert_eq!((a.coord, a.nearest), (CoordMode::Asymmetric, NearestMode::Floor));
+    let y = qforge_ir::interp::run(&g, &[Tensor::from_f32(vec![1, 1, 2, 2], vec![1.0, 2.0, 3.0, 4.0])]).unwrap();
+    assert_eq!(y[0].to_f32_vec(), [1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0, 3.0, 3.0, 4.0, 4.0]);
+    let half = init("scales", &Tensor::from_f32(vec![4], vec![1.0, 1.0, 0.5, 0.5]));
+    let e = import(&model(10, vec![x()], vec![half], vec![node("Resize", &["x", "scales"], &["y"], vec![])], &["y"]))
+        .unwrap_err();
+    assert!(node_msg(&e).contains("nearest downscaling"), "{e}");
+}
+
+#[test]
+fn conv_transpose_pads_follow_the_reference() {
+    let inputs = || vec![f32_input("x", &[1, 1, 3, 3])];
+    let w = || init("w", &Tensor::from_f32(vec![1, 2, 3, 3], vec![1.0; 18]));
+    let ct = |attrs: Vec<AttributeProto>| {
+        import(&model(11, inputs(), vec![w()], vec![node("ConvTranspose", &["x", "w"], &["y"], attrs)], &["y"]))
+    };
+    let pads = |g: &Graph| match out_op(g) {
+        Op::ConvTranspose(a) => a.pads.clone(),
+        op => panic!("{op:?}"),
+    };
+    // SAME_UPPER: output in * stride, the odd padding at the end.
+    let g = ct(vec![string("auto_pad", "SAME_UPPER"), ints("strides", &[2, 2])]).unwrap();
+    assert_eq!((out_shape(&g), pads(&g)), ("[1,2,6,6]".to_string(), vec![0, 0, 1, 1]));
+    let g = ct(vec![string("auto_pad", "SAME_LOWER"), ints("strides", &[2, 2])]).unwrap();
+    assert_eq!(pads(&g), vec![1, 1, 0, 0]);
+    // output_shape larger than the natural size extends the end (negative end pads).
+    let g = ct(vec![ints("strides", &[3, 2]), ints("output_shape", &[10, 8])]).unwrap();
+    assert_eq!((out_shape(&g), pads(&g)), ("[1,2,10,8]".to_string(), vec![0, 0, -1, -1]));
+    let g = ct(vec![ints("pads", &[1, 0, 1, 2]), ints("output_padding", &[1, 0])]).unwrap();
+    assert_eq!(out_shape(&g), "[1,2,4,3]");
+    let e = ct(vec![ints("pads", &[4, 4, 4, 4])]).unwrap_err();
+    assert!(e.to_string().contains("give an output of"), "{e}");
+}
+
+#[test]
+fn pad_tile_depth_space_and_group_norm_import() {
+    use qforge_ir::PadMode;
+    let x = || f32_input("x", &[1, 4, 2, 2]);
+    // Pad-18 with axes and a constant value; reflect with a negative pad is refused.
+    let inits = vec![
+        init("pads", &Tensor::from_i64(vec![2], vec![1, 2])),
+        init("v", &Tensor::scalar_f32(0.5)),
+        init("axes", &Tensor::from_i64(vec![1], vec![-1])),
+    ];
+    let g =
+        import(&model(18, vec![x()], inits, vec![node("Pad", &["x", "pads", "v", "axes"], &["y"], vec![])], &["y"]))
+            .unwrap();
+    assert_eq!(*out_op(&g), Op::Pad { mode: PadMode::Constant, pads: vec![0, 0, 0, 1, 0, 0, 0, 2], value: 0.5 });
+    let inits = vec![init("pads", &Tensor::from_i64(vec![8], vec![0, 0, 0, -1, 0, 0, 0, 1]))];
+    let e = import(&model(
+        13,
+        vec![x()],
+        inits,
+        vec![node("Pad", &["x", "pads"], &["y"], vec![string("mode", "reflect")])],
+        &["y"],
+    ))
+    .unwrap_err();
+    assert!(node_msg(&e).contains("negative pads"), "{e}");
+    // Pad-2: attributes.
+    let g = import(&model(
+        9,
+        vec![x()],
+        vec![],
+        vec![node("Pad", &["x"], &["y"], vec![ints("pads", &[0, 0, 1, 1, 0, 0, 1, 1]), string("mode", "edge")])],
+        &["y"],
+    ))
+    .unwrap();
+    assert_eq!(out_shape(&g), "[1,4,4,4]");
+
+    let reps = init("r", &Tensor::from_i64(vec![4], vec![2, 1, 1, 3]));
+    let g = import(&model(13, vec![x()], vec![reps], vec![node("Tile", &["x", "r"], &["y"], vec![])], &["y"])).unwrap();
+    assert_eq!(out_shape(&g), "[2,4,2,6]");
+    let g = import(&model(
+        13,
+        vec![x()],
+        vec![],
+        vec![node("DepthToSpace", &["x"], &["y"], vec![int("blocksize", 2), string("mode", "CRD")])],
+        &["y"],
+    ))
+    .unwrap();
+    // the reshape, transpose and reshape of the spec (its values: the opset table above)
+    assert_eq!(out_shape(&g), "[1,1,4,4]");
+
+    // GroupNormalization-18 takes one scale per group: repeated per channel.
+    let inits = vec![
+        init("s", &Tensor::from_f32(vec![2], vec![2.0, -1.0])),
+        init("b", &Tensor::from_f32(vec![2], vec![0.0, 1.0])),
+    ];
+    let g = import(&model(
+        18,
+        vec![x()],
+        inits,
+        vec![node("GroupNormalization", &["x", "s", "b"], &["y"], vec![int("num_groups", 2), float("epsilon", 0.0)])],
+        &["y"],
+    ))
+    .unwrap();
+    let xs: Vec<f32> = (0..16).map(|i| i as f32).collect();
+    let y = qforge_ir::interp::run(&g, &[Tensor::from_f32(vec![1, 4, 2, 2], xs)]).unwrap();
+    let y = y[0].to_f32_vec();
+    // Group 0 is 0..8 (mean 3.5, var 5.25), scaled by 2; group 1 is 8..16, scaled by -1 plus 1.
+    let sd = 5.25f32.sqrt();
+    assert!((y[0] - 2.0 * (-3.5 / sd)).abs() < 1e-5 && (y[15] - (1.0 - 3.5 / sd)).abs() < 1e-5, "{y:?}");
 }
