@@ -53,7 +53,7 @@ impl PyCalib {
             obj.cast::<PyUntypedArray>().is_ok() || obj.hasattr("__array__")? || obj.hasattr("__array_interface__")?;
         let (data, what) = if is_array_like {
             let a = as_array(obj)?;
-            let what = format!("an array {}{:?}", dtype_str(&a), a.shape());
+            let what = format!("`{}` ({}{:?})", type_name(obj), dtype_str(&a), a.shape());
             (Data::Arrays(vec![(None, a.unbind())]), what)
         } else if let Ok(d) = obj.cast::<PyDict>() {
             let mut arrays = vec![];
@@ -69,7 +69,7 @@ impl PyCalib {
                 parts.push(format!("{name} {}{:?}", dtype_str(&a), a.shape()));
                 arrays.push((Some(name), a.unbind()));
             }
-            (Data::Arrays(arrays), format!("a dict of arrays ({})", parts.join(", ")))
+            (Data::Arrays(arrays), format!("`dict` ({})", parts.join(", ")))
         } else {
             let it = obj.try_iter().map_err(|_| {
                 crate::errors::Error::from_anyhow(
@@ -82,11 +82,8 @@ impl PyCalib {
                 )
             })?;
             let one_shot = it.is(obj);
-            let kind = if one_shot { "one-shot iterator" } else { "iterable" };
-            (
-                Data::Iterable { obj: obj.clone().unbind(), one_shot },
-                format!("a {kind} of batches ({})", type_name(obj)),
-            )
+            let kind = if one_shot { "a one-shot iterator of batches" } else { "an iterable of batches" };
+            (Data::Iterable { obj: obj.clone().unbind(), one_shot }, format!("`{}` ({kind})", type_name(obj)))
         };
         Ok(PyCalib { data, what, passes: AtomicUsize::new(0) })
     }
@@ -236,7 +233,9 @@ impl CalibSource for PyCalib {
                     let item = Python::attach(|py| -> Result<Option<Vec<Tensor>>> {
                         py.check_signals().map_err(py_err)?;
                         let Some(x) = it.bind(py).clone().next() else { return Ok(None) };
-                        let x = x.map_err(py_err).context("the calibration iterable raised an exception")?;
+                        let x = x
+                            .map_err(py_err)
+                            .context(CalibData("the calibration iterable raised an exception".into()))?;
                         let what = format!("calibration batch {k}");
                         let b = bind_inputs(&g, &x, &what, true).map_err(|e| calib_err(format!("{:#}", e.error)))?;
                         Ok(Some(b))

@@ -30,7 +30,14 @@ pub enum Origin {
     Bytes { name: String, bytes: Py<PyBytes> },
 }
 
-/// A loaded model: an ONNX or `.qir` model to compile, or a compiled artifact.
+/// A loaded model (`qforge.load`): an ONNX or `.qir` model to quantize, assign precision to,
+/// study or compile; or a compiled artifact (`compiled` is True), which `compile()` runs as is.
+///
+/// >>> m = qforge.load("digits_cnn.onnx")
+/// >>> m.inputs
+/// [TensorInfo(name='input', dtype='float32', shape=('N', 1, 8, 8))]
+/// >>> exe = m.compile()                         # fp32, every optimization
+/// >>> q = m.quantize(calib=calib_x)             # static INT8 (see quantize)
 #[pyclass(frozen, module = "qforge", name = "Model")]
 pub struct Model {
     graph: Graph,
@@ -141,7 +148,7 @@ fn profile_arg(x: Option<&Bound<'_, PyAny>>) -> Result<Option<String>> {
     Ok(Some(as_path(x)?.display().to_string()))
 }
 
-/// Loads a model; see `qforge.load` in the Python package for the documentation.
+/// Loads a model (the native half of `qforge.load`, which documents it).
 #[pyfunction]
 #[pyo3(signature = (source, *, max_tensor_bytes = qforge::options::DEFAULT_MAX_TENSOR_BYTES))]
 pub fn load(py: Python<'_>, source: &Bound<'_, PyAny>, max_tensor_bytes: u64) -> PyResult<Model> {
@@ -253,7 +260,7 @@ fn run_stages(py: Python<'_>, compiler: &Compiler, graph: Graph, last: Stage) ->
 
 #[pymethods]
 impl Model {
-    /// The graph's name.
+    /// The graph's name (the file's stem for a file).
     #[getter]
     fn name(&self) -> &str {
         &self.graph.name
@@ -268,11 +275,13 @@ impl Model {
         }
     }
 
+    /// The model's inputs: `TensorInfo(name, dtype, shape)`, symbolic dims (a dynamic batch `N`) as strings.
     #[getter]
     fn inputs<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
         inputs_of(py, &self.graph)
     }
 
+    /// The model's outputs: `TensorInfo(name, dtype, shape)`.
     #[getter]
     fn outputs<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
         outputs_of(py, &self.graph)
@@ -295,11 +304,16 @@ impl Model {
         })
     }
 
+    /// The IR text of the graph (what `qforge inspect --ir` prints): constants summarized as type,
+    /// digest and range; with `full=True` every constant in full, a text `qforge.load` reads back as a
+    /// `.qir` file.
     #[pyo3(signature = (full = false))]
     fn ir(&self, py: Python<'_>, full: bool) -> PyResult<String> {
         guard(py, || ir_text(&self.graph, full))
     }
 
+    /// A summary of the graph as a dict, with the keys of `qforge inspect --json`: inputs, outputs,
+    /// op counts (`ops`), `params`, `weight_bytes` and every node with its dtype and quantization.
     fn summary<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         guard(py, || summary(py, &self.graph))
     }
@@ -309,6 +323,40 @@ impl Model {
         format!("<qforge.Model {} ({kind}): {}>", self.graph.name, signature(&self.graph))
     }
 
+    /// Quantizes the model: the pipeline's stages up to the optimizer run now (canonicalize, fold
+    /// batch norm, SmoothQuant, calibrate, float fallback, quantize, align channels), so calibration
+    /// data is read here, and the result keeps the compiler's state. `qforge run MODEL --quantize
+    /// int8 --calib X.npy` with the same options gives the same numbers.
+    ///
+    /// calib: calibration data: a NumPy array (a model with one input), a dict of arrays by input
+    ///     name, or any iterable of those (a DataLoader's batches: a tuple or list item gives the
+    ///     inputs in order, extra elements such as labels are ignored; a generator). Arrays are cut
+    ///     into batches of `calib_batch` rows, as `--calib` files are; an iterable's batches are used
+    ///     as they come, one at a time. Needed for "int8"; a generator serves one pass, enough for
+    ///     plain static INT8 but not for `min_sqnr` or `smooth` (pass a list or a DataLoader).
+    /// mode: "int8" (static, calibrated) or "dynamic" (activations quantized at run time).
+    /// method: the calibration observer: "minmax" (the default), "ema", "percentile", "entropy", "mse".
+    /// per_channel: True per output channel, False per tensor; None: the CLI's default (per channel
+    ///     for int8, per tensor for dynamic, or the qconfig's).
+    /// symmetric: True int8 symmetric activations, False uint8 asymmetric; None: the default (uint8
+    ///     asymmetric, or the qconfig's).
+    /// qconfig: a qconfig TOML file, or a dict of its tables, e.g.
+    ///     `{"default": {"observer": "mse"}, "node": [{"match": "/fc/*", "skip": True}]}`.
+    /// profile: a hardware profile: a shipped name ("host", the default; "nvidia-xavier", ...) or a
+    ///     TOML file.
+    /// calib_batch: rows per calibration run when `calib` is an array (50, as `--calib-batch`).
+    /// min_sqnr: keep the most sensitive layers float until the output SQNR against fp32 reaches
+    ///     this many dB on the calibration data.
+    /// smooth: SmoothQuant migration strength in [0, 1] (0.5 usual) for transformer layer norms.
+    /// opt_level: 0 (the graph as imported), 1, or 2 (every optimization, the default).
+    ///
+    /// Returns a `Staged` model: `compile()`, `export_onnx()`, `save()`, `report()`.
+    /// Raises CalibrationError (no or unusable data), OptionError, CompileError.
+    ///
+    /// >>> q = m.quantize(calib=np.load("digits_calib_x.npy"))
+    /// >>> q = m.quantize(calib=(x for x, _ in loader), method="entropy")
+    /// >>> q = m.quantize(mode="dynamic")
+    /// >>> exe = q.compile(); q.export_onnx("int8.onnx")
     #[pyo3(signature = (calib = None, *, mode = "int8", method = None, per_channel = None, symmetric = None,
         qconfig = None, profile = None, calib_batch = 50, min_sqnr = None, smooth = None, opt_level = 2))]
     #[allow(clippy::too_many_arguments)]
@@ -366,6 +414,19 @@ impl Model {
         })
     }
 
+    /// Assigns floating-point precision: "fp16", "bf16" or "amp" (FP16 where the AMP rules and the
+    /// hardware profile allow it, the rest fp32); the stages up to the optimizer run now, as in
+    /// `quantize`. As `--precision MODE` on the command line.
+    ///
+    /// profile: a shipped profile name or a TOML file ("host" by default).
+    /// calib: calibration data (as in `quantize`): with fp16 it feeds the overflow guard; needed for
+    ///     `min_sqnr`.
+    /// min_sqnr: the accuracy guard: the fewest early ops kept fp32 for the output SQNR against fp32
+    ///     to reach this many dB on `calib`.
+    /// precision_config: a TOML file of AMP policy overrides (`--precision-config`).
+    ///
+    /// >>> exe = m.precision("fp16").compile()
+    /// >>> s = m.precision("amp", profile="nvidia-xavier", calib=calib_x, min_sqnr=40)
     #[pyo3(signature = (mode, *, profile = None, calib = None, min_sqnr = None, precision_config = None,
         calib_batch = 50, opt_level = 2))]
     #[allow(clippy::too_many_arguments)]
@@ -407,6 +468,15 @@ impl Model {
         })
     }
 
+    /// Compiles the model as it is (fp32, or the model's own Q/DQ) through the whole pipeline and
+    /// returns an `Executable`. For an artifact, runs its stored graph: only `threads`, `engine` and
+    /// `kernels` apply.
+    ///
+    /// threads: threads per kernel (1 to 256). engine: "jit" (Cranelift) or "interp" (the reference
+    /// interpreter). kernels: "native" (AVX-512/AVX2 microkernels) or "cranelift".
+    ///
+    /// >>> exe = qforge.load("digits_cnn.onnx").compile(threads=2)
+    /// >>> exe = qforge.load("digits_int8.qfa").compile()
     #[pyo3(signature = (*, threads = 1, engine = "jit", kernels = "native", opt_level = 2, profile = None))]
     fn compile(
         slf: &Bound<'_, Model>,
@@ -455,6 +525,21 @@ impl Model {
         })
     }
 
+    /// The sensitivity study (`qforge sensitivity`): each quantizable layer quantized alone to static
+    /// INT8 (the rest float), ranked by the output's SQNR against fp32, least robust first; with
+    /// `labels`, top-1 accuracy too. Returns a `Sensitivity` (rows of `SensitivityRow`).
+    ///
+    /// calib: calibration data (as in `quantize`); the study evaluates on it too unless `input` is
+    ///     given, which needs a second pass (pass a re-iterable, not a generator).
+    /// input: evaluation inputs (an array or a dict of arrays), in batches of `batch`.
+    /// labels: integer labels of the evaluation samples.
+    /// max_accuracy_drop: keep the most sensitive layers float until the top-1 drop is at most this
+    ///     fraction (needs labels); min_sqnr: ... until the output SQNR reaches this many dB. Either
+    ///     fills `kept_float`, `reached` and `qconfig` (the TOML text that keeps those layers float).
+    /// The other options are `quantize`'s.
+    ///
+    /// >>> s = m.sensitivity(calib=calib_x, input=test_x, labels=test_y)
+    /// >>> [(r.node, round(r.sqnr_db, 1)) for r in s.layers[:3]]
     #[pyo3(signature = (calib, *, labels = None, input = None, batch = 64, method = None, per_channel = None,
         symmetric = None, qconfig = None, profile = None, calib_batch = 50, max_accuracy_drop = None,
         min_sqnr = None, smooth = None))]
@@ -601,8 +686,14 @@ impl Model {
     }
 }
 
-/// A model through quantization or precision assignment (the stages up to the optimizer), with
-/// the compiler that ran them.
+/// A model through quantization or precision assignment (`Model.quantize`, `Model.precision`):
+/// every stage up to the optimizer has run, and the compiler's state is kept, so `compile()`
+/// resumes the pipeline where it stopped and `export_onnx()` writes the Q/DQ graph as it is.
+///
+/// >>> q = qforge.load("digits_cnn.onnx").quantize(calib=calib_x)
+/// >>> q.stages
+/// ['canonicalize', 'fold-batch-norm', 'calibrate', 'quantize']
+/// >>> exe = q.compile(); q.export_onnx("digits_int8.onnx"); q.save("digits_int8.qfa")
 #[pyclass(frozen, module = "qforge", name = "Staged")]
 pub struct Staged {
     model: Py<Model>,
@@ -653,11 +744,13 @@ impl Staged {
 
 #[pymethods]
 impl Staged {
+    /// The model's inputs: `TensorInfo(name, dtype, shape)`.
     #[getter]
     fn inputs<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
         inputs_of(py, &self.state.graph)
     }
 
+    /// The model's outputs: `TensorInfo(name, dtype, shape)`.
     #[getter]
     fn outputs<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
         outputs_of(py, &self.state.graph)
@@ -700,11 +793,14 @@ impl Staged {
         self.state.calibration.as_ref().map(|c| c.warnings.iter().map(|w| w.to_string()).collect()).unwrap_or_default()
     }
 
+    /// The IR text of the graph so far (Q/DQ or casts in place, not yet optimized); `full=True`
+    /// prints every constant.
     #[pyo3(signature = (full = false))]
     fn ir(&self, py: Python<'_>, full: bool) -> PyResult<String> {
         guard(py, || ir_text(&self.state.graph, full))
     }
 
+    /// A summary of the graph so far, with `qforge inspect --json`'s keys.
     fn summary<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         guard(py, || summary(py, &self.state.graph))
     }
@@ -720,6 +816,10 @@ impl Staged {
         )
     }
 
+    /// Resumes the pipeline (the optimizer: Q/DQ into fused integer kernels, batch-norm folding,
+    /// fusion) and returns an `Executable` with these run-time options (as `Model.compile`).
+    ///
+    /// >>> exe = q.compile(threads=2)
     #[pyo3(signature = (*, threads = 1, engine = "jit", kernels = "native"))]
     fn compile(&self, py: Python<'_>, threads: i64, engine: &str, kernels: &str) -> PyResult<Executable> {
         guard(py, || {
@@ -736,6 +836,11 @@ impl Staged {
         })
     }
 
+    /// The Q/DQ graph as an ONNX model other runtimes run (what `qforge quantize -o OUT.onnx` writes):
+    /// written to `path`, or returned as bytes without one.
+    ///
+    /// >>> q.export_onnx("digits_int8.onnx")
+    /// >>> sess = onnxruntime.InferenceSession(q.export_onnx())
     #[pyo3(signature = (path = None))]
     fn export_onnx<'py>(
         &self,
@@ -761,6 +866,11 @@ impl Staged {
         })
     }
 
+    /// Finishes the pipeline and saves the compiled graph as an artifact (`.qfa`, what `qforge
+    /// compile -o` writes): `qforge.load(path)` and the CLI's run, eval, bench and inspect run it
+    /// without the pipeline.
+    ///
+    /// >>> q.save("digits_int8.qfa"); exe = qforge.load("digits_int8.qfa").compile()
     fn save(&self, py: Python<'_>, path: &Bound<'_, PyAny>) -> PyResult<()> {
         guard(py, || {
             let path = as_path(path)?;
@@ -776,6 +886,16 @@ impl Staged {
         })
     }
 
+    /// Writes the HTML report of `qforge report` for the model under these options: summary, passes,
+    /// per-node precision, fusion, per-layer sensitivity, per-kernel latency, size, accuracy against
+    /// fp32. Returns its accuracy figures as a dict (`sqnr_db`, `cosine`, `compiled_top1`, ...).
+    ///
+    /// calib: the calibration data (default: the data this model was quantized with; needed for a
+    ///     dynamic or precision model); it is written to a temporary file with the evaluation inputs
+    ///     and labels, since the report reads files, as the command does (a model with one input).
+    /// input, labels: the evaluation set (default: the calibration data, no labels).
+    ///
+    /// >>> q.report("digits.html", input=test_x, labels=test_y)
     #[pyo3(signature = (path, *, calib = None, input = None, labels = None, sensitivity_samples = 100,
         latency_iters = 20, batch = 64))]
     #[allow(clippy::too_many_arguments)]
@@ -948,7 +1068,12 @@ pub fn qforge_version() -> String {
     env!("CARGO_PKG_VERSION").to_string()
 }
 
-/// A compiled model: runs NumPy arrays.
+/// A compiled model (`compile()`): runs NumPy arrays, with the GIL released while the graph runs,
+/// so Python threads can run one executable concurrently.
+///
+/// >>> exe = qforge.load("digits_cnn.onnx").compile()
+/// >>> logits = exe.run(x)        # or exe(x); a list or a dict by name for several inputs
+/// >>> exe.bench(batch=[1, 8]).median_ms
 #[pyclass(frozen, module = "qforge", name = "Executable")]
 pub struct Executable {
     exe: qforge::Executable,
@@ -984,7 +1109,14 @@ impl Executable {
         let g = self.exe.graph();
         let x = bind_inputs(g, inputs, "input", false)?;
         let exe = &self.exe;
-        let ys = py.detach(|| exe.run(&x)).map_err(|e| Error::from_anyhow(e, Kind::Compile))?;
+        let ys = py.detach(|| exe.run(&x)).map_err(|e| {
+            // the engine checks the inputs first; its message wraps the graph's own check, which
+            // the CLI prints as it is
+            match qforge_ir::interp::check_inputs(g, &x) {
+                Err(bad) => Error::from_anyhow(anyhow::Error::new(bad), Kind::Input),
+                Ok(()) => Error::from_anyhow(e, Kind::Compile),
+            }
+        })?;
         if ys.len() == 1 {
             let y = ys.into_iter().next().ok_or_else(|| Error::new(Kind::Internal, "no output"))?;
             return array_from_tensor(py, y);
@@ -996,16 +1128,19 @@ impl Executable {
 
 #[pymethods]
 impl Executable {
+    /// The model's inputs: `TensorInfo(name, dtype, shape)`.
     #[getter]
     fn inputs<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
         inputs_of(py, self.exe.graph())
     }
 
+    /// The model's outputs: `TensorInfo(name, dtype, shape)`.
     #[getter]
     fn outputs<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
         outputs_of(py, self.exe.graph())
     }
 
+    /// "jit" or "interp".
     #[getter]
     fn engine(&self) -> &'static str {
         match self.exe.engine() {
@@ -1014,6 +1149,7 @@ impl Executable {
         }
     }
 
+    /// Threads per kernel.
     #[getter]
     fn threads(&self) -> u16 {
         self.compiler.options().threads
@@ -1025,19 +1161,30 @@ impl Executable {
         self.compile_ms
     }
 
+    /// Runs the model. `inputs`: one array (a model with one input), a list or tuple of arrays (one
+    /// per input, in order), or a dict by input name; each array's dtype must be the input's (a
+    /// float64 array is refused: cast it). Returns the output array, or a list of them for a model
+    /// with several outputs. The input is copied once into the engine's tensor; the output's memory
+    /// is handed to NumPy without a copy. The GIL is released while the graph runs.
+    ///
+    /// >>> logits = exe.run(np.load("digits_test_x.npy"))
+    /// >>> y = exe({"input_ids": ids, "attention_mask": mask})
     fn run<'py>(&self, py: Python<'py>, inputs: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         guard(py, || self.run_inner(py, inputs))
     }
 
+    /// `exe(x)` is `exe.run(x)`.
     fn __call__<'py>(&self, py: Python<'py>, inputs: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         guard(py, || self.run_inner(py, inputs))
     }
 
+    /// The IR text of the compiled graph (`qforge inspect --ir` with the same options).
     #[pyo3(signature = (full = false))]
     fn ir(&self, py: Python<'_>, full: bool) -> PyResult<String> {
         guard(py, || ir_text(self.exe.graph(), full))
     }
 
+    /// A summary of the compiled graph, with `qforge inspect --json`'s keys.
     fn summary<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         guard(py, || summary(py, self.exe.graph()))
     }
@@ -1052,6 +1199,15 @@ impl Executable {
         )
     }
 
+    /// Measures latency as `qforge bench` does (warm-up runs, then timed runs of one inference each)
+    /// and returns a `BenchReport` with `qforge bench --json`'s keys (median_ms, p99_ms, batch,
+    /// threads, throughput, sweep, best_batch, ...).
+    ///
+    /// batch: a batch size or a list of them (a sweep; default 1). iters: timed runs per batch size
+    /// (30). warmup: untimed runs first (5). input: data whose first rows are used (default: a fixed
+    /// pseudo-random normal input). profile_kernels: time each kernel (the first batch size).
+    ///
+    /// >>> r = exe.bench(batch=[1, 8], iters=50); r.median_ms, r.best_batch
     #[pyo3(signature = (batch = None, *, iters = 30, warmup = 5, input = None, profile_kernels = false))]
     fn bench<'py>(
         &self,
@@ -1096,6 +1252,7 @@ impl Executable {
         })
     }
 
+    /// Saves the compiled graph as an artifact (`.qfa`); `qforge.load(path).compile()` runs it.
     fn save(&self, py: Python<'_>, path: &Bound<'_, PyAny>) -> PyResult<()> {
         guard(py, || {
             let path = as_path(path)?;

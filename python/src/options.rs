@@ -116,13 +116,11 @@ impl Materialized {
         if !text.contains(&path) {
             return e;
         }
-        Error {
-            kind: e.kind,
-            error: anyhow::anyhow!(
-                "{}",
-                text.replace(&format!("`{path}`"), "the qconfig dict").replace(&path, "the qconfig dict")
-            ),
-        }
+        let text = text
+            .replace(&format!("qconfig `{path}`"), "the qconfig dict")
+            .replace(&format!("`{path}`"), "the qconfig dict")
+            .replace(&path, "the qconfig dict");
+        Error { kind: e.kind, error: anyhow::anyhow!("{text}") }
     }
 }
 
