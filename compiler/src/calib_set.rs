@@ -12,6 +12,9 @@ use qforge_ir::{Graph, Tensor};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+/// One pass over calibration data: batches of the graph's inputs, each read when asked for.
+pub type CalibStream<'a> = Box<dyn Iterator<Item = Result<Vec<Tensor>>> + 'a>;
+
 /// Where calibration data comes from: a file (`--calib`, [`CalibFile`]), or batches a library
 /// user streams in (the Python package's iterables). Stages that need one pass (calibration)
 /// stream it; stages that run the set many times (the sensitivity study, the guards) collect it.
@@ -20,7 +23,7 @@ pub trait CalibSource: Send + Sync {
     fn describe(&self) -> String;
     /// A fresh pass over the data as `g`'s inputs (one tensor per graph input, in order), in
     /// batches of at most `batch` samples (a source that yields its own batches may ignore it).
-    fn stream<'a>(&'a self, g: &Graph, batch: usize) -> Result<Box<dyn Iterator<Item = Result<Vec<Tensor>>> + 'a>>;
+    fn stream<'a>(&'a self, g: &Graph, batch: usize) -> Result<CalibStream<'a>>;
     /// How many batches one pass yields, when known in advance (progress bars).
     fn batch_count(&self, g: &Graph, batch: usize) -> Option<usize>;
     /// Checks the data against `g` before any stage runs, where that is possible without
@@ -55,7 +58,7 @@ impl CalibSource for LazyFile {
         format!("`{}`", self.path.display())
     }
 
-    fn stream<'a>(&'a self, g: &Graph, batch: usize) -> Result<Box<dyn Iterator<Item = Result<Vec<Tensor>>> + 'a>> {
+    fn stream<'a>(&'a self, g: &Graph, batch: usize) -> Result<CalibStream<'a>> {
         let set = self.get()?.bind(g)?;
         let batch = batch.max(1);
         let n = set.samples;

@@ -254,7 +254,7 @@ pub fn check_jit(g: &Graph, inputs: &[Tensor], expected: &[Tensor]) -> Result<()
     let exact = has_integer_values(g);
     use qforge_codegen::Microkernels::{Cranelift, Native};
     for (mk, threads) in [(Native, 1), (Cranelift, 1), (Native, 2)] {
-        let opts = qforge_codegen::JitOptions { microkernels: mk, threads, check_guards: true };
+        let opts = qforge_codegen::JitOptions { microkernels: mk, threads, check_guards: true, ..Default::default() };
         let exe = qforge_codegen::JitExecutable::new(g.clone(), opts);
         let outs = exe.run(inputs).with_context(|| format!("JIT ({mk:?})"))?;
         if outs.len() != expected.len() {

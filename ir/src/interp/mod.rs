@@ -33,6 +33,7 @@ pub mod norm;
 pub mod pool;
 pub mod quant;
 
+use crate::limits::{self, tensor_bytes, Allocation};
 use crate::{infer, DType, Dim, Graph, IrError, NodeId, Op, QuantParams, Shape, Tensor, TensorData, TensorType, Value};
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -40,13 +41,14 @@ use std::collections::{HashMap, HashSet};
 /// Limits for a run.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// Largest tensor the interpreter may allocate, in bytes.
+    /// Largest tensor the interpreter may allocate, in bytes: every constant, result and
+    /// widening temporary (see [`temporary_bytes`]) is checked against it first.
     pub max_tensor_bytes: u128,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { max_tensor_bytes: 4 << 30 }
+        RunOptions { max_tensor_bytes: crate::DEFAULT_MAX_TENSOR_BYTES as u128 }
     }
 }
 
@@ -59,8 +61,8 @@ pub fn run(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, IrError> {
 ///
 /// Inputs are checked first (count, dtype, rank, fixed dims, and symbolic dims bound consistently
 /// across inputs). Nodes run in [`Graph::schedule`] order; every intermediate tensor is freed after
-/// its last consumer. Each result is checked against [`RunOptions::max_tensor_bytes`] before it is
-/// allocated.
+/// its last consumer. Each constant, result and temporary is checked against
+/// [`RunOptions::max_tensor_bytes`] before it is allocated.
 pub fn run_observed(
     g: &Graph,
     inputs: &[Tensor],
@@ -90,9 +92,7 @@ pub fn run_observed(
             Op::Input => continue,
             Op::Const(t) => {
                 let bytes = tensor_bytes(t.dtype(), t.shape());
-                if bytes > opts.max_tensor_bytes {
-                    return Err(IrError::TooLarge { node: node.name.clone(), bytes, limit: opts.max_tensor_bytes });
-                }
+                limits::check(&node.name, Allocation::Constant, bytes, opts.max_tensor_bytes)?;
                 observe(id, std::slice::from_ref(&**t));
                 let v = Value::new(id, 0);
                 if uses.get(&v).copied().unwrap_or(0) > 0 || outputs.contains(&v) {
@@ -126,10 +126,7 @@ pub fn run_observed(
                 }
                 let types: Vec<Option<&TensorType>> =
                     node.inputs().iter().map(|v| v.map(|v| g.value_type(v))).collect();
-                eval_limited(&node.op, &types, &node.outputs, &args, opts.max_tensor_bytes).map_err(|e| match e {
-                    EvalError::Msg(msg) => IrError::node(&node.name, node.op.name(), msg),
-                    EvalError::TooLarge { bytes, limit } => IrError::TooLarge { node: node.name.clone(), bytes, limit },
-                })?
+                eval_node(&node.name, &node.op, &types, &node.outputs, &args, opts)?
             }
         };
         observe(id, &results);
@@ -164,11 +161,6 @@ pub fn run_observed(
         }
     }
     Ok(result)
-}
-
-/// Bytes of a tensor of `dtype` and `shape`, saturating (so an absurd shape is simply too large).
-fn tensor_bytes(dtype: DType, shape: &[usize]) -> u128 {
-    shape.iter().fold(dtype.size_bytes() as u128, |a, &d| a.saturating_mul(d as u128))
 }
 
 /// Checks the inputs against the graph's input types; symbolic dims must bind consistently (every
@@ -233,15 +225,84 @@ pub fn eval_op(
     eval_limited(op, in_types, out_types, inputs, RunOptions::default().max_tensor_bytes)
 }
 
+/// Evaluates node `name` (`op` on concrete inputs) under the limits of `opts`; errors name the
+/// node. The graph runner and the JIT's host steps both evaluate through here, so an oversized
+/// tensor is the same [`IrError::TooLarge`] whichever engine meets it.
+pub fn eval_node(
+    name: &str,
+    op: &Op,
+    in_types: &[Option<&TensorType>],
+    out_types: &[TensorType],
+    inputs: &[Option<&Tensor>],
+    opts: &RunOptions,
+) -> Result<Vec<Tensor>, IrError> {
+    eval_limited(op, in_types, out_types, inputs, opts.max_tensor_bytes).map_err(|e| match e {
+        EvalError::Msg(msg) => IrError::node(name, op.name(), msg),
+        EvalError::TooLarge { what, bytes, limit } => IrError::TooLarge { node: name.to_string(), what, bytes, limit },
+    })
+}
+
+/// An upper bound of the largest temporary copy the kernel of `op` makes, in bytes, for inputs
+/// and results of the given (concrete) types: the kernels of computing ops read inputs that are not f32 through a
+/// widened copy (f16/bf16 to f32: 4 bytes per element; integers and bools to i64: 8 bytes per
+/// element) and build integer or low-precision float results in an i64 or f32 vector before
+/// narrowing them. Data movement (reshape, transpose, slice, concat, gather, expand, split, cast,
+/// ...) copies elements as they are; only gather's indices are widened. The interpreter holds
+/// these copies to the same limit as tensors; an engine that does not make them (the JIT's
+/// kernels) need not.
+pub fn temporary_bytes(op: &Op, in_types: &[Option<&TensorType>], out_types: &[TensorType]) -> u128 {
+    let bytes = |t: &TensorType, per: u128| -> u128 {
+        let n = t.shape.as_fixed().map_or(0, |d| d.iter().fold(1u128, |a, &x| a.saturating_mul(x as u128)));
+        n.saturating_mul(per)
+    };
+    let widened_input = |t: &TensorType| match t.dtype {
+        DType::F32 => 0,
+        DType::F16 | DType::BF16 => bytes(t, 4),
+        DType::I8 | DType::U8 | DType::I32 | DType::I64 | DType::Bool => bytes(t, 8),
+    };
+    let widened_result = |t: &TensorType| match t.dtype {
+        DType::F32 | DType::Bool => 0,
+        DType::F16 | DType::BF16 => bytes(t, 4),
+        DType::I8 | DType::U8 | DType::I32 | DType::I64 => bytes(t, 8),
+    };
+    match op {
+        Op::Input
+        | Op::Const(_)
+        | Op::Reshape { .. }
+        | Op::ReshapeDyn { .. }
+        | Op::Flatten { .. }
+        | Op::Squeeze { .. }
+        | Op::Unsqueeze { .. }
+        | Op::Identity
+        | Op::Transpose { .. }
+        | Op::Slice { .. }
+        | Op::Split { .. }
+        | Op::Concat { .. }
+        | Op::QConcat { .. }
+        | Op::Expand { .. }
+        | Op::ExpandDyn { .. }
+        | Op::Shape { .. }
+        | Op::Range { .. }
+        | Op::Cast { .. } => 0,
+        // The indices, as i64 (and as offsets).
+        Op::Gather { .. } | Op::GatherElements { .. } => in_types.get(1).copied().flatten().map_or(0, |t| bytes(t, 8)),
+        _ => {
+            let ins = in_types.iter().flatten().map(|t| widened_input(t));
+            let outs = out_types.iter().map(widened_result);
+            ins.chain(outs).max().unwrap_or(0)
+        }
+    }
+}
+
 /// Why an op could not be evaluated (the graph runner adds the node as [`IrError`]).
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum EvalError {
     /// The inputs or attributes do not fit the op.
     #[error("{0}")]
     Msg(String),
-    /// A result would exceed the size limit.
-    #[error("a result of {bytes} bytes exceeds the limit of {limit} bytes")]
-    TooLarge { bytes: u128, limit: u128 },
+    /// A result, constant or temporary would exceed the size limit.
+    #[error("{what} needs {bytes} bytes, more than the limit of {limit} bytes (--max-tensor-bytes)")]
+    TooLarge { what: Allocation, bytes: u128, limit: u128 },
 }
 
 impl From<String> for EvalError {
@@ -276,7 +337,7 @@ fn eval_limited(
         Op::Const(t) => {
             let bytes = tensor_bytes(t.dtype(), t.shape());
             if bytes > limit {
-                return Err(EvalError::TooLarge { bytes, limit });
+                return Err(EvalError::TooLarge { what: Allocation::Constant, bytes, limit });
             }
             return Ok(vec![(**t).clone()]);
         }
@@ -303,9 +364,13 @@ fn eval_limited(
         let dims = o.shape.as_fixed().ok_or_else(|| format!("result shape {} is not concrete", o.shape))?;
         let bytes = tensor_bytes(o.dtype, &dims);
         if bytes > limit {
-            return Err(EvalError::TooLarge { bytes, limit });
+            return Err(EvalError::TooLarge { what: Allocation::Result, bytes, limit });
         }
         shapes.push(dims);
+    }
+    let bytes = temporary_bytes(op, &refs, &outs);
+    if bytes > limit {
+        return Err(EvalError::TooLarge { what: Allocation::Temporary, bytes, limit });
     }
     let cx = Cx { op, inputs, in_types: conc, out_types: outs, out_shapes: shapes };
     let results = dispatch(&cx)?;
@@ -787,7 +852,32 @@ mod tests {
         let x = f32t(&[4, 3], &[1.0; 12]);
         let opts = RunOptions { max_tensor_bytes: 40 };
         let e = run_observed(&g, &[x], &opts, &mut |_, _| {}).unwrap_err();
-        assert_eq!(e, IrError::TooLarge { node: "relu".into(), bytes: 48, limit: 40 });
+        assert_eq!(e, IrError::TooLarge { node: "relu".into(), what: Allocation::Result, bytes: 48, limit: 40 });
+    }
+
+    #[test]
+    fn counts_the_widened_temporaries() {
+        // u8 + u8 -> u8: ten bytes of result, but the kernel widens both operands to i64 (80
+        // bytes each); a float add of f32 makes no copy.
+        let mut g = Graph::new("add");
+        let a = g.add_input("a", TensorType::new(DType::U8, Shape::fixed(&[10])));
+        let s = g.add_node(Op::Binary(BinaryOp::Add), vec![Some(a), Some(a)], None, "add_u8").unwrap();
+        g.add_output("s", s);
+        let x = u8t(&[10], &[1; 10]);
+        let opts = RunOptions { max_tensor_bytes: 79 };
+        let e = run_observed(&g, std::slice::from_ref(&x), &opts, &mut |_, _| {}).unwrap_err();
+        assert_eq!(e, IrError::TooLarge { node: "add_u8".into(), what: Allocation::Temporary, bytes: 80, limit: 79 });
+        assert_eq!(
+            e.to_string(),
+            "node `add_u8`: a temporary needs 80 bytes, more than the limit of 79 bytes (--max-tensor-bytes)"
+        );
+        let opts = RunOptions { max_tensor_bytes: 80 };
+        assert!(run_observed(&g, &[x], &opts, &mut |_, _| {}).is_ok());
+        let f = TensorType::new(DType::F32, Shape::fixed(&[10]));
+        assert_eq!(temporary_bytes(&Op::Binary(BinaryOp::Add), &[Some(&f), Some(&f)], std::slice::from_ref(&f)), 0);
+        let i = TensorType::new(DType::I64, Shape::fixed(&[3]));
+        assert_eq!(temporary_bytes(&Op::Gather { axis: 0 }, &[Some(&f), Some(&i)], std::slice::from_ref(&f)), 24);
+        assert_eq!(temporary_bytes(&Op::Cast { to: DType::I8 }, &[Some(&f)], std::slice::from_ref(&f)), 0);
     }
 
     #[test]
