@@ -46,8 +46,7 @@ class Error(Exception):
 
 
 class ModelError(Error):
-    """The model cannot be loaded: not ONNX, an unsupported op, a graph that does not verify, or
-    an operation a compiled artifact cannot do (it needs the source model)."""
+    """The model cannot be loaded: not ONNX, an unsupported op, a graph that does not verify."""
 
 
 class ArtifactError(ModelError):
@@ -70,7 +69,8 @@ class CalibrationError(Error):
 
 
 class OptionError(Error, ValueError):
-    """An option value or combination the pipeline refuses (also qconfig and profile files)."""
+    """An option value or combination the pipeline refuses (also qconfig and profile files, and
+    an operation a compiled artifact cannot do, such as quantizing it again)."""
 
 
 class LimitError(Error):

@@ -178,7 +178,7 @@ pub fn load(py: Python<'_>, source: &Bound<'_, PyAny>, max_tensor_bytes: u64) ->
             Error::new(
                 Kind::Model,
                 format!(
-                    "cannot load a {}: give a path (.onnx, .qir, .qfa), bytes, or an onnx.ModelProto",
+                    "cannot load a `{}`: give a path (.onnx, .qir, .qfa), bytes, or an onnx.ModelProto",
                     crate::convert::type_name(source)
                 ),
             )
@@ -1249,6 +1249,29 @@ impl Executable {
             let v = serde_json::to_value(&report).map_err(|e| Error::new(Kind::Internal, e))?;
             let d = json_to_py(py, &v)?;
             Ok(py.import("qforge")?.getattr("BenchReport")?.call_method1("_from_dict", (d,))?)
+        })
+    }
+
+    /// The Rust API's own time for one run, for measuring what the Python layer adds: `inputs` are
+    /// bound once, then `qforge::Executable::run` is called `iters` times in a Rust loop (the GIL
+    /// released) and each call timed alone. Returns the times in seconds.
+    #[pyo3(signature = (inputs, iters = 1000))]
+    fn _rust_run_times(&self, py: Python<'_>, inputs: &Bound<'_, PyAny>, iters: i64) -> PyResult<Vec<f64>> {
+        guard(py, || {
+            let iters = options::count("iters", iters)?;
+            let x = bind_inputs(self.exe.graph(), inputs, "input", false)?;
+            let exe = &self.exe;
+            py.detach(|| {
+                let mut times = Vec::with_capacity(iters);
+                for _ in 0..iters {
+                    let t0 = Instant::now();
+                    let y = exe.run(&x)?;
+                    times.push(t0.elapsed().as_secs_f64());
+                    drop(y);
+                }
+                Ok(times)
+            })
+            .map_err(|e: anyhow::Error| Error::from_anyhow(e, Kind::Compile))
         })
     }
 
