@@ -5,7 +5,8 @@
 //! 0. [`lower::check_sizes`]: every constant, result and (for f16/bf16 compute) f32 copy of the
 //!    graph as given is checked against [`JitOptions::max_tensor_bytes`], as the interpreter
 //!    checks them; [`widen`]: f16/bf16 compute ops become f32 ops between a widening and a
-//!    rounding cast;
+//!    rounding cast; [`fold`]: nodes computed from constants only are evaluated once, by the
+//!    interpreter, and become constants;
 //! 1. [`lower`]: the graph, for concrete input shapes, becomes steps over buffers, one kernel
 //!    family per file: fused kernels described as data ([`spec::KernelSpec`]: main op, epilogue
 //!    list, store), element-wise steps, row steps, layout conversions (NHWC for convolutions),
@@ -41,6 +42,7 @@
 //!   it logs one `tracing` event per compiled program.
 
 pub mod emit;
+pub mod fold;
 pub mod lower;
 pub mod memory;
 pub mod micro;
@@ -139,7 +141,8 @@ impl JitExecutable {
         let limit = self.opts.max_tensor_bytes as u128;
         lower::check_sizes(&self.graph, types, limit)?;
         let widened = widen::widen_low_precision(&self.graph);
-        let lw = lower::lower(&widened, types, limit)?;
+        let folded = fold::fold_constants(&widened, limit);
+        let lw = lower::lower(&folded, types, limit)?;
         let mut p = Program::build(lw, self.opts.microkernels, self.opts.threads)?;
         p.check_guards = self.opts.check_guards;
         p.max_tensor_bytes = self.opts.max_tensor_bytes as u128;
