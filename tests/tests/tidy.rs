@@ -230,7 +230,16 @@ fn comments_cite_sources_not_issues() {
         })
     };
     let mut bad = vec![];
-    for dir in ["ir/src", "passes/src", "codegen/src", "compiler/src", "tests/src", "tests/tests", "compiler/tests", "python/src"] {
+    for dir in [
+        "ir/src",
+        "passes/src",
+        "codegen/src",
+        "compiler/src",
+        "tests/src",
+        "tests/tests",
+        "compiler/tests",
+        "python/src",
+    ] {
         for path in rust_files(&root.join(dir)) {
             let text = std::fs::read_to_string(&path).expect("source");
             for (n, line) in text.lines().enumerate() {
