@@ -1,0 +1,243 @@
+//! NumPy arrays to and from qforge tensors, and binding Python inputs to a graph's inputs.
+//!
+//! An input array is copied once into the tensor the engine takes (one `memcpy` for a
+//! C-contiguous array of the input's dtype; other layouts go through `numpy.ascontiguousarray`
+//! first). An output tensor's storage becomes the NumPy array's without a copy.
+
+use crate::errors::{Error, InputData, Kind, Result};
+use numpy::ndarray::{ArrayD, IxDyn};
+use numpy::{
+    dtype, Element, PyArray, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
+};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
+use qforge_ir::{DType, Dim, Graph, Tensor, TensorData};
+
+/// NumPy's name for a qforge dtype (what `Model.inputs` reports).
+pub fn numpy_name(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "float32",
+        DType::F16 => "float16",
+        DType::BF16 => "bfloat16",
+        DType::I8 => "int8",
+        DType::U8 => "uint8",
+        DType::I32 => "int32",
+        DType::I64 => "int64",
+        DType::Bool => "bool",
+    }
+}
+
+/// `x` as a NumPy array: itself when it is one, else `numpy.asarray(x)` (PyTorch tensors, lists).
+pub fn as_array<'py>(x: &Bound<'py, PyAny>) -> Result<Bound<'py, PyUntypedArray>> {
+    if let Ok(a) = x.cast::<PyUntypedArray>() {
+        return Ok(a.clone());
+    }
+    let np = numpy::get_array_module(x.py())?;
+    let a = np
+        .call_method1("asarray", (x,))
+        .map_err(|e| Error::new(Kind::Input, format!("a {} is not array data: {e}", type_name(x))))?;
+    a.cast_into::<PyUntypedArray>().map_err(|e| Error::new(Kind::Input, e.to_string()))
+}
+
+/// The Python type name of `x`, for messages.
+pub fn type_name(x: &Bound<'_, PyAny>) -> String {
+    x.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "object".to_string())
+}
+
+fn copy_out<T: Element + Clone>(a: &Bound<'_, PyUntypedArray>) -> Result<Vec<T>> {
+    let typed = a.cast::<PyArrayDyn<T>>().map_err(|e| Error::new(Kind::Internal, e.to_string()))?;
+    typed.to_vec().map_err(|e| Error::new(Kind::Internal, format!("array copy: {e}")))
+}
+
+/// Copies an array into a tensor of its own dtype; dtypes qforge has no type for are refused.
+pub fn tensor_from_array(a: &Bound<'_, PyUntypedArray>) -> Result<Tensor> {
+    let py = a.py();
+    let contiguous;
+    let a = if a.is_c_contiguous() {
+        a
+    } else {
+        let np = numpy::get_array_module(py)?;
+        contiguous = np
+            .call_method1("ascontiguousarray", (a,))?
+            .cast_into::<PyUntypedArray>()
+            .map_err(|e| Error::new(Kind::Internal, e.to_string()))?;
+        &contiguous
+    };
+    let shape = a.shape().to_vec();
+    let dt = a.dtype();
+    let data = if dt.is_equiv_to(&dtype::<f32>(py)) {
+        TensorData::F32(copy_out(a)?)
+    } else if dt.is_equiv_to(&dtype::<half::f16>(py)) {
+        TensorData::F16(copy_out(a)?)
+    } else if dt.is_equiv_to(&dtype::<i8>(py)) {
+        TensorData::I8(copy_out(a)?)
+    } else if dt.is_equiv_to(&dtype::<u8>(py)) {
+        TensorData::U8(copy_out(a)?)
+    } else if dt.is_equiv_to(&dtype::<i32>(py)) {
+        TensorData::I32(copy_out(a)?)
+    } else if dt.is_equiv_to(&dtype::<i64>(py)) {
+        TensorData::I64(copy_out(a)?)
+    } else if dt.is_equiv_to(&dtype::<bool>(py)) {
+        TensorData::Bool(copy_out(a)?)
+    } else {
+        let name = dt.str().map(|s| s.to_string()).unwrap_or_else(|_| "?".into());
+        let hint = if dt.is_equiv_to(&dtype::<f64>(py)) { "; cast it, e.g. x.astype(numpy.float32)" } else { "" };
+        return Err(Error::from_anyhow(
+            InputData(format!(
+                "an array of dtype {name} has no qforge type (float32, float16, int8, uint8, int32, int64, bool){hint}"
+            ))
+            .into(),
+            Kind::Input,
+        ));
+    };
+    Tensor::new(shape.clone(), data)
+        .ok_or_else(|| Error::new(Kind::Internal, format!("array of shape {shape:?}: element count mismatch")))
+}
+
+/// A tensor as a NumPy array that owns the tensor's storage (no copy). bf16, which NumPy has no
+/// type for, is widened to float32.
+pub fn array_from_tensor<'py>(py: Python<'py>, t: Tensor) -> Result<Bound<'py, PyAny>> {
+    let shape = IxDyn(t.shape());
+    fn own<'py, T: Element>(py: Python<'py>, shape: IxDyn, v: Vec<T>) -> Result<Bound<'py, PyAny>> {
+        let a = ArrayD::from_shape_vec(shape, v).map_err(|e| Error::new(Kind::Internal, e.to_string()))?;
+        Ok(PyArray::from_owned_array(py, a).into_any())
+    }
+    match t.into_data() {
+        TensorData::F32(v) => own(py, shape, v),
+        TensorData::F16(v) => own(py, shape, v),
+        TensorData::BF16(v) => own(py, shape, v.into_iter().map(|x| x.to_f32()).collect::<Vec<f32>>()),
+        TensorData::I8(v) => own(py, shape, v),
+        TensorData::U8(v) => own(py, shape, v),
+        TensorData::I32(v) => own(py, shape, v),
+        TensorData::I64(v) => own(py, shape, v),
+        TensorData::Bool(v) => own(py, shape, v),
+    }
+}
+
+/// The names of `g`'s inputs, in order.
+pub fn input_names(g: &Graph) -> Vec<String> {
+    g.inputs().iter().map(|&i| g.node(i).name.clone()).collect()
+}
+
+/// A graph input's declared type, as `float32[N,1,8,8]`.
+pub fn describe_input(g: &Graph, i: usize) -> String {
+    let Some(&id) = g.inputs().get(i) else { return String::new() };
+    let Some(ty) = g.node(id).outputs.first() else { return String::new() };
+    let dims: Vec<String> = ty
+        .shape
+        .dims()
+        .iter()
+        .map(|d| match d {
+            Dim::Fixed(n) => n.to_string(),
+            Dim::Sym(s) => s.clone(),
+        })
+        .collect();
+    format!("{}[{}]", numpy_name(ty.dtype), dims.join(","))
+}
+
+/// Python data for `g`'s inputs, in the graph's order: one array (a model with one input), a
+/// list or tuple (one array per input, in order; with `extra_ok`, elements past the last input
+/// are ignored, as a data loader's labels are), or a dict by input name. `what` names the data
+/// in messages ("input", "calibration batch 3"). Each array keeps its own dtype; the dtype check
+/// names the input and the dtype it needs.
+pub fn bind_inputs(g: &Graph, x: &Bound<'_, PyAny>, what: &str, extra_ok: bool) -> Result<Vec<Tensor>> {
+    let names = input_names(g);
+    let bad = |msg: String| Error::from_anyhow(InputData(msg).into(), Kind::Input);
+    let arrays: Vec<Bound<'_, PyAny>> = if let Ok(d) = x.cast::<PyDict>() {
+        for k in d.keys() {
+            let k: String = k.extract().map_err(|_| bad(format!("{what}: dict keys must be input names (str)")))?;
+            if !names.contains(&k) {
+                return Err(bad(format!("{what}: `{k}` names no model input (inputs: {})", names.join(", "))));
+            }
+        }
+        let mut out = Vec::with_capacity(names.len());
+        for n in &names {
+            match d.get_item(n)? {
+                Some(v) => out.push(v),
+                None => {
+                    return Err(bad(format!(
+                        "{what}: no array for the model's input `{n}` (given: {})",
+                        d.keys().iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", ")
+                    )))
+                }
+            }
+        }
+        out
+    } else if x.is_instance_of::<PyList>() || x.is_instance_of::<PyTuple>() {
+        let items: Vec<Bound<'_, PyAny>> = x.try_iter()?.collect::<PyResult<_>>()?;
+        if items.len() < names.len() || (items.len() > names.len() && !extra_ok) {
+            return Err(bad(format!(
+                "{what}: {} arrays for the model's {} input(s) ({})",
+                items.len(),
+                names.len(),
+                names.join(", ")
+            )));
+        }
+        items.into_iter().take(names.len()).collect()
+    } else {
+        if names.len() != 1 {
+            return Err(bad(format!(
+                "{what}: one array for a model with {} inputs ({}); pass a list in that order or a dict by name",
+                names.len(),
+                names.join(", ")
+            )));
+        }
+        vec![x.clone()]
+    };
+    let mut out = Vec::with_capacity(arrays.len());
+    for (i, a) in arrays.iter().enumerate() {
+        let arr = as_array(a).map_err(|e| bad(format!("{what} `{}`: {:#}", names[i], e.error)))?;
+        let t = tensor_from_array(&arr).map_err(|e| bad(format!("{what} `{}`: {:#}", names[i], e.error)))?;
+        let want = g.node(g.inputs()[i]).outputs.first().map(|ty| ty.dtype);
+        if let Some(want) = want.filter(|&w| w != t.dtype()) {
+            let hint = if want == DType::F32 { ", e.g. x.astype(numpy.float32)" } else { "" };
+            return Err(bad(format!(
+                "{what} `{}` is {}, the model takes {} ({}): cast it{hint}",
+                names[i],
+                numpy_name(t.dtype()),
+                numpy_name(want),
+                describe_input(g, i)
+            )));
+        }
+        out.push(t);
+    }
+    Ok(out)
+}
+
+/// Converts a serde JSON value (reports, summaries, headers) to the Python object `json.loads`
+/// would give.
+pub fn json_to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyAny>> {
+    use pyo3::IntoPyObjectExt;
+    Ok(match v {
+        serde_json::Value::Null => py.None().into_bound(py),
+        serde_json::Value::Bool(b) => b.into_bound_py_any(py)?,
+        serde_json::Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                i.into_bound_py_any(py)?
+            } else if let Some(u) = n.as_u64() {
+                u.into_bound_py_any(py)?
+            } else {
+                n.as_f64().unwrap_or(f64::NAN).into_bound_py_any(py)?
+            }
+        }
+        serde_json::Value::String(s) => s.into_bound_py_any(py)?,
+        serde_json::Value::Array(a) => {
+            let items = a.iter().map(|x| json_to_py(py, x)).collect::<PyResult<Vec<_>>>()?;
+            PyList::new(py, items)?.into_any()
+        }
+        serde_json::Value::Object(o) => {
+            let d = PyDict::new(py);
+            for (k, x) in o {
+                d.set_item(k, json_to_py(py, x)?)?;
+            }
+            d.into_any()
+        }
+    })
+}
+
+/// A Python object (a qconfig dict) as a serde JSON value, through `json.dumps`.
+pub fn py_to_json(x: &Bound<'_, PyAny>) -> Result<serde_json::Value> {
+    let json = x.py().import("json")?;
+    let text: String = json.call_method1("dumps", (x,))?.extract()?;
+    serde_json::from_str(&text).map_err(|e| Error::new(Kind::Option, format!("not JSON-like data: {e}")))
+}
