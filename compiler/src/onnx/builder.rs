@@ -79,16 +79,6 @@ pub fn float(name: &str, f: f32) -> AttributeProto {
     AttributeProto { name: name.into(), r#type: AttributeType::Float as i32, f, ..Default::default() }
 }
 
-/// A string attribute.
-pub fn string(name: &str, s: &str) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::String as i32,
-        s: s.as_bytes().to_vec(),
-        ..Default::default()
-    }
-}
-
 /// A tensor attribute.
 pub fn tensor_attr(name: &str, t: TensorProto) -> AttributeProto {
     AttributeProto { name: name.into(), r#type: AttributeType::Tensor as i32, t: Some(t), ..Default::default() }

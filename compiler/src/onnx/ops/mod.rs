@@ -97,11 +97,6 @@ impl OpDef {
         OpDef { domain: Domain::Onnx, op, versions, until: super::MAX_OPSET, convert }
     }
 
-    /// A default-domain op checked only up to opset `until` (an op the spec deprecated then).
-    const fn onnx_until(op: &'static str, versions: &'static [i64], until: i64, convert: Convert) -> OpDef {
-        OpDef { domain: Domain::Onnx, op, versions, until, convert }
-    }
-
     /// A `com.microsoft` op (ONNX Runtime's contrib ops are all version 1).
     const fn microsoft(op: &'static str, convert: Convert) -> OpDef {
         OpDef { domain: Domain::Microsoft, op, versions: &[1], until: 1, convert }

@@ -1,10 +1,9 @@
-//! Normalizations along an axis or over groups of channels: Softmax, LogSoftmax,
-//! LayerNormalization, InstanceNormalization, GroupNormalization, and LpNormalization as a
-//! reduction and element-wise ops (semantics: the ONNX
+//! Normalizations along an axis: Softmax, LogSoftmax, LayerNormalization, and
+//! InstanceNormalization and LpNormalization as reductions and element-wise ops (semantics: the ONNX
 //! operator spec, <https://onnx.ai/onnx/operators/>). BatchNormalization and LRN, which
 //! normalize across channels, are with the other convolutional-network ops in [`super::nn`].
 
-use super::{one, Cx, OpDef, Outs, MAX_ATTR_DIM, R};
+use super::{one, Cx, OpDef, Outs, R};
 use qforge_ir::infer::norm_axis;
 use qforge_ir::{BinaryOp, DType, Dim, Op, Tensor, UnaryOp};
 
@@ -15,7 +14,6 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("LayerNormalization", &[17], layer_norm),
     OpDef::onnx("InstanceNormalization", &[1, 6, 22], instance_norm),
     OpDef::onnx("LpNormalization", &[1, 22], lp_norm),
-    OpDef::onnx("GroupNormalization", &[18, 21], group_norm),
 ];
 
 /// Softmax and LogSoftmax. From version 13 the op normalizes along one axis. Before, it
@@ -114,6 +112,33 @@ fn with_scalar(cx: &mut Cx, tag: &str, op: BinaryOp, x: qforge_ir::Value, k: f64
     cx.add_helper(tag, Op::Binary(op), vec![Some(x), Some(c)])
 }
 
+/// InstanceNormalization: each channel of each sample normalized over the spatial axes, then
+/// scaled and shifted per channel, as the ONNX reference computes it:
+/// `scale * (x - mean) / sqrt(var + epsilon) + bias` (mean and variance over axes 2 and up).
+fn instance_norm(cx: &mut Cx) -> R<Outs> {
+    let epsilon = cx.attrs().float_or("epsilon", 1e-5)?;
+    let (x, scale, bias) = (cx.input(0)?, cx.input(1)?, cx.input(2)?);
+    let xt = cx.ty(x);
+    if xt.rank() < 3 || !xt.dtype.is_float() || xt.quant.is_some() {
+        return Err(cx.err(format!("needs a float input of rank 3 or more, got {xt}")));
+    }
+    let axes: Vec<i64> = (2..xt.rank() as i64).collect();
+    let mean_op = || Op::ReduceMean { axes: axes.clone(), keepdims: true };
+    let mean = cx.add_helper("mean", mean_op(), vec![Some(x)])?;
+    let d = cx.add_helper("deviation", Op::Binary(BinaryOp::Sub), vec![Some(x), Some(mean)])?;
+    let sq = cx.add_helper("square", Op::Binary(BinaryOp::Mul), vec![Some(d), Some(d)])?;
+    let var = cx.add_helper("variance", mean_op(), vec![Some(sq)])?;
+    let ve = with_scalar(cx, "variance_eps", BinaryOp::Add, var, f64::from(epsilon))?;
+    let sd = cx.add_helper("std_dev", Op::Unary(UnaryOp::Sqrt), vec![Some(ve)])?;
+    // scale and bias [C] broadcast as [C, 1, ..., 1]
+    let per_channel: Vec<i64> = std::iter::once(-1).chain(std::iter::repeat_n(1, xt.rank() - 2)).collect();
+    let s = cx.add_helper("scale", Op::Reshape { shape: per_channel.clone() }, vec![Some(scale)])?;
+    let b = cx.add_helper("bias", Op::Reshape { shape: per_channel }, vec![Some(bias)])?;
+    let sd_ = cx.add_helper("scaled", Op::Binary(BinaryOp::Mul), vec![Some(s), Some(d)])?;
+    let n = cx.add_helper("normalized", Op::Binary(BinaryOp::Div), vec![Some(sd_), Some(sd)])?;
+    one(cx.add(Op::Binary(BinaryOp::Add), vec![Some(n), Some(b)], None)?)
+}
+
 /// LpNormalization: `x / norm` along `axis` (default -1) with the L1 (`p=1`) or L2 (`p=2`, the
 /// default) norm kept as a size-1 axis; where the norm is zero the result is zero (the spec).
 fn lp_norm(cx: &mut Cx) -> R<Outs> {
@@ -144,53 +169,4 @@ fn lp_norm(cx: &mut Cx) -> R<Outs> {
     let name = cx.im.fresh_name(&format!("{}/zero", cx.at.name));
     let zero = cx.im.g.add_const(name, Tensor::from_f64_iter(xt.dtype, vec![], [0.0].into_iter()));
     one(cx.add(Op::Where, vec![Some(zero_norm), Some(zero), Some(q)], None)?)
-}
-
-fn instance_norm(cx: &mut Cx) -> R<Outs> {
-    let epsilon = cx.attrs().float_or("epsilon", 1e-5)?;
-    cx.simple(Op::InstanceNorm { epsilon }, 3)
-}
-
-/// GroupNormalization. Opset 18 gives one scale and bias per group; opset 21 one per channel,
-/// the IR's form, so opset 18's are repeated per channel (reshape to `[G, 1]`, expand to
-/// `[G, C/G]`, flatten). `stash_type` (opset 21) other than 1 (f32) asks for the statistics in the
-/// input's precision: the same as f32 for f32 inputs, refused for others.
-fn group_norm(cx: &mut Cx) -> R<Outs> {
-    let a = cx.attrs();
-    let epsilon = a.float_or("epsilon", 1e-5)?;
-    let groups = a.int("num_groups")?.ok_or_else(|| cx.err("attribute `num_groups` is required"))?;
-    let groups = usize::try_from(groups).ok().filter(|&g| (1..=MAX_ATTR_DIM).contains(&g));
-    let groups = groups.ok_or_else(|| cx.err("`num_groups` must be positive"))?;
-    let stash = a.int_or("stash_type", 1)?;
-    let ins = cx.inputs_upto(3, 3)?;
-    let x = cx.input(0)?;
-    let xt = cx.ty(x);
-    if stash != 1 && xt.dtype != DType::F32 {
-        return Err(cx.err(format!("stash_type={stash} on {} input is not supported (statistics are f32)", xt.dtype)));
-    }
-    let mut ins = ins;
-    if cx.at.opset < 21 {
-        let c = xt.shape.0.get(1).and_then(Dim::fixed);
-        let c =
-            c.ok_or_else(|| cx.err(format!("opset {} GroupNormalization needs a fixed channel dim", cx.at.opset)))?;
-        if c % groups != 0 {
-            return Err(cx.err(format!("{c} channels do not split into {groups} groups")));
-        }
-        for (slot, tag) in [(1, "scale"), (2, "bias")] {
-            let v = ins[slot].ok_or_else(|| cx.err(format!("input {slot} ({tag}) is missing")))?;
-            let r =
-                cx.add_helper(&format!("{tag}/groups"), Op::Reshape { shape: vec![groups as i64, 1] }, vec![Some(v)])?;
-            let e = cx.add_helper(
-                &format!("{tag}/expand"),
-                Op::Expand { shape: vec![groups as i64, (c / groups) as i64] },
-                vec![Some(r)],
-            )?;
-            ins[slot] = Some(cx.add_helper(
-                &format!("{tag}/channels"),
-                Op::Reshape { shape: vec![c as i64] },
-                vec![Some(e)],
-            )?);
-        }
-    }
-    one(cx.add(Op::GroupNorm { groups, epsilon }, ins, None)?)
 }
