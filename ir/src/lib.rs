@@ -34,7 +34,10 @@ pub use dtype::{DType, ParseDTypeError};
 pub use error::{IrError, Result};
 pub use graph::{Graph, GraphOutput, Node, NodeId, Value};
 pub use infer::InferError;
-pub use op::{BinaryOp, ConvAttrs, DimExpr, Epilogue, Op, PoolAttrs, UnaryOp};
+pub use op::{
+    AspectPolicy, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordMode, DimExpr, Epilogue, NearestMode, Op, PadMode,
+    PoolAttrs, ResizeAttrs, ResizeMode, ResizeTarget, UnaryOp,
+};
 pub use quant::{QuantError, QuantParams};
 pub use shape::{Dim, Shape, TensorType};
 pub use tensor::{Tensor, TensorData};

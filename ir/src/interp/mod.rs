@@ -20,6 +20,7 @@
 //! * [`pool`]: max/average/global pooling; [`matmul`]: matmul and gemm;
 //! * [`elementwise`]: unary, binary, where, clip and friends; [`norm`]: batch/layer norm, softmax,
 //!   LRN and reductions; [`movement`]: reshape, transpose, concat, slice, gather, cast, ...;
+//! * [`resize`]: Resize (nearest, linear, cubic; every coordinate transformation);
 //! * [`quant`]: everything on quantized or integer tensors.
 //!
 //! Result shapes are never computed twice: before evaluating an op, [`eval_op`] runs
@@ -32,6 +33,7 @@ pub mod movement;
 pub mod norm;
 pub mod pool;
 pub mod quant;
+pub mod resize;
 
 use crate::{infer, DType, Dim, Graph, IrError, NodeId, Op, QuantParams, Shape, Tensor, TensorData, TensorType, Value};
 use std::borrow::Cow;
@@ -385,6 +387,11 @@ fn dispatch(cx: &Cx) -> R<Vec<Tensor>> {
         Op::AveragePool(p) => one(pool::average_pool(cx, p)),
         Op::GlobalAveragePool => one(pool::global_average_pool(cx)),
         Op::GlobalMaxPool => one(pool::global_max_pool(cx)),
+        Op::ConvTranspose(a) => one(conv::conv_transpose(cx, a)),
+        Op::Resize(a) => one(resize::resize(cx, a)),
+        Op::GroupNorm { groups, epsilon } => one(norm::group_norm(cx, *groups, *epsilon)),
+        Op::Pad { mode, pads, value } => one(movement::pad(cx, *mode, pads, *value)),
+        Op::Tile { .. } => one(movement::tile(cx)),
         Op::Lrn { size, alpha, beta, bias } => one(norm::lrn(cx, *size, *alpha, *beta, *bias)),
         Op::Softmax { axis } => one(norm::softmax(cx, *axis, false)),
         Op::LogSoftmax { axis } => one(norm::softmax(cx, *axis, true)),

@@ -1,5 +1,5 @@
-//! Normalizations and reductions: batch norm (inference), layer norm, softmax / log-softmax, LRN,
-//! and ReduceMean / ReduceSum / ReduceMax.
+//! Normalizations and reductions: batch norm (inference), layer norm, group norm,
+//! softmax / log-softmax, LRN, and ReduceMean / ReduceSum / ReduceMax.
 //!
 //! All float math is f32 with plain-order accumulation (f16/bf16 widened, results rounded once);
 //! `exp`, `ln` and `powf` are evaluated in f64 and rounded to f32.
@@ -7,6 +7,8 @@
 //! * layer norm over axes `axis..rank`: `mean = sum / n`, `var = sum((x - mean)^2) / n`,
 //!   `(x - mean) / sqrt(var + eps) * scale + bias`, with scale and bias broadcast to the normalized
 //!   shape;
+//! * group norm (per group of `C / groups` channels of each sample): mean and variance as layer
+//!   norm's, then `* scale[c] + bias[c]`;
 //! * softmax: `e = exp(x - max)`, `e / sum(e)`; log-softmax: `(x - max) - ln(sum(e))`;
 //! * LRN (ONNX): `x / (bias + alpha / size * sum of x^2 over channels
 //!   [c - floor((size-1)/2), c + ceil((size-1)/2)])^beta`;
@@ -241,6 +243,64 @@ pub(crate) fn reduce(cx: &Cx, axes: &[i64], kind: Reduce) -> R<Tensor> {
         }
         int_tensor(x.dtype(), out_shape, &acc)
     }
+}
+
+/// Normalizes each of `rows` consecutive runs of `row` elements of `xv` (mean and variance in f32,
+/// plain order), then applies `scale[c]`, `bias[c]` with `c = (index / plane) % channels`.
+#[allow(clippy::too_many_arguments)]
+fn normalize_rows(
+    xv: &[f32],
+    row: usize,
+    plane: usize,
+    channels: usize,
+    scale: &[f32],
+    bias: &[f32],
+    eps: f32,
+) -> Vec<f32> {
+    let mut y = vec![0f32; xv.len()];
+    if row == 0 || plane == 0 {
+        return y;
+    }
+    for (r, (xs, ys)) in xv.chunks(row).zip(y.chunks_mut(row)).enumerate() {
+        let mut sum = 0f32;
+        for &v in xs {
+            sum += v;
+        }
+        let mean = sum / row as f32;
+        let mut sq = 0f32;
+        for &v in xs {
+            sq += (v - mean) * (v - mean);
+        }
+        let denom = (sq / row as f32 + eps).sqrt();
+        for (k, (&v, o)) in xs.iter().zip(ys.iter_mut()).enumerate() {
+            let c = ((r * row + k) / plane) % channels;
+            *o = (v - mean) / denom * scale[c] + bias[c];
+        }
+    }
+    y
+}
+
+/// ONNX GroupNormalization-21: each group of `C / groups` channels of each sample normalized by
+/// its mean and variance, then scaled and shifted per channel.
+pub(crate) fn group_norm(cx: &Cx, groups: usize, eps: f32) -> R<Tensor> {
+    let x = cx.x(0)?;
+    let s = x.shape();
+    if s.len() < 2 {
+        return Err("normalization needs an input of rank 2 or more".into());
+    }
+    let c = s[1];
+    let g = groups;
+    if g == 0 || c % g != 0 {
+        return Err(format!("{c} channels do not split into {g} groups"));
+    }
+    let (scale, bias) = (floats(cx.x(1)?), floats(cx.x(2)?));
+    if scale.len() != c || bias.len() != c {
+        return Err(format!("scale and bias must have {c} elements"));
+    }
+    let plane = numel(&s[2..]).ok_or("input too large")?;
+    let row = (c / g).checked_mul(plane).ok_or("input too large")?;
+    let y = normalize_rows(&floats(x), row, plane, c, &scale, &bias, eps);
+    float_tensor(x.dtype(), s.to_vec(), y)
 }
 
 #[cfg(test)]
