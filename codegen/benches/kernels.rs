@@ -116,7 +116,7 @@ fn input_for(g: &Graph, rng: &mut Rng) -> Tensor {
 
 /// Median kernel-step time and MACs of one graph.
 fn measure(g: &Graph, mk: Microkernels, rng: &mut Rng) -> Option<(Duration, u64, String)> {
-    let exe = JitExecutable::new(g.clone(), JitOptions { microkernels: mk, threads: 1, check_guards: false });
+    let exe = JitExecutable::new(g.clone(), JitOptions { microkernels: mk, threads: 1, ..JitOptions::default() });
     let x = vec![input_for(g, rng)];
     let p = exe.program(&x).ok()?;
     let k = p.report.steps.iter().position(|s| s.kind == "kernel")?;

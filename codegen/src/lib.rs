@@ -2,11 +2,16 @@
 //!
 //! Compiles an optimized [`qforge_ir::Graph`] into machine code and runs it:
 //!
-//! 0. [`widen`]: f16/bf16 compute ops become f32 ops between a widening and a rounding cast;
-//! 1. [`lower`]: the graph, for concrete input shapes, becomes steps over buffers: fused kernels
-//!    described as data ([`spec::KernelSpec`]: main op, epilogue list, store), element-wise
-//!    steps, layout conversions (NHWC for convolutions), and host steps for ops no kernel covers
-//!    (run by the reference interpreter and listed in the report);
+//! 0. [`lower::check_sizes`]: every constant, result and (for f16/bf16 compute) f32 copy of the
+//!    graph as given is checked against [`JitOptions::max_tensor_bytes`], as the interpreter
+//!    checks them; [`widen`]: f16/bf16 compute ops become f32 ops between a widening and a
+//!    rounding cast; [`fold`]: nodes computed from constants only are evaluated once, by the
+//!    interpreter, and become constants;
+//! 1. [`lower`]: the graph, for concrete input shapes, becomes steps over buffers, one kernel
+//!    family per file: fused kernels described as data ([`spec::KernelSpec`]: main op, epilogue
+//!    list, store), element-wise steps, row steps, layout conversions (NHWC for convolutions),
+//!    and host steps for ops no kernel covers (run by the reference interpreter and listed in the
+//!    report with the reason); packed weight copies are held to the size limit too;
 //! 2. [`memory`]: every buffer gets an offset in one arena by liveness;
 //! 3. [`emit`]: Cranelift generates one function per step from its description; the inner
 //!    loops call [`micro`]kernels registered as JIT symbols (AVX-512 VNNI/FMA intrinsics with
@@ -19,9 +24,25 @@
 //!   interpreter bit for bit; float results differ by summation order only.
 //! * Inputs are checked (count, dtype, shape) before any generated code runs; generated code
 //!   touches only the arena, its own scratch and the constants it was compiled with.
-//! * Callers: `qforge` (the compiler crate) and tests; nothing here reads files or the CLI.
+//! * One size limit with the interpreter ([`qforge_ir::limits`]): nothing larger than
+//!   [`JitOptions::max_tensor_bytes`] is allocated for a tensor, constant copy, packed weight
+//!   copy or host-step temporary; an oversized model is refused while lowering, before any
+//!   buffer exists, with the interpreter's [`qforge_ir::IrError::TooLarge`] message
+//!   ([`JitError::Ir`]). The arena, weight packing and host-step tensors, whose sizes come from
+//!   the model, are allocated fallibly: a failure is an error, not an abort.
+//! * Never panics on a user's model: malformed or unsupported graphs are [`JitError`] values or
+//!   host steps. A memory-plan bug is an error naming the step (layout conversions check their
+//!   ranges; `check_guards` checks every buffer's end), never silent wrong output.
+//! * The only crate with `unsafe` code. Every unsafe operation sits in an `unsafe` block with a
+//!   `// SAFETY:` comment saying what it relies on (`unsafe_op_in_unsafe_fn` and
+//!   `clippy::undocumented_unsafe_blocks` are denied in `Cargo.toml`); no Rust reference into the
+//!   arena is alive while generated code writes it.
+//! * Callers: `qforge` (the compiler crate) and tests; `passes` never calls it (it runs graphs
+//!   through its `Evaluator` trait). Nothing here reads files, prints or parses the command line;
+//!   it logs one `tracing` event per compiled program.
 
 pub mod emit;
+pub mod fold;
 pub mod lower;
 pub mod memory;
 pub mod micro;
@@ -32,7 +53,7 @@ pub mod widen;
 pub use emit::Microkernels;
 pub use program::{Program, ProgramReport, StepInfo};
 
-use qforge_ir::{interp, Graph, Tensor, TensorType};
+use qforge_ir::{interp, Graph, IrError, Tensor, TensorType};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,6 +69,17 @@ pub enum JitError {
     Input(String),
     #[error("run: {0}")]
     Run(String),
+    /// A step failed at run time: a buffer outside the arena or overlapping another (a
+    /// memory-plan bug, reported instead of a wrong result), or a write past a buffer's end.
+    #[error("step {step} (`{name}`): {msg}")]
+    Step { step: usize, name: String, msg: String },
+    /// An allocation whose size comes from the model failed.
+    #[error("{what}: could not allocate {bytes} bytes")]
+    Alloc { what: String, bytes: usize },
+    /// An error of the IR crate, forwarded unchanged so its text is the interpreter's: a tensor
+    /// over the size limit ([`IrError::TooLarge`]), or a host step's failure naming its node.
+    #[error(transparent)]
+    Ir(#[from] IrError),
 }
 
 /// Options of the JIT.
@@ -59,11 +91,21 @@ pub struct JitOptions {
     /// Debug mode (tests): guard bytes after every arena buffer, verified after every step; a
     /// step that writes outside its buffers fails the run naming the step.
     pub check_guards: bool,
+    /// The largest tensor, constant, packed weight copy or host-step temporary the JIT may
+    /// allocate, in bytes (`--max-tensor-bytes`; the interpreter's
+    /// [`interp::RunOptions::max_tensor_bytes`]). Checked while lowering, before any buffer
+    /// exists.
+    pub max_tensor_bytes: u64,
 }
 
 impl Default for JitOptions {
     fn default() -> Self {
-        JitOptions { microkernels: Microkernels::Native, threads: 1, check_guards: false }
+        JitOptions {
+            microkernels: Microkernels::Native,
+            threads: 1,
+            check_guards: false,
+            max_tensor_bytes: qforge_ir::DEFAULT_MAX_TENSOR_BYTES,
+        }
     }
 }
 
@@ -96,10 +138,14 @@ impl JitExecutable {
             return Ok(p);
         }
         let t = std::time::Instant::now();
+        let limit = self.opts.max_tensor_bytes as u128;
+        lower::check_sizes(&self.graph, types, limit)?;
         let widened = widen::widen_low_precision(&self.graph);
-        let lw = lower::lower(&widened, types)?;
+        let folded = fold::fold_constants(&widened, limit);
+        let lw = lower::lower(&folded, types, limit)?;
         let mut p = Program::build(lw, self.opts.microkernels, self.opts.threads)?;
         p.check_guards = self.opts.check_guards;
+        p.max_tensor_bytes = self.opts.max_tensor_bytes as u128;
         tracing::info!(
             "JIT compiled inputs {key:?}: {} steps ({} run by the interpreter) in {:.1} ms, arena {} bytes",
             p.report.steps.len(),
@@ -116,7 +162,7 @@ impl JitExecutable {
 
     /// The program for these input tensors (checked against the graph first).
     pub fn program(&self, inputs: &[Tensor]) -> Result<Arc<Program>, JitError> {
-        interp::check_inputs(&self.graph, inputs).map_err(|e| JitError::Input(e.to_string()))?;
+        interp::check_inputs(&self.graph, inputs)?;
         let types: Vec<TensorType> = self
             .graph
             .inputs()

@@ -13,6 +13,7 @@ use qforge_ir::{interp, DType, Op, Tensor, TensorData, TensorType};
 use rayon::prelude::*;
 use std::any::Any;
 use std::cell::RefCell;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,8 +65,72 @@ pub struct ProgramReport {
 #[derive(Clone, Copy)]
 struct Line([u8; 64]);
 
+/// Zeroed 64-byte lines covering `bytes` (at least one line).
 fn lines(bytes: usize) -> Vec<Line> {
     vec![Line([0; 64]); bytes.div_ceil(64).max(1)]
+}
+
+/// [`lines`] for the arena, whose size comes from the model: a failed allocation is an error.
+fn try_lines(bytes: usize) -> Result<Vec<Line>, JitError> {
+    let n = bytes.div_ceil(64).max(1);
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| JitError::Alloc { what: "the arena".into(), bytes: n.saturating_mul(64) })?;
+    v.resize(n, Line([0; 64]));
+    Ok(v)
+}
+
+/// The arena during one run: a raw pointer to its bytes and their count. Generated code writes
+/// through the pointer; Rust code reads and writes arena bytes only through the short-lived
+/// slices [`Arena::bytes`] and [`Arena::bytes_mut`] hand out. Those borrow the `Arena`, and
+/// everything that lets generated code run ([`Program::run_jit`], [`convert`]) takes it
+/// mutably, so no Rust reference into the arena is alive while generated code writes to it.
+struct Arena<'a> {
+    base: *mut u8,
+    len: usize,
+    /// The lines stay mutably borrowed (and so untouched by anyone else) while this view lives.
+    _lines: PhantomData<&'a mut [Line]>,
+}
+
+impl<'a> Arena<'a> {
+    fn new(lines: &'a mut [Line]) -> Arena<'a> {
+        Arena { base: lines.as_mut_ptr().cast::<u8>(), len: lines.len() * 64, _lines: PhantomData }
+    }
+
+    /// `off..off + len` if it lies inside the arena, else an error naming `what` and the range.
+    fn range(&self, off: usize, len: usize, what: impl FnOnce() -> String) -> Result<(), JitError> {
+        match off.checked_add(len) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(JitError::Run(format!(
+                "{}: bytes {off}..{} lie outside the arena of {} bytes",
+                what(),
+                off.saturating_add(len),
+                self.len
+            ))),
+        }
+    }
+
+    /// The bytes `off..off + len`, read-only.
+    fn bytes(&self, off: usize, len: usize, what: impl FnOnce() -> String) -> Result<&[u8], JitError> {
+        self.range(off, len, what)?;
+        // SAFETY: the range lies inside the arena (checked above), whose bytes are initialized
+        // (zeroed when allocated); the slice borrows `self`, so it ends before generated code or
+        // another slice can write these bytes.
+        Ok(unsafe { std::slice::from_raw_parts(self.base.add(off), len) })
+    }
+
+    /// The bytes `off..off + len`, writable.
+    fn bytes_mut(&mut self, off: usize, len: usize, what: impl FnOnce() -> String) -> Result<&mut [u8], JitError> {
+        self.range(off, len, what)?;
+        // SAFETY: as in `bytes`; borrowing `self` mutably makes this the only reference into the
+        // arena while it lives.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.base.add(off), len) })
+    }
+
+    /// The base pointer, for generated code and raw copies; taking `&mut self` ends every slice
+    /// handed out before.
+    fn ptr(&mut self) -> *mut u8 {
+        self.base
+    }
 }
 
 thread_local! {
@@ -83,9 +148,16 @@ struct Guard {
 
 const GUARD_BYTE: u8 = 0xA5;
 
+/// The arena pointer handed to the threads of one step.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut u8);
+// SAFETY: the pointer is only passed to generated step functions. The executor splits a step's
+// units between threads; a step function writes only the output elements of its own units and
+// reads buffers that no step writes while it runs (the memory plan keeps live buffers apart), so
+// threads never race on a byte. The arena outlives the parallel loop: `run_jit` returns only when
+// every chunk is done.
 unsafe impl Send for SendPtr {}
+// SAFETY: as for `Send`: shared use is the concurrent calls just described.
 unsafe impl Sync for SendPtr {}
 
 /// A compiled program.
@@ -104,21 +176,27 @@ pub struct Program {
     guards: Vec<Guard>,
     /// Fill the guard bytes after every live buffer and verify them after every step.
     pub check_guards: bool,
+    /// The size limit host steps run the interpreter with (`--max-tensor-bytes`).
+    pub max_tensor_bytes: u128,
     pub report: ProgramReport,
 }
 
 /// The JIT module owning the generated code. Only dropped (never used) after compilation, so
 /// sharing it between threads is sound.
 struct JitCode(Jit);
-// SAFETY: after `finalize` the module is never touched again until it is freed in `drop`; the
-// code it owns is immutable and callable from any thread.
+// SAFETY: after `finalize` the module is never touched again until it is freed in `drop`
+// (`Program` keeps it private and calls nothing on it); the machine code it owns is immutable
+// and callable from any thread, and its memory is freed only once, by the owner.
 unsafe impl Send for JitCode {}
+// SAFETY: as for `Send`: no method of the module is called through a shared reference.
 unsafe impl Sync for JitCode {}
 
 impl Drop for Program {
     fn drop(&mut self) {
         if let Some(jit) = self.jit.take() {
-            // SAFETY: no function of this module can run any more: the program is being dropped.
+            // SAFETY: no function of this module can run any more: `run` borrows the program, so
+            // none is running while it is dropped, and the function pointers in `exec` are
+            // dropped with it without being called.
             unsafe { jit.0.module.free_memory() };
         }
     }
@@ -424,14 +502,17 @@ impl Program {
                         return Err(JitError::Codegen("step functions out of order".into()));
                     };
                     debug_assert_eq!(i, j);
-                    // SAFETY: the function was defined with the step signature and finalized.
+                    // SAFETY: `id` was declared with `step_signature` (four pointer-sized
+                    // parameters in the host's default calling convention, which is the C ABI
+                    // `StepFn` names) and the module is finalized, so the address is that
+                    // function's code; it stays valid until `free_memory` when the program drops.
                     let func: StepFn = unsafe { std::mem::transmute::<*const u8, StepFn>(jit.address(id)) };
                     Exec::Jit { func, units, grain, scratch }
                 }
                 StepKind::Convert { to_nhwc, n, c, hw, elem, input, output } => {
                     Exec::Convert { to_nhwc, n, c, hw, elem, input: off(input), output: off(output) }
                 }
-                StepKind::Host { op, inputs: hin, outputs: hout } => Exec::Host {
+                StepKind::Host { op, inputs: hin, outputs: hout, .. } => Exec::Host {
                     op,
                     inputs: hin
                         .into_iter()
@@ -479,6 +560,7 @@ impl Program {
             _keep: keep,
             guards,
             check_guards: false,
+            max_tensor_bytes: qforge_ir::DEFAULT_MAX_TENSOR_BYTES as u128,
             report,
         })
     }
@@ -500,98 +582,144 @@ impl Program {
                 )));
             }
         }
+        // The program's own arena, or a fresh one while another run holds it.
         let mut guard = self.arena.try_lock().ok();
         let mut local;
-        let arena: &mut Vec<Line> = match guard.as_deref_mut() {
+        let lines: &mut Vec<Line> = match guard.as_deref_mut() {
             Some(a) => a,
             None => {
                 local = Vec::new();
                 &mut local
             }
         };
-        if arena.len() * 64 < self.arena_bytes {
-            *arena = lines(self.arena_bytes);
+        if lines.len() * 64 < self.arena_bytes {
+            *lines = try_lines(self.arena_bytes)?;
         }
-        let base = arena.as_mut_ptr() as *mut u8;
-        let bytes = arena.len() * 64;
-        // SAFETY: `base` addresses `bytes` initialized bytes owned by `arena` for this call.
-        let mem = unsafe { std::slice::from_raw_parts_mut(base, bytes) };
+        let mut arena = Arena::new(lines);
         if self.check_guards {
-            for g in self.guards.iter().filter(|g| g.first == 0) {
-                mem[g.start..g.start + g.len].fill(GUARD_BYTE);
-            }
+            self.fill_guards(&mut arena, |g| g.first == 0)?;
         }
-        for (t, (o, _)) in inputs.iter().zip(&self.inputs) {
-            write_tensor(t, &mut mem[*o..]);
+        for (k, (t, (o, _))) in inputs.iter().zip(&self.inputs).enumerate() {
+            let out = arena.bytes_mut(*o, tensor_bytes(t), || format!("input {k}"))?;
+            write_tensor(t, out);
         }
         if let Some(t) = times.as_deref_mut() {
             t.resize(self.exec.len(), Duration::ZERO);
         }
         for (i, e) in self.exec.iter().enumerate() {
             if self.check_guards && i > 0 {
-                for g in self.guards.iter().filter(|g| g.first == i) {
-                    mem[g.start..g.start + g.len].fill(GUARD_BYTE);
-                }
+                self.fill_guards(&mut arena, |g| g.first == i)?;
             }
             let t0 = Instant::now();
             match e {
-                Exec::Jit { func, units, grain, scratch } => self.run_jit(*func, base, *units, *grain, *scratch),
-                Exec::Convert { to_nhwc, n, c, hw, elem, input, output } => {
-                    convert(mem, *to_nhwc, *n, *c, *hw, *elem, *input, *output)
-                }
-                Exec::Host { op, inputs: hin, outputs } => {
-                    let mut owned: Vec<Option<Tensor>> = Vec::new();
-                    let mut types: Vec<Option<TensorType>> = Vec::new();
-                    let mut consts: Vec<Option<Arc<Tensor>>> = Vec::new();
-                    for a in hin {
-                        match a {
-                            HostIn::Missing => {
-                                owned.push(None);
-                                consts.push(None);
-                                types.push(None);
-                            }
-                            HostIn::Arena(o, ty) => {
-                                owned.push(Some(read_tensor(ty, &mem[*o..])?));
-                                consts.push(None);
-                                types.push(Some(ty.clone()));
-                            }
-                            HostIn::Const(t, ty) => {
-                                owned.push(None);
-                                types.push(Some(ty.clone()));
-                                consts.push(Some(t.clone()));
-                            }
-                        }
-                    }
-                    let args: Vec<Option<&Tensor>> =
-                        owned.iter().zip(&consts).map(|(o, c)| o.as_ref().or(c.as_deref())).collect();
-                    let tys: Vec<Option<&TensorType>> = types.iter().map(|t| t.as_ref()).collect();
-                    let out_tys: Vec<TensorType> = outputs.iter().map(|o| o.1.clone()).collect();
-                    let res = interp::eval_op(op, &tys, &out_tys, &args)
-                        .map_err(|m| JitError::Run(format!("{} (host): {m}", op.name())))?;
-                    for (t, (o, _)) in res.iter().zip(outputs) {
-                        write_tensor(t, &mut mem[*o..]);
-                    }
-                }
+                Exec::Jit { func, units, grain, scratch } => self.run_jit(*func, &mut arena, *units, *grain, *scratch),
+                Exec::Convert { to_nhwc, n, c, hw, elem, input, output } => convert(
+                    &mut arena,
+                    &Transpose {
+                        to_nhwc: *to_nhwc,
+                        n: *n,
+                        c: *c,
+                        hw: *hw,
+                        elem: *elem,
+                        input: *input,
+                        output: *output,
+                    },
+                )
+                .map_err(|e| self.step_error(i, e.to_string()))?,
+                Exec::Host { op, inputs: hin, outputs } => self.run_host(&mut arena, i, op, hin, outputs)?,
             }
             if let Some(t) = times.as_deref_mut() {
                 t[i] += t0.elapsed();
             }
             if self.check_guards {
                 for g in self.guards.iter().filter(|g| g.first <= i && i <= g.last) {
-                    if mem[g.start..g.start + g.len].iter().any(|&b| b != GUARD_BYTE) {
-                        let name = self.report.steps.get(i).map_or("?", |s| s.name.as_str());
-                        return Err(JitError::Run(format!(
-                            "step {i} (`{name}`) wrote past the end of a buffer (guard bytes at arena offset {} changed)",
-                            g.start
-                        )));
+                    let bytes = arena.bytes(g.start, g.len, || format!("guard bytes after step {i}"))?;
+                    if bytes.iter().any(|&b| b != GUARD_BYTE) {
+                        return Err(self.step_error(
+                            i,
+                            format!("wrote past the end of a buffer (guard bytes at arena offset {} changed)", g.start),
+                        ));
                     }
                 }
             }
         }
-        self.outputs.iter().map(|(o, ty)| read_tensor(ty, &mem[*o..])).collect()
+        self.outputs
+            .iter()
+            .enumerate()
+            .map(|(k, (o, ty))| read_tensor(ty, arena.bytes(*o, type_bytes(ty)?, || format!("output {k}"))?))
+            .collect()
     }
 
-    fn run_jit(&self, func: StepFn, base: *mut u8, units: usize, grain: usize, _scratch: bool) {
+    /// An error of step `i`, naming it.
+    fn step_error(&self, i: usize, msg: String) -> JitError {
+        let name = self.report.steps.get(i).map_or("?", |s| s.name.as_str()).to_string();
+        JitError::Step { step: i, name, msg }
+    }
+
+    /// Fills the guard bytes of the buffers `which` selects.
+    fn fill_guards(&self, arena: &mut Arena<'_>, which: impl Fn(&Guard) -> bool) -> Result<(), JitError> {
+        for g in self.guards.iter().filter(|g| which(g)) {
+            arena.bytes_mut(g.start, g.len, || "guard bytes".into())?.fill(GUARD_BYTE);
+        }
+        Ok(())
+    }
+
+    /// Host step `i`: reads its inputs from the arena as tensors, runs the interpreter on the
+    /// node, writes the results back.
+    fn run_host(
+        &self,
+        arena: &mut Arena<'_>,
+        i: usize,
+        op: &Op,
+        hin: &[HostIn],
+        outputs: &[(usize, TensorType)],
+    ) -> Result<(), JitError> {
+        let name = self.report.steps.get(i).map_or("?", |s| s.name.as_str());
+        let mut owned: Vec<Option<Tensor>> = Vec::new();
+        let mut types: Vec<Option<TensorType>> = Vec::new();
+        let mut consts: Vec<Option<Arc<Tensor>>> = Vec::new();
+        for (k, a) in hin.iter().enumerate() {
+            match a {
+                HostIn::Missing => {
+                    owned.push(None);
+                    consts.push(None);
+                    types.push(None);
+                }
+                HostIn::Arena(o, ty) => {
+                    let bytes = arena.bytes(*o, type_bytes(ty)?, || format!("step {i} (`{name}`): input {k}"))?;
+                    owned.push(Some(read_tensor(ty, bytes)?));
+                    consts.push(None);
+                    types.push(Some(ty.clone()));
+                }
+                HostIn::Const(t, ty) => {
+                    owned.push(None);
+                    types.push(Some(ty.clone()));
+                    consts.push(Some(t.clone()));
+                }
+            }
+        }
+        let args: Vec<Option<&Tensor>> = owned.iter().zip(&consts).map(|(o, c)| o.as_ref().or(c.as_deref())).collect();
+        let tys: Vec<Option<&TensorType>> = types.iter().map(|t| t.as_ref()).collect();
+        let out_tys: Vec<TensorType> = outputs.iter().map(|o| o.1.clone()).collect();
+        let opts = interp::RunOptions { max_tensor_bytes: self.max_tensor_bytes };
+        let res = interp::eval_node(name, op, &tys, &out_tys, &args, &opts)?;
+        drop(owned);
+        for (k, (t, (o, ty))) in res.iter().zip(outputs).enumerate() {
+            if t.dtype() != ty.dtype || Some(t.shape()) != ty.shape.as_fixed().as_deref() {
+                return Err(self.step_error(
+                    i,
+                    format!("the interpreter returned {} {:?} for result {k} of type {ty}", t.dtype(), t.shape()),
+                ));
+            }
+            let out = arena.bytes_mut(*o, tensor_bytes(t), || format!("step {i} (`{name}`): result {k}"))?;
+            write_tensor(t, out);
+        }
+        Ok(())
+    }
+
+    /// Runs a generated step function over `units`, split across the thread pool in chunks of
+    /// whole `grain`s.
+    fn run_jit(&self, func: StepFn, arena: &mut Arena<'_>, units: usize, grain: usize, _scratch: bool) {
         if units == 0 {
             return;
         }
@@ -602,12 +730,16 @@ impl Program {
                 if s.len() * 64 < sb {
                     *s = lines(sb);
                 }
-                // SAFETY: the step function reads and writes only its buffers in the arena (planned
-                // not to overlap live buffers) and this thread's scratch, for units b..e.
+                // SAFETY: `func` was generated for this program's arena plan with the step
+                // signature; it reads and writes only its step's buffers in the arena (planned
+                // not to overlap other live buffers, and inside the arena of `arena_bytes`), the
+                // constants kept alive in `_keep`, and this thread's scratch (at least
+                // `scratch_bytes`, borrowed for the call), for units `b..e` only. No Rust
+                // reference into the arena is alive: `arena` is borrowed mutably by `run_jit`.
                 unsafe { func(arena.0, s.as_mut_ptr() as *mut u8, b, e) }
             })
         };
-        let arena = SendPtr(base);
+        let base = SendPtr(arena.ptr());
         match &self.pool {
             Some(pool) if units > grain => {
                 let chunks = (self.threads * 4).min(units.div_ceil(grain));
@@ -617,11 +749,11 @@ impl Program {
                     (0..n).into_par_iter().for_each(|c| {
                         let b = c * per;
                         let e = (b + per).min(units);
-                        call(arena, b, e);
+                        call(base, b, e);
                     })
                 });
             }
-            _ => call(arena, 0, units),
+            _ => call(base, 0, units),
         }
     }
 
@@ -695,83 +827,160 @@ fn kernel_consts(main: &crate::spec::MainOp, keep: &mut Vec<Box<dyn Any + Send +
     }
 }
 
-/// NCHW <-> NHWC, by element size (a transpose of `c x hw` planes per image).
-#[allow(clippy::too_many_arguments)]
-fn convert(mem: &mut [u8], to_nhwc: bool, n: usize, c: usize, hw: usize, elem: usize, input: usize, output: usize) {
-    let len = n * c * hw * elem;
-    if input + len > mem.len() || output + len > mem.len() {
-        return;
+/// A layout conversion: NCHW <-> NHWC of `n` images of `c` channels and `hw` pixels, `elem`
+/// bytes each, from arena offset `input` to `output`.
+struct Transpose {
+    to_nhwc: bool,
+    n: usize,
+    c: usize,
+    hw: usize,
+    elem: usize,
+    input: usize,
+    output: usize,
+}
+
+/// Why a layout conversion cannot run: its buffers do not fit the arena or each other.
+#[derive(Debug, thiserror::Error)]
+enum ConvertError {
+    #[error("layout conversion of {n}x{c}x{hw} elements of {elem} bytes: the size overflows")]
+    Overflow { n: usize, c: usize, hw: usize, elem: usize },
+    #[error(
+        "layout conversion reads arena bytes {input}..{input_end} and writes {output}..{output_end}: \
+         outside the arena of {arena} bytes"
+    )]
+    Outside { input: usize, input_end: usize, output: usize, output_end: usize, arena: usize },
+    #[error(
+        "layout conversion reads arena bytes {input}..{input_end} and writes {output}..{output_end}, which overlap"
+    )]
+    Overlap { input: usize, input_end: usize, output: usize, output_end: usize },
+    #[error("layout conversion of {0}-byte elements")]
+    ElementSize(usize),
+}
+
+/// Runs the conversion `t` on the arena (a transpose of `c x hw` planes per image). Buffers
+/// outside the arena or overlapping each other are a memory-plan bug: an error naming both
+/// ranges, never a silent skip.
+fn convert(arena: &mut Arena<'_>, t: &Transpose) -> Result<(), ConvertError> {
+    let &Transpose { to_nhwc, n, c, hw, elem, input, output } = t;
+    let len = [n, c, hw, elem].iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let Some(len) = len else {
+        return Err(ConvertError::Overflow { n, c, hw, elem });
+    };
+    let (input_end, output_end) = (input.saturating_add(len), output.saturating_add(len));
+    let fits = |start: usize, end: usize| start.checked_add(len) == Some(end) && end <= arena.len;
+    if !fits(input, input_end) || !fits(output, output_end) {
+        return Err(ConvertError::Outside { input, input_end, output, output_end, arena: arena.len });
+    }
+    // Both buffers are live during this step, so the memory plan never lets them overlap.
+    if len > 0 && input < output_end && output < input_end {
+        return Err(ConvertError::Overlap { input, input_end, output, output_end });
+    }
+    if !matches!(elem, 1 | 2 | 4 | 8) {
+        return Err(ConvertError::ElementSize(elem));
     }
     let (rows, cols) = if to_nhwc { (c, hw) } else { (hw, c) };
-    /// `dst[col][row] = src[row][col]` for each image, in blocks that keep both sides in cache.
-    ///
-    /// # Safety
-    /// `src` and `dst` hold `n * rows * cols` elements of `T` each and do not overlap.
-    unsafe fn transpose<T: Copy>(src: *const T, dst: *mut T, n: usize, rows: usize, cols: usize) {
-        const B: usize = 32;
-        let plane = rows * cols;
-        for img in 0..n {
-            let (s, d) = (src.add(img * plane), dst.add(img * plane));
-            for r0 in (0..rows).step_by(B) {
-                let r1 = (r0 + B).min(rows);
-                for c0 in (0..cols).step_by(B) {
-                    let c1 = (c0 + B).min(cols);
-                    for col in c0..c1 {
-                        for r in r0..r1 {
-                            d.add(col * rows + r).write_unaligned(s.add(r * cols + col).read_unaligned());
+    let base = arena.ptr();
+    // SAFETY: `input..input_end` and `output..output_end` lie inside the arena and do not overlap
+    // (checked above), each holds `n * rows * cols` elements of `elem` bytes, and no Rust
+    // reference into the arena is alive (`arena` is borrowed mutably here). The element accesses
+    // are unaligned reads and writes, so any offset is fine.
+    unsafe {
+        let (src, dst) = (base.add(input) as *const u8, base.add(output));
+        match elem {
+            1 => transpose_planes::<u8>(src, dst, n, rows, cols),
+            2 => transpose_planes::<u16>(src as *const u16, dst as *mut u16, n, rows, cols),
+            4 => transpose_planes::<u32>(src as *const u32, dst as *mut u32, n, rows, cols),
+            _ => transpose_planes::<u64>(src as *const u64, dst as *mut u64, n, rows, cols),
+        }
+    }
+    Ok(())
+}
+
+/// `dst[img][col][row] = src[img][row][col]` for `n` planes of `rows x cols` elements.
+///
+/// # Safety
+/// `src` and `dst` are valid for reads and writes of `n * rows * cols` elements of `T` each
+/// (any alignment) and do not overlap.
+unsafe fn transpose_planes<T: Copy>(src: *const T, dst: *mut T, n: usize, rows: usize, cols: usize) {
+    // SAFETY: the contracts of the helpers are this function's.
+    unsafe {
+        match rows {
+            1 => transpose_rows::<T, 1>(src, dst, n, cols),
+            2 => transpose_rows::<T, 2>(src, dst, n, cols),
+            3 => transpose_rows::<T, 3>(src, dst, n, cols),
+            4 => transpose_rows::<T, 4>(src, dst, n, cols),
+            _ => transpose_blocked::<T>(src, dst, n, rows, cols),
+        }
+    }
+}
+
+/// [`transpose_planes`] in blocks that keep both sides in cache.
+///
+/// # Safety
+/// As [`transpose_planes`].
+unsafe fn transpose_blocked<T: Copy>(src: *const T, dst: *mut T, n: usize, rows: usize, cols: usize) {
+    const B: usize = 32;
+    let plane = rows * cols;
+    for img in 0..n {
+        for r0 in (0..rows).step_by(B) {
+            let r1 = (r0 + B).min(rows);
+            for c0 in (0..cols).step_by(B) {
+                let c1 = (c0 + B).min(cols);
+                for col in c0..c1 {
+                    for r in r0..r1 {
+                        // SAFETY: `img * plane + r * cols + col` and `img * plane + col * rows + r`
+                        // are below `n * rows * cols`, inside both buffers.
+                        unsafe {
+                            let v = src.add(img * plane + r * cols + col).read_unaligned();
+                            dst.add(img * plane + col * rows + r).write_unaligned(v);
                         }
                     }
                 }
             }
         }
     }
-    /// The same for a compile-time row count (images with 1 to 4 channels, where the inner loop
-    /// would otherwise cost more than the copy).
-    ///
-    /// # Safety
-    /// As `transpose`.
-    unsafe fn transpose_rows<T: Copy, const R: usize>(src: *const T, dst: *mut T, n: usize, cols: usize) {
-        let plane = R * cols;
-        for img in 0..n {
-            let (s, d) = (src.add(img * plane), dst.add(img * plane));
-            for col in 0..cols {
-                for r in 0..R {
-                    d.add(col * R + r).write_unaligned(s.add(r * cols + col).read_unaligned());
+}
+
+/// [`transpose_planes`] for a compile-time row count (images with 1 to 4 channels, where the
+/// blocked loop would cost more than the copy).
+///
+/// # Safety
+/// As [`transpose_planes`] with `rows = R`.
+unsafe fn transpose_rows<T: Copy, const R: usize>(src: *const T, dst: *mut T, n: usize, cols: usize) {
+    let plane = R * cols;
+    for img in 0..n {
+        for col in 0..cols {
+            for r in 0..R {
+                // SAFETY: both indices are below `n * R * cols`, inside both buffers.
+                unsafe {
+                    let v = src.add(img * plane + r * cols + col).read_unaligned();
+                    dst.add(img * plane + col * R + r).write_unaligned(v);
                 }
             }
         }
     }
-    unsafe fn dispatch<T: Copy>(src: *const T, dst: *mut T, n: usize, rows: usize, cols: usize) {
-        match rows {
-            1 => transpose_rows::<T, 1>(src, dst, n, cols),
-            2 => transpose_rows::<T, 2>(src, dst, n, cols),
-            3 => transpose_rows::<T, 3>(src, dst, n, cols),
-            4 => transpose_rows::<T, 4>(src, dst, n, cols),
-            _ => transpose::<T>(src, dst, n, rows, cols),
-        }
-    }
-    // Both buffers are live during this step, so the memory plan never lets them overlap.
-    if input < output + len && output < input + len {
-        return;
-    }
-    let base = mem.as_mut_ptr();
-    // SAFETY: both ranges lie inside `mem` (checked above) and do not overlap.
-    unsafe {
-        let (src, dst) = (base.add(input) as *const u8, base.add(output));
-        match elem {
-            1 => dispatch::<u8>(src, dst, n, rows, cols),
-            2 => dispatch::<u16>(src as *const u16, dst as *mut u16, n, rows, cols),
-            4 => dispatch::<u32>(src as *const u32, dst as *mut u32, n, rows, cols),
-            _ => dispatch::<u64>(src as *const u64, dst as *mut u64, n, rows, cols),
-        }
-    }
 }
 
+/// Bytes of a tensor's data.
+fn tensor_bytes(t: &Tensor) -> usize {
+    t.len() * t.dtype().size_bytes()
+}
+
+/// Bytes of a tensor of a (fixed) type.
+fn type_bytes(ty: &TensorType) -> Result<usize, JitError> {
+    let shape = ty.shape.as_fixed().ok_or_else(|| JitError::Run("a symbolic shape at run time".into()))?;
+    shape
+        .iter()
+        .try_fold(ty.dtype.size_bytes(), |a, &d| a.checked_mul(d))
+        .ok_or_else(|| JitError::Run(format!("a tensor of type {ty} overflows the address space")))
+}
+
+/// Writes `t`'s elements (little-endian) to `out`, which holds exactly [`tensor_bytes`] bytes.
 fn write_tensor(t: &Tensor, out: &mut [u8]) {
     macro_rules! put {
         ($v:expr, $n:expr) => {
-            for (i, x) in $v.iter().enumerate() {
-                out[i * $n..(i + 1) * $n].copy_from_slice(&x.to_le_bytes());
+            for (o, x) in out.chunks_exact_mut($n).zip($v.iter()) {
+                o.copy_from_slice(&x.to_le_bytes());
             }
         };
     }
@@ -780,40 +989,43 @@ fn write_tensor(t: &Tensor, out: &mut [u8]) {
         TensorData::F16(v) => put!(v, 2),
         TensorData::BF16(v) => put!(v, 2),
         TensorData::I8(v) => put!(v, 1),
-        TensorData::U8(v) => out[..v.len()].copy_from_slice(v),
+        TensorData::U8(v) => out.copy_from_slice(v),
         TensorData::I32(v) => put!(v, 4),
         TensorData::I64(v) => put!(v, 8),
         TensorData::Bool(v) => {
-            for (i, b) in v.iter().enumerate() {
-                out[i] = *b as u8;
+            for (o, b) in out.iter_mut().zip(v) {
+                *o = *b as u8;
             }
         }
     }
 }
 
+/// A tensor of type `ty` from `mem`, which holds exactly its bytes (little-endian).
 fn read_tensor(ty: &TensorType, mem: &[u8]) -> Result<Tensor, JitError> {
     let shape = ty.shape.as_fixed().ok_or_else(|| JitError::Run("a symbolic shape at run time".into()))?;
     let n: usize = shape.iter().product();
-    macro_rules! get {
-        ($t:ty, $k:expr) => {
-            (0..n)
-                .map(|i| {
-                    let mut b = [0u8; $k];
-                    b.copy_from_slice(&mem[i * $k..(i + 1) * $k]);
-                    <$t>::from_le_bytes(b)
-                })
-                .collect::<Vec<$t>>()
-        };
+    /// The `n` elements of `K` bytes each of `mem`, decoded by `f`, in a vector allocated
+    /// fallibly (its size comes from the model).
+    fn get<T, const K: usize>(mem: &[u8], n: usize, f: fn([u8; K]) -> T) -> Result<Vec<T>, JitError> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(n)
+            .map_err(|_| JitError::Alloc { what: "a host step's input".into(), bytes: n.saturating_mul(K) })?;
+        for c in mem.chunks_exact(K).take(n) {
+            let mut b = [0u8; K];
+            b.copy_from_slice(c);
+            v.push(f(b));
+        }
+        Ok(v)
     }
     let data = match ty.dtype {
-        DType::F32 => TensorData::F32(get!(f32, 4)),
-        DType::F16 => TensorData::F16(get!(half::f16, 2)),
-        DType::BF16 => TensorData::BF16(get!(half::bf16, 2)),
-        DType::I8 => TensorData::I8(get!(i8, 1)),
-        DType::U8 => TensorData::U8(mem[..n].to_vec()),
-        DType::I32 => TensorData::I32(get!(i32, 4)),
-        DType::I64 => TensorData::I64(get!(i64, 8)),
-        DType::Bool => TensorData::Bool(mem[..n].iter().map(|&b| b != 0).collect()),
+        DType::F32 => TensorData::F32(get(mem, n, f32::from_le_bytes)?),
+        DType::F16 => TensorData::F16(get(mem, n, half::f16::from_le_bytes)?),
+        DType::BF16 => TensorData::BF16(get(mem, n, half::bf16::from_le_bytes)?),
+        DType::I8 => TensorData::I8(get(mem, n, i8::from_le_bytes)?),
+        DType::U8 => TensorData::U8(get(mem, n, |[b]: [u8; 1]| b)?),
+        DType::I32 => TensorData::I32(get(mem, n, i32::from_le_bytes)?),
+        DType::I64 => TensorData::I64(get(mem, n, i64::from_le_bytes)?),
+        DType::Bool => TensorData::Bool(get(mem, n, |[b]: [u8; 1]| b != 0)?),
     };
     Tensor::new(shape, data).ok_or_else(|| JitError::Run("a tensor of the wrong size".into()))
 }
@@ -821,4 +1033,66 @@ fn read_tensor(ty: &TensorType, mem: &[u8]) -> Result<Tensor, JitError> {
 /// Compiles `lw`-style programs; exposed for tests of single steps.
 pub fn compile_lowered(lw: Lowered, microkernels: Microkernels, threads: usize) -> Result<Program, JitError> {
     Program::build(lw, microkernels, threads)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lower::{Buf, LoweredStep};
+    use qforge_ir::Shape;
+
+    fn conv(input: usize, output: usize) -> Transpose {
+        Transpose { to_nhwc: true, n: 1, c: 2, hw: 3, elem: 4, input, output }
+    }
+
+    #[test]
+    fn convert_transposes_and_refuses_bad_ranges() {
+        let mut lines = lines(256);
+        let mut arena = Arena::new(&mut lines);
+        let x: Vec<u8> = (0..6u32).flat_map(|v| v.to_le_bytes()).collect();
+        arena.bytes_mut(0, 24, String::new).unwrap().copy_from_slice(&x);
+        convert(&mut arena, &conv(0, 64)).unwrap();
+        let y: Vec<u32> = arena
+            .bytes(64, 24, String::new)
+            .unwrap()
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert_eq!(y, [0, 3, 1, 4, 2, 5]);
+        let cases = [
+            (
+                conv(240, 0),
+                "layout conversion reads arena bytes 240..264 and writes 0..24: outside the arena of 256 bytes",
+            ),
+            (conv(0, usize::MAX - 4), &format!("writes {}..{}", usize::MAX - 4, usize::MAX)),
+            (conv(0, 16), "layout conversion reads arena bytes 0..24 and writes 16..40, which overlap"),
+            (conv(16, 0), "reads arena bytes 16..40 and writes 0..24, which overlap"),
+            (Transpose { elem: 3, ..conv(0, 64) }, "layout conversion of 3-byte elements"),
+        ];
+        for (t, want) in cases {
+            let e = convert(&mut arena, &t).unwrap_err().to_string();
+            assert!(e.contains(want), "{e} does not contain {want}");
+        }
+    }
+
+    #[test]
+    fn a_conversion_outside_the_arena_fails_the_run_naming_the_step() {
+        // A plan bug, simulated: the conversion's buffers are declared far smaller than the
+        // tensor it moves, so the arena cannot hold the copy.
+        let small = TensorType::new(DType::F32, Shape::fixed(&[1]));
+        let lw = Lowered {
+            buffers: vec![Buf { bytes: 4 }, Buf { bytes: 4 }],
+            steps: vec![LoweredStep {
+                name: "x.layout".into(),
+                kind: StepKind::Convert { to_nhwc: true, n: 1, c: 64, hw: 64, elem: 4, input: 0, output: 1 },
+            }],
+            inputs: vec![(0, small.clone())],
+            outputs: vec![(1, small)],
+            host_ops: vec![],
+        };
+        let p = Program::build(lw, Microkernels::Native, 1).unwrap();
+        let e = p.run(&[Tensor::from_f32(vec![1], vec![1.0])], None).unwrap_err().to_string();
+        assert!(e.starts_with("step 0 (`x.layout`): layout conversion reads arena bytes"), "{e}");
+        assert!(e.contains("outside the arena of"), "{e}");
+    }
 }

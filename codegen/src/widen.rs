@@ -4,7 +4,7 @@
 //! semantics for low-precision float ops (see `qforge_ir::interp`). Constant inputs are widened
 //! at compile time. Ops without an f32 kernel stay as they are (the host runs them in f16).
 
-use qforge_ir::{BinaryOp, DType, Graph, Op, Tensor, TensorType, UnaryOp, Value};
+use qforge_ir::{BinaryOp, DType, Graph, Node, Op, Tensor, TensorType, UnaryOp, Value};
 use std::collections::HashMap;
 
 fn low(d: DType) -> bool {
@@ -27,6 +27,12 @@ fn eligible(op: &Op) -> bool {
     ) || matches!(op, Op::Unary(u) if *u != UnaryOp::Not)
 }
 
+/// Whether [`widen_low_precision`] moves `node` to f32 (then its inputs and result exist in f32
+/// too, as the interpreter's temporaries for it do).
+pub fn is_widened(node: &Node) -> bool {
+    node.outputs.len() == 1 && low(node.outputs[0].dtype) && eligible(&node.op)
+}
+
 /// `g` with its f16/bf16 compute ops moved to f32 between a widening and a rounding cast.
 pub fn widen_low_precision(g: &Graph) -> Graph {
     let mut g = g.clone();
@@ -34,7 +40,7 @@ pub fn widen_low_precision(g: &Graph) -> Graph {
     let mut widened: HashMap<Value, Value> = HashMap::new();
     for id in order {
         let node = g.node(id).clone();
-        if node.outputs.len() != 1 || !low(node.outputs[0].dtype) || !eligible(&node.op) {
+        if !is_widened(&node) {
             continue;
         }
         let dt = node.outputs[0].dtype;

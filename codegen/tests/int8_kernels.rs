@@ -46,7 +46,7 @@ fn check_gemm(m: usize, k: usize, n: usize, mode: u32, rng: &mut Rng) {
             _ => rng.i8(),
         })
         .collect();
-    let packed = pack_weights_i8(&w, n, k);
+    let packed = pack_weights_i8(&w, n, k).unwrap();
     assert_eq!(packed.kp % 4, 0);
     for j in 0..n {
         let s: i32 = (0..k).map(|t| w[j * k + t] as i32).sum();
@@ -73,6 +73,9 @@ fn check_gemm(m: usize, k: usize, n: usize, mode: u32, rng: &mut Rng) {
             let ldc = width + 5;
             let guard = 0x5a5a5a5a;
             let mut c = vec![guard; m * ldc + 8];
+            // SAFETY: `a` has `m` rows of `lda >= kp` bytes, panel `p` starts at `panel_offset(p, kp)` inside
+            // `packed.data` with `width * kp` bytes, `c` has `m` rows of `ldc = width + 5 >= round_up_16(nr)`
+            // i32; `variants()` lists only kernels this CPU supports.
             unsafe {
                 f(a.as_ptr(), lda, m, packed.data.as_ptr().add(panel_offset(p, kp)), kp, c.as_mut_ptr(), ldc, nr)
             };
@@ -144,7 +147,7 @@ fn dispatch_names() {
 fn packing_layout() {
     let (n, k) = (70usize, 5usize);
     let w: Vec<i8> = (0..n * k).map(|i| (i % 251) as u8 as i8).collect();
-    let p = pack_weights_i8(&w, n, k);
+    let p = pack_weights_i8(&w, n, k).unwrap();
     assert_eq!(p.kp, 8);
     assert_eq!(panel_width(n, 0), 64);
     assert_eq!(panel_width(n, 1), 16);
@@ -174,6 +177,8 @@ fn row_sums() {
         let a: Vec<u8> = (0..m * lda).map(|_| rng.u8()).collect();
         for f in [row_sums_u8 as unsafe extern "C" fn(*const u8, usize, usize, usize, *mut i32), row_sums_u8_scalar] {
             let mut out = vec![0x11; m + 1];
+            // SAFETY: `a` has `m` rows of `lda >= k` bytes and `out` has `m + 1` i32; the dispatching
+            // `row_sums_u8` checks the CPU itself.
             unsafe { f(a.as_ptr(), lda, m, k, out.as_mut_ptr()) };
             for r in 0..m {
                 let s: i32 = a[r * lda..r * lda + k].iter().map(|&v| v as i32).sum();
@@ -270,6 +275,8 @@ fn im2col() {
                     im2col_u8_scalar,
                 ] {
                     let mut out = vec![0xeeu8; rows * ld];
+                    // SAFETY: `g` is valid, `x` holds every image of `g`, `out` has `rows` rows of `ld >=
+                    // g.k()` bytes; `im2col_u8` checks the CPU before using AVX-512.
                     unsafe { f(&g, x.as_ptr(), m0, rows, out.as_mut_ptr(), ld, pad, xor) };
                     assert_eq!(out, want, "{g:?} m0={m0} rows={rows} pad={pad} xor={xor}");
                     n += 1;
@@ -328,13 +335,16 @@ fn depthwise() {
                         let x: Vec<u8> = (0..imgs * h * w * c).map(|_| if extreme { 255 } else { rng.u8() }).collect();
                         let wt: Vec<i8> = (0..c * k * k).map(|_| if extreme { -128 } else { rng.i8() }).collect();
                         let zx = if extreme { 0 } else { (rng.next() % 256) as i32 };
-                        let packed = pack_depthwise_i8(&wt, c, k, k);
+                        let packed = pack_depthwise_i8(&wt, c, k, k).unwrap();
                         assert_eq!(packed.data.len(), k * k * c.div_ceil(64) * 64);
                         let ldo = c + 3;
                         for row in [0, g.oh / 2, imgs * g.oh - 1] {
                             let want = ref_dw(&g, &x, zx, &wt, row);
                             for (f, name) in &variants {
                                 let mut out = vec![0x77i32; g.ow * ldo];
+                                // SAFETY: `x` holds `imgs` images of `g`, `packed.data` the packed weights
+                                // for `g`, `out` `ow` rows of `ldo = c + 3 >= c` i32, and `row < imgs * oh`;
+                                // `variants` lists only kernels this CPU supports.
                                 unsafe { f(&g, x.as_ptr(), zx, packed.data.as_ptr(), row, out.as_mut_ptr(), ldo) };
                                 for ox in 0..g.ow {
                                     for ch in 0..ldo {
@@ -378,13 +388,15 @@ fn depthwise_odd_geometries() {
         let g = geom(h, w, c, k, s, p, d, 1, 0);
         let x: Vec<u8> = (0..2 * h * w * c).map(|_| rng.u8()).collect();
         let wt: Vec<i8> = (0..c * k * k).map(|_| rng.i8()).collect();
-        let packed = pack_depthwise_i8(&wt, c, k, k);
+        let packed = pack_depthwise_i8(&wt, c, k, k).unwrap();
         for &zx in &[0i32, 128, 255, -70000, 1 << 20] {
             for row in 0..2 * g.oh {
                 let want = ref_dw(&g, &x, zx, &wt, row);
                 for (f, name) in &variants {
                     let ldo = c + 1;
                     let mut out = vec![0x77i32; g.ow * ldo];
+                    // SAFETY: as above: `row < 2 * oh` images of `x`, `out` `ow` rows of `ldo = c + 1` i32,
+                    // kernels this CPU supports.
                     unsafe { f(&g, x.as_ptr(), zx, packed.data.as_ptr(), row, out.as_mut_ptr(), ldo) };
                     for ox in 0..g.ow {
                         for ch in 0..ldo {

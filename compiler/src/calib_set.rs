@@ -12,6 +12,80 @@ use qforge_ir::{Graph, Tensor};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+/// One pass over calibration data: batches of the graph's inputs, each read when asked for.
+pub type CalibStream<'a> = Box<dyn Iterator<Item = Result<Vec<Tensor>>> + 'a>;
+
+/// Where calibration data comes from: a file (`--calib`, [`CalibFile`]), or batches a library
+/// user streams in (the Python package's iterables). Stages that need one pass (calibration)
+/// stream it; stages that run the set many times (the sensitivity study, the guards) collect it.
+pub trait CalibSource: Send + Sync {
+    /// For logs: the file and its arrays, or what the batches come from.
+    fn describe(&self) -> String;
+    /// A fresh pass over the data as `g`'s inputs (one tensor per graph input, in order), in
+    /// batches of at most `batch` samples (a source that yields its own batches may ignore it).
+    fn stream<'a>(&'a self, g: &Graph, batch: usize) -> Result<CalibStream<'a>>;
+    /// How many batches one pass yields, when known in advance (progress bars).
+    fn batch_count(&self, g: &Graph, batch: usize) -> Option<usize>;
+    /// Checks the data against `g` before any stage runs, where that is possible without
+    /// consuming it (a file: its arrays bind to the inputs, their shapes fit, every value is
+    /// finite).
+    fn check(&self, g: &Graph) -> Result<()>;
+}
+
+/// The calibration file of `--calib`, read the first time a stage needs it and kept.
+pub struct LazyFile {
+    path: PathBuf,
+    file: std::sync::OnceLock<CalibFile>,
+}
+
+impl LazyFile {
+    pub fn new(path: &Path) -> LazyFile {
+        LazyFile { path: path.to_path_buf(), file: std::sync::OnceLock::new() }
+    }
+
+    /// The file, read now if it is the first time.
+    pub fn get(&self) -> Result<&CalibFile> {
+        if let Some(f) = self.file.get() {
+            return Ok(f);
+        }
+        let f = CalibFile::read(&self.path)?;
+        Ok(self.file.get_or_init(|| f))
+    }
+}
+
+impl CalibSource for LazyFile {
+    fn describe(&self) -> String {
+        format!("`{}`", self.path.display())
+    }
+
+    fn stream<'a>(&'a self, g: &Graph, batch: usize) -> Result<CalibStream<'a>> {
+        let set = self.get()?.bind(g)?;
+        let batch = batch.max(1);
+        let n = set.samples;
+        Ok(Box::new((0..n.div_ceil(batch)).map(move |i| {
+            let (start, end) = (i * batch, ((i + 1) * batch).min(n));
+            set.inputs.iter().map(|t| data::slice_batch(t, start, end)).collect()
+        })))
+    }
+
+    fn batch_count(&self, g: &Graph, batch: usize) -> Option<usize> {
+        let set = self.get().ok()?.bind(g).ok()?;
+        Some(set.samples.div_ceil(batch.max(1)))
+    }
+
+    fn check(&self, g: &Graph) -> Result<()> {
+        let set = self.get()?.bind(g)?;
+        let path = self.path.display();
+        qforge_ir::interp::check_inputs(g, &set.first_sample()?)
+            .with_context(|| format!("calibration set `{path}` does not fit the model"))?;
+        data::check_finite(
+            &set.inputs,
+            &format!("calibration set `{path}`"),
+            data::NonFinite::Refuse("calibration needs finite data"),
+        )
+    }
+}
+
 /// A calibration file as read: one unnamed array (`.npy`) or named arrays (`.npz`). The
 /// pipeline reads it once ([`crate::Compiler`] keeps it) and binds it to a graph's inputs with
 /// [`CalibFile::bind`].

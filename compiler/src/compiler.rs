@@ -23,7 +23,7 @@
 //! with [`Compiler::run_until`] and may [`Compiler::resume`] it to the end; nothing assembles the
 //! stages a second time.
 
-use crate::calib_set::{CalibFile, CalibSet};
+use crate::calib_set::{CalibSource, CalibStream, LazyFile};
 use crate::evaluator::EngineEvaluator;
 use crate::options::{Engine, PipelineOptions, Precision, QuantizeMode};
 use crate::qconfig::QConfigFile;
@@ -36,7 +36,7 @@ use qforge_passes::precision::{profile, PrecisionConfig, Profile, ProfileError};
 use qforge_passes::quantize::{Calibration, QConfig};
 use qforge_passes::{PassContext, PassReport};
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 /// Loads a model by its extension: `.onnx` (imported) or `.qir` (the IR text form). A compiled
 /// artifact (`.qfa`) is not a model to compile: see [`crate::artifact::prepare`].
@@ -130,9 +130,6 @@ fn precision_config(opts: &PipelineOptions, qconfig: &QConfig, profile: &Profile
     if opts.min_sqnr.is_some() {
         c.policy.min_sqnr_db = opts.min_sqnr;
     }
-    if c.policy.min_sqnr_db.is_some() && opts.calib.is_none() {
-        bail!("the accuracy guard (--min-sqnr or min_sqnr_db) measures on calibration data: add --calib X.npy");
-    }
     c.regions = regions;
     Ok(Some(c))
 }
@@ -204,7 +201,7 @@ pub struct Compiler {
     profile: Profile,
     precision: Option<PrecisionConfig>,
     evaluator: EngineEvaluator,
-    calib: Arc<OnceLock<CalibFile>>,
+    calib: Option<Arc<dyn CalibSource>>,
     progress: ProgressFactory,
 }
 
@@ -227,6 +224,7 @@ impl Compiler {
         let profile = resolve_profile(opts.profile.as_deref())?;
         let precision = precision_config(&opts, &qconfig, &profile)?;
         let evaluator = EngineEvaluator::new(&opts);
+        let opts_calib = opts.calib.as_deref().map(|p| Arc::new(LazyFile::new(p)) as Arc<dyn CalibSource>);
         tracing::debug!("pipeline options: {opts:?}; hardware profile `{}`", profile.name);
         Ok(Compiler {
             opts,
@@ -235,7 +233,7 @@ impl Compiler {
             profile,
             precision,
             evaluator,
-            calib: Arc::new(OnceLock::new()),
+            calib: opts_calib,
             progress: Arc::new(|_, _| Box::new(|_, _| {})),
         })
     }
@@ -285,24 +283,38 @@ impl Compiler {
         PassContext { verify: true, max_tensor_bytes: self.opts.tensor_limit() }
     }
 
-    /// The calibration file (`--calib`), read the first time it is asked for and kept.
-    pub fn calib_file(&self) -> Result<&CalibFile> {
-        let path = self.opts.calib.as_deref().context("this needs calibration data: add --calib X.npy")?;
-        if let Some(f) = self.calib.get() {
-            return Ok(f);
-        }
-        let f = CalibFile::read(path)?;
-        Ok(self.calib.get_or_init(|| f))
+    /// Whether calibration data is at hand (`--calib` or [`Compiler::with_calibration`]).
+    pub fn has_calibration(&self) -> bool {
+        self.calib.is_some()
     }
 
-    /// The calibration set bound to `g`'s inputs, in batches of `--calib-batch`.
+    /// Calibrates from `source` instead of `--calib` (a library user's batches).
+    pub fn with_calibration(mut self, source: Arc<dyn CalibSource>) -> Compiler {
+        self.calib = Some(source);
+        self
+    }
+
+    /// Where calibration data comes from (`--calib`, or [`Compiler::with_calibration`]).
+    pub fn calib_source(&self) -> Result<&dyn CalibSource> {
+        self.calib.as_deref().context("this needs calibration data: add --calib X.npy")
+    }
+
+    /// One pass over the calibration data as `g`'s inputs, in batches of `--calib-batch`, and
+    /// how many batches that is when known.
+    pub fn calib_stream(&self, g: &Graph) -> Result<(CalibStream<'_>, Option<usize>)> {
+        let src = self.calib_source()?;
+        Ok((src.stream(g, self.opts.calib_batch)?, src.batch_count(g, self.opts.calib_batch)))
+    }
+
+    /// The calibration data as `g`'s inputs, collected, in batches of `--calib-batch` (for the
+    /// stages that run the set more than once).
     pub fn calib_batches(&self, g: &Graph) -> Result<Vec<Vec<Tensor>>> {
-        self.calib_set(g)?.batches(self.opts.calib_batch)
+        self.calib_batches_of(g, self.opts.calib_batch)
     }
 
-    /// The calibration set bound to `g`'s inputs.
-    pub fn calib_set(&self, g: &Graph) -> Result<CalibSet> {
-        self.calib_file()?.bind(g)
+    /// The calibration data as `g`'s inputs, collected, in batches of `batch`.
+    pub fn calib_batches_of(&self, g: &Graph, batch: usize) -> Result<Vec<Vec<Tensor>>> {
+        self.calib_source()?.stream(g, batch)?.collect()
     }
 
     /// The stages the options select, in order: the one pipeline.
@@ -348,24 +360,18 @@ impl Compiler {
         if let (Some(file), Some(path)) = (&self.qconfig_file, &self.opts.qconfig) {
             crate::qconfig::check_rules_match(file, graph, path)?;
         }
-        let calibrates = self.stages().into_iter().filter(|s| last.is_none_or(|l| *s <= l)).any(|s| match s {
-            Stage::SmoothQuant | Stage::Calibrate | Stage::FloatFallback => true,
-            Stage::Precision => self.precision.as_ref().is_some_and(|c| c.policy.min_sqnr_db.is_some()),
-            _ => false,
-        });
-        if calibrates && self.opts.calib.is_none() {
-            bail!("--quantize int8 needs calibration data: add --calib X.npy");
-        }
-        if self.opts.calib.is_some() && (calibrates || self.stages().contains(&Stage::Precision)) {
-            let set = self.calib_set(graph)?;
-            let path = self.calib_file()?.path.display().to_string();
-            interp::check_inputs(graph, &set.first_sample()?)
-                .with_context(|| format!("calibration set `{path}` does not fit the model"))?;
-            crate::data::check_finite(
-                &set.inputs,
-                &format!("calibration set `{path}`"),
-                crate::data::NonFinite::Refuse("calibration needs finite data"),
-            )?;
+        let selected: Vec<Stage> = self.stages().into_iter().filter(|s| last.is_none_or(|l| *s <= l)).collect();
+        let quantizes =
+            selected.iter().any(|s| matches!(s, Stage::SmoothQuant | Stage::Calibrate | Stage::FloatFallback));
+        let guards = selected.contains(&Stage::Precision)
+            && self.precision.as_ref().is_some_and(|c| c.policy.min_sqnr_db.is_some());
+        match &self.calib {
+            None if quantizes => bail!("--quantize int8 needs calibration data: add --calib X.npy"),
+            None if guards => {
+                bail!("the accuracy guard (--min-sqnr or min_sqnr_db) measures on calibration data: add --calib X.npy")
+            }
+            Some(src) if quantizes || selected.contains(&Stage::Precision) => src.check(graph)?,
+            _ => {}
         }
         Ok(())
     }

@@ -5,16 +5,19 @@
 //! (`--engine`, `--threads`, `--kernels`, `--max-tensor-bytes`), so every stage that runs the graph
 //! runs it the way the user asked.
 //!
-//! Observing runs (calibration, channel maxima) need every intermediate tensor, which only the
-//! reference interpreter exposes, so they run on the interpreter whatever the engine. Runs that
-//! need only the outputs (sensitivity probes, the fallback, the accuracy guard) use the JIT when it
-//! is the engine, compiling each probed graph once for all its batches.
+//! Every run follows the engine. Observing runs (calibration's ranges, SmoothQuant's channel
+//! maxima) watch the tensors they need: on the JIT the graph is compiled once with those tensors
+//! as extra outputs ([`JitWatcher`]), on the interpreter they are handed on as each node runs.
+//! Runs that need only the outputs (sensitivity probes, the fallback, the accuracy guard) compile
+//! each probed graph once for all its batches.
 
+use crate::data::slice_batch;
 use crate::options::{Engine, Kernels, PipelineOptions};
 use qforge_codegen::{JitExecutable, JitOptions, Microkernels};
 use qforge_ir::interp::RunOptions;
-use qforge_ir::{Graph, NodeId, Tensor};
-use qforge_passes::evaluator::{first, EvalError, Evaluator, Interpreter};
+use qforge_ir::{Dim, Graph, NodeId, Tensor, Value};
+use qforge_passes::evaluator::{first, EvalError, Evaluator, Interpreter, ObservedWatcher, Watcher};
+use std::collections::HashMap;
 
 /// The engine a pipeline runs graphs on, with the user's options.
 #[derive(Clone, Debug)]
@@ -22,6 +25,8 @@ pub struct EngineEvaluator {
     engine: Engine,
     jit: JitOptions,
     run: RunOptions,
+    /// The most bytes of observed tensors one JIT run of an observing pass holds.
+    watch_bytes: u128,
 }
 
 impl EngineEvaluator {
@@ -31,6 +36,7 @@ impl EngineEvaluator {
             engine: opts.engine,
             jit: jit_options(opts),
             run: RunOptions { max_tensor_bytes: opts.tensor_limit() },
+            watch_bytes: WATCH_BYTES,
         };
         tracing::info!("evaluator: {}", e.describe());
         e
@@ -41,7 +47,7 @@ impl EngineEvaluator {
         match self.engine {
             Engine::Interp => "interpreter".to_string(),
             Engine::Jit => format!(
-                "jit, {} thread(s), {} kernels (observing runs: interpreter)",
+                "jit, {} thread(s), {} kernels",
                 self.jit.threads,
                 match self.jit.microkernels {
                     Microkernels::Native => "native",
@@ -49,6 +55,13 @@ impl EngineEvaluator {
                 }
             ),
         }
+    }
+
+    /// This evaluator with at most `bytes` of observed tensors per JIT run of an observing pass
+    /// ([`WATCH_BYTES`] by default); a batch that needs more runs in slices of samples.
+    pub fn with_watch_bytes(mut self, bytes: u128) -> EngineEvaluator {
+        self.watch_bytes = bytes;
+        self
     }
 
     /// The JIT's options (`--threads`, `--kernels`).
@@ -70,6 +83,7 @@ pub fn jit_options(opts: &PipelineOptions) -> JitOptions {
             Kernels::Native => Microkernels::Native,
             Kernels::Cranelift => Microkernels::Cranelift,
         },
+        max_tensor_bytes: opts.max_tensor_bytes,
         ..JitOptions::default()
     }
 }
@@ -93,5 +107,155 @@ impl Evaluator for EngineEvaluator {
                 batches.iter().map(|b| first(exe.run(b).map_err(EvalError::engine)?)).collect()
             }
         }
+    }
+
+    fn watch<'a>(&'a self, g: &'a Graph, values: &[Value]) -> Result<Box<dyn Watcher + 'a>, EvalError> {
+        match self.engine {
+            Engine::Interp => Ok(Box::new(ObservedWatcher::new(self, g, values))),
+            Engine::Jit => Ok(Box::new(JitWatcher::new(g, values, self.jit, self.watch_bytes))),
+        }
+    }
+}
+
+/// Watches intermediate values on the JIT: `g` compiled once (one program per input shape) with
+/// every watched value as an extra graph output, so the JIT materializes it (a value that is a
+/// graph output is never fused away) and copies it out after each run.
+///
+/// Every watched value of a run is alive at once (the interpreter hands each on and drops it), so
+/// a batch whose watched values would take more than the budget ([`WATCH_BYTES`] unless
+/// [`EngineEvaluator::with_watch_bytes`] says otherwise) runs in slices of samples
+/// that stay within it: observers see the same values, a slice at a time.
+struct JitWatcher {
+    exe: JitExecutable,
+    /// For each watched value, the index of the output that carries it.
+    slots: Vec<usize>,
+    values: Vec<Value>,
+    budget: u128,
+}
+
+/// The most bytes of watched values one JIT run of an observing pass may hold (see
+/// [`JitWatcher`]); a larger batch runs in slices.
+pub const WATCH_BYTES: u128 = 64 << 20;
+
+impl JitWatcher {
+    fn new(g: &Graph, values: &[Value], jit: JitOptions, budget: u128) -> JitWatcher {
+        let mut watched = g.clone();
+        let mut slots = Vec::with_capacity(values.len());
+        for (i, &v) in values.iter().enumerate() {
+            let slot = match watched.outputs().iter().position(|o| o.value == v) {
+                Some(k) => k,
+                None => {
+                    watched.add_output(format!("qforge.watched.{i}"), v);
+                    watched.outputs().len() - 1
+                }
+            };
+            slots.push(slot);
+        }
+        JitWatcher { exe: JitExecutable::new(watched, jit), slots, values: values.to_vec(), budget }
+    }
+
+    /// Bytes of the watched values per sample of `inputs` (the leading dimension of the first
+    /// graph input is the batch), when every watched shape follows from the input shapes.
+    fn bytes_per_sample(&self, inputs: &[Tensor]) -> Option<u128> {
+        let g = self.exe.graph();
+        let mut bind: HashMap<String, usize> = HashMap::new();
+        for (&id, t) in g.inputs().iter().zip(inputs) {
+            for (d, &n) in g.node(id).outputs[0].shape.dims().iter().zip(t.shape()) {
+                if let Dim::Sym(s) = d {
+                    bind.insert(s.clone(), n);
+                }
+            }
+        }
+        let first = g.inputs().first()?;
+        let Some(Dim::Sym(batch)) = g.node(*first).outputs[0].shape.dims().first() else { return None };
+        bind.insert(batch.clone(), 1);
+        let mut total = 0u128;
+        for &v in &self.values {
+            let ty = g.value_type(v);
+            let mut bytes = ty.dtype.size_bytes() as u128;
+            for d in ty.shape.dims() {
+                let (k, syms) = d.factors()?;
+                bytes = bytes.saturating_mul(k as u128);
+                for s in syms {
+                    bytes = bytes.saturating_mul(*bind.get(&s)? as u128);
+                }
+            }
+            total = total.saturating_add(bytes);
+        }
+        Some(total)
+    }
+
+    fn run_once(&self, inputs: &[Tensor], each: &mut dyn FnMut(usize, &Tensor)) -> Result<(), EvalError> {
+        let outputs = self.exe.run(inputs).map_err(EvalError::engine)?;
+        for (i, &k) in self.slots.iter().enumerate() {
+            let t = outputs.get(k).ok_or(EvalError::NoOutput)?;
+            each(i, t);
+        }
+        Ok(())
+    }
+}
+
+impl JitWatcher {
+    /// How many samples of `inputs` one run takes: all of them, or as many as keep the watched
+    /// values within the budget (at least one).
+    fn rows_per_run(&self, inputs: &[Tensor]) -> usize {
+        let n = inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1).max(1);
+        let same_batch = inputs.iter().all(|t| t.shape().first() == Some(&n));
+        match self.bytes_per_sample(inputs) {
+            Some(b) if same_batch && b > 0 => (self.budget / b).clamp(1, n as u128) as usize,
+            _ => n,
+        }
+    }
+}
+
+impl Watcher for JitWatcher {
+    fn run(&self, inputs: &[Tensor], each: &mut dyn FnMut(usize, &Tensor)) -> Result<(), EvalError> {
+        let n = inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
+        let rows = self.rows_per_run(inputs);
+        if rows >= n {
+            return self.run_once(inputs, each);
+        }
+        for start in (0..n).step_by(rows) {
+            let end = (start + rows).min(n);
+            let slice = inputs
+                .iter()
+                .map(|t| slice_batch(t, start, end))
+                .collect::<anyhow::Result<Vec<_>>>()
+                .map_err(|e| EvalError::Engine(e.into()))?;
+            self.run_once(&slice, each)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qforge_ir::{text, TensorData};
+
+    /// Two observed tensors: the input's relu (4 f32 per sample) and its sum with itself.
+    const G: &str = "graph g(%x: f32[N,4]) -> (y: f32[N,4]) {
+  %0 = relu %x : f32[N,4]  # \"r\"
+  %1 = add %0, %0 : f32[N,4]  # \"a\"
+  return %1
+}
+";
+
+    #[test]
+    fn a_batch_over_the_budget_runs_in_slices() {
+        let g = text::parse(G).expect("graph");
+        let values: Vec<Value> = g.outputs().iter().map(|o| o.value).collect();
+        let relu = g.node_ids().find(|&id| g.node(id).name == "r").expect("relu");
+        let values = [Value::new(relu, 0), values[0]];
+        let x = Tensor::new(vec![10, 4], TensorData::F32(vec![1.0; 40])).expect("x");
+        assert_eq!(g.node(values[1].node).name, "a");
+        let watcher = |budget| JitWatcher::new(&g, &values, JitOptions::default(), budget);
+        // 32 bytes a sample: 2 f32[4]
+        assert_eq!(watcher(1 << 20).rows_per_run(std::slice::from_ref(&x)), 10);
+        assert_eq!(watcher(100).rows_per_run(std::slice::from_ref(&x)), 3);
+        assert_eq!(watcher(1).rows_per_run(std::slice::from_ref(&x)), 1);
+        let mut seen = vec![0usize; 2];
+        watcher(100).run(&[x], &mut |i, t| seen[i] += t.shape()[0]).expect("run");
+        assert_eq!(seen, [10, 10]);
     }
 }

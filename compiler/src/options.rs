@@ -155,8 +155,8 @@ impl Default for PipelineOptions {
     }
 }
 
-/// The default of `--max-tensor-bytes`: 2 GiB, the importer's limit on one constant as well.
-pub const DEFAULT_MAX_TENSOR_BYTES: u64 = 1 << 31;
+/// The default of `--max-tensor-bytes`: the one limit every stage shares (2 GiB).
+pub const DEFAULT_MAX_TENSOR_BYTES: u64 = qforge_ir::DEFAULT_MAX_TENSOR_BYTES;
 
 impl PipelineOptions {
     /// The same pipeline without quantization or reduced precision: the "fp32" every comparison

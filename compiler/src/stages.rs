@@ -65,20 +65,28 @@ fn calibrate_stage(c: &Compiler, st: &mut State) -> Result<()> {
     let g = &st.graph;
     let ap = activation_plan(g, &st.qconfig)?;
     let targets = ap.targets();
-    let batches = c.calib_batches(g)?;
-    let total = batches.len();
-    let file = c.calib_file()?;
+    let src = c.calib_source()?;
+    let (stream, total) = c.calib_stream(g)?;
     tracing::info!(
-        "calibrating on `{}`: {total} batches of at most {}, {} tensors observed, observer {}",
-        file.path.display(),
+        "calibrating on {}: {} batches of at most {}, {} tensors observed, observer {}",
+        src.describe(),
+        total.map_or("its".to_string(), |t| t.to_string()),
         c.options().calib_batch,
         targets.len(),
         crate::qconfig::observer_origin(c.options(), &st.qconfig)
     );
     let t = std::time::Instant::now();
     let mut bar = c.progress("calibrating", "batches");
-    let cal = calibrate(g, c.evaluator(), &mut batches.into_iter(), total, &targets, &mut *bar)
-        .with_context(|| format!("calibrating on `{}`", file.path.display()))?;
+    // batches are streamed: memory holds one batch (and the observers' fixed-size state); a
+    // batch the source fails to produce ends the pass and is the error
+    let mut failed = None;
+    let mut batches = stream.map_while(|b| b.map_err(|e| failed = Some(e)).ok());
+    let cal = calibrate(g, c.evaluator(), &mut batches, total.unwrap_or(0), &targets, &mut *bar);
+    drop(batches);
+    if let Some(e) = failed {
+        return Err(e.context(format!("reading the calibration data {}", src.describe())));
+    }
+    let cal = cal.with_context(|| format!("calibrating on {}", src.describe()))?;
     tracing::info!(
         "calibrated {} ranges on {} batches in {:.1} ms",
         cal.ranges.len(),
@@ -152,7 +160,7 @@ fn precision(c: &Compiler, st: &mut State, after: &mut dyn FnMut(&str, &Graph)) 
 /// With `--calib` and an f16 precision: every node's largest magnitude on the calibration set,
 /// for the fp16 overflow guard.
 fn overflow_ranges(c: &Compiler, cfg: &PrecisionConfig, g: &Graph) -> Result<Option<Ranges>> {
-    if cfg.low != qforge_ir::DType::F16 || c.options().calib.is_none() {
+    if cfg.low != qforge_ir::DType::F16 || !c.has_calibration() {
         return Ok(None);
     }
     let batches = c.calib_batches(g)?;
@@ -172,9 +180,6 @@ fn accuracy_guard(
     ranges: &Option<Ranges>,
 ) -> Result<Option<F32Prefix>> {
     let Some(target) = cfg.policy.min_sqnr_db else { return Ok(None) };
-    if c.options().calib.is_none() {
-        return Ok(None);
-    }
     let batches = c.calib_batches(g)?;
     let cfg = PrecisionConfig { ranges: ranges.clone(), ..cfg.clone() };
     let t = std::time::Instant::now();

@@ -2,7 +2,7 @@
 //! or a backtrace; `--json` output has the documented keys.
 
 mod common;
-use common::{asset, corpus, expect_error, p, qforge, scratch};
+use common::{asset, corpus, expect_error, expect_ok, p, qforge, scratch};
 
 #[test]
 fn missing_model_file() {
@@ -49,6 +49,25 @@ fn input_of_wrong_dtype() {
     qforge::npy::write(&f, &x).unwrap();
     let out = d.join("y.npy");
     expect_error(&["run", p(&asset("digits_cnn.onnx")), "--input", p(&f), "--output", p(&out)], "i64");
+}
+
+/// A model without graph inputs (all constants) runs with no `--input`; a model with inputs
+/// still needs them.
+#[test]
+fn run_without_inputs() {
+    use qforge::onnx::builder::{int, model, node};
+    let d = scratch("noinputs");
+    let nodes = vec![
+        node("Constant", &[], &["c"], vec![qforge::onnx::builder::ints("value_ints", &[1, 2, 3])]),
+        node("Cast", &["c"], &["f"], vec![int("to", 1)]),
+        node("Add", &["f", "f"], &["y"], vec![]),
+    ];
+    let m = d.join("constant.onnx");
+    std::fs::write(&m, model(21, vec![], vec![], nodes, &["y"])).unwrap();
+    let out = d.join("y.npy");
+    expect_ok(&["run", p(&m), "--output", p(&out)]);
+    assert_eq!(qforge::npy::read(&out).unwrap().to_f32_vec(), vec![2.0, 4.0, 6.0]);
+    expect_error(&["run", p(&asset("digits_cnn.onnx")), "--output", p(&out)], "no --input for the model's input");
 }
 
 #[test]

@@ -216,6 +216,55 @@ fn cases(d: &Path, f: &Files) -> Vec<Case> {
             },
             after: None,
         },
+        // one size limit, one message, whichever engine runs the graph
+        Case {
+            name: "a result over --max-tensor-bytes on the interpreter",
+            args: strs(&[
+                "run",
+                &f.model,
+                "--input",
+                &f.samples,
+                "--output",
+                &out("y.npy"),
+                "--engine",
+                "interp",
+                "--max-tensor-bytes",
+                "100000",
+            ]),
+            expect: Expect {
+                code: 1,
+                error: Some(
+                    "error: node `/conv1/Conv`: the result needs 819200 bytes, more than the limit of 100000 bytes \
+                     (--max-tensor-bytes)",
+                ),
+                ..Expect::default()
+            },
+            after: None,
+        },
+        Case {
+            name: "a result over --max-tensor-bytes on the JIT",
+            args: strs(&[
+                "run",
+                &f.model,
+                "--input",
+                &f.samples,
+                "--output",
+                &out("y.npy"),
+                "--engine",
+                "jit",
+                "--max-tensor-bytes",
+                "100000",
+            ]),
+            expect: Expect {
+                code: 1,
+                error: Some(
+                    "error: node `/conv1/Conv`: the result needs 819200 bytes, more than the limit of 100000 bytes \
+                     (--max-tensor-bytes)",
+                ),
+                ..Expect::default()
+            },
+            after: None,
+        },
         // commands that write say what they wrote
         Case {
             name: "run says what it wrote",

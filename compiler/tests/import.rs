@@ -463,7 +463,7 @@ fn unsupported_op_names_the_op() {
 
 #[test]
 fn opset_range_is_checked() {
-    for opset in [8, 22] {
+    for opset in [8, 29] {
         let bytes =
             model(opset, vec![f32_input("x", &[2])], vec![], vec![node("Relu", &["x"], &["y"], vec![])], &["y"]);
         let e = import(&bytes).unwrap_err();
@@ -560,16 +560,34 @@ fn clip_sum_identity_dropout_and_constants() {
     let g = import(&model(13, vec![x()], vec![], vec![lo, node("Clip", &["x", "lo", ""], &["y"], vec![])], &["y"]))
         .unwrap();
     assert_eq!(g.node(g.outputs()[0].value.node).op, Op::Clip { min: 0.5, max: f32::INFINITY });
-    // A computed bound is an error naming the input.
-    let e = import(&model(
+    // A bound computed at run time (a scalar, as Clip-11 requires) is numpy's clip, a max then a
+    // min; a bound that is not a scalar is an error naming the input.
+    let g = import(&model(
         13,
         vec![x(), f32_input("m", &[])],
         vec![],
         vec![node("Clip", &["x", "m"], &["y"], vec![])],
         &["y"],
     ))
+    .unwrap();
+    assert_eq!(g.node(g.outputs()[0].value.node).op, Op::Binary(qforge_ir::BinaryOp::Max));
+    let y = qforge_ir::interp::run(
+        &g,
+        &[Tensor::from_f32(vec![2, 3], vec![-1.0, 0.5, 2.0, f32::NAN, 0.0, 3.0]), Tensor::scalar_f32(0.5)],
+    )
+    .unwrap();
+    let y = y[0].to_f32_vec();
+    assert_eq!((&y[..3], &y[4..]), (&[0.5, 0.5, 2.0][..], &[0.5, 3.0][..]));
+    assert!(y[3].is_nan());
+    let e = import(&model(
+        13,
+        vec![x(), f32_input("m", &[2])],
+        vec![],
+        vec![node("Clip", &["x", "m"], &["y"], vec![])],
+        &["y"],
+    ))
     .unwrap_err();
-    assert!(node_msg(&e).contains("`m` (min) must be a constant"), "{e}");
+    assert!(node_msg(&e).contains("input 1 (min) must be a scalar"), "{e}");
 
     // Sum of three: a chain of two adds, the last one named after the node; Identity and
     // Dropout are aliases.
@@ -848,4 +866,782 @@ fn npy_of_an_unsupported_dtype_is_an_error() {
     qforge::npy::write(&p, &t).unwrap();
     assert_eq!(qforge::npy::read(&p).unwrap(), t);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ------------------------------------------------------------------------------------ opset forms
+
+/// What importing (and running) a case must give.
+enum Want {
+    /// The outputs of the reference interpreter, in order (the values the ONNX reference, numpy,
+    /// computes for the same inputs; floats within 1e-6 relative, NaN equal to NaN).
+    Values(Vec<Tensor>),
+    /// An import error whose one-line message contains this text.
+    Error(&'static str),
+}
+
+/// One small model in one opset form.
+struct Case {
+    name: &'static str,
+    model: Vec<u8>,
+    inputs: Vec<Tensor>,
+    /// The imported graph's op counts (graph inputs left out), when they matter.
+    ops: Option<Vec<(&'static str, usize)>>,
+    want: Want,
+}
+
+fn tf(dtype: DType, shape: &[usize], v: &[f64]) -> Tensor {
+    Tensor::from_f64_iter(dtype, shape.to_vec(), v.iter().copied())
+}
+
+fn f32t(shape: &[usize], v: &[f64]) -> Tensor {
+    tf(DType::F32, shape, v)
+}
+
+fn i64t(v: &[i64]) -> Tensor {
+    Tensor::from_i64(vec![v.len()], v.to_vec())
+}
+
+fn fixed_vi(name: &str, elem: i32, dims: &[usize]) -> ValueInfoProto {
+    vi(name, elem, &dims.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>())
+}
+
+/// A one-node model of `opset`: graph inputs, initializers, the node, its outputs.
+fn one_op(
+    opset: i64,
+    inputs: Vec<ValueInfoProto>,
+    inits: Vec<qforge::onnx::proto::TensorProto>,
+    op: &str,
+    ins: &[&str],
+    outs: &[&str],
+    attrs: Vec<AttributeProto>,
+) -> Vec<u8> {
+    model(opset, inputs, inits, vec![node(op, ins, outs, attrs)], outs)
+}
+
+fn string_attr(name: &str, s: &str) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::String as i32,
+        s: s.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+/// An INT4 initializer: `v` packed two per byte, low nibble first.
+fn int4_init(name: &str, shape: &[i64], v: &[i8]) -> qforge::onnx::proto::TensorProto {
+    let raw = v.chunks(2).map(|p| (p[0] as u8 & 0xf) | ((p.get(1).copied().unwrap_or(0) as u8 & 0xf) << 4)).collect();
+    qforge::onnx::proto::TensorProto {
+        name: name.into(),
+        dims: shape.to_vec(),
+        data_type: qforge::onnx::proto::tensor_proto::DataType::Int4 as i32,
+        raw_data: raw,
+        ..Default::default()
+    }
+}
+
+fn opset_cases() -> Vec<Case> {
+    const F32: i32 = 1;
+    const U8: i32 = 2;
+    const I8: i32 = 3;
+    const I32: i32 = 6;
+    const I64: i32 = 7;
+    let x23 = || f32t(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    let in23 = || fixed_vi("x", F32, &[2, 3]);
+    let case =
+        |name, model, inputs, ops: Option<Vec<(&'static str, usize)>>, want| Case { name, model, inputs, ops, want };
+    vec![
+        // ---- reductions: axes attribute (ReduceSum before 13, the others before 18) or input
+        case(
+            "ReduceSum-11 axes attribute",
+            one_op(11, vec![in23()], vec![], "ReduceSum", &["x"], &["y"], vec![ints("axes", &[1]), int("keepdims", 0)]),
+            vec![x23()],
+            Some(vec![("reduce_sum", 1)]),
+            Want::Values(vec![f32t(&[2], &[6.0, 15.0])]),
+        ),
+        case(
+            "ReduceSum-13 axes input",
+            one_op(13, vec![in23()], vec![init("axes", &i64t(&[0]))], "ReduceSum", &["x", "axes"], &["y"], vec![]),
+            vec![x23()],
+            None,
+            Want::Values(vec![f32t(&[1, 3], &[5.0, 7.0, 9.0])]),
+        ),
+        case(
+            // axes = Size(Shape(x)) - [1], computed from the input's shape and folded at import
+            "ReduceSum-13 axes computed from the shape",
+            model(
+                13,
+                vec![in23()],
+                vec![init("one", &i64t(&[1]))],
+                vec![
+                    node("Shape", &["x"], &["s"], vec![]),
+                    node("Size", &["s"], &["rank"], vec![]),
+                    node("Sub", &["rank", "one"], &["axes"], vec![]),
+                    node("ReduceSum", &["x", "axes"], &["y"], vec![int("keepdims", 0)]),
+                ],
+                &["y"],
+            ),
+            vec![x23()],
+            Some(vec![("reduce_sum", 1)]),
+            Want::Values(vec![f32t(&[2], &[6.0, 15.0])]),
+        ),
+        case(
+            "ReduceMean-13 axes attribute",
+            one_op(13, vec![in23()], vec![], "ReduceMean", &["x"], &["y"], vec![ints("axes", &[1]), int("keepdims", 0)]),
+            vec![x23()],
+            None,
+            Want::Values(vec![f32t(&[2], &[2.0, 5.0])]),
+        ),
+        case(
+            "ReduceMean-18 axes input",
+            one_op(18, vec![in23()], vec![init("a", &i64t(&[-1]))], "ReduceMean", &["x", "a"], &["y"], vec![]),
+            vec![x23()],
+            None,
+            Want::Values(vec![f32t(&[2, 1], &[2.0, 5.0])]),
+        ),
+        case(
+            // an empty axes graph input holds its one possible value: no axes
+            "ReduceMax-18 empty axes input with noop_with_empty_axes",
+            one_op(
+                18,
+                vec![in23(), fixed_vi("axes", I64, &[0])],
+                vec![],
+                "ReduceMax",
+                &["x", "axes"],
+                &["y"],
+                vec![int("noop_with_empty_axes", 1)],
+            ),
+            vec![x23(), i64t(&[])],
+            None,
+            Want::Values(vec![x23()]),
+        ),
+        case(
+            "ReduceMax-18 empty axes input reduces every axis",
+            one_op(18, vec![in23(), fixed_vi("axes", I64, &[0])], vec![], "ReduceMax", &["x", "axes"], &["y"], vec![]),
+            vec![x23(), i64t(&[])],
+            None,
+            Want::Values(vec![f32t(&[1, 1], &[6.0])]),
+        ),
+        case(
+            "ReduceL2-18 axes input",
+            one_op(18, vec![in23()], vec![init("a", &i64t(&[1]))], "ReduceL2", &["x", "a"], &["y"], vec![int("keepdims", 0)]),
+            vec![f32t(&[2, 3], &[3.0, 4.0, 0.0, 1.0, 2.0, 2.0])],
+            Some(vec![("mul", 1), ("reduce_sum", 1), ("sqrt", 1)]),
+            Want::Values(vec![f32t(&[2], &[5.0, 3.0])]),
+        ),
+        case(
+            "ReduceL1-13 axes attribute",
+            one_op(13, vec![in23()], vec![], "ReduceL1", &["x"], &["y"], vec![ints("axes", &[1]), int("keepdims", 0)]),
+            vec![f32t(&[2, 3], &[3.0, -4.0, 0.0, 1.0, -2.0, 2.0])],
+            None,
+            Want::Values(vec![f32t(&[2], &[7.0, 5.0])]),
+        ),
+        case(
+            "ReduceSumSquare-18 noop_with_empty_axes squares element-wise",
+            one_op(18, vec![in23()], vec![], "ReduceSumSquare", &["x"], &["y"], vec![int("noop_with_empty_axes", 1)]),
+            vec![x23()],
+            None,
+            Want::Values(vec![f32t(&[2, 3], &[1.0, 4.0, 9.0, 16.0, 25.0, 36.0])]),
+        ),
+        case(
+            "ReduceLogSum-13 axes attribute",
+            one_op(13, vec![in23()], vec![], "ReduceLogSum", &["x"], &["y"], vec![ints("axes", &[1]), int("keepdims", 0)]),
+            vec![x23()],
+            None,
+            Want::Values(vec![f32t(&[2], &[1.791_759_5, 2.708_050_3])]),
+        ),
+        // ---- Split: attribute (before 13), input (13), num_outputs and uneven parts (18)
+        case(
+            "Split-11 split attribute",
+            one_op(11, vec![in23()], vec![], "Split", &["x"], &["a", "b"], vec![int("axis", 1), ints("split", &[1, 2])]),
+            vec![x23()],
+            None,
+            Want::Values(vec![f32t(&[2, 1], &[1.0, 4.0]), f32t(&[2, 2], &[2.0, 3.0, 5.0, 6.0])]),
+        ),
+        case(
+            "Split-13 split input computed from constants",
+            model(
+                13,
+                vec![in23()],
+                vec![init("one", &i64t(&[1])), init("two", &i64t(&[2]))],
+                vec![
+                    node("Concat", &["one", "two"], &["sizes"], vec![int("axis", 0)]),
+                    node("Split", &["x", "sizes"], &["a", "b"], vec![int("axis", 1)]),
+                ],
+                &["a", "b"],
+            ),
+            vec![x23()],
+            Some(vec![("split", 1)]),
+            Want::Values(vec![f32t(&[2, 1], &[1.0, 4.0]), f32t(&[2, 2], &[2.0, 3.0, 5.0, 6.0])]),
+        ),
+        case(
+            "Split-18 num_outputs, last part smaller",
+            one_op(
+                18,
+                vec![fixed_vi("x", F32, &[1, 5])],
+                vec![],
+                "Split",
+                &["x"],
+                &["a", "b"],
+                vec![int("axis", 1), int("num_outputs", 2)],
+            ),
+            vec![f32t(&[1, 5], &[1.0, 2.0, 3.0, 4.0, 5.0])],
+            None,
+            Want::Values(vec![f32t(&[1, 3], &[1.0, 2.0, 3.0]), f32t(&[1, 2], &[4.0, 5.0])]),
+        ),
+        case(
+            "Split-13 uneven parts are invalid",
+            one_op(13, vec![fixed_vi("x", F32, &[1, 5])], vec![], "Split", &["x"], &["a", "b"], vec![int("axis", 1)]),
+            vec![],
+            None,
+            Want::Error("does not divide into 2"),
+        ),
+        // ---- Softmax: 2-D coercion before 13, one axis from 13
+        case(
+            "Softmax-11 axis 1 over the 2-D coercion",
+            one_op(11, vec![fixed_vi("x", F32, &[1, 2, 2])], vec![], "Softmax", &["x"], &["y"], vec![int("axis", 1)]),
+            vec![f32t(&[1, 2, 2], &[0.0, 0.0, 3f64.ln(), 3f64.ln()])],
+            None,
+            Want::Values(vec![f32t(&[1, 2, 2], &[0.125, 0.125, 0.375, 0.375])]),
+        ),
+        case(
+            "Softmax-13 axis 1 alone",
+            one_op(13, vec![fixed_vi("x", F32, &[1, 2, 2])], vec![], "Softmax", &["x"], &["y"], vec![int("axis", 1)]),
+            vec![f32t(&[1, 2, 2], &[0.0, 0.0, 3f64.ln(), 3f64.ln()])],
+            None,
+            Want::Values(vec![f32t(&[1, 2, 2], &[0.25, 0.25, 0.75, 0.75])]),
+        ),
+        // ---- Clip: attributes before 11, inputs from 11, integers from 12
+        case(
+            "Clip-9 attributes",
+            one_op(9, vec![fixed_vi("x", F32, &[3])], vec![], "Clip", &["x"], &["y"], vec![float("min", 0.0), float("max", 6.0)]),
+            vec![f32t(&[3], &[-1.0, 3.0, 7.0])],
+            Some(vec![("clip", 1)]),
+            Want::Values(vec![f32t(&[3], &[0.0, 3.0, 6.0])]),
+        ),
+        case(
+            "Clip-13 int8 with a min only",
+            one_op(
+                13,
+                vec![fixed_vi("x", I8, &[3])],
+                vec![init("lo", &tf(DType::I8, &[], &[-2.0]))],
+                "Clip",
+                &["x", "lo"],
+                &["y"],
+                vec![],
+            ),
+            vec![tf(DType::I8, &[3], &[-5.0, 0.0, 100.0])],
+            Some(vec![("const", 1), ("max", 1)]),
+            Want::Values(vec![tf(DType::I8, &[3], &[-2.0, 0.0, 100.0])]),
+        ),
+        // ---- Cast (saturate from 19 only concerns float8), CastLike (15)
+        case(
+            "Cast-19 to f16 rounds to nearest even",
+            one_op(19, vec![fixed_vi("x", F32, &[2])], vec![], "Cast", &["x"], &["y"], vec![int("to", 10), int("saturate", 1)]),
+            vec![f32t(&[2], &[1.000_976_562_5, 65520.0])],
+            None,
+            Want::Values(vec![tf(DType::F16, &[2], &[1.000_976_562_5, f64::INFINITY])]),
+        ),
+        case(
+            "Cast-19 to float8 is refused, naming the type",
+            one_op(19, vec![fixed_vi("x", F32, &[2])], vec![], "Cast", &["x"], &["y"], vec![int("to", 17), int("saturate", 0)]),
+            vec![],
+            None,
+            Want::Error("cast to element type FLOAT8E4M3FN is not supported"),
+        ),
+        case(
+            "CastLike-15 to the second input's type",
+            one_op(15, vec![fixed_vi("x", F32, &[2])], vec![init("like", &i64t(&[0]))], "CastLike", &["x", "like"], &["y"], vec![]),
+            vec![f32t(&[2], &[1.5, -2.5])],
+            Some(vec![("cast", 1)]),
+            Want::Values(vec![i64t(&[1, -2])]),
+        ),
+        // ---- Size: a constant from fixed dims, a shape value on symbolic ones
+        case(
+            "Size-13 of fixed dims is a constant",
+            one_op(13, vec![in23()], vec![], "Size", &["x"], &["y"], vec![]),
+            vec![x23()],
+            Some(vec![("const", 1)]),
+            Want::Values(vec![Tensor::from_i64(vec![], vec![6])]),
+        ),
+        case(
+            "Size-21 of a symbolic batch",
+            one_op(21, vec![vi("x", F32, &[Dim::Sym("N".into()), Dim::Fixed(3)])], vec![], "Size", &["x"], &["y"], vec![]),
+            vec![f32t(&[4, 3], &[0.0; 12])],
+            None,
+            Want::Values(vec![Tensor::from_i64(vec![], vec![12])]),
+        ),
+        // ---- Mod: fmod=0 on floats from 28 only
+        case(
+            "Mod-28 fmod=0 on floats (numpy's mod)",
+            one_op(
+                28,
+                vec![fixed_vi("a", F32, &[6]), fixed_vi("b", F32, &[6])],
+                vec![],
+                "Mod",
+                &["a", "b"],
+                &["y"],
+                vec![],
+            ),
+            vec![f32t(&[6], &[-7.5, 7.5, -2.0, 5.25, -0.0, 3.0]), f32t(&[6], &[2.0, -2.0, 3.0, -1.5, 2.0, f64::INFINITY])],
+            None,
+            Want::Values(vec![f32t(&[6], &[0.5, -0.5, 1.0, -0.75, 0.0, 3.0])]),
+        ),
+        case(
+            "Mod-13 fmod=0 on floats is invalid",
+            one_op(13, vec![fixed_vi("a", F32, &[2])], vec![], "Mod", &["a", "a"], &["y"], vec![]),
+            vec![],
+            None,
+            Want::Error("fmod"),
+        ),
+        case(
+            "Neg-13 of integers",
+            one_op(13, vec![fixed_vi("x", I32, &[3])], vec![], "Neg", &["x"], &["y"], vec![]),
+            vec![tf(DType::I32, &[3], &[-3.0, 0.0, 5.0])],
+            None,
+            Want::Values(vec![tf(DType::I32, &[3], &[3.0, 0.0, -5.0])]),
+        ),
+        case(
+            "Mean-13 of three inputs",
+            one_op(
+                13,
+                vec![fixed_vi("a", F32, &[2]), fixed_vi("b", F32, &[2]), fixed_vi("c", F32, &[1])],
+                vec![],
+                "Mean",
+                &["a", "b", "c"],
+                &["y"],
+                vec![],
+            ),
+            vec![f32t(&[2], &[1.0, 2.0]), f32t(&[2], &[3.0, 4.0]), f32t(&[1], &[5.0])],
+            None,
+            Want::Values(vec![f32t(&[2], &[3.0, 11.0 / 3.0])]),
+        ),
+        case(
+            "IsNaN-20 and IsInf-20 (positive only)",
+            model(
+                20,
+                vec![fixed_vi("x", F32, &[4])],
+                vec![],
+                vec![node("IsNaN", &["x"], &["n"], vec![]), node("IsInf", &["x"], &["i"], vec![int("detect_negative", 0)])],
+                &["n", "i"],
+            ),
+            vec![f32t(&[4], &[1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY])],
+            None,
+            Want::Values(vec![tf(DType::Bool, &[4], &[0.0, 1.0, 0.0, 0.0]), tf(DType::Bool, &[4], &[0.0, 0.0, 1.0, 0.0])]),
+        ),
+        // ---- LayerNormalization-17: Mean and InvStdDev, stash_type
+        case(
+            "LayerNormalization-17 with Mean and InvStdDev",
+            one_op(
+                17,
+                vec![fixed_vi("x", F32, &[2, 4])],
+                vec![init("w", &f32t(&[4], &[1.0; 4]))],
+                "LayerNormalization",
+                &["x", "w"],
+                &["y", "mean", "inv"],
+                vec![],
+            ),
+            vec![f32t(&[2, 4], &[1.0, 2.0, 3.0, 4.0, 2.0, 4.0, 6.0, 8.0])],
+            None,
+            Want::Values(vec![
+                f32t(&[2, 4], &[-1.341_635_5, -0.447_211_83, 0.447_211_83, 1.341_635_5, -1.341_639_5, -0.447_213_17, 0.447_213_17, 1.341_639_5]),
+                f32t(&[2, 1], &[2.5, 5.0]),
+                f32t(&[2, 1], &[0.894_423_66, 0.447_213_17]),
+            ]),
+        ),
+        case(
+            "LayerNormalization-17 stash_type=0 is refused",
+            one_op(
+                17,
+                vec![fixed_vi("x", F32, &[2, 4])],
+                vec![init("w", &f32t(&[4], &[1.0; 4]))],
+                "LayerNormalization",
+                &["x", "w"],
+                &["y"],
+                vec![int("stash_type", 0)],
+            ),
+            vec![],
+            None,
+            Want::Error("stash_type=0 is not supported"),
+        ),
+        // ---- QuantizeLinear / DequantizeLinear 19 to 28
+        case(
+            // a constant graph (no inputs): 4-bit weights in blocks of 3 with 4-bit zero points
+            "DequantizeLinear-21 blocked INT4 constant",
+            model(
+                21,
+                vec![],
+                vec![
+                    int4_init("w", &[2, 6], &[-8, 7, -1, 0, 3, 2, 1, 2, 3, 4, 5, 6]),
+                    init("s", &f32t(&[2, 2], &[0.5, 0.25, 2.0, 1.0])),
+                    int4_init("z", &[2, 2], &[0, 1, -1, 0]),
+                ],
+                vec![node("DequantizeLinear", &["w", "s", "z"], &["y"], vec![int("axis", 1), int("block_size", 3)])],
+                &["y"],
+            ),
+            vec![],
+            Some(vec![("const", 1), ("dequantize", 1)]),
+            Want::Values(vec![f32t(&[2, 6], &[-4.0, 3.5, -0.5, -0.25, 0.5, 0.25, 4.0, 6.0, 8.0, 4.0, 5.0, 6.0])]),
+        ),
+        case(
+            "QuantizeLinear-21 blocked",
+            one_op(
+                21,
+                vec![fixed_vi("x", F32, &[2, 4])],
+                vec![
+                    init("s", &f32t(&[2, 2], &[1.0, 2.0, 0.5, 4.0])),
+                    init("z", &tf(DType::U8, &[2, 2], &[0.0, 1.0, 10.0, 0.0])),
+                ],
+                "QuantizeLinear",
+                &["x", "s", "z"],
+                &["y"],
+                vec![int("axis", 1), int("block_size", 2)],
+            ),
+            vec![f32t(&[2, 4], &[0.0, 1.0, 2.0, 3.0, -1.0, -2.0, 4.0, 8.0])],
+            None,
+            Want::Values(vec![tf(DType::U8, &[2, 4], &[0.0, 1.0, 2.0, 3.0, 8.0, 6.0, 1.0, 2.0])]),
+        ),
+        case(
+            // from 19 the result has the scale's type: dequantize, then a cast
+            "DequantizeLinear-19 f16 scale",
+            one_op(
+                19,
+                vec![],
+                vec![
+                    init("x", &tf(DType::U8, &[3], &[0.0, 10.0, 255.0])),
+                    init("s", &tf(DType::F16, &[], &[0.5])),
+                    init("z", &tf(DType::U8, &[], &[10.0])),
+                ],
+                "DequantizeLinear",
+                &["x", "s", "z"],
+                &["y"],
+                vec![],
+            ),
+            vec![],
+            Some(vec![("cast", 1), ("const", 1), ("dequantize", 1)]),
+            Want::Values(vec![tf(DType::F16, &[3], &[-5.0, 0.0, 122.5])]),
+        ),
+        case(
+            "DequantizeLinear-23 output_dtype",
+            one_op(
+                23,
+                vec![],
+                vec![init("x", &tf(DType::I8, &[2], &[-3.0, 5.0])), init("s", &f32t(&[], &[0.25]))],
+                "DequantizeLinear",
+                &["x", "s"],
+                &["y"],
+                vec![int("output_dtype", 10)],
+            ),
+            vec![],
+            None,
+            Want::Values(vec![tf(DType::F16, &[2], &[-0.75, 1.25])]),
+        ),
+        case(
+            // quantized data fed to the model: the graph input takes the quantized type
+            "DequantizeLinear-13 of a graph input",
+            one_op(
+                13,
+                vec![fixed_vi("x", U8, &[3])],
+                vec![init("s", &f32t(&[], &[0.5])), init("z", &tf(DType::U8, &[], &[128.0]))],
+                "DequantizeLinear",
+                &["x", "s", "z"],
+                &["y"],
+                vec![],
+            ),
+            vec![tf(DType::U8, &[3], &[128.0, 130.0, 0.0])],
+            None,
+            Want::Values(vec![f32t(&[3], &[0.0, 1.0, -64.0])]),
+        ),
+        case(
+            "QuantizeLinear-21 to INT4 is refused",
+            one_op(
+                21,
+                vec![fixed_vi("x", F32, &[2])],
+                vec![init("s", &f32t(&[], &[0.5]))],
+                "QuantizeLinear",
+                &["x", "s"],
+                &["y"],
+                vec![int("output_dtype", 22)],
+            ),
+            vec![],
+            None,
+            Want::Error("quantizing to a 4-bit type (INT4, UINT4) is not supported"),
+        ),
+        case(
+            "QuantizeLinear-23 precision=FLOAT16 is refused",
+            one_op(
+                23,
+                vec![fixed_vi("x", F32, &[2])],
+                vec![init("s", &f32t(&[], &[0.5]))],
+                "QuantizeLinear",
+                &["x", "s"],
+                &["y"],
+                vec![int("precision", 10)],
+            ),
+            vec![],
+            None,
+            Want::Error("precision=10 (f16) is not supported"),
+        ),
+        case(
+            "QuantizeLinear-19 with an f16 scale divides in f16: refused",
+            one_op(
+                19,
+                vec![fixed_vi("x", 10, &[2])],
+                vec![init("s", &tf(DType::F16, &[], &[0.5]))],
+                "QuantizeLinear",
+                &["x", "s"],
+                &["y"],
+                vec![],
+            ),
+            vec![],
+            None,
+            Want::Error("a f16 scale makes QuantizeLinear version 19 divide in f16"),
+        ),
+        case(
+            "QLinearMatMul-21 with f16 scales is refused",
+            one_op(
+                21,
+                vec![fixed_vi("a", U8, &[2, 2]), fixed_vi("b", U8, &[2, 2])],
+                vec![init("s", &tf(DType::F16, &[], &[0.5])), init("z", &tf(DType::U8, &[], &[0.0]))],
+                "QLinearMatMul",
+                &["a", "s", "z", "b", "s", "z", "s", "z"],
+                &["y"],
+                vec![],
+            ),
+            vec![],
+            None,
+            Want::Error("a f16 scale (`s`) is not supported"),
+        ),
+        // ---- inputs computed from constants, and one computed from data
+        case(
+            "Unsqueeze-13 axes computed by Neg",
+            model(
+                13,
+                vec![in23()],
+                vec![init("m", &i64t(&[-1]))],
+                vec![node("Neg", &["m"], &["axes"], vec![]), node("Unsqueeze", &["x", "axes"], &["y"], vec![])],
+                &["y"],
+            ),
+            vec![x23()],
+            Some(vec![("unsqueeze", 1)]),
+            Want::Values(vec![f32t(&[2, 1, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])]),
+        ),
+        case(
+            "Slice-13 starts computed from constants",
+            model(
+                13,
+                vec![fixed_vi("x", F32, &[4])],
+                vec![init("zero", &i64t(&[0])), init("one", &i64t(&[1])), init("e", &i64t(&[3]))],
+                vec![node("Add", &["zero", "one"], &["st"], vec![]), node("Slice", &["x", "st", "e"], &["y"], vec![])],
+                &["y"],
+            ),
+            vec![f32t(&[4], &[10.0, 11.0, 12.0, 13.0])],
+            Some(vec![("slice", 1)]),
+            Want::Values(vec![f32t(&[2], &[11.0, 12.0])]),
+        ),
+        case(
+            "ReduceSum-13 axes from tensor data are refused, naming node, input and graph input",
+            model(
+                13,
+                vec![in23(), fixed_vi("a", F32, &[1])],
+                vec![],
+                vec![
+                    node("Cast", &["a"], &["axes"], vec![int("to", 7)]),
+                    NodeProto { name: "sum".into(), ..node("ReduceSum", &["x", "axes"], &["y"], vec![]) },
+                ],
+                &["y"],
+            ),
+            vec![],
+            None,
+            Want::Error("node `sum` (ReduceSum): input `axes` (axes) must be a constant (or computed from constants or input shapes), but it is computed at run time from graph input `a`"),
+        ),
+        // ---- rewrites into existing ops
+        case(
+            "DepthToSpace-9 (DCR, no mode attribute)",
+            one_op(9, vec![fixed_vi("x", F32, &[1, 8, 1, 1])], vec![], "DepthToSpace", &["x"], &["y"], vec![int("blocksize", 2)]),
+            vec![f32t(&[1, 8, 1, 1], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])],
+            Some(vec![("reshape", 2), ("transpose", 1)]),
+            Want::Values(vec![f32t(&[1, 2, 2, 2], &[0.0, 2.0, 4.0, 6.0, 1.0, 3.0, 5.0, 7.0])]),
+        ),
+        case(
+            "DepthToSpace-13 CRD",
+            one_op(
+                13,
+                vec![fixed_vi("x", F32, &[1, 8, 1, 1])],
+                vec![],
+                "DepthToSpace",
+                &["x"],
+                &["y"],
+                vec![int("blocksize", 2), string_attr("mode", "CRD")],
+            ),
+            vec![f32t(&[1, 8, 1, 1], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])],
+            None,
+            Want::Values(vec![f32t(&[1, 2, 2, 2], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])]),
+        ),
+        case(
+            "SpaceToDepth-13",
+            one_op(13, vec![fixed_vi("x", F32, &[1, 2, 2, 2])], vec![], "SpaceToDepth", &["x"], &["y"], vec![int("blocksize", 2)]),
+            vec![f32t(&[1, 2, 2, 2], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])],
+            None,
+            Want::Values(vec![f32t(&[1, 8, 1, 1], &[0.0, 4.0, 1.0, 5.0, 2.0, 6.0, 3.0, 7.0])]),
+        ),
+        case(
+            "InstanceNormalization-13 (version 6)",
+            one_op(
+                13,
+                vec![fixed_vi("x", F32, &[1, 1, 4])],
+                vec![init("s", &f32t(&[1], &[2.0])), init("b", &f32t(&[1], &[1.0]))],
+                "InstanceNormalization",
+                &["x", "s", "b"],
+                &["y"],
+                vec![],
+            ),
+            vec![f32t(&[1, 1, 4], &[1.0, 2.0, 3.0, 4.0])],
+            None,
+            Want::Values(vec![f32t(&[1, 1, 4], &[-1.683_270_9, 0.105_576_34, 1.894_423_7, 3.683_270_9])]),
+        ),
+        case(
+            "LpNormalization-22 L2, a zero norm gives zeros",
+            one_op(22, vec![fixed_vi("x", F32, &[2, 2])], vec![], "LpNormalization", &["x"], &["y"], vec![int("axis", 1)]),
+            vec![f32t(&[2, 2], &[3.0, 4.0, 0.0, 0.0])],
+            None,
+            Want::Values(vec![f32t(&[2, 2], &[0.6, 0.8, 0.0, 0.0])]),
+        ),
+        // ---- graph edges and constants
+        case(
+            "A graph without inputs (Constant-25, folded)",
+            model(
+                25,
+                vec![],
+                vec![],
+                vec![
+                    node("Constant", &[], &["c"], vec![ints("value_ints", &[1, 2, 3])]),
+                    node("Add", &["c", "c"], &["y"], vec![]),
+                ],
+                &["y"],
+            ),
+            vec![],
+            Some(vec![("const", 1)]),
+            Want::Values(vec![i64t(&[2, 4, 6])]),
+        ),
+        case(
+            "Range-11 of float constants, folded",
+            one_op(
+                11,
+                vec![],
+                vec![init("a", &f32t(&[], &[0.0])), init("b", &f32t(&[], &[1.0])), init("d", &f32t(&[], &[0.25]))],
+                "Range",
+                &["a", "b", "d"],
+                &["y"],
+                vec![],
+            ),
+            vec![],
+            Some(vec![("const", 1)]),
+            Want::Values(vec![f32t(&[4], &[0.0, 0.25, 0.5, 0.75])]),
+        ),
+        case(
+            "Reshape-14 allowzero=1 keeps a 0",
+            one_op(
+                14,
+                vec![fixed_vi("x", F32, &[0, 3])],
+                vec![init("s", &i64t(&[3, 0]))],
+                "Reshape",
+                &["x", "s"],
+                &["y"],
+                vec![int("allowzero", 1)],
+            ),
+            vec![f32t(&[0, 3], &[])],
+            None,
+            Want::Values(vec![f32t(&[3, 0], &[])]),
+        ),
+        case(
+            "Gelu-20 tanh approximation",
+            one_op(20, vec![fixed_vi("x", F32, &[1])], vec![], "Gelu", &["x"], &["y"], vec![string_attr("approximate", "tanh")]),
+            vec![f32t(&[1], &[0.0])],
+            Some(vec![("gelu_tanh", 1)]),
+            Want::Values(vec![f32t(&[1], &[0.0])]),
+        ),
+        case(
+            "Opset 29 is refused with the highest supported",
+            one_op(29, vec![in23()], vec![], "Relu", &["x"], &["y"], vec![]),
+            vec![],
+            None,
+            Want::Error("uses opset 29 of the default domain; qforge imports opsets 9 to 28"),
+        ),
+    ]
+}
+
+fn same_values(got: &Tensor, want: &Tensor) -> bool {
+    if got.dtype() != want.dtype() || got.shape() != want.shape() {
+        return false;
+    }
+    if !want.dtype().is_float() {
+        return got.to_i64_vec() == want.to_i64_vec();
+    }
+    got.to_f64_vec()
+        .iter()
+        .zip(want.to_f64_vec())
+        .all(|(&g, w)| (g.is_nan() && w.is_nan()) || g == w || (g - w).abs() <= 1e-6 * w.abs().max(1.0))
+}
+
+/// Every opset form in [`opset_cases`]: imported, checked by op counts, and run by the reference
+/// interpreter against the values written in the table (or refused with the message in it).
+#[test]
+fn opset_forms_import_with_each_versions_semantics() {
+    let mut failures = vec![];
+    for c in opset_cases() {
+        let result = import(&c.model);
+        match (&c.want, result) {
+            (Want::Error(text), Err(e)) => {
+                let line = e.to_string();
+                if !line.contains(text) || line.contains('\n') {
+                    failures.push(format!("{}: error `{line}` lacks `{text}`", c.name));
+                }
+            }
+            (Want::Error(text), Ok(_)) => {
+                failures.push(format!("{}: imported, expected an error with `{text}`", c.name))
+            }
+            (Want::Values(_), Err(e)) => failures.push(format!("{}: {e}", c.name)),
+            (Want::Values(want), Ok(g)) => {
+                if let Some(ops) = &c.ops {
+                    let want_ops: BTreeMap<&str, usize> = ops.iter().copied().collect();
+                    if histogram(&g) != want_ops {
+                        failures.push(format!("{}: ops {:?}, expected {want_ops:?}", c.name, histogram(&g)));
+                    }
+                }
+                match qforge_ir::interp::run(&g, &c.inputs) {
+                    Err(e) => failures.push(format!("{}: run: {e}", c.name)),
+                    Ok(got) => {
+                        let ok = got.len() == want.len() && got.iter().zip(want).all(|(g, w)| same_values(g, w));
+                        if !ok {
+                            failures.push(format!("{}: got {got:?}, expected {want:?}", c.name));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of the opset cases failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// The registry's version lists are ONNX's operator changelog, as the installed `onnx` package
+/// records it (`onnx.defs.get_all_schemas_with_history()`), up to the newest opset imported.
+#[test]
+#[ignore = "needs python3 with the onnx package"]
+fn registry_versions_match_the_onnx_changelog() {
+    let ops = qforge::onnx::default_domain_ops();
+    let names: Vec<&str> = ops.iter().map(|o| o.0).collect();
+    let script = format!(
+        "import onnx.defs as d\nh = {{}}\nfor s in d.get_all_schemas_with_history():\n    if s.domain == '':\n        \
+         h.setdefault(s.name, set()).add(s.since_version)\nfor n in {names:?}:\n    print(n, *sorted(v for v in \
+         h.get(n, ()) if v <= {}))\n",
+        qforge::onnx::MAX_OPSET
+    );
+    let out = std::process::Command::new("python3").args(["-c", &script]).output().expect("python3 runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    for ((name, versions, until), line) in ops.iter().zip(text.lines()) {
+        let want: Vec<i64> = line.split_whitespace().skip(1).map(|v| v.parse().expect("a version")).collect();
+        assert_eq!((*versions, *until), (want.as_slice(), qforge::onnx::MAX_OPSET), "{name}: {line}");
+    }
+    assert_eq!(text.lines().count(), ops.len());
 }

@@ -103,7 +103,8 @@ fn graph_svg_without_graphviz_writes_the_dot_text() {
 fn graph_svg_renders_with_graphviz() {
     common::require(dot_installed(), "graphviz `dot`");
     let model = asset("digits_cnn.onnx");
-    let svg = scratch("svg-render").join("g.svg");
+    let dir = scratch("svg-render");
+    let svg = dir.join("g.svg");
     qforge_ok(&["graph", &model, "-o", p(&svg)]);
     let text = std::fs::read_to_string(&svg).expect("svg written");
     assert!(text.contains("<svg") && text.contains("</svg>"), "{text}");

@@ -19,9 +19,10 @@ pub enum IrError {
     /// Inputs handed to the interpreter do not fit the graph.
     #[error("input `{name}`: {msg}")]
     Input { name: String, msg: String },
-    /// A tensor would exceed the configured size limit.
-    #[error("node `{node}`: a tensor of {bytes} bytes exceeds the limit of {limit} bytes")]
-    TooLarge { node: String, bytes: u128, limit: u128 },
+    /// A tensor would exceed the size limit (`--max-tensor-bytes`, see [`crate::limits`]); every
+    /// engine reports an oversized tensor with this error, so their messages agree.
+    #[error("node `{node}`: {what} needs {bytes} bytes, more than the limit of {limit} bytes (--max-tensor-bytes)")]
+    TooLarge { node: String, what: crate::limits::Allocation, bytes: u128, limit: u128 },
 }
 
 impl IrError {

@@ -16,12 +16,16 @@
 //!   interpreter follows them and so must every other engine.
 //! * Nothing here panics on user input: parse errors, malformed graphs and bad interpreter inputs
 //!   are [`IrError`] values.
+//! * One tensor-size limit ([`limits`], default [`DEFAULT_MAX_TENSOR_BYTES`]) holds for every
+//!   constant, result and temporary; an oversized one is [`IrError::TooLarge`], with the same
+//!   message whichever engine finds it.
 
 pub mod dtype;
 pub mod error;
 pub mod graph;
 pub mod infer;
 pub mod interp;
+pub mod limits;
 pub mod numerics;
 pub mod op;
 pub mod quant;
@@ -34,6 +38,7 @@ pub use dtype::{DType, ParseDTypeError};
 pub use error::{IrError, Result};
 pub use graph::{Graph, GraphOutput, Node, NodeId, Value};
 pub use infer::InferError;
+pub use limits::{Allocation, DEFAULT_MAX_TENSOR_BYTES};
 pub use op::{
     AspectPolicy, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordMode, DimExpr, Epilogue, NearestMode, Op, PadMode,
     PoolAttrs, ResizeAttrs, ResizeMode, ResizeTarget, UnaryOp,

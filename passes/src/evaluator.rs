@@ -3,7 +3,7 @@
 //! sensitivity analysis and the fp16 overflow guard all use it.
 
 use qforge_ir::interp::{self, RunOptions};
-use qforge_ir::{Graph, IrError, NodeId, Tensor};
+use qforge_ir::{Graph, IrError, NodeId, Tensor, Value};
 
 /// Why an [`Evaluator`] could not run a graph.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,64 @@ pub trait Evaluator {
     /// `g` once for all the batches.
     fn first_outputs(&self, g: &Graph, batches: &[Vec<Tensor>]) -> Result<Vec<Tensor>, EvalError> {
         batches.iter().map(|b| first(self.run(g, b)?)).collect()
+    }
+
+    /// A runner of `g` that returns the intermediate `values` on each batch (calibration's
+    /// observers read them). None of them may be a graph input: the caller has those already.
+    /// This one keeps the values out of an observed run ([`ObservedWatcher`]); an engine that
+    /// compiles overrides it to compile `g` once, with the values as extra outputs.
+    fn watch<'a>(&'a self, g: &'a Graph, values: &[Value]) -> Result<Box<dyn Watcher + 'a>, EvalError> {
+        Ok(Box::new(ObservedWatcher::new(self, g, values)))
+    }
+}
+
+/// Runs one graph on batch after batch and hands chosen intermediate values to a callback (see
+/// [`Evaluator::watch`]).
+pub trait Watcher {
+    /// Runs the graph on `inputs`, calling `each(i, tensor)` once for every watched value `i`
+    /// (its index in the list asked for), in an order the watcher chooses.
+    fn run(&self, inputs: &[Tensor], each: &mut dyn FnMut(usize, &Tensor)) -> Result<(), EvalError>;
+}
+
+/// A [`Watcher`] over any evaluator's observed run: each watched value is handed on as soon as
+/// its node has run, so nothing is kept beyond what the evaluator keeps.
+pub struct ObservedWatcher<'a, E: Evaluator + ?Sized> {
+    eval: &'a E,
+    g: &'a Graph,
+    by_node: std::collections::HashMap<NodeId, Vec<(usize, usize)>>,
+    count: usize,
+}
+
+impl<'a, E: Evaluator + ?Sized> ObservedWatcher<'a, E> {
+    /// Watches `values` of `g` run by `eval`.
+    pub fn new(eval: &'a E, g: &'a Graph, values: &[Value]) -> ObservedWatcher<'a, E> {
+        let mut by_node: std::collections::HashMap<NodeId, Vec<(usize, usize)>> = Default::default();
+        for (i, v) in values.iter().enumerate() {
+            by_node.entry(v.node).or_default().push((i, v.port));
+        }
+        ObservedWatcher { eval, g, by_node, count: values.len() }
+    }
+}
+
+impl<E: Evaluator + ?Sized> Watcher for ObservedWatcher<'_, E> {
+    fn run(&self, inputs: &[Tensor], each: &mut dyn FnMut(usize, &Tensor)) -> Result<(), EvalError> {
+        let mut seen = 0;
+        self.eval.run_observed(self.g, inputs, &mut |id, results| {
+            for &(i, port) in self.by_node.get(&id).into_iter().flatten() {
+                if let Some(t) = results.get(port) {
+                    seen += 1;
+                    each(i, t);
+                }
+            }
+        })?;
+        if seen != self.count {
+            return Err(IrError::Graph(format!(
+                "{} of {} watched values were computed (a graph input, or not in the graph)",
+                seen, self.count
+            ))
+            .into());
+        }
+        Ok(())
     }
 }
 

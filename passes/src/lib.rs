@@ -1,8 +1,9 @@
 //! # qforge-passes: graph-to-graph passes
 //!
-//! Everything that rewrites a [`qforge_ir::Graph`]: canonicalization, calibration observers,
-//! quantization, precision assignment and hardware profiles, the egg optimizer, layout and memory
-//! planning, sensitivity analysis.
+//! Everything that rewrites a [`qforge_ir::Graph`]: canonicalization, batch-norm folding,
+//! calibration observers, quantization (static, dynamic, SmoothQuant), sensitivity analysis,
+//! precision assignment and hardware profiles, and the egg optimizer. Layout (NHWC) and memory
+//! planning are code generation's (`qforge-codegen`), not graph passes.
 //!
 //! ## Invariants
 //! * One signature: [`Pass::run`] takes a graph and a [`PassContext`] and returns a
@@ -13,9 +14,14 @@
 //!   after each pass when asked, always in tests), and running it twice changes nothing the second
 //!   time.
 //!
-//! Passes so far: [`canonicalize::Canonicalize`]; quantization ([`quantize::FoldBatchNorm`],
-//! [`quantize::QuantizeStatic`] after calibration through [`quantize::Evaluator`],
-//! [`quantize::QuantizeDynamic`]). Precision and the egg optimizer arrive with their issues.
+//! * Callers: the `qforge` crate's `Compiler` (which decides which passes run, in what order) and
+//!   tests. Nothing here reads files, the command line or ONNX.
+//!
+//! The passes: [`canonicalize::Canonicalize`]; [`batchnorm::FoldBatchNorm`]; quantization
+//! ([`quantize::SmoothQuant`], [`quantize::QuantizeStatic`] after calibration through an
+//! [`evaluator::Evaluator`], [`quantize::QuantizeDynamic`]); precision
+//! ([`precision::AssignPrecision`], [`precision::AlignChannels`]); the optimizer
+//! ([`egraph::Optimize`]).
 
 pub mod batchnorm;
 pub mod canonicalize;

@@ -15,7 +15,7 @@ pub struct PassContext {
 
 impl Default for PassContext {
     fn default() -> Self {
-        PassContext { verify: cfg!(debug_assertions), max_tensor_bytes: 4 << 30 }
+        PassContext { verify: cfg!(debug_assertions), max_tensor_bytes: qforge_ir::DEFAULT_MAX_TENSOR_BYTES as u128 }
     }
 }
 

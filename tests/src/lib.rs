@@ -248,13 +248,16 @@ pub fn has_integer_values(g: &Graph) -> bool {
 /// The JIT oracle: runs `g` on the JIT with each set of microkernels (the native intrinsics and
 /// the Cranelift-only GEMMs, and the native ones on two threads), with guard bytes after every
 /// arena buffer checked after every step, and compares every output with the interpreter's
-/// `expected`: bit for bit on graphs with integer values, within 1e-5 of the largest magnitude
+/// `expected`: bit for bit on graphs with integer values; on float graphs that quantize float
+/// sums (Q/DQ graphs run literally, as at `--opt-level 0`), at least 99.9% bit for bit and no
+/// element more than one output quantization step apart; within 1e-5 of the largest magnitude
 /// otherwise.
 pub fn check_jit(g: &Graph, inputs: &[Tensor], expected: &[Tensor]) -> Result<()> {
     let exact = has_integer_values(g);
+    let fake_quant = !exact && g.node_ids().any(|id| matches!(g.node(id).op, Op::Quantize));
     use qforge_codegen::Microkernels::{Cranelift, Native};
     for (mk, threads) in [(Native, 1), (Cranelift, 1), (Native, 2)] {
-        let opts = qforge_codegen::JitOptions { microkernels: mk, threads, check_guards: true };
+        let opts = qforge_codegen::JitOptions { microkernels: mk, threads, check_guards: true, ..Default::default() };
         let exe = qforge_codegen::JitExecutable::new(g.clone(), opts);
         let outs = exe.run(inputs).with_context(|| format!("JIT ({mk:?})"))?;
         if outs.len() != expected.len() {
@@ -268,7 +271,15 @@ pub fn check_jit(g: &Graph, inputs: &[Tensor], expected: &[Tensor]) -> Result<()
             if exact && a.exact_share < 1.0 {
                 bail!("JIT ({mk:?}) output {i} is not bit-exact on an integer graph: {a}");
             }
-            if !exact && a.max_abs > 1e-5 * a.ref_max_abs.max(f32::MIN_POSITIVE) {
+            if let (true, Some(step)) = (fake_quant, output_step_at(g, i)) {
+                // a quantize after a float sum: a value the engines sum to either side of a
+                // rounding boundary lands one step apart, and the step travels on; anything
+                // beyond a rare one-step difference in the output is a defect
+                let a = agreement(o, e, Some(step))?;
+                if a.exact_share < 0.999 || a.max_steps.unwrap_or(f32::INFINITY) > 1.0 + 1e-3 {
+                    bail!("JIT ({mk:?}) output {i} differs by more than rare single quantization steps: {a}");
+                }
+            } else if !exact && a.max_abs > 1e-5 * a.ref_max_abs.max(f32::MIN_POSITIVE) {
                 bail!("JIT ({mk:?}) output {i} differs by more than 1e-5 relative: {a}");
             }
         }

@@ -57,6 +57,7 @@
 //! * f32 results are bit-identical to the Rust kernels (`acc = fma(a, w, acc)` from 0 in t order).
 //! * `m <= 0` or `nr <= 0` is a no-op; `kp == 0` / `k == 0` stores zeros.
 
+use crate::JitError;
 use cranelift_codegen::ir::{
     types, AbiParam, BlockArg, Endianness, Function, InstBuilder, MemFlagsData, Signature, UserFuncName, Value,
 };
@@ -485,33 +486,36 @@ pub fn define_gemm_f32<M: Module>(module: &mut M, name: &str) -> ModuleResult<Fu
 }
 
 /// Builds the host ISA (`cranelift_native`) with `opt_level=speed`.
-fn host_isa() -> Result<OwnedTargetIsa, String> {
+fn host_isa() -> Result<OwnedTargetIsa, JitError> {
     let mut flags = settings::builder();
-    flags.set("opt_level", "speed").map_err(|e| e.to_string())?;
-    let isa_builder = cranelift_native::builder().map_err(|e| e.to_string())?;
-    isa_builder.finish(settings::Flags::new(flags)).map_err(|e| e.to_string())
+    flags.set("opt_level", "speed").map_err(|e| JitError::Codegen(format!("setting opt_level=speed: {e}")))?;
+    let isa_builder = cranelift_native::builder().map_err(|e| JitError::Codegen(format!("host ISA: {e}")))?;
+    isa_builder.finish(settings::Flags::new(flags)).map_err(|e| JitError::Codegen(format!("host ISA: {e}")))
 }
 
 /// The disassembly of the u8i8 kernel compiled for the host ISA (Context::set_disasm(true), compiled_code().vcode), for a snapshot test.
-pub fn gemm_u8i8_disassembly() -> Result<String, String> {
+pub fn gemm_u8i8_disassembly() -> Result<String, JitError> {
     kernel_disassembly(Kind::U8I8)
 }
 
 /// The disassembly of the f32 kernel compiled for the host ISA (as [`gemm_u8i8_disassembly`]).
-pub fn gemm_f32_disassembly() -> Result<String, String> {
+pub fn gemm_f32_disassembly() -> Result<String, JitError> {
     kernel_disassembly(Kind::F32)
 }
 
 /// Compiles one kernel for the host ISA with disassembly enabled and returns the VCode text.
-fn kernel_disassembly(kind: Kind) -> Result<String, String> {
+fn kernel_disassembly(kind: Kind) -> Result<String, JitError> {
     let isa = host_isa()?;
     let sig = kernel_signature(isa.default_call_conv());
     let mut func = Function::with_name_signature(UserFuncName::user(0, 0), sig);
     build_kernel(&mut func, kind, isa.frontend_config());
     let mut ctx = Context::for_function(func);
     ctx.set_disasm(true);
-    ctx.compile(&*isa, &mut Default::default()).map_err(|e| format!("{:?}", e.inner))?;
-    ctx.compiled_code().and_then(|cc| cc.vcode.clone()).ok_or_else(|| "no disassembly produced".to_string())
+    ctx.compile(&*isa, &mut Default::default())
+        .map_err(|e| JitError::Codegen(format!("compiling the {kind:?} kernel: {:?}", e.inner)))?;
+    ctx.compiled_code()
+        .and_then(|cc| cc.vcode.clone())
+        .ok_or_else(|| JitError::Codegen(format!("the {kind:?} kernel: no disassembly produced")))
 }
 
 #[cfg(test)]
@@ -543,7 +547,11 @@ mod tests {
         let id8 = define_gemm_u8i8(&mut module, "gemm_u8i8").unwrap();
         let idf = define_gemm_f32(&mut module, "gemm_f32").unwrap();
         module.finalize_definitions().unwrap();
+        // SAFETY: `id8` was defined with the `KU8` signature (`define_gemm_u8i8`) and the module is
+        // finalized, so the address is that function's code; `module` is returned with the pointers and
+        // outlives them.
         let k8: KU8 = unsafe { std::mem::transmute(module.get_finalized_function(id8)) };
+        // SAFETY: as above, for `define_gemm_f32` and the `KF32` signature.
         let kf: KF32 = unsafe { std::mem::transmute(module.get_finalized_function(idf)) };
         (module, k8, kf)
     }
@@ -604,6 +612,9 @@ mod tests {
         let bp = pack_i8(&w, n, k, kp);
         let sentinel = 0x5a5a_5a5a_i32;
         let mut c = vec![sentinel; m * ldc + 16];
+        // SAFETY: `a` has `m` rows of `lda >= kp` bytes, `bp` one panel of `round_up_16(n) * kp` bytes, `c`
+        // `m * ldc + 16` i32 with `ldc >= round_up_16(n)`; the generated kernel honours that contract (module
+        // docs).
         unsafe { k8(a.as_ptr(), lda as i64, m as i64, bp.as_ptr(), kp as i64, c.as_mut_ptr(), ldc as i64, n as i64) };
         for r in 0..m {
             for j in 0..n {
@@ -644,6 +655,8 @@ mod tests {
         let b: Vec<i8> = (0..64 * kp).map(|_| rng.next() as i8).collect();
         let mut c64 = vec![7i32; m * ldc];
         let mut c100 = vec![7i32; m * ldc];
+        // SAFETY: `a` has `m` rows of `kp` bytes, `b` a 64-column panel of `kp` rows, `c64` and `c100` `m`
+        // rows of `ldc = 96 >= 64` i32; `nr = 100` is clamped to 64 by the kernel.
         unsafe {
             k8(a.as_ptr(), kp as i64, m as i64, b.as_ptr(), kp as i64, c64.as_mut_ptr(), ldc as i64, 64);
             k8(a.as_ptr(), kp as i64, m as i64, b.as_ptr(), kp as i64, c100.as_mut_ptr(), ldc as i64, 100);
@@ -672,6 +685,8 @@ mod tests {
                         }
                     }
                     let mut c = vec![f32::NAN; m * ldc];
+                    // SAFETY: `a` has `m` rows of `lda >= k` floats, `bp` a panel of `k` rows of
+                    // `round_up_16(n)` floats, `c` `m` rows of `ldc >= round_up_16(n)` floats.
                     unsafe {
                         kf(
                             a.as_ptr(),

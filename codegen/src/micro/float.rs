@@ -35,7 +35,8 @@
 
 #![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 
-use super::ConvGeom;
+use super::{try_zeroed, ConvGeom};
+use std::collections::TryReserveError;
 
 /// Panel width in columns of the packed f32 weights.
 ///
@@ -90,14 +91,12 @@ pub fn panel_width(n: usize, p: usize) -> usize {
     }
 }
 
-/// Packs `w[j*k + t]` (`n` x `k`, row major) into [`PANEL`]-column panels.
-///
-/// Panics if `w.len() < n * k` (compile-time helper, not a kernel).
-pub fn pack_weights_f32(w: &[f32], n: usize, k: usize) -> PackedF32 {
-    assert!(w.len() >= n * k, "pack_weights_f32: w too short");
+/// Packs `w[j*k + t]` (`n` x `k`, row major) into [`PANEL`]-column panels (entries missing from
+/// a short `w` read as 0).
+pub fn pack_weights_f32(w: &[f32], n: usize, k: usize) -> Result<PackedF32, TryReserveError> {
     let np = panel_count(n);
     let len = if np == 0 { 0 } else { panel_offset(np - 1, k) + panel_width(n, np - 1) * k };
-    let mut data = vec![0.0f32; len];
+    let mut data = try_zeroed::<f32>(len)?;
     for p in 0..np {
         let width = panel_width(n, p);
         let base = panel_offset(p, k);
@@ -106,11 +105,17 @@ pub fn pack_weights_f32(w: &[f32], n: usize, k: usize) -> PackedF32 {
         for t in 0..k {
             let dst = &mut data[base + t * width..base + t * width + cols];
             for (jj, d) in dst.iter_mut().enumerate() {
-                *d = w[(c0 + jj) * k + t];
+                *d = w.get((c0 + jj) * k + t).copied().unwrap_or(0.0);
             }
         }
     }
-    PackedF32 { n, k, data }
+    Ok(PackedF32 { n, k, data })
+}
+
+/// Bytes of [`PackedF32::data`] for `n` columns and reduction length `k`, computed without
+/// packing: `round_up_16(n) * k` floats (full [`PANEL`]-column panels, the last rounded up to 16).
+pub fn packed_bytes(n: usize, k: usize) -> u128 {
+    (n as u128).div_ceil(16) * 16 * (k as u128) * 4
 }
 
 /// Signature shared by the GEMM kernels:
@@ -135,16 +140,21 @@ pub unsafe extern "C" fn gemm_f32_scalar(
     ldc: usize,
     nr: usize,
 ) {
-    let ldb = round_up_16(nr);
-    for r in 0..m {
-        let ar = a.add(r * lda);
-        let cr = c.add(r * ldc);
-        for j in 0..nr {
-            let mut acc = 0.0f32;
-            for t in 0..k {
-                acc = (*ar.add(t)).mul_add(*b.add(t * ldb + j), acc);
+    // SAFETY: the caller guarantees this function's ranges: rows `0..m` of `k` readable floats of `a` at
+    // stride `lda`, a panel of `k * round_up_16(nr)` floats at `b`, and rows `0..m` of `nr` writable floats
+    // of `c` at stride `ldc`, not overlapping `a` or `b`; every access below is inside them.
+    unsafe {
+        let ldb = round_up_16(nr);
+        for r in 0..m {
+            let ar = a.add(r * lda);
+            let cr = c.add(r * ldc);
+            for j in 0..nr {
+                let mut acc = 0.0f32;
+                for t in 0..k {
+                    acc = (*ar.add(t)).mul_add(*b.add(t * ldb + j), acc);
+                }
+                *cr.add(j) = acc;
             }
-            *cr.add(j) = acc;
         }
     }
 }
@@ -172,13 +182,17 @@ pub unsafe extern "C" fn gemm_f32_avx512(
     ldc: usize,
     nr: usize,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        x86::gemm512(a, lda, m, b, k, c, ldc, nr)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        gemm_f32_scalar(a, lda, m, b, k, c, ldc, nr)
+    // SAFETY: the caller guarantees the ranges of this function's contract and an AVX-512F + FMA CPU, which
+    // `x86::gemm512` requires (`gemm_f32_best` checks them).
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            x86::gemm512(a, lda, m, b, k, c, ldc, nr)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            gemm_f32_scalar(a, lda, m, b, k, c, ldc, nr)
+        }
     }
 }
 
@@ -196,13 +210,17 @@ pub unsafe extern "C" fn gemm_f32_avx2(
     ldc: usize,
     nr: usize,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        x86::gemm256(a, lda, m, b, k, c, ldc, nr)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        gemm_f32_scalar(a, lda, m, b, k, c, ldc, nr)
+    // SAFETY: the caller guarantees the ranges of `gemm_f32_avx512`'s contract and an AVX2 + FMA CPU, which
+    // `x86::gemm256` requires (`gemm_f32_best` checks them).
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            x86::gemm256(a, lda, m, b, k, c, ldc, nr)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            gemm_f32_scalar(a, lda, m, b, k, c, ldc, nr)
+        }
     }
 }
 
@@ -241,13 +259,18 @@ pub unsafe extern "C" fn im2col_f32(
     out: *mut f32,
     ld: usize,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return x86::im2col512(&*g, x, m0, rows, out, ld);
+    // SAFETY: the caller guarantees `g` points at a valid geometry, `x` holds every image the rows reference
+    // and `out` has `rows` rows of `g.k()` writable floats at stride `ld`; the AVX-512 copier runs only after
+    // `is_x86_feature_detected!` confirmed AVX-512F.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return x86::im2col512(&*g, x, m0, rows, out, ld);
+            }
         }
+        im2col_body::<StdCopy>(&*g, x, m0, rows, out, ld)
     }
-    im2col_body::<StdCopy>(&*g, x, m0, rows, out, ld)
 }
 
 /// Copies and zero-fills the contiguous runs of an im2col row.
@@ -263,73 +286,81 @@ struct StdCopy;
 impl RunCopy for StdCopy {
     #[inline(always)]
     unsafe fn copy(src: *const f32, dst: *mut f32, n: usize) {
-        std::ptr::copy_nonoverlapping(src, dst, n)
+        // SAFETY: the caller (`im2col_body`) passes `n` readable floats at `src` and `n` writable floats at
+        // `dst`, which do not overlap (input image and im2col scratch).
+        unsafe { std::ptr::copy_nonoverlapping(src, dst, n) }
     }
     #[inline(always)]
     unsafe fn zero(dst: *mut f32, n: usize) {
-        std::ptr::write_bytes(dst, 0, n)
+        // SAFETY: the caller (`im2col_body`) passes `n` writable floats at `dst`, inside one im2col row.
+        unsafe { std::ptr::write_bytes(dst, 0, n) }
     }
 }
 
 /// Shared im2col loop (see [`im2col_f32`]), generic over how runs are copied.
 #[inline(always)]
 unsafe fn im2col_body<C: RunCopy>(g: &ConvGeom, x: *const f32, m0: usize, rows: usize, out: *mut f32, ld: usize) {
-    let (h, w, c) = (g.h, g.w, g.c);
-    let cin = g.cin;
-    let ohw = g.oh * g.ow;
-    if ohw == 0 || rows == 0 {
-        return;
-    }
-    let img_len = h * w * c;
-    let merge_kx = g.dw == 1 && cin == c;
-    // (img, oy, ox) of row m0, then advanced incrementally (no divisions per row).
-    let mut img = m0 / ohw;
-    let mut oy = m0 % ohw / g.ow;
-    let mut ox = m0 % g.ow;
-    for r in 0..rows {
-        if r > 0 {
-            ox += 1;
-            if ox == g.ow {
-                ox = 0;
-                oy += 1;
-                if oy == g.oh {
-                    oy = 0;
-                    img += 1;
-                }
-            }
+    // SAFETY: the caller guarantees `im2col_f32`'s ranges: only in-image pixels (rows and columns clipped to
+    // `0..h` and `0..w`, channels `cin_offset..cin_offset + cin`) of images the rows reference are read, and
+    // each row writes exactly `g.k()` floats at `out + r * ld`.
+    unsafe {
+        let (h, w, c) = (g.h, g.w, g.c);
+        let cin = g.cin;
+        let ohw = g.oh * g.ow;
+        if ohw == 0 || rows == 0 {
+            return;
         }
-        let xi = x.add(img * img_len + g.cin_offset);
-        let mut o = out.add(r * ld);
-        // Valid kx range [kx0, kx1): ix = ox*sw + kx*dw - pw in [0, w).
-        let bx = (ox * g.sw) as isize - g.pw as isize;
-        let (kx0, kx1) = valid_range(bx, g.dw, g.kw, w);
-        let by = (oy * g.sh) as isize - g.ph as isize;
-        for ky in 0..g.kh {
-            let iy = by + (ky * g.dh) as isize;
-            if iy < 0 || iy >= h as isize {
-                C::zero(o, g.kw * cin);
+        let img_len = h * w * c;
+        let merge_kx = g.dw == 1 && cin == c;
+        // (img, oy, ox) of row m0, then advanced incrementally (no divisions per row).
+        let mut img = m0 / ohw;
+        let mut oy = m0 % ohw / g.ow;
+        let mut ox = m0 % g.ow;
+        for r in 0..rows {
+            if r > 0 {
+                ox += 1;
+                if ox == g.ow {
+                    ox = 0;
+                    oy += 1;
+                    if oy == g.oh {
+                        oy = 0;
+                        img += 1;
+                    }
+                }
+            }
+            let xi = x.add(img * img_len + g.cin_offset);
+            let mut o = out.add(r * ld);
+            // Valid kx range [kx0, kx1): ix = ox*sw + kx*dw - pw in [0, w).
+            let bx = (ox * g.sw) as isize - g.pw as isize;
+            let (kx0, kx1) = valid_range(bx, g.dw, g.kw, w);
+            let by = (oy * g.sh) as isize - g.ph as isize;
+            for ky in 0..g.kh {
+                let iy = by + (ky * g.dh) as isize;
+                if iy < 0 || iy >= h as isize {
+                    C::zero(o, g.kw * cin);
+                    o = o.add(g.kw * cin);
+                    continue;
+                }
+                let xrow = xi.add(iy as usize * w * c);
+                if kx0 > 0 {
+                    C::zero(o, kx0 * cin);
+                }
+                if merge_kx {
+                    if kx1 > kx0 {
+                        let ix0 = (bx + kx0 as isize) as usize;
+                        C::copy(xrow.add(ix0 * c), o.add(kx0 * cin), (kx1 - kx0) * cin);
+                    }
+                } else {
+                    for kx in kx0..kx1 {
+                        let ix = (bx + (kx * g.dw) as isize) as usize;
+                        C::copy(xrow.add(ix * c), o.add(kx * cin), cin);
+                    }
+                }
+                if kx1 < g.kw {
+                    C::zero(o.add(kx1.max(kx0) * cin), (g.kw - kx1.max(kx0)) * cin);
+                }
                 o = o.add(g.kw * cin);
-                continue;
             }
-            let xrow = xi.add(iy as usize * w * c);
-            if kx0 > 0 {
-                C::zero(o, kx0 * cin);
-            }
-            if merge_kx {
-                if kx1 > kx0 {
-                    let ix0 = (bx + kx0 as isize) as usize;
-                    C::copy(xrow.add(ix0 * c), o.add(kx0 * cin), (kx1 - kx0) * cin);
-                }
-            } else {
-                for kx in kx0..kx1 {
-                    let ix = (bx + (kx * g.dw) as isize) as usize;
-                    C::copy(xrow.add(ix * c), o.add(kx * cin), cin);
-                }
-            }
-            if kx1 < g.kw {
-                C::zero(o.add(kx1.max(kx0) * cin), (g.kw - kx1.max(kx0)) * cin);
-            }
-            o = o.add(g.kw * cin);
         }
     }
 }
@@ -372,18 +403,23 @@ pub struct PackedDwF32 {
 
 /// Packs depthwise weights `w[ch*kh*kw + ky*kw + kx]` into [`PackedDwF32`].
 ///
-/// Panics if `w.len() < c*kh*kw` (compile-time helper, not a kernel).
-pub fn pack_depthwise_f32(w: &[f32], c: usize, kh: usize, kw: usize) -> PackedDwF32 {
+/// Entries missing from a short `w` read as 0.
+pub fn pack_depthwise_f32(w: &[f32], c: usize, kh: usize, kw: usize) -> Result<PackedDwF32, TryReserveError> {
     let taps = kh * kw;
-    assert!(w.len() >= c * taps, "pack_depthwise_f32: w too short");
     let cp = round_up_16(c);
-    let mut data = vec![0.0f32; taps * cp];
+    let mut data = try_zeroed::<f32>(taps * cp)?;
     for ch in 0..c {
         for tap in 0..taps {
-            data[tap * cp + ch] = w[ch * taps + tap];
+            data[tap * cp + ch] = w.get(ch * taps + tap).copied().unwrap_or(0.0);
         }
     }
-    PackedDwF32 { c, kh, kw, data }
+    Ok(PackedDwF32 { c, kh, kw, data })
+}
+
+/// Bytes of [`PackedDwF32::data`] for `c` channels and a `kh x kw` kernel:
+/// `kh * kw * round_up_16(c)` floats.
+pub fn packed_dw_bytes(c: usize, kh: usize, kw: usize) -> u128 {
+    (kh as u128) * (kw as u128) * ((c as u128).div_ceil(16) * 16) * 4
 }
 
 /// Signature shared by the depthwise kernels: `(g, x, w, row, out, ldo)`; see
@@ -402,33 +438,38 @@ pub unsafe extern "C" fn depthwise_f32_scalar(
     out: *mut f32,
     ldo: usize,
 ) {
-    let g = &*g;
-    if g.oh == 0 {
-        return;
-    }
-    let c = g.c;
-    let cp = round_up_16(c);
-    let img = row / g.oh;
-    let oy = row % g.oh;
-    let xi = x.add(img * g.h * g.w * c);
-    let by = (oy * g.sh) as isize - g.ph as isize;
-    let (ky0, ky1) = valid_range(by, g.dh, g.kh, g.h);
-    for ox in 0..g.ow {
-        let bx = (ox * g.sw) as isize - g.pw as isize;
-        let (kx0, kx1) = valid_range(bx, g.dw, g.kw, g.w);
-        let o = out.add(ox * ldo);
-        for ch in 0..c {
-            let mut acc = 0.0f32;
-            for ky in ky0..ky1 {
-                let iy = (by + (ky * g.dh) as isize) as usize;
-                for kx in kx0..kx1 {
-                    let ix = (bx + (kx * g.dw) as isize) as usize;
-                    let xv = *xi.add((iy * g.w + ix) * c + ch);
-                    let wv = *w.add((ky * g.kw + kx) * cp + ch);
-                    acc = xv.mul_add(wv, acc);
+    // SAFETY: the caller guarantees `depthwise_f32_avx512`'s ranges: `x` holds image `row / oh` (only
+    // in-image taps are read), `w` the packed weights, and `out` `ow` pixels of `c` writable floats at stride
+    // `ldo`.
+    unsafe {
+        let g = &*g;
+        if g.oh == 0 {
+            return;
+        }
+        let c = g.c;
+        let cp = round_up_16(c);
+        let img = row / g.oh;
+        let oy = row % g.oh;
+        let xi = x.add(img * g.h * g.w * c);
+        let by = (oy * g.sh) as isize - g.ph as isize;
+        let (ky0, ky1) = valid_range(by, g.dh, g.kh, g.h);
+        for ox in 0..g.ow {
+            let bx = (ox * g.sw) as isize - g.pw as isize;
+            let (kx0, kx1) = valid_range(bx, g.dw, g.kw, g.w);
+            let o = out.add(ox * ldo);
+            for ch in 0..c {
+                let mut acc = 0.0f32;
+                for ky in ky0..ky1 {
+                    let iy = (by + (ky * g.dh) as isize) as usize;
+                    for kx in kx0..kx1 {
+                        let ix = (bx + (kx * g.dw) as isize) as usize;
+                        let xv = *xi.add((iy * g.w + ix) * c + ch);
+                        let wv = *w.add((ky * g.kw + kx) * cp + ch);
+                        acc = xv.mul_add(wv, acc);
+                    }
                 }
+                *o.add(ch) = acc;
             }
-            *o.add(ch) = acc;
         }
     }
 }
@@ -457,13 +498,17 @@ pub unsafe extern "C" fn depthwise_f32_avx512(
     out: *mut f32,
     ldo: usize,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        x86::dw512(&*g, x, w, row, out, ldo)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        depthwise_f32_scalar(g, x, w, row, out, ldo)
+    // SAFETY: the caller guarantees `depthwise_f32_scalar`'s ranges and an AVX-512F CPU, which `x86::dw512`
+    // requires (`depthwise_f32_best` checks it).
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            x86::dw512(&*g, x, w, row, out, ldo)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            depthwise_f32_scalar(g, x, w, row, out, ldo)
+        }
     }
 }
 
@@ -499,30 +544,34 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn copy512(src: *const f32, dst: *mut f32, n: usize) {
-        let mut i = 0;
-        while i + 64 <= n {
-            let v0 = _mm512_loadu_ps(src.add(i));
-            let v1 = _mm512_loadu_ps(src.add(i + 16));
-            let v2 = _mm512_loadu_ps(src.add(i + 32));
-            let v3 = _mm512_loadu_ps(src.add(i + 48));
-            _mm512_storeu_ps(dst.add(i), v0);
-            _mm512_storeu_ps(dst.add(i + 16), v1);
-            _mm512_storeu_ps(dst.add(i + 32), v2);
-            _mm512_storeu_ps(dst.add(i + 48), v3);
-            i += 64;
-        }
-        while i + 16 <= n {
-            _mm512_storeu_ps(dst.add(i), _mm512_loadu_ps(src.add(i)));
-            i += 16;
-        }
-        if i < n {
-            if n >= 16 {
-                // Tail as one unmasked vector ending at n, overlapping copied floats (masked
-                // loads/stores are slow on Zen4).
-                _mm512_storeu_ps(dst.add(n - 16), _mm512_loadu_ps(src.add(n - 16)));
-            } else {
-                let m = lane_mask(n - i);
-                _mm512_mask_storeu_ps(dst.add(i), m, _mm512_maskz_loadu_ps(m, src.add(i)));
+        // SAFETY: the caller passes `n` readable floats at `src` and `n` writable floats at `dst`; full
+        // vectors cover `0..n - n % 16` and the masked tail touches only floats below `n`.
+        unsafe {
+            let mut i = 0;
+            while i + 64 <= n {
+                let v0 = _mm512_loadu_ps(src.add(i));
+                let v1 = _mm512_loadu_ps(src.add(i + 16));
+                let v2 = _mm512_loadu_ps(src.add(i + 32));
+                let v3 = _mm512_loadu_ps(src.add(i + 48));
+                _mm512_storeu_ps(dst.add(i), v0);
+                _mm512_storeu_ps(dst.add(i + 16), v1);
+                _mm512_storeu_ps(dst.add(i + 32), v2);
+                _mm512_storeu_ps(dst.add(i + 48), v3);
+                i += 64;
+            }
+            while i + 16 <= n {
+                _mm512_storeu_ps(dst.add(i), _mm512_loadu_ps(src.add(i)));
+                i += 16;
+            }
+            if i < n {
+                if n >= 16 {
+                    // Tail as one unmasked vector ending at n, overlapping copied floats (masked
+                    // loads/stores are slow on Zen4).
+                    _mm512_storeu_ps(dst.add(n - 16), _mm512_loadu_ps(src.add(n - 16)));
+                } else {
+                    let m = lane_mask(n - i);
+                    _mm512_mask_storeu_ps(dst.add(i), m, _mm512_maskz_loadu_ps(m, src.add(i)));
+                }
             }
         }
     }
@@ -531,14 +580,18 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn zero512(dst: *mut f32, n: usize) {
-        let z = _mm512_setzero_ps();
-        let mut i = 0;
-        while i + 16 <= n {
-            _mm512_storeu_ps(dst.add(i), z);
-            i += 16;
-        }
-        if i < n {
-            _mm512_mask_storeu_ps(dst.add(i), lane_mask(n - i), z);
+        // SAFETY: the caller passes `n` writable floats at `dst`; full vectors and the masked tail stay below
+        // `n`.
+        unsafe {
+            let z = _mm512_setzero_ps();
+            let mut i = 0;
+            while i + 16 <= n {
+                _mm512_storeu_ps(dst.add(i), z);
+                i += 16;
+            }
+            if i < n {
+                _mm512_mask_storeu_ps(dst.add(i), lane_mask(n - i), z);
+            }
         }
     }
 
@@ -547,18 +600,23 @@ mod x86 {
     impl RunCopy for Avx512Copy {
         #[inline(always)]
         unsafe fn copy(src: *const f32, dst: *mut f32, n: usize) {
-            copy512(src, dst, n)
+            // SAFETY: `copy512`'s contract is this method's (`n` floats at each side, not overlapping);
+            // AVX-512F: `Avx512Copy` is used only by `im2col512`, which requires it.
+            unsafe { copy512(src, dst, n) }
         }
         #[inline(always)]
         unsafe fn zero(dst: *mut f32, n: usize) {
-            zero512(dst, n)
+            // SAFETY: as for `copy`: `n` writable floats at `dst`, AVX-512F present.
+            unsafe { zero512(dst, n) }
         }
     }
 
     /// im2col with AVX-512 run copies (see `im2col_f32`).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn im2col512(g: &ConvGeom, x: *const f32, m0: usize, rows: usize, out: *mut f32, ld: usize) {
-        im2col_body::<Avx512Copy>(g, x, m0, rows, out, ld)
+        // SAFETY: the caller (`im2col_f32`) guarantees its ranges and has checked AVX-512F, which
+        // `Avx512Copy` needs.
+        unsafe { im2col_body::<Avx512Copy>(g, x, m0, rows, out, ld) }
     }
 
     /// `MR x (NV zmm [+ 1 ymm])` register block: rows `0..MR` of `a` (stride `lda`), `NV` zmm
@@ -579,59 +637,65 @@ mod x86 {
         ldc: usize,
         last: u16,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-        let mut hacc = [_mm256_setzero_ps(); MR];
-        // Mask of the last stored zmm (full when a ymm half follows).
-        let zlast = if HALF { 0xffff } else { last };
-        if ACC {
+        // SAFETY: the caller (`rows512`) passes `MR` rows of the current k block of `a` (readable at stride
+        // `lda`), the panel rows of that block at `b` (`16 * NV` floats each, or 8 in the last half vector),
+        // and `MR` rows of `c` with room for the block's columns at stride `ldc`; masked stores write only
+        // the `lastn` valid lanes of the last vector.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+            let mut hacc = [_mm256_setzero_ps(); MR];
+            // Mask of the last stored zmm (full when a ymm half follows).
+            let zlast = if HALF { 0xffff } else { last };
+            if ACC {
+                for i in 0..MR {
+                    let cr = c.add(i * ldc);
+                    for v in 0..NV {
+                        acc[i][v] = if v + 1 < NV {
+                            _mm512_loadu_ps(cr.add(16 * v))
+                        } else {
+                            _mm512_maskz_loadu_ps(zlast, cr.add(16 * v))
+                        };
+                    }
+                    if HALF {
+                        hacc[i] = _mm512_castps512_ps256(_mm512_maskz_loadu_ps(last, cr.add(16 * NV)));
+                    }
+                }
+            }
+            let mut ap = a;
+            let mut bp = b;
+            let mut t = 0;
+            while t < k {
+                let mut bv = [_mm512_setzero_ps(); NV];
+                for v in 0..NV {
+                    bv[v] = _mm512_loadu_ps(bp.add(16 * v));
+                }
+                let bh = if HALF { _mm256_loadu_ps(bp.add(16 * NV)) } else { _mm256_setzero_ps() };
+                for i in 0..MR {
+                    let s = *ap.add(i * lda);
+                    let av = _mm512_set1_ps(s);
+                    for v in 0..NV {
+                        acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
+                    }
+                    if HALF {
+                        hacc[i] = _mm256_fmadd_ps(_mm512_castps512_ps256(av), bh, hacc[i]);
+                    }
+                }
+                ap = ap.add(1);
+                bp = bp.add(ldb);
+                t += 1;
+            }
             for i in 0..MR {
                 let cr = c.add(i * ldc);
                 for v in 0..NV {
-                    acc[i][v] = if v + 1 < NV {
-                        _mm512_loadu_ps(cr.add(16 * v))
+                    if v + 1 < NV {
+                        _mm512_storeu_ps(cr.add(16 * v), acc[i][v]);
                     } else {
-                        _mm512_maskz_loadu_ps(zlast, cr.add(16 * v))
-                    };
+                        _mm512_mask_storeu_ps(cr.add(16 * v), zlast, acc[i][v]);
+                    }
                 }
                 if HALF {
-                    hacc[i] = _mm512_castps512_ps256(_mm512_maskz_loadu_ps(last, cr.add(16 * NV)));
+                    _mm512_mask_storeu_ps(cr.add(16 * NV), last, _mm512_castps256_ps512(hacc[i]));
                 }
-            }
-        }
-        let mut ap = a;
-        let mut bp = b;
-        let mut t = 0;
-        while t < k {
-            let mut bv = [_mm512_setzero_ps(); NV];
-            for v in 0..NV {
-                bv[v] = _mm512_loadu_ps(bp.add(16 * v));
-            }
-            let bh = if HALF { _mm256_loadu_ps(bp.add(16 * NV)) } else { _mm256_setzero_ps() };
-            for i in 0..MR {
-                let s = *ap.add(i * lda);
-                let av = _mm512_set1_ps(s);
-                for v in 0..NV {
-                    acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
-                }
-                if HALF {
-                    hacc[i] = _mm256_fmadd_ps(_mm512_castps512_ps256(av), bh, hacc[i]);
-                }
-            }
-            ap = ap.add(1);
-            bp = bp.add(ldb);
-            t += 1;
-        }
-        for i in 0..MR {
-            let cr = c.add(i * ldc);
-            for v in 0..NV {
-                if v + 1 < NV {
-                    _mm512_storeu_ps(cr.add(16 * v), acc[i][v]);
-                } else {
-                    _mm512_mask_storeu_ps(cr.add(16 * v), zlast, acc[i][v]);
-                }
-            }
-            if HALF {
-                _mm512_mask_storeu_ps(cr.add(16 * NV), last, _mm512_castps256_ps512(hacc[i]));
             }
         }
     }
@@ -682,37 +746,41 @@ mod x86 {
         ldc: usize,
         last: u16,
     ) {
-        const { assert!(NV <= 3 && (NV >= 1 || HALF) && (NV <= 2 || !HALF)) };
-        let mr = mr512(NV, HALF);
-        let mut k0 = 0;
-        loop {
-            let kc = (k - k0).min(KC);
-            let acc = k0 > 0;
-            let (ak, bk) = (a.add(k0), b.add(k0 * ldb));
-            let mut r = 0;
-            while r < m {
-                let rows = (m - r).min(mr);
-                let (ar, cr) = (ak.add(r * lda), c.add(r * ldc));
-                match mr {
-                    24 => rows_dispatch!(
-                        rows,
-                        acc,
-                        (ar, lda, bk, ldb, kc, cr, ldc, last),
-                        [24, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23]
-                    ),
-                    12 => rows_dispatch!(
-                        rows,
-                        acc,
-                        (ar, lda, bk, ldb, kc, cr, ldc, last),
-                        [12, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
-                    ),
-                    _ => rows_dispatch!(rows, acc, (ar, lda, bk, ldb, kc, cr, ldc, last), [8, 1, 2, 3, 4, 5, 6, 7]),
+        // SAFETY: the caller (`gemm512`) passes `gemm_f32_avx512`'s ranges for one column chunk; row blocks
+        // `i..i + MR` and the remainder stay below `m`, and k blocks stay below `k`.
+        unsafe {
+            const { assert!(NV <= 3 && (NV >= 1 || HALF) && (NV <= 2 || !HALF)) };
+            let mr = mr512(NV, HALF);
+            let mut k0 = 0;
+            loop {
+                let kc = (k - k0).min(KC);
+                let acc = k0 > 0;
+                let (ak, bk) = (a.add(k0), b.add(k0 * ldb));
+                let mut r = 0;
+                while r < m {
+                    let rows = (m - r).min(mr);
+                    let (ar, cr) = (ak.add(r * lda), c.add(r * ldc));
+                    match mr {
+                        24 => rows_dispatch!(
+                            rows,
+                            acc,
+                            (ar, lda, bk, ldb, kc, cr, ldc, last),
+                            [24, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23]
+                        ),
+                        12 => rows_dispatch!(
+                            rows,
+                            acc,
+                            (ar, lda, bk, ldb, kc, cr, ldc, last),
+                            [12, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+                        ),
+                        _ => rows_dispatch!(rows, acc, (ar, lda, bk, ldb, kc, cr, ldc, last), [8, 1, 2, 3, 4, 5, 6, 7]),
+                    }
+                    r += rows;
                 }
-                r += rows;
-            }
-            k0 += kc;
-            if k0 >= k {
-                break;
+                k0 += kc;
+                if k0 >= k {
+                    break;
+                }
             }
         }
     }
@@ -730,27 +798,31 @@ mod x86 {
         ldc: usize,
         nr: usize,
     ) {
-        if m == 0 || nr == 0 {
-            return;
-        }
-        let ldb = round_up_16(nr);
-        let mut j = 0;
-        while j < nr {
-            let cols = (nr - j).min(48);
-            let (full, tail) = (cols / 16, cols % 16);
-            let (bj, cj) = (b.add(j), c.add(j));
-            match (full, tail) {
-                (1, 0) => rows512::<1, false>(a, lda, m, bj, ldb, k, cj, ldc, 0xffff),
-                (2, 0) => rows512::<2, false>(a, lda, m, bj, ldb, k, cj, ldc, 0xffff),
-                (3, 0) => rows512::<3, false>(a, lda, m, bj, ldb, k, cj, ldc, 0xffff),
-                (0, 1..=8) => rows512::<0, true>(a, lda, m, bj, ldb, k, cj, ldc, lane_mask(tail)),
-                (1, 1..=8) => rows512::<1, true>(a, lda, m, bj, ldb, k, cj, ldc, lane_mask(tail)),
-                (2, 1..=8) => rows512::<2, true>(a, lda, m, bj, ldb, k, cj, ldc, lane_mask(tail)),
-                (0, _) => rows512::<1, false>(a, lda, m, bj, ldb, k, cj, ldc, lane_mask(tail)),
-                (1, _) => rows512::<2, false>(a, lda, m, bj, ldb, k, cj, ldc, lane_mask(tail)),
-                _ => rows512::<3, false>(a, lda, m, bj, ldb, k, cj, ldc, lane_mask(tail)),
+        // SAFETY: the caller (`gemm_f32_avx512`) guarantees its ranges; each column chunk starts inside the
+        // panel (`col < nr`) and is written only up to `nr`.
+        unsafe {
+            if m == 0 || nr == 0 {
+                return;
             }
-            j += cols;
+            let ldb = round_up_16(nr);
+            let mut j = 0;
+            while j < nr {
+                let cols = (nr - j).min(48);
+                let (full, tail) = (cols / 16, cols % 16);
+                let (bj, cj) = (b.add(j), c.add(j));
+                match (full, tail) {
+                    (1, 0) => rows512::<1, false>(a, lda, m, bj, ldb, k, cj, ldc, 0xffff),
+                    (2, 0) => rows512::<2, false>(a, lda, m, bj, ldb, k, cj, ldc, 0xffff),
+                    (3, 0) => rows512::<3, false>(a, lda, m, bj, ldb, k, cj, ldc, 0xffff),
+                    (0, 1..=8) => rows512::<0, true>(a, lda, m, bj, ldb, k, cj, ldc, lane_mask(tail)),
+                    (1, 1..=8) => rows512::<1, true>(a, lda, m, bj, ldb, k, cj, ldc, lane_mask(tail)),
+                    (2, 1..=8) => rows512::<2, true>(a, lda, m, bj, ldb, k, cj, ldc, lane_mask(tail)),
+                    (0, _) => rows512::<1, false>(a, lda, m, bj, ldb, k, cj, ldc, lane_mask(tail)),
+                    (1, _) => rows512::<2, false>(a, lda, m, bj, ldb, k, cj, ldc, lane_mask(tail)),
+                    _ => rows512::<3, false>(a, lda, m, bj, ldb, k, cj, ldc, lane_mask(tail)),
+                }
+                j += cols;
+            }
         }
     }
 
@@ -767,33 +839,38 @@ mod x86 {
         ldc: usize,
         lastn: usize,
     ) {
-        let mut acc = [[_mm256_setzero_ps(); NV]; MR];
-        let mut ap = a;
-        let mut bp = b;
-        let mut t = 0;
-        while t < k {
-            let mut bv = [_mm256_setzero_ps(); NV];
-            for v in 0..NV {
-                bv[v] = _mm256_loadu_ps(bp.add(8 * v));
-            }
-            for i in 0..MR {
-                let av = _mm256_broadcast_ss(&*ap.add(i * lda));
+        // SAFETY: the caller (`rows256`) passes `MR` rows of `k` readable floats of `a` at stride `lda`, `NV`
+        // ymm columns of the panel per k, and `MR` rows of `c` at stride `ldc`; masked stores write only the
+        // `lastn` valid lanes of the last vector.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); NV]; MR];
+            let mut ap = a;
+            let mut bp = b;
+            let mut t = 0;
+            while t < k {
+                let mut bv = [_mm256_setzero_ps(); NV];
                 for v in 0..NV {
-                    acc[i][v] = _mm256_fmadd_ps(av, bv[v], acc[i][v]);
+                    bv[v] = _mm256_loadu_ps(bp.add(8 * v));
                 }
+                for i in 0..MR {
+                    let av = _mm256_broadcast_ss(&*ap.add(i * lda));
+                    for v in 0..NV {
+                        acc[i][v] = _mm256_fmadd_ps(av, bv[v], acc[i][v]);
+                    }
+                }
+                ap = ap.add(1);
+                bp = bp.add(ldb);
+                t += 1;
             }
-            ap = ap.add(1);
-            bp = bp.add(ldb);
-            t += 1;
-        }
-        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(lastn as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        for i in 0..MR {
-            let cr = c.add(i * ldc);
-            for v in 0..NV {
-                if v + 1 < NV {
-                    _mm256_storeu_ps(cr.add(8 * v), acc[i][v]);
-                } else {
-                    _mm256_maskstore_ps(cr.add(8 * v), mask, acc[i][v]);
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(lastn as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            for i in 0..MR {
+                let cr = c.add(i * ldc);
+                for v in 0..NV {
+                    if v + 1 < NV {
+                        _mm256_storeu_ps(cr.add(8 * v), acc[i][v]);
+                    } else {
+                        _mm256_maskstore_ps(cr.add(8 * v), mask, acc[i][v]);
+                    }
                 }
             }
         }
@@ -812,38 +889,42 @@ mod x86 {
         ldc: usize,
         lastn: usize,
     ) {
-        // 12 accumulators + NV b vectors + 1 broadcast <= 16 ymm (NV is 1 or 2).
-        let mr = 12 / NV;
-        let mut r = 0;
-        while r < m {
-            let rows = (m - r).min(mr);
-            let (ar, cr) = (a.add(r * lda), c.add(r * ldc));
-            match (NV, rows) {
-                (1, 12) => blk256::<12, 1>(ar, lda, b, ldb, k, cr, ldc, lastn),
-                (2, 6) => blk256::<6, 2>(ar, lda, b, ldb, k, cr, ldc, lastn),
-                (_, rows) => {
-                    // Remainder rows: 4/2/1-row blocks.
-                    let mut rr = 0;
-                    while rr < rows {
-                        let left = rows - rr;
-                        let (ar2, cr2) = (ar.add(rr * lda), cr.add(rr * ldc));
-                        let step = if left >= 4 && NV <= 2 {
-                            4
-                        } else if left >= 2 {
-                            2
-                        } else {
-                            1
-                        };
-                        match step {
-                            4 => blk256::<4, NV>(ar2, lda, b, ldb, k, cr2, ldc, lastn),
-                            2 => blk256::<2, NV>(ar2, lda, b, ldb, k, cr2, ldc, lastn),
-                            _ => blk256::<1, NV>(ar2, lda, b, ldb, k, cr2, ldc, lastn),
+        // SAFETY: the caller (`gemm256`) passes `gemm_f32_avx2`'s ranges for one column chunk; row blocks
+        // stay below `m`.
+        unsafe {
+            // 12 accumulators + NV b vectors + 1 broadcast <= 16 ymm (NV is 1 or 2).
+            let mr = 12 / NV;
+            let mut r = 0;
+            while r < m {
+                let rows = (m - r).min(mr);
+                let (ar, cr) = (a.add(r * lda), c.add(r * ldc));
+                match (NV, rows) {
+                    (1, 12) => blk256::<12, 1>(ar, lda, b, ldb, k, cr, ldc, lastn),
+                    (2, 6) => blk256::<6, 2>(ar, lda, b, ldb, k, cr, ldc, lastn),
+                    (_, rows) => {
+                        // Remainder rows: 4/2/1-row blocks.
+                        let mut rr = 0;
+                        while rr < rows {
+                            let left = rows - rr;
+                            let (ar2, cr2) = (ar.add(rr * lda), cr.add(rr * ldc));
+                            let step = if left >= 4 && NV <= 2 {
+                                4
+                            } else if left >= 2 {
+                                2
+                            } else {
+                                1
+                            };
+                            match step {
+                                4 => blk256::<4, NV>(ar2, lda, b, ldb, k, cr2, ldc, lastn),
+                                2 => blk256::<2, NV>(ar2, lda, b, ldb, k, cr2, ldc, lastn),
+                                _ => blk256::<1, NV>(ar2, lda, b, ldb, k, cr2, ldc, lastn),
+                            }
+                            rr += step;
                         }
-                        rr += step;
                     }
                 }
+                r += rows;
             }
-            r += rows;
         }
     }
 
@@ -859,59 +940,68 @@ mod x86 {
         ldc: usize,
         nr: usize,
     ) {
-        if m == 0 || nr == 0 {
-            return;
-        }
-        let ldb = round_up_16(nr);
-        let mut j = 0;
-        while j < nr {
-            // 16-column chunks: a 6 x 2 ymm block (12 accumulators + 2 b + 1 broadcast fits the
-            // 16 ymm registers; wider blocks spill). A chunk of <= 8 valid columns uses one ymm.
-            let cols = (nr - j).min(16);
-            let (bj, cj) = (b.add(j), c.add(j));
-            if cols <= 8 {
-                rows256::<1>(a, lda, m, bj, ldb, k, cj, ldc, cols);
-            } else {
-                rows256::<2>(a, lda, m, bj, ldb, k, cj, ldc, cols - 8);
+        // SAFETY: the caller (`gemm_f32_avx2`) guarantees its ranges; each chunk starts inside the panel and
+        // is written only up to `nr`.
+        unsafe {
+            if m == 0 || nr == 0 {
+                return;
             }
-            j += cols;
+            let ldb = round_up_16(nr);
+            let mut j = 0;
+            while j < nr {
+                // 16-column chunks: a 6 x 2 ymm block (12 accumulators + 2 b + 1 broadcast fits the
+                // 16 ymm registers; wider blocks spill). A chunk of <= 8 valid columns uses one ymm.
+                let cols = (nr - j).min(16);
+                let (bj, cj) = (b.add(j), c.add(j));
+                if cols <= 8 {
+                    rows256::<1>(a, lda, m, bj, ldb, k, cj, ldc, cols);
+                } else {
+                    rows256::<2>(a, lda, m, bj, ldb, k, cj, ldc, cols - 8);
+                }
+                j += cols;
+            }
         }
     }
 
     /// AVX-512 depthwise row (see `depthwise_f32_avx512`).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dw512(g: &ConvGeom, x: *const f32, w: *const f32, row: usize, out: *mut f32, ldo: usize) {
-        if g.oh == 0 || g.ow == 0 || g.c == 0 {
-            return;
-        }
-        let c = g.c;
-        let cp = round_up_16(c);
-        let img = row / g.oh;
-        let oy = row % g.oh;
-        let xi = x.add(img * g.h * g.w * c);
-        let by = (oy * g.sh) as isize - g.ph as isize;
-        let (ky0, ky1) = valid_range(by, g.dh, g.kh, g.h);
-        // Interior ox range [ox_lo, ox_hi): all kx taps in the image, i.e.
-        // ox*sw >= pw and ox*sw + (kw-1)*dw - pw <= w - 1.
-        let sw = g.sw.max(1);
-        let ox_lo = g.pw.div_ceil(sw).min(g.ow);
-        let span = (g.kw.max(1) - 1) * g.dw;
-        let ox_hi = if g.w + g.pw > span { ((g.w - 1 + g.pw - span) / sw + 1).min(g.ow).max(ox_lo) } else { ox_lo };
-        let d = DwRow { g, xi, by, ky0, ky1, ox_lo, ox_hi };
-        // Channel blocks outer, whole row inner: the weights of a block stay in registers across
-        // the row. (Measured on Zen4: pixel chunks of 8..32 outer with channel blocks inner were
-        // no faster, so the kernels take a pixel range but are called with the whole row.)
-        let (b0, b1) = (0, g.ow);
-        let mut cb = 0;
-        while cb < c {
-            let mask = lane_mask(c - cb);
-            let (wb, ob) = (w.add(cb), out.add(cb));
-            match (g.kh, g.kw) {
-                (3, 3) => dw_block::<3, 3, 8>(&d, cb, mask, wb, cp, ob, ldo, b0, b1),
-                (5, 5) => dw_block::<5, 5, 4>(&d, cb, mask, wb, cp, ob, ldo, b0, b1),
-                _ => dw_generic(&d, cb, mask, wb, cp, ob, ldo, b0, b1),
+        // SAFETY: the caller (`depthwise_f32_avx512`) guarantees its ranges: taps are clipped to the image
+        // (`valid_range`), channels are masked to `c`, and each output pixel writes `c` floats at `out + ox *
+        // ldo`.
+        unsafe {
+            if g.oh == 0 || g.ow == 0 || g.c == 0 {
+                return;
             }
-            cb += 16;
+            let c = g.c;
+            let cp = round_up_16(c);
+            let img = row / g.oh;
+            let oy = row % g.oh;
+            let xi = x.add(img * g.h * g.w * c);
+            let by = (oy * g.sh) as isize - g.ph as isize;
+            let (ky0, ky1) = valid_range(by, g.dh, g.kh, g.h);
+            // Interior ox range [ox_lo, ox_hi): all kx taps in the image, i.e.
+            // ox*sw >= pw and ox*sw + (kw-1)*dw - pw <= w - 1.
+            let sw = g.sw.max(1);
+            let ox_lo = g.pw.div_ceil(sw).min(g.ow);
+            let span = (g.kw.max(1) - 1) * g.dw;
+            let ox_hi = if g.w + g.pw > span { ((g.w - 1 + g.pw - span) / sw + 1).min(g.ow).max(ox_lo) } else { ox_lo };
+            let d = DwRow { g, xi, by, ky0, ky1, ox_lo, ox_hi };
+            // Channel blocks outer, whole row inner: the weights of a block stay in registers across
+            // the row. (Measured on Zen4: pixel chunks of 8..32 outer with channel blocks inner were
+            // no faster, so the kernels take a pixel range but are called with the whole row.)
+            let (b0, b1) = (0, g.ow);
+            let mut cb = 0;
+            while cb < c {
+                let mask = lane_mask(c - cb);
+                let (wb, ob) = (w.add(cb), out.add(cb));
+                match (g.kh, g.kw) {
+                    (3, 3) => dw_block::<3, 3, 8>(&d, cb, mask, wb, cp, ob, ldo, b0, b1),
+                    (5, 5) => dw_block::<5, 5, 4>(&d, cb, mask, wb, cp, ob, ldo, b0, b1),
+                    _ => dw_generic(&d, cb, mask, wb, cp, ob, ldo, b0, b1),
+                }
+                cb += 16;
+            }
         }
     }
 
@@ -940,26 +1030,30 @@ mod x86 {
         wv: &[[__m512; KW]; KH],
         ox: usize,
     ) -> __m512 {
-        let g = d.g;
-        let bx = (ox * g.sw) as isize - g.pw as isize;
-        let (kx0, kx1) = if CHECK { valid_range(bx, g.dw, KW, g.w) } else { (0, KW) };
-        let mut acc = _mm512_setzero_ps();
-        for ky in 0..KH {
-            if ky < d.ky0 || ky >= d.ky1 {
-                continue;
-            }
-            let iy = (d.by + (ky * g.dh) as isize) as usize;
-            let xrow = d.xi.add(iy * g.w * g.c + cb);
-            for kx in 0..KW {
-                if CHECK && (kx < kx0 || kx >= kx1) {
+        // SAFETY: the caller (`dw_block`) passes an output pixel whose taps it clipped to the image (or, with
+        // `CHECK`, this function skips out-of-image taps), and the block's channels are masked.
+        unsafe {
+            let g = d.g;
+            let bx = (ox * g.sw) as isize - g.pw as isize;
+            let (kx0, kx1) = if CHECK { valid_range(bx, g.dw, KW, g.w) } else { (0, KW) };
+            let mut acc = _mm512_setzero_ps();
+            for ky in 0..KH {
+                if ky < d.ky0 || ky >= d.ky1 {
                     continue;
                 }
-                let ix = (bx + (kx * g.dw) as isize) as usize;
-                let xv = _mm512_maskz_loadu_ps(mask, xrow.add(ix * g.c));
-                acc = _mm512_fmadd_ps(xv, wv[ky][kx], acc);
+                let iy = (d.by + (ky * g.dh) as isize) as usize;
+                let xrow = d.xi.add(iy * g.w * g.c + cb);
+                for kx in 0..KW {
+                    if CHECK && (kx < kx0 || kx >= kx1) {
+                        continue;
+                    }
+                    let ix = (bx + (kx * g.dw) as isize) as usize;
+                    let xv = _mm512_maskz_loadu_ps(mask, xrow.add(ix * g.c));
+                    acc = _mm512_fmadd_ps(xv, wv[ky][kx], acc);
+                }
             }
+            acc
         }
-        acc
     }
 
     /// `OB` adjacent interior output pixels (all taps horizontally in the image) of one channel
@@ -976,33 +1070,38 @@ mod x86 {
         out: *mut f32,
         ldo: usize,
     ) {
-        let g = d.g;
-        let bx = (ox * g.sw) as isize - g.pw as isize;
-        let mut acc = [_mm512_setzero_ps(); OB];
-        for ky in 0..KH {
-            if ky < d.ky0 || ky >= d.ky1 {
-                continue;
-            }
-            let iy = (d.by + (ky * g.dh) as isize) as usize;
-            // Pixel (iy, bx) may be left of the image; only in-image offsets are dereferenced.
-            let xrow = d.xi.add(iy * g.w * g.c + cb).wrapping_offset(bx * g.c as isize);
-            for kx in 0..KW {
-                let wk = wv[ky][kx];
-                for (j, aj) in acc.iter_mut().enumerate() {
-                    // UNIT (stride 1, dilation 1): constant offsets, so loads shared between
-                    // (j, kx) pairs are issued once.
-                    let off = if UNIT { (j + kx) * g.c } else { (j * g.sw + kx * g.dw) * g.c };
-                    let xv = if FULL {
-                        _mm512_loadu_ps(xrow.wrapping_add(off))
-                    } else {
-                        _mm512_maskz_loadu_ps(mask, xrow.wrapping_add(off))
-                    };
-                    *aj = _mm512_fmadd_ps(xv, wk, *aj);
+        // SAFETY: the caller (`dw_block`) passes `OB` interior pixels (every tap inside the image) with
+        // `UNIT` stride when the stride is 1; loads read in-image pixels of the block's channels (masked
+        // unless `FULL`), stores write `OB` output pixels at stride `ldo`.
+        unsafe {
+            let g = d.g;
+            let bx = (ox * g.sw) as isize - g.pw as isize;
+            let mut acc = [_mm512_setzero_ps(); OB];
+            for ky in 0..KH {
+                if ky < d.ky0 || ky >= d.ky1 {
+                    continue;
+                }
+                let iy = (d.by + (ky * g.dh) as isize) as usize;
+                // Pixel (iy, bx) may be left of the image; only in-image offsets are dereferenced.
+                let xrow = d.xi.add(iy * g.w * g.c + cb).wrapping_offset(bx * g.c as isize);
+                for kx in 0..KW {
+                    let wk = wv[ky][kx];
+                    for (j, aj) in acc.iter_mut().enumerate() {
+                        // UNIT (stride 1, dilation 1): constant offsets, so loads shared between
+                        // (j, kx) pairs are issued once.
+                        let off = if UNIT { (j + kx) * g.c } else { (j * g.sw + kx * g.dw) * g.c };
+                        let xv = if FULL {
+                            _mm512_loadu_ps(xrow.wrapping_add(off))
+                        } else {
+                            _mm512_maskz_loadu_ps(mask, xrow.wrapping_add(off))
+                        };
+                        *aj = _mm512_fmadd_ps(xv, wk, *aj);
+                    }
                 }
             }
-        }
-        for (j, aj) in acc.iter().enumerate() {
-            _mm512_mask_storeu_ps(out.add((ox + j) * ldo), mask, *aj);
+            for (j, aj) in acc.iter().enumerate() {
+                _mm512_mask_storeu_ps(out.add((ox + j) * ldo), mask, *aj);
+            }
         }
     }
 
@@ -1021,58 +1120,62 @@ mod x86 {
         b0: usize,
         b1: usize,
     ) {
-        let mut wv = [[_mm512_setzero_ps(); KW]; KH];
-        for ky in 0..KH {
-            for kx in 0..KW {
-                wv[ky][kx] = _mm512_loadu_ps(wb.add((ky * KW + kx) * cp));
-            }
-        }
-        let (lo, hi) = (b0.max(d.ox_lo), b1.min(d.ox_hi).max(b0.max(d.ox_lo)));
-        for ox in b0..b1.min(d.ox_lo) {
-            let v = dw_pixel::<KH, KW, true>(d, cb, mask, &wv, ox);
-            _mm512_mask_storeu_ps(out.add(ox * ldo), mask, v);
-        }
-        let unit = d.g.sw == 1 && d.g.dw == 1;
-        let full = mask == 0xffff;
-        // (A macro, not a closure: closures do not inherit `target_feature`.)
-        macro_rules! multi {
-            ($n:expr, $ox:expr) => {
-                match (unit, full) {
-                    (true, true) => dw_multi::<KH, KW, { $n }, true, true>(d, cb, mask, &wv, $ox, out, ldo),
-                    (true, false) => dw_multi::<KH, KW, { $n }, true, false>(d, cb, mask, &wv, $ox, out, ldo),
-                    (false, true) => dw_multi::<KH, KW, { $n }, false, true>(d, cb, mask, &wv, $ox, out, ldo),
-                    (false, false) => dw_multi::<KH, KW, { $n }, false, false>(d, cb, mask, &wv, $ox, out, ldo),
+        // SAFETY: the caller (`dw512`) passes one 16-channel block of a row inside its ranges; edge pixels
+        // are clipped, interior pixels go to `dw_multi` only when every tap is inside the image.
+        unsafe {
+            let mut wv = [[_mm512_setzero_ps(); KW]; KH];
+            for ky in 0..KH {
+                for kx in 0..KW {
+                    wv[ky][kx] = _mm512_loadu_ps(wb.add((ky * KW + kx) * cp));
                 }
-            };
-        }
-        let mut ox = lo;
-        while ox + OB <= hi {
-            multi!(OB, ox);
-            ox += OB;
-        }
-        if hi - ox > OB / 2 && d.ox_hi - d.ox_lo >= OB {
-            // Long tail: recompute an overlapping full interior block ending at `hi` (identical
-            // values are rewritten for the overlap), instead of latency-bound small blocks.
-            multi!(OB, hi.saturating_sub(OB).max(d.ox_lo));
-            ox = hi;
-        }
-        // Short tails and interiors (narrow images): blocks of 4 and 2, then single pixels.
-        while ox + 4 <= hi && OB > 4 {
-            multi!(4, ox);
-            ox += 4;
-        }
-        while ox + 2 <= hi {
-            multi!(2, ox);
-            ox += 2;
-        }
-        while ox < hi {
-            let v = dw_pixel::<KH, KW, false>(d, cb, mask, &wv, ox);
-            _mm512_mask_storeu_ps(out.add(ox * ldo), mask, v);
-            ox += 1;
-        }
-        for ox in b0.max(d.ox_hi)..b1 {
-            let v = dw_pixel::<KH, KW, true>(d, cb, mask, &wv, ox);
-            _mm512_mask_storeu_ps(out.add(ox * ldo), mask, v);
+            }
+            let (lo, hi) = (b0.max(d.ox_lo), b1.min(d.ox_hi).max(b0.max(d.ox_lo)));
+            for ox in b0..b1.min(d.ox_lo) {
+                let v = dw_pixel::<KH, KW, true>(d, cb, mask, &wv, ox);
+                _mm512_mask_storeu_ps(out.add(ox * ldo), mask, v);
+            }
+            let unit = d.g.sw == 1 && d.g.dw == 1;
+            let full = mask == 0xffff;
+            // (A macro, not a closure: closures do not inherit `target_feature`.)
+            macro_rules! multi {
+                ($n:expr, $ox:expr) => {
+                    match (unit, full) {
+                        (true, true) => dw_multi::<KH, KW, { $n }, true, true>(d, cb, mask, &wv, $ox, out, ldo),
+                        (true, false) => dw_multi::<KH, KW, { $n }, true, false>(d, cb, mask, &wv, $ox, out, ldo),
+                        (false, true) => dw_multi::<KH, KW, { $n }, false, true>(d, cb, mask, &wv, $ox, out, ldo),
+                        (false, false) => dw_multi::<KH, KW, { $n }, false, false>(d, cb, mask, &wv, $ox, out, ldo),
+                    }
+                };
+            }
+            let mut ox = lo;
+            while ox + OB <= hi {
+                multi!(OB, ox);
+                ox += OB;
+            }
+            if hi - ox > OB / 2 && d.ox_hi - d.ox_lo >= OB {
+                // Long tail: recompute an overlapping full interior block ending at `hi` (identical
+                // values are rewritten for the overlap), instead of latency-bound small blocks.
+                multi!(OB, hi.saturating_sub(OB).max(d.ox_lo));
+                ox = hi;
+            }
+            // Short tails and interiors (narrow images): blocks of 4 and 2, then single pixels.
+            while ox + 4 <= hi && OB > 4 {
+                multi!(4, ox);
+                ox += 4;
+            }
+            while ox + 2 <= hi {
+                multi!(2, ox);
+                ox += 2;
+            }
+            while ox < hi {
+                let v = dw_pixel::<KH, KW, false>(d, cb, mask, &wv, ox);
+                _mm512_mask_storeu_ps(out.add(ox * ldo), mask, v);
+                ox += 1;
+            }
+            for ox in b0.max(d.ox_hi)..b1 {
+                let v = dw_pixel::<KH, KW, true>(d, cb, mask, &wv, ox);
+                _mm512_mask_storeu_ps(out.add(ox * ldo), mask, v);
+            }
         }
     }
 
@@ -1089,22 +1192,26 @@ mod x86 {
         b0: usize,
         b1: usize,
     ) {
-        let g = d.g;
-        for ox in b0..b1 {
-            let bx = (ox * g.sw) as isize - g.pw as isize;
-            let (kx0, kx1) = valid_range(bx, g.dw, g.kw, g.w);
-            let mut acc = _mm512_setzero_ps();
-            for ky in d.ky0..d.ky1 {
-                let iy = (d.by + (ky * g.dh) as isize) as usize;
-                let xrow = d.xi.add(iy * g.w * g.c + cb);
-                for kx in kx0..kx1 {
-                    let ix = (bx + (kx * g.dw) as isize) as usize;
-                    let xv = _mm512_maskz_loadu_ps(mask, xrow.add(ix * g.c));
-                    let wv = _mm512_loadu_ps(wb.add((ky * g.kw + kx) * cp));
-                    acc = _mm512_fmadd_ps(xv, wv, acc);
+        // SAFETY: the caller (`dw512`) passes one channel block of a row inside its ranges; taps are clipped
+        // to the image with `valid_range`, channels masked to `c`.
+        unsafe {
+            let g = d.g;
+            for ox in b0..b1 {
+                let bx = (ox * g.sw) as isize - g.pw as isize;
+                let (kx0, kx1) = valid_range(bx, g.dw, g.kw, g.w);
+                let mut acc = _mm512_setzero_ps();
+                for ky in d.ky0..d.ky1 {
+                    let iy = (d.by + (ky * g.dh) as isize) as usize;
+                    let xrow = d.xi.add(iy * g.w * g.c + cb);
+                    for kx in kx0..kx1 {
+                        let ix = (bx + (kx * g.dw) as isize) as usize;
+                        let xv = _mm512_maskz_loadu_ps(mask, xrow.add(ix * g.c));
+                        let wv = _mm512_loadu_ps(wb.add((ky * g.kw + kx) * cp));
+                        acc = _mm512_fmadd_ps(xv, wv, acc);
+                    }
                 }
+                _mm512_mask_storeu_ps(out.add(ox * ldo), mask, acc);
             }
-            _mm512_mask_storeu_ps(out.add(ox * ldo), mask, acc);
         }
     }
 }
@@ -1153,7 +1260,7 @@ mod tests {
     fn pack_layout() {
         let (n, k) = (47, 3);
         let w: Vec<f32> = (0..n * k).map(|i| i as f32).collect();
-        let p = pack_weights_f32(&w, n, k);
+        let p = pack_weights_f32(&w, n, k).unwrap();
         let np = n.div_ceil(PANEL);
         for pi in 0..np {
             let width = panel_width(n, pi);
@@ -1180,7 +1287,7 @@ mod tests {
                 let ms: Vec<usize> = if k >= 576 { vec![1, 7, 8, 12, 13, 19, 24, 25, 49] } else { (1..=25).collect() };
                 let n = nr;
                 let w = rng.vec(n * k);
-                let packed = pack_weights_f32(&w, n, k);
+                let packed = pack_weights_f32(&w, n, k).unwrap();
                 for &m in &ms {
                     let lda = k + 3;
                     let a = rng.vec(m * lda);
@@ -1201,6 +1308,10 @@ mod tests {
                         let np = n.div_ceil(PANEL);
                         for p in 0..np {
                             let nrp = (n - PANEL * p).min(PANEL);
+                            // SAFETY: `a` has `m` rows of `lda >= k` floats, the packed panel `p` starts at
+                            // `panel_offset(p, k)` inside `packed.data` with `k * round_up_16(nrp)` floats,
+                            // and `c` has `m` rows of `ldc >= PANEL * p + round_up_16(nrp)` floats; the
+                            // kernel is one this CPU supports (`kernels()` filters them).
                             unsafe {
                                 kern(
                                     a.as_ptr(),
@@ -1232,6 +1343,8 @@ mod tests {
                             }
                         }
                         let mut c1 = vec![f32::NAN; m * ldc];
+                        // SAFETY: `b1` is one panel of `k * round_up_16(nr)` floats, `a` and `c1` have `m`
+                        // rows at strides `lda` and `ldc >= round_up_16(nr)`; the kernel runs on this CPU.
                         unsafe { kern(a.as_ptr(), lda, m, b1.as_ptr(), k, c1.as_mut_ptr(), ldc, nr) };
                         for r in 0..m {
                             got[r * n..r * n + n].copy_from_slice(&c1[r * ldc..r * ldc + n]);
@@ -1250,10 +1363,12 @@ mod tests {
         let (m, k, n) = (37, 300, 32);
         let a = rng.vec(m * k);
         let w = rng.vec(n * k);
-        let p = pack_weights_f32(&w, n, k);
+        let p = pack_weights_f32(&w, n, k).unwrap();
         let mut outs = Vec::new();
         for (kern, _) in kernels() {
             let mut c = vec![0.0f32; m * n];
+            // SAFETY: `a` is `m x k`, `p` the packed `n = 32`-column panel for that `k`, `c` is `m x n`; the
+            // kernel runs on this CPU.
             unsafe { kern(a.as_ptr(), k, m, p.data.as_ptr(), k, c.as_mut_ptr(), n, n) };
             outs.push(c);
         }
@@ -1269,6 +1384,8 @@ mod tests {
         for (kern, name) in kernels() {
             // k = 0: every computed element is the empty sum 0.0; columns >= nr untouched.
             let mut c = [f32::NAN; 3 * 20];
+            // SAFETY: `k = 0`: nothing of `a` or `b` is read; `c` has 3 rows of 20 floats at stride 20 and
+            // `nr = 17` columns are written; the kernel runs on this CPU.
             unsafe { kern(a.as_ptr(), 4, 3, b.as_ptr(), 0, c.as_mut_ptr(), 20, 17) };
             for r in 0..3 {
                 assert!(c[r * 20..r * 20 + 17].iter().all(|&v| v == 0.0), "{name}");
@@ -1276,7 +1393,10 @@ mod tests {
             }
             // m = 0 or nr = 0: nothing written.
             let mut c = [f32::NAN; 16];
+            // SAFETY: `m = 0`: nothing is read or written.
             unsafe { kern(a.as_ptr(), 4, 0, b.as_ptr(), 4, c.as_mut_ptr(), 16, 16) };
+            // SAFETY: `nr = 0`: nothing is written; row 0 of `a` (4 floats) and the panel (4 x 16 floats) are
+            // readable.
             unsafe { kern(a.as_ptr(), 4, 1, b.as_ptr(), 4, c.as_mut_ptr(), 16, 0) };
             assert!(c.iter().all(|v| v.is_nan()), "{name}");
         }
@@ -1354,6 +1474,9 @@ mod tests {
                 let mut step = 1;
                 while m0 < mtot {
                     let rows = step.min(mtot - m0);
+                    // SAFETY: `out` has `mtot` rows of `ld >= g.k()` floats, rows `m0..m0 + rows` lie
+                    // inside it, and `x` holds every image of the geometry; `im2col_f32` checks the
+                    // CPU before using AVX-512.
                     unsafe {
                         let o = out.as_mut_ptr().add(m0 * ld);
                         if portable {
@@ -1405,7 +1528,7 @@ mod tests {
                 let imgs = 2;
                 let x = rng.vec(imgs * h * w * c);
                 let wt = rng.vec(c * kk * kk);
-                let pw = pack_depthwise_f32(&wt, c, kk, kk);
+                let pw = pack_depthwise_f32(&wt, c, kk, kk).unwrap();
                 let ldo = c + 5;
                 for row in 0..imgs * g.oh {
                     let img = row / g.oh;
@@ -1430,6 +1553,8 @@ mod tests {
                     let mut outs = Vec::new();
                     for (kern, name) in dw_kernels() {
                         let mut out = vec![f32::NAN; g.ow * ldo];
+                        // SAFETY: `x` holds the images of `g`, `pw.data` the packed weights for `g`, and
+                        // `out` `ow` pixels of `ldo >= c` floats; the kernel runs on this CPU.
                         unsafe { kern(&g, x.as_ptr(), pw.data.as_ptr(), row, out.as_mut_ptr(), ldo) };
                         let mut got = vec![0.0f32; g.ow * c];
                         for ox in 0..g.ow {

@@ -32,7 +32,8 @@
 //! Measured on Zen 4 the VNNI kernel runs at ~98% of one 512-bit `vpdpbusd` per cycle for
 //! every k >= 64; the row-block size (24..192) makes no measurable difference.
 
-use super::ConvGeom;
+use super::{try_zeroed, ConvGeom};
+use std::collections::TryReserveError;
 
 #[inline]
 fn round_up(x: usize, m: usize) -> usize {
@@ -61,11 +62,11 @@ pub struct PackedI8 {
 /// 4 bytes: byte `(g, j, t) = w[64p + j][4g + t]`, zero for padded columns `j` or padded `t`.
 /// So one 64-byte load is 16 columns x 4 consecutive k. Entries missing from a short `w`
 /// (`w.len() < n*k`) read as 0.
-pub fn pack_weights_i8(w: &[i8], n: usize, k: usize) -> PackedI8 {
+pub fn pack_weights_i8(w: &[i8], n: usize, k: usize) -> Result<PackedI8, TryReserveError> {
     let kp = round_up(k, 4);
     let panels = n.div_ceil(64);
     let total = if panels == 0 { 0 } else { panel_offset(panels - 1, kp) + panel_width(n, panels - 1) * kp };
-    let mut data = vec![0i8; total];
+    let mut data = try_zeroed::<i8>(total)?;
     let get = |j: usize, t: usize| -> i8 { w.get(j * k + t).copied().unwrap_or(0) };
     for p in 0..panels {
         let width = panel_width(n, p);
@@ -85,8 +86,18 @@ pub fn pack_weights_i8(w: &[i8], n: usize, k: usize) -> PackedI8 {
             }
         }
     }
-    let col_sums = (0..n).map(|j| (0..k).fold(0i32, |s, t| s.wrapping_add(get(j, t) as i32))).collect();
-    PackedI8 { n, k, kp, data, col_sums }
+    let mut col_sums = try_zeroed::<i32>(n)?;
+    for (j, s) in col_sums.iter_mut().enumerate() {
+        *s = (0..k).fold(0i32, |s, t| s.wrapping_add(get(j, t) as i32));
+    }
+    Ok(PackedI8 { n, k, kp, data, col_sums })
+}
+
+/// Bytes of [`PackedI8::data`] for `n` columns and reduction length `k`, computed without
+/// packing: `round_up_16(n) * round_up_4(k)` (every panel but the last is 64 columns wide, the
+/// last is rounded up to 16).
+pub fn packed_bytes(n: usize, k: usize) -> u128 {
+    (n as u128).div_ceil(16) * 16 * ((k as u128).div_ceil(4) * 4)
 }
 
 /// Byte offset of panel `p` in [`PackedI8::data`]: `64 * p * kp` (every panel but the last is
@@ -124,21 +135,26 @@ pub unsafe extern "C" fn gemm_u8i8_scalar(
     ldc: usize,
     nr: usize,
 ) {
-    let nr = nr.min(64);
-    let width = round_up(nr, 16);
-    let groups = kp / 4;
-    let bytes = core::slice::from_raw_parts(b, groups * width * 4);
-    for r in 0..m {
-        let arow = core::slice::from_raw_parts(a.add(r * lda), groups * 4);
-        let mut acc = [0i32; 64];
-        for (ag, bg) in arow.chunks_exact(4).zip(bytes.chunks_exact(width * 4)) {
-            let (a0, a1, a2, a3) = (ag[0] as i32, ag[1] as i32, ag[2] as i32, ag[3] as i32);
-            for (s, bj) in acc[..width].iter_mut().zip(bg.chunks_exact(4)) {
-                let p = (a0 * bj[0] as i32 + a1 * bj[1] as i32) + (a2 * bj[2] as i32 + a3 * bj[3] as i32);
-                *s = s.wrapping_add(p);
+    // SAFETY: the caller guarantees the ranges of this function's contract: `m` rows of `kp` readable bytes
+    // of `a` at stride `lda`, one packed panel of `round_up_16(nr) * kp` bytes at `b`, and `m` rows of `nr`
+    // writable i32 of `c` at stride `ldc`, not overlapping `a` or `b`; every access below stays in them.
+    unsafe {
+        let nr = nr.min(64);
+        let width = round_up(nr, 16);
+        let groups = kp / 4;
+        let bytes = core::slice::from_raw_parts(b, groups * width * 4);
+        for r in 0..m {
+            let arow = core::slice::from_raw_parts(a.add(r * lda), groups * 4);
+            let mut acc = [0i32; 64];
+            for (ag, bg) in arow.chunks_exact(4).zip(bytes.chunks_exact(width * 4)) {
+                let (a0, a1, a2, a3) = (ag[0] as i32, ag[1] as i32, ag[2] as i32, ag[3] as i32);
+                for (s, bj) in acc[..width].iter_mut().zip(bg.chunks_exact(4)) {
+                    let p = (a0 * bj[0] as i32 + a1 * bj[1] as i32) + (a2 * bj[2] as i32 + a3 * bj[3] as i32);
+                    *s = s.wrapping_add(p);
+                }
             }
+            core::ptr::copy_nonoverlapping(acc.as_ptr(), c.add(r * ldc), nr);
         }
-        core::ptr::copy_nonoverlapping(acc.as_ptr(), c.add(r * ldc), nr);
     }
 }
 
@@ -157,13 +173,17 @@ pub unsafe extern "C" fn gemm_u8i8_avx2(
     ldc: usize,
     nr: usize,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        x86::gemm_avx2(a, lda, m, b, kp, c, ldc, nr.min(64))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        gemm_u8i8_scalar(a, lda, m, b, kp, c, ldc, nr)
+    // SAFETY: the caller guarantees the ranges of `gemm_u8i8_scalar`'s contract and that the CPU has AVX2,
+    // which `x86::gemm_avx2` requires (`gemm_u8i8_best` checks it).
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            x86::gemm_avx2(a, lda, m, b, kp, c, ldc, nr.min(64))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            gemm_u8i8_scalar(a, lda, m, b, kp, c, ldc, nr)
+        }
     }
 }
 
@@ -187,13 +207,17 @@ pub unsafe extern "C" fn gemm_u8i8_avx512vnni(
     ldc: usize,
     nr: usize,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        x86::gemm_vnni(a, lda, m, b, kp, c, ldc, nr.min(64))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        gemm_u8i8_scalar(a, lda, m, b, kp, c, ldc, nr)
+    // SAFETY: the caller guarantees the ranges of `gemm_u8i8_scalar`'s contract and that the CPU has AVX-512
+    // F/BW/VL/VNNI, which `x86::gemm_vnni` requires (`gemm_u8i8_best` checks them).
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            x86::gemm_vnni(a, lda, m, b, kp, c, ldc, nr.min(64))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            gemm_u8i8_scalar(a, lda, m, b, kp, c, ldc, nr)
+        }
     }
 }
 
@@ -238,14 +262,19 @@ pub unsafe extern "C" fn im2col_u8(
     pad: u8,
     xor: u8,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
-            let Some(gr) = g.as_ref() else { return };
-            return x86::im2col_avx512(gr, x, m0, rows, out, ld, pad, xor);
+    // SAFETY: `g` is null or points to a valid geometry, `x` covers every image the rows touch and `out` has
+    // `rows` rows of `g.k()` writable bytes at stride `ld` (the caller's contract); the AVX-512 version is
+    // called only after `is_x86_feature_detected!` confirmed AVX-512 F and BW.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+                let Some(gr) = g.as_ref() else { return };
+                return x86::im2col_avx512(gr, x, m0, rows, out, ld, pad, xor);
+            }
         }
+        im2col_u8_scalar(g, x, m0, rows, out, ld, pad, xor)
     }
-    im2col_u8_scalar(g, x, m0, rows, out, ld, pad, xor)
 }
 
 /// Portable [`im2col_u8`] (same contract; `memcpy` for channel runs). [`im2col_u8`] dispatches
@@ -263,22 +292,34 @@ pub unsafe extern "C" fn im2col_u8_scalar(
     pad: u8,
     xor: u8,
 ) {
-    let Some(g) = g.as_ref() else { return };
-    #[inline(always)]
-    unsafe fn copy(src: *const u8, dst: *mut u8, n: usize, xor: u8) {
-        if xor == 0 {
-            core::ptr::copy_nonoverlapping(src, dst, n);
-        } else {
-            for i in 0..n {
-                *dst.add(i) = *src.add(i) ^ xor;
+    // SAFETY: as in `im2col_u8`: the caller's contract bounds every pixel read (in-image pixels of images the
+    // rows touch, channels `cin_offset..cin_offset + cin`) and every row written (`g.k()` bytes at stride
+    // `ld`).
+    unsafe {
+        let Some(g) = g.as_ref() else { return };
+        #[inline(always)]
+        unsafe fn copy(src: *const u8, dst: *mut u8, n: usize, xor: u8) {
+            // SAFETY: the caller (`im2col_body!`) passes `n` readable bytes at `src` (in-image pixels) and
+            // `n` writable bytes at `dst` (inside one output row), which do not overlap.
+            unsafe {
+                if xor == 0 {
+                    core::ptr::copy_nonoverlapping(src, dst, n);
+                } else {
+                    for i in 0..n {
+                        *dst.add(i) = *src.add(i) ^ xor;
+                    }
+                }
             }
         }
+        #[inline(always)]
+        unsafe fn fill(dst: *mut u8, n: usize, pad: u8) {
+            // SAFETY: the caller (`im2col_body!`) passes `n` writable bytes at `dst`, inside one output row.
+            unsafe {
+                core::ptr::write_bytes(dst, pad, n);
+            }
+        }
+        im2col_body!(g, x, m0, rows, out, ld, pad, xor, copy, fill);
     }
-    #[inline(always)]
-    unsafe fn fill(dst: *mut u8, n: usize, pad: u8) {
-        core::ptr::write_bytes(dst, pad, n);
-    }
-    im2col_body!(g, x, m0, rows, out, ld, pad, xor, copy, fill);
 }
 
 /// The im2col loop, shared by the portable and the AVX-512 version (which differ in their
@@ -357,13 +398,18 @@ use im2col_body;
 /// # Safety
 /// `a` must have `m` rows of `k` readable bytes at stride `lda`; `out` must have `m` i32.
 pub unsafe extern "C" fn row_sums_u8(a: *const u8, lda: usize, m: usize, k: usize, out: *mut i32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
-            return x86::row_sums_avx512(a, lda, m, k, out);
+    // SAFETY: the caller guarantees `a` has `m` rows of `k` readable bytes at stride `lda` and `out` has `m`
+    // writable i32; the AVX-512 version runs only after `is_x86_feature_detected!` confirmed AVX-512 F and
+    // BW.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+                return x86::row_sums_avx512(a, lda, m, k, out);
+            }
         }
+        row_sums_u8_scalar(a, lda, m, k, out)
     }
-    row_sums_u8_scalar(a, lda, m, k, out)
 }
 
 /// Portable [`row_sums_u8`] (same contract).
@@ -371,13 +417,17 @@ pub unsafe extern "C" fn row_sums_u8(a: *const u8, lda: usize, m: usize, k: usiz
 /// # Safety
 /// As [`row_sums_u8`].
 pub unsafe extern "C" fn row_sums_u8_scalar(a: *const u8, lda: usize, m: usize, k: usize, out: *mut i32) {
-    for r in 0..m {
-        let row = a.add(r * lda);
-        let mut s = 0u32;
-        for t in 0..k {
-            s = s.wrapping_add(*row.add(t) as u32);
+    // SAFETY: as in `row_sums_u8`: rows `r < m` of `k` bytes at stride `lda`, and `out[r]`, are inside the
+    // caller's ranges.
+    unsafe {
+        for r in 0..m {
+            let row = a.add(r * lda);
+            let mut s = 0u32;
+            for t in 0..k {
+                s = s.wrapping_add(*row.add(t) as u32);
+            }
+            *out.add(r) = s as i32;
         }
-        *out.add(r) = s as i32;
     }
 }
 
@@ -396,16 +446,21 @@ pub struct PackedDw {
 
 /// Packs depthwise weights `w[ch*kh*kw + ky*kw + kx]` into [`PackedDw`] (missing entries of a
 /// short `w` read as 0).
-pub fn pack_depthwise_i8(w: &[i8], c: usize, kh: usize, kw: usize) -> PackedDw {
+pub fn pack_depthwise_i8(w: &[i8], c: usize, kh: usize, kw: usize) -> Result<PackedDw, TryReserveError> {
     let cp = round_up(c, 64);
     let taps = kh * kw;
-    let mut data = vec![0i8; taps * cp];
+    let mut data = try_zeroed::<i8>(taps * cp)?;
     for ch in 0..c {
         for tap in 0..taps {
             data[tap * cp + ch] = w.get(ch * taps + tap).copied().unwrap_or(0);
         }
     }
-    PackedDw { c, kh, kw, data }
+    Ok(PackedDw { c, kh, kw, data })
+}
+
+/// Bytes of [`PackedDw::data`] for `c` channels and a `kh x kw` kernel: `kh * kw * round_up_64(c)`.
+pub fn packed_dw_bytes(c: usize, kh: usize, kw: usize) -> u128 {
+    (kh as u128) * (kw as u128) * ((c as u128).div_ceil(64) * 64)
 }
 
 /// Signature shared by the depthwise variants (see [`depthwise_u8i8_scalar`]).
@@ -430,23 +485,28 @@ pub unsafe extern "C" fn depthwise_u8i8_scalar(
     out: *mut i32,
     ldo: usize,
 ) {
-    let Some(g) = g.as_ref() else { return };
-    let Some(rg) = DwRow::new(g, row) else { return };
-    let c = g.c;
-    let cp = round_up(c, 64);
-    let xi = x.add(rg.img * g.h * g.w * c);
-    for ox in 0..g.ow {
-        let (kx_lo, kx_hi, ix0) = rg.kx_range(g, ox);
-        let o = core::slice::from_raw_parts_mut(out.add(ox * ldo), c);
-        o.fill(0);
-        for ky in rg.ky_lo..rg.ky_hi {
-            let iy = (rg.iy0 + (ky * g.dh) as isize) as usize;
-            for kx in kx_lo..kx_hi {
-                let ix = (ix0 + (kx * g.dw) as isize) as usize;
-                let xs = core::slice::from_raw_parts(xi.add((iy * g.w + ix) * c), c);
-                let ws = core::slice::from_raw_parts(w.add((ky * g.kw + kx) * cp), c);
-                for ((s, &xv), &wv) in o.iter_mut().zip(xs).zip(ws) {
-                    *s = s.wrapping_add((xv as i32).wrapping_sub(zx).wrapping_mul(wv as i32));
+    // SAFETY: the caller guarantees `g` is null or valid, `x` covers image `row / oh` (only in-image taps are
+    // read: `DwRow` and `kx_range` clip them), `w` has `kh * kw * round_up_64(c)` bytes, and `out` has `ow`
+    // rows of `c` writable i32 at stride `ldo >= c`.
+    unsafe {
+        let Some(g) = g.as_ref() else { return };
+        let Some(rg) = DwRow::new(g, row) else { return };
+        let c = g.c;
+        let cp = round_up(c, 64);
+        let xi = x.add(rg.img * g.h * g.w * c);
+        for ox in 0..g.ow {
+            let (kx_lo, kx_hi, ix0) = rg.kx_range(g, ox);
+            let o = core::slice::from_raw_parts_mut(out.add(ox * ldo), c);
+            o.fill(0);
+            for ky in rg.ky_lo..rg.ky_hi {
+                let iy = (rg.iy0 + (ky * g.dh) as isize) as usize;
+                for kx in kx_lo..kx_hi {
+                    let ix = (ix0 + (kx * g.dw) as isize) as usize;
+                    let xs = core::slice::from_raw_parts(xi.add((iy * g.w + ix) * c), c);
+                    let ws = core::slice::from_raw_parts(w.add((ky * g.kw + kx) * cp), c);
+                    for ((s, &xv), &wv) in o.iter_mut().zip(xs).zip(ws) {
+                        *s = s.wrapping_add((xv as i32).wrapping_sub(zx).wrapping_mul(wv as i32));
+                    }
                 }
             }
         }
@@ -471,14 +531,18 @@ pub unsafe extern "C" fn depthwise_u8i8_avx512(
     out: *mut i32,
     ldo: usize,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let Some(gr) = g.as_ref() else { return };
-        x86::depthwise_avx512(gr, x, zx, w, row, out, ldo)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        depthwise_u8i8_scalar(g, x, zx, w, row, out, ldo)
+    // SAFETY: the caller guarantees `depthwise_u8i8_scalar`'s ranges and that the CPU has AVX-512
+    // F/BW/VL/VNNI, which `x86::depthwise_avx512` requires (`depthwise_u8i8_best` checks them).
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let Some(gr) = g.as_ref() else { return };
+            x86::depthwise_avx512(gr, x, zx, w, row, out, ldo)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            depthwise_u8i8_scalar(g, x, zx, w, row, out, ldo)
+        }
     }
 }
 
@@ -537,6 +601,10 @@ fn tap_range(i0: isize, d: usize, n: usize, k: usize) -> (usize, usize) {
     (lo, hi.max(lo))
 }
 
+/// The x86-64 kernels. Every function here is `unsafe` for two reasons its callers answer for:
+/// the CPU features in its `target_feature` attribute (checked with `is_x86_feature_detected!`
+/// by the dispatching entry points, or the caller has the same features), and the pointer
+/// ranges of the public kernel it implements (documented on that kernel).
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop, clippy::too_many_arguments)] // register tiles are indexed
 mod x86 {
@@ -556,15 +624,20 @@ mod x86 {
         c: *mut i32,
         ldc: usize,
     ) {
-        let bs = (NV + H) * 64;
-        let mut acc = [[_mm512_setzero_si512(); NV]; MR];
-        let mut acch = [[_mm256_setzero_si256(); H]; MR];
-        let mut bp = b;
-        let mut ap = a;
-        // The loop body is written with small non-`pure` asm blocks, which LLVM keeps in program
-        // order: with intrinsics its scheduler hoists all the A broadcasts of a step above the
-        // vpdpbusd chain and spills accumulators (measured 30-50% slower for some shapes).
-        macro_rules! step {
+        // SAFETY: the caller (`rows_vnni`) passes `MR` rows of `4 * kg` readable bytes of `a` at stride
+        // `lda`, a panel of `kg` groups of `16 * (NV + H)` columns x 4 bytes at `b`, and `MR` rows of `16 *
+        // NV + 8 * H` writable i32 of `c` at stride `ldc`; every load and store below is inside them. The
+        // target features are this function's own, which its callers have.
+        unsafe {
+            let bs = (NV + H) * 64;
+            let mut acc = [[_mm512_setzero_si512(); NV]; MR];
+            let mut acch = [[_mm256_setzero_si256(); H]; MR];
+            let mut bp = b;
+            let mut ap = a;
+            // The loop body is written with small non-`pure` asm blocks, which LLVM keeps in program
+            // order: with intrinsics its scheduler hoists all the A broadcasts of a step above the
+            // vpdpbusd chain and spills accumulators (measured 30-50% slower for some shapes).
+            macro_rules! step {
             ($off:expr) => {{
                 let mut bv = [_mm512_setzero_si512(); NV];
                 for v in 0..NV {
@@ -613,23 +686,24 @@ mod x86 {
                 }
             }};
         }
-        let mut g = 0;
-        while g + 2 <= kg {
-            step!(0);
-            step!(1);
-            bp = bp.add(2 * bs);
-            ap = ap.add(8);
-            g += 2;
-        }
-        if g < kg {
-            step!(0);
-        }
-        for r in 0..MR {
-            for v in 0..NV {
-                _mm512_storeu_si512(c.add(r * ldc + 16 * v).cast(), acc[r][v]);
+            let mut g = 0;
+            while g + 2 <= kg {
+                step!(0);
+                step!(1);
+                bp = bp.add(2 * bs);
+                ap = ap.add(8);
+                g += 2;
             }
-            for v in 0..H {
-                _mm256_storeu_si256(c.add(r * ldc + 16 * NV).cast(), acch[r][v]);
+            if g < kg {
+                step!(0);
+            }
+            for r in 0..MR {
+                for v in 0..NV {
+                    _mm512_storeu_si512(c.add(r * ldc + 16 * v).cast(), acc[r][v]);
+                }
+                for v in 0..H {
+                    _mm256_storeu_si256(c.add(r * ldc + 16 * NV).cast(), acch[r][v]);
+                }
             }
         }
     }
@@ -646,14 +720,17 @@ mod x86 {
         c: *mut i32,
         ldc: usize,
     ) {
-        let mut i = 0;
-        while i + MR <= m {
-            tile_vnni::<MR, NV, H>(a.add(i * lda), lda, b, kg, c.add(i * ldc), ldc);
-            i += MR;
-        }
-        let rem = m - i;
-        let (a, c) = (a.add(i * lda), c.add(i * ldc));
-        macro_rules! rem {
+        // SAFETY: the caller (`gemm_vnni`) passes `gemm_u8i8_scalar`'s ranges; each tile gets rows `i..i +
+        // MR` (or the remainder) of `a` and `c`, inside them.
+        unsafe {
+            let mut i = 0;
+            while i + MR <= m {
+                tile_vnni::<MR, NV, H>(a.add(i * lda), lda, b, kg, c.add(i * ldc), ldc);
+                i += MR;
+            }
+            let rem = m - i;
+            let (a, c) = (a.add(i * lda), c.add(i * ldc));
+            macro_rules! rem {
             ($($r:literal)*) => {
                 match rem {
                     $($r if $r < MR => tile_vnni::<$r, NV, H>(a, lda, b, kg, c, ldc),)*
@@ -661,7 +738,8 @@ mod x86 {
                 }
             };
         }
-        rem!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+            rem!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+        }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -675,19 +753,24 @@ mod x86 {
         ldc: usize,
         nr: usize,
     ) {
-        let kg = kp / 4;
-        // A last group of 1..=8 columns uses a ymm (two ymm vpdpbusd issue per cycle, one zmm).
-        let half = matches!(nr % 16, 1..=8);
-        match (nr.div_ceil(16), half) {
-            (1, true) => rows_vnni::<12, 0, 1>(a, lda, m, b, kg, c, ldc),
-            (1, false) => rows_vnni::<12, 1, 0>(a, lda, m, b, kg, c, ldc),
-            (2, true) => rows_vnni::<12, 1, 1>(a, lda, m, b, kg, c, ldc),
-            (2, false) => rows_vnni::<12, 2, 0>(a, lda, m, b, kg, c, ldc),
-            (3, true) => rows_vnni::<8, 2, 1>(a, lda, m, b, kg, c, ldc),
-            (3, false) => rows_vnni::<8, 3, 0>(a, lda, m, b, kg, c, ldc),
-            (4, true) => rows_vnni::<6, 3, 1>(a, lda, m, b, kg, c, ldc),
-            (4, false) => rows_vnni::<6, 4, 0>(a, lda, m, b, kg, c, ldc),
-            _ => {}
+        // SAFETY: the caller (`gemm_u8i8_avx512vnni`) guarantees `gemm_u8i8_scalar`'s ranges with `nr <= 64`;
+        // the panel width chosen below is `round_up_16(nr)` or `nr` rounded to 8, never wider than the panel
+        // or `ldc`.
+        unsafe {
+            let kg = kp / 4;
+            // A last group of 1..=8 columns uses a ymm (two ymm vpdpbusd issue per cycle, one zmm).
+            let half = matches!(nr % 16, 1..=8);
+            match (nr.div_ceil(16), half) {
+                (1, true) => rows_vnni::<12, 0, 1>(a, lda, m, b, kg, c, ldc),
+                (1, false) => rows_vnni::<12, 1, 0>(a, lda, m, b, kg, c, ldc),
+                (2, true) => rows_vnni::<12, 1, 1>(a, lda, m, b, kg, c, ldc),
+                (2, false) => rows_vnni::<12, 2, 0>(a, lda, m, b, kg, c, ldc),
+                (3, true) => rows_vnni::<8, 2, 1>(a, lda, m, b, kg, c, ldc),
+                (3, false) => rows_vnni::<8, 3, 0>(a, lda, m, b, kg, c, ldc),
+                (4, true) => rows_vnni::<6, 3, 1>(a, lda, m, b, kg, c, ldc),
+                (4, false) => rows_vnni::<6, 4, 0>(a, lda, m, b, kg, c, ldc),
+                _ => {}
+            }
         }
     }
 
@@ -704,34 +787,39 @@ mod x86 {
         c: *mut i32,
         ldc: usize,
     ) {
-        let mut acc = [[_mm256_setzero_si256(); 2]; MR];
-        let lo8 = _mm256_set1_epi16(0x00ff);
-        let mut bp = b;
-        let mut ap = a;
-        for _ in 0..kg {
-            // Per i32 lane: bytes b0 b1 b2 b3 -> even (b0, b2) and odd (b1, b3) as i16.
-            let mut be = [_mm256_setzero_si256(); 2];
-            let mut bo = [_mm256_setzero_si256(); 2];
-            for v in 0..2 {
-                let raw = _mm256_loadu_si256(bp.add(32 * v).cast());
-                be[v] = _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(raw));
-                bo[v] = _mm256_srai_epi16::<8>(raw);
+        // SAFETY: the caller (`gemm_avx2`) passes `MR` rows of `4 * kg` readable bytes of `a` at stride
+        // `lda`, the 16-column slice of a panel with group stride `gs` at `b`, and `MR` rows of 16 writable
+        // i32 of `c` at stride `ldc`.
+        unsafe {
+            let mut acc = [[_mm256_setzero_si256(); 2]; MR];
+            let lo8 = _mm256_set1_epi16(0x00ff);
+            let mut bp = b;
+            let mut ap = a;
+            for _ in 0..kg {
+                // Per i32 lane: bytes b0 b1 b2 b3 -> even (b0, b2) and odd (b1, b3) as i16.
+                let mut be = [_mm256_setzero_si256(); 2];
+                let mut bo = [_mm256_setzero_si256(); 2];
+                for v in 0..2 {
+                    let raw = _mm256_loadu_si256(bp.add(32 * v).cast());
+                    be[v] = _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(raw));
+                    bo[v] = _mm256_srai_epi16::<8>(raw);
+                }
+                for r in 0..MR {
+                    let raw = _mm256_set1_epi32((ap.add(r * lda) as *const i32).read_unaligned());
+                    let ae = _mm256_and_si256(raw, lo8);
+                    let ao = _mm256_srli_epi16::<8>(raw);
+                    for v in 0..2 {
+                        let p = _mm256_add_epi32(_mm256_madd_epi16(ae, be[v]), _mm256_madd_epi16(ao, bo[v]));
+                        acc[r][v] = _mm256_add_epi32(acc[r][v], p);
+                    }
+                }
+                bp = bp.add(gs);
+                ap = ap.add(4);
             }
             for r in 0..MR {
-                let raw = _mm256_set1_epi32((ap.add(r * lda) as *const i32).read_unaligned());
-                let ae = _mm256_and_si256(raw, lo8);
-                let ao = _mm256_srli_epi16::<8>(raw);
                 for v in 0..2 {
-                    let p = _mm256_add_epi32(_mm256_madd_epi16(ae, be[v]), _mm256_madd_epi16(ao, bo[v]));
-                    acc[r][v] = _mm256_add_epi32(acc[r][v], p);
+                    _mm256_storeu_si256(c.add(r * ldc + 8 * v).cast(), acc[r][v]);
                 }
-            }
-            bp = bp.add(gs);
-            ap = ap.add(4);
-        }
-        for r in 0..MR {
-            for v in 0..2 {
-                _mm256_storeu_si256(c.add(r * ldc + 8 * v).cast(), acc[r][v]);
             }
         }
     }
@@ -747,26 +835,31 @@ mod x86 {
         ldc: usize,
         nr: usize,
     ) {
-        const MR: usize = 4;
-        let kg = kp / 4;
-        let width = nr.div_ceil(16) * 16;
-        let gs = width * 4;
-        let mut col = 0;
-        while col < width {
-            let bcol = b.add(col * 4);
-            let mut i = 0;
-            while i + MR <= m {
-                tile_avx2::<MR>(a.add(i * lda), lda, bcol, gs, kg, c.add(i * ldc + col), ldc);
-                i += MR;
+        // SAFETY: the caller (`gemm_u8i8_avx2`) guarantees `gemm_u8i8_scalar`'s ranges with `nr <= 64`; each
+        // 16-column group of the panel and of `c` (up to `round_up_16(nr)` columns, which the contract
+        // allows) is inside them.
+        unsafe {
+            const MR: usize = 4;
+            let kg = kp / 4;
+            let width = nr.div_ceil(16) * 16;
+            let gs = width * 4;
+            let mut col = 0;
+            while col < width {
+                let bcol = b.add(col * 4);
+                let mut i = 0;
+                while i + MR <= m {
+                    tile_avx2::<MR>(a.add(i * lda), lda, bcol, gs, kg, c.add(i * ldc + col), ldc);
+                    i += MR;
+                }
+                let (ar, cr) = (a.add(i * lda), c.add(i * ldc + col));
+                match m - i {
+                    1 => tile_avx2::<1>(ar, lda, bcol, gs, kg, cr, ldc),
+                    2 => tile_avx2::<2>(ar, lda, bcol, gs, kg, cr, ldc),
+                    3 => tile_avx2::<3>(ar, lda, bcol, gs, kg, cr, ldc),
+                    _ => {}
+                }
+                col += 16;
             }
-            let (ar, cr) = (a.add(i * lda), c.add(i * ldc + col));
-            match m - i {
-                1 => tile_avx2::<1>(ar, lda, bcol, gs, kg, cr, ldc),
-                2 => tile_avx2::<2>(ar, lda, bcol, gs, kg, cr, ldc),
-                3 => tile_avx2::<3>(ar, lda, bcol, gs, kg, cr, ldc),
-                _ => {}
-            }
-            col += 16;
         }
     }
 
@@ -774,17 +867,21 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw")]
     #[inline]
     unsafe fn copy512(src: *const u8, dst: *mut u8, n: usize, xor: u8) {
-        let xv = _mm512_set1_epi8(xor as i8);
-        let mut i = 0;
-        while i + 64 <= n {
-            let v = _mm512_loadu_si512(src.add(i).cast());
-            _mm512_storeu_si512(dst.add(i).cast(), _mm512_xor_si512(v, xv));
-            i += 64;
-        }
-        if i < n {
-            let m: __mmask64 = (1u64 << (n - i)) - 1;
-            let v = _mm512_maskz_loadu_epi8(m, src.add(i).cast());
-            _mm512_mask_storeu_epi8(dst.add(i).cast(), m, _mm512_xor_si512(v, xv));
+        // SAFETY: the caller (`im2col_body!`) passes `n` readable bytes at `src` and `n` writable bytes at
+        // `dst`; full 64-byte vectors cover `0..n - n % 64` and the masked tail touches only bytes below `n`.
+        unsafe {
+            let xv = _mm512_set1_epi8(xor as i8);
+            let mut i = 0;
+            while i + 64 <= n {
+                let v = _mm512_loadu_si512(src.add(i).cast());
+                _mm512_storeu_si512(dst.add(i).cast(), _mm512_xor_si512(v, xv));
+                i += 64;
+            }
+            if i < n {
+                let m: __mmask64 = (1u64 << (n - i)) - 1;
+                let v = _mm512_maskz_loadu_epi8(m, src.add(i).cast());
+                _mm512_mask_storeu_epi8(dst.add(i).cast(), m, _mm512_xor_si512(v, xv));
+            }
         }
     }
 
@@ -792,15 +889,19 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw")]
     #[inline]
     unsafe fn fill512(dst: *mut u8, n: usize, pad: u8) {
-        let pv = _mm512_set1_epi8(pad as i8);
-        let mut i = 0;
-        while i + 64 <= n {
-            _mm512_storeu_si512(dst.add(i).cast(), pv);
-            i += 64;
-        }
-        if i < n {
-            let m: __mmask64 = (1u64 << (n - i)) - 1;
-            _mm512_mask_storeu_epi8(dst.add(i).cast(), m, pv);
+        // SAFETY: the caller passes `n` writable bytes at `dst`; full vectors and the masked tail stay below
+        // `n`.
+        unsafe {
+            let pv = _mm512_set1_epi8(pad as i8);
+            let mut i = 0;
+            while i + 64 <= n {
+                _mm512_storeu_si512(dst.add(i).cast(), pv);
+                i += 64;
+            }
+            if i < n {
+                let m: __mmask64 = (1u64 << (n - i)) - 1;
+                _mm512_mask_storeu_epi8(dst.add(i).cast(), m, pv);
+            }
         }
     }
 
@@ -816,27 +917,34 @@ mod x86 {
         pad: u8,
         xor: u8,
     ) {
-        im2col_body!(g, x, m0, rows, out, ld, pad, xor, copy512, fill512);
+        // SAFETY: the caller (`im2col_u8`) guarantees its contract's ranges and has checked AVX-512 F and BW.
+        unsafe {
+            im2col_body!(g, x, m0, rows, out, ld, pad, xor, copy512, fill512);
+        }
     }
 
     #[target_feature(enable = "avx512f,avx512bw")]
     pub unsafe fn row_sums_avx512(a: *const u8, lda: usize, m: usize, k: usize, out: *mut i32) {
-        let zero = _mm512_setzero_si512();
-        for r in 0..m {
-            let row = a.add(r * lda);
-            let mut acc = _mm512_setzero_si512();
-            let mut t = 0;
-            while t + 64 <= k {
-                let v = _mm512_loadu_si512(row.add(t).cast());
-                acc = _mm512_add_epi64(acc, _mm512_sad_epu8(v, zero));
-                t += 64;
+        // SAFETY: the caller guarantees `m` rows of `k` readable bytes of `a` at stride `lda` and `m`
+        // writable i32 at `out`; the masked tail reads only bytes below `k`.
+        unsafe {
+            let zero = _mm512_setzero_si512();
+            for r in 0..m {
+                let row = a.add(r * lda);
+                let mut acc = _mm512_setzero_si512();
+                let mut t = 0;
+                while t + 64 <= k {
+                    let v = _mm512_loadu_si512(row.add(t).cast());
+                    acc = _mm512_add_epi64(acc, _mm512_sad_epu8(v, zero));
+                    t += 64;
+                }
+                if t < k {
+                    let mask: __mmask64 = (1u64 << (k - t)) - 1;
+                    let v = _mm512_maskz_loadu_epi8(mask, row.add(t).cast());
+                    acc = _mm512_add_epi64(acc, _mm512_sad_epu8(v, zero));
+                }
+                *out.add(r) = _mm512_reduce_add_epi64(acc) as i32;
             }
-            if t < k {
-                let mask: __mmask64 = (1u64 << (k - t)) - 1;
-                let v = _mm512_maskz_loadu_epi8(mask, row.add(t).cast());
-                acc = _mm512_add_epi64(acc, _mm512_sad_epu8(v, zero));
-            }
-            *out.add(r) = _mm512_reduce_add_epi64(acc) as i32;
         }
     }
 
@@ -860,86 +968,92 @@ mod x86 {
         out: *mut i32,
         ldo: usize,
     ) {
-        let Some(rg) = DwRow::new(g, row) else { return };
-        let taps = g.kh * g.kw;
-        if taps > DW_MAX_TAPS || taps == 0 {
-            return depthwise_i32(g, &rg, x, zx, w, out, ldo, 0, g.ow);
-        }
-        let c = g.c;
-        let cp = c.div_ceil(64) * 64;
-        let xi = x.add(rg.img * g.h * g.w * c);
-        let zxv = _mm512_set1_epi32(zx);
-        // Interior output columns (every kx tap inside the image):
-        // ox*sw >= pw and ox*sw - pw + (kw-1)*dw <= w-1.
-        let sw = g.sw.max(1);
-        let ox_lo = g.pw.div_ceil(sw).min(g.ow);
-        let span = (g.kw - 1) * g.dw.max(1);
-        let ox_hi = if g.w + g.pw > span { ((g.w - 1 + g.pw - span) / sw + 1).min(g.ow) } else { 0 }.max(ox_lo);
-        // Edge pixels (taps clipped by the image border): their tap ranges, computed once.
-        const MAX_EDGES: usize = 16;
-        let mut edges = [(0usize, 0usize, 0usize, 0usize); MAX_EDGES];
-        let n_edges = ox_lo + (g.ow - ox_hi);
-        if n_edges > MAX_EDGES {
-            depthwise_i32(g, &rg, x, zx, w, out, ldo, 0, ox_lo);
-            depthwise_i32(g, &rg, x, zx, w, out, ldo, ox_hi, g.ow);
-        } else {
-            for (e, ox) in (0..ox_lo).chain(ox_hi..g.ow).enumerate() {
-                let (lo, hi, ix0) = rg.kx_range(g, ox);
-                let ix_lo = (ix0 + (lo * g.dw) as isize).max(0) as usize;
-                edges[e] = (ox, lo, hi, ix_lo);
+        // SAFETY: the caller (`depthwise_u8i8_avx512`) guarantees `depthwise_u8i8_scalar`'s ranges: only
+        // in-image taps are read (`DwRow`, `kx_range` and the interior bounds `ox_lo..ox_hi` keep `ix` in
+        // `0..w`), channels are read and written 16 at a time with a mask for the last block, and weights at
+        // `tap * cp + cb` stay below `kh * kw * cp`.
+        unsafe {
+            let Some(rg) = DwRow::new(g, row) else { return };
+            let taps = g.kh * g.kw;
+            if taps > DW_MAX_TAPS || taps == 0 {
+                return depthwise_i32(g, &rg, x, zx, w, out, ldo, 0, g.ow);
             }
-        }
-        let mut wbuf = [_mm512_setzero_si512(); DW_MAX_TAPS];
-        let mut cb = 0;
-        while cb < c {
-            let left = c - cb;
-            let mask: __mmask16 = if left >= 16 { 0xffff } else { (1u16 << left) - 1 };
-            let mut wsum = _mm512_setzero_si512();
-            for t in 0..taps {
-                wbuf[t] = _mm512_cvtepi8_epi32(_mm_loadu_si128(w.add(t * cp + cb).cast()));
-            }
-            for ky in rg.ky_lo..rg.ky_hi {
-                for kx in 0..g.kw {
-                    wsum = _mm512_add_epi32(wsum, wbuf[ky * g.kw + kx]);
+            let c = g.c;
+            let cp = c.div_ceil(64) * 64;
+            let xi = x.add(rg.img * g.h * g.w * c);
+            let zxv = _mm512_set1_epi32(zx);
+            // Interior output columns (every kx tap inside the image):
+            // ox*sw >= pw and ox*sw - pw + (kw-1)*dw <= w-1.
+            let sw = g.sw.max(1);
+            let ox_lo = g.pw.div_ceil(sw).min(g.ow);
+            let span = (g.kw - 1) * g.dw.max(1);
+            let ox_hi = if g.w + g.pw > span { ((g.w - 1 + g.pw - span) / sw + 1).min(g.ow) } else { 0 }.max(ox_lo);
+            // Edge pixels (taps clipped by the image border): their tap ranges, computed once.
+            const MAX_EDGES: usize = 16;
+            let mut edges = [(0usize, 0usize, 0usize, 0usize); MAX_EDGES];
+            let n_edges = ox_lo + (g.ow - ox_hi);
+            if n_edges > MAX_EDGES {
+                depthwise_i32(g, &rg, x, zx, w, out, ldo, 0, ox_lo);
+                depthwise_i32(g, &rg, x, zx, w, out, ldo, ox_hi, g.ow);
+            } else {
+                for (e, ox) in (0..ox_lo).chain(ox_hi..g.ow).enumerate() {
+                    let (lo, hi, ix0) = rg.kx_range(g, ox);
+                    let ix_lo = (ix0 + (lo * g.dw) as isize).max(0) as usize;
+                    edges[e] = (ox, lo, hi, ix_lo);
                 }
             }
-            let init = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_mullo_epi32(zxv, wsum));
-            let blk = Blk { xi: xi.add(cb), out: out.add(cb), ldo, mask, init };
-            if n_edges <= MAX_EDGES {
-                for &(ox, kx_lo, kx_hi, ix_lo) in &edges[..n_edges] {
-                    // sum x*w - zx * sum w over the valid taps.
-                    let mut acc = _mm512_setzero_si512();
-                    let mut ws = _mm512_setzero_si512();
-                    for ky in rg.ky_lo..rg.ky_hi {
-                        let iy = (rg.iy0 + (ky * g.dh) as isize) as usize;
-                        let xrow = blk.xi.wrapping_add((iy * g.w + ix_lo) * c);
-                        for kx in kx_lo..kx_hi {
-                            let wv = wbuf[ky * g.kw + kx];
-                            let z = load_x::<false>(xrow.add((kx - kx_lo) * g.dw * c), mask);
-                            acc = dpwssd(acc, z, wv);
-                            ws = _mm512_add_epi32(ws, wv);
-                        }
+            let mut wbuf = [_mm512_setzero_si512(); DW_MAX_TAPS];
+            let mut cb = 0;
+            while cb < c {
+                let left = c - cb;
+                let mask: __mmask16 = if left >= 16 { 0xffff } else { (1u16 << left) - 1 };
+                let mut wsum = _mm512_setzero_si512();
+                for t in 0..taps {
+                    wbuf[t] = _mm512_cvtepi8_epi32(_mm_loadu_si128(w.add(t * cp + cb).cast()));
+                }
+                for ky in rg.ky_lo..rg.ky_hi {
+                    for kx in 0..g.kw {
+                        wsum = _mm512_add_epi32(wsum, wbuf[ky * g.kw + kx]);
                     }
-                    let r = _mm512_sub_epi32(acc, _mm512_mullo_epi32(zxv, ws));
-                    store_acc::<false>(blk.out.add(ox * ldo), mask, r);
                 }
-            }
-            // Interior pixels.
-            if ox_lo < ox_hi {
-                let full = mask == 0xffff;
-                match (g.kw, g.sw, g.dw, full) {
-                    (3, 1, 1, true) => interior::<3, 1, 8, true>(g, &rg, &blk, &wbuf, ox_lo, ox_hi),
-                    (3, 1, 1, false) => interior::<3, 1, 8, false>(g, &rg, &blk, &wbuf, ox_lo, ox_hi),
-                    (3, 2, 1, true) => interior::<3, 2, 6, true>(g, &rg, &blk, &wbuf, ox_lo, ox_hi),
-                    (3, 2, 1, false) => interior::<3, 2, 6, false>(g, &rg, &blk, &wbuf, ox_lo, ox_hi),
-                    (5, 1, 1, true) => interior::<5, 1, 8, true>(g, &rg, &blk, &wbuf, ox_lo, ox_hi),
-                    (5, 1, 1, false) => interior::<5, 1, 8, false>(g, &rg, &blk, &wbuf, ox_lo, ox_hi),
-                    (5, 2, 1, true) => interior::<5, 2, 4, true>(g, &rg, &blk, &wbuf, ox_lo, ox_hi),
-                    (5, 2, 1, false) => interior::<5, 2, 4, false>(g, &rg, &blk, &wbuf, ox_lo, ox_hi),
-                    _ => interior_any(g, &rg, &blk, &wbuf, ox_lo, ox_hi),
+                let init = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_mullo_epi32(zxv, wsum));
+                let blk = Blk { xi: xi.add(cb), out: out.add(cb), ldo, mask, init };
+                if n_edges <= MAX_EDGES {
+                    for &(ox, kx_lo, kx_hi, ix_lo) in &edges[..n_edges] {
+                        // sum x*w - zx * sum w over the valid taps.
+                        let mut acc = _mm512_setzero_si512();
+                        let mut ws = _mm512_setzero_si512();
+                        for ky in rg.ky_lo..rg.ky_hi {
+                            let iy = (rg.iy0 + (ky * g.dh) as isize) as usize;
+                            let xrow = blk.xi.wrapping_add((iy * g.w + ix_lo) * c);
+                            for kx in kx_lo..kx_hi {
+                                let wv = wbuf[ky * g.kw + kx];
+                                let z = load_x::<false>(xrow.add((kx - kx_lo) * g.dw * c), mask);
+                                acc = dpwssd(acc, z, wv);
+                                ws = _mm512_add_epi32(ws, wv);
+                            }
+                        }
+                        let r = _mm512_sub_epi32(acc, _mm512_mullo_epi32(zxv, ws));
+                        store_acc::<false>(blk.out.add(ox * ldo), mask, r);
+                    }
                 }
+                // Interior pixels.
+                if ox_lo < ox_hi {
+                    let full = mask == 0xffff;
+                    match (g.kw, g.sw, g.dw, full) {
+                        (3, 1, 1, true) => interior::<3, 1, 8, true>(g, &rg, &blk, &wbuf, ox_lo, ox_hi),
+                        (3, 1, 1, false) => interior::<3, 1, 8, false>(g, &rg, &blk, &wbuf, ox_lo, ox_hi),
+                        (3, 2, 1, true) => interior::<3, 2, 6, true>(g, &rg, &blk, &wbuf, ox_lo, ox_hi),
+                        (3, 2, 1, false) => interior::<3, 2, 6, false>(g, &rg, &blk, &wbuf, ox_lo, ox_hi),
+                        (5, 1, 1, true) => interior::<5, 1, 8, true>(g, &rg, &blk, &wbuf, ox_lo, ox_hi),
+                        (5, 1, 1, false) => interior::<5, 1, 8, false>(g, &rg, &blk, &wbuf, ox_lo, ox_hi),
+                        (5, 2, 1, true) => interior::<5, 2, 4, true>(g, &rg, &blk, &wbuf, ox_lo, ox_hi),
+                        (5, 2, 1, false) => interior::<5, 2, 4, false>(g, &rg, &blk, &wbuf, ox_lo, ox_hi),
+                        _ => interior_any(g, &rg, &blk, &wbuf, ox_lo, ox_hi),
+                    }
+                }
+                cb += 16;
             }
-            cb += 16;
         }
     }
 
@@ -958,34 +1072,46 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512vnni")]
     #[inline]
     unsafe fn dpwssd(acc: __m512i, z: __m512i, w: __m512i) -> __m512i {
-        let mut acc = acc;
-        core::arch::asm!(
-            "vpdpwssd {a}, {z}, {w}",
-            a = inout(zmm_reg) acc,
-            z = in(zmm_reg) z,
-            w = in(zmm_reg) w,
-            options(pure, nomem, nostack, preserves_flags),
-        );
-        acc
+        // SAFETY: `vpdpwssd` reads and writes only the three zmm registers (no memory, flags or stack);
+        // AVX512-VNNI is enabled on this function and present on every caller's CPU.
+        unsafe {
+            let mut acc = acc;
+            core::arch::asm!(
+                "vpdpwssd {a}, {z}, {w}",
+                a = inout(zmm_reg) acc,
+                z = in(zmm_reg) z,
+                w = in(zmm_reg) w,
+                options(pure, nomem, nostack, preserves_flags),
+            );
+            acc
+        }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     #[inline]
     unsafe fn load_x<const FULL: bool>(p: *const u8, mask: __mmask16) -> __m512i {
-        if FULL {
-            _mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast()))
-        } else {
-            _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, p.cast()))
+        // SAFETY: the caller passes a pointer to 16 readable bytes (`FULL`) or to the lanes the mask selects;
+        // masked loads touch no other byte.
+        unsafe {
+            if FULL {
+                _mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast()))
+            } else {
+                _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, p.cast()))
+            }
         }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     #[inline]
     unsafe fn store_acc<const FULL: bool>(p: *mut i32, mask: __mmask16, v: __m512i) {
-        if FULL {
-            _mm512_storeu_si512(p.cast(), v)
-        } else {
-            _mm512_mask_storeu_epi32(p.cast(), mask, v)
+        // SAFETY: the caller passes 16 writable i32 at `p` (`FULL`) or the lanes the mask selects; masked
+        // stores touch no other element.
+        unsafe {
+            if FULL {
+                _mm512_storeu_si512(p.cast(), v)
+            } else {
+                _mm512_mask_storeu_epi32(p.cast(), mask, v)
+            }
         }
     }
 
@@ -1001,10 +1127,14 @@ mod x86 {
         ox_lo: usize,
         ox_hi: usize,
     ) {
-        let mut ox = interior_blocks::<KW, SW, OB, FULL>(g, rg, b, wbuf, ox_lo, ox_hi);
-        ox = interior_blocks::<KW, SW, 4, FULL>(g, rg, b, wbuf, ox, ox_hi);
-        ox = interior_blocks::<KW, SW, 2, FULL>(g, rg, b, wbuf, ox, ox_hi);
-        interior_blocks::<KW, SW, 1, FULL>(g, rg, b, wbuf, ox, ox_hi);
+        // SAFETY: the caller (`depthwise_avx512`) passes interior pixels only (`ox_lo..ox_hi`, every tap in
+        // the image) and the ranges of its own contract; the block helpers read and write inside them.
+        unsafe {
+            let mut ox = interior_blocks::<KW, SW, OB, FULL>(g, rg, b, wbuf, ox_lo, ox_hi);
+            ox = interior_blocks::<KW, SW, 4, FULL>(g, rg, b, wbuf, ox, ox_hi);
+            ox = interior_blocks::<KW, SW, 2, FULL>(g, rg, b, wbuf, ox, ox_hi);
+            interior_blocks::<KW, SW, 1, FULL>(g, rg, b, wbuf, ox, ox_hi);
+        }
     }
 
     /// Blocks of `OB` interior output pixels from `ox` while they fit below `ox_hi`; each input
@@ -1019,31 +1149,36 @@ mod x86 {
         mut ox: usize,
         ox_hi: usize,
     ) -> usize {
-        let c = g.c;
-        while ox + OB <= ox_hi {
-            let mut acc = [b.init; OB];
-            let ix0 = ox * SW - g.pw; // >= 0 in the interior
-            for ky in rg.ky_lo..rg.ky_hi {
-                let iy = (rg.iy0 + (ky * g.dh) as isize) as usize;
-                let xrow = b.xi.add((iy * g.w + ix0) * c);
-                let wk = wbuf.as_ptr().add(ky * KW);
-                // Widen each input pixel of the block once; pixel o*SW + kx feeds output o.
-                let mut z = [_mm512_setzero_si512(); 32];
-                for p in 0..(OB - 1) * SW + KW {
-                    z[p] = load_x::<FULL>(xrow.add(p * c), b.mask);
-                }
-                for kx in 0..KW {
-                    for o in 0..OB {
-                        acc[o] = dpwssd(acc[o], z[o * SW + kx], *wk.add(kx));
+        // SAFETY: interior pixels `ox..ox + OB` (below `ox_hi`) read input pixels `ix0..ix0 + (OB - 1) * SW +
+        // KW` of rows in the image, all in bounds by the interior condition, and write `OB` output rows of
+        // the block's 16 channels (masked).
+        unsafe {
+            let c = g.c;
+            while ox + OB <= ox_hi {
+                let mut acc = [b.init; OB];
+                let ix0 = ox * SW - g.pw; // >= 0 in the interior
+                for ky in rg.ky_lo..rg.ky_hi {
+                    let iy = (rg.iy0 + (ky * g.dh) as isize) as usize;
+                    let xrow = b.xi.add((iy * g.w + ix0) * c);
+                    let wk = wbuf.as_ptr().add(ky * KW);
+                    // Widen each input pixel of the block once; pixel o*SW + kx feeds output o.
+                    let mut z = [_mm512_setzero_si512(); 32];
+                    for p in 0..(OB - 1) * SW + KW {
+                        z[p] = load_x::<FULL>(xrow.add(p * c), b.mask);
+                    }
+                    for kx in 0..KW {
+                        for o in 0..OB {
+                            acc[o] = dpwssd(acc[o], z[o * SW + kx], *wk.add(kx));
+                        }
                     }
                 }
+                for o in 0..OB {
+                    store_acc::<FULL>(b.out.add((ox + o) * b.ldo), b.mask, acc[o]);
+                }
+                ox += OB;
             }
-            for o in 0..OB {
-                store_acc::<FULL>(b.out.add((ox + o) * b.ldo), b.mask, acc[o]);
-            }
-            ox += OB;
+            ox
         }
-        ox
     }
 
     /// Interior pixels for any geometry (one pixel at a time).
@@ -1056,19 +1191,23 @@ mod x86 {
         ox_lo: usize,
         ox_hi: usize,
     ) {
-        let c = g.c;
-        for ox in ox_lo..ox_hi {
-            let mut acc = b.init;
-            let ix0 = ox * g.sw - g.pw;
-            for ky in rg.ky_lo..rg.ky_hi {
-                let iy = (rg.iy0 + (ky * g.dh) as isize) as usize;
-                let xrow = b.xi.add((iy * g.w + ix0) * c);
-                for kx in 0..g.kw {
-                    let z = load_x::<false>(xrow.add(kx * g.dw * c), b.mask);
-                    acc = dpwssd(acc, z, wbuf[ky * g.kw + kx]);
+        // SAFETY: as in `interior_blocks`: interior pixels read only in-image taps, and each writes one
+        // output row of the block's channels (masked).
+        unsafe {
+            let c = g.c;
+            for ox in ox_lo..ox_hi {
+                let mut acc = b.init;
+                let ix0 = ox * g.sw - g.pw;
+                for ky in rg.ky_lo..rg.ky_hi {
+                    let iy = (rg.iy0 + (ky * g.dh) as isize) as usize;
+                    let xrow = b.xi.add((iy * g.w + ix0) * c);
+                    for kx in 0..g.kw {
+                        let z = load_x::<false>(xrow.add(kx * g.dw * c), b.mask);
+                        acc = dpwssd(acc, z, wbuf[ky * g.kw + kx]);
+                    }
                 }
+                store_acc::<false>(b.out.add(ox * b.ldo), b.mask, acc);
             }
-            store_acc::<false>(b.out.add(ox * b.ldo), b.mask, acc);
         }
     }
 
@@ -1087,31 +1226,36 @@ mod x86 {
         ox0: usize,
         ox1: usize,
     ) {
-        let c = g.c;
-        let cp = c.div_ceil(64) * 64;
-        let xi = x.add(rg.img * g.h * g.w * c);
-        let zxv = _mm512_set1_epi32(zx);
-        for ox in ox0..ox1 {
-            let (kx_lo, kx_hi, ix0) = rg.kx_range(g, ox);
-            let o = out.add(ox * ldo);
-            let mut cb = 0;
-            while cb < c {
-                let left = c - cb;
-                let mask: __mmask16 = if left >= 16 { 0xffff } else { (1u16 << left) - 1 };
-                let mut acc = _mm512_setzero_si512();
-                for ky in rg.ky_lo..rg.ky_hi {
-                    let iy = (rg.iy0 + (ky * g.dh) as isize) as usize;
-                    let xrow = xi.add(iy * g.w * c + cb);
-                    let wrow = w.add(ky * g.kw * cp + cb);
-                    for kx in kx_lo..kx_hi {
-                        let ix = (ix0 + (kx * g.dw) as isize) as usize;
-                        let xv = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, xrow.add(ix * c).cast()));
-                        let wv = _mm512_cvtepi8_epi32(_mm_loadu_si128(wrow.add(kx * cp).cast()));
-                        acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(_mm512_sub_epi32(xv, zxv), wv));
+        // SAFETY: the caller passes pixels `ox0..ox1` of a row of `depthwise_avx512`'s ranges; `kx_range`
+        // clips taps to the image, channels are masked to `c`, and weights at `(ky * kw + kx) * cp + cb` stay
+        // below `kh * kw * cp`.
+        unsafe {
+            let c = g.c;
+            let cp = c.div_ceil(64) * 64;
+            let xi = x.add(rg.img * g.h * g.w * c);
+            let zxv = _mm512_set1_epi32(zx);
+            for ox in ox0..ox1 {
+                let (kx_lo, kx_hi, ix0) = rg.kx_range(g, ox);
+                let o = out.add(ox * ldo);
+                let mut cb = 0;
+                while cb < c {
+                    let left = c - cb;
+                    let mask: __mmask16 = if left >= 16 { 0xffff } else { (1u16 << left) - 1 };
+                    let mut acc = _mm512_setzero_si512();
+                    for ky in rg.ky_lo..rg.ky_hi {
+                        let iy = (rg.iy0 + (ky * g.dh) as isize) as usize;
+                        let xrow = xi.add(iy * g.w * c + cb);
+                        let wrow = w.add(ky * g.kw * cp + cb);
+                        for kx in kx_lo..kx_hi {
+                            let ix = (ix0 + (kx * g.dw) as isize) as usize;
+                            let xv = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, xrow.add(ix * c).cast()));
+                            let wv = _mm512_cvtepi8_epi32(_mm_loadu_si128(wrow.add(kx * cp).cast()));
+                            acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(_mm512_sub_epi32(xv, zxv), wv));
+                        }
                     }
+                    _mm512_mask_storeu_epi32(o.add(cb).cast(), mask, acc);
+                    cb += 16;
                 }
-                _mm512_mask_storeu_epi32(o.add(cb).cast(), mask, acc);
-                cb += 16;
             }
         }
     }

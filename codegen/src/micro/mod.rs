@@ -1,7 +1,8 @@
 //! Microkernels: the inner loops Cranelift cannot reach (512-bit vectors), written in Rust with
 //! `std::arch` intrinsics behind runtime CPU-feature dispatch, each with a portable version.
-//! Generated code calls them as registered JIT symbols; they never allocate, never panic on the
-//! hot path, and only touch the memory their arguments describe.
+//! Generated code calls them as registered JIT symbols; they never panic on the hot path and only
+//! touch the memory their arguments describe. The GEMM, im2col, depthwise and pooling kernels
+//! never allocate; the row operations keep one row (or strided lane) of scratch per call.
 //!
 //! Shared conventions:
 //! * Activations are NHWC; a convolution is a GEMM with rows `m = (img, oy, ox)`, columns the
@@ -9,6 +10,8 @@
 //! * Packed weights are split into column panels of at most 64 columns (int8) or
 //!   [`float::PANEL`] columns (f32); the last panel is rounded up to a multiple of 16 columns and
 //!   the padding is zero, so a kernel may compute (but never stores beyond `ldc`) padded columns.
+
+use std::collections::TryReserveError;
 
 pub mod float;
 pub mod int8;
@@ -46,5 +49,33 @@ impl ConvGeom {
     /// Length of one im2col row: `kh * kw * cin`.
     pub fn k(&self) -> usize {
         self.kh * self.kw * self.cin
+    }
+}
+
+/// `len` default values in a fallibly allocated vector: packing runs at compile time on sizes
+/// that come from the model's weights, so a failed allocation is an error, not an abort.
+pub(crate) fn try_zeroed<T: Clone + Default>(len: usize) -> Result<Vec<T>, TryReserveError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)?;
+    v.resize(len, T::default());
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{float, int8};
+
+    #[test]
+    fn packed_sizes_match_the_packers() {
+        for (n, k) in [(0, 3), (1, 1), (15, 3), (16, 4), (17, 5), (64, 9), (65, 100), (130, 7)] {
+            let i8p = int8::pack_weights_i8(&[], n, k).unwrap();
+            assert_eq!(int8::packed_bytes(n, k), i8p.data.len() as u128, "i8 {n}x{k}");
+            let f32p = float::pack_weights_f32(&[], n, k).unwrap();
+            assert_eq!(float::packed_bytes(n, k), 4 * f32p.data.len() as u128, "f32 {n}x{k}");
+            let dw = int8::pack_depthwise_i8(&[], n, 3, k).unwrap();
+            assert_eq!(int8::packed_dw_bytes(n, 3, k), dw.data.len() as u128, "dw i8 {n}x{k}");
+            let dwf = float::pack_depthwise_f32(&[], n, 3, k).unwrap();
+            assert_eq!(float::packed_dw_bytes(n, 3, k), 4 * dwf.data.len() as u128, "dw f32 {n}x{k}");
+        }
     }
 }

@@ -47,13 +47,18 @@ pub unsafe extern "C" fn requant_tile(
     out: *mut u8,
     out_stride: usize,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        requant_avx512(&*p, tile, ldc, rows, n0, nr, out, out_stride)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (p, tile, ldc, rows, n0, nr, out, out_stride);
+    // SAFETY: the caller guarantees `p` points to valid parameters covering columns `n0..n0 + nr`, that the
+    // tile holds `rows` rows of `nr` i32 at stride `ldc` and the output `rows` rows of `nr` bytes at stride
+    // `out_stride`, and that the CPU has AVX-512 F and BW (`available`), which `requant_avx512` requires.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            requant_avx512(&*p, tile, ldc, rows, n0, nr, out, out_stride)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (p, tile, ldc, rows, n0, nr, out, out_stride);
+        }
     }
 }
 
@@ -70,29 +75,34 @@ unsafe fn requant_avx512(
     out: *mut u8,
     out_stride: usize,
 ) {
-    use std::arch::x86_64::*;
-    let lo = _mm512_set1_epi32(p.lo.saturating_sub(p.zp));
-    let hi = _mm512_set1_epi32(p.hi.saturating_sub(p.zp));
-    let zp = _mm512_set1_epi32(p.zp);
-    let corr = p.corr.as_ptr().add(n0);
-    let mult = p.mult.as_ptr().add(n0);
-    let mut j = 0;
-    while j < nr {
-        let left = nr - j;
-        let mask: __mmask16 = if left >= 16 { 0xffff } else { (1u16 << left) - 1 };
-        let c = _mm512_maskz_loadu_epi32(mask, corr.add(j));
-        let m = _mm512_maskz_loadu_ps(mask, mult.add(j));
-        for r in 0..rows {
-            let acc = _mm512_maskz_loadu_epi32(mask, tile.add(r * ldc + j));
-            let v = _mm512_cvtepi32_ps(_mm512_add_epi32(acc, c));
-            let v = _mm512_mul_ps(v, m);
-            let q = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-            let q = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(q, lo), hi), zp);
-            _mm512_mask_cvtepi32_storeu_epi8(out.add(r * out_stride + j) as *mut i8, mask, q);
+    // SAFETY: the caller (`requant_tile`) guarantees the ranges: masked loads and stores touch only columns
+    // `j..j + 16` with `j + lane < nr` of rows `< rows`, and `corr`/`mult` are padded past `n0 + nr` to a
+    // multiple of 16; the target features are enabled on this function and checked by `available`.
+    unsafe {
+        use std::arch::x86_64::*;
+        let lo = _mm512_set1_epi32(p.lo.saturating_sub(p.zp));
+        let hi = _mm512_set1_epi32(p.hi.saturating_sub(p.zp));
+        let zp = _mm512_set1_epi32(p.zp);
+        let corr = p.corr.as_ptr().add(n0);
+        let mult = p.mult.as_ptr().add(n0);
+        let mut j = 0;
+        while j < nr {
+            let left = nr - j;
+            let mask: __mmask16 = if left >= 16 { 0xffff } else { (1u16 << left) - 1 };
+            let c = _mm512_maskz_loadu_epi32(mask, corr.add(j));
+            let m = _mm512_maskz_loadu_ps(mask, mult.add(j));
+            for r in 0..rows {
+                let acc = _mm512_maskz_loadu_epi32(mask, tile.add(r * ldc + j));
+                let v = _mm512_cvtepi32_ps(_mm512_add_epi32(acc, c));
+                let v = _mm512_mul_ps(v, m);
+                let q = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+                let q = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(q, lo), hi), zp);
+                _mm512_mask_cvtepi32_storeu_epi8(out.add(r * out_stride + j) as *mut i8, mask, q);
+            }
+            j += 16;
         }
-        j += 16;
+        let _ = p.signed_out;
     }
-    let _ = p.signed_out;
 }
 
 /// Constants of the 512-bit quantized add: ONNX Runtime's QLinearAdd formula
@@ -116,37 +126,46 @@ pub struct QAddConsts {
 /// # Safety
 /// `a`, `b`, `c` hold at least `end` elements; call only when [`available`] is true.
 pub unsafe extern "C" fn qadd(p: *const QAddConsts, a: *const u8, b: *const u8, c: *mut u8, begin: usize, end: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        qadd_avx512(&*p, a, b, c, begin, end)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (p, a, b, c, begin, end);
+    // SAFETY: the caller guarantees `a`, `b`, `c` hold at least `end` elements and that the CPU has AVX-512 F
+    // and BW (`available`), which `qadd_avx512` requires; `p` points to valid constants.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            qadd_avx512(&*p, a, b, c, begin, end)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (p, a, b, c, begin, end);
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn qadd_avx512(p: &QAddConsts, a: *const u8, b: *const u8, c: *mut u8, begin: usize, end: usize) {
-    use std::arch::x86_64::*;
-    let (ra, rb, fixed) = (_mm512_set1_ps(p.ra), _mm512_set1_ps(p.rb), _mm512_set1_ps(p.fixed));
-    let (lo, hi) = (_mm512_set1_ps(p.lo as f32), _mm512_set1_ps(p.hi as f32));
-    let widen = |x: __m128i, signed: bool| if signed { _mm512_cvtepi8_epi32(x) } else { _mm512_cvtepu8_epi32(x) };
-    let mut i = begin;
-    while i < end {
-        let left = end - i;
-        let mask: __mmask16 = if left >= 16 { 0xffff } else { (1u16 << left) - 1 };
-        let xa = _mm_maskz_loadu_epi8(mask, a.add(i) as *const i8);
-        let xb = _mm_maskz_loadu_epi8(mask, b.add(i) as *const i8);
-        let fa = _mm512_cvtepi32_ps(widen(xa, p.a_signed));
-        let fb = _mm512_cvtepi32_ps(widen(xb, p.b_signed));
-        let v = _mm512_fmadd_ps(fa, ra, _mm512_fmadd_ps(fb, rb, fixed));
-        // Clamping before rounding equals clamping after it (the bounds are integers), and keeps
-        // the conversion in range.
-        let v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
-        let q = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-        _mm512_mask_cvtepi32_storeu_epi8(c.add(i) as *mut i8, mask, q);
-        i += 16;
+    // SAFETY: masked loads and stores touch only elements `i..end` of `a`, `b`, `c`, which hold `end`
+    // elements (the caller's contract); the target features are enabled on this function and checked by
+    // `available`.
+    unsafe {
+        use std::arch::x86_64::*;
+        let (ra, rb, fixed) = (_mm512_set1_ps(p.ra), _mm512_set1_ps(p.rb), _mm512_set1_ps(p.fixed));
+        let (lo, hi) = (_mm512_set1_ps(p.lo as f32), _mm512_set1_ps(p.hi as f32));
+        let widen = |x: __m128i, signed: bool| if signed { _mm512_cvtepi8_epi32(x) } else { _mm512_cvtepu8_epi32(x) };
+        let mut i = begin;
+        while i < end {
+            let left = end - i;
+            let mask: __mmask16 = if left >= 16 { 0xffff } else { (1u16 << left) - 1 };
+            let xa = _mm_maskz_loadu_epi8(mask, a.add(i) as *const i8);
+            let xb = _mm_maskz_loadu_epi8(mask, b.add(i) as *const i8);
+            let fa = _mm512_cvtepi32_ps(widen(xa, p.a_signed));
+            let fb = _mm512_cvtepi32_ps(widen(xb, p.b_signed));
+            let v = _mm512_fmadd_ps(fa, ra, _mm512_fmadd_ps(fb, rb, fixed));
+            // Clamping before rounding equals clamping after it (the bounds are integers), and keeps
+            // the conversion in range.
+            let v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+            let q = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+            _mm512_mask_cvtepi32_storeu_epi8(c.add(i) as *mut i8, mask, q);
+            i += 16;
+        }
     }
 }

@@ -81,51 +81,65 @@ impl RowOp {
 
 /// Runs units `begin..end` of `*op` on the arena.
 ///
+/// Threads run disjoint unit ranges of one step at the same time, so this function never forms
+/// a reference to arena bytes outside its own units: element-wise kinds take slices of their
+/// chunk range only, softmax over a strided axis gathers each lane into a scratch vector and
+/// scatters the result, and the other kinds go through raw pointers.
+///
 /// # Safety
-/// `op` describes buffers inside `arena` (as the memory plan placed them) of the sizes it states.
+/// `op` points to a valid `RowOp` describing buffers inside `arena` (as the memory plan placed
+/// them) of the sizes it states, its input and output buffers are distinct (both are live
+/// during the step, so the plan never overlaps them), nothing else writes them during the call
+/// except other calls for disjoint unit ranges of the same step, and `begin..end` are units of
+/// the step (see [`RowOp::units`]).
 pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, end: usize) {
-    let op = &*op;
+    // SAFETY: `op` points to a valid, immutable `RowOp` for the whole call (the caller's contract;
+    // the program keeps it alive as long as the code).
+    let op = unsafe { &*op };
+    // SAFETY: `op.x` and `op.y` are offsets of buffers inside the
+    // arena, so the base pointers stay inside the arena allocation.
+    let (xb, yb) = unsafe { (arena.add(op.x), arena.add(op.y)) };
+    let (s, e) = (begin * CHUNK, (end * CHUNK).min(op.n));
     match op.kind {
         RowKind::Unary(u) => {
-            let (s, e) = (begin * CHUNK, (end * CHUNK).min(op.n));
-            let x = std::slice::from_raw_parts(arena.add(op.x) as *const f32, op.n);
-            let y = std::slice::from_raw_parts_mut(arena.add(op.y) as *mut f32, op.n);
-            for i in s..e {
-                y[i] = unary_scalar(u, x[i]);
+            if s >= e {
+                return;
+            }
+            // SAFETY: elements `s..e` (`e <= op.n`) lie in both buffers, which are distinct; the
+            // range is this call's units only, so no other thread's slice overlaps it.
+            let (x, y) = unsafe {
+                (
+                    std::slice::from_raw_parts((xb as *const f32).add(s), e - s),
+                    std::slice::from_raw_parts_mut((yb as *mut f32).add(s), e - s),
+                )
+            };
+            for (yv, &xv) in y.iter_mut().zip(x) {
+                *yv = unary_scalar(u, xv);
             }
         }
         RowKind::ChannelBinary { op: bop, const_first, nhwc, c, hw } => {
             use qforge_ir::BinaryOp;
-            let (s, e) = (begin * CHUNK, (end * CHUNK).min(op.n));
-            let x = arena.add(op.x) as *const f32;
-            let y = arena.add(op.y) as *mut f32;
+            let (x, y) = (xb as *const f32, yb as *mut f32);
             let (c, hw) = (c.max(1), hw.max(1));
             for i in s..e {
                 let ch = if nhwc { i % c } else { (i / hw) % c };
-                let (p, q) =
-                    if const_first { (op.scale[ch], x.add(i).read()) } else { (x.add(i).read(), op.scale[ch]) };
+                // SAFETY: element `i < op.n` lies in both buffers (64-byte aligned, so aligned
+                // for f32); this call alone writes it.
+                let xv = unsafe { x.add(i).read() };
+                let (p, q) = if const_first { (op.scale[ch], xv) } else { (xv, op.scale[ch]) };
                 let r = match bop {
                     BinaryOp::Add => p + q,
                     BinaryOp::Sub => p - q,
                     BinaryOp::Div => p / q,
                     _ => p * q,
                 };
-                y.add(i).write(r);
+                // SAFETY: as for the read.
+                unsafe { y.add(i).write(r) };
             }
         }
         RowKind::Transpose { elem } => {
             let rank = op.index.len() / 2;
             let (dims, strides) = op.index.split_at(rank);
-            let (s, e) = (begin * CHUNK, (end * CHUNK).min(op.n));
-            let y = arena.add(op.y);
-            // never in place in practice (the memory plan gives it its own buffer); copy if so
-            let copy: Vec<u8>;
-            let x = if op.x == op.y {
-                copy = std::slice::from_raw_parts(arena.add(op.x), op.n * elem).to_vec();
-                copy.as_ptr()
-            } else {
-                arena.add(op.x) as *const u8
-            };
             if rank == 0 {
                 return;
             }
@@ -140,29 +154,52 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                     rem /= d;
                 }
                 let run = (last - o % last).min(e - o);
-                match elem {
-                    1 => strided_copy::<u8>(x, y, src, ls, o, run),
-                    2 => strided_copy::<u16>(x, y, src, ls, o, run),
-                    4 => strided_copy::<u32>(x, y, src, ls, o, run),
-                    _ => strided_copy::<u64>(x, y, src, ls, o, run),
+                // SAFETY: output elements `o..o + run` lie in `s..e`, this call's units of the
+                // output buffer; the input elements read are the permuted indices of those
+                // outputs, all below `op.n`, in the (distinct) input buffer.
+                unsafe {
+                    match elem {
+                        1 => strided_copy::<u8>(xb, yb, src, ls, o, run),
+                        2 => strided_copy::<u16>(xb, yb, src, ls, o, run),
+                        4 => strided_copy::<u32>(xb, yb, src, ls, o, run),
+                        _ => strided_copy::<u64>(xb, yb, src, ls, o, run),
+                    }
                 }
                 o += run;
             }
         }
         RowKind::Softmax { log } => {
             let (n, inner) = (op.n, op.inner.max(1));
+            if n == 0 {
+                return;
+            }
+            let (x, y) = (xb as *const f32, yb as *mut f32);
+            // A lane over a strided axis interleaves with its neighbours (which other threads may
+            // be writing), so it is gathered into scratch, computed there and scattered back.
+            let mut lane_in = if inner > 1 { vec![0f32; n] } else { Vec::new() };
+            let mut lane_out = if inner > 1 { vec![0f32; n] } else { Vec::new() };
             for lane in begin..end {
                 let (o, i) = (lane / inner, lane % inner);
                 let base = o * n * inner + i;
-                let len = (n - 1) * inner + 1;
-                let x = std::slice::from_raw_parts((arena.add(op.x) as *const f32).add(base), len);
-                let y = std::slice::from_raw_parts_mut((arena.add(op.y) as *mut f32).add(base), len);
-                // In place (x == y) is fine: each value is read before it is written.
-                if op.x == op.y {
-                    let tmp: Vec<f32> = x.to_vec();
-                    norm::softmax_lane(&tmp, y, n, inner, log);
+                if inner == 1 {
+                    // SAFETY: the lane is the contiguous elements `base..base + n` of both
+                    // buffers (inside them: `lane` is a unit of the step), which no other call
+                    // touches; the buffers are distinct.
+                    let (xs, ys) = unsafe {
+                        (std::slice::from_raw_parts(x.add(base), n), std::slice::from_raw_parts_mut(y.add(base), n))
+                    };
+                    norm::softmax_lane(xs, ys, n, 1, log);
                 } else {
-                    norm::softmax_lane(x, y, n, inner, log);
+                    for (k, v) in lane_in.iter_mut().enumerate() {
+                        // SAFETY: element `base + k * inner` of the lane lies in the input buffer.
+                        *v = unsafe { x.add(base + k * inner).read() };
+                    }
+                    norm::softmax_lane(&lane_in, &mut lane_out, n, 1, log);
+                    for (k, v) in lane_out.iter().enumerate() {
+                        // SAFETY: element `base + k * inner` of the lane lies in the output buffer
+                        // and belongs to this call's lanes only.
+                        unsafe { y.add(base + k * inner).write(*v) };
+                    }
                 }
             }
         }
@@ -170,40 +207,65 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
             let n = op.n;
             let mut tmp = vec![0f32; n];
             for row in begin..end {
-                let x = std::slice::from_raw_parts((arena.add(op.x) as *const f32).add(row * n), n);
+                // SAFETY: row `row` (a unit of the step) is the elements `row * n..(row + 1) * n`
+                // of the input buffer, which no call writes during the step.
+                let x = unsafe { std::slice::from_raw_parts((xb as *const f32).add(row * n), n) };
                 norm::layer_norm_row(x, &op.scale, &op.bias, eps, &mut tmp);
-                std::ptr::copy_nonoverlapping(tmp.as_ptr(), (arena.add(op.y) as *mut f32).add(row * n), n);
+                // SAFETY: the same row of the output buffer, written by this call only; `tmp` is
+                // a separate allocation.
+                unsafe { std::ptr::copy_nonoverlapping(tmp.as_ptr(), (yb as *mut f32).add(row * n), n) };
             }
         }
         RowKind::WidenF16 | RowKind::WidenBf16 | RowKind::RoundF16 | RowKind::RoundBf16 => {
             // The `half` crate's slice conversions use F16C when the CPU has it.
             use half::slice::HalfFloatSliceExt;
-            let (s, e) = (begin * CHUNK, (end * CHUNK).min(op.n));
             if s >= e {
                 return;
             }
             let len = e - s;
-            // Buffers are 64-byte aligned in the arena and `s` is a multiple of CHUNK, so the
-            // element pointers are aligned for their types.
+            // Each block below: elements `s..e` (`e <= op.n`, this call's units) lie in
+            // both buffers, which are distinct. Buffers are 64-byte aligned in the arena and `s`
+            // is a multiple of CHUNK, so the element pointers are aligned for their types.
             match op.kind {
-                RowKind::WidenF16 | RowKind::WidenBf16 => {
-                    let y = std::slice::from_raw_parts_mut((arena.add(op.y) as *mut f32).add(s), len);
-                    if op.kind == RowKind::WidenF16 {
-                        std::slice::from_raw_parts((arena.add(op.x) as *const f16).add(s), len).convert_to_f32_slice(y);
-                    } else {
-                        std::slice::from_raw_parts((arena.add(op.x) as *const bf16).add(s), len)
-                            .convert_to_f32_slice(y);
-                    }
+                RowKind::WidenF16 => {
+                    // SAFETY: see the comment before the match.
+                    let (x, y) = unsafe {
+                        (
+                            std::slice::from_raw_parts((xb as *const f16).add(s), len),
+                            std::slice::from_raw_parts_mut((yb as *mut f32).add(s), len),
+                        )
+                    };
+                    x.convert_to_f32_slice(y);
+                }
+                RowKind::WidenBf16 => {
+                    // SAFETY: see the comment before the match.
+                    let (x, y) = unsafe {
+                        (
+                            std::slice::from_raw_parts((xb as *const bf16).add(s), len),
+                            std::slice::from_raw_parts_mut((yb as *mut f32).add(s), len),
+                        )
+                    };
+                    x.convert_to_f32_slice(y);
+                }
+                RowKind::RoundF16 => {
+                    // SAFETY: see the comment before the match.
+                    let (x, y) = unsafe {
+                        (
+                            std::slice::from_raw_parts((xb as *const f32).add(s), len),
+                            std::slice::from_raw_parts_mut((yb as *mut f16).add(s), len),
+                        )
+                    };
+                    y.convert_from_f32_slice(x);
                 }
                 _ => {
-                    let x = std::slice::from_raw_parts((arena.add(op.x) as *const f32).add(s), len);
-                    if op.kind == RowKind::RoundF16 {
-                        std::slice::from_raw_parts_mut((arena.add(op.y) as *mut f16).add(s), len)
-                            .convert_from_f32_slice(x);
-                    } else {
-                        std::slice::from_raw_parts_mut((arena.add(op.y) as *mut bf16).add(s), len)
-                            .convert_from_f32_slice(x);
-                    }
+                    // SAFETY: see the comment before the match.
+                    let (x, y) = unsafe {
+                        (
+                            std::slice::from_raw_parts((xb as *const f32).add(s), len),
+                            std::slice::from_raw_parts_mut((yb as *mut bf16).add(s), len),
+                        )
+                    };
+                    y.convert_from_f32_slice(x);
                 }
             }
         }
@@ -216,8 +278,12 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
 /// # Safety
 /// Both ranges lie inside their buffers.
 unsafe fn strided_copy<T: Copy>(x: *const u8, y: *mut u8, src: usize, step: usize, o: usize, run: usize) {
-    let (x, y) = (x as *const T, y as *mut T);
-    for k in 0..run {
-        y.add(o + k).write_unaligned(x.add(src + k * step).read_unaligned());
+    // SAFETY: the caller guarantees output elements `o..o + run` and input elements `src + k * step` (`k <
+    // run`) lie inside their buffers; accesses are unaligned, so any offset is fine.
+    unsafe {
+        let (x, y) = (x as *const T, y as *mut T);
+        for k in 0..run {
+            y.add(o + k).write_unaligned(x.add(src + k * step).read_unaligned());
+        }
     }
 }

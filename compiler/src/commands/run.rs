@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     model: PathBuf,
-    /// An input: `X.npy` for the next graph input in order, or `NAME=X.npy`.
-    #[arg(long, required = true, value_name = "[NAME=]X.npy")]
+    /// An input: `X.npy` for the next graph input in order, or `NAME=X.npy` (none for a model
+    /// without graph inputs).
+    #[arg(long, value_name = "[NAME=]X.npy")]
     input: Vec<String>,
     /// Where to write the outputs, one per graph output in order.
     #[arg(long, required = true, value_name = "OUT.npy")]

@@ -85,16 +85,16 @@ pub fn run(mut a: Args) -> Result<()> {
         None => None,
     };
     let st = c.run_until(g, Stage::Calibrate, &mut |_, _| {})?;
-    let set = match eval_set {
-        Some(s) => s,
-        None => c.calib_set(&st.graph)?,
+    let batches = match eval_set {
+        Some(s) => s.batches(a.batch)?,
+        None => c.calib_batches_of(&st.graph, a.batch)?,
     };
+    let samples: usize = batches.iter().map(|b| b.first().map_or(0, |t| t.shape().first().copied().unwrap_or(0))).sum();
     if let Some(l) = &labels {
-        if l.len() != set.samples {
-            bail!("{} evaluation samples but {} labels", set.samples, l.len());
+        if l.len() != samples {
+            bail!("{samples} evaluation samples but {} labels", l.len());
         }
     }
-    let batches = set.batches(a.batch)?;
     let study = sensitivity::prepare(&c, &st, &batches, labels.as_deref())?;
     let ranked = study.rank()?;
     let mut kept: Option<(KeptFloat, &str)> = None;

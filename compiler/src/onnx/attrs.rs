@@ -22,11 +22,20 @@ impl NodeRef {
         ImportError::Node { node: self.name.clone(), op: self.op.clone(), msg: msg.to_string() }
     }
 
+    /// The node's domain as messages name it (`ai.onnx` for the default domain).
+    pub fn domain_name(&self) -> String {
+        if self.domain.is_empty() {
+            "ai.onnx".into()
+        } else {
+            self.domain.clone()
+        }
+    }
+
     /// An [`ImportError::Unsupported`] for this node.
     pub fn unsupported(&self) -> ImportError {
         ImportError::Unsupported {
             op: self.op.clone(),
-            domain: if self.domain.is_empty() { "ai.onnx".into() } else { self.domain.clone() },
+            domain: self.domain_name(),
             opset: self.opset,
             node: self.name.clone(),
         }

@@ -3,7 +3,7 @@
 
 use super::attrs::NodeRef;
 use super::proto::{tensor_shape_proto::dimension, type_proto, GraphProto, ModelProto, ValueInfoProto};
-use super::tensors::{dtype_from_onnx, tensor_from_proto_limited, TensorError};
+use super::tensors::{dtype_from_onnx, four_bit, tensor_from_proto_limited, TensorError};
 use super::{ops, symbolic, ImportError, ImportOptions};
 use qforge_ir::{infer, interp, Dim, Graph, Op, Shape, Tensor, TensorType, Value};
 use std::collections::{HashMap, HashSet};
@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 /// The ONNX default-domain opsets the importer understands.
 pub const MIN_OPSET: i64 = 9;
-pub const MAX_OPSET: i64 = 21;
+pub const MAX_OPSET: i64 = 28;
 
 /// Largest element count of the fixed dims of a graph input (keeps shape arithmetic far from
 /// overflow).
@@ -48,6 +48,9 @@ pub struct Importer {
     /// Bytes of constants the importer has made from shapes (`ConstantOfShape`, `Range`): a small
     /// model can ask for many large ones, so their total is bounded too (see [`Importer::charge`]).
     materialized: u128,
+    /// ONNX names of constants stored as INT4 or UINT4 (read into i8 or u8): quantizing to a
+    /// 4-bit zero point's type would saturate to the 4-bit range, which the IR cannot express.
+    four_bit: HashSet<String>,
     /// The largest tensor the importer materializes, and the bound on `materialized`
     /// ([`ImportOptions::max_tensor_bytes`]).
     pub max_tensor_bytes: u128,
@@ -107,6 +110,16 @@ impl Importer {
         Some(v)
     }
 
+    /// Records that the constant named `name` was stored as INT4 or UINT4.
+    pub(super) fn mark_four_bit(&mut self, name: &str) {
+        self.four_bit.insert(name.to_string());
+    }
+
+    /// Whether the constant named `name` was stored as INT4 or UINT4.
+    pub fn is_four_bit(&self, name: &str) -> bool {
+        self.four_bit.contains(name)
+    }
+
     /// Whether the name refers to anything (a value, an initializer, a shape value).
     pub fn knows(&self, name: &str) -> bool {
         self.values.contains_key(name) || self.inits.contains_key(name) || self.sym.contains_key(name)
@@ -151,8 +164,9 @@ impl Importer {
         v
     }
 
-    /// Adds a node, folding it into a constant when every input is constant and the op is cheap
-    /// (see [`Importer::try_fold`]). IR errors become node errors of `at`.
+    /// Adds a node, folding it into a constant when every input is constant (see
+    /// [`Importer::try_fold`]). IR errors become node errors of `at`. For an op of several
+    /// results use [`Importer::add_multi`].
     pub fn add(
         &mut self,
         at: &NodeRef,
@@ -161,9 +175,24 @@ impl Importer {
         declared: Option<Vec<TensorType>>,
         name: String,
     ) -> Result<Value, ImportError> {
-        if let Some(v) = self.try_fold(&op, &inputs, declared.as_deref(), &name, at) {
-            return Ok(v);
+        let outs = self.add_multi(at, op, inputs, declared, name)?;
+        outs.first().copied().ok_or_else(|| at.err("internal: an op without results"))
+    }
+
+    /// Adds a node and returns its results in order: the node's outputs, or one constant per
+    /// result when the node folds (see [`Importer::try_fold`]).
+    pub fn add_multi(
+        &mut self,
+        at: &NodeRef,
+        op: Op,
+        inputs: Vec<Option<Value>>,
+        declared: Option<Vec<TensorType>>,
+        name: String,
+    ) -> Result<Vec<Value>, ImportError> {
+        if let Some(vs) = self.try_fold(&op, &inputs, declared.as_deref(), &name, at) {
+            return Ok(vs);
         }
+        let n = op.num_outputs();
         let helper = name != at.name;
         let v = self.g.add_node(op, inputs, declared, name).map_err(|e| match e {
             qforge_ir::IrError::Node { node, msg, .. } if helper => at.err(format!("in `{node}`: {msg}")),
@@ -173,12 +202,18 @@ impl Importer {
         if helper {
             self.g.node_mut(v.node).from = vec![at.name.clone()];
         }
-        Ok(v)
+        Ok((0..n).map(|p| Value::new(v.node, p)).collect())
     }
 
-    /// Folds `op` on constant inputs. Ops that only change the shape are folded here (any size);
-    /// cheap arithmetic and data movement on small tensors go through the reference
-    /// interpreter's `eval_op`. Anything that cannot be folded returns `None` and stays a node.
+    /// Folds `op` on constant inputs into constants (one per result), so that whatever a model
+    /// computes from constants (axes, shapes, bounds, pads, parameters) is a constant for the
+    /// converters that need one. Ops that only change the shape are folded at any size; every
+    /// other op is evaluated by the reference interpreter's `eval_op` when its inputs and
+    /// results have at most [`FOLD_MAX_ELEMENTS`] elements each. Never folded: quantization and
+    /// integer kernels and anything of a quantized type (quantized weights stay quantized, as
+    /// the canonicalizer keeps them), and the compute-heavy ops (convolution, matrix products,
+    /// pooling, LRN), which never compute shapes or parameters and whose cost grows with their
+    /// weights. Anything that cannot be folded returns `None` and stays a node.
     fn try_fold(
         &mut self,
         op: &Op,
@@ -186,58 +221,97 @@ impl Importer {
         declared: Option<&[TensorType]>,
         name: &str,
         at: &NodeRef,
-    ) -> Option<Value> {
-        if inputs.is_empty() || op.num_outputs() != 1 {
+    ) -> Option<Vec<Value>> {
+        if inputs.is_empty() {
             return None;
         }
         let reshape_only = matches!(
             op,
             Op::Reshape { .. } | Op::Flatten { .. } | Op::Unsqueeze { .. } | Op::Squeeze { .. } | Op::Identity
         );
-        let evaluable = matches!(
+        let excluded = matches!(
             op,
-            Op::Binary(_)
-                | Op::Unary(_)
-                | Op::Cast { .. }
-                | Op::Concat { .. }
-                | Op::Gather { .. }
-                | Op::Slice { .. }
-                | Op::Transpose { .. }
-                | Op::Expand { .. }
-                | Op::Where
-        );
-        if !reshape_only && !evaluable {
+            Op::Input
+                | Op::Const(_)
+                | Op::Quantize
+                | Op::Dequantize
+                | Op::Requantize
+                | Op::DynamicQuantize
+                | Op::Conv(_)
+                | Op::MatMul
+                | Op::Gemm { .. }
+                | Op::MaxPool(_)
+                | Op::AveragePool(_)
+                | Op::GlobalAveragePool
+                | Op::GlobalMaxPool
+                | Op::Lrn { .. }
+        ) || op.is_integer_kernel();
+        if excluded {
             return None;
         }
         let consts: Vec<Arc<Tensor>> =
             inputs.iter().map(|v| v.and_then(|v| self.const_of(v))).collect::<Option<_>>()?;
         let vals: Vec<Value> = inputs.iter().map(|v| v.ok_or(())).collect::<Result<_, _>>().ok()?;
         let in_types: Vec<Option<&TensorType>> = vals.iter().map(|v| Some(self.g.value_type(*v))).collect();
-        let out_ty = infer::infer(op, &in_types, declared).ok()?.pop()?;
-        let out_shape = out_ty.shape.as_fixed()?;
-        // Never fold into a constant over the size limit: a small `--max-tensor-bytes` leaves the
-        // node to be computed at run time instead.
-        let bytes = out_shape.iter().fold(out_ty.dtype.size_bytes() as u128, |b, &d| b.saturating_mul(d as u128));
-        if bytes > self.max_tensor_bytes {
+        if in_types.iter().flatten().any(|t| t.quant.is_some()) {
             return None;
         }
-        let folded = if reshape_only {
+        let out_types = infer::infer(op, &in_types, declared).ok()?;
+        let mut shapes = vec![];
+        for t in &out_types {
+            if t.quant.is_some() {
+                return None;
+            }
+            let shape = t.shape.as_fixed()?;
+            // Never fold into a constant over the size limit: a small `--max-tensor-bytes` leaves
+            // the node to be computed at run time instead.
+            let bytes = shape.iter().fold(t.dtype.size_bytes() as u128, |b, &d| b.saturating_mul(d as u128));
+            if bytes > self.max_tensor_bytes {
+                return None;
+            }
+            shapes.push(shape);
+        }
+        let folded: Vec<Tensor> = if reshape_only {
             let t: &Tensor = consts.first()?;
-            t.clone().reshaped(out_shape)?
+            vec![t.clone().reshaped(shapes.first()?.clone())?]
         } else {
             let small = |n: usize| n <= FOLD_MAX_ELEMENTS;
-            if !small(out_shape.iter().product()) || !consts.iter().all(|t| small(t.len())) {
+            if !shapes.iter().all(|s| small(s.iter().product())) || !consts.iter().all(|t| small(t.len())) {
                 return None;
             }
             let refs: Vec<Option<&Tensor>> = consts.iter().map(|t| Some(&**t)).collect();
-            let mut r = interp::eval_op(op, &in_types, std::slice::from_ref(&out_ty), &refs).ok()?;
-            let t = r.pop()?;
-            (r.is_empty() && t.dtype() == out_ty.dtype && t.shape() == out_shape.as_slice()).then_some(t)?
+            let r = interp::eval_op(op, &in_types, &out_types, &refs).ok()?;
+            let fits = r.len() == out_types.len()
+                && r.iter().zip(&out_types).zip(&shapes).all(|((t, ty), s)| t.dtype() == ty.dtype && t.shape() == s);
+            fits.then_some(r)?
         };
-        let node_name = self.fresh_name(name);
-        let v = self.g.add_const_typed(node_name, folded, out_ty);
-        self.g.node_mut(v.node).from = vec![at.name.clone()];
-        Some(v)
+        let mut outs = vec![];
+        for (t, ty) in folded.into_iter().zip(out_types) {
+            let node_name = self.fresh_name(name);
+            let v = self.g.add_const_typed(node_name, t, ty);
+            self.g.node_mut(v.node).from = vec![at.name.clone()];
+            outs.push(v);
+        }
+        Some(outs)
+    }
+
+    /// The graph inputs a value is computed from (at most a few, in the order found), for
+    /// errors about inputs that qforge needs at import but the model computes at run time.
+    pub fn run_time_sources(&self, v: Value) -> Vec<String> {
+        let mut seen = HashSet::new();
+        let mut stack = vec![v.node];
+        let mut found = vec![];
+        while let Some(n) = stack.pop() {
+            if found.len() >= 3 || !seen.insert(n) {
+                continue;
+            }
+            let node = self.g.node(n);
+            if matches!(node.op, Op::Input) {
+                found.push(node.name.clone());
+            }
+            stack.extend(node.inputs().iter().flatten().map(|i| i.node));
+        }
+        found
     }
 }
 
@@ -277,6 +351,7 @@ pub fn import_model_with(model: &ModelProto, origin: &str, opts: &ImportOptions)
         names: HashSet::new(),
         quant_consts: HashMap::new(),
         materialized: 0,
+        four_bit: HashSet::new(),
         max_tensor_bytes: u128::from(opts.max_tensor_bytes),
         sym: HashMap::new(),
         sym_src: HashMap::new(),
@@ -349,6 +424,9 @@ fn add_initializers(im: &mut Importer, graph: &GraphProto) -> Result<(), ImportE
         }
         let tensor = tensor_from_proto_limited(t, im.max_tensor_bytes)
             .map_err(|error| ImportError::Initializer { name: t.name.clone(), error })?;
+        if four_bit(t.data_type).is_some() {
+            im.four_bit.insert(t.name.clone());
+        }
         if im.inits.insert(t.name.clone(), Arc::new(tensor)).is_some() {
             return Err(ImportError::Model(format!("initializer `{}` is defined twice", t.name)));
         }
@@ -382,8 +460,18 @@ fn add_inputs(im: &mut Importer, graph: &GraphProto) -> Result<(), ImportError> 
                 Dim::Fixed(_) => None,
             })
             .collect();
+        let empty = ty.shape.as_fixed().filter(|s| s.contains(&0));
+        let dtype = ty.dtype;
         let v = im.g.add_input(vi.name.clone(), ty);
         im.values.insert(vi.name.clone(), v);
+        if let Some(shape) = empty {
+            // A tensor with no elements has one possible value: the input stays in the graph's
+            // signature, and its consumers see the constant it must be (an empty `axes` input
+            // then reads as "no axes", as ONNX's expanded functions pass it).
+            let name = im.fresh_name(&format!("{}/empty", vi.name));
+            let c = im.g.add_const(name, Tensor::zeros(dtype, shape));
+            im.values.insert(vi.name.clone(), c);
+        }
         for (a, s) in syms {
             im.sym_src.entry(s).or_insert((v, a));
         }

@@ -16,7 +16,7 @@
 //! [`import_bytes_with`] taking [`ImportOptions`] (the tensor size limit). Errors are
 //! [`ImportError`] values, one line each.
 //!
-//! Default-domain opsets 9 to 21 are imported, plus the `com.microsoft` ops that ONNX Runtime's
+//! Default-domain opsets 9 to 28 are imported, plus the `com.microsoft` ops that ONNX Runtime's
 //! quantization tools emit (QGemm, QLinearGlobalAveragePool, QLinearAveragePool, QLinearAdd,
 //! QLinearMul, QLinearConcat) and Gelu. Quantization parameters of QuantizeLinear,
 //! DequantizeLinear and the QLinear* ops must be constants; they become part of the value types.
@@ -32,6 +32,7 @@ pub mod proto;
 pub mod tensors;
 
 pub use import::{import_model, import_model_with, MAX_OPSET, MIN_OPSET};
+pub use ops::default_domain_ops;
 
 use prost::Message;
 use qforge_ir::Graph;
@@ -57,6 +58,13 @@ pub enum ImportError {
     /// No converter for this op in this domain and opset.
     #[error("unsupported op `{op}` (domain `{domain}`, opset {opset}) at node `{node}`")]
     Unsupported { op: String, domain: String, opset: i64, node: String },
+    /// The op is known, but the model's opset is newer than the newest its converter was checked
+    /// against (`until`): the node may follow a version of the op qforge does not know.
+    #[error(
+        "op `{op}` (domain `{domain}`) at node `{node}`: opset {opset} may define a version newer than {version}, \
+         the newest qforge implements (qforge imports `{op}` up to opset {until})"
+    )]
+    OpVersion { op: String, domain: String, opset: i64, version: i64, until: i64, node: String },
     /// A node is malformed, ill-typed or uses what qforge does not support: `node` is its IR name
     /// (the ONNX name, or `{op}_{index}` for an unnamed node), `op` its ONNX op type.
     #[error("node `{node}` ({op}): {msg}")]

@@ -2,14 +2,14 @@
 //!
 //! Exported transformers compute their reshape targets, expand shapes, ranges and slice bounds
 //! from `Shape` of values whose batch `N` or sequence length `S` is dynamic. The importer follows
-//! those small integer "shape values" through `Shape`, `Gather`, `Slice`, `Concat`, `Unsqueeze`,
-//! `Squeeze`, `Reshape`, `Cast`, `Identity`, `Add`, `Sub`, `Mul`, `Div`, `Mod`, `Equal` and
-//! `Where`, holding each element as a [`Mono`]: a constant times symbols (`17*N`). Nothing of
-//! this enters the graph: a fully constant result becomes a constant; a symbolic one is kept by
-//! its ONNX name. Its consumers then either express it in the IR's own terms (a reshape with `0`
-//! and `-1`, [`qforge_ir::DimExpr`] sizes read from the dims of graph inputs), or, when it is
-//! used as data, it is computed at run time from `shape` ops ([`materialize`]). So one imported
-//! graph runs at every batch size and sequence length.
+//! those small integer "shape values" through `Shape`, `Size`, `Gather`, `Slice`, `Concat`,
+//! `Unsqueeze`, `Squeeze`, `Reshape`, `Cast`, `CastLike`, `Identity`, `Neg`, `Add`, `Sub`, `Mul`,
+//! `Div`, `Mod`, `Equal` and `Where`, holding each element as a [`Mono`]: a constant times symbols
+//! (`17*N`). Nothing of this enters the graph: a fully constant result becomes a constant; a
+//! symbolic one is kept by its ONNX name. Its consumers then either express it in the IR's own
+//! terms (a reshape with `0` and `-1`, [`qforge_ir::DimExpr`] sizes read from the dims of graph
+//! inputs), or, when it is used as data, it is computed at run time from `shape` ops
+//! ([`materialize`]). So one imported graph runs at every batch size and sequence length.
 //!
 //! A symbolic dim is assumed to be at least 1 (an `Equal` of a dim with 0 or a negative number is
 //! false); anything the evaluator cannot express exactly is left to the ordinary import path.
@@ -153,19 +153,44 @@ pub fn eval(im: &Importer, node: &NodeProto, opset: i64) -> Option<SymVal> {
         let elems: Vec<Mono> = dims.iter().map(Mono::of_dim).collect::<Option<_>>()?;
         return Some(SymVal { shape: vec![elems.len()], dtype: DType::I64, elems });
     }
+    if op == "Size" {
+        // The element count: the product of the dims, a monomial when some are symbolic.
+        let ty = im.g.value_type(im.bound(input(0)?)?);
+        if ty.shape.0.iter().all(|d| d.fixed().is_some()) {
+            return None;
+        }
+        let n = ty.shape.0.iter().try_fold(Mono::c(1), |a, d| a.mul(&Mono::of_dim(d)?))?;
+        return Some(SymVal { shape: vec![], dtype: DType::I64, elems: vec![n] });
+    }
     let tracked = node.input.iter().any(|n| im.sym.contains_key(n));
     if !tracked {
         return None;
     }
-    let ins: Vec<SymVal> = node.input.iter().filter(|n| !n.is_empty()).map(|n| sym_of(im, n)).collect::<Option<_>>()?;
+    // CastLike's second input only gives a type: it need not be a shape value.
+    let data_inputs = if op == "CastLike" { node.input.get(..1).unwrap_or_default() } else { &node.input[..] };
+    let ins: Vec<SymVal> =
+        data_inputs.iter().filter(|n| !n.is_empty()).map(|n| sym_of(im, n)).collect::<Option<_>>()?;
     let attr_i = |name: &str| node.attribute.iter().find(|a| a.name == name).map(|a| a.i);
     let attr_ints = |name: &str| node.attribute.iter().find(|a| a.name == name).map(|a| a.ints.clone());
     let consts = |s: &SymVal| s.elems.iter().map(Mono::konst).collect::<Option<Vec<i64>>>();
     let x = ins.first()?;
     let out = match op {
         "Identity" => x.clone(),
-        "Cast" => {
-            let to = super::tensors::dtype_from_onnx(i32::try_from(attr_i("to")?).ok()?).ok()?;
+        "Neg" => {
+            let elems = x.elems.iter().map(|m| Some(Mono { k: m.k.checked_neg()?, syms: m.syms.clone() }));
+            SymVal { elems: elems.collect::<Option<_>>()?, ..x.clone() }
+        }
+        "Cast" | "CastLike" => {
+            let to = if op == "Cast" {
+                super::tensors::dtype_from_onnx(i32::try_from(attr_i("to")?).ok()?).ok()?
+            } else {
+                let like = input(1)?;
+                match (im.bound(like), im.const_by_name(like)) {
+                    (Some(v), _) => im.g.value_type(v).dtype,
+                    (None, Some(t)) => t.dtype(),
+                    (None, None) => im.sym.get(like)?.dtype,
+                }
+            };
             match to {
                 DType::I64 | DType::I32 => SymVal { dtype: to, ..x.clone() },
                 _ => return None,

@@ -8,7 +8,7 @@ use qforge_ir::{DType, Tensor, TensorData};
 /// `ConstantOfShape`), and the default bound on the total of the constants it builds from shapes:
 /// 2 GiB, the size of the largest protobuf message, so any tensor stored inline in a valid model
 /// fits. [`super::ImportOptions::max_tensor_bytes`] (`--max-tensor-bytes`) changes it.
-pub const MAX_TENSOR_BYTES: u128 = 1 << 31;
+pub const MAX_TENSOR_BYTES: u128 = qforge_ir::DEFAULT_MAX_TENSOR_BYTES as u128;
 
 /// Why an ONNX tensor or element type cannot be imported. The message names neither the tensor
 /// nor where it comes from: the caller adds that (an initializer, a Constant's `value`).
@@ -119,7 +119,8 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor, TensorError> {
 
 /// Converts a `TensorProto` into a tensor of at most `max_bytes`. Errors (without the tensor's
 /// name; the caller adds which tensor) on external data, unsupported element types, tensors over
-/// the limit and data that does not match the dims.
+/// the limit and data that does not match the dims. INT4 and UINT4 tensors are read into i8 and
+/// u8 (see [`four_bit`]: a caller that must tell them apart checks the proto's type).
 pub fn tensor_from_proto_limited(t: &TensorProto, max_bytes: u128) -> Result<Tensor, TensorError> {
     if t.data_location == DataLocation::External as i32 || !t.external_data.is_empty() {
         return Err(TensorError::ExternalData);
@@ -127,12 +128,56 @@ pub fn tensor_from_proto_limited(t: &TensorProto, max_bytes: u128) -> Result<Ten
     if t.segment.is_some() {
         return Err(TensorError::Segmented);
     }
+    if let Some(signed) = four_bit(t.data_type) {
+        return four_bit_from_proto(t, signed, max_bytes);
+    }
     let dtype = dtype_from_onnx(t.data_type)?;
     let (shape, n) = checked_numel(&t.dims, dtype, max_bytes)?;
     let data = if !t.raw_data.is_empty() || (typed_len(t, dtype) == 0 && n == 0) {
         from_raw(&t.raw_data, dtype, n)?
     } else {
         from_typed(t, dtype, n)?
+    };
+    Tensor::new(shape, data).ok_or_else(|| TensorError::ShapeMismatch { dims: t.dims.clone() })
+}
+
+/// Whether an ONNX element type is a 4-bit integer type: `Some(true)` for INT4, `Some(false)` for
+/// UINT4.
+pub fn four_bit(code: i32) -> Option<bool> {
+    match DataType::try_from(code) {
+        Ok(DataType::Int4) => Some(true),
+        Ok(DataType::Uint4) => Some(false),
+        _ => None,
+    }
+}
+
+/// An INT4 or UINT4 tensor, read into i8 or u8 (every 4-bit value fits; the IR carries 4-bit
+/// weights in 8-bit storage). Two values per byte, the first in the low nibble, in `raw_data` or
+/// one byte per `int32_data` entry (the ONNX spec, `TensorProto.int32_data`).
+fn four_bit_from_proto(t: &TensorProto, signed: bool, max_bytes: u128) -> Result<Tensor, TensorError> {
+    let dtype = if signed { DType::I8 } else { DType::U8 };
+    let (shape, n) = checked_numel(&t.dims, dtype, max_bytes)?;
+    let need = n.div_ceil(2);
+    let bytes: Vec<u8> = if !t.raw_data.is_empty() || (t.int32_data.is_empty() && n == 0) {
+        if t.raw_data.len() != need {
+            return Err(TensorError::RawLength { have: t.raw_data.len(), n, dtype, need });
+        }
+        t.raw_data.clone()
+    } else {
+        if t.int32_data.len() != need {
+            return Err(TensorError::TypedLength { field: "int32_data", have: t.int32_data.len(), need });
+        }
+        if let Some(&value) = t.int32_data.iter().find(|&&v| !(0..=255).contains(&v)) {
+            return Err(TensorError::OutOfRange { value, dtype: DType::U8 });
+        }
+        t.int32_data.iter().map(|&v| v as u8).collect()
+    };
+    let nibble = |i: usize| (bytes[i / 2] >> (4 * (i % 2))) & 0xF;
+    let data = if signed {
+        // sign-extend the low nibble
+        TensorData::I8((0..n).map(|i| ((nibble(i) << 4) as i8) >> 4).collect())
+    } else {
+        TensorData::U8((0..n).map(nibble).collect())
     };
     Tensor::new(shape, data).ok_or_else(|| TensorError::ShapeMismatch { dims: t.dims.clone() })
 }
@@ -318,5 +363,28 @@ mod tests {
         assert_eq!(tensor_from_proto(&range).unwrap_err(), TensorError::OutOfRange { value: 300, dtype: DType::U8 });
         assert!(tensor_from_proto(&range).unwrap_err().to_string().contains("out of range"));
         assert_eq!(dtype_from_onnx(99), Err(TensorError::UnknownElemType(99)));
+    }
+
+    #[test]
+    fn four_bit_tensors_read_into_eight_bits() {
+        // [-8, 7, -1, 0, 3]: nibbles 8,7 | f,0 | 3 (low first)
+        let i4 = TensorProto {
+            dims: vec![5],
+            data_type: DataType::Int4 as i32,
+            raw_data: vec![0x78, 0x0f, 0x03],
+            ..Default::default()
+        };
+        let t = tensor_from_proto(&i4).unwrap();
+        assert_eq!((t.dtype(), t.to_i64_vec().unwrap()), (DType::I8, vec![-8, 7, -1, 0, 3]));
+        let u4 = TensorProto {
+            dims: vec![3],
+            data_type: DataType::Uint4 as i32,
+            int32_data: vec![0xf1, 0x09],
+            ..Default::default()
+        };
+        let t = tensor_from_proto(&u4).unwrap();
+        assert_eq!((t.dtype(), t.to_i64_vec().unwrap()), (DType::U8, vec![1, 15, 9]));
+        let short = TensorProto { raw_data: vec![0x78], ..i4 };
+        assert!(matches!(tensor_from_proto(&short), Err(TensorError::RawLength { have: 1, need: 3, .. })));
     }
 }

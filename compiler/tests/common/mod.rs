@@ -20,11 +20,36 @@ pub fn asset(name: &str) -> PathBuf {
 }
 
 /// A fresh, empty scratch directory unique to this process, test binary and test.
-pub fn scratch(test: &str) -> PathBuf {
+pub fn scratch(test: &str) -> Scratch {
     let d = std::env::temp_dir().join(format!("qforge-{}-{}-{test}", env!("CARGO_CRATE_NAME"), std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("scratch dir");
-    d
+    Scratch(d)
+}
+
+/// A test's scratch directory: removed when the test ends, kept (for a look) when it fails.
+#[must_use = "the directory is removed when the guard is dropped"]
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 pub fn p(p: &Path) -> &str {

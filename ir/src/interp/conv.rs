@@ -10,6 +10,7 @@
 //! spatial dims have size 1).
 
 use super::{float_tensor, floats, Cx, R};
+use crate::limits::try_vec;
 use crate::{ConvAttrs, ConvTransposeAttrs};
 use std::ops::{Add, AddAssign, Mul};
 
@@ -233,7 +234,8 @@ pub(crate) fn conv_transpose(cx: &Cx, a: &ConvTransposeAttrs) -> R<crate::Tensor
     let xv = floats(x);
     let wv = floats(w);
     let total = n.checked_mul(m).and_then(|v| v.checked_mul(out_plane)).ok_or("result too large")?;
-    let mut y = vec![0f32; total];
+    let mut y: Vec<f32> = try_vec(total)?;
+    y.resize(total, 0.0);
     // For each kernel tap and input position: the output offset within the plane, if inside.
     let unravel = |mut i: usize, dims: &[usize]| -> Vec<usize> {
         let mut idx = vec![0; dims.len()];
@@ -243,7 +245,7 @@ pub(crate) fn conv_transpose(cx: &Cx, a: &ConvTransposeAttrs) -> R<crate::Tensor
         }
         idx
     };
-    let mut targets: Vec<Option<usize>> = Vec::with_capacity(in_plane.saturating_mul(ksize));
+    let mut targets: Vec<Option<usize>> = try_vec(in_plane.saturating_mul(ksize))?;
     for ip in 0..in_plane {
         let ii = unravel(ip, in_sp);
         for kp in 0..ksize {

@@ -35,6 +35,7 @@ pub mod pool;
 pub mod quant;
 pub mod resize;
 
+use crate::limits::{self, tensor_bytes, Allocation};
 use crate::{infer, DType, Dim, Graph, IrError, NodeId, Op, QuantParams, Shape, Tensor, TensorData, TensorType, Value};
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -42,13 +43,14 @@ use std::collections::{HashMap, HashSet};
 /// Limits for a run.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// Largest tensor the interpreter may allocate, in bytes.
+    /// Largest tensor the interpreter may allocate, in bytes: every constant, result and
+    /// widening temporary (see [`temporary_bytes`]) is checked against it first.
     pub max_tensor_bytes: u128,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { max_tensor_bytes: 4 << 30 }
+        RunOptions { max_tensor_bytes: crate::DEFAULT_MAX_TENSOR_BYTES as u128 }
     }
 }
 
@@ -61,8 +63,8 @@ pub fn run(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, IrError> {
 ///
 /// Inputs are checked first (count, dtype, rank, fixed dims, and symbolic dims bound consistently
 /// across inputs). Nodes run in [`Graph::schedule`] order; every intermediate tensor is freed after
-/// its last consumer. Each result is checked against [`RunOptions::max_tensor_bytes`] before it is
-/// allocated.
+/// its last consumer. Each constant, result and temporary is checked against
+/// [`RunOptions::max_tensor_bytes`] before it is allocated.
 pub fn run_observed(
     g: &Graph,
     inputs: &[Tensor],
@@ -92,9 +94,7 @@ pub fn run_observed(
             Op::Input => continue,
             Op::Const(t) => {
                 let bytes = tensor_bytes(t.dtype(), t.shape());
-                if bytes > opts.max_tensor_bytes {
-                    return Err(IrError::TooLarge { node: node.name.clone(), bytes, limit: opts.max_tensor_bytes });
-                }
+                limits::check(&node.name, Allocation::Constant, bytes, opts.max_tensor_bytes)?;
                 observe(id, std::slice::from_ref(&**t));
                 let v = Value::new(id, 0);
                 if uses.get(&v).copied().unwrap_or(0) > 0 || outputs.contains(&v) {
@@ -128,10 +128,7 @@ pub fn run_observed(
                 }
                 let types: Vec<Option<&TensorType>> =
                     node.inputs().iter().map(|v| v.map(|v| g.value_type(v))).collect();
-                eval_limited(&node.op, &types, &node.outputs, &args, opts.max_tensor_bytes).map_err(|e| match e {
-                    EvalError::Msg(msg) => IrError::node(&node.name, node.op.name(), msg),
-                    EvalError::TooLarge { bytes, limit } => IrError::TooLarge { node: node.name.clone(), bytes, limit },
-                })?
+                eval_node(&node.name, &node.op, &types, &node.outputs, &args, opts)?
             }
         };
         observe(id, &results);
@@ -166,11 +163,6 @@ pub fn run_observed(
         }
     }
     Ok(result)
-}
-
-/// Bytes of a tensor of `dtype` and `shape`, saturating (so an absurd shape is simply too large).
-fn tensor_bytes(dtype: DType, shape: &[usize]) -> u128 {
-    shape.iter().fold(dtype.size_bytes() as u128, |a, &d| a.saturating_mul(d as u128))
 }
 
 /// Checks the inputs against the graph's input types; symbolic dims must bind consistently (every
@@ -235,15 +227,111 @@ pub fn eval_op(
     eval_limited(op, in_types, out_types, inputs, RunOptions::default().max_tensor_bytes)
 }
 
+/// Evaluates node `name` (`op` on concrete inputs) under the limits of `opts`; errors name the
+/// node. The graph runner and the JIT's host steps both evaluate through here, so an oversized
+/// tensor is the same [`IrError::TooLarge`] whichever engine meets it.
+pub fn eval_node(
+    name: &str,
+    op: &Op,
+    in_types: &[Option<&TensorType>],
+    out_types: &[TensorType],
+    inputs: &[Option<&Tensor>],
+    opts: &RunOptions,
+) -> Result<Vec<Tensor>, IrError> {
+    eval_limited(op, in_types, out_types, inputs, opts.max_tensor_bytes).map_err(|e| match e {
+        EvalError::Msg(msg) => IrError::node(name, op.name(), msg),
+        EvalError::TooLarge { what, bytes, limit } => IrError::TooLarge { node: name.to_string(), what, bytes, limit },
+    })
+}
+
+/// An upper bound of the largest temporary copy the kernel of `op` makes, in bytes, for inputs
+/// and results of the given (concrete) types: the kernels of computing ops read inputs that are not f32 through a
+/// widened copy (f16/bf16 to f32: 4 bytes per element; integers and bools to i64: 8 bytes per
+/// element) and build integer or low-precision float results in an i64 or f32 vector before
+/// narrowing them. Data movement (reshape, transpose, slice, concat, gather, expand, split, cast,
+/// ...) copies elements as they are; only gather's indices are widened. The interpreter holds
+/// these copies to the same limit as tensors; an engine that does not make them (the JIT's
+/// kernels) need not.
+pub fn temporary_bytes(op: &Op, in_types: &[Option<&TensorType>], out_types: &[TensorType]) -> u128 {
+    let bytes = |t: &TensorType, per: u128| -> u128 {
+        let n = t.shape.as_fixed().map_or(0, |d| d.iter().fold(1u128, |a, &x| a.saturating_mul(x as u128)));
+        n.saturating_mul(per)
+    };
+    let widened_input = |t: &TensorType| match t.dtype {
+        DType::F32 => 0,
+        DType::F16 | DType::BF16 => bytes(t, 4),
+        DType::I8 | DType::U8 | DType::I32 | DType::I64 | DType::Bool => bytes(t, 8),
+    };
+    let widened_result = |t: &TensorType| match t.dtype {
+        DType::F32 | DType::Bool => 0,
+        DType::F16 | DType::BF16 => bytes(t, 4),
+        DType::I8 | DType::U8 | DType::I32 | DType::I64 => bytes(t, 8),
+    };
+    match op {
+        Op::Input
+        | Op::Const(_)
+        | Op::Reshape { .. }
+        | Op::ReshapeDyn { .. }
+        | Op::Flatten { .. }
+        | Op::Squeeze { .. }
+        | Op::Unsqueeze { .. }
+        | Op::Identity
+        | Op::Transpose { .. }
+        | Op::Slice { .. }
+        | Op::Split { .. }
+        | Op::Concat { .. }
+        | Op::QConcat { .. }
+        | Op::Expand { .. }
+        | Op::ExpandDyn { .. }
+        | Op::Shape { .. }
+        | Op::Range { .. }
+        | Op::Cast { .. } => 0,
+        // The indices, as i64 (and as offsets).
+        Op::Gather { .. } | Op::GatherElements { .. } => in_types.get(1).copied().flatten().map_or(0, |t| bytes(t, 8)),
+        // Elements are copied as they are, through one map per axis.
+        Op::Pad { .. } | Op::Tile { .. } => {
+            out_types.first().and_then(|t| t.shape.as_fixed()).map_or(0, |d| movement::map_bytes(&d))
+        }
+        // The data in f64, twice (the axis being resized and the next), at most the larger of
+        // the input and output size along every axis.
+        Op::Resize(_) => match (in_types.first().copied().flatten(), out_types.first()) {
+            (Some(i), Some(o)) => match (i.shape.as_fixed(), o.shape.as_fixed()) {
+                (Some(a), Some(b)) => {
+                    a.iter().zip(&b).fold(16u128, |acc, (&p, &q)| acc.saturating_mul(p.max(q) as u128))
+                }
+                _ => 0,
+            },
+            _ => 0,
+        },
+        // The f32 widening of the default arm, or the output offset of every (input position,
+        // kernel tap) pair, whichever is larger.
+        Op::ConvTranspose(a) => {
+            let ins = in_types.iter().flatten().map(|t| widened_input(t));
+            let outs = out_types.iter().map(widened_result);
+            let widened = ins.chain(outs).max().unwrap_or(0);
+            let plane =
+                in_types.first().copied().flatten().and_then(|t| t.shape.as_fixed()).map_or(0, |d| {
+                    d.iter().skip(2).chain(&a.kernel).fold(16u128, |acc, &x| acc.saturating_mul(x as u128))
+                });
+            widened.max(plane)
+        }
+        _ => {
+            let ins = in_types.iter().flatten().map(|t| widened_input(t));
+            let outs = out_types.iter().map(widened_result);
+            ins.chain(outs).max().unwrap_or(0)
+        }
+    }
+}
+
 /// Why an op could not be evaluated (the graph runner adds the node as [`IrError`]).
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum EvalError {
     /// The inputs or attributes do not fit the op.
     #[error("{0}")]
     Msg(String),
-    /// A result would exceed the size limit.
-    #[error("a result of {bytes} bytes exceeds the limit of {limit} bytes")]
-    TooLarge { bytes: u128, limit: u128 },
+    /// A result, constant or temporary would exceed the size limit.
+    #[error("{what} needs {bytes} bytes, more than the limit of {limit} bytes (--max-tensor-bytes)")]
+    TooLarge { what: Allocation, bytes: u128, limit: u128 },
 }
 
 impl From<String> for EvalError {
@@ -278,7 +366,7 @@ fn eval_limited(
         Op::Const(t) => {
             let bytes = tensor_bytes(t.dtype(), t.shape());
             if bytes > limit {
-                return Err(EvalError::TooLarge { bytes, limit });
+                return Err(EvalError::TooLarge { what: Allocation::Constant, bytes, limit });
             }
             return Ok(vec![(**t).clone()]);
         }
@@ -305,9 +393,13 @@ fn eval_limited(
         let dims = o.shape.as_fixed().ok_or_else(|| format!("result shape {} is not concrete", o.shape))?;
         let bytes = tensor_bytes(o.dtype, &dims);
         if bytes > limit {
-            return Err(EvalError::TooLarge { bytes, limit });
+            return Err(EvalError::TooLarge { what: Allocation::Result, bytes, limit });
         }
         shapes.push(dims);
+    }
+    let bytes = temporary_bytes(op, &refs, &outs);
+    if bytes > limit {
+        return Err(EvalError::TooLarge { what: Allocation::Temporary, bytes, limit });
     }
     let cx = Cx { op, inputs, in_types: conc, out_types: outs, out_shapes: shapes };
     let results = dispatch(&cx)?;
@@ -794,7 +886,64 @@ mod tests {
         let x = f32t(&[4, 3], &[1.0; 12]);
         let opts = RunOptions { max_tensor_bytes: 40 };
         let e = run_observed(&g, &[x], &opts, &mut |_, _| {}).unwrap_err();
-        assert_eq!(e, IrError::TooLarge { node: "relu".into(), bytes: 48, limit: 40 });
+        assert_eq!(e, IrError::TooLarge { node: "relu".into(), what: Allocation::Result, bytes: 48, limit: 40 });
+    }
+
+    #[test]
+    fn resize_pad_and_conv_transpose_temporaries_are_held_to_the_limit() {
+        // Resize works in f64 on two copies of the larger of each axis' sizes: 16 * 1*1*4*6.
+        let g = crate::text::parse(
+            "graph g(%x: f32[1,1,2,2]) -> (y: f32[1,1,4,6]) {\n  %0 = resize %x {mode=linear, coord=half_pixel, \
+             nearest=round_prefer_floor, cubic_a=-0.75, exclude_outside=false, extrapolation=0.0, antialias=false, \
+             roi=[], scales=[1.0,1.0,2.0,3.0]} : f32[1,1,4,6]  # \"up\"\n  return %0\n}\n",
+        )
+        .unwrap();
+        let x = f32t(&[1, 1, 2, 2], &[1.0, 2.0, 3.0, 4.0]);
+        let opts = RunOptions { max_tensor_bytes: 383 };
+        let e = run_observed(&g, std::slice::from_ref(&x), &opts, &mut |_, _| {}).unwrap_err();
+        assert_eq!(e, IrError::TooLarge { node: "up".into(), what: Allocation::Temporary, bytes: 384, limit: 383 });
+        assert!(run_observed(&g, &[x], &RunOptions { max_tensor_bytes: 384 }, &mut |_, _| {}).is_ok());
+        // Pad reads through one map per axis (16 bytes per output position of each axis).
+        let t = |s: &str| {
+            TensorType::new(DType::F32, Shape::fixed(&s.split(',').map(|d| d.parse().unwrap()).collect::<Vec<_>>()))
+        };
+        let pad = Op::Pad { mode: crate::PadMode::Edge, pads: vec![1, 1, 1, 1], value: 0.0 };
+        assert_eq!(temporary_bytes(&pad, &[Some(&t("2,3"))], &[t("4,5")]), 9 * 16);
+        // ConvTranspose: an offset per input position and kernel tap.
+        let ct = Op::ConvTranspose(crate::ConvTransposeAttrs {
+            kernel: vec![3, 3],
+            strides: vec![1, 1],
+            pads: vec![0; 4],
+            dilations: vec![1, 1],
+            group: 1,
+            output_padding: vec![0, 0],
+        });
+        assert_eq!(temporary_bytes(&ct, &[Some(&t("1,1,4,5")), Some(&t("1,2,3,3"))], &[t("1,2,6,7")]), 20 * 9 * 16);
+    }
+
+    #[test]
+    fn counts_the_widened_temporaries() {
+        // u8 + u8 -> u8: ten bytes of result, but the kernel widens both operands to i64 (80
+        // bytes each); a float add of f32 makes no copy.
+        let mut g = Graph::new("add");
+        let a = g.add_input("a", TensorType::new(DType::U8, Shape::fixed(&[10])));
+        let s = g.add_node(Op::Binary(BinaryOp::Add), vec![Some(a), Some(a)], None, "add_u8").unwrap();
+        g.add_output("s", s);
+        let x = u8t(&[10], &[1; 10]);
+        let opts = RunOptions { max_tensor_bytes: 79 };
+        let e = run_observed(&g, std::slice::from_ref(&x), &opts, &mut |_, _| {}).unwrap_err();
+        assert_eq!(e, IrError::TooLarge { node: "add_u8".into(), what: Allocation::Temporary, bytes: 80, limit: 79 });
+        assert_eq!(
+            e.to_string(),
+            "node `add_u8`: a temporary needs 80 bytes, more than the limit of 79 bytes (--max-tensor-bytes)"
+        );
+        let opts = RunOptions { max_tensor_bytes: 80 };
+        assert!(run_observed(&g, &[x], &opts, &mut |_, _| {}).is_ok());
+        let f = TensorType::new(DType::F32, Shape::fixed(&[10]));
+        assert_eq!(temporary_bytes(&Op::Binary(BinaryOp::Add), &[Some(&f), Some(&f)], std::slice::from_ref(&f)), 0);
+        let i = TensorType::new(DType::I64, Shape::fixed(&[3]));
+        assert_eq!(temporary_bytes(&Op::Gather { axis: 0 }, &[Some(&f), Some(&i)], std::slice::from_ref(&f)), 24);
+        assert_eq!(temporary_bytes(&Op::Cast { to: DType::I8 }, &[Some(&f)], std::slice::from_ref(&f)), 0);
     }
 
     #[test]

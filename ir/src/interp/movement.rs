@@ -4,22 +4,28 @@
 //! Cast: float to integer truncates toward zero and saturates (NaN gives 0); integer to integer
 //! wraps (two's complement); anything to bool is `!= 0`; to f32/f16/bf16 rounds to nearest even
 //! (through f32 for float sources, exactly widened from f16/bf16).
+//!
+//! Every kernel here builds its result directly, element by element, in a vector allocated
+//! fallibly ([`crate::limits::try_vec`]): no widened copy of the input, so the result (checked
+//! against the size limit before the kernel runs) is the only allocation the size of the data.
 
 use super::{map_data, numel, strides, tensor, Cx, Walker, R};
 use crate::infer::{norm_axis, slice_bounds};
+use crate::limits::{try_copy, try_vec};
 use crate::{DType, DimExpr, PadMode, Tensor, TensorData, TensorType};
+use half::{bf16, f16};
 
 /// Same data, the inferred shape (reshape, flatten, squeeze, unsqueeze, identity).
 pub(crate) fn reshape(cx: &Cx) -> R<Tensor> {
     let x = cx.x(0)?;
-    tensor(cx.out_shape(0), x.data().clone())
+    tensor(cx.out_shape(0), map_data!(x.data(), v => try_copy(v)?))
 }
 
 /// Copies the elements of a strided view (base offset, per-axis strides over `shape`).
 fn gather_view<T: Copy>(src: &[T], shape: &[usize], base: isize, st: Vec<isize>) -> R<Vec<T>> {
     let n = numel(shape).ok_or("result too large")?;
     let mut w = Walker::new(shape, vec![(base, st)]);
-    let mut out = Vec::with_capacity(n);
+    let mut out = try_vec(n)?;
     for _ in 0..n {
         let o = w.offs()[0];
         out.push(*src.get(o as usize).ok_or("internal: view out of bounds")?);
@@ -80,14 +86,15 @@ pub(crate) fn concat(cx: &Cx, axis: i64) -> R<Tensor> {
 pub(crate) fn concat_tensors(parts: &[&Tensor], a: usize, shape: Vec<usize>) -> R<Tensor> {
     let outer = numel(&shape[..a]).ok_or("result too large")?;
     let inner = numel(&shape[a + 1..]).ok_or("result too large")?;
-    fn cat<T: Copy>(srcs: &[&[T]], blocks: &[usize], outer: usize) -> Vec<T> {
-        let mut out = Vec::with_capacity(blocks.iter().sum::<usize>() * outer);
+    fn cat<T: Copy>(srcs: &[&[T]], blocks: &[usize], outer: usize) -> R<Vec<T>> {
+        let mut out = try_vec(blocks.iter().sum::<usize>().saturating_mul(outer))?;
         for o in 0..outer {
             for (s, &b) in srcs.iter().zip(blocks) {
-                out.extend_from_slice(&s[o * b..(o + 1) * b]);
+                let part = s.get(o * b..(o + 1) * b).ok_or("internal: a part is shorter than its shape")?;
+                out.extend_from_slice(part);
             }
         }
-        out
+        Ok(out)
     }
     let blocks: Vec<usize> = parts.iter().map(|t| t.shape().get(a).copied().unwrap_or(0) * inner).collect();
     macro_rules! go {
@@ -99,7 +106,7 @@ pub(crate) fn concat_tensors(parts: &[&Tensor], a: usize, shape: Vec<usize>) -> 
                     d => return Err(format!("concatenating {} with {}", parts[0].dtype(), d.dtype())),
                 }
             }
-            TensorData::$var(cat(&srcs, &blocks, outer))
+            TensorData::$var(cat(&srcs, &blocks, outer)?)
         }};
     }
     let data = match parts.first().ok_or("nothing to concatenate")?.data() {
@@ -145,17 +152,17 @@ pub(crate) fn gather(cx: &Cx, axis: i64) -> R<Tensor> {
     }
     let outer = numel(&x.shape()[..a]).ok_or("input too large")?;
     let inner = numel(&x.shape()[a + 1..]).ok_or("input too large")?;
-    fn pick<T: Copy>(v: &[T], rows: &[usize], outer: usize, dim: usize, inner: usize) -> Vec<T> {
-        let mut out = Vec::with_capacity(outer * rows.len() * inner);
+    fn pick<T: Copy>(v: &[T], rows: &[usize], outer: usize, dim: usize, inner: usize) -> R<Vec<T>> {
+        let mut out = try_vec(outer.saturating_mul(rows.len()).saturating_mul(inner))?;
         for o in 0..outer {
             for &r in rows {
                 let s = (o * dim + r) * inner;
-                out.extend_from_slice(&v[s..s + inner]);
+                out.extend_from_slice(v.get(s..s + inner).ok_or("internal: gather out of bounds")?);
             }
         }
-        out
+        Ok(out)
     }
-    let data = map_data!(x.data(), v => pick(v, &rows, outer, dim, inner));
+    let data = map_data!(x.data(), v => pick(v, &rows, outer, dim, inner)?);
     tensor(cx.out_shape(0), data)
 }
 
@@ -224,40 +231,84 @@ pub(crate) fn gather_elements(cx: &Cx, axis: i64) -> R<Tensor> {
     tensor(cx.out_shape(0), data)
 }
 
-/// ONNX Cast (see the module docs).
+/// A source element of a cast: an integer (bool, i8, u8, i32, i64) or a float (f32, or f16/bf16
+/// widened exactly).
+#[derive(Clone, Copy)]
+enum Elem {
+    Int(i64),
+    Float(f32),
+}
+
+/// `f(source element)` for every element of `x`, in order, into a fallibly allocated vector.
+fn map_elems<T>(x: &Tensor, f: impl Fn(Elem) -> T) -> R<Vec<T>> {
+    let mut out = try_vec(x.len())?;
+    match x.data() {
+        TensorData::F32(v) => out.extend(v.iter().map(|&a| f(Elem::Float(a)))),
+        TensorData::F16(v) => out.extend(v.iter().map(|a| f(Elem::Float(a.to_f32())))),
+        TensorData::BF16(v) => out.extend(v.iter().map(|a| f(Elem::Float(a.to_f32())))),
+        TensorData::I8(v) => out.extend(v.iter().map(|&a| f(Elem::Int(a as i64)))),
+        TensorData::U8(v) => out.extend(v.iter().map(|&a| f(Elem::Int(a as i64)))),
+        TensorData::I32(v) => out.extend(v.iter().map(|&a| f(Elem::Int(a as i64)))),
+        TensorData::I64(v) => out.extend(v.iter().map(|&a| f(Elem::Int(a)))),
+        TensorData::Bool(v) => out.extend(v.iter().map(|&a| f(Elem::Int(a as i64)))),
+    }
+    Ok(out)
+}
+
+/// ONNX Cast (see the module docs), one element at a time into the result, with no widened copy
+/// of the input (integer sources follow [`Tensor::from_i64_wrapping`]'s rules).
 pub(crate) fn cast(x: &Tensor, to: DType) -> R<Tensor> {
     let shape = x.shape().to_vec();
     if x.dtype() == to {
-        return Ok(x.clone());
+        return tensor(shape, map_data!(x.data(), v => try_copy(v)?));
     }
-    if let Some(v) = x.to_i64_vec() {
-        return Ok(Tensor::from_i64_wrapping(to, shape, &v));
-    }
-    // float source: widening to f32 is exact for f16/bf16
-    let v = x.to_f32_vec();
-    Ok(match to {
-        DType::F32 | DType::F16 | DType::BF16 => Tensor::from_f32_slice(to, shape, &v),
-        DType::Bool => tensor(shape, TensorData::Bool(v.iter().map(|&f| f != 0.0).collect()))?,
-        _ => {
-            let (lo, hi) = to.int_range().ok_or("internal: not an integer type")?;
-            // `as i64` truncates toward zero, saturates at the i64 range and maps NaN to 0.
-            let ints: Vec<i64> = v.iter().map(|&f| (f as i64).clamp(lo, hi)).collect();
-            Tensor::from_i64_wrapping(to, shape, &ints)
+    // Integer targets: a float truncates toward zero and saturates to the target's range (`as
+    // i64` saturates at the i64 range and maps NaN to 0); an integer wraps.
+    let (lo, hi) = to.int_range().unwrap_or((i64::MIN, i64::MAX));
+    let int = move |e: Elem| -> i64 {
+        match e {
+            Elem::Int(i) => i,
+            Elem::Float(f) => (f as i64).clamp(lo, hi),
         }
-    })
+    };
+    let data = match to {
+        DType::Bool => TensorData::Bool(map_elems(x, |e| match e {
+            Elem::Int(i) => i != 0,
+            Elem::Float(f) => f != 0.0,
+        })?),
+        DType::F32 => TensorData::F32(map_elems(x, |e| match e {
+            Elem::Int(i) => i as f32,
+            Elem::Float(f) => f,
+        })?),
+        DType::F16 => TensorData::F16(map_elems(x, |e| match e {
+            Elem::Int(i) => f16::from_f64(i as f64),
+            Elem::Float(f) => f16::from_f32(f),
+        })?),
+        DType::BF16 => TensorData::BF16(map_elems(x, |e| match e {
+            Elem::Int(i) => bf16::from_f64(i as f64),
+            Elem::Float(f) => bf16::from_f32(f),
+        })?),
+        DType::I8 => TensorData::I8(map_elems(x, |e| int(e) as i8)?),
+        DType::U8 => TensorData::U8(map_elems(x, |e| int(e) as u8)?),
+        DType::I32 => TensorData::I32(map_elems(x, |e| int(e) as i32)?),
+        DType::I64 => TensorData::I64(map_elems(x, int)?),
+    };
+    tensor(shape, data)
 }
 
-/// Copies `src` at the given element offsets (`None`: the fill value).
-fn pick_or<T: Copy>(src: &[T], offs: &[Option<usize>], fill: T) -> Vec<T> {
-    offs.iter().map(|o| o.map_or(fill, |o| src[o])).collect()
-}
-
-/// For every element of `out_shape` (row-major), the offset into a row-major tensor of
-/// `in_shape` read through `maps[axis][out_index]` (`None`: outside, the fill).
-fn mapped_offsets(in_shape: &[usize], out_shape: &[usize], maps: &[Vec<Option<usize>>]) -> R<Vec<Option<usize>>> {
+/// The elements of a tensor of `out_shape` read from `src` (row-major, of `in_shape`) through
+/// `maps[axis][out_index]` (`None`: outside the input, `fill`), built without any temporary
+/// beyond the per-axis maps.
+fn mapped<T: Copy>(
+    src: &[T],
+    in_shape: &[usize],
+    out_shape: &[usize],
+    maps: &[Vec<Option<usize>>],
+    fill: T,
+) -> R<Vec<T>> {
     let n = numel(out_shape).ok_or("result too large")?;
     let st = strides(in_shape);
-    let mut out = Vec::with_capacity(n);
+    let mut out = try_vec(n)?;
     let mut idx = vec![0usize; out_shape.len()];
     for _ in 0..n {
         let mut off = Some(0usize);
@@ -267,7 +318,10 @@ fn mapped_offsets(in_shape: &[usize], out_shape: &[usize], maps: &[Vec<Option<us
                 _ => None,
             };
         }
-        out.push(off);
+        out.push(match off {
+            Some(o) => *src.get(o).ok_or("internal: offset out of range")?,
+            None => fill,
+        });
         for a in (0..idx.len()).rev() {
             idx[a] += 1;
             if idx[a] < out_shape[a] {
@@ -277,6 +331,12 @@ fn mapped_offsets(in_shape: &[usize], out_shape: &[usize], maps: &[Vec<Option<us
         }
     }
     Ok(out)
+}
+
+/// Bytes of the per-axis maps [`mapped`] reads through (pad and tile make no other temporary).
+pub(crate) fn map_bytes(out_shape: &[usize]) -> u128 {
+    let entries = out_shape.iter().fold(0u128, |a, &d| a.saturating_add(d as u128));
+    entries.saturating_mul(size_of::<Option<usize>>() as u128)
 }
 
 /// ONNX Pad (see [`crate::PadMode`]): output position `o` along an axis reads input position
@@ -318,32 +378,19 @@ pub(crate) fn pad(cx: &Cx, mode: PadMode, pads: &[i64], value: f64) -> R<Tensor>
         }
         maps.push(map);
     }
-    let offs = mapped_offsets(in_shape, &out_shape, &maps)?;
     let fill = Tensor::from_f64_iter(x.dtype(), vec![1], std::iter::once(value));
     let data = match (x.data(), fill.data()) {
-        (TensorData::F32(v), TensorData::F32(f)) => TensorData::F32(pick_or(v, &offs, f[0])),
-        (TensorData::F16(v), TensorData::F16(f)) => TensorData::F16(pick_or(v, &offs, f[0])),
-        (TensorData::BF16(v), TensorData::BF16(f)) => TensorData::BF16(pick_or(v, &offs, f[0])),
-        (TensorData::I8(v), TensorData::I8(f)) => TensorData::I8(pick_or(v, &offs, f[0])),
-        (TensorData::U8(v), TensorData::U8(f)) => TensorData::U8(pick_or(v, &offs, f[0])),
-        (TensorData::I32(v), TensorData::I32(f)) => TensorData::I32(pick_or(v, &offs, f[0])),
-        (TensorData::I64(v), TensorData::I64(f)) => TensorData::I64(pick_or(v, &offs, f[0])),
-        (TensorData::Bool(v), TensorData::Bool(f)) => TensorData::Bool(pick_or(v, &offs, f[0])),
+        (TensorData::F32(v), TensorData::F32(f)) => TensorData::F32(mapped(v, in_shape, &out_shape, &maps, f[0])?),
+        (TensorData::F16(v), TensorData::F16(f)) => TensorData::F16(mapped(v, in_shape, &out_shape, &maps, f[0])?),
+        (TensorData::BF16(v), TensorData::BF16(f)) => TensorData::BF16(mapped(v, in_shape, &out_shape, &maps, f[0])?),
+        (TensorData::I8(v), TensorData::I8(f)) => TensorData::I8(mapped(v, in_shape, &out_shape, &maps, f[0])?),
+        (TensorData::U8(v), TensorData::U8(f)) => TensorData::U8(mapped(v, in_shape, &out_shape, &maps, f[0])?),
+        (TensorData::I32(v), TensorData::I32(f)) => TensorData::I32(mapped(v, in_shape, &out_shape, &maps, f[0])?),
+        (TensorData::I64(v), TensorData::I64(f)) => TensorData::I64(mapped(v, in_shape, &out_shape, &maps, f[0])?),
+        (TensorData::Bool(v), TensorData::Bool(f)) => TensorData::Bool(mapped(v, in_shape, &out_shape, &maps, f[0])?),
         _ => return Err("internal: pad fill of another dtype".into()),
     };
     tensor(out_shape, data)
-}
-
-/// Gathers `x` at the given offsets into `shape` (every offset in range).
-fn gather_offsets(x: &Tensor, shape: Vec<usize>, offs: &[usize]) -> R<Tensor> {
-    if offs.iter().any(|&o| o >= x.len()) {
-        return Err("internal: offset out of range".into());
-    }
-    fn pick<T: Copy>(v: &[T], offs: &[usize]) -> Vec<T> {
-        offs.iter().map(|&o| v[o]).collect()
-    }
-    let data = map_data!(x.data(), v => pick(v, offs));
-    tensor(shape, data)
 }
 
 /// ONNX Tile: output position `o` along axis `a` reads input position `o mod n`.
@@ -352,8 +399,11 @@ pub(crate) fn tile(cx: &Cx) -> R<Tensor> {
     let out_shape = cx.out_shape(0);
     let maps: Vec<Vec<Option<usize>>> =
         x.shape().iter().zip(&out_shape).map(|(&n, &m)| (0..m).map(|o| Some(o % n.max(1))).collect()).collect();
-    let offs: Vec<usize> = mapped_offsets(x.shape(), &out_shape, &maps)?.into_iter().flatten().collect();
-    gather_offsets(x, out_shape, &offs)
+    fn first<T: Copy + Default>(v: &[T]) -> T {
+        v.first().copied().unwrap_or_default()
+    }
+    let data = map_data!(x.data(), v => mapped(v, x.shape(), &out_shape, &maps, first(v))?);
+    tensor(out_shape, data)
 }
 
 #[cfg(test)]
@@ -471,6 +521,54 @@ mod tests {
         let op = Op::Transpose { perm: vec![0, 2, 1] };
         let y = evalq(&op, &[&x], &[qty(&x, q)], &[]).unwrap().remove(0);
         assert_eq!(y.data(), &TensorData::U8(vec![1, 3, 2, 4]));
+    }
+
+    /// The cast through widened copies (all elements to i64, or to f32), as it was written before
+    /// it went element by element: the streaming cast must give the same bits for every pair.
+    fn cast_through_copies(x: &Tensor, to: DType) -> Tensor {
+        let shape = x.shape().to_vec();
+        if x.dtype() == to {
+            return x.clone();
+        }
+        if let Some(v) = x.to_i64_vec() {
+            return Tensor::from_i64_wrapping(to, shape, &v);
+        }
+        let v = x.to_f32_vec();
+        match to {
+            DType::F32 | DType::F16 | DType::BF16 => Tensor::from_f32_slice(to, shape, &v),
+            DType::Bool => Tensor::new(shape, TensorData::Bool(v.iter().map(|&f| f != 0.0).collect())).unwrap(),
+            _ => {
+                let (lo, hi) = to.int_range().unwrap();
+                let ints: Vec<i64> = v.iter().map(|&f| (f as i64).clamp(lo, hi)).collect();
+                Tensor::from_i64_wrapping(to, shape, &ints)
+            }
+        }
+    }
+
+    #[test]
+    fn cast_matches_the_copying_formulas_for_every_pair() {
+        let dtypes = [DType::F32, DType::F16, DType::BF16, DType::I8, DType::U8, DType::I32, DType::I64, DType::Bool];
+        let floats = [0.0, -0.0, 0.5, -1.5, 2.5, 127.9, -128.9, 255.5, 65504.0, 1e10, -1e10, f32::NAN, f32::INFINITY];
+        let ints = [0i64, 1, -1, 127, -128, 255, 256, 65535, 1 << 31, -(1 << 40), i64::MAX, i64::MIN];
+        for from in dtypes {
+            let x = if from.is_float() {
+                Tensor::from_f32_slice(from, vec![floats.len()], &floats)
+            } else {
+                Tensor::from_i64_wrapping(from, vec![ints.len()], &ints)
+            };
+            for to in dtypes {
+                let got = cast(&x, to).unwrap();
+                let want = cast_through_copies(&x, to);
+                assert_eq!(got.shape(), want.shape());
+                let bits = |t: &Tensor| match t.data() {
+                    TensorData::F32(v) => v.iter().map(|f| f.to_bits() as u64).collect::<Vec<_>>(),
+                    TensorData::F16(v) => v.iter().map(|f| f.to_bits() as u64).collect(),
+                    TensorData::BF16(v) => v.iter().map(|f| f.to_bits() as u64).collect(),
+                    _ => t.to_i64_vec().unwrap().iter().map(|&i| i as u64).collect(),
+                };
+                assert_eq!((got.dtype(), bits(&got)), (want.dtype(), bits(&want)), "{from} -> {to}");
+            }
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use super::observer::{CalibMethod, ObserveError, Observer, ObserverConfig};
 use super::scheme::{params_for_range, Scheme};
 pub use crate::evaluator::{EvalError, Evaluator, Interpreter};
 use qforge_ir::{Graph, NodeId, Op, Tensor, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// One activation to observe, with the observer it gets and the scheme its range will be
@@ -286,39 +286,37 @@ fn observe_values(
     progress: &mut dyn FnMut(usize, usize),
     observe: &mut dyn FnMut(usize, &Tensor, usize) -> Result<(), CalibError>,
 ) -> Result<(usize, usize), CalibError> {
-    let mut by_node: HashMap<NodeId, Vec<usize>> = HashMap::new();
+    // graph inputs are observed straight from the batch; every other value through the
+    // evaluator's watcher (compiled once for all batches where the engine compiles)
+    let mut from_input: Vec<(usize, usize)> = Vec::new();
+    let mut watched: Vec<usize> = Vec::new();
     for (i, v) in values.iter().enumerate() {
         if !g.contains_value(*v) {
             return Err(CalibError::Node { node: format!("{v:?}"), op: "?", msg: "not in the graph".into() });
         }
-        by_node.entry(v.node).or_default().push(i);
+        match g.inputs().iter().position(|&id| id == v.node) {
+            Some(k) => from_input.push((i, k)),
+            None => watched.push(i),
+        }
     }
-    let inputs: Vec<NodeId> = g.inputs().to_vec();
+    let watch_values: Vec<Value> = watched.iter().map(|&i| values[i]).collect();
+    let watcher = eval.watch(g, &watch_values).map_err(|error| CalibError::Eval { batch: 0, error })?;
     let (mut seen, mut samples) = (0usize, 0usize);
     for (b, batch) in batches.enumerate() {
-        let failure: std::cell::RefCell<Option<CalibError>> = Default::default();
-        {
-            let mut feed = |id: NodeId, results: &[Tensor]| {
-                if failure.borrow().is_some() {
-                    return;
-                }
-                let Some(ix) = by_node.get(&id) else { return };
-                for &i in ix {
-                    let Some(t) = results.get(values[i].port) else { continue };
-                    if let Err(e) = observe(i, t, b) {
-                        *failure.borrow_mut() = Some(e);
-                        return;
-                    }
-                }
-            };
-            for (&id, t) in inputs.iter().zip(&batch) {
-                feed(id, std::slice::from_ref(t));
-            }
-            if failure.borrow().is_none() {
-                eval.run_observed(g, &batch, &mut feed).map_err(|error| CalibError::Eval { batch: b, error })?;
+        let mut failure: Option<CalibError> = None;
+        for &(i, k) in &from_input {
+            if let Some(t) = batch.get(k) {
+                observe(i, t, b)?;
             }
         }
-        if let Some(e) = failure.into_inner() {
+        watcher
+            .run(&batch, &mut |w, t| {
+                if failure.is_none() {
+                    failure = observe(watched[w], t, b).err();
+                }
+            })
+            .map_err(|error| CalibError::Eval { batch: b, error })?;
+        if let Some(e) = failure {
             return Err(e);
         }
         seen += 1;

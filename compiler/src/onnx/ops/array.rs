@@ -1,8 +1,10 @@
 //! Data movement and shape changes: Reshape, Flatten, Transpose, Concat, Slice, Gather,
-//! GatherElements, Split, Squeeze, Unsqueeze, Expand, plus Cast and Identity (semantics: the ONNX
-//! operator spec, <https://onnx.ai/onnx/operators/>). Target shapes, axes and slice bounds must be
-//! constants, or shape values computed from the inputs' dims (see [`crate::onnx::symbolic`]),
-//! which become the IR's `0`/`-1` reshapes or [`qforge_ir::DimExpr`] sizes.
+//! GatherElements, Split, Squeeze, Unsqueeze, Expand, DepthToSpace, SpaceToDepth, plus Cast,
+//! CastLike and Identity (semantics: the ONNX operator spec, <https://onnx.ai/onnx/operators/>).
+//! Target shapes, axes and slice bounds must be constants (or computed from constants: the
+//! importer folds them), or shape values computed from the inputs' dims (see
+//! [`crate::onnx::symbolic`]), which become the IR's `0`/`-1` reshapes or
+//! [`qforge_ir::DimExpr`] sizes.
 
 use super::{one, Cx, OpDef, Outs, MAX_ATTR_DIM, R};
 use crate::onnx::symbolic::{self, Mono, SymVal};
@@ -11,19 +13,22 @@ use qforge_ir::infer::norm_axis;
 use qforge_ir::{DType, Dim, Op, Value};
 
 pub(super) const OPS: &[OpDef] = &[
-    OpDef::onnx("Reshape", reshape),
-    OpDef::onnx("Flatten", flatten),
-    OpDef::onnx("Transpose", transpose),
-    OpDef::onnx("Concat", concat),
-    OpDef::onnx("Slice", slice),
-    OpDef::onnx("Gather", gather),
-    OpDef::onnx("GatherElements", gather_elements),
-    OpDef::onnx("Split", split),
-    OpDef::onnx("Squeeze", squeeze),
-    OpDef::onnx("Unsqueeze", unsqueeze),
-    OpDef::onnx("Expand", expand),
-    OpDef::onnx("Cast", cast),
-    OpDef::onnx("Identity", |cx| Ok(vec![Some(cx.input(0)?)])),
+    OpDef::onnx("Reshape", &[1, 5, 13, 14, 19, 21, 23, 24, 25], reshape),
+    OpDef::onnx("Flatten", &[1, 9, 11, 13, 21, 23, 24, 25], flatten),
+    OpDef::onnx("Transpose", &[1, 13, 21, 23, 24, 25], transpose),
+    OpDef::onnx("Concat", &[1, 4, 11, 13], concat),
+    OpDef::onnx("Slice", &[1, 10, 11, 13], slice),
+    OpDef::onnx("Gather", &[1, 11, 13], gather),
+    OpDef::onnx("GatherElements", &[11, 13], gather_elements),
+    OpDef::onnx("Split", &[1, 2, 11, 13, 18], split),
+    OpDef::onnx("Squeeze", &[1, 11, 13, 21, 23, 24, 25], squeeze),
+    OpDef::onnx("Unsqueeze", &[1, 11, 13, 21, 23, 24, 25], unsqueeze),
+    OpDef::onnx("Expand", &[8, 13], expand),
+    OpDef::onnx("Cast", &[1, 6, 9, 13, 19, 21, 23, 24, 25, 28], cast),
+    OpDef::onnx("CastLike", &[15, 19, 21, 23, 24, 25], cast_like),
+    OpDef::onnx("DepthToSpace", &[1, 11, 13, 28], |cx| depth_space(cx, true)),
+    OpDef::onnx("SpaceToDepth", &[1, 13, 28], |cx| depth_space(cx, false)),
+    OpDef::onnx("Identity", &[1, 13, 14, 16, 19, 21, 23, 24, 25], |cx| Ok(vec![Some(cx.input(0)?)])),
 ];
 
 fn flatten(cx: &mut Cx) -> R<Outs> {
@@ -48,8 +53,20 @@ fn reshape(cx: &mut Cx) -> R<Outs> {
     }
     let shape = cx.ints_input(1, "shape")?;
     let shape = cx.target_shape(shape, "target shape")?;
-    if cx.attrs().bool_or("allowzero", false)? && shape.contains(&0) {
-        return Err(cx.err("allowzero=1 with a 0 in the target shape is not supported"));
+    // Reshape-14 `allowzero=1`: a 0 in the target is a size of 0, not a copy of the input's dim.
+    // The result then has no elements, so the input must have none either, and the result is
+    // the one tensor of its type and shape.
+    if cx.version >= 14 && cx.attrs().bool_or("allowzero", false)? && shape.contains(&0) {
+        let xt = cx.ty(x);
+        let empty_in = xt.shape.as_fixed().is_some_and(|s| s.contains(&0));
+        if shape.contains(&-1) || !empty_in || xt.quant.is_some() {
+            return Err(cx.err(format!(
+                "allowzero=1 with the target shape {shape:?} needs an empty (non-quantized) input without -1 in the \
+                 target, got {xt}"
+            )));
+        }
+        let dims = shape.iter().map(|&d| d as usize).collect();
+        return one(cx.im.g.add_const(cx.at.name.clone(), qforge_ir::Tensor::zeros(xt.dtype, dims)));
     }
     one(cx.add(Op::Reshape { shape }, vec![Some(x)], None)?)
 }
@@ -57,8 +74,8 @@ fn reshape(cx: &mut Cx) -> R<Outs> {
 /// Reshape to a target with symbolic entries: ONNX's `0` (copy) and `-1` (infer) when they
 /// say it, otherwise every size explicit (`reshape_dyn`).
 fn reshape_sym(cx: &mut Cx, x: Value, t: SymVal) -> R<Outs> {
-    if cx.attrs().bool_or("allowzero", false)? {
-        return Err(cx.err("allowzero=1 with a computed target shape is not supported"));
+    if cx.version >= 14 && cx.attrs().bool_or("allowzero", false)? && t.elems.iter().any(|m| m.konst() == Some(0)) {
+        return Err(cx.err("allowzero=1 with a 0 in a computed target shape is not supported"));
     }
     let xt = cx.ty(x);
     let xd: Option<Vec<Mono>> = xt.shape.0.iter().map(Mono::of_dim).collect();
@@ -136,10 +153,10 @@ fn concat(cx: &mut Cx) -> R<Outs> {
 /// from then on.
 fn slice(cx: &mut Cx) -> R<Outs> {
     let x = cx.input(0)?;
-    if cx.at.opset >= 10 && (1..5).any(|i| cx.sym_input(i).is_some()) {
+    if cx.version >= 10 && (1..5).any(|i| cx.sym_input(i).is_some()) {
         return slice_sym(cx, x);
     }
-    let (starts, ends, axes, steps) = if cx.at.opset < 10 {
+    let (starts, ends, axes, steps) = if cx.version < 10 {
         let a = cx.attrs();
         let starts = a.ints("starts")?.ok_or_else(|| cx.err("attribute `starts` is required"))?;
         let ends = a.ints("ends")?.ok_or_else(|| cx.err("attribute `ends` is required"))?;
@@ -205,10 +222,10 @@ fn slice_sym(cx: &mut Cx, x: Value) -> R<Outs> {
     one(cx.add(Op::Gather { axis }, vec![Some(x), Some(r)], None)?)
 }
 
-/// Unsqueeze: axes are an attribute before opset 13, an input from then on.
+/// Unsqueeze: axes are an attribute before version 13, an input from then on.
 fn unsqueeze(cx: &mut Cx) -> R<Outs> {
     let x = cx.input(0)?;
-    let axes = if cx.at.opset >= 13 {
+    let axes = if cx.version >= 13 {
         cx.ints_input(1, "axes")?
     } else {
         cx.attrs().ints("axes")?.ok_or_else(|| cx.err("attribute `axes` is required"))?
@@ -219,23 +236,27 @@ fn unsqueeze(cx: &mut Cx) -> R<Outs> {
     one(cx.add(Op::Unsqueeze { axes }, vec![Some(x)], None)?)
 }
 
-/// Squeeze: axes are an attribute before opset 13, an optional input from then on.
+/// Squeeze: axes are an attribute before version 13, an optional input from then on.
 fn squeeze(cx: &mut Cx) -> R<Outs> {
     let x = cx.input(0)?;
-    let axes = if cx.at.opset >= 13 { cx.opt_ints_input(1, "axes")? } else { cx.attrs().ints("axes")? };
+    let axes = if cx.version >= 13 { cx.opt_ints_input(1, "axes")? } else { cx.attrs().ints("axes")? };
     one(cx.add(Op::Squeeze { axes: axes.unwrap_or_default() }, vec![Some(x)], None)?)
 }
 
-/// Split: sizes from the `split` attribute (before opset 13) or input, otherwise equal parts,
-/// one per output (`num_outputs` from opset 18), the last one smaller when the dim does not
-/// divide.
+/// Split: sizes from the `split` attribute (before version 13) or input, otherwise equal parts,
+/// one per output. Before version 18 the parts must be equal; from version 18 (with
+/// `num_outputs`, or without `split`) the last part is smaller when the dim does not divide.
 fn split(cx: &mut Cx) -> R<Outs> {
     let x = cx.input(0)?;
     let ty = cx.ty(x);
     let a = cx.attrs();
     let axis = a.int_or("axis", 0)?;
     let n_out = cx.node.output.len();
-    let sizes = if cx.at.opset >= 13 { cx.opt_ints_input(1, "split")? } else { a.ints("split")? };
+    let sizes = if cx.version >= 13 { cx.opt_ints_input(1, "split")? } else { a.ints("split")? };
+    let num_outputs = if cx.version >= 18 { a.int("num_outputs")? } else { None };
+    if sizes.is_some() && num_outputs.is_some() {
+        return Err(cx.err("both the `split` input and the `num_outputs` attribute are given"));
+    }
     let sizes: Vec<usize> = match sizes {
         Some(s) => s
             .iter()
@@ -243,7 +264,7 @@ fn split(cx: &mut Cx) -> R<Outs> {
             .collect::<Option<_>>()
             .ok_or_else(|| cx.err(format!("split sizes {s:?} must be non-negative")))?,
         None => {
-            let parts = match a.int("num_outputs")? {
+            let parts = match num_outputs {
                 Some(k) => usize::try_from(k).ok().filter(|&k| k > 0),
                 None => Some(n_out).filter(|&k| k > 0),
             };
@@ -253,6 +274,12 @@ fn split(cx: &mut Cx) -> R<Outs> {
             }
             let ax = norm_axis(axis, ty.rank()).map_err(|m| cx.err(m))?;
             let dim = ty.shape.0[ax].fixed().ok_or_else(|| cx.err("split along a symbolic dimension"))?;
+            if cx.version < 18 && dim % parts != 0 {
+                return Err(cx.err(format!(
+                    "Split version {} splits into equal parts, and dim {dim} does not divide into {parts}",
+                    cx.version
+                )));
+            }
             let chunk = dim.div_ceil(parts);
             let last = dim.checked_sub(chunk * (parts - 1));
             let last = last.ok_or_else(|| cx.err(format!("cannot split {dim} into {parts} parts")))?;
@@ -264,8 +291,8 @@ fn split(cx: &mut Cx) -> R<Outs> {
     if sizes.len() != n_out {
         return Err(cx.err(format!("{} split sizes for {n_out} outputs", sizes.len())));
     }
-    let v = cx.add(Op::Split { axis, sizes }, vec![Some(x)], None)?;
-    Ok((0..n_out).map(|p| Some(Value::new(v.node, p))).collect())
+    let vs = cx.add_multi(Op::Split { axis, sizes }, vec![Some(x)])?;
+    Ok(vs.into_iter().map(Some).collect())
 }
 
 /// Expand to a constant shape, or to one computed from input shapes (`expand_dyn`).
@@ -287,9 +314,79 @@ fn expand(cx: &mut Cx) -> R<Outs> {
     one(cx.add(Op::Expand { shape }, vec![Some(x)], None)?)
 }
 
+/// Cast. Version 19 adds `saturate` and version 24 `round_mode`, which only apply to float8
+/// targets; float8 (and every other type the IR has no dtype for) is refused, naming the type.
 fn cast(cx: &mut Cx) -> R<Outs> {
     let to = cx.attrs().int("to")?.ok_or_else(|| cx.err("attribute `to` is required"))?;
     let to = i32::try_from(to).map_err(|_| cx.err(format!("unknown element type {to}")))?;
     let to = dtype_from_onnx(to).map_err(|m| cx.err(format!("cast to {m}")))?;
     cx.simple(Op::Cast { to }, 1)
+}
+
+/// CastLike (version 15): a Cast to the element type of the second input, whose values are not
+/// read. Its `saturate` (version 19) and `round_mode` (version 24) only apply to float8 types,
+/// which the IR does not have.
+fn cast_like(cx: &mut Cx) -> R<Outs> {
+    if cx.node.input.len() != 2 {
+        return Err(cx.err(format!("has {} inputs; CastLike takes 2", cx.node.input.len())));
+    }
+    let x = cx.input(0)?;
+    let like = cx.input(1)?;
+    let lt = cx.ty(like);
+    if lt.quant.is_some() {
+        return Err(cx.err(format!("the target type {lt} is quantized; CastLike takes a plain type")));
+    }
+    one(cx.add(Op::Cast { to: lt.dtype }, vec![Some(x)], None)?)
+}
+
+/// DepthToSpace (`to_space`) and SpaceToDepth: the reshape to 6-D, transpose and reshape back
+/// that the ONNX spec writes out, NCHW with fixed C, H and W (a symbolic batch is copied with
+/// `0`). `mode` is DCR (the default) or CRD: DepthToSpace has it from version 11, SpaceToDepth
+/// from version 28; before, both are DCR.
+fn depth_space(cx: &mut Cx, to_space: bool) -> R<Outs> {
+    let a = cx.attrs();
+    let b = a.int("blocksize")?.ok_or_else(|| cx.err("attribute `blocksize` is required"))?;
+    let b = usize::try_from(b).ok().filter(|&b| b > 0 && b <= MAX_ATTR_DIM);
+    let b = b.ok_or_else(|| cx.err("attribute `blocksize` must be positive"))?;
+    let has_mode = if to_space { cx.version >= 11 } else { cx.version >= 28 };
+    let mode = if has_mode { a.string("mode")?.unwrap_or_else(|| "DCR".into()) } else { "DCR".into() };
+    let crd = match mode.as_str() {
+        "DCR" => false,
+        "CRD" => true,
+        other => return Err(cx.err(format!("unknown mode \"{other}\" (DCR or CRD)"))),
+    };
+    let x = cx.input(0)?;
+    let xt = cx.ty(x);
+    let dims: Option<Vec<usize>> = xt.shape.0.get(1..).and_then(|d| d.iter().map(Dim::fixed).collect());
+    let (c, h, w) = match (xt.rank(), dims.as_deref()) {
+        (4, Some(&[c, h, w])) => (c, h, w),
+        _ => return Err(cx.err(format!("needs an NCHW input with fixed C, H and W, got {}", xt.shape))),
+    };
+    let n: i64 = match xt.shape.0[0] {
+        Dim::Fixed(n) => n as i64,
+        _ => 0,
+    };
+    let bb = b * b;
+    let i = |v: usize| v as i64;
+    let (tmp, perm, out) = if to_space {
+        if c % bb != 0 {
+            return Err(cx.err(format!("C={c} is not a multiple of blocksize^2={bb}")));
+        }
+        let (tmp, perm) = if crd {
+            (vec![n, i(c / bb), i(b), i(b), i(h), i(w)], vec![0, 1, 4, 2, 5, 3])
+        } else {
+            (vec![n, i(b), i(b), i(c / bb), i(h), i(w)], vec![0, 3, 4, 1, 5, 2])
+        };
+        (tmp, perm, vec![n, i(c / bb), i(h * b), i(w * b)])
+    } else {
+        if h % b != 0 || w % b != 0 {
+            return Err(cx.err(format!("H={h} and W={w} must be multiples of blocksize={b}")));
+        }
+        let tmp = vec![n, i(c), i(h / b), i(b), i(w / b), i(b)];
+        let perm = if crd { vec![0, 1, 3, 5, 2, 4] } else { vec![0, 3, 5, 1, 2, 4] };
+        (tmp, perm, vec![n, i(c * bb), i(h / b), i(w / b)])
+    };
+    let r = cx.add_helper("reshape", Op::Reshape { shape: tmp }, vec![Some(x)])?;
+    let t = cx.add_helper("transpose", Op::Transpose { perm }, vec![Some(r)])?;
+    one(cx.add(Op::Reshape { shape: out }, vec![Some(t)], None)?)
 }

@@ -6,20 +6,26 @@
 
 use super::{one, Cx, OpDef, Outs, R};
 use crate::onnx::symbolic;
-use crate::onnx::tensors::{checked_numel, tensor_from_proto_limited};
+use crate::onnx::tensors::{checked_numel, four_bit, tensor_from_proto_limited};
 use qforge_ir::{DType, Op, Tensor, TensorData};
 
 pub(super) const OPS: &[OpDef] = &[
-    OpDef::onnx("Constant", constant),
-    OpDef::onnx("ConstantOfShape", constant_of_shape),
-    OpDef::onnx("Shape", shape),
-    OpDef::onnx("Range", range),
+    OpDef::onnx("Constant", &[1, 9, 11, 12, 13, 19, 21, 23, 24, 25], constant),
+    OpDef::onnx("ConstantOfShape", &[9, 20, 21, 23, 24, 25], constant_of_shape),
+    OpDef::onnx("Shape", &[1, 13, 15, 19, 21, 23, 24, 25], shape),
+    OpDef::onnx("Range", &[11, 27], range),
+    OpDef::onnx("Size", &[1, 13, 19, 21, 23, 24, 25], size),
 ];
 
 /// Constant: exactly one of the value attributes; string and sparse values are not supported.
 fn constant(cx: &mut Cx) -> R<Outs> {
     let a = cx.attrs();
     let t = if let Some(tp) = a.tensor("value")? {
+        if four_bit(tp.data_type).is_some() {
+            if let Some(out) = cx.node.output.first() {
+                cx.im.mark_four_bit(out);
+            }
+        }
         tensor_from_proto_limited(tp, cx.im.max_tensor_bytes).map_err(|m| cx.err(format!("attribute `value`: {m}")))?
     } else if let Some(f) = a.float("value_float")? {
         Tensor::scalar_f32(f)
@@ -94,7 +100,7 @@ fn shape(cx: &mut Cx) -> R<Outs> {
     let ty = cx.ty(x);
     let r = ty.rank() as i64;
     let a = cx.attrs();
-    let (start, end) = if cx.at.opset >= 15 { (a.int_or("start", 0)?, a.int_or("end", r)?) } else { (0, r) };
+    let (start, end) = if cx.version >= 15 { (a.int_or("start", 0)?, a.int_or("end", r)?) } else { (0, r) };
     let clamp = |v: i64| (if v < 0 { v.saturating_add(r) } else { v }).clamp(0, r) as usize;
     let (s, e) = (clamp(start), clamp(end).max(clamp(start)));
     let dims = &ty.shape.0[s..e];
@@ -105,10 +111,34 @@ fn shape(cx: &mut Cx) -> R<Outs> {
     }
 }
 
+/// Size: the element count of the input, an i64 scalar. With fixed dims it is a constant; with
+/// symbolic ones the importer follows it as a shape value (see [`symbolic`]) and never gets here
+/// unless a dim cannot be read as a product of symbols.
+fn size(cx: &mut Cx) -> R<Outs> {
+    let x = cx.input(0)?;
+    let ty = cx.ty(x);
+    let n = ty.shape.as_fixed().and_then(|s| s.iter().try_fold(1i64, |a, &d| a.checked_mul(i64::try_from(d).ok()?)));
+    let n = n.ok_or_else(|| cx.err(format!("cannot tell the element count of {} at import", ty.shape)))?;
+    one(cx.im.g.add_const(cx.at.name.clone(), Tensor::from_i64(vec![], vec![n])))
+}
+
 /// ONNX Range: `max(ceil((limit - start) / delta), 0)` elements `start + i * delta`. Constant
-/// bounds fold into a constant; bounds computed from input shapes make a `range` whose length
-/// is a dim.
+/// integer bounds fold into a constant, and so do constant float ones (each element computed in
+/// f64 and rounded once; Range-27's `stash_type` only concerns f16 and bf16, which the IR's
+/// range does not produce); bounds computed from input shapes make a `range` whose length is a
+/// dim.
 fn range(cx: &mut Cx) -> R<Outs> {
+    if let Some(t) = float_range(cx)? {
+        return one(cx.im.g.add_const(cx.at.name.clone(), t));
+    }
+    // Bounds computed from tensor data give a result whose length is data: name the first one.
+    for (i, what) in [(0, "start"), (1, "limit"), (2, "delta")] {
+        if let Some(n) = cx.input_name(i) {
+            if cx.im.const_by_name(n).is_none() && symbolic::sym_of(cx.im, n).is_none() {
+                return Err(cx.not_constant(n, what));
+            }
+        }
+    }
     let start = cx.scalar_mono(0, "start")?;
     let limit = cx.scalar_mono(1, "limit")?;
     let delta = cx.scalar_mono(2, "delta")?;
@@ -143,4 +173,32 @@ fn range(cx: &mut Cx) -> R<Outs> {
     let e = cx.dim_exprs(&[start, limit], &mut ins)?;
     let (s, l) = (e[0].clone(), e[1].clone());
     one(cx.add(Op::Range { start: s, limit: l, delta, dtype }, ins, None)?)
+}
+
+/// A Range of three constant f32 scalars, folded; `None` when the inputs are not that.
+fn float_range(cx: &mut Cx) -> R<Option<Tensor>> {
+    let mut v = [0f64; 3];
+    for (i, slot) in v.iter_mut().enumerate() {
+        let Some(t) = cx.input_name(i).and_then(|n| cx.im.const_by_name(n)) else { return Ok(None) };
+        if t.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        match t.to_f64_vec().as_slice() {
+            [x] => *slot = *x,
+            _ => return Err(cx.err(format!("input {i} must be a scalar, got shape {:?}", t.shape()))),
+        }
+    }
+    let [start, limit, delta] = v;
+    if delta == 0.0 || !v.iter().all(|x| x.is_finite()) {
+        return Err(cx.err(format!("a Range from {start} to {limit} by {delta} is not finite")));
+    }
+    let n = ((limit - start) / delta).ceil().max(0.0);
+    if n > (1u64 << 24) as f64 {
+        return Err(cx.err("range too long"));
+    }
+    let n = n as usize;
+    let (_, n) = checked_numel(&[n as i64], DType::F32, cx.im.max_tensor_bytes).map_err(|m| cx.err(m))?;
+    cx.im.charge(n as u128 * 4).map_err(|m| cx.err(m))?;
+    let vals: Vec<f32> = (0..n).map(|i| (start + i as f64 * delta) as f32).collect();
+    Ok(Some(Tensor::from_f32(vec![n], vals)))
 }

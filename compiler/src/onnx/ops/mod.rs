@@ -11,11 +11,14 @@
 //! * [`quant`]: QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, QLinearConv,
 //!   QLinearMatMul, ConvInteger, MatMulInteger and ONNX Runtime's `com.microsoft` quantized ops.
 //!
-//! Each family lists its ops in a table of [`OpDef`]s (domain, op type, first opset, converter);
-//! [`import_node`] finds a node's converter in the registry made from those tables. This module
-//! also holds [`Cx`], what every converter receives (the importer, the ONNX node and its IR
-//! name), with the plumbing converters share: inputs, constant inputs, attributes, adding nodes,
-//! errors that name the node.
+//! Each family lists its ops in a table of [`OpDef`]s (domain, op type, the op's schema versions
+//! from ONNX's operator changelog, converter); [`import_node`] finds a node's converter in the
+//! registry made from those tables and the schema version the node follows at the model's opset
+//! ([`Cx::version`]): converters implement each version's semantics (attributes that became
+//! inputs, changed defaults, new attributes), and refuse, naming them, the types and attribute
+//! values the IR cannot carry. This module also holds [`Cx`], what every converter receives (the
+//! importer, the ONNX node and its IR name), with the plumbing converters share: inputs, constant
+//! inputs, attributes, adding nodes, errors that name the node.
 //!
 //! Every converter returns the IR values of the node's outputs in ONNX order (`None` for an
 //! optional output qforge does not compute, such as Dropout's mask). Attributes are read through
@@ -69,30 +72,39 @@ impl Domain {
     }
 }
 
-/// One registered op: which node it handles and the converter that imports it.
+/// One registered op: which node it handles, the versions of its ONNX schema, and the converter
+/// that imports it.
 struct OpDef {
     domain: Domain,
     op: &'static str,
-    /// The first opset of the domain the converter handles (ops the spec added after
-    /// [`super::MIN_OPSET`], such as LayerNormalization in opset 17). Older nodes are unsupported.
-    since: i64,
+    /// The op's schema versions in its domain (the `since_version` of each entry in ONNX's
+    /// operator changelog, `docs/Changelog.md`), oldest first, up to [`super::MAX_OPSET`]. A node
+    /// at opset `o` follows the newest version at or below `o`; the converter reads
+    /// [`Cx::version`] where the semantics changed. The first entry is the first opset the
+    /// converter handles (older nodes are unsupported).
+    versions: &'static [i64],
+    /// The newest opset the converter was checked against: a node of a model whose opset lies
+    /// beyond it may follow a version of the op qforge does not know, and is refused
+    /// ([`ImportError::OpVersion`]).
+    until: i64,
     convert: Convert,
 }
 
 impl OpDef {
-    /// A default-domain op, at every opset the importer accepts.
-    const fn onnx(op: &'static str, convert: Convert) -> OpDef {
-        OpDef { domain: Domain::Onnx, op, since: 1, convert }
+    /// A default-domain op with the schema versions `versions` (see [`OpDef::versions`]),
+    /// checked up to [`super::MAX_OPSET`].
+    const fn onnx(op: &'static str, versions: &'static [i64], convert: Convert) -> OpDef {
+        OpDef { domain: Domain::Onnx, op, versions, until: super::MAX_OPSET, convert }
     }
 
-    /// A default-domain op from opset `since` on.
-    const fn onnx_since(op: &'static str, since: i64, convert: Convert) -> OpDef {
-        OpDef { domain: Domain::Onnx, op, since, convert }
-    }
-
-    /// A `com.microsoft` op.
+    /// A `com.microsoft` op (ONNX Runtime's contrib ops are all version 1).
     const fn microsoft(op: &'static str, convert: Convert) -> OpDef {
-        OpDef { domain: Domain::Microsoft, op, since: 1, convert }
+        OpDef { domain: Domain::Microsoft, op, versions: &[1], until: 1, convert }
+    }
+
+    /// The schema version a node at `opset` follows, if the converter handles that opset.
+    fn version_at(&self, opset: i64) -> Option<i64> {
+        self.versions.iter().rev().copied().find(|&v| v <= opset)
     }
 }
 
@@ -111,16 +123,40 @@ fn registry() -> &'static HashMap<Domain, HashMap<&'static str, &'static OpDef>>
     })
 }
 
+/// Every default-domain op qforge imports, with its schema versions and the newest opset its
+/// converter was checked against (for documentation and tests).
+pub fn default_domain_ops() -> Vec<(&'static str, &'static [i64], i64)> {
+    let mut v: Vec<_> = FAMILIES
+        .iter()
+        .flat_map(|f| f.iter())
+        .filter(|d| d.domain == Domain::Onnx)
+        .map(|d| (d.op, d.versions, d.until))
+        .collect();
+    v.sort_by_key(|d| d.0);
+    v
+}
+
 /// Imports one node through the converter registered for its domain and op type (see the
-/// module docs); a node no converter handles (an unknown domain or op, or an opset older than
-/// the op) is [`ImportError::Unsupported`].
+/// module docs). A node no converter handles (an unknown domain or op, or an opset older than
+/// the op's first version) is [`ImportError::Unsupported`]; one at an opset newer than the
+/// converter knows is [`ImportError::OpVersion`].
 pub fn import_node(im: &mut Importer, node: &NodeProto, at: &NodeRef) -> R<Outs> {
     let def = Domain::of(&node.domain)
         .and_then(|d| registry().get(&d))
         .and_then(|ops| ops.get(node.op_type.as_str()))
-        .filter(|def| at.opset >= def.since)
         .ok_or_else(|| at.unsupported())?;
-    (def.convert)(&mut Cx { im, node, at })
+    let version = def.version_at(at.opset).ok_or_else(|| at.unsupported())?;
+    if at.opset > def.until {
+        return Err(ImportError::OpVersion {
+            op: at.op.clone(),
+            domain: at.domain_name(),
+            opset: at.opset,
+            version,
+            until: def.until,
+            node: at.name.clone(),
+        });
+    }
+    (def.convert)(&mut Cx { im, node, at, version })
 }
 
 fn one(v: Value) -> R<Outs> {
@@ -133,6 +169,8 @@ struct Cx<'a> {
     im: &'a mut Importer,
     node: &'a NodeProto,
     at: &'a NodeRef,
+    /// The schema version of the op the node follows (see [`OpDef::versions`]).
+    version: i64,
 }
 
 impl<'a> Cx<'a> {
@@ -206,6 +244,12 @@ impl<'a> Cx<'a> {
         self.im.add(self.at, op, inputs, declared, self.at.name.clone())
     }
 
+    /// Adds the node of an op of several results (named after the ONNX node): its results in
+    /// order, each a constant when the node folds.
+    fn add_multi(&mut self, op: Op, inputs: Vec<Option<Value>>) -> R<Vec<Value>> {
+        self.im.add_multi(self.at, op, inputs, None, self.at.name.clone())
+    }
+
     /// Adds an intermediate node of a multi-node expansion, named `{node}/{tag}`.
     fn add_helper(&mut self, tag: &str, op: Op, inputs: Vec<Option<Value>>) -> R<Value> {
         let name = self.im.fresh_name(&format!("{}/{tag}", self.at.name));
@@ -259,23 +303,43 @@ impl<'a> Cx<'a> {
         self.opt_const_input(i, what)?.ok_or_else(|| self.err(format!("input {i} ({what}) is missing")))
     }
 
-    /// The constant tensor of input `i`, or `None` when the input is absent. A present input that
-    /// is not a constant is an error.
+    /// The constant tensor of input `i`, or `None` when the input is absent. Whatever the model
+    /// computes from constants is one by now (the importer folds it); a present input that is
+    /// still not a constant is computed at run time, and is an error naming the graph inputs it
+    /// comes from.
     fn opt_const_input(&self, i: usize, what: &str) -> R<Option<Arc<Tensor>>> {
         let Some(name) = self.input_name(i) else { return Ok(None) };
         if let Some(t) = self.im.const_by_name(name) {
             return Ok(Some(t));
         }
-        Err(if self.im.knows(name) {
-            self.err(format!(
-                "input `{name}` ({what}) must be a constant (an initializer or a Constant node): \
-                 qforge does not support a computed {what}"
-            ))
-        } else {
-            self.err(format!(
+        Err(self.not_constant(name, what))
+    }
+
+    /// The error for input `name` (`what`) that qforge needs at import but the model computes at
+    /// run time (or does not define).
+    fn not_constant(&self, name: &str, what: &str) -> ImportError {
+        if !self.im.knows(name) {
+            return self.err(format!(
                 "input `{name}` ({what}) is not defined by an earlier node, an initializer or a graph input"
-            ))
-        })
+            ));
+        }
+        let from = match self.im.bound(name) {
+            Some(v) => self.im.run_time_sources(v),
+            None => vec![],
+        };
+        let from = match from.as_slice() {
+            [] => "at run time".to_string(),
+            [one] if one == name => "at run time: it is a graph input".to_string(),
+            names => format!(
+                "at run time from graph input{} {}",
+                if names.len() > 1 { "s" } else { "" },
+                names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        self.err(format!(
+            "input `{name}` ({what}) must be a constant (or computed from constants or input shapes), but it is \
+             computed {from}"
+        ))
     }
 
     fn opt_ints_input(&self, i: usize, what: &str) -> R<Option<Vec<i64>>> {
@@ -338,5 +402,23 @@ mod tests {
             assert!(seen.insert((def.domain, def.op)), "{:?} {} is registered twice", def.domain, def.op);
         }
         assert_eq!(registry().values().map(HashMap::len).sum::<usize>(), seen.len());
+    }
+
+    /// Version lists are strictly increasing and within the opsets the importer accepts, and a
+    /// node follows the newest version at or below its opset.
+    #[test]
+    fn versions_are_ordered_and_resolve() {
+        for def in FAMILIES.iter().flat_map(|f| f.iter()) {
+            assert!(!def.versions.is_empty(), "{}", def.op);
+            assert!(def.versions.windows(2).all(|w| w[0] < w[1]), "{}: {:?}", def.op, def.versions);
+            assert!(def.versions.iter().all(|&v| v >= 1 && v <= def.until), "{}: {:?}", def.op, def.versions);
+        }
+        let cast = registry()[&Domain::Onnx]["Cast"];
+        let at = |o| cast.version_at(o);
+        assert_eq!(
+            (at(9), at(12), at(13), at(18), at(19), at(22), at(28)),
+            (Some(9), Some(9), Some(13), Some(13), Some(19), Some(21), Some(28))
+        );
+        assert_eq!(registry()[&Domain::Onnx]["LayerNormalization"].version_at(16), None);
     }
 }

@@ -5,28 +5,28 @@
 
 use super::{one, Cx, OpDef, Outs, MAX_ATTR_DIM, R};
 use crate::onnx::attrs::Attrs;
-use qforge_ir::{ConvAttrs, Dim, Op, PoolAttrs, Shape, TensorType, UnaryOp};
+use qforge_ir::{BinaryOp, ConvAttrs, Dim, Op, PoolAttrs, Shape, TensorType, UnaryOp, Value};
 
 pub(super) const OPS: &[OpDef] = &[
-    OpDef::onnx("Conv", conv),
-    OpDef::onnx("BatchNormalization", batch_norm),
-    OpDef::onnx("MaxPool", |cx| pool(cx, false)),
-    OpDef::onnx("AveragePool", |cx| pool(cx, true)),
-    OpDef::onnx("GlobalAveragePool", |cx| cx.simple(Op::GlobalAveragePool, 1)),
-    OpDef::onnx("GlobalMaxPool", |cx| cx.simple(Op::GlobalMaxPool, 1)),
-    OpDef::onnx("LRN", lrn),
-    OpDef::onnx("Relu", |cx| cx.unary(UnaryOp::Relu)),
-    OpDef::onnx("Sigmoid", |cx| cx.unary(UnaryOp::Sigmoid)),
-    OpDef::onnx("Tanh", |cx| cx.unary(UnaryOp::Tanh)),
-    OpDef::onnx("HardSwish", |cx| cx.unary(UnaryOp::HardSwish)),
-    OpDef::onnx("LeakyRelu", leaky_relu),
-    OpDef::onnx("HardSigmoid", hard_sigmoid),
-    OpDef::onnx("Clip", clip),
+    OpDef::onnx("Conv", &[1, 11, 22], conv),
+    OpDef::onnx("BatchNormalization", &[1, 6, 7, 9, 14, 15], batch_norm),
+    OpDef::onnx("MaxPool", &[1, 8, 10, 11, 12, 22], |cx| pool(cx, false)),
+    OpDef::onnx("AveragePool", &[1, 7, 10, 11, 19, 22], |cx| pool(cx, true)),
+    OpDef::onnx("GlobalAveragePool", &[1, 22], |cx| cx.simple(Op::GlobalAveragePool, 1)),
+    OpDef::onnx("GlobalMaxPool", &[1, 22], |cx| cx.simple(Op::GlobalMaxPool, 1)),
+    OpDef::onnx("LRN", &[1, 13], lrn),
+    OpDef::onnx("Relu", &[1, 6, 13, 14], |cx| cx.unary(UnaryOp::Relu)),
+    OpDef::onnx("Sigmoid", &[1, 6, 13], |cx| cx.unary(UnaryOp::Sigmoid)),
+    OpDef::onnx("Tanh", &[1, 6, 13], |cx| cx.unary(UnaryOp::Tanh)),
+    OpDef::onnx("HardSwish", &[14, 22], |cx| cx.unary(UnaryOp::HardSwish)),
+    OpDef::onnx("LeakyRelu", &[1, 6, 16], leaky_relu),
+    OpDef::onnx("HardSigmoid", &[1, 6, 22], hard_sigmoid),
+    OpDef::onnx("Clip", &[1, 6, 11, 12, 13], clip),
     // Gelu joined the default domain in opset 20; ONNX Runtime has had it (exact erf form) as a
     // contrib op.
-    OpDef::onnx_since("Gelu", 20, gelu),
+    OpDef::onnx("Gelu", &[20], gelu),
     OpDef::microsoft("Gelu", |cx| cx.unary(UnaryOp::Gelu)),
-    OpDef::onnx("Dropout", dropout),
+    OpDef::onnx("Dropout", &[1, 6, 7, 10, 12, 13, 22], dropout),
 ];
 
 fn leaky_relu(cx: &mut Cx) -> R<Outs> {
@@ -50,13 +50,24 @@ fn gelu(cx: &mut Cx) -> R<Outs> {
     cx.unary(u)
 }
 
-/// Clip: bounds are attributes before opset 11, optional constant inputs from then on.
+/// Clip: bounds are attributes before version 11, optional inputs from then on (of the input's
+/// type from version 12 on, which adds integer types). Constant bounds on a float input make the
+/// IR's `clip`; otherwise (integer inputs, or bounds computed at run time, which Clip-11 requires
+/// to be scalars) the result is `min(max(x, lo), hi)`, numpy's `clip`, which the ONNX reference
+/// follows (NaN propagates, and `lo > hi` gives `hi`).
 fn clip(cx: &mut Cx) -> R<Outs> {
     let x = cx.input(0)?;
-    let (min, max) = if cx.at.opset < 11 {
+    let (min, max) = if cx.version < 11 {
         let a = cx.attrs();
         (a.float_or("min", f32::NEG_INFINITY)?, a.float_or("max", f32::INFINITY)?)
     } else {
+        if cx.node.input.len() > 3 {
+            return Err(cx.err(format!("has {} inputs; at most 3 are allowed", cx.node.input.len())));
+        }
+        let constant = |cx: &Cx, i: usize| cx.input_name(i).is_none_or(|n| cx.im.const_by_name(n).is_some());
+        if !cx.ty(x).dtype.is_float() || !constant(cx, 1) || !constant(cx, 2) {
+            return clip_by_max_min(cx, x);
+        }
         (
             cx.opt_scalar_f32(1, "min")?.unwrap_or(f32::NEG_INFINITY),
             cx.opt_scalar_f32(2, "max")?.unwrap_or(f32::INFINITY),
@@ -66,6 +77,29 @@ fn clip(cx: &mut Cx) -> R<Outs> {
         return Err(cx.err("clip bounds must not be NaN"));
     }
     one(cx.add(Op::Clip { min, max }, vec![Some(x)], None)?)
+}
+
+/// Clip as `min(max(x, lo), hi)` on the bound inputs, each a scalar of the input's type.
+fn clip_by_max_min(cx: &mut Cx, x: Value) -> R<Outs> {
+    let mut y = x;
+    let bounds = [(1, "min", BinaryOp::Max), (2, "max", BinaryOp::Min)];
+    let present: Vec<_> = bounds.into_iter().filter(|(i, ..)| cx.input_name(*i).is_some()).collect();
+    if present.is_empty() {
+        return Ok(vec![Some(x)]);
+    }
+    for (k, &(i, what, op)) in present.iter().enumerate() {
+        let b = cx.input(i)?;
+        let bt = cx.ty(b);
+        if bt.shape.as_fixed().is_none_or(|s| s.iter().product::<usize>() != 1) {
+            return Err(cx.err(format!("input {i} ({what}) must be a scalar, got {bt}")));
+        }
+        y = if k + 1 == present.len() {
+            cx.add(Op::Binary(op), vec![Some(y), Some(b)], None)?
+        } else {
+            cx.add_helper(what, Op::Binary(op), vec![Some(y), Some(b)])?
+        };
+    }
+    one(y)
 }
 
 fn batch_norm(cx: &mut Cx) -> R<Outs> {
@@ -94,7 +128,7 @@ fn lrn(cx: &mut Cx) -> R<Outs> {
 
 /// Inference: Dropout is the identity; its mask output is not computed.
 fn dropout(cx: &mut Cx) -> R<Outs> {
-    if cx.at.opset >= 12 {
+    if cx.version >= 12 {
         if let Some(t) = cx.opt_const_input(2, "training_mode")? {
             if t.to_f64_vec().iter().any(|&b| b != 0.0) {
                 return Err(cx.err("training_mode=true is not supported (inference only)"));

@@ -1,28 +1,31 @@
-//! Normalizations along an axis: Softmax, LogSoftmax and LayerNormalization (semantics: the ONNX
+//! Normalizations along an axis: Softmax, LogSoftmax, LayerNormalization, and
+//! InstanceNormalization and LpNormalization as reductions and element-wise ops (semantics: the ONNX
 //! operator spec, <https://onnx.ai/onnx/operators/>). BatchNormalization and LRN, which
 //! normalize across channels, are with the other convolutional-network ops in [`super::nn`].
 
 use super::{one, Cx, OpDef, Outs, R};
 use qforge_ir::infer::norm_axis;
-use qforge_ir::{Dim, Op};
+use qforge_ir::{BinaryOp, DType, Dim, Op, Tensor, UnaryOp};
 
 pub(super) const OPS: &[OpDef] = &[
-    OpDef::onnx("Softmax", |cx| softmax(cx, false)),
-    OpDef::onnx("LogSoftmax", |cx| softmax(cx, true)),
+    OpDef::onnx("Softmax", &[1, 11, 13], |cx| softmax(cx, false)),
+    OpDef::onnx("LogSoftmax", &[1, 11, 13], |cx| softmax(cx, true)),
     // LayerNormalization joined the default domain in opset 17.
-    OpDef::onnx_since("LayerNormalization", 17, layer_norm),
+    OpDef::onnx("LayerNormalization", &[17], layer_norm),
+    OpDef::onnx("InstanceNormalization", &[1, 6, 22], instance_norm),
+    OpDef::onnx("LpNormalization", &[1, 22], lp_norm),
 ];
 
-/// Softmax and LogSoftmax. From opset 13 the op normalizes along one axis. Before, it
+/// Softmax and LogSoftmax. From version 13 the op normalizes along one axis. Before, it
 /// normalized the input coerced to 2-D at `axis` (`[d0*..*d(a-1), da*..*dn]`); that is one
 /// axis when every dim after `axis` is 1, and otherwise Flatten -> softmax(1) -> Reshape.
 fn softmax(cx: &mut Cx, log: bool) -> R<Outs> {
     let x = cx.input(0)?;
     let ty = cx.ty(x);
     let mk = |axis| if log { Op::LogSoftmax { axis } } else { Op::Softmax { axis } };
-    let opset = cx.at.opset;
-    let axis = cx.attrs().int_or("axis", if opset >= 13 { -1 } else { 1 })?;
-    if opset >= 13 {
+    let version = cx.version;
+    let axis = cx.attrs().int_or("axis", if version >= 13 { -1 } else { 1 })?;
+    if version >= 13 {
         return one(cx.add(mk(axis), vec![Some(x)], None)?);
     }
     let r = ty.rank();
@@ -44,7 +47,7 @@ fn softmax(cx: &mut Cx, log: bool) -> R<Outs> {
         .collect();
     let target = target.ok_or_else(|| {
         cx.err(format!(
-            "opset {opset} {} over the 2-D coercion of {} at axis {axis} needs fixed dims (or only a \
+            "version {version} {} over the 2-D coercion of {} at axis {axis} needs fixed dims (or only a \
              symbolic batch with axis 1)",
             cx.at.op, ty.shape
         ))
@@ -54,11 +57,116 @@ fn softmax(cx: &mut Cx, log: bool) -> R<Outs> {
     one(cx.add(Op::Reshape { shape: target }, vec![Some(s)], None)?)
 }
 
-/// LayerNormalization; its optional Mean and InvStdDev outputs are not computed.
+/// LayerNormalization (version 17). `stash_type` is the type of the statistics and of their
+/// computation: qforge computes them in f32 (an f16 or bf16 input is widened), so only
+/// `stash_type=1` (FLOAT) is imported. The optional Mean and InvStdDev outputs (of an f32
+/// input) are computed beside the layer norm as the ONNX reference does, over the normalized
+/// axes kept as 1s: `mean = ReduceMean(x)`, `1 / sqrt(ReduceMean((x - mean)^2) + epsilon)`.
 fn layer_norm(cx: &mut Cx) -> R<Outs> {
     let a = cx.attrs();
-    let op = Op::LayerNorm { axis: a.int_or("axis", -1)?, epsilon: a.float_or("epsilon", 1e-5)? };
+    let (axis, epsilon) = (a.int_or("axis", -1)?, a.float_or("epsilon", 1e-5)?);
+    let stash = a.int_or("stash_type", 1)?;
+    if stash != 1 {
+        return Err(cx.err(format!(
+            "stash_type={stash} is not supported: qforge computes layer norm statistics in f32 (stash_type=1)"
+        )));
+    }
     let ins = cx.inputs_upto(2, 3)?;
-    let v = cx.add(op, ins, None)?;
-    Ok(vec![Some(v), None, None])
+    let x = cx.input(0)?;
+    let wanted = |i: usize| cx.node.output.get(i).is_some_and(|o| !o.is_empty());
+    let (want_mean, want_inv) = (wanted(1), wanted(2));
+    let stats = if want_mean || want_inv {
+        let xt = cx.ty(x);
+        if xt.dtype != DType::F32 || xt.quant.is_some() {
+            return Err(cx.err(format!("the optional Mean and InvStdDev outputs of a {xt} input are not supported")));
+        }
+        let a = norm_axis(axis, xt.rank()).map_err(|m| cx.err(m))?;
+        let axes: Vec<i64> = (a as i64..xt.rank() as i64).collect();
+        let mean_op = |axes: &Vec<i64>| Op::ReduceMean { axes: axes.clone(), keepdims: true };
+        let mean = cx.add_helper("mean", mean_op(&axes), vec![Some(x)])?;
+        let inv = if want_inv {
+            let d = cx.add_helper("deviation", Op::Binary(BinaryOp::Sub), vec![Some(x), Some(mean)])?;
+            let sq = cx.add_helper("square", Op::Binary(BinaryOp::Mul), vec![Some(d), Some(d)])?;
+            let var = cx.add_helper("variance", mean_op(&axes), vec![Some(sq)])?;
+            let name = cx.im.fresh_name(&format!("{}/epsilon", cx.at.name));
+            let eps = cx.im.g.add_const(name, Tensor::scalar_f32(epsilon));
+            let ve = cx.add_helper("variance_eps", Op::Binary(BinaryOp::Add), vec![Some(var), Some(eps)])?;
+            let sd = cx.add_helper("std_dev", Op::Unary(UnaryOp::Sqrt), vec![Some(ve)])?;
+            Some(cx.add_helper("inv_std_dev", Op::Unary(UnaryOp::Reciprocal), vec![Some(sd)])?)
+        } else {
+            None
+        };
+        (want_mean.then_some(mean), inv)
+    } else {
+        (None, None)
+    };
+    let v = cx.add(Op::LayerNorm { axis, epsilon }, ins, None)?;
+    Ok(vec![Some(v), stats.0, stats.1])
+}
+
+/// Adds `x` `op` a scalar constant of `x`'s float type, as helper `tag`.
+fn with_scalar(cx: &mut Cx, tag: &str, op: BinaryOp, x: qforge_ir::Value, k: f64) -> R<qforge_ir::Value> {
+    let dtype = cx.ty(x).dtype;
+    let name = cx.im.fresh_name(&format!("{}/{tag}_k", cx.at.name));
+    let c = cx.im.g.add_const(name, Tensor::from_f64_iter(dtype, vec![], [k].into_iter()));
+    cx.add_helper(tag, Op::Binary(op), vec![Some(x), Some(c)])
+}
+
+/// InstanceNormalization: each channel of each sample normalized over the spatial axes, then
+/// scaled and shifted per channel, as the ONNX reference computes it:
+/// `scale * (x - mean) / sqrt(var + epsilon) + bias` (mean and variance over axes 2 and up).
+fn instance_norm(cx: &mut Cx) -> R<Outs> {
+    let epsilon = cx.attrs().float_or("epsilon", 1e-5)?;
+    let (x, scale, bias) = (cx.input(0)?, cx.input(1)?, cx.input(2)?);
+    let xt = cx.ty(x);
+    if xt.rank() < 3 || !xt.dtype.is_float() || xt.quant.is_some() {
+        return Err(cx.err(format!("needs a float input of rank 3 or more, got {xt}")));
+    }
+    let axes: Vec<i64> = (2..xt.rank() as i64).collect();
+    let mean_op = || Op::ReduceMean { axes: axes.clone(), keepdims: true };
+    let mean = cx.add_helper("mean", mean_op(), vec![Some(x)])?;
+    let d = cx.add_helper("deviation", Op::Binary(BinaryOp::Sub), vec![Some(x), Some(mean)])?;
+    let sq = cx.add_helper("square", Op::Binary(BinaryOp::Mul), vec![Some(d), Some(d)])?;
+    let var = cx.add_helper("variance", mean_op(), vec![Some(sq)])?;
+    let ve = with_scalar(cx, "variance_eps", BinaryOp::Add, var, f64::from(epsilon))?;
+    let sd = cx.add_helper("std_dev", Op::Unary(UnaryOp::Sqrt), vec![Some(ve)])?;
+    // scale and bias [C] broadcast as [C, 1, ..., 1]
+    let per_channel: Vec<i64> = std::iter::once(-1).chain(std::iter::repeat_n(1, xt.rank() - 2)).collect();
+    let s = cx.add_helper("scale", Op::Reshape { shape: per_channel.clone() }, vec![Some(scale)])?;
+    let b = cx.add_helper("bias", Op::Reshape { shape: per_channel }, vec![Some(bias)])?;
+    let sd_ = cx.add_helper("scaled", Op::Binary(BinaryOp::Mul), vec![Some(s), Some(d)])?;
+    let n = cx.add_helper("normalized", Op::Binary(BinaryOp::Div), vec![Some(sd_), Some(sd)])?;
+    one(cx.add(Op::Binary(BinaryOp::Add), vec![Some(n), Some(b)], None)?)
+}
+
+/// LpNormalization: `x / norm` along `axis` (default -1) with the L1 (`p=1`) or L2 (`p=2`, the
+/// default) norm kept as a size-1 axis; where the norm is zero the result is zero (the spec).
+fn lp_norm(cx: &mut Cx) -> R<Outs> {
+    let a = cx.attrs();
+    let (axis, p) = (a.int_or("axis", -1)?, a.int_or("p", 2)?);
+    let x = cx.input(0)?;
+    let xt = cx.ty(x);
+    if !xt.dtype.is_float() || xt.quant.is_some() {
+        return Err(cx.err(format!("needs a float input, got {xt}")));
+    }
+    let ax = norm_axis(axis, xt.rank()).map_err(|m| cx.err(m))? as i64;
+    let sum = Op::ReduceSum { axes: vec![ax], keepdims: true };
+    let norm = match p {
+        1 => {
+            let abs = cx.add_helper("abs", Op::Unary(UnaryOp::Abs), vec![Some(x)])?;
+            cx.add_helper("norm", sum, vec![Some(abs)])?
+        }
+        2 => {
+            let sq = cx.add_helper("square", Op::Binary(BinaryOp::Mul), vec![Some(x), Some(x)])?;
+            let s = cx.add_helper("sum", sum, vec![Some(sq)])?;
+            cx.add_helper("norm", Op::Unary(UnaryOp::Sqrt), vec![Some(s)])?
+        }
+        other => return Err(cx.err(format!("p={other} is not supported (1 or 2, as the spec allows)"))),
+    };
+    // A zero norm (all elements zero) gives zeros, not 0/0.
+    let q = cx.add_helper("quotient", Op::Binary(BinaryOp::Div), vec![Some(x), Some(norm)])?;
+    let zero_norm = with_scalar(cx, "zero_norm", BinaryOp::Equal, norm, 0.0)?;
+    let name = cx.im.fresh_name(&format!("{}/zero", cx.at.name));
+    let zero = cx.im.g.add_const(name, Tensor::from_f64_iter(xt.dtype, vec![], [0.0].into_iter()));
+    one(cx.add(Op::Where, vec![Some(zero_norm), Some(zero), Some(q)], None)?)
 }

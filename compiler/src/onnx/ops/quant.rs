@@ -3,22 +3,26 @@
 //! DequantizeLinear, DynamicQuantizeLinear, QLinearConv, QLinearMatMul, ConvInteger,
 //! MatMulInteger, and ORT's QGemm, QLinearGlobalAveragePool, QLinearAveragePool, QLinearAdd,
 //! QLinearMul and QLinearConcat. Scales and zero points must be constants: they become part of
-//! the value types (per tensor, or per axis for a 1-D scale), never op attributes.
+//! the value types (per tensor, per axis for a 1-D scale, or per group for blocked
+//! quantization), never op attributes. Quantized data may come from QuantizeLinear, a quantized
+//! op, a constant (INT4/UINT4 constants are read into i8/u8) or a graph input, which then takes
+//! the quantized type.
 
 use super::nn::{conv_attrs, pool_attrs};
 use super::{one, Cx, OpDef, Outs, R};
+use crate::onnx::proto::tensor_proto::DataType;
 use crate::onnx::tensors::dtype_from_onnx;
 use qforge_ir::infer::norm_axis;
 use qforge_ir::{DType, Epilogue, Op, QuantParams, Shape, TensorType, Value};
 
 pub(super) const OPS: &[OpDef] = &[
-    OpDef::onnx("QuantizeLinear", quantize_linear),
-    OpDef::onnx("DequantizeLinear", dequantize_linear),
-    OpDef::onnx("DynamicQuantizeLinear", dynamic_quantize_linear),
-    OpDef::onnx("QLinearConv", qlinear_conv),
-    OpDef::onnx("QLinearMatMul", qlinear_matmul),
-    OpDef::onnx("ConvInteger", conv_integer),
-    OpDef::onnx("MatMulInteger", matmul_integer),
+    OpDef::onnx("QuantizeLinear", &[10, 13, 19, 21, 23, 24, 25, 28], quantize_linear),
+    OpDef::onnx("DequantizeLinear", &[10, 13, 19, 21, 23, 24, 25, 28], dequantize_linear),
+    OpDef::onnx("DynamicQuantizeLinear", &[11], dynamic_quantize_linear),
+    OpDef::onnx("QLinearConv", &[10], qlinear_conv),
+    OpDef::onnx("QLinearMatMul", &[10, 21], qlinear_matmul),
+    OpDef::onnx("ConvInteger", &[10], conv_integer),
+    OpDef::onnx("MatMulInteger", &[10], matmul_integer),
     OpDef::microsoft("QGemm", qgemm),
     OpDef::microsoft("QLinearGlobalAveragePool", qlinear_global_average_pool),
     OpDef::microsoft("QLinearAveragePool", qlinear_average_pool),
@@ -27,14 +31,40 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::microsoft("QLinearConcat", qlinear_concat),
 ];
 
-/// Quantization parameters from the constant inputs `si` (scale) and `zi` (optional zero
-/// point). One value makes per-tensor parameters; a 1-D scale of several values makes per-axis
-/// ones along `axis` of a tensor of rank `rank`. Without a zero point the storage type is
-/// `default` with zero point 0.
-fn qparams(cx: &Cx, si: usize, zi: usize, axis: i64, rank: usize, default: DType) -> R<(DType, QuantParams)> {
+/// Where a node's quantization parameters are and how to read them.
+#[derive(Clone, Copy)]
+struct QIn {
+    /// Input index of the scale.
+    scale: usize,
+    /// Input index of the (optional) zero point.
+    zero: usize,
+    /// Axis of per-axis and blocked parameters.
+    axis: i64,
+    /// Block size of blocked parameters (`block_size`, QuantizeLinear and DequantizeLinear
+    /// version 21); 0 for none.
+    block: usize,
+}
+
+impl QIn {
+    /// Per-tensor or per-axis parameters at `scale`, `zero` (axis `axis` for a 1-D scale).
+    const fn at(scale: usize, zero: usize, axis: i64) -> QIn {
+        QIn { scale, zero, axis, block: 0 }
+    }
+}
+
+/// Quantization parameters from the constant inputs of `q` for a value of type `x`. A single
+/// value (a scalar, or a 1-D tensor of one element, as the ONNX reference reads it) makes
+/// per-tensor parameters; a 1-D scale of several values per-axis ones along `q.axis`; with a
+/// block size, a scale of the value's rank blocked along `q.axis` makes per-group ones (which
+/// need the value's shape fixed). Without a zero point the storage type is `default` with zero
+/// point 0. Scales of any float type are read exactly as f32; callers whose arithmetic would
+/// follow a narrower scale type check it first.
+fn qparams(cx: &Cx, q: QIn, x: &TensorType, default: DType) -> R<(DType, QuantParams)> {
+    let (si, zi) = (q.scale, q.zero);
     let names = format!("(`{}`, `{}`)", cx.input_name(si).unwrap_or(""), cx.input_name(zi).unwrap_or(""));
     let scale = cx.const_input(si, "scale")?;
-    if !scale.dtype().is_float() || scale.rank() > 1 {
+    let blocked = q.block > 0 && scale.len() > 1;
+    if !scale.dtype().is_float() || (scale.rank() > 1 && !blocked) {
         return Err(cx.err(format!(
             "scale {names} must be a float scalar or 1-D, got {}{:?}",
             scale.dtype(),
@@ -47,11 +77,11 @@ fn qparams(cx: &Cx, si: usize, zi: usize, axis: i64, rank: usize, default: DType
             if !matches!(z.dtype(), DType::I8 | DType::U8 | DType::I32) {
                 return Err(cx.err(format!("zero point {names} must be i8, u8 or i32, got {}", z.dtype())));
             }
-            if z.len() != scales.len() {
+            if z.len() != scales.len() || (blocked && z.shape() != scale.shape()) {
                 return Err(cx.err(format!(
-                    "quantization parameters {names}: {} scales but {} zero points",
-                    scales.len(),
-                    z.len()
+                    "quantization parameters {names}: scale of shape {:?} but zero point of shape {:?}",
+                    scale.shape(),
+                    z.shape()
                 )));
             }
             let zps: Vec<i32> = z.to_i64_vec().unwrap_or_default().into_iter().map(|v| v as i32).collect();
@@ -59,21 +89,52 @@ fn qparams(cx: &Cx, si: usize, zi: usize, axis: i64, rank: usize, default: DType
         }
         None => (default, vec![0; scales.len()]),
     };
-    let q = match (scales.as_slice(), zps.as_slice()) {
+    let p = match (scales.as_slice(), zps.as_slice()) {
         ([s], [z]) => QuantParams::per_tensor(*s, *z),
+        _ if blocked => {
+            let axis = norm_axis(q.axis, x.rank()).map_err(|m| cx.err(format!("quantization axis: {m}")))?;
+            let shape = x.shape.as_fixed().ok_or_else(|| {
+                cx.err(format!("blocked quantization (block_size={}) needs a fixed shape, got {x}", q.block))
+            })?;
+            let p = QuantParams::PerGroup { axis, group_size: q.block, scales, zero_points: zps };
+            if QuantParams::group_param_shape(axis, q.block, &shape).as_deref() != Some(scale.shape()) {
+                return Err(cx.err(format!(
+                    "blocked quantization of {x} in blocks of {} along axis {axis}: the scale {names} has shape {:?}",
+                    q.block,
+                    scale.shape()
+                )));
+            }
+            p
+        }
         _ => {
-            let axis = norm_axis(axis, rank).map_err(|m| cx.err(format!("quantization axis: {m}")))?;
+            let axis = norm_axis(q.axis, x.rank()).map_err(|m| cx.err(format!("quantization axis: {m}")))?;
             QuantParams::PerAxis { axis, scales, zero_points: zps }
         }
     };
-    q.check().map_err(|m| cx.err(format!("quantization parameters {names}: {m}")))?;
-    Ok((dtype, q))
+    p.check().map_err(|m| cx.err(format!("quantization parameters {names}: {m}")))?;
+    Ok((dtype, p))
 }
 
-/// Input `vi` as a quantized value carrying the parameters of inputs `si`/`zi`: a constant
-/// integer tensor becomes a constant of that quantized type; any other value must already
-/// have exactly that type.
-fn quant_operand(cx: &mut Cx, vi: usize, si: usize, zi: usize, axis: i64, what: &str) -> R<Value> {
+/// The scale of a QLinear* op (or an ORT contrib op): f32 only, since its integer kernel
+/// computes its multipliers in f32 from the scales as given (QLinearMatMul-21 also allows f16
+/// and bf16 scales, which would make that arithmetic follow another type).
+fn f32_scale(cx: &Cx, i: usize) -> R<()> {
+    let t = cx.const_input(i, "scale")?;
+    if t.dtype() != DType::F32 {
+        return Err(cx.err(format!(
+            "a {} scale (`{}`) is not supported: qforge's quantized kernels take f32 scales",
+            t.dtype(),
+            cx.input_name(i).unwrap_or("")
+        )));
+    }
+    Ok(())
+}
+
+/// Input `vi` as a quantized value carrying the parameters of `q`: a constant integer tensor
+/// becomes a constant of that quantized type; a graph input of the parameters' integer type not
+/// yet used elsewhere takes that quantized type (quantized data fed to the model, as ONNX's
+/// QLinear* and DequantizeLinear tests do); any other value must already have exactly that type.
+fn quant_operand(cx: &mut Cx, vi: usize, q: QIn, what: &str) -> R<Value> {
     let name = cx.input_name(vi).ok_or_else(|| cx.err(format!("input {vi} ({what}) is missing")))?;
     let typed = cx.im.bound(name).filter(|v| cx.im.g.value_type(*v).quant.is_some());
     if typed.is_none() {
@@ -84,13 +145,14 @@ fn quant_operand(cx: &mut Cx, vi: usize, si: usize, zi: usize, axis: i64, what: 
                     t.dtype()
                 )));
             }
-            let (dtype, q) = qparams(cx, si, zi, axis, t.rank(), t.dtype())?;
+            let plain = TensorType::new(t.dtype(), t.ir_shape());
+            let (dtype, p) = qparams(cx, q, &plain, t.dtype())?;
             if dtype != t.dtype() {
                 return Err(
                     cx.err(format!("constant `{name}` ({what}) is {} but its zero point is {dtype}", t.dtype()))
                 );
             }
-            if let QuantParams::PerAxis { axis, scales, .. } = &q {
+            if let QuantParams::PerAxis { axis, scales, .. } = &p {
                 if t.shape().get(*axis) != Some(&scales.len()) {
                     return Err(cx.err(format!(
                         "constant `{name}` ({what}) of shape {:?} has {} scales for axis {axis}",
@@ -99,20 +161,24 @@ fn quant_operand(cx: &mut Cx, vi: usize, si: usize, zi: usize, axis: i64, what: 
                     )));
                 }
             }
-            let ty = TensorType::quantized(dtype, t.ir_shape(), q);
+            p.check_shape(t.shape()).map_err(|m| cx.err(format!("constant `{name}` ({what}): {m}")))?;
+            let ty = TensorType::quantized(dtype, t.ir_shape(), p);
             return Ok(cx.im.quant_const(name, &t, ty));
         }
     }
     let v = cx.value(name)?;
     let ty = cx.ty(v);
+    if ty.quant.is_none() && matches!(cx.im.g.node(v.node).op, Op::Input) {
+        return quantized_graph_input(cx, v, q, what);
+    }
     if ty.quant.is_none() {
         return Err(cx.err(format!(
             "input `{name}` ({what}) is {ty}, not a quantized value: it must come from QuantizeLinear, \
-             a quantized op or a constant"
+             a quantized op, a constant or a graph input"
         )));
     }
-    let (dtype, q) = qparams(cx, si, zi, axis, ty.rank(), ty.dtype)?;
-    let declared = TensorType::quantized(dtype, ty.shape.clone(), q);
+    let (dtype, p) = qparams(cx, q, &ty, ty.dtype)?;
+    let declared = TensorType::quantized(dtype, ty.shape.clone(), p);
     if declared != ty {
         return Err(cx.err(format!(
             "input `{name}` ({what}) is {ty}, but the node declares {declared}; qforge does not \
@@ -122,44 +188,138 @@ fn quant_operand(cx: &mut Cx, vi: usize, si: usize, zi: usize, axis: i64, what: 
     Ok(v)
 }
 
-/// The `axis` attribute of QuantizeLinear / DequantizeLinear (default 1), after rejecting
-/// blocked quantization.
-fn q_axis(cx: &Cx) -> R<i64> {
-    let a = cx.attrs();
-    if a.int_or("block_size", 0)? != 0 {
-        return Err(cx.err("blocked quantization (block_size) is not supported"));
-    }
-    a.int_or("axis", 1)
+/// An operand of a QLinear* (or ORT contrib) op: input `vi` quantized with the f32 scale at `si`
+/// and the zero point at `zi` (see [`quant_operand`]).
+fn qop_operand(cx: &mut Cx, vi: usize, si: usize, zi: usize, axis: i64, what: &str) -> R<Value> {
+    f32_scale(cx, si)?;
+    quant_operand(cx, vi, QIn::at(si, zi, axis), what)
 }
 
+/// A graph input of raw integers that a node reads as quantized data: the input takes the
+/// quantized type (its storage type must be the zero point's), so the caller feeds the integers
+/// and the parameters come from the model. It must not be used as plain integers too.
+fn quantized_graph_input(cx: &mut Cx, v: Value, q: QIn, what: &str) -> R<Value> {
+    let ty = cx.ty(v);
+    let name = cx.im.g.node(v.node).name.clone();
+    if !ty.dtype.is_quantizable_storage() {
+        return Err(cx.err(format!("graph input `{name}` ({what}) is {ty}; quantized data is i8, u8 or i32")));
+    }
+    let (dtype, p) = qparams(cx, q, &ty, ty.dtype)?;
+    if dtype != ty.dtype {
+        return Err(cx.err(format!("graph input `{name}` ({what}) is {ty} but its zero point is {dtype}")));
+    }
+    if !cx.im.g.value_users(v).is_empty() {
+        return Err(cx.err(format!(
+            "graph input `{name}` ({what}) is also used as plain {}; qforge gives a graph input one type",
+            ty.dtype
+        )));
+    }
+    if let Some(s) = ty.shape.as_fixed() {
+        p.check_shape(&s).map_err(|m| cx.err(format!("graph input `{name}` ({what}): {m}")))?;
+    } else if !matches!(p, QuantParams::PerTensor { .. }) {
+        let axis = p.axis().unwrap_or(0);
+        if ty.shape.0.get(axis) != Some(&qforge_ir::Dim::Fixed(p.len())) {
+            return Err(cx.err(format!("graph input `{name}` ({what}) of type {ty} has {} scales", p.len())));
+        }
+    }
+    cx.im.g.node_mut(v.node).outputs[0] = TensorType::quantized(dtype, ty.shape, p);
+    Ok(v)
+}
+
+/// The `axis` (default 1) and `block_size` (version 21, default 0) of QuantizeLinear and
+/// DequantizeLinear.
+fn q_axis_block(cx: &Cx) -> R<(i64, usize)> {
+    let a = cx.attrs();
+    let block = if cx.version >= 21 { a.int_or("block_size", 0)? } else { 0 };
+    let block = usize::try_from(block).map_err(|_| cx.err(format!("block_size={block} must not be negative")))?;
+    let axis = if cx.version >= 13 { a.int_or("axis", 1)? } else { 1 };
+    Ok((axis, block))
+}
+
+/// Whether the constant named by input `i` was stored as a 4-bit type (INT4, UINT4).
+fn four_bit(cx: &Cx, i: usize) -> bool {
+    cx.input_name(i).is_some_and(|n| cx.im.is_four_bit(n))
+}
+
+/// QuantizeLinear: `saturate(round_half_even(x / scale) + zero_point)`, per tensor, per axis
+/// (version 13) or blocked (version 21). The division follows the scale's type (from version
+/// 19, where the scale has the input's type, and version 23, where `precision` may name
+/// another): qforge divides in f32, so the scale must be f32 or `precision` FLOAT; an f16 or bf16
+/// input is widened exactly. The result type comes from the zero point, else `output_dtype`
+/// (version 21), else u8: i8, u8 or i32; 4-bit results (INT4, UINT4), which saturate to their
+/// own range, and the types the IR does not have (int16, uint16, float8, ...) are refused.
+/// `saturate` (version 19) only applies to float8 results.
 fn quantize_linear(cx: &mut Cx) -> R<Outs> {
     let x = cx.input(0)?;
     let ty = cx.ty(x);
-    let axis = q_axis(cx)?;
-    let out_dtype = match cx.attrs().int("output_dtype")? {
-        None | Some(0) => None,
-        Some(code) => {
-            let code = i32::try_from(code).map_err(|_| cx.err(format!("unknown output_dtype {code}")))?;
-            Some(dtype_from_onnx(code).map_err(|m| cx.err(format!("output_dtype: {m}")))?)
+    let (axis, block) = q_axis_block(cx)?;
+    let a = cx.attrs();
+    let precision = if cx.version >= 23 { a.int_or("precision", 0)? } else { 0 };
+    let scale = cx.const_input(1, "scale")?;
+    match precision {
+        0 if scale.dtype() == DType::F32 => {}
+        0 => {
+            return Err(cx.err(format!(
+                "a {} scale makes QuantizeLinear version {} divide in {0}; qforge divides in f32 (an f32 scale{})",
+                scale.dtype(),
+                cx.version,
+                if cx.version >= 23 { ", or precision=1" } else { "" }
+            )))
         }
+        1 => {}
+        p => {
+            let t = dtype_from_onnx(i32::try_from(p).unwrap_or(-1)).map_or_else(|e| e.to_string(), |d| d.to_string());
+            return Err(cx.err(format!("precision={p} ({t}) is not supported: qforge divides in f32 (precision=1)")));
+        }
+    }
+    let out_code = if cx.version >= 21 { a.int("output_dtype")?.filter(|&c| c != 0) } else { None };
+    let code = |c: i64| i32::try_from(c).unwrap_or(-1);
+    let four = [DataType::Int4 as i32, DataType::Uint4 as i32];
+    if four_bit(cx, 2) || out_code.is_some_and(|c| four.contains(&code(c))) {
+        return Err(cx.err(
+            "quantizing to a 4-bit type (INT4, UINT4) is not supported: qforge keeps 4-bit values as constant \
+             weights only",
+        ));
+    }
+    let out_dtype = match out_code {
+        None => None,
+        Some(c) => Some(dtype_from_onnx(code(c)).map_err(|m| cx.err(format!("output_dtype={c}: {m}")))?),
     };
-    let (dtype, q) = qparams(cx, 1, 2, axis, ty.rank(), out_dtype.unwrap_or(DType::U8))?;
+    let (dtype, p) = qparams(cx, QIn { scale: 1, zero: 2, axis, block }, &ty, out_dtype.unwrap_or(DType::U8))?;
     if out_dtype.is_some_and(|d| d != dtype) {
         return Err(cx.err(format!("the zero point's type {dtype} differs from output_dtype")));
     }
-    let declared = TensorType::quantized(dtype, ty.shape.clone(), q);
+    if !matches!(dtype, DType::I8 | DType::U8 | DType::I32) {
+        return Err(cx.err(format!("quantizing to {dtype} is not supported (i8, u8 or i32)")));
+    }
+    let declared = TensorType::quantized(dtype, ty.shape.clone(), p);
     one(cx.add(Op::Quantize, vec![Some(x)], Some(vec![declared]))?)
 }
 
+/// DequantizeLinear: `(x - zero_point) * scale`, per tensor, per axis (version 13) or blocked
+/// (version 21). `x` is a quantized value, a constant of i8, u8 or i32 (or INT4/UINT4, read into
+/// i8/u8), or a graph input of the zero point's type. The result has the scale's type from
+/// version 19, or `output_dtype` from version 23; the ONNX reference computes in f32 and converts
+/// the result, which is the IR's dequantize followed by a cast to f16 or bf16.
 fn dequantize_linear(cx: &mut Cx) -> R<Outs> {
-    let axis = q_axis(cx)?;
-    // From opset 19 the result has the scale's type; the IR's dequantize produces f32.
+    let (axis, block) = q_axis_block(cx)?;
     let scale = cx.const_input(1, "scale")?;
-    if scale.dtype() != DType::F32 {
-        return Err(cx.err(format!("a {} scale is not supported (the result would be {0})", scale.dtype())));
+    let mut out = if cx.version >= 19 { scale.dtype() } else { DType::F32 };
+    if cx.version >= 23 {
+        if let Some(c) = cx.attrs().int("output_dtype")?.filter(|&c| c != 0) {
+            let code = i32::try_from(c).unwrap_or(-1);
+            out = dtype_from_onnx(code).map_err(|m| cx.err(format!("output_dtype={c}: {m}")))?;
+        }
     }
-    let x = quant_operand(cx, 0, 1, 2, axis, "x")?;
-    one(cx.add(Op::Dequantize, vec![Some(x)], None)?)
+    if !out.is_float() {
+        return Err(cx.err(format!("a {out} result is not supported (f32, f16 or bf16)")));
+    }
+    let x = quant_operand(cx, 0, QIn { scale: 1, zero: 2, axis, block }, "x")?;
+    if out == DType::F32 {
+        return one(cx.add(Op::Dequantize, vec![Some(x)], None)?);
+    }
+    let y = cx.add_helper("dequantize", Op::Dequantize, vec![Some(x)])?;
+    one(cx.add(Op::Cast { to: out }, vec![Some(y)], None)?)
 }
 
 fn dynamic_quantize_linear(cx: &mut Cx) -> R<Outs> {
@@ -171,7 +331,8 @@ fn dynamic_quantize_linear(cx: &mut Cx) -> R<Outs> {
 /// The declared result of a requantizing op: the storage type of `zi` (u8 when absent) and
 /// per-tensor parameters.
 fn declared_out(cx: &Cx, si: usize, zi: usize, shape: &Shape) -> R<Vec<TensorType>> {
-    let (dtype, q) = qparams(cx, si, zi, 1, shape.rank(), DType::U8)?;
+    f32_scale(cx, si)?;
+    let (dtype, q) = qparams(cx, QIn::at(si, zi, 1), &TensorType::new(DType::U8, shape.clone()), DType::U8)?;
     Ok(vec![TensorType::quantized(dtype, shape.clone(), q)])
 }
 
@@ -179,8 +340,8 @@ fn qlinear_conv(cx: &mut Cx) -> R<Outs> {
     if cx.node.input.len() > 9 {
         return Err(cx.err("has more than 9 inputs"));
     }
-    let x = quant_operand(cx, 0, 1, 2, 1, "x")?;
-    let w = quant_operand(cx, 3, 4, 5, 0, "w")?;
+    let x = qop_operand(cx, 0, 1, 2, 1, "x")?;
+    let w = qop_operand(cx, 3, 4, 5, 0, "w")?;
     let b = cx.opt_input(8)?;
     let (xt, wt) = (cx.ty(x), cx.ty(w));
     let conv = conv_attrs(cx, &xt, &wt)?;
@@ -194,8 +355,8 @@ fn qlinear_conv(cx: &mut Cx) -> R<Outs> {
 }
 
 fn qlinear_matmul(cx: &mut Cx) -> R<Outs> {
-    let a = quant_operand(cx, 0, 1, 2, -1, "a")?;
-    let b = quant_operand(cx, 3, 4, 5, -1, "b")?;
+    let a = qop_operand(cx, 0, 1, 2, -1, "a")?;
+    let b = qop_operand(cx, 3, 4, 5, -1, "b")?;
     let declared = declared_out(cx, 6, 7, &cx.ty(a).shape)?;
     one(cx.add(Op::QMatMul { epilogue: vec![Epilogue::Requant] }, vec![Some(a), Some(b)], Some(declared))?)
 }
@@ -218,8 +379,8 @@ fn qgemm(cx: &mut Cx) -> R<Outs> {
     let at = cx.attrs();
     let (alpha, trans_a, trans_b) =
         (at.float_or("alpha", 1.0)?, at.bool_or("transA", false)?, at.bool_or("transB", false)?);
-    let a = quant_operand(cx, 0, 1, 2, 1, "a")?;
-    let b = quant_operand(cx, 3, 4, 5, if trans_b { 0 } else { 1 }, "b")?;
+    let a = qop_operand(cx, 0, 1, 2, 1, "a")?;
+    let b = qop_operand(cx, 3, 4, 5, if trans_b { 0 } else { 1 }, "b")?;
     let c = cx.opt_input(6)?;
     let (declared, last) = if cx.input_name(7).is_some() {
         (Some(declared_out(cx, 7, 8, &cx.ty(a).shape)?), Epilogue::Requant)
@@ -244,14 +405,14 @@ fn channels_first(cx: &Cx) -> R<()> {
 
 fn qlinear_global_average_pool(cx: &mut Cx) -> R<Outs> {
     channels_first(cx)?;
-    let x = quant_operand(cx, 0, 1, 2, 1, "x")?;
+    let x = qop_operand(cx, 0, 1, 2, 1, "x")?;
     let declared = declared_out(cx, 3, 4, &cx.ty(x).shape)?;
     one(cx.add(Op::QGlobalAveragePool, vec![Some(x)], Some(declared))?)
 }
 
 fn qlinear_average_pool(cx: &mut Cx) -> R<Outs> {
     channels_first(cx)?;
-    let x = quant_operand(cx, 0, 1, 2, 1, "x")?;
+    let x = qop_operand(cx, 0, 1, 2, 1, "x")?;
     let xt = cx.ty(x);
     let p = pool_attrs(cx, &xt, true)?;
     let declared = declared_out(cx, 3, 4, &xt.shape)?;
@@ -259,8 +420,8 @@ fn qlinear_average_pool(cx: &mut Cx) -> R<Outs> {
 }
 
 fn qlinear_binary(cx: &mut Cx, op: Op) -> R<Outs> {
-    let a = quant_operand(cx, 0, 1, 2, 1, "a")?;
-    let b = quant_operand(cx, 3, 4, 5, 1, "b")?;
+    let a = qop_operand(cx, 0, 1, 2, 1, "a")?;
+    let b = qop_operand(cx, 3, 4, 5, 1, "b")?;
     let declared = declared_out(cx, 6, 7, &cx.ty(a).shape)?;
     one(cx.add(op, vec![Some(a), Some(b)], Some(declared))?)
 }
@@ -274,7 +435,7 @@ fn qlinear_concat(cx: &mut Cx) -> R<Outs> {
     }
     let mut ins = vec![];
     for k in 0..(n - 2) / 3 {
-        ins.push(Some(quant_operand(cx, 2 + 3 * k, 3 + 3 * k, 4 + 3 * k, 1, &format!("input {k}"))?));
+        ins.push(Some(qop_operand(cx, 2 + 3 * k, 3 + 3 * k, 4 + 3 * k, 1, &format!("input {k}"))?));
     }
     let first = ins.first().copied().flatten().ok_or_else(|| cx.err("needs at least one input"))?;
     let declared = declared_out(cx, 0, 1, &cx.ty(first).shape)?;

@@ -1,0 +1,724 @@
+//! Convolutions, GEMMs and matrix products as fused kernels ([`KernelSpec`]) over packed
+//! weights: float convolutions (grouped, depthwise, 1x1 direct) with what they absorb (bias,
+//! ReLU, Clip, a residual add), quantized convolutions and GEMMs with their requantizing or
+//! dequantizing epilogue, and float GEMMs and matrix products with a constant right operand.
+//!
+//! Quantized kernels compute `sum (x - zx) * w` as `sum x * w - zx * colsum(w)`: the u8 x i8
+//! GEMM runs on the stored bytes and the zero-point correction joins the bias in the first
+//! epilogue step (i8 activations become u8 with zero point + 128 by flipping the sign bit as
+//! rows are gathered).
+
+use super::{dims, ensure, host, int_ty, need, per_tensor, window_geom, At, Layout, Lowerer, Lw, Skip, StepKind};
+use crate::emit::elementwise::IntTy;
+use crate::micro::{self, ConvGeom};
+use crate::spec::{mark_bounded, KernelSpec, MainOp, Rows, Step, Store};
+use crate::JitError;
+use qforge_ir::{
+    numerics, Allocation, BinaryOp, ConvAttrs, DType, Epilogue, NodeId, Op, QuantParams, Tensor, TensorType,
+};
+use qforge_ir::{UnaryOp, Value};
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet, TryReserveError};
+use std::sync::Arc;
+
+/// A failed allocation of `bytes` for node `name`'s `what`, as an error.
+fn alloc_failed(name: &str, what: &str, bytes: u128) -> impl FnOnce(TryReserveError) -> JitError {
+    let what = format!("node `{name}`: {what}");
+    move |_| JitError::Alloc { what, bytes: usize::try_from(bytes).unwrap_or(usize::MAX) }
+}
+
+/// Conv attributes as a [`ConvGeom`] for an NCHW input `d` and output `od`.
+fn conv_geom(a: &ConvAttrs, d: &[usize], od: &[usize], cin: usize) -> Option<ConvGeom> {
+    window_geom(&a.kernel, &a.strides, &a.pads, &a.dilations, d, od, cin)
+}
+
+/// The nodes absorbed into float convolutions, and the groups: last node -> (conv, chain).
+pub(super) type FusionGroups = (HashSet<NodeId>, HashMap<NodeId, (NodeId, Vec<NodeId>)>);
+
+impl Lowerer<'_> {
+    /// Fusion groups of float convolutions over the schedule `order`: each conv with the chain
+    /// of nodes it absorbs, keyed by the chain's last node (where the group runs).
+    pub(super) fn fusion_groups(&self, order: &[NodeId]) -> FusionGroups {
+        let mut absorbed: HashSet<NodeId> = HashSet::new();
+        let mut groups: HashMap<NodeId, (NodeId, Vec<NodeId>)> = HashMap::new();
+        for &id in order {
+            if let Op::Conv(_) = self.g.node(id).op {
+                // A node joins at most one group (a residual add is claimed by the first of its
+                // two convolutions in schedule order).
+                let mut chain = self.float_chain(id);
+                if let Some(p) = chain.iter().position(|c| absorbed.contains(c) || groups.contains_key(c)) {
+                    chain.truncate(p);
+                }
+                if let Some(&last) = chain.last() {
+                    absorbed.insert(id);
+                    for &c in &chain[..chain.len() - 1] {
+                        absorbed.insert(c);
+                    }
+                    groups.insert(last, (id, chain));
+                }
+            }
+        }
+        (absorbed, groups)
+    }
+
+    /// The nodes a float conv at `id` absorbs (empty: none; the last one is where it runs).
+    fn float_chain(&self, id: NodeId) -> Vec<NodeId> {
+        let mut chain = Vec::new();
+        let mut cur = Value::new(id, 0);
+        let Some(ty) = self.ty(cur) else { return chain };
+        if ty.dtype != DType::F32 {
+            return chain;
+        }
+        let mut residual = false;
+        while let Some(u) = self.only_user(cur) {
+            let n = self.g.node(u);
+            let ok = match &n.op {
+                Op::Unary(UnaryOp::Relu) | Op::Clip { .. } => true,
+                Op::Binary(BinaryOp::Add) if !residual => {
+                    let ins = n.inputs();
+                    let other = if ins.first().copied().flatten() == Some(cur) { ins.get(1) } else { ins.first() };
+                    match other.copied().flatten() {
+                        Some(o) if o != cur && !self.is_const(o) => {
+                            residual = self.ty(o).map(|t| t.shape.clone()) == self.ty(cur).map(|t| t.shape.clone())
+                                && self.ty(o).map(|t| t.dtype) == Some(DType::F32);
+                            residual
+                        }
+                        _ => false,
+                    }
+                }
+                _ => false,
+            };
+            if !ok {
+                break;
+            }
+            chain.push(u);
+            cur = Value::new(u, 0);
+        }
+        chain
+    }
+
+    /// A float conv at `id` followed by the absorbed nodes `chain` (Relu, Clip, residual Add);
+    /// if no kernel covers it, the conv runs on the host and the chain's nodes one by one.
+    pub(super) fn lower_float_conv(&mut self, id: NodeId, chain: &[NodeId]) -> Result<(), JitError> {
+        match self.float_conv(id, chain) {
+            Ok(()) => Ok(()),
+            Err(Skip::Fail(e)) => Err(e),
+            Err(Skip::Host(reason)) => {
+                self.lower_host(id, reason)?;
+                for &c in chain {
+                    self.lower_or_host(c)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn float_conv(&mut self, id: NodeId, chain: &[NodeId]) -> Lw {
+        let node = self.g.node(id);
+        let Op::Conv(conv) = &node.op else { return host("not a convolution") };
+        let name = node.name.clone();
+        let ins = node.inputs().to_vec();
+        let out = Value::new(id, 0);
+        let (x, wv) = need(ins.first().copied().flatten().zip(ins.get(1).copied().flatten()), "an input is missing")?;
+        ensure(!self.is_const(x), "the input is a constant")?;
+        let w = need(self.const_of(Some(wv)), "the weights are not a constant")?;
+        let (xt, oty) = (self.types[&x].clone(), self.types[&out].clone());
+        let (d, od) = need(dims(&xt).zip(dims(&oty)), "a shape is not fixed")?;
+        let wd = w.shape().to_vec();
+        let wdata = need(w.as_f32(), "the weights are not f32")?;
+        ensure(xt.dtype == DType::F32, "the input is not f32")?;
+        ensure(wd.len() == 4, "the weights are not 4-D")?;
+        let bias = match ins.get(2).copied().flatten() {
+            Some(b) => Some(need(
+                self.const_of(Some(b)).and_then(|t| t.as_f32().map(|v| v.to_vec())),
+                "the bias is not an f32 constant",
+            )?),
+            None => None,
+        };
+        let (cout, cin_g, kh, kw) = (wd[0], wd[1], wd[2], wd[3]);
+        let mut geom = need(conv_geom(conv, &d, &od, cin_g), "not a 2-D convolution")?;
+        let group = conv.group;
+        let depthwise = group > 1 && group == d[1] && cout == d[1] && cin_g == 1;
+        ensure(group != 0 && cout % group == 0 && d[1] == cin_g * group, "the groups do not divide the channels")?;
+        let mut steps = Vec::new();
+        if let Some(b) = bias {
+            steps.push(Step::AddChannelF32(b));
+        }
+        let mut residual = None;
+        let mut cur = out;
+        for &c in chain {
+            let n = self.g.node(c);
+            match &n.op {
+                Op::Unary(UnaryOp::Relu) => steps.push(Step::MaxF32(0.0)),
+                Op::Clip { min, max } => {
+                    steps.push(Step::MaxF32(*min));
+                    steps.push(Step::MinF32(*max));
+                }
+                Op::Binary(BinaryOp::Add) => {
+                    let i = n.inputs();
+                    let other = if i.first().copied().flatten() == Some(cur) { i.get(1) } else { i.first() };
+                    residual = Some(need(other.copied().flatten(), "the residual is missing")?);
+                    steps.push(Step::AddResidualF32);
+                }
+                op => return host(format!("{} cannot be absorbed", op.name())),
+            }
+            cur = Value::new(c, 0);
+        }
+        let rows_out = od[0] * od[2] * od[3];
+        let mut kernels: Vec<(KernelSpec, usize)> = Vec::new();
+        if depthwise {
+            geom.cin = 1;
+            let bytes = micro::float::packed_dw_bytes(cout, kh, kw);
+            self.check_size(&name, Allocation::PackedWeights, bytes)?;
+            let packed = micro::float::pack_depthwise_f32(wdata, cout, kh, kw).map_err(alloc_failed(
+                &name,
+                "packed weights",
+                bytes,
+            ))?;
+            let main = MainOp::DepthwiseF32 { geom, weights: Arc::new(packed) };
+            kernels.push((KernelSpec { main, epilogue: steps, store: Store::F32, rows: rows_out, cols: cout }, 0));
+        } else {
+            let cout_g = cout / group;
+            let k = kh * kw * cin_g;
+            let bytes = micro::float::packed_bytes(cout_g, k);
+            self.check_size(&name, Allocation::PackedWeights, bytes)?;
+            for gi in 0..group {
+                let wk = to_ohwi(wdata, gi * cout_g..(gi + 1) * cout_g, cin_g, kh, kw).map_err(alloc_failed(
+                    &name,
+                    "reordered weights",
+                    bytes,
+                ))?;
+                let direct = group == 1 && is_pointwise(&geom);
+                let g_geom = ConvGeom { cin_offset: gi * cin_g, ..geom };
+                let rows =
+                    if direct { Rows::Direct { lda: d[1] } } else { Rows::Im2col { geom: g_geom, pad: 0, xor: 0 } };
+                let packed = micro::float::pack_weights_f32(&wk, cout_g, k).map_err(alloc_failed(
+                    &name,
+                    "packed weights",
+                    bytes,
+                ))?;
+                let main = MainOp::GemmF32 { rows, weights: Arc::new(packed) };
+                let range = gi * cout_g..(gi + 1) * cout_g;
+                let spec = KernelSpec {
+                    main,
+                    epilogue: slice_steps(&steps, range.clone()),
+                    store: Store::F32,
+                    rows: rows_out,
+                    cols: cout_g,
+                };
+                kernels.push((spec, range.start));
+            }
+        }
+        let input = self.in_layout(x, Layout::Nhwc, &name)?;
+        let res_buf = match residual {
+            Some(r) => Some(self.in_layout(r, Layout::Nhwc, &name)?),
+            None => None,
+        };
+        let output = self.define(cur, Layout::Nhwc);
+        let mut label = name;
+        for &c in chain {
+            label.push('+');
+            label.push_str(&self.g.node(c).name);
+        }
+        let many = kernels.len() > 1;
+        for (gi, (spec, out_col)) in kernels.into_iter().enumerate() {
+            let l = if many { format!("{label}.group{gi}") } else { label.clone() };
+            self.push(&l, StepKind::Kernel { out_col, ld_out: cout, spec, input, residual: res_buf, output });
+        }
+        Ok(())
+    }
+
+    /// A quantized convolution (u8/i8 activations, i8 weights with zero point 0, per tensor or
+    /// per output channel): one u8 x i8 GEMM per group, or the depthwise kernel.
+    pub(super) fn qconv(&mut self, n: &At, conv: &ConvAttrs, ep: &[Epilogue]) -> Lw {
+        let (x, wv) = need(n.input(0).zip(n.input(1)), "an input is missing")?;
+        ensure(!self.is_const(x), "the input is a constant")?;
+        let w = need(self.const_of(Some(wv)), "the weights are not a constant")?;
+        let bias = match n.input(2) {
+            Some(b) => Some(need(self.const_of(Some(b)), "the bias is not a constant")?),
+            None => None,
+        };
+        let (xt, wt, oty) = (self.types[&x].clone(), self.types[&wv].clone(), n.oty.clone());
+        let (d, od, wd) = match (dims(&xt), dims(&oty), dims(&wt)) {
+            (Some(d), Some(od), Some(wd)) => (d, od, wd),
+            _ => return host("a shape is not fixed"),
+        };
+        let (sx, zx) = need(per_tensor(&xt.quant), "the input is not quantized per tensor")?;
+        let xi = need(int_ty(xt.dtype), "the input is not u8 or i8")?;
+        ensure(wt.dtype == DType::I8, "the weights are not i8")?;
+        ensure(wd.len() == 4, "the weights are not 4-D")?;
+        let cout = wd[0];
+        let (sw, zw) = match &wt.quant {
+            Some(QuantParams::PerTensor { scale, zero_point }) => (vec![*scale; cout], vec![*zero_point; cout]),
+            Some(QuantParams::PerAxis { axis: 0, scales, zero_points }) if scales.len() == cout => {
+                (scales.clone(), zero_points.clone())
+            }
+            _ => return host("the weights are not quantized per tensor or per output channel"),
+        };
+        ensure(zw.iter().all(|&z| z == 0), "a weight zero point is not 0")?;
+        let wdata = need(i8_data(&w), "the weight data are not i8")?;
+        let name = n.name.as_str();
+        let group = conv.group;
+        let cin_g = wd[1];
+        let mut geom = need(conv_geom(conv, &d, &od, cin_g), "not a 2-D convolution")?;
+        let depthwise = group > 1 && group == d[1] && cout == d[1] && cin_g == 1;
+        ensure(group != 0 && cout % group == 0 && d[1] == cin_g * group, "the groups do not divide the channels")?;
+        ensure(!depthwise || xi == IntTy::U8, "a depthwise convolution of i8 activations")?;
+        let epi = need(QuantEpilogue::new(ep, &oty, sx, &sw, 1.0), "no kernel implements this epilogue")?;
+        let (kh, kw) = (wd[2], wd[3]);
+        let bias_v: Vec<i32> = match &bias {
+            Some(b) => match b.to_i64_vec() {
+                Some(v) if v.len() == cout => v.into_iter().map(|x| x as i32).collect(),
+                _ => return host("the bias is not one integer per output channel"),
+            },
+            None => vec![0; cout],
+        };
+        let bias_v = if epi.has_bias { bias_v } else { vec![0; cout] };
+        // |sum (x - zx) * w| <= taps * 255 * 128 (activations differ from their zero point by at most 255).
+        let bound = (kh * kw * cin_g) as f64 * 255.0 * 128.0;
+        let rows_out = od[0] * od[2] * od[3];
+        let mut kernels: Vec<(KernelSpec, usize)> = Vec::new();
+        if depthwise {
+            geom.cin = 1;
+            let bytes = micro::int8::packed_dw_bytes(cout, kh, kw);
+            self.check_size(name, Allocation::PackedWeights, bytes)?;
+            let packed = micro::int8::pack_depthwise_i8(wdata, cout, kh, kw).map_err(alloc_failed(
+                name,
+                "packed weights",
+                bytes,
+            ))?;
+            let main = MainOp::DepthwiseU8I8 { geom, zx, weights: Arc::new(packed) };
+            let mut steps = vec![Step::AddChannelI32(bias_v)];
+            steps.extend(epi.steps.iter().cloned());
+            mark_bounded(&mut steps, bound);
+            kernels.push((KernelSpec { main, epilogue: steps, store: epi.store, rows: rows_out, cols: cout }, 0));
+        } else {
+            // One GEMM per group over its input channels, writing its slice of output channels.
+            let cout_g = cout / group;
+            let k = kh * kw * cin_g;
+            let (xor, zxe) = if xi == IntTy::I8 { (0x80u8, zx + 128) } else { (0, zx) };
+            let bytes = micro::int8::packed_bytes(cout_g, k);
+            self.check_size(name, Allocation::PackedWeights, bytes)?;
+            for gi in 0..group {
+                // [cout][cin][kh][kw] -> [cout][kh][kw][cin]
+                let wk = to_ohwi(wdata, gi * cout_g..(gi + 1) * cout_g, cin_g, kh, kw).map_err(alloc_failed(
+                    name,
+                    "reordered weights",
+                    bytes,
+                ))?;
+                let packed = micro::int8::pack_weights_i8(&wk, cout_g, k).map_err(alloc_failed(
+                    name,
+                    "packed weights",
+                    bytes,
+                ))?;
+                let range = gi * cout_g..(gi + 1) * cout_g;
+                let corr: Vec<i32> = bias_v[range.clone()]
+                    .iter()
+                    .zip(&packed.col_sums)
+                    .map(|(&b, &s)| b.wrapping_sub(zxe.wrapping_mul(s)))
+                    .collect();
+                let direct = group == 1 && xor == 0 && is_pointwise(&geom);
+                let g_geom = ConvGeom { cin_offset: gi * cin_g, ..geom };
+                let rows = if direct {
+                    Rows::Direct { lda: d[1] }
+                } else {
+                    Rows::Im2col { geom: g_geom, pad: (zxe as u8), xor }
+                };
+                let main = MainOp::GemmU8I8 { rows, weights: Arc::new(packed) };
+                let mut steps = vec![Step::AddChannelI32(corr)];
+                steps.extend(slice_steps(&epi.steps, range.clone()));
+                mark_bounded(&mut steps, bound);
+                kernels.push((
+                    KernelSpec { main, epilogue: steps, store: epi.store, rows: rows_out, cols: cout_g },
+                    range.start,
+                ));
+            }
+        }
+        let input = self.in_layout(x, Layout::Nhwc, &n.name)?;
+        let output = self.define(n.out, Layout::Nhwc);
+        let many = kernels.len() > 1;
+        for (gi, (spec, out_col)) in kernels.into_iter().enumerate() {
+            let label = if many { format!("{}.group{gi}", n.name) } else { n.name.clone() };
+            self.push(&label, StepKind::Kernel { out_col, ld_out: cout, spec, input, residual: None, output });
+        }
+        Ok(())
+    }
+
+    /// A quantized GEMM or matrix product with a constant i8 right operand (zero point 0, per
+    /// tensor or per output column) and a u8/i8 left operand quantized per tensor.
+    pub(super) fn qgemm(&mut self, n: &At, alpha: f32, trans_b: bool, ep: &[Epilogue]) -> Lw {
+        let (a, bv) = need(n.input(0).zip(n.input(1)), "an input is missing")?;
+        let b = need(self.const_of(Some(bv)), "the right operand is not a constant")?;
+        ensure(!self.is_const(a), "the left operand is a constant")?;
+        let (at, bt, oty) = (self.types[&a].clone(), self.types[&bv].clone(), n.oty.clone());
+        let (ad, bd) = need(dims(&at).zip(dims(&bt)), "a shape is not fixed")?;
+        ensure(bd.len() == 2, "the right operand is not a matrix")?;
+        ensure(!ad.is_empty(), "the left operand is a scalar")?;
+        ensure(matches!(at.dtype, DType::U8 | DType::I8), "the left operand is not u8 or i8")?;
+        ensure(bt.dtype == DType::I8, "the right operand is not i8")?;
+        let (sa, za) = need(per_tensor(&at.quant), "the left operand is not quantized per tensor")?;
+        let (k, cols) = if trans_b { (bd[1], bd[0]) } else { (bd[0], bd[1]) };
+        ensure(ad[ad.len() - 1] == k, "the inner dimensions differ")?;
+        let m: usize = ad[..ad.len() - 1].iter().product();
+        let (sw, zw) = match &bt.quant {
+            Some(QuantParams::PerTensor { scale, zero_point }) => (vec![*scale; cols], vec![*zero_point; cols]),
+            Some(QuantParams::PerAxis { axis, scales, zero_points })
+                if scales.len() == cols && *axis == if trans_b { 0 } else { 1 } =>
+            {
+                (scales.clone(), zero_points.clone())
+            }
+            _ => return host("the right operand is not quantized per tensor or per output column"),
+        };
+        ensure(zw.iter().all(|&z| z == 0), "a weight zero point is not 0")?;
+        let bdata = need(i8_data(&b), "the right operand's data are not i8")?;
+        let epi = need(QuantEpilogue::new(ep, &oty, sa, &sw, alpha), "no kernel implements this epilogue")?;
+        let bias_v: Vec<i32> = if epi.has_bias {
+            match self.const_of(n.input(2)).and_then(|t| t.to_i64_vec()) {
+                Some(v) if v.len() == cols => v.into_iter().map(|x| x as i32).collect(),
+                _ => return host("the bias is not one integer constant per output column"),
+            }
+        } else {
+            vec![0; cols]
+        };
+        let name = n.name.as_str();
+        let bytes = micro::int8::packed_bytes(cols, k);
+        self.check_size(name, Allocation::PackedWeights, bytes)?;
+        let wk: Cow<'_, [i8]> = if trans_b {
+            Cow::Borrowed(bdata)
+        } else {
+            Cow::Owned(transpose_kn(bdata, k, cols).map_err(alloc_failed(name, "transposed weights", bytes))?)
+        };
+        let packed = micro::int8::pack_weights_i8(&wk, cols, k).map_err(alloc_failed(name, "packed weights", bytes))?;
+        // i8 activations become u8 (sign bit flipped, zero point + 128) while rows are gathered:
+        // the matrix is an NHWC "image" of m pixels with k channels and a 1x1 window.
+        let (rows, zae) = if at.dtype == DType::I8 {
+            let geom = ConvGeom {
+                h: m,
+                w: 1,
+                c: k,
+                oh: m,
+                ow: 1,
+                kh: 1,
+                kw: 1,
+                sh: 1,
+                sw: 1,
+                ph: 0,
+                pw: 0,
+                dh: 1,
+                dw: 1,
+                cin: k,
+                cin_offset: 0,
+            };
+            (Rows::Im2col { geom, pad: 0, xor: 0x80 }, za + 128)
+        } else {
+            (Rows::Direct { lda: k }, za)
+        };
+        let corr: Vec<i32> =
+            bias_v.iter().zip(&packed.col_sums).map(|(&b, &s)| b.wrapping_sub(zae.wrapping_mul(s))).collect();
+        let mut steps = vec![Step::AddChannelI32(corr)];
+        steps.extend(epi.steps);
+        mark_bounded(&mut steps, k as f64 * 255.0 * 128.0);
+        let spec = KernelSpec {
+            main: MainOp::GemmU8I8 { rows, weights: Arc::new(packed) },
+            epilogue: steps,
+            store: epi.store,
+            rows: m,
+            cols,
+        };
+        let input = self.plain(a, &n.name)?;
+        let output = self.define(n.out, Layout::Plain);
+        self.push_kernel(&n.name, spec, input, output);
+        Ok(())
+    }
+
+    /// An f32 GEMM (2-D, `alpha`, a per-column constant `beta * C`) or matrix product with a
+    /// constant right operand.
+    pub(super) fn fgemm(&mut self, n: &At, alpha: f32, beta: f32, trans_b: bool) -> Lw {
+        let (a, bv) = need(n.input(0).zip(n.input(1)), "an input is missing")?;
+        let b = need(self.const_of(Some(bv)), "the right operand is not a constant")?;
+        let at = self.types[&a].clone();
+        let (ad, bd) = (need(dims(&at), "a shape is not fixed")?, b.shape().to_vec());
+        ensure(bd.len() == 2, "the right operand is not a matrix")?;
+        ensure(!ad.is_empty(), "the left operand is a scalar")?;
+        ensure(at.dtype == DType::F32 && b.dtype() == DType::F32, "an operand is not f32")?;
+        ensure(!self.is_const(a), "the left operand is a constant")?;
+        let is_gemm = matches!(n.op, Op::Gemm { .. });
+        ensure(!is_gemm || ad.len() == 2, "a gemm of a left operand that is not a matrix")?;
+        let (k, cols) = if trans_b { (bd[1], bd[0]) } else { (bd[0], bd[1]) };
+        ensure(ad[ad.len() - 1] == k, "the inner dimensions differ")?;
+        let m: usize = ad[..ad.len() - 1].iter().product();
+        let bdata = need(b.as_f32(), "the right operand's data are not f32")?;
+        let name = n.name.as_str();
+        let bytes = micro::float::packed_bytes(cols, k);
+        self.check_size(name, Allocation::PackedWeights, bytes)?;
+        let wk: Cow<'_, [f32]> = if trans_b {
+            Cow::Borrowed(bdata)
+        } else {
+            Cow::Owned(transpose_kn(bdata, k, cols).map_err(alloc_failed(name, "transposed weights", bytes))?)
+        };
+        let mut steps = Vec::new();
+        if alpha != 1.0 {
+            steps.push(Step::ScaleToF32(vec![alpha; cols]));
+        }
+        if is_gemm {
+            if let Some(cv) = n.input(2) {
+                let c = need(self.const_of(Some(cv)), "C is not a constant")?;
+                let cd = need(c.as_f32(), "C is not f32")?;
+                let shape = c.shape();
+                let per_col = shape.iter().product::<usize>() == cols && shape.last() == Some(&cols);
+                ensure(per_col, "C is not one value per output column")?;
+                if beta != 0.0 {
+                    steps.push(Step::AddChannelF32(cd.iter().map(|v| beta * v).collect()));
+                }
+            }
+        }
+        let packed =
+            micro::float::pack_weights_f32(&wk, cols, k).map_err(alloc_failed(name, "packed weights", bytes))?;
+        let spec = KernelSpec {
+            main: MainOp::GemmF32 { rows: Rows::Direct { lda: k }, weights: Arc::new(packed) },
+            epilogue: steps,
+            store: Store::F32,
+            rows: m,
+            cols,
+        };
+        let input = self.plain(a, &n.name)?;
+        let output = self.define(n.out, Layout::Plain);
+        self.push_kernel(&n.name, spec, input, output);
+        Ok(())
+    }
+}
+
+/// The i8 data of a tensor.
+fn i8_data(t: &Tensor) -> Option<&[i8]> {
+    match t.data() {
+        qforge_ir::TensorData::I8(v) => Some(v),
+        _ => None,
+    }
+}
+
+/// The epilogue of a quantized kernel in codegen steps (after the bias/zero-point add).
+struct QuantEpilogue {
+    has_bias: bool,
+    steps: Vec<Step>,
+    store: Store,
+}
+
+impl QuantEpilogue {
+    /// `None` when the IR epilogue has a form no kernel implements (a clamp on the raw
+    /// accumulator, per-axis output parameters).
+    fn new(ep: &[Epilogue], oty: &TensorType, sx: f32, sw: &[f32], alpha: f32) -> Option<QuantEpilogue> {
+        let sx = alpha * sx;
+        let mut has_bias = false;
+        let mut conv: Option<bool> = None; // Some(true): requant, Some(false): dequant
+        let (mut lo, mut hi) = (i64::MIN, i64::MAX);
+        for s in ep {
+            match s {
+                Epilogue::Bias if conv.is_none() && !has_bias => has_bias = true,
+                Epilogue::Requant if conv.is_none() => conv = Some(true),
+                Epilogue::Dequant if conv.is_none() => conv = Some(false),
+                Epilogue::Clamp { lo: l, hi: h } if conv.is_some() => {
+                    lo = lo.max(*l);
+                    hi = hi.min((*h).max(*l));
+                }
+                _ => return None,
+            }
+        }
+        match conv? {
+            true => {
+                let (sy, zy) = per_tensor(&oty.quant)?;
+                let (dlo, dhi) = oty.dtype.int_range()?;
+                let store = match oty.dtype {
+                    DType::U8 => Store::U8,
+                    DType::I8 => Store::I8,
+                    _ => return None,
+                };
+                let lo = lo.max(dlo).min(dhi);
+                let hi = hi.min(dhi).max(lo);
+                let m: Vec<f32> = sw.iter().map(|&s| numerics::requant_multiplier(sx, s, sy)).collect();
+                Some(QuantEpilogue {
+                    has_bias,
+                    steps: vec![
+                        Step::ScaleToF32(m),
+                        Step::RoundToInt { zp: zy, lo: lo as i32, hi: hi as i32, bounded: false },
+                    ],
+                    store,
+                })
+            }
+            false => {
+                if oty.dtype != DType::F32 {
+                    return None;
+                }
+                let mut steps = vec![Step::ScaleToF32(sw.iter().map(|&s| sx * s).collect())];
+                if lo != i64::MIN {
+                    steps.push(Step::MaxF32(lo as f32));
+                }
+                if hi != i64::MAX {
+                    steps.push(Step::MinF32(hi as f32));
+                }
+                Some(QuantEpilogue { has_bias, steps, store: Store::F32 })
+            }
+        }
+    }
+}
+
+/// `steps` restricted to the output channels `range` (per-channel arrays sliced).
+fn slice_steps(steps: &[Step], range: std::ops::Range<usize>) -> Vec<Step> {
+    steps
+        .iter()
+        .map(|st| match st {
+            Step::AddChannelI32(v) => Step::AddChannelI32(v[range.clone()].to_vec()),
+            Step::ScaleToF32(v) => Step::ScaleToF32(v[range.clone()].to_vec()),
+            Step::AddChannelF32(v) => Step::AddChannelF32(v[range.clone()].to_vec()),
+            other => other.clone(),
+        })
+        .collect()
+}
+
+/// Conv weights `[cout][cin_g][kh][kw]` for the output channels `oc` as GEMM rows in im2col
+/// order: `[oc][kh][kw][cin_g]`.
+fn to_ohwi<T: Copy + Default>(
+    w: &[T],
+    oc: std::ops::Range<usize>,
+    cin_g: usize,
+    kh: usize,
+    kw: usize,
+) -> Result<Vec<T>, TryReserveError> {
+    let k = kh * kw * cin_g;
+    let mut out = micro::try_zeroed(oc.len() * k)?;
+    for (o, c) in oc.enumerate() {
+        for ci in 0..cin_g {
+            for y in 0..kh {
+                for x in 0..kw {
+                    out[o * k + (y * kw + x) * cin_g + ci] = w[((c * cin_g + ci) * kh + y) * kw + x];
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A `[k][n]` matrix as `[n][k]` (the packers take one row per output column).
+fn transpose_kn<T: Copy + Default>(b: &[T], k: usize, n: usize) -> Result<Vec<T>, TryReserveError> {
+    let mut t = micro::try_zeroed(n * k)?;
+    for kk in 0..k {
+        for j in 0..n {
+            t[j * k + kk] = b[kk * n + j];
+        }
+    }
+    Ok(t)
+}
+
+/// Whether a convolution reads each output pixel's input pixel and nothing else (1x1, stride 1,
+/// no padding), so its NHWC input already is the GEMM's left operand.
+fn is_pointwise(g: &ConvGeom) -> bool {
+    g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 && g.oh == g.h && g.ow == g.w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::{check_family, Case};
+
+    const CASES: &[Case] = &[
+        Case {
+            name: "float conv 2x2 with bias and relu absorbed",
+            shapes: &[&[1, 2, 3, 3]],
+            qir: r#"graph c(%x: f32[N,2,3,3]) -> (y: f32[N,2,2,2]) {
+  %0 = const f32[2,2,2,2] = [0.5, -0.25, 0.125, 1.0, -1.0, 0.75, 0.0, 0.25, 0.5, 0.5, -0.5, 0.25, 1.0, 0.0, -1.0, 2.0]  # "w"
+  %1 = const f32[2] = [0.1, -0.2]  # "b"
+  %2 = conv %x, %0, %1 {kernel=[2,2], strides=[1,1], pads=[0,0,0,0], dilations=[1,1], group=1} : f32[N,2,2,2]  # "conv"
+  %3 = relu %2 : f32[N,2,2,2]  # "relu"
+  return %3
+}"#,
+        },
+        Case {
+            name: "pointwise conv with a residual add and a clip absorbed",
+            shapes: &[&[2, 2, 3, 3]],
+            qir: r#"graph c(%x: f32[N,2,3,3]) -> (y: f32[N,2,3,3]) {
+  %0 = const f32[2,2,1,1] = [0.5, -0.5, 0.25, 1.0]  # "w"
+  %1 = conv %x, %0 {kernel=[1,1], strides=[1,1], pads=[0,0,0,0], dilations=[1,1], group=1} : f32[N,2,3,3]  # "conv"
+  %2 = add %1, %x : f32[N,2,3,3]  # "add"
+  %3 = clip %2 {min=0.0, max=6.0} : f32[N,2,3,3]  # "clip"
+  return %3
+}"#,
+        },
+        Case {
+            name: "grouped conv: one gemm per group; the result used twice is not fused",
+            shapes: &[&[1, 4, 2, 2]],
+            qir: r#"graph c(%x: f32[N,4,2,2]) -> (y: f32[N,2,2,2], z: f32[N,2,2,2]) {
+  %0 = const f32[2,2,1,1] = [0.5, -0.5, 0.25, 1.0]  # "w"
+  %1 = conv %x, %0 {kernel=[1,1], strides=[1,1], pads=[0,0,0,0], dilations=[1,1], group=2} : f32[N,2,2,2]  # "conv"
+  %2 = relu %1 : f32[N,2,2,2]  # "relu"
+  return %1, %2
+}"#,
+        },
+        Case {
+            name: "depthwise float conv 3x3 pad 1 stride 2",
+            shapes: &[&[1, 2, 4, 4]],
+            qir: r#"graph c(%x: f32[N,2,4,4]) -> (y: f32[N,2,2,2]) {
+  %0 = const f32[2,1,3,3] = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -7.0, -8.0, -9.0]  # "w"
+  %1 = conv %x, %0 {kernel=[3,3], strides=[2,2], pads=[1,1,1,1], dilations=[1,1], group=2} : f32[N,2,2,2]  # "dw"
+  return %1
+}"#,
+        },
+        Case {
+            name: "conv whose weights are an input runs on the host",
+            shapes: &[&[1, 2, 3, 3], &[2, 2, 1, 1]],
+            qir: r#"graph c(%x: f32[N,2,3,3], %w: f32[2,2,1,1]) -> (y: f32[N,2,3,3]) {
+  %0 = conv %x, %w {kernel=[1,1], strides=[1,1], pads=[0,0,0,0], dilations=[1,1], group=1} : f32[N,2,3,3]  # "conv"
+  %1 = relu %0 : f32[N,2,3,3]  # "relu"
+  return %1
+}"#,
+        },
+        Case {
+            name: "qconv with bias, requant and clamp; a 1x1 stride-2 depthwise qconv that dequantizes",
+            shapes: &[&[1, 1, 4, 4]],
+            qir: r#"graph q(%x: u8<0.003921569:0>[N,1,4,4]) -> (y: u8<0.0213:0>[N,2,4,4], z: f32[N,2,2,2]) {
+  %0 = const i8<axis=0: 0.004:0, 0.0025:0>[2,1,2,2] = [10, -20, 30, -40, 127, 0, -127, 5]  # "conv2.weight"
+  %1 = const i32[2] = [120, -40]  # "conv2.bias"
+  %2 = qconv %x, %0, %1 {kernel=[2,2], strides=[1,1], pads=[1,1,0,0], dilations=[1,1], group=1, epilogue=[bias, requant, clamp(0,255)]} : u8<0.0213:0>[N,2,4,4]  # "qconv"
+  %3 = const i8<0.01:0>[2,1,1,1] = [64, -32]  # "dw.weight"
+  %4 = qconv %2, %3 {kernel=[1,1], strides=[2,2], pads=[0,0,0,0], dilations=[1,1], group=2, epilogue=[dequant]} : f32[N,2,2,2]  # "qdw"
+  return %2, %4
+}"#,
+        },
+        Case {
+            name: "pointwise qconv of i8 activations gathers rows with the sign bit flipped",
+            shapes: &[&[1, 2, 2, 2]],
+            qir: r#"graph q(%x: i8<0.05:-3>[N,2,2,2]) -> (y: i8<0.1:0>[N,2,2,2]) {
+  %0 = const i8<0.01:0>[2,2,1,1] = [10, -20, 30, -40]  # "w"
+  %1 = qconv %x, %0 {kernel=[1,1], strides=[1,1], pads=[0,0,0,0], dilations=[1,1], group=1, epilogue=[requant]} : i8<0.1:0>[N,2,2,2]  # "qconv"
+  return %1
+}"#,
+        },
+        Case {
+            name: "qmatmul with bias and requant; qgemm trans_b with dequant",
+            shapes: &[&[3, 4]],
+            qir: r#"graph q(%x: u8<0.02:128>[N,4]) -> (y: u8<0.05:0>[N,3], z: f32[N,2]) {
+  %0 = const i8<axis=1: 0.01:0, 0.02:0, 0.03:0>[4,3] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]  # "fc1.weight"
+  %1 = const i32[3] = [100, -200, 300]  # "fc1.bias"
+  %2 = qmatmul %x, %0, %1 {epilogue=[bias, requant]} : u8<0.05:0>[N,3]  # "fc1"
+  %3 = const i8<axis=0: 0.01:0, 0.015:0>[2,3] = [-1, 2, -3, 4, -5, 6]  # "fc2.weight"
+  %4 = qgemm %2, %3 {alpha=1.0, trans_a=false, trans_b=true, epilogue=[dequant]} : f32[N,2]  # "fc2"
+  return %2, %4
+}"#,
+        },
+        Case {
+            name: "float gemm with C and alpha; matmul of a 3-D tensor; gemm with trans_a on the host",
+            shapes: &[&[2, 4], &[2, 2, 3]],
+            qir: r#"graph f(%x: f32[N,4], %y: f32[N,2,3]) -> (a: f32[N,3], b: f32[N,2,2], c: f32[4,3]) {
+  %0 = const f32[3,4] = [0.1, 0.2, 0.3, 0.4, -0.5, 0.6, -0.7, 0.8, 0.9, -1.0, 1.1, -1.2]  # "fc.weight"
+  %1 = const f32[3] = [0.01, 0.02, -0.03]  # "fc.bias"
+  %2 = gemm %x, %0, %1 {alpha=0.5, beta=2.0, trans_a=false, trans_b=true} : f32[N,3]  # "gemm"
+  %3 = const f32[3,2] = [1.0, 0.0, 0.0, 2.0, 0.5, 0.5]  # "mm.weight"
+  %4 = matmul %y, %3 : f32[N,2,2]  # "matmul"
+  %5 = gemm %x, %2, _ {alpha=1.0, beta=1.0, trans_a=true, trans_b=false} : f32[4,3]  # "gemm_ta"
+  return %2, %4, %5
+}"#,
+        },
+    ];
+
+    #[test]
+    fn conv_family_lowering() {
+        check_family("conv", CASES);
+    }
+}

@@ -1,0 +1,183 @@
+//! Element-wise kernels: quantize, dequantize, the quantized add, the float add and clamp (ReLU,
+//! Clip) as CLIF element-wise steps; unary activations and f16/bf16 casts as row steps (the
+//! interpreter's own element formulas). Each keeps its first input's layout.
+
+use super::{ensure, int_ty, need, numel, per_tensor, At, Lowerer, Lw, StepKind, Vinfo};
+use crate::emit::elementwise::Elementwise;
+use crate::micro::rowops::{self, RowKind};
+use qforge_ir::{numerics, DType, Op, UnaryOp, Value};
+
+impl Lowerer<'_> {
+    /// The quantized add of two per-tensor quantized activations of the result's shape.
+    pub(super) fn qadd(&mut self, n: &At) -> Lw {
+        let (a, b) = need(n.input(0).zip(n.input(1)), "an input is missing")?;
+        let (ta, tb) = (self.types[&a].clone(), self.types[&b].clone());
+        ensure(!self.is_const(a) && !self.is_const(b), "an input is a constant")?;
+        ensure(ta.shape == n.oty.shape && tb.shape == n.oty.shape, "the inputs are broadcast")?;
+        let (Some((sa, za)), Some((sb, zb)), Some((sc, zc))) =
+            (per_tensor(&ta.quant), per_tensor(&tb.quant), per_tensor(&n.oty.quant))
+        else {
+            return super::host("an operand is not quantized per tensor");
+        };
+        let (Some(ia), Some(ib), Some(io)) = (int_ty(ta.dtype), int_ty(tb.dtype), int_ty(n.oty.dtype)) else {
+            return super::host("an operand is not u8 or i8");
+        };
+        ensure(numel(&n.oty) > 1, "a single element")?;
+        let p = numerics::QAddParams::new(sa, za, sb, zb, sc, zc);
+        self.elementwise(n, &[a, b], Elementwise::QAdd { p, a: ia, b: ib, out: io })
+    }
+
+    /// f32 -> u8/i8 with per-tensor parameters from the result's type.
+    pub(super) fn quantize(&mut self, n: &At) -> Lw {
+        let x = need(n.input(0), "the input is missing")?;
+        let (Some((s, z)), Some(io)) = (per_tensor(&n.oty.quant), int_ty(n.oty.dtype)) else {
+            return super::host("the result is not u8 or i8 quantized per tensor");
+        };
+        ensure(self.types[&x].dtype == DType::F32, "the input is not f32")?;
+        ensure(!n.ins.iter().skip(1).any(|v| v.is_some()), "scale or zero point given as inputs")?;
+        self.elementwise(n, &[x], Elementwise::Quantize { scale: s, zp: z, out: io })
+    }
+
+    /// u8/i8 with per-tensor parameters -> f32.
+    pub(super) fn dequantize(&mut self, n: &At) -> Lw {
+        let x = need(n.input(0), "the input is missing")?;
+        let t = self.types[&x].clone();
+        let (Some((s, z)), Some(ii)) = (per_tensor(&t.quant), int_ty(t.dtype)) else {
+            return super::host("the input is not u8 or i8 quantized per tensor");
+        };
+        ensure(n.oty.dtype == DType::F32, "the result is not f32")?;
+        ensure(!n.ins.iter().skip(1).any(|v| v.is_some()), "scale or zero point given as inputs")?;
+        self.elementwise(n, &[x], Elementwise::Dequantize { scale: s, zp: z, input: ii })
+    }
+
+    /// f32 ReLU and Clip: `min(max(x, lo), hi)`.
+    pub(super) fn clamp(&mut self, n: &At) -> Lw {
+        let x = need(n.input(0), "the input is missing")?;
+        let (lo, hi) = match n.op {
+            Op::Clip { min, max } => (*min, *max),
+            _ => (0.0, f32::INFINITY),
+        };
+        self.elementwise(n, &[x], Elementwise::ClampF32 { lo, hi })
+    }
+
+    /// The f32 add of two tensors of the result's shape.
+    pub(super) fn add_f32(&mut self, n: &At) -> Lw {
+        let (a, b) = need(n.input(0).zip(n.input(1)), "an input is missing")?;
+        self.elementwise(n, &[a, b], Elementwise::AddF32 { relu: false })
+    }
+
+    /// A unary f32 activation (sigmoid, tanh, GELU, ...) as a row step.
+    pub(super) fn unary(&mut self, n: &At, u: UnaryOp) -> Lw {
+        let x = need(n.input(0).filter(|v| !self.is_const(*v)), "the input is a constant")?;
+        let layout = self.vals[&x].layout;
+        let input = self.in_layout(x, layout, &n.name)?;
+        let output = self.define(n.out, layout);
+        let len = numel(&n.oty);
+        self.push_rows(&n.name, RowKind::Unary(u), input, output, len, 1, len.div_ceil(rowops::CHUNK), vec![], vec![]);
+        Ok(())
+    }
+
+    /// A cast to the same dtype aliases its input; f16/bf16 <-> f32 are row steps.
+    pub(super) fn cast(&mut self, n: &At, to: DType) -> Lw {
+        let x = need(n.input(0).filter(|v| !self.is_const(*v)), "the input is a constant")?;
+        let from = self.types[&x].dtype;
+        let kind = match (from, to) {
+            (a, b) if a == b => {
+                let v = self.vals[&x].clone();
+                self.vals.insert(n.out, Vinfo { ty: n.oty.clone(), buf: v.buf, layout: v.layout });
+                return Ok(());
+            }
+            (DType::F16, DType::F32) => RowKind::WidenF16,
+            (DType::BF16, DType::F32) => RowKind::WidenBf16,
+            (DType::F32, DType::F16) => RowKind::RoundF16,
+            (DType::F32, DType::BF16) => RowKind::RoundBf16,
+            (a, b) => return super::host(format!("no kernel casts {} to {}", a.name(), b.name())),
+        };
+        let layout = self.vals[&x].layout;
+        let input = self.in_layout(x, layout, &n.name)?;
+        let output = self.define(n.out, layout);
+        let len = numel(&n.oty);
+        self.push_rows(&n.name, kind, input, output, len, 1, len.div_ceil(rowops::CHUNK), vec![], vec![]);
+        Ok(())
+    }
+
+    /// An element-wise step over `ins` (no constants), in the first input's layout.
+    fn elementwise(&mut self, n: &At, ins: &[Value], op: Elementwise) -> Lw {
+        ensure(!ins.iter().any(|v| self.is_const(*v)), "an input is a constant")?;
+        let layout = self.vals[&ins[0]].layout;
+        let mut bufs = Vec::new();
+        for &v in ins {
+            bufs.push(self.in_layout(v, layout, &n.name)?);
+        }
+        let output = self.define(n.out, layout);
+        let len = numel(&self.types[&n.out]);
+        self.push(&n.name, StepKind::Elementwise { op, inputs: bufs, output, len });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::{check_family, Case};
+
+    const CASES: &[Case] = &[
+        Case {
+            name: "quantize, qadd, dequantize",
+            shapes: &[&[2, 4], &[2, 4]],
+            qir: r#"graph e(%a: f32[N,4], %b: f32[N,4]) -> (y: f32[N,4]) {
+  %0 = quantize %a : u8<0.02:100>[N,4]  # "a_q"
+  %1 = quantize %b : i8<0.03:-5>[N,4]  # "b_q"
+  %2 = qadd %0, %1 : u8<0.05:10>[N,4]  # "qadd"
+  %3 = dequantize %2 : f32[N,4]  # "y_dq"
+  return %3
+}"#,
+        },
+        Case {
+            name: "a broadcast qadd and a one-element qadd run on the host",
+            shapes: &[&[2, 4], &[1, 1]],
+            qir: r#"graph e(%a: u8<0.02:100>[N,4], %b: u8<0.03:0>[1,1]) -> (y: u8<0.05:10>[N,4], z: u8<0.05:10>[1,1]) {
+  %0 = qadd %a, %b : u8<0.05:10>[N,4]  # "qadd_bcast"
+  %1 = qadd %b, %b : u8<0.05:10>[1,1]  # "qadd_one"
+  return %0, %1
+}"#,
+        },
+        Case {
+            name: "relu and clip keep the NHWC layout of a pooled input; same-shape add",
+            shapes: &[&[1, 2, 4, 4]],
+            qir: r#"graph e(%x: f32[N,2,4,4]) -> (y: f32[N,2,2,2]) {
+  %0 = max_pool %x {kernel=[2,2], strides=[2,2], pads=[0,0,0,0], dilations=[1,1], ceil_mode=false, count_include_pad=false} : f32[N,2,2,2]  # "pool"
+  %1 = relu %0 : f32[N,2,2,2]  # "relu"
+  %2 = clip %0 {min=-1.0, max=6.0} : f32[N,2,2,2]  # "clip"
+  %3 = add %1, %2 : f32[N,2,2,2]  # "add"
+  return %3
+}"#,
+        },
+        Case {
+            name: "unary activations and f16 casts are row steps; same-dtype cast aliases; int cast on the host",
+            shapes: &[&[3, 5], &[3, 5]],
+            qir: r#"graph e(%x: f32[N,5], %i: i32[N,5]) -> (a: f32[N,5], b: f32[N,5], c: f16[N,5], d: f32[N,5]) {
+  %0 = sigmoid %x : f32[N,5]  # "sigmoid"
+  %1 = gelu %0 : f32[N,5]  # "gelu"
+  %2 = cast %1 {to=f16} : f16[N,5]  # "to_f16"
+  %3 = cast %2 {to=f32} : f32[N,5]  # "to_f32"
+  %4 = cast %3 {to=f32} : f32[N,5]  # "same"
+  %5 = cast %i {to=f32} : f32[N,5]  # "from_i32"
+  return %1, %4, %2, %5
+}"#,
+        },
+        Case {
+            name: "dequantize per axis and an integer add run on the host",
+            shapes: &[&[2, 2], &[2, 2]],
+            qir: r#"graph e(%x: i8<axis=1: 0.5:0, 0.25:0>[N,2], %i: i32[N,2]) -> (y: f32[N,2], z: i32[N,2]) {
+  %0 = dequantize %x : f32[N,2]  # "dq"
+  %1 = add %i, %i : i32[N,2]  # "add_i32"
+  return %0, %1
+}"#,
+        },
+    ];
+
+    #[test]
+    fn elementwise_family_lowering() {
+        check_family("elementwise", CASES);
+    }
+}

@@ -1,0 +1,137 @@
+//! Data movement: reshapes that alias their input's buffer, concatenation, and the NCHW <-> NHWC
+//! layout conversions the driver inserts where a consumer needs the other byte order.
+
+use super::{dims, ensure, err, layout_free, need, per_tensor, At, Layout, LoweredStep, Lowerer, Lw, StepKind, Vinfo};
+use crate::JitError;
+use qforge_ir::{infer, Op, Value};
+
+impl Lowerer<'_> {
+    /// Reshape, flatten, squeeze, unsqueeze and identity: the result is the input's buffer in
+    /// plain order under the new type (no step).
+    pub(super) fn alias(&mut self, n: &At) -> Lw {
+        let x = need(n.input(0).filter(|v| !self.is_const(*v)), "the input is a constant")?;
+        let buf = self.plain(x, &n.name)?;
+        self.vals.insert(n.out, Vinfo { ty: n.oty.clone(), buf, layout: Layout::Plain });
+        Ok(())
+    }
+
+    /// Concatenation of same-typed activations (a quantized concat: all with the result's
+    /// per-tensor parameters). Along the channels of NHWC activations the parts are interleaved
+    /// per pixel; otherwise in plain order.
+    pub(super) fn concat(&mut self, n: &At, axis: i64) -> Lw {
+        let d = need(dims(&n.oty), "the result shape is not fixed")?;
+        let a = need(infer::norm_axis(axis, d.len()).ok(), "the axis is out of range")?;
+        let vals: Vec<Value> = n.ins.iter().flatten().copied().collect();
+        ensure(vals.len() == n.ins.len() && !vals.is_empty(), "an input is missing")?;
+        ensure(!vals.iter().any(|v| self.is_const(*v)), "an input is a constant")?;
+        for v in &vals {
+            let t = &self.types[v];
+            let same_params =
+                matches!(n.op, Op::Concat { .. }) || (per_tensor(&t.quant).is_some() && t.quant == n.oty.quant);
+            ensure(t.dtype == n.oty.dtype, "the inputs' dtypes differ from the result's")?;
+            ensure(same_params, "the inputs' quantization differs from the result's")?;
+        }
+        let es = n.oty.dtype.size_bytes();
+        // Channels of NHWC activations are the innermost dim; otherwise plain order.
+        let nhwc = d.len() == 4 && a == 1 && self.vals[&vals[0]].layout == Layout::Nhwc;
+        let layout = if nhwc { Layout::Nhwc } else { Layout::Plain };
+        let (outer, inner) = if nhwc {
+            (d[0] * d[2] * d[3], 1)
+        } else {
+            (d[..a].iter().product::<usize>(), d[a + 1..].iter().product::<usize>())
+        };
+        let mut parts = Vec::new();
+        for v in &vals {
+            let dv = dims(&self.types[v]).unwrap_or_default();
+            let buf = self.in_layout(*v, layout, &n.name)?;
+            parts.push((buf, dv.get(a).copied().unwrap_or(0) * inner * es));
+        }
+        let output = self.define(n.out, layout);
+        self.push(&n.name, StepKind::Concat { parts, output, outer, stride: d[a] * inner * es });
+        Ok(())
+    }
+
+    /// The buffer of `v` in `layout`, converting (once) if needed.
+    pub(super) fn in_layout(&mut self, v: Value, layout: Layout, name: &str) -> Result<usize, JitError> {
+        let info = self.vals.get(&v).cloned().ok_or_else(|| err(name, "an input has no buffer"))?;
+        if info.layout == layout || layout_free(&info.ty) {
+            return Ok(info.buf);
+        }
+        if let Some(&b) = self.converted.get(&(v, layout)) {
+            return Ok(b);
+        }
+        let d = dims(&info.ty).ok_or_else(|| err(name, "a layout conversion of a symbolic shape"))?;
+        let out = self.new_buf(&info.ty);
+        self.steps.push(LoweredStep {
+            name: format!("{name}.layout"),
+            kind: StepKind::Convert {
+                to_nhwc: layout == Layout::Nhwc,
+                n: d[0],
+                c: d[1],
+                hw: d[2] * d[3],
+                elem: info.ty.dtype.size_bytes(),
+                input: info.buf,
+                output: out,
+            },
+        });
+        self.converted.insert((v, layout), out);
+        Ok(out)
+    }
+
+    /// The buffer of `v` in plain (row-major) order.
+    pub(super) fn plain(&mut self, v: Value, name: &str) -> Result<usize, JitError> {
+        self.in_layout(v, Layout::Plain, name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::{check_family, Case};
+
+    const CASES: &[Case] = &[
+        Case {
+            name: "reshape, flatten and unsqueeze alias their input",
+            shapes: &[&[2, 3, 4]],
+            qir: r#"graph m(%x: f32[N,3,4]) -> (y: f32[N,1,12]) {
+  %0 = reshape %x {shape=[0,-1]} : f32[N,12]  # "reshape"
+  %1 = relu %0 : f32[N,12]  # "relu"
+  %2 = unsqueeze %1 {axes=[1]} : f32[N,1,12]  # "unsqueeze"
+  return %2
+}"#,
+        },
+        Case {
+            name: "a flatten of an NHWC tensor converts it to plain order first",
+            shapes: &[&[1, 2, 4, 4]],
+            qir: r#"graph m(%x: f32[N,2,4,4]) -> (y: f32[N,8]) {
+  %0 = max_pool %x {kernel=[2,2], strides=[2,2], pads=[0,0,0,0], dilations=[1,1], ceil_mode=false, count_include_pad=false} : f32[N,2,2,2]  # "pool"
+  %1 = flatten %0 {axis=1} : f32[N,8]  # "flatten"
+  return %1
+}"#,
+        },
+        Case {
+            name: "concat along the channels of NHWC tensors, and along axis 1 of plain ones",
+            shapes: &[&[1, 2, 4, 4], &[2, 3]],
+            qir: r#"graph m(%x: u8<0.1:0>[N,2,4,4], %y: f32[N,3]) -> (a: u8<0.1:0>[N,4,2,2], b: f32[N,6]) {
+  %0 = max_pool %x {kernel=[2,2], strides=[2,2], pads=[0,0,0,0], dilations=[1,1], ceil_mode=false, count_include_pad=false} : u8<0.1:0>[N,2,2,2]  # "pool"
+  %1 = qconcat %0, %0 {axis=1} : u8<0.1:0>[N,4,2,2]  # "qcat"
+  %2 = concat %y, %y {axis=-1} : f32[N,6]  # "cat"
+  return %1, %2
+}"#,
+        },
+        Case {
+            name: "concat with a constant, or of different quantization, runs on the host",
+            shapes: &[&[2, 3], &[2, 3]],
+            qir: r#"graph m(%y: f32[2,3], %q: u8<0.1:0>[N,3]) -> (a: f32[2,4], b: u8<0.2:0>[N,6]) {
+  %0 = const f32[2,1] = [1.5, -1.5]  # "column"
+  %1 = concat %y, %0 {axis=1} : f32[2,4]  # "cat_const"
+  %2 = qconcat %q, %q {axis=1} : u8<0.2:0>[N,6]  # "qcat_rescale"
+  return %1, %2
+}"#,
+        },
+    ];
+
+    #[test]
+    fn movement_family_lowering() {
+        check_family("movement", CASES);
+    }
+}
