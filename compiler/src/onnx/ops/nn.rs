@@ -1,14 +1,23 @@
-//! Neural-network ops: convolution, pooling, batch normalization, LRN, activations and Dropout
-//! (semantics: the ONNX operator spec, <https://onnx.ai/onnx/operators/>). The attribute
+//! Neural-network ops: convolution (and transposed), pooling, resizing (Resize, Upsample), batch
+//! normalization, LRN, activations and Dropout (semantics: the ONNX operator spec, <https://onnx.ai/onnx/operators/>). The attribute
 //! readers for convolution and pooling ([`conv_attrs`], [`pool_attrs`]) serve the quantized
 //! forms in [`super::quant`] too.
 
 use super::{one, Cx, OpDef, Outs, MAX_ATTR_DIM, R};
 use crate::onnx::attrs::Attrs;
-use qforge_ir::{BinaryOp, ConvAttrs, Dim, Op, PoolAttrs, Shape, TensorType, UnaryOp, Value};
+use crate::onnx::symbolic::Mono;
+use qforge_ir::infer::norm_axis;
+use qforge_ir::{
+    AspectPolicy, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordMode, Dim, NearestMode, Op, PoolAttrs, ResizeAttrs,
+    ResizeMode, ResizeTarget, Shape, TensorType, UnaryOp, Value,
+};
 
 pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("Conv", &[1, 11, 22], conv),
+    OpDef::onnx("ConvTranspose", &[1, 11, 22], conv_transpose),
+    OpDef::onnx("Resize", &[10, 11, 13, 18, 19], resize),
+    // Upsample is deprecated from opset 10 (Upsample-10 is Upsample-9 marked deprecated).
+    OpDef::onnx("Upsample", &[1, 7, 9, 10], upsample),
     OpDef::onnx("BatchNormalization", &[1, 6, 7, 9, 14, 15], batch_norm),
     OpDef::onnx("MaxPool", &[1, 8, 10, 11, 12, 22], |cx| pool(cx, false)),
     OpDef::onnx("AveragePool", &[1, 7, 10, 11, 19, 22], |cx| pool(cx, true)),
@@ -234,4 +243,327 @@ fn pool(cx: &mut Cx, avg: bool) -> R<Outs> {
     let op = if avg { Op::AveragePool(p) } else { Op::MaxPool(p) };
     // MaxPool's optional Indices output is not computed.
     Ok(vec![Some(cx.add(op, vec![Some(x)], None)?), None])
+}
+
+// ---------------------------------------------------------------- transposed convolution
+
+/// ConvTranspose (versions 1, 11 and 22: the same attributes). Pads follow the ONNX reference
+/// implementation: with `auto_pad` SAME_UPPER/SAME_LOWER the output is `output_shape` (default
+/// `in * stride`) and the total padding `stride * (in - 1) + output_padding + (kernel - 1) *
+/// dilation + 1 - out` is split with the odd one at the end (SAME_UPPER) or the beginning;
+/// otherwise the pads are as given (VALID: none) and an `output_shape` sets the output size,
+/// extending or cutting the output at the end.
+fn conv_transpose(cx: &mut Cx) -> R<Outs> {
+    let ins = cx.inputs_upto(2, 3)?;
+    let (x, w) = (cx.input(0)?, cx.input(1)?);
+    let (xt, wt) = (cx.ty(x), cx.ty(w));
+    let a = cx.attrs();
+    let wk = wt.shape.as_fixed().filter(|ws| ws.len() >= 3).map(|ws| ws[2..].to_vec());
+    let kernel = match (a.usizes("kernel_shape")?, wk) {
+        (Some(k), Some(wk)) if k != wk => {
+            return Err(cx.err(format!("kernel_shape {k:?} does not match the weight shape {}", wt.shape)))
+        }
+        (Some(k), _) | (None, Some(k)) => cx.bounded("kernel_shape", k)?,
+        (None, None) => return Err(cx.err(format!("cannot tell the kernel shape from the weight {}", wt.shape))),
+    };
+    let sp = kernel.len();
+    let strides = spatial(cx, &a, "strides", sp, 1)?;
+    let dilations = spatial(cx, &a, "dilations", sp, 1)?;
+    let output_padding = spatial(cx, &a, "output_padding", sp, 0)?;
+    let group = a.int_or("group", 1)?;
+    let group = usize::try_from(group).ok().filter(|g| (1..=MAX_ATTR_DIM).contains(g));
+    let group = group.ok_or_else(|| cx.err("`group` must be positive"))?;
+    let output_shape = match a.usizes("output_shape")? {
+        None => None,
+        // Some exporters write the whole output shape (N, C, spatial...).
+        Some(s) if s.len() == sp + 2 => Some(cx.bounded("output_shape", s[2..].to_vec())?),
+        Some(s) if s.len() == sp => Some(cx.bounded("output_shape", s)?),
+        Some(s) => return Err(cx.err(format!("`output_shape` {s:?} does not fit {sp} spatial dims"))),
+    };
+    let in_dims: Vec<i64> = (0..sp)
+        .map(|i| xt.shape.0.get(2 + i).and_then(Dim::fixed).map(|n| n as i64))
+        .collect::<Option<_>>()
+        .ok_or_else(|| cx.err(format!("ConvTranspose needs fixed spatial dims, got {}", xt.shape)))?;
+    // The natural size before pads: stride * (in - 1) + output_padding + (kernel - 1) * dilation + 1.
+    let natural: Vec<i64> = (0..sp)
+        .map(|i| {
+            strides[i] as i64 * (in_dims[i] - 1)
+                + output_padding[i] as i64
+                + (kernel[i] as i64 - 1) * dilations[i] as i64
+                + 1
+        })
+        .collect();
+    let auto = a.string("auto_pad")?.unwrap_or_default();
+    let mut pads: Vec<i64> = match auto.as_str() {
+        "" | "NOTSET" => match a.ints("pads")? {
+            Some(p) if p.len() == 2 * sp => {
+                if let Some(v) = p.iter().find(|&&v| !(0..=MAX_ATTR_DIM as i64).contains(&v)) {
+                    return Err(cx.err(format!("`pads` entry {v} is out of range")));
+                }
+                p
+            }
+            Some(p) => return Err(cx.err(format!("`pads` has {} entries for {sp} spatial dims", p.len()))),
+            None => vec![0; 2 * sp],
+        },
+        "VALID" => vec![0; 2 * sp],
+        "SAME_UPPER" | "SAME_LOWER" => {
+            let mut p = vec![0; 2 * sp];
+            for i in 0..sp {
+                let out = match &output_shape {
+                    Some(o) => o[i] as i64,
+                    None => in_dims[i] * strides[i] as i64,
+                };
+                let total = natural[i] - out;
+                let (half, rest) = (total.div_euclid(2), total - total.div_euclid(2));
+                (p[i], p[sp + i]) = if auto == "SAME_UPPER" { (half, rest) } else { (rest, half) };
+            }
+            p
+        }
+        other => return Err(cx.err(format!("unknown auto_pad \"{other}\""))),
+    };
+    if let (Some(o), false) = (&output_shape, auto.starts_with("SAME")) {
+        for i in 0..sp {
+            pads[sp + i] = natural[i] - pads[i] - o[i] as i64;
+        }
+    }
+    let attrs = ConvTransposeAttrs { kernel, strides, pads, dilations, group, output_padding };
+    one(cx.add(Op::ConvTranspose(attrs), ins, None)?)
+}
+
+// ---------------------------------------------------------------- resizing
+
+/// A string attribute chosen from `table` (`default` when absent).
+fn choice<T: Copy>(cx: &Cx, a: &Attrs, name: &str, default: T, table: &[(&str, T)]) -> R<T> {
+    match a.string(name)? {
+        None => Ok(default),
+        Some(s) => table.iter().find(|(n, _)| *n == s).map(|(_, v)| *v).ok_or_else(|| {
+            let known: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
+            cx.err(format!("{name}=\"{s}\" is not supported (one of {})", known.join(", ")))
+        }),
+    }
+}
+
+/// A constant float input (scales, roi) as f32 values; an empty tensor is `None` (opset 13 lets
+/// an input be given as an empty tensor to mean absent).
+fn opt_floats_input(cx: &Cx, i: usize, what: &str) -> R<Option<Vec<f32>>> {
+    let Some(t) = cx.opt_const_input(i, what)? else { return Ok(None) };
+    if t.rank() > 1 {
+        return Err(cx.err(format!("input {i} ({what}) must be 1-D, got shape {:?}", t.shape())));
+    }
+    if !t.dtype().is_float() {
+        return Err(cx.err(format!("input {i} ({what}) must be a float tensor, got {}", t.dtype())));
+    }
+    Ok(Some(t.to_f32_vec()).filter(|v| !v.is_empty()))
+}
+
+/// Resize (opsets 10 to 19; see [`ResizeAttrs`]). Opset 10 has only `mode` and a scales input,
+/// with ONNX Runtime's asymmetric coordinates and nearest rounding down (so downscaling with
+/// nearest, where it rounds up, is refused). From opset 11: roi, scales or sizes (constants, or
+/// sizes computed from the input's own shape), and every attribute of the spec; `axes`,
+/// `antialias` and `keep_aspect_ratio_policy` from opset 18.
+fn resize(cx: &mut Cx) -> R<Outs> {
+    let x = cx.input(0)?;
+    let xt = cx.ty(x);
+    let r = xt.rank();
+    let a = cx.attrs();
+    let mode = choice(
+        cx,
+        &a,
+        "mode",
+        ResizeMode::Nearest,
+        &[("nearest", ResizeMode::Nearest), ("linear", ResizeMode::Linear), ("cubic", ResizeMode::Cubic)],
+    )?;
+    if cx.version < 11 {
+        if mode == ResizeMode::Cubic {
+            return Err(cx.err("mode=\"cubic\" needs opset 11"));
+        }
+        let scales = cx.node.input.len();
+        if scales != 2 {
+            return Err(cx.err(format!("has {scales} inputs; opset 10 takes X and scales")));
+        }
+        let scales = opt_floats_input(cx, 1, "scales")?.ok_or_else(|| cx.err("input 1 (scales) is missing"))?;
+        return legacy_resize(cx, x, mode, scales);
+    }
+    let coord = choice(
+        cx,
+        &a,
+        "coordinate_transformation_mode",
+        CoordMode::HalfPixel,
+        &[
+            ("half_pixel", CoordMode::HalfPixel),
+            ("half_pixel_symmetric", CoordMode::HalfPixelSymmetric),
+            ("pytorch_half_pixel", CoordMode::PytorchHalfPixel),
+            ("align_corners", CoordMode::AlignCorners),
+            ("asymmetric", CoordMode::Asymmetric),
+            ("tf_crop_and_resize", CoordMode::TfCropAndResize),
+        ],
+    )?;
+    let nearest = choice(
+        cx,
+        &a,
+        "nearest_mode",
+        NearestMode::RoundPreferFloor,
+        &[
+            ("round_prefer_floor", NearestMode::RoundPreferFloor),
+            ("round_prefer_ceil", NearestMode::RoundPreferCeil),
+            ("floor", NearestMode::Floor),
+            ("ceil", NearestMode::Ceil),
+        ],
+    )?;
+    let policy = choice(
+        cx,
+        &a,
+        "keep_aspect_ratio_policy",
+        AspectPolicy::Stretch,
+        &[
+            ("stretch", AspectPolicy::Stretch),
+            ("not_larger", AspectPolicy::NotLarger),
+            ("not_smaller", AspectPolicy::NotSmaller),
+        ],
+    )?;
+    let antialias = a.bool_or("antialias", false)?;
+    if antialias && mode == ResizeMode::Nearest {
+        return Err(cx.err("antialias=1 with mode=\"nearest\" is not defined"));
+    }
+    let cubic_a = a.float_or("cubic_coeff_a", -0.75)?;
+    let exclude_outside = a.bool_or("exclude_outside", false)?;
+    let extrapolation = a.float_or("extrapolation_value", 0.0)?;
+    let axes: Vec<usize> = match a.ints("axes")? {
+        None => (0..r).collect(),
+        Some(ax) => {
+            let ax: Vec<usize> =
+                ax.iter().map(|&v| norm_axis(v, r)).collect::<Result<_, _>>().map_err(|m| cx.err(m))?;
+            if (1..ax.len()).any(|i| ax[..i].contains(&ax[i])) {
+                return Err(cx.err(format!("`axes` {ax:?} repeats an axis")));
+            }
+            ax
+        }
+    };
+    if cx.node.input.len() > 4 {
+        return Err(cx.err(format!("has {} inputs; at most 4 are allowed", cx.node.input.len())));
+    }
+    // roi only matters under tf_crop_and_resize (ONNX Resize: "only takes effect when
+    // coordinate_transformation_mode is tf_crop_and_resize").
+    let roi = if coord == CoordMode::TfCropAndResize {
+        let roi = opt_floats_input(cx, 1, "roi")?
+            .ok_or_else(|| cx.err("coordinate_transformation_mode=\"tf_crop_and_resize\" needs the roi input"))?;
+        if roi.len() != 2 * axes.len() {
+            return Err(cx.err(format!("roi has {} values for {} axes", roi.len(), axes.len())));
+        }
+        let mut full = [vec![0.0; r], vec![1.0; r]].concat();
+        for (i, &ax) in axes.iter().enumerate() {
+            full[ax] = roi[i];
+            full[r + ax] = roi[axes.len() + i];
+        }
+        full
+    } else {
+        vec![]
+    };
+    let scales = opt_floats_input(cx, 2, "scales")?;
+    let has_sizes = cx.input_name(3).is_some();
+    let target = match (scales, has_sizes) {
+        (Some(_), true) => return Err(cx.err("scales and sizes are both given; the spec allows one")),
+        (Some(s), false) => {
+            if s.len() != axes.len() {
+                return Err(cx.err(format!("{} scales for {} axes", s.len(), axes.len())));
+            }
+            if policy != AspectPolicy::Stretch {
+                return Err(cx.err("keep_aspect_ratio_policy applies to sizes, not scales"));
+            }
+            let mut full = vec![1.0; r];
+            for (&ax, &v) in axes.iter().zip(&s) {
+                full[ax] = v;
+            }
+            ResizeTarget::Scales(full)
+        }
+        (None, true) => resize_sizes(cx, &xt, &axes, policy)?,
+        (None, false) => return Err(cx.err("neither scales nor sizes is given")),
+    };
+    let attrs = ResizeAttrs { mode, coord, nearest, cubic_a, exclude_outside, extrapolation, antialias, roi, target };
+    one(cx.add(Op::Resize(attrs), vec![Some(x)], None)?)
+}
+
+/// The sizes input of Resize: a constant, or a shape value computed from the input's own shape
+/// (`Concat(Shape(x)[0:2], [H, W])`: entries equal to the input's dims keep them).
+fn resize_sizes(cx: &Cx, xt: &TensorType, axes: &[usize], policy: AspectPolicy) -> R<ResizeTarget> {
+    let entries: Vec<Mono> = match cx.sym_input(3) {
+        Some(s) => s.elems,
+        None => cx.ints_input(3, "sizes")?.into_iter().map(Mono::c).collect(),
+    };
+    if entries.len() != axes.len() {
+        return Err(cx.err(format!("{} sizes for {} axes", entries.len(), axes.len())));
+    }
+    let (mut kept_axes, mut sizes) = (vec![], vec![]);
+    for (&ax, m) in axes.iter().zip(&entries) {
+        let same = Mono::of_dim(&xt.shape.0[ax]).is_some_and(|d| d == *m);
+        match m.konst() {
+            // A size equal to a fixed input dim still counts under an aspect-ratio policy.
+            Some(k) if policy != AspectPolicy::Stretch || !same => {
+                let k = usize::try_from(k).ok().filter(|&k| k <= MAX_ATTR_DIM);
+                let k = k.ok_or_else(|| cx.err(format!("size {m:?} on axis {ax} is out of range")))?;
+                kept_axes.push(ax);
+                sizes.push(k);
+            }
+            _ if same && policy == AspectPolicy::Stretch => {}
+            _ => {
+                return Err(cx.err(format!(
+                    "size of axis {ax} is computed from tensor data or other shapes; qforge supports constant sizes \
+                     or the input's own dims"
+                )))
+            }
+        }
+    }
+    if kept_axes.is_empty() {
+        // Every size is the input's own: an identity resize (scale 1 on every axis).
+        return Ok(ResizeTarget::Scales(vec![1.0; xt.rank()]));
+    }
+    Ok(ResizeTarget::Sizes { axes: kept_axes, sizes, policy })
+}
+
+/// Resize-10 and Upsample-9 (scales input, `nearest` or `linear`): ONNX Runtime's legacy
+/// semantics, asymmetric coordinates (`x = y / scale`) with nearest rounding down when
+/// upscaling. ONNX Runtime rounds up when a nearest resize downscales; that is refused.
+fn legacy_resize(cx: &mut Cx, x: Value, mode: ResizeMode, scales: Vec<f32>) -> R<Outs> {
+    let r = cx.ty(x).rank();
+    if scales.len() != r {
+        return Err(cx.err(format!("{} scales for rank {r}", scales.len())));
+    }
+    if mode == ResizeMode::Nearest && scales.iter().any(|&s| s < 1.0) {
+        return Err(cx.err(format!(
+            "nearest downscaling (scales {scales:?}) in opset {} is not supported: ONNX Runtime rounds those \
+             coordinates up; convert the model to opset 11 or later",
+            cx.at.opset
+        )));
+    }
+    let attrs = ResizeAttrs {
+        mode,
+        coord: CoordMode::Asymmetric,
+        nearest: NearestMode::Floor,
+        cubic_a: -0.75,
+        exclude_outside: false,
+        extrapolation: 0.0,
+        antialias: false,
+        roi: vec![],
+        target: ResizeTarget::Scales(scales),
+    };
+    one(cx.add(Op::Resize(attrs), vec![Some(x)], None)?)
+}
+
+/// Upsample-9 (deprecated in opset 10): scales input, `nearest` or `linear` (`bilinear` in older
+/// exporters).
+fn upsample(cx: &mut Cx) -> R<Outs> {
+    let x = cx.input(0)?;
+    let a = cx.attrs();
+    let mode = choice(
+        cx,
+        &a,
+        "mode",
+        ResizeMode::Nearest,
+        &[("nearest", ResizeMode::Nearest), ("linear", ResizeMode::Linear), ("bilinear", ResizeMode::Linear)],
+    )?;
+    if cx.node.input.len() != 2 {
+        return Err(cx.err(format!("has {} inputs; Upsample-9 takes X and scales", cx.node.input.len())));
+    }
+    let scales = opt_floats_input(cx, 1, "scales")?.ok_or_else(|| cx.err("input 1 (scales) is missing"))?;
+    legacy_resize(cx, x, mode, scales)
 }
