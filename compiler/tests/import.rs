@@ -945,8 +945,10 @@ fn opset_cases() -> Vec<Case> {
     const I8: i32 = 3;
     const I32: i32 = 6;
     const I64: i32 = 7;
+    const BOOL: i32 = 9;
     let x23 = || f32t(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
     let in23 = || fixed_vi("x", F32, &[2, 3]);
+    let act_x = || f32t(&[2, 3], &[-2.0, -0.5, 0.0, 0.5, 2.0, 3.0]);
     let case =
         |name, model, inputs, ops: Option<Vec<(&'static str, usize)>>, want| Case { name, model, inputs, ops, want };
     vec![
@@ -1823,6 +1825,70 @@ fn opset_cases() -> Vec<Case> {
                     1.3416407108306885,
                 ],
             )]),
+        ),
+        // ---- activations composed of element-wise ops (x = [[-2, -0.5, 0], [0.5, 2, 3]])
+        case(
+            "PRelu-16 as element-wise ops",
+            one_op(16, vec![in23()], vec![init("s", &f32t(&[3], &[0.25, -1.0, 2.0]))], "PRelu", &["x", "s"], &["y"], vec![]),
+            vec![act_x()],
+            None,
+            Want::Values(vec![f32t(&[2, 3], &[-0.5, 0.5, 0.0, 0.5, 2.0, 3.0])]),
+        ),
+        case(
+            "Elu-9 as element-wise ops",
+            one_op(9, vec![in23()], vec![], "Elu", &["x"], &["y"], vec![float("alpha", 0.5)]),
+            vec![act_x()],
+            None,
+            Want::Values(vec![f32t(&[2, 3], &[-0.4323323667049408, -0.19673466682434082, 0.0, 0.5, 2.0, 3.0])]),
+        ),
+        case(
+            "Selu-9 as element-wise ops",
+            one_op(9, vec![in23()], vec![], "Selu", &["x"], &["y"], vec![]),
+            vec![act_x()],
+            None,
+            Want::Values(vec![f32t(&[2, 3], &[-1.5201665163040161, -0.6917582154273987, 0.0, 0.5253505110740662, 2.1014020442962646, 3.1521029472351074])]),
+        ),
+        case(
+            "Celu-12 as element-wise ops",
+            one_op(12, vec![in23()], vec![], "Celu", &["x"], &["y"], vec![float("alpha", 2.0)]),
+            vec![act_x()],
+            None,
+            Want::Values(vec![f32t(&[2, 3], &[-1.264241099357605, -0.44239842891693115, 0.0, 0.5, 2.0, 3.0])]),
+        ),
+        case(
+            "ThresholdedRelu-10 as element-wise ops",
+            one_op(10, vec![in23()], vec![], "ThresholdedRelu", &["x"], &["y"], vec![float("alpha", 0.5)]),
+            vec![act_x()],
+            None,
+            Want::Values(vec![f32t(&[2, 3], &[0.0, 0.0, 0.0, 0.0, 2.0, 3.0])]),
+        ),
+        case(
+            "Softplus-9 as element-wise ops",
+            one_op(9, vec![in23()], vec![], "Softplus", &["x"], &["y"], vec![]),
+            vec![act_x()],
+            None,
+            Want::Values(vec![f32t(&[2, 3], &[0.12692800164222717, 0.4740769863128662, 0.6931471824645996, 0.9740769863128662, 2.1269280910491943, 3.0485873222351074])]),
+        ),
+        case(
+            "Softsign-9 as element-wise ops",
+            one_op(9, vec![in23()], vec![], "Softsign", &["x"], &["y"], vec![]),
+            vec![act_x()],
+            None,
+            Want::Values(vec![f32t(&[2, 3], &[-0.6666666865348816, -0.3333333432674408, 0.0, 0.3333333432674408, 0.6666666865348816, 0.75])]),
+        ),
+        case(
+            "Mish-18 as element-wise ops",
+            one_op(18, vec![in23()], vec![], "Mish", &["x"], &["y"], vec![]),
+            vec![act_x()],
+            None,
+            Want::Values(vec![f32t(&[2, 3], &[-0.2525014579296112, -0.22074377536773682, 0.0, 0.37524518370628357, 1.9439588785171509, 2.98653507232666])]),
+        ),
+        case(
+            "Xor-7 broadcast (opset 9)",
+            one_op(9, vec![fixed_vi("a", BOOL, &[2, 3]), fixed_vi("b", BOOL, &[3])], vec![], "Xor", &["a", "b"], &["y"], vec![]),
+            vec![tf(DType::Bool, &[2, 3], &[1.0, 0.0, 1.0, 0.0, 0.0, 1.0]), tf(DType::Bool, &[3], &[1.0, 0.0, 0.0])],
+            None,
+            Want::Values(vec![tf(DType::Bool, &[2, 3], &[0.0, 0.0, 1.0, 1.0, 0.0, 1.0])]),
         ),
         case(
             "Opset 29 is refused with the highest supported",

@@ -36,7 +36,148 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("Gelu", &[20], gelu),
     OpDef::microsoft("Gelu", |cx| cx.unary(UnaryOp::Gelu)),
     OpDef::onnx("Dropout", &[1, 6, 7, 10, 12, 13, 22], dropout),
+    OpDef::onnx("PRelu", &[1, 6, 7, 9, 16], prelu),
+    OpDef::onnx("Elu", &[1, 6, 22], elu),
+    OpDef::onnx("Selu", &[1, 6, 22], selu),
+    OpDef::onnx("Celu", &[12, 28], celu),
+    OpDef::onnx("ThresholdedRelu", &[10, 22], thresholded_relu),
+    OpDef::onnx("Softplus", &[1, 22], |cx| composed(cx, softplus)),
+    OpDef::onnx("Softsign", &[1, 22], |cx| composed(cx, softsign)),
+    OpDef::onnx("Mish", &[18, 22], |cx| composed(cx, mish)),
 ];
+
+// ---------------------------------------------------------------- composed activations
+
+/// The float input of an activation the IR has no op for (these are defined on float types only).
+fn float_input(cx: &mut Cx) -> R<Value> {
+    let x = cx.input(0)?;
+    let t = cx.ty(x);
+    if !t.dtype.is_float() || t.quant.is_some() {
+        return Err(cx.err(format!("needs a float input, got {t}")));
+    }
+    Ok(x)
+}
+
+/// A scalar constant of `x`'s dtype.
+fn scalar(cx: &mut Cx, tag: &str, x: Value, k: f64) -> Value {
+    let dtype = cx.ty(x).dtype;
+    let name = cx.im.fresh_name(&format!("{}/{tag}", cx.at.name));
+    cx.im.g.add_const(name, qforge_ir::Tensor::from_f64_iter(dtype, vec![], [k].into_iter()))
+}
+
+fn bin(cx: &mut Cx, tag: &str, op: BinaryOp, a: Value, b: Value) -> R<Value> {
+    cx.add_helper(tag, Op::Binary(op), vec![Some(a), Some(b)])
+}
+
+fn un(cx: &mut Cx, tag: &str, u: UnaryOp, a: Value) -> R<Value> {
+    cx.add_helper(tag, Op::Unary(u), vec![Some(a)])
+}
+
+/// `where(x < 0, neg, pos)`, the node's result.
+fn by_sign(cx: &mut Cx, x: Value, neg: Value, pos: Value) -> R<Outs> {
+    let zero = scalar(cx, "zero", x, 0.0);
+    let c = bin(cx, "negative", BinaryOp::Less, x, zero)?;
+    one(cx.add(Op::Where, vec![Some(c), Some(neg), Some(pos)], None)?)
+}
+
+/// PRelu: `x < 0 ? slope * x : x`, the slope broadcast to `x` (ONNX reference `op_prelu.py`).
+fn prelu(cx: &mut Cx) -> R<Outs> {
+    let x = float_input(cx)?;
+    let slope = cx.input(1)?;
+    let neg = bin(cx, "scaled", BinaryOp::Mul, x, slope)?;
+    by_sign(cx, x, neg, x)
+}
+
+/// Elu: `x < 0 ? alpha * (exp(x) - 1) : x`.
+fn elu(cx: &mut Cx) -> R<Outs> {
+    let alpha = cx.attrs().float_or("alpha", 1.0)?;
+    let x = float_input(cx)?;
+    let e = un(cx, "exp", UnaryOp::Exp, x)?;
+    let one_ = scalar(cx, "one", x, 1.0);
+    let em1 = bin(cx, "exp_minus_one", BinaryOp::Sub, e, one_)?;
+    let a = scalar(cx, "alpha", x, alpha.into());
+    let neg = bin(cx, "scaled", BinaryOp::Mul, em1, a)?;
+    by_sign(cx, x, neg, x)
+}
+
+/// Selu: `gamma * (x < 0 ? alpha * exp(x) - alpha : x)`, as `(exp(x) * alpha - alpha) * gamma`
+/// and `x * gamma`.
+fn selu(cx: &mut Cx) -> R<Outs> {
+    let a = cx.attrs();
+    let alpha = a.float_or("alpha", 1.673_263_2)?;
+    let gamma = a.float_or("gamma", 1.050_701)?;
+    let x = float_input(cx)?;
+    let (ka, kg) = (scalar(cx, "alpha", x, alpha.into()), scalar(cx, "gamma", x, gamma.into()));
+    let e = un(cx, "exp", UnaryOp::Exp, x)?;
+    let ea = bin(cx, "exp_alpha", BinaryOp::Mul, e, ka)?;
+    let t = bin(cx, "minus_alpha", BinaryOp::Sub, ea, ka)?;
+    let neg = bin(cx, "negative_part", BinaryOp::Mul, t, kg)?;
+    let pos = bin(cx, "positive_part", BinaryOp::Mul, x, kg)?;
+    by_sign(cx, x, neg, pos)
+}
+
+/// Celu: `max(0, x) + min(0, alpha * (exp(x / alpha) - 1))`.
+fn celu(cx: &mut Cx) -> R<Outs> {
+    let alpha = cx.attrs().float_or("alpha", 1.0)?;
+    if alpha == 0.0 || !alpha.is_finite() {
+        return Err(cx.err(format!("alpha={alpha} is not supported (a finite non-zero value)")));
+    }
+    let x = float_input(cx)?;
+    let (zero, one_, a) = (scalar(cx, "zero", x, 0.0), scalar(cx, "one", x, 1.0), scalar(cx, "alpha", x, alpha.into()));
+    let xa = bin(cx, "over_alpha", BinaryOp::Div, x, a)?;
+    let e = un(cx, "exp", UnaryOp::Exp, xa)?;
+    let em1 = bin(cx, "exp_minus_one", BinaryOp::Sub, e, one_)?;
+    let s = bin(cx, "scaled", BinaryOp::Mul, em1, a)?;
+    let neg = bin(cx, "negative_part", BinaryOp::Min, s, zero)?;
+    let pos = bin(cx, "positive_part", BinaryOp::Max, x, zero)?;
+    one(cx.add(Op::Binary(BinaryOp::Add), vec![Some(pos), Some(neg)], None)?)
+}
+
+/// ThresholdedRelu: `x > alpha ? x : 0`.
+fn thresholded_relu(cx: &mut Cx) -> R<Outs> {
+    let alpha = cx.attrs().float_or("alpha", 1.0)?;
+    let x = float_input(cx)?;
+    let (zero, a) = (scalar(cx, "zero", x, 0.0), scalar(cx, "alpha", x, alpha.into()));
+    let c = bin(cx, "above", BinaryOp::Greater, x, a)?;
+    one(cx.add(Op::Where, vec![Some(c), Some(x), Some(zero)], None)?)
+}
+
+/// Builds an activation from its float input: the helper nodes, then the last op and its inputs.
+type Compose = fn(&mut Cx, Value) -> R<(Op, Vec<Value>)>;
+
+/// An activation built by `f` from the float input: every node but the last is a helper.
+fn composed(cx: &mut Cx, f: Compose) -> R<Outs> {
+    let x = float_input(cx)?;
+    let (op, ins) = f(cx, x)?;
+    one(cx.add(op, ins.into_iter().map(Some).collect(), None)?)
+}
+
+/// `ln(exp(x) + 1)` (ONNX reference `op_softplus.py`).
+fn softplus_of(cx: &mut Cx, x: Value) -> R<Value> {
+    let e = un(cx, "exp", UnaryOp::Exp, x)?;
+    let one_ = scalar(cx, "one", x, 1.0);
+    bin(cx, "exp_plus_one", BinaryOp::Add, e, one_)
+}
+
+fn softplus(cx: &mut Cx, x: Value) -> R<(Op, Vec<Value>)> {
+    Ok((Op::Unary(UnaryOp::Log), vec![softplus_of(cx, x)?]))
+}
+
+/// `x / (1 + |x|)`.
+fn softsign(cx: &mut Cx, x: Value) -> R<(Op, Vec<Value>)> {
+    let a = un(cx, "abs", UnaryOp::Abs, x)?;
+    let one_ = scalar(cx, "one", x, 1.0);
+    let d = bin(cx, "one_plus_abs", BinaryOp::Add, a, one_)?;
+    Ok((Op::Binary(BinaryOp::Div), vec![x, d]))
+}
+
+/// `x * tanh(ln(1 + exp(x)))`.
+fn mish(cx: &mut Cx, x: Value) -> R<(Op, Vec<Value>)> {
+    let e1 = softplus_of(cx, x)?;
+    let sp = un(cx, "softplus", UnaryOp::Log, e1)?;
+    let t = un(cx, "tanh", UnaryOp::Tanh, sp)?;
+    Ok((Op::Binary(BinaryOp::Mul), vec![x, t]))
+}
 
 fn leaky_relu(cx: &mut Cx) -> R<Outs> {
     let alpha = cx.attrs().float_or("alpha", 0.01)?;
