@@ -1891,6 +1891,28 @@ fn opset_cases() -> Vec<Case> {
             Want::Values(vec![tf(DType::Bool, &[2, 3], &[0.0, 0.0, 1.0, 1.0, 0.0, 1.0])]),
         ),
         case(
+            "Trilu-14 upper with k=1",
+            one_op(14, vec![fixed_vi("x", F32, &[3, 4])], vec![init("k", &i64t(&[1]))], "Trilu", &["x", "k"], &["y"], vec![]),
+            vec![f32t(&[3, 4], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0])],
+            Some(vec![("where", 1), ("const", 2)]),
+            Want::Values(vec![f32t(&[3, 4], &[0.0, 2.0, 3.0, 4.0, 0.0, 0.0, 7.0, 8.0, 0.0, 0.0, 0.0, 12.0])]),
+        ),
+        case(
+            "Trilu-14 lower with k=-1",
+            one_op(
+                14,
+                vec![fixed_vi("x", F32, &[3, 4])],
+                vec![init("k", &Tensor::from_i64(vec![], vec![-1]))],
+                "Trilu",
+                &["x", "k"],
+                &["y"],
+                vec![int("upper", 0)],
+            ),
+            vec![f32t(&[3, 4], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0])],
+            None,
+            Want::Values(vec![f32t(&[3, 4], &[0.0, 0.0, 0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 9.0, 10.0, 0.0, 0.0])]),
+        ),
+        case(
             "Opset 29 is refused with the highest supported",
             one_op(29, vec![in23()], vec![], "Relu", &["x"], &["y"], vec![]),
             vec![],

@@ -1,5 +1,6 @@
 //! Data movement and shape changes: Reshape, Flatten, Transpose, Concat, Slice, Gather,
-//! GatherElements, Split, Squeeze, Unsqueeze, Expand, Pad, Tile, DepthToSpace, SpaceToDepth,
+//! GatherElements, Split, Squeeze, Unsqueeze, Expand, Pad, Tile, Trilu, DepthToSpace,
+//! SpaceToDepth,
 //! plus Cast, CastLike and Identity (semantics: the ONNX operator spec, <https://onnx.ai/onnx/operators/>).
 //! Target shapes, axes and slice bounds must be constants (or computed from constants: the
 //! importer folds them), or shape values computed from the inputs' dims (see
@@ -26,6 +27,7 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("Expand", &[8, 13], expand),
     OpDef::onnx("Pad", &[1, 2, 11, 13, 18, 19, 21, 23, 24, 25], pad),
     OpDef::onnx("Tile", &[1, 6, 13], tile),
+    OpDef::onnx("Trilu", &[14], trilu),
     OpDef::onnx("Cast", &[1, 6, 9, 13, 19, 21, 23, 24, 25, 28], cast),
     OpDef::onnx("CastLike", &[15, 19, 21, 23, 24, 25], cast_like),
     OpDef::onnx("DepthToSpace", &[1, 11, 13, 28], |cx| depth_space(cx, true)),
@@ -457,4 +459,40 @@ fn tile(cx: &mut Cx) -> R<Outs> {
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| cx.err(format!("repeats {reps:?} must be non-negative")))?;
     one(cx.add(Op::Tile { repeats }, vec![Some(x)], None)?)
+}
+
+/// Trilu: keeps the upper (`upper=1`, the default: column - row >= k) or lower (column - row <= k)
+/// triangle of the last two axes and zeroes the rest, as `where(mask, x, 0)` with the mask a
+/// constant over the last two axes (which must be fixed), `k` a constant (default 0).
+fn trilu(cx: &mut Cx) -> R<Outs> {
+    let upper = cx.attrs().bool_or("upper", true)?;
+    let x = cx.input(0)?;
+    let k = match cx.opt_ints_input(1, "k")?.as_deref() {
+        None => 0,
+        Some([k]) => *k,
+        Some(v) => return Err(cx.err(format!("input 1 (k) must hold one value, got {} values", v.len()))),
+    };
+    let t = cx.ty(x);
+    let r = t.rank();
+    let dims = (r >= 2).then(|| (t.shape.0[r - 2].fixed(), t.shape.0[r - 1].fixed()));
+    let Some((Some(n), Some(m))) = dims else {
+        return Err(cx.err(format!("needs an input of rank 2 or more with fixed last two dims, got {}", t.shape)));
+    };
+    if (n as u128).saturating_mul(m as u128) > cx.im.max_tensor_bytes {
+        return Err(cx.err(format!("the {n}x{m} mask exceeds the tensor size limit")));
+    }
+    let keep = |i: usize, j: usize| {
+        let d = j as i128 - i as i128;
+        if upper {
+            d >= k as i128
+        } else {
+            d <= k as i128
+        }
+    };
+    let mask = (0..n).flat_map(|i| (0..m).map(move |j| f64::from(u8::from(keep(i, j)))));
+    let mname = cx.im.fresh_name(&format!("{}/mask", cx.at.name));
+    let mask = cx.im.g.add_const(mname, qforge_ir::Tensor::from_f64_iter(DType::Bool, vec![n, m], mask));
+    let zname = cx.im.fresh_name(&format!("{}/zero", cx.at.name));
+    let zero = cx.im.g.add_const(zname, qforge_ir::Tensor::from_f64_iter(t.dtype, vec![], [0.0].into_iter()));
+    one(cx.add(Op::Where, vec![Some(mask), Some(x), Some(zero)], None)?)
 }
