@@ -292,6 +292,23 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             }
             one(TensorType::new(t.dtype, Shape(dims)))
         }
+        Op::ArgMax { axis, keepdims, .. } | Op::ArgMin { axis, keepdims, .. } => {
+            let t = plain(x(0)?, "x")?;
+            if t.dtype == DType::Bool {
+                return Err(InferError::Operand(format!("{} needs a numeric tensor, got bool", op.name())));
+            }
+            let ax = norm_axis(*axis, t.rank())?;
+            if t.shape.0[ax].fixed() == Some(0) {
+                return Err(InferError::Shape(format!("{} along the empty axis {ax}", op.name())));
+            }
+            let mut dims = t.shape.0.clone();
+            if *keepdims {
+                dims[ax] = Dim::Fixed(1);
+            } else {
+                dims.remove(ax);
+            }
+            one(TensorType::new(DType::I64, Shape(dims)))
+        }
         Op::Reshape { shape } => {
             let t = x(0)?;
             one(t.with_shape(reshape_shape(&t.shape, shape)?))

@@ -296,6 +296,19 @@ pub enum Op {
         axes: Vec<i64>,
         keepdims: bool,
     },
+    /// The i64 index of the largest element along `axis` (ONNX ArgMax): the first such index, or
+    /// the last with `select_last`; a NaN counts as larger than any number (numpy's argmax).
+    ArgMax {
+        axis: i64,
+        keepdims: bool,
+        select_last: bool,
+    },
+    /// The i64 index of the smallest element along `axis` (ONNX ArgMin; NaN as for ArgMax).
+    ArgMin {
+        axis: i64,
+        keepdims: bool,
+        select_last: bool,
+    },
 
     // ---- data movement (any dtype; quantization parameters pass through unchanged unless noted)
     /// Pads (or, with negative pads, crops) every axis: `pads` holds every axis' begin count
@@ -487,6 +500,8 @@ impl Op {
             Op::ConvTranspose(_) => "conv_transpose",
             Op::Resize(_) => "resize",
             Op::GroupNorm { .. } => "group_norm",
+            Op::ArgMax { .. } => "arg_max",
+            Op::ArgMin { .. } => "arg_min",
             Op::Pad { .. } => "pad",
             Op::Tile { .. } => "tile",
             Op::Lrn { .. } => "lrn",

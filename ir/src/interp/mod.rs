@@ -482,6 +482,8 @@ fn dispatch(cx: &Cx) -> R<Vec<Tensor>> {
         Op::ConvTranspose(a) => one(conv::conv_transpose(cx, a)),
         Op::Resize(a) => one(resize::resize(cx, a)),
         Op::GroupNorm { groups, epsilon } => one(norm::group_norm(cx, *groups, *epsilon)),
+        Op::ArgMax { axis, select_last, .. } => one(norm::arg_extreme(cx, *axis, true, *select_last)),
+        Op::ArgMin { axis, select_last, .. } => one(norm::arg_extreme(cx, *axis, false, *select_last)),
         Op::Pad { mode, pads, value } => one(movement::pad(cx, *mode, pads, *value)),
         Op::Tile { .. } => one(movement::tile(cx)),
         Op::Lrn { size, alpha, beta, bias } => one(norm::lrn(cx, *size, *alpha, *beta, *bias)),

@@ -18,7 +18,7 @@
 
 use super::{broadcast_strides, float_tensor, floats, int_tensor, numel, Cx, Walker, R};
 use crate::infer::norm_axis;
-use crate::Tensor;
+use crate::{DType, Tensor};
 
 pub(crate) fn batch_norm(cx: &Cx, eps: f32) -> R<Tensor> {
     let x = cx.x(0)?;
@@ -301,6 +301,50 @@ pub(crate) fn group_norm(cx: &Cx, groups: usize, eps: f32) -> R<Tensor> {
     let row = (c / g).checked_mul(plane).ok_or("input too large")?;
     let y = normalize_rows(&floats(x), row, plane, c, &scale, &bias, eps);
     float_tensor(x.dtype(), s.to_vec(), y)
+}
+
+/// ONNX ArgMax (`max`) and ArgMin along `axis`: the first index of the extreme value, or the
+/// last with `select_last`; as numpy's argmax/argmin, a NaN is the extreme (its first index). Floats
+/// compare as f32 (f16/bf16 widened exactly), integers as i64.
+pub(crate) fn arg_extreme(cx: &Cx, axis: i64, max: bool, select_last: bool) -> R<Tensor> {
+    let x = cx.x(0)?;
+    let s = x.shape();
+    let ax = norm_axis(axis, s.len()).map_err(|e| e.to_string())?;
+    let (outer, n, inner) = (numel(&s[..ax]).ok_or("too large")?, s[ax], numel(&s[ax + 1..]).ok_or("too large")?);
+    if n == 0 {
+        return Err(format!("arg of the empty axis {ax}"));
+    }
+    fn pick<T: Copy + PartialOrd>(v: &[T], outer: usize, n: usize, inner: usize, max: bool, last: bool) -> Vec<i64> {
+        let mut out = Vec::with_capacity(outer * inner);
+        for o in 0..outer {
+            for i in 0..inner {
+                let at = |k: usize| v[(o * n + k) * inner + i];
+                let mut best = 0usize;
+                for k in 1..n {
+                    let (a, b) = (at(k), at(best));
+                    let (a_nan, b_nan) = (a.partial_cmp(&a).is_none(), b.partial_cmp(&b).is_none());
+                    let better = match (a_nan, b_nan) {
+                        (_, true) => last && a_nan,
+                        (true, false) => true,
+                        _ if a == b => last,
+                        _ => (a > b) == max,
+                    };
+                    if better {
+                        best = k;
+                    }
+                }
+                out.push(best as i64);
+            }
+        }
+        out
+    }
+    let idx = if x.dtype().is_float() {
+        pick(&floats(x), outer, n, inner, max, select_last)
+    } else {
+        let v = x.to_i64_vec().ok_or("arg of a non-numeric tensor")?;
+        pick(&v, outer, n, inner, max, select_last)
+    };
+    int_tensor(DType::I64, cx.out_shape(0), &idx)
 }
 
 #[cfg(test)]

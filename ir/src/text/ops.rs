@@ -159,6 +159,11 @@ pub(super) fn print_attrs(op: &Op) -> Vec<(&'static str, String)> {
             v
         }
         Op::GroupNorm { groups, epsilon } => vec![("groups", groups.to_string()), ("epsilon", f32s(*epsilon))],
+        Op::ArgMax { axis, keepdims, select_last } | Op::ArgMin { axis, keepdims, select_last } => vec![
+            ("axis", axis.to_string()),
+            ("keepdims", keepdims.to_string()),
+            ("select_last", select_last.to_string()),
+        ],
         Op::Pad { mode, pads, value } => {
             vec![("mode", name_of(PAD_MODES, *mode).to_string()), ("pads", i64s(pads)), ("value", format!("{value:?}"))]
         }
@@ -530,6 +535,12 @@ pub(super) fn build_op(name: &str, mut a: Attrs) -> Result<Option<Op>> {
             })
         }
         "group_norm" => Op::GroupNorm { groups: a.usize("groups")?, epsilon: a.f32("epsilon")? },
+        "arg_max" => {
+            Op::ArgMax { axis: a.i64("axis")?, keepdims: a.bool("keepdims")?, select_last: a.bool("select_last")? }
+        }
+        "arg_min" => {
+            Op::ArgMin { axis: a.i64("axis")?, keepdims: a.bool("keepdims")?, select_last: a.bool("select_last")? }
+        }
         "pad" => Op::Pad { mode: a.named("mode", PAD_MODES)?, pads: a.i64s("pads")?, value: a.f64("value")? },
         "tile" => Op::Tile { repeats: a.usizes("repeats")? },
         "lrn" => Op::Lrn { size: a.usize("size")?, alpha: a.f32("alpha")?, beta: a.f32("beta")?, bias: a.f32("bias")? },

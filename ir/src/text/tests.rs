@@ -639,6 +639,8 @@ fn every_op() -> Vec<Op> {
             target: ResizeTarget::Sizes { axes: vec![1], sizes: vec![7], policy: AspectPolicy::NotSmaller },
         }),
         Op::GroupNorm { groups: 4, epsilon: 1e-6 },
+        Op::ArgMax { axis: -1, keepdims: true, select_last: false },
+        Op::ArgMin { axis: 0, keepdims: false, select_last: true },
         Op::Pad { mode: PadMode::Wrap, pads: vec![1, -2, 0, 3], value: -1e300 },
         Op::Tile { repeats: vec![1, 0, 3] },
     ];
@@ -648,7 +650,7 @@ fn every_op() -> Vec<Op> {
 }
 
 /// The number of the last variant in [`variant`].
-const LAST_VARIANT: usize = 58;
+const LAST_VARIANT: usize = 60;
 
 fn variant(op: &Op) -> usize {
     match op {
@@ -711,6 +713,8 @@ fn variant(op: &Op) -> usize {
         Op::GroupNorm { .. } => 56,
         Op::Pad { .. } => 57,
         Op::Tile { .. } => 58,
+        Op::ArgMax { .. } => 59,
+        Op::ArgMin { .. } => 60,
     }
 }
 

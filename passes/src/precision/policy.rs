@@ -148,6 +148,8 @@ fn assignable_ops() -> Vec<(Op, OpClass)> {
         (Op::Resize(resize0()), Follow),
         (Op::Pad { mode: qforge_ir::PadMode::Constant, pads: vec![], value: 0.0 }, Follow),
         (Op::Tile { repeats: vec![] }, Follow),
+        (Op::ArgMax { axis: 0, keepdims: false, select_last: false }, Follow),
+        (Op::ArgMin { axis: 0, keepdims: false, select_last: false }, Follow),
     ];
     for u in Op::UNARY {
         let class = match u {

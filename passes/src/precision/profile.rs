@@ -175,7 +175,9 @@ impl CostClass {
             | Op::ReduceMean { .. }
             | Op::ReduceSum { .. }
             | Op::ReduceMax { .. }
-            | Op::GroupNorm { .. } => CostClass::Normalization,
+            | Op::GroupNorm { .. }
+            | Op::ArgMax { .. }
+            | Op::ArgMin { .. } => CostClass::Normalization,
             Op::MaxPool(_)
             | Op::AveragePool(_)
             | Op::GlobalAveragePool
