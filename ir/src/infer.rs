@@ -7,8 +7,8 @@
 //! flow through every op that does not need their value.
 
 use crate::{
-    BinaryOp, ConvAttrs, DType, Dim, DimExpr, Epilogue, Op, PoolAttrs, QuantError, QuantParams, Shape, TensorType,
-    UnaryOp,
+    AspectPolicy, BinaryOp, ConvAttrs, ConvTransposeAttrs, DType, Dim, DimExpr, Epilogue, Op, PadMode, PoolAttrs,
+    QuantError, QuantParams, ResizeAttrs, ResizeMode, ResizeTarget, Shape, TensorType, UnaryOp,
 };
 
 /// Why inference rejected an op: its operands, attributes or declared result type do not fit. The
@@ -188,6 +188,90 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             let t = if matches!(op, Op::GlobalMaxPool) { x(0)? } else { float(x(0)?, "x")? };
             one(t.with_shape(global_pool_shape(&t.shape)?))
         }
+        Op::ConvTranspose(a) => {
+            let (xt, wt) = (float(x(0)?, "x")?, float(x(1)?, "w")?);
+            same_dtype(xt, wt)?;
+            let shape = conv_transpose_shape(a, &xt.shape, &wt.shape)?;
+            if let Some(b) = opt(2) {
+                same_dtype(xt, float(b, "bias")?)?;
+                expect_shape(b, &[shape.0[1].clone()], "bias")?;
+            }
+            one(TensorType::new(xt.dtype, shape))
+        }
+        Op::Resize(a) => {
+            let t = plain(x(0)?, "x")?;
+            if t.dtype == DType::Bool {
+                return Err(InferError::Operand("resize needs a numeric tensor, got bool".into()));
+            }
+            one(t.with_shape(resize_shape(a, &t.shape)?))
+        }
+        Op::GroupNorm { groups, .. } => {
+            let t = float(x(0)?, "x")?;
+            if t.rank() < 2 {
+                return Err(InferError::Shape(format!("{} needs an input of rank 2 or more", op.name())));
+            }
+            let c = &t.shape.0[1];
+            let n = c.fixed().ok_or_else(|| InferError::Shape("group norm needs a fixed channel dim".into()))?;
+            if *groups == 0 || n % groups != 0 {
+                return Err(InferError::Attribute(format!("{n} channels do not split into {groups} groups")));
+            }
+            for (i, n) in ["scale", "bias"].iter().enumerate() {
+                let p = float(x(i + 1)?, n)?;
+                same_dtype(t, p)?;
+                expect_shape(p, std::slice::from_ref(c), n)?;
+            }
+            one(t.clone())
+        }
+        Op::Pad { mode, pads, value } => {
+            let t = plain(x(0)?, "x")?;
+            let r = t.rank();
+            if pads.len() != 2 * r {
+                return Err(InferError::Attribute(format!(
+                    "{} pads for rank {r} (begin and end per axis)",
+                    pads.len()
+                )));
+            }
+            if *mode == PadMode::Constant && value.is_nan() && !t.dtype.is_float() {
+                return Err(InferError::Attribute(format!("pad value NaN for {}", t.dtype)));
+            }
+            let mut dims = vec![];
+            for (i, d) in t.shape.0.iter().enumerate() {
+                let (b, e) = (pads[i], pads[r + i]);
+                if *mode != PadMode::Constant && (b < 0 || e < 0) {
+                    return Err(InferError::Attribute(format!("negative pads {b}, {e} need constant mode")));
+                }
+                dims.push(match d {
+                    _ if b == 0 && e == 0 => d.clone(),
+                    Dim::Sym(_) => return Err(InferError::Shape(format!("padding the symbolic dim {d} by {b}, {e}"))),
+                    Dim::Fixed(n) => {
+                        if *mode != PadMode::Constant && *n == 0 {
+                            return Err(InferError::Shape(format!("cannot pad the empty axis {i} in {mode:?} mode")));
+                        }
+                        let m = (*n as i128) + b as i128 + e as i128;
+                        let m = usize::try_from(m).map_err(|_| {
+                            InferError::Shape(format!("pads {b}, {e} remove more than the {n} elements of axis {i}"))
+                        })?;
+                        Dim::Fixed(m)
+                    }
+                });
+            }
+            one(t.with_shape(Shape(dims)))
+        }
+        Op::Tile { repeats } => {
+            let t = x(0)?;
+            if repeats.len() != t.rank() {
+                return Err(InferError::Attribute(format!("{} repeats for rank {}", repeats.len(), t.rank())));
+            }
+            per_tensor_or_plain(t, "x")?;
+            let dims = t
+                .shape
+                .0
+                .iter()
+                .zip(repeats)
+                .map(|(d, &k)| dim_product(&[d.clone(), Dim::Fixed(k)]))
+                .collect::<R<_>>()?;
+            one(t.with_shape(Shape(dims)))
+        }
         Op::ReduceMean { axes, keepdims } | Op::ReduceSum { axes, keepdims } | Op::ReduceMax { axes, keepdims } => {
             let t = plain(x(0)?, "x")?;
             let r = t.rank();
@@ -207,6 +291,23 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
                 }
             }
             one(TensorType::new(t.dtype, Shape(dims)))
+        }
+        Op::ArgMax { axis, keepdims, .. } | Op::ArgMin { axis, keepdims, .. } => {
+            let t = plain(x(0)?, "x")?;
+            if t.dtype == DType::Bool {
+                return Err(InferError::Operand(format!("{} needs a numeric tensor, got bool", op.name())));
+            }
+            let ax = norm_axis(*axis, t.rank())?;
+            if t.shape.0[ax].fixed() == Some(0) {
+                return Err(InferError::Shape(format!("{} along the empty axis {ax}", op.name())));
+            }
+            let mut dims = t.shape.0.clone();
+            if *keepdims {
+                dims[ax] = Dim::Fixed(1);
+            } else {
+                dims.remove(ax);
+            }
+            one(TensorType::new(DType::I64, Shape(dims)))
         }
         Op::Reshape { shape } => {
             let t = x(0)?;
@@ -597,6 +698,214 @@ fn expect_shape(t: &TensorType, dims: &[Dim], what: &str) -> R<()> {
     }
     Ok(())
 }
+
+/// Plain values, or values quantized per tensor (which movement ops that reorder elements across
+/// axes keep).
+fn per_tensor_or_plain(t: &TensorType, what: &str) -> R<()> {
+    match &t.quant {
+        None | Some(QuantParams::PerTensor { .. }) => Ok(()),
+        Some(_) => Err(InferError::Operand(format!("{what} must not be quantized per axis or per group, got {t}"))),
+    }
+}
+
+/// Output shape of a transposed convolution of `x` (N, C, spatial...) with `w` (C, M/group,
+/// kernel...): per spatial dim `stride * (in - 1) + (kernel - 1) * dilation + 1 + output_padding
+/// - pad_begin - pad_end` (see [`ConvTransposeAttrs`]).
+pub fn conv_transpose_shape(a: &ConvTransposeAttrs, x: &Shape, w: &Shape) -> R<Shape> {
+    if x.rank() < 3 || w.rank() != x.rank() {
+        return Err(InferError::Shape(format!(
+            "conv_transpose needs x of rank 3 or more and w of the same rank, got {x} and {w}"
+        )));
+    }
+    let sp = x.rank() - 2;
+    if a.kernel.len() != sp
+        || a.strides.len() != sp
+        || a.dilations.len() != sp
+        || a.pads.len() != 2 * sp
+        || a.output_padding.len() != sp
+    {
+        return Err(InferError::Attribute(format!(
+            "attributes do not fit {sp} spatial dims (kernel {:?}, strides {:?}, pads {:?}, dilations {:?}, output_padding {:?})",
+            a.kernel, a.strides, a.pads, a.dilations, a.output_padding
+        )));
+    }
+    let wd = w.as_fixed().ok_or_else(|| InferError::Shape("weight shape must be fixed".into()))?;
+    if wd[2..] != a.kernel[..] {
+        return Err(InferError::Attribute(format!("kernel attribute {:?} does not match weight shape {w}", a.kernel)));
+    }
+    let c = x.0[1].fixed().ok_or_else(|| InferError::Shape("channel dimension must be fixed".into()))?;
+    if a.group == 0 || c % a.group != 0 || wd[0] != c {
+        return Err(InferError::Shape(format!("{c} input channels, weight {w} and group {} do not fit", a.group)));
+    }
+    let m = wd[1].checked_mul(a.group).ok_or_else(|| InferError::Shape("too many output channels".into()))?;
+    let mut dims = vec![x.0[0].clone(), Dim::Fixed(m)];
+    for i in 0..sp {
+        let n = x.0[2 + i].fixed().ok_or_else(|| InferError::Shape("spatial dimensions must be fixed".into()))?;
+        let (k, s, d) = (a.kernel[i] as i128, a.strides[i] as i128, a.dilations[i] as i128);
+        if k == 0 || s == 0 || d == 0 {
+            return Err(InferError::Attribute("kernel, strides and dilations must be positive".into()));
+        }
+        if n == 0 {
+            return Err(InferError::Shape("conv_transpose of an empty spatial dim".into()));
+        }
+        let out = s * (n as i128 - 1) + (k - 1) * d + 1 + a.output_padding[i] as i128
+            - a.pads[i] as i128
+            - a.pads[sp + i] as i128;
+        let out =
+            usize::try_from(out).ok().filter(|&o| o > 0).ok_or_else(|| {
+                InferError::Shape(format!(
+                "spatial dim {i}: input {n}, kernel {k}, stride {s}, dilation {d}, pads {}+{} and output_padding {} \
+                 give an output of {out}",
+                a.pads[i], a.pads[sp + i], a.output_padding[i]
+            ))
+            })?;
+        dims.push(Dim::Fixed(out));
+    }
+    Ok(Shape(dims))
+}
+
+/// `floor(n * scale)`, the size of a dim of `n` resized by `scale` (ONNX Resize; computed in f64
+/// from the f32 scale, as the ONNX reference does).
+fn scaled_size(n: usize, scale: f32) -> R<usize> {
+    let v = (n as f64 * scale as f64).floor();
+    if !(0.0..=(1u64 << 48) as f64).contains(&v) {
+        return Err(InferError::Shape(format!("resizing {n} by {scale} gives {v}")));
+    }
+    Ok(v as usize)
+}
+
+/// The scale the aspect-ratio policy applies to every listed axis (the smallest of the stretch
+/// scales for `not_larger`, the largest for `not_smaller`), from fixed input sizes.
+fn policy_scale(policy: AspectPolicy, ratios: &[f64]) -> f64 {
+    let it = ratios.iter().copied();
+    match policy {
+        AspectPolicy::NotLarger => it.fold(f64::INFINITY, f64::min),
+        _ => it.fold(f64::NEG_INFINITY, f64::max),
+    }
+}
+
+/// Checks a resize's attributes against the input rank.
+fn check_resize(a: &ResizeAttrs, r: usize) -> R<()> {
+    if a.mode == ResizeMode::Nearest && a.antialias {
+        return Err(InferError::Attribute("antialias applies to linear and cubic resizing only".into()));
+    }
+    if !a.roi.is_empty() && a.roi.len() != 2 * r {
+        return Err(InferError::Attribute(format!("{} roi values for rank {r} (start and end per axis)", a.roi.len())));
+    }
+    if !a.cubic_a.is_finite() || a.roi.iter().any(|v| !v.is_finite()) {
+        return Err(InferError::Attribute("cubic_a and the roi must be finite".into()));
+    }
+    match &a.target {
+        ResizeTarget::Scales(s) => {
+            if s.len() != r {
+                return Err(InferError::Attribute(format!("{} scales for rank {r}", s.len())));
+            }
+            if let Some(v) = s.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+                return Err(InferError::Attribute(format!("scale {v} must be a positive number")));
+            }
+        }
+        ResizeTarget::Sizes { axes, sizes, .. } => {
+            if axes.len() != sizes.len() || axes.is_empty() {
+                return Err(InferError::Attribute(format!("{} sizes for axes {axes:?}", sizes.len())));
+            }
+            for (i, &ax) in axes.iter().enumerate() {
+                if ax >= r || axes[..i].contains(&ax) {
+                    return Err(InferError::Attribute(format!("axes {axes:?} are not distinct axes of rank {r}")));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The scale and output size of every axis of a resize of a fixed-shape input (the ONNX
+/// reference's `_interpolate_nd`): scales as given, or `size / in` from sizes, both in f64; under
+/// an aspect-ratio policy every listed axis takes the policy's scale and the size
+/// `floor(scale * in + 0.5)`.
+pub fn resize_scales(a: &ResizeAttrs, input: &[usize]) -> R<(Vec<f64>, Vec<usize>)> {
+    check_resize(a, input.len())?;
+    match &a.target {
+        ResizeTarget::Scales(s) => {
+            let sizes = input.iter().zip(s).map(|(&n, &k)| scaled_size(n, k)).collect::<R<_>>()?;
+            Ok((s.iter().map(|&k| k as f64).collect(), sizes))
+        }
+        ResizeTarget::Sizes { axes, sizes, policy } => {
+            let mut scales = vec![1.0f64; input.len()];
+            let mut out = input.to_vec();
+            for (&ax, &m) in axes.iter().zip(sizes) {
+                if input[ax] == 0 {
+                    return Err(InferError::Shape(format!("cannot resize the empty axis {ax} to {m}")));
+                }
+                scales[ax] = m as f64 / input[ax] as f64;
+                out[ax] = m;
+            }
+            if *policy != AspectPolicy::Stretch {
+                let ratios: Vec<f64> = axes.iter().map(|&ax| scales[ax]).collect();
+                let s = policy_scale(*policy, &ratios);
+                for &ax in axes {
+                    scales[ax] = s;
+                    let v = (s * input[ax] as f64 + 0.5).floor();
+                    if !(0.0..=(1u64 << 48) as f64).contains(&v) {
+                        return Err(InferError::Shape(format!("resizing {} by {s} gives {v}", input[ax])));
+                    }
+                    out[ax] = v as usize;
+                }
+            }
+            Ok((scales, out))
+        }
+    }
+}
+
+/// The output shape of a resize: [`resize_scales`] when the input is fixed; with symbolic dims,
+/// a symbolic dim may be scaled by a whole number (`N` by 2 is `N*2`) or keep its size.
+fn resize_shape(a: &ResizeAttrs, x: &Shape) -> R<Shape> {
+    if let Some(d) = x.as_fixed() {
+        return Ok(Shape::fixed(&resize_scales(a, &d)?.1));
+    }
+    check_resize(a, x.rank())?;
+    let sym_err = |d: &Dim| InferError::Shape(format!("resizing the symbolic dim {d} needs a whole-number scale"));
+    match &a.target {
+        ResizeTarget::Scales(s) => {
+            let dims =
+                x.0.iter()
+                    .zip(s)
+                    .map(|(d, &k)| match d {
+                        Dim::Fixed(n) => scaled_size(*n, k).map(Dim::Fixed),
+                        Dim::Sym(_) if k.fract() == 0.0 && (1.0..=MAX_WHOLE_SCALE).contains(&k) => {
+                            dim_product(&[d.clone(), Dim::Fixed(k as usize)])
+                        }
+                        Dim::Sym(_) => Err(sym_err(d)),
+                    })
+                    .collect::<R<_>>()?;
+            Ok(Shape(dims))
+        }
+        ResizeTarget::Sizes { axes, sizes, policy } => {
+            let mut dims = x.0.clone();
+            if *policy == AspectPolicy::Stretch {
+                for (&ax, &m) in axes.iter().zip(sizes) {
+                    dims[ax] = Dim::Fixed(m);
+                }
+                return Ok(Shape(dims));
+            }
+            // The policy's scale needs every listed axis fixed; the others keep their dims.
+            let fixed: Vec<usize> =
+                axes.iter().map(|&ax| x.0[ax].fixed().ok_or_else(|| sym_err(&x.0[ax]))).collect::<R<_>>()?;
+            let sub = ResizeAttrs {
+                target: ResizeTarget::Sizes { axes: (0..axes.len()).collect(), sizes: sizes.clone(), policy: *policy },
+                roi: vec![],
+                ..a.clone()
+            };
+            let (_, out) = resize_scales(&sub, &fixed)?;
+            for (&ax, m) in axes.iter().zip(out) {
+                dims[ax] = Dim::Fixed(m);
+            }
+            Ok(Shape(dims))
+        }
+    }
+}
+
+/// The largest whole-number scale applied to a symbolic dim.
+const MAX_WHOLE_SCALE: f32 = 65536.0;
 
 /// The epilogue of a fused integer kernel decides the result: requantized (declared quantized
 /// type) or dequantized (f32). The bias, when the epilogue adds one, is i32 with one value per

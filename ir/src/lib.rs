@@ -39,7 +39,10 @@ pub use error::{IrError, Result};
 pub use graph::{Graph, GraphOutput, Node, NodeId, Value};
 pub use infer::InferError;
 pub use limits::{Allocation, DEFAULT_MAX_TENSOR_BYTES};
-pub use op::{BinaryOp, ConvAttrs, DimExpr, Epilogue, Op, PoolAttrs, UnaryOp};
+pub use op::{
+    AspectPolicy, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordMode, DimExpr, Epilogue, NearestMode, Op, PadMode,
+    PoolAttrs, ResizeAttrs, ResizeMode, ResizeTarget, UnaryOp,
+};
 pub use quant::{QuantError, QuantParams};
 pub use shape::{Dim, Shape, TensorType};
 pub use tensor::{Tensor, TensorData};

@@ -32,6 +32,106 @@ pub struct PoolAttrs {
     pub count_include_pad: bool,
 }
 
+/// Transposed convolution attributes (ONNX ConvTranspose), spatial dims in NCHW order. Output
+/// position `o` along a spatial dim receives input position `i` through kernel tap `k` when
+/// `o = i * stride + k * dilation - pad_begin`; the output size is
+/// `stride * (in - 1) + (kernel - 1) * dilation + 1 + output_padding - pad_begin - pad_end`.
+/// Pads may be negative (ONNX's `output_shape` and `auto_pad` can ask for a larger output than the
+/// natural one, which extends the output without contributions there).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ConvTransposeAttrs {
+    /// Kernel spatial shape (from the weight's shape).
+    pub kernel: Vec<usize>,
+    pub strides: Vec<usize>,
+    /// Begin pads for each spatial dim, then end pads.
+    pub pads: Vec<i64>,
+    pub dilations: Vec<usize>,
+    pub group: usize,
+    /// Extra output rows at the end of each spatial dim.
+    pub output_padding: Vec<usize>,
+}
+
+/// Resize interpolation (ONNX Resize `mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ResizeMode {
+    Nearest,
+    Linear,
+    Cubic,
+}
+
+/// How an output coordinate maps to an input coordinate (ONNX Resize
+/// `coordinate_transformation_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CoordMode {
+    HalfPixel,
+    HalfPixelSymmetric,
+    PytorchHalfPixel,
+    AlignCorners,
+    Asymmetric,
+    TfCropAndResize,
+}
+
+/// How nearest-neighbour resizing rounds a fractional input coordinate (ONNX Resize
+/// `nearest_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NearestMode {
+    RoundPreferFloor,
+    RoundPreferCeil,
+    Floor,
+    Ceil,
+}
+
+/// How resizing to `sizes` keeps the aspect ratio (ONNX Resize `keep_aspect_ratio_policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AspectPolicy {
+    Stretch,
+    NotLarger,
+    NotSmaller,
+}
+
+/// What a resize produces: a scale per axis (every axis; the output dim is
+/// `floor(in * scale)`), or sizes for some axes (the other axes keep their size), from which the
+/// scales follow at run time.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ResizeTarget {
+    Scales(Vec<f32>),
+    Sizes { axes: Vec<usize>, sizes: Vec<usize>, policy: AspectPolicy },
+}
+
+/// Resize attributes (ONNX Resize, opsets 10 to 19; Upsample is a nearest or linear resize with
+/// asymmetric coordinates).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResizeAttrs {
+    pub mode: ResizeMode,
+    pub coord: CoordMode,
+    pub nearest: NearestMode,
+    /// The cubic kernel's `a` (`cubic_coeff_a`).
+    pub cubic_a: f32,
+    /// Weights of taps outside the input are zeroed and the rest renormalized.
+    pub exclude_outside: bool,
+    /// The value of outputs that map outside the input under `tf_crop_and_resize`.
+    pub extrapolation: f32,
+    /// Linear and cubic only: widen the kernel by the downscaling factor.
+    pub antialias: bool,
+    /// `tf_crop_and_resize` only: the region of interest, every axis' start then every axis' end
+    /// (normalized coordinates); empty means the whole input.
+    pub roi: Vec<f32>,
+    pub target: ResizeTarget,
+}
+
+/// Pad modes (ONNX Pad `mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PadMode {
+    /// The constant `value`.
+    Constant,
+    /// Mirror without repeating the edge (numpy `reflect`).
+    Reflect,
+    /// Repeat the edge.
+    Edge,
+    /// Wrap around (numpy `wrap`).
+    Wrap,
+}
+
 /// One step applied to the accumulator of a fused integer kernel, in order.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Epilogue {
@@ -156,6 +256,16 @@ pub enum Op {
     AveragePool(PoolAttrs),
     GlobalAveragePool,
     GlobalMaxPool,
+    /// `x, w, [b]` -> y. Float transposed convolution; `w` is (C, M/group, kernel...).
+    ConvTranspose(ConvTransposeAttrs),
+    /// `x` -> `x` resized along its axes (any float dtype, and integers rounded and saturated).
+    Resize(ResizeAttrs),
+    /// `x, scale, bias` -> normalized over each group of `C / groups` channels of each sample,
+    /// then `* scale[c] + bias[c]` (ONNX GroupNormalization-21; scale and bias have `C` entries).
+    GroupNorm {
+        groups: usize,
+        epsilon: f32,
+    },
     /// Local response normalization across channels.
     Lrn {
         size: usize,
@@ -186,8 +296,35 @@ pub enum Op {
         axes: Vec<i64>,
         keepdims: bool,
     },
+    /// The i64 index of the largest element along `axis` (ONNX ArgMax): the first such index, or
+    /// the last with `select_last`; a NaN counts as larger than any number (numpy's argmax).
+    ArgMax {
+        axis: i64,
+        keepdims: bool,
+        select_last: bool,
+    },
+    /// The i64 index of the smallest element along `axis` (ONNX ArgMin; NaN as for ArgMax).
+    ArgMin {
+        axis: i64,
+        keepdims: bool,
+        select_last: bool,
+    },
 
-    // ---- data movement (any dtype; quantization parameters pass through unchanged)
+    // ---- data movement (any dtype; quantization parameters pass through unchanged unless noted)
+    /// Pads (or, with negative pads, crops) every axis: `pads` holds every axis' begin count
+    /// then every axis' end count. Unquantized values only (a constant pad has no meaning in a
+    /// quantized type without its zero point).
+    Pad {
+        mode: PadMode,
+        pads: Vec<i64>,
+        /// The fill of `Constant` mode, converted to the dtype (integers round half to even and
+        /// saturate, bool is `!= 0`).
+        value: f64,
+    },
+    /// Repeats the input `repeats[i]` times along axis `i` (ONNX Tile).
+    Tile {
+        repeats: Vec<usize>,
+    },
     /// ONNX Reshape with a constant target shape: `0` copies the input dim, `-1` is inferred.
     Reshape {
         shape: Vec<i64>,
@@ -360,6 +497,13 @@ impl Op {
             Op::AveragePool(_) => "average_pool",
             Op::GlobalAveragePool => "global_average_pool",
             Op::GlobalMaxPool => "global_max_pool",
+            Op::ConvTranspose(_) => "conv_transpose",
+            Op::Resize(_) => "resize",
+            Op::GroupNorm { .. } => "group_norm",
+            Op::ArgMax { .. } => "arg_max",
+            Op::ArgMin { .. } => "arg_min",
+            Op::Pad { .. } => "pad",
+            Op::Tile { .. } => "tile",
             Op::Lrn { .. } => "lrn",
             Op::Softmax { .. } => "softmax",
             Op::LogSoftmax { .. } => "log_softmax",
@@ -447,6 +591,8 @@ impl Op {
         match self {
             Op::Input | Op::Const(_) => (0, 0),
             Op::Conv(_) | Op::QConv { .. } | Op::QMatMul { .. } | Op::QGemm { .. } => (2, 3),
+            Op::ConvTranspose(_) => (2, 3),
+            Op::GroupNorm { .. } => (3, 3),
             Op::Gemm { .. } => (2, 3),
             Op::BatchNorm { .. } => (5, 5),
             Op::Binary(_) | Op::MatMul | Op::Gather { .. } | Op::GatherElements { .. } | Op::QAdd | Op::QMul => (2, 2),

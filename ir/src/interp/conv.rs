@@ -10,7 +10,8 @@
 //! spatial dims have size 1).
 
 use super::{float_tensor, floats, Cx, R};
-use crate::ConvAttrs;
+use crate::limits::try_vec;
+use crate::{ConvAttrs, ConvTransposeAttrs};
 use std::ops::{Add, AddAssign, Mul};
 
 /// The element types the loop nest accumulates in.
@@ -198,6 +199,105 @@ pub(crate) fn conv(cx: &Cx, a: &ConvAttrs) -> R<crate::Tensor> {
         }
     }
     float_tensor(cx.out_dtype(0), y_shape, y)
+}
+
+/// Float transposed convolution (ONNX ConvTranspose): `x, w, [b]` with `w` of shape
+/// (C, M/group, kernel...). Every input element scatters into the output:
+/// `y[n][g*mg + m][o] += x[n][g*cg + c][i] * w[g*cg + c][m][k]` where, per spatial dim,
+/// `o = i * stride + k * dilation - pad_begin`, skipped when outside the output. Accumulates in f32,
+/// in the order input channel, input position, kernel tap; the bias is added last. Any number of
+/// spatial dims.
+pub(crate) fn conv_transpose(cx: &Cx, a: &ConvTransposeAttrs) -> R<crate::Tensor> {
+    let (x, w) = (cx.x(0)?, cx.x(1)?);
+    let (xs, ws) = (x.shape(), w.shape());
+    let ys = cx.out_shape(0);
+    let r = xs.len();
+    if r < 3 || ws.len() != r || ys.len() != r {
+        return Err(format!("conv_transpose needs matching ranks of 3 or more, got {xs:?}, {ws:?}"));
+    }
+    let sp = r - 2;
+    if a.strides.len() != sp || a.dilations.len() != sp || a.pads.len() != 2 * sp {
+        return Err("conv_transpose attributes do not fit the spatial rank".into());
+    }
+    let (n, c, group) = (xs[0], xs[1], a.group);
+    if group == 0 || c % group != 0 || ws[0] != c {
+        return Err(format!("{c} input channels, weight {ws:?} and group {group} do not fit"));
+    }
+    let (cg, mg) = (c / group, ws[1]);
+    let m = mg * group;
+    let in_sp = &xs[2..];
+    let out_sp = &ys[2..];
+    let k_sp = &ws[2..];
+    let in_plane: usize = in_sp.iter().product();
+    let out_plane: usize = out_sp.iter().product();
+    let ksize: usize = k_sp.iter().product();
+    let xv = floats(x);
+    let wv = floats(w);
+    let total = n.checked_mul(m).and_then(|v| v.checked_mul(out_plane)).ok_or("result too large")?;
+    let mut y: Vec<f32> = try_vec(total)?;
+    y.resize(total, 0.0);
+    // For each kernel tap and input position: the output offset within the plane, if inside.
+    let unravel = |mut i: usize, dims: &[usize]| -> Vec<usize> {
+        let mut idx = vec![0; dims.len()];
+        for d in (0..dims.len()).rev() {
+            idx[d] = i % dims[d].max(1);
+            i /= dims[d].max(1);
+        }
+        idx
+    };
+    let mut targets: Vec<Option<usize>> = try_vec(in_plane.saturating_mul(ksize))?;
+    for ip in 0..in_plane {
+        let ii = unravel(ip, in_sp);
+        for kp in 0..ksize {
+            let kk = unravel(kp, k_sp);
+            let mut off = 0usize;
+            let mut inside = true;
+            for d in 0..sp {
+                let o = ii[d] as i64 * a.strides[d] as i64 + kk[d] as i64 * a.dilations[d] as i64 - a.pads[d];
+                if o < 0 || o >= out_sp[d] as i64 {
+                    inside = false;
+                    break;
+                }
+                off = off * out_sp[d] + o as usize;
+            }
+            targets.push(inside.then_some(off));
+        }
+    }
+    for b in 0..n {
+        for g in 0..group {
+            for mo in 0..mg {
+                let mm = g * mg + mo;
+                let y_plane = &mut y[(b * m + mm) * out_plane..][..out_plane];
+                for ci in 0..cg {
+                    let cc = g * cg + ci;
+                    let x_plane = &xv[(b * c + cc) * in_plane..][..in_plane];
+                    let taps = &wv[(cc * mg + mo) * ksize..][..ksize];
+                    for (ip, &xe) in x_plane.iter().enumerate() {
+                        for (kp, &we) in taps.iter().enumerate() {
+                            if let Some(o) = targets[ip * ksize + kp] {
+                                y_plane[o] += xe * we;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(bias) = cx.opt(2) {
+        let bv = floats(bias);
+        if bv.len() != m {
+            return Err(format!("bias has {} elements for {m} output channels", bv.len()));
+        }
+        if out_plane > 0 {
+            for (i, plane) in y.chunks_mut(out_plane).enumerate() {
+                let add = bv[i % m];
+                for v in plane {
+                    *v += add;
+                }
+            }
+        }
+    }
+    float_tensor(cx.out_dtype(0), ys, y)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@
 //! * [`pool`]: max/average/global pooling; [`matmul`]: matmul and gemm;
 //! * [`elementwise`]: unary, binary, where, clip and friends; [`norm`]: batch/layer norm, softmax,
 //!   LRN and reductions; [`movement`]: reshape, transpose, concat, slice, gather, cast, ...;
+//! * [`resize`]: Resize (nearest, linear, cubic; every coordinate transformation);
 //! * [`quant`]: everything on quantized or integer tensors.
 //!
 //! Result shapes are never computed twice: before evaluating an op, [`eval_op`] runs
@@ -32,6 +33,7 @@ pub mod movement;
 pub mod norm;
 pub mod pool;
 pub mod quant;
+pub mod resize;
 
 use crate::limits::{self, tensor_bytes, Allocation};
 use crate::{infer, DType, Dim, Graph, IrError, NodeId, Op, QuantParams, Shape, Tensor, TensorData, TensorType, Value};
@@ -286,6 +288,33 @@ pub fn temporary_bytes(op: &Op, in_types: &[Option<&TensorType>], out_types: &[T
         | Op::Cast { .. } => 0,
         // The indices, as i64 (and as offsets).
         Op::Gather { .. } | Op::GatherElements { .. } => in_types.get(1).copied().flatten().map_or(0, |t| bytes(t, 8)),
+        // Elements are copied as they are, through one map per axis.
+        Op::Pad { .. } | Op::Tile { .. } => {
+            out_types.first().and_then(|t| t.shape.as_fixed()).map_or(0, |d| movement::map_bytes(&d))
+        }
+        // The data in f64, twice (the axis being resized and the next), at most the larger of
+        // the input and output size along every axis.
+        Op::Resize(_) => match (in_types.first().copied().flatten(), out_types.first()) {
+            (Some(i), Some(o)) => match (i.shape.as_fixed(), o.shape.as_fixed()) {
+                (Some(a), Some(b)) => {
+                    a.iter().zip(&b).fold(16u128, |acc, (&p, &q)| acc.saturating_mul(p.max(q) as u128))
+                }
+                _ => 0,
+            },
+            _ => 0,
+        },
+        // The f32 widening of the default arm, or the output offset of every (input position,
+        // kernel tap) pair, whichever is larger.
+        Op::ConvTranspose(a) => {
+            let ins = in_types.iter().flatten().map(|t| widened_input(t));
+            let outs = out_types.iter().map(widened_result);
+            let widened = ins.chain(outs).max().unwrap_or(0);
+            let plane =
+                in_types.first().copied().flatten().and_then(|t| t.shape.as_fixed()).map_or(0, |d| {
+                    d.iter().skip(2).chain(&a.kernel).fold(16u128, |acc, &x| acc.saturating_mul(x as u128))
+                });
+            widened.max(plane)
+        }
         _ => {
             let ins = in_types.iter().flatten().map(|t| widened_input(t));
             let outs = out_types.iter().map(widened_result);
@@ -450,6 +479,13 @@ fn dispatch(cx: &Cx) -> R<Vec<Tensor>> {
         Op::AveragePool(p) => one(pool::average_pool(cx, p)),
         Op::GlobalAveragePool => one(pool::global_average_pool(cx)),
         Op::GlobalMaxPool => one(pool::global_max_pool(cx)),
+        Op::ConvTranspose(a) => one(conv::conv_transpose(cx, a)),
+        Op::Resize(a) => one(resize::resize(cx, a)),
+        Op::GroupNorm { groups, epsilon } => one(norm::group_norm(cx, *groups, *epsilon)),
+        Op::ArgMax { axis, select_last, .. } => one(norm::arg_extreme(cx, *axis, true, *select_last)),
+        Op::ArgMin { axis, select_last, .. } => one(norm::arg_extreme(cx, *axis, false, *select_last)),
+        Op::Pad { mode, pads, value } => one(movement::pad(cx, *mode, pads, *value)),
+        Op::Tile { .. } => one(movement::tile(cx)),
         Op::Lrn { size, alpha, beta, bias } => one(norm::lrn(cx, *size, *alpha, *beta, *bias)),
         Op::Softmax { axis } => one(norm::softmax(cx, *axis, false)),
         Op::LogSoftmax { axis } => one(norm::softmax(cx, *axis, true)),
@@ -853,6 +889,38 @@ mod tests {
         let opts = RunOptions { max_tensor_bytes: 40 };
         let e = run_observed(&g, &[x], &opts, &mut |_, _| {}).unwrap_err();
         assert_eq!(e, IrError::TooLarge { node: "relu".into(), what: Allocation::Result, bytes: 48, limit: 40 });
+    }
+
+    #[test]
+    fn resize_pad_and_conv_transpose_temporaries_are_held_to_the_limit() {
+        // Resize works in f64 on two copies of the larger of each axis' sizes: 16 * 1*1*4*6.
+        let g = crate::text::parse(
+            "graph g(%x: f32[1,1,2,2]) -> (y: f32[1,1,4,6]) {\n  %0 = resize %x {mode=linear, coord=half_pixel, \
+             nearest=round_prefer_floor, cubic_a=-0.75, exclude_outside=false, extrapolation=0.0, antialias=false, \
+             roi=[], scales=[1.0,1.0,2.0,3.0]} : f32[1,1,4,6]  # \"up\"\n  return %0\n}\n",
+        )
+        .unwrap();
+        let x = f32t(&[1, 1, 2, 2], &[1.0, 2.0, 3.0, 4.0]);
+        let opts = RunOptions { max_tensor_bytes: 383 };
+        let e = run_observed(&g, std::slice::from_ref(&x), &opts, &mut |_, _| {}).unwrap_err();
+        assert_eq!(e, IrError::TooLarge { node: "up".into(), what: Allocation::Temporary, bytes: 384, limit: 383 });
+        assert!(run_observed(&g, &[x], &RunOptions { max_tensor_bytes: 384 }, &mut |_, _| {}).is_ok());
+        // Pad reads through one map per axis (16 bytes per output position of each axis).
+        let t = |s: &str| {
+            TensorType::new(DType::F32, Shape::fixed(&s.split(',').map(|d| d.parse().unwrap()).collect::<Vec<_>>()))
+        };
+        let pad = Op::Pad { mode: crate::PadMode::Edge, pads: vec![1, 1, 1, 1], value: 0.0 };
+        assert_eq!(temporary_bytes(&pad, &[Some(&t("2,3"))], &[t("4,5")]), 9 * 16);
+        // ConvTranspose: an offset per input position and kernel tap.
+        let ct = Op::ConvTranspose(crate::ConvTransposeAttrs {
+            kernel: vec![3, 3],
+            strides: vec![1, 1],
+            pads: vec![0; 4],
+            dilations: vec![1, 1],
+            group: 1,
+            output_padding: vec![0, 0],
+        });
+        assert_eq!(temporary_bytes(&ct, &[Some(&t("1,1,4,5")), Some(&t("1,2,3,3"))], &[t("1,2,6,7")]), 20 * 9 * 16);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Data movement on any dtype (quantization parameters pass through unchanged): reshape, flatten,
-//! (un)squeeze, identity, transpose, concat, slice, gather, split, expand; and cast.
+//! (un)squeeze, identity, transpose, concat, slice, gather, split, expand, pad, tile; and cast.
 //!
 //! Cast: float to integer truncates toward zero and saturates (NaN gives 0); integer to integer
 //! wraps (two's complement); anything to bool is `!= 0`; to f32/f16/bf16 rounds to nearest even
@@ -12,7 +12,7 @@
 use super::{map_data, numel, strides, tensor, Cx, Walker, R};
 use crate::infer::{norm_axis, slice_bounds};
 use crate::limits::{try_copy, try_vec};
-use crate::{DType, DimExpr, Tensor, TensorData, TensorType};
+use crate::{DType, DimExpr, PadMode, Tensor, TensorData, TensorType};
 use half::{bf16, f16};
 
 /// Same data, the inferred shape (reshape, flatten, squeeze, unsqueeze, identity).
@@ -294,6 +294,116 @@ pub(crate) fn cast(x: &Tensor, to: DType) -> R<Tensor> {
         DType::I64 => TensorData::I64(map_elems(x, int)?),
     };
     tensor(shape, data)
+}
+
+/// The elements of a tensor of `out_shape` read from `src` (row-major, of `in_shape`) through
+/// `maps[axis][out_index]` (`None`: outside the input, `fill`), built without any temporary
+/// beyond the per-axis maps.
+fn mapped<T: Copy>(
+    src: &[T],
+    in_shape: &[usize],
+    out_shape: &[usize],
+    maps: &[Vec<Option<usize>>],
+    fill: T,
+) -> R<Vec<T>> {
+    let n = numel(out_shape).ok_or("result too large")?;
+    let st = strides(in_shape);
+    let mut out = try_vec(n)?;
+    let mut idx = vec![0usize; out_shape.len()];
+    for _ in 0..n {
+        let mut off = Some(0usize);
+        for (a, &i) in idx.iter().enumerate() {
+            off = match (off, maps[a][i]) {
+                (Some(o), Some(j)) => Some(o + j * st[a]),
+                _ => None,
+            };
+        }
+        out.push(match off {
+            Some(o) => *src.get(o).ok_or("internal: offset out of range")?,
+            None => fill,
+        });
+        for a in (0..idx.len()).rev() {
+            idx[a] += 1;
+            if idx[a] < out_shape[a] {
+                break;
+            }
+            idx[a] = 0;
+        }
+    }
+    Ok(out)
+}
+
+/// Bytes of the per-axis maps [`mapped`] reads through (pad and tile make no other temporary).
+pub(crate) fn map_bytes(out_shape: &[usize]) -> u128 {
+    let entries = out_shape.iter().fold(0u128, |a, &d| a.saturating_add(d as u128));
+    entries.saturating_mul(size_of::<Option<usize>>() as u128)
+}
+
+/// ONNX Pad (see [`crate::PadMode`]): output position `o` along an axis reads input position
+/// `o - pad_begin`; outside the input, constant mode fills, edge clamps, reflect mirrors without
+/// repeating the edge (period `2 * (n - 1)`, as numpy's `reflect` for any pad length) and wrap
+/// reads modulo `n`.
+pub(crate) fn pad(cx: &Cx, mode: PadMode, pads: &[i64], value: f64) -> R<Tensor> {
+    let x = cx.x(0)?;
+    let (in_shape, out_shape) = (x.shape(), cx.out_shape(0));
+    let r = in_shape.len();
+    if pads.len() != 2 * r {
+        return Err(format!("{} pads for rank {r}", pads.len()));
+    }
+    let mut maps = Vec::with_capacity(r);
+    for a in 0..r {
+        let n = in_shape[a] as i64;
+        let map: Vec<Option<usize>> = (0..out_shape[a] as i64)
+            .map(|o| {
+                let i = o - pads[a];
+                if (0..n).contains(&i) {
+                    return Some(i as usize);
+                }
+                match mode {
+                    PadMode::Constant => None,
+                    _ if n == 0 => None,
+                    PadMode::Edge => Some(i.clamp(0, n - 1) as usize),
+                    PadMode::Wrap => Some(i.rem_euclid(n) as usize),
+                    PadMode::Reflect if n == 1 => Some(0),
+                    PadMode::Reflect => {
+                        let p = 2 * (n - 1);
+                        let k = i.rem_euclid(p);
+                        Some(if k < n { k } else { p - k } as usize)
+                    }
+                }
+            })
+            .collect();
+        if mode != PadMode::Constant && n == 0 && !map.is_empty() {
+            return Err(format!("cannot pad the empty axis {a} in {mode:?} mode"));
+        }
+        maps.push(map);
+    }
+    let fill = Tensor::from_f64_iter(x.dtype(), vec![1], std::iter::once(value));
+    let data = match (x.data(), fill.data()) {
+        (TensorData::F32(v), TensorData::F32(f)) => TensorData::F32(mapped(v, in_shape, &out_shape, &maps, f[0])?),
+        (TensorData::F16(v), TensorData::F16(f)) => TensorData::F16(mapped(v, in_shape, &out_shape, &maps, f[0])?),
+        (TensorData::BF16(v), TensorData::BF16(f)) => TensorData::BF16(mapped(v, in_shape, &out_shape, &maps, f[0])?),
+        (TensorData::I8(v), TensorData::I8(f)) => TensorData::I8(mapped(v, in_shape, &out_shape, &maps, f[0])?),
+        (TensorData::U8(v), TensorData::U8(f)) => TensorData::U8(mapped(v, in_shape, &out_shape, &maps, f[0])?),
+        (TensorData::I32(v), TensorData::I32(f)) => TensorData::I32(mapped(v, in_shape, &out_shape, &maps, f[0])?),
+        (TensorData::I64(v), TensorData::I64(f)) => TensorData::I64(mapped(v, in_shape, &out_shape, &maps, f[0])?),
+        (TensorData::Bool(v), TensorData::Bool(f)) => TensorData::Bool(mapped(v, in_shape, &out_shape, &maps, f[0])?),
+        _ => return Err("internal: pad fill of another dtype".into()),
+    };
+    tensor(out_shape, data)
+}
+
+/// ONNX Tile: output position `o` along axis `a` reads input position `o mod n`.
+pub(crate) fn tile(cx: &Cx) -> R<Tensor> {
+    let x = cx.x(0)?;
+    let out_shape = cx.out_shape(0);
+    let maps: Vec<Vec<Option<usize>>> =
+        x.shape().iter().zip(&out_shape).map(|(&n, &m)| (0..m).map(|o| Some(o % n.max(1))).collect()).collect();
+    fn first<T: Copy + Default>(v: &[T]) -> T {
+        v.first().copied().unwrap_or_default()
+    }
+    let data = map_data!(x.data(), v => mapped(v, x.shape(), &out_shape, &maps, first(v))?);
+    tensor(out_shape, data)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! Normalizations and reductions: batch norm (inference), layer norm, softmax / log-softmax, LRN,
-//! and ReduceMean / ReduceSum / ReduceMax.
+//! Normalizations and reductions: batch norm (inference), layer norm, group norm,
+//! softmax / log-softmax, LRN, and ReduceMean / ReduceSum / ReduceMax.
 //!
 //! All float math is f32 with plain-order accumulation (f16/bf16 widened, results rounded once);
 //! `exp`, `ln` and `powf` are evaluated in f64 and rounded to f32.
@@ -7,6 +7,8 @@
 //! * layer norm over axes `axis..rank`: `mean = sum / n`, `var = sum((x - mean)^2) / n`,
 //!   `(x - mean) / sqrt(var + eps) * scale + bias`, with scale and bias broadcast to the normalized
 //!   shape;
+//! * group norm (per group of `C / groups` channels of each sample): mean and variance as layer
+//!   norm's, then `* scale[c] + bias[c]`;
 //! * softmax: `e = exp(x - max)`, `e / sum(e)`; log-softmax: `(x - max) - ln(sum(e))`;
 //! * LRN (ONNX): `x / (bias + alpha / size * sum of x^2 over channels
 //!   [c - floor((size-1)/2), c + ceil((size-1)/2)])^beta`;
@@ -16,7 +18,7 @@
 
 use super::{broadcast_strides, float_tensor, floats, int_tensor, numel, Cx, Walker, R};
 use crate::infer::norm_axis;
-use crate::Tensor;
+use crate::{DType, Tensor};
 
 pub(crate) fn batch_norm(cx: &Cx, eps: f32) -> R<Tensor> {
     let x = cx.x(0)?;
@@ -241,6 +243,108 @@ pub(crate) fn reduce(cx: &Cx, axes: &[i64], kind: Reduce) -> R<Tensor> {
         }
         int_tensor(x.dtype(), out_shape, &acc)
     }
+}
+
+/// Normalizes each of `rows` consecutive runs of `row` elements of `xv` (mean and variance in f32,
+/// plain order), then applies `scale[c]`, `bias[c]` with `c = (index / plane) % channels`.
+#[allow(clippy::too_many_arguments)]
+fn normalize_rows(
+    xv: &[f32],
+    row: usize,
+    plane: usize,
+    channels: usize,
+    scale: &[f32],
+    bias: &[f32],
+    eps: f32,
+) -> Vec<f32> {
+    let mut y = vec![0f32; xv.len()];
+    if row == 0 || plane == 0 {
+        return y;
+    }
+    for (r, (xs, ys)) in xv.chunks(row).zip(y.chunks_mut(row)).enumerate() {
+        let mut sum = 0f32;
+        for &v in xs {
+            sum += v;
+        }
+        let mean = sum / row as f32;
+        let mut sq = 0f32;
+        for &v in xs {
+            sq += (v - mean) * (v - mean);
+        }
+        let denom = (sq / row as f32 + eps).sqrt();
+        for (k, (&v, o)) in xs.iter().zip(ys.iter_mut()).enumerate() {
+            let c = ((r * row + k) / plane) % channels;
+            *o = (v - mean) / denom * scale[c] + bias[c];
+        }
+    }
+    y
+}
+
+/// ONNX GroupNormalization-21: each group of `C / groups` channels of each sample normalized by
+/// its mean and variance, then scaled and shifted per channel.
+pub(crate) fn group_norm(cx: &Cx, groups: usize, eps: f32) -> R<Tensor> {
+    let x = cx.x(0)?;
+    let s = x.shape();
+    if s.len() < 2 {
+        return Err("normalization needs an input of rank 2 or more".into());
+    }
+    let c = s[1];
+    let g = groups;
+    if g == 0 || c % g != 0 {
+        return Err(format!("{c} channels do not split into {g} groups"));
+    }
+    let (scale, bias) = (floats(cx.x(1)?), floats(cx.x(2)?));
+    if scale.len() != c || bias.len() != c {
+        return Err(format!("scale and bias must have {c} elements"));
+    }
+    let plane = numel(&s[2..]).ok_or("input too large")?;
+    let row = (c / g).checked_mul(plane).ok_or("input too large")?;
+    let y = normalize_rows(&floats(x), row, plane, c, &scale, &bias, eps);
+    float_tensor(x.dtype(), s.to_vec(), y)
+}
+
+/// ONNX ArgMax (`max`) and ArgMin along `axis`: the first index of the extreme value, or the
+/// last with `select_last`; as numpy's argmax/argmin, a NaN is the extreme (its first index). Floats
+/// compare as f32 (f16/bf16 widened exactly), integers as i64.
+pub(crate) fn arg_extreme(cx: &Cx, axis: i64, max: bool, select_last: bool) -> R<Tensor> {
+    let x = cx.x(0)?;
+    let s = x.shape();
+    let ax = norm_axis(axis, s.len()).map_err(|e| e.to_string())?;
+    let (outer, n, inner) = (numel(&s[..ax]).ok_or("too large")?, s[ax], numel(&s[ax + 1..]).ok_or("too large")?);
+    if n == 0 {
+        return Err(format!("arg of the empty axis {ax}"));
+    }
+    fn pick<T: Copy + PartialOrd>(v: &[T], outer: usize, n: usize, inner: usize, max: bool, last: bool) -> Vec<i64> {
+        let mut out = Vec::with_capacity(outer * inner);
+        for o in 0..outer {
+            for i in 0..inner {
+                let at = |k: usize| v[(o * n + k) * inner + i];
+                let mut best = 0usize;
+                for k in 1..n {
+                    let (a, b) = (at(k), at(best));
+                    let (a_nan, b_nan) = (a.partial_cmp(&a).is_none(), b.partial_cmp(&b).is_none());
+                    let better = match (a_nan, b_nan) {
+                        (_, true) => last && a_nan,
+                        (true, false) => true,
+                        _ if a == b => last,
+                        _ => (a > b) == max,
+                    };
+                    if better {
+                        best = k;
+                    }
+                }
+                out.push(best as i64);
+            }
+        }
+        out
+    }
+    let idx = if x.dtype().is_float() {
+        pick(&floats(x), outer, n, inner, max, select_last)
+    } else {
+        let v = x.to_i64_vec().ok_or("arg of a non-numeric tensor")?;
+        pick(&v, outer, n, inner, max, select_last)
+    };
+    int_tensor(DType::I64, cx.out_shape(0), &idx)
 }
 
 #[cfg(test)]

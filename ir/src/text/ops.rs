@@ -2,7 +2,10 @@
 //! parser rebuilds the op from its name and attributes. Kept side by side so they stay in step.
 
 use super::lexer::Pos;
-use crate::{BinaryOp, ConvAttrs, DType, DimExpr, Epilogue, IrError, Op, PoolAttrs, UnaryOp};
+use crate::{
+    AspectPolicy, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordMode, DType, DimExpr, Epilogue, IrError, NearestMode,
+    Op, PadMode, PoolAttrs, ResizeAttrs, ResizeMode, ResizeTarget, UnaryOp,
+};
 
 type Result<T> = std::result::Result<T, IrError>;
 
@@ -34,6 +37,41 @@ fn dim_exprs(v: &[DimExpr]) -> String {
 
 fn f32s(x: f32) -> String {
     format!("{x:?}")
+}
+
+fn f32_list(v: &[f32]) -> String {
+    let items: Vec<String> = v.iter().map(|x| f32s(*x)).collect();
+    format!("[{}]", items.join(","))
+}
+
+/// The text names of enum-valued attributes, one table per enum (printer and parser share them).
+const RESIZE_MODES: &[(&str, ResizeMode)] =
+    &[("nearest", ResizeMode::Nearest), ("linear", ResizeMode::Linear), ("cubic", ResizeMode::Cubic)];
+const COORD_MODES: &[(&str, CoordMode)] = &[
+    ("half_pixel", CoordMode::HalfPixel),
+    ("half_pixel_symmetric", CoordMode::HalfPixelSymmetric),
+    ("pytorch_half_pixel", CoordMode::PytorchHalfPixel),
+    ("align_corners", CoordMode::AlignCorners),
+    ("asymmetric", CoordMode::Asymmetric),
+    ("tf_crop_and_resize", CoordMode::TfCropAndResize),
+];
+const NEAREST_MODES: &[(&str, NearestMode)] = &[
+    ("round_prefer_floor", NearestMode::RoundPreferFloor),
+    ("round_prefer_ceil", NearestMode::RoundPreferCeil),
+    ("floor", NearestMode::Floor),
+    ("ceil", NearestMode::Ceil),
+];
+const ASPECT_POLICIES: &[(&str, AspectPolicy)] = &[
+    ("stretch", AspectPolicy::Stretch),
+    ("not_larger", AspectPolicy::NotLarger),
+    ("not_smaller", AspectPolicy::NotSmaller),
+];
+const PAD_MODES: &[(&str, PadMode)] =
+    &[("constant", PadMode::Constant), ("reflect", PadMode::Reflect), ("edge", PadMode::Edge), ("wrap", PadMode::Wrap)];
+
+/// The text name of an enum value (every value is in its table).
+fn name_of<T: PartialEq + Copy>(table: &[(&'static str, T)], v: T) -> &'static str {
+    table.iter().find(|(_, t)| *t == v).map_or("?", |(n, _)| n)
 }
 
 /// An epilogue list as the text form writes it: `[bias, requant, clamp(0,255)]`.
@@ -91,6 +129,45 @@ pub(super) fn print_attrs(op: &Op) -> Vec<(&'static str, String)> {
         ],
         Op::MaxPool(p) | Op::AveragePool(p) | Op::QAveragePool(p) => pool(p),
         Op::GlobalAveragePool | Op::GlobalMaxPool => vec![],
+        Op::ConvTranspose(c) => vec![
+            ("kernel", usizes(&c.kernel)),
+            ("strides", usizes(&c.strides)),
+            ("pads", i64s(&c.pads)),
+            ("dilations", usizes(&c.dilations)),
+            ("group", c.group.to_string()),
+            ("output_padding", usizes(&c.output_padding)),
+        ],
+        Op::Resize(r) => {
+            let mut v = vec![
+                ("mode", name_of(RESIZE_MODES, r.mode).to_string()),
+                ("coord", name_of(COORD_MODES, r.coord).to_string()),
+                ("nearest", name_of(NEAREST_MODES, r.nearest).to_string()),
+                ("cubic_a", f32s(r.cubic_a)),
+                ("exclude_outside", r.exclude_outside.to_string()),
+                ("extrapolation", f32s(r.extrapolation)),
+                ("antialias", r.antialias.to_string()),
+                ("roi", f32_list(&r.roi)),
+            ];
+            match &r.target {
+                ResizeTarget::Scales(s) => v.push(("scales", f32_list(s))),
+                ResizeTarget::Sizes { axes, sizes, policy } => {
+                    v.push(("axes", usizes(axes)));
+                    v.push(("sizes", usizes(sizes)));
+                    v.push(("policy", name_of(ASPECT_POLICIES, *policy).to_string()));
+                }
+            }
+            v
+        }
+        Op::GroupNorm { groups, epsilon } => vec![("groups", groups.to_string()), ("epsilon", f32s(*epsilon))],
+        Op::ArgMax { axis, keepdims, select_last } | Op::ArgMin { axis, keepdims, select_last } => vec![
+            ("axis", axis.to_string()),
+            ("keepdims", keepdims.to_string()),
+            ("select_last", select_last.to_string()),
+        ],
+        Op::Pad { mode, pads, value } => {
+            vec![("mode", name_of(PAD_MODES, *mode).to_string()), ("pads", i64s(pads)), ("value", format!("{value:?}"))]
+        }
+        Op::Tile { repeats } => vec![("repeats", usizes(repeats))],
         Op::Lrn { size, alpha, beta, bias } => {
             vec![("size", size.to_string()), ("alpha", f32s(*alpha)), ("beta", f32s(*beta)), ("bias", f32s(*bias))]
         }
@@ -190,6 +267,32 @@ impl<'a> Attrs<'a> {
     fn i64(&mut self, key: &str) -> Result<i64> {
         let (v, p) = self.take(key)?;
         as_i64(&v).ok_or_else(|| self.bad(key, p, "an integer"))
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.items.iter().any(|(k, ..)| *k == key)
+    }
+
+    fn f64(&mut self, key: &str) -> Result<f64> {
+        let (v, p) = self.take(key)?;
+        as_f64(&v).ok_or_else(|| self.bad(key, p, "a number"))
+    }
+
+    fn f32s(&mut self, key: &str) -> Result<Vec<f32>> {
+        self.list(key, "number", as_f32)
+    }
+
+    /// An enum value by its text name in `table`.
+    fn named<T: Copy>(&mut self, key: &str, table: &[(&str, T)]) -> Result<T> {
+        let (v, p) = self.take(key)?;
+        let found = match v {
+            AttrVal::Ident(s) => table.iter().find(|(n, _)| *n == s).map(|(_, t)| *t),
+            _ => None,
+        };
+        found.ok_or_else(|| {
+            let names: Vec<String> = table.iter().map(|(n, _)| format!("`{n}`")).collect();
+            self.bad(key, p, &format!("one of {}", names.join(", ")))
+        })
     }
 
     fn f32(&mut self, key: &str) -> Result<f32> {
@@ -333,6 +436,22 @@ pub(super) fn parse_f32(s: &str) -> Option<f32> {
     s.parse::<f32>().ok().filter(|x| x.is_finite() || s.ends_with("inf") || s == "NaN")
 }
 
+/// Parses a float literal exactly as `f64` (the same forms as [`parse_f32`]).
+fn parse_f64(s: &str) -> Option<f64> {
+    let numeric = s.bytes().next().is_some_and(|b| b.is_ascii_digit() || b == b'-');
+    if !(numeric || s == "inf" || s == "NaN") {
+        return None;
+    }
+    s.parse::<f64>().ok().filter(|x| x.is_finite() || s.ends_with("inf") || s == "NaN")
+}
+
+fn as_f64(v: &AttrVal) -> Option<f64> {
+    match v {
+        AttrVal::Num(s) | AttrVal::Ident(s) => parse_f64(s),
+        _ => None,
+    }
+}
+
 fn as_f32(v: &AttrVal) -> Option<f32> {
     match v {
         AttrVal::Num(s) | AttrVal::Ident(s) => parse_f32(s),
@@ -377,6 +496,53 @@ pub(super) fn build_op(name: &str, mut a: Attrs) -> Result<Option<Op>> {
         "average_pool" => Op::AveragePool(a.pool()?),
         "global_average_pool" => Op::GlobalAveragePool,
         "global_max_pool" => Op::GlobalMaxPool,
+        "conv_transpose" => Op::ConvTranspose(ConvTransposeAttrs {
+            kernel: a.usizes("kernel")?,
+            strides: a.usizes("strides")?,
+            pads: a.i64s("pads")?,
+            dilations: a.usizes("dilations")?,
+            group: a.usize("group")?,
+            output_padding: a.usizes("output_padding")?,
+        }),
+        "resize" => {
+            let mode = a.named("mode", RESIZE_MODES)?;
+            let coord = a.named("coord", COORD_MODES)?;
+            let nearest = a.named("nearest", NEAREST_MODES)?;
+            let cubic_a = a.f32("cubic_a")?;
+            let exclude_outside = a.bool("exclude_outside")?;
+            let extrapolation = a.f32("extrapolation")?;
+            let antialias = a.bool("antialias")?;
+            let roi = a.f32s("roi")?;
+            let target = if a.has("scales") {
+                ResizeTarget::Scales(a.f32s("scales")?)
+            } else {
+                ResizeTarget::Sizes {
+                    axes: a.usizes("axes")?,
+                    sizes: a.usizes("sizes")?,
+                    policy: a.named("policy", ASPECT_POLICIES)?,
+                }
+            };
+            Op::Resize(ResizeAttrs {
+                mode,
+                coord,
+                nearest,
+                cubic_a,
+                exclude_outside,
+                extrapolation,
+                antialias,
+                roi,
+                target,
+            })
+        }
+        "group_norm" => Op::GroupNorm { groups: a.usize("groups")?, epsilon: a.f32("epsilon")? },
+        "arg_max" => {
+            Op::ArgMax { axis: a.i64("axis")?, keepdims: a.bool("keepdims")?, select_last: a.bool("select_last")? }
+        }
+        "arg_min" => {
+            Op::ArgMin { axis: a.i64("axis")?, keepdims: a.bool("keepdims")?, select_last: a.bool("select_last")? }
+        }
+        "pad" => Op::Pad { mode: a.named("mode", PAD_MODES)?, pads: a.i64s("pads")?, value: a.f64("value")? },
+        "tile" => Op::Tile { repeats: a.usizes("repeats")? },
         "lrn" => Op::Lrn { size: a.usize("size")?, alpha: a.f32("alpha")?, beta: a.f32("beta")?, bias: a.f32("bias")? },
         "softmax" => Op::Softmax { axis: a.i64("axis")? },
         "log_softmax" => Op::LogSoftmax { axis: a.i64("axis")? },

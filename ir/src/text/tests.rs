@@ -1,8 +1,9 @@
 use super::print::type_str;
 use super::*;
 use crate::{
-    BinaryOp, ConvAttrs, DType, Dim, DimExpr, Epilogue, Op, PoolAttrs, QuantParams, Shape, Tensor, TensorData,
-    TensorType, UnaryOp, Value,
+    AspectPolicy, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordMode, DType, Dim, DimExpr, Epilogue, NearestMode, Op,
+    PadMode, PoolAttrs, QuantParams, ResizeAttrs, ResizeMode, ResizeTarget, Shape, Tensor, TensorData, TensorType,
+    UnaryOp, Value,
 };
 
 /// A small graph around one node line, for error tests: `%x: f32[2,3]` in, `y: f32[2,3]` out.
@@ -618,11 +619,38 @@ fn every_op() -> Vec<Op> {
         Op::ReshapeDyn { shape: vec![DimExpr { k: 2, of: vec![(1, 0), (2, 1)] }, DimExpr::fixed(-1)] },
         Op::ExpandDyn { shape: vec![DimExpr { k: 1, of: vec![(1, 0)] }, DimExpr::fixed(1)] },
         Op::GatherElements { axis: -1 },
+        Op::ConvTranspose(ConvTransposeAttrs {
+            kernel: vec![3, 2],
+            strides: vec![2, 1],
+            pads: vec![1, 0, -1, 2],
+            dilations: vec![1, 2],
+            group: 2,
+            output_padding: vec![1, 0],
+        }),
+        Op::Resize(ResizeAttrs {
+            mode: ResizeMode::Cubic,
+            coord: CoordMode::TfCropAndResize,
+            nearest: NearestMode::Ceil,
+            cubic_a: -0.5,
+            exclude_outside: true,
+            extrapolation: -2.5,
+            antialias: true,
+            roi: vec![0.0, 0.1, 1.0, 0.9],
+            target: ResizeTarget::Sizes { axes: vec![1], sizes: vec![7], policy: AspectPolicy::NotSmaller },
+        }),
+        Op::GroupNorm { groups: 4, epsilon: 1e-6 },
+        Op::ArgMax { axis: -1, keepdims: true, select_last: false },
+        Op::ArgMin { axis: 0, keepdims: false, select_last: true },
+        Op::Pad { mode: PadMode::Wrap, pads: vec![1, -2, 0, 3], value: -1e300 },
+        Op::Tile { repeats: vec![1, 0, 3] },
     ];
     ops.extend(Op::UNARY.iter().map(|&u| Op::Unary(u)));
     ops.extend(Op::BINARY.iter().map(|&b| Op::Binary(b)));
     ops
 }
+
+/// The number of the last variant in [`variant`].
+const LAST_VARIANT: usize = 60;
 
 fn variant(op: &Op) -> usize {
     match op {
@@ -680,6 +708,13 @@ fn variant(op: &Op) -> usize {
         Op::ReshapeDyn { .. } => 51,
         Op::ExpandDyn { .. } => 52,
         Op::GatherElements { .. } => 53,
+        Op::ConvTranspose(_) => 54,
+        Op::Resize(_) => 55,
+        Op::GroupNorm { .. } => 56,
+        Op::Pad { .. } => 57,
+        Op::Tile { .. } => 58,
+        Op::ArgMax { .. } => 59,
+        Op::ArgMin { .. } => 60,
     }
 }
 
@@ -689,7 +724,7 @@ fn every_op_prints_and_parses_back() {
     let mut covered: Vec<usize> = ops.iter().map(variant).collect();
     covered.sort_unstable();
     covered.dedup();
-    assert_eq!(covered, (2..=53).collect::<Vec<_>>(), "every op but input and const has a sample");
+    assert_eq!(covered, (2..=LAST_VARIANT).collect::<Vec<_>>(), "every op but input and const has a sample");
     let mut names = std::collections::HashSet::new();
     for op in ops {
         assert!(names.insert(op.name()), "op name {} is used twice", op.name());

@@ -111,7 +111,19 @@ fn assignable_ops() -> Vec<(Op, OpClass)> {
         (Op::ReduceMean { axes: vec![], keepdims: false }, Fp32),
         (Op::ReduceSum { axes: vec![], keepdims: false }, Fp32),
         (Op::ReduceMax { axes: vec![], keepdims: false }, Fp32),
+        (Op::GroupNorm { groups: 1, epsilon: 0.0 }, Fp32),
         (Op::Conv(conv0()), Low),
+        (
+            Op::ConvTranspose(qforge_ir::ConvTransposeAttrs {
+                kernel: vec![],
+                strides: vec![],
+                pads: vec![],
+                dilations: vec![],
+                group: 1,
+                output_padding: vec![],
+            }),
+            Low,
+        ),
         (Op::Gemm { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: false }, Low),
         (Op::MatMul, Low),
         (Op::LeakyRelu { alpha: 0.0 }, Follow),
@@ -133,6 +145,11 @@ fn assignable_ops() -> Vec<(Op, OpClass)> {
         (Op::Split { axis: 0, sizes: vec![] }, Follow),
         (Op::Expand { shape: vec![] }, Follow),
         (Op::Identity, Follow),
+        (Op::Resize(resize0()), Follow),
+        (Op::Pad { mode: qforge_ir::PadMode::Constant, pads: vec![], value: 0.0 }, Follow),
+        (Op::Tile { repeats: vec![] }, Follow),
+        (Op::ArgMax { axis: 0, keepdims: false, select_last: false }, Follow),
+        (Op::ArgMin { axis: 0, keepdims: false, select_last: false }, Follow),
     ];
     for u in Op::UNARY {
         let class = match u {
@@ -155,6 +172,20 @@ fn assignable_ops() -> Vec<(Op, OpClass)> {
 
 fn conv0() -> qforge_ir::ConvAttrs {
     qforge_ir::ConvAttrs { kernel: vec![], strides: vec![], pads: vec![], dilations: vec![], group: 1 }
+}
+
+fn resize0() -> qforge_ir::ResizeAttrs {
+    qforge_ir::ResizeAttrs {
+        mode: qforge_ir::ResizeMode::Nearest,
+        coord: qforge_ir::CoordMode::HalfPixel,
+        nearest: qforge_ir::NearestMode::RoundPreferFloor,
+        cubic_a: -0.75,
+        exclude_outside: false,
+        extrapolation: 0.0,
+        antialias: false,
+        roi: vec![],
+        target: qforge_ir::ResizeTarget::Scales(vec![]),
+    }
 }
 
 fn pool0() -> qforge_ir::PoolAttrs {

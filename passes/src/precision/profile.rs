@@ -162,6 +162,8 @@ impl CostClass {
             // grouped convolutions (depthwise the common case) run like depthwise ones
             Op::Conv(a) | Op::ConvInteger(a) | Op::QConv { conv: a, .. } if a.group > 1 => CostClass::DepthwiseConv,
             Op::Conv(_) | Op::ConvInteger(_) | Op::QConv { .. } => CostClass::Conv,
+            Op::ConvTranspose(a) if a.group > 1 => CostClass::DepthwiseConv,
+            Op::ConvTranspose(_) => CostClass::Conv,
             Op::MatMul | Op::Gemm { .. } | Op::MatMulInteger | Op::QMatMul { .. } | Op::QGemm { .. } => {
                 CostClass::Matmul
             }
@@ -172,7 +174,10 @@ impl CostClass {
             | Op::Lrn { .. }
             | Op::ReduceMean { .. }
             | Op::ReduceSum { .. }
-            | Op::ReduceMax { .. } => CostClass::Normalization,
+            | Op::ReduceMax { .. }
+            | Op::GroupNorm { .. }
+            | Op::ArgMax { .. }
+            | Op::ArgMin { .. } => CostClass::Normalization,
             Op::MaxPool(_)
             | Op::AveragePool(_)
             | Op::GlobalAveragePool
@@ -195,6 +200,8 @@ impl CostClass {
             | Op::GatherElements { .. }
             | Op::Shape { .. }
             | Op::Range { .. }
+            | Op::Pad { .. }
+            | Op::Tile { .. }
             | Op::Identity => CostClass::Movement,
             Op::Cast { .. } | Op::Quantize | Op::Dequantize | Op::Requantize | Op::DynamicQuantize => {
                 CostClass::Convert
@@ -205,6 +212,7 @@ impl CostClass {
             | Op::HardSigmoid { .. }
             | Op::Binary(_)
             | Op::Where
+            | Op::Resize(_)
             | Op::QAdd
             | Op::QMul => CostClass::Elementwise,
         })

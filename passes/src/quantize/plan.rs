@@ -180,7 +180,7 @@ fn decide<'a>(g: &Graph, node: &Node, decided: impl Fn(NodeId) -> Option<&'a Dec
             "{}: exponentials and normalization need float range (stays float, as in ONNX Runtime)",
             op.name()
         )),
-        Op::LayerNorm { .. } | Op::Lrn { .. } => {
+        Op::LayerNorm { .. } | Op::Lrn { .. } | Op::GroupNorm { .. } => {
             keep(format!("{}: normalization statistics need float precision", op.name()))
         }
         Op::Unary(_) | Op::LeakyRelu { .. } | Op::HardSigmoid { .. } => {
@@ -189,10 +189,16 @@ fn decide<'a>(g: &Graph, node: &Node, decided: impl Fn(NodeId) -> Option<&'a Dec
         Op::Binary(_) | Op::Where => {
             keep(format!("{}: element-wise op outside the quantized set (only add is quantized)", op.name()))
         }
-        Op::ReduceMean { .. } | Op::ReduceSum { .. } | Op::ReduceMax { .. } => {
+        Op::ReduceMean { .. } | Op::ReduceSum { .. } | Op::ReduceMax { .. } | Op::ArgMax { .. } | Op::ArgMin { .. } => {
             keep(format!("{}: reduction stays float", op.name()))
         }
         Op::Cast { to } => keep(format!("cast to {to}: a type conversion, not quantized")),
+        // Data movement that would commute with Q/DQ (nearest resize, pad with the zero point,
+        // tile) has no quantized form yet.
+        Op::Resize(_) | Op::Pad { .. } | Op::Tile { .. } => {
+            keep(format!("{}: no quantized form yet; stays float", op.name()))
+        }
+        Op::ConvTranspose(_) => keep("conv_transpose: no integer kernel yet; stays float".into()),
         _ => keep(format!("{}: not in the quantized set (conv, gemm, matmul, add, pooling, concat)", op.name())),
     }
 }

@@ -1,6 +1,7 @@
 //! Data movement and shape changes: Reshape, Flatten, Transpose, Concat, Slice, Gather,
-//! GatherElements, Split, Squeeze, Unsqueeze, Expand, DepthToSpace, SpaceToDepth, plus Cast,
-//! CastLike and Identity (semantics: the ONNX operator spec, <https://onnx.ai/onnx/operators/>).
+//! GatherElements, Split, Squeeze, Unsqueeze, Expand, Pad, Tile, Trilu, DepthToSpace,
+//! SpaceToDepth,
+//! plus Cast, CastLike and Identity (semantics: the ONNX operator spec, <https://onnx.ai/onnx/operators/>).
 //! Target shapes, axes and slice bounds must be constants (or computed from constants: the
 //! importer folds them), or shape values computed from the inputs' dims (see
 //! [`crate::onnx::symbolic`]), which become the IR's `0`/`-1` reshapes or
@@ -10,7 +11,7 @@ use super::{one, Cx, OpDef, Outs, MAX_ATTR_DIM, R};
 use crate::onnx::symbolic::{self, Mono, SymVal};
 use crate::onnx::tensors::dtype_from_onnx;
 use qforge_ir::infer::norm_axis;
-use qforge_ir::{DType, Dim, Op, Value};
+use qforge_ir::{DType, Dim, Op, PadMode, Value};
 
 pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("Reshape", &[1, 5, 13, 14, 19, 21, 23, 24, 25], reshape),
@@ -24,6 +25,9 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("Squeeze", &[1, 11, 13, 21, 23, 24, 25], squeeze),
     OpDef::onnx("Unsqueeze", &[1, 11, 13, 21, 23, 24, 25], unsqueeze),
     OpDef::onnx("Expand", &[8, 13], expand),
+    OpDef::onnx("Pad", &[1, 2, 11, 13, 18, 19, 21, 23, 24, 25], pad),
+    OpDef::onnx("Tile", &[1, 6, 13], tile),
+    OpDef::onnx("Trilu", &[14], trilu),
     OpDef::onnx("Cast", &[1, 6, 9, 13, 19, 21, 23, 24, 25, 28], cast),
     OpDef::onnx("CastLike", &[15, 19, 21, 23, 24, 25], cast_like),
     OpDef::onnx("DepthToSpace", &[1, 11, 13, 28], |cx| depth_space(cx, true)),
@@ -389,4 +393,106 @@ fn depth_space(cx: &mut Cx, to_space: bool) -> R<Outs> {
     let r = cx.add_helper("reshape", Op::Reshape { shape: tmp }, vec![Some(x)])?;
     let t = cx.add_helper("transpose", Op::Transpose { perm }, vec![Some(r)])?;
     one(cx.add(Op::Reshape { shape: out }, vec![Some(t)], None)?)
+}
+
+/// Pad: pads (and the fill) are attributes before opset 11, constant inputs from then on; `axes`
+/// (opset 18) limits the pads to some axes; `wrap` mode from opset 19. Negative pads crop
+/// (constant mode only).
+fn pad(cx: &mut Cx) -> R<Outs> {
+    let x = cx.input(0)?;
+    let r = cx.ty(x).rank();
+    let a = cx.attrs();
+    let mode = match a.string("mode")?.as_deref().unwrap_or("constant") {
+        "constant" => PadMode::Constant,
+        "reflect" => PadMode::Reflect,
+        "edge" => PadMode::Edge,
+        "wrap" => PadMode::Wrap,
+        other => return Err(cx.err(format!("mode=\"{other}\" is not supported (constant, reflect, edge, wrap)"))),
+    };
+    let (raw, value, axes) = if cx.version < 11 {
+        let pads = a.ints("pads")?.ok_or_else(|| cx.err("attribute `pads` is required"))?;
+        (pads, a.float_or("value", 0.0)? as f64, None)
+    } else {
+        if cx.node.input.len() > 4 {
+            return Err(cx.err(format!("has {} inputs; at most 4 are allowed", cx.node.input.len())));
+        }
+        let pads = cx.ints_input(1, "pads")?;
+        let value = match cx.opt_const_input(2, "constant_value")? {
+            None => 0.0,
+            Some(t) => match t.to_f64_vec().as_slice() {
+                [] => 0.0,
+                [v] => *v,
+                _ => return Err(cx.err(format!("constant_value must hold one value, got shape {:?}", t.shape()))),
+            },
+        };
+        (pads, value, if cx.version >= 18 { cx.opt_ints_input(3, "axes")? } else { None })
+    };
+    let axes: Vec<usize> = match axes {
+        None => (0..r).collect(),
+        Some(ax) => ax.iter().map(|&v| norm_axis(v, r)).collect::<Result<_, _>>().map_err(|m| cx.err(m))?,
+    };
+    if raw.len() != 2 * axes.len() {
+        return Err(cx.err(format!("{} pads for {} axes (begin and end per axis)", raw.len(), axes.len())));
+    }
+    if let Some(v) = raw.iter().find(|v| v.unsigned_abs() > MAX_ATTR_DIM as u64) {
+        return Err(cx.err(format!("pad {v} is out of range")));
+    }
+    let mut pads = vec![0i64; 2 * r];
+    for (i, &ax) in axes.iter().enumerate() {
+        // The spec leaves a repeated axis undefined; the last one wins, as in numpy.
+        pads[ax] = raw[i];
+        pads[r + ax] = raw[axes.len() + i];
+    }
+    if mode != PadMode::Constant && pads.iter().any(|&p| p < 0) {
+        return Err(cx.err(format!("negative pads {pads:?} with mode {mode:?} are not supported (constant mode only)")));
+    }
+    one(cx.add(Op::Pad { mode, pads, value }, vec![Some(x)], None)?)
+}
+
+/// Tile with constant repeats.
+fn tile(cx: &mut Cx) -> R<Outs> {
+    let x = cx.input(0)?;
+    let reps = cx.ints_input(1, "repeats")?;
+    let repeats = reps
+        .iter()
+        .map(|&v| usize::try_from(v).ok().filter(|&v| v <= MAX_ATTR_DIM))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| cx.err(format!("repeats {reps:?} must be non-negative")))?;
+    one(cx.add(Op::Tile { repeats }, vec![Some(x)], None)?)
+}
+
+/// Trilu: keeps the upper (`upper=1`, the default: column - row >= k) or lower (column - row <= k)
+/// triangle of the last two axes and zeroes the rest, as `where(mask, x, 0)` with the mask a
+/// constant over the last two axes (which must be fixed), `k` a constant (default 0).
+fn trilu(cx: &mut Cx) -> R<Outs> {
+    let upper = cx.attrs().bool_or("upper", true)?;
+    let x = cx.input(0)?;
+    let k = match cx.opt_ints_input(1, "k")?.as_deref() {
+        None => 0,
+        Some([k]) => *k,
+        Some(v) => return Err(cx.err(format!("input 1 (k) must hold one value, got {} values", v.len()))),
+    };
+    let t = cx.ty(x);
+    let r = t.rank();
+    let dims = (r >= 2).then(|| (t.shape.0[r - 2].fixed(), t.shape.0[r - 1].fixed()));
+    let Some((Some(n), Some(m))) = dims else {
+        return Err(cx.err(format!("needs an input of rank 2 or more with fixed last two dims, got {}", t.shape)));
+    };
+    if (n as u128).saturating_mul(m as u128) > cx.im.max_tensor_bytes {
+        return Err(cx.err(format!("the {n}x{m} mask exceeds the tensor size limit")));
+    }
+    let keep = |i: usize, j: usize| {
+        let d = j as i128 - i as i128;
+        if upper {
+            d >= k as i128
+        } else {
+            d <= k as i128
+        }
+    };
+    let mask = (0..n).flat_map(|i| (0..m).map(move |j| f64::from(u8::from(keep(i, j)))));
+    let mname = cx.im.fresh_name(&format!("{}/mask", cx.at.name));
+    let mask = cx.im.g.add_const(mname, qforge_ir::Tensor::from_f64_iter(DType::Bool, vec![n, m], mask));
+    let zname = cx.im.fresh_name(&format!("{}/zero", cx.at.name));
+    let zero = cx.im.g.add_const(zname, qforge_ir::Tensor::from_f64_iter(t.dtype, vec![], [0.0].into_iter()));
+    one(cx.add(Op::Where, vec![Some(mask), Some(x), Some(zero)], None)?)
 }

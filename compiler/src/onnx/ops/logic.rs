@@ -15,6 +15,7 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("And", &[1, 7], |cx| binary(cx, BinaryOp::And)),
     OpDef::onnx("Or", &[1, 7], |cx| binary(cx, BinaryOp::Or)),
     OpDef::onnx("Not", &[1], |cx| cx.unary(UnaryOp::Not)),
+    OpDef::onnx("Xor", &[1, 7], xor),
     OpDef::onnx("Where", &[9, 16], |cx| cx.simple(Op::Where, 3)),
     OpDef::onnx("IsNaN", &[9, 13, 20], is_nan),
     OpDef::onnx("IsInf", &[10, 20], is_inf),
@@ -65,4 +66,11 @@ fn is_inf(cx: &mut Cx) -> R<Outs> {
         });
     }
     acc.map(|v| vec![Some(v)]).ok_or_else(|| cx.err("internal: no comparison"))
+}
+
+/// Xor on bools: `where(a, not b, b)` (broadcast as the other logical ops).
+fn xor(cx: &mut Cx) -> R<Outs> {
+    let (a, b) = (cx.input(0)?, cx.input(1)?);
+    let nb = cx.add_helper("not_b", Op::Unary(UnaryOp::Not), vec![Some(b)])?;
+    one(cx.add(Op::Where, vec![Some(a), Some(nb), Some(b)], None)?)
 }

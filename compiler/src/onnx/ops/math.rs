@@ -31,6 +31,8 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("ReduceMean", &[1, 11, 13, 18], |cx| reduce(cx, Reduce::Mean)),
     OpDef::onnx("ReduceSum", &[1, 11, 13], |cx| reduce(cx, Reduce::Sum)),
     OpDef::onnx("ReduceMax", &[1, 11, 12, 13, 18, 20], |cx| reduce(cx, Reduce::Max)),
+    OpDef::onnx("ArgMax", &[1, 11, 12, 13], |cx| arg_extreme(cx, true)),
+    OpDef::onnx("ArgMin", &[1, 11, 12, 13], |cx| arg_extreme(cx, false)),
     OpDef::onnx("ReduceL1", &[1, 11, 13, 18], |cx| reduce_composite(cx, Pre::Abs, None)),
     OpDef::onnx("ReduceL2", &[1, 11, 13, 18], |cx| reduce_composite(cx, Pre::Square, Some(UnaryOp::Sqrt))),
     OpDef::onnx("ReduceSumSquare", &[1, 11, 13, 18], |cx| reduce_composite(cx, Pre::Square, None)),
@@ -225,4 +227,14 @@ fn reduce_composite(cx: &mut Cx, pre: Pre, post: Option<UnaryOp>) -> R<Outs> {
         Some(u) => one(cx.add(Op::Unary(u), vec![Some(v)], None)?),
         None => one(v),
     }
+}
+
+/// ArgMax and ArgMin: `axis` (default 0), `keepdims` (default 1), `select_last_index` (from
+/// version 12; default 0).
+fn arg_extreme(cx: &mut Cx, max: bool) -> R<Outs> {
+    let a = cx.attrs();
+    let (axis, keepdims) = (a.int_or("axis", 0)?, a.bool_or("keepdims", true)?);
+    let select_last = cx.version >= 12 && a.bool_or("select_last_index", false)?;
+    let op = if max { Op::ArgMax { axis, keepdims, select_last } } else { Op::ArgMin { axis, keepdims, select_last } };
+    cx.simple(op, 1)
 }

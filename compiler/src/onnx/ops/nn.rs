@@ -1,14 +1,23 @@
-//! Neural-network ops: convolution, pooling, batch normalization, LRN, activations and Dropout
-//! (semantics: the ONNX operator spec, <https://onnx.ai/onnx/operators/>). The attribute
+//! Neural-network ops: convolution (and transposed), pooling, resizing (Resize, Upsample), batch
+//! normalization, LRN, activations and Dropout (semantics: the ONNX operator spec, <https://onnx.ai/onnx/operators/>). The attribute
 //! readers for convolution and pooling ([`conv_attrs`], [`pool_attrs`]) serve the quantized
 //! forms in [`super::quant`] too.
 
 use super::{one, Cx, OpDef, Outs, MAX_ATTR_DIM, R};
 use crate::onnx::attrs::Attrs;
-use qforge_ir::{BinaryOp, ConvAttrs, Dim, Op, PoolAttrs, Shape, TensorType, UnaryOp, Value};
+use crate::onnx::symbolic::Mono;
+use qforge_ir::infer::norm_axis;
+use qforge_ir::{
+    AspectPolicy, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordMode, Dim, NearestMode, Op, PoolAttrs, ResizeAttrs,
+    ResizeMode, ResizeTarget, Shape, TensorType, UnaryOp, Value,
+};
 
 pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("Conv", &[1, 11, 22], conv),
+    OpDef::onnx("ConvTranspose", &[1, 11, 22], conv_transpose),
+    OpDef::onnx("Resize", &[10, 11, 13, 18, 19], resize),
+    // Upsample is deprecated from opset 10 (Upsample-10 is Upsample-9 marked deprecated).
+    OpDef::onnx("Upsample", &[1, 7, 9, 10], upsample),
     OpDef::onnx("BatchNormalization", &[1, 6, 7, 9, 14, 15], batch_norm),
     OpDef::onnx("MaxPool", &[1, 8, 10, 11, 12, 22], |cx| pool(cx, false)),
     OpDef::onnx("AveragePool", &[1, 7, 10, 11, 19, 22], |cx| pool(cx, true)),
@@ -27,7 +36,148 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("Gelu", &[20], gelu),
     OpDef::microsoft("Gelu", |cx| cx.unary(UnaryOp::Gelu)),
     OpDef::onnx("Dropout", &[1, 6, 7, 10, 12, 13, 22], dropout),
+    OpDef::onnx("PRelu", &[1, 6, 7, 9, 16], prelu),
+    OpDef::onnx("Elu", &[1, 6, 22], elu),
+    OpDef::onnx("Selu", &[1, 6, 22], selu),
+    OpDef::onnx("Celu", &[12, 28], celu),
+    OpDef::onnx("ThresholdedRelu", &[10, 22], thresholded_relu),
+    OpDef::onnx("Softplus", &[1, 22], |cx| composed(cx, softplus)),
+    OpDef::onnx("Softsign", &[1, 22], |cx| composed(cx, softsign)),
+    OpDef::onnx("Mish", &[18, 22], |cx| composed(cx, mish)),
 ];
+
+// ---------------------------------------------------------------- composed activations
+
+/// The float input of an activation the IR has no op for (these are defined on float types only).
+fn float_input(cx: &mut Cx) -> R<Value> {
+    let x = cx.input(0)?;
+    let t = cx.ty(x);
+    if !t.dtype.is_float() || t.quant.is_some() {
+        return Err(cx.err(format!("needs a float input, got {t}")));
+    }
+    Ok(x)
+}
+
+/// A scalar constant of `x`'s dtype.
+fn scalar(cx: &mut Cx, tag: &str, x: Value, k: f64) -> Value {
+    let dtype = cx.ty(x).dtype;
+    let name = cx.im.fresh_name(&format!("{}/{tag}", cx.at.name));
+    cx.im.g.add_const(name, qforge_ir::Tensor::from_f64_iter(dtype, vec![], [k].into_iter()))
+}
+
+fn bin(cx: &mut Cx, tag: &str, op: BinaryOp, a: Value, b: Value) -> R<Value> {
+    cx.add_helper(tag, Op::Binary(op), vec![Some(a), Some(b)])
+}
+
+fn un(cx: &mut Cx, tag: &str, u: UnaryOp, a: Value) -> R<Value> {
+    cx.add_helper(tag, Op::Unary(u), vec![Some(a)])
+}
+
+/// `where(x < 0, neg, pos)`, the node's result.
+fn by_sign(cx: &mut Cx, x: Value, neg: Value, pos: Value) -> R<Outs> {
+    let zero = scalar(cx, "zero", x, 0.0);
+    let c = bin(cx, "negative", BinaryOp::Less, x, zero)?;
+    one(cx.add(Op::Where, vec![Some(c), Some(neg), Some(pos)], None)?)
+}
+
+/// PRelu: `x < 0 ? slope * x : x`, the slope broadcast to `x` (ONNX reference `op_prelu.py`).
+fn prelu(cx: &mut Cx) -> R<Outs> {
+    let x = float_input(cx)?;
+    let slope = cx.input(1)?;
+    let neg = bin(cx, "scaled", BinaryOp::Mul, x, slope)?;
+    by_sign(cx, x, neg, x)
+}
+
+/// Elu: `x < 0 ? alpha * (exp(x) - 1) : x`.
+fn elu(cx: &mut Cx) -> R<Outs> {
+    let alpha = cx.attrs().float_or("alpha", 1.0)?;
+    let x = float_input(cx)?;
+    let e = un(cx, "exp", UnaryOp::Exp, x)?;
+    let one_ = scalar(cx, "one", x, 1.0);
+    let em1 = bin(cx, "exp_minus_one", BinaryOp::Sub, e, one_)?;
+    let a = scalar(cx, "alpha", x, alpha.into());
+    let neg = bin(cx, "scaled", BinaryOp::Mul, em1, a)?;
+    by_sign(cx, x, neg, x)
+}
+
+/// Selu: `gamma * (x < 0 ? alpha * exp(x) - alpha : x)`, as `(exp(x) * alpha - alpha) * gamma`
+/// and `x * gamma`.
+fn selu(cx: &mut Cx) -> R<Outs> {
+    let a = cx.attrs();
+    let alpha = a.float_or("alpha", 1.673_263_2)?;
+    let gamma = a.float_or("gamma", 1.050_701)?;
+    let x = float_input(cx)?;
+    let (ka, kg) = (scalar(cx, "alpha", x, alpha.into()), scalar(cx, "gamma", x, gamma.into()));
+    let e = un(cx, "exp", UnaryOp::Exp, x)?;
+    let ea = bin(cx, "exp_alpha", BinaryOp::Mul, e, ka)?;
+    let t = bin(cx, "minus_alpha", BinaryOp::Sub, ea, ka)?;
+    let neg = bin(cx, "negative_part", BinaryOp::Mul, t, kg)?;
+    let pos = bin(cx, "positive_part", BinaryOp::Mul, x, kg)?;
+    by_sign(cx, x, neg, pos)
+}
+
+/// Celu: `max(0, x) + min(0, alpha * (exp(x / alpha) - 1))`.
+fn celu(cx: &mut Cx) -> R<Outs> {
+    let alpha = cx.attrs().float_or("alpha", 1.0)?;
+    if alpha == 0.0 || !alpha.is_finite() {
+        return Err(cx.err(format!("alpha={alpha} is not supported (a finite non-zero value)")));
+    }
+    let x = float_input(cx)?;
+    let (zero, one_, a) = (scalar(cx, "zero", x, 0.0), scalar(cx, "one", x, 1.0), scalar(cx, "alpha", x, alpha.into()));
+    let xa = bin(cx, "over_alpha", BinaryOp::Div, x, a)?;
+    let e = un(cx, "exp", UnaryOp::Exp, xa)?;
+    let em1 = bin(cx, "exp_minus_one", BinaryOp::Sub, e, one_)?;
+    let s = bin(cx, "scaled", BinaryOp::Mul, em1, a)?;
+    let neg = bin(cx, "negative_part", BinaryOp::Min, s, zero)?;
+    let pos = bin(cx, "positive_part", BinaryOp::Max, x, zero)?;
+    one(cx.add(Op::Binary(BinaryOp::Add), vec![Some(pos), Some(neg)], None)?)
+}
+
+/// ThresholdedRelu: `x > alpha ? x : 0`.
+fn thresholded_relu(cx: &mut Cx) -> R<Outs> {
+    let alpha = cx.attrs().float_or("alpha", 1.0)?;
+    let x = float_input(cx)?;
+    let (zero, a) = (scalar(cx, "zero", x, 0.0), scalar(cx, "alpha", x, alpha.into()));
+    let c = bin(cx, "above", BinaryOp::Greater, x, a)?;
+    one(cx.add(Op::Where, vec![Some(c), Some(x), Some(zero)], None)?)
+}
+
+/// Builds an activation from its float input: the helper nodes, then the last op and its inputs.
+type Compose = fn(&mut Cx, Value) -> R<(Op, Vec<Value>)>;
+
+/// An activation built by `f` from the float input: every node but the last is a helper.
+fn composed(cx: &mut Cx, f: Compose) -> R<Outs> {
+    let x = float_input(cx)?;
+    let (op, ins) = f(cx, x)?;
+    one(cx.add(op, ins.into_iter().map(Some).collect(), None)?)
+}
+
+/// `ln(exp(x) + 1)` (ONNX reference `op_softplus.py`).
+fn softplus_of(cx: &mut Cx, x: Value) -> R<Value> {
+    let e = un(cx, "exp", UnaryOp::Exp, x)?;
+    let one_ = scalar(cx, "one", x, 1.0);
+    bin(cx, "exp_plus_one", BinaryOp::Add, e, one_)
+}
+
+fn softplus(cx: &mut Cx, x: Value) -> R<(Op, Vec<Value>)> {
+    Ok((Op::Unary(UnaryOp::Log), vec![softplus_of(cx, x)?]))
+}
+
+/// `x / (1 + |x|)`.
+fn softsign(cx: &mut Cx, x: Value) -> R<(Op, Vec<Value>)> {
+    let a = un(cx, "abs", UnaryOp::Abs, x)?;
+    let one_ = scalar(cx, "one", x, 1.0);
+    let d = bin(cx, "one_plus_abs", BinaryOp::Add, a, one_)?;
+    Ok((Op::Binary(BinaryOp::Div), vec![x, d]))
+}
+
+/// `x * tanh(ln(1 + exp(x)))`.
+fn mish(cx: &mut Cx, x: Value) -> R<(Op, Vec<Value>)> {
+    let e1 = softplus_of(cx, x)?;
+    let sp = un(cx, "softplus", UnaryOp::Log, e1)?;
+    let t = un(cx, "tanh", UnaryOp::Tanh, sp)?;
+    Ok((Op::Binary(BinaryOp::Mul), vec![x, t]))
+}
 
 fn leaky_relu(cx: &mut Cx) -> R<Outs> {
     let alpha = cx.attrs().float_or("alpha", 0.01)?;
@@ -234,4 +384,327 @@ fn pool(cx: &mut Cx, avg: bool) -> R<Outs> {
     let op = if avg { Op::AveragePool(p) } else { Op::MaxPool(p) };
     // MaxPool's optional Indices output is not computed.
     Ok(vec![Some(cx.add(op, vec![Some(x)], None)?), None])
+}
+
+// ---------------------------------------------------------------- transposed convolution
+
+/// ConvTranspose (versions 1, 11 and 22: the same attributes). Pads follow the ONNX reference
+/// implementation: with `auto_pad` SAME_UPPER/SAME_LOWER the output is `output_shape` (default
+/// `in * stride`) and the total padding `stride * (in - 1) + output_padding + (kernel - 1) *
+/// dilation + 1 - out` is split with the odd one at the end (SAME_UPPER) or the beginning;
+/// otherwise the pads are as given (VALID: none) and an `output_shape` sets the output size,
+/// extending or cutting the output at the end.
+fn conv_transpose(cx: &mut Cx) -> R<Outs> {
+    let ins = cx.inputs_upto(2, 3)?;
+    let (x, w) = (cx.input(0)?, cx.input(1)?);
+    let (xt, wt) = (cx.ty(x), cx.ty(w));
+    let a = cx.attrs();
+    let wk = wt.shape.as_fixed().filter(|ws| ws.len() >= 3).map(|ws| ws[2..].to_vec());
+    let kernel = match (a.usizes("kernel_shape")?, wk) {
+        (Some(k), Some(wk)) if k != wk => {
+            return Err(cx.err(format!("kernel_shape {k:?} does not match the weight shape {}", wt.shape)))
+        }
+        (Some(k), _) | (None, Some(k)) => cx.bounded("kernel_shape", k)?,
+        (None, None) => return Err(cx.err(format!("cannot tell the kernel shape from the weight {}", wt.shape))),
+    };
+    let sp = kernel.len();
+    let strides = spatial(cx, &a, "strides", sp, 1)?;
+    let dilations = spatial(cx, &a, "dilations", sp, 1)?;
+    let output_padding = spatial(cx, &a, "output_padding", sp, 0)?;
+    let group = a.int_or("group", 1)?;
+    let group = usize::try_from(group).ok().filter(|g| (1..=MAX_ATTR_DIM).contains(g));
+    let group = group.ok_or_else(|| cx.err("`group` must be positive"))?;
+    let output_shape = match a.usizes("output_shape")? {
+        None => None,
+        // Some exporters write the whole output shape (N, C, spatial...).
+        Some(s) if s.len() == sp + 2 => Some(cx.bounded("output_shape", s[2..].to_vec())?),
+        Some(s) if s.len() == sp => Some(cx.bounded("output_shape", s)?),
+        Some(s) => return Err(cx.err(format!("`output_shape` {s:?} does not fit {sp} spatial dims"))),
+    };
+    let in_dims: Vec<i64> = (0..sp)
+        .map(|i| xt.shape.0.get(2 + i).and_then(Dim::fixed).map(|n| n as i64))
+        .collect::<Option<_>>()
+        .ok_or_else(|| cx.err(format!("ConvTranspose needs fixed spatial dims, got {}", xt.shape)))?;
+    // The natural size before pads: stride * (in - 1) + output_padding + (kernel - 1) * dilation + 1.
+    let natural: Vec<i64> = (0..sp)
+        .map(|i| {
+            strides[i] as i64 * (in_dims[i] - 1)
+                + output_padding[i] as i64
+                + (kernel[i] as i64 - 1) * dilations[i] as i64
+                + 1
+        })
+        .collect();
+    let auto = a.string("auto_pad")?.unwrap_or_default();
+    let mut pads: Vec<i64> = match auto.as_str() {
+        "" | "NOTSET" => match a.ints("pads")? {
+            Some(p) if p.len() == 2 * sp => {
+                if let Some(v) = p.iter().find(|&&v| !(0..=MAX_ATTR_DIM as i64).contains(&v)) {
+                    return Err(cx.err(format!("`pads` entry {v} is out of range")));
+                }
+                p
+            }
+            Some(p) => return Err(cx.err(format!("`pads` has {} entries for {sp} spatial dims", p.len()))),
+            None => vec![0; 2 * sp],
+        },
+        "VALID" => vec![0; 2 * sp],
+        "SAME_UPPER" | "SAME_LOWER" => {
+            let mut p = vec![0; 2 * sp];
+            for i in 0..sp {
+                let out = match &output_shape {
+                    Some(o) => o[i] as i64,
+                    None => in_dims[i] * strides[i] as i64,
+                };
+                let total = natural[i] - out;
+                let (half, rest) = (total.div_euclid(2), total - total.div_euclid(2));
+                (p[i], p[sp + i]) = if auto == "SAME_UPPER" { (half, rest) } else { (rest, half) };
+            }
+            p
+        }
+        other => return Err(cx.err(format!("unknown auto_pad \"{other}\""))),
+    };
+    if let (Some(o), false) = (&output_shape, auto.starts_with("SAME")) {
+        for i in 0..sp {
+            pads[sp + i] = natural[i] - pads[i] - o[i] as i64;
+        }
+    }
+    let attrs = ConvTransposeAttrs { kernel, strides, pads, dilations, group, output_padding };
+    one(cx.add(Op::ConvTranspose(attrs), ins, None)?)
+}
+
+// ---------------------------------------------------------------- resizing
+
+/// A string attribute chosen from `table` (`default` when absent).
+fn choice<T: Copy>(cx: &Cx, a: &Attrs, name: &str, default: T, table: &[(&str, T)]) -> R<T> {
+    match a.string(name)? {
+        None => Ok(default),
+        Some(s) => table.iter().find(|(n, _)| *n == s).map(|(_, v)| *v).ok_or_else(|| {
+            let known: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
+            cx.err(format!("{name}=\"{s}\" is not supported (one of {})", known.join(", ")))
+        }),
+    }
+}
+
+/// A constant float input (scales, roi) as f32 values; an empty tensor is `None` (opset 13 lets
+/// an input be given as an empty tensor to mean absent).
+fn opt_floats_input(cx: &Cx, i: usize, what: &str) -> R<Option<Vec<f32>>> {
+    let Some(t) = cx.opt_const_input(i, what)? else { return Ok(None) };
+    if t.rank() > 1 {
+        return Err(cx.err(format!("input {i} ({what}) must be 1-D, got shape {:?}", t.shape())));
+    }
+    if !t.dtype().is_float() {
+        return Err(cx.err(format!("input {i} ({what}) must be a float tensor, got {}", t.dtype())));
+    }
+    Ok(Some(t.to_f32_vec()).filter(|v| !v.is_empty()))
+}
+
+/// Resize (opsets 10 to 19; see [`ResizeAttrs`]). Opset 10 has only `mode` and a scales input,
+/// with ONNX Runtime's asymmetric coordinates and nearest rounding down (so downscaling with
+/// nearest, where it rounds up, is refused). From opset 11: roi, scales or sizes (constants, or
+/// sizes computed from the input's own shape), and every attribute of the spec; `axes`,
+/// `antialias` and `keep_aspect_ratio_policy` from opset 18.
+fn resize(cx: &mut Cx) -> R<Outs> {
+    let x = cx.input(0)?;
+    let xt = cx.ty(x);
+    let r = xt.rank();
+    let a = cx.attrs();
+    let mode = choice(
+        cx,
+        &a,
+        "mode",
+        ResizeMode::Nearest,
+        &[("nearest", ResizeMode::Nearest), ("linear", ResizeMode::Linear), ("cubic", ResizeMode::Cubic)],
+    )?;
+    if cx.version < 11 {
+        if mode == ResizeMode::Cubic {
+            return Err(cx.err("mode=\"cubic\" needs opset 11"));
+        }
+        let scales = cx.node.input.len();
+        if scales != 2 {
+            return Err(cx.err(format!("has {scales} inputs; opset 10 takes X and scales")));
+        }
+        let scales = opt_floats_input(cx, 1, "scales")?.ok_or_else(|| cx.err("input 1 (scales) is missing"))?;
+        return legacy_resize(cx, x, mode, scales);
+    }
+    let coord = choice(
+        cx,
+        &a,
+        "coordinate_transformation_mode",
+        CoordMode::HalfPixel,
+        &[
+            ("half_pixel", CoordMode::HalfPixel),
+            ("half_pixel_symmetric", CoordMode::HalfPixelSymmetric),
+            ("pytorch_half_pixel", CoordMode::PytorchHalfPixel),
+            ("align_corners", CoordMode::AlignCorners),
+            ("asymmetric", CoordMode::Asymmetric),
+            ("tf_crop_and_resize", CoordMode::TfCropAndResize),
+        ],
+    )?;
+    let nearest = choice(
+        cx,
+        &a,
+        "nearest_mode",
+        NearestMode::RoundPreferFloor,
+        &[
+            ("round_prefer_floor", NearestMode::RoundPreferFloor),
+            ("round_prefer_ceil", NearestMode::RoundPreferCeil),
+            ("floor", NearestMode::Floor),
+            ("ceil", NearestMode::Ceil),
+        ],
+    )?;
+    let policy = choice(
+        cx,
+        &a,
+        "keep_aspect_ratio_policy",
+        AspectPolicy::Stretch,
+        &[
+            ("stretch", AspectPolicy::Stretch),
+            ("not_larger", AspectPolicy::NotLarger),
+            ("not_smaller", AspectPolicy::NotSmaller),
+        ],
+    )?;
+    let antialias = a.bool_or("antialias", false)?;
+    if antialias && mode == ResizeMode::Nearest {
+        return Err(cx.err("antialias=1 with mode=\"nearest\" is not defined"));
+    }
+    let cubic_a = a.float_or("cubic_coeff_a", -0.75)?;
+    let exclude_outside = a.bool_or("exclude_outside", false)?;
+    let extrapolation = a.float_or("extrapolation_value", 0.0)?;
+    let axes: Vec<usize> = match a.ints("axes")? {
+        None => (0..r).collect(),
+        Some(ax) => {
+            let ax: Vec<usize> =
+                ax.iter().map(|&v| norm_axis(v, r)).collect::<Result<_, _>>().map_err(|m| cx.err(m))?;
+            if (1..ax.len()).any(|i| ax[..i].contains(&ax[i])) {
+                return Err(cx.err(format!("`axes` {ax:?} repeats an axis")));
+            }
+            ax
+        }
+    };
+    if cx.node.input.len() > 4 {
+        return Err(cx.err(format!("has {} inputs; at most 4 are allowed", cx.node.input.len())));
+    }
+    // roi only matters under tf_crop_and_resize (ONNX Resize: "only takes effect when
+    // coordinate_transformation_mode is tf_crop_and_resize").
+    let roi = if coord == CoordMode::TfCropAndResize {
+        let roi = opt_floats_input(cx, 1, "roi")?
+            .ok_or_else(|| cx.err("coordinate_transformation_mode=\"tf_crop_and_resize\" needs the roi input"))?;
+        if roi.len() != 2 * axes.len() {
+            return Err(cx.err(format!("roi has {} values for {} axes", roi.len(), axes.len())));
+        }
+        let mut full = [vec![0.0; r], vec![1.0; r]].concat();
+        for (i, &ax) in axes.iter().enumerate() {
+            full[ax] = roi[i];
+            full[r + ax] = roi[axes.len() + i];
+        }
+        full
+    } else {
+        vec![]
+    };
+    let scales = opt_floats_input(cx, 2, "scales")?;
+    let has_sizes = cx.input_name(3).is_some();
+    let target = match (scales, has_sizes) {
+        (Some(_), true) => return Err(cx.err("scales and sizes are both given; the spec allows one")),
+        (Some(s), false) => {
+            if s.len() != axes.len() {
+                return Err(cx.err(format!("{} scales for {} axes", s.len(), axes.len())));
+            }
+            if policy != AspectPolicy::Stretch {
+                return Err(cx.err("keep_aspect_ratio_policy applies to sizes, not scales"));
+            }
+            let mut full = vec![1.0; r];
+            for (&ax, &v) in axes.iter().zip(&s) {
+                full[ax] = v;
+            }
+            ResizeTarget::Scales(full)
+        }
+        (None, true) => resize_sizes(cx, &xt, &axes, policy)?,
+        (None, false) => return Err(cx.err("neither scales nor sizes is given")),
+    };
+    let attrs = ResizeAttrs { mode, coord, nearest, cubic_a, exclude_outside, extrapolation, antialias, roi, target };
+    one(cx.add(Op::Resize(attrs), vec![Some(x)], None)?)
+}
+
+/// The sizes input of Resize: a constant, or a shape value computed from the input's own shape
+/// (`Concat(Shape(x)[0:2], [H, W])`: entries equal to the input's dims keep them).
+fn resize_sizes(cx: &Cx, xt: &TensorType, axes: &[usize], policy: AspectPolicy) -> R<ResizeTarget> {
+    let entries: Vec<Mono> = match cx.sym_input(3) {
+        Some(s) => s.elems,
+        None => cx.ints_input(3, "sizes")?.into_iter().map(Mono::c).collect(),
+    };
+    if entries.len() != axes.len() {
+        return Err(cx.err(format!("{} sizes for {} axes", entries.len(), axes.len())));
+    }
+    let (mut kept_axes, mut sizes) = (vec![], vec![]);
+    for (&ax, m) in axes.iter().zip(&entries) {
+        let same = Mono::of_dim(&xt.shape.0[ax]).is_some_and(|d| d == *m);
+        match m.konst() {
+            // A size equal to a fixed input dim still counts under an aspect-ratio policy.
+            Some(k) if policy != AspectPolicy::Stretch || !same => {
+                let k = usize::try_from(k).ok().filter(|&k| k <= MAX_ATTR_DIM);
+                let k = k.ok_or_else(|| cx.err(format!("size {m:?} on axis {ax} is out of range")))?;
+                kept_axes.push(ax);
+                sizes.push(k);
+            }
+            _ if same && policy == AspectPolicy::Stretch => {}
+            _ => {
+                return Err(cx.err(format!(
+                    "size of axis {ax} is computed from tensor data or other shapes; qforge supports constant sizes \
+                     or the input's own dims"
+                )))
+            }
+        }
+    }
+    if kept_axes.is_empty() {
+        // Every size is the input's own: an identity resize (scale 1 on every axis).
+        return Ok(ResizeTarget::Scales(vec![1.0; xt.rank()]));
+    }
+    Ok(ResizeTarget::Sizes { axes: kept_axes, sizes, policy })
+}
+
+/// Resize-10 and Upsample-9 (scales input, `nearest` or `linear`): ONNX Runtime's legacy
+/// semantics, asymmetric coordinates (`x = y / scale`) with nearest rounding down when
+/// upscaling. ONNX Runtime rounds up when a nearest resize downscales; that is refused.
+fn legacy_resize(cx: &mut Cx, x: Value, mode: ResizeMode, scales: Vec<f32>) -> R<Outs> {
+    let r = cx.ty(x).rank();
+    if scales.len() != r {
+        return Err(cx.err(format!("{} scales for rank {r}", scales.len())));
+    }
+    if mode == ResizeMode::Nearest && scales.iter().any(|&s| s < 1.0) {
+        return Err(cx.err(format!(
+            "nearest downscaling (scales {scales:?}) in opset {} is not supported: ONNX Runtime rounds those \
+             coordinates up; convert the model to opset 11 or later",
+            cx.at.opset
+        )));
+    }
+    let attrs = ResizeAttrs {
+        mode,
+        coord: CoordMode::Asymmetric,
+        nearest: NearestMode::Floor,
+        cubic_a: -0.75,
+        exclude_outside: false,
+        extrapolation: 0.0,
+        antialias: false,
+        roi: vec![],
+        target: ResizeTarget::Scales(scales),
+    };
+    one(cx.add(Op::Resize(attrs), vec![Some(x)], None)?)
+}
+
+/// Upsample-9 (deprecated in opset 10): scales input, `nearest` or `linear` (`bilinear` in older
+/// exporters).
+fn upsample(cx: &mut Cx) -> R<Outs> {
+    let x = cx.input(0)?;
+    let a = cx.attrs();
+    let mode = choice(
+        cx,
+        &a,
+        "mode",
+        ResizeMode::Nearest,
+        &[("nearest", ResizeMode::Nearest), ("linear", ResizeMode::Linear), ("bilinear", ResizeMode::Linear)],
+    )?;
+    if cx.node.input.len() != 2 {
+        return Err(cx.err(format!("has {} inputs; Upsample-9 takes X and scales", cx.node.input.len())));
+    }
+    let scales = opt_floats_input(cx, 1, "scales")?.ok_or_else(|| cx.err("input 1 (scales) is missing"))?;
+    legacy_resize(cx, x, mode, scales)
 }

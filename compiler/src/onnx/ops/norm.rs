@@ -1,9 +1,9 @@
-//! Normalizations along an axis: Softmax, LogSoftmax, LayerNormalization, and
-//! InstanceNormalization and LpNormalization as reductions and element-wise ops (semantics: the ONNX
-//! operator spec, <https://onnx.ai/onnx/operators/>). BatchNormalization and LRN, which
+//! Normalizations along an axis or over groups of channels: Softmax, LogSoftmax,
+//! LayerNormalization, GroupNormalization, and InstanceNormalization and LpNormalization as
+//! reductions and element-wise ops (semantics: the ONNX operator spec, <https://onnx.ai/onnx/operators/>). BatchNormalization and LRN, which
 //! normalize across channels, are with the other convolutional-network ops in [`super::nn`].
 
-use super::{one, Cx, OpDef, Outs, R};
+use super::{one, Cx, OpDef, Outs, MAX_ATTR_DIM, R};
 use qforge_ir::infer::norm_axis;
 use qforge_ir::{BinaryOp, DType, Dim, Op, Tensor, UnaryOp};
 
@@ -14,6 +14,7 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("LayerNormalization", &[17], layer_norm),
     OpDef::onnx("InstanceNormalization", &[1, 6, 22], instance_norm),
     OpDef::onnx("LpNormalization", &[1, 22], lp_norm),
+    OpDef::onnx("GroupNormalization", &[18, 21], group_norm),
 ];
 
 /// Softmax and LogSoftmax. From version 13 the op normalizes along one axis. Before, it
@@ -169,4 +170,48 @@ fn lp_norm(cx: &mut Cx) -> R<Outs> {
     let name = cx.im.fresh_name(&format!("{}/zero", cx.at.name));
     let zero = cx.im.g.add_const(name, Tensor::from_f64_iter(xt.dtype, vec![], [0.0].into_iter()));
     one(cx.add(Op::Where, vec![Some(zero_norm), Some(zero), Some(q)], None)?)
+}
+
+/// GroupNormalization. Opset 18 gives one scale and bias per group; opset 21 one per channel,
+/// the IR's form, so opset 18's are repeated per channel (reshape to `[G, 1]`, expand to
+/// `[G, C/G]`, flatten). `stash_type` (opset 21) other than 1 (f32) asks for the statistics in the
+/// input's precision: the same as f32 for f32 inputs, refused for others.
+fn group_norm(cx: &mut Cx) -> R<Outs> {
+    let a = cx.attrs();
+    let epsilon = a.float_or("epsilon", 1e-5)?;
+    let groups = a.int("num_groups")?.ok_or_else(|| cx.err("attribute `num_groups` is required"))?;
+    let groups = usize::try_from(groups).ok().filter(|&g| (1..=MAX_ATTR_DIM).contains(&g));
+    let groups = groups.ok_or_else(|| cx.err("`num_groups` must be positive"))?;
+    let stash = a.int_or("stash_type", 1)?;
+    let ins = cx.inputs_upto(3, 3)?;
+    let x = cx.input(0)?;
+    let xt = cx.ty(x);
+    if stash != 1 && xt.dtype != DType::F32 {
+        return Err(cx.err(format!("stash_type={stash} on {} input is not supported (statistics are f32)", xt.dtype)));
+    }
+    let mut ins = ins;
+    if cx.version < 21 {
+        let c = xt.shape.0.get(1).and_then(Dim::fixed);
+        let c =
+            c.ok_or_else(|| cx.err(format!("opset {} GroupNormalization needs a fixed channel dim", cx.at.opset)))?;
+        if c % groups != 0 {
+            return Err(cx.err(format!("{c} channels do not split into {groups} groups")));
+        }
+        for (slot, tag) in [(1, "scale"), (2, "bias")] {
+            let v = ins[slot].ok_or_else(|| cx.err(format!("input {slot} ({tag}) is missing")))?;
+            let r =
+                cx.add_helper(&format!("{tag}/groups"), Op::Reshape { shape: vec![groups as i64, 1] }, vec![Some(v)])?;
+            let e = cx.add_helper(
+                &format!("{tag}/expand"),
+                Op::Expand { shape: vec![groups as i64, (c / groups) as i64] },
+                vec![Some(r)],
+            )?;
+            ins[slot] = Some(cx.add_helper(
+                &format!("{tag}/channels"),
+                Op::Reshape { shape: vec![c as i64] },
+                vec![Some(e)],
+            )?);
+        }
+    }
+    one(cx.add(Op::GroupNorm { groups, epsilon }, ins, None)?)
 }

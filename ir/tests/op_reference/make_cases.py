@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""Writes cases.rs, the table `op_reference.rs` runs: each case is one IR op in the text form on
+small inputs, with the outputs the ONNX reference implementation (onnx.reference.ReferenceEvaluator,
+onnx 1.23) computes for the equivalent ONNX node. The committed cases.rs is what the test reads;
+this script only regenerates it (python3 make_cases.py > cases.rs).
+
+The ONNX reference's grouped ConvTranspose mis-slices the weight when the input and output channel
+counts differ, and numpy's pad cannot crop: those cases take ONNX Runtime's outputs instead.
+
+A case: (name, ONNX op, ONNX attributes, ONNX inputs [(name, array, is_graph_input)], IR op text
+with its attributes, opset). Graph inputs become the IR graph's inputs in order; the other ONNX
+inputs (scales, pads, k, ...) are the attributes the IR op carries.
+"""
+import sys
+import warnings
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+warnings.filterwarnings("ignore")
+rng = np.random.default_rng(7)
+
+DT = {np.dtype("float32"): "f32", np.dtype("float16"): "f16", np.dtype("int8"): "i8", np.dtype("uint8"): "u8",
+      np.dtype("int32"): "i32", np.dtype("int64"): "i64", np.dtype("bool"): "bool"}
+
+
+def f(shape, lo=-3.0, hi=3.0, dtype=np.float32):
+    return rng.uniform(lo, hi, size=shape).round(3).astype(dtype)
+
+
+def ints(shape, lo, hi, dtype):
+    return rng.integers(lo, hi, size=shape).astype(dtype)
+
+
+def ir_type(a):
+    return f"{DT[a.dtype]}[{','.join(str(d) for d in a.shape)}]"
+
+
+def lit(v):
+    v = float(v)
+    if np.isnan(v):
+        return "f64::NAN"
+    if np.isinf(v):
+        return "f64::INFINITY" if v > 0 else "f64::NEG_INFINITY"
+    r = repr(v)
+    return r if ("." in r or "e" in r) else r + ".0"
+
+
+def arr(a):
+    vals = ", ".join(lit(x) for x in np.asarray(a).astype(np.float64).ravel())
+    return f'("{DT[a.dtype]}", &[{", ".join(str(d) for d in a.shape)}], &[{vals}])'
+
+
+def run(op, attrs, inputs, n_out, opset, domain=""):
+    names = [n for n, _, _ in inputs]
+    node = helper.make_node(op, names, [f"out{k}" for k in range(n_out)], domain=domain, **attrs)
+    graph_inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+                    for n, a, g in inputs if g]
+    inits = [numpy_helper.from_array(a, n) for n, a, g in inputs if not g]
+    outs = [helper.make_tensor_value_info(f"out{k}", onnx.TensorProto.UNDEFINED, None) for k in range(n_out)]
+    g = helper.make_graph([node], "g", graph_inputs, outs, inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid(domain, opset)])
+    sess = ReferenceEvaluator(m)
+    return sess.run(None, {n: a for n, a, g in inputs if g})
+
+
+CASES = []
+
+
+def case(name, op, attrs, inputs, ir, opset=21, n_out=1, tol=1e-6, ort=False):
+    """`ir`: the IR op and its attributes, e.g. `resize {mode=...}` (the operands are added)."""
+    if ort:
+        import onnxruntime as rt
+        names = [n for n, _, _ in inputs]
+        node = helper.make_node(op, names, [f"out{k}" for k in range(n_out)], **attrs)
+        gi = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+              for n, a, g in inputs if g]
+        inits = [numpy_helper.from_array(a, n) for n, a, g in inputs if not g]
+        et = helper.np_dtype_to_tensor_dtype(inputs[0][1].dtype)
+        outs = [helper.make_tensor_value_info(f"out{k}", et, None) for k in range(n_out)]
+        m = helper.make_model(helper.make_graph([node], "g", gi, outs, inits),
+                              opset_imports=[helper.make_opsetid("", opset)])
+        m.ir_version = 10
+        got = rt.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {n: a for n, a, g in inputs if g})
+    else:
+        got = run(op, attrs, inputs, n_out, opset)
+    got = [np.asarray(o) for o in got]
+    gins = [(n, a) for n, a, g in inputs if g]
+    sig = ", ".join(f"%{n}: {ir_type(a)}" for n, a in gins)
+    outs = ", ".join(f"y{k}: {ir_type(o)}" for k, o in enumerate(got))
+    res = ", ".join(f"%{k}" for k in range(len(got)))
+    types = ", ".join(ir_type(o) for o in got)
+    opname, _, attr = ir.partition(" ")
+    operands = ", ".join(f"%{n}" for n, _ in gins)
+    line = f"{opname} {operands}" + (f" {attr}" if attr else "")
+    text = (f"graph g({sig}) -> ({outs}) {{\n  {res} = {line} : {types}  # \"n\"\n  return {res}\n}}\n")
+    CASES.append((name, text, [a for _, a in gins], got, tol))
+
+
+# ------------------------------------------------------------------------------------------- resize
+def resize(name, x, ir, scales=None, sizes=None, roi=None, tol=1e-6, **attrs):
+    ins = [("x", x, True), ("roi", np.array(roi if roi is not None else [], np.float32), False)]
+    ins.append(("scales", np.array(scales if scales is not None else [], np.float32), False))
+    if sizes is not None:
+        ins.append(("sizes", np.array(sizes, np.int64), False))
+    case(name, "Resize", attrs, ins, ir, tol=tol)
+
+
+R = "resize {{mode={m}, coord={c}, nearest={n}, cubic_a={a}, exclude_outside={e}, extrapolation={x}, " \
+    "antialias={aa}, roi=[{roi}], {tgt}}}"
+
+
+def rz(m="nearest", c="half_pixel", n="round_prefer_floor", a="-0.75", e="false", x="0.0", aa="false", roi="",
+       tgt=""):
+    return R.format(m=m, c=c, n=n, a=a, e=e, x=x, aa=aa, roi=roi, tgt=tgt)
+
+
+x22 = np.array([[[[1, 2], [3, 4]]]], np.float32)
+x44 = f((1, 1, 4, 4))
+resize("resize_nearest_half_pixel_up", x22, rz(tgt="scales=[1.0,1.0,2.0,3.0]"), scales=[1, 1, 2, 3], mode="nearest")
+resize("resize_nearest_asymmetric_floor_down", x44, rz(c="asymmetric", n="floor", tgt="scales=[1.0,1.0,0.6,0.6]"),
+       scales=[1, 1, 0.6, 0.6], mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+resize("resize_nearest_align_corners_prefer_ceil", x22,
+       rz(c="align_corners", n="round_prefer_ceil", tgt="axes=[0,1,2,3], sizes=[1,1,3,5], policy=stretch"),
+       sizes=[1, 1, 3, 5], mode="nearest", coordinate_transformation_mode="align_corners",
+       nearest_mode="round_prefer_ceil")
+resize("resize_nearest_pytorch_ceil_axes", x44,
+       rz(c="pytorch_half_pixel", n="ceil", tgt="axes=[2,3], sizes=[3,1], policy=stretch"),
+       sizes=[3, 1], axes=[2, 3], mode="nearest", coordinate_transformation_mode="pytorch_half_pixel",
+       nearest_mode="ceil")
+resize("resize_linear_half_pixel_up", x22, rz(m="linear", tgt="scales=[1.0,1.0,2.0,2.0]"), scales=[1, 1, 2, 2],
+       mode="linear")
+resize("resize_linear_align_corners_down", f((1, 1, 2, 4)), rz(m="linear", c="align_corners",
+       tgt="scales=[1.0,1.0,0.6,0.6]"), scales=[1, 1, 0.6, 0.6], mode="linear",
+       coordinate_transformation_mode="align_corners")
+resize("resize_linear_pytorch_width_1", x44, rz(m="linear", c="pytorch_half_pixel",
+       tgt="axes=[0,1,2,3], sizes=[1,1,3,1], policy=stretch"), sizes=[1, 1, 3, 1], mode="linear",
+       coordinate_transformation_mode="pytorch_half_pixel")
+resize("resize_linear_tf_crop_extrapolate", x44, rz(m="linear", c="tf_crop_and_resize", x="10.0",
+       roi="0.0,0.0,0.4,0.6,1.0,1.0,1.2,1.7", tgt="axes=[0,1,2,3], sizes=[1,1,3,3], policy=stretch"),
+       sizes=[1, 1, 3, 3], roi=[0, 0, 0.4, 0.6, 1, 1, 1.2, 1.7], mode="linear",
+       coordinate_transformation_mode="tf_crop_and_resize", extrapolation_value=10.0)
+resize("resize_cubic_half_pixel_up", f((1, 1, 3, 3)), rz(m="cubic", a="-0.5", tgt="scales=[1.0,1.0,2.0,1.5]"),
+       scales=[1, 1, 2, 1.5], mode="cubic", cubic_coeff_a=-0.5)
+resize("resize_cubic_exclude_outside_down", x44, rz(m="cubic", a="-0.5", e="true",
+       tgt="scales=[1.0,1.0,0.8,0.8]"), scales=[1, 1, 0.8, 0.8], mode="cubic", cubic_coeff_a=-0.5,
+       exclude_outside=1)
+resize("resize_cubic_asymmetric", x44, rz(m="cubic", c="asymmetric", tgt="scales=[1.0,1.0,1.25,0.75]"),
+       scales=[1, 1, 1.25, 0.75], mode="cubic", coordinate_transformation_mode="asymmetric")
+resize("resize_linear_antialias_down", f((1, 1, 5, 6)), rz(m="linear", aa="true", tgt="scales=[1.0,1.0,0.6,0.5]"),
+       scales=[1, 1, 0.6, 0.5], mode="linear", antialias=1)
+resize("resize_cubic_antialias_down", f((1, 1, 5, 6)), rz(m="cubic", aa="true", tgt="scales=[1.0,1.0,0.6,0.5]"),
+       scales=[1, 1, 0.6, 0.5], mode="cubic", antialias=1)
+resize("resize_linear_not_larger_symmetric", x44, rz(m="linear", c="half_pixel_symmetric",
+       tgt="axes=[2,3], sizes=[7,8], policy=not_larger"), sizes=[7, 8], axes=[2, 3], mode="linear",
+       coordinate_transformation_mode="half_pixel_symmetric", keep_aspect_ratio_policy="not_larger")
+resize("resize_nearest_not_smaller", x44, rz(tgt="axes=[2,3], sizes=[3,2], policy=not_smaller"), sizes=[3, 2],
+       axes=[2, 3], mode="nearest", keep_aspect_ratio_policy="not_smaller")
+resize("resize_linear_u8_rounds", ints((1, 1, 3, 3), 0, 255, np.uint8), rz(m="linear", c="asymmetric",
+       tgt="scales=[1.0,1.0,2.0,2.0]"), scales=[1, 1, 2, 2], mode="linear", coordinate_transformation_mode="asymmetric")
+resize("resize_nearest_i64_rank3", ints((1, 2, 3), -50, 50, np.int64), rz(tgt="scales=[1.0,1.0,1.5]"),
+       scales=[1, 1, 1.5], mode="nearest")
+resize("resize_linear_f16", f((1, 1, 2, 3), dtype=np.float16), rz(m="linear", tgt="scales=[1.0,1.0,2.0,2.0]"),
+       scales=[1, 1, 2, 2], mode="linear", tol=1e-3)
+
+# ------------------------------------------------------------------------------------ conv transpose
+CT = "conv_transpose {{kernel=[{k}], strides=[{s}], pads=[{p}], dilations=[{d}], group={g}, output_padding=[{o}]}}"
+
+
+def ct(name, x, w, ir, b=None, ort=False, **attrs):
+    ins = [("x", x, True), ("w", w, True)] + ([("b", b, True)] if b is not None else [])
+    case(name, "ConvTranspose", attrs, ins, ir, tol=1e-5, ort=ort)
+
+
+ct("conv_transpose_default", f((1, 1, 3, 3)), f((1, 2, 3, 3)), CT.format(k="3,3", s="1,1", p="0,0,0,0", d="1,1",
+   g=1, o="0,0"))
+ct("conv_transpose_strides_pads_output_padding", f((1, 2, 3, 2)), f((2, 3, 2, 3)),
+   CT.format(k="2,3", s="3,2", p="1,0,1,2", d="1,1", g=1, o="1,1"), b=f((3,)), strides=[3, 2], pads=[1, 0, 1, 2],
+   output_padding=[1, 1])
+ct("conv_transpose_group_dilation_1d", f((2, 4, 5)), f((4, 1, 3)), CT.format(k="3", s="2", p="1,0", d="2", g=2,
+   o="0"), b=f((2,)), ort=True, group=2, dilations=[2], strides=[2], pads=[1, 0])
+ct("conv_transpose_output_shape_extends", f((1, 1, 3, 3)), f((1, 2, 3, 3)),
+   CT.format(k="3,3", s="3,2", p="0,0,-1,-1", d="1,1", g=1, o="0,0"), strides=[3, 2], output_shape=[10, 8])
+ct("conv_transpose_same_upper", f((1, 1, 3, 3)), f((1, 2, 3, 3)),
+   CT.format(k="3,3", s="2,2", p="0,0,1,1", d="1,1", g=1, o="0,0"), strides=[2, 2], auto_pad="SAME_UPPER")
+
+# ------------------------------------------------------------------------------------------------ pad
+def pad(name, x, pads, ir, mode="constant", value=None, axes=None, ort=False):
+    ins = [("x", x, True), ("pads", np.array(pads, np.int64), False)]
+    if value is not None or axes is not None:
+        ins.append(("value", np.array(value if value is not None else 0, x.dtype), False))
+    if axes is not None:
+        ins.append(("axes", np.array(axes, np.int64), False))
+    case(name, "Pad", {"mode": mode}, ins, ir, ort=ort)
+
+
+x34 = f((3, 4))
+pad("pad_constant_value", x34, [1, 2, 0, 3], "pad {mode=constant, pads=[1,2,0,3], value=1.5}", value=1.5)
+pad("pad_reflect", x34, [2, 1, 1, 3], "pad {mode=reflect, pads=[2,1,1,3], value=0.0}", mode="reflect")
+pad("pad_reflect_longer_than_axis", f((2, 3)), [3, 0, 4, 5], "pad {mode=reflect, pads=[3,0,4,5], value=0.0}",
+    mode="reflect")
+pad("pad_edge", x34, [1, 0, 2, 2], "pad {mode=edge, pads=[1,0,2,2], value=0.0}", mode="edge")
+pad("pad_wrap", x34, [5, 1, 0, 6], "pad {mode=wrap, pads=[5,1,0,6], value=0.0}", mode="wrap")
+pad("pad_axes_i64", ints((2, 3, 2), -9, 9, np.int64), [1, 2], "pad {mode=constant, pads=[0,0,1,0,0,2], value=-7.0}",
+    value=-7, axes=[-1])
+pad("pad_negative_crops", f((3, 5)), [-1, 2, 0, -2], "pad {mode=constant, pads=[-1,2,0,-2], value=0.0}", ort=True)
+
+# ----------------------------------------------------------------------------------------------- tile
+case("tile_f32", "Tile", {}, [("x", f((2, 3)), True), ("r", np.array([2, 3], np.int64), False)],
+     "tile {repeats=[2,3]}")
+case("tile_i32_zero", "Tile", {}, [("x", ints((2, 1, 2), -5, 5, np.int32), True),
+     ("r", np.array([1, 2, 0], np.int64), False)], "tile {repeats=[1,2,0]}")
+
+# ------------------------------------------------------------------------------------ normalizations
+case("group_norm", "GroupNormalization", {"num_groups": 2, "epsilon": 1e-5},
+     [("x", f((2, 4, 3)), True), ("s", f((4,)), True), ("b", f((4,)), True)], "group_norm {groups=2, epsilon=1e-5}",
+     tol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ arg max / min
+xa = np.array([[1, 3, 3, 0], [2, 2, -1, 2], [np.nan, 5, np.nan, 1]], np.float32)
+case("arg_max_first", "ArgMax", {"axis": 1, "keepdims": 0}, [("x", xa, True)],
+     "arg_max {axis=1, keepdims=false, select_last=false}", opset=13)
+case("arg_max_last_keepdims", "ArgMax", {"axis": -1, "select_last_index": 1}, [("x", xa, True)],
+     "arg_max {axis=-1, keepdims=true, select_last=true}", opset=13)
+case("arg_min_axis0", "ArgMin", {"axis": 0}, [("x", xa, True)], "arg_min {axis=0, keepdims=true, select_last=false}",
+     opset=13)
+case("arg_min_i32_last", "ArgMin", {"axis": 1, "keepdims": 0, "select_last_index": 1},
+     [("x", np.array([[4, -2, 7, -2], [0, 0, 0, 1]], np.int32), True)],
+     "arg_min {axis=1, keepdims=false, select_last=true}", opset=13)
+
+
+def main():
+    out = sys.stdout
+    out.write("// Generated by make_cases.py from onnx.reference (onnx " + onnx.__version__ + "); do not edit.\n")
+    out.write("&[\n")
+    for name, text, ins, outs, tol in CASES:
+        out.write("    Case {\n")
+        out.write(f'        name: "{name}",\n')
+        out.write(f"        text: {rust_str(text)},\n")
+        out.write("        inputs: &[" + ", ".join(arr(a) for a in ins) + "],\n")
+        out.write("        outputs: &[" + ", ".join(arr(a) for a in outs) + "],\n")
+        out.write(f"        tol: {lit(tol)},\n")
+        out.write("    },\n")
+    out.write("]\n")
+
+
+def rust_str(s):
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+if __name__ == "__main__":
+    main()
