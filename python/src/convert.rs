@@ -11,7 +11,7 @@ use numpy::{
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
-use qforge_ir::{DType, Dim, Graph, Tensor, TensorData};
+use qforge_ir::{DType, Dim, Graph, Tensor, TensorData, TensorType};
 
 /// NumPy's name for a qforge dtype (what `Model.inputs` reports).
 pub fn numpy_name(d: DType) -> &'static str {
@@ -122,7 +122,11 @@ pub fn input_names(g: &Graph) -> Vec<String> {
 /// A graph input's declared type, as `float32[N,1,8,8]`.
 pub fn describe_input(g: &Graph, i: usize) -> String {
     let Some(&id) = g.inputs().get(i) else { return String::new() };
-    let Some(ty) = g.node(id).outputs.first() else { return String::new() };
+    g.node(id).outputs.first().map(type_text).unwrap_or_default()
+}
+
+/// A tensor type with NumPy's dtype name, as `float32[N,1,8,8]`.
+pub fn type_text(ty: &TensorType) -> String {
     let dims: Vec<String> = ty
         .shape
         .dims()

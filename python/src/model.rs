@@ -9,7 +9,9 @@
 //! runs with the GIL released while the library works.
 
 use crate::calib::PyCalib;
-use crate::convert::{array_from_tensor, as_array, bind_inputs, json_to_py, numpy_name, py_to_json, tensor_from_array};
+use crate::convert::{
+    array_from_tensor, as_array, bind_inputs, json_to_py, numpy_name, py_to_json, tensor_from_array, type_text,
+};
 use crate::errors::{guard, BadOption, CalibData, Error, Kind, Result};
 use crate::options::{self, Options, QConfigArg};
 use pyo3::prelude::*;
@@ -93,19 +95,22 @@ fn summary<'py>(py: Python<'py>, g: &Graph) -> Result<Bound<'py, PyAny>> {
 }
 
 /// `inputs -> outputs` for reprs: `input float32[N,1,8,8] -> logits float32[N,10]`.
+/// `per_channel` and `symmetric` as the CLI's flag pairs (`None`: the flag's default).
+fn set_scheme(p: &mut PipelineOptions, per_channel: Option<bool>, symmetric: Option<bool>) {
+    match per_channel {
+        Some(true) => p.per_channel = true,
+        Some(false) => p.per_tensor = true,
+        None => {}
+    }
+    match symmetric {
+        Some(true) => p.symmetric = true,
+        Some(false) => p.asymmetric = true,
+        None => {}
+    }
+}
+
 fn signature(g: &Graph) -> String {
-    let ty = |t: &TensorType| {
-        let dims: Vec<String> = t
-            .shape
-            .dims()
-            .iter()
-            .map(|d| match d {
-                Dim::Fixed(n) => n.to_string(),
-                Dim::Sym(s) => s.clone(),
-            })
-            .collect();
-        format!("{}[{}]", numpy_name(t.dtype), dims.join(","))
-    };
+    let ty = type_text;
     let ins: Vec<String> = g
         .inputs()
         .iter()
@@ -382,16 +387,7 @@ impl Model {
             let mut p = m.base_options();
             p.quantize = mode;
             p.calib_method = method.map(options::calib_method).transpose()?;
-            match per_channel {
-                Some(true) => p.per_channel = true,
-                Some(false) => p.per_tensor = true,
-                None => {}
-            }
-            match symmetric {
-                Some(true) => p.symmetric = true,
-                Some(false) => p.asymmetric = true,
-                None => {}
-            }
+            set_scheme(&mut p, per_channel, symmetric);
             p.profile = profile_arg(profile)?;
             p.calib_batch = options::count("calib_batch", calib_batch)?;
             p.min_sqnr = options::min_sqnr(min_sqnr)?;
@@ -567,16 +563,7 @@ impl Model {
             let mut p = m.base_options();
             p.quantize = QuantizeMode::Int8;
             p.calib_method = method.map(options::calib_method).transpose()?;
-            match per_channel {
-                Some(true) => p.per_channel = true,
-                Some(false) => p.per_tensor = true,
-                None => {}
-            }
-            match symmetric {
-                Some(true) => p.symmetric = true,
-                Some(false) => p.asymmetric = true,
-                None => {}
-            }
+            set_scheme(&mut p, per_channel, symmetric);
             p.profile = profile_arg(profile)?;
             p.calib_batch = options::count("calib_batch", calib_batch)?;
             p.smooth = options::smooth(smooth)?;
