@@ -60,8 +60,7 @@ impl CalibSource for LazyFile {
 
     fn stream<'a>(&'a self, g: &Graph, batch: usize) -> Result<CalibStream<'a>> {
         let set = self.get()?.bind(g)?;
-        let batch = batch.max(1);
-        let n = set.samples;
+        let (batch, n) = batching(g, &set, batch);
         Ok(Box::new((0..n.div_ceil(batch)).map(move |i| {
             let (start, end) = (i * batch, ((i + 1) * batch).min(n));
             set.inputs.iter().map(|t| data::slice_batch(t, start, end)).collect()
@@ -70,19 +69,63 @@ impl CalibSource for LazyFile {
 
     fn batch_count(&self, g: &Graph, batch: usize) -> Option<usize> {
         let set = self.get().ok()?.bind(g).ok()?;
-        Some(set.samples.div_ceil(batch.max(1)))
+        let (batch, n) = batching(g, &set, batch);
+        Some(n.div_ceil(batch))
     }
 
     fn check(&self, g: &Graph) -> Result<()> {
         let set = self.get()?.bind(g)?;
         let path = self.path.display();
-        qforge_ir::interp::check_inputs(g, &set.first_sample()?)
+        let first = match fixed_batch(g) {
+            Some(b) if set.samples < b => bail!(
+                "calibration set `{path}` has {} sample(s); the model's batch is fixed at {b}, so calibration needs \
+                 at least {b}",
+                set.samples
+            ),
+            Some(b) => set.inputs.iter().map(|t| data::slice_batch(t, 0, b)).collect::<Result<Vec<_>>>()?,
+            None => set.first_sample()?,
+        };
+        qforge_ir::interp::check_inputs(g, &first)
             .with_context(|| format!("calibration set `{path}` does not fit the model"))?;
         data::check_finite(
             &set.inputs,
             &format!("calibration set `{path}`"),
             data::NonFinite::Refuse("calibration needs finite data"),
         )
+    }
+}
+
+/// The batch a graph fixes: the common fixed size of its inputs' first dim, when every input has
+/// one (a model exported at batch 4 takes exactly 4 samples per run), else `None` (a symbolic
+/// batch runs any number).
+pub fn fixed_batch(g: &Graph) -> Option<usize> {
+    let mut batch = None;
+    for &i in g.inputs() {
+        let b = g.node(i).outputs[0].shape.dims().first()?.fixed()?;
+        if batch.is_some_and(|prev| prev != b) {
+            return None;
+        }
+        batch = Some(b);
+    }
+    batch
+}
+
+/// The batch size and the number of samples used for calibrating `g` from `set` in batches of
+/// `batch` (`--calib-batch`): a fixed-batch model calibrates in batches of its own size, and the
+/// samples that do not fill a last batch are left out (logged).
+fn batching(g: &Graph, set: &CalibSet, batch: usize) -> (usize, usize) {
+    match fixed_batch(g) {
+        Some(b) if b > 0 => {
+            let used = set.samples - set.samples % b;
+            if used < set.samples {
+                tracing::warn!(
+                    "the model's batch is fixed at {b}: calibration uses {used} of the {} samples",
+                    set.samples
+                );
+            }
+            (b, used)
+        }
+        _ => (batch.max(1), set.samples),
     }
 }
 
@@ -253,6 +296,33 @@ mod tests {
 
     fn rows(n: usize) -> Tensor {
         Tensor::from_f32(vec![n, 4], (0..n * 4).map(|i| i as f32 * 0.25 - 1.0).collect())
+    }
+
+    /// A model exported at a fixed batch calibrates in batches of exactly that size, whatever
+    /// `--calib-batch` says; samples that do not fill a last batch are left out, and a set
+    /// smaller than one batch is an error saying so.
+    #[test]
+    fn fixed_batch_models_calibrate_in_their_own_batch() {
+        let g = qforge_ir::text::parse(
+            "graph fixed(%a: f32[2,4]) -> (y: f32[2,4]) {\n  %0 = relu %a : f32[2,4]  # \"relu\"\n  return %0\n}\n",
+        )
+        .expect("parses");
+        assert_eq!(fixed_batch(&g), Some(2));
+        let dir = std::env::temp_dir().join(format!("qforge-calib-fixed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let five = dir.join("five.npy");
+        crate::npy::write(&five, &rows(5)).expect("npy");
+        let src = LazyFile::new(&five);
+        src.check(&g).expect("five samples fit a batch of two");
+        let shapes: Vec<Vec<usize>> =
+            src.stream(&g, 50).expect("stream").map(|b| b.expect("batch")[0].shape().to_vec()).collect();
+        assert_eq!(shapes, vec![vec![2, 4], vec![2, 4]]);
+        assert_eq!(src.batch_count(&g, 50), Some(2));
+        let one = dir.join("one.npy");
+        crate::npy::write(&one, &rows(1)).expect("npy");
+        let e = LazyFile::new(&one).check(&g).expect_err("one sample for a batch of two");
+        assert!(format!("{e:#}").contains("the model's batch is fixed at 2, so calibration needs at least 2"), "{e:#}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     /// A two-input model calibrates from a `.npz`; wrong archives are errors naming what is wrong.
