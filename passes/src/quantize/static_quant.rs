@@ -217,12 +217,34 @@ pub(crate) fn insert_qdq(g: &mut Graph, v: Value, ty: TensorType) -> Result<Node
     Ok(q.node)
 }
 
-/// Quantizes the constant `w` (f32) and returns `const -> dequantize`, plus warnings.
-pub(crate) fn quantize_weight(
+/// The smallest weight scale of each output channel for which a bias `b[c]`, quantized to i32 at
+/// `sx * sw[c]`, stays inside i32 together with the accumulation it is added to (`k` products of
+/// at most 255 * 255 in magnitude): the numerics contract accumulates exactly in i32. A smaller
+/// weight scale would saturate the bias and shift every output of the channel; ONNX Runtime's
+/// quantizer raises the weight scale for the same reason
+/// (`onnxruntime/python/tools/quantization/base_quantizer.py`, `_adjust_weight_scale_for_int32_bias`).
+fn min_weight_scales(bias: &[f32], sx: f32, k: usize) -> Vec<f32> {
+    let headroom = f64::from(i32::MAX) - k as f64 * 255.0 * 255.0;
+    bias.iter()
+        .map(|&b| {
+            if headroom <= 0.0 || !b.is_finite() {
+                return 0.0;
+            }
+            // a hair above the bound, so the f32 products and the rounding stay inside it
+            ((f64::from(b.abs()) / (f64::from(sx) * headroom)) * (1.0 + 1e-4)) as f32
+        })
+        .collect()
+}
+
+/// Quantizes the constant `w` (f32) and returns `const -> dequantize`, plus warnings; with
+/// `min_scales`, the scale of each output channel (axis 0) is raised to at least `min_scales[c]`
+/// where it is below (symmetric weights only: a raised scale keeps zero point 0).
+fn quantize_weight(
     g: &mut Graph,
     w: Value,
     gran: Granularity,
     scheme: Scheme,
+    min_scales: Option<&[f32]>,
 ) -> Result<(Value, QuantParams, Vec<String>), String> {
     let Op::Const(t) = &g.node(w.node).op else { return Err("weight is not a constant".into()) };
     let values = t.as_f32().ok_or("weight is not f32")?;
@@ -253,7 +275,16 @@ pub(crate) fn quantize_weight(
             return Ok((dq, params, gp.warnings));
         }
     };
-    let r = scheme::tensor_params(values, &shape, axis, scheme).map_err(|e| e.to_string())?;
+    let mut r = scheme::tensor_params(values, &shape, axis, scheme).map_err(|e| e.to_string())?;
+    if let Some(min) = min_scales {
+        if raise_scales(&mut r.params, min, axis) {
+            r.warnings.push(
+                "weight scale raised so the quantized bias fits in i32 (the input scale times the weight scale \
+                 was too small for the bias)"
+                    .into(),
+            );
+        }
+    }
     let codes = scheme::quantize_values(values, &shape, &r.params, scheme.qtype).map_err(|e| e.to_string())?;
     let data: Vec<f64> = codes.iter().map(|&c| c as f64).collect();
     let qt = Tensor::from_f64_iter(r.dtype, shape.clone(), data.into_iter());
@@ -264,6 +295,56 @@ pub(crate) fn quantize_weight(
         .add_node(Op::Dequantize, vec![Some(c)], None, format!("{name}_DequantizeLinear"))
         .map_err(|e| e.to_string())?;
     Ok((dq, r.params, r.warnings))
+}
+
+/// For a conv or gemm with a constant f32 bias and a per-tensor quantized input, the weight
+/// scales below which its bias would not fit in i32 ([`min_weight_scales`]).
+fn bias_weight_floor(g: &Graph, id: NodeId, wv: Value, params: &HashMap<Value, TensorType>) -> Option<Vec<f32>> {
+    let node = g.node(id);
+    match node.op {
+        Op::Conv(_) => {}
+        // (a gemm's output channels are axis 0 of its weight only when it is transposed)
+        Op::Gemm { alpha, beta, trans_b: true, .. } if alpha == 1.0 && beta == 1.0 => {}
+        _ => return None,
+    }
+    let x = node.inputs().first().copied().flatten()?;
+    let b = node.inputs().get(2).copied().flatten()?;
+    let Some(QuantParams::PerTensor { scale: sx, .. }) = params.get(&x).and_then(|t| t.quant.clone()) else {
+        return None;
+    };
+    let Op::Const(bt) = &g.node(b.node).op else { return None };
+    let Op::Const(wt) = &g.node(wv.node).op else { return None };
+    let bias = bt.as_f32()?;
+    let out = *wt.shape().first()?;
+    if out == 0 || bias.len() != out || wt.rank() < 2 {
+        return None;
+    }
+    Some(min_weight_scales(bias, sx, wt.shape().iter().product::<usize>() / out))
+}
+
+/// Raises the scales of `params` (per tensor, or per channel on axis 0) to at least `min[c]`
+/// where the zero point is 0; whether any changed.
+fn raise_scales(params: &mut QuantParams, min: &[f32], axis: Option<usize>) -> bool {
+    let mut changed = false;
+    match params {
+        QuantParams::PerTensor { scale, zero_point } if *zero_point == 0 => {
+            let need = min.iter().copied().fold(0.0f32, f32::max);
+            if *scale < need {
+                *scale = need;
+                changed = true;
+            }
+        }
+        QuantParams::PerAxis { scales, zero_points, .. } if axis == Some(0) && scales.len() == min.len() => {
+            for ((s, z), &need) in scales.iter_mut().zip(zero_points.iter()).zip(min) {
+                if *z == 0 && *s < need {
+                    *s = need;
+                    changed = true;
+                }
+            }
+        }
+        _ => {}
+    }
+    changed
 }
 
 /// Quantizes a bias vector to i32 at scale `sx * sw[c]`; `None` when a scale underflows.
@@ -353,7 +434,8 @@ impl Pass for QuantizeStatic {
                 let wv = g.node(*id).inputs()[w.slot].ok_or_else(|| err("weight input is missing".into()))?;
                 if is_f32(g, wv) {
                     let gran = s.weight_granularity(w.axis);
-                    let (dq, p, warns) = quantize_weight(g, wv, gran, s.weights).map_err(err)?;
+                    let min = bias_weight_floor(g, *id, wv, &params);
+                    let (dq, p, warns) = quantize_weight(g, wv, gran, s.weights, min.as_deref()).map_err(err)?;
                     for w in warns {
                         report.notes.push(format!("node `{name}` weight: {w}"));
                     }
