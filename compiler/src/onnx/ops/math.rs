@@ -1,7 +1,8 @@
 //! Arithmetic: element-wise unary math and binary ops (with ONNX's multidirectional
 //! broadcasting), the variadic Sum/Max/Min/Mean, MatMul and Gemm, and reductions, including the
 //! ones that are a sum between element-wise steps (ReduceL1, ReduceL2, ReduceSumSquare,
-//! ReduceLogSum) (semantics: the ONNX operator spec, <https://onnx.ai/onnx/operators/>).
+//! ReduceLogSum), trigonometric and hyperbolic functions, Sign, Round, TopK, CumSum, CumProd
+//! and Det (semantics: the ONNX operator spec, <https://onnx.ai/onnx/operators/>).
 
 use super::{one, Cx, OpDef, Outs, R};
 use qforge_ir::{BinaryOp, Op, Tensor, UnaryOp, Value};
@@ -16,6 +17,23 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("Reciprocal", &[1, 6, 13], |cx| cx.unary(UnaryOp::Reciprocal)),
     OpDef::onnx("Floor", &[1, 6, 13], |cx| cx.unary(UnaryOp::Floor)),
     OpDef::onnx("Ceil", &[1, 6, 13], |cx| cx.unary(UnaryOp::Ceil)),
+    OpDef::onnx("Sin", &[7, 22], |cx| cx.unary(UnaryOp::Sin)),
+    OpDef::onnx("Cos", &[7, 22], |cx| cx.unary(UnaryOp::Cos)),
+    OpDef::onnx("Tan", &[7, 22], |cx| cx.unary(UnaryOp::Tan)),
+    OpDef::onnx("Asin", &[7, 22], |cx| cx.unary(UnaryOp::Asin)),
+    OpDef::onnx("Acos", &[7, 22], |cx| cx.unary(UnaryOp::Acos)),
+    OpDef::onnx("Atan", &[7, 22], |cx| cx.unary(UnaryOp::Atan)),
+    OpDef::onnx("Sinh", &[9, 22], |cx| cx.unary(UnaryOp::Sinh)),
+    OpDef::onnx("Cosh", &[9, 22], |cx| cx.unary(UnaryOp::Cosh)),
+    OpDef::onnx("Asinh", &[9, 22], |cx| cx.unary(UnaryOp::Asinh)),
+    OpDef::onnx("Acosh", &[9, 22], |cx| cx.unary(UnaryOp::Acosh)),
+    OpDef::onnx("Atanh", &[9, 22], |cx| cx.unary(UnaryOp::Atanh)),
+    OpDef::onnx("Sign", &[9, 13], sign),
+    OpDef::onnx("Round", &[11, 22], |cx| cx.unary(UnaryOp::Round)),
+    OpDef::onnx("TopK", &[1, 10, 11, 24], top_k),
+    OpDef::onnx("CumSum", &[11, 14], |cx| cumulative(cx, false)),
+    OpDef::onnx("CumProd", &[26], |cx| cumulative(cx, true)),
+    OpDef::onnx("Det", &[11, 22], |cx| cx.simple(Op::Det, 1)),
     OpDef::onnx("Add", &[1, 6, 7, 13, 14], |cx| binary(cx, BinaryOp::Add)),
     OpDef::onnx("Sub", &[1, 6, 7, 13, 14], |cx| binary(cx, BinaryOp::Sub)),
     OpDef::onnx("Mul", &[1, 6, 7, 13, 14], |cx| binary(cx, BinaryOp::Mul)),
@@ -237,4 +255,59 @@ fn arg_extreme(cx: &mut Cx, max: bool) -> R<Outs> {
     let select_last = cx.version >= 12 && a.bool_or("select_last_index", false)?;
     let op = if max { Op::ArgMax { axis, keepdims, select_last } } else { Op::ArgMin { axis, keepdims, select_last } };
     cx.simple(op, 1)
+}
+
+/// Sign: the IR's `sign` on floats; on integers `(x > 0) - (x < 0)`, each comparison cast to the
+/// input's type.
+fn sign(cx: &mut Cx) -> R<Outs> {
+    let x = cx.input(0)?;
+    let xt = cx.ty(x);
+    if xt.dtype.is_float() || xt.quant.is_some() {
+        return cx.unary(UnaryOp::Sign);
+    }
+    let name = cx.im.fresh_name(&format!("{}/zero", cx.at.name));
+    let zero = cx.im.g.add_const(name, Tensor::from_i64_wrapping(xt.dtype, vec![], &[0]));
+    let pos = cx.add_helper("positive", Op::Binary(BinaryOp::Greater), vec![Some(x), Some(zero)])?;
+    let neg = cx.add_helper("negative", Op::Binary(BinaryOp::Less), vec![Some(x), Some(zero)])?;
+    let pos = cx.add_helper("positive_int", Op::Cast { to: xt.dtype }, vec![Some(pos)])?;
+    let neg = cx.add_helper("negative_int", Op::Cast { to: xt.dtype }, vec![Some(neg)])?;
+    one(cx.add(Op::Binary(BinaryOp::Sub), vec![Some(pos), Some(neg)], None)?)
+}
+
+/// TopK: `k` an attribute (version 1) or a constant input (10 on); `axis` (default -1);
+/// `largest` (default 1) and `sorted` from version 11. The IR always returns the elements in
+/// sorted order, as the ONNX reference does; with `sorted=0` ONNX leaves the order unspecified,
+/// so that order is one of the allowed ones.
+fn top_k(cx: &mut Cx) -> R<Outs> {
+    let a = cx.attrs();
+    let axis = a.int_or("axis", -1)?;
+    let largest = cx.version < 11 || a.bool_or("largest", true)?;
+    let k = if cx.version < 10 {
+        a.int("k")?.ok_or_else(|| cx.err("attribute `k` is required"))?
+    } else {
+        match cx.ints_input(1, "K")?.as_slice() {
+            [k] => *k,
+            v => return Err(cx.err(format!("input 1 (K) must hold one value, got {} values", v.len()))),
+        }
+    };
+    let k = usize::try_from(k)
+        .ok()
+        .filter(|&k| k <= super::MAX_ATTR_DIM)
+        .ok_or_else(|| cx.err(format!("k = {k} is out of range")))?;
+    let x = cx.input(0)?;
+    let outs = cx.add_multi(Op::TopK { axis, k, largest }, vec![Some(x)])?;
+    Ok(outs.into_iter().map(Some).collect())
+}
+
+/// CumSum and CumProd: the axis a constant scalar input; `exclusive` and `reverse` (default 0).
+fn cumulative(cx: &mut Cx, product: bool) -> R<Outs> {
+    let a = cx.attrs();
+    let (exclusive, reverse) = (a.bool_or("exclusive", false)?, a.bool_or("reverse", false)?);
+    let axis = match cx.ints_input(1, "axis")?.as_slice() {
+        [v] => *v,
+        v => return Err(cx.err(format!("input 1 (axis) must hold one value, got {} values", v.len()))),
+    };
+    let x = cx.input(0)?;
+    let op = if product { Op::CumProd { axis, exclusive, reverse } } else { Op::CumSum { axis, exclusive, reverse } };
+    one(cx.add(op, vec![Some(x)], None)?)
 }
