@@ -432,7 +432,7 @@ fn unsupported_op_names_the_op() {
         vec![NodeProto {
             name: "my_einsum".into(),
             ..node(
-                "Einsum",
+                "Col2Im",
                 &["x"],
                 &["y"],
                 vec![AttributeProto {
@@ -447,7 +447,7 @@ fn unsupported_op_names_the_op() {
     );
     match import(&bytes).unwrap_err() {
         ImportError::Unsupported { op, domain, opset, node } => {
-            assert_eq!((op.as_str(), domain.as_str(), opset, node.as_str()), ("Einsum", "ai.onnx", 17, "my_einsum"));
+            assert_eq!((op.as_str(), domain.as_str(), opset, node.as_str()), ("Col2Im", "ai.onnx", 17, "my_einsum"));
         }
         e => panic!("expected Unsupported, got {e:?}"),
     }
@@ -1911,6 +1911,123 @@ fn opset_cases() -> Vec<Case> {
             vec![f32t(&[3, 4], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0])],
             None,
             Want::Values(vec![f32t(&[3, 4], &[0.0, 0.0, 0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 9.0, 10.0, 0.0, 0.0])]),
+        ),
+        case(
+            "TopK-1 k attribute, last axis",
+            one_op(9, vec![in23()], vec![], "TopK", &["x"], &["v", "i"], vec![int("k", 2)]),
+            vec![f32t(&[2, 3], &[1.0, 5.0, 3.0, 4.0, 2.0, 6.0])],
+            Some(vec![("top_k", 1)]),
+            Want::Values(vec![
+                f32t(&[2, 2], &[5.0, 3.0, 6.0, 4.0]),
+                Tensor::from_i64(vec![2, 2], vec![1, 2, 2, 0]),
+            ]),
+        ),
+        case(
+            "Scatter-9 is ScatterElements without reduction",
+            one_op(
+                9,
+                vec![fixed_vi("x", F32, &[3, 3])],
+                vec![
+                    init("i", &Tensor::from_i64(vec![2, 3], vec![1, 0, 2, 0, 2, 1])),
+                    init("u", &f32t(&[2, 3], &[1.0, 1.1, 1.2, 2.0, 2.1, 2.2])),
+                ],
+                "Scatter",
+                &["x", "i", "u"],
+                &["y"],
+                vec![],
+            ),
+            vec![f32t(&[3, 3], &[0.0; 9])],
+            Some(vec![("const", 2), ("scatter_elements", 1)]),
+            Want::Values(vec![f32t(&[3, 3], &[2.0, 1.1, 0.0, 1.0, 0.0, 2.2, 0.0, 2.1, 1.2])]),
+        ),
+        case(
+            "GridSample-16 bilinear at the centre",
+            one_op(
+                16,
+                vec![fixed_vi("x", F32, &[1, 1, 2, 2])],
+                vec![init("g", &f32t(&[1, 1, 1, 2], &[0.0, 0.0]))],
+                "GridSample",
+                &["x", "g"],
+                &["y"],
+                vec![string_attr("mode", "bilinear")],
+            ),
+            vec![f32t(&[1, 1, 2, 2], &[1.0, 2.0, 3.0, 4.0])],
+            Some(vec![("const", 1), ("grid_sample", 1)]),
+            Want::Values(vec![f32t(&[1, 1, 1, 1], &[2.5])]),
+        ),
+        case(
+            "GridSample-20 refuses the version 16 mode name",
+            one_op(
+                20,
+                vec![fixed_vi("x", F32, &[1, 1, 2, 2])],
+                vec![init("g", &f32t(&[1, 1, 1, 2], &[0.0, 0.0]))],
+                "GridSample",
+                &["x", "g"],
+                &["y"],
+                vec![string_attr("mode", "bilinear")],
+            ),
+            vec![],
+            None,
+            Want::Error("mode=\"bilinear\" is not a GridSample-20 mode"),
+        ),
+        case(
+            "Einsum-12 batched matrix product is a MatMul",
+            model(
+                12,
+                vec![fixed_vi("a", F32, &[1, 2, 2]), fixed_vi("b", F32, &[1, 2, 1])],
+                vec![],
+                vec![node("Einsum", &["a", "b"], &["y"], vec![string_attr("equation", "bij, bjk -> bik")])],
+                &["y"],
+            ),
+            vec![f32t(&[1, 2, 2], &[1.0, 2.0, 3.0, 4.0]), f32t(&[1, 2, 1], &[1.0, 1.0])],
+            Some(vec![("matmul", 1)]),
+            Want::Values(vec![f32t(&[1, 2, 1], &[3.0, 7.0])]),
+        ),
+        case(
+            "Einsum-12 implicit output sums the repeated label",
+            model(
+                12,
+                vec![fixed_vi("a", F32, &[2, 2]), fixed_vi("b", F32, &[2])],
+                vec![],
+                vec![node("Einsum", &["a", "b"], &["y"], vec![string_attr("equation", "ji,j")])],
+                &["y"],
+            ),
+            vec![f32t(&[2, 2], &[1.0, 2.0, 3.0, 4.0]), f32t(&[2], &[10.0, 1.0])],
+            None,
+            Want::Values(vec![f32t(&[2], &[13.0, 24.0])]),
+        ),
+        case(
+            "Einsum-12 diagonal is refused",
+            model(
+                12,
+                vec![fixed_vi("a", F32, &[2, 2])],
+                vec![],
+                vec![node("Einsum", &["a"], &["y"], vec![string_attr("equation", "ii->i")])],
+                &["y"],
+            ),
+            vec![],
+            None,
+            Want::Error("a subscript repeated within one operand (a diagonal) is not supported"),
+        ),
+        case(
+            "BitShift-11 right on u8",
+            model(
+                11,
+                vec![fixed_vi("a", U8, &[3])],
+                vec![init("s", &tf(DType::U8, &[3], &[1.0, 4.0, 7.0]))],
+                vec![node("BitShift", &["a", "s"], &["y"], vec![string_attr("direction", "RIGHT")])],
+                &["y"],
+            ),
+            vec![tf(DType::U8, &[3], &[255.0, 255.0, 128.0])],
+            None,
+            Want::Values(vec![tf(DType::U8, &[3], &[127.0, 15.0, 1.0])]),
+        ),
+        case(
+            "EyeLike-9 folds to a constant of the input's shape",
+            one_op(9, vec![fixed_vi("x", I32, &[2, 3])], vec![], "EyeLike", &["x"], &["y"], vec![int("k", 1)]),
+            vec![tf(DType::I32, &[2, 3], &[0.0; 6])],
+            Some(vec![("const", 1)]),
+            Want::Values(vec![tf(DType::I32, &[2, 3], &[0.0, 1.0, 0.0, 0.0, 0.0, 1.0])]),
         ),
         case(
             "Opset 29 is refused with the highest supported",

@@ -144,6 +144,11 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
                 BinaryOp::And | BinaryOp::Or if l.dtype != DType::Bool => {
                     return Err(InferError::Operand(format!("`{}` needs bool operands", op.name())))
                 }
+                BinaryOp::BitAnd | BinaryOp::BitOr | BinaryOp::BitXor | BinaryOp::ShiftLeft | BinaryOp::ShiftRight
+                    if !l.dtype.is_int() =>
+                {
+                    return Err(InferError::Operand(format!("`{}` needs integer operands, got {}", op.name(), l.dtype)))
+                }
                 _ => l.dtype,
             };
             one(TensorType::new(dtype, shape))
@@ -498,6 +503,105 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             }
             one(d.with_shape(i.shape.clone()))
         }
+        Op::GatherND { batch_dims } => {
+            let (d, i) = (plain(x(0)?, "data")?, x(1)?);
+            index_type(i)?;
+            let (q, b) = (i.rank(), *batch_dims);
+            let m = nd_depth(d, i, b)?;
+            let mut dims = i.shape.0[..q - 1].to_vec();
+            dims.extend(d.shape.0[b + m..].iter().cloned());
+            one(d.with_shape(Shape(dims)))
+        }
+        Op::ScatterND { .. } => {
+            let (d, i, u) = (plain(x(0)?, "data")?, x(1)?, plain(x(2)?, "updates")?);
+            index_type(i)?;
+            same_dtype(d, u)?;
+            let m = nd_depth(d, i, 0)?;
+            let mut want = i.shape.0[..i.rank() - 1].to_vec();
+            want.extend(d.shape.0[m..].iter().cloned());
+            expect_shape(u, &want, "updates")?;
+            one(d.clone())
+        }
+        Op::ScatterElements { axis, .. } => {
+            let (d, i, u) = (plain(x(0)?, "data")?, x(1)?, plain(x(2)?, "updates")?);
+            index_type(i)?;
+            same_dtype(d, u)?;
+            if d.rank() != i.rank() {
+                return Err(InferError::Shape(format!("data {} and indices {} differ in rank", d.shape, i.shape)));
+            }
+            norm_axis(*axis, d.rank())?;
+            expect_shape(u, &i.shape.0, "updates")?;
+            for (k, (dd, id)) in d.shape.0.iter().zip(&i.shape.0).enumerate() {
+                if let (Some(dn), Some(inn)) = (dd.fixed(), id.fixed()) {
+                    if inn > dn {
+                        return Err(InferError::Shape(format!(
+                            "indices {} exceed data {} on axis {k}",
+                            i.shape, d.shape
+                        )));
+                    }
+                }
+            }
+            one(d.clone())
+        }
+        Op::TopK { axis, k, .. } => {
+            let t = plain(x(0)?, "x")?;
+            if t.dtype == DType::Bool {
+                return Err(InferError::Operand(format!("{} needs a numeric tensor, got bool", op.name())));
+            }
+            let a = norm_axis(*axis, t.rank())?;
+            if let Some(n) = t.shape.0[a].fixed() {
+                if *k > n {
+                    return Err(InferError::Attribute(format!("k = {k} exceeds the {n} elements of axis {a}")));
+                }
+            }
+            let mut dims = t.shape.0.clone();
+            dims[a] = Dim::Fixed(*k);
+            Ok(vec![t.with_shape(Shape(dims.clone())), TensorType::new(DType::I64, Shape(dims))])
+        }
+        Op::CumSum { axis, .. } | Op::CumProd { axis, .. } => {
+            let t = plain(x(0)?, "x")?;
+            if t.dtype == DType::Bool {
+                return Err(InferError::Operand(format!("{} needs a numeric tensor, got bool", op.name())));
+            }
+            norm_axis(*axis, t.rank())?;
+            one(t.clone())
+        }
+        Op::Det => {
+            let t = float(x(0)?, "x")?;
+            let r = t.rank();
+            if r < 2 || t.shape.0[r - 1] != t.shape.0[r - 2] {
+                return Err(InferError::Shape(format!(
+                    "det needs square matrices in the last two axes, got {}",
+                    t.shape
+                )));
+            }
+            one(t.with_shape(Shape(t.shape.0[..r - 2].to_vec())))
+        }
+        Op::GridSample { mode, .. } => {
+            let (t, g) = (float(x(0)?, "x")?, float(x(1)?, "grid")?);
+            same_dtype(t, g)?;
+            let r = t.rank();
+            if !(r == 4 || r == 5) || g.rank() != r {
+                return Err(InferError::Shape(format!(
+                    "grid_sample needs x (N, C, spatial...) and grid (N, spatial..., {}) of rank 4 or 5, got {} and {}",
+                    r.saturating_sub(2),
+                    t.shape,
+                    g.shape
+                )));
+            }
+            if g.shape.0[r - 1] != Dim::Fixed(r - 2) {
+                return Err(InferError::Shape(format!("grid {} must end in {} coordinates", g.shape, r - 2)));
+            }
+            if *mode == ResizeMode::Cubic && r != 4 {
+                return Err(InferError::Attribute("cubic grid sampling is 2-D only".into()));
+            }
+            if t.shape.0[0] != g.shape.0[0] {
+                return Err(InferError::Shape(format!("x {} and grid {} differ in batch", t.shape, g.shape)));
+            }
+            let mut dims = vec![t.shape.0[0].clone(), t.shape.0[1].clone()];
+            dims.extend(g.shape.0[1..r - 1].iter().cloned());
+            one(t.with_shape(Shape(dims)))
+        }
         Op::Quantize => {
             let t = float(x(0)?, "x")?;
             declared_quant(declared, &t.shape, &[DType::I8, DType::U8, DType::I32])
@@ -683,6 +787,38 @@ fn zero_point_input(t: Option<&TensorType>, dtype: DType, what: &str) -> R<()> {
         }
     }
     Ok(())
+}
+
+/// Indices of a gather or scatter are i32 or i64.
+fn index_type(i: &TensorType) -> R<()> {
+    if !matches!(i.dtype, DType::I32 | DType::I64) || i.quant.is_some() {
+        return Err(InferError::Operand(format!("indices must be i32 or i64, got {i}")));
+    }
+    Ok(())
+}
+
+/// The number of data axes each index tuple of GatherND/ScatterND addresses (the fixed last dim
+/// of `indices`), checked against the data's rank and the `b` batch axes both share.
+fn nd_depth(d: &TensorType, i: &TensorType, b: usize) -> R<usize> {
+    let (r, q) = (d.rank(), i.rank());
+    if q == 0 || r == 0 || b >= q.min(r) {
+        return Err(InferError::Shape(format!(
+            "data {} and indices {} need rank 1 or more and more axes than the {b} batch dims",
+            d.shape, i.shape
+        )));
+    }
+    let m =
+        i.shape.0[q - 1].fixed().ok_or_else(|| InferError::Shape("the last dim of indices must be fixed".into()))?;
+    if m == 0 || b + m > r {
+        return Err(InferError::Shape(format!(
+            "index tuples of {m} entries do not fit data {} after {b} batch dims",
+            d.shape
+        )));
+    }
+    if d.shape.0[..b] != i.shape.0[..b] {
+        return Err(InferError::Shape(format!("data {} and indices {} differ in the batch dims", d.shape, i.shape)));
+    }
+    Ok(m)
 }
 
 fn same_dtype(a: &TensorType, b: &TensorType) -> R<()> {

@@ -40,8 +40,8 @@ pub use graph::{Graph, GraphOutput, Node, NodeId, Value};
 pub use infer::InferError;
 pub use limits::{Allocation, DEFAULT_MAX_TENSOR_BYTES};
 pub use op::{
-    AspectPolicy, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordMode, DimExpr, Epilogue, NearestMode, Op, PadMode,
-    PoolAttrs, ResizeAttrs, ResizeMode, ResizeTarget, UnaryOp,
+    AspectPolicy, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordMode, DimExpr, Epilogue, GridPadding, NearestMode, Op,
+    PadMode, PoolAttrs, ResizeAttrs, ResizeMode, ResizeTarget, ScatterReduction, UnaryOp,
 };
 pub use quant::{QuantError, QuantParams};
 pub use shape::{Dim, Shape, TensorType};

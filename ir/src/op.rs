@@ -167,6 +167,21 @@ pub enum UnaryOp {
     Floor,
     Ceil,
     Not,
+    Sin,
+    Cos,
+    Tan,
+    Asin,
+    Acos,
+    Atan,
+    Sinh,
+    Cosh,
+    Asinh,
+    Acosh,
+    Atanh,
+    /// -1, 0 or 1 by the sign of `x` (NaN stays NaN; ONNX Sign).
+    Sign,
+    /// Rounds half to even ([`crate::numerics::round_half_even`], ONNX Round).
+    Round,
 }
 
 /// Element-wise binary functions with numpy broadcasting.
@@ -190,6 +205,42 @@ pub enum BinaryOp {
     Fmod,
     GreaterOrEqual,
     LessOrEqual,
+    /// Bitwise and of integers (ONNX BitwiseAnd); the bits of the storage type.
+    BitAnd,
+    /// Bitwise or of integers (ONNX BitwiseOr).
+    BitOr,
+    /// Bitwise exclusive or of integers (ONNX BitwiseXor).
+    BitXor,
+    /// `a << b` on integers (ONNX BitShift `LEFT`): bits shifted out are lost; a shift below 0 or
+    /// at least the type's width gives 0.
+    ShiftLeft,
+    /// `a >> b` on integers (ONNX BitShift `RIGHT`): logical for unsigned types, arithmetic for
+    /// signed ones; a shift below 0 or at least the type's width gives 0 (or -1 for a negative
+    /// signed `a`), as the ONNX reference's BitShift-28 does.
+    ShiftRight,
+}
+
+/// How scattered updates combine with the data they land on (ONNX ScatterND and
+/// ScatterElements `reduction`). With `None` a later update overwrites an earlier one at the same
+/// index (the ONNX reference's order: updates in row-major order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ScatterReduction {
+    None,
+    Add,
+    Mul,
+    Max,
+    Min,
+}
+
+/// How GridSample treats sample positions outside the input (ONNX GridSample `padding_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GridPadding {
+    /// Zero outside.
+    Zeros,
+    /// The nearest border value.
+    Border,
+    /// Positions reflected at the borders until they fall inside.
+    Reflection,
 }
 
 /// A size written in an attribute: `k` times the product of dims of the op's own inputs
@@ -395,6 +446,52 @@ pub enum Op {
     GatherElements {
         axis: i64,
     },
+    /// `data, indices` -> slices of `data` addressed by the last axis of `indices`, after
+    /// `batch_dims` leading axes both share (ONNX GatherND); negative indices count from the end.
+    GatherND {
+        batch_dims: usize,
+    },
+    /// `data, indices, updates` -> `data` with `updates` written (or combined by `reduction`) at
+    /// `indices` along `axis` (ONNX ScatterElements, and the deprecated Scatter).
+    ScatterElements {
+        axis: i64,
+        reduction: ScatterReduction,
+    },
+    /// `data, indices, updates` -> `data` with the slices of `updates` written (or combined) at
+    /// the positions the last axis of `indices` addresses (ONNX ScatterND).
+    ScatterND {
+        reduction: ScatterReduction,
+    },
+    /// `x` -> (values, i64 indices): the `k` largest (or smallest) elements along `axis` (ONNX
+    /// TopK), in sorted order (largest or smallest first), equal values lower index first; NaN
+    /// counts as larger than any number (the ONNX reference's lexsort order).
+    TopK {
+        axis: i64,
+        k: usize,
+        largest: bool,
+    },
+    /// Running sums along `axis` (ONNX CumSum): `exclusive` leaves out the element itself,
+    /// `reverse` sums from the end.
+    CumSum {
+        axis: i64,
+        exclusive: bool,
+        reverse: bool,
+    },
+    /// Running products along `axis` (ONNX CumProd), as [`Op::CumSum`].
+    CumProd {
+        axis: i64,
+        exclusive: bool,
+        reverse: bool,
+    },
+    /// The determinant of each square matrix in the last two axes (ONNX Det).
+    Det,
+    /// `x, grid` -> `x` sampled at the normalized positions of `grid` (ONNX GridSample-22,
+    /// 2-D and 3-D spatial): nearest, linear or cubic interpolation.
+    GridSample {
+        mode: ResizeMode,
+        padding: GridPadding,
+        align_corners: bool,
+    },
 
     // ---- quantization
     /// `x` (float) -> quantized output; parameters from the output type.
@@ -468,6 +565,19 @@ impl Op {
                 UnaryOp::Floor => "floor",
                 UnaryOp::Ceil => "ceil",
                 UnaryOp::Not => "not",
+                UnaryOp::Sin => "sin",
+                UnaryOp::Cos => "cos",
+                UnaryOp::Tan => "tan",
+                UnaryOp::Asin => "asin",
+                UnaryOp::Acos => "acos",
+                UnaryOp::Atan => "atan",
+                UnaryOp::Sinh => "sinh",
+                UnaryOp::Cosh => "cosh",
+                UnaryOp::Asinh => "asinh",
+                UnaryOp::Acosh => "acosh",
+                UnaryOp::Atanh => "atanh",
+                UnaryOp::Sign => "sign",
+                UnaryOp::Round => "round",
             },
             Op::LeakyRelu { .. } => "leaky_relu",
             Op::Clip { .. } => "clip",
@@ -489,6 +599,11 @@ impl Op {
                 BinaryOp::Fmod => "fmod",
                 BinaryOp::GreaterOrEqual => "greater_or_equal",
                 BinaryOp::LessOrEqual => "less_or_equal",
+                BinaryOp::BitAnd => "bit_and",
+                BinaryOp::BitOr => "bit_or",
+                BinaryOp::BitXor => "bit_xor",
+                BinaryOp::ShiftLeft => "shift_left",
+                BinaryOp::ShiftRight => "shift_right",
             },
             Op::Where => "where",
             Op::MatMul => "matmul",
@@ -528,6 +643,14 @@ impl Op {
             Op::ReshapeDyn { .. } => "reshape_dyn",
             Op::ExpandDyn { .. } => "expand_dyn",
             Op::GatherElements { .. } => "gather_elements",
+            Op::GatherND { .. } => "gather_nd",
+            Op::ScatterElements { .. } => "scatter_elements",
+            Op::ScatterND { .. } => "scatter_nd",
+            Op::TopK { .. } => "top_k",
+            Op::CumSum { .. } => "cumsum",
+            Op::CumProd { .. } => "cumprod",
+            Op::Det => "det",
+            Op::GridSample { .. } => "grid_sample",
             Op::Quantize => "quantize",
             Op::Dequantize => "dequantize",
             Op::Requantize => "requantize",
@@ -546,7 +669,7 @@ impl Op {
     }
 
     /// Every unary op, for parsers and tests.
-    pub const UNARY: [UnaryOp; 16] = [
+    pub const UNARY: [UnaryOp; 29] = [
         UnaryOp::Relu,
         UnaryOp::Sigmoid,
         UnaryOp::Tanh,
@@ -563,10 +686,23 @@ impl Op {
         UnaryOp::Floor,
         UnaryOp::Ceil,
         UnaryOp::Not,
+        UnaryOp::Sin,
+        UnaryOp::Cos,
+        UnaryOp::Tan,
+        UnaryOp::Asin,
+        UnaryOp::Acos,
+        UnaryOp::Atan,
+        UnaryOp::Sinh,
+        UnaryOp::Cosh,
+        UnaryOp::Asinh,
+        UnaryOp::Acosh,
+        UnaryOp::Atanh,
+        UnaryOp::Sign,
+        UnaryOp::Round,
     ];
 
     /// Every binary op, for parsers and tests.
-    pub const BINARY: [BinaryOp; 16] = [
+    pub const BINARY: [BinaryOp; 21] = [
         BinaryOp::Add,
         BinaryOp::Sub,
         BinaryOp::Mul,
@@ -583,6 +719,11 @@ impl Op {
         BinaryOp::Fmod,
         BinaryOp::GreaterOrEqual,
         BinaryOp::LessOrEqual,
+        BinaryOp::BitAnd,
+        BinaryOp::BitOr,
+        BinaryOp::BitXor,
+        BinaryOp::ShiftLeft,
+        BinaryOp::ShiftRight,
     ];
 
     /// The allowed number of inputs (including absent optional ones), as an inclusive range.
@@ -595,7 +736,15 @@ impl Op {
             Op::GroupNorm { .. } => (3, 3),
             Op::Gemm { .. } => (2, 3),
             Op::BatchNorm { .. } => (5, 5),
-            Op::Binary(_) | Op::MatMul | Op::Gather { .. } | Op::GatherElements { .. } | Op::QAdd | Op::QMul => (2, 2),
+            Op::Binary(_)
+            | Op::MatMul
+            | Op::Gather { .. }
+            | Op::GatherElements { .. }
+            | Op::GatherND { .. }
+            | Op::GridSample { .. }
+            | Op::QAdd
+            | Op::QMul => (2, 2),
+            Op::ScatterElements { .. } | Op::ScatterND { .. } => (3, 3),
             Op::Range { .. } | Op::ReshapeDyn { .. } | Op::ExpandDyn { .. } => (1, usize::MAX),
             Op::Where => (3, 3),
             Op::LayerNorm { .. } => (2, 3),
@@ -618,6 +767,7 @@ impl Op {
     pub fn num_outputs(&self) -> usize {
         match self {
             Op::DynamicQuantize => 3,
+            Op::TopK { .. } => 2,
             Op::Split { sizes, .. } => sizes.len(),
             _ => 1,
         }

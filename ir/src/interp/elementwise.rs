@@ -8,7 +8,9 @@
 //!
 //! Integers (and bool, as 0/1) compute in i64 and wrap into the storage type (two's complement,
 //! as ONNX Runtime's kernels do); division truncates toward zero and a zero divisor is an error;
-//! integer `pow` is `trunc(pow(a as f64, b as f64))`.
+//! integer `pow` is `trunc(pow(a as f64, b as f64))`. Bitwise ops and shifts act on the storage
+//! type's bits (ONNX BitwiseAnd/Or/Xor, BitShift-28: a shift count outside `0..width` gives 0, or
+//! -1 for a right shift of a negative signed value).
 
 use super::{float_tensor, floats, for_each_broadcast, int_tensor, numel, tensor, Cx, R};
 use crate::{BinaryOp, DType, Tensor, TensorData, UnaryOp};
@@ -176,6 +178,28 @@ pub fn unary_scalar(u: UnaryOp, v: f32) -> f32 {
         UnaryOp::Floor => v.floor(),
         UnaryOp::Ceil => v.ceil(),
         UnaryOp::Not => v,
+        UnaryOp::Sin => f64_of(f64::sin),
+        UnaryOp::Cos => f64_of(f64::cos),
+        UnaryOp::Tan => f64_of(f64::tan),
+        UnaryOp::Asin => f64_of(f64::asin),
+        UnaryOp::Acos => f64_of(f64::acos),
+        UnaryOp::Atan => f64_of(f64::atan),
+        UnaryOp::Sinh => f64_of(f64::sinh),
+        UnaryOp::Cosh => f64_of(f64::cosh),
+        UnaryOp::Asinh => f64_of(f64::asinh),
+        UnaryOp::Acosh => f64_of(f64::acosh),
+        UnaryOp::Atanh => f64_of(f64::atanh),
+        // NaN stays NaN and zero keeps its sign (numpy's sign).
+        UnaryOp::Sign => {
+            if v > 0.0 {
+                1.0
+            } else if v < 0.0 {
+                -1.0
+            } else {
+                v
+            }
+        }
+        UnaryOp::Round => crate::numerics::round_half_even(v),
     }
 }
 
@@ -252,6 +276,9 @@ pub(crate) fn binary(cx: &Cx, op: BinaryOp) -> R<Tensor> {
     }
     let av = a.to_i64_vec().ok_or("operands must be numeric")?;
     let bv = b.to_i64_vec().ok_or("operands must be numeric")?;
+    // Shifts work on the storage type's bits: its width, and whether `>>` is arithmetic.
+    let bits = (a.dtype().size_bytes() * 8) as i64;
+    let signed = a.dtype().int_range().is_some_and(|(lo, _)| lo < 0);
     let mut y = Vec::with_capacity(n);
     let mut err = None;
     zip_broadcast(a.shape(), b.shape(), &shape, |i, j| {
@@ -292,6 +319,25 @@ pub(crate) fn binary(cx: &Cx, op: BinaryOp) -> R<Tensor> {
             BinaryOp::LessOrEqual => (x <= z) as i64,
             BinaryOp::And => (x != 0 && z != 0) as i64,
             BinaryOp::Or => (x != 0 || z != 0) as i64,
+            // On the two's-complement bits (an unsigned value is its bits read as i64, so the
+            // storage type gets back exactly its own bits).
+            BinaryOp::BitAnd => x & z,
+            BinaryOp::BitOr => x | z,
+            BinaryOp::BitXor => x ^ z,
+            // Bits beyond the storage width are cut by the final wrap into the storage type.
+            BinaryOp::ShiftLeft => {
+                if (0..bits).contains(&z) {
+                    x.wrapping_shl(z as u32)
+                } else {
+                    0
+                }
+            }
+            BinaryOp::ShiftRight => match ((0..bits).contains(&z), signed) {
+                (true, true) => x >> z,
+                (true, false) => ((x as u64) >> z) as i64,
+                (false, true) if x < 0 => -1,
+                (false, _) => 0,
+            },
         })
     })?;
     if let Some(e) = err {

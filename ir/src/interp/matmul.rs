@@ -1,5 +1,5 @@
 //! Matrix products: numpy `matmul` (batched, broadcasting leading dims, 1-D operands) and ONNX
-//! `Gemm`.
+//! `Gemm`; and ONNX `Det` (LU in f64).
 //!
 //! The core is the i-k-j loop `c[i][..] += a[i][k] * b[k][..]` over contiguous rows of `b` and
 //! `c`, which LLVM vectorizes; each output element accumulates its K terms in plain order, from
@@ -137,6 +137,53 @@ pub(crate) fn gemm(cx: &Cx, alpha: f32, beta: f32, trans_a: bool, trans_b: bool)
         }
     }
     float_tensor(cx.out_dtype(0), cx.out_shape(0), y)
+}
+
+/// ONNX Det: the determinant of each square matrix in the last two axes, by LU decomposition
+/// with partial pivoting (as LAPACK's `getrf`, which numpy's `det` calls) in f64, rounded once
+/// to the storage type. A singular matrix gives 0 (of the sign the elimination leaves).
+pub(crate) fn det(cx: &Cx) -> R<Tensor> {
+    let x = cx.x(0)?;
+    let s = x.shape();
+    let n = s[s.len() - 1];
+    let v = floats(x);
+    let count = numel(&s[..s.len() - 2]).ok_or("input too large")?;
+    let mut out = Vec::with_capacity(count);
+    let mut a = vec![0f64; n * n];
+    for m in 0..count {
+        for (d, &e) in a.iter_mut().zip(&v[m * n * n..(m + 1) * n * n]) {
+            *d = e as f64;
+        }
+        let mut det = 1f64;
+        for c in 0..n {
+            // The row with the largest magnitude in column `c` (the first on ties) is the pivot.
+            let mut p = c;
+            for r in c + 1..n {
+                if a[r * n + c].abs() > a[p * n + c].abs() {
+                    p = r;
+                }
+            }
+            if p != c {
+                for k in 0..n {
+                    a.swap(c * n + k, p * n + k);
+                }
+                det = -det;
+            }
+            let pivot = a[c * n + c];
+            det *= pivot;
+            if pivot == 0.0 {
+                break;
+            }
+            for r in c + 1..n {
+                let f = a[r * n + c] / pivot;
+                for k in c..n {
+                    a[r * n + k] -= f * a[c * n + k];
+                }
+            }
+        }
+        out.push(det as f32);
+    }
+    float_tensor(x.dtype(), cx.out_shape(0), out)
 }
 
 #[cfg(test)]

@@ -506,6 +506,16 @@ fn dispatch(cx: &Cx) -> R<Vec<Tensor>> {
         Op::Shape { start, end } => one(movement::shape(cx, *start, *end)),
         Op::Range { start, delta, .. } => one(movement::range(cx, start, *delta)),
         Op::GatherElements { axis } => one(movement::gather_elements(cx, *axis)),
+        Op::GatherND { batch_dims } => one(movement::gather_nd(cx, *batch_dims)),
+        Op::ScatterElements { axis, reduction } => one(movement::scatter_elements(cx, *axis, *reduction)),
+        Op::ScatterND { reduction } => one(movement::scatter_nd(cx, *reduction)),
+        Op::TopK { axis, k, largest } => norm::top_k(cx, *axis, *k, *largest),
+        Op::CumSum { axis, exclusive, reverse } => one(norm::cumulative(cx, *axis, *exclusive, *reverse, false)),
+        Op::CumProd { axis, exclusive, reverse } => one(norm::cumulative(cx, *axis, *exclusive, *reverse, true)),
+        Op::Det => one(matmul::det(cx)),
+        Op::GridSample { mode, padding, align_corners } => {
+            one(resize::grid_sample(cx, *mode, *padding, *align_corners))
+        }
         Op::Cast { to } => one(movement::cast(cx.x(0)?, *to)),
         Op::Quantize => one(quant::quantize(cx)),
         Op::Dequantize => one(quant::dequantize(cx)),
@@ -544,6 +554,39 @@ pub(crate) fn float_tensor(dtype: DType, shape: Vec<usize>, v: Vec<f32>) -> R<Te
         d if d.is_float() => Tensor::from_f32_slice(d, shape, &v),
         d => return Err(format!("internal: {d} is not a float type")),
     })
+}
+
+/// The elements of a numeric (or bool) tensor for kernels that compute on them: floats as f32
+/// (f16/bf16 widened exactly), integers and bools as i64. [`Nums::into_tensor`] rounds floats
+/// once to the storage type and wraps integers into it.
+#[derive(Clone, Debug)]
+pub(crate) enum Nums {
+    F(Vec<f32>),
+    I(Vec<i64>),
+}
+
+impl Nums {
+    pub fn of(t: &Tensor) -> R<Nums> {
+        if t.dtype().is_float() {
+            return Ok(Nums::F(floats(t).into_owned()));
+        }
+        t.to_i64_vec().map(Nums::I).ok_or_else(|| format!("{} is not a numeric type", t.dtype()))
+    }
+    pub fn into_tensor(self, dtype: DType, shape: Vec<usize>) -> R<Tensor> {
+        match self {
+            Nums::F(v) => float_tensor(dtype, shape, v),
+            Nums::I(v) => int_tensor(dtype, shape, &v),
+        }
+    }
+}
+
+/// An index along an axis of size `n`, negative counting from the end, checked.
+pub(crate) fn index_in(i: i64, n: usize, what: &str) -> R<usize> {
+    let j = if i < 0 { i.checked_add(n as i64) } else { Some(i) };
+    match j {
+        Some(j) if j >= 0 && (j as u64) < n as u64 => Ok(j as usize),
+        _ => Err(format!("{what} index {i} out of range for an axis of size {n}")),
+    }
 }
 
 /// Builds a tensor from data, checking the element count.

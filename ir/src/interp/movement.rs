@@ -1,5 +1,6 @@
 //! Data movement on any dtype (quantization parameters pass through unchanged): reshape, flatten,
-//! (un)squeeze, identity, transpose, concat, slice, gather, split, expand, pad, tile; and cast.
+//! (un)squeeze, identity, transpose, concat, slice, gather, split, expand, pad, tile, GatherND,
+//! ScatterElements and ScatterND; and cast.
 //!
 //! Cast: float to integer truncates toward zero and saturates (NaN gives 0); integer to integer
 //! wraps (two's complement); anything to bool is `!= 0`; to f32/f16/bf16 rounds to nearest even
@@ -9,10 +10,10 @@
 //! fallibly ([`crate::limits::try_vec`]): no widened copy of the input, so the result (checked
 //! against the size limit before the kernel runs) is the only allocation the size of the data.
 
-use super::{map_data, numel, strides, tensor, Cx, Walker, R};
+use super::{map_data, numel, strides, tensor, Cx, Nums, Walker, R};
 use crate::infer::{norm_axis, slice_bounds};
 use crate::limits::{try_copy, try_vec};
-use crate::{DType, DimExpr, PadMode, Tensor, TensorData, TensorType};
+use crate::{DType, DimExpr, PadMode, ScatterReduction, Tensor, TensorData, TensorType};
 use half::{bf16, f16};
 
 /// Same data, the inferred shape (reshape, flatten, squeeze, unsqueeze, identity).
@@ -229,6 +230,131 @@ pub(crate) fn gather_elements(cx: &Cx, axis: i64) -> R<Tensor> {
     }
     let data = map_data!(x.data(), v => pick(v, &offs));
     tensor(cx.out_shape(0), data)
+}
+
+/// ONNX GatherND: each index tuple (the last axis of `indices`, `m` entries) addresses a slice
+/// of `data` after the `batch_dims` axes both share; the slices are copied in order.
+pub(crate) fn gather_nd(cx: &Cx, batch_dims: usize) -> R<Tensor> {
+    let (x, idx) = (cx.x(0)?, cx.x(1)?);
+    let ids = idx.to_i64_vec().ok_or("indices must be integers")?;
+    let (ds, is) = (x.shape(), idx.shape());
+    let b = batch_dims;
+    let m = *is.last().ok_or("indices must have rank 1 or more")?;
+    let batches = numel(&ds[..b]).ok_or("input too large")?;
+    let per_batch = numel(&is[b..is.len() - 1]).ok_or("input too large")?;
+    let slice = numel(&ds[b + m..]).ok_or("input too large")?;
+    let batch_stride = numel(&ds[b..]).ok_or("input too large")?;
+    let st = strides(&ds[b..]);
+    let mut starts = try_vec(batches.saturating_mul(per_batch))?;
+    for bi in 0..batches {
+        for p in 0..per_batch {
+            let tuple = &ids[(bi * per_batch + p) * m..][..m];
+            let mut off = bi * batch_stride;
+            for (j, &i) in tuple.iter().enumerate() {
+                off += super::index_in(i, ds[b + j], "gather_nd")? * st[j];
+            }
+            starts.push(off);
+        }
+    }
+    fn pick<T: Copy>(v: &[T], starts: &[usize], slice: usize) -> R<Vec<T>> {
+        let mut out = try_vec(starts.len().saturating_mul(slice))?;
+        for &s in starts {
+            out.extend_from_slice(v.get(s..s + slice).ok_or("internal: gather_nd out of bounds")?);
+        }
+        Ok(out)
+    }
+    let data = map_data!(x.data(), v => pick(v, &starts, slice)?);
+    tensor(cx.out_shape(0), data)
+}
+
+/// Combines an update with the value it lands on (ONNX scatter `reduction`). Floats: f32
+/// arithmetic, max/min propagate NaN; integers: wrapping arithmetic in i64 (wrapped into the
+/// storage type when the result is built).
+fn combine(r: ScatterReduction, nums: &mut Nums, at: usize, upd: &Nums, from: usize) -> R<()> {
+    match (nums, upd) {
+        (Nums::F(d), Nums::F(u)) => {
+            let (a, b) = (d[at], u[from]);
+            d[at] = match r {
+                ScatterReduction::None => b,
+                ScatterReduction::Add => a + b,
+                ScatterReduction::Mul => a * b,
+                ScatterReduction::Max if a.is_nan() || b.is_nan() => f32::NAN,
+                ScatterReduction::Min if a.is_nan() || b.is_nan() => f32::NAN,
+                ScatterReduction::Max => a.max(b),
+                ScatterReduction::Min => a.min(b),
+            };
+        }
+        (Nums::I(d), Nums::I(u)) => {
+            let (a, b) = (d[at], u[from]);
+            d[at] = match r {
+                ScatterReduction::None => b,
+                ScatterReduction::Add => a.wrapping_add(b),
+                ScatterReduction::Mul => a.wrapping_mul(b),
+                ScatterReduction::Max => a.max(b),
+                ScatterReduction::Min => a.min(b),
+            };
+        }
+        _ => return Err("data and updates differ in type".into()),
+    }
+    Ok(())
+}
+
+/// ONNX ScatterElements (and Scatter): the updates in row-major order of `indices`, each at its
+/// own position with the index along `axis` replaced by the index value, combined by `reduction`
+/// (later updates see earlier ones, as in the ONNX reference).
+pub(crate) fn scatter_elements(cx: &Cx, axis: i64, reduction: ScatterReduction) -> R<Tensor> {
+    let (x, idx, upd) = (cx.x(0)?, cx.x(1)?, cx.x(2)?);
+    let a = norm_axis(axis, x.rank())?;
+    let ids = idx.to_i64_vec().ok_or("indices must be integers")?;
+    let (ds, is) = (x.shape(), idx.shape());
+    let dst = strides(ds);
+    let mut out = Nums::of(x)?;
+    let u = Nums::of(upd)?;
+    let mut coord = vec![0usize; is.len()];
+    for (n, &i) in ids.iter().enumerate() {
+        let j = super::index_in(i, ds[a], "scatter_elements")?;
+        let mut o = 0usize;
+        for (k, &c) in coord.iter().enumerate() {
+            let c = if k == a { j } else { c };
+            if c >= ds[k] {
+                return Err(format!("indices of shape {is:?} exceed data of shape {ds:?} on axis {k}"));
+            }
+            o += c * dst[k];
+        }
+        combine(reduction, &mut out, o, &u, n)?;
+        for k in (0..coord.len()).rev() {
+            coord[k] += 1;
+            if coord[k] < is[k] {
+                break;
+            }
+            coord[k] = 0;
+        }
+    }
+    out.into_tensor(x.dtype(), ds.to_vec())
+}
+
+/// ONNX ScatterND: update slice `k` (of the data's trailing axes after the `m` the tuple
+/// addresses) lands at the position index tuple `k` names, in order, combined by `reduction`.
+pub(crate) fn scatter_nd(cx: &Cx, reduction: ScatterReduction) -> R<Tensor> {
+    let (x, idx, upd) = (cx.x(0)?, cx.x(1)?, cx.x(2)?);
+    let ids = idx.to_i64_vec().ok_or("indices must be integers")?;
+    let (ds, is) = (x.shape(), idx.shape());
+    let m = *is.last().ok_or("indices must have rank 1 or more")?;
+    let tuples = numel(&is[..is.len() - 1]).ok_or("input too large")?;
+    let slice = numel(&ds[m..]).ok_or("input too large")?;
+    let st = strides(ds);
+    let mut out = Nums::of(x)?;
+    let u = Nums::of(upd)?;
+    for t in 0..tuples {
+        let mut off = 0usize;
+        for (j, &i) in ids[t * m..][..m].iter().enumerate() {
+            off += super::index_in(i, ds[j], "scatter_nd")? * st[j];
+        }
+        for e in 0..slice {
+            combine(reduction, &mut out, off + e, &u, t * slice + e)?;
+        }
+    }
+    out.into_tensor(x.dtype(), ds.to_vec())
 }
 
 /// A source element of a cast: an integer (bool, i8, u8, i32, i64) or a float (f32, or f16/bf16

@@ -1,5 +1,6 @@
 //! Normalizations and reductions: batch norm (inference), layer norm, group norm,
-//! softmax / log-softmax, LRN, and ReduceMean / ReduceSum / ReduceMax.
+//! softmax / log-softmax, LRN, ReduceMean / ReduceSum / ReduceMax, ArgMax / ArgMin, TopK, and
+//! CumSum / CumProd.
 //!
 //! All float math is f32 with plain-order accumulation (f16/bf16 widened, results rounded once);
 //! `exp`, `ln` and `powf` are evaluated in f64 and rounded to f32.
@@ -16,7 +17,7 @@
 //!   propagates NaN; integers sum wrapping in the storage type, mean truncates, max of nothing is
 //!   the dtype's lowest value.
 
-use super::{broadcast_strides, float_tensor, floats, int_tensor, numel, Cx, Walker, R};
+use super::{broadcast_strides, float_tensor, floats, int_tensor, numel, Cx, Nums, Walker, R};
 use crate::infer::norm_axis;
 use crate::{DType, Tensor};
 
@@ -345,6 +346,114 @@ pub(crate) fn arg_extreme(cx: &Cx, axis: i64, max: bool, select_last: bool) -> R
         pick(&v, outer, n, inner, max, select_last)
     };
     int_tensor(DType::I64, cx.out_shape(0), &idx)
+}
+
+/// ONNX TopK: along `axis`, the `k` largest (or smallest) elements in sorted order, with their
+/// i64 indices. Equal values keep the lower index first; NaN counts as larger than any number
+/// (the ONNX reference sorts with numpy's lexsort, which puts NaN last, and flips for `largest`).
+pub(crate) fn top_k(cx: &Cx, axis: i64, k: usize, largest: bool) -> R<Vec<Tensor>> {
+    let x = cx.x(0)?;
+    let s = x.shape();
+    let ax = norm_axis(axis, s.len()).map_err(|e| e.to_string())?;
+    let (outer, n, inner) = (numel(&s[..ax]).ok_or("too large")?, s[ax], numel(&s[ax + 1..]).ok_or("too large")?);
+    if k > n {
+        return Err(format!("k = {k} exceeds the {n} elements of axis {ax}"));
+    }
+    /// The sort order: values ascending (NaN last), equal values by index.
+    fn order<T: Copy + PartialOrd>(v: &[T], a: usize, b: usize, largest: bool) -> std::cmp::Ordering {
+        use std::cmp::Ordering::*;
+        let (x, y) = (v[a], v[b]);
+        #[allow(clippy::eq_op)]
+        let by_value = match (x != x, y != y) {
+            (true, true) => Equal,
+            (true, false) => Greater,
+            (false, true) => Less,
+            _ => x.partial_cmp(&y).unwrap_or(Equal),
+        };
+        let by_value = if largest { by_value.reverse() } else { by_value };
+        by_value.then(a.cmp(&b))
+    }
+    fn select<T: Copy + PartialOrd + Default>(
+        v: &[T],
+        (outer, n, inner): (usize, usize, usize),
+        k: usize,
+        largest: bool,
+    ) -> (Vec<T>, Vec<i64>) {
+        let mut idx = vec![0i64; outer * k * inner];
+        let mut picked = vec![T::default(); outer * k * inner];
+        let mut row: Vec<usize> = Vec::with_capacity(n);
+        for o in 0..outer {
+            for i in 0..inner {
+                let at = |j: usize| (o * n + j) * inner + i;
+                row.clear();
+                row.extend(0..n);
+                row.sort_by(|&a, &b| order(v, at(a), at(b), largest));
+                for (r, &j) in row.iter().take(k).enumerate() {
+                    let dst = (o * k + r) * inner + i;
+                    picked[dst] = v[at(j)];
+                    idx[dst] = j as i64;
+                }
+            }
+        }
+        (picked, idx)
+    }
+    let shape = cx.out_shape(0);
+    let (values, idx) = match Nums::of(x)? {
+        Nums::F(v) => {
+            let (a, b) = select(&v, (outer, n, inner), k, largest);
+            (Nums::F(a), b)
+        }
+        Nums::I(v) => {
+            let (a, b) = select(&v, (outer, n, inner), k, largest);
+            (Nums::I(a), b)
+        }
+    };
+    Ok(vec![values.into_tensor(x.dtype(), shape.clone())?, int_tensor(DType::I64, shape, &idx)?])
+}
+
+/// ONNX CumSum and CumProd along `axis`: each output is the sum (product) of the elements before
+/// it (`exclusive`) or up to it, counted from the end with `reverse`. Floats accumulate in f32
+/// in that order (rounded once to the storage type), integers wrap.
+pub(crate) fn cumulative(cx: &Cx, axis: i64, exclusive: bool, reverse: bool, product: bool) -> R<Tensor> {
+    let x = cx.x(0)?;
+    let s = x.shape();
+    let ax = norm_axis(axis, s.len()).map_err(|e| e.to_string())?;
+    let (outer, n, inner) = (numel(&s[..ax]).ok_or("too large")?, s[ax], numel(&s[ax + 1..]).ok_or("too large")?);
+    fn run<T: Copy>(
+        v: &mut [T],
+        (outer, n, inner): (usize, usize, usize),
+        excl: bool,
+        rev: bool,
+        id: T,
+        f: impl Fn(T, T) -> T,
+    ) {
+        for o in 0..outer {
+            for i in 0..inner {
+                let mut acc = id;
+                for step in 0..n {
+                    let j = if rev { n - 1 - step } else { step };
+                    let at = (o * n + j) * inner + i;
+                    let cur = v[at];
+                    if excl {
+                        v[at] = acc;
+                        acc = f(acc, cur);
+                    } else {
+                        acc = f(acc, cur);
+                        v[at] = acc;
+                    }
+                }
+            }
+        }
+    }
+    let dims = (outer, n, inner);
+    let mut nums = Nums::of(x)?;
+    match &mut nums {
+        Nums::F(v) if product => run(v, dims, exclusive, reverse, 1.0, |a, b| a * b),
+        Nums::F(v) => run(v, dims, exclusive, reverse, 0.0, |a, b| a + b),
+        Nums::I(v) if product => run(v, dims, exclusive, reverse, 1, i64::wrapping_mul),
+        Nums::I(v) => run(v, dims, exclusive, reverse, 0, i64::wrapping_add),
+    }
+    nums.into_tensor(x.dtype(), s.to_vec())
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Resize (ONNX Resize-19, and the older forms the importer maps onto it: Resize-10/11/13/18 and
-//! Upsample-9).
+//! Upsample-9), and GridSample (at the end of the file).
 //!
 //! The computation is the ONNX reference implementation's (`onnx/reference/ops/op_resize.py`):
 //! separable, one axis at a time in increasing axis order, in f64 throughout; the result is
@@ -19,9 +19,9 @@
 //! `tf_crop_and_resize`, an output whose coordinate falls outside `[0, n - 1]` is the
 //! extrapolation value.
 
-use super::{Cx, R};
+use super::{floats, numel, Cx, R};
 use crate::infer::resize_scales;
-use crate::{CoordMode, NearestMode, ResizeAttrs, ResizeMode, Tensor};
+use crate::{CoordMode, GridPadding, NearestMode, ResizeAttrs, ResizeMode, Tensor};
 
 /// The taps of one output position along one axis: input indices (in range) and weights, or the
 /// extrapolation value.
@@ -232,4 +232,140 @@ pub(crate) fn resize(cx: &Cx, a: &ResizeAttrs) -> R<Tensor> {
         shape[axis] = sizes[axis];
     }
     Ok(Tensor::from_f64_iter(x.dtype(), shape, data.into_iter()))
+}
+
+/// ONNX GridSample-22 (2-D and 3-D), as the ONNX reference computes it
+/// (`onnx/reference/ops/op_grid_sample.py`): output point `p` of sample `n` reads the grid's
+/// normalized coordinates (last axis, `x` first, so reversed to the input's axis order), each
+/// mapped to an input position by `((v + 1) * size - 1) / 2`, or `(v + 1) / 2 * (size - 1)` with
+/// `align_corners` (in f32, as the reference). Nearest rounds that half to even. A position
+/// outside the border (`[-0.5, size - 0.5]`, or `[0, size - 1]` with `align_corners`) is clamped
+/// to `[0, size - 1]` (`border`) or reflected at the border until inside (`reflection`) before
+/// interpolating. Taps: nearest one (the position truncated), linear two (`floor`, `floor + 1`;
+/// weights `1 - t, t`), cubic four (`floor - 1 ..= floor + 2`, Keys' kernel with `a = -0.75`);
+/// the tensor product over the spatial axes, summed in f64. A tap outside the input reads 0
+/// (`zeros`), the nearest edge (`border`) or its reflection (`reflection`).
+pub(crate) fn grid_sample(cx: &Cx, mode: ResizeMode, padding: GridPadding, align: bool) -> R<Tensor> {
+    let (x, g) = (cx.x(0)?, cx.x(1)?);
+    let (xs, gs) = (x.shape(), g.shape());
+    let (batch, channels, dims) = (xs[0], xs[1], &xs[2..]);
+    let k = dims.len();
+    let (xv, gv) = (floats(x), floats(g));
+    let points = numel(&gs[1..gs.len() - 1]).ok_or("grid too large")?;
+    let plane = numel(dims).ok_or("input too large")?;
+    let st = super::strides(dims);
+    let border: Vec<(f64, f64)> =
+        dims.iter().map(|&d| if align { (0.0, d as f64 - 1.0) } else { (-0.5, d as f64 - 0.5) }).collect();
+    let shape = cx.out_shape(0);
+    let total = numel(&shape).ok_or("result too large")?;
+    let mut out = crate::limits::try_vec(total)?;
+    out.resize(total, 0f32);
+    // The input index a tap reads along axis `i`, or `None` for a zero (outside, `zeros` padding).
+    let tap_index = |i: usize, t: i64| -> Option<usize> {
+        let d = dims[i] as i64;
+        match padding {
+            GridPadding::Zeros => (0..d).contains(&t).then_some(t as usize),
+            GridPadding::Border => Some(t.clamp(0, d - 1) as usize),
+            GridPadding::Reflection => {
+                Some((reflect(t as f64, border[i].0, border[i].1) as i64).clamp(0, d - 1) as usize)
+            }
+        }
+    };
+    let mut taps: Vec<Vec<(Option<usize>, f64)>> = vec![vec![]; k];
+    for n in 0..batch {
+        for p in 0..points {
+            let coords = &gv[(n * points + p) * k..][..k];
+            for i in 0..k {
+                let v = coords[k - 1 - i];
+                let size = dims[i] as f32;
+                let mut pos =
+                    if align { (v + 1.0) / 2.0 * (size - 1.0) } else { ((v + 1.0) * size - 1.0) / 2.0 } as f64;
+                if mode == ResizeMode::Nearest {
+                    pos = pos.round_ties_even();
+                }
+                let (lo, hi) = border[i];
+                if pos < lo || pos > hi {
+                    match padding {
+                        GridPadding::Border => pos = pos.clamp(0.0, dims[i] as f64 - 1.0),
+                        GridPadding::Reflection => pos = reflect(pos, lo, hi),
+                        GridPadding::Zeros => {}
+                    }
+                }
+                let f = pos.floor();
+                let (base, t) = (f as i64, pos - f);
+                taps[i].clear();
+                match mode {
+                    ResizeMode::Nearest => taps[i].push((tap_index(i, pos as i64), 1.0)),
+                    ResizeMode::Linear => {
+                        taps[i].push((tap_index(i, base), 1.0 - t));
+                        taps[i].push((tap_index(i, base.saturating_add(1)), t));
+                    }
+                    ResizeMode::Cubic => {
+                        for (j, w) in cubic_coeffs(t).into_iter().enumerate() {
+                            taps[i].push((tap_index(i, base.saturating_add(j as i64 - 1)), w));
+                        }
+                    }
+                }
+            }
+            // Every combination of one tap per axis: (offset in the plane, weight).
+            let mut combos: Vec<(usize, f64)> = vec![(0, 1.0)];
+            for (i, ti) in taps.iter().enumerate() {
+                let mut next = Vec::with_capacity(combos.len() * ti.len());
+                for &(o, w) in &combos {
+                    for &(t, tw) in ti {
+                        if let Some(t) = t {
+                            next.push((o + t * st[i], w * tw));
+                        }
+                    }
+                }
+                combos = next;
+            }
+            for c in 0..channels {
+                let src = &xv[(n * channels + c) * plane..][..plane];
+                let v: f64 = combos.iter().map(|&(o, w)| w * src[o] as f64).sum();
+                out[(n * channels + c) * points + p] = v as f32;
+            }
+        }
+    }
+    super::float_tensor(x.dtype(), shape, out)
+}
+
+/// Reflects `x` at the borders `lo`, `hi` until it lies between them (the ONNX reference's
+/// `_gs_reflect`); a border of no width gives `lo`.
+fn reflect(x: f64, lo: f64, hi: f64) -> f64 {
+    let range = hi - lo;
+    if range <= 0.0 || !x.is_finite() {
+        return lo;
+    }
+    let fold = |dx: f64| {
+        let n = (dx / range).trunc();
+        (n, dx - n * range)
+    };
+    if x < lo {
+        let (n, r) = fold(lo - x);
+        if n % 2.0 == 0.0 {
+            lo + r
+        } else {
+            hi - r
+        }
+    } else if x > hi {
+        let (n, r) = fold(x - hi);
+        if n % 2.0 == 0.0 {
+            hi - r
+        } else {
+            lo + r
+        }
+    } else {
+        x
+    }
+}
+
+/// Keys' cubic convolution weights (`a = -0.75`) of the taps at `-1, 0, 1, 2` from `floor(x)`,
+/// for the fraction `t` (the ONNX reference's `_gs_get_cubic_coeffs`).
+fn cubic_coeffs(t: f64) -> [f64; 4] {
+    let a = -0.75;
+    let t = t.abs();
+    let far = |d: f64| ((a * d - 5.0 * a) * d + 8.0 * a) * d - 4.0 * a;
+    let near = |d: f64| ((a + 2.0) * d - (a + 3.0)) * d * d + 1.0;
+    [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)]
 }

@@ -3,8 +3,8 @@
 
 use super::lexer::Pos;
 use crate::{
-    AspectPolicy, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordMode, DType, DimExpr, Epilogue, IrError, NearestMode,
-    Op, PadMode, PoolAttrs, ResizeAttrs, ResizeMode, ResizeTarget, UnaryOp,
+    AspectPolicy, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordMode, DType, DimExpr, Epilogue, GridPadding, IrError,
+    NearestMode, Op, PadMode, PoolAttrs, ResizeAttrs, ResizeMode, ResizeTarget, ScatterReduction, UnaryOp,
 };
 
 type Result<T> = std::result::Result<T, IrError>;
@@ -66,6 +66,15 @@ const ASPECT_POLICIES: &[(&str, AspectPolicy)] = &[
     ("not_larger", AspectPolicy::NotLarger),
     ("not_smaller", AspectPolicy::NotSmaller),
 ];
+const SCATTER_REDUCTIONS: &[(&str, ScatterReduction)] = &[
+    ("none", ScatterReduction::None),
+    ("add", ScatterReduction::Add),
+    ("mul", ScatterReduction::Mul),
+    ("max", ScatterReduction::Max),
+    ("min", ScatterReduction::Min),
+];
+const GRID_PADDINGS: &[(&str, GridPadding)] =
+    &[("zeros", GridPadding::Zeros), ("border", GridPadding::Border), ("reflection", GridPadding::Reflection)];
 const PAD_MODES: &[(&str, PadMode)] =
     &[("constant", PadMode::Constant), ("reflect", PadMode::Reflect), ("edge", PadMode::Edge), ("wrap", PadMode::Wrap)];
 
@@ -199,6 +208,23 @@ pub(super) fn print_attrs(op: &Op) -> Vec<(&'static str, String)> {
         ],
         Op::ReshapeDyn { shape } | Op::ExpandDyn { shape } => vec![("shape", dim_exprs(shape))],
         Op::GatherElements { axis } => vec![("axis", axis.to_string())],
+        Op::GatherND { batch_dims } => vec![("batch_dims", batch_dims.to_string())],
+        Op::ScatterElements { axis, reduction } => {
+            vec![("axis", axis.to_string()), ("reduction", name_of(SCATTER_REDUCTIONS, *reduction).to_string())]
+        }
+        Op::ScatterND { reduction } => vec![("reduction", name_of(SCATTER_REDUCTIONS, *reduction).to_string())],
+        Op::TopK { axis, k, largest } => {
+            vec![("axis", axis.to_string()), ("k", k.to_string()), ("largest", largest.to_string())]
+        }
+        Op::CumSum { axis, exclusive, reverse } | Op::CumProd { axis, exclusive, reverse } => {
+            vec![("axis", axis.to_string()), ("exclusive", exclusive.to_string()), ("reverse", reverse.to_string())]
+        }
+        Op::Det => vec![],
+        Op::GridSample { mode, padding, align_corners } => vec![
+            ("mode", name_of(RESIZE_MODES, *mode).to_string()),
+            ("padding", name_of(GRID_PADDINGS, *padding).to_string()),
+            ("align_corners", align_corners.to_string()),
+        ],
         Op::Quantize | Op::Dequantize | Op::Requantize | Op::DynamicQuantize => vec![],
         Op::MatMulInteger => vec![],
         Op::QConv { conv: c, epilogue: ep } => {
@@ -577,6 +603,20 @@ pub(super) fn build_op(name: &str, mut a: Attrs) -> Result<Option<Op>> {
         "reshape_dyn" => Op::ReshapeDyn { shape: a.dim_exprs("shape")? },
         "expand_dyn" => Op::ExpandDyn { shape: a.dim_exprs("shape")? },
         "gather_elements" => Op::GatherElements { axis: a.i64("axis")? },
+        "gather_nd" => Op::GatherND { batch_dims: a.usize("batch_dims")? },
+        "scatter_elements" => {
+            Op::ScatterElements { axis: a.i64("axis")?, reduction: a.named("reduction", SCATTER_REDUCTIONS)? }
+        }
+        "scatter_nd" => Op::ScatterND { reduction: a.named("reduction", SCATTER_REDUCTIONS)? },
+        "top_k" => Op::TopK { axis: a.i64("axis")?, k: a.usize("k")?, largest: a.bool("largest")? },
+        "cumsum" => Op::CumSum { axis: a.i64("axis")?, exclusive: a.bool("exclusive")?, reverse: a.bool("reverse")? },
+        "cumprod" => Op::CumProd { axis: a.i64("axis")?, exclusive: a.bool("exclusive")?, reverse: a.bool("reverse")? },
+        "det" => Op::Det,
+        "grid_sample" => Op::GridSample {
+            mode: a.named("mode", RESIZE_MODES)?,
+            padding: a.named("padding", GRID_PADDINGS)?,
+            align_corners: a.bool("align_corners")?,
+        },
         "quantize" => Op::Quantize,
         "dequantize" => Op::Dequantize,
         "requantize" => Op::Requantize,

@@ -1,9 +1,9 @@
 use super::print::type_str;
 use super::*;
 use crate::{
-    AspectPolicy, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordMode, DType, Dim, DimExpr, Epilogue, NearestMode, Op,
-    PadMode, PoolAttrs, QuantParams, ResizeAttrs, ResizeMode, ResizeTarget, Shape, Tensor, TensorData, TensorType,
-    UnaryOp, Value,
+    AspectPolicy, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordMode, DType, Dim, DimExpr, Epilogue, GridPadding,
+    NearestMode, Op, PadMode, PoolAttrs, QuantParams, ResizeAttrs, ResizeMode, ResizeTarget, ScatterReduction, Shape,
+    Tensor, TensorData, TensorType, UnaryOp, Value,
 };
 
 /// A small graph around one node line, for error tests: `%x: f32[2,3]` in, `y: f32[2,3]` out.
@@ -643,6 +643,14 @@ fn every_op() -> Vec<Op> {
         Op::ArgMin { axis: 0, keepdims: false, select_last: true },
         Op::Pad { mode: PadMode::Wrap, pads: vec![1, -2, 0, 3], value: -1e300 },
         Op::Tile { repeats: vec![1, 0, 3] },
+        Op::GatherND { batch_dims: 1 },
+        Op::ScatterElements { axis: -1, reduction: ScatterReduction::Mul },
+        Op::ScatterND { reduction: ScatterReduction::None },
+        Op::TopK { axis: -1, k: 3, largest: false },
+        Op::CumSum { axis: 1, exclusive: true, reverse: false },
+        Op::CumProd { axis: -1, exclusive: false, reverse: true },
+        Op::Det,
+        Op::GridSample { mode: ResizeMode::Cubic, padding: GridPadding::Reflection, align_corners: true },
     ];
     ops.extend(Op::UNARY.iter().map(|&u| Op::Unary(u)));
     ops.extend(Op::BINARY.iter().map(|&b| Op::Binary(b)));
@@ -650,7 +658,7 @@ fn every_op() -> Vec<Op> {
 }
 
 /// The number of the last variant in [`variant`].
-const LAST_VARIANT: usize = 60;
+const LAST_VARIANT: usize = 68;
 
 fn variant(op: &Op) -> usize {
     match op {
@@ -715,6 +723,14 @@ fn variant(op: &Op) -> usize {
         Op::Tile { .. } => 58,
         Op::ArgMax { .. } => 59,
         Op::ArgMin { .. } => 60,
+        Op::GatherND { .. } => 61,
+        Op::ScatterElements { .. } => 62,
+        Op::ScatterND { .. } => 63,
+        Op::TopK { .. } => 64,
+        Op::CumSum { .. } => 65,
+        Op::CumProd { .. } => 66,
+        Op::Det => 67,
+        Op::GridSample { .. } => 68,
     }
 }
 

@@ -9,7 +9,8 @@ counts differ, and numpy's pad cannot crop: those cases take ONNX Runtime's outp
 
 A case: (name, ONNX op, ONNX attributes, ONNX inputs [(name, array, is_graph_input)], IR op text
 with its attributes, opset). Graph inputs become the IR graph's inputs in order; the other ONNX
-inputs (scales, pads, k, ...) are the attributes the IR op carries.
+inputs (scales, pads, k, ...) are the attributes the IR op carries. Each new op is covered at the
+dtypes and attribute values qforge imports (ties, NaN, negative indices, out-of-range shifts).
 """
 import sys
 import warnings
@@ -231,6 +232,102 @@ case("arg_min_axis0", "ArgMin", {"axis": 0}, [("x", xa, True)], "arg_min {axis=0
 case("arg_min_i32_last", "ArgMin", {"axis": 1, "keepdims": 0, "select_last_index": 1},
      [("x", np.array([[4, -2, 7, -2], [0, 0, 0, 1]], np.int32), True)],
      "arg_min {axis=1, keepdims=false, select_last=true}", opset=13)
+
+
+# ------------------------------------------------------------------------------- unary math (float)
+xu = np.array([[-2.5, -1.0, -0.25, 0.0], [0.3, 1.0, 1.7, 3.0]], np.float32)
+x11 = np.array([[-0.99, -0.5, -0.1, 0.0], [0.2, 0.5, 0.75, 0.99]], np.float32)
+for op, name, x in [("Sin", "sin", xu), ("Cos", "cos", xu), ("Tan", "tan", xu), ("Asin", "asin", x11),
+                    ("Acos", "acos", x11), ("Atan", "atan", xu), ("Sinh", "sinh", xu), ("Cosh", "cosh", xu),
+                    ("Asinh", "asinh", xu), ("Acosh", "acosh", np.abs(xu) + np.float32(1.0)),
+                    ("Atanh", "atanh", x11)]:
+    case(name, op, {}, [("x", x, True)], name, opset=22)
+case("sign", "Sign", {}, [("x", np.array([-2.0, -0.0, 0.0, 3.5, np.nan, -np.inf], np.float32), True)], "sign",
+     opset=13)
+case("round_half_to_even", "Round", {},
+     [("x", np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 2.4, -2.6, 7.0], np.float32), True)], "round", opset=22)
+case("round_f16", "Round", {}, [("x", np.array([0.5, 1.5, 2.5, -3.5, 1000.5], np.float16), True)], "round",
+     opset=22, tol=0.0)
+
+# ------------------------------------------------------------------------------ bitwise and shifts
+ai = np.array([[5, -7, 0x7f, -1], [12, 3, -128, 64]], np.int32)
+bi = np.array([3, -2, 0x55, 9], np.int32)
+au = ints((2, 3, 4), 0, 256, np.uint8)
+bu = ints((3, 4), 0, 256, np.uint8)
+case("bit_and_i32_broadcast", "BitwiseAnd", {}, [("a", ai, True), ("b", bi, True)], "bit_and", opset=18)
+case("bit_or_u8_broadcast", "BitwiseOr", {}, [("a", au, True), ("b", bu, True)], "bit_or", opset=18)
+case("bit_xor_i8", "BitwiseXor", {}, [("a", ints((3, 4), -128, 128, np.int8), True),
+     ("b", ints((3, 4), -128, 128, np.int8), True)], "bit_xor", opset=18)
+case("shift_left_u8", "BitShift", {"direction": "LEFT"}, [("a", np.array([1, 255, 16, 3, 200], np.uint8), True),
+     ("b", np.array([1, 1, 4, 7, 8], np.uint8), True)], "shift_left", opset=28)
+case("shift_right_u8", "BitShift", {"direction": "RIGHT"},
+     [("a", np.array([1, 255, 16, 200, 200], np.uint8), True), ("b", np.array([1, 1, 4, 7, 9], np.uint8), True)],
+     "shift_right", opset=28)
+case("shift_left_i8_overflow_and_range", "BitShift", {"direction": "LEFT"},
+     [("a", np.array([64, -64, 1, -1, 5, 3], np.int8), True), ("b", np.array([1, 1, 7, 8, -1, 2], np.int8), True)],
+     "shift_left", opset=28)
+case("shift_right_i32_arithmetic", "BitShift", {"direction": "RIGHT"},
+     [("a", np.array([-100, 100, -1, -7, 7, -2**31], np.int32), True),
+      ("b", np.array([2, 2, 31, 32, 40, -1], np.int32), True)], "shift_right", opset=28)
+case("shift_left_i64", "BitShift", {"direction": "LEFT"},
+     [("a", np.array([1, -3, 5], np.int64), True), ("b", np.array([62, 63, 64], np.int64), True)], "shift_left",
+     opset=28)
+
+# ---------------------------------------------------------------------------- gathers and scatters
+case("gather_nd_batch_dims", "GatherND", {"batch_dims": 1},
+     [("d", f((2, 3, 4)), True), ("i", np.array([[[2, 1], [0, -1]], [[1, 3], [-3, 0]]], np.int64), True)],
+     "gather_nd {batch_dims=1}", opset=13)
+case("gather_nd_slices_i32", "GatherND", {}, [("d", ints((3, 2, 2), -9, 9, np.int32), True),
+     ("i", np.array([[2], [0], [-1]], np.int64), True)], "gather_nd {batch_dims=0}", opset=13)
+for red in ["none", "add", "mul", "max", "min"]:
+    case(f"scatter_elements_{red}", "ScatterElements", {"axis": 1, "reduction": red},
+         [("d", f((3, 4)), True), ("i", np.array([[1, 1], [0, -1], [3, 3]], np.int64), True), ("u", f((3, 2)), True)],
+         f"scatter_elements {{axis=1, reduction={red}}}", opset=18)
+case("scatter_elements_i64_axis0", "ScatterElements", {"axis": -2},
+     [("d", ints((3, 2), -9, 9, np.int64), True), ("i", np.array([[2, 0]], np.int32), True),
+      ("u", np.array([[100, -100]], np.int64), True)], "scatter_elements {axis=-2, reduction=none}", opset=18)
+for red in ["none", "add", "mul", "max", "min"]:
+    case(f"scatter_nd_{red}", "ScatterND", {"reduction": red},
+         [("d", f((4, 2, 3)), True), ("i", np.array([[1], [-1], [1]], np.int64), True), ("u", f((3, 2, 3)), True)],
+         f"scatter_nd {{reduction={red}}}", opset=18)
+case("scatter_nd_elements", "ScatterND", {}, [("d", ints((3, 3), 0, 9, np.int32), True),
+     ("i", np.array([[0, 2], [2, -3]], np.int64), True), ("u", np.array([70, 80], np.int32), True)],
+     "scatter_nd {reduction=none}", opset=18)
+
+# ---------------------------------------------------------------------------------- top k, cumsum
+xt = np.array([[3, 1, 3, np.nan, -2, 0], [5, 5, 5, 1, 9, -1]], np.float32)
+case("top_k_largest_ties_nan", "TopK", {"axis": 1}, [("x", xt, True), ("k", np.array([4], np.int64), False)],
+     "top_k {axis=1, k=4, largest=true}", opset=11, n_out=2)
+case("top_k_smallest_axis0", "TopK", {"axis": -2, "largest": 0}, [("x", xt, True),
+     ("k", np.array([1], np.int64), False)], "top_k {axis=-2, k=1, largest=false}", opset=11, n_out=2)
+case("top_k_i64_zero", "TopK", {"axis": 0}, [("x", np.array([4, -1, 4, 7], np.int64), True),
+     ("k", np.array([0], np.int64), False)], "top_k {axis=0, k=0, largest=true}", opset=11, n_out=2)
+case("top_k_i32_all", "TopK", {"axis": 0, "largest": 0}, [("x", np.array([4, -1, 4, 7], np.int32), True),
+     ("k", np.array([4], np.int64), False)], "top_k {axis=0, k=4, largest=false}", opset=11, n_out=2)
+xc = f((2, 3, 2))
+case("cumsum_axis1", "CumSum", {}, [("x", xc, True), ("a", np.array(1, np.int64), False)],
+     "cumsum {axis=1, exclusive=false, reverse=false}", opset=14, tol=1e-5)
+case("cumsum_exclusive_reverse_i32", "CumSum", {"exclusive": 1, "reverse": 1},
+     [("x", ints((2, 4), -9, 9, np.int32), True), ("a", np.array(-1, np.int32), False)],
+     "cumsum {axis=-1, exclusive=true, reverse=true}", opset=14)
+case("cumprod_reverse", "CumProd", {"reverse": 1}, [("x", xc, True), ("a", np.array(2, np.int64), False)],
+     "cumprod {axis=2, exclusive=false, reverse=true}", opset=26, tol=1e-5)
+case("cumprod_exclusive_i64", "CumProd", {"exclusive": 1}, [("x", ints((3, 2), -5, 5, np.int64), True),
+     ("a", np.array(0, np.int64), False)], "cumprod {axis=0, exclusive=true, reverse=false}", opset=26)
+
+# ------------------------------------------------------------------------------------ det, sampling
+case("det_batched", "Det", {}, [("x", f((2, 3, 3)), True)], "det", opset=22, tol=1e-5)
+case("det_singular", "Det", {}, [("x", np.array([[1, 2], [2, 4]], np.float32), True)], "det", opset=22, tol=1e-6)
+xg = f((1, 2, 3, 4))
+grid = f((1, 2, 5, 2), -1.3, 1.3)
+for mode, pad, ac in [("linear", "zeros", 0), ("nearest", "border", 0), ("cubic", "reflection", 1),
+                      ("linear", "reflection", 0), ("nearest", "zeros", 1), ("cubic", "border", 0)]:
+    case(f"grid_sample_{mode}_{pad}_{ac}", "GridSample", {"mode": mode, "padding_mode": pad, "align_corners": ac},
+         [("x", xg, True), ("g", grid, True)],
+         f"grid_sample {{mode={mode}, padding={pad}, align_corners={'true' if ac else 'false'}}}", opset=22, tol=1e-5)
+case("grid_sample_3d_linear_border", "GridSample", {"mode": "linear", "padding_mode": "border"},
+     [("x", f((1, 1, 2, 3, 2)), True), ("g", f((1, 2, 2, 2, 3), -1.2, 1.2), True)],
+     "grid_sample {mode=linear, padding=border, align_corners=false}", opset=22, tol=1e-5)
 
 
 def main():

@@ -154,14 +154,34 @@ fn assignable_ops() -> Vec<(Op, OpClass)> {
     for u in Op::UNARY {
         let class = match u {
             UnaryOp::Not => continue,
-            UnaryOp::Exp | UnaryOp::Log => Fp32,
+            // Transcendental functions whose results lose too much in f16 (sinh/cosh overflow as
+            // exp does; the inverse functions are steep near their domain's ends): f32.
+            UnaryOp::Exp
+            | UnaryOp::Log
+            | UnaryOp::Tan
+            | UnaryOp::Asin
+            | UnaryOp::Acos
+            | UnaryOp::Sinh
+            | UnaryOp::Cosh
+            | UnaryOp::Asinh
+            | UnaryOp::Acosh
+            | UnaryOp::Atanh => Fp32,
             _ => Follow,
         };
         v.push((Op::Unary(u), class));
     }
     for b in Op::BINARY {
         let class = match b {
-            BinaryOp::Equal | BinaryOp::Less | BinaryOp::Greater | BinaryOp::And | BinaryOp::Or => continue,
+            BinaryOp::Equal
+            | BinaryOp::Less
+            | BinaryOp::Greater
+            | BinaryOp::And
+            | BinaryOp::Or
+            | BinaryOp::BitAnd
+            | BinaryOp::BitOr
+            | BinaryOp::BitXor
+            | BinaryOp::ShiftLeft
+            | BinaryOp::ShiftRight => continue,
             BinaryOp::Pow => Fp32,
             _ => Follow,
         };

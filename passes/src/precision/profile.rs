@@ -177,7 +177,11 @@ impl CostClass {
             | Op::ReduceMax { .. }
             | Op::GroupNorm { .. }
             | Op::ArgMax { .. }
-            | Op::ArgMin { .. } => CostClass::Normalization,
+            | Op::ArgMin { .. }
+            | Op::TopK { .. }
+            | Op::CumSum { .. }
+            | Op::CumProd { .. } => CostClass::Normalization,
+            Op::Det => CostClass::Matmul,
             Op::MaxPool(_)
             | Op::AveragePool(_)
             | Op::GlobalAveragePool
@@ -198,6 +202,9 @@ impl CostClass {
             | Op::ExpandDyn { .. }
             | Op::ReshapeDyn { .. }
             | Op::GatherElements { .. }
+            | Op::GatherND { .. }
+            | Op::ScatterElements { .. }
+            | Op::ScatterND { .. }
             | Op::Shape { .. }
             | Op::Range { .. }
             | Op::Pad { .. }
@@ -213,6 +220,7 @@ impl CostClass {
             | Op::Binary(_)
             | Op::Where
             | Op::Resize(_)
+            | Op::GridSample { .. }
             | Op::QAdd
             | Op::QMul => CostClass::Elementwise,
         })

@@ -1,6 +1,6 @@
 //! Data movement and shape changes: Reshape, Flatten, Transpose, Concat, Slice, Gather,
-//! GatherElements, Split, Squeeze, Unsqueeze, Expand, Pad, Tile, Trilu, DepthToSpace,
-//! SpaceToDepth,
+//! GatherElements, GatherND, ScatterElements (and Scatter), ScatterND, Split, Squeeze, Unsqueeze,
+//! Expand, Pad, Tile, Trilu, DepthToSpace, SpaceToDepth, OneHot, CenterCropPad,
 //! plus Cast, CastLike and Identity (semantics: the ONNX operator spec, <https://onnx.ai/onnx/operators/>).
 //! Target shapes, axes and slice bounds must be constants (or computed from constants: the
 //! importer folds them), or shape values computed from the inputs' dims (see
@@ -11,7 +11,7 @@ use super::{one, Cx, OpDef, Outs, MAX_ATTR_DIM, R};
 use crate::onnx::symbolic::{self, Mono, SymVal};
 use crate::onnx::tensors::dtype_from_onnx;
 use qforge_ir::infer::norm_axis;
-use qforge_ir::{DType, Dim, Op, PadMode, Value};
+use qforge_ir::{BinaryOp, DType, Dim, Op, PadMode, ScatterReduction, Tensor, Value};
 
 pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("Reshape", &[1, 5, 13, 14, 19, 21, 23, 24, 25], reshape),
@@ -21,6 +21,12 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("Slice", &[1, 10, 11, 13], slice),
     OpDef::onnx("Gather", &[1, 11, 13], gather),
     OpDef::onnx("GatherElements", &[11, 13], gather_elements),
+    OpDef::onnx("GatherND", &[11, 12, 13], gather_nd),
+    OpDef::onnx("ScatterElements", &[11, 13, 16, 18], |cx| scatter(cx, false)),
+    OpDef::onnx("Scatter", &[9, 11], |cx| scatter(cx, false)),
+    OpDef::onnx("ScatterND", &[11, 13, 16, 18], |cx| scatter(cx, true)),
+    OpDef::onnx("OneHot", &[9, 11, 28], one_hot),
+    OpDef::onnx("CenterCropPad", &[18], center_crop_pad),
     OpDef::onnx("Split", &[1, 2, 11, 13, 18], split),
     OpDef::onnx("Squeeze", &[1, 11, 13, 21, 23, 24, 25], squeeze),
     OpDef::onnx("Unsqueeze", &[1, 11, 13, 21, 23, 24, 25], unsqueeze),
@@ -48,6 +54,108 @@ fn gather(cx: &mut Cx) -> R<Outs> {
 fn gather_elements(cx: &mut Cx) -> R<Outs> {
     let axis = cx.attrs().int_or("axis", 0)?;
     cx.simple(Op::GatherElements { axis }, 2)
+}
+
+/// GatherND: `batch_dims` from version 12 (default 0).
+fn gather_nd(cx: &mut Cx) -> R<Outs> {
+    let b = if cx.version >= 12 { cx.attrs().int_or("batch_dims", 0)? } else { 0 };
+    let batch_dims = usize::try_from(b).map_err(|_| cx.err(format!("batch_dims = {b} must not be negative")))?;
+    cx.simple(Op::GatherND { batch_dims }, 2)
+}
+
+/// ScatterElements, its deprecated form Scatter (versions 9 and 11, no reduction), and
+/// ScatterND: `reduction` from version 16 (`none`, `add`, `mul`; `max` and `min` from 18).
+fn scatter(cx: &mut Cx, nd: bool) -> R<Outs> {
+    let a = cx.attrs();
+    let scatter_v9 = cx.node.op_type == "Scatter";
+    let reduction = match a.string("reduction")?.as_deref() {
+        None | Some("none") => ScatterReduction::None,
+        Some("add") if cx.version >= 16 && !scatter_v9 => ScatterReduction::Add,
+        Some("mul") if cx.version >= 16 && !scatter_v9 => ScatterReduction::Mul,
+        Some("max") if cx.version >= 18 && !scatter_v9 => ScatterReduction::Max,
+        Some("min") if cx.version >= 18 && !scatter_v9 => ScatterReduction::Min,
+        Some(r) => return Err(cx.err(format!("reduction=\"{r}\" is not defined at version {}", cx.version))),
+    };
+    let op =
+        if nd { Op::ScatterND { reduction } } else { Op::ScatterElements { axis: a.int_or("axis", 0)?, reduction } };
+    cx.simple(op, 3)
+}
+
+/// OneHot: `depth` a constant (any numeric type, truncated to an integer), `values` the
+/// `[off, on]` pair, `axis` (default -1, counted in the output's rank). As the ONNX reference:
+/// a negative index gets `depth` added, then `where(index == range(depth), on, off)`, the index
+/// unsqueezed at `axis` and compared with the range broadcast along it, so an index outside
+/// `[-depth, depth - 1]` gives a row of `off`.
+fn one_hot(cx: &mut Cx) -> R<Outs> {
+    let axis = cx.attrs().int_or("axis", -1)?;
+    let depth = match cx.const_input(1, "depth")?.to_f64_vec().as_slice() {
+        [d] if d.is_finite() && *d >= 1.0 && *d <= MAX_ATTR_DIM as f64 => d.trunc() as usize,
+        [d] => return Err(cx.err(format!("depth {d} is out of range (1 to {MAX_ATTR_DIM})"))),
+        d => return Err(cx.err(format!("input 1 (depth) must hold one value, got {}", d.len()))),
+    };
+    let (ind, values) = (cx.input(0)?, cx.input(2)?);
+    let it = cx.ty(ind);
+    if it.dtype == DType::Bool || it.quant.is_some() {
+        return Err(cx.err(format!("OneHot indices of {it} are not supported (numeric types)")));
+    }
+    let r = it.rank();
+    let a = norm_axis(axis, r + 1).map_err(|m| cx.err(m))?;
+    let konst = |cx: &mut Cx, tag: &str, t: Tensor| {
+        let name = cx.im.fresh_name(&format!("{}/{tag}", cx.at.name));
+        cx.im.g.add_const(name, t)
+    };
+    let d = konst(cx, "depth", Tensor::from_f64_iter(it.dtype, vec![], [depth as f64].into_iter()));
+    let z = konst(cx, "zero", Tensor::from_f64_iter(it.dtype, vec![], [0.0].into_iter()));
+    let neg = cx.add_helper("negative", Op::Binary(BinaryOp::Less), vec![Some(ind), Some(z)])?;
+    let up = cx.add_helper("shifted", Op::Binary(BinaryOp::Add), vec![Some(ind), Some(d)])?;
+    let wrapped = cx.add_helper("wrapped", Op::Where, vec![Some(neg), Some(up), Some(ind)])?;
+    let unsq = cx.add_helper("unsqueeze", Op::Unsqueeze { axes: vec![a as i64] }, vec![Some(wrapped)])?;
+    let mut shape = vec![depth];
+    shape.extend(std::iter::repeat_n(1, r - a));
+    let range = konst(cx, "range", Tensor::from_f64_iter(it.dtype, shape, (0..depth).map(|v| v as f64)));
+    let hot = cx.add_helper("hot", Op::Binary(BinaryOp::Equal), vec![Some(unsq), Some(range)])?;
+    let pick = |cx: &mut Cx, tag: &str, i: i64| {
+        let idx = konst(cx, &format!("{tag}_index"), Tensor::from_i64(vec![], vec![i]));
+        cx.add_helper(tag, Op::Gather { axis: 0 }, vec![Some(values), Some(idx)])
+    };
+    if cx.ty(values).shape.0 != [Dim::Fixed(2)] {
+        return Err(cx.err(format!("values must hold 2 elements (off, on), got {}", cx.ty(values))));
+    }
+    let off = pick(cx, "off", 0)?;
+    let on = pick(cx, "on", 1)?;
+    one(cx.add(Op::Where, vec![Some(hot), Some(on), Some(off)], None)?)
+}
+
+/// CenterCropPad: each listed axis (`axes`, default all) cropped or zero-padded to the constant
+/// `shape`, centred as the ONNX reference does (a difference `d` removes or adds `d / 2` elements
+/// at the start, the rest at the end): one constant-mode pad, negative where it crops.
+fn center_crop_pad(cx: &mut Cx) -> R<Outs> {
+    let x = cx.input(0)?;
+    let xt = cx.ty(x);
+    let r = xt.rank();
+    let target = cx.ints_input(1, "shape")?;
+    let axes: Vec<usize> = match cx.attrs().ints("axes")? {
+        None => (0..r).collect(),
+        Some(ax) => ax.iter().map(|&v| norm_axis(v, r)).collect::<Result<_, _>>().map_err(|m| cx.err(m))?,
+    };
+    if target.len() != axes.len() {
+        return Err(cx.err(format!("{} sizes in `shape` for {} axes", target.len(), axes.len())));
+    }
+    let mut pads = vec![0i64; 2 * r];
+    for (&ax, &want) in axes.iter().zip(&target) {
+        let have = xt.shape.0[ax]
+            .fixed()
+            .ok_or_else(|| cx.err(format!("cropping or padding the symbolic axis {ax} of {xt}")))?;
+        if !(0..=MAX_ATTR_DIM as i64).contains(&want) {
+            return Err(cx.err(format!("size {want} is out of range")));
+        }
+        let d = want - have as i64;
+        // A crop (d < 0) removes floor(|d| / 2) at the start; a pad adds floor(d / 2) there.
+        let begin = if d >= 0 { d / 2 } else { -((-d) / 2) };
+        pads[ax] = begin;
+        pads[r + ax] = d - begin;
+    }
+    one(cx.add(Op::Pad { mode: PadMode::Constant, pads, value: 0.0 }, vec![Some(x)], None)?)
 }
 
 fn reshape(cx: &mut Cx) -> R<Outs> {

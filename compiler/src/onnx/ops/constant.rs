@@ -1,4 +1,5 @@
-//! Ops that make a value from attributes or shapes: Constant, ConstantOfShape, Shape and Range
+//! Ops that make a value from attributes or shapes: Constant, ConstantOfShape, Shape, Range, Size
+//! and EyeLike
 //! (semantics: the ONNX operator spec, <https://onnx.ai/onnx/operators/>). They are folded into
 //! constants at import when the shapes involved are known; on a dynamic batch or sequence length
 //! they become shape ops, `range` or `expand_dyn` reading the inputs' dims (see
@@ -15,7 +16,34 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("Shape", &[1, 13, 15, 19, 21, 23, 24, 25], shape),
     OpDef::onnx("Range", &[11, 27], range),
     OpDef::onnx("Size", &[1, 13, 19, 21, 23, 24, 25], size),
+    OpDef::onnx("EyeLike", &[9, 22], eye_like),
 ];
+
+/// EyeLike: a constant of the input's (fixed, 2-D) shape with ones on diagonal `k` (default 0;
+/// above the main diagonal for `k > 0`) and zeros elsewhere, of `dtype` (default: the input's).
+fn eye_like(cx: &mut Cx) -> R<Outs> {
+    let x = cx.input(0)?;
+    let xt = cx.ty(x);
+    let a = cx.attrs();
+    let k = a.int_or("k", 0)?;
+    let dtype = match a.int("dtype")? {
+        None => xt.dtype,
+        Some(d) => {
+            let d = i32::try_from(d).map_err(|_| cx.err(format!("unknown element type {d}")))?;
+            crate::onnx::tensors::dtype_from_onnx(d).map_err(|m| cx.err(format!("dtype {m}")))?
+        }
+    };
+    let dims = match xt.shape.as_fixed() {
+        Some(d) if d.len() == 2 => d,
+        _ => return Err(cx.err(format!("EyeLike needs a 2-D input of fixed shape, got {xt}"))),
+    };
+    let (shape, n) =
+        checked_numel(&[dims[0] as i64, dims[1] as i64], dtype, cx.im.max_tensor_bytes).map_err(|m| cx.err(m))?;
+    cx.im.charge(n as u128 * dtype.size_bytes() as u128).map_err(|m| cx.err(m))?;
+    let cols = dims[1] as i64;
+    let values = (0..n as i64).map(|i| if i % cols.max(1) - i / cols.max(1) == k { 1.0 } else { 0.0 });
+    one(cx.im.g.add_const(cx.at.name.clone(), Tensor::from_f64_iter(dtype, shape, values)))
+}
 
 /// Constant: exactly one of the value attributes; string and sparse values are not supported.
 fn constant(cx: &mut Cx) -> R<Outs> {

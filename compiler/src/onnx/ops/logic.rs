@@ -1,4 +1,5 @@
-//! Comparisons, boolean ops, Where, and the float tests IsNaN and IsInf (semantics: the ONNX
+//! Comparisons, boolean ops, Where, the float tests IsNaN and IsInf, and the bitwise ops and
+//! shifts on integers (semantics: the ONNX
 //! operator spec, <https://onnx.ai/onnx/operators/>): comparisons produce bool tensors under
 //! ONNX's multidirectional broadcasting.
 
@@ -19,7 +20,37 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("Where", &[9, 16], |cx| cx.simple(Op::Where, 3)),
     OpDef::onnx("IsNaN", &[9, 13, 20], is_nan),
     OpDef::onnx("IsInf", &[10, 20], is_inf),
+    OpDef::onnx("BitwiseAnd", &[18], |cx| binary(cx, BinaryOp::BitAnd)),
+    OpDef::onnx("BitwiseOr", &[18], |cx| binary(cx, BinaryOp::BitOr)),
+    OpDef::onnx("BitwiseXor", &[18], |cx| binary(cx, BinaryOp::BitXor)),
+    OpDef::onnx("BitwiseNot", &[18], bitwise_not),
+    OpDef::onnx("BitShift", &[11, 28], bit_shift),
 ];
+
+/// BitwiseNot: `x ^ !0` (every bit of the storage type set).
+fn bitwise_not(cx: &mut Cx) -> R<Outs> {
+    let x = cx.input(0)?;
+    let dtype = cx.ty(x).dtype;
+    if !dtype.is_int() {
+        return Err(cx.err(format!("BitwiseNot of {} is not supported (integer types)", cx.ty(x))));
+    }
+    let name = cx.im.fresh_name(&format!("{}/ones", cx.at.name));
+    let ones = cx.im.g.add_const(name, Tensor::from_i64_wrapping(dtype, vec![], &[-1]));
+    one(cx.add(Op::Binary(BinaryOp::BitXor), vec![Some(x), Some(ones)], None)?)
+}
+
+/// BitShift: `direction` LEFT or RIGHT (required). Version 11 defines unsigned types only;
+/// version 28 adds signed ones (arithmetic right shift) and defines shifts outside the type's
+/// width; the IR's shifts follow version 28, which agrees with 11 wherever 11 is defined.
+fn bit_shift(cx: &mut Cx) -> R<Outs> {
+    let op = match cx.attrs().string("direction")?.as_deref() {
+        Some("LEFT") => BinaryOp::ShiftLeft,
+        Some("RIGHT") => BinaryOp::ShiftRight,
+        Some(d) => return Err(cx.err(format!("direction=\"{d}\" is not LEFT or RIGHT"))),
+        None => return Err(cx.err("attribute `direction` is required")),
+    };
+    binary(cx, op)
+}
 
 /// IsNaN: `not (x == x)`, true exactly for NaN (versions 13 and 20 add types).
 fn is_nan(cx: &mut Cx) -> R<Outs> {

@@ -1,7 +1,8 @@
 //! Arithmetic: element-wise unary math and binary ops (with ONNX's multidirectional
 //! broadcasting), the variadic Sum/Max/Min/Mean, MatMul and Gemm, and reductions, including the
 //! ones that are a sum between element-wise steps (ReduceL1, ReduceL2, ReduceSumSquare,
-//! ReduceLogSum) (semantics: the ONNX operator spec, <https://onnx.ai/onnx/operators/>).
+//! ReduceLogSum), trigonometric and hyperbolic functions, Sign, Round, TopK, CumSum, CumProd,
+//! Det and Einsum (semantics: the ONNX operator spec, <https://onnx.ai/onnx/operators/>).
 
 use super::{one, Cx, OpDef, Outs, R};
 use qforge_ir::{BinaryOp, Op, Tensor, UnaryOp, Value};
@@ -16,6 +17,24 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("Reciprocal", &[1, 6, 13], |cx| cx.unary(UnaryOp::Reciprocal)),
     OpDef::onnx("Floor", &[1, 6, 13], |cx| cx.unary(UnaryOp::Floor)),
     OpDef::onnx("Ceil", &[1, 6, 13], |cx| cx.unary(UnaryOp::Ceil)),
+    OpDef::onnx("Sin", &[7, 22], |cx| cx.unary(UnaryOp::Sin)),
+    OpDef::onnx("Cos", &[7, 22], |cx| cx.unary(UnaryOp::Cos)),
+    OpDef::onnx("Tan", &[7, 22], |cx| cx.unary(UnaryOp::Tan)),
+    OpDef::onnx("Asin", &[7, 22], |cx| cx.unary(UnaryOp::Asin)),
+    OpDef::onnx("Acos", &[7, 22], |cx| cx.unary(UnaryOp::Acos)),
+    OpDef::onnx("Atan", &[7, 22], |cx| cx.unary(UnaryOp::Atan)),
+    OpDef::onnx("Sinh", &[9, 22], |cx| cx.unary(UnaryOp::Sinh)),
+    OpDef::onnx("Cosh", &[9, 22], |cx| cx.unary(UnaryOp::Cosh)),
+    OpDef::onnx("Asinh", &[9, 22], |cx| cx.unary(UnaryOp::Asinh)),
+    OpDef::onnx("Acosh", &[9, 22], |cx| cx.unary(UnaryOp::Acosh)),
+    OpDef::onnx("Atanh", &[9, 22], |cx| cx.unary(UnaryOp::Atanh)),
+    OpDef::onnx("Sign", &[9, 13], sign),
+    OpDef::onnx("Round", &[11, 22], |cx| cx.unary(UnaryOp::Round)),
+    OpDef::onnx("TopK", &[1, 10, 11, 24], top_k),
+    OpDef::onnx("CumSum", &[11, 14], |cx| cumulative(cx, false)),
+    OpDef::onnx("CumProd", &[26], |cx| cumulative(cx, true)),
+    OpDef::onnx("Det", &[11, 22], |cx| cx.simple(Op::Det, 1)),
+    OpDef::onnx("Einsum", &[12, 28], einsum),
     OpDef::onnx("Add", &[1, 6, 7, 13, 14], |cx| binary(cx, BinaryOp::Add)),
     OpDef::onnx("Sub", &[1, 6, 7, 13, 14], |cx| binary(cx, BinaryOp::Sub)),
     OpDef::onnx("Mul", &[1, 6, 7, 13, 14], |cx| binary(cx, BinaryOp::Mul)),
@@ -237,4 +256,220 @@ fn arg_extreme(cx: &mut Cx, max: bool) -> R<Outs> {
     let select_last = cx.version >= 12 && a.bool_or("select_last_index", false)?;
     let op = if max { Op::ArgMax { axis, keepdims, select_last } } else { Op::ArgMin { axis, keepdims, select_last } };
     cx.simple(op, 1)
+}
+
+/// Sign: the IR's `sign` on floats; on integers `(x > 0) - (x < 0)`, each comparison cast to the
+/// input's type.
+fn sign(cx: &mut Cx) -> R<Outs> {
+    let x = cx.input(0)?;
+    let xt = cx.ty(x);
+    if xt.dtype.is_float() || xt.quant.is_some() {
+        return cx.unary(UnaryOp::Sign);
+    }
+    let name = cx.im.fresh_name(&format!("{}/zero", cx.at.name));
+    let zero = cx.im.g.add_const(name, Tensor::from_i64_wrapping(xt.dtype, vec![], &[0]));
+    let pos = cx.add_helper("positive", Op::Binary(BinaryOp::Greater), vec![Some(x), Some(zero)])?;
+    let neg = cx.add_helper("negative", Op::Binary(BinaryOp::Less), vec![Some(x), Some(zero)])?;
+    let pos = cx.add_helper("positive_int", Op::Cast { to: xt.dtype }, vec![Some(pos)])?;
+    let neg = cx.add_helper("negative_int", Op::Cast { to: xt.dtype }, vec![Some(neg)])?;
+    one(cx.add(Op::Binary(BinaryOp::Sub), vec![Some(pos), Some(neg)], None)?)
+}
+
+/// TopK: `k` an attribute (version 1) or a constant input (10 on); `axis` (default -1);
+/// `largest` (default 1) and `sorted` from version 11. The IR always returns the elements in
+/// sorted order, as the ONNX reference does; with `sorted=0` ONNX leaves the order unspecified,
+/// so that order is one of the allowed ones.
+fn top_k(cx: &mut Cx) -> R<Outs> {
+    let a = cx.attrs();
+    let axis = a.int_or("axis", -1)?;
+    let largest = cx.version < 11 || a.bool_or("largest", true)?;
+    let k = if cx.version < 10 {
+        a.int("k")?.ok_or_else(|| cx.err("attribute `k` is required"))?
+    } else {
+        match cx.ints_input(1, "K")?.as_slice() {
+            [k] => *k,
+            v => return Err(cx.err(format!("input 1 (K) must hold one value, got {} values", v.len()))),
+        }
+    };
+    let k = usize::try_from(k)
+        .ok()
+        .filter(|&k| k <= super::MAX_ATTR_DIM)
+        .ok_or_else(|| cx.err(format!("k = {k} is out of range")))?;
+    let x = cx.input(0)?;
+    let outs = cx.add_multi(Op::TopK { axis, k, largest }, vec![Some(x)])?;
+    Ok(outs.into_iter().map(Some).collect())
+}
+
+/// CumSum and CumProd: the axis a constant scalar input; `exclusive` and `reverse` (default 0).
+fn cumulative(cx: &mut Cx, product: bool) -> R<Outs> {
+    let a = cx.attrs();
+    let (exclusive, reverse) = (a.bool_or("exclusive", false)?, a.bool_or("reverse", false)?);
+    let axis = match cx.ints_input(1, "axis")?.as_slice() {
+        [v] => *v,
+        v => return Err(cx.err(format!("input 1 (axis) must hold one value, got {} values", v.len()))),
+    };
+    let x = cx.input(0)?;
+    let op = if product { Op::CumProd { axis, exclusive, reverse } } else { Op::CumSum { axis, exclusive, reverse } };
+    one(cx.add(op, vec![Some(x)], None)?)
+}
+
+/// One operand's subscripts, an ellipsis expanded to labels of its own (`ELLIPSIS + k` for the
+/// k-th ellipsis dim counted from the right, so that ellipsis dims broadcast as numpy aligns
+/// them), and the number of ellipsis dims.
+fn einsum_labels(term: &str, rank: usize) -> Result<(Vec<u32>, usize), String> {
+    const ELLIPSIS: u32 = 1 << 16;
+    let (head, tail, dots) = match term.split_once("...") {
+        Some((h, t)) => (h, t, true),
+        None => (term, "", false),
+    };
+    let letter =
+        |c: char| if c.is_ascii_alphabetic() { Ok(c as u32) } else { Err(format!("`{c}` is not a subscript letter")) };
+    let head: Vec<u32> = head.chars().map(letter).collect::<Result<_, _>>()?;
+    let tail: Vec<u32> = tail.chars().map(letter).collect::<Result<_, _>>()?;
+    let letters = head.len() + tail.len();
+    let extra = match rank.checked_sub(letters) {
+        Some(e) if dots || e == 0 => e,
+        _ => return Err(format!("`{term}` has {letters} subscripts for an operand of rank {rank}")),
+    };
+    let mut v = head;
+    v.extend((0..extra).rev().map(|k| ELLIPSIS + k as u32));
+    v.extend(tail);
+    Ok((v, extra))
+}
+
+/// Einsum, built from existing ops. Every operand is transposed to the order of the output's
+/// labels followed by the summed ones and unsqueezed where it lacks a label, the operands are
+/// multiplied with broadcasting and the summed labels reduced (`ReduceSum`); a two-operand
+/// contraction over one label with one free label on each side (the batched matrix products
+/// transformers emit: `bij,bjk->bik`, `bhqd,bhkd->bhqk`) is a `MatMul` between transposes
+/// instead. Implicit output (no `->`): the labels that occur once, in alphabetical order, after
+/// the ellipsis dims. A label repeated within one operand (a diagonal) is refused.
+fn einsum(cx: &mut Cx) -> R<Outs> {
+    const ELLIPSIS: u32 = 1 << 16;
+    let eq: String = cx.attrs().string("equation")?.ok_or_else(|| cx.err("attribute `equation` is required"))?;
+    let eq: String = eq.chars().filter(|c| !c.is_whitespace()).collect();
+    let (lhs, rhs) = match eq.split_once("->") {
+        Some((l, r)) => (l.to_string(), Some(r.to_string())),
+        None => (eq.clone(), None),
+    };
+    let terms: Vec<&str> = lhs.split(',').collect();
+    let n = cx.node.input.len();
+    if terms.len() != n {
+        return Err(cx.err(format!("equation `{eq}` has {} operands, the node {n} inputs", terms.len())));
+    }
+    let mut vals = vec![];
+    let mut labels: Vec<Vec<u32>> = vec![];
+    let mut ell = 0usize;
+    for (i, t) in terms.iter().enumerate() {
+        let v = cx.input(i)?;
+        let (l, e) = einsum_labels(t, cx.ty(v).rank()).map_err(|m| cx.err(format!("equation `{eq}`: {m}")))?;
+        let mut seen = l.clone();
+        seen.sort_unstable();
+        if seen.windows(2).any(|w| w[0] == w[1]) {
+            return Err(cx.err(format!(
+                "equation `{eq}`: a subscript repeated within one operand (a diagonal) is not supported"
+            )));
+        }
+        ell = ell.max(e);
+        vals.push(v);
+        labels.push(l);
+    }
+    let count = |x: u32| labels.iter().flatten().filter(|&&y| y == x).count();
+    let out: Vec<u32> = match &rhs {
+        Some(r) => {
+            einsum_labels(r, r.replace("...", "").chars().count() + ell)
+                .map_err(|m| cx.err(format!("equation `{eq}`: {m}")))?
+                .0
+        }
+        None => {
+            let mut once: Vec<u32> =
+                labels.iter().flatten().copied().filter(|&x| x < ELLIPSIS && count(x) == 1).collect();
+            once.sort_unstable();
+            once.dedup();
+            let mut o: Vec<u32> = (0..ell).rev().map(|k| ELLIPSIS + k as u32).collect();
+            o.extend(once);
+            o
+        }
+    };
+    for (i, &x) in out.iter().enumerate() {
+        if count(x) == 0 || out[..i].contains(&x) {
+            return Err(cx.err(format!("equation `{eq}`: an output subscript is repeated or not in any operand")));
+        }
+    }
+    let mut all = out.clone();
+    for &x in labels.iter().flatten() {
+        if !all.contains(&x) {
+            all.push(x);
+        }
+    }
+    let summed: Vec<i64> = (out.len()..all.len()).map(|a| a as i64).collect();
+    if let Some(v) = einsum_matmul(cx, &vals, &labels, &out)? {
+        return one(v);
+    }
+    // Each operand: its labels in the order of `all`, then size-1 axes for the labels it lacks.
+    let mut acc: Option<Value> = None;
+    for (i, (&v, l)) in vals.iter().zip(&labels).enumerate() {
+        let order: Vec<u32> = all.iter().copied().filter(|x| l.contains(x)).collect();
+        let perm: Vec<usize> = order.iter().map(|x| l.iter().position(|y| y == x).unwrap_or(0)).collect();
+        let mut v = v;
+        if perm.iter().enumerate().any(|(k, &p)| k != p) {
+            v = cx.add_helper(&format!("transpose{i}"), Op::Transpose { perm }, vec![Some(v)])?;
+        }
+        let missing: Vec<i64> = (0..all.len()).filter(|&a| !l.contains(&all[a])).map(|a| a as i64).collect();
+        if !missing.is_empty() {
+            v = cx.add_helper(&format!("unsqueeze{i}"), Op::Unsqueeze { axes: missing }, vec![Some(v)])?;
+        }
+        acc = Some(match acc {
+            None => v,
+            Some(a) => cx.add_helper(&format!("mul{i}"), Op::Binary(BinaryOp::Mul), vec![Some(a), Some(v)])?,
+        });
+    }
+    let acc = acc.ok_or_else(|| cx.err("Einsum needs at least one input"))?;
+    if summed.is_empty() {
+        return one(cx.add(Op::Identity, vec![Some(acc)], None)?);
+    }
+    one(cx.add(Op::ReduceSum { axes: summed, keepdims: false }, vec![Some(acc)], None)?)
+}
+
+/// The `MatMul` form of a two-operand float einsum with batch labels (in both operands and the
+/// output), one label summed (in both, not in the output) and one free label per operand (in it
+/// and the output only): `None` when the equation has another shape.
+fn einsum_matmul(cx: &mut Cx, vals: &[Value], labels: &[Vec<u32>], out: &[u32]) -> R<Option<Value>> {
+    let ([a, b], [la, lb]) = (vals, labels) else { return Ok(None) };
+    if !cx.ty(*a).dtype.is_float() || cx.ty(*a).dtype != cx.ty(*b).dtype {
+        return Ok(None);
+    }
+    let (in_a, in_b, in_o) = (|x: &u32| la.contains(x), |x: &u32| lb.contains(x), |x: &u32| out.contains(x));
+    let batch: Vec<u32> = out.iter().copied().filter(|x| in_a(x) && in_b(x)).collect();
+    let free_a: Vec<u32> = la.iter().copied().filter(|x| !in_b(x) && in_o(x)).collect();
+    let free_b: Vec<u32> = lb.iter().copied().filter(|x| !in_a(x) && in_o(x)).collect();
+    let sum: Vec<u32> = la.iter().copied().filter(|x| in_b(x) && !in_o(x)).collect();
+    if free_a.len() != 1 || free_b.len() != 1 || sum.len() != 1 || batch.len() + 2 != la.len() || la.len() != lb.len() {
+        return Ok(None);
+    }
+    // Batch dims must agree exactly (no broadcasting between them): MatMul would broadcast them,
+    // which einsum also does, but a size-1 batch dim against a larger one is rare; keep it simple.
+    let dims = |v: Value, l: &[u32], x: u32| l.iter().position(|&y| y == x).map(|p| cx.ty(v).shape.0[p].clone());
+    if batch.iter().any(|&x| dims(*a, la, x) != dims(*b, lb, x)) {
+        return Ok(None);
+    }
+    let to = |l: &[u32], order: &[u32]| -> Vec<usize> {
+        order.iter().map(|x| l.iter().position(|y| y == x).unwrap_or(0)).collect()
+    };
+    let mut oa = batch.clone();
+    oa.extend([free_a[0], sum[0]]);
+    let mut ob = batch.clone();
+    ob.extend([sum[0], free_b[0]]);
+    let moved = |perm: &[usize]| perm.iter().enumerate().any(|(k, &p)| k != p);
+    let (pa, pb) = (to(la, &oa), to(lb, &ob));
+    let ta = if moved(&pa) { cx.add_helper("transpose_a", Op::Transpose { perm: pa }, vec![Some(*a)])? } else { *a };
+    let tb = if moved(&pb) { cx.add_helper("transpose_b", Op::Transpose { perm: pb }, vec![Some(*b)])? } else { *b };
+    let mut om = batch;
+    om.extend([free_a[0], free_b[0]]);
+    let perm = to(&om, out);
+    if !moved(&perm) {
+        return cx.add(Op::MatMul, vec![Some(ta), Some(tb)], None).map(Some);
+    }
+    let m = cx.add_helper("matmul", Op::MatMul, vec![Some(ta), Some(tb)])?;
+    cx.add(Op::Transpose { perm }, vec![Some(m)], None).map(Some)
 }

@@ -1,5 +1,5 @@
 //! Neural-network ops: convolution (and transposed), pooling, resizing (Resize, Upsample), batch
-//! normalization, LRN, activations and Dropout (semantics: the ONNX operator spec, <https://onnx.ai/onnx/operators/>). The attribute
+//! normalization, LRN, activations, Dropout and GridSample (semantics: the ONNX operator spec, <https://onnx.ai/onnx/operators/>). The attribute
 //! readers for convolution and pooling ([`conv_attrs`], [`pool_attrs`]) serve the quantized
 //! forms in [`super::quant`] too.
 
@@ -8,8 +8,8 @@ use crate::onnx::attrs::Attrs;
 use crate::onnx::symbolic::Mono;
 use qforge_ir::infer::norm_axis;
 use qforge_ir::{
-    AspectPolicy, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordMode, Dim, NearestMode, Op, PoolAttrs, ResizeAttrs,
-    ResizeMode, ResizeTarget, Shape, TensorType, UnaryOp, Value,
+    AspectPolicy, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordMode, Dim, GridPadding, NearestMode, Op, PoolAttrs,
+    ResizeAttrs, ResizeMode, ResizeTarget, Shape, TensorType, UnaryOp, Value,
 };
 
 pub(super) const OPS: &[OpDef] = &[
@@ -36,6 +36,7 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("Gelu", &[20], gelu),
     OpDef::microsoft("Gelu", |cx| cx.unary(UnaryOp::Gelu)),
     OpDef::onnx("Dropout", &[1, 6, 7, 10, 12, 13, 22], dropout),
+    OpDef::onnx("GridSample", &[16, 20, 22], grid_sample),
     OpDef::onnx("PRelu", &[1, 6, 7, 9, 16], prelu),
     OpDef::onnx("Elu", &[1, 6, 22], elu),
     OpDef::onnx("Selu", &[1, 6, 22], selu),
@@ -707,4 +708,30 @@ fn upsample(cx: &mut Cx) -> R<Outs> {
     }
     let scales = opt_floats_input(cx, 1, "scales")?.ok_or_else(|| cx.err("input 1 (scales) is missing"))?;
     legacy_resize(cx, x, mode, scales)
+}
+
+/// GridSample: `mode` `bilinear`/`nearest`/`bicubic` (version 16, 2-D only) or
+/// `linear`/`nearest`/`cubic` (20 on, 2-D and 3-D); `padding_mode` `zeros`/`border`/`reflection`;
+/// `align_corners` (default 0).
+fn grid_sample(cx: &mut Cx) -> R<Outs> {
+    let a = cx.attrs();
+    let v16 = cx.version < 20;
+    let mode = match a.string("mode")?.as_deref() {
+        None if v16 => ResizeMode::Linear,
+        None => ResizeMode::Linear,
+        Some("bilinear") if v16 => ResizeMode::Linear,
+        Some("bicubic") if v16 => ResizeMode::Cubic,
+        Some("linear") if !v16 => ResizeMode::Linear,
+        Some("cubic") if !v16 => ResizeMode::Cubic,
+        Some("nearest") => ResizeMode::Nearest,
+        Some(m) => return Err(cx.err(format!("mode=\"{m}\" is not a GridSample-{} mode", cx.version))),
+    };
+    let padding = match a.string("padding_mode")?.as_deref().unwrap_or("zeros") {
+        "zeros" => GridPadding::Zeros,
+        "border" => GridPadding::Border,
+        "reflection" => GridPadding::Reflection,
+        m => return Err(cx.err(format!("padding_mode=\"{m}\" is not supported (zeros, border, reflection)"))),
+    };
+    let align_corners = a.bool_or("align_corners", false)?;
+    cx.simple(Op::GridSample { mode, padding, align_corners }, 2)
 }
