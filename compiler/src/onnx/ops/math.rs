@@ -5,7 +5,7 @@
 //! Det and Einsum (semantics: the ONNX operator spec, <https://onnx.ai/onnx/operators/>).
 
 use super::{one, Cx, OpDef, Outs, R};
-use qforge_ir::{BinaryOp, Op, Tensor, UnaryOp, Value};
+use qforge_ir::{BinaryOp, DType, Op, Tensor, UnaryOp, Value};
 
 pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("Erf", &[9, 13], |cx| cx.unary(UnaryOp::Erf)),
@@ -50,6 +50,8 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("ReduceMean", &[1, 11, 13, 18], |cx| reduce(cx, Reduce::Mean)),
     OpDef::onnx("ReduceSum", &[1, 11, 13], |cx| reduce(cx, Reduce::Sum)),
     OpDef::onnx("ReduceMax", &[1, 11, 12, 13, 18, 20], |cx| reduce(cx, Reduce::Max)),
+    OpDef::onnx("ReduceMin", &[1, 11, 12, 13, 18, 20], reduce_min),
+    OpDef::onnx("ReduceLogSumExp", &[1, 11, 13, 18, 28], reduce_log_sum_exp),
     OpDef::onnx("ArgMax", &[1, 11, 12, 13], |cx| arg_extreme(cx, true)),
     OpDef::onnx("ArgMin", &[1, 11, 12, 13], |cx| arg_extreme(cx, false)),
     OpDef::onnx("ReduceL1", &[1, 11, 13, 18], |cx| reduce_composite(cx, Pre::Abs, None)),
@@ -215,6 +217,70 @@ fn reduce(cx: &mut Cx, kind: Reduce) -> R<Outs> {
         Reduce::Max => Op::ReduceMax { axes, keepdims },
     };
     one(cx.add(op, vec![Some(x)], None)?)
+}
+
+/// ReduceMin as a ReduceMax between two order-reversing maps that are exact: `-x` for floats, and
+/// for integers `k - x` with `k = -1` for signed types (that is `!x` in two's complement, which
+/// never overflows) and the type's maximum for unsigned ones. An empty reduction gives the
+/// mirror of ReduceMax's identity: +inf, or the type's maximum. Bool inputs are refused.
+fn reduce_min(cx: &mut Cx) -> R<Outs> {
+    let x = cx.input(0)?;
+    let xt = cx.ty(x);
+    let Some((axes, keepdims)) = reduce_axes(cx, cx.version >= 18)? else { return one(x) };
+    if xt.quant.is_some() || xt.dtype == DType::Bool {
+        return Err(cx.err(format!("ReduceMin of {xt} is not supported (numeric types)")));
+    }
+    if xt.dtype.is_float() {
+        let n = cx.add_helper("negated", Op::Unary(UnaryOp::Neg), vec![Some(x)])?;
+        let m = cx.add_helper("max", Op::ReduceMax { axes, keepdims }, vec![Some(n)])?;
+        return one(cx.add(Op::Unary(UnaryOp::Neg), vec![Some(m)], None)?);
+    }
+    let k = match xt.dtype.int_range() {
+        Some((lo, _)) if lo < 0 => -1,
+        Some((_, hi)) if hi < i64::MAX => hi,
+        _ => return Err(cx.err(format!("ReduceMin of {xt} is not supported"))),
+    };
+    let name = cx.im.fresh_name(&format!("{}/mirror", cx.at.name));
+    let kv = cx.im.g.add_const(name, Tensor::from_i64_wrapping(xt.dtype, vec![], &[k]));
+    let n = cx.add_helper("mirrored", Op::Binary(BinaryOp::Sub), vec![Some(kv), Some(x)])?;
+    let m = cx.add_helper("max", Op::ReduceMax { axes, keepdims }, vec![Some(n)])?;
+    one(cx.add(Op::Binary(BinaryOp::Sub), vec![Some(kv), Some(m)], None)?)
+}
+
+/// ReduceLogSumExp in the stable form of the ONNX reference (`op_reduce_log_sum_exp.py`):
+/// `log(sum(exp(x - m))) + m` with `m` the maximum over the axes, taken as 0 where it is infinite
+/// (an all -inf slice gives -inf, a +inf element +inf, as the plain formula does).
+fn reduce_log_sum_exp(cx: &mut Cx) -> R<Outs> {
+    let x = cx.input(0)?;
+    let xt = cx.ty(x);
+    if !xt.dtype.is_float() || xt.quant.is_some() {
+        return Err(cx.err(format!("ReduceLogSumExp of {xt} is not supported (float types)")));
+    }
+    let Some((axes, keepdims)) = reduce_axes(cx, cx.version >= 18)? else { return one(x) };
+    let k = |cx: &mut Cx, tag: &str, v: f64| {
+        let name = cx.im.fresh_name(&format!("{}/{tag}", cx.at.name));
+        cx.im.g.add_const(name, Tensor::from_f64_iter(xt.dtype, vec![], [v].into_iter()))
+    };
+    let bin = |cx: &mut Cx, tag: &str, op: BinaryOp, a: Value, b: Value| {
+        cx.add_helper(tag, Op::Binary(op), vec![Some(a), Some(b)])
+    };
+    let mx = cx.add_helper("max", Op::ReduceMax { axes: axes.clone(), keepdims: true }, vec![Some(x)])?;
+    let (inf, zero) = (k(cx, "inf", f64::INFINITY), k(cx, "zero", 0.0));
+    let amx = cx.add_helper("abs_max", Op::Unary(UnaryOp::Abs), vec![Some(mx)])?;
+    let infinite = bin(cx, "max_infinite", BinaryOp::Equal, amx, inf)?;
+    let m = cx.add_helper("shift", Op::Where, vec![Some(infinite), Some(zero), Some(mx)])?;
+    let d = bin(cx, "shifted", BinaryOp::Sub, x, m)?;
+    let e = cx.add_helper("exp", Op::Unary(UnaryOp::Exp), vec![Some(d)])?;
+    let s = cx.add_helper("sum", Op::ReduceSum { axes: axes.clone(), keepdims: true }, vec![Some(e)])?;
+    let l = cx.add_helper("log", Op::Unary(UnaryOp::Log), vec![Some(s)])?;
+    if keepdims {
+        return one(cx.add(Op::Binary(BinaryOp::Add), vec![Some(l), Some(m)], None)?);
+    }
+    let r = bin(cx, "kept", BinaryOp::Add, l, m)?;
+    // Drop the reduced axes (every axis when none are given).
+    let rank = xt.rank() as i64;
+    let axes = if axes.is_empty() { (0..rank).collect() } else { axes };
+    one(cx.add(Op::Squeeze { axes }, vec![Some(r)], None)?)
 }
 
 /// The element-wise step before the sum of a composite reduction.

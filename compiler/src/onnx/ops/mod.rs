@@ -7,7 +7,9 @@
 //! * [`array`]: data movement and shape changes (Reshape, Flatten, Transpose, Concat, Slice,
 //!   Gather, GatherElements, Split, Squeeze, Unsqueeze, Expand), Cast, Identity.
 //! * [`constant`]: values made from attributes or shapes: Constant, ConstantOfShape, Shape, Range.
-//! * [`norm`]: Softmax, LogSoftmax, LayerNormalization.
+//! * [`norm`]: Softmax, LogSoftmax, Hardmax, LayerNormalization and the other normalizations,
+//!   NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss.
+//! * [`transformer`]: Attention, RotaryEmbedding, composed from IR ops.
 //! * [`quant`]: QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, QLinearConv,
 //!   QLinearMatMul, ConvInteger, MatMulInteger and ONNX Runtime's `com.microsoft` quantized ops.
 //!
@@ -32,6 +34,7 @@ mod math;
 mod nn;
 mod norm;
 mod quant;
+mod transformer;
 
 use super::attrs::{Attrs, NodeRef};
 use super::import::Importer;
@@ -109,7 +112,8 @@ impl OpDef {
 }
 
 /// The op tables of every family.
-const FAMILIES: &[&[OpDef]] = &[nn::OPS, math::OPS, logic::OPS, array::OPS, constant::OPS, norm::OPS, quant::OPS];
+const FAMILIES: &[&[OpDef]] =
+    &[nn::OPS, math::OPS, logic::OPS, array::OPS, constant::OPS, norm::OPS, quant::OPS, transformer::OPS];
 
 /// Converters by domain and op type, built once from [`FAMILIES`].
 fn registry() -> &'static HashMap<Domain, HashMap<&'static str, &'static OpDef>> {

@@ -45,6 +45,10 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("Softplus", &[1, 22], |cx| composed(cx, softplus)),
     OpDef::onnx("Softsign", &[1, 22], |cx| composed(cx, softsign)),
     OpDef::onnx("Mish", &[18, 22], |cx| composed(cx, mish)),
+    OpDef::onnx("Swish", &[24], |cx| composed(cx, swish)),
+    OpDef::onnx("SwiGLU", &[28], swiglu),
+    OpDef::onnx("Shrink", &[9], shrink),
+    OpDef::onnx("LpPool", &[1, 2, 11, 18, 22], lp_pool),
 ];
 
 // ---------------------------------------------------------------- composed activations
@@ -178,6 +182,88 @@ fn mish(cx: &mut Cx, x: Value) -> R<(Op, Vec<Value>)> {
     let sp = un(cx, "softplus", UnaryOp::Log, e1)?;
     let t = un(cx, "tanh", UnaryOp::Tanh, sp)?;
     Ok((Op::Binary(BinaryOp::Mul), vec![x, t]))
+}
+
+/// `alpha * x` (no node when `alpha` is 1).
+fn scaled_by(cx: &mut Cx, x: Value, alpha: f32) -> R<Value> {
+    if alpha == 1.0 {
+        return Ok(x);
+    }
+    let a = scalar(cx, "alpha", x, alpha.into());
+    bin(cx, "alpha_x", BinaryOp::Mul, x, a)
+}
+
+/// Swish (version 24): `x * sigmoid(alpha * x)` (ONNX reference `op_swish.py`).
+fn swish(cx: &mut Cx, x: Value) -> R<(Op, Vec<Value>)> {
+    let alpha = cx.attrs().float_or("alpha", 1.0)?;
+    let ax = scaled_by(cx, x, alpha)?;
+    let s = un(cx, "sigmoid", UnaryOp::Sigmoid, ax)?;
+    Ok((Op::Binary(BinaryOp::Mul), vec![x, s]))
+}
+
+/// SwiGLU (version 28): `a * sigmoid(alpha * a) * b` for `a`, `b` of one shape (ONNX reference
+/// `op_swiglu.py`: the Swish of `a`, then the product with `b`).
+fn swiglu(cx: &mut Cx) -> R<Outs> {
+    let alpha = cx.attrs().float_or("alpha", 1.0)?;
+    let a = float_input(cx)?;
+    let b = cx.input(1)?;
+    let (at, bt) = (cx.ty(a), cx.ty(b));
+    if at.dtype != bt.dtype || at.shape != bt.shape {
+        return Err(cx.err(format!("inputs A ({at}) and B ({bt}) must have one type and shape")));
+    }
+    let ax = scaled_by(cx, a, alpha)?;
+    let s = un(cx, "sigmoid", UnaryOp::Sigmoid, ax)?;
+    let sw = bin(cx, "swish", BinaryOp::Mul, a, s)?;
+    one(cx.add(Op::Binary(BinaryOp::Mul), vec![Some(sw), Some(b)], None)?)
+}
+
+/// Shrink: `x < -lambd ? x + bias : (x > lambd ? x - bias : 0)` (ONNX reference `op_shrink.py`).
+fn shrink(cx: &mut Cx) -> R<Outs> {
+    let a = cx.attrs();
+    let (lambd, bias) = (a.float_or("lambd", 0.5)?, a.float_or("bias", 0.0)?);
+    let x = float_input(cx)?;
+    let (lo, hi) = (scalar(cx, "minus_lambd", x, (-lambd).into()), scalar(cx, "lambd", x, lambd.into()));
+    let (b, zero) = (scalar(cx, "bias", x, bias.into()), scalar(cx, "zero", x, 0.0));
+    let below = bin(cx, "below", BinaryOp::Less, x, lo)?;
+    let above = bin(cx, "above", BinaryOp::Greater, x, hi)?;
+    let plus = bin(cx, "plus_bias", BinaryOp::Add, x, b)?;
+    let minus = bin(cx, "minus_bias", BinaryOp::Sub, x, b)?;
+    let upper = cx.add_helper("upper", Op::Where, vec![Some(above), Some(minus), Some(zero)])?;
+    one(cx.add(Op::Where, vec![Some(below), Some(plus), Some(upper)], None)?)
+}
+
+/// LpPool: `(sum over the window of |x|^p)^(1/p)`, padded cells counting as 0, as the ONNX backend
+/// test cases compute it (`pool_op_common.py`, pooling type `LPPOOL`): an average pool that counts
+/// padded cells in its divisor, times the kernel's element count. Version 18 adds `ceil_mode` and
+/// `dilations`, which [`pool_attrs`] reads at every version (absent before).
+fn lp_pool(cx: &mut Cx) -> R<Outs> {
+    if cx.version < 2 {
+        return Err(cx.err("version 1 (a float `p`) is not supported; version 2 on is"));
+    }
+    let p = cx.attrs().int_or("p", 2)?;
+    if !(1..=64).contains(&p) {
+        return Err(cx.err(format!("p={p} is not supported (1 to 64)")));
+    }
+    let p = p as f64;
+    let x = float_input(cx)?;
+    if cx.ty(x).rank() < 3 {
+        return Err(cx.err(format!("needs an input of rank 3 or more, got {}", cx.ty(x))));
+    }
+    let attrs = pool_attrs(cx, &cx.ty(x), true)?;
+    if attrs.ceil_mode {
+        // A window overhanging the padded input would divide by fewer cells than the kernel's.
+        return Err(cx.err("ceil_mode=1 is not supported"));
+    }
+    let count = attrs.kernel.iter().product::<usize>() as f64;
+    let attrs = PoolAttrs { count_include_pad: true, ..attrs };
+    let ab = un(cx, "abs", UnaryOp::Abs, x)?;
+    let pk = scalar(cx, "p", x, p);
+    let pw = bin(cx, "power", BinaryOp::Pow, ab, pk)?;
+    let avg = cx.add_helper("average", Op::AveragePool(attrs), vec![Some(pw)])?;
+    let n = scalar(cx, "kernel_count", x, count);
+    let sum = bin(cx, "sum", BinaryOp::Mul, n, avg)?;
+    let inv = scalar(cx, "inverse_p", x, 1.0 / p);
+    one(cx.add(Op::Binary(BinaryOp::Pow), vec![Some(sum), Some(inv)], None)?)
 }
 
 fn leaky_relu(cx: &mut Cx) -> R<Outs> {
