@@ -78,14 +78,14 @@ pub enum ImportError {
     /// Input `input` (`what`) of a node must be a constant (the IR keeps it as an attribute or a
     /// type: a shape, axes, bounds, quantization parameters), but the model computes it at run
     /// time, from the graph inputs `sources` (empty when it comes from none, such as a random
-    /// op's result). Giving those inputs values ([`ImportOptions::specialize`]) compiles the
+    /// op's result; boxed to keep the error small). Giving those inputs values ([`ImportOptions::specialize`]) compiles the
     /// model for them, and the input becomes a constant.
     #[error(
         "node `{node}` ({op}): input `{input}` ({what}) must be a constant (or computed from constants or input \
          shapes), but it is computed {}",
         computed_from(input, sources)
     )]
-    NotConstant { node: String, op: String, input: String, what: String, sources: Vec<String> },
+    NotConstant { node: String, op: String, input: String, what: String, sources: Box<[String]> },
     /// [`ImportOptions::specialize`] gives a value for `name` that does not fit the model: not a
     /// graph input, or not of its declared type.
     #[error("cannot specialize input `{name}`: {msg}")]

@@ -333,7 +333,7 @@ impl<'a> Cx<'a> {
             op: self.at.op.clone(),
             input: name.to_string(),
             what: what.to_string(),
-            sources,
+            sources: sources.into(),
         }
     }
 
