@@ -17,7 +17,8 @@
 //! The payload is the graph in two parts: u64 text length, then the IR text form
 //! ([`qforge_ir::text`], `ConstMode::Full`) of the graph with every constant replaced by an extra
 //! graph input `%__qfa_const_K` (after the model's own inputs, `K` counting from 0 in schedule
-//! order); then, for each constant `K` in order, its record: u32-length-prefixed name, u32 count
+//! order; the inputs the model was specialized on (`--specialize`) stay in the signature with
+//! their values, `%shape: i64[2] = [3, 2]`, which `run` checks a value given for them against); then, for each constant `K` in order, its record: u32-length-prefixed name, u32 count
 //! of u32-length-prefixed `from` names, u8 dtype code ([`dtype_code`]), u32 rank, one u64 per dim,
 //! u64 byte length, and the raw little-endian element bytes (bool: one byte, 0 or 1). The text
 //! carries the structure, attributes and every type (quantization parameters live in types and
@@ -46,7 +47,7 @@ use crate::compiler::{Compiler, Executable};
 use crate::options::PipelineOptions;
 use anyhow::{bail, Context, Result};
 use qforge_ir::{DType, Dim, Graph, Op, Tensor, TensorData, TensorType, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -323,6 +324,9 @@ fn skeleton(g: &Graph) -> Result<(String, Vec<ConstRecord>)> {
         let ty = n.outputs.first().with_context(|| format!("graph input `{}` has no type", n.name))?;
         map.insert(Value::new(id, 0), s.add_input(n.name.clone(), ty.clone()));
     }
+    // specialized inputs print in the signature with their values, at their places among the
+    // model's inputs (the constants' stand-ins all come after)
+    s.set_specialized(g.specialized().to_vec());
     let mut consts = vec![];
     for id in g.schedule()? {
         let n = g.node(id);
@@ -514,6 +518,7 @@ fn read_payload(payload: &[u8], header: &Header) -> Result<Graph> {
         bail!("{} bytes after the last constant", c.b.len());
     }
     let mut g = Graph::new(s.name.clone());
+    g.set_specialized(s.specialized().to_vec());
     let mut map: HashMap<Value, Value> = HashMap::new();
     for (i, &id) in s.inputs().iter().enumerate() {
         let n = s.node(id);
@@ -615,12 +620,32 @@ pub enum Source {
 }
 
 impl Source {
-    /// MODEL at `path`: an artifact by its extension, any other model imported.
+    /// MODEL at `path`: an artifact by its extension, any other model imported (specialized on
+    /// the `--specialize` values of `opts`).
     pub fn open(path: &Path, opts: &PipelineOptions) -> Result<Source> {
+        Source::open_specialized(path, opts, &BTreeMap::new())
+    }
+
+    /// [`Source::open`], a model also specialized on the values of `more` (those `run` was given
+    /// for inputs the model needs as constants). An artifact's specialized inputs are checked
+    /// against the `--specialize` values given ([`check_specialized`]). An import error is the
+    /// [`crate::onnx::ImportError`] itself.
+    pub fn open_specialized(
+        path: &Path,
+        opts: &PipelineOptions,
+        more: &BTreeMap<String, Arc<Tensor>>,
+    ) -> Result<Source> {
+        let mut values = opts.specialize_values()?;
         if is_artifact(path) {
-            return Ok(Source::Artifact(load_for(path, opts)?));
+            let a = load_for(path, opts)?;
+            for (name, t) in &values {
+                check_specialized(&a.graph, name, t, "--specialize")
+                    .with_context(|| format!("`{}`", path.display()))?;
+            }
+            return Ok(Source::Artifact(a));
         }
-        Ok(Source::Model(crate::compiler::load_model_limited(path, opts.max_tensor_bytes)?))
+        values.extend(more.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Ok(Source::Model(crate::compiler::load_model_specialized(path, opts.max_tensor_bytes, &values)?))
     }
 
     /// The graph inputs are checked against: the artifact's, or the imported model's (the
@@ -648,6 +673,45 @@ impl Source {
                 Ok(Prepared { compiler, exe, artifact: None })
             }
         }
+    }
+}
+
+/// A value given (by `flag`) for input `name` of a graph specialized on it must be the value it
+/// was compiled for: the graph reads that constant, so any other value would be ignored.
+pub fn check_specialized(g: &Graph, name: &str, t: &Tensor, flag: &str) -> Result<()> {
+    let Some(s) = g.specialized().iter().find(|s| s.name == name) else {
+        let known: Vec<String> = g.specialized().iter().map(|s| format!("`{}`", s.name)).collect();
+        bail!(
+            "{flag} gives input `{name}`, but the artifact is not specialized on it ({})",
+            if known.is_empty() {
+                "it is specialized on no input".to_string()
+            } else {
+                format!("only on {}", known.join(", "))
+            }
+        );
+    };
+    let same = *s.value == *t
+        || (s.value.dtype() == t.dtype() && s.value.shape() == t.shape() && s.value.digest() == t.digest());
+    if !same {
+        bail!(
+            "{flag} gives input `{name}` a value other than the one the model was compiled for (specialized on {}); \
+             recompile with --specialize {name}=... to run it on another",
+            value_text(&s.value)
+        );
+    }
+    Ok(())
+}
+
+/// A tensor as messages show it: its type and, for a few elements, its values.
+fn value_text(t: &Tensor) -> String {
+    let dims: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
+    let ty = format!("{}[{}]", t.dtype(), dims.join(","));
+    if t.len() > 8 {
+        return format!("a {ty}");
+    }
+    match t.to_i64_vec() {
+        Some(v) => format!("{ty} {v:?}"),
+        None => format!("{ty} {:?}", t.to_f32_vec()),
     }
 }
 

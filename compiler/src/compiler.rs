@@ -35,6 +35,7 @@ use qforge_ir::{Graph, Tensor};
 use qforge_passes::precision::{profile, PrecisionConfig, Profile, ProfileError};
 use qforge_passes::quantize::{Calibration, QConfig};
 use qforge_passes::{PassContext, PassReport};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -46,6 +47,17 @@ pub fn load_model(path: &Path) -> Result<Graph> {
 
 /// [`load_model`] with the largest tensor the importer may build (`--max-tensor-bytes`).
 pub fn load_model_limited(path: &Path, max_tensor_bytes: u64) -> Result<Graph> {
+    load_model_specialized(path, max_tensor_bytes, &BTreeMap::new())
+}
+
+/// [`load_model_limited`], with the ONNX graph inputs of `specialize` imported as the constants
+/// given (`--specialize`; see [`crate::onnx::ImportOptions::specialize`]). An import error is the
+/// [`crate::onnx::ImportError`] itself (no context), so callers can look at it.
+pub fn load_model_specialized(
+    path: &Path,
+    max_tensor_bytes: u64,
+    specialize: &BTreeMap<String, Arc<Tensor>>,
+) -> Result<Graph> {
     if path.is_dir() {
         bail!("`{}` is a directory; give a model file (.onnx, .qir or .qfa)", path.display());
     }
@@ -53,9 +65,15 @@ pub fn load_model_limited(path: &Path, max_tensor_bytes: u64) -> Result<Graph> {
     let t = std::time::Instant::now();
     let g = match ext.as_str() {
         "onnx" => {
-            let opts = crate::onnx::ImportOptions::default().with_max_tensor_bytes(max_tensor_bytes);
+            let opts = crate::onnx::ImportOptions::default()
+                .with_max_tensor_bytes(max_tensor_bytes)
+                .with_specialize(specialize.clone());
             crate::onnx::import_file_with(path, &opts)?
         }
+        "qir" if !specialize.is_empty() => bail!(
+            "--specialize applies to ONNX models (it specializes them at import); `{}` is IR text",
+            path.display()
+        ),
         "qir" => {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;
             qforge_ir::text::parse(&text).with_context(|| format!("`{}`", path.display()))?
@@ -238,9 +256,10 @@ impl Compiler {
         })
     }
 
-    /// Loads the model at `path` ([`load_model`]) with the pipeline's size limit.
+    /// Loads the model at `path` ([`load_model`]) with the pipeline's size limit and
+    /// `--specialize` values.
     pub fn load(&self, path: &Path) -> Result<Graph> {
-        load_model_limited(path, self.opts.max_tensor_bytes)
+        load_model_specialized(path, self.opts.max_tensor_bytes, &self.opts.specialize_values()?)
     }
 
     /// Reports the progress of long stages (calibration, the sensitivity study) through `f`.

@@ -2,8 +2,12 @@
 //! gave them. [`crate::Compiler::new`] resolves them once (qconfig merged with the flags, the
 //! hardware profile, the precision configuration, the evaluator); nothing else interprets them.
 
+use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
+use qforge_ir::Tensor;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// How (and whether) to quantize.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default, serde::Serialize)]
@@ -126,6 +130,22 @@ pub struct PipelineOptions {
     /// --calib) instead of warning about it.
     #[arg(long)]
     pub strict: bool,
+    /// Compile the model for one value of graph input NAME, read from X.npy (repeatable): the
+    /// input becomes that constant, so what it feeds (a Reshape's shape, a Slice's bounds, a
+    /// scale) may be one; it is no longer fed at run time, and an artifact records the value.
+    /// ONNX models only.
+    #[arg(long, value_name = "NAME=X.npy", value_parser = parse_specialize)]
+    #[serde(skip)]
+    pub specialize: Vec<SpecializeArg>,
+}
+
+/// One `--specialize NAME=X.npy`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecializeArg {
+    /// The graph input.
+    pub name: String,
+    /// The `.npy` file holding its value.
+    pub path: PathBuf,
 }
 
 impl Default for PipelineOptions {
@@ -151,6 +171,7 @@ impl Default for PipelineOptions {
             opt_level: 2,
             max_tensor_bytes: DEFAULT_MAX_TENSOR_BYTES,
             strict: false,
+            specialize: vec![],
         }
     }
 }
@@ -183,6 +204,19 @@ impl PipelineOptions {
         self.quantize != QuantizeMode::None || self.precision != Precision::Fp32 || self.qconfig.is_some()
     }
 
+    /// The values of `--specialize`, read from their files, by input name (a name given twice is
+    /// an error).
+    pub fn specialize_values(&self) -> Result<BTreeMap<String, Arc<Tensor>>> {
+        let mut out = BTreeMap::new();
+        for a in &self.specialize {
+            if out.contains_key(&a.name) {
+                bail!("--specialize gives input `{}` twice", a.name);
+            }
+            out.insert(a.name.clone(), Arc::new(crate::npy::read(&a.path)?));
+        }
+        Ok(out)
+    }
+
     /// The largest tensor any stage may create, as the passes and the engines take it.
     pub fn tensor_limit(&self) -> u128 {
         self.max_tensor_bytes as u128
@@ -195,6 +229,16 @@ pub(crate) fn parse_count(s: &str) -> Result<usize, String> {
         Ok(0) => Err("must be at least 1".to_string()),
         Ok(n) => Ok(n),
         Err(_) => Err(format!("`{s}` is not a whole number")),
+    }
+}
+
+/// `--specialize NAME=X.npy`.
+fn parse_specialize(s: &str) -> Result<SpecializeArg, String> {
+    match s.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+            Ok(SpecializeArg { name: name.to_string(), path: PathBuf::from(path) })
+        }
+        _ => Err(format!("`{s}` is not NAME=X.npy (a graph input's name and the file of its value)")),
     }
 }
 

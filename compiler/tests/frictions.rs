@@ -100,6 +100,16 @@ struct Files {
     qconfig_typo: String,
     qconfig_regex_typo: String,
     artifact: String,
+    /// `data: f32[2,3]` reshaped to the graph input `shape: i64[2]` (ONNX), its inputs (`shape`
+    /// [3, 2], another value, one of the wrong type and one of the wrong size), and its artifact
+    /// compiled with `--specialize shape=` [3, 2].
+    reshape: String,
+    data: String,
+    shape: String,
+    shape_other: String,
+    shape_f32: String,
+    shape_3: String,
+    reshape_artifact: String,
 }
 
 fn files(dir: &Path) -> Files {
@@ -122,6 +132,15 @@ fn files(dir: &Path) -> Files {
     )
     .expect("qconfig");
     let artifact = dir.join("m.qfa");
+    let reshape = dir.join("reshape.onnx");
+    {
+        use qforge::onnx::builder::{model, node, vi};
+        use qforge_ir::Dim;
+        let inputs = vec![vi("data", 1, &[Dim::Fixed(2), Dim::Fixed(3)]), vi("shape", 7, &[Dim::Fixed(2)])];
+        let bytes = model(17, inputs, vec![], vec![node("Reshape", &["data", "shape"], &["y"], vec![])], &["y"]);
+        std::fs::write(&reshape, bytes).expect("reshape model");
+    }
+    let i64s = |v: Vec<i64>| qforge_ir::Tensor::new(vec![v.len()], qforge_ir::TensorData::I64(v)).expect("i64");
     let f = Files {
         model: s(&asset("digits_cnn.onnx")),
         calib: s(&asset("digits_calib_x.npy")),
@@ -132,7 +151,16 @@ fn files(dir: &Path) -> Files {
         qconfig_typo: s(&typo),
         qconfig_regex_typo: s(&regex_typo),
         artifact: s(&artifact),
+        reshape: s(&reshape),
+        data: write_npy("data.npy", &qforge_ir::Tensor::from_f32(vec![2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0])),
+        shape: write_npy("shape.npy", &i64s(vec![3, 2])),
+        shape_other: write_npy("shape_other.npy", &i64s(vec![6, 1])),
+        shape_f32: write_npy("shape_f32.npy", &qforge_ir::Tensor::from_f32(vec![2], vec![3.0, 2.0])),
+        shape_3: write_npy("shape_3.npy", &i64s(vec![3, 2, 1])),
+        reshape_artifact: s(&dir.join("reshape.qfa")),
     };
+    let o = qforge(&["compile", &f.reshape, "--specialize", &format!("shape={}", f.shape), "-o", &f.reshape_artifact]);
+    assert_eq!(o.code, Some(0), "the specialized artifact for the cases: {}", o.stderr);
     let o = qforge(&["compile", &f.model, "--quantize", "int8", "--calib", &f.calib, "-o", &f.artifact]);
     assert_eq!(o.code, Some(0), "the artifact for the cases: {}", o.stderr);
     // a temporary file left by a compile that was killed (no process has this id)
@@ -148,7 +176,138 @@ fn cases(d: &Path, f: &Files) -> Vec<Case> {
         a
     };
     let missing_dir = s(&d.join("missing/m.qfa"));
+    let data = format!("data={}", f.data);
+    let shape = |file: &str| format!("shape={file}");
     vec![
+        // an input the IR needs as a constant, fed as a graph input: `run` compiles the model for
+        // the value given, on either engine, and says so; other commands take --specialize
+        Case {
+            name: "run specializes on an input the model needs as a constant (JIT)",
+            args: strs(&["run", &f.reshape, "--input", &data, "--input", &shape(&f.shape), "--output", &out("r.npy")]),
+            expect: Expect {
+                stdout: &["wrote `{dir}/r.npy` (f32[3, 2], {size})"],
+                stderr: &["note: input `shape` is specialized: the model is compiled for its value"],
+                ..Expect::default()
+            },
+            after: Some(|d| {
+                let y = qforge::npy::read(&d.join("r.npy")).expect("r.npy");
+                assert_eq!((y.shape(), y.to_f32_vec()), (&[3usize, 2][..], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+            }),
+        },
+        Case {
+            name: "run specializes on an input the model needs as a constant (interpreter, positional)",
+            args: strs(&[
+                "run",
+                &f.reshape,
+                "--input",
+                &f.data,
+                "--input",
+                &f.shape_other,
+                "--output",
+                &out("r2.npy"),
+                "--engine",
+                "interp",
+            ]),
+            expect: Expect {
+                stdout: &["wrote `{dir}/r2.npy` (f32[6, 1], {size})"],
+                stderr: &["note: input `shape` is specialized: the model is compiled for its value"],
+                ..Expect::default()
+            },
+            after: None,
+        },
+        Case {
+            name: "an input needed as a constant and not given names --specialize",
+            args: strs(&["compile", &f.reshape, "--report"]),
+            expect: Expect {
+                code: 1,
+                error: Some(
+                    "error: node `Reshape_0` (Reshape): input `shape` (shape) must be a constant (or computed from \
+                     constants or input shapes), but it is computed at run time: it is a graph input (to compile the \
+                     model for one value of it, give that value: --specialize shape=FILE.npy)",
+                ),
+                ..Expect::default()
+            },
+            after: None,
+        },
+        Case {
+            name: "an artifact specialized by --specialize runs with the value it was compiled for",
+            args: strs(&[
+                "run",
+                &f.reshape_artifact,
+                "--input",
+                &data,
+                "--input",
+                &shape(&f.shape),
+                "--output",
+                &out("a1.npy"),
+            ]),
+            expect: Expect { stdout: &["wrote `{dir}/a1.npy` (f32[3, 2], {size})"], ..Expect::default() },
+            after: None,
+        },
+        Case {
+            name: "an artifact specialized by --specialize runs without the specialized input",
+            args: strs(&["run", &f.reshape_artifact, "--input", &f.data, "--output", &out("a2.npy")]),
+            expect: Expect { stdout: &["wrote `{dir}/a2.npy` (f32[3, 2], {size})"], ..Expect::default() },
+            after: None,
+        },
+        Case {
+            name: "an artifact specialized by --specialize refuses another value",
+            args: strs(&[
+                "run",
+                &f.reshape_artifact,
+                "--input",
+                &data,
+                "--input",
+                &shape(&f.shape_other),
+                "--output",
+                &out("a3.npy"),
+            ]),
+            expect: Expect {
+                code: 1,
+                error: Some(
+                    "error: --input gives input `shape` a value other than the one the model was compiled for \
+                     (specialized on i64[2] [3, 2]); recompile with --specialize shape=... to run it on another",
+                ),
+                ..Expect::default()
+            },
+            after: None,
+        },
+        Case {
+            name: "a specialized value of the wrong type",
+            args: strs(&["compile", &f.reshape, "--specialize", &shape(&f.shape_f32), "--report"]),
+            expect: Expect {
+                code: 1,
+                error: Some(
+                    "error: cannot specialize input `shape`: the model declares it i64[2], the value given is f32[2]",
+                ),
+                ..Expect::default()
+            },
+            after: None,
+        },
+        Case {
+            name: "a specialized value of the wrong shape",
+            args: strs(&["graph", &f.reshape, "--specialize", &shape(&f.shape_3), "-o", &out("g.dot")]),
+            expect: Expect {
+                code: 1,
+                error: Some(
+                    "error: cannot specialize input `shape`: the model declares it i64[2], the value given is i64[3]",
+                ),
+                ..Expect::default()
+            },
+            after: None,
+        },
+        Case {
+            name: "--specialize naming no input",
+            args: strs(&["compile", &f.reshape, "--specialize", &format!("shap={}", f.shape), "--report"]),
+            expect: Expect {
+                code: 1,
+                error: Some(
+                    "error: cannot specialize input `shap`: the model has no such input (inputs: `data`, `shape`)",
+                ),
+                ..Expect::default()
+            },
+            after: None,
+        },
         // a qconfig rule that names no node is an error naming the rule and the closest names
         Case {
             name: "qconfig glob rule names no node",

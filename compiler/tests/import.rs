@@ -325,9 +325,44 @@ fn range_of_tensor_data_is_a_clear_error() {
     let inits = vec![init("zero", &Tensor::from_i64(vec![], vec![0])), init("one", &Tensor::from_i64(vec![], vec![1]))];
     let bytes = model(17, vec![vi("x", 7, &[Dim::Fixed(3)])], inits, nodes, &["r"]);
     let e = import(&bytes).unwrap_err();
-    assert!(matches!(&e, ImportError::Node { op, .. } if op == "Range"), "{e:?}");
+    assert!(
+        matches!(&e, ImportError::NotConstant { op, sources, .. } if op == "Range" && sources[..] == ["x"]),
+        "{e:?}"
+    );
     let line = e.to_string();
     assert!(line.contains("Range") && line.contains("limit") && !line.contains('\n'), "{line}");
+}
+
+/// An input the IR needs as a constant, computed from graph inputs, is an error naming them;
+/// importing with values for them specializes the model: they become those constants, recorded
+/// in the graph at their places in the signature, and the rest stay run-time inputs.
+#[test]
+fn specializing_on_the_inputs_a_not_constant_error_names() {
+    let nodes =
+        vec![node("Cast", &["k"], &["shape"], vec![int("to", 7)]), node("Reshape", &["x", "shape"], &["y"], vec![])];
+    let inputs = vec![vi("k", 1, &[Dim::Fixed(2)]), vi("x", 1, &[Dim::Sym("N".into()), Dim::Fixed(3)])];
+    let bytes = model(17, inputs, vec![], nodes, &["y"]);
+    let e = import(&bytes).unwrap_err();
+    let ImportError::NotConstant { input, sources, .. } = &e else { panic!("{e:?}") };
+    assert_eq!((input.as_str(), &sources[..]), ("shape", &["k".to_string()][..]));
+    let with = |t: Tensor| {
+        let opts =
+            ImportOptions::default().with_specialize(BTreeMap::from([("k".to_string(), std::sync::Arc::new(t))]));
+        import_bytes_with(&bytes, "test.onnx", &opts)
+    };
+    let g = with(f32t(&[2], &[3.0, -1.0])).unwrap();
+    assert_eq!(g.inputs().iter().map(|&i| g.node(i).name.as_str()).collect::<Vec<_>>(), ["x"]);
+    let [k] = g.specialized() else { panic!("{:?}", g.specialized()) };
+    assert_eq!((k.name.as_str(), k.position), ("k", 0));
+    let y = qforge_ir::interp::run(&g, &[f32t(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])]).unwrap();
+    assert_eq!(y[0].shape(), &[3, 2]);
+    for (bad, what) in [(i64t(&[3, -1]), "i64[2]"), (f32t(&[3], &[3.0, -1.0, 1.0]), "f32[3]")] {
+        let e = with(bad).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("cannot specialize input `k`: the model declares it f32[2], the value given is {what}")
+        );
+    }
 }
 
 // ------------------------------------------------------------------------------------ malformed files

@@ -54,6 +54,31 @@ pub struct GraphOutput {
     pub value: Value,
 }
 
+/// An input of the source model that the graph was compiled for one value of ("specialized"):
+/// a model input that the IR needs as a constant (a Reshape's target shape, a Slice's bounds, a
+/// quantization scale) was given a value at import, so the graph reads it as a constant and it
+/// is not among [`Graph::inputs`]: it is not fed at run time. The value is kept so that whoever
+/// runs the graph can check a value given for that input against it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Specialized {
+    /// The input's name in the source model.
+    pub name: String,
+    /// The value the graph was compiled for (its type is the tensor's own).
+    pub value: Arc<Tensor>,
+    /// Its place among the model's declared inputs: the graph's inputs and the specialized ones
+    /// together, in the source model's order (positional inputs are bound in that order).
+    pub position: usize,
+}
+
+/// One entry of a graph's signature in declared order (see [`Graph::signature`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SignatureEntry<'a> {
+    /// A graph input, fed at run time.
+    Input(NodeId),
+    /// An input the graph was specialized on.
+    Specialized(&'a Specialized),
+}
+
 /// A dataflow graph with named inputs and outputs.
 #[derive(Clone, Debug, Default)]
 pub struct Graph {
@@ -61,6 +86,8 @@ pub struct Graph {
     g: StableDiGraph<Node, usize>,
     inputs: Vec<NodeId>,
     outputs: Vec<GraphOutput>,
+    /// Inputs of the source model fixed to a value (see [`Specialized`]), by position.
+    specialized: Vec<Specialized>,
 }
 
 impl Graph {
@@ -73,6 +100,40 @@ impl Graph {
         let id = self.add_node_unchecked(Op::Input, vec![], vec![ty], name.into());
         self.inputs.push(id);
         Value::new(id, 0)
+    }
+
+    /// Records that the source model's next declared input, `name`, is specialized on `value`
+    /// (see [`Specialized`]): it takes the next place in the signature, after the inputs and
+    /// specialized inputs added so far. Its uses read a constant the caller adds.
+    pub fn add_specialized(&mut self, name: impl Into<String>, value: Arc<Tensor>) {
+        let position = self.inputs.len() + self.specialized.len();
+        self.specialized.push(Specialized { name: name.into(), value, position });
+    }
+
+    /// The inputs the graph was specialized on, in declared order.
+    pub fn specialized(&self) -> &[Specialized] {
+        &self.specialized
+    }
+
+    /// Replaces the specialized inputs (a pass rebuilding a graph keeps those of the original,
+    /// whose inputs it copies in order). The verifier checks their positions.
+    pub fn set_specialized(&mut self, s: Vec<Specialized>) {
+        self.specialized = s;
+    }
+
+    /// The declared inputs in order: the graph's inputs with the specialized ones at their
+    /// positions. A position beyond the end (only in a graph that fails verification) comes last.
+    pub fn signature(&self) -> Vec<SignatureEntry<'_>> {
+        let mut out = Vec::with_capacity(self.inputs.len() + self.specialized.len());
+        let mut spec = self.specialized.iter().peekable();
+        for &id in &self.inputs {
+            while let Some(s) = spec.next_if(|s| s.position <= out.len()) {
+                out.push(SignatureEntry::Specialized(s));
+            }
+            out.push(SignatureEntry::Input(id));
+        }
+        out.extend(spec.map(SignatureEntry::Specialized));
+        out
     }
 
     /// Adds a constant whose type is the tensor's own (not quantized).

@@ -36,7 +36,7 @@ pub mod verify;
 
 pub use dtype::{DType, ParseDTypeError};
 pub use error::{IrError, Result};
-pub use graph::{Graph, GraphOutput, Node, NodeId, Value};
+pub use graph::{Graph, GraphOutput, Node, NodeId, SignatureEntry, Specialized, Value};
 pub use infer::InferError;
 pub use limits::{Allocation, DEFAULT_MAX_TENSOR_BYTES};
 pub use op::{

@@ -6,7 +6,8 @@ use std::collections::HashSet;
 
 /// Checks the graph: outputs exist, no cycle, every node's inputs exist and are of the arity its op
 /// allows, every node's result types are what [`infer::infer`] derives from its inputs, quantization
-/// parameters are valid, constants match their types, and input and output names are unique.
+/// parameters are valid, constants match their types, input and output names are unique, and
+/// specialized inputs are in order within the signature.
 pub fn verify(g: &Graph) -> Result<()> {
     if g.outputs().is_empty() {
         return Err(IrError::Graph("the graph has no outputs".into()));
@@ -20,6 +21,21 @@ pub fn verify(g: &Graph) -> Result<()> {
         if !names.insert(n.name.as_str()) {
             return Err(IrError::Graph(format!("duplicate graph input `{}`", n.name)));
         }
+    }
+    let mut last = None;
+    for s in g.specialized() {
+        if !names.insert(s.name.as_str()) {
+            return Err(IrError::Graph(format!("duplicate graph input `{}` (specialized)", s.name)));
+        }
+        if last.is_some_and(|p| s.position <= p) || s.position >= g.inputs().len() + g.specialized().len() {
+            return Err(IrError::Graph(format!(
+                "specialized input `{}` is at position {}, out of order or beyond the {} declared inputs",
+                s.name,
+                s.position,
+                g.inputs().len() + g.specialized().len()
+            )));
+        }
+        last = Some(s.position);
     }
     let mut out_names = HashSet::new();
     for o in g.outputs() {

@@ -29,8 +29,8 @@ fn kind(e: &ImportError) -> Kind {
     match e {
         ImportError::Io { .. } | ImportError::Decode { .. } => Kind::Decode,
         ImportError::Unsupported { .. } | ImportError::OpVersion { .. } => Kind::Unsupported,
-        ImportError::Node { .. } => Kind::Node,
-        ImportError::Model(_) | ImportError::Initializer { .. } => Kind::Model,
+        ImportError::Node { .. } | ImportError::NotConstant { .. } => Kind::Node,
+        ImportError::Model(_) | ImportError::Initializer { .. } | ImportError::Specialize { .. } => Kind::Model,
         // The importer reports a node's type errors as `Node`, with the ONNX op; what reaches
         // here from the IR concerns the graph as a whole.
         ImportError::Ir(_) => Kind::IrGraph,

@@ -2,16 +2,20 @@
 
 use crate::artifact::Source;
 use crate::files;
+use crate::onnx::ImportError;
 use crate::options::PipelineOptions;
 use anyhow::{bail, Context, Result};
-use qforge_ir::{Graph, Tensor};
+use qforge_ir::{Graph, SignatureEntry, Tensor};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     model: PathBuf,
     /// An input: `X.npy` for the next graph input in order, or `NAME=X.npy` (none for a model
-    /// without graph inputs).
+    /// without graph inputs). An input the model needs as a constant (a Reshape's shape, a
+    /// Slice's bounds) specializes the model on the value given: it is compiled for it.
     #[arg(long, value_name = "[NAME=]X.npy")]
     input: Vec<String>,
     /// Where to write the outputs, one per graph output in order.
@@ -25,7 +29,15 @@ pub fn run(a: Args) -> Result<()> {
     for o in &a.output {
         files::check_output(o, "--output")?;
     }
-    let source = Source::open(&a.model, &a.pipeline)?;
+    let (source, specialized) = open(&a)?;
+    match specialized.as_slice() {
+        [] => {}
+        [one] => eprintln!("note: input `{one}` is specialized: the model is compiled for its value"),
+        many => eprintln!(
+            "note: inputs {} are specialized: the model is compiled for their values",
+            many.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+        ),
+    }
     let n_out = source.graph().outputs().len();
     if a.output.len() > n_out {
         bail!("{} --output files for the model's {n_out} outputs", a.output.len());
@@ -50,10 +62,50 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-/// Pairs `[NAME=]path` arguments with graph inputs: named ones by name, the rest in order.
-pub fn bind_inputs(g: &Graph, args: &[String]) -> Result<Vec<Tensor>> {
-    let names: Vec<String> = g.inputs().iter().map(|&i| g.node(i).name.clone()).collect();
-    let mut slots: Vec<Option<Tensor>> = vec![None; names.len()];
+/// MODEL opened; an ONNX model that needs as a constant an input computed from graph inputs the
+/// user gave with `--input` is imported again specialized on those values (only those inputs:
+/// the others stay run-time inputs), until it imports or needs an input not given. Returns the
+/// inputs specialized that way.
+fn open(a: &Args) -> Result<(Source, Vec<String>)> {
+    let mut more: BTreeMap<String, Arc<Tensor>> = BTreeMap::new();
+    let mut given: Option<BTreeMap<String, PathBuf>> = None;
+    loop {
+        let e = match Source::open_specialized(&a.model, &a.pipeline, &more) {
+            Ok(s) => return Ok((s, more.into_keys().collect())),
+            Err(e) => e,
+        };
+        let Some(ImportError::NotConstant { sources, .. }) = e.downcast_ref::<ImportError>() else { return Err(e) };
+        let given = match &mut given {
+            Some(g) => g,
+            None => given.insert(given_paths(&a.model, &a.input)?),
+        };
+        let new: Vec<&String> = sources.iter().filter(|s| !more.contains_key(*s)).collect();
+        if new.is_empty() || !new.iter().all(|s| given.contains_key(*s)) {
+            return Err(e);
+        }
+        for name in new {
+            more.insert(name.clone(), Arc::new(crate::npy::read(&given[name])?));
+        }
+    }
+}
+
+/// The files `--input` gives for the ONNX model's declared inputs, by name (positional ones in
+/// the declared order), for [`open`].
+fn given_paths(model: &Path, args: &[String]) -> Result<BTreeMap<String, PathBuf>> {
+    let names = crate::onnx::input_names_of_file(model)?;
+    let mut out = BTreeMap::new();
+    for (slot, path) in assign(&names, args)?.into_iter().enumerate() {
+        if let Some(p) = path {
+            out.insert(names[slot].clone(), PathBuf::from(p));
+        }
+    }
+    Ok(out)
+}
+
+/// Pairs `[NAME=]path` arguments with the declared inputs `names`: named ones by name, the rest in
+/// order. Returns each input's path, if given.
+fn assign<'a>(names: &[String], args: &'a [String]) -> Result<Vec<Option<&'a str>>> {
+    let mut slots: Vec<Option<&str>> = vec![None; names.len()];
     let mut next = 0;
     for a in args {
         let (slot, path) = match a.split_once('=') {
@@ -77,11 +129,34 @@ pub fn bind_inputs(g: &Graph, args: &[String]) -> Result<Vec<Tensor>> {
         if slots[slot].is_some() {
             bail!("input `{}` given twice", names[slot]);
         }
-        slots[slot] = Some(crate::npy::read(Path::new(path))?);
+        slots[slot] = Some(path);
     }
-    slots
-        .into_iter()
-        .zip(&names)
-        .map(|(t, n)| t.with_context(|| format!("no --input for the model's input `{n}`")))
-        .collect()
+    Ok(slots)
+}
+
+/// Pairs `[NAME=]path` arguments with the graph's declared inputs (its signature, specialized
+/// inputs included): named ones by name, the rest in order. A value given for a specialized
+/// input must be the one the graph was compiled for; the result holds the run-time inputs only.
+pub fn bind_inputs(g: &Graph, args: &[String]) -> Result<Vec<Tensor>> {
+    let sig = g.signature();
+    let names: Vec<String> = sig
+        .iter()
+        .map(|e| match e {
+            SignatureEntry::Input(id) => g.node(*id).name.clone(),
+            SignatureEntry::Specialized(s) => s.name.clone(),
+        })
+        .collect();
+    let paths = assign(&names, args)?;
+    let mut out = vec![];
+    for ((entry, path), name) in sig.iter().zip(paths).zip(&names) {
+        match (entry, path) {
+            (SignatureEntry::Input(_), Some(p)) => out.push(crate::npy::read(Path::new(p))?),
+            (SignatureEntry::Input(_), None) => bail!("no --input for the model's input `{name}`"),
+            (SignatureEntry::Specialized(_), Some(p)) => {
+                crate::artifact::check_specialized(g, name, &crate::npy::read(Path::new(p))?, "--input")?;
+            }
+            (SignatureEntry::Specialized(_), None) => {}
+        }
+    }
+    Ok(out)
 }

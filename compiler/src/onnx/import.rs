@@ -295,14 +295,15 @@ impl Importer {
         Some(outs)
     }
 
-    /// The graph inputs a value is computed from (at most a few, in the order found), for
-    /// errors about inputs that qforge needs at import but the model computes at run time.
+    /// The graph inputs a value is computed from (every one, in the order found), for errors
+    /// about inputs that qforge needs at import but the model computes at run time: a caller
+    /// holding their values can specialize the model on them.
     pub fn run_time_sources(&self, v: Value) -> Vec<String> {
         let mut seen = HashSet::new();
         let mut stack = vec![v.node];
         let mut found = vec![];
         while let Some(n) = stack.pop() {
-            if found.len() >= 3 || !seen.insert(n) {
+            if !seen.insert(n) {
                 continue;
             }
             let node = self.g.node(n);
@@ -357,7 +358,7 @@ pub fn import_model_with(model: &ModelProto, origin: &str, opts: &ImportOptions)
         sym_src: HashMap::new(),
     };
     add_initializers(&mut im, graph)?;
-    add_inputs(&mut im, graph)?;
+    add_inputs(&mut im, graph, &opts.specialize)?;
     for (index, node) in graph.node.iter().enumerate() {
         let base = if node.name.is_empty() { format!("{}_{index}", node.op_type) } else { node.name.clone() };
         let name = im.fresh_name(&base);
@@ -436,8 +437,31 @@ fn add_initializers(im: &mut Importer, graph: &GraphProto) -> Result<(), ImportE
 
 /// Graph inputs that are not initializers (IR 3 models list every initializer as an input too;
 /// from IR 4 on an initializer that is also an input is a default the caller may override,
-/// which qforge treats as a constant).
-fn add_inputs(im: &mut Importer, graph: &GraphProto) -> Result<(), ImportError> {
+/// which qforge treats as a constant). An input with a value in `specialize` becomes that
+/// constant, recorded in the graph as specialized (see [`ImportOptions::specialize`]).
+fn add_inputs(
+    im: &mut Importer,
+    graph: &GraphProto,
+    specialize: &std::collections::BTreeMap<String, Arc<Tensor>>,
+) -> Result<(), ImportError> {
+    for name in specialize.keys() {
+        let err = |msg: String| ImportError::Specialize { name: name.clone(), msg };
+        if im.inits.contains_key(name) {
+            return Err(err("it has an initializer, so qforge already compiles the model for that value".into()));
+        }
+        if !graph.input.iter().any(|vi| vi.name == *name) {
+            let names: Vec<String> = graph
+                .input
+                .iter()
+                .filter(|vi| !im.inits.contains_key(&vi.name))
+                .map(|vi| format!("`{}`", vi.name))
+                .collect();
+            return Err(err(format!(
+                "the model has no such input (inputs: {})",
+                if names.is_empty() { "none".to_string() } else { names.join(", ") }
+            )));
+        }
+    }
     for vi in &graph.input {
         if im.inits.contains_key(&vi.name) {
             continue;
@@ -450,6 +474,14 @@ fn add_inputs(im: &mut Importer, graph: &GraphProto) -> Result<(), ImportError> 
         }
         let ty = input_type(vi)?;
         im.names.insert(vi.name.clone());
+        if let Some(t) = specialize.get(&vi.name) {
+            check_specialized(&vi.name, &ty, t)?;
+            // The constant takes the input's name: its uses read the value the model is compiled for.
+            let c = im.g.add_const(vi.name.clone(), (**t).clone());
+            im.g.add_specialized(vi.name.clone(), t.clone());
+            im.values.insert(vi.name.clone(), c);
+            continue;
+        }
         let syms: Vec<(usize, String)> = ty
             .shape
             .0
@@ -477,6 +509,22 @@ fn add_inputs(im: &mut Importer, graph: &GraphProto) -> Result<(), ImportError> 
         }
     }
     Ok(())
+}
+
+/// A value given for a graph input of declared type `ty` must have its element type and rank,
+/// and its size on every fixed dim (a symbolic dim takes any size).
+fn check_specialized(name: &str, ty: &TensorType, t: &Tensor) -> Result<(), ImportError> {
+    let fits = t.dtype() == ty.dtype
+        && t.rank() == ty.shape.0.len()
+        && ty.shape.0.iter().zip(t.shape()).all(|(d, &n)| d.fixed().is_none_or(|f| f == n));
+    if fits {
+        return Ok(());
+    }
+    let dims: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
+    Err(ImportError::Specialize {
+        name: name.to_string(),
+        msg: format!("the model declares it {ty}, the value given is {}[{}]", t.dtype(), dims.join(",")),
+    })
 }
 
 /// The type of a graph input. A dimension with a `dim_param` becomes that symbol; a first

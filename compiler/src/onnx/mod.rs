@@ -13,13 +13,17 @@
 //! * [`export`]: QDQ ONNX export. [`builder`]: small models in code (tests, fuzzing).
 //!
 //! Entry points: [`import_file`] and [`import_bytes`] (default options), [`import_file_with`] and
-//! [`import_bytes_with`] taking [`ImportOptions`] (the tensor size limit). Errors are
-//! [`ImportError`] values, one line each.
+//! [`import_bytes_with`] taking [`ImportOptions`] (the tensor size limit, values of graph inputs
+//! to specialize the model on). Errors are [`ImportError`] values, one line each; an input the
+//! IR needs as a constant but the model computes from graph inputs is
+//! [`ImportError::NotConstant`], naming those inputs, so a caller holding their values can import
+//! again specializing on them.
 //!
 //! Default-domain opsets 9 to 28 are imported, plus the `com.microsoft` ops that ONNX Runtime's
 //! quantization tools emit (QGemm, QLinearGlobalAveragePool, QLinearAveragePool, QLinearAdd,
 //! QLinearMul, QLinearConcat) and Gelu. Quantization parameters of QuantizeLinear,
-//! DequantizeLinear and the QLinear* ops must be constants; they become part of the value types.
+//! DequantizeLinear and the QLinear* ops must be constants (or specialized graph inputs); they
+//! become part of the value types.
 
 mod attrs;
 pub mod builder;
@@ -35,8 +39,10 @@ pub use import::{import_model, import_model_with, MAX_OPSET, MIN_OPSET};
 pub use ops::default_domain_ops;
 
 use prost::Message;
-use qforge_ir::Graph;
+use qforge_ir::{Graph, Tensor};
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// What can go wrong importing a model. Each message is one line. An error wrapped inside
 /// another is either its `source()` or part of its message, never both (a chain printed with its
@@ -69,6 +75,21 @@ pub enum ImportError {
     /// (the ONNX name, or `{op}_{index}` for an unnamed node), `op` its ONNX op type.
     #[error("node `{node}` ({op}): {msg}")]
     Node { node: String, op: String, msg: String },
+    /// Input `input` (`what`) of a node must be a constant (the IR keeps it as an attribute or a
+    /// type: a shape, axes, bounds, quantization parameters), but the model computes it at run
+    /// time, from the graph inputs `sources` (empty when it comes from none, such as a random
+    /// op's result; boxed to keep the error small). Giving those inputs values ([`ImportOptions::specialize`]) compiles the
+    /// model for them, and the input becomes a constant.
+    #[error(
+        "node `{node}` ({op}): input `{input}` ({what}) must be a constant (or computed from constants or input \
+         shapes), but it is computed {}",
+        computed_from(input, sources)
+    )]
+    NotConstant { node: String, op: String, input: String, what: String, sources: Box<[String]> },
+    /// [`ImportOptions::specialize`] gives a value for `name` that does not fit the model: not a
+    /// graph input, or not of its declared type.
+    #[error("cannot specialize input `{name}`: {msg}")]
+    Specialize { name: String, msg: String },
     /// An initializer cannot be read (its message is part of this one, not a `source()`).
     #[error("initializer `{name}`: {error}")]
     Initializer { name: String, error: tensors::TensorError },
@@ -80,9 +101,23 @@ pub enum ImportError {
     Ir(#[from] qforge_ir::IrError),
 }
 
+/// Where a run-time input comes from, and how to make it a constant, for
+/// [`ImportError::NotConstant`].
+fn computed_from(input: &str, sources: &[String]) -> String {
+    let quoted = |v: &[String]| v.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+    let from = match sources {
+        [] => return "at run time".to_string(),
+        [one] if one == input => "at run time: it is a graph input".to_string(),
+        [_] => format!("at run time from graph input {}", quoted(sources)),
+        _ => format!("at run time from graph inputs {}", quoted(sources)),
+    };
+    let flags: Vec<String> = sources.iter().map(|n| format!("--specialize {n}=FILE.npy")).collect();
+    format!("{from} (to compile the model for one value of it, give that value: {})", flags.join(" "))
+}
+
 /// How to import a model: `ImportOptions::default().with_max_tensor_bytes(n)` (building from the
 /// default keeps callers compiling when options are added).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ImportOptions {
     /// The largest tensor the importer materializes, in bytes: each initializer, `Constant` and
     /// `ConstantOfShape`, and constants folded at import (a fold that would exceed it stays a
@@ -91,11 +126,18 @@ pub struct ImportOptions {
     /// `--max-tensor-bytes`, the command-line flag that sets it. Default: 2 GiB
     /// ([`tensors::MAX_TENSOR_BYTES`], the same as the IR's default limit).
     pub max_tensor_bytes: u64,
+    /// Values for graph inputs, by name: each such input is imported as the constant it is given
+    /// ("specialization": the model is compiled for that one value, as the JIT compiles one
+    /// program per input shape), so what it feeds (a Reshape's shape, a Slice's bounds, a
+    /// scale) is a constant at import. The value must have the input's declared element type
+    /// and dims (a symbolic dim takes any size). The graph records it
+    /// ([`qforge_ir::Graph::specialized`]) in place of the input, which is not fed at run time.
+    pub specialize: BTreeMap<String, Arc<Tensor>>,
 }
 
 impl Default for ImportOptions {
     fn default() -> Self {
-        ImportOptions { max_tensor_bytes: tensors::MAX_TENSOR_BYTES as u64 }
+        ImportOptions { max_tensor_bytes: tensors::MAX_TENSOR_BYTES as u64, specialize: BTreeMap::new() }
     }
 }
 
@@ -103,6 +145,13 @@ impl ImportOptions {
     /// These options with the size limit `bytes` (see [`ImportOptions::max_tensor_bytes`]).
     pub fn with_max_tensor_bytes(mut self, bytes: u64) -> ImportOptions {
         self.max_tensor_bytes = bytes;
+        self
+    }
+
+    /// These options with the graph inputs of `values` specialized on them (see
+    /// [`ImportOptions::specialize`]).
+    pub fn with_specialize(mut self, values: BTreeMap<String, Arc<Tensor>>) -> ImportOptions {
+        self.specialize = values;
         self
     }
 }
@@ -121,6 +170,17 @@ pub fn import_file_with(path: &Path, opts: &ImportOptions) -> Result<Graph, Impo
         g.name = stem.to_string();
     }
     Ok(g)
+}
+
+/// The names of an ONNX file's graph inputs that are not initializers, in declared order: the
+/// inputs a caller feeds (and may specialize the model on).
+pub fn input_names_of_file(path: &Path) -> Result<Vec<String>, ImportError> {
+    let bytes = std::fs::read(path).map_err(|source| ImportError::Io { path: path.display().to_string(), source })?;
+    let model = proto::ModelProto::decode(bytes.as_slice())
+        .map_err(|e| ImportError::Decode { path: path.display().to_string(), msg: e.to_string() })?;
+    let Some(g) = model.graph else { return Ok(vec![]) };
+    let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    Ok(g.input.iter().filter(|vi| !inits.contains(vi.name.as_str())).map(|vi| vi.name.clone()).collect())
 }
 
 /// Imports an ONNX model from its protobuf bytes with the default [`ImportOptions`]; `origin`

@@ -27,6 +27,24 @@ pub(super) fn parse(text: &str) -> Result<Graph> {
 /// Checks the quantization parameters of a declared type (a graph input or a constant, whose
 /// types no inference checks): valid, and per-axis ones on an axis of the shape with one pair per
 /// index.
+/// The fixed dims of a constant's type (`what` in the error).
+fn fixed_dims(ty: &TensorType, what: &str, ty_pos: Pos) -> Result<Vec<usize>> {
+    ty.shape
+        .as_fixed()
+        .ok_or_else(|| ty_pos.err(format!("{what}: a constant's type must have a fixed shape, got {}", type_str(ty))))
+}
+
+/// The tensor of `data` read for a constant of type `ty` with fixed `dims`, which must hold
+/// exactly that many values.
+fn tensor_of(ty: &TensorType, dims: Vec<usize>, data: TensorData, what: &str, data_pos: Pos) -> Result<Tensor> {
+    let n = data.len();
+    let want = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    Tensor::new(dims, data).ok_or_else(|| {
+        let want = want.map_or("more than fit in memory".to_string(), |w| w.to_string());
+        data_pos.err(format!("{what} has {n} values, but its type {} holds {want}", type_str(ty)))
+    })
+}
+
 fn check_quant(t: &TensorType) -> std::result::Result<(), QuantError> {
     let Some(q) = &t.quant else { return Ok(()) };
     q.check()?;
@@ -291,8 +309,29 @@ impl<'a> Parser<'a> {
                 let ty_pos = self.pos();
                 let ty = self.ty()?;
                 check_quant(&ty).map_err(|e| ty_pos.err(format!("graph input {r}: {}", quant_message(&e))))?;
-                let v = g.add_input(name, ty);
-                self.values.insert(r, v);
+                if matches!(self.tok.tok, Tok::Digest(_)) {
+                    return Err(self.pos().err(format!(
+                        "specialized input {r} is printed in summary form and cannot be parsed; print with full \
+                         constants"
+                    )));
+                }
+                if self.eat(&Tok::Eq)? {
+                    // `%name: TYPE = [values]`: an input the graph was specialized on.
+                    let what = format!("specialized input {r}");
+                    let data_pos = self.pos();
+                    let data = self.const_data(ty.dtype)?;
+                    let t = tensor_of(&ty, fixed_dims(&ty, &what, ty_pos)?, data, &what, data_pos)?;
+                    if ty.quant.is_some() {
+                        return Err(ty_pos.err(format!("specialized input {r} cannot have a quantized type")));
+                    }
+                    if g.specialized().iter().any(|s| s.name == name) {
+                        return Err(pos.err(format!("graph input {r} is declared twice")));
+                    }
+                    g.add_specialized(name, std::sync::Arc::new(t));
+                } else {
+                    let v = g.add_input(name, ty);
+                    self.values.insert(r, v);
+                }
                 if self.eat(&Tok::RParen)? {
                     break;
                 }
@@ -493,16 +532,10 @@ impl<'a> Parser<'a> {
         let data_pos = self.pos();
         let data = self.const_data(ty.dtype)?;
         let (name, from) = self.node_name()?;
-        let dims = ty.shape.as_fixed().ok_or_else(|| {
-            ty_pos.err(format!("constant {r}: a constant's type must have a fixed shape, got {}", type_str(&ty)))
-        })?;
-        check_quant(&ty).map_err(|e| ty_pos.err(format!("constant {r}: {}", quant_message(&e))))?;
-        let n = data.len();
-        let t = Tensor::new(dims.clone(), data).ok_or_else(|| {
-            let want = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-            let want = want.map_or("more than fit in memory".to_string(), |w| w.to_string());
-            data_pos.err(format!("constant {r} has {n} values, but its type {} holds {want}", type_str(&ty)))
-        })?;
+        let what = format!("constant {r}");
+        let dims = fixed_dims(&ty, &what, ty_pos)?;
+        check_quant(&ty).map_err(|e| ty_pos.err(format!("{what}: {}", quant_message(&e))))?;
+        let t = tensor_of(&ty, dims, data, &what, data_pos)?;
         let v = g.add_const_typed(name, t, ty);
         g.node_mut(v.node).from = from;
         self.values.insert(r, v);

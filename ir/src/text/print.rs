@@ -1,7 +1,9 @@
 //! The printer: nodes in the canonical schedule, results renumbered `%0, %1, ...` in print order.
 
 use super::{name, ops, quote, ConstMode};
-use crate::{Dim, Graph, IrError, Node, NodeId, Op, QuantParams, Tensor, TensorData, TensorType, Value};
+use crate::{
+    Dim, Graph, IrError, Node, NodeId, Op, QuantParams, SignatureEntry, Tensor, TensorData, TensorType, Value,
+};
 use std::collections::HashMap;
 use std::fmt::Write;
 
@@ -69,15 +71,31 @@ pub(super) fn print(g: &Graph, mode: ConstMode) -> Result<String> {
     let mut s = String::new();
 
     let _ = write!(s, "graph {}(", name(&g.name));
-    for (i, &id) in g.inputs().iter().enumerate() {
+    for (i, entry) in g.signature().into_iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        let id = match entry {
+            SignatureEntry::Input(id) => id,
+            SignatureEntry::Specialized(sp) => {
+                // `%name: TYPE = [values]`: an input the graph was compiled for one value of.
+                let t = &sp.value;
+                let _ = write!(s, "%{}: ", name(&sp.name));
+                write_type(&mut s, &TensorType::new(t.dtype(), t.ir_shape()));
+                if inline(mode, t) {
+                    s.push_str(" = ");
+                    write_data(&mut s, t);
+                } else {
+                    write_summary(&mut s, t);
+                }
+                continue;
+            }
+        };
         let n = node_at(g, id)?;
         let ty = match (&n.op, n.outputs.as_slice()) {
             (Op::Input, [ty]) => ty,
             _ => return Err(IrError::Graph(format!("graph input `{}` is not an input node with one result", n.name))),
         };
-        if i > 0 {
-            s.push_str(", ");
-        }
         let r = format!("%{}", name(&n.name));
         let _ = write!(s, "{r}: {}", type_str(ty));
         names.insert(Value::new(id, 0), r);
@@ -117,11 +135,7 @@ pub(super) fn print(g: &Graph, mode: ConstMode) -> Result<String> {
             };
             s.push(' ');
             write_type(&mut s, ty);
-            let inline = match mode {
-                ConstMode::Full => true,
-                ConstMode::Summary { inline_limit } => t.len() <= inline_limit,
-            };
-            if inline {
+            if inline(mode, t) {
                 s.push_str(" = ");
                 write_data(&mut s, t);
             } else {
@@ -180,6 +194,14 @@ pub(super) fn print(g: &Graph, mode: ConstMode) -> Result<String> {
     }
     s.push_str("\n}\n");
     Ok(s)
+}
+
+/// Whether a constant prints its values (else its summary).
+fn inline(mode: ConstMode, t: &Tensor) -> bool {
+    match mode {
+        ConstMode::Full => true,
+        ConstMode::Summary { inline_limit } => t.len() <= inline_limit,
+    }
 }
 
 /// `[v, v, ...]`, flat and row-major.

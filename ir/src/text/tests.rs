@@ -208,6 +208,33 @@ fn constant_problems() {
     assert_err(text, 1, 13, "graph input %x: 2 per-axis scales for axis 0 of size N");
 }
 
+/// An input the graph was specialized on prints in the signature, at its place, with its value;
+/// it is not a graph input and parses back as the same record.
+#[test]
+fn specialized_inputs() {
+    let text = "\
+graph g(%a: f32[2,3], %k: i64[2] = [3, 2], %x: f32[2,3]) -> (y: f32[2,3]) {
+  %0 = add %a, %x : f32[2,3]  # \"s\"
+  return %0
+}
+";
+    let g = parse(text).unwrap();
+    assert_eq!(g.inputs().len(), 2);
+    let [k] = g.specialized() else { panic!("one specialized input: {:?}", g.specialized()) };
+    assert_eq!((k.name.as_str(), k.position, k.value.to_i64_vec()), ("k", 1, Some(vec![3, 2])));
+    assert_eq!(print(&g, ConstMode::Full).unwrap(), text);
+    let big = text.replace("i64[2] = [3, 2]", "i64[20] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]");
+    let summary = print_default(&parse(&big).unwrap()).unwrap();
+    assert!(summary.starts_with("graph g(%a: f32[2,3], %k: i64[20] #"), "{summary}");
+    let line = summary.lines().next().unwrap().to_string();
+    assert_err(&format!("{line}\n  return %a\n}}\n"), 1, 35, "specialized input %k is printed in summary form");
+    let sig = |decl: &str| format!("graph g(%a: f32[2], {decl}) -> (y: f32[2]) {{\n  return %a\n}}\n");
+    assert_err(&sig("%k: i64[3] = [1, 2]"), 1, 34, "specialized input %k has 2 values, but its type i64[3] holds 3");
+    assert_err(&sig("%k: i64[N] = [1]"), 1, 25, "fixed shape");
+    assert_err(&sig("%a: i64[1] = [1]"), 1, 21, "graph input %a is declared twice");
+    assert!(parse(&sig("%k: u8<0.5:0>[1] = [1]")).is_err());
+}
+
 #[test]
 fn node_names_and_origins() {
     assert_err(&around("  %0 = relu %x : f32[2,3]"), 3, 3, "expected `# \"name\"`");

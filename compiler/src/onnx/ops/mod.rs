@@ -320,30 +320,25 @@ impl<'a> Cx<'a> {
     }
 
     /// The error for input `name` (`what`) that qforge needs at import but the model computes at
-    /// run time (or does not define).
+    /// run time ([`ImportError::NotConstant`], naming the graph inputs it comes from), or does
+    /// not define.
     fn not_constant(&self, name: &str, what: &str) -> ImportError {
         if !self.im.knows(name) {
             return self.err(format!(
                 "input `{name}` ({what}) is not defined by an earlier node, an initializer or a graph input"
             ));
         }
-        let from = match self.im.bound(name) {
+        let sources = match self.im.bound(name) {
             Some(v) => self.im.run_time_sources(v),
             None => vec![],
         };
-        let from = match from.as_slice() {
-            [] => "at run time".to_string(),
-            [one] if one == name => "at run time: it is a graph input".to_string(),
-            names => format!(
-                "at run time from graph input{} {}",
-                if names.len() > 1 { "s" } else { "" },
-                names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
-            ),
-        };
-        self.err(format!(
-            "input `{name}` ({what}) must be a constant (or computed from constants or input shapes), but it is \
-             computed {from}"
-        ))
+        ImportError::NotConstant {
+            node: self.at.name.clone(),
+            op: self.at.op.clone(),
+            input: name.to_string(),
+            what: what.to_string(),
+            sources: sources.into(),
+        }
     }
 
     fn opt_ints_input(&self, i: usize, what: &str) -> R<Option<Vec<i64>>> {
