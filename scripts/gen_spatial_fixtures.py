@@ -15,7 +15,7 @@ an ordinary scale), exported with `torch.onnx.export(..., dynamo=False, opset_ve
 segmenter has on a symbolic image size: a reflect Pad, a stride-2 convolution with padding, a
 ceil-mode max pool, a residual add after a stride-2 branch (3x3 and 1x1 convolutions computing
 the same size), an FPN-style nearest `interpolate(scale_factor=2)` plus add, a ConvTranspose
-upsampling concatenated with a skip, and a segmentation head resized with
+upsampling concatenated with a skip, a pixel shuffle (DepthToSpace), and a segmentation head resized with
 `interpolate(size=x.shape[-2:], mode='bilinear')` back to the input's own size. Input `x`
 f32[N,3,H,W] (H and W multiples of 16), output `y` f32[N,4,H,W].
 
@@ -62,6 +62,7 @@ class Fcn(nn.Module):
         self.up = nn.ConvTranspose2d(16, 8, 2, stride=2)
         self.merge = conv_bn(16, 16, 3, padding=1)
         self.head = nn.Conv2d(16, 4, 1)
+        self.shuffle = nn.Conv2d(16, 16, 1)
 
     def forward(self, x):
         s = self.stem(F.pad(x, (1, 1, 1, 1), mode="reflect"))
@@ -71,6 +72,7 @@ class Fcn(nn.Module):
         u = torch.cat([self.up(b), p], dim=1)  # UNet-style skip
         m = self.merge(u) + f
         y = self.head(m)
+        y = F.interpolate(y, scale_factor=2.0, mode="nearest") + F.pixel_shuffle(self.shuffle(m), 2)  # DepthToSpace
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 

@@ -1435,3 +1435,137 @@ pub fn reshape_shape(input: &Shape, target: &[i64]) -> R<Shape> {
     }
     Ok(Shape(dims.into_iter().map(|d| d.expect("filled above")).collect()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CoordMode, NearestMode};
+
+    /// Every spatial op's symbolic size, evaluated at `H = n`, is the size concrete inference
+    /// gives for an input of `n`, wherever that succeeds: the symbolic stage never names a size
+    /// the concrete stage does not compute.
+    #[test]
+    fn symbolic_spatial_sizes_equal_the_concrete_ones() {
+        let x = |d: Dim| TensorType::new(DType::F32, Shape(vec![Dim::Fixed(1), Dim::Fixed(1), d]));
+        let w = |k: usize| TensorType::new(DType::F32, Shape::fixed(&[1, 1, k]));
+        let mut ops: Vec<(Op, Option<TensorType>)> = vec![];
+        for k in 1..=4 {
+            for s in 1..=3 {
+                for d in 1..=2 {
+                    for (pb, pe) in [(0, 0), (1, 0), (0, 1), (1, 1), (2, 1), (3, 3)] {
+                        let conv = ConvAttrs {
+                            kernel: vec![k],
+                            strides: vec![s],
+                            pads: vec![pb, pe],
+                            dilations: vec![d],
+                            group: 1,
+                        };
+                        ops.push((Op::Conv(conv), Some(w(k))));
+                        for ceil_mode in [false, true] {
+                            let p = PoolAttrs {
+                                kernel: vec![k],
+                                strides: vec![s],
+                                pads: vec![pb, pe],
+                                dilations: vec![d],
+                                ceil_mode,
+                                count_include_pad: false,
+                            };
+                            ops.push((Op::MaxPool(p), None));
+                        }
+                        let ct = ConvTransposeAttrs {
+                            kernel: vec![k],
+                            strides: vec![s],
+                            pads: vec![pb as i64, pe as i64 - 1],
+                            dilations: vec![d],
+                            group: 1,
+                            output_padding: vec![pb.min(s - 1)],
+                        };
+                        ops.push((Op::ConvTranspose(ct), Some(w(k))));
+                    }
+                }
+            }
+        }
+        for pads in [[1i64, 2], [-1, 0], [0, -2], [3, -1]] {
+            let p = vec![0, 0, pads[0], 0, 0, pads[1]];
+            ops.push((Op::Pad { mode: PadMode::Constant, pads: p, value: 0.0 }, None));
+        }
+        for (s, e) in [(0, i64::MAX), (2, i64::MAX), (1, -1), (0, -3), (3, -2)] {
+            ops.push((Op::Slice { starts: vec![s], ends: vec![e], axes: vec![2], steps: vec![1] }, None));
+        }
+        for scale in [2.0f32, 0.5, 1.5, 0.75, 3.0, 0.3, 1.0] {
+            let a = ResizeAttrs {
+                mode: ResizeMode::Nearest,
+                coord: CoordMode::Asymmetric,
+                nearest: NearestMode::Floor,
+                cubic_a: -0.75,
+                exclude_outside: false,
+                extrapolation: 0.0,
+                antialias: false,
+                roi: vec![],
+                target: ResizeTarget::Scales(vec![1.0, 1.0, scale]),
+            };
+            ops.push((Op::Resize(a), None));
+        }
+        for (op, wt) in &ops {
+            // the symbolic dim alone and under one derived size (a stride-2 pad-1 conv's output)
+            for base in [Dim::Sym("H".into()), Dim::Sym("H".into()).affine(1, 1, 2).unwrap()] {
+                let sym = x(base.clone());
+                let ins = [Some(&sym), wt.as_ref()];
+                let out = match infer(op, &ins, None) {
+                    Ok(t) => t[0].shape.0[2].clone(),
+                    Err(e) => {
+                        // refused symbolically only where every size is refused (invalid attributes)
+                        for n in 1..48 {
+                            let conc = x(Dim::Fixed(n));
+                            assert!(infer(op, &[Some(&conc), wt.as_ref()], None).is_err(), "{op:?} on {base}: {e}");
+                        }
+                        continue;
+                    }
+                };
+                for n in 1..48usize {
+                    let h = base.eval(&|_| Some(n)).unwrap();
+                    let conc = x(Dim::Fixed(h));
+                    let ins = [Some(&conc), wt.as_ref()];
+                    if let Ok(t) = infer(op, &ins, None) {
+                        let want = t[0].shape.0[2].fixed().unwrap();
+                        let got = out.eval(&|_| Some(n));
+                        // a slice clamps at the ends of a short dim, where `n - c` is not its length
+                        if !(matches!(op, Op::Slice { .. }) && want == 0) {
+                            assert_eq!(got, Some(want), "{op:?}: {out} at H={n} (input {h})");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Equal sizes computed by different ops are the same dim; sizes that may differ unify only
+    /// where the concrete stage can still decide.
+    #[test]
+    fn derived_sizes_are_canonical_and_unify() {
+        let h = Dim::Sym("H".into());
+        let conv3 = spatial_out(&h, 3, 2, 1, 1, 1, false).unwrap();
+        let conv1 = spatial_out(&h, 1, 2, 0, 0, 1, false).unwrap();
+        assert_eq!(conv3, conv1);
+        assert_eq!(conv3.to_string(), "(H+1)/2");
+        // a 'same' stride-1 conv keeps H; a valid 3x3 does not
+        assert_eq!(spatial_out(&h, 3, 1, 1, 1, 1, false).unwrap(), h);
+        assert_eq!(spatial_out(&h, 3, 1, 0, 0, 1, false).unwrap().to_string(), "(H-2)");
+        // nested stride-2 steps compose, products stay one factor
+        let twice = spatial_out(&conv3, 3, 2, 1, 1, 1, false).unwrap();
+        assert_eq!(twice.to_string(), "(H+3)/4");
+        let area = Dim::product(&[Dim::Sym("N".into()), twice.clone(), Dim::Fixed(16)]).unwrap();
+        assert_eq!(area.to_string(), "(H+3)/4*N*16");
+        assert_eq!(area.factors(), Some((16, vec!["(H+3)/4".to_string(), "N".to_string()])));
+        let up = twice.affine(2, 0, 1).unwrap();
+        assert_eq!(up.to_string(), "(H+3)/4*2");
+        assert_eq!(up.affine(2, 1, 1).unwrap().to_string(), "((H+3)/4*4+1)");
+        // unknown until concrete: two symbols, or a derived size and a fixed one
+        assert_eq!(unify_dims(&up, &h), Some(h.clone()));
+        assert_eq!(unify_dims(&h, &up), Some(h.clone()));
+        assert_eq!(unify_dims(&up, &Dim::Fixed(8)), Some(Dim::Fixed(8)));
+        // a real mismatch stays one
+        assert_eq!(unify_dims(&Dim::Fixed(4), &Dim::Fixed(8)), None);
+        assert_eq!(unify_dims(&Dim::Sym("N".into()), &Dim::Fixed(8)), None);
+    }
+}
