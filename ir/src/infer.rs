@@ -971,8 +971,17 @@ fn resize_shape(a: &ResizeAttrs, x: &Shape) -> R<Shape> {
                 return Ok(Shape(dims));
             }
             // The policy's scale needs every listed axis fixed; the others keep their dims.
-            let fixed: Vec<usize> =
-                axes.iter().map(|&ax| x.0[ax].fixed().ok_or_else(|| sym_err(&x.0[ax]))).collect::<R<_>>()?;
+            let fixed: Vec<usize> = axes
+                .iter()
+                .map(|&ax| {
+                    x.0[ax].fixed().ok_or_else(|| {
+                        InferError::Shape(format!(
+                            "keep_aspect_ratio_policy on the symbolic dim {} (its scale depends on its size)",
+                            x.0[ax]
+                        ))
+                    })
+                })
+                .collect::<R<_>>()?;
             let sub = ResizeAttrs {
                 target: ResizeTarget::Sizes { axes: (0..axes.len()).collect(), sizes: sizes.clone(), policy: *policy },
                 roi: vec![],
