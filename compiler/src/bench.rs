@@ -265,12 +265,26 @@ pub struct JitReport {
     pub codegen: Duration,
 }
 
-/// Generates the JIT program of `g` at batch 1 (`None` with `--engine interp`).
+/// Generates the JIT program of `g` at batch 1 (`None` with `--engine interp`). The JIT compiles
+/// one program per input shape: an input with a symbolic dim other than the batch (an image's
+/// height and width) takes the shape of the first calibration sample.
 pub fn jit_report(compiler: &Compiler, g: &Graph) -> Result<Option<JitReport>> {
     if compiler.options().engine != Engine::Jit {
         return Ok(None);
     }
-    let inputs = inputs_for(g, 1, None)?;
+    let inputs = match inputs_for(g, 1, None) {
+        Ok(inputs) => inputs,
+        Err(e) if compiler.has_calibration() => match compiler.calib_source()?.stream(g, 1)?.next() {
+            Some(batch) => batch?,
+            None => return Err(e),
+        },
+        Err(e) => {
+            return Err(e.context(
+                "the JIT report compiles the program for one input shape: give --calib, whose first \
+                                  sample's shape it then takes",
+            ))
+        }
+    };
     let exe = compiler.executable(g.clone());
     let Some(jit) = exe.jit() else { return Ok(None) };
     let t = Instant::now();

@@ -554,13 +554,22 @@ fn symbolic_dims() {
     let g = import(&model(17, vec![seq], vec![], vec![node("Relu", &["x"], &["y"], vec![])], &["y"])).unwrap();
     assert_eq!(g.value_type(g.outputs()[0].value).shape.to_string(), "[batch,seq,8]");
 
-    // An unknown inner dim is an error.
+    // An unknown inner dim, or a `-1` (as Paddle2ONNX writes), is a symbol named after the input
+    // and the axis; a `-1` first dim is the batch.
     let mut inner = unnamed;
     if let Some(type_proto::Value::TensorType(t)) = inner.r#type.as_mut().and_then(|t| t.value.as_mut()) {
         t.shape.as_mut().unwrap().dim.reverse();
     }
-    let e = import(&model(17, vec![inner], vec![], vec![node("Relu", &["x"], &["y"], vec![])], &["y"])).unwrap_err();
-    assert!(matches!(e, ImportError::Model(ref m) if m.contains("unknown dimension 1")), "{e}");
+    let g = import(&model(17, vec![inner], vec![], vec![node("Relu", &["x"], &["y"], vec![])], &["y"])).unwrap();
+    assert_eq!(g.value_type(g.outputs()[0].value).shape.to_string(), "[4,x_d1]");
+    let mut paddle = vi("x", 1, &[Dim::Fixed(1), Dim::Fixed(3), Dim::Fixed(1)]);
+    if let Some(type_proto::Value::TensorType(t)) = paddle.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+        for d in [0, 2] {
+            t.shape.as_mut().unwrap().dim[d].value = Some(dimension::Value::DimValue(-1));
+        }
+    }
+    let g = import(&model(17, vec![paddle], vec![], vec![node("Relu", &["x"], &["y"], vec![])], &["y"])).unwrap();
+    assert_eq!(g.value_type(g.outputs()[0].value).shape.to_string(), "[N,3,x_d2]");
 }
 
 #[test]

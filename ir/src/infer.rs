@@ -208,6 +208,24 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             if t.dtype == DType::Bool {
                 return Err(InferError::Operand("resize needs a numeric tensor, got bool".into()));
             }
+            if let ResizeTarget::DimSizes { axes, sizes } = &a.target {
+                let dims: Vec<Dim> = sizes.iter().map(|e| dim_expr(e, inputs)).collect::<R<_>>()?;
+                check_resize(a, t.rank())?;
+                if dims.iter().all(|d| d.fixed().is_some()) && t.shape.is_fixed() {
+                    return one(t.with_shape(resize_shape(resolve_resize(a, inputs)?.as_ref(), &t.shape)?));
+                }
+                let mut out = t.shape.0.clone();
+                for (&ax, d) in axes.iter().zip(dims) {
+                    out[ax] = d;
+                }
+                return one(t.with_shape(Shape(out)));
+            }
+            if inputs.len() > 1 {
+                return Err(InferError::Attribute(format!(
+                    "{} inputs, but only sizes read from dims take reference inputs",
+                    inputs.len()
+                )));
+            }
             one(t.with_shape(resize_shape(a, &t.shape)?))
         }
         Op::GroupNorm { groups, .. } => {
@@ -247,7 +265,9 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
                 }
                 dims.push(match d {
                     _ if b == 0 && e == 0 => d.clone(),
-                    Dim::Sym(_) => return Err(InferError::Shape(format!("padding the symbolic dim {d} by {b}, {e}"))),
+                    Dim::Sym(_) => d.affine(1, b.saturating_add(e), 1).ok_or_else(|| {
+                        InferError::Shape(format!("padding the symbolic dim {d} by {b}, {e} overflows"))
+                    })?,
                     Dim::Fixed(n) => {
                         if *mode != PadMode::Constant && *n == 0 {
                             return Err(InferError::Shape(format!("cannot pad the empty axis {i} in {mode:?} mode")));
@@ -350,7 +370,7 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
                     return Err(InferError::Operand(format!("input {i} is {t}, input 0 is {first}")));
                 }
                 for (k, (d, e)) in t.shape.0.iter().zip(&first.shape.0).enumerate() {
-                    if k != a && d != e {
+                    if k != a && unify_dims(d, e).is_none() {
                         return Err(InferError::Shape(format!(
                             "input {i} has shape {}, input 0 has {}",
                             t.shape, first.shape
@@ -359,7 +379,7 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
                 }
                 total = total.zip(t.shape.0[a].fixed()).map(|(s, d)| s.saturating_add(d));
             }
-            let mut dims = first.shape.0.clone();
+            let mut dims = unified_dims(inputs.iter().flatten().map(|t| &t.shape), a)?;
             dims[a] = match total {
                 Some(n) => Dim::Fixed(n),
                 None if inputs.len() == 1 => dims[a].clone(),
@@ -375,9 +395,11 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             let mut dims = t.shape.0.clone();
             for i in 0..starts.len() {
                 let a = norm_axis(axes[i], t.rank())?;
-                let n = dims[a].fixed().ok_or_else(|| InferError::Shape("slice along a symbolic dimension".into()))?;
                 let (s, e, st) = (starts[i], ends[i], steps[i]);
-                dims[a] = Dim::Fixed(slice_len(n, s, e, st)?);
+                dims[a] = match dims[a].fixed() {
+                    Some(n) => Dim::Fixed(slice_len(n, s, e, st)?),
+                    None => symbolic_slice_len(&dims[a], s, e, st)?,
+                };
             }
             one(t.with_shape(Shape(dims)))
         }
@@ -694,7 +716,6 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
         Op::QConcat { axis } => {
             let first = quantized(x(0)?, "input 0")?;
             let a = norm_axis(*axis, first.rank())?;
-            let mut dims = first.shape.0.clone();
             let mut total = 0usize;
             for i in 0..inputs.len() {
                 let t = quantized(x(i)?, "input")?;
@@ -707,7 +728,7 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
                     )));
                 }
                 for (k, (d, e)) in t.shape.0.iter().zip(&first.shape.0).enumerate() {
-                    if k != a && d != e {
+                    if k != a && unify_dims(d, e).is_none() {
                         return Err(InferError::Shape(format!(
                             "input {i} has shape {}, input 0 has {}",
                             t.shape, first.shape
@@ -720,10 +741,30 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
                         .ok_or_else(|| InferError::Shape("concatenation along a symbolic dimension".into()))?,
                 );
             }
+            let mut dims = unified_dims(inputs.iter().flatten().map(|t| &t.shape), a)?;
             dims[a] = Dim::Fixed(total);
             declared_quant(declared, &Shape(dims), &[DType::I8, DType::U8])
         }
     }
+}
+
+/// The dims of concatenated shapes of one rank but the `axis` dim, each unified across the shapes
+/// ([`unify_dims`]; the caller has checked that they unify).
+fn unified_dims<'a>(shapes: impl Iterator<Item = &'a Shape>, axis: usize) -> R<Vec<Dim>> {
+    let mut out: Option<Vec<Dim>> = None;
+    for s in shapes {
+        out = Some(match out {
+            None => s.0.clone(),
+            Some(o) => o
+                .iter()
+                .zip(&s.0)
+                .enumerate()
+                .map(|(k, (d, e))| if k == axis { Some(d.clone()) } else { unify_dims(d, e) })
+                .collect::<Option<_>>()
+                .ok_or_else(|| InferError::Shape(format!("concatenated shapes {s} and {} differ", Shape(o.clone()))))?,
+        });
+    }
+    out.ok_or(InferError::MissingInput(0))
 }
 
 fn float<'a>(t: &'a TensorType, what: &str) -> R<&'a TensorType> {
@@ -876,11 +917,21 @@ pub fn conv_transpose_shape(a: &ConvTransposeAttrs, x: &Shape, w: &Shape) -> R<S
     let m = wd[1].checked_mul(a.group).ok_or_else(|| InferError::Shape("too many output channels".into()))?;
     let mut dims = vec![x.0[0].clone(), Dim::Fixed(m)];
     for i in 0..sp {
-        let n = x.0[2 + i].fixed().ok_or_else(|| InferError::Shape("spatial dimensions must be fixed".into()))?;
         let (k, s, d) = (a.kernel[i] as i128, a.strides[i] as i128, a.dilations[i] as i128);
         if k == 0 || s == 0 || d == 0 {
             return Err(InferError::Attribute("kernel, strides and dilations must be positive".into()));
         }
+        let Some(n) = x.0[2 + i].fixed() else {
+            // stride * (n - 1) + (kernel - 1) * dilation + 1 + output_padding - pads, as
+            // `stride * n + b`
+            let b = (k - 1) * d + 1 + a.output_padding[i] as i128 - a.pads[i] as i128 - a.pads[sp + i] as i128 - s;
+            let sym = &x.0[2 + i];
+            let dim = i64::try_from(b).ok().and_then(|b| sym.affine(a.strides[i] as u64, b, 1));
+            dims.push(dim.ok_or_else(|| {
+                InferError::Shape(format!("spatial dim {i}: the transposed convolution of {sym} overflows"))
+            })?);
+            continue;
+        };
         if n == 0 {
             return Err(InferError::Shape("conv_transpose of an empty spatial dim".into()));
         }
@@ -920,6 +971,21 @@ fn policy_scale(policy: AspectPolicy, ratios: &[f64]) -> f64 {
     }
 }
 
+/// A resize whose sizes are read from its inputs' dims ([`ResizeTarget::DimSizes`]) as one with
+/// those sizes ([`ResizeTarget::Sizes`], stretched), when the dims are fixed; others as they are.
+pub fn resolve_resize<'a>(a: &'a ResizeAttrs, inputs: &[Option<&TensorType>]) -> R<std::borrow::Cow<'a, ResizeAttrs>> {
+    let ResizeTarget::DimSizes { axes, sizes } = &a.target else { return Ok(std::borrow::Cow::Borrowed(a)) };
+    let sizes = sizes
+        .iter()
+        .map(|e| {
+            let d = dim_expr(e, inputs)?;
+            d.fixed().ok_or_else(|| InferError::Shape(format!("the resize size {d} is not concrete")))
+        })
+        .collect::<R<Vec<usize>>>()?;
+    let target = ResizeTarget::Sizes { axes: axes.clone(), sizes, policy: AspectPolicy::Stretch };
+    Ok(std::borrow::Cow::Owned(ResizeAttrs { target, ..a.clone() }))
+}
+
 /// Checks a resize's attributes against the input rank.
 fn check_resize(a: &ResizeAttrs, r: usize) -> R<()> {
     if a.mode == ResizeMode::Nearest && a.antialias {
@@ -938,6 +1004,16 @@ fn check_resize(a: &ResizeAttrs, r: usize) -> R<()> {
             }
             if let Some(v) = s.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
                 return Err(InferError::Attribute(format!("scale {v} must be a positive number")));
+            }
+        }
+        ResizeTarget::DimSizes { axes, sizes } => {
+            if axes.len() != sizes.len() || axes.is_empty() {
+                return Err(InferError::Attribute(format!("{} sizes for axes {axes:?}", sizes.len())));
+            }
+            for (i, &ax) in axes.iter().enumerate() {
+                if ax >= r || axes[..i].contains(&ax) {
+                    return Err(InferError::Attribute(format!("axes {axes:?} are not distinct axes of rank {r}")));
+                }
             }
         }
         ResizeTarget::Sizes { axes, sizes, .. } => {
@@ -964,6 +1040,9 @@ pub fn resize_scales(a: &ResizeAttrs, input: &[usize]) -> R<(Vec<f64>, Vec<usize
         ResizeTarget::Scales(s) => {
             let sizes = input.iter().zip(s).map(|(&n, &k)| scaled_size(n, k)).collect::<R<_>>()?;
             Ok((s.iter().map(|&k| k as f64).collect(), sizes))
+        }
+        ResizeTarget::DimSizes { .. } => {
+            Err(InferError::Attribute("the sizes read from dims must be resolved first (resolve_resize)".into()))
         }
         ResizeTarget::Sizes { axes, sizes, policy } => {
             let mut scales = vec![1.0f64; input.len()];
@@ -999,18 +1078,22 @@ fn resize_shape(a: &ResizeAttrs, x: &Shape) -> R<Shape> {
         return Ok(Shape::fixed(&resize_scales(a, &d)?.1));
     }
     check_resize(a, x.rank())?;
-    let sym_err = |d: &Dim| InferError::Shape(format!("resizing the symbolic dim {d} needs a whole-number scale"));
+    let sym_err =
+        |d: &Dim| InferError::Shape(format!("resizing the symbolic dim {d} needs a scale between 1/65536 and 65536"));
     match &a.target {
+        ResizeTarget::DimSizes { .. } => {
+            Err(InferError::Attribute("the sizes read from dims must be resolved first (resolve_resize)".into()))
+        }
         ResizeTarget::Scales(s) => {
             let dims =
                 x.0.iter()
                     .zip(s)
                     .map(|(d, &k)| match d {
                         Dim::Fixed(n) => scaled_size(*n, k).map(Dim::Fixed),
-                        Dim::Sym(_) if k.fract() == 0.0 && (1.0..=MAX_WHOLE_SCALE).contains(&k) => {
-                            dim_product(&[d.clone(), Dim::Fixed(k as usize)])
+                        Dim::Sym(_) => {
+                            let (p, q) = scale_ratio(k).ok_or_else(|| sym_err(d))?;
+                            d.affine(p, 0, q).ok_or_else(|| sym_err(d))
                         }
-                        Dim::Sym(_) => Err(sym_err(d)),
                     })
                     .collect::<R<_>>()?;
             Ok(Shape(dims))
@@ -1024,8 +1107,17 @@ fn resize_shape(a: &ResizeAttrs, x: &Shape) -> R<Shape> {
                 return Ok(Shape(dims));
             }
             // The policy's scale needs every listed axis fixed; the others keep their dims.
-            let fixed: Vec<usize> =
-                axes.iter().map(|&ax| x.0[ax].fixed().ok_or_else(|| sym_err(&x.0[ax]))).collect::<R<_>>()?;
+            let fixed: Vec<usize> = axes
+                .iter()
+                .map(|&ax| {
+                    x.0[ax].fixed().ok_or_else(|| {
+                        InferError::Shape(format!(
+                            "keep_aspect_ratio_policy on the symbolic dim {} (its scale depends on its size)",
+                            x.0[ax]
+                        ))
+                    })
+                })
+                .collect::<R<_>>()?;
             let sub = ResizeAttrs {
                 target: ResizeTarget::Sizes { axes: (0..axes.len()).collect(), sizes: sizes.clone(), policy: *policy },
                 roi: vec![],
@@ -1040,8 +1132,23 @@ fn resize_shape(a: &ResizeAttrs, x: &Shape) -> R<Shape> {
     }
 }
 
-/// The largest whole-number scale applied to a symbolic dim.
-const MAX_WHOLE_SCALE: f32 = 65536.0;
+/// The largest scale, and the inverse of the smallest, applied to a symbolic dim.
+const MAX_SYMBOLIC_SCALE: f32 = 65536.0;
+
+/// A positive f32 scale as the exact fraction `p / q` with `q` a power of two (every finite f32
+/// is one), within [`MAX_SYMBOLIC_SCALE`]: `floor(n * scale)` in f64, as [`scaled_size`]
+/// computes it, is `floor(n * p / q)` exactly while `n * p < 2^53`.
+fn scale_ratio(scale: f32) -> Option<(u64, u64)> {
+    if !(1.0 / MAX_SYMBOLIC_SCALE..=MAX_SYMBOLIC_SCALE).contains(&scale) {
+        return None;
+    }
+    let (mut v, mut q) = (f64::from(scale), 1u64);
+    while v.fract() != 0.0 {
+        v *= 2.0;
+        q = q.checked_mul(2)?;
+    }
+    Some((v as u64, q))
+}
 
 /// The epilogue of a fused integer kernel decides the result: requantized (declared quantized
 /// type) or dequantized (f32). The bias, when the epilogue adds one, is i32 with one value per
@@ -1153,7 +1260,29 @@ pub fn norm_axis(axis: i64, rank: usize) -> R<usize> {
     Ok(a as usize)
 }
 
-/// Numpy broadcasting of several shapes. A symbolic dim broadcasts with 1 and with itself.
+/// Two dims that must be equal at run time, when the shapes may still agree: the dim to carry, or
+/// `None` when they cannot. Equal dims agree. Two different symbols, or a derived size (a symbolic
+/// conv, pool, resize or pad output) and a fixed size, are unknown until the concrete shapes are
+/// inferred (every engine re-infers per input shape, where a mismatch is refused): the result
+/// keeps the fixed size, else the simpler symbol (a name before a derived size, then the shorter,
+/// then the first in order), so the choice does not depend on operand order. Two different
+/// fixed sizes, or a plain name (the batch `N`) and a fixed size, never agree.
+pub fn unify_dims(a: &Dim, b: &Dim) -> Option<Dim> {
+    match (a, b) {
+        _ if a == b => Some(a.clone()),
+        (Dim::Fixed(_), Dim::Fixed(_)) => None,
+        (Dim::Fixed(_), s) | (s, Dim::Fixed(_)) if !s.is_derived() => None,
+        (Dim::Fixed(_), _) => Some(a.clone()),
+        (_, Dim::Fixed(_)) => Some(b.clone()),
+        (Dim::Sym(x), Dim::Sym(y)) => {
+            let key = |d: &Dim, s: &String| (d.is_derived(), s.len(), s.clone());
+            Some(if key(a, x) <= key(b, y) { a.clone() } else { b.clone() })
+        }
+    }
+}
+
+/// Numpy broadcasting of several shapes. A symbolic dim broadcasts with 1 and with itself, and
+/// with another symbol or a fixed size as [`unify_dims`] says.
 pub fn broadcast(shapes: &[&Shape]) -> R<Shape> {
     let r = shapes.iter().map(|s| s.rank()).max().unwrap_or(0);
     let mut out = vec![Dim::Fixed(1); r];
@@ -1164,7 +1293,7 @@ pub fn broadcast(shapes: &[&Shape]) -> R<Shape> {
             *o = match (&*o, d) {
                 (Dim::Fixed(1), d) => d.clone(),
                 (o, Dim::Fixed(1)) => o.clone(),
-                (a, b) if a == b => a.clone(),
+                (a, b) if unify_dims(a, b).is_some() => unify_dims(a, b).unwrap_or_else(|| a.clone()),
                 (a, b) => {
                     return Err(InferError::Shape(format!(
                         "shapes {} do not broadcast (dim {a} vs {b})",
@@ -1178,10 +1307,10 @@ pub fn broadcast(shapes: &[&Shape]) -> R<Shape> {
 }
 
 fn spatial_out(input: &Dim, k: usize, s: usize, pb: usize, pe: usize, d: usize, ceil: bool) -> R<Dim> {
-    let n = input.fixed().ok_or_else(|| InferError::Shape("spatial dimensions must be fixed".into()))?;
     if s == 0 || d == 0 || k == 0 {
         return Err(InferError::Attribute("kernel, strides and dilations must be positive".into()));
     }
+    let Some(n) = input.fixed() else { return symbolic_spatial_out(input, k, s, pb, pe, d, ceil) };
     let too_large = || {
         InferError::Shape(format!(
             "kernel, pads or input too large (input {n}, kernel {k}, pads {pb}+{pe}, dilation {d})"
@@ -1199,6 +1328,37 @@ fn spatial_out(input: &Dim, k: usize, s: usize, pb: usize, pe: usize, d: usize, 
         out -= 1;
     }
     Ok(Dim::Fixed(out))
+}
+
+/// [`spatial_out`] of a symbolic dim `n`, the same integer function written as one
+/// `floor((n + b) / s)` (see [`Dim::affine`]). Floor mode: `floor((P - span) / s) + 1` with
+/// `P = n + pb + pe` is `floor((n + pb + pe - span + s) / s)`. Ceil mode: `ceil((P - span) / s) + 1`
+/// windows, less the last one when it starts at or past `n + pb`; when the end pad is smaller than
+/// the kernel extent (pooling's pads are smaller than its kernel) at most that one window goes,
+/// so the count is the smaller of `ceil((P - span) / s) + 1` and `ceil((n + pb) / s)`, both
+/// `floor((n + b) / s)`, i.e. `floor((n + min(b1, b2)) / s)`. Where `n` is too small for the
+/// kernel, the concrete inference (every engine re-infers per input shape) refuses.
+fn symbolic_spatial_out(n: &Dim, k: usize, s: usize, pb: usize, pe: usize, d: usize, ceil: bool) -> R<Dim> {
+    let too_large = || InferError::Shape(format!("kernel {k}, stride {s}, pads {pb}+{pe} or dilation {d} too large"));
+    let span = d.checked_mul(k - 1).and_then(|v| v.checked_add(1)).ok_or_else(too_large)?;
+    let [span, s64, pb, pe] = [span, s, pb, pe].map(|v| i64::try_from(v).ok());
+    let (span, s64, pb, pe) =
+        (span.ok_or_else(too_large)?, s64.ok_or_else(too_large)?, pb.ok_or_else(too_large)?, pe.ok_or_else(too_large)?);
+    let floor_b = pb.checked_add(pe).and_then(|v| v.checked_sub(span)).ok_or_else(too_large)?;
+    let b = if !ceil {
+        floor_b.checked_add(s64)
+    } else {
+        if pe >= span {
+            return Err(InferError::Shape(format!(
+                "ceil_mode with an end pad of {pe} not smaller than the kernel extent {span} on the symbolic dim {n}"
+            )));
+        }
+        let b1 = floor_b.checked_add(2 * s64 - 1);
+        let b2 = pb.checked_add(s64 - 1);
+        b1.zip(b2).map(|(x, y)| x.min(y))
+    };
+    let b = b.ok_or_else(too_large)?;
+    n.affine(1, b, s as u64).ok_or_else(too_large)
 }
 
 fn check_spatial(kernel: &[usize], strides: &[usize], pads: &[usize], dilations: &[usize], sp: usize) -> R<()> {
@@ -1328,6 +1488,33 @@ pub fn slice_len(n: usize, start: i64, end: i64, step: i64) -> R<usize> {
     })
 }
 
+/// The ends at or past which a slice runs to the end of any dim (ONNX exporters write
+/// `INT64_MAX` or `INT32_MAX`).
+const SLICE_TO_END: i64 = i32::MAX as i64;
+
+/// [`slice_len`] of a symbolic dim `n`, where it is `n` less a constant: step 1 from a start `s >= 0`
+/// to the end (`n - s`) or to `e < 0` counted from the end (`n + e - s`). Where `n` is too short for
+/// the bounds the concrete inference (re-run per input shape) gives the clamped length.
+fn symbolic_slice_len(n: &Dim, s: i64, e: i64, step: i64) -> R<Dim> {
+    let refuse = || {
+        InferError::Shape(format!(
+            "slice {s}..{e} by {step} of the symbolic dim {n}: its length is not `{n}` less a constant \
+             (qforge supports step 1 from a start >= 0 to the end or to a negative end)"
+        ))
+    };
+    if step != 1 || s < 0 {
+        return Err(refuse());
+    }
+    let b = if e >= SLICE_TO_END {
+        -s
+    } else if e < 0 {
+        e.checked_sub(s).ok_or_else(refuse)?
+    } else {
+        return Err(refuse());
+    };
+    n.affine(1, b, 1).ok_or_else(refuse)
+}
+
 /// ONNX's clamped (start, end) of a slice over a dim of size `n`.
 pub fn slice_bounds(n: usize, start: i64, end: i64, step: i64) -> R<(i64, i64)> {
     if step == 0 {
@@ -1392,4 +1579,138 @@ pub fn reshape_shape(input: &Shape, target: &[i64]) -> R<Shape> {
         }
     }
     Ok(Shape(dims.into_iter().map(|d| d.expect("filled above")).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CoordMode, NearestMode};
+
+    /// Every spatial op's symbolic size, evaluated at `H = n`, is the size concrete inference
+    /// gives for an input of `n`, wherever that succeeds: the symbolic stage never names a size
+    /// the concrete stage does not compute.
+    #[test]
+    fn symbolic_spatial_sizes_equal_the_concrete_ones() {
+        let x = |d: Dim| TensorType::new(DType::F32, Shape(vec![Dim::Fixed(1), Dim::Fixed(1), d]));
+        let w = |k: usize| TensorType::new(DType::F32, Shape::fixed(&[1, 1, k]));
+        let mut ops: Vec<(Op, Option<TensorType>)> = vec![];
+        for k in 1..=4 {
+            for s in 1..=3 {
+                for d in 1..=2 {
+                    for (pb, pe) in [(0, 0), (1, 0), (0, 1), (1, 1), (2, 1), (3, 3)] {
+                        let conv = ConvAttrs {
+                            kernel: vec![k],
+                            strides: vec![s],
+                            pads: vec![pb, pe],
+                            dilations: vec![d],
+                            group: 1,
+                        };
+                        ops.push((Op::Conv(conv), Some(w(k))));
+                        for ceil_mode in [false, true] {
+                            let p = PoolAttrs {
+                                kernel: vec![k],
+                                strides: vec![s],
+                                pads: vec![pb, pe],
+                                dilations: vec![d],
+                                ceil_mode,
+                                count_include_pad: false,
+                            };
+                            ops.push((Op::MaxPool(p), None));
+                        }
+                        let ct = ConvTransposeAttrs {
+                            kernel: vec![k],
+                            strides: vec![s],
+                            pads: vec![pb as i64, pe as i64 - 1],
+                            dilations: vec![d],
+                            group: 1,
+                            output_padding: vec![pb.min(s - 1)],
+                        };
+                        ops.push((Op::ConvTranspose(ct), Some(w(k))));
+                    }
+                }
+            }
+        }
+        for pads in [[1i64, 2], [-1, 0], [0, -2], [3, -1]] {
+            let p = vec![0, 0, pads[0], 0, 0, pads[1]];
+            ops.push((Op::Pad { mode: PadMode::Constant, pads: p, value: 0.0 }, None));
+        }
+        for (s, e) in [(0, i64::MAX), (2, i64::MAX), (1, -1), (0, -3), (3, -2)] {
+            ops.push((Op::Slice { starts: vec![s], ends: vec![e], axes: vec![2], steps: vec![1] }, None));
+        }
+        for scale in [2.0f32, 0.5, 1.5, 0.75, 3.0, 0.3, 1.0] {
+            let a = ResizeAttrs {
+                mode: ResizeMode::Nearest,
+                coord: CoordMode::Asymmetric,
+                nearest: NearestMode::Floor,
+                cubic_a: -0.75,
+                exclude_outside: false,
+                extrapolation: 0.0,
+                antialias: false,
+                roi: vec![],
+                target: ResizeTarget::Scales(vec![1.0, 1.0, scale]),
+            };
+            ops.push((Op::Resize(a), None));
+        }
+        for (op, wt) in &ops {
+            // the symbolic dim alone and under one derived size (a stride-2 pad-1 conv's output)
+            for base in [Dim::Sym("H".into()), Dim::Sym("H".into()).affine(1, 1, 2).unwrap()] {
+                let sym = x(base.clone());
+                let ins = [Some(&sym), wt.as_ref()];
+                let out = match infer(op, &ins, None) {
+                    Ok(t) => t[0].shape.0[2].clone(),
+                    Err(e) => {
+                        // refused symbolically only where every size is refused (invalid attributes)
+                        for n in 1..48 {
+                            let conc = x(Dim::Fixed(n));
+                            assert!(infer(op, &[Some(&conc), wt.as_ref()], None).is_err(), "{op:?} on {base}: {e}");
+                        }
+                        continue;
+                    }
+                };
+                for n in 1..48usize {
+                    let h = base.eval(&|_| Some(n)).unwrap();
+                    let conc = x(Dim::Fixed(h));
+                    let ins = [Some(&conc), wt.as_ref()];
+                    if let Ok(t) = infer(op, &ins, None) {
+                        let want = t[0].shape.0[2].fixed().unwrap();
+                        let got = out.eval(&|_| Some(n));
+                        // a slice clamps at the ends of a short dim, where `n - c` is not its length
+                        if !(matches!(op, Op::Slice { .. }) && want == 0) {
+                            assert_eq!(got, Some(want), "{op:?}: {out} at H={n} (input {h})");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Equal sizes computed by different ops are the same dim; sizes that may differ unify only
+    /// where the concrete stage can still decide.
+    #[test]
+    fn derived_sizes_are_canonical_and_unify() {
+        let h = Dim::Sym("H".into());
+        let conv3 = spatial_out(&h, 3, 2, 1, 1, 1, false).unwrap();
+        let conv1 = spatial_out(&h, 1, 2, 0, 0, 1, false).unwrap();
+        assert_eq!(conv3, conv1);
+        assert_eq!(conv3.to_string(), "(H+1)/2");
+        // a 'same' stride-1 conv keeps H; a valid 3x3 does not
+        assert_eq!(spatial_out(&h, 3, 1, 1, 1, 1, false).unwrap(), h);
+        assert_eq!(spatial_out(&h, 3, 1, 0, 0, 1, false).unwrap().to_string(), "(H-2)");
+        // nested stride-2 steps compose, products stay one factor
+        let twice = spatial_out(&conv3, 3, 2, 1, 1, 1, false).unwrap();
+        assert_eq!(twice.to_string(), "(H+3)/4");
+        let area = Dim::product(&[Dim::Sym("N".into()), twice.clone(), Dim::Fixed(16)]).unwrap();
+        assert_eq!(area.to_string(), "(H+3)/4*N*16");
+        assert_eq!(area.factors(), Some((16, vec!["(H+3)/4".to_string(), "N".to_string()])));
+        let up = twice.affine(2, 0, 1).unwrap();
+        assert_eq!(up.to_string(), "(H+3)/4*2");
+        assert_eq!(up.affine(2, 1, 1).unwrap().to_string(), "((H+3)/4*4+1)");
+        // unknown until concrete: two symbols, or a derived size and a fixed one
+        assert_eq!(unify_dims(&up, &h), Some(h.clone()));
+        assert_eq!(unify_dims(&h, &up), Some(h.clone()));
+        assert_eq!(unify_dims(&up, &Dim::Fixed(8)), Some(Dim::Fixed(8)));
+        // a real mismatch stays one
+        assert_eq!(unify_dims(&Dim::Fixed(4), &Dim::Fixed(8)), None);
+        assert_eq!(unify_dims(&Dim::Sym("N".into()), &Dim::Fixed(8)), None);
+    }
 }

@@ -44,5 +44,5 @@ pub use op::{
     PadMode, PoolAttrs, ResizeAttrs, ResizeMode, ResizeTarget, ScatterReduction, UnaryOp,
 };
 pub use quant::{QuantError, QuantParams};
-pub use shape::{Dim, Shape, TensorType};
+pub use shape::{Affine, Dim, Shape, TensorType};
 pub use tensor::{Tensor, TensorData};

@@ -95,7 +95,19 @@ pub enum AspectPolicy {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ResizeTarget {
     Scales(Vec<f32>),
-    Sizes { axes: Vec<usize>, sizes: Vec<usize>, policy: AspectPolicy },
+    Sizes {
+        axes: Vec<usize>,
+        sizes: Vec<usize>,
+        policy: AspectPolicy,
+    },
+    /// Sizes for some axes read from the dims of the op's reference inputs (`x, refs...`), as a
+    /// segmentation head resizes its logits to the image's own size (`F.interpolate(size=
+    /// x.shape[-2:])`); stretched (no aspect-ratio policy). With concrete input types it is
+    /// [`ResizeTarget::Sizes`] ([`crate::infer::resolve_resize`]).
+    DimSizes {
+        axes: Vec<usize>,
+        sizes: Vec<DimExpr>,
+    },
 }
 
 /// Resize attributes (ONNX Resize, opsets 10 to 19; Upsample is a nearest or linear resize with
@@ -746,6 +758,7 @@ impl Op {
             | Op::QMul => (2, 2),
             Op::ScatterElements { .. } | Op::ScatterND { .. } => (3, 3),
             Op::Range { .. } | Op::ReshapeDyn { .. } | Op::ExpandDyn { .. } => (1, usize::MAX),
+            Op::Resize(ResizeAttrs { target: ResizeTarget::DimSizes { .. }, .. }) => (1, usize::MAX),
             Op::Where => (3, 3),
             Op::LayerNorm { .. } => (2, 3),
             Op::ConvInteger(_) | Op::MatMulInteger => (2, 4),

@@ -3,7 +3,13 @@
 use crate::{DType, QuantParams};
 use std::fmt;
 
-/// One dimension: a known size, or a named symbol (the dynamic batch `N`, a sequence length).
+/// One dimension: a known size, or a symbol: a product (`*`) of names (the dynamic batch `N`, a
+/// sequence length, an image height `H`), numbers and derived sizes. A derived size is the size a
+/// spatial op computes from a symbolic dim, written in one canonical form so that two nodes that
+/// compute the same size carry the same symbol: `(B+b)/c` is `floor((B + b) / c)` for a product
+/// `B`, an integer `b` and a divisor `c > 1` (a stride-2 convolution's `(H+1)/2`); `(B+b)` is
+/// `B + b` (a padded `(H+2)`). A derived size is one factor: the `*` inside its parentheses never
+/// splits it ([`Dim::factors`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Dim {
     Fixed(usize),
@@ -25,7 +31,7 @@ impl Dim {
             Dim::Fixed(n) => Some((*n, vec![])),
             Dim::Sym(s) => {
                 let (mut k, mut syms) = (1usize, vec![]);
-                for f in s.split('*') {
+                for f in split_factors(s)? {
                     if f.is_empty() {
                         return None;
                     }
@@ -63,6 +69,178 @@ impl Dim {
             s.push_str(&format!("*{k}"));
         }
         Dim::Sym(s)
+    }
+}
+
+/// The factors of a symbol: split at every `*` outside parentheses; `None` when the parentheses
+/// do not balance.
+fn split_factors(s: &str) -> Option<Vec<&str>> {
+    let (mut out, mut depth, mut start) = (vec![], 0usize, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.checked_sub(1)?,
+            '*' if depth == 0 => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return None;
+    }
+    out.push(&s[start..]);
+    Some(out)
+}
+
+/// `floor((a * B + b) / c)` over a product `B` (a [`Dim`] with no constant factor), `a, c >= 1`.
+/// The symbolic form of what convolution, pooling, transposed convolution, padding, slicing and
+/// resizing by a rational scale compute from a dim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Affine {
+    pub a: u64,
+    /// The product of symbols (`H`, `N*W`, `(H+1)/2`); never a number.
+    pub base: String,
+    pub b: i64,
+    pub c: u64,
+}
+
+impl Affine {
+    /// Parses a derived factor `(B+b)/c`, `(B-b)`, `(B)/c` (see [`Dim`]); `None` for a name.
+    pub fn parse(f: &str) -> Option<Affine> {
+        let rest = f.strip_prefix('(')?;
+        // the parenthesis matching the opening one
+        let mut depth = 1usize;
+        let mut close = None;
+        for (i, ch) in rest.char_indices() {
+            match ch {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        close = Some(i);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let close = close?;
+        let (inner, tail) = (&rest[..close], &rest[close + 1..]);
+        let c = match tail {
+            "" => 1,
+            t => t.strip_prefix('/')?.parse::<u64>().ok().filter(|&c| c > 1)?,
+        };
+        // the last `+` or `-` outside parentheses separates the offset
+        let mut depth = 0usize;
+        let mut split = None;
+        for (i, ch) in inner.char_indices() {
+            match ch {
+                '(' => depth += 1,
+                ')' => depth = depth.checked_sub(1)?,
+                '+' | '-' if depth == 0 => split = Some(i),
+                _ => {}
+            }
+        }
+        let (prod, b) = match split {
+            Some(i) => {
+                let v = inner[i + 1..].parse::<i64>().ok().filter(|v| *v > 0)?;
+                (&inner[..i], if inner.as_bytes()[i] == b'-' { -v } else { v })
+            }
+            None if c > 1 => (inner, 0),
+            None => return None,
+        };
+        let (a, syms) = Dim::Sym(prod.to_string()).factors()?;
+        if syms.is_empty() {
+            return None;
+        }
+        Some(Affine { a: u64::try_from(a).ok()?, base: syms.join("*"), b, c })
+    }
+}
+
+impl Dim {
+    /// `floor((a * self + b) / c)`, symbolically when `self` is a symbol (`a, c >= 1`): a product
+    /// when the result is one (`H*2`, or `H` for a stride-1 'same' convolution), otherwise a
+    /// derived factor in canonical form, so equal sizes computed by different ops (a 3x3 and a
+    /// 1x1 stride-2 convolution, both `(H+1)/2`) are equal dims. Nested derived sizes compose
+    /// (`floor((floor(x / p) + q) / r) = floor((x + q p) / (p r))`). `None` on overflow, on a
+    /// negative fixed result, or for `a` or `c` zero.
+    pub fn affine(&self, a: u64, b: i64, c: u64) -> Option<Dim> {
+        if a == 0 || c == 0 {
+            return None;
+        }
+        let (k, syms) = self.factors()?;
+        let ai = i128::from(a).checked_mul(k as i128)?;
+        if syms.is_empty() {
+            let v = (ai + b as i128).div_euclid(c as i128);
+            return usize::try_from(v).ok().map(Dim::Fixed);
+        }
+        // A single derived factor composes with this step.
+        if let [f] = syms.as_slice() {
+            if let Some(inner) = Affine::parse(f) {
+                let base = Dim::from_factors(usize::try_from(inner.a).ok()?, vec![inner.base.clone()]);
+                if inner.c == 1 {
+                    // a (B + q) + b = a B + (a q + b)
+                    let b2 = i64::try_from(ai.checked_mul(inner.b as i128)?.checked_add(b as i128)?).ok()?;
+                    return base.affine(u64::try_from(ai).ok()?, b2, c);
+                }
+                if ai == 1 {
+                    let b2 = i64::try_from((inner.b as i128).checked_add((b as i128).checked_mul(inner.c as i128)?)?)
+                        .ok()?;
+                    return base.affine(1, b2, inner.c.checked_mul(c)?);
+                }
+            }
+        }
+        // Canonical form: with g = gcd(a, c), floor((a B + b) / c) = floor((a/g B + floor(b/g)) /
+        // (c/g)) (a/g B is an integer), so a and c are coprime; then b is determined by the
+        // function (a B mod c takes every residue), and equal sizes print alike.
+        let (a, b, c) = (ai, b as i128, c as i128);
+        let g = gcd(a, c);
+        let (a, b, c) = (a / g, b.div_euclid(g), c / g);
+        let prod = Dim::from_factors(usize::try_from(a).ok()?, syms);
+        if b == 0 && c == 1 {
+            return Some(prod);
+        }
+        let mut s = format!("({prod}");
+        if b != 0 {
+            s.push_str(&format!("{b:+}"));
+        }
+        s.push(')');
+        if c != 1 {
+            s.push_str(&format!("/{c}"));
+        }
+        Some(Dim::Sym(s))
+    }
+
+    /// The size of the dim when every name in it is bound (`bind` gives a name's size); derived
+    /// factors are evaluated. `None` when a name is unbound, on overflow, or for a negative size.
+    pub fn eval(&self, bind: &dyn Fn(&str) -> Option<usize>) -> Option<usize> {
+        let (k, syms) = self.factors()?;
+        syms.iter().try_fold(k, |acc, f| {
+            let v = match Affine::parse(f) {
+                Some(af) => {
+                    let base = Dim::Sym(af.base.clone()).eval(bind)? as i128;
+                    let v = (i128::from(af.a) * base + af.b as i128).div_euclid(af.c as i128);
+                    usize::try_from(v).ok()?
+                }
+                None => bind(f)?,
+            };
+            acc.checked_mul(v)
+        })
+    }
+
+    /// Whether the dim is, or contains, a derived size.
+    pub fn is_derived(&self) -> bool {
+        matches!(self, Dim::Sym(s) if s.contains('('))
+    }
+}
+
+fn gcd(a: i128, b: i128) -> i128 {
+    if b == 0 {
+        a.abs()
+    } else {
+        gcd(b, a % b)
     }
 }
 

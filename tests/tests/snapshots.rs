@@ -33,3 +33,16 @@ fn transformer_bert_imported_ir() {
         insta::assert_snapshot!("import__transformers__bert", text);
     });
 }
+
+/// The imported Paddle-style FCN (`fixtures/spatial/fcn_paddle.onnx`, input dims `-1`): the
+/// anonymous dims become `x_d2` and `x_d3`, every spatial op carries a derived size (`(x_d2+1)/2`),
+/// and the segmentation head's resize reads its sizes from the input's dims (`dim_sizes`).
+#[test]
+fn spatial_fcn_paddle_imported_ir() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/spatial/fcn_paddle.onnx");
+    let g = qforge::load_model(&path).expect("model imports");
+    let text = qforge_ir::text::print_default(&g).expect("graph prints");
+    insta::with_settings!({ snapshot_path => "../../snapshots", prepend_module_to_snapshot => false }, {
+        insta::assert_snapshot!("import__spatial__fcn_paddle", text);
+    });
+}

@@ -202,7 +202,19 @@ impl Importer {
         if helper {
             self.g.node_mut(v.node).from = vec![at.name.clone()];
         }
-        Ok((0..n).map(|p| Value::new(v.node, p)).collect())
+        let outs: Vec<Value> = (0..n).map(|p| Value::new(v.node, p)).collect();
+        // A derived size (a symbolic conv or pool output, `(H+1)/2`) can be read at run time
+        // from the first value that carries it, as graph inputs' symbols are.
+        for &o in &outs {
+            for (axis, d) in self.g.value_type(o).shape.0.iter().enumerate() {
+                if let Some((1, [f])) = d.factors().as_ref().map(|(k, s)| (*k, s.as_slice())) {
+                    if !self.sym_src.contains_key(f) {
+                        self.sym_src.insert(f.clone(), (o, axis));
+                    }
+                }
+            }
+        }
+        Ok(outs)
     }
 
     /// Folds `op` on constant inputs into constants (one per result), so that whatever a model
@@ -542,6 +554,8 @@ fn input_type(vi: &ValueInfoProto) -> Result<TensorType, ImportError> {
     let mut numel: u128 = 1;
     for (i, d) in shape.dim.iter().enumerate() {
         dims.push(match &d.value {
+            // A negative size (Paddle2ONNX writes -1) is unknown: a symbol as below.
+            Some(dimension::Value::DimValue(v)) if *v < 0 => anonymous_dim(&vi.name, i),
             Some(dimension::Value::DimValue(v)) => {
                 let n = usize::try_from(*v).map_err(|_| err(&format!("has a negative dimension {v}")))?;
                 numel = numel.saturating_mul(n as u128);
@@ -550,12 +564,33 @@ fn input_type(vi: &ValueInfoProto) -> Result<TensorType, ImportError> {
                 }
                 Dim::Fixed(n)
             }
-            Some(dimension::Value::DimParam(p)) if !p.is_empty() => Dim::Sym(p.clone()),
-            _ if i == 0 => Dim::Sym("N".into()),
-            _ => return Err(err(&format!("has an unknown dimension {i} (neither a size nor a name)"))),
+            Some(dimension::Value::DimParam(p)) if !p.is_empty() => Dim::Sym(symbol_name(p)),
+            _ => anonymous_dim(&vi.name, i),
         });
     }
     Ok(TensorType::new(dtype, Shape(dims)))
+}
+
+/// The symbol of an unknown input dim with no name: the batch `N` for the first dim, else
+/// `<input>_d<axis>` (each such dim its own size).
+fn anonymous_dim(input: &str, axis: usize) -> Dim {
+    if axis == 0 {
+        Dim::Sym("N".into())
+    } else {
+        Dim::Sym(symbol_name(&format!("{input}_d{axis}")))
+    }
+}
+
+/// A name usable as one symbol factor: characters other than ASCII letters, digits, `_` and `.`
+/// become `_` (a `*`, `+` or parenthesis would read as symbol arithmetic, see [`Dim`]), and a
+/// name that does not start with a letter or `_` gets a leading `_` (a number is a size).
+fn symbol_name(s: &str) -> String {
+    let mut out: String =
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '.' { c } else { '_' }).collect();
+    if !out.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        out.insert(0, '_');
+    }
+    out
 }
 
 /// The element type a graph output declares must be the one the graph computes.

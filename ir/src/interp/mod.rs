@@ -480,7 +480,11 @@ fn dispatch(cx: &Cx) -> R<Vec<Tensor>> {
         Op::GlobalAveragePool => one(pool::global_average_pool(cx)),
         Op::GlobalMaxPool => one(pool::global_max_pool(cx)),
         Op::ConvTranspose(a) => one(conv::conv_transpose(cx, a)),
-        Op::Resize(a) => one(resize::resize(cx, a)),
+        Op::Resize(a) => {
+            let refs: Vec<Option<&TensorType>> = cx.in_types.iter().map(Option::as_ref).collect();
+            let a = crate::infer::resolve_resize(a, &refs).map_err(String::from)?;
+            one(resize::resize(cx, &a))
+        }
         Op::GroupNorm { groups, epsilon } => one(norm::group_norm(cx, *groups, *epsilon)),
         Op::ArgMax { axis, select_last, .. } => one(norm::arg_extreme(cx, *axis, true, *select_last)),
         Op::ArgMin { axis, select_last, .. } => one(norm::arg_extreme(cx, *axis, false, *select_last)),

@@ -164,6 +164,10 @@ pub(super) fn print_attrs(op: &Op) -> Vec<(&'static str, String)> {
                     v.push(("sizes", usizes(sizes)));
                     v.push(("policy", name_of(ASPECT_POLICIES, *policy).to_string()));
                 }
+                ResizeTarget::DimSizes { axes, sizes } => {
+                    v.push(("axes", usizes(axes)));
+                    v.push(("dim_sizes", dim_exprs(sizes)));
+                }
             }
             v
         }
@@ -541,6 +545,8 @@ pub(super) fn build_op(name: &str, mut a: Attrs) -> Result<Option<Op>> {
             let roi = a.f32s("roi")?;
             let target = if a.has("scales") {
                 ResizeTarget::Scales(a.f32s("scales")?)
+            } else if a.has("dim_sizes") {
+                ResizeTarget::DimSizes { axes: a.usizes("axes")?, sizes: a.dim_exprs("dim_sizes")? }
             } else {
                 ResizeTarget::Sizes {
                     axes: a.usizes("axes")?,

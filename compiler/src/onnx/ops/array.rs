@@ -11,7 +11,7 @@ use super::{one, Cx, OpDef, Outs, MAX_ATTR_DIM, R};
 use crate::onnx::symbolic::{self, Mono, SymVal};
 use crate::onnx::tensors::dtype_from_onnx;
 use qforge_ir::infer::norm_axis;
-use qforge_ir::{BinaryOp, DType, Dim, Op, PadMode, ScatterReduction, Tensor, Value};
+use qforge_ir::{BinaryOp, DType, Dim, DimExpr, Op, PadMode, ScatterReduction, Tensor, TensorType, Value};
 
 pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("Reshape", &[1, 5, 13, 14, 19, 21, 23, 24, 25], reshape),
@@ -453,7 +453,7 @@ fn cast_like(cx: &mut Cx) -> R<Outs> {
 
 /// DepthToSpace (`to_space`) and SpaceToDepth: the reshape to 6-D, transpose and reshape back
 /// that the ONNX spec writes out, NCHW with fixed C, H and W (a symbolic batch is copied with
-/// `0`). `mode` is DCR (the default) or CRD: DepthToSpace has it from version 11, SpaceToDepth
+/// `0`; DepthToSpace on a symbolic H or W reads the sizes from the input's dims). `mode` is DCR (the default) or CRD: DepthToSpace has it from version 11, SpaceToDepth
 /// from version 28; before, both are DCR.
 fn depth_space(cx: &mut Cx, to_space: bool) -> R<Outs> {
     let a = cx.attrs();
@@ -472,7 +472,16 @@ fn depth_space(cx: &mut Cx, to_space: bool) -> R<Outs> {
     let dims: Option<Vec<usize>> = xt.shape.0.get(1..).and_then(|d| d.iter().map(Dim::fixed).collect());
     let (c, h, w) = match (xt.rank(), dims.as_deref()) {
         (4, Some(&[c, h, w])) => (c, h, w),
-        _ => return Err(cx.err(format!("needs an NCHW input with fixed C, H and W, got {}", xt.shape))),
+        (4, _) if to_space && xt.shape.0[1].fixed().is_some() => {
+            return depth_to_space_symbolic(cx, x, &xt, b, crd);
+        }
+        _ => {
+            return Err(cx.err(format!(
+                "needs an NCHW input with fixed C{}, got {}",
+                if to_space { "" } else { ", H and W (H / blocksize of a symbolic H is not a size qforge expresses)" },
+                xt.shape
+            )))
+        }
     };
     let n: i64 = match xt.shape.0[0] {
         Dim::Fixed(n) => n as i64,
@@ -501,6 +510,28 @@ fn depth_space(cx: &mut Cx, to_space: bool) -> R<Outs> {
     let r = cx.add_helper("reshape", Op::Reshape { shape: tmp }, vec![Some(x)])?;
     let t = cx.add_helper("transpose", Op::Transpose { perm }, vec![Some(r)])?;
     one(cx.add(Op::Reshape { shape: out }, vec![Some(t)], None)?)
+}
+
+/// DepthToSpace on a symbolic height or width: the same reshape, transpose and reshape, with the
+/// sizes read from the input's dims at run time (`reshape_dyn`; the output is `H*b` by `W*b`).
+fn depth_to_space_symbolic(cx: &mut Cx, x: Value, xt: &TensorType, b: usize, crd: bool) -> R<Outs> {
+    let c = xt.shape.0[1].fixed().ok_or_else(|| cx.err(format!("needs a fixed channel dim, got {}", xt.shape)))?;
+    let bb = b * b;
+    if c % bb != 0 {
+        return Err(cx.err(format!("C={c} is not a multiple of blocksize^2={bb}")));
+    }
+    // input 1 of each reshape_dyn is `x`, whose dims the sizes read
+    let dim = |k: usize, axis: usize| DimExpr { k: k as i64, of: vec![(1, axis)] };
+    let k = |v: usize| DimExpr::fixed(v as i64);
+    let (tmp, perm) = if crd {
+        (vec![dim(1, 0), k(c / bb), k(b), k(b), dim(1, 2), dim(1, 3)], vec![0, 1, 4, 2, 5, 3])
+    } else {
+        (vec![dim(1, 0), k(b), k(b), k(c / bb), dim(1, 2), dim(1, 3)], vec![0, 3, 4, 1, 5, 2])
+    };
+    let out = vec![dim(1, 0), k(c / bb), dim(b, 2), dim(b, 3)];
+    let r = cx.add_helper("reshape", Op::ReshapeDyn { shape: tmp }, vec![Some(x), Some(x)])?;
+    let t = cx.add_helper("transpose", Op::Transpose { perm }, vec![Some(r)])?;
+    one(cx.add(Op::ReshapeDyn { shape: out }, vec![Some(t), Some(x)], None)?)
 }
 
 /// Pad: pads (and the fill) are attributes before opset 11, constant inputs from then on; `axes`

@@ -401,14 +401,32 @@ fn pads(cx: &Cx, a: &Attrs, x: &Shape, kernel: &[usize], strides: &[usize], dila
         "SAME_UPPER" | "SAME_LOWER" => {
             let mut pads = vec![0; 2 * sp];
             for i in 0..sp {
-                let n = x.0.get(2 + i).and_then(Dim::fixed).filter(|&n| n > 0);
-                let n = n.ok_or_else(|| cx.err(format!("auto_pad={auto} needs fixed spatial dims, got {x}")))?;
                 let (k, s, d) = (kernel[i], strides[i], dilations[i]);
                 if k == 0 || s == 0 || d == 0 {
                     return Err(cx.err("kernel, strides and dilations must be positive"));
                 }
-                let out = n.div_ceil(s);
-                let total = ((out - 1) * s + d * (k - 1) + 1).saturating_sub(n);
+                let dim = x.0.get(2 + i).ok_or_else(|| cx.err(format!("input {x} has no spatial dim {i}")))?;
+                let total = match dim.fixed() {
+                    Some(n) => {
+                        if n == 0 {
+                            return Err(cx.err(format!("auto_pad={auto} on an empty spatial dim ({x})")));
+                        }
+                        let out = n.div_ceil(s);
+                        ((out - 1) * s + d * (k - 1) + 1).saturating_sub(n)
+                    }
+                    // The total `(ceil(n / s) - 1) s + span - n` is `span - s` for every `n` that
+                    // is a multiple of the stride (any `n` for stride 1); otherwise it depends on
+                    // `n`, and the pads are attributes.
+                    None => match dim.factors() {
+                        Some((c, _)) if c % s == 0 => (d * (k - 1) + 1).saturating_sub(s),
+                        _ => {
+                            return Err(cx.err(format!(
+                                "auto_pad={auto} with stride {s} on the symbolic dim {dim}: the pads depend on \
+                                 its value (fixed pads, or stride 1, are supported)"
+                            )))
+                        }
+                    },
+                };
                 let (small, big) = (total / 2, total - total / 2);
                 (pads[i], pads[sp + i]) = if auto == "SAME_UPPER" { (small, big) } else { (big, small) };
             }
@@ -508,10 +526,20 @@ fn conv_transpose(cx: &mut Cx) -> R<Outs> {
         Some(s) if s.len() == sp => Some(cx.bounded("output_shape", s)?),
         Some(s) => return Err(cx.err(format!("`output_shape` {s:?} does not fit {sp} spatial dims"))),
     };
+    let auto = a.string("auto_pad")?.unwrap_or_default();
+    // Symbolic spatial dims: without `output_shape` the pads do not depend on the input size
+    // (SAME's total below is `output_padding + (kernel - 1) * dilation + 1 - stride`), so the
+    // sizes are computed at a stand-in of 1.
     let in_dims: Vec<i64> = (0..sp)
-        .map(|i| xt.shape.0.get(2 + i).and_then(Dim::fixed).map(|n| n as i64))
+        .map(|i| match xt.shape.0.get(2 + i) {
+            Some(Dim::Fixed(n)) => Some(*n as i64),
+            Some(Dim::Sym(_)) if output_shape.is_none() => Some(1),
+            _ => None,
+        })
         .collect::<Option<_>>()
-        .ok_or_else(|| cx.err(format!("ConvTranspose needs fixed spatial dims, got {}", xt.shape)))?;
+        .ok_or_else(|| {
+            cx.err(format!("ConvTranspose with `output_shape` needs fixed spatial dims, got {}", xt.shape))
+        })?;
     // The natural size before pads: stride * (in - 1) + output_padding + (kernel - 1) * dilation + 1.
     let natural: Vec<i64> = (0..sp)
         .map(|i| {
@@ -521,7 +549,6 @@ fn conv_transpose(cx: &mut Cx) -> R<Outs> {
                 + 1
         })
         .collect();
-    let auto = a.string("auto_pad")?.unwrap_or_default();
     let mut pads: Vec<i64> = match auto.as_str() {
         "" | "NOTSET" => match a.ints("pads")? {
             Some(p) if p.len() == 2 * sp => {
@@ -689,6 +716,7 @@ fn resize(cx: &mut Cx) -> R<Outs> {
     };
     let scales = opt_floats_input(cx, 2, "scales")?;
     let has_sizes = cx.input_name(3).is_some();
+    let mut ins = vec![Some(x)];
     let target = match (scales, has_sizes) {
         (Some(_), true) => return Err(cx.err("scales and sizes are both given; the spec allows one")),
         (Some(s), false) => {
@@ -704,16 +732,47 @@ fn resize(cx: &mut Cx) -> R<Outs> {
             }
             ResizeTarget::Scales(full)
         }
-        (None, true) => resize_sizes(cx, &xt, &axes, policy)?,
+        (None, true) => resize_sizes(cx, &xt, &axes, policy, &mut ins)?,
         (None, false) => return Err(cx.err("neither scales nor sizes is given")),
     };
     let attrs = ResizeAttrs { mode, coord, nearest, cubic_a, exclude_outside, extrapolation, antialias, roi, target };
-    one(cx.add(Op::Resize(attrs), vec![Some(x)], None)?)
+    one(cx.add(Op::Resize(attrs), ins, None)?)
 }
 
-/// The sizes input of Resize: a constant, or a shape value computed from the input's own shape
-/// (`Concat(Shape(x)[0:2], [H, W])`: entries equal to the input's dims keep them).
-fn resize_sizes(cx: &Cx, xt: &TensorType, axes: &[usize], policy: AspectPolicy) -> R<ResizeTarget> {
+/// The sizes input of Resize: a constant, or a shape value computed from shapes
+/// (`Concat(Shape(x)[0:2], [H, W])`: entries equal to the input's dims keep them). Sizes computed
+/// from the dims of other values (a segmentation head resized to the image's size) are read from
+/// those values' dims at run time ([`ResizeTarget::DimSizes`], whose reference inputs are appended
+/// to `ins`); stretched only.
+fn resize_sizes(
+    cx: &Cx,
+    xt: &TensorType,
+    axes: &[usize],
+    policy: AspectPolicy,
+    ins: &mut Vec<Option<Value>>,
+) -> R<ResizeTarget> {
+    if let Some(s) = cx.sym_input(3) {
+        let differs = axes
+            .iter()
+            .zip(&s.elems)
+            .any(|(&ax, m)| !m.syms.is_empty() && Mono::of_dim(&xt.shape.0[ax]).is_none_or(|d| d != *m));
+        if differs && s.elems.len() == axes.len() {
+            if policy != AspectPolicy::Stretch {
+                return Err(
+                    cx.err("keep_aspect_ratio_policy with sizes computed from other values' shapes is not supported")
+                );
+            }
+            let (mut kept_axes, mut kept) = (vec![], vec![]);
+            for (&ax, m) in axes.iter().zip(&s.elems) {
+                if Mono::of_dim(&xt.shape.0[ax]).is_none_or(|d| d != *m) {
+                    kept_axes.push(ax);
+                    kept.push(m.clone());
+                }
+            }
+            let sizes = cx.dim_exprs(&kept, ins)?;
+            return Ok(ResizeTarget::DimSizes { axes: kept_axes, sizes });
+        }
+    }
     let entries: Vec<Mono> = match cx.sym_input(3) {
         Some(s) => s.elems,
         None => cx.ints_input(3, "sizes")?.into_iter().map(Mono::c).collect(),
