@@ -633,7 +633,7 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
 fn float<'a>(t: &'a TensorType, what: &str) -> R<&'a TensorType> {
     if t.dtype == DType::F64 {
         return Err(InferError::Operand(format!(
-            "{what} is {t}: this op computes on f32, f16 and bf16, not f64 (cast it to f32 first)"
+            "{what} is {t}: this op does not compute on f64 (cast it to f32 first)"
         )));
     }
     any_float(t, what)
