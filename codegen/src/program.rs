@@ -997,6 +997,11 @@ fn write_tensor(t: &Tensor, out: &mut [u8]) {
                 *o = *b as u8;
             }
         }
+        TensorData::F64(v) => put!(v, 8),
+        TensorData::I16(v) => put!(v, 2),
+        TensorData::U16(v) => put!(v, 2),
+        TensorData::U32(v) => put!(v, 4),
+        TensorData::U64(v) => put!(v, 8),
     }
 }
 
@@ -1026,6 +1031,11 @@ fn read_tensor(ty: &TensorType, mem: &[u8]) -> Result<Tensor, JitError> {
         DType::I32 => TensorData::I32(get(mem, n, i32::from_le_bytes)?),
         DType::I64 => TensorData::I64(get(mem, n, i64::from_le_bytes)?),
         DType::Bool => TensorData::Bool(get(mem, n, |[b]: [u8; 1]| b != 0)?),
+        DType::F64 => TensorData::F64(get(mem, n, f64::from_le_bytes)?),
+        DType::I16 => TensorData::I16(get(mem, n, i16::from_le_bytes)?),
+        DType::U16 => TensorData::U16(get(mem, n, u16::from_le_bytes)?),
+        DType::U32 => TensorData::U32(get(mem, n, u32::from_le_bytes)?),
+        DType::U64 => TensorData::U64(get(mem, n, u64::from_le_bytes)?),
     };
     Tensor::new(shape, data).ok_or_else(|| JitError::Run("a tensor of the wrong size".into()))
 }

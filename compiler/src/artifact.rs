@@ -141,6 +141,11 @@ pub fn dtype_code(d: DType) -> u8 {
         DType::I32 => 5,
         DType::I64 => 6,
         DType::Bool => 7,
+        DType::F64 => 8,
+        DType::I16 => 9,
+        DType::U16 => 10,
+        DType::U32 => 11,
+        DType::U64 => 12,
     }
 }
 
@@ -403,6 +408,11 @@ fn write_const(out: &mut Vec<u8>, c: &ConstRecord) -> Result<u64> {
         TensorData::I32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
         TensorData::I64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
         TensorData::Bool(v) => v.iter().for_each(|&x| out.push(x as u8)),
+        TensorData::F64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        TensorData::I16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        TensorData::U16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        TensorData::U32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        TensorData::U64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
     }
     if (out.len() - start) as u64 != bytes {
         bail!("constant `{}`: {} data bytes written, {bytes} expected", c.name, out.len() - start);
@@ -450,7 +460,7 @@ fn read_const(c: &mut Cursor, k: usize) -> Result<ConstRecord> {
         from.push(c.string(&what)?);
     }
     let code = c.u8(&what)?;
-    let dtype = [DType::F32, DType::F16, DType::BF16, DType::I8, DType::U8, DType::I32, DType::I64, DType::Bool]
+    let dtype = DType::ALL
         .into_iter()
         .find(|&d| dtype_code(d) == code)
         .with_context(|| format!("constant `{name}`: unknown dtype code {code}"))?;
@@ -484,6 +494,11 @@ fn read_const(c: &mut Cursor, k: usize) -> Result<ConstRecord> {
         DType::U8 => TensorData::U8(b.to_vec()),
         DType::I32 => TensorData::I32(le(b, i32::from_le_bytes)),
         DType::I64 => TensorData::I64(le(b, i64::from_le_bytes)),
+        DType::F64 => TensorData::F64(le(b, f64::from_le_bytes)),
+        DType::I16 => TensorData::I16(le(b, i16::from_le_bytes)),
+        DType::U16 => TensorData::U16(le(b, u16::from_le_bytes)),
+        DType::U32 => TensorData::U32(le(b, u32::from_le_bytes)),
+        DType::U64 => TensorData::U64(le(b, u64::from_le_bytes)),
         DType::Bool => {
             if let Some(x) = b.iter().find(|&&x| x > 1) {
                 bail!("constant `{name}`: bool byte {x} is neither 0 nor 1");

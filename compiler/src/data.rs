@@ -49,6 +49,11 @@ fn join(parts: Vec<TensorData>) -> Result<TensorData> {
             (TensorData::I32(a), TensorData::I32(b)) => a.extend(b),
             (TensorData::I64(a), TensorData::I64(b)) => a.extend(b),
             (TensorData::Bool(a), TensorData::Bool(b)) => a.extend(b),
+            (TensorData::F64(a), TensorData::F64(b)) => a.extend(b),
+            (TensorData::I16(a), TensorData::I16(b)) => a.extend(b),
+            (TensorData::U16(a), TensorData::U16(b)) => a.extend(b),
+            (TensorData::U32(a), TensorData::U32(b)) => a.extend(b),
+            (TensorData::U64(a), TensorData::U64(b)) => a.extend(b),
             _ => bail!("batch outputs differ in dtype"),
         }
     }
@@ -76,6 +81,11 @@ into_data!(u8, U8);
 into_data!(i32, I32);
 into_data!(i64, I64);
 into_data!(bool, Bool);
+into_data!(f64, F64);
+into_data!(i16, I16);
+into_data!(u16, U16);
+into_data!(u32, U32);
+into_data!(u64, U64);
 
 /// Index of the largest score in each row of a `[N, C]` (or `[N, C, 1, 1]`) tensor; ties go to
 /// the first.

@@ -35,6 +35,11 @@ pub fn dtype_color(dtype: DType) -> &'static str {
         DType::I32 => "#d9d2e9",
         DType::I64 => "#ead1dc",
         DType::Bool => "#e0e0e0",
+        DType::F64 => "#b4cfe8",
+        DType::I16 => "#f9d9d9",
+        DType::U16 => "#fdf0e0",
+        DType::U32 => "#e6e1f0",
+        DType::U64 => "#f2e2ea",
     }
 }
 

@@ -1,9 +1,9 @@
 //! `.npy` reading and writing (NumPy format versions 1 to 3) through the `npyz` crate.
 //!
-//! Supported element types: float32, float16, int64, int32, uint8, int8 and bool, either
-//! endianness, C order. float64 is refused rather than narrowed silently (the message suggests
-//! `astype(np.float32)`); Fortran order, structured and object arrays are refused too. bf16 has no
-//! NumPy type, so bf16 tensors cannot be written.
+//! Supported element types: float64, float32, float16, int64, int32, int16, int8, uint64, uint32,
+//! uint16, uint8 and bool, either endianness, C order; each is read as it is (a float64 array is
+//! a f64 tensor, never narrowed silently). Fortran order, structured and object arrays are
+//! refused. bf16 has no NumPy type, so bf16 tensors cannot be written.
 //!
 //! Every length is checked against the bytes actually present before anything is allocated, so
 //! a corrupt or hostile header is an error, never a huge allocation or a panic.
@@ -72,23 +72,22 @@ fn decode(bytes: &[u8], path: &str) -> Result<Tensor, NpyError> {
     };
     let (tc, size) = (ts.type_char(), ts.size_field());
     let dtype = match (tc, size) {
+        (TypeChar::Float, 8) => DType::F64,
         (TypeChar::Float, 4) => DType::F32,
         (TypeChar::Float, 2) => DType::F16,
         (TypeChar::Int, 8) => DType::I64,
         (TypeChar::Int, 4) => DType::I32,
+        (TypeChar::Int, 2) => DType::I16,
         (TypeChar::Int, 1) => DType::I8,
+        (TypeChar::Uint, 8) => DType::U64,
+        (TypeChar::Uint, 4) => DType::U32,
+        (TypeChar::Uint, 2) => DType::U16,
         (TypeChar::Uint, 1) => DType::U8,
         (TypeChar::Bool, 1) => DType::Bool,
-        (TypeChar::Float, 8) => {
-            return Err(unsupported(
-                "dtype float64 is not supported (qforge computes in float32); convert it with \
-                 np.save(path, x.astype(np.float32))"
-                    .into(),
-            ))
-        }
         _ => {
             return Err(unsupported(format!(
-                "dtype `{ts}` is not supported (expected float32, float16, int64, int32, int8, uint8 or bool)"
+                "dtype `{ts}` is not supported (expected float64, float32, float16, int64, int32, int16, int8, \
+                 uint64, uint32, uint16, uint8 or bool)"
             )))
         }
     };
@@ -106,6 +105,11 @@ fn decode(bytes: &[u8], path: &str) -> Result<Tensor, NpyError> {
         DType::I8 => TensorData::I8(npy.into_vec::<i8>().map_err(io)?),
         DType::U8 => TensorData::U8(npy.into_vec::<u8>().map_err(io)?),
         DType::Bool => TensorData::Bool(npy.into_vec::<bool>().map_err(io)?),
+        DType::F64 => TensorData::F64(npy.into_vec::<f64>().map_err(io)?),
+        DType::I16 => TensorData::I16(npy.into_vec::<i16>().map_err(io)?),
+        DType::U16 => TensorData::U16(npy.into_vec::<u16>().map_err(io)?),
+        DType::U32 => TensorData::U32(npy.into_vec::<u32>().map_err(io)?),
+        DType::U64 => TensorData::U64(npy.into_vec::<u64>().map_err(io)?),
         DType::BF16 => return Err(unsupported("bf16 has no NumPy type".into())),
     };
     Tensor::new(shape, data).ok_or_else(|| format("the data does not match the shape".into()))
@@ -171,6 +175,11 @@ fn encode(t: &Tensor, path: &str) -> Result<Vec<u8>, NpyError> {
         TensorData::I8(v) => put!(i8, v),
         TensorData::U8(v) => put!(u8, v),
         TensorData::Bool(v) => put!(bool, v),
+        TensorData::F64(v) => put!(f64, v),
+        TensorData::I16(v) => put!(i16, v),
+        TensorData::U16(v) => put!(u16, v),
+        TensorData::U32(v) => put!(u32, v),
+        TensorData::U64(v) => put!(u64, v),
         TensorData::BF16(_) => {
             return Err(NpyError::Unsupported {
                 path: path.to_string(),
@@ -202,9 +211,18 @@ mod tests {
             (DType::I8, vec![1, 3]),
             (DType::U8, vec![3]),
             (DType::Bool, vec![3]),
+            (DType::F64, vec![3]),
+            (DType::I16, vec![3]),
+            (DType::U16, vec![3, 1]),
+            (DType::U32, vec![3]),
+            (DType::U64, vec![1, 3]),
         ] {
             roundtrip(Tensor::from_f64_iter(dtype, shape, [1.0, 0.0, 1.0].into_iter()));
         }
+        // The extremes of the new integer types, and an f64 that f32 cannot hold.
+        roundtrip(Tensor::new(vec![2], TensorData::U64(vec![u64::MAX, 1 << 63])).unwrap());
+        roundtrip(Tensor::new(vec![2], TensorData::I16(vec![i16::MIN, i16::MAX])).unwrap());
+        roundtrip(Tensor::new(vec![2], TensorData::F64(vec![0.1, f64::MAX])).unwrap());
     }
 
     #[test]
@@ -241,12 +259,12 @@ mod tests {
     #[test]
     fn rejects_what_it_cannot_read() {
         let err = |b: &[u8]| read_bytes(b).unwrap_err().to_string();
-        let f8 = raw("{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }", &[0; 16]);
-        assert!(err(&f8).contains("astype(np.float32)"), "{}", err(&f8));
+        let c8 = raw("{'descr': '<c8', 'fortran_order': False, 'shape': (2,), }", &[0; 16]);
+        assert!(err(&c8).contains("`<c8` is not supported"), "{}", err(&c8));
         let fortran = raw("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }", &[0; 16]);
         assert!(err(&fortran).contains("Fortran"));
-        let u16s = raw("{'descr': '<u2', 'fortran_order': False, 'shape': (2,), }", &[0; 4]);
-        assert!(err(&u16s).contains("not supported"));
+        let raw2 = raw("{'descr': '<V2', 'fortran_order': False, 'shape': (2,), }", &[0; 4]);
+        assert!(err(&raw2).contains("not supported"));
         let short = raw("{'descr': '<f4', 'fortran_order': False, 'shape': (1000000,), }", &[0; 16]);
         assert!(err(&short).contains("needs 4000000 bytes"));
         let huge =

@@ -70,6 +70,43 @@ fn run_without_inputs() {
     expect_error(&["run", p(&asset("digits_cnn.onnx")), "--output", p(&out)], "no --input for the model's input");
 }
 
+/// A model fed f64 and u16 arrays runs end to end on both engines: the .npy inputs and outputs
+/// keep their types, f64 arithmetic is computed in f64, u16 multiplication wraps, Cast converts
+/// between them; an op that does not compute on f64 is refused, naming the node and the way out.
+#[test]
+fn f64_and_u16_models_run_on_both_engines() {
+    use qforge::onnx::builder::{int, model, node, vi};
+    use qforge_ir::{Dim, Tensor, TensorData};
+    // ONNX element types DOUBLE = 11, UINT16 = 4
+    let d = scratch("dtypes");
+    let nodes = vec![
+        node("Cast", &["u"], &["c"], vec![int("to", 11)]),
+        node("Mul", &["x", "c"], &["y"], vec![]),
+        node("Mul", &["u", "u"], &["z"], vec![]),
+    ];
+    let inputs = vec![vi("x", 11, &[Dim::Fixed(4)]), vi("u", 4, &[Dim::Fixed(4)])];
+    let m = d.join("dtypes.onnx");
+    std::fs::write(&m, model(21, inputs, vec![], nodes, &["y", "z"])).unwrap();
+    let x = [0.1f64, -2.5, 1e300, 3.0];
+    let u = [2u16, 300, 65535, 7];
+    let (xf, uf) = (d.join("x.npy"), d.join("u.npy"));
+    qforge::npy::write(&xf, &Tensor::new(vec![4], TensorData::F64(x.to_vec())).unwrap()).unwrap();
+    qforge::npy::write(&uf, &Tensor::new(vec![4], TensorData::U16(u.to_vec())).unwrap()).unwrap();
+    let want_y: Vec<f64> = x.iter().zip(&u).map(|(&a, &b)| a * b as f64).collect();
+    let want_z: Vec<u16> = u.iter().map(|&b| b.wrapping_mul(b)).collect();
+    for engine in ["jit", "interp"] {
+        let (yf, zf) = (d.join(format!("y_{engine}.npy")), d.join(format!("z_{engine}.npy")));
+        let (x_arg, u_arg) = (format!("x={}", p(&xf)), format!("u={}", p(&uf)));
+        let args = ["run", p(&m), "--input", &x_arg, "--input", &u_arg, "--output", p(&yf), "--output", p(&zf)];
+        expect_ok(&[&args[..], &["--engine", engine]].concat());
+        assert_eq!(qforge::npy::read(&yf).unwrap().data(), &TensorData::F64(want_y.clone()), "{engine}");
+        assert_eq!(qforge::npy::read(&zf).unwrap().data(), &TensorData::U16(want_z.clone()), "{engine}");
+    }
+    let nodes = vec![node("Softmax", &["x"], &["y"], vec![])];
+    std::fs::write(&m, model(21, vec![vi("x", 11, &[Dim::Fixed(4)])], vec![], nodes, &["y"])).unwrap();
+    expect_error(&["inspect", p(&m)], "does not compute on f64");
+}
+
 #[test]
 fn missing_input_npy() {
     let d = scratch("missingnpy");

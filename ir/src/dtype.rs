@@ -15,28 +15,59 @@ pub enum DType {
     I32,
     I64,
     Bool,
+    F64,
+    I16,
+    U16,
+    U32,
+    U64,
 }
 
 impl DType {
-    pub const ALL: [DType; 8] =
-        [DType::F32, DType::F16, DType::BF16, DType::I8, DType::U8, DType::I32, DType::I64, DType::Bool];
+    pub const ALL: [DType; 13] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::I8,
+        DType::U8,
+        DType::I32,
+        DType::I64,
+        DType::Bool,
+        DType::F64,
+        DType::I16,
+        DType::U16,
+        DType::U32,
+        DType::U64,
+    ];
 
     /// Bytes per element in storage.
     pub fn size_bytes(self) -> usize {
         match self {
-            DType::F32 | DType::I32 => 4,
-            DType::F16 | DType::BF16 => 2,
+            DType::F32 | DType::I32 | DType::U32 => 4,
+            DType::F16 | DType::BF16 | DType::I16 | DType::U16 => 2,
             DType::I8 | DType::U8 | DType::Bool => 1,
-            DType::I64 => 8,
+            DType::I64 | DType::F64 | DType::U64 => 8,
         }
     }
 
+    /// Every floating-point type, f64 included.
     pub fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F16 | DType::BF16 | DType::F64)
+    }
+
+    /// The float types that the compute ops (convolution, matrix products, normalization, pooling,
+    /// activations) take: f32, and f16/bf16 as storage widened to f32. f64 is carried at a graph's
+    /// edges, through data movement, casts and element-wise arithmetic (computed in f64), but the
+    /// compute ops refuse it rather than compute it in f32.
+    pub fn is_compute_float(self) -> bool {
         matches!(self, DType::F32 | DType::F16 | DType::BF16)
     }
 
+    /// Every integer type (bool excluded).
     pub fn is_int(self) -> bool {
-        matches!(self, DType::I8 | DType::U8 | DType::I32 | DType::I64)
+        matches!(
+            self,
+            DType::I8 | DType::U8 | DType::I16 | DType::U16 | DType::I32 | DType::U32 | DType::I64 | DType::U64
+        )
     }
 
     /// The storage types a quantized tensor may have.
@@ -44,15 +75,28 @@ impl DType {
         matches!(self, DType::I8 | DType::U8 | DType::I32)
     }
 
-    /// The representable integer range, for integer types.
+    /// The representable integer range, for integer types and bool whose range fits i64 (every
+    /// one but u64: see [`DType::int_bounds`]).
     pub fn int_range(self) -> Option<(i64, i64)> {
         match self {
-            DType::I8 => Some((i8::MIN as i64, i8::MAX as i64)),
-            DType::U8 => Some((0, u8::MAX as i64)),
-            DType::I32 => Some((i32::MIN as i64, i32::MAX as i64)),
-            DType::I64 => Some((i64::MIN, i64::MAX)),
+            DType::U64 => None,
+            _ => self.int_bounds().map(|(lo, hi)| (lo as i64, hi as i64)),
+        }
+    }
+
+    /// The representable integer range of every integer type and bool, u64 included.
+    pub fn int_bounds(self) -> Option<(i128, i128)> {
+        match self {
+            DType::I8 => Some((i8::MIN as i128, i8::MAX as i128)),
+            DType::U8 => Some((0, u8::MAX as i128)),
+            DType::I16 => Some((i16::MIN as i128, i16::MAX as i128)),
+            DType::U16 => Some((0, u16::MAX as i128)),
+            DType::I32 => Some((i32::MIN as i128, i32::MAX as i128)),
+            DType::U32 => Some((0, u32::MAX as i128)),
+            DType::I64 => Some((i64::MIN as i128, i64::MAX as i128)),
+            DType::U64 => Some((0, u64::MAX as i128)),
             DType::Bool => Some((0, 1)),
-            _ => None,
+            DType::F32 | DType::F16 | DType::BF16 | DType::F64 => None,
         }
     }
 
@@ -67,6 +111,11 @@ impl DType {
             DType::I32 => "i32",
             DType::I64 => "i64",
             DType::Bool => "bool",
+            DType::F64 => "f64",
+            DType::I16 => "i16",
+            DType::U16 => "u16",
+            DType::U32 => "u32",
+            DType::U64 => "u64",
         }
     }
 }
@@ -79,7 +128,7 @@ impl fmt::Display for DType {
 
 /// A dtype name that is not one of qforge's.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown dtype `{name}` (expected one of f32, f16, bf16, i8, u8, i32, i64, bool)")]
+#[error("unknown dtype `{name}` (expected one of f32, f16, bf16, f64, i8, u8, i16, u16, i32, u32, i64, u64, bool)")]
 pub struct ParseDTypeError {
     pub name: String,
 }

@@ -103,7 +103,9 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             }
             one(t.clone())
         }
-        Op::Unary(_) | Op::LeakyRelu { .. } | Op::Clip { .. } | Op::HardSigmoid { .. } | Op::Lrn { .. } => {
+        // The unary functions compute f64 in f64; the float maps and LRN in f32.
+        Op::Unary(_) => one(any_float(x(0)?, "x")?.clone()),
+        Op::LeakyRelu { .. } | Op::Clip { .. } | Op::HardSigmoid { .. } | Op::Lrn { .. } => {
             one(float(x(0)?, "x")?.clone())
         }
         Op::Softmax { axis } | Op::LogSoftmax { axis } => {
@@ -182,7 +184,7 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             one(TensorType::new(a.dtype, shape))
         }
         Op::MaxPool(p) => {
-            let t = x(0)?;
+            let t = widenable(x(0)?, "x")?;
             one(t.with_shape(pool_shape(p, &t.shape)?))
         }
         Op::AveragePool(p) => {
@@ -190,7 +192,7 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             one(t.with_shape(pool_shape(p, &t.shape)?))
         }
         Op::GlobalAveragePool | Op::GlobalMaxPool => {
-            let t = if matches!(op, Op::GlobalMaxPool) { x(0)? } else { float(x(0)?, "x")? };
+            let t = if matches!(op, Op::GlobalMaxPool) { widenable(x(0)?, "x")? } else { float(x(0)?, "x")? };
             one(t.with_shape(global_pool_shape(&t.shape)?))
         }
         Op::ConvTranspose(a) => {
@@ -298,7 +300,11 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             one(t.with_shape(Shape(dims)))
         }
         Op::ReduceMean { axes, keepdims } | Op::ReduceSum { axes, keepdims } | Op::ReduceMax { axes, keepdims } => {
+            // f64 reduces in f64; the other integers are widened to i64, which u64 does not fit
             let t = plain(x(0)?, "x")?;
+            if t.dtype != DType::F64 {
+                widenable(t, "x")?;
+            }
             let r = t.rank();
             let axes: Vec<usize> = if axes.is_empty() {
                 (0..r).collect()
@@ -767,7 +773,19 @@ fn unified_dims<'a>(shapes: impl Iterator<Item = &'a Shape>, axis: usize) -> R<V
     out.ok_or(InferError::MissingInput(0))
 }
 
+/// A float operand of an op that computes in f32 (f16/bf16 widened to f32): f64 is refused, with
+/// the way out, rather than computed in f32.
 fn float<'a>(t: &'a TensorType, what: &str) -> R<&'a TensorType> {
+    if t.dtype == DType::F64 {
+        return Err(InferError::Operand(format!(
+            "{what} is {t}: this op does not compute on f64 (cast it to f32 first)"
+        )));
+    }
+    any_float(t, what)
+}
+
+/// A float operand of an op that computes f64 in f64 (and f32, f16, bf16 as [`float`]).
+fn any_float<'a>(t: &'a TensorType, what: &str) -> R<&'a TensorType> {
     if !t.dtype.is_float() {
         return Err(InferError::Operand(format!("{what} must be a float tensor, got {t}")));
     }
@@ -775,6 +793,17 @@ fn float<'a>(t: &'a TensorType, what: &str) -> R<&'a TensorType> {
         return Err(InferError::Operand(format!("{what} must not be quantized, got {t}")));
     }
     Ok(t)
+}
+
+/// An operand of an op whose kernel widens floats to f32 and integers to i64 (max pooling,
+/// reductions): f64 and u64 are refused (with the way out) rather than computed in a narrower type.
+fn widenable<'a>(t: &'a TensorType, what: &str) -> R<&'a TensorType> {
+    let to = match t.dtype {
+        DType::F64 => "f32",
+        DType::U64 => "i64",
+        _ => return Ok(t),
+    };
+    Err(InferError::Operand(format!("{what} is {t}: this op does not compute on {} (cast it to {to} first)", t.dtype)))
 }
 
 fn plain<'a>(t: &'a TensorType, what: &str) -> R<&'a TensorType> {

@@ -9,7 +9,33 @@
 //!
 //! # Saturation
 //! Results converted to an integer storage type are clamped to its range: i8 `[-128, 127]`,
-//! u8 `[0, 255]`, i32 `[-2^31, 2^31-1]`. NaN converts to 0.
+//! u8 `[0, 255]`, i32 `[-2^31, 2^31-1]` (and so on for i16, u16, u32, i64, u64). NaN converts to 0.
+//!
+//! # Cast (ONNX Cast and CastLike)
+//! [`cast_float_to_int`] and the rules below are the element formulas of every cast:
+//! * float to integer: truncation toward zero, then saturation to the target's range; NaN gives 0.
+//!   (The ONNX spec leaves out-of-range values undefined; the reference's NumPy `astype` gives
+//!   whatever the C conversion does; saturation is the one defined choice, as Rust's `as`.)
+//! * integer to integer: the low bits of the two's-complement value (wrap-around), as NumPy's
+//!   `astype` and C casts do.
+//! * anything to bool: `x != 0` (NaN is true, as in NumPy).
+//! * to a float type: the exact source value rounded once to nearest even (f32 to f16 and f64 to
+//!   f16 directly; integers to f32 and f64 directly; integers to f16/bf16 through f64, which is
+//!   exact up to 2^53 and so for every f16, while a bf16 of a larger integer rounds twice).
+//!
+//! # Integer element-wise arithmetic
+//! [`int_binary`]: `+ - *` wrap in the storage type (two's complement, as ONNX Runtime's kernels
+//! and NumPy do); division truncates toward zero; `mod` (ONNX Mod, fmod=0) takes the sign of the
+//! divisor (Python's `%`), `fmod` (fmod=1) the sign of the dividend (C's `fmod`); a zero divisor is
+//! an error; `pow` is `trunc(pow(a as f64, b as f64))` (ONNX Runtime's `std::pow` on doubles),
+//! wrapped into the storage type; comparisons, `max` and `min` compare values (unsigned types as
+//! unsigned).
+//!
+//! # Float element-wise arithmetic
+//! [`float_binary`] is evaluated in f64 and rounded once to the storage type: for f64 that is the
+//! IEEE operation itself; for f32 (and f16/bf16 widened to f32) it is the same as computing in f32,
+//! since f64 carries more than twice f32's precision (double rounding is innocuous for `+ - * /`
+//! and square root), and `pow` is evaluated in f64 and rounded once. `max`/`min` propagate NaN.
 //!
 //! # Quantize, dequantize
 //! * quantize: `q = saturate(round_half_even(x / scale) + zero_point)`, computed in f32 with a true
@@ -35,7 +61,7 @@
 //! ([`QAddParams`], [`qlinear_mul`], [`global_average_multiplier`], [`quantize_zp_inside`]); the
 //! interpreter ([`crate::interp::quant`]) documents each with its ONNX Runtime source.
 
-use crate::DType;
+use crate::{BinaryOp, DType};
 
 /// Rounds half to even (banker's rounding) in f32.
 #[inline]
@@ -60,6 +86,142 @@ pub fn saturate_f64(x: f64, dtype: DType) -> i64 {
     } else {
         r as i64
     }
+}
+
+/// Rounds half to even and clamps into the range of any integer `dtype` (u64 included); NaN gives
+/// 0. For float `dtype`s the value is rounded toward zero into the i128 range.
+pub fn saturate_f64_wide(x: f64, dtype: DType) -> i128 {
+    let r = x.round_ties_even();
+    match dtype.int_bounds() {
+        // `as` from a float saturates at the bounds of the target and maps NaN to 0
+        Some((lo, hi)) => (r as i128).clamp(lo, hi),
+        None => r as i128,
+    }
+}
+
+/// ONNX Cast of a float value to the integer type `to` (see the module docs): truncated toward
+/// zero and saturated to the target's range; NaN gives 0. The result fits `to`.
+pub fn cast_float_to_int(x: f64, to: DType) -> i128 {
+    let (lo, hi) = to.int_bounds().unwrap_or((i128::MIN, i128::MAX));
+    // `as` truncates toward zero, saturates at the i128 range and maps NaN to 0
+    (x as i128).clamp(lo, hi)
+}
+
+/// Integer binary ops (see the module docs) on values of `dtype` given as i64 bits (u64 values
+/// reinterpreted, see [`crate::Tensor::to_i64_bits`]): the result as i64 bits, to be wrapped into
+/// the storage type (comparisons give 0 or 1). `Err` for a zero divisor.
+pub fn int_binary(op: BinaryOp, x: i64, z: i64, dtype: DType) -> Result<i64, &'static str> {
+    // u64 values above i64::MAX have their sign bit set: order and divide them as u64.
+    let unsigned = dtype == DType::U64;
+    let (ux, uz) = (x as u64, z as u64);
+    let cmp = |o: std::cmp::Ordering| if unsigned { ux.cmp(&uz) == o } else { x.cmp(&z) == o };
+    Ok(match op {
+        BinaryOp::Add => x.wrapping_add(z),
+        BinaryOp::Sub => x.wrapping_sub(z),
+        BinaryOp::Mul => x.wrapping_mul(z),
+        BinaryOp::Div => match (z, unsigned) {
+            (0, _) => return Err("integer division by zero"),
+            (_, true) => (ux / uz) as i64,
+            (_, false) => x.wrapping_div(z),
+        },
+        BinaryOp::Mod | BinaryOp::Fmod => match (z, unsigned) {
+            (0, _) => return Err("integer modulus by zero"),
+            (_, true) => (ux % uz) as i64,
+            (_, false) => {
+                let r = x.wrapping_rem(z);
+                // Mod takes the sign of the divisor (Python's %), Fmod the dividend's.
+                if op == BinaryOp::Mod && r != 0 && ((r < 0) != (z < 0)) {
+                    r.wrapping_add(z)
+                } else {
+                    r
+                }
+            }
+        },
+        BinaryOp::Pow => {
+            let (a, b) = if unsigned { (ux as f64, uz as f64) } else { (x as f64, z as f64) };
+            // `as i128` truncates (and saturates); the storage type keeps the low bits
+            a.powf(b) as i128 as i64
+        }
+        BinaryOp::Max => {
+            if cmp(std::cmp::Ordering::Less) {
+                z
+            } else {
+                x
+            }
+        }
+        BinaryOp::Min => {
+            if cmp(std::cmp::Ordering::Greater) {
+                z
+            } else {
+                x
+            }
+        }
+        BinaryOp::Equal => (x == z) as i64,
+        BinaryOp::Less => cmp(std::cmp::Ordering::Less) as i64,
+        BinaryOp::Greater => cmp(std::cmp::Ordering::Greater) as i64,
+        BinaryOp::GreaterOrEqual => !cmp(std::cmp::Ordering::Less) as i64,
+        BinaryOp::LessOrEqual => !cmp(std::cmp::Ordering::Greater) as i64,
+        BinaryOp::And => (x != 0 && z != 0) as i64,
+        BinaryOp::Or => (x != 0 || z != 0) as i64,
+        // On the two's-complement bits (an unsigned value is its bits read as i64, so the
+        // storage type gets back exactly its own bits).
+        BinaryOp::BitAnd => x & z,
+        BinaryOp::BitOr => x | z,
+        BinaryOp::BitXor => x ^ z,
+        // ONNX BitShift-28: the storage type's bits; bits beyond its width are cut by the final
+        // wrap into the storage type; a count outside `0..width` gives 0 (or -1 for a right shift
+        // of a negative signed value); `>>` is arithmetic on signed types, logical on unsigned.
+        BinaryOp::ShiftLeft => {
+            let bits = (dtype.size_bytes() * 8) as i64;
+            if (0..bits).contains(&z) {
+                x.wrapping_shl(z as u32)
+            } else {
+                0
+            }
+        }
+        BinaryOp::ShiftRight => {
+            let bits = (dtype.size_bytes() * 8) as i64;
+            let signed = matches!(dtype, DType::I8 | DType::I16 | DType::I32 | DType::I64);
+            // the unsigned storage's own bits: a u8/u16/u32 value read as i64 is non-negative
+            match ((0..bits).contains(&z), signed) {
+                (true, true) => x >> z,
+                (true, false) => ((x as u64) >> z) as i64,
+                (false, true) if x < 0 => -1,
+                (false, _) => 0,
+            }
+        }
+    })
+}
+
+/// Float binary arithmetic (see the module docs), in f64; `None` for the comparisons and the
+/// bool ops. Integer `mod` (fmod=0) on floats is refused by inference.
+pub fn float_binary(op: BinaryOp, x: f64, z: f64) -> Option<f64> {
+    Some(match op {
+        BinaryOp::Add => x + z,
+        BinaryOp::Sub => x - z,
+        BinaryOp::Mul => x * z,
+        BinaryOp::Div => x / z,
+        BinaryOp::Pow => x.powf(z),
+        BinaryOp::Max if x.is_nan() || z.is_nan() => f64::NAN,
+        BinaryOp::Max => x.max(z),
+        BinaryOp::Min if x.is_nan() || z.is_nan() => f64::NAN,
+        BinaryOp::Min => x.min(z),
+        // C fmod: the sign of the dividend (ONNX Mod with fmod=1).
+        BinaryOp::Fmod => x % z,
+        _ => return None,
+    })
+}
+
+/// Float comparisons; `None` for the other ops.
+pub fn float_compare(op: BinaryOp, x: f64, z: f64) -> Option<bool> {
+    Some(match op {
+        BinaryOp::Equal => x == z,
+        BinaryOp::Less => x < z,
+        BinaryOp::Greater => x > z,
+        BinaryOp::GreaterOrEqual => x >= z,
+        BinaryOp::LessOrEqual => x <= z,
+        _ => return None,
+    })
 }
 
 /// Clamps an integer into `dtype`'s range.

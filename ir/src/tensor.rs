@@ -15,6 +15,11 @@ pub enum TensorData {
     I32(Vec<i32>),
     I64(Vec<i64>),
     Bool(Vec<bool>),
+    F64(Vec<f64>),
+    I16(Vec<i16>),
+    U16(Vec<u16>),
+    U32(Vec<u32>),
+    U64(Vec<u64>),
 }
 
 /// Applies `$body` to the vector inside any variant.
@@ -30,6 +35,11 @@ macro_rules! with_data {
             $crate::TensorData::I32($v) => $body,
             $crate::TensorData::I64($v) => $body,
             $crate::TensorData::Bool($v) => $body,
+            $crate::TensorData::F64($v) => $body,
+            $crate::TensorData::I16($v) => $body,
+            $crate::TensorData::U16($v) => $body,
+            $crate::TensorData::U32($v) => $body,
+            $crate::TensorData::U64($v) => $body,
         }
     };
 }
@@ -45,6 +55,11 @@ impl TensorData {
             TensorData::I32(_) => DType::I32,
             TensorData::I64(_) => DType::I64,
             TensorData::Bool(_) => DType::Bool,
+            TensorData::F64(_) => DType::F64,
+            TensorData::I16(_) => DType::I16,
+            TensorData::U16(_) => DType::U16,
+            TensorData::U32(_) => DType::U32,
+            TensorData::U64(_) => DType::U64,
         }
     }
     pub fn len(&self) -> usize {
@@ -88,14 +103,20 @@ impl Tensor {
     /// Converts real values into `dtype`: floats round to nearest even, integers round half to
     /// even and saturate (the storage conversion of [`numerics`]).
     pub fn from_f64_iter(dtype: DType, shape: Vec<usize>, it: impl Iterator<Item = f64>) -> Tensor {
+        let sat = move |x: f64| numerics::saturate_f64_wide(x, dtype);
         let data = match dtype {
             DType::F32 => TensorData::F32(it.map(|x| x as f32).collect()),
             DType::F16 => TensorData::F16(it.map(f16::from_f64).collect()),
             DType::BF16 => TensorData::BF16(it.map(bf16::from_f64).collect()),
-            DType::I8 => TensorData::I8(it.map(|x| numerics::saturate_f64(x, DType::I8) as i8).collect()),
-            DType::U8 => TensorData::U8(it.map(|x| numerics::saturate_f64(x, DType::U8) as u8).collect()),
-            DType::I32 => TensorData::I32(it.map(|x| numerics::saturate_f64(x, DType::I32) as i32).collect()),
-            DType::I64 => TensorData::I64(it.map(|x| numerics::saturate_f64(x, DType::I64)).collect()),
+            DType::F64 => TensorData::F64(it.collect()),
+            DType::I8 => TensorData::I8(it.map(|x| sat(x) as i8).collect()),
+            DType::U8 => TensorData::U8(it.map(|x| sat(x) as u8).collect()),
+            DType::I16 => TensorData::I16(it.map(|x| sat(x) as i16).collect()),
+            DType::U16 => TensorData::U16(it.map(|x| sat(x) as u16).collect()),
+            DType::I32 => TensorData::I32(it.map(|x| sat(x) as i32).collect()),
+            DType::U32 => TensorData::U32(it.map(|x| sat(x) as u32).collect()),
+            DType::I64 => TensorData::I64(it.map(|x| sat(x) as i64).collect()),
+            DType::U64 => TensorData::U64(it.map(|x| sat(x) as u64).collect()),
             DType::Bool => TensorData::Bool(it.map(|x| x != 0.0).collect()),
         };
         let t = Tensor { shape, data };
@@ -152,55 +173,89 @@ impl Tensor {
         }
     }
 
-    /// Every element widened to f32 (exact for f16/bf16/i8/u8; i32/i64 round to nearest).
+    /// Every element widened to f32 (exact for f16/bf16/i8/u8/i16/u16; wider integers and f64
+    /// round to nearest).
     pub fn to_f32_vec(&self) -> Vec<f32> {
         match &self.data {
             TensorData::F32(v) => v.clone(),
             TensorData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
             TensorData::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            TensorData::F64(v) => v.iter().map(|&x| x as f32).collect(),
             TensorData::I8(v) => v.iter().map(|&x| x as f32).collect(),
             TensorData::U8(v) => v.iter().map(|&x| x as f32).collect(),
+            TensorData::I16(v) => v.iter().map(|&x| x as f32).collect(),
+            TensorData::U16(v) => v.iter().map(|&x| x as f32).collect(),
             TensorData::I32(v) => v.iter().map(|&x| x as f32).collect(),
+            TensorData::U32(v) => v.iter().map(|&x| x as f32).collect(),
             TensorData::I64(v) => v.iter().map(|&x| x as f32).collect(),
+            TensorData::U64(v) => v.iter().map(|&x| x as f32).collect(),
             TensorData::Bool(v) => v.iter().map(|&x| x as u8 as f32).collect(),
         }
     }
 
-    /// Every element as f64 (exact for every dtype but i64 beyond 2^53).
+    /// Every element as f64 (exact for every dtype but i64/u64 beyond 2^53).
     pub fn to_f64_vec(&self) -> Vec<f64> {
         match &self.data {
             TensorData::F32(v) => v.iter().map(|&x| x as f64).collect(),
             TensorData::F16(v) => v.iter().map(|x| x.to_f64()).collect(),
             TensorData::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
+            TensorData::F64(v) => v.clone(),
             TensorData::I8(v) => v.iter().map(|&x| x as f64).collect(),
             TensorData::U8(v) => v.iter().map(|&x| x as f64).collect(),
+            TensorData::I16(v) => v.iter().map(|&x| x as f64).collect(),
+            TensorData::U16(v) => v.iter().map(|&x| x as f64).collect(),
             TensorData::I32(v) => v.iter().map(|&x| x as f64).collect(),
+            TensorData::U32(v) => v.iter().map(|&x| x as f64).collect(),
             TensorData::I64(v) => v.iter().map(|&x| x as f64).collect(),
+            TensorData::U64(v) => v.iter().map(|&x| x as f64).collect(),
             TensorData::Bool(v) => v.iter().map(|&x| x as u8 as f64).collect(),
         }
     }
 
-    /// Integer elements as i64; `None` for float tensors.
+    /// Integer (and bool) elements as i64; `None` for float tensors, and for u64 ones, whose
+    /// values may exceed i64 (see [`Tensor::to_i64_bits`]).
     pub fn to_i64_vec(&self) -> Option<Vec<i64>> {
+        match &self.data {
+            TensorData::U64(_) => None,
+            _ => self.to_i64_bits(),
+        }
+    }
+
+    /// Integer (and bool) elements as i64 bits: exact values for every integer type but u64,
+    /// whose elements are reinterpreted (two's complement, as `u64 as i64`), so that wrapping
+    /// arithmetic on the bits and [`Tensor::from_i64_wrapping`] back give the u64 result; `None`
+    /// for float tensors.
+    pub fn to_i64_bits(&self) -> Option<Vec<i64>> {
         Some(match &self.data {
             TensorData::I8(v) => v.iter().map(|&x| x as i64).collect(),
             TensorData::U8(v) => v.iter().map(|&x| x as i64).collect(),
+            TensorData::I16(v) => v.iter().map(|&x| x as i64).collect(),
+            TensorData::U16(v) => v.iter().map(|&x| x as i64).collect(),
             TensorData::I32(v) => v.iter().map(|&x| x as i64).collect(),
+            TensorData::U32(v) => v.iter().map(|&x| x as i64).collect(),
             TensorData::I64(v) => v.clone(),
+            TensorData::U64(v) => v.iter().map(|&x| x as i64).collect(),
             TensorData::Bool(v) => v.iter().map(|&x| x as i64).collect(),
-            _ => return None,
+            TensorData::F32(_) | TensorData::F16(_) | TensorData::BF16(_) | TensorData::F64(_) => return None,
         })
     }
 
-    /// Integer elements into `dtype`, wrapping as a two's-complement cast does (ONNX Cast).
+    /// Integer elements (as i64 bits, see [`Tensor::to_i64_bits`]) into `dtype`, wrapping as a
+    /// two's-complement cast does (ONNX Cast between integers); into a float type they convert
+    /// as signed values, rounding to nearest even.
     pub fn from_i64_wrapping(dtype: DType, shape: Vec<usize>, v: &[i64]) -> Tensor {
         let data = match dtype {
             DType::I8 => TensorData::I8(v.iter().map(|&x| x as i8).collect()),
             DType::U8 => TensorData::U8(v.iter().map(|&x| x as u8).collect()),
+            DType::I16 => TensorData::I16(v.iter().map(|&x| x as i16).collect()),
+            DType::U16 => TensorData::U16(v.iter().map(|&x| x as u16).collect()),
             DType::I32 => TensorData::I32(v.iter().map(|&x| x as i32).collect()),
+            DType::U32 => TensorData::U32(v.iter().map(|&x| x as u32).collect()),
             DType::I64 => TensorData::I64(v.to_vec()),
+            DType::U64 => TensorData::U64(v.iter().map(|&x| x as u64).collect()),
             DType::Bool => TensorData::Bool(v.iter().map(|&x| x != 0).collect()),
             DType::F32 => TensorData::F32(v.iter().map(|&x| x as f32).collect()),
+            DType::F64 => TensorData::F64(v.iter().map(|&x| x as f64).collect()),
             DType::F16 => TensorData::F16(v.iter().map(|&x| f16::from_f64(x as f64)).collect()),
             DType::BF16 => TensorData::BF16(v.iter().map(|&x| bf16::from_f64(x as f64)).collect()),
         };
@@ -231,6 +286,11 @@ impl Tensor {
             TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).for_each(&mut eat),
             TensorData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).for_each(&mut eat),
             TensorData::Bool(v) => v.iter().for_each(|&x| eat(x as u8)),
+            TensorData::F64(v) => v.iter().flat_map(|x| x.to_bits().to_le_bytes()).for_each(&mut eat),
+            TensorData::I16(v) => v.iter().flat_map(|x| x.to_le_bytes()).for_each(&mut eat),
+            TensorData::U16(v) => v.iter().flat_map(|x| x.to_le_bytes()).for_each(&mut eat),
+            TensorData::U32(v) => v.iter().flat_map(|x| x.to_le_bytes()).for_each(&mut eat),
+            TensorData::U64(v) => v.iter().flat_map(|x| x.to_le_bytes()).for_each(&mut eat),
         }
         h
     }

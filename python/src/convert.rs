@@ -24,6 +24,11 @@ pub fn numpy_name(d: DType) -> &'static str {
         DType::I32 => "int32",
         DType::I64 => "int64",
         DType::Bool => "bool",
+        DType::F64 => "float64",
+        DType::I16 => "int16",
+        DType::U16 => "uint16",
+        DType::U32 => "uint32",
+        DType::U64 => "uint64",
     }
 }
 
@@ -79,12 +84,22 @@ pub fn tensor_from_array(a: &Bound<'_, PyUntypedArray>) -> Result<Tensor> {
         TensorData::I64(copy_out(a)?)
     } else if dt.is_equiv_to(&dtype::<bool>(py)) {
         TensorData::Bool(copy_out(a)?)
+    } else if dt.is_equiv_to(&dtype::<f64>(py)) {
+        TensorData::F64(copy_out(a)?)
+    } else if dt.is_equiv_to(&dtype::<i16>(py)) {
+        TensorData::I16(copy_out(a)?)
+    } else if dt.is_equiv_to(&dtype::<u16>(py)) {
+        TensorData::U16(copy_out(a)?)
+    } else if dt.is_equiv_to(&dtype::<u32>(py)) {
+        TensorData::U32(copy_out(a)?)
+    } else if dt.is_equiv_to(&dtype::<u64>(py)) {
+        TensorData::U64(copy_out(a)?)
     } else {
         let name = dt.str().map(|s| s.to_string()).unwrap_or_else(|_| "?".into());
-        let hint = if dt.is_equiv_to(&dtype::<f64>(py)) { "; cast it, e.g. x.astype(numpy.float32)" } else { "" };
         return Err(Error::from_anyhow(
             InputData(format!(
-                "an array of dtype {name} has no qforge type (float32, float16, int8, uint8, int32, int64, bool){hint}"
+                "an array of dtype {name} has no qforge type (float64, float32, float16, int8, uint8, int16, \
+                 uint16, int32, uint32, int64, uint64, bool)"
             ))
             .into(),
             Kind::Input,
@@ -111,6 +126,11 @@ pub fn array_from_tensor<'py>(py: Python<'py>, t: Tensor) -> Result<Bound<'py, P
         TensorData::I32(v) => own(py, shape, v),
         TensorData::I64(v) => own(py, shape, v),
         TensorData::Bool(v) => own(py, shape, v),
+        TensorData::F64(v) => own(py, shape, v),
+        TensorData::I16(v) => own(py, shape, v),
+        TensorData::U16(v) => own(py, shape, v),
+        TensorData::U32(v) => own(py, shape, v),
+        TensorData::U64(v) => own(py, shape, v),
     }
 }
 

@@ -16,8 +16,6 @@ pub const MAX_TENSOR_BYTES: u128 = qforge_ir::DEFAULT_MAX_TENSOR_BYTES as u128;
 pub enum TensorError {
     #[error("unknown ONNX element type {0}")]
     UnknownElemType(i32),
-    #[error("element type DOUBLE (f64) is not supported; export the model in float32")]
-    Double,
     #[error("element type {0} is not supported")]
     UnsupportedElemType(&'static str),
     #[error("negative dimension {dim} in {dims:?}")]
@@ -50,6 +48,8 @@ pub enum TensorError {
     TypedLength { field: &'static str, have: usize, need: usize },
     #[error("int32_data value {value} is out of range for {dtype}")]
     OutOfRange { value: i32, dtype: DType },
+    #[error("uint64_data value {value} is out of range for {dtype}")]
+    OutOfRangeU64 { value: u64, dtype: DType },
     #[error("the data does not match its dims {dims:?}")]
     ShapeMismatch { dims: Vec<i64> },
 }
@@ -66,7 +66,11 @@ pub fn dtype_from_onnx(code: i32) -> Result<DType, TensorError> {
         DataType::Int32 => DType::I32,
         DataType::Int64 => DType::I64,
         DataType::Bool => DType::Bool,
-        DataType::Double => return Err(TensorError::Double),
+        DataType::Double => DType::F64,
+        DataType::Int16 => DType::I16,
+        DataType::Uint16 => DType::U16,
+        DataType::Uint32 => DType::U32,
+        DataType::Uint64 => DType::U64,
         other => return Err(TensorError::UnsupportedElemType(other.as_str_name())),
     })
 }
@@ -82,6 +86,11 @@ pub fn dtype_to_onnx(dtype: DType) -> i32 {
         DType::I32 => DataType::Int32,
         DType::I64 => DataType::Int64,
         DType::Bool => DataType::Bool,
+        DType::F64 => DataType::Double,
+        DType::I16 => DataType::Int16,
+        DType::U16 => DataType::Uint16,
+        DType::U32 => DataType::Uint32,
+        DType::U64 => DataType::Uint64,
     }) as i32
 }
 
@@ -182,11 +191,27 @@ fn four_bit_from_proto(t: &TensorProto, signed: bool, max_bytes: u128) -> Result
     Tensor::new(shape, data).ok_or_else(|| TensorError::ShapeMismatch { dims: t.dims.clone() })
 }
 
+/// The typed field that holds `dtype` (the ONNX spec, `TensorProto`: `double_data` for DOUBLE,
+/// `uint64_data` for UINT32 and UINT64, `int32_data` for every narrower type, f16/bf16 as bits).
+fn typed_field(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "float_data",
+        DType::I64 => "int64_data",
+        DType::F64 => "double_data",
+        DType::U32 | DType::U64 => "uint64_data",
+        DType::F16 | DType::BF16 | DType::I8 | DType::U8 | DType::I16 | DType::U16 | DType::I32 | DType::Bool => {
+            "int32_data"
+        }
+    }
+}
+
 /// Number of elements in the typed field that holds `dtype`.
 fn typed_len(t: &TensorProto, dtype: DType) -> usize {
-    match dtype {
-        DType::F32 => t.float_data.len(),
-        DType::I64 => t.int64_data.len(),
+    match typed_field(dtype) {
+        "float_data" => t.float_data.len(),
+        "int64_data" => t.int64_data.len(),
+        "double_data" => t.double_data.len(),
+        "uint64_data" => t.uint64_data.len(),
         _ => t.int32_data.len(),
     }
 }
@@ -214,18 +239,18 @@ fn from_raw(raw: &[u8], dtype: DType, n: usize) -> Result<TensorData, TensorErro
         DType::I32 => TensorData::I32(le!(i32, 4).collect()),
         DType::I64 => TensorData::I64(le!(i64, 8).collect()),
         DType::Bool => TensorData::Bool(raw.iter().map(|&b| b != 0).collect()),
+        DType::F64 => TensorData::F64(le!(f64, 8).collect()),
+        DType::I16 => TensorData::I16(le!(i16, 2).collect()),
+        DType::U16 => TensorData::U16(le!(u16, 2).collect()),
+        DType::U32 => TensorData::U32(le!(u32, 4).collect()),
+        DType::U64 => TensorData::U64(le!(u64, 8).collect()),
     })
 }
 
 fn from_typed(t: &TensorProto, dtype: DType, n: usize) -> Result<TensorData, TensorError> {
     let have = typed_len(t, dtype);
     if have != n {
-        let field = match dtype {
-            DType::F32 => "float_data",
-            DType::I64 => "int64_data",
-            _ => "int32_data",
-        };
-        return Err(TensorError::TypedLength { field, have, need: n });
+        return Err(TensorError::TypedLength { field: typed_field(dtype), have, need: n });
     }
     let ints = &t.int32_data;
     // Narrow types are stored one per int32 (f16/bf16 as their bit patterns); values out of
@@ -260,6 +285,22 @@ fn from_typed(t: &TensorProto, dtype: DType, n: usize) -> Result<TensorData, Ten
             narrow(0, u16::MAX as i32)?;
             TensorData::BF16(ints.iter().map(|&v| half::bf16::from_bits(v as u16)).collect())
         }
+        DType::I16 => {
+            narrow(i16::MIN as i32, i16::MAX as i32)?;
+            TensorData::I16(ints.iter().map(|&v| v as i16).collect())
+        }
+        DType::U16 => {
+            narrow(0, u16::MAX as i32)?;
+            TensorData::U16(ints.iter().map(|&v| v as u16).collect())
+        }
+        DType::F64 => TensorData::F64(t.double_data.clone()),
+        DType::U64 => TensorData::U64(t.uint64_data.clone()),
+        DType::U32 => {
+            if let Some(&value) = t.uint64_data.iter().find(|&&v| v > u32::MAX as u64) {
+                return Err(TensorError::OutOfRangeU64 { value, dtype });
+            }
+            TensorData::U32(t.uint64_data.iter().map(|&v| v as u32).collect())
+        }
     })
 }
 
@@ -274,6 +315,11 @@ pub fn tensor_to_proto(name: &str, t: &Tensor) -> TensorProto {
         TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         TensorData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         TensorData::Bool(v) => v.iter().map(|&x| x as u8).collect(),
+        TensorData::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        TensorData::I16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        TensorData::U16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        TensorData::U32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        TensorData::U64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
     };
     TensorProto {
         name: name.to_string(),

@@ -1,19 +1,22 @@
 //! Element-wise ops: unary functions, binary arithmetic and comparisons with numpy broadcasting,
 //! `where`, and the float maps (leaky ReLU, clip, hard sigmoid).
 //!
-//! Floats: f16/bf16 widen to f32. `+ - * /` are computed in f32 (correctly rounded);
-//! transcendental functions (`exp`, `log`, `tanh`, `sigmoid`, `erf`, `gelu`, `pow`, ...) are
-//! evaluated in f64 and rounded to f32; every result is then rounded once to the storage type.
-//! `max`/`min` propagate NaN.
+//! The element formulas are [`crate::numerics`]'s ([`numerics::float_binary`],
+//! [`numerics::int_binary`]) and [`unary_f64`]'s. Floats: f16/bf16 widen to f32; `+ - * /` give
+//! the correctly rounded f32 result; transcendental functions (`exp`, `log`, `tanh`, `sigmoid`,
+//! `erf`, `gelu`, `pow`, ...) are evaluated in f64 and rounded to f32; every result is then rounded
+//! once to the storage type. f64 tensors compute in f64. `max`/`min` propagate NaN. The float maps
+//! (leaky ReLU, clip, hard sigmoid) take f32, f16 and bf16 only.
 //!
-//! Integers (and bool, as 0/1) compute in i64 and wrap into the storage type (two's complement,
-//! as ONNX Runtime's kernels do); division truncates toward zero and a zero divisor is an error;
-//! integer `pow` is `trunc(pow(a as f64, b as f64))`. Bitwise ops and shifts act on the storage
-//! type's bits (ONNX BitwiseAnd/Or/Xor, BitShift-28: a shift count outside `0..width` gives 0, or
-//! -1 for a right shift of a negative signed value).
+//! Integers (and bool, as 0/1) compute on i64 bits and wrap into the storage type (two's
+//! complement, as ONNX Runtime's kernels do); u64 orders and divides as unsigned; division
+//! truncates toward zero and a zero divisor is an error; integer `pow` is
+//! `trunc(pow(a as f64, b as f64))`. Bitwise ops and shifts act on the storage type's bits (ONNX
+//! BitwiseAnd/Or/Xor, BitShift-28: a shift count outside `0..width` gives 0, or -1 for a right
+//! shift of a negative signed value). The formulas are [`numerics::int_binary`].
 
 use super::{float_tensor, floats, for_each_broadcast, int_tensor, numel, tensor, Cx, R};
-use crate::{BinaryOp, DType, Tensor, TensorData, UnaryOp};
+use crate::{numerics, BinaryOp, DType, Tensor, TensorData, UnaryOp};
 
 /// The error function, to about 1 ulp in f64: the rational approximations of Sun's fdlibm
 /// `s_erf.c` (piecewise on |x| < 0.84375, < 1.25, < 1/0.35, < 6; erf(x) = ±1 beyond). The
@@ -129,7 +132,7 @@ pub(crate) fn erf(x: f64) -> f64 {
 /// Applies a float function element-wise (f16/bf16 widened, result rounded once).
 pub(crate) fn map_float(cx: &Cx, f: impl Fn(f32) -> f32) -> R<Tensor> {
     let x = cx.x(0)?;
-    if !x.dtype().is_float() {
+    if !x.dtype().is_compute_float() {
         return Err(format!("needs a float tensor, got {}", x.dtype()));
     }
     let y: Vec<f32> = floats(x).iter().map(|&v| f(v)).collect();
@@ -144,14 +147,24 @@ pub(crate) fn unary(cx: &Cx, u: UnaryOp) -> R<Tensor> {
         };
         return tensor(x.shape().to_vec(), TensorData::Bool(v.iter().map(|b| !b).collect()));
     }
+    if let TensorData::F64(v) = x.data() {
+        return tensor(x.shape().to_vec(), TensorData::F64(v.iter().map(|&v| unary_f64(u, v)).collect()));
+    }
     map_float(cx, |v| unary_scalar(u, v))
 }
 
-/// One float unary function on one value: the element formula of [`UnaryOp`] for every engine
-/// (the JIT's activation kernels call this too). Transcendental functions are evaluated in f64 and
-/// rounded to f32 once. `Not` (bool) is the identity here.
+/// One float unary function on one f32 value: the element formula of [`UnaryOp`] for every engine
+/// (the JIT's activation kernels call this too): [`unary_f64`] rounded to f32 once. For the
+/// functions exact or correctly rounded in both widths (ReLU, neg, abs, floor, ceil, reciprocal,
+/// square root) that is the f32 operation itself; the others are evaluated in f64 and rounded.
 pub fn unary_scalar(u: UnaryOp, v: f32) -> f32 {
-    let f64_of = |f: fn(f64) -> f64| f(v as f64) as f32;
+    unary_f64(u, v as f64) as f32
+}
+
+/// One float unary function on one f64 value (f64 tensors compute in f64). `Not` (bool) is the
+/// identity here.
+pub fn unary_f64(u: UnaryOp, v: f64) -> f64 {
+    let f64_of = |f: fn(f64) -> f64| f(v);
     match u {
         UnaryOp::Relu => {
             if v < 0.0 {
@@ -203,22 +216,6 @@ pub fn unary_scalar(u: UnaryOp, v: f32) -> f32 {
     }
 }
 
-/// NaN-propagating max and min.
-fn fmax(a: f32, b: f32) -> f32 {
-    if a.is_nan() || b.is_nan() {
-        f32::NAN
-    } else {
-        a.max(b)
-    }
-}
-fn fmin(a: f32, b: f32) -> f32 {
-    if a.is_nan() || b.is_nan() {
-        f32::NAN
-    } else {
-        a.min(b)
-    }
-}
-
 /// Calls `f(out_index, a_offset, b_offset)` over the broadcast of `a` and `b` to `out`.
 fn zip_broadcast(a: &[usize], b: &[usize], out: &[usize], mut f: impl FnMut(usize, usize)) -> R<()> {
     if a == out && b == out {
@@ -242,108 +239,56 @@ pub(crate) fn binary(cx: &Cx, op: BinaryOp) -> R<Tensor> {
         op,
         BinaryOp::Equal | BinaryOp::Less | BinaryOp::Greater | BinaryOp::GreaterOrEqual | BinaryOp::LessOrEqual
     );
+    let bool_op = || format!("`{}` needs bool operands", cx.op.name());
+    if let (TensorData::F64(av), TensorData::F64(bv)) = (a.data(), b.data()) {
+        // f64: computed in f64 (the formulas of `numerics`, no widened copy)
+        if cmp {
+            let mut y = Vec::with_capacity(n);
+            zip_broadcast(a.shape(), b.shape(), &shape, |i, j| {
+                y.push(numerics::float_compare(op, av[i], bv[j]).unwrap_or(false))
+            })?;
+            return tensor(shape, TensorData::Bool(y));
+        }
+        numerics::float_binary(op, 0.0, 0.0).ok_or_else(bool_op)?;
+        let mut y = Vec::with_capacity(n);
+        zip_broadcast(a.shape(), b.shape(), &shape, |i, j| {
+            y.push(numerics::float_binary(op, av[i], bv[j]).unwrap_or(f64::NAN))
+        })?;
+        return tensor(shape, TensorData::F64(y));
+    }
     if a.dtype().is_float() {
+        // f32, and f16/bf16 widened to f32: the f64 formula rounded once to f32 is the f32
+        // operation (see `numerics`)
         let (av, bv) = (floats(a), floats(b));
         if cmp {
             let mut y = Vec::with_capacity(n);
             zip_broadcast(a.shape(), b.shape(), &shape, |i, j| {
-                let (x, z) = (av[i], bv[j]);
-                y.push(match op {
-                    BinaryOp::Equal => x == z,
-                    BinaryOp::Less => x < z,
-                    BinaryOp::GreaterOrEqual => x >= z,
-                    BinaryOp::LessOrEqual => x <= z,
-                    _ => x > z,
-                })
+                y.push(numerics::float_compare(op, av[i] as f64, bv[j] as f64).unwrap_or(false))
             })?;
             return tensor(shape, TensorData::Bool(y));
         }
-        let f: fn(f32, f32) -> f32 = match op {
-            BinaryOp::Add => |x, z| x + z,
-            BinaryOp::Sub => |x, z| x - z,
-            BinaryOp::Mul => |x, z| x * z,
-            BinaryOp::Div => |x, z| x / z,
-            BinaryOp::Pow => |x, z| (x as f64).powf(z as f64) as f32,
-            BinaryOp::Max => fmax,
-            BinaryOp::Min => fmin,
-            // C fmod: the sign of the dividend (ONNX Mod with fmod=1).
-            BinaryOp::Fmod => |x, z| x % z,
-            _ => return Err(format!("`{}` needs bool operands", cx.op.name())),
-        };
+        numerics::float_binary(op, 0.0, 0.0).ok_or_else(bool_op)?;
         let mut y = Vec::with_capacity(n);
-        zip_broadcast(a.shape(), b.shape(), &shape, |i, j| y.push(f(av[i], bv[j])))?;
+        zip_broadcast(a.shape(), b.shape(), &shape, |i, j| {
+            y.push(numerics::float_binary(op, av[i] as f64, bv[j] as f64).unwrap_or(f64::NAN) as f32)
+        })?;
         return float_tensor(a.dtype(), shape, y);
     }
-    let av = a.to_i64_vec().ok_or("operands must be numeric")?;
-    let bv = b.to_i64_vec().ok_or("operands must be numeric")?;
-    // Shifts work on the storage type's bits: its width, and whether `>>` is arithmetic.
-    let bits = (a.dtype().size_bytes() * 8) as i64;
-    let signed = a.dtype().int_range().is_some_and(|(lo, _)| lo < 0);
+    let av = a.to_i64_bits().ok_or("operands must be numeric")?;
+    let bv = b.to_i64_bits().ok_or("operands must be numeric")?;
+    let dtype = a.dtype();
     let mut y = Vec::with_capacity(n);
     let mut err = None;
     zip_broadcast(a.shape(), b.shape(), &shape, |i, j| {
-        let (x, z) = (av[i], bv[j]);
-        y.push(match op {
-            BinaryOp::Add => x.wrapping_add(z),
-            BinaryOp::Sub => x.wrapping_sub(z),
-            BinaryOp::Mul => x.wrapping_mul(z),
-            BinaryOp::Div => {
-                if z == 0 {
-                    err = Some("integer division by zero");
-                    0
-                } else {
-                    x.wrapping_div(z)
-                }
-            }
-            BinaryOp::Mod | BinaryOp::Fmod => {
-                if z == 0 {
-                    err = Some("integer modulus by zero");
-                    0
-                } else {
-                    let r = x.wrapping_rem(z);
-                    // Mod takes the sign of the divisor (Python's %), Fmod the dividend's.
-                    if op == BinaryOp::Mod && r != 0 && ((r < 0) != (z < 0)) {
-                        r.wrapping_add(z)
-                    } else {
-                        r
-                    }
-                }
-            }
-            BinaryOp::Pow => (x as f64).powf(z as f64) as i64,
-            BinaryOp::Max => x.max(z),
-            BinaryOp::Min => x.min(z),
-            BinaryOp::Equal => (x == z) as i64,
-            BinaryOp::Less => (x < z) as i64,
-            BinaryOp::Greater => (x > z) as i64,
-            BinaryOp::GreaterOrEqual => (x >= z) as i64,
-            BinaryOp::LessOrEqual => (x <= z) as i64,
-            BinaryOp::And => (x != 0 && z != 0) as i64,
-            BinaryOp::Or => (x != 0 || z != 0) as i64,
-            // On the two's-complement bits (an unsigned value is its bits read as i64, so the
-            // storage type gets back exactly its own bits).
-            BinaryOp::BitAnd => x & z,
-            BinaryOp::BitOr => x | z,
-            BinaryOp::BitXor => x ^ z,
-            // Bits beyond the storage width are cut by the final wrap into the storage type.
-            BinaryOp::ShiftLeft => {
-                if (0..bits).contains(&z) {
-                    x.wrapping_shl(z as u32)
-                } else {
-                    0
-                }
-            }
-            BinaryOp::ShiftRight => match ((0..bits).contains(&z), signed) {
-                (true, true) => x >> z,
-                (true, false) => ((x as u64) >> z) as i64,
-                (false, true) if x < 0 => -1,
-                (false, _) => 0,
-            },
-        })
+        y.push(numerics::int_binary(op, av[i], bv[j], dtype).unwrap_or_else(|e| {
+            err = Some(e);
+            0
+        }))
     })?;
     if let Some(e) = err {
         return Err(e.into());
     }
-    int_tensor(if cmp { DType::Bool } else { a.dtype() }, shape, &y)
+    int_tensor(if cmp { DType::Bool } else { dtype }, shape, &y)
 }
 
 /// `cond ? x : y` with broadcasting, any dtype.
@@ -368,10 +313,15 @@ pub(crate) fn where_(cx: &Cx) -> R<Tensor> {
         (D::F32(a), D::F32(b)) => D::F32(pick!(a, b)),
         (D::F16(a), D::F16(b)) => D::F16(pick!(a, b)),
         (D::BF16(a), D::BF16(b)) => D::BF16(pick!(a, b)),
+        (D::F64(a), D::F64(b)) => D::F64(pick!(a, b)),
         (D::I8(a), D::I8(b)) => D::I8(pick!(a, b)),
         (D::U8(a), D::U8(b)) => D::U8(pick!(a, b)),
+        (D::I16(a), D::I16(b)) => D::I16(pick!(a, b)),
+        (D::U16(a), D::U16(b)) => D::U16(pick!(a, b)),
         (D::I32(a), D::I32(b)) => D::I32(pick!(a, b)),
+        (D::U32(a), D::U32(b)) => D::U32(pick!(a, b)),
         (D::I64(a), D::I64(b)) => D::I64(pick!(a, b)),
+        (D::U64(a), D::U64(b)) => D::U64(pick!(a, b)),
         (D::Bool(a), D::Bool(b)) => D::Bool(pick!(a, b)),
         _ => return Err(format!("operand dtypes differ: {} and {}", x.dtype(), y.dtype())),
     };

@@ -247,7 +247,7 @@ pub fn eval_node(
 /// An upper bound of the largest temporary copy the kernel of `op` makes, in bytes, for inputs
 /// and results of the given (concrete) types: the kernels of computing ops read inputs that are not f32 through a
 /// widened copy (f16/bf16 to f32: 4 bytes per element; integers and bools to i64: 8 bytes per
-/// element) and build integer or low-precision float results in an i64 or f32 vector before
+/// element; f64 is computed in place) and build integer or low-precision float results in an i64 or f32 vector before
 /// narrowing them. Data movement (reshape, transpose, slice, concat, gather, expand, split, cast,
 /// ...) copies elements as they are; only gather's indices are widened. The interpreter holds
 /// these copies to the same limit as tensors; an engine that does not make them (the JIT's
@@ -257,15 +257,26 @@ pub fn temporary_bytes(op: &Op, in_types: &[Option<&TensorType>], out_types: &[T
         let n = t.shape.as_fixed().map_or(0, |d| d.iter().fold(1u128, |a, &x| a.saturating_mul(x as u128)));
         n.saturating_mul(per)
     };
+    // f64 is read and built in place (the ops that take it compute in f64).
     let widened_input = |t: &TensorType| match t.dtype {
-        DType::F32 => 0,
+        DType::F32 | DType::F64 => 0,
         DType::F16 | DType::BF16 => bytes(t, 4),
-        DType::I8 | DType::U8 | DType::I32 | DType::I64 | DType::Bool => bytes(t, 8),
+        DType::I8
+        | DType::U8
+        | DType::I16
+        | DType::U16
+        | DType::I32
+        | DType::U32
+        | DType::I64
+        | DType::U64
+        | DType::Bool => bytes(t, 8),
     };
     let widened_result = |t: &TensorType| match t.dtype {
-        DType::F32 | DType::Bool => 0,
+        DType::F32 | DType::F64 | DType::Bool => 0,
         DType::F16 | DType::BF16 => bytes(t, 4),
-        DType::I8 | DType::U8 | DType::I32 | DType::I64 => bytes(t, 8),
+        DType::I8 | DType::U8 | DType::I16 | DType::U16 | DType::I32 | DType::U32 | DType::I64 | DType::U64 => {
+            bytes(t, 8)
+        }
     };
     match op {
         Op::Input
@@ -788,6 +799,11 @@ macro_rules! map_data {
             $crate::TensorData::I32($v) => $crate::TensorData::I32($body),
             $crate::TensorData::I64($v) => $crate::TensorData::I64($body),
             $crate::TensorData::Bool($v) => $crate::TensorData::Bool($body),
+            $crate::TensorData::F64($v) => $crate::TensorData::F64($body),
+            $crate::TensorData::I16($v) => $crate::TensorData::I16($body),
+            $crate::TensorData::U16($v) => $crate::TensorData::U16($body),
+            $crate::TensorData::U32($v) => $crate::TensorData::U32($body),
+            $crate::TensorData::U64($v) => $crate::TensorData::U64($body),
         }
     };
 }

@@ -2,9 +2,9 @@
 //! (un)squeeze, identity, transpose, concat, slice, gather, split, expand, pad, tile, GatherND,
 //! ScatterElements and ScatterND; and cast.
 //!
-//! Cast: float to integer truncates toward zero and saturates (NaN gives 0); integer to integer
-//! wraps (two's complement); anything to bool is `!= 0`; to f32/f16/bf16 rounds to nearest even
-//! (through f32 for float sources, exactly widened from f16/bf16).
+//! Cast follows [`crate::numerics`] (Cast): float to integer truncates toward zero and saturates
+//! (NaN gives 0); integer to integer wraps (two's complement); anything to bool is `!= 0`; to a
+//! float type rounds the exact source value once to nearest even.
 //!
 //! Every kernel here builds its result directly, element by element, in a vector allocated
 //! fallibly ([`crate::limits::try_vec`]): no widened copy of the input, so the result (checked
@@ -13,7 +13,7 @@
 use super::{map_data, numel, strides, tensor, Cx, Nums, Walker, R};
 use crate::infer::{norm_axis, slice_bounds};
 use crate::limits::{try_copy, try_vec};
-use crate::{DType, DimExpr, PadMode, ScatterReduction, Tensor, TensorData, TensorType};
+use crate::{numerics, DType, DimExpr, PadMode, ScatterReduction, Tensor, TensorData, TensorType};
 use half::{bf16, f16};
 
 /// Same data, the inferred shape (reshape, flatten, squeeze, unsqueeze, identity).
@@ -119,6 +119,11 @@ pub(crate) fn concat_tensors(parts: &[&Tensor], a: usize, shape: Vec<usize>) -> 
         TensorData::I32(_) => go!(I32),
         TensorData::I64(_) => go!(I64),
         TensorData::Bool(_) => go!(Bool),
+        TensorData::F64(_) => go!(F64),
+        TensorData::I16(_) => go!(I16),
+        TensorData::U16(_) => go!(U16),
+        TensorData::U32(_) => go!(U32),
+        TensorData::U64(_) => go!(U64),
     };
     tensor(shape, data)
 }
@@ -357,44 +362,57 @@ pub(crate) fn scatter_nd(cx: &Cx, reduction: ScatterReduction) -> R<Tensor> {
     out.into_tensor(x.dtype(), ds.to_vec())
 }
 
-/// A source element of a cast: an integer (bool, i8, u8, i32, i64) or a float (f32, or f16/bf16
-/// widened exactly).
+/// A source element of a cast: an integer (bool and every integer type, exactly) or a float
+/// (f32, f64, or f16/bf16, exactly).
 #[derive(Clone, Copy)]
 enum Elem {
-    Int(i64),
-    Float(f32),
+    Int(i128),
+    Float(f64),
 }
 
 /// `f(source element)` for every element of `x`, in order, into a fallibly allocated vector.
 fn map_elems<T>(x: &Tensor, f: impl Fn(Elem) -> T) -> R<Vec<T>> {
     let mut out = try_vec(x.len())?;
     match x.data() {
-        TensorData::F32(v) => out.extend(v.iter().map(|&a| f(Elem::Float(a)))),
-        TensorData::F16(v) => out.extend(v.iter().map(|a| f(Elem::Float(a.to_f32())))),
-        TensorData::BF16(v) => out.extend(v.iter().map(|a| f(Elem::Float(a.to_f32())))),
-        TensorData::I8(v) => out.extend(v.iter().map(|&a| f(Elem::Int(a as i64)))),
-        TensorData::U8(v) => out.extend(v.iter().map(|&a| f(Elem::Int(a as i64)))),
-        TensorData::I32(v) => out.extend(v.iter().map(|&a| f(Elem::Int(a as i64)))),
-        TensorData::I64(v) => out.extend(v.iter().map(|&a| f(Elem::Int(a)))),
-        TensorData::Bool(v) => out.extend(v.iter().map(|&a| f(Elem::Int(a as i64)))),
+        TensorData::F32(v) => out.extend(v.iter().map(|&a| f(Elem::Float(a as f64)))),
+        TensorData::F16(v) => out.extend(v.iter().map(|a| f(Elem::Float(a.to_f64())))),
+        TensorData::BF16(v) => out.extend(v.iter().map(|a| f(Elem::Float(a.to_f64())))),
+        TensorData::F64(v) => out.extend(v.iter().map(|&a| f(Elem::Float(a)))),
+        TensorData::I8(v) => out.extend(v.iter().map(|&a| f(Elem::Int(a as i128)))),
+        TensorData::U8(v) => out.extend(v.iter().map(|&a| f(Elem::Int(a as i128)))),
+        TensorData::I16(v) => out.extend(v.iter().map(|&a| f(Elem::Int(a as i128)))),
+        TensorData::U16(v) => out.extend(v.iter().map(|&a| f(Elem::Int(a as i128)))),
+        TensorData::I32(v) => out.extend(v.iter().map(|&a| f(Elem::Int(a as i128)))),
+        TensorData::U32(v) => out.extend(v.iter().map(|&a| f(Elem::Int(a as i128)))),
+        TensorData::I64(v) => out.extend(v.iter().map(|&a| f(Elem::Int(a as i128)))),
+        TensorData::U64(v) => out.extend(v.iter().map(|&a| f(Elem::Int(a as i128)))),
+        TensorData::Bool(v) => out.extend(v.iter().map(|&a| f(Elem::Int(a as i128)))),
     }
     Ok(out)
 }
 
-/// ONNX Cast (see the module docs), one element at a time into the result, with no widened copy
-/// of the input (integer sources follow [`Tensor::from_i64_wrapping`]'s rules).
+/// ONNX Cast, one element at a time into the result, with no widened copy of the input; the
+/// element rules are [`numerics`]' (Cast): a float to an integer truncates and saturates
+/// ([`numerics::cast_float_to_int`]), an integer to an integer keeps the low bits, anything to
+/// bool is `!= 0`, and a float target rounds the exact source value once to nearest even.
 pub(crate) fn cast(x: &Tensor, to: DType) -> R<Tensor> {
     let shape = x.shape().to_vec();
     if x.dtype() == to {
         return tensor(shape, map_data!(x.data(), v => try_copy(v)?));
     }
-    // Integer targets: a float truncates toward zero and saturates to the target's range (`as
-    // i64` saturates at the i64 range and maps NaN to 0); an integer wraps.
-    let (lo, hi) = to.int_range().unwrap_or((i64::MIN, i64::MAX));
-    let int = move |e: Elem| -> i64 {
+    // The target's integer value: exact for a float (saturated), the source itself for an integer
+    // (the `as` below keeps its low bits).
+    let int = move |e: Elem| -> i128 {
         match e {
             Elem::Int(i) => i,
-            Elem::Float(f) => (f as i64).clamp(lo, hi),
+            Elem::Float(f) => numerics::cast_float_to_int(f, to),
+        }
+    };
+    // Rust's `as` from i128 to a float rounds to nearest even, as does `from_f64` of `half`.
+    let real = |e: Elem| -> f64 {
+        match e {
+            Elem::Int(i) => i as f64,
+            Elem::Float(f) => f,
         }
     };
     let data = match to {
@@ -402,22 +420,23 @@ pub(crate) fn cast(x: &Tensor, to: DType) -> R<Tensor> {
             Elem::Int(i) => i != 0,
             Elem::Float(f) => f != 0.0,
         })?),
+        // An integer to f32 rounds once from the exact value (not through f64).
         DType::F32 => TensorData::F32(map_elems(x, |e| match e {
             Elem::Int(i) => i as f32,
-            Elem::Float(f) => f,
+            Elem::Float(f) => f as f32,
         })?),
-        DType::F16 => TensorData::F16(map_elems(x, |e| match e {
-            Elem::Int(i) => f16::from_f64(i as f64),
-            Elem::Float(f) => f16::from_f32(f),
-        })?),
-        DType::BF16 => TensorData::BF16(map_elems(x, |e| match e {
-            Elem::Int(i) => bf16::from_f64(i as f64),
-            Elem::Float(f) => bf16::from_f32(f),
-        })?),
+        DType::F64 => TensorData::F64(map_elems(x, real)?),
+        // f16/bf16 from an integer round through f64 (exact to 2^53; see `numerics`).
+        DType::F16 => TensorData::F16(map_elems(x, |e| f16::from_f64(real(e)))?),
+        DType::BF16 => TensorData::BF16(map_elems(x, |e| bf16::from_f64(real(e)))?),
         DType::I8 => TensorData::I8(map_elems(x, |e| int(e) as i8)?),
         DType::U8 => TensorData::U8(map_elems(x, |e| int(e) as u8)?),
+        DType::I16 => TensorData::I16(map_elems(x, |e| int(e) as i16)?),
+        DType::U16 => TensorData::U16(map_elems(x, |e| int(e) as u16)?),
         DType::I32 => TensorData::I32(map_elems(x, |e| int(e) as i32)?),
-        DType::I64 => TensorData::I64(map_elems(x, int)?),
+        DType::U32 => TensorData::U32(map_elems(x, |e| int(e) as u32)?),
+        DType::I64 => TensorData::I64(map_elems(x, |e| int(e) as i64)?),
+        DType::U64 => TensorData::U64(map_elems(x, |e| int(e) as u64)?),
     };
     tensor(shape, data)
 }
@@ -514,6 +533,11 @@ pub(crate) fn pad(cx: &Cx, mode: PadMode, pads: &[i64], value: f64) -> R<Tensor>
         (TensorData::I32(v), TensorData::I32(f)) => TensorData::I32(mapped(v, in_shape, &out_shape, &maps, f[0])?),
         (TensorData::I64(v), TensorData::I64(f)) => TensorData::I64(mapped(v, in_shape, &out_shape, &maps, f[0])?),
         (TensorData::Bool(v), TensorData::Bool(f)) => TensorData::Bool(mapped(v, in_shape, &out_shape, &maps, f[0])?),
+        (TensorData::F64(v), TensorData::F64(f)) => TensorData::F64(mapped(v, in_shape, &out_shape, &maps, f[0])?),
+        (TensorData::I16(v), TensorData::I16(f)) => TensorData::I16(mapped(v, in_shape, &out_shape, &maps, f[0])?),
+        (TensorData::U16(v), TensorData::U16(f)) => TensorData::U16(mapped(v, in_shape, &out_shape, &maps, f[0])?),
+        (TensorData::U32(v), TensorData::U32(f)) => TensorData::U32(mapped(v, in_shape, &out_shape, &maps, f[0])?),
+        (TensorData::U64(v), TensorData::U64(f)) => TensorData::U64(mapped(v, in_shape, &out_shape, &maps, f[0])?),
         _ => return Err("internal: pad fill of another dtype".into()),
     };
     tensor(out_shape, data)

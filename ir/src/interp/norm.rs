@@ -13,13 +13,13 @@
 //! * softmax: `e = exp(x - max)`, `e / sum(e)`; log-softmax: `(x - max) - ln(sum(e))`;
 //! * LRN (ONNX): `x / (bias + alpha / size * sum of x^2 over channels
 //!   [c - floor((size-1)/2), c + ceil((size-1)/2)])^beta`;
-//! * reductions: floats sum in f32 in input order, mean = sum / count (NaN when empty), max
+//! * reductions: floats sum in f32 (f64 in f64) in input order, mean = sum / count (NaN when empty), max
 //!   propagates NaN; integers sum wrapping in the storage type, mean truncates, max of nothing is
 //!   the dtype's lowest value.
 
-use super::{broadcast_strides, float_tensor, floats, int_tensor, numel, Cx, Nums, Walker, R};
+use super::{broadcast_strides, float_tensor, floats, int_tensor, numel, tensor, Cx, Nums, Walker, R};
 use crate::infer::norm_axis;
-use crate::{DType, Tensor};
+use crate::{DType, Tensor, TensorData};
 
 pub(crate) fn batch_norm(cx: &Cx, eps: f32) -> R<Tensor> {
     let x = cx.x(0)?;
@@ -202,27 +202,36 @@ pub(crate) fn reduce(cx: &Cx, axes: &[i64], kind: Reduce) -> R<Tensor> {
     let st = broadcast_strides(&kept, s)?;
     let mut w = Walker::new(s, vec![(0, st)]);
     let out_shape = cx.out_shape(0);
-    if x.dtype().is_float() {
-        let xv = floats(x);
-        let init = if kind == Reduce::Max { f32::NEG_INFINITY } else { 0.0 };
-        let mut acc = vec![init; out_n];
-        for &v in xv.iter() {
-            let o = &mut acc[w.offs()[0] as usize];
-            match kind {
-                Reduce::Max => {
-                    if v > *o || v.is_nan() {
-                        *o = v
+    // Floats accumulate in their compute type: f32 (f16/bf16 widened), or f64.
+    macro_rules! float_reduce {
+        ($xv:expr, $t:ty) => {{
+            let init = if kind == Reduce::Max { <$t>::NEG_INFINITY } else { 0.0 };
+            let mut acc = vec![init; out_n];
+            for &v in $xv.iter() {
+                let o = &mut acc[w.offs()[0] as usize];
+                match kind {
+                    Reduce::Max => {
+                        if v > *o || v.is_nan() {
+                            *o = v
+                        }
                     }
+                    _ => *o += v,
                 }
-                _ => *o += v,
+                w.step();
             }
-            w.step();
-        }
-        if kind == Reduce::Mean {
-            for v in &mut acc {
-                *v /= count as f32;
+            if kind == Reduce::Mean {
+                for v in &mut acc {
+                    *v /= count as $t;
+                }
             }
-        }
+            acc
+        }};
+    }
+    if let TensorData::F64(xv) = x.data() {
+        tensor(out_shape, TensorData::F64(float_reduce!(xv, f64)))
+    } else if x.dtype().is_float() {
+        let xv = floats(x);
+        let acc = float_reduce!(xv, f32);
         float_tensor(x.dtype(), out_shape, acc)
     } else {
         let xv = x.to_i64_vec().ok_or("reduction needs a numeric tensor")?;
@@ -306,7 +315,7 @@ pub(crate) fn group_norm(cx: &Cx, groups: usize, eps: f32) -> R<Tensor> {
 
 /// ONNX ArgMax (`max`) and ArgMin along `axis`: the first index of the extreme value, or the
 /// last with `select_last`; as numpy's argmax/argmin, a NaN is the extreme (its first index). Floats
-/// compare as f32 (f16/bf16 widened exactly), integers as i64.
+/// compare as f32 (f16/bf16 widened exactly) or f64, integers as i64 (u64 as itself).
 pub(crate) fn arg_extreme(cx: &Cx, axis: i64, max: bool, select_last: bool) -> R<Tensor> {
     let x = cx.x(0)?;
     let s = x.shape();
@@ -339,7 +348,11 @@ pub(crate) fn arg_extreme(cx: &Cx, axis: i64, max: bool, select_last: bool) -> R
         }
         out
     }
-    let idx = if x.dtype().is_float() {
+    let idx = if let TensorData::F64(v) = x.data() {
+        pick(v, outer, n, inner, max, select_last)
+    } else if let TensorData::U64(v) = x.data() {
+        pick(v, outer, n, inner, max, select_last)
+    } else if x.dtype().is_float() {
         pick(&floats(x), outer, n, inner, max, select_last)
     } else {
         let v = x.to_i64_vec().ok_or("arg of a non-numeric tensor")?;

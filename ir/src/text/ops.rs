@@ -467,7 +467,7 @@ pub(super) fn parse_f32(s: &str) -> Option<f32> {
 }
 
 /// Parses a float literal exactly as `f64` (the same forms as [`parse_f32`]).
-fn parse_f64(s: &str) -> Option<f64> {
+pub(super) fn parse_f64(s: &str) -> Option<f64> {
     let numeric = s.bytes().next().is_some_and(|b| b.is_ascii_digit() || b == b'-');
     if !(numeric || s == "inf" || s == "NaN") {
         return None;

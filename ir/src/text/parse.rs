@@ -205,6 +205,35 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// A float literal read exactly as f64.
+    fn f64_lit(&mut self, what: &str) -> Result<f64> {
+        let x = match self.tok.tok {
+            Tok::Num(s) | Tok::Ident(s) => ops::parse_f64(s),
+            _ => None,
+        };
+        match (x, &self.tok.tok) {
+            (Some(x), _) => {
+                self.advance()?;
+                Ok(x)
+            }
+            (None, Tok::Num(s)) => Err(self.pos().err(format!("number `{s}` is out of range for f64"))),
+            (None, _) => Err(self.expected(what)),
+        }
+    }
+
+    /// A u64 literal (beyond the i64 range of the other integers).
+    fn u64_lit(&mut self, what: &str) -> Result<u64> {
+        let pos = self.pos();
+        match self.tok.tok {
+            Tok::Num(s) if s.bytes().all(|b| b.is_ascii_digit() || b == b'-') => {
+                let x = s.parse::<u64>().map_err(|_| pos.err(format!("{s} is out of range for u64")))?;
+                self.advance()?;
+                Ok(x)
+            }
+            _ => Err(self.expected(what)),
+        }
+    }
+
     fn int_lit<T: TryFrom<i64>>(&mut self, what: &str, range: &str) -> Result<T> {
         let (x, pos) = self.i64_lit(what)?;
         T::try_from(x).map_err(|_| pos.err(format!("{x} is out of range for {range}")))
@@ -554,6 +583,11 @@ impl<'a> Parser<'a> {
             DType::U8 => TensorData::U8(self.elements(|p| p.int_lit("an integer", "u8"))?),
             DType::I32 => TensorData::I32(self.elements(|p| p.int_lit("an integer", "i32"))?),
             DType::I64 => TensorData::I64(self.elements(|p| p.int_lit("an integer", "i64"))?),
+            DType::F64 => TensorData::F64(self.elements(|p| p.f64_lit("a number"))?),
+            DType::I16 => TensorData::I16(self.elements(|p| p.int_lit("an integer", "i16"))?),
+            DType::U16 => TensorData::U16(self.elements(|p| p.int_lit("an integer", "u16"))?),
+            DType::U32 => TensorData::U32(self.elements(|p| p.int_lit("an integer", "u32"))?),
+            DType::U64 => TensorData::U64(self.elements(|p| p.u64_lit("an integer"))?),
             DType::Bool => TensorData::Bool(self.elements(|p| {
                 if p.eat(&Tok::Ident("true"))? {
                     Ok(true)

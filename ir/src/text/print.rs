@@ -241,6 +241,22 @@ fn write_data(s: &mut String, t: &Tensor) {
         TensorData::Bool(v) => list(s, v, |s, x| {
             let _ = write!(s, "{x}");
         }),
+        // `{:?}` is the shortest form that reads back to the same f64
+        TensorData::F64(v) => list(s, v, |s, x| {
+            let _ = write!(s, "{x:?}");
+        }),
+        TensorData::I16(v) => list(s, v, |s, x| {
+            let _ = write!(s, "{x}");
+        }),
+        TensorData::U16(v) => list(s, v, |s, x| {
+            let _ = write!(s, "{x}");
+        }),
+        TensorData::U32(v) => list(s, v, |s, x| {
+            let _ = write!(s, "{x}");
+        }),
+        TensorData::U64(v) => list(s, v, |s, x| {
+            let _ = write!(s, "{x}");
+        }),
     }
 }
 

@@ -159,7 +159,7 @@ fn attribute_problems() {
     // An op without attributes given some.
     assert_err(&around("  %0 = relu %x {alpha=1.0} : f32[2,3]  # \"a\""), 2, 17, "`relu` has no attribute `alpha`");
     // Typed values.
-    assert_err(&around("  %0 = cast %x {to=f64} : f32[2,3]  # \"a\""), 2, 20, "unknown dtype `f64`");
+    assert_err(&around("  %0 = cast %x {to=f128} : f32[2,3]  # \"a\""), 2, 20, "unknown dtype `f128`");
     assert_err(&around("  %0 = clip %x {min=zero, max=1.0} : f32[2,3]  # \"a\""), 2, 21, "must be a number");
     assert_err(&around("  %0 = softmax %x {axis=1.5} : f32[2,3]  # \"a\""), 2, 25, "must be an integer");
     assert_err(&around("  %0 = reduce_sum %x {axes=[1], keepdims=1} : f32[2,1]  # \"a\""), 2, 42, "`true` or `false`");

@@ -24,7 +24,8 @@ warnings.filterwarnings("ignore")
 rng = np.random.default_rng(7)
 
 DT = {np.dtype("float32"): "f32", np.dtype("float16"): "f16", np.dtype("int8"): "i8", np.dtype("uint8"): "u8",
-      np.dtype("int32"): "i32", np.dtype("int64"): "i64", np.dtype("bool"): "bool"}
+      np.dtype("int32"): "i32", np.dtype("int64"): "i64", np.dtype("bool"): "bool", np.dtype("float64"): "f64",
+      np.dtype("int16"): "i16", np.dtype("uint16"): "u16", np.dtype("uint32"): "u32", np.dtype("uint64"): "u64"}
 
 
 def f(shape, lo=-3.0, hi=3.0, dtype=np.float32):
@@ -328,6 +329,88 @@ for mode, pad, ac in [("linear", "zeros", 0), ("nearest", "border", 0), ("cubic"
 case("grid_sample_3d_linear_border", "GridSample", {"mode": "linear", "padding_mode": "border"},
      [("x", f((1, 1, 2, 3, 2)), True), ("g", f((1, 2, 2, 2, 3), -1.2, 1.2), True)],
      "grid_sample {mode=linear, padding=border, align_corners=false}", opset=22, tol=1e-5)
+
+# ------------------------------------------------------------------------------------------ dtypes
+# Cast between the element types (values the reference defines: integers wrap, floats truncate
+# toward zero within the target's range, and round to nearest even into a narrower float), and
+# element-wise arithmetic on f64 and on the 16-, 32- and 64-bit integer types (wrap-around,
+# division truncating toward zero, Mod with the divisor's sign, Fmod with the dividend's, unsigned
+# order for u64). Array values travel as f64, so integers stay within 2^53.
+NP = {"f32": np.float32, "f16": np.float16, "f64": np.float64, "i8": np.int8, "u8": np.uint8,
+      "i16": np.int16, "u16": np.uint16, "i32": np.int32, "u32": np.uint32, "i64": np.int64,
+      "u64": np.uint64, "bool": np.bool_}
+SRC = {
+    "f64": np.array([0.1, -2.75, 3.9999999999, 1e10 + 0.5, -0.0, 65519.0, 1.0 / 3.0], np.float64),
+    "f32": np.array([0.1, -2.75, 3.9999, 16777217.0, -0.0, 65520.0, 1.0 / 3.0], np.float32),
+    "f16": np.array([0.1, -2.75, 3.999, 2049.0, -0.0, 65504.0, 1.0 / 3.0], np.float16),
+    "i16": np.array([-32768, -129, -1, 0, 255, 256, 32767], np.int16),
+    "u16": np.array([0, 1, 127, 128, 255, 65535, 40000], np.uint16),
+    "u32": np.array([0, 1, 65536, 65537, 2147483648, 4294967295, 123456789], np.uint32),
+    "u64": np.array([0, 1, 4294967301, 2 ** 53, 65535, 70000, 2 ** 63 + 4096], np.uint64),
+    "i64": np.array([-(2 ** 40) - 3, -1, 0, 70000, 2 ** 33 + 7, -65536, 300], np.int64),
+    "i32": np.array([-70000, -1, 0, 65535, 2 ** 31 - 1, -(2 ** 31), 300], np.int32),
+    "u8": np.array([0, 1, 127, 128, 200, 255, 7], np.uint8),
+    "bool": np.array([True, False, True, True, False, False, True]),
+}
+# The float values each target holds (a float outside an integer target's range is undefined in
+# the spec and in NumPy), by target.
+FLOAT_FOR_INT = np.array([0.1, -2.75, 3.9999, 127.5, -0.0, -128.9, 1.0 / 3.0])
+FLOAT_FOR_UINT = np.array([0.1, 2.75, 3.9999, 255.5, -0.0, 127.9, 1.0 / 3.0])
+
+
+def cast(frm, to):
+    x = SRC[frm]
+    if x.dtype.kind == "f" and NP[to] != np.bool_ and np.dtype(NP[to]).kind in "iu":
+        x = (FLOAT_FOR_UINT if np.dtype(NP[to]).kind == "u" else FLOAT_FOR_INT).astype(x.dtype)
+    code = helper.np_dtype_to_tensor_dtype(np.dtype(NP[to]))
+    case(f"cast_{frm}_to_{to}", "Cast", {"to": code}, [("x", x, True)], f"cast {{to={to}}}", tol=0.0)
+
+
+for frm, tos in [("f64", ["f32", "f16", "i32", "u16", "i64", "u64", "bool"]),
+                 ("f32", ["f64", "i16", "u32", "u8"]), ("f16", ["f64", "u64"]),
+                 ("i16", ["f64", "u16", "i8", "u64", "f16"]), ("u16", ["i16", "f32", "u32", "i8"]),
+                 ("u32", ["i32", "u16", "f64", "i64"]), ("u64", ["i64", "u32", "f64", "i16", "bool"]),
+                 ("i64", ["u64", "u32", "i16", "f64"]), ("i32", ["u16", "u64", "f64"]),
+                 ("u8", ["i16", "u64"]), ("bool", ["f64", "u16"])]:
+    for to in tos:
+        cast(frm, to)
+
+
+def binary(name, op, a, b, ir, opset=14, **attrs):
+    case(name, op, attrs, [("a", a, True), ("b", b, True)], ir, opset=opset, tol=0.0)
+
+
+i16a, i16b = np.array([32767, -32768, -7, 7, 300, -3], np.int16), np.array([1, -1, 2, -2, 300, 5], np.int16)
+u16a, u16b = np.array([65535, 0, 7, 40000, 300, 9], np.uint16), np.array([1, 1, 2, 40000, 300, 4], np.uint16)
+u32a, u32b = np.array([4294967295, 0, 7, 3000000000, 65536, 9], np.uint32), np.array([1, 1, 2, 2, 65536, 4], np.uint32)
+# above i64's range: u64 orders and divides as unsigned (every result here is exact in f64)
+u64a = np.array([2 ** 53, 0, 7, 2 ** 52 + 1, 2 ** 63 + 4096, 2 ** 63], np.uint64)
+u64b = np.array([3, 1, 2, 2 ** 52, 2 ** 63, 2 ** 62], np.uint64)
+f64a = np.array([0.1, -4.3, 7.2, 1e300, -0.0, 2.0], np.float64)
+f64b = np.array([0.2, 2.1, -3.4, 1e10, 3.0, 0.25], np.float64)
+for t, (a, b) in {"i16": (i16a, i16b), "u16": (u16a, u16b), "u32": (u32a, u32b), "u64": (u64a, u64b)}.items():
+    for op, ir in [("Add", "add"), ("Sub", "sub"), ("Mul", "mul"), ("Div", "div"), ("Max", "max"), ("Min", "min"),
+                   ("Less", "less"), ("Greater", "greater"), ("Equal", "equal")]:
+        binary(f"{ir}_{t}", op, a, b, ir)
+    binary(f"mod_{t}", "Mod", a, b, "mod", opset=13)
+    binary(f"fmod_{t}", "Mod", a, b, "fmod", opset=13, fmod=1)
+for op, ir in [("Add", "add"), ("Sub", "sub"), ("Mul", "mul"), ("Div", "div"), ("Max", "max"), ("Min", "min"),
+               ("Pow", "pow"), ("Less", "less"), ("GreaterOrEqual", "greater_or_equal")]:
+    binary(f"{ir}_f64", op, f64a, f64b, ir)
+binary("fmod_f64", "Mod", f64a, f64b, "fmod", opset=13, fmod=1)
+case("where_u64", "Where", {}, [("c", np.array([True, False, True]), True), ("a", u64a[:3], True),
+     ("b", u64b[:3], True)], "where", tol=0.0)
+# exp: Rust's and NumPy's libm may differ in the last bit of an f64 result (one ulp, 2.2e-16).
+for u, ir, tol in [("Exp", "exp", 1e-15), ("Sqrt", "sqrt", 0.0), ("Neg", "neg", 0.0), ("Abs", "abs", 0.0),
+                   ("Floor", "floor", 0.0)]:
+    case(f"{ir}_f64", u, {}, [("x", np.array([0.64, 2.25, 1e-3, 3.7, 10.0], np.float64), True)], ir, tol=tol)
+case("reduce_sum_f64", "ReduceSum", {"keepdims": 0}, [("x", np.array([[0.1, 0.2, 1e16], [1.0, -1e16, 3.0]]), True),
+     ("axes", np.array([1], np.int64), False)], "reduce_sum {axes=[1], keepdims=false}", opset=13, tol=0.0)
+case("reduce_max_f64", "ReduceMax", {"keepdims": 1, "axes": [0]},
+     [("x", np.array([[0.1, 0.2, 1e16], [1.0, -1e16, 3.0]]), True)], "reduce_max {axes=[0], keepdims=true}",
+     opset=13, tol=0.0)
+case("arg_max_u64", "ArgMax", {"axis": 0, "keepdims": 0}, [("x", np.array([3, 2 ** 53, 7], np.uint64), True)],
+     "arg_max {axis=0, keepdims=false, select_last=false}", opset=13, tol=0.0)
 
 
 def main():

@@ -413,13 +413,22 @@ impl Profile {
         Ok(())
     }
 
-    /// Whether the target has `d` (f32, i32, i64 and bool always; i8/u8 with int8).
+    /// Whether the target has `d` (f32, f64, bool and the integers wider than 8 bits always; i8/u8
+    /// with int8).
     pub fn supports(&self, d: DType) -> bool {
         match d {
             DType::F16 => self.dtypes.fp16,
             DType::BF16 => self.dtypes.bf16,
             DType::I8 | DType::U8 => self.dtypes.int8,
-            DType::F32 | DType::I32 | DType::I64 | DType::Bool => true,
+            DType::F32
+            | DType::F64
+            | DType::I16
+            | DType::U16
+            | DType::I32
+            | DType::U32
+            | DType::I64
+            | DType::U64
+            | DType::Bool => true,
         }
     }
 

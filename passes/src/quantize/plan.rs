@@ -116,6 +116,9 @@ fn decide<'a>(g: &Graph, node: &Node, decided: impl Fn(NodeId) -> Option<&'a Dec
     if node.inputs().iter().flatten().any(|v| matches!(g.node(v.node).op, Op::Dequantize)) {
         return (AlreadyQuantized, "reads a dequantized value: the model's Q/DQ already decides it".into());
     }
+    if dtype == DType::F64 {
+        return keep("computes in f64: quantization starts from f32".into());
+    }
     if dtype != DType::F32 {
         return keep(format!("{dtype} already reduced precision: quantization starts from f32"));
     }

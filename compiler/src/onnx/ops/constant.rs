@@ -116,6 +116,11 @@ fn splat(d: &TensorData, n: usize) -> TensorData {
         TensorData::I32(v) => TensorData::I32(rep(v, n)),
         TensorData::I64(v) => TensorData::I64(rep(v, n)),
         TensorData::Bool(v) => TensorData::Bool(rep(v, n)),
+        TensorData::F64(v) => TensorData::F64(rep(v, n)),
+        TensorData::I16(v) => TensorData::I16(rep(v, n)),
+        TensorData::U16(v) => TensorData::U16(rep(v, n)),
+        TensorData::U32(v) => TensorData::U32(rep(v, n)),
+        TensorData::U64(v) => TensorData::U64(rep(v, n)),
     }
 }
 

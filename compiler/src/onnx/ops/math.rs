@@ -5,7 +5,7 @@
 //! Det and Einsum (semantics: the ONNX operator spec, <https://onnx.ai/onnx/operators/>).
 
 use super::{one, Cx, OpDef, Outs, R};
-use qforge_ir::{BinaryOp, DType, Op, Tensor, UnaryOp, Value};
+use qforge_ir::{BinaryOp, DType, Op, Shape, Tensor, TensorType, UnaryOp, Value};
 
 pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("Erf", &[9, 13], |cx| cx.unary(UnaryOp::Erf)),
@@ -39,7 +39,7 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("Sub", &[1, 6, 7, 13, 14], |cx| binary(cx, BinaryOp::Sub)),
     OpDef::onnx("Mul", &[1, 6, 7, 13, 14], |cx| binary(cx, BinaryOp::Mul)),
     OpDef::onnx("Div", &[1, 6, 7, 13, 14], |cx| binary(cx, BinaryOp::Div)),
-    OpDef::onnx("Pow", &[1, 7, 12, 13, 15], |cx| binary(cx, BinaryOp::Pow)),
+    OpDef::onnx("Pow", &[1, 7, 12, 13, 15], pow),
     OpDef::onnx("Mod", &[10, 13, 28], modulo),
     OpDef::onnx("Sum", &[1, 6, 8, 13], |cx| variadic(cx, BinaryOp::Add)),
     OpDef::onnx("Max", &[1, 6, 8, 12, 13], |cx| variadic(cx, BinaryOp::Max)),
@@ -97,19 +97,55 @@ fn mean(cx: &mut Cx) -> R<Outs> {
 /// A two-input element-wise op (arithmetic here, comparisons and boolean ops in
 /// [`super::logic`]).
 pub(super) fn binary(cx: &mut Cx, b: BinaryOp) -> R<Outs> {
-    let (x, mut y) = (cx.input(0)?, cx.input(1)?);
-    // `x ** 2` is often exported with an exponent of another dtype: convert a constant one.
-    if b == BinaryOp::Pow {
-        let (xt, yt) = (cx.ty(x), cx.ty(y));
-        if xt.dtype != yt.dtype && xt.dtype.is_float() && yt.quant.is_none() {
-            if let Some(t) = cx.im.const_of(y) {
-                let c = Tensor::from_f64_iter(xt.dtype, t.shape().to_vec(), t.to_f64_vec().into_iter());
-                let name = cx.im.fresh_name(&format!("{}/exponent", cx.at.name));
-                y = cx.im.g.add_const(name, c);
-            }
+    let (x, y) = (cx.input(0)?, cx.input(1)?);
+    one(cx.add(Op::Binary(b), vec![Some(x), Some(y)], None)?)
+}
+
+/// Pow. From version 12 the exponent may have another type than the base; the result has the
+/// base's. The ONNX reference computes `np.power(a, b).astype(a.dtype)`: the power in the type
+/// both promote to, then a cast back (truncating toward zero for an integer base; ONNX Runtime
+/// computes `std::pow` in double and casts the same way). The IR's `pow` takes one type, so:
+/// * a constant exponent that the base's type holds exactly (`x ** 2` exported with an int64 2)
+///   is converted to it, which changes nothing: the IR's `pow` evaluates in f64 either way;
+/// * otherwise both operands are cast to a type that holds them exactly, i64 for two integer
+///   types and f64 when either is a float, the power is taken there ([`qforge_ir::numerics`]: in
+///   f64, or `trunc(pow)` wrapped for i64), and the result is cast back to the base's type.
+fn pow(cx: &mut Cx) -> R<Outs> {
+    let (x, y) = (cx.input(0)?, cx.input(1)?);
+    let (xt, yt) = (cx.ty(x).clone(), cx.ty(y).clone());
+    if xt.dtype == yt.dtype || xt.quant.is_some() || yt.quant.is_some() {
+        return binary(cx, BinaryOp::Pow);
+    }
+    if let Some(t) = cx.im.const_of(y) {
+        if let Some(c) = exact_cast(&t, xt.dtype) {
+            let name = cx.im.fresh_name(&format!("{}/exponent", cx.at.name));
+            let y = cx.im.g.add_const(name, c);
+            return one(cx.add(Op::Binary(BinaryOp::Pow), vec![Some(x), Some(y)], None)?);
         }
     }
-    one(cx.add(Op::Binary(b), vec![Some(x), Some(y)], None)?)
+    let wide = if xt.dtype.is_float() || yt.dtype.is_float() { DType::F64 } else { DType::I64 };
+    let widen = |cx: &mut Cx, v: Value, dtype: DType, tag: &str| {
+        if dtype == wide {
+            Ok(v)
+        } else {
+            cx.add_helper(tag, Op::Cast { to: wide }, vec![Some(v)])
+        }
+    };
+    let xw = widen(cx, x, xt.dtype, "base")?;
+    let yw = widen(cx, y, yt.dtype, "exponent")?;
+    let p = cx.add_helper("pow", Op::Binary(BinaryOp::Pow), vec![Some(xw), Some(yw)])?;
+    one(cx.add(Op::Cast { to: xt.dtype }, vec![Some(p)], None)?)
+}
+
+/// `t` cast to `to` when the cast back gives `t` again (every value held exactly); `None`
+/// otherwise.
+fn exact_cast(t: &Tensor, to: DType) -> Option<Tensor> {
+    let cast = |t: &Tensor, to: DType| {
+        let ty = TensorType::new(t.dtype(), Shape::fixed(t.shape()));
+        qforge_ir::interp::eval_op(&Op::Cast { to }, &[Some(&ty)], &[], &[Some(t)]).ok()?.pop()
+    };
+    let c = cast(t, to)?;
+    (cast(&c, t.dtype())? == *t).then_some(c)
 }
 
 /// Mod: `fmod=0` takes the divisor's sign (Python's `%`; integers only before version 28),

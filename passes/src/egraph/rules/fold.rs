@@ -285,7 +285,15 @@ fn lossless(from: DType, to: DType) -> bool {
     from == to
         || matches!(
             (from, to),
-            (I8 | U8, I32 | I64 | F32 | F16) | (I32, I64) | (F16 | BF16, F32) | (Bool, I8 | U8 | I32 | I64)
+            (I8 | U8, I16 | I32 | I64 | F32 | F16 | F64)
+                | (U8, U16 | U32 | U64)
+                | (I16 | U16, I32 | I64 | F32 | F64)
+                | (U16, U32 | U64)
+                | (I32 | U32, I64 | F64)
+                | (U32, U64)
+                | (F16 | BF16, F32 | F64)
+                | (F32, F64)
+                | (Bool, I8 | U8 | I16 | U16 | I32 | U32 | I64 | U64)
         )
 }
 
