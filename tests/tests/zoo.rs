@@ -1,0 +1,230 @@
+//! The zoo (`fixtures/zoo/`, made by `scripts/gen_zoo_fixtures.py`): detectors, segmenters,
+//! classifiers, a text recognizer and a YOLO-style detector from torchvision architectures at
+//! reduced width, each exported by the TorchScript exporter (opset 17) and by the dynamo exporter
+//! (opset 18+) with dynamic batch, height and width. One imported graph per file, never
+//! specialized to an input shape, reproduces ONNX Runtime's FP32 outputs at batch 1 and 4 at one
+//! image size and batch 2 at another, on the reference interpreter and on the JIT (the JIT also
+//! through the oracle of `check_jit`: every microkernel set, guard bytes checked). The exports
+//! qforge does not import yet are listed with their refusal ([`KNOWN_GAPS`]).
+
+use qforge_ir::{Graph, Tensor};
+use qforge_tests::{agreement, check_jit};
+use std::path::PathBuf;
+
+/// The exports qforge does not import yet, with the refusal each gives today (a substring). The
+/// test fails when one of them imports (take it off the list) or refuses differently, so the list
+/// is always the current state: concatenating detection heads' anchors along a symbolic size, the
+/// dynamo exporter's shape arithmetic for Resize sizes and view shapes, and Swin's window padding
+/// computed from the image size.
+const KNOWN_GAPS: &[(&str, &str)] = &[
+    ("deeplabv3_mobilenet_v3_dynamo.onnx", "(Resize): input `val_597` (sizes) must be a constant"),
+    ("fcos_fpn.onnx", "concatenation along a symbolic dimension"),
+    ("fcos_fpn_dynamo.onnx", "(Resize): input `val_548` (sizes) must be a constant"),
+    ("lraspp_mobilenet_v3_dynamo.onnx", "(Resize): input `val_558` (sizes) must be a constant"),
+    ("retinanet_fpn.onnx", "concatenation along a symbolic dimension"),
+    ("retinanet_fpn_dynamo.onnx", "(Resize): input `val_545` (sizes) must be a constant"),
+    ("shufflenet_v2_dynamo.onnx", "(Reshape): input `val_86` (shape) must be a constant"),
+    ("ssdlite_mobilenet_v3.onnx", "concatenation along a symbolic dimension"),
+    ("ssdlite_mobilenet_v3_dynamo.onnx", "(Reshape): input `val_695` (shape) must be a constant"),
+    ("swin_t.onnx", "(Pad): input `/features/features.1/features.1.0/attn/Cast_1_output_0` (pads) must be a constant"),
+    ("swin_t_dynamo.onnx", "(Pad): input `val_48` (pads) must be a constant"),
+    ("text_recognizer_dynamo.onnx", "(Reshape): input `val_68` (shape) must be a constant"),
+    ("yolov8_style.onnx", "concatenation along a symbolic dimension"),
+    ("yolov8_style_dynamo.onnx", "concatenation along a symbolic dimension"),
+];
+
+/// Imports `file`: the graph, or `None` for a known gap refusing as listed; any other outcome is
+/// a failure pushed on `failures`.
+fn import(file: &str, failures: &mut Vec<String>) -> Option<Graph> {
+    let gap = KNOWN_GAPS.iter().find(|(f, _)| *f == file).map(|(_, why)| *why);
+    match (qforge::onnx::import_file(&fixture(file)), gap) {
+        (Ok(g), None) => Some(g),
+        (Ok(_), Some(_)) => {
+            failures.push(format!("{file} imports now: take it off KNOWN_GAPS"));
+            None
+        }
+        (Err(e), Some(why)) if e.to_string().contains(why) => {
+            println!("{file}: known gap: {e}");
+            None
+        }
+        (Err(e), _) => {
+            failures.push(format!("{file}: import: {e}"));
+            None
+        }
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/zoo")).join(name)
+}
+
+fn npy(name: &str) -> Tensor {
+    qforge::npy::read(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// One model of the manifest.
+struct Model {
+    name: String,
+    /// The prefix of its image set (`<images>_calib.npy`, `_test_a.npy`, `_test_b.npy`).
+    images: String,
+    /// Whether the dynamo export exists.
+    dynamo: bool,
+}
+
+fn models() -> Vec<Model> {
+    let text = std::fs::read_to_string(fixture("manifest.json")).expect("the zoo manifest");
+    let m: serde_json::Value = serde_json::from_str(&text).expect("manifest.json is JSON");
+    let models = m["models"].as_object().expect("a `models` object");
+    models
+        .iter()
+        .map(|(name, info)| Model {
+            name: name.clone(),
+            images: info["images"].as_str().expect("an `images` prefix").to_string(),
+            dynamo: info["dynamo"].get("error").is_none(),
+        })
+        .collect()
+}
+
+/// The first `n` rows of `t`.
+fn rows(t: &Tensor, n: usize) -> Tensor {
+    let mut shape = t.shape().to_vec();
+    let per: usize = shape[1..].iter().product();
+    shape[0] = n;
+    Tensor::from_f64_iter(t.dtype(), shape, t.to_f64_vec().into_iter().take(n * per))
+}
+
+/// Runs `g` on the interpreter and the JIT; an error says which engine and how far from ORT's
+/// output (more than 1e-4 of its largest magnitude).
+fn check(g: &Graph, x: &Tensor, reference: &Tensor) -> Result<String, String> {
+    let inputs = std::slice::from_ref(x);
+    let interp = qforge_ir::interp::run(g, inputs).map_err(|e| format!("interpreter: {e}"))?;
+    let a = agreement(&interp[0], reference, None).map_err(|e| format!("interpreter: {e:#}"))?;
+    if a.max_abs > 1e-4 * a.ref_max_abs {
+        return Err(format!("interpreter: {a}"));
+    }
+    check_jit(g, inputs, &interp).map_err(|e| format!("JIT against the interpreter: {e:#}"))?;
+    let exe = qforge_codegen::JitExecutable::new(g.clone(), qforge_codegen::JitOptions::default());
+    let jit = exe.run(inputs).map_err(|e| format!("JIT: {e}"))?;
+    let b = agreement(&jit[0], reference, None).map_err(|e| format!("JIT: {e:#}"))?;
+    if b.max_abs > 1e-4 * b.ref_max_abs {
+        return Err(format!("JIT: {b}"));
+    }
+    Ok(format!("interpreter {a}; JIT {b}"))
+}
+
+#[test]
+fn every_zoo_model_matches_onnx_runtime_at_two_batches_and_two_image_sizes() {
+    let mut failures = vec![];
+    for Model { name, images, dynamo } in models() {
+        let (a, b) = (npy(&format!("{images}_test_a.npy")), npy(&format!("{images}_test_b.npy")));
+        let runs = [
+            ("size A batch 1", rows(&a, 1), npy(&format!("{name}_out_a_b1.npy"))),
+            ("size A batch 4", a.clone(), npy(&format!("{name}_out_a.npy"))),
+            ("size B batch 2", b, npy(&format!("{name}_out_b.npy"))),
+        ];
+        let files = if dynamo {
+            vec![format!("{name}.onnx"), format!("{name}_dynamo.onnx")]
+        } else {
+            vec![format!("{name}.onnx")]
+        };
+        for file in files {
+            let Some(g) = import(&file, &mut failures) else { continue };
+            for (label, x, reference) in &runs {
+                match check(&g, x, reference) {
+                    Ok(s) => println!("{file} {label}: {s}"),
+                    Err(e) => failures.push(format!("{file} {label}: {e}")),
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+}
+
+/// ONNX Runtime's `quantize_static` SQNR for `name` (`manifest.json`).
+fn ort_static_sqnr(name: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(fixture("manifest.json")).ok()?;
+    let m: serde_json::Value = serde_json::from_str(&text).ok()?;
+    m["models"][name]["ort_int8_qdq_sqnr_db"].as_f64()
+}
+
+/// How far under ORT's `quantize_static` SQNR a model's static INT8 may sit (dB): nothing, except
+/// for the shortfalls measured and not yet closed, each with its figures.
+fn static_margin(name: &str) -> f64 {
+    match name {
+        // 6.4 dB against ORT's 10.6: with per-tensor weights (ORT's default) qforge reaches
+        // 10.8; per-channel weights lose here, which is not yet understood
+        "efficientnet_b0" => -4.5,
+        // 18.0 dB against ORT's 20.1
+        "yolov8_style" => -2.2,
+        // 27.6 dB against ORT's 28.0
+        "convnext_tiny" => -0.5,
+        _ => 0.0,
+    }
+}
+
+/// Every zoo model (TorchScript export) compiled for the JIT with static INT8 (calibrated on its
+/// calibration images), dynamic INT8 and FP16, run on the size-A test images: SQNR against ONNX
+/// Runtime's FP32 output, printed beside ORT's `quantize_static` on the same calibration images.
+/// Static INT8 must reach at least ORT's figure (less the measured shortfalls of
+/// [`static_margin`]); dynamic INT8 and FP16 must run (their SQNR is printed).
+#[test]
+fn zoo_int8_and_fp16_against_onnx_runtime() {
+    use qforge::options::{PipelineOptions, Precision, QuantizeMode};
+    let mut failures = vec![];
+    println!("| model | static int8 SQNR dB | ORT quantize_static SQNR dB | dynamic int8 SQNR dB | fp16 SQNR dB |");
+    println!("|---|---|---|---|---|");
+    for Model { name, images, .. } in models() {
+        if import(&format!("{name}.onnx"), &mut failures).is_none() {
+            continue;
+        }
+        let x = npy(&format!("{images}_test_a.npy"));
+        let reference = npy(&format!("{name}_out_a.npy"));
+        let base = PipelineOptions::default();
+        let settings = [
+            (
+                "static int8",
+                PipelineOptions {
+                    quantize: QuantizeMode::Int8,
+                    calib: Some(fixture(&format!("{images}_calib.npy"))),
+                    ..base.clone()
+                },
+            ),
+            ("dynamic int8", PipelineOptions { quantize: QuantizeMode::Dynamic, ..base.clone() }),
+            ("fp16", PipelineOptions { precision: Precision::Fp16, ..base.clone() }),
+        ];
+        let mut row = vec![];
+        for (label, opts) in settings {
+            let run = || -> anyhow::Result<f64> {
+                let model = qforge::load_model(&fixture(&format!("{name}.onnx")))?;
+                let exe = qforge::Compiler::new(opts)?.compile(model)?;
+                let y = exe.run(std::slice::from_ref(&x))?.remove(0);
+                Ok(agreement(&y, &reference, None)?.sqnr_db)
+            };
+            match run() {
+                Ok(db) => row.push(format!("{db:.1}")),
+                Err(e) => {
+                    failures.push(format!("{name}: {label}: {e:#}"));
+                    row.push("error".into());
+                    continue;
+                }
+            }
+        }
+        let ort = ort_static_sqnr(&name);
+        println!(
+            "| {name} | {} | {} | {} | {} |",
+            row[0],
+            ort.map_or("-".into(), |d| format!("{d:.1}")),
+            row[1],
+            row[2]
+        );
+        if let (Ok(ours), Some(theirs)) = (row[0].parse::<f64>(), ort) {
+            let floor = theirs + static_margin(&name);
+            if ours < floor {
+                failures.push(format!(
+                    "{name}: static int8 SQNR {ours:.1} dB is below its floor {floor:.1} dB (ORT's {theirs:.1} dB)"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+}
