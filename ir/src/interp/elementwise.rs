@@ -212,7 +212,8 @@ pub fn unary_f64(u: UnaryOp, v: f64) -> f64 {
                 v
             }
         }
-        UnaryOp::Round => crate::numerics::round_half_even(v),
+        // half to even, the rounding of the numerics contract (`numerics::round_half_even`), in f64
+        UnaryOp::Round => v.round_ties_even(),
     }
 }
 
