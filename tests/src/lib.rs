@@ -10,6 +10,14 @@ use anyhow::{bail, Context, Result};
 use qforge_ir::{Graph, Op, QuantParams, Tensor};
 use std::path::PathBuf;
 
+/// The first `n` samples (rows of axis 0) of `t`: a batch-1 input from a batch-4 fixture.
+pub fn first_rows(t: &Tensor, n: usize) -> Tensor {
+    let mut shape = t.shape().to_vec();
+    let per: usize = shape[1..].iter().product();
+    shape[0] = n;
+    Tensor::from_f64_iter(t.dtype(), shape, t.to_f64_vec().into_iter().take(n * per))
+}
+
 /// The shared model corpus, `../shared/models` beside the checkout.
 pub fn corpus() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/models"))

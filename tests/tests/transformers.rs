@@ -5,7 +5,7 @@
 //! (and BERT at two sequence lengths) on the reference interpreter and on the JIT.
 
 use qforge_ir::{Graph, Tensor};
-use qforge_tests::{agreement, check_jit};
+use qforge_tests::{agreement, check_jit, first_rows as rows};
 use std::path::PathBuf;
 
 fn fixture(name: &str) -> PathBuf {
@@ -14,14 +14,6 @@ fn fixture(name: &str) -> PathBuf {
 
 fn npy(name: &str) -> Tensor {
     qforge::npy::read(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-/// The first `n` rows of `t`.
-fn rows(t: &Tensor, n: usize) -> Tensor {
-    let mut shape = t.shape().to_vec();
-    let per: usize = shape[1..].iter().product();
-    shape[0] = n;
-    Tensor::from_f64_iter(t.dtype(), shape, t.to_f64_vec().into_iter().take(n * per))
 }
 
 /// Runs `g` on the interpreter and the JIT and checks both against ORT's output within 1e-4 of

@@ -8,7 +8,7 @@
 //! qforge does not import yet are listed with their refusal ([`KNOWN_GAPS`]).
 
 use qforge_ir::{Graph, Tensor};
-use qforge_tests::{agreement, check_jit};
+use qforge_tests::{agreement, check_jit, first_rows as rows};
 use std::path::PathBuf;
 
 /// The exports qforge does not import yet, with the refusal each gives today (a substring). The
@@ -83,14 +83,6 @@ fn models() -> Vec<Model> {
             dynamo: info["dynamo"].get("error").is_none(),
         })
         .collect()
-}
-
-/// The first `n` rows of `t`.
-fn rows(t: &Tensor, n: usize) -> Tensor {
-    let mut shape = t.shape().to_vec();
-    let per: usize = shape[1..].iter().product();
-    shape[0] = n;
-    Tensor::from_f64_iter(t.dtype(), shape, t.to_f64_vec().into_iter().take(n * per))
 }
 
 /// Runs `g` on the interpreter and the JIT; an error says which engine and how far from ORT's
