@@ -396,14 +396,14 @@ mod tests {
         let e = tensor_from_proto(&ext).unwrap_err();
         assert_eq!(e, TensorError::ExternalData);
         assert!(e.to_string().contains("external file"), "{e}");
-        let dbl = TensorProto {
-            name: "d".into(),
+        let complex = TensorProto {
+            name: "c".into(),
             dims: vec![1],
-            data_type: 11,
-            double_data: vec![1.0],
+            data_type: DataType::Complex64 as i32,
+            float_data: vec![1.0, 0.0],
             ..Default::default()
         };
-        assert!(tensor_from_proto(&dbl).unwrap_err().to_string().contains("DOUBLE"));
+        assert!(tensor_from_proto(&complex).unwrap_err().to_string().contains("COMPLEX64"));
         let range =
             TensorProto { name: "r".into(), dims: vec![1], data_type: 2, int32_data: vec![300], ..Default::default() };
         assert_eq!(tensor_from_proto(&range).unwrap_err(), TensorError::OutOfRange { value: 300, dtype: DType::U8 });
