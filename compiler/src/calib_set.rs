@@ -9,11 +9,17 @@
 use crate::data;
 use anyhow::{bail, Context, Result};
 use qforge_ir::{Graph, Tensor};
+use qforge_passes::quantize::calibrate::CalibBatch;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// One pass over calibration data: batches of the graph's inputs, each read when asked for.
 pub type CalibStream<'a> = Box<dyn Iterator<Item = Result<Vec<Tensor>>> + 'a>;
+
+/// One pass over calibration data for calibration itself: batches whose samples are read a run
+/// at a time ([`CalibBatch`]), so a source that keeps a batch outside Rust never converts all of
+/// it at once.
+pub type CalibBatches<'a> = Box<dyn Iterator<Item = Result<Box<dyn CalibBatch + 'a>>> + 'a>;
 
 /// Where calibration data comes from: a file (`--calib`, [`CalibFile`]), or batches a library
 /// user streams in (the Python package's iterables). Stages that need one pass (calibration)
@@ -24,6 +30,12 @@ pub trait CalibSource: Send + Sync {
     /// A fresh pass over the data as `g`'s inputs (one tensor per graph input, in order), in
     /// batches of at most `batch` samples (a source that yields its own batches may ignore it).
     fn stream<'a>(&'a self, g: &Graph, batch: usize) -> Result<CalibStream<'a>>;
+    /// The same pass as [`CalibSource::stream`], each batch read a run of samples at a time when
+    /// calibration asks for it. This one reads each batch whole first; a source that can read
+    /// part of a batch overrides it.
+    fn batches<'a>(&'a self, g: &Graph, batch: usize) -> Result<CalibBatches<'a>> {
+        Ok(Box::new(self.stream(g, batch)?.map(|b| b.map(|b| Box::new(b) as Box<dyn CalibBatch + 'a>))))
+    }
     /// How many batches one pass yields, when known in advance (progress bars).
     fn batch_count(&self, g: &Graph, batch: usize) -> Option<usize>;
     /// Checks the data against `g` before any stage runs, where that is possible without

@@ -23,7 +23,7 @@
 //! with [`Compiler::run_until`] and may [`Compiler::resume`] it to the end; nothing assembles the
 //! stages a second time.
 
-use crate::calib_set::{CalibSource, CalibStream, LazyFile};
+use crate::calib_set::{CalibBatches, CalibSource, LazyFile};
 use crate::evaluator::EngineEvaluator;
 use crate::options::{Engine, PipelineOptions, Precision, QuantizeMode};
 use crate::qconfig::QConfigFile;
@@ -320,9 +320,9 @@ impl Compiler {
 
     /// One pass over the calibration data as `g`'s inputs, in batches of `--calib-batch`, and
     /// how many batches that is when known.
-    pub fn calib_stream(&self, g: &Graph) -> Result<(CalibStream<'_>, Option<usize>)> {
+    pub fn calib_stream(&self, g: &Graph) -> Result<(CalibBatches<'_>, Option<usize>)> {
         let src = self.calib_source()?;
-        Ok((src.stream(g, self.opts.calib_batch)?, src.batch_count(g, self.opts.calib_batch)))
+        Ok((src.batches(g, self.opts.calib_batch)?, src.batch_count(g, self.opts.calib_batch)))
     }
 
     /// The calibration data as `g`'s inputs, collected, in batches of `--calib-batch` (for the

@@ -1,19 +1,12 @@
 //! Batches and labels: splitting inputs along axis 0, joining outputs, top-1 accuracy.
 
 use anyhow::{bail, Result};
-use qforge_ir::{with_data, Tensor, TensorData};
+use qforge_ir::{Tensor, TensorData};
 
 /// Rows `start..end` of axis 0.
 pub fn slice_batch(x: &Tensor, start: usize, end: usize) -> Result<Tensor> {
     let Some(&n) = x.shape().first() else { bail!("cannot batch a scalar") };
-    if start > end || end > n {
-        bail!("batch {start}..{end} is outside 0..{n}");
-    }
-    let row: usize = x.shape()[1..].iter().product();
-    let mut shape = x.shape().to_vec();
-    shape[0] = end - start;
-    let data = with_data!(x.data(), v => v[start * row..end * row].to_vec().into_data());
-    Tensor::new(shape, data).ok_or_else(|| anyhow::anyhow!("internal: batch shape mismatch"))
+    x.rows(start, end).ok_or_else(|| anyhow::anyhow!("batch {start}..{end} is outside 0..{n}"))
 }
 
 /// Joins tensors of equal trailing shape along axis 0.
@@ -59,33 +52,6 @@ fn join(parts: Vec<TensorData>) -> Result<TensorData> {
     }
     Ok(acc)
 }
-
-/// Rebuilds `TensorData` from a vector of any element type.
-trait IntoData {
-    fn into_data(self) -> TensorData;
-}
-macro_rules! into_data {
-    ($t:ty, $v:ident) => {
-        impl IntoData for Vec<$t> {
-            fn into_data(self) -> TensorData {
-                TensorData::$v(self)
-            }
-        }
-    };
-}
-into_data!(f32, F32);
-into_data!(half::f16, F16);
-into_data!(half::bf16, BF16);
-into_data!(i8, I8);
-into_data!(u8, U8);
-into_data!(i32, I32);
-into_data!(i64, I64);
-into_data!(bool, Bool);
-into_data!(f64, F64);
-into_data!(i16, I16);
-into_data!(u16, U16);
-into_data!(u32, U32);
-into_data!(u64, U64);
 
 /// Index of the largest score in each row of a `[N, C]` (or `[N, C, 1, 1]`) tensor; ties go to
 /// the first.

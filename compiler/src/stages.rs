@@ -77,8 +77,9 @@ fn calibrate_stage(c: &Compiler, st: &mut State) -> Result<()> {
     );
     let t = std::time::Instant::now();
     let mut bar = c.progress("calibrating", "batches");
-    // batches are streamed: memory holds one batch (and the observers' fixed-size state); a
-    // batch the source fails to produce ends the pass and is the error
+    // batches are streamed: memory holds one batch, one run's share of it as the engine's input
+    // (see `calibrate`) and the observers' fixed-size state; a batch the source fails to produce
+    // ends the pass and is the error
     let mut failed = None;
     let mut batches = stream.map_while(|b| b.map_err(|e| failed = Some(e)).ok());
     let cal = calibrate(g, c.evaluator(), &mut batches, total.unwrap_or(0), &targets, &mut *bar);

@@ -45,4 +45,4 @@ pub use op::{
 };
 pub use quant::{QuantError, QuantParams};
 pub use shape::{Affine, Dim, Shape, TensorType};
-pub use tensor::{Tensor, TensorData};
+pub use tensor::{IntoData, Tensor, TensorData};

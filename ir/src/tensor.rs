@@ -44,6 +44,33 @@ macro_rules! with_data {
     };
 }
 
+/// Rebuilds [`TensorData`] from a vector of any element type.
+pub trait IntoData {
+    fn into_data(self) -> TensorData;
+}
+macro_rules! into_data {
+    ($t:ty, $v:ident) => {
+        impl IntoData for Vec<$t> {
+            fn into_data(self) -> TensorData {
+                TensorData::$v(self)
+            }
+        }
+    };
+}
+into_data!(f32, F32);
+into_data!(half::f16, F16);
+into_data!(half::bf16, BF16);
+into_data!(i8, I8);
+into_data!(u8, U8);
+into_data!(i32, I32);
+into_data!(i64, I64);
+into_data!(bool, Bool);
+into_data!(f64, F64);
+into_data!(i16, I16);
+into_data!(u16, U16);
+into_data!(u32, U32);
+into_data!(u64, U64);
+
 impl TensorData {
     pub fn dtype(&self) -> DType {
         match self {
@@ -164,6 +191,19 @@ impl Tensor {
             self.shape = shape;
             self
         })
+    }
+    /// Samples `start..end` along axis 0 (a copy), or `None` for a scalar or a range outside
+    /// the leading dimension.
+    pub fn rows(&self, start: usize, end: usize) -> Option<Tensor> {
+        let &n = self.shape.first()?;
+        if start > end || end > n {
+            return None;
+        }
+        let row: usize = self.shape[1..].iter().product();
+        let mut shape = self.shape.clone();
+        shape[0] = end - start;
+        let data = with_data!(&self.data, v => v[start * row..end * row].to_vec().into_data());
+        Tensor::new(shape, data)
     }
 
     pub fn as_f32(&self) -> Option<&[f32]> {

@@ -12,13 +12,16 @@
 //!   iterator (a generator: `iter(obj) is obj`) serves one pass; a stage that needs a second pass
 //!   is refused with an error saying to pass a re-iterable.
 
-use crate::convert::{as_array, bind_inputs, describe_input, input_names, tensor_from_array, type_name};
+use crate::convert::{as_array, bind_inputs, describe_input, input_arrays, input_names, input_tensor, tensor_from_array, type_name};
 use crate::errors::{CalibData, PythonError};
 use anyhow::{anyhow, Context, Result};
-use numpy::{PyUntypedArray, PyUntypedArrayMethods};
+use numpy::{PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyIterator, PySlice};
-use qforge::calib_set::CalibSource;
+use qforge::calib_set::{CalibBatches, CalibSource};
+use qforge_passes::quantize::calibrate::{BatchError, CalibBatch};
+use std::borrow::Cow;
+use std::sync::Arc;
 use qforge_ir::{Graph, Tensor};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -98,6 +101,44 @@ impl PyCalib {
             }
         }
         per_input.iter().map(|parts| qforge::data::concat_batch(parts)).collect()
+    }
+
+    /// Refuses pass `pass` over a one-shot iterator after its first.
+    fn check_pass(&self, one_shot: bool, pass: usize) -> Result<()> {
+        if one_shot && pass > 1 {
+            return Err(calib_err(format!(
+                "calib is a one-shot iterator (a generator), already used by an earlier pass, and this step needs \
+                 pass {pass} over the data: pass a re-iterable instead (a list of batches, a DataLoader, or an object \
+                 whose __iter__ returns a fresh iterator)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// What reading item `k` of pass `pass` of an iterable gives the stream: the batch, the end
+    /// of the pass (`None`), or an error, `calib yielded no batches` when the first read finds
+    /// none; `done` is set when the pass must stop after it.
+    fn next_item<T>(item: Result<Option<T>>, k: usize, pass: usize, done: &mut bool) -> Option<Result<T>> {
+        match item {
+            Ok(Some(b)) => Some(Ok(b)),
+            Ok(None) if k == 0 => {
+                *done = true;
+                let again = if pass > 1 {
+                    format!(
+                        " on pass {pass}: an iterable whose __iter__ does not start over serves one pass; pass a \
+                         re-iterable (a list of batches, a DataLoader)"
+                    )
+                } else {
+                    String::new()
+                };
+                Some(Err(calib_err(format!("calib yielded no batches{again}"))))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                *done = true;
+                Some(Err(e))
+            }
+        }
     }
 
     /// The arrays bound to `g`'s inputs in order, with their common number of samples.
@@ -183,6 +224,64 @@ fn py_err(e: PyErr) -> anyhow::Error {
     anyhow::Error::new(PythonError(e))
 }
 
+/// One batch of a pass, held as the caller's arrays (NumPy views, nothing copied): calibration
+/// converts the samples of one run at a time ([`CalibBatch::rows`]), so the whole batch never
+/// exists twice.
+struct PyBatch {
+    g: Arc<Graph>,
+    arrays: Vec<Py<PyUntypedArray>>,
+    /// "calibration batch 3" or "calibration rows 0..50", for messages.
+    what: String,
+    samples: Option<usize>,
+    sample_bytes: usize,
+}
+
+impl PyBatch {
+    fn new(g: Arc<Graph>, arrays: &[Bound<'_, PyUntypedArray>], what: String) -> PyBatch {
+        let n = arrays.first().and_then(|a| a.shape().first().copied());
+        let samples = n.filter(|n| arrays.iter().all(|a| a.shape().first() == Some(n)));
+        let sample_bytes = arrays
+            .iter()
+            .map(|a| a.shape().iter().skip(1).product::<usize>() * a.dtype().itemsize())
+            .sum();
+        PyBatch { g, arrays: arrays.iter().map(|a| a.clone().unbind()).collect(), what, samples, sample_bytes }
+    }
+}
+
+impl CalibBatch for PyBatch {
+    fn samples(&self) -> Option<usize> {
+        self.samples
+    }
+
+    fn sample_bytes(&self) -> usize {
+        self.sample_bytes
+    }
+
+    /// Samples `start..end` of every array, converted and checked (a calibration data error,
+    /// `qforge.CalibrationError`, when they do not fit the model or are not finite).
+    fn rows(&self, start: usize, end: usize) -> std::result::Result<Cow<'_, [Tensor]>, BatchError> {
+        let part = self.samples.is_some_and(|n| start > 0 || end < n);
+        let inputs = Python::attach(|py| -> Result<Vec<Tensor>> {
+            let mut out = Vec::with_capacity(self.arrays.len());
+            for (i, a) in self.arrays.iter().enumerate() {
+                let a = a.bind(py);
+                let t = if part {
+                    let rows = a.get_item(PySlice::new(py, start as isize, end as isize, 1)).map_err(py_err)?;
+                    let rows = rows.cast_into::<PyUntypedArray>().map_err(|e| anyhow!("{e}"))?;
+                    input_tensor(&self.g, i, &rows, &self.what)
+                } else {
+                    input_tensor(&self.g, i, a, &self.what)
+                };
+                out.push(t.map_err(|e| calib_err(format!("{:#}", e.error)))?);
+            }
+            Ok(out)
+        })
+        .and_then(|b| check_batch(&self.g, &b, &self.what).map(|()| b))
+        .map_err(|e| -> BatchError { Box::new(CalibData(crate::errors::one_line(&format!("{e:#}")))) })?;
+        Ok(Cow::Owned(inputs))
+    }
+}
+
 /// A batch as the graph's inputs, checked: it binds to the inputs, its types fit them and its
 /// values are finite (calibration refuses NaN and infinity, as the CLI does).
 fn check_batch(g: &Graph, batch: &[Tensor], what: &str) -> Result<()> {
@@ -215,13 +314,7 @@ impl CalibSource for PyCalib {
                 })))
             }
             Data::Iterable { obj, one_shot } => {
-                if *one_shot && pass > 1 {
-                    return Err(calib_err(format!(
-                        "calib is a one-shot iterator (a generator), already used by an earlier pass, and this step \
-                         needs pass {pass} over the data: pass a re-iterable instead (a list of batches, a DataLoader, \
-                         or an object whose __iter__ returns a fresh iterator)"
-                    )));
-                }
+                self.check_pass(*one_shot, pass)?;
                 let it: Py<PyIterator> =
                     Python::attach(|py| obj.bind(py).try_iter().map(Bound::unbind)).map_err(py_err)?;
                 let mut k = 0usize;
@@ -240,25 +333,9 @@ impl CalibSource for PyCalib {
                         let b = bind_inputs(&g, &x, &what, true).map_err(|e| calib_err(format!("{:#}", e.error)))?;
                         Ok(Some(b))
                     });
-                    let item = match item {
-                        Ok(Some(b)) => b,
-                        Ok(None) if k == 0 => {
-                            done = true;
-                            let again = if pass > 1 {
-                                format!(
-                                    " on pass {pass}: an iterable whose __iter__ does not start over serves one pass; \
-                                     pass a re-iterable (a list of batches, a DataLoader)"
-                                )
-                            } else {
-                                String::new()
-                            };
-                            return Some(Err(calib_err(format!("calib yielded no batches{again}"))));
-                        }
-                        Ok(None) => return None,
-                        Err(e) => {
-                            done = true;
-                            return Some(Err(e));
-                        }
+                    let item = match Self::next_item(item, k, pass, &mut done)? {
+                        Ok(b) => b,
+                        Err(e) => return Some(Err(e)),
                     };
                     let what = format!("calibration batch {k}");
                     k += 1;
@@ -267,6 +344,65 @@ impl CalibSource for PyCalib {
                         return Some(Err(e));
                     }
                     Some(Ok(item))
+                })))
+            }
+        }
+    }
+
+    /// The batches of [`CalibSource::stream`], kept as NumPy views and converted a run at a time.
+    fn batches<'a>(&'a self, g: &Graph, batch: usize) -> Result<CalibBatches<'a>> {
+        let pass = self.passes.fetch_add(1, Ordering::SeqCst) + 1;
+        let g = Arc::new(g.clone());
+        match &self.data {
+            Data::Arrays(arrays) => {
+                let batch = batch.max(1);
+                let n = Python::attach(|py| self.bind_arrays(py, arrays, &g).map(|(_, n)| n))?;
+                Ok(Box::new((0..n.div_ceil(batch)).map(move |k| {
+                    let (start, end) = (k * batch, ((k + 1) * batch).min(n));
+                    Python::attach(|py| {
+                        py.check_signals().map_err(py_err)?;
+                        let (bound, _) = self.bind_arrays(py, arrays, &g)?;
+                        let views = bound
+                            .iter()
+                            .map(|a| {
+                                let rows =
+                                    a.get_item(PySlice::new(py, start as isize, end as isize, 1)).map_err(py_err)?;
+                                rows.cast_into::<PyUntypedArray>().map_err(|e| anyhow!("{e}"))
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        let b = PyBatch::new(g.clone(), &views, format!("calibration rows {start}..{end}"));
+                        Ok(Box::new(b) as Box<dyn CalibBatch + 'a>)
+                    })
+                })))
+            }
+            Data::Iterable { obj, one_shot } => {
+                self.check_pass(*one_shot, pass)?;
+                let it: Py<PyIterator> =
+                    Python::attach(|py| obj.bind(py).try_iter().map(Bound::unbind)).map_err(py_err)?;
+                let mut k = 0usize;
+                let mut done = false;
+                Ok(Box::new(std::iter::from_fn(move || {
+                    if done {
+                        return None;
+                    }
+                    let what = format!("calibration batch {k}");
+                    let item = Python::attach(|py| -> Result<Option<PyBatch>> {
+                        py.check_signals().map_err(py_err)?;
+                        let Some(x) = it.bind(py).clone().next() else { return Ok(None) };
+                        let x = x
+                            .map_err(py_err)
+                            .context(CalibData("the calibration iterable raised an exception".into()))?;
+                        let arrays =
+                            input_arrays(&g, &x, &what, true).map_err(|e| calib_err(format!("{:#}", e.error)))?;
+                        Ok(Some(PyBatch::new(g.clone(), &arrays, what.clone())))
+                    });
+                    match Self::next_item(item, k, pass, &mut done) {
+                        Some(Ok(b)) => {
+                            k += 1;
+                            Some(Ok(Box::new(b) as Box<dyn CalibBatch + 'a>))
+                        }
+                        other => other.map(|r| r.map(|b| Box::new(b) as Box<dyn CalibBatch + 'a>)),
+                    }
                 })))
             }
         }

@@ -165,6 +165,16 @@ pub fn type_text(ty: &TensorType) -> String {
 /// in messages ("input", "calibration batch 3"). Each array keeps its own dtype; the dtype check
 /// names the input and the dtype it needs.
 pub fn bind_inputs(g: &Graph, x: &Bound<'_, PyAny>, what: &str, extra_ok: bool) -> Result<Vec<Tensor>> {
+    input_arrays(g, x, what, extra_ok)?.iter().enumerate().map(|(i, a)| input_tensor(g, i, a, what)).collect()
+}
+
+/// The arrays of [`bind_inputs`], not yet converted (NumPy views of the caller's data).
+pub fn input_arrays<'py>(
+    g: &Graph,
+    x: &Bound<'py, PyAny>,
+    what: &str,
+    extra_ok: bool,
+) -> Result<Vec<Bound<'py, PyUntypedArray>>> {
     let names = input_names(g);
     let bad = |msg: String| Error::from_anyhow(InputData(msg).into(), Kind::Input);
     let arrays: Vec<Bound<'_, PyAny>> = if let Ok(d) = x.cast::<PyDict>() {
@@ -208,24 +218,31 @@ pub fn bind_inputs(g: &Graph, x: &Bound<'_, PyAny>, what: &str, extra_ok: bool) 
         }
         vec![x.clone()]
     };
-    let mut out = Vec::with_capacity(arrays.len());
-    for (i, a) in arrays.iter().enumerate() {
-        let arr = as_array(a).map_err(|e| bad(format!("{what} `{}`: {:#}", names[i], e.error)))?;
-        let t = tensor_from_array(&arr).map_err(|e| bad(format!("{what} `{}`: {:#}", names[i], e.error)))?;
-        let want = g.node(g.inputs()[i]).outputs.first().map(|ty| ty.dtype);
-        if let Some(want) = want.filter(|&w| w != t.dtype()) {
-            let hint = if want == DType::F32 { ", e.g. x.astype(numpy.float32)" } else { "" };
-            return Err(bad(format!(
-                "{what} `{}` is {}, the model takes {} ({}): cast it{hint}",
-                names[i],
-                numpy_name(t.dtype()),
-                numpy_name(want),
-                describe_input(g, i)
-            )));
-        }
-        out.push(t);
+    arrays
+        .iter()
+        .enumerate()
+        .map(|(i, a)| as_array(a).map_err(|e| bad(format!("{what} `{}`: {:#}", names[i], e.error))))
+        .collect()
+}
+
+/// Array `a` as input `i` of `g`: converted, its dtype checked against the input's (the message
+/// names the input and the dtype it needs).
+pub fn input_tensor(g: &Graph, i: usize, a: &Bound<'_, PyUntypedArray>, what: &str) -> Result<Tensor> {
+    let bad = |msg: String| Error::from_anyhow(InputData(msg).into(), Kind::Input);
+    let name = || input_names(g).get(i).cloned().unwrap_or_default();
+    let t = tensor_from_array(a).map_err(|e| bad(format!("{what} `{}`: {:#}", name(), e.error)))?;
+    let want = g.node(g.inputs()[i]).outputs.first().map(|ty| ty.dtype);
+    if let Some(want) = want.filter(|&w| w != t.dtype()) {
+        let hint = if want == DType::F32 { ", e.g. x.astype(numpy.float32)" } else { "" };
+        return Err(bad(format!(
+            "{what} `{}` is {}, the model takes {} ({}): cast it{hint}",
+            name(),
+            numpy_name(t.dtype()),
+            numpy_name(want),
+            describe_input(g, i)
+        )));
     }
-    Ok(out)
+    Ok(t)
 }
 
 /// Converts a serde JSON value (reports, summaries, headers) to the Python object `json.loads`

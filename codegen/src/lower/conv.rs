@@ -17,7 +17,6 @@ use qforge_ir::{
     numerics, Allocation, BinaryOp, ConvAttrs, DType, Epilogue, NodeId, Op, QuantParams, Tensor, TensorType,
 };
 use qforge_ir::{UnaryOp, Value};
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, TryReserveError};
 use std::sync::Arc;
 
@@ -383,12 +382,12 @@ impl Lowerer<'_> {
         let name = n.name.as_str();
         let bytes = micro::int8::packed_bytes(cols, k);
         self.check_size(name, Allocation::PackedWeights, bytes)?;
-        let wk: Cow<'_, [i8]> = if trans_b {
-            Cow::Borrowed(bdata)
+        let packed = if trans_b {
+            micro::int8::pack_weights_i8(bdata, cols, k)
         } else {
-            Cow::Owned(transpose_kn(bdata, k, cols).map_err(alloc_failed(name, "transposed weights", bytes))?)
-        };
-        let packed = micro::int8::pack_weights_i8(&wk, cols, k).map_err(alloc_failed(name, "packed weights", bytes))?;
+            micro::int8::pack_weights_i8_kn(bdata, k, cols)
+        }
+        .map_err(alloc_failed(name, "packed weights", bytes))?;
         // i8 activations become u8 (sign bit flipped, zero point + 128) while rows are gathered:
         // the matrix is an NHWC "image" of m pixels with k channels and a 1x1 window.
         let (rows, zae) = if at.dtype == DType::I8 {
@@ -451,11 +450,6 @@ impl Lowerer<'_> {
         let name = n.name.as_str();
         let bytes = micro::float::packed_bytes(cols, k);
         self.check_size(name, Allocation::PackedWeights, bytes)?;
-        let wk: Cow<'_, [f32]> = if trans_b {
-            Cow::Borrowed(bdata)
-        } else {
-            Cow::Owned(transpose_kn(bdata, k, cols).map_err(alloc_failed(name, "transposed weights", bytes))?)
-        };
         let mut steps = Vec::new();
         if alpha != 1.0 {
             steps.push(Step::ScaleToF32(vec![alpha; cols]));
@@ -472,8 +466,12 @@ impl Lowerer<'_> {
                 }
             }
         }
-        let packed =
-            micro::float::pack_weights_f32(&wk, cols, k).map_err(alloc_failed(name, "packed weights", bytes))?;
+        let packed = if trans_b {
+            micro::float::pack_weights_f32(bdata, cols, k)
+        } else {
+            micro::float::pack_weights_f32_kn(bdata, k, cols)
+        }
+        .map_err(alloc_failed(name, "packed weights", bytes))?;
         let spec = KernelSpec {
             main: MainOp::GemmF32 { rows: Rows::Direct { lda: k }, weights: Arc::new(packed) },
             epilogue: steps,
@@ -595,17 +593,6 @@ fn to_ohwi<T: Copy + Default>(
         }
     }
     Ok(out)
-}
-
-/// A `[k][n]` matrix as `[n][k]` (the packers take one row per output column).
-fn transpose_kn<T: Copy + Default>(b: &[T], k: usize, n: usize) -> Result<Vec<T>, TryReserveError> {
-    let mut t = micro::try_zeroed(n * k)?;
-    for kk in 0..k {
-        for j in 0..n {
-            t[j * k + kk] = b[kk * n + j];
-        }
-    }
-    Ok(t)
 }
 
 /// Whether a convolution reads each output pixel's input pixel and nothing else (1x1, stride 1,

@@ -94,6 +94,17 @@ pub fn panel_width(n: usize, p: usize) -> usize {
 /// Packs `w[j*k + t]` (`n` x `k`, row major) into [`PANEL`]-column panels (entries missing from
 /// a short `w` read as 0).
 pub fn pack_weights_f32(w: &[f32], n: usize, k: usize) -> Result<PackedF32, TryReserveError> {
+    pack_f32_by(n, k, |j, t| w.get(j * k + t).copied())
+}
+
+/// [`pack_weights_f32`] of a weight stored `[k, n]` (a matmul's right operand), read in place:
+/// no transposed copy exists while packing.
+pub fn pack_weights_f32_kn(w: &[f32], k: usize, n: usize) -> Result<PackedF32, TryReserveError> {
+    pack_f32_by(n, k, |j, t| w.get(t * n + j).copied())
+}
+
+/// Packs the `[n, k]` matrix whose element `(j, t)` is `get(j, t)` (0 where it is `None`).
+fn pack_f32_by(n: usize, k: usize, get: impl Fn(usize, usize) -> Option<f32>) -> Result<PackedF32, TryReserveError> {
     let np = panel_count(n);
     let len = if np == 0 { 0 } else { panel_offset(np - 1, k) + panel_width(n, np - 1) * k };
     let mut data = try_zeroed::<f32>(len)?;
@@ -105,7 +116,7 @@ pub fn pack_weights_f32(w: &[f32], n: usize, k: usize) -> Result<PackedF32, TryR
         for t in 0..k {
             let dst = &mut data[base + t * width..base + t * width + cols];
             for (jj, d) in dst.iter_mut().enumerate() {
-                *d = w.get((c0 + jj) * k + t).copied().unwrap_or(0.0);
+                *d = get(c0 + jj, t).unwrap_or(0.0);
             }
         }
     }

@@ -63,11 +63,21 @@ pub struct PackedI8 {
 /// So one 64-byte load is 16 columns x 4 consecutive k. Entries missing from a short `w`
 /// (`w.len() < n*k`) read as 0.
 pub fn pack_weights_i8(w: &[i8], n: usize, k: usize) -> Result<PackedI8, TryReserveError> {
+    pack_i8_by(n, k, |j, t| w.get(j * k + t).copied().unwrap_or(0))
+}
+
+/// [`pack_weights_i8`] of a weight stored `[k, n]` (a matmul's right operand), read in place:
+/// no transposed copy exists while packing.
+pub fn pack_weights_i8_kn(w: &[i8], k: usize, n: usize) -> Result<PackedI8, TryReserveError> {
+    pack_i8_by(n, k, |j, t| w.get(t * n + j).copied().unwrap_or(0))
+}
+
+/// Packs the `[n, k]` matrix whose element `(j, t)` is `get(j, t)`.
+fn pack_i8_by(n: usize, k: usize, get: impl Fn(usize, usize) -> i8) -> Result<PackedI8, TryReserveError> {
     let kp = round_up(k, 4);
     let panels = n.div_ceil(64);
     let total = if panels == 0 { 0 } else { panel_offset(panels - 1, kp) + panel_width(n, panels - 1) * kp };
     let mut data = try_zeroed::<i8>(total)?;
-    let get = |j: usize, t: usize| -> i8 { w.get(j * k + t).copied().unwrap_or(0) };
     for p in 0..panels {
         let width = panel_width(n, p);
         let base = panel_offset(p, kp);

@@ -98,7 +98,9 @@ impl Importer {
             self.values.insert(name.to_string(), v);
             return Some(v);
         }
-        let t = self.inits.get(name)?.clone();
+        // Taken out of the map so that, when nothing else holds it, the tensor moves into the
+        // graph instead of being copied (a large weight would exist twice during import).
+        let t = self.inits.remove(name)?;
         let node_name = self.fresh_name(name);
         let t = Arc::try_unwrap(t).unwrap_or_else(|t| (*t).clone());
         let v = self.g.add_const(node_name, t);

@@ -7,6 +7,17 @@
 //! evaluator frees intermediates after their last use, and the observers keep a few numbers or a
 //! fixed-size histogram each. Progress is reported through a callback (the pass never prints).
 //!
+//! A batch ([`CalibBatch`]) is run in runs of at most [`RUN_INPUT_BYTES`] of input (at least one
+//! sample; all of it where the graph's batch dimension is fixed), so an engine's working memory
+//! (its copy of the inputs, its activations) follows the run, not the batch, and a source that
+//! keeps the batch outside Rust (the Python package's NumPy arrays) converts one run's samples at
+//! a time: calibration holds the caller's batch and one run. Observers see a batch as the values
+//! of its runs ([`Observer::observe_in_batch`]): min-max and channel maxima accumulate them, EMA
+//! merges them and moves once per batch, and the histogram observers (percentile, entropy, MSE)
+//! hold a batch's parts of their tensor until the batch ends and take it whole, so every range
+//! is the same however a batch was split (those methods hold one batch of each observed tensor).
+//! The histograms behind the warnings of min-max and EMA take the parts as they come.
+//!
 //! [`channel_absmax`] is the other observation: the largest magnitude of each channel along the
 //! last axis (all other axes and every batch reduced), which SmoothQuant ([`super::smooth`]) needs.
 //!
@@ -18,6 +29,7 @@ use super::observer::{CalibMethod, ObserveError, Observer, ObserverConfig};
 use super::scheme::{params_for_range, Scheme};
 pub use crate::evaluator::{EvalError, Evaluator, Interpreter};
 use qforge_ir::{Graph, NodeId, Op, Tensor, Value};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -28,6 +40,72 @@ pub struct Target {
     pub value: Value,
     pub observer: ObserverConfig,
     pub scheme: Scheme,
+}
+
+/// The most input bytes one calibration run takes (see the module docs); a batch with more runs
+/// in slices of samples.
+pub const RUN_INPUT_BYTES: usize = 256 << 10;
+
+/// One calibration batch: one tensor per graph input, samples along axis 0, read a run at a
+/// time ([`CalibBatch::rows`]).
+pub trait CalibBatch {
+    /// The samples in the batch: the leading dimension its inputs share, `None` when they do not
+    /// share one (or an input is a scalar).
+    fn samples(&self) -> Option<usize>;
+    /// The bytes of one sample, over every input.
+    fn sample_bytes(&self) -> usize;
+    /// The inputs for samples `start..end`; the whole batch for `0..samples()` (or when
+    /// `samples()` is `None`).
+    fn rows(&self, start: usize, end: usize) -> Result<Cow<'_, [Tensor]>, BatchError>;
+}
+
+/// Why a batch's samples could not be read (the source's own error).
+pub type BatchError = Box<dyn std::error::Error + Send + Sync>;
+
+impl CalibBatch for Vec<Tensor> {
+    fn samples(&self) -> Option<usize> {
+        let n = *self.first()?.shape().first()?;
+        self.iter().all(|t| t.shape().first() == Some(&n)).then_some(n)
+    }
+
+    fn sample_bytes(&self) -> usize {
+        let n = self.samples().unwrap_or(1).max(1);
+        self.iter().map(|t| t.len() * t.dtype().size_bytes()).sum::<usize>() / n
+    }
+
+    fn rows(&self, start: usize, end: usize) -> Result<Cow<'_, [Tensor]>, BatchError> {
+        if self.samples().is_none_or(|n| start == 0 && end == n) {
+            return Ok(Cow::Borrowed(self.as_slice()));
+        }
+        self.iter()
+            .map(|t| t.rows(start, end).ok_or_else(|| format!("samples {start}..{end} of {:?}", t.shape()).into()))
+            .collect::<Result<Vec<_>, BatchError>>()
+            .map(Cow::Owned)
+    }
+}
+
+impl<B: CalibBatch + ?Sized> CalibBatch for Box<B> {
+    fn samples(&self) -> Option<usize> {
+        (**self).samples()
+    }
+    fn sample_bytes(&self) -> usize {
+        (**self).sample_bytes()
+    }
+    fn rows(&self, start: usize, end: usize) -> Result<Cow<'_, [Tensor]>, BatchError> {
+        (**self).rows(start, end)
+    }
+}
+
+/// The samples one run of `batch` takes: [`RUN_INPUT_BYTES`] worth (at least one), or the whole
+/// batch where `g`'s first input has a fixed leading dimension or the batch has no shared one.
+fn run_samples(g: &Graph, batch: &dyn CalibBatch) -> Option<usize> {
+    let n = batch.samples()?;
+    let first = g.inputs().first()?;
+    if !matches!(g.node(*first).outputs[0].shape.dims().first(), Some(qforge_ir::Dim::Sym(_))) {
+        return None;
+    }
+    let per_run = RUN_INPUT_BYTES / batch.sample_bytes().max(1);
+    Some(per_run.clamp(1, n.max(1)))
 }
 
 /// Calibrated ranges, by (producing node's name, result port), and the warnings about ranges
@@ -144,6 +222,14 @@ pub enum CalibError {
     Observe { node: String, op: &'static str, port: usize, error: ObserveError },
     #[error("calibration: running batch {batch}: {error}")]
     Eval { batch: usize, error: EvalError },
+    /// The source failed to read a batch's samples; the cause is the source (a data error the
+    /// caller may want to recognize).
+    #[error("calibration: reading batch {batch}")]
+    Batch {
+        batch: usize,
+        #[source]
+        error: BatchError,
+    },
     #[error("calibration: node `{node}` ({op}): {msg}")]
     Node { node: String, op: &'static str, msg: String },
     #[error("calibration: no calibration samples (the calibration set is empty)")]
@@ -153,10 +239,10 @@ pub enum CalibError {
 /// Runs `g` on every batch (`total` of them, for progress) and returns each target's range.
 /// `progress(done, total)` is called after each batch. NaN or infinity in any observed tensor
 /// (the calibration inputs or an activation) is an error naming the node.
-pub fn calibrate(
+pub fn calibrate<B: CalibBatch>(
     g: &Graph,
     eval: &dyn Evaluator,
-    batches: &mut dyn Iterator<Item = Vec<Tensor>>,
+    batches: &mut dyn Iterator<Item = B>,
     total: usize,
     targets: &[Target],
     progress: &mut dyn FnMut(usize, usize),
@@ -185,19 +271,25 @@ pub fn calibrate(
         .map(|(t, o)| o.histogram().is_none().then(|| Histogram::new(t.observer.bins, t.observer.symmetric)))
         .collect();
     let values: Vec<Value> = targets.iter().map(|t| t.value).collect();
-    let mut observe = |i: usize, t: &Tensor, _batch: usize| -> Result<(), CalibError> {
+    let mut observe = |i: usize, t: &Tensor, batch: usize| -> Result<(), CalibError> {
         let Some(x) = t.as_f32() else { return Ok(()) };
         let err = |error| {
             let n = g.node(values[i].node);
             CalibError::Observe { node: n.name.clone(), op: n.op.name(), port: values[i].port, error }
         };
-        observers[i].observe(x).map_err(err)?;
+        observers[i].observe_in_batch(x, batch).map_err(err)?;
         if let Some(h) = &mut shadows[i] {
             h.observe(x).map_err(err)?;
         }
         Ok(())
     };
     let (batches, samples) = observe_values(g, eval, batches, total, &values, progress, &mut observe)?;
+    for (i, o) in observers.iter_mut().enumerate() {
+        o.finish().map_err(|error| {
+            let n = g.node(values[i].node);
+            CalibError::Observe { node: n.name.clone(), op: n.op.name(), port: values[i].port, error }
+        })?;
+    }
     let mut cal = Calibration { batches, samples, ..Calibration::default() };
     if cal.batches == 0 || cal.samples == 0 {
         return Err(CalibError::Empty);
@@ -230,10 +322,10 @@ pub type ChannelMaxima = BTreeMap<(String, usize), Vec<f32>>;
 /// Runs `g` on every batch and returns, for each of `values`, the largest `|x|` of each channel
 /// along the last axis (all other axes and every batch reduced). The channel count is the last
 /// dimension, which must be the same on every batch. NaN or infinity is an error naming the node.
-pub fn channel_absmax(
+pub fn channel_absmax<B: CalibBatch>(
     g: &Graph,
     eval: &dyn Evaluator,
-    batches: &mut dyn Iterator<Item = Vec<Tensor>>,
+    batches: &mut dyn Iterator<Item = B>,
     total: usize,
     values: &[Value],
     progress: &mut dyn FnMut(usize, usize),
@@ -277,10 +369,10 @@ pub fn channel_absmax(
 /// Runs `g` on every batch (`total` of them, for progress), handing each of `values` (by its
 /// index) to `observe` as it is produced, graph inputs included; the first error stops the run.
 /// `progress(done, total)` is called after each batch. Returns the batches and samples seen.
-fn observe_values(
+fn observe_values<B: CalibBatch>(
     g: &Graph,
     eval: &dyn Evaluator,
-    batches: &mut dyn Iterator<Item = Vec<Tensor>>,
+    batches: &mut dyn Iterator<Item = B>,
     total: usize,
     values: &[Value],
     progress: &mut dyn FnMut(usize, usize),
@@ -303,24 +395,33 @@ fn observe_values(
     let watcher = eval.watch(g, &watch_values).map_err(|error| CalibError::Eval { batch: 0, error })?;
     let (mut seen, mut samples) = (0usize, 0usize);
     for (b, batch) in batches.enumerate() {
-        let mut failure: Option<CalibError> = None;
-        for &(i, k) in &from_input {
-            if let Some(t) = batch.get(k) {
-                observe(i, t, b)?;
+        let n = batch.samples();
+        let step = run_samples(g, &batch);
+        let runs: Vec<(usize, usize)> = match (n, step) {
+            (Some(n), Some(step)) if n > 0 => (0..n).step_by(step).map(|s| (s, (s + step).min(n))).collect(),
+            _ => vec![(0, n.unwrap_or(0))],
+        };
+        for (start, end) in runs {
+            let inputs = batch.rows(start, end).map_err(|error| CalibError::Batch { batch: b, error })?;
+            let mut failure: Option<CalibError> = None;
+            for &(i, k) in &from_input {
+                if let Some(t) = inputs.get(k) {
+                    observe(i, t, b)?;
+                }
+            }
+            watcher
+                .run(&inputs, &mut |w, t| {
+                    if failure.is_none() {
+                        failure = observe(watched[w], t, b).err();
+                    }
+                })
+                .map_err(|error| CalibError::Eval { batch: b, error })?;
+            if let Some(e) = failure {
+                return Err(e);
             }
         }
-        watcher
-            .run(&batch, &mut |w, t| {
-                if failure.is_none() {
-                    failure = observe(watched[w], t, b).err();
-                }
-            })
-            .map_err(|error| CalibError::Eval { batch: b, error })?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
         seen += 1;
-        samples += batch.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
+        samples += n.unwrap_or(1);
         progress(b + 1, total);
     }
     Ok((seen, samples))

@@ -103,13 +103,10 @@ impl QuantizeDynamic {
         for warn in &r.warnings {
             report.notes.push(format!("node `{}` weight: {warn}", node.name));
         }
-        let codes = scheme::quantize_values(&wvals, &wshape, &r.params, scheme.qtype).map_err(|e| e.to_string())?;
+        let wq = scheme::quantize_tensor(&wvals, &wshape, &r.params, scheme.qtype).map_err(|e| e.to_string())?;
         let name = node.name.clone();
         let ir = |e: qforge_ir::IrError| e.to_string();
-        let wq = g.add_const(
-            format!("{name}.weight_quantized"),
-            Tensor::from_f64_iter(r.dtype, wshape.clone(), codes.iter().map(|&c| c as f64)),
-        );
+        let wq = g.add_const(format!("{name}.weight_quantized"), wq);
         let channels = wshape[axis];
         let (scales, zps): (Vec<f32>, Vec<i32>) = match &r.params {
             QuantParams::PerTensor { scale, zero_point } => (vec![*scale], vec![*zero_point]),

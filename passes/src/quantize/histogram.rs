@@ -52,7 +52,7 @@
 //! ([`super::calibrate::assess`]); the histogram keeps each bin's sum and sum of squares and the
 //! count of exact zeros for it.
 
-use super::observer::{batch_range, ObserveError, Observer};
+use super::observer::{batch_range, BatchParts, ObserveError, Observer};
 use super::scheme::{params_for_range, QType, Scheme};
 
 /// The default number of histogram bins.
@@ -511,6 +511,7 @@ fn kl_divergence(p: &[f64], q: &[f64]) -> f64 {
 pub struct PercentileObserver {
     hist: Histogram,
     percentile: f64,
+    parts: BatchParts,
 }
 
 impl PercentileObserver {
@@ -521,7 +522,7 @@ impl PercentileObserver {
         if !(percentile > 0.0 && percentile <= 100.0) {
             return Err(ObserveError::Config(format!("percentile {percentile} is not in (0, 100]")));
         }
-        Ok(PercentileObserver { hist: Histogram::new(bins, symmetric), percentile })
+        Ok(PercentileObserver { hist: Histogram::new(bins, symmetric), percentile, parts: BatchParts::default() })
     }
 
     pub fn histogram(&self) -> &Histogram {
@@ -532,6 +533,20 @@ impl PercentileObserver {
 impl Observer for PercentileObserver {
     fn observe(&mut self, values: &[f32]) -> Result<(), ObserveError> {
         self.hist.observe(values)
+    }
+
+    fn observe_in_batch(&mut self, values: &[f32], batch: usize) -> Result<(), ObserveError> {
+        match self.parts.push(values, batch)? {
+            Some(done) => self.hist.observe(&done),
+            None => Ok(()),
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), ObserveError> {
+        match self.parts.take() {
+            Some(done) => self.hist.observe(&done),
+            None => Ok(()),
+        }
     }
 
     fn histogram(&self) -> Option<&Histogram> {
@@ -560,6 +575,7 @@ impl Observer for PercentileObserver {
 pub struct EntropyObserver {
     hist: Histogram,
     levels: usize,
+    parts: BatchParts,
 }
 
 impl EntropyObserver {
@@ -567,7 +583,7 @@ impl EntropyObserver {
     /// with `2^bits - 1` levels (255).
     pub fn new(symmetric: bool, bits: u32, bins: usize) -> EntropyObserver {
         let levels = if symmetric { 1usize << (bits - 1) } else { (1usize << bits) - 1 };
-        EntropyObserver { hist: Histogram::new(bins, symmetric), levels }
+        EntropyObserver { hist: Histogram::new(bins, symmetric), levels, parts: BatchParts::default() }
     }
 
     pub fn histogram(&self) -> &Histogram {
@@ -578,6 +594,20 @@ impl EntropyObserver {
 impl Observer for EntropyObserver {
     fn observe(&mut self, values: &[f32]) -> Result<(), ObserveError> {
         self.hist.observe(values)
+    }
+
+    fn observe_in_batch(&mut self, values: &[f32], batch: usize) -> Result<(), ObserveError> {
+        match self.parts.push(values, batch)? {
+            Some(done) => self.hist.observe(&done),
+            None => Ok(()),
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), ObserveError> {
+        match self.parts.take() {
+            Some(done) => self.hist.observe(&done),
+            None => Ok(()),
+        }
     }
 
     fn histogram(&self) -> Option<&Histogram> {
@@ -598,6 +628,7 @@ impl Observer for EntropyObserver {
 pub struct MseObserver {
     hist: Histogram,
     scheme: Scheme,
+    parts: BatchParts,
 }
 
 impl MseObserver {
@@ -610,7 +641,7 @@ impl MseObserver {
             (false, 4) => Scheme::asymmetric(QType::U4),
             (false, _) => Scheme::asymmetric(QType::U8),
         };
-        MseObserver { hist: Histogram::new(bins, symmetric), scheme }
+        MseObserver { hist: Histogram::new(bins, symmetric), scheme, parts: BatchParts::default() }
     }
 
     pub fn histogram(&self) -> &Histogram {
@@ -621,6 +652,20 @@ impl MseObserver {
 impl Observer for MseObserver {
     fn observe(&mut self, values: &[f32]) -> Result<(), ObserveError> {
         self.hist.observe(values)
+    }
+
+    fn observe_in_batch(&mut self, values: &[f32], batch: usize) -> Result<(), ObserveError> {
+        match self.parts.push(values, batch)? {
+            Some(done) => self.hist.observe(&done),
+            None => Ok(()),
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), ObserveError> {
+        match self.parts.take() {
+            Some(done) => self.hist.observe(&done),
+            None => Ok(()),
+        }
     }
 
     fn histogram(&self) -> Option<&Histogram> {

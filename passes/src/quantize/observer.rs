@@ -34,6 +34,19 @@ pub trait Observer: Send + fmt::Debug {
     /// Takes one batch of values (any shape, flattened). On error the observer is unchanged.
     fn observe(&mut self, values: &[f32]) -> Result<(), ObserveError>;
 
+    /// Takes part of batch `batch` (a calibration run's share of it; the parts of one batch come
+    /// one after another, batches in increasing order). Observers that accumulate values treat a
+    /// part as more values; one that updates once per batch ([`Ema`]) merges the parts first.
+    fn observe_in_batch(&mut self, values: &[f32], _batch: usize) -> Result<(), ObserveError> {
+        self.observe(values)
+    }
+
+    /// Ends observation: a batch still held in parts is taken. Calibration calls it once, after
+    /// the last batch and before [`Observer::range`].
+    fn finish(&mut self) -> Result<(), ObserveError> {
+        Ok(())
+    }
+
     /// The proposed range, `None` before any value was observed. The range is not yet widened to
     /// contain zero: the scheme does that.
     fn range(&self) -> Option<(f32, f32)>;
@@ -100,6 +113,35 @@ impl Observer for MinMax {
     }
 }
 
+/// The parts of the batch being observed, kept until the batch ends, for an observer whose
+/// state depends on how values are grouped (a histogram's grid follows the range of the first
+/// batch it sees and widens by whole bins afterwards): it takes each batch whole, so the result
+/// does not depend on how calibration split the batch into runs. Holds one batch of one tensor.
+#[derive(Clone, Debug, Default)]
+pub struct BatchParts {
+    part: Option<(usize, Vec<f32>)>,
+}
+
+impl BatchParts {
+    /// Adds a part of `batch` (its values checked finite first); returns the previous batch,
+    /// complete, when this part starts a new one.
+    pub fn push(&mut self, values: &[f32], batch: usize) -> Result<Option<Vec<f32>>, ObserveError> {
+        batch_range(values)?;
+        match &mut self.part {
+            Some((b, v)) if *b == batch => {
+                v.extend_from_slice(values);
+                Ok(None)
+            }
+            _ => Ok(self.part.replace((batch, values.to_vec())).map(|(_, v)| v)),
+        }
+    }
+
+    /// The batch held, if any.
+    pub fn take(&mut self) -> Option<Vec<f32>> {
+        self.part.take().map(|(_, v)| v)
+    }
+}
+
 /// Moving-average min and max, PyTorch's `MovingAverageMinMaxObserver`: the first batch sets
 /// the range; each later batch moves it by `c = 1 - momentum` toward the batch's own extremes,
 /// `min += c * (batch_min - min)` (the same for max), in f32 as PyTorch computes it. ONNX
@@ -109,6 +151,9 @@ impl Observer for MinMax {
 pub struct Ema {
     averaging_constant: f32,
     range: Option<(f32, f32)>,
+    /// The batch being observed in parts ([`Observer::observe_in_batch`]) and its range so far,
+    /// folded into `range` when the next batch starts (and by [`Observer::range`]).
+    part: Option<(usize, (f32, f32))>,
 }
 
 impl Ema {
@@ -120,7 +165,7 @@ impl Ema {
         if !(0.0..1.0).contains(&momentum) {
             return Err(ObserveError::Config(format!("EMA momentum {momentum} is not in [0, 1)")));
         }
-        Ok(Ema { averaging_constant: (1.0 - momentum) as f32, range: None })
+        Ok(Ema { averaging_constant: (1.0 - momentum) as f32, range: None, part: None })
     }
 
     /// `1 - momentum`.
@@ -129,20 +174,47 @@ impl Ema {
     }
 }
 
+impl Ema {
+    /// The running range moved toward one batch's `(lo, hi)`.
+    fn moved(&self, range: Option<(f32, f32)>, (lo, hi): (f32, f32)) -> (f32, f32) {
+        let c = self.averaging_constant;
+        match range {
+            None => (lo, hi),
+            Some((a, b)) => (a + c * (lo - a), b + c * (hi - b)),
+        }
+    }
+}
+
 impl Observer for Ema {
     fn observe(&mut self, values: &[f32]) -> Result<(), ObserveError> {
-        if let Some((lo, hi)) = batch_range(values)? {
-            let c = self.averaging_constant;
-            self.range = Some(match self.range {
-                None => (lo, hi),
-                Some((a, b)) => (a + c * (lo - a), b + c * (hi - b)),
-            });
+        if let Some(r) = batch_range(values)? {
+            let folded = self.range();
+            self.part = None;
+            self.range = Some(self.moved(folded, r));
+        }
+        Ok(())
+    }
+
+    fn observe_in_batch(&mut self, values: &[f32], batch: usize) -> Result<(), ObserveError> {
+        let Some((lo, hi)) = batch_range(values)? else { return Ok(()) };
+        match &mut self.part {
+            Some((b, (a, z))) if *b == batch => {
+                *a = a.min(lo);
+                *z = z.max(hi);
+            }
+            _ => {
+                self.range = self.range();
+                self.part = Some((batch, (lo, hi)));
+            }
         }
         Ok(())
     }
 
     fn range(&self) -> Option<(f32, f32)> {
-        self.range
+        match self.part {
+            Some((_, r)) => Some(self.moved(self.range, r)),
+            None => self.range,
+        }
     }
 }
 
@@ -327,6 +399,41 @@ mod tests {
         o.observe(&[-3.0, 1.0]).unwrap();
         o.observe(&[]).unwrap();
         assert_eq!(o.range(), Some((-3.0, 2.0)));
+    }
+
+    #[test]
+    fn ema_moves_once_per_batch_whatever_its_parts() {
+        let batches: [&[f32]; 3] = [&[-1.0, 2.0, 0.5, 0.0], &[-3.0, 4.0, 1.0, -0.5], &[0.5, 1.0, 0.25, 0.75]];
+        let mut whole = Ema::new(0.9).unwrap();
+        let mut parts = Ema::new(0.9).unwrap();
+        for (b, x) in batches.iter().enumerate() {
+            whole.observe(x).unwrap();
+            for part in x.chunks(3) {
+                parts.observe_in_batch(part, b).unwrap();
+            }
+            assert_eq!(parts.range(), whole.range(), "after batch {b}");
+        }
+    }
+
+    /// Every method gives the same range whether calibration hands it each batch whole or in
+    /// runs of a few values (the histogram's grid follows the first batch's range).
+    #[test]
+    fn every_method_sees_a_batch_split_into_runs_as_the_whole_batch() {
+        let batches: Vec<Vec<f32>> =
+            (0..4).map(|b| (0..64).map(|i| ((i * 37 + b * 11) % 64) as f32 * 0.1 - 2.0 + b as f32).collect()).collect();
+        for method in CalibMethod::ALL {
+            let mut whole = ObserverConfig::new(method).build().unwrap();
+            let mut parts = ObserverConfig::new(method).build().unwrap();
+            for (b, x) in batches.iter().enumerate() {
+                whole.observe_in_batch(x, b).unwrap();
+                for part in x.chunks(5) {
+                    parts.observe_in_batch(part, b).unwrap();
+                }
+            }
+            whole.finish().unwrap();
+            parts.finish().unwrap();
+            assert_eq!(parts.range(), whole.range(), "{method}");
+        }
     }
 
     #[test]

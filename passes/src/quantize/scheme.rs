@@ -38,7 +38,7 @@
 //! widened to zero but is reported too. Both come back as warnings ([`Params::warning`],
 //! [`QuantResult::warnings`]); the caller adds the node name.
 
-use qforge_ir::{numerics, DType, QuantParams};
+use qforge_ir::{numerics, DType, QuantParams, Tensor};
 use std::fmt;
 
 /// The integer type values are quantized to. 4-bit values are held one per byte in the storage
@@ -352,17 +352,39 @@ pub fn quantize_values(
     params: &QuantParams,
     qtype: QType,
 ) -> Result<Vec<i32>, SchemeError> {
+    Ok(codes(values, shape, params, qtype)?.collect())
+}
+
+/// [`quantize_values`] as a tensor of `qtype`'s storage type, written straight from the codes
+/// (no intermediate vector: a large weight is held as f32 and its codes, nothing more).
+pub fn quantize_tensor(
+    values: &[f32],
+    shape: &[usize],
+    params: &QuantParams,
+    qtype: QType,
+) -> Result<Tensor, SchemeError> {
+    let codes = codes(values, shape, params, qtype)?;
+    Ok(Tensor::from_f64_iter(qtype.storage(), shape.to_vec(), codes.map(f64::from)))
+}
+
+/// The codes of [`quantize_values`], computed as they are read; the shapes are checked first.
+fn codes<'a>(
+    values: &'a [f32],
+    shape: &[usize],
+    params: &'a QuantParams,
+    qtype: QType,
+) -> Result<impl Iterator<Item = i32> + 'a, SchemeError> {
     let (lo, hi) = qtype.range();
-    let code = |x: f32, c: usize| {
+    let code = move |x: f32, c: usize| {
         (numerics::quantize(x, params.scale(c), params.zero_point(c), qtype.storage()) as i32).clamp(lo, hi)
     };
-    match params.axis() {
+    let (channels, inner) = match params.axis() {
         None => {
             let n: usize = shape.iter().product();
             if n != values.len() {
                 return Err(SchemeError::Shape(format!("{} values do not fit shape {shape:?}", values.len())));
             }
-            Ok(values.iter().map(|&x| code(x, 0)).collect())
+            (1, 1)
         }
         Some(axis) => {
             check_shape(values, shape, axis)?;
@@ -374,9 +396,10 @@ pub fn quantize_values(
                 )));
             }
             let (_, channels, inner) = split_at_axis(shape, axis);
-            Ok(values.iter().enumerate().map(|(i, &x)| code(x, (i / inner.max(1)) % channels.max(1))).collect())
+            (channels.max(1), inner.max(1))
         }
-    }
+    };
+    Ok(values.iter().enumerate().map(move |(i, &x)| code(x, (i / inner) % channels)))
 }
 
 /// Per-group (block-wise) parameters: one (scale, zero point) per run of `group_size` consecutive

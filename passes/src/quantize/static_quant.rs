@@ -285,9 +285,7 @@ fn quantize_weight(
             );
         }
     }
-    let codes = scheme::quantize_values(values, &shape, &r.params, scheme.qtype).map_err(|e| e.to_string())?;
-    let data: Vec<f64> = codes.iter().map(|&c| c as f64).collect();
-    let qt = Tensor::from_f64_iter(r.dtype, shape.clone(), data.into_iter());
+    let qt = scheme::quantize_tensor(values, &shape, &r.params, scheme.qtype).map_err(|e| e.to_string())?;
     let name = g.node(w.node).name.clone();
     let ty = TensorType::quantized(r.dtype, qt.ir_shape(), r.params.clone());
     let c = g.add_const_typed(format!("{name}_quantized"), qt, ty);
