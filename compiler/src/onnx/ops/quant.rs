@@ -121,7 +121,7 @@ fn qparams(cx: &Cx, q: QIn, x: &TensorType, default: DType) -> R<(DType, QuantPa
 /// QLinearMatMul kernel converts them before computing its f32 multiplier.
 fn f32_scale(cx: &Cx, i: usize) -> R<()> {
     let t = cx.const_input(i, "scale")?;
-    let widened = cx.at.op == "QLinearMatMul" && matches!(t.dtype(), DType::F16 | DType::BF16);
+    let widened = cx.at.op == "QLinearMatMul" && cx.version >= 21 && matches!(t.dtype(), DType::F16 | DType::BF16);
     if t.dtype() != DType::F32 && !widened {
         return Err(cx.err(format!(
             "a {} scale (`{}`) is not supported: qforge's quantized kernels take f32 scales",
