@@ -332,6 +332,7 @@ fn skeleton(g: &Graph) -> Result<(String, Vec<ConstRecord>)> {
     // specialized inputs print in the signature with their values, at their places among the
     // model's inputs (the constants' stand-ins all come after)
     s.set_specialized(g.specialized().to_vec());
+    s.set_wire_types(g.wire_types().clone());
     let mut consts = vec![];
     for id in g.schedule()? {
         let n = g.node(id);
@@ -534,6 +535,7 @@ fn read_payload(payload: &[u8], header: &Header) -> Result<Graph> {
     }
     let mut g = Graph::new(s.name.clone());
     g.set_specialized(s.specialized().to_vec());
+    g.set_wire_types(s.wire_types().clone());
     let mut map: HashMap<Value, Value> = HashMap::new();
     for (i, &id) in s.inputs().iter().enumerate() {
         let n = s.node(id);

@@ -5,12 +5,17 @@
 //! a f64 tensor, never narrowed silently). Fortran order, structured and object arrays are
 //! refused. bf16 has no NumPy type, so bf16 tensors cannot be written.
 //!
+//! Raw data (`V1`, `V2`: what NumPy writes for `ml_dtypes` arrays such as bfloat16, float8 or int4)
+//! has no element type of its own, so it is read only for a graph input whose declared type says
+//! what it is ([`read_input`]): `V2` for a bf16 input (the bits, little-endian), `V1` for an input
+//! of a wire type (one value per byte, decoded by [`qforge_ir::WireType::decode_bytes`]).
+//!
 //! Every length is checked against the bytes actually present before anything is allocated, so
 //! a corrupt or hostile header is an error, never a huge allocation or a panic.
 
 use half::f16;
 use npyz::{DType as NpyDType, TypeChar, WriterBuilder};
-use qforge_ir::{DType, Tensor, TensorData};
+use qforge_ir::{DType, Tensor, TensorData, WireType};
 use std::path::Path;
 
 /// What can go wrong reading or writing a `.npy` file. Every message names the file.
@@ -32,12 +37,40 @@ const IN_MEMORY: &str = "<bytes>";
 /// Reads a tensor from a `.npy` file.
 pub fn read(path: &Path) -> Result<Tensor, NpyError> {
     let bytes = std::fs::read(path).map_err(|source| NpyError::Read { path: path.display().to_string(), source })?;
-    decode(&bytes, &path.display().to_string())
+    decode(&bytes, &path.display().to_string(), None)
 }
 
 /// Reads a tensor from the bytes of a `.npy` file.
 pub fn read_bytes(bytes: &[u8]) -> Result<Tensor, NpyError> {
-    decode(bytes, IN_MEMORY)
+    decode(bytes, IN_MEMORY, None)
+}
+
+/// Reads a `.npy` file for a graph input declared `dtype` (its IR type) and `wire` (the wire type
+/// the model declares for it, if any): raw `V2` data is read as bf16 for a bf16 input and raw `V1`
+/// data decoded for an input of a wire type (see the module docs); any other file as [`read`]
+/// reads it.
+pub fn read_input(path: &Path, dtype: DType, wire: Option<WireType>) -> Result<Tensor, NpyError> {
+    let bytes = std::fs::read(path).map_err(|source| NpyError::Read { path: path.display().to_string(), source })?;
+    read_input_bytes(&bytes, &path.display().to_string(), dtype, wire)
+}
+
+/// [`read_input`] on the bytes of a `.npy` file; `path` names it in errors.
+pub fn read_input_bytes(bytes: &[u8], path: &str, dtype: DType, wire: Option<WireType>) -> Result<Tensor, NpyError> {
+    let raw = match (wire, dtype) {
+        (Some(w), _) => Some(Raw::Wire(w)),
+        (None, DType::BF16) => Some(Raw::Bf16),
+        _ => None,
+    };
+    decode(bytes, path, raw)
+}
+
+/// What raw (`V`) data is read as.
+#[derive(Clone, Copy)]
+enum Raw {
+    /// `V2`: bf16 bits, little-endian.
+    Bf16,
+    /// `V1`: one value of this wire type per byte.
+    Wire(WireType),
 }
 
 /// Writes a tensor as a `.npy` file (little-endian, C order).
@@ -51,7 +84,7 @@ pub fn write_bytes(t: &Tensor) -> Result<Vec<u8>, NpyError> {
     encode(t, IN_MEMORY)
 }
 
-fn decode(bytes: &[u8], path: &str) -> Result<Tensor, NpyError> {
+fn decode(bytes: &[u8], path: &str, raw: Option<Raw>) -> Result<Tensor, NpyError> {
     let format = |msg: String| NpyError::Format { path: path.to_string(), msg };
     let unsupported = |msg: String| NpyError::Unsupported { path: path.to_string(), msg };
     // Check the shape ourselves first: npyz multiplies the dims without overflow checks.
@@ -59,6 +92,16 @@ fn decode(bytes: &[u8], path: &str) -> Result<Tensor, NpyError> {
     let mut n: usize = 1;
     for &d in &shape {
         n = n.checked_mul(d).ok_or_else(|| format(format!("shape {shape:?} has too many elements")))?;
+    }
+    // NumPy writes ml_dtypes' float8_e5m2 as `f1`, a float size npyz refuses: raw data too.
+    if let Some(d) = descr(bytes, header_len).filter(|d| d.len() == 3 && d.ends_with("f1")) {
+        if header_text(bytes, header_len).is_some_and(|t| t.contains("True")) {
+            return Err(unsupported(format!("`{d}` data in Fortran order is not supported")));
+        }
+        return decode_raw(bytes, header_len, shape, n, 1, raw).map_err(|msg| match msg {
+            RawError::Format(m) => format(m),
+            RawError::Unsupported(m) => unsupported(m),
+        });
     }
     let npy = npyz::NpyFile::new(bytes).map_err(|e| format(e.to_string()))?;
     if npy.order() == npyz::Order::Fortran {
@@ -71,6 +114,12 @@ fn decode(bytes: &[u8], path: &str) -> Result<Tensor, NpyError> {
         other => return Err(unsupported(format!("structured dtype {} is not supported", other.descr()))),
     };
     let (tc, size) = (ts.type_char(), ts.size_field());
+    if tc == TypeChar::RawData {
+        return decode_raw(bytes, header_len, shape, n, size, raw).map_err(|msg| match msg {
+            RawError::Format(m) => format(m),
+            RawError::Unsupported(m) => unsupported(m),
+        });
+    }
     let dtype = match (tc, size) {
         (TypeChar::Float, 8) => DType::F64,
         (TypeChar::Float, 4) => DType::F32,
@@ -113,6 +162,67 @@ fn decode(bytes: &[u8], path: &str) -> Result<Tensor, NpyError> {
         DType::BF16 => return Err(unsupported("bf16 has no NumPy type".into())),
     };
     Tensor::new(shape, data).ok_or_else(|| format("the data does not match the shape".into()))
+}
+
+/// The header text (the dict) of a file whose header [`header_shape`] has checked.
+fn header_text(bytes: &[u8], header_len: usize) -> Option<&str> {
+    let start = if bytes.get(6) == Some(&1) { 10 } else { 12 };
+    std::str::from_utf8(bytes.get(start..header_len)?).ok()
+}
+
+/// The `descr` string of a checked header (`<f4`, `|V1`).
+fn descr(bytes: &[u8], header_len: usize) -> Option<String> {
+    let text = header_text(bytes, header_len)?;
+    let key = ["'descr'", "\"descr\""].iter().find_map(|k| text.find(k).map(|i| i + k.len()))?;
+    let rest = text[key..].trim_start().strip_prefix(':')?.trim_start();
+    let q = rest.chars().next().filter(|c| *c == '\'' || *c == '"')?;
+    let inner = &rest[1..];
+    Some(inner[..inner.find(q)?].to_string())
+}
+
+enum RawError {
+    Format(String),
+    Unsupported(String),
+}
+
+/// Raw data of `size` bytes per element (see [`Raw`]): `n` elements of `shape` after the header.
+fn decode_raw(
+    bytes: &[u8],
+    header_len: usize,
+    shape: Vec<usize>,
+    n: usize,
+    size: u64,
+    raw: Option<Raw>,
+) -> Result<Tensor, RawError> {
+    let data = bytes.get(header_len..).unwrap_or(&[]);
+    let need = (n as u128) * u128::from(size);
+    if need > data.len() as u128 {
+        return Err(RawError::Format(format!(
+            "shape {shape:?} needs {need} bytes of data, the file has {}",
+            data.len()
+        )));
+    }
+    let data = &data[..need as usize];
+    match (raw, size) {
+        (Some(Raw::Wire(w)), 1) => {
+            w.decode_bytes(shape, data).ok_or_else(|| RawError::Format("the data does not match the shape".into()))
+        }
+        (Some(Raw::Bf16), 2) => {
+            let v = data.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]]))).collect();
+            Tensor::new(shape, TensorData::BF16(v))
+                .ok_or_else(|| RawError::Format("the data does not match the shape".into()))
+        }
+        (Some(Raw::Wire(w)), _) => Err(RawError::Unsupported(format!(
+            "raw data of {size} bytes per element (`V{size}`) for an input declared {w}, which takes one byte per value"
+        ))),
+        (Some(Raw::Bf16), _) => Err(RawError::Unsupported(format!(
+            "raw data of {size} bytes per element (`V{size}`) for a bf16 input, which takes two"
+        ))),
+        (None, _) => Err(RawError::Unsupported(format!(
+            "dtype `V{size}` is raw bytes with no element type; it is read only for a model input declared of a type \
+             NumPy lacks (bfloat16, float8, float4, int4, int2, ...)"
+        ))),
+    }
 }
 
 /// Parses the magic, version and header length, and the `shape` tuple of the header dict.
@@ -264,7 +374,7 @@ mod tests {
         let fortran = raw("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }", &[0; 16]);
         assert!(err(&fortran).contains("Fortran"));
         let raw2 = raw("{'descr': '<V2', 'fortran_order': False, 'shape': (2,), }", &[0; 4]);
-        assert!(err(&raw2).contains("not supported"));
+        assert!(err(&raw2).contains("raw bytes with no element type"), "{}", err(&raw2));
         let short = raw("{'descr': '<f4', 'fortran_order': False, 'shape': (1000000,), }", &[0; 16]);
         assert!(err(&short).contains("needs 4000000 bytes"));
         let huge =
@@ -281,6 +391,39 @@ mod tests {
         assert!(write_bytes(&bf).unwrap_err().to_string().contains("bf16"));
         let missing = read(Path::new("/nonexistent/x.npy")).unwrap_err().to_string();
         assert!(missing.contains("/nonexistent/x.npy"), "{missing}");
+    }
+
+    /// Raw data (`V1`, `V2`, as NumPy saves `ml_dtypes` arrays) is read only for an input whose
+    /// declared type says what it is.
+    #[test]
+    fn raw_data_is_read_as_the_declared_type() {
+        let v1 = raw("{'descr': '|V1', 'fortran_order': False, 'shape': (4,), }", &[0x38, 0x7e, 0xfe, 0x7f]);
+        let t = read_input_bytes(&v1, "x", DType::F16, Some(WireType::F8E4M3FN)).unwrap();
+        let v = t.to_f64_vec();
+        assert_eq!((t.dtype(), &v[..3]), (DType::F16, &[1.0, 448.0, -448.0][..]));
+        assert!(v[3].is_nan());
+        let t = read_input_bytes(&v1, "x", DType::I8, Some(WireType::I4)).unwrap();
+        assert_eq!(t.to_i64_vec().unwrap(), vec![-8, -2, -2, -1]);
+        let e = read_bytes(&v1).unwrap_err().to_string();
+        assert!(e.contains("`V1` is raw bytes with no element type"), "{e}");
+        let e = read_input_bytes(&v1, "x", DType::F32, None).unwrap_err().to_string();
+        assert!(e.contains("raw bytes"), "{e}");
+        let v2 = raw("{'descr': '<V2', 'fortran_order': False, 'shape': (2,), }", &[0x80, 0x3f, 0x00, 0xc0]);
+        let t = read_input_bytes(&v2, "x", DType::BF16, None).unwrap();
+        assert_eq!((t.dtype(), t.to_f64_vec()), (DType::BF16, vec![1.0, -2.0]));
+        let e = read_input_bytes(&v2, "x", DType::F16, Some(WireType::F8E5M2)).unwrap_err().to_string();
+        assert!(e.contains("one byte per value"), "{e}");
+        // ml_dtypes' float8_e5m2 is saved as `f1`.
+        let f1 = raw("{'descr': '<f1', 'fortran_order': False, 'shape': (2,), }", &[0x3c, 0x7c]);
+        let t = read_input_bytes(&f1, "x", DType::F16, Some(WireType::F8E5M2)).unwrap();
+        assert_eq!(t.to_f64_vec(), vec![1.0, f64::INFINITY]);
+        assert!(read_bytes(&f1).unwrap_err().to_string().contains("raw bytes"));
+        let short = raw("{'descr': '|V1', 'fortran_order': False, 'shape': (8,), }", &[0; 4]);
+        let e = read_input_bytes(&short, "x", DType::U8, Some(WireType::U4)).unwrap_err().to_string();
+        assert!(e.contains("needs 8 bytes"), "{e}");
+        // A plain file is read as it is.
+        let f = write_bytes(&Tensor::from_f32(vec![1], vec![1.0])).unwrap();
+        assert_eq!(read_input_bytes(&f, "x", DType::BF16, None).unwrap().dtype(), DType::F32);
     }
 
     #[test]

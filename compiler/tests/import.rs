@@ -983,8 +983,38 @@ fn int4_init(name: &str, shape: &[i64], v: &[i8]) -> qforge::onnx::proto::Tensor
     }
 }
 
+/// An initializer of a wire type (float8, INT2, ...) from its packed `raw_data`.
+fn wire_init(name: &str, shape: &[i64], elem: i32, raw: Vec<u8>) -> qforge::onnx::proto::TensorProto {
+    qforge::onnx::proto::TensorProto {
+        name: name.into(),
+        dims: shape.to_vec(),
+        data_type: elem,
+        raw_data: raw,
+        ..Default::default()
+    }
+}
+
+/// `model` with its graph outputs declared of these element types.
+fn typed_outputs(model: Vec<u8>, elems: &[i32]) -> Vec<u8> {
+    let mut m = ModelProto::decode(model.as_slice()).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    for (o, &e) in g.output.iter_mut().zip(elems) {
+        *o = vi(&o.name, e, &[]);
+        o.r#type = Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: e, shape: None })),
+            ..Default::default()
+        });
+    }
+    m.encode_to_vec()
+}
+
 fn opset_cases() -> Vec<Case> {
     const F32: i32 = 1;
+    const U16: i32 = 4;
+    const I16: i32 = 5;
+    const F8E4M3FN: i32 = 17;
+    const F8E5M2: i32 = 19;
+    const INT2: i32 = 26;
     const U8: i32 = 2;
     const I8: i32 = 3;
     const I32: i32 = 6;
@@ -1192,7 +1222,7 @@ fn opset_cases() -> Vec<Case> {
             one_op(19, vec![fixed_vi("x", F32, &[2])], vec![], "Cast", &["x"], &["y"], vec![int("to", 17), int("saturate", 0)]),
             vec![],
             None,
-            Want::Error("cast to element type FLOAT8E4M3FN is not supported"),
+            Want::Error("cast to f8e4m3fn is not supported"),
         ),
         case(
             "CastLike-15 to the second input's type",
@@ -1443,9 +1473,9 @@ fn opset_cases() -> Vec<Case> {
             Want::Error("a f16 scale makes QuantizeLinear version 19 divide in f16"),
         ),
         case(
-            "QLinearMatMul-21 with f16 scales is refused",
+            "QLinearMatMul-10 with f16 scales is refused (version 21 allows them)",
             one_op(
-                21,
+                10,
                 vec![fixed_vi("a", U8, &[2, 2]), fixed_vi("b", U8, &[2, 2])],
                 vec![init("s", &tf(DType::F16, &[], &[0.5])), init("z", &tf(DType::U8, &[], &[0.0]))],
                 "QLinearMatMul",
@@ -2072,6 +2102,158 @@ fn opset_cases() -> Vec<Case> {
             vec![tf(DType::I32, &[2, 3], &[0.0; 6])],
             Some(vec![("const", 1)]),
             Want::Values(vec![tf(DType::I32, &[2, 3], &[0.0, 1.0, 0.0, 0.0, 0.0, 1.0])]),
+        ),
+        // ---- wire types (float8, int2, ...: decoded at the edge into the IR type holding them),
+        // int16/uint16 quantization, f16 QLinearMatMul scales; values as onnx.reference computes
+        // them (ml_dtypes decodes, `(x - zp) * scale`, `rint(x / scale) + zp` clipped)
+        case(
+            "Cast-21 from a FLOAT8E4M3FN graph input (held in f16) to FLOAT",
+            one_op(21, vec![fixed_vi("x", F8E4M3FN, &[4])], vec![], "Cast", &["x"], &["y"], vec![int("to", 1)]),
+            vec![tf(DType::F16, &[4], &[1.0, -448.0, 0.001953125, f64::NAN])],
+            Some(vec![("cast", 1)]),
+            Want::Values(vec![f32t(&[4], &[1.0, -448.0, 0.001953125, f64::NAN])]),
+        ),
+        case(
+            "Cast-21 to FLOAT8E4M3FN inside the graph is refused",
+            model(
+                21,
+                vec![in23()],
+                vec![],
+                vec![node("Cast", &["x"], &["f8"], vec![int("to", 17)]), node("Cast", &["f8"], &["y"], vec![int("to", 1)])],
+                &["y"],
+            ),
+            vec![],
+            None,
+            Want::Error("cast to f8e4m3fn is not supported"),
+        ),
+        case(
+            "A graph output of FLOAT8E5M2 is refused before anything is imported",
+            typed_outputs(
+                one_op(21, vec![in23()], vec![], "Cast", &["x"], &["y"], vec![int("to", F8E5M2 as i64)]),
+                &[F8E5M2],
+            ),
+            vec![],
+            None,
+            Want::Error("graph output `y` is FLOAT8E5M2, which qforge does not produce"),
+        ),
+        case(
+            // w: INT2 [1, -2, 0, -1] packed four to a byte; zero point INT2 -1
+            "DequantizeLinear-21 of an INT2 initializer",
+            model(
+                21,
+                vec![fixed_vi("x", F32, &[4])],
+                vec![
+                    wire_init("w", &[4], INT2, vec![0b11_00_10_01]),
+                    init("s", &f32t(&[], &[0.5])),
+                    wire_init("z", &[], INT2, vec![0b11]),
+                ],
+                vec![node("DequantizeLinear", &["w", "s", "z"], &["d"], vec![]), node("Add", &["d", "x"], &["y"], vec![])],
+                &["y"],
+            ),
+            vec![f32t(&[4], &[0.0; 4])],
+            None,
+            Want::Values(vec![f32t(&[4], &[1.0, -0.5, 0.5, 0.0])]),
+        ),
+        case(
+            // FLOAT8E5M2 [1, inf, 2^-16, -2] from raw bytes, times 2
+            "DequantizeLinear-21 of a FLOAT8E5M2 initializer",
+            model(
+                21,
+                vec![fixed_vi("x", F32, &[4])],
+                vec![wire_init("w", &[4], F8E5M2, vec![0x3c, 0x7c, 0x01, 0xc0]), init("s", &f32t(&[], &[2.0]))],
+                vec![node("DequantizeLinear", &["w", "s"], &["d"], vec![]), node("Add", &["d", "x"], &["y"], vec![])],
+                &["y"],
+            ),
+            vec![f32t(&[4], &[0.0; 4])],
+            None,
+            Want::Values(vec![f32t(&[4], &[2.0, f64::INFINITY, 3.0517578125e-05, -4.0])]),
+        ),
+        case(
+            "DequantizeLinear-21 of an int16 graph input, per axis",
+            one_op(
+                21,
+                vec![fixed_vi("x", I16, &[2, 3])],
+                vec![init("s", &f32t(&[2], &[0.5, 2.0])), init("z", &tf(DType::I16, &[2], &[-1.0, 3.0]))],
+                "DequantizeLinear",
+                &["x", "s", "z"],
+                &["y"],
+                vec![int("axis", 0)],
+            ),
+            vec![tf(DType::I16, &[2, 3], &[-32768.0, 0.0, 32767.0, 1.0, 2.0, 3.0])],
+            None,
+            Want::Values(vec![f32t(&[2, 3], &[-16383.5, 0.5, 16384.0, -4.0, -2.0, 0.0])]),
+        ),
+        case(
+            "DequantizeLinear-21 of a uint16 graph input, blocked (block_size 3 along axis 1)",
+            one_op(
+                21,
+                vec![fixed_vi("x", U16, &[2, 4])],
+                vec![
+                    init("s", &f32t(&[2, 2], &[1.0, 2.0, 0.5, 4.0])),
+                    init("z", &tf(DType::U16, &[2, 2], &[0.0, 1.0, 2.0, 3.0])),
+                ],
+                "DequantizeLinear",
+                &["x", "s", "z"],
+                &["y"],
+                vec![int("axis", 1), int("block_size", 3)],
+            ),
+            vec![tf(DType::U16, &[2, 4], &[0.0, 1.0, 2.0, 3.0, 65535.0, 4.0, 5.0, 6.0])],
+            None,
+            Want::Values(vec![f32t(&[2, 4], &[0.0, 1.0, 2.0, 4.0, 32766.5, 1.0, 1.5, 12.0])]),
+        ),
+        case(
+            // half to even, saturation, and NaN to the zero point (the numerics contract)
+            "QuantizeLinear-21 to int16",
+            one_op(
+                21,
+                vec![fixed_vi("x", F32, &[6])],
+                vec![init("s", &f32t(&[], &[1.0])), init("z", &tf(DType::I16, &[], &[10.0]))],
+                "QuantizeLinear",
+                &["x", "s", "z"],
+                &["y"],
+                vec![],
+            ),
+            vec![f32t(&[6], &[0.5, 1.5, -2.5, 1e9, -1e9, f64::NAN])],
+            None,
+            Want::Values(vec![tf(DType::I16, &[6], &[10.0, 12.0, 8.0, 32767.0, -32768.0, 10.0])]),
+        ),
+        case(
+            "QuantizeLinear-21 to uint16 by output_dtype",
+            one_op(
+                21,
+                vec![fixed_vi("x", F32, &[4])],
+                vec![init("s", &f32t(&[], &[0.5]))],
+                "QuantizeLinear",
+                &["x", "s"],
+                &["y"],
+                vec![int("output_dtype", U16 as i64)],
+            ),
+            vec![f32t(&[4], &[-1.0, 0.25, 1.25, 40000.0])],
+            None,
+            Want::Values(vec![tf(DType::U16, &[4], &[0.0, 0.0, 2.0, 65535.0])]),
+        ),
+        case(
+            // acc = 2*1 + 4*3 = 14; multiplier 0.5 * 0.25 / 0.125 = 1; plus the zero point 1
+            "QLinearMatMul-21 with f16 scales (widened to f32)",
+            one_op(
+                21,
+                vec![fixed_vi("a", U8, &[1, 2]), fixed_vi("b", U8, &[2, 1])],
+                vec![
+                    init("sa", &tf(DType::F16, &[], &[0.5])),
+                    init("za", &tf(DType::U8, &[], &[0.0])),
+                    init("sb", &tf(DType::F16, &[], &[0.25])),
+                    init("zb", &tf(DType::U8, &[], &[0.0])),
+                    init("sy", &tf(DType::F16, &[], &[0.125])),
+                    init("zy", &tf(DType::U8, &[], &[1.0])),
+                ],
+                "QLinearMatMul",
+                &["a", "sa", "za", "b", "sb", "zb", "sy", "zy"],
+                &["y"],
+                vec![],
+            ),
+            vec![tf(DType::U8, &[1, 2], &[2.0, 4.0]), tf(DType::U8, &[2, 1], &[1.0, 3.0])],
+            None,
+            Want::Values(vec![tf(DType::U8, &[1, 1], &[15.0])]),
         ),
         case(
             "Opset 29 is refused with the highest supported",

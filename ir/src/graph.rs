@@ -6,10 +6,11 @@
 //! data flow; only the methods here change inputs, which keeps the two in step.
 
 use crate::error::{IrError, Result};
-use crate::{Op, Tensor, TensorType};
+use crate::{Op, Tensor, TensorType, WireType};
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// A node's identity; stable across removals of other nodes.
@@ -88,6 +89,9 @@ pub struct Graph {
     outputs: Vec<GraphOutput>,
     /// Inputs of the source model fixed to a value (see [`Specialized`]), by position.
     specialized: Vec<Specialized>,
+    /// The element type the source model declares for a graph input whose values the IR holds
+    /// in another type (see [`crate::wire`]), by input name.
+    wire: BTreeMap<String, WireType>,
 }
 
 impl Graph {
@@ -119,6 +123,29 @@ impl Graph {
     /// whose inputs it copies in order). The verifier checks their positions.
     pub fn set_specialized(&mut self, s: Vec<Specialized>) {
         self.specialized = s;
+    }
+
+    /// Records that graph input `name` is declared of wire type `w` in the source model (its IR
+    /// type is `w.dtype()`; the verifier checks it): raw bytes fed for it are decoded by
+    /// [`WireType::decode_bytes`].
+    pub fn set_wire(&mut self, name: impl Into<String>, w: WireType) {
+        self.wire.insert(name.into(), w);
+    }
+
+    /// The wire type the source model declares for graph input `name`, if it has one.
+    pub fn wire(&self, name: &str) -> Option<WireType> {
+        self.wire.get(name).copied()
+    }
+
+    /// Every graph input's wire type, by input name.
+    pub fn wire_types(&self) -> &BTreeMap<String, WireType> {
+        &self.wire
+    }
+
+    /// Replaces the wire types (a pass rebuilding a graph keeps those of the original, as it keeps
+    /// the specialized inputs).
+    pub fn set_wire_types(&mut self, w: BTreeMap<String, WireType>) {
+        self.wire = w;
     }
 
     /// The declared inputs in order: the graph's inputs with the specialized ones at their

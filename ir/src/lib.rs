@@ -33,6 +33,7 @@ pub mod shape;
 pub mod tensor;
 pub mod text;
 pub mod verify;
+pub mod wire;
 
 pub use dtype::{DType, ParseDTypeError};
 pub use error::{IrError, Result};
@@ -46,3 +47,4 @@ pub use op::{
 pub use quant::{QuantError, QuantParams};
 pub use shape::{Affine, Dim, Shape, TensorType};
 pub use tensor::{IntoData, Tensor, TensorData};
+pub use wire::{ParseWireTypeError, WireType};

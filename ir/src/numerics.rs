@@ -23,6 +23,10 @@
 //!   f16 directly; integers to f32 and f64 directly; integers to f16/bf16 through f64, which is
 //!   exact up to 2^53 and so for every f16, while a bf16 of a larger integer rounds twice).
 //!
+//! * from a wire type (float8, float4, INT4/INT2, ...): the value [`crate::wire::WireType::decode`]
+//!   gives, held exactly in the IR type the graph input or constant has; casts *to* a wire type
+//!   are not supported (the importer refuses them).
+//!
 //! # Integer element-wise arithmetic
 //! [`int_binary`]: `+ - *` wrap in the storage type (two's complement, as ONNX Runtime's kernels
 //! and NumPy do); division truncates toward zero; `mod` (ONNX Mod, fmod=0) takes the sign of the

@@ -1,7 +1,7 @@
 //! The verifier: checks a whole graph and names the node and the problem.
 
 use crate::error::{IrError, Result};
-use crate::{infer, Graph, Op};
+use crate::{infer, Graph, Op, TensorType};
 use std::collections::HashSet;
 
 /// Checks the graph: outputs exist, no cycle, every node's inputs exist and are of the arity its op
@@ -36,6 +36,26 @@ pub fn verify(g: &Graph) -> Result<()> {
             )));
         }
         last = Some(s.position);
+    }
+    for (name, w) in g.wire_types() {
+        let ty = g.inputs().iter().map(|&i| g.node(i)).find(|n| n.name == *name).and_then(|n| n.outputs.first());
+        let spec = g
+            .specialized()
+            .iter()
+            .find(|s| s.name == *name)
+            .map(|s| TensorType::new(s.value.dtype(), s.value.ir_shape()));
+        match ty.cloned().or(spec) {
+            Some(ty) if ty.dtype == w.dtype() => {}
+            Some(ty) => {
+                return Err(IrError::Graph(format!(
+                    "graph input `{name}` is declared {w}, which the IR holds as {}, but it is {ty}",
+                    w.dtype()
+                )))
+            }
+            None => {
+                return Err(IrError::Graph(format!("wire type {w} recorded for `{name}`, which is not a graph input")))
+            }
+        }
     }
     let mut out_names = HashSet::new();
     for o in g.outputs() {

@@ -109,6 +109,48 @@ pub fn tensor_from_array(a: &Bound<'_, PyUntypedArray>) -> Result<Tensor> {
         .ok_or_else(|| Error::new(Kind::Internal, format!("array of shape {shape:?}: element count mismatch")))
 }
 
+/// An array of a type NumPy itself lacks (an `ml_dtypes` bfloat16, float8, float4 or int4 array,
+/// whose dtype kind is `V`) for an input declared of that type: its bytes read as the `.npy`
+/// reader reads raw data (`qforge::npy::read_input`): bf16 bits for a bf16 input, one value per
+/// byte decoded by [`qforge_ir::WireType::decode_bytes`] for an input of a wire type. `None` for
+/// any other array.
+fn raw_input(
+    a: &Bound<'_, PyUntypedArray>,
+    want: Option<DType>,
+    wire: Option<qforge_ir::WireType>,
+) -> Result<Option<Tensor>> {
+    let dt = a.dtype();
+    let size = dt.itemsize();
+    if dt.kind() != b'V' || !(wire.is_some() || want == Some(DType::BF16)) {
+        return Ok(None);
+    }
+    let py = a.py();
+    let np = numpy::get_array_module(py)?;
+    let shape = a.shape().to_vec();
+    let contiguous =
+        np.call_method1("ascontiguousarray", (a,))?.cast_into::<PyUntypedArray>().map_err(|e| Error::new(Kind::Internal, e.to_string()))?;
+    let mismatch = |m: String| Error::from_anyhow(InputData(m).into(), Kind::Input);
+    match (wire, size) {
+        (Some(w), 1) => {
+            let bytes = contiguous.call_method1("view", (np.getattr("uint8")?,))?.cast_into::<PyUntypedArray>().map_err(|e| Error::new(Kind::Internal, e.to_string()))?;
+            let v: Vec<u8> = copy_out(&bytes)?;
+            w.decode_bytes(shape.clone(), &v)
+                .map(Some)
+                .ok_or_else(|| Error::new(Kind::Internal, format!("array of shape {shape:?}: element count mismatch")))
+        }
+        (None, 2) => {
+            let bits = contiguous.call_method1("view", (np.getattr("uint16")?,))?.cast_into::<PyUntypedArray>().map_err(|e| Error::new(Kind::Internal, e.to_string()))?;
+            let v: Vec<u16> = copy_out(&bits)?;
+            let data = TensorData::BF16(v.into_iter().map(half::bf16::from_bits).collect());
+            Tensor::new(shape.clone(), data)
+                .map(Some)
+                .ok_or_else(|| Error::new(Kind::Internal, format!("array of shape {shape:?}: element count mismatch")))
+        }
+        (Some(w), _) => Err(mismatch(format!("an array of {size}-byte raw elements for an input declared {w}, which takes one byte per value"))),
+        (None, _) => Err(mismatch(format!("an array of {size}-byte raw elements for a bf16 input, which takes two"))),
+    }
+}
+
 /// A tensor as a NumPy array that owns the tensor's storage (no copy). bf16, which NumPy has no
 /// type for, is widened to float32.
 pub fn array_from_tensor<'py>(py: Python<'py>, t: Tensor) -> Result<Bound<'py, PyAny>> {
@@ -230,8 +272,12 @@ pub fn input_arrays<'py>(
 pub fn input_tensor(g: &Graph, i: usize, a: &Bound<'_, PyUntypedArray>, what: &str) -> Result<Tensor> {
     let bad = |msg: String| Error::from_anyhow(InputData(msg).into(), Kind::Input);
     let name = || input_names(g).get(i).cloned().unwrap_or_default();
-    let t = tensor_from_array(a).map_err(|e| bad(format!("{what} `{}`: {:#}", name(), e.error)))?;
     let want = g.node(g.inputs()[i]).outputs.first().map(|ty| ty.dtype);
+    let raw = raw_input(a, want, g.wire(&name())).map_err(|e| bad(format!("{what} `{}`: {:#}", name(), e.error)))?;
+    let t = match raw {
+        Some(t) => t,
+        None => tensor_from_array(a).map_err(|e| bad(format!("{what} `{}`: {:#}", name(), e.error)))?,
+    };
     if let Some(want) = want.filter(|&w| w != t.dtype()) {
         let hint = if want == DType::F32 { ", e.g. x.astype(numpy.float32)" } else { "" };
         return Err(bad(format!(

@@ -42,6 +42,16 @@ pub fn run(a: Args) -> Result<()> {
     if a.output.len() > n_out {
         bail!("{} --output files for the model's {n_out} outputs", a.output.len());
     }
+    // NumPy has no bf16 type: say so before running rather than after.
+    for o in source.graph().outputs().iter().take(a.output.len()) {
+        let ty = source.graph().value_type(o.value);
+        if ty.dtype == qforge_ir::DType::BF16 {
+            bail!(
+                "output `{}` is {ty}, which .npy cannot carry (NumPy has no bf16 type); cast it to f32 in the model",
+                o.name
+            );
+        }
+    }
     let x = bind_inputs(source.graph(), &a.input)?;
     qforge_ir::interp::check_inputs(source.graph(), &x)?;
     crate::data::check_finite(&x, "--input", crate::data::NonFinite::strict(a.pipeline.strict))?;
@@ -83,8 +93,14 @@ fn open(a: &Args) -> Result<(Source, Vec<String>)> {
         if new.is_empty() || !new.iter().all(|s| given.contains_key(*s)) {
             return Err(e);
         }
+        let types = crate::onnx::input_types_of_file(&a.model)?;
         for name in new {
-            more.insert(name.clone(), Arc::new(crate::npy::read(&given[name])?));
+            // Raw `.npy` data (bf16, float8, int4, ...) is read as the input's declared type.
+            let t = match types.get(name) {
+                Some(&(dtype, wire)) => crate::npy::read_input(&given[name], dtype, wire)?,
+                None => crate::npy::read(&given[name])?,
+            };
+            more.insert(name.clone(), Arc::new(t));
         }
     }
 }
@@ -150,10 +166,15 @@ pub fn bind_inputs(g: &Graph, args: &[String]) -> Result<Vec<Tensor>> {
     let mut out = vec![];
     for ((entry, path), name) in sig.iter().zip(paths).zip(&names) {
         match (entry, path) {
-            (SignatureEntry::Input(_), Some(p)) => out.push(crate::npy::read(Path::new(p))?),
+            (SignatureEntry::Input(id), Some(p)) => {
+                // Raw `.npy` data (bf16, float8, int4, ...) is read as the input's declared type.
+                let dtype = g.node(*id).outputs.first().map_or(qforge_ir::DType::F32, |t| t.dtype);
+                out.push(crate::npy::read_input(Path::new(p), dtype, g.wire(name))?)
+            }
             (SignatureEntry::Input(_), None) => bail!("no --input for the model's input `{name}`"),
-            (SignatureEntry::Specialized(_), Some(p)) => {
-                crate::artifact::check_specialized(g, name, &crate::npy::read(Path::new(p))?, "--input")?;
+            (SignatureEntry::Specialized(sp), Some(p)) => {
+                let t = crate::npy::read_input(Path::new(p), sp.value.dtype(), g.wire(name))?;
+                crate::artifact::check_specialized(g, name, &t, "--input")?;
             }
             (SignatureEntry::Specialized(_), None) => {}
         }

@@ -3,9 +3,9 @@
 
 use super::attrs::NodeRef;
 use super::proto::{tensor_shape_proto::dimension, type_proto, GraphProto, ModelProto, ValueInfoProto};
-use super::tensors::{dtype_from_onnx, four_bit, tensor_from_proto_limited, TensorError};
+use super::tensors::{dtype_from_onnx, four_bit, tensor_from_proto_limited, wire_from_onnx, TensorError};
 use super::{ops, symbolic, ImportError, ImportOptions};
-use qforge_ir::{infer, interp, Dim, Graph, Op, Shape, Tensor, TensorType, Value};
+use qforge_ir::{infer, interp, Dim, Graph, Op, Shape, Tensor, TensorType, Value, WireType};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -51,6 +51,9 @@ pub struct Importer {
     /// ONNX names of constants stored as INT4 or UINT4 (read into i8 or u8): quantizing to a
     /// 4-bit zero point's type would saturate to the 4-bit range, which the IR cannot express.
     four_bit: HashSet<String>,
+    /// ONNX names of graph inputs and initializers declared of a wire type (float8, float4,
+    /// 4- and 2-bit integers; see [`qforge_ir::wire`]), decoded into the IR type that holds them.
+    wire: HashMap<String, WireType>,
     /// The largest tensor the importer materializes, and the bound on `materialized`
     /// ([`ImportOptions::max_tensor_bytes`]).
     pub max_tensor_bytes: u128,
@@ -120,6 +123,11 @@ impl Importer {
     /// Whether the constant named `name` was stored as INT4 or UINT4.
     pub fn is_four_bit(&self, name: &str) -> bool {
         self.four_bit.contains(name)
+    }
+
+    /// The wire type a graph input or initializer named `name` is declared of, if any.
+    pub fn wire_of(&self, name: &str) -> Option<WireType> {
+        self.wire.get(name).copied()
     }
 
     /// Whether the name refers to anything (a value, an initializer, a shape value).
@@ -367,10 +375,14 @@ pub fn import_model_with(model: &ModelProto, origin: &str, opts: &ImportOptions)
         quant_consts: HashMap::new(),
         materialized: 0,
         four_bit: HashSet::new(),
+        wire: HashMap::new(),
         max_tensor_bytes: u128::from(opts.max_tensor_bytes),
         sym: HashMap::new(),
         sym_src: HashMap::new(),
     };
+    for o in &graph.output {
+        check_output_wire(o)?;
+    }
     add_initializers(&mut im, graph)?;
     add_inputs(&mut im, graph, &opts.specialize)?;
     for (index, node) in graph.node.iter().enumerate() {
@@ -442,6 +454,9 @@ fn add_initializers(im: &mut Importer, graph: &GraphProto) -> Result<(), ImportE
         if four_bit(t.data_type).is_some() {
             im.four_bit.insert(t.name.clone());
         }
+        if let Some(w) = wire_from_onnx(t.data_type) {
+            im.wire.insert(t.name.clone(), w);
+        }
         if im.inits.insert(t.name.clone(), Arc::new(tensor)).is_some() {
             return Err(ImportError::Model(format!("initializer `{}` is defined twice", t.name)));
         }
@@ -486,13 +501,19 @@ fn add_inputs(
         if im.values.contains_key(&vi.name) {
             return Err(ImportError::Model(format!("graph input `{}` is listed twice", vi.name)));
         }
-        let ty = input_type(vi)?;
+        let (ty, wire) = input_type(vi)?;
         im.names.insert(vi.name.clone());
+        if let Some(w) = wire {
+            im.wire.insert(vi.name.clone(), w);
+        }
         if let Some(t) = specialize.get(&vi.name) {
             check_specialized(&vi.name, &ty, t)?;
             // The constant takes the input's name: its uses read the value the model is compiled for.
             let c = im.g.add_const(vi.name.clone(), (**t).clone());
             im.g.add_specialized(vi.name.clone(), t.clone());
+            if let Some(w) = wire {
+                im.g.set_wire(vi.name.clone(), w);
+            }
             im.values.insert(vi.name.clone(), c);
             continue;
         }
@@ -509,6 +530,9 @@ fn add_inputs(
         let empty = ty.shape.as_fixed().filter(|s| s.contains(&0));
         let dtype = ty.dtype;
         let v = im.g.add_input(vi.name.clone(), ty);
+        if let Some(w) = wire {
+            im.g.set_wire(vi.name.clone(), w);
+        }
         im.values.insert(vi.name.clone(), v);
         if let Some(shape) = empty {
             // A tensor with no elements has one possible value: the input stays in the graph's
@@ -541,16 +565,21 @@ fn check_specialized(name: &str, ty: &TensorType, t: &Tensor) -> Result<(), Impo
     })
 }
 
-/// The type of a graph input. A dimension with a `dim_param` becomes that symbol; a first
-/// dimension with neither size nor name becomes the batch symbol `N`; any other unknown
-/// dimension is an error.
-fn input_type(vi: &ValueInfoProto) -> Result<TensorType, ImportError> {
+/// The type of a graph input, and its wire type if the model declares one the IR holds in
+/// another type (the input then has that type, see [`qforge_ir::wire`]). A dimension with a
+/// `dim_param` becomes that symbol; a first dimension with neither size nor name becomes the
+/// batch symbol `N`; any other unknown dimension is an error.
+fn input_type(vi: &ValueInfoProto) -> Result<(TensorType, Option<WireType>), ImportError> {
     let err = |m: &str| ImportError::Model(format!("graph input `{}` {m}", vi.name));
     let tt = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
         Some(type_proto::Value::TensorType(tt)) => tt,
         _ => return Err(err("is not a tensor")),
     };
-    let dtype = dtype_from_onnx(tt.elem_type).map_err(|m| err(&format!("has an unsupported type: {m}")))?;
+    let wire = wire_from_onnx(tt.elem_type);
+    let dtype = match wire {
+        Some(w) => w.dtype(),
+        None => dtype_from_onnx(tt.elem_type).map_err(|m| err(&format!("has an unsupported type: {m}")))?,
+    };
     let shape = tt.shape.as_ref().ok_or_else(|| err("has no shape (qforge needs its rank and dimensions)"))?;
     let mut dims = vec![];
     let mut numel: u128 = 1;
@@ -570,7 +599,7 @@ fn input_type(vi: &ValueInfoProto) -> Result<TensorType, ImportError> {
             _ => anonymous_dim(&vi.name, i),
         });
     }
-    Ok(TensorType::new(dtype, Shape(dims)))
+    Ok((TensorType::new(dtype, Shape(dims)), wire))
 }
 
 /// The symbol of an unknown input dim with no name: the batch `N` for the first dim, else
@@ -593,6 +622,29 @@ fn symbol_name(s: &str) -> String {
         out.insert(0, '_');
     }
     out
+}
+
+/// A graph output may not be declared of a wire type: qforge decodes those at the inputs only,
+/// computes in the IR's types and hands outputs over in them (a `.npy` file cannot carry float8
+/// or 4-bit values as such: NumPy has no type for them).
+fn check_output_wire(o: &ValueInfoProto) -> Result<(), ImportError> {
+    let Some(type_proto::Value::TensorType(tt)) = o.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+        return Ok(());
+    };
+    match wire_from_onnx(tt.elem_type) {
+        Some(w) => Err(ImportError::Model(format!(
+            "graph output `{}` is {}, which qforge does not produce: it reads {w} values at the graph's inputs \
+             and computes and writes outputs in its own types (f32, f16, bf16, f64, integers, bool)",
+            o.name,
+            onnx_type_name(tt.elem_type)
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The ONNX name of an element type code (`FLOAT8E4M3FN`).
+pub fn onnx_type_name(code: i32) -> &'static str {
+    super::proto::tensor_proto::DataType::try_from(code).map_or("an unknown type", |d| d.as_str_name())
 }
 
 /// The element type a graph output declares must be the one the graph computes.

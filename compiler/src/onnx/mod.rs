@@ -183,6 +183,34 @@ pub fn input_names_of_file(path: &Path) -> Result<Vec<String>, ImportError> {
     Ok(g.input.iter().filter(|vi| !inits.contains(vi.name.as_str())).map(|vi| vi.name.clone()).collect())
 }
 
+/// The element types an ONNX model file declares for its graph inputs (initializers excluded),
+/// by name: the IR type each is imported as and its wire type, if any (see
+/// [`qforge_ir::wire`]); inputs of a type qforge does not import are left out. What reading an
+/// input's `.npy` file needs before the model is imported ([`crate::npy::read_input`]).
+pub fn input_types_of_file(
+    path: &Path,
+) -> Result<std::collections::BTreeMap<String, (qforge_ir::DType, Option<qforge_ir::WireType>)>, ImportError> {
+    let bytes = std::fs::read(path).map_err(|source| ImportError::Io { path: path.display().to_string(), source })?;
+    let model = proto::ModelProto::decode(bytes.as_slice())
+        .map_err(|e| ImportError::Decode { path: path.display().to_string(), msg: e.to_string() })?;
+    let mut out = std::collections::BTreeMap::new();
+    let Some(g) = model.graph else { return Ok(out) };
+    let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    for vi in g.input.iter().filter(|vi| !inits.contains(vi.name.as_str())) {
+        let Some(proto::type_proto::Value::TensorType(tt)) = vi.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+            continue;
+        };
+        let decl = match tensors::wire_from_onnx(tt.elem_type) {
+            Some(w) => Some((w.dtype(), Some(w))),
+            None => tensors::dtype_from_onnx(tt.elem_type).ok().map(|d| (d, None)),
+        };
+        if let Some(d) = decl {
+            out.insert(vi.name.clone(), d);
+        }
+    }
+    Ok(out)
+}
+
 /// Imports an ONNX model from its protobuf bytes with the default [`ImportOptions`]; `origin`
 /// names it in errors. The graph takes the ONNX graph's name ("model" when it has none).
 pub fn import_bytes(bytes: &[u8], origin: &str) -> Result<Graph, ImportError> {

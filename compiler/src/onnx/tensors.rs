@@ -2,7 +2,7 @@
 //! fields, with every length checked against the declared dims before anything is allocated.
 
 use super::proto::{tensor_proto::DataLocation, tensor_proto::DataType, TensorProto};
-use qforge_ir::{DType, Tensor, TensorData};
+use qforge_ir::{DType, Tensor, TensorData, WireType};
 
 /// The largest tensor the importer materializes by default (initializers, constants,
 /// `ConstantOfShape`), and the default bound on the total of the constants it builds from shapes:
@@ -128,8 +128,9 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor, TensorError> {
 
 /// Converts a `TensorProto` into a tensor of at most `max_bytes`. Errors (without the tensor's
 /// name; the caller adds which tensor) on external data, unsupported element types, tensors over
-/// the limit and data that does not match the dims. INT4 and UINT4 tensors are read into i8 and
-/// u8 (see [`four_bit`]: a caller that must tell them apart checks the proto's type).
+/// the limit and data that does not match the dims. The types the IR holds in another type are
+/// decoded into it (see [`wire_from_onnx`]: INT4 and UINT4 into i8 and u8, float8 into f16, ...;
+/// a caller that must tell them apart checks the proto's type).
 pub fn tensor_from_proto_limited(t: &TensorProto, max_bytes: u128) -> Result<Tensor, TensorError> {
     if t.data_location == DataLocation::External as i32 || !t.external_data.is_empty() {
         return Err(TensorError::ExternalData);
@@ -137,8 +138,8 @@ pub fn tensor_from_proto_limited(t: &TensorProto, max_bytes: u128) -> Result<Ten
     if t.segment.is_some() {
         return Err(TensorError::Segmented);
     }
-    if let Some(signed) = four_bit(t.data_type) {
-        return four_bit_from_proto(t, signed, max_bytes);
+    if let Some(w) = wire_from_onnx(t.data_type) {
+        return wire_from_proto(t, w, max_bytes);
     }
     let dtype = dtype_from_onnx(t.data_type)?;
     let (shape, n) = checked_numel(&t.dims, dtype, max_bytes)?;
@@ -160,13 +161,32 @@ pub fn four_bit(code: i32) -> Option<bool> {
     }
 }
 
-/// An INT4 or UINT4 tensor, read into i8 or u8 (every 4-bit value fits; the IR carries 4-bit
-/// weights in 8-bit storage). Two values per byte, the first in the low nibble, in `raw_data` or
-/// one byte per `int32_data` entry (the ONNX spec, `TensorProto.int32_data`).
-fn four_bit_from_proto(t: &TensorProto, signed: bool, max_bytes: u128) -> Result<Tensor, TensorError> {
-    let dtype = if signed { DType::I8 } else { DType::U8 };
+/// The wire type (see [`qforge_ir::wire`]) of an ONNX element type the IR holds in another type:
+/// FLOAT8E4M3FN/FNUZ, FLOAT8E5M2/FNUZ, FLOAT8E8M0, FLOAT4E2M1, INT4, UINT4, INT2, UINT2.
+pub fn wire_from_onnx(code: i32) -> Option<WireType> {
+    Some(match DataType::try_from(code).ok()? {
+        DataType::Float8e4m3fn => WireType::F8E4M3FN,
+        DataType::Float8e4m3fnuz => WireType::F8E4M3FNUZ,
+        DataType::Float8e5m2 => WireType::F8E5M2,
+        DataType::Float8e5m2fnuz => WireType::F8E5M2FNUZ,
+        DataType::Float8e8m0 => WireType::F8E8M0,
+        DataType::Float4e2m1 => WireType::F4E2M1,
+        DataType::Int4 => WireType::I4,
+        DataType::Uint4 => WireType::U4,
+        DataType::Int2 => WireType::I2,
+        DataType::Uint2 => WireType::U2,
+        _ => return None,
+    })
+}
+
+/// A tensor of a wire type, decoded into the IR type that holds its values exactly
+/// ([`WireType::decode_packed`]): values narrower than a byte are packed, the first in the lowest
+/// bits, in `raw_data` or one packed byte per `int32_data` entry; 8-bit types take one byte per
+/// value in either (the ONNX spec, `TensorProto.int32_data`).
+fn wire_from_proto(t: &TensorProto, w: WireType, max_bytes: u128) -> Result<Tensor, TensorError> {
+    let dtype = w.dtype();
     let (shape, n) = checked_numel(&t.dims, dtype, max_bytes)?;
-    let need = n.div_ceil(2);
+    let need = n.div_ceil(8 / w.bits() as usize);
     let bytes: Vec<u8> = if !t.raw_data.is_empty() || (t.int32_data.is_empty() && n == 0) {
         if t.raw_data.len() != need {
             return Err(TensorError::RawLength { have: t.raw_data.len(), n, dtype, need });
@@ -181,14 +201,7 @@ fn four_bit_from_proto(t: &TensorProto, signed: bool, max_bytes: u128) -> Result
         }
         t.int32_data.iter().map(|&v| v as u8).collect()
     };
-    let nibble = |i: usize| (bytes[i / 2] >> (4 * (i % 2))) & 0xF;
-    let data = if signed {
-        // sign-extend the low nibble
-        TensorData::I8((0..n).map(|i| ((nibble(i) << 4) as i8) >> 4).collect())
-    } else {
-        TensorData::U8((0..n).map(nibble).collect())
-    };
-    Tensor::new(shape, data).ok_or_else(|| TensorError::ShapeMismatch { dims: t.dims.clone() })
+    w.decode_packed(shape, n, &bytes).ok_or_else(|| TensorError::ShapeMismatch { dims: t.dims.clone() })
 }
 
 /// The typed field that holds `dtype` (the ONNX spec, `TensorProto`: `double_data` for DOUBLE,

@@ -338,6 +338,23 @@ impl<'a> Parser<'a> {
                 let ty_pos = self.pos();
                 let ty = self.ty()?;
                 check_quant(&ty).map_err(|e| ty_pos.err(format!("graph input {r}: {}", quant_message(&e))))?;
+                // `wire W`: the element type the source model declares (see `crate::wire`).
+                if self.eat(&Tok::Ident("wire"))? {
+                    let wpos = self.pos();
+                    let w = match self.tok.tok {
+                        Tok::Ident(s) => s.parse::<crate::WireType>().map_err(|e| wpos.err(e.to_string()))?,
+                        _ => return Err(wpos.err(format!("expected a wire type after `wire`, found {}", self.tok.tok))),
+                    };
+                    self.advance()?;
+                    if w.dtype() != ty.dtype {
+                        return Err(wpos.err(format!(
+                            "graph input {r} is declared {w}, which the IR holds as {}, not {}",
+                            w.dtype(),
+                            ty.dtype
+                        )));
+                    }
+                    g.set_wire(name.clone(), w);
+                }
                 if matches!(self.tok.tok, Tok::Digest(_)) {
                     return Err(self.pos().err(format!(
                         "specialized input {r} is printed in summary form and cannot be parsed; print with full \

@@ -82,6 +82,9 @@ pub(super) fn print(g: &Graph, mode: ConstMode) -> Result<String> {
                 let t = &sp.value;
                 let _ = write!(s, "%{}: ", name(&sp.name));
                 write_type(&mut s, &TensorType::new(t.dtype(), t.ir_shape()));
+                if let Some(w) = g.wire(&sp.name) {
+                    let _ = write!(s, " wire {w}");
+                }
                 if inline(mode, t) {
                     s.push_str(" = ");
                     write_data(&mut s, t);
@@ -98,6 +101,10 @@ pub(super) fn print(g: &Graph, mode: ConstMode) -> Result<String> {
         };
         let r = format!("%{}", name(&n.name));
         let _ = write!(s, "{r}: {}", type_str(ty));
+        // `wire W`: the element type the source model declares for it (see `crate::wire`).
+        if let Some(w) = g.wire(&n.name) {
+            let _ = write!(s, " wire {w}");
+        }
         names.insert(Value::new(id, 0), r);
     }
     s.push_str(") -> (");

@@ -235,6 +235,33 @@ graph g(%a: f32[2,3], %k: i64[2] = [3, 2], %x: f32[2,3]) -> (y: f32[2,3]) {
     assert!(parse(&sig("%k: u8<0.5:0>[1] = [1]")).is_err());
 }
 
+/// A graph input's wire type (the element type the source model declares, see `crate::wire`)
+/// prints after its type and parses back; it must be held in its IR type.
+#[test]
+fn wire_types() {
+    let text = "\
+graph g(%a: f16[2] wire f8e4m3fn, %b: i8[2] wire i4, %k: u8[1] wire u2 = [3], %c: f32[2]) -> (y: f32[2], z: i8[2]) {
+  %0 = cast %a {to=f32} : f32[2]  # \"c\"
+  %1 = add %0, %c : f32[2]  # \"s\"
+  return %1, %b
+}
+";
+    let g = parse(text).unwrap();
+    assert_eq!(
+        (g.wire("a"), g.wire("b"), g.wire("k"), g.wire("c")),
+        (Some(crate::WireType::F8E4M3FN), Some(crate::WireType::I4), Some(crate::WireType::U2), None)
+    );
+    assert_eq!(print(&g, ConstMode::Full).unwrap(), text);
+    let sig = |decl: &str| format!("graph g({decl}) -> (y: f32[2]) {{\n  return %a\n}}\n");
+    assert_err(
+        &sig("%a: f32[2] wire f8e4m3fn"),
+        1,
+        25,
+        "graph input %a is declared f8e4m3fn, which the IR holds as f16, not f32",
+    );
+    assert_err(&sig("%a: f16[2] wire f9"), 1, 25, "unknown wire type `f9`");
+}
+
 #[test]
 fn node_names_and_origins() {
     assert_err(&around("  %0 = relu %x : f32[2,3]"), 3, 3, "expected `# \"name\"`");

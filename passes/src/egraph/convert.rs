@@ -218,6 +218,7 @@ pub fn raise(
     let mut g = Graph::new(orig.name.clone());
     // the same inputs in the same order, so the specialized ones keep their places
     g.set_specialized(orig.specialized().to_vec());
+    g.set_wire_types(orig.wire_types().clone());
     let mut val: HashMap<Id, Option<Value>> = HashMap::new();
     for (i, &n) in orig.inputs().iter().enumerate() {
         let node = orig.node(n);

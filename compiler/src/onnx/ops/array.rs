@@ -9,7 +9,7 @@
 
 use super::{one, Cx, OpDef, Outs, MAX_ATTR_DIM, R};
 use crate::onnx::symbolic::{self, Mono, SymVal};
-use crate::onnx::tensors::dtype_from_onnx;
+use crate::onnx::tensors::{dtype_from_onnx, wire_from_onnx};
 use qforge_ir::infer::norm_axis;
 use qforge_ir::{BinaryOp, DType, Dim, DimExpr, Op, PadMode, ScatterReduction, Tensor, TensorType, Value};
 
@@ -431,16 +431,31 @@ fn expand(cx: &mut Cx) -> R<Outs> {
 fn cast(cx: &mut Cx) -> R<Outs> {
     let to = cx.attrs().int("to")?.ok_or_else(|| cx.err("attribute `to` is required"))?;
     let to = i32::try_from(to).map_err(|_| cx.err(format!("unknown element type {to}")))?;
+    if let Some(w) = wire_from_onnx(to) {
+        return Err(cast_to_wire(cx, w));
+    }
     let to = dtype_from_onnx(to).map_err(|m| cx.err(format!("cast to {m}")))?;
     cx.simple(Op::Cast { to }, 1)
 }
 
+/// A cast to a type the IR holds only at the graph's inputs (float8, float4, 4- and 2-bit
+/// integers, see [`qforge_ir::wire`]): refused, since its result would have to be rounded to that
+/// type's grid. (A cast *from* one is a cast from the IR type that holds its values exactly.)
+fn cast_to_wire(cx: &Cx, w: qforge_ir::WireType) -> crate::onnx::ImportError {
+    cx.err(format!(
+        "cast to {w} is not supported: qforge holds {w} values only where a graph input or constant declares them"
+    ))
+}
+
 /// CastLike (version 15): a Cast to the element type of the second input, whose values are not
 /// read. Its `saturate` (version 19) and `round_mode` (version 24) only apply to float8 types,
-/// which the IR does not have.
+/// which the IR does not cast to (a `like` of a wire type is refused as Cast to it is).
 fn cast_like(cx: &mut Cx) -> R<Outs> {
     if cx.node.input.len() != 2 {
         return Err(cx.err(format!("has {} inputs; CastLike takes 2", cx.node.input.len())));
+    }
+    if let Some(w) = cx.input_name(1).and_then(|n| cx.im.wire_of(n)) {
+        return Err(cast_to_wire(cx, w));
     }
     let x = cx.input(0)?;
     let like = cx.input(1)?;

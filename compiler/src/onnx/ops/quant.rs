@@ -13,7 +13,7 @@ use super::{one, Cx, OpDef, Outs, R};
 use crate::onnx::proto::tensor_proto::DataType;
 use crate::onnx::tensors::dtype_from_onnx;
 use qforge_ir::infer::norm_axis;
-use qforge_ir::{DType, Epilogue, Op, QuantParams, Shape, TensorType, Value};
+use qforge_ir::{BinaryOp, DType, Epilogue, Op, QuantParams, Shape, Tensor, TensorType, UnaryOp, Value, WireType};
 
 pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("QuantizeLinear", &[10, 13, 19, 21, 23, 24, 25, 28], quantize_linear),
@@ -115,12 +115,14 @@ fn qparams(cx: &Cx, q: QIn, x: &TensorType, default: DType) -> R<(DType, QuantPa
     Ok((dtype, p))
 }
 
-/// The scale of a QLinear* op (or an ORT contrib op): f32 only, since its integer kernel
-/// computes its multipliers in f32 from the scales as given (QLinearMatMul-21 also allows f16
-/// and bf16 scales, which would make that arithmetic follow another type).
+/// The scale of a QLinear* op (or an ORT contrib op): f32, since its integer kernel computes its
+/// multipliers in f32 from the scales as given. QLinearMatMul-21 also allows f16 and bf16
+/// scales: they are widened to f32 exactly (every f16/bf16 is an f32), as ONNX Runtime's
+/// QLinearMatMul kernel converts them before computing its f32 multiplier.
 fn f32_scale(cx: &Cx, i: usize) -> R<()> {
     let t = cx.const_input(i, "scale")?;
-    if t.dtype() != DType::F32 {
+    let widened = cx.at.op == "QLinearMatMul" && cx.version >= 21 && matches!(t.dtype(), DType::F16 | DType::BF16);
+    if t.dtype() != DType::F32 && !widened {
         return Err(cx.err(format!(
             "a {} scale (`{}`) is not supported: qforge's quantized kernels take f32 scales",
             t.dtype(),
@@ -285,12 +287,19 @@ fn quantize_linear(cx: &mut Cx) -> R<Outs> {
         None => None,
         Some(c) => Some(dtype_from_onnx(code(c)).map_err(|m| cx.err(format!("output_dtype={c}: {m}")))?),
     };
+    let zp_dtype = cx.opt_const_input(2, "zero point")?.map(|z| z.dtype());
+    if let Some(to) = zp_dtype.or(out_dtype).filter(|d| matches!(d, DType::I16 | DType::U16)) {
+        if out_dtype.is_some_and(|d| d != to) {
+            return Err(cx.err(format!("the zero point's type {to} differs from output_dtype")));
+        }
+        return quantize_composed(cx, x, axis, block, to);
+    }
     let (dtype, p) = qparams(cx, QIn { scale: 1, zero: 2, axis, block }, &ty, out_dtype.unwrap_or(DType::U8))?;
     if out_dtype.is_some_and(|d| d != dtype) {
         return Err(cx.err(format!("the zero point's type {dtype} differs from output_dtype")));
     }
     if !matches!(dtype, DType::I8 | DType::U8 | DType::I32) {
-        return Err(cx.err(format!("quantizing to {dtype} is not supported (i8, u8 or i32)")));
+        return Err(cx.err(format!("quantizing to {dtype} is not supported (i8, u8, i16, u16 or i32)")));
     }
     let declared = TensorType::quantized(dtype, ty.shape.clone(), p);
     one(cx.add(Op::Quantize, vec![Some(x)], Some(vec![declared]))?)
@@ -314,12 +323,143 @@ fn dequantize_linear(cx: &mut Cx) -> R<Outs> {
     if !out.is_float() {
         return Err(cx.err(format!("a {out} result is not supported (f32, f16 or bf16)")));
     }
+    // int16/uint16 data and float8/float4 data (held in f16) are outside the IR's quantized
+    // types: computed with plain arithmetic instead.
+    let xname = cx.input_name(0).unwrap_or("");
+    let wire = cx.im.wire_of(xname);
+    let xdtype = match cx.im.const_by_name(xname) {
+        Some(t) => Some(t.dtype()),
+        None => cx.im.bound(xname).map(|v| cx.ty(v).dtype),
+    };
+    if wire.is_some_and(|w| w.is_float()) || matches!(xdtype, Some(DType::I16 | DType::U16)) {
+        return dequantize_composed(cx, axis, block, out, wire);
+    }
     let x = quant_operand(cx, 0, QIn { scale: 1, zero: 2, axis, block }, "x")?;
     if out == DType::F32 {
         return one(cx.add(Op::Dequantize, vec![Some(x)], None)?);
     }
     let y = cx.add_helper("dequantize", Op::Dequantize, vec![Some(x)])?;
     one(cx.add(Op::Cast { to: out }, vec![Some(y)], None)?)
+}
+
+/// DequantizeLinear of data the IR's dequantize does not take (int16, uint16; float8 and float4
+/// values, held in f16): `(x as f32 - zero_point as f32) * scale` in f32, then converted to the
+/// result type, as the ONNX reference computes it (`onnx/reference/ops/op_dequantize_linear.py`:
+/// `x.astype(float32) - zero_point`, times the scale, `astype` the result type). A float8 or
+/// float4 zero point must be 0 (the ONNX spec; the reference refuses any other float8 one).
+fn dequantize_composed(cx: &mut Cx, axis: i64, block: usize, out: DType, wire: Option<WireType>) -> R<Outs> {
+    let x = cx.input(0)?;
+    let xt = cx.ty(x);
+    let scale = cx.const_input(1, "scale")?;
+    if !scale.dtype().is_float() {
+        return Err(cx.err(format!("the scale must be a float, got {}", scale.dtype())));
+    }
+    let s = broadcast_param(cx, &scale, &xt, axis, block, "scale")?;
+    let xf = cx.add_helper("x_f32", Op::Cast { to: DType::F32 }, vec![Some(x)])?;
+    let mut dx = xf;
+    if let Some(z) = cx.opt_const_input(2, "zero point")? {
+        if let Some(w) = wire.filter(|w| w.is_float()) {
+            if z.to_f64_vec().iter().any(|&v| v != 0.0) {
+                return Err(cx.err(format!("a {w} zero point must be 0 (the ONNX spec)")));
+            }
+        } else {
+            if z.dtype() != xt.dtype {
+                return Err(cx.err(format!("the zero point is {} but x is {}", z.dtype(), xt.dtype)));
+            }
+            let zb = broadcast_param(cx, &z, &xt, axis, block, "zero point")?;
+            let zc = param_const(cx, "zero_point", zb);
+            dx = cx.add_helper("centered", Op::Binary(BinaryOp::Sub), vec![Some(xf), Some(zc)])?;
+        }
+    }
+    let sc = param_const(cx, "scale", s);
+    if out == DType::F32 {
+        return one(cx.add(Op::Binary(BinaryOp::Mul), vec![Some(dx), Some(sc)], None)?);
+    }
+    let y = cx.add_helper("scaled", Op::Binary(BinaryOp::Mul), vec![Some(dx), Some(sc)])?;
+    one(cx.add(Op::Cast { to: out }, vec![Some(y)], None)?)
+}
+
+/// QuantizeLinear to int16 or uint16, which the IR's quantized types do not have, with plain
+/// arithmetic that follows the quantize contract of `qforge_ir::numerics` (`quantize`):
+/// `saturate(round_half_even(x / scale) + zero_point)`, a true f32 division, NaN giving the zero
+/// point; the ONNX reference (`op_quantize_linear.py`) computes `rint(x / scale) + zero_point`
+/// clipped to the type's range. The rounded value plus the zero point is exact in f32 wherever the
+/// result is in range (|value| < 2^24), and the final cast saturates (`numerics::cast_float_to_int`
+/// of an integral value).
+fn quantize_composed(cx: &mut Cx, x: Value, axis: i64, block: usize, to: DType) -> R<Outs> {
+    let xt = cx.ty(x);
+    let x =
+        if xt.dtype == DType::F32 { x } else { cx.add_helper("x_f32", Op::Cast { to: DType::F32 }, vec![Some(x)])? };
+    let scale = cx.const_input(1, "scale")?;
+    let s = broadcast_param(cx, &scale, &xt, axis, block, "scale")?;
+    let sc = param_const(cx, "scale", s);
+    let q = cx.add_helper("scaled", Op::Binary(BinaryOp::Div), vec![Some(x), Some(sc)])?;
+    let r = cx.add_helper("rounded", Op::Unary(UnaryOp::Round), vec![Some(q)])?;
+    let zb = match cx.opt_const_input(2, "zero point")? {
+        Some(z) => broadcast_param(cx, &z, &xt, axis, block, "zero point")?,
+        None => Tensor::from_f32(vec![], vec![0.0]),
+    };
+    let zc = param_const(cx, "zero_point", zb);
+    let shifted = cx.add_helper("shifted", Op::Binary(BinaryOp::Add), vec![Some(r), Some(zc)])?;
+    let not_nan = cx.add_helper("not_nan", Op::Binary(BinaryOp::Equal), vec![Some(q), Some(q)])?;
+    let v = cx.add_helper("nan_to_zero_point", Op::Where, vec![Some(not_nan), Some(shifted), Some(zc)])?;
+    one(cx.add(Op::Cast { to }, vec![Some(v)], None)?)
+}
+
+/// A constant helper node holding a quantization parameter.
+fn param_const(cx: &mut Cx, tag: &str, t: Tensor) -> Value {
+    let name = cx.im.fresh_name(&format!("{}/{tag}", cx.at.name));
+    cx.im.g.add_const(name, t)
+}
+
+/// A scale or zero point as f32 values that broadcast against `x` as the ONNX reference's
+/// `reshape_input` makes them (`onnx/reference/ops/_quant_utils.py`): one value as a scalar, a
+/// 1-D tensor along `axis` as `[1, .., C, .., 1]`, and a blocked one (`block`, the value's rank,
+/// `ceil(d / block)` along `axis`) repeated `block` times along `axis` and cut to `x`'s shape
+/// (which must be fixed). Every value of the parameter types is exact in f32 (int16, uint16,
+/// f16, bf16, f32).
+fn broadcast_param(cx: &Cx, t: &Tensor, x: &TensorType, axis: i64, block: usize, what: &str) -> R<Tensor> {
+    let v: Vec<f32> = t.to_f64_vec().into_iter().map(|v| v as f32).collect();
+    if v.len() == 1 && (t.rank() <= 1 || block == 0) {
+        return Ok(Tensor::from_f32(vec![], v));
+    }
+    let ax = norm_axis(axis, x.rank()).map_err(|m| cx.err(format!("quantization axis: {m}")))?;
+    if block == 0 {
+        if t.rank() != 1 || x.shape.0.get(ax) != Some(&qforge_ir::Dim::Fixed(v.len())) {
+            return Err(cx.err(format!("the {what} of shape {:?} does not fit {x} along axis {ax}", t.shape())));
+        }
+        let mut shape = vec![1; x.rank()];
+        shape[ax] = v.len();
+        return Ok(Tensor::from_f32(shape, v));
+    }
+    let shape = x
+        .shape
+        .as_fixed()
+        .ok_or_else(|| cx.err(format!("blocked quantization (block_size={block}) needs a fixed shape, got {x}")))?;
+    let want: Vec<usize> =
+        shape.iter().enumerate().map(|(i, &d)| if i == ax { d.div_ceil(block) } else { d }).collect();
+    if t.shape() != want.as_slice() {
+        return Err(cx.err(format!(
+            "blocked quantization of {x} in blocks of {block} along axis {ax}: the {what} has shape {:?}",
+            t.shape()
+        )));
+    }
+    let n: usize = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX);
+    if (n as u128).saturating_mul(4) > cx.im.max_tensor_bytes {
+        return Err(cx.err(format!("the expanded {what} of shape {shape:?} is over the tensor size limit")));
+    }
+    // Row-major strides of `x` and of the parameter; each element of `x` reads the parameter at
+    // its own index with the coordinate along `axis` divided by the block size.
+    let inner: usize = shape[ax + 1..].iter().product();
+    let (d, pd) = (shape[ax], want[ax]);
+    let out: Vec<f32> = (0..n)
+        .map(|i| {
+            let (outer, rest) = (i / (d * inner), i % (d * inner));
+            let (c, j) = (rest / inner, rest % inner);
+            v[(outer * pd + c / block) * inner + j]
+        })
+        .collect();
+    Ok(Tensor::from_f32(shape, out))
 }
 
 fn dynamic_quantize_linear(cx: &mut Cx) -> R<Outs> {
