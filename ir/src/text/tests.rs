@@ -678,6 +678,9 @@ fn every_op() -> Vec<Op> {
         Op::CumProd { axis: -1, exclusive: false, reverse: true },
         Op::Det,
         Op::GridSample { mode: ResizeMode::Cubic, padding: GridPadding::Reflection, align_corners: true },
+        Op::ReduceProd { axes: vec![-1], keepdims: true },
+        Op::NonZero { count: "nonzero_count".into() },
+        Op::NonMaxSuppression { center_point_box: true, count: "K0".into() },
     ];
     ops.extend(Op::UNARY.iter().map(|&u| Op::Unary(u)));
     ops.extend(Op::BINARY.iter().map(|&b| Op::Binary(b)));
@@ -685,7 +688,7 @@ fn every_op() -> Vec<Op> {
 }
 
 /// The number of the last variant in [`variant`].
-const LAST_VARIANT: usize = 68;
+const LAST_VARIANT: usize = 71;
 
 fn variant(op: &Op) -> usize {
     match op {
@@ -758,6 +761,9 @@ fn variant(op: &Op) -> usize {
         Op::CumProd { .. } => 66,
         Op::Det => 67,
         Op::GridSample { .. } => 68,
+        Op::ReduceProd { .. } => 69,
+        Op::NonZero { .. } => 70,
+        Op::NonMaxSuppression { .. } => 71,
     }
 }
 

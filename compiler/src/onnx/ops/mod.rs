@@ -10,6 +10,7 @@
 //! * [`norm`]: Softmax, LogSoftmax, Hardmax, LayerNormalization and the other normalizations,
 //!   NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss.
 //! * [`transformer`]: Attention, RotaryEmbedding, composed from IR ops.
+//! * [`select`]: NonZero and NonMaxSuppression, whose result size depends on the data.
 //! * [`quant`]: QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, QLinearConv,
 //!   QLinearMatMul, ConvInteger, MatMulInteger and ONNX Runtime's `com.microsoft` quantized ops.
 //!
@@ -34,6 +35,7 @@ mod math;
 mod nn;
 mod norm;
 mod quant;
+mod select;
 mod transformer;
 
 use super::attrs::{Attrs, NodeRef};
@@ -113,7 +115,7 @@ impl OpDef {
 
 /// The op tables of every family.
 const FAMILIES: &[&[OpDef]] =
-    &[nn::OPS, math::OPS, logic::OPS, array::OPS, constant::OPS, norm::OPS, quant::OPS, transformer::OPS];
+    &[nn::OPS, math::OPS, logic::OPS, array::OPS, constant::OPS, norm::OPS, quant::OPS, transformer::OPS, select::OPS];
 
 /// Converters by domain and op type, built once from [`FAMILIES`].
 fn registry() -> &'static HashMap<Domain, HashMap<&'static str, &'static OpDef>> {
