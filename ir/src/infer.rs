@@ -187,6 +187,16 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             let t = widenable(x(0)?, "x")?;
             one(t.with_shape(pool_shape(p, &t.shape)?))
         }
+        Op::MaxPoolIndices { pool, column_major } => {
+            let t = widenable(x(0)?, "x")?;
+            if *column_major && pool.kernel.len() != 2 {
+                return Err(InferError::Attribute(format!(
+                    "column-major indices are defined for 2-D pooling, got {} spatial dims",
+                    pool.kernel.len()
+                )));
+            }
+            one(TensorType::new(DType::I64, pool_shape(pool, &t.shape)?))
+        }
         Op::AveragePool(p) => {
             let t = float(x(0)?, "x")?;
             one(t.with_shape(pool_shape(p, &t.shape)?))

@@ -316,6 +316,13 @@ pub enum Op {
         trans_b: bool,
     },
     MaxPool(PoolAttrs),
+    /// The i64 index of the element each window of [`Op::MaxPool`] takes (ONNX MaxPool's
+    /// `Indices` output): the first largest element of the window, as a flat index into the whole
+    /// input, row-major, or with the spatial dims column-major (`storage_order=1`, 2-D).
+    MaxPoolIndices {
+        pool: PoolAttrs,
+        column_major: bool,
+    },
     AveragePool(PoolAttrs),
     GlobalAveragePool,
     GlobalMaxPool,
@@ -646,6 +653,7 @@ impl Op {
             Op::MatMul => "matmul",
             Op::Gemm { .. } => "gemm",
             Op::MaxPool(_) => "max_pool",
+            Op::MaxPoolIndices { .. } => "max_pool_indices",
             Op::AveragePool(_) => "average_pool",
             Op::GlobalAveragePool => "global_average_pool",
             Op::GlobalMaxPool => "global_max_pool",

@@ -530,6 +530,7 @@ fn dispatch(cx: &Cx) -> R<Vec<Tensor>> {
         Op::MatMul => one(matmul::matmul(cx)),
         Op::Gemm { alpha, beta, trans_a, trans_b } => one(matmul::gemm(cx, *alpha, *beta, *trans_a, *trans_b)),
         Op::MaxPool(p) => one(pool::max_pool(cx, p)),
+        Op::MaxPoolIndices { pool: p, column_major } => one(pool::max_pool_indices(cx, p, *column_major)),
         Op::AveragePool(p) => one(pool::average_pool(cx, p)),
         Op::GlobalAveragePool => one(pool::global_average_pool(cx)),
         Op::GlobalMaxPool => one(pool::global_max_pool(cx)),

@@ -137,6 +137,11 @@ pub(super) fn print_attrs(op: &Op) -> Vec<(&'static str, String)> {
             ("trans_b", trans_b.to_string()),
         ],
         Op::MaxPool(p) | Op::AveragePool(p) | Op::QAveragePool(p) => pool(p),
+        Op::MaxPoolIndices { pool: p, column_major } => {
+            let mut v = pool(p);
+            v.push(("column_major", column_major.to_string()));
+            v
+        }
         Op::GlobalAveragePool | Op::GlobalMaxPool => vec![],
         Op::ConvTranspose(c) => vec![
             ("kernel", usizes(&c.kernel)),
@@ -539,6 +544,7 @@ pub(super) fn build_op(name: &str, mut a: Attrs) -> Result<Option<Op>> {
             trans_b: a.bool("trans_b")?,
         },
         "max_pool" => Op::MaxPool(a.pool()?),
+        "max_pool_indices" => Op::MaxPoolIndices { pool: a.pool()?, column_major: a.bool("column_major")? },
         "average_pool" => Op::AveragePool(a.pool()?),
         "global_average_pool" => Op::GlobalAveragePool,
         "global_max_pool" => Op::GlobalMaxPool,

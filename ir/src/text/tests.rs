@@ -681,6 +681,17 @@ fn every_op() -> Vec<Op> {
         Op::ReduceProd { axes: vec![-1], keepdims: true },
         Op::NonZero { count: "nonzero_count".into() },
         Op::NonMaxSuppression { center_point_box: true, count: "K0".into() },
+        Op::MaxPoolIndices {
+            pool: PoolAttrs {
+                kernel: vec![2, 2],
+                strides: vec![1, 2],
+                pads: vec![0, 1, 0, 1],
+                dilations: vec![1, 1],
+                ceil_mode: true,
+                count_include_pad: false,
+            },
+            column_major: true,
+        },
     ];
     ops.extend(Op::UNARY.iter().map(|&u| Op::Unary(u)));
     ops.extend(Op::BINARY.iter().map(|&b| Op::Binary(b)));
@@ -688,7 +699,7 @@ fn every_op() -> Vec<Op> {
 }
 
 /// The number of the last variant in [`variant`].
-const LAST_VARIANT: usize = 71;
+const LAST_VARIANT: usize = 72;
 
 fn variant(op: &Op) -> usize {
     match op {
@@ -764,6 +775,7 @@ fn variant(op: &Op) -> usize {
         Op::ReduceProd { .. } => 69,
         Op::NonZero { .. } => 70,
         Op::NonMaxSuppression { .. } => 71,
+        Op::MaxPoolIndices { .. } => 72,
     }
 }
 

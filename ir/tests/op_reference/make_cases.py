@@ -71,7 +71,7 @@ def run(op, attrs, inputs, n_out, opset, domain=""):
 CASES = []
 
 
-def case(name, op, attrs, inputs, ir, opset=21, n_out=1, tol=1e-6, ort=False, ir_types=None):
+def case(name, op, attrs, inputs, ir, opset=21, n_out=1, tol=1e-6, ort=False, ir_types=None, pick=None):
     """`ir`: the IR op and its attributes, e.g. `resize {mode=...}` (the operands are added).
     `ir_types`: the IR result types when they are not the outputs' own (a data-dependent dim is
     the op's count symbol)."""
@@ -92,6 +92,8 @@ def case(name, op, attrs, inputs, ir, opset=21, n_out=1, tol=1e-6, ort=False, ir
     else:
         got = run(op, attrs, inputs, n_out, opset)
     got = [np.asarray(o) for o in got]
+    if pick is not None:  # the IR op computes only this output of the ONNX node
+        got = [got[pick]]
     gins = [(n, a) for n, a, g in inputs if g]
     sig = ", ".join(f"%{n}: {ir_type(a)}" for n, a in gins)
     outs = ", ".join(f"y{k}: {ir_type(o)}" for k, o in enumerate(got))
@@ -455,6 +457,20 @@ nms("nms_zero_boxes_per_class", nb, ns, [("m", np.array([0], np.int64)), ("iou",
 rb = np.concatenate([rng.uniform(0, 4, (2, 8, 2)), rng.uniform(0.5, 3, (2, 8, 2))], axis=2).astype(np.float32)
 nms("nms_center_point_two_batches", rb, f((2, 3, 8), 0.0, 1.0), [("m", np.array([4], np.int64)),
     ("iou", np.array([0.3], np.float32)), ("score", np.array([0.2], np.float32))], center=1)
+
+# MaxPool's Indices output: ties take the first element, padded windows, both storage orders
+xm = np.array([[[[1, 5, 5, 2], [3, 0, 5, 7], [7, 1, 1, 2]], [[-1, -2, -3, -4], [0, 0, 0, 0], [9, 8, 9, 8]]]],
+              np.float32)
+for so in (0, 1):
+    case(f"max_pool_indices_storage_order_{so}", "MaxPool",
+         {"kernel_shape": [2, 2], "strides": [1, 2], "pads": [1, 0, 0, 1], "storage_order": so},
+         [("x", xm, True)],
+         "max_pool_indices {kernel=[2,2], strides=[1,2], pads=[1,0,0,1], dilations=[1,1], ceil_mode=false, "
+         f"count_include_pad=false, column_major={'true' if so else 'false'}}}", opset=12, n_out=2, tol=0.0, pick=1)
+case("max_pool_indices_1d_dilated_i32", "MaxPool", {"kernel_shape": [2], "dilations": [2]},
+     [("x", ints((2, 1, 6), -5, 5, np.int32), True)],
+     "max_pool_indices {kernel=[2], strides=[1], pads=[0,0], dilations=[2], ceil_mode=false, "
+     "count_include_pad=false, column_major=false}", opset=12, n_out=2, tol=0.0, pick=1)
 
 
 def main():

@@ -186,6 +186,7 @@ impl CostClass {
             | Op::NonMaxSuppression { .. } => CostClass::Normalization,
             Op::Det => CostClass::Matmul,
             Op::MaxPool(_)
+            | Op::MaxPoolIndices { .. }
             | Op::AveragePool(_)
             | Op::GlobalAveragePool
             | Op::GlobalMaxPool

@@ -557,9 +557,23 @@ pub(super) fn pool_attrs(cx: &Cx, x: &TensorType, avg: bool) -> R<PoolAttrs> {
 fn pool(cx: &mut Cx, avg: bool) -> R<Outs> {
     let x = cx.input(0)?;
     let p = pool_attrs(cx, &cx.ty(x), avg)?;
-    let op = if avg { Op::AveragePool(p) } else { Op::MaxPool(p) };
-    // MaxPool's optional Indices output is not computed.
-    Ok(vec![Some(cx.add(op, vec![Some(x)], None)?), None])
+    let wants_indices = !avg && cx.node.output.get(1).is_some_and(|o| !o.is_empty());
+    if !wants_indices {
+        let op = if avg { Op::AveragePool(p) } else { Op::MaxPool(p) };
+        return Ok(vec![Some(cx.add(op, vec![Some(x)], None)?), None]);
+    }
+    // MaxPool's optional Indices (opset 8 on): a second op over the same windows.
+    let column_major = match cx.attrs().int("storage_order")?.unwrap_or(0) {
+        0 => false,
+        1 => true,
+        s => return Err(cx.err(format!("storage_order must be 0 or 1, got {s}"))),
+    };
+    // the reference's 1-D pooling has no storage order to follow
+    let column_major = column_major && p.kernel.len() > 1;
+    let pool = p.clone();
+    let y = cx.add(Op::MaxPool(p), vec![Some(x)], None)?;
+    let i = cx.add_helper("indices", Op::MaxPoolIndices { pool, column_major }, vec![Some(x)])?;
+    Ok(vec![Some(y), Some(i)])
 }
 
 // ---------------------------------------------------------------- transposed convolution
