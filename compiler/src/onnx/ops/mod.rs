@@ -12,6 +12,7 @@
 //! * [`transformer`]: Attention, RotaryEmbedding, composed from IR ops.
 //! * [`select`]: NonZero and NonMaxSuppression, whose result size depends on the data.
 //! * [`signal`]: the window functions, folded to constants.
+//! * [`affine`]: AffineGrid, composed from IR ops.
 //! * [`quant`]: QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, QLinearConv,
 //!   QLinearMatMul, ConvInteger, MatMulInteger and ONNX Runtime's `com.microsoft` quantized ops.
 //!
@@ -29,6 +30,7 @@
 //! [`Attrs`]; inputs that the IR keeps as attributes (shapes, axes, clip bounds, quantization
 //! parameters) must be constants, and the error says so.
 
+mod affine;
 mod array;
 mod constant;
 mod logic;
@@ -117,7 +119,7 @@ impl OpDef {
 
 /// The op tables of every family.
 const FAMILIES: &[&[OpDef]] =
-    &[nn::OPS, math::OPS, logic::OPS, array::OPS, constant::OPS, norm::OPS, quant::OPS, transformer::OPS, select::OPS, signal::OPS];
+    &[nn::OPS, math::OPS, logic::OPS, array::OPS, constant::OPS, norm::OPS, quant::OPS, transformer::OPS, select::OPS, signal::OPS, affine::OPS];
 
 /// Converters by domain and op type, built once from [`FAMILIES`].
 fn registry() -> &'static HashMap<Domain, HashMap<&'static str, &'static OpDef>> {

@@ -23,7 +23,7 @@ enum Window {
     Hann,
     /// `alpha - beta cos(2 pi n / N)` with `alpha = 25/46`, `beta = 1 - alpha`.
     Hamming,
-    /// `0.42 - 0.5 cos(2 pi n / N) + 0.08 cos(4 pi n / N)`.
+    /// `0.42 - 0.5 cos(2 pi n / N) + 0.08 cos(4 pi n / N)`, summed in the reference's order.
     Blackman,
 }
 
@@ -48,7 +48,9 @@ fn window(cx: &mut Cx, w: Window) -> R<Outs> {
                 let alpha = 25.0 / 46.0;
                 alpha - (1.0 - alpha) * (2.0 * PI * x / big_n).cos()
             }
-            Window::Blackman => 0.42 - 0.5 * (2.0 * PI * x / big_n).cos() + 0.08 * (4.0 * PI * x / big_n).cos(),
+            // the reference's order: `-0.5 cos(...)`, plus `0.08 cos(...)`, plus 0.42 (exactly 0
+            // at the ends of a symmetric window)
+            Window::Blackman => ((2.0 * PI * x / big_n).cos() * -0.5 + (4.0 * PI * x / big_n).cos() * 0.08) + 0.42,
         }
     });
     one(cx.im.g.add_const(cx.at.name.clone(), Tensor::from_f64_iter(dtype, shape, values)))
