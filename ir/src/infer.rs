@@ -812,7 +812,9 @@ fn data_dependent_types(op: &Op, inputs: &[Option<&TensorType>]) -> R<Vec<Tensor
         Op::NonMaxSuppression { count: c, .. } => {
             let (b, s) = (float(x(0)?, "boxes")?, float(x(1)?, "scores")?);
             if b.dtype != DType::F32 || s.dtype != DType::F32 {
-                return Err(InferError::Operand(format!("non_max_suppression takes f32 boxes and scores, got {b} and {s}")));
+                return Err(InferError::Operand(format!(
+                    "non_max_suppression takes f32 boxes and scores, got {b} and {s}"
+                )));
             }
             let fits = b.rank() == 3
                 && s.rank() == 3
@@ -825,9 +827,11 @@ fn data_dependent_types(op: &Op, inputs: &[Option<&TensorType>]) -> R<Vec<Tensor
                     b.shape, s.shape
                 )));
             }
-            for (i, what, dtype) in
-                [(2, "max_output_boxes_per_class", DType::I64), (3, "iou_threshold", DType::F32), (4, "score_threshold", DType::F32)]
-            {
+            for (i, what, dtype) in [
+                (2, "max_output_boxes_per_class", DType::I64),
+                (3, "iou_threshold", DType::F32),
+                (4, "score_threshold", DType::F32),
+            ] {
                 if let Some(t) = inputs.get(i).copied().flatten() {
                     let one = t.shape.as_fixed().is_some_and(|d| d.iter().product::<usize>() == 1);
                     if t.dtype != dtype || t.quant.is_some() || !one {

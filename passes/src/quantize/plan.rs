@@ -197,9 +197,7 @@ fn decide<'a>(g: &Graph, node: &Node, decided: impl Fn(NodeId) -> Option<&'a Dec
         | Op::ReduceMax { .. }
         | Op::ReduceProd { .. }
         | Op::ArgMax { .. }
-        | Op::ArgMin { .. } => {
-            keep(format!("{}: reduction stays float", op.name()))
-        }
+        | Op::ArgMin { .. } => keep(format!("{}: reduction stays float", op.name())),
         Op::Cast { to } => keep(format!("cast to {to}: a type conversion, not quantized")),
         // Data movement that would commute with Q/DQ (nearest resize, pad with the zero point,
         // tile) has no quantized form yet.

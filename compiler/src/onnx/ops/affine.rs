@@ -20,11 +20,11 @@ fn affine_grid(cx: &mut Cx) -> R<Outs> {
     let size = cx.ints_input(1, "size")?;
     // [N, C, H, W] or [N, C, D, H, W]: the spatial sizes, outermost first
     let spatial: Vec<usize> = match size.as_slice() {
-        [_, _, rest @ ..] if rest.len() == 2 || rest.len() == 3 => {
-            rest.iter().map(|&d| usize::try_from(d).ok().filter(|&d| d > 0)).collect::<Option<_>>().ok_or_else(
-                || cx.err(format!("size {size:?} must have positive spatial sizes")),
-            )?
-        }
+        [_, _, rest @ ..] if rest.len() == 2 || rest.len() == 3 => rest
+            .iter()
+            .map(|&d| usize::try_from(d).ok().filter(|&d| d > 0))
+            .collect::<Option<_>>()
+            .ok_or_else(|| cx.err(format!("size {size:?} must have positive spatial sizes")))?,
         _ => return Err(cx.err(format!("size {size:?} must be [N, C, H, W] or [N, C, D, H, W]"))),
     };
     let sp = spatial.len();

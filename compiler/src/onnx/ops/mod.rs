@@ -118,8 +118,19 @@ impl OpDef {
 }
 
 /// The op tables of every family.
-const FAMILIES: &[&[OpDef]] =
-    &[nn::OPS, math::OPS, logic::OPS, array::OPS, constant::OPS, norm::OPS, quant::OPS, transformer::OPS, select::OPS, signal::OPS, affine::OPS];
+const FAMILIES: &[&[OpDef]] = &[
+    nn::OPS,
+    math::OPS,
+    logic::OPS,
+    array::OPS,
+    constant::OPS,
+    norm::OPS,
+    quant::OPS,
+    transformer::OPS,
+    select::OPS,
+    signal::OPS,
+    affine::OPS,
+];
 
 /// Converters by domain and op type, built once from [`FAMILIES`].
 fn registry() -> &'static HashMap<Domain, HashMap<&'static str, &'static OpDef>> {

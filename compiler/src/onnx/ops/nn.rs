@@ -8,8 +8,8 @@ use crate::onnx::attrs::Attrs;
 use crate::onnx::symbolic::Mono;
 use qforge_ir::infer::norm_axis;
 use qforge_ir::{
-    AspectPolicy, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordMode, DType, Dim, DimExpr, GridPadding, NearestMode, Op,
-    PoolAttrs, ResizeAttrs, ResizeMode, ResizeTarget, Shape, Tensor, TensorType, UnaryOp, Value,
+    AspectPolicy, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordMode, DType, Dim, DimExpr, GridPadding, NearestMode,
+    Op, PoolAttrs, ResizeAttrs, ResizeMode, ResizeTarget, Shape, Tensor, TensorType, UnaryOp, Value,
 };
 
 pub(super) const OPS: &[OpDef] = &[
@@ -375,7 +375,11 @@ fn batch_norm_training(cx: &mut Cx, epsilon: f32) -> R<Outs> {
     let squared = bin(cx, "squared", BinaryOp::Mul, centered, centered)?;
     let batch_mean = cx.add_helper("batch_mean", flat.clone(), vec![Some(x)])?;
     let batch_var = cx.add_helper("batch_var", flat, vec![Some(squared)])?;
-    let y = cx.add(Op::BatchNorm { epsilon }, vec![Some(x), Some(scale), Some(bias), Some(batch_mean), Some(batch_var)], None)?;
+    let y = cx.add(
+        Op::BatchNorm { epsilon },
+        vec![Some(x), Some(scale), Some(bias), Some(batch_mean), Some(batch_var)],
+        None,
+    )?;
     let k = |cx: &mut Cx, tag: &str, v: f64| {
         let name = cx.im.fresh_name(&format!("{}/{tag}", cx.at.name));
         cx.im.g.add_const(name, Tensor::from_f64_iter(xt.dtype, vec![], [v].into_iter()))

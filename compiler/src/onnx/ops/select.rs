@@ -6,10 +6,8 @@
 use super::{one, Cx, OpDef, Outs, R};
 use qforge_ir::Op;
 
-pub(super) const OPS: &[OpDef] = &[
-    OpDef::onnx("NonZero", &[9, 13], non_zero),
-    OpDef::onnx("NonMaxSuppression", &[10, 11], non_max_suppression),
-];
+pub(super) const OPS: &[OpDef] =
+    &[OpDef::onnx("NonZero", &[9, 13], non_zero), OpDef::onnx("NonMaxSuppression", &[10, 11], non_max_suppression)];
 
 /// A fresh name for the count symbol of this node's data-dependent dim: `count_` and the node's
 /// name with every character that is not a letter, digit or `_` replaced by `_` (a dim symbol is
