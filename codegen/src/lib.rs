@@ -58,6 +58,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Why the JIT hands `g` to the interpreter whole, if it does (see
+/// [`JitExecutable::interpreted`]).
+pub fn interpreted(g: &Graph) -> Option<String> {
+    let id = g.node_ids().find(|&id| g.node(id).op.data_dependent().is_some())?;
+    let node = g.node(id);
+    Some(format!(
+        "node `{}` ({}) has a result size that depends on the data: the graph runs on the interpreter",
+        node.name,
+        node.op.name()
+    ))
+}
+
 /// Errors of compilation and execution.
 #[derive(Debug, thiserror::Error)]
 pub enum JitError {
@@ -131,8 +143,20 @@ impl JitExecutable {
         self.opts
     }
 
+    /// Why the graph runs on the interpreter instead of generated code, if it does: a node
+    /// whose result size depends on the data ([`qforge_ir::Op::data_dependent`]: NonZero,
+    /// NonMaxSuppression). The arena is planned from every buffer's size before the run, which
+    /// such a node only knows once it has run; [`JitExecutable::run`] then evaluates the graph
+    /// with the interpreter (under the same size limit), and `compile --report` says so.
+    pub fn interpreted(&self) -> Option<String> {
+        interpreted(&self.graph)
+    }
+
     /// The program for inputs of these types (compiled now if it is the first time).
     pub fn program_for(&self, types: &[TensorType]) -> Result<Arc<Program>, JitError> {
+        if let Some(why) = self.interpreted() {
+            return Err(JitError::Run(format!("no program: {why}")));
+        }
         let key: Vec<Vec<usize>> = types.iter().map(|t| t.shape.as_fixed().unwrap_or_default()).collect();
         if let Some(p) = self.programs.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(p);
@@ -178,11 +202,25 @@ impl JitExecutable {
 
     /// Runs the graph on `inputs` (one per graph input, in order).
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, JitError> {
+        if self.interpreted().is_some() {
+            return self.interpret(inputs);
+        }
         self.program(inputs)?.run(inputs, None)
     }
 
-    /// Runs and adds each step's wall time to `times`.
+    /// Runs and adds each step's wall time to `times` (a graph that runs on the interpreter has
+    /// no steps to time).
     pub fn run_profiled(&self, inputs: &[Tensor], times: &mut Vec<Duration>) -> Result<Vec<Tensor>, JitError> {
+        if self.interpreted().is_some() {
+            return self.interpret(inputs);
+        }
         self.program(inputs)?.run(inputs, Some(times))
+    }
+
+    /// The graph on the reference interpreter, under the JIT's size limit (see
+    /// [`JitExecutable::interpreted`]).
+    fn interpret(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, JitError> {
+        let opts = interp::RunOptions { max_tensor_bytes: self.opts.max_tensor_bytes as u128 };
+        Ok(interp::run_observed(&self.graph, inputs, &opts, &mut |_, _| {})?)
     }
 }

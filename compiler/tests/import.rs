@@ -498,7 +498,7 @@ fn unsupported_op_names_the_op() {
 
 #[test]
 fn opset_range_is_checked() {
-    for opset in [8, 29] {
+    for opset in [0, 29] {
         let bytes =
             model(opset, vec![f32_input("x", &[2])], vec![], vec![node("Relu", &["x"], &["y"], vec![])], &["y"]);
         let e = import(&bytes).unwrap_err();
@@ -643,10 +643,11 @@ fn clip_sum_identity_dropout_and_constants() {
     let g = import(&model(13, vec![x()], vec![], nodes, &["y"])).unwrap();
     assert_eq!(histogram(&g), BTreeMap::from([("add", 2)]));
     assert_eq!(g.node(g.outputs()[0].value.node).name, "total");
-    // The mask is not computed: consuming it is a clear error.
+    // In inference the mask is all true.
     let nodes = vec![node("Dropout", &["x"], &["d", "mask"], vec![]), node("Not", &["mask"], &["y"], vec![])];
-    let e = import(&model(13, vec![x()], vec![], nodes, &["y"])).unwrap_err();
-    assert!(node_msg(&e).contains("optional output 1 of Dropout"), "{e}");
+    let g = import(&model(13, vec![x()], vec![], nodes, &["y"])).unwrap();
+    let y = qforge_ir::interp::run(&g, &[Tensor::from_f32(vec![2, 3], vec![1.0; 6])]).unwrap();
+    assert_eq!(y[0].to_i64_vec(), Some(vec![0; 6]));
 
     // ConstantOfShape is folded; its size is guarded before allocation.
     let shape = init("s", &Tensor::from_i64(vec![2], vec![2, 3]));
@@ -2254,6 +2255,246 @@ fn opset_cases() -> Vec<Case> {
             vec![tf(DType::U8, &[1, 2], &[2.0, 4.0]), tf(DType::U8, &[2, 1], &[1.0, 3.0])],
             None,
             Want::Values(vec![tf(DType::U8, &[1, 1], &[15.0])]),
+        ),
+        // ---- ReduceProd, the data-dependent NonZero and NonMaxSuppression, training-mode
+        // outputs of BatchNormalization and Dropout's mask
+        case(
+            "ReduceProd-13 axes attribute",
+            one_op(13, vec![in23()], vec![], "ReduceProd", &["x"], &["y"], vec![ints("axes", &[1]), int("keepdims", 0)]),
+            vec![x23()],
+            Some(vec![("reduce_prod", 1)]),
+            Want::Values(vec![f32t(&[2], &[6.0, 120.0])]),
+        ),
+        case(
+            "ReduceProd-18 axes input",
+            one_op(18, vec![in23()], vec![init("a", &i64t(&[0]))], "ReduceProd", &["x", "a"], &["y"], vec![]),
+            vec![x23()],
+            None,
+            Want::Values(vec![f32t(&[1, 3], &[4.0, 10.0, 18.0])]),
+        ),
+        case(
+            // x[x != 0]: what follows NonZero sees the count it bound when it ran
+            "NonZero-13 then GatherND of the selected elements",
+            model(
+                13,
+                vec![vi("x", F32, &[Dim::Sym("N".into()), Dim::Fixed(3)])],
+                vec![],
+                vec![
+                    node("NonZero", &["x"], &["nz"], vec![]),
+                    node("Transpose", &["nz"], &["idx"], vec![]),
+                    node("GatherND", &["x", "idx"], &["y"], vec![]),
+                ],
+                &["y"],
+            ),
+            vec![f32t(&[2, 3], &[0.0, 1.0, 2.0, 3.0, 0.0, -1.0])],
+            Some(vec![("non_zero", 1), ("transpose", 1), ("gather_nd", 1)]),
+            Want::Values(vec![f32t(&[4], &[1.0, 2.0, 3.0, -1.0])]),
+        ),
+        case(
+            // TopK's k must be known when the graph is compiled
+            "NonZero-13 count fed to TopK's k is refused",
+            model(
+                13,
+                vec![in23()],
+                vec![init("one", &i64t(&[1]))],
+                vec![
+                    node("NonZero", &["x"], &["nz"], vec![]),
+                    node("Shape", &["nz"], &["s"], vec![]),
+                    node("Gather", &["s", "one"], &["k"], vec![]),
+                    node("TopK", &["x", "k"], &["y", "i"], vec![]),
+                ],
+                &["y"],
+            ),
+            vec![],
+            None,
+            Want::Error("input `k` (K) must be a constant (or computed from constants or input shapes), but it is computed at run time"),
+        ),
+        case(
+            // box 1 overlaps box 0 by IoU 0.82 and is suppressed; box 2 is below the score threshold
+            "NonMaxSuppression-11 corners, thresholds as graph inputs",
+            model(
+                11,
+                vec![
+                    fixed_vi("boxes", F32, &[1, 4, 4]),
+                    fixed_vi("scores", F32, &[1, 1, 4]),
+                    fixed_vi("max", I64, &[1]),
+                    fixed_vi("iou", F32, &[1]),
+                    fixed_vi("score", F32, &[1]),
+                ],
+                vec![],
+                vec![node("NonMaxSuppression", &["boxes", "scores", "max", "iou", "score"], &["y"], vec![])],
+                &["y"],
+            ),
+            vec![
+                f32t(&[1, 4, 4], &[0.0, 0.0, 1.0, 1.0, 0.0, 0.1, 1.0, 1.1, 5.0, 5.0, 6.0, 6.0, 2.0, 2.0, 3.0, 3.0]),
+                f32t(&[1, 1, 4], &[0.9, 0.95, 0.1, 0.5]),
+                i64t(&[5]),
+                f32t(&[1], &[0.5]),
+                f32t(&[1], &[0.2]),
+            ],
+            Some(vec![("non_max_suppression", 1)]),
+            Want::Values(vec![Tensor::from_i64(vec![2, 3], vec![0, 0, 1, 0, 0, 3])]),
+        ),
+        case(
+            // the values of onnx.reference's _batchnorm_training_mode on these inputs
+            "BatchNormalization-15 training_mode outputs running mean and variance",
+            model(
+                15,
+                vec![fixed_vi("x", F32, &[2, 2, 1])],
+                vec![
+                    init("s", &f32t(&[2], &[1.0, 2.0])),
+                    init("b", &f32t(&[2], &[0.0, 0.5])),
+                    init("m", &f32t(&[2], &[0.5, -1.0])),
+                    init("v", &f32t(&[2], &[1.0, 2.0])),
+                ],
+                vec![node(
+                    "BatchNormalization",
+                    &["x", "s", "b", "m", "v"],
+                    &["y", "rm", "rv"],
+                    vec![int("training_mode", 1)],
+                )],
+                &["y", "rm", "rv"],
+            ),
+            vec![f32t(&[2, 2, 1], &[1.0, 2.0, 3.0, -2.0])],
+            None,
+            Want::Values(vec![
+                f32t(&[2, 2, 1], &[-0.9999949932098389, 2.499997615814209, 0.9999949932098389, -1.499997615814209]),
+                f32t(&[2], &[0.6499999761581421, -0.8999999761581421]),
+                f32t(&[2], &[1.0, 2.200000047683716]),
+            ]),
+        ),
+        case(
+            "Dropout-13 mask output is all true in inference",
+            one_op(13, vec![in23()], vec![], "Dropout", &["x"], &["y", "mask"], vec![]),
+            vec![x23()],
+            None,
+            Want::Values(vec![x23(), tf(DType::Bool, &[2, 3], &[1.0; 6])]),
+        ),
+        case(
+            "Dropout-13 training with a non-zero ratio is refused",
+            one_op(
+                13,
+                vec![in23()],
+                vec![init("r", &f32t(&[], &[0.25])), init("t", &tf(DType::Bool, &[], &[1.0]))],
+                "Dropout",
+                &["x", "r", "t"],
+                &["y"],
+                vec![],
+            ),
+            vec![],
+            None,
+            Want::Error("training_mode=true with ratio 0.25 drops elements at random"),
+        ),
+        // ---- AffineGrid composed, window functions folded (the values of onnx.reference)
+        case(
+            "AffineGrid-20 2-D",
+            model(
+                20,
+                vec![fixed_vi("t", F32, &[1, 2, 3])],
+                vec![init("s", &i64t(&[1, 1, 2, 3]))],
+                vec![node("AffineGrid", &["t", "s"], &["y"], vec![])],
+                &["y"],
+            ),
+            vec![f32t(&[1, 2, 3], &[1.0, 0.5, 0.1, -0.2, 1.0, 0.3])],
+            None,
+            Want::Values(vec![f32t(
+                &[1, 2, 3, 2],
+                &[
+                    -0.8166666626930237,
+                    -0.06666665524244308,
+                    -0.15000000596046448,
+                    -0.19999998807907104,
+                    0.5166666507720947,
+                    -0.3333333134651184,
+                    -0.3166666626930237,
+                    0.9333333373069763,
+                    0.3499999940395355,
+                    0.800000011920929,
+                    1.0166666507720947,
+                    0.6666666865348816,
+                ],
+            )]),
+        ),
+        case(
+            "AffineGrid-20 2-D align_corners",
+            model(
+                20,
+                vec![fixed_vi("t", F32, &[1, 2, 3])],
+                vec![init("s", &i64t(&[1, 1, 2, 3]))],
+                vec![node("AffineGrid", &["t", "s"], &["y"], vec![int("align_corners", 1)])],
+                &["y"],
+            ),
+            vec![f32t(&[1, 2, 3], &[1.0, 0.5, 0.1, -0.2, 1.0, 0.3])],
+            None,
+            Want::Values(vec![f32t(
+                &[1, 2, 3, 2],
+                &[-1.4, -0.5, -0.4, -0.7, 0.6, -0.9, -0.4, 1.5, 0.6, 1.3, 1.6, 1.1],
+            )]),
+        ),
+        case(
+            "HannWindow-17 periodic",
+            model(17, vec![], vec![init("n", &Tensor::from_i64(vec![], vec![4]))], vec![node("HannWindow", &["n"], &["y"], vec![])], &["y"]),
+            vec![],
+            Some(vec![("const", 1)]),
+            Want::Values(vec![f32t(&[4], &[0.0, 0.5, 1.0, 0.5])]),
+        ),
+        case(
+            "BlackmanWindow-17 symmetric",
+            model(
+                17,
+                vec![],
+                vec![init("n", &Tensor::from_i64(vec![], vec![5]))],
+                vec![node("BlackmanWindow", &["n"], &["y"], vec![int("periodic", 0)])],
+                &["y"],
+            ),
+            vec![],
+            None,
+            Want::Values(vec![f32t(&[5], &[0.0, 0.3400000035762787, 1.0, 0.3400000035762787, 0.0])]),
+        ),
+        case(
+            "HammingWindow-17 as f64",
+            model(
+                17,
+                vec![],
+                vec![init("n", &Tensor::from_i64(vec![], vec![3]))],
+                vec![node("HammingWindow", &["n"], &["y"], vec![int("output_datatype", 11)])],
+                &["y"],
+            ),
+            vec![],
+            None,
+            Want::Values(vec![tf(DType::F64, &[3], &[0.08695652173913038, 0.7717391304347825, 0.7717391304347828])]),
+        ),
+        // ---- opsets before 9: a node whose op has the schema it has at opset 9 imports
+        case(
+            "And-7 at opset 7 (the schema opset 9 resolves to)",
+            model(
+                7,
+                vec![fixed_vi("a", BOOL, &[2]), fixed_vi("b", BOOL, &[2])],
+                vec![],
+                vec![node("And", &["a", "b"], &["y"], vec![])],
+                &["y"],
+            ),
+            vec![tf(DType::Bool, &[2], &[1.0, 1.0]), tf(DType::Bool, &[2], &[0.0, 1.0])],
+            Some(vec![("and", 1)]),
+            Want::Values(vec![tf(DType::Bool, &[2], &[0.0, 1.0])]),
+        ),
+        case(
+            "BatchNormalization-7 at opset 8 is refused naming the version",
+            model(
+                8,
+                vec![fixed_vi("x", F32, &[1, 2])],
+                vec![
+                    init("s", &f32t(&[2], &[1.0, 1.0])),
+                    init("b", &f32t(&[2], &[0.0, 0.0])),
+                    init("m", &f32t(&[2], &[0.0, 0.0])),
+                    init("v", &f32t(&[2], &[1.0, 1.0])),
+                ],
+                vec![node("BatchNormalization", &["x", "s", "b", "m", "v"], &["y"], vec![])],
+                &["y"],
+            ),
+            vec![],
+            None,
+            Want::Error("opset 8 resolves BatchNormalization-7, a schema older than qforge implements (qforge implements BatchNormalization-9)"),
         ),
         case(
             "Opset 29 is refused with the highest supported",

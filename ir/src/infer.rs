@@ -187,6 +187,16 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             let t = widenable(x(0)?, "x")?;
             one(t.with_shape(pool_shape(p, &t.shape)?))
         }
+        Op::MaxPoolIndices { pool, column_major } => {
+            let t = widenable(x(0)?, "x")?;
+            if *column_major && pool.kernel.len() != 2 {
+                return Err(InferError::Attribute(format!(
+                    "column-major indices are defined for 2-D pooling, got {} spatial dims",
+                    pool.kernel.len()
+                )));
+            }
+            one(TensorType::new(DType::I64, pool_shape(pool, &t.shape)?))
+        }
         Op::AveragePool(p) => {
             let t = float(x(0)?, "x")?;
             one(t.with_shape(pool_shape(p, &t.shape)?))
@@ -299,7 +309,10 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
                 .collect::<R<_>>()?;
             one(t.with_shape(Shape(dims)))
         }
-        Op::ReduceMean { axes, keepdims } | Op::ReduceSum { axes, keepdims } | Op::ReduceMax { axes, keepdims } => {
+        Op::ReduceMean { axes, keepdims }
+        | Op::ReduceSum { axes, keepdims }
+        | Op::ReduceMax { axes, keepdims }
+        | Op::ReduceProd { axes, keepdims } => {
             // f64 reduces in f64; the other integers are widened to i64, which u64 does not fit
             let t = plain(x(0)?, "x")?;
             if t.dtype != DType::F64 {
@@ -594,6 +607,7 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             norm_axis(*axis, t.rank())?;
             one(t.clone())
         }
+        Op::NonZero { .. } | Op::NonMaxSuppression { .. } => data_dependent_types(op, inputs),
         Op::Det => {
             let t = float(x(0)?, "x")?;
             let r = t.rank();
@@ -775,6 +789,62 @@ fn unified_dims<'a>(shapes: impl Iterator<Item = &'a Shape>, axis: usize) -> R<V
 
 /// A float operand of an op that computes in f32 (f16/bf16 widened to f32): f64 is refused, with
 /// the way out, rather than computed in f32.
+/// The result types of the ops whose result size depends on the data ([`Op::data_dependent`]):
+/// the data-dependent dim is the op's own symbol.
+fn data_dependent_types(op: &Op, inputs: &[Option<&TensorType>]) -> R<Vec<TensorType>> {
+    let x = |i: usize| -> R<&TensorType> { inputs.get(i).copied().flatten().ok_or(InferError::MissingInput(i)) };
+    let count = |c: &str| -> R<Dim> {
+        let name = c.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !name {
+            return Err(InferError::Attribute(format!("count symbol `{c}` must be a name")));
+        }
+        Ok(Dim::Sym(c.to_string()))
+    };
+    match op {
+        Op::NonZero { count: c } => {
+            let t = plain(x(0)?, "x")?;
+            if t.rank() == 0 {
+                return Err(InferError::Shape("non_zero needs an input of rank 1 or more".into()));
+            }
+            Ok(vec![TensorType::new(DType::I64, Shape(vec![Dim::Fixed(t.rank()), count(c)?]))])
+        }
+        Op::NonMaxSuppression { count: c, .. } => {
+            let (b, s) = (float(x(0)?, "boxes")?, float(x(1)?, "scores")?);
+            if b.dtype != DType::F32 || s.dtype != DType::F32 {
+                return Err(InferError::Operand(format!(
+                    "non_max_suppression takes f32 boxes and scores, got {b} and {s}"
+                )));
+            }
+            let fits = b.rank() == 3
+                && s.rank() == 3
+                && b.shape.0[2] == Dim::Fixed(4)
+                && unify_dims(&b.shape.0[0], &s.shape.0[0]).is_some()
+                && unify_dims(&b.shape.0[1], &s.shape.0[2]).is_some();
+            if !fits {
+                return Err(InferError::Shape(format!(
+                    "non_max_suppression needs boxes [batch, boxes, 4] and scores [batch, classes, boxes], got {} and {}",
+                    b.shape, s.shape
+                )));
+            }
+            for (i, what, dtype) in [
+                (2, "max_output_boxes_per_class", DType::I64),
+                (3, "iou_threshold", DType::F32),
+                (4, "score_threshold", DType::F32),
+            ] {
+                if let Some(t) = inputs.get(i).copied().flatten() {
+                    let one = t.shape.as_fixed().is_some_and(|d| d.iter().product::<usize>() == 1);
+                    if t.dtype != dtype || t.quant.is_some() || !one {
+                        return Err(InferError::Operand(format!("{what} must be one {dtype}, got {t}")));
+                    }
+                }
+            }
+            Ok(vec![TensorType::new(DType::I64, Shape(vec![count(c)?, Dim::Fixed(3)]))])
+        }
+        _ => Err(InferError::Result(format!("{} has no data-dependent result", op.name()))),
+    }
+}
+
 fn float<'a>(t: &'a TensorType, what: &str) -> R<&'a TensorType> {
     if t.dtype == DType::F64 {
         return Err(InferError::Operand(format!(

@@ -316,6 +316,13 @@ pub enum Op {
         trans_b: bool,
     },
     MaxPool(PoolAttrs),
+    /// The i64 index of the element each window of [`Op::MaxPool`] takes (ONNX MaxPool's
+    /// `Indices` output): the first largest element of the window, as a flat index into the whole
+    /// input, row-major, or with the spatial dims column-major (`storage_order=1`, 2-D).
+    MaxPoolIndices {
+        pool: PoolAttrs,
+        column_major: bool,
+    },
     AveragePool(PoolAttrs),
     GlobalAveragePool,
     GlobalMaxPool,
@@ -356,6 +363,13 @@ pub enum Op {
         keepdims: bool,
     },
     ReduceMax {
+        axes: Vec<i64>,
+        keepdims: bool,
+    },
+    /// The product over `axes` (every axis when empty; ONNX ReduceProd): floats multiply in
+    /// their compute type in input order, integers wrap in the storage type; the product of
+    /// nothing is 1.
+    ReduceProd {
         axes: Vec<i64>,
         keepdims: bool,
     },
@@ -497,6 +511,24 @@ pub enum Op {
     },
     /// The determinant of each square matrix in the last two axes (ONNX Det).
     Det,
+    /// The indices of the non-zero elements of `x` (ONNX NonZero), i64 `[rank, count]` in
+    /// row-major order. Its result shape depends on the data: `count` is the name of a fresh
+    /// symbol, bound when the op runs (see [`Op::data_dependent`]).
+    NonZero {
+        count: String,
+    },
+    /// `boxes, scores [, max_output_boxes_per_class, iou_threshold, score_threshold]` -> the
+    /// selected `[batch, class, box]` triples, i64 `[count, 3]` (ONNX NonMaxSuppression-11, the
+    /// order of `onnx.reference`): per batch and class, boxes by descending score (ties in
+    /// index order), a box kept when its score passes the threshold and its IoU with every box
+    /// kept before is at most `iou_threshold`. `count` is a data-dependent symbol as
+    /// [`Op::NonZero`]'s.
+    NonMaxSuppression {
+        /// Boxes are `[x_center, y_center, width, height]` (else `[y1, x1, y2, x2]`, corners in
+        /// either order).
+        center_point_box: bool,
+        count: String,
+    },
     /// `x, grid` -> `x` sampled at the normalized positions of `grid` (ONNX GridSample-22,
     /// 2-D and 3-D spatial): nearest, linear or cubic interpolation.
     GridSample {
@@ -621,6 +653,7 @@ impl Op {
             Op::MatMul => "matmul",
             Op::Gemm { .. } => "gemm",
             Op::MaxPool(_) => "max_pool",
+            Op::MaxPoolIndices { .. } => "max_pool_indices",
             Op::AveragePool(_) => "average_pool",
             Op::GlobalAveragePool => "global_average_pool",
             Op::GlobalMaxPool => "global_max_pool",
@@ -638,6 +671,7 @@ impl Op {
             Op::ReduceMean { .. } => "reduce_mean",
             Op::ReduceSum { .. } => "reduce_sum",
             Op::ReduceMax { .. } => "reduce_max",
+            Op::ReduceProd { .. } => "reduce_prod",
             Op::Reshape { .. } => "reshape",
             Op::Flatten { .. } => "flatten",
             Op::Transpose { .. } => "transpose",
@@ -661,6 +695,8 @@ impl Op {
             Op::TopK { .. } => "top_k",
             Op::CumSum { .. } => "cumsum",
             Op::CumProd { .. } => "cumprod",
+            Op::NonZero { .. } => "non_zero",
+            Op::NonMaxSuppression { .. } => "non_max_suppression",
             Op::Det => "det",
             Op::GridSample { .. } => "grid_sample",
             Op::Quantize => "quantize",
@@ -757,6 +793,7 @@ impl Op {
             | Op::QAdd
             | Op::QMul => (2, 2),
             Op::ScatterElements { .. } | Op::ScatterND { .. } => (3, 3),
+            Op::NonMaxSuppression { .. } => (2, 5),
             Op::Range { .. } | Op::ReshapeDyn { .. } | Op::ExpandDyn { .. } => (1, usize::MAX),
             Op::Resize(ResizeAttrs { target: ResizeTarget::DimSizes { .. }, .. }) => (1, usize::MAX),
             Op::Where => (3, 3),
@@ -783,6 +820,18 @@ impl Op {
             Op::TopK { .. } => 2,
             Op::Split { sizes, .. } => sizes.len(),
             _ => 1,
+        }
+    }
+
+    /// The symbol of a result dim that depends on the input data, not only its shape (NonZero,
+    /// NonMaxSuppression): inference gives the result that dim as this symbol, which no graph
+    /// input binds; the interpreter computes the result and takes its size from it. The JIT
+    /// cannot plan memory for such a graph ahead of the run and hands it to the interpreter
+    /// whole (`qforge_codegen::JitExecutable::interpreted`).
+    pub fn data_dependent(&self) -> Option<&str> {
+        match self {
+            Op::NonZero { count } | Op::NonMaxSuppression { count, .. } => Some(count),
+            _ => None,
         }
     }
 

@@ -111,7 +111,7 @@ const CASES: &[(&str, Build, Kind, &str)] = &[
     ),
     ("truncated to the header", || digits()[..40].to_vec(), Kind::Decode, "ONNX"),
     ("no graph", || raw_model(None, 17), Kind::Model, "no graph"),
-    ("opset too old", || raw_model(Some(relu_graph()), 8), Kind::Model, "opset"),
+    ("opset below 1", || raw_model(Some(relu_graph()), 0), Kind::Model, "opset"),
     ("opset too new", || raw_model(Some(relu_graph()), 99), Kind::Model, "opset"),
     (
         "cycle",

@@ -1,7 +1,7 @@
 //! `qforge compile MODEL -o OUT.qfa [--report] [--dump-after PASS|all --dump-dir DIR] [PIPELINE]`.
 
 use crate::files;
-use crate::options::PipelineOptions;
+use crate::options::{Engine, PipelineOptions};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -112,6 +112,12 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let interpreted = qforge_codegen::interpreted(&g).filter(|_| compiler.options().engine == Engine::Jit);
+    if let Some(why) = interpreted {
+        println!("compile time: import {:.1} ms, passes {:.1} ms", ms(import_time), ms(passes_time));
+        println!("JIT: {why}");
+        return Ok(());
+    }
     let Some(jit) = crate::bench::jit_report(&compiler, &g)? else {
         println!("compile time: import {:.1} ms, passes {:.1} ms", ms(import_time), ms(passes_time));
         return Ok(());

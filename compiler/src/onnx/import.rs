@@ -9,7 +9,9 @@ use qforge_ir::{infer, interp, Dim, Graph, Op, Shape, Tensor, TensorType, Value,
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-/// The ONNX default-domain opsets the importer understands.
+/// The ONNX default-domain opsets the importer understands: every opset from `MIN_OPSET` to
+/// `MAX_OPSET`; an older model only where each of its nodes follows the schema version it would
+/// follow at `MIN_OPSET` (checked per node, [`super::ops::import_node`]).
 pub const MIN_OPSET: i64 = 9;
 pub const MAX_OPSET: i64 = 28;
 
@@ -357,7 +359,9 @@ pub fn import_model_with(model: &ModelProto, origin: &str, opts: &ImportOptions)
     let opset = opset.ok_or_else(|| {
         ImportError::Model(format!("`{origin}` does not import the default ONNX domain (no opset_import for \"\")"))
     })?;
-    if !(MIN_OPSET..=MAX_OPSET).contains(&opset) {
+    // Below MIN_OPSET a model is imported node by node where each node's op follows the schema it
+    // follows at MIN_OPSET ([`super::ops::import_node`]); the rest are refused there.
+    if !(1..=MAX_OPSET).contains(&opset) {
         return Err(ImportError::Model(format!(
             "`{origin}` uses opset {opset} of the default domain; qforge imports opsets {MIN_OPSET} to {MAX_OPSET} \
              (convert it with onnx.version_converter)"

@@ -21,7 +21,8 @@
 //! * [`elementwise`]: unary, binary, where, clip and friends; [`norm`]: batch/layer norm, softmax,
 //!   LRN and reductions; [`movement`]: reshape, transpose, concat, slice, gather, cast, ...;
 //! * [`resize`]: Resize (nearest, linear, cubic; every coordinate transformation);
-//! * [`quant`]: everything on quantized or integer tensors.
+//! * [`quant`]: everything on quantized or integer tensors;
+//! * [`select`]: NonZero and NonMaxSuppression, whose result size depends on the data.
 //!
 //! Result shapes are never computed twice: before evaluating an op, [`eval_op`] runs
 //! [`crate::infer::infer`] on the concrete input shapes; kernels take their result shapes from that.
@@ -34,6 +35,7 @@ pub mod norm;
 pub mod pool;
 pub mod quant;
 pub mod resize;
+pub mod select;
 
 use crate::limits::{self, tensor_bytes, Allocation};
 use crate::{infer, DType, Dim, Graph, IrError, NodeId, Op, QuantParams, Shape, Tensor, TensorData, TensorType, Value};
@@ -398,10 +400,21 @@ fn eval_limited(
         });
     }
     let refs: Vec<Option<&TensorType>> = conc.iter().map(Option::as_ref).collect();
-    let outs = infer::infer(op, &refs, Some(out_types)).map_err(String::from)?;
+    let mut outs = infer::infer(op, &refs, Some(out_types)).map_err(String::from)?;
+    // A data-dependent dim is held to the limit at its largest (every element selected).
+    let bound = op.data_dependent().map(|c| (c, select_bound(op, &refs)));
     let mut shapes = Vec::with_capacity(outs.len());
     for o in &outs {
-        let dims = o.shape.as_fixed().ok_or_else(|| format!("result shape {} is not concrete", o.shape))?;
+        let dims: Option<Vec<usize>> = o
+            .shape
+            .0
+            .iter()
+            .map(|d| match (d, bound) {
+                (Dim::Sym(s), Some((c, n))) if s == c => n,
+                _ => d.fixed(),
+            })
+            .collect();
+        let dims = dims.ok_or_else(|| format!("result shape {} is not concrete", o.shape))?;
         let bytes = tensor_bytes(o.dtype, &dims);
         if bytes > limit {
             return Err(EvalError::TooLarge { what: Allocation::Result, bytes, limit });
@@ -412,17 +425,47 @@ fn eval_limited(
     if bytes > limit {
         return Err(EvalError::TooLarge { what: Allocation::Temporary, bytes, limit });
     }
-    let cx = Cx { op, inputs, in_types: conc, out_types: outs, out_shapes: shapes };
-    let results = dispatch(&cx)?;
-    if results.len() != cx.out_types.len() {
-        return Err(format!("internal: {} results for {} outputs", results.len(), cx.out_types.len()).into());
+    let results = {
+        let cx = Cx { op, inputs, in_types: conc, out_types: outs.clone(), out_shapes: shapes };
+        dispatch(&cx)?
+    };
+    // The data-dependent dim is bound to the size of what the op selected.
+    if let Some((c, _)) = bound {
+        for (o, r) in outs.iter_mut().zip(&results) {
+            if o.shape.rank() == r.rank() {
+                for (d, &n) in o.shape.0.iter_mut().zip(r.shape()) {
+                    if matches!(d, Dim::Sym(s) if s == c) {
+                        *d = Dim::Fixed(n);
+                    }
+                }
+            }
+        }
     }
-    for (r, t) in results.iter().zip(&cx.out_types) {
+    let cx_out_types = outs;
+    if results.len() != cx_out_types.len() {
+        return Err(format!("internal: {} results for {} outputs", results.len(), cx_out_types.len()).into());
+    }
+    for (r, t) in results.iter().zip(&cx_out_types) {
         if r.dtype() != t.dtype || Shape::fixed(r.shape()) != t.shape {
             return Err(format!("internal: computed {}{} but inferred {t}", r.dtype(), Shape::fixed(r.shape())).into());
         }
     }
     Ok(results)
+}
+
+/// The largest size of a data-dependent result dim for inputs of these (concrete) types: every
+/// element of NonZero's input, every box of every class of NonMaxSuppression (`None` when the
+/// inputs do not say: inference has refused them already).
+fn select_bound(op: &Op, inputs: &[Option<&TensorType>]) -> Option<usize> {
+    let fixed = |i: usize| inputs.get(i).copied().flatten().and_then(|t| t.shape.as_fixed());
+    match op {
+        Op::NonZero { .. } => numel(&fixed(0)?),
+        Op::NonMaxSuppression { .. } => {
+            let s = fixed(1)?;
+            numel(&s)
+        }
+        _ => None,
+    }
 }
 
 /// What a kernel sees: the op, its inputs with concrete types, and the inferred result types.
@@ -487,6 +530,7 @@ fn dispatch(cx: &Cx) -> R<Vec<Tensor>> {
         Op::MatMul => one(matmul::matmul(cx)),
         Op::Gemm { alpha, beta, trans_a, trans_b } => one(matmul::gemm(cx, *alpha, *beta, *trans_a, *trans_b)),
         Op::MaxPool(p) => one(pool::max_pool(cx, p)),
+        Op::MaxPoolIndices { pool: p, column_major } => one(pool::max_pool_indices(cx, p, *column_major)),
         Op::AveragePool(p) => one(pool::average_pool(cx, p)),
         Op::GlobalAveragePool => one(pool::global_average_pool(cx)),
         Op::GlobalMaxPool => one(pool::global_max_pool(cx)),
@@ -508,6 +552,9 @@ fn dispatch(cx: &Cx) -> R<Vec<Tensor>> {
         Op::ReduceMean { axes, .. } => one(norm::reduce(cx, axes, norm::Reduce::Mean)),
         Op::ReduceSum { axes, .. } => one(norm::reduce(cx, axes, norm::Reduce::Sum)),
         Op::ReduceMax { axes, .. } => one(norm::reduce(cx, axes, norm::Reduce::Max)),
+        Op::ReduceProd { axes, .. } => one(norm::reduce(cx, axes, norm::Reduce::Prod)),
+        Op::NonZero { .. } => one(select::non_zero(cx)),
+        Op::NonMaxSuppression { center_point_box, .. } => one(select::non_max_suppression(cx, *center_point_box)),
         Op::Reshape { .. } | Op::Flatten { .. } | Op::Unsqueeze { .. } | Op::Squeeze { .. } | Op::Identity => {
             one(movement::reshape(cx))
         }

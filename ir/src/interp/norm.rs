@@ -1,5 +1,6 @@
 //! Normalizations and reductions: batch norm (inference), layer norm, group norm,
-//! softmax / log-softmax, LRN, ReduceMean / ReduceSum / ReduceMax, ArgMax / ArgMin, TopK, and
+//! softmax / log-softmax, LRN, ReduceMean / ReduceSum / ReduceMax / ReduceProd, ArgMax / ArgMin,
+//! TopK, and
 //! CumSum / CumProd.
 //!
 //! All float math is f32 with plain-order accumulation (f16/bf16 widened, results rounded once);
@@ -13,9 +14,9 @@
 //! * softmax: `e = exp(x - max)`, `e / sum(e)`; log-softmax: `(x - max) - ln(sum(e))`;
 //! * LRN (ONNX): `x / (bias + alpha / size * sum of x^2 over channels
 //!   [c - floor((size-1)/2), c + ceil((size-1)/2)])^beta`;
-//! * reductions: floats sum in f32 (f64 in f64) in input order, mean = sum / count (NaN when empty), max
-//!   propagates NaN; integers sum wrapping in the storage type, mean truncates, max of nothing is
-//!   the dtype's lowest value.
+//! * reductions: floats sum (multiply) in f32 (f64 in f64) in input order, mean = sum / count
+//!   (NaN when empty), max propagates NaN; integers sum and multiply wrapping in the storage
+//!   type, mean truncates, max of nothing is the dtype's lowest value, the product of nothing 1.
 
 use super::{broadcast_strides, float_tensor, floats, int_tensor, numel, tensor, Cx, Nums, Walker, R};
 use crate::infer::norm_axis;
@@ -184,6 +185,7 @@ pub(crate) enum Reduce {
     Sum,
     Mean,
     Max,
+    Prod,
 }
 
 pub(crate) fn reduce(cx: &Cx, axes: &[i64], kind: Reduce) -> R<Tensor> {
@@ -205,7 +207,11 @@ pub(crate) fn reduce(cx: &Cx, axes: &[i64], kind: Reduce) -> R<Tensor> {
     // Floats accumulate in their compute type: f32 (f16/bf16 widened), or f64.
     macro_rules! float_reduce {
         ($xv:expr, $t:ty) => {{
-            let init = if kind == Reduce::Max { <$t>::NEG_INFINITY } else { 0.0 };
+            let init = match kind {
+                Reduce::Max => <$t>::NEG_INFINITY,
+                Reduce::Prod => 1.0,
+                _ => 0.0,
+            };
             let mut acc = vec![init; out_n];
             for &v in $xv.iter() {
                 let o = &mut acc[w.offs()[0] as usize];
@@ -215,6 +221,7 @@ pub(crate) fn reduce(cx: &Cx, axes: &[i64], kind: Reduce) -> R<Tensor> {
                             *o = v
                         }
                     }
+                    Reduce::Prod => *o *= v,
                     _ => *o += v,
                 }
                 w.step();
@@ -236,12 +243,17 @@ pub(crate) fn reduce(cx: &Cx, axes: &[i64], kind: Reduce) -> R<Tensor> {
     } else {
         let xv = x.to_i64_vec().ok_or("reduction needs a numeric tensor")?;
         let lowest = x.dtype().int_range().map_or(i64::MIN, |r| r.0);
-        let init = if kind == Reduce::Max { lowest } else { 0 };
+        let init = match kind {
+            Reduce::Max => lowest,
+            Reduce::Prod => 1,
+            _ => 0,
+        };
         let mut acc = vec![init; out_n];
         for &v in &xv {
             let o = &mut acc[w.offs()[0] as usize];
             *o = match kind {
                 Reduce::Max => (*o).max(v),
+                Reduce::Prod => o.wrapping_mul(v),
                 _ => o.wrapping_add(v),
             };
             w.step();

@@ -161,6 +161,43 @@ pub(crate) fn max_pool(cx: &Cx, p: &PoolAttrs) -> R<Tensor> {
     }
 }
 
+/// The index of the element each max-pooling window takes, as the ONNX reference's
+/// `_max_pool_2d` (and 1-D, 3-D) computes it: the first element of the window larger than every
+/// element before it (the window's first valid element to start), as a flat index into the
+/// input: `plane * plane_size + spatial offset`, the offset row-major, or for `column_major`
+/// (2-D `storage_order=1`) `h + w * height`.
+pub(crate) fn max_pool_indices(cx: &Cx, p: &PoolAttrs, column_major: bool) -> R<Tensor> {
+    let x = cx.x(0)?;
+    let y_shape = cx.out_shape(0);
+    let g = PoolGeom::new(p, x.shape(), &y_shape)?;
+    let (ip, op) = (g.in_plane(), g.out_plane());
+    let xv: Vec<f64> = x.to_f64_vec();
+    let [_, ih, iw] = g.input;
+    let mut y = vec![0i64; g.planes * op];
+    for c in 0..g.planes {
+        let xp = &xv[c * ip..][..ip];
+        let yp = &mut y[c * op..][..op];
+        g.for_each_window(|o, offs, _| {
+            let mut best: Option<usize> = None;
+            for &i in offs {
+                if best.is_none_or(|b| xp[i] > xp[b]) {
+                    best = Some(i);
+                }
+            }
+            // an empty window (all padding) takes no element; the reference leaves its -1 there
+            yp[o] = match best {
+                None => -1,
+                Some(i) if column_major => {
+                    let (h, w) = ((i / iw) % ih, i % iw);
+                    (c * ip + h + w * ih) as i64
+                }
+                Some(i) => (c * ip + i) as i64,
+            };
+        });
+    }
+    int_tensor(DType::I64, y_shape, &y)
+}
+
 /// Average pooling on float tensors.
 pub(crate) fn average_pool(cx: &Cx, p: &PoolAttrs) -> R<Tensor> {
     let x = cx.x(0)?;

@@ -137,6 +137,11 @@ pub(super) fn print_attrs(op: &Op) -> Vec<(&'static str, String)> {
             ("trans_b", trans_b.to_string()),
         ],
         Op::MaxPool(p) | Op::AveragePool(p) | Op::QAveragePool(p) => pool(p),
+        Op::MaxPoolIndices { pool: p, column_major } => {
+            let mut v = pool(p);
+            v.push(("column_major", column_major.to_string()));
+            v
+        }
         Op::GlobalAveragePool | Op::GlobalMaxPool => vec![],
         Op::ConvTranspose(c) => vec![
             ("kernel", usizes(&c.kernel)),
@@ -188,7 +193,10 @@ pub(super) fn print_attrs(op: &Op) -> Vec<(&'static str, String)> {
         Op::LayerNorm { axis, epsilon } => {
             vec![("axis", axis.to_string()), ("epsilon", f32s(*epsilon))]
         }
-        Op::ReduceMean { axes, keepdims } | Op::ReduceSum { axes, keepdims } | Op::ReduceMax { axes, keepdims } => {
+        Op::ReduceMean { axes, keepdims }
+        | Op::ReduceSum { axes, keepdims }
+        | Op::ReduceMax { axes, keepdims }
+        | Op::ReduceProd { axes, keepdims } => {
             vec![("axes", i64s(axes)), ("keepdims", keepdims.to_string())]
         }
         Op::Reshape { shape } | Op::Expand { shape } => vec![("shape", i64s(shape))],
@@ -224,6 +232,10 @@ pub(super) fn print_attrs(op: &Op) -> Vec<(&'static str, String)> {
             vec![("axis", axis.to_string()), ("exclusive", exclusive.to_string()), ("reverse", reverse.to_string())]
         }
         Op::Det => vec![],
+        Op::NonZero { count } => vec![("count", count.clone())],
+        Op::NonMaxSuppression { center_point_box, count } => {
+            vec![("center_point_box", center_point_box.to_string()), ("count", count.clone())]
+        }
         Op::GridSample { mode, padding, align_corners } => vec![
             ("mode", name_of(RESIZE_MODES, *mode).to_string()),
             ("padding", name_of(GRID_PADDINGS, *padding).to_string()),
@@ -323,6 +335,15 @@ impl<'a> Attrs<'a> {
             let names: Vec<String> = table.iter().map(|(n, _)| format!("`{n}`")).collect();
             self.bad(key, p, &format!("one of {}", names.join(", ")))
         })
+    }
+
+    /// A dim symbol's name (`count=K0`).
+    fn symbol(&mut self, key: &str) -> Result<String> {
+        let (v, p) = self.take(key)?;
+        match v {
+            AttrVal::Ident(s) if !s.contains(['.', '*']) => Ok(s.to_string()),
+            _ => Err(self.bad(key, p, "a dim symbol's name")),
+        }
     }
 
     fn f32(&mut self, key: &str) -> Result<f32> {
@@ -523,6 +544,7 @@ pub(super) fn build_op(name: &str, mut a: Attrs) -> Result<Option<Op>> {
             trans_b: a.bool("trans_b")?,
         },
         "max_pool" => Op::MaxPool(a.pool()?),
+        "max_pool_indices" => Op::MaxPoolIndices { pool: a.pool()?, column_major: a.bool("column_major")? },
         "average_pool" => Op::AveragePool(a.pool()?),
         "global_average_pool" => Op::GlobalAveragePool,
         "global_max_pool" => Op::GlobalMaxPool,
@@ -582,6 +604,7 @@ pub(super) fn build_op(name: &str, mut a: Attrs) -> Result<Option<Op>> {
         "reduce_mean" => Op::ReduceMean { axes: a.i64s("axes")?, keepdims: a.bool("keepdims")? },
         "reduce_sum" => Op::ReduceSum { axes: a.i64s("axes")?, keepdims: a.bool("keepdims")? },
         "reduce_max" => Op::ReduceMax { axes: a.i64s("axes")?, keepdims: a.bool("keepdims")? },
+        "reduce_prod" => Op::ReduceProd { axes: a.i64s("axes")?, keepdims: a.bool("keepdims")? },
         "reshape" => Op::Reshape { shape: a.i64s("shape")? },
         "flatten" => Op::Flatten { axis: a.i64("axis")? },
         "transpose" => Op::Transpose { perm: a.usizes("perm")? },
@@ -618,6 +641,10 @@ pub(super) fn build_op(name: &str, mut a: Attrs) -> Result<Option<Op>> {
         "cumsum" => Op::CumSum { axis: a.i64("axis")?, exclusive: a.bool("exclusive")?, reverse: a.bool("reverse")? },
         "cumprod" => Op::CumProd { axis: a.i64("axis")?, exclusive: a.bool("exclusive")?, reverse: a.bool("reverse")? },
         "det" => Op::Det,
+        "non_zero" => Op::NonZero { count: a.symbol("count")? },
+        "non_max_suppression" => {
+            Op::NonMaxSuppression { center_point_box: a.bool("center_point_box")?, count: a.symbol("count")? }
+        }
         "grid_sample" => Op::GridSample {
             mode: a.named("mode", RESIZE_MODES)?,
             padding: a.named("padding", GRID_PADDINGS)?,

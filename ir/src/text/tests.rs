@@ -705,6 +705,20 @@ fn every_op() -> Vec<Op> {
         Op::CumProd { axis: -1, exclusive: false, reverse: true },
         Op::Det,
         Op::GridSample { mode: ResizeMode::Cubic, padding: GridPadding::Reflection, align_corners: true },
+        Op::ReduceProd { axes: vec![-1], keepdims: true },
+        Op::NonZero { count: "nonzero_count".into() },
+        Op::NonMaxSuppression { center_point_box: true, count: "K0".into() },
+        Op::MaxPoolIndices {
+            pool: PoolAttrs {
+                kernel: vec![2, 2],
+                strides: vec![1, 2],
+                pads: vec![0, 1, 0, 1],
+                dilations: vec![1, 1],
+                ceil_mode: true,
+                count_include_pad: false,
+            },
+            column_major: true,
+        },
     ];
     ops.extend(Op::UNARY.iter().map(|&u| Op::Unary(u)));
     ops.extend(Op::BINARY.iter().map(|&b| Op::Binary(b)));
@@ -712,7 +726,7 @@ fn every_op() -> Vec<Op> {
 }
 
 /// The number of the last variant in [`variant`].
-const LAST_VARIANT: usize = 68;
+const LAST_VARIANT: usize = 72;
 
 fn variant(op: &Op) -> usize {
     match op {
@@ -785,6 +799,10 @@ fn variant(op: &Op) -> usize {
         Op::CumProd { .. } => 66,
         Op::Det => 67,
         Op::GridSample { .. } => 68,
+        Op::ReduceProd { .. } => 69,
+        Op::NonZero { .. } => 70,
+        Op::NonMaxSuppression { .. } => 71,
+        Op::MaxPoolIndices { .. } => 72,
     }
 }
 

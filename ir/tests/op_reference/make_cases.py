@@ -71,8 +71,10 @@ def run(op, attrs, inputs, n_out, opset, domain=""):
 CASES = []
 
 
-def case(name, op, attrs, inputs, ir, opset=21, n_out=1, tol=1e-6, ort=False):
-    """`ir`: the IR op and its attributes, e.g. `resize {mode=...}` (the operands are added)."""
+def case(name, op, attrs, inputs, ir, opset=21, n_out=1, tol=1e-6, ort=False, ir_types=None, pick=None):
+    """`ir`: the IR op and its attributes, e.g. `resize {mode=...}` (the operands are added).
+    `ir_types`: the IR result types when they are not the outputs' own (a data-dependent dim is
+    the op's count symbol)."""
     if ort:
         import onnxruntime as rt
         names = [n for n, _, _ in inputs]
@@ -90,11 +92,15 @@ def case(name, op, attrs, inputs, ir, opset=21, n_out=1, tol=1e-6, ort=False):
     else:
         got = run(op, attrs, inputs, n_out, opset)
     got = [np.asarray(o) for o in got]
+    if pick is not None:  # the IR op computes only this output of the ONNX node
+        got = [got[pick]]
     gins = [(n, a) for n, a, g in inputs if g]
     sig = ", ".join(f"%{n}: {ir_type(a)}" for n, a in gins)
     outs = ", ".join(f"y{k}: {ir_type(o)}" for k, o in enumerate(got))
     res = ", ".join(f"%{k}" for k in range(len(got)))
-    types = ", ".join(ir_type(o) for o in got)
+    types = ", ".join(ir_types or [ir_type(o) for o in got])
+    if ir_types:
+        outs = ", ".join(f"y{k}: {t}" for k, t in enumerate(ir_types))
     opname, _, attr = ir.partition(" ")
     operands = ", ".join(f"%{n}" for n, _ in gins)
     line = f"{opname} {operands}" + (f" {attr}" if attr else "")
@@ -411,6 +417,60 @@ case("reduce_max_f64", "ReduceMax", {"keepdims": 1, "axes": [0]},
      opset=13, tol=0.0)
 case("arg_max_u64", "ArgMax", {"axis": 0, "keepdims": 0}, [("x", np.array([3, 2 ** 53, 7], np.uint64), True)],
      "arg_max {axis=0, keepdims=false, select_last=false}", opset=13, tol=0.0)
+
+# ------------------------------------------------------------- ReduceProd, NonZero, NonMaxSuppression
+xp = f((2, 3, 4), -1.5, 1.5)
+case("reduce_prod_axes_keepdims", "ReduceProd", {"keepdims": 1}, [("x", xp, True),
+     ("axes", np.array([0, -1], np.int64), False)], "reduce_prod {axes=[0,-1], keepdims=true}", opset=18, tol=1e-6)
+case("reduce_prod_all", "ReduceProd", {"keepdims": 0}, [("x", xp[:, :2, :2], True)],
+     "reduce_prod {axes=[], keepdims=false}", opset=18, tol=1e-6)
+case("reduce_prod_i32_wraps", "ReduceProd", {"keepdims": 0, "axes": [1]},
+     [("x", np.array([[70000, 70000, 3], [-5, 7, 0]], np.int32), True)], "reduce_prod {axes=[1], keepdims=false}",
+     opset=13, tol=0.0)
+case("reduce_prod_empty_is_one", "ReduceProd", {"keepdims": 1}, [("x", np.zeros((2, 0, 3), np.float32), True),
+     ("axes", np.array([1], np.int64), False)], "reduce_prod {axes=[1], keepdims=true}", opset=18, tol=0.0)
+case("non_zero_f32_nan_negzero", "NonZero", {},
+     [("x", np.array([[0.0, -0.0, 2.5], [np.nan, 0.0, -1.0]], np.float32), True)], "non_zero {count=K}", opset=13,
+     tol=0.0, ir_types=["i64[2,K]"])
+case("non_zero_i32_3d", "NonZero", {}, [("x", ints((2, 3, 2), -1, 2, np.int32), True)], "non_zero {count=K}",
+     opset=13, tol=0.0, ir_types=["i64[3,K]"])
+case("non_zero_bool_none", "NonZero", {}, [("x", np.zeros((4,), bool), True)], "non_zero {count=K}", opset=13,
+     tol=0.0, ir_types=["i64[1,K]"])
+
+
+def nms(name, boxes, scores, ins, center=0):
+    """NonMaxSuppression on `boxes`, `scores` and the optional inputs `ins` (name, array)."""
+    inputs = [("boxes", boxes, True), ("scores", scores, True)] + [(n, a, True) for n, a in ins]
+    case(name, "NonMaxSuppression", {"center_point_box": center}, inputs,
+         f"non_max_suppression {{center_point_box={'true' if center else 'false'}, count=K}}", opset=11, tol=0.0,
+         ir_types=["i64[K,3]"])
+
+
+# corners in either order, overlapping clusters, equal scores (ties in index order)
+nb = np.array([[[0.0, 0.0, 1.0, 1.0], [1.0, 1.1, 0.0, 0.1], [0.0, -0.1, 1.0, 0.9], [0.0, 10.0, 1.0, 11.0],
+                [0.0, 10.1, 1.0, 11.1], [0.0, 100.0, 1.0, 101.0]]], np.float32)
+ns = np.array([[[0.9, 0.75, 0.6, 0.95, 0.5, 0.3], [0.5, 0.5, 0.5, 0.1, 0.9, 0.5]]], np.float32)
+mx, iou, sc = np.array([3], np.int64), np.array([0.5], np.float32), np.array([0.4], np.float32)
+nms("nms_two_classes_ties", nb, ns, [("m", mx), ("iou", iou), ("score", sc)])
+nms("nms_no_score_threshold", nb, ns, [("m", np.array([10], np.int64)), ("iou", np.array([0.0], np.float32))])
+nms("nms_zero_boxes_per_class", nb, ns, [("m", np.array([0], np.int64)), ("iou", iou)])
+rb = np.concatenate([rng.uniform(0, 4, (2, 8, 2)), rng.uniform(0.5, 3, (2, 8, 2))], axis=2).astype(np.float32)
+nms("nms_center_point_two_batches", rb, f((2, 3, 8), 0.0, 1.0), [("m", np.array([4], np.int64)),
+    ("iou", np.array([0.3], np.float32)), ("score", np.array([0.2], np.float32))], center=1)
+
+# MaxPool's Indices output: ties take the first element, padded windows, both storage orders
+xm = np.array([[[[1, 5, 5, 2], [3, 0, 5, 7], [7, 1, 1, 2]], [[-1, -2, -3, -4], [0, 0, 0, 0], [9, 8, 9, 8]]]],
+              np.float32)
+for so in (0, 1):
+    case(f"max_pool_indices_storage_order_{so}", "MaxPool",
+         {"kernel_shape": [2, 2], "strides": [1, 2], "pads": [1, 0, 0, 1], "storage_order": so},
+         [("x", xm, True)],
+         "max_pool_indices {kernel=[2,2], strides=[1,2], pads=[1,0,0,1], dilations=[1,1], ceil_mode=false, "
+         f"count_include_pad=false, column_major={'true' if so else 'false'}}}", opset=12, n_out=2, tol=0.0, pick=1)
+case("max_pool_indices_1d_dilated_i32", "MaxPool", {"kernel_shape": [2], "dilations": [2]},
+     [("x", ints((2, 1, 6), -5, 5, np.int32), True)],
+     "max_pool_indices {kernel=[2], strides=[1], pads=[0,0], dilations=[2], ceil_mode=false, "
+     "count_include_pad=false, column_major=false}", opset=12, n_out=2, tol=0.0, pick=1)
 
 
 def main():

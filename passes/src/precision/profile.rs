@@ -180,9 +180,13 @@ impl CostClass {
             | Op::ArgMin { .. }
             | Op::TopK { .. }
             | Op::CumSum { .. }
-            | Op::CumProd { .. } => CostClass::Normalization,
+            | Op::CumProd { .. }
+            | Op::ReduceProd { .. }
+            | Op::NonZero { .. }
+            | Op::NonMaxSuppression { .. } => CostClass::Normalization,
             Op::Det => CostClass::Matmul,
             Op::MaxPool(_)
+            | Op::MaxPoolIndices { .. }
             | Op::AveragePool(_)
             | Op::GlobalAveragePool
             | Op::GlobalMaxPool

@@ -192,9 +192,12 @@ fn decide<'a>(g: &Graph, node: &Node, decided: impl Fn(NodeId) -> Option<&'a Dec
         Op::Binary(_) | Op::Where => {
             keep(format!("{}: element-wise op outside the quantized set (only add is quantized)", op.name()))
         }
-        Op::ReduceMean { .. } | Op::ReduceSum { .. } | Op::ReduceMax { .. } | Op::ArgMax { .. } | Op::ArgMin { .. } => {
-            keep(format!("{}: reduction stays float", op.name()))
-        }
+        Op::ReduceMean { .. }
+        | Op::ReduceSum { .. }
+        | Op::ReduceMax { .. }
+        | Op::ReduceProd { .. }
+        | Op::ArgMax { .. }
+        | Op::ArgMin { .. } => keep(format!("{}: reduction stays float", op.name())),
         Op::Cast { to } => keep(format!("cast to {to}: a type conversion, not quantized")),
         // Data movement that would commute with Q/DQ (nearest resize, pad with the zero point,
         // tile) has no quantized form yet.

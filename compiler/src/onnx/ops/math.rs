@@ -1,7 +1,7 @@
 //! Arithmetic: element-wise unary math and binary ops (with ONNX's multidirectional
 //! broadcasting), the variadic Sum/Max/Min/Mean, MatMul and Gemm, and reductions, including the
 //! ones that are a sum between element-wise steps (ReduceL1, ReduceL2, ReduceSumSquare,
-//! ReduceLogSum), trigonometric and hyperbolic functions, Sign, Round, TopK, CumSum, CumProd,
+//! ReduceLogSum), ReduceProd, trigonometric and hyperbolic functions, Sign, Round, TopK, CumSum, CumProd,
 //! Det and Einsum (semantics: the ONNX operator spec, <https://onnx.ai/onnx/operators/>).
 
 use super::{one, Cx, OpDef, Outs, R};
@@ -50,6 +50,7 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("ReduceMean", &[1, 11, 13, 18], |cx| reduce(cx, Reduce::Mean)),
     OpDef::onnx("ReduceSum", &[1, 11, 13], |cx| reduce(cx, Reduce::Sum)),
     OpDef::onnx("ReduceMax", &[1, 11, 12, 13, 18, 20], |cx| reduce(cx, Reduce::Max)),
+    OpDef::onnx("ReduceProd", &[1, 11, 13, 18], |cx| reduce(cx, Reduce::Prod)),
     OpDef::onnx("ReduceMin", &[1, 11, 12, 13, 18, 20], reduce_min),
     OpDef::onnx("ReduceLogSumExp", &[1, 11, 13, 18, 28], reduce_log_sum_exp),
     OpDef::onnx("ArgMax", &[1, 11, 12, 13], |cx| arg_extreme(cx, true)),
@@ -216,6 +217,7 @@ enum Reduce {
     Mean,
     Sum,
     Max,
+    Prod,
 }
 
 /// The axes and `keepdims` of a reduction, or `None` for a reduction that changes nothing (an
@@ -239,11 +241,11 @@ fn reduce_axes(cx: &Cx, axes_input: bool) -> R<Option<(Vec<i64>, bool)>> {
     Ok(Some((axes, keepdims)))
 }
 
-/// ReduceMean, ReduceSum, ReduceMax (see [`reduce_axes`]).
+/// ReduceMean, ReduceSum, ReduceMax, ReduceProd (see [`reduce_axes`]).
 fn reduce(cx: &mut Cx, kind: Reduce) -> R<Outs> {
     let axes_input = match kind {
         Reduce::Sum => cx.version >= 13,
-        Reduce::Mean | Reduce::Max => cx.version >= 18,
+        Reduce::Mean | Reduce::Max | Reduce::Prod => cx.version >= 18,
     };
     let x = cx.input(0)?;
     let Some((axes, keepdims)) = reduce_axes(cx, axes_input)? else { return one(x) };
@@ -251,6 +253,7 @@ fn reduce(cx: &mut Cx, kind: Reduce) -> R<Outs> {
         Reduce::Mean => Op::ReduceMean { axes, keepdims },
         Reduce::Sum => Op::ReduceSum { axes, keepdims },
         Reduce::Max => Op::ReduceMax { axes, keepdims },
+        Reduce::Prod => Op::ReduceProd { axes, keepdims },
     };
     one(cx.add(op, vec![Some(x)], None)?)
 }

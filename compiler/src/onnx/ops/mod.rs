@@ -10,6 +10,9 @@
 //! * [`norm`]: Softmax, LogSoftmax, Hardmax, LayerNormalization and the other normalizations,
 //!   NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss.
 //! * [`transformer`]: Attention, RotaryEmbedding, composed from IR ops.
+//! * [`select`]: NonZero and NonMaxSuppression, whose result size depends on the data.
+//! * [`signal`]: the window functions, folded to constants.
+//! * [`affine`]: AffineGrid, composed from IR ops.
 //! * [`quant`]: QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, QLinearConv,
 //!   QLinearMatMul, ConvInteger, MatMulInteger and ONNX Runtime's `com.microsoft` quantized ops.
 //!
@@ -27,6 +30,7 @@
 //! [`Attrs`]; inputs that the IR keeps as attributes (shapes, axes, clip bounds, quantization
 //! parameters) must be constants, and the error says so.
 
+mod affine;
 mod array;
 mod constant;
 mod logic;
@@ -34,6 +38,8 @@ mod math;
 mod nn;
 mod norm;
 mod quant;
+mod select;
+mod signal;
 mod transformer;
 
 use super::attrs::{Attrs, NodeRef};
@@ -112,8 +118,19 @@ impl OpDef {
 }
 
 /// The op tables of every family.
-const FAMILIES: &[&[OpDef]] =
-    &[nn::OPS, math::OPS, logic::OPS, array::OPS, constant::OPS, norm::OPS, quant::OPS, transformer::OPS];
+const FAMILIES: &[&[OpDef]] = &[
+    nn::OPS,
+    math::OPS,
+    logic::OPS,
+    array::OPS,
+    constant::OPS,
+    norm::OPS,
+    quant::OPS,
+    transformer::OPS,
+    select::OPS,
+    signal::OPS,
+    affine::OPS,
+];
 
 /// Converters by domain and op type, built once from [`FAMILIES`].
 fn registry() -> &'static HashMap<Domain, HashMap<&'static str, &'static OpDef>> {
@@ -150,6 +167,22 @@ pub fn import_node(im: &mut Importer, node: &NodeProto, at: &NodeRef) -> R<Outs>
         .and_then(|ops| ops.get(node.op_type.as_str()))
         .ok_or_else(|| at.unsupported())?;
     let version = def.version_at(at.opset).ok_or_else(|| at.unsupported())?;
+    // A model older than MIN_OPSET: a node is imported only when its op's schema is the one it
+    // is at MIN_OPSET (And, Or, Xor, Not at opset 7 are And-7, ...); an older schema (a
+    // BatchNormalization-7, an Upsample-7) is refused naming the op and the version.
+    if def.domain == Domain::Onnx && at.opset < super::MIN_OPSET {
+        let current = def.version_at(super::MIN_OPSET);
+        if current != Some(version) {
+            let since = current.map_or(String::new(), |c| format!(" (qforge implements {}-{c})", at.op));
+            return Err(at.err(format!(
+                "opset {} resolves {}-{version}, a schema older than qforge implements{since}; convert the model \
+                 to opset {} or newer with onnx.version_converter",
+                at.opset,
+                at.op,
+                super::MIN_OPSET
+            )));
+        }
+    }
     if at.opset > def.until {
         return Err(ImportError::OpVersion {
             op: at.op.clone(),

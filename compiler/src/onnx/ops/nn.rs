@@ -8,8 +8,8 @@ use crate::onnx::attrs::Attrs;
 use crate::onnx::symbolic::Mono;
 use qforge_ir::infer::norm_axis;
 use qforge_ir::{
-    AspectPolicy, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordMode, Dim, GridPadding, NearestMode, Op, PoolAttrs,
-    ResizeAttrs, ResizeMode, ResizeTarget, Shape, TensorType, UnaryOp, Value,
+    AspectPolicy, BinaryOp, ConvAttrs, ConvTransposeAttrs, CoordMode, DType, Dim, DimExpr, GridPadding, NearestMode,
+    Op, PoolAttrs, ResizeAttrs, ResizeMode, ResizeTarget, Shape, Tensor, TensorType, UnaryOp, Value,
 };
 
 pub(super) const OPS: &[OpDef] = &[
@@ -343,10 +343,55 @@ fn batch_norm(cx: &mut Cx) -> R<Outs> {
     let a = cx.attrs();
     let epsilon = a.float_or("epsilon", 1e-5)?;
     if a.bool_or("training_mode", false)? {
-        return Err(cx.err("training_mode=1 is not supported (inference only)"));
+        return batch_norm_training(cx, epsilon);
     }
     let ins = cx.inputs_upto(5, 5)?;
     one(cx.add(Op::BatchNorm { epsilon }, ins, None)?)
+}
+
+/// BatchNormalization 14-15 with `training_mode=1`, as the ONNX reference's
+/// `_batchnorm_training_mode` computes it: the statistics of this batch over every axis but the
+/// channels (`x.mean`, and `x.var` as the mean of `(x - mean)^2`) normalize `x`, and the outputs
+/// `running_mean`, `running_var` are `input * momentum + current * (1 - momentum)` (the factor
+/// `1 - momentum` computed in f64, then rounded to x's type, as numpy does with a Python float).
+fn batch_norm_training(cx: &mut Cx, epsilon: f32) -> R<Outs> {
+    let momentum = cx.attrs().float_or("momentum", 0.9)?;
+    let ins = cx.inputs_upto(5, 5)?;
+    let [Some(x), Some(scale), Some(bias), Some(mean), Some(var)] = ins[..] else {
+        return Err(cx.err("needs its five inputs"));
+    };
+    let xt = cx.ty(x);
+    if !xt.dtype.is_compute_float() || xt.quant.is_some() || xt.rank() < 2 {
+        return Err(cx.err(format!("training_mode=1 needs a float input of rank 2 or more, got {xt}")));
+    }
+    let axes: Vec<i64> = (0..xt.rank() as i64).filter(|&a| a != 1).collect();
+    let bin = |cx: &mut Cx, tag: &str, op: BinaryOp, a: Value, b: Value| {
+        cx.add_helper(tag, Op::Binary(op), vec![Some(a), Some(b)])
+    };
+    let kept = Op::ReduceMean { axes: axes.clone(), keepdims: true };
+    let flat = Op::ReduceMean { axes, keepdims: false };
+    let mean_kept = cx.add_helper("batch_mean_kept", kept, vec![Some(x)])?;
+    let centered = bin(cx, "centered", BinaryOp::Sub, x, mean_kept)?;
+    let squared = bin(cx, "squared", BinaryOp::Mul, centered, centered)?;
+    let batch_mean = cx.add_helper("batch_mean", flat.clone(), vec![Some(x)])?;
+    let batch_var = cx.add_helper("batch_var", flat, vec![Some(squared)])?;
+    let y = cx.add(
+        Op::BatchNorm { epsilon },
+        vec![Some(x), Some(scale), Some(bias), Some(batch_mean), Some(batch_var)],
+        None,
+    )?;
+    let k = |cx: &mut Cx, tag: &str, v: f64| {
+        let name = cx.im.fresh_name(&format!("{}/{tag}", cx.at.name));
+        cx.im.g.add_const(name, Tensor::from_f64_iter(xt.dtype, vec![], [v].into_iter()))
+    };
+    let (m, rest) = (k(cx, "momentum", momentum as f64), k(cx, "one_minus_momentum", 1.0 - momentum as f64));
+    let mut running = vec![];
+    for (tag, input, current) in [("running_mean", mean, batch_mean), ("running_var", var, batch_var)] {
+        let old = bin(cx, &format!("{tag}/kept"), BinaryOp::Mul, input, m)?;
+        let new = bin(cx, &format!("{tag}/new"), BinaryOp::Mul, current, rest)?;
+        running.push(Some(bin(cx, tag, BinaryOp::Add, old, new)?));
+    }
+    Ok(vec![Some(y), running[0], running[1]])
 }
 
 fn lrn(cx: &mut Cx) -> R<Outs> {
@@ -363,16 +408,46 @@ fn lrn(cx: &mut Cx) -> R<Outs> {
     cx.simple(op, 1)
 }
 
-/// Inference: Dropout is the identity; its mask output is not computed.
+/// Dropout as the ONNX reference's `_dropout` computes it when nothing is dropped (inference, or
+/// training with ratio 0): the identity, and from version 10 (a bool mask) the mask output all
+/// true, as a `true` expanded to x's shape. Training with a non-zero ratio drops elements at
+/// random (its outputs depend on the generator), and is refused.
 fn dropout(cx: &mut Cx) -> R<Outs> {
+    let x = cx.input(0)?;
     if cx.version >= 12 {
-        if let Some(t) = cx.opt_const_input(2, "training_mode")? {
-            if t.to_f64_vec().iter().any(|&b| b != 0.0) {
-                return Err(cx.err("training_mode=true is not supported (inference only)"));
-            }
+        let training = match cx.opt_const_input(2, "training_mode")? {
+            Some(t) => t.to_f64_vec().iter().any(|&b| b != 0.0),
+            None => false,
+        };
+        let ratio = match cx.opt_const_input(1, "ratio")? {
+            Some(t) => t.to_f64_vec().first().copied().unwrap_or(0.5),
+            None => 0.5,
+        };
+        if training && ratio != 0.0 {
+            return Err(cx.err(format!(
+                "training_mode=true with ratio {ratio} drops elements at random: not supported (inference only)"
+            )));
         }
     }
-    Ok(vec![Some(cx.input(0)?), None])
+    let wants_mask = cx.node.output.get(1).is_some_and(|o| !o.is_empty());
+    if !wants_mask || cx.version < 10 {
+        return Ok(vec![Some(x), None]);
+    }
+    let xt = cx.ty(x);
+    let name = cx.im.fresh_name(&format!("{}/true", cx.at.name));
+    let t = cx.im.g.add_const(name, Tensor::from_f64_iter(DType::Bool, vec![], [1.0].into_iter()));
+    let shape = xt
+        .shape
+        .0
+        .iter()
+        .enumerate()
+        .map(|(a, d)| match d.fixed() {
+            Some(n) => DimExpr::fixed(n as i64),
+            None => DimExpr { k: 1, of: vec![(1, a)] },
+        })
+        .collect();
+    let mask = cx.add_helper("mask", Op::ExpandDyn { shape }, vec![Some(t), Some(x)])?;
+    Ok(vec![Some(x), Some(mask)])
 }
 
 // ---------------------------------------------------------------- conv and pooling
@@ -486,9 +561,23 @@ pub(super) fn pool_attrs(cx: &Cx, x: &TensorType, avg: bool) -> R<PoolAttrs> {
 fn pool(cx: &mut Cx, avg: bool) -> R<Outs> {
     let x = cx.input(0)?;
     let p = pool_attrs(cx, &cx.ty(x), avg)?;
-    let op = if avg { Op::AveragePool(p) } else { Op::MaxPool(p) };
-    // MaxPool's optional Indices output is not computed.
-    Ok(vec![Some(cx.add(op, vec![Some(x)], None)?), None])
+    let wants_indices = !avg && cx.node.output.get(1).is_some_and(|o| !o.is_empty());
+    if !wants_indices {
+        let op = if avg { Op::AveragePool(p) } else { Op::MaxPool(p) };
+        return Ok(vec![Some(cx.add(op, vec![Some(x)], None)?), None]);
+    }
+    // MaxPool's optional Indices (opset 8 on): a second op over the same windows.
+    let column_major = match cx.attrs().int("storage_order")?.unwrap_or(0) {
+        0 => false,
+        1 => true,
+        s => return Err(cx.err(format!("storage_order must be 0 or 1, got {s}"))),
+    };
+    // the reference's 1-D pooling has no storage order to follow
+    let column_major = column_major && p.kernel.len() > 1;
+    let pool = p.clone();
+    let y = cx.add(Op::MaxPool(p), vec![Some(x)], None)?;
+    let i = cx.add_helper("indices", Op::MaxPoolIndices { pool, column_major }, vec![Some(x)])?;
+    Ok(vec![Some(y), Some(i)])
 }
 
 // ---------------------------------------------------------------- transposed convolution
