@@ -369,7 +369,7 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
         Op::Concat { axis } => {
             let first = x(0)?;
             let a = norm_axis(*axis, first.rank())?;
-            let mut total = Some(0usize);
+            let mut along = vec![];
             for i in 0..inputs.len() {
                 let t = x(i)?;
                 if t.dtype != first.dtype || t.quant != first.quant || t.rank() != first.rank() {
@@ -383,14 +383,10 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
                         )));
                     }
                 }
-                total = total.zip(t.shape.0[a].fixed()).map(|(s, d)| s.saturating_add(d));
+                along.push(t.shape.0[a].clone());
             }
             let mut dims = unified_dims(inputs.iter().flatten().map(|t| &t.shape), a)?;
-            dims[a] = match total {
-                Some(n) => Dim::Fixed(n),
-                None if inputs.len() == 1 => dims[a].clone(),
-                None => return Err(InferError::Shape("concatenation along a symbolic dimension".into())),
-            };
+            dims[a] = concat_dim(&along)?;
             one(first.with_shape(Shape(dims)))
         }
         Op::Slice { starts, ends, axes, steps } => {
@@ -722,7 +718,7 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
         Op::QConcat { axis } => {
             let first = quantized(x(0)?, "input 0")?;
             let a = norm_axis(*axis, first.rank())?;
-            let mut total = 0usize;
+            let mut along = vec![];
             for i in 0..inputs.len() {
                 let t = quantized(x(i)?, "input")?;
                 per_tensor(t, "input")?;
@@ -741,17 +737,21 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
                         )));
                     }
                 }
-                total = total.saturating_add(
-                    t.shape.0[a]
-                        .fixed()
-                        .ok_or_else(|| InferError::Shape("concatenation along a symbolic dimension".into()))?,
-                );
+                along.push(t.shape.0[a].clone());
             }
             let mut dims = unified_dims(inputs.iter().flatten().map(|t| &t.shape), a)?;
-            dims[a] = Dim::Fixed(total);
+            dims[a] = concat_dim(&along)?;
             declared_quant(declared, &Shape(dims), &[DType::I8, DType::U8])
         }
     }
+}
+
+/// The size of a concatenation along its axis: the sum of the inputs' sizes, a number when they
+/// are fixed and otherwise a symbolic sum ([`Dim::sum`]: a detection head's anchors from every
+/// level of a feature pyramid of any image size).
+fn concat_dim(along: &[Dim]) -> R<Dim> {
+    Dim::sum(along)
+        .ok_or_else(|| InferError::Shape(format!("the concatenated size {} overflows", Shape(along.to_vec()))))
 }
 
 /// The dims of concatenated shapes of one rank but the `axis` dim, each unified across the shapes

@@ -17,20 +17,8 @@ use std::path::PathBuf;
 /// dynamo exporter's shape arithmetic for Resize sizes and view shapes, and Swin's window padding
 /// computed from the image size.
 const KNOWN_GAPS: &[(&str, &str)] = &[
-    ("deeplabv3_mobilenet_v3_dynamo.onnx", "(Resize): input `val_597` (sizes) must be a constant"),
-    ("fcos_fpn.onnx", "concatenation along a symbolic dimension"),
-    ("fcos_fpn_dynamo.onnx", "(Resize): input `val_548` (sizes) must be a constant"),
-    ("lraspp_mobilenet_v3_dynamo.onnx", "(Resize): input `val_558` (sizes) must be a constant"),
-    ("retinanet_fpn.onnx", "concatenation along a symbolic dimension"),
-    ("retinanet_fpn_dynamo.onnx", "(Resize): input `val_545` (sizes) must be a constant"),
-    ("shufflenet_v2_dynamo.onnx", "(Reshape): input `val_86` (shape) must be a constant"),
-    ("ssdlite_mobilenet_v3.onnx", "concatenation along a symbolic dimension"),
-    ("ssdlite_mobilenet_v3_dynamo.onnx", "(Reshape): input `val_695` (shape) must be a constant"),
     ("swin_t.onnx", "(Pad): input `/features/features.1/features.1.0/attn/Cast_1_output_0` (pads) must be a constant"),
-    ("swin_t_dynamo.onnx", "(Pad): input `val_48` (pads) must be a constant"),
-    ("text_recognizer_dynamo.onnx", "(Reshape): input `val_68` (shape) must be a constant"),
-    ("yolov8_style.onnx", "concatenation along a symbolic dimension"),
-    ("yolov8_style_dynamo.onnx", "concatenation along a symbolic dimension"),
+    ("swin_t_dynamo.onnx", "(Mod): input `floordiv_10`: no graph input has the dimension `(s53)/4`"),
 ];
 
 /// Imports `file`: the graph, or `None` for a known gap refusing as listed; any other outcome is

@@ -81,12 +81,35 @@ impl Mono {
         if self.syms == o.syms {
             return Some(if k == 0 { Mono::c(0) } else { Mono { k, syms: self.syms.clone() } });
         }
-        // x + 0 and 0 + x
         match (self.konst(), o.konst()) {
+            // x + 0 and 0 + x
             (_, Some(0)) => Some(self.clone()),
             (Some(0), _) if sign == 1 => Some(o.clone()),
+            // a size plus or less a constant: the derived size `(B+b)`, when it cannot be negative
+            (None, Some(q)) => self.affine(1, q.checked_mul(sign)?, 1),
+            (Some(q), None) if sign == 1 => o.affine(1, q, 1),
+            // two sizes: their sum
+            (None, None) if sign == 1 => Mono::of_dim(&Dim::sum(&[self.to_dim()?, o.to_dim()?])?),
             _ => None,
         }
+    }
+
+    /// The monomial as an IR dim, when it is a size (a positive factor).
+    fn to_dim(&self) -> Option<Dim> {
+        let k = usize::try_from(self.k).ok().filter(|&k| k > 0)?;
+        Some(Dim::from_factors(k, self.syms.clone()))
+    }
+
+    /// `floor((a * self + b) / c)` as the derived size [`Dim::affine`] writes, when the numerator
+    /// is provably not negative (every symbol is at least 1), so that floor and ONNX's integer
+    /// division (which truncates toward zero) agree.
+    fn affine(&self, a: u64, b: i64, c: u64) -> Option<Mono> {
+        let d = self.to_dim()?;
+        let low = i128::from(a).checked_mul(d.lower_bound() as i128)?.checked_add(i128::from(b))?;
+        if low < 0 {
+            return None;
+        }
+        Mono::of_dim(&d.affine(a, b, c)?)
     }
 }
 
@@ -288,7 +311,9 @@ pub fn eval(im: &Importer, node: &NodeProto, opset: i64) -> Option<SymVal> {
                     "Add" => a.add(b, 1),
                     "Sub" => a.add(b, -1),
                     "Mul" => a.mul(b),
-                    "Div" => a.div(b),
+                    // a size over a positive constant: the derived size `(B)/c` (floor, which
+                    // is ONNX's truncation on a size)
+                    "Div" => a.div(b).or_else(|| a.affine(1, 0, u64::try_from(b.konst()?).ok().filter(|&c| c > 0)?)),
                     "Mod" => {
                         // integer Mod (fmod=0): the sign of the divisor
                         let (p, q) = (a.konst()?, b.konst()?);
