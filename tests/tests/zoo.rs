@@ -181,7 +181,7 @@ fn zoo_int8_and_fp16_against_onnx_runtime() {
                 Ok(agreement(&y, &reference, None)?.sqnr_db)
             };
             match run() {
-                Ok(db) => row.push(format!("{db:.1}")),
+                Ok(db) => row.push(format!("{db:.3}")),
                 Err(e) => {
                     failures.push(format!("{name}: {label}: {e:#}"));
                     row.push("error".into());
@@ -201,7 +201,7 @@ fn zoo_int8_and_fp16_against_onnx_runtime() {
             let floor = theirs + static_margin(&name);
             if ours < floor {
                 failures.push(format!(
-                    "{name}: static int8 SQNR {ours:.1} dB is below its floor {floor:.1} dB (ORT's {theirs:.1} dB)"
+                    "{name}: static int8 SQNR {ours:.3} dB is below its floor {floor:.3} dB (ORT's {theirs:.3} dB)"
                 ));
             }
         }
