@@ -1742,4 +1742,40 @@ mod tests {
         assert_eq!(unify_dims(&Dim::Fixed(4), &Dim::Fixed(8)), None);
         assert_eq!(unify_dims(&Dim::Sym("N".into()), &Dim::Fixed(8)), None);
     }
+
+    /// A concatenation along a symbolic axis (a detection head's anchors over the levels of a
+    /// feature pyramid) sums the sizes in one canonical form whatever the order of its inputs,
+    /// and the sum evaluates to the concrete size.
+    #[test]
+    fn concatenated_sizes_sum_canonically() {
+        let (h, w) = (Dim::Sym("H".into()), Dim::Sym("W".into()));
+        let level = |s: u64| {
+            let b = s as i64 - 1;
+            Dim::product(&[h.affine(1, b, s).unwrap(), w.affine(1, b, s).unwrap(), Dim::Fixed(9)]).unwrap()
+        };
+        let (p3, p4) = (level(8), level(16));
+        let both = Dim::sum(&[p3.clone(), p4.clone()]).unwrap();
+        assert_eq!(both, Dim::sum(&[p4.clone(), p3.clone()]).unwrap());
+        assert_eq!(both.to_string(), "((H+15)/16*(W+15)/16*9+(H+7)/8*(W+7)/8*9)");
+        // sums of sums add term by term; like terms and constants combine
+        let more = Dim::sum(&[both.clone(), p3.clone(), Dim::Fixed(4)]).unwrap();
+        assert_eq!(more.to_string(), "((H+15)/16*(W+15)/16*9+(H+7)/8*(W+7)/8*18+4)");
+        assert_eq!(Dim::sum(&[h.clone(), h.clone()]), Some(Dim::Sym("H*2".into())));
+        assert_eq!(Dim::sum(&[h.affine(1, -2, 1).unwrap(), Dim::Fixed(2)]), Some(h.clone()));
+        assert_eq!(Dim::sum(&[Dim::Fixed(3), Dim::Fixed(4)]), Some(Dim::Fixed(7)));
+        for (hv, wv) in [(1usize, 1usize), (17, 40), (64, 96)] {
+            let bind = |s: &str| match s {
+                "H" => Some(hv),
+                "W" => Some(wv),
+                _ => None,
+            };
+            let want = 9 * hv.div_ceil(8) * wv.div_ceil(8) + 9 * hv.div_ceil(16) * wv.div_ceil(16);
+            assert_eq!(both.eval(&bind), Some(want));
+            assert_eq!(more.eval(&bind), Some(want + 9 * hv.div_ceil(8) * wv.div_ceil(8) + 4));
+            assert!(both.lower_bound() <= want);
+        }
+        let t = |d: Dim| TensorType::new(DType::F32, Shape(vec![Dim::Sym("N".into()), d, Dim::Fixed(4)]));
+        let out = infer(&Op::Concat { axis: 1 }, &[Some(&t(p3)), Some(&t(p4))], None).unwrap();
+        assert_eq!(out[0].shape.0[1], both);
+    }
 }
