@@ -234,6 +234,13 @@ impl Dim {
         })
     }
 
+    /// The parts of a derived factor `f` (a factor of [`Dim::factors`]): `floor((k1*B1 + ... +
+    /// b) / c)` as the terms `(ki, Bi)` (each `Bi` a product of factors), `b` and `c`; `None` for
+    /// a name.
+    pub fn derived_parts(f: &str) -> Option<(Vec<(u64, String)>, i64, u64)> {
+        Derived::parse(f).map(|d| (d.terms, d.b, d.c))
+    }
+
     /// A lower bound of the dim's size, with every name at least 1 (a symbolic dim is a size of
     /// at least one element, as the importer's shape arithmetic assumes).
     pub fn lower_bound(&self) -> usize {
