@@ -17,7 +17,7 @@ use std::path::PathBuf;
 /// (`(4 - H % 4) % 4`, a remainder of a symbolic size, then a Pad by it).
 const KNOWN_GAPS: &[(&str, &str)] = &[
     ("swin_t.onnx", "(Pad): input `/features/features.1/features.1.0/attn/Cast_1_output_0` (pads) must be a constant"),
-    ("swin_t_dynamo.onnx", "(Mod): input `floordiv_10`: no graph input has the dimension `(s53)/4`"),
+    ("swin_t_dynamo.onnx", "(Pad): input `val_48` (pads) must be a constant"),
 ];
 
 /// Imports `file`: the graph, or `None` for a known gap refusing as listed; any other outcome is
