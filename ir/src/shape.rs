@@ -237,7 +237,7 @@ impl Dim {
     /// The parts of a derived factor `f` (a factor of [`Dim::factors`]): `floor((k1*B1 + ... +
     /// b) / c)` as the terms `(ki, Bi)` (each `Bi` a product of factors), `b` and `c`; `None` for
     /// a name.
-    pub fn derived_parts(f: &str) -> Option<(Vec<(u64, String)>, i64, u64)> {
+    pub fn derived_parts(f: &str) -> Option<DerivedParts> {
         Derived::parse(f).map(|d| (d.terms, d.b, d.c))
     }
 
@@ -335,6 +335,9 @@ impl Dim {
         matches!(self, Dim::Sym(s) if s.contains('('))
     }
 }
+
+/// The parts of a derived factor ([`Dim::derived_parts`]): the terms `(k, product)`, `b`, `c`.
+pub type DerivedParts = (Vec<(u64, String)>, i64, u64);
 
 /// A derived factor in its general form: `floor((k1*B1 + k2*B2 + ... + b) / c)` over products
 /// `Bi` (strings without a constant factor) with coefficients `ki >= 1`, `c >= 1`. An [`Affine`]
