@@ -284,6 +284,35 @@ fn dynamic_shape_arithmetic_stays_symbolic() {
     }
 }
 
+/// The dynamo exporter's arithmetic on an image size (`(H-1)//4 + 1`, plus the width) is the
+/// derived size `(H+3)/4` and a sum of sizes; used as data, it is computed at run time from the
+/// dims it derives from (no value carries it), truncating division being the floor on sizes.
+#[test]
+fn derived_sizes_from_shape_arithmetic_compute_at_run_time() {
+    let nodes = vec![
+        node("Shape", &["x"], &["s"], vec![]),
+        node("Gather", &["s", "i2"], &["h"], vec![int("axis", 0)]),
+        node("Add", &["h", "minus1"], &["h1"], vec![]),
+        node("Div", &["h1", "four"], &["q"], vec![]),
+        node("Add", &["q", "one"], &["cells"], vec![]),
+        node("Gather", &["s", "i3"], &["w"], vec![int("axis", 0)]),
+        node("Add", &["cells", "w"], &["total"], vec![]),
+        node("Cast", &["total"], &["totalf"], vec![int("to", 1)]),
+        node("Mul", &["x", "totalf"], &["y"], vec![]),
+    ];
+    let scalar = |name: &str, v: i64| init(name, &Tensor::from_i64(vec![], vec![v]));
+    let inits = vec![scalar("i2", 2), scalar("i3", 3), scalar("minus1", -1), scalar("four", 4), scalar("one", 1)];
+    let x = vi("x", 1, &[Dim::Sym("N".into()), Dim::Fixed(1), Dim::Sym("H".into()), Dim::Sym("W".into())]);
+    let g = import(&model(17, vec![x], inits, nodes, &["y"])).unwrap();
+    assert_eq!(g.value_type(g.outputs()[0].value).to_string(), "f32[N,1,H,W]");
+    for (h, w) in [(13usize, 7usize), (1, 5), (4, 1)] {
+        let xs: Vec<f32> = (0..h * w).map(|i| i as f32).collect();
+        let y = qforge_ir::interp::run(&g, &[Tensor::from_f32(vec![1, 1, h, w], xs.clone())]).unwrap();
+        let k = ((h - 1) / 4 + 1 + w) as f32;
+        assert_eq!(y[0].to_f32_vec(), xs.iter().map(|v| v * k).collect::<Vec<_>>(), "H={h} W={w}");
+    }
+}
+
 #[test]
 fn mod_gather_elements_and_ordered_comparisons_import() {
     let nodes = vec![

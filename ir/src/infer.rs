@@ -382,7 +382,7 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
         Op::Concat { axis } => {
             let first = x(0)?;
             let a = norm_axis(*axis, first.rank())?;
-            let mut total = Some(0usize);
+            let mut along = vec![];
             for i in 0..inputs.len() {
                 let t = x(i)?;
                 if t.dtype != first.dtype || t.quant != first.quant || t.rank() != first.rank() {
@@ -396,14 +396,10 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
                         )));
                     }
                 }
-                total = total.zip(t.shape.0[a].fixed()).map(|(s, d)| s.saturating_add(d));
+                along.push(t.shape.0[a].clone());
             }
             let mut dims = unified_dims(inputs.iter().flatten().map(|t| &t.shape), a)?;
-            dims[a] = match total {
-                Some(n) => Dim::Fixed(n),
-                None if inputs.len() == 1 => dims[a].clone(),
-                None => return Err(InferError::Shape("concatenation along a symbolic dimension".into())),
-            };
+            dims[a] = concat_dim(&along)?;
             one(first.with_shape(Shape(dims)))
         }
         Op::Slice { starts, ends, axes, steps } => {
@@ -736,7 +732,7 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
         Op::QConcat { axis } => {
             let first = quantized(x(0)?, "input 0")?;
             let a = norm_axis(*axis, first.rank())?;
-            let mut total = 0usize;
+            let mut along = vec![];
             for i in 0..inputs.len() {
                 let t = quantized(x(i)?, "input")?;
                 per_tensor(t, "input")?;
@@ -755,17 +751,21 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
                         )));
                     }
                 }
-                total = total.saturating_add(
-                    t.shape.0[a]
-                        .fixed()
-                        .ok_or_else(|| InferError::Shape("concatenation along a symbolic dimension".into()))?,
-                );
+                along.push(t.shape.0[a].clone());
             }
             let mut dims = unified_dims(inputs.iter().flatten().map(|t| &t.shape), a)?;
-            dims[a] = Dim::Fixed(total);
+            dims[a] = concat_dim(&along)?;
             declared_quant(declared, &Shape(dims), &[DType::I8, DType::U8])
         }
     }
+}
+
+/// The size of a concatenation along its axis: the sum of the inputs' sizes, a number when they
+/// are fixed and otherwise a symbolic sum ([`Dim::sum`]: a detection head's anchors from every
+/// level of a feature pyramid of any image size).
+fn concat_dim(along: &[Dim]) -> R<Dim> {
+    Dim::sum(along)
+        .ok_or_else(|| InferError::Shape(format!("the concatenated size {} overflows", Shape(along.to_vec()))))
 }
 
 /// The dims of concatenated shapes of one rank but the `axis` dim, each unified across the shapes
@@ -1811,5 +1811,41 @@ mod tests {
         // a real mismatch stays one
         assert_eq!(unify_dims(&Dim::Fixed(4), &Dim::Fixed(8)), None);
         assert_eq!(unify_dims(&Dim::Sym("N".into()), &Dim::Fixed(8)), None);
+    }
+
+    /// A concatenation along a symbolic axis (a detection head's anchors over the levels of a
+    /// feature pyramid) sums the sizes in one canonical form whatever the order of its inputs,
+    /// and the sum evaluates to the concrete size.
+    #[test]
+    fn concatenated_sizes_sum_canonically() {
+        let (h, w) = (Dim::Sym("H".into()), Dim::Sym("W".into()));
+        let level = |s: u64| {
+            let b = s as i64 - 1;
+            Dim::product(&[h.affine(1, b, s).unwrap(), w.affine(1, b, s).unwrap(), Dim::Fixed(9)]).unwrap()
+        };
+        let (p3, p4) = (level(8), level(16));
+        let both = Dim::sum(&[p3.clone(), p4.clone()]).unwrap();
+        assert_eq!(both, Dim::sum(&[p4.clone(), p3.clone()]).unwrap());
+        assert_eq!(both.to_string(), "((H+15)/16*(W+15)/16*9+(H+7)/8*(W+7)/8*9)");
+        // sums of sums add term by term; like terms and constants combine
+        let more = Dim::sum(&[both.clone(), p3.clone(), Dim::Fixed(4)]).unwrap();
+        assert_eq!(more.to_string(), "((H+15)/16*(W+15)/16*9+(H+7)/8*(W+7)/8*18+4)");
+        assert_eq!(Dim::sum(&[h.clone(), h.clone()]), Some(Dim::Sym("H*2".into())));
+        assert_eq!(Dim::sum(&[h.affine(1, -2, 1).unwrap(), Dim::Fixed(2)]), Some(h.clone()));
+        assert_eq!(Dim::sum(&[Dim::Fixed(3), Dim::Fixed(4)]), Some(Dim::Fixed(7)));
+        for (hv, wv) in [(1usize, 1usize), (17, 40), (64, 96)] {
+            let bind = |s: &str| match s {
+                "H" => Some(hv),
+                "W" => Some(wv),
+                _ => None,
+            };
+            let want = 9 * hv.div_ceil(8) * wv.div_ceil(8) + 9 * hv.div_ceil(16) * wv.div_ceil(16);
+            assert_eq!(both.eval(&bind), Some(want));
+            assert_eq!(more.eval(&bind), Some(want + 9 * hv.div_ceil(8) * wv.div_ceil(8) + 4));
+            assert!(both.lower_bound() <= want);
+        }
+        let t = |d: Dim| TensorType::new(DType::F32, Shape(vec![Dim::Sym("N".into()), d, Dim::Fixed(4)]));
+        let out = infer(&Op::Concat { axis: 1 }, &[Some(&t(p3)), Some(&t(p4))], None).unwrap();
+        assert_eq!(out[0].shape.0[1], both);
     }
 }

@@ -214,15 +214,19 @@ impl Dim {
     }
 
     /// The size of the dim when every name in it is bound (`bind` gives a name's size); derived
-    /// factors are evaluated. `None` when a name is unbound, on overflow, or for a negative size.
+    /// factors (affine sizes and sums) are evaluated. `None` when a name is unbound, on overflow,
+    /// or for a negative size.
     pub fn eval(&self, bind: &dyn Fn(&str) -> Option<usize>) -> Option<usize> {
         let (k, syms) = self.factors()?;
         syms.iter().try_fold(k, |acc, f| {
-            let v = match Affine::parse(f) {
-                Some(af) => {
-                    let base = Dim::Sym(af.base.clone()).eval(bind)? as i128;
-                    let v = (i128::from(af.a) * base + af.b as i128).div_euclid(af.c as i128);
-                    usize::try_from(v).ok()?
+            let v = match Derived::parse(f) {
+                Some(d) => {
+                    let mut total = d.b as i128;
+                    for (k, base) in &d.terms {
+                        let v = Dim::Sym(base.clone()).eval(bind)? as i128;
+                        total = total.checked_add((*k as i128).checked_mul(v)?)?;
+                    }
+                    usize::try_from(total.div_euclid(d.c as i128)).ok()?
                 }
                 None => bind(f)?,
             };
@@ -230,9 +234,184 @@ impl Dim {
         })
     }
 
+    /// The parts of a derived factor `f` (a factor of [`Dim::factors`]): `floor((k1*B1 + ... +
+    /// b) / c)` as the terms `(ki, Bi)` (each `Bi` a product of factors), `b` and `c`; `None` for
+    /// a name.
+    pub fn derived_parts(f: &str) -> Option<DerivedParts> {
+        Derived::parse(f).map(|d| (d.terms, d.b, d.c))
+    }
+
+    /// A lower bound of the dim's size, with every name at least 1 (a symbolic dim is a size of
+    /// at least one element, as the importer's shape arithmetic assumes).
+    pub fn lower_bound(&self) -> usize {
+        let Some((k, syms)) = self.factors() else { return 0 };
+        syms.iter().fold(k, |acc, f| {
+            let v = match Derived::parse(f) {
+                Some(d) => {
+                    let mut total = d.b as i128;
+                    for (k, base) in &d.terms {
+                        total = total
+                            .saturating_add((*k as i128).saturating_mul(Dim::Sym(base.clone()).lower_bound() as i128));
+                    }
+                    usize::try_from(total.div_euclid(d.c as i128)).unwrap_or(0)
+                }
+                // a parenthesized factor the grammar does not know: no bound
+                None if f.starts_with('(') => 0,
+                None => 1,
+            };
+            acc.saturating_mul(v)
+        })
+    }
+
+    /// The sum of dims in one canonical form: terms (a coefficient times a product of symbols)
+    /// with equal products combined, sorted by their product, and the constant last:
+    /// `((H+15)/16*(W+15)/16*9+(H+7)/8*(W+7)/8*9)`, the anchors of two detection-head levels
+    /// concatenated. A sum of one term is that term (`H*2`, or `(H+2)` with a constant), and a
+    /// sum already in this form is added term by term, so sums of sums are sums. The whole sum is
+    /// one factor: it multiplies as a product does (`N*(A+B)`), and is never distributed.
+    /// `None` on overflow.
+    pub fn sum(dims: &[Dim]) -> Option<Dim> {
+        let mut terms: std::collections::BTreeMap<Vec<String>, i128> = Default::default();
+        let mut b: i128 = 0;
+        let mut add = |k: i128, syms: Vec<String>, b: &mut i128| -> Option<()> {
+            if syms.is_empty() {
+                *b = b.checked_add(k)?;
+            } else {
+                let e = terms.entry(syms).or_insert(0);
+                *e = e.checked_add(k)?;
+            }
+            Some(())
+        };
+        for d in dims {
+            let (k, syms) = d.factors()?;
+            let k = k as i128;
+            // a sum (or an offset size `(B+b)`) adds its terms
+            if let [f] = syms.as_slice() {
+                if let Some(dv) = Derived::parse(f).filter(|dv| dv.c == 1) {
+                    for (tk, base) in dv.terms {
+                        let (bk, bs) = Dim::Sym(base).factors()?;
+                        add(k.checked_mul(tk as i128)?.checked_mul(bk as i128)?, bs, &mut b)?;
+                    }
+                    add(k.checked_mul(dv.b as i128)?, vec![], &mut b)?;
+                    continue;
+                }
+            }
+            add(k, syms, &mut b)?;
+        }
+        terms.retain(|_, k| *k != 0);
+        if terms.values().any(|&k| k < 0) {
+            return None;
+        }
+        let mut printed: Vec<(String, i128)> = terms
+            .into_iter()
+            .map(|(syms, k)| Some((Dim::from_factors(usize::try_from(k).ok()?, syms).to_string(), k)))
+            .collect::<Option<_>>()?;
+        match printed.len() {
+            0 => return usize::try_from(b).ok().map(Dim::Fixed),
+            1 => {
+                let (k, syms) = Dim::Sym(printed.remove(0).0).factors()?;
+                let prod = Dim::from_factors(1, syms);
+                return prod.affine(u64::try_from(k).ok()?, i64::try_from(b).ok()?, 1);
+            }
+            _ => {}
+        }
+        printed.sort();
+        let mut s = String::from("(");
+        for (i, (t, _)) in printed.iter().enumerate() {
+            if i > 0 {
+                s.push('+');
+            }
+            s.push_str(t);
+        }
+        if b != 0 {
+            s.push_str(&format!("{b:+}"));
+        }
+        s.push(')');
+        Some(Dim::Sym(s))
+    }
+
     /// Whether the dim is, or contains, a derived size.
     pub fn is_derived(&self) -> bool {
         matches!(self, Dim::Sym(s) if s.contains('('))
+    }
+}
+
+/// The parts of a derived factor ([`Dim::derived_parts`]): the terms `(k, product)`, `b`, `c`.
+pub type DerivedParts = (Vec<(u64, String)>, i64, u64);
+
+/// A derived factor in its general form: `floor((k1*B1 + k2*B2 + ... + b) / c)` over products
+/// `Bi` (strings without a constant factor) with coefficients `ki >= 1`, `c >= 1`. An [`Affine`]
+/// size is one term; a sum of sizes ([`Dim::sum`]) has `c = 1`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Derived {
+    terms: Vec<(u64, String)>,
+    b: i64,
+    c: u64,
+}
+
+impl Derived {
+    /// Parses `(t1+t2-...)` or `(...)/c` (terms are products or integers, split at the `+` and
+    /// `-` outside parentheses); `None` for anything else.
+    fn parse(f: &str) -> Option<Derived> {
+        let rest = f.strip_prefix('(')?;
+        let mut depth = 1usize;
+        let mut close = None;
+        for (i, ch) in rest.char_indices() {
+            match ch {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        close = Some(i);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let close = close?;
+        let (inner, tail) = (&rest[..close], &rest[close + 1..]);
+        let c = match tail {
+            "" => 1,
+            t => t.strip_prefix('/')?.parse::<u64>().ok().filter(|&c| c > 1)?,
+        };
+        let (mut terms, mut b) = (vec![], 0i64);
+        let (mut depth, mut start, mut sign) = (0usize, 0usize, 1i64);
+        let mut push = |t: &str, sign: i64| -> Option<()> {
+            if t.is_empty() {
+                return None;
+            }
+            if let Ok(v) = t.parse::<i64>() {
+                b = b.checked_add(v.checked_mul(sign)?)?;
+                return Some(());
+            }
+            if sign < 0 {
+                return None;
+            }
+            let (k, syms) = Dim::Sym(t.to_string()).factors()?;
+            if syms.is_empty() {
+                return None;
+            }
+            terms.push((u64::try_from(k).ok()?, syms.join("*")));
+            Some(())
+        };
+        for (i, ch) in inner.char_indices() {
+            match ch {
+                '(' => depth += 1,
+                ')' => depth = depth.checked_sub(1)?,
+                '+' | '-' if depth == 0 => {
+                    push(&inner[start..i], sign)?;
+                    sign = if ch == '-' { -1 } else { 1 };
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        push(&inner[start..], sign)?;
+        if terms.is_empty() {
+            return None;
+        }
+        Some(Derived { terms, b, c })
     }
 }
 

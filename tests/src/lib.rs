@@ -263,6 +263,13 @@ pub fn has_integer_values(g: &Graph) -> bool {
 /// element more than one output quantization step apart; within 1e-5 of the largest magnitude
 /// otherwise.
 pub fn check_jit(g: &Graph, inputs: &[Tensor], expected: &[Tensor]) -> Result<()> {
+    check_jit_within(g, inputs, expected, 1e-5)
+}
+
+/// [`check_jit`] with float outputs within `rel` of the largest magnitude instead of 1e-5, for a
+/// model whose engines' summation orders drift further apart through its depth (each caller says
+/// by how much, measured).
+pub fn check_jit_within(g: &Graph, inputs: &[Tensor], expected: &[Tensor], rel: f32) -> Result<()> {
     let exact = has_integer_values(g);
     let fake_quant = !exact && g.node_ids().any(|id| matches!(g.node(id).op, Op::Quantize));
     use qforge_codegen::Microkernels::{Cranelift, Native};
@@ -289,8 +296,8 @@ pub fn check_jit(g: &Graph, inputs: &[Tensor], expected: &[Tensor]) -> Result<()
                 if a.exact_share < 0.999 || a.max_steps.unwrap_or(f32::INFINITY) > 1.0 + 1e-3 {
                     bail!("JIT ({mk:?}) output {i} differs by more than rare single quantization steps: {a}");
                 }
-            } else if !exact && a.max_abs > 1e-5 * a.ref_max_abs.max(f32::MIN_POSITIVE) {
-                bail!("JIT ({mk:?}) output {i} differs by more than 1e-5 relative: {a}");
+            } else if !exact && a.max_abs > rel * a.ref_max_abs.max(f32::MIN_POSITIVE) {
+                bail!("JIT ({mk:?}) output {i} differs by more than {rel:e} relative: {a}");
             }
         }
     }

@@ -8,29 +8,16 @@
 //! qforge does not import yet are listed with their refusal ([`KNOWN_GAPS`]).
 
 use qforge_ir::{Graph, Tensor};
-use qforge_tests::{agreement, check_jit, first_rows as rows};
+use qforge_tests::{agreement, check_jit_within, first_rows as rows};
 use std::path::PathBuf;
 
 /// The exports qforge does not import yet, with the refusal each gives today (a substring). The
 /// test fails when one of them imports (take it off the list) or refuses differently, so the list
-/// is always the current state: concatenating detection heads' anchors along a symbolic size, the
-/// dynamo exporter's shape arithmetic for Resize sizes and view shapes, and Swin's window padding
-/// computed from the image size.
+/// is always the current state: Swin's window padding computed from the image size
+/// (`(4 - H % 4) % 4`, a remainder of a symbolic size, then a Pad by it).
 const KNOWN_GAPS: &[(&str, &str)] = &[
-    ("deeplabv3_mobilenet_v3_dynamo.onnx", "(Resize): input `val_597` (sizes) must be a constant"),
-    ("fcos_fpn.onnx", "concatenation along a symbolic dimension"),
-    ("fcos_fpn_dynamo.onnx", "(Resize): input `val_548` (sizes) must be a constant"),
-    ("lraspp_mobilenet_v3_dynamo.onnx", "(Resize): input `val_558` (sizes) must be a constant"),
-    ("retinanet_fpn.onnx", "concatenation along a symbolic dimension"),
-    ("retinanet_fpn_dynamo.onnx", "(Resize): input `val_545` (sizes) must be a constant"),
-    ("shufflenet_v2_dynamo.onnx", "(Reshape): input `val_86` (shape) must be a constant"),
-    ("ssdlite_mobilenet_v3.onnx", "concatenation along a symbolic dimension"),
-    ("ssdlite_mobilenet_v3_dynamo.onnx", "(Reshape): input `val_695` (shape) must be a constant"),
     ("swin_t.onnx", "(Pad): input `/features/features.1/features.1.0/attn/Cast_1_output_0` (pads) must be a constant"),
     ("swin_t_dynamo.onnx", "(Pad): input `val_48` (pads) must be a constant"),
-    ("text_recognizer_dynamo.onnx", "(Reshape): input `val_68` (shape) must be a constant"),
-    ("yolov8_style.onnx", "concatenation along a symbolic dimension"),
-    ("yolov8_style_dynamo.onnx", "concatenation along a symbolic dimension"),
 ];
 
 /// Imports `file`: the graph, or `None` for a known gap refusing as listed; any other outcome is
@@ -85,16 +72,32 @@ fn models() -> Vec<Model> {
         .collect()
 }
 
+/// How far the JIT may be from the interpreter (relative to the largest magnitude) in the oracle
+/// of `check_jit`: 1e-5, except where the two summation orders were measured to drift further
+/// apart through a model's depth, each with its figures. Both engines are held to 1e-4 of ORT
+/// whatever this says.
+fn jit_oracle_bound(file: &str) -> f32 {
+    match file {
+        // SSDLite's output: 1.6e-5 (size A, batch 1) and 2.6e-5 (size B, batch 2) relative. Node
+        // by node (on 64x64 images), the distance grows evenly through the backbone's four extra
+        // stride-2 blocks on their smallest maps, from 4e-6 to 2.5e-5, with no op jumping: the
+        // two summation orders, not a formula (each engine is as far from ORT as from the other)
+        "ssdlite_mobilenet_v3.onnx" | "ssdlite_mobilenet_v3_dynamo.onnx" => 5e-5,
+        _ => 1e-5,
+    }
+}
+
 /// Runs `g` on the interpreter and the JIT; an error says which engine and how far from ORT's
 /// output (more than 1e-4 of its largest magnitude).
-fn check(g: &Graph, x: &Tensor, reference: &Tensor) -> Result<String, String> {
+fn check(file: &str, g: &Graph, x: &Tensor, reference: &Tensor) -> Result<String, String> {
     let inputs = std::slice::from_ref(x);
     let interp = qforge_ir::interp::run(g, inputs).map_err(|e| format!("interpreter: {e}"))?;
     let a = agreement(&interp[0], reference, None).map_err(|e| format!("interpreter: {e:#}"))?;
     if a.max_abs > 1e-4 * a.ref_max_abs {
         return Err(format!("interpreter: {a}"));
     }
-    check_jit(g, inputs, &interp).map_err(|e| format!("JIT against the interpreter: {e:#}"))?;
+    check_jit_within(g, inputs, &interp, jit_oracle_bound(file))
+        .map_err(|e| format!("JIT against the interpreter: {e:#}"))?;
     let exe = qforge_codegen::JitExecutable::new(g.clone(), qforge_codegen::JitOptions::default());
     let jit = exe.run(inputs).map_err(|e| format!("JIT: {e}"))?;
     let b = agreement(&jit[0], reference, None).map_err(|e| format!("JIT: {e:#}"))?;
@@ -122,7 +125,7 @@ fn every_zoo_model_matches_onnx_runtime_at_two_batches_and_two_image_sizes() {
         for file in files {
             let Some(g) = import(&file, &mut failures) else { continue };
             for (label, x, reference) in &runs {
-                match check(&g, x, reference) {
+                match check(&file, &g, x, reference) {
                     Ok(s) => println!("{file} {label}: {s}"),
                     Err(e) => failures.push(format!("{file} {label}: {e}")),
                 }
@@ -193,7 +196,7 @@ fn zoo_int8_and_fp16_against_onnx_runtime() {
                 Ok(agreement(&y, &reference, None)?.sqnr_db)
             };
             match run() {
-                Ok(db) => row.push(format!("{db:.1}")),
+                Ok(db) => row.push(format!("{db:.3}")),
                 Err(e) => {
                     failures.push(format!("{name}: {label}: {e:#}"));
                     row.push("error".into());
@@ -213,7 +216,7 @@ fn zoo_int8_and_fp16_against_onnx_runtime() {
             let floor = theirs + static_margin(&name);
             if ours < floor {
                 failures.push(format!(
-                    "{name}: static int8 SQNR {ours:.1} dB is below its floor {floor:.1} dB (ORT's {theirs:.1} dB)"
+                    "{name}: static int8 SQNR {ours:.3} dB is below its floor {floor:.3} dB (ORT's {theirs:.3} dB)"
                 ));
             }
         }

@@ -81,12 +81,35 @@ impl Mono {
         if self.syms == o.syms {
             return Some(if k == 0 { Mono::c(0) } else { Mono { k, syms: self.syms.clone() } });
         }
-        // x + 0 and 0 + x
         match (self.konst(), o.konst()) {
+            // x + 0 and 0 + x
             (_, Some(0)) => Some(self.clone()),
             (Some(0), _) if sign == 1 => Some(o.clone()),
+            // a size plus or less a constant: the derived size `(B+b)`, when it cannot be negative
+            (None, Some(q)) => self.affine(1, q.checked_mul(sign)?, 1),
+            (Some(q), None) if sign == 1 => o.affine(1, q, 1),
+            // two sizes: their sum
+            (None, None) if sign == 1 => Mono::of_dim(&Dim::sum(&[self.to_dim()?, o.to_dim()?])?),
             _ => None,
         }
+    }
+
+    /// The monomial as an IR dim, when it is a size (a positive factor).
+    fn to_dim(&self) -> Option<Dim> {
+        let k = usize::try_from(self.k).ok().filter(|&k| k > 0)?;
+        Some(Dim::from_factors(k, self.syms.clone()))
+    }
+
+    /// `floor((a * self + b) / c)` as the derived size [`Dim::affine`] writes, when the numerator
+    /// is provably not negative (every symbol is at least 1), so that floor and ONNX's integer
+    /// division (which truncates toward zero) agree.
+    fn affine(&self, a: u64, b: i64, c: u64) -> Option<Mono> {
+        let d = self.to_dim()?;
+        let low = i128::from(a).checked_mul(d.lower_bound() as i128)?.checked_add(i128::from(b))?;
+        if low < 0 {
+            return None;
+        }
+        Mono::of_dim(&d.affine(a, b, c)?)
     }
 }
 
@@ -288,7 +311,9 @@ pub fn eval(im: &Importer, node: &NodeProto, opset: i64) -> Option<SymVal> {
                     "Add" => a.add(b, 1),
                     "Sub" => a.add(b, -1),
                     "Mul" => a.mul(b),
-                    "Div" => a.div(b),
+                    // a size over a positive constant: the derived size `(B)/c` (floor, which
+                    // is ONNX's truncation on a size)
+                    "Div" => a.div(b).or_else(|| a.affine(1, 0, u64::try_from(b.konst()?).ok().filter(|&c| c > 0)?)),
                     "Mod" => {
                         // integer Mod (fmod=0): the sign of the divisor
                         let (p, q) = (a.konst()?, b.konst()?);
@@ -397,32 +422,7 @@ pub fn materialize(im: &mut Importer, name: &str) -> Result<Value, SymbolicError
     let base = format!("{name}/value");
     let mut parts = vec![];
     for m in &s.elems {
-        let mut acc: Option<Value> = None;
-        for sym in &m.syms {
-            let (v, axis) = *im.sym_src.get(sym).ok_or_else(|| SymbolicError::NoInputDim(sym.clone()))?;
-            let nn = im.fresh_name(&format!("{base}/shape"));
-            let d = im.g.add_node(Op::Shape { start: axis, end: axis + 1 }, vec![Some(v)], None, nn)?;
-            acc = Some(match acc {
-                None => d,
-                Some(a) => {
-                    let nn = im.fresh_name(&format!("{base}/mul"));
-                    im.g.add_node(Op::Binary(qforge_ir::BinaryOp::Mul), vec![Some(a), Some(d)], None, nn)?
-                }
-            });
-        }
-        let kc = |im: &mut Importer, k: i64| {
-            let nn = im.fresh_name(&format!("{base}/k"));
-            im.g.add_const(nn, Tensor::from_i64(vec![1], vec![k]))
-        };
-        let v = match acc {
-            None => kc(im, m.k),
-            Some(a) if m.k == 1 => a,
-            Some(a) => {
-                let k = kc(im, m.k);
-                let nn = im.fresh_name(&format!("{base}/mul"));
-                im.g.add_node(Op::Binary(qforge_ir::BinaryOp::Mul), vec![Some(a), Some(k)], None, nn)?
-            }
-        };
+        let v = product_value(im, m.k, &m.syms, &base)?;
         parts.push(Some(v));
     }
     let mut v = if parts.len() == 1 {
@@ -440,4 +440,72 @@ pub fn materialize(im: &mut Importer, name: &str) -> Result<Value, SymbolicError
         v = im.g.add_node(Op::Cast { to: s.dtype }, vec![Some(v)], None, nn)?;
     }
     Ok(v)
+}
+
+/// `k` times the product of `syms` at run time, as a 1-element i64 tensor.
+fn product_value(im: &mut Importer, k: i64, syms: &[String], base: &str) -> Result<Value, SymbolicError> {
+    let mut acc: Option<Value> = None;
+    for sym in syms {
+        let d = symbol_value(im, sym, base)?;
+        acc = Some(match acc {
+            None => d,
+            Some(a) => binary(im, qforge_ir::BinaryOp::Mul, a, d, base)?,
+        });
+    }
+    match acc {
+        None => Ok(konst(im, k, base)),
+        Some(a) if k == 1 => Ok(a),
+        Some(a) => {
+            let kv = konst(im, k, base);
+            binary(im, qforge_ir::BinaryOp::Mul, a, kv, base)
+        }
+    }
+}
+
+/// One symbol at run time (a 1-element i64 tensor): read from the dims of the value that carries
+/// it, or, for a derived size no value carries (`(H+15)/16` computed by the model's own shape
+/// arithmetic, a sum of sizes), computed from its parts as [`Dim::eval`] does: the terms summed,
+/// the constant added, then divided by `c` (integer division truncates, which is the floor on a
+/// size's numerator, never negative).
+fn symbol_value(im: &mut Importer, sym: &str, base: &str) -> Result<Value, SymbolicError> {
+    if let Some(&(v, axis)) = im.sym_src.get(sym) {
+        let nn = im.fresh_name(&format!("{base}/shape"));
+        return Ok(im.g.add_node(Op::Shape { start: axis, end: axis + 1 }, vec![Some(v)], None, nn)?);
+    }
+    let (terms, b, c) = Dim::derived_parts(sym).ok_or_else(|| SymbolicError::NoInputDim(sym.to_string()))?;
+    let mut acc: Option<Value> = None;
+    for (k, prod) in terms {
+        let (pk, syms) = Dim::Sym(prod.clone()).factors().ok_or_else(|| SymbolicError::NoInputDim(sym.to_string()))?;
+        let k = i64::try_from(k)
+            .ok()
+            .zip(i64::try_from(pk).ok())
+            .and_then(|(a, b)| a.checked_mul(b))
+            .ok_or_else(|| SymbolicError::Internal(format!("the size `{sym}` overflows")))?;
+        let t = product_value(im, k, &syms, base)?;
+        acc = Some(match acc {
+            None => t,
+            Some(a) => binary(im, qforge_ir::BinaryOp::Add, a, t, base)?,
+        });
+    }
+    let mut v = acc.ok_or_else(|| SymbolicError::NoInputDim(sym.to_string()))?;
+    if b != 0 {
+        let bv = konst(im, b, base);
+        v = binary(im, qforge_ir::BinaryOp::Add, v, bv, base)?;
+    }
+    if c > 1 {
+        let c = i64::try_from(c).map_err(|_| SymbolicError::Internal(format!("the size `{sym}` overflows")))?;
+        let cv = konst(im, c, base);
+        v = binary(im, qforge_ir::BinaryOp::Div, v, cv, base)?;
+    }
+    Ok(v)
+}
+
+fn konst(im: &mut Importer, k: i64, base: &str) -> Value {
+    let nn = im.fresh_name(&format!("{base}/k"));
+    im.g.add_const(nn, Tensor::from_i64(vec![1], vec![k]))
+}
+
+fn binary(im: &mut Importer, op: qforge_ir::BinaryOp, a: Value, b: Value, base: &str) -> Result<Value, SymbolicError> {
+    let nn = im.fresh_name(&format!("{base}/{}", Op::Binary(op).name()));
+    Ok(im.g.add_node(Op::Binary(op), vec![Some(a), Some(b)], None, nn)?)
 }
