@@ -275,13 +275,13 @@ impl LoweredStep {
             }
             StepKind::Rows { op, input, input2, output, units } => write!(
                 s,
-                "{:?}{} n={} inner={} consts={} index={:?} units={units}; {}{} -> {}",
+                "{:?}{} n={} inner={} consts={} index={} units={units}; {}{} -> {}",
                 op.kind,
                 op.plan.as_deref().map(describe_plan).unwrap_or_default(),
                 op.n,
                 op.inner,
                 op.scale.len() + op.bias.len(),
-                op.index,
+                if op.index.len() > 32 { format!("[{} entries]", op.index.len()) } else { format!("{:?}", op.index) },
                 buf_name(*input),
                 input2.map(|b| format!(", {}", buf_name(b))).unwrap_or_default(),
                 buf_name(*output)

@@ -172,7 +172,7 @@ mod tests {
 }"#,
         },
         Case {
-            name: "concat with a constant, or of different quantization, runs on the host",
+            name: "concat with a constant runs on the host; a concat of inputs of other quantization requantizes them by table",
             shapes: &[&[2, 3], &[2, 3]],
             qir: r#"graph m(%y: f32[2,3], %q: u8<0.1:0>[N,3]) -> (a: f32[2,4], b: u8<0.2:0>[N,6]) {
   %0 = const f32[2,1] = [1.5, -1.5]  # "column"

@@ -228,6 +228,20 @@ mod tests {
 }"#,
         },
         Case {
+            name: "hard sigmoid, a squeeze-and-excitation gate and SiLU's product in NHWC",
+            shapes: &[&[1, 3, 4, 4]],
+            qir: r#"graph r(%x: f32[N,3,4,4]) -> (a: f32[N,2,4,4], b: f32[N,2,4,4]) {
+  %0 = const f32[2,3,1,1] = [0.5, -0.25, 1.0, 0.75, 0.25, -0.5]  # "w"
+  %1 = conv %x, %0 {kernel=[1,1], strides=[1,1], pads=[0,0,0,0], dilations=[1,1], group=1} : f32[N,2,4,4]  # "conv"
+  %2 = global_average_pool %1 : f32[N,2,1,1]  # "pool"
+  %3 = hard_sigmoid %2 {alpha=0.2, beta=0.5} : f32[N,2,1,1]  # "gate"
+  %4 = mul %3, %1 : f32[N,2,4,4]  # "se"
+  %5 = sigmoid %1 : f32[N,2,4,4]  # "sigmoid"
+  %6 = mul %1, %5 : f32[N,2,4,4]  # "silu"
+  return %4, %6
+}"#,
+        },
+        Case {
             name: "transposes of f32 and u8",
             shapes: &[&[2, 3, 4], &[2, 3]],
             qir: r#"graph r(%x: f32[N,3,4], %q: u8<0.1:3>[N,3]) -> (a: f32[4,N,3], b: u8<0.1:3>[3,N]) {

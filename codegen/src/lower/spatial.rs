@@ -81,3 +81,40 @@ impl Lowerer<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::{check_family, Case};
+
+    const CASES: &[Case] = &[
+        Case {
+            name: "f32 resizes and pads after a convolution stay NHWC; a resize of the channels runs on the host",
+            shapes: &[&[1, 3, 4, 4]],
+            qir: r#"graph s(%x: f32[N,3,4,4]) -> (a: f32[N,2,8,8], b: f32[N,2,7,5], c: f32[N,2,7,6], d: f32[N,6,4,4]) {
+  %0 = const f32[2,3,1,1] = [0.5, -0.25, 1.0, 0.75, 0.25, -0.5]  # "w"
+  %1 = conv %x, %0 {kernel=[1,1], strides=[1,1], pads=[0,0,0,0], dilations=[1,1], group=1} : f32[N,2,4,4]  # "conv"
+  %2 = resize %1 {mode=nearest, coord=asymmetric, nearest=floor, cubic_a=-0.75, exclude_outside=false, extrapolation=0.0, antialias=false, roi=[], scales=[1.0,1.0,2.0,2.0]} : f32[N,2,8,8]  # "nearest"
+  %3 = resize %1 {mode=linear, coord=align_corners, nearest=round_prefer_floor, cubic_a=-0.75, exclude_outside=false, extrapolation=0.0, antialias=false, roi=[], axes=[2,3], sizes=[7,5], policy=stretch} : f32[N,2,7,5]  # "linear"
+  %4 = pad %1 {mode=reflect, pads=[0,0,1,2,0,0,2,0], value=0.0} : f32[N,2,7,6]  # "reflect"
+  %5 = resize %x {mode=nearest, coord=asymmetric, nearest=floor, cubic_a=-0.75, exclude_outside=false, extrapolation=0.0, antialias=false, roi=[], scales=[1.0,2.0,1.0,1.0]} : f32[N,6,4,4]  # "channels"
+  %7 = const f32[2,2,1,1] = [1.0, -1.0, 0.5, 0.5]  # "w2"
+  %6 = conv %2, %7 {kernel=[1,1], strides=[1,1], pads=[0,0,0,0], dilations=[1,1], group=1} : f32[N,2,8,8]  # "conv2"
+  return %6, %3, %4, %5
+}"#,
+        },
+        Case {
+            name: "u8 resize and constant pad carry the input's parameters",
+            shapes: &[&[1, 2, 4, 4]],
+            qir: r#"graph s(%x: u8<0.1:3>[N,2,4,4]) -> (a: u8<0.1:3>[N,2,8,8], b: u8<0.1:3>[N,2,6,6]) {
+  %0 = resize %x {mode=linear, coord=half_pixel, nearest=round_prefer_floor, cubic_a=-0.75, exclude_outside=false, extrapolation=0.0, antialias=false, roi=[], scales=[1.0,1.0,2.0,2.0]} : u8<0.1:3>[N,2,8,8]  # "linear"
+  %1 = pad %x {mode=constant, pads=[0,0,1,1,0,0,1,1], value=3.0} : u8<0.1:3>[N,2,6,6]  # "pad"
+  return %0, %1
+}"#,
+        },
+    ];
+
+    #[test]
+    fn spatial_family_lowering() {
+        check_family("spatial", CASES);
+    }
+}
