@@ -223,9 +223,9 @@ impl Program {
                     v
                 }
                 StepKind::Elementwise { inputs, .. } => inputs.clone(),
-                StepKind::MaxPool { input, .. }
-                | StepKind::Convert { input, .. }
-                | StepKind::AvgPool { input, .. } => vec![*input],
+                StepKind::MaxPool { input, .. } | StepKind::Convert { input, .. } | StepKind::AvgPool { input, .. } => {
+                    vec![*input]
+                }
                 StepKind::Rows { input, input2, .. } => std::iter::once(*input).chain(*input2).collect(),
                 StepKind::Concat { parts, .. } => parts.iter().map(|p| p.0).collect(),
                 StepKind::Host { inputs, .. } => inputs

@@ -813,9 +813,9 @@ fn per_tensor_int8_or_plain<'a>(t: &'a TensorType, what: &str) -> R<&'a TensorTy
     match &t.quant {
         None => Ok(t),
         Some(QuantParams::PerTensor { .. }) if matches!(t.dtype, DType::I8 | DType::U8) => Ok(t),
-        Some(_) => Err(InferError::Operand(format!(
-            "{what} must be plain or an i8/u8 tensor quantized per tensor, got {t}"
-        ))),
+        Some(_) => {
+            Err(InferError::Operand(format!("{what} must be plain or an i8/u8 tensor quantized per tensor, got {t}")))
+        }
     }
 }
 

@@ -58,7 +58,18 @@ impl Lowerer<'_> {
         let input = self.in_layout(x, layout, &n.name)?;
         let output = self.define(n.out, layout);
         let len = numel(&n.oty);
-        let op = RowOp { kind: RowKind::Lut8, x: 0, y: 0, n: len, inner: 1, scale: vec![], bias: vec![], index, x2: 0, plan: None };
+        let op = RowOp {
+            kind: RowKind::Lut8,
+            x: 0,
+            y: 0,
+            n: len,
+            inner: 1,
+            scale: vec![],
+            bias: vec![],
+            index,
+            x2: 0,
+            plan: None,
+        };
         self.push(&n.name, StepKind::Rows { op, input, input2: None, output, units: len.div_ceil(rowops::CHUNK) });
         Ok(())
     }

@@ -78,9 +78,23 @@ impl Lowerer<'_> {
                 let ty = self.types[v].clone();
                 let len = numel(&ty);
                 let out = self.new_buf(&ty);
-                let op = RowOp { kind: RowKind::Lut8, x: 0, y: 0, n: len, inner: 1, scale: vec![], bias: vec![], index, x2: 0, plan: None };
+                let op = RowOp {
+                    kind: RowKind::Lut8,
+                    x: 0,
+                    y: 0,
+                    n: len,
+                    inner: 1,
+                    scale: vec![],
+                    bias: vec![],
+                    index,
+                    x2: 0,
+                    plan: None,
+                };
                 let name = format!("{}.requant", n.name);
-                self.push(&name, StepKind::Rows { op, input: buf, input2: None, output: out, units: len.div_ceil(rowops::CHUNK) });
+                self.push(
+                    &name,
+                    StepKind::Rows { op, input: buf, input2: None, output: out, units: len.div_ceil(rowops::CHUNK) },
+                );
                 buf = out;
             }
             parts.push((buf, dv.get(a).copied().unwrap_or(0) * inner * es));
@@ -99,7 +113,18 @@ impl Lowerer<'_> {
         let input = self.in_layout(x, layout, &n.name)?;
         let output = self.define(n.out, layout);
         let len = numel(&n.oty);
-        let op = RowOp { kind: RowKind::Lut8, x: 0, y: 0, n: len, inner: 1, scale: vec![], bias: vec![], index, x2: 0, plan: None };
+        let op = RowOp {
+            kind: RowKind::Lut8,
+            x: 0,
+            y: 0,
+            n: len,
+            inner: 1,
+            scale: vec![],
+            bias: vec![],
+            index,
+            x2: 0,
+            plan: None,
+        };
         self.push(&n.name, StepKind::Rows { op, input, input2: None, output, units: len.div_ceil(rowops::CHUNK) });
         Ok(())
     }

@@ -143,7 +143,18 @@ impl Lowerer<'_> {
             let other = self.in_layout(b, layout, &n.name)?;
             let output = self.define(n.out, layout);
             let len = numel(&n.oty);
-            let op = RowOp { kind: RowKind::MulF32, x: 0, y: 0, n: len, inner: 1, scale: vec![], bias: vec![], index: vec![], x2: 0, plan: None };
+            let op = RowOp {
+                kind: RowKind::MulF32,
+                x: 0,
+                y: 0,
+                n: len,
+                inner: 1,
+                scale: vec![],
+                bias: vec![],
+                index: vec![],
+                x2: 0,
+                plan: None,
+            };
             let units = len.div_ceil(rowops::CHUNK);
             self.push(&n.name, StepKind::Rows { op, input, input2: Some(other), output, units });
             return Ok(());
@@ -161,7 +172,8 @@ impl Lowerer<'_> {
         let output = self.define(n.out, layout);
         let len = numel(&n.oty);
         let kind = RowKind::GateMul { nhwc: layout == Layout::Nhwc, c: d[1], hw: d[2] * d[3], gate_first };
-        let op = RowOp { kind, x: 0, y: 0, n: len, inner: 1, scale: vec![], bias: vec![], index: vec![], x2: 0, plan: None };
+        let op =
+            RowOp { kind, x: 0, y: 0, n: len, inner: 1, scale: vec![], bias: vec![], index: vec![], x2: 0, plan: None };
         let units = len.div_ceil(rowops::CHUNK);
         self.push(&n.name, StepKind::Rows { op, input, input2: Some(gate), output, units });
         Ok(())

@@ -99,13 +99,7 @@ pub enum SpatialPlan {
     /// ONNX Pad: output position `o` of axis `a` reads input position `maps[a][o]`
     /// ([`qforge_ir::interp::movement::pad_maps`]), or is `fill` (the element's bytes, little
     /// endian) where any axis maps to `None`; elements of `elem` bytes.
-    Pad {
-        elem: usize,
-        in_dims: [usize; 4],
-        out_dims: [usize; 4],
-        maps: [Vec<Option<usize>>; 4],
-        fill: u64,
-    },
+    Pad { elem: usize, in_dims: [usize; 4], out_dims: [usize; 4], maps: [Vec<Option<usize>>; 4], fill: u64 },
 }
 
 impl SpatialPlan {
@@ -329,7 +323,8 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                         let (n, c, oh, ow) = position(&dout, nhwc, i);
                         // SAFETY: `read_f64` reads input elements at offsets of positions inside
                         // `din` (taps index inside the input axis), in the input buffer.
-                        let at = |hh: usize, ww: usize| unsafe { read_f64(xb, dtype, offset(&din, nhwc, n, c, hh, ww)) };
+                        let at =
+                            |hh: usize, ww: usize| unsafe { read_f64(xb, dtype, offset(&din, nhwc, n, c, hh, ww)) };
                         let hval = |ww: usize| match h {
                             None => at(oh, ww),
                             Some(t) => apply_taps(&t[oh], *extrapolation, |hh| at(hh, ww)),

@@ -200,9 +200,10 @@ fn decide<'a>(g: &Graph, node: &Node, decided: impl Fn(NodeId) -> Option<&'a Dec
             Quantize { weight: None },
             "resize: interpolates the stored integers, keeps its input's scale and zero point".into(),
         ),
-        Op::Pad { .. } => {
-            (Quantize { weight: None }, "pad: data movement with a quantized fill, keeps its input's scale and zero point".into())
-        }
+        Op::Pad { .. } => (
+            Quantize { weight: None },
+            "pad: data movement with a quantized fill, keeps its input's scale and zero point".into(),
+        ),
         Op::Resize(_) | Op::Tile { .. } => keep(format!(
             "{}: no quantized form (tile, and resize with tf_crop_and_resize or exclude_outside); stays float",
             op.name()
