@@ -160,9 +160,9 @@ impl Lowerer<'_> {
             return Ok(());
         }
         ensure(d.len() == 4, "a result of rank other than 4")?;
-        let (x, g, gate_first) = match (dims(&self.types[&a]), dims(&self.types[&b])) {
-            (Some(da), Some(db)) if da == d && db == gate_shape => (a, b, false),
-            (Some(da), Some(db)) if db == d && da == gate_shape => (b, a, true),
+        let (x, g) = match (dims(&self.types[&a]), dims(&self.types[&b])) {
+            (Some(da), Some(db)) if da == d && db == gate_shape => (a, b),
+            (Some(da), Some(db)) if db == d && da == gate_shape => (b, a),
             _ => return host("not a tensor times a [N, C, 1, 1] gate"),
         };
         let layout = self.vals[&x].layout;
@@ -171,7 +171,7 @@ impl Lowerer<'_> {
         let gate = self.plain(g, &n.name)?;
         let output = self.define(n.out, layout);
         let len = numel(&n.oty);
-        let kind = RowKind::GateMul { nhwc: layout == Layout::Nhwc, c: d[1], hw: d[2] * d[3], gate_first };
+        let kind = RowKind::GateMul { nhwc: layout == Layout::Nhwc, c: d[1], hw: d[2] * d[3] };
         let op =
             RowOp { kind, x: 0, y: 0, n: len, inner: 1, scale: vec![], bias: vec![], index: vec![], x2: 0, plan: None };
         let units = len.div_ceil(rowops::CHUNK);

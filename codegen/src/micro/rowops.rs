@@ -58,13 +58,12 @@ pub enum RowKind {
     /// `y = x * g` where `g` (at [`RowOp::x2`], `n * c` f32 values) is a per-image, per-channel
     /// gate broadcast over the pixels (a squeeze-and-excitation block's `[N, C, H, W] * [N, C,
     /// 1, 1]`); the channel of element `i` is `i % c` in NHWC and `(i / hw) % c` in plain order,
-    /// its image `i / (c * hw)`; `gate_first`: the gate is the left operand. Units are
-    /// [`CHUNK`]s.
+    /// its image `i / (c * hw)` (an IEEE product does not depend on the operands' order, so
+    /// either may be the gate). Units are [`CHUNK`]s.
     GateMul {
         nhwc: bool,
         c: usize,
         hw: usize,
-        gate_first: bool,
     },
     /// `y = x * x2` on f32 of one shape and layout (the second operand at [`RowOp::x2`]); units
     /// are [`CHUNK`]s.
@@ -274,7 +273,7 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                 *yv = (alpha * xv + beta).clamp(0.0, 1.0);
             }
         }
-        RowKind::GateMul { nhwc, c, hw, gate_first } => {
+        RowKind::GateMul { nhwc, c, hw } => {
             // SAFETY: `op.x2` is the offset of the gate's buffer inside the arena.
             let gb = unsafe { arena.add(op.x2) } as *const f32;
             let (x, y) = (xb as *const f32, yb as *mut f32);
@@ -286,7 +285,7 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                 // `img * c + ch < n * c` in the gate's; only this call writes output element `i`.
                 unsafe {
                     let (xv, gv) = (x.add(i).read(), gb.add(img * c + ch).read());
-                    y.add(i).write(if gate_first { gv * xv } else { xv * gv });
+                    y.add(i).write(xv * gv);
                 }
             }
         }
