@@ -135,7 +135,6 @@ impl Lowerer<'_> {
         let (a, b) = need(n.input(0).zip(n.input(1)), "an input is missing")?;
         ensure(!self.is_const(a) && !self.is_const(b), "an operand is a constant")?;
         let d = need(dims(&n.oty), "the result shape is not fixed")?;
-        let gate_shape = [d[0], d[1], 1, 1];
         if self.types[&a].shape == n.oty.shape && self.types[&b].shape == n.oty.shape {
             // same shapes (SiLU's `x * sigmoid(x)`): element by element, both in `a`'s layout
             let layout = self.vals[&a].layout;
@@ -160,6 +159,7 @@ impl Lowerer<'_> {
             return Ok(());
         }
         ensure(d.len() == 4, "a result of rank other than 4")?;
+        let gate_shape = [d[0], d[1], 1, 1];
         let (x, g) = match (dims(&self.types[&a]), dims(&self.types[&b])) {
             (Some(da), Some(db)) if da == d && db == gate_shape => (a, b),
             (Some(da), Some(db)) if db == d && da == gate_shape => (b, a),
