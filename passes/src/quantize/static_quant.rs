@@ -148,6 +148,11 @@ pub fn activation_plan(g: &Graph, cfg: &QConfig) -> Result<ActivationPlan, qforg
                 }
                 let out = Value::new(np.id, 0);
                 match node.op {
+                    // a resize or pad whose result only float ops read stays float after its
+                    // integer input (rounding an interpolated output to the input's grid would
+                    // cost the float consumers, and a graph output, precision)
+                    Op::Resize(_) | Op::Pad { .. }
+                        if g.is_output(out) || g.value_users(out).iter().any(|u| !quantized.contains_key(&u.0)) => {}
                     Op::MaxPool(_) | Op::GlobalMaxPool | Op::AveragePool(_) | Op::Resize(_) | Op::Pad { .. } => {
                         if let Some(x) = node.inputs()[0] {
                             if ap.index(x).is_some() {
