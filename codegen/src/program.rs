@@ -223,10 +223,10 @@ impl Program {
                     v
                 }
                 StepKind::Elementwise { inputs, .. } => inputs.clone(),
-                StepKind::MaxPool { input, .. }
-                | StepKind::Convert { input, .. }
-                | StepKind::Rows { input, .. }
-                | StepKind::AvgPool { input, .. } => vec![*input],
+                StepKind::MaxPool { input, .. } | StepKind::Convert { input, .. } | StepKind::AvgPool { input, .. } => {
+                    vec![*input]
+                }
+                StepKind::Rows { input, input2, .. } => std::iter::once(*input).chain(*input2).collect(),
                 StepKind::Concat { parts, .. } => parts.iter().map(|p| p.0).collect(),
                 StepKind::Host { inputs, .. } => inputs
                     .iter()
@@ -461,10 +461,11 @@ impl Program {
                         macs: 0,
                     });
                 }
-                StepKind::Rows { op, input, output, units } => {
+                StepKind::Rows { op, input, input2, output, units } => {
                     let mut op = op.clone();
                     op.x = off(*input);
                     op.y = off(*output);
+                    op.x2 = input2.map_or(0, off);
                     let what = format!("{:?}", op.kind);
                     let b = Box::new(op);
                     let pa = &*b as *const crate::micro::rowops::RowOp as i64;
@@ -976,7 +977,7 @@ fn type_bytes(ty: &TensorType) -> Result<usize, JitError> {
 }
 
 /// Writes `t`'s elements (little-endian) to `out`, which holds exactly [`tensor_bytes`] bytes.
-fn write_tensor(t: &Tensor, out: &mut [u8]) {
+pub(crate) fn write_tensor(t: &Tensor, out: &mut [u8]) {
     macro_rules! put {
         ($v:expr, $n:expr) => {
             for (o, x) in out.chunks_exact_mut($n).zip($v.iter()) {

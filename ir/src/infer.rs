@@ -216,7 +216,7 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             one(TensorType::new(xt.dtype, shape))
         }
         Op::Resize(a) => {
-            let t = plain(x(0)?, "x")?;
+            let t = per_tensor_int8_or_plain(x(0)?, "x")?;
             if t.dtype == DType::Bool {
                 return Err(InferError::Operand("resize needs a numeric tensor, got bool".into()));
             }
@@ -258,7 +258,7 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             one(t.clone())
         }
         Op::Pad { mode, pads, value } => {
-            let t = plain(x(0)?, "x")?;
+            let t = per_tensor_int8_or_plain(x(0)?, "x")?;
             let r = t.rank();
             if pads.len() != 2 * r {
                 return Err(InferError::Attribute(format!(
@@ -874,6 +874,19 @@ fn widenable<'a>(t: &'a TensorType, what: &str) -> R<&'a TensorType> {
         _ => return Ok(t),
     };
     Err(InferError::Operand(format!("{what} is {t}: this op does not compute on {} (cast it to {to} first)", t.dtype)))
+}
+
+/// A plain tensor, or an i8/u8 one quantized per tensor: the data movement and interpolation
+/// ops (resize, pad) compute on its stored integers and carry its scale and zero point (a
+/// linear resize's weights sum to one, so interpolating the integers interpolates the values).
+fn per_tensor_int8_or_plain<'a>(t: &'a TensorType, what: &str) -> R<&'a TensorType> {
+    match &t.quant {
+        None => Ok(t),
+        Some(QuantParams::PerTensor { .. }) if matches!(t.dtype, DType::I8 | DType::U8) => Ok(t),
+        Some(_) => {
+            Err(InferError::Operand(format!("{what} must be plain or an i8/u8 tensor quantized per tensor, got {t}")))
+        }
+    }
 }
 
 fn plain<'a>(t: &'a TensorType, what: &str) -> R<&'a TensorType> {

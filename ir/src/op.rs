@@ -389,13 +389,14 @@ pub enum Op {
 
     // ---- data movement (any dtype; quantization parameters pass through unchanged unless noted)
     /// Pads (or, with negative pads, crops) every axis: `pads` holds every axis' begin count
-    /// then every axis' end count. Unquantized values only (a constant pad has no meaning in a
-    /// quantized type without its zero point).
+    /// then every axis' end count. Plain values, or i8/u8 quantized per tensor (the fill
+    /// is then a stored integer: see `value`).
     Pad {
         mode: PadMode,
         pads: Vec<i64>,
         /// The fill of `Constant` mode, converted to the dtype (integers round half to even and
-        /// saturate, bool is `!= 0`).
+        /// saturate, bool is `!= 0`); on a quantized tensor, a stored integer (the quantized
+        /// fill), so padding carries the input's scale and zero point.
         value: f64,
     },
     /// Repeats the input `repeats[i]` times along axis `i` (ONNX Tile).

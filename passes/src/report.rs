@@ -60,6 +60,22 @@ fn why_not(g: &Graph, n: NodeId, int8: bool) -> String {
                     does not make it redundant"
                 .into()
         }
+        Op::Resize(a) if !crate::egraph::rules::spatial::resize_is_affine(a) => {
+            return "resize with tf_crop_and_resize or exclude_outside reads float values outside the input, so it \
+                    does not commute with dequantize"
+                .into()
+        }
+        Op::Pad { mode: qforge_ir::PadMode::Constant, value, .. } => {
+            return format!("the pad fill {value} is not representable in the input's quantization")
+        }
+        Op::Resize(_) => {
+            return "an interpolating resize moves into int8 only when its quantize keeps the input's i8/u8 per-tensor \
+                    parameters (otherwise it would round twice)"
+                .into()
+        }
+        Op::Pad { .. } => {
+            return "its input is not quantized per tensor as i8/u8, so it cannot move through the dequantize".into()
+        }
         op => return format!("`{}` has no integer form", op.name()),
     };
     for &i in acts {

@@ -4,7 +4,7 @@
 
 use super::{ensure, int_ty, need, numel, per_tensor, At, Lowerer, Lw, StepKind, Vinfo};
 use crate::emit::elementwise::Elementwise;
-use crate::micro::rowops::{self, RowKind};
+use crate::micro::rowops::{self, RowKind, RowOp};
 use qforge_ir::{numerics, DType, Op, UnaryOp, Value};
 
 impl Lowerer<'_> {
@@ -12,6 +12,9 @@ impl Lowerer<'_> {
     pub(super) fn qadd(&mut self, n: &At) -> Lw {
         let (a, b) = need(n.input(0).zip(n.input(1)), "an input is missing")?;
         let (ta, tb) = (self.types[&a].clone(), self.types[&b].clone());
+        if self.is_const(a) != self.is_const(b) {
+            return self.qadd_const(n, a, b);
+        }
         ensure(!self.is_const(a) && !self.is_const(b), "an input is a constant")?;
         ensure(ta.shape == n.oty.shape && tb.shape == n.oty.shape, "the inputs are broadcast")?;
         let (Some((sa, za)), Some((sb, zb)), Some((sc, zc))) =
@@ -25,6 +28,50 @@ impl Lowerer<'_> {
         ensure(numel(&n.oty) > 1, "a single element")?;
         let p = numerics::QAddParams::new(sa, za, sb, zb, sc, zc);
         self.elementwise(n, &[a, b], Elementwise::QAdd { p, a: ia, b: ib, out: io })
+    }
+
+    /// The quantized add of an activation of the result's shape and a one-element constant (a
+    /// learnable affine block's bias): a function of the activation's byte alone, tabulated with
+    /// the interpreter's formula (ORT hands its kernel the broadcast operand second, whichever
+    /// input it is, so the activation is always `a` of [`numerics::QAddParams`]).
+    fn qadd_const(&mut self, n: &At, a: Value, b: Value) -> Lw {
+        let (x, k) = if self.is_const(b) { (a, b) } else { (b, a) };
+        let (tx, tk) = (self.types[&x].clone(), self.types[&k].clone());
+        ensure(tx.shape == n.oty.shape && numel(&n.oty) > 1, "the activation is broadcast, or a single element")?;
+        let kv = need(self.const_of(Some(k)).and_then(|t| t.to_i64_vec()), "the constant is not integer")?;
+        ensure(kv.len() == 1, "the constant has more than one element")?;
+        let (Some((sx, zx)), Some((sk, zk)), Some((sc, zc))) =
+            (per_tensor(&tx.quant), per_tensor(&tk.quant), per_tensor(&n.oty.quant))
+        else {
+            return super::host("an operand is not quantized per tensor");
+        };
+        ensure(int_ty(tx.dtype).is_some() && int_ty(n.oty.dtype).is_some(), "an operand is not u8 or i8")?;
+        let p = numerics::QAddParams::new(sx, zx, sk, zk, sc, zc);
+        let index = (0..=255u8)
+            .map(|byte| {
+                let q = if tx.dtype == DType::I8 { byte as i8 as i64 } else { byte as i64 };
+                // the stored byte of the result (an i8 in two's complement)
+                p.apply(q, kv[0], n.oty.dtype) as u8 as usize
+            })
+            .collect();
+        let layout = self.vals[&x].layout;
+        let input = self.in_layout(x, layout, &n.name)?;
+        let output = self.define(n.out, layout);
+        let len = numel(&n.oty);
+        let op = RowOp {
+            kind: RowKind::Lut8,
+            x: 0,
+            y: 0,
+            n: len,
+            inner: 1,
+            scale: vec![],
+            bias: vec![],
+            index,
+            x2: 0,
+            plan: None,
+        };
+        self.push(&n.name, StepKind::Rows { op, input, input2: None, output, units: len.div_ceil(rowops::CHUNK) });
+        Ok(())
     }
 
     /// f32 -> u8/i8 with per-tensor parameters from the result's type.

@@ -20,7 +20,9 @@
 //! * `elementwise.rs`: quantize, dequantize, quantized add, float add and clamp, unary
 //!   activations, casts;
 //! * `pool.rs`: max, average and global average pooling;
-//! * `rows.rs`: softmax, layer norm, per-channel and last-axis constants, transposes;
+//! * `rows.rs`: softmax, layer norm, per-channel and last-axis constants, transposes, hard
+//!   sigmoid and the broadcast multiply of a squeeze-and-excitation gate;
+//! * `spatial.rs`: resize and pad as gathers in the input's layout;
 //! * `movement.rs`: reshape aliases, concatenation, layout conversions;
 //! * `host.rs`: host steps (the interpreter on one node) and constant outputs.
 //!
@@ -34,6 +36,7 @@ mod host;
 mod movement;
 mod pool;
 mod rows;
+mod spatial;
 
 use crate::emit::elementwise::{Elementwise, IntTy};
 use crate::micro::rowops::RowOp;
@@ -111,6 +114,8 @@ pub enum StepKind {
     Rows {
         op: RowOp,
         input: usize,
+        /// A second input ([`crate::micro::rowops::RowKind::GateMul`]'s gate).
+        input2: Option<usize>,
         output: usize,
         units: usize,
     },
@@ -171,6 +176,27 @@ impl StepKind {
 /// `b3` for buffer 3.
 fn buf_name(b: usize) -> String {
     format!("b{b}")
+}
+
+/// A resize or pad plan in one line: the kind, dims and the per-axis taps' shape.
+fn describe_plan(p: &crate::micro::rowops::SpatialPlan) -> String {
+    use crate::micro::rowops::SpatialPlan;
+    use qforge_ir::interp::resize::Taps;
+    let taps = |t: &Option<Vec<Taps>>| match t {
+        None => "same".to_string(),
+        Some(v) => {
+            let k = v.iter().map(|t| if let Taps::Weighted(w) = t { w.len() } else { 1 }).max().unwrap_or(0);
+            format!("{}x{k} taps", v.len())
+        }
+    };
+    match p {
+        SpatialPlan::Resize { dtype, in_dims, out_dims, h, w, .. } => {
+            format!(" resize {} {in_dims:?}->{out_dims:?} h {} w {}", dtype.name(), taps(h), taps(w))
+        }
+        SpatialPlan::Pad { elem, in_dims, out_dims, fill, .. } => {
+            format!(" pad {elem}B {in_dims:?}->{out_dims:?} fill {fill:#x}")
+        }
+    }
 }
 
 fn type_str(t: &TensorType) -> String {
@@ -247,15 +273,17 @@ impl LoweredStep {
                     buf_name(*output)
                 )
             }
-            StepKind::Rows { op, input, output, units } => write!(
+            StepKind::Rows { op, input, input2, output, units } => write!(
                 s,
-                "{:?} n={} inner={} consts={} index={:?} units={units}; {} -> {}",
+                "{:?}{} n={} inner={} consts={} index={} units={units}; {}{} -> {}",
                 op.kind,
+                op.plan.as_deref().map(describe_plan).unwrap_or_default(),
                 op.n,
                 op.inner,
                 op.scale.len() + op.bias.len(),
-                op.index,
+                if op.index.len() > 32 { format!("[{} entries]", op.index.len()) } else { format!("{:?}", op.index) },
                 buf_name(*input),
+                input2.map(|b| format!(", {}", buf_name(b))).unwrap_or_default(),
                 buf_name(*output)
             ),
             StepKind::Host { op, inputs, outputs, reason } => {
@@ -644,6 +672,13 @@ impl<'g> Lowerer<'g> {
             {
                 self.add_f32(&n)
             }
+            Op::Binary(BinaryOp::Mul) if f32_out && n.ins.iter().flatten().all(|v| !self.is_const(*v)) => {
+                self.gate_mul(&n)
+            }
+            Op::HardSigmoid { alpha, beta } if f32_out => self.hard_sigmoid(&n, *alpha, *beta),
+            Op::Resize(a) => self.resize(&n, a),
+            Op::Requantize => self.requantize(&n),
+            Op::Pad { mode, pads, value } => self.pad(&n, *mode, pads, *value),
             Op::Binary(op @ (BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div)) if f32_out => {
                 self.channel_binary(&n, *op)
             }

@@ -1,9 +1,32 @@
 //! Data movement: reshapes that alias their input's buffer, concatenation, and the NCHW <-> NHWC
 //! layout conversions the driver inserts where a consumer needs the other byte order.
 
-use super::{dims, ensure, err, layout_free, need, per_tensor, At, Layout, LoweredStep, Lowerer, Lw, StepKind, Vinfo};
+use super::{
+    dims, ensure, err, layout_free, need, numel, per_tensor, At, Layout, LoweredStep, Lowerer, Lw, StepKind, Vinfo,
+};
+use crate::micro::rowops::{self, RowKind, RowOp};
 use crate::JitError;
-use qforge_ir::{infer, Op, Value};
+use qforge_ir::{infer, numerics, DType, Op, TensorType, Value};
+
+/// The output byte for every input byte of a requantization from `from` to `to` (both i8/u8,
+/// per tensor): `quantize(dequantize(q))`, the interpreter's formula ([`qforge_ir::numerics`]).
+fn requant_table(from: &TensorType, to: &TensorType) -> Option<Vec<usize>> {
+    let (sx, zx) = per_tensor(&from.quant)?;
+    let (sy, zy) = per_tensor(&to.quant)?;
+    let int8 = |d: DType| matches!(d, DType::I8 | DType::U8);
+    if !int8(from.dtype) || !int8(to.dtype) {
+        return None;
+    }
+    let table = (0..=255u8)
+        .map(|b| {
+            let q = if from.dtype == DType::I8 { b as i8 as i64 } else { b as i64 };
+            let r = numerics::quantize(numerics::dequantize(q, sx, zx), sy, zy, to.dtype);
+            // the stored byte of the result (an i8 in two's complement)
+            r as u8 as usize
+        })
+        .collect();
+    Some(table)
+}
 
 impl Lowerer<'_> {
     /// Reshape, flatten, squeeze, unsqueeze and identity: the result is the input's buffer in
@@ -24,12 +47,19 @@ impl Lowerer<'_> {
         let vals: Vec<Value> = n.ins.iter().flatten().copied().collect();
         ensure(vals.len() == n.ins.len() && !vals.is_empty(), "an input is missing")?;
         ensure(!vals.iter().any(|v| self.is_const(*v)), "an input is a constant")?;
+        // A quantized concat requantizes each input of other parameters (a table step first).
+        let mut tables = Vec::with_capacity(vals.len());
         for v in &vals {
             let t = &self.types[v];
             let same_params =
                 matches!(n.op, Op::Concat { .. }) || (per_tensor(&t.quant).is_some() && t.quant == n.oty.quant);
-            ensure(t.dtype == n.oty.dtype, "the inputs' dtypes differ from the result's")?;
-            ensure(same_params, "the inputs' quantization differs from the result's")?;
+            if same_params {
+                ensure(t.dtype == n.oty.dtype, "the inputs' dtypes differ from the result's")?;
+                tables.push(None);
+            } else {
+                let table = need(requant_table(t, &n.oty), "an input's quantization is not per-tensor i8/u8")?;
+                tables.push(Some(table));
+            }
         }
         let es = n.oty.dtype.size_bytes();
         // Channels of NHWC activations are the innermost dim; otherwise plain order.
@@ -41,13 +71,61 @@ impl Lowerer<'_> {
             (d[..a].iter().product::<usize>(), d[a + 1..].iter().product::<usize>())
         };
         let mut parts = Vec::new();
-        for v in &vals {
+        for (v, table) in vals.iter().zip(tables) {
             let dv = dims(&self.types[v]).unwrap_or_default();
-            let buf = self.in_layout(*v, layout, &n.name)?;
+            let mut buf = self.in_layout(*v, layout, &n.name)?;
+            if let Some(index) = table {
+                let ty = self.types[v].clone();
+                let len = numel(&ty);
+                let out = self.new_buf(&ty);
+                let op = RowOp {
+                    kind: RowKind::Lut8,
+                    x: 0,
+                    y: 0,
+                    n: len,
+                    inner: 1,
+                    scale: vec![],
+                    bias: vec![],
+                    index,
+                    x2: 0,
+                    plan: None,
+                };
+                let name = format!("{}.requant", n.name);
+                self.push(
+                    &name,
+                    StepKind::Rows { op, input: buf, input2: None, output: out, units: len.div_ceil(rowops::CHUNK) },
+                );
+                buf = out;
+            }
             parts.push((buf, dv.get(a).copied().unwrap_or(0) * inner * es));
         }
         let output = self.define(n.out, layout);
         self.push(&n.name, StepKind::Concat { parts, output, outer, stride: d[a] * inner * es });
+        Ok(())
+    }
+
+    /// Requantize of a per-tensor i8/u8 value to the per-tensor i8/u8 type `to`, as a table step in
+    /// the input's layout.
+    pub(super) fn requantize(&mut self, n: &At) -> Lw {
+        let x = need(n.input(0).filter(|v| !self.is_const(*v)), "the input is a constant")?;
+        let index = need(requant_table(&self.types[&x], &n.oty), "not per-tensor i8/u8 on both sides")?;
+        let layout = self.vals[&x].layout;
+        let input = self.in_layout(x, layout, &n.name)?;
+        let output = self.define(n.out, layout);
+        let len = numel(&n.oty);
+        let op = RowOp {
+            kind: RowKind::Lut8,
+            x: 0,
+            y: 0,
+            n: len,
+            inner: 1,
+            scale: vec![],
+            bias: vec![],
+            index,
+            x2: 0,
+            plan: None,
+        };
+        self.push(&n.name, StepKind::Rows { op, input, input2: None, output, units: len.div_ceil(rowops::CHUNK) });
         Ok(())
     }
 
@@ -119,7 +197,7 @@ mod tests {
 }"#,
         },
         Case {
-            name: "concat with a constant, or of different quantization, runs on the host",
+            name: "concat with a constant runs on the host; a concat of inputs of other quantization requantizes them by table",
             shapes: &[&[2, 3], &[2, 3]],
             qir: r#"graph m(%y: f32[2,3], %q: u8<0.1:0>[N,3]) -> (a: f32[2,4], b: u8<0.2:0>[N,6]) {
   %0 = const f32[2,1] = [1.5, -1.5]  # "column"

@@ -29,8 +29,8 @@ impl Lowerer<'_> {
         let output = self.define(n.out, Layout::Plain);
         let len = numel(&n.oty);
         let kind = RowKind::Transpose { elem };
-        let op = RowOp { kind, x: 0, y: 0, n: len, inner: 1, scale: vec![], bias: vec![], index };
-        self.push(&n.name, StepKind::Rows { op, input, output, units: len.div_ceil(rowops::CHUNK) });
+        let op = RowOp { kind, x: 0, y: 0, n: len, inner: 1, scale: vec![], bias: vec![], index, x2: 0, plan: None };
+        self.push(&n.name, StepKind::Rows { op, input, input2: None, output, units: len.div_ceil(rowops::CHUNK) });
         Ok(())
     }
 
@@ -116,6 +116,69 @@ impl Lowerer<'_> {
         Ok(())
     }
 
+    /// f32 HardSigmoid, element-wise in the input's layout.
+    pub(super) fn hard_sigmoid(&mut self, n: &At, alpha: f32, beta: f32) -> Lw {
+        let x = need(n.input(0).filter(|v| !self.is_const(*v)), "the input is a constant")?;
+        let layout = self.vals[&x].layout;
+        let input = self.in_layout(x, layout, &n.name)?;
+        let output = self.define(n.out, layout);
+        let len = numel(&n.oty);
+        let kind = RowKind::HardSigmoid { alpha, beta };
+        self.push_rows(&n.name, kind, input, output, len, 1, len.div_ceil(rowops::CHUNK), vec![], vec![]);
+        Ok(())
+    }
+
+    /// An f32 multiply of two activations of the result's shape, or of a 4-D tensor by a
+    /// per-image, per-channel gate `[N, C, 1, 1]` (a squeeze-and-excitation block), in the
+    /// tensor's layout.
+    pub(super) fn gate_mul(&mut self, n: &At) -> Lw {
+        let (a, b) = need(n.input(0).zip(n.input(1)), "an input is missing")?;
+        ensure(!self.is_const(a) && !self.is_const(b), "an operand is a constant")?;
+        let d = need(dims(&n.oty), "the result shape is not fixed")?;
+        if self.types[&a].shape == n.oty.shape && self.types[&b].shape == n.oty.shape {
+            // same shapes (SiLU's `x * sigmoid(x)`): element by element, both in `a`'s layout
+            let layout = self.vals[&a].layout;
+            let input = self.in_layout(a, layout, &n.name)?;
+            let other = self.in_layout(b, layout, &n.name)?;
+            let output = self.define(n.out, layout);
+            let len = numel(&n.oty);
+            let op = RowOp {
+                kind: RowKind::MulF32,
+                x: 0,
+                y: 0,
+                n: len,
+                inner: 1,
+                scale: vec![],
+                bias: vec![],
+                index: vec![],
+                x2: 0,
+                plan: None,
+            };
+            let units = len.div_ceil(rowops::CHUNK);
+            self.push(&n.name, StepKind::Rows { op, input, input2: Some(other), output, units });
+            return Ok(());
+        }
+        ensure(d.len() == 4, "a result of rank other than 4")?;
+        let gate_shape = [d[0], d[1], 1, 1];
+        let (x, g) = match (dims(&self.types[&a]), dims(&self.types[&b])) {
+            (Some(da), Some(db)) if da == d && db == gate_shape => (a, b),
+            (Some(da), Some(db)) if db == d && da == gate_shape => (b, a),
+            _ => return host("not a tensor times a [N, C, 1, 1] gate"),
+        };
+        let layout = self.vals[&x].layout;
+        let input = self.in_layout(x, layout, &n.name)?;
+        // a [N, C, 1, 1] gate has one byte order in both layouts
+        let gate = self.plain(g, &n.name)?;
+        let output = self.define(n.out, layout);
+        let len = numel(&n.oty);
+        let kind = RowKind::GateMul { nhwc: layout == Layout::Nhwc, c: d[1], hw: d[2] * d[3] };
+        let op =
+            RowOp { kind, x: 0, y: 0, n: len, inner: 1, scale: vec![], bias: vec![], index: vec![], x2: 0, plan: None };
+        let units = len.div_ceil(rowops::CHUNK);
+        self.push(&n.name, StepKind::Rows { op, input, input2: Some(gate), output, units });
+        Ok(())
+    }
+
     /// A row step of `kind` over `units` (offsets are filled in when the arena is planned).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn push_rows(
@@ -130,8 +193,8 @@ impl Lowerer<'_> {
         scale: Vec<f32>,
         bias: Vec<f32>,
     ) {
-        let op = RowOp { kind, x: 0, y: 0, n, inner, scale, bias, index: vec![] };
-        self.push(name, StepKind::Rows { op, input, output, units });
+        let op = RowOp { kind, x: 0, y: 0, n, inner, scale, bias, index: vec![], x2: 0, plan: None };
+        self.push(name, StepKind::Rows { op, input, input2: None, output, units });
     }
 }
 
@@ -174,6 +237,20 @@ mod tests {
   %6 = const f32[4,1] = [1.0, 2.0, 3.0, 4.0]  # "rows"
   %7 = div %x, %6 : f32[N,2,4,4]  # "div_rows"
   return %2, %3, %5, %7
+}"#,
+        },
+        Case {
+            name: "hard sigmoid, a squeeze-and-excitation gate and SiLU's product in NHWC",
+            shapes: &[&[1, 3, 4, 4]],
+            qir: r#"graph r(%x: f32[N,3,4,4]) -> (a: f32[N,2,4,4], b: f32[N,2,4,4]) {
+  %0 = const f32[2,3,1,1] = [0.5, -0.25, 1.0, 0.75, 0.25, -0.5]  # "w"
+  %1 = conv %x, %0 {kernel=[1,1], strides=[1,1], pads=[0,0,0,0], dilations=[1,1], group=1} : f32[N,2,4,4]  # "conv"
+  %2 = global_average_pool %1 : f32[N,2,1,1]  # "pool"
+  %3 = hard_sigmoid %2 {alpha=0.2, beta=0.5} : f32[N,2,1,1]  # "gate"
+  %4 = mul %3, %1 : f32[N,2,4,4]  # "se"
+  %5 = sigmoid %1 : f32[N,2,4,4]  # "sigmoid"
+  %6 = mul %1, %5 : f32[N,2,4,4]  # "silu"
+  return %4, %6
 }"#,
         },
         Case {

@@ -6,8 +6,10 @@
 //! [`qforge_ir::interp::norm::layer_norm_row`]), so the JIT agrees with it bit for bit.
 
 use half::{bf16, f16};
+use qforge_ir::interp::resize::Taps;
 use qforge_ir::interp::{elementwise::unary_scalar, norm};
-use qforge_ir::UnaryOp;
+use qforge_ir::{numerics, DType, UnaryOp};
+use std::sync::Arc;
 
 /// Elements per unit of the element-wise kinds.
 pub const CHUNK: usize = 4096;
@@ -47,6 +49,121 @@ pub enum RowKind {
     Transpose {
         elem: usize,
     },
+    /// `y = clamp(alpha * x + beta, 0, 1)` on f32 (ONNX HardSigmoid, the interpreter's formula);
+    /// units are [`CHUNK`]s.
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
+    /// `y = x * g` where `g` (at [`RowOp::x2`], `n * c` f32 values) is a per-image, per-channel
+    /// gate broadcast over the pixels (a squeeze-and-excitation block's `[N, C, H, W] * [N, C,
+    /// 1, 1]`); the channel of element `i` is `i % c` in NHWC and `(i / hw) % c` in plain order,
+    /// its image `i / (c * hw)` (an IEEE product does not depend on the operands' order, so
+    /// either may be the gate). Units are [`CHUNK`]s.
+    GateMul {
+        nhwc: bool,
+        c: usize,
+        hw: usize,
+    },
+    /// `y = x * x2` on f32 of one shape and layout (the second operand at [`RowOp::x2`]); units
+    /// are [`CHUNK`]s.
+    MulF32,
+    /// One byte to one byte through the 256-entry table in [`RowOp::index`] (indexed by the
+    /// input byte): a requantization between i8/u8 types, tabulated from the interpreter's
+    /// formula so it agrees with it exactly; units are [`CHUNK`]s.
+    Lut8,
+    /// A resize or pad of a 4-D tensor ([`RowOp::plan`]), gathered per output element in NHWC
+    /// or plain order; units are [`CHUNK`]s of output elements.
+    Spatial {
+        nhwc: bool,
+    },
+}
+
+/// What a [`RowKind::Spatial`] step computes. Dims are in the graph's (NCHW) axis order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SpatialPlan {
+    /// ONNX Resize over H and W (N and C unchanged) with the interpreter's taps
+    /// ([`qforge_ir::interp::resize::resize_plan`]; `None`: the axis is left as it is): each
+    /// output is the W taps' weighted sum, in f64 from 0, of the H taps' weighted sums, as the
+    /// interpreter's axis-by-axis passes compute it, rounded once to `dtype` (f32, or i8/u8
+    /// rounding half to even and saturating, as [`qforge_ir::Tensor::from_f64_iter`]).
+    Resize {
+        dtype: DType,
+        in_dims: [usize; 4],
+        out_dims: [usize; 4],
+        h: Option<Vec<Taps>>,
+        w: Option<Vec<Taps>>,
+        extrapolation: f64,
+    },
+    /// ONNX Pad: output position `o` of axis `a` reads input position `maps[a][o]`
+    /// ([`qforge_ir::interp::movement::pad_maps`]), or is `fill` (the element's bytes, little
+    /// endian) where any axis maps to `None`; elements of `elem` bytes.
+    Pad { elem: usize, in_dims: [usize; 4], out_dims: [usize; 4], maps: [Vec<Option<usize>>; 4], fill: u64 },
+}
+
+impl SpatialPlan {
+    fn dims(&self) -> ([usize; 4], [usize; 4]) {
+        match self {
+            SpatialPlan::Resize { in_dims, out_dims, .. } | SpatialPlan::Pad { in_dims, out_dims, .. } => {
+                (*in_dims, *out_dims)
+            }
+        }
+    }
+}
+
+/// The element offset of `(n, c, h, w)` in a tensor of dims `d` (NCHW order) stored in NHWC or
+/// plain order.
+fn offset(d: &[usize; 4], nhwc: bool, n: usize, c: usize, h: usize, w: usize) -> usize {
+    if nhwc {
+        ((n * d[2] + h) * d[3] + w) * d[1] + c
+    } else {
+        ((n * d[1] + c) * d[2] + h) * d[3] + w
+    }
+}
+
+/// `(n, c, h, w)` of element `i` of a tensor of dims `d` stored in NHWC or plain order.
+fn position(d: &[usize; 4], nhwc: bool, i: usize) -> (usize, usize, usize, usize) {
+    let [_, c, h, w] = d.map(|v| v.max(1));
+    if nhwc {
+        let (ci, r) = (i % c, i / c);
+        let (wi, r) = (r % w, r / w);
+        (r / h, ci, r % h, wi)
+    } else {
+        let (wi, r) = (i % w, i / w);
+        let (hi, r) = (r % h, r / h);
+        (r / c, r % c, hi, wi)
+    }
+}
+
+/// Reads element `i` of an f32, u8 or i8 buffer as f64 (exact).
+///
+/// # Safety
+/// `i` is an element of the buffer at `x`, of element type `dtype`.
+unsafe fn read_f64(x: *const u8, dtype: DType, i: usize) -> f64 {
+    // SAFETY: the caller's contract; f32 buffers are 64-byte aligned in the arena.
+    unsafe {
+        match dtype {
+            DType::F32 => (x as *const f32).add(i).read() as f64,
+            DType::U8 => x.add(i).read() as f64,
+            _ => (x as *const i8).add(i).read() as f64,
+        }
+    }
+}
+
+/// A resize tap list applied to `get` (one axis of the interpreter's separable pass).
+fn apply_taps(t: &Taps, extrapolation: f64, mut get: impl FnMut(usize) -> f64) -> f64 {
+    match t {
+        Taps::Extrapolate => extrapolation,
+        Taps::Pick(None) => 0.0,
+        Taps::Pick(Some(j)) => get(*j),
+        Taps::Weighted(ws) => {
+            let mut acc = 0.0;
+            for &(j, w) in ws {
+                acc += w * get(j);
+            }
+            acc
+        }
+    }
 }
 
 /// One row step: arena offsets of its input and output, and its sizes. Generated code passes a
@@ -66,6 +183,10 @@ pub struct RowOp {
     /// Transpose: the output dims, then for each output axis the input stride (in elements) it
     /// walks.
     pub index: Vec<usize>,
+    /// Arena offset of a second input ([`RowKind::GateMul`]'s gate).
+    pub x2: usize,
+    /// [`RowKind::Spatial`]: the resize or pad.
+    pub plan: Option<Arc<SpatialPlan>>,
 }
 
 impl RowOp {
@@ -135,6 +256,113 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                 };
                 // SAFETY: as for the read.
                 unsafe { y.add(i).write(r) };
+            }
+        }
+        RowKind::HardSigmoid { alpha, beta } => {
+            if s >= e {
+                return;
+            }
+            // SAFETY: as for `Unary`: elements `s..e` of both (distinct) buffers, this call's only.
+            let (x, y) = unsafe {
+                (
+                    std::slice::from_raw_parts((xb as *const f32).add(s), e - s),
+                    std::slice::from_raw_parts_mut((yb as *mut f32).add(s), e - s),
+                )
+            };
+            for (yv, &xv) in y.iter_mut().zip(x) {
+                *yv = (alpha * xv + beta).clamp(0.0, 1.0);
+            }
+        }
+        RowKind::GateMul { nhwc, c, hw } => {
+            // SAFETY: `op.x2` is the offset of the gate's buffer inside the arena.
+            let gb = unsafe { arena.add(op.x2) } as *const f32;
+            let (x, y) = (xb as *const f32, yb as *mut f32);
+            let (c, hw) = (c.max(1), hw.max(1));
+            for i in s..e {
+                let ch = if nhwc { i % c } else { (i / hw) % c };
+                let img = i / (c * hw);
+                // SAFETY: element `i < op.n` lies in the input and output buffers and
+                // `img * c + ch < n * c` in the gate's; only this call writes output element `i`.
+                unsafe {
+                    let (xv, gv) = (x.add(i).read(), gb.add(img * c + ch).read());
+                    y.add(i).write(xv * gv);
+                }
+            }
+        }
+        RowKind::MulF32 => {
+            // SAFETY: `op.x2` is the offset of the second operand's buffer inside the arena.
+            let x2 = unsafe { arena.add(op.x2) } as *const f32;
+            let (x, y) = (xb as *const f32, yb as *mut f32);
+            for i in s..e {
+                // SAFETY: element `i < op.n` lies in all three buffers; only this call writes
+                // output element `i`, and it reads the inputs' element `i` before writing.
+                unsafe { y.add(i).write(x.add(i).read() * x2.add(i).read()) };
+            }
+        }
+        RowKind::Lut8 => {
+            if s >= e || op.index.len() != 256 {
+                return;
+            }
+            // SAFETY: bytes `s..e` (`e <= op.n`) lie in both buffers, which are distinct; the
+            // range is this call's units only.
+            let (x, y) = unsafe {
+                (std::slice::from_raw_parts(xb.add(s), e - s), std::slice::from_raw_parts_mut(yb.add(s), e - s))
+            };
+            for (yv, &xv) in y.iter_mut().zip(x) {
+                *yv = op.index[xv as usize] as u8;
+            }
+        }
+        RowKind::Spatial { nhwc } => {
+            let Some(plan) = op.plan.as_deref() else { return };
+            let (din, dout) = plan.dims();
+            match plan {
+                SpatialPlan::Resize { dtype, h, w, extrapolation, .. } => {
+                    let dtype = *dtype;
+                    for i in s..e {
+                        let (n, c, oh, ow) = position(&dout, nhwc, i);
+                        // SAFETY: `read_f64` reads input elements at offsets of positions inside
+                        // `din` (taps index inside the input axis), in the input buffer.
+                        let at =
+                            |hh: usize, ww: usize| unsafe { read_f64(xb, dtype, offset(&din, nhwc, n, c, hh, ww)) };
+                        let hval = |ww: usize| match h {
+                            None => at(oh, ww),
+                            Some(t) => apply_taps(&t[oh], *extrapolation, |hh| at(hh, ww)),
+                        };
+                        let v = match w {
+                            None => hval(ow),
+                            Some(t) => apply_taps(&t[ow], *extrapolation, hval),
+                        };
+                        // SAFETY: output element `i < op.n` belongs to this call's units only.
+                        unsafe {
+                            match dtype {
+                                DType::F32 => (yb as *mut f32).add(i).write(v as f32),
+                                DType::U8 => yb.add(i).write(numerics::saturate_f64_wide(v, dtype) as u8),
+                                _ => (yb as *mut i8).add(i).write(numerics::saturate_f64_wide(v, dtype) as i8),
+                            }
+                        }
+                    }
+                }
+                SpatialPlan::Pad { elem, maps, fill, .. } => {
+                    let elem = *elem;
+                    let fill = fill.to_le_bytes();
+                    for i in s..e {
+                        let (n, c, h, w) = position(&dout, nhwc, i);
+                        let src = match (maps[0][n], maps[1][c], maps[2][h], maps[3][w]) {
+                            (Some(a), Some(b), Some(p), Some(q)) => Some(offset(&din, nhwc, a, b, p, q)),
+                            _ => None,
+                        };
+                        // SAFETY: output element `i < op.n` belongs to this call's units only;
+                        // a mapped input position lies inside `din`, so inside the input buffer;
+                        // `elem <= 8` bytes come from `fill`.
+                        unsafe {
+                            let dst = yb.add(i * elem);
+                            match src {
+                                Some(j) => std::ptr::copy_nonoverlapping(xb.add(j * elem), dst, elem),
+                                None => std::ptr::copy_nonoverlapping(fill.as_ptr(), dst, elem),
+                            }
+                        }
+                    }
+                }
             }
         }
         RowKind::Transpose { elem } => {

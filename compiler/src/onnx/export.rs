@@ -12,11 +12,16 @@
 //! initializer, two values per byte, with INT4/UINT4 zero points.
 
 use super::builder::{float, int, ints, vi};
+use super::proto::attribute_proto::AttributeType;
 use super::proto::tensor_proto::DataType;
+use super::proto::AttributeProto;
 use super::proto::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto};
 use super::tensors::{dtype_to_onnx, tensor_to_proto};
 use prost::Message;
-use qforge_ir::{BinaryOp, DType, Graph, Op, QuantParams, Tensor, TensorType, UnaryOp, Value};
+use qforge_ir::{
+    BinaryOp, CoordMode, DType, Graph, NearestMode, Op, PadMode, QuantParams, ResizeMode, ResizeTarget, Tensor,
+    TensorType, UnaryOp, Value,
+};
 use qforge_passes::quantize::scheme::{pack_int4, QType, SchemeError};
 use std::collections::{HashMap, HashSet};
 
@@ -55,6 +60,16 @@ impl Names {
             i += 1;
         }
         name
+    }
+}
+
+/// A string attribute.
+fn string(name: &str, v: &str) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::String as i32,
+        s: v.as_bytes().to_vec(),
+        ..Default::default()
     }
 }
 
@@ -155,6 +170,7 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
     }
     let mut inits: Vec<TensorProto> = vec![];
     let mut nodes: Vec<NodeProto> = vec![];
+    let mut node_names: HashSet<String> = HashSet::new();
     // blocked (per-group) quantization needs opset 21; 4-bit constants are exported as INT4/UINT4
     let mut per_group = false;
     let mut int4: HashMap<Value, DataType> = HashMap::new();
@@ -283,6 +299,14 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
                 UnaryOp::Sqrt => "Sqrt",
                 UnaryOp::Neg => "Neg",
                 UnaryOp::Abs => "Abs",
+                UnaryOp::Log => "Log",
+                UnaryOp::Reciprocal => "Reciprocal",
+                UnaryOp::Floor => "Floor",
+                UnaryOp::Ceil => "Ceil",
+                UnaryOp::Sign => "Sign",
+                UnaryOp::Round => "Round",
+                UnaryOp::Sin => "Sin",
+                UnaryOp::Cos => "Cos",
                 _ => return Err(err("no export for this unary op".into())),
             },
             Op::Clip { min, max } => {
@@ -333,15 +357,168 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
                 attrs.push(int("axis", *axis));
                 "Concat"
             }
-            Op::Softmax { axis } => {
+            Op::Softmax { axis } | Op::LogSoftmax { axis } => {
                 attrs.push(int("axis", *axis));
-                "Softmax"
+                if matches!(node.op, Op::Softmax { .. }) {
+                    "Softmax"
+                } else {
+                    "LogSoftmax"
+                }
             }
             Op::Cast { to } => {
                 attrs.push(int("to", dtype_to_onnx(*to) as i64));
                 "Cast"
             }
             Op::Identity => "Identity",
+            Op::Gather { axis } => {
+                attrs.push(int("axis", *axis));
+                "Gather"
+            }
+            Op::Slice { starts, ends, axes, steps } => {
+                for (what, v) in [("starts", starts), ("ends", ends), ("axes", axes), ("steps", steps)] {
+                    let n = names.fresh(&format!("{}_{what}", outs[0]));
+                    inits.push(tensor_to_proto(&n, &Tensor::from_i64(vec![v.len()], v.clone())));
+                    ins.push(n);
+                }
+                "Slice"
+            }
+            Op::Unsqueeze { axes } | Op::Squeeze { axes } => {
+                let n = names.fresh(&format!("{}_axes", outs[0]));
+                inits.push(tensor_to_proto(&n, &Tensor::from_i64(vec![axes.len()], axes.clone())));
+                ins.push(n);
+                if matches!(node.op, Op::Unsqueeze { .. }) {
+                    "Unsqueeze"
+                } else {
+                    "Squeeze"
+                }
+            }
+            Op::LayerNorm { axis, epsilon } => {
+                attrs.push(int("axis", *axis));
+                attrs.push(float("epsilon", *epsilon));
+                "LayerNormalization"
+            }
+            Op::ConvTranspose(a) => {
+                if a.pads.iter().any(|&p| p < 0) {
+                    return Err(err("negative transposed-convolution pads have no ONNX form".into()));
+                }
+                let v = |x: &[usize]| x.iter().map(|&d| d as i64).collect::<Vec<_>>();
+                attrs.push(ints("kernel_shape", &v(&a.kernel)));
+                attrs.push(ints("strides", &v(&a.strides)));
+                attrs.push(ints("pads", &a.pads));
+                attrs.push(ints("dilations", &v(&a.dilations)));
+                attrs.push(int("group", a.group as i64));
+                attrs.push(ints("output_padding", &v(&a.output_padding)));
+                "ConvTranspose"
+            }
+            Op::HardSigmoid { alpha, beta } => {
+                attrs.push(float("alpha", *alpha));
+                attrs.push(float("beta", *beta));
+                "HardSigmoid"
+            }
+            Op::LeakyRelu { alpha } => {
+                attrs.push(float("alpha", *alpha));
+                "LeakyRelu"
+            }
+            // opset 17: ReduceSum takes its axes as an input, the others as an attribute
+            Op::ReduceMean { axes, keepdims } | Op::ReduceMax { axes, keepdims } => {
+                attrs.push(ints("axes", axes));
+                attrs.push(int("keepdims", *keepdims as i64));
+                if matches!(node.op, Op::ReduceMean { .. }) {
+                    "ReduceMean"
+                } else {
+                    "ReduceMax"
+                }
+            }
+            Op::ReduceSum { axes, keepdims } => {
+                let n = names.fresh(&format!("{}_axes", outs[0]));
+                inits.push(tensor_to_proto(&n, &Tensor::from_i64(vec![axes.len()], axes.clone())));
+                ins.push(n);
+                attrs.push(int("keepdims", *keepdims as i64));
+                "ReduceSum"
+            }
+            Op::Pad { mode, pads, value } => {
+                let mode = match mode {
+                    PadMode::Constant => "constant",
+                    PadMode::Reflect => "reflect",
+                    PadMode::Edge => "edge",
+                    PadMode::Wrap => return Err(err("wrap padding needs opset 19".into())),
+                };
+                let n = names.fresh(&format!("{}_pads", outs[0]));
+                inits.push(tensor_to_proto(&n, &Tensor::from_i64(vec![pads.len()], pads.clone())));
+                ins.push(n);
+                let x = in_ty(0).ok_or_else(|| err("no input".into()))?;
+                if mode == "constant" && x.quant.is_none() {
+                    let n = names.fresh(&format!("{}_value", outs[0]));
+                    inits.push(tensor_to_proto(&n, &scalar(x.dtype, *value)));
+                    ins.push(n);
+                } else if mode == "constant" {
+                    return Err(err("a pad of quantized values has no QDQ form (export the Q/DQ graph)".into()));
+                }
+                attrs.push(string("mode", mode));
+                "Pad"
+            }
+            Op::Resize(a) => {
+                if a.antialias {
+                    return Err(err("antialiased resize needs opset 18".into()));
+                }
+                if in_ty(0).is_some_and(|t| t.quant.is_some()) {
+                    return Err(err("a resize of quantized values has no QDQ form (export the Q/DQ graph)".into()));
+                }
+                let coord = match a.coord {
+                    CoordMode::HalfPixel => "half_pixel",
+                    CoordMode::HalfPixelSymmetric => return Err(err("half_pixel_symmetric needs opset 19".into())),
+                    CoordMode::PytorchHalfPixel => "pytorch_half_pixel",
+                    CoordMode::AlignCorners => "align_corners",
+                    CoordMode::Asymmetric => "asymmetric",
+                    CoordMode::TfCropAndResize => "tf_crop_and_resize",
+                };
+                attrs.push(string("coordinate_transformation_mode", coord));
+                attrs.push(string(
+                    "mode",
+                    match a.mode {
+                        ResizeMode::Nearest => "nearest",
+                        ResizeMode::Linear => "linear",
+                        ResizeMode::Cubic => "cubic",
+                    },
+                ));
+                attrs.push(string(
+                    "nearest_mode",
+                    match a.nearest {
+                        NearestMode::RoundPreferFloor => "round_prefer_floor",
+                        NearestMode::RoundPreferCeil => "round_prefer_ceil",
+                        NearestMode::Floor => "floor",
+                        NearestMode::Ceil => "ceil",
+                    },
+                ));
+                attrs.push(float("cubic_coeff_a", a.cubic_a));
+                attrs.push(int("exclude_outside", a.exclude_outside as i64));
+                attrs.push(float("extrapolation_value", a.extrapolation));
+                // inputs: X, roi, scales, sizes (opset 13-17: sizes for every axis)
+                ins.truncate(1);
+                let roi = names.fresh(&format!("{}_roi", outs[0]));
+                inits.push(tensor_to_proto(&roi, &Tensor::from_f32(vec![a.roi.len()], a.roi.clone())));
+                ins.push(roi);
+                match &a.target {
+                    ResizeTarget::Scales(s) => {
+                        let n = names.fresh(&format!("{}_scales", outs[0]));
+                        inits.push(tensor_to_proto(&n, &Tensor::from_f32(vec![s.len()], s.clone())));
+                        ins.push(n);
+                    }
+                    _ => {
+                        // sizes: the result's dims, which must be fixed (a symbolic size would
+                        // need the shape arithmetic in the graph)
+                        let sizes = node.outputs[0].shape.as_fixed().ok_or_else(|| {
+                            err("a resize to sizes on symbolic dims has no opset-17 form here".into())
+                        })?;
+                        ins.push(String::new());
+                        let n = names.fresh(&format!("{}_sizes", outs[0]));
+                        let sizes: Vec<i64> = sizes.iter().map(|&d| d as i64).collect();
+                        inits.push(tensor_to_proto(&n, &Tensor::from_i64(vec![sizes.len()], sizes)));
+                        ins.push(n);
+                    }
+                }
+                "Resize"
+            }
             other => {
                 return Err(err(format!(
                     "`{}` has no QDQ export (export the Q/DQ graph, --opt-level 1)",
@@ -349,9 +526,16 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
                 )));
             }
         };
+        // node names are unique in ONNX (the IR's need not be: a shared dequantize copied per user)
+        let mut node_name = node.name.clone();
+        let mut k = 1;
+        while !node_names.insert(node_name.clone()) {
+            node_name = format!("{}_{k}", node.name);
+            k += 1;
+        }
         nodes.push(NodeProto {
             op_type: op_type.into(),
-            name: node.name.clone(),
+            name: node_name,
             input: ins,
             output: outs,
             attribute: attrs,

@@ -484,15 +484,11 @@ pub(crate) fn map_bytes(out_shape: &[usize]) -> u128 {
     entries.saturating_mul(size_of::<Option<usize>>() as u128)
 }
 
-/// ONNX Pad (see [`crate::PadMode`]): output position `o` along an axis reads input position
-/// `o - pad_begin`; outside the input, constant mode fills, edge clamps, reflect mirrors without
-/// repeating the edge (period `2 * (n - 1)`, as numpy's `reflect` for any pad length) and wrap
-/// reads modulo `n`.
-pub(crate) fn pad(cx: &Cx, mode: PadMode, pads: &[i64], value: f64) -> R<Tensor> {
-    let x = cx.x(0)?;
-    let (in_shape, out_shape) = (x.shape(), cx.out_shape(0));
+/// The input position each output position of every axis reads under ONNX Pad (`None`: the
+/// fill), as [`pad`] computes it; the JIT's pad kernel gathers through the same maps.
+pub fn pad_maps(mode: PadMode, pads: &[i64], in_shape: &[usize], out_shape: &[usize]) -> R<Vec<Vec<Option<usize>>>> {
     let r = in_shape.len();
-    if pads.len() != 2 * r {
+    if pads.len() != 2 * r || out_shape.len() != r {
         return Err(format!("{} pads for rank {r}", pads.len()));
     }
     let mut maps = Vec::with_capacity(r);
@@ -523,6 +519,17 @@ pub(crate) fn pad(cx: &Cx, mode: PadMode, pads: &[i64], value: f64) -> R<Tensor>
         }
         maps.push(map);
     }
+    Ok(maps)
+}
+
+/// ONNX Pad (see [`crate::PadMode`]): output position `o` along an axis reads input position
+/// `o - pad_begin`; outside the input, constant mode fills, edge clamps, reflect mirrors without
+/// repeating the edge (period `2 * (n - 1)`, as numpy's `reflect` for any pad length) and wrap
+/// reads modulo `n`.
+pub(crate) fn pad(cx: &Cx, mode: PadMode, pads: &[i64], value: f64) -> R<Tensor> {
+    let x = cx.x(0)?;
+    let (in_shape, out_shape) = (x.shape(), cx.out_shape(0));
+    let maps = pad_maps(mode, pads, in_shape, &out_shape)?;
     let fill = Tensor::from_f64_iter(x.dtype(), vec![1], std::iter::once(value));
     let data = match (x.data(), fill.data()) {
         (TensorData::F32(v), TensorData::F32(f)) => TensorData::F32(mapped(v, in_shape, &out_shape, &maps, f[0])?),

@@ -25,7 +25,9 @@ use crate::{CoordMode, GridPadding, NearestMode, ResizeAttrs, ResizeMode, Tensor
 
 /// The taps of one output position along one axis: input indices (in range) and weights, or the
 /// extrapolation value.
-enum Taps {
+#[derive(Clone, Debug, PartialEq)]
+pub enum Taps {
+    /// Input indices and weights, summed in f64 from 0 in this order.
     Weighted(Vec<(usize, f64)>),
     /// Nearest: one input index, copied (no multiplication, so infinities stay infinite).
     Pick(Option<usize>),
@@ -171,26 +173,18 @@ fn axis_taps(a: &ResizeAttrs, n: usize, m: usize, scale: f64, roi: (f64, f64)) -
     Ok(out)
 }
 
-/// Resizes axis `axis` of `data` (shape `shape`) to `m` positions.
-fn resize_axis(
-    a: &ResizeAttrs,
-    data: &[f64],
-    shape: &[usize],
-    axis: usize,
-    m: usize,
-    scale: f64,
-    roi: (f64, f64),
-) -> R<Vec<f64>> {
+/// Resizes axis `axis` of `data` (shape `shape`) through `taps` (one per output position).
+fn resize_axis(a: &ResizeAttrs, data: &[f64], shape: &[usize], axis: usize, taps: &[Taps]) -> R<Vec<f64>> {
     let n = shape[axis];
+    let m = taps.len();
     let outer: usize = shape[..axis].iter().product();
     let inner: usize = shape[axis + 1..].iter().product();
-    let taps = axis_taps(a, n, m, scale, roi)?;
     let total = outer.checked_mul(m).and_then(|v| v.checked_mul(inner)).ok_or("result too large")?;
     let mut out = Vec::with_capacity(total);
     let extrapolation = a.extrapolation as f64;
     for o in 0..outer {
         let base = o * n * inner;
-        for t in &taps {
+        for t in taps {
             for i in 0..inner {
                 out.push(match t {
                     Taps::Extrapolate => extrapolation,
@@ -210,25 +204,41 @@ fn resize_axis(
     Ok(out)
 }
 
+/// The taps of every axis of a resize of `in_shape` (`None`: the axis is left as it is), with
+/// the result's sizes. [`resize`] applies them one axis at a time in increasing axis order; the
+/// JIT's resize kernel computes each output from the same taps in the same order, so the two
+/// agree bit for bit.
+#[allow(clippy::type_complexity)]
+pub fn resize_plan(a: &ResizeAttrs, in_shape: &[usize]) -> R<(Vec<Option<Vec<Taps>>>, Vec<usize>)> {
+    let r = in_shape.len();
+    let (scales, sizes) = resize_scales(a, in_shape)?;
+    let mut plan = Vec::with_capacity(r);
+    for axis in 0..r {
+        let roi = if a.roi.len() == 2 * r { (a.roi[axis] as f64, a.roi[r + axis] as f64) } else { (0.0, 1.0) };
+        let close = |v: f64, to: f64| (v - to).abs() <= 1e-9 * v.abs().max(to.abs());
+        let whole = a.roi.len() != 2 * r || (roi.0 == 0.0 && close(roi.1, 1.0));
+        if close(scales[axis], 1.0) && sizes[axis] == in_shape[axis] && whole {
+            plan.push(None);
+            continue;
+        }
+        plan.push(Some(axis_taps(a, in_shape[axis], sizes[axis], scales[axis], roi)?));
+    }
+    Ok((plan, sizes))
+}
+
 pub(crate) fn resize(cx: &Cx, a: &ResizeAttrs) -> R<Tensor> {
     let x = cx.x(0)?;
     let in_shape = x.shape().to_vec();
-    let r = in_shape.len();
-    let (scales, sizes) = resize_scales(a, &in_shape)?;
+    let (plan, sizes) = resize_plan(a, &in_shape)?;
     let out_shape = cx.out_shape(0);
     if sizes != out_shape {
         return Err(format!("internal: resize sizes {sizes:?} differ from the inferred {out_shape:?}"));
     }
     let mut shape = in_shape.clone();
     let mut data = x.to_f64_vec();
-    for axis in 0..r {
-        let roi = if a.roi.len() == 2 * r { (a.roi[axis] as f64, a.roi[r + axis] as f64) } else { (0.0, 1.0) };
-        let close = |v: f64, to: f64| (v - to).abs() <= 1e-9 * v.abs().max(to.abs());
-        let whole = a.roi.len() != 2 * r || (roi.0 == 0.0 && close(roi.1, 1.0));
-        if close(scales[axis], 1.0) && sizes[axis] == shape[axis] && whole {
-            continue;
-        }
-        data = resize_axis(a, &data, &shape, axis, sizes[axis], scales[axis], roi)?;
+    for (axis, taps) in plan.iter().enumerate() {
+        let Some(taps) = taps else { continue };
+        data = resize_axis(a, &data, &shape, axis, taps)?;
         shape[axis] = sizes[axis];
     }
     Ok(Tensor::from_f64_iter(x.dtype(), shape, data.into_iter()))

@@ -7,7 +7,7 @@
 //! other op stays as it is, with the reason. A pure function of the graph: it reads op kinds,
 //! dtypes and which inputs are constants, never values.
 
-use qforge_ir::{BinaryOp, DType, Graph, IrError, Node, NodeId, Op, UnaryOp};
+use qforge_ir::{BinaryOp, CoordMode, DType, Graph, IrError, Node, NodeId, Op, UnaryOp};
 use std::fmt;
 
 /// A constant weight input of a quantized op.
@@ -199,11 +199,18 @@ fn decide<'a>(g: &Graph, node: &Node, decided: impl Fn(NodeId) -> Option<&'a Dec
         | Op::ArgMax { .. }
         | Op::ArgMin { .. } => keep(format!("{}: reduction stays float", op.name())),
         Op::Cast { to } => keep(format!("cast to {to}: a type conversion, not quantized")),
-        // Data movement that would commute with Q/DQ (nearest resize, pad with the zero point,
-        // tile) has no quantized form yet.
-        Op::Resize(_) | Op::Pad { .. } | Op::Tile { .. } => {
-            keep(format!("{}: no quantized form yet; stays float", op.name()))
-        }
+        Op::Resize(a) if a.coord != CoordMode::TfCropAndResize && !a.exclude_outside => (
+            Quantize { weight: None },
+            "resize: interpolates the stored integers, keeps its input's scale and zero point".into(),
+        ),
+        Op::Pad { .. } => (
+            Quantize { weight: None },
+            "pad: data movement with a quantized fill, keeps its input's scale and zero point".into(),
+        ),
+        Op::Resize(_) | Op::Tile { .. } => keep(format!(
+            "{}: no quantized form (tile, and resize with tf_crop_and_resize or exclude_outside); stays float",
+            op.name()
+        )),
         Op::ConvTranspose(_) => keep("conv_transpose: no integer kernel yet; stays float".into()),
         _ => keep(format!("{}: not in the quantized set (conv, gemm, matmul, add, pooling, concat)", op.name())),
     }

@@ -17,7 +17,8 @@
 //! * the constant bias of conv and gemm: `i32` at scale `s_x * s_w[c]` (f32 product), zero point 0,
 //!   `-> dequantize -> op` (gemm only when `alpha = beta = 1` and the bias is a vector);
 //! * the result: `op -> quantize -> dequantize`, calibrated; max pool and average pool reuse their
-//!   input's parameters (ONNX Runtime's `QDQMaxPool`/`QDQDirect8BitOp`), the others (add, concat,
+//!   input's parameters (ONNX Runtime's `QDQMaxPool`/`QDQDirect8BitOp`), and so do resize and pad
+//!   (ORT's `QDQResize`, `QDQPad`), the others (add, concat,
 //!   global average pool, conv, gemm, matmul) get their own (`QDQOperatorBase`);
 //! * data movement (flatten, reshape, transpose, ...) after a quantized value carries its
 //!   parameters: its result gets a Q/DQ pair with the same scale and zero point.
@@ -138,14 +139,21 @@ pub fn activation_plan(g: &Graph, cfg: &QConfig) -> Result<ActivationPlan, qforg
                 };
                 for (slot, v) in node.inputs().iter().enumerate() {
                     let Some(v) = *v else { continue };
-                    if weight.is_some_and(|w| w.slot == slot) || Some(slot) == bias_slot || !is_f32(g, v) {
+                    // resize's further inputs are references whose dims give its sizes
+                    let reference = matches!(node.op, Op::Resize(_)) && slot > 0;
+                    if weight.is_some_and(|w| w.slot == slot) || Some(slot) == bias_slot || reference || !is_f32(g, v) {
                         continue;
                     }
                     push(&mut ap, v, calibrated(v, s));
                 }
                 let out = Value::new(np.id, 0);
                 match node.op {
-                    Op::MaxPool(_) | Op::GlobalMaxPool | Op::AveragePool(_) => {
+                    // a resize or pad whose result only float ops read stays float after its
+                    // integer input (rounding an interpolated output to the input's grid would
+                    // cost the float consumers, and a graph output, precision)
+                    Op::Resize(_) | Op::Pad { .. }
+                        if g.is_output(out) || g.value_users(out).iter().any(|u| !quantized.contains_key(&u.0)) => {}
+                    Op::MaxPool(_) | Op::GlobalMaxPool | Op::AveragePool(_) | Op::Resize(_) | Op::Pad { .. } => {
                         if let Some(x) = node.inputs()[0] {
                             if ap.index(x).is_some() {
                                 let target =

@@ -1,6 +1,7 @@
 //! The rewrite rules, by topic: [`qdq`] (quantize/dequantize algebra and the lowering of
 //! DQ -> op -> Q sandwiches to integer kernels), [`fold`] (batch norm and affine constants into
-//! convolutions, cast pairs), [`fuse`] (activations into integer epilogues, bias into gemm).
+//! convolutions, cast pairs), [`fuse`] (activations into integer epilogues, bias into gemm),
+//! [`spatial`] (resize and pad through dequantize).
 //!
 //! Every rule is a small Rust matcher ([`Rule::rewrite`]) over one e-node and the analysis data of
 //! its operands' e-classes (types, quantization parameters, constants), because the conditions
@@ -15,6 +16,7 @@
 pub mod fold;
 pub mod fuse;
 pub mod qdq;
+pub mod spatial;
 
 use super::analysis::{ConstEntry, QAnalysis, EG};
 use super::cost::CostTable;
@@ -129,6 +131,7 @@ pub fn all(cost: &CostTable) -> Vec<Rewrite<QNode, QAnalysis>> {
     let mut r = vec![
         rewrite(qdq::QDqSame),
         rewrite(qdq::DqForward),
+        rewrite(spatial::DqThroughSpatial),
         rewrite(qdq::QBackward),
         rewrite(qdq::QDropRelu),
         rewrite(qdq::DqDropRelu),

@@ -57,7 +57,8 @@ impl Rule for QDqRequant {
     }
 }
 
-/// Ops that commute with the monotone element-wise maps `q` and `dq` on per-tensor values.
+/// Ops that commute with the monotone element-wise maps `q` and `dq` on per-tensor values (data
+/// movement, max pooling, nearest resize and the pads that copy elements).
 fn commutes(op: &Op) -> bool {
     matches!(
         op,
@@ -69,7 +70,7 @@ fn commutes(op: &Op) -> bool {
             | Op::MaxPool(_)
             | Op::GlobalMaxPool
             | Op::Identity
-    )
+    ) || super::spatial::picks(op)
 }
 
 fn per_tensor_any(t: &TensorType) -> bool {
