@@ -12,7 +12,7 @@
 //!   iterator (a generator: `iter(obj) is obj`) serves one pass; a stage that needs a second pass
 //!   is refused with an error saying to pass a re-iterable.
 
-use crate::convert::{as_array, bind_inputs, describe_input, input_arrays, input_names, input_tensor, tensor_from_array, type_name};
+use crate::convert::{as_array, describe_input, input_arrays, input_names, input_tensor, tensor_from_array, type_name};
 use crate::errors::{CalibData, PythonError};
 use anyhow::{anyhow, Context, Result};
 use numpy::{PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
@@ -295,61 +295,17 @@ impl CalibSource for PyCalib {
         self.what.clone()
     }
 
+    /// Each batch of [`CalibSource::batches`] converted whole.
     fn stream<'a>(&'a self, g: &Graph, batch: usize) -> Result<Box<dyn Iterator<Item = Result<Vec<Tensor>>> + 'a>> {
-        let pass = self.passes.fetch_add(1, Ordering::SeqCst) + 1;
-        let g = g.clone();
-        match &self.data {
-            Data::Arrays(arrays) => {
-                let batch = batch.max(1);
-                let n = Python::attach(|py| self.bind_arrays(py, arrays, &g).map(|(_, n)| n))?;
-                Ok(Box::new((0..n.div_ceil(batch)).map(move |k| {
-                    let (start, end) = (k * batch, ((k + 1) * batch).min(n));
-                    let b = Python::attach(|py| {
-                        py.check_signals().map_err(py_err)?;
-                        let (bound, _) = self.bind_arrays(py, arrays, &g)?;
-                        Self::slice(&bound, start, end)
-                    })?;
-                    check_batch(&g, &b, &format!("calibration rows {start}..{end}"))?;
-                    Ok(b)
-                })))
-            }
-            Data::Iterable { obj, one_shot } => {
-                self.check_pass(*one_shot, pass)?;
-                let it: Py<PyIterator> =
-                    Python::attach(|py| obj.bind(py).try_iter().map(Bound::unbind)).map_err(py_err)?;
-                let mut k = 0usize;
-                let mut done = false;
-                Ok(Box::new(std::iter::from_fn(move || {
-                    if done {
-                        return None;
-                    }
-                    let item = Python::attach(|py| -> Result<Option<Vec<Tensor>>> {
-                        py.check_signals().map_err(py_err)?;
-                        let Some(x) = it.bind(py).clone().next() else { return Ok(None) };
-                        let x = x
-                            .map_err(py_err)
-                            .context(CalibData("the calibration iterable raised an exception".into()))?;
-                        let what = format!("calibration batch {k}");
-                        let b = bind_inputs(&g, &x, &what, true).map_err(|e| calib_err(format!("{:#}", e.error)))?;
-                        Ok(Some(b))
-                    });
-                    let item = match Self::next_item(item, k, pass, &mut done)? {
-                        Ok(b) => b,
-                        Err(e) => return Some(Err(e)),
-                    };
-                    let what = format!("calibration batch {k}");
-                    k += 1;
-                    if let Err(e) = check_batch(&g, &item, &what) {
-                        done = true;
-                        return Some(Err(e));
-                    }
-                    Some(Ok(item))
-                })))
-            }
-        }
+        Ok(Box::new(self.batches(g, batch)?.map(|b| {
+            let b = b?;
+            let n = b.samples().unwrap_or(0);
+            b.rows(0, n).map(Cow::into_owned).map_err(|e| calib_err(e.to_string()))
+        })))
     }
 
-    /// The batches of [`CalibSource::stream`], kept as NumPy views and converted a run at a time.
+    /// Batches kept as NumPy views (the rows of an array, or what an iterable yields), each
+    /// converted a run at a time when calibration reads it ([`PyBatch`]).
     fn batches<'a>(&'a self, g: &Graph, batch: usize) -> Result<CalibBatches<'a>> {
         let pass = self.passes.fetch_add(1, Ordering::SeqCst) + 1;
         let g = Arc::new(g.clone());

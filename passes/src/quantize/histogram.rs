@@ -78,6 +78,8 @@ pub struct Histogram {
     /// Values exactly zero (ReLU's floor, padding): zero is always representable, so they cost
     /// no quantization error ([`Histogram::quality`]).
     exact_zeros: u64,
+    /// The batch being taken in parts ([`Histogram::observe_in_batch`]).
+    parts: BatchParts,
 }
 
 impl Histogram {
@@ -92,6 +94,25 @@ impl Histogram {
             seen: None,
             total: 0,
             exact_zeros: 0,
+            parts: BatchParts::default(),
+        }
+    }
+
+    /// Takes part of batch `batch`; the batch is added whole once it is complete (the grid
+    /// follows the first batch's range and widens by whole bins, so the result would otherwise
+    /// depend on how the batch was split).
+    pub fn observe_in_batch(&mut self, values: &[f32], batch: usize) -> Result<(), ObserveError> {
+        match self.parts.push(values, batch)? {
+            Some(done) => self.observe(&done),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds the batch still held in parts, if any.
+    pub fn finish(&mut self) -> Result<(), ObserveError> {
+        match self.parts.take() {
+            Some(done) => self.observe(&done),
+            None => Ok(()),
         }
     }
 
@@ -511,7 +532,6 @@ fn kl_divergence(p: &[f64], q: &[f64]) -> f64 {
 pub struct PercentileObserver {
     hist: Histogram,
     percentile: f64,
-    parts: BatchParts,
 }
 
 impl PercentileObserver {
@@ -522,7 +542,7 @@ impl PercentileObserver {
         if !(percentile > 0.0 && percentile <= 100.0) {
             return Err(ObserveError::Config(format!("percentile {percentile} is not in (0, 100]")));
         }
-        Ok(PercentileObserver { hist: Histogram::new(bins, symmetric), percentile, parts: BatchParts::default() })
+        Ok(PercentileObserver { hist: Histogram::new(bins, symmetric), percentile })
     }
 
     pub fn histogram(&self) -> &Histogram {
@@ -535,22 +555,12 @@ impl Observer for PercentileObserver {
         self.hist.observe(values)
     }
 
-    fn observe_in_batch(&mut self, values: &[f32], batch: usize) -> Result<(), ObserveError> {
-        match self.parts.push(values, batch)? {
-            Some(done) => self.hist.observe(&done),
-            None => Ok(()),
-        }
-    }
-
-    fn finish(&mut self) -> Result<(), ObserveError> {
-        match self.parts.take() {
-            Some(done) => self.hist.observe(&done),
-            None => Ok(()),
-        }
-    }
-
     fn histogram(&self) -> Option<&Histogram> {
         Some(&self.hist)
+    }
+
+    fn histogram_mut(&mut self) -> Option<&mut Histogram> {
+        Some(&mut self.hist)
     }
 
     fn range(&self) -> Option<(f32, f32)> {
@@ -575,7 +585,6 @@ impl Observer for PercentileObserver {
 pub struct EntropyObserver {
     hist: Histogram,
     levels: usize,
-    parts: BatchParts,
 }
 
 impl EntropyObserver {
@@ -583,7 +592,7 @@ impl EntropyObserver {
     /// with `2^bits - 1` levels (255).
     pub fn new(symmetric: bool, bits: u32, bins: usize) -> EntropyObserver {
         let levels = if symmetric { 1usize << (bits - 1) } else { (1usize << bits) - 1 };
-        EntropyObserver { hist: Histogram::new(bins, symmetric), levels, parts: BatchParts::default() }
+        EntropyObserver { hist: Histogram::new(bins, symmetric), levels }
     }
 
     pub fn histogram(&self) -> &Histogram {
@@ -596,22 +605,12 @@ impl Observer for EntropyObserver {
         self.hist.observe(values)
     }
 
-    fn observe_in_batch(&mut self, values: &[f32], batch: usize) -> Result<(), ObserveError> {
-        match self.parts.push(values, batch)? {
-            Some(done) => self.hist.observe(&done),
-            None => Ok(()),
-        }
-    }
-
-    fn finish(&mut self) -> Result<(), ObserveError> {
-        match self.parts.take() {
-            Some(done) => self.hist.observe(&done),
-            None => Ok(()),
-        }
-    }
-
     fn histogram(&self) -> Option<&Histogram> {
         Some(&self.hist)
+    }
+
+    fn histogram_mut(&mut self) -> Option<&mut Histogram> {
+        Some(&mut self.hist)
     }
 
     fn range(&self) -> Option<(f32, f32)> {
@@ -628,7 +627,6 @@ impl Observer for EntropyObserver {
 pub struct MseObserver {
     hist: Histogram,
     scheme: Scheme,
-    parts: BatchParts,
 }
 
 impl MseObserver {
@@ -641,7 +639,7 @@ impl MseObserver {
             (false, 4) => Scheme::asymmetric(QType::U4),
             (false, _) => Scheme::asymmetric(QType::U8),
         };
-        MseObserver { hist: Histogram::new(bins, symmetric), scheme, parts: BatchParts::default() }
+        MseObserver { hist: Histogram::new(bins, symmetric), scheme }
     }
 
     pub fn histogram(&self) -> &Histogram {
@@ -654,22 +652,12 @@ impl Observer for MseObserver {
         self.hist.observe(values)
     }
 
-    fn observe_in_batch(&mut self, values: &[f32], batch: usize) -> Result<(), ObserveError> {
-        match self.parts.push(values, batch)? {
-            Some(done) => self.hist.observe(&done),
-            None => Ok(()),
-        }
-    }
-
-    fn finish(&mut self) -> Result<(), ObserveError> {
-        match self.parts.take() {
-            Some(done) => self.hist.observe(&done),
-            None => Ok(()),
-        }
-    }
-
     fn histogram(&self) -> Option<&Histogram> {
         Some(&self.hist)
+    }
+
+    fn histogram_mut(&mut self) -> Option<&mut Histogram> {
+        Some(&mut self.hist)
     }
 
     fn range(&self) -> Option<(f32, f32)> {

@@ -37,14 +37,22 @@ pub trait Observer: Send + fmt::Debug {
     /// Takes part of batch `batch` (a calibration run's share of it; the parts of one batch come
     /// one after another, batches in increasing order). Observers that accumulate values treat a
     /// part as more values; one that updates once per batch ([`Ema`]) merges the parts first.
-    fn observe_in_batch(&mut self, values: &[f32], _batch: usize) -> Result<(), ObserveError> {
-        self.observe(values)
+    /// An observer with a histogram ([`Observer::histogram_mut`]) takes each batch whole
+    /// ([`super::histogram::Histogram::observe_in_batch`]).
+    fn observe_in_batch(&mut self, values: &[f32], batch: usize) -> Result<(), ObserveError> {
+        match self.histogram_mut() {
+            Some(h) => h.observe_in_batch(values, batch),
+            None => self.observe(values),
+        }
     }
 
     /// Ends observation: a batch still held in parts is taken. Calibration calls it once, after
     /// the last batch and before [`Observer::range`].
     fn finish(&mut self) -> Result<(), ObserveError> {
-        Ok(())
+        match self.histogram_mut() {
+            Some(h) => h.finish(),
+            None => Ok(()),
+        }
     }
 
     /// The proposed range, `None` before any value was observed. The range is not yet widened to
@@ -53,6 +61,11 @@ pub trait Observer: Send + fmt::Debug {
 
     /// The histogram of the values seen, for observers that keep one (percentile, entropy, MSE).
     fn histogram(&self) -> Option<&super::histogram::Histogram> {
+        None
+    }
+
+    /// The same histogram, to observe into.
+    fn histogram_mut(&mut self) -> Option<&mut super::histogram::Histogram> {
         None
     }
 }
