@@ -4,7 +4,7 @@
 
 use super::{ensure, int_ty, need, numel, per_tensor, At, Lowerer, Lw, StepKind, Vinfo};
 use crate::emit::elementwise::Elementwise;
-use crate::micro::rowops::{self, RowKind, RowOp};
+use crate::micro::rowops::{self, RowKind};
 use qforge_ir::{numerics, DType, Op, UnaryOp, Value};
 
 impl Lowerer<'_> {
@@ -54,24 +54,7 @@ impl Lowerer<'_> {
                 p.apply(q, kv[0], n.oty.dtype) as u8 as usize
             })
             .collect();
-        let layout = self.vals[&x].layout;
-        let input = self.in_layout(x, layout, &n.name)?;
-        let output = self.define(n.out, layout);
-        let len = numel(&n.oty);
-        let op = RowOp {
-            kind: RowKind::Lut8,
-            x: 0,
-            y: 0,
-            n: len,
-            inner: 1,
-            scale: vec![],
-            bias: vec![],
-            index,
-            x2: 0,
-            plan: None,
-        };
-        self.push(&n.name, StepKind::Rows { op, input, input2: None, output, units: len.div_ceil(rowops::CHUNK) });
-        Ok(())
+        self.table_step(n, x, index)
     }
 
     /// f32 -> u8/i8 with per-tensor parameters from the result's type.

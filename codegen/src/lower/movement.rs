@@ -78,18 +78,7 @@ impl Lowerer<'_> {
                 let ty = self.types[v].clone();
                 let len = numel(&ty);
                 let out = self.new_buf(&ty);
-                let op = RowOp {
-                    kind: RowKind::Lut8,
-                    x: 0,
-                    y: 0,
-                    n: len,
-                    inner: 1,
-                    scale: vec![],
-                    bias: vec![],
-                    index,
-                    x2: 0,
-                    plan: None,
-                };
+                let op = RowOp { index, ..RowOp::elementwise(RowKind::Lut8, len) };
                 let name = format!("{}.requant", n.name);
                 self.push(
                     &name,
@@ -109,22 +98,17 @@ impl Lowerer<'_> {
     pub(super) fn requantize(&mut self, n: &At) -> Lw {
         let x = need(n.input(0).filter(|v| !self.is_const(*v)), "the input is a constant")?;
         let index = need(requant_table(&self.types[&x], &n.oty), "not per-tensor i8/u8 on both sides")?;
+        self.table_step(n, x, index)
+    }
+
+    /// `n`'s result as the 256-entry byte table `index` applied to each byte of `x`, in `x`'s
+    /// layout.
+    pub(super) fn table_step(&mut self, n: &At, x: Value, index: Vec<usize>) -> Lw {
         let layout = self.vals[&x].layout;
         let input = self.in_layout(x, layout, &n.name)?;
         let output = self.define(n.out, layout);
         let len = numel(&n.oty);
-        let op = RowOp {
-            kind: RowKind::Lut8,
-            x: 0,
-            y: 0,
-            n: len,
-            inner: 1,
-            scale: vec![],
-            bias: vec![],
-            index,
-            x2: 0,
-            plan: None,
-        };
+        let op = RowOp { index, ..RowOp::elementwise(RowKind::Lut8, len) };
         self.push(&n.name, StepKind::Rows { op, input, input2: None, output, units: len.div_ceil(rowops::CHUNK) });
         Ok(())
     }

@@ -142,18 +142,7 @@ impl Lowerer<'_> {
             let other = self.in_layout(b, layout, &n.name)?;
             let output = self.define(n.out, layout);
             let len = numel(&n.oty);
-            let op = RowOp {
-                kind: RowKind::MulF32,
-                x: 0,
-                y: 0,
-                n: len,
-                inner: 1,
-                scale: vec![],
-                bias: vec![],
-                index: vec![],
-                x2: 0,
-                plan: None,
-            };
+            let op = RowOp::elementwise(RowKind::MulF32, len);
             let units = len.div_ceil(rowops::CHUNK);
             self.push(&n.name, StepKind::Rows { op, input, input2: Some(other), output, units });
             return Ok(());

@@ -66,16 +66,8 @@ impl Lowerer<'_> {
         let output = self.define(n.out, layout);
         let len = numel(&n.oty);
         let op = RowOp {
-            kind: RowKind::Spatial { nhwc: layout == Layout::Nhwc },
-            x: 0,
-            y: 0,
-            n: len,
-            inner: 1,
-            scale: vec![],
-            bias: vec![],
-            index: vec![],
-            x2: 0,
             plan: Some(Arc::new(plan)),
+            ..RowOp::elementwise(RowKind::Spatial { nhwc: layout == Layout::Nhwc }, len)
         };
         self.push(&n.name, StepKind::Rows { op, input, input2: None, output, units: len.div_ceil(rowops::CHUNK) });
         Ok(())

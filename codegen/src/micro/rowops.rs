@@ -190,6 +190,12 @@ pub struct RowOp {
 }
 
 impl RowOp {
+    /// An element-wise op of `kind` over `n` elements (input and output at offset 0 of their
+    /// buffers, no scale, bias, index table, second input or plan).
+    pub fn elementwise(kind: RowKind, n: usize) -> RowOp {
+        RowOp { kind, x: 0, y: 0, n, inner: 1, scale: vec![], bias: vec![], index: vec![], x2: 0, plan: None }
+    }
+
     /// Units of work `begin..end` ranges over.
     pub fn units(&self, total: usize) -> usize {
         match self.kind {
