@@ -345,6 +345,27 @@ pub fn onnxruntime_available() -> bool {
     std::process::Command::new("python3").args(["-c", "import onnxruntime"]).output().is_ok_and(|o| o.status.success())
 }
 
+/// Runs the ONNX model `model` (a file) in ONNX Runtime (CPU) on the `.npy` file `input` as its
+/// first input and returns its first output, or ORT's last error line.
+pub fn ort_first_output(model: &std::path::Path, input: &std::path::Path) -> Result<Tensor, String> {
+    let out = model.with_extension("ort_out.npy");
+    let script = format!(
+        "import numpy as np, onnxruntime as ort\n\
+         s = ort.InferenceSession({:?}, providers=['CPUExecutionProvider'])\n\
+         x = np.load({:?})\n\
+         np.save({:?}, s.run(None, {{s.get_inputs()[0].name: x}})[0])\n",
+        model.display().to_string(),
+        input.display().to_string(),
+        out.display().to_string()
+    );
+    let r = std::process::Command::new("python3").args(["-c", &script]).output().map_err(|e| e.to_string())?;
+    if !r.status.success() {
+        let err = String::from_utf8_lossy(&r.stderr);
+        return Err(format!("onnxruntime: {}", err.lines().last().unwrap_or_default()));
+    }
+    qforge::npy::read(&out).map_err(|e| format!("{e:#}"))
+}
+
 /// The first thing a test marked `#[ignore = "needs ..."]` does: it runs only when asked for
 /// (`cargo test -- --include-ignored`, as CI does after installing the tools), and then a missing
 /// tool is a failure, never a silent pass.

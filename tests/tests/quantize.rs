@@ -360,19 +360,7 @@ fn qdq_export_runs_in_onnxruntime() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("digits_qdq.onnx");
     std::fs::write(&path, &bytes).unwrap();
-    let out = dir.join("ort_out.npy");
-    let script = format!(
-        "import numpy as np, onnxruntime as ort\n\
-         s = ort.InferenceSession({:?}, providers=['CPUExecutionProvider'])\n\
-         x = np.load({:?})\n\
-         np.save({:?}, s.run(None, {{s.get_inputs()[0].name: x}})[0])\n",
-        path.display().to_string(),
-        corpus_file("digits_test_x.npy").display().to_string(),
-        out.display().to_string()
-    );
-    let r = std::process::Command::new("python3").args(["-c", &script]).output().unwrap();
-    assert!(r.status.success(), "onnxruntime failed: {}", String::from_utf8_lossy(&r.stderr));
-    let ort_y = qforge::npy::read(&out).unwrap();
+    let ort_y = qforge_tests::ort_first_output(&path, &corpus_file("digits_test_x.npy")).unwrap();
     let ort_acc = top1(&ort_y, "digits_test_y.npy").unwrap();
     let a = agreement(&ort_y, &y, qforge_tests::output_step(&g)).unwrap();
     println!(

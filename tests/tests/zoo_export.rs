@@ -88,24 +88,14 @@ fn every_imported_zoo_model_exports_to_qdq_onnx_that_onnx_runtime_runs() {
                 }
             };
             let path = dir.join(format!("{file}.qdq.onnx"));
-            let out = dir.join(format!("{file}.out.npy"));
             std::fs::write(&path, &bytes).unwrap();
-            let script = format!(
-                "import numpy as np, onnxruntime as ort\n\
-                 s = ort.InferenceSession({:?}, providers=['CPUExecutionProvider'])\n\
-                 x = np.load({:?})\n\
-                 np.save({:?}, s.run(None, {{s.get_inputs()[0].name: x}})[0])\n",
-                path.display().to_string(),
-                fixture(&format!("{images}_test_a.npy")).display().to_string(),
-                out.display().to_string()
-            );
-            let r = std::process::Command::new("python3").args(["-c", &script]).output().unwrap();
-            if !r.status.success() {
-                let err = String::from_utf8_lossy(&r.stderr);
-                failures.push(format!("{file}: onnxruntime: {}", err.lines().last().unwrap_or_default()));
-                continue;
-            }
-            let y = qforge::npy::read(&out).unwrap();
+            let y = match qforge_tests::ort_first_output(&path, &fixture(&format!("{images}_test_a.npy"))) {
+                Ok(y) => y,
+                Err(e) => {
+                    failures.push(format!("{file}: {e}"));
+                    continue;
+                }
+            };
             let reference = qforge::npy::read(&fixture(&format!("{name}_out_a.npy"))).unwrap();
             match agreement(&y, &reference, None) {
                 Ok(a) => println!("{file}: ORT on the QDQ export, SQNR {:.1} dB against FP32", a.sqnr_db),

@@ -206,6 +206,27 @@ impl RowOp {
     }
 }
 
+/// `y[i] = f(x[i])` for f32 elements `s..e` of the buffers at `xb` and `yb`.
+///
+/// # Safety
+/// Elements `s..e` must lie in both buffers, which must not overlap, and no other thread may
+/// access that range of `yb` meanwhile.
+unsafe fn map_f32(xb: *mut u8, yb: *mut u8, s: usize, e: usize, f: impl Fn(f32) -> f32) {
+    if s >= e {
+        return;
+    }
+    // SAFETY: the caller's contract.
+    let (x, y) = unsafe {
+        (
+            std::slice::from_raw_parts((xb as *const f32).add(s), e - s),
+            std::slice::from_raw_parts_mut((yb as *mut f32).add(s), e - s),
+        )
+    };
+    for (yv, &xv) in y.iter_mut().zip(x) {
+        *yv = f(xv);
+    }
+}
+
 /// Runs units `begin..end` of `*op` on the arena.
 ///
 /// Threads run disjoint unit ranges of one step at the same time, so this function never forms
@@ -229,20 +250,9 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
     let (s, e) = (begin * CHUNK, (end * CHUNK).min(op.n));
     match op.kind {
         RowKind::Unary(u) => {
-            if s >= e {
-                return;
-            }
             // SAFETY: elements `s..e` (`e <= op.n`) lie in both buffers, which are distinct; the
             // range is this call's units only, so no other thread's slice overlaps it.
-            let (x, y) = unsafe {
-                (
-                    std::slice::from_raw_parts((xb as *const f32).add(s), e - s),
-                    std::slice::from_raw_parts_mut((yb as *mut f32).add(s), e - s),
-                )
-            };
-            for (yv, &xv) in y.iter_mut().zip(x) {
-                *yv = unary_scalar(u, xv);
-            }
+            unsafe { map_f32(xb, yb, s, e, |x| unary_scalar(u, x)) }
         }
         RowKind::ChannelBinary { op: bop, const_first, nhwc, c, hw } => {
             use qforge_ir::BinaryOp;
@@ -265,19 +275,8 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
             }
         }
         RowKind::HardSigmoid { alpha, beta } => {
-            if s >= e {
-                return;
-            }
-            // SAFETY: as for `Unary`: elements `s..e` of both (distinct) buffers, this call's only.
-            let (x, y) = unsafe {
-                (
-                    std::slice::from_raw_parts((xb as *const f32).add(s), e - s),
-                    std::slice::from_raw_parts_mut((yb as *mut f32).add(s), e - s),
-                )
-            };
-            for (yv, &xv) in y.iter_mut().zip(x) {
-                *yv = (alpha * xv + beta).clamp(0.0, 1.0);
-            }
+            // SAFETY: as for `Unary`.
+            unsafe { map_f32(xb, yb, s, e, |x| (alpha * x + beta).clamp(0.0, 1.0)) }
         }
         RowKind::GateMul { nhwc, c, hw } => {
             // SAFETY: `op.x2` is the offset of the gate's buffer inside the arena.
