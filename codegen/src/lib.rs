@@ -164,7 +164,7 @@ impl JitExecutable {
         let t = std::time::Instant::now();
         let limit = self.opts.max_tensor_bytes as u128;
         lower::check_sizes(&self.graph, types, limit)?;
-        let widened = widen::widen_low_precision(&self.graph);
+        let widened = widen::widen_low_precision(&self.graph, self.opts.microkernels.bf16_compute());
         let folded = fold::fold_constants(&widened, limit);
         let lw = lower::lower(&folded, types, limit)?;
         let mut p = Program::build(lw, self.opts.microkernels, self.opts.threads)?;

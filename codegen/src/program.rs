@@ -359,7 +359,9 @@ impl Program {
                     let id = jit.define_step(&s.name, |em, p| kernel::emit(em, spec, bind, &consts, p))?;
                     scratch_bytes = scratch_bytes.max(kernel::scratch_bytes(spec));
                     let grain = match spec.main {
-                        crate::spec::MainOp::GemmU8I8 { .. } | crate::spec::MainOp::GemmF32 { .. } => kernel::ROW_BLOCK,
+                        crate::spec::MainOp::GemmU8I8 { .. }
+                        | crate::spec::MainOp::GemmF32 { .. }
+                        | crate::spec::MainOp::GemmBf16 { .. } => kernel::ROW_BLOCK,
                         _ => 1,
                     };
                     funcs.push((i, id, kernel::units(spec), grain, true));
@@ -777,7 +779,7 @@ fn native_requant(spec: &crate::spec::KernelSpec, mk: Microkernels) -> Option<Re
     let signed_out = match spec.store {
         Store::U8 => false,
         Store::I8 => true,
-        Store::F32 => return None,
+        Store::F32 | Store::Bf16 => return None,
     };
     match spec.epilogue.as_slice() {
         [Step::AddChannelI32(c), Step::ScaleToF32(m), Step::RoundToInt { zp, lo, hi, bounded: true }] => {
@@ -806,6 +808,15 @@ fn kernel_consts(main: &crate::spec::MainOp, keep: &mut Vec<Box<dyn Any + Send +
             (w, g)
         }
         MainOp::GemmF32 { rows, weights } => {
+            let w = weights.data.as_ptr() as i64;
+            keep.push(Box::new(weights.clone()));
+            let g = match rows {
+                Rows::Im2col { geom, .. } => geom_of(geom, keep),
+                Rows::Direct { .. } => 0,
+            };
+            (w, g)
+        }
+        MainOp::GemmBf16 { rows, weights } => {
             let w = weights.data.as_ptr() as i64;
             keep.push(Box::new(weights.clone()));
             let g = match rows {

@@ -43,6 +43,12 @@ pub enum MainOp {
         rows: Rows,
         weights: Arc<crate::micro::float::PackedF32>,
     },
+    /// bf16 x bf16 -> f32 GEMM (bf16 activations, rows gathered as bf16) over weights packed by
+    /// [`crate::micro::bf16::pack_weights_bf16`].
+    GemmBf16 {
+        rows: Rows,
+        weights: Arc<crate::micro::bf16::PackedBf16>,
+    },
     /// Depthwise u8 x i8 convolution, one output row (`ow` pixels x `c` channels) per call.
     DepthwiseU8I8 {
         geom: ConvGeom,
@@ -88,6 +94,13 @@ pub enum Step {
     /// `acc += residual[row][c]`, an f32 tensor of the output's shape and layout (operand 1 of the
     /// kernel's bindings).
     AddResidualF32,
+    /// `acc = round_bf16(acc)` kept in f32: the rounding of a bf16 op's result before another op
+    /// of the chain reads it (a residual add after a bf16 convolution).
+    RoundBf16,
+    /// `acc += residual[row][c]` for a bf16 residual of the output's shape and layout, widened
+    /// exactly; the sum rounds once more at the bf16 store (f32 holds more than twice bf16's
+    /// precision, so rounding the f32 sum to bf16 is the rounding of the exact sum).
+    AddResidualBf16,
     /// `acc = max(acc, v)` in f32 (ReLU is `MaxF32(0.0)`).
     MaxF32(f32),
     /// `acc = min(acc, v)` in f32.
@@ -105,12 +118,15 @@ pub enum Store {
     U8,
     I8,
     F32,
+    /// f32 rounded to bf16, nearest even (the `half` crate's `bf16::from_f32`, NaN kept quiet).
+    Bf16,
 }
 
 impl Store {
     pub fn bytes(self) -> usize {
         match self {
             Store::U8 | Store::I8 => 1,
+            Store::Bf16 => 2,
             Store::F32 => 4,
         }
     }
@@ -139,7 +155,8 @@ pub fn mark_bounded(steps: &mut [Step], acc_bound: f64) {
             Step::AddChannelF32(v) => b += v.iter().map(|x| (*x as f64).abs()).fold(0.0, f64::max),
             Step::DivF32(d) => b /= (*d as f64).abs(),
             Step::MaxF32(_) | Step::MinF32(_) => {}
-            Step::AddResidualF32 => b = f64::INFINITY,
+            Step::AddResidualF32 | Step::AddResidualBf16 => b = f64::INFINITY,
+            Step::RoundBf16 => b *= 1.0 + 1.0 / 256.0,
             Step::RoundToInt { bounded, .. } => {
                 *bounded = b.is_finite() && b < (1u64 << 30) as f64;
                 b = (1u64 << 31) as f64;
@@ -164,6 +181,9 @@ impl KernelSpec {
             MainOp::GemmF32 { rows, weights } => {
                 write!(s, "gemm_f32({}) {}x{} k={}", rows_desc(rows), self.rows, self.cols, weights.k)
             }
+            MainOp::GemmBf16 { rows, weights } => {
+                write!(s, "gemm_bf16({}) {}x{} k={}", rows_desc(rows), self.rows, self.cols, weights.k)
+            }
             MainOp::DepthwiseU8I8 { geom: g, .. } => {
                 write!(s, "depthwise_u8i8({}x{} s{}) {}x{}", g.kh, g.kw, g.sh, self.rows, self.cols)
             }
@@ -182,6 +202,8 @@ impl KernelSpec {
                 Step::DivF32(d) => format!("div({d})"),
                 Step::AddChannelF32(_) => "add_f32".to_string(),
                 Step::AddResidualF32 => "add_residual".to_string(),
+                Step::RoundBf16 => "round_bf16".to_string(),
+                Step::AddResidualBf16 => "add_residual_bf16".to_string(),
                 Step::MaxF32(v) => format!("max({v})"),
                 Step::MinF32(v) => format!("min({v})"),
                 Step::RoundToInt { zp, lo, hi, .. } => format!("round(zp={zp}, {lo}..{hi})"),
@@ -191,6 +213,7 @@ impl KernelSpec {
             Store::U8 => "u8",
             Store::I8 => "i8",
             Store::F32 => "f32",
+            Store::Bf16 => "bf16",
         };
         let _ = write!(s, " [{}] -> {store}", steps.join(", "));
         s
@@ -202,6 +225,7 @@ impl KernelSpec {
         match &self.main {
             MainOp::GemmU8I8 { weights, .. } => r * c * weights.k as u64,
             MainOp::GemmF32 { weights, .. } => r * c * weights.k as u64,
+            MainOp::GemmBf16 { weights, .. } => r * c * weights.k as u64,
             MainOp::DepthwiseU8I8 { geom, .. } | MainOp::DepthwiseF32 { geom, .. } => {
                 r * c * (geom.kh * geom.kw) as u64
             }

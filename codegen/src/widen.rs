@@ -3,6 +3,14 @@
 //! and round its result once to the storage type (nearest even), which is the interpreter's
 //! semantics for low-precision float ops (see `qforge_ir::interp`). Constant inputs are widened
 //! at compile time. Ops without an f32 kernel stay as they are (the host runs them in f16).
+//!
+//! With bf16 compute ([`crate::Microkernels::bf16_compute`]: the CPU has AVX512-BF16), bf16
+//! convolutions (except depthwise), GEMMs and matrix products with constant bf16 weights stay
+//! bf16: they run as the bf16 GEMM (f32 accumulation, one rounding of the output, the contract of
+//! [`crate::micro::bf16`]), and what a kept convolution's epilogue absorbs stays bf16 too: a
+//! residual Add of its result (the epilogue rounds before adding, as the interpreter does), then
+//! ReLU and Clip (rounding is monotone, so `round(clip(round(x))) == round(clip(x))`: absorbing
+//! them rounds once where the interpreter rounds twice, to the same value).
 
 use qforge_ir::{BinaryOp, DType, Graph, Node, Op, Tensor, TensorType, UnaryOp, Value};
 use std::collections::HashMap;
@@ -27,22 +35,100 @@ fn eligible(op: &Op) -> bool {
     ) || matches!(op, Op::Unary(u) if *u != UnaryOp::Not)
 }
 
-/// Whether [`widen_low_precision`] moves `node` to f32 (then its inputs and result exist in f32
-/// too, as the interpreter's temporaries for it do).
+/// Whether the interpreter computes `node` in f32 between a widening and a rounding (its inputs
+/// and result then exist in f32 too, as temporaries), which [`widen_low_precision`] makes
+/// explicit unless bf16 compute keeps the node.
 pub fn is_widened(node: &Node) -> bool {
     node.outputs.len() == 1 && low(node.outputs[0].dtype) && eligible(&node.op)
 }
 
-/// `g` with its f16/bf16 compute ops moved to f32 between a widening and a rounding cast.
-pub fn widen_low_precision(g: &Graph) -> Graph {
+/// Whether `id` is a bf16 convolution (not depthwise), GEMM or matrix product whose weights are a
+/// constant, which the bf16 GEMM computes as it is.
+fn bf16_gemm(g: &Graph, id: qforge_ir::NodeId) -> bool {
+    let n = g.node(id);
+    let bf16 = |v: Option<Value>| v.is_some_and(|v| g.value_type(v).dtype == DType::BF16);
+    let konst = |v: Option<Value>| v.is_some_and(|v| matches!(g.node(v.node).op, Op::Const(_)));
+    let ins = n.inputs();
+    let (x, w) = (ins.first().copied().flatten(), ins.get(1).copied().flatten());
+    if n.outputs.len() != 1 || n.outputs[0].dtype != DType::BF16 || !bf16(x) || konst(x) || !bf16(w) || !konst(w) {
+        return false;
+    }
+    let wshape = w.map(|w| g.value_type(w).shape.clone());
+    let wrank = wshape.as_ref().map_or(0, |s| s.rank());
+    match &n.op {
+        Op::Conv(a) => {
+            let per_group_in = wshape.as_ref().and_then(|s| s.dims().get(1).and_then(|d| d.fixed()));
+            wrank == 4 && !(a.group > 1 && per_group_in == Some(1))
+        }
+        Op::Gemm { trans_a: false, .. } => wrank == 2 && ins.get(2).copied().flatten().is_none_or(|c| konst(Some(c))),
+        Op::MatMul => wrank == 2,
+        _ => false,
+    }
+}
+
+/// The nodes bf16 compute keeps in bf16 (see the module docs), in schedule order.
+fn kept_bf16(g: &Graph, order: &[qforge_ir::NodeId]) -> std::collections::HashSet<qforge_ir::NodeId> {
+    let mut kept = std::collections::HashSet::new();
+    let outputs: std::collections::HashSet<Value> = g.outputs().iter().map(|o| o.value).collect();
+    let mut uses: HashMap<Value, usize> = HashMap::new();
+    for &id in order {
+        for v in g.node(id).inputs().iter().flatten() {
+            *uses.entry(*v).or_default() += 1;
+        }
+    }
+    for &id in order {
+        let n = g.node(id);
+        // the value `v` is a kept node's result that only this node reads
+        let sole = |v: &Value, ops: &dyn Fn(&Op) -> bool| {
+            kept.contains(&v.node) && ops(&g.node(v.node).op) && uses.get(v) == Some(&1) && !outputs.contains(v)
+        };
+        let bf16_out = n.outputs.len() == 1 && n.outputs[0].dtype == DType::BF16;
+        let ins: Vec<Option<Value>> = n.inputs().to_vec();
+        let absorbed = match n.op {
+            Op::Unary(UnaryOp::Relu) | Op::Clip { .. } if bf16_out => ins.first().copied().flatten().is_some_and(|v| {
+                sole(&v, &|op| {
+                    matches!(op, Op::Conv(_) | Op::Unary(UnaryOp::Relu) | Op::Clip { .. } | Op::Binary(BinaryOp::Add))
+                })
+            }),
+            // a residual add of a kept convolution's result and another bf16 tensor of its shape
+            Op::Binary(BinaryOp::Add) if bf16_out && ins.len() == 2 => {
+                let (Some(a), Some(b)) = (ins[0], ins[1]) else { continue };
+                let conv = |v: &Value| sole(v, &|op| matches!(op, Op::Conv(_)));
+                let other_ok = |v: &Value| {
+                    let t = g.value_type(*v);
+                    t.dtype == DType::BF16
+                        && t.shape == n.outputs[0].shape
+                        && !matches!(g.node(v.node).op, Op::Const(_))
+                };
+                a != b && ((conv(&a) && other_ok(&b)) || (conv(&b) && other_ok(&a)))
+            }
+            _ => false,
+        };
+        if absorbed || bf16_gemm(g, id) {
+            kept.insert(id);
+        }
+    }
+    kept
+}
+
+/// `g` with its f16/bf16 compute ops moved to f32 between a widening and a rounding cast, except
+/// (with `bf16_compute`) the bf16 ops the bf16 GEMM computes.
+pub fn widen_low_precision(g: &Graph, bf16_compute: bool) -> Graph {
     let mut g = g.clone();
     let Ok(order) = g.schedule() else { return g };
+    let kept = if bf16_compute { kept_bf16(&g, &order) } else { Default::default() };
     let mut widened: HashMap<Value, Value> = HashMap::new();
+    // The f32 result of each widened node, keyed by its rounded value. A ReLU, Clip or max pool
+    // reads it instead of widening the rounded value: they are monotone, and rounding is
+    // monotone, so `round(f(round(x))) == round(f(x))` and the rounding in between changes nothing
+    // (the f32 op then joins its producer's kernel where the lowering fuses them).
+    let mut unrounded: HashMap<Value, Value> = HashMap::new();
     for id in order {
         let node = g.node(id).clone();
-        if !is_widened(&node) {
+        if !is_widened(&node) || kept.contains(&id) {
             continue;
         }
+        let monotone = matches!(node.op, Op::Unary(UnaryOp::Relu) | Op::Clip { .. } | Op::MaxPool(_));
         let dt = node.outputs[0].dtype;
         let mut inputs = Vec::new();
         for v in node.inputs() {
@@ -55,7 +141,7 @@ pub fn widen_low_precision(g: &Graph) -> Graph {
                 inputs.push(Some(v));
                 continue;
             }
-            if let Some(w) = widened.get(&v) {
+            if let Some(w) = unrounded.get(&v).filter(|_| monotone).or_else(|| widened.get(&v)) {
                 inputs.push(Some(*w));
                 continue;
             }
@@ -84,6 +170,7 @@ pub fn widen_low_precision(g: &Graph) -> Graph {
         );
         g.replace_all_uses(Value::new(id, 0), Value::new(cast, 0));
         let _ = g.remove_node(id);
+        unrounded.insert(Value::new(cast, 0), Value::new(nid, 0));
     }
     g
 }

@@ -7,6 +7,18 @@
 //! (the `half` crate). An op computed in f16 or bf16 widens its inputs to f32, computes in f32 and
 //! rounds its result once to the storage type.
 //!
+//! # bf16 dot products
+//! A bf16 convolution, GEMM or matrix product is the sum of the exact products of its bf16
+//! operands (a product of two bf16 values is exact in f32), accumulated in f32 from 0.0, plus the
+//! bias in f32, rounded once to bf16; only the summation order is left to the engine. The
+//! interpreter sums in its loop order; the JIT on a CPU with AVX512-BF16 sums each output's terms
+//! two at a time as `VDPBF16PS` does (Intel SDM: per pair `2i, 2i+1`, an FMA of the odd term then
+//! of the even one, round to nearest even, subnormal inputs and results flushed to zero), and
+//! elsewhere widens to f32 and uses the f32 kernels. The engines therefore agree on each output
+//! element up to one bf16 step (a sum landing either side of a rounding boundary), and a ReLU or
+//! Clip after such an op may be applied before the rounding: rounding is monotone, so
+//! `round(clip(x)) == round(clip(round(x)))` for any bounds.
+//!
 //! # Saturation
 //! Results converted to an integer storage type are clamped to its range: i8 `[-128, 127]`,
 //! u8 `[0, 255]`, i32 `[-2^31, 2^31-1]` (and so on for i16, u16, u32, i64, u64). NaN converts to 0.

@@ -27,7 +27,7 @@ pub struct Tile {
     /// The output element at (first row, n0), and the output row stride in bytes.
     pub out: Value,
     pub out_stride: i64,
-    /// The residual element at (first row, n0) (f32, same layout as the output), if any.
+    /// The residual element at (first row, n0) (the output's type and layout), if any.
     pub residual: Option<Value>,
 }
 
@@ -46,7 +46,7 @@ pub fn emit(
     em.for_range(zero, t.rows, 1, |em, r| {
         let tile_r = em.index(t.tile, r, t.ldc * 4);
         let out_r = em.index(t.out, r, t.out_stride);
-        let res_r = t.residual.map(|p| em.index(p, r, t.out_stride / store.bytes() as i64 * 4));
+        let res_r = t.residual.map(|p| em.index(p, r, t.out_stride));
         let row = Row { tile: tile_r, out: out_r, res: res_r, n0: t.n0 };
         let vend = em.b.ins().band_imm_s(t.nr, !15i64);
         let zero = em.iconst(0);
@@ -111,6 +111,22 @@ fn chunk(
                 em.b.ins().store(fl, v, out_j, (16 * g) as i32);
             }
         }
+        Store::Bf16 => {
+            let mut bits = vec![];
+            for v in &vals {
+                let Lanes::F(v) = *v else { return Err(JitError::Codegen("a bf16 store of integers".into())) };
+                bits.push(bf16_bits(em, v, ity));
+            }
+            if vector {
+                // i32 lanes in 0..=0xffff: the signed-to-unsigned saturating narrow is exact
+                let lo = em.b.ins().unarrow(bits[0], bits[1]);
+                let hi = em.b.ins().unarrow(bits[2], bits[3]);
+                em.b.ins().store(fl, lo, out_j, 0);
+                em.b.ins().store(fl, hi, out_j, 16);
+            } else {
+                em.b.ins().istore16(fl, bits[0], out_j, 0);
+            }
+        }
         Store::U8 | Store::I8 => {
             let ints: Vec<Value> = vals
                 .iter()
@@ -130,6 +146,34 @@ fn chunk(
         }
     }
     Ok(())
+}
+
+/// The bf16 bits (in the low half of i32 lanes) of f32 lanes `x`, rounded to nearest even with
+/// NaN kept as a quiet NaN: `(b + 0x7fff + ((b >> 16) & 1)) >> 16` for `b` the f32 bits, or
+/// `(b >> 16) | 0x40` for NaN, which is `half::bf16::from_f32` (the interpreter's rounding).
+fn bf16_bits(em: &mut Emitter<'_, '_>, x: Value, ity: Type) -> Value {
+    use cranelift_codegen::ir::condcodes::FloatCC;
+    let b = em.b.ins().bitcast(ity, le(), x);
+    let hi = em.b.ins().ushr_imm_u(b, 16);
+    let one = splat_i(em, ity, 1);
+    let lsb = em.b.ins().band(hi, one);
+    let bias = splat_i(em, ity, 0x7fff);
+    let r = em.b.ins().iadd(b, bias);
+    let r = em.b.ins().iadd(r, lsb);
+    let r = em.b.ins().ushr_imm_u(r, 16);
+    let quiet = splat_i(em, ity, 0x40);
+    let nan_bits = em.b.ins().bor(hi, quiet);
+    let nan = em.b.ins().fcmp(FloatCC::Unordered, x, x);
+    if ity.is_vector() {
+        em.b.ins().bitselect(nan, nan_bits, r)
+    } else {
+        em.b.ins().select(nan, nan_bits, r)
+    }
+}
+
+/// Flags of a lane-preserving bitcast.
+fn le() -> cranelift_codegen::ir::MemFlagsData {
+    cranelift_codegen::ir::MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little)
 }
 
 pub(crate) fn splat_f(em: &mut Emitter<'_, '_>, ty: Type, x: f32) -> Value {
@@ -198,6 +242,26 @@ fn apply(
             let at = em.index(res, j, 4);
             let p = em.b.ins().load(fty, fl, at, off);
             Lanes::F(em.b.ins().fadd(x, p))
+        }
+        Step::RoundBf16 => {
+            let x = to_f(em, v, fty);
+            let bits = bf16_bits(em, x, ity);
+            let wide = em.b.ins().ishl_imm_u(bits, 16);
+            Lanes::F(em.b.ins().bitcast(fty, le(), wide))
+        }
+        Step::AddResidualBf16 => {
+            let x = to_f(em, v, fty);
+            let res = row.res.ok_or_else(|| JitError::Codegen("a residual step without a residual".into()))?;
+            let at = em.index(res, j, 2);
+            // `off` counts bytes of f32 lanes: 16 per group of four, 8 bytes of bf16
+            let bits = if ity.is_vector() {
+                em.b.ins().uload16x4(fl, at, off / 2)
+            } else {
+                em.b.ins().uload16(types::I32, fl, at, off / 2)
+            };
+            let wide = em.b.ins().ishl_imm_u(bits, 16);
+            let r = em.b.ins().bitcast(fty, le(), wide);
+            Lanes::F(em.b.ins().fadd(x, r))
         }
         Step::MaxF32(c) => {
             let x = to_f(em, v, fty);

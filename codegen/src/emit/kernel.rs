@@ -6,7 +6,7 @@
 
 use super::epilogue::{self, Tile};
 use super::Emitter;
-use crate::micro::{float, ConvGeom};
+use crate::micro::{bf16, float, ConvGeom};
 use crate::spec::{KernelSpec, MainOp, Rows};
 use crate::JitError;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
@@ -60,7 +60,7 @@ fn round_up(x: usize, a: usize) -> usize {
 /// The units a step's function is called over (GEMM rows, image rows, images).
 pub fn units(spec: &KernelSpec) -> usize {
     match &spec.main {
-        MainOp::GemmU8I8 { .. } | MainOp::GemmF32 { .. } => spec.rows,
+        MainOp::GemmU8I8 { .. } | MainOp::GemmF32 { .. } | MainOp::GemmBf16 { .. } => spec.rows,
         MainOp::DepthwiseU8I8 { geom, .. } | MainOp::DepthwiseF32 { geom, .. } => spec.rows / geom.ow.max(1),
         MainOp::GlobalSumU8 { .. } | MainOp::GlobalSumF32 { .. } => spec.rows,
     }
@@ -81,10 +81,11 @@ pub fn scratch_bytes(spec: &KernelSpec) -> usize {
             };
             ROW_BLOCK * PANEL_I8 * 4 + a + 64
         }
-        MainOp::GemmF32 { rows, .. } => {
+        MainOp::GemmF32 { rows, .. } | MainOp::GemmBf16 { rows, .. } => {
+            let elem = if matches!(spec.main, MainOp::GemmBf16 { .. }) { 2 } else { 4 };
             let a = match rows {
                 Rows::Direct { .. } => 0,
-                Rows::Im2col { geom, .. } => ROW_BLOCK * im2col_ld(geom) * 4,
+                Rows::Im2col { geom, .. } => ROW_BLOCK * im2col_ld(geom) * elem,
             };
             ROW_BLOCK * float::PANEL * 4 + a + 64
         }
@@ -106,14 +107,16 @@ pub fn emit(
     let x = em.offset(arena, bind.input);
     let es = spec.store.bytes() as i64;
     let out = em.offset(arena, bind.output + bind.out_col * es);
-    let res = bind.residual.map(|r| em.offset(arena, r + bind.out_col * 4));
+    // a residual has the output's element type and layout
+    let res = bind.residual.map(|r| em.offset(arena, r + bind.out_col * es));
     let n = spec.cols as i64;
     let ldo_out = bind.ld_out;
     match &spec.main {
-        MainOp::GemmU8I8 { rows, .. } | MainOp::GemmF32 { rows, .. } => {
+        MainOp::GemmU8I8 { rows, .. } | MainOp::GemmF32 { rows, .. } | MainOp::GemmBf16 { rows, .. } => {
             let kind = match &spec.main {
                 MainOp::GemmU8I8 { weights, .. } => GemmKind::U8I8 { kp: weights.kp as i64 },
                 MainOp::GemmF32 { weights, .. } => GemmKind::F32 { k: weights.k as i64 },
+                MainOp::GemmBf16 { weights, .. } => GemmKind::Bf16 { k: weights.k as i64 },
                 _ => return Err(JitError::Codegen("not a GEMM".into())),
             };
             gemm_loops(em, x, out, res, scratch, begin, end, es, n, ldo_out, rows, kind, consts, |em, t| {
@@ -178,16 +181,18 @@ fn tile_at(
     let elem = em.b.ins().imul_imm_s(first, n);
     let elem = em.b.ins().iadd_imm_s(elem, n0);
     let out_p = em.index(out, elem, es);
-    let res_p = res.map(|r| em.index(r, elem, 4));
+    let res_p = res.map(|r| em.index(r, elem, es));
     let rows = em.iconst(rows);
     let n0 = em.iconst(n0);
     let nr = em.iconst(nr);
     Ok(Tile { tile, ldc, rows, n0, nr, out: out_p, out_stride: n * es, residual: res_p })
 }
 
+#[derive(Clone, Copy)]
 enum GemmKind {
     U8I8 { kp: i64 },
     F32 { k: i64 },
+    Bf16 { k: i64 },
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -207,9 +212,12 @@ fn gemm_loops(
     consts: &Consts,
     epi: impl Fn(&mut Emitter<'_, '_>, &Tile) -> Result<(), JitError>,
 ) -> Result<(), JitError> {
-    let (panel, ab, kred) = match kind {
-        GemmKind::U8I8 { kp } => (PANEL_I8 as i64, 1i64, kp),
-        GemmKind::F32 { k } => (float::PANEL as i64, 4i64, k),
+    // Panel width, bytes per element of `a` and of the packed weights, the reduction length the
+    // kernel takes, and the packed values per panel column.
+    let (panel, ab, kred, kpacked) = match kind {
+        GemmKind::U8I8 { kp } => (PANEL_I8 as i64, 1i64, kp, kp),
+        GemmKind::F32 { k } => (float::PANEL as i64, 4i64, k, k),
+        GemmKind::Bf16 { k } => (bf16::PANEL as i64, 2i64, k, 2 * bf16::pairs(k as usize) as i64),
     };
     let ldc = panel;
     let tile = scratch;
@@ -235,6 +243,7 @@ fn gemm_loops(
                         em.call("qf_im2col_u8", &[g, x, m0, mb, abuf, ldv, pad, xor])?;
                     }
                     GemmKind::F32 { .. } => em.call("qf_im2col_f32", &[g, x, m0, mb, abuf, ldv])?,
+                    GemmKind::Bf16 { .. } => em.call("qf_im2col_bf16", &[g, x, m0, mb, abuf, ldv])?,
                 }
                 (abuf, ld)
             }
@@ -249,18 +258,19 @@ fn gemm_loops(
             let pv = em.iconst(panel);
             let nr = em.min(rest, pv);
             let wbase = em.iconst(consts.weights);
-            let b = em.index(wbase, p, panel * kred * ab);
+            let b = em.index(wbase, p, panel * kpacked * ab);
             let kv = em.iconst(kred);
             let ldc_v = em.iconst(ldc);
             let f = match kind {
                 GemmKind::U8I8 { .. } => "qf_gemm_u8i8",
                 GemmKind::F32 { .. } => "qf_gemm_f32",
+                GemmKind::Bf16 { .. } => "qf_gemm_bf16",
             };
             em.call(f, &[a, lda_v, mb, b, kv, tile, ldc_v, nr])?;
             let elem = em.b.ins().imul_imm_s(m0, ld_out);
             let elem = em.b.ins().iadd(elem, n0);
             let out_p = em.index(out, elem, es);
-            let res_p = res.map(|r| em.index(r, elem, 4));
+            let res_p = res.map(|r| em.index(r, elem, es));
             epi(em, &Tile { tile, ldc, rows: mb, n0, nr, out: out_p, out_stride: ld_out * es, residual: res_p })
         })
     })

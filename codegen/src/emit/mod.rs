@@ -38,6 +38,15 @@ pub enum Microkernels {
     Cranelift,
 }
 
+impl Microkernels {
+    /// Whether bf16 convolutions and matrix products compute on bf16 operands (the AVX512-BF16
+    /// GEMM, [`crate::micro::bf16`]) rather than widened to f32: with the native kernels on a
+    /// CPU that has the instruction.
+    pub fn bf16_compute(self) -> bool {
+        self == Microkernels::Native && crate::micro::bf16::native_available()
+    }
+}
+
 /// Memory flags for arena and parameter accesses: never trapping, alignment not assumed.
 pub fn flags() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
@@ -91,11 +100,14 @@ impl Jit {
         let (dw_i8, dw_i8_name) = micro::int8::depthwise_u8i8_best();
         let (gemm_f32, gemm_f32_name) = micro::float::gemm_f32_best();
         let (dw_f32, dw_f32_name) = micro::float::depthwise_f32_best();
+        let (gemm_bf16, gemm_bf16_name) = micro::bf16::gemm_bf16_best();
         let imports = [
             Import { name: "qf_gemm_u8i8", ptr: gemm_i8 as *const u8, params: 8, i32_params: &[] },
             Import { name: "qf_gemm_f32", ptr: gemm_f32 as *const u8, params: 8, i32_params: &[] },
             Import { name: "qf_im2col_u8", ptr: micro::int8::im2col_u8 as *const u8, params: 8, i32_params: &[6, 7] },
             Import { name: "qf_im2col_f32", ptr: micro::float::im2col_f32 as *const u8, params: 6, i32_params: &[] },
+            Import { name: "qf_gemm_bf16", ptr: gemm_bf16 as *const u8, params: 8, i32_params: &[] },
+            Import { name: "qf_im2col_bf16", ptr: micro::bf16::im2col_bf16 as *const u8, params: 6, i32_params: &[] },
             Import { name: "qf_depthwise_u8i8", ptr: dw_i8 as *const u8, params: 7, i32_params: &[2] },
             Import { name: "qf_depthwise_f32", ptr: dw_f32 as *const u8, params: 6, i32_params: &[] },
             Import {
@@ -155,12 +167,15 @@ impl Jit {
             Microkernels::Native => vec![
                 ("gemm_u8i8", gemm_i8_name),
                 ("gemm_f32", gemm_f32_name),
+                // without the instruction, bf16 GEMMs are widened to f32 (bf16 is storage only)
+                ("gemm_bf16", if micro::bf16::native_available() { gemm_bf16_name } else { "f32 (storage only)" }),
                 ("depthwise_u8i8", dw_i8_name),
                 ("depthwise_f32", dw_f32_name),
             ],
             Microkernels::Cranelift => vec![
                 ("gemm_u8i8", "cranelift-128"),
                 ("gemm_f32", "cranelift-128"),
+                ("gemm_bf16", "f32 (storage only)"),
                 ("depthwise_u8i8", dw_i8_name),
                 ("depthwise_f32", dw_f32_name),
             ],

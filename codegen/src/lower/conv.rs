@@ -65,12 +65,19 @@ impl Lowerer<'_> {
         let mut chain = Vec::new();
         let mut cur = Value::new(id, 0);
         let Some(ty) = self.ty(cur) else { return chain };
-        if ty.dtype != DType::F32 {
+        // a bf16 conv (the bf16 GEMM) absorbs ops of its own type: a residual add (after rounding
+        // the conv's result), ReLU and Clip (which round to the same value before or after them)
+        let bf16 = ty.dtype == DType::BF16;
+        let dtype = ty.dtype;
+        if ty.dtype != DType::F32 && !bf16 {
             return chain;
         }
         let mut residual = false;
         while let Some(u) = self.only_user(cur) {
             let n = self.g.node(u);
+            if n.outputs.first().map(|t| t.dtype) != Some(ty.dtype) {
+                break;
+            }
             let ok = match &n.op {
                 Op::Unary(UnaryOp::Relu) | Op::Clip { .. } => true,
                 Op::Binary(BinaryOp::Add) if !residual => {
@@ -79,7 +86,7 @@ impl Lowerer<'_> {
                     match other.copied().flatten() {
                         Some(o) if o != cur && !self.is_const(o) => {
                             residual = self.ty(o).map(|t| t.shape.clone()) == self.ty(cur).map(|t| t.shape.clone())
-                                && self.ty(o).map(|t| t.dtype) == Some(DType::F32);
+                                && self.ty(o).map(|t| t.dtype) == Some(dtype);
                             residual
                         }
                         _ => false,
@@ -124,13 +131,20 @@ impl Lowerer<'_> {
         let (xt, oty) = (self.types[&x].clone(), self.types[&out].clone());
         let (d, od) = need(dims(&xt).zip(dims(&oty)), "a shape is not fixed")?;
         let wd = w.shape().to_vec();
-        let wdata = need(w.as_f32(), "the weights are not f32")?;
-        ensure(xt.dtype == DType::F32, "the input is not f32")?;
+        // bf16 activations and weights: the bf16 GEMM, f32 epilogue, one rounding to bf16
+        let bf16 = xt.dtype == DType::BF16;
+        let (wdata, wbits): (&[f32], Vec<u16>) = if bf16 {
+            ensure(w.dtype() == DType::BF16 && oty.dtype == DType::BF16, "the weights or result are not bf16")?;
+            (&[], bf16_bits(&w))
+        } else {
+            ensure(xt.dtype == DType::F32, "the input is not f32")?;
+            (need(w.as_f32(), "the weights are not f32")?, vec![])
+        };
         ensure(wd.len() == 4, "the weights are not 4-D")?;
         let bias = match ins.get(2).copied().flatten() {
             Some(b) => Some(need(
-                self.const_of(Some(b)).and_then(|t| t.as_f32().map(|v| v.to_vec())),
-                "the bias is not an f32 constant",
+                self.const_of(Some(b)).filter(|t| t.dtype() == xt.dtype).map(|t| t.to_f32_vec()),
+                "the bias is not a constant of the input's type",
             )?),
             None => None,
         };
@@ -157,7 +171,12 @@ impl Lowerer<'_> {
                     let i = n.inputs();
                     let other = if i.first().copied().flatten() == Some(cur) { i.get(1) } else { i.first() };
                     residual = Some(need(other.copied().flatten(), "the residual is missing")?);
-                    steps.push(Step::AddResidualF32);
+                    if bf16 {
+                        steps.push(Step::RoundBf16);
+                        steps.push(Step::AddResidualBf16);
+                    } else {
+                        steps.push(Step::AddResidualF32);
+                    }
                 }
                 op => return host(format!("{} cannot be absorbed", op.name())),
             }
@@ -165,7 +184,40 @@ impl Lowerer<'_> {
         }
         let rows_out = od[0] * od[2] * od[3];
         let mut kernels: Vec<(KernelSpec, usize)> = Vec::new();
-        if depthwise {
+        if bf16 && depthwise {
+            return host("a bf16 depthwise convolution has no bf16 kernel (it is computed widened to f32)");
+        }
+        if bf16 {
+            let cout_g = cout / group;
+            let k = kh * kw * cin_g;
+            let bytes = micro::bf16::packed_bytes(cout_g, k);
+            self.check_size(&name, Allocation::PackedWeights, bytes)?;
+            for gi in 0..group {
+                let wk = to_ohwi(&wbits, gi * cout_g..(gi + 1) * cout_g, cin_g, kh, kw).map_err(alloc_failed(
+                    &name,
+                    "reordered weights",
+                    bytes,
+                ))?;
+                let direct = group == 1 && is_pointwise(&geom);
+                let g_geom = ConvGeom { cin_offset: gi * cin_g, ..geom };
+                let rows =
+                    if direct { Rows::Direct { lda: d[1] } } else { Rows::Im2col { geom: g_geom, pad: 0, xor: 0 } };
+                let packed = micro::bf16::pack_weights_bf16(&wk, cout_g, k).map_err(alloc_failed(
+                    &name,
+                    "packed weights",
+                    bytes,
+                ))?;
+                let range = gi * cout_g..(gi + 1) * cout_g;
+                let spec = KernelSpec {
+                    main: MainOp::GemmBf16 { rows, weights: Arc::new(packed) },
+                    epilogue: slice_steps(&steps, range.clone()),
+                    store: Store::Bf16,
+                    rows: rows_out,
+                    cols: cout_g,
+                };
+                kernels.push((spec, range.start));
+            }
+        } else if depthwise {
             geom.cin = 1;
             let bytes = micro::float::packed_dw_bytes(cout, kh, kw);
             self.check_size(&name, Allocation::PackedWeights, bytes)?;
@@ -439,16 +491,20 @@ impl Lowerer<'_> {
         let (ad, bd) = (need(dims(&at), "a shape is not fixed")?, b.shape().to_vec());
         ensure(bd.len() == 2, "the right operand is not a matrix")?;
         ensure(!ad.is_empty(), "the left operand is a scalar")?;
-        ensure(at.dtype == DType::F32 && b.dtype() == DType::F32, "an operand is not f32")?;
+        // bf16 operands (kept bf16 by the widening pass): the bf16 GEMM, f32 epilogue
+        let bf16 = at.dtype == DType::BF16;
+        ensure(
+            (at.dtype == DType::F32 || bf16) && b.dtype() == at.dtype && n.oty.dtype == at.dtype,
+            "an operand is not f32 (or all bf16)",
+        )?;
         ensure(!self.is_const(a), "the left operand is a constant")?;
         let is_gemm = matches!(n.op, Op::Gemm { .. });
         ensure(!is_gemm || ad.len() == 2, "a gemm of a left operand that is not a matrix")?;
         let (k, cols) = if trans_b { (bd[1], bd[0]) } else { (bd[0], bd[1]) };
         ensure(ad[ad.len() - 1] == k, "the inner dimensions differ")?;
         let m: usize = ad[..ad.len() - 1].iter().product();
-        let bdata = need(b.as_f32(), "the right operand's data are not f32")?;
         let name = n.name.as_str();
-        let bytes = micro::float::packed_bytes(cols, k);
+        let bytes = if bf16 { micro::bf16::packed_bytes(cols, k) } else { micro::float::packed_bytes(cols, k) };
         self.check_size(name, Allocation::PackedWeights, bytes)?;
         let mut steps = Vec::new();
         if alpha != 1.0 {
@@ -457,7 +513,8 @@ impl Lowerer<'_> {
         if is_gemm {
             if let Some(cv) = n.input(2) {
                 let c = need(self.const_of(Some(cv)), "C is not a constant")?;
-                let cd = need(c.as_f32(), "C is not f32")?;
+                ensure(c.dtype() == at.dtype, "C is not of the operands' type")?;
+                let cd = c.to_f32_vec();
                 let shape = c.shape();
                 let per_col = shape.iter().product::<usize>() == cols && shape.last() == Some(&cols);
                 ensure(per_col, "C is not one value per output column")?;
@@ -466,23 +523,39 @@ impl Lowerer<'_> {
                 }
             }
         }
-        let packed = if trans_b {
-            micro::float::pack_weights_f32(bdata, cols, k)
+        let rows = Rows::Direct { lda: k };
+        let (main, store) = if bf16 {
+            let bits = bf16_bits(&b);
+            let packed = if trans_b {
+                micro::bf16::pack_weights_bf16(&bits, cols, k)
+            } else {
+                micro::bf16::pack_weights_bf16_kn(&bits, k, cols)
+            }
+            .map_err(alloc_failed(name, "packed weights", bytes))?;
+            (MainOp::GemmBf16 { rows, weights: Arc::new(packed) }, Store::Bf16)
         } else {
-            micro::float::pack_weights_f32_kn(bdata, k, cols)
-        }
-        .map_err(alloc_failed(name, "packed weights", bytes))?;
-        let spec = KernelSpec {
-            main: MainOp::GemmF32 { rows: Rows::Direct { lda: k }, weights: Arc::new(packed) },
-            epilogue: steps,
-            store: Store::F32,
-            rows: m,
-            cols,
+            let bdata = need(b.as_f32(), "the right operand's data are not f32")?;
+            let packed = if trans_b {
+                micro::float::pack_weights_f32(bdata, cols, k)
+            } else {
+                micro::float::pack_weights_f32_kn(bdata, k, cols)
+            }
+            .map_err(alloc_failed(name, "packed weights", bytes))?;
+            (MainOp::GemmF32 { rows, weights: Arc::new(packed) }, Store::F32)
         };
+        let spec = KernelSpec { main, epilogue: steps, store, rows: m, cols };
         let input = self.plain(a, &n.name)?;
         let output = self.define(n.out, Layout::Plain);
         self.push_kernel(&n.name, spec, input, output);
         Ok(())
+    }
+}
+
+/// The bits of a bf16 tensor's values (empty for another type).
+fn bf16_bits(t: &Tensor) -> Vec<u16> {
+    match t.data() {
+        qforge_ir::TensorData::BF16(v) => v.iter().map(|x| x.to_bits()).collect(),
+        _ => vec![],
     }
 }
 

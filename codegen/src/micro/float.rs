@@ -280,37 +280,47 @@ pub unsafe extern "C" fn im2col_f32(
                 return x86::im2col512(&*g, x, m0, rows, out, ld);
             }
         }
-        im2col_body::<StdCopy>(&*g, x, m0, rows, out, ld)
+        im2col_body::<f32, StdCopy>(&*g, x, m0, rows, out, ld)
     }
 }
 
-/// Copies and zero-fills the contiguous runs of an im2col row.
-trait RunCopy {
-    /// Copies `n` floats from `src` to `dst` (non-overlapping).
-    unsafe fn copy(src: *const f32, dst: *mut f32, n: usize);
+/// Copies and zero-fills the contiguous runs of an im2col row of `T` elements (f32, or the bits
+/// of bf16 for [`crate::micro::bf16`]).
+pub(crate) trait RunCopy<T> {
+    /// Copies `n` elements from `src` to `dst` (non-overlapping).
+    unsafe fn copy(src: *const T, dst: *mut T, n: usize);
     /// Writes `n` zeros at `dst`.
-    unsafe fn zero(dst: *mut f32, n: usize);
+    unsafe fn zero(dst: *mut T, n: usize);
 }
 
 /// Portable run copier (`copy_nonoverlapping` / `write_bytes`).
-struct StdCopy;
-impl RunCopy for StdCopy {
+pub(crate) struct StdCopy;
+impl<T> RunCopy<T> for StdCopy {
     #[inline(always)]
-    unsafe fn copy(src: *const f32, dst: *mut f32, n: usize) {
-        // SAFETY: the caller (`im2col_body`) passes `n` readable floats at `src` and `n` writable floats at
-        // `dst`, which do not overlap (input image and im2col scratch).
+    unsafe fn copy(src: *const T, dst: *mut T, n: usize) {
+        // SAFETY: the caller (`im2col_body`) passes `n` readable elements at `src` and `n` writable elements
+        // at `dst`, which do not overlap (input image and im2col scratch).
         unsafe { std::ptr::copy_nonoverlapping(src, dst, n) }
     }
     #[inline(always)]
-    unsafe fn zero(dst: *mut f32, n: usize) {
-        // SAFETY: the caller (`im2col_body`) passes `n` writable floats at `dst`, inside one im2col row.
+    unsafe fn zero(dst: *mut T, n: usize) {
+        // SAFETY: the caller (`im2col_body`) passes `n` writable elements at `dst`, inside one im2col row;
+        // all-zero bytes are 0.0 for f32 and +0.0 for bf16 bits.
         unsafe { std::ptr::write_bytes(dst, 0, n) }
     }
 }
 
-/// Shared im2col loop (see [`im2col_f32`]), generic over how runs are copied.
+/// Shared im2col loop (see [`im2col_f32`]), generic over the element type and how runs are
+/// copied.
 #[inline(always)]
-unsafe fn im2col_body<C: RunCopy>(g: &ConvGeom, x: *const f32, m0: usize, rows: usize, out: *mut f32, ld: usize) {
+pub(crate) unsafe fn im2col_body<T, C: RunCopy<T>>(
+    g: &ConvGeom,
+    x: *const T,
+    m0: usize,
+    rows: usize,
+    out: *mut T,
+    ld: usize,
+) {
     // SAFETY: the caller guarantees `im2col_f32`'s ranges: only in-image pixels (rows and columns clipped to
     // `0..h` and `0..w`, channels `cin_offset..cin_offset + cin`) of images the rows reference are read, and
     // each row writes exactly `g.k()` floats at `out + r * ld`.
@@ -608,7 +618,7 @@ mod x86 {
 
     /// AVX-512 run copier for im2col.
     struct Avx512Copy;
-    impl RunCopy for Avx512Copy {
+    impl RunCopy<f32> for Avx512Copy {
         #[inline(always)]
         unsafe fn copy(src: *const f32, dst: *mut f32, n: usize) {
             // SAFETY: `copy512`'s contract is this method's (`n` floats at each side, not overlapping);
@@ -627,7 +637,7 @@ mod x86 {
     pub unsafe fn im2col512(g: &ConvGeom, x: *const f32, m0: usize, rows: usize, out: *mut f32, ld: usize) {
         // SAFETY: the caller (`im2col_f32`) guarantees its ranges and has checked AVX-512F, which
         // `Avx512Copy` needs.
-        unsafe { im2col_body::<Avx512Copy>(g, x, m0, rows, out, ld) }
+        unsafe { im2col_body::<f32, Avx512Copy>(g, x, m0, rows, out, ld) }
     }
 
     /// `MR x (NV zmm [+ 1 ymm])` register block: rows `0..MR` of `a` (stride `lda`), `NV` zmm
@@ -1491,7 +1501,7 @@ mod tests {
                     unsafe {
                         let o = out.as_mut_ptr().add(m0 * ld);
                         if portable {
-                            im2col_body::<StdCopy>(&g, x.as_ptr(), m0, rows, o, ld);
+                            im2col_body::<f32, StdCopy>(&g, x.as_ptr(), m0, rows, o, ld);
                         } else {
                             im2col_f32(&g, x.as_ptr(), m0, rows, o, ld);
                         }

@@ -8,11 +8,12 @@
 //! * Activations are NHWC; a convolution is a GEMM with rows `m = (img, oy, ox)`, columns the
 //!   output channels, and reduction index `k = (ky, kx, ci)` (ci fastest).
 //! * Packed weights are split into column panels of at most 64 columns (int8) or
-//!   [`float::PANEL`] columns (f32); the last panel is rounded up to a multiple of 16 columns and
+//!   [`float::PANEL`] columns (f32 and bf16); the last panel is rounded up to a multiple of 16 columns and
 //!   the padding is zero, so a kernel may compute (but never stores beyond `ldc`) padded columns.
 
 use std::collections::TryReserveError;
 
+pub mod bf16;
 pub mod float;
 pub mod int8;
 pub mod pool;
