@@ -377,9 +377,9 @@ fn qdq_export_runs_in_onnxruntime() {
 /// the source: `fixtures/qir/symbolic_export.qir` (a channel shuffle through `reshape_dyn`, a
 /// resize to the input's size, split, both GELUs, range, expands) exported once and run by ONNX
 /// Runtime at two batches and image sizes agrees with qforge's interpreter within 1e-5 of the
-/// output's largest magnitude (float: the summation order differs).
+/// output's largest magnitude (float: the summation order differs); the ONNX checker accepts it.
 #[test]
-#[ignore = "needs python3 with onnxruntime (pip install onnxruntime numpy)"]
+#[ignore = "needs python3 with onnx and onnxruntime (pip install onnx onnxruntime numpy)"]
 fn symbolic_sizes_export_runs_in_onnxruntime_at_every_size() {
     qforge_tests::require(qforge_tests::onnxruntime_available(), "python3 with onnxruntime");
     let g =
@@ -390,6 +390,7 @@ fn symbolic_sizes_export_runs_in_onnxruntime_at_every_size() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("symbolic_export.onnx");
     std::fs::write(&path, &bytes).unwrap();
+    qforge_tests::onnx_check(&path).unwrap();
     for shape in [[1, 4, 6, 8], [2, 4, 5, 7]] {
         let n: usize = shape.iter().product();
         let x = Tensor::from_f32(shape.to_vec(), (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect());

@@ -39,7 +39,7 @@ fn sqnr(y: Result<qforge_ir::Tensor, String>, reference: &qforge_ir::Tensor) -> 
 }
 
 #[test]
-#[ignore = "needs python3 with onnxruntime (pip install onnxruntime numpy)"]
+#[ignore = "needs python3 with onnx and onnxruntime (pip install onnx onnxruntime numpy)"]
 fn every_imported_zoo_model_exports_to_qdq_onnx_that_onnx_runtime_runs() {
     qforge_tests::require(qforge_tests::onnxruntime_available(), "python3 with onnxruntime");
     let dir = std::env::temp_dir().join(format!("qforge-zoo-export-{}", std::process::id()));
@@ -76,6 +76,9 @@ fn every_imported_zoo_model_exports_to_qdq_onnx_that_onnx_runtime_runs() {
             };
             let path = dir.join(format!("{file}.qdq.onnx"));
             std::fs::write(&path, &bytes).unwrap();
+            if let Err(e) = qforge_tests::onnx_check(&path) {
+                failures.push(format!("{file}: {e}"));
+            }
             for size in ["a", "b"] {
                 let input = fixture(&format!("{images}_test_{size}.npy"));
                 let reference = qforge::npy::read(&fixture(&format!("{name}_out_{size}.npy"))).unwrap();
