@@ -366,6 +366,22 @@ pub fn ort_first_output(model: &std::path::Path, input: &std::path::Path) -> Res
     qforge::npy::read(&out).map_err(|e| format!("{e:#}"))
 }
 
+/// The ONNX checker with strict shape inference (`onnx.checker.check_model(full_check=True)`) on
+/// the model file `model`: an export is valid ONNX, not only something ORT accepts. The checker's
+/// last error line otherwise.
+pub fn onnx_check(model: &std::path::Path) -> Result<(), String> {
+    let script = format!(
+        "import onnx\nonnx.checker.check_model(onnx.load({:?}), full_check=True)\n",
+        model.display().to_string()
+    );
+    let r = std::process::Command::new("python3").args(["-c", &script]).output().map_err(|e| e.to_string())?;
+    if r.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&r.stderr);
+    Err(format!("onnx.checker: {}", err.lines().last().unwrap_or_default()))
+}
+
 /// The first thing a test marked `#[ignore = "needs ..."]` does: it runs only when asked for
 /// (`cargo test -- --include-ignored`, as CI does after installing the tools), and then a missing
 /// tool is a failure, never a silent pass.

@@ -372,6 +372,39 @@ fn qdq_export_runs_in_onnxruntime() {
     assert_eq!(acc, ort_acc);
 }
 
+/// The export computes sizes read from symbolic dims in the exported graph (`Shape` of the value
+/// that carries each dim, multiplied out, concatenated), so the exported model is as dynamic as
+/// the source: `fixtures/qir/symbolic_export.qir` (a channel shuffle through `reshape_dyn`, a
+/// resize to the input's size, split, both GELUs, range, expands) exported once and run by ONNX
+/// Runtime at two batches and image sizes agrees with qforge's interpreter within 1e-5 of the
+/// output's largest magnitude (float: the summation order differs); the ONNX checker accepts it.
+#[test]
+#[ignore = "needs python3 with onnx and onnxruntime (pip install onnx onnxruntime numpy)"]
+fn symbolic_sizes_export_runs_in_onnxruntime_at_every_size() {
+    qforge_tests::require(qforge_tests::onnxruntime_available(), "python3 with onnxruntime");
+    let g =
+        qforge::load_model(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/qir/symbolic_export.qir"))
+            .unwrap();
+    let bytes = qforge::onnx::export::export_qdq(&g).unwrap();
+    let dir = std::env::temp_dir().join(format!("qforge-symbolic-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("symbolic_export.onnx");
+    std::fs::write(&path, &bytes).unwrap();
+    qforge_tests::onnx_check(&path).unwrap();
+    for shape in [[1, 4, 6, 8], [2, 4, 5, 7]] {
+        let n: usize = shape.iter().product();
+        let x = Tensor::from_f32(shape.to_vec(), (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect());
+        let input = dir.join("x.npy");
+        qforge::npy::write(&input, &x).unwrap();
+        let y = qforge_ir::interp::run(&g, std::slice::from_ref(&x)).unwrap().remove(0);
+        let ort_y = qforge_tests::ort_first_output(&path, &input).unwrap();
+        let a = agreement(&ort_y, &y, None).unwrap();
+        println!("symbolic_export at {shape:?}: ORT on the export vs qforge: {a}");
+        assert!(a.max_abs <= 1e-5 * a.ref_max_abs, "{shape:?}: {a}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 fn fixture(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/quant").join(name)
 }

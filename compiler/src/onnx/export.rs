@@ -6,6 +6,12 @@
 //! (qconv, qgemm, ...) are not exported: export the Q/DQ graph (`--opt-level 1`), which is what
 //! other runtimes fuse themselves.
 //!
+//! A size the IR reads from its inputs' dims at run time ([`DimExpr`]: a reshape, expand or range
+//! on a dynamic batch, a resize to another tensor's height and width, a resize's untouched
+//! symbolic axes) is computed in the exported graph the same way, from `Shape` of the value whose
+//! dim it reads ([`Out::size`]), so the exported model is dynamic in every dim the source is. GELU
+//! (an opset-20 operator) is written as the function body the ONNX spec gives it.
+//!
 //! Per-group (block-wise) parameters become a blocked DequantizeLinear/QuantizeLinear (`axis` and
 //! `block_size`, opset 21: the model is then opset 21, IR 10); a per-group constant whose codes
 //! and zero points fit in 4 bits (`[-8, 7]` for i8, `[0, 15]` for u8) is written as an INT4/UINT4
@@ -19,8 +25,8 @@ use super::proto::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto, Tensor
 use super::tensors::{dtype_to_onnx, tensor_to_proto};
 use prost::Message;
 use qforge_ir::{
-    BinaryOp, CoordMode, DType, Graph, NearestMode, Op, PadMode, QuantParams, ResizeMode, ResizeTarget, Tensor,
-    TensorType, UnaryOp, Value,
+    BinaryOp, CoordMode, DType, DimExpr, Graph, NearestMode, Op, PadMode, QuantParams, ResizeMode, ResizeTarget,
+    Tensor, TensorType, UnaryOp, Value,
 };
 use qforge_passes::quantize::scheme::{pack_int4, QType, SchemeError};
 use std::collections::{HashMap, HashSet};
@@ -150,27 +156,145 @@ fn value_info(name: &str, t: &TensorType) -> super::proto::ValueInfoProto {
     vi(name, dtype_to_onnx(t.dtype), t.shape.dims())
 }
 
+/// The exported graph as it is built: value names, initializers and nodes.
+struct Out {
+    names: Names,
+    inits: Vec<TensorProto>,
+    nodes: Vec<NodeProto>,
+    /// Node names given out: ONNX wants them unique (the IR's need not be: a shared dequantize
+    /// copied per user).
+    node_names: HashSet<String>,
+}
+
+impl Out {
+    /// `base`, or `base_1`, `base_2`, ... the first one no node has.
+    fn node_name(&mut self, base: &str) -> String {
+        let mut name = base.to_string();
+        let mut k = 1;
+        while !self.node_names.insert(name.clone()) {
+            name = format!("{base}_{k}");
+            k += 1;
+        }
+        name
+    }
+
+    /// An initializer holding `t`; returns its name.
+    fn constant(&mut self, base: &str, t: &Tensor) -> String {
+        let n = self.names.fresh(base);
+        self.inits.push(tensor_to_proto(&n, t));
+        n
+    }
+
+    /// A node the export adds (run-time size arithmetic, a decomposition) with one result, named
+    /// after `base`; returns the result's name.
+    fn helper(&mut self, op_type: &str, base: &str, input: Vec<String>, attribute: Vec<AttributeProto>) -> String {
+        let y = self.names.fresh(&format!("{base}/{op_type}"));
+        let name = self.node_name(&y);
+        self.nodes.push(NodeProto {
+            op_type: op_type.into(),
+            name,
+            input,
+            output: vec![y.clone()],
+            attribute,
+            ..Default::default()
+        });
+        y
+    }
+
+    /// A size as the exported graph computes it: a [`DimExpr`] is `k` times the product of dims
+    /// of the op's inputs (`ins`, the names of its inputs in order), which the IR reads from their
+    /// types, so a symbolic one (the batch `N`, a derived `(H+1)/2`) is whatever size that input
+    /// has at run time. It becomes `Shape(start=a, end=a+1)` of each input it reads (opset 15+),
+    /// multiplied together and by `k`: a 1-element int64 tensor. Reading the dims of the values
+    /// themselves, not recomputing the symbol from the graph inputs, is what the op does in the
+    /// IR, so the exported graph stays dynamic in every dim the source model is dynamic in.
+    fn size(&mut self, e: &DimExpr, ins: &[String], base: &str) -> Result<String, String> {
+        let mut acc: Option<String> = None;
+        for &(i, a) in &e.of {
+            let x = ins.get(i).filter(|n| !n.is_empty()).ok_or_else(|| format!("a size reads missing input {i}"))?;
+            let d = self.helper("Shape", base, vec![x.clone()], vec![int("start", a as i64), int("end", a as i64 + 1)]);
+            acc = Some(match acc {
+                None => d,
+                Some(p) => self.helper("Mul", base, vec![p, d], vec![]),
+            });
+        }
+        let k = |out: &mut Out| out.constant(&format!("{base}/k"), &Tensor::from_i64(vec![1], vec![e.k]));
+        Ok(match acc {
+            None => k(self),
+            Some(p) if e.k == 1 => p,
+            Some(p) => {
+                let kn = k(self);
+                self.helper("Mul", base, vec![p, kn], vec![])
+            }
+        })
+    }
+
+    /// A 1-D int64 shape of [`Out::size`]s: one initializer when every size is fixed, otherwise
+    /// the sizes concatenated.
+    fn sizes(&mut self, es: &[DimExpr], ins: &[String], base: &str) -> Result<String, String> {
+        if es.iter().all(|e| e.of.is_empty()) {
+            let v: Vec<i64> = es.iter().map(|e| e.k).collect();
+            return Ok(self.constant(base, &Tensor::from_i64(vec![v.len()], v)));
+        }
+        let parts = es.iter().map(|e| self.size(e, ins, base)).collect::<Result<Vec<_>, _>>()?;
+        Ok(self.helper("Concat", base, parts, vec![int("axis", 0)]))
+    }
+}
+
+/// The sizes a resize to sizes produces, one per axis (ONNX Resize before opset 18 takes every
+/// axis' size): the result's own dim where it is fixed; where it is symbolic, the size the op
+/// reads from its inputs' dims ([`ResizeTarget::DimSizes`]) or, on an axis it does not resize,
+/// the input's dim (input 0).
+fn resize_sizes(target: &ResizeTarget, y: &TensorType) -> Result<Vec<DimExpr>, String> {
+    let dims = y.shape.dims();
+    (0..dims.len())
+        .map(|ax| {
+            if let Some(n) = dims[ax].fixed() {
+                let n = i64::try_from(n).map_err(|_| format!("the size {n} does not fit int64"))?;
+                return Ok(DimExpr::fixed(n));
+            }
+            match target {
+                ResizeTarget::DimSizes { axes, sizes } => {
+                    if let Some(j) = axes.iter().position(|&a| a == ax) {
+                        return sizes.get(j).cloned().ok_or_else(|| format!("no size for axis {ax}"));
+                    }
+                }
+                ResizeTarget::Sizes { axes, .. } if axes.contains(&ax) => {
+                    return Err(format!("the resized axis {ax} has the symbolic size {}", dims[ax]));
+                }
+                _ => {}
+            }
+            Ok(DimExpr { k: 1, of: vec![(0, ax)] })
+        })
+        .collect()
+}
+
 /// The model's bytes.
 pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
     let order = g.schedule().map_err(|e| ExportError { node: g.name.clone(), op: "graph", msg: e.to_string() })?;
-    let mut names = Names { used: HashSet::new(), of: HashMap::new() };
+    let mut out = Out {
+        names: Names { used: HashSet::new(), of: HashMap::new() },
+        inits: vec![],
+        nodes: vec![],
+        node_names: HashSet::new(),
+    };
     let mut inputs = vec![];
     for &i in g.inputs() {
         let n = g.node(i);
-        let name = names.fresh(&n.name);
+        let name = out.names.fresh(&n.name);
         inputs.push(value_info(&name, &n.outputs[0]));
-        names.of.insert(Value::new(i, 0), name);
+        out.names.of.insert(Value::new(i, 0), name);
     }
     // graph outputs keep their names (a value that is an output under two names gets an Identity)
     let mut out_alias: HashMap<Value, String> = HashMap::new();
     for o in g.outputs() {
-        if !out_alias.contains_key(&o.value) && !names.of.contains_key(&o.value) && names.used.insert(o.name.clone()) {
+        if !out_alias.contains_key(&o.value)
+            && !out.names.of.contains_key(&o.value)
+            && out.names.used.insert(o.name.clone())
+        {
             out_alias.insert(o.value, o.name.clone());
         }
     }
-    let mut inits: Vec<TensorProto> = vec![];
-    let mut nodes: Vec<NodeProto> = vec![];
-    let mut node_names: HashSet<String> = HashSet::new();
     // blocked (per-group) quantization needs opset 21; 4-bit constants are exported as INT4/UINT4
     let mut per_group = false;
     let mut int4: HashMap<Value, DataType> = HashMap::new();
@@ -191,27 +315,27 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
                 let v = Value::new(id, p);
                 out_alias.get(&v).cloned().unwrap_or_else(|| {
                     let base = if node.outputs.len() > 1 { format!("{}:{p}", node.name) } else { node.name.clone() };
-                    names.fresh(&base)
+                    out.names.fresh(&base)
                 })
             })
             .collect();
         for (p, n) in outs.iter().enumerate() {
-            names.of.insert(Value::new(id, p), n.clone());
+            out.names.of.insert(Value::new(id, p), n.clone());
         }
         if let Op::Const(t) = &node.op {
             match int4.get(&Value::new(id, 0)) {
-                Some(&dt) => inits.push(
+                Some(&dt) => out.inits.push(
                     int4_proto(&outs[0], t.shape(), &t.to_i64_vec().unwrap_or_default(), dt)
                         .map_err(|e| err(format!("4-bit constant: {e}")))?,
                 ),
-                None => inits.push(tensor_to_proto(&outs[0], t)),
+                None => out.inits.push(tensor_to_proto(&outs[0], t)),
             }
             continue;
         }
         let mut ins: Vec<String> = vec![];
         for v in node.inputs() {
             ins.push(match v {
-                Some(v) => names.of.get(v).cloned().ok_or_else(|| err("input has no name".into()))?,
+                Some(v) => out.names.of.get(v).cloned().ok_or_else(|| err("input has no name".into()))?,
                 None => String::new(),
             });
         }
@@ -239,7 +363,7 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
                 };
                 let shape = ty.shape.as_fixed();
                 let (s, z, axis, block) =
-                    qparams(q, qdtype, packed, shape.as_deref(), &outs[0], &mut names, &mut inits)
+                    qparams(q, qdtype, packed, shape.as_deref(), &outs[0], &mut out.names, &mut out.inits)
                         .map_err(|e| err(e.to_string()))?;
                 ins.push(s);
                 if qdtype != DType::I32 || q.len() > 1 || q.zero_point(0) != 0 {
@@ -289,6 +413,37 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
                 BinaryOp::Min => "Min",
                 _ => return Err(err("no export for this binary op".into())),
             },
+            // GELU is an opset-20 operator; the export writes opset 17, so it is written as the
+            // function body the ONNX spec gives for Gelu (onnx/defs/math/defs.cc, opset 20):
+            // exact, `Y = (0.5 X) (1 + Erf(X / Sqrt(2)))`; tanh, `Y = (0.5 X) (1 + Tanh(Sqrt(2/pi)
+            // (X + 0.044715 X^3)))`; the result is the spec's last Mul
+            Op::Unary(u @ (UnaryOp::Gelu | UnaryOp::GeluTanh)) => {
+                let t = in_ty(0).ok_or_else(|| err("no input".into()))?;
+                if t.quant.is_some() || !t.dtype.is_compute_float() {
+                    return Err(err(format!("GELU of {t} has no ONNX form (a float input is needed)")));
+                }
+                let (x, base) = (ins[0].clone(), outs[0].clone());
+                let mut c = |v: f64| out.constant(&format!("{base}/c"), &scalar(t.dtype, v));
+                let (one, half) = (c(1.0), c(0.5));
+                let inner = if *u == UnaryOp::Gelu {
+                    let sqrt2 = c(std::f64::consts::SQRT_2);
+                    let d = out.helper("Div", &base, vec![x.clone(), sqrt2], vec![]);
+                    out.helper("Erf", &base, vec![d], vec![])
+                } else {
+                    // Sqrt(2/pi) rounded once to the element type (the spec rounds 2/pi first
+                    // and takes Sqrt of it, which can differ by one unit in the last place)
+                    let (three, c0, k) = (c(3.0), c(0.044715), c((2.0 / std::f64::consts::PI).sqrt()));
+                    let cube = out.helper("Pow", &base, vec![x.clone(), three], vec![]);
+                    let cube = out.helper("Mul", &base, vec![c0, cube], vec![]);
+                    let sum = out.helper("Add", &base, vec![x.clone(), cube], vec![]);
+                    let arg = out.helper("Mul", &base, vec![k, sum], vec![]);
+                    out.helper("Tanh", &base, vec![arg], vec![])
+                };
+                let phi = out.helper("Add", &base, vec![one, inner], vec![]);
+                let half_x = out.helper("Mul", &base, vec![half, x], vec![]);
+                ins = vec![half_x, phi];
+                "Mul"
+            }
             Op::Unary(u) => match u {
                 UnaryOp::Relu => "Relu",
                 UnaryOp::Sigmoid => "Sigmoid",
@@ -311,8 +466,7 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
             },
             Op::Clip { min, max } => {
                 for (what, x) in [("min", *min), ("max", *max)] {
-                    let n = names.fresh(&format!("{}_{what}", outs[0]));
-                    inits.push(tensor_to_proto(&n, &scalar(DType::F32, x as f64)));
+                    let n = out.constant(&format!("{}_{what}", outs[0]), &scalar(DType::F32, x as f64));
                     ins.push(n);
                 }
                 "Clip"
@@ -344,10 +498,60 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
                 "Flatten"
             }
             Op::Reshape { shape } => {
-                let n = names.fresh(&format!("{}_shape", outs[0]));
-                inits.push(tensor_to_proto(&n, &Tensor::from_i64(vec![shape.len()], shape.clone())));
+                let n =
+                    out.constant(&format!("{}_shape", outs[0]), &Tensor::from_i64(vec![shape.len()], shape.clone()));
                 ins.push(n);
                 "Reshape"
+            }
+            Op::ReshapeDyn { shape } => {
+                let n = out.sizes(shape, &ins, &format!("{}_shape", outs[0])).map_err(&err)?;
+                ins.truncate(1);
+                ins.push(n);
+                // every size is explicit (reshape_dyn has no `0` or `-1` entries): a size that is
+                // 0 at run time is an empty axis, not "the input's dim" (`allowzero`, opset 14)
+                attrs.push(int("allowzero", 1));
+                "Reshape"
+            }
+            Op::Range { start, limit, delta, dtype } => {
+                // computed in int64, as the IR computes it, then cast (ONNX Range takes scalars)
+                let base = outs[0].clone();
+                let zero = out.constant(&format!("{base}/axes"), &Tensor::from_i64(vec![1], vec![0]));
+                let mut bounds = vec![];
+                for e in [start, limit] {
+                    let v = out.size(e, &ins, &base).map_err(&err)?;
+                    bounds.push(out.helper("Squeeze", &base, vec![v, zero.clone()], vec![]));
+                }
+                bounds.push(out.constant(&format!("{base}/delta"), &Tensor::from_i64(vec![], vec![*delta])));
+                ins = bounds;
+                if *dtype != DType::I64 {
+                    let r = out.helper("Range", &base, std::mem::take(&mut ins), vec![]);
+                    ins.push(r);
+                    attrs.push(int("to", dtype_to_onnx(*dtype) as i64));
+                    "Cast"
+                } else {
+                    "Range"
+                }
+            }
+            Op::Expand { shape } => {
+                let n =
+                    out.constant(&format!("{}_shape", outs[0]), &Tensor::from_i64(vec![shape.len()], shape.clone()));
+                ins.push(n);
+                "Expand"
+            }
+            Op::ExpandDyn { shape } => {
+                let n = out.sizes(shape, &ins, &format!("{}_shape", outs[0])).map_err(&err)?;
+                ins.truncate(1);
+                ins.push(n);
+                "Expand"
+            }
+            Op::Split { axis, sizes } => {
+                let v = sizes.iter().map(|&d| i64::try_from(d)).collect::<Result<Vec<_>, _>>();
+                let v = v.map_err(|_| err("a part size does not fit int64".into()))?;
+                let n = out.constant(&format!("{}_split", outs[0]), &Tensor::from_i64(vec![v.len()], v));
+                ins.truncate(1);
+                ins.push(n);
+                attrs.push(int("axis", *axis));
+                "Split"
             }
             Op::Transpose { perm } => {
                 attrs.push(ints("perm", &perm.iter().map(|&x| x as i64).collect::<Vec<_>>()));
@@ -376,15 +580,13 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
             }
             Op::Slice { starts, ends, axes, steps } => {
                 for (what, v) in [("starts", starts), ("ends", ends), ("axes", axes), ("steps", steps)] {
-                    let n = names.fresh(&format!("{}_{what}", outs[0]));
-                    inits.push(tensor_to_proto(&n, &Tensor::from_i64(vec![v.len()], v.clone())));
+                    let n = out.constant(&format!("{}_{what}", outs[0]), &Tensor::from_i64(vec![v.len()], v.clone()));
                     ins.push(n);
                 }
                 "Slice"
             }
             Op::Unsqueeze { axes } | Op::Squeeze { axes } => {
-                let n = names.fresh(&format!("{}_axes", outs[0]));
-                inits.push(tensor_to_proto(&n, &Tensor::from_i64(vec![axes.len()], axes.clone())));
+                let n = out.constant(&format!("{}_axes", outs[0]), &Tensor::from_i64(vec![axes.len()], axes.clone()));
                 ins.push(n);
                 if matches!(node.op, Op::Unsqueeze { .. }) {
                     "Unsqueeze"
@@ -430,8 +632,7 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
                 }
             }
             Op::ReduceSum { axes, keepdims } => {
-                let n = names.fresh(&format!("{}_axes", outs[0]));
-                inits.push(tensor_to_proto(&n, &Tensor::from_i64(vec![axes.len()], axes.clone())));
+                let n = out.constant(&format!("{}_axes", outs[0]), &Tensor::from_i64(vec![axes.len()], axes.clone()));
                 ins.push(n);
                 attrs.push(int("keepdims", *keepdims as i64));
                 "ReduceSum"
@@ -443,13 +644,11 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
                     PadMode::Edge => "edge",
                     PadMode::Wrap => return Err(err("wrap padding needs opset 19".into())),
                 };
-                let n = names.fresh(&format!("{}_pads", outs[0]));
-                inits.push(tensor_to_proto(&n, &Tensor::from_i64(vec![pads.len()], pads.clone())));
+                let n = out.constant(&format!("{}_pads", outs[0]), &Tensor::from_i64(vec![pads.len()], pads.clone()));
                 ins.push(n);
                 let x = in_ty(0).ok_or_else(|| err("no input".into()))?;
                 if mode == "constant" && x.quant.is_none() {
-                    let n = names.fresh(&format!("{}_value", outs[0]));
-                    inits.push(tensor_to_proto(&n, &scalar(x.dtype, *value)));
+                    let n = out.constant(&format!("{}_value", outs[0]), &scalar(x.dtype, *value));
                     ins.push(n);
                 } else if mode == "constant" {
                     return Err(err("a pad of quantized values has no QDQ form (export the Q/DQ graph)".into()));
@@ -493,28 +692,28 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
                 attrs.push(float("cubic_coeff_a", a.cubic_a));
                 attrs.push(int("exclude_outside", a.exclude_outside as i64));
                 attrs.push(float("extrapolation_value", a.extrapolation));
-                // inputs: X, roi, scales, sizes (opset 13-17: sizes for every axis)
+                // inputs: X, roi, scales, sizes (opset 13-17: sizes for every axis, so the sizes
+                // are computed, from the inputs `ins` still lists, before they are cut to X)
+                let sizes = match &a.target {
+                    ResizeTarget::Scales(_) => String::new(),
+                    target => {
+                        let sizes = resize_sizes(target, &node.outputs[0]).map_err(&err)?;
+                        out.sizes(&sizes, &ins, &format!("{}_sizes", outs[0])).map_err(&err)?
+                    }
+                };
                 ins.truncate(1);
-                let roi = names.fresh(&format!("{}_roi", outs[0]));
-                inits.push(tensor_to_proto(&roi, &Tensor::from_f32(vec![a.roi.len()], a.roi.clone())));
+                let roi =
+                    out.constant(&format!("{}_roi", outs[0]), &Tensor::from_f32(vec![a.roi.len()], a.roi.clone()));
                 ins.push(roi);
                 match &a.target {
                     ResizeTarget::Scales(s) => {
-                        let n = names.fresh(&format!("{}_scales", outs[0]));
-                        inits.push(tensor_to_proto(&n, &Tensor::from_f32(vec![s.len()], s.clone())));
+                        let n =
+                            out.constant(&format!("{}_scales", outs[0]), &Tensor::from_f32(vec![s.len()], s.clone()));
                         ins.push(n);
                     }
-                    _ => {
-                        // sizes: the result's dims, which must be fixed (a symbolic size would
-                        // need the shape arithmetic in the graph)
-                        let sizes = node.outputs[0].shape.as_fixed().ok_or_else(|| {
-                            err("a resize to sizes on symbolic dims has no opset-17 form here".into())
-                        })?;
+                    ResizeTarget::Sizes { .. } | ResizeTarget::DimSizes { .. } => {
                         ins.push(String::new());
-                        let n = names.fresh(&format!("{}_sizes", outs[0]));
-                        let sizes: Vec<i64> = sizes.iter().map(|&d| d as i64).collect();
-                        inits.push(tensor_to_proto(&n, &Tensor::from_i64(vec![sizes.len()], sizes)));
-                        ins.push(n);
+                        ins.push(sizes);
                     }
                 }
                 "Resize"
@@ -526,16 +725,10 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
                 )));
             }
         };
-        // node names are unique in ONNX (the IR's need not be: a shared dequantize copied per user)
-        let mut node_name = node.name.clone();
-        let mut k = 1;
-        while !node_names.insert(node_name.clone()) {
-            node_name = format!("{}_{k}", node.name);
-            k += 1;
-        }
-        nodes.push(NodeProto {
+        let name = out.node_name(&node.name);
+        out.nodes.push(NodeProto {
             op_type: op_type.into(),
-            name: node_name,
+            name,
             input: ins,
             output: outs,
             attribute: attrs,
@@ -545,14 +738,14 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
     // outputs: aliases, or an Identity where a value is output twice or is a graph input
     let mut outputs = vec![];
     for o in g.outputs() {
-        let have = names.of.get(&o.value).cloned().ok_or_else(|| ExportError {
+        let have = out.names.of.get(&o.value).cloned().ok_or_else(|| ExportError {
             node: o.name.clone(),
             op: "output",
             msg: "no value".into(),
         })?;
         if have != o.name {
-            let name = names.fresh(&o.name);
-            nodes.push(NodeProto {
+            let name = out.names.fresh(&o.name);
+            out.nodes.push(NodeProto {
                 op_type: "Identity".into(),
                 name: format!("{name}_Identity"),
                 input: vec![have],
@@ -572,9 +765,9 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
         opset_import: vec![OperatorSetIdProto { domain: String::new(), version: opset }],
         graph: Some(GraphProto {
             name: g.name.clone(),
-            node: nodes,
+            node: out.nodes,
             input: inputs,
-            initializer: inits,
+            initializer: out.inits,
             output: outputs,
             ..Default::default()
         }),
