@@ -172,5 +172,12 @@ pub fn widen_low_precision(g: &Graph, bf16_compute: bool) -> Graph {
         let _ = g.remove_node(id);
         unrounded.insert(Value::new(cast, 0), Value::new(nid, 0));
     }
+    // a rounding whose every reader took the unrounded value instead is dead: removing it lets
+    // the f32 op and its monotone reader fuse (the lowering fuses only sole users)
+    for v in unrounded.keys() {
+        if g.value_users(*v).is_empty() && !g.is_output(*v) {
+            let _ = g.remove_node(v.node);
+        }
+    }
     g
 }
