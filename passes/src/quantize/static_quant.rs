@@ -227,8 +227,10 @@ pub(crate) fn insert_qdq(g: &mut Graph, v: Value, ty: TensorType) -> Result<Node
 
 /// The smallest weight scale of each output channel for which a bias `b[c]`, quantized to i32 at
 /// `sx * sw[c]`, stays inside i32 together with the accumulation it is added to (`k` products of
-/// at most 255 * 255 in magnitude): the numerics contract accumulates exactly in i32. A smaller
-/// weight scale would saturate the bias and shift every output of the channel; ONNX Runtime's
+/// at most 255 * 255 in magnitude): the numerics contract accumulates in i32 and wraps a sum
+/// that leaves its range (`qforge_ir::numerics`, as ONNX Runtime's MLAS kernels do). A smaller
+/// weight scale would overflow the bias (or clip it, had it been stored saturated) and shift every
+/// output of the channel; ONNX Runtime's
 /// quantizer raises the weight scale for the same reason
 /// (`onnxruntime/python/tools/quantization/base_quantizer.py`, `_adjust_weight_scale_for_int32_bias`).
 fn min_weight_scales(bias: &[f32], sx: f32, k: usize) -> Vec<f32> {
