@@ -59,9 +59,19 @@
 //! * dequantize: `x = (q - zero_point) as f32 * scale`, the subtraction in i32.
 //!
 //! # Integer accumulation and requantization
-//! Integer convolutions and matrix products accumulate `(x - zx) * (w - zw)` exactly in i32 (the
-//! ranges of the corpus cannot overflow: 255 * 255 * K stays below 2^31 for K < 33025), add an i32
-//! bias quantized at scale `sx * sw[c]` with zero point 0, and requantize to the output type:
+//! Integer convolutions and matrix products accumulate `(x - zx) * (w - zw)` in i32, add an i32
+//! bias quantized at scale `sx * sw[c]` with zero point 0, and requantize to the output type.
+//! The accumulation and the bias add are **two's-complement i32 arithmetic: a sum that leaves the
+//! i32 range wraps** (modulo 2^32, [`wrap_i32`]), never saturates. That is what ONNX Runtime's
+//! MLAS kernels do (`vpdpbusd`/`vpmaddwd` accumulate with `_mm_add_epi32`, and
+//! `MlasRequantizeOutput` in mlas/lib/quantize.cpp adds the bias with `_mm_add_epi32`; none of
+//! them saturates), and what the JIT's GEMM and depthwise kernels do (they accumulate the raw
+//! `x * w` and fold the zero-point corrections into the bias, which is exact modulo 2^32 only).
+//! The same rule holds for the i32 results of ConvInteger/MatMulInteger and for the sums of
+//! integer average pooling. Static INT8 keeps every layer far from it: the quantizer raises a
+//! weight scale until the bias and `K` products of 255 * 255 fit (`_adjust_weight_scale_for_int32_bias`
+//! in onnxruntime/python/tools/quantization/base_quantizer.py does the same), so a wrap only
+//! happens in a model whose own integer weights and biases cause it. Requantization:
 //!
 //! ```text
 //! m[c] = (sx * sw[c]) / sy                          (f32, left to right, each step rounded)
@@ -78,6 +88,13 @@
 //! interpreter ([`crate::interp::quant`]) documents each with its ONNX Runtime source.
 
 use crate::{BinaryOp, DType};
+
+/// An exact integer sum reduced to i32 the way the integer kernels compute it: the low 32 bits,
+/// two's complement (see "Integer accumulation" above).
+#[inline]
+pub fn wrap_i32(v: i128) -> i64 {
+    v as i32 as i64
+}
 
 /// Rounds half to even (banker's rounding) in f32.
 #[inline]

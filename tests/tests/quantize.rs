@@ -768,11 +768,23 @@ fn attention_policy_is_the_default_for_attention_blocks() {
     assert_eq!(float, ["/attn/scores/MatMul"]);
     assert!(decisions.iter().any(|d| d.0 == "/attn/context/MatMul" && d.1 == "attention_context" && d.2));
     let q = static_int8(&g, &cfg, &tokens(200, 1));
-    // the scores matmul reads dequantized Q and K^T and its result stays float up to the softmax
+    // the scores matmul reads Q and K^T in float and its result stays float up to the softmax; Q
+    // and K come from the int8 projections as float (only the float scores matmul reads them,
+    // through data movement, so their kernels dequantize the accumulator: no Q/DQ between)
     let by_name = |n: &str| q.node_ids().find(|&i| q.node(i).name == n).unwrap();
     let scores = by_name("/attn/scores/MatMul");
     for v in q.node(scores).inputs().iter().flatten() {
-        assert!(matches!(q.node(v.node).op, Op::Dequantize), "scores input {}", q.node(v.node).name);
+        let mut n = v.node;
+        while matches!(q.node(n).op, Op::Transpose { .. } | Op::Reshape { .. }) {
+            n = q.node(n).inputs()[0].unwrap().node;
+        }
+        let projection = q.node(n);
+        assert!(
+            matches!(projection.op, Op::MatMul)
+                && projection.inputs().iter().flatten().all(|x| matches!(q.node(x.node).op, Op::Dequantize)),
+            "scores input {}",
+            projection.name
+        );
     }
     assert!(q.users(scores).iter().all(|(u, _)| !matches!(q.node(*u).op, Op::Quantize)));
     // the context matmul reads quantized probabilities

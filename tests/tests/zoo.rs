@@ -143,16 +143,27 @@ fn ort_static_sqnr(name: &str) -> Option<f64> {
 }
 
 /// How far under ORT's `quantize_static` SQNR a model's static INT8 may sit (dB): nothing, except
-/// for the shortfalls measured and not yet closed, each with its figures.
+/// for the shortfalls measured and not closed, each with its figures.
+///
+/// The two below are models that INT8 all but destroys (random weights, about 10 and 5 dB for
+/// both quantizers), whose figure on the four test images (40 and about 12 000 numbers, each
+/// error amplified through 16 blocks) moves by several dB with the draw of the images. Measured
+/// against FP32 layer by layer, the integer kernels equal the fake-quantized graph (JIT =
+/// interpreter = Q/DQ graph to 0.3 dB, so neither the bias, nor the i32 accumulator, nor the
+/// requantization multiplier loses anything), and qforge's activations are closer to FP32 than
+/// ORT's QDQ model's at nearly every layer (EfficientNet-B0 by 1-3 dB from the second block on:
+/// 8.4 dB against 7.4 at the final pooling); the last layer decides. On other image sets:
+/// EfficientNet-B0 8.8 dB against ORT's 7.1 on `test_b`, 10.5 against 11.7 on the calibration
+/// images, 2.3 against 2.6 on 32 fresh images; SSDlite 2.7 against 1.7, 5.4 against 4.6, 4.8
+/// against 4.8. (Per-channel weights do not lose by themselves: before conv/matmul results read
+/// only by float ops stayed float, EfficientNet-B0 gave 6.4 dB per channel and 10.8 per tensor
+/// on `test_a`, but 8.5 against 5.3 on `test_b` and 12.4 against 12.5 on the calibration images.)
 fn static_margin(name: &str) -> f64 {
     match name {
-        // 6.4 dB against ORT's 10.6: with per-tensor weights (ORT's default) qforge reaches
-        // 10.8; per-channel weights lose here, which is not yet understood
-        "efficientnet_b0" => -4.5,
-        // 18.0 dB against ORT's 20.1
-        "yolov8_style" => -2.2,
-        // 27.6 dB against ORT's 28.0
-        "convnext_tiny" => -0.5,
+        // 10.1 dB against ORT's 10.6 (the classifier: 8.4 -> 10.1 dB here, 7.4 -> 10.6 in ORT)
+        "efficientnet_b0" => -0.5,
+        // 4.5 dB against ORT's 4.8 (the classification head's convs)
+        "ssdlite_mobilenet_v3" => -0.4,
         _ => 0.0,
     }
 }

@@ -20,14 +20,14 @@
 //!   `scale = hi == lo ? 1 : (hi - lo) / 255`, `zp = rne(clamp(0 - lo / scale, 0, 255))`, then
 //!   quantize with them (all f32) [core/util/qmath.h `GetQuantizationParameter`,
 //!   providers/cpu/quantization/dynamicquantizelinear.cc]. NaNs are ignored by min/max.
-//! * **conv_integer / matmul_integer**: `sum (x - zx) * (w - zw)` exactly, saturated to i32
+//! * **conv_integer / matmul_integer**: `sum (x - zx) * (w - zw)` exactly, wrapped to i32
 //!   [providers/cpu/quantization/conv_integer.cc, matmul_integer.cc]; `zx` is a scalar
 //!   (matmul: or one per row of A), `zw` a scalar or one per output channel (matmul: per column
 //!   of B). Padding contributes nothing (it holds `zx`).
 //! * **qconv / qmatmul / qgemm**: `acc = sum (x - zx) * (w - zw[c])`, computed exactly (in f64
-//!   while every partial sum stays below 2^53, else in i128) and saturated to the i32 range (ORT
-//!   accumulates in i32 and would wrap; no realistic layer gets near it),
-//!   then the epilogue in order: `Bias` adds `bias[c]` (i32 add, saturated); `Requant` gives
+//!   while every partial sum stays below 2^53, else in i128) and wrapped to i32 (two's
+//!   complement, [`numerics::wrap_i32`]: ORT's MLAS kernels and the JIT accumulate in i32 and
+//!   wrap), then the epilogue in order: `Bias` adds `bias[c]` (i32 add, wrapping); `Requant` gives
 //!   `sat(rne(acc as f32 * m[c]) + zy)` with `m[c] = (sx * sw[c]) / sy`
 //!   [providers/cpu/quantization/qlinearconv.cc and quantize_linear_matmul.cc compute the f32
 //!   `X_scale * W_scale[i] / Y_scale`; mlas/lib/quantize.cpp `MlasRequantizeOutput` adds the bias
@@ -213,23 +213,17 @@ impl IntKernel for BatchedMatMul {
     }
 }
 
-/// Saturates an exact accumulator into the i32 range.
-#[inline]
-fn sat_i32(v: i128) -> i64 {
-    v.clamp(i32::MIN as i128, i32::MAX as i128) as i64
-}
-
 /// Runs the kernel exactly: in f64 when every partial sum of the `k`-term dot products is an
 /// integer below 2^53 (so every f64 product and sum is exact, and the loops vectorize), in i128
-/// otherwise; the exact result is saturated into the i32 range.
+/// otherwise; the exact result is wrapped into i32 ([`numerics::wrap_i32`]).
 fn accumulate(a: &[i64], b: &[i64], k: usize, kern: &impl IntKernel) -> R<Vec<i64>> {
     let bound = max_abs(a).saturating_mul(max_abs(b)).saturating_mul(k as u128);
     Ok(if bound < (1u128 << 53) {
         let f = |v: &[i64]| -> Vec<f64> { v.iter().map(|&x| x as f64).collect() };
-        kern.run::<f64, f64>(&f(a), &f(b))?.into_iter().map(|v| sat_i32(v as i128)).collect()
+        kern.run::<f64, f64>(&f(a), &f(b))?.into_iter().map(|v| numerics::wrap_i32(v as i128)).collect()
     } else {
         let wide = |v: &[i64]| -> Vec<i128> { v.iter().map(|&x| x as i128).collect() };
-        kern.run::<i128, i128>(&wide(a), &wide(b))?.into_iter().map(sat_i32).collect()
+        kern.run::<i128, i128>(&wide(a), &wide(b))?.into_iter().map(numerics::wrap_i32).collect()
     })
 }
 
@@ -358,7 +352,7 @@ impl<'a> Epi<'a> {
         let mut v = V::Acc(acc);
         for s in self.steps {
             v = match (s, v) {
-                (Epilogue::Bias, V::Acc(a)) => V::Acc(sat_i32(a as i128 + self.bias[c] as i128)),
+                (Epilogue::Bias, V::Acc(a)) => V::Acc(numerics::wrap_i32(a as i128 + self.bias[c] as i128)),
                 (Epilogue::Requant, V::Acc(a)) => {
                     let (p, dt) = self.out.as_ref().expect("checked in new");
                     let (sy, zy) = p.at(i);
@@ -517,7 +511,7 @@ fn global_average(xv: &[i64], planes_: usize, size: usize, sx: f32, zx: i32, out
     (0..planes_)
         .map(|c| {
             let sum: i64 = xv[c * size..][..size].iter().sum();
-            let acc = sat_i32(sum as i128 - zx as i128 * size as i128);
+            let acc = numerics::wrap_i32(sum as i128 - zx as i128 * size as i128);
             let (sy, zy) = out.at(c);
             numerics::requantize(acc, numerics::global_average_multiplier(sx, sy, size), zy, dt)
         })
@@ -793,21 +787,23 @@ mod tests {
     }
 
     #[test]
-    fn accumulators_saturate_to_i32() {
-        // (a - za) = 2^30 + 1 and b = 127 over K = 2: far beyond i32; exact, then saturated.
+    fn accumulators_wrap_in_i32() {
+        // (a - za) = 2^30 + 1 and b = 127 over K = 2: 254 * 2^30 + 254, far beyond i32; exact,
+        // then wrapped (the low 32 bits, two's complement): 2^31 + 254 reads as -2^31 + 254.
         let a = u8t(&[1, 2], &[1, 1]);
         let b = i8t(&[2, 1], &[127, 127]);
         let op = Op::QMatMul { epilogue: vec![Epilogue::Dequant] };
         let types = [qty(&a, pt(1.0, -(1 << 30))), qty(&b, pt(1.0, 0))];
         let y = evalq(&op, &[&a, &b], &types, &[]).unwrap().remove(0);
-        assert_eq!(y.as_f32().unwrap(), &[i32::MAX as f32]);
-        // products near 2^62 take the i128 path
+        assert_eq!(y.as_f32().unwrap(), &[-2147483394i32 as f32]);
+        // products near 2^62 take the i128 path: 2 * (2^31 + 1) * (2^31 + 127) = 2^63 + 2^39 + 254
         let types = [qty(&a, pt(1.0, i32::MIN)), qty(&b, pt(1.0, i32::MIN))];
         let y = evalq(&op, &[&a, &b], &types, &[]).unwrap().remove(0);
-        assert_eq!(y.as_f32().unwrap(), &[i32::MAX as f32]);
+        assert_eq!(y.as_f32().unwrap(), &[254.0]);
+        // 2 * (2^31 + 1) * (128 - 2^31) = 254 * 2^31 - 2^63 + 256
         let types = [qty(&a, pt(1.0, i32::MIN)), qty(&b, pt(1.0, i32::MAX))];
         let y = evalq(&op, &[&a, &b], &types, &[]).unwrap().remove(0);
-        assert_eq!(y.as_f32().unwrap(), &[i32::MIN as f32]);
+        assert_eq!(y.as_f32().unwrap(), &[256.0]);
     }
 
     #[test]

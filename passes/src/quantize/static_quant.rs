@@ -19,7 +19,9 @@
 //! * the result: `op -> quantize -> dequantize`, calibrated; max pool and average pool reuse their
 //!   input's parameters (ONNX Runtime's `QDQMaxPool`/`QDQDirect8BitOp`), and so do resize and pad
 //!   (ORT's `QDQResize`, `QDQPad`), the others (add, concat,
-//!   global average pool, conv, gemm, matmul) get their own (`QDQOperatorBase`);
+//!   global average pool, conv, gemm, matmul) get their own (`QDQOperatorBase`), except that the
+//!   result of a conv, gemm or matmul that only float ops read (not a graph output) stays float:
+//!   its integer kernel dequantizes the accumulator (see [`activation_plan`]);
 //! * data movement (flatten, reshape, transpose, ...) after a quantized value carries its
 //!   parameters: its result gets a Q/DQ pair with the same scale and zero point.
 //!
@@ -47,7 +49,7 @@ use super::policy::{NodeSettings, QConfig};
 use super::scheme::{self, Granularity, Scheme};
 use crate::pass::{Pass, PassContext, PassError, PassReport};
 use qforge_ir::{DType, Graph, NodeId, Op, QuantParams, Tensor, TensorType, UnaryOp, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Where an activation's parameters come from.
 #[derive(Clone, Debug, PartialEq)]
@@ -92,6 +94,31 @@ fn is_f32(g: &Graph, v: Value) -> bool {
     t.dtype == DType::F32 && t.quant.is_none()
 }
 
+/// Whether only float ops read `v`: no quantized op reads it, directly or through data movement
+/// (which would carry its parameters to one), and it is not a graph output (a graph output keeps
+/// the parameters ONNX Runtime's QDQ model gives it).
+fn only_float_reads<S>(g: &Graph, v: Value, quantized: &HashMap<NodeId, S>, movement: &HashSet<NodeId>) -> bool {
+    let mut stack = vec![v];
+    let mut seen = HashSet::new();
+    while let Some(v) = stack.pop() {
+        if g.is_output(v) {
+            return false;
+        }
+        if !seen.insert(v) {
+            continue;
+        }
+        for (user, _) in g.value_users(v) {
+            if quantized.contains_key(&user) {
+                return false;
+            }
+            if movement.contains(&user) {
+                stack.extend((0..g.node(user).outputs.len()).map(|p| Value::new(user, p)));
+            }
+        }
+    }
+    true
+}
+
 /// Decides which values get Q/DQ under `cfg` (see the module documentation).
 pub fn activation_plan(g: &Graph, cfg: &QConfig) -> Result<ActivationPlan, qforge_ir::IrError> {
     let nodes = plan(g)?;
@@ -119,6 +146,8 @@ pub fn activation_plan(g: &Graph, cfg: &QConfig) -> Result<ActivationPlan, qforg
             fused_by.insert(v.node, np.id);
         }
     }
+    let movement: HashSet<NodeId> =
+        nodes.iter().filter(|np| np.decision == Decision::PassThrough).map(|np| np.id).collect();
     let push = |ap: &mut ActivationPlan, v: Value, src: Source| {
         if ap.index(v).is_none() {
             ap.values.push((v, src));
@@ -153,6 +182,16 @@ pub fn activation_plan(g: &Graph, cfg: &QConfig) -> Result<ActivationPlan, qforg
                     // cost the float consumers, and a graph output, precision)
                     Op::Resize(_) | Op::Pad { .. }
                         if g.is_output(out) || g.value_users(out).iter().any(|u| !quantized.contains_key(&u.0)) => {}
+                    // a conv, gemm or matmul whose result only float ops read (a SiLU, a GELU, the
+                    // sigmoid and multiply of a gate, a graph output) stays float: its integer
+                    // kernel dequantizes the i32 accumulator (`acc * sx * sw[c]`, the optimizer's
+                    // lower-to-dequantizing) instead of rounding the result to 8 bits for the
+                    // float consumers to dequantize again. A quantize there would add one more
+                    // rounding per layer and buy nothing: no integer kernel reads it. (ONNX
+                    // Runtime's QDQ quantizer quantizes every such result; its MatMulInteger /
+                    // ConvInteger path, `quantize_dynamic`, returns f32 the same way.)
+                    Op::Conv(_) | Op::Gemm { .. } | Op::MatMul
+                        if !fused_by.contains_key(&np.id) && only_float_reads(g, out, &quantized, &movement) => {}
                     Op::MaxPool(_) | Op::GlobalMaxPool | Op::AveragePool(_) | Op::Resize(_) | Op::Pad { .. } => {
                         if let Some(x) = node.inputs()[0] {
                             if ap.index(x).is_some() {
@@ -227,8 +266,10 @@ pub(crate) fn insert_qdq(g: &mut Graph, v: Value, ty: TensorType) -> Result<Node
 
 /// The smallest weight scale of each output channel for which a bias `b[c]`, quantized to i32 at
 /// `sx * sw[c]`, stays inside i32 together with the accumulation it is added to (`k` products of
-/// at most 255 * 255 in magnitude): the numerics contract accumulates exactly in i32. A smaller
-/// weight scale would saturate the bias and shift every output of the channel; ONNX Runtime's
+/// at most 255 * 255 in magnitude): the numerics contract accumulates in i32 and wraps a sum
+/// that leaves its range (`qforge_ir::numerics`, as ONNX Runtime's MLAS kernels do). A smaller
+/// weight scale would overflow the bias (or clip it, had it been stored saturated) and shift every
+/// output of the channel; ONNX Runtime's
 /// quantizer raises the weight scale for the same reason
 /// (`onnxruntime/python/tools/quantization/base_quantizer.py`, `_adjust_weight_scale_for_int32_bias`).
 fn min_weight_scales(bias: &[f32], sx: f32, k: usize) -> Vec<f32> {

@@ -147,7 +147,12 @@ pub fn all(cost: &CostTable) -> Vec<Rewrite<QNode, QAnalysis>> {
         rewrite(fuse::GemmAddBias),
     ];
     if cost.int8 {
-        r.extend([rewrite(qdq::QDqRequant), rewrite(qdq::LowerToInteger), rewrite(fuse::ActIntoClamp)]);
+        r.extend([
+            rewrite(qdq::QDqRequant),
+            rewrite(qdq::LowerToInteger),
+            rewrite(qdq::LowerToDequantizing),
+            rewrite(fuse::ActIntoClamp),
+        ]);
     }
     r
 }
@@ -163,6 +168,7 @@ pub fn laws() -> Vec<(&'static str, &'static str)> {
         ("dq-drop-relu", "relu(dq(y)) = dq(y) when y's zero point is the bottom of its range"),
         ("q-fold-const", "q_t(c) = the constant quantize(c)"),
         ("lower-to-integer", "q_t(act(op(dq(x), dq(w), b))) = qop(x, w, b_i32){bias, requant, clamp}"),
+        ("lower-to-dequantizing", "op(dq(x), dq(w), b) = qop(x, w, b_i32){bias, dequant} when the result stays float"),
         ("act-into-clamp", "relu(dq(k)) = dq(k{clamp(zp, qmax)}) for an integer kernel k"),
         ("bn-into-conv", "bn(conv(x, W, b)) = conv(x, W*k, (b - mean)*k + beta), k = gamma/sqrt(var+eps)"),
         ("bn-to-affine", "bn(x) = x*k + (beta - mean*k)"),

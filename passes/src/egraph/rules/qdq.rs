@@ -333,10 +333,17 @@ fn add_bias(eg: &mut EG, bias: Bias, name: String) -> Option<Id> {
     }
 }
 
-fn epilogue(bias: bool, clamp: Option<(i64, i64)>) -> Vec<Epilogue> {
+/// The epilogue of an integer kernel: the bias, then the requantization to a quantized result
+/// (`requant`, with the clamp of a fused activation) or the dequantization of the accumulator to
+/// an f32 result.
+fn epilogue(bias: bool, clamp: Option<(i64, i64)>, requant: bool) -> Vec<Epilogue> {
     let mut e = vec![];
     if bias {
         e.push(Epilogue::Bias);
+    }
+    if !requant {
+        e.push(Epilogue::Dequant);
+        return e;
     }
     e.push(Epilogue::Requant);
     if let Some((lo, hi)) = clamp {
@@ -369,7 +376,7 @@ impl Rule for LowerToInteger {
         per_tensor_q(&t.tensor_type())?;
         for (clamp, inner) in activations(eg, c, t) {
             for (op, _, ch) in ops(eg, inner) {
-                if let Some(b) = lower(eg, op, ch, t, clamp) {
+                if let Some(b) = lower(eg, op, ch, Some(t), clamp) {
                     return Some(b);
                 }
             }
@@ -378,8 +385,42 @@ impl Rule for LowerToInteger {
     }
 }
 
-fn lower(eg: &EG, op: &Op, ch: &[Id], t: &QType, clamp: Option<(i64, i64)>) -> Option<Build> {
-    let t = t.clone();
+/// The lowering of a conv, gemm or matmul over dequantized operands whose result stays float (no
+/// quantize reads it: static INT8 leaves the result of such an op unquantized when only float
+/// ops read it, see `quantize::static_quant`) to its integer kernel with a dequantizing
+/// epilogue:
+///
+/// * `conv(dq(x), dq(w), b)` = `qconv(x, w, b_i32){bias, dequant}`, and alike
+///   `gemm(dq(a), dq(b), c)` = `qgemm(a, b, c_i32){bias, dequant}`,
+///   `matmul(dq(a), dq(b))` = `qmatmul(a, b){dequant}`.
+///
+/// The kernel returns `acc as f32 * (sx * sw[c])`: the exact integer sum scaled once, where the
+/// float op sums the dequantized products in f32 (ONNX Runtime's QGemm without an output scale
+/// computes the same, `contrib_ops/cpu/quantization/quant_gemm.cc`).
+pub struct LowerToDequantizing;
+impl Rule for LowerToDequantizing {
+    fn name(&self) -> &'static str {
+        "lower-to-dequantizing"
+    }
+    fn rewrite(&self, eg: &EG, id: Id, node: &QNode) -> Option<Build> {
+        let QNode::Op(d, ch) = node else { return None };
+        if !matches!(d.op(), Op::Conv(_) | Op::Gemm { .. } | Op::MatMul) || d.decl().is_some() {
+            return None;
+        }
+        let out = ty(eg, id)?;
+        if out.dtype != DType::F32 || out.quant.is_some() {
+            return None;
+        }
+        lower(eg, d.op(), ch, None, None)
+    }
+}
+
+/// The integer kernel of `op` over the dequantized operands `ch`: requantized to `t` (with the
+/// clamp of a fused activation), or, with no `t`, dequantizing its accumulator to f32 (conv,
+/// gemm and matmul only).
+fn lower(eg: &EG, op: &Op, ch: &[Id], t: Option<&QType>, clamp: Option<(i64, i64)>) -> Option<Build> {
+    let requant = t.is_some();
+    let t = t.cloned();
     let act_x = |i: usize| -> Option<(Id, f32)> {
         let x = dq_of(eg, *ch.get(i)?)?;
         let (s, _) = per_tensor_q(ty(eg, x)?)?;
@@ -403,8 +444,8 @@ fn lower(eg: &EG, op: &Op, ch: &[Id], t: &QType, clamp: Option<(i64, i64)>) -> O
             let conv = attrs.clone();
             Some(Box::new(move |eg| {
                 let b = add_bias(eg, bias, name);
-                let op = Op::QConv { conv, epilogue: epilogue(has_bias, clamp) };
-                Some(add_op(eg, op, Some(t), [Some(x), Some(w), b].into_iter().flatten().collect()))
+                let op = Op::QConv { conv, epilogue: epilogue(has_bias, clamp, requant) };
+                Some(add_op(eg, op, t, [Some(x), Some(w), b].into_iter().flatten().collect()))
             }))
         }
         Op::Gemm { alpha, beta, trans_a, trans_b } => {
@@ -424,8 +465,8 @@ fn lower(eg: &EG, op: &Op, ch: &[Id], t: &QType, clamp: Option<(i64, i64)>) -> O
             let (alpha, trans_a, trans_b) = (*alpha, *trans_a, *trans_b);
             Some(Box::new(move |eg| {
                 let c = add_bias(eg, bias, name);
-                let op = Op::QGemm { alpha, trans_a, trans_b, epilogue: epilogue(has_bias, clamp) };
-                Some(add_op(eg, op, Some(t), [Some(a), Some(b), c].into_iter().flatten().collect()))
+                let op = Op::QGemm { alpha, trans_a, trans_b, epilogue: epilogue(has_bias, clamp, requant) };
+                Some(add_op(eg, op, t, [Some(a), Some(b), c].into_iter().flatten().collect()))
             }))
         }
         Op::MatMul => {
@@ -441,28 +482,28 @@ fn lower(eg: &EG, op: &Op, ch: &[Id], t: &QType, clamp: Option<(i64, i64)>) -> O
                 _ => return None,
             }
             Some(Box::new(move |eg| {
-                Some(add_op(eg, Op::QMatMul { epilogue: epilogue(false, clamp) }, Some(t), vec![a, b]))
+                Some(add_op(eg, Op::QMatMul { epilogue: epilogue(false, clamp, requant) }, t, vec![a, b]))
             }))
         }
-        _ if clamp.is_some() => None,
+        _ if clamp.is_some() || !requant => None,
         Op::Binary(qforge_ir::BinaryOp::Add | qforge_ir::BinaryOp::Mul) => {
             let ((a, _), (b, _)) = (act_x(0)?, act_x(1)?);
             let op = if matches!(op, Op::Binary(qforge_ir::BinaryOp::Add)) { Op::QAdd } else { Op::QMul };
-            Some(Box::new(move |eg| Some(add_op(eg, op, Some(t), vec![a, b]))))
+            Some(Box::new(move |eg| Some(add_op(eg, op, t, vec![a, b]))))
         }
         Op::GlobalAveragePool => {
             let (x, _) = act_x(0)?;
-            Some(Box::new(move |eg| Some(add_op(eg, Op::QGlobalAveragePool, Some(t), vec![x]))))
+            Some(Box::new(move |eg| Some(add_op(eg, Op::QGlobalAveragePool, t, vec![x]))))
         }
         Op::AveragePool(p) => {
             let (x, _) = act_x(0)?;
             let op = Op::QAveragePool(p.clone());
-            Some(Box::new(move |eg| Some(add_op(eg, op, Some(t), vec![x]))))
+            Some(Box::new(move |eg| Some(add_op(eg, op, t, vec![x]))))
         }
         Op::Concat { axis } => {
             let xs: Vec<Id> = (0..ch.len()).map(|i| act_x(i).map(|(x, _)| x)).collect::<Option<_>>()?;
             let op = Op::QConcat { axis: *axis };
-            Some(Box::new(move |eg| Some(add_op(eg, op, Some(t), xs))))
+            Some(Box::new(move |eg| Some(add_op(eg, op, t, xs))))
         }
         _ => None,
     }
