@@ -1,5 +1,6 @@
 //! `cargo bench -p qforge-codegen --bench kernels`: GMAC/s of the generated conv and matmul
-//! kernels by shape (ResNet-18 and MobileNetV2 layers), int8 and f32, with the native
+//! kernels by shape (ResNet-18 and MobileNetV2 layers), int8, f32 and bf16 (the bf16 GEMM where
+//! the CPU has AVX512-BF16, else bf16 widened to the f32 kernels), with the native
 //! microkernels and with the Cranelift-only GEMMs. Each case is a one-node graph compiled by the
 //! JIT; the time is the kernel step's own (im2col, microkernel calls and epilogue included,
 //! layout conversions of the graph's input and output excluded), the median of the timed runs.
@@ -31,7 +32,8 @@ struct Conv {
     depthwise: bool,
 }
 
-fn conv_graph(c: &Conv, int8: bool, rng: &mut Rng) -> Graph {
+fn conv_graph(c: &Conv, ty: DType, rng: &mut Rng) -> Graph {
+    let int8 = ty == DType::U8;
     let mut g = Graph::new(c.name);
     let group = if c.depthwise { c.cin } else { 1 };
     let cin_g = c.cin / group;
@@ -63,17 +65,18 @@ fn conv_graph(c: &Conv, int8: bool, rng: &mut Rng) -> Graph {
         let y = g.add_node(op, vec![Some(x), Some(w), Some(b)], Some(vec![out]), "conv").expect("qconv");
         g.add_output("y", y);
     } else {
-        let x = g.add_input("x", TensorType::new(DType::F32, xshape));
-        let w: Vec<f32> = (0..nw).map(|_| (rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5).collect();
-        let w = g.add_const("w", Tensor::from_f32(wshape, w));
-        let b = g.add_const("b", Tensor::from_f32(vec![c.cout], vec![0.1; c.cout]));
+        let x = g.add_input("x", TensorType::new(ty, xshape));
+        let w: Vec<f64> = (0..nw).map(|_| (rng.next() >> 40) as f64 / (1u64 << 24) as f64 - 0.5).collect();
+        let w = g.add_const("w", Tensor::from_f64_iter(ty, wshape, w.into_iter()));
+        let b = g.add_const("b", Tensor::from_f64_iter(ty, vec![c.cout], std::iter::repeat_n(0.1, c.cout)));
         let y = g.add_node(Op::Conv(attrs), vec![Some(x), Some(w), Some(b)], None, "conv").expect("conv");
         g.add_output("y", y);
     }
     g
 }
 
-fn matmul_graph(m: usize, k: usize, n: usize, int8: bool, rng: &mut Rng) -> Graph {
+fn matmul_graph(m: usize, k: usize, n: usize, ty: DType, rng: &mut Rng) -> Graph {
+    let int8 = ty == DType::U8;
     let mut g = Graph::new("matmul");
     if int8 {
         let a = g.add_input(
@@ -92,9 +95,9 @@ fn matmul_graph(m: usize, k: usize, n: usize, int8: bool, rng: &mut Rng) -> Grap
         let y = g.add_node(op, vec![Some(a), Some(w)], Some(vec![out]), "gemm").expect("qgemm");
         g.add_output("y", y);
     } else {
-        let a = g.add_input("a", TensorType::new(DType::F32, Shape::fixed(&[m, k])));
-        let w: Vec<f32> = (0..n * k).map(|_| (rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5).collect();
-        let w = g.add_const("w", Tensor::from_f32(vec![n, k], w));
+        let a = g.add_input("a", TensorType::new(ty, Shape::fixed(&[m, k])));
+        let w: Vec<f64> = (0..n * k).map(|_| (rng.next() >> 40) as f64 / (1u64 << 24) as f64 - 0.5).collect();
+        let w = g.add_const("w", Tensor::from_f64_iter(ty, vec![n, k], w.into_iter()));
         let op = Op::Gemm { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: true };
         let y = g.add_node(op, vec![Some(a), Some(w)], None, "gemm").expect("gemm");
         g.add_output("y", y);
@@ -110,7 +113,7 @@ fn input_for(g: &Graph, rng: &mut Rng) -> Tensor {
         DType::U8 => {
             Tensor::new(shape, TensorData::U8((0..n).map(|_| (rng.next() >> 56) as u8).collect())).expect("u8")
         }
-        _ => Tensor::from_f32(shape, (0..n).map(|_| (rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5).collect()),
+        dt => Tensor::from_f64_iter(dt, shape, (0..n).map(|_| (rng.next() >> 40) as f64 / (1u64 << 24) as f64 - 0.5)),
     }
 }
 
@@ -155,12 +158,11 @@ fn main() {
         Conv { name: "mobilenet.dw 3x3 14", cin: 384, hw: 14, cout: 384, k: 3, stride: 1, depthwise: true },
     ];
     println!("{:<28} {:<6} {:<10} {:>10} {:>10}  kernel", "shape", "type", "gemm", "ms", "GMAC/s");
-    for int8 in [true, false] {
-        let ty = if int8 { "int8" } else { "f32" };
+    for (dt, ty) in [(DType::U8, "int8"), (DType::F32, "f32"), (DType::BF16, "bf16")] {
         let mut cases: Vec<(String, Graph)> =
-            convs.iter().map(|c| (c.name.to_string(), conv_graph(c, int8, &mut rng))).collect();
+            convs.iter().map(|c| (c.name.to_string(), conv_graph(c, dt, &mut rng))).collect();
         for (m, k, n) in [(1, 512, 1000), (64, 768, 768), (196, 768, 3072)] {
-            cases.push((format!("matmul {m}x{k}x{n}"), matmul_graph(m, k, n, int8, &mut rng)));
+            cases.push((format!("matmul {m}x{k}x{n}"), matmul_graph(m, k, n, dt, &mut rng)));
         }
         for (name, g) in &cases {
             if !name.contains(&filter) {

@@ -177,6 +177,7 @@ fn static_margin(name: &str) -> f64 {
 fn zoo_int8_and_fp16_against_onnx_runtime() {
     use qforge::options::{PipelineOptions, Precision, QuantizeMode};
     let mut failures = vec![];
+    let mut reports = vec![];
     println!("| model | static int8 SQNR dB | ORT quantize_static SQNR dB | dynamic int8 SQNR dB | fp16 SQNR dB |");
     println!("|---|---|---|---|---|");
     for Model { name, images, .. } in models() {
@@ -200,10 +201,14 @@ fn zoo_int8_and_fp16_against_onnx_runtime() {
         ];
         let mut row = vec![];
         for (label, opts) in settings {
-            let run = || -> anyhow::Result<f64> {
+            let static_int8 = label == "static int8";
+            let mut run = || -> anyhow::Result<f64> {
                 let model = qforge::load_model(&fixture(&format!("{name}.onnx")))?;
                 let exe = qforge::Compiler::new(opts)?.compile(model)?;
                 let y = exe.run(std::slice::from_ref(&x))?.remove(0);
+                if static_int8 {
+                    reports.push(int8_report(&name, &exe, &x, &mut failures)?);
+                }
                 Ok(agreement(&y, &reference, None)?.sqnr_db)
             };
             match run() {
@@ -232,5 +237,42 @@ fn zoo_int8_and_fp16_against_onnx_runtime() {
             }
         }
     }
+    insta::with_settings!({ snapshot_path => "../../snapshots", prepend_module_to_snapshot => false }, {
+        insta::assert_snapshot!("zoo_int8_report", reports.join("\n"));
+    });
     assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+}
+
+/// Ops that detection and segmentation heads must keep int8 through (no Q/DQ pair left around
+/// them): the optimizer commutes Q/DQ with them or lowers them to integer kernels.
+const INT8_THROUGH: &[&str] = &["resize", "concat", "pad", "max_pool"];
+
+/// What `qforge compile --report` says of a static INT8 model, as one deterministic block: the
+/// ops the JIT leaves to the interpreter (host steps) and the Q/DQ pairs the optimizer left around
+/// float ops, counted by op and reason. A leftover around an op of [`INT8_THROUGH`] is a failure.
+fn int8_report(
+    name: &str,
+    exe: &qforge::Executable,
+    x: &qforge_ir::Tensor,
+    failures: &mut Vec<String>,
+) -> anyhow::Result<String> {
+    let program = exe.jit().ok_or_else(|| anyhow::anyhow!("{name}: no JIT"))?.program(std::slice::from_ref(x))?;
+    let host: Vec<String> = program.report.host_ops.iter().map(|(op, n)| format!("{op} x{n}")).collect();
+    let unfused = qforge_passes::report::fusion_report(exe.graph(), true);
+    let mut by_reason: std::collections::BTreeMap<(String, String), usize> = Default::default();
+    for u in &unfused {
+        *by_reason.entry((u.op.clone(), u.reason.clone())).or_default() += 1;
+        if INT8_THROUGH.contains(&u.op.as_str()) {
+            failures.push(format!("{name}: `{}` ({}) is float between Q/DQ: {}", u.node, u.op, u.reason));
+        }
+    }
+    let mut text = format!(
+        "{name}: host steps: {}; unfused Q/DQ: {}",
+        if host.is_empty() { "none".to_string() } else { host.join(", ") },
+        unfused.len()
+    );
+    for ((op, reason), n) in by_reason {
+        text.push_str(&format!("\n  {op} x{n}: {reason}"));
+    }
+    Ok(text)
 }

@@ -4,7 +4,8 @@
 //! export keeps the source's dynamic batch, height and width: sizes that depend on them are
 //! computed in the exported graph). Printed per export and image size: the SQNR against FP32 of
 //! qforge's static INT8 (its whole pipeline), of qforge running the exported Q/DQ graph as it is
-//! (opt level 1), and of ORT running the export; ORT's must be within [`FAITHFUL_DB`] of qforge's.
+//! (opt level 1), and of ORT running the export; ORT's must be within [`FAITHFUL_DB`] of qforge's
+//! on the same graph.
 //! The exports that do not import are the zoo test's known gaps.
 
 use qforge::options::{PipelineOptions, QuantizeMode};
@@ -26,11 +27,19 @@ fn models() -> Vec<(String, String)> {
         .collect()
 }
 
-/// How far ORT's SQNR on an export may be from qforge's own static INT8 SQNR on the same model
-/// and image size before the export counts as unfaithful. ORT fuses the exported Q/DQ pairs into
-/// integer kernels as qforge's optimizer does, with its own rounding where the two differ (float
-/// LayerNorm and GELU between Q/DQ, the float transposed convolution); measured on the 52 runs:
-/// within 0.01 dB but for the UNet (0.07 dB) and ConvNeXt at size A (0.17 dB, ORT higher).
+/// How far ORT's SQNR on an export may be from qforge's SQNR running the same exported Q/DQ graph
+/// before the export counts as unfaithful. ORT fuses the exported Q/DQ pairs into integer kernels
+/// with its own rounding where the two differ (float LayerNorm and GELU between Q/DQ, the float
+/// transposed convolution, a matmul whose float result ORT computes from the integers); measured
+/// on the 52 runs: within 0.12 dB but for ConvNeXt's dynamo export at size A (0.42 dB).
+///
+/// The comparison is with the exported graph, not with qforge's fused pipeline: a conv whose
+/// result only float ops read is, in qforge, an integer kernel that dequantizes its exact i32
+/// accumulator, and in the export (which has no integer form for a float result) a float conv of
+/// dequantized operands, summed in f32. Where a LayerNorm reads that result, the two sums' last
+/// bits reach the next quantization; on the 20 logits of a size-B run that moved the SQNR by 0.68
+/// dB (ConvNeXt), 0.53 dB (its dynamo export) and 0.85 dB (EfficientNet-B0 dynamo) between ORT and
+/// qforge's pipeline, and by at most 0.06 dB elsewhere; the test prints all three figures.
 const FAITHFUL_DB: f64 = 0.5;
 
 /// SQNR against FP32 in dB, or why there is none (a failure).
@@ -101,11 +110,11 @@ fn every_imported_zoo_model_exports_to_qdq_onnx_that_onnx_runtime_runs() {
                         }
                     }
                 }
-                if let (Ok(ours), Ok(ort)) = (&row[0], &row[2]) {
+                if let (Ok(ours), Ok(ort)) = (&row[1], &row[2]) {
                     if (ours - ort).abs() > FAITHFUL_DB {
                         failures.push(format!(
-                            "{file} (size {size}): ORT on the export {ort:.2} dB, qforge {ours:.2} dB: more than \
-                             {FAITHFUL_DB} dB apart"
+                            "{file} (size {size}): ORT on the export {ort:.2} dB, qforge on the same Q/DQ graph \
+                             {ours:.2} dB: more than {FAITHFUL_DB} dB apart"
                         ));
                     }
                 }
