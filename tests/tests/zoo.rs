@@ -15,10 +15,7 @@ use std::path::PathBuf;
 /// test fails when one of them imports (take it off the list) or refuses differently, so the list
 /// is always the current state: Swin's window padding computed from the image size
 /// (`(4 - H % 4) % 4`, a remainder of a symbolic size, then a Pad by it).
-const KNOWN_GAPS: &[(&str, &str)] = &[
-    ("swin_t.onnx", "(Pad): input `/features/features.1/features.1.0/attn/Cast_1_output_0` (pads) must be a constant"),
-    ("swin_t_dynamo.onnx", "(Pad): input `val_48` (pads) must be a constant"),
-];
+const KNOWN_GAPS: &[(&str, &str)] = &[];
 
 /// Imports `file`: the graph, or `None` for a known gap refusing as listed; any other outcome is
 /// a failure pushed on `failures`.

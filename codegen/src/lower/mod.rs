@@ -678,7 +678,14 @@ impl<'g> Lowerer<'g> {
             Op::HardSigmoid { alpha, beta } if f32_out => self.hard_sigmoid(&n, *alpha, *beta),
             Op::Resize(a) => self.resize(&n, a),
             Op::Requantize => self.requantize(&n),
-            Op::Pad { mode, pads, value } => self.pad(&n, *mode, pads, *value),
+            Op::Pad { mode, pads, computed, value } => {
+                // computed pads resolved from this program's concrete input shapes
+                let ins: Vec<Option<&TensorType>> =
+                    node.inputs().iter().map(|v| v.and_then(|v| self.types.get(&v))).collect();
+                let pads =
+                    qforge_ir::infer::fixed_pads(pads, computed, &ins).map_err(|e| Skip::Fail(err(&node.name, e)))?;
+                self.pad(&n, *mode, &pads, *value)
+            }
             Op::Binary(op @ (BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div)) if f32_out => {
                 self.channel_binary(&n, *op)
             }
