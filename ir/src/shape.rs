@@ -151,8 +151,15 @@ impl Affine {
             None if c > 1 => (inner, 0),
             None => return None,
         };
-        if prod.starts_with('-') {
-            return None;
+        // one product: a sum (a `+` or `-` outside parentheses) is not an affine size
+        let mut depth = 0usize;
+        for ch in prod.chars() {
+            match ch {
+                '(' => depth += 1,
+                ')' => depth = depth.checked_sub(1)?,
+                '+' | '-' if depth == 0 => return None,
+                _ => {}
+            }
         }
         let (a, syms) = Dim::Sym(prod.to_string()).factors()?;
         if syms.is_empty() {
@@ -424,12 +431,41 @@ impl Dim {
     /// sizes) gives the same product.
     pub fn rem(&self, c: u64) -> Option<Dim> {
         let ci = i64::try_from(c).ok()?;
-        if c == 2 {
-            let up = self.affine(1, 1, 2)?;
-            return Dim::linear(&[(2, up), (-1, self.clone())], 0);
+        // `x mod c` depends on x mod c only: each coefficient reduced to its residue nearest 0
+        // (so `(4 - x + 4*floor(x/4)) mod 4` is `(-x) mod 4`), the constant to `0..c`
+        let (k, syms) = self.factors()?;
+        let (terms, b): (Vec<(i64, String)>, i64) = match syms.as_slice() {
+            [] => return usize::try_from((k as i128).rem_euclid(i128::from(ci))).ok().map(Dim::Fixed),
+            [f] if k == 1 => match Derived::parse(f).filter(|d| d.c == 1) {
+                Some(d) => (d.terms, d.b),
+                None => (vec![(1, f.clone())], 0),
+            },
+            _ => (vec![(1, self.to_string())], 0),
+        };
+        let mut reduced = vec![];
+        for (k, t) in terms {
+            let (tk, ts) = Dim::Sym(t).factors()?;
+            let k = k.checked_mul(i64::try_from(tk).ok()?)?.rem_euclid(ci);
+            let k = if 2 * k > ci { k - ci } else { k };
+            if k != 0 {
+                reduced.push((k, Dim::from_factors(1, ts)));
+            }
         }
-        let q = self.floor_div(c)?;
-        Dim::linear(&[(1, self.clone()), (-ci, q)], 0)
+        let b = b.rem_euclid(ci);
+        if let ([(1, x)], 0, 2) = (reduced.as_slice(), b, c) {
+            let up = x.affine(1, 1, 2)?;
+            return Dim::linear(&[(2, up), (-1, x.clone())], 0);
+        }
+        // `(-k x + b) mod c = -k x + b + c*floor((k x - b + c - 1) / c)`
+        if let [(k, x)] = reduced.as_slice() {
+            if *k < 0 {
+                let up = x.affine(k.unsigned_abs(), ci - 1 - b, c)?;
+                return Dim::linear(&[(*k, x.clone()), (ci, up)], b);
+            }
+        }
+        let y = Dim::linear(&reduced, b)?;
+        let q = y.floor_div(c)?;
+        Dim::linear(&[(1, y), (-ci, q)], 0)
     }
 
     /// `c - self` for a size known to be at most `c` (the pad `c - x mod c` before its own
@@ -676,5 +712,68 @@ impl fmt::Display for TensorType {
             write!(f, "{q}")?;
         }
         write!(f, "{}", self.shape)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Remainders, floor divisions and differences of symbolic sizes evaluate to what the same
+    /// integer arithmetic gives, at every size, under plain and derived bases.
+    #[test]
+    fn remainders_and_floor_divisions_evaluate_exactly() {
+        let h = Dim::Sym("H".into());
+        for base in [h.clone(), h.affine(1, 0, 4).unwrap(), h.affine(1, 1, 2).unwrap(), h.affine(3, -2, 1).unwrap()] {
+            for c in 1..=7u64 {
+                let r = base.rem(c).unwrap();
+                let q = base.floor_div(c).unwrap();
+                let pad = r.sub_from(c as i64).unwrap().rem(c).unwrap();
+                let padded = Dim::sum(&[base.clone(), pad.clone()]).unwrap();
+                let ci = c as usize;
+                for n in 1..100usize {
+                    let v = base.eval(&|_| Some(n)).unwrap();
+                    let at = |d: &Dim| d.eval(&|_| Some(n));
+                    assert_eq!(at(&r), Some(v % ci), "{base} mod {c} = {r} at H={n}");
+                    assert_eq!(at(&q), Some(v / ci), "{base} / {c} = {q} at H={n}");
+                    assert_eq!(at(&pad), Some((ci - v % ci) % ci), "pad {pad} at H={n}");
+                    assert_eq!(at(&padded), Some(v.div_ceil(ci) * ci), "padded {padded} at H={n}");
+                }
+                // the padded size cancels to one product (no sum left), for a base that is
+                // not a multiple plus an offset (whose remainder is that of a smaller multiple)
+                assert!(
+                    base.to_string().contains("*3")
+                        || padded
+                            .factors()
+                            .unwrap()
+                            .1
+                            .iter()
+                            .all(|f| Affine::parse(f).is_some() || !f.starts_with('(')),
+                    "{base} padded to {c}: {padded}"
+                );
+            }
+        }
+    }
+
+    /// The canonical forms Swin's window padding takes: the pad, the padded size, and a size
+    /// plus a constant meeting the same size less its floor.
+    #[test]
+    fn window_padding_forms() {
+        let x = Dim::Sym("H".into()).affine(1, 0, 4).unwrap();
+        let pad = x.rem(4).unwrap().sub_from(4).unwrap().rem(4).unwrap();
+        assert_eq!(pad.to_string(), "(-(H)/4+(H+12)/16*4)");
+        assert_eq!(Dim::sum(&[x.clone(), pad]).unwrap().to_string(), "(H+12)/16*4");
+        // padding by `x mod 2` is padding to even
+        let odd = Dim::sum(&[x.clone(), x.rem(2).unwrap()]).unwrap();
+        assert_eq!(odd.to_string(), "(H+4)/8*2");
+        // `(x + 1) - x` is 1 whatever the form of `x + 1`
+        let x1 = x.affine(1, 1, 1).unwrap();
+        assert_eq!(Dim::linear(&[(1, x1), (-1, x.clone())], 0), Some(Dim::Fixed(1)));
+        // a placeholder substituted is the size it names
+        let e = Dim::input_dim(0, 2).rem(4).unwrap();
+        assert_eq!(e.subst(&|_| Some(x.clone())), Some(x.rem(4).unwrap()));
+        assert_eq!(e.subst(&|_| Some(Dim::Fixed(18))), Some(Dim::Fixed(2)));
+        assert_eq!(Dim::parse_input_dim("$3.1"), Some((3, 1)));
+        assert!(x.rem(4).unwrap().may_be_zero() && !x.may_be_zero());
     }
 }

@@ -645,9 +645,12 @@ impl<'g> Lowerer<'g> {
         let n = At { op: &node.op, name: node.name.clone(), ins: node.inputs().to_vec(), out, oty };
         let f32_out = n.oty.dtype == DType::F32;
         match &node.op {
-            Op::Flatten { .. } | Op::Reshape { .. } | Op::Identity | Op::Squeeze { .. } | Op::Unsqueeze { .. } => {
-                self.alias(&n)
-            }
+            Op::Flatten { .. }
+            | Op::Reshape { .. }
+            | Op::ReshapeDyn { .. }
+            | Op::Identity
+            | Op::Squeeze { .. }
+            | Op::Unsqueeze { .. } => self.alias(&n),
             Op::Transpose { perm } => self.transpose(&n, perm),
             Op::QConv { conv, epilogue } => self.qconv(&n, conv, epilogue),
             Op::QGemm { alpha, trans_a: false, trans_b, epilogue } => self.qgemm(&n, *alpha, *trans_b, epilogue),

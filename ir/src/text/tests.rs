@@ -696,13 +696,6 @@ fn every_op() -> Vec<Op> {
         Op::ArgMax { axis: -1, keepdims: true, select_last: false },
         Op::ArgMin { axis: 0, keepdims: false, select_last: true },
         Op::Pad { mode: PadMode::Wrap, pads: vec![1, -2, 0, 3], computed: vec![], value: -1e300 },
-        Op::Pad {
-            mode: PadMode::Constant,
-            pads: vec![0, 0, 0, 0],
-            computed: vec![(3, DimExpr { k: 1, of: vec![], expr: Some(Dim::Sym("(($1.2+12)/16*4-($1.2)/4)".into())) })],
-            value: 0.0,
-        },
-        Op::ReshapeDyn { shape: vec![DimExpr { k: 4, of: vec![(1, 0)], expr: Some(Dim::Sym("($1.2+12)/16".into())) }] },
         Op::Tile { repeats: vec![1, 0, 3] },
         Op::GatherND { batch_dims: 1 },
         Op::ScatterElements { axis: -1, reduction: ScatterReduction::Mul },
