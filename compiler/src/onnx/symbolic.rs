@@ -657,10 +657,9 @@ fn symbol_value(im: &mut Importer, sym: &str, base: &str) -> Result<Value, Symbo
     let mut acc: Option<Value> = None;
     for (k, prod) in terms {
         let (pk, syms) = Dim::Sym(prod.clone()).factors().ok_or_else(|| SymbolicError::NoInputDim(sym.to_string()))?;
-        let k = i64::try_from(k)
+        let k = i64::try_from(pk)
             .ok()
-            .zip(i64::try_from(pk).ok())
-            .and_then(|(a, b)| a.checked_mul(b))
+            .and_then(|b| k.checked_mul(b))
             .ok_or_else(|| SymbolicError::Internal(format!("the size `{sym}` overflows")))?;
         let t = product_value(im, k, &syms, base)?;
         acc = Some(match acc {
