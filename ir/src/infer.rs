@@ -257,7 +257,7 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             }
             one(t.clone())
         }
-        Op::Pad { mode, pads, value } => {
+        Op::Pad { mode, pads, computed, value } => {
             let t = per_tensor_int8_or_plain(x(0)?, "x")?;
             let r = t.rank();
             if pads.len() != 2 * r {
@@ -265,6 +265,20 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
                     "{} pads for rank {r} (begin and end per axis)",
                     pads.len()
                 )));
+            }
+            if !computed.is_empty() {
+                if *mode != PadMode::Constant {
+                    return Err(InferError::Attribute(format!("computed pads need constant mode, not {mode:?}")));
+                }
+                let amounts = pad_amounts(pads, computed, inputs)?;
+                let mut dims = vec![];
+                for (i, d) in t.shape.0.iter().enumerate() {
+                    let sum = Dim::linear(&[(1, d.clone()), (1, amounts[i].clone()), (1, amounts[r + i].clone())], 0);
+                    dims.push(sum.ok_or_else(|| {
+                        InferError::Shape(format!("padding dim {d} by {}, {} overflows", amounts[i], amounts[r + i]))
+                    })?);
+                }
+                return one(t.with_shape(Shape(dims)));
             }
             if *mode == PadMode::Constant && value.is_nan() && !t.dtype.is_float() {
                 return Err(InferError::Attribute(format!("pad value NaN for {}", t.dtype)));
@@ -1322,10 +1336,60 @@ fn declared_quant(declared: Option<&[TensorType]>, shape: &Shape, allowed: &[DTy
     Ok(vec![TensorType { dtype: d.dtype, shape: shape.clone(), quant: Some(q.clone()) }])
 }
 
+/// The pads of a pad with `computed` entries ([`Op::Pad`]), as dims, from the types of its
+/// inputs: the constant ones (never negative then) and the computed ones.
+pub fn pad_amounts(pads: &[i64], computed: &[(usize, DimExpr)], inputs: &[Option<&TensorType>]) -> R<Vec<Dim>> {
+    let mut out = pads
+        .iter()
+        .map(|&p| {
+            usize::try_from(p)
+                .map(Dim::Fixed)
+                .map_err(|_| InferError::Attribute(format!("pad {p} is negative beside computed pads")))
+        })
+        .collect::<R<Vec<_>>>()?;
+    for (i, e) in computed {
+        let slot = out
+            .get_mut(*i)
+            .ok_or_else(|| InferError::Attribute(format!("computed pad {i} is out of range ({} pads)", pads.len())))?;
+        if *slot != Dim::Fixed(0) {
+            return Err(InferError::Attribute(format!("pad {i} is both constant and computed")));
+        }
+        *slot = dim_expr(e, inputs)?;
+    }
+    Ok(out)
+}
+
+/// The pads of [`Op::Pad`] as numbers, for inputs of concrete types (what the interpreter and the
+/// JIT pad by): `pads` itself when none is computed.
+pub fn fixed_pads(pads: &[i64], computed: &[(usize, DimExpr)], inputs: &[Option<&TensorType>]) -> R<Vec<i64>> {
+    if computed.is_empty() {
+        return Ok(pads.to_vec());
+    }
+    pad_amounts(pads, computed, inputs)?
+        .iter()
+        .map(|d| {
+            d.fixed()
+                .and_then(|n| i64::try_from(n).ok())
+                .ok_or_else(|| InferError::Shape(format!("pad {d} is not fixed by the input shapes")))
+        })
+        .collect()
+}
+
 /// The size a [`DimExpr`] names, from the types of the op's inputs.
 pub fn dim_expr(e: &DimExpr, inputs: &[Option<&TensorType>]) -> R<Dim> {
     let k = usize::try_from(e.k).map_err(|_| InferError::Attribute(format!("size factor {} is negative", e.k)))?;
     let mut dims = vec![Dim::Fixed(k)];
+    if let Some(expr) = &e.expr {
+        let bind = |name: &str| -> Option<Dim> {
+            let (i, a) = Dim::parse_input_dim(name)?;
+            inputs.get(i).copied().flatten()?.shape.0.get(a).cloned()
+        };
+        dims.push(expr.subst(&bind).ok_or_else(|| {
+            InferError::Attribute(format!(
+                "size {expr} does not evaluate on these inputs (a dim it names is missing, or it is negative)"
+            ))
+        })?);
+    }
     for &(i, a) in &e.of {
         let t = inputs
             .get(i)
@@ -1605,8 +1669,10 @@ pub fn slice_len(n: usize, start: i64, end: i64, step: i64) -> R<usize> {
 const SLICE_TO_END: i64 = i32::MAX as i64;
 
 /// [`slice_len`] of a symbolic dim `n`, where it is `n` less a constant: step 1 from a start `s >= 0`
-/// to the end (`n - s`) or to `e < 0` counted from the end (`n + e - s`). Where `n` is too short for
-/// the bounds the concrete inference (re-run per input shape) gives the clamped length.
+/// to the end (`n - s`) or to `e < 0` counted from the end (`n + e - s`); or a constant range
+/// `s..e` (`e - s`); or every `step`-th element from `s` to the end (`ceil((n - s) / step)`).
+/// Where `n` is too short for the bounds the concrete inference (re-run per input shape) gives
+/// the clamped length.
 fn symbolic_slice_len(n: &Dim, s: i64, e: i64, step: i64) -> R<Dim> {
     let refuse = || {
         InferError::Shape(format!(
@@ -1614,8 +1680,31 @@ fn symbolic_slice_len(n: &Dim, s: i64, e: i64, step: i64) -> R<Dim> {
              (qforge supports step 1 from a start >= 0 to the end or to a negative end)"
         ))
     };
-    if step != 1 || s < 0 {
+    // counted from the end (a shifted window mask's `m[-4:-2]`, `m[-2:]`): a constant length,
+    // where `n` is long enough
+    if s < 0 && step == 1 {
+        let e = if e >= SLICE_TO_END { 0 } else { e };
+        if e > 0 {
+            return Err(refuse());
+        }
+        return usize::try_from(e.saturating_sub(s).max(0)).map(Dim::Fixed).map_err(|_| refuse());
+    }
+    if s < 0 || step < 1 {
         return Err(refuse());
+    }
+    // a constant range from the start (a roll's `x[:2]`): its length, where `n` is long enough
+    if (0..SLICE_TO_END).contains(&e) {
+        let len = e.saturating_sub(s).max(0).unsigned_abs().div_ceil(step.unsigned_abs());
+        return usize::try_from(len).map(Dim::Fixed).map_err(|_| refuse());
+    }
+    // every `step`-th from `s` to the end (a patch merging's `x[0::2]`, `x[1::2]`):
+    // `ceil((n - s) / step)`
+    if step > 1 {
+        if e < SLICE_TO_END {
+            return Err(refuse());
+        }
+        let b = (step - 1).checked_sub(s).ok_or_else(refuse)?;
+        return n.affine(1, b, step.unsigned_abs()).ok_or_else(refuse);
     }
     let b = if e >= SLICE_TO_END {
         -s
@@ -1744,11 +1833,26 @@ mod tests {
         }
         for pads in [[1i64, 2], [-1, 0], [0, -2], [3, -1]] {
             let p = vec![0, 0, pads[0], 0, 0, pads[1]];
-            ops.push((Op::Pad { mode: PadMode::Constant, pads: p, value: 0.0 }, None));
+            ops.push((Op::Pad { mode: PadMode::Constant, pads: p, computed: vec![], value: 0.0 }, None));
         }
-        for (s, e) in [(0, i64::MAX), (2, i64::MAX), (1, -1), (0, -3), (3, -2)] {
+        for (s, e) in
+            [(0, i64::MAX), (2, i64::MAX), (1, -1), (0, -3), (3, -2), (0, 2), (1, 3), (-4, -2), (-2, i64::MAX)]
+        {
             ops.push((Op::Slice { starts: vec![s], ends: vec![e], axes: vec![2], steps: vec![1] }, None));
         }
+        for (s, step) in [(0, 2), (1, 2), (0, 3), (2, 3)] {
+            ops.push((Op::Slice { starts: vec![s], ends: vec![i64::MAX], axes: vec![2], steps: vec![step] }, None));
+        }
+        // pads computed from the input's own dim: to a multiple of c (`(c - d % c) % c`, written
+        // as `Dim::rem` writes it), and by `d % 2`
+        for c in [2u64, 3, 4, 7] {
+            let d = Dim::input_dim(0, 2);
+            let amount = d.rem(c).unwrap().sub_from(c as i64).unwrap().rem(c).unwrap();
+            let computed = vec![(5, DimExpr { k: 1, of: vec![], expr: Some(amount) })];
+            ops.push((Op::Pad { mode: PadMode::Constant, pads: vec![0; 6], computed, value: 0.0 }, None));
+        }
+        let odd = DimExpr { k: 1, of: vec![], expr: Some(Dim::input_dim(0, 2).rem(2).unwrap()) };
+        ops.push((Op::Pad { mode: PadMode::Constant, pads: vec![0; 6], computed: vec![(5, odd)], value: 0.0 }, None));
         for scale in [2.0f32, 0.5, 1.5, 0.75, 3.0, 0.3, 1.0] {
             let a = ResizeAttrs {
                 mode: ResizeMode::Nearest,
@@ -1786,8 +1890,9 @@ mod tests {
                     if let Ok(t) = infer(op, &ins, None) {
                         let want = t[0].shape.0[2].fixed().unwrap();
                         let got = out.eval(&|_| Some(n));
-                        // a slice clamps at the ends of a short dim, where `n - c` is not its length
-                        if !(matches!(op, Op::Slice { .. }) && want == 0) {
+                        // a slice clamps at the ends of a short dim, where `n - c` (or a
+                        // constant range) is not its length
+                        if !(matches!(op, Op::Slice { .. }) && (want == 0 || h < 4)) {
                             assert_eq!(got, Some(want), "{op:?}: {out} at H={n} (input {h})");
                         }
                     }

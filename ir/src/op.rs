@@ -4,7 +4,7 @@
 //! them from its input types and writes them into its output type. The text name of each op
 //! ([`Op::name`]) is what the printer writes and the parser reads.
 
-use crate::{DType, Tensor};
+use crate::{DType, Dim, Tensor};
 use std::sync::Arc;
 
 /// Convolution attributes (2-D and 1-D; spatial dims follow ONNX's NCHW order).
@@ -260,15 +260,25 @@ pub enum GridPadding {
 /// symbolic dim (`N*16`); with concrete ones (every engine re-infers per input shape) it is a
 /// number. This is how a graph with a dynamic batch or sequence length keeps sizes that depend on
 /// it (`Range(0, S)`, an expand to `[N,1,1]`) without being specialized at import.
+///
+/// `expr`, when present, is one more factor: a size derived from the inputs' dims ([`Dim`]'s
+/// derived forms, its names the placeholders [`Dim::input_dim`], `$I.A` for dim `A` of input
+/// `I`), such as the `floor((d+3)/4)` windows of a feature map padded to a multiple of 4, or the
+/// `4*floor((d+3)/4) - d` rows that pad it (Swin's `(4 - d % 4) % 4`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DimExpr {
     pub k: i64,
     pub of: Vec<(usize, usize)>,
+    pub expr: Option<Dim>,
 }
 
 impl DimExpr {
     pub fn fixed(k: i64) -> Self {
-        DimExpr { k, of: vec![] }
+        DimExpr { k, of: vec![], expr: None }
+    }
+    /// `k` times the product of the dims `of`.
+    pub fn product(k: i64, of: Vec<(usize, usize)>) -> Self {
+        DimExpr { k, of, expr: None }
     }
 }
 
@@ -391,9 +401,13 @@ pub enum Op {
     /// Pads (or, with negative pads, crops) every axis: `pads` holds every axis' begin count
     /// then every axis' end count. Plain values, or i8/u8 quantized per tensor (the fill
     /// is then a stored integer: see `value`).
+    /// `computed` lists pads (by their index in `pads`, whose entry is then 0) computed from
+    /// the dims of the op's further inputs, `x, refs...` (a window padding `(4 - H % 4) % 4` of
+    /// a symbolic size), each a size, never negative.
     Pad {
         mode: PadMode,
         pads: Vec<i64>,
+        computed: Vec<(usize, DimExpr)>,
         /// The fill of `Constant` mode, converted to the dtype (integers round half to even and
         /// saturate, bool is `!= 0`); on a quantized tensor, a stored integer (the quantized
         /// fill), so padding carries the input's scale and zero point.
@@ -796,6 +810,7 @@ impl Op {
             Op::ScatterElements { .. } | Op::ScatterND { .. } => (3, 3),
             Op::NonMaxSuppression { .. } => (2, 5),
             Op::Range { .. } | Op::ReshapeDyn { .. } | Op::ExpandDyn { .. } => (1, usize::MAX),
+            Op::Pad { computed, .. } if !computed.is_empty() => (1, usize::MAX),
             Op::Resize(ResizeAttrs { target: ResizeTarget::DimSizes { .. }, .. }) => (1, usize::MAX),
             Op::Where => (3, 3),
             Op::LayerNorm { .. } => (2, 3),

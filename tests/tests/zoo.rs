@@ -13,12 +13,9 @@ use std::path::PathBuf;
 
 /// The exports qforge does not import yet, with the refusal each gives today (a substring). The
 /// test fails when one of them imports (take it off the list) or refuses differently, so the list
-/// is always the current state: Swin's window padding computed from the image size
-/// (`(4 - H % 4) % 4`, a remainder of a symbolic size, then a Pad by it).
-const KNOWN_GAPS: &[(&str, &str)] = &[
-    ("swin_t.onnx", "(Pad): input `/features/features.1/features.1.0/attn/Cast_1_output_0` (pads) must be a constant"),
-    ("swin_t_dynamo.onnx", "(Pad): input `val_48` (pads) must be a constant"),
-];
+/// is always the current state: none today (the last were the two Swin exports, whose window
+/// padding `(4 - H % 4) % 4` is now a pad computed from the image size).
+const KNOWN_GAPS: &[(&str, &str)] = &[];
 
 /// Imports `file`: the graph, or `None` for a known gap refusing as listed; any other outcome is
 /// a failure pushed on `failures`.
@@ -164,6 +161,13 @@ fn static_margin(name: &str) -> f64 {
         "efficientnet_b0" => -0.5,
         // 4.5 dB against ORT's 4.8 (the classification head's convs)
         "ssdlite_mobilenet_v3" => -0.4,
+        // 32.51 dB against ORT's 32.64 on the size-A images (4 images, 40 output values). Layer
+        // by layer (`qforge sensitivity`) per-channel weights lose nowhere: the patch embedding
+        // 44.3 dB (per-tensor 42.3), patch merging 45.6 (41.1), the head 36.2 (35.6); the total
+        // moves either way with the image set: per-channel 32.5 / 32.9 / 35.7 dB on the size-A,
+        // calibration and size-B images, per-tensor 33.0 / 33.9 / 32.3. A difference of that
+        // spread, not a layer that loses
+        "swin_t" => -0.2,
         _ => 0.0,
     }
 }

@@ -645,9 +645,12 @@ impl<'g> Lowerer<'g> {
         let n = At { op: &node.op, name: node.name.clone(), ins: node.inputs().to_vec(), out, oty };
         let f32_out = n.oty.dtype == DType::F32;
         match &node.op {
-            Op::Flatten { .. } | Op::Reshape { .. } | Op::Identity | Op::Squeeze { .. } | Op::Unsqueeze { .. } => {
-                self.alias(&n)
-            }
+            Op::Flatten { .. }
+            | Op::Reshape { .. }
+            | Op::ReshapeDyn { .. }
+            | Op::Identity
+            | Op::Squeeze { .. }
+            | Op::Unsqueeze { .. } => self.alias(&n),
             Op::Transpose { perm } => self.transpose(&n, perm),
             Op::QConv { conv, epilogue } => self.qconv(&n, conv, epilogue),
             Op::QGemm { alpha, trans_a: false, trans_b, epilogue } => self.qgemm(&n, *alpha, *trans_b, epilogue),
@@ -678,7 +681,14 @@ impl<'g> Lowerer<'g> {
             Op::HardSigmoid { alpha, beta } if f32_out => self.hard_sigmoid(&n, *alpha, *beta),
             Op::Resize(a) => self.resize(&n, a),
             Op::Requantize => self.requantize(&n),
-            Op::Pad { mode, pads, value } => self.pad(&n, *mode, pads, *value),
+            Op::Pad { mode, pads, computed, value } => {
+                // computed pads resolved from this program's concrete input shapes
+                let ins: Vec<Option<&TensorType>> =
+                    node.inputs().iter().map(|v| v.and_then(|v| self.types.get(&v))).collect();
+                let pads =
+                    qforge_ir::infer::fixed_pads(pads, computed, &ins).map_err(|e| Skip::Fail(err(&node.name, e)))?;
+                self.pad(&n, *mode, &pads, *value)
+            }
             Op::Binary(op @ (BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div)) if f32_out => {
                 self.channel_binary(&n, *op)
             }

@@ -103,6 +103,14 @@ mod tests {
   return %0, %1
 }"#,
         },
+        Case {
+            name: "pads computed from the input's dims (a window padding to a multiple of 4) resolve per shape to a JIT pad",
+            shapes: &[&[2, 18, 13, 8]],
+            qir: r#"graph s(%x: f32[N,H,W,8]) -> (y: f32[N,"(H+3)/4*4","(W+3)/4*4",8]) {
+  %0 = pad %x, %x {mode=constant, pads=[0,0,0,0,0,0,0,0], computed=[at(5,d(1,"(-$1.1+($1.1+3)/4*4)")),at(6,d(1,"(-$1.2+($1.2+3)/4*4)"))], value=0.0} : f32[N,"(H+3)/4*4","(W+3)/4*4",8]  # "window_pad"
+  return %0
+}"#,
+        },
     ];
 
     #[test]

@@ -81,6 +81,32 @@ impl Mono {
         if self.syms == o.syms {
             return Some(if k == 0 { Mono::c(0) } else { Mono { k, syms: self.syms.clone() } });
         }
+        self.add_sizes(o, sign).or_else(|| self.add_linear(o, sign))
+    }
+
+    /// `self - o`, where it has a form ([`Mono::add`]).
+    pub fn sub(&self, o: &Mono) -> Option<Mono> {
+        self.add(o, -1)
+    }
+
+    /// A difference with a size, or a sum with a negated one: the sum with a negative term
+    /// (`4 - x mod 4`, on the way to a window padding; its value is checked where it is used as
+    /// a size).
+    fn add_linear(&self, o: &Mono, sign: i64) -> Option<Mono> {
+        let (mut terms, mut b) = (vec![], 0i64);
+        for (m, s) in [(self, 1), (o, sign)] {
+            match m.konst() {
+                Some(q) => b = b.checked_add(q.checked_mul(s)?)?,
+                None => {
+                    let k = usize::try_from(m.k.unsigned_abs()).ok()?;
+                    terms.push((if m.k < 0 { -s } else { s }, Dim::from_factors(k, m.syms.clone())));
+                }
+            }
+        }
+        Mono::of_dim(&Dim::linear(&terms, b)?)
+    }
+
+    fn add_sizes(&self, o: &Mono, sign: i64) -> Option<Mono> {
         match (self.konst(), o.konst()) {
             // x + 0 and 0 + x
             (_, Some(0)) => Some(self.clone()),
@@ -92,6 +118,21 @@ impl Mono {
             (None, None) if sign == 1 => Mono::of_dim(&Dim::sum(&[self.to_dim()?, o.to_dim()?])?),
             _ => None,
         }
+    }
+
+    /// `self mod c` of a size by a positive constant ([`Dim::rem`]).
+    fn rem(&self, c: u64) -> Option<Mono> {
+        Mono::of_dim(&self.to_dim()?.rem(c)?)
+    }
+
+    /// `floor(self / c)` of a size by a positive constant: the derived size [`Dim::affine`]
+    /// writes, or, for a difference that holds a remainder, [`Dim::floor_div`].
+    fn floor_div(&self, c: u64) -> Option<Mono> {
+        let d = self.to_dim()?;
+        if d.may_be_zero() {
+            return Mono::of_dim(&d.floor_div(c)?);
+        }
+        self.affine(1, 0, c)
     }
 
     /// The monomial as an IR dim, when it is a size (a positive factor).
@@ -196,6 +237,7 @@ pub fn eval(im: &Importer, node: &NodeProto, opset: i64) -> Option<SymVal> {
     let attr_i = |name: &str| node.attribute.iter().find(|a| a.name == name).map(|a| a.i);
     let attr_ints = |name: &str| node.attribute.iter().find(|a| a.name == name).map(|a| a.ints.clone());
     let consts = |s: &SymVal| s.elems.iter().map(Mono::konst).collect::<Option<Vec<i64>>>();
+    let fmod = attr_i("fmod").unwrap_or(0);
     let x = ins.first()?;
     let out = match op {
         "Identity" => x.clone(),
@@ -235,30 +277,63 @@ pub fn eval(im: &Importer, node: &NodeProto, opset: i64) -> Option<SymVal> {
             SymVal { shape: idx.shape.clone(), dtype: x.dtype, elems }
         }
         "Slice" => {
-            if x.shape.len() != 1 || opset < 10 {
+            // any rank (TorchScript reverses its pads as a 2-D `[-1, 2]` view, sliced backwards)
+            if opset < 10 || x.shape.is_empty() {
                 return None;
             }
-            let one = |i: usize| -> Option<Option<i64>> {
+            let list = |i: usize| -> Option<Option<Vec<i64>>> {
                 match ins.get(i) {
                     None => Some(None),
-                    Some(s) => match consts(s)?.as_slice() {
-                        [v] => Some(Some(*v)),
-                        _ => None,
-                    },
+                    Some(s) => Some(Some(consts(s)?)),
                 }
             };
-            let (start, end) = (one(1)??, one(2)??);
-            if one(3)?.is_some_and(|a| a != 0 && a != -1) {
+            let (starts, ends) = (list(1)??, list(2)??);
+            let rank = x.shape.len();
+            let axes = list(3)?.unwrap_or_else(|| (0..starts.len() as i64).collect());
+            let steps = list(4)?.unwrap_or_else(|| vec![1; starts.len()]);
+            if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
                 return None;
             }
-            let step = one(4)?.unwrap_or(1);
+            // the kept indices of every axis
+            let mut keep: Vec<Vec<usize>> = x.shape.iter().map(|&n| (0..n).collect()).collect();
+            for (((&st, &en), &ax), &step) in starts.iter().zip(&ends).zip(&axes).zip(&steps) {
+                let a = qforge_ir::infer::norm_axis(ax, rank).ok()?;
+                let n = x.shape[a];
+                let (s0, _) = qforge_ir::infer::slice_bounds(n, st, en, step).ok()?;
+                let len = qforge_ir::infer::slice_len(n, st, en, step).ok()?;
+                keep[a] = (0..len as i64).map(|i| usize::try_from(s0 + i * step).ok()).collect::<Option<_>>()?;
+            }
+            let shape: Vec<usize> = keep.iter().map(Vec::len).collect();
+            let elems = gather_nd(x, &keep)?;
+            SymVal { shape, dtype: x.dtype, elems }
+        }
+        "Transpose" => {
+            let rank = x.shape.len();
+            let perm: Vec<usize> = match attr_ints("perm") {
+                Some(p) => p.iter().map(|&a| usize::try_from(a).ok()).collect::<Option<_>>()?,
+                None => (0..rank).rev().collect(),
+            };
+            if perm.len() != rank || (0..rank).any(|a| !perm.contains(&a)) {
+                return None;
+            }
+            let shape: Vec<usize> = perm.iter().map(|&a| x.shape[a]).collect();
             let n = x.elems.len();
-            let (s, e) = qforge_ir::infer::slice_bounds(n, start, end, step).ok()?;
-            let len = qforge_ir::infer::slice_len(n, start, end, step).ok()?;
-            let _ = e;
-            let elems: Vec<Mono> =
-                (0..len as i64).map(|i| x.elems.get((s + i * step) as usize).cloned()).collect::<Option<_>>()?;
-            SymVal { shape: vec![elems.len()], dtype: x.dtype, elems }
+            let mut elems = Vec::with_capacity(n);
+            for flat in 0..n {
+                // the output index, then the input element it reads
+                let (mut rest, mut idx) = (flat, vec![0usize; rank]);
+                for a in (0..rank).rev() {
+                    idx[a] = rest % shape[a];
+                    rest /= shape[a];
+                }
+                let mut src = 0usize;
+                for a in 0..rank {
+                    let d = perm.iter().position(|&p| p == a)?;
+                    src = src * x.shape[a] + idx[d];
+                }
+                elems.push(x.elems.get(src)?.clone());
+            }
+            SymVal { shape, dtype: x.dtype, elems }
         }
         "Concat" => {
             let mut elems = vec![];
@@ -289,7 +364,16 @@ pub fn eval(im: &Importer, node: &NodeProto, opset: i64) -> Option<SymVal> {
                     match t.as_slice() {
                         [] => 0,
                         [d] if *d == -1 || *d == n as i64 => 1,
-                        _ => return None,
+                        // a reshape to more dims (a view of pads as `[-1, 2]`)
+                        _ => {
+                            if attr_i("allowzero").unwrap_or(0) != 0 && t.contains(&0) {
+                                return None;
+                            }
+                            let shape = qforge_ir::infer::reshape_shape(&qforge_ir::Shape::fixed(&x.shape), &t)
+                                .ok()?
+                                .as_fixed()?;
+                            return Some(SymVal { shape, ..x.clone() });
+                        }
                     }
                 }
             };
@@ -313,13 +397,33 @@ pub fn eval(im: &Importer, node: &NodeProto, opset: i64) -> Option<SymVal> {
                     "Mul" => a.mul(b),
                     // a size over a positive constant: the derived size `(B)/c` (floor, which
                     // is ONNX's truncation on a size)
-                    "Div" => a.div(b).or_else(|| a.affine(1, 0, u64::try_from(b.konst()?).ok().filter(|&c| c > 0)?)),
-                    "Mod" => {
+                    "Div" => a.div(b).or_else(|| a.floor_div(u64::try_from(b.konst()?).ok().filter(|&c| c > 0)?)),
+                    "Mod" => match (a.konst(), b.konst()) {
+                        // a constant below a size that is at least that (every factor of a
+                        // size is at least 1, as `equal` assumes): itself (the dynamo export's
+                        // roll, `shift % size`)
+                        (Some(p), None)
+                            if (0..b.k).contains(&p) && !b.syms.iter().any(|f| Dim::Sym(f.clone()).may_be_zero()) =>
+                        {
+                            Some(Mono::c(p))
+                        }
+                        // and a negative one above minus that size: the size less it (the
+                        // reverse roll, `-shift % size`)
+                        (Some(p), None)
+                            if (-b.k..0).contains(&p) && !b.syms.iter().any(|f| Dim::Sym(f.clone()).may_be_zero()) =>
+                        {
+                            Mono::of_dim(&Dim::linear(&[(1, b.to_dim()?)], p)?)
+                        }
+                        (_, None) => None,
                         // integer Mod (fmod=0): the sign of the divisor
-                        let (p, q) = (a.konst()?, b.konst()?);
-                        let r = p.checked_rem(q)?;
-                        Some(Mono::c(if r != 0 && (r < 0) != (q < 0) { r + q } else { r }))
-                    }
+                        (Some(p), Some(q)) => {
+                            let r = p.checked_rem(q)?;
+                            Some(Mono::c(if r != 0 && (r < 0) != (q < 0) { r + q } else { r }))
+                        }
+                        // a size modulo a positive constant (Swin's `H % 4`), never negative
+                        (None, Some(q)) if fmod == 0 => a.rem(u64::try_from(q).ok().filter(|&c| c > 0)?),
+                        _ => None,
+                    },
                     _ => equal(a, b).map(|e| Mono::c(e as i64)),
                 })
                 .collect::<Option<Vec<_>>>()?;
@@ -349,6 +453,23 @@ pub fn eval(im: &Importer, node: &NodeProto, opset: i64) -> Option<SymVal> {
     Some(out)
 }
 
+/// The elements of `x` at the kept indices of every axis (row-major).
+fn gather_nd(x: &SymVal, keep: &[Vec<usize>]) -> Option<Vec<Mono>> {
+    let mut out = vec![];
+    let total: usize = keep.iter().map(Vec::len).product();
+    for flat in 0..total {
+        let (mut rest, mut src, mut stride) = (flat, 0usize, 1usize);
+        for a in (0..keep.len()).rev() {
+            let i = keep[a][rest % keep[a].len()];
+            rest /= keep[a].len();
+            src += i * stride;
+            stride *= x.shape[a];
+        }
+        out.push(x.elems.get(src)?.clone());
+    }
+    Some(out)
+}
+
 /// Two elements combined by a binary op.
 type Pair<'a> = (&'a Mono, &'a Mono);
 
@@ -372,6 +493,10 @@ fn zip<'a>(x: &'a SymVal, y: &'a SymVal) -> Option<(Vec<usize>, Vec<Pair<'a>>)> 
 fn equal(a: &Mono, b: &Mono) -> Option<bool> {
     if a == b {
         return Some(true);
+    }
+    // a remainder may be 0 (or anything below its modulus): nothing is decided
+    if [a, b].iter().any(|m| m.syms.iter().any(|f| Dim::Sym(f.clone()).may_be_zero())) {
+        return None;
     }
     match (a.konst(), b.konst()) {
         (Some(p), Some(q)) => Some(p == q),
@@ -398,20 +523,72 @@ pub fn bind(im: &mut Importer, name: &str, node_name: &str, s: SymVal) -> Result
 
 /// A [`DimExpr`] for a monomial: its symbols read from the graph inputs that carry them, added
 /// to `refs` (the op's inputs from index `base` on).
+///
+/// A derived size no value carries (`(H+12)/16`, the windows of a feature map padded to a
+/// multiple of 4; or a remainder) is the [`DimExpr`]'s derived factor: its names replaced by
+/// placeholders of the dims that carry them ([`Dim::input_dim`]).
 pub fn dim_expr(im: &Importer, m: &Mono, refs: &mut Vec<Value>, base: usize) -> Result<DimExpr, SymbolicError> {
     let mut of = vec![];
+    let mut derived = vec![];
+    let reference = |v: Value, refs: &mut Vec<Value>| match refs.iter().position(|r| *r == v) {
+        Some(i) => i,
+        None => {
+            refs.push(v);
+            refs.len() - 1
+        }
+    };
     for s in &m.syms {
-        let (v, axis) = *im.sym_src.get(s).ok_or_else(|| SymbolicError::NoInputDim(s.clone()))?;
-        let i = match refs.iter().position(|r| *r == v) {
-            Some(i) => i,
-            None => {
-                refs.push(v);
-                refs.len() - 1
-            }
-        };
-        of.push((base + i, axis));
+        if let Some(&(v, axis)) = im.sym_src.get(s) {
+            of.push((base + reference(v, refs), axis));
+            continue;
+        }
+        if Dim::derived_parts(s).is_none() {
+            return Err(SymbolicError::NoInputDim(s.clone()));
+        }
+        derived.push(s.clone());
     }
-    Ok(DimExpr { k: m.k, of })
+    let expr = if derived.is_empty() {
+        None
+    } else {
+        let mut fail = None;
+        let mut bound: Vec<(String, Value, usize)> = vec![];
+        for s in &derived {
+            collect_names(s, &mut |name| match im.sym_src.get(name) {
+                Some(&(v, axis)) => bound.push((name.to_string(), v, axis)),
+                None => fail = Some(name.to_string()),
+            });
+        }
+        if let Some(name) = fail {
+            return Err(SymbolicError::NoInputDim(name));
+        }
+        let mut names = std::collections::HashMap::new();
+        for (name, v, axis) in bound {
+            let i = base + reference(v, refs);
+            names.insert(name, Dim::input_dim(i, axis));
+        }
+        let dims: Vec<Dim> = derived
+            .iter()
+            .map(|s| Dim::Sym(s.clone()).subst(&|n| names.get(n).cloned()))
+            .collect::<Option<_>>()
+            .ok_or_else(|| SymbolicError::Internal(format!("the size `{}` does not rewrite", derived.join("*"))))?;
+        Some(Dim::product(&dims).ok_or_else(|| SymbolicError::Internal("a size overflows".into()))?)
+    };
+    Ok(DimExpr { k: m.k, of, expr })
+}
+
+/// Calls `f` on every name in a derived factor (recursively through its terms).
+fn collect_names(f: &str, each: &mut dyn FnMut(&str)) {
+    let Some((_, syms)) = Dim::Sym(f.to_string()).factors() else { return };
+    for s in syms {
+        match Dim::derived_parts(&s) {
+            Some((terms, _, _)) => {
+                for (_, prod) in terms {
+                    collect_names(&prod, each);
+                }
+            }
+            None => each(&s),
+        }
+    }
 }
 
 /// Computes a tracked shape value at run time: `shape` ops on the graph inputs that carry its
@@ -473,13 +650,16 @@ fn symbol_value(im: &mut Importer, sym: &str, base: &str) -> Result<Value, Symbo
         return Ok(im.g.add_node(Op::Shape { start: axis, end: axis + 1 }, vec![Some(v)], None, nn)?);
     }
     let (terms, b, c) = Dim::derived_parts(sym).ok_or_else(|| SymbolicError::NoInputDim(sym.to_string()))?;
+    // a remainder's negative terms: floor division by truncation would differ
+    if c > 1 && terms.iter().any(|(k, _)| *k < 0) {
+        return Err(SymbolicError::NoInputDim(sym.to_string()));
+    }
     let mut acc: Option<Value> = None;
     for (k, prod) in terms {
         let (pk, syms) = Dim::Sym(prod.clone()).factors().ok_or_else(|| SymbolicError::NoInputDim(sym.to_string()))?;
-        let k = i64::try_from(k)
+        let k = i64::try_from(pk)
             .ok()
-            .zip(i64::try_from(pk).ok())
-            .and_then(|(a, b)| a.checked_mul(b))
+            .and_then(|b| k.checked_mul(b))
             .ok_or_else(|| SymbolicError::Internal(format!("the size `{sym}` overflows")))?;
         let t = product_value(im, k, &syms, base)?;
         acc = Some(match acc {

@@ -543,7 +543,11 @@ fn dispatch(cx: &Cx) -> R<Vec<Tensor>> {
         Op::GroupNorm { groups, epsilon } => one(norm::group_norm(cx, *groups, *epsilon)),
         Op::ArgMax { axis, select_last, .. } => one(norm::arg_extreme(cx, *axis, true, *select_last)),
         Op::ArgMin { axis, select_last, .. } => one(norm::arg_extreme(cx, *axis, false, *select_last)),
-        Op::Pad { mode, pads, value } => one(movement::pad(cx, *mode, pads, *value)),
+        Op::Pad { mode, pads, computed, value } => {
+            let types: Vec<Option<&TensorType>> = cx.in_types.iter().map(Option::as_ref).collect();
+            let pads = crate::infer::fixed_pads(pads, computed, &types).map_err(|e| e.to_string())?;
+            one(movement::pad(cx, *mode, &pads, *value))
+        }
         Op::Tile { .. } => one(movement::tile(cx)),
         Op::Lrn { size, alpha, beta, bias } => one(norm::lrn(cx, *size, *alpha, *beta, *bias)),
         Op::Softmax { axis } => one(norm::softmax(cx, *axis, false)),
@@ -1019,7 +1023,7 @@ mod tests {
         let t = |s: &str| {
             TensorType::new(DType::F32, Shape::fixed(&s.split(',').map(|d| d.parse().unwrap()).collect::<Vec<_>>()))
         };
-        let pad = Op::Pad { mode: crate::PadMode::Edge, pads: vec![1, 1, 1, 1], value: 0.0 };
+        let pad = Op::Pad { mode: crate::PadMode::Edge, pads: vec![1, 1, 1, 1], computed: vec![], value: 0.0 };
         assert_eq!(temporary_bytes(&pad, &[Some(&t("2,3"))], &[t("4,5")]), 9 * 16);
         // ConvTranspose: an offset per input position and kernel tap.
         let ct = Op::ConvTranspose(crate::ConvTransposeAttrs {

@@ -632,14 +632,14 @@ mod tests {
         let x = iota(&[2, 3, 4]);
         let y = eval1(&Op::Shape { start: 1, end: 3 }, &[&x]).unwrap();
         assert_eq!((y.shape(), y.to_i64_vec().unwrap()), (&[2usize][..], vec![3, 4]));
-        let dim = |k, i, a| DimExpr { k, of: vec![(i, a)] };
+        let dim = |k, i, a| DimExpr::product(k, vec![(i, a)]);
         let op = Op::Range { start: DimExpr::fixed(0), limit: dim(1, 0, 2), delta: 1, dtype: DType::I64 };
         assert_eq!(eval1(&op, &[&x]).unwrap().to_i64_vec().unwrap(), vec![0, 1, 2, 3]);
         let op = Op::Range { start: DimExpr::fixed(10), limit: DimExpr::fixed(3), delta: -3, dtype: DType::I32 };
         let y = eval1(&op, &[&x]).unwrap();
         assert_eq!((y.dtype(), y.to_i64_vec().unwrap()), (DType::I32, vec![10, 7, 4]));
         // [2,3,4] -> [2*3, 4] with sizes read from the input itself, and from a second input
-        let op = Op::ReshapeDyn { shape: vec![DimExpr { k: 1, of: vec![(0, 0), (0, 1)] }, dim(1, 1, 0)] };
+        let op = Op::ReshapeDyn { shape: vec![DimExpr::product(1, vec![(0, 0), (0, 1)]), dim(1, 1, 0)] };
         let y = eval1(&op, &[&x, &iota(&[4])]).unwrap();
         assert_eq!((y.shape(), y.to_i64_vec().unwrap()), (&[6usize, 4][..], (0..24).collect::<Vec<_>>()));
         let op = Op::ReshapeDyn { shape: vec![dim(2, 0, 0)] };

@@ -21,13 +21,18 @@ fn i64s(v: &[i64]) -> String {
     format!("[{}]", items.join(","))
 }
 
-/// A size: `16`, or `d(K,I,A,...)` for `K` times dim `A` of input `I` times ...
+/// A size: `16`, or `d(K,I,A,...)` for `K` times dim `A` of input `I` times ..., with a derived
+/// factor last as a string (`d(1,"($0.2+3)/4")`).
 fn dim_expr(e: &DimExpr) -> String {
-    if e.of.is_empty() {
+    if e.of.is_empty() && e.expr.is_none() {
         return e.k.to_string();
     }
-    let refs: Vec<String> = e.of.iter().map(|(i, a)| format!("{i},{a}")).collect();
-    format!("d({},{})", e.k, refs.join(","))
+    let mut args = vec![e.k.to_string()];
+    args.extend(e.of.iter().map(|(i, a)| format!("{i},{a}")));
+    if let Some(x) = &e.expr {
+        args.push(super::quote(&x.to_string()));
+    }
+    format!("d({})", args.join(","))
 }
 
 fn dim_exprs(v: &[DimExpr]) -> String {
@@ -182,8 +187,15 @@ pub(super) fn print_attrs(op: &Op) -> Vec<(&'static str, String)> {
             ("keepdims", keepdims.to_string()),
             ("select_last", select_last.to_string()),
         ],
-        Op::Pad { mode, pads, value } => {
-            vec![("mode", name_of(PAD_MODES, *mode).to_string()), ("pads", i64s(pads)), ("value", format!("{value:?}"))]
+        Op::Pad { mode, pads, computed, value } => {
+            let mut v = vec![("mode", name_of(PAD_MODES, *mode).to_string()), ("pads", i64s(pads))];
+            // computed pads (`at(INDEX, SIZE)`) print only when there are any
+            if !computed.is_empty() {
+                let items: Vec<String> = computed.iter().map(|(i, e)| format!("at({i},{})", dim_expr(e))).collect();
+                v.push(("computed", format!("[{}]", items.join(","))));
+            }
+            v.push(("value", format!("{value:?}")));
+            v
         }
         Op::Tile { repeats } => vec![("repeats", usizes(repeats))],
         Op::Lrn { size, alpha, beta, bias } => {
@@ -272,6 +284,8 @@ pub(super) enum AttrVal<'a> {
     List(Vec<(AttrVal<'a>, Pos)>),
     /// `name(v, ...)`, e.g. `clamp(0,255)`.
     Call(&'a str, Vec<(AttrVal<'a>, Pos)>),
+    /// A quoted string (a derived size in a [`DimExpr`]).
+    Str(String),
 }
 
 /// The attributes written on one node, consumed by [`build_op`].
@@ -465,14 +479,29 @@ fn as_i64(v: &AttrVal) -> Option<i64> {
 fn as_dim_expr(v: &AttrVal) -> Option<DimExpr> {
     match v {
         AttrVal::Num(_) => Some(DimExpr::fixed(as_i64(v)?)),
-        AttrVal::Call("d", args) if args.len() >= 3 && args.len() % 2 == 1 => {
+        AttrVal::Call("d", args) => {
+            let (expr, args) = match args.split_last() {
+                Some(((AttrVal::Str(x), _), rest)) => (Some(crate::Dim::Sym(x.clone())), rest),
+                _ => (None, &args[..]),
+            };
+            if args.is_empty() || args.len() % 2 == 0 || (expr.is_none() && args.len() < 3) {
+                return None;
+            }
             let k = as_i64(&args[0].0)?;
             let of = args[1..]
                 .chunks(2)
                 .map(|c| Some((as_usize(&c[0].0)?, as_usize(&c[1].0)?)))
                 .collect::<Option<Vec<_>>>()?;
-            Some(DimExpr { k, of })
+            Some(DimExpr { k, of, expr })
         }
+        _ => None,
+    }
+}
+
+/// A computed pad, `at(INDEX, SIZE)`.
+fn as_computed_pad(v: &AttrVal) -> Option<(usize, DimExpr)> {
+    match v {
+        AttrVal::Call("at", args) if args.len() == 2 => Some((as_usize(&args[0].0)?, as_dim_expr(&args[1].0)?)),
         _ => None,
     }
 }
@@ -595,7 +624,16 @@ pub(super) fn build_op(name: &str, mut a: Attrs) -> Result<Option<Op>> {
         "arg_min" => {
             Op::ArgMin { axis: a.i64("axis")?, keepdims: a.bool("keepdims")?, select_last: a.bool("select_last")? }
         }
-        "pad" => Op::Pad { mode: a.named("mode", PAD_MODES)?, pads: a.i64s("pads")?, value: a.f64("value")? },
+        "pad" => Op::Pad {
+            mode: a.named("mode", PAD_MODES)?,
+            pads: a.i64s("pads")?,
+            computed: if a.has("computed") {
+                a.list("computed", "computed pad (`at(INDEX,SIZE)`)", as_computed_pad)?
+            } else {
+                vec![]
+            },
+            value: a.f64("value")?,
+        },
         "tile" => Op::Tile { repeats: a.usizes("repeats")? },
         "lrn" => Op::Lrn { size: a.usize("size")?, alpha: a.f32("alpha")?, beta: a.f32("beta")?, bias: a.f32("bias")? },
         "softmax" => Op::Softmax { axis: a.i64("axis")? },

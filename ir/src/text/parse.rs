@@ -683,6 +683,11 @@ impl<'a> Parser<'a> {
                 self.advance()?;
                 Ok(AttrVal::List(self.attr_list(&Tok::RBracket, "`]`", depth + 1)?))
             }
+            Tok::Str(ref s) => {
+                let s = s.clone();
+                self.advance()?;
+                Ok(AttrVal::Str(s))
+            }
             _ => Err(self.expected("an attribute value")),
         }
     }

@@ -146,7 +146,7 @@ fn assignable_ops() -> Vec<(Op, OpClass)> {
         (Op::Expand { shape: vec![] }, Follow),
         (Op::Identity, Follow),
         (Op::Resize(resize0()), Follow),
-        (Op::Pad { mode: qforge_ir::PadMode::Constant, pads: vec![], value: 0.0 }, Follow),
+        (Op::Pad { mode: qforge_ir::PadMode::Constant, pads: vec![], computed: vec![], value: 0.0 }, Follow),
         (Op::Tile { repeats: vec![] }, Follow),
         (Op::ArgMax { axis: 0, keepdims: false, select_last: false }, Follow),
         (Op::ArgMin { axis: 0, keepdims: false, select_last: false }, Follow),

@@ -168,8 +168,9 @@ pub fn activation_plan(g: &Graph, cfg: &QConfig) -> Result<ActivationPlan, qforg
                 };
                 for (slot, v) in node.inputs().iter().enumerate() {
                     let Some(v) = *v else { continue };
-                    // resize's further inputs are references whose dims give its sizes
-                    let reference = matches!(node.op, Op::Resize(_)) && slot > 0;
+                    // resize's and pad's further inputs are references whose dims give its
+                    // sizes or pads
+                    let reference = matches!(node.op, Op::Resize(_) | Op::Pad { .. }) && slot > 0;
                     if weight.is_some_and(|w| w.slot == slot) || Some(slot) == bias_slot || reference || !is_f32(g, v) {
                         continue;
                     }

@@ -155,7 +155,7 @@ fn center_crop_pad(cx: &mut Cx) -> R<Outs> {
         pads[ax] = begin;
         pads[r + ax] = d - begin;
     }
-    one(cx.add(Op::Pad { mode: PadMode::Constant, pads, value: 0.0 }, vec![Some(x)], None)?)
+    one(cx.add(Op::Pad { mode: PadMode::Constant, pads, computed: vec![], value: 0.0 }, vec![Some(x)], None)?)
 }
 
 fn reshape(cx: &mut Cx) -> R<Outs> {
@@ -265,10 +265,17 @@ fn concat(cx: &mut Cx) -> R<Outs> {
 /// from then on.
 fn slice(cx: &mut Cx) -> R<Outs> {
     let x = cx.input(0)?;
-    if cx.version >= 10 && (1..5).any(|i| cx.sym_input(i).is_some()) {
-        return slice_sym(cx, x);
-    }
-    let (starts, ends, axes, steps) = if cx.version < 10 {
+    let resolved = if cx.version >= 10 && (1..5).any(|i| cx.sym_input(i).is_some()) {
+        match slice_to_end(cx, x) {
+            Some(b) => Some(b),
+            None => return slice_sym(cx, x),
+        }
+    } else {
+        None
+    };
+    let (starts, ends, axes, steps) = if let Some(b) = resolved {
+        b
+    } else if cx.version < 10 {
         let a = cx.attrs();
         let starts = a.ints("starts")?.ok_or_else(|| cx.err("attribute `starts` is required"))?;
         let ends = a.ints("ends")?.ok_or_else(|| cx.err("attribute `ends` is required"))?;
@@ -297,6 +304,54 @@ fn slice(cx: &mut Cx) -> R<Outs> {
         }
     }
     one(cx.add(Op::Slice { starts, ends, axes, steps }, vec![Some(x)], None)?)
+}
+
+/// The bounds of a slice whose computed ends are the very dims they slice (the dynamo export's
+/// roll, `x[shift:size]`) and whose computed starts are a constant less than them
+/// (`x[size-shift:]`): constant bounds counted from the end; `None` otherwise.
+type SliceBounds = (Vec<i64>, Vec<i64>, Option<Vec<i64>>, Option<Vec<i64>>);
+fn slice_to_end(cx: &Cx, x: Value) -> Option<SliceBounds> {
+    let monos = |i: usize| -> Option<Option<Vec<Mono>>> {
+        match cx.input_name(i) {
+            None => Some(None),
+            Some(n) => Some(Some(symbolic::sym_of(cx.im, n)?.elems)),
+        }
+    };
+    let consts = |v: &[Mono]| v.iter().map(Mono::konst).collect::<Option<Vec<i64>>>();
+    let starts = monos(1)??;
+    let ends = monos(2)??;
+    let axes = monos(3)?.map(|a| consts(&a)).map_or(Some(None), |a| a.map(Some))?;
+    let steps = monos(4)?.map(|a| consts(&a)).map_or(Some(None), |a| a.map(Some))?;
+    let dims = cx.ty(x).shape.0;
+    // a start a constant below the dim it slices (the reverse roll's `x[size-2:]`): that
+    // constant counted from the end
+    let starts = starts
+        .iter()
+        .enumerate()
+        .map(|(i, m)| match m.konst() {
+            Some(v) => Some(v),
+            None => {
+                let a = axes.as_ref().map_or(Some(i as i64), |a| a.get(i).copied())?;
+                let a = norm_axis(a, dims.len()).ok()?;
+                let c = Mono::of_dim(&dims[a])?.sub(m)?.konst()?;
+                (c > 0).then_some(-c)
+            }
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let ends = ends
+        .iter()
+        .enumerate()
+        .map(|(i, m)| match m.konst() {
+            Some(v) => Some(v),
+            None => {
+                let a = axes.as_ref().map_or(Some(i as i64), |a| a.get(i).copied())?;
+                let a = norm_axis(a, dims.len()).ok()?;
+                let step = steps.as_ref().map_or(Some(1), |s| s.get(i).copied())?;
+                (step > 0 && Mono::of_dim(&dims[a]).as_ref() == Some(m)).then_some(i64::MAX)
+            }
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((starts, ends, axes, steps))
 }
 
 /// A slice whose end is computed from input shapes: `[0, end)` with step 1 along one axis
@@ -536,7 +591,7 @@ fn depth_to_space_symbolic(cx: &mut Cx, x: Value, xt: &TensorType, b: usize, crd
         return Err(cx.err(format!("C={c} is not a multiple of blocksize^2={bb}")));
     }
     // input 1 of each reshape_dyn is `x`, whose dims the sizes read
-    let dim = |k: usize, axis: usize| DimExpr { k: k as i64, of: vec![(1, axis)] };
+    let dim = |k: usize, axis: usize| DimExpr::product(k as i64, vec![(1, axis)]);
     let k = |v: usize| DimExpr::fixed(v as i64);
     let (tmp, perm) = if crd {
         (vec![dim(1, 0), k(c / bb), k(b), k(b), dim(1, 2), dim(1, 3)], vec![0, 1, 4, 2, 5, 3])
@@ -570,6 +625,9 @@ fn pad(cx: &mut Cx) -> R<Outs> {
         if cx.node.input.len() > 4 {
             return Err(cx.err(format!("has {} inputs; at most 4 are allowed", cx.node.input.len())));
         }
+        if let Some(sym) = cx.sym_input(1) {
+            return pad_computed(cx, x, mode, &sym.elems);
+        }
         let pads = cx.ints_input(1, "pads")?;
         let value = match cx.opt_const_input(2, "constant_value")? {
             None => 0.0,
@@ -600,7 +658,49 @@ fn pad(cx: &mut Cx) -> R<Outs> {
     if mode != PadMode::Constant && pads.iter().any(|&p| p < 0) {
         return Err(cx.err(format!("negative pads {pads:?} with mode {mode:?} are not supported (constant mode only)")));
     }
-    one(cx.add(Op::Pad { mode, pads, value }, vec![Some(x)], None)?)
+    one(cx.add(Op::Pad { mode, pads, computed: vec![], value }, vec![Some(x)], None)?)
+}
+
+/// Pad with pads computed from input shapes (Swin's window padding `(4 - H % 4) % 4` of a
+/// symbolic size, evaluated at import to a derived size): the constant pads stay, the others
+/// become computed pads read from the dims of the values that carry their symbols, so one graph
+/// pads every input size. Constant mode, a zero fill and every axis only (the form exporters
+/// write for `F.pad`).
+fn pad_computed(cx: &mut Cx, x: Value, mode: PadMode, elems: &[Mono]) -> R<Outs> {
+    let r = cx.ty(x).rank();
+    if mode != PadMode::Constant {
+        return Err(cx.err(format!("pads computed from input shapes need constant mode, not {mode:?}")));
+    }
+    if cx.node.input.len() > 2 && cx.input_name(2).is_some() {
+        match cx.opt_const_input(2, "constant_value")?.map(|t| t.to_f64_vec()) {
+            Some(v) if v.iter().any(|&v| v != 0.0) => {
+                return Err(cx.err("pads computed from input shapes with a non-zero fill are not supported"))
+            }
+            _ => {}
+        }
+    }
+    if cx.input_name(3).is_some() {
+        return Err(cx.err("pads computed from input shapes with `axes` are not supported"));
+    }
+    if elems.len() != 2 * r {
+        return Err(cx.err(format!("{} pads for rank {r} (begin and end per axis)", elems.len())));
+    }
+    let mut pads = vec![0i64; 2 * r];
+    let (mut idx, mut monos) = (vec![], vec![]);
+    for (i, m) in elems.iter().enumerate() {
+        match m.konst() {
+            Some(p) if p >= 0 && p.unsigned_abs() <= MAX_ATTR_DIM as u64 => pads[i] = p,
+            Some(p) => return Err(cx.err(format!("pad {p} beside pads computed from input shapes"))),
+            None => {
+                idx.push(i);
+                monos.push(m.clone());
+            }
+        }
+    }
+    let mut ins = vec![Some(x)];
+    let exprs = cx.dim_exprs(&monos, &mut ins)?;
+    let computed = idx.into_iter().zip(exprs).collect();
+    one(cx.add(Op::Pad { mode, pads, computed, value: 0.0 }, ins, None)?)
 }
 
 /// Tile with constant repeats.

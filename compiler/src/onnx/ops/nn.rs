@@ -443,7 +443,7 @@ fn dropout(cx: &mut Cx) -> R<Outs> {
         .enumerate()
         .map(|(a, d)| match d.fixed() {
             Some(n) => DimExpr::fixed(n as i64),
-            None => DimExpr { k: 1, of: vec![(1, a)] },
+            None => DimExpr::product(1, vec![(1, a)]),
         })
         .collect();
     let mask = cx.add_helper("mask", Op::ExpandDyn { shape }, vec![Some(t), Some(x)])?;

@@ -173,7 +173,7 @@ fn attention(cx: &mut Cx) -> R<Outs> {
             let mut pads = vec![0i64; 2 * r];
             pads[2 * r - 1] = (kv_len - mlen) as i64;
             let value = if is_bool { 0.0 } else { f64::NEG_INFINITY };
-            m = op1(cx, "mask_padded", Op::Pad { mode: PadMode::Constant, pads, value }, m)?;
+            m = op1(cx, "mask_padded", Op::Pad { mode: PadMode::Constant, pads, computed: vec![], value }, m)?;
         } else if mlen > kv_len {
             return Err(cx.err(format!("attn_mask has {mlen} keys, more than the {kv_len} of K")));
         }

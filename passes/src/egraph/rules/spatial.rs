@@ -68,7 +68,8 @@ impl Rule for DqThroughSpatial {
         }
         let op = match d.op() {
             Op::Resize(a) if resize_is_affine(a) && a.mode == ResizeMode::Nearest => d.op().clone(),
-            Op::Pad { mode, pads, value } if ch.len() == 1 => {
+            // computed pads read only their references' dims, which the rewrite keeps
+            Op::Pad { mode, pads, computed, value } => {
                 let fill = if *mode == PadMode::Constant {
                     let q = numerics::quantize(*value as f32, scale, zero_point, yt.dtype);
                     // exact only when the fill is on the grid
@@ -79,7 +80,7 @@ impl Rule for DqThroughSpatial {
                 } else {
                     0.0
                 };
-                Op::Pad { mode: *mode, pads: pads.clone(), value: fill }
+                Op::Pad { mode: *mode, pads: pads.clone(), computed: computed.clone(), value: fill }
             }
             _ => return None,
         };
