@@ -25,8 +25,8 @@ use super::proto::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto, Tensor
 use super::tensors::{dtype_to_onnx, tensor_to_proto};
 use prost::Message;
 use qforge_ir::{
-    BinaryOp, CoordMode, DType, DimExpr, Graph, NearestMode, Op, PadMode, QuantParams, ResizeMode, ResizeTarget,
-    Tensor, TensorType, UnaryOp, Value,
+    BinaryOp, CoordMode, DType, Dim, DimExpr, Graph, NearestMode, Op, PadMode, QuantParams, ResizeMode, ResizeTarget,
+    ScatterReduction, Tensor, TensorType, UnaryOp, Value,
 };
 use qforge_passes::quantize::scheme::{pack_int4, QType, SchemeError};
 use std::collections::{HashMap, HashSet};
@@ -218,21 +218,81 @@ impl Out {
                 Some(p) => self.helper("Mul", base, vec![p, d], vec![]),
             });
         }
-        let k = |out: &mut Out| out.constant(&format!("{base}/k"), &Tensor::from_i64(vec![1], vec![e.k]));
-        Ok(match acc {
-            None => k(self),
-            Some(p) if e.k == 1 => p,
+        if let Some(d) = &e.expr {
+            let v = self.dim(d, ins, base)?;
+            acc = Some(match acc {
+                None => v,
+                Some(p) => self.helper("Mul", base, vec![p, v], vec![]),
+            });
+        }
+        Ok(self.times(acc, e.k, base))
+    }
+
+    /// `k` times `acc` (a 1-element int64 tensor), or the constant `k` without one.
+    fn times(&mut self, acc: Option<String>, k: i64, base: &str) -> String {
+        let kn = |out: &mut Out| out.constant(&format!("{base}/k"), &Tensor::from_i64(vec![1], vec![k]));
+        match acc {
+            None => kn(self),
+            Some(p) if k == 1 => p,
             Some(p) => {
-                let kn = k(self);
-                self.helper("Mul", base, vec![p, kn], vec![])
+                let kv = kn(self);
+                self.helper("Mul", base, vec![p, kv], vec![])
             }
-        })
+        }
+    }
+
+    /// A size derived from the op's inputs' dims ([`Dim`] over the placeholders `$I.A`, see
+    /// [`DimExpr::expr`]) as a 1-element int64 tensor: its constant factor times its factors, a
+    /// derived factor `floor((k1*B1 + ... + b) / c)` computed with floor division (ONNX `Div`
+    /// truncates integers toward zero; `a - Mod(a, c)`, with `Mod`'s result taking the divisor's
+    /// sign, is the multiple of `c` at or below `a`, so the division is exact).
+    fn dim(&mut self, d: &Dim, ins: &[String], base: &str) -> Result<String, String> {
+        let (k, syms) = d.factors().ok_or_else(|| format!("the size {d} has no product form"))?;
+        let mut acc: Option<String> = None;
+        for f in &syms {
+            let v = if let Some((terms, b, c)) = Dim::derived_parts(f) {
+                let mut total: Option<String> = None;
+                for (kt, bt) in terms {
+                    let v = self.dim(&Dim::Sym(bt), ins, base)?;
+                    let v = self.times(Some(v), kt, base);
+                    total = Some(match total {
+                        None => v,
+                        Some(t) => self.helper("Add", base, vec![t, v], vec![]),
+                    });
+                }
+                let mut t = total.ok_or_else(|| format!("the derived size {f} has no terms"))?;
+                if b != 0 {
+                    let bn = self.constant(&format!("{base}/b"), &Tensor::from_i64(vec![1], vec![b]));
+                    t = self.helper("Add", base, vec![t, bn], vec![]);
+                }
+                if c != 1 {
+                    let c = i64::try_from(c).map_err(|_| format!("the divisor {c} does not fit int64"))?;
+                    let cn = self.constant(&format!("{base}/c"), &Tensor::from_i64(vec![1], vec![c]));
+                    let r = self.helper("Mod", base, vec![t.clone(), cn.clone()], vec![]);
+                    let m = self.helper("Sub", base, vec![t, r], vec![]);
+                    t = self.helper("Div", base, vec![m, cn], vec![]);
+                }
+                t
+            } else if let Some((i, a)) = Dim::parse_input_dim(f) {
+                let x =
+                    ins.get(i).filter(|n| !n.is_empty()).ok_or_else(|| format!("a size reads missing input {i}"))?;
+                self.helper("Shape", base, vec![x.clone()], vec![int("start", a as i64), int("end", a as i64 + 1)])
+            } else {
+                return Err(format!("the size {d} reads `{f}`, not a dim of the op's inputs"));
+            };
+            acc = Some(match acc {
+                None => v,
+                Some(p) => self.helper("Mul", base, vec![p, v], vec![]),
+            });
+        }
+        let k = i64::try_from(k).map_err(|_| format!("the size {d} does not fit int64"))?;
+        Ok(self.times(acc, k, base))
     }
 
     /// A 1-D int64 shape of [`Out::size`]s: one initializer when every size is fixed, otherwise
     /// the sizes concatenated.
     fn sizes(&mut self, es: &[DimExpr], ins: &[String], base: &str) -> Result<String, String> {
-        if es.iter().all(|e| e.of.is_empty()) {
+        if es.iter().all(|e| e.of.is_empty() && e.expr.is_none()) {
             let v: Vec<i64> = es.iter().map(|e| e.k).collect();
             return Ok(self.constant(base, &Tensor::from_i64(vec![v.len()], v)));
         }
@@ -264,7 +324,7 @@ fn resize_sizes(target: &ResizeTarget, y: &TensorType) -> Result<Vec<DimExpr>, S
                 }
                 _ => {}
             }
-            Ok(DimExpr { k: 1, of: vec![(0, ax)] })
+            Ok(DimExpr::product(1, vec![(0, ax)]))
         })
         .collect()
 }
@@ -411,8 +471,21 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
                 BinaryOp::Pow => "Pow",
                 BinaryOp::Max => "Max",
                 BinaryOp::Min => "Min",
+                BinaryOp::Equal => "Equal",
+                BinaryOp::Less => "Less",
+                BinaryOp::Greater => "Greater",
+                BinaryOp::LessOrEqual => "LessOrEqual",
+                BinaryOp::GreaterOrEqual => "GreaterOrEqual",
+                BinaryOp::And => "And",
+                BinaryOp::Or => "Or",
+                BinaryOp::Mod => "Mod",
+                BinaryOp::Fmod => {
+                    attrs.push(int("fmod", 1));
+                    "Mod"
+                }
                 _ => return Err(err("no export for this binary op".into())),
             },
+            Op::Where => "Where",
             // GELU is an opset-20 operator; the export writes opset 17, so it is written as the
             // function body the ONNX spec gives for Gelu (onnx/defs/math/defs.cc, opset 20):
             // exact, `Y = (0.5 X) (1 + Erf(X / Sqrt(2)))`; tanh, `Y = (0.5 X) (1 + Tanh(Sqrt(2/pi)
@@ -462,6 +535,7 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
                 UnaryOp::Round => "Round",
                 UnaryOp::Sin => "Sin",
                 UnaryOp::Cos => "Cos",
+                UnaryOp::Not => "Not",
                 _ => return Err(err("no export for this unary op".into())),
             },
             Op::Clip { min, max } => {
@@ -578,6 +652,18 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
                 attrs.push(int("axis", *axis));
                 "Gather"
             }
+            Op::ScatterND { reduction } => {
+                let r = match reduction {
+                    ScatterReduction::None => "none",
+                    ScatterReduction::Add => "add",
+                    ScatterReduction::Mul => "mul",
+                    ScatterReduction::Max | ScatterReduction::Min => {
+                        return Err(err("a max or min scatter reduction needs opset 18".into()))
+                    }
+                };
+                attrs.push(string("reduction", r));
+                "ScatterND"
+            }
             Op::Slice { starts, ends, axes, steps } => {
                 for (what, v) in [("starts", starts), ("ends", ends), ("axes", axes), ("steps", steps)] {
                     let n = out.constant(&format!("{}_{what}", outs[0]), &Tensor::from_i64(vec![v.len()], v.clone()));
@@ -638,16 +724,21 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
                 "ReduceSum"
             }
             Op::Pad { mode, pads, computed, value } => {
-                if !computed.is_empty() {
-                    return Err(err("pads computed from symbolic dims (a window padding) have no export yet".into()));
-                }
                 let mode = match mode {
                     PadMode::Constant => "constant",
                     PadMode::Reflect => "reflect",
                     PadMode::Edge => "edge",
                     PadMode::Wrap => return Err(err("wrap padding needs opset 19".into())),
                 };
-                let n = out.constant(&format!("{}_pads", outs[0]), &Tensor::from_i64(vec![pads.len()], pads.clone()));
+                // pads computed from the inputs' dims (a window padding) are written as the
+                // arithmetic on `Shape` of the inputs it reads, which are then cut from the node
+                let es: Vec<DimExpr> = pads
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &p)| computed.iter().find(|(j, _)| *j == i).map_or(DimExpr::fixed(p), |(_, e)| e.clone()))
+                    .collect();
+                let n = out.sizes(&es, &ins, &format!("{}_pads", outs[0])).map_err(err)?;
+                ins.truncate(1);
                 ins.push(n);
                 let x = in_ty(0).ok_or_else(|| err("no input".into()))?;
                 if mode == "constant" && x.quant.is_none() {
