@@ -791,49 +791,38 @@ fn native_requant(spec: &crate::spec::KernelSpec, mk: Microkernels) -> Option<Re
 
 fn kernel_consts(main: &crate::spec::MainOp, keep: &mut Vec<Box<dyn Any + Send + Sync>>) -> (i64, i64) {
     use crate::spec::{MainOp, Rows};
-    let geom_of = |g: &ConvGeom, keep: &mut Vec<Box<dyn Any + Send + Sync>>| {
-        let b = Box::new(*g);
-        let a = &*b as *const ConvGeom as i64;
+    /// The address of a constant the generated code reads, kept alive in `keep`.
+    fn kept<T: Send + Sync + 'static>(
+        v: T,
+        addr: impl Fn(&T) -> i64,
+        keep: &mut Vec<Box<dyn Any + Send + Sync>>,
+    ) -> i64 {
+        let b = Box::new(v);
+        let a = addr(&b);
         keep.push(b);
         a
+    }
+    let geom_of =
+        |g: &ConvGeom, keep: &mut Vec<Box<dyn Any + Send + Sync>>| kept(*g, |g| g as *const ConvGeom as i64, keep);
+    let rows_geom = |rows: &Rows, keep: &mut Vec<Box<dyn Any + Send + Sync>>| match rows {
+        Rows::Im2col { geom, .. } => geom_of(geom, keep),
+        Rows::Direct { .. } => 0,
     };
     match main {
         MainOp::GemmU8I8 { rows, weights } => {
-            let w = weights.data.as_ptr() as i64;
-            keep.push(Box::new(weights.clone()));
-            let g = match rows {
-                Rows::Im2col { geom, .. } => geom_of(geom, keep),
-                Rows::Direct { .. } => 0,
-            };
-            (w, g)
+            (kept(weights.clone(), |w| w.data.as_ptr() as i64, keep), rows_geom(rows, keep))
         }
         MainOp::GemmF32 { rows, weights } => {
-            let w = weights.data.as_ptr() as i64;
-            keep.push(Box::new(weights.clone()));
-            let g = match rows {
-                Rows::Im2col { geom, .. } => geom_of(geom, keep),
-                Rows::Direct { .. } => 0,
-            };
-            (w, g)
+            (kept(weights.clone(), |w| w.data.as_ptr() as i64, keep), rows_geom(rows, keep))
         }
         MainOp::GemmBf16 { rows, weights } => {
-            let w = weights.data.as_ptr() as i64;
-            keep.push(Box::new(weights.clone()));
-            let g = match rows {
-                Rows::Im2col { geom, .. } => geom_of(geom, keep),
-                Rows::Direct { .. } => 0,
-            };
-            (w, g)
+            (kept(weights.clone(), |w| w.data.as_ptr() as i64, keep), rows_geom(rows, keep))
         }
         MainOp::DepthwiseU8I8 { geom, weights, .. } => {
-            let w = weights.data.as_ptr() as i64;
-            keep.push(Box::new(weights.clone()));
-            (w, geom_of(geom, keep))
+            (kept(weights.clone(), |w| w.data.as_ptr() as i64, keep), geom_of(geom, keep))
         }
         MainOp::DepthwiseF32 { geom, weights } => {
-            let w = weights.data.as_ptr() as i64;
-            keep.push(Box::new(weights.clone()));
-            (w, geom_of(geom, keep))
+            (kept(weights.clone(), |w| w.data.as_ptr() as i64, keep), geom_of(geom, keep))
         }
         MainOp::GlobalSumU8 { .. } | MainOp::GlobalSumF32 { .. } => (0, 0),
     }

@@ -1516,7 +1516,8 @@ fn spatial_out(input: &Dim, k: usize, s: usize, pb: usize, pe: usize, d: usize, 
 /// kernel, the concrete inference (every engine re-infers per input shape) refuses.
 fn symbolic_spatial_out(n: &Dim, k: usize, s: usize, pb: usize, pe: usize, d: usize, ceil: bool) -> R<Dim> {
     let too_large = || InferError::Shape(format!("kernel {k}, stride {s}, pads {pb}+{pe} or dilation {d} too large"));
-    let span = d.checked_mul(k - 1).and_then(|v| v.checked_add(1)).ok_or_else(too_large)?;
+    let span =
+        k.checked_sub(1).and_then(|k1| d.checked_mul(k1)).and_then(|v| v.checked_add(1)).ok_or_else(too_large)?;
     let [span, s64, pb, pe] = [span, s, pb, pe].map(|v| i64::try_from(v).ok());
     let (span, s64, pb, pe) =
         (span.ok_or_else(too_large)?, s64.ok_or_else(too_large)?, pb.ok_or_else(too_large)?, pe.ok_or_else(too_large)?);
@@ -1529,7 +1530,7 @@ fn symbolic_spatial_out(n: &Dim, k: usize, s: usize, pb: usize, pe: usize, d: us
                 "ceil_mode with an end pad of {pe} not smaller than the kernel extent {span} on the symbolic dim {n}"
             )));
         }
-        let b1 = floor_b.checked_add(2 * s64 - 1);
+        let b1 = s64.checked_mul(2).and_then(|v| floor_b.checked_add(v - 1));
         let b2 = pb.checked_add(s64 - 1);
         b1.zip(b2).map(|(x, y)| x.min(y))
     };

@@ -187,37 +187,7 @@ impl Lowerer<'_> {
         if bf16 && depthwise {
             return host("a bf16 depthwise convolution has no bf16 kernel (it is computed widened to f32)");
         }
-        if bf16 {
-            let cout_g = cout / group;
-            let k = kh * kw * cin_g;
-            let bytes = micro::bf16::packed_bytes(cout_g, k);
-            self.check_size(&name, Allocation::PackedWeights, bytes)?;
-            for gi in 0..group {
-                let wk = to_ohwi(&wbits, gi * cout_g..(gi + 1) * cout_g, cin_g, kh, kw).map_err(alloc_failed(
-                    &name,
-                    "reordered weights",
-                    bytes,
-                ))?;
-                let direct = group == 1 && is_pointwise(&geom);
-                let g_geom = ConvGeom { cin_offset: gi * cin_g, ..geom };
-                let rows =
-                    if direct { Rows::Direct { lda: d[1] } } else { Rows::Im2col { geom: g_geom, pad: 0, xor: 0 } };
-                let packed = micro::bf16::pack_weights_bf16(&wk, cout_g, k).map_err(alloc_failed(
-                    &name,
-                    "packed weights",
-                    bytes,
-                ))?;
-                let range = gi * cout_g..(gi + 1) * cout_g;
-                let spec = KernelSpec {
-                    main: MainOp::GemmBf16 { rows, weights: Arc::new(packed) },
-                    epilogue: slice_steps(&steps, range.clone()),
-                    store: Store::Bf16,
-                    rows: rows_out,
-                    cols: cout_g,
-                };
-                kernels.push((spec, range.start));
-            }
-        } else if depthwise {
+        if depthwise {
             geom.cin = 1;
             let bytes = micro::float::packed_dw_bytes(cout, kh, kw);
             self.check_size(&name, Allocation::PackedWeights, bytes)?;
@@ -229,31 +199,32 @@ impl Lowerer<'_> {
             let main = MainOp::DepthwiseF32 { geom, weights: Arc::new(packed) };
             kernels.push((KernelSpec { main, epilogue: steps, store: Store::F32, rows: rows_out, cols: cout }, 0));
         } else {
+            // one GEMM per group, over bf16 or f32 weights reordered to (ky, kx, ci)
             let cout_g = cout / group;
             let k = kh * kw * cin_g;
-            let bytes = micro::float::packed_bytes(cout_g, k);
+            let bytes = if bf16 { micro::bf16::packed_bytes(cout_g, k) } else { micro::float::packed_bytes(cout_g, k) };
             self.check_size(&name, Allocation::PackedWeights, bytes)?;
             for gi in 0..group {
-                let wk = to_ohwi(wdata, gi * cout_g..(gi + 1) * cout_g, cin_g, kh, kw).map_err(alloc_failed(
-                    &name,
-                    "reordered weights",
-                    bytes,
-                ))?;
+                let range = gi * cout_g..(gi + 1) * cout_g;
                 let direct = group == 1 && is_pointwise(&geom);
                 let g_geom = ConvGeom { cin_offset: gi * cin_g, ..geom };
                 let rows =
                     if direct { Rows::Direct { lda: d[1] } } else { Rows::Im2col { geom: g_geom, pad: 0, xor: 0 } };
-                let packed = micro::float::pack_weights_f32(&wk, cout_g, k).map_err(alloc_failed(
-                    &name,
-                    "packed weights",
-                    bytes,
-                ))?;
-                let main = MainOp::GemmF32 { rows, weights: Arc::new(packed) };
-                let range = gi * cout_g..(gi + 1) * cout_g;
+                let reordered = alloc_failed(&name, "reordered weights", bytes);
+                let packing = alloc_failed(&name, "packed weights", bytes);
+                let (main, store) = if bf16 {
+                    let wk = to_ohwi(&wbits, range.clone(), cin_g, kh, kw).map_err(reordered)?;
+                    let packed = micro::bf16::pack_weights_bf16(&wk, cout_g, k).map_err(packing)?;
+                    (MainOp::GemmBf16 { rows, weights: Arc::new(packed) }, Store::Bf16)
+                } else {
+                    let wk = to_ohwi(wdata, range.clone(), cin_g, kh, kw).map_err(reordered)?;
+                    let packed = micro::float::pack_weights_f32(&wk, cout_g, k).map_err(packing)?;
+                    (MainOp::GemmF32 { rows, weights: Arc::new(packed) }, Store::F32)
+                };
                 let spec = KernelSpec {
                     main,
                     epilogue: slice_steps(&steps, range.clone()),
-                    store: Store::F32,
+                    store,
                     rows: rows_out,
                     cols: cout_g,
                 };
