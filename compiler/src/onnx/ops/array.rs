@@ -323,6 +323,11 @@ fn slice_to_end(cx: &Cx, x: Value) -> Option<SliceBounds> {
     let axes = monos(3)?.map(|a| consts(&a)).map_or(Some(None), |a| a.map(Some))?;
     let steps = monos(4)?.map(|a| consts(&a)).map_or(Some(None), |a| a.map(Some))?;
     let dims = cx.ty(x).shape.0;
+    // the axis the `i`-th start and end slice
+    let axis_of = |i: usize| -> Option<usize> {
+        let a = axes.as_ref().map_or(Some(i as i64), |a| a.get(i).copied())?;
+        norm_axis(a, dims.len()).ok()
+    };
     // a start a constant below the dim it slices (the reverse roll's `x[size-2:]`): that
     // constant counted from the end
     let starts = starts
@@ -331,8 +336,7 @@ fn slice_to_end(cx: &Cx, x: Value) -> Option<SliceBounds> {
         .map(|(i, m)| match m.konst() {
             Some(v) => Some(v),
             None => {
-                let a = axes.as_ref().map_or(Some(i as i64), |a| a.get(i).copied())?;
-                let a = norm_axis(a, dims.len()).ok()?;
+                let a = axis_of(i)?;
                 let c = Mono::of_dim(&dims[a])?.sub(m)?.konst()?;
                 (c > 0).then_some(-c)
             }
@@ -344,8 +348,7 @@ fn slice_to_end(cx: &Cx, x: Value) -> Option<SliceBounds> {
         .map(|(i, m)| match m.konst() {
             Some(v) => Some(v),
             None => {
-                let a = axes.as_ref().map_or(Some(i as i64), |a| a.get(i).copied())?;
-                let a = norm_axis(a, dims.len()).ok()?;
+                let a = axis_of(i)?;
                 let step = steps.as_ref().map_or(Some(1), |s| s.get(i).copied())?;
                 (step > 0 && Mono::of_dim(&dims[a]).as_ref() == Some(m)).then_some(i64::MAX)
             }
