@@ -69,18 +69,11 @@ fn bf16_gemm(g: &Graph, id: qforge_ir::NodeId) -> bool {
 /// The nodes bf16 compute keeps in bf16 (see the module docs), in schedule order.
 fn kept_bf16(g: &Graph, order: &[qforge_ir::NodeId]) -> std::collections::HashSet<qforge_ir::NodeId> {
     let mut kept = std::collections::HashSet::new();
-    let outputs: std::collections::HashSet<Value> = g.outputs().iter().map(|o| o.value).collect();
-    let mut uses: HashMap<Value, usize> = HashMap::new();
-    for &id in order {
-        for v in g.node(id).inputs().iter().flatten() {
-            *uses.entry(*v).or_default() += 1;
-        }
-    }
     for &id in order {
         let n = g.node(id);
         // the value `v` is a kept node's result that only this node reads
         let sole = |v: &Value, ops: &dyn Fn(&Op) -> bool| {
-            kept.contains(&v.node) && ops(&g.node(v.node).op) && uses.get(v) == Some(&1) && !outputs.contains(v)
+            kept.contains(&v.node) && ops(&g.node(v.node).op) && g.value_users(*v).len() == 1 && !g.is_output(*v)
         };
         let bf16_out = n.outputs.len() == 1 && n.outputs[0].dtype == DType::BF16;
         let ins: Vec<Option<Value>> = n.inputs().to_vec();

@@ -342,7 +342,18 @@ pub fn fixture_inputs(g: &Graph) -> Vec<Tensor> {
 
 /// `python3` with onnxruntime importable.
 pub fn onnxruntime_available() -> bool {
-    std::process::Command::new("python3").args(["-c", "import onnxruntime"]).output().is_ok_and(|o| o.status.success())
+    python_imports("onnxruntime")
+}
+
+/// Whether `python3` can import the `onnx` package (its checker validates exported models).
+pub fn onnx_available() -> bool {
+    python_imports("onnx")
+}
+
+/// Whether `python3 -c "import {module}"` succeeds.
+fn python_imports(module: &str) -> bool {
+    let code = format!("import {module}");
+    std::process::Command::new("python3").args(["-c", &code]).output().is_ok_and(|o| o.status.success())
 }
 
 /// Runs the ONNX model `model` (a file) in ONNX Runtime (CPU) on the `.npy` file `input` as its

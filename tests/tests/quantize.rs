@@ -382,6 +382,7 @@ fn qdq_export_runs_in_onnxruntime() {
 #[ignore = "needs python3 with onnx and onnxruntime (pip install onnx onnxruntime numpy)"]
 fn symbolic_sizes_export_runs_in_onnxruntime_at_every_size() {
     qforge_tests::require(qforge_tests::onnxruntime_available(), "python3 with onnxruntime");
+    qforge_tests::require(qforge_tests::onnx_available(), "python3 with onnx");
     let g =
         qforge::load_model(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/qir/symbolic_export.qir"))
             .unwrap();

@@ -65,6 +65,7 @@ fn sqnr(y: Result<qforge_ir::Tensor, String>, reference: &qforge_ir::Tensor) -> 
 #[ignore = "needs python3 with onnx and onnxruntime (pip install onnx onnxruntime numpy)"]
 fn every_imported_zoo_model_exports_to_qdq_onnx_that_onnx_runtime_runs() {
     qforge_tests::require(qforge_tests::onnxruntime_available(), "python3 with onnxruntime");
+    qforge_tests::require(qforge_tests::onnx_available(), "python3 with onnx");
     let dir = std::env::temp_dir().join(format!("qforge-zoo-export-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut failures = vec![];

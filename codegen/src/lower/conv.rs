@@ -133,12 +133,12 @@ impl Lowerer<'_> {
         let wd = w.shape().to_vec();
         // bf16 activations and weights: the bf16 GEMM, f32 epilogue, one rounding to bf16
         let bf16 = xt.dtype == DType::BF16;
-        let (wdata, wbits): (&[f32], Vec<u16>) = if bf16 {
+        let (wdata, wbits): (&[f32], &[u16]) = if bf16 {
             ensure(w.dtype() == DType::BF16 && oty.dtype == DType::BF16, "the weights or result are not bf16")?;
             (&[], bf16_bits(&w))
         } else {
             ensure(xt.dtype == DType::F32, "the input is not f32")?;
-            (need(w.as_f32(), "the weights are not f32")?, vec![])
+            (need(w.as_f32(), "the weights are not f32")?, &[])
         };
         ensure(wd.len() == 4, "the weights are not 4-D")?;
         let bias = match ins.get(2).copied().flatten() {
@@ -213,7 +213,7 @@ impl Lowerer<'_> {
                 let reordered = alloc_failed(&name, "reordered weights", bytes);
                 let packing = alloc_failed(&name, "packed weights", bytes);
                 let (main, store) = if bf16 {
-                    let wk = to_ohwi(&wbits, range.clone(), cin_g, kh, kw).map_err(reordered)?;
+                    let wk = to_ohwi(wbits, range.clone(), cin_g, kh, kw).map_err(reordered)?;
                     let packed = micro::bf16::pack_weights_bf16(&wk, cout_g, k).map_err(packing)?;
                     (MainOp::GemmBf16 { rows, weights: Arc::new(packed) }, Store::Bf16)
                 } else {
@@ -498,9 +498,9 @@ impl Lowerer<'_> {
         let (main, store) = if bf16 {
             let bits = bf16_bits(&b);
             let packed = if trans_b {
-                micro::bf16::pack_weights_bf16(&bits, cols, k)
+                micro::bf16::pack_weights_bf16(bits, cols, k)
             } else {
-                micro::bf16::pack_weights_bf16_kn(&bits, k, cols)
+                micro::bf16::pack_weights_bf16_kn(bits, k, cols)
             }
             .map_err(alloc_failed(name, "packed weights", bytes))?;
             (MainOp::GemmBf16 { rows, weights: Arc::new(packed) }, Store::Bf16)
@@ -522,11 +522,12 @@ impl Lowerer<'_> {
     }
 }
 
-/// The bits of a bf16 tensor's values (empty for another type).
-fn bf16_bits(t: &Tensor) -> Vec<u16> {
+/// The bits of a bf16 tensor's values, in place (empty for another type).
+fn bf16_bits(t: &Tensor) -> &[u16] {
+    use half::slice::HalfFloatSliceExt;
     match t.data() {
-        qforge_ir::TensorData::BF16(v) => v.iter().map(|x| x.to_bits()).collect(),
-        _ => vec![],
+        qforge_ir::TensorData::BF16(v) => v.reinterpret_cast(),
+        _ => &[],
     }
 }
 

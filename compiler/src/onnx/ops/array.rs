@@ -323,37 +323,26 @@ fn slice_to_end(cx: &Cx, x: Value) -> Option<SliceBounds> {
     let axes = monos(3)?.map(|a| consts(&a)).map_or(Some(None), |a| a.map(Some))?;
     let steps = monos(4)?.map(|a| consts(&a)).map_or(Some(None), |a| a.map(Some))?;
     let dims = cx.ty(x).shape.0;
-    // the axis the `i`-th start and end slice
-    let axis_of = |i: usize| -> Option<usize> {
-        let a = axes.as_ref().map_or(Some(i as i64), |a| a.get(i).copied())?;
-        norm_axis(a, dims.len()).ok()
+    // each bound as a constant: a constant as it is, a symbolic one by `sym(i, bound, the dim it
+    // slices)` (or the slice is not of this form)
+    let resolve = |ms: &[Mono], sym: &dyn Fn(usize, &Mono, &Dim) -> Option<i64>| -> Option<Vec<i64>> {
+        let axis_of = |i: usize| -> Option<usize> {
+            let a = axes.as_ref().map_or(Some(i as i64), |a| a.get(i).copied())?;
+            norm_axis(a, dims.len()).ok()
+        };
+        ms.iter().enumerate().map(|(i, m)| m.konst().or_else(|| sym(i, m, &dims[axis_of(i)?]))).collect()
     };
     // a start a constant below the dim it slices (the reverse roll's `x[size-2:]`): that
     // constant counted from the end
-    let starts = starts
-        .iter()
-        .enumerate()
-        .map(|(i, m)| match m.konst() {
-            Some(v) => Some(v),
-            None => {
-                let a = axis_of(i)?;
-                let c = Mono::of_dim(&dims[a])?.sub(m)?.konst()?;
-                (c > 0).then_some(-c)
-            }
-        })
-        .collect::<Option<Vec<_>>>()?;
-    let ends = ends
-        .iter()
-        .enumerate()
-        .map(|(i, m)| match m.konst() {
-            Some(v) => Some(v),
-            None => {
-                let a = axis_of(i)?;
-                let step = steps.as_ref().map_or(Some(1), |s| s.get(i).copied())?;
-                (step > 0 && Mono::of_dim(&dims[a]).as_ref() == Some(m)).then_some(i64::MAX)
-            }
-        })
-        .collect::<Option<Vec<_>>>()?;
+    let starts = resolve(&starts, &|_, m, d| {
+        let c = Mono::of_dim(d)?.sub(m)?.konst()?;
+        (c > 0).then_some(-c)
+    })?;
+    // an end that is the dim it slices, stepping forward: to the end
+    let ends = resolve(&ends, &|i, m, d| {
+        let step = steps.as_ref().map_or(Some(1), |s| s.get(i).copied())?;
+        (step > 0 && Mono::of_dim(d).as_ref() == Some(m)).then_some(i64::MAX)
+    })?;
     Some((starts, ends, axes, steps))
 }
 
