@@ -57,10 +57,85 @@ fn round_up(x: usize, a: usize) -> usize {
     x.div_ceil(a) * a
 }
 
-/// The units a step's function is called over (GEMM rows, image rows, images).
-pub fn units(spec: &KernelSpec) -> usize {
+/// How a GEMM step's work is cut into the units its function is called over: blocks of at most
+/// [`ROW_BLOCK`] rows times groups of weight panels, column group major (unit `u` is row block
+/// `u % blocks` of panel group `u / blocks`).
+///
+/// One thread takes blocks of [`ROW_BLOCK`] rows and all panels (one group). With more threads, a
+/// GEMM with fewer than four row blocks per thread (ResNet-18's last stage: 49 rows, one
+/// block of 48 and one of 1) would leave threads idle or unbalanced, so its rows are cut into
+/// blocks of equal size and its panels into groups until there are enough units; each unit
+/// gathers its own rows (im2col), so a row block's gather is repeated once per panel group,
+/// which is why panels are split only when rows alone do not give the threads enough work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmSplit {
+    /// Rows of the GEMM.
+    pub rows: usize,
+    /// Rows per block (the last block may be shorter).
+    pub block: usize,
+    /// Row blocks.
+    pub blocks: usize,
+    /// Weight panels per group (the last group may have fewer).
+    pub panels_per_group: usize,
+    /// Panel groups.
+    pub groups: usize,
+}
+
+impl GemmSplit {
+    /// The split of a GEMM of `rows` rows and `panels` weight panels for `threads` threads: at
+    /// least four units per thread where the panels allow.
+    pub fn new(rows: usize, panels: usize, threads: usize) -> GemmSplit {
+        let blocks = rows.div_ceil(ROW_BLOCK).max(1);
+        let panels = panels.max(1);
+        let target = 4 * threads.max(1);
+        if threads <= 1 || blocks >= target {
+            return GemmSplit { rows, block: ROW_BLOCK, blocks, panels_per_group: panels, groups: 1 };
+        }
+        // equal row blocks (49 rows: 25 + 24 rather than 48 + 1), then enough panel groups
+        let block = rows.div_ceil(blocks).max(1);
+        let want = target.div_ceil(blocks).min(panels);
+        let panels_per_group = panels.div_ceil(want);
+        let groups = panels.div_ceil(panels_per_group);
+        GemmSplit { rows, block, blocks, panels_per_group, groups }
+    }
+
+    /// The units of the step function.
+    pub fn units(&self) -> usize {
+        if self.rows == 0 {
+            0
+        } else {
+            self.blocks * self.groups
+        }
+    }
+}
+
+/// Weight panels of a GEMM main op.
+fn gemm_panels(spec: &KernelSpec) -> usize {
+    let panel = match &spec.main {
+        MainOp::GemmU8I8 { .. } => PANEL_I8,
+        MainOp::GemmBf16 { .. } => bf16::PANEL,
+        _ => float::PANEL,
+    };
+    spec.cols.div_ceil(panel)
+}
+
+/// The [`GemmSplit`] of a GEMM step for `threads` threads, `None` for other main ops.
+pub fn gemm_split(spec: &KernelSpec, threads: usize) -> Option<GemmSplit> {
     match &spec.main {
-        MainOp::GemmU8I8 { .. } | MainOp::GemmF32 { .. } | MainOp::GemmBf16 { .. } => spec.rows,
+        MainOp::GemmU8I8 { .. } | MainOp::GemmF32 { .. } | MainOp::GemmBf16 { .. } => {
+            Some(GemmSplit::new(spec.rows, gemm_panels(spec), threads))
+        }
+        _ => None,
+    }
+}
+
+/// The units a step's function is called over for `threads` threads (GEMM row blocks times
+/// panel groups, image rows, images).
+pub fn units(spec: &KernelSpec, threads: usize) -> usize {
+    match &spec.main {
+        MainOp::GemmU8I8 { .. } | MainOp::GemmF32 { .. } | MainOp::GemmBf16 { .. } => {
+            GemmSplit::new(spec.rows, gemm_panels(spec), threads).units()
+        }
         MainOp::DepthwiseU8I8 { geom, .. } | MainOp::DepthwiseF32 { geom, .. } => spec.rows / geom.ow.max(1),
         MainOp::GlobalSumU8 { .. } | MainOp::GlobalSumF32 { .. } => spec.rows,
     }
@@ -96,12 +171,14 @@ pub fn scratch_bytes(spec: &KernelSpec) -> usize {
     }
 }
 
-/// Emits the body of `spec`'s step function.
+/// Emits the body of `spec`'s step function, whose units are those of [`units`] for `threads`
+/// threads.
 pub fn emit(
     em: &mut Emitter<'_, '_>,
     spec: &KernelSpec,
     bind: Bindings,
     consts: &Consts,
+    threads: usize,
     [arena, scratch, begin, end]: [Value; 4],
 ) -> Result<(), JitError> {
     let x = em.offset(arena, bind.input);
@@ -119,7 +196,8 @@ pub fn emit(
                 MainOp::GemmBf16 { weights, .. } => GemmKind::Bf16 { k: weights.k as i64 },
                 _ => return Err(JitError::Codegen("not a GEMM".into())),
             };
-            gemm_loops(em, x, out, res, scratch, begin, end, es, n, ldo_out, rows, kind, consts, |em, t| {
+            let split = GemmSplit::new(spec.rows, gemm_panels(spec), threads);
+            gemm_loops(em, x, out, res, scratch, begin, end, es, n, ldo_out, rows, kind, split, consts, |em, t| {
                 tile_epilogue(em, spec, consts, t)
             })
         }
@@ -209,6 +287,7 @@ fn gemm_loops(
     ld_out: i64,
     rows: &Rows,
     kind: GemmKind,
+    split: GemmSplit,
     consts: &Consts,
     epi: impl Fn(&mut Emitter<'_, '_>, &Tile) -> Result<(), JitError>,
 ) -> Result<(), JitError> {
@@ -223,9 +302,19 @@ fn gemm_loops(
     let tile = scratch;
     let abuf = em.offset(scratch, ROW_BLOCK as i64 * panel * 4);
     let npanels = (n + panel - 1) / panel;
-    em.for_range(begin, end, ROW_BLOCK as i64, |em, m0| {
-        let left = em.b.ins().isub(end, m0);
-        let blk = em.iconst(ROW_BLOCK as i64);
+    let (blocks, block, ppg) = (split.blocks as i64, split.block as i64, split.panels_per_group as i64);
+    // unit u: row block u % blocks of panel group u / blocks
+    em.for_range(begin, end, 1, |em, u| {
+        let (rb, pg) = if split.groups == 1 {
+            (u, em.iconst(0))
+        } else {
+            let blocks_v = em.iconst(blocks);
+            (em.b.ins().urem(u, blocks_v), em.b.ins().udiv(u, blocks_v))
+        };
+        let m0 = em.b.ins().imul_imm_s(rb, block);
+        let rows_v = em.iconst(split.rows as i64);
+        let left = em.b.ins().isub(rows_v, m0);
+        let blk = em.iconst(block);
         let mb = em.min(left, blk);
         let (a, lda) = match rows {
             Rows::Direct { lda } => {
@@ -249,9 +338,11 @@ fn gemm_loops(
             }
         };
         let lda_v = em.iconst(lda);
-        let zero = em.iconst(0);
+        let first = em.b.ins().imul_imm_s(pg, ppg);
+        let last = em.b.ins().iadd_imm_s(first, ppg);
         let np = em.iconst(npanels);
-        em.for_range(zero, np, 1, |em, p| {
+        let last = em.min(last, np);
+        em.for_range(first, last, 1, |em, p| {
             let n0 = em.b.ins().imul_imm_s(p, panel);
             let nv = em.iconst(n);
             let rest = em.b.ins().isub(nv, n0);
@@ -274,4 +365,40 @@ fn gemm_loops(
             epi(em, &Tile { tile, ldc, rows: mb, n0, nr, out: out_p, out_stride: ld_out * es, residual: res_p })
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every (row, panel) of a GEMM belongs to exactly one unit of its split and no unit is empty,
+    /// for every thread count, with the units the generated loop derives (row block `u % blocks`, panel group
+    /// `u / blocks`), and one thread keeps the plain 48-row blocks over all panels.
+    #[test]
+    fn gemm_splits_cover_every_row_and_panel_once() {
+        for rows in [0, 1, 5, 47, 48, 49, 96, 196, 784, 3136] {
+            for panels in [1, 2, 3, 8, 16] {
+                for threads in [1, 2, 3, 4, 8] {
+                    let s = GemmSplit::new(rows, panels, threads);
+                    if threads == 1 {
+                        assert_eq!((s.block, s.groups), (ROW_BLOCK, 1));
+                    }
+                    assert!(s.block <= ROW_BLOCK, "{s:?}");
+                    let mut seen = vec![0u8; rows * panels];
+                    for u in 0..s.units() {
+                        let (rb, pg) = (u % s.blocks, u / s.blocks);
+                        let m0 = rb * s.block;
+                        let p0 = pg * s.panels_per_group;
+                        assert!(m0 < rows && p0 < panels, "an empty unit {u}: {s:?}");
+                        for r in m0..(m0 + s.block).min(rows) {
+                            for p in p0..(p0 + s.panels_per_group).min(panels) {
+                                seen[r * panels + p] += 1;
+                            }
+                        }
+                    }
+                    assert!(seen.iter().all(|&c| c == 1), "rows {rows} panels {panels} threads {threads}: {s:?}");
+                }
+            }
+        }
+    }
 }
