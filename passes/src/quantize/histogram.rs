@@ -124,7 +124,8 @@ impl Histogram {
             Some((a, b)) => (a.min(bmin), b.max(bmax)),
         });
         self.total += values.len() as u64;
-        self.exact_zeros += values.iter().filter(|&&x| x == 0.0).count() as u64;
+        let zeros = values.iter().filter(|&&x| x == 0.0).count() as u64;
+        self.exact_zeros += zeros;
         let (need_lo, need_hi) = if self.abs {
             (0.0, bmin.abs().max(bmax.abs()) as f64)
         } else {
@@ -153,7 +154,11 @@ impl Histogram {
                 }
             }
         }
-        for &x in values {
+        // zeros (half of a ReLU's output) go to zero's bin at once: they add nothing to its
+        // moments, and one at a time they would chain every update through the same bin
+        let z = self.index(0.0);
+        self.counts[z] += zeros;
+        for &x in values.iter().filter(|&&x| x != 0.0) {
             let v = if self.abs { x.abs() } else { x };
             let i = self.index(v as f64);
             self.counts[i] += 1;
@@ -166,11 +171,13 @@ impl Histogram {
 
     fn index(&self, v: f64) -> usize {
         let (lo, w) = self.grid.expect("index needs a grid");
-        let i = ((v - lo) / w).floor();
-        if i <= 0.0 {
+        // the bin is floor((v - lo) / w) clamped to the grid; for a positive quotient `as`
+        // truncates to the same integer, so no floor (a libm call on baseline x86-64) is needed
+        let q = (v - lo) / w;
+        if q <= 0.0 {
             0
         } else {
-            (i as usize).min(self.counts.len() - 1)
+            (q as usize).min(self.counts.len() - 1)
         }
     }
 

@@ -38,7 +38,7 @@
 //! widened to zero but is reported too. Both come back as warnings ([`Params::warning`],
 //! [`QuantResult::warnings`]); the caller adds the node name.
 
-use qforge_ir::{numerics, DType, QuantParams, Tensor};
+use qforge_ir::{numerics, DType, QuantParams, Tensor, TensorData};
 use std::fmt;
 
 /// The integer type values are quantized to. 4-bit values are held one per byte in the storage
@@ -364,7 +364,14 @@ pub fn quantize_tensor(
     qtype: QType,
 ) -> Result<Tensor, SchemeError> {
     let codes = codes(values, shape, params, qtype)?;
-    Ok(Tensor::from_f64_iter(qtype.storage(), shape.to_vec(), codes.map(f64::from)))
+    // the codes are clamped to `qtype`'s range, which its storage type holds: no conversion of
+    // a general value (through f64) is needed
+    let data = match qtype.storage() {
+        DType::I8 => TensorData::I8(codes.map(|c| c as i8).collect()),
+        _ => TensorData::U8(codes.map(|c| c as u8).collect()),
+    };
+    Tensor::new(shape.to_vec(), data)
+        .ok_or_else(|| SchemeError::Shape(format!("{} codes do not fit shape {shape:?}", values.len())))
 }
 
 /// The codes of [`quantize_values`], computed as they are read; the shapes are checked first.
