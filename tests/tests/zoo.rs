@@ -7,8 +7,9 @@
 //! through the oracle of `check_jit`: every microkernel set, guard bytes checked). The exports
 //! qforge does not import yet are listed with their refusal ([`KNOWN_GAPS`]).
 
+use anyhow::Context;
 use qforge_ir::{Graph, Tensor};
-use qforge_tests::{agreement, check_jit_within, first_rows as rows};
+use qforge_tests::{agreement, check_jit, check_jit_within, first_rows as rows};
 use std::path::PathBuf;
 
 /// The exports qforge does not import yet, with the refusal each gives today (a substring). The
@@ -177,6 +178,7 @@ fn static_margin(name: &str) -> f64 {
 /// Every zoo model (TorchScript export) compiled for the JIT with static INT8 (calibrated on its
 /// calibration images), dynamic INT8 and FP16, run on the size-A test images: SQNR against ONNX
 /// Runtime's FP32 output, printed beside ORT's `quantize_static` on the same calibration images.
+/// The static INT8 graph must agree with the interpreter on the JIT (the oracle of `check_jit`).
 /// Static INT8 must reach at least ORT's figure (less the measured shortfalls of
 /// [`static_margin`]); dynamic INT8 and FP16 must run (their SQNR is printed).
 #[test]
@@ -214,6 +216,11 @@ fn zoo_int8_and_fp16_against_onnx_runtime() {
                 let y = exe.run(std::slice::from_ref(&x))?.remove(0);
                 if static_int8 {
                     reports.push(int8_report(&name, &exe, &x, &mut failures)?);
+                    // the integer kernels against the interpreter on the compiled graph: bit for
+                    // bit where it has integer values (the oracle of `check_jit`)
+                    let inputs = std::slice::from_ref(&x);
+                    let interp = qforge_ir::interp::run(exe.graph(), inputs)?;
+                    check_jit(exe.graph(), inputs, &interp).context("static int8: JIT against the interpreter")?;
                 }
                 Ok(agreement(&y, &reference, None)?.sqnr_db)
             };

@@ -30,31 +30,69 @@ impl Lowerer<'_> {
         self.elementwise(n, &[a, b], Elementwise::QAdd { p, a: ia, b: ib, out: io })
     }
 
-    /// The quantized add of an activation of the result's shape and a one-element constant (a
-    /// learnable affine block's bias): a function of the activation's byte alone, tabulated with
-    /// the interpreter's formula (ORT hands its kernel the broadcast operand second, whichever
-    /// input it is, so the activation is always `a` of [`numerics::QAddParams`]).
+    /// The quantized add of an activation of the result's shape and a constant of one element (a
+    /// learnable affine block's bias) or of one per channel of the activation's innermost axis
+    /// in memory (a linear layer's bias after a channels-last matmul; a per-channel bias on an
+    /// NHWC activation): for each channel a function of the activation's byte alone, tabulated
+    /// with the interpreter's formula (ORT hands its kernel the broadcast operand second,
+    /// whichever input it is, so the activation is always `a` of [`numerics::QAddParams`]).
     fn qadd_const(&mut self, n: &At, a: Value, b: Value) -> Lw {
         let (x, k) = if self.is_const(b) { (a, b) } else { (b, a) };
         let (tx, tk) = (self.types[&x].clone(), self.types[&k].clone());
         ensure(tx.shape == n.oty.shape && numel(&n.oty) > 1, "the activation is broadcast, or a single element")?;
         let kv = need(self.const_of(Some(k)).and_then(|t| t.to_i64_vec()), "the constant is not integer")?;
-        ensure(kv.len() == 1, "the constant has more than one element")?;
         let (Some((sx, zx)), Some((sk, zk)), Some((sc, zc))) =
             (per_tensor(&tx.quant), per_tensor(&tk.quant), per_tensor(&n.oty.quant))
         else {
             return super::host("an operand is not quantized per tensor");
         };
         ensure(int_ty(tx.dtype).is_some() && int_ty(n.oty.dtype).is_some(), "an operand is not u8 or i8")?;
+        let layout = match kv.len() {
+            1 => self.vals[&x].layout,
+            c => need(
+                self.innermost_channels(x, &tk, c),
+                "the constant is broadcast along an axis that is not innermost",
+            )?,
+        };
         let p = numerics::QAddParams::new(sx, zx, sk, zk, sc, zc);
-        let index = (0..=255u8)
-            .map(|byte| {
-                let q = if tx.dtype == DType::I8 { byte as i8 as i64 } else { byte as i64 };
-                // the stored byte of the result (an i8 in two's complement)
-                p.apply(q, kv[0], n.oty.dtype) as u8 as usize
+        let index: Vec<usize> = kv
+            .iter()
+            .flat_map(|&kc| {
+                (0..=255u8).map(move |byte| {
+                    let q = if tx.dtype == DType::I8 { byte as i8 as i64 } else { byte as i64 };
+                    // the stored byte of the result (an i8 in two's complement)
+                    p.apply(q, kc, n.oty.dtype) as u8 as usize
+                })
             })
             .collect();
-        self.table_step(n, x, index)
+        self.tables_step(n, x, layout, &index, kv.len())
+    }
+
+    /// The layout in which the `c` values of a constant of type `tk`, broadcast against the
+    /// activation `x`, run along the innermost axis in memory: the last axis in plain order, or
+    /// the channel axis of an NHWC activation. `None` when the constant varies along any other
+    /// axis.
+    fn innermost_channels(&self, x: Value, tk: &qforge_ir::TensorType, c: usize) -> Option<super::Layout> {
+        let xd = super::dims(&self.types[&x])?;
+        let kd = super::dims(tk)?;
+        if kd.len() > xd.len() {
+            return None;
+        }
+        // the constant's axes aligned with the activation's last ones (numpy broadcasting)
+        let off = xd.len() - kd.len();
+        let varying: Vec<usize> = kd.iter().enumerate().filter(|(_, &d)| d != 1).map(|(i, _)| i + off).collect();
+        let [axis] = varying[..] else { return None };
+        if xd[axis] != c {
+            return None;
+        }
+        let layout = self.vals[&x].layout;
+        if axis == xd.len() - 1 && layout != super::Layout::Nhwc {
+            Some(super::Layout::Plain)
+        } else if xd.len() == 4 && axis == 1 && layout == super::Layout::Nhwc {
+            Some(super::Layout::Nhwc)
+        } else {
+            None
+        }
     }
 
     /// f32 -> u8/i8 with per-tensor parameters from the result's type.
@@ -169,6 +207,17 @@ mod tests {
   %0 = qadd %a, %b : u8<0.05:10>[N,4]  # "qadd_bcast"
   %1 = qadd %b, %b : u8<0.05:10>[1,1]  # "qadd_one"
   return %0, %1
+}"#,
+        },
+        Case {
+            name: "a qadd of a per-channel constant along the innermost axis is one table per channel; along another axis, the host",
+            shapes: &[&[2, 3, 4], &[4, 2]],
+            qir: r#"graph e(%x: u8<0.02:100>[N,3,4], %w: u8<0.03:7>[4,N]) -> (a: u8<0.05:10>[N,3,4], d: u8<0.05:9>[4,N]) {
+  %0 = const i8<0.01:0>[4] = [127, -128, 0, 55]  # "linear.bias"
+  %1 = qadd %x, %0 : u8<0.05:10>[N,3,4]  # "linear_add"
+  %2 = const u8<0.03:0>[4,1] = [10, 200, 0, 1]  # "col.bias"
+  %3 = qadd %w, %2 : u8<0.05:9>[4,N]  # "col_add"
+  return %1, %3
 }"#,
         },
         Case {

@@ -281,7 +281,13 @@ impl LoweredStep {
                 op.n,
                 op.inner,
                 op.scale.len() + op.bias.len(),
-                if op.index.len() > 32 { format!("[{} entries]", op.index.len()) } else { format!("{:?}", op.index) },
+                if !op.lut.is_empty() {
+                    format!("[{} entries]", op.lut.len())
+                } else if op.index.len() > 32 {
+                    format!("[{} entries]", op.index.len())
+                } else {
+                    format!("{:?}", op.index)
+                },
                 buf_name(*input),
                 input2.map(|b| format!(", {}", buf_name(b))).unwrap_or_default(),
                 buf_name(*output)

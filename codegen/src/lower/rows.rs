@@ -29,7 +29,19 @@ impl Lowerer<'_> {
         let output = self.define(n.out, Layout::Plain);
         let len = numel(&n.oty);
         let kind = RowKind::Transpose { elem };
-        let op = RowOp { kind, x: 0, y: 0, n: len, inner: 1, scale: vec![], bias: vec![], index, x2: 0, plan: None };
+        let op = RowOp {
+            kind,
+            x: 0,
+            y: 0,
+            n: len,
+            inner: 1,
+            scale: vec![],
+            bias: vec![],
+            index,
+            lut: vec![],
+            x2: 0,
+            plan: None,
+        };
         self.push(&n.name, StepKind::Rows { op, input, input2: None, output, units: len.div_ceil(rowops::CHUNK) });
         Ok(())
     }
@@ -161,8 +173,19 @@ impl Lowerer<'_> {
         let output = self.define(n.out, layout);
         let len = numel(&n.oty);
         let kind = RowKind::GateMul { nhwc: layout == Layout::Nhwc, c: d[1], hw: d[2] * d[3] };
-        let op =
-            RowOp { kind, x: 0, y: 0, n: len, inner: 1, scale: vec![], bias: vec![], index: vec![], x2: 0, plan: None };
+        let op = RowOp {
+            kind,
+            x: 0,
+            y: 0,
+            n: len,
+            inner: 1,
+            scale: vec![],
+            bias: vec![],
+            index: vec![],
+            lut: vec![],
+            x2: 0,
+            plan: None,
+        };
         let units = len.div_ceil(rowops::CHUNK);
         self.push(&n.name, StepKind::Rows { op, input, input2: Some(gate), output, units });
         Ok(())
@@ -182,7 +205,7 @@ impl Lowerer<'_> {
         scale: Vec<f32>,
         bias: Vec<f32>,
     ) {
-        let op = RowOp { kind, x: 0, y: 0, n, inner, scale, bias, index: vec![], x2: 0, plan: None };
+        let op = RowOp { kind, x: 0, y: 0, n, inner, scale, bias, index: vec![], lut: vec![], x2: 0, plan: None };
         self.push(name, StepKind::Rows { op, input, input2: None, output, units });
     }
 }

@@ -68,9 +68,11 @@ pub enum RowKind {
     /// `y = x * x2` on f32 of one shape and layout (the second operand at [`RowOp::x2`]); units
     /// are [`CHUNK`]s.
     MulF32,
-    /// One byte to one byte through the 256-entry table in [`RowOp::index`] (indexed by the
-    /// input byte): a requantization between i8/u8 types, tabulated from the interpreter's
-    /// formula so it agrees with it exactly; units are [`CHUNK`]s.
+    /// One byte to one byte through a 256-entry table of [`RowOp::lut`] (indexed by the input
+    /// byte): a requantization between i8/u8 types, or a quantized add of a per-channel constant,
+    /// tabulated from the interpreter's formula so it agrees with it exactly. The lut holds
+    /// [`RowOp::inner`] tables one after the other; element `i` reads table `i % inner` (one table
+    /// per channel of the innermost axis). Units are [`CHUNK`]s.
     Lut8,
     /// A resize or pad of a 4-D tensor ([`RowOp::plan`]), gathered per output element in NHWC
     /// or plain order; units are [`CHUNK`]s of output elements.
@@ -183,6 +185,8 @@ pub struct RowOp {
     /// Transpose: the output dims, then for each output axis the input stride (in elements) it
     /// walks.
     pub index: Vec<usize>,
+    /// [`RowKind::Lut8`]: its byte tables, 256 per table.
+    pub lut: Vec<u8>,
     /// Arena offset of a second input ([`RowKind::GateMul`]'s gate).
     pub x2: usize,
     /// [`RowKind::Spatial`]: the resize or pad.
@@ -193,7 +197,19 @@ impl RowOp {
     /// An element-wise op of `kind` over `n` elements (input and output at offset 0 of their
     /// buffers, no scale, bias, index table, second input or plan).
     pub fn elementwise(kind: RowKind, n: usize) -> RowOp {
-        RowOp { kind, x: 0, y: 0, n, inner: 1, scale: vec![], bias: vec![], index: vec![], x2: 0, plan: None }
+        RowOp {
+            kind,
+            x: 0,
+            y: 0,
+            n,
+            inner: 1,
+            scale: vec![],
+            bias: vec![],
+            index: vec![],
+            lut: vec![],
+            x2: 0,
+            plan: None,
+        }
     }
 
     /// Units of work `begin..end` ranges over.
@@ -305,7 +321,8 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
             }
         }
         RowKind::Lut8 => {
-            if s >= e || op.index.len() != 256 {
+            let tables = op.inner.max(1);
+            if s >= e || op.lut.len() != 256 * tables {
                 return;
             }
             // SAFETY: bytes `s..e` (`e <= op.n`) lie in both buffers, which are distinct; the
@@ -313,8 +330,20 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
             let (x, y) = unsafe {
                 (std::slice::from_raw_parts(xb.add(s), e - s), std::slice::from_raw_parts_mut(yb.add(s), e - s))
             };
-            for (yv, &xv) in y.iter_mut().zip(x) {
-                *yv = op.index[xv as usize] as u8;
+            if tables == 1 {
+                let t: &[u8; 256] = op.lut[..256].try_into().expect("one table of 256 bytes");
+                for (yv, &xv) in y.iter_mut().zip(x) {
+                    *yv = t[xv as usize];
+                }
+            } else {
+                let mut c = s % tables;
+                for (yv, &xv) in y.iter_mut().zip(x) {
+                    *yv = op.lut[c * 256 + xv as usize];
+                    c += 1;
+                    if c == tables {
+                        c = 0;
+                    }
+                }
             }
         }
         RowKind::Spatial { nhwc } => {
