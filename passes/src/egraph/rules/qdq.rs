@@ -67,18 +67,28 @@ fn commutes(op: &Op) -> bool {
             | Op::Squeeze { .. }
             | Op::Unsqueeze { .. }
             | Op::Transpose { .. }
+            | Op::Slice { .. }
+            | Op::Expand { .. }
             | Op::MaxPool(_)
             | Op::GlobalMaxPool
             | Op::Identity
     ) || super::spatial::picks(op)
 }
 
+/// Ops that copy elements of their first operand only, the others giving sizes or positions
+/// (a reshape or expand to sizes read from other values, a gather at indices): they commute
+/// with `q` and `dq` on that first operand as [`commutes`]'s ops do on their one operand.
+fn copies_first(op: &Op) -> bool {
+    matches!(op, Op::ReshapeDyn { .. } | Op::ExpandDyn { .. } | Op::Gather { .. })
+}
+
 fn per_tensor_any(t: &TensorType) -> bool {
     matches!(t.quant, Some(QuantParams::PerTensor { .. }))
 }
 
-/// `op(dq(y)) = dq(op(y))` for data movement and max pooling (dq is monotone and element-wise),
-/// and `concat(dq(y1), ..., dq(yn)) = dq(concat(y1, ..., yn))` when every `yi` has one type.
+/// `op(dq(y), r...) = dq(op(y, r...))` for data movement and max pooling (dq is monotone and
+/// element-wise), and `concat(dq(y1), ..., dq(yn)) = dq(concat(y1, ..., yn))` when every `yi`
+/// has one type.
 pub struct DqForward;
 impl Rule for DqForward {
     fn name(&self) -> &'static str {
@@ -87,13 +97,14 @@ impl Rule for DqForward {
     fn rewrite(&self, eg: &EG, _: Id, node: &QNode) -> Option<Build> {
         let QNode::Op(d, ch) = node else { return None };
         let op = d.op().clone();
-        if commutes(&op) && ch.len() == 1 {
+        if commutes(&op) && ch.len() == 1 || copies_first(&op) && !ch.is_empty() {
             let y = dq_of(eg, ch[0])?;
             if !per_tensor_any(ty(eg, y)?) {
                 return None;
             }
+            let rest = ch[1..].to_vec();
             return Some(Box::new(move |eg| {
-                let moved = add_op(eg, op, None, vec![y]);
+                let moved = add_op(eg, op, None, std::iter::once(y).chain(rest).collect());
                 Some(add_op(eg, Op::Dequantize, None, vec![moved]))
             }));
         }
@@ -114,8 +125,9 @@ impl Rule for DqForward {
     }
 }
 
-/// `q_t(op(x)) = op(q_t(x))` for data movement and max pooling (q is monotone and element-wise),
-/// and `q_t(concat(x1, ..., xn)) = concat(q_t(x1), ..., q_t(xn))`, for per-tensor `t`.
+/// `q_t(op(x, r...)) = op(q_t(x), r...)` for data movement and max pooling (q is monotone and
+/// element-wise), and `q_t(concat(x1, ..., xn)) = concat(q_t(x1), ..., q_t(xn))`, for
+/// per-tensor `t`.
 pub struct QBackward;
 impl Rule for QBackward {
     fn name(&self) -> &'static str {
@@ -126,13 +138,20 @@ impl Rule for QBackward {
         if !matches!(t.quant, QuantParams::PerTensor { .. }) {
             return None;
         }
+        let float = |x: &Id| ty(eg, *x).is_some_and(|t| t.dtype == DType::F32 && t.quant.is_none());
         let (op, _, ch) = ops(eg, c).find(|(op, _, ch)| {
-            (commutes(op) && ch.len() == 1 || matches!(op, Op::Concat { .. }))
-                && ch.iter().all(|&x| ty(eg, x).is_some_and(|t| t.dtype == DType::F32 && t.quant.is_none()))
+            (commutes(op) && ch.len() == 1 || matches!(op, Op::Concat { .. })) && ch.iter().all(float)
+                || copies_first(op) && ch.first().is_some_and(float)
         })?;
+        // the operands that are quantized: all of a concat's, else the first
+        let data = if matches!(op, Op::Concat { .. }) { ch.len() } else { 1 };
         let (op, ch, t) = (op.clone(), ch.to_vec(), t.clone());
         Some(Box::new(move |eg| {
-            let qs: Vec<Id> = ch.iter().map(|&x| add_op(eg, Op::Quantize, Some(t.clone()), vec![x])).collect();
+            let qs: Vec<Id> = ch
+                .iter()
+                .enumerate()
+                .map(|(k, &x)| if k < data { add_op(eg, Op::Quantize, Some(t.clone()), vec![x]) } else { x })
+                .collect();
             Some(add_op(eg, op, None, qs))
         }))
     }
