@@ -47,11 +47,11 @@ impl Lowerer<'_> {
             return super::host("an operand is not quantized per tensor");
         };
         ensure(int_ty(tx.dtype).is_some() && int_ty(n.oty.dtype).is_some(), "an operand is not u8 or i8")?;
-        let layout = match kv.len() {
-            1 => self.vals[&x].layout,
+        let (layout, plane) = match kv.len() {
+            1 => (self.vals[&x].layout, 1),
             c => need(
-                self.innermost_channels(x, &tk, c),
-                "the constant is broadcast along an axis that is not innermost",
+                self.channel_tables(x, &tk, c),
+                "the constant varies along more than one axis, or along an NHWC value's image axes",
             )?,
         };
         let p = numerics::QAddParams::new(sx, zx, sk, zk, sc, zc);
@@ -65,14 +65,16 @@ impl Lowerer<'_> {
                 })
             })
             .collect();
-        self.tables_step(n, x, layout, &index, kv.len())
+        self.tables_step(n, x, layout, &index, (kv.len(), plane))
     }
 
-    /// The layout in which the `c` values of a constant of type `tk`, broadcast against the
-    /// activation `x`, run along the innermost axis in memory: the last axis in plain order, or
-    /// the channel axis of an NHWC activation. `None` when the constant varies along any other
-    /// axis.
-    fn innermost_channels(&self, x: Value, tk: &qforge_ir::TensorType, c: usize) -> Option<super::Layout> {
+    /// How the `c` values of a constant of type `tk`, broadcast against the activation `x`, meet
+    /// its elements in memory: the layout, and the run of elements (`plane`) that share one
+    /// value. The last axis in plain order (plane 1), the channel axis of an NHWC activation
+    /// (plane 1), or any single axis in plain order (plane = the product of the axes after it,
+    /// the image's size for an NCHW channel). `None` when the constant varies along more than
+    /// one axis or along an NHWC activation's non-channel axis.
+    fn channel_tables(&self, x: Value, tk: &qforge_ir::TensorType, c: usize) -> Option<(super::Layout, usize)> {
         let xd = super::dims(&self.types[&x])?;
         let kd = super::dims(tk)?;
         if kd.len() > xd.len() {
@@ -86,12 +88,10 @@ impl Lowerer<'_> {
             return None;
         }
         let layout = self.vals[&x].layout;
-        if axis == xd.len() - 1 && layout != super::Layout::Nhwc {
-            Some(super::Layout::Plain)
-        } else if xd.len() == 4 && axis == 1 && layout == super::Layout::Nhwc {
-            Some(super::Layout::Nhwc)
-        } else {
-            None
+        match layout {
+            super::Layout::Nhwc if xd.len() == 4 && axis == 1 => Some((layout, 1)),
+            super::Layout::Nhwc => None,
+            _ => Some((super::Layout::Plain, xd[axis + 1..].iter().product())),
         }
     }
 
@@ -210,14 +210,16 @@ mod tests {
 }"#,
         },
         Case {
-            name: "a qadd of a per-channel constant along the innermost axis is one table per channel; along another axis, the host",
-            shapes: &[&[2, 3, 4], &[4, 2]],
-            qir: r#"graph e(%x: u8<0.02:100>[N,3,4], %w: u8<0.03:7>[4,N]) -> (a: u8<0.05:10>[N,3,4], d: u8<0.05:9>[4,N]) {
+            name: "a qadd of a per-channel constant is one table per channel (innermost, or an outer axis in plain order); varying along two axes, the host",
+            shapes: &[&[2, 3, 4], &[4, 2], &[4, 2]],
+            qir: r#"graph e(%x: u8<0.02:100>[N,3,4], %w: u8<0.03:7>[4,N], %v: u8<0.03:7>[4,2]) -> (a: u8<0.05:10>[N,3,4], d: u8<0.05:9>[4,N], f: u8<0.05:9>[4,2]) {
   %0 = const i8<0.01:0>[4] = [127, -128, 0, 55]  # "linear.bias"
   %1 = qadd %x, %0 : u8<0.05:10>[N,3,4]  # "linear_add"
   %2 = const u8<0.03:0>[4,1] = [10, 200, 0, 1]  # "col.bias"
   %3 = qadd %w, %2 : u8<0.05:9>[4,N]  # "col_add"
-  return %1, %3
+  %4 = const u8<0.03:0>[4,2] = [10, 200, 0, 1, 2, 3, 4, 5]  # "full"
+  %5 = qadd %v, %4 : u8<0.05:9>[4,2]  # "full_add"
+  return %1, %3, %5
 }"#,
         },
         Case {

@@ -676,6 +676,7 @@ impl<'g> Lowerer<'g> {
             Op::Cast { to } => self.cast(&n, *to),
             Op::Softmax { axis } | Op::LogSoftmax { axis } if f32_out => self.softmax(&n, *axis),
             Op::LayerNorm { axis, epsilon } if f32_out => self.layer_norm(&n, *axis, *epsilon),
+            Op::GroupNorm { groups, epsilon } if f32_out => self.group_norm(&n, *groups, *epsilon),
             Op::Binary(BinaryOp::Add)
                 if f32_out && n.ins.iter().flatten().all(|v| self.types[v].shape == n.oty.shape) =>
             {

@@ -78,7 +78,7 @@ impl Lowerer<'_> {
                 let ty = self.types[v].clone();
                 let len = numel(&ty);
                 let out = self.new_buf(&ty);
-                let op = RowOp { lut: lut_bytes(&index), ..RowOp::elementwise(RowKind::Lut8, len) };
+                let op = RowOp { lut: lut_bytes(&index), ..RowOp::elementwise(RowKind::Lut8 { plane: 1 }, len) };
                 let name = format!("{}.requant", n.name);
                 self.push(
                     &name,
@@ -105,17 +105,24 @@ impl Lowerer<'_> {
     /// layout.
     pub(super) fn table_step(&mut self, n: &At, x: Value, index: Vec<usize>) -> Lw {
         let layout = self.vals[&x].layout;
-        self.tables_step(n, x, layout, &index, 1)
+        self.tables_step(n, x, layout, &index, (1, 1))
     }
 
     /// `n`'s result as `tables` 256-entry byte tables (`index`, one after the other) applied to
-    /// the bytes of `x` in `layout`, element `i` through table `i % tables`: one table per
-    /// channel of the innermost axis in memory.
-    pub(super) fn tables_step(&mut self, n: &At, x: Value, layout: Layout, index: &[usize], tables: usize) -> Lw {
+    /// the bytes of `x` in `layout`, element `i` through table `(i / plane) % tables`: one table
+    /// per channel, `plane` elements apart in memory.
+    pub(super) fn tables_step(
+        &mut self,
+        n: &At,
+        x: Value,
+        layout: Layout,
+        index: &[usize],
+        (tables, plane): (usize, usize),
+    ) -> Lw {
         let input = self.in_layout(x, layout, &n.name)?;
         let output = self.define(n.out, layout);
         let len = numel(&n.oty);
-        let op = RowOp { lut: lut_bytes(index), inner: tables, ..RowOp::elementwise(RowKind::Lut8, len) };
+        let op = RowOp { lut: lut_bytes(index), inner: tables, ..RowOp::elementwise(RowKind::Lut8 { plane }, len) };
         self.push(&n.name, StepKind::Rows { op, input, input2: None, output, units: len.div_ceil(rowops::CHUNK) });
         Ok(())
     }

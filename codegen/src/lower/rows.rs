@@ -82,6 +82,28 @@ impl Lowerer<'_> {
         Ok(())
     }
 
+    /// f32 group normalization (ONNX GroupNormalization-21, and InstanceNormalization as one
+    /// group per channel) with constant per-channel scale and bias, in plain order.
+    pub(super) fn group_norm(&mut self, n: &At, groups: usize, epsilon: f32) -> Lw {
+        let x = need(n.input(0).filter(|v| !self.is_const(*v)), "the input is a constant")?;
+        let d = need(dims(&n.oty), "the result shape is not fixed")?;
+        ensure(d.len() >= 2, "the input has rank below 2")?;
+        let c = d[1];
+        ensure(groups != 0 && c % groups == 0, "the channels do not split into the groups")?;
+        let plane: usize = d[2..].iter().product();
+        let vec_of = |t: Option<Arc<Tensor>>| t.and_then(|t| t.as_f32().map(|v| v.to_vec()));
+        let scale = need(vec_of(self.const_of(n.input(1))), "the scale is not an f32 constant")?;
+        let bias = need(vec_of(self.const_of(n.input(2))), "the bias is not an f32 constant")?;
+        ensure(scale.len() == c && bias.len() == c, "scale or bias is not one per channel")?;
+        let len = (c / groups) * plane;
+        ensure(len != 0, "the groups are empty")?;
+        let input = self.plain(x, &n.name)?;
+        let output = self.define(n.out, Layout::Plain);
+        let units = numel(&n.oty) / len;
+        self.push_rows(&n.name, RowKind::GroupNorm { eps: epsilon, plane }, input, output, len, 1, units, scale, bias);
+        Ok(())
+    }
+
     /// An f32 tensor and a constant that varies along the channel axis (1) only, or along the
     /// last axis only (`[.., C] + [C]`), combined by add, sub, mul or div.
     pub(super) fn channel_binary(&mut self, n: &At, op: BinaryOp) -> Lw {

@@ -3,7 +3,8 @@
 //! conversions. Each computes units `begin..end` of one step described by a [`RowOp`]; the
 //! formulas are the reference interpreter's own functions
 //! ([`qforge_ir::interp::elementwise::unary_scalar`], [`qforge_ir::interp::norm::softmax_lane`],
-//! [`qforge_ir::interp::norm::layer_norm_row`]), so the JIT agrees with it bit for bit.
+//! [`qforge_ir::interp::norm::layer_norm_row`], [`qforge_ir::interp::norm::group_norm_row`]), so
+//! the JIT agrees with it bit for bit.
 
 use half::{bf16, f16};
 use qforge_ir::interp::resize::Taps;
@@ -26,6 +27,13 @@ pub enum RowKind {
     /// Layer normalization over rows of `n` values with `scale`, `bias` (`n` each); units are rows.
     LayerNorm {
         eps: f32,
+    },
+    /// Group normalization over groups of `n` values (one sample's channels of one group, in
+    /// plain order) with per-channel `scale`, `bias`, the channel of element `i` being
+    /// `(i / plane) % scale.len()`; units are groups.
+    GroupNorm {
+        eps: f32,
+        plane: usize,
     },
     /// `y = x op v[c]` (or `v[c] op x` with `const_first`; op add, sub, mul or div) with `v` in `scale`, the channel of
     /// element `i` being `i % c` in NHWC and `(i / hw) % c` in plain order; units are [`CHUNK`]s.
@@ -71,9 +79,12 @@ pub enum RowKind {
     /// One byte to one byte through a 256-entry table of [`RowOp::lut`] (indexed by the input
     /// byte): a requantization between i8/u8 types, or a quantized add of a per-channel constant,
     /// tabulated from the interpreter's formula so it agrees with it exactly. The lut holds
-    /// [`RowOp::inner`] tables one after the other; element `i` reads table `i % inner` (one table
-    /// per channel of the innermost axis). Units are [`CHUNK`]s.
-    Lut8,
+    /// [`RowOp::inner`] tables one after the other; element `i` reads table `(i / plane) % inner`
+    /// (one table per channel: `plane` 1 when the channel is the innermost axis, the image's
+    /// size for an NCHW channel). Units are [`CHUNK`]s.
+    Lut8 {
+        plane: usize,
+    },
     /// A resize or pad of a 4-D tensor ([`RowOp::plan`]), gathered per output element in NHWC
     /// or plain order; units are [`CHUNK`]s of output elements.
     Spatial {
@@ -216,7 +227,7 @@ impl RowOp {
     pub fn units(&self, total: usize) -> usize {
         match self.kind {
             RowKind::Softmax { .. } => total / self.n.max(1),
-            RowKind::LayerNorm { .. } => total / self.n.max(1),
+            RowKind::LayerNorm { .. } | RowKind::GroupNorm { .. } => total / self.n.max(1),
             _ => self.n.div_ceil(CHUNK),
         }
     }
@@ -320,8 +331,8 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                 unsafe { y.add(i).write(x.add(i).read() * x2.add(i).read()) };
             }
         }
-        RowKind::Lut8 => {
-            let tables = op.inner.max(1);
+        RowKind::Lut8 { plane } => {
+            let (tables, plane) = (op.inner.max(1), plane.max(1));
             if s >= e || op.lut.len() != 256 * tables {
                 return;
             }
@@ -336,12 +347,17 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                     *yv = t[xv as usize];
                 }
             } else {
-                let mut c = s % tables;
+                // the channel of element s, and how far into its plane
+                let (mut c, mut k) = ((s / plane) % tables, s % plane);
                 for (yv, &xv) in y.iter_mut().zip(x) {
                     *yv = op.lut[c * 256 + xv as usize];
-                    c += 1;
-                    if c == tables {
-                        c = 0;
+                    k += 1;
+                    if k == plane {
+                        k = 0;
+                        c += 1;
+                        if c == tables {
+                            c = 0;
+                        }
                     }
                 }
             }
@@ -476,6 +492,22 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                 // SAFETY: the same row of the output buffer, written by this call only; `tmp` is
                 // a separate allocation.
                 unsafe { std::ptr::copy_nonoverlapping(tmp.as_ptr(), (yb as *mut f32).add(row * n), n) };
+            }
+        }
+        RowKind::GroupNorm { eps, plane } => {
+            let n = op.n;
+            if n == 0 || plane == 0 || op.scale.is_empty() {
+                return;
+            }
+            let mut tmp = vec![0f32; n];
+            for g in begin..end {
+                // SAFETY: group `g` (a unit of the step) is the elements `g * n..(g + 1) * n` of
+                // the input buffer, which no call writes during the step.
+                let x = unsafe { std::slice::from_raw_parts((xb as *const f32).add(g * n), n) };
+                norm::group_norm_row(x, g * n, plane, &op.scale, &op.bias, eps, &mut tmp);
+                // SAFETY: the same group of the output buffer, written by this call only; `tmp`
+                // is a separate allocation.
+                unsafe { std::ptr::copy_nonoverlapping(tmp.as_ptr(), (yb as *mut f32).add(g * n), n) };
             }
         }
         RowKind::WidenF16 | RowKind::WidenBf16 | RowKind::RoundF16 | RowKind::RoundBf16 => {

@@ -269,37 +269,38 @@ pub(crate) fn reduce(cx: &Cx, axes: &[i64], kind: Reduce) -> R<Tensor> {
 
 /// Normalizes each of `rows` consecutive runs of `row` elements of `xv` (mean and variance in f32,
 /// plain order), then applies `scale[c]`, `bias[c]` with `c = (index / plane) % channels`.
-#[allow(clippy::too_many_arguments)]
-fn normalize_rows(
-    xv: &[f32],
-    row: usize,
-    plane: usize,
-    channels: usize,
-    scale: &[f32],
-    bias: &[f32],
-    eps: f32,
-) -> Vec<f32> {
+fn normalize_rows(xv: &[f32], row: usize, plane: usize, scale: &[f32], bias: &[f32], eps: f32) -> Vec<f32> {
     let mut y = vec![0f32; xv.len()];
     if row == 0 || plane == 0 {
         return y;
     }
     for (r, (xs, ys)) in xv.chunks(row).zip(y.chunks_mut(row)).enumerate() {
-        let mut sum = 0f32;
-        for &v in xs {
-            sum += v;
-        }
-        let mean = sum / row as f32;
-        let mut sq = 0f32;
-        for &v in xs {
-            sq += (v - mean) * (v - mean);
-        }
-        let denom = (sq / row as f32 + eps).sqrt();
-        for (k, (&v, o)) in xs.iter().zip(ys.iter_mut()).enumerate() {
-            let c = ((r * row + k) / plane) % channels;
-            *o = (v - mean) / denom * scale[c] + bias[c];
-        }
+        group_norm_row(xs, r * row, plane, scale, bias, eps, ys);
     }
     y
+}
+
+/// Group normalization of one group for every engine: `xs` are the plain-order elements from
+/// index `first` of the input (one sample's channels of one group); mean and variance accumulate
+/// in f32 in order, then `(v - mean) / sqrt(var + eps) * scale[c] + bias[c]` with
+/// `c = (index / plane) % scale.len()`. `plane` and `scale` must be non-empty.
+pub fn group_norm_row(xs: &[f32], first: usize, plane: usize, scale: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
+    let row = xs.len();
+    let mut sum = 0f32;
+    for &v in xs {
+        sum += v;
+    }
+    let mean = sum / row as f32;
+    let mut sq = 0f32;
+    for &v in xs {
+        sq += (v - mean) * (v - mean);
+    }
+    let denom = (sq / row as f32 + eps).sqrt();
+    let channels = scale.len();
+    for (k, (&v, o)) in xs.iter().zip(out.iter_mut()).enumerate() {
+        let c = ((first + k) / plane) % channels;
+        *o = (v - mean) / denom * scale[c] + bias[c];
+    }
 }
 
 /// ONNX GroupNormalization-21: each group of `C / groups` channels of each sample normalized by
@@ -321,7 +322,7 @@ pub(crate) fn group_norm(cx: &Cx, groups: usize, eps: f32) -> R<Tensor> {
     }
     let plane = numel(&s[2..]).ok_or("input too large")?;
     let row = (c / g).checked_mul(plane).ok_or("input too large")?;
-    let y = normalize_rows(&floats(x), row, plane, c, &scale, &bias, eps);
+    let y = normalize_rows(&floats(x), row, plane, &scale, &bias, eps);
     float_tensor(x.dtype(), s.to_vec(), y)
 }
 

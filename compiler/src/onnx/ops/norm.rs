@@ -7,7 +7,7 @@
 
 use super::{one, Cx, OpDef, Outs, MAX_ATTR_DIM, R};
 use qforge_ir::infer::norm_axis;
-use qforge_ir::{BinaryOp, DType, Dim, Op, Tensor, UnaryOp, Value};
+use qforge_ir::{BinaryOp, DType, Dim, Op, Tensor, TensorType, UnaryOp, Value};
 
 pub(super) const OPS: &[OpDef] = &[
     OpDef::onnx("Softmax", &[1, 11, 13], |cx| softmax(cx, false)),
@@ -129,6 +129,16 @@ fn instance_norm(cx: &mut Cx) -> R<Outs> {
     let xt = cx.ty(x);
     if xt.rank() < 3 || !xt.dtype.is_float() || xt.quant.is_some() {
         return Err(cx.err(format!("needs a float input of rank 3 or more, got {xt}")));
+    }
+    // with a fixed channel count it is group normalization with one group per channel (the
+    // same mean, variance and per-channel affine: ONNX's GroupNormalization-21 with
+    // num_groups = C), which the JIT runs as one kernel step
+    if let Some(c) = xt.shape.0.get(1).and_then(Dim::fixed) {
+        let per_channel = |t: &TensorType| t.shape.0.len() == 1 && t.shape.0[0] == Dim::Fixed(c);
+        if c > 0 && per_channel(&cx.ty(scale)) && per_channel(&cx.ty(bias)) {
+            let op = Op::GroupNorm { groups: c, epsilon };
+            return one(cx.add(op, vec![Some(x), Some(scale), Some(bias)], None)?);
+        }
     }
     let axes: Vec<i64> = (2..xt.rank() as i64).collect();
     let mean_op = || Op::ReduceMean { axes: axes.clone(), keepdims: true };
