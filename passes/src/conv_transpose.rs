@@ -13,10 +13,12 @@
 //! convolution with `Cout * s^n` output channels, channel `(m, r)` holding the taps of phase `r` (a
 //! tap that does not reach it is 0), followed by the depth-to-space interleave `y[m][q * s + r] =
 //! conv[(m, r)][q]` (a reshape, a transpose and a reshape, three transposes on a symbolic image
-//! size: data movement, which the JIT runs and Q/DQ commute through) and a crop of at most `s - 1` positions at each end (a pad with negative
-//! amounts). The bias of channel `m` is the bias of every `(m, r)`. Every output element sums the
-//! same products as the transposed convolution, in a different order, so float results agree to
-//! rounding; weights and biases are only copied, never computed.
+//! size: data movement, which the JIT runs and Q/DQ commute through) and a crop of at most
+//! `s - 1` positions at each end (a pad with negative amounts). The bias of channel `m` is the
+//! bias of every `(m, r)`. Every output element sums the same products as the transposed
+//! convolution, in a different order (and products with the zero taps, which add nothing to a
+//! finite input), so float results agree to rounding; weights and biases are only copied, never
+//! computed.
 //!
 //! When `kernel == stride` with no pads (the UNet/FPN upsampler) every phase has exactly one tap
 //! at offset 0: the convolution is 1x1 (a GEMM from `Cin` to `Cout * s^n` channels) and there is
