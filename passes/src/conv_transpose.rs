@@ -28,13 +28,19 @@
 //!
 //! # When it applies
 //! A transposed convolution is rewritten when its weight (and bias) are constants of a compute
-//! float type, it has one or two spatial dims (a 1-D one as 2-D with a unit height, since the
+//! float type, or in a QDQ model the dequantize of a constant quantized per tensor or per output
+//! channel (the stored integers move, a zero tap is its channel's zero point, and the parameters
+//! follow their channels to axis 0, so the optimizer lowers it as any QDQ convolution), it has
+//! one or two spatial dims (a 1-D one as 2-D with a unit height, since the
 //! JIT's convolution kernels are 2-D), and the convolution does at most [`MAX_MAC_RATIO`] times
 //! the multiply-adds per output element (the taps a phase does not have are zeros). Otherwise it
 //! stays, and the report says why for each (the JIT runs it as a host step).
 
 use crate::pass::{Pass, PassContext, PassError, PassReport};
-use qforge_ir::{ConvAttrs, ConvTransposeAttrs, Dim, Graph, NodeId, Op, PadMode, Tensor, Value};
+use qforge_ir::{
+    ConvAttrs, ConvTransposeAttrs, Dim, Graph, NodeId, Op, PadMode, QuantParams, Shape, Tensor, TensorType, Value,
+};
+use std::sync::Arc;
 
 /// The most multiply-adds per output element the convolution may do, relative to the transposed
 /// convolution's: the JIT's convolution kernels run an order of magnitude faster than the
@@ -150,6 +156,58 @@ fn dim_plan(k: usize, s: usize, d: usize, pb: i64, pe: i64, op: usize) -> Option
     Some(DimPlan { s, tap, dil: dil as usize, taps, pad_begin, pad_end, crop_begin, crop_end })
 }
 
+/// A constant operand: a plain constant, or (a QDQ model) the dequantize of a quantized one, with
+/// its parameters.
+fn constant(g: &Graph, v: Value, what: &str) -> Result<(Arc<Tensor>, Option<QuantParams>), String> {
+    let runtime = || format!("its {what} is computed at run time (the decomposition rearranges a constant {what})");
+    match &g.node(v.node).op {
+        Op::Const(t) if g.value_type(v).quant.is_none() => Ok((t.clone(), None)),
+        Op::Dequantize => {
+            let q = g.node(v.node).inputs().first().copied().flatten().ok_or_else(runtime)?;
+            match (&g.node(q.node).op, &g.value_type(q).quant) {
+                (Op::Const(t), Some(p)) => Ok((t.clone(), Some(p.clone()))),
+                _ => Err(runtime()),
+            }
+        }
+        _ => Err(runtime()),
+    }
+}
+
+/// The rearranged constant `t` as an operand of the convolution: as it is, or (quantized with
+/// `q`) a quantized constant and its dequantize. Per-tensor parameters stay; parameters per index
+/// of `axis` move to axis 0, output channel `o` taking those of index `channel(o)`.
+#[allow(clippy::too_many_arguments)]
+fn placed(
+    g: &mut Graph,
+    t: Tensor,
+    q: Option<&QuantParams>,
+    axis: usize,
+    channel: impl Fn(usize) -> usize,
+    oc: usize,
+    shape: &[usize],
+    name: &str,
+) -> Result<Value, String> {
+    let Some(q) = q else { return Ok(g.add_const(name, t)) };
+    let params = match q {
+        QuantParams::PerTensor { .. } => q.clone(),
+        QuantParams::PerAxis { axis: a, scales, zero_points } if *a == axis => {
+            let pick = |o: usize| -> Result<usize, String> {
+                let c = channel(o);
+                (c < scales.len() && c < zero_points.len()).then_some(c).ok_or_else(|| "a channel out of range".into())
+            };
+            QuantParams::PerAxis {
+                axis: 0,
+                scales: (0..oc).map(|o| pick(o).map(|c| scales[c])).collect::<Result<_, _>>()?,
+                zero_points: (0..oc).map(|o| pick(o).map(|c| zero_points[c])).collect::<Result<_, _>>()?,
+            }
+        }
+        _ => return Err(format!("a constant quantized per axis or group other than axis {axis}")),
+    };
+    let ty = TensorType::quantized(t.dtype(), Shape::fixed(shape), params);
+    let c = g.add_const_typed(format!("{name}_quantized"), t, ty);
+    g.add_node(Op::Dequantize, vec![Some(c)], None, name).map_err(ir)
+}
+
 fn ir(e: qforge_ir::IrError) -> String {
     e.to_string()
 }
@@ -165,20 +223,14 @@ fn rewrite(g: &mut Graph, id: NodeId, cx: &PassContext) -> Result<(), String> {
         return Err("an input is missing".into());
     };
     let bv = node.inputs().get(2).copied().flatten();
-    let Op::Const(w) = &g.node(wv.node).op else {
-        return Err("its weight is computed at run time (the decomposition rearranges a constant weight)".into());
-    };
-    let w = w.clone();
+    let (w, wq) = constant(g, wv, "weight")?;
     let wdt = w.dtype();
-    if !wdt.is_compute_float() {
+    if wq.is_none() && !wdt.is_compute_float() {
         return Err(format!("its weight is {wdt}, not f32, f16 or bf16"));
     }
     let b = match bv {
         None => None,
-        Some(b) => match &g.node(b.node).op {
-            Op::Const(t) => Some(t.clone()),
-            _ => return Err("its bias is computed at run time".into()),
-        },
+        Some(b) => Some(constant(g, b, "bias")?),
     };
     let sp = a.kernel.len();
     if sp == 3 {
@@ -220,6 +272,17 @@ fn rewrite(g: &mut Graph, id: NodeId, cx: &PassContext) -> Result<(), String> {
     if bytes > cx.max_tensor_bytes {
         return Err(format!("its convolution weight would need {bytes} bytes, more than the limit"));
     }
+    // quantized per tensor, or per output channel: axis 1 of the weight, axis 0 of the bias
+    let fits = |q: &Option<QuantParams>, axis: usize, n: usize| match q {
+        None | Some(QuantParams::PerTensor { .. }) => true,
+        Some(QuantParams::PerAxis { axis: a, scales, zero_points }) => {
+            *a == axis && scales.len() == n && zero_points.len() == n
+        }
+        Some(QuantParams::PerGroup { .. }) => false,
+    };
+    if !fits(&wq, 1, mg) || !b.as_ref().is_none_or(|(_, bq)| fits(bq, 0, m)) {
+        return Err("its weight or bias is quantized other than per tensor or per output channel".into());
+    }
     let wsrc = w.to_f64_vec();
     let (k0, k1) = if sp == 1 { (1, a.kernel[0]) } else { (a.kernel[0], a.kernel[1]) };
     if ws[2..] != a.kernel[..] || wsrc.len() != c * mg * k0 * k1 {
@@ -236,7 +299,8 @@ fn rewrite(g: &mut Graph, id: NodeId, cx: &PassContext) -> Result<(), String> {
                 for t1 in 0..p1.taps {
                     wnew.push(match (p0.tap[r0][t0], p1.tap[r1][t1]) {
                         (Some(a0), Some(a1)) => wsrc[((cc * mg + mo) * k0 + a0) * k1 + a1],
-                        _ => 0.0,
+                        // a zero tap: the stored zero point of its channel when quantized
+                        _ => wq.as_ref().map_or(0.0, |q| f64::from(q.zero_point(mo))),
                     });
                 }
             }
@@ -244,19 +308,20 @@ fn rewrite(g: &mut Graph, id: NodeId, cx: &PassContext) -> Result<(), String> {
     }
     let name = node.name.clone();
     let from = if node.from.is_empty() { vec![name.clone()] } else { node.from.clone() };
-    let wc = g.add_const(
-        format!("{name}.weight_phases"),
-        Tensor::from_f64_iter(wdt, vec![oc, cg, p0.taps, p1.taps], wnew.into_iter()),
-    );
+    let wshape = vec![oc, cg, p0.taps, p1.taps];
+    let wt = Tensor::from_f64_iter(wdt, wshape.clone(), wnew.into_iter());
+    // a per-axis weight's channel `mo` (axis 1 of the transposed convolution's weight) becomes
+    // output channel `o` (axis 0 of the convolution's)
+    let wc = placed(g, wt, wq.as_ref(), 1, |o| (o / phases) % mg, oc, &wshape, &format!("{name}.weight_phases"))?;
     let bc = match &b {
         None => None,
-        Some(b) => {
+        Some((b, bq)) => {
             let bs = b.to_f64_vec();
             if bs.len() != m {
                 return Err(format!("its bias has {} values for {m} output channels", bs.len()));
             }
-            let it = (0..oc).map(|o| bs[o / phases]);
-            Some(g.add_const(format!("{name}.bias_phases"), Tensor::from_f64_iter(b.dtype(), vec![oc], it)))
+            let bt = Tensor::from_f64_iter(b.dtype(), vec![oc], (0..oc).map(|o| bs[o / phases]));
+            Some(placed(g, bt, bq.as_ref(), 0, |o| o / phases, oc, &[oc], &format!("{name}.bias_phases"))?)
         }
     };
     let mut added: Vec<NodeId> = vec![];

@@ -275,20 +275,26 @@ fn bf16_models_on_the_jit_track_the_interpreter() {
 }
 
 /// The transposed convolutions of `fixtures/conv_transpose/` under static INT8 (calibrated on
-/// the fixture's own inputs): each rewritten one runs as an integer convolution with no host
-/// step and no Q/DQ pair left, bit for bit on the JIT and the interpreter.
+/// the fixture's own inputs), and the QDQ one as it is: each rewritten one runs as an integer
+/// convolution with no host step and no Q/DQ pair left, bit for bit on the JIT and the
+/// interpreter.
 #[test]
 fn conv_transposes_in_static_int8_are_integer_convolutions_on_the_jit() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/conv_transpose");
     let tmp = std::env::temp_dir().join(format!("qforge-jit-convt-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).expect("temp dir");
     let mut failures = vec![];
-    for name in ["k2s2_symbolic", "k3s2_padded", "k3s2_symbolic", "grouped", "dilated_1d"] {
+    // the float fixtures quantized by qforge, and a QDQ model as it is
+    for name in ["k2s2_symbolic", "k3s2_padded", "k3s2_symbolic", "grouped", "dilated_1d", "qdq"] {
         let g = fixture(&dir.join(format!("{name}.qir")));
         let x = fixture_inputs(&g);
-        let calib = tmp.join(format!("{name}.npy"));
-        qforge::npy::write(&calib, &x[0]).expect("calibration set written");
-        let opts = PipelineOptions { quantize: QuantizeMode::Int8, calib: Some(calib), ..PipelineOptions::default() };
+        let opts = if name == "qdq" {
+            PipelineOptions::default()
+        } else {
+            let calib = tmp.join(format!("{name}.npy"));
+            qforge::npy::write(&calib, &x[0]).expect("calibration set written");
+            PipelineOptions { quantize: QuantizeMode::Int8, calib: Some(calib), ..PipelineOptions::default() }
+        };
         let q = Compiler::new(opts).and_then(|c| c.optimize(g)).expect("quantized and optimized");
         let ops: Vec<&str> = q.node_ids().map(|n| q.node(n).op.name()).collect();
         if ops.iter().any(|&o| o == "conv" || o == "conv_transpose") || !ops.contains(&"qconv") {
