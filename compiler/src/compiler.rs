@@ -155,7 +155,8 @@ fn precision_config(opts: &PipelineOptions, qconfig: &QConfig, profile: &Profile
 /// One stage of the pipeline, in the order [`Compiler::stages`] lists them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Stage {
-    /// Identity removal, constant folding, dead code (`--opt-level 1` and up).
+    /// Identity removal, constant folding, dead code, then transposed convolutions with constant
+    /// weights as convolutions (`conv-transpose-as-conv`) (`--opt-level 1` and up).
     Canonicalize,
     /// Batch norm folded into the convolution before it, ahead of quantization.
     FoldBatchNorm,

@@ -7,6 +7,7 @@ use crate::sensitivity;
 use anyhow::{Context, Result};
 use qforge_ir::Graph;
 use qforge_passes::canonicalize::Canonicalize;
+use qforge_passes::conv_transpose::ConvTransposeAsConv;
 use qforge_passes::egraph::{cost::CostTable, Optimize};
 use qforge_passes::precision::{AlignChannels, AssignPrecision, F32Prefix, PrecisionConfig, Ranges};
 use qforge_passes::quantize::{
@@ -18,7 +19,12 @@ use qforge_passes::{Pass, Pipeline};
 /// Runs `stage` on `st`.
 pub fn run(c: &Compiler, stage: Stage, st: &mut State, after: &mut dyn FnMut(&str, &Graph)) -> Result<()> {
     match stage {
-        Stage::Canonicalize => pass(c, st, Canonicalize, after),
+        Stage::Canonicalize => {
+            let passes = Pipeline::new().with(Canonicalize).with(ConvTransposeAsConv);
+            let reports = passes.run(&mut st.graph, &c.pass_context(), after)?;
+            st.reports.extend(reports);
+            Ok(())
+        }
         Stage::FoldBatchNorm => pass(c, st, FoldBatchNorm, after),
         Stage::SmoothQuant => smooth(c, st, after),
         Stage::Calibrate => calibrate_stage(c, st),

@@ -17,7 +17,8 @@
 //! * Callers: the `qforge` crate's `Compiler` (which decides which passes run, in what order) and
 //!   tests. Nothing here reads files, the command line or ONNX.
 //!
-//! The passes: [`canonicalize::Canonicalize`]; [`batchnorm::FoldBatchNorm`]; quantization
+//! The passes: [`canonicalize::Canonicalize`]; [`conv_transpose::ConvTransposeAsConv`] (a
+//! transposed convolution as a convolution and a depth-to-space); [`batchnorm::FoldBatchNorm`]; quantization
 //! ([`quantize::SmoothQuant`], [`quantize::QuantizeStatic`] after calibration through an
 //! [`evaluator::Evaluator`], [`quantize::QuantizeDynamic`]); precision
 //! ([`precision::AssignPrecision`], [`precision::AlignChannels`]); the optimizer
@@ -25,6 +26,7 @@
 
 pub mod batchnorm;
 pub mod canonicalize;
+pub mod conv_transpose;
 pub mod egraph;
 pub mod evaluator;
 pub mod glob;

@@ -25,7 +25,7 @@ fn fixture(path: &Path) -> Graph {
 fn every_fixture_agrees_before_and_after_optimization() {
     let mut failures = Vec::new();
     let mut n = 0;
-    for dir in ["qir", "opt", "precision"] {
+    for dir in ["qir", "opt", "precision", "conv_transpose"] {
         let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(dir);
         let mut files: Vec<_> = std::fs::read_dir(&d).expect("fixture dir").flatten().map(|e| e.path()).collect();
         files.sort();
@@ -272,4 +272,49 @@ fn bf16_models_on_the_jit_track_the_interpreter() {
         assert!(a.sqnr_db > 30.0, "{model}: {a}");
         assert_eq!(a.top1_same, a.rows, "{model}: {a}");
     }
+}
+
+/// The transposed convolutions of `fixtures/conv_transpose/` under static INT8 (calibrated on
+/// the fixture's own inputs), and the QDQ one as it is: each rewritten one runs as an integer
+/// convolution with no host step and no Q/DQ pair left, bit for bit on the JIT and the
+/// interpreter.
+#[test]
+fn conv_transposes_in_static_int8_are_integer_convolutions_on_the_jit() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/conv_transpose");
+    let tmp = std::env::temp_dir().join(format!("qforge-jit-convt-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("temp dir");
+    let mut failures = vec![];
+    // the float fixtures quantized by qforge, and a QDQ model as it is
+    for name in ["k2s2_symbolic", "k3s2_padded", "k3s2_symbolic", "grouped", "dilated_1d", "qdq"] {
+        let g = fixture(&dir.join(format!("{name}.qir")));
+        let x = fixture_inputs(&g);
+        let opts = if name == "qdq" {
+            PipelineOptions::default()
+        } else {
+            let calib = tmp.join(format!("{name}.npy"));
+            qforge::npy::write(&calib, &x[0]).expect("calibration set written");
+            PipelineOptions { quantize: QuantizeMode::Int8, calib: Some(calib), ..PipelineOptions::default() }
+        };
+        let q = Compiler::new(opts).and_then(|c| c.optimize(g)).expect("quantized and optimized");
+        let ops: Vec<&str> = q.node_ids().map(|n| q.node(n).op.name()).collect();
+        if ops.iter().any(|&o| o == "conv" || o == "conv_transpose") || !ops.contains(&"qconv") {
+            failures.push(format!("{name}: a float convolution is left or none is integer: {ops:?}"));
+        }
+        let unfused = qforge_passes::report::fusion_report(&q, true);
+        if !unfused.is_empty() {
+            failures
+                .push(format!("{name}: Q/DQ left around {:?}", unfused.iter().map(|u| &u.node).collect::<Vec<_>>()));
+        }
+        let exe = qforge_codegen::JitExecutable::new(q.clone(), qforge_codegen::JitOptions::default());
+        match exe.program(&x) {
+            Ok(p) if p.report.host_ops.is_empty() => {}
+            Ok(p) => failures.push(format!("{name}: host steps {:?}", p.report.host_ops)),
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+        if let Err(e) = jit_case(&format!("{name} (int8)"), &q) {
+            failures.push(format!("{e:#}"));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

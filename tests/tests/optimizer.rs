@@ -378,3 +378,37 @@ fn integer_models_before_after() {
         differential(model, &before, &after, &[x], 2.0);
     }
 }
+
+/// The transposed convolutions of `fixtures/conv_transpose/` (made by `make_fixtures.py`) through
+/// the canonicalization stage's `conv-transpose-as-conv`: the graph before and after with the
+/// pass's report (`snapshots/conv_transpose@*.snap`), the same results on the interpreter
+/// before and after (float, within 1e-4 of the largest magnitude), and a second run that
+/// changes nothing.
+#[test]
+fn conv_transposes_become_convolutions() {
+    use qforge_passes::conv_transpose::ConvTransposeAsConv;
+    insta::glob!("../fixtures/conv_transpose", "*.qir", |path| {
+        let g = fixture(path);
+        let run = |g: &Graph| {
+            let mut g = g.clone();
+            let mut r = Pipeline::new().with(ConvTransposeAsConv).run(&mut g, &cx(), &mut |_, _| {}).expect("runs");
+            (g, r.remove(0))
+        };
+        let (after, report) = run(&g);
+        let (twice, r2) = run(&after);
+        assert_eq!(text(&after), text(&twice), "{}: the second run changed the graph", path.display());
+        assert!(!r2.changed, "{}: the second run reports a change", path.display());
+        differential(&path.display().to_string(), &g, &after, &inputs(&g), 0.0);
+        let mut said = format!("changed: {}\n", report.changed);
+        for (k, v) in &report.stats {
+            said.push_str(&format!("{k}: {v}\n"));
+        }
+        for n in &report.notes {
+            said.push_str(&format!("{n}\n"));
+        }
+        let snap = format!("{}\n// after conv-transpose-as-conv\n{}\n// report\n{said}", text(&g), text(&after));
+        insta::with_settings!({ snapshot_path => "../../snapshots", prepend_module_to_snapshot => false }, {
+            insta::assert_snapshot!("conv_transpose", snap);
+        });
+    });
+}

@@ -700,6 +700,11 @@ impl<'g> Lowerer<'g> {
                 self.channel_binary(&n, *op)
             }
             Op::Gemm { trans_a: true, .. } | Op::QGemm { trans_a: true, .. } => host("a transposed left operand"),
+            // the canonicalization stage (`qforge_passes::conv_transpose`) leaves only these
+            Op::ConvTranspose(_) => host(
+                "no JIT kernel for conv_transpose (it runs as a convolution when rewritten: a constant weight, \
+                 1 or 2 spatial dims, --opt-level 1 and up)",
+            ),
             op => host(format!("no JIT kernel for {} producing {}", op.name(), n.oty.dtype.name())),
         }
     }

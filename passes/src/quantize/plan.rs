@@ -211,7 +211,11 @@ fn decide<'a>(g: &Graph, node: &Node, decided: impl Fn(NodeId) -> Option<&'a Dec
             "{}: no quantized form (tile, and resize with tf_crop_and_resize or exclude_outside); stays float",
             op.name()
         )),
-        Op::ConvTranspose(_) => keep("conv_transpose: no integer kernel yet; stays float".into()),
+        Op::ConvTranspose(_) => keep(
+            "conv_transpose: no integer kernel; stays float (canonicalization rewrites one with a constant weight \
+             as a convolution, which is quantized)"
+                .into(),
+        ),
         _ => keep(format!("{}: not in the quantized set (conv, gemm, matmul, add, pooling, concat)", op.name())),
     }
 }
