@@ -13,6 +13,9 @@ use cranelift_codegen::ir::{types, InstBuilder, Value};
 
 /// Rows of a GEMM gathered and computed per block.
 pub const ROW_BLOCK: usize = 48;
+/// The most rows of an f32 GEMM computed per block (its range is split into equal blocks of at
+/// most this many rows).
+pub const F32_ROW_BLOCK: usize = 72;
 /// Columns of an int8 weight panel.
 pub const PANEL_I8: usize = 64;
 
@@ -39,16 +42,29 @@ pub struct Consts {
     /// The [`crate::micro::requant::RequantParams`] when the epilogue runs as the 512-bit
     /// requantization microkernel instead of generated CLIF, or 0.
     pub requant: i64,
+    /// The [`crate::micro::fepilogue::FloatEpilogue`] when the f32 epilogue runs as the 512-bit
+    /// microkernel instead of generated CLIF, or 0.
+    pub float_epi: i64,
 }
 
-/// The epilogue of one tile: a call of the registered requantization kernel when `consts`
-/// selects it, else the CLIF the epilogue list describes.
+/// The epilogue of one tile: a call of the registered requantization or float epilogue kernel
+/// when `consts` selects one, else the CLIF the epilogue list describes.
 fn tile_epilogue(em: &mut Emitter<'_, '_>, spec: &KernelSpec, consts: &Consts, t: &Tile) -> Result<(), JitError> {
     if consts.requant != 0 {
         let p = em.iconst(consts.requant);
         let ldc = em.iconst(t.ldc);
         let stride = em.iconst(t.out_stride);
         return em.call("qf_requant", &[p, t.tile, ldc, t.rows, t.n0, t.nr, t.out, stride]);
+    }
+    if consts.float_epi != 0 {
+        let p = em.iconst(consts.float_epi);
+        let ldc = em.iconst(t.ldc);
+        let stride = em.iconst(t.out_stride);
+        let res = match t.residual {
+            Some(r) => r,
+            None => em.iconst(0),
+        };
+        return em.call("qf_epi_f32", &[p, t.tile, ldc, t.rows, t.n0, t.nr, t.out, stride, res]);
     }
     epilogue::emit(em, spec.main.acc(), &spec.epilogue, &consts.params, spec.store, t)
 }
@@ -82,12 +98,15 @@ pub fn scratch_bytes(spec: &KernelSpec) -> usize {
             ROW_BLOCK * PANEL_I8 * 4 + a + 64
         }
         MainOp::GemmF32 { rows, .. } | MainOp::GemmBf16 { rows, .. } => {
-            let elem = if matches!(spec.main, MainOp::GemmBf16 { .. }) { 2 } else { 4 };
+            let (elem, blk) = match spec.main {
+                MainOp::GemmBf16 { .. } => (2, ROW_BLOCK),
+                _ => (4, F32_ROW_BLOCK),
+            };
             let a = match rows {
                 Rows::Direct { .. } => 0,
-                Rows::Im2col { geom, .. } => ROW_BLOCK * im2col_ld(geom) * elem,
+                Rows::Im2col { geom, .. } => blk * im2col_ld(geom) * elem,
             };
-            ROW_BLOCK * float::PANEL * 4 + a + 64
+            blk * float::PANEL * 4 + a + 64
         }
         MainOp::DepthwiseU8I8 { geom, .. } | MainOp::DepthwiseF32 { geom, .. } => {
             geom.ow * round_up(geom.c, 16) * 4 + 64
@@ -221,12 +240,14 @@ fn gemm_loops(
     };
     let ldc = panel;
     let tile = scratch;
-    let abuf = em.offset(scratch, ROW_BLOCK as i64 * panel * 4);
+    // the tile holds a whole row block (see `scratch_bytes`), the gathered rows follow it
+    let tile_rows = if matches!(kind, GemmKind::F32 { .. }) { F32_ROW_BLOCK } else { ROW_BLOCK };
+    let abuf = em.offset(scratch, tile_rows as i64 * panel * 4);
     let npanels = (n + panel - 1) / panel;
-    em.for_range(begin, end, ROW_BLOCK as i64, |em, m0| {
-        let left = em.b.ins().isub(end, m0);
-        let blk = em.iconst(ROW_BLOCK as i64);
-        let mb = em.min(left, blk);
+    // Row blocks: f32 splits its range into equal blocks of at most `F32_ROW_BLOCK` rows (so a
+    // 49-row layer is one block, not 48 + 1: a short last block streams every weight panel
+    // again for a few rows); the other GEMMs take blocks of `ROW_BLOCK`, the last one shorter.
+    let block = |em: &mut Emitter<'_, '_>, m0: Value, mb: Value| -> Result<(), JitError> {
         let (a, lda) = match rows {
             Rows::Direct { lda } => {
                 let a = em.index(x, m0, *lda as i64 * ab);
@@ -273,5 +294,29 @@ fn gemm_loops(
             let res_p = res.map(|r| em.index(r, elem, es));
             epi(em, &Tile { tile, ldc, rows: mb, n0, nr, out: out_p, out_stride: ld_out * es, residual: res_p })
         })
-    })
+    };
+    if matches!(kind, GemmKind::F32 { .. }) {
+        let len = em.b.ins().isub(end, begin);
+        let nblk = em.b.ins().iadd_imm_s(len, F32_ROW_BLOCK as i64 - 1);
+        let nblk = em.b.ins().udiv_imm_u(nblk, F32_ROW_BLOCK as i64);
+        let zero = em.iconst(0);
+        em.for_range(zero, nblk, 1, |em, bi| {
+            // rows [begin + bi*len/nblk, begin + (bi+1)*len/nblk)
+            let lo = em.b.ins().imul(bi, len);
+            let lo = em.b.ins().udiv(lo, nblk);
+            let bi1 = em.b.ins().iadd_imm_s(bi, 1);
+            let hi = em.b.ins().imul(bi1, len);
+            let hi = em.b.ins().udiv(hi, nblk);
+            let m0 = em.b.ins().iadd(begin, lo);
+            let mb = em.b.ins().isub(hi, lo);
+            block(em, m0, mb)
+        })
+    } else {
+        em.for_range(begin, end, ROW_BLOCK as i64, |em, m0| {
+            let left = em.b.ins().isub(end, m0);
+            let blk = em.iconst(ROW_BLOCK as i64);
+            let mb = em.min(left, blk);
+            block(em, m0, mb)
+        })
+    }
 }
