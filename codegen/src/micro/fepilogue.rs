@@ -38,6 +38,48 @@ pub enum FloatOp {
 #[derive(Clone, Debug, PartialEq)]
 pub struct FloatEpilogue {
     pub ops: Vec<FloatOp>,
+    /// The same list when it is a bias, a residual add, a lower and an upper bound, each at most
+    /// once and in that order (every fused convolution's list): the kernel then runs a version
+    /// compiled for exactly those steps instead of dispatching on each step per vector.
+    canon: Option<Canon>,
+}
+
+/// A list of the canonical form (see [`FloatEpilogue`]).
+#[derive(Clone, Debug, PartialEq)]
+struct Canon {
+    /// Per-channel bias, padded past the last column (empty without one).
+    bias: Vec<f32>,
+    residual: bool,
+    /// `fmax(x, max)`, when present: `vmaxps` and then the bits ANDed with `max_and`
+    /// (`0x7fff_ffff` for `+0.0`, which turns `-0.0` into `+0.0`; else all ones).
+    max: Option<(f32, u32)>,
+    /// `fmin(x, min)`, when present: `vminps` and then the bits ORed with `min_or`
+    /// (`0x8000_0000` for `-0.0`; else 0).
+    min: Option<(f32, u32)>,
+}
+
+impl Canon {
+    fn of(ops: &[FloatOp]) -> Option<Canon> {
+        let mut c = Canon { bias: Vec::new(), residual: false, max: None, min: None };
+        let mut rest = ops;
+        if let [FloatOp::AddChannel(v), tail @ ..] = rest {
+            c.bias = v.clone();
+            rest = tail;
+        }
+        if let [FloatOp::AddResidual, tail @ ..] = rest {
+            c.residual = true;
+            rest = tail;
+        }
+        if let [FloatOp::Max(m), tail @ ..] = rest {
+            c.max = Some((*m, if m.to_bits() == 0 { 0x7fff_ffff } else { u32::MAX }));
+            rest = tail;
+        }
+        if let [FloatOp::Min(m), tail @ ..] = rest {
+            c.min = Some((*m, if m.to_bits() == 0x8000_0000 { 0x8000_0000 } else { 0 }));
+            rest = tail;
+        }
+        rest.is_empty().then_some(c)
+    }
 }
 
 impl FloatEpilogue {
@@ -60,7 +102,8 @@ impl FloatEpilogue {
                 _ => None,
             })
             .collect::<Option<Vec<_>>>()?;
-        (ops.len() <= MAX_OPS).then_some(FloatEpilogue { ops })
+        let canon = Canon::of(&ops);
+        (ops.len() <= MAX_OPS).then_some(FloatEpilogue { ops, canon })
     }
 
     /// The steps' values applied to one element, in order (the scalar definition the vector
@@ -151,7 +194,11 @@ pub unsafe extern "C" fn epilogue_f32(
     unsafe {
         #[cfg(target_arch = "x86_64")]
         {
-            epilogue_avx512(&*p, tile, ldc, rows, n0, nr, out, out_stride, res)
+            let p = &*p;
+            match &p.canon {
+                Some(c) => canon_avx512(c, tile, ldc, rows, n0, nr, out, out_stride, res),
+                None => epilogue_avx512(p, tile, ldc, rows, n0, nr, out, out_stride, res),
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -229,6 +276,100 @@ unsafe fn epilogue_avx512(
                             }
                         }
                     };
+                }
+                let o = (out as *mut u8).add(r * out_stride) as *mut f32;
+                if full {
+                    _mm512_storeu_ps(o.add(j), v);
+                } else {
+                    _mm512_mask_storeu_ps(o.add(j), mask, v);
+                }
+            }
+            j += 16;
+        }
+    }
+}
+
+/// [`epilogue_avx512`] for a canonical list, one version per combination of its steps.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn canon_avx512(
+    c: &Canon,
+    tile: *const f32,
+    ldc: usize,
+    rows: usize,
+    n0: usize,
+    nr: usize,
+    out: *mut f32,
+    out_stride: usize,
+    res: *const f32,
+) {
+    // SAFETY: `epilogue_avx512`'s ranges (the caller's contract), which `canon_run` keeps; the
+    // target feature is enabled on this function and checked by `available`.
+    unsafe {
+        let args = (c, tile, ldc, rows, n0, nr, out, out_stride, res);
+        match (!c.bias.is_empty(), c.residual, c.max.is_some(), c.min.is_some()) {
+            (false, false, false, false) => canon_run::<false, false, false, false>(args),
+            (false, false, false, true) => canon_run::<false, false, false, true>(args),
+            (false, false, true, false) => canon_run::<false, false, true, false>(args),
+            (false, false, true, true) => canon_run::<false, false, true, true>(args),
+            (false, true, false, false) => canon_run::<false, true, false, false>(args),
+            (false, true, false, true) => canon_run::<false, true, false, true>(args),
+            (false, true, true, false) => canon_run::<false, true, true, false>(args),
+            (false, true, true, true) => canon_run::<false, true, true, true>(args),
+            (true, false, false, false) => canon_run::<true, false, false, false>(args),
+            (true, false, false, true) => canon_run::<true, false, false, true>(args),
+            (true, false, true, false) => canon_run::<true, false, true, false>(args),
+            (true, false, true, true) => canon_run::<true, false, true, true>(args),
+            (true, true, false, false) => canon_run::<true, true, false, false>(args),
+            (true, true, false, true) => canon_run::<true, true, false, true>(args),
+            (true, true, true, false) => canon_run::<true, true, true, false>(args),
+            (true, true, true, true) => canon_run::<true, true, true, true>(args),
+        }
+    }
+}
+
+/// The arguments of [`epilogue_f32`] with the canonical list.
+type CanonArgs<'a> = (&'a Canon, *const f32, usize, usize, usize, usize, *mut f32, usize, *const f32);
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn canon_run<const BIAS: bool, const RES: bool, const MAX: bool, const MIN: bool>(
+    (c, tile, ldc, rows, n0, nr, out, out_stride, res): CanonArgs<'_>,
+) {
+    // SAFETY: as `epilogue_avx512`: tile loads read columns `j..j + 16 <= round_up(nr, 16) <= ldc`;
+    // residual loads and output stores are masked to columns below `nr` of rows below `rows`; the
+    // bias is padded past `n0 + nr` to a multiple of 16.
+    unsafe {
+        use std::arch::x86_64::*;
+        let (maxv, maxand) = c.max.map_or((0.0, 0), |(m, a)| (m, a));
+        let (minv, minor) = c.min.map_or((0.0, 0), |(m, o)| (m, o));
+        let (maxv, maxand) = (_mm512_set1_ps(maxv), _mm512_set1_epi32(maxand as i32));
+        let (minv, minor) = (_mm512_set1_ps(minv), _mm512_set1_epi32(minor as i32));
+        let mut j = 0;
+        while j < nr {
+            let left = nr - j;
+            let full = left >= 16;
+            let mask: __mmask16 = if full { 0xffff } else { (1u16 << left) - 1 };
+            let b = if BIAS { _mm512_loadu_ps(c.bias.as_ptr().add(n0 + j)) } else { _mm512_setzero_ps() };
+            for r in 0..rows {
+                let mut v = _mm512_loadu_ps(tile.add(r * ldc + j));
+                if BIAS {
+                    v = _mm512_add_ps(v, b);
+                }
+                if RES {
+                    let rrow = (res as *const u8).add(r * out_stride) as *const f32;
+                    let x = if full { _mm512_loadu_ps(rrow.add(j)) } else { _mm512_maskz_loadu_ps(mask, rrow.add(j)) };
+                    v = _mm512_add_ps(v, x);
+                }
+                if MAX {
+                    let m = _mm512_castps_si512(_mm512_max_ps(maxv, v));
+                    v = _mm512_castsi512_ps(_mm512_and_si512(m, maxand));
+                }
+                if MIN {
+                    let m = _mm512_castps_si512(_mm512_min_ps(minv, v));
+                    v = _mm512_castsi512_ps(_mm512_or_si512(m, minor));
                 }
                 let o = (out as *mut u8).add(r * out_stride) as *mut f32;
                 if full {
