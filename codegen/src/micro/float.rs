@@ -29,7 +29,8 @@
 //! `t`; it reaches ~57 GMAC/s in cache and 51-56 GMAC/s on ResNet-18 layers including im2col.
 //! Rows of `a` are read with stride `lda` directly (no A packing), so `a` may be an im2col
 //! scratch buffer or the NHWC activation itself for 1x1 convolutions. Suggested driver: row
-//! blocks of 48 rows (any of 24..192 measured within noise), panels inner, im2col per row block.
+//! blocks of equal height up to 72 rows (any of 24..192 measured within noise, but a short last
+//! block streams every weight panel again for a few rows), panels inner, im2col per row block.
 //! The depthwise kernel is sensitive to alignment: with 64-byte aligned activations (and `c` a
 //! multiple of 16) it runs ~1.6x faster than with 16-byte aligned ones.
 
