@@ -5,6 +5,7 @@
 use crate::emit::{elementwise, kernel, Jit, Microkernels};
 use crate::lower::{HostArg, Lowered, StepKind};
 use crate::memory;
+use crate::micro::fepilogue::FloatEpilogue;
 use crate::micro::requant::RequantParams;
 use crate::micro::ConvGeom;
 use crate::spec::Step;
@@ -354,7 +355,16 @@ impl Program {
                         }
                         None => 0,
                     };
-                    let consts = kernel::Consts { params, weights, geom, requant };
+                    let float_epi = match native_float_epilogue(spec, microkernels) {
+                        Some(fe) => {
+                            let b = Box::new(fe);
+                            let a = &*b as *const FloatEpilogue as i64;
+                            keep.push(b);
+                            a
+                        }
+                        None => 0,
+                    };
+                    let consts = kernel::Consts { params, weights, geom, requant, float_epi };
                     let bind = kernel::Bindings {
                         input: off(*input) as i64,
                         output: off(*output) as i64,
@@ -368,6 +378,9 @@ impl Program {
                     let mut what = spec.describe();
                     if requant != 0 {
                         what.push_str(" (epilogue: 512-bit requant microkernel)");
+                    }
+                    if float_epi != 0 {
+                        what.push_str(" (epilogue: 512-bit float microkernel)");
                     }
                     infos.push(StepInfo { name: s.name.clone(), kind: "kernel", what, macs: spec.macs() });
                 }
@@ -805,6 +818,20 @@ fn native_requant(spec: &crate::spec::KernelSpec, mk: Microkernels) -> Option<Re
         }
         _ => None,
     }
+}
+
+/// The 512-bit float epilogue, when `spec` is an f32 kernel stored as f32 whose epilogue list
+/// the microkernel computes and the native microkernels are selected on a CPU with AVX-512F.
+fn native_float_epilogue(spec: &crate::spec::KernelSpec, mk: Microkernels) -> Option<FloatEpilogue> {
+    use crate::spec::{Acc, Store};
+    if mk != Microkernels::Native
+        || !crate::micro::fepilogue::available()
+        || spec.main.acc() != Acc::F32
+        || spec.store != Store::F32
+    {
+        return None;
+    }
+    FloatEpilogue::from_steps(&spec.epilogue)
 }
 
 fn kernel_consts(main: &crate::spec::MainOp, keep: &mut Vec<Box<dyn Any + Send + Sync>>) -> (i64, i64) {

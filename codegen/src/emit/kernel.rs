@@ -13,6 +13,9 @@ use cranelift_codegen::ir::{types, InstBuilder, Value};
 
 /// Rows of a GEMM gathered and computed per block.
 pub const ROW_BLOCK: usize = 48;
+/// The most rows of an f32 GEMM computed per block (its range is split into equal blocks of at
+/// most this many rows).
+pub const F32_ROW_BLOCK: usize = 72;
 /// Columns of an int8 weight panel.
 pub const PANEL_I8: usize = 64;
 
@@ -39,16 +42,29 @@ pub struct Consts {
     /// The [`crate::micro::requant::RequantParams`] when the epilogue runs as the 512-bit
     /// requantization microkernel instead of generated CLIF, or 0.
     pub requant: i64,
+    /// The [`crate::micro::fepilogue::FloatEpilogue`] when the f32 epilogue runs as the 512-bit
+    /// microkernel instead of generated CLIF, or 0.
+    pub float_epi: i64,
 }
 
-/// The epilogue of one tile: a call of the registered requantization kernel when `consts`
-/// selects it, else the CLIF the epilogue list describes.
+/// The epilogue of one tile: a call of the registered requantization or float epilogue kernel
+/// when `consts` selects one, else the CLIF the epilogue list describes.
 fn tile_epilogue(em: &mut Emitter<'_, '_>, spec: &KernelSpec, consts: &Consts, t: &Tile) -> Result<(), JitError> {
     if consts.requant != 0 {
         let p = em.iconst(consts.requant);
         let ldc = em.iconst(t.ldc);
         let stride = em.iconst(t.out_stride);
         return em.call("qf_requant", &[p, t.tile, ldc, t.rows, t.n0, t.nr, t.out, stride]);
+    }
+    if consts.float_epi != 0 {
+        let p = em.iconst(consts.float_epi);
+        let ldc = em.iconst(t.ldc);
+        let stride = em.iconst(t.out_stride);
+        let res = match t.residual {
+            Some(r) => r,
+            None => em.iconst(0),
+        };
+        return em.call("qf_epi_f32", &[p, t.tile, ldc, t.rows, t.n0, t.nr, t.out, stride, res]);
     }
     epilogue::emit(em, spec.main.acc(), &spec.epilogue, &consts.params, spec.store, t)
 }
@@ -82,17 +98,21 @@ pub struct GemmSplit {
 }
 
 impl GemmSplit {
-    /// The split of a GEMM of `rows` rows and `panels` weight panels for `threads` threads: at
-    /// least four units per thread where the panels allow.
-    pub fn new(rows: usize, panels: usize, threads: usize) -> GemmSplit {
-        let blocks = rows.div_ceil(ROW_BLOCK).max(1);
+    /// The split of a GEMM of `rows` rows and `panels` weight panels for `threads` threads, in
+    /// row blocks of at most `max_block` rows (of equal height when `equal`), with at least four
+    /// units per thread where the panels allow.
+    pub fn new(rows: usize, panels: usize, threads: usize, max_block: usize, equal: bool) -> GemmSplit {
+        let max_block = max_block.max(1);
+        let blocks = rows.div_ceil(max_block).max(1);
         let panels = panels.max(1);
         let target = 4 * threads.max(1);
-        if threads <= 1 || blocks >= target {
-            return GemmSplit { rows, block: ROW_BLOCK, blocks, panels_per_group: panels, groups: 1 };
+        let few = threads > 1 && blocks < target;
+        // equal row blocks (49 rows: 25 + 24 rather than 48 + 1)
+        let block = if equal || few { rows.div_ceil(blocks).max(1) } else { max_block };
+        if !few {
+            return GemmSplit { rows, block, blocks, panels_per_group: panels, groups: 1 };
         }
-        // equal row blocks (49 rows: 25 + 24 rather than 48 + 1), then enough panel groups
-        let block = rows.div_ceil(blocks).max(1);
+        // then enough panel groups
         let want = target.div_ceil(blocks).min(panels);
         let panels_per_group = panels.div_ceil(want);
         let groups = panels.div_ceil(panels_per_group);
@@ -119,14 +139,15 @@ fn gemm_panels(spec: &KernelSpec) -> usize {
     spec.cols.div_ceil(panel)
 }
 
-/// The [`GemmSplit`] of a GEMM step for `threads` threads, `None` for other main ops.
+/// The [`GemmSplit`] of a GEMM step for `threads` threads (f32: equal blocks of at most
+/// [`F32_ROW_BLOCK`] rows; int8 and bf16: blocks of [`ROW_BLOCK`]), `None` for other main ops.
 pub fn gemm_split(spec: &KernelSpec, threads: usize) -> Option<GemmSplit> {
-    match &spec.main {
-        MainOp::GemmU8I8 { .. } | MainOp::GemmF32 { .. } | MainOp::GemmBf16 { .. } => {
-            Some(GemmSplit::new(spec.rows, gemm_panels(spec), threads))
-        }
-        _ => None,
-    }
+    let (max_block, equal) = match &spec.main {
+        MainOp::GemmF32 { .. } => (F32_ROW_BLOCK, true),
+        MainOp::GemmU8I8 { .. } | MainOp::GemmBf16 { .. } => (ROW_BLOCK, false),
+        _ => return None,
+    };
+    Some(GemmSplit::new(spec.rows, gemm_panels(spec), threads, max_block, equal))
 }
 
 /// The units a step's function is called over for `threads` threads (GEMM row blocks times
@@ -134,7 +155,7 @@ pub fn gemm_split(spec: &KernelSpec, threads: usize) -> Option<GemmSplit> {
 pub fn units(spec: &KernelSpec, threads: usize) -> usize {
     match &spec.main {
         MainOp::GemmU8I8 { .. } | MainOp::GemmF32 { .. } | MainOp::GemmBf16 { .. } => {
-            GemmSplit::new(spec.rows, gemm_panels(spec), threads).units()
+            gemm_split(spec, threads).map_or(0, |s| s.units())
         }
         MainOp::DepthwiseU8I8 { geom, .. } | MainOp::DepthwiseF32 { geom, .. } => spec.rows / geom.ow.max(1),
         MainOp::GlobalSumU8 { .. } | MainOp::GlobalSumF32 { .. } => spec.rows,
@@ -157,12 +178,15 @@ pub fn scratch_bytes(spec: &KernelSpec) -> usize {
             ROW_BLOCK * PANEL_I8 * 4 + a + 64
         }
         MainOp::GemmF32 { rows, .. } | MainOp::GemmBf16 { rows, .. } => {
-            let elem = if matches!(spec.main, MainOp::GemmBf16 { .. }) { 2 } else { 4 };
+            let (elem, blk) = match spec.main {
+                MainOp::GemmBf16 { .. } => (2, ROW_BLOCK),
+                _ => (4, F32_ROW_BLOCK),
+            };
             let a = match rows {
                 Rows::Direct { .. } => 0,
-                Rows::Im2col { geom, .. } => ROW_BLOCK * im2col_ld(geom) * elem,
+                Rows::Im2col { geom, .. } => blk * im2col_ld(geom) * elem,
             };
-            ROW_BLOCK * float::PANEL * 4 + a + 64
+            blk * float::PANEL * 4 + a + 64
         }
         MainOp::DepthwiseU8I8 { geom, .. } | MainOp::DepthwiseF32 { geom, .. } => {
             geom.ow * round_up(geom.c, 16) * 4 + 64
@@ -196,7 +220,7 @@ pub fn emit(
                 MainOp::GemmBf16 { weights, .. } => GemmKind::Bf16 { k: weights.k as i64 },
                 _ => return Err(JitError::Codegen("not a GEMM".into())),
             };
-            let split = GemmSplit::new(spec.rows, gemm_panels(spec), threads);
+            let split = gemm_split(spec, threads).ok_or_else(|| JitError::Codegen("not a GEMM".into()))?;
             gemm_loops(em, x, out, res, scratch, begin, end, es, n, ldo_out, rows, kind, split, consts, |em, t| {
                 tile_epilogue(em, spec, consts, t)
             })
@@ -300,22 +324,16 @@ fn gemm_loops(
     };
     let ldc = panel;
     let tile = scratch;
-    let abuf = em.offset(scratch, ROW_BLOCK as i64 * panel * 4);
+    // the tile holds a whole row block (see `scratch_bytes`), the gathered rows follow it
+    let tile_rows = if matches!(kind, GemmKind::F32 { .. }) { F32_ROW_BLOCK } else { ROW_BLOCK };
+    let abuf = em.offset(scratch, tile_rows as i64 * panel * 4);
     let npanels = (n + panel - 1) / panel;
-    let (blocks, block, ppg) = (split.blocks as i64, split.block as i64, split.panels_per_group as i64);
-    // unit u: row block u % blocks of panel group u / blocks
-    em.for_range(begin, end, 1, |em, u| {
-        let (rb, pg) = if split.groups == 1 {
-            (u, em.iconst(0))
-        } else {
-            let blocks_v = em.iconst(blocks);
-            (em.b.ins().urem(u, blocks_v), em.b.ins().udiv(u, blocks_v))
-        };
-        let m0 = em.b.ins().imul_imm_s(rb, block);
-        let rows_v = em.iconst(split.rows as i64);
-        let left = em.b.ins().isub(rows_v, m0);
-        let blk = em.iconst(block);
-        let mb = em.min(left, blk);
+    let (block, ppg) = (split.block as i64, split.panels_per_group as i64);
+    // One unit: a row block of `split` (f32: the rows in equal blocks of at most
+    // `F32_ROW_BLOCK`, so a 49-row layer is one block, not 48 + 1, whose short last block would
+    // stream every weight panel again for a few rows; the others: blocks of `ROW_BLOCK`, the
+    // last one shorter, unless threads need equal ones) times a group of weight panels.
+    let block_fn = |em: &mut Emitter<'_, '_>, m0: Value, mb: Value, pg: Value| -> Result<(), JitError> {
         let (a, lda) = match rows {
             Rows::Direct { lda } => {
                 let a = em.index(x, m0, *lda as i64 * ab);
@@ -364,6 +382,21 @@ fn gemm_loops(
             let res_p = res.map(|r| em.index(r, elem, es));
             epi(em, &Tile { tile, ldc, rows: mb, n0, nr, out: out_p, out_stride: ld_out * es, residual: res_p })
         })
+    };
+    // unit u: row block u % blocks of panel group u / blocks
+    em.for_range(begin, end, 1, |em, u| {
+        let (rb, pg) = if split.groups == 1 {
+            (u, em.iconst(0))
+        } else {
+            let blocks_v = em.iconst(split.blocks as i64);
+            (em.b.ins().urem(u, blocks_v), em.b.ins().udiv(u, blocks_v))
+        };
+        let m0 = em.b.ins().imul_imm_s(rb, block);
+        let rows_v = em.iconst(split.rows as i64);
+        let left = em.b.ins().isub(rows_v, m0);
+        let blk = em.iconst(block);
+        let mb = em.min(left, blk);
+        block_fn(em, m0, mb, pg)
     })
 }
 
@@ -372,31 +405,34 @@ mod tests {
     use super::*;
 
     /// Every (row, panel) of a GEMM belongs to exactly one unit of its split and no unit is empty,
-    /// for every thread count, with the units the generated loop derives (row block `u % blocks`, panel group
-    /// `u / blocks`), and one thread keeps the plain 48-row blocks over all panels.
+    /// for every thread count and both row blockings, with the units the generated loop derives
+    /// (row block `u % blocks`, panel group `u / blocks`); one thread keeps all panels in one
+    /// group (and blocks of the full height where they need not be equal).
     #[test]
     fn gemm_splits_cover_every_row_and_panel_once() {
         for rows in [0, 1, 5, 47, 48, 49, 96, 196, 784, 3136] {
             for panels in [1, 2, 3, 8, 16] {
                 for threads in [1, 2, 3, 4, 8] {
-                    let s = GemmSplit::new(rows, panels, threads);
-                    if threads == 1 {
-                        assert_eq!((s.block, s.groups), (ROW_BLOCK, 1));
-                    }
-                    assert!(s.block <= ROW_BLOCK, "{s:?}");
-                    let mut seen = vec![0u8; rows * panels];
-                    for u in 0..s.units() {
-                        let (rb, pg) = (u % s.blocks, u / s.blocks);
-                        let m0 = rb * s.block;
-                        let p0 = pg * s.panels_per_group;
-                        assert!(m0 < rows && p0 < panels, "an empty unit {u}: {s:?}");
-                        for r in m0..(m0 + s.block).min(rows) {
-                            for p in p0..(p0 + s.panels_per_group).min(panels) {
-                                seen[r * panels + p] += 1;
+                    for (max_block, equal) in [(ROW_BLOCK, false), (F32_ROW_BLOCK, true)] {
+                        let s = GemmSplit::new(rows, panels, threads, max_block, equal);
+                        if threads == 1 {
+                            assert_eq!(s.groups, 1, "{s:?}");
+                            assert!(equal || s.block == max_block, "{s:?}");
+                        }
+                        assert!(s.block <= max_block, "{s:?}");
+                        let mut seen = vec![0u8; rows * panels];
+                        for u in 0..s.units() {
+                            let (rb, pg) = (u % s.blocks, u / s.blocks);
+                            let (m0, p0) = (rb * s.block, pg * s.panels_per_group);
+                            assert!(m0 < rows && p0 < panels, "an empty unit {u}: {s:?}");
+                            for r in m0..(m0 + s.block).min(rows) {
+                                for p in p0..(p0 + s.panels_per_group).min(panels) {
+                                    seen[r * panels + p] += 1;
+                                }
                             }
                         }
+                        assert!(seen.iter().all(|&c| c == 1), "rows {rows} panels {panels} threads {threads}: {s:?}");
                     }
-                    assert!(seen.iter().all(|&c| c == 1), "rows {rows} panels {panels} threads {threads}: {s:?}");
                 }
             }
         }

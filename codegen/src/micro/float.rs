@@ -29,7 +29,8 @@
 //! `t`; it reaches ~57 GMAC/s in cache and 51-56 GMAC/s on ResNet-18 layers including im2col.
 //! Rows of `a` are read with stride `lda` directly (no A packing), so `a` may be an im2col
 //! scratch buffer or the NHWC activation itself for 1x1 convolutions. Suggested driver: row
-//! blocks of 48 rows (any of 24..192 measured within noise), panels inner, im2col per row block.
+//! blocks of equal height up to 72 rows (any of 24..192 measured within noise, but a short last
+//! block streams every weight panel again for a few rows), panels inner, im2col per row block.
 //! The depthwise kernel is sensitive to alignment: with 64-byte aligned activations (and `c` a
 //! multiple of 16) it runs ~1.6x faster than with 16-byte aligned ones.
 
@@ -753,8 +754,8 @@ mod x86 {
     }
 
     /// All rows for one chunk of `NV` zmm (+ `HALF` ymm) columns, k-blocked by [`KC`]: for each
-    /// k block, every `MR`-row block continues its partial sums from `c`, so the B sub-panel
-    /// stays in cache. Row remainders use an exact-height block.
+    /// k block, every row block (at most `MR` rows, all of about equal height) continues its
+    /// partial sums from `c`, so the B sub-panel stays in cache.
     #[target_feature(enable = "avx512f,fma")]
     unsafe fn rows512<const NV: usize, const HALF: bool>(
         a: *const f32,
@@ -772,14 +773,20 @@ mod x86 {
         unsafe {
             const { assert!(NV <= 3 && (NV >= 1 || HALF) && (NV <= 2 || !HALF)) };
             let mr = mr512(NV, HALF);
+            // Rows in `nblk` blocks of equal height (within one) of at most `mr`: 49 rows of a
+            // 12-row block are 10+10+10+10+9, not 4x12+1 (a 1-row block is latency-bound: one
+            // accumulator chain per vector).
+            let nblk = m.div_ceil(mr);
             let mut k0 = 0;
             loop {
                 let kc = (k - k0).min(KC);
                 let acc = k0 > 0;
                 let (ak, bk) = (a.add(k0), b.add(k0 * ldb));
                 let mut r = 0;
+                let mut bi = 0;
                 while r < m {
-                    let rows = (m - r).min(mr);
+                    let rows = m / nblk + usize::from(bi < m % nblk);
+                    bi += 1;
                     let (ar, cr) = (ak.add(r * lda), c.add(r * ldc));
                     match mr {
                         24 => rows_dispatch!(
@@ -1008,23 +1015,34 @@ mod x86 {
             let span = (g.kw.max(1) - 1) * g.dw;
             let ox_hi = if g.w + g.pw > span { ((g.w - 1 + g.pw - span) / sw + 1).min(g.ow).max(ox_lo) } else { ox_lo };
             let d = DwRow { g, xi, by, ky0, ky1, ox_lo, ox_hi };
-            // Channel blocks outer, whole row inner: the weights of a block stay in registers across
-            // the row. (Measured on Zen4: pixel chunks of 8..32 outer with channel blocks inner were
-            // no faster, so the kernels take a pixel range but are called with the whole row.)
-            let (b0, b1) = (0, g.ow);
-            let mut cb = 0;
-            while cb < c {
-                let mask = lane_mask(c - cb);
-                let (wb, ob) = (w.add(cb), out.add(cb));
-                match (g.kh, g.kw) {
-                    (3, 3) => dw_block::<3, 3, 8>(&d, cb, mask, wb, cp, ob, ldo, b0, b1),
-                    (5, 5) => dw_block::<5, 5, 4>(&d, cb, mask, wb, cp, ob, ldo, b0, b1),
-                    _ => dw_generic(&d, cb, mask, wb, cp, ob, ldo, b0, b1),
+            // Pixel chunks outer, channel blocks inner: each chunk reads whole input pixels (all
+            // their channels, contiguous in NHWC) once, so the input streams through the cache in
+            // address order; a channel block's weights are loaded again per chunk (from L1). With
+            // channel blocks outer, a row of a wide layer (96 channels x 112 pixels x 3 input
+            // rows) was read six times with a 384-byte stride, which the hardware prefetchers
+            // follow poorly: MobileNetV2's stride-2 layers ran at a third of ONNX Runtime's speed.
+            // Chunks end at `ox_lo + j * DW_CHUNK` so each holds whole interior blocks.
+            let mut b0 = 0;
+            while b0 < g.ow {
+                let b1 = if b0 < d.ox_lo { d.ox_lo + DW_CHUNK } else { b0 + DW_CHUNK }.min(g.ow);
+                let mut cb = 0;
+                while cb < c {
+                    let mask = lane_mask(c - cb);
+                    let (wb, ob) = (w.add(cb), out.add(cb));
+                    match (g.kh, g.kw) {
+                        (3, 3) => dw_block::<3, 3, 8>(&d, cb, mask, wb, cp, ob, ldo, b0, b1),
+                        (5, 5) => dw_block::<5, 5, 4>(&d, cb, mask, wb, cp, ob, ldo, b0, b1),
+                        _ => dw_generic(&d, cb, mask, wb, cp, ob, ldo, b0, b1),
+                    }
+                    cb += 16;
                 }
-                cb += 16;
+                b0 = b1;
             }
         }
     }
+
+    /// Output pixels per chunk of a depthwise row (a multiple of the interior blocks' 8 and 4).
+    const DW_CHUNK: usize = 16;
 
     /// Per-row constants of a depthwise call.
     struct DwRow<'a> {
