@@ -435,7 +435,7 @@ fn cases(d: &Path, f: &Files) -> Vec<Case> {
             name: "compile -o says what it wrote",
             args: with(int8("compile"), &["-o", &out("c.qfa")]),
             expect: Expect {
-                stdout: &["wrote `{dir}/c.qfa` ({size}): 9 nodes after 4 passes, {size} of weights"],
+                stdout: &["wrote `{dir}/c.qfa` ({size}): 9 nodes after 5 passes, {size} of weights"],
                 ..Expect::default()
             },
             after: None,
@@ -469,7 +469,7 @@ fn cases(d: &Path, f: &Files) -> Vec<Case> {
             ]),
             expect: Expect {
                 stdout: &[
-                    "wrote `{dir}/r.html` ({size}): top-1 99.00% (fp32 99.50%), output SQNR 34.71 dB against fp32 on \
+                    "wrote `{dir}/r.html` ({size}): top-1 99.50% (fp32 99.50%), output SQNR 39.58 dB against fp32 on \
                      200 sample(s)",
                 ],
                 ..Expect::default()
