@@ -42,6 +42,12 @@ pub trait CalibSource: Send + Sync {
     /// consuming it (a file: its arrays bind to the inputs, their shapes fit, every value is
     /// finite).
     fn check(&self, g: &Graph) -> Result<()>;
+    /// Whether the source serves one pass only (a Python generator): the stages that need
+    /// another pass say so, or, where they are on by default (bias correction), are skipped with
+    /// a warning.
+    fn single_pass(&self) -> bool {
+        false
+    }
 }
 
 /// The calibration file of `--calib`, read the first time a stage needs it and kept.

@@ -166,6 +166,8 @@ pub enum Stage {
     Calibrate,
     /// `--min-sqnr` with INT8: the most sensitive layers kept float until the output SQNR is met.
     FloatFallback,
+    /// Bias correction, measured on the calibration set (`--bias-correction`, `[bias_correction]`).
+    BiasCorrection,
     /// Q/DQ insertion (static) or dynamic quantization.
     Quantize,
     /// FP16/BF16/AMP assignment, with the overflow guard and the accuracy guard when asked.
@@ -184,6 +186,7 @@ impl Stage {
             Stage::SmoothQuant => "smooth-quant",
             Stage::Calibrate => "calibrate",
             Stage::FloatFallback => "float-fallback",
+            Stage::BiasCorrection => "bias-correction",
             Stage::Quantize => "quantize",
             Stage::Precision => "precision",
             Stage::AlignChannels => "align-channels",
@@ -355,6 +358,9 @@ impl Compiler {
             if o.min_sqnr.is_some() {
                 s.push(Stage::FloatFallback);
             }
+            if self.qconfig.corrects_bias() {
+                s.push(Stage::BiasCorrection);
+            }
         }
         if o.quantize != QuantizeMode::None {
             s.push(Stage::Quantize);
@@ -381,8 +387,9 @@ impl Compiler {
             crate::qconfig::check_rules_match(file, graph, path)?;
         }
         let selected: Vec<Stage> = self.stages().into_iter().filter(|s| last.is_none_or(|l| *s <= l)).collect();
-        let quantizes =
-            selected.iter().any(|s| matches!(s, Stage::SmoothQuant | Stage::Calibrate | Stage::FloatFallback));
+        let quantizes = selected
+            .iter()
+            .any(|s| matches!(s, Stage::SmoothQuant | Stage::Calibrate | Stage::FloatFallback | Stage::BiasCorrection));
         let guards = selected.contains(&Stage::Precision)
             && self.precision.as_ref().is_some_and(|c| c.policy.min_sqnr_db.is_some());
         match &self.calib {

@@ -35,6 +35,20 @@ pub enum Precision {
     Amp,
 }
 
+/// A setting turned on or off (`--bias-correction on|off`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    On,
+    Off,
+}
+
+impl Switch {
+    pub fn on(self) -> bool {
+        self == Switch::On
+    }
+}
+
 /// Which engine runs the graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -105,6 +119,11 @@ pub struct PipelineOptions {
     /// overrides the qconfig's `[smoothquant] alpha`).
     #[arg(long, value_name = "ALPHA", value_parser = parse_alpha)]
     pub smooth: Option<f64>,
+    /// Bias correction with static INT8: subtract from each conv, gemm and linear layer's bias
+    /// the mean output error its weight rounding causes on --calib (on by default; overrides the
+    /// qconfig's `[bias_correction] enabled`).
+    #[arg(long, value_enum, value_name = "ON|OFF")]
+    pub bias_correction: Option<Switch>,
     /// Automatic fallback, measured on --calib: with --quantize int8, keep the most sensitive
     /// layers (ranked by a sensitivity study) in float; with --precision fp16|bf16|amp, keep the
     /// shortest prefix of low-precision ops in f32; either until the output SQNR against fp32
@@ -164,6 +183,7 @@ impl Default for PipelineOptions {
             precision_config: None,
             qconfig: None,
             smooth: None,
+            bias_correction: None,
             min_sqnr: None,
             engine: Engine::Jit,
             threads: 1,
@@ -190,6 +210,7 @@ impl PipelineOptions {
             calib_method: None,
             qconfig: None,
             smooth: None,
+            bias_correction: None,
             min_sqnr: None,
             precision: Precision::Fp32,
             precision_config: None,

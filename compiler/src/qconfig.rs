@@ -26,6 +26,9 @@
 //! [smoothquant]                 # SmoothQuant before static int8 (`--smooth ALPHA` overrides)
 //! alpha = 0.5                   # migration strength in [0, 1]
 //!
+//! [bias_correction]             # static int8 (`--bias-correction on|off` overrides)
+//! enabled = true                # the default
+//!
 //! [[node]]                      # by node name (or an original ONNX node name it absorbed)
 //! match = "/backbone/*"         # a glob ...
 //! precision = "int8"
@@ -60,6 +63,11 @@
 //! `s_j = max|X_j|^alpha / max|W_j|^(1-alpha)` per channel and the weights' rows multiplied by it
 //! (the float function is unchanged; see `qforge_passes::quantize::smooth`). `alpha` defaults to
 //! 0.5.
+//!
+//! `[bias_correction]` says whether static int8 corrects biases (on by default): after
+//! calibration, the mean output error that rounding each conv's, gemm's and linear matmul's weight
+//! causes on the calibration set is subtracted from its bias (see
+//! `qforge_passes::quantize::bias_correction`).
 
 use crate::options::{PipelineOptions, QuantizeMode};
 use anyhow::{bail, Context, Result};
@@ -83,6 +91,14 @@ struct FileToml {
     node: Vec<Spanned<RuleToml>>,
     #[serde(default)]
     smoothquant: Option<Spanned<SmoothToml>>,
+    #[serde(default)]
+    bias_correction: Option<BiasCorrectionToml>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BiasCorrectionToml {
+    enabled: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -200,6 +216,9 @@ pub fn resolve(opts: &PipelineOptions) -> Result<(QConfig, Option<QConfigFile>)>
     if let Some(a) = opts.smooth {
         cfg.smooth = Some(a);
     }
+    if let Some(s) = opts.bias_correction {
+        cfg.bias_correction = Some(s.on());
+    }
     Ok((cfg, file))
 }
 
@@ -225,6 +244,9 @@ pub fn skip_rules_text(header: &str, skip: &[String], cfg: &QConfig, base: Optio
     }
     if let Some(a) = cfg.smooth {
         text.push_str(&format!("\n[smoothquant]\nalpha = {a}\n"));
+    }
+    if let Some(on) = cfg.bias_correction {
+        text.push_str(&format!("\n[bias_correction]\nenabled = {on}\n"));
     }
     for s in skip {
         // a name with glob characters is matched exactly through an anchored, escaped regex
@@ -293,6 +315,9 @@ pub fn parse_file(text: &str) -> Result<QConfigFile, QConfigError> {
             None => 0.5,
         };
         cfg.smooth = Some(alpha);
+    }
+    if let Some(bc) = &file.bias_correction {
+        cfg.bias_correction = Some(bc.enabled.unwrap_or(QConfig::DEFAULT_BIAS_CORRECTION));
     }
     cfg.check().map_err(|msg| QConfigError { line: None, msg: msg.to_string() })?;
     Ok(QConfigFile { config: cfg, node_lines })
@@ -508,6 +533,8 @@ skip = true
             ("[default]\nskip = \"yes\"\n", "line 2: "),
             ("[smoothquant]\nalpha = 1.5\n", "line 2: [smoothquant] alpha 1.5 is not in [0, 1]"),
             ("[smoothquant]\nbeta = 0.5\n", "line 2: unknown field `beta`"),
+            ("[bias_correction]\nalpha = 0.5\n", "line 2: unknown field `alpha`"),
+            ("[bias_correction]\nenabled = \"no\"\n", "line 2: "),
         ];
         for (text, want) in cases {
             let e = parse(text).expect_err(text).to_string();
@@ -523,6 +550,9 @@ skip = true
         assert_eq!(cfg.smooth, Some(0.75));
         assert_eq!(parse("[smoothquant]\n").unwrap().smooth, Some(0.5));
         assert_eq!(parse("").unwrap().smooth, None);
+        assert_eq!(parse("[bias_correction]\nenabled = false\n").unwrap().bias_correction, Some(false));
+        assert_eq!(parse("[bias_correction]\n").unwrap().bias_correction, Some(true));
+        assert_eq!(parse("").unwrap().bias_correction, None);
     }
 
     #[test]

@@ -11,8 +11,8 @@ use qforge_passes::conv_transpose::ConvTransposeAsConv;
 use qforge_passes::egraph::{cost::CostTable, Optimize};
 use qforge_passes::precision::{AlignChannels, AssignPrecision, F32Prefix, PrecisionConfig, Ranges};
 use qforge_passes::quantize::{
-    activation_plan, calibrate, channel_absmax, smooth_sites, ChannelStats, FoldBatchNorm, QuantizeDynamic,
-    QuantizeStatic, SmoothQuant,
+    activation_plan, bias_sites, calibrate, channel_absmax, channel_means, error_graph, smooth_sites, BiasCorrection,
+    ChannelStats, FoldBatchNorm, QuantizeDynamic, QuantizeStatic, SmoothQuant,
 };
 use qforge_passes::{Pass, Pipeline};
 
@@ -29,6 +29,7 @@ pub fn run(c: &Compiler, stage: Stage, st: &mut State, after: &mut dyn FnMut(&st
         Stage::SmoothQuant => smooth(c, st, after),
         Stage::Calibrate => calibrate_stage(c, st),
         Stage::FloatFallback => float_fallback(c, st),
+        Stage::BiasCorrection => bias_correction(c, st, after),
         Stage::Quantize => quantize(c, st, after),
         Stage::Precision => precision(c, st, after),
         Stage::AlignChannels => pass(c, st, AlignChannels { align: c.profile().layout.channel_align }, after),
@@ -134,6 +135,45 @@ fn float_fallback(c: &Compiler, st: &mut State) -> Result<()> {
     }
     st.qconfig = sensitivity::skipping(&st.qconfig, &kept);
     Ok(())
+}
+
+/// Bias correction: each quantized layer's weight rounding error (the weights static quantization
+/// will store, from the calibration's ranges and the policy in force), its mean effect on the
+/// layer's output measured in one more pass over the calibration set, then the [`BiasCorrection`]
+/// pass. Nothing runs when no layer has a bias to correct.
+fn bias_correction(c: &Compiler, st: &mut State, after: &mut dyn FnMut(&str, &Graph)) -> Result<()> {
+    if c.calib_source()?.single_pass() {
+        tracing::warn!(
+            "bias correction skipped: it takes a second pass over the calibration data, which serves one pass only \
+             (pass a re-iterable, or turn bias correction off to silence this)"
+        );
+        return Ok(());
+    }
+    let cal = st.calibration.as_ref().context("bias correction runs after calibration")?;
+    let sites = bias_sites(&st.graph, &st.qconfig, cal, &c.pass_context())?;
+    if sites.is_empty() {
+        tracing::info!("bias correction: no quantized layer with a bias to correct");
+        return Ok(());
+    }
+    let (eg, values) = error_graph(&st.graph, &sites)?;
+    tracing::info!("bias correction: measuring the output error of {} layers", sites.len());
+    let (stream, total) = c.calib_stream(&st.graph)?;
+    let mut failed = None;
+    let mut batches = stream.map_while(|b| b.map_err(|e| failed = Some(e)).ok());
+    let mut bar = c.progress("bias correction", "batches");
+    let means = channel_means(&eg, c.evaluator(), &mut batches, total.unwrap_or(0), &values, &mut *bar);
+    drop(batches);
+    if let Some(e) = failed {
+        return Err(e.context("reading the calibration data for bias correction"));
+    }
+    let means = means.context("measuring the layers' output error on the calibration set")?;
+    let mut corrections = std::collections::BTreeMap::new();
+    for (s, (v, _)) in sites.iter().zip(&values) {
+        let key = (eg.node(v.node).name.clone(), v.port);
+        let m = means.get(&key).context("bias correction: a measured layer has no means")?;
+        corrections.insert(st.graph.node(s.node).name.clone(), m.clone());
+    }
+    pass(c, st, BiasCorrection { corrections }, after)
 }
 
 /// Q/DQ insertion with the calibrated ranges (static INT8), or dynamic quantization.

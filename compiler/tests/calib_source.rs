@@ -1,6 +1,7 @@
 //! Calibration from a library user's own batches ([`CalibSource`]): the same quantized model as
-//! from the file, one pass over the data, and each batch observed before the next is asked for
-//! (the pass is streamed, never collected first).
+//! from the file, one pass over the data for calibration and one for bias correction, and in each
+//! pass each batch observed before the next is asked for (the passes are streamed, never
+//! collected first).
 
 mod common;
 use anyhow::Result;
@@ -10,8 +11,8 @@ use qforge::Compiler;
 use qforge_ir::{Graph, Tensor};
 use std::sync::{Arc, Mutex};
 
-/// What happened, in order: `Made(i)` when the source produced batch `i`, `Observed(k)` when the
-/// calibration stage reported `k` batches done.
+/// What happened, in order: `Pass` when a pass starts, `Made(i)` when the source produced batch
+/// `i`, `Observed(k)` when the calibration or bias correction stage reported `k` batches done.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Event {
     Pass,
@@ -67,9 +68,9 @@ fn streamed_batches_quantize_as_the_file_does() -> Result<()> {
     let opts = PipelineOptions { quantize: QuantizeMode::Int8, calib_batch: batch, ..Default::default() };
     let compiler = Compiler::new(opts)?.with_calibration(src).with_progress(Arc::new(move |what, _| {
         let log = progress_log.clone();
-        let calibrating = what == "calibrating";
+        let streaming = what == "calibrating" || what == "bias correction";
         Box::new(move |done, _| {
-            if calibrating {
+            if streaming {
                 log.lock().expect("log").push(Event::Observed(done));
             }
         })
@@ -79,10 +80,13 @@ fn streamed_batches_quantize_as_the_file_does() -> Result<()> {
 
     let log = log.lock().expect("log").clone();
     let batches = 100usize.div_ceil(batch);
-    let mut expected = vec![Event::Pass];
-    for i in 0..batches {
-        expected.extend([Event::Made(i), Event::Observed(i + 1)]);
+    let mut expected = vec![];
+    for _ in ["calibration", "bias correction"] {
+        expected.push(Event::Pass);
+        for i in 0..batches {
+            expected.extend([Event::Made(i), Event::Observed(i + 1)]);
+        }
     }
-    assert_eq!(log, expected, "one pass, each batch observed before the next is made");
+    assert_eq!(log, expected, "two passes, each batch observed before the next is made");
     Ok(())
 }

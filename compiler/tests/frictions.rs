@@ -469,7 +469,7 @@ fn cases(d: &Path, f: &Files) -> Vec<Case> {
             ]),
             expect: Expect {
                 stdout: &[
-                    "wrote `{dir}/r.html` ({size}): top-1 99.00% (fp32 99.50%), output SQNR 34.71 dB against fp32 on \
+                    "wrote `{dir}/r.html` ({size}): top-1 99.50% (fp32 99.50%), output SQNR 39.58 dB against fp32 on \
                      200 sample(s)",
                 ],
                 ..Expect::default()

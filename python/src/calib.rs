@@ -295,6 +295,10 @@ impl CalibSource for PyCalib {
         self.what.clone()
     }
 
+    fn single_pass(&self) -> bool {
+        matches!(self.data, Data::Iterable { one_shot: true, .. })
+    }
+
     /// Each batch of [`CalibSource::batches`] converted whole.
     fn stream<'a>(&'a self, g: &Graph, batch: usize) -> Result<Box<dyn Iterator<Item = Result<Vec<Tensor>>> + 'a>> {
         Ok(Box::new(self.batches(g, batch)?.map(|b| {

@@ -338,7 +338,8 @@ impl Model {
     ///     inputs in order, extra elements such as labels are ignored; a generator). Arrays are cut
     ///     into batches of `calib_batch` rows, as `--calib` files are; an iterable's batches are used
     ///     as they come, one at a time. Needed for "int8"; a generator serves one pass, enough for
-    ///     plain static INT8 but not for `min_sqnr` or `smooth` (pass a list or a DataLoader).
+    ///     plain static INT8 but not for `min_sqnr` or `smooth` (pass a list or a DataLoader), and
+    ///     bias correction (on by default) is skipped with a warning.
     /// mode: "int8" (static, calibrated) or "dynamic" (activations quantized at run time).
     /// method: the calibration observer: "minmax" (the default), "ema", "percentile", "entropy", "mse".
     /// per_channel: True per output channel, False per tensor; None: the CLI's default (per channel

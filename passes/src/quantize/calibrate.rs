@@ -366,6 +366,59 @@ pub fn channel_absmax<B: CalibBatch>(
     Ok(out)
 }
 
+/// Runs `g` on every batch and returns, for each `(value, axis)`, the mean of each channel along
+/// `axis` (every other axis and every batch reduced, each element weighing the same), in f64 sums.
+/// The channel count is the dimension at `axis`, which must be the same on every batch. NaN or
+/// infinity is an error naming the node. Bias correction ([`super::bias_correction`]) reads the
+/// mean output error of each layer this way.
+pub fn channel_means<B: CalibBatch>(
+    g: &Graph,
+    eval: &dyn Evaluator,
+    batches: &mut dyn Iterator<Item = B>,
+    total: usize,
+    values: &[(Value, usize)],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<BTreeMap<(String, usize), Vec<f64>>, CalibError> {
+    let mut sums: Vec<Option<(Vec<f64>, u64)>> = vec![None; values.len()];
+    let mut observe = |i: usize, t: &Tensor, b: usize| -> Result<(), CalibError> {
+        let n = g.node(values[i].0.node);
+        let fail = |msg: String| CalibError::Node { node: n.name.clone(), op: n.op.name(), msg };
+        let x = t.as_f32().ok_or_else(|| fail("channel means need an f32 value".into()))?;
+        let axis = values[i].1;
+        let c = *t.shape().get(axis).ok_or_else(|| fail(format!("no axis {axis} in shape {:?}", t.shape())))?;
+        // elements of one channel are contiguous runs of `inner`, `c` runs apart
+        let inner: usize = t.shape()[axis + 1..].iter().product();
+        let (s, count) = sums[i].get_or_insert_with(|| (vec![0.0; c], 0));
+        if s.len() != c {
+            return Err(fail(format!("{c} channels on batch {b}, {} before", s.len())));
+        }
+        for (k, &v) in x.iter().enumerate() {
+            if !v.is_finite() {
+                return Err(fail(format!("non-finite value {v} on batch {b}")));
+            }
+            s[(k / inner.max(1)) % c] += f64::from(v);
+        }
+        *count += (x.len() / c.max(1)) as u64;
+        Ok(())
+    };
+    let plain: Vec<Value> = values.iter().map(|(v, _)| *v).collect();
+    let (seen, _) = observe_values(g, eval, batches, total, &plain, progress, &mut observe)?;
+    if seen == 0 {
+        return Err(CalibError::Empty);
+    }
+    let mut out = BTreeMap::new();
+    for ((v, _), s) in values.iter().zip(sums) {
+        let n = g.node(v.node);
+        let (s, count) = s.ok_or_else(|| CalibError::Node {
+            node: n.name.clone(),
+            op: n.op.name(),
+            msg: "no value was observed".into(),
+        })?;
+        out.insert((n.name.clone(), v.port), s.iter().map(|x| x / count.max(1) as f64).collect());
+    }
+    Ok(out)
+}
+
 /// Runs `g` on every batch (`total` of them, for progress), handing each of `values` (by its
 /// index) to `observe` as it is produced, graph inputs included; the first error stops the run.
 /// `progress(done, total)` is called after each batch. Returns the batches and samples seen.

@@ -14,16 +14,21 @@
 //!   per node name); [`attention`] finds the scores and context matmuls of attention.
 //! * [`smooth`]: SmoothQuant's scale migration from layer-norm outputs into the weights of the
 //!   matmuls they feed (before calibration, with per-channel maxima from [`calibrate::channel_absmax`]).
+//! * [`bias_correction`]: the mean output error that rounding each layer's weights causes,
+//!   measured on the calibration set ([`calibrate::channel_means`]) and subtracted from its bias
+//!   (after calibration, before Q/DQ insertion).
 //! * [`sensitivity`]: one layer quantized at a time, ranked by output SQNR; the most sensitive
 //!   layers kept in float until an accuracy budget or an output SQNR target is met.
 //!
 //! The pipeline (in `qforge`): canonicalize, [`FoldBatchNorm`], [`SmoothQuant`] (when asked),
-//! calibrate (int8), [`Study::keep_float_until_sqnr`] (with `--min-sqnr`), then
+//! calibrate (int8), [`Study::keep_float_until_sqnr`] (with `--min-sqnr`), [`BiasCorrection`]
+//! (unless turned off), then
 //! [`QuantizeStatic`] or [`QuantizeDynamic`]; the optimizer then lowers the Q/DQ sandwiches to
 //! integer kernels. ReLU/clip after a quantized op: see [`static_quant`] (removed when the
 //! quantize after it clamps the same, as ORT does).
 
 pub mod attention;
+pub mod bias_correction;
 pub mod calibrate;
 pub mod dynamic;
 pub mod histogram;
@@ -37,9 +42,10 @@ pub mod static_quant;
 
 pub use crate::batchnorm::FoldBatchNorm;
 pub use attention::attention_roles;
+pub use bias_correction::{bias_sites, error_graph, BiasCorrection, BiasSite, BiasSlot};
 pub use calibrate::{
-    assess, calibrate, channel_absmax, CalibError, CalibWarning, Calibration, EvalError, Evaluator, Interpreter,
-    RangeAssessment, Target,
+    assess, calibrate, channel_absmax, channel_means, CalibError, CalibWarning, Calibration, EvalError, Evaluator,
+    Interpreter, RangeAssessment, Target,
 };
 pub use dynamic::QuantizeDynamic;
 pub use histogram::{EntropyObserver, Histogram, MseObserver, PercentileObserver, RangeQuality};

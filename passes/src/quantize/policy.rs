@@ -214,6 +214,9 @@ pub struct QConfig {
     /// SmoothQuant's migration strength α (`[smoothquant] alpha`), `None`: no smoothing (see
     /// [`super::smooth`]).
     pub smooth: Option<f64>,
+    /// Bias correction before static quantization (`[bias_correction] enabled`), `None`: the
+    /// default, [`QConfig::DEFAULT_BIAS_CORRECTION`] (see [`super::bias_correction`]).
+    pub bias_correction: Option<bool>,
 }
 
 /// A node's resolved settings.
@@ -259,6 +262,14 @@ impl NodeSettings {
 }
 
 impl QConfig {
+    /// Whether static quantization corrects biases when the qconfig and the flags do not say.
+    pub const DEFAULT_BIAS_CORRECTION: bool = true;
+
+    /// Whether static quantization corrects biases ([`super::bias_correction`]).
+    pub fn corrects_bias(&self) -> bool {
+        self.bias_correction.unwrap_or(Self::DEFAULT_BIAS_CORRECTION)
+    }
+
     /// The built-in defaults: int8, `u8` asymmetric activations, `i8` symmetric per-channel
     /// weights, min-max calibration (ONNX Runtime's `quantize_static` defaults).
     pub fn builtin() -> Rule {
@@ -391,6 +402,7 @@ mod tests {
                 },
             ],
             smooth: None,
+            bias_correction: None,
         };
         let s = q.settings(g.node(r.node));
         assert_eq!(s.precision, Precision::Fp32);

@@ -1,0 +1,425 @@
+//! Bias correction (Nagel et al., 2019, "Data-Free Quantization Through Weight Equalization and
+//! Bias Correction", arXiv:1906.04721, section 4.2; Qualcomm AIMET and Intel Neural Compressor
+//! implement it): the systematic error that rounding a layer's weights puts on its output is
+//! measured on the calibration set and subtracted from the layer's bias.
+//!
+//! # The law
+//! A linear layer `y = W x + b` whose weight is quantized computes `y' = W' x + b` with
+//! `W' = W + ΔW` (the dequantized weight), so its output moves by `ΔW x`, whose expectation over
+//! the data is `E[ΔW x] = ΔW E[x]`: a per-output-channel offset, the same for every input, that
+//! the per-channel rounding does not average away (a depthwise convolution has 9 taps per
+//! channel, so one unlucky rounding shifts the whole channel). Replacing `b` by
+//! `b - E[ΔW x]` makes the quantized layer's output unbiased again:
+//! `E[W' x + b - E[ΔW x]] = E[W x + b]`.
+//!
+//! `E[ΔW x]` is measured, not derived from per-channel input means: the layer's own op is run
+//! with `ΔW` in place of `W` and no bias on the float activations of the calibration set, and its
+//! result averaged per output channel ([`super::calibrate::channel_means`]). For a
+//! fully-connected layer this is exactly `ΔW E[x]`; for a convolution it is the same sum over the
+//! kernel window of the per-channel input means, except that taps reading a padded border read
+//! zeros, which the measurement counts (each tap weighted by the share of output positions where
+//! it reads the image), and strides and dilations are what the op does.
+//!
+//! Only the weight's rounding is corrected: the activations are the float graph's, so the
+//! correction of one layer does not depend on the others, and one extra pass over the
+//! calibration set measures every layer at once ([`error_graph`]). `ΔW` is the weight static
+//! quantization will actually store: [`bias_sites`] runs [`QuantizeStatic`] on a copy of the graph
+//! and reads each dequantized weight back (per-channel or per-tensor scales, 4-bit groups, the
+//! scale raised for the i32 bias, all as they will be). The correction changes the bias, which
+//! that raise depends on; the change is of the order of a weight step times the input, far below
+//! what moves it.
+//!
+//! # Where it applies
+//! A [`BiasSite`] is a conv, gemm or matmul that static quantization quantizes with a constant f32
+//! weight at slot 1, whose bias can absorb a per-output-channel constant:
+//! * a conv: its bias (slot 2, a constant f32 vector, or none: one is added);
+//! * a gemm with `beta != 0`: its `C` (a constant f32 vector of the output channels, or none),
+//!   which the gemm scales by `beta`, so the correction is divided by it;
+//! * a matmul with a `[K, N]` weight whose only reader is an add of a constant f32 vector of `N`
+//!   elements (the bias of a linear layer as exporters write it for inputs of rank 3 and up),
+//!   whose result is not a graph output: that constant.
+//!
+//! The pass ([`BiasCorrection`]) applies measured corrections, by layer name; applied twice, it
+//! corrects twice (measure again on the corrected graph: its `ΔW` is the same, and the measured
+//! offset is subtracted once more), so the pipeline runs it once, after calibration and before
+//! quantization.
+
+use super::calibrate::Calibration;
+use super::policy::QConfig;
+use super::static_quant::{activation_plan, QuantizeStatic};
+use crate::pass::{Pass, PassContext, PassError, PassReport};
+use qforge_ir::{BinaryOp, DType, Graph, NodeId, Op, Tensor, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Where a layer's correction goes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BiasSlot {
+    /// The layer's own bias input (slot 2 of a conv or gemm), present or to be added; the
+    /// correction is divided by `scale` (a gemm's `beta`; 1 for a conv).
+    Own { scale: f32 },
+    /// The constant vector input `slot` of the add that reads the matmul's result.
+    Add { add: NodeId, slot: usize },
+}
+
+/// A layer whose output offset bias correction measures (see the module documentation).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BiasSite {
+    pub node: NodeId,
+    /// Output channels, and the axis of the layer's result they are on.
+    pub channels: usize,
+    pub axis: usize,
+    pub bias: BiasSlot,
+    /// The weight's rounding error: the dequantized weight static quantization stores, less the
+    /// float weight (the weight's shape).
+    pub delta: Tensor,
+}
+
+/// The constant f32 tensor at `slot` of `node`, with its value.
+fn const_f32(g: &Graph, node: NodeId, slot: usize) -> Option<(Value, &Tensor)> {
+    let v = g.node(node).inputs().get(slot).copied().flatten()?;
+    let Op::Const(t) = &g.node(v.node).op else { return None };
+    (t.dtype() == DType::F32 && g.value_type(v).quant.is_none()).then_some((v, t.as_ref()))
+}
+
+/// Whether input `slot` of `node` is absent or a constant f32 vector of `n` elements (every
+/// dimension 1 but the last, when `any_rank`; rank 1 otherwise).
+fn vector_or_none(g: &Graph, node: NodeId, slot: usize, n: usize, any_rank: bool) -> bool {
+    match g.node(node).inputs().get(slot).copied().flatten() {
+        None => true,
+        Some(_) => const_f32(g, node, slot).is_some_and(|(_, t)| {
+            let s = t.shape();
+            s.last() == Some(&n) && (s.len() == 1 || any_rank && s[..s.len() - 1].iter().all(|&d| d == 1))
+        }),
+    }
+}
+
+/// Where the correction of `id` (a conv, gemm or matmul with its weight at slot 1) goes, with its
+/// output channels and their axis; `None` when it has no place for one.
+pub fn bias_slot(g: &Graph, id: NodeId) -> Option<(BiasSlot, usize, usize)> {
+    let node = g.node(id);
+    let (_, w) = const_f32(g, id, 1)?;
+    let out = node.outputs.first()?;
+    let rank = out.rank();
+    match node.op {
+        Op::Conv(_) => {
+            let c = *w.shape().first()?;
+            (rank >= 3 && vector_or_none(g, id, 2, c, false)).then_some((BiasSlot::Own { scale: 1.0 }, c, 1))
+        }
+        Op::Gemm { beta, trans_b, .. } => {
+            if w.rank() != 2 || beta == 0.0 || !beta.is_finite() || rank != 2 {
+                return None;
+            }
+            let n = if trans_b { w.shape()[0] } else { w.shape()[1] };
+            vector_or_none(g, id, 2, n, false).then_some((BiasSlot::Own { scale: beta }, n, 1))
+        }
+        Op::MatMul => {
+            if w.rank() != 2 || rank < 2 {
+                return None;
+            }
+            let n = w.shape()[1];
+            let v = Value::new(id, 0);
+            let users = g.value_users(v);
+            let [(add, _)] = users.as_slice() else { return None };
+            if g.is_output(v) || g.node(*add).op != Op::Binary(BinaryOp::Add) {
+                return None;
+            }
+            let other = g.node(*add).inputs().iter().position(|&i| i.is_some_and(|i| i != v))?;
+            let ok = const_f32(g, *add, other).is_some() && vector_or_none(g, *add, other, n, true);
+            ok.then_some((BiasSlot::Add { add: *add, slot: other }, n, rank - 1))
+        }
+        _ => None,
+    }
+}
+
+fn failed(msg: String) -> PassError {
+    PassError::Failed { pass: "bias-correction".into(), msg }
+}
+
+/// Every layer static quantization quantizes under `cfg` (calibrated by `cal`) whose bias can
+/// take a correction, with its weight's rounding error: static quantization is run on a copy of
+/// `g` and each dequantized weight read back (see the module documentation). Layers whose weight
+/// rounds to itself are left out.
+pub fn bias_sites(g: &Graph, cfg: &QConfig, cal: &Calibration, cx: &PassContext) -> Result<Vec<BiasSite>, PassError> {
+    let ap = activation_plan(g, cfg).map_err(|error| PassError::Ir { pass: "bias-correction".into(), error })?;
+    let candidates: Vec<(NodeId, BiasSlot, usize, usize)> = ap
+        .ops
+        .iter()
+        .filter(|(_, w, _)| w.is_some_and(|w| w.slot == 1))
+        .filter_map(|(id, _, _)| bias_slot(g, *id).map(|(b, c, a)| (*id, b, c, a)))
+        .collect();
+    if candidates.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut q = g.clone();
+    QuantizeStatic { config: cfg.clone(), calibration: cal.clone() }.run(&mut q, cx)?;
+    let by_name: HashMap<&str, NodeId> = q.node_ids().map(|id| (q.node(id).name.as_str(), id)).collect();
+    let mut sites = vec![];
+    for (id, bias, channels, axis) in candidates {
+        let name = &g.node(id).name;
+        let Some(&qid) = by_name.get(name.as_str()) else { continue };
+        let Some(dq) = q.node(qid).inputs().get(1).copied().flatten() else { continue };
+        if q.node(dq.node).op != Op::Dequantize {
+            continue;
+        }
+        let Some(c) = q.node(dq.node).inputs().first().copied().flatten() else { continue };
+        let Op::Const(codes) = &q.node(c.node).op else { continue };
+        let deq = qforge_ir::interp::eval_op(
+            &Op::Dequantize,
+            &[Some(q.value_type(c))],
+            std::slice::from_ref(q.value_type(dq)),
+            &[Some(codes.as_ref())],
+        )
+        .map_err(|e| failed(format!("node `{name}`: dequantizing its weight: {e}")))?;
+        let (_, w) = const_f32(g, id, 1).ok_or_else(|| failed(format!("node `{name}`: no constant weight")))?;
+        let (Some(wq), Some(wf)) = (deq.first().and_then(|t| t.as_f32()), w.as_f32()) else { continue };
+        if wq.len() != wf.len() {
+            return Err(failed(format!(
+                "node `{name}`: the dequantized weight has {} values for {}",
+                wq.len(),
+                wf.len()
+            )));
+        }
+        let delta: Vec<f32> = wq.iter().zip(wf).map(|(a, b)| a - b).collect();
+        if delta.iter().all(|&d| d == 0.0) {
+            continue;
+        }
+        sites.push(BiasSite { node: id, channels, axis, bias, delta: Tensor::from_f32(w.shape().to_vec(), delta) });
+    }
+    Ok(sites)
+}
+
+/// A copy of `g` with, for each site, the layer's op run on the same input with the weight's
+/// rounding error as its weight and no bias (`op(x, ΔW)`: `ΔW x` for each output) as one more
+/// graph output, and the values to average per channel: that result with its channel axis, in
+/// the order of `sites`.
+pub fn error_graph(g: &Graph, sites: &[BiasSite]) -> Result<(Graph, Vec<(Value, usize)>), PassError> {
+    let mut e = g.clone();
+    let mut watched = vec![];
+    for s in sites {
+        let node = g.node(s.node);
+        let x = node.inputs().first().copied().flatten();
+        let dw = e.add_const(format!("{}_weight_error", node.name), s.delta.clone());
+        let v = e
+            .add_node(node.op.clone(), vec![x, Some(dw)], None, format!("{}_output_error", node.name))
+            .map_err(|error| PassError::Ir { pass: "bias-correction".into(), error })?;
+        // an output, so that every engine computes it (an engine may skip what no output reads)
+        e.add_output(format!("{}_output_error", node.name), v);
+        watched.push((v, s.axis));
+    }
+    Ok((e, watched))
+}
+
+/// The bias correction pass: subtracts each layer's measured mean output error (by the layer's
+/// name, one value per output channel) from its bias (see the module documentation).
+#[derive(Clone, Debug, Default)]
+pub struct BiasCorrection {
+    pub corrections: BTreeMap<String, Vec<f64>>,
+}
+
+/// Sets input `slot` of `user` to the constant `t`: in place when `user` is the only reader of
+/// the constant there, else as a new constant (`NAME_bias_corrected`).
+fn set_const(g: &mut Graph, user: NodeId, slot: usize, t: Tensor, name: &str) {
+    match g.node(user).inputs().get(slot).copied().flatten() {
+        Some(v) if g.value_users(v).len() == 1 && !g.is_output(v) && matches!(g.node(v.node).op, Op::Const(_)) => {
+            g.node_mut(v.node).op = Op::Const(Arc::new(t));
+        }
+        _ => {
+            let c = g.add_const(format!("{name}_bias_corrected"), t);
+            g.set_input(user, slot, Some(c));
+        }
+    }
+}
+
+impl Pass for BiasCorrection {
+    fn name(&self) -> &'static str {
+        "bias-correction"
+    }
+
+    fn run(&self, g: &mut Graph, _cx: &PassContext) -> Result<PassReport, PassError> {
+        let mut report = PassReport::new(self.name());
+        let ids: Vec<NodeId> = g.node_ids().filter(|id| self.corrections.contains_key(&g.node(*id).name)).collect();
+        for id in ids {
+            let name = g.node(id).name.clone();
+            let m = &self.corrections[&name];
+            let Some((slot, channels, _)) = bias_slot(g, id) else {
+                report.notes.push(format!("node `{name}`: no bias to correct"));
+                continue;
+            };
+            if m.len() != channels {
+                return Err(failed(format!("node `{name}`: {} corrections for {channels} output channels", m.len())));
+            }
+            let (user, input, scale) = match slot {
+                BiasSlot::Own { scale } => (id, 2, scale),
+                BiasSlot::Add { add, slot } => (add, slot, 1.0),
+            };
+            let (shape, old) = match const_f32(g, user, input) {
+                Some((_, t)) => (t.shape().to_vec(), t.as_f32().map(<[f32]>::to_vec).unwrap_or_default()),
+                None => (vec![channels], vec![0.0; channels]),
+            };
+            if old.len() != channels {
+                return Err(failed(format!("node `{name}`: a bias of {} values for {channels} channels", old.len())));
+            }
+            let new: Vec<f32> =
+                old.iter().zip(m).map(|(&b, &d)| (f64::from(b) - d / f64::from(scale)) as f32).collect();
+            if new.iter().any(|v| !v.is_finite()) {
+                return Err(failed(format!("node `{name}`: the corrected bias is not finite")));
+            }
+            let largest = m.iter().fold(0f64, |a, &d| a.max(d.abs()));
+            report.notes.push(format!("node `{name}`: bias corrected by up to {largest:.3e} over {channels} channels"));
+            set_const(g, user, input, Tensor::from_f32(shape, new), &name);
+            report.count("biases corrected", 1);
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quantize::calibrate::{calibrate, channel_means};
+    use crate::quantize::static_quant::activation_plan;
+    use crate::quantize::Interpreter;
+
+    /// A depthwise conv (3x3, stride 2, padded: border taps read zeros), a pointwise conv without
+    /// a bias, a gemm with `beta = 0.5` and a matmul with an add of a bias vector (the linear
+    /// layer of rank-3 exports).
+    const NET: &str = r#"graph net(%x: f32[N,3,7,7]) -> (y: f32[N,2], z: f32[N,2,5]) {
+  %0 = const f32[3,1,3,3] = [0.31, -0.52, 0.11, 0.73, 0.05, -0.29, 0.44, -0.61, 0.27, -0.38, 0.19, 0.66, -0.07, 0.58, -0.23, 0.35, 0.02, -0.47, 0.12, 0.81, -0.33, 0.26, -0.71, 0.09, 0.54, -0.16, 0.39]  # "n0"
+  %1 = const f32[3] = [0.1, -0.2, 0.05]  # "n1"
+  %2 = conv %x, %0, %1 {kernel=[3,3], strides=[2,2], pads=[1,1,1,1], dilations=[1,1], group=3} : f32[N,3,4,4]  # "n2"
+  %3 = relu %2 : f32[N,3,4,4]  # "n3"
+  %4 = const f32[4,3,1,1] = [0.83, -0.41, 0.27, -0.66, 0.14, 0.95, 0.38, -0.21, -0.57, 0.49, 0.72, -0.13]  # "n4"
+  %5 = conv %3, %4 {kernel=[1,1], strides=[1,1], pads=[0,0,0,0], dilations=[1,1], group=1} : f32[N,4,4,4]  # "n5"
+  %6 = global_average_pool %5 : f32[N,4,1,1]  # "n6"
+  %7 = flatten %6 {axis=1} : f32[N,4]  # "n7"
+  %8 = const f32[2,4] = [0.61, -0.37, 0.22, 0.48, -0.53, 0.17, 0.91, -0.26]  # "n8"
+  %9 = const f32[2] = [0.3, -0.1]  # "n9"
+  %10 = gemm %7, %8, %9 {alpha=1.0, beta=0.5, trans_a=false, trans_b=true} : f32[N,2]  # "n10"
+  %11 = reshape %5 {shape=[0,4,16]} : f32[N,4,16]  # "n11"
+  %12 = const f32[16,5] = [0.12, -0.33, 0.25, 0.41, -0.18, 0.07, 0.52, -0.44, 0.29, 0.16, -0.61, 0.08, 0.35, -0.27, 0.49, 0.22, -0.15, 0.63, -0.38, 0.11, 0.45, -0.09, 0.31, 0.57, -0.24, -0.36, 0.19, -0.52, 0.14, 0.68, 0.27, 0.43, -0.11, -0.47, 0.05, -0.58, 0.21, 0.36, 0.09, -0.31, 0.16, -0.42, 0.55, 0.23, -0.19, 0.39, 0.02, -0.28, 0.61, 0.13, -0.07, 0.48, -0.35, 0.26, 0.17, 0.32, -0.55, 0.1, -0.21, 0.44, -0.43, 0.28, 0.06, 0.51, -0.16, 0.24, -0.62, 0.37, 0.03, -0.29, 0.58, -0.14, 0.21, -0.39, 0.47, 0.11, 0.34, -0.26, 0.18, -0.5]  # "n12"
+  %13 = matmul %11, %12 : f32[N,4,5]  # "n13"
+  %14 = const f32[5] = [0.05, -0.15, 0.25, 0.0, 0.1]  # "n14"
+  %15 = add %13, %14 : f32[N,4,5]  # "n15"
+  %16 = reduce_mean %15 {axes=[1], keepdims=false} : f32[N,5]  # "n16"
+  %17 = reshape %16 {shape=[0,1,5]} : f32[N,1,5]  # "n17"
+  %18 = concat %17, %17 {axis=1} : f32[N,2,5]  # "n18"
+  return %10, %18
+}"#;
+
+    /// Smooth inputs with a non-zero mean per channel (xorshift), `[n, 3, 7, 7]`.
+    fn inputs(n: usize, seed: u32) -> Tensor {
+        let mut s = seed.wrapping_mul(0x9e37_79b9) | 1;
+        let v = (0..n * 147)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                let c = (i / 49) % 3;
+                (s as f32 / u32::MAX as f32 - 0.5) + [0.8, -0.3, 0.5][c]
+            })
+            .collect();
+        Tensor::from_f32(vec![n, 3, 7, 7], v)
+    }
+
+    /// `g` with, beside each site, a copy of the layer on the same (float) input with the rounded
+    /// weight and the bias `biases` has for it (`g` itself, or its corrected copy), as extra
+    /// outputs; and each layer's result (a matmul's through its add) paired with its copy's.
+    fn rounded_copies(g: &Graph, sites: &[BiasSite], biases: &Graph) -> (Graph, Vec<(Value, usize)>) {
+        let mut h = g.clone();
+        let mut watched = vec![];
+        for (i, s) in sites.iter().enumerate() {
+            let node = g.node(s.node).clone();
+            let (_, w) = const_f32(g, s.node, 1).unwrap();
+            let wq: Vec<f32> = w.as_f32().unwrap().iter().zip(s.delta.as_f32().unwrap()).map(|(a, d)| a + d).collect();
+            let wq = h.add_const(format!("wq{i}"), Tensor::from_f32(w.shape().to_vec(), wq));
+            let x = node.inputs()[0];
+            let (layer, copy) = match s.bias {
+                BiasSlot::Own { .. } => {
+                    let b = const_f32(biases, s.node, 2).map(|(_, t)| h.add_const(format!("b{i}"), t.clone()));
+                    (Value::new(s.node, 0), h.add_node(node.op.clone(), vec![x, Some(wq), b], None, format!("copy{i}")))
+                }
+                BiasSlot::Add { add, slot } => {
+                    let m = h.add_node(Op::MatMul, vec![x, Some(wq)], None, format!("mm{i}")).unwrap();
+                    let b = h.add_const(format!("b{i}"), const_f32(biases, add, slot).unwrap().1.clone());
+                    (
+                        Value::new(add, 0),
+                        h.add_node(Op::Binary(BinaryOp::Add), vec![Some(m), Some(b)], None, format!("copy{i}")),
+                    )
+                }
+            };
+            let copy = copy.unwrap();
+            h.add_output(format!("copy{i}"), copy);
+            watched.push((layer, s.axis));
+            watched.push((copy, s.axis));
+        }
+        (h, watched)
+    }
+
+    /// The law, on every kind of site: after correction, the layers with rounded weights have
+    /// the float layers' mean output per channel on the calibration data (to float rounding),
+    /// where before they were off by up to the measured offsets; the corrections sit in the
+    /// biases (a conv without one gets one).
+    #[test]
+    fn corrected_layers_are_unbiased_on_the_calibration_data() {
+        let g = qforge_ir::text::parse(NET).unwrap();
+        let cfg = QConfig { bias_correction: Some(true), ..QConfig::default() };
+        let calib = inputs(8, 3);
+        let targets = activation_plan(&g, &cfg).unwrap().targets();
+        let batches = vec![vec![calib.clone()]];
+        let cal = calibrate(&g, &Interpreter::default(), &mut batches.clone().into_iter(), 1, &targets, &mut |_, _| {})
+            .unwrap();
+        let cx = PassContext { verify: true, ..PassContext::default() };
+        let sites = bias_sites(&g, &cfg, &cal, &cx).unwrap();
+        let kinds: Vec<(&str, usize, usize)> =
+            sites.iter().map(|s| (g.node(s.node).op.name(), s.channels, s.axis)).collect();
+        assert_eq!(kinds, [("conv", 3, 1), ("conv", 4, 1), ("gemm", 2, 1), ("matmul", 5, 2)]);
+        let (eg, values) = error_graph(&g, &sites).unwrap();
+        let means =
+            channel_means(&eg, &Interpreter::default(), &mut batches.clone().into_iter(), 1, &values, &mut |_, _| {})
+                .unwrap();
+        let corrections: BTreeMap<String, Vec<f64>> = sites
+            .iter()
+            .zip(&values)
+            .map(|(s, (v, _))| (g.node(s.node).name.clone(), means[&(eg.node(v.node).name.clone(), v.port)].clone()))
+            .collect();
+        let mut corrected = g.clone();
+        let report = BiasCorrection { corrections: corrections.clone() }.run(&mut corrected, &cx).unwrap();
+        assert_eq!(report.stats["biases corrected"], 4);
+        // each layer with its rounded weight, on the float layer's input, before and after: the
+        // per-channel mean of its result against the float layer's
+        let largest_gap = |biases: &Graph| -> Vec<f64> {
+            let (h, watched) = rounded_copies(&g, &sites, biases);
+            let m = channel_means(
+                &h,
+                &Interpreter::default(),
+                &mut batches.clone().into_iter(),
+                1,
+                &watched,
+                &mut |_, _| {},
+            )
+            .unwrap();
+            let key = |v: &Value| (h.node(v.node).name.clone(), v.port);
+            watched
+                .chunks(2)
+                .map(|p| m[&key(&p[0].0)].iter().zip(&m[&key(&p[1].0)]).fold(0f64, |a, (f, q)| a.max((f - q).abs())))
+                .collect()
+        };
+        let (before, after) = (largest_gap(&g), largest_gap(&corrected));
+        for ((s, b), a) in sites.iter().zip(&before).zip(&after) {
+            let name = &g.node(s.node).name;
+            assert!(*b > 1e-4 && *a < 1e-6, "{name}: mean output error {b:.3e} before, {a:.3e} after");
+        }
+        // the corrections are in the biases; the gemm's C is scaled by 1 / beta
+        let gemm = g.node_ids().find(|&id| matches!(g.node(id).op, Op::Gemm { .. })).unwrap();
+        let (_, c) = const_f32(&corrected, gemm, 2).unwrap();
+        let want: Vec<f32> = [0.3f32, -0.1]
+            .iter()
+            .zip(&corrections[&g.node(gemm).name])
+            .map(|(&b, d)| (f64::from(b) - d / 0.5) as f32)
+            .collect();
+        assert_eq!(c.as_f32().unwrap(), want.as_slice());
+        let pointwise = sites[1].node;
+        assert!(const_f32(&g, pointwise, 2).is_none() && const_f32(&corrected, pointwise, 2).is_some());
+    }
+}
