@@ -435,7 +435,7 @@ fn cases(d: &Path, f: &Files) -> Vec<Case> {
             name: "compile -o says what it wrote",
             args: with(int8("compile"), &["-o", &out("c.qfa")]),
             expect: Expect {
-                stdout: &["wrote `{dir}/c.qfa` ({size}): 9 nodes after 5 passes, {size} of weights"],
+                stdout: &["wrote `{dir}/c.qfa` ({size}): 9 nodes after 6 passes, {size} of weights"],
                 ..Expect::default()
             },
             after: None,

@@ -685,6 +685,17 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
                 attrs.push(float("epsilon", *epsilon));
                 "LayerNormalization"
             }
+            // one group per channel is ONNX InstanceNormalization (opset 6: per-channel scale and
+            // bias, statistics over the spatial axes); fewer groups need GroupNormalization,
+            // an opset-18 operator the opset-17 export does not write
+            Op::GroupNorm { groups, epsilon } => {
+                let c = in_ty(0).and_then(|t| t.shape.0.get(1).and_then(Dim::fixed));
+                if c != Some(*groups) {
+                    return Err(err("group normalization with fewer groups than channels needs opset 18".into()));
+                }
+                attrs.push(float("epsilon", *epsilon));
+                "InstanceNormalization"
+            }
             Op::ConvTranspose(a) => {
                 if a.pads.iter().any(|&p| p < 0) {
                     return Err(err("negative transposed-convolution pads have no ONNX form".into()));
