@@ -29,19 +29,7 @@ impl Lowerer<'_> {
         let output = self.define(n.out, Layout::Plain);
         let len = numel(&n.oty);
         let kind = RowKind::Transpose { elem };
-        let op = RowOp {
-            kind,
-            x: 0,
-            y: 0,
-            n: len,
-            inner: 1,
-            scale: vec![],
-            bias: vec![],
-            index,
-            lut: vec![],
-            x2: 0,
-            plan: None,
-        };
+        let op = RowOp { index, ..RowOp::elementwise(kind, len) };
         self.push(&n.name, StepKind::Rows { op, input, input2: None, output, units: len.div_ceil(rowops::CHUNK) });
         Ok(())
     }
@@ -195,19 +183,7 @@ impl Lowerer<'_> {
         let output = self.define(n.out, layout);
         let len = numel(&n.oty);
         let kind = RowKind::GateMul { nhwc: layout == Layout::Nhwc, c: d[1], hw: d[2] * d[3] };
-        let op = RowOp {
-            kind,
-            x: 0,
-            y: 0,
-            n: len,
-            inner: 1,
-            scale: vec![],
-            bias: vec![],
-            index: vec![],
-            lut: vec![],
-            x2: 0,
-            plan: None,
-        };
+        let op = RowOp::elementwise(kind, len);
         let units = len.div_ceil(rowops::CHUNK);
         self.push(&n.name, StepKind::Rows { op, input, input2: Some(gate), output, units });
         Ok(())

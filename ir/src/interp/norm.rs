@@ -129,9 +129,9 @@ pub(crate) fn layer_norm(cx: &Cx, axis: i64, eps: f32) -> R<Tensor> {
     float_tensor(x.dtype(), x.shape().to_vec(), y)
 }
 
-/// Layer normalization of one row for every engine: mean and variance accumulate in f32 in
-/// order, `(v - mean) / sqrt(var + eps) * scale[k] + bias[k]`.
-pub fn layer_norm_row(row: &[f32], scale: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
+/// The mean of `row` and `sqrt(variance + eps)`, both accumulated in f32 in order: the statistics
+/// of layer and group normalization.
+fn mean_and_denominator(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len();
     let mut sum = 0f32;
     for &v in row {
@@ -142,7 +142,13 @@ pub fn layer_norm_row(row: &[f32], scale: &[f32], bias: &[f32], eps: f32, out: &
     for &v in row {
         sq += (v - mean) * (v - mean);
     }
-    let denom = (sq / n as f32 + eps).sqrt();
+    (mean, (sq / n as f32 + eps).sqrt())
+}
+
+/// Layer normalization of one row for every engine: mean and variance accumulate in f32 in
+/// order, `(v - mean) / sqrt(var + eps) * scale[k] + bias[k]`.
+pub fn layer_norm_row(row: &[f32], scale: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
+    let (mean, denom) = mean_and_denominator(row, eps);
     for (k, &v) in row.iter().enumerate() {
         out[k] = (v - mean) / denom * scale[k] + bias[k];
     }
@@ -285,17 +291,7 @@ fn normalize_rows(xv: &[f32], row: usize, plane: usize, scale: &[f32], bias: &[f
 /// in f32 in order, then `(v - mean) / sqrt(var + eps) * scale[c] + bias[c]` with
 /// `c = (index / plane) % scale.len()`. `plane` and `scale` must be non-empty.
 pub fn group_norm_row(xs: &[f32], first: usize, plane: usize, scale: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
-    let row = xs.len();
-    let mut sum = 0f32;
-    for &v in xs {
-        sum += v;
-    }
-    let mean = sum / row as f32;
-    let mut sq = 0f32;
-    for &v in xs {
-        sq += (v - mean) * (v - mean);
-    }
-    let denom = (sq / row as f32 + eps).sqrt();
+    let (mean, denom) = mean_and_denominator(xs, eps);
     let channels = scale.len();
     for (k, (&v, o)) in xs.iter().zip(out.iter_mut()).enumerate() {
         let c = ((first + k) / plane) % channels;
