@@ -55,17 +55,17 @@ impl Lowerer<'_> {
             )?,
         };
         let p = numerics::QAddParams::new(sx, zx, sk, zk, sc, zc);
-        let index: Vec<usize> = kv
+        let lut: Vec<u8> = kv
             .iter()
             .flat_map(|&kc| {
                 (0..=255u8).map(move |byte| {
                     let q = if tx.dtype == DType::I8 { byte as i8 as i64 } else { byte as i64 };
                     // the stored byte of the result (an i8 in two's complement)
-                    p.apply(q, kc, n.oty.dtype) as u8 as usize
+                    p.apply(q, kc, n.oty.dtype) as u8
                 })
             })
             .collect();
-        self.tables_step(n, x, layout, &index, (kv.len(), plane))
+        self.tables_step(n, x, layout, lut, (kv.len(), plane))
     }
 
     /// How the `c` values of a constant of type `tk`, broadcast against the activation `x`, meet

@@ -10,7 +10,7 @@ use qforge_ir::{infer, numerics, DType, Op, TensorType, Value};
 
 /// The output byte for every input byte of a requantization from `from` to `to` (both i8/u8,
 /// per tensor): `quantize(dequantize(q))`, the interpreter's formula ([`qforge_ir::numerics`]).
-fn requant_table(from: &TensorType, to: &TensorType) -> Option<Vec<usize>> {
+fn requant_table(from: &TensorType, to: &TensorType) -> Option<Vec<u8>> {
     let (sx, zx) = per_tensor(&from.quant)?;
     let (sy, zy) = per_tensor(&to.quant)?;
     let int8 = |d: DType| matches!(d, DType::I8 | DType::U8);
@@ -22,7 +22,7 @@ fn requant_table(from: &TensorType, to: &TensorType) -> Option<Vec<usize>> {
             let q = if from.dtype == DType::I8 { b as i8 as i64 } else { b as i64 };
             let r = numerics::quantize(numerics::dequantize(q, sx, zx), sy, zy, to.dtype);
             // the stored byte of the result (an i8 in two's complement)
-            r as u8 as usize
+            r as u8
         })
         .collect();
     Some(table)
@@ -78,7 +78,7 @@ impl Lowerer<'_> {
                 let ty = self.types[v].clone();
                 let len = numel(&ty);
                 let out = self.new_buf(&ty);
-                let op = RowOp { lut: lut_bytes(&index), ..RowOp::elementwise(RowKind::Lut8 { plane: 1 }, len) };
+                let op = RowOp { lut: index, ..RowOp::elementwise(RowKind::Lut8 { plane: 1 }, len) };
                 let name = format!("{}.requant", n.name);
                 self.push(
                     &name,
@@ -97,18 +97,12 @@ impl Lowerer<'_> {
     /// the input's layout.
     pub(super) fn requantize(&mut self, n: &At) -> Lw {
         let x = need(n.input(0).filter(|v| !self.is_const(*v)), "the input is a constant")?;
-        let index = need(requant_table(&self.types[&x], &n.oty), "not per-tensor i8/u8 on both sides")?;
-        self.table_step(n, x, index)
-    }
-
-    /// `n`'s result as the 256-entry byte table `index` applied to each byte of `x`, in `x`'s
-    /// layout.
-    pub(super) fn table_step(&mut self, n: &At, x: Value, index: Vec<usize>) -> Lw {
+        let lut = need(requant_table(&self.types[&x], &n.oty), "not per-tensor i8/u8 on both sides")?;
         let layout = self.vals[&x].layout;
-        self.tables_step(n, x, layout, &index, (1, 1))
+        self.tables_step(n, x, layout, lut, (1, 1))
     }
 
-    /// `n`'s result as `tables` 256-entry byte tables (`index`, one after the other) applied to
+    /// `n`'s result as `tables` 256-entry byte tables (`lut`, one after the other) applied to
     /// the bytes of `x` in `layout`, element `i` through table `(i / plane) % tables`: one table
     /// per channel, `plane` elements apart in memory.
     pub(super) fn tables_step(
@@ -116,13 +110,13 @@ impl Lowerer<'_> {
         n: &At,
         x: Value,
         layout: Layout,
-        index: &[usize],
+        lut: Vec<u8>,
         (tables, plane): (usize, usize),
     ) -> Lw {
         let input = self.in_layout(x, layout, &n.name)?;
         let output = self.define(n.out, layout);
         let len = numel(&n.oty);
-        let op = RowOp { lut: lut_bytes(index), inner: tables, ..RowOp::elementwise(RowKind::Lut8 { plane }, len) };
+        let op = RowOp { lut, inner: tables, ..RowOp::elementwise(RowKind::Lut8 { plane }, len) };
         self.push(&n.name, StepKind::Rows { op, input, input2: None, output, units: len.div_ceil(rowops::CHUNK) });
         Ok(())
     }
@@ -158,11 +152,6 @@ impl Lowerer<'_> {
     pub(super) fn plain(&mut self, v: Value, name: &str) -> Result<usize, JitError> {
         self.in_layout(v, Layout::Plain, name)
     }
-}
-
-/// A byte table's entries (each a stored byte, below 256) as bytes.
-fn lut_bytes(index: &[usize]) -> Vec<u8> {
-    index.iter().map(|&v| v as u8).collect()
 }
 
 #[cfg(test)]

@@ -124,8 +124,6 @@ impl Histogram {
             Some((a, b)) => (a.min(bmin), b.max(bmax)),
         });
         self.total += values.len() as u64;
-        let zeros = values.iter().filter(|&&x| x == 0.0).count() as u64;
-        self.exact_zeros += zeros;
         let (need_lo, need_hi) = if self.abs {
             (0.0, bmin.abs().max(bmax.abs()) as f64)
         } else {
@@ -133,6 +131,7 @@ impl Histogram {
         };
         if need_hi - need_lo <= 0.0 {
             // an all-zero batch
+            self.exact_zeros += values.len() as u64;
             match self.grid {
                 None => self.pending_zeros += values.len() as u64,
                 Some(_) => {
@@ -154,11 +153,15 @@ impl Histogram {
                 }
             }
         }
-        // zeros (half of a ReLU's output) go to zero's bin at once: they add nothing to its
-        // moments, and one at a time they would chain every update through the same bin
-        let z = self.index(0.0);
-        self.counts[z] += zeros;
-        for &x in values.iter().filter(|&&x| x != 0.0) {
+        // zeros (half of a ReLU's output) are counted and go to zero's bin at once: they add
+        // nothing to its moments, and one at a time they would chain every update through the
+        // same bin
+        let mut zeros = 0u64;
+        for &x in values {
+            if x == 0.0 {
+                zeros += 1;
+                continue;
+            }
             let v = if self.abs { x.abs() } else { x };
             let i = self.index(v as f64);
             self.counts[i] += 1;
@@ -166,6 +169,9 @@ impl Histogram {
             m.0 += v;
             m.1 += v * v;
         }
+        self.exact_zeros += zeros;
+        let z = self.index(0.0);
+        self.counts[z] += zeros;
         Ok(())
     }
 
