@@ -124,6 +124,11 @@ pub struct PipelineOptions {
     /// qconfig's `[bias_correction] enabled`).
     #[arg(long, value_enum, value_name = "ON|OFF")]
     pub bias_correction: Option<Switch>,
+    /// With static INT8, round a graph output that a conv, gemm or matmul computes to 8 bits, as
+    /// ONNX Runtime's quantize_static does (off by default: the integer kernel returns it in f32;
+    /// overrides the qconfig's `[outputs] quantize`).
+    #[arg(long, value_enum, value_name = "ON|OFF")]
+    pub quantize_outputs: Option<Switch>,
     /// Automatic fallback, measured on --calib: with --quantize int8, keep the most sensitive
     /// layers (ranked by a sensitivity study) in float; with --precision fp16|bf16|amp, keep the
     /// shortest prefix of low-precision ops in f32; either until the output SQNR against fp32
@@ -184,6 +189,7 @@ impl Default for PipelineOptions {
             qconfig: None,
             smooth: None,
             bias_correction: None,
+            quantize_outputs: None,
             min_sqnr: None,
             engine: Engine::Jit,
             threads: 1,
@@ -211,6 +217,7 @@ impl PipelineOptions {
             qconfig: None,
             smooth: None,
             bias_correction: None,
+            quantize_outputs: None,
             min_sqnr: None,
             precision: Precision::Fp32,
             precision_config: None,

@@ -29,6 +29,9 @@
 //! [bias_correction]             # static int8 (`--bias-correction on|off` overrides)
 //! enabled = true                # the default
 //!
+//! [outputs]                     # static int8 (`--quantize-outputs on|off` overrides)
+//! quantize = false              # the default: graph outputs stay f32
+//!
 //! [[node]]                      # by node name (or an original ONNX node name it absorbed)
 //! match = "/backbone/*"         # a glob ...
 //! precision = "int8"
@@ -68,6 +71,10 @@
 //! calibration, the mean output error that rounding each conv's, gemm's and linear matmul's weight
 //! causes on the calibration set is subtracted from its bias (see
 //! `qforge_passes::quantize::bias_correction`).
+//!
+//! `[outputs]` says whether static int8 rounds a graph output that a conv, gemm or matmul computes
+//! to 8 bits (`quantize = true`, what ONNX Runtime's `quantize_static` does) or returns it in f32
+//! from the integer kernel's accumulator (the default: the rounding would only add error).
 
 use crate::options::{PipelineOptions, QuantizeMode};
 use anyhow::{bail, Context, Result};
@@ -93,6 +100,14 @@ struct FileToml {
     smoothquant: Option<Spanned<SmoothToml>>,
     #[serde(default)]
     bias_correction: Option<BiasCorrectionToml>,
+    #[serde(default)]
+    outputs: Option<OutputsToml>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct OutputsToml {
+    quantize: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -219,6 +234,9 @@ pub fn resolve(opts: &PipelineOptions) -> Result<(QConfig, Option<QConfigFile>)>
     if let Some(s) = opts.bias_correction {
         cfg.bias_correction = Some(s.on());
     }
+    if let Some(s) = opts.quantize_outputs {
+        cfg.quantize_outputs = Some(s.on());
+    }
     Ok((cfg, file))
 }
 
@@ -247,6 +265,9 @@ pub fn skip_rules_text(header: &str, skip: &[String], cfg: &QConfig, base: Optio
     }
     if let Some(on) = cfg.bias_correction {
         text.push_str(&format!("\n[bias_correction]\nenabled = {on}\n"));
+    }
+    if let Some(on) = cfg.quantize_outputs {
+        text.push_str(&format!("\n[outputs]\nquantize = {on}\n"));
     }
     for s in skip {
         // a name with glob characters is matched exactly through an anchored, escaped regex
@@ -318,6 +339,9 @@ pub fn parse_file(text: &str) -> Result<QConfigFile, QConfigError> {
     }
     if let Some(bc) = &file.bias_correction {
         cfg.bias_correction = Some(bc.enabled.unwrap_or(QConfig::DEFAULT_BIAS_CORRECTION));
+    }
+    if let Some(o) = &file.outputs {
+        cfg.quantize_outputs = Some(o.quantize.unwrap_or(QConfig::DEFAULT_QUANTIZE_OUTPUTS));
     }
     cfg.check().map_err(|msg| QConfigError { line: None, msg: msg.to_string() })?;
     Ok(QConfigFile { config: cfg, node_lines })
@@ -553,6 +577,8 @@ skip = true
         assert_eq!(parse("[bias_correction]\nenabled = false\n").unwrap().bias_correction, Some(false));
         assert_eq!(parse("[bias_correction]\n").unwrap().bias_correction, Some(true));
         assert_eq!(parse("").unwrap().bias_correction, None);
+        assert_eq!(parse("[outputs]\nquantize = true\n").unwrap().quantize_outputs, Some(true));
+        assert_eq!(parse("").unwrap().quantize_outputs, None);
     }
 
     #[test]

@@ -38,7 +38,8 @@ fn the_jit_observes_what_the_interpreter_observes() -> Result<()> {
     let interp = ranges(&engine(Engine::Interp))?;
     let jit = ranges(&engine(Engine::Jit))?;
     assert_eq!((jit.batches, jit.samples), (interp.batches, interp.samples));
-    assert!(interp.ranges.len() >= 8, "{} ranges", interp.ranges.len());
+    // the input and the six activations the integer kernels read (the logits stay f32)
+    assert!(interp.ranges.len() >= 7, "{} ranges", interp.ranges.len());
     assert_eq!(jit.ranges.keys().collect::<Vec<_>>(), interp.ranges.keys().collect::<Vec<_>>());
     for (key, &(lo, hi)) in &interp.ranges {
         let (jlo, jhi) = jit.ranges[key];

@@ -435,7 +435,7 @@ fn cases(d: &Path, f: &Files) -> Vec<Case> {
             name: "compile -o says what it wrote",
             args: with(int8("compile"), &["-o", &out("c.qfa")]),
             expect: Expect {
-                stdout: &["wrote `{dir}/c.qfa` ({size}): 9 nodes after 6 passes, {size} of weights"],
+                stdout: &["wrote `{dir}/c.qfa` ({size}): 8 nodes after 6 passes, {size} of weights"],
                 ..Expect::default()
             },
             after: None,
@@ -469,7 +469,7 @@ fn cases(d: &Path, f: &Files) -> Vec<Case> {
             ]),
             expect: Expect {
                 stdout: &[
-                    "wrote `{dir}/r.html` ({size}): top-1 99.50% (fp32 99.50%), output SQNR 39.58 dB against fp32 on \
+                    "wrote `{dir}/r.html` ({size}): top-1 99.50% (fp32 99.50%), output SQNR 41.35 dB against fp32 on \
                      200 sample(s)",
                 ],
                 ..Expect::default()
@@ -623,7 +623,7 @@ fn cases(d: &Path, f: &Files) -> Vec<Case> {
             args: with(int8("compile"), &["--calib-method", "entropy", "--report", "-v"]),
             expect: Expect {
                 stderr: &[
-                    " INFO qforge::stages: calibrating on `{asset}/digits_calib_x.npy`: 2 batches of at most 50, 8 \
+                    " INFO qforge::stages: calibrating on `{asset}/digits_calib_x.npy`: 2 batches of at most 50, 7 \
                      tensors observed, observer entropy (--calib-method)",
                 ],
                 ..Expect::default()
@@ -641,6 +641,9 @@ fn cases(d: &Path, f: &Files) -> Vec<Case> {
                 &fixture("outliers_x.npy"),
                 "--calib-method",
                 "entropy",
+                // the conv's result is the graph output: calibrated only when outputs are rounded
+                "--quantize-outputs",
+                "on",
                 "--report",
             ]),
             expect: Expect {

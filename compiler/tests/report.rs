@@ -41,13 +41,14 @@ fn graph_dot_labels_fused_nodes_folds_constants_and_has_a_legend() {
     for absorbed in ["/bn1/BatchNormalization", "/relu1/Relu", "/relu3/Relu_QuantizeLinear"] {
         assert!(dot.contains(absorbed), "no `{absorbed}` in:\n{dot}");
     }
-    assert!(dot.contains("qgemm [bias, requant]"), "{dot}");
+    // the classifier returns its logits in f32 from the accumulator
+    assert!(dot.contains("qgemm [bias, dequant]"), "{dot}");
     // constants are in their consumer's label, never boxes of their own
     assert!(dot.contains("in1 const i8<axis=0 x16>[16,1,3,3]"), "{dot}");
     assert!(!dot.lines().any(|l| l.contains("label=\"const")), "{dot}");
     let boxes =
         dot.lines().filter(|l| l.trim_start().starts_with('n') && !l.contains("->") && l.contains("[label=")).count();
-    assert_eq!(boxes, 10, "input, 3 qconv, max_pool, qgap, flatten, qgemm, dequantize, quantize:\n{dot}");
+    assert_eq!(boxes, 9, "input, quantize, 3 qconv, max_pool, qgap, flatten, qgemm:\n{dot}");
     // edges carry the value type; the legend lists the dtypes present with their colours
     assert!(dot.contains("-> n") && dot.contains("[label=\"u8<"), "{dot}");
     assert!(dot.contains("subgraph cluster_legend"), "{dot}");

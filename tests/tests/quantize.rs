@@ -89,13 +89,14 @@ digits! {
     digits_int8_minmax_per_tensor: CalibMethod::MinMax, true;
 }
 
-/// The default configuration without bias correction is ORT's `quantize_static` QDQ
-/// configuration: the outputs agree with ORT's stored QDQ logits within one output step (both run
-/// fused integer kernels).
+/// The default configuration without bias correction and with the graph output rounded to 8 bits
+/// is ORT's `quantize_static` QDQ configuration: the outputs agree with ORT's stored QDQ logits
+/// within one output step (both run fused integer kernels).
 #[test]
 fn digits_int8_matches_ort_qdq_within_one_step() {
     let o = PipelineOptions {
         bias_correction: Some(Switch::Off),
+        quantize_outputs: Some(Switch::On),
         ..opts(QuantizeMode::Int8, "digits_calib_x.npy", CalibMethod::MinMax, false)
     };
     let (g, y) = quantize("digits_cnn.onnx", "digits_test_x.npy", o).unwrap();
@@ -629,7 +630,7 @@ fn digits_four_bit_weights_keep_top1() {
 
 /// The QDQ export of 4-bit per-group weights: blocked DequantizeLinear (opset 21, `block_size`)
 /// of INT4 initializers packed two per byte. ONNX Runtime checks and runs it, and agrees with
-/// qforge's Q/DQ graph within one output step (bit-exact on almost every logit).
+/// qforge's Q/DQ graph (bit-exact on almost every logit).
 #[test]
 #[ignore = "needs python3 with onnx and onnxruntime (pip install onnx onnxruntime numpy)"]
 fn per_group_export_runs_in_onnxruntime() {
@@ -664,13 +665,13 @@ fn per_group_export_runs_in_onnxruntime() {
     assert!(r.status.success(), "onnxruntime failed: {}", String::from_utf8_lossy(&r.stderr));
     let ort_y = qforge::npy::read(&out).unwrap();
     std::fs::remove_dir_all(&dir).ok();
-    let a = agreement(&ort_y, &y, qforge_tests::output_step(&g)).unwrap();
+    let a = agreement(&ort_y, &y, None).unwrap();
     println!("digits_cnn int4 per-group-32 QDQ export, ORT vs qforge: {a}");
-    // The float convs and gemm sum in a different order in ORT, so a value next to a rounding
-    // boundary of a later quantize can land one step away: measured 99.97% of the 5970 logits
-    // bit-exact, the others one output step (0.07) apart. Not within 1e-4 relative everywhere.
+    // The logits are the last gemm's f32 result (graph outputs are not rounded to 8 bits). The
+    // float convs and gemm sum in a different order in ORT, so a value next to a rounding
+    // boundary of an inner quantize can land one step away and move the logits after it: measured
+    // bit-exact on all 5970 logits; a thousandth may differ.
     assert!(a.exact_share >= 0.999, "{a}");
-    assert!(a.max_steps.unwrap() <= 1.0 + 1e-3, "{a}");
     assert_eq!(a.top1_same, a.rows, "{a}");
 }
 

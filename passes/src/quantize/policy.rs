@@ -217,6 +217,10 @@ pub struct QConfig {
     /// Bias correction before static quantization (`[bias_correction] enabled`), `None`: the
     /// default, [`QConfig::DEFAULT_BIAS_CORRECTION`] (see [`super::bias_correction`]).
     pub bias_correction: Option<bool>,
+    /// Whether a conv, gemm or matmul result that is a graph output is rounded to 8 bits
+    /// (`[outputs] quantize`), `None`: the default, [`QConfig::DEFAULT_QUANTIZE_OUTPUTS`] (see
+    /// [`super::static_quant`]).
+    pub quantize_outputs: Option<bool>,
 }
 
 /// A node's resolved settings.
@@ -264,6 +268,16 @@ impl NodeSettings {
 impl QConfig {
     /// Whether static quantization corrects biases when the qconfig and the flags do not say.
     pub const DEFAULT_BIAS_CORRECTION: bool = true;
+
+    /// Whether static quantization rounds a graph output to 8 bits when the qconfig and the flags
+    /// do not say: no, the integer kernel that computes it dequantizes its accumulator.
+    pub const DEFAULT_QUANTIZE_OUTPUTS: bool = false;
+
+    /// Whether static quantization rounds a conv, gemm or matmul result that is a graph output
+    /// to 8 bits (ONNX Runtime's `quantize_static` does) instead of returning it in f32.
+    pub fn quantizes_outputs(&self) -> bool {
+        self.quantize_outputs.unwrap_or(Self::DEFAULT_QUANTIZE_OUTPUTS)
+    }
 
     /// Whether static quantization corrects biases ([`super::bias_correction`]).
     pub fn corrects_bias(&self) -> bool {
@@ -403,6 +417,7 @@ mod tests {
             ],
             smooth: None,
             bias_correction: None,
+            quantize_outputs: None,
         };
         let s = q.settings(g.node(r.node));
         assert_eq!(s.precision, Precision::Fp32);

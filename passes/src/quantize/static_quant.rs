@@ -20,8 +20,9 @@
 //!   input's parameters (ONNX Runtime's `QDQMaxPool`/`QDQDirect8BitOp`), and so do resize and pad
 //!   (ORT's `QDQResize`, `QDQPad`), the others (add, concat,
 //!   global average pool, conv, gemm, matmul) get their own (`QDQOperatorBase`), except that the
-//!   result of a conv, gemm or matmul that only float ops read (not a graph output) stays float:
-//!   its integer kernel dequantizes the accumulator (see [`activation_plan`]);
+//!   result of a conv, gemm or matmul that only float ops read (or that is a graph output, unless
+//!   [`QConfig::quantizes_outputs`]) stays float: its integer kernel dequantizes the accumulator
+//!   (see [`activation_plan`]);
 //! * data movement (flatten, reshape, transpose, ...) after a quantized value carries its
 //!   parameters: its result gets a Q/DQ pair with the same scale and zero point.
 //!
@@ -95,13 +96,19 @@ fn is_f32(g: &Graph, v: Value) -> bool {
 }
 
 /// Whether only float ops read `v`: no quantized op reads it, directly or through data movement
-/// (which would carry its parameters to one), and it is not a graph output (a graph output keeps
-/// the parameters ONNX Runtime's QDQ model gives it).
-fn only_float_reads<S>(g: &Graph, v: Value, quantized: &HashMap<NodeId, S>, movement: &HashSet<NodeId>) -> bool {
+/// (which would carry its parameters to one), and, with `quantize_outputs`, it is not a graph
+/// output (such an output then gets the parameters ONNX Runtime's QDQ model gives it).
+fn only_float_reads<S>(
+    g: &Graph,
+    v: Value,
+    quantized: &HashMap<NodeId, S>,
+    movement: &HashSet<NodeId>,
+    quantize_outputs: bool,
+) -> bool {
     let mut stack = vec![v];
     let mut seen = HashSet::new();
     while let Some(v) = stack.pop() {
-        if g.is_output(v) {
+        if quantize_outputs && g.is_output(v) {
             return false;
         }
         if !seen.insert(v) {
@@ -189,10 +196,12 @@ pub fn activation_plan(g: &Graph, cfg: &QConfig) -> Result<ActivationPlan, qforg
                     // lower-to-dequantizing) instead of rounding the result to 8 bits for the
                     // float consumers to dequantize again. A quantize there would add one more
                     // rounding per layer and buy nothing: no integer kernel reads it. (ONNX
-                    // Runtime's QDQ quantizer quantizes every such result; its MatMulInteger /
-                    // ConvInteger path, `quantize_dynamic`, returns f32 the same way.)
+                    // Runtime's QDQ quantizer quantizes every such result, graph outputs included;
+                    // its MatMulInteger / ConvInteger path, `quantize_dynamic`, returns f32 the
+                    // same way. `[outputs] quantize = true` rounds graph outputs as ORT does.)
                     Op::Conv(_) | Op::Gemm { .. } | Op::MatMul
-                        if !fused_by.contains_key(&np.id) && only_float_reads(g, out, &quantized, &movement) => {}
+                        if !fused_by.contains_key(&np.id)
+                            && only_float_reads(g, out, &quantized, &movement, cfg.quantizes_outputs()) => {}
                     Op::MaxPool(_) | Op::GlobalMaxPool | Op::AveragePool(_) | Op::Resize(_) | Op::Pad { .. } => {
                         if let Some(x) = node.inputs()[0] {
                             if ap.index(x).is_some() {
