@@ -165,7 +165,7 @@ impl JitExecutable {
         let limit = self.opts.max_tensor_bytes as u128;
         lower::check_sizes(&self.graph, types, limit)?;
         let widened = widen::widen_low_precision(&self.graph, self.opts.microkernels.bf16_compute());
-        let folded = fold::fold_constants(&widened, limit);
+        let folded = fold::fold_constants(&widened, types, limit);
         let lw = lower::lower(&folded, types, limit)?;
         let mut p = Program::build(lw, self.opts.microkernels, self.opts.threads)?;
         p.check_guards = self.opts.check_guards;

@@ -839,6 +839,18 @@ impl Op {
         }
     }
 
+    /// Whether input `slot` is read only for its dims, never its values: the input of shape,
+    /// every input of range, and the reference inputs (after the first) of reshape_dyn and
+    /// expand_dyn. Such a value is known once the input shapes are (the JIT folds these ops per
+    /// input shape).
+    pub fn reads_only_dims(&self, slot: usize) -> bool {
+        match self {
+            Op::Shape { .. } | Op::Range { .. } => true,
+            Op::ReshapeDyn { .. } | Op::ExpandDyn { .. } => slot > 0,
+            _ => false,
+        }
+    }
+
     /// The symbol of a result dim that depends on the input data, not only its shape (NonZero,
     /// NonMaxSuppression): inference gives the result that dim as this symbol, which no graph
     /// input binds; the interpreter computes the result and takes its size from it. The JIT

@@ -391,6 +391,10 @@ fn eval_limited(
         let declared = in_types.get(i).copied().flatten();
         conc.push(match (t, declared) {
             (None, None) => None,
+            // an input read only for its dims (the reference inputs of shape, range,
+            // reshape_dyn and expand_dyn) may come as a concrete type alone; an op that reads
+            // its values finds it missing
+            (None, Some(d)) if d.shape.is_fixed() && op.reads_only_dims(i) => Some(d.clone()),
             (None, Some(_)) => return Err(format!("input {i} has a type but no value").into()),
             (Some(t), d) => Some(TensorType {
                 dtype: t.dtype(),
