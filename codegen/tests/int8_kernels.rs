@@ -261,30 +261,43 @@ fn im2col() {
             }
         }
     }
+    // the 3-channel stems: ResNet's 7x7/2 and MobileNet's 3x3/2 over a 224 x 224 image
+    cases.push(geom(224, 224, 3, 7, 2, 3, 1, 3, 0));
+    cases.push(geom(224, 224, 3, 3, 2, 1, 1, 3, 0));
     let mut n = 0;
     for g in cases {
         let imgs = 2;
         let x: Vec<u8> = (0..imgs * g.h * g.w * g.c).map(|_| rng.u8()).collect();
         let mtot = imgs * g.oh * g.ow;
-        let ld = g.k() + 5;
-        for &(pad, xor) in &[(0u8, 0u8), (0x80, 0x80), (7, 0)] {
-            for &(m0, rows) in &[(0usize, mtot), (mtot / 3, mtot - mtot / 3), (mtot - 1, 1)] {
-                let want = ref_im2col(&g, &x, m0, rows, ld, pad, xor);
-                for f in [
-                    im2col_u8 as unsafe extern "C" fn(*const ConvGeom, *const u8, usize, usize, *mut u8, usize, u8, u8),
-                    im2col_u8_scalar,
-                ] {
-                    let mut out = vec![0xeeu8; rows * ld];
-                    // SAFETY: `g` is valid, `x` holds every image of `g`, `out` has `rows` rows of `ld >=
-                    // g.k()` bytes; `im2col_u8` checks the CPU before using AVX-512.
-                    unsafe { f(&g, x.as_ptr(), m0, rows, out.as_mut_ptr(), ld, pad, xor) };
-                    assert_eq!(out, want, "{g:?} m0={m0} rows={rows} pad={pad} xor={xor}");
-                    n += 1;
+        // a tight stride, and the one the JIT uses (room for whole-vector stores of narrow rows)
+        for ld in [g.k() + 5, im2col_ld_u8(&g)] {
+            for &(pad, xor) in &[(0u8, 0u8), (0x80, 0x80), (7, 0)] {
+                for &(m0, rows) in &[(0usize, mtot), (mtot / 3, mtot - mtot / 3), (mtot - 1, 1)] {
+                    let want = ref_im2col(&g, &x, m0, rows, ld, pad, xor);
+                    for f in [
+                        im2col_u8
+                            as unsafe extern "C" fn(*const ConvGeom, *const u8, usize, usize, *mut u8, usize, u8, u8),
+                        im2col_u8_scalar,
+                    ] {
+                        // 64 guard bytes after the last row
+                        let mut out = vec![0xeeu8; rows * ld + 64];
+                        // SAFETY: `g` is valid, `x` holds every image of `g`, `out` has `rows` rows of `ld >=
+                        // g.k()` bytes; `im2col_u8` checks the CPU before using AVX-512.
+                        unsafe { f(&g, x.as_ptr(), m0, rows, out.as_mut_ptr(), ld, pad, xor) };
+                        // bytes `k..ld` of a row may hold other input bytes (the contract); the first `k` are
+                        // the reference's, and nothing past the rows is written
+                        for r in 0..rows {
+                            let (got, exp) = (&out[r * ld..r * ld + g.k()], &want[r * ld..r * ld + g.k()]);
+                            assert_eq!(got, exp, "{g:?} ld={ld} m0={m0} row {r} of {rows} pad={pad} xor={xor}");
+                        }
+                        assert!(out[rows * ld..].iter().all(|&b| b == 0xee), "{g:?} ld={ld}: wrote past the rows");
+                        n += 1;
+                    }
                 }
             }
         }
     }
-    assert!(n > 500);
+    assert!(n > 1000);
 }
 
 fn ref_dw(g: &ConvGeom, x: &[u8], zx: i32, w: &[i8], row: usize) -> Vec<i32> {
