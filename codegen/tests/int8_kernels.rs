@@ -426,3 +426,70 @@ fn depthwise_odd_geometries() {
         }
     }
 }
+
+/// Byte max pooling (u8 and i8) against a naive reference: channel counts below, at and past one
+/// 64-byte vector, padding, strides, dilation and windows that lie wholly in the padding (the
+/// lowest value).
+#[test]
+fn max_pool_bytes() {
+    use qforge_codegen::micro::pool::{max_pool_i8, max_pool_u8};
+    let mut rng = Rng(777);
+    let mut n = 0;
+    for &(h, w) in &[(7usize, 7usize), (9, 5), (2, 2)] {
+        for &c in &[3usize, 64, 70, 130] {
+            for &(k, s, p, d) in
+                &[(3usize, 2usize, 1usize, 1usize), (3, 1, 1, 1), (2, 2, 0, 1), (3, 1, 2, 2), (3, 2, 4, 1)]
+            {
+                let eff = d * (k - 1) + 1;
+                if h + 2 * p < eff || w + 2 * p < eff {
+                    continue;
+                }
+                let mut g = geom(h, w, c, k, s, p, d, c, 0);
+                g.oh = (h + 2 * p - eff) / s + 1;
+                g.ow = (w + 2 * p - eff) / s + 1;
+                let imgs = 2;
+                let x: Vec<u8> = (0..imgs * h * w * c).map(|_| rng.u8()).collect();
+                for signed in [false, true] {
+                    for row in 0..imgs * g.oh {
+                        let (img, oy) = (row / g.oh, row % g.oh);
+                        let mut want = vec![0u8; g.ow * c];
+                        for ox in 0..g.ow {
+                            for ch in 0..c {
+                                let mut best: Option<u8> = None;
+                                for ky in 0..k {
+                                    for kx in 0..k {
+                                        let iy = (oy * s + ky * d) as isize - p as isize;
+                                        let ix = (ox * s + kx * d) as isize - p as isize;
+                                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                            continue;
+                                        }
+                                        let v = x[((img * h + iy as usize) * w + ix as usize) * c + ch];
+                                        let key = |b: u8| if signed { b as i8 as i16 } else { b as i16 };
+                                        if best.is_none_or(|b| key(v) > key(b)) {
+                                            best = Some(v);
+                                        }
+                                    }
+                                }
+                                want[ox * c + ch] = best.unwrap_or(if signed { 0x80 } else { 0 });
+                            }
+                        }
+                        let mut got = vec![0xeeu8; g.ow * c + 64];
+                        // SAFETY: `g` describes `x` (two images), `got` has `ow * c` writable bytes (and 64 guard
+                        // bytes); the kernels check the CPU before using AVX-512.
+                        unsafe {
+                            if signed {
+                                max_pool_i8(&g, x.as_ptr().cast(), row, got.as_mut_ptr().cast())
+                            } else {
+                                max_pool_u8(&g, x.as_ptr(), row, got.as_mut_ptr())
+                            }
+                        };
+                        assert_eq!(&got[..g.ow * c], &want[..], "{g:?} row {row} signed {signed}");
+                        assert!(got[g.ow * c..].iter().all(|&b| b == 0xee), "{g:?}: wrote past the row");
+                        n += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(n > 200);
+}
