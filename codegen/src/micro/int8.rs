@@ -1006,49 +1006,57 @@ mod x86 {
             let (c, kh, kw) = (g.c, g.kh, g.kw);
             let rb = kw * g.cin;
             let dh = g.dh.max(1);
+            let sw = g.sw.max(1);
             let mask: __mmask64 = if rb >= 64 { !0 } else { (1u64 << rb) - 1 };
             let xv = _mm512_set1_epi8(xor as i8);
             let img_stride = g.h * g.w * c;
             let ky_stride = dh * g.w * c;
             let span = ((kh - 1) * dh) as isize;
+            // output columns whose window lies inside the image horizontally:
+            // ox * sw >= pw and ox * sw - pw + kw <= w
+            let ox_lo = g.pw.div_ceil(sw).min(g.ow);
+            let ox_hi = if g.w + g.pw >= kw { ((g.w + g.pw - kw) / sw + 1).min(g.ow) } else { 0 }.max(ox_lo);
             let mut img = m0 / hw;
             let rem = m0 % hw;
             let (mut oy, mut ox) = (rem / g.ow, rem % g.ow);
-            for r in 0..rows {
-                let orow = out.add(r * ld);
+            let mut r = 0;
+            while r < rows {
+                // the rest of this output row, or of the rows asked for
+                let run = (g.ow - ox).min(rows - r);
                 let iy0 = (oy * g.sh) as isize - g.ph as isize;
-                let ix0 = (ox * g.sw) as isize - g.pw as isize;
-                let inside = iy0 >= 0 && iy0 + span < g.h as isize && ix0 >= 0 && ix0 + kw as isize <= g.w as isize;
-                if inside {
-                    let first = img * img_stride + g.cin_offset + (iy0 as usize * g.w + ix0 as usize) * c;
-                    let src = x.add(first);
-                    // whole-vector loads where `width` bytes stay inside this image (masked
-                    // byte loads cost more), masked ones near its end
-                    let whole = first + (kh - 1) * ky_stride + width <= (img + 1) * img_stride;
-                    for ky in 0..kh {
-                        let p = src.add(ky * ky_stride);
-                        let v = if whole {
-                            match width {
-                                16 => _mm512_castsi128_si512(_mm_loadu_si128(p.cast())),
-                                32 => _mm512_castsi256_si512(_mm256_loadu_si256(p.cast())),
-                                _ => _mm512_loadu_si512(p.cast()),
-                            }
-                        } else {
-                            _mm512_maskz_loadu_epi8(mask, p.cast())
-                        };
-                        let v = _mm512_xor_si512(v, xv);
-                        let dst = orow.add(ky * rb);
-                        match width {
-                            16 => _mm_storeu_si128(dst.cast(), _mm512_castsi512_si128(v)),
-                            32 => _mm256_storeu_si256(dst.cast(), _mm512_castsi512_si256(v)),
-                            _ => _mm512_storeu_si512(dst.cast(), v),
-                        }
-                    }
+                let row_in = iy0 >= 0 && iy0 + span < g.h as isize;
+                let (lo, hi) = if row_in {
+                    let lo = ox_lo.clamp(ox, ox + run);
+                    (lo, ox_hi.clamp(lo, ox + run))
                 } else {
-                    let (m, one) = (m0 + r, 1usize);
+                    (ox + run, ox + run)
+                };
+                for o in (ox..lo).chain(hi..ox + run) {
+                    let (m, one) = (m0 + r + (o - ox), 1usize);
+                    let orow = out.add((r + (o - ox)) * ld);
                     im2col_body!(g, x, m, one, orow, ld, pad, xor, copy512, fill512);
                 }
-                ox += 1;
+                if lo < hi {
+                    let img_end = (img + 1) * img_stride;
+                    let mut first = img * img_stride + g.cin_offset + (iy0 as usize * g.w + lo * sw - g.pw) * c;
+                    let mut dst = out.add((r + (lo - ox)) * ld);
+                    let (last_ky, step) = ((kh - 1) * ky_stride, sw * c);
+                    for _ in lo..hi {
+                        // whole-vector loads where `width` bytes stay inside this image (masked
+                        // byte loads cost more), masked ones near its end
+                        let whole = first + last_ky + width <= img_end;
+                        let src = x.add(first);
+                        match width {
+                            16 => narrow_row::<16>(src, dst, kh, ky_stride, rb, xv, mask, whole),
+                            32 => narrow_row::<32>(src, dst, kh, ky_stride, rb, xv, mask, whole),
+                            _ => narrow_row::<64>(src, dst, kh, ky_stride, rb, xv, mask, whole),
+                        }
+                        first += step;
+                        dst = dst.add(ld);
+                    }
+                }
+                r += run;
+                ox += run;
                 if ox == g.ow {
                     ox = 0;
                     oy += 1;
@@ -1056,6 +1064,48 @@ mod x86 {
                         oy = 0;
                         img += 1;
                     }
+                }
+            }
+        }
+    }
+
+    /// The `kh` kernel rows of one im2col row whose window lies inside the image: kernel row
+    /// `ky` is the `rb` bytes at `src + ky * ky_stride` (a whole `W`-byte load when `whole`, else a
+    /// masked one), xored and stored as `W` bytes at `dst + ky * rb`, in increasing `ky`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn narrow_row<const W: usize>(
+        src: *const u8,
+        dst: *mut u8,
+        kh: usize,
+        ky_stride: usize,
+        rb: usize,
+        xv: __m512i,
+        mask: __mmask64,
+        whole: bool,
+    ) {
+        // SAFETY: the caller (`im2col_narrow`) passes `src` at the window's first in-image pixel, whose `kh`
+        // kernel rows hold `rb` readable bytes each (and `W` when `whole`), and `dst` at an output row with
+        // `(kh - 1) * rb + W` writable bytes.
+        unsafe {
+            for ky in 0..kh {
+                let p = src.add(ky * ky_stride);
+                let v = if whole {
+                    match W {
+                        16 => _mm512_castsi128_si512(_mm_loadu_si128(p.cast())),
+                        32 => _mm512_castsi256_si512(_mm256_loadu_si256(p.cast())),
+                        _ => _mm512_loadu_si512(p.cast()),
+                    }
+                } else {
+                    _mm512_maskz_loadu_epi8(mask, p.cast())
+                };
+                let v = _mm512_xor_si512(v, xv);
+                let d = dst.add(ky * rb);
+                match W {
+                    16 => _mm_storeu_si128(d.cast(), _mm512_castsi512_si128(v)),
+                    32 => _mm256_storeu_si256(d.cast(), _mm512_castsi512_si256(v)),
+                    _ => _mm512_storeu_si512(d.cast(), v),
                 }
             }
         }
