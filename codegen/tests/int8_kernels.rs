@@ -261,30 +261,43 @@ fn im2col() {
             }
         }
     }
+    // the 3-channel stems: ResNet's 7x7/2 and MobileNet's 3x3/2 over a 224 x 224 image
+    cases.push(geom(224, 224, 3, 7, 2, 3, 1, 3, 0));
+    cases.push(geom(224, 224, 3, 3, 2, 1, 1, 3, 0));
     let mut n = 0;
     for g in cases {
         let imgs = 2;
         let x: Vec<u8> = (0..imgs * g.h * g.w * g.c).map(|_| rng.u8()).collect();
         let mtot = imgs * g.oh * g.ow;
-        let ld = g.k() + 5;
-        for &(pad, xor) in &[(0u8, 0u8), (0x80, 0x80), (7, 0)] {
-            for &(m0, rows) in &[(0usize, mtot), (mtot / 3, mtot - mtot / 3), (mtot - 1, 1)] {
-                let want = ref_im2col(&g, &x, m0, rows, ld, pad, xor);
-                for f in [
-                    im2col_u8 as unsafe extern "C" fn(*const ConvGeom, *const u8, usize, usize, *mut u8, usize, u8, u8),
-                    im2col_u8_scalar,
-                ] {
-                    let mut out = vec![0xeeu8; rows * ld];
-                    // SAFETY: `g` is valid, `x` holds every image of `g`, `out` has `rows` rows of `ld >=
-                    // g.k()` bytes; `im2col_u8` checks the CPU before using AVX-512.
-                    unsafe { f(&g, x.as_ptr(), m0, rows, out.as_mut_ptr(), ld, pad, xor) };
-                    assert_eq!(out, want, "{g:?} m0={m0} rows={rows} pad={pad} xor={xor}");
-                    n += 1;
+        // a tight stride, and the one the JIT uses (room for whole-vector stores of narrow rows)
+        for ld in [g.k() + 5, im2col_ld_u8(&g)] {
+            for &(pad, xor) in &[(0u8, 0u8), (0x80, 0x80), (7, 0)] {
+                for &(m0, rows) in &[(0usize, mtot), (mtot / 3, mtot - mtot / 3), (mtot - 1, 1)] {
+                    let want = ref_im2col(&g, &x, m0, rows, ld, pad, xor);
+                    for f in [
+                        im2col_u8
+                            as unsafe extern "C" fn(*const ConvGeom, *const u8, usize, usize, *mut u8, usize, u8, u8),
+                        im2col_u8_scalar,
+                    ] {
+                        // 64 guard bytes after the last row
+                        let mut out = vec![0xeeu8; rows * ld + 64];
+                        // SAFETY: `g` is valid, `x` holds every image of `g`, `out` has `rows` rows of `ld >=
+                        // g.k()` bytes; `im2col_u8` checks the CPU before using AVX-512.
+                        unsafe { f(&g, x.as_ptr(), m0, rows, out.as_mut_ptr(), ld, pad, xor) };
+                        // bytes `k..ld` of a row may hold other input bytes (the contract); the first `k` are
+                        // the reference's, and nothing past the rows is written
+                        for r in 0..rows {
+                            let (got, exp) = (&out[r * ld..r * ld + g.k()], &want[r * ld..r * ld + g.k()]);
+                            assert_eq!(got, exp, "{g:?} ld={ld} m0={m0} row {r} of {rows} pad={pad} xor={xor}");
+                        }
+                        assert!(out[rows * ld..].iter().all(|&b| b == 0xee), "{g:?} ld={ld}: wrote past the rows");
+                        n += 1;
+                    }
                 }
             }
         }
     }
-    assert!(n > 500);
+    assert!(n > 1000);
 }
 
 fn ref_dw(g: &ConvGeom, x: &[u8], zx: i32, w: &[i8], row: usize) -> Vec<i32> {
@@ -412,4 +425,71 @@ fn depthwise_odd_geometries() {
             }
         }
     }
+}
+
+/// Byte max pooling (u8 and i8) against a naive reference: channel counts below, at and past one
+/// 64-byte vector, padding, strides, dilation and windows that lie wholly in the padding (the
+/// lowest value).
+#[test]
+fn max_pool_bytes() {
+    use qforge_codegen::micro::pool::{max_pool_i8, max_pool_u8};
+    let mut rng = Rng(777);
+    let mut n = 0;
+    for &(h, w) in &[(7usize, 7usize), (9, 5), (2, 2)] {
+        for &c in &[3usize, 64, 70, 130] {
+            for &(k, s, p, d) in
+                &[(3usize, 2usize, 1usize, 1usize), (3, 1, 1, 1), (2, 2, 0, 1), (3, 1, 2, 2), (3, 2, 4, 1)]
+            {
+                let eff = d * (k - 1) + 1;
+                if h + 2 * p < eff || w + 2 * p < eff {
+                    continue;
+                }
+                let mut g = geom(h, w, c, k, s, p, d, c, 0);
+                g.oh = (h + 2 * p - eff) / s + 1;
+                g.ow = (w + 2 * p - eff) / s + 1;
+                let imgs = 2;
+                let x: Vec<u8> = (0..imgs * h * w * c).map(|_| rng.u8()).collect();
+                for signed in [false, true] {
+                    for row in 0..imgs * g.oh {
+                        let (img, oy) = (row / g.oh, row % g.oh);
+                        let mut want = vec![0u8; g.ow * c];
+                        for ox in 0..g.ow {
+                            for ch in 0..c {
+                                let mut best: Option<u8> = None;
+                                for ky in 0..k {
+                                    for kx in 0..k {
+                                        let iy = (oy * s + ky * d) as isize - p as isize;
+                                        let ix = (ox * s + kx * d) as isize - p as isize;
+                                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                            continue;
+                                        }
+                                        let v = x[((img * h + iy as usize) * w + ix as usize) * c + ch];
+                                        let key = |b: u8| if signed { b as i8 as i16 } else { b as i16 };
+                                        if best.is_none_or(|b| key(v) > key(b)) {
+                                            best = Some(v);
+                                        }
+                                    }
+                                }
+                                want[ox * c + ch] = best.unwrap_or(if signed { 0x80 } else { 0 });
+                            }
+                        }
+                        let mut got = vec![0xeeu8; g.ow * c + 64];
+                        // SAFETY: `g` describes `x` (two images), `got` has `ow * c` writable bytes (and 64 guard
+                        // bytes); the kernels check the CPU before using AVX-512.
+                        unsafe {
+                            if signed {
+                                max_pool_i8(&g, x.as_ptr().cast(), row, got.as_mut_ptr().cast())
+                            } else {
+                                max_pool_u8(&g, x.as_ptr(), row, got.as_mut_ptr())
+                            }
+                        };
+                        assert_eq!(&got[..g.ow * c], &want[..], "{g:?} row {row} signed {signed}");
+                        assert!(got[g.ow * c..].iter().all(|&b| b == 0xee), "{g:?}: wrote past the row");
+                        n += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(n > 200);
 }

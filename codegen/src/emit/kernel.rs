@@ -6,7 +6,7 @@
 
 use super::epilogue::{self, Tile};
 use super::Emitter;
-use crate::micro::{bf16, float, ConvGeom};
+use crate::micro::{bf16, float, int8, ConvGeom};
 use crate::spec::{KernelSpec, MainOp, Rows};
 use crate::JitError;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
@@ -173,7 +173,7 @@ pub fn scratch_bytes(spec: &KernelSpec) -> usize {
         MainOp::GemmU8I8 { rows, .. } => {
             let a = match rows {
                 Rows::Direct { .. } => 0,
-                Rows::Im2col { geom, .. } => ROW_BLOCK * im2col_ld(geom),
+                Rows::Im2col { geom, .. } => ROW_BLOCK * int8::im2col_ld_u8(geom),
             };
             ROW_BLOCK * PANEL_I8 * 4 + a + 64
         }
@@ -340,7 +340,11 @@ fn gemm_loops(
                 (a, *lda as i64)
             }
             Rows::Im2col { geom, pad, xor } => {
-                let ld = im2col_ld(geom) as i64;
+                // u8 rows leave room for im2col's whole-vector stores of narrow kernel rows
+                let ld = match kind {
+                    GemmKind::U8I8 { .. } => int8::im2col_ld_u8(geom),
+                    _ => im2col_ld(geom),
+                } as i64;
                 let g = em.iconst(consts.geom);
                 let ldv = em.iconst(ld);
                 match kind {

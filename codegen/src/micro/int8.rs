@@ -250,18 +250,51 @@ pub fn gemm_u8i8_best() -> (GemmU8I8, &'static str) {
     (gemm_u8i8_scalar, "scalar")
 }
 
+/// Width in bytes of the one vector store [`im2col_u8`] writes a whole kernel row with (16, 32 or
+/// 64), for a convolution whose kernel row is contiguous in the input (`dw <= 1`, `cin == c`)
+/// and `kw * cin` is at most 64 bytes (the 3-channel stems: ResNet's 7x7 rows of 21 bytes,
+/// MobileNet's 3x3 rows of 9); `None` for other convolutions.
+pub fn im2col_narrow_width(g: &ConvGeom) -> Option<usize> {
+    let rb = g.kw * g.cin;
+    if g.dw > 1 || g.cin != g.c || g.kh == 0 || rb == 0 || rb > 64 {
+        return None;
+    }
+    Some(if rb <= 16 {
+        16
+    } else if rb <= 32 {
+        32
+    } else {
+        64
+    })
+}
+
+/// The leading dimension of an im2col buffer for `g`: `g.k()` rounded up to 16, or, for the
+/// narrow kernel rows of [`im2col_narrow_width`], enough that the last kernel row's whole vector
+/// store stays inside the row (`(kh - 1) * kw * cin + width`), so [`im2col_u8`] can write every
+/// kernel row with one unmasked store.
+pub fn im2col_ld_u8(g: &ConvGeom) -> usize {
+    let span = match im2col_narrow_width(g) {
+        Some(width) => (g.kh - 1) * g.kw * g.cin + width,
+        None => 0,
+    };
+    round_up(g.k().max(span).max(1), 16)
+}
+
 /// im2col for rows `m0..m0+rows` of the convolution `*g` over the NHWC u8 input `x` (batch
 /// images back to back, each `h*w*c` bytes). Row `r` of `out` (stride `ld >= g.k()`) receives,
 /// for `(ky, kx, ci)` with `ci` fastest, `x[img][iy][ix][cin_offset + ci] ^ xor`, or `pad` when
 /// `(iy, ix)` lies outside the image, where `iy = oy*sh + ky*dh - ph`, `ix = ox*sw + kx*dw - pw`
-/// and `m = m0 + r` maps to `img = m / (oh*ow)`, `oy`, `ox`. Exactly `g.k()` bytes of each row
-/// are written (a GEMM reads `kp = round_up_4(k)` bytes per row, so the caller keeps bytes
-/// `k..kp` of each row initialised). Contiguous channel runs are copied with `memcpy`; when
-/// `dw == 1` and `cin == c` whole in-image kernel rows are one copy.
+/// and `m = m0 + r` maps to `img = m / (oh*ow)`, `oy`, `ox`. Bytes `0..g.k()` of each row are
+/// these; bytes `g.k()..ld` may be overwritten with other input bytes (a GEMM reads
+/// `kp = round_up_4(k)` bytes per row and meets zero weights beyond `k`, so any initialised value
+/// there gives the same sums). Contiguous channel runs are copied with `memcpy`; when `dw == 1`
+/// and `cin == c` whole in-image kernel rows are one copy, and with AVX-512 a kernel row of at
+/// most 64 bytes ([`im2col_narrow_width`]) is one masked load and one whole-vector store when
+/// `ld >= (kh - 1) * kw * cin + width` ([`im2col_ld_u8`] gives such an `ld`).
 ///
 /// # Safety
 /// `g` must point to a valid geometry, `x` must cover every image the rows touch, and `out`
-/// must have `rows` rows of `g.k()` writable bytes at stride `ld`.
+/// must have `rows` rows of `ld` writable bytes at stride `ld`.
 pub unsafe extern "C" fn im2col_u8(
     g: *const ConvGeom,
     x: *const u8,
@@ -927,9 +960,154 @@ mod x86 {
         pad: u8,
         xor: u8,
     ) {
-        // SAFETY: the caller (`im2col_u8`) guarantees its contract's ranges and has checked AVX-512 F and BW.
+        // SAFETY: the caller (`im2col_u8`) guarantees its contract's ranges and has checked AVX-512 F and BW
+        // (the narrow path's own features).
         unsafe {
+            if let Some(width) = super::im2col_narrow_width(g) {
+                if ld >= (g.kh - 1) * g.kw * g.cin + width {
+                    return im2col_narrow(g, x, m0, rows, out, ld, pad, xor, width);
+                }
+            }
             im2col_body!(g, x, m0, rows, out, ld, pad, xor, copy512, fill512);
+        }
+    }
+
+    /// [`im2col_avx512`] for a kernel row of `rb = kw * cin <= 64` contiguous bytes (`dw <= 1`,
+    /// `cin == c`) when `ld >= (kh - 1) * rb + width`: a row whose whole window lies inside the
+    /// image is `kh` loads of `rb` bytes (whole vectors while they stay inside the image, the
+    /// bytes past `rb` never stored into the row's first `k`), each stored as one vector of `width`
+    /// bytes at byte `ky * rb` of the row, in increasing `ky`, so the bytes a store writes beyond
+    /// its kernel row are overwritten by the next kernel row's store, and the last one's stay in
+    /// `k..ld` (other input bytes; see [`super::im2col_u8`]). Rows touching the padding go
+    /// through the general loop, one row at a time.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn im2col_narrow(
+        g: &ConvGeom,
+        x: *const u8,
+        m0: usize,
+        rows: usize,
+        out: *mut u8,
+        ld: usize,
+        pad: u8,
+        xor: u8,
+        width: usize,
+    ) {
+        // SAFETY: the caller (`im2col_avx512`) guarantees `im2col_u8`'s ranges (`rows` rows of `ld` writable
+        // bytes at `out`, and `x` covering every image the rows touch) and `ld >= (kh - 1) * rb + width`, so
+        // every store (bytes `ky * rb .. ky * rb + width` of a row, `ky < kh`) stays in its row; an interior
+        // row's loads read the `rb` bytes (masked) of in-image pixels `ix0 .. ix0 + kw` of rows `iy0 + ky *
+        // dh` of its image, or `width` bytes where those stay inside the image (`whole`), all inside `x`.
+        unsafe {
+            let hw = g.oh * g.ow;
+            if hw == 0 || rows == 0 {
+                return;
+            }
+            let (c, kh, kw) = (g.c, g.kh, g.kw);
+            let rb = kw * g.cin;
+            let dh = g.dh.max(1);
+            let sw = g.sw.max(1);
+            let mask: __mmask64 = if rb >= 64 { !0 } else { (1u64 << rb) - 1 };
+            let xv = _mm512_set1_epi8(xor as i8);
+            let img_stride = g.h * g.w * c;
+            let ky_stride = dh * g.w * c;
+            let span = ((kh - 1) * dh) as isize;
+            // output columns whose window lies inside the image horizontally:
+            // ox * sw >= pw and ox * sw - pw + kw <= w
+            let ox_lo = g.pw.div_ceil(sw).min(g.ow);
+            let ox_hi = if g.w + g.pw >= kw { ((g.w + g.pw - kw) / sw + 1).min(g.ow) } else { 0 }.max(ox_lo);
+            let mut img = m0 / hw;
+            let rem = m0 % hw;
+            let (mut oy, mut ox) = (rem / g.ow, rem % g.ow);
+            let mut r = 0;
+            while r < rows {
+                // the rest of this output row, or of the rows asked for
+                let run = (g.ow - ox).min(rows - r);
+                let iy0 = (oy * g.sh) as isize - g.ph as isize;
+                let row_in = iy0 >= 0 && iy0 + span < g.h as isize;
+                let (lo, hi) = if row_in {
+                    let lo = ox_lo.clamp(ox, ox + run);
+                    (lo, ox_hi.clamp(lo, ox + run))
+                } else {
+                    (ox + run, ox + run)
+                };
+                for o in (ox..lo).chain(hi..ox + run) {
+                    let (m, one) = (m0 + r + (o - ox), 1usize);
+                    let orow = out.add((r + (o - ox)) * ld);
+                    im2col_body!(g, x, m, one, orow, ld, pad, xor, copy512, fill512);
+                }
+                if lo < hi {
+                    let img_end = (img + 1) * img_stride;
+                    let mut first = img * img_stride + g.cin_offset + (iy0 as usize * g.w + lo * sw - g.pw) * c;
+                    let mut dst = out.add((r + (lo - ox)) * ld);
+                    let (last_ky, step) = ((kh - 1) * ky_stride, sw * c);
+                    for _ in lo..hi {
+                        // whole-vector loads where `width` bytes stay inside this image (masked
+                        // byte loads cost more), masked ones near its end
+                        let whole = first + last_ky + width <= img_end;
+                        let src = x.add(first);
+                        match width {
+                            16 => narrow_row::<16>(src, dst, kh, ky_stride, rb, xv, mask, whole),
+                            32 => narrow_row::<32>(src, dst, kh, ky_stride, rb, xv, mask, whole),
+                            _ => narrow_row::<64>(src, dst, kh, ky_stride, rb, xv, mask, whole),
+                        }
+                        first += step;
+                        dst = dst.add(ld);
+                    }
+                }
+                r += run;
+                ox += run;
+                if ox == g.ow {
+                    ox = 0;
+                    oy += 1;
+                    if oy == g.oh {
+                        oy = 0;
+                        img += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The `kh` kernel rows of one im2col row whose window lies inside the image: kernel row
+    /// `ky` is the `rb` bytes at `src + ky * ky_stride` (a whole `W`-byte load when `whole`, else a
+    /// masked one), xored and stored as `W` bytes at `dst + ky * rb`, in increasing `ky`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn narrow_row<const W: usize>(
+        src: *const u8,
+        dst: *mut u8,
+        kh: usize,
+        ky_stride: usize,
+        rb: usize,
+        xv: __m512i,
+        mask: __mmask64,
+        whole: bool,
+    ) {
+        // SAFETY: the caller (`im2col_narrow`) passes `src` at the window's first in-image pixel, whose `kh`
+        // kernel rows hold `rb` readable bytes each (and `W` when `whole`), and `dst` at an output row with
+        // `(kh - 1) * rb + W` writable bytes.
+        unsafe {
+            for ky in 0..kh {
+                let p = src.add(ky * ky_stride);
+                let v = if whole {
+                    match W {
+                        16 => _mm512_castsi128_si512(_mm_loadu_si128(p.cast())),
+                        32 => _mm512_castsi256_si512(_mm256_loadu_si256(p.cast())),
+                        _ => _mm512_loadu_si512(p.cast()),
+                    }
+                } else {
+                    _mm512_maskz_loadu_epi8(mask, p.cast())
+                };
+                let v = _mm512_xor_si512(v, xv);
+                let d = dst.add(ky * rb);
+                match W {
+                    16 => _mm_storeu_si128(d.cast(), _mm512_castsi512_si128(v)),
+                    32 => _mm256_storeu_si256(d.cast(), _mm512_castsi512_si256(v)),
+                    _ => _mm512_storeu_si512(d.cast(), v),
+                }
+            }
         }
     }
 

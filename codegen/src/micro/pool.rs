@@ -1,6 +1,8 @@
 //! Pooling helpers over NHWC tensors: max pooling (one output row per call) and the per-channel
 //! sums of global average pooling (one image per call). Plain loops over contiguous channels,
-//! which the Rust compiler vectorizes; they touch only the input image and the output row.
+//! which the Rust compiler vectorizes, and for byte max pooling 64-channel AVX-512BW blocks (the
+//! plain loop's per-tap overhead dominated at 64 channels); they touch only the input image and
+//! the output row.
 
 use super::ConvGeom;
 
@@ -12,8 +14,17 @@ use super::ConvGeom;
 /// `x` holds the whole NHWC input described by `g` and `out` has `g.ow * g.c` writable elements.
 pub unsafe extern "C" fn max_pool_u8(g: *const ConvGeom, x: *const u8, row: usize, out: *mut u8) {
     // SAFETY: `g` points to a valid geometry and `x`, `out` cover the ranges in this function's contract,
-    // which is exactly `max_pool`'s.
-    unsafe { max_pool(&*g, x, row, out, u8::MIN, |a, b| a.max(b)) }
+    // which is exactly `max_pool`'s (and `x86::max_pool_bytes`'s, run only after `is_x86_feature_detected!`
+    // confirmed AVX-512 F and BW).
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+                return x86::max_pool_bytes::<false>(&*g, x, row, out);
+            }
+        }
+        max_pool(&*g, x, row, out, u8::MIN, |a, b| a.max(b))
+    }
 }
 
 /// [`max_pool_u8`] on i8.
@@ -21,8 +32,85 @@ pub unsafe extern "C" fn max_pool_u8(g: *const ConvGeom, x: *const u8, row: usiz
 /// # Safety
 /// As [`max_pool_u8`].
 pub unsafe extern "C" fn max_pool_i8(g: *const ConvGeom, x: *const i8, row: usize, out: *mut i8) {
-    // SAFETY: as in `max_pool_u8`: this function's contract is `max_pool`'s.
-    unsafe { max_pool(&*g, x, row, out, i8::MIN, |a, b| a.max(b)) }
+    // SAFETY: as in `max_pool_u8`: this function's contract is `max_pool`'s and `x86::max_pool_bytes`'s (its
+    // features checked first).
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+                return x86::max_pool_bytes::<true>(&*g, x.cast(), row, out.cast());
+            }
+        }
+        max_pool(&*g, x, row, out, i8::MIN, |a, b| a.max(b))
+    }
+}
+
+/// Max pooling of bytes with 512-bit vectors: per output pixel and 64-channel block, the
+/// maximum over the in-image taps (a masked last block), the same values as [`max_pool`].
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::ConvGeom;
+    use core::arch::x86_64::*;
+
+    /// One output row of [`super::max_pool_u8`] (`SIGNED`: of [`super::max_pool_i8`], the bytes
+    /// compared as i8).
+    ///
+    /// # Safety
+    /// As [`super::max_pool_u8`]; the CPU must have AVX-512 F and BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn max_pool_bytes<const SIGNED: bool>(g: &ConvGeom, x: *const u8, row: usize, out: *mut u8) {
+        // SAFETY: the caller guarantees `max_pool_u8`'s contract: every tap read lies inside image `row /
+        // g.oh` (the tap ranges below keep `iy` in `0..h` and `ix` in `0..w`), each read and each store
+        // touches channels `cb..cb + 64` below `c` only (whole vectors while 64 channels are left, masked ones
+        // after), and the stores stay in the `ow * c` elements of the output row.
+        unsafe {
+            if g.oh == 0 {
+                return;
+            }
+            let (img, oy) = (row / g.oh, row % g.oh);
+            let c = g.c;
+            let xi = x.add(img * g.h * g.w * c);
+            let lowest = _mm512_set1_epi8(if SIGNED { i8::MIN } else { 0 });
+            let (dh, dw) = (g.dh.max(1), g.dw.max(1));
+            let iy0 = (oy * g.sh) as isize - g.ph as isize;
+            let taps = |i0: isize, d: usize, n: usize, k: usize| -> (usize, usize) {
+                let lo = (0..k).find(|&t| i0 + (t * d) as isize >= 0).unwrap_or(k);
+                let hi = (lo..k).find(|&t| i0 + (t * d) as isize >= n as isize).unwrap_or(k);
+                (lo, hi)
+            };
+            let (ky_lo, ky_hi) = taps(iy0, dh, g.h, g.kh);
+            for ox in 0..g.ow {
+                let ix0 = (ox * g.sw) as isize - g.pw as isize;
+                let (kx_lo, kx_hi) = taps(ix0, dw, g.w, g.kw);
+                let o = out.add(ox * c);
+                let mut cb = 0;
+                while cb < c {
+                    let left = c - cb;
+                    let mask: __mmask64 = if left >= 64 { !0 } else { (1u64 << left) - 1 };
+                    let mut acc = lowest;
+                    for ky in ky_lo..ky_hi {
+                        let iy = (iy0 + (ky * dh) as isize) as usize;
+                        for kx in kx_lo..kx_hi {
+                            let ix = (ix0 + (kx * dw) as isize) as usize;
+                            let p = xi.add((iy * g.w + ix) * c + cb);
+                            let v = if left >= 64 {
+                                _mm512_loadu_si512(p.cast())
+                            } else {
+                                _mm512_maskz_loadu_epi8(mask, p.cast())
+                            };
+                            acc = if SIGNED { _mm512_max_epi8(acc, v) } else { _mm512_max_epu8(acc, v) };
+                        }
+                    }
+                    if left >= 64 {
+                        _mm512_storeu_si512(o.add(cb).cast(), acc);
+                    } else {
+                        _mm512_mask_storeu_epi8(o.add(cb).cast(), mask, acc);
+                    }
+                    cb += 64;
+                }
+            }
+        }
+    }
 }
 
 /// [`max_pool_u8`] on f32 (NaN never wins over a number, as the interpreter's `>` test).

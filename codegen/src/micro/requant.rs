@@ -75,9 +75,10 @@ unsafe fn requant_avx512(
     out: *mut u8,
     out_stride: usize,
 ) {
-    // SAFETY: the caller (`requant_tile`) guarantees the ranges: masked loads and stores touch only columns
-    // `j..j + 16` with `j + lane < nr` of rows `< rows`, and `corr`/`mult` are padded past `n0 + nr` to a
-    // multiple of 16; the target features are enabled on this function and checked by `available`.
+    // SAFETY: the caller (`requant_tile`) guarantees the ranges: whole loads and stores touch columns `j..j +
+    // 16 <= nr`, masked ones only columns `j + lane < nr`, of rows `< rows`, and `corr`/`mult` are padded
+    // past `n0 + nr` to a multiple of 16; the target features are enabled on this function and checked by
+    // `available`.
     unsafe {
         use std::arch::x86_64::*;
         let lo = _mm512_set1_epi32(p.lo.saturating_sub(p.zp));
@@ -85,21 +86,32 @@ unsafe fn requant_avx512(
         let zp = _mm512_set1_epi32(p.zp);
         let corr = p.corr.as_ptr().add(n0);
         let mult = p.mult.as_ptr().add(n0);
+        let requant = |acc: __m512i, c: __m512i, m: __m512| -> __m512i {
+            let v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc, c)), m);
+            let q = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+            _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(q, lo), hi), zp)
+        };
         let mut j = 0;
-        while j < nr {
-            let left = nr - j;
-            let mask: __mmask16 = if left >= 16 { 0xffff } else { (1u16 << left) - 1 };
+        // Whole groups of 16 columns: plain loads, the narrowing in a register and one 16-byte
+        // store (the masked forms, above all `vpmovdb` to memory, cost several times more on
+        // some cores, Zen 4 among them).
+        while j + 16 <= nr {
+            let c = _mm512_loadu_si512(corr.add(j).cast());
+            let m = _mm512_loadu_ps(mult.add(j));
+            for r in 0..rows {
+                let q = requant(_mm512_loadu_si512(tile.add(r * ldc + j).cast()), c, m);
+                _mm_storeu_si128(out.add(r * out_stride + j).cast(), _mm512_cvtepi32_epi8(q));
+            }
+            j += 16;
+        }
+        if j < nr {
+            let mask: __mmask16 = (1u16 << (nr - j)) - 1;
             let c = _mm512_maskz_loadu_epi32(mask, corr.add(j));
             let m = _mm512_maskz_loadu_ps(mask, mult.add(j));
             for r in 0..rows {
-                let acc = _mm512_maskz_loadu_epi32(mask, tile.add(r * ldc + j));
-                let v = _mm512_cvtepi32_ps(_mm512_add_epi32(acc, c));
-                let v = _mm512_mul_ps(v, m);
-                let q = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-                let q = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(q, lo), hi), zp);
-                _mm512_mask_cvtepi32_storeu_epi8(out.add(r * out_stride + j) as *mut i8, mask, q);
+                let q = requant(_mm512_maskz_loadu_epi32(mask, tile.add(r * ldc + j)), c, m);
+                _mm_mask_storeu_epi8(out.add(r * out_stride + j).cast(), mask, _mm512_cvtepi32_epi8(q));
             }
-            j += 16;
         }
         let _ = p.signed_out;
     }
@@ -143,29 +155,37 @@ pub unsafe extern "C" fn qadd(p: *const QAddConsts, a: *const u8, b: *const u8, 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn qadd_avx512(p: &QAddConsts, a: *const u8, b: *const u8, c: *mut u8, begin: usize, end: usize) {
-    // SAFETY: masked loads and stores touch only elements `i..end` of `a`, `b`, `c`, which hold `end`
-    // elements (the caller's contract); the target features are enabled on this function and checked by
+    // SAFETY: whole loads and stores touch elements `i..i + 16 <= end`, masked ones only elements below `end`,
+    // of `a`, `b`, `c`, which hold `end` elements (the caller's contract); the target features are enabled on this function and checked by
     // `available`.
     unsafe {
         use std::arch::x86_64::*;
         let (ra, rb, fixed) = (_mm512_set1_ps(p.ra), _mm512_set1_ps(p.rb), _mm512_set1_ps(p.fixed));
         let (lo, hi) = (_mm512_set1_ps(p.lo as f32), _mm512_set1_ps(p.hi as f32));
         let widen = |x: __m128i, signed: bool| if signed { _mm512_cvtepi8_epi32(x) } else { _mm512_cvtepu8_epi32(x) };
-        let mut i = begin;
-        while i < end {
-            let left = end - i;
-            let mask: __mmask16 = if left >= 16 { 0xffff } else { (1u16 << left) - 1 };
-            let xa = _mm_maskz_loadu_epi8(mask, a.add(i) as *const i8);
-            let xb = _mm_maskz_loadu_epi8(mask, b.add(i) as *const i8);
+        let add = |xa: __m128i, xb: __m128i| -> __m128i {
             let fa = _mm512_cvtepi32_ps(widen(xa, p.a_signed));
             let fb = _mm512_cvtepi32_ps(widen(xb, p.b_signed));
             let v = _mm512_fmadd_ps(fa, ra, _mm512_fmadd_ps(fb, rb, fixed));
             // Clamping before rounding equals clamping after it (the bounds are integers), and keeps
             // the conversion in range.
             let v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
-            let q = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-            _mm512_mask_cvtepi32_storeu_epi8(c.add(i) as *mut i8, mask, q);
+            _mm512_cvtepi32_epi8(_mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v))
+        };
+        let mut i = begin;
+        // whole vectors with plain loads and stores (cheaper than the masked forms), then a masked tail
+        while i + 16 <= end {
+            let q = add(_mm_loadu_si128(a.add(i).cast()), _mm_loadu_si128(b.add(i).cast()));
+            _mm_storeu_si128(c.add(i).cast(), q);
             i += 16;
+        }
+        if i < end {
+            let mask: __mmask16 = (1u16 << (end - i)) - 1;
+            let q = add(
+                _mm_maskz_loadu_epi8(mask, a.add(i) as *const i8),
+                _mm_maskz_loadu_epi8(mask, b.add(i) as *const i8),
+            );
+            _mm_mask_storeu_epi8(c.add(i) as *mut i8, mask, q);
         }
     }
 }
