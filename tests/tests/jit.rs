@@ -243,7 +243,11 @@ fn bf16_kernels_round_once_like_the_interpreter() -> Result<()> {
         println!("{what}: {same} of {} identical, {bf16_kernels} bf16 kernel step(s)", a.len());
         anyhow::ensure!(same * 100 >= a.len() * 99, "{what}: only {same} of {} identical", a.len());
         if what.starts_with("depthwise") {
-            anyhow::ensure!(same == a.len(), "{what}: the interpreter's tap order, yet {same} of {} identical", a.len());
+            anyhow::ensure!(
+                same == a.len(),
+                "{what}: the interpreter's tap order, yet {same} of {} identical",
+                a.len()
+            );
         }
     }
     Ok(())

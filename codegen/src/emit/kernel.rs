@@ -234,8 +234,11 @@ pub fn emit(
                 MainOp::DepthwiseU8I8 { zx, .. } => Some(*zx),
                 _ => None,
             };
-            let float_kernel =
-                if matches!(spec.main, MainOp::DepthwiseBf16 { .. }) { "qf_depthwise_bf16" } else { "qf_depthwise_f32" };
+            let float_kernel = if matches!(spec.main, MainOp::DepthwiseBf16 { .. }) {
+                "qf_depthwise_bf16"
+            } else {
+                "qf_depthwise_f32"
+            };
             em.for_range(begin, end, 1, |em, row| {
                 let g = em.iconst(consts.geom);
                 let w = em.iconst(consts.weights);

@@ -930,7 +930,11 @@ mod tests {
                     for ox in 0..ow {
                         for ch in 0..c {
                             let (a, b) = (got[ox * ldo + ch], want[ox * ldo + ch]);
-                            assert_eq!(a.to_bits(), b.to_bits(), "{name} c={c} {h}x{w} k{k} s{s}: row {row} ({ox}, {ch})");
+                            assert_eq!(
+                                a.to_bits(),
+                                b.to_bits(),
+                                "{name} c={c} {h}x{w} k{k} s{s}: row {row} ({ox}, {ch})"
+                            );
                         }
                         assert!(got[ox * ldo + c..(ox + 1) * ldo].iter().all(|v| v.is_nan()), "{name}: wrote past c");
                     }

@@ -647,7 +647,13 @@ mod tests {
                 vec![Step::AddChannelF32(bias.clone()), Step::MaxF32(0.0), Step::MinF32(6.0)],
                 vec![Step::AddChannelF32(bias.clone()), Step::RoundBf16, Step::AddResidualBf16],
                 vec![Step::RoundBf16, Step::AddResidualBf16, Step::MaxF32(0.0)],
-                vec![Step::AddChannelF32(bias), Step::RoundBf16, Step::AddResidualBf16, Step::MaxF32(-0.0), Step::MinF32(6.0)],
+                vec![
+                    Step::AddChannelF32(bias),
+                    Step::RoundBf16,
+                    Step::AddResidualBf16,
+                    Step::MaxF32(-0.0),
+                    Step::MinF32(6.0),
+                ],
                 // not canonical: the step-by-step loop
                 vec![Step::MaxF32(0.0), Step::RoundBf16, Step::AddResidualBf16, Step::MinF32(0.5)],
                 vec![Step::DivF32(3.0), Step::RoundBf16],
@@ -656,8 +662,22 @@ mod tests {
             Vec::new()
         };
         let bits = [
-            0x3f80_8000u32, 0x3f81_8000, 0x3f80_7fff, 0x3f80_8001, 0xbf80_8000, 0xbf81_8000, 0x0000_8000, 0x0001_8000,
-            0x8000_7fff, 0x7f7f_8000, 0x7f7f_7fff, 0xff7f_8000, 0x7fc0_0001, 0xffa0_0000, 0x7f80_0000, 0x4000_0000,
+            0x3f80_8000u32,
+            0x3f81_8000,
+            0x3f80_7fff,
+            0x3f80_8001,
+            0xbf80_8000,
+            0xbf81_8000,
+            0x0000_8000,
+            0x0001_8000,
+            0x8000_7fff,
+            0x7f7f_8000,
+            0x7f7f_7fff,
+            0xff7f_8000,
+            0x7fc0_0001,
+            0xffa0_0000,
+            0x7f80_0000,
+            0x4000_0000,
         ];
         let specials = [0.0f32, -0.0, 1.0, -1.0, 6.0, 6.0000005, 5.9999995, f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
         let (rows, ldc) = (5usize, 48usize);
@@ -672,8 +692,9 @@ mod tests {
                     })
                     .collect();
                 let stride = 41usize;
-                let resid: Vec<u16> =
-                    (0..rows * stride).map(|i| half::bf16::from_f32(specials[(i * 7) % specials.len()]).to_bits()).collect();
+                let resid: Vec<u16> = (0..rows * stride)
+                    .map(|i| half::bf16::from_f32(specials[(i * 7) % specials.len()]).to_bits())
+                    .collect();
                 let mut out = vec![0x1234u16; rows * stride];
                 // SAFETY: the tile holds `rows` rows of `ldc` floats, the output and residual `rows`
                 // rows of `stride >= nr` bf16 values; per-channel arrays cover 40 columns padded to 64.
