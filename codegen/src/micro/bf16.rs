@@ -389,6 +389,15 @@ mod dw {
         _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
     }
 
+    /// [`ld`] of all 16 lanes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn ld_full(p: *const u16) -> __m512 {
+        // SAFETY: the caller guarantees 16 values are readable at `p`.
+        let h = unsafe { _mm256_loadu_si256(p as *const __m256i) };
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    }
+
     /// Per-row constants.
     struct Row<'a> {
         g: &'a ConvGeom,
@@ -465,7 +474,12 @@ mod dw {
             let bx = (ox * g.sw) as isize - g.pw as isize;
             let (kx0, kx1) = if CHECK { valid_range(bx, g.dw, KW, g.w) } else { (0, KW) };
             let mut acc = _mm512_setzero_ps();
-            for ky in d.ky0.min(KH)..d.ky1.min(KH) {
+            // a loop over every tap row with the clipped ones skipped unrolls with constant
+            // indices, so the weights stay in registers
+            for ky in 0..KH {
+                if ky < d.ky0 || ky >= d.ky1 {
+                    continue;
+                }
                 let iy = (d.by + (ky * g.dh) as isize) as usize;
                 let xrow = d.xi.add(iy * g.w * g.c + cb);
                 for kx in kx0..kx1 {
@@ -480,10 +494,10 @@ mod dw {
     /// `OB` adjacent interior output pixels of one channel block as `OB` independent FMA
     /// chains, each in `(ky, kx)` order, stored at `out + (ox + j)*ldo`; with `UNIT` (stride and
     /// dilation 1) the offsets are constants, so a load shared between `(j, kx)` pairs is issued
-    /// once.
+    /// once; `FULL`: all 16 channels (`mask` is all ones).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     #[inline]
-    unsafe fn multi<const KH: usize, const KW: usize, const OB: usize, const UNIT: bool>(
+    unsafe fn multi<const KH: usize, const KW: usize, const OB: usize, const UNIT: bool, const FULL: bool>(
         d: &Row,
         cb: usize,
         mask: u16,
@@ -498,14 +512,20 @@ mod dw {
             let g = d.g;
             let bx = (ox * g.sw) as isize - g.pw as isize;
             let mut acc = [_mm512_setzero_ps(); OB];
-            for ky in d.ky0.min(KH)..d.ky1.min(KH) {
+            for ky in 0..KH {
+                if ky < d.ky0 || ky >= d.ky1 {
+                    continue;
+                }
                 let iy = (d.by + (ky * g.dh) as isize) as usize;
                 // pixel (iy, bx) may be left of the image; only in-image offsets are read
                 let xrow = d.xi.add(iy * g.w * g.c + cb).wrapping_offset(bx * g.c as isize);
                 for kx in 0..KW {
                     for (j, aj) in acc.iter_mut().enumerate() {
                         let off = if UNIT { (j + kx) * g.c } else { (j * g.sw + kx * g.dw) * g.c };
-                        *aj = _mm512_fmadd_ps(ld(xrow.wrapping_add(off), mask), wv[ky][kx], *aj);
+                        let p = xrow.wrapping_add(off);
+                        // a full block's load folds into the widening `vpmovzxwd`
+                        let xv = if FULL { ld_full(p) } else { ld(p, mask) };
+                        *aj = _mm512_fmadd_ps(xv, wv[ky][kx], *aj);
                     }
                 }
             }
@@ -545,12 +565,14 @@ mod dw {
             }
             let unit = d.g.sw == 1 && d.g.dw == 1;
             // (a macro, not a closure: closures do not inherit `target_feature`)
+            let full = mask == 0xffff;
             macro_rules! multi {
                 ($n:expr, $ox:expr) => {
-                    if unit {
-                        multi::<KH, KW, { $n }, true>(d, cb, mask, &wv, $ox, out, ldo)
-                    } else {
-                        multi::<KH, KW, { $n }, false>(d, cb, mask, &wv, $ox, out, ldo)
+                    match (unit, full) {
+                        (true, true) => multi::<KH, KW, { $n }, true, true>(d, cb, mask, &wv, $ox, out, ldo),
+                        (true, false) => multi::<KH, KW, { $n }, true, false>(d, cb, mask, &wv, $ox, out, ldo),
+                        (false, true) => multi::<KH, KW, { $n }, false, true>(d, cb, mask, &wv, $ox, out, ldo),
+                        (false, false) => multi::<KH, KW, { $n }, false, false>(d, cb, mask, &wv, $ox, out, ldo),
                     }
                 };
             }
