@@ -820,18 +820,15 @@ fn native_requant(spec: &crate::spec::KernelSpec, mk: Microkernels) -> Option<Re
     }
 }
 
-/// The 512-bit float epilogue, when `spec` is an f32 kernel stored as f32 whose epilogue list
-/// the microkernel computes and the native microkernels are selected on a CPU with AVX-512F.
+/// The 512-bit float epilogue, when `spec` is an f32-accumulating kernel stored as f32 or bf16
+/// whose epilogue list the microkernel computes and the native microkernels are selected on a
+/// CPU the microkernel runs on for that store (AVX-512F; for bf16 also BW and VL).
 fn native_float_epilogue(spec: &crate::spec::KernelSpec, mk: Microkernels) -> Option<FloatEpilogue> {
-    use crate::spec::{Acc, Store};
-    if mk != Microkernels::Native
-        || !crate::micro::fepilogue::available()
-        || spec.main.acc() != Acc::F32
-        || spec.store != Store::F32
-    {
+    use crate::spec::Acc;
+    if mk != Microkernels::Native || !crate::micro::fepilogue::available(spec.store) || spec.main.acc() != Acc::F32 {
         return None;
     }
-    FloatEpilogue::from_steps(&spec.epilogue)
+    FloatEpilogue::from_steps(&spec.epilogue, spec.store)
 }
 
 fn kernel_consts(main: &crate::spec::MainOp, keep: &mut Vec<Box<dyn Any + Send + Sync>>) -> (i64, i64) {
@@ -867,6 +864,9 @@ fn kernel_consts(main: &crate::spec::MainOp, keep: &mut Vec<Box<dyn Any + Send +
             (kept(weights.clone(), |w| w.data.as_ptr() as i64, keep), geom_of(geom, keep))
         }
         MainOp::DepthwiseF32 { geom, weights } => {
+            (kept(weights.clone(), |w| w.data.as_ptr() as i64, keep), geom_of(geom, keep))
+        }
+        MainOp::DepthwiseBf16 { geom, weights } => {
             (kept(weights.clone(), |w| w.data.as_ptr() as i64, keep), geom_of(geom, keep))
         }
         MainOp::GlobalSumU8 { .. } | MainOp::GlobalSumF32 { .. } => (0, 0),

@@ -60,6 +60,12 @@ pub enum MainOp {
         geom: ConvGeom,
         weights: Arc<crate::micro::float::PackedDwF32>,
     },
+    /// Depthwise bf16 convolution (bf16 activations and weights, f32 accumulation), one output
+    /// row per call.
+    DepthwiseBf16 {
+        geom: ConvGeom,
+        weights: Arc<crate::micro::bf16::PackedDwBf16>,
+    },
     /// Sum over the `hw` pixels of each channel of one image (global average pooling), of u8 or
     /// (`signed`) i8 values into i32, or of f32.
     GlobalSumU8 {
@@ -190,6 +196,9 @@ impl KernelSpec {
             MainOp::DepthwiseF32 { geom: g, .. } => {
                 write!(s, "depthwise_f32({}x{} s{}) {}x{}", g.kh, g.kw, g.sh, self.rows, self.cols)
             }
+            MainOp::DepthwiseBf16 { geom: g, .. } => {
+                write!(s, "depthwise_bf16({}x{} s{}) {}x{}", g.kh, g.kw, g.sh, self.rows, self.cols)
+            }
             MainOp::GlobalSumU8 { hw, .. } => write!(s, "global_sum_int(hw={hw}) {}x{}", self.rows, self.cols),
             MainOp::GlobalSumF32 { hw } => write!(s, "global_sum_f32(hw={hw}) {}x{}", self.rows, self.cols),
         };
@@ -226,9 +235,9 @@ impl KernelSpec {
             MainOp::GemmU8I8 { weights, .. } => r * c * weights.k as u64,
             MainOp::GemmF32 { weights, .. } => r * c * weights.k as u64,
             MainOp::GemmBf16 { weights, .. } => r * c * weights.k as u64,
-            MainOp::DepthwiseU8I8 { geom, .. } | MainOp::DepthwiseF32 { geom, .. } => {
-                r * c * (geom.kh * geom.kw) as u64
-            }
+            MainOp::DepthwiseU8I8 { geom, .. }
+            | MainOp::DepthwiseF32 { geom, .. }
+            | MainOp::DepthwiseBf16 { geom, .. } => r * c * (geom.kh * geom.kw) as u64,
             MainOp::GlobalSumU8 { hw, .. } | MainOp::GlobalSumF32 { hw } => r * c * *hw as u64,
         }
     }

@@ -5,9 +5,11 @@
 //! at compile time. Ops without an f32 kernel stay as they are (the host runs them in f16).
 //!
 //! With bf16 compute ([`crate::Microkernels::bf16_compute`]: the CPU has AVX512-BF16), bf16
-//! convolutions (except depthwise), GEMMs and matrix products with constant bf16 weights stay
-//! bf16: they run as the bf16 GEMM (f32 accumulation, one rounding of the output, the contract of
-//! [`crate::micro::bf16`]), and what a kept convolution's epilogue absorbs stays bf16 too: a
+//! convolutions, GEMMs and matrix products with constant bf16 weights stay bf16: they run as the
+//! bf16 GEMM or (depthwise convolutions) the bf16 depthwise kernel (f32 accumulation, one rounding
+//! of the output, the contract of [`crate::micro::bf16`]), so a depthwise convolution between two
+//! bf16 GEMMs reads and writes bf16 with no widening or rounding step around it; and what a kept
+//! convolution's epilogue absorbs stays bf16 too: a
 //! residual Add of its result (the epilogue rounds before adding, as the interpreter does), then
 //! ReLU and Clip (rounding is monotone, so `round(clip(round(x))) == round(clip(x))`: absorbing
 //! them rounds once where the interpreter rounds twice, to the same value).
@@ -42,9 +44,10 @@ pub fn is_widened(node: &Node) -> bool {
     node.outputs.len() == 1 && low(node.outputs[0].dtype) && eligible(&node.op)
 }
 
-/// Whether `id` is a bf16 convolution (not depthwise), GEMM or matrix product whose weights are a
-/// constant, which the bf16 GEMM computes as it is.
-fn bf16_gemm(g: &Graph, id: qforge_ir::NodeId) -> bool {
+/// Whether `id` is a bf16 2-D convolution, GEMM or matrix product whose weights are a constant,
+/// which the bf16 GEMM (or, for a depthwise convolution, the bf16 depthwise kernel) computes as
+/// it is.
+fn bf16_kernel(g: &Graph, id: qforge_ir::NodeId) -> bool {
     let n = g.node(id);
     let bf16 = |v: Option<Value>| v.is_some_and(|v| g.value_type(v).dtype == DType::BF16);
     let konst = |v: Option<Value>| v.is_some_and(|v| matches!(g.node(v.node).op, Op::Const(_)));
@@ -56,10 +59,7 @@ fn bf16_gemm(g: &Graph, id: qforge_ir::NodeId) -> bool {
     let wshape = w.map(|w| g.value_type(w).shape.clone());
     let wrank = wshape.as_ref().map_or(0, |s| s.rank());
     match &n.op {
-        Op::Conv(a) => {
-            let per_group_in = wshape.as_ref().and_then(|s| s.dims().get(1).and_then(|d| d.fixed()));
-            wrank == 4 && !(a.group > 1 && per_group_in == Some(1))
-        }
+        Op::Conv(_) => wrank == 4,
         Op::Gemm { trans_a: false, .. } => wrank == 2 && ins.get(2).copied().flatten().is_none_or(|c| konst(Some(c))),
         Op::MatMul => wrank == 2,
         _ => false,
@@ -97,7 +97,7 @@ fn kept_bf16(g: &Graph, order: &[qforge_ir::NodeId]) -> std::collections::HashSe
             }
             _ => false,
         };
-        if absorbed || bf16_gemm(g, id) {
+        if absorbed || bf16_kernel(g, id) {
             kept.insert(id);
         }
     }

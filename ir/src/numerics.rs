@@ -13,8 +13,10 @@
 //! bias in f32, rounded once to bf16; only the summation order is left to the engine. The
 //! interpreter sums in its loop order; the JIT on a CPU with AVX512-BF16 sums each output's terms
 //! two at a time as `VDPBF16PS` does (Intel SDM: per pair `2i, 2i+1`, an FMA of the odd term then
-//! of the even one, round to nearest even, subnormal inputs and results flushed to zero), and
-//! elsewhere widens to f32 and uses the f32 kernels. The engines therefore agree on each output
+//! of the even one, round to nearest even, subnormal inputs and results flushed to zero), except a
+//! depthwise convolution, whose taps it sums one at a time in tap order `(ky, kx)` (the
+//! interpreter's order) with one f32 FMA each on the widened values, no flushing; elsewhere it
+//! widens to f32 and uses the f32 kernels. The engines therefore agree on each output
 //! element up to one bf16 step (a sum landing either side of a rounding boundary), and a ReLU or
 //! Clip after such an op may be applied before the rounding: rounding is monotone, so
 //! `round(clip(x)) == round(clip(round(x)))` for any bounds.

@@ -177,16 +177,18 @@ fn bf16_conv(
     )
 }
 
-/// The bf16 GEMM's contract (`qforge_ir::numerics`, bf16 dot products) on one op per graph, for
-/// every shape class the kernel has: rows gathered by im2col and read in place, groups, strides,
-/// odd reductions, reductions longer than a k block, partial column panels, absorbed ReLU and
-/// Clip, a GEMM with bias and a batched matrix product. The JIT and the interpreter sum the same
-/// exact products in different orders before one rounding to bf16, so every element is within one
-/// bf16 step (2^-7 of the larger magnitude's binade) of the interpreter's and nearly all are
-/// identical. On a CPU with AVX512-BF16 the JIT must run these as bf16 GEMMs; on one without, as
-/// widened f32 GEMMs (bf16 is storage only there): the test checks which path ran.
+/// The bf16 kernels' contract (`qforge_ir::numerics`, bf16 dot products) on one op per graph, for
+/// every shape class the bf16 GEMM has: rows gathered by im2col and read in place, groups,
+/// strides, odd reductions, reductions longer than a k block, partial column panels, absorbed
+/// ReLU and Clip, a GEMM with bias and a batched matrix product; and the bf16 depthwise kernel:
+/// 3x3 and 5x5, strides 1 and 2, a partial channel block, bias and Clip. The JIT and the
+/// interpreter sum the same exact products in different orders before one rounding to bf16, so
+/// every element is within one bf16 step (2^-7 of the larger magnitude's binade) of the
+/// interpreter's and nearly all are identical (the depthwise kernel sums in the interpreter's tap
+/// order: all of them). On a CPU with AVX512-BF16 the JIT must run these as bf16 kernels; on one
+/// without, as widened f32 kernels (bf16 is storage only there): the test checks which path ran.
 #[test]
-fn bf16_gemm_kernels_round_once_like_the_interpreter() -> Result<()> {
+fn bf16_kernels_round_once_like_the_interpreter() -> Result<()> {
     let native = qforge_codegen::Microkernels::Native.bf16_compute();
     let gemm = format!(
         "graph gemm(%x: bf16[5,300]) -> (y: bf16[5,70]) {{\n  %0 = const bf16[70,300] = [{}]  # \"w\"\n  %1 = const bf16[70] = [{}]  # \"b\"\n  %2 = gemm %x, %0, %1 {{alpha=1.0, beta=1.0, trans_a=false, trans_b=true}} : bf16[5,70]  # \"gemm\"\n  return %2\n}}\n",
@@ -203,6 +205,9 @@ fn bf16_gemm_kernels_round_once_like_the_interpreter() -> Result<()> {
         ("conv 3x3 s2, 2 groups, clip", bf16_conv(8, 16, 7, 7, 3, 2, 1, 2, "clip")),
         ("conv 1x1, k=33, 17 columns", bf16_conv(33, 17, 5, 5, 1, 1, 0, 1, "")),
         ("conv 3x3, k=576 (k blocks), relu", bf16_conv(64, 64, 8, 8, 3, 1, 1, 1, "relu")),
+        ("depthwise 3x3, 40 channels, clip", bf16_conv(40, 40, 9, 13, 3, 1, 1, 40, "clip")),
+        ("depthwise 3x3 s2, 32 channels, relu", bf16_conv(32, 32, 12, 19, 3, 2, 1, 32, "relu")),
+        ("depthwise 5x5, 24 channels", bf16_conv(24, 24, 7, 10, 5, 1, 2, 24, "")),
         ("gemm k=300, bias", gemm),
         ("batched matmul k=7", matmul),
     ];
@@ -214,15 +219,16 @@ fn bf16_gemm_kernels_round_once_like_the_interpreter() -> Result<()> {
         let program = exe.program(&x).with_context(|| format!("{what}: JIT"))?;
         let kernels: Vec<&str> =
             program.report.steps.iter().filter(|s| s.kind == "kernel").map(|s| s.what.as_str()).collect();
-        let bf16_kernels = kernels.iter().filter(|w| w.starts_with("gemm_bf16")).count();
+        let bf16_kernels =
+            kernels.iter().filter(|w| w.starts_with("gemm_bf16") || w.starts_with("depthwise_bf16")).count();
         anyhow::ensure!(program.report.host_ops.is_empty(), "{what}: host steps {:?}", program.report.host_ops);
         if native {
             anyhow::ensure!(
                 bf16_kernels > 0 && kernels.len() == bf16_kernels,
-                "{what}: not all bf16 GEMMs: {kernels:?}"
+                "{what}: not all bf16 kernels: {kernels:?}"
             );
         } else {
-            anyhow::ensure!(bf16_kernels == 0, "{what}: bf16 GEMMs without AVX512-BF16: {kernels:?}");
+            anyhow::ensure!(bf16_kernels == 0, "{what}: bf16 kernels without AVX512-BF16: {kernels:?}");
         }
         let got = exe.run(&x)?.remove(0);
         anyhow::ensure!(got.dtype() == qforge_ir::DType::BF16, "{what}: a {} result", got.dtype().name());
@@ -234,8 +240,15 @@ fn bf16_gemm_kernels_round_once_like_the_interpreter() -> Result<()> {
             anyhow::ensure!((p - q).abs() <= step, "{what}: element {i}: JIT {p}, interpreter {q}");
             same += usize::from(p.to_bits() == q.to_bits());
         }
-        println!("{what}: {same} of {} identical, {bf16_kernels} bf16 GEMM step(s)", a.len());
+        println!("{what}: {same} of {} identical, {bf16_kernels} bf16 kernel step(s)", a.len());
         anyhow::ensure!(same * 100 >= a.len() * 99, "{what}: only {same} of {} identical", a.len());
+        if what.starts_with("depthwise") {
+            anyhow::ensure!(
+                same == a.len(),
+                "{what}: the interpreter's tap order, yet {same} of {} identical",
+                a.len()
+            );
+        }
     }
     Ok(())
 }
@@ -243,7 +256,8 @@ fn bf16_gemm_kernels_round_once_like_the_interpreter() -> Result<()> {
 /// bf16 on the JIT over whole models: as for fp16, an element may land one bf16 step from the
 /// interpreter's (different summation orders), and the steps travel through the depth; over
 /// MobileNetV2 and ResNet-18 the two engines stay above 30 dB SQNR of each other with the same
-/// top-1, and every op runs in generated code.
+/// top-1, and every op runs in generated code. With AVX512-BF16, MobileNetV2's depthwise
+/// convolutions run on the bf16 depthwise kernel (none is widened to the f32 one).
 #[test]
 fn bf16_models_on_the_jit_track_the_interpreter() {
     for model in ["mobilenet_v2.onnx", "resnet18.onnx"] {
@@ -260,18 +274,56 @@ fn bf16_models_on_the_jit_track_the_interpreter() {
             "{model}: bf16 ops left to the interpreter: {:?}",
             program.report.host_ops
         );
+        let native = qforge_codegen::Microkernels::Native.bf16_compute();
         let bf16_steps = program.report.steps.iter().filter(|s| s.what.starts_with("gemm_bf16")).count();
-        assert_eq!(
-            bf16_steps > 0,
-            qforge_codegen::Microkernels::Native.bf16_compute(),
-            "{model}: {bf16_steps} bf16 GEMMs"
-        );
+        assert_eq!(bf16_steps > 0, native, "{model}: {bf16_steps} bf16 GEMMs");
+        let count = |p: &str| program.report.steps.iter().filter(|s| s.what.starts_with(p)).count();
+        let (dw_bf16, dw_f32) = (count("depthwise_bf16"), count("depthwise_f32"));
+        if model.starts_with("mobilenet") {
+            let (want_bf16, want_f32) = if native { (17, 0) } else { (0, 17) };
+            assert_eq!((dw_bf16, dw_f32), (want_bf16, want_f32), "{model}: depthwise steps (bf16, f32)");
+        }
         let jit = exe.run(&[x]).expect("jit").remove(0);
         let a = qforge_tests::agreement(&jit, &interp, None).expect("same shape");
-        println!("bf16 {model}, JIT vs interpreter: {a}; {bf16_steps} bf16 GEMM steps");
+        println!("bf16 {model}, JIT vs interpreter: {a}; {bf16_steps} bf16 GEMM steps, {dw_bf16} bf16 depthwise steps");
         assert!(a.sqnr_db > 30.0, "{model}: {a}");
         assert_eq!(a.top1_same, a.rows, "{model}: {a}");
     }
+}
+
+/// `fixtures/precision/depthwise_bf16.qir` (bf16 depthwise convolutions with bias, Clip, a
+/// residual add, stride 2 and ReLU): with AVX512-BF16 every convolution is a bf16 depthwise step
+/// with its activation and residual in the epilogue and no widening or rounding step between
+/// them; the kernel sums each output's taps in the interpreter's order, so on every set of
+/// microkernels (the bf16 kernel, the f32 one on widened values under `--kernels cranelift`, two
+/// threads) the result is the interpreter's bit for bit.
+#[test]
+fn bf16_depthwise_fixture_is_the_interpreters_bit_for_bit() -> Result<()> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/precision/depthwise_bf16.qir");
+    let g = fixture(&path);
+    let x = fixture_inputs(&g);
+    let want = qforge_ir::interp::run(&g, &x)?.remove(0);
+    use qforge_codegen::Microkernels::{Cranelift, Native};
+    for (mk, threads) in [(Native, 1), (Cranelift, 1), (Native, 2)] {
+        let opts = qforge_codegen::JitOptions { microkernels: mk, threads, ..Default::default() };
+        let exe = qforge_codegen::JitExecutable::new(g.clone(), opts);
+        let program = exe.program(&x)?;
+        let steps: Vec<&str> = program.report.steps.iter().map(|s| s.what.as_str()).collect();
+        anyhow::ensure!(program.report.host_ops.is_empty(), "{mk:?}: host steps {:?}", program.report.host_ops);
+        if mk.bf16_compute() {
+            // the layout conversions of the input and output besides three bf16 depthwise steps
+            let dw = steps.iter().filter(|w| w.starts_with("depthwise_bf16")).count();
+            let others: Vec<&&str> =
+                steps.iter().filter(|w| !w.starts_with("depthwise_bf16") && !w.contains("nhwc")).collect();
+            anyhow::ensure!(dw == 3 && others.is_empty(), "{mk:?}: not three bf16 depthwise steps alone: {steps:?}");
+        }
+        let got = exe.run(&x)?.remove(0);
+        anyhow::ensure!(got.dtype() == qforge_ir::DType::BF16, "{mk:?}: a {} result", got.dtype().name());
+        let (a, b) = (got.to_f32_vec(), want.to_f32_vec());
+        let differ = a.iter().zip(&b).filter(|(p, q)| p.to_bits() != q.to_bits()).count();
+        anyhow::ensure!(differ == 0, "{mk:?} ({threads} threads): {differ} of {} elements differ", a.len());
+    }
+    Ok(())
 }
 
 /// The transposed convolutions of `fixtures/conv_transpose/` under static INT8 (calibrated on

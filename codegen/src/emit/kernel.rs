@@ -1,7 +1,7 @@
 //! The loops around a fused kernel's main op. A GEMM step walks its rows in blocks of
 //! [`ROW_BLOCK`] (gathering them with im2col when the rows are not the input itself) and its
 //! columns in weight panels, calling the GEMM microkernel into a scratch tile and the epilogue
-//! from the tile to the output; a depthwise step does one output image row per microkernel call,
+//! from the tile to the output; a depthwise step (int8, f32 or bf16) does one output image row per microkernel call,
 //! a global-sum step one image.
 
 use super::epilogue::{self, Tile};
@@ -157,7 +157,9 @@ pub fn units(spec: &KernelSpec, threads: usize) -> usize {
         MainOp::GemmU8I8 { .. } | MainOp::GemmF32 { .. } | MainOp::GemmBf16 { .. } => {
             gemm_split(spec, threads).map_or(0, |s| s.units())
         }
-        MainOp::DepthwiseU8I8 { geom, .. } | MainOp::DepthwiseF32 { geom, .. } => spec.rows / geom.ow.max(1),
+        MainOp::DepthwiseU8I8 { geom, .. } | MainOp::DepthwiseF32 { geom, .. } | MainOp::DepthwiseBf16 { geom, .. } => {
+            spec.rows / geom.ow.max(1)
+        }
         MainOp::GlobalSumU8 { .. } | MainOp::GlobalSumF32 { .. } => spec.rows,
     }
 }
@@ -188,7 +190,7 @@ pub fn scratch_bytes(spec: &KernelSpec) -> usize {
             };
             blk * float::PANEL * 4 + a + 64
         }
-        MainOp::DepthwiseU8I8 { geom, .. } | MainOp::DepthwiseF32 { geom, .. } => {
+        MainOp::DepthwiseU8I8 { geom, .. } | MainOp::DepthwiseF32 { geom, .. } | MainOp::DepthwiseBf16 { geom, .. } => {
             geom.ow * round_up(geom.c, 16) * 4 + 64
         }
         MainOp::GlobalSumU8 { .. } | MainOp::GlobalSumF32 { .. } => round_up(spec.cols, 16) * 4 + 64,
@@ -225,12 +227,17 @@ pub fn emit(
                 tile_epilogue(em, spec, consts, t)
             })
         }
-        MainOp::DepthwiseU8I8 { geom, .. } | MainOp::DepthwiseF32 { geom, .. } => {
+        MainOp::DepthwiseU8I8 { geom, .. } | MainOp::DepthwiseF32 { geom, .. } | MainOp::DepthwiseBf16 { geom, .. } => {
             let ow = geom.ow as i64;
             let ldo = round_up(geom.c, 16) as i64;
             let zx = match &spec.main {
                 MainOp::DepthwiseU8I8 { zx, .. } => Some(*zx),
                 _ => None,
+            };
+            let float_kernel = if matches!(spec.main, MainOp::DepthwiseBf16 { .. }) {
+                "qf_depthwise_bf16"
+            } else {
+                "qf_depthwise_f32"
             };
             em.for_range(begin, end, 1, |em, row| {
                 let g = em.iconst(consts.geom);
@@ -241,7 +248,7 @@ pub fn emit(
                         let z = em.b.ins().iconst(types::I32, z as i64);
                         em.call("qf_depthwise_u8i8", &[g, x, z, w, row, scratch, ldo_v])?;
                     }
-                    None => em.call("qf_depthwise_f32", &[g, x, w, row, scratch, ldo_v])?,
+                    None => em.call(float_kernel, &[g, x, w, row, scratch, ldo_v])?,
                 }
                 let first = em.b.ins().imul_imm_s(row, ow);
                 let t = tile_at(em, scratch, ldo, ow, 0, n, out, res, first, ldo_out, es)?;

@@ -101,6 +101,7 @@ impl Jit {
         let (gemm_f32, gemm_f32_name) = micro::float::gemm_f32_best();
         let (dw_f32, dw_f32_name) = micro::float::depthwise_f32_best();
         let (gemm_bf16, gemm_bf16_name) = micro::bf16::gemm_bf16_best();
+        let (dw_bf16, dw_bf16_name) = micro::bf16::depthwise_bf16_best();
         let imports = [
             Import { name: "qf_gemm_u8i8", ptr: gemm_i8 as *const u8, params: 8, i32_params: &[] },
             Import { name: "qf_gemm_f32", ptr: gemm_f32 as *const u8, params: 8, i32_params: &[] },
@@ -110,6 +111,7 @@ impl Jit {
             Import { name: "qf_im2col_bf16", ptr: micro::bf16::im2col_bf16 as *const u8, params: 6, i32_params: &[] },
             Import { name: "qf_depthwise_u8i8", ptr: dw_i8 as *const u8, params: 7, i32_params: &[2] },
             Import { name: "qf_depthwise_f32", ptr: dw_f32 as *const u8, params: 6, i32_params: &[] },
+            Import { name: "qf_depthwise_bf16", ptr: dw_bf16 as *const u8, params: 6, i32_params: &[] },
             Import {
                 name: "qf_global_sum_u8",
                 ptr: micro::pool::global_sum_u8 as *const u8,
@@ -172,6 +174,7 @@ impl Jit {
                 ("gemm_bf16", if micro::bf16::native_available() { gemm_bf16_name } else { "f32 (storage only)" }),
                 ("depthwise_u8i8", dw_i8_name),
                 ("depthwise_f32", dw_f32_name),
+                ("depthwise_bf16", if micro::bf16::native_available() { dw_bf16_name } else { "f32 (storage only)" }),
             ],
             Microkernels::Cranelift => vec![
                 ("gemm_u8i8", "cranelift-128"),
@@ -179,6 +182,7 @@ impl Jit {
                 ("gemm_bf16", "f32 (storage only)"),
                 ("depthwise_u8i8", dw_i8_name),
                 ("depthwise_f32", dw_f32_name),
+                ("depthwise_bf16", "f32 (storage only)"),
             ],
         };
         let ctx = module.make_context();

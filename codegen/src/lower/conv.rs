@@ -185,9 +185,18 @@ impl Lowerer<'_> {
         let rows_out = od[0] * od[2] * od[3];
         let mut kernels: Vec<(KernelSpec, usize)> = Vec::new();
         if bf16 && depthwise {
-            return host("a bf16 depthwise convolution has no bf16 kernel (it is computed widened to f32)");
-        }
-        if depthwise {
+            // bf16 activations and weights, f32 accumulation, the epilogue rounds once to bf16
+            geom.cin = 1;
+            let bytes = micro::bf16::packed_dw_bytes(cout, kh, kw);
+            self.check_size(&name, Allocation::PackedWeights, bytes)?;
+            let packed = micro::bf16::pack_depthwise_bf16(wbits, cout, kh, kw).map_err(alloc_failed(
+                &name,
+                "packed weights",
+                bytes,
+            ))?;
+            let main = MainOp::DepthwiseBf16 { geom, weights: Arc::new(packed) };
+            kernels.push((KernelSpec { main, epilogue: steps, store: Store::Bf16, rows: rows_out, cols: cout }, 0));
+        } else if depthwise {
             geom.cin = 1;
             let bytes = micro::float::packed_dw_bytes(cout, kh, kw);
             self.check_size(&name, Allocation::PackedWeights, bytes)?;

@@ -1,7 +1,14 @@
 //! bf16 microkernels: a GEMM over bf16 activations and packed bf16 weights with f32
 //! accumulation, as AVX512-BF16 `vdpbf16ps` computes it, with a portable version that computes
-//! the same sums, and the im2col gather of bf16 activations. bf16 values travel as their bits
+//! the same sums; the im2col gather of bf16 activations; and a depthwise convolution row kernel
+//! over bf16 activations and weights with f32 accumulation. bf16 values travel as their bits
 //! (`u16`: the high half of an f32).
+//!
+//! The depthwise kernel sums each output's taps one at a time, `acc = fma(x, w, acc)` from 0.0 in
+//! tap order `(ky, kx)` over in-image taps, on the exactly widened values (no pairs: a pixel's
+//! taps are not adjacent in memory, its channels are). That is [`float::depthwise_f32_scalar`]'s
+//! definition on the widened tensors, so its results are those of the f32 kernel bit for bit
+//! (its tests check it); its output is the f32 tile the epilogue rounds once to bf16.
 //!
 //! Numerics (the bf16 dot product of [`qforge_ir::numerics`]): every output element starts at
 //! 0.0 and takes the reduction two terms at a time, pair `i` being `t = 2i, 2i + 1`:
@@ -225,6 +232,411 @@ pub unsafe extern "C" fn im2col_bf16(
     // SAFETY: the caller guarantees `g` is a valid geometry, `x` holds every image the rows
     // reference and `out` has `rows` rows of `g.k()` writable values at stride `ld`.
     unsafe { float::im2col_body::<u16, float::StdCopy>(&*g, x, m0, rows, out, ld) }
+}
+
+/// Depthwise weights as bf16 bits, packed as [`float::PackedDwF32`]: `[kh*kw][round_up_16(c)]`
+/// (tap-major, channels contiguous, zero-padded to a multiple of 16).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PackedDwBf16 {
+    /// Channels (groups).
+    pub c: usize,
+    pub kh: usize,
+    pub kw: usize,
+    /// `kh*kw*round_up_16(c)` bf16 values.
+    pub data: Vec<u16>,
+}
+
+/// Packs depthwise weights `w[ch*kh*kw + ky*kw + kx]` (bf16 bits) into [`PackedDwBf16`]
+/// (entries missing from a short `w` read as 0).
+pub fn pack_depthwise_bf16(w: &[u16], c: usize, kh: usize, kw: usize) -> Result<PackedDwBf16, TryReserveError> {
+    let taps = kh * kw;
+    let cp = round_up_16(c);
+    let mut data = try_zeroed::<u16>(taps * cp)?;
+    for ch in 0..c {
+        for tap in 0..taps {
+            data[tap * cp + ch] = w.get(ch * taps + tap).copied().unwrap_or(0);
+        }
+    }
+    Ok(PackedDwBf16 { c, kh, kw, data })
+}
+
+/// Bytes of [`PackedDwBf16::data`] for `c` channels and a `kh x kw` kernel.
+pub fn packed_dw_bytes(c: usize, kh: usize, kw: usize) -> u128 {
+    (kh as u128) * (kw as u128) * ((c as u128).div_ceil(16) * 16) * 2
+}
+
+/// Signature shared by the bf16 depthwise kernels: `(g, x, w, row, out, ldo)`, as
+/// [`float::DepthwiseF32`] with bf16 activations and packed bf16 weights.
+pub type DepthwiseBf16 = unsafe extern "C" fn(*const ConvGeom, *const u16, *const u16, usize, *mut f32, usize);
+
+/// Portable bf16 depthwise row kernel (see the module docs): output row `row = img*oh + oy`,
+/// `out[ox*ldo + ch] = sum over in-image taps (ky, kx), in that order, of
+/// x[img][iy][ix][ch] * w[(ky*kw + kx)*round_up_16(c) + ch]`, widened, with one f32 FMA per tap.
+///
+/// # Safety
+/// `g` valid, groups == channels == `g.c` (the pixel stride); `x` holds image `row / oh`; `w`
+/// points at [`PackedDwBf16::data`]; `out` writable for `ow` pixels of `c` floats at stride `ldo`.
+pub unsafe extern "C" fn depthwise_bf16_scalar(
+    g: *const ConvGeom,
+    x: *const u16,
+    w: *const u16,
+    row: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    // SAFETY: the caller guarantees the ranges above; only in-image taps (`valid_range`) and
+    // channels below `c` are read, and `ow` pixels of `c` floats written.
+    unsafe {
+        let g = &*g;
+        if g.oh == 0 {
+            return;
+        }
+        let c = g.c;
+        let cp = round_up_16(c);
+        let (img, oy) = (row / g.oh, row % g.oh);
+        let xi = x.add(img * g.h * g.w * c);
+        let by = (oy * g.sh) as isize - g.ph as isize;
+        let (ky0, ky1) = float::valid_range(by, g.dh, g.kh, g.h);
+        for ox in 0..g.ow {
+            let bx = (ox * g.sw) as isize - g.pw as isize;
+            let (kx0, kx1) = float::valid_range(bx, g.dw, g.kw, g.w);
+            let o = out.add(ox * ldo);
+            for ch in 0..c {
+                let mut acc = 0.0f32;
+                for ky in ky0..ky1 {
+                    let iy = (by + (ky * g.dh) as isize) as usize;
+                    for kx in kx0..kx1 {
+                        let ix = (bx + (kx * g.dw) as isize) as usize;
+                        let xv = widen(*xi.add((iy * g.w + ix) * c + ch));
+                        acc = xv.mul_add(widen(*w.add((ky * g.kw + kx) * cp + ch)), acc);
+                    }
+                }
+                *o.add(ch) = acc;
+            }
+        }
+    }
+}
+
+/// AVX-512 bf16 depthwise row kernel with the contract of [`depthwise_bf16_scalar`]
+/// (bit-identical results): 16 channels per zmm (widened as they are loaded, masked tail), pixel
+/// chunks outer and channel blocks inner as [`float::depthwise_f32_avx512`] walks a row, a
+/// channel block's weights in registers for 3x3 and 5x5 kernels, interior pixels 8 (3x3) or 4
+/// (5x5) at a time as independent FMA chains.
+///
+/// # Safety
+/// The CPU must support AVX-512F, BW and VL (use [`depthwise_bf16_best`]); ranges as for
+/// [`depthwise_bf16_scalar`].
+pub unsafe extern "C" fn depthwise_bf16_avx512(
+    g: *const ConvGeom,
+    x: *const u16,
+    w: *const u16,
+    row: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    // SAFETY: the caller guarantees the ranges and the CPU features `dw::row` requires.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            dw::row(&*g, x, w, row, out, ldo)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            depthwise_bf16_scalar(g, x, w, row, out, ldo)
+        }
+    }
+}
+
+/// Best bf16 depthwise kernel for the running CPU and its name (`"avx512bw"` or `"scalar"`).
+pub fn depthwise_bf16_best() -> (DepthwiseBf16, &'static str) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            return (depthwise_bf16_avx512 as DepthwiseBf16, "avx512bw");
+        }
+    }
+    (depthwise_bf16_scalar as DepthwiseBf16, "scalar")
+}
+
+#[cfg(target_arch = "x86_64")]
+mod dw {
+    //! The AVX-512 bf16 depthwise row kernel; every function requires AVX-512F, BW (the masked
+    //! 16-bit loads) and VL.
+    use super::{float::valid_range, round_up_16, ConvGeom};
+    use std::arch::x86_64::*;
+
+    /// Output pixels per chunk of a row (a multiple of the interior blocks' 8 and 4).
+    const CHUNK: usize = 16;
+
+    #[inline]
+    fn lane_mask(n: usize) -> u16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            ((1u32 << n) - 1) as u16
+        }
+    }
+
+    /// The 16 bf16 values at `p` (lanes of `mask`, 0 elsewhere) widened exactly to f32.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn ld(p: *const u16, mask: u16) -> __m512 {
+        // SAFETY: the caller guarantees the lanes of `mask` are readable; others are not read.
+        let h = unsafe { _mm256_maskz_loadu_epi16(mask, p as *const i16) };
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    }
+
+    /// [`ld`] of all 16 lanes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn ld_full(p: *const u16) -> __m512 {
+        // SAFETY: the caller guarantees 16 values are readable at `p`.
+        let h = unsafe { _mm256_loadu_si256(p as *const __m256i) };
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    }
+
+    /// Per-row constants.
+    struct Row<'a> {
+        g: &'a ConvGeom,
+        /// Image base pointer.
+        xi: *const u16,
+        /// `oy*sh - ph`.
+        by: isize,
+        /// Valid ky range.
+        ky0: usize,
+        ky1: usize,
+        /// ox range whose taps are all inside the image horizontally.
+        ox_lo: usize,
+        ox_hi: usize,
+    }
+
+    /// One output row (see `depthwise_bf16_avx512`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn row(g: &ConvGeom, x: *const u16, w: *const u16, row: usize, out: *mut f32, ldo: usize) {
+        // SAFETY: the caller guarantees its ranges: taps are clipped to the image
+        // (`valid_range`), channels are masked to `c`, and each output pixel writes `c` floats at
+        // `out + ox * ldo`.
+        unsafe {
+            if g.oh == 0 || g.ow == 0 || g.c == 0 {
+                return;
+            }
+            let c = g.c;
+            let cp = round_up_16(c);
+            let (img, oy) = (row / g.oh, row % g.oh);
+            let xi = x.add(img * g.h * g.w * c);
+            let by = (oy * g.sh) as isize - g.ph as isize;
+            let (ky0, ky1) = valid_range(by, g.dh, g.kh, g.h);
+            // interior: ox*sw >= pw and ox*sw + (kw-1)*dw - pw <= w - 1
+            let sw = g.sw.max(1);
+            let ox_lo = g.pw.div_ceil(sw).min(g.ow);
+            let span = (g.kw.max(1) - 1) * g.dw;
+            let ox_hi = if g.w + g.pw > span { ((g.w - 1 + g.pw - span) / sw + 1).min(g.ow).max(ox_lo) } else { ox_lo };
+            let d = Row { g, xi, by, ky0, ky1, ox_lo, ox_hi };
+            // pixel chunks outer, channel blocks inner: the input streams in address order (the
+            // f32 kernel's order, for the same reason); chunks end at `ox_lo + j * CHUNK`
+            let mut b0 = 0;
+            while b0 < g.ow {
+                let b1 = if b0 < ox_lo { ox_lo + CHUNK } else { b0 + CHUNK }.min(g.ow);
+                let mut cb = 0;
+                while cb < c {
+                    let mask = lane_mask(c - cb);
+                    let (wb, ob) = (w.add(cb), out.add(cb));
+                    match (g.kh, g.kw) {
+                        (3, 3) => block::<3, 3, 8>(&d, cb, mask, wb, cp, ob, ldo, b0, b1),
+                        (5, 5) => block::<5, 5, 4>(&d, cb, mask, wb, cp, ob, ldo, b0, b1),
+                        _ => generic(&d, cb, mask, wb, cp, ob, ldo, b0, b1),
+                    }
+                    cb += 16;
+                }
+                b0 = b1;
+            }
+        }
+    }
+
+    /// One output pixel of one channel block (`wv` holds all taps); with `CHECK` the taps
+    /// outside the image horizontally are skipped.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn pixel<const KH: usize, const KW: usize, const CHECK: bool>(
+        d: &Row,
+        cb: usize,
+        mask: u16,
+        wv: &[[__m512; KW]; KH],
+        ox: usize,
+    ) -> __m512 {
+        // SAFETY: the caller (`block`) passes a pixel whose taps are inside the image (or, with
+        // `CHECK`, only in-image taps are read); channels are masked.
+        unsafe {
+            let g = d.g;
+            let bx = (ox * g.sw) as isize - g.pw as isize;
+            let (kx0, kx1) = if CHECK { valid_range(bx, g.dw, KW, g.w) } else { (0, KW) };
+            let mut acc = _mm512_setzero_ps();
+            // a loop over every tap row with the clipped ones skipped unrolls with constant
+            // indices, so the weights stay in registers
+            for ky in 0..KH {
+                if ky < d.ky0 || ky >= d.ky1 {
+                    continue;
+                }
+                let iy = (d.by + (ky * g.dh) as isize) as usize;
+                let xrow = d.xi.add(iy * g.w * g.c + cb);
+                for kx in kx0..kx1 {
+                    let ix = (bx + (kx * g.dw) as isize) as usize;
+                    acc = _mm512_fmadd_ps(ld(xrow.add(ix * g.c), mask), wv[ky][kx], acc);
+                }
+            }
+            acc
+        }
+    }
+
+    /// `OB` adjacent interior output pixels of one channel block as `OB` independent FMA
+    /// chains, each in `(ky, kx)` order, stored at `out + (ox + j)*ldo`; with `UNIT` (stride and
+    /// dilation 1) the offsets are constants, so a load shared between `(j, kx)` pairs is issued
+    /// once; `FULL`: all 16 channels (`mask` is all ones).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn multi<const KH: usize, const KW: usize, const OB: usize, const UNIT: bool, const FULL: bool>(
+        d: &Row,
+        cb: usize,
+        mask: u16,
+        wv: &[[__m512; KW]; KH],
+        ox: usize,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        // SAFETY: the caller (`block`) passes `OB` interior pixels (every tap inside the image);
+        // only in-image offsets are dereferenced, `OB` output pixels written.
+        unsafe {
+            let g = d.g;
+            let bx = (ox * g.sw) as isize - g.pw as isize;
+            let mut acc = [_mm512_setzero_ps(); OB];
+            for ky in 0..KH {
+                if ky < d.ky0 || ky >= d.ky1 {
+                    continue;
+                }
+                let iy = (d.by + (ky * g.dh) as isize) as usize;
+                // pixel (iy, bx) may be left of the image; only in-image offsets are read
+                let xrow = d.xi.add(iy * g.w * g.c + cb).wrapping_offset(bx * g.c as isize);
+                for kx in 0..KW {
+                    for (j, aj) in acc.iter_mut().enumerate() {
+                        let off = if UNIT { (j + kx) * g.c } else { (j * g.sw + kx * g.dw) * g.c };
+                        let p = xrow.wrapping_add(off);
+                        // a full block's load folds into the widening `vpmovzxwd`
+                        let xv = if FULL { ld_full(p) } else { ld(p, mask) };
+                        *aj = _mm512_fmadd_ps(xv, wv[ky][kx], *aj);
+                    }
+                }
+            }
+            for (j, aj) in acc.iter().enumerate() {
+                _mm512_mask_storeu_ps(out.add((ox + j) * ldo), mask, *aj);
+            }
+        }
+    }
+
+    /// Output pixels `b0..b1` of channel block `cb..cb+16` with a `KH x KW` kernel: edge pixels
+    /// one at a time with their taps clipped, interior pixels `OB` at a time (an overlapping
+    /// last block rewrites identical values), then 4, 2 and 1.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn block<const KH: usize, const KW: usize, const OB: usize>(
+        d: &Row,
+        cb: usize,
+        mask: u16,
+        wb: *const u16,
+        cp: usize,
+        out: *mut f32,
+        ldo: usize,
+        b0: usize,
+        b1: usize,
+    ) {
+        // SAFETY: the caller (`row`) passes one channel block of a row inside its ranges; edge
+        // pixels are clipped, and interior pixels go to `multi` only when every tap is inside.
+        unsafe {
+            let mut wv = [[_mm512_setzero_ps(); KW]; KH];
+            for ky in 0..KH {
+                for kx in 0..KW {
+                    wv[ky][kx] = ld(wb.add((ky * KW + kx) * cp), mask);
+                }
+            }
+            let (lo, hi) = (b0.max(d.ox_lo), b1.min(d.ox_hi).max(b0.max(d.ox_lo)));
+            for ox in b0..b1.min(d.ox_lo) {
+                _mm512_mask_storeu_ps(out.add(ox * ldo), mask, pixel::<KH, KW, true>(d, cb, mask, &wv, ox));
+            }
+            let unit = d.g.sw == 1 && d.g.dw == 1;
+            // (a macro, not a closure: closures do not inherit `target_feature`)
+            let full = mask == 0xffff;
+            macro_rules! multi {
+                ($n:expr, $ox:expr) => {
+                    match (unit, full) {
+                        (true, true) => multi::<KH, KW, { $n }, true, true>(d, cb, mask, &wv, $ox, out, ldo),
+                        (true, false) => multi::<KH, KW, { $n }, true, false>(d, cb, mask, &wv, $ox, out, ldo),
+                        (false, true) => multi::<KH, KW, { $n }, false, true>(d, cb, mask, &wv, $ox, out, ldo),
+                        (false, false) => multi::<KH, KW, { $n }, false, false>(d, cb, mask, &wv, $ox, out, ldo),
+                    }
+                };
+            }
+            let mut ox = lo;
+            while ox + OB <= hi {
+                multi!(OB, ox);
+                ox += OB;
+            }
+            if hi - ox > OB / 2 && d.ox_hi - d.ox_lo >= OB {
+                multi!(OB, hi.saturating_sub(OB).max(d.ox_lo));
+                ox = hi;
+            }
+            while ox + 4 <= hi && OB > 4 {
+                multi!(4, ox);
+                ox += 4;
+            }
+            while ox + 2 <= hi {
+                multi!(2, ox);
+                ox += 2;
+            }
+            while ox < hi {
+                _mm512_mask_storeu_ps(out.add(ox * ldo), mask, pixel::<KH, KW, false>(d, cb, mask, &wv, ox));
+                ox += 1;
+            }
+            for ox in b0.max(d.ox_hi)..b1 {
+                _mm512_mask_storeu_ps(out.add(ox * ldo), mask, pixel::<KH, KW, true>(d, cb, mask, &wv, ox));
+            }
+        }
+    }
+
+    /// A channel block of a row for any kernel size (weights loaded per tap).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn generic(
+        d: &Row,
+        cb: usize,
+        mask: u16,
+        wb: *const u16,
+        cp: usize,
+        out: *mut f32,
+        ldo: usize,
+        b0: usize,
+        b1: usize,
+    ) {
+        // SAFETY: the caller (`row`) passes one channel block of a row inside its ranges; taps
+        // are clipped to the image, channels masked to `c`.
+        unsafe {
+            let g = d.g;
+            for ox in b0..b1 {
+                let bx = (ox * g.sw) as isize - g.pw as isize;
+                let (kx0, kx1) = valid_range(bx, g.dw, g.kw, g.w);
+                let mut acc = _mm512_setzero_ps();
+                for ky in d.ky0..d.ky1 {
+                    let iy = (d.by + (ky * g.dh) as isize) as usize;
+                    let xrow = d.xi.add(iy * g.w * g.c + cb);
+                    for kx in kx0..kx1 {
+                        let ix = (bx + (kx * g.dw) as isize) as usize;
+                        let wv = ld(wb.add((ky * g.kw + kx) * cp), mask);
+                        acc = _mm512_fmadd_ps(ld(xrow.add(ix * g.c), mask), wv, acc);
+                    }
+                }
+                _mm512_mask_storeu_ps(out.add(ox * ldo), mask, acc);
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -472,6 +884,81 @@ mod tests {
                             got[r * nr + j].to_bits(),
                             "{name} vs scalar, {m}x{k}x{n} at ({r}, {col})"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The bf16 depthwise kernels (scalar, and AVX-512 where the CPU has it) bit for bit against
+    /// the f32 depthwise kernel on the widened input and weights (whose own tests check it
+    /// against a reference), over every path of the row kernel: 3x3 and 5x5 (weights in
+    /// registers, interior blocks, overlapping tails), another size (the generic loop), strides
+    /// 1 and 2, dilation, padding, partial channel blocks, narrow and wide rows, two images.
+    #[test]
+    fn depthwise_is_the_f32_kernel_on_widened_values() {
+        let mut kernels: Vec<(DepthwiseBf16, &str)> = vec![(depthwise_bf16_scalar, "scalar")];
+        let (best, name) = depthwise_bf16_best();
+        if name != "scalar" {
+            kernels.push((best, name));
+        }
+        // (c, h, w, k, stride, pad, dilation)
+        for (c, h, w, k, s, p, dl) in [
+            (16, 5, 5, 3, 1, 1, 1),
+            (32, 9, 37, 3, 1, 1, 1),
+            (20, 8, 21, 3, 2, 1, 1),
+            (48, 7, 7, 5, 1, 2, 1),
+            (7, 6, 13, 5, 2, 2, 1),
+            (17, 6, 9, 3, 1, 2, 2),
+            (33, 4, 11, 2, 1, 0, 1),
+            (16, 1, 1, 3, 1, 1, 1),
+        ] {
+            let n = 2;
+            let (oh, ow) = ((h + 2 * p - dl * (k - 1) - 1) / s + 1, (w + 2 * p - dl * (k - 1) - 1) / s + 1);
+            let g = ConvGeom {
+                h,
+                w,
+                c,
+                oh,
+                ow,
+                kh: k,
+                kw: k,
+                sh: s,
+                sw: s,
+                ph: p,
+                pw: p,
+                dh: dl,
+                dw: dl,
+                cin: 1,
+                cin_offset: 0,
+            };
+            let x = values(n * h * w * c, (c * h + w) as u64);
+            let wt = values(c * k * k, 5 + c as u64);
+            let xf: Vec<f32> = x.iter().map(|&b| widen(b)).collect();
+            let wf: Vec<f32> = wt.iter().map(|&b| widen(b)).collect();
+            let pb = pack_depthwise_bf16(&wt, c, k, k).unwrap();
+            assert_eq!(pb.data.len() as u128 * 2, packed_dw_bytes(c, k, k));
+            let pf = float::pack_depthwise_f32(&wf, c, k, k).unwrap();
+            let ldo = c.div_ceil(16) * 16 + 3;
+            for row in 0..n * oh {
+                let mut want = vec![f32::NAN; ow * ldo];
+                // SAFETY: `x` holds `n` images, the packed weights `k*k` taps of `c` channels
+                // padded to 16, and the outputs `ow` pixels of `c` floats at stride `ldo`.
+                unsafe { float::depthwise_f32_scalar(&g, xf.as_ptr(), pf.data.as_ptr(), row, want.as_mut_ptr(), ldo) };
+                for (kernel, name) in &kernels {
+                    let mut got = vec![f32::NAN; ow * ldo];
+                    // SAFETY: as above, with the bf16 input and weights.
+                    unsafe { kernel(&g, x.as_ptr(), pb.data.as_ptr(), row, got.as_mut_ptr(), ldo) };
+                    for ox in 0..ow {
+                        for ch in 0..c {
+                            let (a, b) = (got[ox * ldo + ch], want[ox * ldo + ch]);
+                            assert_eq!(
+                                a.to_bits(),
+                                b.to_bits(),
+                                "{name} c={c} {h}x{w} k{k} s{s}: row {row} ({ox}, {ch})"
+                            );
+                        }
+                        assert!(got[ox * ldo + c..(ox + 1) * ldo].iter().all(|v| v.is_nan()), "{name}: wrote past c");
                     }
                 }
             }

@@ -12,8 +12,15 @@
 //! is non-negative or NaN, so clearing the sign bit turns the `-0.0` it returns for `x = -0.0`
 //! into `+0.0`; for `min(x, -0.0)` setting the sign bit does the converse. `max(x, -0.0)` and
 //! `min(x, +0.0)` are already exact. A NaN constant is not taken (the CLIF epilogue runs).
+//!
+//! A bf16 kernel's epilogue (the bf16 GEMM's and depthwise kernel's: bias, then a residual add
+//! that rounds the sum so far to bf16 and adds the bf16 residual, then the bounds) runs here too
+//! when its list has that canonical form, and stores bf16: each lane rounded to nearest even with
+//! a NaN kept quiet, `(b + 0x7fff + ((b >> 16) & 1)) >> 16` of the f32 bits `b` or `(b >> 16) |
+//! 0x40` for NaN, the CLIF epilogue's integer formula, which is `half::bf16::from_f32` (the
+//! interpreter's rounding); `vcvtneps2bf16` is not used, since it flushes subnormals.
 
-use crate::spec::Step;
+use crate::spec::{Step, Store};
 
 /// The longest list the kernel takes (a fused kernel has a bias, a residual and two bounds per
 /// absorbed activation; the per-op vectors of a column block stay in registers).
@@ -32,16 +39,32 @@ pub enum FloatOp {
     Max(f32),
     /// `fmin(x, c)`.
     Min(f32),
+    /// `round_bf16(x)` kept in f32.
+    RoundBf16,
+    /// `x + residual[row][c]` of a bf16 residual, widened exactly.
+    AddResidualBf16,
 }
 
 /// The epilogue list of an f32 kernel stored as f32, as the microkernel runs it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FloatEpilogue {
     pub ops: Vec<FloatOp>,
+    /// Whether the result is stored as bf16 (rounded as the module docs say) rather than f32.
+    pub bf16: bool,
     /// The same list when it is a bias, a residual add, a lower and an upper bound, each at most
     /// once and in that order (every fused convolution's list): the kernel then runs a version
     /// compiled for exactly those steps instead of dispatching on each step per vector.
     canon: Option<Canon>,
+}
+
+/// The residual add of a canonical list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Residual {
+    None,
+    /// `x + residual` with an f32 residual.
+    F32,
+    /// `round_bf16(x) + residual` with a bf16 residual.
+    Bf16,
 }
 
 /// A list of the canonical form (see [`FloatEpilogue`]).
@@ -49,7 +72,8 @@ pub struct FloatEpilogue {
 struct Canon {
     /// Per-channel bias, padded past the last column (empty without one).
     bias: Vec<f32>,
-    residual: bool,
+    /// An f32 residual add, or (bf16 kernels) the rounding to bf16 and a bf16 residual add.
+    residual: Residual,
     /// `fmax(x, max)`, when present: `vmaxps` and then the bits ANDed with `max_and`
     /// (`0x7fff_ffff` for `+0.0`, which turns `-0.0` into `+0.0`; else all ones).
     max: Option<(f32, u32)>,
@@ -60,14 +84,17 @@ struct Canon {
 
 impl Canon {
     fn of(ops: &[FloatOp]) -> Option<Canon> {
-        let mut c = Canon { bias: Vec::new(), residual: false, max: None, min: None };
+        let mut c = Canon { bias: Vec::new(), residual: Residual::None, max: None, min: None };
         let mut rest = ops;
         if let [FloatOp::AddChannel(v), tail @ ..] = rest {
             c.bias = v.clone();
             rest = tail;
         }
         if let [FloatOp::AddResidual, tail @ ..] = rest {
-            c.residual = true;
+            c.residual = Residual::F32;
+            rest = tail;
+        } else if let [FloatOp::RoundBf16, FloatOp::AddResidualBf16, tail @ ..] = rest {
+            c.residual = Residual::Bf16;
             rest = tail;
         }
         if let [FloatOp::Max(m), tail @ ..] = rest {
@@ -83,9 +110,15 @@ impl Canon {
 }
 
 impl FloatEpilogue {
-    /// The epilogue `steps` as float ops, or `None` when a step is not one this kernel computes
-    /// (integer steps, bf16 rounding, a NaN bound).
-    pub fn from_steps(steps: &[Step]) -> Option<FloatEpilogue> {
+    /// The epilogue `steps` stored as `store` as float ops, or `None` when a step is not one
+    /// this kernel computes (integer steps, a NaN bound, bf16 steps before an f32 store, an f32
+    /// residual before a bf16 one) or the store is an integer.
+    pub fn from_steps(steps: &[Step], store: Store) -> Option<FloatEpilogue> {
+        let bf16 = match store {
+            Store::F32 => false,
+            Store::Bf16 => true,
+            Store::U8 | Store::I8 => return None,
+        };
         let pad = |v: &[f32]| {
             let mut out = v.to_vec();
             out.resize(v.len().div_ceil(16) * 16 + 16, 0.0);
@@ -96,18 +129,21 @@ impl FloatEpilogue {
             .map(|st| match st {
                 Step::DivF32(d) => Some(FloatOp::Div(*d)),
                 Step::AddChannelF32(v) => Some(FloatOp::AddChannel(pad(v))),
-                Step::AddResidualF32 => Some(FloatOp::AddResidual),
+                Step::AddResidualF32 if !bf16 => Some(FloatOp::AddResidual),
+                Step::RoundBf16 if bf16 => Some(FloatOp::RoundBf16),
+                Step::AddResidualBf16 if bf16 => Some(FloatOp::AddResidualBf16),
                 Step::MaxF32(c) if !c.is_nan() => Some(FloatOp::Max(*c)),
                 Step::MinF32(c) if !c.is_nan() => Some(FloatOp::Min(*c)),
                 _ => None,
             })
             .collect::<Option<Vec<_>>>()?;
         let canon = Canon::of(&ops);
-        (ops.len() <= MAX_OPS).then_some(FloatEpilogue { ops, canon })
+        (ops.len() <= MAX_OPS).then_some(FloatEpilogue { ops, bf16, canon })
     }
 
-    /// The steps' values applied to one element, in order (the scalar definition the vector
-    /// kernel follows; used by the tests).
+    /// The steps' values applied to one element, in order, before the store (the scalar
+    /// definition the vector kernel follows; used by the tests). `residual` is the residual's
+    /// value (a bf16 one widened).
     pub fn apply_scalar(&self, mut x: f32, col: usize, residual: f32) -> f32 {
         for op in &self.ops {
             x = match op {
@@ -116,6 +152,8 @@ impl FloatEpilogue {
                 FloatOp::AddResidual => x + residual,
                 FloatOp::Max(c) => fmax(x, *c),
                 FloatOp::Min(c) => fmin(x, *c),
+                FloatOp::RoundBf16 => half::bf16::from_f32(x).to_f32(),
+                FloatOp::AddResidualBf16 => x + residual,
             };
         }
         x
@@ -156,28 +194,32 @@ fn fmin(a: f32, b: f32) -> f32 {
     }
 }
 
-/// Whether the 512-bit version can run on this CPU.
-pub fn available() -> bool {
+/// Whether the 512-bit version can run on this CPU for a result stored as `store` (f32:
+/// AVX-512F; bf16 also AVX512-BW and -VL, for the masked 16-bit loads of a bf16 residual).
+pub fn available(store: Store) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx512f")
+            && (store != Store::Bf16
+                || (std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx512vl")))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
+        let _ = store;
         false
     }
 }
 
 /// Applies the epilogue `p` to a `rows x nr` tile of f32 accumulators (`ldc` floats per row,
 /// `ldc` a multiple of 16 at least `nr`) whose first column is output channel `n0`, storing f32
-/// at `out` (`out_stride` bytes per row); `res` is the residual's element at (first row, `n0`)
-/// with the output's stride, or null when the list has no residual step.
+/// or (`p.bf16`) bf16 at `out` (`out_stride` bytes per row); `res` is the residual's element at
+/// (first row, `n0`), of the output's type and stride, or null when the list has no residual step.
 ///
 /// # Safety
 /// `p` points to a valid epilogue whose per-channel arrays cover columns `n0..n0 + nr` rounded
 /// up to 16; the tile holds `rows` rows of `ldc` floats; the output (and the residual, when the
-/// list reads it) hold `rows` rows of `nr` floats at stride `out_stride`. Call only when
-/// [`available`] is true.
+/// list reads it) hold `rows` rows of `nr` elements at stride `out_stride`. Call only when
+/// [`available`] is true for the epilogue's store.
 pub unsafe extern "C" fn epilogue_f32(
     p: *const FloatEpilogue,
     tile: *const f32,
@@ -185,18 +227,19 @@ pub unsafe extern "C" fn epilogue_f32(
     rows: usize,
     n0: usize,
     nr: usize,
-    out: *mut f32,
+    out: *mut u8,
     out_stride: usize,
-    res: *const f32,
+    res: *const u8,
 ) {
-    // SAFETY: the caller guarantees the ranges described above and that the CPU has AVX-512F
-    // (`available`), which `epilogue_avx512` requires.
+    // SAFETY: the caller guarantees the ranges described above and that the CPU has AVX-512F (and,
+    // for a bf16 store, AVX512-BW and -VL: `available`), which the functions called require.
     unsafe {
         #[cfg(target_arch = "x86_64")]
         {
             let p = &*p;
             match &p.canon {
-                Some(c) => canon_avx512(c, tile, ldc, rows, n0, nr, out, out_stride, res),
+                Some(c) if p.bf16 => canon_bf16(c, tile, ldc, rows, n0, nr, out, out_stride, res),
+                Some(c) => canon_avx512(c, tile, ldc, rows, n0, nr, out as *mut f32, out_stride, res as *const f32),
                 None => epilogue_avx512(p, tile, ldc, rows, n0, nr, out, out_stride, res),
             }
         }
@@ -205,6 +248,58 @@ pub unsafe extern "C" fn epilogue_f32(
             let _ = (p, tile, ldc, rows, n0, nr, out, out_stride, res);
         }
     }
+}
+
+/// The bf16 bits of each lane of `v` (in the low half of its i32 lanes), rounded to nearest even
+/// with a NaN kept quiet (see the module docs).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn bf16_bits(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let b = _mm512_castps_si512(v);
+    let hi = _mm512_srli_epi32::<16>(b);
+    let lsb = _mm512_and_si512(hi, _mm512_set1_epi32(1));
+    let r = _mm512_srli_epi32::<16>(_mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7fff)), lsb));
+    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+    _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)))
+}
+
+/// `v` rounded to bf16 and widened back to f32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn round_bf16(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bf16_bits(v)))
+}
+
+/// The bf16 values at `p` (the lanes of `mask`, 0 elsewhere) widened exactly to f32.
+///
+/// # Safety
+/// `p` readable for the lanes of `mask`; the CPU has AVX-512F, BW and VL.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+unsafe fn load_bf16(p: *const u8, mask: u16) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller guarantees the masked lanes are readable; masked-off lanes are not read.
+    let h = unsafe { _mm256_maskz_loadu_epi16(mask, p as *const i16) };
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+}
+
+/// Stores the lanes of `mask` of `v` rounded to bf16 at `o`.
+///
+/// # Safety
+/// `o` writable for the lanes of `mask`; the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_bf16(o: *mut u8, mask: u16, v: std::arch::x86_64::__m512) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller guarantees the masked lanes are writable (`vpmovdw` with a mask writes
+    // only those).
+    unsafe { _mm512_mask_cvtepi32_storeu_epi16(o as *mut i16, mask, bf16_bits(v)) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -217,18 +312,20 @@ unsafe fn epilogue_avx512(
     rows: usize,
     n0: usize,
     nr: usize,
-    out: *mut f32,
+    out: *mut u8,
     out_stride: usize,
-    res: *const f32,
+    res: *const u8,
 ) {
     // SAFETY: the caller (`epilogue_f32`) guarantees the ranges: tile loads read columns `j..j + 16`
     // with `j + 16 <= round_up(nr, 16) <= ldc`; residual loads and output stores are masked to
     // columns below `nr` of rows below `rows`; per-channel arrays are padded past `n0 + nr` to a
-    // multiple of 16. The target feature is enabled on this function and checked by `available`.
+    // multiple of 16. The target feature is enabled on this function and checked by `available`,
+    // which for a bf16 list (the only one with bf16 steps or store) also checks AVX512-BW and -VL.
     unsafe {
         use std::arch::x86_64::*;
         let ops = &p.ops[..p.ops.len().min(MAX_OPS)];
         let sign = _mm512_set1_epi32(i32::MIN);
+        let es = if p.bf16 { 2 } else { 4 };
         let mut j = 0;
         while j < nr {
             let left = nr - j;
@@ -241,24 +338,26 @@ unsafe fn epilogue_avx512(
                     FloatOp::Div(d) => _mm512_set1_ps(*d),
                     FloatOp::AddChannel(v) => _mm512_loadu_ps(v.as_ptr().add(n0 + j)),
                     FloatOp::Max(c) | FloatOp::Min(c) => _mm512_set1_ps(*c),
-                    FloatOp::AddResidual => _mm512_setzero_ps(),
+                    FloatOp::AddResidual | FloatOp::RoundBf16 | FloatOp::AddResidualBf16 => _mm512_setzero_ps(),
                 };
             }
             for r in 0..rows {
                 let mut v = _mm512_loadu_ps(tile.add(r * ldc + j));
-                let rrow = (res as *const u8).wrapping_add(r * out_stride) as *const f32;
+                let rrow = res.wrapping_add(r * out_stride + j * es);
                 for (i, op) in ops.iter().enumerate() {
                     v = match op {
                         FloatOp::Div(_) => _mm512_div_ps(v, pv[i]),
                         FloatOp::AddChannel(_) => _mm512_add_ps(v, pv[i]),
                         FloatOp::AddResidual => {
                             let x = if full {
-                                _mm512_loadu_ps(rrow.add(j))
+                                _mm512_loadu_ps(rrow as *const f32)
                             } else {
-                                _mm512_maskz_loadu_ps(mask, rrow.add(j))
+                                _mm512_maskz_loadu_ps(mask, rrow as *const f32)
                             };
                             _mm512_add_ps(v, x)
                         }
+                        FloatOp::RoundBf16 => round_bf16(v),
+                        FloatOp::AddResidualBf16 => _mm512_add_ps(v, load_bf16(rrow, mask)),
                         FloatOp::Max(c) => {
                             let m = _mm512_max_ps(pv[i], v);
                             if c.to_bits() == 0 {
@@ -277,11 +376,13 @@ unsafe fn epilogue_avx512(
                         }
                     };
                 }
-                let o = (out as *mut u8).add(r * out_stride) as *mut f32;
-                if full {
-                    _mm512_storeu_ps(o.add(j), v);
+                let o = out.add(r * out_stride + j * es);
+                if p.bf16 {
+                    store_bf16(o, mask, v);
+                } else if full {
+                    _mm512_storeu_ps(o as *mut f32, v);
                 } else {
-                    _mm512_mask_storeu_ps(o.add(j), mask, v);
+                    _mm512_mask_storeu_ps(o as *mut f32, mask, v);
                 }
             }
             j += 16;
@@ -308,7 +409,9 @@ unsafe fn canon_avx512(
     // target feature is enabled on this function and checked by `available`.
     unsafe {
         let args = (c, tile, ldc, rows, n0, nr, out, out_stride, res);
-        match (!c.bias.is_empty(), c.residual, c.max.is_some(), c.min.is_some()) {
+        // an f32-stored list has no bf16 residual (`from_steps`)
+        let residual = c.residual == Residual::F32;
+        match (!c.bias.is_empty(), residual, c.max.is_some(), c.min.is_some()) {
             (false, false, false, false) => canon_run::<false, false, false, false>(args),
             (false, false, false, true) => canon_run::<false, false, false, true>(args),
             (false, false, true, false) => canon_run::<false, false, true, false>(args),
@@ -383,6 +486,93 @@ unsafe fn canon_run<const BIAS: bool, const RES: bool, const MAX: bool, const MI
     }
 }
 
+/// [`canon_avx512`] for a list stored as bf16, whose residual (if any) is bf16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn canon_bf16(
+    c: &Canon,
+    tile: *const f32,
+    ldc: usize,
+    rows: usize,
+    n0: usize,
+    nr: usize,
+    out: *mut u8,
+    out_stride: usize,
+    res: *const u8,
+) {
+    // SAFETY: `epilogue_avx512`'s ranges (the caller's contract), which `canon_bf16_run` keeps;
+    // the target features are enabled on this function and checked by `available`.
+    unsafe {
+        let args = (c, tile, ldc, rows, n0, nr, out, out_stride, res);
+        // a bf16-stored list has no f32 residual (`from_steps`)
+        let residual = c.residual == Residual::Bf16;
+        match (!c.bias.is_empty(), residual, c.max.is_some(), c.min.is_some()) {
+            (false, false, false, false) => canon_bf16_run::<false, false, false, false>(args),
+            (false, false, false, true) => canon_bf16_run::<false, false, false, true>(args),
+            (false, false, true, false) => canon_bf16_run::<false, false, true, false>(args),
+            (false, false, true, true) => canon_bf16_run::<false, false, true, true>(args),
+            (false, true, false, false) => canon_bf16_run::<false, true, false, false>(args),
+            (false, true, false, true) => canon_bf16_run::<false, true, false, true>(args),
+            (false, true, true, false) => canon_bf16_run::<false, true, true, false>(args),
+            (false, true, true, true) => canon_bf16_run::<false, true, true, true>(args),
+            (true, false, false, false) => canon_bf16_run::<true, false, false, false>(args),
+            (true, false, false, true) => canon_bf16_run::<true, false, false, true>(args),
+            (true, false, true, false) => canon_bf16_run::<true, false, true, false>(args),
+            (true, false, true, true) => canon_bf16_run::<true, false, true, true>(args),
+            (true, true, false, false) => canon_bf16_run::<true, true, false, false>(args),
+            (true, true, false, true) => canon_bf16_run::<true, true, false, true>(args),
+            (true, true, true, false) => canon_bf16_run::<true, true, true, false>(args),
+            (true, true, true, true) => canon_bf16_run::<true, true, true, true>(args),
+        }
+    }
+}
+
+/// The arguments of [`epilogue_f32`] with the canonical list, for a bf16 output.
+type CanonBf16Args<'a> = (&'a Canon, *const f32, usize, usize, usize, usize, *mut u8, usize, *const u8);
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+unsafe fn canon_bf16_run<const BIAS: bool, const RES: bool, const MAX: bool, const MIN: bool>(
+    (c, tile, ldc, rows, n0, nr, out, out_stride, res): CanonBf16Args<'_>,
+) {
+    // SAFETY: as `canon_run`, with 2-byte output and residual elements: residual loads and output
+    // stores are masked to columns below `nr` of rows below `rows`.
+    unsafe {
+        use std::arch::x86_64::*;
+        let (maxv, maxand) = c.max.map_or((0.0, 0), |(m, a)| (m, a));
+        let (minv, minor) = c.min.map_or((0.0, 0), |(m, o)| (m, o));
+        let (maxv, maxand) = (_mm512_set1_ps(maxv), _mm512_set1_epi32(maxand as i32));
+        let (minv, minor) = (_mm512_set1_ps(minv), _mm512_set1_epi32(minor as i32));
+        let mut j = 0;
+        while j < nr {
+            let left = nr - j;
+            let mask: __mmask16 = if left >= 16 { 0xffff } else { (1u16 << left) - 1 };
+            let b = if BIAS { _mm512_loadu_ps(c.bias.as_ptr().add(n0 + j)) } else { _mm512_setzero_ps() };
+            for r in 0..rows {
+                let mut v = _mm512_loadu_ps(tile.add(r * ldc + j));
+                if BIAS {
+                    v = _mm512_add_ps(v, b);
+                }
+                if RES {
+                    v = _mm512_add_ps(round_bf16(v), load_bf16(res.add(r * out_stride + 2 * j), mask));
+                }
+                if MAX {
+                    let m = _mm512_castps_si512(_mm512_max_ps(maxv, v));
+                    v = _mm512_castsi512_ps(_mm512_and_si512(m, maxand));
+                }
+                if MIN {
+                    let m = _mm512_castps_si512(_mm512_min_ps(minv, v));
+                    v = _mm512_castsi512_ps(_mm512_or_si512(m, minor));
+                }
+                store_bf16(out.add(r * out_stride + 2 * j), mask, v);
+            }
+            j += 16;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,8 +584,10 @@ mod tests {
         assert!(fmin(-0.0, 0.0).is_sign_negative() && fmin(0.0, -0.0).is_sign_negative());
         assert!(fmax(f32::NAN, 1.0).is_nan() && fmin(1.0, f32::NAN).is_nan());
         assert_eq!((fmax(-3.0, 0.0), fmin(7.0, 6.0)), (0.0, 6.0));
-        assert!(FloatEpilogue::from_steps(&[Step::MaxF32(f32::NAN)]).is_none());
-        assert!(FloatEpilogue::from_steps(&[Step::RoundBf16]).is_none());
+        assert!(FloatEpilogue::from_steps(&[Step::MaxF32(f32::NAN)], Store::F32).is_none());
+        assert!(FloatEpilogue::from_steps(&[Step::RoundBf16], Store::F32).is_none());
+        assert!(FloatEpilogue::from_steps(&[Step::AddResidualF32], Store::Bf16).is_none());
+        assert!(FloatEpilogue::from_steps(&[Step::MaxF32(0.0)], Store::U8).is_none());
     }
 
     /// Every step on special values (signed zeros, NaN, infinities, bounds' neighbours) and on a
@@ -403,11 +595,11 @@ mod tests {
     /// a CPU with AVX-512F (the kernel is never selected elsewhere).
     #[test]
     fn vector_kernel_matches_the_definition() {
-        let lists: Vec<Vec<Step>> = if available() { test_lists() } else { Vec::new() };
+        let lists: Vec<Vec<Step>> = if available(Store::F32) { test_lists() } else { Vec::new() };
         let specials = [0.0f32, -0.0, 1.0, -1.0, 6.0, 6.0000005, 5.9999995, f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
         let (rows, ldc) = (5usize, 48usize);
         for steps in &lists {
-            let p = FloatEpilogue::from_steps(steps).expect("a float list");
+            let p = FloatEpilogue::from_steps(steps, Store::F32).expect("a float list");
             for (n0, nr) in [(0usize, 40usize), (3, 17), (0, 5), (8, 32)] {
                 let tile: Vec<f32> = (0..rows * ldc)
                     .map(|i| if i % 3 == 0 { specials[i % specials.len()] } else { (i as f32 - 100.0) * 0.0625 })
@@ -418,7 +610,8 @@ mod tests {
                 // SAFETY: the tile holds `rows` rows of `ldc` floats, the output and residual `rows`
                 // rows of `stride >= nr` floats; per-channel arrays cover 40 columns padded to 64.
                 unsafe {
-                    epilogue_f32(&p, tile.as_ptr(), ldc, rows, n0, nr, out.as_mut_ptr(), stride * 4, resid.as_ptr());
+                    let (o, r) = (out.as_mut_ptr() as *mut u8, resid.as_ptr() as *const u8);
+                    epilogue_f32(&p, tile.as_ptr(), ldc, rows, n0, nr, o, stride * 4, r);
                 }
                 for r in 0..rows {
                     for j in 0..stride {
@@ -428,6 +621,96 @@ mod tests {
                             continue;
                         }
                         let want = p.apply_scalar(tile[r * ldc + j], n0 + j, resid[r * stride + j]);
+                        assert!(
+                            got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                            "{steps:?} row {r} col {j}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// A bf16-stored epilogue on special values, on ties and near-ties of the bf16 rounding (an
+    /// f32 whose low 16 bits are `0x8000`, `0x7fff`, `0x8001`, with both parities of the kept
+    /// bits), subnormals, the largest values that round to infinity, and a ragged tile: the
+    /// canonical versions and the step-by-step loop (a list of another order) against the scalar
+    /// definition rounded by `half::bf16::from_f32`, bit for bit (NaN as NaN), on a CPU with
+    /// AVX-512F, BW and VL (the kernel is never selected elsewhere).
+    #[test]
+    fn bf16_store_matches_the_definition() {
+        let bias: Vec<f32> = (0..40).map(|i| f32::from_bits(0x3f80_8000 + (i as u32 % 4) * 0x1_0000) - 1.0).collect();
+        let lists: Vec<Vec<Step>> = if available(Store::Bf16) {
+            vec![
+                vec![],
+                vec![Step::AddChannelF32(bias.clone())],
+                vec![Step::AddChannelF32(bias.clone()), Step::MaxF32(0.0), Step::MinF32(6.0)],
+                vec![Step::AddChannelF32(bias.clone()), Step::RoundBf16, Step::AddResidualBf16],
+                vec![Step::RoundBf16, Step::AddResidualBf16, Step::MaxF32(0.0)],
+                vec![
+                    Step::AddChannelF32(bias),
+                    Step::RoundBf16,
+                    Step::AddResidualBf16,
+                    Step::MaxF32(-0.0),
+                    Step::MinF32(6.0),
+                ],
+                // not canonical: the step-by-step loop
+                vec![Step::MaxF32(0.0), Step::RoundBf16, Step::AddResidualBf16, Step::MinF32(0.5)],
+                vec![Step::DivF32(3.0), Step::RoundBf16],
+            ]
+        } else {
+            Vec::new()
+        };
+        let bits = [
+            0x3f80_8000u32,
+            0x3f81_8000,
+            0x3f80_7fff,
+            0x3f80_8001,
+            0xbf80_8000,
+            0xbf81_8000,
+            0x0000_8000,
+            0x0001_8000,
+            0x8000_7fff,
+            0x7f7f_8000,
+            0x7f7f_7fff,
+            0xff7f_8000,
+            0x7fc0_0001,
+            0xffa0_0000,
+            0x7f80_0000,
+            0x4000_0000,
+        ];
+        let specials = [0.0f32, -0.0, 1.0, -1.0, 6.0, 6.0000005, 5.9999995, f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+        let (rows, ldc) = (5usize, 48usize);
+        for steps in &lists {
+            let p = FloatEpilogue::from_steps(steps, Store::Bf16).expect("a bf16 list");
+            for (n0, nr) in [(0usize, 40usize), (3, 17), (0, 5), (8, 32), (0, 24)] {
+                let tile: Vec<f32> = (0..rows * ldc)
+                    .map(|i| match i % 3 {
+                        0 => specials[i % specials.len()],
+                        1 => f32::from_bits(bits[(i / 3) % bits.len()]),
+                        _ => (i as f32 - 100.0) * 0.0625,
+                    })
+                    .collect();
+                let stride = 41usize;
+                let resid: Vec<u16> = (0..rows * stride)
+                    .map(|i| half::bf16::from_f32(specials[(i * 7) % specials.len()]).to_bits())
+                    .collect();
+                let mut out = vec![0x1234u16; rows * stride];
+                // SAFETY: the tile holds `rows` rows of `ldc` floats, the output and residual `rows`
+                // rows of `stride >= nr` bf16 values; per-channel arrays cover 40 columns padded to 64.
+                unsafe {
+                    let (o, r) = (out.as_mut_ptr() as *mut u8, resid.as_ptr() as *const u8);
+                    epilogue_f32(&p, tile.as_ptr(), ldc, rows, n0, nr, o, stride * 2, r);
+                }
+                for r in 0..rows {
+                    for j in 0..stride {
+                        let got = half::bf16::from_bits(out[r * stride + j]);
+                        if j >= nr {
+                            assert_eq!(got.to_bits(), 0x1234, "a column past nr was written");
+                            continue;
+                        }
+                        let res = half::bf16::from_bits(resid[r * stride + j]).to_f32();
+                        let want = half::bf16::from_f32(p.apply_scalar(tile[r * ldc + j], n0 + j, res));
                         assert!(
                             got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
                             "{steps:?} row {r} col {j}: {got} vs {want}"

@@ -390,7 +390,7 @@ pub(crate) unsafe fn im2col_body<T, C: RunCopy<T>>(
 /// Range `[k0, k1)` of taps `k < kn` with `base + k*d` in `[0, len)` (empty range as `k0 == k1`
 /// or `k1 < k0` is never returned: `k0 <= k1`).
 #[inline]
-fn valid_range(base: isize, d: usize, kn: usize, len: usize) -> (usize, usize) {
+pub(crate) fn valid_range(base: isize, d: usize, kn: usize, len: usize) -> (usize, usize) {
     if d <= 1 {
         // Common case without divisions.
         let len = len as isize;
