@@ -144,16 +144,10 @@ fn float_fallback(c: &Compiler, st: &mut State) -> Result<()> {
 /// will store, from the calibration's ranges and the policy in force), its mean effect on the
 /// layer's output `ΔW E[x]` from the input means calibration observed
 /// ([`corrections_from_means`]), then the [`BiasCorrection`] pass. A calibration without those
-/// means (made elsewhere) has the effect measured in one more pass over the calibration set
-/// instead. Nothing runs when no layer has a bias to correct.
+/// means (made elsewhere, or a layer whose input is not f32) has the effect measured in one more
+/// pass over the calibration set instead, skipped with a warning where the data serves one pass.
+/// Nothing runs when no layer has a bias to correct.
 fn bias_correction(c: &Compiler, st: &mut State, after: &mut dyn FnMut(&str, &Graph)) -> Result<()> {
-    if c.calib_source()?.single_pass() {
-        tracing::warn!(
-            "bias correction skipped: it takes a second pass over the calibration data, which serves one pass only \
-             (pass a re-iterable, or turn bias correction off to silence this)"
-        );
-        return Ok(());
-    }
     let cal = st.calibration.as_ref().context("bias correction runs after calibration")?;
     let sites = bias_sites(&st.graph, &st.qconfig, cal, &c.pass_context())?;
     if sites.is_empty() {
@@ -166,6 +160,13 @@ fn bias_correction(c: &Compiler, st: &mut State, after: &mut dyn FnMut(&str, &Gr
             sites.len()
         );
         return pass(c, st, BiasCorrection { corrections }, after);
+    }
+    if c.calib_source()?.single_pass() {
+        tracing::warn!(
+            "bias correction skipped: it takes a second pass over the calibration data, which serves one pass only \
+             (pass a re-iterable, or turn bias correction off to silence this)"
+        );
+        return Ok(());
     }
     let (eg, values) = error_graph(&st.graph, &sites)?;
     tracing::info!("bias correction: measuring the output error of {} layers", sites.len());

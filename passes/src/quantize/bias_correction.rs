@@ -281,6 +281,10 @@ pub fn input_stats(g: &Graph, cfg: &QConfig) -> Result<Vec<InputStat>, PassError
         }
         let node = g.node(*id);
         let Some(x) = node.inputs().first().copied().flatten() else { continue };
+        // (a layer whose input is not f32 has its error measured instead)
+        if g.value_type(x).dtype != DType::F32 {
+            continue;
+        }
         let rank = g.value_type(x).rank();
         let reduce = match &node.op {
             Op::Conv(a) => InputReduce::Taps(a.clone()),
@@ -294,9 +298,10 @@ pub fn input_stats(g: &Graph, cfg: &QConfig) -> Result<Vec<InputStat>, PassError
     Ok(out)
 }
 
-/// Running sums of an [`InputStat`] over the calibration batches, in f64.
+/// Running sums of an [`InputStat`] over the calibration batches, in f64 (calibration's; its
+/// errors become the calibration's, naming the node).
 #[derive(Clone, Debug, Default)]
-pub struct InputMeans {
+pub(crate) struct InputMeans {
     sums: Vec<f64>,
     count: u64,
 }
@@ -323,7 +328,7 @@ fn tap_spans(
 
 impl InputMeans {
     /// Adds one observed value of the input (f32).
-    pub fn observe(&mut self, reduce: &InputReduce, x: &Tensor) -> Result<(), String> {
+    pub(crate) fn observe(&mut self, reduce: &InputReduce, x: &Tensor) -> Result<(), String> {
         let v = x.as_f32().ok_or("the input of a bias-corrected layer must be f32")?;
         let shape = x.shape();
         let (sums, count) = match reduce {
@@ -355,7 +360,7 @@ impl InputMeans {
     }
 
     /// The means (empty before any value was observed).
-    pub fn means(&self) -> Vec<f64> {
+    pub(crate) fn means(&self) -> Vec<f64> {
         self.sums.iter().map(|s| s / self.count.max(1) as f64).collect()
     }
 }

@@ -45,8 +45,8 @@ pub mod static_quant;
 pub use crate::batchnorm::FoldBatchNorm;
 pub use attention::attention_roles;
 pub use bias_correction::{
-    bias_sites, corrections_from_means, error_graph, input_stats, BiasCorrection, BiasSite, BiasSlot, InputMeans,
-    InputReduce, InputStat,
+    bias_sites, corrections_from_means, error_graph, input_stats, BiasCorrection, BiasSite, BiasSlot, InputReduce,
+    InputStat,
 };
 pub use calibrate::{
     assess, calibrate, calibrate_with_means, channel_absmax, channel_means, CalibError, CalibWarning, Calibration,
