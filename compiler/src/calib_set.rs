@@ -43,8 +43,8 @@ pub trait CalibSource: Send + Sync {
     /// finite).
     fn check(&self, g: &Graph) -> Result<()>;
     /// Whether the source serves one pass only (a Python generator): the stages that need
-    /// another pass say so, or, where they are on by default (bias correction), are skipped with
-    /// a warning.
+    /// another pass say so, or, where they are on by default (bias correction, when it must
+    /// measure a layer's error in a pass of its own), are skipped with a warning.
     fn single_pass(&self) -> bool {
         false
     }

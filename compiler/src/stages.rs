@@ -11,8 +11,9 @@ use qforge_passes::conv_transpose::ConvTransposeAsConv;
 use qforge_passes::egraph::{cost::CostTable, Optimize};
 use qforge_passes::precision::{AlignChannels, AssignPrecision, F32Prefix, PrecisionConfig, Ranges};
 use qforge_passes::quantize::{
-    activation_plan, bias_sites, calibrate, channel_absmax, channel_means, error_graph, smooth_sites, BiasCorrection,
-    ChannelStats, FoldBatchNorm, QuantizeDynamic, QuantizeStatic, SmoothQuant,
+    activation_plan, bias_sites, calibrate_with_means, channel_absmax, channel_means, corrections_from_means,
+    error_graph, input_stats, smooth_sites, BiasCorrection, ChannelStats, FoldBatchNorm, QuantizeDynamic,
+    QuantizeStatic, SmoothQuant,
 };
 use qforge_passes::{Pass, Pipeline};
 
@@ -89,7 +90,9 @@ fn calibrate_stage(c: &Compiler, st: &mut State) -> Result<()> {
     // ends the pass and is the error
     let mut failed = None;
     let mut batches = stream.map_while(|b| b.map_err(|e| failed = Some(e)).ok());
-    let cal = calibrate(g, c.evaluator(), &mut batches, total.unwrap_or(0), &targets, &mut *bar);
+    // bias correction's input means are taken in the same pass (it then runs none of its own)
+    let stats = if st.qconfig.corrects_bias() { input_stats(g, &st.qconfig)? } else { vec![] };
+    let cal = calibrate_with_means(g, c.evaluator(), &mut batches, total.unwrap_or(0), &targets, &stats, &mut *bar);
     drop(batches);
     if let Some(e) = failed {
         return Err(e.context(format!("reading the calibration data {}", src.describe())));
@@ -139,20 +142,30 @@ fn float_fallback(c: &Compiler, st: &mut State) -> Result<()> {
 
 /// Bias correction: each quantized layer's weight rounding error (the weights static quantization
 /// will store, from the calibration's ranges and the policy in force), its mean effect on the
-/// layer's output measured in one more pass over the calibration set, then the [`BiasCorrection`]
-/// pass. Nothing runs when no layer has a bias to correct.
+/// layer's output `ΔW E[x]` from the input means calibration observed
+/// ([`corrections_from_means`]), then the [`BiasCorrection`] pass. A calibration without those
+/// means (made elsewhere, or a layer whose input is not f32) has the effect measured in one more
+/// pass over the calibration set instead, skipped with a warning where the data serves one pass.
+/// Nothing runs when no layer has a bias to correct.
 fn bias_correction(c: &Compiler, st: &mut State, after: &mut dyn FnMut(&str, &Graph)) -> Result<()> {
+    let cal = st.calibration.as_ref().context("bias correction runs after calibration")?;
+    let sites = bias_sites(&st.graph, &st.qconfig, cal, &c.pass_context())?;
+    if sites.is_empty() {
+        tracing::info!("bias correction: no quantized layer with a bias to correct");
+        return Ok(());
+    }
+    if let Some(corrections) = corrections_from_means(&st.graph, &sites, &cal.input_means)? {
+        tracing::info!(
+            "bias correction: the output error of {} layers from their calibration input means",
+            sites.len()
+        );
+        return pass(c, st, BiasCorrection { corrections }, after);
+    }
     if c.calib_source()?.single_pass() {
         tracing::warn!(
             "bias correction skipped: it takes a second pass over the calibration data, which serves one pass only \
              (pass a re-iterable, or turn bias correction off to silence this)"
         );
-        return Ok(());
-    }
-    let cal = st.calibration.as_ref().context("bias correction runs after calibration")?;
-    let sites = bias_sites(&st.graph, &st.qconfig, cal, &c.pass_context())?;
-    if sites.is_empty() {
-        tracing::info!("bias correction: no quantized layer with a bias to correct");
         return Ok(());
     }
     let (eg, values) = error_graph(&st.graph, &sites)?;

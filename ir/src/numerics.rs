@@ -276,6 +276,32 @@ pub fn quantize(x: f32, scale: f32, zero_point: i32, dtype: DType) -> i64 {
     saturate_f64(r as f64 + zero_point as f64, dtype)
 }
 
+/// [`quantize`] into `dtype` clamped to `lo..=hi` (a range inside `dtype`'s, of at most 2^21 in
+/// magnitude, as are `zero_point`'s: an 8- or 4-bit type's), the same value for every input,
+/// computed without a library rounding call so that a weight of millions of values quantizes
+/// quickly: `x / scale` is clamped to ±2^22 (beyond it every code saturates anyway) and rounded
+/// half to even by adding and subtracting 1.5 * 2^23, where the f32 spacing is 1 so the addition
+/// itself rounds to an integer, half to even (IEEE 754 round-to-nearest-even; 1.5 * 2^23 is even).
+#[inline]
+pub fn quantize_clamped(x: f32, scale: f32, zero_point: i32, lo: i32, hi: i32) -> i32 {
+    const LIMIT: f32 = 4_194_304.0; // 2^22
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+                                     // selects rather than early returns, so that a loop over a weight vectorizes
+    let q = x / scale;
+    let nan = q.is_nan();
+    let r = (if nan { 0.0 } else { q.clamp(-LIMIT, LIMIT) } + MAGIC) - MAGIC;
+    // `quantize` gives the zero point for a NaN `x`, and saturates a NaN quotient of a number
+    // (0 / 0, a NaN scale) to 0
+    let code = if x.is_nan() {
+        zero_point
+    } else if nan {
+        0
+    } else {
+        r as i32 + zero_point
+    };
+    code.clamp(lo, hi)
+}
+
 /// `(q - zero_point) as f32 * scale`.
 #[inline]
 pub fn dequantize(q: i64, scale: f32, zero_point: i32) -> f32 {
@@ -349,6 +375,30 @@ pub fn quantize_zp_inside(x: f32, scale: f32, zero_point: i32, dtype: DType) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `quantize_clamped` is `quantize` then a clamp, on ties, large and tiny quotients,
+    /// infinities, NaN and degenerate scales, into the 8- and 4-bit ranges.
+    #[test]
+    fn quantize_clamped_is_quantize_then_clamp() {
+        let mut xs: Vec<f32> = vec![0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MAX, f32::MIN];
+        for k in -600..600 {
+            xs.push(k as f32 * 0.5);
+            xs.push(k as f32 * 0.37 + 0.001);
+        }
+        xs.extend([4_194_303.5, 4_194_304.5, 8_388_607.0, 8_388_609.0, 1e12, -1e12, 1e-40, -1e-40]);
+        let scales = [1.0, 0.5, 0.0131, 3.7, 1e-30, 0.0, f32::INFINITY, f32::NAN];
+        let ranges = [(DType::I8, -128, 127), (DType::U8, 0, 255), (DType::I8, -8, 7), (DType::U8, 0, 15)];
+        for &(dt, lo, hi) in &ranges {
+            for &zp in &[0, 3, -5, 128, lo, hi] {
+                for &s in &scales {
+                    for &x in &xs {
+                        let want = (quantize(x, s, zp, dt) as i32).clamp(lo, hi);
+                        assert_eq!(quantize_clamped(x, s, zp, lo, hi), want, "x {x} scale {s} zp {zp} {dt:?}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn rounds_half_to_even_and_saturates() {

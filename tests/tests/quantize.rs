@@ -981,3 +981,172 @@ fn sqnr_fallback_reaches_its_target_with_fewer_float_layers() {
     println!("pipeline --min-sqnr {MIN_SQNR_TARGET_DB}: {:.2} dB on the calibration set", a.sqnr_db);
     assert!(a.sqnr_db >= MIN_SQNR_TARGET_DB - 1e-6, "{a}");
 }
+
+/// FNV-1a over the bits of `words`: a digest of many parameters for a snapshot line.
+fn digest(words: impl Iterator<Item = u32>) -> u64 {
+    words.fold(0xcbf2_9ce4_8422_2325u64, |h, w| {
+        w.to_le_bytes().iter().fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    })
+}
+
+/// One line per quantized value of `g` (a graph after static quantization, before the
+/// optimizer): its producer, type and parameters; a single pair exactly, several (a per-channel
+/// weight's, a bias's `sx * sw[c]`) as their count, extremes and a digest of every bit.
+fn quant_params(g: &Graph) -> Vec<String> {
+    use qforge_ir::QuantParams;
+    let mut lines = vec![];
+    for id in g.node_ids() {
+        let n = g.node(id);
+        for (port, ty) in n.outputs.iter().enumerate() {
+            let Some(q) = &ty.quant else { continue };
+            let p = match q {
+                QuantParams::PerTensor { scale, zero_point } => format!("scale {scale:e} zero point {zero_point}"),
+                QuantParams::PerAxis { axis, scales, zero_points }
+                | QuantParams::PerGroup { axis, scales, zero_points, .. } => {
+                    let (lo, hi) = scales.iter().fold((f32::INFINITY, 0f32), |(a, b), &s| (a.min(s), b.max(s)));
+                    let bits = scales.iter().map(|s| s.to_bits()).chain(zero_points.iter().map(|&z| z as u32));
+                    format!("axis {axis}: {} scales in [{lo:e}, {hi:e}], digest {:016x}", scales.len(), digest(bits))
+                }
+            };
+            lines.push(format!("{}:{port} {} {p}", n.name, ty.dtype));
+        }
+    }
+    lines.sort();
+    lines
+}
+
+/// The quantization parameters the pipeline chooses for ResNet-18 and MobileNetV2 (static INT8
+/// with the defaults, the 8-image calibration set) and the layers `--min-sqnr 30` keeps float on
+/// MobileNetV2, as a snapshot: how calibration, bias correction and the fallback are computed
+/// may change (their speed), what they choose may not. Bias codes are not in it (bias correction
+/// moves them; `bias_correction_matches_the_measured_output_error` bounds that).
+#[test]
+fn corpus_quantization_parameters_are_stable() {
+    use qforge::compiler::Stage;
+    let mut text = vec![];
+    for model in ["resnet18.onnx", "mobilenet_v2.onnx"] {
+        let o = opts(QuantizeMode::Int8, "imagenet_like_calib_x.npy", CalibMethod::MinMax, false);
+        let c = Compiler::new(o).unwrap();
+        let st =
+            c.run_until(qforge::load_model(&corpus_file(model)).unwrap(), Stage::Quantize, &mut |_, _| {}).unwrap();
+        let lines = quant_params(&st.graph);
+        text.push(format!("# {model}: {} quantized values", lines.len()));
+        text.extend(lines);
+    }
+    let o = PipelineOptions {
+        min_sqnr: Some(30.0),
+        ..opts(QuantizeMode::Int8, "imagenet_like_calib_x.npy", CalibMethod::MinMax, false)
+    };
+    let c = Compiler::new(o).unwrap();
+    let st = c
+        .run_until(qforge::load_model(&corpus_file("mobilenet_v2.onnx")).unwrap(), Stage::FloatFallback, &mut |_, _| {})
+        .unwrap();
+    let quantized = |cfg: &QConfig| -> Vec<String> {
+        let ap = activation_plan(&st.graph, cfg).unwrap();
+        ap.ops.iter().map(|(id, _, _)| st.graph.node(*id).name.clone()).collect()
+    };
+    let all = quantized(c.qconfig());
+    let kept = quantized(&st.qconfig);
+    let float: Vec<&String> = all.iter().filter(|n| !kept.contains(n)).collect();
+    text.push(format!("# mobilenet_v2.onnx --min-sqnr 30: {} of {} layers kept float", float.len(), all.len()));
+    text.extend(float.iter().map(|n| n.to_string()));
+    insta::with_settings!({ snapshot_path => "../../snapshots", prepend_module_to_snapshot => false }, {
+        insta::assert_snapshot!("quantize__corpus_quant_params", text.join("\n"));
+    });
+}
+
+/// Bias correction from the input means calibration observes against the reference, each layer
+/// run with its weight error on the calibration set and its output averaged (one more pass), on
+/// ResNet-18 and MobileNetV2: the two are the same sum, exact in f64 against the JIT's f32 outputs
+/// averaged, so they agree to a few f32 roundings of the layer's outputs (measured: 4.6e-7 and
+/// 3.8e-7 of each layer's largest); the corrected f32 biases differ by as little, and their i32
+/// codes (the bias at scale `sx * sw`, what the compiled model stores) by at most one step (none
+/// differs on these two models).
+#[test]
+fn bias_correction_matches_the_measured_output_error() {
+    use qforge::compiler::Stage;
+    use qforge_passes::quantize::{bias_sites, channel_means, corrections_from_means, error_graph, BiasCorrection};
+    use std::collections::BTreeMap;
+    for model in ["resnet18.onnx", "mobilenet_v2.onnx"] {
+        let o = opts(QuantizeMode::Int8, "imagenet_like_calib_x.npy", CalibMethod::MinMax, false);
+        let c = Compiler::new(o).unwrap();
+        let st =
+            c.run_until(qforge::load_model(&corpus_file(model)).unwrap(), Stage::Calibrate, &mut |_, _| {}).unwrap();
+        let cal = st.calibration.as_ref().unwrap();
+        let cx = c.pass_context();
+        let sites = bias_sites(&st.graph, &st.qconfig, cal, &cx).unwrap();
+        let ours = corrections_from_means(&st.graph, &sites, &cal.input_means).unwrap().expect("calibration's means");
+        let (eg, values) = error_graph(&st.graph, &sites).unwrap();
+        let batches = c.calib_batches(&st.graph).unwrap();
+        let means = channel_means(&eg, c.evaluator(), &mut batches.into_iter(), 1, &values, &mut |_, _| {}).unwrap();
+        let mut worst = 0f64;
+        for (s, (v, _)) in sites.iter().zip(&values) {
+            let name = &st.graph.node(s.node).name;
+            let measured = &means[&(eg.node(v.node).name.clone(), v.port)];
+            let scale = measured.iter().fold(0f64, |a, x| a.max(x.abs())).max(1e-30);
+            for (a, b) in ours[name].iter().zip(measured) {
+                worst = worst.max((a - b).abs() / scale);
+            }
+        }
+        // the corrected biases and their i32 codes, both ways
+        let quantized = |corrections: BTreeMap<String, Vec<f64>>| -> (Graph, BTreeMap<String, Vec<f64>>) {
+            let mut g = st.graph.clone();
+            BiasCorrection { corrections }.run(&mut g, &cx).unwrap();
+            let corrected = g.clone();
+            QuantizeStatic { config: st.qconfig.clone(), calibration: cal.clone() }.run(&mut g, &cx).unwrap();
+            let codes = g
+                .node_ids()
+                .filter_map(|id| match &g.node(id).op {
+                    Op::Const(t) if t.dtype() == DType::I32 && g.node(id).name.ends_with("_quantized") => {
+                        Some((g.node(id).name.clone(), t.to_f64_vec()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            (corrected, codes)
+        };
+        let measured: BTreeMap<String, Vec<f64>> = sites
+            .iter()
+            .zip(&values)
+            .map(|(s, (v, _))| {
+                (st.graph.node(s.node).name.clone(), means[&(eg.node(v.node).name.clone(), v.port)].clone())
+            })
+            .collect();
+        let ((ga, ca), (gb, cb)) = (quantized(ours), quantized(measured));
+        let (mut ulps, mut biases, mut steps, mut codes) = (0u32, 0usize, 0f64, 0usize);
+        for s in &sites {
+            let (a, b) = (bias_of(&ga, s.node), bias_of(&gb, s.node));
+            for (x, y) in a.iter().zip(&b) {
+                ulps = ulps.max(x.to_bits().abs_diff(y.to_bits()));
+                biases += usize::from(x != y);
+            }
+        }
+        assert_eq!(ca.keys().collect::<Vec<_>>(), cb.keys().collect::<Vec<_>>());
+        for (k, a) in &ca {
+            for (x, y) in a.iter().zip(&cb[k]) {
+                steps = steps.max((x - y).abs());
+                codes += usize::from(x != y);
+            }
+        }
+        println!(
+            "{model}: {} layers; corrections differ by at most {worst:.2e} of the layer's largest; {biases} f32 biases differ (at most {ulps} ulp), {codes} i32 codes (at most {steps} step)",
+            sites.len()
+        );
+        assert!(worst <= 1e-4, "{model}: corrections differ by {worst:e} of the largest");
+        assert!(steps <= 1.0, "{model}: i32 bias codes differ by {steps} steps");
+    }
+}
+
+/// The f32 bias a conv's, gemm's or matmul's correction went to.
+fn bias_of(g: &Graph, id: qforge_ir::NodeId) -> Vec<f32> {
+    use qforge_passes::quantize::bias_correction::{bias_slot, BiasSlot};
+    let (user, slot) = match bias_slot(g, id).expect("a bias slot").0 {
+        BiasSlot::Own { .. } => (id, 2),
+        BiasSlot::Add { add, slot } => (add, slot),
+    };
+    let v = g.node(user).inputs()[slot].expect("a bias");
+    match &g.node(v.node).op {
+        Op::Const(t) => t.as_f32().unwrap().to_vec(),
+        op => panic!("a bias from {}", op.name()),
+    }
+}

@@ -12,17 +12,20 @@
 //! `b - E[ΔW x]` makes the quantized layer's output unbiased again:
 //! `E[W' x + b - E[ΔW x]] = E[W x + b]`.
 //!
-//! `E[ΔW x]` is measured, not derived from per-channel input means: the layer's own op is run
-//! with `ΔW` in place of `W` and no bias on the float activations of the calibration set, and its
-//! result averaged per output channel ([`super::calibrate::channel_means`]). For a
-//! fully-connected layer this is exactly `ΔW E[x]`; for a convolution it is the same sum over the
-//! kernel window of the per-channel input means, except that taps reading a padded border read
-//! zeros, which the measurement counts (each tap weighted by the share of output positions where
-//! it reads the image), and strides and dilations are what the op does.
+//! `E[ΔW x]` is taken per weight element, not from per-channel input means: for a
+//! fully-connected layer it is `ΔW E[x]` with `E[x]` the mean of each input index; for a
+//! convolution, the sum over the kernel window of `ΔW` times the mean of the input value each
+//! kernel position reads ([`InputReduce::Taps`]), where a position reading a padded border reads
+//! zeros (so each tap weighs by the share of output positions where it reads the image), with the
+//! op's strides and dilations. Those means are observed during calibration
+//! ([`super::calibrate::calibrate_with_means`], the inputs [`input_stats`] names), so bias
+//! correction runs no pass of its own ([`corrections_from_means`]): the sum is exact in f64 where
+//! running the layer with `ΔW` as its weight on the calibration set and averaging its output
+//! ([`error_graph`], [`super::calibrate::channel_means`], which the tests keep as the reference)
+//! adds the engine's f32 rounding of each output.
 //!
 //! Only the weight's rounding is corrected: the activations are the float graph's, so the
-//! correction of one layer does not depend on the others, and one extra pass over the
-//! calibration set measures every layer at once ([`error_graph`]). `ΔW` is the weight static
+//! correction of one layer does not depend on the others. `ΔW` is the weight static
 //! quantization will actually store: [`bias_sites`] runs [`QuantizeStatic`] on a copy of the graph
 //! and reads each dequantized weight back (per-channel or per-tensor scales, 4-bit groups, the
 //! scale raised for the i32 bias, all as they will be). The correction changes the bias, which
@@ -39,16 +42,15 @@
 //!   elements (the bias of a linear layer as exporters write it for inputs of rank 3 and up),
 //!   whose result is not a graph output: that constant.
 //!
-//! The pass ([`BiasCorrection`]) applies measured corrections, by layer name; applied twice, it
-//! corrects twice (measure again on the corrected graph: its `ΔW` is the same, and the measured
-//! offset is subtracted once more), so the pipeline runs it once, after calibration and before
-//! quantization.
+//! The pass ([`BiasCorrection`]) applies the corrections, by layer name; applied twice, it
+//! corrects twice (its `ΔW` is the same on the corrected graph, and the offset is subtracted once
+//! more), so the pipeline runs it once, after calibration and before quantization.
 
 use super::calibrate::Calibration;
 use super::policy::QConfig;
 use super::static_quant::{activation_plan, QuantizeStatic};
 use crate::pass::{Pass, PassContext, PassError, PassReport};
-use qforge_ir::{BinaryOp, DType, Graph, NodeId, Op, Tensor, Value};
+use qforge_ir::{numerics, BinaryOp, ConvAttrs, DType, Graph, NodeId, Op, QuantParams, Tensor, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -136,6 +138,32 @@ fn failed(msg: String) -> PassError {
     PassError::Failed { pass: "bias-correction".into(), msg }
 }
 
+/// The weight `codes` stand for under per-tensor or per-axis `params`: `(q - zero_point) as f32 *
+/// scale` ([`numerics::dequantize`], what the interpreter's dequantize computes), a channel's run
+/// at a time; `None` for per-group parameters or codes of a shape the parameters do not fit.
+fn dequantized(codes: &Tensor, params: &QuantParams) -> Option<Vec<f32>> {
+    let q = codes.to_f64_vec();
+    let shape = codes.shape();
+    let (channels, inner) = match params {
+        QuantParams::PerTensor { .. } => (1, q.len().max(1)),
+        QuantParams::PerAxis { axis, .. } => {
+            let c = *shape.get(*axis)?;
+            (c.max(1), shape[axis + 1..].iter().product::<usize>().max(1))
+        }
+        QuantParams::PerGroup { .. } => return None,
+    };
+    if params.len() != channels {
+        return None;
+    }
+    let mut out = Vec::with_capacity(q.len());
+    for (k, run) in q.chunks(inner).enumerate() {
+        let c = k % channels;
+        let (scale, zero_point) = (params.scale(c), params.zero_point(c));
+        out.extend(run.iter().map(|&v| numerics::dequantize(v as i64, scale, zero_point)));
+    }
+    Some(out)
+}
+
 /// Every layer static quantization quantizes under `cfg` (calibrated by `cal`) whose bias can
 /// take a correction, with its weight's rounding error: static quantization is run on a copy of
 /// `g` and each dequantized weight read back (see the module documentation). Layers whose weight
@@ -164,15 +192,21 @@ pub fn bias_sites(g: &Graph, cfg: &QConfig, cal: &Calibration, cx: &PassContext)
         }
         let Some(c) = q.node(dq.node).inputs().first().copied().flatten() else { continue };
         let Op::Const(codes) = &q.node(c.node).op else { continue };
-        let deq = qforge_ir::interp::eval_op(
-            &Op::Dequantize,
-            &[Some(q.value_type(c))],
-            std::slice::from_ref(q.value_type(dq)),
-            &[Some(codes.as_ref())],
-        )
-        .map_err(|e| failed(format!("node `{name}`: dequantizing its weight: {e}")))?;
+        let deq = match q.value_type(c).quant.as_ref().and_then(|p| dequantized(codes, p)) {
+            Some(v) => v,
+            None => qforge_ir::interp::eval_op(
+                &Op::Dequantize,
+                &[Some(q.value_type(c))],
+                std::slice::from_ref(q.value_type(dq)),
+                &[Some(codes.as_ref())],
+            )
+            .map_err(|e| failed(format!("node `{name}`: dequantizing its weight: {e}")))?
+            .first()
+            .and_then(|t| t.as_f32().map(<[f32]>::to_vec))
+            .unwrap_or_default(),
+        };
         let (_, w) = const_f32(g, id, 1).ok_or_else(|| failed(format!("node `{name}`: no constant weight")))?;
-        let (Some(wq), Some(wf)) = (deq.first().and_then(|t| t.as_f32()), w.as_f32()) else { continue };
+        let (wq, Some(wf)) = (&deq, w.as_f32()) else { continue };
         if wq.len() != wf.len() {
             return Err(failed(format!(
                 "node `{name}`: the dequantized weight has {} values for {}",
@@ -208,6 +242,292 @@ pub fn error_graph(g: &Graph, sites: &[BiasSite]) -> Result<(Graph, Vec<(Value, 
         watched.push((v, s.axis));
     }
     Ok((e, watched))
+}
+
+/// What bias correction averages of a layer's input during calibration (see [`input_stats`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum InputReduce {
+    /// A convolution: the mean, per input channel and kernel position, of the input value that
+    /// kernel position reads (zero where it reads the padding), over every sample and output
+    /// position: `E[x]` as the layer sees it, one value per weight element of an output channel
+    /// (times the groups). The convolution's attributes give the windows.
+    Taps(ConvAttrs),
+    /// A matrix product: the mean of each index along `axis` (the reduction axis of the layer's
+    /// input) over every other axis.
+    Axis(usize),
+}
+
+/// A layer whose input's means bias correction needs, observed in the calibration pass
+/// ([`super::calibrate::calibrate_with_means`]) so that no second pass is run: `E[ΔW x] = ΔW E[x]`
+/// with `E[x]` taken per weight element ([`InputReduce`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputStat {
+    /// The layer's name (what the means are keyed by).
+    pub layer: String,
+    /// The layer's input (slot 0).
+    pub input: Value,
+    pub reduce: InputReduce,
+}
+
+/// Every layer of `g` static quantization may quantize under `cfg` with a constant f32 weight and
+/// a place for a bias correction ([`bias_slot`]): the layers [`bias_sites`] can return (the float
+/// fallback, which runs later, only removes some), with what to average of each one's input.
+pub fn input_stats(g: &Graph, cfg: &QConfig) -> Result<Vec<InputStat>, PassError> {
+    let ap = activation_plan(g, cfg).map_err(|error| PassError::Ir { pass: "bias-correction".into(), error })?;
+    let mut out = vec![];
+    for (id, w, _) in &ap.ops {
+        if !w.is_some_and(|w| w.slot == 1) || bias_slot(g, *id).is_none() {
+            continue;
+        }
+        let node = g.node(*id);
+        let Some(x) = node.inputs().first().copied().flatten() else { continue };
+        // (a layer whose input is not f32 has its error measured instead)
+        if g.value_type(x).dtype != DType::F32 {
+            continue;
+        }
+        let rank = g.value_type(x).rank();
+        let reduce = match &node.op {
+            Op::Conv(a) => InputReduce::Taps(a.clone()),
+            // A is [M, K], or [K, M] transposed
+            Op::Gemm { trans_a, .. } => InputReduce::Axis(if *trans_a { 0 } else { 1 }),
+            Op::MatMul if rank >= 1 => InputReduce::Axis(rank - 1),
+            _ => continue,
+        };
+        out.push(InputStat { layer: node.name.clone(), input: x, reduce });
+    }
+    Ok(out)
+}
+
+/// Running sums of an [`InputStat`] over the calibration batches, in f64 (calibration's; its
+/// errors become the calibration's, naming the node).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct InputMeans {
+    sums: Vec<f64>,
+    count: u64,
+}
+
+/// For each kernel position `t` along one spatial dimension of `size`, the first and last input
+/// index it reads over the `out` output positions (`o * stride + t * dilation - pad_begin`, those
+/// inside; `stride` apart), `None` when it reads only padding.
+fn tap_spans(
+    size: usize,
+    out: usize,
+    k: usize,
+    stride: usize,
+    dilation: usize,
+    pad: usize,
+) -> Vec<Option<(usize, usize)>> {
+    (0..k)
+        .map(|t| {
+            let mut read = (0..out).filter_map(|o| (o * stride + t * dilation).checked_sub(pad).filter(|&i| i < size));
+            let first = read.next()?;
+            Some((first, read.next_back().unwrap_or(first)))
+        })
+        .collect()
+}
+
+impl InputMeans {
+    /// Adds one observed value of the input (f32).
+    pub(crate) fn observe(&mut self, reduce: &InputReduce, x: &Tensor) -> Result<(), String> {
+        let v = x.as_f32().ok_or("the input of a bias-corrected layer must be f32")?;
+        let shape = x.shape();
+        let (sums, count) = match reduce {
+            InputReduce::Axis(axis) => {
+                let c = *shape.get(*axis).ok_or_else(|| format!("no axis {axis} in shape {shape:?}"))?;
+                let inner: usize = shape[axis + 1..].iter().product();
+                let mut s = vec![0f64; c];
+                for (k, run) in v.chunks(inner.max(1)).enumerate() {
+                    s[k % c.max(1)] += run.iter().map(|&a| f64::from(a)).sum::<f64>();
+                }
+                (s, (v.len() / c.max(1)) as u64)
+            }
+            InputReduce::Taps(a) => conv_tap_sums(a, shape, v)?,
+        };
+        // a NaN or infinity the layer reads makes a sum NaN or infinite (the running sums carry
+        // it into every difference taken after it)
+        if sums.iter().any(|s| !s.is_finite()) {
+            return Err("NaN or infinity in a bias-corrected layer's input".into());
+        }
+        if self.sums.is_empty() {
+            self.sums = vec![0.0; sums.len()];
+        }
+        if self.sums.len() != sums.len() {
+            return Err(format!("{} input statistics on this batch, {} before", sums.len(), self.sums.len()));
+        }
+        self.sums.iter_mut().zip(&sums).for_each(|(a, b)| *a += b);
+        self.count += count;
+        Ok(())
+    }
+
+    /// The means (empty before any value was observed).
+    pub(crate) fn means(&self) -> Vec<f64> {
+        self.sums.iter().map(|s| s / self.count.max(1) as f64).collect()
+    }
+}
+
+/// A convolution input's sums per (input channel, kernel position) over samples and output
+/// positions, and the count each is a sum of (samples times output positions). The window
+/// arithmetic is the convolution's (ONNX `Conv`: `out = (size + pads - dilation * (k - 1) - 1) /
+/// stride + 1`). One spatial dimension is reduced at a time, from the last: along it, the indices
+/// a kernel position reads are `stride` apart, so their sum is the difference of two entries of
+/// the running sums taken `stride` apart (`p[i] = x[i] + p[i - stride]`), and a plane costs about
+/// one addition per element per dimension whatever the kernel.
+fn conv_tap_sums(a: &ConvAttrs, shape: &[usize], v: &[f32]) -> Result<(Vec<f64>, u64), String> {
+    let n = a.kernel.len();
+    if n == 0 || shape.len() != n + 2 || a.strides.len() != n || a.dilations.len() != n || a.pads.len() != 2 * n {
+        return Err(format!("a convolution of {n} spatial dims over an input of shape {shape:?}"));
+    }
+    let spatial = &shape[2..];
+    let mut outs = Vec::with_capacity(n);
+    let mut spans = Vec::with_capacity(n);
+    for (d, &size) in spatial.iter().enumerate() {
+        let span = a.dilations[d] * (a.kernel[d].max(1) - 1) + 1;
+        let padded = size + a.pads[d] + a.pads[n + d];
+        let out = if padded < span { 0 } else { (padded - span) / a.strides[d].max(1) + 1 };
+        outs.push(out);
+        spans.push(tap_spans(size, out, a.kernel[d], a.strides[d].max(1), a.dilations[d], a.pads[d]));
+    }
+    let plane: usize = spatial.iter().product();
+    let kk: usize = a.kernel.iter().product();
+    let mut sums = vec![0f64; shape[1] * kk];
+    let (mut cur, mut next, mut running): (Vec<f64>, Vec<f64>, Vec<f64>) = (vec![], vec![], vec![]);
+    for (p, x) in v.chunks_exact(plane.max(1)).enumerate().take(shape[0] * shape[1]) {
+        // the last dimension straight from the f32 rows: [pre, size] -> [pre, k]
+        let (size, k, step) = (spatial[n - 1], a.kernel[n - 1], a.strides[n - 1].max(1));
+        cur.clear();
+        for row in x.chunks_exact(size.max(1)) {
+            if step == 1 {
+                // a stride-1 kernel position reads a contiguous run: the row's sum less the
+                // elements before and after it
+                let total = lane_sum(row);
+                for span in &spans[n - 1] {
+                    cur.push(match *span {
+                        Some((first, last)) => {
+                            let outside = row[..first].iter().chain(&row[last + 1..]);
+                            total - outside.map(|&e| f64::from(e)).sum::<f64>()
+                        }
+                        None => 0.0,
+                    });
+                }
+            } else {
+                running.clear();
+                running.extend(row.iter().map(|&e| f64::from(e)));
+                for i in step..running.len() {
+                    running[i] += running[i - step];
+                }
+                for span in &spans[n - 1] {
+                    cur.push(match *span {
+                        Some((first, last)) => running[last] - first.checked_sub(step).map_or(0.0, |b| running[b]),
+                        None => 0.0,
+                    });
+                }
+            }
+        }
+        // the other dimensions: [pre, size, post] -> [pre, k, post] (post: the kernel positions
+        // already reduced)
+        let mut post = k;
+        for d in (0..n - 1).rev() {
+            let (size, k, step) = (spatial[d], a.kernel[d], a.strides[d].max(1));
+            let pre: usize = spatial[..d].iter().product();
+            next.clear();
+            next.resize(pre * k * post, 0.0);
+            for q in 0..pre {
+                let block = &cur[q * size * post..(q + 1) * size * post];
+                running.clear();
+                running.extend_from_slice(block);
+                for i in step..size {
+                    let (done, rest) = running.split_at_mut(i * post);
+                    let back = &done[(i - step) * post..(i - step + 1) * post];
+                    rest[..post].iter_mut().zip(back).for_each(|(r, &b)| *r += b);
+                }
+                for (t, span) in spans[d].iter().enumerate() {
+                    let Some((first, last)) = *span else { continue };
+                    let dst = &mut next[(q * k + t) * post..(q * k + t + 1) * post];
+                    let end = &running[last * post..(last + 1) * post];
+                    match first.checked_sub(step) {
+                        Some(before) => {
+                            let start = &running[before * post..(before + 1) * post];
+                            dst.iter_mut().zip(end.iter().zip(start)).for_each(|(o, (&e, &s))| *o = e - s);
+                        }
+                        None => dst.copy_from_slice(end),
+                    }
+                }
+            }
+            std::mem::swap(&mut cur, &mut next);
+            post *= k;
+        }
+        let c = p % shape[1];
+        sums[c * kk..(c + 1) * kk].iter_mut().zip(&cur).for_each(|(s, &t)| *s += t);
+    }
+    let positions: usize = outs.iter().product();
+    Ok((sums, (shape[0] * positions) as u64))
+}
+
+/// The sum of `row` in f64, in eight running sums (one vector's lanes) added at the end.
+fn lane_sum(row: &[f32]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let chunks = row.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        lanes.iter_mut().zip(c).for_each(|(l, &x)| *l += f64::from(x));
+    }
+    lanes.iter().sum::<f64>() + rest.iter().map(|&e| f64::from(e)).sum::<f64>()
+}
+
+/// Each site's mean output error `E[ΔW x] = ΔW E[x]` (per output channel, by layer name) from its
+/// input's means ([`input_stats`], observed by calibration), in f64: a convolution's sum over its
+/// group's input channels and kernel positions, a gemm's (times its `alpha`) or matmul's over
+/// `K`. `None` when a site's means are missing (the calibration did not observe them).
+pub fn corrections_from_means(
+    g: &Graph,
+    sites: &[BiasSite],
+    means: &BTreeMap<String, Vec<f64>>,
+) -> Result<Option<BTreeMap<String, Vec<f64>>>, PassError> {
+    let mut out = BTreeMap::new();
+    for s in sites {
+        let node = g.node(s.node);
+        let name = &node.name;
+        let Some(m) = means.get(name) else { return Ok(None) };
+        let dw = s.delta.as_f32().ok_or_else(|| failed(format!("node `{name}`: the weight error is not f32")))?;
+        let shape = s.delta.shape();
+        let bad = |what: &str| failed(format!("node `{name}`: {what} (weight {shape:?}, {} input means)", m.len()));
+        let corr: Vec<f64> = match &node.op {
+            Op::Conv(a) => {
+                let (cout, cin_g) = (shape[0], *shape.get(1).ok_or_else(|| bad("a weight of rank 1"))?);
+                let kk: usize = shape[2..].iter().product();
+                let per_group = cout / a.group.max(1);
+                if cout != s.channels || per_group == 0 || m.len() != cin_g * a.group * kk {
+                    return Err(bad("means that do not fit the weight"));
+                }
+                (0..cout)
+                    .map(|o| {
+                        let w = &dw[o * cin_g * kk..(o + 1) * cin_g * kk];
+                        let g0 = (o / per_group) * cin_g * kk;
+                        w.iter().zip(&m[g0..g0 + cin_g * kk]).map(|(&d, &x)| f64::from(d) * x).sum()
+                    })
+                    .collect()
+            }
+            Op::Gemm { .. } | Op::MatMul if shape.len() == 2 => {
+                let (alpha, trans_b) = match node.op {
+                    Op::Gemm { alpha, trans_b, .. } => (f64::from(alpha), trans_b),
+                    _ => (1.0, false),
+                };
+                let (k, n) = if trans_b { (shape[1], shape[0]) } else { (shape[0], shape[1]) };
+                if n != s.channels || m.len() != k {
+                    return Err(bad("means that do not fit the weight"));
+                }
+                (0..n)
+                    .map(|j| {
+                        let at = |i: usize| if trans_b { dw[j * k + i] } else { dw[i * n + j] };
+                        alpha * (0..k).map(|i| f64::from(at(i)) * m[i]).sum::<f64>()
+                    })
+                    .collect()
+            }
+            _ => return Err(bad("not a conv, gemm or matmul")),
+        };
+        out.insert(name.clone(), corr);
+    }
+    Ok(Some(out))
 }
 
 /// The bias correction pass: subtracts each layer's measured mean output error (by the layer's
@@ -277,7 +597,7 @@ impl Pass for BiasCorrection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quantize::calibrate::{calibrate, channel_means};
+    use crate::quantize::calibrate::{calibrate_with_means, channel_means};
     use crate::quantize::static_quant::activation_plan;
     use crate::quantize::Interpreter;
 
@@ -367,8 +687,17 @@ mod tests {
         let calib = inputs(8, 3);
         let targets = activation_plan(&g, &cfg).unwrap().targets();
         let batches = vec![vec![calib.clone()]];
-        let cal = calibrate(&g, &Interpreter::default(), &mut batches.clone().into_iter(), 1, &targets, &mut |_, _| {})
-            .unwrap();
+        let stats = input_stats(&g, &cfg).unwrap();
+        let cal = calibrate_with_means(
+            &g,
+            &Interpreter::default(),
+            &mut batches.clone().into_iter(),
+            1,
+            &targets,
+            &stats,
+            &mut |_, _| {},
+        )
+        .unwrap();
         let cx = PassContext { verify: true, ..PassContext::default() };
         let sites = bias_sites(&g, &cfg, &cal, &cx).unwrap();
         let kinds: Vec<(&str, usize, usize)> =
@@ -378,11 +707,21 @@ mod tests {
         let means =
             channel_means(&eg, &Interpreter::default(), &mut batches.clone().into_iter(), 1, &values, &mut |_, _| {})
                 .unwrap();
-        let corrections: BTreeMap<String, Vec<f64>> = sites
+        let measured: BTreeMap<String, Vec<f64>> = sites
             .iter()
             .zip(&values)
             .map(|(s, (v, _))| (g.node(s.node).name.clone(), means[&(eg.node(v.node).name.clone(), v.port)].clone()))
             .collect();
+        // from the input means calibration observed: what running each layer with its weight
+        // error measures, to the f32 rounding of the measured outputs
+        let corrections = corrections_from_means(&g, &sites, &cal.input_means).unwrap().unwrap();
+        assert_eq!(corrections.keys().collect::<Vec<_>>(), measured.keys().collect::<Vec<_>>());
+        for (name, m) in &measured {
+            let scale = m.iter().fold(0f64, |a, x| a.max(x.abs()));
+            for (a, b) in corrections[name].iter().zip(m) {
+                assert!((a - b).abs() <= 1e-6 * scale, "{name}: {a:e} from the means, {b:e} measured");
+            }
+        }
         let mut corrected = g.clone();
         let report = BiasCorrection { corrections: corrections.clone() }.run(&mut corrected, &cx).unwrap();
         assert_eq!(report.stats["biases corrected"], 4);

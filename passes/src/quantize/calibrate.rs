@@ -24,6 +24,7 @@
 //! Ranges are keyed by the producing node's name and result port, so a calibration made on one
 //! copy of a graph applies to another copy (sensitivity analysis quantizes many copies).
 
+use super::bias_correction::{InputMeans, InputStat};
 use super::histogram::Histogram;
 use super::observer::{CalibMethod, ObserveError, Observer, ObserverConfig};
 use super::scheme::{params_for_range, Scheme};
@@ -116,6 +117,9 @@ pub struct Calibration {
     pub batches: usize,
     pub samples: usize,
     pub warnings: Vec<CalibWarning>,
+    /// Bias correction's input means, by layer name ([`calibrate_with_means`]; empty when none
+    /// were asked for).
+    pub input_means: BTreeMap<String, Vec<f64>>,
 }
 
 /// A calibrated range saturates more than this share of the calibration values, where min-max
@@ -247,6 +251,21 @@ pub fn calibrate<B: CalibBatch>(
     targets: &[Target],
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Calibration, CalibError> {
+    calibrate_with_means(g, eval, batches, total, targets, &[], progress)
+}
+
+/// [`calibrate`], also averaging in the same pass the layer inputs bias correction needs
+/// (`stats`, [`super::bias_correction::input_stats`]), into [`Calibration::input_means`], so that
+/// bias correction runs no pass of its own. An input that is also a target is observed once.
+pub fn calibrate_with_means<B: CalibBatch>(
+    g: &Graph,
+    eval: &dyn Evaluator,
+    batches: &mut dyn Iterator<Item = B>,
+    total: usize,
+    targets: &[Target],
+    stats: &[InputStat],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Calibration, CalibError> {
     let node_err = |id: NodeId, msg: String| {
         let n = g.node(id);
         CalibError::Node { node: n.name.clone(), op: n.op.name(), msg }
@@ -265,13 +284,42 @@ pub fn calibrate<B: CalibBatch>(
     }
     // Observers without a histogram (min-max, EMA) get one beside them for the warnings: a fixed
     // number of bins each, so memory stays bounded.
+    // Min-max needs none: [`assess`] never warns about it (its range is the reference).
     let mut shadows: Vec<Option<Histogram>> = targets
         .iter()
         .zip(&observers)
-        .map(|(t, o)| o.histogram().is_none().then(|| Histogram::new(t.observer.bins, t.observer.symmetric)))
+        .map(|(t, o)| {
+            (o.histogram().is_none() && t.observer.method != CalibMethod::MinMax)
+                .then(|| Histogram::new(t.observer.bins, t.observer.symmetric))
+        })
         .collect();
-    let values: Vec<Value> = targets.iter().map(|t| t.value).collect();
+    let mut values: Vec<Value> = targets.iter().map(|t| t.value).collect();
+    // the statistics each observed value feeds (an input that is a target is watched once)
+    let mut feeds: Vec<Vec<usize>> = vec![vec![]; values.len()];
+    for (s, st) in stats.iter().enumerate() {
+        match values.iter().position(|&v| v == st.input) {
+            Some(i) => feeds[i].push(s),
+            None => {
+                values.push(st.input);
+                feeds.push(vec![s]);
+            }
+        }
+    }
+    let mut means: Vec<InputMeans> = vec![InputMeans::default(); stats.len()];
     let mut observe = |i: usize, t: &Tensor, batch: usize| -> Result<(), CalibError> {
+        for &s in &feeds[i] {
+            means[s].observe(&stats[s].reduce, t).map_err(|msg| {
+                let n = g.node(values[i].node);
+                CalibError::Node {
+                    node: n.name.clone(),
+                    op: n.op.name(),
+                    msg: format!("as the input of `{}` (bias correction): {msg}", stats[s].layer),
+                }
+            })?;
+        }
+        if i >= targets.len() {
+            return Ok(());
+        }
         let Some(x) = t.as_f32() else { return Ok(()) };
         let err = |error| {
             let n = g.node(values[i].node);
@@ -290,7 +338,8 @@ pub fn calibrate<B: CalibBatch>(
             CalibError::Observe { node: n.name.clone(), op: n.op.name(), port: values[i].port, error }
         })?;
     }
-    let mut cal = Calibration { batches, samples, ..Calibration::default() };
+    let input_means = stats.iter().zip(&means).map(|(st, m)| (st.layer.clone(), m.means())).collect();
+    let mut cal = Calibration { batches, samples, input_means, ..Calibration::default() };
     if cal.batches == 0 || cal.samples == 0 {
         return Err(CalibError::Empty);
     }

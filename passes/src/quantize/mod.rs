@@ -15,8 +15,10 @@
 //! * [`smooth`]: SmoothQuant's scale migration from layer-norm outputs into the weights of the
 //!   matmuls they feed (before calibration, with per-channel maxima from [`calibrate::channel_absmax`]).
 //! * [`bias_correction`]: the mean output error that rounding each layer's weights causes,
-//!   measured on the calibration set ([`calibrate::channel_means`]) and subtracted from its bias
-//!   (after calibration, before Q/DQ insertion).
+//!   `ΔW E[x]` from its input's means observed during calibration
+//!   ([`calibrate::calibrate_with_means`]; or measured on the calibration set,
+//!   [`calibrate::channel_means`]), subtracted from its bias (after calibration, before Q/DQ
+//!   insertion).
 //! * [`sensitivity`]: one layer quantized at a time, ranked by output SQNR; the most sensitive
 //!   layers kept in float until an accuracy budget or an output SQNR target is met.
 //!
@@ -42,10 +44,13 @@ pub mod static_quant;
 
 pub use crate::batchnorm::FoldBatchNorm;
 pub use attention::attention_roles;
-pub use bias_correction::{bias_sites, error_graph, BiasCorrection, BiasSite, BiasSlot};
+pub use bias_correction::{
+    bias_sites, corrections_from_means, error_graph, input_stats, BiasCorrection, BiasSite, BiasSlot, InputReduce,
+    InputStat,
+};
 pub use calibrate::{
-    assess, calibrate, channel_absmax, channel_means, CalibError, CalibWarning, Calibration, EvalError, Evaluator,
-    Interpreter, RangeAssessment, Target,
+    assess, calibrate, calibrate_with_means, channel_absmax, channel_means, CalibError, CalibWarning, Calibration,
+    EvalError, Evaluator, Interpreter, RangeAssessment, Target,
 };
 pub use dynamic::QuantizeDynamic;
 pub use histogram::{EntropyObserver, Histogram, MseObserver, PercentileObserver, RangeQuality};

@@ -314,13 +314,31 @@ pub fn channel_ranges(values: &[f32], shape: &[usize], axis: usize) -> Result<Ve
     for o in 0..outer {
         for (c, r) in ranges.iter_mut().enumerate() {
             let start = (o * channels + c) * inner;
-            for &x in &values[start..start + inner] {
-                r.0 = r.0.min(x);
-                r.1 = r.1.max(x);
-            }
+            let (lo, hi) = min_max(&values[start..start + inner]);
+            r.0 = r.0.min(lo);
+            r.1 = r.1.max(hi);
         }
     }
     Ok(ranges.into_iter().map(|(lo, hi)| if lo > hi { (0.0, 0.0) } else { (lo, hi) }).collect())
+}
+
+/// The smallest and largest of `values` (finite: checked before), `(inf, -inf)` when empty; in
+/// sixteen running pairs (one vector's lanes) folded at the end, the same extremes as one pair.
+fn min_max(values: &[f32]) -> (f32, f32) {
+    const LANES: usize = 16;
+    let mut lo = [f32::INFINITY; LANES];
+    let mut hi = [f32::NEG_INFINITY; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for ((l, h), &x) in lo.iter_mut().zip(&mut hi).zip(c) {
+            *l = l.min(x);
+            *h = h.max(x);
+        }
+    }
+    let fold = |(a, b): (f32, f32), &x: &f32| (a.min(x), b.max(x));
+    let (l, h) = lo.iter().zip(&hi).fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), (&l, &h)| (a.min(l), b.max(h)));
+    rest.iter().fold((l, h), fold)
 }
 
 /// Parameters of a constant tensor (a weight) from its own values: per tensor when `axis` is
@@ -352,7 +370,7 @@ pub fn quantize_values(
     params: &QuantParams,
     qtype: QType,
 ) -> Result<Vec<i32>, SchemeError> {
-    Ok(codes(values, shape, params, qtype)?.collect())
+    codes(values, shape, params, qtype, |c| c)
 }
 
 /// [`quantize_values`] as a tensor of `qtype`'s storage type, written straight from the codes
@@ -363,35 +381,49 @@ pub fn quantize_tensor(
     params: &QuantParams,
     qtype: QType,
 ) -> Result<Tensor, SchemeError> {
-    let codes = codes(values, shape, params, qtype)?;
     // the codes are clamped to `qtype`'s range, which its storage type holds: no conversion of
     // a general value (through f64) is needed
     let data = match qtype.storage() {
-        DType::I8 => TensorData::I8(codes.map(|c| c as i8).collect()),
-        _ => TensorData::U8(codes.map(|c| c as u8).collect()),
+        DType::I8 => TensorData::I8(codes(values, shape, params, qtype, |c| c as i8)?),
+        _ => TensorData::U8(codes(values, shape, params, qtype, |c| c as u8)?),
     };
     Tensor::new(shape.to_vec(), data)
         .ok_or_else(|| SchemeError::Shape(format!("{} codes do not fit shape {shape:?}", values.len())))
 }
 
-/// The codes of [`quantize_values`], computed as they are read; the shapes are checked first.
-fn codes<'a>(
-    values: &'a [f32],
+/// The codes of [`quantize_values`], each stored as `store` makes it; the shapes are checked
+/// first. Written a channel's run of values at a time (its parameters read once);
+/// [`numerics::quantize_clamped`] is [`numerics::quantize`] then the clamp to `qtype`'s range,
+/// without a library rounding call.
+fn codes<T>(
+    values: &[f32],
     shape: &[usize],
-    params: &'a QuantParams,
+    params: &QuantParams,
     qtype: QType,
-) -> Result<impl Iterator<Item = i32> + 'a, SchemeError> {
+    store: impl Fn(i32) -> T,
+) -> Result<Vec<T>, SchemeError> {
     let (lo, hi) = qtype.range();
-    let code = move |x: f32, c: usize| {
-        (numerics::quantize(x, params.scale(c), params.zero_point(c), qtype.storage()) as i32).clamp(lo, hi)
-    };
+    let (channels, inner) = channel_runs(values, shape, params)?;
+    let mut out = Vec::with_capacity(values.len());
+    for (k, run) in values.chunks(inner).enumerate() {
+        let c = k % channels;
+        let (scale, zero_point) = (params.scale(c), params.zero_point(c));
+        out.extend(run.iter().map(|&x| store(numerics::quantize_clamped(x, scale, zero_point, lo, hi))));
+    }
+    Ok(out)
+}
+
+/// How `values` (of `shape`) fall into runs of one channel's parameters: `(channels, inner)`,
+/// run `k` of `inner` values belonging to channel `k % channels` (one run of everything per
+/// tensor); the shapes checked against the parameters.
+fn channel_runs(values: &[f32], shape: &[usize], params: &QuantParams) -> Result<(usize, usize), SchemeError> {
     let (channels, inner) = match params.axis() {
         None => {
             let n: usize = shape.iter().product();
             if n != values.len() {
                 return Err(SchemeError::Shape(format!("{} values do not fit shape {shape:?}", values.len())));
             }
-            (1, 1)
+            (1, values.len().max(1))
         }
         Some(axis) => {
             check_shape(values, shape, axis)?;
@@ -406,7 +438,7 @@ fn codes<'a>(
             (channels.max(1), inner.max(1))
         }
     };
-    Ok(values.iter().enumerate().map(move |(i, &x)| code(x, (i / inner) % channels)))
+    Ok((channels, inner))
 }
 
 /// Per-group (block-wise) parameters: one (scale, zero point) per run of `group_size` consecutive
