@@ -60,7 +60,7 @@ fn graph_dot_labels_fused_nodes_folds_constants_and_has_a_legend() {
     let again = qforge_ok(&args);
     assert_eq!(std::fs::read_to_string(&out).expect("dot"), dot);
     let kib = dot.len() as f64 / 1024.0;
-    let line = format!("wrote `{}` ({kib:.1} KiB): digits_cnn: after the pipeline, 9 nodes\n", out.display());
+    let line = format!("wrote `{}` ({kib:.1} KiB): digits_cnn: after the pipeline, 8 nodes\n", out.display());
     assert_eq!(again.stdout, line);
     let mut stdout_args = vec!["graph"];
     stdout_args.extend(int8_args(&model, &calib));
