@@ -159,6 +159,7 @@ pub fn units(spec: &KernelSpec, threads: usize) -> usize {
         }
         MainOp::DepthwiseU8I8 { geom, .. } | MainOp::DepthwiseF32 { geom, .. } => spec.rows / geom.ow.max(1),
         MainOp::GlobalSumU8 { .. } | MainOp::GlobalSumF32 { .. } => spec.rows,
+        MainOp::WinogradF32 { plan } => spec.rows / (plan.geom.oh * plan.geom.ow).max(1) * plan.blocks(),
     }
 }
 
@@ -192,6 +193,7 @@ pub fn scratch_bytes(spec: &KernelSpec) -> usize {
             geom.ow * round_up(geom.c, 16) * 4 + 64
         }
         MainOp::GlobalSumU8 { .. } | MainOp::GlobalSumF32 { .. } => round_up(spec.cols, 16) * 4 + 64,
+        MainOp::WinogradF32 { plan } => plan.scratch_floats() * 4 + 64,
     }
 }
 
@@ -259,6 +261,36 @@ pub fn emit(
                 let c = em.iconst(n);
                 em.call(f, &[x, hw, c, img, scratch])?;
                 let t = tile_at(em, scratch, round_up(n as usize, 16) as i64, 1, 0, n, out, res, img, ldo_out, es)?;
+                tile_epilogue(em, spec, consts, &t)
+            })
+        }
+        MainOp::WinogradF32 { plan } => {
+            // unit u: block u % blocks of image u / blocks, whose result is the run of output
+            // pixel rows from `2 * rpu * block`, left in the scratch as one tile
+            let (blocks, oh, ow) = (plan.blocks() as i64, plan.geom.oh as i64, plan.geom.ow as i64);
+            let rows_max = plan.rows_per_unit() as i64;
+            let ldc = plan.tile_ld() as i64;
+            em.for_range(begin, end, 1, |em, u| {
+                let blocks_v = em.iconst(blocks);
+                let (blk, img) = (em.b.ins().urem(u, blocks_v), em.b.ins().udiv(u, blocks_v));
+                let p = em.iconst(consts.weights);
+                em.call("qf_winograd_f32", &[p, x, img, blk, scratch])?;
+                let oy0 = em.b.ins().imul_imm_s(blk, rows_max);
+                let oh_v = em.iconst(oh);
+                let left = em.b.ins().isub(oh_v, oy0);
+                let rmax = em.iconst(rows_max);
+                let prow = em.min(left, rmax);
+                let rows = em.b.ins().imul_imm_s(prow, ow);
+                let first = em.b.ins().imul_imm_s(img, oh);
+                let first = em.b.ins().iadd(first, oy0);
+                let first = em.b.ins().imul_imm_s(first, ow);
+                let elem = em.b.ins().imul_imm_s(first, ldo_out);
+                let out_p = em.index(out, elem, es);
+                let res_p = res.map(|r| em.index(r, elem, es));
+                let n0 = em.iconst(0);
+                let nr = em.iconst(n);
+                let t =
+                    Tile { tile: scratch, ldc, rows, n0, nr, out: out_p, out_stride: ldo_out * es, residual: res_p };
                 tile_epilogue(em, spec, consts, &t)
             })
         }

@@ -198,6 +198,17 @@ impl Lowerer<'_> {
             ))?;
             let main = MainOp::DepthwiseF32 { geom, weights: Arc::new(packed) };
             kernels.push((KernelSpec { main, epilogue: steps, store: Store::F32, rows: rows_out, cols: cout }, 0));
+        } else if !bf16 && group == 1 && self.winograd && winograd_fits(&geom, cout) {
+            // Winograd F(2x2, 3x3): 2.25x fewer multiplies than the GEMM over im2col rows
+            let bytes = micro::winograd::packed_bytes(cout, cin_g);
+            self.check_size(&name, Allocation::PackedWeights, bytes)?;
+            let plan = micro::winograd::WinogradF32::new(wdata, cout, geom).map_err(alloc_failed(
+                &name,
+                "transformed weights",
+                bytes,
+            ))?;
+            let main = MainOp::WinogradF32 { plan: Arc::new(plan) };
+            kernels.push((KernelSpec { main, epilogue: steps, store: Store::F32, rows: rows_out, cols: cout }, 0));
         } else {
             // one GEMM per group, over bf16 or f32 weights reordered to (ky, kx, ci)
             let cout_g = cout / group;
@@ -639,6 +650,29 @@ fn to_ohwi<T: Copy + Default>(
     }
     Ok(out)
 }
+
+/// Whether a convolution runs as Winograd F(2x2, 3x3): a 3x3 window of stride and dilation 1,
+/// at least [`WINOGRAD_MIN_CHANNELS`] input and output channels (below that the transforms cost
+/// more than the multiplies they save), and an output of at least [`WINOGRAD_MIN_PIXELS`]
+/// pixels (smaller maps have too few tiles for the 16 GEMMs to amortize streaming 16/9 times
+/// the weights).
+fn winograd_fits(g: &ConvGeom, cout: usize) -> bool {
+    g.kh == 3
+        && g.kw == 3
+        && g.sh == 1
+        && g.sw == 1
+        && g.dh == 1
+        && g.dw == 1
+        && g.cin == g.c
+        && g.c >= WINOGRAD_MIN_CHANNELS
+        && cout >= WINOGRAD_MIN_CHANNELS
+        && g.oh * g.ow >= WINOGRAD_MIN_PIXELS
+}
+
+/// The fewest input and output channels of a Winograd convolution.
+const WINOGRAD_MIN_CHANNELS: usize = 16;
+/// The fewest output pixels (per image) of a Winograd convolution.
+const WINOGRAD_MIN_PIXELS: usize = 1;
 
 /// Whether a convolution reads each output pixel's input pixel and nothing else (1x1, stride 1,
 /// no padding), so its NHWC input already is the GEMM's left operand.
