@@ -139,7 +139,7 @@ impl Jit {
             Import {
                 name: "qf_winograd_f32",
                 ptr: micro::winograd::winograd_f32 as *const u8,
-                params: 5,
+                params: 7,
                 i32_params: &[],
             },
             Import { name: "qf_avg_pool_f32", ptr: micro::pool::avg_pool_f32 as *const u8, params: 4, i32_params: &[] },

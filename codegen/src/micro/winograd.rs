@@ -11,8 +11,8 @@
 //! Numerics (the float-order contract): the result differs from the direct convolution's by
 //! rounding only. The weight transform is computed in f64 and rounded once to f32. The input
 //! transform `V = B^T d B` and the output transform `Y = A^T M A` are sums and differences of
-//! f32 values evaluated left to right in the order written in [`input_tile`] and
-//! [`output_tile`] (first along the tile's rows, then its columns); every position's product
+//! f32 values evaluated left to right in the order written in [`input_tile_scalar`] and
+//! [`output_tile_scalar`] (first along the tile's rows, then its columns); every position's product
 //! `M = V . U` is the GEMM microkernel's `acc = fma(v, u, acc)` over channels `0..C` in order. The
 //! SIMD and scalar versions compute the same operations in the same order, so they agree bit for
 //! bit. The transforms' coefficients are 0, +-1 and +-1/2, so each value carries a few more
@@ -131,6 +131,11 @@ impl WinogradF32 {
         self.th.div_ceil(self.rpu)
     }
 
+    /// Weight panels ([`PANEL`] output channels each, the last one shorter).
+    pub fn panels(&self) -> usize {
+        self.k.div_ceil(PANEL)
+    }
+
     /// Output pixel rows (`ow` pixels each) of a unit at most.
     pub fn rows_per_unit(&self) -> usize {
         2 * self.rpu
@@ -218,18 +223,22 @@ unsafe fn output_tile_scalar(src: *const f32, stride: usize, n: usize, dst: &[*m
 }
 
 /// One unit of the convolution `*p` over the NHWC input `x`: block `block` of tile rows of image
-/// `img`, leaving the convolution's sums (before any epilogue) for output pixel rows
-/// `2 * rpu * block ..` (at most `2 * rpu` rows, `ow` pixels each) at the start of `scratch`,
+/// `img` and the output channels of weight panels `p0..p1`, leaving the convolution's sums
+/// (before any epilogue) for output pixel rows `2 * rpu * block ..` (at most `2 * rpu` rows, `ow`
+/// pixels each) and channels `PANEL * p0 .. min(PANEL * p1, k)` at the start of `scratch`,
 /// [`WinogradF32::tile_ld`] floats per pixel.
 ///
 /// # Safety
 /// `p` is a valid plan whose GEMM runs on this CPU; `x` holds image `img` (`h * w * c` floats
-/// from `img * h * w * c`); `scratch` is writable for [`WinogradF32::scratch_floats`] floats.
+/// from `img * h * w * c`); `p0 < p1 <= ` [`WinogradF32::panels`]; `scratch` is writable for
+/// [`WinogradF32::scratch_floats`] floats.
 pub unsafe extern "C" fn winograd_f32(
     p: *const WinogradF32,
     x: *const f32,
     img: usize,
     block: usize,
+    p0: usize,
+    p1: usize,
     scratch: *mut f32,
 ) {
     // SAFETY: the caller guarantees a valid plan, the image and the scratch size; the offsets
@@ -284,12 +293,13 @@ pub unsafe extern "C" fn winograd_f32(
         for pos in 0..16 {
             let u = &p.u[pos];
             let (a, cm) = (v.add(pos * tmax * cp), m.add(pos * tmax * kp));
-            for pn in 0..k.div_ceil(PANEL) {
+            for pn in p0..p1.min(k.div_ceil(PANEL)) {
                 let b = u.data.as_ptr().add(panel_offset(pn, c));
                 (p.gemm)(a, cp, tiles, b, c, cm.add(pn * PANEL), kp, panel_width(k, pn));
             }
         }
-        // output transform into the unit's rows of pixels
+        // output transform into the unit's rows of pixels, for its channels
+        let (k0, k1) = ((PANEL * p0).min(k), (PANEL * p1).min(k));
         let oy0 = 2 * r0;
         for tr in r0..r1 {
             for tx in 0..tw {
@@ -299,18 +309,18 @@ pub unsafe extern "C" fn winograd_f32(
                     for b in 0..2 {
                         let (oy, ox) = (2 * tr + a, 2 * tx + b);
                         if oy < g.oh && ox < g.ow {
-                            dst[2 * a + b] = out.add(((oy - oy0) * g.ow + ox) * kp);
+                            dst[2 * a + b] = out.add(((oy - oy0) * g.ow + ox) * kp + k0);
                         }
                     }
                 }
-                let src = m.add(t * kp);
+                let src = m.add(t * kp + k0);
                 let stride = tmax * kp;
                 #[cfg(target_arch = "x86_64")]
                 if native {
-                    x86::output_tile512(src, stride, k, &dst);
+                    x86::output_tile512(src, stride, k1 - k0, &dst);
                     continue;
                 }
-                output_tile_scalar(src, stride, k, &dst);
+                output_tile_scalar(src, stride, k1 - k0, &dst);
             }
         }
     }
@@ -420,7 +430,7 @@ mod tests {
             let ld = plan.tile_ld();
             for b in 0..plan.blocks() {
                 // SAFETY: a valid plan, one image, the scratch the plan asks for.
-                unsafe { winograd_f32(&plan, x.as_ptr(), 0, b, scratch.as_mut_ptr()) };
+                unsafe { winograd_f32(&plan, x.as_ptr(), 0, b, 0, plan.panels(), scratch.as_mut_ptr()) };
                 let oy0 = 2 * plan.rpu * b;
                 for oy in oy0..(oy0 + plan.rows_per_unit()).min(oh) {
                     for ox in 0..ow {
