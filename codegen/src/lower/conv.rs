@@ -652,8 +652,8 @@ fn to_ohwi<T: Copy + Default>(
 }
 
 /// Whether a convolution runs as Winograd F(2x2, 3x3): a 3x3 window of stride and dilation 1,
-/// at least [`WINOGRAD_MIN_CHANNELS`] input and output channels (below that the transforms cost
-/// more than the multiplies they save). Measured on Zen 4 at one thread, every 3x3 stride-1
+/// at least [`WINOGRAD_MIN_CHANNELS`] input and output channels (with fewer, each tile's
+/// transforms weigh more against its products, and the GEMMs' reductions are short). Measured on Zen 4 at one thread, every 3x3 stride-1
 /// layer of ResNet-18 is faster this way, the 7x7 maps of 512 channels too (2.65 -> 1.95 ms),
 /// although their 16 tiles per image stream 16/9 times the weights the im2col GEMM reads.
 fn winograd_fits(g: &ConvGeom, cout: usize) -> bool {
