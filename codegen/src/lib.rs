@@ -166,7 +166,8 @@ impl JitExecutable {
         lower::check_sizes(&self.graph, types, limit)?;
         let widened = widen::widen_low_precision(&self.graph, self.opts.microkernels.bf16_compute());
         let folded = fold::fold_constants(&widened, types, limit);
-        let lw = lower::lower(&folded, types, limit)?;
+        let winograd = self.opts.microkernels == Microkernels::Native && micro::winograd::available();
+        let lw = lower::lower(&folded, types, limit, winograd)?;
         let mut p = Program::build(lw, self.opts.microkernels, self.opts.threads)?;
         p.check_guards = self.opts.check_guards;
         p.max_tensor_bytes = self.opts.max_tensor_bytes as u128;

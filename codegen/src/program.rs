@@ -870,6 +870,7 @@ fn kernel_consts(main: &crate::spec::MainOp, keep: &mut Vec<Box<dyn Any + Send +
             (kept(weights.clone(), |w| w.data.as_ptr() as i64, keep), geom_of(geom, keep))
         }
         MainOp::GlobalSumU8 { .. } | MainOp::GlobalSumF32 { .. } => (0, 0),
+        MainOp::WinogradF32 { plan } => (kept(plan.clone(), |p| Arc::as_ptr(p) as i64, keep), 0),
     }
 }
 

@@ -75,6 +75,12 @@ pub enum MainOp {
     GlobalSumF32 {
         hw: usize,
     },
+    /// A 3x3 stride-1 f32 convolution by Winograd F(2x2, 3x3) ([`crate::micro::winograd`]):
+    /// input tiles transformed, 16 GEMMs over the transformed weights, the output transform; a
+    /// unit is a block of tile rows of one image.
+    WinogradF32 {
+        plan: Arc<crate::micro::winograd::WinogradF32>,
+    },
 }
 
 impl MainOp {
@@ -201,6 +207,9 @@ impl KernelSpec {
             }
             MainOp::GlobalSumU8 { hw, .. } => write!(s, "global_sum_int(hw={hw}) {}x{}", self.rows, self.cols),
             MainOp::GlobalSumF32 { hw } => write!(s, "global_sum_f32(hw={hw}) {}x{}", self.rows, self.cols),
+            MainOp::WinogradF32 { plan } => {
+                write!(s, "winograd_f32(F(2x2,3x3)) {}x{} k={}", self.rows, self.cols, 9 * plan.geom.c)
+            }
         };
         let steps: Vec<String> = self
             .epilogue
@@ -239,6 +248,8 @@ impl KernelSpec {
             | MainOp::DepthwiseF32 { geom, .. }
             | MainOp::DepthwiseBf16 { geom, .. } => r * c * (geom.kh * geom.kw) as u64,
             MainOp::GlobalSumU8 { hw, .. } | MainOp::GlobalSumF32 { hw } => r * c * *hw as u64,
+            // the direct convolution's multiply-adds (what GMAC/s reports compare)
+            MainOp::WinogradF32 { plan } => r * c * 9 * plan.geom.c as u64,
         }
     }
 }

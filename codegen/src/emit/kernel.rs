@@ -161,7 +161,17 @@ pub fn units(spec: &KernelSpec, threads: usize) -> usize {
             spec.rows / geom.ow.max(1)
         }
         MainOp::GlobalSumU8 { .. } | MainOp::GlobalSumF32 { .. } => spec.rows,
+        MainOp::WinogradF32 { plan } => winograd_split(spec.rows, plan, threads).units(),
     }
+}
+
+/// The units of a Winograd step of `rows` output pixels: each image's blocks of tile rows (as a
+/// [`GemmSplit`]'s one-row blocks) times groups of weight panels, the panels split only when the
+/// blocks alone leave threads short (a unit then transforms its input tiles again for its own
+/// output channels, but streams only its share of the transformed weights).
+pub fn winograd_split(rows: usize, plan: &crate::micro::winograd::WinogradF32, threads: usize) -> GemmSplit {
+    let blocks = rows / (plan.geom.oh * plan.geom.ow).max(1) * plan.blocks();
+    GemmSplit::new(blocks, plan.panels(), threads, 1, false)
 }
 
 /// Leading dimension of the im2col buffer.
@@ -194,6 +204,7 @@ pub fn scratch_bytes(spec: &KernelSpec) -> usize {
             geom.ow * round_up(geom.c, 16) * 4 + 64
         }
         MainOp::GlobalSumU8 { .. } | MainOp::GlobalSumF32 { .. } => round_up(spec.cols, 16) * 4 + 64,
+        MainOp::WinogradF32 { plan } => plan.scratch_floats() * 4 + 64,
     }
 }
 
@@ -266,6 +277,49 @@ pub fn emit(
                 let c = em.iconst(n);
                 em.call(f, &[x, hw, c, img, scratch])?;
                 let t = tile_at(em, scratch, round_up(n as usize, 16) as i64, 1, 0, n, out, res, img, ldo_out, es)?;
+                tile_epilogue(em, spec, consts, &t)
+            })
+        }
+        MainOp::WinogradF32 { plan } => {
+            // unit u: block u % blocks (of image block / blocks per image) of panel group
+            // u / blocks; its result is the run of output pixel rows from `2 * rpu * block`, left
+            // in the scratch as one tile of the group's columns
+            let split = winograd_split(spec.rows, plan, threads);
+            let (per_img, oh, ow) = (plan.blocks() as i64, plan.geom.oh as i64, plan.geom.ow as i64);
+            let rows_max = plan.rows_per_unit() as i64;
+            let ldc = plan.tile_ld() as i64;
+            let (nblocks, ppg, panels) = (split.blocks as i64, split.panels_per_group as i64, plan.panels() as i64);
+            em.for_range(begin, end, 1, |em, u| {
+                let nblocks_v = em.iconst(nblocks);
+                let (rb, pg) = (em.b.ins().urem(u, nblocks_v), em.b.ins().udiv(u, nblocks_v));
+                let per_img_v = em.iconst(per_img);
+                let (blk, img) = (em.b.ins().urem(rb, per_img_v), em.b.ins().udiv(rb, per_img_v));
+                let p0 = em.b.ins().imul_imm_s(pg, ppg);
+                let p1 = em.b.ins().iadd_imm_s(p0, ppg);
+                let panels_v = em.iconst(panels);
+                let p1 = em.min(p1, panels_v);
+                let p = em.iconst(consts.weights);
+                em.call("qf_winograd_f32", &[p, x, img, blk, p0, p1, scratch])?;
+                let oy0 = em.b.ins().imul_imm_s(blk, rows_max);
+                let oh_v = em.iconst(oh);
+                let left = em.b.ins().isub(oh_v, oy0);
+                let rmax = em.iconst(rows_max);
+                let prow = em.min(left, rmax);
+                let rows = em.b.ins().imul_imm_s(prow, ow);
+                let first = em.b.ins().imul_imm_s(img, oh);
+                let first = em.b.ins().iadd(first, oy0);
+                let first = em.b.ins().imul_imm_s(first, ow);
+                let n0 = em.b.ins().imul_imm_s(p0, float::PANEL as i64);
+                let n1 = em.b.ins().imul_imm_s(p1, float::PANEL as i64);
+                let nv = em.iconst(n);
+                let n1 = em.min(n1, nv);
+                let nr = em.b.ins().isub(n1, n0);
+                let elem = em.b.ins().imul_imm_s(first, ldo_out);
+                let elem = em.b.ins().iadd(elem, n0);
+                let out_p = em.index(out, elem, es);
+                let res_p = res.map(|r| em.index(r, elem, es));
+                let tile = em.index(scratch, n0, 4);
+                let t = Tile { tile, ldc, rows, n0, nr, out: out_p, out_stride: ldo_out * es, residual: res_p };
                 tile_epilogue(em, spec, consts, &t)
             })
         }

@@ -138,6 +138,12 @@ impl Jit {
             Import { name: "qf_epi_f32", ptr: micro::fepilogue::epilogue_f32 as *const u8, params: 9, i32_params: &[] },
             Import { name: "qf_qadd", ptr: micro::requant::qadd as *const u8, params: 6, i32_params: &[] },
             Import { name: "qf_copy_blocks", ptr: micro::pool::copy_blocks as *const u8, params: 6, i32_params: &[] },
+            Import {
+                name: "qf_winograd_f32",
+                ptr: micro::winograd::winograd_f32 as *const u8,
+                params: 7,
+                i32_params: &[],
+            },
             Import { name: "qf_avg_pool_f32", ptr: micro::pool::avg_pool_f32 as *const u8, params: 4, i32_params: &[] },
         ];
         for imp in &imports {

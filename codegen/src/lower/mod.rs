@@ -476,6 +476,9 @@ struct Lowerer<'g> {
     host: HashMap<String, usize>,
     users: HashMap<Value, usize>,
     outputs: HashSet<Value>,
+    /// Whether 3x3 stride-1 f32 convolutions may run as Winograd F(2x2, 3x3) (the native
+    /// microkernels on a CPU with AVX-512F and FMA; see [`crate::micro::winograd`]).
+    winograd: bool,
 }
 
 /// Lowers `g` for inputs of the given concrete types (already checked against the graph).
@@ -483,9 +486,16 @@ struct Lowerer<'g> {
 /// Every constant and result is checked against `max_tensor_bytes` in schedule order, as the
 /// interpreter checks them, before any buffer is planned; so are the JIT's packed weight copies
 /// and the temporaries of the nodes the interpreter runs as host steps. An oversized one is
-/// [`JitError::Ir`] with the interpreter's [`qforge_ir::IrError::TooLarge`].
-pub fn lower(g: &Graph, input_types: &[TensorType], max_tensor_bytes: u128) -> Result<Lowered, JitError> {
+/// [`JitError::Ir`] with the interpreter's [`qforge_ir::IrError::TooLarge`]. `winograd`: 3x3
+/// stride-1 f32 convolutions of enough channels run as Winograd F(2x2, 3x3).
+pub fn lower(
+    g: &Graph,
+    input_types: &[TensorType],
+    max_tensor_bytes: u128,
+    winograd: bool,
+) -> Result<Lowered, JitError> {
     let (mut lw, order) = Lowerer::new(g, input_types, max_tensor_bytes)?;
+    lw.winograd = winograd;
     for &id in &order {
         for v in g.node(id).inputs().iter().flatten() {
             *lw.users.entry(*v).or_default() += 1;
@@ -559,6 +569,7 @@ impl<'g> Lowerer<'g> {
             host: HashMap::new(),
             users: HashMap::new(),
             outputs: g.outputs().iter().map(|o| o.value).collect(),
+            winograd: false,
         };
         lw.concrete_types(&order, input_types)?;
         Ok((lw, order))
@@ -786,7 +797,7 @@ mod test_util {
                 })
                 .collect();
             assert_eq!(types.len(), g.inputs().len(), "{}: one shape per input", c.name);
-            let lw = super::lower(&g, &types, u128::MAX).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+            let lw = super::lower(&g, &types, u128::MAX, true).unwrap_or_else(|e| panic!("{}: {e}", c.name));
             text.push_str(&format!("== {} {:?}\n{}\n", c.name, c.shapes, lw.describe()));
         }
         insta::with_settings!({ snapshot_path => "../../../snapshots", prepend_module_to_snapshot => false }, {

@@ -20,6 +20,7 @@ pub mod int8;
 pub mod pool;
 pub mod requant;
 pub mod rowops;
+pub mod winograd;
 
 /// Geometry of one 2-D convolution over an NHWC input, shared by the im2col and depthwise
 /// helpers. `#[repr(C)]` because generated code passes a pointer to it.
