@@ -630,7 +630,7 @@ fn digits_four_bit_weights_keep_top1() {
 
 /// The QDQ export of 4-bit per-group weights: blocked DequantizeLinear (opset 21, `block_size`)
 /// of INT4 initializers packed two per byte. ONNX Runtime checks and runs it, and agrees with
-/// qforge's Q/DQ graph (bit-exact on almost every logit).
+/// qforge's Q/DQ graph up to the inner roundings that float summation order flips.
 #[test]
 #[ignore = "needs python3 with onnx and onnxruntime (pip install onnx onnxruntime numpy)"]
 fn per_group_export_runs_in_onnxruntime() {
@@ -667,11 +667,16 @@ fn per_group_export_runs_in_onnxruntime() {
     std::fs::remove_dir_all(&dir).ok();
     let a = agreement(&ort_y, &y, None).unwrap();
     println!("digits_cnn int4 per-group-32 QDQ export, ORT vs qforge: {a}");
-    // The logits are the last gemm's f32 result (graph outputs are not rounded to 8 bits). The
-    // float convs and gemm sum in a different order in ORT, so a value next to a rounding
-    // boundary of an inner quantize can land one step away and move the logits after it: measured
-    // bit-exact on all 5970 logits; a thousandth may differ.
-    assert!(a.exact_share >= 0.999, "{a}");
+    // The logits are the last gemm's f32 result (graph outputs are not rounded to 8 bits), and
+    // per-group weights have no integer kernel: the convs and the gemm compute in f32 on the
+    // dequantized weights, summed in a different order by each runtime (qforge's JIT runs the 3x3
+    // ones as Winograd, the interpreter in plain loops, ORT as im2col + sgemm). A value next to a
+    // rounding boundary of an inner quantize then lands one step away and moves the logits after
+    // it, so the logits are not bit-exact (measured: 99.66% against the JIT, 45.6% against the
+    // interpreter, 85-89 dB). A wrong export (a scale, an axis, a block size, the INT4 packing)
+    // moves the logits by the order of the quantization error itself (these int4 logits are
+    // 24 dB from fp32's): 60 dB separates the two.
+    assert!(a.sqnr_db >= 60.0, "{a}");
     assert_eq!(a.top1_same, a.rows, "{a}");
 }
 
@@ -1019,7 +1024,9 @@ fn quant_params(g: &Graph) -> Vec<String> {
 /// with the defaults, the 8-image calibration set) and the layers `--min-sqnr 30` keeps float on
 /// MobileNetV2, as a snapshot: how calibration, bias correction and the fallback are computed
 /// may change (their speed), what they choose may not. Bias codes are not in it (bias correction
-/// moves them; `bias_correction_matches_the_measured_output_error` bounds that).
+/// moves them; `bias_correction_matches_the_measured_output_error` bounds that). The calibration
+/// run is the float JIT program on the native kernels (Winograd for 3x3 convolutions), whose sums
+/// the snapshot's scales follow to the last digit.
 #[test]
 fn corpus_quantization_parameters_are_stable() {
     use qforge::compiler::Stage;
