@@ -331,31 +331,41 @@ impl InputMeans {
     pub(crate) fn observe(&mut self, reduce: &InputReduce, x: &Tensor) -> Result<(), String> {
         let v = x.as_f32().ok_or("the input of a bias-corrected layer must be f32")?;
         let shape = x.shape();
-        let (sums, count) = match reduce {
+        let nonfinite = || "NaN or infinity in a bias-corrected layer's input".to_string();
+        match reduce {
+            // a linear layer's input: added into the running sums in place (no batch vector)
             InputReduce::Axis(axis) => {
                 let c = *shape.get(*axis).ok_or_else(|| format!("no axis {axis} in shape {shape:?}"))?;
                 let inner: usize = shape[axis + 1..].iter().product();
-                let mut s = vec![0f64; c];
+                self.expect_len(c)?;
                 for (k, run) in v.chunks(inner.max(1)).enumerate() {
-                    s[k % c.max(1)] += run.iter().map(|&a| f64::from(a)).sum::<f64>();
+                    self.sums[k % c.max(1)] += run.iter().map(|&a| f64::from(a)).sum::<f64>();
                 }
-                (s, (v.len() / c.max(1)) as u64)
+                self.count += (v.len() / c.max(1)) as u64;
             }
-            InputReduce::Taps(a) => conv_tap_sums(a, shape, v)?,
-        };
-        // a NaN or infinity the layer reads makes a sum NaN or infinite (the running sums carry
-        // it into every difference taken after it)
-        if sums.iter().any(|s| !s.is_finite()) {
-            return Err("NaN or infinity in a bias-corrected layer's input".into());
+            InputReduce::Taps(a) => {
+                let (sums, count) = conv_tap_sums(a, shape, v)?;
+                self.expect_len(sums.len())?;
+                self.sums.iter_mut().zip(&sums).for_each(|(a, b)| *a += b);
+                self.count += count;
+            }
         }
+        // a NaN or infinity the layer reads makes a sum NaN or infinite, and the running sums
+        // keep it
+        if self.sums.iter().any(|s| !s.is_finite()) {
+            return Err(nonfinite());
+        }
+        Ok(())
+    }
+
+    /// Sizes the running sums for `n` statistics on the first batch; checks the count after.
+    fn expect_len(&mut self, n: usize) -> Result<(), String> {
         if self.sums.is_empty() {
-            self.sums = vec![0.0; sums.len()];
+            self.sums = vec![0.0; n];
         }
-        if self.sums.len() != sums.len() {
-            return Err(format!("{} input statistics on this batch, {} before", sums.len(), self.sums.len()));
+        if self.sums.len() != n {
+            return Err(format!("{n} input statistics on this batch, {} before", self.sums.len()));
         }
-        self.sums.iter_mut().zip(&sums).for_each(|(a, b)| *a += b);
-        self.count += count;
         Ok(())
     }
 
