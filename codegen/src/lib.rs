@@ -126,13 +126,22 @@ impl Default for JitOptions {
 pub struct JitExecutable {
     graph: Graph,
     opts: JitOptions,
+    /// How many of the graph's last outputs are observation taps (see [`lower::lower`]).
+    taps: usize,
     programs: Mutex<HashMap<Vec<Vec<usize>>, Arc<Program>>>,
 }
 
 impl JitExecutable {
     /// Prepares `graph` for the JIT; code is generated per input shape by [`JitExecutable::program`].
     pub fn new(graph: Graph, opts: JitOptions) -> JitExecutable {
-        JitExecutable { graph, opts, programs: Mutex::new(HashMap::new()) }
+        JitExecutable { graph, opts, taps: 0, programs: Mutex::new(HashMap::new()) }
+    }
+
+    /// [`JitExecutable::new`] for a graph whose last `taps` outputs are observation taps: they
+    /// are handed to the callback of [`JitExecutable::run_tapped`] as they are computed, and
+    /// [`JitExecutable::run`] returns only the outputs before them.
+    pub fn with_taps(graph: Graph, opts: JitOptions, taps: usize) -> JitExecutable {
+        JitExecutable { graph, opts, taps, programs: Mutex::new(HashMap::new()) }
     }
 
     pub fn graph(&self) -> &Graph {
@@ -167,7 +176,7 @@ impl JitExecutable {
         let widened = widen::widen_low_precision(&self.graph, self.opts.microkernels.bf16_compute());
         let folded = fold::fold_constants(&widened, types, limit);
         let winograd = self.opts.microkernels == Microkernels::Native && micro::winograd::available();
-        let lw = lower::lower(&folded, types, limit, winograd)?;
+        let lw = lower::lower(&folded, types, limit, winograd, self.taps)?;
         let mut p = Program::build(lw, self.opts.microkernels, self.opts.threads)?;
         p.check_guards = self.opts.check_guards;
         p.max_tensor_bytes = self.opts.max_tensor_bytes as u128;
@@ -209,6 +218,18 @@ impl JitExecutable {
         self.program(inputs)?.run(inputs, None)
     }
 
+    /// Runs the graph on `inputs` on generated code, calling `each(k, view)` for tap `k` right
+    /// after the step that computed it ([`Program::run_tapped`]); returns the outputs before the
+    /// taps. A graph that runs on the interpreter ([`JitExecutable::interpreted`]) has no taps:
+    /// that is an error here, and the caller observes another way.
+    pub fn run_tapped(
+        &self,
+        inputs: &[Tensor],
+        each: &mut dyn FnMut(usize, program::TapView<'_>),
+    ) -> Result<Vec<Tensor>, JitError> {
+        self.program(inputs)?.run_tapped(inputs, each)
+    }
+
     /// Runs and adds each step's wall time to `times` (a graph that runs on the interpreter has
     /// no steps to time).
     pub fn run_profiled(&self, inputs: &[Tensor], times: &mut Vec<Duration>) -> Result<Vec<Tensor>, JitError> {
@@ -222,6 +243,8 @@ impl JitExecutable {
     /// [`JitExecutable::interpreted`]).
     fn interpret(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, JitError> {
         let opts = interp::RunOptions { max_tensor_bytes: self.opts.max_tensor_bytes as u128 };
-        Ok(interp::run_observed(&self.graph, inputs, &opts, &mut |_, _| {})?)
+        let mut outs = interp::run_observed(&self.graph, inputs, &opts, &mut |_, _| {})?;
+        outs.truncate(outs.len().saturating_sub(self.taps));
+        Ok(outs)
     }
 }

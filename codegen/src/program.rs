@@ -168,11 +168,68 @@ unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 /// A compiled program.
+/// The callback of [`Program::run_tapped`].
+type TapFn<'a> = &'a mut dyn FnMut(usize, TapView<'_>);
+
+/// A tapped value during [`Program::run_tapped`]: its bytes in the arena, in the layout the
+/// program computed it in.
+#[derive(Clone, Copy, Debug)]
+pub struct TapView<'a> {
+    /// The value's logical type (shape in the graph's NCHW order).
+    pub ty: &'a TensorType,
+    /// Whether the bytes are channels-last: a 4-D value `[n, c, h, w]` stored `[n, h, w, c]`.
+    pub channels_last: bool,
+    bytes: &'a [u8],
+}
+
+impl<'a> TapView<'a> {
+    /// The f32 elements in storage order (channels-last when [`TapView::channels_last`]), or
+    /// None for another dtype.
+    pub fn f32(&self) -> Option<&'a [f32]> {
+        if self.ty.dtype != DType::F32 {
+            return None;
+        }
+        // SAFETY: every bit pattern is a valid f32, and `align_to` only reinterprets the part
+        // of the slice that is aligned for f32 (all of it: arena buffers start on 64-byte lines).
+        let (head, mid, tail) = unsafe { self.bytes.align_to::<f32>() };
+        (head.is_empty() && tail.is_empty()).then_some(mid)
+    }
+
+    /// The value as a tensor in its logical (row-major, NCHW) order: a copy, converted from
+    /// channels-last when it is stored so.
+    pub fn to_tensor(&self) -> Result<Tensor, JitError> {
+        if !self.channels_last {
+            return read_tensor(self.ty, self.bytes);
+        }
+        let d = self.ty.shape.as_fixed().unwrap_or_default();
+        let [n, c, h, w] = d[..] else {
+            return Err(JitError::Run(format!("a channels-last tap of shape {d:?}")));
+        };
+        // element (n, p, c) of the [n, h*w, c] bytes goes to (n, c, p)
+        let (e, hw) = (self.ty.dtype.size_bytes(), h * w);
+        let mut plain = vec![0u8; self.bytes.len()];
+        for s in 0..n {
+            for p in 0..hw {
+                for ch in 0..c {
+                    let from = ((s * hw + p) * c + ch) * e;
+                    let to = ((s * c + ch) * hw + p) * e;
+                    plain[to..to + e].copy_from_slice(&self.bytes[from..from + e]);
+                }
+            }
+        }
+        read_tensor(self.ty, &plain)
+    }
+}
+
 pub struct Program {
     jit: Option<JitCode>,
     exec: Vec<Exec>,
     inputs: Vec<(usize, TensorType)>,
     outputs: Vec<(usize, TensorType)>,
+    /// Observation taps: arena offset, type, channels-last.
+    taps: Vec<(usize, TensorType, bool)>,
+    /// The taps ready before the first step (index 0) and after each step `i` (index `i + 1`).
+    tap_after: Vec<Vec<usize>>,
     arena_bytes: usize,
     scratch_bytes: usize,
     arena: Mutex<Vec<Line>>,
@@ -219,7 +276,7 @@ impl Program {
     /// Generates code for `lw` (the lowered graph).
     pub fn build(lw: Lowered, microkernels: Microkernels, threads: usize) -> Result<Program, JitError> {
         let t0 = Instant::now();
-        let Lowered { buffers, steps, inputs, outputs, host_ops } = lw;
+        let Lowered { buffers, steps, inputs, outputs, taps, host_ops } = lw;
         let nsteps = steps.len();
         // Readers and writers of each buffer.
         let reads = |k: &StepKind| -> Vec<usize> {
@@ -261,6 +318,14 @@ impl Program {
             for b in reads(&s.kind) {
                 last_read[b] = last_read[b].max(i);
             }
+        }
+        // A tap is handed over after the last step that writes its buffer (a grouped convolution
+        // writes one buffer in several steps; an in-place step that reuses the memory later
+        // writes another buffer), or before the first step when none does (an input's alias).
+        let mut tap_after: Vec<Vec<usize>> = vec![Vec::new(); nsteps + 1];
+        for (t, (b, _, _)) in taps.iter().enumerate() {
+            let ready = steps.iter().rposition(|s| writes(&s.kind).contains(b)).map_or(0, |i| i + 1);
+            tap_after[ready].push(t);
         }
         let pinned: Vec<usize> = inputs.iter().chain(&outputs).map(|x| x.0).collect();
         // In place: an element-wise step whose first input dies here writes over it.
@@ -568,6 +633,8 @@ impl Program {
             exec,
             inputs: inputs.into_iter().map(|(b, t)| (off(b), t)).collect(),
             outputs: outputs.into_iter().map(|(b, t)| (off(b), t)).collect(),
+            taps: taps.into_iter().map(|(b, t, nhwc)| (off(b), t, nhwc)).collect(),
+            tap_after,
             arena_bytes: plan.arena_bytes,
             scratch_bytes,
             arena: Mutex::new(Vec::new()),
@@ -584,6 +651,33 @@ impl Program {
     /// Runs the program; `inputs` must have exactly the types it was compiled for. With
     /// `times`, each step's wall time is added to `times[step]`.
     pub fn run(&self, inputs: &[Tensor], times: Option<&mut Vec<Duration>>) -> Result<Vec<Tensor>, JitError> {
+        self.run_inner(inputs, times, None)
+    }
+
+    /// Runs the program and calls `each(k, view)` for tap `k` (see [`crate::lower::lower`]) right
+    /// after the step that computed it, with a view of its bytes in the arena: no copy, no
+    /// layout conversion, read while it is still in cache. The views must not outlive the call.
+    /// With a thread pool the steps are still split across it, but the run itself stays on the
+    /// calling thread (`each` need not be `Send`).
+    pub fn run_tapped(
+        &self,
+        inputs: &[Tensor],
+        each: &mut dyn FnMut(usize, TapView<'_>),
+    ) -> Result<Vec<Tensor>, JitError> {
+        self.run_inner(inputs, None, Some(each))
+    }
+
+    /// How many taps the program hands over.
+    pub fn taps(&self) -> usize {
+        self.taps.len()
+    }
+
+    fn run_inner(
+        &self,
+        inputs: &[Tensor],
+        times: Option<&mut Vec<Duration>>,
+        each: Option<TapFn<'_>>,
+    ) -> Result<Vec<Tensor>, JitError> {
         if inputs.len() != self.inputs.len() {
             return Err(JitError::Input(format!("expected {} inputs, got {}", self.inputs.len(), inputs.len())));
         }
@@ -615,9 +709,10 @@ impl Program {
         // loop then starts from inside the pool (the other workers steal its chunks) instead of
         // handing every step from this thread to the pool and sleeping until it finishes, which
         // costs a wake-up per step (tens of microseconds, as much as a small step's work).
-        match &self.pool {
-            Some(pool) => pool.install(|| self.run_steps(inputs, lines, times)),
-            None => self.run_steps(inputs, lines, times),
+        match (&self.pool, each) {
+            (_, Some(each)) => self.run_steps(inputs, lines, times, Some(each)),
+            (Some(pool), None) => pool.install(|| self.run_steps(inputs, lines, times, None)),
+            (None, None) => self.run_steps(inputs, lines, times, None),
         }
     }
 
@@ -628,6 +723,7 @@ impl Program {
         inputs: &[Tensor],
         lines: &mut [Line],
         mut times: Option<&mut Vec<Duration>>,
+        mut each: Option<TapFn<'_>>,
     ) -> Result<Vec<Tensor>, JitError> {
         let mut arena = Arena::new(lines);
         if self.check_guards {
@@ -639,6 +735,9 @@ impl Program {
         }
         if let Some(t) = times.as_deref_mut() {
             t.resize(self.exec.len(), Duration::ZERO);
+        }
+        if let Some(each) = each.as_deref_mut() {
+            self.hand_taps(&arena, 0, each)?;
         }
         for (i, e) in self.exec.iter().enumerate() {
             if self.check_guards && i > 0 {
@@ -665,6 +764,9 @@ impl Program {
             if let Some(t) = times.as_deref_mut() {
                 t[i] += t0.elapsed();
             }
+            if let Some(each) = each.as_deref_mut() {
+                self.hand_taps(&arena, i + 1, each)?;
+            }
             if self.check_guards {
                 for g in self.guards.iter().filter(|g| g.first <= i && i <= g.last) {
                     let bytes = arena.bytes(g.start, g.len, || format!("guard bytes after step {i}"))?;
@@ -682,6 +784,21 @@ impl Program {
             .enumerate()
             .map(|(k, (o, ty))| read_tensor(ty, arena.bytes(*o, type_bytes(ty)?, || format!("output {k}"))?))
             .collect()
+    }
+
+    /// Hands the taps of `tap_after[at]` to `each`.
+    fn hand_taps(
+        &self,
+        arena: &Arena<'_>,
+        at: usize,
+        each: &mut dyn FnMut(usize, TapView<'_>),
+    ) -> Result<(), JitError> {
+        for &k in self.tap_after.get(at).into_iter().flatten() {
+            let (o, ty, channels_last) = &self.taps[k];
+            let bytes = arena.bytes(*o, type_bytes(ty)?, || format!("tap {k}"))?;
+            each(k, TapView { ty, channels_last: *channels_last, bytes });
+        }
+        Ok(())
     }
 
     /// An error of step `i`, naming it.
@@ -1145,6 +1262,7 @@ mod tests {
             }],
             inputs: vec![(0, small.clone())],
             outputs: vec![(1, small)],
+            taps: vec![],
             host_ops: vec![],
         };
         let p = Program::build(lw, Microkernels::Native, 1).unwrap();

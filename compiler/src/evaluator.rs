@@ -7,7 +7,7 @@
 //!
 //! Every run follows the engine. Observing runs (calibration's ranges, SmoothQuant's channel
 //! maxima) watch the tensors they need: on the JIT the graph is compiled once with those tensors
-//! as extra outputs ([`JitWatcher`]), on the interpreter they are handed on as each node runs.
+//! as observation taps ([`JitWatcher`]), on the interpreter they are handed on as each node runs.
 //! Runs that need only the outputs (sensitivity probes, the fallback, the accuracy guard) compile
 //! each probed graph once for all its batches.
 
@@ -16,7 +16,7 @@ use crate::options::{Engine, Kernels, PipelineOptions};
 use qforge_codegen::{JitExecutable, JitOptions, Microkernels};
 use qforge_ir::interp::RunOptions;
 use qforge_ir::{Dim, Graph, NodeId, Tensor, Value};
-use qforge_passes::evaluator::{first, EvalError, Evaluator, Interpreter, ObservedWatcher, Watcher};
+use qforge_passes::evaluator::{first, EvalError, Evaluator, Interpreter, ObservedWatcher, Watched, Watcher};
 use std::collections::HashMap;
 
 /// The engine a pipeline runs graphs on, with the user's options.
@@ -118,19 +118,22 @@ impl Evaluator for EngineEvaluator {
 }
 
 /// Watches intermediate values on the JIT: `g` compiled once (one program per input shape) with
-/// every watched value as an extra graph output, so the JIT materializes it (a value that is a
-/// graph output is never fused away) and copies it out after each run.
+/// every watched value as an observation tap ([`JitExecutable::with_taps`]): the JIT
+/// materializes it (a tapped value is never fused away) and hands it over right after the step
+/// that computed it, in the layout it was computed in, without copying it out or converting it
+/// to NCHW ([`Watched::ChannelsLast`] for a channels-last f32 value). A graph the JIT runs on
+/// the interpreter (a data-dependent op) is watched on the interpreter.
 ///
-/// Every watched value of a run is alive at once (the interpreter hands each on and drops it), so
-/// a batch whose watched values would take more than the budget ([`WATCH_BYTES`] unless
-/// [`EngineEvaluator::with_watch_bytes`] says otherwise) runs in slices of samples
-/// that stay within it: observers see the same values, a slice at a time.
+/// The program's arena is planned as for a plain run (a tapped value's memory is reused once
+/// its readers are done), but it grows with the batch, so a batch whose watched values would
+/// take more than the budget ([`WATCH_BYTES`] unless [`EngineEvaluator::with_watch_bytes`] says
+/// otherwise) runs in slices of samples that stay within it: observers see the same values, a
+/// slice at a time.
 struct JitWatcher {
     exe: JitExecutable,
-    /// For each watched value, the index of the output that carries it.
-    slots: Vec<usize>,
     values: Vec<Value>,
     budget: u128,
+    run: RunOptions,
 }
 
 /// The most bytes of watched values one JIT run of an observing pass may hold (see
@@ -140,18 +143,11 @@ pub const WATCH_BYTES: u128 = 64 << 20;
 impl JitWatcher {
     fn new(g: &Graph, values: &[Value], jit: JitOptions, budget: u128) -> JitWatcher {
         let mut watched = g.clone();
-        let mut slots = Vec::with_capacity(values.len());
         for (i, &v) in values.iter().enumerate() {
-            let slot = match watched.outputs().iter().position(|o| o.value == v) {
-                Some(k) => k,
-                None => {
-                    watched.add_output(format!("qforge.watched.{i}"), v);
-                    watched.outputs().len() - 1
-                }
-            };
-            slots.push(slot);
+            watched.add_output(format!("qforge.watched.{i}"), v);
         }
-        JitWatcher { exe: JitExecutable::new(watched, jit), slots, values: values.to_vec(), budget }
+        let run = RunOptions { max_tensor_bytes: jit.max_tensor_bytes as u128 };
+        JitWatcher { exe: JitExecutable::with_taps(watched, jit, values.len()), values: values.to_vec(), budget, run }
     }
 
     /// Bytes of the watched values per sample of `inputs` (the leading dimension of the first
@@ -185,13 +181,34 @@ impl JitWatcher {
         Some(total)
     }
 
-    fn run_once(&self, inputs: &[Tensor], each: &mut dyn FnMut(usize, &Tensor)) -> Result<(), EvalError> {
-        let outputs = self.exe.run(inputs).map_err(EvalError::engine)?;
-        for (i, &k) in self.slots.iter().enumerate() {
-            let t = outputs.get(k).ok_or(EvalError::NoOutput)?;
-            each(i, t);
+    fn run_once(&self, inputs: &[Tensor], each: &mut dyn FnMut(usize, Watched<'_>)) -> Result<(), EvalError> {
+        if self.exe.interpreted().is_some() {
+            // every output of the tapped graph: the graph's own, then the taps
+            let outputs = qforge_ir::interp::run_observed(self.exe.graph(), inputs, &self.run, &mut |_, _| {})?;
+            let taps = outputs.len().checked_sub(self.values.len()).ok_or(EvalError::NoOutput)?;
+            for (i, t) in outputs[taps..].iter().enumerate() {
+                each(i, Watched::Tensor(t));
+            }
+            return Ok(());
         }
-        Ok(())
+        let mut failure = None;
+        self.exe
+            .run_tapped(inputs, &mut |k, view| {
+                let shape = view.ty.shape.as_fixed().unwrap_or_default();
+                match view.f32() {
+                    Some(data) if view.channels_last => each(k, Watched::ChannelsLast { shape: &shape, data }),
+                    Some(data) => each(k, Watched::Plain { shape: &shape, data }),
+                    None => match view.to_tensor() {
+                        Ok(t) => each(k, Watched::Tensor(&t)),
+                        Err(e) => failure = failure.take().or(Some(e)),
+                    },
+                }
+            })
+            .map_err(EvalError::engine)?;
+        match failure {
+            Some(e) => Err(EvalError::engine(e)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -209,7 +226,7 @@ impl JitWatcher {
 }
 
 impl Watcher for JitWatcher {
-    fn run(&self, inputs: &[Tensor], each: &mut dyn FnMut(usize, &Tensor)) -> Result<(), EvalError> {
+    fn run(&self, inputs: &[Tensor], each: &mut dyn FnMut(usize, Watched<'_>)) -> Result<(), EvalError> {
         let n = inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
         let rows = self.rows_per_run(inputs);
         if rows >= n {

@@ -57,12 +57,84 @@ pub trait Evaluator {
     }
 }
 
+/// A watched value as an engine hands it over: a tensor, or f32 elements borrowed from the
+/// engine's memory in the order it computed them (no copy, no layout conversion). Observers that
+/// do not care about the order (ranges, histograms) read [`Watched::unordered_f32`]; the others
+/// read the layout or ask for [`Watched::to_tensor`].
+#[derive(Clone, Copy, Debug)]
+pub enum Watched<'a> {
+    /// A tensor in its logical (row-major) order.
+    Tensor(&'a Tensor),
+    /// f32 elements of logical `shape`, row-major.
+    Plain { shape: &'a [usize], data: &'a [f32] },
+    /// f32 elements of a 4-D value of logical `shape` `[n, c, h, w]`, stored channels-last
+    /// (`[n, h, w, c]`).
+    ChannelsLast { shape: &'a [usize], data: &'a [f32] },
+}
+
+impl<'a> Watched<'a> {
+    /// The logical shape.
+    pub fn shape(&self) -> &'a [usize] {
+        match self {
+            Watched::Tensor(t) => t.shape(),
+            Watched::Plain { shape, .. } | Watched::ChannelsLast { shape, .. } => shape,
+        }
+    }
+
+    /// Every element of an f32 value, in storage order (None for another dtype).
+    pub fn unordered_f32(&self) -> Option<&'a [f32]> {
+        match self {
+            Watched::Tensor(t) => t.as_f32(),
+            Watched::Plain { data, .. } | Watched::ChannelsLast { data, .. } => Some(data),
+        }
+    }
+
+    /// The f32 elements in logical order, when they are stored so (None for channels-last or
+    /// another dtype).
+    pub fn plain_f32(&self) -> Option<&'a [f32]> {
+        match self {
+            Watched::Tensor(t) => t.as_f32(),
+            Watched::Plain { data, .. } => Some(data),
+            Watched::ChannelsLast { .. } => None,
+        }
+    }
+
+    /// The value as a tensor in logical order (a copy unless it is one already); None when the
+    /// elements do not fit the shape (an engine's bug).
+    pub fn to_tensor(&self) -> Option<std::borrow::Cow<'a, Tensor>> {
+        use qforge_ir::TensorData;
+        use std::borrow::Cow;
+        match *self {
+            Watched::Tensor(t) => Some(Cow::Borrowed(t)),
+            Watched::Plain { shape, data } => {
+                Tensor::new(shape.to_vec(), TensorData::F32(data.to_vec())).map(Cow::Owned)
+            }
+            Watched::ChannelsLast { shape, data } => {
+                let [n, c, ..] = shape[..] else { return None };
+                let hw: usize = shape[2..].iter().product();
+                if n.checked_mul(c)?.checked_mul(hw)? != data.len() {
+                    return None;
+                }
+                let mut plain = vec![0f32; data.len()];
+                for (s, sample) in data.chunks_exact((hw * c).max(1)).enumerate().take(n) {
+                    for (p, px) in sample.chunks_exact(c.max(1)).enumerate() {
+                        for (ch, &x) in px.iter().enumerate() {
+                            plain[(s * c + ch) * hw + p] = x;
+                        }
+                    }
+                }
+                Tensor::new(shape.to_vec(), TensorData::F32(plain)).map(Cow::Owned)
+            }
+        }
+    }
+}
+
 /// Runs one graph on batch after batch and hands chosen intermediate values to a callback (see
 /// [`Evaluator::watch`]).
 pub trait Watcher {
-    /// Runs the graph on `inputs`, calling `each(i, tensor)` once for every watched value `i`
+    /// Runs the graph on `inputs`, calling `each(i, value)` once for every watched value `i`
     /// (its index in the list asked for), in an order the watcher chooses.
-    fn run(&self, inputs: &[Tensor], each: &mut dyn FnMut(usize, &Tensor)) -> Result<(), EvalError>;
+    fn run(&self, inputs: &[Tensor], each: &mut dyn FnMut(usize, Watched<'_>)) -> Result<(), EvalError>;
 }
 
 /// A [`Watcher`] over any evaluator's observed run: each watched value is handed on as soon as
@@ -86,13 +158,13 @@ impl<'a, E: Evaluator + ?Sized> ObservedWatcher<'a, E> {
 }
 
 impl<E: Evaluator + ?Sized> Watcher for ObservedWatcher<'_, E> {
-    fn run(&self, inputs: &[Tensor], each: &mut dyn FnMut(usize, &Tensor)) -> Result<(), EvalError> {
+    fn run(&self, inputs: &[Tensor], each: &mut dyn FnMut(usize, Watched<'_>)) -> Result<(), EvalError> {
         let mut seen = 0;
         self.eval.run_observed(self.g, inputs, &mut |id, results| {
             for &(i, port) in self.by_node.get(&id).into_iter().flatten() {
                 if let Some(t) = results.get(port) {
                     seen += 1;
-                    each(i, t);
+                    each(i, Watched::Tensor(t));
                 }
             }
         })?;

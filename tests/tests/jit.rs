@@ -370,3 +370,65 @@ fn conv_transposes_in_static_int8_are_integer_convolutions_on_the_jit() {
     let _ = std::fs::remove_dir_all(&tmp);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Observation taps (how calibration watches values on the JIT) hand over exactly what the same
+/// values return as graph outputs, bit for bit, on every fixture: every computed value of the
+/// graph is tapped once, in whatever layout the program computed it (converted back to logical
+/// order here), right after the step that wrote it and before anything reuses its memory.
+#[test]
+fn taps_hand_over_what_outputs_return() -> Result<()> {
+    use qforge_codegen::{JitExecutable, JitOptions};
+    use qforge_ir::{Op, Value};
+    let (mut checked, mut tapped, mut channels_last) = (0, 0, 0);
+    for dir in ["qir", "opt", "precision", "conv_transpose"] {
+        let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(dir);
+        let mut files: Vec<_> = std::fs::read_dir(&d)?.flatten().map(|e| e.path()).collect();
+        files.sort();
+        for path in files.into_iter().filter(|p| p.extension().is_some_and(|e| e == "qir")) {
+            let g = fixture(&path);
+            let name = path.display().to_string();
+            let values: Vec<Value> = g
+                .node_ids()
+                .filter(|&id| !matches!(g.node(id).op, Op::Input | Op::Const(_)))
+                .flat_map(|id| (0..g.node(id).outputs.len()).map(move |p| Value::new(id, p)))
+                .collect();
+            let (mut as_outputs, mut as_taps) = (g.clone(), g.clone());
+            for (i, &v) in values.iter().enumerate() {
+                as_outputs.add_output(format!("watched.{i}"), v);
+                as_taps.add_output(format!("watched.{i}"), v);
+            }
+            let plain = JitExecutable::new(as_outputs, JitOptions::default());
+            let taps = JitExecutable::with_taps(as_taps, JitOptions::default(), values.len());
+            if plain.interpreted().is_some() {
+                continue;
+            }
+            let x = fixture_inputs(&g);
+            let Ok(want) = plain.run(&x) else {
+                assert!(taps.run(&x).is_err(), "{name}: runs with taps but not with outputs");
+                continue;
+            };
+            let mut got: Vec<Option<qforge_ir::Tensor>> = vec![None; values.len()];
+            let real = taps
+                .run_tapped(&x, &mut |k, view| {
+                    assert!(got[k].is_none(), "{name}: tap {k} handed over twice");
+                    channels_last += usize::from(view.channels_last);
+                    got[k] = Some(view.to_tensor().expect("tap"));
+                })
+                .with_context(|| name.clone())?;
+            // compared as printed: NaN equals NaN there, and -0.0 differs from 0.0
+            let n = g.outputs().len();
+            assert_eq!(format!("{real:?}"), format!("{:?}", &want[..n]), "{name}: the graph's own outputs");
+            for (k, (t, w)) in got.iter().zip(&want[n..]).enumerate() {
+                assert_eq!(format!("{t:?}"), format!("{:?}", Some(w)), "{name}: tap {k} ({:?})", values[k]);
+            }
+            checked += 1;
+            tapped += values.len();
+        }
+    }
+    println!("{checked} fixtures, {tapped} values tapped, {channels_last} of them channels-last");
+    assert!(
+        checked >= 30 && tapped >= 300 && channels_last >= 20,
+        "{checked} fixtures, {tapped} values, {channels_last}"
+    );
+    Ok(())
+}

@@ -151,8 +151,11 @@ pub struct Lowered {
     pub steps: Vec<LoweredStep>,
     /// Buffers of the graph inputs (plain layout) with their concrete types.
     pub inputs: Vec<(usize, TensorType)>,
-    /// Buffers of the graph outputs (plain layout) with their concrete types.
+    /// Buffers of the graph outputs (plain layout) with their concrete types, taps excluded.
     pub outputs: Vec<(usize, TensorType)>,
+    /// Observation taps (the last graph outputs, see [`lower`]): each one's buffer in the layout
+    /// it was computed in, its concrete type, and whether that layout is channels-last.
+    pub taps: Vec<(usize, TensorType, bool)>,
     /// Ops run by the interpreter, with their counts.
     pub host_ops: Vec<(String, usize)>,
 }
@@ -488,11 +491,17 @@ struct Lowerer<'g> {
 /// and the temporaries of the nodes the interpreter runs as host steps. An oversized one is
 /// [`JitError::Ir`] with the interpreter's [`qforge_ir::IrError::TooLarge`]. `winograd`: 3x3
 /// stride-1 f32 convolutions of enough channels run as Winograd F(2x2, 3x3).
+///
+/// The last `taps` graph outputs are observation taps: like any output they are materialized
+/// (never fused away), but they are not converted to plain order nor kept to the end of the run;
+/// the program hands each one over, in the layout it was computed in, right after the step that
+/// wrote it ([`crate::program::Program::run_tapped`]).
 pub fn lower(
     g: &Graph,
     input_types: &[TensorType],
     max_tensor_bytes: u128,
     winograd: bool,
+    taps: usize,
 ) -> Result<Lowered, JitError> {
     let (mut lw, order) = Lowerer::new(g, input_types, max_tensor_bytes)?;
     lw.winograd = winograd;
@@ -523,9 +532,20 @@ pub fn lower(
         lw.lower_or_host(id)?;
     }
     let mut outputs = Vec::new();
-    for o in g.outputs() {
+    let mut tapped = Vec::new();
+    let real = g.outputs().len().checked_sub(taps).ok_or_else(|| JitError::Lower {
+        node: String::new(),
+        msg: format!("{taps} taps of a graph with {} outputs", g.outputs().len()),
+    })?;
+    for (k, o) in g.outputs().iter().enumerate() {
         if !lw.vals.contains_key(&o.value) {
             lw.const_output(o.value, &o.name);
+        }
+        if k >= real {
+            let info = lw.vals.get(&o.value).ok_or_else(|| err(&o.name, "a tapped value has no buffer"))?;
+            let channels_last = info.layout == Layout::Nhwc && !layout_free(&info.ty);
+            tapped.push((info.buf, info.ty.clone(), channels_last));
+            continue;
         }
         let buf = lw.plain(o.value, &o.name)?;
         let ty = lw.vals[&o.value].ty.clone();
@@ -533,7 +553,7 @@ pub fn lower(
     }
     let mut host_ops: Vec<(String, usize)> = lw.host.into_iter().collect();
     host_ops.sort();
-    Ok(Lowered { buffers: lw.buffers, steps: lw.steps, inputs, outputs, host_ops })
+    Ok(Lowered { buffers: lw.buffers, steps: lw.steps, inputs, outputs, taps: tapped, host_ops })
 }
 
 /// Checks every constant and result of `g` (for inputs of the given concrete types) against
@@ -797,7 +817,7 @@ mod test_util {
                 })
                 .collect();
             assert_eq!(types.len(), g.inputs().len(), "{}: one shape per input", c.name);
-            let lw = super::lower(&g, &types, u128::MAX, true).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+            let lw = super::lower(&g, &types, u128::MAX, true, 0).unwrap_or_else(|e| panic!("{}: {e}", c.name));
             text.push_str(&format!("== {} {:?}\n{}\n", c.name, c.shapes, lw.describe()));
         }
         insta::with_settings!({ snapshot_path => "../../../snapshots", prepend_module_to_snapshot => false }, {

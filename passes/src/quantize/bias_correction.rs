@@ -49,6 +49,7 @@
 use super::calibrate::Calibration;
 use super::policy::QConfig;
 use super::static_quant::{activation_plan, QuantizeStatic};
+use crate::evaluator::Watched;
 use crate::pass::{Pass, PassContext, PassError, PassReport};
 use qforge_ir::{numerics, BinaryOp, ConvAttrs, DType, Graph, NodeId, Op, QuantParams, Tensor, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -327,11 +328,26 @@ fn tap_spans(
 }
 
 impl InputMeans {
-    /// Adds one observed value of the input (f32).
-    pub(crate) fn observe(&mut self, reduce: &InputReduce, x: &Tensor) -> Result<(), String> {
+    /// Adds one observed value of the input (f32), in logical order or, for a 2-D convolution's
+    /// input, channels-last as the JIT computes it (anything else stored channels-last is
+    /// reordered first).
+    pub(crate) fn observe(&mut self, reduce: &InputReduce, x: Watched<'_>) -> Result<(), String> {
+        let nonfinite = || "NaN or infinity in a bias-corrected layer's input".to_string();
+        if let (Watched::ChannelsLast { shape, data }, InputReduce::Taps(a)) = (x, reduce) {
+            if a.kernel.len() == 2 {
+                let (sums, count) = conv_tap_sums_nhwc(a, shape, data)?;
+                self.expect_len(sums.len())?;
+                self.sums.iter_mut().zip(&sums).for_each(|(a, b)| *a += b);
+                self.count += count;
+                if self.sums.iter().any(|s| !s.is_finite()) {
+                    return Err(nonfinite());
+                }
+                return Ok(());
+            }
+        }
+        let x = x.to_tensor().ok_or("an observed value does not fit its shape")?;
         let v = x.as_f32().ok_or("the input of a bias-corrected layer must be f32")?;
         let shape = x.shape();
-        let nonfinite = || "NaN or infinity in a bias-corrected layer's input".to_string();
         match reduce {
             // a linear layer's input: added into the running sums in place (no batch vector)
             InputReduce::Axis(axis) => {
@@ -471,6 +487,89 @@ fn conv_tap_sums(a: &ConvAttrs, shape: &[usize], v: &[f32]) -> Result<(Vec<f64>,
     }
     let positions: usize = outs.iter().product();
     Ok((sums, (shape[0] * positions) as u64))
+}
+
+/// [`conv_tap_sums`] for a 2-D convolution's input stored channels-last (`v` is `[n, h, w, c]`
+/// for the logical `shape` `[n, c, h, w]`), with the same sums in the same index order
+/// (`channel * kh * kw + tap`). Each input row is reduced along the width first, one f64 sum per
+/// (width tap, channel) (for stride 1 the row's sum less the few elements outside the tap's
+/// span), then added into every height tap that reads that row: about one addition per element
+/// plus `kh * kw * c` per row, with the channel innermost so the loops run over contiguous
+/// memory.
+fn conv_tap_sums_nhwc(a: &ConvAttrs, shape: &[usize], v: &[f32]) -> Result<(Vec<f64>, u64), String> {
+    let (strides, dil, pads) = (&a.strides, &a.dilations, &a.pads);
+    if a.kernel.len() != 2 || shape.len() != 4 || strides.len() != 2 || dil.len() != 2 || pads.len() != 4 {
+        return Err(format!("a 2-D convolution over a channels-last input of shape {shape:?}"));
+    }
+    let [n, c, h, w] = [shape[0], shape[1], shape[2], shape[3]];
+    if n.checked_mul(c).and_then(|x| x.checked_mul(h)).and_then(|x| x.checked_mul(w)) != Some(v.len()) {
+        return Err(format!("{} values for shape {shape:?}", v.len()));
+    }
+    let out_size = |d: usize, size: usize| {
+        let span = dil[d] * (a.kernel[d].max(1) - 1) + 1;
+        let padded = size + pads[d] + pads[2 + d];
+        if padded < span {
+            0
+        } else {
+            (padded - span) / strides[d].max(1) + 1
+        }
+    };
+    let (oh, ow) = (out_size(0, h), out_size(1, w));
+    let (kh, kw) = (a.kernel[0], a.kernel[1]);
+    let (sh, sw) = (strides[0].max(1), strides[1].max(1));
+    let rows_of = tap_spans(h, oh, kh, sh, dil[0], pads[0]);
+    let cols_of = tap_spans(w, ow, kw, sw, dil[1], pads[1]);
+    // sums in [tap_h, tap_w, c] order while accumulating; reordered to [c, tap] at the end
+    let mut acc = vec![0f64; kh * kw * c];
+    let mut total = vec![0f64; c];
+    let mut by_col = vec![0f64; kw * c];
+    if c > 0 && w > 0 && h > 0 {
+        for sample in v.chunks_exact(h * w * c) {
+            for (ih, row) in sample.chunks_exact(w * c).enumerate() {
+                let taps_h: Vec<usize> = (0..kh)
+                    .filter(|&t| matches!(rows_of[t], Some((f, l)) if ih >= f && ih <= l && (ih - f) % sh == 0))
+                    .collect();
+                if taps_h.is_empty() {
+                    continue;
+                }
+                by_col.fill(0.0);
+                if sw == 1 {
+                    total.fill(0.0);
+                    for px in row.chunks_exact(c) {
+                        total.iter_mut().zip(px).for_each(|(t, &x)| *t += f64::from(x));
+                    }
+                    for (t, span) in cols_of.iter().enumerate() {
+                        let Some((first, last)) = *span else { continue };
+                        let dst = &mut by_col[t * c..(t + 1) * c];
+                        dst.copy_from_slice(&total);
+                        for iw in (0..first).chain(last + 1..w) {
+                            dst.iter_mut().zip(&row[iw * c..(iw + 1) * c]).for_each(|(d, &x)| *d -= f64::from(x));
+                        }
+                    }
+                } else {
+                    for (t, span) in cols_of.iter().enumerate() {
+                        let Some((first, last)) = *span else { continue };
+                        let dst = &mut by_col[t * c..(t + 1) * c];
+                        for iw in (first..=last).step_by(sw) {
+                            dst.iter_mut().zip(&row[iw * c..(iw + 1) * c]).for_each(|(d, &x)| *d += f64::from(x));
+                        }
+                    }
+                }
+                for &th in &taps_h {
+                    let dst = &mut acc[th * kw * c..(th + 1) * kw * c];
+                    dst.iter_mut().zip(&by_col).for_each(|(d, &x)| *d += x);
+                }
+            }
+        }
+    }
+    let kk = kh * kw;
+    let mut sums = vec![0f64; c * kk];
+    for (tap, block) in acc.chunks_exact(c.max(1)).enumerate() {
+        for (ch, &x) in block.iter().enumerate() {
+            sums[ch * kk + tap] = x;
+        }
+    }
+    Ok((sums, (n * oh * ow) as u64))
 }
 
 /// The sum of `row` in f64, in eight running sums (one vector's lanes) added at the end.
@@ -690,6 +789,54 @@ mod tests {
     /// the float layers' mean output per channel on the calibration data (to float rounding),
     /// where before they were off by up to the measured offsets; the corrections sit in the
     /// biases (a conv without one gets one).
+    /// The channels-last tap sums (what the JIT's taps hand over) equal the plain ones on every
+    /// combination of kernel, stride, padding (including taps that read only padding) and
+    /// dilation of a small grid, to f64 rounding.
+    #[test]
+    fn channels_last_tap_sums_match_the_plain_ones() {
+        let mut seed = 9u32;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed % 2001) as f32 / 1000.0 - 1.0
+        };
+        let mut cases = 0;
+        for (kh, kw) in [(1, 1), (3, 3), (1, 3), (5, 2)] {
+            for stride in [1, 2, 3] {
+                for pads in [[0, 0, 0, 0], [1, 1, 1, 1], [0, 2, 1, 0], [4, 3, 2, 5]] {
+                    for dil in [1, 2] {
+                        for (n, c, h, w) in [(2, 3, 5, 6), (1, 4, 1, 2), (1, 1, 7, 3)] {
+                            let a = ConvAttrs {
+                                kernel: vec![kh, kw],
+                                strides: vec![stride, stride + 1],
+                                pads: pads.to_vec(),
+                                dilations: vec![dil, 1],
+                                group: 1,
+                            };
+                            let shape = [n, c, h, w];
+                            let plain: Vec<f32> = (0..n * c * h * w).map(|_| next()).collect();
+                            let mut nhwc = vec![0f32; plain.len()];
+                            for (i, &x) in plain.iter().enumerate() {
+                                let (s, ch, p) = (i / (c * h * w), (i / (h * w)) % c, i % (h * w));
+                                nhwc[(s * h * w + p) * c + ch] = x;
+                            }
+                            let want = conv_tap_sums(&a, &shape, &plain).unwrap();
+                            let got = conv_tap_sums_nhwc(&a, &shape, &nhwc).unwrap();
+                            assert_eq!(got.1, want.1, "{a:?} {shape:?}: counts");
+                            assert_eq!(got.0.len(), want.0.len(), "{a:?} {shape:?}");
+                            for (g, w) in got.0.iter().zip(&want.0) {
+                                assert!((g - w).abs() <= 1e-9 * (1.0 + w.abs()), "{a:?} {shape:?}: {g} vs {w}");
+                            }
+                            cases += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 4 * 3 * 4 * 2 * 3);
+    }
+
     #[test]
     fn corrected_layers_are_unbiased_on_the_calibration_data() {
         let g = qforge_ir::text::parse(NET).unwrap();

@@ -28,6 +28,7 @@ use super::bias_correction::{InputMeans, InputStat};
 use super::histogram::Histogram;
 use super::observer::{CalibMethod, ObserveError, Observer, ObserverConfig};
 use super::scheme::{params_for_range, Scheme};
+use crate::evaluator::Watched;
 pub use crate::evaluator::{EvalError, Evaluator, Interpreter};
 use qforge_ir::{Graph, NodeId, Op, Tensor, Value};
 use std::borrow::Cow;
@@ -306,7 +307,7 @@ pub fn calibrate_with_means<B: CalibBatch>(
         }
     }
     let mut means: Vec<InputMeans> = vec![InputMeans::default(); stats.len()];
-    let mut observe = |i: usize, t: &Tensor, batch: usize| -> Result<(), CalibError> {
+    let mut observe = |i: usize, t: Watched<'_>, batch: usize| -> Result<(), CalibError> {
         for &s in &feeds[i] {
             means[s].observe(&stats[s].reduce, t).map_err(|msg| {
                 let n = g.node(values[i].node);
@@ -320,7 +321,8 @@ pub fn calibrate_with_means<B: CalibBatch>(
         if i >= targets.len() {
             return Ok(());
         }
-        let Some(x) = t.as_f32() else { return Ok(()) };
+        // ranges and histograms do not depend on the order of the elements
+        let Some(x) = t.unordered_f32() else { return Ok(()) };
         let err = |error| {
             let n = g.node(values[i].node);
             CalibError::Observe { node: n.name.clone(), op: n.op.name(), port: values[i].port, error }
@@ -380,9 +382,10 @@ pub fn channel_absmax<B: CalibBatch>(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<ChannelMaxima, CalibError> {
     let mut maxima: Vec<Option<Vec<f32>>> = vec![None; values.len()];
-    let mut observe = |i: usize, t: &Tensor, b: usize| -> Result<(), CalibError> {
+    let mut observe = |i: usize, t: Watched<'_>, b: usize| -> Result<(), CalibError> {
         let n = g.node(values[i].node);
         let fail = |msg: String| CalibError::Node { node: n.name.clone(), op: n.op.name(), msg };
+        let t = t.to_tensor().ok_or_else(|| fail("an observed value does not fit its shape".into()))?;
         let x = t.as_f32().ok_or_else(|| fail("channel maxima need an f32 value".into()))?;
         let c = t.shape().last().copied().unwrap_or(1).max(1);
         let m = maxima[i].get_or_insert_with(|| vec![0.0; c]);
@@ -429,9 +432,10 @@ pub fn channel_means<B: CalibBatch>(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<BTreeMap<(String, usize), Vec<f64>>, CalibError> {
     let mut sums: Vec<Option<(Vec<f64>, u64)>> = vec![None; values.len()];
-    let mut observe = |i: usize, t: &Tensor, b: usize| -> Result<(), CalibError> {
+    let mut observe = |i: usize, t: Watched<'_>, b: usize| -> Result<(), CalibError> {
         let n = g.node(values[i].0.node);
         let fail = |msg: String| CalibError::Node { node: n.name.clone(), op: n.op.name(), msg };
+        let t = t.to_tensor().ok_or_else(|| fail("an observed value does not fit its shape".into()))?;
         let x = t.as_f32().ok_or_else(|| fail("channel means need an f32 value".into()))?;
         let axis = values[i].1;
         let c = *t.shape().get(axis).ok_or_else(|| fail(format!("no axis {axis} in shape {:?}", t.shape())))?;
@@ -478,7 +482,7 @@ fn observe_values<B: CalibBatch>(
     total: usize,
     values: &[Value],
     progress: &mut dyn FnMut(usize, usize),
-    observe: &mut dyn FnMut(usize, &Tensor, usize) -> Result<(), CalibError>,
+    observe: &mut dyn FnMut(usize, Watched<'_>, usize) -> Result<(), CalibError>,
 ) -> Result<(usize, usize), CalibError> {
     // graph inputs are observed straight from the batch; every other value through the
     // evaluator's watcher (compiled once for all batches where the engine compiles)
@@ -508,7 +512,7 @@ fn observe_values<B: CalibBatch>(
             let mut failure: Option<CalibError> = None;
             for &(i, k) in &from_input {
                 if let Some(t) = inputs.get(k) {
-                    observe(i, t, b)?;
+                    observe(i, Watched::Tensor(t), b)?;
                 }
             }
             watcher

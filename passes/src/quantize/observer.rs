@@ -81,12 +81,16 @@ pub(crate) fn batch_range(values: &[f32]) -> Result<Option<(f32, f32)>, ObserveE
     let mut lanes_finite = [true; LANES];
     let chunks = values.chunks_exact(LANES);
     let rest = chunks.remainder();
+    // written as compares and selects (`x < lo`, `|x| <= MAX`: false for NaN and infinities)
+    // rather than `f32::min` and `is_finite`, which the baseline target does not map onto
+    // vector min/compare instructions; a NaN never replaces an extreme and is caught by
+    // `finite`, so the result is the same
     for c in chunks {
         let lanes = lanes_lo.iter_mut().zip(&mut lanes_hi).zip(&mut lanes_finite);
         for (((lo, hi), finite), &x) in lanes.zip(c) {
-            *finite &= x.is_finite();
-            *lo = lo.min(x);
-            *hi = hi.max(x);
+            *finite &= x.abs() <= f32::MAX;
+            *lo = if x < *lo { x } else { *lo };
+            *hi = if x > *hi { x } else { *hi };
         }
     }
     let mut finite = lanes_finite.iter().all(|&f| f);
