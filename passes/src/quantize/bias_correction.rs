@@ -332,45 +332,43 @@ impl InputMeans {
     /// input, channels-last as the JIT computes it (anything else stored channels-last is
     /// reordered first).
     pub(crate) fn observe(&mut self, reduce: &InputReduce, x: Watched<'_>) -> Result<(), String> {
-        let nonfinite = || "NaN or infinity in a bias-corrected layer's input".to_string();
-        if let (Watched::ChannelsLast { shape, data }, InputReduce::Taps(a)) = (x, reduce) {
-            if a.kernel.len() == 2 {
-                let (sums, count) = conv_tap_sums_nhwc(a, shape, data)?;
-                self.expect_len(sums.len())?;
-                self.sums.iter_mut().zip(&sums).for_each(|(a, b)| *a += b);
-                self.count += count;
-                if self.sums.iter().any(|s| !s.is_finite()) {
-                    return Err(nonfinite());
-                }
-                return Ok(());
+        match (x, reduce) {
+            (Watched::ChannelsLast { shape, data }, InputReduce::Taps(a)) if a.kernel.len() == 2 => {
+                self.add(conv_tap_sums_nhwc(a, shape, data)?)?;
             }
-        }
-        let x = x.to_tensor().ok_or("an observed value does not fit its shape")?;
-        let v = x.as_f32().ok_or("the input of a bias-corrected layer must be f32")?;
-        let shape = x.shape();
-        match reduce {
-            // a linear layer's input: added into the running sums in place (no batch vector)
-            InputReduce::Axis(axis) => {
-                let c = *shape.get(*axis).ok_or_else(|| format!("no axis {axis} in shape {shape:?}"))?;
-                let inner: usize = shape[axis + 1..].iter().product();
-                self.expect_len(c)?;
-                for (k, run) in v.chunks(inner.max(1)).enumerate() {
-                    self.sums[k % c.max(1)] += run.iter().map(|&a| f64::from(a)).sum::<f64>();
+            _ => {
+                let x = x.to_tensor().ok_or("an observed value does not fit its shape")?;
+                let v = x.as_f32().ok_or("the input of a bias-corrected layer must be f32")?;
+                let shape = x.shape();
+                match reduce {
+                    // a linear layer's input: added into the running sums in place (no batch
+                    // vector)
+                    InputReduce::Axis(axis) => {
+                        let c = *shape.get(*axis).ok_or_else(|| format!("no axis {axis} in shape {shape:?}"))?;
+                        let inner: usize = shape[axis + 1..].iter().product();
+                        self.expect_len(c)?;
+                        for (k, run) in v.chunks(inner.max(1)).enumerate() {
+                            self.sums[k % c.max(1)] += run.iter().map(|&a| f64::from(a)).sum::<f64>();
+                        }
+                        self.count += (v.len() / c.max(1)) as u64;
+                    }
+                    InputReduce::Taps(a) => self.add(conv_tap_sums(a, shape, v)?)?,
                 }
-                self.count += (v.len() / c.max(1)) as u64;
-            }
-            InputReduce::Taps(a) => {
-                let (sums, count) = conv_tap_sums(a, shape, v)?;
-                self.expect_len(sums.len())?;
-                self.sums.iter_mut().zip(&sums).for_each(|(a, b)| *a += b);
-                self.count += count;
             }
         }
         // a NaN or infinity the layer reads makes a sum NaN or infinite, and the running sums
         // keep it
         if self.sums.iter().any(|s| !s.is_finite()) {
-            return Err(nonfinite());
+            return Err("NaN or infinity in a bias-corrected layer's input".to_string());
         }
+        Ok(())
+    }
+
+    /// Adds one batch's sums and the count they are sums of.
+    fn add(&mut self, (sums, count): (Vec<f64>, u64)) -> Result<(), String> {
+        self.expect_len(sums.len())?;
+        self.sums.iter_mut().zip(&sums).for_each(|(a, b)| *a += b);
+        self.count += count;
         Ok(())
     }
 
