@@ -201,12 +201,15 @@ fn tensorrt_violations(o: &Onnx, align: i64) -> Vec<String> {
                 }
             }
             "Add" => {
-                // fused with the conv before it: that input is the conv's float result
-                let fused = n.input.iter().any(|i| {
+                // fused with the conv before it (that input is the conv's float result), its
+                // other input, the skip connection, quantized
+                let conv = |i: &String| {
                     o.producer(i).is_some_and(|p| WEIGHTED.contains(&p.op_type.as_str()) || p.op_type == "Relu")
-                });
-                if !fused {
-                    bad.push(format!("{name}: a residual add with no float conv input to fuse"));
+                };
+                let dq = |i: &String| o.producer(i).is_some_and(|p| p.op_type == "DequantizeLinear");
+                let (a, b) = (&n.input[0], &n.input[1]);
+                if !((conv(a) && dq(b)) || (dq(a) && conv(b))) {
+                    bad.push(format!("{name}: a residual add not of a float conv result and a quantized skip input"));
                 }
             }
             _ => {}

@@ -66,8 +66,14 @@ pub fn run(mut a: Args) -> Result<()> {
         files::human_bytes(bytes.len() as u64)
     );
     if let Some(p) = &e.profile {
-        let bits = a.weight_bits.unwrap_or(8);
-        println!("conventions of `{}`: {}", p.name, p.export.describe(bits));
+        // the policy's [default] in force: the conventions' defaults under the user's choices
+        let (d, c) = (&e.compiler.qconfig().default, &p.export);
+        let line = c.describe(
+            d.activations.unwrap_or(c.activation_default()),
+            d.weights.unwrap_or(c.weights[0]),
+            d.granularity.unwrap_or(c.granularity[0]),
+        );
+        println!("conventions of `{}`: {line}", p.name);
         let (count, kinds) = activation_qdq(g);
         println!("activations: {count} Q/DQ pair(s), {kinds}");
         if p.export.pad_channels {

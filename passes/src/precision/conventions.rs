@@ -179,16 +179,20 @@ impl ExportConventions {
         self.weights.iter().copied().find(|s| s.qtype.bits() == bits)
     }
 
-    /// One line for reports: family, toolchain, the defaults and what stays float.
-    pub fn describe(&self, bits: u32) -> String {
-        let w = self.weight_scheme(bits).unwrap_or(self.weights[0]);
+    /// One line for reports: family, toolchain, the schemes and granularity in force (the
+    /// conventions' defaults, or what the user chose within them) and what stays float.
+    pub fn describe(&self, activations: Scheme, weights: Scheme, granularity: WeightGranularity) -> String {
+        let axis = match granularity {
+            WeightGranularity::PerChannel => " on the output-channel axis",
+            _ => "",
+        };
         let mut s = format!(
-            "{} ({}): activations {} per tensor, weights {} {} on the output-channel axis",
+            "{} ({}): activations {} per tensor, weights {} {}{axis}",
             self.family,
             self.toolchain,
-            self.activation_default().name(),
-            w.name(),
-            granularity_name(self.granularity[0]),
+            activations.name(),
+            weights.name(),
+            granularity_name(granularity),
         );
         if !self.int32_bias {
             s.push_str(", float biases");
