@@ -311,6 +311,13 @@ impl Compiler {
         self.calib.is_some()
     }
 
+    /// Quantizes with `qconfig` instead of the one the options resolved to (an export's
+    /// conventions set its defaults: `onnx::conventions::policy`).
+    pub fn with_qconfig(mut self, qconfig: QConfig) -> Compiler {
+        self.qconfig = qconfig;
+        self
+    }
+
     /// Calibrates from `source` instead of `--calib` (a library user's batches).
     pub fn with_calibration(mut self, source: Arc<dyn CalibSource>) -> Compiler {
         self.calib = Some(source);

@@ -521,3 +521,25 @@ fn one_compile_reads_the_calibration_set_once_and_builds_one_evaluator() {
     assert_eq!(count("calibrated "), 1, "{}", o.stderr);
     assert_eq!(count("sensitivity: quantizing one layer at a time"), 1, "{}", o.stderr);
 }
+
+#[test]
+fn quantize_for_a_profile_reports_its_conventions_and_refuses_their_breaches() {
+    let d = scratch("quantize-profile");
+    let (model, calib) = (asset("digits_cnn.onnx"), asset("digits_calib_x.npy"));
+    let out = d.join("nv.onnx");
+    let base = ["quantize", p(&model), "--calib", p(&calib), "--profile", "nvidia-xavier", "-o", p(&out)];
+    let o = expect_ok(&base);
+    for want in [
+        "conventions of `nvidia-xavier`: nvidia (TensorRT explicit quantization): activations i8-symmetric",
+        "i8 with zero point 0",
+        "channels padded to a multiple of 8: /fc/Gemm: 10 output channels padded to 16",
+        "biases: 4 written as float",
+    ] {
+        assert!(o.stdout.contains(want), "`{want}` in:\n{}", o.stdout);
+    }
+    expect_error(
+        &[&base[..], &["--asymmetric"]].concat(),
+        "--asymmetric: activations u8-asymmetric: the `nvidia-xavier`",
+    );
+    expect_error(&[&base[..], &["--weight-bits", "4"]].concat(), "takes i8-symmetric weights");
+}

@@ -377,6 +377,62 @@ pub fn ort_first_output(model: &std::path::Path, input: &std::path::Path) -> Res
     qforge::npy::read(&out).map_err(|e| format!("{e:#}"))
 }
 
+/// `python3` with OpenVINO importable (`pip install openvino`).
+pub fn openvino_available() -> bool {
+    python_imports("openvino")
+}
+
+/// One layer of an OpenVINO runtime model (`compiled_model.get_runtime_model()`): its layer type
+/// (`Convolution`, `FullyConnected`, ...), the primitive the CPU plugin chose for it (int8 ones
+/// end in `_I8`, e.g. `brgconv_avx512_1x1_I8`) and its runtime precision (`u8`, `i8`, `f32`).
+#[derive(Clone, Debug)]
+pub struct OvLayer {
+    pub layer_type: String,
+    pub primitive: String,
+    pub precision: String,
+}
+
+/// Runs the ONNX model `model` in OpenVINO (CPU plugin, f32 inference precision, one thread) on
+/// the `.npy` file `input` as its first input; returns its first output and the runtime model's
+/// layers, or OpenVINO's last error line.
+pub fn openvino_first_output(
+    model: &std::path::Path,
+    input: &std::path::Path,
+) -> Result<(Tensor, Vec<OvLayer>), String> {
+    let out = model.with_extension("ov_out.npy");
+    let script = format!(
+        "import json, numpy as np, openvino as ov\n\
+         cm = ov.Core().compile_model({:?}, 'CPU', {{'INFERENCE_PRECISION_HINT': 'f32', 'INFERENCE_NUM_THREADS': 1}})\n\
+         np.save({:?}, cm({{0: np.load({:?})}})[cm.output(0)])\n\
+         rt = [op.get_rt_info() for op in cm.get_runtime_model().get_ops()]\n\
+         get = lambda r, k: str(r[k].astype(str)) if k in r.keys() else ''\n\
+         print(json.dumps([{{'layer_type': get(r, 'layerType'), 'primitive': get(r, 'primitiveType'), \
+         'precision': get(r, 'runtimePrecision')}} for r in rt]))\n",
+        model.display().to_string(),
+        out.display().to_string(),
+        input.display().to_string()
+    );
+    let r = std::process::Command::new("python3").args(["-c", &script]).output().map_err(|e| e.to_string())?;
+    if !r.status.success() {
+        let err = String::from_utf8_lossy(&r.stderr);
+        return Err(format!("openvino: {}", err.lines().last().unwrap_or_default()));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).map_err(|e| format!("openvino's layer list: {e}"))?;
+    let field = |l: &serde_json::Value, k: &str| l[k].as_str().unwrap_or_default().to_string();
+    let layers = v
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|l| OvLayer {
+            layer_type: field(l, "layer_type"),
+            primitive: field(l, "primitive"),
+            precision: field(l, "precision"),
+        })
+        .collect();
+    Ok((qforge::npy::read(&out).map_err(|e| format!("{e:#}"))?, layers))
+}
+
 /// The ONNX checker with strict shape inference (`onnx.checker.check_model(full_check=True)`) on
 /// the model file `model`: an export is valid ONNX, not only something ORT accepts. The checker's
 /// last error line otherwise.

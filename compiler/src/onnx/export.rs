@@ -15,7 +15,8 @@
 //! Per-group (block-wise) parameters become a blocked DequantizeLinear/QuantizeLinear (`axis` and
 //! `block_size`, opset 21: the model is then opset 21, IR 10); a per-group constant whose codes
 //! and zero points fit in 4 bits (`[-8, 7]` for i8, `[0, 15]` for u8) is written as an INT4/UINT4
-//! initializer, two values per byte, with INT4/UINT4 zero points.
+//! initializer, two values per byte, with INT4/UINT4 zero points; with
+//! [`ExportOptions::int4_per_axis`] a per-axis (per-channel) one is too (opset 21).
 
 use super::builder::{float, int, ints, vi};
 use super::proto::attribute_proto::AttributeType;
@@ -83,10 +84,23 @@ fn scalar(dtype: DType, x: f64) -> Tensor {
     Tensor::from_f64_iter(dtype, vec![], std::iter::once(x))
 }
 
-/// The 4-bit ONNX type (INT4 for i8, UINT4 for u8) of a per-group quantized constant whose codes
-/// and zero points all fit in 4 bits.
-fn four_bit(t: &Tensor, ty: &TensorType) -> Option<DataType> {
-    let Some(QuantParams::PerGroup { zero_points, .. }) = &ty.quant else { return None };
+/// What an export writes beyond the graph itself.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExportOptions {
+    /// Per-channel (per-axis) quantized constants whose codes and zero points fit in 4 bits are
+    /// written as INT4/UINT4 too (opset 21), as per-group ones always are: the 4-bit weights a
+    /// target takes per channel (QNN's int4 weights).
+    pub int4_per_axis: bool,
+}
+
+/// The 4-bit ONNX type (INT4 for i8, UINT4 for u8) of a per-group (or, with `per_axis`, per-axis)
+/// quantized constant whose codes and zero points all fit in 4 bits.
+fn four_bit(t: &Tensor, ty: &TensorType, per_axis: bool) -> Option<DataType> {
+    let zero_points = match &ty.quant {
+        Some(QuantParams::PerGroup { zero_points, .. }) => zero_points,
+        Some(QuantParams::PerAxis { zero_points, .. }) if per_axis => zero_points,
+        _ => return None,
+    };
     let (dt, lo, hi) = match t.dtype() {
         DType::I8 => (DataType::Int4, -8, 7),
         DType::U8 => (DataType::Uint4, 0, 15),
@@ -123,6 +137,13 @@ fn qparams(
     inits: &mut Vec<TensorProto>,
 ) -> Result<(String, String, Option<usize>, Option<usize>), ParamsError> {
     let (sn, zn) = (names.fresh(&format!("{base}_scale")), names.fresh(&format!("{base}_zero_point")));
+    // a 4-bit per-axis constant: INT4/UINT4 zero points, as its codes
+    if let (QuantParams::PerAxis { axis, scales, zero_points }, Some(dt)) = (q, int4) {
+        let zs: Vec<i64> = zero_points.iter().map(|&z| z as i64).collect();
+        inits.push(tensor_to_proto(&sn, &Tensor::from_f32(vec![scales.len()], scales.clone())));
+        inits.push(int4_proto(&zn, &[zs.len()], &zs, dt).map_err(ParamsError::Pack)?);
+        return Ok((sn, zn, Some(*axis), None));
+    }
     let (s, z, axis, block) = match q {
         QuantParams::PerTensor { scale, zero_point } => {
             (scalar(DType::F32, *scale as f64), scalar(dtype, *zero_point as f64), None, None)
@@ -331,6 +352,11 @@ fn resize_sizes(target: &ResizeTarget, y: &TensorType) -> Result<Vec<DimExpr>, S
 
 /// The model's bytes.
 pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
+    export_qdq_with(g, ExportOptions::default())
+}
+
+/// The model's bytes, with `opts`.
+pub fn export_qdq_with(g: &Graph, opts: ExportOptions) -> Result<Vec<u8>, ExportError> {
     let order = g.schedule().map_err(|e| ExportError { node: g.name.clone(), op: "graph", msg: e.to_string() })?;
     let mut out = Out {
         names: Names { used: HashSet::new(), of: HashMap::new() },
@@ -362,7 +388,7 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
         let node = g.node(id);
         per_group |= node.outputs.iter().any(|t| t.quant.as_ref().is_some_and(QuantParams::is_per_group));
         if let Op::Const(t) = &node.op {
-            if let Some(dt) = four_bit(t, &node.outputs[0]) {
+            if let Some(dt) = four_bit(t, &node.outputs[0], opts.int4_per_axis) {
                 int4.insert(Value::new(id, 0), dt);
             }
         }
@@ -862,7 +888,7 @@ pub fn export_qdq(g: &Graph) -> Result<Vec<u8>, ExportError> {
             outputs.push(value_info(&have, g.value_type(o.value)));
         }
     }
-    let (ir_version, opset) = if per_group { (10, 21) } else { (8, 17) };
+    let (ir_version, opset) = if per_group || !int4.is_empty() { (10, 21) } else { (8, 17) };
     Ok(ModelProto {
         ir_version,
         producer_name: "qforge".into(),

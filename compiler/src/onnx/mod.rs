@@ -27,6 +27,7 @@
 
 mod attrs;
 pub mod builder;
+pub mod conventions;
 pub mod export;
 mod import;
 mod ops;

@@ -3,7 +3,8 @@
 //!
 //! * [`profile`]: hardware profiles as TOML data (`passes/profiles/*.toml`, embedded), the
 //!   [`Profile`] the optimizer's cost model reads (dtypes, features, layout, alignment, batch,
-//!   cost table).
+//!   cost table, export conventions).
+//! * [`conventions`]: a target toolchain's export conventions (the profile's `[export]` table).
 //! * [`policy`]: the three op classes (always f32, low precision, follow), the user's override
 //!   table (TOML) and the node-name patterns forced to f32.
 //! * [`amp`]: the [`AssignPrecision`] pass: per-node decisions with the rule that made each,
@@ -18,12 +19,14 @@
 //! f32, computes (accumulating in f32) and rounds its result once.
 
 pub mod amp;
+pub mod conventions;
 pub mod pad;
 pub mod policy;
 pub mod profile;
 pub mod search;
 
 pub use amp::{AssignPrecision, Decision, F32Prefix, PrecisionConfig, Ranges, Rule};
+pub use conventions::{ExportConventions, ExportFamily};
 pub use pad::AlignChannels;
 pub use policy::{OpClass, OverrideError, PrecisionPolicy, SqnrTargetError};
 pub use profile::{CostClass, Layout, NumType, Profile, ProfileError};

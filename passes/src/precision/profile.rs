@@ -9,7 +9,9 @@
 //! A profile decides which dtypes exist (`int8`, `int4`, `fp16`, `bf16`; f32 always does), the
 //! preferred layout, the channel alignment (the padding pass pads conv and gemm output channels
 //! to it), the preferred batch, the low-precision dtype `--precision amp` uses, and the cost table
-//! the optimizer extracts with ([`Profile::cost`], [`Profile::op_cost`]).
+//! the optimizer extracts with ([`Profile::cost`], [`Profile::op_cost`]), and the export
+//! conventions of the target's toolchain (the optional `[export]` table,
+//! [`super::conventions`]: what `qforge quantize --profile` writes).
 //!
 //! # Format
 //! Every field is required and unknown fields are errors (a misspelt key must not be ignored):
@@ -45,12 +47,22 @@
 //! pooling = { f32 = 0.5 }
 //! movement = { f32 = 0.25 }
 //! convert = { f32 = 0.5 }
+//! [export]                     # optional: see `conventions.rs` (default: ONNX Runtime's QDQ)
+//! family = "onnxruntime"
+//! toolchain = "ONNX Runtime QDQ"
+//! activations = ["u8-asymmetric", "i8-symmetric"]
+//! weights = ["i8-symmetric", "i4-symmetric"]
+//! granularity = ["per-channel", "per-tensor"]
+//! float_ops = []
+//! pad_channels = false
+//! int32_bias = true
 //! ```
 //!
 //! Every class needs an f32 cost; a cost for a type the profile lacks is an error; a supported
 //! type without a cost costs what f32 does (storage only). The interpreter (and so every engine)
 //! accumulates f16/bf16 products in f32, as every shipped target's hardware does.
 
+use super::conventions::{ExportConventions, RawConventions};
 use qforge_ir::{DType, Op};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -294,6 +306,7 @@ struct RawProfile {
     layout: LayoutPrefs,
     amp: AmpPrefs,
     cost: CostTable,
+    export: Option<RawConventions>,
 }
 
 /// A hardware profile.
@@ -307,6 +320,8 @@ pub struct Profile {
     /// The low-precision float type `--precision amp` uses (f16 or bf16).
     pub amp_low: DType,
     pub cost: CostTable,
+    /// How an export for this target is quantized (`[export]`; ONNX Runtime's QDQ without one).
+    pub export: ExportConventions,
 }
 
 impl Profile {
@@ -369,7 +384,12 @@ impl Profile {
             "bf16" => DType::BF16,
             other => return Err(bad(format!("[amp] low = \"{other}\" must be \"f16\" or \"bf16\""))),
         };
+        let export = match raw.export {
+            Some(r) => ExportConventions::from_raw(r).map_err(bad)?,
+            None => ExportConventions::onnxruntime(),
+        };
         let p = Profile {
+            export,
             name: raw.name,
             description: raw.description,
             dtypes: raw.dtypes,

@@ -137,6 +137,24 @@ impl Scheme {
     }
 }
 
+impl Scheme {
+    /// The scheme's name in qconfig and profile files: `i8-symmetric`, `u8-asymmetric`, ...
+    pub fn name(self) -> String {
+        format!("{}-{}", self.qtype, if self.symmetric { "symmetric" } else { "asymmetric" })
+    }
+
+    /// Reads a full scheme name ([`Scheme::name`]: a type and `symmetric` or `asymmetric`).
+    pub fn parse(s: &str) -> Option<Scheme> {
+        let (t, kind) = s.split_once('-')?;
+        let qtype = [QType::I8, QType::U8, QType::I4, QType::U4].into_iter().find(|q| q.name() == t)?;
+        match kind {
+            "symmetric" => Some(Scheme::symmetric(qtype)),
+            "asymmetric" => Some(Scheme::asymmetric(qtype)),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for Scheme {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = if self.symmetric { "symmetric" } else { "asymmetric" };
