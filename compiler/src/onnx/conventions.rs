@@ -12,11 +12,6 @@
 //!   here (`float_ops = ["add"]`), its skip input is the quantized value the next conv reads too.
 //!   Channels are padded to the tensor cores' multiple (`pad_channels`, the profile's
 //!   `channel_align`; the padded channels are zero weights, so every real output is unchanged).
-//! * Qualcomm (QNN, as ONNX Runtime's QNN execution provider takes QDQ): u8 asymmetric
-//!   activations, signed symmetric weights per channel, int8 or int4.
-//! * Intel (OpenVINO's low-precision transformations): u8 (or i8) activations, i8 symmetric
-//!   weights per output channel.
-//!
 //!   Biases stay float (`int32_bias = false`): TensorRT's DequantizeLinear takes 8-bit inputs,
 //!   and it adds a float bias in the fused kernel.
 //! * Qualcomm (QNN, as ONNX Runtime's QNN execution provider takes QDQ): u8 asymmetric
