@@ -102,8 +102,8 @@ fn print_text(p: &Pipeline, r: &RunReport, cascade: Option<&Cascade>) {
     }
     let mib = |b: usize| format!("{:.2}", b as f64 / (1 << 20) as f64);
     println!(
-        "{:<14} {:<6} {:>9} {:>9} {:>9} {:>10} {:>10} {:>11}  {}",
-        "stage", "prec", "mean ms", "p99 ms", "max ms", "budget ms", "arena MiB", "weights MiB", "result"
+        "{:<14} {:<6} {:>9} {:>9} {:>9} {:>10} {:>10} {:>11}  result",
+        "stage", "prec", "mean ms", "p99 ms", "max ms", "budget ms", "arena MiB", "weights MiB"
     );
     for s in &r.stages {
         println!(

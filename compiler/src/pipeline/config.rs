@@ -64,11 +64,23 @@ pub enum PipelineError {
     #[error("`{file}`: stage `{stage}` is on a cycle: {cycle}")]
     Cycle { file: String, stage: String, cycle: String },
     /// What a stage is given does not fit its model's input.
-    #[error("`{file}`: stage `{stage}`: input `{input}` is {want}, but `{source_name}` gives {got}")]
-    Mismatch { file: String, stage: String, input: String, source_name: String, want: String, got: String },
+    #[error("`{file}`: stage `{stage}`: input `{}` is {}, but `{}` gives {}", .types.input, .types.want, .types.source_name, .types.got)]
+    Mismatch { file: String, stage: String, types: Box<Mismatch> },
     /// The stage's inputs do not cover its model's inputs.
     #[error("`{file}`: stage `{stage}`: {msg}")]
     Inputs { file: String, stage: String, msg: String },
+}
+
+/// What a stage input takes and what its source gives.
+#[derive(Debug)]
+pub struct Mismatch {
+    /// The model input.
+    pub input: String,
+    /// Its source as written (`camera`, `detector.features`).
+    pub source_name: String,
+    /// The model input's type and the source's.
+    pub want: String,
+    pub got: String,
 }
 
 /// A stage's precision policy.

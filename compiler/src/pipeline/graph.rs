@@ -2,7 +2,7 @@
 //! checked (every source exists, no cycle, what a producer gives fits what its consumer takes),
 //! and ordered so that producers come before their consumers.
 
-use super::config::{Config, PipelineError, Sources};
+use super::config::{Config, Mismatch, PipelineError, Sources};
 use qforge_ir::{Dim, Graph, TensorType};
 
 /// Where one model input of a stage comes from.
@@ -171,10 +171,12 @@ pub fn plan(
                 return Err(PipelineError::Mismatch {
                     file: file.clone(),
                     stage: cfg.stages[s].name.clone(),
-                    input: port.name.clone(),
-                    source_name: src.clone(),
-                    want: port.ty.to_string(),
-                    got: got.to_string(),
+                    types: Box::new(Mismatch {
+                        input: port.name.clone(),
+                        source_name: src.clone(),
+                        want: port.ty.to_string(),
+                        got: got.to_string(),
+                    }),
                 });
             }
         }
