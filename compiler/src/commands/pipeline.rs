@@ -32,7 +32,7 @@ pub struct Args {
     report: Option<PathBuf>,
     /// Pipelined: offer frames at this rate (frames per second, a camera's) instead of as fast as
     /// the pipeline takes them.
-    #[arg(long, value_name = "FPS", value_parser = parse_rate)]
+    #[arg(long, value_name = "FPS", value_parser = parse_rate, conflicts_with = "sequential")]
     rate: Option<f64>,
     /// Print one JSON object.
     #[arg(long)]
