@@ -144,7 +144,8 @@ impl Pipeline {
                 config.stages[s].precision.name()
             );
             let exe = c.compile(g).with_context(|| at_stage(&config, s))?;
-            weight_bytes.push(crate::summary::Summary::of(exe.graph()).map(|sm| sm.weight_bytes).unwrap_or(0));
+            let summary = crate::summary::Summary::of(exe.graph()).with_context(|| at_stage(&config, s))?;
+            weight_bytes.push(summary.weight_bytes);
             stages.push(exe);
         }
         Ok(Pipeline { config, plan, inputs, outputs, weight_bytes, samples, stages, base: base.clone() })
