@@ -27,6 +27,7 @@ pub mod graph_dot;
 pub mod npy;
 pub mod onnx;
 pub mod options;
+pub mod pipeline;
 pub mod progress;
 pub mod qconfig;
 pub mod quantizable;

@@ -9,6 +9,7 @@ pub mod diff;
 pub mod eval;
 pub mod graph;
 pub mod inspect;
+pub mod pipeline;
 pub mod quantize;
 pub mod report;
 pub mod run;
@@ -74,6 +75,10 @@ pub enum Command {
     Diff(diff::Args),
     /// The whole pipeline on the bundled digits model.
     Demo,
+    /// Run several models as one pipeline (PIPELINE.toml: stages with precision policies,
+    /// budgets and inputs), pipelined with a thread per stage; latency, throughput and memory
+    /// against the budgets, and the cascaded error of each stage's precision.
+    Pipeline(pipeline::Args),
 }
 
 /// Runs a parsed command line.
@@ -90,6 +95,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Report(a) => report::run(a),
         Command::Diff(a) => diff::run(a),
         Command::Demo => demo::run(),
+        Command::Pipeline(a) => pipeline::run(a),
     }
 }
 
