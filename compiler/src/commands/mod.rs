@@ -13,6 +13,7 @@ pub mod quantize;
 pub mod report;
 pub mod run;
 pub mod sensitivity;
+pub mod tune;
 
 use crate::compiler::Compiler;
 use crate::options::PipelineOptions;
@@ -74,6 +75,11 @@ pub enum Command {
     Diff(diff::Args),
     /// The whole pipeline on the bundled digits model.
     Demo,
+    /// Search per-layer precision policies for the most accurate one within a latency budget:
+    /// the accuracy-latency Pareto front, the chosen qconfig (-o), an HTML plot (--report).
+    Tune(tune::Args),
+    /// Evaluate one candidate of a `tune --emit-jobs` list and write its result JSON.
+    TuneJob(tune::JobArgs),
 }
 
 /// Runs a parsed command line.
@@ -90,6 +96,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Report(a) => report::run(a),
         Command::Diff(a) => diff::run(a),
         Command::Demo => demo::run(),
+        Command::Tune(a) => tune::run(a),
+        Command::TuneJob(a) => tune::run_job(a),
     }
 }
 
