@@ -133,8 +133,7 @@ pub fn run(a: Args) -> Result<()> {
             let next = evaluated.iter().map(|e| e.candidate.round + 1).max().unwrap_or(0);
             return emit(out, &setup, &space.round(next, &evaluated), next);
         }
-        // the FP32 top-1 (for --max-drop) is on the uniform fp32 candidate when labels are given
-        let fp32_top1 = fp32_top1(&setup, &evaluated)?;
+        let fp32_top1 = fp32_top1(&setup)?;
         let figures = Figures { compiled: 0, measured: 0, predicted: 0, calibrations: 0, rounds: rounds(&evaluated) };
         return finish(&a, &setup, &evaluated, fp32_top1, constraint, figures, start, None);
     }
@@ -159,12 +158,11 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(out) = &a.emit_jobs {
         // the seeds need no ranking: check the model loads, then write them
         crate::compiler::load_model(&setup.model)?;
-        let space = Space { ranked: vec![], floats: vec![], int4: false };
         let profile = crate::compiler::resolve_profile(setup.profile.as_deref())?;
         let space = Space {
+            ranked: vec![],
             floats: crate::tune::candidates::float_choices(&profile),
             int4: profile.dtypes.int4 && profile.dtypes.int8,
-            ..space
         };
         return emit(out, &setup, &space.round(0, &[]), 0);
     }
@@ -172,7 +170,15 @@ pub fn run(a: Args) -> Result<()> {
     let space = Space::study(&mut ctx)?;
     let budget = Duration::from_secs_f64((a.budget_minutes * 60.0).max(0.0));
     let mut bar = crate::progress::bar("tuning".to_string(), "candidates");
-    let outcome = search::run(&mut ctx, &space, a.rounds, budget, start, &mut |n, _| bar(n, n))?;
+    let mut outcome = search::run(&mut ctx, &space, a.rounds, budget, start, &mut |n, _| bar(n, n))?;
+    search::remeasure_front(&mut ctx, &mut outcome)?;
+    if outcome.remeasured > 0 {
+        eprintln!(
+            "note: the {} seeds and front candidates were measured again side by side ({} interleaved passes)",
+            outcome.remeasured,
+            search::REMEASURE_PASSES
+        );
+    }
     if outcome.budget_hit {
         eprintln!(
             "note: --budget-minutes {} ran out in round {}; the front is of the candidates evaluated so far",
@@ -214,15 +220,13 @@ fn rounds(e: &[Evaluated]) -> usize {
     e.iter().map(|e| e.candidate.round + 1).max().unwrap_or(0)
 }
 
-/// The FP32 model's top-1 for merged results: that of the uniform fp32 candidate, which runs the
-/// same float model through the same pipeline (or a fresh run when it is not among them).
-fn fp32_top1(setup: &Setup, evaluated: &[Evaluated]) -> Result<Option<f64>> {
+/// The FP32 model's top-1 for merged results (with labels): the FP32 model run on the
+/// evaluation set, as an in-process search runs it.
+fn fp32_top1(setup: &Setup) -> Result<Option<f64>> {
     if setup.labels.is_none() {
         return Ok(None);
     }
-    Ok(Context::new(setup.clone())?.fp32_top1.or_else(|| {
-        evaluated.iter().find(|e| e.candidate.policy.default == crate::tune::Choice::Fp32).and_then(|e| e.top1)
-    }))
+    Ok(Context::new(setup.clone())?.fp32_top1)
 }
 
 fn emit(out: &Path, setup: &Setup, cands: &[crate::tune::Candidate], round: usize) -> Result<()> {

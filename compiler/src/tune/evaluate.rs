@@ -25,7 +25,7 @@ use qforge_ir::{Graph, Tensor};
 use qforge_passes::precision::Profile;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Samples per evaluation run (what `qforge eval` runs by default).
@@ -321,6 +321,47 @@ impl Context {
         })
     }
 
+    /// Measures the candidates of `keys` again, interleaved: `passes` times over the list, each
+    /// candidate's warm-up and timed runs in turn, its latency then the median of all its timed
+    /// runs. A measured search runs for minutes on a machine whose load changes; measured
+    /// side by side, the candidates the choice is between are compared under the same
+    /// conditions. (Predicted latencies are left as they are.)
+    pub fn remeasure(&mut self, keys: &[String], passes: usize) -> Result<()> {
+        if self.setup.latency.predicted() {
+            return Ok(());
+        }
+        let inputs = self.bench_inputs()?;
+        let mut progs = vec![];
+        for k in keys {
+            let Some(e) = self.cache.get(k) else { continue };
+            let policy = e.candidate.policy.clone();
+            let c = self.compiler(&policy)?;
+            let graph = self.compile_cached(&policy)?;
+            let exe = c.executable(graph);
+            let jit = exe.jit().context("tune measures on the JIT")?;
+            progs.push((k.clone(), jit.program(&inputs)?, vec![]));
+        }
+        for _ in 0..passes.max(1) {
+            for (_, p, times) in progs.iter_mut() {
+                for _ in 0..self.setup.warmup {
+                    p.run(&inputs, None)?;
+                }
+                for _ in 0..self.setup.iters.max(1) {
+                    let t = Instant::now();
+                    p.run(&inputs, None)?;
+                    times.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        }
+        for (k, _, mut times) in progs {
+            self.counters.measured += 1;
+            if let Some(e) = self.cache.get_mut(&k) {
+                e.latency_ms = crate::stats::median(&mut times);
+            }
+        }
+        Ok(())
+    }
+
     /// The first evaluation sample, at batch 1 (what latency is measured on).
     fn bench_inputs(&self) -> Result<Vec<Tensor>> {
         let first = self.eval.first().context("the evaluation set is empty")?;
@@ -405,9 +446,4 @@ pub fn compare(out: &Tensor, reference: &Tensor) -> (f64, f64) {
     let sqnr = if noise == 0.0 { f64::INFINITY } else { 10.0 * (sig / noise).log10() };
     let cosine = if sig > 0.0 && oo > 0.0 { dot / (sig.sqrt() * oo.sqrt()) } else { 1.0 };
     (sqnr, cosine)
-}
-
-/// Writes `text` to `path` (the chosen qconfig).
-pub fn write_text(path: &Path, text: &str) -> Result<()> {
-    crate::files::write(path, text.as_bytes())
 }

@@ -29,6 +29,11 @@
 //!    layers flipped to another precision), while they find new policies, up to `--rounds`, and
 //!    while `--budget-minutes` lasts.
 //!
+//! 5. With measured latency, the seeds and the front are measured again at the end, side by
+//!    side in interleaved passes ([`search::remeasure_front`]): a search takes minutes on a
+//!    machine whose load changes, and the points the choice is between must be timed under the
+//!    same conditions.
+//!
 //! Compiled candidates are cached by their canonical qconfig text, and calibration runs once per
 //! observer, not once per candidate ([`evaluate::Context`]).
 //!
@@ -61,12 +66,11 @@ pub use search::Space;
 pub fn chosen_text(e: &Evaluated, setup: &Setup, budget: f64, fp32_top1: Option<f64>) -> String {
     let mut h = format!(
         "# written by `qforge tune`: the most accurate candidate within --max-latency-ms {budget}\n\
-         # candidate `{}` ({}): {}, cosine {:.6}, latency {:.4} ms\n\
+         # candidate `{}` ({}): {}, latency {:.4} ms\n\
          # latency {}\n",
         e.candidate.label,
         e.summary,
         front::accuracy_text(e),
-        e.cosine,
         e.latency_ms,
         setup.latency_kind()
     );

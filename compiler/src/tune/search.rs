@@ -30,6 +30,9 @@ pub const SEED_OBSERVERS: [CalibMethod; 3] = [CalibMethod::MinMax, CalibMethod::
 /// How many of the most sensitive layers the greedy moves flip.
 pub const MOVE_LAYERS: usize = 8;
 
+/// How many interleaved passes [`remeasure_front`] makes.
+pub const REMEASURE_PASSES: usize = 3;
+
 /// The most candidates a greedy round proposes.
 pub const PER_ROUND: usize = 12;
 
@@ -154,6 +157,8 @@ pub struct Outcome {
     pub rounds: usize,
     /// The budget ran out before the search ended.
     pub budget_hit: bool,
+    /// Candidates measured again side by side at the end ([`remeasure_front`]).
+    pub remeasured: usize,
     pub elapsed: Duration,
 }
 
@@ -186,5 +191,24 @@ pub fn run(
         }
         rounds += 1;
     }
-    Ok(Outcome { evaluated: done, rounds, budget_hit, elapsed: start.elapsed() })
+    Ok(Outcome { evaluated: done, rounds, budget_hit, remeasured: 0, elapsed: start.elapsed() })
+}
+
+/// After a measured search: the seeds and the front measured again side by side
+/// ([`Context::remeasure`], [`REMEASURE_PASSES`] passes), the outcome's latencies updated.
+pub fn remeasure_front(ctx: &mut Context, out: &mut Outcome) -> Result<()> {
+    if ctx.setup.latency.predicted() {
+        return Ok(());
+    }
+    let rows = front::front(&out.evaluated);
+    let keys: Vec<String> =
+        rows.iter().filter(|(e, on)| *on || e.candidate.round == 0).map(|(e, _)| e.key.clone()).collect();
+    ctx.remeasure(&keys, REMEASURE_PASSES)?;
+    for e in out.evaluated.iter_mut() {
+        if let Some(c) = ctx.cache.get(&e.key) {
+            *e = c.clone();
+        }
+    }
+    out.remeasured = keys.len();
+    Ok(())
 }
