@@ -147,3 +147,15 @@ fn jobs_round_trip_gives_the_in_process_front() {
     assert_eq!(front_table(&merged.stdout), front_table(&local.stdout));
     assert_eq!(std::fs::read_to_string(&a).unwrap(), std::fs::read_to_string(&b).unwrap());
 }
+
+/// A profile other than the host: latency predicted from the kernels measured here, scaled by
+/// the profile's costs, and the table says so.
+#[test]
+fn digits_profile_is_predicted() {
+    let o = run(&with(
+        &digits(),
+        &["--profile", "nvidia-xavier", "--rounds", "1", "--iters", "5", "--max-latency-ms", "1000"],
+    ));
+    assert!(o.stdout.contains("latency: predicted for profile `nvidia-xavier`"), "{}", o.stdout);
+    assert!(o.stdout.contains("predicted ms") && o.stdout.contains("chosen:"), "{}", o.stdout);
+}
