@@ -36,6 +36,7 @@ pub mod sensitivity;
 pub mod stages;
 pub mod stats;
 pub mod summary;
+pub mod tune;
 
 pub use compiler::{load_model, Compiler, Executable, Stage, State};
 pub use options::PipelineOptions;

@@ -14,6 +14,7 @@ pub mod quantize;
 pub mod report;
 pub mod run;
 pub mod sensitivity;
+pub mod tune;
 
 use crate::compiler::Compiler;
 use crate::options::PipelineOptions;
@@ -79,6 +80,11 @@ pub enum Command {
     /// budgets and inputs), pipelined with a thread per stage; latency, throughput and memory
     /// against the budgets, and the cascaded error of each stage's precision.
     Pipeline(pipeline::Args),
+    /// Search per-layer precision policies for the most accurate one within a latency budget:
+    /// the accuracy-latency Pareto front, the chosen qconfig (-o), an HTML plot (--report).
+    Tune(tune::Args),
+    /// Evaluate one candidate of a `tune --emit-jobs` list and write its result JSON.
+    TuneJob(tune::JobArgs),
 }
 
 /// Runs a parsed command line.
@@ -96,6 +102,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Diff(a) => diff::run(a),
         Command::Demo => demo::run(),
         Command::Pipeline(a) => pipeline::run(a),
+        Command::Tune(a) => tune::run(a),
+        Command::TuneJob(a) => tune::run_job(a),
     }
 }
 
