@@ -61,7 +61,7 @@ pub enum Engine {
 }
 
 /// Which GEMM microkernels the JIT calls.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kernels {
     /// Rust intrinsics kernels for this CPU (AVX-512 VNNI / FMA when present), registered as JIT symbols.

@@ -1,8 +1,10 @@
 //! `qforge tune` through the library on the digits model: every candidate of the first rounds
 //! compiled the search's way (resumed from its observer's shared calibration) is the graph its
 //! qconfig gives through the whole pipeline from scratch, with the same figures; and the front
-//! table in the deterministic latency mode (the stored kernel cost table) as a golden snapshot.
+//! table in the deterministic latency mode (the stored kernel cost table, the Cranelift-only
+//! kernels and a fixed host profile, so the same on every x86-64 CPU) as a golden snapshot.
 
+use qforge::options::Kernels;
 use qforge::tune::latency::Source;
 use qforge::tune::search::{self, Space};
 use qforge::tune::{front, Context, Setup};
@@ -21,7 +23,12 @@ fn setup() -> Setup {
         calib_batch: 50,
         input: Some(corpus("digits_test_x.npy")),
         labels: Some(corpus("digits_test_y.npy")),
-        profile: None,
+        // a fixed host and the Cranelift-only kernels: the seeds follow the profile and the
+        // priced steps follow the kernels, neither may follow this machine's CPU
+        profile: Some(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../compiler/tests/fixtures/tune/avx512-bf16-host.toml").to_string(),
+        ),
+        kernels: Kernels::Cranelift,
         latency: Source::Table {
             path: PathBuf::from(concat!(
                 env!("CARGO_MANIFEST_DIR"),

@@ -4,7 +4,7 @@
 //! [`crate::tune`]); and `qforge tune-job`, one candidate of a `--emit-jobs` list.
 
 use crate::files;
-use crate::options::parse_count;
+use crate::options::{parse_count, Kernels};
 use crate::tune::latency::{KernelTable, Source};
 use crate::tune::search::{self, Space};
 use crate::tune::{front, jobs, plot, Constraint, Context, Evaluated, Setup};
@@ -60,6 +60,11 @@ pub struct Args {
     /// Fit a per-kernel cost table to the kernels measured during the search and write it.
     #[arg(long, value_name = "FILE")]
     save_latency_table: Option<PathBuf>,
+    /// The JIT's GEMM microkernels: `native` (this CPU's, as `compile`/`bench` use) or
+    /// `cranelift` (the same generated steps on every x86-64 CPU, for a stored cost table whose
+    /// predictions must not depend on the machine).
+    #[arg(long, value_enum, default_value_t = Kernels::Native)]
+    kernels: Kernels,
     /// Timed runs per candidate (measured latency).
     #[arg(long, default_value_t = 30, value_parser = parse_count)]
     iters: usize,
@@ -154,6 +159,7 @@ pub fn run(a: Args) -> Result<()> {
         latency,
         warmup: a.warmup,
         iters: a.iters,
+        kernels: a.kernels,
     };
     if let Some(out) = &a.emit_jobs {
         // the seeds need no ranking: check the model loads, then write them

@@ -18,7 +18,7 @@ use super::candidates::{Candidate, Policy};
 use super::latency::{profile_scale, KernelTable, Source};
 use crate::compiler::{Compiler, Executable, Stage, State};
 use crate::data;
-use crate::options::{PipelineOptions, QuantizeMode};
+use crate::options::{Kernels, PipelineOptions, QuantizeMode};
 use anyhow::{bail, Context as _, Result};
 use qforge_codegen::StepInfo;
 use qforge_ir::{Graph, Tensor};
@@ -46,6 +46,11 @@ pub struct Setup {
     pub latency: Source,
     pub warmup: usize,
     pub iters: usize,
+    /// The JIT's microkernels (`--kernels`): the native ones by default; the Cranelift-only set
+    /// generates the same steps on every x86-64 CPU, which a stored cost table's prediction needs
+    /// to be the same everywhere.
+    #[serde(default)]
+    pub kernels: Kernels,
 }
 
 impl Setup {
@@ -58,6 +63,7 @@ impl Setup {
             calib_batch: self.calib_batch,
             profile: self.profile.clone(),
             qconfig,
+            kernels: self.kernels,
             threads: 1,
             ..PipelineOptions::default()
         }
