@@ -320,6 +320,16 @@ fn finish(
         if !same {
             bail!("the chosen qconfig does not reproduce the candidate's accuracy; please report this");
         }
+        // a measured point near the budget can come out above it when timed again: say so rather
+        // than let the choice look safer than the measurements are
+        if !again.predicted && again.latency_ms > a.max_latency_ms {
+            tracing::warn!(
+                "the chosen point re-measured at {:.4} ms, above --max-latency-ms {}: the timings vary by more \
+                 than its margin on this machine (more --iters, a quieter machine, or a budget with margin)",
+                again.latency_ms,
+                a.max_latency_ms
+            );
+        }
     }
     if let Some(o) = &a.output {
         files::write(o, crate::tune::chosen_text(&chosen, setup, a.max_latency_ms, fp32_top1).as_bytes())?;
