@@ -6,7 +6,7 @@ use super::cascade::Cascade;
 use super::config::Statistic;
 use super::runner::{Pipeline, Run, StageMemory};
 use crate::stats::percentile;
-use maud::{html, Markup, DOCTYPE};
+use maud::{html, Markup};
 use serde::Serialize;
 
 /// Latency figures of a list of times (ms).
@@ -172,12 +172,7 @@ impl RunReport {
     pub fn to_html(&self, p: &Pipeline, cascade: Option<&Cascade>) -> String {
         let title = format!("qforge pipeline: {}", self.pipeline);
         let mib = |b: usize| format!("{:.2}", b as f64 / (1 << 20) as f64);
-        let page: Markup = html! {
-            (DOCTYPE)
-            html lang="en" {
-                head { meta charset="utf-8"; title { (title) } style { (CSS) } }
-                body {
-                    h1 { (title) }
+        let body: Markup = html! {
                     p.sub { (self.mode) ", " (self.frames) " frames after " (self.warmup) " warm-up frames; budgets checked against the "
                         (self.statistic.name()) " latency" }
                     h2 { "Stages" }
@@ -245,10 +240,8 @@ impl RunReport {
                         }
                     }
                     p.sub { "Stage latency: the time of one run of the stage's compiled model. End-to-end latency: from the moment the first stage takes a frame to the moment its last output is done (queueing between stages included). Arena: the JIT program's intermediate tensors as its liveness plan places them; weights: the compiled graph's constants; peak RSS: VmHWM of the process (compilation included)." }
-                }
-            }
         };
-        page.into_string()
+        crate::report::render::page(&title, CSS, body)
     }
 }
 

@@ -50,19 +50,33 @@ pub fn escape(text: &str) -> String {
     html! { (text) }.into_string()
 }
 
-/// The report's HTML text.
-pub fn to_html(r: &Report) -> String {
-    let title = format!("qforge report: {}", r.compiled.name);
+/// A standalone HTML page: `title` as the document title and first heading, `css` inline, then
+/// `body` (every page qforge writes: the report, tune's and pipeline's).
+pub fn page(title: &str, css: &str, body: Markup) -> String {
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
                 title { (title) }
-                style { (PreEscaped(CSS)) }
+                style { (PreEscaped(css)) }
             }
             body {
                 h1 { (title) }
+                (body)
+            }
+        }
+    }
+    .into_string()
+}
+
+/// The report's HTML text.
+pub fn to_html(r: &Report) -> String {
+    let title = format!("qforge report: {}", r.compiled.name);
+    page(
+        &title,
+        CSS,
+        html! {
                 p.sub { (r.model) }
                 nav { @for (id, name) in SECTIONS { a href={ "#" (id) } { (name) } " " } }
                 (summary(r))
@@ -74,13 +88,12 @@ pub fn to_html(r: &Report) -> String {
                 (size(r))
                 (accuracy_section(&r.accuracy))
                 (graph(&r.graph_svg))
-            }
-        }
-    }
-    .into_string()
+        },
+    )
 }
 
-fn kv(k: &str, v: &str) -> Markup {
+/// A two-column table row: a name and its value.
+pub fn kv(k: &str, v: &str) -> Markup {
     html! { tr { td { (k) } td { (v) } } }
 }
 

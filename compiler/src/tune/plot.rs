@@ -6,7 +6,8 @@
 
 use super::evaluate::{Evaluated, Setup};
 use super::front::{accuracy_text, db};
-use maud::{html, Markup, PreEscaped, DOCTYPE};
+use crate::report::render::{kv, page};
+use maud::{html, PreEscaped};
 
 const W: f64 = 640.0;
 const H: f64 = 400.0;
@@ -110,22 +111,11 @@ pub struct Figures {
 pub fn html(rows: &[(Evaluated, bool)], chosen: Option<&Evaluated>, setup: &Setup, f: &Figures) -> String {
     let title = format!("qforge tune: {}", f.model);
     let pct = |x: Option<f64>| x.map_or("–".to_string(), |t| format!("{:.2}%", t * 100.0));
-    let kv = |k: &str, v: String| -> Markup {
-        html! { tr { td { (k) } td { (v) } } }
-    };
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                title { (title) }
-                style { (PreEscaped("body{font-family:system-ui,sans-serif;margin:24px 32px;color:#222}\
-                    table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ddd;padding:3px 7px;text-align:left}\
-                    th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}td.name{font-family:monospace}\
-                    tr.front td{font-weight:600}tr.chosen td{background:#fdecea}")) }
-            }
-            body {
-                h1 { (title) }
+    let kv = |k: &str, v: String| kv(k, &v);
+    page(
+        &title,
+        CSS,
+        html! {
                 section id="search" {
                     h2 { "Search" }
                     table {
@@ -160,8 +150,11 @@ pub fn html(rows: &[(Evaluated, bool)], chosen: Option<&Evaluated>, setup: &Setu
                         }
                     }
                 }
-            }
-        }
-    }
-    .into_string()
+        },
+    )
 }
+
+const CSS: &str = "body{font-family:system-ui,sans-serif;margin:24px 32px;color:#222}\
+    table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ddd;padding:3px 7px;text-align:left}\
+    th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}td.name{font-family:monospace}\
+    tr.front td{font-weight:600}tr.chosen td{background:#fdecea}";
