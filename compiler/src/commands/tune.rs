@@ -173,6 +173,7 @@ pub fn run(a: Args) -> Result<()> {
         return emit(out, &setup, &space.round(0, &[]), 0);
     }
     let mut ctx = Context::new(setup.clone())?;
+    ctx.keep_steps = a.save_latency_table.is_some();
     let space = Space::study(&mut ctx)?;
     let budget = Duration::from_secs_f64((a.budget_minutes * 60.0).max(0.0));
     let mut bar = crate::progress::bar("tuning".to_string(), "candidates");

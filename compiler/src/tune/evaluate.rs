@@ -181,8 +181,11 @@ pub struct Context {
     families: HashMap<String, State>,
     pub cache: BTreeMap<String, Evaluated>,
     pub counters: Counters,
-    /// Measured steps `(step, ns)` of every program timed (for `--save-latency-table`).
+    /// Measured steps `(step, ns)` of every program timed, when [`Context::keep_steps`] (for
+    /// `--save-latency-table`).
     pub steps: Vec<(StepInfo, f64)>,
+    /// Time each step too (runs the timed runs again with per-step timing), to fill `steps`.
+    pub keep_steps: bool,
     dir: PathBuf,
 }
 
@@ -239,6 +242,7 @@ impl Context {
             cache: BTreeMap::new(),
             counters: Counters::default(),
             steps: vec![],
+            keep_steps: false,
             dir,
         })
     }
@@ -394,15 +398,22 @@ impl Context {
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
         let median = crate::stats::median(&mut times);
-        // per-step times over as many runs again (for the profile's scaling and a saved table)
+        let scale = matches!(self.setup.latency, Source::Profile);
+        if !scale && !self.keep_steps {
+            return Ok(median);
+        }
+        // per-step times over as many runs again (for the profile's scaling and a saved table;
+        // apart from the median's runs, which per-step timing would slow)
         let mut step_times: Vec<Duration> = vec![];
         let runs = self.setup.iters.max(1);
         for _ in 0..runs {
             program.run(&inputs, Some(&mut step_times))?;
         }
         let per_step: Vec<f64> = step_times.iter().map(|d| d.as_secs_f64() * 1e9 / runs as f64).collect();
-        self.steps.extend(program.report.steps.iter().cloned().zip(per_step.iter().copied()));
-        if matches!(self.setup.latency, Source::Profile) {
+        if self.keep_steps {
+            self.steps.extend(program.report.steps.iter().cloned().zip(per_step.iter().copied()));
+        }
+        if scale {
             let total: f64 = per_step.iter().sum::<f64>().max(1e-9);
             let scaled: f64 = program
                 .report
