@@ -382,7 +382,7 @@ fn finite_forward(case: &Case) -> bool {
 }
 
 proptest! {
-    #![proptest_config(cfg(24))]
+    #![proptest_config(cfg(64))]
 
     #[test]
     fn unary_smooth(dims in small_dims(), seed in any::<u64>(), which in 0usize..12) {
@@ -716,6 +716,32 @@ proptest! {
     }
 
     #[test]
+    fn split(dims in small_dims(), axis in 0usize..3, cuts in prop::collection::vec(any::<bool>(), 3), all in any::<bool>(), seed in any::<u64>()) {
+        let a = axis.min(dims.len() - 1);
+        // parts of sizes that sum to the axis, from cut points after each position
+        let mut sizes = vec![];
+        let mut run = 0;
+        for i in 0..dims[a] {
+            run += 1;
+            if i + 1 == dims[a] || cuts[i % 3] {
+                sizes.push(run);
+                run = 0;
+            }
+        }
+        let k = sizes.len();
+        let fwd = move |g: &mut Graph, v: &[Value]| {
+            let op = Op::Split { axis: a as i64, sizes: sizes.clone() };
+            let id = g.add_node(op, vec![Some(v[0])], None, "split").expect("split").node;
+            // every part, in reverse order (or the last part alone: the others get no gradient)
+            let parts: Vec<Value> = (0..k).rev().map(|p| Value::new(id, p)).collect();
+            if all { node(g, Op::Concat { axis: a as i64 }, &parts) } else { parts[0] }
+        };
+        let mut rng = Rng::new(seed);
+        let x = rng.uniform(numel(&dims), -1.0, 1.0);
+        check(&Case::new(fwd, seed).input("x", f32_tensor(&dims, x)))?;
+    }
+
+    #[test]
     fn gather(dims in small_dims(), axis in 0usize..3, idims in prop::collection::vec(1usize..4, 0..3), seed in any::<u64>()) {
         let a = axis.min(dims.len() - 1);
         let mut rng = Rng::new(seed);
@@ -781,6 +807,10 @@ fn small_cnn_backward_graph() {
     insta::with_settings!({ snapshot_path => "../../snapshots", prepend_module_to_snapshot => false }, {
         insta::assert_snapshot!("autodiff__small_cnn", text);
     });
+    // the text form carries the backward ops: printed in full, it parses back to the same text
+    let full = qforge_ir::text::print(&d.graph, qforge_ir::text::ConstMode::Full).expect("prints");
+    let back = qforge_ir::text::parse(&full).expect("parses back");
+    assert_eq!(qforge_ir::text::print(&back, qforge_ir::text::ConstMode::Full).expect("prints"), full);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -934,7 +964,7 @@ fn errors_name_the_node_and_the_op() {
 }
 
 /// The small CNN's backward graph on the JIT: it runs (the backward ops without a kernel are host
-/// steps) and agrees with the interpreter.
+/// steps) and agrees with the interpreter, before and after the optimizer.
 #[test]
 fn small_cnn_backward_runs_on_the_jit() {
     let g = fixture("small_cnn.qir");
@@ -942,4 +972,177 @@ fn small_cnn_backward_runs_on_the_jit() {
     let inputs = qforge_tests::fixture_inputs(&d.graph);
     let expected = qforge_ir::interp::run(&d.graph, &inputs).expect("interpreter runs");
     qforge_tests::check_jit_within(&d.graph, &inputs, &expected, 1e-4).expect("the JIT agrees");
+    // and after the optimizer (which keeps the backward ops it has no rule for)
+    let optimized = qforge::Compiler::new(qforge::PipelineOptions::default())
+        .and_then(|c| c.optimize(d.graph.clone()))
+        .expect("the optimizer takes the backward graph");
+    let got = qforge_ir::interp::run(&optimized, &inputs).expect("the optimized graph runs");
+    for (i, (a, b)) in got.iter().zip(&expected).enumerate() {
+        let scale = b.to_f64_vec().iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+        for (u, v) in a.to_f64_vec().iter().zip(b.to_f64_vec()) {
+            assert!((u - v).abs() <= 1e-4 * scale, "output {i} after the optimizer: {u} vs {v}");
+        }
+    }
+    qforge_tests::check_jit_within(&optimized, &inputs, &got, 1e-4).expect("the JIT agrees after the optimizer");
+}
+
+/// A forward on an input of symbolic batch `N`.
+type BatchForward = fn(&mut Graph, Value) -> Value;
+
+/// The loss `sum(f(x) * r)` for `x: f32[N?, 2, 5, 5]` (`n` the batch, symbolic when `None`) and
+/// its gradient with respect to every input.
+fn batch_gradients(f: BatchForward, n: Option<usize>, batch: usize) -> Result<Vec<Tensor>, String> {
+    let mut g = Graph::new("batch");
+    let n_dim = n.map_or(qforge_ir::Dim::Sym("N".into()), qforge_ir::Dim::Fixed);
+    let dims = vec![n_dim, 2.into(), 5.into(), 5.into()];
+    let x = g.add_input("x", TensorType::new(DType::F32, Shape(dims)));
+    let y = f(&mut g, x);
+    let yd = g.value_type(y).shape.0.clone();
+    let mut rd: Vec<usize> = yd[1..].iter().map(|d| d.fixed().expect("fixed")).collect();
+    rd.insert(0, 1);
+    let r = g.add_const("r", f32_tensor(&rd, Rng::new(3).uniform(numel(&rd), -1.0, 1.0)));
+    let p = node(&mut g, Op::Binary(BinaryOp::Mul), &[y, r]);
+    let l = node(&mut g, Op::ReduceSum { axes: vec![], keepdims: false }, &[p]);
+    g.add_output("loss", l);
+    let names: Vec<String> = g.inputs().iter().map(|&i| g.node(i).name.clone()).collect();
+    let wrt: Vec<&str> = names.iter().map(String::as_str).collect();
+    let d = differentiate(&g, 0, &wrt).map_err(|e| e.to_string())?;
+    qforge_ir::verify::verify(&d.graph).map_err(|e| format!("verify: {e}"))?;
+    let mut rng = Rng::new(9);
+    let inputs: Vec<Tensor> = d
+        .graph
+        .inputs()
+        .iter()
+        .map(|&i| {
+            let t = &d.graph.node(i).outputs[0];
+            let shape: Vec<usize> = t.shape.0.iter().map(|d| d.fixed().unwrap_or(batch)).collect();
+            f32_tensor(&shape, rng.distinct(numel(&shape), 0.05))
+        })
+        .collect();
+    let out = qforge_ir::interp::run(&d.graph, &inputs).map_err(|e| format!("run: {e}"))?;
+    Ok(d.grads.iter().map(|&k| out[k].clone()).collect())
+}
+
+fn weight(g: &mut Graph, name: &str, dims: &[usize]) -> Value {
+    g.add_input(name, TensorType::new(DType::F32, Shape::fixed(dims)))
+}
+
+/// With a symbolic batch the gradients are written with sizes read at run time (`expand_dyn`,
+/// `reshape_dyn`, a mean's count from the shape), and equal those of the same graph at a fixed
+/// batch, at two batch sizes.
+#[test]
+fn symbolic_batch_gradients_equal_fixed_ones() {
+    let cases: Vec<(&str, BatchForward)> = vec![
+        ("conv", |g, x| {
+            let w = weight(g, "w", &[3, 2, 3, 3]);
+            let b = weight(g, "b", &[3]);
+            let a = ConvAttrs {
+                kernel: vec![3, 3],
+                strides: vec![1, 1],
+                pads: vec![1; 4],
+                dilations: vec![1, 1],
+                group: 1,
+            };
+            node(g, Op::Conv(a), &[x, w, b])
+        }),
+        ("conv_stride2", |g, x| {
+            let w = weight(g, "w", &[4, 1, 3, 3]);
+            let a = ConvAttrs {
+                kernel: vec![3, 3],
+                strides: vec![2, 2],
+                pads: vec![1; 4],
+                dilations: vec![1, 1],
+                group: 2,
+            };
+            node(g, Op::Conv(a), &[x, w])
+        }),
+        ("relu_max_pool", |g, x| {
+            let r = node(g, Op::Unary(UnaryOp::Relu), &[x]);
+            let p = PoolAttrs {
+                kernel: vec![2, 2],
+                strides: vec![2, 2],
+                pads: vec![0; 4],
+                dilations: vec![1, 1],
+                ceil_mode: false,
+                count_include_pad: false,
+            };
+            node(g, Op::MaxPool(p), &[r])
+        }),
+        ("average_pool", |g, x| {
+            let p = PoolAttrs {
+                kernel: vec![3, 3],
+                strides: vec![2, 2],
+                pads: vec![1; 4],
+                dilations: vec![1, 1],
+                ceil_mode: false,
+                count_include_pad: true,
+            };
+            node(g, Op::AveragePool(p), &[x])
+        }),
+        ("gap_flatten_gemm", |g, x| {
+            let p = node(g, Op::GlobalAveragePool, &[x]);
+            let f = node(g, Op::Flatten { axis: 1 }, &[p]);
+            let w = weight(g, "w", &[3, 2]);
+            let c = weight(g, "c", &[3]);
+            node(g, Op::Gemm { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: true }, &[f, w, c])
+        }),
+        ("global_max_pool", |g, x| node(g, Op::GlobalMaxPool, &[x])),
+        ("log_softmax", |g, x| node(g, Op::LogSoftmax { axis: 1 }, &[x])),
+        ("softmax", |g, x| node(g, Op::Softmax { axis: -1 }, &[x])),
+        ("layer_norm", |g, x| {
+            let s = weight(g, "scale", &[5]);
+            let b = weight(g, "bias", &[5]);
+            node(g, Op::LayerNorm { axis: -1, epsilon: 1e-5 }, &[x, s, b])
+        }),
+        ("batch_norm", |g, x| {
+            let ps: Vec<Value> = ["scale", "bias", "mean"].iter().map(|n| weight(g, n, &[2])).collect();
+            let var = weight(g, "var", &[2]);
+            let var = node(g, Op::Unary(UnaryOp::Abs), &[var]);
+            node(g, Op::BatchNorm { epsilon: 1e-3 }, &[x, ps[0], ps[1], ps[2], var])
+        }),
+        ("mean_over_batch", |g, x| node(g, Op::ReduceMean { axes: vec![0], keepdims: true }, &[x])),
+        ("mean_over_all", |g, x| node(g, Op::ReduceMean { axes: vec![], keepdims: true }, &[x])),
+        ("max_over_channels", |g, x| node(g, Op::ReduceMax { axes: vec![1], keepdims: false }, &[x])),
+        ("reshape_transpose", |g, x| {
+            let r = node(g, Op::Reshape { shape: vec![0, -1, 5] }, &[x]);
+            node(g, Op::Transpose { perm: vec![0, 2, 1] }, &[r])
+        }),
+        ("slice_pad_concat", |g, x| {
+            let s = node(g, Op::Slice { starts: vec![1], ends: vec![4], axes: vec![2], steps: vec![1] }, &[x]);
+            let p = node(
+                g,
+                Op::Pad { mode: PadMode::Constant, pads: vec![0, 0, 1, 0, 0, 0, 1, 0], computed: vec![], value: 0.0 },
+                &[s],
+            );
+            node(g, Op::Concat { axis: 1 }, &[p, x])
+        }),
+        ("gather_expand_where", |g, x| {
+            let i = g.add_const("i", Tensor::from_i64(vec![3], vec![1, 0, 1]));
+            let t = node(g, Op::Gather { axis: 1 }, &[x, i]);
+            let m = weight(g, "m", &[1, 3, 1, 5]);
+            let e = node(g, Op::Binary(BinaryOp::Mul), &[t, m]);
+            let c =
+                g.add_const("c", Tensor::from_f64_iter(DType::Bool, vec![5, 1], [1.0, 0.0, 1.0, 1.0, 0.0].into_iter()));
+            node(g, Op::Where, &[c, e, t])
+        }),
+        ("residual_silu", |g, x| {
+            // x * sigmoid(x) + x: two paths to x
+            let s = node(g, Op::Unary(UnaryOp::Sigmoid), &[x]);
+            let silu = node(g, Op::Binary(BinaryOp::Mul), &[x, s]);
+            node(g, Op::Binary(BinaryOp::Add), &[silu, x])
+        }),
+    ];
+    for (name, f) in cases {
+        for batch in [2, 3] {
+            let sym = batch_gradients(f, None, batch).unwrap_or_else(|e| panic!("{name} (symbolic batch): {e}"));
+            let fixed =
+                batch_gradients(f, Some(batch), batch).unwrap_or_else(|e| panic!("{name} (batch {batch}): {e}"));
+            for (i, (a, b)) in sym.iter().zip(&fixed).enumerate() {
+                assert_eq!(a.shape(), b.shape(), "{name} gradient {i}");
+                for (u, v) in a.to_f64_vec().iter().zip(b.to_f64_vec()) {
+                    assert!((u - v).abs() <= 1e-5 * v.abs().max(1.0), "{name} batch {batch} gradient {i}: {u} vs {v}");
+                }
+            }
+        }
+    }
 }

@@ -259,6 +259,27 @@ impl<'a> Builder<'a> {
         Ok(v)
     }
 
+    /// `x` divided by the number of elements of `of` over `axes` (a mean's divisor): a constant
+    /// factor when those dims are fixed, else the count read from `of`'s shape at run time
+    /// (`shape`, `gather`, `reduce_prod`, cast to `x`'s dtype).
+    pub fn div_by_count(&mut self, what: &str, x: Value, of: Value, axes: &[usize]) -> Result<Value, AutodiffError> {
+        let dims = self.dims(of);
+        let fixed: Option<Vec<usize>> = axes.iter().map(|&a| dims[a].fixed()).collect();
+        if let Some(f) = fixed {
+            let n: usize = f.iter().product();
+            return self.scale(what, x, 1.0 / n as f64);
+        }
+        let r = dims.len();
+        let shape = self.op(&part(what, "shape"), Op::Shape { start: 0, end: r }, &[of])?;
+        let idx = self
+            .tensor(&part(what, "axes"), Tensor::from_i64(vec![axes.len()], axes.iter().map(|&a| a as i64).collect()));
+        let picked = self.op(&part(what, "dims"), Op::Gather { axis: 0 }, &[shape, idx])?;
+        let n = self.op(&part(what, "count.i64"), Op::ReduceProd { axes: vec![0], keepdims: false }, &[picked])?;
+        let to = self.dtype(x);
+        let n = self.op(&part(what, "count"), Op::Cast { to }, &[n])?;
+        self.div(what, x, n)
+    }
+
     /// The transpose of the last two axes.
     pub fn transpose_last2(&mut self, what: &str, x: Value) -> Result<Value, AutodiffError> {
         let r = self.rank(x);

@@ -58,14 +58,7 @@ pub(crate) fn vjp(b: &mut Builder, f: &Fwd) -> Result<Vec<Option<Value>>, Autodi
             let g = match &f.op {
                 Op::ReduceSum { .. } => b.expand_like("", dyk, x)?,
                 Op::ReduceMean { .. } => {
-                    let dims = b.dims(x);
-                    let mut count = 1usize;
-                    for &a in &ax {
-                        count *= dims[a].fixed().ok_or_else(|| {
-                            b.unsupported(format!("the gradient of a mean needs fixed reduced dims, got {}", dims[a]))
-                        })?;
-                    }
-                    let s = b.scale("mean", dyk, 1.0 / count as f64)?;
+                    let s = b.div_by_count("mean", dyk, x, &ax)?;
                     b.expand_like("", s, x)?
                 }
                 _ => {

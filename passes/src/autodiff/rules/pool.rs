@@ -17,14 +17,8 @@ pub(crate) fn vjp(b: &mut Builder, f: &Fwd) -> Result<Vec<Option<Value>>, Autodi
         Op::MaxPool(p) => b.op("", Op::MaxPoolGrad(p.clone()), &[x, dy])?,
         Op::AveragePool(p) => b.op("", Op::AveragePoolGrad(p.clone()), &[x, dy])?,
         Op::GlobalAveragePool => {
-            let dims = b.dims(x);
-            let mut size = 1usize;
-            for d in &dims[2..] {
-                size *= d.fixed().ok_or_else(|| {
-                    b.unsupported(format!("the gradient of a global average pool needs fixed spatial dims, got {d}"))
-                })?;
-            }
-            let s = b.scale("mean", dy, 1.0 / size as f64)?;
+            let spatial: Vec<usize> = (2..b.rank(x)).collect();
+            let s = b.div_by_count("mean", dy, x, &spatial)?;
             b.expand_like("", s, x)?
         }
         Op::GlobalMaxPool => {
