@@ -1125,6 +1125,19 @@ fn symbolic_batch_gradients_equal_fixed_ones() {
                 g.add_const("c", Tensor::from_f64_iter(DType::Bool, vec![5, 1], [1.0, 0.0, 1.0, 1.0, 0.0].into_iter()));
             node(g, Op::Where, &[c, e, t])
         }),
+        ("reshape_dyn_expand_dyn", |g, x| {
+            // the batch read from x's dims, as an imported dynamic-batch model writes it
+            let n = qforge_ir::DimExpr::product(1, vec![(1, 0)]);
+            let flat = Op::ReshapeDyn { shape: vec![n.clone(), qforge_ir::DimExpr::fixed(50)] };
+            let f = g.add_node(flat, vec![Some(x), Some(x)], None, "flat").expect("reshape_dyn");
+            let back =
+                Op::ReshapeDyn { shape: vec![n.clone(), qforge_ir::DimExpr::fixed(2), qforge_ir::DimExpr::fixed(25)] };
+            let b = g.add_node(back, vec![Some(f), Some(x)], None, "back").expect("reshape_dyn");
+            let m = node(g, Op::ReduceMean { axes: vec![1], keepdims: true }, &[b]);
+            let e = Op::ExpandDyn { shape: vec![n, qforge_ir::DimExpr::fixed(2), qforge_ir::DimExpr::fixed(25)] };
+            let e = g.add_node(e, vec![Some(m), Some(x)], None, "wide").expect("expand_dyn");
+            node(g, Op::Binary(BinaryOp::Mul), &[e, b])
+        }),
         ("residual_silu", |g, x| {
             // x * sigmoid(x) + x: two paths to x
             let s = node(g, Op::Unary(UnaryOp::Sigmoid), &[x]);

@@ -5,11 +5,12 @@
 //! # The result
 //! The returned graph has the inputs of the original unchanged, all of its outputs first in their
 //! order, then one output `grad.<input>` per `wrt` entry, of that input's type. The backward
-//! nodes are named `grad.<forward node>[.<what>]` (see [`builder`]), made in reverse schedule
+//! nodes are named `grad.<forward node>[.<what>]` (see `builder.rs`), made in reverse schedule
 //! order, so differentiating the same graph twice prints the same text.
 //!
 //! # Rules
-//! Each op family's vector-Jacobian product is in [`rules`]; every backward op computes in the
+//! Each op family's vector-Jacobian product is in `rules/` (one file per family, each with its
+//! formulas); every backward op computes in the
 //! dtype of the forward value it differentiates (an f16 forward gets an f16 backward). Gradients
 //! that reach a value along several paths are summed with `add` nodes in the order the paths are
 //! met; the gradient of a broadcast operand is summed over its broadcast axes (`reduce_sum`, then
@@ -36,7 +37,7 @@
 //! (the result's dead nodes are removed).
 
 mod builder;
-pub mod rules;
+mod rules;
 
 use builder::Builder;
 use qforge_ir::{Graph, IrError, NodeId, Op, TensorType, Value};
