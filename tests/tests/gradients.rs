@@ -14,19 +14,26 @@
 //! error about `1.5 * (f32 rounding of the op's results) / h`, about 1e-5 of the gradient on these
 //! sizes; the weighting by `r` and the sum are computed in f64 (the result cast to f64 first), so
 //! the loss adds no rounding of its own and results that do not move cancel exactly.
+//!
 //! The measure is the whole gradient's relative error (the usual gradient-check norm: every
 //! operand's gradient concatenated), `|g - g_fd|_2 <= 1e-3 |g_fd|_2 + e`, so a wrong element
 //! anywhere shows unless it is below 1e-3 of the gradient's norm. `e` estimates the quotient's
 //! own rounding error per case (a formula, not a tuned constant): each loss evaluation is taken
 //! to be off by two ulps of each f32 result it weighs (`sum |r y| 2^-23`: the result's rounding
 //! and its f32 arithmetic), which the quotient scales by `1.5 / h`, per element (so
-//! `sqrt(elements)` for the norm). It matters only where the gradient is small
-//! against the results (a softmax over two elements weighted almost alike); elsewhere the relative
-//! term dominates. Where the loss does not depend on the operands at all (every difference
-//! exactly 0, a relu of negative values) the analytic gradient must be exactly 0 too. Kinks are kept out of reach of the
-//! quotient by construction: relu, leaky relu, abs and clip inputs stay at least `4h` from their
-//! kinks, max pooling and reduce max see distinct values at least `8h` apart, so no perturbation
-//! changes which element a window takes.
+//! `sqrt(elements)` for the norm). It matters only where the gradient is small against the
+//! results (a softmax over two elements weighted almost alike); elsewhere the relative term
+//! dominates. Where the loss does not depend on the operands at all (every difference exactly 0,
+//! a relu of negative values) the analytic gradient must be exactly 0 too.
+//!
+//! Kinks are kept out of reach of the quotient by construction: relu, leaky relu, abs, hard
+//! swish, hard sigmoid and clip inputs stay at least `4h` from their kinks, the operands of
+//! binary max/min lie on grids 0.05 apart, max pooling and reduce max see distinct values at
+//! least `8h` apart (so no perturbation changes which element a window takes), and layer norm
+//! rows are distinct values 0.3 apart (two close values normalize to a step).
+//!
+//! Every property test runs 64 cases (22 of them: about 1400 cases, under a second on the test
+//! profile), each a fresh random shape, attribute set and input.
 //!
 //! Round (straight-through), floor, ceil and sign have no finite-difference derivative to compare
 //! with; their gradients are checked exactly (`r` through round, zeros for the others), and the
@@ -450,9 +457,11 @@ proptest! {
             3 => (rng.uniform(numel(&da), -2.0, 2.0), rng.away_from(numel(&db), -2.0, 2.0, &[0.0], 0.5)),
             _ => (rng.uniform(numel(&da), -2.0, 2.0), rng.uniform(numel(&db), -2.0, 2.0)),
         };
-        let op = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Pow, BinaryOp::Pow, BinaryOp::Max][which];
+        use BinaryOp::*;
+        let op = [Add, Sub, Mul, Div, Pow, Pow, Max][which];
         let op = if which == 6 && seed % 2 == 0 { BinaryOp::Min } else { op };
-        let mut case = Case::new(move |g, v| node(g, Op::Binary(op), &[v[0], v[1]]), seed).input("a", f32_tensor(&da, a));
+        let mut case =
+            Case::new(move |g, v| node(g, Op::Binary(op), &[v[0], v[1]]), seed).input("a", f32_tensor(&da, a));
         // pow with a constant exponent (5) and with a differentiated one (4)
         case = if which == 5 { case.fixed("b", f32_tensor(&db, b)) } else { case.input("b", f32_tensor(&db, b)) };
         check(&case)?;
@@ -502,7 +511,8 @@ proptest! {
         let mut rng = Rng::new(seed);
         let ad = if ta { vec![kk, m] } else { vec![m, kk] };
         let bd = if tb { vec![nn, kk] } else { vec![kk, nn] };
-        let cd: Option<Vec<usize>> = [None, Some(vec![]), Some(vec![nn]), Some(vec![1, nn]), Some(vec![m, 1]), Some(vec![m, nn])][c_form].clone();
+        let forms = [None, Some(vec![]), Some(vec![nn]), Some(vec![1, nn]), Some(vec![m, 1]), Some(vec![m, nn])];
+        let cd: Option<Vec<usize>> = forms[c_form].clone();
         let op = Op::Gemm { alpha, beta, trans_a: ta, trans_b: tb };
         let mut case = Case::new(move |g, v| node(g, op.clone(), v), seed)
             .input("a", f32_tensor(&ad, rng.uniform(numel(&ad), -1.0, 1.0)))
@@ -555,7 +565,8 @@ proptest! {
         // pads below the kernel (ONNX); average pooling without dilation (ONNX AveragePool-19
         // has it, but keep to the common form)
         let d: Vec<usize> = if max { d } else { vec![1, 1] };
-        let pads: Vec<usize> = (0..2 * sp).map(|i| pads[if i < sp { i } else { 2 + i - sp }].min(k[i % sp] - 1)).collect();
+        let pads: Vec<usize> =
+            (0..2 * sp).map(|i| pads[if i < sp { i } else { 2 + i - sp }].min(k[i % sp] - 1)).collect();
         let mut xd = vec![n, c];
         for i in 0..sp {
             xd.push(((k[i] - 1) * d[i] + 1 + extra[i]).saturating_sub(pads[i] + pads[sp + i]).max(1));
@@ -590,7 +601,13 @@ proptest! {
     }
 
     #[test]
-    fn layer_norm(dims in prop::collection::vec(1usize..5, 1..4), axis in 0usize..3, trailing in 0usize..3, bias in any::<bool>(), seed in any::<u64>()) {
+    fn layer_norm(
+        dims in prop::collection::vec(1usize..5, 1..4),
+        axis in 0usize..3,
+        trailing in 0usize..3,
+        bias in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
         let r = dims.len();
         let axis = axis.min(r - 1);
         // at least two normalized elements (one alone normalizes to 0 whatever it is)
@@ -610,7 +627,12 @@ proptest! {
     }
 
     #[test]
-    fn batch_norm(n in 1usize..3, c in 1usize..4, rest in prop::collection::vec(1usize..4, 0..3), seed in any::<u64>()) {
+    fn batch_norm(
+        n in 1usize..3,
+        c in 1usize..4,
+        rest in prop::collection::vec(1usize..4, 0..3),
+        seed in any::<u64>(),
+    ) {
         let mut dims = vec![n, c];
         dims.extend(rest);
         let mut rng = Rng::new(seed);
@@ -625,7 +647,13 @@ proptest! {
     }
 
     #[test]
-    fn reductions(dims in small_dims(), axes in prop::collection::vec(any::<bool>(), 3), keepdims in any::<bool>(), which in 0usize..3, seed in any::<u64>()) {
+    fn reductions(
+        dims in small_dims(),
+        axes in prop::collection::vec(any::<bool>(), 3),
+        keepdims in any::<bool>(),
+        which in 0usize..3,
+        seed in any::<u64>(),
+    ) {
         let axes: Vec<i64> = (0..dims.len()).filter(|&i| axes[i]).map(|i| i as i64).collect();
         let mut rng = Rng::new(seed);
         let x = if which == 2 { rng.distinct(numel(&dims), 8.0 * H) } else { rng.uniform(numel(&dims), -2.0, 2.0) };
@@ -660,7 +688,12 @@ proptest! {
     }
 
     #[test]
-    fn squeeze_and_expand(dims in small_dims(), ones in prop::collection::vec(any::<bool>(), 3), lead in 0usize..3, seed in any::<u64>()) {
+    fn squeeze_and_expand(
+        dims in small_dims(),
+        ones in prop::collection::vec(any::<bool>(), 3),
+        lead in 0usize..3,
+        seed in any::<u64>(),
+    ) {
         // x has 1s where `ones`; squeeze them, or expand them (and `lead` new axes) to `dims`
         let xd: Vec<usize> = dims.iter().enumerate().map(|(i, &d)| if ones[i] { 1 } else { d }).collect();
         let mut rng = Rng::new(seed);
@@ -677,7 +710,12 @@ proptest! {
     }
 
     #[test]
-    fn concat(dims in small_dims(), axis in 0usize..3, sizes in prop::collection::vec(1usize..4, 1..4), seed in any::<u64>()) {
+    fn concat(
+        dims in small_dims(),
+        axis in 0usize..3,
+        sizes in prop::collection::vec(1usize..4, 1..4),
+        seed in any::<u64>(),
+    ) {
         let a = axis.min(dims.len() - 1);
         let mut rng = Rng::new(seed);
         let mut case = Case::new(move |g, v| node(g, Op::Concat { axis: a as i64 }, v), seed);
@@ -690,7 +728,11 @@ proptest! {
     }
 
     #[test]
-    fn slice(dims in prop::collection::vec(2usize..6, 1..4), bounds in prop::collection::vec((-6i64..6, -7i64..7, 0usize..4), 1..3), seed in any::<u64>()) {
+    fn slice(
+        dims in prop::collection::vec(2usize..6, 1..4),
+        bounds in prop::collection::vec((-6i64..6, -7i64..7, 0usize..4), 1..3),
+        seed in any::<u64>(),
+    ) {
         let r = dims.len();
         let mut starts = vec![];
         let mut ends = vec![];
@@ -716,7 +758,13 @@ proptest! {
     }
 
     #[test]
-    fn split(dims in small_dims(), axis in 0usize..3, cuts in prop::collection::vec(any::<bool>(), 3), all in any::<bool>(), seed in any::<u64>()) {
+    fn split(
+        dims in small_dims(),
+        axis in 0usize..3,
+        cuts in prop::collection::vec(any::<bool>(), 3),
+        all in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
         let a = axis.min(dims.len() - 1);
         // parts of sizes that sum to the axis, from cut points after each position
         let mut sizes = vec![];
@@ -742,7 +790,12 @@ proptest! {
     }
 
     #[test]
-    fn gather(dims in small_dims(), axis in 0usize..3, idims in prop::collection::vec(1usize..4, 0..3), seed in any::<u64>()) {
+    fn gather(
+        dims in small_dims(),
+        axis in 0usize..3,
+        idims in prop::collection::vec(1usize..4, 0..3),
+        seed in any::<u64>(),
+    ) {
         let a = axis.min(dims.len() - 1);
         let mut rng = Rng::new(seed);
         let n = dims[a] as i64;
@@ -756,7 +809,12 @@ proptest! {
     }
 
     #[test]
-    fn pad_constant(dims in small_dims(), pads in prop::collection::vec(-1i64..3, 6), value in -1.0f64..1.0, seed in any::<u64>()) {
+    fn pad_constant(
+        dims in small_dims(),
+        pads in prop::collection::vec(-1i64..3, 6),
+        value in -1.0f64..1.0,
+        seed in any::<u64>(),
+    ) {
         let r = dims.len();
         let mut p: Vec<i64> = pads[..r].to_vec();
         p.extend_from_slice(&pads[3..3 + r]);
@@ -936,7 +994,11 @@ fn half_precision_backward_keeps_its_dtype() {
 /// An input no path connects to the loss gets a zero gradient; integer inputs carry none.
 #[test]
 fn unconnected_inputs_get_zeros() {
-    let text = "graph g(%x: f32[N,3], %u: f32[2,2]) -> (loss: f32[]) {\n  %0 = reduce_sum %x {axes=[], keepdims=false} : f32[]  # \"s\"\n  return %0\n}\n";
+    let text = "graph g(%x: f32[N,3], %u: f32[2,2]) -> (loss: f32[]) {
+  %0 = reduce_sum %x {axes=[], keepdims=false} : f32[]  # \"s\"
+  return %0
+}
+";
     let g = qforge_ir::text::parse(text).expect("parses");
     let d = differentiate(&g, 0, &["x", "u"]).expect("differentiates");
     qforge_ir::verify::verify(&d.graph).expect("verifies");
@@ -951,7 +1013,12 @@ fn unconnected_inputs_get_zeros() {
 /// are refused with what is wrong.
 #[test]
 fn errors_name_the_node_and_the_op() {
-    let text = "graph g(%x: f32[3], %i: i64[3]) -> (loss: f32[], v: f32[3]) {\n  %0 = cumsum %x {axis=0, exclusive=false, reverse=false} : f32[3]  # \"running\"\n  %1 = reduce_sum %0 {axes=[], keepdims=false} : f32[]  # \"s\"\n  return %1, %0\n}\n";
+    let text = "graph g(%x: f32[3], %i: i64[3]) -> (loss: f32[], v: f32[3]) {
+  %0 = cumsum %x {axis=0, exclusive=false, reverse=false} : f32[3]  # \"running\"
+  %1 = reduce_sum %0 {axes=[], keepdims=false} : f32[]  # \"s\"
+  return %1, %0
+}
+";
     let g = qforge_ir::text::parse(text).expect("parses");
     let e = differentiate(&g, 0, &["x"]).expect_err("no rule for cumsum").to_string();
     assert_eq!(e, "node `running`: no gradient rule for `cumsum`");
