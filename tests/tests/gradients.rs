@@ -1226,3 +1226,39 @@ fn symbolic_batch_gradients_equal_fixed_ones() {
         }
     }
 }
+
+/// The corpus's digits CNN as imported (batch norms unfolded, then folded), a cross-entropy loss
+/// appended: its gradient with respect to the image verifies, runs on the interpreter, and agrees
+/// on the JIT.
+#[test]
+fn digits_cnn_input_gradient_runs_on_both_engines() {
+    let mut g = qforge::load_model(&qforge_tests::corpus_file("digits_cnn.onnx")).expect("digits imports");
+    for fold in [false, true] {
+        if fold {
+            assert!(qforge_passes::batchnorm::fold_batch_norms(&mut g) > 0, "batch norms fold");
+        }
+        let mut lg = g.clone();
+        let logits = lg.outputs()[0].value;
+        let target = lg
+            .add_input("target", TensorType::new(DType::F32, Shape(vec![qforge_ir::Dim::Sym("N".into()), 10.into()])));
+        let ls = node(&mut lg, Op::LogSoftmax { axis: 1 }, &[logits]);
+        let p = node(&mut lg, Op::Binary(BinaryOp::Mul), &[target, ls]);
+        let s = node(&mut lg, Op::ReduceSum { axes: vec![], keepdims: false }, &[p]);
+        let loss = node(&mut lg, Op::Unary(UnaryOp::Neg), &[s]);
+        lg.add_output("loss", loss);
+        let d = differentiate(&lg, 1, &["input"]).expect("digits differentiates");
+        qforge_ir::verify::verify(&d.graph).expect("verifies");
+        let batch = 2;
+        let mut rng = Rng::new(21);
+        let x = f32_tensor(&[batch, 1, 8, 8], rng.uniform(batch * 64, 0.0, 1.0));
+        let mut t = vec![0.0; batch * 10];
+        t[3] = 1.0;
+        t[10 + 7] = 1.0;
+        let inputs = vec![x, f32_tensor(&[batch, 10], t)];
+        let out = qforge_ir::interp::run(&d.graph, &inputs).expect("runs");
+        let grad = &out[d.grads[0]];
+        assert_eq!(grad.shape(), &[batch, 1, 8, 8]);
+        assert!(grad.to_f64_vec().iter().any(|&v| v != 0.0), "the image gradient is not all zeros");
+        qforge_tests::check_jit_within(&d.graph, &inputs, &out, 1e-4).expect("the JIT agrees");
+    }
+}
