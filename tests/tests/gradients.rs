@@ -1262,3 +1262,42 @@ fn digits_cnn_input_gradient_runs_on_both_engines() {
         qforge_tests::check_jit_within(&d.graph, &inputs, &out, 1e-4).expect("the JIT agrees");
     }
 }
+
+/// A symbolic image size: a stride-1 convolution's input gradient (its size restored from the
+/// transposed convolution's own spelling of it), a global average pool's divisor read from the
+/// shape, run at two sizes against the same graph with the size fixed.
+#[test]
+fn symbolic_image_size_gradients_equal_fixed_ones() {
+    let text = |h: &str, w: &str| {
+        format!(
+            "graph g(%x: f32[N,2,{h},{w}], %w: f32[3,2,3,3]) -> (loss: f32[]) {{
+  %0 = conv %x, %w {{kernel=[3,3], strides=[1,1], pads=[1,1,1,1], dilations=[1,1], group=1}} : f32[N,3,{h},{w}]  # \"conv\"
+  %1 = relu %0 : f32[N,3,{h},{w}]  # \"relu\"
+  %2 = global_average_pool %1 : f32[N,3,1,1]  # \"gap\"
+  %3 = reduce_sum %2 {{axes=[], keepdims=false}} : f32[]  # \"loss\"
+  return %3
+}}
+"
+        )
+    };
+    let sym = qforge_ir::text::parse(&text("H", "W")).expect("parses");
+    let ds = differentiate(&sym, 0, &["x", "w"]).expect("differentiates");
+    qforge_ir::verify::verify(&ds.graph).expect("verifies");
+    for (h, w) in [(5usize, 7usize), (8, 4)] {
+        let fixed = qforge_ir::text::parse(&text(&h.to_string(), &w.to_string())).expect("parses");
+        let df = differentiate(&fixed, 0, &["x", "w"]).expect("differentiates");
+        let mut rng = Rng::new(h as u64);
+        let inputs = vec![
+            f32_tensor(&[2, 2, h, w], rng.uniform(4 * h * w, -1.0, 1.0)),
+            f32_tensor(&[3, 2, 3, 3], rng.uniform(54, -1.0, 1.0)),
+        ];
+        let a = qforge_ir::interp::run(&ds.graph, &inputs).expect("symbolic runs");
+        let b = qforge_ir::interp::run(&df.graph, &inputs).expect("fixed runs");
+        for (&i, &j) in ds.grads.iter().zip(&df.grads) {
+            assert_eq!(a[i].shape(), b[j].shape());
+            for (u, v) in a[i].to_f64_vec().iter().zip(b[j].to_f64_vec()) {
+                assert!((u - v).abs() <= 1e-6 * v.abs().max(1.0), "{h}x{w}: {u} vs {v}");
+            }
+        }
+    }
+}
