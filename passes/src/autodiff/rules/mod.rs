@@ -89,6 +89,8 @@ pub(crate) fn vjp(
         | Op::Split { .. }
         | Op::Slice { .. }
         | Op::Gather { .. }
+        | Op::GatherElements { .. }
+        | Op::Tile { .. }
         | Op::Expand { .. }
         | Op::ExpandDyn { .. }
         | Op::Pad { .. } => movement::vjp(b, &f)?,

@@ -6,8 +6,10 @@
 //!   for a part that does not reach the loss);
 //! * slice: `dy` put back where it was taken, zeros elsewhere: a constant pad for step 1, a
 //!   `scatter_elements` into zeros for other steps, one sliced axis at a time in reverse order;
-//! * gather: `dy` scatter-added (`scatter_elements`, reduction add) into zeros at the gathered
-//!   indices, so an index gathered twice gets both gradients;
+//! * gather: `dy` scatter-added (`scatter_nd`, reduction add) into zeros at the gathered
+//!   indices (the gathered axis moved first and back), so an index gathered twice gets both
+//!   gradients; gather_elements: the same with `scatter_elements`;
+//! * tile: `dy` summed over the copies;
 //! * expand: `dy` summed over the broadcast axes;
 //! * pad (constant): `dy` padded by the negated pads (a crop where the forward padded, zeros
 //!   where it cropped).
@@ -99,6 +101,34 @@ pub(crate) fn vjp(b: &mut Builder, f: &Fwd) -> Result<Vec<Option<Value>>, Autodi
             let a = axis_of(b, x, *axis)?;
             Ok(vec![Some(gather(b, x, idx, dy, a)?), None])
         }
+        Op::GatherElements { axis } => {
+            let idx = f.x(b, 1)?;
+            let a = axis_of(b, x, *axis)?;
+            let (xd, id) = (b.dims(x), b.dims(idx));
+            if let (Some(n), Some(k)) = (xd[a].fixed(), id[a].fixed()) {
+                if k > n {
+                    // scatter_elements takes no more indices than the data has along the axis
+                    return Err(b.unsupported(format!(
+                        "the gradient of gathering {k} elements from an axis of {n} (more than the axis holds)"
+                    )));
+                }
+            }
+            let zeros = b.zeros_like("zero", x)?;
+            let op = Op::ScatterElements { axis: a as i64, reduction: ScatterReduction::Add };
+            Ok(vec![Some(b.op("", op, &[zeros, idx, dy])?), None])
+        }
+        Op::Tile { repeats } => {
+            // y is [r0 * d0, r1 * d1, ...] with the copy index outer: as [r0, d0, r1, d1, ...],
+            // summed over the copies
+            let xd = b.fixed_dims(x, "the gradient of a tile")?;
+            let split: Vec<i64> = xd.iter().zip(repeats).flat_map(|(&d, &r)| [r as i64, d as i64]).collect();
+            let v = b.op("copies", Op::Reshape { shape: split }, &[dy])?;
+            let axes: Vec<usize> = (0..xd.len()).map(|i| 2 * i).collect();
+            if axes.is_empty() {
+                return Ok(vec![Some(dy)]);
+            }
+            Ok(vec![Some(b.reduce_sum("", v, &axes, false)?)])
+        }
         Op::Expand { .. } | Op::ExpandDyn { .. } => Ok(vec![Some(b.unbroadcast("", dy, x)?)]),
         Op::Pad { mode: PadMode::Constant, pads, computed, .. } if computed.is_empty() => {
             let neg = pads.iter().map(|&p| -p).collect();
@@ -169,7 +199,7 @@ fn unslice(
             b.op(&format!("axis{k}"), Op::Pad { mode: PadMode::Constant, pads, computed: vec![], value: 0.0 }, &[g])
         }
         None => Err(b.unsupported(format!(
-            "the gradient of this slice of a symbolic size ({}) needs a fixed size (or a slice from a start to the end)",
+            "the gradient of a slice of a symbolic size ({}) needs a fixed size, or a slice to the end",
             before[a]
         ))),
     }
