@@ -169,11 +169,19 @@ pub fn differentiate(g: &Graph, loss_output: usize, wrt: &[&str]) -> Result<Diff
     for (&id, name) in wrt_ids.iter().zip(wrt) {
         let x = Value::new(id, 0);
         b.at(name, "input");
-        let gv = match parts.get(&x) {
+        let mut gv = match parts.get(&x) {
             Some(p) if p.len() == 1 => p[0],
             Some(p) => b.sum("sum", p)?,
             None => b.zeros_like("zero", x)?,
         };
+        // the gradient has the input's type: a symbolic size another op spells differently
+        // (a transposed convolution's `(H+2)/1-2`) is given the input's own spelling
+        if b.ty(gv).shape != b.ty(x).shape {
+            gv = b.reshape_like("shape", gv, x)?;
+        }
+        if b.ty(gv) != b.ty(x) {
+            return Err(b.unsupported(format!("internal: the gradient is {}, the input {}", b.ty(gv), b.ty(x))));
+        }
         results.push((format!("grad.{name}"), gv));
     }
     for (name, gv) in results {
