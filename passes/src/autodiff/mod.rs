@@ -33,8 +33,8 @@
 //!
 //! # Invariants
 //! The result passes [`qforge_ir::verify::verify`] and runs on the interpreter; the forward nodes
-//! are untouched (same ids, ops and names); nodes the gradient does not need are not left behind
-//! (the result's dead nodes are removed).
+//! the original's outputs use are untouched (same ids, ops and names); nothing is left that no
+//! output uses (dead nodes are removed, any the original had included).
 
 mod builder;
 mod rules;
