@@ -119,6 +119,22 @@ pub fn differentiate(g: &Graph, loss_output: usize, wrt: &[&str]) -> Result<Diff
         }
     }
 
+    // A quantizer on the loss's path would silently cut the gradient (its result is an integer):
+    // refused, fake quantization is written with round and clip (straight-through) instead.
+    for &n in &order {
+        let node = g.node(n);
+        let quantizer = matches!(node.op, Op::Quantize | Op::DynamicQuantize);
+        if quantizer && ancestors.contains(&n) && node.inputs().iter().flatten().any(|v| needs.contains(v)) {
+            return Err(AutodiffError::Unsupported {
+                node: node.name.clone(),
+                op: node.op.name(),
+                msg: "no gradient through a quantizer to integers (write fake quantization as \
+                      `(clip(round(x / s) + z, lo, hi) - z) * s`, which has the straight-through one)"
+                    .into(),
+            });
+        }
+    }
+
     let mut out = g.clone();
     let mut b = Builder::new(&mut out);
     // Gradient contributions per value, in the order they are made.

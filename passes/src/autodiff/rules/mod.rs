@@ -70,7 +70,7 @@ pub(crate) fn vjp(
         | Op::Cast { .. }
         | Op::Identity => elementwise::vjp(b, &f)?,
         Op::MatMul | Op::Gemm { .. } => linalg::vjp(b, &f)?,
-        Op::Conv(_) => conv::vjp(b, &f)?,
+        Op::Conv(_) | Op::ConvTranspose(_) => conv::vjp(b, &f)?,
         Op::MaxPool(_) | Op::AveragePool(_) | Op::GlobalAveragePool | Op::GlobalMaxPool => pool::vjp(b, &f)?,
         Op::BatchNorm { .. }
         | Op::Softmax { .. }
