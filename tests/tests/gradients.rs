@@ -1363,6 +1363,16 @@ fn symbolic_image_size_gradients_equal_fixed_ones() {
 "
         )
     };
+    // a strided convolution's input gradient needs the size fixed (the rows its floor division
+    // drops are known only at run time)
+    let strided = qforge_ir::text::parse(
+        &text("H", "W")
+            .replace("strides=[1,1]", "strides=[2,2]")
+            .replace("f32[N,3,H,W]", "f32[N,3,\"(H+1)/2\",\"(W+1)/2\"]"),
+    )
+    .expect("parses");
+    let e = differentiate(&strided, 0, &["x"]).expect_err("refused").to_string();
+    assert!(e.contains("strided convolution needs a fixed spatial size, got H"), "{e}");
     let sym = qforge_ir::text::parse(&text("H", "W")).expect("parses");
     let ds = differentiate(&sym, 0, &["x", "w"]).expect("differentiates");
     qforge_ir::verify::verify(&ds.graph).expect("verifies");
