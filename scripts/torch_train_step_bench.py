@@ -1,7 +1,7 @@
 """PyTorch's CPU training-step time, the reference for qforge's fine-tuning speed.
 
 Usage:
-    python3 scripts/torch_train_step_bench.py [--steps 10] [--warmup 3] [--bn train|eval]
+    python3 scripts/torch_train_step_bench.py [--steps 10] [--warmup 3] [--bn train|eval|both]
                                               [--models /work/shared/models]
                                               [--out tests/fixtures/finetune/torch_train_step_bench.json]
 
@@ -12,8 +12,8 @@ untimed steps, plus the median of each phase, for:
   * torchvision `resnet18(weights=None)` (the architecture of the corpus `resnet18.onnx`),
     batch 8, 3x224x224, 1000 classes;
   * the corpus `DigitsCNN` (`digits_cnn.pt`), batch 32, 1x8x8, 10 classes (200 x --steps steps).
-`--bn train` (default) runs BatchNorm in training mode (batch statistics), `--bn eval` on running
-statistics. Timings depend on the machine and its load: the load average (`/proc/loadavg`) before
+`--bn train` runs BatchNorm in training mode (batch statistics), `--bn eval` on its running
+statistics (as a trainer that folds BN into the conv would), `--bn both` (default) both. Timings depend on the machine and its load: the load average (`/proc/loadavg`) before
 and after each model is recorded; run it on an otherwise idle machine if you can.
 """
 import argparse
@@ -82,7 +82,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--bn", choices=("train", "eval"), default="train")
+    ap.add_argument("--bn", choices=("train", "eval", "both"), default="both")
     ap.add_argument("--models", default="/work/shared/models")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent
                                          / "tests/fixtures/finetune/torch_train_step_bench.json"))
@@ -92,27 +92,31 @@ def main():
     import torchvision
 
     res = {"torch": torch.__version__, "torchvision": torchvision.__version__, "threads": 1,
-           "cpu": cpu_name(), "cpus_on_machine": os.cpu_count(), "bn_mode": args.bn,
+           "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "cpus_on_machine": os.cpu_count(),
            "optimizer": "SGD lr 0.01 momentum 0.9", "dtype": "float32", "models": {}}
 
-    rn = torchvision.models.resnet18(weights=None)
-    x = torch.randn(8, 3, 224, 224)
-    y = torch.randint(0, 1000, (8,))
-    r = bench(rn, x, y, args.steps, args.warmup, args.bn)
-    res["models"]["resnet18_b8_224"] = {"batch": 8, "input": [8, 3, 224, 224], **r}
-    print(f"resnet18 batch 8: median {r['median_ms']:.1f} ms/step "
-          f"(min {r['min_ms']:.1f}, max {r['max_ms']:.1f}) {r['phase_median_ms']} "
-          f"load {r['loadavg_before']} -> {r['loadavg_after']}", flush=True)
+    modes = ("train", "eval") if args.bn == "both" else (args.bn,)
+    for bn in modes:
+        torch.manual_seed(0)
+        rn = torchvision.models.resnet18(weights=None)
+        x = torch.randn(8, 3, 224, 224)
+        y = torch.randint(0, 1000, (8,))
+        r = bench(rn, x, y, args.steps, args.warmup, bn)
+        res["models"][f"resnet18_b8_224_bn_{bn}"] = {"batch": 8, "input": [8, 3, 224, 224], **r}
+        print(f"resnet18 batch 8, BN {bn}: median {r['median_ms']:.1f} ms/step "
+              f"(min {r['min_ms']:.1f}, max {r['max_ms']:.1f}) {r['phase_median_ms']} "
+              f"load {r['loadavg_before']} -> {r['loadavg_after']}", flush=True)
 
-    dg = DigitsCNN()
-    dg.load_state_dict(torch.load(Path(args.models) / "digits_cnn.pt"))
-    xd = torch.from_numpy(np.load(Path(args.models) / "digits_calib_x.npy")[:32])
-    yd = torch.randint(0, 10, (32,))
-    r = bench(dg, xd, yd, 200 * args.steps, 10 * args.warmup, args.bn)
-    res["models"]["digits_cnn_b32"] = {"batch": 32, "input": [32, 1, 8, 8], **r}
-    print(f"digits_cnn batch 32: median {r['median_ms']:.3f} ms/step "
-          f"(min {r['min_ms']:.3f}, max {r['max_ms']:.3f}) {r['phase_median_ms']} "
-          f"load {r['loadavg_before']} -> {r['loadavg_after']}", flush=True)
+        dg = DigitsCNN()
+        dg.load_state_dict(torch.load(Path(args.models) / "digits_cnn.pt"))
+        xd = torch.from_numpy(np.load(Path(args.models) / "digits_calib_x.npy")[:32])
+        yd = torch.randint(0, 10, (32,))
+        r = bench(dg, xd, yd, 200 * args.steps, 10 * args.warmup, bn)
+        res["models"][f"digits_cnn_b32_bn_{bn}"] = {"batch": 32, "input": [32, 1, 8, 8], **r}
+        print(f"digits_cnn batch 32, BN {bn}: median {r['median_ms']:.3f} ms/step "
+              f"(min {r['min_ms']:.3f}, max {r['max_ms']:.3f}) {r['phase_median_ms']} "
+              f"load {r['loadavg_before']} -> {r['loadavg_after']}", flush=True)
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
