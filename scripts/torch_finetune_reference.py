@@ -3,6 +3,7 @@
 Usage:
     python3 scripts/torch_finetune_reference.py [--models /work/shared/models]
                                                 [--out tests/fixtures/finetune/torch_reference.json]
+                                                [--sweep-seeds 0,1,2,3,4]
 
 Prints every figure and writes them as JSON. Needs torch (tested with 2.15.0) and numpy; the
 data and the fp32 state dict come from the shared corpus (`digits_cnn.pt`, `digits_calib_x.npy`
@@ -43,6 +44,7 @@ never their labels: the targets are the fp32 model's own logits):
      plus the share of weight-gradient elements that flush to zero at initialisation, also for
      the whole model in fp16 (model.half()).
   7. Textbook exercise 6.3: 1e-8 in fp16, in fp16 scaled by 2^16, in bf16.
+  8. Seed sweep: the QAT INT8, W4A8 and prune+QAT recipes with shuffle seeds 0-4 (top-1 only).
 """
 import argparse
 import copy
@@ -212,12 +214,12 @@ def ptq_fakequant(fp32, wbits, calib, x, y) -> float:
     return top1(m, x, y)
 
 
-def finetune(model, teacher_logits, calib, epochs, lr, x, y, log="", bn_eval=False):
+def finetune(model, teacher_logits, calib, epochs, lr, x, y, log="", bn_eval=False, seed=SEED):
     """Adam + cosine over epochs*ceil(200/BATCH) steps, shuffled with a seeded generator;
     observers (if any) disabled after OBSERVER_FREEZE of the epochs. `bn_eval`: plain BatchNorm2d
     layers stay on their running statistics (the QAT modules freeze theirs with freeze_bn_stats)."""
-    torch.manual_seed(SEED)
-    g = torch.Generator().manual_seed(SEED)
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps = epochs * math.ceil(len(calib) / BATCH)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
@@ -242,7 +244,7 @@ def finetune(model, teacher_logits, calib, epochs, lr, x, y, log="", bn_eval=Fal
             sched.step()
             tot += loss.item() * len(idx)
         losses.append(tot / len(calib))
-        if (ep + 1) % 10 == 0 or ep == epochs - 1:
+        if log and ((ep + 1) % 10 == 0 or ep == epochs - 1):
             print(f"  {log} epoch {ep + 1:3d} loss {losses[-1]:.5f} test top1 {top1(model, x, y):.4f}",
                   flush=True)
     model.apply(tq.disable_observer)
@@ -261,10 +263,11 @@ def recipe_json(name):
             "data": "200 calibration images, no labels"}
 
 
-def qat_run(name, fp32, teacher_logits, wbits, calib, x, y, convert=True) -> dict:
+def qat_run(name, fp32, teacher_logits, wbits, calib, x, y, convert=True, seed=SEED) -> dict:
     m = prepare_qat_model(fp32, wbits)
     r = RECIPES[name]
-    losses = finetune(m, teacher_logits, calib, r["epochs"], r["lr"], x, y, log=name)
+    losses = finetune(m, teacher_logits, calib, r["epochs"], r["lr"], x, y,
+                      log=name if seed == SEED else "", seed=seed)
     out = {"config": recipe_json(name), "weight_bits": wbits, "final_loss": losses[-1],
            "loss_curve": [round(v, 6) for v in losses], "top1_fakequant": top1(m, x, y)}
     if convert:
@@ -337,6 +340,8 @@ def main():
     ap.add_argument("--models", default="/work/shared/models")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent
                                          / "tests/fixtures/finetune/torch_reference.json"))
+    ap.add_argument("--sweep-seeds", default="0,1,2,3,4",
+                    help="shuffle seeds for the seed sweep of the QAT recipes ('' to skip)")
     ap.add_argument("--only", default="", help="comma list of sections to run (debugging)")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
@@ -407,6 +412,23 @@ def main():
         r2.update(qat_run("prune_then_qat_int8", slim2, teacher, 8, calib, x, y))
         res["prune30_fp32distill_then_qat_int8"] = r2
         print("prune two-stage", {k: v for k, v in r2.items() if k != "loss_curve"})
+
+    if run("sweep") and args.sweep_seeds:
+        # the same recipes with other shuffle seeds: the spread a re-implementation with its
+        # own random order should expect (top-1 of the fake-quant model)
+        _, slim, _ = prune_and_slim(fp32)
+        sw = {}
+        for name, model, wbits in (("qat_int8", fp32, 8), ("qat_w4a8", fp32, 4),
+                                   ("prune_qat_int8", slim, 8)):
+            accs = {}
+            for sd in (int(v) for v in args.sweep_seeds.split(",")):
+                accs[str(sd)] = qat_run(name, model, teacher, wbits, calib, x, y, convert=False,
+                                        seed=sd)["top1_fakequant"]
+            sw[name] = {"top1_by_seed": accs, "min": min(accs.values()),
+                        "max": max(accs.values()),
+                        "mean": sum(accs.values()) / len(accs)}
+            print("seed sweep", name, sw[name], flush=True)
+        res["seed_sweep"] = sw
 
     if run("fp16"):
         res["mixed_precision_training"] = fp16_experiments(fp32, calib, teacher, x, y)
