@@ -9,9 +9,10 @@ Prints every figure and writes them as JSON. Needs torch (tested with 2.15.0) an
 data and the fp32 state dict come from the shared corpus (`digits_cnn.pt`, `digits_calib_x.npy`
 [200,1,8,8], `digits_test_x.npy`/`digits_test_y.npy` [597]). Runs in a few minutes on one core.
 
-Determinism: `torch.set_num_threads(1)`, `torch.use_deterministic_algorithms(True, warn_only)`, and every
-experiment re-seeds torch with SEED before it starts (the shuffles use their own
-`torch.Generator().manual_seed(SEED)`), so each figure is reproducible on its own.
+Determinism: `torch.set_num_threads(1)`, `torch.use_deterministic_algorithms(True,
+warn_only=True)`, and every experiment re-seeds torch with SEED before it starts (the shuffles
+use their own `torch.Generator().manual_seed(SEED)`), so each figure is reproducible on its own;
+two runs give byte-identical JSON.
 
 What runs (all on the 597 test images; training only ever sees the 200 calibration images and
 never their labels: the targets are the fp32 model's own logits):
@@ -38,7 +39,7 @@ never their labels: the targets are the fp32 model's own logits):
      with distillation from the unpruned fp32 model, in one stage (the textbook's
      compress_pipeline) and in two (fp32 distillation, then QAT). MACs (conv + linear, one
      image) are counted on both models.
-  6. Mixed-precision training (above `mp_train`): a fresh DigitsCNN distilled on the 200 images
+  6. Mixed-precision training (`fp16_experiments`, `mp_train`): a fresh DigitsCNN distilled on the 200 images
      in fp32, fp16 autocast, fp16 autocast + torch.amp.GradScaler("cpu"), bf16 autocast, at the
      natural gradient scale and with gradients 2^16 times smaller (fp32 unchanged, bit for bit);
      plus the share of weight-gradient elements that flush to zero at initialisation, also for
