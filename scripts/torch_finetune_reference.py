@@ -38,7 +38,8 @@ never their labels: the targets are the fp32 model's own logits):
      and their consumers' input channels), giving a 11-22-45 CNN, which is QAT-INT8 fine-tuned
      with distillation from the unpruned fp32 model, in one stage (the textbook's
      compress_pipeline) and in two (fp32 distillation, then QAT). MACs (conv + linear, one
-     image) are counted on both models.
+     image) are counted on both models. For comparison, the one-stage recipe also runs on the
+     channels the same L2 rule keeps when BN is folded into the weights first.
   6. Mixed-precision training (`fp16_experiments`, `mp_train`): a fresh DigitsCNN distilled on the 200 images
      in fp32, fp16 autocast, fp16 autocast + torch.amp.GradScaler("cpu"), bf16 autocast, at the
      natural gradient scale and with gradients 2^16 times smaller (fp32 unchanged, bit for bit);
@@ -294,15 +295,21 @@ def prune_and_slim(fp32):
         mask = conv.weight_mask.flatten(1).amax(1) > 0
         prune.remove(conv, "weight")
         keep[name] = torch.nonzero(mask).flatten()
-    k1, k2, k3 = keep["conv1"], keep["conv2"], keep["conv3"]
+    return masked.eval(), slim_model(fp32, keep), {n: v.tolist() for n, v in keep.items()}
+
+
+def slim_model(fp32, keep):
+    """The DigitsCNN holding only the `keep` output channels of each conv (conv bias and BN
+    entries included) and the matching input channels of each consumer."""
+    k1, k2, k3 = (torch.as_tensor(keep[n]) for n in ("conv1", "conv2", "conv3"))
     slim = DigitsCNN(len(k1), len(k2), len(k3))
     sd, src = slim.state_dict(), fp32.state_dict()
-    prev = {"conv1": None, "conv2": k1, "conv3": k2}
+    prev = {1: None, 2: k1, 3: k2}
     with torch.no_grad():
         for i, k in ((1, k1), (2, k2), (3, k3)):
             w = src[f"conv{i}.weight"][k]
-            if prev[f"conv{i}"] is not None:
-                w = w[:, prev[f"conv{i}"]]
+            if prev[i] is not None:
+                w = w[:, prev[i]]
             sd[f"conv{i}.weight"].copy_(w)
             sd[f"conv{i}.bias"].copy_(src[f"conv{i}.bias"][k])
             for p in ("weight", "bias", "running_mean", "running_var"):
@@ -310,7 +317,22 @@ def prune_and_slim(fp32):
         sd["fc.weight"].copy_(src["fc.weight"][:, k3])
         sd["fc.bias"].copy_(src["fc.bias"])
     slim.load_state_dict(sd)
-    return masked.eval(), slim.eval(), {n: len(v) for n, v in keep.items()}
+    return slim.eval()
+
+
+def kept_if_bn_folded(fp32):
+    """The channels the same L2 rule keeps when BN is folded into the conv weights first
+    (w * gamma / sqrt(var + eps)), as a compiler working on the inference graph would see them;
+    recorded for comparison only."""
+    out = {}
+    for i in (1, 2, 3):
+        conv, bn = getattr(fp32, f"conv{i}"), getattr(fp32, f"bn{i}")
+        sf = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
+        w = conv.weight.detach() * sf.reshape(-1, 1, 1, 1)
+        norms = w.flatten(1).norm(dim=1)
+        n_prune = int(round(0.3 * len(norms)))  # torch's _compute_nparams_toprune rounding
+        out[f"conv{i}"] = sorted(torch.topk(norms, len(norms) - n_prune).indices.tolist())
+    return out
 
 
 def exercise_6_3() -> dict:
@@ -392,7 +414,10 @@ def main():
         r = {"method": "prune.ln_structured(amount=0.3, n=2, dim=0) on conv1..3 weights, then the "
                        "pruned channels removed (conv bias and BN entries too) with the consumers' "
                        "input channels; teacher = the unpruned fp32 model",
-             "kept_channels": kept, "total_channels": {"conv1": 16, "conv2": 32, "conv3": 64},
+             "kept_channels": {n: len(v) for n, v in kept.items()},
+             "total_channels": {"conv1": 16, "conv2": 32, "conv3": 64},
+             "kept_channel_indices": kept,
+             "kept_channel_indices_if_bn_folded_first": kept_if_bn_folded(fp32),
              "top1_fp32_masked_weights_only": top1(masked, x, y),
              "top1_fp32_channels_removed": top1(slim, x, y),
              "macs_unpruned": macs_full, "macs_pruned": macs_slim,
@@ -413,6 +438,12 @@ def main():
         r2.update(qat_run("prune_then_qat_int8", slim2, teacher, 8, calib, x, y))
         res["prune30_fp32distill_then_qat_int8"] = r2
         print("prune two-stage", {k: v for k, v in r2.items() if k != "loss_curve"})
+        # the same one-stage recipe on the channels the L2 rule keeps after BN folding
+        folded = slim_model(fp32, r["kept_channel_indices_if_bn_folded_first"])
+        r3 = {"top1_fp32_channels_removed": top1(folded, x, y)}
+        r3.update(qat_run("prune_qat_int8", folded, teacher, 8, calib, x, y))
+        res["prune30_bnfolded_selection_qat_int8_distill"] = r3
+        print("prune (BN-folded selection)", {k: v for k, v in r3.items() if k != "loss_curve"})
 
     if run("sweep") and args.sweep_seeds:
         # the same recipes with other shuffle seeds: the spread a re-implementation with its
