@@ -102,7 +102,7 @@ fn snapshot_text(g: &Graph, r: &PruneReport) -> String {
 
 #[test]
 fn fixtures_equal_their_zeroed_originals() {
-    for name in ["concat.qir", "residual.qir", "depthwise.qir"] {
+    for name in ["concat.qir", "residual.qir", "depthwise.qir", "se.qir"] {
         let g = fixture(name);
         let (_, r) = oracle(name, &g, &PruneOptions::amount(0.5), &fixture_inputs(&g));
         assert!(r.removed() > 0, "{name}: nothing pruned\n{r}");
@@ -150,7 +150,7 @@ fn digits_inputs() -> Vec<Tensor> {
 /// Amount 0 is the identity on every graph.
 #[test]
 fn amount_zero_is_the_identity() {
-    let graphs = ["concat.qir", "residual.qir", "depthwise.qir", "refusals.qir"].map(fixture);
+    let graphs = ["concat.qir", "residual.qir", "depthwise.qir", "se.qir", "refusals.qir"].map(fixture);
     for g in graphs.into_iter().chain([digits_cnn()]) {
         let mut p = g.clone();
         let r = prune_channels(&mut p, &PruneOptions::amount(0.0)).expect("prunes");
@@ -164,7 +164,7 @@ fn amount_zero_is_the_identity() {
 /// one cannot put channels back.
 #[test]
 fn amount_applies_to_the_original_count() {
-    for name in ["residual.qir", "depthwise.qir"] {
+    for name in ["residual.qir", "depthwise.qir", "se.qir"] {
         let mut g = fixture(name);
         let first = prune_channels(&mut g, &PruneOptions::amount(0.3)).expect("prunes");
         assert!(first.changed());

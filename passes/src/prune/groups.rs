@@ -185,10 +185,12 @@ impl<'a> Walk<'a> {
             n.inputs().iter().enumerate().filter_map(|(s, v)| Some((s, *self.members.get(&(*v)?)?))).collect();
         let first_in = known_in.first().copied();
         let what = describe(g, u);
+        // an op whose input 0 and result carry the channels at the same place
         let pass_through = |w: &mut Self, p: Place| -> R {
-            match (known_out, first_in) {
-                (Some(_), _) => w.member(input(g, u, 0).ok_or(format!("{what} has no input"))?, p),
-                (None, _) => w.member(out, p),
+            if known_out.is_some() {
+                w.member(input(g, u, 0).ok_or(format!("{what} has no input"))?, p)
+            } else {
+                w.member(out, p)
             }
         };
         let place =
@@ -273,7 +275,12 @@ impl<'a> Walk<'a> {
                 pass_through(self, place)
             }
             Op::Squeeze { axes } | Op::Unsqueeze { axes } => {
-                if axes.iter().any(|&a| a < 2) {
+                // negative axes count from the end of the input (squeeze) or the result (unsqueeze)
+                let rank = match n.op {
+                    Op::Squeeze { .. } => input(g, u, 0).map_or(0, |x| g.value_type(x).rank()),
+                    _ => g.value_type(out).rank(),
+                } as i64;
+                if axes.iter().any(|&a| (if a < 0 { a + rank } else { a }) < 2) {
                     return Err(format!("{what} moves the channel axis"));
                 }
                 pass_through(self, place)
