@@ -7,6 +7,7 @@
 //! inverted residual, each refusal, whose reports are snapshots), the digits CNN (batch norm
 //! unfolded and folded), ResNet-18 and MobileNetV2.
 
+use proptest::prelude::*;
 use qforge_ir::text::{parse, print, ConstMode};
 use qforge_ir::{Graph, Op, Tensor};
 use qforge_passes::prune::{prune_channels, Outcome, PruneChannels, PruneOptions, PruneReport};
@@ -61,6 +62,11 @@ fn assert_same(what: &str, a: &[Tensor], b: &[Tensor]) {
 
 /// Prunes a copy of `g` and checks it against the oracle on `inputs`; returns the report.
 fn oracle(what: &str, g: &Graph, opts: &PruneOptions, inputs: &[Tensor]) -> (Graph, PruneReport) {
+    oracle_with(what, g, opts, inputs, true)
+}
+
+/// [`oracle`], with the JIT's run of the small pruned graphs when `jit`.
+fn oracle_with(what: &str, g: &Graph, opts: &PruneOptions, inputs: &[Tensor], jit: bool) -> (Graph, PruneReport) {
     let mut pruned = g.clone();
     let r = prune_channels(&mut pruned, opts).unwrap_or_else(|e| panic!("{what}: {e}"));
     qforge_ir::verify::verify(&pruned).unwrap_or_else(|e| panic!("{what}: the pruned graph does not verify: {e}"));
@@ -68,7 +74,7 @@ fn oracle(what: &str, g: &Graph, opts: &PruneOptions, inputs: &[Tensor]) -> (Gra
     let run = |g: &Graph| qforge_ir::interp::run(g, inputs).unwrap_or_else(|e| panic!("{what}: {e}"));
     let (want, got) = (run(&zeroed), run(&pruned));
     assert_same(what, &got, &want);
-    if r.after.macs < 10_000_000 {
+    if jit && r.after.macs < 10_000_000 {
         // the JIT runs the odd channel counts pruning leaves (the large models' JIT runs are
         // left to the corpus tests: compiling them here would double this test's time)
         qforge_tests::check_jit(&pruned, inputs, &got).unwrap_or_else(|e| panic!("{what}: {e:#}"));
@@ -282,4 +288,31 @@ fn light_models_equal_their_zeroed_originals() {
     insta::with_settings!({ snapshot_path => "../../snapshots", prepend_module_to_snapshot => false }, {
         insta::assert_snapshot!("prune@light_models", summary);
     });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Any amount: the oracle holds, each pruned conv keeps `M - round(amount * M)` channels (at
+    /// least one), and the same amount again changes nothing.
+    #[test]
+    fn any_amount_keeps_the_oracle(amount in 0.0f64..=1.0, which in 0usize..4) {
+        let name = ["concat.qir", "residual.qir", "depthwise.qir", "se.qir"][which];
+        let g = fixture(name);
+        let what = format!("{name} at {amount}");
+        let (mut pruned, r) = oracle_with(&what, &g, &PruneOptions::amount(amount), &fixture_inputs(&g), false);
+        for c in &r.convs {
+            let k = qforge_passes::prune::channels_to_prune(amount, c.original);
+            match &c.outcome {
+                Outcome::Pruned { .. } | Outcome::Follows { .. } => prop_assert_eq!(c.after, c.original - k, "{}", r),
+                // these fixtures refuse only an amount that removes every channel (a depthwise conv
+                // then follows its unpruned input)
+                Outcome::Refused(_) => prop_assert_eq!(k, c.original, "{}", r),
+            }
+        }
+        let once = text(&pruned);
+        let again = prune_channels(&mut pruned, &PruneOptions::amount(amount)).expect("prunes");
+        prop_assert!(!again.changed());
+        prop_assert_eq!(text(&pruned), once);
+    }
 }
