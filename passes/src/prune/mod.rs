@@ -245,7 +245,7 @@ pub fn prune_channels(g: &mut Graph, opts: &PruneOptions) -> Result<PruneReport,
     let order = g.schedule().map_err(PruneError::Graph)?;
     let convs: Vec<NodeId> = order.iter().copied().filter(|&id| matches!(g.node(id).op, Op::Conv(_))).collect();
     let mut seen = BTreeSet::new();
-    let mut lines: Vec<(NodeId, usize, usize, Outcome)> = vec![];
+    let mut lines: Vec<(NodeId, usize, Outcome)> = vec![];
     let mut cuts: Vec<(Group, Vec<usize>)> = vec![];
     for &seed in &convs {
         if seen.contains(&seed) || is_depthwise(g, seed) {
@@ -257,12 +257,8 @@ pub fn prune_channels(g: &mut Graph, opts: &PruneOptions) -> Result<PruneReport,
             Err(r) => {
                 for &p in &r.producers {
                     if seen.insert(p) {
-                        lines.push((
-                            p,
-                            original_count(g, p).unwrap_or(out_channels(g, p)),
-                            out_channels(g, p),
-                            Outcome::Refused(r.reason.clone()),
-                        ));
+                        let original = original_count(g, p).unwrap_or(out_channels(g, p));
+                        lines.push((p, original, Outcome::Refused(r.reason.clone())));
                     }
                 }
                 continue;
@@ -286,7 +282,7 @@ pub fn prune_channels(g: &mut Graph, opts: &PruneOptions) -> Result<PruneReport,
         };
         if let Some(why) = refusal {
             for &p in &group.producers {
-                lines.push((p, original, m, Outcome::Refused(why.clone())));
+                lines.push((p, original, Outcome::Refused(why.clone())));
             }
             continue;
         }
@@ -296,14 +292,16 @@ pub fn prune_channels(g: &mut Graph, opts: &PruneOptions) -> Result<PruneReport,
         } else {
             vec![]
         };
-        let after = m - removed.len();
         for &p in &group.producers {
             let with = group.producers.iter().filter(|&&q| q != p).map(|&q| name(q)).collect();
-            lines.push((p, original, after, Outcome::Pruned { with }));
+            lines.push((p, original, Outcome::Pruned { with }));
         }
         for &d in &group.depthwise {
-            seen.insert(d);
-            lines.push((d, original_count(g, d).unwrap_or(m), after, Outcome::Follows { of: name(seed) }));
+            // a depthwise conv after a concatenation follows two groups: reported with the first
+            if seen.insert(d) {
+                let original = original_count(g, d).unwrap_or(out_channels(g, d));
+                lines.push((d, original, Outcome::Follows { of: name(seed) }));
+            }
         }
         if !removed.is_empty() {
             cuts.push((group, removed));
@@ -313,27 +311,12 @@ pub fn prune_channels(g: &mut Graph, opts: &PruneOptions) -> Result<PruneReport,
     for &d in &convs {
         if !seen.contains(&d) {
             let why = "depthwise: its channels follow its input's, which are not pruned".to_string();
-            lines.push((
-                d,
-                original_count(g, d).unwrap_or(out_channels(g, d)),
-                out_channels(g, d),
-                Outcome::Refused(why),
-            ));
+            lines.push((d, original_count(g, d).unwrap_or(out_channels(g, d)), Outcome::Refused(why)));
         }
     }
-    let mut report_convs = vec![];
     let position = |id: NodeId| convs.iter().position(|&c| c == id).unwrap_or(usize::MAX);
     lines.sort_by_key(|l| position(l.0));
-    for (id, original, after, outcome) in lines {
-        let before = out_channels(g, id);
-        report_convs.push(ConvPrune {
-            name: g.node(id).name.clone(),
-            before,
-            original,
-            after: if matches!(outcome, Outcome::Refused(_)) { before } else { after },
-            outcome,
-        });
-    }
+    let before_counts: Vec<usize> = lines.iter().map(|l| out_channels(g, l.0)).collect();
     let mut consumer_cuts: Vec<ConsumerCut> = vec![];
     for (group, removed) in &cuts {
         for e in group.edits.iter().filter(|e| e.role == Role::Consumer) {
@@ -350,17 +333,30 @@ pub fn prune_channels(g: &mut Graph, opts: &PruneOptions) -> Result<PruneReport,
     if !cuts.is_empty() {
         let refs: Vec<(&Group, Vec<usize>)> = cuts.iter().map(|(g, r)| (g, r.clone())).collect();
         rewrite::apply(g, &refs)?;
-        for (group, _) in &cuts {
-            for &id in group.producers.iter().chain(&group.depthwise) {
-                if original_count(g, id).is_none() {
-                    let orig = report_convs.iter().find(|c| c.name == g.node(id).name).map_or(0, |c| c.original);
-                    g.node_mut(id).from.push(format!("{MARK}{orig}"));
-                }
+        // the record that makes the amount apply to the original count (see the module docs)
+        for &(id, original, ref outcome) in &lines {
+            if !matches!(outcome, Outcome::Refused(_))
+                && original_count(g, id).is_none()
+                && out_channels(g, id) < original
+            {
+                g.node_mut(id).from.push(format!("{MARK}{original}"));
             }
         }
         qforge_ir::verify::verify(g).map_err(PruneError::Verify)?;
     }
-    Ok(PruneReport { amount: opts.amount, convs: report_convs, before, after: cost(g), consumer_cuts })
+    // counts read from the graph itself, before and after
+    let convs = lines
+        .into_iter()
+        .zip(before_counts)
+        .map(|((id, original, outcome), before)| ConvPrune {
+            name: g.node(id).name.clone(),
+            before,
+            original,
+            after: out_channels(g, id),
+            outcome,
+        })
+        .collect();
+    Ok(PruneReport { amount: opts.amount, convs, before, after: cost(g), consumer_cuts })
 }
 
 /// The pass form of [`prune_channels`].
