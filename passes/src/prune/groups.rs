@@ -8,7 +8,8 @@
 //! does with the channels:
 //!
 //! * element-wise ops (every unary op, leaky relu, clip, hard sigmoid, identity) and pools (max,
-//!   average, global) pass them through; squeeze and unsqueeze of axes after the channel axis too;
+//!   average, global) pass them through; squeeze and unsqueeze of axes after the channel axis, a
+//!   pad and a resize of the spatial axes too;
 //! * a batch norm passes them through, its four parameters sliced per channel;
 //! * a binary element-wise op passes them through: a constant operand whose channel dim is the
 //!   value's (a per-channel scale or shift) is sliced, one broadcast over the channels (a scalar)
@@ -32,7 +33,7 @@
 //! transpose or matmul that mixes the channels with other axes, a concatenation on another axis,
 //! a non-constant or quantized weight.
 
-use qforge_ir::{Dim, Graph, NodeId, Op, Value};
+use qforge_ir::{CoordMode, Dim, Graph, NodeId, Op, ResizeTarget, Value};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Where a group's channels sit in a value or a constant (see the module docs).
@@ -282,6 +283,31 @@ impl<'a> Walk<'a> {
                 } as i64;
                 if axes.iter().any(|&a| (if a < 0 { a + rank } else { a }) < 2) {
                     return Err(format!("{what} moves the channel axis"));
+                }
+                pass_through(self, place)
+            }
+            Op::Pad { pads, computed, .. } => {
+                // padding of the spatial axes only: per channel
+                let r = pads.len() / 2;
+                let batch_or_channel = |i: usize| i % r.max(1) < 2;
+                if place.inner != 1
+                    || pads.iter().enumerate().any(|(i, &p)| batch_or_channel(i) && p != 0)
+                    || computed.iter().any(|(i, _)| batch_or_channel(*i))
+                {
+                    return Err(format!("{what} pads the channels"));
+                }
+                pass_through(self, place)
+            }
+            Op::Resize(a) => {
+                // a resize of the spatial axes only: per channel
+                let spatial = match &a.target {
+                    ResizeTarget::Scales(s) => s.iter().take(2).all(|&x| x == 1.0),
+                    ResizeTarget::Sizes { axes, .. } | ResizeTarget::DimSizes { axes, .. } => {
+                        axes.iter().all(|&x| x >= 2)
+                    }
+                };
+                if place.inner != 1 || !spatial || a.coord == CoordMode::TfCropAndResize {
+                    return Err(format!("{what} resizes the channel axis"));
                 }
                 pass_through(self, place)
             }

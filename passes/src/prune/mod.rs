@@ -89,8 +89,9 @@ pub enum Outcome {
     /// Pruned (or already at its target: `before == after`); `with`: the other producers of its
     /// group, pruned by the summed norm.
     Pruned { with: Vec<String> },
-    /// A depthwise conv whose channels follow the producer `of`'s.
-    Follows { of: String },
+    /// A depthwise conv whose channels follow those of the groups of the producers `of` (several
+    /// after a concatenation).
+    Follows { of: Vec<String> },
     /// Left alone, with the reason.
     Refused(String),
 }
@@ -182,11 +183,17 @@ impl fmt::Display for PruneReport {
                     }
                     writeln!(f)?;
                 }
-                Outcome::Follows { of } => writeln!(
-                    f,
-                    "conv `{}`: {} -> {} channels{orig}, depthwise, follows `{of}`",
-                    c.name, c.before, c.after
-                )?,
+                Outcome::Follows { of } => {
+                    let of: Vec<String> = of.iter().map(|n| format!("`{n}`")).collect();
+                    writeln!(
+                        f,
+                        "conv `{}`: {} -> {} channels{orig}, depthwise, follows {}",
+                        c.name,
+                        c.before,
+                        c.after,
+                        of.join(" and ")
+                    )?
+                }
                 Outcome::Refused(why) => writeln!(f, "conv `{}`: {} channels kept: {why}", c.name, c.before)?,
             }
         }
@@ -297,10 +304,12 @@ pub fn prune_channels(g: &mut Graph, opts: &PruneOptions) -> Result<PruneReport,
             lines.push((p, original, Outcome::Pruned { with }));
         }
         for &d in &group.depthwise {
-            // a depthwise conv after a concatenation follows two groups: reported with the first
             if seen.insert(d) {
                 let original = original_count(g, d).unwrap_or(out_channels(g, d));
-                lines.push((d, original, Outcome::Follows { of: name(seed) }));
+                lines.push((d, original, Outcome::Follows { of: vec![name(seed)] }));
+            } else if let Some((_, _, Outcome::Follows { of })) = lines.iter_mut().find(|l| l.0 == d) {
+                // after a concatenation: it follows several groups
+                of.push(name(seed));
             }
         }
         if !removed.is_empty() {
