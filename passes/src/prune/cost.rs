@@ -51,7 +51,7 @@ fn node_macs(g: &Graph, id: NodeId) -> Option<Option<u64>> {
         Op::Conv(c) => {
             // the weight is [C_out, C_in / group, k...]
             let w = input(g, id, 1).map(|w| g.value_type(w).shape.clone());
-            w.and_then(|w| w.dims()[1..].iter().try_fold(1u64, |a, d| a.checked_mul(d.fixed()? as u64)))
+            w.and_then(|w| w.dims().get(1..)?.iter().try_fold(1u64, |a, d| a.checked_mul(d.fixed()? as u64)))
                 .filter(|_| c.group > 0)
         }
         Op::Gemm { trans_a, .. } => fixed(input(g, id, 0), if *trans_a { 0 } else { 1 }).map(|k| k as u64),
