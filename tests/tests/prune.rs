@@ -319,3 +319,31 @@ proptest! {
         prop_assert_eq!(text(&pruned), once);
     }
 }
+
+/// Every `.qir` fixture of the other topics (quantized graphs, symbolic sizes, transformers,
+/// spatial ops): pruning never fails, and whatever it prunes keeps the oracle.
+#[test]
+fn every_fixture_prunes_or_refuses() {
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"));
+    let mut pruned = 0;
+    let mut files = 0;
+    for dir in std::fs::read_dir(&root).expect("fixtures") {
+        let dir = dir.expect("entry").path();
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for f in entries {
+            let path = f.expect("entry").path();
+            if path.extension().is_none_or(|e| e != "qir") || dir.ends_with("prune") {
+                continue;
+            }
+            let Ok(g) = std::fs::read_to_string(&path).map_err(|_| ()).and_then(|t| parse(&t).map_err(|_| ())) else {
+                continue;
+            };
+            files += 1;
+            let what = path.display().to_string();
+            let (_, r) = oracle_with(&what, &g, &PruneOptions::amount(0.5), &fixture_inputs(&g), false);
+            pruned += (r.removed() > 0) as usize;
+        }
+    }
+    println!("{files} fixtures, {pruned} pruned");
+    assert!(files > 50 && pruned > 0, "{files} fixtures, {pruned} pruned");
+}

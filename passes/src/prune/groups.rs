@@ -132,7 +132,7 @@ fn describe(g: &Graph, id: NodeId) -> String {
 struct Walk<'a> {
     g: &'a Graph,
     members: BTreeMap<Value, Place>,
-    visited: BTreeSet<NodeId>,
+    visited: BTreeSet<(NodeId, Value)>,
     queue: VecDeque<Value>,
     group: Group,
 }
@@ -159,48 +159,58 @@ impl<'a> Walk<'a> {
         if const_shape(self.g, input(self.g, node, slot)).is_none() {
             return Err(format!("input {slot} of {} is not a plain constant", describe(self.g, node)));
         }
-        self.group.edits.push(Edit { node, slot, axis, place, role });
+        let e = Edit { node, slot, axis, place, role };
+        if !self.group.edits.contains(&e) {
+            self.group.edits.push(e);
+        }
         Ok(())
     }
 
     fn run(&mut self) -> R {
         while let Some(v) = self.queue.pop_front() {
+            // (node, reached from its result)
             let mut nodes = vec![v.node];
             nodes.extend(self.g.value_users(v).into_iter().map(|(u, _)| u));
             for u in nodes {
-                if self.visited.insert(u) {
-                    self.visit(u)?;
+                // each node once per member it is reached from: a conv's input and output channels
+                // are separate spaces (a block conv whose input and result are both in a residual
+                // group consumes and produces it), and a concatenation may be reached from two of
+                // its inputs; edits are recorded once however often a node is visited
+                if self.visited.insert((u, v)) {
+                    self.visit(u, v)?;
                 }
             }
         }
         Ok(())
     }
 
-    /// Derives every channel-carrying input and output of `u` from the members known there.
-    fn visit(&mut self, u: NodeId) -> R {
+    /// Derives every channel-carrying input and output of `u` from the member `from` it was
+    /// reached through (its result, which makes a conv a producer, or one of its inputs).
+    fn visit(&mut self, u: NodeId, from: Value) -> R {
         let g = self.g;
         let n = g.node(u);
         let out = Value::new(u, 0);
-        let known_out = self.members.get(&out).copied();
-        let known_in: Vec<(usize, Place)> =
-            n.inputs().iter().enumerate().filter_map(|(s, v)| Some((s, *self.members.get(&(*v)?)?))).collect();
-        let first_in = known_in.first().copied();
         let what = describe(g, u);
+        let place = *self.members.get(&from).ok_or_else(|| format!("{what} was reached without a member"))?;
+        let from_out = from.node == u;
+        // the input slots that read `from` (none when reached from the result)
+        let from_slots: Vec<usize> = if from_out {
+            vec![]
+        } else {
+            n.inputs().iter().enumerate().filter(|(_, v)| **v == Some(from)).map(|(s, _)| s).collect()
+        };
         // an op whose input 0 and result carry the channels at the same place
         let pass_through = |w: &mut Self, p: Place| -> R {
-            if known_out.is_some() {
+            if from_out {
                 w.member(input(g, u, 0).ok_or(format!("{what} has no input"))?, p)
             } else {
                 w.member(out, p)
             }
         };
-        let place =
-            known_out.or(first_in.map(|(_, p)| p)).ok_or_else(|| format!("{what} was reached without a member"))?;
-        if known_in.iter().any(|&(s, _)| s != 0) && !matches!(n.op, Op::Binary(_) | Op::Concat { .. }) {
-            return Err(format!(
-                "{what} reads the channels as its input {}",
-                known_in.iter().find(|x| x.0 != 0).map_or(0, |x| x.0)
-            ));
+        if let Some(s) = from_slots.iter().find(|&&s| s != 0) {
+            if !matches!(n.op, Op::Binary(_) | Op::Concat { .. }) {
+                return Err(format!("{what} reads the channels as its input {s}"));
+            }
         }
         match &n.op {
             Op::Input => Err(format!("the channels come from the graph input `{}`", n.name)),
@@ -215,10 +225,12 @@ impl<'a> Walk<'a> {
                     if has_bias {
                         self.edit(u, 2, 0, place, Role::Follower)?;
                     }
-                    self.group.depthwise.push(u);
+                    if !self.group.depthwise.contains(&u) {
+                        self.group.depthwise.push(u);
+                    }
                     return pass_through(self, place);
                 }
-                if known_out.is_some() {
+                if from_out {
                     // a producer: it must make exactly the group's channels
                     if c.group != 1 {
                         return Err(format!("{what} is grouped (group {}) and not depthwise", c.group));
@@ -235,13 +247,12 @@ impl<'a> Walk<'a> {
                         return Err(format!("the weight of {what} is not a float constant"));
                     }
                     self.group.channels = m;
-                    self.group.producers.push(u);
+                    if !self.group.producers.contains(&u) {
+                        self.group.producers.push(u);
+                    }
                     self.edit(u, 1, 0, place, Role::Producer)?;
                     if has_bias {
                         self.edit(u, 2, 0, place, Role::Producer)?;
-                    }
-                    if let Some(&(s, _)) = known_in.first() {
-                        return Err(format!("{what} reads its own channels at input {s}"));
                     }
                     Ok(())
                 } else {
@@ -325,7 +336,8 @@ impl<'a> Walk<'a> {
                     starts.push(at);
                     at += dim(g, v, 1).ok_or(format!("{what} has an input with a symbolic channel count"))?;
                 }
-                if let Some(p) = known_out {
+                if from_out {
+                    let p = place;
                     let k = (0..ins.len())
                         .find(|&k| {
                             let end = starts.get(k + 1).copied().unwrap_or(at);
@@ -335,15 +347,15 @@ impl<'a> Walk<'a> {
                     let v = ins[k].ok_or("missing input")?;
                     self.member(v, Place { offset: p.offset - starts[k], inner: 1 })
                 } else {
-                    for (s, p) in known_in {
-                        self.member(out, Place { offset: starts[s] + p.offset, inner: 1 })?;
+                    for &s in &from_slots {
+                        self.member(out, Place { offset: starts[s] + place.offset, inner: 1 })?;
                     }
                     Ok(())
                 }
             }
-            Op::Flatten { .. } | Op::Reshape { .. } => self.flatten(u, place, known_out.is_some()),
+            Op::Flatten { .. } | Op::Reshape { .. } => self.flatten(u, place, from_out),
             Op::Gemm { trans_a, trans_b, .. } => {
-                if known_out.is_some() {
+                if from_out {
                     return Err(format!("{what} makes values added to the channels"));
                 }
                 if *trans_a {
@@ -354,7 +366,7 @@ impl<'a> Walk<'a> {
             Op::MatMul => {
                 let w = const_shape(g, input(g, u, 1));
                 let rank = g.value_type(input(g, u, 0).ok_or("no input")?).rank();
-                if known_out.is_some() {
+                if from_out {
                     return Err(format!("{what} makes values added to the channels"));
                 }
                 if rank != 2 {
@@ -420,7 +432,7 @@ impl<'a> Walk<'a> {
         let Some(hw) = spatial else {
             return Err(format!("{what} flattens a map of unknown spatial size"));
         };
-        if matches!(g.node(u).op, Op::Reshape { .. }) {
+        if matches!(g.node(u).op, Op::Reshape { .. }) && !self.group.reshapes.contains(&u) {
             self.group.reshapes.push(u);
         }
         if backward {
