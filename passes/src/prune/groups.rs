@@ -9,7 +9,7 @@
 //!
 //! * element-wise ops (every unary op, leaky relu, clip, hard sigmoid, identity) and pools (max,
 //!   average, global) pass them through; squeeze and unsqueeze of axes after the channel axis, a
-//!   pad and a resize of the spatial axes too;
+//!   pad, a resize and a mean, max or sum over the spatial axes too;
 //! * a batch norm passes them through, its four parameters sliced per channel;
 //! * a binary element-wise op passes them through: a constant operand whose channel dim is the
 //!   value's (a per-channel scale or shift) is sliced, one broadcast over the channels (a scalar)
@@ -31,7 +31,7 @@
 //! Anything else makes the group unprunable, with the reason: a graph output, a graph input
 //! joining through a residual add, a grouped convolution that is not depthwise, a reshape,
 //! transpose or matmul that mixes the channels with other axes, a concatenation on another axis,
-//! a non-constant or quantized weight.
+//! a non-constant or quantized weight, a constant shared with a node outside the group's cuts.
 
 use qforge_ir::{CoordMode, Dim, Graph, NodeId, Op, ResizeTarget, Value};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -322,6 +322,14 @@ impl<'a> Walk<'a> {
                 }
                 pass_through(self, place)
             }
+            Op::ReduceMean { axes, .. } | Op::ReduceMax { axes, .. } | Op::ReduceSum { axes, .. } => {
+                // a reduction over spatial axes only (a global pool written as a mean): per channel
+                let rank = input(g, u, 0).map_or(0, |x| g.value_type(x).rank()) as i64;
+                if place.inner != 1 || axes.is_empty() || axes.iter().any(|&a| (if a < 0 { a + rank } else { a }) < 2) {
+                    return Err(format!("{what} reduces over the channels"));
+                }
+                pass_through(self, place)
+            }
             Op::Binary(_) => self.binary(u, place),
             Op::Concat { axis } => {
                 let rank = g.value_type(out).rank() as i64;
@@ -446,6 +454,28 @@ impl<'a> Walk<'a> {
     }
 }
 
+/// A constant the group cuts that another node reads without the same cut (a weight shared by
+/// the heads of a detector's levels, each level its own group): cutting a copy would unshare it,
+/// so the group is refused. Nodes of the group that read one constant with the same cuts keep
+/// sharing it ([`super::rewrite`] makes one new constant for them).
+fn shared_constant(g: &Graph, group: &Group) -> Result<(), String> {
+    for e in &group.edits {
+        let Some(v) = input(g, e.node, e.slot) else { continue };
+        for (n2, s2) in g.value_users(v) {
+            let same = |f: &Edit| (f.node, f.slot, f.axis, f.place) == (n2, s2, e.axis, e.place);
+            if (n2, s2) != (e.node, e.slot) && !group.edits.iter().any(same) {
+                return Err(format!(
+                    "the constant `{}` of {} is shared with {}",
+                    g.node(v.node).name,
+                    describe(g, e.node),
+                    describe(g, n2)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The group of the output channels of conv `seed`, or why it cannot be pruned.
 pub fn group_of(g: &Graph, seed: NodeId) -> Result<Group, Refusal> {
     let mut w =
@@ -460,6 +490,7 @@ pub fn group_of(g: &Graph, seed: NodeId) -> Result<Group, Refusal> {
     if !group.producers.contains(&seed) {
         group.producers.insert(0, seed);
     }
+    let r = r.and_then(|_| shared_constant(g, &group));
     match r {
         Ok(()) if group.edits.iter().any(|e| e.role == Role::Consumer) => Ok(group),
         Ok(()) => Err(Refusal { producers: group.producers, reason: "nothing reads the channels".into() }),

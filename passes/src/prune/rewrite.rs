@@ -54,14 +54,25 @@ pub fn apply(g: &mut Graph, cuts: &[(&Group, Vec<usize>)]) -> Result<(), PruneEr
         depthwise.extend(group.depthwise.iter().copied());
         reshapes.extend(group.reshapes.iter().copied());
     }
+    // one new constant per old constant and cut: readers of a shared constant with the same cuts
+    // keep sharing it
+    let mut made: BTreeMap<(NodeId, Vec<(usize, Vec<usize>)>), qforge_ir::Value> = BTreeMap::new();
     for ((node, slot), cut) in per_const {
         let n = g.node(node);
         let missing = || PruneError::Rewrite { node: n.name.clone(), msg: format!("input {slot} is not a constant") };
         let v = n.inputs().get(slot).copied().flatten().ok_or_else(missing)?;
-        let c = g.node(v.node);
-        let Op::Const(t) = &c.op else { return Err(missing()) };
-        let (name, t) = (c.name.clone(), remove_positions(t, &cut));
-        let nc = g.add_const(name, t);
+        let key = (v.node, cut.iter().map(|(&a, p)| (a, p.iter().copied().collect())).collect());
+        let nc = match made.get(&key) {
+            Some(&nc) => nc,
+            None => {
+                let c = g.node(v.node);
+                let Op::Const(t) = &c.op else { return Err(missing()) };
+                let (name, t) = (c.name.clone(), remove_positions(t, &cut));
+                let nc = g.add_const(name, t);
+                made.insert(key, nc);
+                nc
+            }
+        };
         g.set_input(node, slot, Some(nc));
     }
     let order = g.schedule().map_err(PruneError::Graph)?;
