@@ -13,8 +13,11 @@ use super::PruneError;
 use qforge_ir::{Graph, NodeId, Op, Tensor};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Positions to remove from a constant, by axis.
+pub type Cut = BTreeMap<usize, BTreeSet<usize>>;
+
 /// `t` without the positions `cut[axis]` along each axis in `cut`.
-pub fn remove_positions(t: &Tensor, cut: &BTreeMap<usize, BTreeSet<usize>>) -> Tensor {
+pub fn remove_positions(t: &Tensor, cut: &Cut) -> Tensor {
     let shape = t.shape();
     let keep: Vec<Vec<bool>> = shape
         .iter()
@@ -44,7 +47,7 @@ pub fn remove_positions(t: &Tensor, cut: &BTreeMap<usize, BTreeSet<usize>>) -> T
 /// Removes the channels `removed` (group channel indices, ascending) of each group from `g`.
 pub fn apply(g: &mut Graph, cuts: &[(&Group, Vec<usize>)]) -> Result<(), PruneError> {
     // (node, slot) -> axis -> positions
-    let mut per_const: BTreeMap<(NodeId, usize), BTreeMap<usize, BTreeSet<usize>>> = BTreeMap::new();
+    let mut per_const: BTreeMap<(NodeId, usize), Cut> = BTreeMap::new();
     let mut depthwise = BTreeSet::new();
     let mut reshapes = BTreeSet::new();
     for (group, removed) in cuts {
@@ -56,12 +59,12 @@ pub fn apply(g: &mut Graph, cuts: &[(&Group, Vec<usize>)]) -> Result<(), PruneEr
     }
     // one new constant per old constant and cut: readers of a shared constant with the same cuts
     // keep sharing it
-    let mut made: BTreeMap<(NodeId, Vec<(usize, Vec<usize>)>), qforge_ir::Value> = BTreeMap::new();
+    let mut made: BTreeMap<(NodeId, Cut), qforge_ir::Value> = BTreeMap::new();
     for ((node, slot), cut) in per_const {
         let n = g.node(node);
         let missing = || PruneError::Rewrite { node: n.name.clone(), msg: format!("input {slot} is not a constant") };
         let v = n.inputs().get(slot).copied().flatten().ok_or_else(missing)?;
-        let key = (v.node, cut.iter().map(|(&a, p)| (a, p.iter().copied().collect())).collect());
+        let key = (v.node, cut.clone());
         let nc = match made.get(&key) {
             Some(&nc) => nc,
             None => {
