@@ -476,14 +476,13 @@ fn shared_constant(g: &Graph, group: &Group) -> Result<(), String> {
     Ok(())
 }
 
-/// The group of the output channels of conv `seed`, or why it cannot be pruned.
-pub fn group_of(g: &Graph, seed: NodeId) -> Result<Group, Refusal> {
+/// The group of the output channels of conv `seed`, or why it cannot be pruned; `order` is each
+/// node's place in the schedule (producers and depthwise convs are listed in it).
+pub fn group_of(g: &Graph, seed: NodeId, order: &BTreeMap<NodeId, usize>) -> Result<Group, Refusal> {
     let mut w =
         Walk { g, members: BTreeMap::new(), visited: BTreeSet::new(), queue: VecDeque::new(), group: Group::default() };
     let r = w.member(Value::new(seed, 0), Place { offset: 0, inner: 1 }).and_then(|_| w.run());
     let mut group = w.group;
-    let order: BTreeMap<NodeId, usize> =
-        g.schedule().unwrap_or_default().into_iter().enumerate().map(|(i, id)| (id, i)).collect();
     let rank = |id: &NodeId| order.get(id).copied().unwrap_or(usize::MAX);
     group.producers.sort_by_key(rank);
     group.depthwise.sort_by_key(rank);

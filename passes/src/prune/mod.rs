@@ -42,7 +42,7 @@ use crate::pass::{Pass, PassContext, PassError, PassReport};
 pub use cost::{cost, Cost};
 use groups::{group_of, is_depthwise, Group, Role};
 use qforge_ir::{Graph, IrError, NodeId, Op};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// What to prune.
@@ -251,6 +251,7 @@ pub fn prune_channels(g: &mut Graph, opts: &PruneOptions) -> Result<PruneReport,
     let before = cost(g);
     let order = g.schedule().map_err(PruneError::Graph)?;
     let convs: Vec<NodeId> = order.iter().copied().filter(|&id| matches!(g.node(id).op, Op::Conv(_))).collect();
+    let place: BTreeMap<NodeId, usize> = order.iter().enumerate().map(|(i, &id)| (id, i)).collect();
     let mut seen = BTreeSet::new();
     let mut lines: Vec<(NodeId, usize, Outcome)> = vec![];
     let mut cuts: Vec<(Group, Vec<usize>)> = vec![];
@@ -259,7 +260,7 @@ pub fn prune_channels(g: &mut Graph, opts: &PruneOptions) -> Result<PruneReport,
             continue;
         }
         let name = |id: NodeId| g.node(id).name.clone();
-        let group = match group_of(g, seed) {
+        let group = match group_of(g, seed, &place) {
             Ok(group) => group,
             Err(r) => {
                 for &p in &r.producers {
