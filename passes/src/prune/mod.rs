@@ -27,7 +27,7 @@
 //! conv's original count in its `from` list as `prune-channels:M` (printed in the text form, so
 //! it survives a save); a later run computes its target from that count. The same amount again
 //! changes nothing; a larger amount prunes further to its own target; a smaller one cannot put
-//! channels back and changes nothing (the report says so).
+//! channels back and changes nothing (the report lists the conv at its count, "originally M").
 //!
 //! Invariants: the result verifies; the pruned graph computes exactly what the original computes
 //! with the pruned channels' input weights in every consumer set to zero (a removed channel
@@ -51,7 +51,8 @@ pub struct PruneOptions {
     /// The fraction of each conv's output channels to remove (`ln_structured`'s `amount`), in
     /// [0, 1].
     pub amount: f64,
-    /// Conv node-name globs ([`crate::glob`]) to prune; empty means every conv.
+    /// Conv node-name globs ([`crate::glob`]) to prune; empty means every conv. They select the
+    /// convs that make channels; a depthwise conv follows its input's whatever its name.
     pub include: Vec<String>,
     /// Conv node-name globs never to prune (over `include`).
     pub exclude: Vec<String>,
