@@ -22,7 +22,9 @@
 //! ([`quantize::SmoothQuant`], [`quantize::QuantizeStatic`] after calibration through an
 //! [`evaluator::Evaluator`], [`quantize::QuantizeDynamic`]); precision
 //! ([`precision::AssignPrecision`], [`precision::AlignChannels`]); the optimizer
-//! ([`egraph::Optimize`]).
+//! ([`egraph::Optimize`]); structured channel pruning ([`prune::PruneChannels`], and
+//! [`prune::prune_channels`] for the trainer: L2-norm output channels physically removed, through
+//! residual adds, concatenations and depthwise convs).
 
 pub mod batchnorm;
 pub mod canonicalize;
@@ -32,6 +34,7 @@ pub mod evaluator;
 pub mod glob;
 pub mod pass;
 pub mod precision;
+pub mod prune;
 pub mod quantize;
 pub mod report;
 
