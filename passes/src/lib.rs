@@ -22,8 +22,10 @@
 //! ([`quantize::SmoothQuant`], [`quantize::QuantizeStatic`] after calibration through an
 //! [`evaluator::Evaluator`], [`quantize::QuantizeDynamic`]); precision
 //! ([`precision::AssignPrecision`], [`precision::AlignChannels`]); the optimizer
-//! ([`egraph::Optimize`]).
+//! ([`egraph::Optimize`]). Not a pass: [`autodiff::differentiate`] extends a graph with the
+//! gradient of a scalar output (reverse mode, as IR nodes), for training (`finetune`).
 
+pub mod autodiff;
 pub mod batchnorm;
 pub mod canonicalize;
 pub mod conv_transpose;
