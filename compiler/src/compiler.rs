@@ -401,14 +401,12 @@ impl Compiler {
             crate::qconfig::check_rules_match(file, graph, path)?;
         }
         let selected: Vec<Stage> = self.stages().into_iter().filter(|s| last.is_none_or(|l| *s <= l)).collect();
-        let quantizes = selected
-            .iter()
-            .any(|s| {
-                matches!(
-                    s,
-                    Stage::SmoothQuant | Stage::Calibrate | Stage::FloatFallback | Stage::AdaRound | Stage::BiasCorrection
-                )
-            });
+        let quantizes = selected.iter().any(|s| {
+            matches!(
+                s,
+                Stage::SmoothQuant | Stage::Calibrate | Stage::FloatFallback | Stage::AdaRound | Stage::BiasCorrection
+            )
+        });
         let guards = selected.contains(&Stage::Precision)
             && self.precision.as_ref().is_some_and(|c| c.policy.min_sqnr_db.is_some());
         match &self.calib {

@@ -91,7 +91,9 @@ use anyhow::{bail, Context, Result};
 use qforge_ir::Graph;
 use qforge_passes::quantize::observer::CalibMethod;
 use qforge_passes::quantize::scheme::{QType, Scheme};
-use qforge_passes::quantize::{AdaRoundOptions, NodeRule, Pattern, Precision, QConfig, Rounding, Rule, WeightGranularity};
+use qforge_passes::quantize::{
+    AdaRoundOptions, NodeRule, Pattern, Precision, QConfig, Rounding, Rule, WeightGranularity,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -604,6 +606,9 @@ skip = true
             ("[smoothquant]\nalpha = 1.5\n", "line 2: [smoothquant] alpha 1.5 is not in [0, 1]"),
             ("[smoothquant]\nbeta = 0.5\n", "line 2: unknown field `beta`"),
             ("[bias_correction]\nalpha = 0.5\n", "line 2: unknown field `alpha`"),
+            ("[default]\nrounding = \"up\"\n", "line 2: unknown rounding `up` (expected nearest or adaround)"),
+            ("[adaround]\nwarm_start = 1.5\n", "line 1: [adaround]: warm_start 1.5 is not in [0, 1)"),
+            ("[adaround]\niterations = 0\n", "line 1: [adaround]: iterations and batch must be at least 1"),
             ("[bias_correction]\nenabled = \"no\"\n", "line 2: "),
         ];
         for (text, want) in cases {
@@ -621,6 +626,11 @@ skip = true
         assert_eq!(parse("[smoothquant]\n").unwrap().smooth, Some(0.5));
         assert_eq!(parse("").unwrap().smooth, None);
         assert_eq!(parse("[bias_correction]\nenabled = false\n").unwrap().bias_correction, Some(false));
+        let ada =
+            parse("[[node]]\nmatch = \"/conv*\"\nrounding = \"adaround\"\n[adaround]\niterations = 50\n").unwrap();
+        assert!(ada.rounds_adaptively());
+        assert_eq!(ada.adaround.map(|a| a.iterations), Some(50));
+        assert!(!parse("[default]\nrounding = \"nearest\"\n").unwrap().rounds_adaptively());
         assert_eq!(parse("[bias_correction]\n").unwrap().bias_correction, Some(true));
         assert_eq!(parse("").unwrap().bias_correction, None);
         assert_eq!(parse("[outputs]\nquantize = true\n").unwrap().quantize_outputs, Some(true));

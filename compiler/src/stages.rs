@@ -11,9 +11,9 @@ use qforge_passes::conv_transpose::ConvTransposeAsConv;
 use qforge_passes::egraph::{cost::CostTable, Optimize};
 use qforge_passes::precision::{AlignChannels, AssignPrecision, F32Prefix, PrecisionConfig, Ranges};
 use qforge_passes::quantize::{
-    activation_plan, adaround_sites, bias_sites, fit_layer, site_inputs, AdaRound, calibrate_with_means, channel_absmax, channel_means, corrections_from_means,
-    error_graph, input_stats, smooth_sites, BiasCorrection, ChannelStats, FoldBatchNorm, QuantizeDynamic,
-    QuantizeStatic, SmoothQuant,
+    activation_plan, adaround_sites, bias_sites, calibrate_with_means, channel_absmax, channel_means,
+    corrections_from_means, error_graph, fit_layer, input_stats, site_inputs, smooth_sites, AdaRound, BiasCorrection,
+    ChannelStats, FoldBatchNorm, QuantizeDynamic, QuantizeStatic, SmoothQuant,
 };
 use qforge_passes::{Pass, Pipeline};
 

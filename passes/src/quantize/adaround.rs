@@ -87,7 +87,7 @@ impl AdaRoundOptions {
         if self.iterations == 0 || self.batch == 0 {
             return Err("iterations and batch must be at least 1".into());
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) || !(self.reg_weight >= 0.0 && self.reg_weight.is_finite()) {
+        if !(self.lr > 0.0 && self.lr.is_finite() && self.reg_weight >= 0.0 && self.reg_weight.is_finite()) {
             return Err("lr must be positive and reg_weight non-negative".into());
         }
         if !(self.beta.0 > 0.0 && self.beta.1 > 0.0 && self.beta.0.is_finite() && self.beta.1.is_finite()) {
@@ -231,12 +231,11 @@ fn grid(w: &Tensor, site: &AdaRoundSite) -> Result<Grid, String> {
         _ => return Err("unexpected weight parameters".into()),
     };
     let channels = scales.len();
-    let (outer_of, inner) = match axis {
-        Some(a) => (shape[..a].iter().product::<usize>(), shape[a + 1..].iter().product::<usize>()),
-        None => (1, values.len()),
+    let inner = match axis {
+        Some(a) => shape[a + 1..].iter().product::<usize>(),
+        None => values.len(),
     };
     let chan = |i: usize| if channels == 1 { 0 } else { (i / inner) % channels };
-    let _ = outer_of;
     // each channel's extremes set its range
     let mut lo = vec![f32::INFINITY; channels];
     let mut hi = vec![f32::NEG_INFINITY; channels];
@@ -339,7 +338,14 @@ fn recon_error(y: &Tensor, r: &Tensor) -> f64 {
 }
 
 /// The training graph: inputs `x`, `y_ref`, `v`; output the reconstruction loss.
-fn loss_graph(src: &Graph, site: &AdaRoundSite, grid: &Grid, w_shape: &[usize], x_ty: TensorType, y_ty: TensorType) -> Result<Graph, IrError> {
+fn loss_graph(
+    src: &Graph,
+    site: &AdaRoundSite,
+    grid: &Grid,
+    w_shape: &[usize],
+    x_ty: TensorType,
+    y_ty: TensorType,
+) -> Result<Graph, IrError> {
     let mut g = Graph::new("adaround");
     let x = g.add_input("x", x_ty);
     let y_ref = g.add_input("y_ref", y_ty.clone());
@@ -460,7 +466,12 @@ impl Adam {
 
 /// Fits the rounding of `site`'s weight on its inputs `x` (the float model's, calibration
 /// batches along axis 0).
-pub fn fit_layer(g: &Graph, site: &AdaRoundSite, x: &[Tensor], opts: &AdaRoundOptions) -> Result<LayerFit, AdaRoundError> {
+pub fn fit_layer(
+    g: &Graph,
+    site: &AdaRoundSite,
+    x: &[Tensor],
+    opts: &AdaRoundOptions,
+) -> Result<LayerFit, AdaRoundError> {
     let node = g.node(site.node);
     let name = node.name.clone();
     let e = |m: String| layer_err(&name, m);
@@ -483,7 +494,8 @@ pub fn fit_layer(g: &Graph, site: &AdaRoundSite, x: &[Tensor], opts: &AdaRoundOp
     let x_ty = ty(&samples.take(&all[..b]));
     let y_ty = ty(&refs.take(&all[..b]));
     let lg = loss_graph(g, site, &gr, &w_shape, x_ty, y_ty)?;
-    let dg = autodiff::differentiate(&lg, 0, &["v"]).map_err(|err| e(format!("differentiating its reconstruction loss: {err}")))?;
+    let dg = autodiff::differentiate(&lg, 0, &["v"])
+        .map_err(|err| e(format!("differentiating its reconstruction loss: {err}")))?;
     let grad_out = *dg.grads.first().ok_or_else(|| e("no gradient output".into()))?;
     // V with h(V) = the fractional part (AIMET: alpha = -log((zeta - gamma) / (rest - gamma) - 1))
     let mut v: Vec<f32> = gr

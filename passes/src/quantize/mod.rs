@@ -47,7 +47,9 @@ pub mod smooth;
 pub mod static_quant;
 
 pub use crate::batchnorm::FoldBatchNorm;
-pub use adaround::{adaround_sites, fit_layer, site_inputs, AdaRound, AdaRoundError, AdaRoundOptions, AdaRoundSite, LayerFit};
+pub use adaround::{
+    adaround_sites, fit_layer, site_inputs, AdaRound, AdaRoundError, AdaRoundOptions, AdaRoundSite, LayerFit,
+};
 pub use attention::attention_roles;
 pub use bias_correction::{
     bias_sites, corrections_from_means, error_graph, input_stats, BiasCorrection, BiasSite, BiasSlot, InputReduce,

@@ -463,6 +463,7 @@ mod tests {
             smooth: None,
             bias_correction: None,
             quantize_outputs: None,
+            adaround: None,
         };
         let s = q.settings(g.node(r.node));
         assert_eq!(s.precision, Precision::Fp32);
