@@ -24,8 +24,11 @@
 //! ([`precision::AssignPrecision`], [`precision::AlignChannels`]); the optimizer
 //! ([`egraph::Optimize`]); structured channel pruning ([`prune::PruneChannels`], and
 //! [`prune::prune_channels`] for the trainer: L2-norm output channels physically removed, through
-//! residual adds, concatenations and depthwise convs).
+//! residual adds, concatenations and depthwise convs). Not a pass: [`autodiff::differentiate`]
+//! extends a graph with the gradient of a scalar output (reverse mode, as IR nodes), for training
+//! (`finetune`) and AdaRound.
 
+pub mod autodiff;
 pub mod batchnorm;
 pub mod canonicalize;
 pub mod conv_transpose;
