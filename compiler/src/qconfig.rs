@@ -385,7 +385,7 @@ pub fn parse_file(text: &str) -> Result<QConfigFile, QConfigError> {
             warm_start: t.warm_start.unwrap_or(d.warm_start),
             seed: t.seed.unwrap_or(d.seed),
         };
-        o.check().map_err(|m| at(text, a.span(), format!("[adaround]: {m}")))?;
+        o.check().map_err(|m| at(text, a.span(), m))?;
         cfg.adaround = Some(o);
     }
     cfg.check().map_err(|msg| QConfigError { line: None, msg: msg.to_string() })?;

@@ -32,7 +32,7 @@
 //! Deterministic: the sample order comes from `seed` alone; runs on one thread.
 
 use super::plan::WeightInput;
-use super::policy::{NodeSettings, QConfig, Rounding};
+use super::policy::{NodeSettings, PolicyError, QConfig, Rounding};
 use super::scheme::{self, Granularity, QType};
 use super::static_quant::activation_plan;
 use crate::autodiff;
@@ -82,21 +82,25 @@ impl Default for AdaRoundOptions {
 }
 
 impl AdaRoundOptions {
-    /// Checks the ranges (a message for the qconfig's error).
-    pub fn check(&self) -> Result<(), String> {
+    /// Checks the ranges.
+    pub fn check(&self) -> Result<(), PolicyError> {
+        self.range_error().map_or(Ok(()), |msg| Err(PolicyError::AdaRound { msg }))
+    }
+
+    fn range_error(&self) -> Option<String> {
         if self.iterations == 0 || self.batch == 0 {
-            return Err("iterations and batch must be at least 1".into());
+            return Some("iterations and batch must be at least 1".into());
         }
         if !(self.lr > 0.0 && self.lr.is_finite() && self.reg_weight >= 0.0 && self.reg_weight.is_finite()) {
-            return Err("lr must be positive and reg_weight non-negative".into());
+            return Some("lr must be positive and reg_weight non-negative".into());
         }
         if !(self.beta.0 > 0.0 && self.beta.1 > 0.0 && self.beta.0.is_finite() && self.beta.1.is_finite()) {
-            return Err("beta must be two positive numbers".into());
+            return Some("beta must be two positive numbers".into());
         }
         if !(0.0..1.0).contains(&self.warm_start) {
-            return Err(format!("warm_start {} is not in [0, 1)", self.warm_start));
+            return Some(format!("warm_start {} is not in [0, 1)", self.warm_start));
         }
-        Ok(())
+        None
     }
 
     /// `β` at step `t` (AIMET's `LinearTempDecay`): the first value until the warm start ends,
@@ -145,13 +149,14 @@ pub fn adaround_sites(g: &Graph, cfg: &QConfig) -> Result<(Vec<AdaRoundSite>, Ve
             continue;
         }
         let node = g.node(id);
-        let why = match (&node.op, weight) {
-            (_, None) => Some("it has no constant weight"),
-            (Op::Conv(_) | Op::Gemm { .. } | Op::MatMul, Some(w)) if w.slot == 1 => {
+        // pools and data movement have no weights to round
+        let Some(weight) = weight else { continue };
+        let why = match &node.op {
+            Op::Conv(_) | Op::Gemm { .. } | Op::MatMul if weight.slot == 1 => {
                 let wv = node.inputs().get(1).copied().flatten();
                 match wv.map(|v| (&g.node(v.node).op, g.value_type(v))) {
                     Some((Op::Const(t), ty)) if t.as_f32().is_some() && ty.quant.is_none() => {
-                        if matches!(s.weight_granularity(w.axis), Granularity::PerGroup { .. }) {
+                        if matches!(s.weight_granularity(weight.axis), Granularity::PerGroup { .. }) {
                             Some("per-group weights are rounded to nearest")
                         } else {
                             None
@@ -162,8 +167,8 @@ pub fn adaround_sites(g: &Graph, cfg: &QConfig) -> Result<(Vec<AdaRoundSite>, Ve
             }
             _ => Some("only a conv's, gemm's or matmul's second input is rounded by AdaRound"),
         };
-        match (why, weight) {
-            (None, Some(weight)) => {
+        match why {
+            None => {
                 let out = Value::new(id, 0);
                 let users = g.value_users(out);
                 let activation = match users.as_slice() {
@@ -175,7 +180,7 @@ pub fn adaround_sites(g: &Graph, cfg: &QConfig) -> Result<(Vec<AdaRoundSite>, Ve
                 };
                 sites.push(AdaRoundSite { node: id, weight, settings: s, activation });
             }
-            (why, _) => skipped.push(format!("node `{}`: {}", node.name, why.unwrap_or("it has no weight"))),
+            Some(why) => skipped.push(format!("node `{}`: {why}", node.name)),
         }
     }
     Ok((sites, skipped))

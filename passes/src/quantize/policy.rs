@@ -42,6 +42,11 @@ pub enum PolicyError {
     Momentum { rule: String, value: f64 },
     #[error("[smoothquant]: alpha {alpha} is not in [0, 1]")]
     SmoothAlpha { alpha: f64 },
+    #[error("unknown rounding `{name}` (expected nearest or adaround)")]
+    UnknownRounding { name: String },
+    /// An `[adaround]` setting out of its range.
+    #[error("[adaround]: {msg}")]
+    AdaRound { msg: String },
 }
 
 /// The precision a node runs at.
@@ -147,11 +152,11 @@ impl Rounding {
     }
 
     /// Parses `nearest` or `adaround`.
-    pub fn parse(s: &str) -> Result<Rounding, String> {
+    pub fn parse(s: &str) -> Result<Rounding, PolicyError> {
         match s {
             "nearest" => Ok(Rounding::Nearest),
             "adaround" => Ok(Rounding::AdaRound),
-            other => Err(format!("unknown rounding `{other}` (expected nearest or adaround)")),
+            other => Err(PolicyError::UnknownRounding { name: other.to_string() }),
         }
     }
 }
