@@ -34,5 +34,6 @@ pub mod pass;
 pub mod precision;
 pub mod quantize;
 pub mod report;
+pub mod train;
 
 pub use pass::{Pass, PassContext, PassError, PassReport, Pipeline};
