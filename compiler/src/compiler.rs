@@ -166,6 +166,9 @@ pub enum Stage {
     Calibrate,
     /// `--min-sqnr` with INT8: the most sensitive layers kept float until the output SQNR is met.
     FloatFallback,
+    /// AdaRound: the weights of the layers whose rule says `rounding = "adaround"` (`--rounding
+    /// adaround`) rounded as fitted on the calibration set.
+    AdaRound,
     /// Bias correction, measured on the calibration set (`--bias-correction`, `[bias_correction]`).
     BiasCorrection,
     /// Q/DQ insertion (static) or dynamic quantization.
@@ -186,6 +189,7 @@ impl Stage {
             Stage::SmoothQuant => "smooth-quant",
             Stage::Calibrate => "calibrate",
             Stage::FloatFallback => "float-fallback",
+            Stage::AdaRound => "adaround",
             Stage::BiasCorrection => "bias-correction",
             Stage::Quantize => "quantize",
             Stage::Precision => "precision",
@@ -365,6 +369,9 @@ impl Compiler {
             if o.min_sqnr.is_some() {
                 s.push(Stage::FloatFallback);
             }
+            if self.qconfig.rounds_adaptively() {
+                s.push(Stage::AdaRound);
+            }
             if self.qconfig.corrects_bias() {
                 s.push(Stage::BiasCorrection);
             }
@@ -394,9 +401,12 @@ impl Compiler {
             crate::qconfig::check_rules_match(file, graph, path)?;
         }
         let selected: Vec<Stage> = self.stages().into_iter().filter(|s| last.is_none_or(|l| *s <= l)).collect();
-        let quantizes = selected
-            .iter()
-            .any(|s| matches!(s, Stage::SmoothQuant | Stage::Calibrate | Stage::FloatFallback | Stage::BiasCorrection));
+        let quantizes = selected.iter().any(|s| {
+            matches!(
+                s,
+                Stage::SmoothQuant | Stage::Calibrate | Stage::FloatFallback | Stage::AdaRound | Stage::BiasCorrection
+            )
+        });
         let guards = selected.contains(&Stage::Precision)
             && self.precision.as_ref().is_some_and(|c| c.policy.min_sqnr_db.is_some());
         match &self.calib {

@@ -49,6 +49,26 @@ impl Switch {
     }
 }
 
+/// How static INT8 rounds weights (`--rounding`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoundingArg {
+    /// Round half to even, as ONNX Runtime's quantizer does.
+    Nearest,
+    /// AdaRound: each weight rounded up or down as fitted on --calib to reconstruct its layer's
+    /// float output.
+    Adaround,
+}
+
+impl RoundingArg {
+    pub fn rounding(self) -> qforge_passes::quantize::Rounding {
+        match self {
+            RoundingArg::Nearest => qforge_passes::quantize::Rounding::Nearest,
+            RoundingArg::Adaround => qforge_passes::quantize::Rounding::AdaRound,
+        }
+    }
+}
+
 /// Which engine runs the graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -129,6 +149,13 @@ pub struct PipelineOptions {
     /// overrides the qconfig's `[outputs] quantize`).
     #[arg(long, value_enum, value_name = "ON|OFF")]
     pub quantize_outputs: Option<Switch>,
+    /// How static INT8 rounds weights: `nearest` (round half to even, the default) or `adaround`
+    /// (learned rounding: each conv, gemm and matmul weight rounded up or down as fitted on
+    /// --calib to reconstruct the layer's float output; overrides the qconfig's `rounding`; the
+    /// qconfig's `[adaround]` table sets the fit).
+    #[arg(long, value_enum, value_name = "NEAREST|ADAROUND")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rounding: Option<RoundingArg>,
     /// Automatic fallback, measured on --calib: with --quantize int8, keep the most sensitive
     /// layers (ranked by a sensitivity study) in float; with --precision fp16|bf16|amp, keep the
     /// shortest prefix of low-precision ops in f32; either until the output SQNR against fp32
@@ -190,6 +217,7 @@ impl Default for PipelineOptions {
             smooth: None,
             bias_correction: None,
             quantize_outputs: None,
+            rounding: None,
             min_sqnr: None,
             engine: Engine::Jit,
             threads: 1,
@@ -218,6 +246,7 @@ impl PipelineOptions {
             smooth: None,
             bias_correction: None,
             quantize_outputs: None,
+            rounding: None,
             min_sqnr: None,
             precision: Precision::Fp32,
             precision_config: None,

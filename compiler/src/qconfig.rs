@@ -13,6 +13,7 @@
 //! percentile = 99.99            # percentile observer
 //! momentum = 0.99               # ema observer
 //! bins = 2048                   # histogram observers
+//! rounding = "nearest"          # nearest | adaround (weights; `--rounding` overrides [default])
 //!
 //! [op.gemm]                     # by op type, as the IR names it (conv, gemm, matmul, add, ...)
 //! granularity = "per-tensor"
@@ -28,6 +29,15 @@
 //!
 //! [bias_correction]             # static int8 (`--bias-correction on|off` overrides)
 //! enabled = true                # the default
+//!
+//! [adaround]                    # the fit of layers with rounding = "adaround" (these are the defaults)
+//! iterations = 1000             # Adam steps per layer
+//! batch = 32                    # calibration samples per step
+//! lr = 0.01                     # Adam's learning rate on the rounding variables
+//! reg_weight = 0.01             # weight of the regularizer that pushes each weight to up or down
+//! beta = [20.0, 2.0]            # the regularizer's exponent, annealed from the first to the second
+//! warm_start = 0.2              # share of the steps before the regularizer starts
+//! seed = 0                      # sample order
 //!
 //! [outputs]                     # static int8 (`--quantize-outputs on|off` overrides)
 //! quantize = false              # the default: graph outputs stay f32
@@ -81,7 +91,9 @@ use anyhow::{bail, Context, Result};
 use qforge_ir::Graph;
 use qforge_passes::quantize::observer::CalibMethod;
 use qforge_passes::quantize::scheme::{QType, Scheme};
-use qforge_passes::quantize::{NodeRule, Pattern, Precision, QConfig, Rule, WeightGranularity};
+use qforge_passes::quantize::{
+    AdaRoundOptions, NodeRule, Pattern, Precision, QConfig, Rounding, Rule, WeightGranularity,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -102,6 +114,20 @@ struct FileToml {
     bias_correction: Option<BiasCorrectionToml>,
     #[serde(default)]
     outputs: Option<OutputsToml>,
+    #[serde(default)]
+    adaround: Option<Spanned<AdaRoundToml>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AdaRoundToml {
+    iterations: Option<usize>,
+    batch: Option<usize>,
+    lr: Option<f32>,
+    reg_weight: Option<f32>,
+    beta: Option<[f32; 2]>,
+    warm_start: Option<f32>,
+    seed: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -138,6 +164,7 @@ struct RuleToml {
     percentile: Option<Spanned<f64>>,
     momentum: Option<Spanned<f64>>,
     bins: Option<Spanned<usize>>,
+    rounding: Option<Spanned<String>>,
 }
 
 /// A qconfig file's error: the line it is on (when known) and what is wrong.
@@ -236,6 +263,9 @@ pub fn resolve(opts: &PipelineOptions) -> Result<(QConfig, Option<QConfigFile>)>
     }
     if let Some(s) = opts.quantize_outputs {
         cfg.quantize_outputs = Some(s.on());
+    }
+    if let Some(r) = opts.rounding {
+        cfg.default.rounding = Some(r.rounding());
     }
     Ok((cfg, file))
 }
@@ -342,6 +372,21 @@ pub fn parse_file(text: &str) -> Result<QConfigFile, QConfigError> {
     }
     if let Some(o) = &file.outputs {
         cfg.quantize_outputs = Some(o.quantize.unwrap_or(QConfig::DEFAULT_QUANTIZE_OUTPUTS));
+    }
+    if let Some(a) = &file.adaround {
+        let t = a.get_ref();
+        let d = AdaRoundOptions::default();
+        let o = AdaRoundOptions {
+            iterations: t.iterations.unwrap_or(d.iterations),
+            batch: t.batch.unwrap_or(d.batch),
+            lr: t.lr.unwrap_or(d.lr),
+            reg_weight: t.reg_weight.unwrap_or(d.reg_weight),
+            beta: t.beta.map_or(d.beta, |[a, b]| (a, b)),
+            warm_start: t.warm_start.unwrap_or(d.warm_start),
+            seed: t.seed.unwrap_or(d.seed),
+        };
+        o.check().map_err(|m| at(text, a.span(), m))?;
+        cfg.adaround = Some(o);
     }
     cfg.check().map_err(|msg| QConfigError { line: None, msg: msg.to_string() })?;
     Ok(QConfigFile { config: cfg, node_lines })
@@ -492,6 +537,9 @@ fn rule(r: &RuleToml, text: &str) -> Result<Rule, QConfigError> {
         }
         out.momentum = Some(v);
     }
+    if let Some(k) = &r.rounding {
+        out.rounding = Some(Rounding::parse(k.get_ref()).map_err(|m| at(text, k.span(), m))?);
+    }
     if let Some(b) = &r.bins {
         if *b.get_ref() < 16 {
             return Err(at(text, b.span(), format!("{} histogram bins (at least 16)", b.get_ref())));
@@ -558,6 +606,9 @@ skip = true
             ("[smoothquant]\nalpha = 1.5\n", "line 2: [smoothquant] alpha 1.5 is not in [0, 1]"),
             ("[smoothquant]\nbeta = 0.5\n", "line 2: unknown field `beta`"),
             ("[bias_correction]\nalpha = 0.5\n", "line 2: unknown field `alpha`"),
+            ("[default]\nrounding = \"up\"\n", "line 2: unknown rounding `up` (expected nearest or adaround)"),
+            ("[adaround]\nwarm_start = 1.5\n", "line 1: [adaround]: warm_start 1.5 is not in [0, 1)"),
+            ("[adaround]\niterations = 0\n", "line 1: [adaround]: iterations and batch must be at least 1"),
             ("[bias_correction]\nenabled = \"no\"\n", "line 2: "),
         ];
         for (text, want) in cases {
@@ -575,6 +626,11 @@ skip = true
         assert_eq!(parse("[smoothquant]\n").unwrap().smooth, Some(0.5));
         assert_eq!(parse("").unwrap().smooth, None);
         assert_eq!(parse("[bias_correction]\nenabled = false\n").unwrap().bias_correction, Some(false));
+        let ada =
+            parse("[[node]]\nmatch = \"/conv*\"\nrounding = \"adaround\"\n[adaround]\niterations = 50\n").unwrap();
+        assert!(ada.rounds_adaptively());
+        assert_eq!(ada.adaround.map(|a| a.iterations), Some(50));
+        assert!(!parse("[default]\nrounding = \"nearest\"\n").unwrap().rounds_adaptively());
         assert_eq!(parse("[bias_correction]\n").unwrap().bias_correction, Some(true));
         assert_eq!(parse("").unwrap().bias_correction, None);
         assert_eq!(parse("[outputs]\nquantize = true\n").unwrap().quantize_outputs, Some(true));

@@ -11,9 +11,9 @@ use qforge_passes::conv_transpose::ConvTransposeAsConv;
 use qforge_passes::egraph::{cost::CostTable, Optimize};
 use qforge_passes::precision::{AlignChannels, AssignPrecision, F32Prefix, PrecisionConfig, Ranges};
 use qforge_passes::quantize::{
-    activation_plan, bias_sites, calibrate_with_means, channel_absmax, channel_means, corrections_from_means,
-    error_graph, input_stats, smooth_sites, BiasCorrection, ChannelStats, FoldBatchNorm, QuantizeDynamic,
-    QuantizeStatic, SmoothQuant,
+    activation_plan, adaround_sites, bias_sites, calibrate_with_means, channel_absmax, channel_means,
+    corrections_from_means, error_graph, fit_layer, input_stats, site_inputs, smooth_sites, AdaRound, BiasCorrection,
+    ChannelStats, FoldBatchNorm, QuantizeDynamic, QuantizeStatic, SmoothQuant,
 };
 use qforge_passes::{Pass, Pipeline};
 
@@ -30,6 +30,7 @@ pub fn run(c: &Compiler, stage: Stage, st: &mut State, after: &mut dyn FnMut(&st
         Stage::SmoothQuant => smooth(c, st, after),
         Stage::Calibrate => calibrate_stage(c, st),
         Stage::FloatFallback => float_fallback(c, st),
+        Stage::AdaRound => adaround(c, st, after),
         Stage::BiasCorrection => bias_correction(c, st, after),
         Stage::Quantize => quantize(c, st, after),
         Stage::Precision => precision(c, st, after),
@@ -187,6 +188,43 @@ fn bias_correction(c: &Compiler, st: &mut State, after: &mut dyn FnMut(&str, &Gr
         corrections.insert(st.graph.node(s.node).name.clone(), m.clone());
     }
     pass(c, st, BiasCorrection { corrections }, after)
+}
+
+/// AdaRound: each layer whose rule says `rounding = "adaround"` fitted in turn on its float
+/// input over the calibration set (observed in one pass, every layer's input held until its fit),
+/// then the [`AdaRound`] pass snaps the weights so that Q/DQ insertion computes the learned codes.
+/// The layers a rule names that AdaRound cannot round are named in a warning and round to nearest.
+fn adaround(c: &Compiler, st: &mut State, after: &mut dyn FnMut(&str, &Graph)) -> Result<()> {
+    let (sites, skipped) = adaround_sites(&st.graph, &st.qconfig)?;
+    for s in &skipped {
+        tracing::warn!("adaround: {s}; rounded to nearest");
+    }
+    if sites.is_empty() {
+        return Ok(());
+    }
+    let opts = st.qconfig.adaround.clone().unwrap_or_default();
+    let batches = c.calib_batches(&st.graph)?;
+    let inputs = site_inputs(&st.graph, &sites, c.evaluator(), &mut batches.into_iter())
+        .context("observing the AdaRound layers' inputs on the calibration set")?;
+    tracing::info!("adaround: fitting {} layers, {} steps each", sites.len(), opts.iterations);
+    let mut bar = c.progress("adaround", "layers");
+    let mut fits = Vec::with_capacity(sites.len());
+    for (i, (site, x)) in sites.iter().zip(&inputs).enumerate() {
+        let t = std::time::Instant::now();
+        let fit = fit_layer(&st.graph, site, x, &opts)?;
+        tracing::info!(
+            "adaround: `{}` {} of {} weights flipped, error {:.3e} -> {:.3e} ({:.0} ms)",
+            fit.node,
+            fit.flipped,
+            fit.weights,
+            fit.error_nearest,
+            fit.error_adaround,
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        fits.push(fit);
+        bar(i + 1, sites.len());
+    }
+    pass(c, st, AdaRound::from_fits(fits), after)
 }
 
 /// Q/DQ insertion with the calibrated ranges (static INT8), or dynamic quantization.

@@ -205,6 +205,18 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             let t = if matches!(op, Op::GlobalMaxPool) { widenable(x(0)?, "x")? } else { float(x(0)?, "x")? };
             one(t.with_shape(global_pool_shape(&t.shape)?))
         }
+        Op::ConvWeightGrad(a) => {
+            let (xt, dy) = (float(x(0)?, "x")?, float(x(1)?, "dy")?);
+            same_dtype(xt, dy)?;
+            one(TensorType::new(xt.dtype, conv_weight_grad_shape(a, &xt.shape, &dy.shape)?))
+        }
+        Op::MaxPoolGrad(p) | Op::AveragePoolGrad(p) => {
+            let (xt, dy) = (float(x(0)?, "x")?, float(x(1)?, "dy")?);
+            same_dtype(xt, dy)?;
+            let y = pool_shape(p, &xt.shape)?;
+            same_shape(&y, &dy.shape, "dy")?;
+            one(xt.clone())
+        }
         Op::ConvTranspose(a) => {
             let (xt, wt) = (float(x(0)?, "x")?, float(x(1)?, "w")?);
             same_dtype(xt, wt)?;
@@ -1577,6 +1589,40 @@ pub fn conv_shape(a: &ConvAttrs, x: &Shape, w: &Shape) -> R<Shape> {
         )?);
     }
     Ok(Shape(dims))
+}
+
+/// The weight shape `(M, C/group, kernel...)` of a convolution of `x` whose result has the shape
+/// of `dy` (`M` its channels), checking that the convolution of `x` with such a weight gives
+/// `dy`'s shape ([`Op::ConvWeightGrad`]).
+pub fn conv_weight_grad_shape(a: &ConvAttrs, x: &Shape, dy: &Shape) -> R<Shape> {
+    if x.rank() < 3 || dy.rank() != x.rank() {
+        return Err(InferError::Shape(format!(
+            "conv_weight_grad needs x of rank 3 or more and dy of the same rank, got {x} and {dy}"
+        )));
+    }
+    let c = x.0[1].fixed().ok_or_else(|| InferError::Shape("channel dimension of x must be fixed".into()))?;
+    let m = dy.0[1].fixed().ok_or_else(|| InferError::Shape("channel dimension of dy must be fixed".into()))?;
+    if a.group == 0 || c % a.group != 0 || m % a.group != 0 {
+        return Err(InferError::Shape(format!(
+            "{c} input channels, {m} output channels and group {} do not fit",
+            a.group
+        )));
+    }
+    let mut w = vec![Dim::Fixed(m), Dim::Fixed(c / a.group)];
+    w.extend(a.kernel.iter().map(|&k| Dim::Fixed(k)));
+    let w = Shape(w);
+    let y = conv_shape(a, x, &w)?;
+    same_shape(&y, dy, "dy")?;
+    Ok(w)
+}
+
+/// Checks that `got` is the shape `want` an op's forward computes (dims that are equal, or that
+/// [`unify_dims`] lets meet).
+fn same_shape(want: &Shape, got: &Shape, what: &str) -> R<()> {
+    if want.rank() != got.rank() || want.0.iter().zip(&got.0).any(|(a, b)| unify_dims(a, b).is_none()) {
+        return Err(InferError::Shape(format!("{what} has shape {got}, expected {want}")));
+    }
+    Ok(())
 }
 
 /// Output shape of a max or average pool.

@@ -552,6 +552,24 @@ pub enum Op {
         align_corners: bool,
     },
 
+    // ---- gradients (the backward ops reverse-mode differentiation emits where no composition
+    // of the ops above writes the vector-Jacobian product reasonably)
+    /// `x, dy` -> `dw`: the gradient of a convolution ([`Op::Conv`] with these attributes) with
+    /// respect to its weight, for input `x` and result gradient `dy`:
+    /// `dw[m][c][k] = sum over n and output positions o of dy[n][m][o] * x[n][g*C/group + c][o * stride + k * dilation - pad_begin]`
+    /// (`g` the group of output channel `m`; positions outside `x` are the zero padding). Shape
+    /// `(M, C/group, kernel...)` with `M` the channels of `dy`.
+    ConvWeightGrad(ConvAttrs),
+    /// `x, dy` -> `dx`: the gradient of [`Op::MaxPool`] with respect to its input: each window's
+    /// `dy` goes to the element the window takes (its first largest element, the one
+    /// [`Op::MaxPoolIndices`] names), summed where windows overlap; every other element gets 0.
+    MaxPoolGrad(PoolAttrs),
+    /// `x, dy` -> `dx`: the gradient of [`Op::AveragePool`] with respect to its input (`x` is read
+    /// only for its shape): each window's `dy / count` goes to every input element the window
+    /// visits, summed where windows overlap, `count` the window's divisor (the positions in the
+    /// input, or in the padded input with `count_include_pad`).
+    AveragePoolGrad(PoolAttrs),
+
     // ---- quantization
     /// `x` (float) -> quantized output; parameters from the output type.
     Quantize,
@@ -714,6 +732,9 @@ impl Op {
             Op::NonMaxSuppression { .. } => "non_max_suppression",
             Op::Det => "det",
             Op::GridSample { .. } => "grid_sample",
+            Op::ConvWeightGrad(_) => "conv_weight_grad",
+            Op::MaxPoolGrad(_) => "max_pool_grad",
+            Op::AveragePoolGrad(_) => "average_pool_grad",
             Op::Quantize => "quantize",
             Op::Dequantize => "dequantize",
             Op::Requantize => "requantize",
@@ -805,6 +826,9 @@ impl Op {
             | Op::GatherElements { .. }
             | Op::GatherND { .. }
             | Op::GridSample { .. }
+            | Op::ConvWeightGrad(_)
+            | Op::MaxPoolGrad(_)
+            | Op::AveragePoolGrad(_)
             | Op::QAdd
             | Op::QMul => (2, 2),
             Op::ScatterElements { .. } | Op::ScatterND { .. } => (3, 3),

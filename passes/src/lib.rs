@@ -22,8 +22,13 @@
 //! ([`quantize::SmoothQuant`], [`quantize::QuantizeStatic`] after calibration through an
 //! [`evaluator::Evaluator`], [`quantize::QuantizeDynamic`]); precision
 //! ([`precision::AssignPrecision`], [`precision::AlignChannels`]); the optimizer
-//! ([`egraph::Optimize`]).
+//! ([`egraph::Optimize`]); structured channel pruning ([`prune::PruneChannels`], and
+//! [`prune::prune_channels`] for the trainer: L2-norm output channels physically removed, through
+//! residual adds, concatenations and depthwise convs). Not a pass: [`autodiff::differentiate`]
+//! extends a graph with the gradient of a scalar output (reverse mode, as IR nodes), for training
+//! (`finetune`) and AdaRound.
 
+pub mod autodiff;
 pub mod batchnorm;
 pub mod canonicalize;
 pub mod conv_transpose;
@@ -32,6 +37,7 @@ pub mod evaluator;
 pub mod glob;
 pub mod pass;
 pub mod precision;
+pub mod prune;
 pub mod quantize;
 pub mod report;
 pub mod train;

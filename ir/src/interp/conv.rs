@@ -201,6 +201,101 @@ pub(crate) fn conv(cx: &Cx, a: &ConvAttrs) -> R<crate::Tensor> {
     float_tensor(cx.out_dtype(0), y_shape, y)
 }
 
+/// The weight gradient of a float convolution ([`crate::Op::ConvWeightGrad`]): `x, dy` -> `dw`
+/// of shape (M, C/group, kernel...) with
+/// `dw[m][c][k] = sum over n, o of dy[n][m][o] * x[n][g*cg + c][o * stride + k * dilation - pad_begin]`
+/// (zero padding: taps outside `x` read as zero). f16/bf16 are widened to f32 and each weight
+/// element accumulated in f32 and rounded once. Computed as im2col and a matrix product per
+/// sample (as Caffe's and PyTorch's CPU backward do): for sample `n`, the columns
+/// `col[(c, k)][o]` (the input element under tap `k` at output position `o`, zero in the padding)
+/// and `dw[m][(c, k)] += dot(dy[n][m][..], col[(c, k)][..])`, each dot product over the output
+/// positions in eight interleaved partial sums (so it vectorizes), added in order at the end;
+/// samples in order. The order of the additions is therefore not the direct loop's: results
+/// agree with it to f32 rounding, not bit for bit.
+pub(crate) fn conv_weight_grad(cx: &Cx, a: &ConvAttrs) -> R<crate::Tensor> {
+    let (x, dy) = (cx.x(0)?, cx.x(1)?);
+    let w_shape = cx.out_shape(0);
+    let g = Geom::new(a, x.shape(), &w_shape, dy.shape())?;
+    let (xv, dv) = (floats(x), floats(dy));
+    let [id, ih, iw] = g.input;
+    let [od, oh, ow] = g.output;
+    let [kd, kh, kw] = g.kernel;
+    let [sd, sh, sw] = g.strides;
+    let [pd, ph, pw] = g.pads;
+    let [dd, dh, dw] = g.dilations;
+    let (cg, mg) = (g.c / g.group, g.m / g.group);
+    let (in_plane, out_plane, ksize) = (id * ih * iw, g.out_plane(), kd * kh * kw);
+    if g.n.checked_mul(g.c).and_then(|v| v.checked_mul(in_plane)) != Some(xv.len())
+        || g.n.checked_mul(g.m).and_then(|v| v.checked_mul(out_plane)) != Some(dv.len())
+    {
+        return Err("internal: conv_weight_grad operand sizes do not match the geometry".into());
+    }
+    let rows = cg.checked_mul(ksize).ok_or("result too large")?;
+    let total = g.m.checked_mul(rows).ok_or("result too large")?;
+    let mut out: Vec<f32> = try_vec(total)?;
+    out.resize(total, 0.0);
+    let mut col: Vec<f32> = try_vec(rows.checked_mul(out_plane).ok_or("result too large")?)?;
+    col.resize(rows * out_plane, 0.0);
+    for b in 0..g.n {
+        for grp in 0..g.group {
+            // the columns of this sample and group
+            for ci in 0..cg {
+                let x_plane = &xv[(b * g.c + grp * cg + ci) * in_plane..][..in_plane];
+                for tz in 0..kd {
+                    for ty in 0..kh {
+                        for tx in 0..kw {
+                            let r = (ci * kd + tz) * kh * kw + ty * kw + tx;
+                            let dst = &mut col[r * out_plane..][..out_plane];
+                            dst.fill(0.0);
+                            let (z_lo, z_hi, z0) = valid_range(od, id, sd, tz, dd, pd);
+                            let (y_lo, y_hi, y0) = valid_range(oh, ih, sh, ty, dh, ph);
+                            let (x_lo, x_hi, x0) = valid_range(ow, iw, sw, tx, dw, pw);
+                            for (zi, oz) in (z_lo..z_hi).enumerate() {
+                                let iz = z0 as usize + zi * sd;
+                                for (yi, oy) in (y_lo..y_hi).enumerate() {
+                                    let iy = y0 as usize + yi * sh;
+                                    let x_row = &x_plane[(iz * ih + iy) * iw..][..iw];
+                                    let d_row = &mut dst[(oz * oh + oy) * ow..][..ow];
+                                    for (j, o) in d_row[x_lo..x_hi].iter_mut().enumerate() {
+                                        *o = x_row[x0 as usize + j * sw];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for m in 0..mg {
+                let mm = grp * mg + m;
+                let d_plane = &dv[(b * g.m + mm) * out_plane..][..out_plane];
+                let acc = &mut out[mm * rows..][..rows];
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a += dot8(d_plane, &col[r * out_plane..][..out_plane]);
+                }
+            }
+        }
+    }
+    float_tensor(cx.out_dtype(0), w_shape, out)
+}
+
+/// `sum a[i] * b[i]` in eight interleaved partial sums (lane `i % 8`), added in lane order, then
+/// the tail in order.
+fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ta, tb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            lanes[k] += x[k] * y[k];
+        }
+    }
+    let mut s = lanes.iter().sum::<f32>();
+    for (x, y) in ta.iter().zip(tb) {
+        s += x * y;
+    }
+    s
+}
+
 /// Float transposed convolution (ONNX ConvTranspose): `x, w, [b]` with `w` of shape
 /// (C, M/group, kernel...). Every input element scatters into the output:
 /// `y[n][g*mg + m][o] += x[n][g*cg + c][i] * w[g*cg + c][m][k]` where, per spatial dim,
@@ -395,6 +490,38 @@ mod tests {
         check([1, 4, 5, 5], [4, 1, 5, 5], [1, 1], [2, 2, 2, 2], [1, 1], 4);
         // kernel wider than the unpadded input
         check([1, 1, 2, 2], [1, 1, 3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1);
+    }
+
+    /// `conv_weight_grad` is the adjoint of the convolution in its weight: for any `dy`,
+    /// `<conv(x, w), dy> = <w, conv_weight_grad(x, dy)>` (the convolution is linear in `w`).
+    #[test]
+    fn weight_gradient_is_the_adjoint_in_the_weight() {
+        // (x, w, strides, pads, dilations, group)
+        type Geometry = ([usize; 4], [usize; 4], [usize; 2], [usize; 4], [usize; 2], usize);
+        let cases: [Geometry; 4] = [
+            ([2, 3, 7, 6], [4, 3, 3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1),
+            ([1, 2, 9, 8], [3, 2, 3, 2], [2, 3], [1, 2, 0, 1], [1, 1], 1),
+            ([1, 2, 10, 11], [2, 2, 3, 3], [2, 2], [3, 1, 2, 3], [3, 2], 1),
+            ([2, 4, 6, 6], [6, 2, 3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 2),
+        ];
+        for (xs, ws, stride, pads, dil, group) in cases {
+            let x = pseudo(xs.iter().product(), 4);
+            let w = pseudo(ws.iter().product(), 5);
+            let (y, ys) = naive(&x, xs, &w, ws, None, stride, pads, dil, group);
+            let dy = pseudo(y.len(), 6);
+            let attrs = ConvAttrs {
+                kernel: ws[2..].to_vec(),
+                strides: stride.to_vec(),
+                pads: pads.to_vec(),
+                dilations: dil.to_vec(),
+                group,
+            };
+            let dw = eval1(&Op::ConvWeightGrad(attrs), &[&f32t(&xs, &x), &f32t(&ys, &dy)]).unwrap();
+            assert_eq!(dw.shape(), &ws);
+            let lhs: f64 = y.iter().zip(&dy).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let rhs: f64 = w.iter().zip(dw.as_f32().unwrap()).map(|(&a, &b)| a as f64 * b as f64).sum();
+            assert!((lhs - rhs).abs() <= 1e-4 * lhs.abs().max(1.0), "{lhs} vs {rhs}");
+        }
     }
 
     #[test]

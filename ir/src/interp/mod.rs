@@ -538,6 +538,9 @@ fn dispatch(cx: &Cx) -> R<Vec<Tensor>> {
         Op::AveragePool(p) => one(pool::average_pool(cx, p)),
         Op::GlobalAveragePool => one(pool::global_average_pool(cx)),
         Op::GlobalMaxPool => one(pool::global_max_pool(cx)),
+        Op::MaxPoolGrad(p) => one(pool::max_pool_grad(cx, p)),
+        Op::AveragePoolGrad(p) => one(pool::average_pool_grad(cx, p)),
+        Op::ConvWeightGrad(a) => one(conv::conv_weight_grad(cx, a)),
         Op::ConvTranspose(a) => one(conv::conv_transpose(cx, a)),
         Op::Resize(a) => {
             let refs: Vec<Option<&TensorType>> = cx.in_types.iter().map(Option::as_ref).collect();

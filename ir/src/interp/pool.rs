@@ -198,6 +198,66 @@ pub(crate) fn max_pool_indices(cx: &Cx, p: &PoolAttrs, column_major: bool) -> R<
     int_tensor(DType::I64, y_shape, &y)
 }
 
+/// The gradient of max pooling with respect to its input ([`crate::Op::MaxPoolGrad`]): `x, dy`
+/// -> `dx`, each window's `dy` added (in f32, windows in row-major order) to the element
+/// [`max_pool`] takes from it: the first element larger than every one before it, as
+/// [`max_pool_indices`] picks; rounded once to the dtype.
+pub(crate) fn max_pool_grad(cx: &Cx, p: &PoolAttrs) -> R<Tensor> {
+    let (x, dy) = (cx.x(0)?, cx.x(1)?);
+    let g = PoolGeom::new(p, x.shape(), dy.shape())?;
+    let (ip, op) = (g.in_plane(), g.out_plane());
+    let (xv, dv) = (floats(x), floats(dy));
+    if xv.len() != g.planes * ip || dv.len() != g.planes * op {
+        return Err("internal: max_pool_grad operand sizes do not match the geometry".into());
+    }
+    let mut dx = vec![0f32; xv.len()];
+    for c in 0..g.planes {
+        let xp = &xv[c * ip..][..ip];
+        let dp = &dv[c * op..][..op];
+        let gp = &mut dx[c * ip..][..ip];
+        g.for_each_window(|o, offs, _| {
+            let mut best: Option<usize> = None;
+            for &i in offs {
+                if best.is_none_or(|b| xp[i] > xp[b]) {
+                    best = Some(i);
+                }
+            }
+            if let Some(i) = best {
+                gp[i] += dp[o];
+            }
+        });
+    }
+    float_tensor(x.dtype(), x.shape().to_vec(), dx)
+}
+
+/// The gradient of average pooling with respect to its input ([`crate::Op::AveragePoolGrad`]):
+/// `x, dy` -> `dx` (`x` read for its shape), each window's `dy / count` added (in f32, windows in
+/// row-major order) to every input element the window visits, `count` the divisor
+/// [`average_pool`] uses; rounded once to the dtype.
+pub(crate) fn average_pool_grad(cx: &Cx, p: &PoolAttrs) -> R<Tensor> {
+    let (x, dy) = (cx.x(0)?, cx.x(1)?);
+    let g = PoolGeom::new(p, x.shape(), dy.shape())?;
+    let (ip, op) = (g.in_plane(), g.out_plane());
+    let dv = floats(dy);
+    if dv.len() != g.planes * op {
+        return Err("internal: average_pool_grad operand sizes do not match the geometry".into());
+    }
+    let n = super::numel(x.shape()).ok_or("input too large")?;
+    let mut dx = vec![0f32; n];
+    for c in 0..g.planes {
+        let dp = &dv[c * op..][..op];
+        let gp = &mut dx[c * ip..][..ip];
+        g.for_each_window(|o, offs, padded| {
+            let count = if p.count_include_pad { padded } else { offs.len() };
+            let share = dp[o] / count as f32;
+            for &i in offs {
+                gp[i] += share;
+            }
+        });
+    }
+    float_tensor(x.dtype(), x.shape().to_vec(), dx)
+}
+
 /// Average pooling on float tensors.
 pub(crate) fn average_pool(cx: &Cx, p: &PoolAttrs) -> R<Tensor> {
     let x = cx.x(0)?;
@@ -371,6 +431,36 @@ mod tests {
         let x = Tensor::from_f32_slice(DType::F16, vec![1, 1, 2, 2], &[0.5, -1.0, 3.0, 2.0]);
         let y = eval1(&Op::GlobalMaxPool, &[&x]).unwrap();
         assert_eq!((y.dtype(), y.to_f32_vec()), (DType::F16, vec![3.0]));
+    }
+
+    /// The pooling gradients are the adjoints of the poolings: `<pool(x), dy> = <x, grad(x, dy)>`
+    /// (average pooling is linear; max pooling picks one element per window, the one its
+    /// gradient sends `dy` to, ties included).
+    #[test]
+    fn pooling_gradients_are_adjoints() {
+        let x: Vec<f32> = (0..2 * 3 * 7 * 6).map(|i| ((i * 37 % 23) as f32 - 11.0) / 4.0).collect();
+        let xt = f32t(&[2, 3, 7, 6], &x);
+        for (k, s, pads, ceil, include) in [
+            (2, 2, [0, 0, 0, 0], false, false),
+            (3, 2, [1, 1, 1, 1], true, true),
+            (3, 1, [1, 0, 2, 1], false, true),
+            (3, 2, [1, 1, 0, 0], true, false),
+        ] {
+            let p = attrs(k, s, pads, ceil, include);
+            for (fwd, grad) in [
+                (Op::MaxPool(p.clone()), Op::MaxPoolGrad(p.clone())),
+                (Op::AveragePool(p.clone()), Op::AveragePoolGrad(p.clone())),
+            ] {
+                let y = eval1(&fwd, &[&xt]).unwrap();
+                let dy: Vec<f32> = (0..y.len()).map(|i| ((i * 13 % 7) as f32 - 3.0) / 2.0).collect();
+                let dyt = f32t(y.shape(), &dy);
+                let dx = eval1(&grad, &[&xt, &dyt]).unwrap();
+                assert_eq!(dx.shape(), xt.shape());
+                let lhs: f64 = y.as_f32().unwrap().iter().zip(&dy).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let rhs: f64 = x.iter().zip(dx.as_f32().unwrap()).map(|(&a, &b)| a as f64 * b as f64).sum();
+                assert!((lhs - rhs).abs() <= 1e-4 * lhs.abs().max(1.0), "{}: {lhs} vs {rhs}", fwd.name());
+            }
+        }
     }
 
     #[test]

@@ -142,6 +142,8 @@ pub(super) fn print_attrs(op: &Op) -> Vec<(&'static str, String)> {
             ("trans_b", trans_b.to_string()),
         ],
         Op::MaxPool(p) | Op::AveragePool(p) | Op::QAveragePool(p) => pool(p),
+        Op::MaxPoolGrad(p) | Op::AveragePoolGrad(p) => pool(p),
+        Op::ConvWeightGrad(c) => conv(c),
         Op::MaxPoolIndices { pool: p, column_major } => {
             let mut v = pool(p);
             v.push(("column_major", column_major.to_string()));
@@ -577,6 +579,9 @@ pub(super) fn build_op(name: &str, mut a: Attrs) -> Result<Option<Op>> {
         "average_pool" => Op::AveragePool(a.pool()?),
         "global_average_pool" => Op::GlobalAveragePool,
         "global_max_pool" => Op::GlobalMaxPool,
+        "conv_weight_grad" => Op::ConvWeightGrad(a.conv()?),
+        "max_pool_grad" => Op::MaxPoolGrad(a.pool()?),
+        "average_pool_grad" => Op::AveragePoolGrad(a.pool()?),
         "conv_transpose" => Op::ConvTranspose(ConvTransposeAttrs {
             kernel: a.usizes("kernel")?,
             strides: a.usizes("strides")?,

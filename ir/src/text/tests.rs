@@ -719,6 +719,29 @@ fn every_op() -> Vec<Op> {
             },
             column_major: true,
         },
+        Op::ConvWeightGrad(ConvAttrs {
+            kernel: vec![3],
+            strides: vec![2],
+            pads: vec![1, 0],
+            dilations: vec![1],
+            group: 2,
+        }),
+        Op::MaxPoolGrad(PoolAttrs {
+            kernel: vec![3, 3],
+            strides: vec![2, 2],
+            pads: vec![1, 1, 1, 1],
+            dilations: vec![1, 1],
+            ceil_mode: false,
+            count_include_pad: false,
+        }),
+        Op::AveragePoolGrad(PoolAttrs {
+            kernel: vec![2],
+            strides: vec![1],
+            pads: vec![1, 0],
+            dilations: vec![1],
+            ceil_mode: true,
+            count_include_pad: true,
+        }),
     ];
     ops.extend(Op::UNARY.iter().map(|&u| Op::Unary(u)));
     ops.extend(Op::BINARY.iter().map(|&b| Op::Binary(b)));
@@ -726,7 +749,7 @@ fn every_op() -> Vec<Op> {
 }
 
 /// The number of the last variant in [`variant`].
-const LAST_VARIANT: usize = 72;
+const LAST_VARIANT: usize = 75;
 
 fn variant(op: &Op) -> usize {
     match op {
@@ -803,6 +826,9 @@ fn variant(op: &Op) -> usize {
         Op::NonZero { .. } => 70,
         Op::NonMaxSuppression { .. } => 71,
         Op::MaxPoolIndices { .. } => 72,
+        Op::ConvWeightGrad(_) => 73,
+        Op::MaxPoolGrad(_) => 74,
+        Op::AveragePoolGrad(_) => 75,
     }
 }
 

@@ -176,6 +176,7 @@ impl CostClass {
             Op::Conv(_) | Op::ConvInteger(_) | Op::QConv { .. } => CostClass::Conv,
             Op::ConvTranspose(a) if a.group > 1 => CostClass::DepthwiseConv,
             Op::ConvTranspose(_) => CostClass::Conv,
+            Op::ConvWeightGrad(_) => CostClass::Conv,
             Op::MatMul | Op::Gemm { .. } | Op::MatMulInteger | Op::QMatMul { .. } | Op::QGemm { .. } => {
                 CostClass::Matmul
             }
@@ -203,7 +204,9 @@ impl CostClass {
             | Op::GlobalAveragePool
             | Op::GlobalMaxPool
             | Op::QGlobalAveragePool
-            | Op::QAveragePool(_) => CostClass::Pooling,
+            | Op::QAveragePool(_)
+            | Op::MaxPoolGrad(_)
+            | Op::AveragePoolGrad(_) => CostClass::Pooling,
             Op::Reshape { .. }
             | Op::Flatten { .. }
             | Op::Transpose { .. }

@@ -19,6 +19,9 @@
 //!   ([`calibrate::calibrate_with_means`]; or measured on the calibration set,
 //!   [`calibrate::channel_means`]), subtracted from its bias (after calibration, before Q/DQ
 //!   insertion).
+//! * [`adaround`]: learned weight rounding (AdaRound), fitted layer by layer on the calibration
+//!   set to reconstruct each layer's float output, for the layers whose rule says
+//!   `rounding = "adaround"` (after calibration, before bias correction).
 //! * [`sensitivity`]: one layer quantized at a time, ranked by output SQNR; the most sensitive
 //!   layers kept in float until an accuracy budget or an output SQNR target is met.
 //!
@@ -29,6 +32,7 @@
 //! integer kernels. ReLU/clip after a quantized op: see [`static_quant`] (removed when the
 //! quantize after it clamps the same, as ORT does).
 
+pub mod adaround;
 pub mod attention;
 pub mod bias_correction;
 pub mod calibrate;
@@ -43,6 +47,9 @@ pub mod smooth;
 pub mod static_quant;
 
 pub use crate::batchnorm::FoldBatchNorm;
+pub use adaround::{
+    adaround_sites, fit_layer, site_inputs, AdaRound, AdaRoundError, AdaRoundOptions, AdaRoundSite, LayerFit,
+};
 pub use attention::attention_roles;
 pub use bias_correction::{
     bias_sites, corrections_from_means, error_graph, input_stats, BiasCorrection, BiasSite, BiasSlot, InputReduce,
@@ -58,7 +65,7 @@ pub use observer::{
     CalibMethod, Ema, MinMax, ObserveError, Observer, ObserverConfig, ParseCalibMethodError, PerChannelMinMax,
 };
 pub use plan::{plan, Decision, NodePlan, WeightInput};
-pub use policy::{NodeRule, NodeSettings, Pattern, PolicyError, Precision, QConfig, Rule, WeightGranularity};
+pub use policy::{NodeRule, NodeSettings, Pattern, PolicyError, Precision, QConfig, Rounding, Rule, WeightGranularity};
 pub use scheme::{Granularity, GroupParams, Params, QType, QuantResult, Scheme, SchemeError};
 pub use sensitivity::{skipping, EvalSet, LayerSensitivity, Study, StudyError};
 pub use smooth::{smooth_sites, ChannelStats, NormStats, SmoothError, SmoothQuant, SmoothSite};

@@ -42,6 +42,11 @@ pub enum PolicyError {
     Momentum { rule: String, value: f64 },
     #[error("[smoothquant]: alpha {alpha} is not in [0, 1]")]
     SmoothAlpha { alpha: f64 },
+    #[error("unknown rounding `{name}` (expected nearest or adaround)")]
+    UnknownRounding { name: String },
+    /// An `[adaround]` setting out of its range.
+    #[error("[adaround]: {msg}")]
+    AdaRound { msg: String },
 }
 
 /// The precision a node runs at.
@@ -123,6 +128,37 @@ pub struct Rule {
     pub percentile: Option<f64>,
     pub momentum: Option<f64>,
     pub bins: Option<usize>,
+    /// How quantized weights are rounded (round to nearest unless a rule says AdaRound).
+    pub rounding: Option<Rounding>,
+}
+
+/// How a quantized op's weights are rounded to their integer grid.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Rounding {
+    /// Round half to even (the numerics contract), as ONNX Runtime's quantizer does.
+    #[default]
+    Nearest,
+    /// Learned rounding ([`super::adaround`]): each weight rounded up or down as fitted to
+    /// reconstruct the layer's float output on the calibration data.
+    AdaRound,
+}
+
+impl Rounding {
+    pub fn name(self) -> &'static str {
+        match self {
+            Rounding::Nearest => "nearest",
+            Rounding::AdaRound => "adaround",
+        }
+    }
+
+    /// Parses `nearest` or `adaround`.
+    pub fn parse(s: &str) -> Result<Rounding, PolicyError> {
+        match s {
+            "nearest" => Ok(Rounding::Nearest),
+            "adaround" => Ok(Rounding::AdaRound),
+            other => Err(PolicyError::UnknownRounding { name: other.to_string() }),
+        }
+    }
 }
 
 impl Rule {
@@ -131,7 +167,7 @@ impl Rule {
         macro_rules! take {
             ($($f:ident),*) => {$(if other.$f.is_some() { self.$f = other.$f.clone(); })*};
         }
-        take!(precision, activations, weights, granularity, observer, percentile, momentum, bins);
+        take!(precision, activations, weights, granularity, observer, percentile, momentum, bins, rounding);
     }
 }
 
@@ -221,6 +257,9 @@ pub struct QConfig {
     /// (`[outputs] quantize`), `None`: the default, [`QConfig::DEFAULT_QUANTIZE_OUTPUTS`] (see
     /// [`super::static_quant`]).
     pub quantize_outputs: Option<bool>,
+    /// The fit of the layers whose rule says `rounding = "adaround"` (`[adaround]`; the
+    /// defaults when `None`).
+    pub adaround: Option<super::adaround::AdaRoundOptions>,
 }
 
 /// A node's resolved settings.
@@ -231,6 +270,7 @@ pub struct NodeSettings {
     pub weights: Scheme,
     pub granularity: WeightGranularity,
     pub observer: ObserverConfig,
+    pub rounding: Rounding,
 }
 
 impl NodeSettings {
@@ -279,6 +319,14 @@ impl QConfig {
         self.quantize_outputs.unwrap_or(Self::DEFAULT_QUANTIZE_OUTPUTS)
     }
 
+    /// Whether any rule asks for AdaRound ([`super::adaround`]).
+    pub fn rounds_adaptively(&self) -> bool {
+        std::iter::once(&self.default)
+            .chain(self.op_types.iter().map(|(_, r)| r))
+            .chain(self.nodes.iter().map(|n| &n.rule))
+            .any(|r| r.rounding == Some(Rounding::AdaRound))
+    }
+
     /// Whether static quantization corrects biases ([`super::bias_correction`]).
     pub fn corrects_bias(&self) -> bool {
         self.bias_correction.unwrap_or(Self::DEFAULT_BIAS_CORRECTION)
@@ -296,6 +344,7 @@ impl QConfig {
             percentile: None,
             momentum: None,
             bins: None,
+            rounding: Some(Rounding::Nearest),
         }
     }
 
@@ -354,6 +403,7 @@ impl QConfig {
             weights: r.weights.unwrap_or(Scheme::symmetric(QType::I8)),
             granularity: r.granularity.unwrap_or(WeightGranularity::PerChannel),
             observer,
+            rounding: r.rounding.unwrap_or_default(),
         }
     }
 
@@ -418,6 +468,7 @@ mod tests {
             smooth: None,
             bias_correction: None,
             quantize_outputs: None,
+            adaround: None,
         };
         let s = q.settings(g.node(r.node));
         assert_eq!(s.precision, Precision::Fp32);
