@@ -24,13 +24,16 @@ pub mod fake_quant;
 pub mod objective;
 pub mod optim;
 pub mod scaler;
+pub mod trainer;
 
 pub use convert::{convert, trained_float};
 pub use fake_quant::{calibration_targets, fold_for_training, ActSite, Layer, Param, ParamKind, QatModel};
 pub use objective::{attach, teacher_graph, LossGraph, Objective};
 pub use optim::{CosineSchedule, Optimizer, OptimizerKind};
 pub use scaler::{round_to_storage, GradScaler, TrainPrecision};
+pub use trainer::{train, StepInfo, TrainConfig, TrainData, Trained};
 
+use crate::autodiff::AutodiffError;
 use crate::evaluator::EvalError;
 use crate::quantize::ObserveError;
 use qforge_ir::IrError;
@@ -47,6 +50,8 @@ pub enum TrainError {
     Unsupported { node: String, what: String },
     #[error("{0}")]
     Data(String),
+    #[error("differentiating the loss: {0}")]
+    Autodiff(Box<AutodiffError>),
     #[error("{}: {error}", match step { Some(s) => format!("training step {s}"), None => "running the FP32 teacher".to_string() })]
     Eval { step: Option<usize>, error: EvalError },
     #[error("observing node `{node}`: {error}")]
