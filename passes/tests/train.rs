@@ -124,3 +124,64 @@ fn four_bit_weights_stay_on_the_four_bit_grid() {
     }
     assert_eq!(seen, 2);
 }
+
+/// The seed's exercise 6.3: a gradient of 1e-8 underflows to 0 when the backward pass stores
+/// FP16 without loss scaling, survives with a loss scale of 2^16 (unscaled in f32), and survives
+/// in BF16 without one.
+#[test]
+fn a_tiny_gradient_underflows_in_fp16_and_survives_scaling_or_bf16() {
+    use qforge_ir::{BinaryOp, DType, Op, Shape, TensorType};
+    let mut g = Graph::new("tiny_grad");
+    let w = g.add_input("w", TensorType::new(DType::F32, Shape::fixed(&[1])));
+    let s = g.add_input("loss_scale", TensorType::new(DType::F32, Shape::fixed(&[])));
+    // 1e-8 as 1e-4 * 1e-4: each factor is an FP16 normal number, their product is not
+    let c = g.add_const("c", Tensor::from_f32(vec![1], vec![1e-4]));
+    let y = g.add_node(Op::Binary(BinaryOp::Mul), vec![Some(w), Some(c)], None, "y0").unwrap();
+    let y = g.add_node(Op::Binary(BinaryOp::Mul), vec![Some(y), Some(c)], None, "y").unwrap();
+    let l = g.add_node(Op::ReduceSum { axes: vec![0], keepdims: false }, vec![Some(y)], None, "loss").unwrap();
+    let sl = g.add_node(Op::Binary(BinaryOp::Mul), vec![Some(l), Some(s)], None, "scaled").unwrap();
+    g.add_output("scaled", sl);
+    let d = qforge_passes::autodiff::differentiate(&g, 0, &["w"]).unwrap();
+    let grad = |storage: Option<DType>, scale: f32| -> f32 {
+        let gr = match storage {
+            Some(st) => train::round_to_storage(&d.graph, st).unwrap(),
+            None => d.graph.clone(),
+        };
+        let out = interp::run(&gr, &[Tensor::from_f32(vec![1], vec![1.0]), Tensor::scalar_f32(scale)]).unwrap();
+        let mut v = out[d.grads[0]].to_f32_vec();
+        let scaler = train::GradScaler { scale, ..train::GradScaler::default() };
+        scaler.unscale(&mut [&mut v]);
+        v[0]
+    };
+    assert!((grad(None, 1.0) - 1e-8).abs() < 1e-14);
+    assert_eq!(grad(Some(DType::F16), 1.0), 0.0, "fp16 without scaling");
+    // every value is stored in FP16 here, the loss scale and its gradient too (autocast would keep
+    // the loss in f32): 2^16 itself is beyond FP16's largest finite value, so the scaler's first
+    // step overflows and halves it; 2^15 is the scale that step leaves
+    let mut first = [grad(Some(DType::F16), 65536.0)];
+    assert!(first[0].is_nan() || first[0].is_infinite(), "{first:?}");
+    let mut scaler = train::GradScaler::default();
+    scaler.update(!first.iter_mut().all(|x| x.is_finite()));
+    assert_eq!(scaler.scale, 32768.0);
+    let scaled = grad(Some(DType::F16), scaler.scale);
+    assert!((scaled - 1e-8).abs() < 2e-11, "fp16 with a 2^15 loss scale: {scaled}");
+    let bf = grad(Some(DType::BF16), 1.0);
+    assert!((bf - 1e-8).abs() < 1e-10, "bf16 without scaling: {bf}");
+}
+
+/// Two trainings with one seed give the same values, every loss finite.
+#[test]
+fn training_is_deterministic_for_a_seed() {
+    let (_, qat, _) = prepared(&qconfig());
+    let data = train::TrainData { inputs: vec![samples(40, 11)], labels: None };
+    let cfg = train::TrainConfig { epochs: 4, batch: 8, lr: 1e-2, ..train::TrainConfig::default() };
+    let run =
+        || train::train(&qat, &train::Objective::seed(), &data, &Interpreter::default(), &cfg, &mut |_| {}).unwrap();
+    let (a, b) = (run(), run());
+    assert_eq!(
+        a.values.iter().map(|t| t.to_f32_vec()).collect::<Vec<_>>(),
+        b.values.iter().map(|t| t.to_f32_vec()).collect::<Vec<_>>()
+    );
+    assert_eq!(a.steps.len(), 20);
+    assert!(a.steps.iter().all(|s| s.loss.is_finite() && !s.skipped));
+}
