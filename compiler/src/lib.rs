@@ -23,6 +23,7 @@ pub mod data;
 pub mod demo;
 pub mod evaluator;
 pub mod files;
+pub mod finetune;
 pub mod graph_dot;
 pub mod npy;
 pub mod onnx;

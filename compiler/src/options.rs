@@ -310,7 +310,7 @@ fn parse_alpha(s: &str) -> Result<f64, String> {
 }
 
 /// `--calib-method`: the observer names of [`CalibMethod`]'s `FromStr`, the one list of them.
-fn parse_calib_method(s: &str) -> Result<CalibMethod, String> {
+pub(crate) fn parse_calib_method(s: &str) -> Result<CalibMethod, String> {
     s.parse().map_err(|e: qforge_passes::quantize::ParseCalibMethodError| e.to_string())
 }
 

@@ -13,22 +13,33 @@ use std::io::IsTerminal;
 /// stderr when stderr is a terminal, and doing nothing otherwise. The bar appears on the first
 /// call and is cleared when `done` reaches `total`.
 pub fn bar(what: impl Into<Cow<'static, str>>, unit: &'static str) -> Box<dyn FnMut(usize, usize)> {
+    let mut b = bar_with_status(what, unit);
+    Box::new(move |done, total| b(done, total, ""))
+}
+
+/// A progress callback with a status: `(done, total, status)`.
+pub type StatusBar = Box<dyn FnMut(usize, usize, &str)>;
+
+/// [`bar`] with a status after the count, replaced at each call (`finetune`'s loss, loss scale
+/// and skipped steps).
+pub fn bar_with_status(what: impl Into<Cow<'static, str>>, unit: &'static str) -> StatusBar {
     if !std::io::stderr().is_terminal() {
-        return Box::new(|_, _| {});
+        return Box::new(|_, _, _| {});
     }
     let what = what.into();
     let mut bar: Option<indicatif::ProgressBar> = None;
-    Box::new(move |done, total| {
+    Box::new(move |done, total, status: &str| {
         let b = bar.get_or_insert_with(|| {
             let b =
                 indicatif::ProgressBar::with_draw_target(Some(total as u64), indicatif::ProgressDrawTarget::stderr());
-            let template = format!("{{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit} ({{eta}})");
+            let template = format!("{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit} ({{eta}}) {{msg}}");
             if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
                 b.set_style(style.progress_chars("=> "));
             }
-            b.set_message(what.clone());
+            b.set_prefix(what.clone());
             b
         });
+        b.set_message(status.to_string());
         b.set_position(done as u64);
         if done >= total {
             b.finish_and_clear();

@@ -40,5 +40,6 @@ pub mod precision;
 pub mod prune;
 pub mod quantize;
 pub mod report;
+pub mod train;
 
 pub use pass::{Pass, PassContext, PassError, PassReport, Pipeline};

@@ -7,6 +7,7 @@ pub mod compile;
 pub mod demo;
 pub mod diff;
 pub mod eval;
+pub mod finetune;
 pub mod graph;
 pub mod inspect;
 pub mod pipeline;
@@ -85,6 +86,9 @@ pub enum Command {
     Tune(tune::Args),
     /// Evaluate one candidate of a `tune --emit-jobs` list and write its result JSON.
     TuneJob(tune::JobArgs),
+    /// Quantization-aware fine-tuning on the calibration data (distillation from the model's own
+    /// FP32 outputs, cross-entropy with --labels), written as QDQ ONNX or a compiled artifact.
+    Finetune(finetune::Args),
 }
 
 /// Runs a parsed command line.
@@ -104,6 +108,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Pipeline(a) => pipeline::run(a),
         Command::Tune(a) => tune::run(a),
         Command::TuneJob(a) => tune::run_job(a),
+        Command::Finetune(a) => finetune::run(a),
     }
 }
 

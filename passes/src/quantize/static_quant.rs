@@ -405,7 +405,7 @@ fn raise_scales(params: &mut QuantParams, min: &[f32], axis: Option<usize>) -> b
 }
 
 /// Quantizes a bias vector to i32 at scale `sx * sw[c]`; `None` when a scale underflows.
-fn quantize_bias(g: &mut Graph, b: Value, sx: f32, wq: &QuantParams) -> Option<Value> {
+pub(crate) fn quantize_bias(g: &mut Graph, b: Value, sx: f32, wq: &QuantParams) -> Option<Value> {
     let Op::Const(t) = &g.node(b.node).op else { return None };
     let values = t.as_f32()?.to_vec();
     if t.rank() != 1 {
