@@ -40,6 +40,7 @@ pub mod precision;
 pub mod prune;
 pub mod quantize;
 pub mod report;
+mod rng;
 pub mod train;
 
 pub use pass::{Pass, PassContext, PassError, PassReport, Pipeline};

@@ -37,6 +37,7 @@ use super::scheme::{self, Granularity, QType};
 use super::static_quant::activation_plan;
 use crate::autodiff;
 use crate::pass::{Pass, PassContext, PassError, PassReport};
+use crate::rng::SplitMix64;
 use qforge_ir::{
     interp, BinaryOp, DType, Graph, IrError, NodeId, Op, QuantParams, Shape, Tensor, TensorType, UnaryOp, Value,
 };
@@ -383,32 +384,6 @@ fn loss_graph(
     Ok(g)
 }
 
-/// splitmix64 (Steele et al. 2014): the sample order's generator.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// `k` distinct indices of `0..n` (a partial Fisher-Yates shuffle), or all of them.
-    fn sample(&mut self, n: usize, k: usize) -> Vec<usize> {
-        let mut idx: Vec<usize> = (0..n).collect();
-        let k = k.min(n);
-        for i in 0..k {
-            let j = i + (self.next() % (n - i) as u64) as usize;
-            idx.swap(i, j);
-        }
-        idx.truncate(k);
-        idx.sort_unstable();
-        idx
-    }
-}
-
 /// Samples along axis 0 of a set of tensors of equal trailing shape, stacked.
 struct Samples {
     rest: Vec<usize>,
@@ -512,7 +487,7 @@ pub fn fit_layer(
         })
         .collect();
     let mut adam = Adam { m: vec![0.0; v.len()], v: vec![0.0; v.len()], t: 0 };
-    let mut rng = SplitMix(opts.seed ^ 0x5EED_ADA0);
+    let mut rng = SplitMix64(opts.seed ^ 0x5EED_ADA0);
     let mut grad = vec![0f32; v.len()];
     for t in 0..opts.iterations {
         let idx = rng.sample(n, b);

@@ -251,6 +251,33 @@ pub struct QuantizeStatic {
     pub calibration: Calibration,
 }
 
+/// Where the ReLU or clip `act` (reading `op`'s result) only reads into the quantize `q` of type
+/// `ty` and that quantize clamps exactly the same (its zero point is the bottom of its range and
+/// its top within the clip), points `q` at `op`'s result (ONNX Runtime removes such activations
+/// too) and returns true.
+pub(crate) fn fold_activation(g: &mut Graph, act: NodeId, op: NodeId, q: NodeId, ty: &TensorType) -> bool {
+    let r = Value::new(act, 0);
+    let (Some(QuantParams::PerTensor { scale, zero_point }), Some((qmin, qmax))) =
+        (ty.quant.as_ref(), ty.dtype.int_range())
+    else {
+        return false;
+    };
+    let top = (qmax - *zero_point as i64) as f32 * scale;
+    let removable = *zero_point as i64 == qmin
+        && match g.node(act).op {
+            Op::Unary(UnaryOp::Relu) => true,
+            Op::Clip { min, max } => min == 0.0 && top <= max * (1.0 + 1e-6),
+            _ => false,
+        };
+    if !(removable && g.value_users(r).len() == 1 && !g.is_output(r)) {
+        return false;
+    }
+    g.set_input(q, 0, Some(Value::new(op, 0)));
+    let from = g.node(act).name.clone();
+    g.node_mut(q).from = vec![from];
+    true
+}
+
 fn failed(msg: String) -> PassError {
     PassError::Failed { pass: "quantize-static".into(), msg }
 }
@@ -536,23 +563,7 @@ impl Pass for QuantizeStatic {
         for (act, op) in &ap.fused {
             let r = Value::new(*act, 0);
             let Some(&q) = qnodes.get(&r) else { continue };
-            let ty = &params[&r];
-            let (Some(QuantParams::PerTensor { scale, zero_point }), Some((qmin, qmax))) =
-                (ty.quant.as_ref(), ty.dtype.int_range())
-            else {
-                continue;
-            };
-            let top = (qmax - *zero_point as i64) as f32 * scale;
-            let removable = *zero_point as i64 == qmin
-                && match g.node(*act).op {
-                    Op::Unary(UnaryOp::Relu) => true,
-                    Op::Clip { min, max } => min == 0.0 && top <= max * (1.0 + 1e-6),
-                    _ => false,
-                };
-            if removable && g.value_users(r).len() == 1 && !g.is_output(r) {
-                g.set_input(q, 0, Some(Value::new(*op, 0)));
-                let from = g.node(*act).name.clone();
-                g.node_mut(q).from = vec![from];
+            if fold_activation(g, *act, *op, q, &params[&r]) {
                 report.count("activations folded into quantize", 1);
             }
         }

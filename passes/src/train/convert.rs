@@ -20,8 +20,8 @@
 use super::fake_quant::QatModel;
 use super::TrainError;
 use crate::quantize::scheme;
-use crate::quantize::static_quant::{insert_qdq, quantize_bias};
-use qforge_ir::{Graph, NodeId, Op, QuantParams, Tensor, TensorType, UnaryOp, Value};
+use crate::quantize::static_quant::{fold_activation, insert_qdq, quantize_bias};
+use qforge_ir::{Graph, NodeId, Op, QuantParams, Tensor, TensorType, Value};
 use std::collections::HashMap;
 
 fn scalar(t: &Tensor) -> Result<f32, TrainError> {
@@ -110,23 +110,7 @@ pub fn convert(model: &QatModel, values: &[Tensor]) -> Result<Graph, TrainError>
     for (actn, op) in &model.fused {
         let r = Value::new(*actn, 0);
         let (Some(&q), Some(ty)) = (qnodes.get(&r), act.get(&r)) else { continue };
-        let (Some(QuantParams::PerTensor { scale, zero_point }), Some((qmin, qmax))) =
-            (ty.quant.as_ref(), ty.dtype.int_range())
-        else {
-            continue;
-        };
-        let top = (qmax - *zero_point as i64) as f32 * scale;
-        let removable = *zero_point as i64 == qmin
-            && match g.node(*actn).op {
-                Op::Unary(UnaryOp::Relu) => true,
-                Op::Clip { min, max } => min == 0.0 && top <= max * (1.0 + 1e-6),
-                _ => false,
-            };
-        if removable && g.value_users(r).len() == 1 && !g.is_output(r) {
-            g.set_input(q, 0, Some(Value::new(*op, 0)));
-            let from = g.node(*actn).name.clone();
-            g.node_mut(q).from = vec![from];
-        }
+        fold_activation(&mut g, *actn, *op, q, ty);
     }
     g.remove_dead();
     qforge_ir::verify::verify(&g).map_err(ir("the converted graph"))?;

@@ -31,6 +31,7 @@ use super::scaler::{round_to_storage, GradScaler, TrainPrecision};
 use super::TrainError;
 use crate::evaluator::Evaluator;
 use crate::quantize::Observer;
+use crate::rng::SplitMix64;
 use qforge_ir::Tensor;
 
 /// The smallest value a learned scale is kept at.
@@ -115,31 +116,6 @@ pub struct Trained {
     pub steps: Vec<StepInfo>,
     /// The final loss scale (1 without scaling).
     pub loss_scale: f32,
-}
-
-/// SplitMix64 (Steele, Lea & Flood 2014): a small, well-mixed generator for the shuffle.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A uniform index below `n` (`n > 0`), by rejection.
-    fn below(&mut self, n: usize) -> usize {
-        let n = n as u64;
-        let zone = u64::MAX - u64::MAX % n;
-        loop {
-            let x = self.next();
-            if x < zone {
-                return (x % n) as usize;
-            }
-        }
-    }
 }
 
 /// A permutation of `0..n` (Fisher-Yates).
