@@ -155,9 +155,10 @@ fn a_tiny_gradient_underflows_in_fp16_and_survives_scaling_or_bf16() {
     };
     assert!((grad(None, 1.0) - 1e-8).abs() < 1e-14);
     assert_eq!(grad(Some(DType::F16), 1.0), 0.0, "fp16 without scaling");
-    // every value is stored in FP16 here, the loss scale and its gradient too (autocast would keep
-    // the loss in f32): 2^16 itself is beyond FP16's largest finite value, so the scaler's first
-    // step overflows and halves it; 2^15 is the scale that step leaves
+    // the loss scale itself stays f32 (as under autocast), but the loss here is one FP16 element,
+    // so its gradient is the scale itself: 2^16 is beyond FP16's largest finite value (65504), the
+    // scaler's first step overflows and halves it (PyTorch's GradScaler does the same for an FP16
+    // tensor whose gradient is the scale); 2^15 is the scale that step leaves
     let mut first = [grad(Some(DType::F16), 65536.0)];
     assert!(first[0].is_nan() || first[0].is_infinite(), "{first:?}");
     let mut scaler = train::GradScaler::default();
