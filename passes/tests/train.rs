@@ -144,7 +144,7 @@ fn a_tiny_gradient_underflows_in_fp16_and_survives_scaling_or_bf16() {
     let d = qforge_passes::autodiff::differentiate(&g, 0, &["w"]).unwrap();
     let grad = |storage: Option<DType>, scale: f32| -> f32 {
         let gr = match storage {
-            Some(st) => train::round_to_storage(&d.graph, st).unwrap(),
+            Some(st) => train::round_to_storage(&d.graph, st, &["loss_scale"]).unwrap(),
             None => d.graph.clone(),
         };
         let out = interp::run(&gr, &[Tensor::from_f32(vec![1], vec![1.0]), Tensor::scalar_f32(scale)]).unwrap();

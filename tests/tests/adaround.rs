@@ -20,9 +20,10 @@ struct Outcome {
     top1: f64,
 }
 
-/// digits_cnn under the qconfig `text` (MinMax on the corpus calibration set; bias correction
-/// off, so that the two roundings are compared alone).
-fn digits(tag: &str, text: &str) -> Outcome {
+/// A compiler for static INT8 of digits_cnn under the qconfig `text` (written to a temporary
+/// file, removed when the compiler is built), calibrated on the corpus calibration set, with
+/// `o`'s other options.
+fn compiler(tag: &str, text: &str, o: PipelineOptions) -> Compiler {
     let dir = std::env::temp_dir().join(format!("qforge-adaround-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("qconfig.toml");
@@ -30,12 +31,23 @@ fn digits(tag: &str, text: &str) -> Outcome {
     let o = PipelineOptions {
         quantize: QuantizeMode::Int8,
         calib: Some(corpus_file("digits_calib_x.npy")),
-        calib_method: Some(CalibMethod::MinMax),
-        bias_correction: Some(Switch::Off),
         qconfig: Some(cfg),
-        ..PipelineOptions::default()
+        ..o
     };
     let c = Compiler::new(o).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    c
+}
+
+/// digits_cnn under the qconfig `text` (MinMax; bias correction off, so that the two roundings
+/// are compared alone).
+fn digits(tag: &str, text: &str) -> Outcome {
+    let o = PipelineOptions {
+        calib_method: Some(CalibMethod::MinMax),
+        bias_correction: Some(Switch::Off),
+        ..PipelineOptions::default()
+    };
+    let c = compiler(tag, text, o);
     let st = c.run(qforge::load_model(&corpus_file("digits_cnn.onnx")).unwrap(), &mut |_, _| {}).unwrap();
     let report = st.reports.iter().find(|r| r.pass == "adaround").cloned();
     let exe = c.executable(st.graph);
@@ -44,7 +56,6 @@ fn digits(tag: &str, text: &str) -> Outcome {
     let fp32 = qforge::npy::read(&corpus_file("digits_test_logits_fp32.npy")).unwrap();
     let labels = qforge::data::labels(&qforge::npy::read(&corpus_file("digits_test_y.npy")).unwrap()).unwrap();
     let top1 = qforge::data::top1(&qforge::data::argmax_rows(&y).unwrap(), &labels).unwrap();
-    std::fs::remove_dir_all(&dir).ok();
     Outcome { report, sqnr_db: agreement(&y, &fp32, None).unwrap().sqnr_db, top1 }
 }
 
@@ -97,20 +108,9 @@ fn adaround_beats_nearest_on_digits_at_8_and_4_bits() {
 #[test]
 fn a_node_rule_selects_layers_and_the_pass_is_idempotent() {
     let text = "[[node]]\nmatch = \"/conv2/*\"\nrounding = \"adaround\"\n\n[adaround]\niterations = 200\n";
-    let dir = std::env::temp_dir().join(format!("qforge-adaround-rule-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("qconfig.toml");
-    std::fs::write(&cfg, text).unwrap();
-    let o = PipelineOptions {
-        quantize: QuantizeMode::Int8,
-        calib: Some(corpus_file("digits_calib_x.npy")),
-        qconfig: Some(cfg),
-        ..PipelineOptions::default()
-    };
-    let c = Compiler::new(o).unwrap();
+    let c = compiler("rule", text, PipelineOptions::default());
     let g = qforge::load_model(&corpus_file("digits_cnn.onnx")).unwrap();
     let st = c.run_until(g, Stage::AdaRound, &mut |_, _| {}).unwrap();
-    std::fs::remove_dir_all(&dir).ok();
     let report = st.reports.iter().find(|r| r.pass == "adaround").expect("an adaround report");
     assert_eq!(report.notes.len(), 1, "{:?}", report.notes);
     assert!(report.notes[0].starts_with("node `/conv2/Conv`"), "{:?}", report.notes);

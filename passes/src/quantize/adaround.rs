@@ -209,9 +209,9 @@ struct Grid {
     frac: Vec<f32>,
     nearest: Vec<i32>,
     fixed: Vec<bool>,
-    /// Scale and zero point broadcast to the weight's rank (one per channel along the axis).
-    scale: Tensor,
-    zero: Tensor,
+    /// The channel axis (per-channel parameters) and the weight's rank.
+    axis: Option<usize>,
+    rank: usize,
     scales: Vec<f32>,
     zeros: Vec<i32>,
     inner: usize,
@@ -258,16 +258,20 @@ fn grid(w: &Tensor, site: &AdaRoundSite) -> Result<Grid, String> {
         let sets_range = if scheme.symmetric { x.abs() == lo[c].abs().max(hi[c]) } else { x == lo[c] || x == hi[c] };
         fixed.push(sets_range);
     }
-    let mut bshape = vec![1usize; shape.len()];
-    if let (Some(a), true) = (axis, channels > 1) {
-        bshape[a] = channels;
-    }
-    let scale = Tensor::from_f32(bshape.clone(), scales.clone());
-    let zero = Tensor::from_f32(bshape, zeros.iter().map(|&z| z as f32).collect());
-    Ok(Grid { floor, frac, nearest, fixed, scale, zero, scales, zeros, inner, channels, qtype: scheme.qtype })
+    let rank = shape.len();
+    Ok(Grid { floor, frac, nearest, fixed, axis, rank, scales, zeros, inner, channels, qtype: scheme.qtype })
 }
 
 impl Grid {
+    /// Per-channel `values` as a tensor broadcast to the weight's rank (along the axis).
+    fn broadcast(&self, values: Vec<f32>) -> Tensor {
+        let mut shape = vec![1usize; self.rank];
+        if let (Some(a), true) = (self.axis, self.channels > 1) {
+            shape[a] = self.channels;
+        }
+        Tensor::from_f32(shape, values)
+    }
+
     fn channel(&self, i: usize) -> usize {
         if self.channels == 1 {
             0
@@ -367,8 +371,8 @@ fn loss_graph(
     let q = g.add_node(Op::Binary(BinaryOp::Add), vec![Some(floor), Some(h)], None, "soft_code")?;
     let (qmin, qmax) = grid.qtype.range();
     let q = g.add_node(Op::Clip { min: qmin as f32, max: qmax as f32 }, vec![Some(q)], None, "code")?;
-    let z = g.add_const("zero_point", grid.zero.clone());
-    let s = g.add_const("scale", grid.scale.clone());
+    let z = g.add_const("zero_point", grid.broadcast(grid.zeros.iter().map(|&z| z as f32).collect()));
+    let s = g.add_const("scale", grid.broadcast(grid.scales.clone()));
     let q = g.add_node(Op::Binary(BinaryOp::Sub), vec![Some(q), Some(z)], None, "centred")?;
     let w = g.add_node(Op::Binary(BinaryOp::Mul), vec![Some(q), Some(s)], None, "soft_weight")?;
     let y = layer(&mut g, src, site, x, w)?;

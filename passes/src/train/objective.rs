@@ -23,6 +23,9 @@ use super::fake_quant::QatModel;
 use super::TrainError;
 use qforge_ir::{BinaryOp, DType, Graph, Op, Shape, Tensor, TensorType, UnaryOp, Value};
 
+/// The name of the loss graph's f32 scalar input that multiplies the loss (dynamic loss scaling).
+pub const LOSS_SCALE: &str = "loss_scale";
+
 /// What the fine-tuning minimizes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Objective {
@@ -125,7 +128,7 @@ pub fn attach(model: &QatModel, objective: &Objective, labels: bool) -> Result<L
         feats.push((v, t, *w));
     }
     let y = labels.then(|| g.add_input("labels", lty.clone()));
-    let scale = g.add_input("loss_scale", TensorType::new(DType::F32, Shape::fixed(&[])));
+    let scale = g.add_input(LOSS_SCALE, TensorType::new(DType::F32, Shape::fixed(&[])));
     let mut b = B { g: &mut g, n: 0 };
     let (ce_w, kd_w) = objective.weights(labels);
     let mut terms = vec![];

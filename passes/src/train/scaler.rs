@@ -14,8 +14,9 @@
 //! Master weights stay f32 in the trainer. A gradient below FP16's smallest subnormal (`2^-24`,
 //! about `6e-8`) becomes 0 there (the seed's exercise 6.3); BF16 keeps f32's exponent range.
 //! The loss scale stays f32, as under PyTorch's autocast (the scaler multiplies the f32 loss): the
-//! graph input `loss_scale` and every value computed directly from it (the scaled loss, the
-//! backward pass's seed times the scale) are not rounded, so a scale of `2^16`, beyond FP16's
+//! graph inputs named in `keep_f32` (the trainer names [`super::objective::LOSS_SCALE`]) and every
+//! value computed directly from them (the scaled loss, the backward pass's seed times the scale)
+//! are not rounded, so a scale of `2^16`, beyond FP16's
 //! largest finite value, reaches the half-precision ops only as the gradients it multiplies.
 //!
 //! Invariants: pure; the rewritten graph has the same inputs and outputs (names, f32 types).
@@ -102,9 +103,9 @@ impl TrainPrecision {
     }
 }
 
-/// `g` with every f32 value rounded to `storage` (f16 or bf16) and widened back (see the module
-/// documentation).
-pub fn round_to_storage(g: &Graph, storage: DType) -> Result<Graph, TrainError> {
+/// `g` with every f32 value rounded to `storage` (f16 or bf16) and widened back, but the inputs
+/// named in `keep_f32` and the values computed directly from them (see the module documentation).
+pub fn round_to_storage(g: &Graph, storage: DType, keep_f32: &[&str]) -> Result<Graph, TrainError> {
     if !matches!(storage, DType::F16 | DType::BF16) {
         return Err(TrainError::Data(format!("{storage:?} is not a half-precision storage type")));
     }
@@ -112,14 +113,14 @@ pub fn round_to_storage(g: &Graph, storage: DType) -> Result<Graph, TrainError> 
     let order = g.schedule().map_err(|e| TrainError::ir("scheduling", e))?;
     let ids: Vec<_> = g.inputs().iter().copied().chain(order).collect();
     let tag = if storage == DType::F16 { "f16" } else { "bf16" };
-    let scale_input = g.inputs().iter().copied().find(|&i| g.node(i).name == "loss_scale");
+    let kept: Vec<_> = g.inputs().iter().copied().filter(|&i| keep_f32.contains(&g.node(i).name.as_str())).collect();
     for id in ids {
         let node = g.node(id);
         if matches!(node.op, Op::Cast { .. }) && node.name.ends_with("/widen") {
             continue;
         }
-        // the loss scale and what is computed straight from it stay f32 (see the module docs)
-        if scale_input.is_some_and(|s| id == s || node.inputs().iter().flatten().any(|v| v.node == s)) {
+        // the kept inputs and what is computed straight from them stay f32 (see the module docs)
+        if kept.iter().any(|&k| id == k || node.inputs().iter().flatten().any(|v| v.node == k)) {
             continue;
         }
         let name = node.name.clone();

@@ -242,7 +242,7 @@ pub fn train(
     let d = crate::autodiff::differentiate(&lg.graph, lg.scaled_loss, &wrt)
         .map_err(|e| TrainError::Autodiff(Box::new(e)))?;
     let graph = match cfg.precision.storage() {
-        Some(s) => round_to_storage(&d.graph, s)?,
+        Some(s) => round_to_storage(&d.graph, s, &[objective::LOSS_SCALE])?,
         None => d.graph,
     };
     let mut values = model.values();
