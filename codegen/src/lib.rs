@@ -43,6 +43,7 @@
 
 pub mod emit;
 pub mod fold;
+pub mod host_kernels;
 pub mod lower;
 pub mod memory;
 pub mod micro;

@@ -815,8 +815,9 @@ impl Program {
         Ok(())
     }
 
-    /// Host step `i`: reads its inputs from the arena as tensors, runs the interpreter on the
-    /// node, writes the results back.
+    /// Host step `i`: reads its inputs from the arena as tensors, runs the node (on a native
+    /// [`crate::host_kernels`] kernel when there is one, else on the interpreter), writes the
+    /// results back.
     fn run_host(
         &self,
         arena: &mut Arena<'_>,
@@ -852,8 +853,14 @@ impl Program {
         let args: Vec<Option<&Tensor>> = owned.iter().zip(&consts).map(|(o, c)| o.as_ref().or(c.as_deref())).collect();
         let tys: Vec<Option<&TensorType>> = types.iter().map(|t| t.as_ref()).collect();
         let out_tys: Vec<TensorType> = outputs.iter().map(|o| o.1.clone()).collect();
-        let opts = interp::RunOptions { max_tensor_bytes: self.max_tensor_bytes };
-        let res = interp::eval_node(name, op, &tys, &out_tys, &args, &opts)?;
+        // a convolution with runtime weights (a training graph's) runs on the GEMM microkernel
+        let res = match crate::host_kernels::run(op, &args, &out_tys) {
+            Some(r) => vec![r.map_err(|e| self.step_error(i, e))?],
+            None => {
+                let opts = interp::RunOptions { max_tensor_bytes: self.max_tensor_bytes };
+                interp::eval_node(name, op, &tys, &out_tys, &args, &opts)?
+            }
+        };
         drop(owned);
         for (k, (t, (o, ty))) in res.iter().zip(outputs).enumerate() {
             if t.dtype() != ty.dtype || Some(t.shape()) != ty.shape.as_fixed().as_deref() {

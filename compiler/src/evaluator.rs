@@ -16,7 +16,7 @@ use crate::options::{Engine, Kernels, PipelineOptions};
 use qforge_codegen::{JitExecutable, JitOptions, Microkernels};
 use qforge_ir::interp::RunOptions;
 use qforge_ir::{Dim, Graph, NodeId, Tensor, Value};
-use qforge_passes::evaluator::{first, EvalError, Evaluator, Interpreter, ObservedWatcher, Watched, Watcher};
+use qforge_passes::evaluator::{first, EvalError, Evaluator, Interpreter, ObservedWatcher, Runner, Watched, Watcher};
 use std::collections::HashMap;
 
 /// The engine a pipeline runs graphs on, with the user's options.
@@ -109,11 +109,40 @@ impl Evaluator for EngineEvaluator {
         }
     }
 
+    fn runner<'a>(&'a self, g: &'a Graph) -> Result<Box<dyn Runner + 'a>, EvalError> {
+        match self.engine {
+            Engine::Interp => Ok(Box::new(InterpRunner { run: self.run.clone(), g })),
+            // compiled once; the JIT keeps one program per input shape
+            Engine::Jit => Ok(Box::new(JitRunner(JitExecutable::new(g.clone(), self.jit)))),
+        }
+    }
+
     fn watch<'a>(&'a self, g: &'a Graph, values: &[Value]) -> Result<Box<dyn Watcher + 'a>, EvalError> {
         match self.engine {
             Engine::Interp => Ok(Box::new(ObservedWatcher::new(self, g, values))),
             Engine::Jit => Ok(Box::new(JitWatcher::new(g, values, self.jit, self.watch_bytes))),
         }
+    }
+}
+
+/// Runs a graph on the interpreter, run after run.
+struct InterpRunner<'a> {
+    run: RunOptions,
+    g: &'a Graph,
+}
+
+impl Runner for InterpRunner<'_> {
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EvalError> {
+        Interpreter(self.run.clone()).run(self.g, inputs)
+    }
+}
+
+/// Runs a graph compiled once by the JIT (a program per input shape).
+struct JitRunner(JitExecutable);
+
+impl Runner for JitRunner {
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EvalError> {
+        self.0.run(inputs).map_err(EvalError::engine)
     }
 }
 

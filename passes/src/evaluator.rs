@@ -48,12 +48,36 @@ pub trait Evaluator {
         batches.iter().map(|b| first(self.run(g, b)?)).collect()
     }
 
+    /// A runner of `g` for many runs on inputs of one shape (a training step's): this one runs
+    /// [`Evaluator::run`] each time; an engine that compiles overrides it to compile `g` once.
+    fn runner<'a>(&'a self, g: &'a Graph) -> Result<Box<dyn Runner + 'a>, EvalError> {
+        Ok(Box::new(EachRun { eval: self, g }))
+    }
+
     /// A runner of `g` that returns the intermediate `values` on each batch (calibration's
     /// observers read them). None of them may be a graph input: the caller has those already.
     /// This one keeps the values out of an observed run ([`ObservedWatcher`]); an engine that
     /// compiles overrides it to compile `g` once, with the values as extra outputs.
     fn watch<'a>(&'a self, g: &'a Graph, values: &[Value]) -> Result<Box<dyn Watcher + 'a>, EvalError> {
         Ok(Box::new(ObservedWatcher::new(self, g, values)))
+    }
+}
+
+/// Runs one graph again and again (see [`Evaluator::runner`]).
+pub trait Runner {
+    /// Every output of the graph on `inputs`.
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EvalError>;
+}
+
+/// A [`Runner`] that hands each run to its evaluator.
+struct EachRun<'a, E: Evaluator + ?Sized> {
+    eval: &'a E,
+    g: &'a Graph,
+}
+
+impl<E: Evaluator + ?Sized> Runner for EachRun<'_, E> {
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EvalError> {
+        self.eval.run(self.g, inputs)
     }
 }
 

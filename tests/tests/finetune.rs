@@ -26,7 +26,7 @@ fn tuned(bits: u32) -> qforge_ir::Graph {
         calib_method: None,
         objective: Objective::seed(),
         train: TrainConfig { epochs: 10, ..TrainConfig::default() },
-        max_tensor_bytes: PipelineOptions::default().max_tensor_bytes,
+        eval: qforge::evaluator::EngineEvaluator::new(&PipelineOptions::default()),
     };
     finetune(&model, &x, None, &o, &mut |_, _| {}, &mut |_| {}).unwrap().graph
 }

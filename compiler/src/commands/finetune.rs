@@ -7,9 +7,10 @@
 
 use crate::artifact::Artifact;
 use crate::compiler::Compiler;
+use crate::evaluator::EngineEvaluator;
 use crate::finetune::{self, FinetuneOptions};
 use crate::onnx::export::{export_qdq_with, ExportOptions};
-use crate::options::PipelineOptions;
+use crate::options::{Engine, PipelineOptions};
 use crate::{data, files, progress};
 use anyhow::{bail, Context, Result};
 use qforge_passes::quantize::CalibMethod;
@@ -90,6 +91,12 @@ pub struct Args {
     /// Write the loss curve and the run's figures as an HTML page.
     #[arg(long, value_name = "R.html")]
     report: Option<PathBuf>,
+    /// The engine that runs calibration and every training step.
+    #[arg(long, value_enum, default_value_t = Engine::Jit)]
+    engine: Engine,
+    /// JIT threads per kernel (one thread: the same result for a seed on every run).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: u16,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -135,7 +142,11 @@ pub fn run(a: Args) -> Result<()> {
             loss_scaling: a.loss_scale == LossScale::Dynamic,
             ..TrainConfig::default()
         },
-        max_tensor_bytes: crate::options::PipelineOptions::default().max_tensor_bytes,
+        eval: EngineEvaluator::new(&PipelineOptions {
+            engine: a.engine,
+            threads: a.threads,
+            ..PipelineOptions::default()
+        }),
     };
     let mut cal_bar = progress::bar("calibrating", "batches");
     let mut bar = progress::bar_with_status("fine-tuning", "steps");

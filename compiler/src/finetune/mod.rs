@@ -5,17 +5,19 @@
 //! cross-entropy with labels), and converted back to a Q/DQ graph that the pipeline compiles to
 //! integer kernels or the QDQ exporter writes.
 //!
-//! Training runs on the reference interpreter (its every op, including the gradient ops, is
-//! defined there; one thread, so the result is the same for a seed on every machine).
+//! Training runs on the pipeline's engine ([`EngineEvaluator`]: `--engine`, `--threads`): the
+//! JIT by default, the training graph compiled once, its convolutions (whose weights are the
+//! parameters, runtime values) on the native host kernels of `qforge_codegen::host_kernels`; or
+//! the reference interpreter, which defines every op, the gradient ops included. On one thread a
+//! run is deterministic for a seed on either.
 //! `report.rs` draws the loss curve and writes the `--report` page.
 
 pub mod report;
 
 use crate::data::{self, NonFinite};
+use crate::evaluator::EngineEvaluator;
 use anyhow::{bail, Context, Result};
-use qforge_ir::interp::RunOptions;
 use qforge_ir::{DType, Graph, Tensor};
-use qforge_passes::evaluator::Interpreter;
 use qforge_passes::quantize::scheme::{QType, Scheme};
 use qforge_passes::quantize::{calibrate, CalibMethod, QConfig};
 use qforge_passes::train::{self, Objective, QatModel, StepInfo, TrainConfig, TrainData, Trained};
@@ -29,7 +31,8 @@ pub struct FinetuneOptions {
     pub calib_method: Option<CalibMethod>,
     pub objective: Objective,
     pub train: TrainConfig,
-    pub max_tensor_bytes: u64,
+    /// The engine that runs calibration, the teacher and every training step.
+    pub eval: EngineEvaluator,
 }
 
 /// The fine-tuned model.
@@ -92,7 +95,7 @@ pub fn finetune(
     }
     let qconfig = qconfig(o.weight_bits, o.calib_method)?;
     let folded = train::fold_for_training(model)?;
-    let eval = Interpreter(RunOptions { max_tensor_bytes: u128::from(o.max_tensor_bytes) });
+    let eval = &o.eval;
     // the initial ranges: a calibration of the folded graph, as post-training quantization's
     let targets = train::calibration_targets(&folded, &qconfig)?;
     let batch = o.train.batch.max(1);
@@ -101,11 +104,11 @@ pub fn finetune(
         .map(|s| data::slice_batch(x, s, (s + batch).min(n)).map(|t| vec![t]))
         .collect::<Result<_>>()?;
     let total = batches.len();
-    let cal = calibrate(&folded, &eval, &mut batches.into_iter(), total, &targets, on_calibrated)?;
+    let cal = calibrate(&folded, eval, &mut batches.into_iter(), total, &targets, on_calibrated)?;
     let qat = QatModel::prepare(&folded, &qconfig, &cal)?;
     let initial = train::convert(&qat, &qat.values())?;
     let data = TrainData { inputs: vec![x.clone()], labels };
-    let trained = train::train(&qat, &o.objective, &data, &eval, &o.train, on_step)?;
+    let trained = train::train(&qat, &o.objective, &data, eval, &o.train, on_step)?;
     let graph = train::convert(&qat, &trained.values).context("converting the trained model to Q/DQ")?;
     Ok(Finetuned { qat, trained, graph, initial, seconds: t.elapsed().as_secs_f64() })
 }

@@ -764,16 +764,49 @@ impl Walker {
 
 /// For every element of `out` (row-major), the offsets into inputs of the given shapes broadcast
 /// to it, passed to `f(out_index, offsets)`.
+///
+/// The index space is first collapsed: axes of size 1 are dropped, and an axis merges into the
+/// one before it when every input steps through both as through one (same-shape operands
+/// collapse to a single axis, a scalar to stride 0). The last collapsed axis runs as a tight
+/// inner loop; only the others go through the [`Walker`].
 pub(crate) fn for_each_broadcast(out: &[usize], inputs: &[&[usize]], mut f: impl FnMut(usize, &[usize])) -> R<()> {
     let n = numel(out).ok_or("result too large")?;
-    let views = inputs.iter().map(|s| broadcast_strides(s, out).map(|st| (0isize, st))).collect::<R<Vec<_>>>()?;
-    let mut w = Walker::new(out, views);
-    let mut buf = vec![0usize; inputs.len()];
-    for i in 0..n {
-        for (b, &o) in buf.iter_mut().zip(w.offs()) {
-            *b = o as usize;
+    let strides = inputs.iter().map(|s| broadcast_strides(s, out)).collect::<R<Vec<_>>>()?;
+    // (length, per-input stride) of each collapsed axis
+    let mut dims: Vec<(usize, Vec<isize>)> = vec![];
+    for (a, &len) in out.iter().enumerate() {
+        if len == 1 {
+            continue;
         }
-        f(i, &buf);
+        let st: Vec<isize> = strides.iter().map(|s| s[a]).collect();
+        if let Some((plen, prev)) = dims.last_mut() {
+            if prev.iter().zip(&st).all(|(&p, &s)| p == s * len as isize) {
+                *plen *= len;
+                *prev = st;
+                continue;
+            }
+        }
+        dims.push((len, st));
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let (inner, inner_st) = dims.pop().unwrap_or((1, vec![0; inputs.len()]));
+    let outer_shape: Vec<usize> = dims.iter().map(|d| d.0).collect();
+    let views = (0..inputs.len()).map(|k| (0isize, dims.iter().map(|d| d.1[k]).collect())).collect();
+    let mut w = Walker::new(&outer_shape, views);
+    let mut base = vec![0isize; inputs.len()];
+    let mut buf = vec![0usize; inputs.len()];
+    let mut i = 0;
+    for _ in 0..n / inner {
+        base.copy_from_slice(w.offs());
+        for j in 0..inner as isize {
+            for ((b, &o), &s) in buf.iter_mut().zip(&base).zip(&inner_st) {
+                *b = (o + j * s) as usize;
+            }
+            f(i, &buf);
+            i += 1;
+        }
         w.step();
     }
     Ok(())

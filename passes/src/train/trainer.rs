@@ -172,10 +172,11 @@ fn teacher_rows(
     batch: usize,
 ) -> Result<Vec<Rows>, TrainError> {
     let mut outs: Vec<Rows> = vec![];
+    let runner = eval.runner(teacher).map_err(|error| TrainError::Eval { step: None, error })?;
     for start in (0..n).step_by(batch) {
         let idx: Vec<usize> = (start..(start + batch).min(n)).collect();
         let inputs: Vec<Tensor> = data.iter().map(|r| r.batch(&idx)).collect();
-        let res = eval.run(teacher, &inputs).map_err(|error| TrainError::Eval { step: None, error })?;
+        let res = runner.run(&inputs).map_err(|error| TrainError::Eval { step: None, error })?;
         for (k, t) in res.iter().enumerate() {
             let r = Rows::of(t, "a teacher output")?;
             if outs.len() <= k {
@@ -245,6 +246,9 @@ pub fn train(
         Some(s) => round_to_storage(&d.graph, s, &[objective::LOSS_SCALE])?,
         None => d.graph,
     };
+    // compiled once by an engine that compiles (every step has the same input shapes but the
+    // last of an epoch, when the batch does not divide the samples)
+    let runner = eval.runner(&graph).map_err(|error| TrainError::Eval { step: None, error })?;
     let mut values = model.values();
     let mut qat = model.clone();
     let sizes: Vec<usize> = trainable.iter().map(|&i| values[i].len()).collect();
@@ -286,7 +290,7 @@ pub fn train(
                 inputs.push(y.batch(idx));
             }
             inputs.push(Tensor::scalar_f32(loss_scale));
-            let outs = eval.run(&graph, &inputs).map_err(|error| TrainError::Eval { step: Some(step), error })?;
+            let outs = runner.run(&inputs).map_err(|error| TrainError::Eval { step: Some(step), error })?;
             let loss = scalar(&outs[lg.loss]);
             if observing {
                 for (a, o) in model.activations.iter().zip(observers.iter_mut()) {
