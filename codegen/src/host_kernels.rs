@@ -13,7 +13,11 @@
 //!   every sample's positions) with the im2col of the input, packed a block of rows at a time,
 //!   `dw[m][t] = sum_row dy[row][m] * col[row][t]`;
 //! * depthwise convolutions (one input and one output channel per group) of all three run as
-//!   direct loops over NCHW planes (a GEMM one column wide would waste the microkernel).
+//!   direct loops over NCHW planes (a GEMM one column wide would waste the microkernel);
+//! * [`Op::FakeQuantize`] and [`Op::FakeQuantizeGrad`] with one scale per tensor or per axis: one
+//!   pass over runs of elements that share a scale, with the element formula of
+//!   [`qforge_ir::numerics::fake_quantize_codes`] and the interpreter's order of the scale
+//!   gradient's f64 sums, so these agree with the interpreter bit for bit.
 //!
 //! Each takes and returns f32 NCHW tensors with two spatial dims and computes what the
 //! interpreter computes (the ops' documentation in [`qforge_ir::Op`]) up to the order of the f32
@@ -29,6 +33,7 @@
 
 use crate::micro::float::{gemm_f32_best, im2col_f32, pack_weights_f32, pack_weights_f32_kn, panel_offset, PANEL};
 use crate::micro::{try_zeroed, ConvGeom};
+use qforge_ir::numerics::fake_quantize_codes;
 use qforge_ir::{ConvAttrs, ConvTransposeAttrs, Op, Tensor, TensorType};
 
 /// Rows of one im2col block in the forward and input-gradient GEMMs (the microkernel's
@@ -39,39 +44,129 @@ const BLOCK_ROWS: usize = 72;
 pub const BLOCK_FLOATS: usize = 1 << 22;
 
 /// Runs `op` on `args` natively when this module has a kernel for it (see the module
-/// documentation), the result of type `out`; `None` when it has none, so the caller runs the
+/// documentation), its results of types `out`; `None` when it has none, so the caller runs the
 /// interpreter.
-pub fn run(op: &Op, args: &[Option<&Tensor>], out: &[TensorType]) -> Option<Result<Tensor, String>> {
+pub fn run(op: &Op, args: &[Option<&Tensor>], out: &[TensorType]) -> Option<Result<Vec<Tensor>, String>> {
+    if let Op::FakeQuantizeGrad { qmin, qmax } = op {
+        let [dx_ty, ds_ty] = out else { return None };
+        let (dx_shape, ds_shape) = (dx_ty.shape.as_fixed()?, ds_ty.shape.as_fixed()?);
+        let dy = args.first().copied().flatten()?.as_f32()?;
+        let fq = FakeQuant::of(args, 1, *qmin, *qmax)?;
+        return Some(
+            fq.backward(dy).map(|(dx, ds)| vec![Tensor::from_f32(dx_shape, dx), Tensor::from_f32(ds_shape, ds)]),
+        );
+    }
     let [out] = out else { return None };
     let out_shape = out.shape.as_fixed()?;
+    let one = |r: Result<Vec<f32>, String>, shape: Vec<usize>| Some(r.map(|v| vec![Tensor::from_f32(shape, v)]));
     let f = |i: usize| args.get(i).copied().flatten().and_then(Tensor::as_f32);
     let shape = |i: usize| args.get(i).copied().flatten().map(Tensor::shape);
+    let bias = |i: usize| match args.get(i).copied().flatten() {
+        Some(b) => b.as_f32().map(Some),
+        None => Some(None),
+    };
     match op {
         Op::Conv(a) => {
-            let (x, w) = (f(0)?, f(1)?);
-            let bias = match args.get(2).copied().flatten() {
-                Some(b) => Some(b.as_f32()?),
-                None => None,
-            };
+            let (x, w, b) = (f(0)?, f(1)?, bias(2)?);
             let g = Geometry::of_conv(a, shape(0)?, shape(1)?, &out_shape)?;
-            Some(g.forward(x, w, bias).map(|y| Tensor::from_f32(out_shape, y)))
+            one(g.forward(x, w, b), out_shape)
         }
         Op::ConvWeightGrad(a) => {
             let (x, dy) = (f(0)?, f(1)?);
-            let (xs, dys) = (shape(0)?, shape(1)?);
-            let g = Geometry::of_conv(a, xs, &out_shape, dys)?;
-            Some(g.weight_grad(x, dy, BLOCK_FLOATS).map(|dw| Tensor::from_f32(out_shape, dw)))
+            let g = Geometry::of_conv(a, shape(0)?, &out_shape, shape(1)?)?;
+            one(g.weight_grad(x, dy, BLOCK_FLOATS), out_shape)
         }
         Op::ConvTranspose(a) => {
-            let (x, w) = (f(0)?, f(1)?);
-            let bias = match args.get(2).copied().flatten() {
-                Some(b) => Some(b.as_f32()?),
-                None => None,
-            };
+            let (x, w, b) = (f(0)?, f(1)?, bias(2)?);
             let g = Geometry::of_transpose(a, shape(0)?, shape(1)?, &out_shape)?;
-            Some(g.input_grad(x, w, bias).map(|y| Tensor::from_f32(out_shape, y)))
+            one(g.input_grad(x, w, b), out_shape)
         }
+        Op::FakeQuantize { qmin, qmax } => one(FakeQuant::of(args, 0, *qmin, *qmax)?.forward(), out_shape),
         _ => None,
+    }
+}
+
+/// A fake quantization's operands: `x`, and a scale and zero point per run of `inner` elements,
+/// the run `i` taking parameter `i % dim` (one per tensor: `dim` 1, `inner` all of `x`).
+struct FakeQuant<'a> {
+    x: &'a [f32],
+    s: &'a [f32],
+    z: Option<&'a [f32]>,
+    inner: usize,
+    dim: usize,
+    lo: f32,
+    hi: f32,
+}
+
+impl<'a> FakeQuant<'a> {
+    /// The operands at `args[first..]` (`x, s, [z]`), when all are f32 and the parameters vary
+    /// along at most one axis of `x` (the zero point shaped as the scale).
+    fn of(args: &[Option<&'a Tensor>], first: usize, qmin: i32, qmax: i32) -> Option<FakeQuant<'a>> {
+        let get = |i: usize| args.get(first + i).copied().flatten();
+        let (x, s) = (get(0)?, get(1)?);
+        let z = get(2);
+        if z.is_some_and(|z| z.shape() != s.shape()) || s.shape().len() > x.shape().len() {
+            return None;
+        }
+        let lead = x.shape().len() - s.shape().len();
+        let varying: Vec<usize> = (0..s.shape().len()).filter(|&a| s.shape()[a] != 1).collect();
+        let (inner, dim) = match varying[..] {
+            [] => (x.len().max(1), 1),
+            [a] if s.shape()[a] == x.shape()[lead + a] => {
+                (x.shape()[lead + a + 1..].iter().product::<usize>().max(1), s.shape()[a])
+            }
+            _ => return None,
+        };
+        let z = match z {
+            Some(z) => Some(z.as_f32()?),
+            None => None,
+        };
+        let (x, s) = (x.as_f32()?, s.as_f32()?);
+        (s.len() == dim).then_some(FakeQuant { x, s, z, inner, dim, lo: qmin as f32, hi: qmax as f32 })
+    }
+
+    /// `(c - z) * s` per element.
+    fn forward(&self) -> Result<Vec<f32>, String> {
+        let mut y = zeroed(self.x.len())?;
+        for (run, (xr, yr)) in self.x.chunks(self.inner).zip(y.chunks_mut(self.inner)).enumerate() {
+            let k = run % self.dim;
+            let (s, z) = (self.s[k], self.z.map(|z| z[k]));
+            for (&x, y) in xr.iter().zip(yr) {
+                let (_, _, mut c) = fake_quantize_codes(x, s, z, self.lo, self.hi);
+                if let Some(z) = z {
+                    c -= z;
+                }
+                *y = c * s;
+            }
+        }
+        Ok(y)
+    }
+
+    /// `dx` (`dy` inside the range) and the scale's gradient, summed in f64 in element order.
+    fn backward(&self, dy: &[f32]) -> Result<(Vec<f32>, Vec<f32>), String> {
+        if dy.len() != self.x.len() {
+            return Err(format!("dy has {} elements for {} of x", dy.len(), self.x.len()));
+        }
+        let mut dx = zeroed(self.x.len())?;
+        let mut ds = vec![0f64; self.dim];
+        for (run, ((xr, gr), dxr)) in
+            self.x.chunks(self.inner).zip(dy.chunks(self.inner)).zip(dx.chunks_mut(self.inner)).enumerate()
+        {
+            let k = run % self.dim;
+            let (s, z) = (self.s[k], self.z.map(|z| z[k]));
+            let zf = z.map_or(0.0, f64::from);
+            let mut acc = ds[k];
+            for ((&x, &g), d) in xr.iter().zip(gr).zip(dxr) {
+                let (q, r, c) = fake_quantize_codes(x, s, z, self.lo, self.hi);
+                let inside = r >= self.lo && r <= self.hi;
+                if inside {
+                    *d = g;
+                }
+                acc += f64::from(g) * ((f64::from(c) - zf) - if inside { f64::from(q) } else { 0.0 });
+            }
+            ds[k] = acc;
+        }
+        Ok((dx, ds.into_iter().map(|v| v as f32).collect()))
     }
 }
 
@@ -623,7 +718,7 @@ mod tests {
             args.iter().map(|t| TensorType::new(DType::F32, Shape::fixed(t.shape()))).collect();
         let tys: Vec<Option<&TensorType>> = in_types.iter().map(Some).collect();
         let ins: Vec<Option<&Tensor>> = args.iter().map(|&t| Some(t)).collect();
-        let fast = run(op, &ins, std::slice::from_ref(&ty)).expect("a native kernel").expect("it runs");
+        let fast = run(op, &ins, std::slice::from_ref(&ty)).expect("a native kernel").expect("it runs").remove(0);
         let opts = RunOptions::default();
         let reference =
             eval_node(what, op, &tys, std::slice::from_ref(&ty), &ins, &opts).expect("the interpreter runs");
@@ -716,6 +811,53 @@ mod tests {
             assert!((a - b).abs() <= 2.0 * 1600.0 * f32::EPSILON * m, "{a} vs {b} (sum of magnitudes {m})");
         }
         assert_ne!(whole, blocked, "the blocks sum in another order");
+    }
+
+    /// Fake quantization and its gradient against the interpreter, bit for bit: per tensor with a
+    /// zero point, per output channel of a weight (`[c, 1, 1, 1]`), per last axis (`[c]`), with
+    /// values beyond the range, ties and a NaN.
+    #[test]
+    fn fake_quantization_matches_the_interpreter_bit_for_bit() {
+        let mut rng = Rng(99);
+        let x = {
+            let mut v = rng.tensor(&[4, 3, 2, 5]).to_f32_vec();
+            v.iter_mut().for_each(|e| *e *= 3.0);
+            v[7] = f32::NAN;
+            v[8] = 0.25; // a tie at scale 0.5 per tensor
+            Tensor::from_f32(vec![4, 3, 2, 5], v)
+        };
+        let dy = rng.tensor(&[4, 3, 2, 5]);
+        let abs =
+            |t: Tensor| Tensor::from_f32(t.shape().to_vec(), t.to_f32_vec().iter().map(|v| v.abs() + 0.01).collect());
+        let cases: Vec<(Tensor, Option<Tensor>, i32, i32)> = vec![
+            (Tensor::from_f32(vec![], vec![0.5]), Some(Tensor::from_f32(vec![], vec![3.0])), 0, 15),
+            (abs(rng.tensor(&[4, 1, 1, 1])), None, -8, 7),
+            (abs(rng.tensor(&[5])), Some(Tensor::from_f32(vec![5], vec![0.0, 1.0, -2.0, 3.0, 0.0])), -128, 127),
+        ];
+        let opts = RunOptions::default();
+        let ty = |t: &Tensor| TensorType::new(DType::F32, Shape::fixed(t.shape()));
+        for (s, z, qmin, qmax) in &cases {
+            let fwd = Op::FakeQuantize { qmin: *qmin, qmax: *qmax };
+            let bwd = Op::FakeQuantizeGrad { qmin: *qmin, qmax: *qmax };
+            for (op, ins, outs) in [
+                (&fwd, vec![Some(&x), Some(s), z.as_ref()], vec![ty(&x)]),
+                (&bwd, vec![Some(&dy), Some(&x), Some(s), z.as_ref()], vec![ty(&x), ty(s)]),
+            ] {
+                let tys: Vec<TensorType> = ins.iter().flatten().map(|t| ty(t)).collect();
+                let mut it = tys.iter();
+                let in_tys: Vec<Option<&TensorType>> = ins.iter().map(|i| i.and_then(|_| it.next())).collect();
+                let fast = run(op, &ins, &outs).expect("a native kernel").expect("it runs");
+                let reference = eval_node("fq", op, &in_tys, &outs, &ins, &opts).expect("the interpreter runs");
+                let bits = |v: &[Tensor]| {
+                    v.iter().map(|t| t.to_f32_vec().iter().map(|f| f.to_bits()).collect::<Vec<_>>()).collect::<Vec<_>>()
+                };
+                assert_eq!(bits(&fast), bits(&reference), "{} with scale {:?}", op.name(), s.shape());
+            }
+        }
+        // a scale varying along two axes is left to the interpreter
+        let s2 = Tensor::from_f32(vec![3, 1, 5], vec![1.0; 15]);
+        let op = Op::FakeQuantize { qmin: 0, qmax: 255 };
+        assert!(run(&op, &[Some(&x), Some(&s2)], &[ty(&x)]).is_none());
     }
 
     #[test]

@@ -853,9 +853,9 @@ impl Program {
         let args: Vec<Option<&Tensor>> = owned.iter().zip(&consts).map(|(o, c)| o.as_ref().or(c.as_deref())).collect();
         let tys: Vec<Option<&TensorType>> = types.iter().map(|t| t.as_ref()).collect();
         let out_tys: Vec<TensorType> = outputs.iter().map(|o| o.1.clone()).collect();
-        // a convolution with runtime weights (a training graph's) runs on the GEMM microkernel
+        // a training graph's convolutions (runtime weights) and fake quantizations run natively
         let res = match crate::host_kernels::run(op, &args, &out_tys) {
-            Some(r) => vec![r.map_err(|e| self.step_error(i, e))?],
+            Some(r) => r.map_err(|e| self.step_error(i, e))?,
             None => {
                 let opts = interp::RunOptions { max_tensor_bytes: self.max_tensor_bytes };
                 interp::eval_node(name, op, &tys, &out_tys, &args, &opts)?

@@ -210,6 +210,30 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             same_dtype(xt, dy)?;
             one(TensorType::new(xt.dtype, conv_weight_grad_shape(a, &xt.shape, &dy.shape)?))
         }
+        Op::FakeQuantize { qmin, qmax } | Op::FakeQuantizeGrad { qmin, qmax } => {
+            if qmin > qmax {
+                return Err(InferError::Attribute(format!("qmin {qmin} exceeds qmax {qmax}")));
+            }
+            let first = usize::from(matches!(op, Op::FakeQuantizeGrad { .. }));
+            let xt = float(x(first)?, "x")?;
+            let st = float(x(first + 1)?, "scale")?;
+            let mut shapes = vec![&xt.shape, &st.shape];
+            if let Some(z) = opt(first + 2) {
+                same_dtype(st, float(z, "zero_point")?)?;
+                shapes.push(&z.shape);
+            }
+            // the scale and zero point broadcast to x, not x to them
+            let b = broadcast(&shapes)?;
+            same_shape(&xt.shape, &b, "the broadcast of x, scale and zero point")?;
+            let y = TensorType::new(xt.dtype, xt.shape.clone());
+            if first == 0 {
+                return one(y);
+            }
+            let dy = float(x(0)?, "dy")?;
+            same_dtype(xt, dy)?;
+            same_shape(&xt.shape, &dy.shape, "dy")?;
+            Ok(vec![y, TensorType::new(st.dtype, st.shape.clone())])
+        }
         Op::MaxPoolGrad(p) | Op::AveragePoolGrad(p) => {
             let (xt, dy) = (float(x(0)?, "x")?, float(x(1)?, "dy")?);
             same_dtype(xt, dy)?;

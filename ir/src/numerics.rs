@@ -60,6 +60,13 @@
 //!   division (not a multiplication by the reciprocal), as ONNX Runtime's MLAS kernels do.
 //! * dequantize: `x = (q - zero_point) as f32 * scale`, the subtraction in i32.
 //!
+//! # Fake quantization (quantization-aware training)
+//! [`fake_quantize_codes`]: `q = x / s`, `r = round_half_even(q) + z`, `c = clip(r, qmin, qmax)`
+//! (a NaN passes), `y = (c - z) * s`, every step an f32 operation as the separate `div`, `round`,
+//! `add`, `clip`, `sub` and `mul` ops compute it (without a zero point the addition and the
+//! subtraction are left out), so the fused op equals the composition bit for bit, and its
+//! quantize-dequantize equals [`quantize`] followed by a dequantize on every in-range code.
+//!
 //! # Integer accumulation and requantization
 //! Integer convolutions and matrix products accumulate `(x - zx) * (w - zw)` in i32, add an i32
 //! bias quantized at scale `sx * sw[c]` with zero point 0, and requantize to the output type.
@@ -98,10 +105,21 @@ pub fn wrap_i32(v: i128) -> i64 {
     v as i32 as i64
 }
 
-/// Rounds half to even (banker's rounding) in f32.
+/// Rounds half to even (banker's rounding) in f32: `f32::round_ties_even`, computed without a
+/// library call so that loops over it vectorize. Below 2^23 in magnitude, adding and subtracting
+/// `2^23` (with `x`'s sign) rounds to an integer in the current IEEE mode, round to nearest even
+/// (the spacing of f32 between 2^23 and 2^24 is 1, and 2^23 is even, so the parity of the sum is
+/// the integer's); the sign is restored so that `-0.4` gives `-0.0`. From 2^23 up every f32 is an
+/// integer already, and infinities and NaN pass unchanged.
 #[inline]
 pub fn round_half_even(x: f32) -> f32 {
-    x.round_ties_even()
+    const TWO_23: f32 = 8_388_608.0;
+    if x.abs() < TWO_23 {
+        let m = TWO_23.copysign(x);
+        ((x + m) - m).copysign(x)
+    } else {
+        x
+    }
 }
 
 /// Rounds half to even and clamps into `dtype`'s integer range; NaN gives 0. For float `dtype`s the
@@ -266,6 +284,19 @@ pub fn saturate_i64(x: i64, dtype: DType) -> i64 {
     x.clamp(lo, hi)
 }
 
+/// Fake quantization of one element (see "Fake quantization" above): `(q, r, c)`, the quotient,
+/// the rounded code plus the zero point, and the clipped code; the result is `(c - z) * s`.
+#[inline]
+pub fn fake_quantize_codes(x: f32, s: f32, z: Option<f32>, lo: f32, hi: f32) -> (f32, f32, f32) {
+    let q = x / s;
+    let mut r = round_half_even(q);
+    if let Some(z) = z {
+        r += z;
+    }
+    let c = if r.is_nan() { r } else { r.max(lo).min(hi) };
+    (q, r, c)
+}
+
 /// `saturate(round_half_even(x / scale) + zero_point)`.
 #[inline]
 pub fn quantize(x: f32, scale: f32, zero_point: i32, dtype: DType) -> i64 {
@@ -375,6 +406,43 @@ pub fn quantize_zp_inside(x: f32, scale: f32, zero_point: i32, dtype: DType) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn round_half_even_is_round_ties_even() {
+        let same = |x: f32| {
+            let (a, b) = (round_half_even(x), x.round_ties_even());
+            assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()), "{x:e} ({:#x}): {a} vs {b}", x.to_bits());
+        };
+        // bit patterns across the whole range, ties, signed zeros, the edges of 2^23 and 2^24
+        for bits in (0..=u32::MAX).step_by(7919) {
+            same(f32::from_bits(bits));
+        }
+        for k in -3000..3000 {
+            same(k as f32 + 0.5);
+            same(k as f32 - 0.25);
+            same(k as f32 * 0.1);
+        }
+        for e in [8_388_607.0f32, 8_388_607.5, 8_388_608.0, 8_388_609.0, 16_777_215.0, 16_777_216.0] {
+            same(e);
+            same(-e);
+        }
+        for x in [
+            0.0,
+            -0.0,
+            0.49999997,
+            -0.49999997,
+            0.5,
+            -0.5,
+            1.5,
+            -2.5,
+            f32::MIN_POSITIVE,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ] {
+            same(x);
+        }
+    }
 
     /// `quantize_clamped` is `quantize` then a clamp, on ties, large and tiny quotients,
     /// infinities, NaN and degenerate scales, into the 8- and 4-bit ranges.

@@ -570,6 +570,27 @@ pub enum Op {
     /// input, or in the padded input with `count_include_pad`).
     AveragePoolGrad(PoolAttrs),
 
+    /// `x, scale, [zero_point]` -> `y`: fake quantization (quantization-aware training's
+    /// quantize-dequantize in float), `y = (clip(round(x / scale) + zero_point, qmin, qmax) -
+    /// zero_point) * scale`, the scale and zero point broadcast to `x` (one per tensor, or one per
+    /// channel shaped to broadcast). Computed as the separate float ops compute it (the division,
+    /// round half to even, the addition, the clip, the subtraction and the product, each rounded
+    /// to f32; a NaN stays NaN), so it equals their composition bit for bit. PyTorch's
+    /// `torch.fake_quantize_per_tensor_affine` and `fake_quantize_per_channel_affine`.
+    FakeQuantize {
+        qmin: i32,
+        qmax: i32,
+    },
+    /// `dy, x, scale, [zero_point]` -> `dx, dscale`: the gradient of [`Op::FakeQuantize`] with the
+    /// straight-through estimator for the rounding (LSQ, Esser et al. 2020): with
+    /// `q = x / scale` and `r = round(q) + zero_point`, `dx = dy` where `qmin <= r <= qmax` and 0
+    /// elsewhere; `dscale = sum dy * ((clip(r) - zero_point) - [qmin <= r <= qmax] * q)` over the
+    /// elements sharing a scale (accumulated in f64), shaped as `scale`.
+    FakeQuantizeGrad {
+        qmin: i32,
+        qmax: i32,
+    },
+
     // ---- quantization
     /// `x` (float) -> quantized output; parameters from the output type.
     Quantize,
@@ -735,6 +756,8 @@ impl Op {
             Op::ConvWeightGrad(_) => "conv_weight_grad",
             Op::MaxPoolGrad(_) => "max_pool_grad",
             Op::AveragePoolGrad(_) => "average_pool_grad",
+            Op::FakeQuantize { .. } => "fake_quantize",
+            Op::FakeQuantizeGrad { .. } => "fake_quantize_grad",
             Op::Quantize => "quantize",
             Op::Dequantize => "dequantize",
             Op::Requantize => "requantize",
@@ -837,7 +860,8 @@ impl Op {
             Op::Pad { computed, .. } if !computed.is_empty() => (1, usize::MAX),
             Op::Resize(ResizeAttrs { target: ResizeTarget::DimSizes { .. }, .. }) => (1, usize::MAX),
             Op::Where => (3, 3),
-            Op::LayerNorm { .. } => (2, 3),
+            Op::LayerNorm { .. } | Op::FakeQuantize { .. } => (2, 3),
+            Op::FakeQuantizeGrad { .. } => (3, 4),
             Op::ConvInteger(_) | Op::MatMulInteger => (2, 4),
             Op::Concat { .. } | Op::QConcat { .. } => (1, usize::MAX),
             _ => (1, 1),
@@ -857,7 +881,7 @@ impl Op {
     pub fn num_outputs(&self) -> usize {
         match self {
             Op::DynamicQuantize => 3,
-            Op::TopK { .. } => 2,
+            Op::TopK { .. } | Op::FakeQuantizeGrad { .. } => 2,
             Op::Split { sizes, .. } => sizes.len(),
             _ => 1,
         }

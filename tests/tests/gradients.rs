@@ -964,20 +964,31 @@ fn round_is_straight_through_and_floor_ceil_sign_are_flat() {
     }
 }
 
-/// A fake quantizer `(clip(round(x / s) + z, lo, hi) - z) * s` differentiated: `x` gets `dy`
-/// where it is not clipped, the scale gets the LSQ gradient (Esser et al. 2020):
-/// `sum dy * (round(x/s) - x/s)` inside the range, `sum dy * (lo - z)` or `(hi - z)` where clipped.
+/// A fake quantizer `(clip(round(x / s) + z, lo, hi) - z) * s` differentiated, as the separate
+/// ops and as the fused `fake_quantize`: `x` gets `dy` where it is not clipped, the scale gets the
+/// LSQ gradient (Esser et al. 2020): `sum dy * (round(x/s) - x/s)` inside the range,
+/// `sum dy * (lo - z)` or `(hi - z)` where clipped.
 #[test]
 fn fake_quantizer_gets_the_lsq_gradient() {
+    for fused in [false, true] {
+        lsq_gradient(fused);
+    }
+}
+
+fn lsq_gradient(fused: bool) {
     let (lo, hi, z) = (-8.0f64, 7.0f64, 1.0f64);
     let n = 64;
     let mut rng = Rng::new(11);
     let x = rng.uniform(n, -2.0, 2.0);
     let s = 0.17f64;
     let fwd = move |g: &mut Graph, v: &[Value]| {
+        let zc = g.add_const("z", Tensor::scalar_f32(z as f32));
+        if fused {
+            let op = Op::FakeQuantize { qmin: lo as i32, qmax: hi as i32 };
+            return g.add_node(op, vec![Some(v[0]), Some(v[1]), Some(zc)], None, "fq").unwrap();
+        }
         let q = node(g, Op::Binary(BinaryOp::Div), &[v[0], v[1]]);
         let q = node(g, Op::Unary(UnaryOp::Round), &[q]);
-        let zc = g.add_const("z", Tensor::scalar_f32(z as f32));
         let q = node(g, Op::Binary(BinaryOp::Add), &[q, zc]);
         let q = node(g, Op::Clip { min: lo as f32, max: hi as f32 }, &[q]);
         let q = node(g, Op::Binary(BinaryOp::Sub), &[q, zc]);
@@ -1005,10 +1016,10 @@ fn fake_quantizer_gets_the_lsq_gradient() {
     assert!(clipped > 0 && clipped < n, "the case clips some values and not others ({clipped} of {n})");
     let gx = grads[0].to_f64_vec();
     for i in 0..n {
-        assert!((gx[i] - want_x[i]).abs() <= 1e-6, "x[{i}]: {} vs {}", gx[i], want_x[i]);
+        assert!((gx[i] - want_x[i]).abs() <= 1e-6, "fused {fused}: x[{i}]: {} vs {}", gx[i], want_x[i]);
     }
     let gs = grads[1].to_f64_vec()[0];
-    assert!((gs - want_s).abs() <= 1e-4 * want_s.abs().max(1.0), "scale gradient {gs} vs LSQ {want_s}");
+    assert!((gs - want_s).abs() <= 1e-4 * want_s.abs().max(1.0), "fused {fused}: scale gradient {gs} vs LSQ {want_s}");
 }
 
 /// f16 and bf16 forwards get backward graphs of their own dtype, within their precision of the

@@ -22,6 +22,7 @@
 //!   LRN and reductions; [`movement`]: reshape, transpose, concat, slice, gather, cast, ...;
 //! * [`resize`]: Resize (nearest, linear, cubic; every coordinate transformation);
 //! * [`quant`]: everything on quantized or integer tensors;
+//! * [`fake_quant`]: fake quantization (float in, float out) and its gradient;
 //! * [`select`]: NonZero and NonMaxSuppression, whose result size depends on the data.
 //!
 //! Result shapes are never computed twice: before evaluating an op, [`eval_op`] runs
@@ -29,6 +30,7 @@
 
 pub mod conv;
 pub mod elementwise;
+pub mod fake_quant;
 pub mod matmul;
 pub mod movement;
 pub mod norm;
@@ -541,6 +543,8 @@ fn dispatch(cx: &Cx) -> R<Vec<Tensor>> {
         Op::MaxPoolGrad(p) => one(pool::max_pool_grad(cx, p)),
         Op::AveragePoolGrad(p) => one(pool::average_pool_grad(cx, p)),
         Op::ConvWeightGrad(a) => one(conv::conv_weight_grad(cx, a)),
+        Op::FakeQuantize { qmin, qmax } => one(fake_quant::fake_quantize(cx, *qmin, *qmax)),
+        Op::FakeQuantizeGrad { qmin, qmax } => fake_quant::fake_quantize_grad(cx, *qmin, *qmax),
         Op::ConvTranspose(a) => one(conv::conv_transpose(cx, a)),
         Op::Resize(a) => {
             let refs: Vec<Option<&TensorType>> = cx.in_types.iter().map(Option::as_ref).collect();

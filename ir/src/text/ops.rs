@@ -144,6 +144,9 @@ pub(super) fn print_attrs(op: &Op) -> Vec<(&'static str, String)> {
         Op::MaxPool(p) | Op::AveragePool(p) | Op::QAveragePool(p) => pool(p),
         Op::MaxPoolGrad(p) | Op::AveragePoolGrad(p) => pool(p),
         Op::ConvWeightGrad(c) => conv(c),
+        Op::FakeQuantize { qmin, qmax } | Op::FakeQuantizeGrad { qmin, qmax } => {
+            vec![("qmin", qmin.to_string()), ("qmax", qmax.to_string())]
+        }
         Op::MaxPoolIndices { pool: p, column_major } => {
             let mut v = pool(p);
             v.push(("column_major", column_major.to_string()));
@@ -325,6 +328,11 @@ impl<'a> Attrs<'a> {
     fn i64(&mut self, key: &str) -> Result<i64> {
         let (v, p) = self.take(key)?;
         as_i64(&v).ok_or_else(|| self.bad(key, p, "an integer"))
+    }
+
+    fn i32(&mut self, key: &str) -> Result<i32> {
+        let (v, p) = self.take(key)?;
+        as_i64(&v).and_then(|v| i32::try_from(v).ok()).ok_or_else(|| self.bad(key, p, "a 32-bit integer"))
     }
 
     fn has(&self, key: &str) -> bool {
@@ -582,6 +590,8 @@ pub(super) fn build_op(name: &str, mut a: Attrs) -> Result<Option<Op>> {
         "conv_weight_grad" => Op::ConvWeightGrad(a.conv()?),
         "max_pool_grad" => Op::MaxPoolGrad(a.pool()?),
         "average_pool_grad" => Op::AveragePoolGrad(a.pool()?),
+        "fake_quantize" => Op::FakeQuantize { qmin: a.i32("qmin")?, qmax: a.i32("qmax")? },
+        "fake_quantize_grad" => Op::FakeQuantizeGrad { qmin: a.i32("qmin")?, qmax: a.i32("qmax")? },
         "conv_transpose" => Op::ConvTranspose(ConvTransposeAttrs {
             kernel: a.usizes("kernel")?,
             strides: a.usizes("strides")?,

@@ -742,6 +742,8 @@ fn every_op() -> Vec<Op> {
             ceil_mode: true,
             count_include_pad: true,
         }),
+        Op::FakeQuantize { qmin: -128, qmax: 127 },
+        Op::FakeQuantizeGrad { qmin: 0, qmax: 255 },
     ];
     ops.extend(Op::UNARY.iter().map(|&u| Op::Unary(u)));
     ops.extend(Op::BINARY.iter().map(|&b| Op::Binary(b)));
@@ -749,7 +751,7 @@ fn every_op() -> Vec<Op> {
 }
 
 /// The number of the last variant in [`variant`].
-const LAST_VARIANT: usize = 75;
+const LAST_VARIANT: usize = 77;
 
 fn variant(op: &Op) -> usize {
     match op {
@@ -829,6 +831,8 @@ fn variant(op: &Op) -> usize {
         Op::ConvWeightGrad(_) => 73,
         Op::MaxPoolGrad(_) => 74,
         Op::AveragePoolGrad(_) => 75,
+        Op::FakeQuantize { .. } => 76,
+        Op::FakeQuantizeGrad { .. } => 77,
     }
 }
 

@@ -241,7 +241,9 @@ impl CostClass {
             | Op::Resize(_)
             | Op::GridSample { .. }
             | Op::QAdd
-            | Op::QMul => CostClass::Elementwise,
+            | Op::QMul
+            | Op::FakeQuantize { .. }
+            | Op::FakeQuantizeGrad { .. } => CostClass::Elementwise,
         })
     }
 }

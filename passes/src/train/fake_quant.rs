@@ -193,7 +193,9 @@ impl Builder<'_> {
         self.node(Op::Binary(op), vec![a, b], name)
     }
 
-    /// `(clip(round(x / s) + z, lo, hi) - z) * s`; without `z`, `clip(round(x / s), lo, hi) * s`.
+    /// `(clip(round(x / s) + z, lo, hi) - z) * s`; without `z`, `clip(round(x / s), lo, hi) * s`:
+    /// one [`Op::FakeQuantize`] (the composition of those ops bit for bit, with one fused
+    /// gradient node instead of a dozen element-wise ones).
     fn fake_quant(
         &mut self,
         x: Value,
@@ -202,16 +204,10 @@ impl Builder<'_> {
         (lo, hi): (i32, i32),
         base: &str,
     ) -> Result<Value, TrainError> {
-        let d = self.bin(BinaryOp::Div, x, s, format!("{base}/fq_div"))?;
-        let mut r = self.node(Op::Unary(UnaryOp::Round), vec![d], format!("{base}/fq_round"))?;
-        if let Some(z) = z {
-            r = self.bin(BinaryOp::Add, r, z, format!("{base}/fq_add_zp"))?;
-        }
-        let mut c = self.node(Op::Clip { min: lo as f32, max: hi as f32 }, vec![r], format!("{base}/fq_clip"))?;
-        if let Some(z) = z {
-            c = self.bin(BinaryOp::Sub, c, z, format!("{base}/fq_sub_zp"))?;
-        }
-        self.bin(BinaryOp::Mul, c, s, format!("{base}/fq_mul"))
+        let name = format!("{base}/fake_quantize");
+        self.g
+            .add_node(Op::FakeQuantize { qmin: lo, qmax: hi }, vec![Some(x), Some(s), z], None, name.clone())
+            .map_err(|e| TrainError::ir(&format!("building `{name}`"), e))
     }
 }
 

@@ -9,6 +9,7 @@ mod linalg;
 mod movement;
 mod norm;
 mod pool;
+mod quant;
 
 use super::builder::Builder;
 use super::AutodiffError;
@@ -71,6 +72,7 @@ pub(crate) fn vjp(
         | Op::Identity => elementwise::vjp(b, &f)?,
         Op::MatMul | Op::Gemm { .. } => linalg::vjp(b, &f)?,
         Op::Conv(_) | Op::ConvTranspose(_) => conv::vjp(b, &f)?,
+        Op::FakeQuantize { .. } => quant::vjp(b, &f)?,
         Op::MaxPool(_) | Op::AveragePool(_) | Op::GlobalAveragePool | Op::GlobalMaxPool => pool::vjp(b, &f)?,
         Op::BatchNorm { .. }
         | Op::Softmax { .. }
