@@ -31,7 +31,9 @@
 //! held the step's tensors to bounds them too); one thread (a host step runs on the executor's
 //! thread); deterministic (a fixed order of sums).
 
-use crate::micro::float::{gemm_f32_best, im2col_f32, pack_weights_f32, pack_weights_f32_kn, panel_offset, PANEL};
+use crate::micro::float::{
+    gemm_f32_best, im2col_f32, pack_weights_f32, pack_weights_f32_kn, panel_offset, panel_width, PANEL,
+};
 use crate::micro::{try_zeroed, ConvGeom};
 use qforge_ir::numerics::fake_quantize_codes;
 use qforge_ir::{ConvAttrs, ConvTransposeAttrs, Op, Tensor, TensorType};
@@ -471,6 +473,7 @@ impl Geometry {
         }
         let block = (block_floats / k.max(1)).max(BLOCK_ROWS).min(rows.max(1));
         let mut col = zeroed(block * k)?;
+        let mut packed = zeroed(packed_len(block, k))?;
         let (mut acc, mut part) = (zeroed(mg * k)?, zeroed(mg * k)?);
         let mut dw = zeroed(self.weight_len())?;
         let (gemm, _) = gemm_f32_best();
@@ -483,7 +486,7 @@ impl Geometry {
                 // SAFETY: `geom` describes the NHWC `xs` of n images; rows r0..r0+rb are below
                 // n*oh*ow; `col` holds block >= rb rows of k floats.
                 unsafe { im2col_f32(&geom, xs.as_ptr(), r0, rb, col.as_mut_ptr(), k) };
-                let packed = pack_weights_f32_kn(&col[..rb * k], rb, k).map_err(alloc)?;
+                pack_rows(&col[..rb * k], rb, k, &mut packed);
                 let a = dyt[gi * mg * rows + r0..].as_ptr();
                 for p in 0..k.div_ceil(PANEL) {
                     let nr = PANEL.min(k - p * PANEL);
@@ -495,7 +498,7 @@ impl Geometry {
                             a,
                             rows,
                             mg,
-                            packed.data[panel_offset(p, rb)..].as_ptr(),
+                            packed[panel_offset(p, rb)..].as_ptr(),
                             rb,
                             part[p * PANEL..].as_mut_ptr(),
                             k,
@@ -589,6 +592,30 @@ impl Geometry {
             });
         }
         Ok(dw)
+    }
+}
+
+/// Floats of the GEMM's packed panels for a `[k][n]` operand (see [`crate::micro::float::PackedF32`]).
+fn packed_len(k: usize, n: usize) -> usize {
+    let np = n.div_ceil(PANEL);
+    if np == 0 {
+        0
+    } else {
+        panel_offset(np - 1, k) + panel_width(n, np - 1) * k
+    }
+}
+
+/// Packs the row-major `[k][n]` matrix `m` into the GEMM's panels in `out` (at least
+/// [`packed_len`]`(k, n)` floats), as [`pack_weights_f32_kn`] does, a panel row at a time.
+fn pack_rows(m: &[f32], k: usize, n: usize, out: &mut [f32]) {
+    for p in 0..n.div_ceil(PANEL) {
+        let (width, c0) = (panel_width(n, p), p * PANEL);
+        let cols = width.min(n - c0);
+        let panel = &mut out[panel_offset(p, k)..][..width * k];
+        for (t, dst) in panel.chunks_exact_mut(width).enumerate() {
+            dst[..cols].copy_from_slice(&m[t * n + c0..][..cols]);
+            dst[cols..].fill(0.0);
+        }
     }
 }
 
@@ -858,6 +885,18 @@ mod tests {
         let s2 = Tensor::from_f32(vec![3, 1, 5], vec![1.0; 15]);
         let op = Op::FakeQuantize { qmin: 0, qmax: 255 };
         assert!(run(&op, &[Some(&x), Some(&s2)], &[ty(&x)]).is_none());
+    }
+
+    #[test]
+    fn packing_rows_equals_the_weight_packer() {
+        let mut rng = Rng(3);
+        for (k, n) in [(1, 1), (5, 16), (7, 17), (3, 32), (9, 33), (4, 70), (130, 576)] {
+            let m = rng.tensor(&[k, n]).to_f32_vec();
+            let want = pack_weights_f32_kn(&m, k, n).expect("packs").data;
+            let mut got = vec![f32::NAN; packed_len(k, n)];
+            pack_rows(&m, k, n, &mut got);
+            assert_eq!(got, want, "{k} x {n}");
+        }
     }
 
     #[test]

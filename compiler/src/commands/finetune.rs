@@ -160,12 +160,14 @@ pub fn run(a: Args) -> Result<()> {
     let kind = if o.weight_bits == 4 { "W4A8" } else { "INT8" };
     let skipped = steps.iter().filter(|s| s.skipped).count();
     println!(
-        "fine-tuned `{}`: {kind} QAT ({}), {} epochs x {} steps in {:.1} s; loss {first:.5} -> {last:.5} (mean of the last epoch), {skipped} step(s) skipped, final loss scale {}",
+        "fine-tuned `{}`: {kind} QAT ({}), {} epochs x {} steps in {:.1} s (median step {:.1} ms at batch {}); loss {first:.5} -> {last:.5} (mean of the last epoch), {skipped} step(s) skipped, final loss scale {}",
         a.model.display(),
         what(&a, labels.is_some()),
         a.epochs,
         steps.len() / a.epochs.max(1),
         f.seconds,
+        f.median_step_seconds() * 1e3,
+        a.batch,
         f.trained.loss_scale
     );
     // the output: QDQ ONNX before the optimizer, or the compiled artifact
@@ -197,6 +199,7 @@ pub fn run(a: Args) -> Result<()> {
         ];
         let figures: Vec<(String, String)> = vec![
             ("steps".into(), steps.len().to_string()),
+            ("median step".into(), format!("{:.1} ms", f.median_step_seconds() * 1e3)),
             ("first loss".into(), format!("{first:.5}")),
             ("last epoch's mean loss".into(), format!("{last:.5}")),
             ("skipped steps".into(), skipped.to_string()),

@@ -46,6 +46,22 @@ pub struct Finetuned {
     /// The same model at its initial values (post-training quantization without bias correction).
     pub initial: Graph,
     pub seconds: f64,
+    /// The wall time of each training step (forward, backward, optimizer and observer updates,
+    /// as the trainer reports them; the first includes compiling the training graph on the JIT).
+    pub step_seconds: Vec<f64>,
+}
+
+impl Finetuned {
+    /// The median of [`Finetuned::step_seconds`] (NaN without steps).
+    pub fn median_step_seconds(&self) -> f64 {
+        let mut v = self.step_seconds.clone();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
 }
 
 /// The quantization policy: the static quantizer's defaults (u8 asymmetric activations, i8
@@ -108,7 +124,14 @@ pub fn finetune(
     let qat = QatModel::prepare(&folded, &qconfig, &cal)?;
     let initial = train::convert(&qat, &qat.values())?;
     let data = TrainData { inputs: vec![x.clone()], labels };
-    let trained = train::train(&qat, &o.objective, &data, eval, &o.train, on_step)?;
+    let mut step_seconds = Vec::new();
+    let mut last = std::time::Instant::now();
+    let trained = train::train(&qat, &o.objective, &data, eval, &o.train, &mut |s| {
+        let now = std::time::Instant::now();
+        step_seconds.push(now.duration_since(last).as_secs_f64());
+        on_step(s);
+        last = std::time::Instant::now();
+    })?;
     let graph = train::convert(&qat, &trained.values).context("converting the trained model to Q/DQ")?;
-    Ok(Finetuned { qat, trained, graph, initial, seconds: t.elapsed().as_secs_f64() })
+    Ok(Finetuned { qat, trained, graph, initial, seconds: t.elapsed().as_secs_f64(), step_seconds })
 }
