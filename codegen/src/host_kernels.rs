@@ -17,7 +17,7 @@
 //! * [`Op::FakeQuantize`] and [`Op::FakeQuantizeGrad`] with one scale per tensor or per axis: one
 //!   pass over runs of elements that share a scale, with the element formula of
 //!   [`qforge_ir::numerics::fake_quantize_codes`] and the interpreter's order of the scale
-//!   gradient's f64 sums, so these agree with the interpreter bit for bit.
+//!   gradient's f64 sums, so these agree with the interpreter bit for bit; [`Op::ClipGrad`] too.
 //!
 //! Each takes and returns f32 NCHW tensors with two spatial dims and computes what the
 //! interpreter computes (the ops' documentation in [`qforge_ir::Op`]) up to the order of the f32
@@ -84,6 +84,14 @@ pub fn run(op: &Op, args: &[Option<&Tensor>], out: &[TensorType]) -> Option<Resu
             one(g.input_grad(x, w, b), out_shape)
         }
         Op::FakeQuantize { qmin, qmax } => one(FakeQuant::of(args, 0, *qmin, *qmax)?.forward(), out_shape),
+        Op::ClipGrad { min, max } => {
+            let (x, dy) = (f(0)?, f(1)?);
+            if x.len() != dy.len() {
+                return None;
+            }
+            let dx = x.iter().zip(dy).map(|(&x, &g)| if x >= *min && x <= *max { g } else { 0.0 }).collect();
+            one(Ok(dx), out_shape)
+        }
         _ => None,
     }
 }
@@ -881,6 +889,17 @@ mod tests {
                 assert_eq!(bits(&fast), bits(&reference), "{} with scale {:?}", op.name(), s.shape());
             }
         }
+        // the clip gradient, with values on both bounds and a NaN
+        let clip = Op::ClipGrad { min: -1.0, max: 1.0 };
+        let mut xv = x.to_f32_vec();
+        xv[0] = -1.0;
+        xv[1] = 1.0;
+        let xc = Tensor::from_f32(x.shape().to_vec(), xv);
+        let ins = [Some(&xc), Some(&dy)];
+        let fast = run(&clip, &ins, &[ty(&x)]).expect("a native kernel").expect("it runs");
+        let reference =
+            eval_node("clip", &clip, &[Some(&ty(&x)), Some(&ty(&x))], &[ty(&x)], &ins, &opts).expect("runs");
+        assert_eq!(fast[0].to_f32_vec(), reference[0].to_f32_vec(), "clip_grad");
         // a scale varying along two axes is left to the interpreter
         let s2 = Tensor::from_f32(vec![3, 1, 5], vec![1.0; 15]);
         let op = Op::FakeQuantize { qmin: 0, qmax: 255 };

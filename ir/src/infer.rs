@@ -234,6 +234,12 @@ fn infer_op(op: &Op, inputs: &[Option<&TensorType>], declared: Option<&[TensorTy
             same_shape(&xt.shape, &dy.shape, "dy")?;
             Ok(vec![y, TensorType::new(st.dtype, st.shape.clone())])
         }
+        Op::ClipGrad { .. } => {
+            let (xt, dy) = (float(x(0)?, "x")?, float(x(1)?, "dy")?);
+            same_dtype(xt, dy)?;
+            same_shape(&xt.shape, &dy.shape, "dy")?;
+            one(TensorType::new(xt.dtype, xt.shape.clone()))
+        }
         Op::MaxPoolGrad(p) | Op::AveragePoolGrad(p) => {
             let (xt, dy) = (float(x(0)?, "x")?, float(x(1)?, "dy")?);
             same_dtype(xt, dy)?;

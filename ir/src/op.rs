@@ -569,6 +569,13 @@ pub enum Op {
     /// visits, summed where windows overlap, `count` the window's divisor (the positions in the
     /// input, or in the padded input with `count_include_pad`).
     AveragePoolGrad(PoolAttrs),
+    /// `x, dy` -> `dx`: the gradient of [`Op::Clip`] (and ReLU6) with respect to its input:
+    /// `dy` where `min <= x <= max` (the bounds pass the gradient, as PyTorch's `hardtanh`
+    /// backward does not: see `autodiff`'s conventions), 0 elsewhere and where `x` is NaN.
+    ClipGrad {
+        min: f32,
+        max: f32,
+    },
 
     /// `x, scale, [zero_point]` -> `y`: fake quantization (quantization-aware training's
     /// quantize-dequantize in float), `y = (clip(round(x / scale) + zero_point, qmin, qmax) -
@@ -756,6 +763,7 @@ impl Op {
             Op::ConvWeightGrad(_) => "conv_weight_grad",
             Op::MaxPoolGrad(_) => "max_pool_grad",
             Op::AveragePoolGrad(_) => "average_pool_grad",
+            Op::ClipGrad { .. } => "clip_grad",
             Op::FakeQuantize { .. } => "fake_quantize",
             Op::FakeQuantizeGrad { .. } => "fake_quantize_grad",
             Op::Quantize => "quantize",
@@ -852,6 +860,7 @@ impl Op {
             | Op::ConvWeightGrad(_)
             | Op::MaxPoolGrad(_)
             | Op::AveragePoolGrad(_)
+            | Op::ClipGrad { .. }
             | Op::QAdd
             | Op::QMul => (2, 2),
             Op::ScatterElements { .. } | Op::ScatterND { .. } => (3, 3),

@@ -139,6 +139,17 @@ pub(crate) fn map_float(cx: &Cx, f: impl Fn(f32) -> f32) -> R<Tensor> {
     float_tensor(x.dtype(), x.shape().to_vec(), y)
 }
 
+/// The gradient of clip ([`crate::Op::ClipGrad`]): `dy` where `min <= x <= max`, else 0.
+pub(crate) fn clip_grad(cx: &Cx, min: f32, max: f32) -> R<Tensor> {
+    let (x, dy) = (cx.x(0)?, cx.x(1)?);
+    if x.shape() != dy.shape() {
+        return Err(format!("dy has shape {:?} for x of shape {:?}", dy.shape(), x.shape()));
+    }
+    let dx: Vec<f32> =
+        floats(x).iter().zip(floats(dy).iter()).map(|(&x, &g)| if x >= min && x <= max { g } else { 0.0 }).collect();
+    float_tensor(cx.out_dtype(0), x.shape().to_vec(), dx)
+}
+
 pub(crate) fn unary(cx: &Cx, u: UnaryOp) -> R<Tensor> {
     let x = cx.x(0)?;
     if u == UnaryOp::Not {

@@ -543,6 +543,7 @@ fn dispatch(cx: &Cx) -> R<Vec<Tensor>> {
         Op::MaxPoolGrad(p) => one(pool::max_pool_grad(cx, p)),
         Op::AveragePoolGrad(p) => one(pool::average_pool_grad(cx, p)),
         Op::ConvWeightGrad(a) => one(conv::conv_weight_grad(cx, a)),
+        Op::ClipGrad { min, max } => one(elementwise::clip_grad(cx, *min, *max)),
         Op::FakeQuantize { qmin, qmax } => one(fake_quant::fake_quantize(cx, *qmin, *qmax)),
         Op::FakeQuantizeGrad { qmin, qmax } => fake_quant::fake_quantize_grad(cx, *qmin, *qmax),
         Op::ConvTranspose(a) => one(conv::conv_transpose(cx, a)),

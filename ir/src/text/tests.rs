@@ -744,6 +744,7 @@ fn every_op() -> Vec<Op> {
         }),
         Op::FakeQuantize { qmin: -128, qmax: 127 },
         Op::FakeQuantizeGrad { qmin: 0, qmax: 255 },
+        Op::ClipGrad { min: 0.0, max: 6.0 },
     ];
     ops.extend(Op::UNARY.iter().map(|&u| Op::Unary(u)));
     ops.extend(Op::BINARY.iter().map(|&b| Op::Binary(b)));
@@ -751,7 +752,7 @@ fn every_op() -> Vec<Op> {
 }
 
 /// The number of the last variant in [`variant`].
-const LAST_VARIANT: usize = 77;
+const LAST_VARIANT: usize = 78;
 
 fn variant(op: &Op) -> usize {
     match op {
@@ -833,6 +834,7 @@ fn variant(op: &Op) -> usize {
         Op::AveragePoolGrad(_) => 75,
         Op::FakeQuantize { .. } => 76,
         Op::FakeQuantizeGrad { .. } => 77,
+        Op::ClipGrad { .. } => 78,
     }
 }
 

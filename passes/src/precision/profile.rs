@@ -243,7 +243,8 @@ impl CostClass {
             | Op::QAdd
             | Op::QMul
             | Op::FakeQuantize { .. }
-            | Op::FakeQuantizeGrad { .. } => CostClass::Elementwise,
+            | Op::FakeQuantizeGrad { .. }
+            | Op::ClipGrad { .. } => CostClass::Elementwise,
         })
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! * relu: `dy` where `x > 0`; leaky relu: `dy` where `x >= 0`, `alpha * dy` elsewhere (the
 //!   forward's own branch); clip: `dy` where `min <= x <= max` (see the module docs of
-//!   `autodiff`); hard sigmoid: `alpha * dy` where `0 < alpha * x + beta < 1`.
+//!   `autodiff`), one `clip_grad` node; hard sigmoid: `alpha * dy` where `0 < alpha * x + beta < 1`.
 //! * sigmoid `y (1 - y)`, tanh `1 - y^2`, exp `y`, log `1 / x`, sqrt `1 / (2 y)`, reciprocal
 //!   `-y^2`, neg `-1`, abs `sign(x)`, erf `2 / sqrt(pi) exp(-x^2)`, sin `cos x`, cos `-sin x`.
 //! * hard swish `x * relu6(x + 3) / 6`: `0` below -3, `1` above 3, `(2x + 3) / 6` between.
@@ -35,10 +35,7 @@ pub(crate) fn vjp(b: &mut Builder, f: &Fwd) -> Result<Vec<Option<Value>>, Autodi
         }
         Op::Clip { min, max } => {
             let x = f.x(b, 0)?;
-            let lo = b.compare("ge_min", BinaryOp::GreaterOrEqual, x, *min as f64)?;
-            let hi = b.compare("le_max", BinaryOp::LessOrEqual, x, *max as f64)?;
-            let inside = b.binary("inside", BinaryOp::And, lo, hi)?;
-            Ok(vec![Some(b.mask("", inside, dy)?)])
+            Ok(vec![Some(b.op("", Op::ClipGrad { min: *min, max: *max }, &[x, dy])?)])
         }
         Op::HardSigmoid { alpha, beta } => {
             let x = f.x(b, 0)?;
