@@ -543,3 +543,40 @@ fn quantize_for_a_profile_reports_its_conventions_and_refuses_their_breaches() {
     );
     expect_error(&[&base[..], &["--weight-bits", "4"]].concat(), "takes i8-symmetric weights");
 }
+
+/// `finetune --prune` prints the MACs and parameters before and after with the reduction, for both
+/// methods; the settings of one method given to the other, and an amount outside [0, 1], are
+/// one-line errors.
+#[test]
+fn finetune_prunes_and_refuses_the_other_methods_settings() {
+    let d = scratch("finetune-flags");
+    let (model, calib, labels) = (asset("digits_cnn.onnx"), asset("digits_calib_x.npy"), asset("digits_samples_y.npy"));
+    let out = d.join("ft.onnx");
+    let base = ["finetune", p(&model), "--calib", p(&calib), "-o", p(&out)];
+    let macs = "MACs per sample 599680 -> 288738 (-51.9%), parameters 24170 -> 11881";
+    let o = expect_ok(&[&base[..], &["--prune", "0.3", "--epochs", "1"]].concat());
+    assert!(o.stdout.contains(macs), "{}", o.stdout);
+    assert!(o.stdout.contains("KD from the unpruned FP32 model"), "{}", o.stdout);
+    std::fs::remove_file(&out).unwrap();
+    let o = expect_ok(&[&base[..], &["--prune", "0.3", "--method", "adaround", "--iterations", "5"]].concat());
+    assert!(o.stdout.contains(macs), "{}", o.stdout);
+    assert!(o.stdout.contains("INT8 post-training with AdaRound (4 layers, 5 steps each"), "{}", o.stdout);
+    std::fs::remove_file(&out).unwrap();
+    let adaround = [&base[..], &["--method", "adaround"]].concat();
+    for (flag, value) in [
+        ("--epochs", "3"),
+        ("--optimizer", "sgd"),
+        ("--kd-temperature", "2"),
+        ("--precision", "fp16"),
+        ("--loss-scale", "dynamic"),
+        ("--labels", p(&labels)),
+        ("--report", "r.html"),
+    ] {
+        expect_error(&[&adaround[..], &[flag, value]].concat(), &format!("{flag} is a QAT setting: --method adaround"));
+    }
+    expect_error(&[&base[..], &["--iterations", "5"]].concat(), "--iterations is AdaRound's steps per layer");
+    let o = qforge(&[&base[..], &["--prune", "1.5"]].concat());
+    assert_eq!(o.code, Some(2), "{}", o.stderr);
+    assert!(o.stderr.contains("1.5 is not a fraction in [0, 1]"), "{}", o.stderr);
+    assert!(!out.exists());
+}

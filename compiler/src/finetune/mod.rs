@@ -5,10 +5,19 @@
 //! cross-entropy with labels), and converted back to a Q/DQ graph that the pipeline compiles to
 //! integer kernels or the QDQ exporter writes.
 //!
+//! With [`FinetuneOptions::prune`], the imported graph is first pruned ([`prune`]: L2-norm
+//! structured channel pruning of the convs' output channels, before batch norm is folded, so the
+//! channels are chosen on the conv weights as PyTorch's `ln_structured` chooses them), and the
+//! pruned model is fine-tuned by distillation from the *unpruned* FP32 model (the seed's
+//! `compress_pipeline`: prune, then QAT with the original as the teacher). `adaround.rs` is the
+//! other method: post-training quantization with AdaRound's learned rounding, through the
+//! pipeline's own AdaRound stage.
+//!
 //! Training runs on the reference interpreter (its every op, including the gradient ops, is
 //! defined there; one thread, so the result is the same for a seed on every machine).
 //! `report.rs` draws the loss curve and writes the `--report` page.
 
+pub mod adaround;
 pub mod report;
 
 use crate::data::{self, NonFinite};
@@ -16,6 +25,7 @@ use anyhow::{bail, Context, Result};
 use qforge_ir::interp::RunOptions;
 use qforge_ir::{DType, Graph, Tensor};
 use qforge_passes::evaluator::Interpreter;
+use qforge_passes::prune::{prune_channels, PruneOptions, PruneReport};
 use qforge_passes::quantize::scheme::{QType, Scheme};
 use qforge_passes::quantize::{calibrate, CalibMethod, QConfig};
 use qforge_passes::train::{self, Objective, QatModel, StepInfo, TrainConfig, TrainData, Trained};
@@ -30,6 +40,9 @@ pub struct FinetuneOptions {
     pub objective: Objective,
     pub train: TrainConfig,
     pub max_tensor_bytes: u64,
+    /// Structured channel pruning before fine-tuning (`--prune`); the teacher is then the
+    /// unpruned model.
+    pub prune: Option<PruneOptions>,
 }
 
 /// The fine-tuned model.
@@ -42,7 +55,19 @@ pub struct Finetuned {
     pub graph: Graph,
     /// The same model at its initial values (post-training quantization without bias correction).
     pub initial: Graph,
+    /// What pruning did (with [`FinetuneOptions::prune`]): channels, MACs and parameters before
+    /// and after.
+    pub pruned: Option<PruneReport>,
     pub seconds: f64,
+}
+
+/// `model` pruned as `opts` says ([`prune_channels`] on the imported graph, batch norms not yet
+/// folded: the channels are ranked by the conv weights' own norms, as `ln_structured` ranks them
+/// in the PyTorch model, not by the folded weights, which the batch norms' scales reorder).
+pub fn prune(model: &Graph, opts: &PruneOptions) -> Result<(Graph, PruneReport)> {
+    let mut g = model.clone();
+    let r = prune_channels(&mut g, opts).context("--prune")?;
+    Ok((g, r))
 }
 
 /// The quantization policy: the static quantizer's defaults (u8 asymmetric activations, i8
@@ -91,7 +116,19 @@ pub fn finetune(
         }
     }
     let qconfig = qconfig(o.weight_bits, o.calib_method)?;
-    let folded = train::fold_for_training(model)?;
+    let (student, pruned) = match &o.prune {
+        Some(p) => {
+            let (g, r) = prune(model, p)?;
+            (g, Some(r))
+        }
+        None => (model.clone(), None),
+    };
+    let folded = train::fold_for_training(&student)?;
+    // the teacher of a pruned student: the original model, folded as the student is
+    let teacher = match pruned {
+        Some(_) => Some(train::fold_for_training(model)?),
+        None => None,
+    };
     let eval = Interpreter(RunOptions { max_tensor_bytes: u128::from(o.max_tensor_bytes) });
     // the initial ranges: a calibration of the folded graph, as post-training quantization's
     let targets = train::calibration_targets(&folded, &qconfig)?;
@@ -104,8 +141,8 @@ pub fn finetune(
     let cal = calibrate(&folded, &eval, &mut batches.into_iter(), total, &targets, on_calibrated)?;
     let qat = QatModel::prepare(&folded, &qconfig, &cal)?;
     let initial = train::convert(&qat, &qat.values())?;
-    let data = TrainData { inputs: vec![x.clone()], labels };
+    let data = TrainData { inputs: vec![x.clone()], labels, teacher };
     let trained = train::train(&qat, &o.objective, &data, &eval, &o.train, on_step)?;
     let graph = train::convert(&qat, &trained.values).context("converting the trained model to Q/DQ")?;
-    Ok(Finetuned { qat, trained, graph, initial, seconds: t.elapsed().as_secs_f64() })
+    Ok(Finetuned { qat, trained, graph, initial, pruned, seconds: t.elapsed().as_secs_f64() })
 }
