@@ -1,9 +1,12 @@
-//! `qforge finetune MODEL --calib X.npy [--labels Y.npy] --quantize int8|int4 -o OUT.onnx|OUT.qfa`:
-//! quantization-aware fine-tuning on the calibration data (distillation from the model's own FP32
-//! outputs; cross-entropy too with labels), written as QDQ ONNX (`.onnx`, the graph before the
-//! optimizer lowers its Q/DQ, as `quantize` writes) or as a compiled artifact (`.qfa`, integer
-//! kernels). A progress bar shows the loss, the loss scale and the skipped steps; `--report`
-//! writes the loss curve as an HTML page.
+//! `qforge finetune MODEL --calib X.npy [--labels Y.npy] --quantize int8|int4 --method qat|adaround
+//! [--prune AMOUNT] -o OUT.onnx|OUT.qfa`: quantization-aware fine-tuning on the calibration data
+//! (distillation from the model's own FP32 outputs, or from the unpruned model after `--prune`;
+//! cross-entropy too with labels), or (`--method adaround`) post-training quantization with
+//! AdaRound's learned rounding; written as QDQ ONNX (`.onnx`, the graph before the optimizer
+//! lowers its Q/DQ, as `quantize` writes) or as a compiled artifact (`.qfa`, integer kernels).
+//! A progress bar shows the loss, the loss scale and the skipped steps; `--report` writes QAT's
+//! loss curve as an HTML page. The settings that mean something for one method only are one-line
+//! errors with the other (`check_method_flags`).
 
 use crate::artifact::Artifact;
 use crate::calib_set::LazyFile;
@@ -196,8 +199,7 @@ pub fn run(a: Args) -> Result<()> {
             };
             let calib = Arc::new(LazyFile::new(&a.calib));
             let bars: crate::compiler::ProgressFactory = Arc::new(|what, unit| progress::bar(what.to_string(), unit));
-            let r = adaround::adaround(&model, calib, &o, Some(bars))
-                .with_context(|| format!("--calib `{}`", a.calib.display()))?;
+            let r = adaround::adaround(&model, calib, &o, Some(bars))?;
             if let Some(p) = &r.pruned {
                 println!("{}", prune_line(&a.model, p));
             }
