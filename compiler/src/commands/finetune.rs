@@ -316,7 +316,8 @@ fn qat(
             settings.push(("pruning".into(), format!("{} of each conv's output channels, L2 norm", p.amount)));
             figures
                 .push(("MACs per sample".into(), format!("{} -> {} ({})", p.before.macs, p.after.macs, reduction(p))));
-            figures.push(("parameters".into(), format!("{} -> {}", p.before.params, p.after.params)));
+            let params = change(p.before.params, p.after.params);
+            figures.push(("parameters".into(), format!("{} -> {} ({params})", p.before.params, p.after.params)));
         }
         figures.extend([
             ("steps".into(), steps.len().to_string()),
@@ -344,11 +345,15 @@ fn what(temperature: f32, labels: bool, pruned: bool) -> String {
 
 /// The MAC reduction, `-51.9%`.
 fn reduction(p: &PruneReport) -> String {
-    let (b, a) = (p.before.macs as f64, p.after.macs as f64);
-    if b == 0.0 {
-        return "no MACs counted".into();
+    change(p.before.macs, p.after.macs)
+}
+
+/// `after` against `before` in percent, `-51.9%`.
+fn change(before: u64, after: u64) -> String {
+    if before == 0 {
+        return "none counted".into();
     }
-    format!("{:+.1}%", (a - b) * 100.0 / b)
+    format!("{:+.1}%", (after as f64 - before as f64) * 100.0 / before as f64)
 }
 
 /// The one line saying what pruning did, and one per conv it left alone.
@@ -356,14 +361,15 @@ fn prune_line(model: &std::path::Path, p: &PruneReport) -> String {
     let before: usize = p.convs.iter().map(|c| c.before).sum();
     let after: usize = p.convs.iter().map(|c| c.after).sum();
     let mut s = format!(
-        "pruned `{}`: {} of each conv's output channels by L2 norm, {before} -> {after} channels; MACs per sample {} -> {} ({}), parameters {} -> {}",
+        "pruned `{}`: {} of each conv's output channels by L2 norm, {before} -> {after} channels; MACs per sample {} -> {} ({}), parameters {} -> {} ({})",
         model.display(),
         p.amount,
         p.before.macs,
         p.after.macs,
         reduction(p),
         p.before.params,
-        p.after.params
+        p.after.params,
+        change(p.before.params, p.after.params)
     );
     for c in &p.convs {
         if let Outcome::Refused(why) = &c.outcome {
