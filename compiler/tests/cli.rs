@@ -580,3 +580,21 @@ fn finetune_prunes_and_refuses_the_other_methods_settings() {
     assert!(o.stderr.contains("1.5 is not a fraction in [0, 1]"), "{}", o.stderr);
     assert!(!out.exists());
 }
+
+/// `finetune --method adaround` is `quantize --rounding adaround` (the same stages, the same
+/// policy): the same QDQ ONNX bytes, at 8- and at 4-bit weights, for the same `[adaround]` fit.
+#[test]
+fn finetune_adaround_writes_what_quantize_rounding_adaround_writes() {
+    let d = scratch("finetune-adaround");
+    let (model, calib) = (asset("digits_cnn.onnx"), asset("digits_calib_x.npy"));
+    let qconfig = d.join("q.toml");
+    std::fs::write(&qconfig, "[adaround]\niterations = 20\nseed = 3\n").unwrap();
+    for (bits, quantize) in [("8", "int8"), ("4", "int4")] {
+        let (a, b) = (d.join(format!("f{bits}.onnx")), d.join(format!("q{bits}.onnx")));
+        let f = ["finetune", p(&model), "--calib", p(&calib), "--method", "adaround", "--quantize", quantize];
+        expect_ok(&[&f[..], &["--iterations", "20", "--seed", "3", "-o", p(&a)]].concat());
+        let q = ["quantize", p(&model), "--calib", p(&calib), "--rounding", "adaround", "--weight-bits", bits];
+        expect_ok(&[&q[..], &["--qconfig", p(&qconfig), "-o", p(&b)]].concat());
+        assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(), "W{bits}A8: the exports differ");
+    }
+}
