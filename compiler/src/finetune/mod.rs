@@ -88,8 +88,9 @@ pub fn qconfig(weight_bits: u32, calib_method: Option<CalibMethod>) -> Result<QC
     Ok(QConfig { default, ..QConfig::default() })
 }
 
-/// Fine-tunes `model` (an imported graph) on the calibration samples `x` (`[N, ...]`, the model's
-/// one input), with optional `labels`; `on_step` sees every step.
+/// Fine-tunes `model` (an imported graph, batch norms not yet folded) on the calibration samples
+/// `x` (`[N, ...]`, the model's one input), with optional `labels`; with `o.prune`, the pruned
+/// model, distilled from `model` itself; `on_step` sees every step.
 pub fn finetune(
     model: &Graph,
     x: &Tensor,
