@@ -543,3 +543,58 @@ fn quantize_for_a_profile_reports_its_conventions_and_refuses_their_breaches() {
     );
     expect_error(&[&base[..], &["--weight-bits", "4"]].concat(), "takes i8-symmetric weights");
 }
+
+/// `finetune --prune` prints the MACs and parameters before and after with the reduction, for both
+/// methods; the settings of one method given to the other, and an amount outside [0, 1], are
+/// one-line errors.
+#[test]
+fn finetune_prunes_and_refuses_the_other_methods_settings() {
+    let d = scratch("finetune-flags");
+    let (model, calib, labels) = (asset("digits_cnn.onnx"), asset("digits_calib_x.npy"), asset("digits_samples_y.npy"));
+    let out = d.join("ft.onnx");
+    let base = ["finetune", p(&model), "--calib", p(&calib), "-o", p(&out)];
+    let macs = "MACs per sample 599680 -> 288738 (-51.9%), parameters 24170 -> 11881 (-50.8%)";
+    let o = expect_ok(&[&base[..], &["--prune", "0.3", "--epochs", "1"]].concat());
+    assert!(o.stdout.contains(macs), "{}", o.stdout);
+    assert!(o.stdout.contains("KD from the unpruned FP32 model"), "{}", o.stdout);
+    std::fs::remove_file(&out).unwrap();
+    let o = expect_ok(&[&base[..], &["--prune", "0.3", "--method", "adaround", "--iterations", "5"]].concat());
+    assert!(o.stdout.contains(macs), "{}", o.stdout);
+    assert!(o.stdout.contains("INT8 post-training with AdaRound (4 layers, 5 steps each"), "{}", o.stdout);
+    std::fs::remove_file(&out).unwrap();
+    let adaround = [&base[..], &["--method", "adaround"]].concat();
+    for (flag, value) in [
+        ("--epochs", "3"),
+        ("--optimizer", "sgd"),
+        ("--kd-temperature", "2"),
+        ("--precision", "fp16"),
+        ("--loss-scale", "dynamic"),
+        ("--labels", p(&labels)),
+        ("--report", "r.html"),
+    ] {
+        expect_error(&[&adaround[..], &[flag, value]].concat(), &format!("{flag} is a QAT setting: --method adaround"));
+    }
+    expect_error(&[&base[..], &["--iterations", "5"]].concat(), "--iterations is AdaRound's steps per layer");
+    let o = qforge(&[&base[..], &["--prune", "1.5"]].concat());
+    assert_eq!(o.code, Some(2), "{}", o.stderr);
+    assert!(o.stderr.contains("1.5 is not a fraction in [0, 1]"), "{}", o.stderr);
+    assert!(!out.exists());
+}
+
+/// `finetune --method adaround` is `quantize --rounding adaround` (the same stages, the same
+/// policy): the same QDQ ONNX bytes, at 8- and at 4-bit weights, for the same `[adaround]` fit.
+#[test]
+fn finetune_adaround_writes_what_quantize_rounding_adaround_writes() {
+    let d = scratch("finetune-adaround");
+    let (model, calib) = (asset("digits_cnn.onnx"), asset("digits_calib_x.npy"));
+    let qconfig = d.join("q.toml");
+    std::fs::write(&qconfig, "[adaround]\niterations = 20\nseed = 3\n").unwrap();
+    for (bits, quantize) in [("8", "int8"), ("4", "int4")] {
+        let (a, b) = (d.join(format!("f{bits}.onnx")), d.join(format!("q{bits}.onnx")));
+        let f = ["finetune", p(&model), "--calib", p(&calib), "--method", "adaround", "--quantize", quantize];
+        expect_ok(&[&f[..], &["--iterations", "20", "--seed", "3", "-o", p(&a)]].concat());
+        let q = ["quantize", p(&model), "--calib", p(&calib), "--rounding", "adaround", "--weight-bits", bits];
+        expect_ok(&[&q[..], &["--qconfig", p(&qconfig), "-o", p(&b)]].concat());
+        assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(), "W{bits}A8: the exports differ");
+    }
+}

@@ -174,7 +174,7 @@ fn a_tiny_gradient_underflows_in_fp16_and_survives_scaling_or_bf16() {
 #[test]
 fn training_is_deterministic_for_a_seed() {
     let (_, qat, _) = prepared(&qconfig());
-    let data = train::TrainData { inputs: vec![samples(40, 11)], labels: None };
+    let data = train::TrainData { inputs: vec![samples(40, 11)], labels: None, teacher: None };
     let cfg = train::TrainConfig { epochs: 4, batch: 8, lr: 1e-2, ..train::TrainConfig::default() };
     let run =
         || train::train(&qat, &train::Objective::seed(), &data, &Interpreter::default(), &cfg, &mut |_| {}).unwrap();

@@ -5,6 +5,14 @@
 //! cross-entropy with labels), and converted back to a Q/DQ graph that the pipeline compiles to
 //! integer kernels or the QDQ exporter writes.
 //!
+//! With [`FinetuneOptions::prune`], the imported graph is first pruned ([`prune`]: L2-norm
+//! structured channel pruning of the convs' output channels, before batch norm is folded, so the
+//! channels are chosen on the conv weights as PyTorch's `ln_structured` chooses them), and the
+//! pruned model is fine-tuned by distillation from the *unpruned* FP32 model (the seed's
+//! `compress_pipeline`: prune, then QAT with the original as the teacher). `adaround.rs` is the
+//! other method: post-training quantization with AdaRound's learned rounding, through the
+//! pipeline's own AdaRound stage.
+//!
 //! Training runs on the pipeline's engine ([`EngineEvaluator`]: `--engine`, `--threads`): the
 //! JIT by default, the training graph compiled once, its convolutions (whose weights are the
 //! parameters, runtime values) on the native host kernels of `qforge_codegen::host_kernels`; or
@@ -12,12 +20,14 @@
 //! run is deterministic for a seed on either.
 //! `report.rs` draws the loss curve and writes the `--report` page.
 
+pub mod adaround;
 pub mod report;
 
 use crate::data::{self, NonFinite};
 use crate::evaluator::EngineEvaluator;
 use anyhow::{bail, Context, Result};
 use qforge_ir::{DType, Graph, Tensor};
+use qforge_passes::prune::{prune_channels, PruneOptions, PruneReport};
 use qforge_passes::quantize::scheme::{QType, Scheme};
 use qforge_passes::quantize::{calibrate, CalibMethod, QConfig};
 use qforge_passes::train::{self, Objective, QatModel, StepInfo, TrainConfig, TrainData, Trained};
@@ -33,6 +43,9 @@ pub struct FinetuneOptions {
     pub train: TrainConfig,
     /// The engine that runs calibration, the teacher and every training step.
     pub eval: EngineEvaluator,
+    /// Structured channel pruning before fine-tuning (`--prune`); the teacher is then the
+    /// unpruned model.
+    pub prune: Option<PruneOptions>,
 }
 
 /// The fine-tuned model.
@@ -45,6 +58,9 @@ pub struct Finetuned {
     pub graph: Graph,
     /// The same model at its initial values (post-training quantization without bias correction).
     pub initial: Graph,
+    /// What pruning did (with [`FinetuneOptions::prune`]): channels, MACs and parameters before
+    /// and after.
+    pub pruned: Option<PruneReport>,
     pub seconds: f64,
     /// The wall time of each training step (forward, backward, optimizer and observer updates,
     /// as the trainer reports them; the first includes compiling the training graph on the JIT).
@@ -62,6 +78,15 @@ impl Finetuned {
             n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
         }
     }
+}
+
+/// `model` pruned as `opts` says ([`prune_channels`] on the imported graph, batch norms not yet
+/// folded: the channels are ranked by the conv weights' own norms, as `ln_structured` ranks them
+/// in the PyTorch model, not by the folded weights, which the batch norms' scales reorder).
+pub fn prune(model: &Graph, opts: &PruneOptions) -> Result<(Graph, PruneReport)> {
+    let mut g = model.clone();
+    let r = prune_channels(&mut g, opts).context("--prune")?;
+    Ok((g, r))
 }
 
 /// The quantization policy: the static quantizer's defaults (u8 asymmetric activations, i8
@@ -82,8 +107,9 @@ pub fn qconfig(weight_bits: u32, calib_method: Option<CalibMethod>) -> Result<QC
     Ok(QConfig { default, ..QConfig::default() })
 }
 
-/// Fine-tunes `model` (an imported graph) on the calibration samples `x` (`[N, ...]`, the model's
-/// one input), with optional `labels`; `on_step` sees every step.
+/// Fine-tunes `model` (an imported graph, batch norms not yet folded) on the calibration samples
+/// `x` (`[N, ...]`, the model's one input), with optional `labels`; with `o.prune`, the pruned
+/// model, distilled from `model` itself; `on_step` sees every step.
 pub fn finetune(
     model: &Graph,
     x: &Tensor,
@@ -110,7 +136,19 @@ pub fn finetune(
         }
     }
     let qconfig = qconfig(o.weight_bits, o.calib_method)?;
-    let folded = train::fold_for_training(model)?;
+    let (student, pruned) = match &o.prune {
+        Some(p) => {
+            let (g, r) = prune(model, p)?;
+            (g, Some(r))
+        }
+        None => (model.clone(), None),
+    };
+    let folded = train::fold_for_training(&student)?;
+    // the teacher of a pruned student: the original model, folded as the student is
+    let teacher = match pruned {
+        Some(_) => Some(train::fold_for_training(model)?),
+        None => None,
+    };
     let eval = &o.eval;
     // the initial ranges: a calibration of the folded graph, as post-training quantization's
     let targets = train::calibration_targets(&folded, &qconfig)?;
@@ -123,7 +161,7 @@ pub fn finetune(
     let cal = calibrate(&folded, eval, &mut batches.into_iter(), total, &targets, on_calibrated)?;
     let qat = QatModel::prepare(&folded, &qconfig, &cal)?;
     let initial = train::convert(&qat, &qat.values())?;
-    let data = TrainData { inputs: vec![x.clone()], labels };
+    let data = TrainData { inputs: vec![x.clone()], labels, teacher };
     let mut step_seconds = Vec::new();
     let mut last = std::time::Instant::now();
     let trained = train::train(&qat, &o.objective, &data, eval, &o.train, &mut |s| {
@@ -133,5 +171,5 @@ pub fn finetune(
         last = std::time::Instant::now();
     })?;
     let graph = train::convert(&qat, &trained.values).context("converting the trained model to Q/DQ")?;
-    Ok(Finetuned { qat, trained, graph, initial, seconds: t.elapsed().as_secs_f64(), step_seconds })
+    Ok(Finetuned { qat, trained, graph, initial, pruned, seconds: t.elapsed().as_secs_f64(), step_seconds })
 }

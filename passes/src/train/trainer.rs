@@ -81,11 +81,16 @@ impl Default for TrainConfig {
     }
 }
 
-/// The training data: one tensor per data input, `[N, ...]` f32, and optional class labels.
+/// The training data: one tensor per data input, `[N, ...]` f32, optional class labels, and
+/// optionally the FP32 graph the distillation targets come from.
 #[derive(Clone, Debug)]
 pub struct TrainData {
     pub inputs: Vec<Tensor>,
     pub labels: Option<Vec<usize>>,
+    /// The teacher: an FP32 graph with the model's inputs and outputs (the unpruned original
+    /// when the student was pruned, as the seed's `compress_pipeline` distils from it); `None`:
+    /// the QAT model's own float graph ([`QatModel::float`]).
+    pub teacher: Option<qforge_ir::Graph>,
 }
 
 /// What the callback sees after each step.
@@ -216,7 +221,7 @@ pub fn train(
         return Err(TrainError::Data("the training inputs are empty or differ in their number of samples".into()));
     }
     // the teacher's outputs, once
-    let teacher = objective::teacher_graph(&model.float, objective)?;
+    let teacher = objective::teacher_graph(data.teacher.as_ref().unwrap_or(&model.float), objective)?;
     let teacher_out = teacher_rows(&teacher, eval, &rows, n, cfg.batch)?;
     let classes = teacher_out.first().map_or(0, |r| r.row);
     let onehot = match &data.labels {
