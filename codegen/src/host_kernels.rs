@@ -17,7 +17,8 @@
 //! * [`Op::FakeQuantize`] and [`Op::FakeQuantizeGrad`] with one scale per tensor or per axis: one
 //!   pass over runs of elements that share a scale, with the element formula of
 //!   [`qforge_ir::numerics::fake_quantize_codes`] and the interpreter's order of the scale
-//!   gradient's f64 sums, so these agree with the interpreter bit for bit; [`Op::ClipGrad`] too.
+//!   gradient's f64 sums, so these agree with the interpreter bit for bit. ([`Op::ClipGrad`] has no
+//!   kernel here: the interpreter's is already one pass over two slices.)
 //!
 //! Each takes and returns f32 NCHW tensors with two spatial dims and computes what the
 //! interpreter computes (the ops' documentation in [`qforge_ir::Op`]) up to the order of the f32
@@ -35,7 +36,7 @@ use crate::micro::float::{
     gemm_f32_best, im2col_f32, pack_weights_f32, pack_weights_f32_kn, panel_offset, panel_width, PANEL,
 };
 use crate::micro::{try_zeroed, ConvGeom};
-use qforge_ir::numerics::fake_quantize_codes;
+use qforge_ir::numerics::{fake_quantize_codes, fake_quantize_grad_terms};
 use qforge_ir::{ConvAttrs, ConvTransposeAttrs, Op, Tensor, TensorType};
 
 /// Rows of one im2col block in the forward and input-gradient GEMMs (the microkernel's
@@ -84,14 +85,6 @@ pub fn run(op: &Op, args: &[Option<&Tensor>], out: &[TensorType]) -> Option<Resu
             one(g.input_grad(x, w, b), out_shape)
         }
         Op::FakeQuantize { qmin, qmax } => one(FakeQuant::of(args, 0, *qmin, *qmax)?.forward(), out_shape),
-        Op::ClipGrad { min, max } => {
-            let (x, dy) = (f(0)?, f(1)?);
-            if x.len() != dy.len() {
-                return None;
-            }
-            let dx = x.iter().zip(dy).map(|(&x, &g)| if x >= *min && x <= *max { g } else { 0.0 }).collect();
-            one(Ok(dx), out_shape)
-        }
         _ => None,
     }
 }
@@ -164,15 +157,13 @@ impl<'a> FakeQuant<'a> {
         {
             let k = run % self.dim;
             let (s, z) = (self.s[k], self.z.map(|z| z[k]));
-            let zf = z.map_or(0.0, f64::from);
             let mut acc = ds[k];
             for ((&x, &g), d) in xr.iter().zip(gr).zip(dxr) {
-                let (q, r, c) = fake_quantize_codes(x, s, z, self.lo, self.hi);
-                let inside = r >= self.lo && r <= self.hi;
+                let (inside, term) = fake_quantize_grad_terms(x, s, z, self.lo, self.hi);
                 if inside {
                     *d = g;
                 }
-                acc += f64::from(g) * ((f64::from(c) - zf) - if inside { f64::from(q) } else { 0.0 });
+                acc += f64::from(g) * term;
             }
             ds[k] = acc;
         }
@@ -649,28 +640,14 @@ fn add_bias(t: &mut [f32], bias: Option<&[f32]>, c: usize, plane: usize) {
 /// `[n, c, plane]` to `[n, plane, c]`.
 fn to_channels_last(x: &[f32], n: usize, c: usize, plane: usize) -> Result<Vec<f32>, String> {
     let mut out = zeroed(n * c * plane)?;
-    for img in 0..n {
-        let (src, dst) = (&x[img * c * plane..][..c * plane], &mut out[img * c * plane..][..c * plane]);
-        for ch in 0..c {
-            for (p, &v) in src[ch * plane..][..plane].iter().enumerate() {
-                dst[p * c + ch] = v;
-            }
-        }
-    }
+    crate::program::transpose_images(x, &mut out, n, c, plane);
     Ok(out)
 }
 
 /// `[n, plane, c]` to `[n, c, plane]`.
 fn to_channels_first(x: &[f32], n: usize, c: usize, plane: usize) -> Result<Vec<f32>, String> {
     let mut out = zeroed(n * c * plane)?;
-    for img in 0..n {
-        let (src, dst) = (&x[img * c * plane..][..c * plane], &mut out[img * c * plane..][..c * plane]);
-        for (p, px) in src.chunks_exact(c.max(1)).enumerate() {
-            for (ch, &v) in px.iter().enumerate() {
-                dst[ch * plane + p] = v;
-            }
-        }
-    }
+    crate::program::transpose_images(x, &mut out, n, plane, c);
     Ok(out)
 }
 
@@ -889,17 +866,6 @@ mod tests {
                 assert_eq!(bits(&fast), bits(&reference), "{} with scale {:?}", op.name(), s.shape());
             }
         }
-        // the clip gradient, with values on both bounds and a NaN
-        let clip = Op::ClipGrad { min: -1.0, max: 1.0 };
-        let mut xv = x.to_f32_vec();
-        xv[0] = -1.0;
-        xv[1] = 1.0;
-        let xc = Tensor::from_f32(x.shape().to_vec(), xv);
-        let ins = [Some(&xc), Some(&dy)];
-        let fast = run(&clip, &ins, &[ty(&x)]).expect("a native kernel").expect("it runs");
-        let reference =
-            eval_node("clip", &clip, &[Some(&ty(&x)), Some(&ty(&x))], &[ty(&x)], &ins, &opts).expect("runs");
-        assert_eq!(fast[0].to_f32_vec(), reference[0].to_f32_vec(), "clip_grad");
         // a scale varying along two axes is left to the interpreter
         let s2 = Tensor::from_f32(vec![3, 1, 5], vec![1.0; 15]);
         let op = Op::FakeQuantize { qmin: 0, qmax: 255 };

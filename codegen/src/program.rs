@@ -1067,6 +1067,22 @@ fn convert(arena: &mut Arena<'_>, t: &Transpose) -> Result<(), ConvertError> {
     Ok(())
 }
 
+/// `dst[img][col][row] = src[img][row][col]` for `n` planes of `rows x cols` f32 elements: the
+/// layout conversion's blocked transpose on slices (NCHW to NHWC with `rows` the channels, back
+/// with `cols` the channels), for the host kernels.
+pub(crate) fn transpose_images(src: &[f32], dst: &mut [f32], n: usize, rows: usize, cols: usize) {
+    let len = n.saturating_mul(rows).saturating_mul(cols);
+    assert!(
+        src.len() >= len && dst.len() >= len,
+        "transpose_images: {len} elements, slices of {} and {}",
+        src.len(),
+        dst.len()
+    );
+    // SAFETY: both slices hold at least `n * rows * cols` elements (checked above) and cannot
+    // overlap (one is borrowed shared, the other mutably).
+    unsafe { transpose_planes::<f32>(src.as_ptr(), dst.as_mut_ptr(), n, rows, cols) }
+}
+
 /// `dst[img][col][row] = src[img][row][col]` for `n` planes of `rows x cols` elements.
 ///
 /// # Safety

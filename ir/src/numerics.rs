@@ -297,6 +297,17 @@ pub fn fake_quantize_codes(x: f32, s: f32, z: Option<f32>, lo: f32, hi: f32) -> 
     (q, r, c)
 }
 
+/// The gradient of one fake-quantized element with the straight-through rounding (LSQ, Esser et
+/// al. 2020): whether `dy` passes to `x` (`qmin <= r <= qmax`; not for a NaN), and the factor of
+/// `dy` in the scale's gradient, `(c - z) - [inside] * q` in f64.
+#[inline]
+pub fn fake_quantize_grad_terms(x: f32, s: f32, z: Option<f32>, lo: f32, hi: f32) -> (bool, f64) {
+    let (q, r, c) = fake_quantize_codes(x, s, z, lo, hi);
+    let inside = r >= lo && r <= hi;
+    let code = f64::from(c) - z.map_or(0.0, f64::from);
+    (inside, code - if inside { f64::from(q) } else { 0.0 })
+}
+
 /// `saturate(round_half_even(x / scale) + zero_point)`.
 #[inline]
 pub fn quantize(x: f32, scale: f32, zero_point: i32, dtype: DType) -> i64 {

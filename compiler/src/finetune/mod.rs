@@ -68,15 +68,9 @@ pub struct Finetuned {
 }
 
 impl Finetuned {
-    /// The median of [`Finetuned::step_seconds`] (NaN without steps).
+    /// The median of [`Finetuned::step_seconds`] ([`crate::stats::median`]; NaN without steps).
     pub fn median_step_seconds(&self) -> f64 {
-        let mut v = self.step_seconds.clone();
-        v.sort_by(f64::total_cmp);
-        match v.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        }
+        crate::stats::median(&mut self.step_seconds.clone())
     }
 }
 

@@ -11,7 +11,7 @@
 
 use super::{float_tensor, floats, for_each_broadcast, Cx, R};
 use crate::limits::try_vec;
-use crate::numerics::fake_quantize_codes as codes;
+use crate::numerics::{fake_quantize_codes as codes, fake_quantize_grad_terms};
 
 /// The operands: `x`, the scale and zero point (`first` the slot of `x`), their elements and
 /// the broadcast offsets into them per element of `x`.
@@ -57,14 +57,12 @@ pub(crate) fn fake_quantize_grad(cx: &Cx, qmin: i32, qmax: i32) -> R<Vec<crate::
     let mut ds: Vec<f64> = try_vec(scales)?;
     ds.resize(scales, 0.0);
     walk(cx, 1, |i, x, s, z, k| {
-        let (q, r, c) = codes(x, s, z, lo, hi);
-        let inside = r >= lo && r <= hi;
+        let (inside, term) = fake_quantize_grad_terms(x, s, z, lo, hi);
         let g = dy[i];
         if inside {
             dx[i] = g;
         }
-        let code = f64::from(c) - z.map_or(0.0, f64::from);
-        ds[k] += f64::from(g) * (code - if inside { f64::from(q) } else { 0.0 });
+        ds[k] += f64::from(g) * term;
     })?;
     Ok(vec![
         float_tensor(cx.out_dtype(0), cx.out_shape(0), dx)?,
