@@ -186,3 +186,32 @@ fn training_is_deterministic_for_a_seed() {
     assert_eq!(a.steps.len(), 20);
     assert!(a.steps.iter().all(|s| s.loss.is_finite() && !s.skipped));
 }
+
+/// With Adam, a learned scale is updated through its logarithm: Adam's first step is the
+/// learning rate times `m / (sqrt(v) + eps)`, at most 1 in size, so every scale is multiplied by
+/// at most `exp(±10·lr)` (the scales' rate is ten times the weights'), whatever its size; none
+/// turns negative or reaches the clamp, as a step of `±lr` on the scale itself would take a
+/// scale smaller than the learning rate.
+#[test]
+fn adam_moves_learned_scales_by_a_factor() {
+    use train::ParamKind;
+    let (_, qat, _) = prepared(&qconfig());
+    let data = train::TrainData { inputs: vec![samples(40, 11)], labels: None, teacher: None };
+    let lr = 0.05;
+    let cfg = train::TrainConfig { epochs: 1, batch: 40, lr, observer_steps: Some(0), ..train::TrainConfig::default() };
+    let t = train::train(&qat, &train::Objective::seed(), &data, &Interpreter::default(), &cfg, &mut |_| {}).unwrap();
+    let step = f64::from(lr * train::ADAM_SCALE_LR_FACTOR);
+    let (mut moved, mut small) = (0, 0);
+    for (p, v) in qat.params.iter().zip(&t.values) {
+        if !matches!(p.kind, ParamKind::WeightScale { .. } | ParamKind::ActScale { .. }) {
+            continue;
+        }
+        for (s0, s1) in p.value.to_f32_vec().iter().zip(v.to_f32_vec()) {
+            let r = (f64::from(s1) / f64::from(*s0)).ln();
+            assert!(r.abs() <= step + 1e-5, "{}: {s0} -> {s1}, ln ratio {r}, at most ±{step}", p.name);
+            moved += usize::from(r != 0.0);
+            small += usize::from(*s0 < lr);
+        }
+    }
+    assert!(moved > 0 && small > 0, "{moved} scales moved, {small} below the learning rate");
+}

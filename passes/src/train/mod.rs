@@ -31,7 +31,7 @@ pub use fake_quant::{calibration_targets, fold_for_training, ActSite, Layer, Par
 pub use objective::{attach, teacher_graph, LossGraph, Objective};
 pub use optim::{CosineSchedule, Optimizer, OptimizerKind};
 pub use scaler::{round_to_storage, GradScaler, TrainPrecision};
-pub use trainer::{train, StepInfo, TrainConfig, TrainData, Trained};
+pub use trainer::{train, StepInfo, TrainConfig, TrainData, Trained, ADAM_SCALE_LR_FACTOR};
 
 use crate::autodiff::AutodiffError;
 use crate::evaluator::EvalError;

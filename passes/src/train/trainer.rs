@@ -15,8 +15,8 @@
 //!    `torch.amp.GradScaler.step` skips it; otherwise they are clipped to
 //!    [`TrainConfig::clip_grad_norm`] (the global L2 norm, `torch.nn.utils.clip_grad_norm_`), a
 //!    scale's gradient is multiplied by its LSQ gradient scale, and the optimizer updates each
-//!    trainable parameter (weight decay on weights only; a learned scale is kept at least
-//!    [`MIN_SCALE`]);
+//!    trainable parameter (weight decay on weights only; with Adam a scale is updated through
+//!    its logarithm, [`adam_log_step`]; a learned scale is kept at least [`MIN_SCALE`]);
 //! 4. while observing, the activation scales and zero points are set from the observers and the
 //!    weight scales from the updated weights (per-channel min-max); after the last observing step
 //!    they stay (or, with [`TrainConfig::learn_scales`], are learned: LSQ).
@@ -36,6 +36,30 @@ use qforge_ir::Tensor;
 
 /// The smallest value a learned scale is kept at.
 pub const MIN_SCALE: f32 = 1e-12;
+
+/// With Adam, the scales' learning rate relative to [`TrainConfig::lr`] (see [`adam_log_step`]).
+pub const ADAM_SCALE_LR_FACTOR: f32 = 10.0;
+
+/// One Adam step of a scale parameter `s`, taken on `ln s` (the gradient `s * dL/ds`), so the
+/// scale is multiplied by about `exp(±lr)` rather than moved by about `±lr`.
+///
+/// Adam's step does not depend on the gradient's size (LSQ's gradient scale, a constant per
+/// tensor, cancels in `m / sqrt(v)`), so on the scale itself every step moves each scale by about
+/// the learning rate whatever its size: at lr 3e-3 a weight scale of 2e-3 can turn negative in
+/// one step and is then clamped to [`MIN_SCALE`], which zeroes its channel's weights. In the log
+/// domain a scale stays positive and moves relatively. The rate is [`ADAM_SCALE_LR_FACTOR`] times
+/// the weights': Adam moves a weight of typical magnitude 0.05-0.1 by about the learning rate,
+/// 10-20 times the learning rate in relative terms, and a scale should keep pace with the weights
+/// it quantizes (LSQ's aim for its gradient scale: Esser et al. 2020, section 2.2). SGD keeps
+/// LSQ's own update, on the scale itself.
+fn adam_log_step(opt: &mut Optimizer, i: usize, s: &mut [f32], grad: &[f32], lr: f32) {
+    let g: Vec<f32> = grad.iter().zip(s.iter()).map(|(g, s)| g * s).collect();
+    let mut l: Vec<f32> = s.iter().map(|s| s.ln()).collect();
+    opt.step(i, &mut l, &g, lr, 0.0);
+    for (s, l) in s.iter_mut().zip(&l) {
+        *s = l.exp();
+    }
+}
 
 /// How to train.
 #[derive(Clone, Debug, PartialEq)]
@@ -338,7 +362,11 @@ pub fn train(
                     }
                     let wd = if p.decays() { cfg.weight_decay } else { 0.0 };
                     let mut v = values[i].to_f32_vec();
-                    opt.step(j, &mut v, &grads[j], lr, wd);
+                    if is_scale && matches!(cfg.optimizer, OptimizerKind::Adam { .. }) {
+                        adam_log_step(&mut opt, j, &mut v, &grads[j], lr * ADAM_SCALE_LR_FACTOR);
+                    } else {
+                        opt.step(j, &mut v, &grads[j], lr, wd);
+                    }
                     if is_scale {
                         v.iter_mut().for_each(|x| *x = x.max(MIN_SCALE));
                     }
