@@ -28,6 +28,9 @@
 //! extends a graph with the gradient of a scalar output (reverse mode, as IR nodes), for training
 //! (`finetune`) and AdaRound.
 
+#[macro_use]
+mod multiversion;
+
 pub mod autodiff;
 pub mod batchnorm;
 pub mod canonicalize;

@@ -487,87 +487,121 @@ fn conv_tap_sums(a: &ConvAttrs, shape: &[usize], v: &[f32]) -> Result<(Vec<f64>,
     Ok((sums, (shape[0] * positions) as u64))
 }
 
-/// [`conv_tap_sums`] for a 2-D convolution's input stored channels-last (`v` is `[n, h, w, c]`
-/// for the logical `shape` `[n, c, h, w]`), with the same sums in the same index order
-/// (`channel * kh * kw + tap`). Each input row is reduced along the width first, one f64 sum per
-/// (width tap, channel) (for stride 1 the row's sum less the few elements outside the tap's
-/// span), then added into every height tap that reads that row: about one addition per element
-/// plus `kh * kw * c` per row, with the channel innermost so the loops run over contiguous
-/// memory.
-fn conv_tap_sums_nhwc(a: &ConvAttrs, shape: &[usize], v: &[f32]) -> Result<(Vec<f64>, u64), String> {
-    let (strides, dil, pads) = (&a.strides, &a.dilations, &a.pads);
-    if a.kernel.len() != 2 || shape.len() != 4 || strides.len() != 2 || dil.len() != 2 || pads.len() != 4 {
-        return Err(format!("a 2-D convolution over a channels-last input of shape {shape:?}"));
-    }
-    let [n, c, h, w] = [shape[0], shape[1], shape[2], shape[3]];
-    if n.checked_mul(c).and_then(|x| x.checked_mul(h)).and_then(|x| x.checked_mul(w)) != Some(v.len()) {
-        return Err(format!("{} values for shape {shape:?}", v.len()));
-    }
-    let out_size = |d: usize, size: usize| {
-        let span = dil[d] * (a.kernel[d].max(1) - 1) + 1;
-        let padded = size + pads[d] + pads[2 + d];
-        if padded < span {
-            0
-        } else {
-            (padded - span) / strides[d].max(1) + 1
+multiversion! {
+    /// [`conv_tap_sums`] for a 2-D convolution's input stored channels-last (`v` is `[n, h, w, c]`
+    /// for the logical `shape` `[n, c, h, w]`), with the same sums in the same index order
+    /// (`channel * kh * kw + tap`). Each input row is reduced along the width first, one f64 sum per
+    /// (width tap, channel) (for stride 1 the row's sum less the few elements outside the tap's
+    /// span), then added into every height tap that reads that row: about one addition per element
+    /// plus `kh * kw * c` per row, with the channel innermost so the loops run over contiguous
+    /// memory.
+    fn conv_tap_sums_nhwc(a: &ConvAttrs, shape: &[usize], v: &[f32]) -> Result<(Vec<f64>, u64), String> {
+        let (strides, dil, pads) = (&a.strides, &a.dilations, &a.pads);
+        if a.kernel.len() != 2 || shape.len() != 4 || strides.len() != 2 || dil.len() != 2 || pads.len() != 4 {
+            return Err(format!("a 2-D convolution over a channels-last input of shape {shape:?}"));
         }
-    };
-    let (oh, ow) = (out_size(0, h), out_size(1, w));
-    let (kh, kw) = (a.kernel[0], a.kernel[1]);
-    let (sh, sw) = (strides[0].max(1), strides[1].max(1));
-    let rows_of = tap_spans(h, oh, kh, sh, dil[0], pads[0]);
-    let cols_of = tap_spans(w, ow, kw, sw, dil[1], pads[1]);
-    // sums in [tap_h, tap_w, c] order while accumulating; reordered to [c, tap] at the end
-    let mut acc = vec![0f64; kh * kw * c];
-    let mut total = vec![0f64; c];
-    let mut by_col = vec![0f64; kw * c];
-    if c > 0 && w > 0 && h > 0 {
-        for sample in v.chunks_exact(h * w * c) {
-            for (ih, row) in sample.chunks_exact(w * c).enumerate() {
-                let taps_h: Vec<usize> = (0..kh)
-                    .filter(|&t| matches!(rows_of[t], Some((f, l)) if ih >= f && ih <= l && (ih - f) % sh == 0))
-                    .collect();
-                if taps_h.is_empty() {
-                    continue;
-                }
-                by_col.fill(0.0);
-                if sw == 1 {
-                    total.fill(0.0);
-                    for px in row.chunks_exact(c) {
-                        total.iter_mut().zip(px).for_each(|(t, &x)| *t += f64::from(x));
+        let [n, c, h, w] = [shape[0], shape[1], shape[2], shape[3]];
+        if n.checked_mul(c).and_then(|x| x.checked_mul(h)).and_then(|x| x.checked_mul(w)) != Some(v.len()) {
+            return Err(format!("{} values for shape {shape:?}", v.len()));
+        }
+        let out_size = |d: usize, size: usize| {
+            let span = dil[d] * (a.kernel[d].max(1) - 1) + 1;
+            let padded = size + pads[d] + pads[2 + d];
+            if padded < span {
+                0
+            } else {
+                (padded - span) / strides[d].max(1) + 1
+            }
+        };
+        let (oh, ow) = (out_size(0, h), out_size(1, w));
+        let (kh, kw) = (a.kernel[0], a.kernel[1]);
+        let (sh, sw) = (strides[0].max(1), strides[1].max(1));
+        let rows_of = tap_spans(h, oh, kh, sh, dil[0], pads[0]);
+        let cols_of = tap_spans(w, ow, kw, sw, dil[1], pads[1]);
+        // sums in [tap_h, tap_w, c] order while accumulating; reordered to [c, tap] at the end
+        let mut acc = vec![0f64; kh * kw * c];
+        let mut total = vec![0f64; c];
+        let mut by_col = vec![0f64; kw * c];
+        if c > 0 && w > 0 && h > 0 {
+            for sample in v.chunks_exact(h * w * c) {
+                for (ih, row) in sample.chunks_exact(w * c).enumerate() {
+                    let taps_h: Vec<usize> = (0..kh)
+                        .filter(|&t| matches!(rows_of[t], Some((f, l)) if ih >= f && ih <= l && (ih - f) % sh == 0))
+                        .collect();
+                    if taps_h.is_empty() {
+                        continue;
                     }
-                    for (t, span) in cols_of.iter().enumerate() {
-                        let Some((first, last)) = *span else { continue };
-                        let dst = &mut by_col[t * c..(t + 1) * c];
-                        dst.copy_from_slice(&total);
-                        for iw in (0..first).chain(last + 1..w) {
-                            dst.iter_mut().zip(&row[iw * c..(iw + 1) * c]).for_each(|(d, &x)| *d -= f64::from(x));
+                    by_col.fill(0.0);
+                    if sw == 1 {
+                        channel_sums(row, 0..w, &mut total);
+                        for (t, span) in cols_of.iter().enumerate() {
+                            let Some((first, last)) = *span else { continue };
+                            let dst = &mut by_col[t * c..(t + 1) * c];
+                            dst.copy_from_slice(&total);
+                            for iw in (0..first).chain(last + 1..w) {
+                                dst.iter_mut().zip(&row[iw * c..(iw + 1) * c]).for_each(|(d, &x)| *d -= f64::from(x));
+                            }
+                        }
+                    } else {
+                        for (t, span) in cols_of.iter().enumerate() {
+                            let Some((first, last)) = *span else { continue };
+                            channel_sums(row, (first..=last).step_by(sw), &mut by_col[t * c..(t + 1) * c]);
                         }
                     }
-                } else {
-                    for (t, span) in cols_of.iter().enumerate() {
-                        let Some((first, last)) = *span else { continue };
-                        let dst = &mut by_col[t * c..(t + 1) * c];
-                        for iw in (first..=last).step_by(sw) {
-                            dst.iter_mut().zip(&row[iw * c..(iw + 1) * c]).for_each(|(d, &x)| *d += f64::from(x));
-                        }
+                    for &th in &taps_h {
+                        let dst = &mut acc[th * kw * c..(th + 1) * kw * c];
+                        dst.iter_mut().zip(&by_col).for_each(|(d, &x)| *d += x);
                     }
-                }
-                for &th in &taps_h {
-                    let dst = &mut acc[th * kw * c..(th + 1) * kw * c];
-                    dst.iter_mut().zip(&by_col).for_each(|(d, &x)| *d += x);
                 }
             }
         }
-    }
-    let kk = kh * kw;
-    let mut sums = vec![0f64; c * kk];
-    for (tap, block) in acc.chunks_exact(c.max(1)).enumerate() {
-        for (ch, &x) in block.iter().enumerate() {
-            sums[ch * kk + tap] = x;
+        let kk = kh * kw;
+        let mut sums = vec![0f64; c * kk];
+        for (tap, block) in acc.chunks_exact(c.max(1)).enumerate() {
+            for (ch, &x) in block.iter().enumerate() {
+                sums[ch * kk + tap] = x;
+            }
         }
+        Ok((sums, (n * oh * ow) as u64))
     }
-    Ok((sums, (n * oh * ow) as u64))
+}
+
+/// `out[ch]`: the sum over the given pixels of a channels-last `row` (`out.len()` channels per
+/// pixel) of channel `ch`, in f64, each sum from 0 in the pixels' order. The channels go in
+/// blocks of 32, then of 8, whose sums stay in registers while the pixels are walked (four
+/// AVX-512 vectors, then one), rather than a load, add and store of every sum for every pixel;
+/// the additions are the same, in the same order.
+#[inline(always)]
+fn channel_sums(row: &[f32], pixels: impl Iterator<Item = usize> + Clone, out: &mut [f64]) {
+    let c = out.len();
+    let mut c0 = channel_blocks::<32>(row, pixels.clone(), out, 0);
+    c0 = channel_blocks::<8>(row, pixels.clone(), out, c0);
+    for (ch, o) in out.iter_mut().enumerate().skip(c0) {
+        *o = pixels.clone().fold(0.0, |s, p| s + f64::from(row[p * c + ch]));
+    }
+}
+
+/// [`channel_sums`] for the whole blocks of `B` channels from `c0`; returns where they end.
+#[inline(always)]
+fn channel_blocks<const B: usize>(
+    row: &[f32],
+    pixels: impl Iterator<Item = usize> + Clone,
+    out: &mut [f64],
+    c0: usize,
+) -> usize {
+    let c = out.len();
+    let end = c0 + (c - c0) / B * B;
+    for b in (c0..end).step_by(B) {
+        let mut acc = [0f64; B];
+        for p in pixels.clone() {
+            let src: &[f32; B] = row[p * c + b..p * c + b + B].try_into().expect("a block of B channels");
+            for k in 0..B {
+                acc[k] += f64::from(src[k]);
+            }
+        }
+        out[b..b + B].copy_from_slice(&acc);
+    }
+    end
 }
 
 /// The sum of `row` in f64, in eight running sums (one vector's lanes) added at the end.

@@ -70,37 +70,45 @@ pub trait Observer: Send + fmt::Debug {
     }
 }
 
+multiversion! {
+    /// The running `(min, max)` of `values` and whether every value is finite, in sixteen
+    /// independent lanes (one AVX-512 vector) folded at the end: the same min and max as one
+    /// running pair, in a loop the compiler vectorizes.
+    fn range_and_finite(values: &[f32]) -> (f32, f32, bool) {
+        const LANES: usize = 16;
+        let mut lanes_lo = [f32::INFINITY; LANES];
+        let mut lanes_hi = [f32::NEG_INFINITY; LANES];
+        let mut lanes_finite = [true; LANES];
+        let chunks = values.chunks_exact(LANES);
+        let rest = chunks.remainder();
+        // written as compares and selects (`x < lo`, `|x| <= MAX`: false for NaN and
+        // infinities) rather than `f32::min` and `is_finite`, which do not map onto vector
+        // min/compare instructions; a NaN never replaces an extreme and is caught by `finite`,
+        // so the result is the same
+        for c in chunks {
+            let lanes = lanes_lo.iter_mut().zip(&mut lanes_hi).zip(&mut lanes_finite);
+            for (((lo, hi), finite), &x) in lanes.zip(c) {
+                *finite &= x.abs() <= f32::MAX;
+                *lo = if x < *lo { x } else { *lo };
+                *hi = if x > *hi { x } else { *hi };
+            }
+        }
+        let mut finite = lanes_finite.iter().all(|&f| f);
+        let mut lo = lanes_lo.iter().fold(f32::INFINITY, |a, &b| a.min(b));
+        let mut hi = lanes_hi.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        for &x in rest {
+            finite &= x.is_finite();
+            lo = lo.min(x);
+            hi = hi.max(x);
+        }
+        (lo, hi, finite)
+    }
+}
+
 /// The batch's `(min, max)` (`None` for an empty batch), or the error for its first NaN or
 /// infinity. One pass over the data.
 pub(crate) fn batch_range(values: &[f32]) -> Result<Option<(f32, f32)>, ObserveError> {
-    // sixteen independent running extremes (one per lane of a vector), folded at the end: the
-    // same min and max as one running pair, in a loop the compiler vectorizes
-    const LANES: usize = 16;
-    let mut lanes_lo = [f32::INFINITY; LANES];
-    let mut lanes_hi = [f32::NEG_INFINITY; LANES];
-    let mut lanes_finite = [true; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    // written as compares and selects (`x < lo`, `|x| <= MAX`: false for NaN and infinities)
-    // rather than `f32::min` and `is_finite`, which the baseline target does not map onto
-    // vector min/compare instructions; a NaN never replaces an extreme and is caught by
-    // `finite`, so the result is the same
-    for c in chunks {
-        let lanes = lanes_lo.iter_mut().zip(&mut lanes_hi).zip(&mut lanes_finite);
-        for (((lo, hi), finite), &x) in lanes.zip(c) {
-            *finite &= x.abs() <= f32::MAX;
-            *lo = if x < *lo { x } else { *lo };
-            *hi = if x > *hi { x } else { *hi };
-        }
-    }
-    let mut finite = lanes_finite.iter().all(|&f| f);
-    let mut lo = lanes_lo.iter().fold(f32::INFINITY, |a, &b| a.min(b));
-    let mut hi = lanes_hi.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    for &x in rest {
-        finite &= x.is_finite();
-        lo = lo.min(x);
-        hi = hi.max(x);
-    }
+    let (lo, hi, finite) = range_and_finite(values);
     if !finite {
         let index = values.iter().position(|x| !x.is_finite()).unwrap_or(0);
         let x = values[index];

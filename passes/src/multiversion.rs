@@ -1,0 +1,48 @@
+//! `multiversion!`: a function compiled three times, for AVX-512, for AVX2 + FMA and for the
+//! baseline target, the best version the CPU has chosen when it is called.
+//!
+//! The passes crate is built for the baseline x86-64 target (SSE2), where the compiler's
+//! vectorized loops are 128 bits wide. The observers' loops over every calibrated tensor (the
+//! range, the per-channel sums of bias correction) run on each calibration sample, beside the
+//! JIT's own kernels, which dispatch at run time; these loops do the same here. The body is
+//! plain Rust, written so the compiler vectorizes it (independent lanes, no reassociated float
+//! sums): the versions compute the same values bit for bit, only with wider vectors.
+//!
+//! Invariants: the body never uses an intrinsic; a version runs only where
+//! `is_x86_feature_detected!` found its features.
+
+/// Defines `fn NAME(ARGS) -> RET { BODY }` as three compilations of `BODY` (AVX-512F/BW/DQ/VL,
+/// AVX2 + FMA, baseline) and a run-time choice among them.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) -> $ret {
+            #[inline(always)]
+            fn body($($arg: $ty),*) -> $ret $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+                fn avx512($($arg: $ty),*) -> $ret {
+                    body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) -> $ret {
+                    body($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512dq")
+                    && std::is_x86_feature_detected!("avx512vl")
+                {
+                    // SAFETY: the CPU has the features `avx512` is compiled for
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has the features `avx2` is compiled for
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
