@@ -12,22 +12,30 @@
 //! `is_x86_feature_detected!` found its features.
 
 /// Defines `fn NAME(ARGS) -> RET { BODY }` as three compilations of `BODY` (AVX-512F/BW/DQ/VL,
-/// AVX2 + FMA, baseline) and a run-time choice among them.
+/// AVX2 + FMA, baseline) and a run-time choice among them; `BASELINE`, named in the leading
+/// `baseline = BASELINE;`, is the baseline compilation on its own, for the tests that check the
+/// versions agree bit for bit.
 macro_rules! multiversion {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
+    (
+        baseline = $base:ident;
+        $(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block
+    ) => {
+        /// The baseline compilation of the function of the same name without `_baseline`.
+        #[inline(always)]
+        #[cfg_attr(not(test), allow(dead_code))]
+        $vis fn $base($($arg: $ty),*) -> $ret $body
+
         $(#[$meta])*
         $vis fn $name($($arg: $ty),*) -> $ret {
-            #[inline(always)]
-            fn body($($arg: $ty),*) -> $ret $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
                 fn avx512($($arg: $ty),*) -> $ret {
-                    body($($arg),*)
+                    $base($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 fn avx2($($arg: $ty),*) -> $ret {
-                    body($($arg),*)
+                    $base($($arg),*)
                 }
                 if std::is_x86_feature_detected!("avx512f")
                     && std::is_x86_feature_detected!("avx512bw")
@@ -42,7 +50,7 @@ macro_rules! multiversion {
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            body($($arg),*)
+            $base($($arg),*)
         }
     };
 }

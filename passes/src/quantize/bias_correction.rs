@@ -488,6 +488,7 @@ fn conv_tap_sums(a: &ConvAttrs, shape: &[usize], v: &[f32]) -> Result<(Vec<f64>,
 }
 
 multiversion! {
+    baseline = conv_tap_sums_nhwc_baseline;
     /// [`conv_tap_sums`] for a 2-D convolution's input stored channels-last (`v` is `[n, h, w, c]`
     /// for the logical `shape` `[n, c, h, w]`), with the same sums in the same index order
     /// (`channel * kh * kw + tap`). Each input row is reduced along the width first, one f64 sum per
@@ -838,7 +839,8 @@ mod tests {
             for stride in [1, 2, 3] {
                 for pads in [[0, 0, 0, 0], [1, 1, 1, 1], [0, 2, 1, 0], [4, 3, 2, 5]] {
                     for dil in [1, 2] {
-                        for (n, c, h, w) in [(2, 3, 5, 6), (1, 4, 1, 2), (1, 1, 7, 3)] {
+                        // 45 channels: two blocks (32 and 8) whose sums stay in registers, and 5 more
+                        for (n, c, h, w) in [(2, 3, 5, 6), (1, 4, 1, 2), (1, 1, 7, 3), (1, 45, 3, 4)] {
                             let a = ConvAttrs {
                                 kernel: vec![kh, kw],
                                 strides: vec![stride, stride + 1],
@@ -855,6 +857,9 @@ mod tests {
                             }
                             let want = conv_tap_sums(&a, &shape, &plain).unwrap();
                             let got = conv_tap_sums_nhwc(&a, &shape, &nhwc).unwrap();
+                            // the run-time choice (AVX-512 or AVX2 where the CPU has them) is the
+                            // baseline compilation bit for bit
+                            assert_eq!(got, conv_tap_sums_nhwc_baseline(&a, &shape, &nhwc).unwrap(), "{a:?} {shape:?}");
                             assert_eq!(got.1, want.1, "{a:?} {shape:?}: counts");
                             assert_eq!(got.0.len(), want.0.len(), "{a:?} {shape:?}");
                             for (g, w) in got.0.iter().zip(&want.0) {
@@ -866,7 +871,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(cases, 4 * 3 * 4 * 2 * 3);
+        assert_eq!(cases, 4 * 3 * 4 * 2 * 4);
     }
 
     #[test]

@@ -71,6 +71,7 @@ pub trait Observer: Send + fmt::Debug {
 }
 
 multiversion! {
+    baseline = range_and_finite_baseline;
     /// The running `(min, max)` of `values` and whether every value is finite, in sixteen
     /// independent lanes (one AVX-512 vector) folded at the end: the same min and max as one
     /// running pair, in a loop the compiler vectorizes.
@@ -428,6 +429,33 @@ impl ObserverConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The run-time choice of `range_and_finite` (AVX-512 or AVX2 where the CPU has them) gives
+    /// the baseline compilation's extremes bit for bit, on lengths around the 16-lane chunks,
+    /// with signed zeros, NaN and infinities among the values.
+    #[test]
+    fn range_versions_agree() {
+        let mut seed = 7u32;
+        let specials = [0.0, -0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, -f32::MAX];
+        for len in (0..70).chain([255, 256, 257, 1000]) {
+            for with_special in [false, true] {
+                let v: Vec<f32> = (0..len)
+                    .map(|i| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 17;
+                        seed ^= seed << 5;
+                        if with_special && seed.is_multiple_of(13) {
+                            specials[i % specials.len()]
+                        } else {
+                            (seed % 20001) as f32 / 1000.0 - 10.0
+                        }
+                    })
+                    .collect();
+                let (a, b) = (range_and_finite(&v), range_and_finite_baseline(&v));
+                assert_eq!((a.0.to_bits(), a.1.to_bits(), a.2), (b.0.to_bits(), b.1.to_bits(), b.2), "{len}");
+            }
+        }
+    }
 
     #[test]
     fn minmax_tracks_extremes() {
