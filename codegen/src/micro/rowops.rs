@@ -277,9 +277,20 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
     let (s, e) = (begin * CHUNK, (end * CHUNK).min(op.n));
     match op.kind {
         RowKind::Unary(u) => {
+            // one loop per function, the interpreter's formula inlined with the function fixed,
+            // so the arithmetic ones (hard-swish, ReLU, neg, abs, square root) compile to vector
+            // code instead of a match per element; the values are the interpreter's
+            macro_rules! per_op {
+                ($($op:ident),*) => {
+                    match u {
+                        $(UnaryOp::$op => map_f32(xb, yb, s, e, |x| unary_scalar(UnaryOp::$op, x)),)*
+                        _ => map_f32(xb, yb, s, e, |x| unary_scalar(u, x)),
+                    }
+                };
+            }
             // SAFETY: elements `s..e` (`e <= op.n`) lie in both buffers, which are distinct; the
             // range is this call's units only, so no other thread's slice overlaps it.
-            unsafe { map_f32(xb, yb, s, e, |x| unary_scalar(u, x)) }
+            unsafe { per_op!(HardSwish, Relu, Neg, Abs, Sqrt, Sigmoid, Tanh, Erf, Exp) }
         }
         RowKind::ChannelBinary { op: bop, const_first, nhwc, c, hw } => {
             use qforge_ir::BinaryOp;

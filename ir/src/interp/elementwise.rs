@@ -168,12 +168,14 @@ pub(crate) fn unary(cx: &Cx, u: UnaryOp) -> R<Tensor> {
 /// (the JIT's activation kernels call this too): [`unary_f64`] rounded to f32 once. For the
 /// functions exact or correctly rounded in both widths (ReLU, neg, abs, floor, ceil, reciprocal,
 /// square root) that is the f32 operation itself; the others are evaluated in f64 and rounded.
+#[inline]
 pub fn unary_scalar(u: UnaryOp, v: f32) -> f32 {
     unary_f64(u, v as f64) as f32
 }
 
 /// One float unary function on one f64 value (f64 tensors compute in f64). `Not` (bool) is the
 /// identity here.
+#[inline]
 pub fn unary_f64(u: UnaryOp, v: f64) -> f64 {
     let f64_of = |f: fn(f64) -> f64| f(v);
     match u {
