@@ -26,6 +26,7 @@ pub mod graph;
 pub mod infer;
 pub mod interp;
 pub mod limits;
+mod multiversion;
 pub mod numerics;
 pub mod op;
 pub mod quant;

@@ -28,9 +28,6 @@
 //! extends a graph with the gradient of a scalar output (reverse mode, as IR nodes), for training
 //! (`finetune`) and AdaRound.
 
-#[macro_use]
-mod multiversion;
-
 pub mod autodiff;
 pub mod batchnorm;
 pub mod canonicalize;

@@ -20,6 +20,7 @@ pub mod int8;
 pub mod pool;
 pub mod requant;
 pub mod rowops;
+pub mod transcendental;
 pub mod winograd;
 
 /// Geometry of one 2-D convolution over an NHWC input, shared by the im2col and depthwise

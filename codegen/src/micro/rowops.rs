@@ -276,10 +276,24 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
     let (xb, yb) = unsafe { (arena.add(op.x), arena.add(op.y)) };
     let (s, e) = (begin * CHUNK, (end * CHUNK).min(op.n));
     match op.kind {
+        RowKind::Unary(u) if super::transcendental::supported(u) => {
+            if s < e {
+                // SAFETY: elements `s..e` (`e <= op.n`) lie in both buffers, which are distinct;
+                // the range is this call's units only, so no other thread's slice overlaps it.
+                let (x, y) = unsafe {
+                    (
+                        std::slice::from_raw_parts((xb as *const f32).add(s), e - s),
+                        std::slice::from_raw_parts_mut((yb as *mut f32).add(s), e - s),
+                    )
+                };
+                super::transcendental::map(u, x, y);
+            }
+        }
         RowKind::Unary(u) => {
             // one loop per function, the interpreter's formula inlined with the function fixed,
             // so the arithmetic ones (hard-swish, ReLU, neg, abs, square root) compile to vector
-            // code instead of a match per element; the values are the interpreter's
+            // code instead of a match per element; the values are the interpreter's (exp and
+            // sigmoid: `transcendental`, above)
             macro_rules! per_op {
                 ($($op:ident),*) => {
                     match u {
@@ -290,7 +304,7 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
             }
             // SAFETY: elements `s..e` (`e <= op.n`) lie in both buffers, which are distinct; the
             // range is this call's units only, so no other thread's slice overlaps it.
-            unsafe { per_op!(HardSwish, Relu, Neg, Abs, Sqrt, Sigmoid, Tanh, Erf, Exp) }
+            unsafe { per_op!(HardSwish, Relu, Neg, Abs, Sqrt, Tanh, Erf) }
         }
         RowKind::ChannelBinary { op: bop, const_first, nhwc, c, hw } => {
             use qforge_ir::BinaryOp;

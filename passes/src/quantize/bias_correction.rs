@@ -51,6 +51,7 @@ use super::policy::QConfig;
 use super::static_quant::{activation_plan, QuantizeStatic};
 use crate::evaluator::Watched;
 use crate::pass::{Pass, PassContext, PassError, PassReport};
+use qforge_ir::multiversion;
 use qforge_ir::{numerics, BinaryOp, ConvAttrs, DType, Graph, NodeId, Op, QuantParams, Tensor, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

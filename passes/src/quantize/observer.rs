@@ -9,6 +9,7 @@
 //! observer as it was; the caller adds the node's name.
 
 use super::histogram::{EntropyObserver, MseObserver, PercentileObserver};
+use qforge_ir::multiversion;
 use std::fmt;
 use std::str::FromStr;
 

@@ -1,10 +1,10 @@
 //! `multiversion!`: a function compiled three times, for AVX-512, for AVX2 + FMA and for the
 //! baseline target, the best version the CPU has chosen when it is called.
 //!
-//! The passes crate is built for the baseline x86-64 target (SSE2), where the compiler's
-//! vectorized loops are 128 bits wide. The observers' loops over every calibrated tensor (the
-//! range, the per-channel sums of bias correction) run on each calibration sample, beside the
-//! JIT's own kernels, which dispatch at run time; these loops do the same here. The body is
+//! The crates are built for the baseline x86-64 target (SSE2), where the compiler's vectorized
+//! loops are 128 bits wide. Loops that run over whole tensors outside the JIT's generated code
+//! (the calibration observers' range and bias correction's per-channel sums in the passes, the
+//! JIT's exp and sigmoid rows) dispatch at run time as the JIT's microkernels do. The body is
 //! plain Rust, written so the compiler vectorizes it (independent lanes, no reassociated float
 //! sums): the versions compute the same values bit for bit, only with wider vectors.
 //!
@@ -15,6 +15,7 @@
 /// AVX2 + FMA, baseline) and a run-time choice among them; `BASELINE`, named in the leading
 /// `baseline = BASELINE;`, is the baseline compilation on its own, for the tests that check the
 /// versions agree bit for bit.
+#[macro_export]
 macro_rules! multiversion {
     (
         baseline = $base:ident;
