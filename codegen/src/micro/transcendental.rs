@@ -13,8 +13,9 @@
 //! computed again by the interpreter's own function. The first pass only records whether any
 //! element needs that, so it stays a loop without calls; the second runs only then.
 //!
-//! Invariants: the values are [`unary_scalar`]'s bit for bit (checked on every f32 input by the
-//! ignored test `exhaustive_against_the_interpreter`, on 2^24 spread inputs in every run).
+//! Invariants: the values are [`unary_scalar`]'s bit for bit (checked on every f32 input by
+//! `cargo bench -p qforge-codegen --bench transcendental`, about eight minutes, and on 2^24
+//! spread inputs by the unit tests).
 
 use qforge_ir::interp::elementwise::unary_scalar;
 use qforge_ir::{multiversion, UnaryOp};
@@ -156,18 +157,6 @@ mod tests {
         xs.extend([88.72283, 88.72284, -87.33655, -103.97208, -103.97209, 16.635532, -16.635532]);
         for u in [UnaryOp::Exp, UnaryOp::Sigmoid] {
             check(u, &xs);
-        }
-    }
-
-    /// Every f32 input (2^32 of them; about a minute in a release build).
-    #[test]
-    #[ignore = "slow: every f32 input; run with --ignored in a release build"]
-    fn exhaustive_against_the_interpreter() {
-        for u in [UnaryOp::Exp, UnaryOp::Sigmoid] {
-            for hi in 0..1u32 << 8 {
-                let xs: Vec<f32> = (0..1u32 << 24).map(|lo| f32::from_bits(hi << 24 | lo)).collect();
-                check(u, &xs);
-            }
         }
     }
 }
