@@ -1,4 +1,4 @@
-//! The exhaustive check of `micro::transcendental`: its exp and sigmoid against the
+//! The exhaustive check of `micro::transcendental`: its exp, sigmoid and erf against the
 //! interpreter's (`unary_scalar`) on every f32 input, bit for bit, on the kernels this CPU runs
 //! (AVX-512, AVX2 or the baseline). A check too slow for the test suite (about eight minutes in
 //! a release build), so it lives behind `cargo bench -p qforge-codegen --bench transcendental`;
@@ -11,7 +11,7 @@ use std::time::Instant;
 
 fn main() {
     let mut y = vec![0f32; 1 << 24];
-    for u in [UnaryOp::Exp, UnaryOp::Sigmoid] {
+    for u in [UnaryOp::Exp, UnaryOp::Sigmoid, UnaryOp::Erf] {
         let (mut kernel, t0) = (0f64, Instant::now());
         for hi in 0..1u32 << 8 {
             let xs: Vec<f32> = (0..1u32 << 24).map(|lo| f32::from_bits(hi << 24 | lo)).collect();

@@ -292,8 +292,8 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
         RowKind::Unary(u) => {
             // one loop per function, the interpreter's formula inlined with the function fixed,
             // so the arithmetic ones (hard-swish, ReLU, neg, abs, square root) compile to vector
-            // code instead of a match per element; the values are the interpreter's (exp and
-            // sigmoid: `transcendental`, above)
+            // code instead of a match per element; the values are the interpreter's (exp,
+            // sigmoid and erf: `transcendental`, above)
             macro_rules! per_op {
                 ($($op:ident),*) => {
                     match u {
@@ -304,7 +304,7 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
             }
             // SAFETY: elements `s..e` (`e <= op.n`) lie in both buffers, which are distinct; the
             // range is this call's units only, so no other thread's slice overlaps it.
-            unsafe { per_op!(HardSwish, Relu, Neg, Abs, Sqrt, Tanh, Erf) }
+            unsafe { per_op!(HardSwish, Relu, Neg, Abs, Sqrt, Tanh) }
         }
         RowKind::ChannelBinary { op: bop, const_first, nhwc, c, hw } => {
             use qforge_ir::BinaryOp;

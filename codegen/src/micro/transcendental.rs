@@ -1,15 +1,18 @@
-//! `exp` and `sigmoid` on f32 rows, giving exactly the interpreter's values
+//! `exp`, `sigmoid` and `erf` on f32 rows, giving exactly the interpreter's values
 //! ([`qforge_ir::interp::elementwise::unary_scalar`]: libm's f64 function rounded to f32 once)
 //! in loops the compiler vectorizes.
 //!
 //! Each element is computed in f64 with a polynomial `exp` (Cody-Waite range reduction
 //! `x = k ln 2 + r`, `|r| <= ln 2 / 2`, Taylor polynomial of degree 12, `2^k` built in the
-//! exponent bits), whose relative error is below 2^-50, far from f32's 2^-24 spacing. Two f64
+//! exponent bits) or, for `erf` on `|x| <= 1`, erf's Taylor series (the interpreter's `erf` is
+//! fdlibm's, within an f64 ulp), whose relative errors are below 2^-50, far from f32's 2^-24
+//! spacing. Two f64
 //! values that close round to the same f32 unless an f32 rounding boundary lies between them,
 //! so each result is rounded twice, from `a (1 - EPS)` and `a (1 + EPS)` with `EPS` covering
 //! this error, libm's and the few f64 operations after (Ziv's rounding test): where both give the
 //! same f32, that is the f32 libm's value rounds to; where they differ (about one element in
-//! 2^20) or the argument is outside the polynomial's range (`|x| > 700`, NaN), the element is
+//! 2^20) or the argument is outside the polynomial's range (`|x| > 700`, `|x| > 1` for erf,
+//! NaN), the element is
 //! computed again by the interpreter's own function. The first pass only records whether any
 //! element needs that, so it stays a loop without calls; the second runs only then.
 //!
@@ -61,6 +64,37 @@ fn exp_f64(x: f64) -> f64 {
     p * scale
 }
 
+/// The Taylor coefficients of `erf(x) / (2/sqrt(pi) x)` in `x^2`: `(-1)^n / (n! (2n + 1))`.
+const ERF_TERMS: usize = 18;
+const ERF_COEFFS: [f64; ERF_TERMS] = {
+    let mut c = [0f64; ERF_TERMS];
+    let mut fact = 1f64;
+    let mut n = 0;
+    while n < ERF_TERMS {
+        if n > 0 {
+            fact *= n as f64;
+        }
+        let sign = if n % 2 == 0 { 1.0 } else { -1.0 };
+        c[n] = sign / (fact * (2 * n + 1) as f64);
+        n += 1;
+    }
+    c
+};
+
+/// `erf(x)` in f64 for `|x| <= 1` by its Taylor series (18 terms: the first omitted one is below
+/// 2^-53 of the result; the terms fall fast enough that Horner's sums do not cancel).
+#[inline(always)]
+fn erf_f64(x: f64) -> f64 {
+    let y = x * x;
+    let mut p = ERF_COEFFS[ERF_TERMS - 1];
+    let mut i = ERF_TERMS - 1;
+    while i > 0 {
+        i -= 1;
+        p = p * y + ERF_COEFFS[i];
+    }
+    std::f64::consts::FRAC_2_SQRT_PI * x * p
+}
+
 /// The f32 that every value within `EPS` of `a` rounds to, or `None` when the interval holds an
 /// f32 rounding boundary.
 #[inline(always)]
@@ -70,14 +104,16 @@ fn round_checked(a: f64) -> (f32, bool) {
     (lo, lo.to_bits() == hi.to_bits())
 }
 
-/// One element of `u` (`Exp` or `Sigmoid`) by the polynomial, and whether it is certain.
+/// One element of `u` (`Exp`, `Sigmoid` or `Erf`) by the polynomials, and whether it is certain.
 #[inline(always)]
 fn fast(u: UnaryOp, x: f32) -> (f32, bool) {
     let v = f64::from(x);
-    let in_range = v.abs() <= 700.0;
+    let limit = if u == UnaryOp::Erf { 1.0 } else { 700.0 };
+    let in_range = v.abs() <= limit;
     let v = if in_range { v } else { 0.0 };
     let a = match u {
         UnaryOp::Exp => exp_f64(v),
+        UnaryOp::Erf => erf_f64(v),
         _ => 1.0 / (1.0 + exp_f64(-v)),
     };
     let (y, sure) = round_checked(a);
@@ -86,7 +122,7 @@ fn fast(u: UnaryOp, x: f32) -> (f32, bool) {
 
 /// Whether [`map`] computes `u` (the others are [`unary_scalar`]'s loop).
 pub fn supported(u: UnaryOp) -> bool {
-    matches!(u, UnaryOp::Exp | UnaryOp::Sigmoid)
+    matches!(u, UnaryOp::Exp | UnaryOp::Sigmoid | UnaryOp::Erf)
 }
 
 multiversion! {
@@ -95,8 +131,12 @@ multiversion! {
     /// documentation); compiled for AVX-512 and AVX2 as well, eight and four f64 lanes.
     pub fn map(u: UnaryOp, x: &[f32], y: &mut [f32]) -> () {
         #[inline(always)]
-        fn pass<const SIGMOID: bool>(x: &[f32], y: &mut [f32]) -> bool {
-            let u = if SIGMOID { UnaryOp::Sigmoid } else { UnaryOp::Exp };
+        fn pass<const KIND: u8>(x: &[f32], y: &mut [f32]) -> bool {
+            let u = match KIND {
+                0 => UnaryOp::Exp,
+                1 => UnaryOp::Sigmoid,
+                _ => UnaryOp::Erf,
+            };
             let mut all = true;
             for (yv, &xv) in y.iter_mut().zip(x) {
                 let (r, sure) = fast(u, xv);
@@ -105,8 +145,11 @@ multiversion! {
             }
             all
         }
-        let sigmoid = u == UnaryOp::Sigmoid;
-        let all = if sigmoid { pass::<true>(x, y) } else { pass::<false>(x, y) };
+        let all = match u {
+            UnaryOp::Exp => pass::<0>(x, y),
+            UnaryOp::Sigmoid => pass::<1>(x, y),
+            _ => pass::<2>(x, y),
+        };
         if !all {
             for (yv, &xv) in y.iter_mut().zip(x) {
                 if !fast(u, xv).1 {
@@ -155,7 +198,10 @@ mod tests {
             -700.1,
         ]);
         xs.extend([88.72283, 88.72284, -87.33655, -103.97208, -103.97209, 16.635532, -16.635532]);
-        for u in [UnaryOp::Exp, UnaryOp::Sigmoid] {
+        xs.extend([1.0, -1.0, 1.0000001, -1.0000001, 0.99999994, 1e-30, -1e-30, 1e-45]);
+        // erf's range, densely: 2^20 values in [-1.25, 1.25]
+        xs.extend((0..1u32 << 20).map(|i| (i as f32 / (1u32 << 19) as f32 - 1.0) * 1.25));
+        for u in [UnaryOp::Exp, UnaryOp::Sigmoid, UnaryOp::Erf] {
             check(u, &xs);
         }
     }
