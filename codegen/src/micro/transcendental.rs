@@ -6,18 +6,17 @@
 //! `x = k ln 2 + r`, `|r| <= ln 2 / 2`, Taylor polynomial of degree 12, `2^k` built in the
 //! exponent bits) or, for `erf` on `|x| <= 1`, erf's Taylor series (the interpreter's `erf` is
 //! fdlibm's, within an f64 ulp), whose relative errors are below 2^-50, far from f32's 2^-24
-//! spacing. Two f64
-//! values that close round to the same f32 unless an f32 rounding boundary lies between them,
-//! so each result is rounded twice, from `a (1 - EPS)` and `a (1 + EPS)` with `EPS` covering
-//! this error, libm's and the few f64 operations after (Ziv's rounding test): where both give the
-//! same f32, that is the f32 libm's value rounds to; where they differ (about one element in
-//! 2^20) or the argument is outside the polynomial's range (`|x| > 700`, `|x| > 1` for erf,
-//! NaN), the element is
-//! computed again by the interpreter's own function. The first pass only records whether any
-//! element needs that, so it stays a loop without calls; the second runs only then.
+//! spacing. Two f64 values that close round to the same f32 unless an f32 rounding boundary lies
+//! between them, so each result is rounded twice, from `a (1 - EPS)` and `a (1 + EPS)` with
+//! `EPS` covering this error, libm's and the few f64 operations after (Ziv's rounding test):
+//! where both give the same f32, that is the f32 libm's value rounds to; where they differ
+//! (about one element in 2^20) or the argument is outside the polynomial's range (`|x| > 700`,
+//! `|x| > 1` for erf, NaN), the element is computed again by the interpreter's own function. The
+//! first pass only records whether any element needs that, so it stays a loop without calls; the
+//! second runs only then.
 //!
 //! Invariants: the values are [`unary_scalar`]'s bit for bit (checked on every f32 input by
-//! `cargo bench -p qforge-codegen --bench transcendental`, about eight minutes, and on 2^24
+//! `cargo bench -p qforge-codegen --bench transcendental`, about thirteen minutes, and on 2^24
 //! spread inputs by the unit tests).
 
 use qforge_ir::interp::elementwise::unary_scalar;
@@ -95,8 +94,8 @@ fn erf_f64(x: f64) -> f64 {
     std::f64::consts::FRAC_2_SQRT_PI * x * p
 }
 
-/// The f32 that every value within `EPS` of `a` rounds to, or `None` when the interval holds an
-/// f32 rounding boundary.
+/// `a` rounded to f32, and whether every value within `EPS` of `a` rounds to that same f32
+/// (false when the interval holds an f32 rounding boundary).
 #[inline(always)]
 fn round_checked(a: f64) -> (f32, bool) {
     let lo = (a * (1.0 - EPS)) as f32;
@@ -176,6 +175,11 @@ mod tests {
                 "{u:?}({x:e} = {:#x}): {got:e}, the interpreter's {want:e}",
                 x.to_bits()
             );
+        }
+        // the run-time choice (AVX-512 or AVX2 where the CPU has them) against the baseline
+        // compilation
+        for ((&x, &got), &b) in xs.iter().zip(&y).zip(&base) {
+            assert_eq!(got.to_bits(), b.to_bits(), "{u:?}({x:e}): the dispatched version against the baseline");
         }
     }
 
