@@ -124,6 +124,81 @@ pub enum Step {
     RoundToInt { zp: i32, lo: i32, hi: i32, bounded: bool },
 }
 
+/// One lane of an epilogue in flight: the integer accumulator, or a float once a step made it one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Lane {
+    I(i32),
+    F(f32),
+}
+
+/// IEEE 754-2019 `maximum` (Cranelift's `fmax`): NaN if either is NaN, `-0.0 < +0.0`.
+pub fn fmax(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else if a == b {
+        if a.is_sign_negative() {
+            b
+        } else {
+            a
+        }
+    } else {
+        a.max(b)
+    }
+}
+
+/// IEEE 754-2019 `minimum` (Cranelift's `fmin`): NaN if either is NaN, `-0.0 < +0.0`.
+pub fn fmin(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else if a == b {
+        if a.is_sign_negative() {
+            a
+        } else {
+            b
+        }
+    } else {
+        a.min(b)
+    }
+}
+
+/// Accumulator `acc` of column `c` through `steps` in scalar arithmetic, as the generated
+/// epilogue ([`crate::emit`]) computes each lane: i32 adds wrap, an integer becomes f32 by
+/// rounding to nearest, `RoundToInt` rounds half to even and converts saturating (NaN to 0)
+/// before its clamp. For the row kernels that produce accumulators without a generated
+/// epilogue (the quantized matrix product of two activations). `None` for a residual step (it
+/// reads a second tensor) or a per-channel array shorter than `c`.
+pub fn apply_scalar(steps: &[Step], acc: i32, c: usize) -> Option<Lane> {
+    let mut v = Lane::I(acc);
+    let f = |v: Lane| match v {
+        Lane::I(i) => i as f32,
+        Lane::F(x) => x,
+    };
+    for st in steps {
+        v = match st {
+            Step::AddChannelI32(b) => match v {
+                Lane::I(i) => Lane::I(i.wrapping_add(*b.get(c)?)),
+                Lane::F(_) => return None,
+            },
+            Step::ScaleToF32(m) => Lane::F(f(v) * m.get(c)?),
+            Step::DivF32(d) => Lane::F(f(v) / d),
+            Step::AddChannelF32(b) => Lane::F(f(v) + b.get(c)?),
+            Step::RoundBf16 => Lane::F(half::bf16::from_f32(f(v)).to_f32()),
+            Step::MaxF32(m) => Lane::F(fmax(f(v), *m)),
+            Step::MinF32(m) => Lane::F(fmin(f(v), *m)),
+            Step::RoundToInt { zp, lo, hi, .. } => {
+                let i = match v {
+                    Lane::I(i) => i,
+                    // `as` saturates and takes NaN to 0, as `fcvt_to_sint_sat` does
+                    Lane::F(x) => x.round_ties_even() as i32,
+                };
+                Lane::I(i.max(lo.saturating_sub(*zp)).min(hi.saturating_sub(*zp)).wrapping_add(*zp))
+            }
+            Step::AddResidualF32 | Step::AddResidualBf16 => return None,
+        };
+    }
+    Some(v)
+}
+
 /// How the epilogue's result is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Store {
@@ -177,6 +252,26 @@ pub fn mark_bounded(steps: &mut [Step], acc_bound: f64) {
     }
 }
 
+/// An epilogue list in one line, e.g. `add_i32, scale_f32, round(zp=0, 0..255)`.
+pub fn describe_steps(steps: &[Step]) -> String {
+    let names: Vec<String> = steps
+        .iter()
+        .map(|st| match st {
+            Step::AddChannelI32(_) => "add_i32".to_string(),
+            Step::ScaleToF32(_) => "scale_f32".to_string(),
+            Step::DivF32(d) => format!("div({d})"),
+            Step::AddChannelF32(_) => "add_f32".to_string(),
+            Step::AddResidualF32 => "add_residual".to_string(),
+            Step::RoundBf16 => "round_bf16".to_string(),
+            Step::AddResidualBf16 => "add_residual_bf16".to_string(),
+            Step::MaxF32(v) => format!("max({v})"),
+            Step::MinF32(v) => format!("min({v})"),
+            Step::RoundToInt { zp, lo, hi, .. } => format!("round(zp={zp}, {lo}..{hi})"),
+        })
+        .collect();
+    names.join(", ")
+}
+
 impl KernelSpec {
     /// One line: main op, epilogue list and store, e.g.
     /// `gemm_u8i8(im2col 3x3 s1) 3136x64 k=576 [add_i32, scale_f32, round(zp=0, 0..255)] -> u8`.
@@ -211,29 +306,13 @@ impl KernelSpec {
                 write!(s, "winograd_f32(F(2x2,3x3)) {}x{} k={}", self.rows, self.cols, 9 * plan.geom.c)
             }
         };
-        let steps: Vec<String> = self
-            .epilogue
-            .iter()
-            .map(|st| match st {
-                Step::AddChannelI32(_) => "add_i32".to_string(),
-                Step::ScaleToF32(_) => "scale_f32".to_string(),
-                Step::DivF32(d) => format!("div({d})"),
-                Step::AddChannelF32(_) => "add_f32".to_string(),
-                Step::AddResidualF32 => "add_residual".to_string(),
-                Step::RoundBf16 => "round_bf16".to_string(),
-                Step::AddResidualBf16 => "add_residual_bf16".to_string(),
-                Step::MaxF32(v) => format!("max({v})"),
-                Step::MinF32(v) => format!("min({v})"),
-                Step::RoundToInt { zp, lo, hi, .. } => format!("round(zp={zp}, {lo}..{hi})"),
-            })
-            .collect();
         let store = match self.store {
             Store::U8 => "u8",
             Store::I8 => "i8",
             Store::F32 => "f32",
             Store::Bf16 => "bf16",
         };
-        let _ = write!(s, " [{}] -> {store}", steps.join(", "));
+        let _ = write!(s, " [{}] -> {store}", describe_steps(&self.epilogue));
         s
     }
 

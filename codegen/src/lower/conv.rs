@@ -10,6 +10,7 @@
 
 use super::{dims, ensure, host, int_ty, need, per_tensor, window_geom, At, Layout, Lowerer, Lw, Skip, StepKind};
 use crate::emit::elementwise::IntTy;
+use crate::micro::rowops::{RowKind, RowOp};
 use crate::micro::{self, ConvGeom};
 use crate::spec::{mark_bounded, KernelSpec, MainOp, Rows, Step, Store};
 use crate::JitError;
@@ -35,15 +36,21 @@ fn conv_geom(a: &ConvAttrs, d: &[usize], od: &[usize], cin: usize) -> Option<Con
 pub(super) type FusionGroups = (HashSet<NodeId>, HashMap<NodeId, (NodeId, Vec<NodeId>)>);
 
 impl Lowerer<'_> {
-    /// Fusion groups of float convolutions over the schedule `order`: each conv with the chain
-    /// of nodes it absorbs, keyed by the chain's last node (where the group runs).
+    /// Fusion groups of float convolutions and of float matrix products with a constant right
+    /// operand over the schedule `order`: each with the chain of nodes it absorbs, keyed by the
+    /// chain's last node (where the group runs).
     pub(super) fn fusion_groups(&self, order: &[NodeId]) -> FusionGroups {
         let mut absorbed: HashSet<NodeId> = HashSet::new();
         let mut groups: HashMap<NodeId, (NodeId, Vec<NodeId>)> = HashMap::new();
         for &id in order {
-            if let Op::Conv(_) = self.g.node(id).op {
+            let main = match &self.g.node(id).op {
+                Op::Conv(_) => true,
+                Op::MatMul | Op::Gemm { trans_a: false, .. } => self.is_const_input(id, 1),
+                _ => false,
+            };
+            if main {
                 // A node joins at most one group (a residual add is claimed by the first of its
-                // two convolutions in schedule order).
+                // two producers in schedule order).
                 let mut chain = self.float_chain(id);
                 if let Some(p) = chain.iter().position(|c| absorbed.contains(c) || groups.contains_key(c)) {
                     chain.truncate(p);
@@ -60,16 +67,41 @@ impl Lowerer<'_> {
         (absorbed, groups)
     }
 
-    /// The nodes a float conv at `id` absorbs (empty: none; the last one is where it runs).
+    /// Whether input `i` of node `id` is a constant.
+    pub(super) fn is_const_input(&self, id: NodeId, i: usize) -> bool {
+        self.g.node(id).inputs().get(i).copied().flatten().is_some_and(|v| self.is_const(v))
+    }
+
+    /// The f32 values of `k`, one per column, when it is a constant that `cur` is combined with
+    /// along the last axis only (`[.., C] + [C]`, a linear layer's bias).
+    fn last_axis_const(&self, k: Value, cur: Value) -> Option<Vec<f32>> {
+        let d = dims(self.ty(cur)?)?;
+        let kt = self.const_of(Some(k))?;
+        let kd = kt.shape();
+        let cols = *d.last()?;
+        let along = kd.len() <= d.len() && kd.iter().rev().skip(1).all(|&m| m == 1);
+        let n = kd.last().copied().unwrap_or(1);
+        if !along || (n != cols && n != 1) || kt.dtype() != DType::F32 {
+            return None;
+        }
+        let v = kt.as_f32()?.to_vec();
+        Some(if v.len() == 1 { vec![v[0]; cols] } else { v })
+    }
+
+    /// The nodes a float conv or matrix product at `id` absorbs (empty: none; the last one is
+    /// where it runs): ReLU, Clip, one residual add of the result's shape, and for an f32 matrix
+    /// product a constant added along the last axis right after it (its bias).
     fn float_chain(&self, id: NodeId) -> Vec<NodeId> {
         let mut chain = Vec::new();
         let mut cur = Value::new(id, 0);
         let Some(ty) = self.ty(cur) else { return chain };
+        let matmul = !matches!(self.g.node(id).op, Op::Conv(_));
         // a bf16 conv (the bf16 GEMM) absorbs ops of its own type: a residual add (after rounding
         // the conv's result), ReLU and Clip (which round to the same value before or after them)
         let bf16 = ty.dtype == DType::BF16;
         let dtype = ty.dtype;
-        if ty.dtype != DType::F32 && !bf16 {
+        let bf16_conv = bf16 && !matmul;
+        if ty.dtype != DType::F32 && !bf16_conv {
             return chain;
         }
         let mut residual = false;
@@ -78,13 +110,17 @@ impl Lowerer<'_> {
             if n.outputs.first().map(|t| t.dtype) != Some(ty.dtype) {
                 break;
             }
+            let same_shape = self.ty(Value::new(u, 0)).map(|t| &t.shape) == self.ty(cur).map(|t| &t.shape);
             let ok = match &n.op {
                 Op::Unary(UnaryOp::Relu) | Op::Clip { .. } => true,
-                Op::Binary(BinaryOp::Add) if !residual => {
+                Op::Binary(BinaryOp::Add) => {
                     let ins = n.inputs();
                     let other = if ins.first().copied().flatten() == Some(cur) { ins.get(1) } else { ins.first() };
                     match other.copied().flatten() {
-                        Some(o) if o != cur && !self.is_const(o) => {
+                        Some(o) if self.is_const(o) => {
+                            matmul && chain.is_empty() && same_shape && self.last_axis_const(o, cur).is_some()
+                        }
+                        Some(o) if o != cur && !residual => {
                             residual = self.ty(o).map(|t| t.shape.clone()) == self.ty(cur).map(|t| t.shape.clone())
                                 && self.ty(o).map(|t| t.dtype) == Some(dtype);
                             residual
@@ -101,6 +137,77 @@ impl Lowerer<'_> {
             cur = Value::new(u, 0);
         }
         chain
+    }
+
+    /// Appends to `steps` the epilogue steps of the nodes `chain` absorbed after the value
+    /// `out`; returns the residual operand if one is absorbed, and the chain's last value.
+    fn chain_steps(
+        &self,
+        out: Value,
+        chain: &[NodeId],
+        bf16: bool,
+        steps: &mut Vec<Step>,
+    ) -> Result<(Option<Value>, Value), Skip> {
+        let mut residual = None;
+        let mut cur = out;
+        for &c in chain {
+            let n = self.g.node(c);
+            match &n.op {
+                Op::Unary(UnaryOp::Relu) => steps.push(Step::MaxF32(0.0)),
+                Op::Clip { min, max } => {
+                    steps.push(Step::MaxF32(*min));
+                    steps.push(Step::MinF32(*max));
+                }
+                Op::Binary(BinaryOp::Add) => {
+                    let i = n.inputs();
+                    let other = if i.first().copied().flatten() == Some(cur) { i.get(1) } else { i.first() };
+                    let o = need(other.copied().flatten(), "an operand is missing")?;
+                    if self.is_const(o) {
+                        // x + b == b + x in IEEE arithmetic, so the operands' order does not matter
+                        let b = need(self.last_axis_const(o, cur), "the constant is not along the last axis")?;
+                        steps.push(Step::AddChannelF32(b));
+                    } else if bf16 {
+                        residual = Some(o);
+                        steps.push(Step::RoundBf16);
+                        steps.push(Step::AddResidualBf16);
+                    } else {
+                        residual = Some(o);
+                        steps.push(Step::AddResidualF32);
+                    }
+                }
+                op => return host(format!("{} cannot be absorbed", op.name())),
+            }
+            cur = Value::new(c, 0);
+        }
+        Ok((residual, cur))
+    }
+
+    /// A float matrix product at `id` followed by the absorbed nodes `chain`; if no kernel
+    /// covers it, the product and the chain's nodes are lowered one by one.
+    pub(super) fn lower_float_matmul(&mut self, id: NodeId, chain: &[NodeId]) -> Result<(), JitError> {
+        let node = self.g.node(id);
+        let out = Value::new(id, 0);
+        let fused = match (&node.op, self.ty(out).cloned()) {
+            (op @ (Op::MatMul | Op::Gemm { trans_a: false, .. }), Some(oty)) => {
+                let n = At { op, name: node.name.clone(), ins: node.inputs().to_vec(), out, oty };
+                match *op {
+                    Op::Gemm { alpha, beta, trans_b, .. } => self.fgemm(&n, alpha, beta, trans_b, chain),
+                    _ => self.fgemm(&n, 1.0, 0.0, false, chain),
+                }
+            }
+            _ => host("not a matrix product"),
+        };
+        match fused {
+            Ok(()) => Ok(()),
+            Err(Skip::Fail(e)) => Err(e),
+            Err(Skip::Host(_)) => {
+                self.lower_or_host(id)?;
+                for &c in chain {
+                    self.lower_or_host(c)?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// A float conv at `id` followed by the absorbed nodes `chain` (Relu, Clip, residual Add);
@@ -157,31 +264,7 @@ impl Lowerer<'_> {
         if let Some(b) = bias {
             steps.push(Step::AddChannelF32(b));
         }
-        let mut residual = None;
-        let mut cur = out;
-        for &c in chain {
-            let n = self.g.node(c);
-            match &n.op {
-                Op::Unary(UnaryOp::Relu) => steps.push(Step::MaxF32(0.0)),
-                Op::Clip { min, max } => {
-                    steps.push(Step::MaxF32(*min));
-                    steps.push(Step::MinF32(*max));
-                }
-                Op::Binary(BinaryOp::Add) => {
-                    let i = n.inputs();
-                    let other = if i.first().copied().flatten() == Some(cur) { i.get(1) } else { i.first() };
-                    residual = Some(need(other.copied().flatten(), "the residual is missing")?);
-                    if bf16 {
-                        steps.push(Step::RoundBf16);
-                        steps.push(Step::AddResidualBf16);
-                    } else {
-                        steps.push(Step::AddResidualF32);
-                    }
-                }
-                op => return host(format!("{} cannot be absorbed", op.name())),
-            }
-            cur = Value::new(c, 0);
-        }
+        let (residual, cur) = self.chain_steps(out, chain, bf16, &mut steps)?;
         let rows_out = od[0] * od[2] * od[3];
         let mut kernels: Vec<(KernelSpec, usize)> = Vec::new();
         if bf16 && depthwise {
@@ -473,9 +556,53 @@ impl Lowerer<'_> {
         Ok(())
     }
 
+    /// The quantized matrix product of two u8/i8 activations (per-tensor parameters, batches
+    /// paired as numpy does) with its IR epilogue as kernel steps: a row step that accumulates
+    /// `(a - za) * (b - zb)` in i32 and applies the steps per element.
+    pub(super) fn qmatmul_act(&mut self, n: &At, ep: &[Epilogue]) -> Lw {
+        let (a, b) = need(n.input(0).zip(n.input(1)), "an input is missing")?;
+        ensure(!self.is_const(a) && !self.is_const(b), "an operand is a constant")?;
+        let (at, bt, oty) = (self.types[&a].clone(), self.types[&b].clone(), n.oty.clone());
+        let byte = |t: DType| matches!(t, DType::U8 | DType::I8);
+        ensure(byte(at.dtype) && byte(bt.dtype), "an operand is not u8 or i8")?;
+        let (sa, za) = need(per_tensor(&at.quant), "the left operand is not quantized per tensor")?;
+        let (sb, zb) = need(per_tensor(&bt.quant), "the right operand is not quantized per tensor")?;
+        let (da, db) = need(dims(&at).zip(dims(&bt)), "a shape is not fixed")?;
+        let bm = need(qforge_ir::interp::matmul::BatchedMatMul::of(&da, &db), "the operands do not multiply")?;
+        ensure(bm.m != 0 && bm.n != 0, "an empty result")?;
+        let epi = need(QuantEpilogue::new(ep, &oty, sa, &vec![sb; bm.n], 1.0), "no kernel implements this epilogue")?;
+        let mut steps = Vec::new();
+        if epi.has_bias {
+            match self.const_of(n.input(2)).and_then(|t| t.to_i64_vec()) {
+                Some(v) if v.len() == bm.n => {
+                    steps.push(Step::AddChannelI32(v.into_iter().map(|x| x as i32).collect()))
+                }
+                _ => return host("the bias is not one integer constant per output column"),
+            }
+        }
+        steps.extend(epi.steps);
+        let index: Vec<usize> = bm.pairs.iter().flat_map(|&(oa, ob)| [oa, ob]).collect();
+        let kind = RowKind::QMatMul {
+            m: bm.m,
+            k: bm.k,
+            a_signed: at.dtype == DType::I8,
+            b_signed: bt.dtype == DType::I8,
+            za,
+            zb,
+            store: epi.store,
+        };
+        let input = self.plain(a, &n.name)?;
+        let other = self.plain(b, &n.name)?;
+        let output = self.define(n.out, Layout::Plain);
+        let units = bm.pairs.len() * bm.m;
+        let op = RowOp { index, n: bm.n, epilogue: steps, ..RowOp::elementwise(kind, 0) };
+        self.push(&n.name, StepKind::Rows { op, input, input2: Some(other), output, units });
+        Ok(())
+    }
+
     /// An f32 GEMM (2-D, `alpha`, a per-column constant `beta * C`) or matrix product with a
     /// constant right operand.
-    pub(super) fn fgemm(&mut self, n: &At, alpha: f32, beta: f32, trans_b: bool) -> Lw {
+    pub(super) fn fgemm(&mut self, n: &At, alpha: f32, beta: f32, trans_b: bool, chain: &[NodeId]) -> Lw {
         let (a, bv) = need(n.input(0).zip(n.input(1)), "an input is missing")?;
         let b = need(self.const_of(Some(bv)), "the right operand is not a constant")?;
         let at = self.types[&a].clone();
@@ -534,10 +661,20 @@ impl Lowerer<'_> {
             .map_err(alloc_failed(name, "packed weights", bytes))?;
             (MainOp::GemmF32 { rows, weights: Arc::new(packed) }, Store::F32)
         };
+        let (residual, cur) = self.chain_steps(n.out, chain, bf16, &mut steps)?;
         let spec = KernelSpec { main, epilogue: steps, store, rows: m, cols };
         let input = self.plain(a, &n.name)?;
-        let output = self.define(n.out, Layout::Plain);
-        self.push_kernel(&n.name, spec, input, output);
+        let res_buf = match residual {
+            Some(r) => Some(self.plain(r, &n.name)?),
+            None => None,
+        };
+        let output = self.define(cur, Layout::Plain);
+        let mut label = n.name.clone();
+        for &c in chain {
+            label.push('+');
+            label.push_str(&self.g.node(c).name);
+        }
+        self.push(&label, StepKind::Kernel { out_col: 0, ld_out: cols, spec, input, residual: res_buf, output });
         Ok(())
     }
 }
@@ -785,6 +922,32 @@ mod tests {
   %4 = matmul %y, %3 : f32[N,2,2]  # "matmul"
   %5 = gemm %x, %2, _ {alpha=1.0, beta=1.0, trans_a=true, trans_b=false} : f32[4,3]  # "gemm_ta"
   return %2, %4, %5
+}"#,
+        },
+        Case {
+            name: "matmuls absorb a last-axis bias (on either side), relu and a residual add; a bias along another axis does not fuse",
+            shapes: &[&[1, 2, 3]],
+            qir: r#"graph f(%x: f32[N,2,3]) -> (a: f32[N,2,3], b: f32[N,2,3]) {
+  %0 = const f32[3,3] = [0.1, 0.2, 0.3, 0.4, -0.5, 0.6, -0.7, 0.8, 0.9]  # "w"
+  %1 = matmul %x, %0 : f32[N,2,3]  # "fc1"
+  %2 = const f32[3] = [0.01, 0.02, -0.03]  # "b1"
+  %3 = add %2, %1 : f32[N,2,3]  # "fc1_bias"
+  %4 = relu %3 : f32[N,2,3]  # "fc1_relu"
+  %5 = add %4, %x : f32[N,2,3]  # "fc1_residual"
+  %6 = matmul %x, %0 : f32[N,2,3]  # "fc2"
+  %7 = const f32[2,1] = [0.5, -0.5]  # "b2"
+  %8 = add %6, %7 : f32[N,2,3]  # "fc2_row_bias"
+  return %5, %8
+}"#,
+        },
+        Case {
+            name: "the integer product of two activations with its epilogue as steps; a quantized add under broadcasting",
+            shapes: &[&[1, 2, 4, 3], &[1, 2, 3, 4]],
+            qir: r#"graph q(%q: u8<0.02:128>[N,2,4,3], %k: i8<0.03:-5>[1,2,3,4]) -> (s: u8<0.1:120>[N,2,4,4], b: u8<0.12:100>[N,2,4,4]) {
+  %0 = qmatmul %q, %k {epilogue=[requant, clamp(125,250)]} : u8<0.1:120>[N,2,4,4]  # "scores"
+  %1 = const u8<0.04:7>[4,1] = [0, 255, 10, 200]  # "bias"
+  %2 = qadd %1, %0 : u8<0.12:100>[N,2,4,4]  # "biased"
+  return %0, %2
 }"#,
         },
     ];

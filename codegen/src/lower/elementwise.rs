@@ -201,7 +201,7 @@ mod tests {
 }"#,
         },
         Case {
-            name: "a broadcast qadd and a one-element qadd run on the host",
+            name: "a broadcast qadd and a one-element qadd: the broadcasting kernel",
             shapes: &[&[2, 4], &[1, 1]],
             qir: r#"graph e(%a: u8<0.02:100>[N,4], %b: u8<0.03:0>[1,1]) -> (y: u8<0.05:10>[N,4], z: u8<0.05:10>[1,1]) {
   %0 = qadd %a, %b : u8<0.05:10>[N,4]  # "qadd_bcast"
@@ -210,7 +210,7 @@ mod tests {
 }"#,
         },
         Case {
-            name: "a qadd of a per-channel constant is one table per channel (innermost, or an outer axis in plain order); varying along two axes, the host",
+            name: "a qadd of a per-channel constant is one table per channel (innermost, or an outer axis in plain order); varying along two axes, the broadcasting kernel",
             shapes: &[&[2, 3, 4], &[4, 2], &[4, 2]],
             qir: r#"graph e(%x: u8<0.02:100>[N,3,4], %w: u8<0.03:7>[4,N], %v: u8<0.03:7>[4,2]) -> (a: u8<0.05:10>[N,3,4], d: u8<0.05:9>[4,N], f: u8<0.05:9>[4,2]) {
   %0 = const i8<0.01:0>[4] = [127, -128, 0, 55]  # "linear.bias"

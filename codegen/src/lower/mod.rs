@@ -8,9 +8,10 @@
 //! graph's own row-major ("plain") order. A conversion step is inserted where a consumer needs
 //! the other layout; a 4-D tensor whose `H * W` or `C` is 1 has one byte order for both.
 //!
-//! Float convolutions absorb what follows them when the convolution's result has no other use:
-//! ReLU, Clip and a same-shape residual Add become epilogue steps, so ResNet's
-//! `conv -> add -> relu` is one kernel.
+//! Float convolutions and matrix products with a constant right operand absorb what follows
+//! them when their result has no other use: ReLU, Clip and a same-shape residual Add become
+//! epilogue steps (and for a matrix product a bias added along the last axis), so ResNet's
+//! `conv -> add -> relu` and a linear layer's `matmul -> add` are one kernel each.
 //!
 //! This file is the driver: concrete types, the walk over the schedule, buffers and layouts, and
 //! the dispatch of each node to its kernel family, one file each:
@@ -20,10 +21,11 @@
 //! * `elementwise.rs`: quantize, dequantize, quantized add, float add and clamp, unary
 //!   activations, casts;
 //! * `pool.rs`: max, average and global average pooling;
-//! * `rows.rs`: softmax, layer norm, per-channel and last-axis constants, transposes, hard
-//!   sigmoid and the broadcast multiply of a squeeze-and-excitation gate;
+//! * `rows.rs`: softmax, layer norm, per-channel and last-axis constants, hard sigmoid and the
+//!   broadcast multiply of a squeeze-and-excitation gate;
 //! * `spatial.rs`: resize and pad as gathers in the input's layout;
-//! * `movement.rs`: reshape aliases, concatenation, layout conversions;
+//! * `movement.rs`: reshape aliases, strided views (transpose, slice, gather at constant
+//!   indices), concatenation, layout conversions;
 //! * `host.rs`: host steps (the interpreter on one node) and constant outputs.
 //!
 //! A family function returns `Ok(())` when it lowered the node, or `Skip::Host` with the
@@ -39,7 +41,7 @@ mod rows;
 mod spatial;
 
 use crate::emit::elementwise::{Elementwise, IntTy};
-use crate::micro::rowops::RowOp;
+use crate::micro::rowops::{ReduceKind, RowOp};
 use crate::micro::{self, ConvGeom};
 use crate::spec::KernelSpec;
 use crate::JitError;
@@ -278,9 +280,14 @@ impl LoweredStep {
             }
             StepKind::Rows { op, input, input2, output, units } => write!(
                 s,
-                "{:?}{} n={} inner={} consts={} index={} units={units}; {}{} -> {}",
+                "{:?}{}{} n={} inner={} consts={} index={} units={units}; {}{} -> {}",
                 op.kind,
                 op.plan.as_deref().map(describe_plan).unwrap_or_default(),
+                if op.epilogue.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", crate::spec::describe_steps(&op.epilogue))
+                },
                 op.n,
                 op.inner,
                 op.scale.len() + op.bias.len(),
@@ -525,8 +532,12 @@ pub fn lower(
         if matches!(node.op, Op::Input | Op::Const(_)) || absorbed.contains(&id) {
             continue;
         }
-        if let Some((conv, chain)) = groups.get(&id) {
-            lw.lower_float_conv(*conv, chain)?;
+        if let Some((main, chain)) = groups.get(&id) {
+            if matches!(g.node(*main).op, Op::Conv(_)) {
+                lw.lower_float_conv(*main, chain)?;
+            } else {
+                lw.lower_float_matmul(*main, chain)?;
+            }
             continue;
         }
         lw.lower_or_host(id)?;
@@ -689,17 +700,24 @@ impl<'g> Lowerer<'g> {
             | Op::Squeeze { .. }
             | Op::Unsqueeze { .. } => self.alias(&n),
             Op::Transpose { perm } => self.transpose(&n, perm),
+            Op::Slice { starts, ends, axes, steps } => self.slice(&n, starts, ends, axes, steps),
+            Op::Gather { axis } => self.gather(&n, *axis),
             Op::QConv { conv, epilogue } => self.qconv(&n, conv, epilogue),
             Op::QGemm { alpha, trans_a: false, trans_b, epilogue } => self.qgemm(&n, *alpha, *trans_b, epilogue),
-            Op::QMatMul { epilogue } => self.qgemm(&n, 1.0, false, epilogue),
-            Op::Gemm { alpha, beta, trans_a: false, trans_b } => self.fgemm(&n, *alpha, *beta, *trans_b),
-            Op::MatMul => self.fgemm(&n, 1.0, 0.0, false),
+            Op::QMatMul { epilogue } if self.is_const_input(id, 1) => self.qgemm(&n, 1.0, false, epilogue),
+            Op::QMatMul { epilogue } => self.qmatmul_act(&n, epilogue),
+            Op::Gemm { alpha, beta, trans_a: false, trans_b } => self.fgemm(&n, *alpha, *beta, *trans_b, &[]),
+            Op::MatMul if self.is_const_input(id, 1) => self.fgemm(&n, 1.0, 0.0, false, &[]),
+            Op::MatMul => self.matmul_f32(&n),
             Op::Conv(_) => Ok(self.lower_float_conv(id, &[])?),
             Op::QGlobalAveragePool | Op::GlobalAveragePool => self.global_avg(&n),
             Op::MaxPool(p) => self.max_pool(&n, p),
             Op::Concat { axis } | Op::QConcat { axis } => self.concat(&n, *axis),
             Op::AveragePool(p) if f32_out => self.avg_pool(&n, p),
-            Op::QAdd => self.qadd(&n),
+            Op::QAdd => self.qadd(&n).or_else(|e| match e {
+                Skip::Host(_) => self.broadcast_qadd(&n),
+                fail => Err(fail),
+            }),
             Op::Quantize => self.quantize(&n),
             Op::Dequantize => self.dequantize(&n),
             Op::Unary(UnaryOp::Relu) | Op::Clip { .. } if f32_out => self.clamp(&n),
@@ -714,9 +732,12 @@ impl<'g> Lowerer<'g> {
                 self.add_f32(&n)
             }
             Op::Binary(BinaryOp::Mul) if f32_out && n.ins.iter().flatten().all(|v| !self.is_const(*v)) => {
-                self.gate_mul(&n)
+                self.gate_mul(&n).or_else(|e| self.or_broadcast(e, &n, BinaryOp::Mul))
             }
             Op::HardSigmoid { alpha, beta } if f32_out => self.hard_sigmoid(&n, *alpha, *beta),
+            Op::ReduceSum { axes, .. } if f32_out => self.reduce(&n, axes, ReduceKind::Sum),
+            Op::ReduceMean { axes, .. } if f32_out => self.reduce(&n, axes, ReduceKind::Mean),
+            Op::ReduceMax { axes, .. } if f32_out => self.reduce(&n, axes, ReduceKind::Max),
             Op::Resize(a) => self.resize(&n, a),
             Op::Requantize => self.requantize(&n),
             Op::Pad { mode, pads, computed, value } => {
@@ -728,7 +749,7 @@ impl<'g> Lowerer<'g> {
                 self.pad(&n, *mode, &pads, *value)
             }
             Op::Binary(op @ (BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div)) if f32_out => {
-                self.channel_binary(&n, *op)
+                self.channel_binary(&n, *op).or_else(|e| self.or_broadcast(e, &n, *op))
             }
             Op::Gemm { trans_a: true, .. } | Op::QGemm { trans_a: true, .. } => host("a transposed left operand"),
             // the canonicalization stage (`qforge_passes::conv_transpose`) leaves only these
@@ -737,6 +758,15 @@ impl<'g> Lowerer<'g> {
                  1 or 2 spatial dims, --opt-level 1 and up)",
             ),
             op => host(format!("no JIT kernel for {} producing {}", op.name(), n.oty.dtype.name())),
+        }
+    }
+
+    /// The general broadcasting kernel for an f32 binary op a more specific lowering declined
+    /// (`e`, before it emitted anything).
+    fn or_broadcast(&mut self, e: Skip, n: &At, op: BinaryOp) -> Lw {
+        match e {
+            Skip::Host(_) => self.broadcast_binary(n, op),
+            fail => Err(fail),
         }
     }
 

@@ -1,5 +1,6 @@
-//! Data movement: reshapes that alias their input's buffer, concatenation, and the NCHW <-> NHWC
-//! layout conversions the driver inserts where a consumer needs the other byte order.
+//! Data movement: reshapes that alias their input's buffer, strided views (transpose, slice, a
+//! gather at constant indices) as copies, concatenation, and the NCHW <-> NHWC layout
+//! conversions the driver inserts where a consumer needs the other byte order.
 
 use super::{
     dims, ensure, err, layout_free, need, numel, per_tensor, At, Layout, LoweredStep, Lowerer, Lw, StepKind, Vinfo,
@@ -29,6 +30,96 @@ fn requant_table(from: &TensorType, to: &TensorType) -> Option<Vec<u8>> {
 }
 
 impl Lowerer<'_> {
+    /// A strided view of the input in plain order: output element `(o_0, .., o_r)` reads input
+    /// element `base + sum(o_a * strides[a])` (strides in elements, negative for a reversed axis).
+    fn strided_view(&mut self, n: &At, x: Value, strides: Vec<isize>, base: usize) -> Lw {
+        let dout = need(dims(&n.oty), "the result shape is not fixed")?;
+        let elem = n.oty.dtype.size_bytes();
+        ensure(matches!(elem, 1 | 2 | 4 | 8), "an element size other than 1, 2, 4 or 8 bytes")?;
+        ensure(strides.len() == dout.len(), "the strides do not fit the rank")?;
+        let mut index = dout;
+        // two's complement: the view's offsets are computed in wrapping arithmetic
+        index.extend(strides.iter().map(|&s| s as usize));
+        index.push(base);
+        let input = self.plain(x, &n.name)?;
+        let output = self.define(n.out, Layout::Plain);
+        let len = numel(&n.oty);
+        let op = RowOp { index, ..RowOp::elementwise(RowKind::StridedView { elem }, len) };
+        self.push(&n.name, StepKind::Rows { op, input, input2: None, output, units: len.div_ceil(rowops::CHUNK) });
+        Ok(())
+    }
+
+    /// The row-major strides (in elements) of a tensor of dims `d`.
+    fn row_major(d: &[usize]) -> Vec<isize> {
+        let mut st = vec![1isize; d.len()];
+        for a in (0..d.len().saturating_sub(1)).rev() {
+            st[a] = st[a + 1] * d[a + 1] as isize;
+        }
+        st
+    }
+
+    /// A permutation of axes: each output element reads the input at the permuted strides.
+    pub(super) fn transpose(&mut self, n: &At, perm: &[usize]) -> Lw {
+        let x = need(n.input(0).filter(|v| !self.is_const(*v)), "the input is a constant")?;
+        let din = need(dims(&self.types[&x]), "a shape is not fixed")?;
+        ensure(perm.len() == din.len(), "the permutation does not fit the rank")?;
+        let st = Self::row_major(&din);
+        let strides = perm.iter().map(|&p| st.get(p).copied()).collect::<Option<Vec<_>>>();
+        let strides = need(strides, "a permutation entry is out of range")?;
+        self.strided_view(n, x, strides, 0)
+    }
+
+    /// ONNX Slice with constant bounds (the interpreter's view: a base offset and each sliced
+    /// axis's stride times its step).
+    pub(super) fn slice(&mut self, n: &At, starts: &[i64], ends: &[i64], axes: &[i64], steps: &[i64]) -> Lw {
+        let x = need(n.input(0).filter(|v| !self.is_const(*v)), "the input is a constant")?;
+        let din = need(dims(&self.types[&x]), "a shape is not fixed")?;
+        ensure(numel(&n.oty) != 0, "the result is empty")?;
+        ensure(
+            starts.len() == ends.len() && starts.len() == axes.len() && starts.len() == steps.len(),
+            "the bounds have different lengths",
+        )?;
+        let st = Self::row_major(&din);
+        let mut strides = st.clone();
+        let mut base = 0isize;
+        for i in 0..starts.len() {
+            let a = need(infer::norm_axis(axes[i], din.len()).ok(), "an axis is out of range")?;
+            let (s, _) = need(infer::slice_bounds(din[a], starts[i], ends[i], steps[i]).ok(), "bad slice bounds")?;
+            base += s as isize * st[a];
+            strides[a] = steps[i] as isize * st[a];
+        }
+        ensure(base >= 0, "a negative base offset")?;
+        self.strided_view(n, x, strides, base as usize)
+    }
+
+    /// ONNX Gather of an activation at constant indices that are a scalar (the axis is dropped)
+    /// or a 1-D arithmetic progression (the axis is walked with the progression's step).
+    pub(super) fn gather(&mut self, n: &At, axis: i64) -> Lw {
+        let x = need(n.input(0).filter(|v| !self.is_const(*v)), "the data are a constant")?;
+        let idx = need(self.const_of(n.input(1)), "the indices are not a constant")?;
+        let din = need(dims(&self.types[&x]), "a shape is not fixed")?;
+        let a = need(infer::norm_axis(axis, din.len()).ok(), "the axis is out of range")?;
+        let ids = need(idx.to_i64_vec(), "the indices are not integers")?;
+        let dim = din[a] as i64;
+        let ids: Vec<i64> = ids.iter().map(|&i| if i < 0 { i + dim } else { i }).collect();
+        ensure(!ids.is_empty() && ids.iter().all(|&i| (0..dim).contains(&i)), "an index is out of range")?;
+        let st = Self::row_major(&din);
+        let base = ids[0] as isize * st[a];
+        let mut strides = st.clone();
+        match idx.shape().len() {
+            0 => {
+                strides.remove(a);
+            }
+            1 => {
+                let step = ids.get(1).map_or(0, |&i1| i1 - ids[0]);
+                ensure(ids.windows(2).all(|w| w[1] - w[0] == step), "the indices are not an arithmetic progression")?;
+                strides[a] = step as isize * st[a];
+            }
+            _ => return super::host("indices of rank above 1"),
+        }
+        self.strided_view(n, x, strides, base as usize)
+    }
+
     /// Reshape, flatten, squeeze, unsqueeze and identity: the result is the input's buffer in
     /// plain order under the new type (no step).
     pub(super) fn alias(&mut self, n: &At) -> Lw {
@@ -159,6 +250,19 @@ mod tests {
     use super::super::test_util::{check_family, Case};
 
     const CASES: &[Case] = &[
+        Case {
+            name: "strided views: a slice with a step, a reversed slice, gathers at a scalar and at a progression",
+            shapes: &[&[2, 6]],
+            qir: r#"graph v(%x: f32[N,6]) -> (a: f32[N,3], b: f32[N,6], c: f32[N], d: f32[N,2]) {
+  %0 = slice %x {starts=[0], ends=[6], axes=[1], steps=[2]} : f32[N,3]  # "slice"
+  %1 = slice %x {starts=[-1], ends=[-9223372036854775807], axes=[1], steps=[-1]} : f32[N,6]  # "reversed"
+  %2 = const i64[] = [5]  # "last"
+  %3 = gather %x, %2 {axis=1} : f32[N]  # "gather_scalar"
+  %4 = const i64[2] = [4, 1]  # "indices"
+  %5 = gather %x, %4 {axis=1} : f32[N,2]  # "gather_progression"
+  return %0, %1, %3, %5
+}"#,
+        },
         Case {
             name: "reshape, flatten and unsqueeze alias their input",
             shapes: &[&[2, 3, 4]],

@@ -1,39 +1,30 @@
 //! Row steps ([`crate::micro::rowops`]): softmax and log-softmax over any axis, layer norm with
 //! constant scale and bias, an f32 tensor combined with a per-channel or last-axis constant (a
-//! batch norm left as mul/add, a transformer's bias), and transposes of any dtype.
+//! batch norm left as mul/add, a transformer's bias), hard sigmoid and gates.
 
-use super::{dims, ensure, host, need, numel, At, Layout, Lowerer, Lw, StepKind};
+use super::{dims, ensure, host, need, numel, per_tensor, At, Layout, Lowerer, Lw, StepKind};
 use crate::micro::rowops::{self, RowKind, RowOp};
-use qforge_ir::{infer, BinaryOp, Op, Tensor};
+use qforge_ir::{infer, numerics, BinaryOp, DType, Op, Tensor};
 use std::sync::Arc;
 
-impl Lowerer<'_> {
-    /// A permutation of axes: each output element reads the input at the permuted strides.
-    pub(super) fn transpose(&mut self, n: &At, perm: &[usize]) -> Lw {
-        let x = need(n.input(0).filter(|v| !self.is_const(*v)), "the input is a constant")?;
-        let (din, dout) = need(dims(&self.types[&x]).zip(dims(&n.oty)), "a shape is not fixed")?;
-        let elem = n.oty.dtype.size_bytes();
-        let rank = din.len();
-        ensure(perm.len() == rank && dout.len() == rank, "the permutation does not fit the rank")?;
-        ensure(matches!(elem, 1 | 2 | 4 | 8), "an element size other than 1, 2, 4 or 8 bytes")?;
-        // row-major input strides, in elements
-        let mut stride = vec![1usize; rank];
-        for a in (0..rank.saturating_sub(1)).rev() {
-            stride[a] = stride[a + 1] * din[a + 1];
+/// The row-major strides (in elements) of a tensor of dims `input` broadcast to `out` (numpy
+/// rules, right-aligned): 0 along a broadcast axis; `None` when it does not broadcast.
+fn broadcast_strides(input: &[usize], out: &[usize]) -> Option<Vec<usize>> {
+    let off = out.len().checked_sub(input.len())?;
+    let mut st = vec![0usize; out.len()];
+    let mut acc = 1usize;
+    for (i, &d) in input.iter().enumerate().rev() {
+        if d == out[off + i] {
+            st[off + i] = if d == 1 { 0 } else { acc };
+        } else if d != 1 {
+            return None;
         }
-        let mut index = dout.clone();
-        for &p in perm {
-            index.push(*need(stride.get(p), "a permutation entry is out of range")?);
-        }
-        let input = self.plain(x, &n.name)?;
-        let output = self.define(n.out, Layout::Plain);
-        let len = numel(&n.oty);
-        let kind = RowKind::Transpose { elem };
-        let op = RowOp { index, ..RowOp::elementwise(kind, len) };
-        self.push(&n.name, StepKind::Rows { op, input, input2: None, output, units: len.div_ceil(rowops::CHUNK) });
-        Ok(())
+        acc *= d;
     }
+    Some(st)
+}
 
+impl Lowerer<'_> {
     /// f32 softmax or log-softmax over `axis`: one unit per lane.
     pub(super) fn softmax(&mut self, n: &At, axis: i64) -> Lw {
         let x = need(n.input(0).filter(|v| !self.is_const(*v)), "the input is a constant")?;
@@ -138,6 +129,152 @@ impl Lowerer<'_> {
         Ok(())
     }
 
+    /// f32 add, sub, mul or div of two operands of any shapes that broadcast to the result's
+    /// (numpy rules), at most one of them a constant; both read in plain order.
+    pub(super) fn broadcast_binary(&mut self, n: &At, op: BinaryOp) -> Lw {
+        let (a, b) = need(n.input(0).zip(n.input(1)), "an input is missing")?;
+        let d = need(dims(&n.oty), "the result shape is not fixed")?;
+        ensure(!d.is_empty(), "a scalar result")?;
+        let (ca, cb) = (self.is_const(a), self.is_const(b));
+        ensure(!(ca && cb), "both operands are constants")?;
+        let strides =
+            |v: qforge_ir::Value, this: &Self| dims(&this.types[&v]).and_then(|vd| broadcast_strides(&vd, &d));
+        let (sa, sb) = need(strides(a, self).zip(strides(b, self)), "the operands do not broadcast")?;
+        let konst =
+            |v: qforge_ir::Value, this: &Self| this.const_of(Some(v)).and_then(|t| t.as_f32().map(|x| x.to_vec()));
+        let (input, input2, scale) = if ca {
+            (self.plain(b, &n.name)?, None, need(konst(a, self), "the constant is not f32")?)
+        } else if cb {
+            (self.plain(a, &n.name)?, None, need(konst(b, self), "the constant is not f32")?)
+        } else {
+            (self.plain(a, &n.name)?, Some(self.plain(b, &n.name)?), vec![])
+        };
+        let output = self.define(n.out, Layout::Plain);
+        let len = numel(&n.oty);
+        let mut index = d;
+        index.extend(sa);
+        index.extend(sb);
+        let kind = RowKind::BroadcastF32 { op, const_a: ca, const_b: cb };
+        let op = RowOp { index, scale, ..RowOp::elementwise(kind, len) };
+        self.push(&n.name, StepKind::Rows { op, input, input2, output, units: len.div_ceil(rowops::CHUNK) });
+        Ok(())
+    }
+
+    /// f32 ReduceSum, ReduceMean or ReduceMax over constant axes (every axis when empty), with
+    /// or without the kept dims (the bytes are the same).
+    pub(super) fn reduce(&mut self, n: &At, axes: &[i64], kind: rowops::ReduceKind) -> Lw {
+        let x = need(n.input(0).filter(|v| !self.is_const(*v)), "the input is a constant")?;
+        ensure(self.types[&x].dtype == DType::F32 && n.oty.dtype == DType::F32, "not f32")?;
+        let d = need(dims(&self.types[&x]), "a shape is not fixed")?;
+        let r = d.len();
+        ensure(r != 0 && numel(&n.oty) != 0 && d.iter().all(|&v| v != 0), "a scalar or empty tensor")?;
+        let axes: Vec<usize> = if axes.is_empty() {
+            (0..r).collect()
+        } else {
+            need(axes.iter().map(|&a| infer::norm_axis(a, r).ok()).collect::<Option<_>>(), "an axis is out of range")?
+        };
+        let mut st = vec![1usize; r];
+        for a in (0..r - 1).rev() {
+            st[a] = st[a + 1] * d[a + 1];
+        }
+        let (mut kept, mut kst, mut rd, mut rst) = (vec![1; r], vec![0; r], vec![1; r], vec![0; r]);
+        for a in 0..r {
+            if axes.contains(&a) {
+                (rd[a], rst[a]) = (d[a], st[a]);
+            } else {
+                (kept[a], kst[a]) = (d[a], st[a]);
+            }
+        }
+        let mut index = vec![r];
+        index.extend(kept);
+        index.extend(kst);
+        index.extend(rd);
+        index.extend(rst);
+        let input = self.plain(x, &n.name)?;
+        let output = self.define(n.out, Layout::Plain);
+        let len = numel(&n.oty);
+        let op = RowOp { index, ..RowOp::elementwise(RowKind::Reduce { kind }, len) };
+        self.push(&n.name, StepKind::Rows { op, input, input2: None, output, units: len.div_ceil(rowops::CHUNK) });
+        Ok(())
+    }
+
+    /// Quantized add (u8/i8 operands and result, per-tensor parameters) under general
+    /// broadcasting, at most one operand a constant, with the interpreter's operand order for
+    /// ONNX Runtime's kernel ([`qforge_ir::interp::quant::scalar_in_span`]).
+    pub(super) fn broadcast_qadd(&mut self, n: &At) -> Lw {
+        let (a, b) = need(n.input(0).zip(n.input(1)), "an input is missing")?;
+        let d = need(dims(&n.oty), "the result shape is not fixed")?;
+        ensure(!d.is_empty(), "a scalar result")?;
+        let (ca, cb) = (self.is_const(a), self.is_const(b));
+        ensure(!(ca && cb), "both operands are constants")?;
+        let (ta, tb) = (self.types[&a].clone(), self.types[&b].clone());
+        let (Some((sa, za)), Some((sb, zb)), Some((sc, zc))) =
+            (per_tensor(&ta.quant), per_tensor(&tb.quant), per_tensor(&n.oty.quant))
+        else {
+            return host("an operand is not quantized per tensor");
+        };
+        let byte = |t: DType| matches!(t, DType::U8 | DType::I8);
+        ensure(byte(ta.dtype) && byte(tb.dtype) && byte(n.oty.dtype), "an operand is not u8 or i8")?;
+        let (da, db) = need(dims(&ta).zip(dims(&tb)), "a shape is not fixed")?;
+        let (sta, stb) =
+            need(broadcast_strides(&da, &d).zip(broadcast_strides(&db, &d)), "the operands do not broadcast")?;
+        let swap = qforge_ir::interp::quant::scalar_in_span(&da, &d);
+        let p = if swap {
+            numerics::QAddParams::new(sb, zb, sa, za, sc, zc)
+        } else {
+            numerics::QAddParams::new(sa, za, sb, zb, sc, zc)
+        };
+        let bytes = |v: qforge_ir::Value, this: &Self| {
+            this.const_of(Some(v))
+                .and_then(|t| t.to_i64_vec())
+                .map(|x| x.into_iter().map(|q| q as u8).collect::<Vec<u8>>())
+        };
+        let (input, input2, lut) = if ca {
+            (self.plain(b, &n.name)?, None, need(bytes(a, self), "the constant is not integer")?)
+        } else if cb {
+            (self.plain(a, &n.name)?, None, need(bytes(b, self), "the constant is not integer")?)
+        } else {
+            (self.plain(a, &n.name)?, Some(self.plain(b, &n.name)?), vec![])
+        };
+        let output = self.define(n.out, Layout::Plain);
+        let len = numel(&n.oty);
+        let mut index = d;
+        index.extend(sta);
+        index.extend(stb);
+        let kind = RowKind::BroadcastQAdd {
+            p,
+            swap,
+            a_signed: ta.dtype == DType::I8,
+            b_signed: tb.dtype == DType::I8,
+            out: n.oty.dtype,
+            const_a: ca,
+            const_b: cb,
+        };
+        let op = RowOp { index, lut, ..RowOp::elementwise(kind, len) };
+        self.push(&n.name, StepKind::Rows { op, input, input2, output, units: len.div_ceil(rowops::CHUNK) });
+        Ok(())
+    }
+
+    /// f32 numpy matmul of two activations (batched, leading dims broadcast), computed as the
+    /// interpreter does: one output row per unit.
+    pub(super) fn matmul_f32(&mut self, n: &At) -> Lw {
+        let (a, b) = need(n.input(0).zip(n.input(1)), "an input is missing")?;
+        ensure(!self.is_const(a) && !self.is_const(b), "an operand is a constant")?;
+        let (ta, tb) = (&self.types[&a], &self.types[&b]);
+        ensure(ta.dtype == DType::F32 && tb.dtype == DType::F32 && n.oty.dtype == DType::F32, "an operand is not f32")?;
+        let (da, db) = need(dims(ta).zip(dims(tb)), "a shape is not fixed")?;
+        let bm = need(qforge_ir::interp::matmul::BatchedMatMul::of(&da, &db), "the operands do not multiply")?;
+        ensure(bm.m != 0 && bm.n != 0, "an empty result")?;
+        let index: Vec<usize> = bm.pairs.iter().flat_map(|&(oa, ob)| [oa, ob]).collect();
+        let input = self.plain(a, &n.name)?;
+        let other = self.plain(b, &n.name)?;
+        let output = self.define(n.out, Layout::Plain);
+        let units = bm.pairs.len() * bm.m;
+        let op = RowOp { index, n: bm.n, ..RowOp::elementwise(RowKind::MatMulF32 { m: bm.m, k: bm.k }, 0) };
+        self.push(&n.name, StepKind::Rows { op, input, input2: Some(other), output, units });
+        Ok(())
+    }
+
     /// f32 HardSigmoid, element-wise in the input's layout.
     pub(super) fn hard_sigmoid(&mut self, n: &At, alpha: f32, beta: f32) -> Lw {
         let x = need(n.input(0).filter(|v| !self.is_const(*v)), "the input is a constant")?;
@@ -203,7 +340,7 @@ impl Lowerer<'_> {
         scale: Vec<f32>,
         bias: Vec<f32>,
     ) {
-        let op = RowOp { kind, x: 0, y: 0, n, inner, scale, bias, index: vec![], lut: vec![], x2: 0, plan: None };
+        let op = RowOp { n, inner, scale, bias, ..RowOp::elementwise(kind, 0) };
         self.push(name, StepKind::Rows { op, input, input2: None, output, units });
     }
 }
@@ -261,6 +398,18 @@ mod tests {
   %5 = sigmoid %1 : f32[N,2,4,4]  # "sigmoid"
   %6 = mul %1, %5 : f32[N,2,4,4]  # "silu"
   return %4, %6
+}"#,
+        },
+        Case {
+            name: "broadcast arithmetic with a constant on either side and between activations; a batched matmul",
+            shapes: &[&[1, 2, 3, 4], &[1, 1, 4, 3]],
+            qir: r#"graph b(%x: f32[N,2,3,4], %y: f32[N,1,4,3]) -> (a: f32[N,2,3,4], b: f32[N,2,3,4], m: f32[N,2,3,3]) {
+  %0 = const f32[2,1,4] = [1.0, 2.0, 3.0, 4.0, -1.0, -2.0, -3.0, -4.0]  # "k"
+  %1 = sub %0, %x : f32[N,2,3,4]  # "sub_const_first"
+  %2 = reduce_max %x {axes=[1], keepdims=true} : f32[N,1,3,4]  # "max"
+  %3 = div %1, %2 : f32[N,2,3,4]  # "div_activations"
+  %4 = matmul %x, %y : f32[N,2,3,3]  # "matmul"
+  return %1, %3, %4
 }"#,
         },
         Case {

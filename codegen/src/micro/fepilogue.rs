@@ -20,7 +20,7 @@
 //! 0x40` for NaN, the CLIF epilogue's integer formula, which is `half::bf16::from_f32` (the
 //! interpreter's rounding); `vcvtneps2bf16` is not used, since it flushes subnormals.
 
-use crate::spec::{Step, Store};
+use crate::spec::{fmax, fmin, Step, Store};
 
 /// The longest list the kernel takes (a fused kernel has a bias, a residual and two bounds per
 /// absorbed activation; the per-op vectors of a column block stay in registers).
@@ -157,40 +157,6 @@ impl FloatEpilogue {
             };
         }
         x
-    }
-}
-
-/// IEEE 754-2019 `maximum` (Cranelift's `fmax`): NaN if either is NaN, `-0.0 < +0.0`.
-fn fmax(a: f32, b: f32) -> f32 {
-    if a.is_nan() || b.is_nan() {
-        f32::NAN
-    } else if a == b {
-        if a.is_sign_negative() {
-            b
-        } else {
-            a
-        }
-    } else if a > b {
-        a
-    } else {
-        b
-    }
-}
-
-/// IEEE 754-2019 `minimum` (Cranelift's `fmin`): NaN if either is NaN, `-0.0 < +0.0`.
-fn fmin(a: f32, b: f32) -> f32 {
-    if a.is_nan() || b.is_nan() {
-        f32::NAN
-    } else if a == b {
-        if a.is_sign_negative() {
-            a
-        } else {
-            b
-        }
-    } else if a < b {
-        a
-    } else {
-        b
     }
 }
 

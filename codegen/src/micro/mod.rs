@@ -17,6 +17,7 @@ pub mod bf16;
 pub mod fepilogue;
 pub mod float;
 pub mod int8;
+pub mod layer_norm;
 pub mod pool;
 pub mod requant;
 pub mod rowops;

@@ -50,11 +50,11 @@ pub enum RowKind {
     WidenBf16,
     RoundF16,
     RoundBf16,
-    /// A permutation of axes of elements of `elem` bytes (any dtype): output element `o`, written
-    /// as digits over the output dims, reads the input at the dot product of those digits with
-    /// the permuted input strides (both in [`RowOp::index`]); units are [`CHUNK`]s of output
-    /// elements.
-    Transpose {
+    /// A strided view of elements of `elem` bytes (any dtype): a transpose, a slice, a gather at
+    /// constant indices in arithmetic progression. Output element `o`, written as digits over the
+    /// output dims, reads the input at `base + sum(digit * stride)` (dims, strides and base in
+    /// [`RowOp::index`]); units are [`CHUNK`]s of output elements.
+    StridedView {
         elem: usize,
     },
     /// `y = clamp(alpha * x + beta, 0, 1)` on f32 (ONNX HardSigmoid, the interpreter's formula);
@@ -76,6 +76,61 @@ pub enum RowKind {
     /// `y = x * x2` on f32 of one shape and layout (the second operand at [`RowOp::x2`]); units
     /// are [`CHUNK`]s.
     MulF32,
+    /// f32 `y = a op b` (add, sub, mul or div) under numpy broadcasting: output element `o`,
+    /// written as digits over the output dims, reads `a` at `sum(digit * sa)` and `b` at
+    /// `sum(digit * sb)` (dims, `sa` and `sb` in [`RowOp::index`], a broadcast axis having
+    /// stride 0). Operand `a` is the step's input and `b` its second input, except that the
+    /// one constant operand, if any (`const_a` or `const_b`), is [`RowOp::scale`]. Units are
+    /// [`CHUNK`]s of output elements.
+    BroadcastF32 {
+        op: qforge_ir::BinaryOp,
+        const_a: bool,
+        const_b: bool,
+    },
+    /// An f32 reduction over some axes, as the interpreter computes it: each output accumulates
+    /// its inputs in row-major input order from the initial value (f32 arithmetic; a mean
+    /// divides the sum by the count once; max keeps the first NaN). [`RowOp::index`] holds the
+    /// input rank `r`, the kept dims (1 where reduced), their input strides, the reduced axes'
+    /// dims and their input strides (`r` values each). Units are [`CHUNK`]s of outputs.
+    Reduce {
+        kind: ReduceKind,
+    },
+    /// f32 batched matrix product of two activations: per batch `p`, the `m x k` matrix of `a`
+    /// at element `index[2p]` times the `k x n` matrix of `b` (the second input) at
+    /// `index[2p + 1]` ([`RowOp::n`] is `n`), each output element accumulated over `k` in plain
+    /// order from zero with a separate multiply and add, as the interpreter's
+    /// [`qforge_ir::interp`] matmul does. Units are output rows (`batches * m`).
+    MatMulF32 {
+        m: usize,
+        k: usize,
+    },
+    /// Quantized add of two u8/i8 operands under numpy broadcasting with ONNX Runtime's
+    /// QLinearAdd formula ([`qforge_ir::numerics::QAddParams`], `p` built with the operands in
+    /// the kernel's order: `swap` when ORT hands input 0 to its kernel second, as the
+    /// interpreter decides): offsets as in [`RowKind::BroadcastF32`], a constant operand's bytes
+    /// in [`RowOp::lut`]; the result saturates to `out`. Units are [`CHUNK`]s of outputs.
+    BroadcastQAdd {
+        p: qforge_ir::numerics::QAddParams,
+        swap: bool,
+        a_signed: bool,
+        b_signed: bool,
+        out: DType,
+        const_a: bool,
+        const_b: bool,
+    },
+    /// The integer matrix product of two u8/i8 activations (batches paired as in
+    /// [`RowKind::MatMulF32`]): `acc = sum (a - za) * (b - zb)` in i32, then
+    /// [`RowOp::epilogue`] per column ([`crate::spec::apply_scalar`]), stored as `store`. Units
+    /// are output rows.
+    QMatMul {
+        m: usize,
+        k: usize,
+        a_signed: bool,
+        b_signed: bool,
+        za: i32,
+        zb: i32,
+        store: crate::spec::Store,
+    },
     /// One byte to one byte through a 256-entry table of [`RowOp::lut`] (indexed by the input
     /// byte): a requantization between i8/u8 types, or a quantized add of a per-channel constant,
     /// tabulated from the interpreter's formula so it agrees with it exactly. The lut holds
@@ -90,6 +145,14 @@ pub enum RowKind {
     Spatial {
         nhwc: bool,
     },
+}
+
+/// The reduction a [`RowKind::Reduce`] step computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceKind {
+    Sum,
+    Mean,
+    Max,
 }
 
 /// What a [`RowKind::Spatial`] step computes. Dims are in the graph's (NCHW) axis order.
@@ -193,8 +256,10 @@ pub struct RowOp {
     pub inner: usize,
     pub scale: Vec<f32>,
     pub bias: Vec<f32>,
-    /// Transpose: the output dims, then for each output axis the input stride (in elements) it
-    /// walks.
+    /// [`RowKind::StridedView`]: the output dims, then for each output axis the input stride
+    /// (in elements) it walks, then the base offset. A stride is an `isize` stored in two's
+    /// complement (a negative slice step walks backwards); offsets are computed with wrapping
+    /// arithmetic, which gives the exact in-range offset.
     pub index: Vec<usize>,
     /// [`RowKind::Lut8`]: its byte tables, 256 per table.
     pub lut: Vec<u8>,
@@ -202,6 +267,9 @@ pub struct RowOp {
     pub x2: usize,
     /// [`RowKind::Spatial`]: the resize or pad.
     pub plan: Option<Arc<SpatialPlan>>,
+    /// [`RowKind::QMatMul`]: the epilogue each accumulator goes through (bias, then the
+    /// requantization or dequantization), as a fused kernel's epilogue list.
+    pub epilogue: Vec<crate::spec::Step>,
 }
 
 impl RowOp {
@@ -220,6 +288,7 @@ impl RowOp {
             lut: vec![],
             x2: 0,
             plan: None,
+            epilogue: vec![],
         }
     }
 
@@ -227,7 +296,7 @@ impl RowOp {
     pub fn units(&self, total: usize) -> usize {
         match self.kind {
             RowKind::Softmax { .. } => total / self.n.max(1),
-            RowKind::LayerNorm { .. } | RowKind::GroupNorm { .. } => total / self.n.max(1),
+            RowKind::LayerNorm { .. } | RowKind::GroupNorm { .. } | RowKind::MatMulF32 { .. } => total / self.n.max(1),
             _ => self.n.div_ceil(CHUNK),
         }
     }
@@ -251,6 +320,142 @@ unsafe fn map_f32(xb: *mut u8, yb: *mut u8, s: usize, e: usize, f: impl Fn(f32) 
     };
     for (yv, &xv) in y.iter_mut().zip(x) {
         *yv = f(xv);
+    }
+}
+
+/// `y[j] = f(x[j], v[channel of element s + j])`, the channel being `i % c` in NHWC and
+/// `(i / hw) % c` in plain order: walked in runs that share one channel (plain) or cover
+/// consecutive channels (NHWC), so the inner loops have no division and vectorize. `f` takes the
+/// tensor's value first and the constant second.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn channel_runs(
+    x: &[f32],
+    y: &mut [f32],
+    s: usize,
+    v: &[f32],
+    nhwc: bool,
+    c: usize,
+    hw: usize,
+    f: impl Fn(f32, f32) -> f32,
+) {
+    let mut j = 0;
+    while j < x.len() {
+        let i = s + j;
+        if nhwc {
+            let ch = i % c;
+            let len = (c - ch).min(x.len() - j);
+            for ((yv, &xv), &k) in y[j..j + len].iter_mut().zip(&x[j..j + len]).zip(&v[ch..ch + len]) {
+                *yv = f(xv, k);
+            }
+            j += len;
+        } else {
+            let k = v[(i / hw) % c];
+            let len = (hw - i % hw).min(x.len() - j);
+            for (yv, &xv) in y[j..j + len].iter_mut().zip(&x[j..j + len]) {
+                *yv = f(xv, k);
+            }
+            j += len;
+        }
+    }
+}
+
+/// `y[o] = f(a[offset_a(o)], b[offset_b(o)])` for output elements `s..e` (of any element types),
+/// the offsets (in elements) being the
+/// digits of `o` over `dims` dotted with `sa` and `sb`; walked in runs along the last axis, so the
+/// inner loop has no division.
+///
+/// # Safety
+/// Every offset of an output in `s..e` lies inside its operand, and `y` has `e` elements that no
+/// other thread writes in `s..e`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn broadcast_runs<A: Copy, B: Copy, Y>(
+    a: *const A,
+    b: *const B,
+    y: *mut Y,
+    s: usize,
+    e: usize,
+    dims: &[usize],
+    sa: &[usize],
+    sb: &[usize],
+    f: impl Fn(A, B) -> Y,
+) {
+    let rank = dims.len();
+    let last = dims[rank - 1].max(1);
+    let (la, lb) = (sa[rank - 1], sb[rank - 1]);
+    let mut o = s;
+    while o < e {
+        let (mut rem, j) = (o / last, o % last);
+        let (mut oa, mut ob) = (j * la, j * lb);
+        for ax in (0..rank - 1).rev() {
+            let d = dims[ax].max(1);
+            oa += (rem % d) * sa[ax];
+            ob += (rem % d) * sb[ax];
+            rem /= d;
+        }
+        let run = (last - j).min(e - o);
+        // SAFETY: the caller's contract.
+        unsafe {
+            let out = std::slice::from_raw_parts_mut(y.add(o), run);
+            match (la, lb) {
+                (1, 1) => {
+                    let (av, bv) =
+                        (std::slice::from_raw_parts(a.add(oa), run), std::slice::from_raw_parts(b.add(ob), run));
+                    for ((yv, &p), &q) in out.iter_mut().zip(av).zip(bv) {
+                        *yv = f(p, q);
+                    }
+                }
+                (1, 0) => {
+                    let (av, q) = (std::slice::from_raw_parts(a.add(oa), run), b.add(ob).read());
+                    for (yv, &p) in out.iter_mut().zip(av) {
+                        *yv = f(p, q);
+                    }
+                }
+                (0, 1) => {
+                    let (p, bv) = (a.add(oa).read(), std::slice::from_raw_parts(b.add(ob), run));
+                    for (yv, &q) in out.iter_mut().zip(bv) {
+                        *yv = f(p, q);
+                    }
+                }
+                _ => {
+                    for (t, yv) in out.iter_mut().enumerate() {
+                        *yv = f(a.add(oa + t * la).read(), b.add(ob + t * lb).read());
+                    }
+                }
+            }
+        }
+        o += run;
+    }
+}
+
+/// [`norm::softmax_lane`] of one contiguous lane, bit for bit: the maximum, then every
+/// `exp(x - max)` through [`super::transcendental::map`] (the interpreter's f64 `exp` rounded to
+/// f32, eight at a time) instead of one libm call per value, the sum in order, the division.
+/// Log-softmax takes the interpreter's own lane function.
+fn softmax_contiguous(x: &[f32], y: &mut [f32], scratch: &mut [f32], log: bool) {
+    let n = x.len();
+    if log || scratch.len() < n {
+        norm::softmax_lane(x, y, n, 1, log);
+        return;
+    }
+    let mut m = f32::NEG_INFINITY;
+    for &v in x {
+        if v > m || v.is_nan() {
+            m = v;
+        }
+    }
+    let d = &mut scratch[..n];
+    for (dv, &v) in d.iter_mut().zip(x) {
+        *dv = v - m;
+    }
+    super::transcendental::map(UnaryOp::Exp, d, y);
+    let mut sum = 0f32;
+    for &e in y.iter() {
+        sum += e;
+    }
+    for v in y.iter_mut() {
+        *v /= sum;
     }
 }
 
@@ -308,22 +513,251 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
         }
         RowKind::ChannelBinary { op: bop, const_first, nhwc, c, hw } => {
             use qforge_ir::BinaryOp;
-            let (x, y) = (xb as *const f32, yb as *mut f32);
+            if s >= e {
+                return;
+            }
+            // SAFETY: elements `s..e` (`e <= op.n`) lie in both buffers, which are distinct; the
+            // range is this call's units only, so no other thread's slice overlaps it.
+            let (x, y) = unsafe {
+                (
+                    std::slice::from_raw_parts((xb as *const f32).add(s), e - s),
+                    std::slice::from_raw_parts_mut((yb as *mut f32).add(s), e - s),
+                )
+            };
             let (c, hw) = (c.max(1), hw.max(1));
-            for i in s..e {
-                let ch = if nhwc { i % c } else { (i / hw) % c };
-                // SAFETY: element `i < op.n` lies in both buffers (64-byte aligned, so aligned
-                // for f32); this call alone writes it.
-                let xv = unsafe { x.add(i).read() };
-                let (p, q) = if const_first { (op.scale[ch], xv) } else { (xv, op.scale[ch]) };
-                let r = match bop {
-                    BinaryOp::Add => p + q,
-                    BinaryOp::Sub => p - q,
-                    BinaryOp::Div => p / q,
-                    _ => p * q,
+            // one loop per operation and operand order, over runs of one channel (plain order)
+            // or of consecutive channels (NHWC), so each run is a vector loop
+            macro_rules! per_op {
+                ($($op:ident => |$p:ident, $q:ident| $body:expr),*) => {
+                    match (bop, const_first) {
+                        $(
+                            (BinaryOp::$op, false) => channel_runs(x, y, s, &op.scale, nhwc, c, hw, |$p, $q| $body),
+                            (BinaryOp::$op, true) => channel_runs(x, y, s, &op.scale, nhwc, c, hw, |$q, $p| $body),
+                        )*
+                        _ => channel_runs(x, y, s, &op.scale, nhwc, c, hw, |p, q| p * q),
+                    }
                 };
-                // SAFETY: as for the read.
-                unsafe { y.add(i).write(r) };
+            }
+            per_op!(Add => |p, q| p + q, Sub => |p, q| p - q, Div => |p, q| p / q, Mul => |p, q| p * q)
+        }
+        RowKind::BroadcastF32 { op: bop, const_a, const_b } => {
+            use qforge_ir::BinaryOp;
+            let rank = op.index.len() / 3;
+            if rank == 0 || op.index.len() != 3 * rank || s >= e {
+                return;
+            }
+            let (dims, sa, sb) = (&op.index[..rank], &op.index[rank..2 * rank], &op.index[2 * rank..]);
+            // SAFETY: `op.x2` is the offset of the second input's buffer inside the arena (unused
+            // when an operand is the constant).
+            let x2 = unsafe { arena.add(op.x2) } as *const f32;
+            let (pa, pb) = match (const_a, const_b) {
+                (true, _) => (op.scale.as_ptr(), xb as *const f32),
+                (_, true) => (xb as *const f32, op.scale.as_ptr()),
+                _ => (xb as *const f32, x2),
+            };
+            let y = yb as *mut f32;
+            macro_rules! per_op {
+                ($($op:ident => |$p:ident, $q:ident| $body:expr),*) => {
+                    match bop {
+                        // SAFETY: the offsets are the broadcast positions of output elements
+                        // `s..e` (this call's units), inside each operand; only this call writes
+                        // those output elements.
+                        $(BinaryOp::$op => unsafe { broadcast_runs(pa, pb, y, s, e, dims, sa, sb, |$p, $q| $body) },)*
+                        _ => {}
+                    }
+                };
+            }
+            per_op!(Add => |p, q| p + q, Sub => |p, q| p - q, Mul => |p, q| p * q, Div => |p, q| p / q)
+        }
+        RowKind::Reduce { kind } => {
+            let Some(&r) = op.index.first() else { return };
+            if r == 0 || op.index.len() != 1 + 4 * r || s >= e {
+                return;
+            }
+            let t = &op.index[1..];
+            let (dims, strides, rdims, rstrides) = (&t[..r], &t[r..2 * r], &t[2 * r..3 * r], &t[3 * r..]);
+            let count: usize = rdims.iter().product();
+            let (x, y) = (xb as *const f32, yb as *mut f32);
+            let init = match kind {
+                ReduceKind::Max => f32::NEG_INFINITY,
+                _ => 0.0,
+            };
+            // the reduced axes (of more than one position) in order; the innermost is walked
+            // in a plain loop, the others by a digit counter
+            let red: Vec<(usize, usize)> =
+                rdims.iter().zip(rstrides).filter(|(d, _)| **d > 1).map(|(&d, &s)| (d, s)).collect();
+            let (inner, is) = red.last().copied().unwrap_or((1, 0));
+            let outer_red = &red[..red.len().saturating_sub(1)];
+            // outputs in runs along the last kept axis; for each run, the reduced positions in
+            // row-major order (the interpreter's accumulation order for every output)
+            let (last, ls) = (dims[r - 1].max(1), strides[r - 1]);
+            let mut acc = vec![0f32; last.min(e - s)];
+            let mut digits = vec![0usize; outer_red.len()];
+            let mut o = s;
+            while o < e {
+                let (mut rem, j) = (o / last, o % last);
+                let mut base = j * ls;
+                for a in (0..r - 1).rev() {
+                    let d = dims[a].max(1);
+                    base += (rem % d) * strides[a];
+                    rem /= d;
+                }
+                let run = (last - j).min(e - o);
+                let acc = &mut acc[..run];
+                acc.fill(init);
+                digits.fill(0);
+                for _ in 0..count / inner {
+                    let off0 = base + digits.iter().zip(outer_red).map(|(d, (_, s))| d * s).sum::<usize>();
+                    for q in 0..inner {
+                        let off = off0 + q * is;
+                        // SAFETY: `off + t * ls` (t < run) is the input position of output
+                        // `o + t` at this reduced position, inside the input buffer.
+                        unsafe {
+                            if run == 1 {
+                                let v = x.add(off).read();
+                                let a = &mut acc[0];
+                                match kind {
+                                    ReduceKind::Max => {
+                                        if v > *a || v.is_nan() {
+                                            *a = v;
+                                        }
+                                    }
+                                    _ => *a += v,
+                                }
+                                continue;
+                            }
+                            match kind {
+                                ReduceKind::Max => {
+                                    for (t, a) in acc.iter_mut().enumerate() {
+                                        let v = x.add(off + t * ls).read();
+                                        if v > *a || v.is_nan() {
+                                            *a = v;
+                                        }
+                                    }
+                                }
+                                _ => {
+                                    for (t, a) in acc.iter_mut().enumerate() {
+                                        *a += x.add(off + t * ls).read();
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    // the next position of the outer reduced axes in row-major order
+                    for (dg, (d, _)) in digits.iter_mut().zip(outer_red).rev() {
+                        *dg += 1;
+                        if *dg < *d {
+                            break;
+                        }
+                        *dg = 0;
+                    }
+                }
+                if kind == ReduceKind::Mean {
+                    for a in acc.iter_mut() {
+                        *a /= count as f32;
+                    }
+                }
+                // SAFETY: outputs `o..o + run` lie in this call's units of the output buffer.
+                unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), y.add(o), run) };
+                o += run;
+            }
+        }
+        RowKind::BroadcastQAdd { p, swap, a_signed, b_signed, out, const_a, const_b } => {
+            let rank = op.index.len() / 3;
+            if rank == 0 || op.index.len() != 3 * rank || s >= e {
+                return;
+            }
+            let (dims, sa, sb) = (&op.index[..rank], &op.index[rank..2 * rank], &op.index[2 * rank..]);
+            // SAFETY: `op.x2` is the offset of the second input's buffer inside the arena (unused
+            // when an operand is the constant).
+            let x2 = unsafe { arena.add(op.x2) } as *const u8;
+            let (pa, pb) = match (const_a, const_b) {
+                (true, _) => (op.lut.as_ptr(), xb as *const u8),
+                (_, true) => (xb as *const u8, op.lut.as_ptr()),
+                _ => (xb as *const u8, x2),
+            };
+            let int = |v: u8, signed: bool| if signed { v as i8 as i64 } else { v as i64 };
+            let f = |x: u8, z: u8| {
+                let (a, b) = (int(x, a_signed), int(z, b_signed));
+                // the stored byte of the saturated result (an i8 in two's complement)
+                (if swap { p.apply(b, a, out) } else { p.apply(a, b, out) }) as u8
+            };
+            // SAFETY: the offsets are the broadcast positions of output elements `s..e` (this
+            // call's units), inside each operand; only this call writes those output elements.
+            unsafe { broadcast_runs(pa, pb, yb, s, e, dims, sa, sb, f) }
+        }
+        RowKind::QMatMul { m, k, a_signed, b_signed, za, zb, store } => {
+            use crate::spec::{apply_scalar, Lane, Store};
+            let n = op.n;
+            if n == 0 || m == 0 {
+                return;
+            }
+            // SAFETY: `op.x2` is the offset of the second operand's buffer inside the arena.
+            let b = unsafe { arena.add(op.x2) } as *const u8;
+            let a = xb as *const u8;
+            let int = |v: u8, signed: bool| if signed { v as i8 as i32 } else { v as i32 };
+            let mut acc = vec![0i32; n];
+            let mut bc = vec![0i32; n];
+            for u in begin..end {
+                let (p, i) = (u / m, u % m);
+                let (Some(&oa), Some(&ob)) = (op.index.get(2 * p), op.index.get(2 * p + 1)) else { return };
+                // SAFETY: row `i` of batch `p`'s left matrix is bytes `oa + i * k..` (k of them)
+                // and its right matrix `ob..ob + k * n`, inside the (distinct) input buffers.
+                let (arow, bm) = unsafe {
+                    (std::slice::from_raw_parts(a.add(oa + i * k), k), std::slice::from_raw_parts(b.add(ob), k * n))
+                };
+                acc.fill(0);
+                for (kk, &av) in arow.iter().enumerate() {
+                    let av = int(av, a_signed) - za;
+                    for (c, &bv) in bc.iter_mut().zip(&bm[kk * n..(kk + 1) * n]) {
+                        *c = int(bv, b_signed) - zb;
+                    }
+                    for (c, &bv) in acc.iter_mut().zip(&bc) {
+                        *c = c.wrapping_add(av.wrapping_mul(bv));
+                    }
+                }
+                for (j, &a) in acc.iter().enumerate() {
+                    let v = apply_scalar(&op.epilogue, a, j).unwrap_or(Lane::I(0));
+                    // SAFETY: output row `u` (a unit of this call) is elements `u * n..(u + 1) * n`
+                    // of the output, of `store`'s size.
+                    unsafe {
+                        match (store, v) {
+                            (Store::F32, Lane::F(x)) => (yb as *mut f32).add(u * n + j).write(x),
+                            (Store::F32, Lane::I(x)) => (yb as *mut f32).add(u * n + j).write(x as f32),
+                            (_, Lane::I(q)) => yb.add(u * n + j).write(q as u8),
+                            (_, Lane::F(x)) => yb.add(u * n + j).write(x as i32 as u8),
+                        }
+                    }
+                }
+            }
+        }
+        RowKind::MatMulF32 { m, k } => {
+            let n = op.n;
+            if n == 0 || m == 0 {
+                return;
+            }
+            // SAFETY: `op.x2` is the offset of the second operand's buffer inside the arena.
+            let b = unsafe { arena.add(op.x2) } as *const f32;
+            let (a, y) = (xb as *const f32, yb as *mut f32);
+            for u in begin..end {
+                let (p, i) = (u / m, u % m);
+                let (Some(&oa), Some(&ob)) = (op.index.get(2 * p), op.index.get(2 * p + 1)) else { return };
+                // SAFETY: output row `u` (a unit of this call) is elements `u * n..(u + 1) * n` of
+                // the output; row `i` of batch `p`'s left matrix is `oa + i * k..` (k values) and
+                // its right matrix `ob..ob + k * n`, inside the (distinct) input buffers.
+                let (row, arow, bm) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(y.add(u * n), n),
+                        std::slice::from_raw_parts(a.add(oa + i * k), k),
+                        std::slice::from_raw_parts(b.add(ob), k * n),
+                    )
+                };
+                row.fill(0.0);
+                for (kk, &av) in arow.iter().enumerate() {
+                    for (c, &bv) in row.iter_mut().zip(&bm[kk * n..(kk + 1) * n]) {
+                        *c += av * bv;
+                    }
+                }
             }
         }
         RowKind::HardSigmoid { alpha, beta } => {
@@ -440,26 +874,27 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                 }
             }
         }
-        RowKind::Transpose { elem } => {
+        RowKind::StridedView { elem } => {
             let rank = op.index.len() / 2;
-            let (dims, strides) = op.index.split_at(rank);
-            if rank == 0 {
+            if rank == 0 || op.index.len() != 2 * rank + 1 {
                 return;
             }
+            let (dims, rest) = op.index.split_at(rank);
+            let (strides, base) = (&rest[..rank], rest[rank]);
             // runs along the last output axis: one index decomposition per run
             let (last, ls) = (dims[rank - 1].max(1), strides[rank - 1]);
             let mut o = s;
             while o < e {
-                let (mut rem, mut src) = (o / last, (o % last) * ls);
+                let (mut rem, mut src) = (o / last, base.wrapping_add((o % last).wrapping_mul(ls)));
                 for a in (0..rank - 1).rev() {
                     let d = dims[a].max(1);
-                    src += (rem % d) * strides[a];
+                    src = src.wrapping_add((rem % d).wrapping_mul(strides[a]));
                     rem /= d;
                 }
                 let run = (last - o % last).min(e - o);
                 // SAFETY: output elements `o..o + run` lie in `s..e`, this call's units of the
-                // output buffer; the input elements read are the permuted indices of those
-                // outputs, all below `op.n`, in the (distinct) input buffer.
+                // output buffer; the input elements read are the view's offsets of those
+                // outputs, inside the (distinct) input buffer.
                 unsafe {
                     match elem {
                         1 => strided_copy::<u8>(xb, yb, src, ls, o, run),
@@ -481,6 +916,7 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
             // be writing), so it is gathered into scratch, computed there and scattered back.
             let mut lane_in = if inner > 1 { vec![0f32; n] } else { Vec::new() };
             let mut lane_out = if inner > 1 { vec![0f32; n] } else { Vec::new() };
+            let mut scratch = vec![0f32; n];
             for lane in begin..end {
                 let (o, i) = (lane / inner, lane % inner);
                 let base = o * n * inner + i;
@@ -491,13 +927,13 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                     let (xs, ys) = unsafe {
                         (std::slice::from_raw_parts(x.add(base), n), std::slice::from_raw_parts_mut(y.add(base), n))
                     };
-                    norm::softmax_lane(xs, ys, n, 1, log);
+                    softmax_contiguous(xs, ys, &mut scratch, log);
                 } else {
                     for (k, v) in lane_in.iter_mut().enumerate() {
                         // SAFETY: element `base + k * inner` of the lane lies in the input buffer.
                         *v = unsafe { x.add(base + k * inner).read() };
                     }
-                    norm::softmax_lane(&lane_in, &mut lane_out, n, 1, log);
+                    softmax_contiguous(&lane_in, &mut lane_out, &mut scratch, log);
                     for (k, v) in lane_out.iter().enumerate() {
                         // SAFETY: element `base + k * inner` of the lane lies in the output buffer
                         // and belongs to this call's lanes only.
@@ -508,16 +944,19 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
         }
         RowKind::LayerNorm { eps } => {
             let n = op.n;
-            let mut tmp = vec![0f32; n];
-            for row in begin..end {
-                // SAFETY: row `row` (a unit of the step) is the elements `row * n..(row + 1) * n`
-                // of the input buffer, which no call writes during the step.
-                let x = unsafe { std::slice::from_raw_parts((xb as *const f32).add(row * n), n) };
-                norm::layer_norm_row(x, &op.scale, &op.bias, eps, &mut tmp);
-                // SAFETY: the same row of the output buffer, written by this call only; `tmp` is
-                // a separate allocation.
-                unsafe { std::ptr::copy_nonoverlapping(tmp.as_ptr(), (yb as *mut f32).add(row * n), n) };
+            if n == 0 || begin >= end {
+                return;
             }
+            // SAFETY: rows `begin..end` (this call's units) are the elements `begin * n..end * n`
+            // of the input buffer, which no call writes during the step, and of the (distinct)
+            // output buffer, which only this call writes there.
+            let (x, y) = unsafe {
+                (
+                    std::slice::from_raw_parts((xb as *const f32).add(begin * n), (end - begin) * n),
+                    std::slice::from_raw_parts_mut((yb as *mut f32).add(begin * n), (end - begin) * n),
+                )
+            };
+            super::layer_norm::layer_norm_rows(x, n, &op.scale, &op.bias, eps, y, &mut Vec::new());
         }
         RowKind::GroupNorm { eps, plane } => {
             let n = op.n;
@@ -592,17 +1031,60 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
 }
 
 /// Copies `run` elements of type `T`: output elements `o..o + run` from input elements `src`,
-/// `src + step`, ...
+/// `src + step`, ... (offsets in wrapping arithmetic: `step` may be a negative stride in two's
+/// complement); a unit step is one block copy.
 ///
 /// # Safety
-/// Both ranges lie inside their buffers.
+/// Both ranges lie inside their buffers, which do not overlap.
 unsafe fn strided_copy<T: Copy>(x: *const u8, y: *mut u8, src: usize, step: usize, o: usize, run: usize) {
     // SAFETY: the caller guarantees output elements `o..o + run` and input elements `src + k * step` (`k <
     // run`) lie inside their buffers; accesses are unaligned, so any offset is fine.
     unsafe {
         let (x, y) = (x as *const T, y as *mut T);
+        if step == 1 {
+            std::ptr::copy_nonoverlapping(x.add(src) as *const u8, y.add(o) as *mut u8, run * std::mem::size_of::<T>());
+            return;
+        }
         for k in 0..run {
-            y.add(o + k).write_unaligned(x.add(src + k * step).read_unaligned());
+            y.add(o + k).write_unaligned(x.add(src.wrapping_add(k.wrapping_mul(step))).read_unaligned());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The contiguous softmax equals the interpreter's lane function bit for bit: lanes of
+    /// several lengths with wide ranges (exponents that underflow to 0), ties at the maximum,
+    /// infinities and NaN.
+    #[test]
+    fn softmax_contiguous_is_the_interpreters_lane() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let mut lanes: Vec<Vec<f32>> = vec![
+            vec![1.0, 1.0, 1.0],
+            vec![f32::NEG_INFINITY, 0.0, -1.0],
+            vec![f32::INFINITY, 0.0],
+            vec![0.5, f32::NAN, 2.0],
+            vec![-200.0, 0.0, -90.0, -103.0, -87.3],
+        ];
+        for &n in &[1usize, 7, 16, 49, 384] {
+            for scale in [1.0f32, 10.0, 60.0] {
+                lanes.push((0..n).map(|_| next() * scale).collect());
+            }
+        }
+        for x in &lanes {
+            let (mut want, mut got, mut scratch) = (vec![0f32; x.len()], vec![0f32; x.len()], vec![0f32; x.len()]);
+            norm::softmax_lane(x, &mut want, x.len(), 1, false);
+            softmax_contiguous(x, &mut got, &mut scratch, false);
+            let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "lane {x:?}: {got:?} against {want:?}");
         }
     }
 }

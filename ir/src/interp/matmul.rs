@@ -43,7 +43,7 @@ pub(crate) fn transpose2<T: Copy>(v: &[T], rows: usize, cols: usize) -> Vec<T> {
 
 /// The batched layout of a numpy matmul of `a` and `b`: per batch, the offsets of the operand
 /// matrices, and M, K, N.
-pub(crate) struct BatchedMatMul {
+pub struct BatchedMatMul {
     pub m: usize,
     pub k: usize,
     pub n: usize,
@@ -52,7 +52,13 @@ pub(crate) struct BatchedMatMul {
 }
 
 impl BatchedMatMul {
-    pub fn new(a: &[usize], b: &[usize]) -> R<BatchedMatMul> {
+    /// The layout for operands of dims `a` and `b`, or `None` when they do not multiply (the
+    /// JIT's batched matrix product follows the interpreter's pairing of batches).
+    pub fn of(a: &[usize], b: &[usize]) -> Option<BatchedMatMul> {
+        BatchedMatMul::new(a, b).ok()
+    }
+
+    pub(crate) fn new(a: &[usize], b: &[usize]) -> R<BatchedMatMul> {
         if a.is_empty() || b.is_empty() {
             return Err("matmul operands must have rank 1 or more".into());
         }
@@ -89,7 +95,7 @@ impl BatchedMatMul {
     }
 
     /// Runs `core(a_matrix, b_matrix)` per batch and concatenates the results.
-    pub fn run<X: Copy, T>(&self, a: &[X], b: &[X], core: impl Fn(&[X], &[X]) -> Vec<T>) -> Vec<T> {
+    pub(crate) fn run<X: Copy, T>(&self, a: &[X], b: &[X], core: impl Fn(&[X], &[X]) -> Vec<T>) -> Vec<T> {
         let (ma, mb) = (self.m * self.k, self.k * self.n);
         let mut out = Vec::with_capacity(self.pairs.len() * self.m * self.n);
         for &(oa, ob) in &self.pairs {

@@ -458,7 +458,8 @@ pub(crate) fn qgemm(cx: &Cx, alpha: f32, trans_a: bool, trans_b: bool, ep: &[Epi
 
 /// Whether an operand of `shape` reaches ONNX Runtime's QLinearAdd kernel as a scalar: it is
 /// broadcast along the innermost dim of `out` whose size is not 1 (or `out` has one element).
-fn scalar_in_span(shape: &[usize], out: &[usize]) -> bool {
+/// The JIT's broadcast quantized add orders its operands by it too.
+pub fn scalar_in_span(shape: &[usize], out: &[usize]) -> bool {
     let off = out.len() - shape.len().min(out.len());
     match out.iter().rposition(|&d| d != 1) {
         None => true,
