@@ -28,7 +28,7 @@ fn alloc_failed(name: &str, what: &str, bytes: u128) -> impl FnOnce(TryReserveEr
 }
 
 /// Conv attributes as a [`ConvGeom`] for an NCHW input `d` and output `od`.
-fn conv_geom(a: &ConvAttrs, d: &[usize], od: &[usize], cin: usize) -> Option<ConvGeom> {
+pub(super) fn conv_geom(a: &ConvAttrs, d: &[usize], od: &[usize], cin: usize) -> Option<ConvGeom> {
     window_geom(&a.kernel, &a.strides, &a.pads, &a.dilations, d, od, cin)
 }
 
@@ -48,6 +48,17 @@ impl Lowerer<'_> {
                 Op::MatMul | Op::Gemm { trans_a: false, .. } => self.is_const_input(id, 1),
                 _ => false,
             };
+            if let Some(chain) = self.dynamic_chain(id) {
+                // the chain's nodes are the dynamic quantization's alone (each used once)
+                if let Some(&last) = chain.last() {
+                    absorbed.insert(id);
+                    for &c in &chain[..chain.len() - 1] {
+                        absorbed.insert(c);
+                    }
+                    groups.insert(last, (id, chain));
+                }
+                continue;
+            }
             if main {
                 // A node joins at most one group (a residual add is claimed by the first of its
                 // two producers in schedule order).
@@ -689,7 +700,7 @@ fn bf16_bits(t: &Tensor) -> &[u16] {
 }
 
 /// The i8 data of a tensor.
-fn i8_data(t: &Tensor) -> Option<&[i8]> {
+pub(super) fn i8_data(t: &Tensor) -> Option<&[i8]> {
     match t.data() {
         qforge_ir::TensorData::I8(v) => Some(v),
         _ => None,
@@ -776,7 +787,7 @@ fn slice_steps(steps: &[Step], range: std::ops::Range<usize>) -> Vec<Step> {
 
 /// Conv weights `[cout][cin_g][kh][kw]` for the output channels `oc` as GEMM rows in im2col
 /// order: `[oc][kh][kw][cin_g]`.
-fn to_ohwi<T: Copy + Default>(
+pub(super) fn to_ohwi<T: Copy + Default>(
     w: &[T],
     oc: std::ops::Range<usize>,
     cin_g: usize,
@@ -948,6 +959,28 @@ mod tests {
   %1 = const u8<0.04:7>[4,1] = [0, 255, 10, 200]  # "bias"
   %2 = qadd %1, %0 : u8<0.12:100>[N,2,4,4]  # "biased"
   return %0, %2
+}"#,
+        },
+        Case {
+            name: "dynamic quantization chains (quantize, integer matmul or conv, cast, scale) as one step each; one whose scale is used twice is not fused",
+            shapes: &[&[2, 4], &[1, 2, 3, 3]],
+            qir: r#"graph d(%x: f32[N,4], %i: f32[N,2,3,3]) -> (y: f32[N,3], c: f32[N,2,3,3], s: f32[]) {
+  %0, %1, %2 = dynamic_quantize %x : u8[N,4], f32[], u8[]  # "x_dq"
+  %3 = const i8[4,3] = [1, -2, 3, -4, 5, -6, 7, -8, 9, -10, 11, -12]  # "w"
+  %4 = matmul_integer %0, %3, %2, _ : i32[N,3]  # "mm"
+  %5 = cast %4 {to=f32} : f32[N,3]  # "mm_cast"
+  %6 = const f32[3] = [0.02, 0.01, 0.03]  # "w_scale"
+  %7 = mul %1, %6 : f32[3]  # "mm_scale"
+  %8 = mul %5, %7 : f32[N,3]  # "mm_mul"
+  %9, %10, %11 = dynamic_quantize %i : u8[N,2,3,3], f32[], u8[]  # "i_dq"
+  %12 = const i8[2,2,1,1] = [3, -1, 2, 5]  # "k"
+  %13 = conv_integer %9, %12, %11, _ {kernel=[1,1], strides=[1,1], pads=[0,0,0,0], dilations=[1,1], group=1} : i32[N,2,3,3]  # "conv"
+  %14 = cast %13 {to=f32} : f32[N,2,3,3]  # "conv_cast"
+  %15 = const f32[] = [0.05]  # "k_scale"
+  %16 = mul %10, %15 : f32[]  # "conv_scale"
+  %17 = mul %14, %16 : f32[N,2,3,3]  # "conv_mul"
+  %18 = mul %1, %15 : f32[]  # "x_scale_again"
+  return %8, %17, %18
 }"#,
         },
     ];

@@ -17,7 +17,8 @@
 //! the dispatch of each node to its kernel family, one file each:
 //!
 //! * `conv.rs`: float and quantized convolutions, GEMMs and matrix products, their weight packing
-//!   and the float-convolution fusion groups;
+//!   and the fusion groups;
+//! * `dynamic.rs`: dynamic quantization chains (quantize, integer matmul, cast, scale) as one step;
 //! * `elementwise.rs`: quantize, dequantize, quantized add, float add and clamp, unary
 //!   activations, casts;
 //! * `pool.rs`: max, average and global average pooling;
@@ -33,6 +34,7 @@
 //! node a host step.
 
 mod conv;
+mod dynamic;
 mod elementwise;
 mod host;
 mod movement;
@@ -535,6 +537,8 @@ pub fn lower(
         if let Some((main, chain)) = groups.get(&id) {
             if matches!(g.node(*main).op, Op::Conv(_)) {
                 lw.lower_float_conv(*main, chain)?;
+            } else if matches!(g.node(*main).op, Op::DynamicQuantize) {
+                lw.lower_dynamic_chain(*main, chain)?;
             } else {
                 lw.lower_float_matmul(*main, chain)?;
             }
@@ -729,7 +733,7 @@ impl<'g> Lowerer<'g> {
             Op::Binary(BinaryOp::Add)
                 if f32_out && n.ins.iter().flatten().all(|v| self.types[v].shape == n.oty.shape) =>
             {
-                self.add_f32(&n)
+                self.add_f32(&n).or_else(|e| self.or_broadcast(e, &n, BinaryOp::Add))
             }
             Op::Binary(BinaryOp::Mul) if f32_out && n.ins.iter().flatten().all(|v| !self.is_const(*v)) => {
                 self.gate_mul(&n).or_else(|e| self.or_broadcast(e, &n, BinaryOp::Mul))

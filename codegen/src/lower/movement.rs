@@ -30,6 +30,25 @@ fn requant_table(from: &TensorType, to: &TensorType) -> Option<Vec<u8>> {
 }
 
 impl Lowerer<'_> {
+    /// A buffer holding constant `v` (plain order), filled by a step of its own on every run.
+    fn materialize_const(&mut self, v: Value, name: &str) -> Lw {
+        let t = need(self.const_of(Some(v)), "not a constant")?;
+        let ty = self.types[&v].clone();
+        ensure(t.len() == numel(&ty) && t.dtype() == ty.dtype, "the constant does not fit its type")?;
+        let mut bytes = vec![0u8; numel(&ty) * ty.dtype.size_bytes()];
+        crate::program::write_tensor(&t, &mut bytes);
+        let buf = self.new_buf(&ty);
+        self.vals.insert(v, Vinfo { ty, buf, layout: Layout::Plain });
+        let len = bytes.len();
+        let op = RowOp { lut: bytes, ..RowOp::elementwise(RowKind::Fill, len) };
+        let input = buf;
+        self.push(
+            &format!("{name}.constant"),
+            StepKind::Rows { op, input, input2: None, output: buf, units: len.div_ceil(rowops::CHUNK) },
+        );
+        Ok(())
+    }
+
     /// A strided view of the input in plain order: output element `(o_0, .., o_r)` reads input
     /// element `base + sum(o_a * strides[a])` (strides in elements, negative for a reversed axis).
     fn strided_view(&mut self, n: &At, x: Value, strides: Vec<isize>, base: usize) -> Lw {
@@ -137,7 +156,13 @@ impl Lowerer<'_> {
         let a = need(infer::norm_axis(axis, d.len()).ok(), "the axis is out of range")?;
         let vals: Vec<Value> = n.ins.iter().flatten().copied().collect();
         ensure(vals.len() == n.ins.len() && !vals.is_empty(), "an input is missing")?;
-        ensure(!vals.iter().any(|v| self.is_const(*v)), "an input is a constant")?;
+        // a constant operand (a class token expanded to the batch, folded per input shape) is
+        // copied into the arena by a step of its own
+        for v in &vals {
+            if self.is_const(*v) && !self.vals.contains_key(v) {
+                self.materialize_const(*v, &n.name)?;
+            }
+        }
         // A quantized concat requantizes each input of other parameters (a table step first).
         let mut tables = Vec::with_capacity(vals.len());
         for v in &vals {
@@ -293,7 +318,7 @@ mod tests {
 }"#,
         },
         Case {
-            name: "concat with a constant runs on the host; a concat of inputs of other quantization requantizes them by table",
+            name: "concat with a constant copies it in first; a concat of inputs of other quantization requantizes them by table",
             shapes: &[&[2, 3], &[2, 3]],
             qir: r#"graph m(%y: f32[2,3], %q: u8<0.1:0>[N,3]) -> (a: f32[2,4], b: u8<0.2:0>[N,6]) {
   %0 = const f32[2,1] = [1.5, -1.5]  # "column"

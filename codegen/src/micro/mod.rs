@@ -14,6 +14,7 @@
 use std::collections::TryReserveError;
 
 pub mod bf16;
+pub mod dynamic;
 pub mod fepilogue;
 pub mod float;
 pub mod int8;

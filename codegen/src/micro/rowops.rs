@@ -131,6 +131,16 @@ pub enum RowKind {
         zb: i32,
         store: crate::spec::Store,
     },
+    /// A constant's bytes ([`RowOp::lut`]) copied into the output buffer (a concatenation's
+    /// constant operand, such as a transformer's class token); units are [`CHUNK`]s of bytes.
+    Fill,
+    /// A dynamic quantization chain's matrix product ([`super::dynamic`], its sizes and
+    /// weights in [`RowOp::dynamic`]); units are blocks of [`super::dynamic::ROWS`] output rows.
+    DynamicMatMul,
+    /// A dynamic quantization chain's convolution ([`super::dynamic::run_conv`], its geometry
+    /// and weights in [`RowOp::dynamic_conv`]), written in NHWC; units are blocks of
+    /// [`super::dynamic::ROWS`] output pixels.
+    DynamicConv,
     /// One byte to one byte through a 256-entry table of [`RowOp::lut`] (indexed by the input
     /// byte): a requantization between i8/u8 types, or a quantized add of a per-channel constant,
     /// tabulated from the interpreter's formula so it agrees with it exactly. The lut holds
@@ -242,6 +252,138 @@ fn apply_taps(t: &Taps, extrapolation: f64, mut get: impl FnMut(usize) -> f64) -
     }
 }
 
+/// `out[t] = x[t]` widened to f64 (exact), for the `out.len()` elements of an f32, u8 or i8
+/// buffer from element `at`.
+///
+/// # Safety
+/// Those elements lie in the buffer at `x`, of element type `dtype`.
+unsafe fn read_run_f64(x: *const u8, dtype: DType, at: usize, out: &mut [f64]) {
+    // SAFETY: the caller's contract; f32 buffers are 64-byte aligned in the arena.
+    unsafe {
+        match dtype {
+            DType::F32 => {
+                let src = std::slice::from_raw_parts((x as *const f32).add(at), out.len());
+                for (o, &v) in out.iter_mut().zip(src) {
+                    *o = v as f64;
+                }
+            }
+            DType::U8 => {
+                let src = std::slice::from_raw_parts(x.add(at), out.len());
+                for (o, &v) in out.iter_mut().zip(src) {
+                    *o = v as f64;
+                }
+            }
+            _ => {
+                let src = std::slice::from_raw_parts((x as *const i8).add(at), out.len());
+                for (o, &v) in out.iter_mut().zip(src) {
+                    *o = v as f64;
+                }
+            }
+        }
+    }
+}
+
+/// A resize of an NHWC tensor over output elements `s..e`, a pixel's run of channels at a time.
+/// The H pass of an output row is computed once for every input column and all channels (the
+/// same values the per-element path computes for each output pixel again), then each output
+/// pixel applies its W taps to the columns it reads; every channel's value is accumulated
+/// exactly as [`apply_taps`] does for one element (in f64 from 0, the W taps' weighted sum of
+/// the H taps' weighted sums, in tap order) and rounded once to `dtype`.
+///
+/// # Safety
+/// As for the per-element path: the taps index inside the input's axes, `s..e` are this call's
+/// units of the output.
+#[allow(clippy::too_many_arguments)]
+unsafe fn resize_nhwc(
+    xb: *const u8,
+    yb: *mut u8,
+    s: usize,
+    e: usize,
+    din: &[usize; 4],
+    dout: &[usize; 4],
+    dtype: DType,
+    h: Option<&[Taps]>,
+    w: Option<&[Taps]>,
+    extrapolation: f64,
+) {
+    let [_, c, oh_n, ow_n] = dout.map(|v| v.max(1));
+    let w_in = din[3].max(1);
+    // the H pass of the current output row (image n, row oh): w_in columns of c channels
+    let mut hrow = vec![0f64; w_in * c];
+    let mut row_of: Option<(usize, usize)> = None;
+    let mut px = vec![0f64; c];
+    let mut acc = vec![0f64; c];
+    let mut i = s;
+    while i < e {
+        let (pixel, c0) = (i / c, i % c);
+        let run = (c - c0).min(e - i);
+        let (ow, r) = (pixel % ow_n, pixel / ow_n);
+        let (oh, n) = (r % oh_n, r / oh_n);
+        if row_of != Some((n, oh)) {
+            for (ww, out) in hrow.chunks_exact_mut(c).enumerate() {
+                let at = |hh: usize| offset(din, true, n, 0, hh, ww);
+                match h.map(|t| &t[oh]) {
+                    // SAFETY: the caller's contract (taps and `oh` index inside the input).
+                    None => unsafe { read_run_f64(xb, dtype, at(oh), out) },
+                    Some(Taps::Extrapolate) => out.fill(extrapolation),
+                    Some(Taps::Pick(None)) => out.fill(0.0),
+                    // SAFETY: as above.
+                    Some(Taps::Pick(Some(j))) => unsafe { read_run_f64(xb, dtype, at(*j), out) },
+                    Some(Taps::Weighted(ws)) => {
+                        out.fill(0.0);
+                        for &(j, wt) in ws {
+                            // SAFETY: as above.
+                            unsafe { read_run_f64(xb, dtype, at(j), &mut px) };
+                            for (o, &v) in out.iter_mut().zip(px.iter()) {
+                                *o += wt * v;
+                            }
+                        }
+                    }
+                }
+            }
+            row_of = Some((n, oh));
+        }
+        let col = |j: usize| &hrow[j * c + c0..j * c + c0 + run];
+        let out = &mut acc[..run];
+        match w.map(|t| &t[ow]) {
+            None => out.copy_from_slice(col(ow)),
+            Some(Taps::Extrapolate) => out.fill(extrapolation),
+            Some(Taps::Pick(None)) => out.fill(0.0),
+            Some(Taps::Pick(Some(j))) => out.copy_from_slice(col(*j)),
+            Some(Taps::Weighted(ws)) => {
+                out.fill(0.0);
+                for &(j, wt) in ws {
+                    for (o, &v) in out.iter_mut().zip(col(j)) {
+                        *o += wt * v;
+                    }
+                }
+            }
+        }
+        // SAFETY: output elements `i..i + run` belong to this call's units only.
+        unsafe {
+            match dtype {
+                DType::F32 => {
+                    let y = std::slice::from_raw_parts_mut((yb as *mut f32).add(i), run);
+                    for (o, &v) in y.iter_mut().zip(out.iter()) {
+                        *o = v as f32;
+                    }
+                }
+                DType::U8 => {
+                    for (t, &v) in out.iter().enumerate() {
+                        yb.add(i + t).write(numerics::saturate_f64_wide(v, dtype) as u8);
+                    }
+                }
+                _ => {
+                    for (t, &v) in out.iter().enumerate() {
+                        (yb as *mut i8).add(i + t).write(numerics::saturate_f64_wide(v, dtype) as i8);
+                    }
+                }
+            }
+        }
+        i += run;
+    }
+}
+
 /// One row step: arena offsets of its input and output, and its sizes. Generated code passes a
 /// pointer to it.
 #[derive(Clone, Debug)]
@@ -270,6 +412,10 @@ pub struct RowOp {
     /// [`RowKind::QMatMul`]: the epilogue each accumulator goes through (bias, then the
     /// requantization or dequantization), as a fused kernel's epilogue list.
     pub epilogue: Vec<crate::spec::Step>,
+    /// [`RowKind::DynamicMatMul`]: the packed weights and their scales.
+    pub dynamic: Option<Arc<super::dynamic::DynamicMatMul>>,
+    /// [`RowKind::DynamicConv`]: the geometry, packed weights and their scales.
+    pub dynamic_conv: Option<Arc<super::dynamic::DynamicConv>>,
 }
 
 impl RowOp {
@@ -289,6 +435,8 @@ impl RowOp {
             x2: 0,
             plan: None,
             epilogue: vec![],
+            dynamic: None,
+            dynamic_conv: None,
         }
     }
 
@@ -297,6 +445,7 @@ impl RowOp {
         match self.kind {
             RowKind::Softmax { .. } => total / self.n.max(1),
             RowKind::LayerNorm { .. } | RowKind::GroupNorm { .. } | RowKind::MatMulF32 { .. } => total / self.n.max(1),
+            RowKind::DynamicMatMul | RowKind::DynamicConv => (total / self.n.max(1)).div_ceil(super::dynamic::ROWS),
             _ => self.n.div_ceil(CHUNK),
         }
     }
@@ -456,6 +605,35 @@ fn softmax_contiguous(x: &[f32], y: &mut [f32], scratch: &mut [f32], log: bool) 
     }
     for v in y.iter_mut() {
         *v /= sum;
+    }
+}
+
+/// [`softmax_contiguous`] of every lane of `n` values of `x` (a whole number of lanes), with the
+/// exponentials of all lanes in one [`super::transcendental::map`] call (short lanes, such as
+/// attention over a few tokens, would otherwise pay its setup per lane): the same operations on
+/// each value, so the same results bit for bit.
+fn softmax_lanes(x: &[f32], y: &mut [f32], n: usize) {
+    let mut d = vec![0f32; x.len()];
+    for (xl, dl) in x.chunks_exact(n).zip(d.chunks_exact_mut(n)) {
+        let mut m = f32::NEG_INFINITY;
+        for &v in xl {
+            if v > m || v.is_nan() {
+                m = v;
+            }
+        }
+        for (dv, &v) in dl.iter_mut().zip(xl) {
+            *dv = v - m;
+        }
+    }
+    super::transcendental::map(UnaryOp::Exp, &d, y);
+    for yl in y.chunks_exact_mut(n) {
+        let mut sum = 0f32;
+        for &e in yl.iter() {
+            sum += e;
+        }
+        for v in yl.iter_mut() {
+            *v /= sum;
+        }
     }
 }
 
@@ -765,19 +943,29 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
             unsafe { map_f32(xb, yb, s, e, |x| (alpha * x + beta).clamp(0.0, 1.0)) }
         }
         RowKind::GateMul { nhwc, c, hw } => {
-            // SAFETY: `op.x2` is the offset of the gate's buffer inside the arena.
-            let gb = unsafe { arena.add(op.x2) } as *const f32;
-            let (x, y) = (xb as *const f32, yb as *mut f32);
+            if s >= e {
+                return;
+            }
             let (c, hw) = (c.max(1), hw.max(1));
-            for i in s..e {
-                let ch = if nhwc { i % c } else { (i / hw) % c };
-                let img = i / (c * hw);
-                // SAFETY: element `i < op.n` lies in the input and output buffers and
-                // `img * c + ch < n * c` in the gate's; only this call writes output element `i`.
-                unsafe {
-                    let (xv, gv) = (x.add(i).read(), gb.add(img * c + ch).read());
-                    y.add(i).write(xv * gv);
-                }
+            let image = c * hw;
+            let mut i = s;
+            while i < e {
+                // one image at a time: its gates are one value per channel, broadcast as a
+                // per-channel constant is (`channel_runs`)
+                let img = i / image;
+                let end = e.min((img + 1) * image);
+                // SAFETY: elements `i..end` (`end <= op.n`) lie in the input and output buffers,
+                // which are distinct, and are this call's units; the gate buffer holds `n * c`
+                // values, `img < n`. `op.x2` is the offset of the gate's buffer in the arena.
+                let (x, y, g) = unsafe {
+                    (
+                        std::slice::from_raw_parts((xb as *const f32).add(i), end - i),
+                        std::slice::from_raw_parts_mut((yb as *mut f32).add(i), end - i),
+                        std::slice::from_raw_parts((arena.add(op.x2) as *const f32).add(img * c), c),
+                    )
+                };
+                channel_runs(x, y, i - img * image, g, nhwc, c, hw, |p, q| p * q);
+                i = end;
             }
         }
         RowKind::MulF32 => {
@@ -788,6 +976,29 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                 // SAFETY: element `i < op.n` lies in all three buffers; only this call writes
                 // output element `i`, and it reads the inputs' element `i` before writing.
                 unsafe { y.add(i).write(x.add(i).read() * x2.add(i).read()) };
+            }
+        }
+        RowKind::DynamicMatMul => {
+            if let Some(d) = op.dynamic.as_deref() {
+                // SAFETY: the input and output buffers hold the chain's `m x k` input and `m x n`
+                // result (the lowering sized them), are distinct, and rows `begin..end` are this
+                // call's units.
+                unsafe { super::dynamic::run(d, xb as *const f32, yb as *mut f32, begin, end) };
+            }
+        }
+        RowKind::DynamicConv => {
+            if let Some(d) = op.dynamic_conv.as_deref() {
+                // SAFETY: the input buffer holds the chain's NCHW input and the output its NHWC
+                // result (the lowering sized them), distinct; pixels `begin..end` are this call's.
+                unsafe { super::dynamic::run_conv(d, xb as *const f32, yb as *mut f32, begin, end) };
+            }
+        }
+        RowKind::Fill => {
+            let e = e.min(op.lut.len());
+            if s < e {
+                // SAFETY: bytes `s..e` (`e <= op.n`, the buffer's size) are this call's units of
+                // the output buffer; the source is the step's own constant.
+                unsafe { std::ptr::copy_nonoverlapping(op.lut.as_ptr().add(s), yb.add(s), e - s) };
             }
         }
         RowKind::Lut8 { plane } => {
@@ -825,6 +1036,12 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
             let Some(plan) = op.plan.as_deref() else { return };
             let (din, dout) = plan.dims();
             match plan {
+                SpatialPlan::Resize { dtype, h, w, extrapolation, .. } if nhwc => {
+                    // SAFETY: the caller's contract for this step's units `s..e`.
+                    unsafe {
+                        resize_nhwc(xb, yb, s, e, &din, &dout, *dtype, h.as_deref(), w.as_deref(), *extrapolation)
+                    }
+                }
                 SpatialPlan::Resize { dtype, h, w, extrapolation, .. } => {
                     let dtype = *dtype;
                     for i in s..e {
@@ -881,29 +1098,50 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
             }
             let (dims, rest) = op.index.split_at(rank);
             let (strides, base) = (&rest[..rank], rest[rank]);
-            // runs along the last output axis: one index decomposition per run
-            let (last, ls) = (dims[rank - 1].max(1), strides[rank - 1]);
+            // blocks of the last two output axes; the digits of the axes outside them and the
+            // block's source offset advance like an odometer (one decomposition of `s` per call)
+            let (l1, s1) = (dims[rank - 1].max(1), strides[rank - 1]);
+            let (l2, s2) = if rank >= 2 { (dims[rank - 2].max(1), strides[rank - 2]) } else { (1, 0) };
+            let block = l1 * l2;
+            let outer_axes = rank.saturating_sub(2);
+            let mut digits = vec![0usize; outer_axes];
+            let mut rem = s / block;
+            let mut outer = base;
+            for a in (0..outer_axes).rev() {
+                let d = dims[a].max(1);
+                digits[a] = rem % d;
+                outer = outer.wrapping_add(digits[a].wrapping_mul(strides[a]));
+                rem /= d;
+            }
             let mut o = s;
             while o < e {
-                let (mut rem, mut src) = (o / last, base.wrapping_add((o % last).wrapping_mul(ls)));
-                for a in (0..rank - 1).rev() {
-                    let d = dims[a].max(1);
-                    src = src.wrapping_add((rem % d).wrapping_mul(strides[a]));
-                    rem /= d;
-                }
-                let run = (last - o % last).min(e - o);
+                let j = o % block;
+                let run = (block - j).min(e - o);
                 // SAFETY: output elements `o..o + run` lie in `s..e`, this call's units of the
                 // output buffer; the input elements read are the view's offsets of those
                 // outputs, inside the (distinct) input buffer.
                 unsafe {
                     match elem {
-                        1 => strided_copy::<u8>(xb, yb, src, ls, o, run),
-                        2 => strided_copy::<u16>(xb, yb, src, ls, o, run),
-                        4 => strided_copy::<u32>(xb, yb, src, ls, o, run),
-                        _ => strided_copy::<u64>(xb, yb, src, ls, o, run),
+                        1 => block_copy::<u8>(xb, yb, outer, (l1, s1), s2, j, o, run),
+                        2 => block_copy::<u16>(xb, yb, outer, (l1, s1), s2, j, o, run),
+                        4 => block_copy::<u32>(xb, yb, outer, (l1, s1), s2, j, o, run),
+                        _ => block_copy::<u64>(xb, yb, outer, (l1, s1), s2, j, o, run),
                     }
                 }
                 o += run;
+                if j + run == block {
+                    // the next block: carry through the outer digits
+                    for a in (0..outer_axes).rev() {
+                        let d = dims[a].max(1);
+                        digits[a] += 1;
+                        outer = outer.wrapping_add(strides[a]);
+                        if digits[a] < d {
+                            break;
+                        }
+                        digits[a] = 0;
+                        outer = outer.wrapping_sub(d.wrapping_mul(strides[a]));
+                    }
+                }
             }
         }
         RowKind::Softmax { log } => {
@@ -912,6 +1150,19 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                 return;
             }
             let (x, y) = (xb as *const f32, yb as *mut f32);
+            if inner == 1 && !log && begin < end {
+                // contiguous lanes: this call's lanes are one block of both buffers
+                // SAFETY: lanes `begin..end` (this call's units) are elements `begin * n..end *
+                // n` of both buffers, which no other call touches; the buffers are distinct.
+                let (xs, ys) = unsafe {
+                    (
+                        std::slice::from_raw_parts(x.add(begin * n), (end - begin) * n),
+                        std::slice::from_raw_parts_mut(y.add(begin * n), (end - begin) * n),
+                    )
+                };
+                softmax_lanes(xs, ys, n);
+                return;
+            }
             // A lane over a strided axis interleaves with its neighbours (which other threads may
             // be writing), so it is gathered into scratch, computed there and scattered back.
             let mut lane_in = if inner > 1 { vec![0f32; n] } else { Vec::new() };
@@ -1030,6 +1281,47 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
     }
 }
 
+/// Copies elements `j..j + run` of one block of a strided view (the last two output axes: `l1`
+/// values `s1` apart in rows `s2` apart, the block's first input element at `src`) to output
+/// elements `o..o + run`: row by row, each row one [`strided_copy`].
+///
+/// # Safety
+/// As for [`strided_copy`], for every element of the range.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn block_copy<T: Copy>(
+    x: *const u8,
+    y: *mut u8,
+    src: usize,
+    (l1, s1): (usize, usize),
+    s2: usize,
+    j: usize,
+    mut o: usize,
+    run: usize,
+) {
+    let (mut r, mut c) = (j / l1, j % l1);
+    let end = o + run;
+    while o < end {
+        let n = (l1 - c).min(end - o);
+        let at = src.wrapping_add(r.wrapping_mul(s2)).wrapping_add(c.wrapping_mul(s1));
+        // SAFETY: the caller's contract.
+        unsafe {
+            if n <= 4 && s1 != 1 {
+                // short rows (a depth-to-space's interleave): no call per row
+                let (xs, ys) = (x as *const T, y as *mut T);
+                for k in 0..n {
+                    ys.add(o + k).write_unaligned(xs.add(at.wrapping_add(k.wrapping_mul(s1))).read_unaligned());
+                }
+            } else {
+                strided_copy::<T>(x, y, at, s1, o, n);
+            }
+        }
+        o += n;
+        r += 1;
+        c = 0;
+    }
+}
+
 /// Copies `run` elements of type `T`: output elements `o..o + run` from input elements `src`,
 /// `src + step`, ... (offsets in wrapping arithmetic: `step` may be a negative stride in two's
 /// complement); a unit step is one block copy.
@@ -1085,6 +1377,17 @@ mod tests {
             softmax_contiguous(x, &mut got, &mut scratch, false);
             let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "lane {x:?}: {got:?} against {want:?}");
+        }
+        // several lanes at once, each of the same length
+        for n in [3usize, 17, 49] {
+            let x: Vec<f32> = (0..5 * n).map(|_| next() * 30.0).collect();
+            let mut want = vec![0f32; x.len()];
+            for (xl, wl) in x.chunks(n).zip(want.chunks_mut(n)) {
+                norm::softmax_lane(xl, wl, n, 1, false);
+            }
+            let mut got = vec![0f32; x.len()];
+            softmax_lanes(&x, &mut got, n);
+            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "five lanes of {n}");
         }
     }
 }

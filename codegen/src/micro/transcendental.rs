@@ -4,14 +4,15 @@
 //!
 //! Each element is computed in f64 with a polynomial `exp` (Cody-Waite range reduction
 //! `x = k ln 2 + r`, `|r| <= ln 2 / 2`, Taylor polynomial of degree 12, `2^k` built in the
-//! exponent bits) or, for `erf` on `|x| <= 1`, erf's Taylor series (the interpreter's `erf` is
-//! fdlibm's, within an f64 ulp), whose relative errors are below 2^-50, far from f32's 2^-24
+//! exponent bits) or, for `erf`, its Taylor series at 0 on `|x| <= 1` and around the centers of
+//! eighths of `[1, 4)` beyond (`±1` from 4 on; the interpreter's `erf` is fdlibm's, within an
+//! f64 ulp), whose relative errors are below 2^-50, far from f32's 2^-24
 //! spacing. Two f64 values that close round to the same f32 unless an f32 rounding boundary lies
 //! between them, so each result is rounded twice, from `a (1 - EPS)` and `a (1 + EPS)` with
 //! `EPS` covering this error, libm's and the few f64 operations after (Ziv's rounding test):
 //! where both give the same f32, that is the f32 libm's value rounds to; where they differ
 //! (about one element in 2^20) or the argument is outside the polynomial's range (`|x| > 700`,
-//! `|x| > 1` for erf, NaN), the element is computed again by the interpreter's own function. The
+//! NaN), the element is computed again by the interpreter's own function. The
 //! first pass only records whether any element needs that, so it stays a loop without calls; the
 //! second runs only then.
 //!
@@ -19,7 +20,7 @@
 //! `cargo bench -p qforge-codegen --bench transcendental`, about thirteen minutes, and on 2^24
 //! spread inputs by the unit tests).
 
-use qforge_ir::interp::elementwise::unary_scalar;
+use qforge_ir::interp::elementwise::{erf, unary_scalar};
 use qforge_ir::{multiversion, UnaryOp};
 
 /// The rounding test's relative margin: the polynomial (below 2^-50), libm's `exp` (below one
@@ -94,6 +95,45 @@ fn erf_f64(x: f64) -> f64 {
     std::f64::consts::FRAC_2_SQRT_PI * x * p
 }
 
+/// Intervals of `erf`'s middle range `[1, 4)`, each 1/8 wide (the table holds 32, so an index
+/// masked to 5 bits is always inside it).
+const ERF_MID_STEPS: usize = 24;
+/// Terms of the series around each interval's center.
+const ERF_MID_TERMS: usize = 13;
+
+/// For each middle-range interval, the Taylor coefficients of `erf` around its center `c`:
+/// `erf(x) = sum_k b[k] (x - c)^k` with `b[0] = erf(c)` (the interpreter's own f64 `erf`,
+/// fdlibm, within an f64 ulp) and `b[k] = 2/sqrt(pi) e^(-c^2) (-1)^(k-1) H_(k-1)(c) / k!` for
+/// `k >= 1` (erf's derivatives through the Hermite polynomials, `H_n = 2c H_(n-1) - 2(n-1)
+/// H_(n-2)`, Abramowitz & Stegun 7.1.19). With `|x - c| <= 1/16`, twelve powers bring the
+/// relative error to about 1.3e-16 against libm over the range (ten already do; measured on
+/// 10^5 points), far inside the rounding test's margin.
+static ERF_MID: std::sync::LazyLock<[[f64; ERF_MID_TERMS]; 32]> = std::sync::LazyLock::new(|| {
+    let mut t = [[0f64; ERF_MID_TERMS]; 32];
+    for (j, b) in t.iter_mut().enumerate().take(ERF_MID_STEPS) {
+        let c = erf_mid_center(j);
+        let slope = std::f64::consts::FRAC_2_SQRT_PI * (-c * c).exp();
+        b[0] = erf(c);
+        let (mut h_prev, mut h_cur) = (0.0, 1.0);
+        let mut fact = 1.0;
+        for (k, bk) in b.iter_mut().enumerate().skip(1) {
+            fact *= k as f64;
+            let sign = if k % 2 == 1 { 1.0 } else { -1.0 };
+            *bk = slope * sign * h_cur / fact;
+            let next = 2.0 * c * h_cur - 2.0 * (k - 1) as f64 * h_prev;
+            h_prev = h_cur;
+            h_cur = next;
+        }
+    }
+    t
+});
+
+/// The center of middle-range interval `j`: `1 + (j + 1/2) / 8`.
+#[inline(always)]
+fn erf_mid_center(j: usize) -> f64 {
+    1.0 + (j as f64 + 0.5) * 0.125
+}
+
 /// `a` rounded to f32, and whether every value within `EPS` of `a` rounds to that same f32
 /// (false when the interval holds an f32 rounding boundary).
 #[inline(always)]
@@ -104,19 +144,93 @@ fn round_checked(a: f64) -> (f32, bool) {
 }
 
 /// One element of `u` (`Exp`, `Sigmoid` or `Erf`) by the polynomials, and whether it is certain.
+/// `erf` of `|x| >= 4` is `±1` in f32: `1 - erf(4) = erfc(4) < 1.6e-8`, below half an f32 ulp
+/// under 1 (2^-25), and fdlibm's `erf` is exact to an f64 ulp there. `erf` of `1 < |x| < 4` is
+/// left to [`slow_block`] (reported uncertain): its table lookups would keep this loop from
+/// being vectorized.
 #[inline(always)]
 fn fast(u: UnaryOp, x: f32) -> (f32, bool) {
     let v = f64::from(x);
-    let limit = if u == UnaryOp::Erf { 1.0 } else { 700.0 };
-    let in_range = v.abs() <= limit;
+    if u == UnaryOp::Erf {
+        let ax = v.abs();
+        let (small, large) = (ax <= 1.0, ax >= 4.0);
+        let a_small = erf_f64(if small { v } else { 0.0 });
+        let a = if small { a_small } else { 1f64.copysign(v) };
+        let (y, sure) = round_checked(a);
+        // NaN is in neither range
+        return (y, sure && (small || large));
+    }
+    let in_range = v.abs() <= 700.0;
     let v = if in_range { v } else { 0.0 };
     let a = match u {
         UnaryOp::Exp => exp_f64(v),
-        UnaryOp::Erf => erf_f64(v),
         _ => 1.0 / (1.0 + exp_f64(-v)),
     };
     let (y, sure) = round_checked(a);
     (y, sure && in_range)
+}
+
+/// `erf` of eight values of the middle range `1 <= |x| < 4` (signs kept): each by the series of
+/// its interval ([`ERF_MID`]) in Horner form, the eight chains side by side.
+#[inline(always)]
+fn erf_mid_lanes(x: &[f64; 8], t: &[[f64; ERF_MID_TERMS]; 32]) -> [f64; 8] {
+    let mut j = [0usize; 8];
+    let mut h = [0f64; 8];
+    for l in 0..8 {
+        let ax = x[l].abs();
+        j[l] = (((ax - 1.0) * 8.0) as i32).clamp(0, ERF_MID_STEPS as i32 - 1) as usize & 31;
+        h[l] = ax - erf_mid_center(j[l]);
+    }
+    let mut p = [0f64; 8];
+    for l in 0..8 {
+        p[l] = t[j[l]][ERF_MID_TERMS - 1];
+    }
+    for k in (0..ERF_MID_TERMS - 1).rev() {
+        for l in 0..8 {
+            p[l] = p[l] * h[l] + t[j[l]][k];
+        }
+    }
+    for l in 0..8 {
+        p[l] = p[l].copysign(x[l]);
+    }
+    p
+}
+
+/// The elements [`fast`] left uncertain (`flags`) of a block: `erf` of `1 < |x| < 4` by the
+/// middle range's series, eight at a time, where the rounding test passes; everything else by
+/// the interpreter's own function.
+#[inline(always)]
+fn slow_block(u: UnaryOp, x: &[f32], y: &mut [f32], flags: &[bool], mid: &[[f64; ERF_MID_TERMS]; 32]) {
+    let mut idx = [0usize; 8];
+    let mut vals = [2f64; 8];
+    let mut n = 0;
+    let flush = |idx: &[usize; 8], vals: &[f64; 8], n: usize, y: &mut [f32]| {
+        let a = erf_mid_lanes(vals, mid);
+        for l in 0..n {
+            let (r, sure) = round_checked(a[l]);
+            y[idx[l]] = if sure { r } else { unary_scalar(u, x[idx[l]]) };
+        }
+    };
+    for (i, (&xv, &f)) in x.iter().zip(flags).enumerate() {
+        if !f {
+            continue;
+        }
+        let ax = f64::from(xv).abs();
+        if u == UnaryOp::Erf && ax > 1.0 && ax < 4.0 {
+            idx[n] = i;
+            vals[n] = f64::from(xv);
+            n += 1;
+            if n == 8 {
+                flush(&idx, &vals, n, y);
+                n = 0;
+            }
+        } else {
+            y[i] = unary_scalar(u, xv);
+        }
+    }
+    if n > 0 {
+        flush(&idx, &vals, n, y);
+    }
 }
 
 /// Whether [`map`] computes `u` (the others are [`unary_scalar`]'s loop).
@@ -129,31 +243,34 @@ multiversion! {
     /// `y[i] = unary_scalar(u, x[i])` for `u` [`supported`], bit for bit (see the module
     /// documentation); compiled for AVX-512 and AVX2 as well, eight and four f64 lanes.
     pub fn map(u: UnaryOp, x: &[f32], y: &mut [f32]) -> () {
+        /// Elements per block: the uncertain ones are flagged in a buffer of this size.
+        const BLOCK: usize = 256;
         #[inline(always)]
-        fn pass<const KIND: u8>(x: &[f32], y: &mut [f32]) -> bool {
+        fn pass<const KIND: u8>(x: &[f32], y: &mut [f32], uncertain: &mut [bool; BLOCK]) -> bool {
             let u = match KIND {
                 0 => UnaryOp::Exp,
                 1 => UnaryOp::Sigmoid,
                 _ => UnaryOp::Erf,
             };
             let mut all = true;
-            for (yv, &xv) in y.iter_mut().zip(x) {
+            for ((yv, &xv), f) in y.iter_mut().zip(x).zip(uncertain.iter_mut()) {
                 let (r, sure) = fast(u, xv);
                 *yv = r;
+                *f = !sure;
                 all &= sure;
             }
             all
         }
-        let all = match u {
-            UnaryOp::Exp => pass::<0>(x, y),
-            UnaryOp::Sigmoid => pass::<1>(x, y),
-            _ => pass::<2>(x, y),
-        };
-        if !all {
-            for (yv, &xv) in y.iter_mut().zip(x) {
-                if !fast(u, xv).1 {
-                    *yv = unary_scalar(u, xv);
-                }
+        let mid: &[[f64; ERF_MID_TERMS]; 32] = &ERF_MID;
+        let mut uncertain = [false; BLOCK];
+        for (xb, yb) in x.chunks(BLOCK).zip(y.chunks_mut(BLOCK)) {
+            let all = match u {
+                UnaryOp::Exp => pass::<0>(xb, yb, &mut uncertain),
+                UnaryOp::Sigmoid => pass::<1>(xb, yb, &mut uncertain),
+                _ => pass::<2>(xb, yb, &mut uncertain),
+            };
+            if !all {
+                slow_block(u, xb, yb, &uncertain[..xb.len()], mid);
             }
         }
     }
@@ -203,8 +320,14 @@ mod tests {
         ]);
         xs.extend([88.72283, 88.72284, -87.33655, -103.97208, -103.97209, 16.635532, -16.635532]);
         xs.extend([1.0, -1.0, 1.0000001, -1.0000001, 0.99999994, 1e-30, -1e-30, 1e-45]);
-        // erf's range, densely: 2^20 values in [-1.25, 1.25]
+        // erf's ranges, densely: 2^20 values in [-1.25, 1.25] and 2^20 in [-4.5, 4.5]; the
+        // edges of the middle range's intervals
         xs.extend((0..1u32 << 20).map(|i| (i as f32 / (1u32 << 19) as f32 - 1.0) * 1.25));
+        xs.extend((0..1u32 << 20).map(|i| (i as f32 / (1u32 << 19) as f32 - 1.0) * 4.5));
+        for j in 0..=ERF_MID_STEPS {
+            let edge = 1.0 + j as f32 * 0.125;
+            xs.extend([edge, -edge, f32::from_bits(edge.to_bits() - 1), f32::from_bits(edge.to_bits() + 1)]);
+        }
         for u in [UnaryOp::Exp, UnaryOp::Sigmoid, UnaryOp::Erf] {
             check(u, &xs);
         }

@@ -22,7 +22,7 @@ use crate::{numerics, BinaryOp, DType, Tensor, TensorData, UnaryOp};
 /// `s_erf.c` (piecewise on |x| < 0.84375, < 1.25, < 1/0.35, < 6; erf(x) = ±1 beyond). The
 /// constants are fdlibm's, digit for digit.
 #[allow(clippy::excessive_precision)]
-pub(crate) fn erf(x: f64) -> f64 {
+pub fn erf(x: f64) -> f64 {
     const ERX: f64 = 8.45062911510467529297e-01;
     const EFX: f64 = 1.28379167095512586316e-01;
     const PP: [f64; 5] = [

@@ -161,7 +161,7 @@ pub(crate) fn requantize(cx: &Cx) -> R<Tensor> {
 }
 
 /// The scale and zero point ONNX Runtime's DynamicQuantizeLinear chooses for `x`.
-pub(crate) fn dynamic_params(x: &[f32]) -> (f32, i32) {
+pub fn dynamic_params(x: &[f32]) -> (f32, i32) {
     let (mut lo, mut hi) = (f32::MAX, f32::MIN);
     for &v in x {
         lo = lo.min(v);

@@ -1,0 +1,171 @@
+//! Dynamic quantization's matrix product (and convolution) as one step: DynamicQuantizeLinear
+//! of an f32 input, MatMulInteger (or ConvInteger, through im2col) with constant i8 weights, the cast of the i32 result to f32 and its multiply by
+//! the input's scale times the weights' (what ONNX Runtime's `quantize_dynamic` and qforge's
+//! `--quantize dynamic` emit for a linear layer). Each call takes the input's scale and zero
+//! point over the whole tensor ([`dynamic_params`], ONNX Runtime's rule, as the interpreter
+//! computes them), quantizes its own rows ([`numerics::quantize_clamped`], `numerics::quantize`
+//! into u8 for every input), runs the u8 x i8 GEMM
+//! microkernel over the packed weights, and writes `((acc - z * colsum[j]) as f32) * (s *
+//! w_scale[j])`: `sum (q - z) * w` exactly (the i32 sums cannot overflow for `k < 66,000`), the
+//! same cast and the same two f32 multiplies as the graph's, so the result is the
+//! interpreter's bit for bit.
+//!
+//! Invariants: reads only its input and writes only its own rows of the output; never
+//! allocates beyond one row block's scratch.
+
+use super::int8::{gemm_u8i8_best, im2col_ld_u8, im2col_u8, panel_offset, panel_width, GemmU8I8, PackedI8};
+use super::ConvGeom;
+use qforge_ir::interp::quant::dynamic_params;
+use qforge_ir::numerics;
+
+/// Rows quantized and multiplied per block (a multiple of the VNNI kernel's row blocking); a
+/// step's units are blocks of this many output rows (pixels), so the per-call work (the input's
+/// scale over the whole tensor) is paid once per block.
+pub const ROWS: usize = 48;
+
+/// A dynamic quantization chain's matrix product: `m x k` f32 input, constant `k x n` i8
+/// weights (zero point 0) packed for the GEMM, one weight scale (per tensor) or `n` (per
+/// column).
+#[derive(Debug)]
+pub struct DynamicMatMul {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub weights: PackedI8,
+    pub w_scale: Vec<f32>,
+}
+
+/// Output row blocks `begin..end` ([`ROWS`] rows each) of `d` from the whole input `x` (`m * k`
+/// values) into `y` (`m * n`).
+///
+/// # Safety
+/// `x` holds `d.m * d.k` f32 and `y` `d.m * d.n` f32, not overlapping; no other thread writes
+/// rows `begin..end` of `y` meanwhile.
+pub unsafe fn run(d: &DynamicMatMul, x: *const f32, y: *mut f32, begin: usize, end: usize) {
+    let (m, k, n) = (d.m, d.k, d.n);
+    let (begin, end) = (begin.saturating_mul(ROWS), end.saturating_mul(ROWS));
+    if n == 0 || begin >= end.min(m) {
+        return;
+    }
+    // SAFETY: the caller's contract.
+    let xs = unsafe { std::slice::from_raw_parts(x, m * k) };
+    let (s, z) = dynamic_params(xs);
+    let sp: Vec<f32> = (0..n).map(|j| s * if d.w_scale.len() == 1 { d.w_scale[0] } else { d.w_scale[j] }).collect();
+    let kp = d.weights.kp;
+    let (gemm, _) = gemm_u8i8_best();
+    let mut a = vec![0u8; ROWS * kp];
+    let mut acc = vec![0i32; ROWS * 64];
+    let mut r0 = begin;
+    while r0 < end.min(m) {
+        let rows = ROWS.min(end.min(m) - r0);
+        for (r, arow) in a.chunks_exact_mut(kp).take(rows).enumerate() {
+            let xrow = &xs[(r0 + r) * k..(r0 + r + 1) * k];
+            for (q, &v) in arow.iter_mut().zip(xrow) {
+                *q = numerics::quantize_clamped(v, s, z, 0, 255) as u8;
+            }
+        }
+        // SAFETY: `a` holds `rows` rows of `kp` bytes; rows `r0..r0 + rows` of `y` are this
+        // call's (the caller's contract).
+        unsafe { gemm_rows(gemm, &d.weights, &a, kp, rows, z, &sp, &mut acc, y.add(r0 * n)) };
+        r0 += rows;
+    }
+}
+
+/// `y[r][j] = ((acc - z * colsum[j]) as f32) * sp[j]` for the `rows` rows of u8 `a` (stride `lda`)
+/// times the packed weights, panel by panel through `acc` (`ROWS x 64` i32 scratch).
+///
+/// # Safety
+/// `a` holds `rows` rows of `w.kp` readable bytes at stride `lda`; `y` has `rows` rows of `w.n`
+/// writable f32 that no other thread writes.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_rows(
+    gemm: GemmU8I8,
+    w: &PackedI8,
+    a: &[u8],
+    lda: usize,
+    rows: usize,
+    z: i32,
+    sp: &[f32],
+    acc: &mut [i32],
+    y: *mut f32,
+) {
+    let (n, kp) = (w.n, w.kp);
+    for p in 0..n.div_ceil(64) {
+        let cols = (n - 64 * p).min(64);
+        debug_assert!(panel_width(n, p) >= cols);
+        // SAFETY: `rows` rows of `kp` bytes of `a` (the padding bytes past `k` meet zero
+        // weights), one packed panel of `panel_width(n, p) * kp` bytes, and `rows` rows of 64
+        // i32 of `acc` (the kernel writes at most `round_up_16(cols) <= 64` columns).
+        unsafe {
+            gemm(a.as_ptr(), lda, rows, w.data.as_ptr().add(panel_offset(p, kp)), kp, acc.as_mut_ptr(), 64, cols)
+        };
+        for r in 0..rows {
+            for j in 0..cols {
+                let col = 64 * p + j;
+                let v = acc[r * 64 + j].wrapping_sub(z.wrapping_mul(w.col_sums[col]));
+                // SAFETY: row `r` of this call's rows, column `col < n`.
+                unsafe { y.add(r * n + col).write(v as f32 * sp[col]) };
+            }
+        }
+    }
+}
+
+/// A dynamic quantization chain's convolution (one group): `n` NCHW f32 images of `geom.h x
+/// geom.w x geom.c`, weights reordered to `(ky, kx, ci)` and packed for the GEMM (`cout`
+/// columns), one weight scale or one per output channel; the result is written in NHWC.
+#[derive(Debug)]
+pub struct DynamicConv {
+    pub images: usize,
+    pub geom: ConvGeom,
+    pub weights: PackedI8,
+    pub w_scale: Vec<f32>,
+}
+
+/// Output pixel blocks `begin..end` ([`ROWS`] pixels each; pixels are the GEMM's rows: image,
+/// output row, output column) of `d` from
+/// the whole NCHW input `x` into the NHWC output `y`. The input is quantized into NHWC bytes
+/// (the padding is the zero point, so a padded tap adds `(z - z) * w = 0`, as ConvInteger's
+/// zero-point subtraction gives), gathered by im2col, multiplied by the GEMM.
+///
+/// # Safety
+/// `x` holds `images * c * h * w` f32, `y` `images * oh * ow * cout` f32, not overlapping; no
+/// other thread writes pixels `begin..end` of `y` meanwhile.
+pub unsafe fn run_conv(d: &DynamicConv, x: *const f32, y: *mut f32, begin: usize, end: usize) {
+    let (begin, end) = (begin.saturating_mul(ROWS), end.saturating_mul(ROWS));
+    let g = &d.geom;
+    let (c, hw) = (g.c, g.h * g.w);
+    let total = d.images * g.oh * g.ow;
+    let n = d.weights.n;
+    if n == 0 || begin >= end.min(total) {
+        return;
+    }
+    // SAFETY: the caller's contract.
+    let xs = unsafe { std::slice::from_raw_parts(x, d.images * c * hw) };
+    let (s, z) = dynamic_params(xs);
+    let sp: Vec<f32> = (0..n).map(|j| s * if d.w_scale.len() == 1 { d.w_scale[0] } else { d.w_scale[j] }).collect();
+    // the images quantized, channels last
+    let mut xq = vec![0u8; xs.len()];
+    for img in 0..d.images {
+        for ch in 0..c {
+            let plane = &xs[(img * c + ch) * hw..(img * c + ch + 1) * hw];
+            for (p, &v) in plane.iter().enumerate() {
+                xq[(img * hw + p) * c + ch] = numerics::quantize_clamped(v, s, z, 0, 255) as u8;
+            }
+        }
+    }
+    let ld = im2col_ld_u8(g).max(d.weights.kp);
+    let (gemm, _) = gemm_u8i8_best();
+    let mut a = vec![0u8; ROWS * ld];
+    let mut acc = vec![0i32; ROWS * 64];
+    let mut r0 = begin;
+    while r0 < end.min(total) {
+        let rows = ROWS.min(end.min(total) - r0);
+        // SAFETY: `xq` covers every image; `a` has `rows` rows of `ld` bytes; `y`'s rows
+        // `r0..r0 + rows` are this call's.
+        unsafe {
+            im2col_u8(g, xq.as_ptr(), r0, rows, a.as_mut_ptr(), ld, z as u8, 0);
+            gemm_rows(gemm, &d.weights, &a, ld, rows, z, &sp, &mut acc, y.add(r0 * n));
+        }
+        r0 += rows;
+    }
+}
