@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use std::any::Any;
 use std::cell::RefCell;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,9 +23,29 @@ use std::time::{Duration, Instant};
 pub type StepFn = unsafe extern "C" fn(*mut u8, *mut u8, usize, usize);
 
 enum Exec {
-    Jit { func: StepFn, units: usize, grain: usize, scratch: bool },
-    Convert { to_nhwc: bool, n: usize, c: usize, hw: usize, elem: usize, input: usize, output: usize },
-    Host { op: Op, inputs: Vec<HostIn>, outputs: Vec<(usize, TensorType)> },
+    /// `fault`: the flag a row step that can meet invalid data (a gather's index out of range)
+    /// raises instead of reading outside its input; the step then fails with its message.
+    Jit {
+        func: StepFn,
+        units: usize,
+        grain: usize,
+        scratch: bool,
+        fault: Option<(Arc<AtomicBool>, &'static str)>,
+    },
+    Convert {
+        to_nhwc: bool,
+        n: usize,
+        c: usize,
+        hw: usize,
+        elem: usize,
+        input: usize,
+        output: usize,
+    },
+    Host {
+        op: Op,
+        inputs: Vec<HostIn>,
+        outputs: Vec<(usize, TensorType)>,
+    },
 }
 
 enum HostIn {
@@ -386,6 +407,7 @@ impl Program {
         let mut jit = Jit::new(microkernels)?;
         let mut keep: Vec<Box<dyn Any + Send + Sync>> = Vec::new();
         let mut funcs = Vec::new(); // (step index, FuncId, units, grain, scratch)
+        let mut faults = Vec::new(); // (step index, the row step's fault flag and message)
         let mut infos = Vec::new();
         let mut scratch_bytes = 64;
         for (i, s) in steps.iter().enumerate() {
@@ -547,6 +569,9 @@ impl Program {
                     op.y = off(*output);
                     op.x2 = input2.map_or(0, off);
                     let what = format!("{:?}", op.kind);
+                    if let Some(f) = op.fault.clone() {
+                        faults.push((i, (f, op.kind.fault_message())));
+                    }
                     let b = Box::new(op);
                     let pa = &*b as *const crate::micro::rowops::RowOp as i64;
                     keep.push(b);
@@ -570,6 +595,7 @@ impl Program {
         }
         jit.finalize()?;
         let mut fi = funcs.into_iter().peekable();
+        let mut faults = faults.into_iter().peekable();
         let mut exec = Vec::with_capacity(nsteps);
         for (i, s) in steps.into_iter().enumerate() {
             let e = match s.kind {
@@ -588,7 +614,8 @@ impl Program {
                     // `StepFn` names) and the module is finalized, so the address is that
                     // function's code; it stays valid until `free_memory` when the program drops.
                     let func: StepFn = unsafe { std::mem::transmute::<*const u8, StepFn>(jit.address(id)) };
-                    Exec::Jit { func, units, grain, scratch }
+                    let fault = faults.next_if(|(at, _)| *at == i).map(|(_, f)| f);
+                    Exec::Jit { func, units, grain, scratch, fault }
                 }
                 StepKind::Convert { to_nhwc, n, c, hw, elem, input, output } => {
                     Exec::Convert { to_nhwc, n, c, hw, elem, input: off(input), output: off(output) }
@@ -745,7 +772,14 @@ impl Program {
             }
             let t0 = Instant::now();
             match e {
-                Exec::Jit { func, units, grain, scratch } => self.run_jit(*func, &mut arena, *units, *grain, *scratch),
+                Exec::Jit { func, units, grain, scratch, fault } => {
+                    self.run_jit(*func, &mut arena, *units, *grain, *scratch);
+                    if let Some((flag, msg)) = fault {
+                        if flag.swap(false, Ordering::Relaxed) {
+                            return Err(self.step_error(i, (*msg).to_string()));
+                        }
+                    }
+                }
                 Exec::Convert { to_nhwc, n, c, hw, elem, input, output } => convert(
                     &mut arena,
                     &Transpose {

@@ -2,10 +2,15 @@
 //! Clip) as CLIF element-wise steps; unary activations and f16/bf16 casts as row steps (the
 //! interpreter's own element formulas). Each keeps its first input's layout.
 
-use super::{ensure, int_ty, need, numel, per_tensor, At, Lowerer, Lw, StepKind, Vinfo};
+use super::{ensure, int_ty, need, numel, per_tensor, At, Layout, Lowerer, Lw, StepKind, Vinfo};
 use crate::emit::elementwise::Elementwise;
 use crate::micro::rowops::{self, RowKind};
 use qforge_ir::{numerics, DType, Op, UnaryOp, Value};
+
+/// The types [`RowKind::CastElems`] converts between.
+fn plain_cast(t: DType) -> bool {
+    matches!(t, DType::Bool | DType::U8 | DType::I8 | DType::I32 | DType::I64 | DType::F32)
+}
 
 impl Lowerer<'_> {
     /// The quantized add of two per-tensor quantized activations of the result's shape.
@@ -159,6 +164,14 @@ impl Lowerer<'_> {
             (DType::BF16, DType::F32) => RowKind::WidenBf16,
             (DType::F32, DType::F16) => RowKind::RoundF16,
             (DType::F32, DType::BF16) => RowKind::RoundBf16,
+            (a, b) if plain_cast(a) && plain_cast(b) => {
+                let input = self.plain(x, &n.name)?;
+                let output = self.define(n.out, Layout::Plain);
+                let len = numel(&n.oty);
+                let kind = RowKind::CastElems { from: a, to: b };
+                self.push_rows(&n.name, kind, input, output, len, 1, len.div_ceil(rowops::CHUNK), vec![], vec![]);
+                return Ok(());
+            }
             (a, b) => return super::host(format!("no kernel casts {} to {}", a.name(), b.name())),
         };
         let layout = self.vals[&x].layout;
@@ -234,7 +247,7 @@ mod tests {
 }"#,
         },
         Case {
-            name: "unary activations and f16 casts are row steps; same-dtype cast aliases; int cast on the host",
+            name: "unary activations, f16 casts and an integer-to-float cast are row steps; same-dtype cast aliases",
             shapes: &[&[3, 5], &[3, 5]],
             qir: r#"graph e(%x: f32[N,5], %i: i32[N,5]) -> (a: f32[N,5], b: f32[N,5], c: f16[N,5], d: f32[N,5]) {
   %0 = sigmoid %x : f32[N,5]  # "sigmoid"

@@ -62,15 +62,15 @@ mod tests {
 
     const CASES: &[Case] = &[
         Case {
-            name: "a gather at indices out of progression and expand run on the host; a constant output is copied in",
-            shapes: &[&[2, 6]],
-            qir: r#"graph h(%x: f32[N,6]) -> (a: f32[N,3], c: f32[3], d: f32[N,2,6]) {
-  %0 = const i64[3] = [4, 1, 2]  # "indices"
-  %1 = gather %x, %0 {axis=1} : f32[N,3]  # "gather"
+            name: "tile and a gather at indices from the input run on the host; a constant output is copied in",
+            shapes: &[&[2, 6], &[2]],
+            qir: r#"graph h(%x: f32[N,6], %i: i64[N]) -> (a: f32[N,12], c: f32[3], d: f32[N]) {
+  %1 = tile %x {repeats=[1,2]} : f32[N,12]  # "tile"
   %3 = const f32[3] = [1.0, 2.0, 3.0]  # "constant_out"
-  %4 = unsqueeze %x {axes=[1]} : f32[N,1,6]  # "unsqueeze"
-  %5 = expand %4 {shape=[1,2,1]} : f32[N,2,6]  # "expand"
-  return %1, %3, %5
+  %4 = flatten %x {axis=0} : f32[1,N*6]  # "flat"
+  %5 = reshape %4 {shape=[-1]} : f32[N*6]  # "row"
+  %6 = gather %5, %i {axis=0} : f32[N]  # "gather_activation_indices"
+  return %1, %3, %6
 }"#,
         },
         Case {

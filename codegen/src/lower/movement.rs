@@ -30,6 +30,31 @@ fn requant_table(from: &TensorType, to: &TensorType) -> Option<Vec<u8>> {
 }
 
 impl Lowerer<'_> {
+    /// ONNX Gather of a constant table along axis 0 at indices computed at run time (an
+    /// embedding lookup): one output row per index, copied from the table; an index out of range
+    /// fails the run, as the interpreter's gather does.
+    fn gather_indexed(&mut self, n: &At, axis: i64) -> Lw {
+        let t = need(self.const_of(n.input(0)), "the data are not a constant")?;
+        let idx = need(n.input(1).filter(|v| !self.is_const(*v)), "the indices are a constant")?;
+        let td = t.shape().to_vec();
+        ensure(!td.is_empty() && infer::norm_axis(axis, td.len()).ok() == Some(0), "not a gather along axis 0")?;
+        let it = self.types[&idx].dtype;
+        ensure(matches!(it, DType::I64 | DType::I32), "the indices are not i64 or i32")?;
+        let elem = t.dtype().size_bytes();
+        let row = td[1..].iter().product::<usize>() * elem;
+        let count = numel(&self.types[&idx]);
+        ensure(row != 0 && count != 0 && numel(&n.oty) * elem == count * row, "an empty table or result")?;
+        let mut bytes = vec![0u8; t.len() * elem];
+        crate::program::write_tensor(&t, &mut bytes);
+        let input = self.plain(idx, &n.name)?;
+        let output = self.define(n.out, Layout::Plain);
+        let kind = RowKind::GatherIndexed { rows: td[0], row, i32_indices: it == DType::I32 };
+        let fault = Some(std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        let op = RowOp { lut: bytes, fault, ..RowOp::elementwise(kind, count * row) };
+        self.push(&n.name, StepKind::Rows { op, input, input2: None, output, units: count });
+        Ok(())
+    }
+
     /// A buffer holding constant `v` (plain order), filled by a step of its own on every run.
     fn materialize_const(&mut self, v: Value, name: &str) -> Lw {
         let t = need(self.const_of(Some(v)), "not a constant")?;
@@ -114,7 +139,10 @@ impl Lowerer<'_> {
     /// ONNX Gather of an activation at constant indices that are a scalar (the axis is dropped)
     /// or a 1-D arithmetic progression (the axis is walked with the progression's step).
     pub(super) fn gather(&mut self, n: &At, axis: i64) -> Lw {
-        let x = need(n.input(0).filter(|v| !self.is_const(*v)), "the data are a constant")?;
+        if n.input(0).is_some_and(|v| self.is_const(v)) {
+            return self.gather_indexed(n, axis);
+        }
+        let x = need(n.input(0), "the data are missing")?;
         let idx = need(self.const_of(n.input(1)), "the indices are not a constant")?;
         let din = need(dims(&self.types[&x]), "a shape is not fixed")?;
         let a = need(infer::norm_axis(axis, din.len()).ok(), "the axis is out of range")?;
@@ -131,12 +159,42 @@ impl Lowerer<'_> {
             }
             1 => {
                 let step = ids.get(1).map_or(0, |&i1| i1 - ids[0]);
-                ensure(ids.windows(2).all(|w| w[1] - w[0] == step), "the indices are not an arithmetic progression")?;
+                if !ids.windows(2).all(|w| w[1] - w[0] == step) {
+                    return self.gather_rows(n, x, a, &ids);
+                }
                 strides[a] = step as isize * st[a];
             }
-            _ => return super::host("indices of rank above 1"),
+            _ => return self.gather_rows(n, x, a, &ids),
         }
         self.strided_view(n, x, strides, base as usize)
+    }
+
+    /// A gather of activation `x` along axis `a` at normalized constant indices `ids` of any
+    /// shape: one output row (the axes after `a`) per index and position before `a`.
+    fn gather_rows(&mut self, n: &At, x: Value, a: usize, ids: &[i64]) -> Lw {
+        let din = need(dims(&self.types[&x]), "a shape is not fixed")?;
+        let elem = n.oty.dtype.size_bytes();
+        let row = din[a + 1..].iter().product::<usize>() * elem;
+        let outer: usize = din[..a].iter().product();
+        ensure(row != 0 && numel(&n.oty) * elem == outer * ids.len() * row, "an empty row or result")?;
+        let input = self.plain(x, &n.name)?;
+        let output = self.define(n.out, Layout::Plain);
+        let kind = RowKind::GatherRows { dim: din[a], count: ids.len(), row };
+        let index = ids.iter().map(|&i| i as usize).collect();
+        let op = RowOp { index, ..RowOp::elementwise(kind, outer * ids.len() * row) };
+        self.push(&n.name, StepKind::Rows { op, input, input2: None, output, units: outer * ids.len() });
+        Ok(())
+    }
+
+    /// Expand (a constant shape, or one read from reference inputs' dims): a strided view
+    /// with stride 0 along each broadcast axis.
+    pub(super) fn expand(&mut self, n: &At) -> Lw {
+        let x = need(n.input(0).filter(|v| !self.is_const(*v)), "the input is a constant")?;
+        let din = need(dims(&self.types[&x]), "a shape is not fixed")?;
+        let dout = need(dims(&n.oty), "the result shape is not fixed")?;
+        let st = need(super::rows::broadcast_strides(&din, &dout), "the input does not broadcast to the result")?;
+        ensure(numel(&n.oty) != 0, "the result is empty")?;
+        self.strided_view(n, x, st.into_iter().map(|v| v as isize).collect(), 0)
     }
 
     /// Reshape, flatten, squeeze, unsqueeze and identity: the result is the input's buffer in

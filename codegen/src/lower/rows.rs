@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 /// The row-major strides (in elements) of a tensor of dims `input` broadcast to `out` (numpy
 /// rules, right-aligned): 0 along a broadcast axis; `None` when it does not broadcast.
-fn broadcast_strides(input: &[usize], out: &[usize]) -> Option<Vec<usize>> {
+pub(super) fn broadcast_strides(input: &[usize], out: &[usize]) -> Option<Vec<usize>> {
     let off = out.len().checked_sub(input.len())?;
     let mut st = vec![0usize; out.len()];
     let mut acc = 1usize;
@@ -251,6 +251,80 @@ impl Lowerer<'_> {
             const_b: cb,
         };
         let op = RowOp { index, lut, ..RowOp::elementwise(kind, len) };
+        self.push(&n.name, StepKind::Rows { op, input, input2, output, units: len.div_ceil(rowops::CHUNK) });
+        Ok(())
+    }
+
+    /// Boolean and/or under broadcasting, at most one operand a constant.
+    pub(super) fn broadcast_bool(&mut self, n: &At, op: BinaryOp) -> Lw {
+        let (a, b) = need(n.input(0).zip(n.input(1)), "an input is missing")?;
+        let d = need(dims(&n.oty), "the result shape is not fixed")?;
+        ensure(!d.is_empty() && n.oty.dtype == DType::Bool, "a scalar or non-bool result")?;
+        let (ca, cb) = (self.is_const(a), self.is_const(b));
+        ensure(!(ca && cb), "both operands are constants")?;
+        let (da, db) = need(dims(&self.types[&a]).zip(dims(&self.types[&b])), "a shape is not fixed")?;
+        let (sta, stb) =
+            need(broadcast_strides(&da, &d).zip(broadcast_strides(&db, &d)), "the operands do not broadcast")?;
+        let bytes = |v: qforge_ir::Value, this: &Self| {
+            this.const_of(Some(v))
+                .and_then(|t| t.to_i64_vec())
+                .map(|x| x.into_iter().map(|q| (q != 0) as u8).collect::<Vec<u8>>())
+        };
+        let (input, input2, lut) = if ca {
+            (self.plain(b, &n.name)?, None, need(bytes(a, self), "the constant is not boolean")?)
+        } else if cb {
+            (self.plain(a, &n.name)?, None, need(bytes(b, self), "the constant is not boolean")?)
+        } else {
+            (self.plain(a, &n.name)?, Some(self.plain(b, &n.name)?), vec![])
+        };
+        let output = self.define(n.out, Layout::Plain);
+        let len = numel(&n.oty);
+        let mut index = d;
+        index.extend(sta);
+        index.extend(stb);
+        let op =
+            RowOp { index, lut, ..RowOp::elementwise(RowKind::BroadcastBool { op, const_a: ca, const_b: cb }, len) };
+        self.push(&n.name, StepKind::Rows { op, input, input2, output, units: len.div_ceil(rowops::CHUNK) });
+        Ok(())
+    }
+
+    /// ONNX Where of a bool activation and two f32 operands under broadcasting (at most one of
+    /// them an activation).
+    pub(super) fn where_f32(&mut self, n: &At) -> Lw {
+        let (c, a, b) = match (n.input(0), n.input(1), n.input(2)) {
+            (Some(c), Some(a), Some(b)) => (c, a, b),
+            _ => return host("an input is missing"),
+        };
+        let d = need(dims(&n.oty), "the result shape is not fixed")?;
+        ensure(!d.is_empty() && n.oty.dtype == DType::F32, "a scalar or non-f32 result")?;
+        ensure(!self.is_const(c) && self.types[&c].dtype == DType::Bool, "the condition is not a bool activation")?;
+        let (ca, cb) = (self.is_const(a), self.is_const(b));
+        ensure(ca || cb, "both values are activations")?;
+        let st = |v: qforge_ir::Value, this: &Self| dims(&this.types[&v]).and_then(|vd| broadcast_strides(&vd, &d));
+        let (sc, sa, sb) = match (st(c, self), st(a, self), st(b, self)) {
+            (Some(x), Some(y), Some(z)) => (x, y, z),
+            _ => return host("the operands do not broadcast"),
+        };
+        let konst =
+            |v: qforge_ir::Value, this: &Self| this.const_of(Some(v)).and_then(|t| t.as_f32().map(|x| x.to_vec()));
+        let scale = if ca { need(konst(a, self), "a value is not f32")? } else { vec![] };
+        let bias = if cb { need(konst(b, self), "a value is not f32")? } else { vec![] };
+        let input = self.plain(c, &n.name)?;
+        let input2 = if !ca {
+            Some(self.plain(a, &n.name)?)
+        } else if !cb {
+            Some(self.plain(b, &n.name)?)
+        } else {
+            None
+        };
+        let output = self.define(n.out, Layout::Plain);
+        let len = numel(&n.oty);
+        let mut index = d;
+        index.extend(sc);
+        index.extend(sa);
+        index.extend(sb);
+        let op =
+            RowOp { index, scale, bias, ..RowOp::elementwise(RowKind::WhereF32 { const_a: ca, const_b: cb }, len) };
         self.push(&n.name, StepKind::Rows { op, input, input2, output, units: len.div_ceil(rowops::CHUNK) });
         Ok(())
     }

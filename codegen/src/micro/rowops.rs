@@ -141,6 +141,48 @@ pub enum RowKind {
     /// and weights in [`RowOp::dynamic_conv`]), written in NHWC; units are blocks of
     /// [`super::dynamic::ROWS`] output pixels.
     DynamicConv,
+    /// ONNX Gather of constant data ([`RowOp::lut`]: the table's bytes) at indices read from the
+    /// step's input (i64, or i32 with `i32_indices`), along axis 0 of a table of rows of `row`
+    /// bytes (`rows` of them; an embedding lookup): output row `p` is table row `idx[p]` (a
+    /// negative index counts from the end). An index out of range raises [`RowOp::fault`] and
+    /// leaves its row zero. Units are output rows.
+    GatherIndexed {
+        rows: usize,
+        row: usize,
+        i32_indices: bool,
+    },
+    /// ONNX Cast between bool, u8, i8, i32, i64 and f32 with the interpreter's element rules
+    /// (`qforge_ir::interp`'s cast: a float to an integer truncates and saturates, an integer to
+    /// an integer keeps the low bits, anything to bool is `!= 0`, an integer to f32 rounds once
+    /// to nearest even); units are [`CHUNK`]s of elements.
+    CastElems {
+        from: DType,
+        to: DType,
+    },
+    /// Boolean `and` or `or` (bytes 0/1) under numpy broadcasting, offsets as in
+    /// [`RowKind::BroadcastF32`] (a constant operand's bytes in [`RowOp::lut`]); units are
+    /// [`CHUNK`]s of outputs.
+    BroadcastBool {
+        op: qforge_ir::BinaryOp,
+        const_a: bool,
+        const_b: bool,
+    },
+    /// ONNX Where of a bool condition (the step's input) and two f32 operands under numpy
+    /// broadcasting: [`RowOp::index`] holds the output dims and the three operands' strides; a
+    /// constant `a` is [`RowOp::scale`], a constant `b` [`RowOp::bias`], at most one of them
+    /// the second input. Units are [`CHUNK`]s of outputs.
+    WhereF32 {
+        const_a: bool,
+        const_b: bool,
+    },
+    /// ONNX Gather of an activation at constant indices of any shape and order: output row
+    /// `(o, p)` is input row `o * dim + index[p]` (rows of `row` bytes, the axis's `dim`
+    /// positions, `count` indices in [`RowOp::index`], normalized). Units are output rows.
+    GatherRows {
+        dim: usize,
+        count: usize,
+        row: usize,
+    },
     /// One byte to one byte through a 256-entry table of [`RowOp::lut`] (indexed by the input
     /// byte): a requantization between i8/u8 types, or a quantized add of a per-channel constant,
     /// tabulated from the interpreter's formula so it agrees with it exactly. The lut holds
@@ -163,6 +205,16 @@ pub enum ReduceKind {
     Sum,
     Mean,
     Max,
+}
+
+impl RowKind {
+    /// The error of a step whose [`RowOp::fault`] was raised.
+    pub fn fault_message(&self) -> &'static str {
+        match self {
+            RowKind::GatherIndexed { .. } => "an index is out of range for the gathered axis",
+            _ => "the step met data it cannot compute",
+        }
+    }
 }
 
 /// What a [`RowKind::Spatial`] step computes. Dims are in the graph's (NCHW) axis order.
@@ -416,6 +468,9 @@ pub struct RowOp {
     pub dynamic: Option<Arc<super::dynamic::DynamicMatMul>>,
     /// [`RowKind::DynamicConv`]: the geometry, packed weights and their scales.
     pub dynamic_conv: Option<Arc<super::dynamic::DynamicConv>>,
+    /// Raised by a step that met data it cannot compute ([`RowKind::GatherIndexed`]: an index
+    /// out of range); the executor then fails the run with [`RowKind::fault_message`].
+    pub fault: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl RowOp {
@@ -437,6 +492,7 @@ impl RowOp {
             epilogue: vec![],
             dynamic: None,
             dynamic_conv: None,
+            fault: None,
         }
     }
 
@@ -633,6 +689,49 @@ fn softmax_lanes(x: &[f32], y: &mut [f32], n: usize) {
         }
         for v in yl.iter_mut() {
             *v /= sum;
+        }
+    }
+}
+
+/// Element `i` of the `from` buffer at `x` cast to `to` into the buffer at `y`, with the
+/// interpreter's rules ([`RowKind::CastElems`]).
+///
+/// # Safety
+/// Element `i` lies in both buffers, of their element types.
+unsafe fn cast_elem(x: *const u8, from: DType, y: *mut u8, to: DType, i: usize) {
+    enum Elem {
+        Int(i128),
+        Float(f64),
+    }
+    // SAFETY: the caller's contract.
+    let e = unsafe {
+        match from {
+            DType::F32 => Elem::Float((x as *const f32).add(i).read_unaligned() as f64),
+            DType::I64 => Elem::Int((x as *const i64).add(i).read_unaligned() as i128),
+            DType::I32 => Elem::Int((x as *const i32).add(i).read_unaligned() as i128),
+            DType::I8 => Elem::Int((x as *const i8).add(i).read() as i128),
+            _ => Elem::Int(x.add(i).read() as i128),
+        }
+    };
+    let int = |e: &Elem| match *e {
+        Elem::Int(v) => v,
+        Elem::Float(f) => numerics::cast_float_to_int(f, to),
+    };
+    // SAFETY: the caller's contract.
+    unsafe {
+        match to {
+            DType::Bool => y.add(i).write(match e {
+                Elem::Int(v) => (v != 0) as u8,
+                Elem::Float(f) => (f != 0.0) as u8,
+            }),
+            DType::F32 => (y as *mut f32).add(i).write_unaligned(match e {
+                Elem::Int(v) => v as f32,
+                Elem::Float(f) => f as f32,
+            }),
+            DType::I64 => (y as *mut i64).add(i).write_unaligned(int(&e) as i64),
+            DType::I32 => (y as *mut i32).add(i).write_unaligned(int(&e) as i32),
+            DType::I8 => (y as *mut i8).add(i).write(int(&e) as i8),
+            _ => y.add(i).write(int(&e) as u8),
         }
     }
 }
@@ -991,6 +1090,99 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                 // SAFETY: the input buffer holds the chain's NCHW input and the output its NHWC
                 // result (the lowering sized them), distinct; pixels `begin..end` are this call's.
                 unsafe { super::dynamic::run_conv(d, xb as *const f32, yb as *mut f32, begin, end) };
+            }
+        }
+        RowKind::GatherIndexed { rows, row, i32_indices } => {
+            let nrows = rows as i64;
+            for p in begin..end {
+                // SAFETY: index `p` (a unit of this call, below the number of indices) lies in the
+                // input buffer of i64 or i32 indices.
+                let i = unsafe {
+                    if i32_indices {
+                        (xb as *const i32).add(p).read_unaligned() as i64
+                    } else {
+                        (xb as *const i64).add(p).read_unaligned()
+                    }
+                };
+                let j = if i < 0 { i + nrows } else { i };
+                // SAFETY: output row `p` (bytes `p * row..(p + 1) * row`) is this call's; a table
+                // row `j < rows` lies in `op.lut` (`rows * row` bytes).
+                unsafe {
+                    let dst = yb.add(p * row);
+                    if (0..nrows).contains(&j) && op.lut.len() >= rows * row {
+                        std::ptr::copy_nonoverlapping(op.lut.as_ptr().add(j as usize * row), dst, row);
+                    } else {
+                        std::ptr::write_bytes(dst, 0, row);
+                        if let Some(f) = &op.fault {
+                            f.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+        RowKind::CastElems { from, to } => {
+            for i in s..e {
+                // SAFETY: element `i < op.n` lies in the input buffer (of `from`) and the output
+                // buffer (of `to`); only this call writes output element `i`.
+                unsafe { cast_elem(xb, from, yb, to, i) };
+            }
+        }
+        RowKind::BroadcastBool { op: bop, const_a, const_b } => {
+            use qforge_ir::BinaryOp;
+            let rank = op.index.len() / 3;
+            if rank == 0 || op.index.len() != 3 * rank || s >= e {
+                return;
+            }
+            let (dims, sa, sb) = (&op.index[..rank], &op.index[rank..2 * rank], &op.index[2 * rank..]);
+            // SAFETY: `op.x2` is the offset of the second input's buffer inside the arena.
+            let x2 = unsafe { arena.add(op.x2) } as *const u8;
+            let (pa, pb) = match (const_a, const_b) {
+                (true, _) => (op.lut.as_ptr(), xb as *const u8),
+                (_, true) => (xb as *const u8, op.lut.as_ptr()),
+                _ => (xb as *const u8, x2),
+            };
+            let f: fn(u8, u8) -> u8 = match bop {
+                BinaryOp::And => |p, q| ((p != 0) & (q != 0)) as u8,
+                _ => |p, q| ((p != 0) | (q != 0)) as u8,
+            };
+            // SAFETY: the offsets are the broadcast positions of output elements `s..e` (this
+            // call's units), inside each operand; only this call writes those outputs.
+            unsafe { broadcast_runs(pa, pb, yb, s, e, dims, sa, sb, f) }
+        }
+        RowKind::WhereF32 { const_a, const_b } => {
+            let rank = op.index.len() / 4;
+            if rank == 0 || op.index.len() != 4 * rank || s >= e {
+                return;
+            }
+            let (dims, sc, sa, sb) =
+                (&op.index[..rank], &op.index[rank..2 * rank], &op.index[2 * rank..3 * rank], &op.index[3 * rank..]);
+            // SAFETY: `op.x2` is the offset of the second input's buffer inside the arena.
+            let x2 = unsafe { arena.add(op.x2) } as *const f32;
+            let pa = if const_a { op.scale.as_ptr() } else { x2 };
+            let pb = if const_b { op.bias.as_ptr() } else { x2 };
+            let (c, y) = (xb as *const u8, yb as *mut f32);
+            for o in s..e {
+                let (mut rem, mut oc, mut oa, mut ob) = (o, 0, 0, 0);
+                for ax in (0..rank).rev() {
+                    let d = dims[ax].max(1);
+                    let digit = rem % d;
+                    rem /= d;
+                    oc += digit * sc[ax];
+                    oa += digit * sa[ax];
+                    ob += digit * sb[ax];
+                }
+                // SAFETY: the offsets are output `o`'s broadcast positions inside each operand;
+                // output `o` is this call's.
+                unsafe { y.add(o).write(if c.add(oc).read() != 0 { pa.add(oa).read() } else { pb.add(ob).read() }) };
+            }
+        }
+        RowKind::GatherRows { dim, count, row } => {
+            for u in begin..end {
+                let (o, p) = (u / count.max(1), u % count.max(1));
+                let Some(&j) = op.index.get(p) else { return };
+                // SAFETY: output row `u` is this call's; input row `o * dim + j` (`j < dim`, the
+                // lowering normalized and checked the indices) lies in the input buffer.
+                unsafe { std::ptr::copy_nonoverlapping(xb.add((o * dim + j) * row), yb.add(u * row), row) };
             }
         }
         RowKind::Fill => {
