@@ -493,3 +493,63 @@ fn max_pool_bytes() {
     }
     assert!(n > 200);
 }
+
+/// The row kernels of the integer product of two activations and of the broadcast quantized
+/// add: each dispatched version equals its baseline compilation, and the requantizing epilogue
+/// equals the epilogue's scalar definition (`spec::apply_scalar`), on random accumulators and
+/// the extremes of i32.
+#[test]
+fn activation_product_kernels_match_their_references() {
+    use qforge_codegen::spec::{apply_scalar, Lane, Step};
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let (rows, k, n) = (5, 13, 37);
+    let a: Vec<i32> = (0..rows * k).map(|_| rng.u8() as i32 - 128).collect();
+    let b: Vec<i32> = (0..k * n).map(|_| rng.i8() as i32 - 3).collect();
+    let (mut got, mut want) = (vec![7i32; rows * n], vec![-7i32; rows * n]);
+    accumulate_products(&mut got, &a, &b, rows, k, n);
+    accumulate_products_baseline(&mut want, &a, &b, rows, k, n);
+    assert_eq!(got, want, "accumulate_products against its baseline");
+    for r in 0..rows {
+        for j in 0..n {
+            let s: i32 = (0..k).map(|t| a[r * k + t] * b[t * n + j]).sum();
+            assert_eq!(got[r * n + j], s, "row {r} column {j}");
+        }
+    }
+    let mut acc: Vec<i32> = (0..rows * n).map(|_| (rng.next() >> 40) as i32 - (1 << 23)).collect();
+    acc[..4].copy_from_slice(&[i32::MIN, i32::MAX, 0, -1]);
+    let bias: Vec<i32> = (0..n).map(|_| (rng.next() >> 48) as i32 - 30_000).collect();
+    let mul: Vec<f32> = (0..n).map(|j| 1e-4 * (j as f32 + 0.5)).collect();
+    for (zp, lo, hi) in [(120, 125, 250), (0, 0, 255), (-3, -128, 127)] {
+        let r = Requant { bias: &bias, mul: &mul, zp, lo, hi, n };
+        let (mut q, mut qb) = (vec![0u8; acc.len()], vec![1u8; acc.len()]);
+        requantize_products(&acc, &mut q, &r);
+        requantize_products_baseline(&acc, &mut qb, &r);
+        assert_eq!(q, qb, "requantize_products against its baseline");
+        let steps = [
+            Step::AddChannelI32(bias.clone()),
+            Step::ScaleToF32(mul.clone()),
+            Step::RoundToInt { zp, lo, hi, bounded: false },
+        ];
+        for (t, (&v, &got)) in acc.iter().zip(&q).enumerate() {
+            let Some(Lane::I(w)) = apply_scalar(&steps, v, t % n) else { panic!("an integer lane") };
+            assert_eq!(got, w as u8, "accumulator {v} column {} (zp {zp})", t % n);
+        }
+    }
+    let p = qforge_ir::numerics::QAddParams::new(0.02, 128, 0.05, 3, 0.04, 100);
+    let xa: Vec<u8> = (0..300).map(|_| rng.u8()).collect();
+    let xb: Vec<u8> = (0..300).map(|_| rng.u8()).collect();
+    for (swap, signed, scalar) in [(false, false, false), (true, false, true), (false, true, false), (true, true, true)] {
+        let out = if signed { qforge_ir::DType::I8 } else { qforge_ir::DType::U8 };
+        let kq = QAddRun { p, swap, a_signed: signed, b_signed: !signed, out, b_scalar: scalar };
+        let (mut y, mut yb) = (vec![0u8; 300], vec![1u8; 300]);
+        qadd_run(&xa, &xb, &mut y, &kq);
+        qadd_run_baseline(&xa, &xb, &mut yb, &kq);
+        assert_eq!(y, yb, "qadd_run against its baseline (swap {swap}, signed {signed}, scalar {scalar})");
+        let int = |v: u8, s: bool| if s { v as i8 as i64 } else { v as i64 };
+        for t in 0..300 {
+            let (x, z) = (int(xa[t], signed), int(if scalar { xb[0] } else { xb[t] }, !signed));
+            let w = if swap { p.apply(z, x, out) } else { p.apply(x, z, out) };
+            assert_eq!(y[t], w as u8);
+        }
+    }
+}

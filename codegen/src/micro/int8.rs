@@ -1448,3 +1448,85 @@ mod x86 {
         }
     }
 }
+
+qforge_ir::multiversion! {
+    baseline = accumulate_products_baseline;
+    /// `acc[r][j] = sum_t a[r][t] * b[t][j]` in wrapping i32 arithmetic for the `rows` rows of
+    /// `a` (`k` values each) and of `acc` (`n` each), `b` holding `k` rows of `n`: the integer
+    /// product of two activations, whose right operand has no packed form; compiled for AVX-512
+    /// and AVX2 as well (16 and 8 lanes of `vpmulld`), the same sums in every version.
+    pub fn accumulate_products(acc: &mut [i32], a: &[i32], b: &[i32], rows: usize, k: usize, n: usize) -> () {
+        for r in 0..rows {
+            let out = &mut acc[r * n..(r + 1) * n];
+            out.fill(0);
+            for (t, &av) in a[r * k..(r + 1) * k].iter().enumerate() {
+                let row = &b[t * n..(t + 1) * n];
+                for (c, &bv) in out.iter_mut().zip(row) {
+                    *c = c.wrapping_add(av.wrapping_mul(bv));
+                }
+            }
+        }
+    }
+}
+
+/// What [`qadd_run`] computes: ONNX Runtime's quantized add `p` with the kernel's operand order
+/// (`swap`), the operands' signedness, the result type, and whether `b` is one value.
+#[derive(Clone, Copy, Debug)]
+pub struct QAddRun {
+    pub p: qforge_ir::numerics::QAddParams,
+    pub swap: bool,
+    pub a_signed: bool,
+    pub b_signed: bool,
+    pub out: qforge_ir::DType,
+    pub b_scalar: bool,
+}
+
+qforge_ir::multiversion! {
+    baseline = qadd_run_baseline;
+    /// ONNX Runtime's quantized add ([`qforge_ir::numerics::QAddParams::apply`]) over a run of
+    /// outputs: `y[t] = p.apply(a[t], b[t])` (`b[0]` for every `t` when `b_scalar`; the
+    /// kernel's operands in the other order when `swap`), bytes read as i8 where signed.
+    /// Compiled for AVX-512 and AVX2 + FMA as well, where `mul_add` is one instruction instead
+    /// of a library call; `mul_add` rounds once in every version, so the bytes are the same.
+    pub fn qadd_run(a: &[u8], b: &[u8], y: &mut [u8], k: &QAddRun) -> () {
+        let int = |v: u8, signed: bool| if signed { v as i8 as i64 } else { v as i64 };
+        for (t, (o, &av)) in y.iter_mut().zip(a).enumerate() {
+            let bv = if k.b_scalar { b[0] } else { b[t] };
+            let (x, z) = (int(av, k.a_signed), int(bv, k.b_signed));
+            *o = (if k.swap { k.p.apply(z, x, k.out) } else { k.p.apply(x, z, k.out) }) as u8;
+        }
+    }
+}
+
+/// The requantizing epilogue [`requantize_products`] applies: a bias per column (empty: none),
+/// the multiplier per column, the zero point and the clamp (stored values), rows of `n`.
+#[derive(Clone, Copy, Debug)]
+pub struct Requant<'a> {
+    pub bias: &'a [i32],
+    pub mul: &'a [f32],
+    pub zp: i32,
+    pub lo: i32,
+    pub hi: i32,
+    pub n: usize,
+}
+
+qforge_ir::multiversion! {
+    baseline = requantize_products_baseline;
+    /// The requantizing epilogue `[bias?, scale, round]` of [`crate::spec::apply_scalar`] over
+    /// rows of `r.n` accumulators: `q = clamp(round_half_even((acc + bias[j]) as f32 *
+    /// mul[j]), lo - zp, hi - zp) + zp`. The clamp comes first and the rounding is the f32
+    /// addition of 1.5 * 2^23 (exact for the clamped range, and without a library call on the
+    /// baseline target); a NaN product, which `apply_scalar` converts to 0, is 0 here too.
+    pub fn requantize_products(acc: &[i32], out: &mut [u8], r: &Requant<'_>) -> () {
+        const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+        let (lo, hi) = (r.lo.saturating_sub(r.zp) as f32, r.hi.saturating_sub(r.zp) as f32);
+        for (orow, arow) in out.chunks_exact_mut(r.n).zip(acc.chunks_exact(r.n)) {
+            for (j, (o, &a)) in orow.iter_mut().zip(arow).enumerate() {
+                let a = if r.bias.is_empty() { a } else { a.wrapping_add(r.bias[j]) };
+                let v = a as f32 * r.mul[j];
+                let c = if v.is_nan() { 0.0 } else { v.clamp(lo, hi) };
+                *o = (((c + MAGIC) - MAGIC) as i32).wrapping_add(r.zp) as u8;
+            }
+        }
+    }
+}

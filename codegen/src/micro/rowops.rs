@@ -565,6 +565,35 @@ fn channel_runs(
     }
 }
 
+/// Calls `f(o, offset_a, offset_b, run)` for the runs of output elements `s..e` along the last
+/// axis of `dims` (offsets in elements, by the strides `sa` and `sb`).
+fn for_each_run(
+    s: usize,
+    e: usize,
+    dims: &[usize],
+    sa: &[usize],
+    sb: &[usize],
+    mut f: impl FnMut(usize, usize, usize, usize),
+) {
+    let rank = dims.len();
+    let last = dims[rank - 1].max(1);
+    let (la, lb) = (sa[rank - 1], sb[rank - 1]);
+    let mut o = s;
+    while o < e {
+        let (mut rem, j) = (o / last, o % last);
+        let (mut oa, mut ob) = (j * la, j * lb);
+        for ax in (0..rank - 1).rev() {
+            let d = dims[ax].max(1);
+            oa += (rem % d) * sa[ax];
+            ob += (rem % d) * sb[ax];
+            rem /= d;
+        }
+        let run = (last - j).min(e - o);
+        f(o, oa, ob, run);
+        o += run;
+    }
+}
+
 /// `y[o] = f(a[offset_a(o)], b[offset_b(o)])` for output elements `s..e` (of any element types),
 /// the offsets (in elements) being the
 /// digits of `o` over `dims` dotted with `sa` and `sb`; walked in runs along the last axis, so the
@@ -954,6 +983,25 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                 _ => (xb as *const u8, x2),
             };
             let int = |v: u8, signed: bool| if signed { v as i8 as i64 } else { v as i64 };
+            let (la, lb) = (sa[rank - 1], sb[rank - 1]);
+            if la == 1 && lb <= 1 {
+                // runs along the last axis with `a` contiguous and `b` contiguous or one value:
+                // the multiversioned loop (hardware FMA for `mul_add`)
+                for_each_run(s, e, dims, sa, sb, |o, oa, ob, run| {
+                    // SAFETY: the run's offsets lie inside each operand (`b`: one value when
+                    // `lb == 0`); outputs `o..o + run` are this call's.
+                    let (av, bv, yv) = unsafe {
+                        (
+                            std::slice::from_raw_parts(pa.add(oa), run),
+                            std::slice::from_raw_parts(pb.add(ob), if lb == 0 { 1 } else { run }),
+                            std::slice::from_raw_parts_mut(yb.add(o), run),
+                        )
+                    };
+                    let k = super::int8::QAddRun { p, swap, a_signed, b_signed, out, b_scalar: lb == 0 };
+                    super::int8::qadd_run(av, bv, yv, &k);
+                });
+                return;
+            }
             let f = |x: u8, z: u8| {
                 let (a, b) = (int(x, a_signed), int(z, b_signed));
                 // the stored byte of the saturated result (an i8 in two's complement)
@@ -964,7 +1012,7 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
             unsafe { broadcast_runs(pa, pb, yb, s, e, dims, sa, sb, f) }
         }
         RowKind::QMatMul { m, k, a_signed, b_signed, za, zb, store } => {
-            use crate::spec::{apply_scalar, Lane, Store};
+            use crate::spec::{apply_scalar, Lane, Step, Store};
             let n = op.n;
             if n == 0 || m == 0 {
                 return;
@@ -973,39 +1021,70 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
             let b = unsafe { arena.add(op.x2) } as *const u8;
             let a = xb as *const u8;
             let int = |v: u8, signed: bool| if signed { v as i8 as i32 } else { v as i32 };
-            let mut acc = vec![0i32; n];
-            let mut bc = vec![0i32; n];
-            for u in begin..end {
-                let (p, i) = (u / m, u % m);
-                let (Some(&oa), Some(&ob)) = (op.index.get(2 * p), op.index.get(2 * p + 1)) else { return };
-                // SAFETY: row `i` of batch `p`'s left matrix is bytes `oa + i * k..` (k of them)
-                // and its right matrix `ob..ob + k * n`, inside the (distinct) input buffers.
-                let (arow, bm) = unsafe {
-                    (std::slice::from_raw_parts(a.add(oa + i * k), k), std::slice::from_raw_parts(b.add(ob), k * n))
-                };
-                acc.fill(0);
-                for (kk, &av) in arow.iter().enumerate() {
-                    let av = int(av, a_signed) - za;
-                    for (c, &bv) in bc.iter_mut().zip(&bm[kk * n..(kk + 1) * n]) {
-                        *c = int(bv, b_signed) - zb;
-                    }
-                    for (c, &bv) in acc.iter_mut().zip(&bc) {
-                        *c = c.wrapping_add(av.wrapping_mul(bv));
-                    }
+            // the requantizing epilogue `[bias?, scale, round]` inlined: `apply_scalar`'s
+            // arithmetic without its walk over the step list per element
+            let requant = match op.epilogue.as_slice() {
+                [Step::AddChannelI32(bias), Step::ScaleToF32(mul), Step::RoundToInt { zp, lo, hi, .. }] => {
+                    Some((Some(bias), mul, *zp, *lo, *hi))
                 }
-                for (j, &a) in acc.iter().enumerate() {
-                    let v = apply_scalar(&op.epilogue, a, j).unwrap_or(Lane::I(0));
-                    // SAFETY: output row `u` (a unit of this call) is elements `u * n..(u + 1) * n`
-                    // of the output, of `store`'s size.
-                    unsafe {
-                        match (store, v) {
-                            (Store::F32, Lane::F(x)) => (yb as *mut f32).add(u * n + j).write(x),
-                            (Store::F32, Lane::I(x)) => (yb as *mut f32).add(u * n + j).write(x as f32),
-                            (_, Lane::I(q)) => yb.add(u * n + j).write(q as u8),
-                            (_, Lane::F(x)) => yb.add(u * n + j).write(x as i32 as u8),
+                [Step::ScaleToF32(mul), Step::RoundToInt { zp, lo, hi, .. }] => Some((None, mul, *zp, *lo, *hi)),
+                _ => None,
+            };
+            let rows_max = (end - begin).min(m);
+            let mut acc = vec![0i32; rows_max * n];
+            let mut ac = vec![0i32; rows_max * k];
+            let mut bc = vec![0i32; k * n];
+            let mut u = begin;
+            while u < end {
+                // the rows of this call in one batch: its right matrix centered once, the rows'
+                // sums in one call
+                let (p, i) = (u / m, u % m);
+                let rows = (m - i).min(end - u);
+                let (Some(&oa), Some(&ob)) = (op.index.get(2 * p), op.index.get(2 * p + 1)) else { return };
+                // SAFETY: rows `i..i + rows` of batch `p`'s left matrix are bytes `oa + i * k..`
+                // (`rows * k` of them) and its right matrix `ob..ob + k * n`, inside the
+                // (distinct) input buffers.
+                let (arows, bm) = unsafe {
+                    (
+                        std::slice::from_raw_parts(a.add(oa + i * k), rows * k),
+                        std::slice::from_raw_parts(b.add(ob), k * n),
+                    )
+                };
+                for (c, &bv) in bc.iter_mut().zip(bm) {
+                    *c = int(bv, b_signed) - zb;
+                }
+                for (c, &av) in ac.iter_mut().zip(arows) {
+                    *c = int(av, a_signed) - za;
+                }
+                super::int8::accumulate_products(&mut acc, &ac, &bc, rows, k, n);
+                match (requant, store) {
+                    (Some((bias, mul, zp, lo, hi)), Store::U8 | Store::I8) => {
+                        // SAFETY: output rows `u..u + rows` (units of this call) are bytes
+                        // `u * n..(u + rows) * n`.
+                        let out = unsafe { std::slice::from_raw_parts_mut(yb.add(u * n), rows * n) };
+                        let bias: &[i32] = bias.map_or(&[], |b| b.as_slice());
+                        let r = super::int8::Requant { bias, mul, zp, lo, hi, n };
+                        super::int8::requantize_products(&acc[..rows * n], out, &r);
+                    }
+                    _ => {
+                        for (t, &a) in acc[..rows * n].iter().enumerate() {
+                            let j = t % n;
+                            let v = apply_scalar(&op.epilogue, a, j).unwrap_or(Lane::I(0));
+                            let at = u * n + t;
+                            // SAFETY: output element `at` lies in rows `u..u + rows`, this call's
+                            // units, of `store`'s size.
+                            unsafe {
+                                match (store, v) {
+                                    (Store::F32, Lane::F(x)) => (yb as *mut f32).add(at).write(x),
+                                    (Store::F32, Lane::I(x)) => (yb as *mut f32).add(at).write(x as f32),
+                                    (_, Lane::I(q)) => yb.add(at).write(q as u8),
+                                    (_, Lane::F(x)) => yb.add(at).write(x as i32 as u8),
+                                }
+                            }
                         }
                     }
                 }
+                u += rows;
             }
         }
         RowKind::MatMulF32 { m, k } => {
