@@ -22,30 +22,14 @@ use std::time::{Duration, Instant};
 /// A generated step function: `(arena, scratch, begin, end)`.
 pub type StepFn = unsafe extern "C" fn(*mut u8, *mut u8, usize, usize);
 
+/// The flag a row step that can meet invalid data (a gather's index out of range) raises instead
+/// of reading outside its input, with the message the step then fails with.
+type Fault = Option<(Arc<AtomicBool>, &'static str)>;
+
 enum Exec {
-    /// `fault`: the flag a row step that can meet invalid data (a gather's index out of range)
-    /// raises instead of reading outside its input; the step then fails with its message.
-    Jit {
-        func: StepFn,
-        units: usize,
-        grain: usize,
-        scratch: bool,
-        fault: Option<(Arc<AtomicBool>, &'static str)>,
-    },
-    Convert {
-        to_nhwc: bool,
-        n: usize,
-        c: usize,
-        hw: usize,
-        elem: usize,
-        input: usize,
-        output: usize,
-    },
-    Host {
-        op: Op,
-        inputs: Vec<HostIn>,
-        outputs: Vec<(usize, TensorType)>,
-    },
+    Jit { func: StepFn, units: usize, grain: usize, scratch: bool, fault: Fault },
+    Convert { to_nhwc: bool, n: usize, c: usize, hw: usize, elem: usize, input: usize, output: usize },
+    Host { op: Op, inputs: Vec<HostIn>, outputs: Vec<(usize, TensorType)> },
 }
 
 enum HostIn {
@@ -770,7 +754,8 @@ impl Program {
             if self.check_guards && i > 0 {
                 self.fill_guards(&mut arena, |g| g.first == i)?;
             }
-            let t0 = Instant::now();
+            // the clock is read only when the steps are timed
+            let t0 = times.is_some().then(Instant::now);
             match e {
                 Exec::Jit { func, units, grain, scratch, fault } => {
                     self.run_jit(*func, &mut arena, *units, *grain, *scratch);
@@ -795,7 +780,7 @@ impl Program {
                 .map_err(|e| self.step_error(i, e.to_string()))?,
                 Exec::Host { op, inputs: hin, outputs } => self.run_host(&mut arena, i, op, hin, outputs)?,
             }
-            if let Some(t) = times.as_deref_mut() {
+            if let (Some(t), Some(t0)) = (times.as_deref_mut(), t0) {
                 t[i] += t0.elapsed();
             }
             if let Some(each) = each.as_deref_mut() {

@@ -538,7 +538,8 @@ fn activation_product_kernels_match_their_references() {
     let p = qforge_ir::numerics::QAddParams::new(0.02, 128, 0.05, 3, 0.04, 100);
     let xa: Vec<u8> = (0..300).map(|_| rng.u8()).collect();
     let xb: Vec<u8> = (0..300).map(|_| rng.u8()).collect();
-    for (swap, signed, scalar) in [(false, false, false), (true, false, true), (false, true, false), (true, true, true)] {
+    for (swap, signed, scalar) in [(false, false, false), (true, false, true), (false, true, false), (true, true, true)]
+    {
         let out = if signed { qforge_ir::DType::I8 } else { qforge_ir::DType::U8 };
         let kq = QAddRun { p, swap, a_signed: signed, b_signed: !signed, out, b_scalar: scalar };
         let (mut y, mut yb) = (vec![0u8; 300], vec![1u8; 300]);

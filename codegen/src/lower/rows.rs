@@ -129,6 +129,27 @@ impl Lowerer<'_> {
         Ok(())
     }
 
+    /// The constant one of a broadcast step's operands `a`, `b`, if any.
+    fn const_operand(&self, a: qforge_ir::Value, b: qforge_ir::Value) -> Option<qforge_ir::Value> {
+        [a, b].into_iter().find(|&v| self.is_const(v))
+    }
+
+    /// The buffers of a broadcast step's operands `a`, `b` (at most one a constant, whose data
+    /// the step keeps): the activation, or `a` when both are, as the step's input, and `b` as
+    /// its second input when both are activations; both in plain order.
+    fn broadcast_inputs(
+        &mut self,
+        n: &At,
+        a: qforge_ir::Value,
+        b: qforge_ir::Value,
+    ) -> Result<(usize, Option<usize>), super::Skip> {
+        Ok(match (self.is_const(a), self.is_const(b)) {
+            (true, _) => (self.plain(b, &n.name)?, None),
+            (_, true) => (self.plain(a, &n.name)?, None),
+            _ => (self.plain(a, &n.name)?, Some(self.plain(b, &n.name)?)),
+        })
+    }
+
     /// f32 add, sub, mul or div of two operands of any shapes that broadcast to the result's
     /// (numpy rules), at most one of them a constant; both read in plain order.
     pub(super) fn broadcast_binary(&mut self, n: &At, op: BinaryOp) -> Lw {
@@ -140,20 +161,16 @@ impl Lowerer<'_> {
         let strides =
             |v: qforge_ir::Value, this: &Self| dims(&this.types[&v]).and_then(|vd| broadcast_strides(&vd, &d));
         let (sa, sb) = need(strides(a, self).zip(strides(b, self)), "the operands do not broadcast")?;
-        let konst =
-            |v: qforge_ir::Value, this: &Self| this.const_of(Some(v)).and_then(|t| t.as_f32().map(|x| x.to_vec()));
-        let (input, input2, scale) = if ca {
-            (self.plain(b, &n.name)?, None, need(konst(a, self), "the constant is not f32")?)
-        } else if cb {
-            (self.plain(a, &n.name)?, None, need(konst(b, self), "the constant is not f32")?)
-        } else {
-            (self.plain(a, &n.name)?, Some(self.plain(b, &n.name)?), vec![])
+        let scale = match self.const_operand(a, b) {
+            Some(k) => {
+                need(self.const_of(Some(k)).and_then(|t| t.as_f32().map(|x| x.to_vec())), "the constant is not f32")?
+            }
+            None => vec![],
         };
+        let (input, input2) = self.broadcast_inputs(n, a, b)?;
         let output = self.define(n.out, Layout::Plain);
         let len = numel(&n.oty);
-        let mut index = d;
-        index.extend(sa);
-        index.extend(sb);
+        let index = [d, sa, sb].concat();
         let kind = RowKind::BroadcastF32 { op, const_a: ca, const_b: cb };
         let op = RowOp { index, scale, ..RowOp::elementwise(kind, len) };
         self.push(&n.name, StepKind::Rows { op, input, input2, output, units: len.div_ceil(rowops::CHUNK) });
@@ -224,23 +241,18 @@ impl Lowerer<'_> {
         } else {
             numerics::QAddParams::new(sa, za, sb, zb, sc, zc)
         };
-        let bytes = |v: qforge_ir::Value, this: &Self| {
-            this.const_of(Some(v))
-                .and_then(|t| t.to_i64_vec())
-                .map(|x| x.into_iter().map(|q| q as u8).collect::<Vec<u8>>())
+        // a constant's stored bytes (an i8 in two's complement)
+        let lut = match self.const_operand(a, b) {
+            Some(k) => need(
+                self.const_of(Some(k)).and_then(|t| t.to_i64_vec()).map(|x| x.into_iter().map(|q| q as u8).collect()),
+                "the constant is not integer",
+            )?,
+            None => vec![],
         };
-        let (input, input2, lut) = if ca {
-            (self.plain(b, &n.name)?, None, need(bytes(a, self), "the constant is not integer")?)
-        } else if cb {
-            (self.plain(a, &n.name)?, None, need(bytes(b, self), "the constant is not integer")?)
-        } else {
-            (self.plain(a, &n.name)?, Some(self.plain(b, &n.name)?), vec![])
-        };
+        let (input, input2) = self.broadcast_inputs(n, a, b)?;
         let output = self.define(n.out, Layout::Plain);
         let len = numel(&n.oty);
-        let mut index = d;
-        index.extend(sta);
-        index.extend(stb);
+        let index = [d, sta, stb].concat();
         let kind = RowKind::BroadcastQAdd {
             p,
             swap,
@@ -265,23 +277,19 @@ impl Lowerer<'_> {
         let (da, db) = need(dims(&self.types[&a]).zip(dims(&self.types[&b])), "a shape is not fixed")?;
         let (sta, stb) =
             need(broadcast_strides(&da, &d).zip(broadcast_strides(&db, &d)), "the operands do not broadcast")?;
-        let bytes = |v: qforge_ir::Value, this: &Self| {
-            this.const_of(Some(v))
-                .and_then(|t| t.to_i64_vec())
-                .map(|x| x.into_iter().map(|q| (q != 0) as u8).collect::<Vec<u8>>())
+        let lut = match self.const_operand(a, b) {
+            Some(k) => need(
+                self.const_of(Some(k))
+                    .and_then(|t| t.to_i64_vec())
+                    .map(|x| x.into_iter().map(|q| (q != 0) as u8).collect()),
+                "the constant is not boolean",
+            )?,
+            None => vec![],
         };
-        let (input, input2, lut) = if ca {
-            (self.plain(b, &n.name)?, None, need(bytes(a, self), "the constant is not boolean")?)
-        } else if cb {
-            (self.plain(a, &n.name)?, None, need(bytes(b, self), "the constant is not boolean")?)
-        } else {
-            (self.plain(a, &n.name)?, Some(self.plain(b, &n.name)?), vec![])
-        };
+        let (input, input2) = self.broadcast_inputs(n, a, b)?;
         let output = self.define(n.out, Layout::Plain);
         let len = numel(&n.oty);
-        let mut index = d;
-        index.extend(sta);
-        index.extend(stb);
+        let index = [d, sta, stb].concat();
         let op =
             RowOp { index, lut, ..RowOp::elementwise(RowKind::BroadcastBool { op, const_a: ca, const_b: cb }, len) };
         self.push(&n.name, StepKind::Rows { op, input, input2, output, units: len.div_ceil(rowops::CHUNK) });

@@ -20,7 +20,8 @@ multiversion! {
     baseline = layer_norm_rows_baseline;
     /// Layer normalization of the rows of `n` values of `x` into `y` (same length, a whole
     /// number of rows) with `scale` and `bias` (`n` each): blocks of [`LANES`] rows through
-    /// `scratch` (resized to `n * LANES`), the last rows one by one.
+    /// `scratch` (resized to `n * LANES`), a last partial block with zero rows in its free lanes
+    /// when there are more than [`LANES`] rows; fewer rows go one by one.
     pub fn layer_norm_rows(
         x: &[f32],
         n: usize,
@@ -39,8 +40,14 @@ multiversion! {
         if rows >= LANES {
             scratch.resize(n * LANES, 0.0);
         }
-        while r0 + LANES <= rows {
-            let block = &x[r0 * n..(r0 + LANES) * n];
+        while r0 + LANES <= rows || (rows > LANES && r0 < rows) {
+            // a last partial block takes the lanes it has; the other lanes hold zeros, whose
+            // statistics are computed and never stored
+            let live = LANES.min(rows - r0);
+            if live < LANES {
+                scratch.fill(0.0);
+            }
+            let block = &x[r0 * n..(r0 + live) * n];
             // scratch[k * LANES + l] = row l's value k
             for (l, row) in block.chunks_exact(n).enumerate() {
                 for (k, &v) in row.iter().enumerate() {
@@ -61,14 +68,14 @@ multiversion! {
                 }
             }
             let denom = sq.map(|q| (q / nf + eps).sqrt());
-            let out = &mut y[r0 * n..(r0 + LANES) * n];
+            let out = &mut y[r0 * n..(r0 + live) * n];
             for (l, (row, orow)) in block.chunks_exact(n).zip(out.chunks_exact_mut(n)).enumerate() {
                 let (m, d) = (mean[l], denom[l]);
                 for (((o, &v), &s), &b) in orow.iter_mut().zip(row).zip(scale).zip(bias) {
                     *o = (v - m) / d * s + b;
                 }
             }
-            r0 += LANES;
+            r0 += live;
         }
         for (row, orow) in x[r0 * n..].chunks_exact(n).zip(y[r0 * n..].chunks_exact_mut(n)) {
             layer_norm_row(row, scale, bias, eps, orow);
@@ -84,7 +91,7 @@ mod tests {
     /// summation order would show; every block size and a remainder of rows.
     #[test]
     fn blocks_of_rows_equal_the_interpreters_rows_bit_for_bit() {
-        for &(n, rows) in &[(1usize, 17usize), (7, 16), (16, 40), (384, 35)] {
+        for &(n, rows) in &[(1usize, 17usize), (7, 16), (16, 40), (384, 35), (64, 136), (5, 9)] {
             let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ (n as u64);
             let mut next = || {
                 state ^= state << 13;

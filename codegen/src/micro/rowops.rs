@@ -565,6 +565,23 @@ fn channel_runs(
     }
 }
 
+/// The output dims and the two operands' strides of a two-operand broadcast step
+/// ([`RowOp::index`]), or `None` for an index of another length.
+fn broadcast_layout(index: &[usize]) -> Option<(&[usize], &[usize], &[usize])> {
+    let rank = index.len() / 3;
+    (rank != 0 && index.len() == 3 * rank).then(|| (&index[..rank], &index[rank..2 * rank], &index[2 * rank..]))
+}
+
+/// The two operands of a broadcast step: the step's constant on its side (`const_a`,
+/// `const_b`), else the input and the second input.
+fn operands<T>(konst: *const T, x: *const T, x2: *const T, const_a: bool, const_b: bool) -> (*const T, *const T) {
+    match (const_a, const_b) {
+        (true, _) => (konst, x),
+        (_, true) => (x, konst),
+        _ => (x, x2),
+    }
+}
+
 /// Calls `f(o, offset_a, offset_b, run)` for the runs of output elements `s..e` along the last
 /// axis of `dims` (offsets in elements, by the strides `sa` and `sb`).
 fn for_each_run(
@@ -615,20 +632,8 @@ unsafe fn broadcast_runs<A: Copy, B: Copy, Y>(
     sb: &[usize],
     f: impl Fn(A, B) -> Y,
 ) {
-    let rank = dims.len();
-    let last = dims[rank - 1].max(1);
-    let (la, lb) = (sa[rank - 1], sb[rank - 1]);
-    let mut o = s;
-    while o < e {
-        let (mut rem, j) = (o / last, o % last);
-        let (mut oa, mut ob) = (j * la, j * lb);
-        for ax in (0..rank - 1).rev() {
-            let d = dims[ax].max(1);
-            oa += (rem % d) * sa[ax];
-            ob += (rem % d) * sb[ax];
-            rem /= d;
-        }
-        let run = (last - j).min(e - o);
+    let (la, lb) = (sa[dims.len() - 1], sb[dims.len() - 1]);
+    for_each_run(s, e, dims, sa, sb, |o, oa, ob, run| {
         // SAFETY: the caller's contract.
         unsafe {
             let out = std::slice::from_raw_parts_mut(y.add(o), run);
@@ -659,8 +664,7 @@ unsafe fn broadcast_runs<A: Copy, B: Copy, Y>(
                 }
             }
         }
-        o += run;
-    }
+    });
 }
 
 /// [`norm::softmax_lane`] of one contiguous lane, bit for bit: the maximum, then every
@@ -848,19 +852,11 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
         }
         RowKind::BroadcastF32 { op: bop, const_a, const_b } => {
             use qforge_ir::BinaryOp;
-            let rank = op.index.len() / 3;
-            if rank == 0 || op.index.len() != 3 * rank || s >= e {
-                return;
-            }
-            let (dims, sa, sb) = (&op.index[..rank], &op.index[rank..2 * rank], &op.index[2 * rank..]);
+            let Some((dims, sa, sb)) = broadcast_layout(&op.index).filter(|_| s < e) else { return };
             // SAFETY: `op.x2` is the offset of the second input's buffer inside the arena (unused
             // when an operand is the constant).
             let x2 = unsafe { arena.add(op.x2) } as *const f32;
-            let (pa, pb) = match (const_a, const_b) {
-                (true, _) => (op.scale.as_ptr(), xb as *const f32),
-                (_, true) => (xb as *const f32, op.scale.as_ptr()),
-                _ => (xb as *const f32, x2),
-            };
+            let (pa, pb) = operands(op.scale.as_ptr(), xb as *const f32, x2, const_a, const_b);
             let y = yb as *mut f32;
             macro_rules! per_op {
                 ($($op:ident => |$p:ident, $q:ident| $body:expr),*) => {
@@ -969,21 +965,13 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
             }
         }
         RowKind::BroadcastQAdd { p, swap, a_signed, b_signed, out, const_a, const_b } => {
-            let rank = op.index.len() / 3;
-            if rank == 0 || op.index.len() != 3 * rank || s >= e {
-                return;
-            }
-            let (dims, sa, sb) = (&op.index[..rank], &op.index[rank..2 * rank], &op.index[2 * rank..]);
+            let Some((dims, sa, sb)) = broadcast_layout(&op.index).filter(|_| s < e) else { return };
             // SAFETY: `op.x2` is the offset of the second input's buffer inside the arena (unused
             // when an operand is the constant).
             let x2 = unsafe { arena.add(op.x2) } as *const u8;
-            let (pa, pb) = match (const_a, const_b) {
-                (true, _) => (op.lut.as_ptr(), xb as *const u8),
-                (_, true) => (xb as *const u8, op.lut.as_ptr()),
-                _ => (xb as *const u8, x2),
-            };
+            let (pa, pb) = operands(op.lut.as_ptr(), xb as *const u8, x2, const_a, const_b);
             let int = |v: u8, signed: bool| if signed { v as i8 as i64 } else { v as i64 };
-            let (la, lb) = (sa[rank - 1], sb[rank - 1]);
+            let (la, lb) = (sa[dims.len() - 1], sb[dims.len() - 1]);
             if la == 1 && lb <= 1 {
                 // runs along the last axis with `a` contiguous and `b` contiguous or one value:
                 // the multiversioned loop (hardware FMA for `mul_add`)
@@ -1208,18 +1196,11 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
         }
         RowKind::BroadcastBool { op: bop, const_a, const_b } => {
             use qforge_ir::BinaryOp;
-            let rank = op.index.len() / 3;
-            if rank == 0 || op.index.len() != 3 * rank || s >= e {
-                return;
-            }
-            let (dims, sa, sb) = (&op.index[..rank], &op.index[rank..2 * rank], &op.index[2 * rank..]);
-            // SAFETY: `op.x2` is the offset of the second input's buffer inside the arena.
+            let Some((dims, sa, sb)) = broadcast_layout(&op.index).filter(|_| s < e) else { return };
+            // SAFETY: `op.x2` is the offset of the second input's buffer inside the arena (unused
+            // when an operand is the constant).
             let x2 = unsafe { arena.add(op.x2) } as *const u8;
-            let (pa, pb) = match (const_a, const_b) {
-                (true, _) => (op.lut.as_ptr(), xb as *const u8),
-                (_, true) => (xb as *const u8, op.lut.as_ptr()),
-                _ => (xb as *const u8, x2),
-            };
+            let (pa, pb) = operands(op.lut.as_ptr(), xb as *const u8, x2, const_a, const_b);
             let f: fn(u8, u8) -> u8 = match bop {
                 BinaryOp::And => |p, q| ((p != 0) & (q != 0)) as u8,
                 _ => |p, q| ((p != 0) | (q != 0)) as u8,
