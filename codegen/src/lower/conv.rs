@@ -581,6 +581,9 @@ impl Lowerer<'_> {
         let (da, db) = need(dims(&at).zip(dims(&bt)), "a shape is not fixed")?;
         let bm = need(qforge_ir::interp::matmul::BatchedMatMul::of(&da, &db), "the operands do not multiply")?;
         ensure(bm.m != 0 && bm.n != 0, "an empty result")?;
+        // |(a - za) * (b - zb)| <= 255 * 255: the i32 sums stay exact below 33,000 terms (the
+        // interpreter sums in i64)
+        ensure(bm.k <= 33_000, "the reduction is too long for i32 sums")?;
         let epi = need(QuantEpilogue::new(ep, &oty, sa, &vec![sb; bm.n], 1.0), "no kernel implements this epilogue")?;
         let mut steps = Vec::new();
         if epi.has_bias {

@@ -13,6 +13,10 @@ use crate::JitError;
 use qforge_ir::{Allocation, BinaryOp, DType, NodeId, Op, Value};
 use std::sync::Arc;
 
+/// The longest reduction whose sums of `(q - z) * w` cannot leave i32: `255 * 128 * k < 2^31`
+/// (the interpreter sums in i64; longer ones are lowered op by op).
+const MAX_K: usize = 65_000;
+
 impl Lowerer<'_> {
     /// The rest of the dynamic quantization chain that starts at the `dynamic_quantize` node
     /// `id`, in an order the graph allows (`matmul_integer`, `cast`, the scale product, the
@@ -125,6 +129,7 @@ impl Lowerer<'_> {
             let per_channel = ws.len() == cout && (trimmed == [cout, 1, 1] || (cout == 1 && ws_shape.len() <= 3));
             ensure(ws.len() == 1 || per_channel, "the weight scale is not one value or one per output channel")?;
             let k = kh * kw * cin;
+            ensure(k <= MAX_K, "the reduction is too long for i32 sums")?;
             let bytes = micro::int8::packed_bytes(cout, k);
             self.check_size(&name, Allocation::PackedWeights, bytes)?;
             let wk = super::conv::to_ohwi(data, 0..cout, cin, kh, kw).map_err(pack_failed(bytes))?;
@@ -140,6 +145,7 @@ impl Lowerer<'_> {
         ensure(w.shape().len() == 2, "the weights are not a matrix")?;
         let (k, n) = (w.shape()[0], w.shape()[1]);
         ensure(xd.last() == Some(&k), "the inner dimensions differ")?;
+        ensure(k <= MAX_K, "the reduction is too long for i32 sums")?;
         let m: usize = xd[..xd.len() - 1].iter().product();
         ensure(numel(&self.types[&out]) == m * n && od.last() == Some(&n), "the result is not the product's shape")?;
         let per_column = ws.len() == n && ws_shape.last() == Some(&n) && ws_shape.iter().rev().skip(1).all(|&d| d == 1);
