@@ -81,6 +81,8 @@ impl Lowerer<'_> {
         let elem = n.oty.dtype.size_bytes();
         ensure(matches!(elem, 1 | 2 | 4 | 8), "an element size other than 1, 2, 4 or 8 bytes")?;
         ensure(strides.len() == dout.len(), "the strides do not fit the rank")?;
+        // a scalar result (a gather of one element of a vector) is one element along one axis
+        let (dout, strides) = if dout.is_empty() { (vec![1], vec![0]) } else { (dout, strides) };
         let mut index = dout;
         // two's complement: the view's offsets are computed in wrapping arithmetic
         index.extend(strides.iter().map(|&s| s as usize));
