@@ -134,6 +134,18 @@ impl Lowerer<'_> {
         [a, b].into_iter().find(|&v| self.is_const(v))
     }
 
+    /// The stored bytes of the constant one of `a`, `b` (an i8 in two's complement, a bool as 0
+    /// or 1), empty when both are activations.
+    fn const_operand_bytes(&self, a: qforge_ir::Value, b: qforge_ir::Value) -> Result<Vec<u8>, super::Skip> {
+        match self.const_operand(a, b) {
+            Some(k) => Ok(need(
+                self.const_of(Some(k)).and_then(|t| t.to_i64_vec()).map(|x| x.into_iter().map(|q| q as u8).collect()),
+                "the constant is not integer or bool",
+            )?),
+            None => Ok(vec![]),
+        }
+    }
+
     /// The buffers of a broadcast step's operands `a`, `b` (at most one a constant, whose data
     /// the step keeps): the activation, or `a` when both are, as the step's input, and `b` as
     /// its second input when both are activations; both in plain order.
@@ -241,14 +253,7 @@ impl Lowerer<'_> {
         } else {
             numerics::QAddParams::new(sa, za, sb, zb, sc, zc)
         };
-        // a constant's stored bytes (an i8 in two's complement)
-        let lut = match self.const_operand(a, b) {
-            Some(k) => need(
-                self.const_of(Some(k)).and_then(|t| t.to_i64_vec()).map(|x| x.into_iter().map(|q| q as u8).collect()),
-                "the constant is not integer",
-            )?,
-            None => vec![],
-        };
+        let lut = self.const_operand_bytes(a, b)?;
         let (input, input2) = self.broadcast_inputs(n, a, b)?;
         let output = self.define(n.out, Layout::Plain);
         let len = numel(&n.oty);
@@ -277,15 +282,7 @@ impl Lowerer<'_> {
         let (da, db) = need(dims(&self.types[&a]).zip(dims(&self.types[&b])), "a shape is not fixed")?;
         let (sta, stb) =
             need(broadcast_strides(&da, &d).zip(broadcast_strides(&db, &d)), "the operands do not broadcast")?;
-        let lut = match self.const_operand(a, b) {
-            Some(k) => need(
-                self.const_of(Some(k))
-                    .and_then(|t| t.to_i64_vec())
-                    .map(|x| x.into_iter().map(|q| (q != 0) as u8).collect()),
-                "the constant is not boolean",
-            )?,
-            None => vec![],
-        };
+        let lut = self.const_operand_bytes(a, b)?;
         let (input, input2) = self.broadcast_inputs(n, a, b)?;
         let output = self.define(n.out, Layout::Plain);
         let len = numel(&n.oty);

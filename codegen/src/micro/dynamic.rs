@@ -35,6 +35,12 @@ pub struct DynamicMatMul {
     pub w_scale: Vec<f32>,
 }
 
+/// `s * w_scale[j]` for the `n` columns (one weight scale, or one per column): the graph's
+/// product of the input's scale and the weights', in f32.
+fn scale_products(s: f32, w_scale: &[f32], n: usize) -> Vec<f32> {
+    (0..n).map(|j| s * if w_scale.len() == 1 { w_scale[0] } else { w_scale[j] }).collect()
+}
+
 /// Output row blocks `begin..end` ([`ROWS`] rows each) of `d` from the whole input `x` (`m * k`
 /// values) into `y` (`m * n`).
 ///
@@ -50,7 +56,7 @@ pub unsafe fn run(d: &DynamicMatMul, x: *const f32, y: *mut f32, begin: usize, e
     // SAFETY: the caller's contract.
     let xs = unsafe { std::slice::from_raw_parts(x, m * k) };
     let (s, z) = dynamic_params(xs);
-    let sp: Vec<f32> = (0..n).map(|j| s * if d.w_scale.len() == 1 { d.w_scale[0] } else { d.w_scale[j] }).collect();
+    let sp = scale_products(s, &d.w_scale, n);
     let kp = d.weights.kp;
     let (gemm, _) = gemm_u8i8_best();
     let mut a = vec![0u8; ROWS * kp];
@@ -142,7 +148,7 @@ pub unsafe fn run_conv(d: &DynamicConv, x: *const f32, y: *mut f32, begin: usize
     // SAFETY: the caller's contract.
     let xs = unsafe { std::slice::from_raw_parts(x, d.images * c * hw) };
     let (s, z) = dynamic_params(xs);
-    let sp: Vec<f32> = (0..n).map(|j| s * if d.w_scale.len() == 1 { d.w_scale[0] } else { d.w_scale[j] }).collect();
+    let sp = scale_products(s, &d.w_scale, n);
     // the images quantized, channels last
     let mut xq = vec![0u8; xs.len()];
     for img in 0..d.images {
