@@ -9,7 +9,7 @@ use crate::stats::percentile;
 use anyhow::{bail, Result};
 use qforge_ir::{DType, Dim, Graph, Tensor};
 use serde::Serialize;
-use std::path::PathBuf;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Arguments of `qforge bench` besides the pipeline.
@@ -24,9 +24,12 @@ pub struct BenchArgs {
     /// Untimed runs first.
     #[arg(long, default_value_t = 5)]
     pub warmup: usize,
-    /// Input data (.npy); its first rows are used. Default: a fixed pseudo-random normal input.
-    #[arg(long, value_name = "X.npy")]
-    pub input: Option<PathBuf>,
+    /// Input data: `X.npy` for the next graph input in order, or `NAME=X.npy`; the first rows
+    /// of each are used. An f32 input not given gets a fixed pseudo-random normal tensor, its
+    /// symbolic dims taken from the given inputs (the first one is the batch); other inputs
+    /// (token ids, masks) must be given.
+    #[arg(long, value_name = "[NAME=]X.npy")]
+    pub input: Vec<String>,
     /// Per-kernel time breakdown (JIT), averaged over the timed runs of the first batch size.
     #[arg(long)]
     pub profile_kernels: bool,
@@ -82,11 +85,8 @@ pub struct BenchReport {
     pub gmacs_per_s: f64,
 }
 
-/// A deterministic standard-normal input of `shape` (Box-Muller over a xorshift generator).
-fn random_input(dtype: DType, shape: Vec<usize>) -> Result<Tensor> {
-    if dtype != DType::F32 {
-        bail!("bench generates f32 inputs only; give --input for a {} input", dtype.name());
-    }
+/// A deterministic standard-normal f32 input of `shape` (Box-Muller over a xorshift generator).
+fn random_input(shape: Vec<usize>) -> Tensor {
     let n: usize = shape.iter().product();
     let mut s = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = || {
@@ -101,23 +101,34 @@ fn random_input(dtype: DType, shape: Vec<usize>) -> Result<Tensor> {
             ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * w).cos()) as f32
         })
         .collect();
-    Ok(Tensor::from_f32(shape, v))
+    Tensor::from_f32(shape, v)
 }
 
-fn inputs_for(g: &Graph, batch: usize, data: Option<&Tensor>) -> Result<Vec<Tensor>> {
-    let mut out = Vec::new();
-    for (i, &id) in g.inputs().iter().enumerate() {
-        let ty = &g.node(id).outputs[0];
-        if i == 0 {
-            if let Some(x) = data {
-                let n = x.shape().first().copied().unwrap_or(0);
-                if n < batch {
-                    bail!("--input has {n} rows, fewer than the batch of {batch}");
-                }
-                out.push(crate::data::slice_batch(x, 0, batch)?);
-                continue;
+/// The inputs of one timed run at `batch`: each given input's first `batch` rows (`data`, one
+/// entry per graph input, `None` where none was given), the others generated.
+fn inputs_for(g: &Graph, batch: usize, data: &[Option<Tensor>]) -> Result<Vec<Tensor>> {
+    // a symbolic dim of a generated input takes its size from a given input with the same symbol
+    let mut sizes: HashMap<&str, usize> = HashMap::new();
+    for (&id, t) in g.inputs().iter().zip(data) {
+        let Some(t) = t else { continue };
+        for (k, (d, &n)) in g.node(id).outputs[0].shape.dims().iter().zip(t.shape()).enumerate() {
+            if let Dim::Sym(s) = d {
+                sizes.insert(s, if k == 0 { batch } else { n });
             }
         }
+    }
+    let mut out = Vec::new();
+    for (i, &id) in g.inputs().iter().enumerate() {
+        let node = g.node(id);
+        if let Some(Some(x)) = data.get(i) {
+            let n = x.shape().first().copied().unwrap_or(0);
+            if n < batch {
+                bail!("--input for `{}` has {n} rows, fewer than the batch of {batch}", node.name);
+            }
+            out.push(crate::data::slice_batch(x, 0, batch)?);
+            continue;
+        }
+        let ty = &node.outputs[0];
         let shape: Vec<usize> = ty
             .shape
             .dims()
@@ -126,22 +137,34 @@ fn inputs_for(g: &Graph, batch: usize, data: Option<&Tensor>) -> Result<Vec<Tens
             .map(|(k, d)| match d {
                 Dim::Fixed(n) => Ok(*n),
                 Dim::Sym(_) if k == 0 => Ok(batch),
-                Dim::Sym(s) => bail!("input `{}` has the symbolic dim `{s}`; give --input", g.node(id).name),
+                Dim::Sym(s) => match sizes.get(s.as_str()) {
+                    Some(&n) => Ok(n),
+                    None => bail!("input `{}` has the symbolic dim `{s}`; give --input {}=X.npy", node.name, node.name),
+                },
             })
             .collect::<Result<_>>()?;
-        out.push(random_input(ty.dtype, shape)?);
+        if ty.dtype != DType::F32 {
+            bail!(
+                "input `{}` is {}: bench generates f32 inputs only; give --input {}=X.npy",
+                node.name,
+                ty.dtype.name(),
+                node.name
+            );
+        }
+        out.push(random_input(shape));
     }
     Ok(out)
 }
 
-/// Measures `exe` (compiled by `compiler` from `model`) as `args` say; `data` is `--input`'s
-/// tensor (its first rows are used), `compile_ms` how long preparing it took.
+/// Measures `exe` (compiled by `compiler` from `model`) as `args` say; `data` holds `--input`'s
+/// tensors, one entry per graph input (their first rows are used), `compile_ms` how long
+/// preparing it took.
 pub fn measure(
     model: &std::path::Path,
     compiler: &Compiler,
     exe: &Executable,
     args: &BenchArgs,
-    data: Option<&Tensor>,
+    data: &[Option<Tensor>],
     compile_ms: f64,
 ) -> Result<BenchReport> {
     tracing::info!("bench: model ready in {compile_ms:.1} ms; batch sizes {:?}", args.batch);
@@ -272,7 +295,7 @@ pub fn jit_report(compiler: &Compiler, g: &Graph) -> Result<Option<JitReport>> {
     if compiler.options().engine != Engine::Jit {
         return Ok(None);
     }
-    let inputs = match inputs_for(g, 1, None) {
+    let inputs = match inputs_for(g, 1, &[]) {
         Ok(inputs) => inputs,
         Err(e) if compiler.has_calibration() => match compiler.calib_source()?.stream(g, 1)?.next() {
             Some(batch) => batch?,

@@ -148,6 +148,26 @@ fn bench_json_has_the_documented_keys_and_sweeps_batches() {
     assert!(v["profile"].as_array().is_some_and(|a| !a.is_empty()), "no kernel breakdown: {v}");
 }
 
+/// A model with two integer inputs and a symbolic sequence length (the BERT fixture): bench
+/// takes both by name, and refuses to invent token ids.
+#[test]
+fn bench_takes_several_named_inputs() {
+    let t = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/transformers"));
+    let (model, ids, mask) = (t.join("bert.onnx"), t.join("bert_test_ids.npy"), t.join("bert_test_mask.npy"));
+    let (ids_arg, mask_arg) = (format!("input_ids={}", p(&ids)), format!("attention_mask={}", p(&mask)));
+    let base = ["bench", p(&model), "--iters", "2", "--warmup", "0", "--batch", "1,4"];
+    let o = qforge(&[&base[..], &["--input", &mask_arg, "--input", &ids_arg, "--json"]].concat());
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(o.stdout.trim()).expect("one JSON object");
+    assert_eq!(v["sweep"].as_array().map(|a| a.len()), Some(2), "{v}");
+    assert_eq!(v["host_ops"].as_array().map(|a| a.len()), Some(0), "{v}");
+    expect_error(&[&base[..], &["--input", &ids_arg]].concat(), "input `attention_mask` is i64");
+    expect_error(
+        &[&base[..], &["--input", &ids_arg, "--input", &mask_arg, "--batch", "8"]].concat(),
+        "fewer than the batch of 8",
+    );
+}
+
 #[test]
 fn bench_fails_a_missed_latency_budget() {
     expect_error(

@@ -1223,16 +1223,20 @@ impl Executable {
                 batch: batch.iter().map(|&b| options::count("batch", b)).collect::<Result<_>>()?,
                 iters: options::count("iters", iters)?,
                 warmup: usize::try_from(warmup).map_err(|_| Error::new(Kind::Option, "warmup must be at least 0"))?,
-                input: None,
+                input: vec![],
                 profile_kernels,
                 json: true,
                 max_latency_ms: None,
             };
-            let data = input.map(|x| -> Result<Tensor> { tensor_from_array(&as_array(x)?) }).transpose()?;
+            // the first graph input's data, if given; the others are generated
+            let data: Vec<Option<Tensor>> = match input {
+                Some(x) => vec![Some(tensor_from_array(&as_array(x)?)?)],
+                None => vec![],
+            };
             let model = self.model.bind(py).get().report_name();
             let (c, exe, ms) = (&self.compiler, &self.exe, self.compile_ms);
             let report = py
-                .detach(|| qforge::bench::measure(&model, c, exe, &args, data.as_ref(), ms))
+                .detach(|| qforge::bench::measure(&model, c, exe, &args, &data, ms))
                 .map_err(|e| Error::from_anyhow(e, Kind::Compile))?;
             let v = serde_json::to_value(&report).map_err(|e| Error::new(Kind::Internal, e))?;
             let d = json_to_py(py, &v)?;

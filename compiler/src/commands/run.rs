@@ -154,6 +154,17 @@ fn assign<'a>(names: &[String], args: &'a [String]) -> Result<Vec<Option<&'a str
 /// inputs included): named ones by name, the rest in order. A value given for a specialized
 /// input must be the one the graph was compiled for; the result holds the run-time inputs only.
 pub fn bind_inputs(g: &Graph, args: &[String]) -> Result<Vec<Tensor>> {
+    let bound = bind_some_inputs(g, args)?;
+    bound
+        .into_iter()
+        .zip(g.inputs())
+        .map(|(t, &id)| t.with_context(|| format!("no --input for the model's input `{}`", g.node(id).name)))
+        .collect()
+}
+
+/// [`bind_inputs`] where an input may be left out: one entry per run-time input (in the graph's
+/// input order), `None` for an input no argument names.
+pub fn bind_some_inputs(g: &Graph, args: &[String]) -> Result<Vec<Option<Tensor>>> {
     let sig = g.signature();
     let names: Vec<String> = sig
         .iter()
@@ -169,9 +180,9 @@ pub fn bind_inputs(g: &Graph, args: &[String]) -> Result<Vec<Tensor>> {
             (SignatureEntry::Input(id), Some(p)) => {
                 // Raw `.npy` data (bf16, float8, int4, ...) is read as the input's declared type.
                 let dtype = g.node(*id).outputs.first().map_or(qforge_ir::DType::F32, |t| t.dtype);
-                out.push(crate::npy::read_input(Path::new(p), dtype, g.wire(name))?)
+                out.push(Some(crate::npy::read_input(Path::new(p), dtype, g.wire(name))?))
             }
-            (SignatureEntry::Input(_), None) => bail!("no --input for the model's input `{name}`"),
+            (SignatureEntry::Input(_), None) => out.push(None),
             (SignatureEntry::Specialized(sp), Some(p)) => {
                 let t = crate::npy::read_input(Path::new(p), sp.value.dtype(), g.wire(name))?;
                 crate::artifact::check_specialized(g, name, &t, "--input")?;
