@@ -256,17 +256,16 @@ pub fn emit_max_pool(
     })
 }
 
-/// A row step: one call of the registered row-operation kernel per unit (`begin..end`).
+/// A row step: one call of the registered row-operation kernel for the units `begin..end`.
 pub fn emit_row_op(
     em: &mut Emitter<'_, '_>,
     op: i64,
     [arena, _scratch, begin, end]: [Value; 4],
 ) -> Result<(), JitError> {
-    em.for_range(begin, end, 1, |em, u| {
-        let p = em.iconst(op);
-        let u1 = em.b.ins().iadd_imm_s(u, 1);
-        em.call("qf_row_op", &[p, arena, u, u1])
-    })
+    // one call for the whole range: a kind's per-call work (a dynamic step's input scale, a
+    // view's odometer set-up) is paid once per range, not once per unit
+    let p = em.iconst(op);
+    em.call("qf_row_op", &[p, arena, begin, end])
 }
 
 /// A quantized add through the registered 512-bit kernel (`consts` addresses its
