@@ -2,7 +2,7 @@
 //! of an f32 input, MatMulInteger (or ConvInteger, through im2col) with constant i8 weights, the cast of the i32 result to f32 and its multiply by
 //! the input's scale times the weights' (what ONNX Runtime's `quantize_dynamic` and qforge's
 //! `--quantize dynamic` emit for a linear layer). Each call takes the input's scale and zero
-//! point over the whole tensor ([`dynamic_params`], ONNX Runtime's rule, as the interpreter
+//! point over the whole tensor ([`input_params`]: ONNX Runtime's rule, as the interpreter
 //! computes them), quantizes its own rows ([`numerics::quantize_clamped`], `numerics::quantize`
 //! into u8 for every input), runs the u8 x i8 GEMM
 //! microkernel over the packed weights, and writes `((acc - z * colsum[j]) as f32) * (s *
@@ -15,13 +15,60 @@
 
 use super::int8::{gemm_u8i8_best, im2col_ld_u8, im2col_u8, panel_offset, panel_width, GemmU8I8, PackedI8};
 use super::ConvGeom;
-use qforge_ir::interp::quant::dynamic_params;
+use qforge_ir::interp::quant::{dynamic_params_of_range, min_max};
 use qforge_ir::numerics;
 
 /// Rows quantized and multiplied per block (a multiple of the VNNI kernel's row blocking); a
 /// step's units are blocks of this many output rows (pixels), so the per-call work (the input's
 /// scale over the whole tensor) is paid once per block.
 pub const ROWS: usize = 48;
+
+/// The input's scale and zero point, `qforge_ir::interp::quant::dynamic_params`: its range
+/// found 16 lanes at a time where the host has AVX-512 (minimum and maximum do not depend on
+/// the order), then the same formula.
+fn input_params(x: &[f32]) -> (f32, i32) {
+    let (lo, hi) = range(x);
+    dynamic_params_of_range(lo, hi)
+}
+
+/// [`min_max`] of `x`.
+fn range(x: &[f32]) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
+        return unsafe { range_avx512(x) };
+    }
+    min_max(x)
+}
+
+/// [`min_max`] in 16 lanes (the compiler does not vectorize the fold of `f32::min`).
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn range_avx512(x: &[f32]) -> (f32, f32) {
+    use std::arch::x86_64::{_mm512_loadu_ps, _mm512_max_ps, _mm512_min_ps, _mm512_set1_ps, _mm512_storeu_ps};
+    let (mut lo, mut hi) = (_mm512_set1_ps(f32::MAX), _mm512_set1_ps(f32::MIN));
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        // SAFETY: `c` holds 16 f32.
+        let v = unsafe { _mm512_loadu_ps(c.as_ptr()) };
+        // `vminps`/`vmaxps` return the second operand when either is NaN: a NaN input leaves
+        // the lane as it was, as `f32::min` ignores it
+        lo = _mm512_min_ps(v, lo);
+        hi = _mm512_max_ps(v, hi);
+    }
+    let (mut l, mut h) = ([0f32; 16], [0f32; 16]);
+    // SAFETY: both arrays hold 16 f32.
+    unsafe {
+        _mm512_storeu_ps(l.as_mut_ptr(), lo);
+        _mm512_storeu_ps(h.as_mut_ptr(), hi);
+    }
+    let ((l, _), (_, h), (tl, th)) = (min_max(&l), min_max(&h), min_max(tail));
+    (l.min(tl), h.max(th))
+}
 
 /// A dynamic quantization chain's matrix product: `m x k` f32 input, constant `k x n` i8
 /// weights (zero point 0) packed for the GEMM, one weight scale (per tensor) or `n` (per
@@ -55,7 +102,7 @@ pub unsafe fn run(d: &DynamicMatMul, x: *const f32, y: *mut f32, begin: usize, e
     }
     // SAFETY: the caller's contract.
     let xs = unsafe { std::slice::from_raw_parts(x, m * k) };
-    let (s, z) = dynamic_params(xs);
+    let (s, z) = input_params(xs);
     let sp = scale_products(s, &d.w_scale, n);
     let kp = d.weights.kp;
     let (gemm, _) = gemm_u8i8_best();
@@ -65,10 +112,7 @@ pub unsafe fn run(d: &DynamicMatMul, x: *const f32, y: *mut f32, begin: usize, e
     while r0 < end.min(m) {
         let rows = ROWS.min(end.min(m) - r0);
         for (r, arow) in a.chunks_exact_mut(kp).take(rows).enumerate() {
-            let xrow = &xs[(r0 + r) * k..(r0 + r + 1) * k];
-            for (q, &v) in arow.iter_mut().zip(xrow) {
-                *q = numerics::quantize_clamped(v, s, z, 0, 255) as u8;
-            }
+            quantize_row(&xs[(r0 + r) * k..(r0 + r + 1) * k], arow, s, z);
         }
         // SAFETY: `a` holds `rows` rows of `kp` bytes; rows `r0..r0 + rows` of `y` are this
         // call's (the caller's contract).
@@ -105,13 +149,46 @@ unsafe fn gemm_rows(
         unsafe {
             gemm(a.as_ptr(), lda, rows, w.data.as_ptr().add(panel_offset(p, kp)), kp, acc.as_mut_ptr(), 64, cols)
         };
+        let c0 = 64 * p;
         for r in 0..rows {
-            for j in 0..cols {
-                let col = 64 * p + j;
-                let v = acc[r * 64 + j].wrapping_sub(z.wrapping_mul(w.col_sums[col]));
-                // SAFETY: row `r` of this call's rows, column `col < n`.
-                unsafe { y.add(r * n + col).write(v as f32 * sp[col]) };
+            // SAFETY: row `r` of this call's rows, columns `c0..c0 + cols <= n`.
+            let out = unsafe { std::slice::from_raw_parts_mut(y.add(r * n + c0), cols) };
+            dequantize_row(&acc[r * 64..r * 64 + cols], &w.col_sums[c0..c0 + cols], z, &sp[c0..c0 + cols], out);
+        }
+    }
+}
+
+qforge_ir::multiversion! {
+    baseline = quantize_row_baseline;
+    /// `q[t] = quantize_clamped(x[t], s, z, 0, 255)`: DynamicQuantizeLinear's u8 codes of a row
+    /// ([`numerics::quantize_clamped`] is `numerics::quantize` into u8, written to vectorize);
+    /// compiled for AVX-512 and AVX2 as well, the same codes in every version.
+    pub fn quantize_row(x: &[f32], q: &mut [u8], s: f32, z: i32) -> () {
+        let n = x.len().min(q.len());
+        let (x, q) = (&x[..n], &mut q[..n]);
+        // blocks of 16 with no tail inside, so the block loop compiles to straight vector code
+        let mut xb = x.chunks_exact(16);
+        let mut qb = q.chunks_exact_mut(16);
+        for (xc, qc) in (&mut xb).zip(&mut qb) {
+            for i in 0..16 {
+                qc[i] = numerics::quantize_clamped(xc[i], s, z, 0, 255) as u8;
             }
+        }
+        for (o, &v) in qb.into_remainder().iter_mut().zip(xb.remainder()) {
+            *o = numerics::quantize_clamped(v, s, z, 0, 255) as u8;
+        }
+    }
+}
+
+qforge_ir::multiversion! {
+    baseline = dequantize_row_baseline;
+    /// `y[j] = ((acc[j] - z * col_sums[j]) as f32) * sp[j]`: MatMulInteger's zero-point
+    /// correction (`sum (q - z) * w = sum q * w - z * sum w`, in wrapping i32 as the
+    /// interpreter's i32 result), the cast and the multiply by the scale product, one f32
+    /// rounding each; compiled for AVX-512 and AVX2 as well, the same values in every version.
+    pub fn dequantize_row(acc: &[i32], col_sums: &[i32], z: i32, sp: &[f32], y: &mut [f32]) -> () {
+        for (((o, &a), &c), &p) in y.iter_mut().zip(acc).zip(col_sums).zip(sp) {
+            *o = a.wrapping_sub(z.wrapping_mul(c)) as f32 * p;
         }
     }
 }
@@ -147,7 +224,7 @@ pub unsafe fn run_conv(d: &DynamicConv, x: *const f32, y: *mut f32, begin: usize
     }
     // SAFETY: the caller's contract.
     let xs = unsafe { std::slice::from_raw_parts(x, d.images * c * hw) };
-    let (s, z) = dynamic_params(xs);
+    let (s, z) = input_params(xs);
     let sp = scale_products(s, &d.w_scale, n);
     // the images quantized, channels last
     let mut xq = vec![0u8; xs.len()];
@@ -173,5 +250,63 @@ pub unsafe fn run_conv(d: &DynamicConv, x: *const f32, y: *mut f32, begin: usize
             gemm_rows(gemm, &d.weights, &a, ld, rows, z, &sp, &mut acc, y.add(r0 * n));
         }
         r0 += rows;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The dispatched versions give the baselines' codes and values, and the codes are
+    /// `numerics::quantize`'s (NaN, infinities, halves and saturation included).
+    /// The lane-parallel range is the interpreter's fold, NaN ignored, at every length around
+    /// the lane count.
+    #[test]
+    fn range_is_the_interpreters_fold() {
+        let mut s = 7u32;
+        for n in [0usize, 1, 5, 15, 16, 17, 31, 33, 100, 1001] {
+            let x: Vec<f32> = (0..n)
+                .map(|i| {
+                    s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    if i % 37 == 3 {
+                        f32::NAN
+                    } else {
+                        (s >> 8) as f32 / 65_536.0 - 128.0
+                    }
+                })
+                .collect();
+            assert_eq!(range(&x), min_max(&x), "n = {n}");
+        }
+        assert_eq!(range(&[f32::NAN; 20]), (f32::MAX, f32::MIN));
+    }
+
+    #[test]
+    fn row_kernels_match_their_baselines() {
+        let x: Vec<f32> = (0..203)
+            .map(|i| match i % 50 {
+                7 => f32::NAN,
+                8 => f32::INFINITY,
+                9 => f32::NEG_INFINITY,
+                _ => (i as f32 - 100.0) * 0.37 + 0.5,
+            })
+            .collect();
+        let (s, z) = (0.25, 117);
+        let (mut q, mut qb) = (vec![0u8; x.len()], vec![0u8; x.len()]);
+        quantize_row(&x, &mut q, s, z);
+        quantize_row_baseline(&x, &mut qb, s, z);
+        assert_eq!(q, qb);
+        for (&c, &v) in q.iter().zip(&x) {
+            assert_eq!(c as i64, numerics::quantize(v, s, z, qforge_ir::DType::U8), "{v}");
+        }
+        let acc: Vec<i32> = (0..203).map(|i| i * 7919 - 800_000).collect();
+        let sums: Vec<i32> = (0..203).map(|i| 3 - i * 31).collect();
+        let sp: Vec<f32> = (0..203).map(|i| 1e-3 * (i as f32 + 0.5)).collect();
+        let (mut y, mut yb) = (vec![0f32; 203], vec![0f32; 203]);
+        dequantize_row(&acc, &sums, z, &sp, &mut y);
+        dequantize_row_baseline(&acc, &sums, z, &sp, &mut yb);
+        assert_eq!(
+            y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            yb.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
     }
 }

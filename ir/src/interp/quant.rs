@@ -160,17 +160,27 @@ pub(crate) fn requantize(cx: &Cx) -> R<Tensor> {
     int_tensor(dt, shape, &q)
 }
 
-/// The scale and zero point ONNX Runtime's DynamicQuantizeLinear chooses for `x`.
+/// The scale and zero point ONNX Runtime's DynamicQuantizeLinear chooses for `x`: its range
+/// widened to include 0, divided into 255 steps, and the zero point that puts 0 on a step
+/// (ONNX's DynamicQuantizeLinear definition).
 pub fn dynamic_params(x: &[f32]) -> (f32, i32) {
-    let (mut lo, mut hi) = (f32::MAX, f32::MIN);
-    for &v in x {
-        lo = lo.min(v);
-        hi = hi.max(v);
-    }
+    let (lo, hi) = min_max(x);
+    dynamic_params_of_range(lo, hi)
+}
+
+/// [`dynamic_params`] of a tensor whose [`min_max`] is `(lo, hi)`: a kernel that finds the
+/// range its own way (minimum and maximum do not depend on the order) shares the rest.
+pub fn dynamic_params_of_range(lo: f32, hi: f32) -> (f32, i32) {
     let (lo, hi) = (lo.min(0.0), hi.max(0.0));
     let scale = if hi == lo { 1.0 } else { (hi - lo) / 255.0 };
     let zp = numerics::round_half_even((0.0 - lo / scale).clamp(0.0, 255.0));
     (scale, zp as i32)
+}
+
+/// The smallest and largest value of `x`, NaN ignored (`(f32::MAX, f32::MIN)` when there is
+/// none): `f32::min`/`max` folded over it.
+pub fn min_max(x: &[f32]) -> (f32, f32) {
+    x.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)))
 }
 
 pub(crate) fn dynamic_quantize(cx: &Cx) -> R<Vec<Tensor>> {
