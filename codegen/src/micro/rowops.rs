@@ -697,31 +697,119 @@ fn softmax_contiguous(x: &[f32], y: &mut [f32], scratch: &mut [f32], log: bool) 
     }
 }
 
-/// [`softmax_contiguous`] of every lane of `n` values of `x` (a whole number of lanes), with the
-/// exponentials of all lanes in one [`super::transcendental::map`] call (short lanes, such as
-/// attention over a few tokens, would otherwise pay its setup per lane): the same operations on
-/// each value, so the same results bit for bit.
-fn softmax_lanes(x: &[f32], y: &mut [f32], n: usize) {
-    let mut d = vec![0f32; x.len()];
-    for (xl, dl) in x.chunks_exact(n).zip(d.chunks_exact_mut(n)) {
-        let mut m = f32::NEG_INFINITY;
-        for &v in xl {
-            if v > m || v.is_nan() {
-                m = v;
-            }
-        }
-        for (dv, &v) in dl.iter_mut().zip(xl) {
-            *dv = v - m;
+/// `out[i] = sum_t arow[t] * b[t * n + i]` for `W` columns, the sums in registers.
+#[inline(always)]
+fn matmul_block<const W: usize>(out: &mut [f32], arow: &[f32], b: &[f32], n: usize) {
+    let mut acc = [0f32; W];
+    for (kk, &av) in arow.iter().enumerate() {
+        let bk = &b[kk * n..kk * n + W];
+        for i in 0..W {
+            acc[i] += av * bk[i];
         }
     }
-    super::transcendental::map(UnaryOp::Exp, &d, y);
-    for yl in y.chunks_exact_mut(n) {
-        let mut sum = 0f32;
-        for &e in yl.iter() {
-            sum += e;
+    out.copy_from_slice(&acc);
+}
+
+qforge_ir::multiversion! {
+    baseline = matmul_row_f32_baseline;
+    /// One output row of an f32 matrix product: `row[j] = sum_t arow[t] * bm[t * n + j]`
+    /// (`n = row.len()`), accumulated over `t` in plain order from zero with a separate multiply
+    /// and add, as the interpreter's matmul does; compiled for AVX-512 and AVX2 as well (Rust
+    /// never contracts `a * b + c` into a fused multiply-add), the same values in every version.
+    pub fn matmul_row_f32(row: &mut [f32], arow: &[f32], bm: &[f32]) -> () {
+        let n = row.len();
+        // columns in blocks of up to 64, each block's sums kept in registers over the whole
+        // of `k` (a sum stored and reloaded per term would wait on the store every time), then
+        // the columns past the last whole block of 16 one by one
+        let mut c0 = 0;
+        while c0 + 64 <= n {
+            matmul_block::<64>(&mut row[c0..c0 + 64], arow, &bm[c0..], n);
+            c0 += 64;
         }
-        for v in yl.iter_mut() {
-            *v /= sum;
+        while c0 + 16 <= n {
+            matmul_block::<16>(&mut row[c0..c0 + 16], arow, &bm[c0..], n);
+            c0 += 16;
+        }
+        for (j, c) in row.iter_mut().enumerate().skip(c0) {
+            *c = arow.iter().enumerate().fold(0.0, |s, (kk, &av)| s + av * bm[kk * n + j]);
+        }
+    }
+}
+
+/// `y[i] = f(x[i])` in blocks of 16 with no tail inside (then the tail), so that a short row
+/// compiles to vector code in the multiversioned caller it is inlined into.
+#[inline(always)]
+fn map16(y: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32) {
+    let mut ys = y.chunks_exact_mut(16);
+    let mut xs = x.chunks_exact(16);
+    for (yc, xc) in (&mut ys).zip(&mut xs) {
+        for i in 0..16 {
+            yc[i] = f(xc[i]);
+        }
+    }
+    for (yv, &xv) in ys.into_remainder().iter_mut().zip(xs.remainder()) {
+        *yv = f(xv);
+    }
+}
+
+qforge_ir::multiversion! {
+    baseline = softmax_lanes_baseline;
+    /// [`softmax_contiguous`] of every lane of `n` values of `x` (a whole number of lanes), with
+    /// the exponentials of all lanes in one [`super::transcendental::map`] call (short lanes,
+    /// such as attention over a few tokens, would otherwise pay its setup per lane). The maxima
+    /// and sums of 16 lanes are kept side by side, each still taken over its own lane in plain
+    /// order (so the same results bit for bit), so that 16 independent chains overlap where one
+    /// lane's sum would wait on each addition; compiled for AVX-512 and AVX2 as well.
+    pub fn softmax_lanes(x: &[f32], y: &mut [f32], n: usize) -> () {
+        const B: usize = 16;
+        if n == 0 {
+            return;
+        }
+        let lanes = x.len() / n;
+        let mut d = vec![0f32; x.len()];
+        let mut r0 = 0;
+        while r0 < lanes {
+            let b = B.min(lanes - r0);
+            let (xb, db) = (&x[r0 * n..(r0 + b) * n], &mut d[r0 * n..(r0 + b) * n]);
+            let mut m = [f32::NEG_INFINITY; B];
+            for j in 0..n {
+                for l in 0..b {
+                    let v = xb[l * n + j];
+                    if v > m[l] || v.is_nan() {
+                        m[l] = v;
+                    }
+                }
+            }
+            for (l, (dl, xl)) in db.chunks_exact_mut(n).zip(xb.chunks_exact(n)).enumerate() {
+                let ml = m[l];
+                map16(dl, xl, |v| v - ml);
+            }
+            r0 += b;
+        }
+        super::transcendental::map(UnaryOp::Exp, &d, y);
+        let mut r0 = 0;
+        while r0 < lanes {
+            let b = B.min(lanes - r0);
+            let yb = &mut y[r0 * n..(r0 + b) * n];
+            let mut sum = [0f32; B];
+            for j in 0..n {
+                for l in 0..b {
+                    sum[l] += yb[l * n + j];
+                }
+            }
+            for (l, yl) in yb.chunks_exact_mut(n).enumerate() {
+                let sl = sum[l];
+                let mut ys = yl.chunks_exact_mut(16);
+                for c in &mut ys {
+                    for v in c.iter_mut() {
+                        *v /= sl;
+                    }
+                }
+                for v in ys.into_remainder() {
+                    *v /= sl;
+                }
+            }
+            r0 += b;
         }
     }
 }
@@ -1096,12 +1184,7 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                         std::slice::from_raw_parts(b.add(ob), k * n),
                     )
                 };
-                row.fill(0.0);
-                for (kk, &av) in arow.iter().enumerate() {
-                    for (c, &bv) in row.iter_mut().zip(&bm[kk * n..(kk + 1) * n]) {
-                        *c += av * bv;
-                    }
-                }
+                matmul_row_f32(row, arow, bm);
             }
         }
         RowKind::HardSigmoid { alpha, beta } => {
@@ -1630,16 +1713,37 @@ mod tests {
             let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "lane {x:?}: {got:?} against {want:?}");
         }
-        // several lanes at once, each of the same length
-        for n in [3usize, 17, 49] {
-            let x: Vec<f32> = (0..5 * n).map(|_| next() * 30.0).collect();
+        // several lanes at once, each of the same length: fewer than a block of 16, and blocks
+        // with a partial last one; a NaN and an infinity in two of the lanes
+        for (lanes, n) in [(5usize, 3usize), (5, 17), (5, 49), (37, 32), (16, 7)] {
+            let mut x: Vec<f32> = (0..lanes * n).map(|_| next() * 30.0).collect();
+            x[n + 1] = f32::NAN;
+            x[2 * n] = f32::INFINITY;
             let mut want = vec![0f32; x.len()];
             for (xl, wl) in x.chunks(n).zip(want.chunks_mut(n)) {
                 norm::softmax_lane(xl, wl, n, 1, false);
             }
-            let mut got = vec![0f32; x.len()];
-            softmax_lanes(&x, &mut got, n);
-            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "five lanes of {n}");
+            for f in [softmax_lanes, softmax_lanes_baseline] {
+                let mut got = vec![0f32; x.len()];
+                f(&x, &mut got, n);
+                assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{lanes} lanes of {n}");
+            }
+        }
+    }
+
+    /// The dispatched row product is the baseline's bit for bit, and the plain-order sum.
+    #[test]
+    fn matmul_row_matches_its_baseline() {
+        let (k, n) = (37usize, 45usize);
+        let a: Vec<f32> = (0..k).map(|i| (i as f32 * 0.731).sin() * 3.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.123).cos()).collect();
+        let (mut got, mut base) = (vec![1f32; n], vec![2f32; n]);
+        matmul_row_f32(&mut got, &a, &b);
+        matmul_row_f32_baseline(&mut base, &a, &b);
+        for j in 0..n {
+            let want = (0..k).fold(0f32, |acc, t| acc + a[t] * b[t * n + j]);
+            assert_eq!(got[j].to_bits(), want.to_bits(), "column {j}");
+            assert_eq!(base[j].to_bits(), want.to_bits(), "column {j}");
         }
     }
 }
