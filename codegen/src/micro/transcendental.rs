@@ -161,13 +161,24 @@ fn fast(u: UnaryOp, x: f32) -> (f32, bool) {
         return (y, sure && (small || large));
     }
     let in_range = v.abs() <= 700.0;
+    // Beyond ±700 (infinities included) the f64 exponential is below 1e-304 or above 1e304:
+    // exp rounds to 0 or infinity in f32, the sigmoid to 0 or 1. Masked attention logits
+    // (-3.4e38 added) land here, so these are answered without the interpreter's function;
+    // only NaN stays uncertain.
+    let (below, above) = (v < -700.0, v > 700.0);
+    let high = if u == UnaryOp::Exp { f32::INFINITY } else { 1.0 };
+    let outside = if above { high } else { 0.0 };
     let v = if in_range { v } else { 0.0 };
     let a = match u {
         UnaryOp::Exp => exp_f64(v),
         _ => 1.0 / (1.0 + exp_f64(-v)),
     };
     let (y, sure) = round_checked(a);
-    (y, sure && in_range)
+    if in_range {
+        (y, sure)
+    } else {
+        (outside, below || above)
+    }
 }
 
 /// `erf` of eight values of the middle range `1 <= |x| < 4` (signs kept): each by the series of
@@ -317,6 +328,8 @@ mod tests {
             -700.0,
             700.1,
             -700.1,
+            f32::MAX,
+            f32::MIN,
         ]);
         xs.extend([88.72283, 88.72284, -87.33655, -103.97208, -103.97209, 16.635532, -16.635532]);
         xs.extend([1.0, -1.0, 1.0000001, -1.0000001, 0.99999994, 1e-30, -1e-30, 1e-45]);
