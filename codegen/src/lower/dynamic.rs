@@ -3,7 +3,8 @@
 //! cast(acc, f32)`, `sp = mul(s, ws)` with a constant weight scale (one, or one per output
 //! column or channel) and `y = mul(f, sp)`, each intermediate used only by the next, become one
 //! [`RowKind::DynamicMatMul`] or [`RowKind::DynamicConv`] step ([`crate::micro::dynamic`]) from
-//! `x` to `y` (a convolution's result in NHWC).
+//! `x` to `y` (a convolution's result in NHWC). A matrix product's chain also takes in the add of
+//! a constant bias vector along the last axis that follows it (a linear layer's bias).
 
 use super::{dims, ensure, need, numel, Layout, Lowerer, Lw, StepKind};
 use crate::micro::dynamic::{DynamicConv, DynamicMatMul};
@@ -64,7 +65,30 @@ impl Lowerer<'_> {
         if !matches!(ln.op, Op::Binary(BinaryOp::Mul)) || !operands_are_the_chain {
             return None;
         }
-        Some(vec![mmi, cast, scale_mul, last])
+        let mut chain = vec![mmi, cast, scale_mul, last];
+        if matches!(mn.op, Op::MatMulInteger) {
+            chain.extend(self.bias_add(Value::new(last, 0)));
+        }
+        Some(chain)
+    }
+
+    /// The only user of `v` when it adds a constant f32 vector along `v`'s last axis (a linear
+    /// layer's bias, one value per column, no NaN) and keeps `v`'s shape.
+    fn bias_add(&self, v: Value) -> Option<NodeId> {
+        let add = self.only_user(v)?;
+        let an = self.g.node(add);
+        let ins: Vec<Value> = an.inputs().iter().flatten().copied().collect();
+        let [a, b] = ins[..] else { return None };
+        let bias = if a == v { b } else { a };
+        let n = *dims(&self.types[&v])?.last()?;
+        let t = self.const_of(Some(bias))?;
+        let along_last = t.shape().last() == Some(&n) && t.shape().iter().rev().skip(1).all(|&d| d == 1);
+        let ok = matches!(an.op, Op::Binary(BinaryOp::Add))
+            && (a == v) != (b == v)
+            && along_last
+            && t.as_f32().is_some_and(|x| !x.iter().any(|b| b.is_nan()))
+            && self.types[&Value::new(add, 0)] == self.types[&v];
+        ok.then_some(add)
     }
 
     /// The chain from `dynamic_quantize` node `id` through `chain` ([`Self::dynamic_chain`]) as
@@ -84,7 +108,10 @@ impl Lowerer<'_> {
     }
 
     fn dynamic_matmul(&mut self, id: NodeId, chain: &[NodeId]) -> Lw {
-        let &[mmi, _cast, scale_mul, last] = chain else { return super::host("not a dynamic quantization chain") };
+        let [mmi, _cast, scale_mul, _, ref bias_add @ ..] = chain[..] else {
+            return super::host("not a dynamic quantization chain");
+        };
+        let last = *need(chain.last(), "not a dynamic quantization chain")?;
         let g = self.g;
         let x = need(g.node(id).inputs().first().copied().flatten(), "the input is missing")?;
         ensure(!self.is_const(x) && self.types[&x].dtype == DType::F32, "the input is not an f32 activation")?;
@@ -153,7 +180,17 @@ impl Lowerer<'_> {
         let bytes = micro::int8::packed_bytes(n, k);
         self.check_size(&name, Allocation::PackedWeights, bytes)?;
         let weights = micro::int8::pack_weights_i8_kn(data, k, n).map_err(pack_failed(bytes))?;
-        let d = DynamicMatMul { m, k, n, weights, w_scale: ws };
+        // the bias add's constant: `v + b` and `b + v` are the same value (a NaN in `v` comes
+        // out whichever side it is on; the bias has none)
+        let bias = match bias_add {
+            [add] => {
+                let v = Value::new(chain[3], 0);
+                let b = g.node(*add).inputs().iter().flatten().copied().find(|&u| u != v);
+                need(self.const_of(b).and_then(|t| t.as_f32().map(|x| x.to_vec())), "the bias is not f32")?
+            }
+            _ => vec![],
+        };
+        let d = DynamicMatMul { m, k, n, weights, w_scale: ws, bias };
         let input = self.plain(x, &g.node(id).name)?;
         let output = self.define(out, Layout::Plain);
         let op = RowOp { n, dynamic: Some(Arc::new(d)), ..RowOp::elementwise(RowKind::DynamicMatMul, 0) };

@@ -80,6 +80,8 @@ pub struct DynamicMatMul {
     pub n: usize,
     pub weights: PackedI8,
     pub w_scale: Vec<f32>,
+    /// A bias added to each row after the scale multiply (`n` values), or empty.
+    pub bias: Vec<f32>,
 }
 
 /// `s * w_scale[j]` for the `n` columns (one weight scale, or one per column): the graph's
@@ -116,13 +118,14 @@ pub unsafe fn run(d: &DynamicMatMul, x: *const f32, y: *mut f32, begin: usize, e
         }
         // SAFETY: `a` holds `rows` rows of `kp` bytes; rows `r0..r0 + rows` of `y` are this
         // call's (the caller's contract).
-        unsafe { gemm_rows(gemm, &d.weights, &a, kp, rows, z, &sp, &mut acc, y.add(r0 * n)) };
+        unsafe { gemm_rows(gemm, &d.weights, &a, kp, rows, z, &sp, &d.bias, &mut acc, y.add(r0 * n)) };
         r0 += rows;
     }
 }
 
-/// `y[r][j] = ((acc - z * colsum[j]) as f32) * sp[j]` for the `rows` rows of u8 `a` (stride `lda`)
-/// times the packed weights, panel by panel through `acc` (`ROWS x 64` i32 scratch).
+/// `y[r][j] = ((acc - z * colsum[j]) as f32) * sp[j]` (`+ bias[j]` when `bias` is not empty) for
+/// the `rows` rows of u8 `a` (stride `lda`) times the packed weights, panel by panel through
+/// `acc` (`ROWS x 64` i32 scratch).
 ///
 /// # Safety
 /// `a` holds `rows` rows of `w.kp` readable bytes at stride `lda`; `y` has `rows` rows of `w.n`
@@ -136,6 +139,7 @@ unsafe fn gemm_rows(
     rows: usize,
     z: i32,
     sp: &[f32],
+    bias: &[f32],
     acc: &mut [i32],
     y: *mut f32,
 ) {
@@ -153,7 +157,8 @@ unsafe fn gemm_rows(
         for r in 0..rows {
             // SAFETY: row `r` of this call's rows, columns `c0..c0 + cols <= n`.
             let out = unsafe { std::slice::from_raw_parts_mut(y.add(r * n + c0), cols) };
-            dequantize_row(&acc[r * 64..r * 64 + cols], &w.col_sums[c0..c0 + cols], z, &sp[c0..c0 + cols], out);
+            let b = if bias.is_empty() { &[][..] } else { &bias[c0..c0 + cols] };
+            dequantize_row(&acc[r * 64..r * 64 + cols], &w.col_sums[c0..c0 + cols], z, &sp[c0..c0 + cols], b, out);
         }
     }
 }
@@ -182,13 +187,17 @@ qforge_ir::multiversion! {
 
 qforge_ir::multiversion! {
     baseline = dequantize_row_baseline;
-    /// `y[j] = ((acc[j] - z * col_sums[j]) as f32) * sp[j]`: MatMulInteger's zero-point
-    /// correction (`sum (q - z) * w = sum q * w - z * sum w`, in wrapping i32 as the
-    /// interpreter's i32 result), the cast and the multiply by the scale product, one f32
-    /// rounding each; compiled for AVX-512 and AVX2 as well, the same values in every version.
-    pub fn dequantize_row(acc: &[i32], col_sums: &[i32], z: i32, sp: &[f32], y: &mut [f32]) -> () {
+    /// `y[j] = ((acc[j] - z * col_sums[j]) as f32) * sp[j] (+ bias[j])`: MatMulInteger's
+    /// zero-point correction (`sum (q - z) * w = sum q * w - z * sum w`, in wrapping i32 as the
+    /// interpreter's i32 result), the cast, the multiply by the scale product and the bias add
+    /// (none when `bias` is empty), one f32 rounding each; compiled for AVX-512 and AVX2 as
+    /// well, the same values in every version.
+    pub fn dequantize_row(acc: &[i32], col_sums: &[i32], z: i32, sp: &[f32], bias: &[f32], y: &mut [f32]) -> () {
         for (((o, &a), &c), &p) in y.iter_mut().zip(acc).zip(col_sums).zip(sp) {
             *o = a.wrapping_sub(z.wrapping_mul(c)) as f32 * p;
+        }
+        for (o, &b) in y.iter_mut().zip(bias) {
+            *o += b;
         }
     }
 }
@@ -247,7 +256,7 @@ pub unsafe fn run_conv(d: &DynamicConv, x: *const f32, y: *mut f32, begin: usize
         // `r0..r0 + rows` are this call's.
         unsafe {
             im2col_u8(g, xq.as_ptr(), r0, rows, a.as_mut_ptr(), ld, z as u8, 0);
-            gemm_rows(gemm, &d.weights, &a, ld, rows, z, &sp, &mut acc, y.add(r0 * n));
+            gemm_rows(gemm, &d.weights, &a, ld, rows, z, &sp, &[], &mut acc, y.add(r0 * n));
         }
         r0 += rows;
     }
@@ -302,11 +311,12 @@ mod tests {
         let sums: Vec<i32> = (0..203).map(|i| 3 - i * 31).collect();
         let sp: Vec<f32> = (0..203).map(|i| 1e-3 * (i as f32 + 0.5)).collect();
         let (mut y, mut yb) = (vec![0f32; 203], vec![0f32; 203]);
-        dequantize_row(&acc, &sums, z, &sp, &mut y);
-        dequantize_row_baseline(&acc, &sums, z, &sp, &mut yb);
-        assert_eq!(
-            y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            yb.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-        );
+        let bias: Vec<f32> = (0..203).map(|i| (i as f32 - 90.0) * 0.7).collect();
+        for b in [&[][..], &bias[..]] {
+            dequantize_row(&acc, &sums, z, &sp, b, &mut y);
+            dequantize_row_baseline(&acc, &sums, z, &sp, b, &mut yb);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&y), bits(&yb));
+        }
     }
 }
