@@ -182,7 +182,7 @@ impl Lowerer<'_> {
         let (input, input2) = self.broadcast_inputs(n, a, b)?;
         let output = self.define(n.out, Layout::Plain);
         let len = numel(&n.oty);
-        let index = [d, sa, sb].concat();
+        let index = broadcast_index(&d, &sa, &sb);
         let kind = RowKind::BroadcastF32 { op, const_a: ca, const_b: cb };
         let op = RowOp { index, scale, ..RowOp::elementwise(kind, len) };
         self.push(&n.name, StepKind::Rows { op, input, input2, output, units: len.div_ceil(rowops::CHUNK) });
@@ -257,7 +257,7 @@ impl Lowerer<'_> {
         let (input, input2) = self.broadcast_inputs(n, a, b)?;
         let output = self.define(n.out, Layout::Plain);
         let len = numel(&n.oty);
-        let index = [d, sta, stb].concat();
+        let index = broadcast_index(&d, &sta, &stb);
         let kind = RowKind::BroadcastQAdd {
             p,
             swap,
@@ -286,7 +286,7 @@ impl Lowerer<'_> {
         let (input, input2) = self.broadcast_inputs(n, a, b)?;
         let output = self.define(n.out, Layout::Plain);
         let len = numel(&n.oty);
-        let index = [d, sta, stb].concat();
+        let index = broadcast_index(&d, &sta, &stb);
         let op =
             RowOp { index, lut, ..RowOp::elementwise(RowKind::BroadcastBool { op, const_a: ca, const_b: cb }, len) };
         self.push(&n.name, StepKind::Rows { op, input, input2, output, units: len.div_ceil(rowops::CHUNK) });
@@ -424,9 +424,34 @@ impl Lowerer<'_> {
     }
 }
 
+/// The index of a broadcast step (the result's dims, then each operand's strides) with
+/// neighbouring axes merged where both operands walk them as one (the outer axis's stride is
+/// the inner's times the inner size, for each operand: contiguous, or broadcast on both) and
+/// axes of size 1 dropped: the same offsets for every output element, and runs along the last
+/// axis as long as the layout allows (a bias over `[heads, 16, 16]` added to `[windows, heads,
+/// 16, 16]` runs `heads * 256` elements at a time rather than 16).
+fn broadcast_index(d: &[usize], sa: &[usize], sb: &[usize]) -> Vec<usize> {
+    let mut axes: Vec<(usize, usize, usize)> = vec![];
+    for ((&n, &a), &b) in d.iter().zip(sa).zip(sb) {
+        if n == 1 {
+            continue;
+        }
+        match axes.last_mut() {
+            Some(outer) if outer.1 == a * n && outer.2 == b * n => *outer = (outer.0 * n, a, b),
+            _ => axes.push((n, a, b)),
+        }
+    }
+    if axes.is_empty() {
+        axes.push((1, 0, 0));
+    }
+    let (dims, (a, b)): (Vec<usize>, (Vec<usize>, Vec<usize>)) = axes.into_iter().map(|(n, a, b)| (n, (a, b))).unzip();
+    [dims, a, b].concat()
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_util::{check_family, Case};
+    use super::broadcast_index;
 
     const CASES: &[Case] = &[
         Case {
@@ -505,5 +530,43 @@ mod tests {
     #[test]
     fn rows_family_lowering() {
         check_family("rows", CASES);
+    }
+
+    /// Merged axes give every output element the offsets the full index gives.
+    #[test]
+    fn merged_axes_keep_every_offset() {
+        let offsets = |index: &[usize]| {
+            let r = index.len() / 3;
+            let (d, sa, sb) = (&index[..r], &index[r..2 * r], &index[2 * r..]);
+            let n: usize = d.iter().product();
+            (0..n)
+                .map(|mut o| {
+                    let (mut a, mut b) = (0, 0);
+                    for ax in (0..r).rev() {
+                        a += o % d[ax] * sa[ax];
+                        b += o % d[ax] * sb[ax];
+                        o /= d[ax];
+                    }
+                    (a, b)
+                })
+                .collect::<Vec<_>>()
+        };
+        let cases: [(&[usize], &[usize], &[usize]); 5] = [
+            // a bias over the last three axes: one axis of 2 * 16 * 16 for the bias
+            (&[4, 2, 16, 16], &[512, 256, 16, 1], &[0, 256, 16, 1]),
+            // a mask broadcast over heads: nothing merges across the broadcast axis
+            (&[4, 2, 16, 16], &[512, 256, 16, 1], &[256, 0, 16, 1]),
+            // size-1 axes and a scalar operand
+            (&[1, 3, 1, 5], &[15, 5, 5, 1], &[0, 0, 0, 0]),
+            // a channel vector of a channels-first tensor
+            (&[2, 3, 4, 4], &[48, 16, 4, 1], &[0, 1, 0, 0]),
+            (&[1, 1], &[1, 1], &[0, 0]),
+        ];
+        for (d, sa, sb) in cases {
+            let full = [d, sa, sb].concat();
+            let merged = broadcast_index(d, sa, sb);
+            assert_eq!(offsets(&merged), offsets(&full), "{d:?} {sa:?} {sb:?} -> {merged:?}");
+        }
+        assert_eq!(broadcast_index(&[4, 2, 16, 16], &[512, 256, 16, 1], &[0, 256, 16, 1]), [4, 512, 512, 1, 0, 1]);
     }
 }
