@@ -1488,12 +1488,34 @@ qforge_ir::multiversion! {
     /// kernel's operands in the other order when `swap`), bytes read as i8 where signed.
     /// Compiled for AVX-512 and AVX2 + FMA as well, where `mul_add` is one instruction instead
     /// of a library call; `mul_add` rounds once in every version, so the bytes are the same.
+    ///
+    /// `apply` rounds half to even and saturates (NaN to 0) through f64; here the f32 sum is
+    /// clamped to the output range first (its bounds are integers, so clamping and rounding
+    /// commute) and rounded by adding and subtracting 1.5 * 2^23, which is exact below 2^22:
+    /// the same byte, in straight vector code.
     pub fn qadd_run(a: &[u8], b: &[u8], y: &mut [u8], k: &QAddRun) -> () {
-        let int = |v: u8, signed: bool| if signed { v as i8 as i64 } else { v as i64 };
-        for (t, (o, &av)) in y.iter_mut().zip(a).enumerate() {
-            let bv = if k.b_scalar { b[0] } else { b[t] };
-            let (x, z) = (int(av, k.a_signed), int(bv, k.b_signed));
-            *o = (if k.swap { k.p.apply(z, x, k.out) } else { k.p.apply(x, z, k.out) }) as u8;
+        const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+        let (lo, hi) = if k.out == qforge_ir::DType::I8 { (-128.0f32, 127.0f32) } else { (0.0, 255.0) };
+        let int = |v: u8, signed: bool| if signed { v as i8 as f32 } else { v as f32 };
+        let (rx, rz) = if k.swap { (k.p.rb, k.p.ra) } else { (k.p.ra, k.p.rb) };
+        let byte = |x: f32, z: f32| {
+            // `apply(first, second)` is `first * ra + (second * rb + fixed)`; with `swap` the
+            // kernel's first operand is `z`
+            let v = if k.swap { z.mul_add(rz, x.mul_add(rx, k.p.fixed)) } else { x.mul_add(rx, z.mul_add(rz, k.p.fixed)) };
+            let c = if v.is_nan() { 0.0 } else { v.clamp(lo, hi) };
+            // SAFETY: `c + MAGIC - MAGIC` is an integer in `lo..=hi`
+            let r: i32 = unsafe { ((c + MAGIC) - MAGIC).to_int_unchecked() };
+            r as u8
+        };
+        if k.b_scalar {
+            let z = b.first().map_or(0.0, |&v| int(v, k.b_signed));
+            for (o, &av) in y.iter_mut().zip(a) {
+                *o = byte(int(av, k.a_signed), z);
+            }
+        } else {
+            for ((o, &av), &bv) in y.iter_mut().zip(a).zip(b) {
+                *o = byte(int(av, k.a_signed), int(bv, k.b_signed));
+            }
         }
     }
 }
