@@ -273,6 +273,47 @@ fn position(d: &[usize; 4], nhwc: bool, i: usize) -> (usize, usize, usize, usize
     }
 }
 
+/// A pad in plain order over elements `s..e` of the output (dims `dout`) from the input (dims
+/// `din`): output position `(n, c, h, w)` reads the input at the four maps' entries, or is
+/// `fill` where a map has none; one row of the last axis at a time.
+///
+/// # Safety
+/// Elements `s..e` lie in the output buffer at `y` (of `T`s) and belong to this call only;
+/// every mapped position lies in the input buffer at `x`; the buffers are distinct.
+#[allow(clippy::too_many_arguments)]
+unsafe fn pad_rows<T: Copy>(
+    x: *const u8,
+    y: *mut u8,
+    s: usize,
+    e: usize,
+    din: &[usize; 4],
+    dout: &[usize; 4],
+    maps: &[Vec<Option<usize>>; 4],
+    fill: T,
+) {
+    let (x, y) = (x as *const T, y as *mut T);
+    let wd = dout[3].max(1);
+    let mut i = s;
+    while i < e {
+        let (n, c, h, w0) = position(dout, false, i);
+        let run = (wd - w0).min(e - i);
+        let row = match (maps[0][n], maps[1][c], maps[2][h]) {
+            (Some(a), Some(b), Some(p)) => Some(offset(din, false, a, b, p, 0)),
+            _ => None,
+        };
+        for (k, m) in maps[3][w0..w0 + run].iter().enumerate() {
+            let v = match (row, m) {
+                // SAFETY: a mapped position lies inside the input (the caller's contract).
+                (Some(r), Some(q)) => unsafe { x.add(r + q).read_unaligned() },
+                _ => fill,
+            };
+            // SAFETY: output element `i + k < e` is this call's.
+            unsafe { y.add(i + k).write_unaligned(v) };
+        }
+        i += run;
+    }
+}
+
 /// Reads element `i` of an f32, u8 or i8 buffer as f64 (exact).
 ///
 /// # Safety
@@ -504,6 +545,26 @@ impl RowOp {
             RowKind::DynamicMatMul | RowKind::DynamicConv => (total / self.n.max(1)).div_ceil(super::dynamic::ROWS),
             _ => self.n.div_ceil(CHUNK),
         }
+    }
+}
+
+/// `y[i] = lut[(c0 + i) % tables * 256 + x[i]]`: per-channel byte tables over channels-last
+/// bytes whose first element is channel `c0` (`lut` holds `tables` tables of 256).
+fn lut_rows(x: &[u8], y: &mut [u8], lut: &[u8], tables: usize, c0: usize) {
+    // the rest of the first row, then whole rows, then the start of the last
+    let head = ((tables - c0) % tables).min(x.len());
+    for (i, (yv, &xv)) in y[..head].iter_mut().zip(&x[..head]).enumerate() {
+        *yv = lut[(c0 + i) * 256 + xv as usize];
+    }
+    let mut yr = y[head..].chunks_exact_mut(tables);
+    let mut xr = x[head..].chunks_exact(tables);
+    for (yrow, xrow) in (&mut yr).zip(&mut xr) {
+        for ((yv, &xv), t) in yrow.iter_mut().zip(xrow).zip(lut.chunks_exact(256)) {
+            *yv = t[xv as usize];
+        }
+    }
+    for ((yv, &xv), t) in yr.into_remainder().iter_mut().zip(xr.remainder()).zip(lut.chunks_exact(256)) {
+        *yv = t[xv as usize];
     }
 }
 
@@ -1351,6 +1412,10 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                 for (yv, &xv) in y.iter_mut().zip(x) {
                     *yv = t[xv as usize];
                 }
+            } else if plane == 1 {
+                // channels last: element `i`'s table is `i % tables`; whole rows of `tables`
+                // elements walk the tables in order without a branch per element
+                lut_rows(x, y, &op.lut, tables, s % tables);
             } else {
                 // the channel of element s, and how far into its plane
                 let (mut c, mut k) = ((s / plane) % tables, s % plane);
@@ -1400,6 +1465,18 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                                 DType::U8 => yb.add(i).write(numerics::saturate_f64_wide(v, dtype) as u8),
                                 _ => (yb as *mut i8).add(i).write(numerics::saturate_f64_wide(v, dtype) as i8),
                             }
+                        }
+                    }
+                }
+                SpatialPlan::Pad { elem, maps, fill, .. } if !nhwc && matches!(*elem, 1 | 4) => {
+                    // plain order: runs along the last axis share `(n, c, h)`, so the source row
+                    // is found once per run and each element reads one map entry
+                    // SAFETY: the caller's contract for this step's units `s..e`; the element
+                    // size is the buffers' own.
+                    unsafe {
+                        match *elem {
+                            1 => pad_rows::<u8>(xb, yb, s, e, &din, &dout, maps, *fill as u8),
+                            _ => pad_rows::<u32>(xb, yb, s, e, &din, &dout, maps, *fill as u32),
                         }
                     }
                 }
@@ -1744,6 +1821,23 @@ mod tests {
             let want = (0..k).fold(0f32, |acc, t| acc + a[t] * b[t * n + j]);
             assert_eq!(got[j].to_bits(), want.to_bits(), "column {j}");
             assert_eq!(base[j].to_bits(), want.to_bits(), "column {j}");
+        }
+    }
+
+    /// Per-channel tables over channels-last bytes give the same bytes from any starting
+    /// element and length as the element-by-element walk.
+    #[test]
+    fn lut_rows_is_the_per_element_walk() {
+        let tables = 5;
+        let lut: Vec<u8> = (0..256 * tables).map(|i| (i * 7 % 251) as u8).collect();
+        let x: Vec<u8> = (0..63).map(|i| (i * 37 % 256) as u8).collect();
+        for s in 0..12 {
+            for e in s..x.len() {
+                let mut y = vec![0u8; e - s];
+                lut_rows(&x[s..e], &mut y, &lut, tables, s % tables);
+                let want: Vec<u8> = (s..e).map(|i| lut[(i % tables) * 256 + x[i] as usize]).collect();
+                assert_eq!(y, want, "{s}..{e}");
+            }
         }
     }
 }
