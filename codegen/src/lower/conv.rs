@@ -48,6 +48,16 @@ impl Lowerer<'_> {
                 Op::MatMul | Op::Gemm { trans_a: false, .. } => self.is_const_input(id, 1),
                 _ => false,
             };
+            if let Some(chain) = self.gelu_chain(id).filter(|c| !c.iter().any(|n| absorbed.contains(n))) {
+                if let Some(&last) = chain.last() {
+                    absorbed.insert(id);
+                    for &c in &chain[..chain.len() - 1] {
+                        absorbed.insert(c);
+                    }
+                    groups.insert(last, (id, chain));
+                }
+                continue;
+            }
             if let Some(chain) = self.dynamic_chain(id) {
                 // the chain's nodes are the dynamic quantization's alone (each used once)
                 if let Some(&last) = chain.last() {

@@ -197,6 +197,112 @@ impl Lowerer<'_> {
     }
 }
 
+/// The exact GELU as `torch.onnx.export` writes it: `d = div(x, c)`, `e = erf(d)`, `a = add(e,
+/// 1)`, `p = mul(x, a)`, `y = mul(p, 0.5)` (the adds' and multiplies' operands in either order,
+/// the constants one f32 value each), each intermediate used only by the next: one
+/// [`RowKind::Gelu`] step.
+impl Lowerer<'_> {
+    /// The one f32 value of the constant `v`.
+    fn scalar_f32(&self, v: Value) -> Option<f32> {
+        let t = self.const_of(Some(v))?;
+        match t.as_f32()? {
+            [k] => Some(*k),
+            _ => None,
+        }
+    }
+
+    /// The operands of the binary node `id` of op `op` when one of them is `v`: the other one,
+    /// and whether `v` comes first.
+    fn other_operand(&self, id: qforge_ir::NodeId, op: qforge_ir::BinaryOp, v: Value) -> Option<(Value, bool)> {
+        let n = self.g.node(id);
+        let ins: Vec<Value> = n.inputs().iter().flatten().copied().collect();
+        match (&n.op, &ins[..]) {
+            (Op::Binary(o), &[a, b]) if *o == op && (a == v) != (b == v) => {
+                Some(if a == v { (b, true) } else { (a, false) })
+            }
+            _ => None,
+        }
+    }
+
+    /// The GELU nodes after the `div` node `id` (`erf`, `add`, `mul` by the input, `mul`), when
+    /// `id` starts one on f32 values of one shape.
+    pub(super) fn gelu_chain(&self, id: qforge_ir::NodeId) -> Option<Vec<qforge_ir::NodeId>> {
+        use qforge_ir::BinaryOp::{Add, Div, Mul};
+        let n = self.g.node(id);
+        let (x, c) = match (&n.op, n.inputs()) {
+            (Op::Binary(Div), [Some(x), Some(c)]) => (*x, *c),
+            _ => return None,
+        };
+        let ty = self.ty(x)?;
+        if ty.dtype != DType::F32 || self.is_const(x) || self.scalar_f32(c).is_none() {
+            return None;
+        }
+        let d = Value::new(id, 0);
+        let erf = self.only_user(d)?;
+        if !matches!(self.g.node(erf).op, Op::Unary(UnaryOp::Erf)) {
+            return None;
+        }
+        let add = self.only_user(Value::new(erf, 0))?;
+        let (one, _) = self.other_operand(add, Add, Value::new(erf, 0))?;
+        let mul = self.only_user(Value::new(add, 0))?;
+        let (by, _) = self.other_operand(mul, Mul, Value::new(add, 0))?;
+        let last = self.only_user(Value::new(mul, 0))?;
+        let (half, _) = self.other_operand(last, Mul, Value::new(mul, 0))?;
+        let same = [d, Value::new(erf, 0), Value::new(add, 0), Value::new(mul, 0), Value::new(last, 0)]
+            .iter()
+            .all(|v| self.ty(*v) == Some(ty));
+        (by == x && same && self.scalar_f32(one).is_some() && self.scalar_f32(half).is_some())
+            .then(|| vec![erf, add, mul, last])
+    }
+
+    /// The GELU from the `div` node `id` through `chain` ([`Self::gelu_chain`]) as one step in
+    /// the input's layout; if no kernel covers it, its nodes are lowered one by one.
+    pub(super) fn lower_gelu(
+        &mut self,
+        id: qforge_ir::NodeId,
+        chain: &[qforge_ir::NodeId],
+    ) -> Result<(), crate::JitError> {
+        match self.gelu(id, chain) {
+            Ok(()) => Ok(()),
+            Err(super::Skip::Fail(e)) => Err(e),
+            Err(super::Skip::Host(_)) => {
+                self.lower_or_host(id)?;
+                for &c in chain {
+                    self.lower_or_host(c)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn gelu(&mut self, id: qforge_ir::NodeId, chain: &[qforge_ir::NodeId]) -> Lw {
+        use qforge_ir::BinaryOp::{Add, Mul};
+        let &[erf, add, mul, last] = chain else { return super::host("not a GELU") };
+        let n = self.g.node(id);
+        let (x, c) = need(
+            n.inputs().first().copied().flatten().zip(n.inputs().get(1).copied().flatten()),
+            "an input is missing",
+        )?;
+        let div = need(self.scalar_f32(c), "the divisor is not one f32 value")?;
+        let (k1, _) = need(self.other_operand(add, Add, Value::new(erf, 0)), "not an add")?;
+        let (kh, _) = need(self.other_operand(last, Mul, Value::new(mul, 0)), "not a multiply")?;
+        let (one, half) = need(self.scalar_f32(k1).zip(self.scalar_f32(kh)), "a constant is not one f32 value")?;
+        let layout = self.vals[&x].layout;
+        let label = std::iter::once(id)
+            .chain(chain.iter().copied())
+            .map(|c| self.g.node(c).name.clone())
+            .collect::<Vec<_>>()
+            .join("+");
+        let input = self.in_layout(x, layout, &label)?;
+        let out = Value::new(last, 0);
+        let output = self.define(out, layout);
+        let len = numel(&self.types[&out]);
+        let kind = RowKind::Gelu { div, one, half };
+        self.push_rows(&label, kind, input, output, len, 1, len.div_ceil(rowops::CHUNK), vec![], vec![]);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_util::{check_family, Case};

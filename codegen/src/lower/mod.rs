@@ -539,6 +539,8 @@ pub fn lower(
                 lw.lower_float_conv(*main, chain)?;
             } else if matches!(g.node(*main).op, Op::DynamicQuantize) {
                 lw.lower_dynamic_chain(*main, chain)?;
+            } else if matches!(g.node(*main).op, Op::Binary(qforge_ir::BinaryOp::Div)) {
+                lw.lower_gelu(*main, chain)?;
             } else {
                 lw.lower_float_matmul(*main, chain)?;
             }
