@@ -866,7 +866,7 @@ fn map16(y: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32) {
 qforge_ir::multiversion! {
     baseline = softmax_lanes_baseline;
     /// [`softmax_contiguous`] of every lane of `n` values of `x` (a whole number of lanes), with
-    /// the exponentials of all lanes in one [`super::transcendental::map`] call (short lanes,
+    /// the exponentials of 16 lanes in one [`super::transcendental::map`] call (short lanes,
     /// such as attention over a few tokens, would otherwise pay its setup per lane). The maxima
     /// and sums of 16 lanes are kept side by side, each still taken over its own lane in plain
     /// order (so the same results bit for bit), so that 16 independent chains overlap where one
@@ -877,11 +877,13 @@ qforge_ir::multiversion! {
             return;
         }
         let lanes = x.len() / n;
-        let mut d = vec![0f32; x.len()];
+        // the shifted values of one block of lanes (a whole call's would be an allocation the
+        // size of the step, paid again on every call)
+        let mut d = vec![0f32; B * n];
         let mut r0 = 0;
         while r0 < lanes {
             let b = B.min(lanes - r0);
-            let (xb, db) = (&x[r0 * n..(r0 + b) * n], &mut d[r0 * n..(r0 + b) * n]);
+            let (xb, db) = (&x[r0 * n..(r0 + b) * n], &mut d[..b * n]);
             let mut m = [f32::NEG_INFINITY; B];
             for j in 0..n {
                 for l in 0..b {
@@ -895,13 +897,8 @@ qforge_ir::multiversion! {
                 let ml = m[l];
                 map16(dl, xl, |v| v - ml);
             }
-            r0 += b;
-        }
-        super::transcendental::map(UnaryOp::Exp, &d, y);
-        let mut r0 = 0;
-        while r0 < lanes {
-            let b = B.min(lanes - r0);
             let yb = &mut y[r0 * n..(r0 + b) * n];
+            super::transcendental::map(UnaryOp::Exp, db, yb);
             let mut sum = [0f32; B];
             for j in 0..n {
                 for l in 0..b {
