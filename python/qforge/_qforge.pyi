@@ -141,7 +141,7 @@ class Executable:
         *,
         iters: int = 30,
         warmup: int = 5,
-        input: Optional[ArrayLike] = None,
+        input: Optional[Inputs] = None,
         profile_kernels: bool = False,
     ) -> BenchReport: ...
     def save(self, path: PathLike) -> None: ...

@@ -1192,8 +1192,10 @@ impl Executable {
     /// threads, throughput, sweep, best_batch, ...).
     ///
     /// batch: a batch size or a list of them (a sweep; default 1). iters: timed runs per batch size
-    /// (30). warmup: untimed runs first (5). input: data whose first rows are used (default: a fixed
-    /// pseudo-random normal input). profile_kernels: time each kernel (the first batch size).
+    /// (30). warmup: untimed runs first (5). input: the inputs' data as `run` takes them (one
+    /// array, a list, or a dict by input name), whose first rows are used (default: a fixed
+    /// pseudo-random normal input, f32 inputs only). profile_kernels: time each kernel (the first
+    /// batch size).
     ///
     /// >>> r = exe.bench(batch=[1, 8], iters=50); r.median_ms, r.best_batch
     #[pyo3(signature = (batch = None, *, iters = 30, warmup = 5, input = None, profile_kernels = false))]
@@ -1228,9 +1230,9 @@ impl Executable {
                 json: true,
                 max_latency_ms: None,
             };
-            // the first graph input's data, if given; the others are generated
+            // every input's data, as `run` takes it; none given: generated (f32 inputs only)
             let data: Vec<Option<Tensor>> = match input {
-                Some(x) => vec![Some(tensor_from_array(&as_array(x)?)?)],
+                Some(x) => bind_inputs(self.exe.graph(), x, "input", false)?.into_iter().map(Some).collect(),
                 None => vec![],
             };
             let model = self.model.bind(py).get().report_name();

@@ -115,3 +115,17 @@ def test_run_overhead_against_the_rust_api(digits_path):
     r, p = np.median(rust) * 1e6, np.median(py) * 1e6
     print(f"\ndigits fp32 batch 1: Rust API run {r:.2f} us, Python exe.run {p:.2f} us, overhead {p - r:.2f} us (median of {len(py)})")
     assert p - r < 10.0
+
+
+def test_bench_takes_every_input_by_name():
+    """A model with two integer inputs (the BERT fixture): bench takes them as run does, by name."""
+    from conftest import REPO
+
+    t = REPO / "tests" / "fixtures" / "transformers"
+    exe = qforge.load(t / "bert.onnx").compile()
+    feeds = {"input_ids": np.load(t / "bert_test_ids.npy"), "attention_mask": np.load(t / "bert_test_mask.npy")}
+    r = exe.bench(batch=[1, 4], iters=2, warmup=0, input=feeds)
+    assert [b.batch for b in r.sweep] == [1, 4] and r.median_ms > 0
+    assert not r.host_ops
+    with pytest.raises(qforge.InputError, match="attention_mask"):
+        exe.bench(iters=1, warmup=0, input={"input_ids": feeds["input_ids"]})
