@@ -40,15 +40,9 @@ def build_minilm():
     import torch
     from transformers import BertConfig, BertModel
 
-    class MeanPooled(torch.nn.Module):
-        def __init__(self, bert):
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask):
-            h = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            m = attention_mask.unsqueeze(-1).to(h.dtype)
-            return (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    # the BERT fixture's masked mean pooling
+    sys.path.insert(0, HERE)
+    from gen_transformer_fixtures import MeanPooled
 
     os.makedirs(MINILM_DIR, exist_ok=True)
     torch.manual_seed(0)

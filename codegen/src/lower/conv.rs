@@ -35,6 +35,21 @@ pub(super) fn conv_geom(a: &ConvAttrs, d: &[usize], od: &[usize], cin: usize) ->
 /// The nodes absorbed into float convolutions, and the groups: last node -> (conv, chain).
 pub(super) type FusionGroups = (HashSet<NodeId>, HashMap<NodeId, (NodeId, Vec<NodeId>)>);
 
+/// Records the fusion group of `id` and `chain` (none when `chain` is empty): `id` and every
+/// node of `chain` but the last, where the group runs, are absorbed.
+fn claim(
+    absorbed: &mut HashSet<NodeId>,
+    groups: &mut HashMap<NodeId, (NodeId, Vec<NodeId>)>,
+    id: NodeId,
+    chain: Vec<NodeId>,
+) {
+    if let Some(&last) = chain.last() {
+        absorbed.insert(id);
+        absorbed.extend(chain[..chain.len() - 1].iter().copied());
+        groups.insert(last, (id, chain));
+    }
+}
+
 impl Lowerer<'_> {
     /// Fusion groups of float convolutions and of float matrix products with a constant right
     /// operand over the schedule `order`: each with the chain of nodes it absorbs, keyed by the
@@ -48,25 +63,10 @@ impl Lowerer<'_> {
                 Op::MatMul | Op::Gemm { trans_a: false, .. } => self.is_const_input(id, 1),
                 _ => false,
             };
-            if let Some(chain) = self.gelu_chain(id).filter(|c| !c.iter().any(|n| absorbed.contains(n))) {
-                if let Some(&last) = chain.last() {
-                    absorbed.insert(id);
-                    for &c in &chain[..chain.len() - 1] {
-                        absorbed.insert(c);
-                    }
-                    groups.insert(last, (id, chain));
-                }
-                continue;
-            }
-            if let Some(chain) = self.dynamic_chain(id) {
-                // the chain's nodes are the dynamic quantization's alone (each used once)
-                if let Some(&last) = chain.last() {
-                    absorbed.insert(id);
-                    for &c in &chain[..chain.len() - 1] {
-                        absorbed.insert(c);
-                    }
-                    groups.insert(last, (id, chain));
-                }
+            // a GELU's and a dynamic quantization chain's nodes are their own (each used once)
+            let gelu = self.gelu_chain(id).filter(|c| !c.iter().any(|n| absorbed.contains(n)));
+            if let Some(chain) = gelu.or_else(|| self.dynamic_chain(id)) {
+                claim(&mut absorbed, &mut groups, id, chain);
                 continue;
             }
             if main {
@@ -76,13 +76,7 @@ impl Lowerer<'_> {
                 if let Some(p) = chain.iter().position(|c| absorbed.contains(c) || groups.contains_key(c)) {
                     chain.truncate(p);
                 }
-                if let Some(&last) = chain.last() {
-                    absorbed.insert(id);
-                    for &c in &chain[..chain.len() - 1] {
-                        absorbed.insert(c);
-                    }
-                    groups.insert(last, (id, chain));
-                }
+                claim(&mut absorbed, &mut groups, id, chain);
             }
         }
         (absorbed, groups)
@@ -218,17 +212,7 @@ impl Lowerer<'_> {
             }
             _ => host("not a matrix product"),
         };
-        match fused {
-            Ok(()) => Ok(()),
-            Err(Skip::Fail(e)) => Err(e),
-            Err(Skip::Host(_)) => {
-                self.lower_or_host(id)?;
-                for &c in chain {
-                    self.lower_or_host(c)?;
-                }
-                Ok(())
-            }
-        }
+        self.group_or_nodes(fused, id, chain)
     }
 
     /// A float conv at `id` followed by the absorbed nodes `chain` (Relu, Clip, residual Add);

@@ -94,17 +94,8 @@ impl Lowerer<'_> {
     /// The chain from `dynamic_quantize` node `id` through `chain` ([`Self::dynamic_chain`]) as
     /// one step; if no kernel covers it, its nodes are lowered one by one.
     pub(super) fn lower_dynamic_chain(&mut self, id: NodeId, chain: &[NodeId]) -> Result<(), JitError> {
-        match self.dynamic_matmul(id, chain) {
-            Ok(()) => Ok(()),
-            Err(super::Skip::Fail(e)) => Err(e),
-            Err(super::Skip::Host(_)) => {
-                self.lower_or_host(id)?;
-                for &c in chain {
-                    self.lower_or_host(c)?;
-                }
-                Ok(())
-            }
-        }
+        let fused = self.dynamic_matmul(id, chain);
+        self.group_or_nodes(fused, id, chain)
     }
 
     fn dynamic_matmul(&mut self, id: NodeId, chain: &[NodeId]) -> Lw {

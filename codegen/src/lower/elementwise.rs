@@ -262,17 +262,8 @@ impl Lowerer<'_> {
         id: qforge_ir::NodeId,
         chain: &[qforge_ir::NodeId],
     ) -> Result<(), crate::JitError> {
-        match self.gelu(id, chain) {
-            Ok(()) => Ok(()),
-            Err(super::Skip::Fail(e)) => Err(e),
-            Err(super::Skip::Host(_)) => {
-                self.lower_or_host(id)?;
-                for &c in chain {
-                    self.lower_or_host(c)?;
-                }
-                Ok(())
-            }
-        }
+        let fused = self.gelu(id, chain);
+        self.group_or_nodes(fused, id, chain)
     }
 
     fn gelu(&mut self, id: qforge_ir::NodeId, chain: &[qforge_ir::NodeId]) -> Lw {

@@ -799,6 +799,22 @@ impl<'g> Lowerer<'g> {
         matches!(self.g.node(v.node).op, Op::Const(_))
     }
 
+    /// The outcome of lowering the fusion group of `id` and `chain` as one step (`fused`): done,
+    /// a failure, or, where no kernel covers the group, its nodes lowered one by one.
+    fn group_or_nodes(&mut self, fused: Lw, id: NodeId, chain: &[NodeId]) -> Result<(), JitError> {
+        match fused {
+            Ok(()) => Ok(()),
+            Err(Skip::Fail(e)) => Err(e),
+            Err(Skip::Host(_)) => {
+                self.lower_or_host(id)?;
+                for &c in chain {
+                    self.lower_or_host(c)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// The single user of `v` if it has exactly one and is not a graph output.
     fn only_user(&self, v: Value) -> Option<NodeId> {
         if self.outputs.contains(&v) || self.users.get(&v).copied() != Some(1) {
