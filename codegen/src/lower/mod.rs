@@ -41,6 +41,7 @@ mod movement;
 mod pool;
 mod rows;
 mod spatial;
+mod tables;
 
 use crate::emit::elementwise::{Elementwise, IntTy};
 use crate::micro::rowops::{ReduceKind, RowOp};
@@ -527,11 +528,21 @@ pub fn lower(
         lw.vals.insert(v, Vinfo { ty: ty.clone(), buf, layout: Layout::Plain });
         inputs.push((buf, ty));
     }
-    let (absorbed, groups) = lw.fusion_groups(&order);
+    // element-wise regions over one byte value become tables first; their nodes (but the
+    // root, where the table runs) join no other group
+    let tables = lw.table_regions(&order);
+    let (mut absorbed, groups) = lw.fusion_groups(&order);
+    for r in tables.values() {
+        absorbed.extend(r.nodes[..r.nodes.len().saturating_sub(1)].iter().copied());
+    }
     for &id in &order {
         lw.check_results(id)?;
         let node = g.node(id);
         if matches!(node.op, Op::Input | Op::Const(_)) || absorbed.contains(&id) {
+            continue;
+        }
+        if let Some(r) = tables.get(&id) {
+            lw.lower_table_region(r)?;
             continue;
         }
         if let Some((main, chain)) = groups.get(&id) {

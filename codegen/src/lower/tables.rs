@@ -1,0 +1,188 @@
+//! Element-wise regions over one quantized value as one byte table: a `quantize` whose value is
+//! computed, through dequantizes, float element-wise ops with one-value constants and inner
+//! quantizes (each used only inside the region), from a single per-tensor u8/i8 activation is a
+//! function of that activation's byte alone. So the region is evaluated once, at compile time,
+//! on all 256 bytes by the reference interpreter (a small graph of the region's own nodes on a
+//! `[256]` input) and runs as one [`crate::micro::rowops::RowKind::Lut8`] step: the
+//! interpreter's bytes by construction. This is how a quantized model's GELU (`erf` and its
+//! adds and multiplies quantized piece by piece), SiLU or hard-swish becomes one table lookup.
+
+use super::{dims, per_tensor, At, Lowerer, Lw};
+use qforge_ir::{DType, Graph, NodeId, Op, Shape, Tensor, TensorData, TensorType, UnaryOp, Value};
+use std::collections::{HashMap, HashSet};
+
+/// A region found by [`Lowerer::table_regions`]: its source byte value and its nodes in
+/// schedule order (the root, a `quantize`, last).
+#[derive(Clone, Debug)]
+pub(super) struct TableRegion {
+    pub src: Value,
+    pub nodes: Vec<NodeId>,
+}
+
+/// Whether `t` is an 8-bit integer type quantized per tensor (a byte a table can index).
+fn byte_type(t: &TensorType) -> bool {
+    matches!(t.dtype, DType::U8 | DType::I8) && per_tensor(&t.quant).is_some()
+}
+
+impl Lowerer<'_> {
+    /// The table regions of the schedule `order`, keyed by root, the latest root first claiming
+    /// its nodes (a region never shares a node with another).
+    pub(super) fn table_regions(&self, order: &[NodeId]) -> HashMap<NodeId, TableRegion> {
+        let pos: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+        let mut claimed: HashSet<NodeId> = HashSet::new();
+        let mut out = HashMap::new();
+        for &id in order.iter().rev() {
+            if claimed.contains(&id) {
+                continue;
+            }
+            if let Some(r) = self.table_region(id, &pos).filter(|r| !r.nodes.iter().any(|n| claimed.contains(n))) {
+                claimed.extend(r.nodes.iter().copied());
+                out.insert(id, r);
+            }
+        }
+        out
+    }
+
+    /// The region rooted at the `quantize` node `root`, when it has at least two float ops
+    /// besides its quantizes and dequantizes (one op alone already has its own step).
+    fn table_region(&self, root: NodeId, pos: &HashMap<NodeId, usize>) -> Option<TableRegion> {
+        let n = self.g.node(root);
+        let out = Value::new(root, 0);
+        let oty = self.ty(out)?;
+        if !matches!(n.op, Op::Quantize) || !byte_type(oty) {
+            return None;
+        }
+        let shape = oty.shape.clone();
+        let mut members: HashSet<NodeId> = HashSet::from([root]);
+        let mut src: Option<Value> = None;
+        let mut stack: Vec<Value> = n.inputs().iter().flatten().copied().collect();
+        while let Some(w) = stack.pop() {
+            if self.is_const(w) {
+                // a one-value constant (a scale, a zero point, the 1 or 0.5 of a GELU)
+                self.const_of(Some(w)).filter(|t| t.shape().iter().product::<usize>() == 1)?;
+                continue;
+            }
+            let p = w.node;
+            if members.contains(&p) {
+                continue;
+            }
+            let ty = self.ty(w)?;
+            let pn = self.g.node(p);
+            if byte_type(ty) && !(self.byte_step(p) && self.only_user(w).is_some()) {
+                // the source: one byte value, however many region nodes read it
+                if src.is_some_and(|s| s != w) {
+                    return None;
+                }
+                src = Some(w);
+                continue;
+            }
+            let elementwise = match &pn.op {
+                Op::Quantize | Op::Dequantize | Op::Clip { .. } | Op::Binary(_) => true,
+                Op::Unary(u) => *u != UnaryOp::Not,
+                _ => self.byte_step(p),
+            };
+            if !elementwise || ty.shape != shape || self.outputs.contains(&w) || pn.outputs.len() != 1 {
+                return None;
+            }
+            members.insert(p);
+            stack.extend(pn.inputs().iter().flatten().copied());
+        }
+        let src = src?;
+        // every value inside is read only inside
+        for &m in members.iter().filter(|&&m| m != root) {
+            if self.g.value_users(Value::new(m, 0)).iter().any(|u| !members.contains(&u.0)) {
+                return None;
+            }
+        }
+        let ops = members.iter().filter(|&&m| !matches!(self.g.node(m).op, Op::Quantize | Op::Dequantize)).count();
+        if ops < 2 {
+            return None;
+        }
+        let mut nodes: Vec<NodeId> = members.into_iter().collect();
+        nodes.sort_by_key(|m| pos.get(m).copied().unwrap_or(usize::MAX));
+        Some(TableRegion { src, nodes })
+    }
+
+    /// Whether node `p`, which produces a byte value, is a step the region may pass through: a
+    /// quantize, a requantize, or a quantized add or multiply by a one-value constant.
+    fn byte_step(&self, p: NodeId) -> bool {
+        let n = self.g.node(p);
+        let one_value = |v: &Value| self.const_of(Some(*v)).is_some_and(|t| t.shape().iter().product::<usize>() == 1);
+        match n.op {
+            Op::Quantize | Op::Requantize => true,
+            Op::QAdd | Op::QMul => n.inputs().iter().flatten().any(one_value),
+            _ => false,
+        }
+    }
+
+    /// The region's 256 result bytes: the interpreter on a graph of its nodes over all bytes of
+    /// the source's type (entry `b` for the stored byte `b`).
+    fn region_table(&self, r: &TableRegion) -> Option<Vec<u8>> {
+        let st = self.ty(r.src)?;
+        let one_d = |t: &TensorType| TensorType { dtype: t.dtype, shape: Shape::fixed(&[256]), quant: t.quant.clone() };
+        let mut g = Graph::new("table");
+        let mut map: HashMap<Value, Value> = HashMap::from([(r.src, g.add_input("x", one_d(st)))]);
+        for &m in &r.nodes {
+            let n = self.g.node(m);
+            let mut ins = Vec::with_capacity(n.inputs().len());
+            for v in n.inputs() {
+                ins.push(match v {
+                    None => None,
+                    Some(v) if self.is_const(*v) => {
+                        // the one value as a scalar of the constant's own (quantized) type
+                        let t = self.const_of(Some(*v))?;
+                        let scalar = Tensor::new(vec![], t.data().clone())?;
+                        let ct = self.ty(*v)?;
+                        let ty = TensorType { dtype: ct.dtype, shape: Shape::fixed(&[]), quant: ct.quant.clone() };
+                        let name = format!("c{}", v.node.index());
+                        Some(*map.entry(*v).or_insert_with(|| g.add_const_typed(name, scalar, ty)))
+                    }
+                    Some(v) => Some(*map.get(v)?),
+                });
+            }
+            let declared = vec![one_d(self.ty(Value::new(m, 0))?)];
+            let y = g.add_node(n.op.clone(), ins, Some(declared), n.name.clone()).ok()?;
+            map.insert(Value::new(m, 0), y);
+        }
+        let root = *r.nodes.last()?;
+        g.add_output("y", *map.get(&Value::new(root, 0))?);
+        let bytes = match st.dtype {
+            DType::U8 => TensorData::U8((0..=255).collect()),
+            _ => TensorData::I8((0..=255u8).map(|b| b as i8).collect()),
+        };
+        let x = Tensor::new(vec![256], bytes)?;
+        let y = qforge_ir::interp::run(&g, &[x]).ok()?.into_iter().next()?;
+        match y.data() {
+            TensorData::U8(v) => Some(v.clone()),
+            TensorData::I8(v) => Some(v.iter().map(|&b| b as u8).collect()),
+            _ => None,
+        }
+    }
+
+    /// The region `r` as one byte-table step in its source's layout; if no table covers it, its
+    /// nodes are lowered one by one.
+    pub(super) fn lower_table_region(&mut self, r: &TableRegion) -> Result<(), crate::JitError> {
+        match self.table_step(r) {
+            Ok(()) => Ok(()),
+            Err(super::Skip::Fail(e)) => Err(e),
+            Err(super::Skip::Host(_)) => {
+                for &m in &r.nodes {
+                    self.lower_or_host(m)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn table_step(&mut self, r: &TableRegion) -> Lw {
+        let root = *super::need(r.nodes.last(), "an empty region")?;
+        let lut = super::need(self.region_table(r), "the region did not evaluate on the bytes")?;
+        super::ensure(dims(&self.types[&r.src]).is_some(), "the source's shape is not fixed")?;
+        let out = Value::new(root, 0);
+        let label = r.nodes.iter().map(|&m| self.g.node(m).name.clone()).collect::<Vec<_>>().join("+");
+        let n =
+            At { op: &self.g.node(root).op, name: label, ins: vec![Some(r.src)], out, oty: self.types[&out].clone() };
+        let layout = self.vals[&r.src].layout;
+        self.tables_step(&n, r.src, layout, lut, (1, 1))
+    }
+}
