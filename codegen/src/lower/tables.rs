@@ -4,7 +4,9 @@
 //! function of that activation's byte alone. So the region is evaluated once, at compile time,
 //! on all 256 bytes by the reference interpreter (a small graph of the region's own nodes on a
 //! `[256]` input) and runs as one [`crate::micro::rowops::RowKind::Lut8`] step: the
-//! interpreter's bytes by construction. This is how a quantized model's GELU (`erf` and its
+//! interpreter's bytes by construction. Constants of one value per channel along one axis (a
+//! bias before a GELU, a learnable affine) make one table per channel: the small graph then runs
+//! on a `[256, C]` input, the constants as `[C]` vectors along its last axis. This is how a quantized model's GELU (`erf` and its
 //! adds and multiplies quantized piece by piece), SiLU or hard-swish becomes one table lookup.
 
 use super::{dims, per_tensor, At, Lowerer, Lw};
@@ -17,6 +19,9 @@ use std::collections::{HashMap, HashSet};
 pub(super) struct TableRegion {
     pub src: Value,
     pub nodes: Vec<NodeId>,
+    /// The axis and size of the channels its per-channel constants run along (one table per
+    /// channel), or `None` (one table).
+    pub channels: Option<(usize, usize)>,
 }
 
 /// Whether `t` is an 8-bit integer type quantized per tensor (a byte a table can index).
@@ -53,13 +58,31 @@ impl Lowerer<'_> {
             return None;
         }
         let shape = oty.shape.clone();
+        let dims_of = |t: &Tensor| t.shape().to_vec();
+        let rank = shape.rank();
+        let mut channels: Option<(usize, usize)> = None;
         let mut members: HashSet<NodeId> = HashSet::from([root]);
         let mut src: Option<Value> = None;
         let mut stack: Vec<Value> = n.inputs().iter().flatten().copied().collect();
         while let Some(w) = stack.pop() {
             if self.is_const(w) {
-                // a one-value constant (a scale, a zero point, the 1 or 0.5 of a GELU)
-                self.const_of(Some(w)).filter(|t| t.shape().iter().product::<usize>() == 1)?;
+                // a one-value constant (a scale, a zero point, the 1 or 0.5 of a GELU), or one
+                // value per channel along one axis (a learnable affine's scale and bias)
+                let d = dims_of(&*self.const_of(Some(w))?);
+                if d.iter().product::<usize>() == 1 {
+                    continue;
+                }
+                let full = shape.dims().iter().map(|x| x.fixed()).collect::<Option<Vec<usize>>>()?;
+                if d.len() > rank {
+                    return None;
+                }
+                let off = rank - d.len();
+                let mut axes = d.iter().enumerate().filter(|(_, &k)| k != 1);
+                let (i, &c) = axes.next()?;
+                if axes.next().is_some() || full[off + i] != c || channels.is_some_and(|ch| ch != (off + i, c)) {
+                    return None;
+                }
+                channels = Some((off + i, c));
                 continue;
             }
             let p = w.node;
@@ -100,17 +123,17 @@ impl Lowerer<'_> {
         }
         let mut nodes: Vec<NodeId> = members.into_iter().collect();
         nodes.sort_by_key(|m| pos.get(m).copied().unwrap_or(usize::MAX));
-        Some(TableRegion { src, nodes })
+        Some(TableRegion { src, nodes, channels })
     }
 
     /// Whether node `p`, which produces a byte value, is a step the region may pass through: a
-    /// quantize, a requantize, or a quantized add or multiply by a one-value constant.
+    /// quantize, a requantize, or a quantized add or multiply by a constant (which the walk
+    /// then accepts as one value or one per channel, or rejects).
     fn byte_step(&self, p: NodeId) -> bool {
         let n = self.g.node(p);
-        let one_value = |v: &Value| self.const_of(Some(*v)).is_some_and(|t| t.shape().iter().product::<usize>() == 1);
         match n.op {
             Op::Quantize | Op::Requantize => true,
-            Op::QAdd | Op::QMul => n.inputs().iter().flatten().any(one_value),
+            Op::QAdd | Op::QMul => n.inputs().iter().flatten().any(|v| self.is_const(*v)),
             _ => false,
         }
     }
@@ -119,7 +142,10 @@ impl Lowerer<'_> {
     /// the source's type (entry `b` for the stored byte `b`).
     fn region_table(&self, r: &TableRegion) -> Option<Vec<u8>> {
         let st = self.ty(r.src)?;
-        let one_d = |t: &TensorType| TensorType { dtype: t.dtype, shape: Shape::fixed(&[256]), quant: t.quant.clone() };
+        // every byte along the first axis; with channels, every channel along the second
+        let c = r.channels.map_or(1, |(_, c)| c);
+        let lanes: Vec<usize> = if r.channels.is_some() { vec![256, c] } else { vec![256] };
+        let one_d = |t: &TensorType| TensorType { dtype: t.dtype, shape: Shape::fixed(&lanes), quant: t.quant.clone() };
         let mut g = Graph::new("table");
         let mut map: HashMap<Value, Value> = HashMap::from([(r.src, g.add_input("x", one_d(st)))]);
         for &m in &r.nodes {
@@ -129,11 +155,13 @@ impl Lowerer<'_> {
                 ins.push(match v {
                     None => None,
                     Some(v) if self.is_const(*v) => {
-                        // the one value as a scalar of the constant's own (quantized) type
+                        // the one value as a scalar, or the channel values as a vector along the
+                        // last axis, of the constant's own (quantized) type
                         let t = self.const_of(Some(*v))?;
-                        let scalar = Tensor::new(vec![], t.data().clone())?;
+                        let d: Vec<usize> = if t.shape().iter().product::<usize>() == 1 { vec![] } else { vec![c] };
+                        let scalar = Tensor::new(d.clone(), t.data().clone())?;
                         let ct = self.ty(*v)?;
-                        let ty = TensorType { dtype: ct.dtype, shape: Shape::fixed(&[]), quant: ct.quant.clone() };
+                        let ty = TensorType { dtype: ct.dtype, shape: Shape::fixed(&d), quant: ct.quant.clone() };
                         let name = format!("c{}", v.node.index());
                         Some(*map.entry(*v).or_insert_with(|| g.add_const_typed(name, scalar, ty)))
                     }
@@ -146,17 +174,21 @@ impl Lowerer<'_> {
         }
         let root = *r.nodes.last()?;
         g.add_output("y", *map.get(&Value::new(root, 0))?);
-        let bytes = match st.dtype {
-            DType::U8 => TensorData::U8((0..=255).collect()),
-            _ => TensorData::I8((0..=255u8).map(|b| b as i8).collect()),
+        let bytes: Vec<u8> = (0..=255u8).flat_map(|b| std::iter::repeat_n(b, c)).collect();
+        let data = match st.dtype {
+            DType::U8 => TensorData::U8(bytes),
+            _ => TensorData::I8(bytes.into_iter().map(|b| b as i8).collect()),
         };
-        let x = Tensor::new(vec![256], bytes)?;
+        let x = Tensor::new(lanes.clone(), data)?;
         let y = qforge_ir::interp::run(&g, &[x]).ok()?.into_iter().next()?;
-        match y.data() {
-            TensorData::U8(v) => Some(v.clone()),
-            TensorData::I8(v) => Some(v.iter().map(|&b| b as u8).collect()),
-            _ => None,
-        }
+        let out: Vec<u8> = match y.data() {
+            TensorData::U8(v) => v.clone(),
+            TensorData::I8(v) => v.iter().map(|&b| b as u8).collect(),
+            _ => return None,
+        };
+        // table `ch`, entry `b`: the result at byte `b`, channel `ch`
+        (out.len() == 256 * c)
+            .then(|| (0..c).flat_map(|ch| (0..256).map(move |b| (b, ch))).map(|(b, ch)| out[b * c + ch]).collect())
     }
 
     /// The region `r` as one byte-table step in its source's layout; if no table covers it, its
@@ -183,6 +215,16 @@ impl Lowerer<'_> {
         let n =
             At { op: &self.g.node(root).op, name: label, ins: vec![Some(r.src)], out, oty: self.types[&out].clone() };
         let layout = self.vals[&r.src].layout;
-        self.tables_step(&n, r.src, layout, lut, (1, 1))
+        // element `i`'s table is `(i / plane) % tables`: the channel axis's stride in memory
+        let d = super::need(dims(&self.types[&r.src]), "the source's shape is not fixed")?;
+        let tables = match r.channels {
+            None => (1, 1),
+            Some((a, c)) => match layout {
+                super::Layout::Plain => (c, d[a + 1..].iter().product()),
+                super::Layout::Nhwc if d.len() == 4 && a == 1 => (c, 1),
+                _ => return super::host("the channels are not an axis of the layout"),
+            },
+        };
+        self.tables_step(&n, r.src, layout, lut, tables)
     }
 }
