@@ -209,7 +209,6 @@ impl Lowerer<'_> {
     fn table_step(&mut self, r: &TableRegion) -> Lw {
         let root = *super::need(r.nodes.last(), "an empty region")?;
         let lut = super::need(self.region_table(r), "the region did not evaluate on the bytes")?;
-        super::ensure(dims(&self.types[&r.src]).is_some(), "the source's shape is not fixed")?;
         let out = Value::new(root, 0);
         let label = r.nodes.iter().map(|&m| self.g.node(m).name.clone()).collect::<Vec<_>>().join("+");
         let n =

@@ -3,7 +3,6 @@
 use crate::bench::{BenchArgs, BenchReport};
 use crate::options::PipelineOptions;
 use anyhow::{bail, Result};
-use qforge_ir::Tensor;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -22,8 +21,13 @@ pub fn run(a: Args) -> Result<()> {
     let open_ms = t0.elapsed().as_secs_f64() * 1e3;
     // reading the inputs is not part of the compile time
     let data = super::run::bind_some_inputs(source.graph(), &a.args.input)?;
-    let given: Vec<Tensor> = data.iter().flatten().cloned().collect();
-    crate::data::check_finite(&given, "--input", crate::data::NonFinite::strict(a.pipeline.strict))?;
+    for t in data.iter().flatten() {
+        crate::data::check_finite(
+            std::slice::from_ref(t),
+            "--input",
+            crate::data::NonFinite::strict(a.pipeline.strict),
+        )?;
+    }
     let t1 = Instant::now();
     let prepared = source.prepare(a.pipeline, super::compiler)?;
     let compile_ms = open_ms + t1.elapsed().as_secs_f64() * 1e3;
