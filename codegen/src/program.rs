@@ -406,8 +406,14 @@ impl Program {
                                 keep.push(b);
                                 a
                             }
-                            Step::ScaleToF32(v) | Step::AddChannelF32(v) => {
+                            Step::ScaleToF32(v) | Step::AddChannelF32(v) | Step::MulChannelF32(v) => {
                                 let b = Box::new(pad16(v));
+                                let a = b.as_ptr() as i64;
+                                keep.push(b);
+                                a
+                            }
+                            Step::Lut8 { table, .. } => {
+                                let b = Box::new(table.clone());
                                 let a = b.as_ptr() as i64;
                                 keep.push(b);
                                 a
@@ -426,7 +432,7 @@ impl Program {
                         }
                         None => 0,
                     };
-                    let float_epi = match native_float_epilogue(spec, microkernels) {
+                    let float_epi = match native_float_epilogue(spec, microkernels).filter(|_| requant == 0) {
                         Some(fe) => {
                             let b = Box::new(fe);
                             let a = &*b as *const FloatEpilogue as i64;
@@ -963,15 +969,15 @@ fn native_requant(spec: &crate::spec::KernelSpec, mk: Microkernels) -> Option<Re
     }
 }
 
-/// The 512-bit float epilogue, when `spec` is an f32-accumulating kernel stored as f32 or bf16
-/// whose epilogue list the microkernel computes and the native microkernels are selected on a
-/// CPU the microkernel runs on for that store (AVX-512F; for bf16 also BW and VL).
+/// The 512-bit float epilogue, when the native microkernels are selected on a CPU it runs on
+/// for `spec`'s store (AVX-512F; for bf16 also BW and VL) and it computes `spec`'s epilogue list:
+/// an f32 accumulator's float list, or an i32 accumulator's list that turns float (a
+/// dequantization and the float ops after it, stored as f32 or rounded back to bytes).
 fn native_float_epilogue(spec: &crate::spec::KernelSpec, mk: Microkernels) -> Option<FloatEpilogue> {
-    use crate::spec::Acc;
-    if mk != Microkernels::Native || !crate::micro::fepilogue::available(spec.store) || spec.main.acc() != Acc::F32 {
+    if mk != Microkernels::Native || !crate::micro::fepilogue::available(spec.store) {
         return None;
     }
-    FloatEpilogue::from_steps(&spec.epilogue, spec.store)
+    FloatEpilogue::from_kernel(spec.main.acc(), &spec.epilogue, spec.store)
 }
 
 fn kernel_consts(main: &crate::spec::MainOp, keep: &mut Vec<Box<dyn Any + Send + Sync>>) -> (i64, i64) {

@@ -117,6 +117,16 @@ pub enum Step {
     MaxF32(f32),
     /// `acc = min(acc, v)` in f32.
     MinF32(f32),
+    /// `acc *= v[c]` in f32 (a constant multiply: one value, or one per channel).
+    MulChannelF32(Vec<f32>),
+    /// `acc = hard_swish(acc)`: `x * clamp(x + 3, 0, 6) / 6` in f64, rounded to f32 once (the
+    /// interpreter's formula, [`qforge_ir::interp::elementwise::unary_scalar`]).
+    HardSwish,
+    /// `q = table[q as u8]` (with `per_channel`, `table[c * 256 + q as u8]`): a function of the
+    /// stored byte after [`Step::RoundToInt`] (a quantized add of a constant, or an element-wise
+    /// region over the byte, evaluated on all 256 bytes at compile time). The entries are the
+    /// result bytes, read as i8 when `signed` (an i8 result) and as u8 otherwise.
+    Lut8 { table: Vec<u8>, per_channel: bool, signed: bool },
     /// `q = clamp(round_half_even(acc), lo - zp, hi - zp) + zp`: the requantization's rounding and
     /// saturation with the folded clamp (`lo`, `hi` are stored values). `bounded`: lowering proved
     /// `|acc| < 2^30` here (from the accumulator's range and the steps before), so the conversion
@@ -185,6 +195,15 @@ pub fn apply_scalar(steps: &[Step], acc: i32, c: usize) -> Option<Lane> {
             Step::RoundBf16 => Lane::F(half::bf16::from_f32(f(v)).to_f32()),
             Step::MaxF32(m) => Lane::F(fmax(f(v), *m)),
             Step::MinF32(m) => Lane::F(fmin(f(v), *m)),
+            Step::MulChannelF32(m) => Lane::F(f(v) * m.get(c)?),
+            Step::HardSwish => Lane::F(hard_swish(f(v))),
+            Step::Lut8 { table, per_channel, signed } => match v {
+                Lane::I(i) => {
+                    let b = *table.get(i as u8 as usize + if *per_channel { c * 256 } else { 0 })?;
+                    Lane::I(if *signed { b as i8 as i32 } else { b as i32 })
+                }
+                Lane::F(_) => return None,
+            },
             Step::RoundToInt { zp, lo, hi, .. } => {
                 let i = match v {
                     Lane::I(i) => i,
@@ -197,6 +216,25 @@ pub fn apply_scalar(steps: &[Step], acc: i32, c: usize) -> Option<Lane> {
         };
     }
     Some(v)
+}
+
+/// The hard-swish of one f32 value, the interpreter's: `x * clamp(x + 3, 0, 6) / 6` evaluated
+/// in f64 and rounded to f32 once. The vector epilogues compute the same operations in f64
+/// lanes; a NaN stays NaN, and `x + 3` is never `-0.0`, so IEEE `maximum` (which orders
+/// `-0.0 < +0.0`) clamps it as `f64::clamp` does.
+#[inline]
+pub fn hard_swish(x: f32) -> f32 {
+    qforge_ir::interp::elementwise::unary_scalar(qforge_ir::UnaryOp::HardSwish, x)
+}
+
+/// [`hard_swish`] with the division by 6 as a multiplication by the f64 nearest 1/6: one f64
+/// rounding apart at most, and the same f32 on every input (all 2^32 are checked by `cargo bench
+/// -p qforge-codegen --bench transcendental`), without a division (the row kernel's formula, which
+/// vectorizes to multiplies).
+#[inline]
+pub fn hard_swish_by_mul(x: f32) -> f32 {
+    let v = x as f64;
+    (v * (v + 3.0).clamp(0.0, 6.0) * (1.0 / 6.0)) as f32
 }
 
 /// How the epilogue's result is stored.
@@ -242,6 +280,10 @@ pub fn mark_bounded(steps: &mut [Step], acc_bound: f64) {
             Step::AddChannelF32(v) => b += v.iter().map(|x| (*x as f64).abs()).fold(0.0, f64::max),
             Step::DivF32(d) => b /= (*d as f64).abs(),
             Step::MaxF32(_) | Step::MinF32(_) => {}
+            Step::MulChannelF32(v) => b *= v.iter().map(|x| (*x as f64).abs()).fold(0.0, f64::max),
+            // |hard_swish(x)| <= max(|x|, 3/8): the identity from 3 on, at most 3/8 in size below
+            Step::HardSwish => b = b.max(0.375),
+            Step::Lut8 { .. } => b = 256.0,
             Step::AddResidualF32 | Step::AddResidualBf16 => b = f64::INFINITY,
             Step::RoundBf16 => b *= 1.0 + 1.0 / 256.0,
             Step::RoundToInt { bounded, .. } => {
@@ -266,6 +308,10 @@ pub fn describe_steps(steps: &[Step]) -> String {
             Step::AddResidualBf16 => "add_residual_bf16".to_string(),
             Step::MaxF32(v) => format!("max({v})"),
             Step::MinF32(v) => format!("min({v})"),
+            Step::MulChannelF32(_) => "mul_f32".to_string(),
+            Step::HardSwish => "hard_swish".to_string(),
+            Step::Lut8 { per_channel: false, .. } => "lut8".to_string(),
+            Step::Lut8 { per_channel: true, .. } => "lut8(per channel)".to_string(),
             Step::RoundToInt { zp, lo, hi, .. } => format!("round(zp={zp}, {lo}..{hi})"),
         })
         .collect();
@@ -329,6 +375,27 @@ impl KernelSpec {
             MainOp::GlobalSumU8 { hw, .. } | MainOp::GlobalSumF32 { hw } => r * c * *hw as u64,
             // the direct convolution's multiply-adds (what GMAC/s reports compare)
             MainOp::WinogradF32 { plan } => r * c * 9 * plan.geom.c as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hard-swish without a division against the interpreter's on 2^22 inputs spread over
+    /// every exponent and sign, the special values and the clamp's edges (all 2^32 inputs: the
+    /// `transcendental` bench).
+    #[test]
+    fn hard_swish_by_mul_is_the_interpreters() {
+        let edges = [0.0f32, -0.0, 3.0, -3.0, 6.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::MIN_POSITIVE];
+        let spread = (0..1u32 << 22).map(|i| f32::from_bits(i.wrapping_mul(0x9E37_79B9).rotate_left(7) ^ i));
+        let near = (-4000..4000).map(|i| i as f32 * 1e-3);
+        for x in
+            edges.into_iter().chain(spread).chain(near).flat_map(|x| [x, f32::from_bits(x.to_bits().wrapping_add(1))])
+        {
+            let (got, want) = (hard_swish_by_mul(x), hard_swish(x));
+            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{x:e}: {got:e} vs {want:e}");
         }
     }
 }

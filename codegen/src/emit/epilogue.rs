@@ -94,7 +94,8 @@ fn chunk(
     for (i, step) in steps.iter().enumerate() {
         let param = if params.get(i).copied().unwrap_or(0) != 0 {
             let base = em.iconst(params[i]);
-            Some(em.index(base, col, 4))
+            // a table step indexes its table itself (by byte, and by column for per-channel ones)
+            Some(if matches!(step, Step::Lut8 { .. }) { base } else { em.index(base, col, 4) })
         } else {
             None
         };
@@ -194,6 +195,22 @@ pub(crate) fn splat_i(em: &mut Emitter<'_, '_>, ty: Type, x: i32) -> Value {
     }
 }
 
+/// `x * clamp(x + 3, 0, 6) / 6` of one f32 in f64, rounded to f32 once (the interpreter's
+/// hard-swish, [`crate::spec::hard_swish`]): `fmax`/`fmin` propagate NaN as the clamp does, and
+/// `x + 3` is never `-0.0`, so their ordering of signed zeros does not arise.
+fn hard_swish_f64(em: &mut Emitter<'_, '_>, x: Value) -> Value {
+    let v = em.b.ins().fpromote(types::F64, x);
+    let three = em.b.ins().f64const(3.0);
+    let zero = em.b.ins().f64const(0.0);
+    let six = em.b.ins().f64const(6.0);
+    let t = em.b.ins().fadd(v, three);
+    let t = em.b.ins().fmax(t, zero);
+    let t = em.b.ins().fmin(t, six);
+    let p = em.b.ins().fmul(v, t);
+    let q = em.b.ins().fdiv(p, six);
+    em.b.ins().fdemote(types::F32, q)
+}
+
 fn to_f(em: &mut Emitter<'_, '_>, v: Lanes, fty: Type) -> Value {
     match v {
         Lanes::F(v) => v,
@@ -272,6 +289,59 @@ fn apply(
             let x = to_f(em, v, fty);
             let c = splat_f(em, fty, *c);
             Lanes::F(em.b.ins().fmin(x, c))
+        }
+        Step::MulChannelF32(_) => {
+            let x = to_f(em, v, fty);
+            let p = em.b.ins().load(fty, fl, need(param)?, off);
+            Lanes::F(em.b.ins().fmul(x, p))
+        }
+        Step::HardSwish => {
+            let x = to_f(em, v, fty);
+            if fty.is_vector() {
+                // lane by lane in f64 (this is the portable epilogue; the 512-bit one has f64 lanes)
+                let mut r = x;
+                for lane in 0..fty.lane_count() as u8 {
+                    let e = em.b.ins().extractlane(x, lane);
+                    let h = hard_swish_f64(em, e);
+                    r = em.b.ins().insertlane(r, h, lane);
+                }
+                Lanes::F(r)
+            } else {
+                Lanes::F(hard_swish_f64(em, x))
+            }
+        }
+        Step::Lut8 { per_channel, signed, .. } => {
+            let Lanes::I(x) = v else { return Err(JitError::Codegen("a table step on floats".into())) };
+            let base = need(param)?;
+            // lane by lane: the low byte indexes the table (of this lane's column when per channel)
+            let lookup = |em: &mut Emitter<'_, '_>, q: Value, lane: i64| -> Value {
+                let byte = em.b.ins().band_imm_u(q, 0xff);
+                let byte = em.b.ins().uextend(types::I64, byte);
+                let mut at = em.b.ins().iadd(base, byte);
+                if *per_channel {
+                    let c = em.b.ins().iadd(row.n0, j);
+                    let c = em.b.ins().iadd_imm_u(c, (off / 4) as i64 + lane);
+                    let c = em.b.ins().imul_imm_u(c, 256);
+                    at = em.b.ins().iadd(at, c);
+                }
+                // the store narrows with signed saturation for i8: the byte read as i8
+                if *signed {
+                    em.b.ins().sload8(types::I32, fl, at, 0)
+                } else {
+                    em.b.ins().uload8(types::I32, fl, at, 0)
+                }
+            };
+            if ity.is_vector() {
+                let mut r = x;
+                for lane in 0..ity.lane_count() as u8 {
+                    let e = em.b.ins().extractlane(x, lane);
+                    let t = lookup(em, e, lane as i64);
+                    r = em.b.ins().insertlane(r, t, lane);
+                }
+                Lanes::I(r)
+            } else {
+                Lanes::I(lookup(em, x, 0))
+            }
         }
         Step::RoundToInt { zp, lo, hi, bounded } => {
             let i = match v {

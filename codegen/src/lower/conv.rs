@@ -1,13 +1,16 @@
 //! Convolutions, GEMMs and matrix products as fused kernels ([`KernelSpec`]) over packed
 //! weights: float convolutions (grouped, depthwise, 1x1 direct) with what they absorb (bias,
-//! ReLU, Clip, a residual add), quantized convolutions and GEMMs with their requantizing or
-//! dequantizing epilogue, and float GEMMs and matrix products with a constant right operand.
+//! ReLU, Clip, hard-swish, per-channel constants, a residual add), quantized convolutions and
+//! GEMMs with their requantizing or dequantizing epilogue (a convolution also with the float ops
+//! and the quantize after a dequantization, and a byte table after its rounding), and float
+//! GEMMs and matrix products with a constant right operand.
 //!
 //! Quantized kernels compute `sum (x - zx) * w` as `sum x * w - zx * colsum(w)`: the u8 x i8
 //! GEMM runs on the stored bytes and the zero-point correction joins the bias in the first
 //! epilogue step (i8 activations become u8 with zero point + 128 by flipping the sign bit as
 //! rows are gathered).
 
+use super::tables::TableRegion;
 use super::{dims, ensure, host, int_ty, need, per_tensor, window_geom, At, Layout, Lowerer, Lw, Skip, StepKind};
 use crate::emit::elementwise::IntTy;
 use crate::micro::rowops::{RowKind, RowOp};
@@ -51,15 +54,28 @@ fn claim(
 }
 
 impl Lowerer<'_> {
-    /// Fusion groups of float convolutions and of float matrix products with a constant right
-    /// operand over the schedule `order`: each with the chain of nodes it absorbs, keyed by the
-    /// chain's last node (where the group runs).
-    pub(super) fn fusion_groups(&self, order: &[NodeId]) -> FusionGroups {
-        let mut absorbed: HashSet<NodeId> = HashSet::new();
+    /// Fusion groups of float convolutions, dequantizing quantized ones and float matrix
+    /// products with a constant right operand over the schedule `order`: each with the chain of
+    /// nodes it absorbs, keyed by the chain's last node (where the group runs). The nodes of
+    /// `tables` (the byte tables' regions, claimed before) join no group, but for a region a
+    /// quantized convolution absorbs whole.
+    /// Also returns the roots of the regions of `tables` a quantized convolution absorbs as a
+    /// byte function of its result ([`Self::byte_function`]).
+    pub(super) fn fusion_groups(
+        &self,
+        order: &[NodeId],
+        tables: &HashMap<NodeId, TableRegion>,
+    ) -> (FusionGroups, Vec<NodeId>) {
+        let taken: HashSet<NodeId> = tables.values().flat_map(|r| r.nodes.iter().copied()).collect();
+        let mut fused = Vec::new();
+        let mut absorbed: HashSet<NodeId> = taken.clone();
         let mut groups: HashMap<NodeId, (NodeId, Vec<NodeId>)> = HashMap::new();
         for &id in order {
+            if taken.contains(&id) {
+                continue;
+            }
             let main = match &self.g.node(id).op {
-                Op::Conv(_) => true,
+                Op::Conv(_) | Op::QConv { .. } => true,
                 Op::MatMul | Op::Gemm { trans_a: false, .. } => self.is_const_input(id, 1),
                 _ => false,
             };
@@ -72,14 +88,36 @@ impl Lowerer<'_> {
             if main {
                 // A node joins at most one group (a residual add is claimed by the first of its
                 // two producers in schedule order).
-                let mut chain = self.float_chain(id);
+                let quantized = matches!(self.g.node(id).op, Op::QConv { .. });
+                // a quantized convolution: the float ops after a dequantizing one and a quantize
+                let mut chain =
+                    if quantized { self.quantized_chain(id, self.float_chain(id)) } else { self.float_chain(id) };
                 if let Some(p) = chain.iter().position(|c| absorbed.contains(c) || groups.contains_key(c)) {
                     chain.truncate(p);
+                }
+                if quantized {
+                    // a byte result: a function of the byte after it (a table)
+                    let result = match chain.last() {
+                        Some(&last) => Value::new(last, 0),
+                        None => Value::new(id, 0),
+                    };
+                    let byte = self.ty(result).is_some_and(|t| int_ty(t.dtype).is_some());
+                    if let Some((nodes, region)) = self.byte_function(result, tables).filter(|_| byte) {
+                        let free = nodes.iter().all(|n| !groups.contains_key(n))
+                            && (region || nodes.iter().all(|n| !absorbed.contains(n)));
+                        if free {
+                            if region {
+                                fused.extend(nodes.last().copied());
+                            }
+                            chain.extend(nodes);
+                        }
+                    }
                 }
                 claim(&mut absorbed, &mut groups, id, chain);
             }
         }
-        (absorbed, groups)
+        absorbed.retain(|n| !taken.contains(n));
+        ((absorbed, groups), fused)
     }
 
     /// Whether input `i` of node `id` is a constant.
@@ -103,14 +141,38 @@ impl Lowerer<'_> {
         Some(if v.len() == 1 { vec![v[0]; cols] } else { v })
     }
 
+    /// The f32 values of `k`, one per output channel of the kernel producing `cur`, when `k` is
+    /// a constant combined with `cur` along that channel only (or one value for all): the last
+    /// axis of a matrix product's result, axis 1 of a convolution's NCHW one.
+    fn channel_const(&self, k: Value, cur: Value, matmul: bool) -> Option<Vec<f32>> {
+        if matmul {
+            return self.last_axis_const(k, cur);
+        }
+        let d = dims(self.ty(cur)?)?;
+        let kt = self.const_of(Some(k))?;
+        let kd = kt.shape();
+        if d.len() != 4 || kd.len() > 4 || kt.dtype() != DType::F32 {
+            return None;
+        }
+        // right-aligned against [N, C, H, W]: every axis 1 but the channel's
+        let lead = 4 - kd.len();
+        let per_channel = kd.iter().enumerate().all(|(i, &m)| m == 1 || (i + lead == 1 && m == d[1]));
+        let v = kt.as_f32()?.to_vec();
+        if !per_channel || (v.len() != 1 && v.len() != d[1]) {
+            return None;
+        }
+        Some(if v.len() == 1 { vec![v[0]; d[1]] } else { v })
+    }
+
     /// The nodes a float conv or matrix product at `id` absorbs (empty: none; the last one is
-    /// where it runs): ReLU, Clip, one residual add of the result's shape, and for an f32 matrix
-    /// product a constant added along the last axis right after it (its bias).
+    /// where it runs): ReLU, Clip, one residual add of the result's shape, and for an f32 kernel
+    /// hard-swish and constants added or multiplied along the output channel (a matrix product's
+    /// bias; a learnable affine's scale and shift).
     fn float_chain(&self, id: NodeId) -> Vec<NodeId> {
         let mut chain = Vec::new();
         let mut cur = Value::new(id, 0);
         let Some(ty) = self.ty(cur) else { return chain };
-        let matmul = !matches!(self.g.node(id).op, Op::Conv(_));
+        let matmul = !matches!(self.g.node(id).op, Op::Conv(_) | Op::QConv { .. });
         // a bf16 conv (the bf16 GEMM) absorbs ops of its own type: a residual add (after rounding
         // the conv's result), ReLU and Clip (which round to the same value before or after them)
         let bf16 = ty.dtype == DType::BF16;
@@ -126,14 +188,29 @@ impl Lowerer<'_> {
                 break;
             }
             let same_shape = self.ty(Value::new(u, 0)).map(|t| &t.shape) == self.ty(cur).map(|t| &t.shape);
+            let f32_only = dtype == DType::F32;
             let ok = match &n.op {
                 Op::Unary(UnaryOp::Relu) | Op::Clip { .. } => true,
+                Op::Unary(UnaryOp::HardSwish) => f32_only,
+                Op::Binary(BinaryOp::Mul) => {
+                    let ins = n.inputs();
+                    let other = if ins.first().copied().flatten() == Some(cur) { ins.get(1) } else { ins.first() };
+                    match other.copied().flatten() {
+                        Some(o) if o != cur && self.is_const(o) => {
+                            f32_only && same_shape && self.channel_const(o, cur, matmul).is_some()
+                        }
+                        _ => false,
+                    }
+                }
                 Op::Binary(BinaryOp::Add) => {
                     let ins = n.inputs();
                     let other = if ins.first().copied().flatten() == Some(cur) { ins.get(1) } else { ins.first() };
                     match other.copied().flatten() {
                         Some(o) if self.is_const(o) => {
-                            matmul && chain.is_empty() && same_shape && self.last_axis_const(o, cur).is_some()
+                            // a bf16 kernel takes only a matrix product's bias (before rounding)
+                            (f32_only || (matmul && chain.is_empty()))
+                                && same_shape
+                                && self.channel_const(o, cur, matmul).is_some()
                         }
                         Some(o) if o != cur && !residual => {
                             residual = self.ty(o).map(|t| t.shape.clone()) == self.ty(cur).map(|t| t.shape.clone())
@@ -154,6 +231,176 @@ impl Lowerer<'_> {
         chain
     }
 
+    /// A function of each byte of the kernel result `v` that a kernel can apply as a table after
+    /// its rounding, when `v` is read by nothing else: the quantized add of a constant of one
+    /// value or one per channel (axis 1 of an NCHW result), or a region of `tables` whose source
+    /// is `v` (of one table, or one per channel along axis 1). Its nodes (the one to lower
+    /// last, last), and whether they are a region.
+    fn byte_function(&self, v: Value, tables: &HashMap<NodeId, TableRegion>) -> Option<(Vec<NodeId>, bool)> {
+        if self.outputs.contains(&v) {
+            return None;
+        }
+        let d = dims(self.ty(v)?)?;
+        if let Some(u) = self.only_user(v) {
+            let n = self.g.node(u);
+            if matches!(n.op, Op::QAdd) && self.qadd_const_table(u, v, d.get(1).copied()).is_some() {
+                return Some((vec![u], false));
+            }
+        }
+        let r = tables.values().find(|r| r.src == v)?;
+        let inside: HashSet<NodeId> = r.nodes.iter().copied().collect();
+        let users = self.g.value_users(v);
+        let channels_ok = match r.channels {
+            None => true,
+            Some((axis, c)) => axis == 1 && d.len() == 4 && d[1] == c,
+        };
+        (channels_ok && !users.is_empty() && users.iter().all(|u| inside.contains(&u.0)))
+            .then(|| (r.nodes.clone(), true))
+    }
+
+    /// The table of the quantized add `u` of the activation `x` and a constant, one table or
+    /// one per channel (of `channels`, along axis 1 of a 4-D NCHW activation), entry `b` the
+    /// result byte for the activation's byte `b` (ONNX Runtime's QLinearAdd formula,
+    /// [`numerics::QAddParams`], with the activation as `a`, as for a table step).
+    pub(super) fn qadd_const_table(&self, u: NodeId, x: Value, channels: Option<usize>) -> Option<(Vec<u8>, bool)> {
+        let n = self.g.node(u);
+        let ins = n.inputs();
+        let k = ins.iter().flatten().copied().find(|&w| w != x && self.is_const(w))?;
+        if ins.iter().flatten().filter(|&&w| w == x).count() != 1 || ins.iter().flatten().count() != 2 {
+            return None;
+        }
+        let (tx, tk, to) = (self.ty(x)?, self.ty(k)?, self.ty(Value::new(u, 0))?);
+        if tx.shape != to.shape || int_ty(tx.dtype).is_none() || int_ty(to.dtype).is_none() {
+            return None;
+        }
+        let kv = self.const_of(Some(k))?.to_i64_vec()?;
+        let per_channel = match kv.len() {
+            1 => false,
+            c => {
+                // one value per channel along axis 1 of [N, C, H, W]
+                let kd = dims(tk)?;
+                let lead = 4usize.checked_sub(kd.len())?;
+                let along = kd.iter().enumerate().all(|(i, &m)| m == 1 || (i + lead == 1 && m == c));
+                if dims(tx)?.len() != 4 || channels != Some(c) || !along {
+                    return None;
+                }
+                true
+            }
+        };
+        let ((sx, zx), (sk, zk), (sc, zc)) = (per_tensor(&tx.quant)?, per_tensor(&tk.quant)?, per_tensor(&to.quant)?);
+        let p = numerics::QAddParams::new(sx, zx, sk, zk, sc, zc);
+        let signed = tx.dtype == DType::I8;
+        let table = kv
+            .iter()
+            .flat_map(|&kc| {
+                (0..=255u8).map(move |byte| {
+                    let q = if signed { byte as i8 as i64 } else { byte as i64 };
+                    // the stored byte of the result (an i8 in two's complement)
+                    p.apply(q, kc, to.dtype) as u8
+                })
+            })
+            .collect();
+        Some((table, per_channel))
+    }
+
+    /// A dequantizing quantized convolution's (`id`'s) chain: `chain` (its [`Self::float_chain`]) up to a
+    /// residual add (the integer store has no residual operand), then the quantize that reads
+    /// the last value, if it is the only reader and quantizes per tensor to u8/i8 with constant
+    /// parameters: the kernel then rounds back to bytes and the float values never reach memory.
+    fn quantized_chain(&self, id: NodeId, mut chain: Vec<NodeId>) -> Vec<NodeId> {
+        if let Some(p) = chain.iter().position(|&c| {
+            let n = self.g.node(c);
+            matches!(n.op, Op::Binary(BinaryOp::Add)) && !n.inputs().iter().flatten().any(|&v| self.is_const(v))
+        }) {
+            chain.truncate(p);
+        }
+        let last = Value::new(chain.last().copied().unwrap_or(id), 0);
+        if self.ty(last).is_none_or(|t| t.dtype != DType::F32) {
+            return chain;
+        }
+        if let Some(q) = self.only_user(last) {
+            let n = self.g.node(q);
+            let fits = matches!(n.op, Op::Quantize)
+                && n.inputs().iter().skip(1).all(|v| v.is_none())
+                && self
+                    .ty(Value::new(q, 0))
+                    .is_some_and(|t| int_ty(t.dtype).is_some() && per_tensor(&t.quant).is_some());
+            if fits {
+                chain.push(q);
+            }
+        }
+        chain
+    }
+
+    /// A dequantizing quantized convolution at `id` followed by the absorbed nodes `chain`; if no
+    /// kernel covers it, the convolution and the chain's nodes are lowered one by one.
+    pub(super) fn lower_qconv_chain(&mut self, id: NodeId, chain: &[NodeId]) -> Result<(), JitError> {
+        let g = self.g;
+        let node = g.node(id);
+        let out = Value::new(id, 0);
+        let fused = match (&node.op, self.ty(out).cloned()) {
+            (op @ Op::QConv { conv, epilogue }, Some(oty)) => {
+                let n = At { op, name: node.name.clone(), ins: node.inputs().to_vec(), out, oty };
+                self.qconv(&n, conv, epilogue, chain)
+            }
+            _ => host("not a quantized convolution"),
+        };
+        self.group_or_nodes(fused, id, chain)
+    }
+
+    /// The epilogue steps of the nodes `chain` absorbed after a quantized kernel's result `out`
+    /// (stored as `store` without them): after a dequantizing kernel, float steps and a
+    /// quantize's division and rounding; then, on a byte result, the table of a byte function
+    /// ([`Self::byte_function`]). Also the store and the value the kernel then produces.
+    fn quantized_chain_steps(
+        &self,
+        out: Value,
+        chain: &[NodeId],
+        store: Store,
+    ) -> Result<(Vec<Step>, Store, Value), Skip> {
+        let mut steps = Vec::new();
+        let (mut rest, mut store, mut cur) = (chain, store, out);
+        if store == Store::F32 {
+            let q = chain.iter().position(|&c| matches!(self.g.node(c).op, Op::Quantize));
+            let (float, after) = chain.split_at(q.unwrap_or(chain.len()));
+            let (residual, last) = self.chain_steps(out, float, false, &mut steps)?;
+            ensure(residual.is_none(), "a residual add after a quantized kernel")?;
+            cur = last;
+            let Some((&q, after)) = after.split_first() else { return Ok((steps, Store::F32, cur)) };
+            cur = Value::new(q, 0);
+            let qt = need(self.ty(cur), "the quantize has no type")?;
+            let (s, z) = need(per_tensor(&qt.quant), "the quantize is not per tensor")?;
+            let (lo, hi) = need(qt.dtype.int_range(), "the quantize is not to an integer type")?;
+            store = match qt.dtype {
+                DType::U8 => Store::U8,
+                DType::I8 => Store::I8,
+                _ => return host("the quantize is not to u8 or i8"),
+            };
+            // `quantize`: saturate(round_half_even(x / scale) + zero_point) (numerics::quantize)
+            steps.push(Step::DivF32(s));
+            steps.push(Step::RoundToInt { zp: z, lo: lo as i32, hi: hi as i32, bounded: false });
+            rest = after;
+        }
+        let Some(&last) = rest.last() else { return Ok((steps, store, cur)) };
+        let channels = dims(need(self.ty(cur), "a value has no type")?).and_then(|d| d.get(1).copied());
+        let (table, per_channel) = match (rest, self.fused_tables.get(&last)) {
+            ([u], None) => need(self.qadd_const_table(*u, cur, channels), "not a quantized add of a constant")?,
+            (_, Some(r)) => {
+                ensure(r.src == cur && r.nodes == rest, "the region is not the kernel's")?;
+                (need(self.region_table(r), "the region did not evaluate on the bytes")?, r.channels.is_some())
+            }
+            _ => return host("not a function of the byte"),
+        };
+        let to = need(self.ty(Value::new(last, 0)), "a value has no type")?;
+        store = match to.dtype {
+            DType::U8 => Store::U8,
+            DType::I8 => Store::I8,
+            _ => return host("the table's result is not u8 or i8"),
+        };
+        steps.push(Step::Lut8 { table, per_channel, signed: store == Store::I8 });
+        Ok((steps, store, Value::new(last, 0)))
+    }
+
     /// Appends to `steps` the epilogue steps of the nodes `chain` absorbed after the value
     /// `out`; returns the residual operand if one is absorbed, and the chain's last value.
     fn chain_steps(
@@ -165,10 +412,20 @@ impl Lowerer<'_> {
     ) -> Result<(Option<Value>, Value), Skip> {
         let mut residual = None;
         let mut cur = out;
+        let matmul = !matches!(self.g.node(out.node).op, Op::Conv(_) | Op::QConv { .. });
         for &c in chain {
             let n = self.g.node(c);
             match &n.op {
                 Op::Unary(UnaryOp::Relu) => steps.push(Step::MaxF32(0.0)),
+                Op::Unary(UnaryOp::HardSwish) if !bf16 => steps.push(Step::HardSwish),
+                Op::Binary(BinaryOp::Mul) if !bf16 => {
+                    let i = n.inputs();
+                    let other = if i.first().copied().flatten() == Some(cur) { i.get(1) } else { i.first() };
+                    let o = need(other.copied().flatten(), "an operand is missing")?;
+                    // x * k == k * x in IEEE arithmetic
+                    let k = need(self.channel_const(o, cur, matmul), "the constant is not per channel")?;
+                    steps.push(Step::MulChannelF32(k));
+                }
                 Op::Clip { min, max } => {
                     steps.push(Step::MaxF32(*min));
                     steps.push(Step::MinF32(*max));
@@ -179,7 +436,7 @@ impl Lowerer<'_> {
                     let o = need(other.copied().flatten(), "an operand is missing")?;
                     if self.is_const(o) {
                         // x + b == b + x in IEEE arithmetic, so the operands' order does not matter
-                        let b = need(self.last_axis_const(o, cur), "the constant is not along the last axis")?;
+                        let b = need(self.channel_const(o, cur, matmul), "the constant is not per channel")?;
                         steps.push(Step::AddChannelF32(b));
                     } else if bf16 {
                         residual = Some(o);
@@ -360,7 +617,8 @@ impl Lowerer<'_> {
 
     /// A quantized convolution (u8/i8 activations, i8 weights with zero point 0, per tensor or
     /// per output channel): one u8 x i8 GEMM per group, or the depthwise kernel.
-    pub(super) fn qconv(&mut self, n: &At, conv: &ConvAttrs, ep: &[Epilogue]) -> Lw {
+    /// `chain`: the nodes absorbed after a dequantizing one ([`Self::quantized_chain`]), or none.
+    pub(super) fn qconv(&mut self, n: &At, conv: &ConvAttrs, ep: &[Epilogue], chain: &[NodeId]) -> Lw {
         let (x, wv) = need(n.input(0).zip(n.input(1)), "an input is missing")?;
         ensure(!self.is_const(x), "the input is a constant")?;
         let w = need(self.const_of(Some(wv)), "the weights are not a constant")?;
@@ -395,6 +653,14 @@ impl Lowerer<'_> {
         ensure(group != 0 && cout % group == 0 && d[1] == cin_g * group, "the groups do not divide the channels")?;
         ensure(!depthwise || xi == IntTy::U8, "a depthwise convolution of i8 activations")?;
         let epi = need(QuantEpilogue::new(ep, &oty, sx, &sw, 1.0), "no kernel implements this epilogue")?;
+        let (mut tail, store, result) = (epi.steps.clone(), epi.store, n.out);
+        let (tail, store, result) = if chain.is_empty() {
+            (tail, store, result)
+        } else {
+            let (more, store, result) = self.quantized_chain_steps(n.out, chain, store)?;
+            tail.extend(more);
+            (tail, store, result)
+        };
         let (kh, kw) = (wd[2], wd[3]);
         let bias_v: Vec<i32> = match &bias {
             Some(b) => match b.to_i64_vec() {
@@ -419,9 +685,9 @@ impl Lowerer<'_> {
             ))?;
             let main = MainOp::DepthwiseU8I8 { geom, zx, weights: Arc::new(packed) };
             let mut steps = vec![Step::AddChannelI32(bias_v)];
-            steps.extend(epi.steps.iter().cloned());
+            steps.extend(tail.iter().cloned());
             mark_bounded(&mut steps, bound);
-            kernels.push((KernelSpec { main, epilogue: steps, store: epi.store, rows: rows_out, cols: cout }, 0));
+            kernels.push((KernelSpec { main, epilogue: steps, store, rows: rows_out, cols: cout }, 0));
         } else {
             // One GEMM per group over its input channels, writing its slice of output channels.
             let cout_g = cout / group;
@@ -456,19 +722,21 @@ impl Lowerer<'_> {
                 };
                 let main = MainOp::GemmU8I8 { rows, weights: Arc::new(packed) };
                 let mut steps = vec![Step::AddChannelI32(corr)];
-                steps.extend(slice_steps(&epi.steps, range.clone()));
+                steps.extend(slice_steps(&tail, range.clone()));
                 mark_bounded(&mut steps, bound);
-                kernels.push((
-                    KernelSpec { main, epilogue: steps, store: epi.store, rows: rows_out, cols: cout_g },
-                    range.start,
-                ));
+                kernels.push((KernelSpec { main, epilogue: steps, store, rows: rows_out, cols: cout_g }, range.start));
             }
         }
         let input = self.in_layout(x, Layout::Nhwc, &n.name)?;
-        let output = self.define(n.out, Layout::Nhwc);
+        let output = self.define(result, Layout::Nhwc);
         let many = kernels.len() > 1;
+        let mut name = n.name.clone();
+        for &c in chain {
+            name.push('+');
+            name.push_str(&self.g.node(c).name);
+        }
         for (gi, (spec, out_col)) in kernels.into_iter().enumerate() {
-            let label = if many { format!("{}.group{gi}", n.name) } else { n.name.clone() };
+            let label = if many { format!("{name}.group{gi}") } else { name.clone() };
             self.push(&label, StepKind::Kernel { out_col, ld_out: cout, spec, input, residual: None, output });
         }
         Ok(())
@@ -777,6 +1045,12 @@ fn slice_steps(steps: &[Step], range: std::ops::Range<usize>) -> Vec<Step> {
             Step::AddChannelI32(v) => Step::AddChannelI32(v[range.clone()].to_vec()),
             Step::ScaleToF32(v) => Step::ScaleToF32(v[range.clone()].to_vec()),
             Step::AddChannelF32(v) => Step::AddChannelF32(v[range.clone()].to_vec()),
+            Step::MulChannelF32(v) => Step::MulChannelF32(v[range.clone()].to_vec()),
+            Step::Lut8 { table, per_channel: true, signed } => Step::Lut8 {
+                table: table[range.start * 256..range.end * 256].to_vec(),
+                per_channel: true,
+                signed: *signed,
+            },
             other => other.clone(),
         })
         .collect()

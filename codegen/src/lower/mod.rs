@@ -492,6 +492,8 @@ struct Lowerer<'g> {
     /// Whether 3x3 stride-1 f32 convolutions may run as Winograd F(2x2, 3x3) (the native
     /// microkernels on a CPU with AVX-512F and FMA; see [`crate::micro::winograd`]).
     winograd: bool,
+    /// The byte-table regions a quantized kernel absorbs as its last epilogue step, by root.
+    fused_tables: HashMap<NodeId, tables::TableRegion>,
 }
 
 /// Lowers `g` for inputs of the given concrete types (already checked against the graph).
@@ -530,10 +532,16 @@ pub fn lower(
     }
     // element-wise regions over one byte value become tables first; their nodes (but the
     // root, where the table runs) join no other group
-    let tables = lw.table_regions(&order);
-    let (mut absorbed, groups) = lw.fusion_groups(&order);
+    let mut tables = lw.table_regions(&order);
+    let ((mut absorbed, groups), fused) = lw.fusion_groups(&order, &tables);
     for r in tables.values() {
         absorbed.extend(r.nodes[..r.nodes.len().saturating_sub(1)].iter().copied());
+    }
+    // a region a kernel absorbs runs in that kernel's epilogue, not as a step of its own
+    for root in fused {
+        if let Some(r) = tables.remove(&root) {
+            lw.fused_tables.insert(root, r);
+        }
     }
     for &id in &order {
         lw.check_results(id)?;
@@ -548,6 +556,8 @@ pub fn lower(
         if let Some((main, chain)) = groups.get(&id) {
             if matches!(g.node(*main).op, Op::Conv(_)) {
                 lw.lower_float_conv(*main, chain)?;
+            } else if matches!(g.node(*main).op, Op::QConv { .. }) {
+                lw.lower_qconv_chain(*main, chain)?;
             } else if matches!(g.node(*main).op, Op::DynamicQuantize) {
                 lw.lower_dynamic_chain(*main, chain)?;
             } else if matches!(g.node(*main).op, Op::Binary(qforge_ir::BinaryOp::Div)) {
@@ -618,6 +628,7 @@ impl<'g> Lowerer<'g> {
             users: HashMap::new(),
             outputs: g.outputs().iter().map(|o| o.value).collect(),
             winograd: false,
+            fused_tables: HashMap::new(),
         };
         lw.concrete_types(&order, input_types)?;
         Ok((lw, order))
@@ -722,7 +733,7 @@ impl<'g> Lowerer<'g> {
             Op::Expand { .. } | Op::ExpandDyn { .. } => self.expand(&n),
             Op::Where if f32_out => self.where_f32(&n),
             Op::Binary(op @ (BinaryOp::And | BinaryOp::Or)) => self.broadcast_bool(&n, *op),
-            Op::QConv { conv, epilogue } => self.qconv(&n, conv, epilogue),
+            Op::QConv { conv, epilogue } => self.qconv(&n, conv, epilogue, &[]),
             Op::QGemm { alpha, trans_a: false, trans_b, epilogue } => self.qgemm(&n, *alpha, *trans_b, epilogue),
             Op::QMatMul { epilogue } if self.is_const_input(id, 1) => self.qgemm(&n, 1.0, false, epilogue),
             Op::QMatMul { epilogue } => self.qmatmul_act(&n, epilogue),

@@ -140,7 +140,7 @@ impl Lowerer<'_> {
 
     /// The region's 256 result bytes: the interpreter on a graph of its nodes over all bytes of
     /// the source's type (entry `b` for the stored byte `b`).
-    fn region_table(&self, r: &TableRegion) -> Option<Vec<u8>> {
+    pub(super) fn region_table(&self, r: &TableRegion) -> Option<Vec<u8>> {
         let st = self.ty(r.src)?;
         // every byte along the first axis; with channels, every channel along the second
         let c = r.channels.map_or(1, |(_, c)| c);

@@ -19,6 +19,15 @@
 //! a NaN kept quiet, `(b + 0x7fff + ((b >> 16) & 1)) >> 16` of the f32 bits `b` or `(b >> 16) |
 //! 0x40` for NaN, the CLIF epilogue's integer formula, which is `half::bf16::from_f32` (the
 //! interpreter's rounding); `vcvtneps2bf16` is not used, since it flushes subnormals.
+//!
+//! A quantized kernel's list that turns float runs here too: an i32 accumulator takes its
+//! correction in i32 (wrapping) and converts to nearest at the first float step (a
+//! dequantization's scale); float steps follow (hard-swish in f64 lanes, constant multiplies and
+//! adds, bounds); a byte store ends with the rounding of `Step::RoundToInt` (NaN to 0, the clamp
+//! before the rounding, which is the same for integer bounds, half to even, the zero point) and
+//! optionally a byte table (`Step::Lut8`: `vpermt2b` on a CPU with AVX512-VBMI, else a gather).
+//! So a convolution, its activation, a learnable affine, the quantize and a quantized add of a
+//! constant after it write bytes once.
 
 use crate::spec::{fmax, fmin, Step, Store};
 
@@ -43,6 +52,40 @@ pub enum FloatOp {
     RoundBf16,
     /// `x + residual[row][c]` of a bf16 residual, widened exactly.
     AddResidualBf16,
+    /// `x * v[c]` (`v` padded as `AddChannel`'s): a dequantization's scale or a constant multiply.
+    Mul(Vec<f32>),
+    /// `hard_swish(x)` in f64 lanes ([`crate::spec::hard_swish`]).
+    HardSwish,
+}
+
+/// The integer end of a quantized kernel's list: `RoundToInt { zp, lo, hi }` and a byte store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IntOut {
+    pub zp: i32,
+    pub lo: i32,
+    pub hi: i32,
+    /// i8 rather than u8 (the stored byte is the same; kept for the description).
+    pub signed: bool,
+    /// A [`Step::Lut8`] after the rounding: its entries widened to i32 (for `vpgatherdd`),
+    /// per-channel tables padded with zeros past the last column to a multiple of 16 and 16
+    /// more; empty for none.
+    pub table: Vec<i32>,
+    pub per_channel: bool,
+    /// A single table's 256 bytes when the CPU has AVX512-VBMI (and BW): then looked up with
+    /// two `vpermt2b` and a blend on the byte's top bit instead of a gather. Empty otherwise.
+    pub vbmi_table: Vec<u8>,
+}
+
+/// Whether the CPU has AVX512-VBMI and -BW (the byte permutes of a single table's lookup).
+fn has_vbmi() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512vbmi") && std::is_x86_feature_detected!("avx512bw")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// The epilogue list of an f32 kernel stored as f32, as the microkernel runs it.
@@ -51,6 +94,11 @@ pub struct FloatEpilogue {
     pub ops: Vec<FloatOp>,
     /// Whether the result is stored as bf16 (rounded as the module docs say) rather than f32.
     pub bf16: bool,
+    /// For an i32 accumulator: the per-channel i32 correction added before the conversion to
+    /// f32 (padded as `AddChannel`'s; empty when the list has none). `None` for an f32 one.
+    pub int_in: Option<Vec<i32>>,
+    /// The rounding and byte store that end a quantized list, or `None` for a float store.
+    pub int_out: Option<IntOut>,
     /// The same list when it is a bias, a residual add, a lower and an upper bound, each at most
     /// once and in that order (every fused convolution's list): the kernel then runs a version
     /// compiled for exactly those steps instead of dispatching on each step per vector.
@@ -110,39 +158,95 @@ impl Canon {
 }
 
 impl FloatEpilogue {
-    /// The epilogue `steps` stored as `store` as float ops, or `None` when a step is not one
-    /// this kernel computes (integer steps, a NaN bound, bf16 steps before an f32 store, an f32
-    /// residual before a bf16 one) or the store is an integer.
+    /// The epilogue `steps` of an f32 accumulator stored as `store` as float ops, or `None` when
+    /// a step is not one this kernel computes (integer steps, a NaN bound, bf16 steps before an
+    /// f32 store, an f32 residual before a bf16 one) or the store is an integer.
     pub fn from_steps(steps: &[Step], store: Store) -> Option<FloatEpilogue> {
-        let bf16 = match store {
-            Store::F32 => false,
-            Store::Bf16 => true,
-            Store::U8 | Store::I8 => return None,
-        };
+        Self::from_kernel(crate::spec::Acc::F32, steps, store)
+    }
+
+    /// The epilogue `steps` of an `acc` accumulator stored as `store`, or `None` when this kernel
+    /// does not compute it. An i32 accumulator may take one `AddChannelI32` first (added in i32,
+    /// wrapping), becomes f32 at the first float step, and a byte store ends with its
+    /// `RoundToInt`; float steps, a residual and bf16 steps are as for an f32 accumulator.
+    pub fn from_kernel(acc: crate::spec::Acc, steps: &[Step], store: Store) -> Option<FloatEpilogue> {
         let pad = |v: &[f32]| {
             let mut out = v.to_vec();
             out.resize(v.len().div_ceil(16) * 16 + 16, 0.0);
             out
+        };
+        let mut steps = steps;
+        let int_in = match acc {
+            crate::spec::Acc::F32 => None,
+            crate::spec::Acc::I32 => {
+                let mut corr = Vec::new();
+                if let [Step::AddChannelI32(v), rest @ ..] = steps {
+                    corr = v.clone();
+                    steps = rest;
+                }
+                // the first step must make the lanes float
+                match steps.first() {
+                    Some(Step::RoundToInt { .. } | Step::AddChannelI32(_)) | None => return None,
+                    Some(_) => {}
+                }
+                if !corr.is_empty() {
+                    corr.resize(corr.len().div_ceil(16) * 16 + 16, 0);
+                }
+                Some(corr)
+            }
+        };
+        let (bf16, int_out) = match store {
+            Store::F32 => (false, None),
+            Store::Bf16 => (true, None),
+            Store::U8 | Store::I8 => {
+                let (table, per_channel, vbmi_table) = match steps {
+                    // the byte stores alike read as u8 or as i8 (the narrowing keeps the low byte)
+                    [rest @ .., Step::Lut8 { table, per_channel, .. }] => {
+                        steps = rest;
+                        let mut t: Vec<i32> = table.iter().map(|&b| b as i32).collect();
+                        if *per_channel {
+                            t.resize((table.len() / 256).div_ceil(16) * 16 * 256 + 16 * 256, 0);
+                        } else if t.len() != 256 {
+                            return None;
+                        }
+                        let vbmi = if !*per_channel && has_vbmi() { table.clone() } else { Vec::new() };
+                        (t, *per_channel, vbmi)
+                    }
+                    _ => (Vec::new(), false, Vec::new()),
+                };
+                match steps {
+                    [rest @ .., Step::RoundToInt { zp, lo, hi, .. }] => {
+                        steps = rest;
+                        let signed = store == Store::I8;
+                        let io = IntOut { zp: *zp, lo: *lo, hi: *hi, signed, table, per_channel, vbmi_table };
+                        (false, Some(io))
+                    }
+                    _ => return None,
+                }
+            }
         };
         let ops = steps
             .iter()
             .map(|st| match st {
                 Step::DivF32(d) => Some(FloatOp::Div(*d)),
                 Step::AddChannelF32(v) => Some(FloatOp::AddChannel(pad(v))),
-                Step::AddResidualF32 if !bf16 => Some(FloatOp::AddResidual),
+                Step::AddResidualF32 if !bf16 && int_out.is_none() => Some(FloatOp::AddResidual),
                 Step::RoundBf16 if bf16 => Some(FloatOp::RoundBf16),
                 Step::AddResidualBf16 if bf16 => Some(FloatOp::AddResidualBf16),
                 Step::MaxF32(c) if !c.is_nan() => Some(FloatOp::Max(*c)),
                 Step::MinF32(c) if !c.is_nan() => Some(FloatOp::Min(*c)),
+                Step::ScaleToF32(v) | Step::MulChannelF32(v) => Some(FloatOp::Mul(pad(v))),
+                Step::HardSwish => Some(FloatOp::HardSwish),
                 _ => None,
             })
             .collect::<Option<Vec<_>>>()?;
-        let canon = Canon::of(&ops);
-        (ops.len() <= MAX_OPS).then_some(FloatEpilogue { ops, bf16, canon })
+        let canon = if int_in.is_none() && int_out.is_none() { Canon::of(&ops) } else { None };
+        (ops.len() <= MAX_OPS).then_some(FloatEpilogue { ops, bf16, int_in, int_out, canon })
     }
 
-    /// The steps' values applied to one element, in order, before the store (the scalar
-    /// definition the vector kernel follows; used by the tests). `residual` is the residual's
+    /// The steps' values applied to one element of an f32 accumulator, in order, before the
+    /// store (the scalar definition the vector kernel follows; used by the tests; lists of an i32
+    /// accumulator or a byte store are checked against [`crate::spec::apply_scalar`]). `residual` is the residual's
     /// value (a bf16 one widened).
     pub fn apply_scalar(&self, mut x: f32, col: usize, residual: f32) -> f32 {
         for op in &self.ops {
@@ -154,6 +258,8 @@ impl FloatEpilogue {
                 FloatOp::Min(c) => fmin(x, *c),
                 FloatOp::RoundBf16 => half::bf16::from_f32(x).to_f32(),
                 FloatOp::AddResidualBf16 => x + residual,
+                FloatOp::Mul(v) => x * v[col],
+                FloatOp::HardSwish => crate::spec::hard_swish(x),
             };
         }
         x
@@ -161,7 +267,8 @@ impl FloatEpilogue {
 }
 
 /// Whether the 512-bit version can run on this CPU for a result stored as `store` (f32:
-/// AVX-512F; bf16 also AVX512-BW and -VL, for the masked 16-bit loads of a bf16 residual).
+/// AVX-512F; bf16 also AVX512-BW and -VL, for the masked 16-bit loads of a bf16 residual; u8
+/// and i8 stores narrow with AVX-512F).
 pub fn available(store: Store) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -176,9 +283,11 @@ pub fn available(store: Store) -> bool {
     }
 }
 
-/// Applies the epilogue `p` to a `rows x nr` tile of f32 accumulators (`ldc` floats per row,
-/// `ldc` a multiple of 16 at least `nr`) whose first column is output channel `n0`, storing f32
-/// or (`p.bf16`) bf16 at `out` (`out_stride` bytes per row); `res` is the residual's element at
+/// Applies the epilogue `p` to a `rows x nr` tile of f32 (or, for a list with `int_in`, i32)
+/// accumulators (`ldc` elements per row,
+/// `ldc` a multiple of 16 at least `nr`) whose first column is output channel `n0`, storing f32,
+/// (`p.bf16`) bf16 or (`p.int_out`) bytes at `out` (`out_stride` bytes per row); `res` is the
+/// residual's element at
 /// (first row, `n0`), of the output's type and stride, or null when the list has no residual step.
 ///
 /// # Safety
@@ -206,6 +315,9 @@ pub unsafe extern "C" fn epilogue_f32(
             match &p.canon {
                 Some(c) if p.bf16 => canon_bf16(c, tile, ldc, rows, n0, nr, out, out_stride, res),
                 Some(c) => canon_avx512(c, tile, ldc, rows, n0, nr, out as *mut f32, out_stride, res as *const f32),
+                None if p.int_out.as_ref().is_some_and(|io| !io.vbmi_table.is_empty()) => {
+                    epilogue_vbmi(p, tile, ldc, rows, n0, nr, out, out_stride, res)
+                }
                 None => epilogue_avx512(p, tile, ldc, rows, n0, nr, out, out_stride, res),
             }
         }
@@ -268,10 +380,108 @@ unsafe fn store_bf16(o: *mut u8, mask: u16, v: std::arch::x86_64::__m512) {
     unsafe { _mm512_mask_cvtepi32_storeu_epi16(o as *mut i16, mask, bf16_bits(v)) }
 }
 
+/// `hard_swish` of each lane ([`crate::spec::hard_swish`]): widened to two halves of eight f64
+/// lanes, `x * min(6, max(0, x + 3)) * (1/6)` there, each rounded to f32 once. Multiplying by
+/// the f64 nearest 1/6 instead of dividing by 6 changes the f64 result in its last bit at most,
+/// and on no f32 input the f32 rounding (checked on all 2^32 of them by `cargo bench -p
+/// qforge-codegen --bench transcendental`). `vmaxpd`/`vminpd` return their second operand when
+/// either is NaN, so a NaN `x + 3` goes through as the clamp passes it; `x + 3` is never
+/// `-0.0`, so their treatment of equal zeros does not arise.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn hard_swish(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let (three, zero, six) = (_mm512_set1_pd(3.0), _mm512_setzero_pd(), _mm512_set1_pd(6.0));
+    let sixth = _mm512_set1_pd(1.0 / 6.0);
+    let half = |x: __m512d| -> __m256 {
+        let t = _mm512_min_pd(six, _mm512_max_pd(zero, _mm512_add_pd(x, three)));
+        _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(x, t), sixth))
+    };
+    let lo = half(_mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+    let hi = half(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))));
+    _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi)))
+}
+
+/// `RoundToInt { zp, lo, hi }` of each lane (`Step::RoundToInt`) in i32 lanes: NaN becomes 0,
+/// the value is clamped to `[lo - zp, hi - zp]` (integers, so clamping before rounding is
+/// clamping after it, and the conversion stays in range), rounded half to even and `zp` added;
+/// the result is in `lo..=hi`, inside the stored byte's range, so narrowing it is exact.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn round_to_int(v: std::arch::x86_64::__m512, o: &IntOut) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+    let v = _mm512_mask_mov_ps(v, nan, _mm512_setzero_ps());
+    let lo = _mm512_set1_ps(o.lo.saturating_sub(o.zp) as f32);
+    let hi = _mm512_set1_ps(o.hi.saturating_sub(o.zp) as f32);
+    let v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+    let q = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+    _mm512_add_epi32(q, _mm512_set1_epi32(o.zp))
+}
+
+/// The step-by-step epilogue with AVX-512F: [`epilogue_body`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn epilogue_avx512(
+    p: &FloatEpilogue,
+    tile: *const f32,
+    ldc: usize,
+    rows: usize,
+    n0: usize,
+    nr: usize,
+    out: *mut u8,
+    out_stride: usize,
+    res: *const u8,
+) {
+    // SAFETY: the caller's contract (`epilogue_f32`), and AVX-512F, which this function enables.
+    unsafe { epilogue_body::<false>(p, tile, ldc, rows, n0, nr, out, out_stride, res) }
+}
+
+/// [`epilogue_avx512`] for a list ending in a single byte table, looked up with AVX512-VBMI.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn epilogue_vbmi(
+    p: &FloatEpilogue,
+    tile: *const f32,
+    ldc: usize,
+    rows: usize,
+    n0: usize,
+    nr: usize,
+    out: *mut u8,
+    out_stride: usize,
+    res: *const u8,
+) {
+    // SAFETY: the caller's contract (`epilogue_f32`); the CPU has AVX512-VBMI and -BW (the
+    // table's bytes are kept only then: `has_vbmi`), which this function enables.
+    unsafe { epilogue_body::<true>(p, tile, ldc, rows, n0, nr, out, out_stride, res) }
+}
+
+/// The 256-byte table `t` (four 64-byte vectors) at each of the 16 bytes of `b`: `vpermt2b`
+/// selects among 128 bytes by the low seven bits, twice, and the top bit picks the half.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+#[inline]
+fn lut_vbmi(b: std::arch::x86_64::__m128i, t: &[std::arch::x86_64::__m512i; 4]) -> std::arch::x86_64::__m128i {
+    use std::arch::x86_64::*;
+    let idx = _mm512_zextsi128_si512(b);
+    let lo = _mm512_permutex2var_epi8(t[0], idx, t[1]);
+    let hi = _mm512_permutex2var_epi8(t[2], idx, t[3]);
+    _mm512_castsi512_si128(_mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), lo, hi))
+}
+
+/// The step-by-step loop over a tile, inlined into [`epilogue_avx512`] and (with `VBMI`, for a
+/// single table) [`epilogue_vbmi`], which enable the features its intrinsics need.
+///
+/// # Safety
+/// As [`epilogue_f32`]; the CPU has AVX-512F, and with `VBMI` also AVX512-BW and -VBMI.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn epilogue_body<const VBMI: bool>(
     p: &FloatEpilogue,
     tile: *const f32,
     ldc: usize,
@@ -292,6 +502,13 @@ unsafe fn epilogue_avx512(
         let ops = &p.ops[..p.ops.len().min(MAX_OPS)];
         let sign = _mm512_set1_epi32(i32::MIN);
         let es = if p.bf16 { 2 } else { 4 };
+        let vt = match &p.int_out {
+            Some(io) if VBMI && io.vbmi_table.len() == 256 => {
+                let t = io.vbmi_table.as_ptr();
+                [0, 64, 128, 192].map(|o| _mm512_loadu_si512(t.add(o).cast()))
+            }
+            _ => [_mm512_setzero_si512(); 4],
+        };
         let mut j = 0;
         while j < nr {
             let left = nr - j;
@@ -304,11 +521,33 @@ unsafe fn epilogue_avx512(
                     FloatOp::Div(d) => _mm512_set1_ps(*d),
                     FloatOp::AddChannel(v) => _mm512_loadu_ps(v.as_ptr().add(n0 + j)),
                     FloatOp::Max(c) | FloatOp::Min(c) => _mm512_set1_ps(*c),
-                    FloatOp::AddResidual | FloatOp::RoundBf16 | FloatOp::AddResidualBf16 => _mm512_setzero_ps(),
+                    FloatOp::Mul(v) => _mm512_loadu_ps(v.as_ptr().add(n0 + j)),
+                    FloatOp::AddResidual | FloatOp::RoundBf16 | FloatOp::AddResidualBf16 | FloatOp::HardSwish => {
+                        _mm512_setzero_ps()
+                    }
                 };
             }
+            // per-channel tables: lane `l` reads table `n0 + j + l`
+            let chan = match &p.int_out {
+                Some(io) if io.per_channel => _mm512_slli_epi32::<8>(_mm512_add_epi32(
+                    _mm512_set1_epi32((n0 + j) as i32),
+                    _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                )),
+                _ => _mm512_setzero_si512(),
+            };
+            let corr = match &p.int_in {
+                Some(c) if !c.is_empty() => _mm512_loadu_si512(c.as_ptr().add(n0 + j).cast()),
+                _ => _mm512_setzero_si512(),
+            };
             for r in 0..rows {
-                let mut v = _mm512_loadu_ps(tile.add(r * ldc + j));
+                let mut v = if p.int_in.is_some() {
+                    // an i32 tile (the same pointer): add the correction, wrapping, and convert
+                    // to nearest, as `acc as f32` does
+                    let acc = _mm512_loadu_si512(tile.add(r * ldc + j).cast());
+                    _mm512_cvtepi32_ps(_mm512_add_epi32(acc, corr))
+                } else {
+                    _mm512_loadu_ps(tile.add(r * ldc + j))
+                };
                 let rrow = res.wrapping_add(r * out_stride + j * es);
                 for (i, op) in ops.iter().enumerate() {
                     v = match op {
@@ -324,6 +563,8 @@ unsafe fn epilogue_avx512(
                         }
                         FloatOp::RoundBf16 => round_bf16(v),
                         FloatOp::AddResidualBf16 => _mm512_add_ps(v, load_bf16(rrow, mask)),
+                        FloatOp::Mul(_) => _mm512_mul_ps(v, pv[i]),
+                        FloatOp::HardSwish => hard_swish(v),
                         FloatOp::Max(c) => {
                             let m = _mm512_max_ps(pv[i], v);
                             if c.to_bits() == 0 {
@@ -341,6 +582,32 @@ unsafe fn epilogue_avx512(
                             }
                         }
                     };
+                }
+                if let Some(io) = &p.int_out {
+                    let mut q = round_to_int(v, io);
+                    if VBMI {
+                        let bytes = lut_vbmi(_mm512_cvtepi32_epi8(q), &vt);
+                        let o = out.add(r * out_stride + j);
+                        if full {
+                            _mm_storeu_si128(o.cast(), bytes);
+                        } else {
+                            _mm512_mask_cvtepi32_storeu_epi8(o.cast(), mask, _mm512_cvtepu8_epi32(bytes));
+                        }
+                        continue;
+                    }
+                    if !io.table.is_empty() {
+                        // the byte (0..=255 also for an i8's two's complement), in this lane's
+                        // channel's table when there is one per channel
+                        let idx = _mm512_add_epi32(_mm512_and_si512(q, _mm512_set1_epi32(0xff)), chan);
+                        q = _mm512_i32gather_epi32::<4>(idx, io.table.as_ptr().cast());
+                    }
+                    let o = out.add(r * out_stride + j);
+                    if full {
+                        _mm_storeu_si128(o.cast(), _mm512_cvtepi32_epi8(q));
+                    } else {
+                        _mm512_mask_cvtepi32_storeu_epi8(o.cast(), mask, q);
+                    }
+                    continue;
                 }
                 let o = out.add(r * out_stride + j * es);
                 if p.bf16 {
@@ -696,6 +963,157 @@ mod tests {
             vec![Step::MinF32(0.0), Step::MaxF32(-1.5)],
             vec![Step::DivF32(49.0), Step::AddResidualF32, Step::MaxF32(0.0)],
             vec![Step::AddChannelF32(vec![0.5; 40]), Step::AddResidualF32, Step::MaxF32(0.0), Step::MinF32(6.0)],
+            vec![
+                Step::AddChannelF32(vec![0.25; 40]),
+                Step::HardSwish,
+                Step::MulChannelF32((0..40).map(|i| 1.1 - i as f32 * 0.05).collect()),
+                Step::AddChannelF32(vec![-0.125; 40]),
+            ],
+            vec![Step::HardSwish, Step::AddResidualF32],
         ]
+    }
+
+    /// Lists of an i32 accumulator (a quantized kernel's dequantization and the float steps after
+    /// it, stored as f32 or rounded back to u8/i8) on accumulators of every size, the extremes
+    /// among them, and a ragged tile: the vector kernel against [`crate::spec::apply_scalar`] bit
+    /// for bit (NaN as NaN), on a CPU with AVX-512F.
+    #[test]
+    fn integer_accumulators_match_the_definition() {
+        use crate::spec::{apply_scalar, Acc, Lane};
+        if !available(Store::U8) {
+            return;
+        }
+        let corr: Vec<i32> = (0..40).map(|i| (i - 20) * 977).collect();
+        let m: Vec<f32> = (0..40).map(|i| 1e-4 * (1.0 + i as f32 * 0.37)).collect();
+        let lists: Vec<(Vec<Step>, Store)> = vec![
+            (
+                vec![
+                    Step::AddChannelI32(corr.clone()),
+                    Step::ScaleToF32(m.clone()),
+                    Step::HardSwish,
+                    Step::MulChannelF32(vec![1.1; 40]),
+                    Step::DivF32(0.0396),
+                    Step::RoundToInt { zp: 10, lo: 0, hi: 255, bounded: false },
+                ],
+                Store::U8,
+            ),
+            (
+                vec![
+                    Step::AddChannelI32(corr.clone()),
+                    Step::ScaleToF32(m.iter().map(|x| x * 40.0).collect()),
+                    Step::RoundToInt { zp: -3, lo: -128, hi: 127, bounded: false },
+                ],
+                Store::I8,
+            ),
+            (
+                vec![
+                    Step::AddChannelI32(corr.clone()),
+                    Step::ScaleToF32(m.clone()),
+                    Step::MaxF32(0.0),
+                    Step::MinF32(6.0),
+                ],
+                Store::F32,
+            ),
+            (vec![Step::ScaleToF32(m.clone()), Step::HardSwish], Store::F32),
+            (
+                vec![
+                    Step::AddChannelI32(corr.clone()),
+                    Step::ScaleToF32(m.iter().map(|x| x * 40.0).collect()),
+                    Step::RoundToInt { zp: 3, lo: 0, hi: 255, bounded: false },
+                    Step::Lut8 {
+                        table: (0..256).map(|b| (b * 7 + 3) as u8).collect(),
+                        per_channel: false,
+                        signed: false,
+                    },
+                ],
+                Store::U8,
+            ),
+            (
+                vec![
+                    Step::AddChannelI32(corr.clone()),
+                    Step::ScaleToF32(m.iter().map(|x| x * 40.0).collect()),
+                    Step::HardSwish,
+                    Step::DivF32(0.5),
+                    Step::RoundToInt { zp: -5, lo: -128, hi: 127, bounded: false },
+                    Step::Lut8 {
+                        table: (0..40 * 256).map(|i| (i * 13 + i / 256) as u8).collect(),
+                        per_channel: true,
+                        signed: true,
+                    },
+                ],
+                Store::I8,
+            ),
+            (
+                vec![
+                    Step::ScaleToF32(vec![f32::INFINITY; 40]),
+                    Step::RoundToInt { zp: 0, lo: 0, hi: 255, bounded: false },
+                ],
+                Store::U8,
+            ),
+        ];
+        let (rows, ldc) = (5usize, 48usize);
+        let extremes = [0, 1, -1, i32::MAX, i32::MIN, 12_345_678, -9_876_543, 30_000, -30_000];
+        for (steps, store) in &lists {
+            let p = FloatEpilogue::from_kernel(Acc::I32, steps, *store).expect("a list the kernel takes");
+            // a single table by VBMI permutes (where the CPU has them) and by the gather
+            let mut gather = p.clone();
+            if let Some(io) = gather.int_out.as_mut() {
+                io.vbmi_table.clear();
+            }
+            for (p, (n0, nr)) in [&p, &gather]
+                .into_iter()
+                .flat_map(|p| [(0usize, 40usize), (3, 17), (0, 5), (8, 32)].into_iter().map(move |c| (p, c)))
+            {
+                let tile: Vec<i32> = (0..rows * ldc)
+                    .map(|i| if i % 4 == 0 { extremes[i % extremes.len()] } else { (i as i32 - 120) * 2_531 })
+                    .collect();
+                let (stride, es) = (41usize, store.bytes());
+                let mut out = vec![0xA5u8; rows * stride * es];
+                // SAFETY: the tile holds `rows` rows of `ldc` i32, the output `rows` rows of
+                // `stride >= nr` elements; per-channel arrays cover 40 columns padded to 64.
+                unsafe {
+                    let t = tile.as_ptr() as *const f32;
+                    epilogue_f32(p, t, ldc, rows, n0, nr, out.as_mut_ptr(), stride * es, std::ptr::null());
+                }
+                for r in 0..rows {
+                    for j in 0..stride {
+                        let at = (r * stride + j) * es;
+                        let got = &out[at..at + es];
+                        if j >= nr {
+                            assert!(got.iter().all(|&b| b == 0xA5), "a column past nr was written");
+                            continue;
+                        }
+                        let want = apply_scalar(steps, tile[r * ldc + j], n0 + j).expect("no residual");
+                        match (want, store) {
+                            (Lane::I(w), Store::U8 | Store::I8) => {
+                                // the definition's lane is in the stored type's range (so the
+                                // portable epilogue's saturating narrowing is exact)
+                                let range = if *store == Store::I8 { -128..=127 } else { 0..=255 };
+                                assert!(range.contains(&w), "{steps:?}: lane {w} outside the store's range");
+                                assert_eq!(got[0], w as u8, "{steps:?} row {r} col {j}: acc {}", tile[r * ldc + j])
+                            }
+                            (Lane::F(w), Store::F32) => {
+                                let g = f32::from_le_bytes([got[0], got[1], got[2], got[3]]);
+                                assert!(
+                                    g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                                    "{steps:?} row {r} col {j}: {g} vs {w}"
+                                );
+                            }
+                            other => panic!("unexpected lane and store {other:?}"),
+                        }
+                    }
+                }
+            }
+        }
+        // lists the kernel does not take: integer steps after a float one, no rounding before a
+        // byte store, an i32 accumulator stored without becoming float
+        let no = |steps: &[Step], store| FloatEpilogue::from_kernel(Acc::I32, steps, store).is_none();
+        assert!(no(&[Step::ScaleToF32(m.clone()), Step::AddChannelI32(vec![0; 40])], Store::F32));
+        assert!(no(&[Step::ScaleToF32(m.clone())], Store::U8));
+        assert!(no(&[Step::AddChannelI32(vec![0; 40])], Store::F32));
+        assert!(no(&[Step::RoundToInt { zp: 0, lo: 0, hi: 255, bounded: true }], Store::U8));
+        let round = Step::RoundToInt { zp: 0, lo: 0, hi: 255, bounded: true };
+        let short = Step::Lut8 { table: vec![0; 255], per_channel: false, signed: false };
+        assert!(no(&[Step::ScaleToF32(m.clone()), round, short], Store::U8));
     }
 }

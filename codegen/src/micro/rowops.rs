@@ -1015,7 +1015,14 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
             }
             // SAFETY: elements `s..e` (`e <= op.n`) lie in both buffers, which are distinct; the
             // range is this call's units only, so no other thread's slice overlaps it.
-            unsafe { per_op!(HardSwish, Relu, Neg, Abs, Sqrt, Tanh) }
+            unsafe {
+                if u == UnaryOp::HardSwish {
+                    // the interpreter's values without its division (`spec::hard_swish_by_mul`)
+                    map_f32(xb, yb, s, e, crate::spec::hard_swish_by_mul)
+                } else {
+                    per_op!(Relu, Neg, Abs, Sqrt, Tanh)
+                }
+            }
         }
         RowKind::ChannelBinary { op: bop, const_first, nhwc, c, hw } => {
             use qforge_ir::BinaryOp;
