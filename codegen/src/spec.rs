@@ -122,6 +122,9 @@ pub enum Step {
     /// `acc = hard_swish(acc)`: `x * clamp(x + 3, 0, 6) / 6` in f64, rounded to f32 once (the
     /// interpreter's formula, [`qforge_ir::interp::elementwise::unary_scalar`]).
     HardSwish,
+    /// `acc = acc * sigmoid(acc)` in f32 (SiLU: a sigmoid and the multiply by its input), the
+    /// sigmoid the interpreter's ([`silu`]).
+    Silu,
     /// `q = table[q as u8]` (with `per_channel`, `table[c * 256 + q as u8]`): a function of the
     /// stored byte after [`Step::RoundToInt`] (a quantized add of a constant, or an element-wise
     /// region over the byte, evaluated on all 256 bytes at compile time). The entries are the
@@ -197,6 +200,7 @@ pub fn apply_scalar(steps: &[Step], acc: i32, c: usize) -> Option<Lane> {
             Step::MinF32(m) => Lane::F(fmin(f(v), *m)),
             Step::MulChannelF32(m) => Lane::F(f(v) * m.get(c)?),
             Step::HardSwish => Lane::F(hard_swish(f(v))),
+            Step::Silu => Lane::F(silu(f(v))),
             Step::Lut8 { table, per_channel, signed } => match v {
                 Lane::I(i) => {
                     let b = *table.get(i as u8 as usize + if *per_channel { c * 256 } else { 0 })?;
@@ -225,6 +229,31 @@ pub fn apply_scalar(steps: &[Step], acc: i32, c: usize) -> Option<Lane> {
 #[inline]
 pub fn hard_swish(x: f32) -> f32 {
     qforge_ir::interp::elementwise::unary_scalar(qforge_ir::UnaryOp::HardSwish, x)
+}
+
+/// SiLU of one f32 value as the interpreter computes `mul(x, sigmoid(x))`: the interpreter's
+/// sigmoid ([`qforge_ir::interp::elementwise::unary_scalar`]), then one f32 multiply (the f64
+/// product of two f32 values is exact, so rounding it once is the f32 product).
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x * qforge_ir::interp::elementwise::unary_scalar(qforge_ir::UnaryOp::Sigmoid, x)
+}
+
+/// `p[i] = silu(p[i])` for `i < n` (the portable epilogue calls it for its lanes), with the
+/// sigmoid of [`crate::micro::transcendental`] (the interpreter's values).
+///
+/// # Safety
+/// `p` holds `n` writable f32 values.
+pub unsafe extern "C" fn silu_in_place(p: *mut f32, n: usize) {
+    // SAFETY: the caller's guarantee.
+    let x = unsafe { std::slice::from_raw_parts_mut(p, n) };
+    let mut s = [0f32; 16];
+    for c in x.chunks_mut(16) {
+        crate::micro::transcendental::map(qforge_ir::UnaryOp::Sigmoid, c, &mut s[..c.len()]);
+        for (v, &g) in c.iter_mut().zip(&s) {
+            *v *= g;
+        }
+    }
 }
 
 /// [`hard_swish`] with the division by 6 as a multiplication by the f64 nearest 1/6: one f64
@@ -283,6 +312,8 @@ pub fn mark_bounded(steps: &mut [Step], acc_bound: f64) {
             Step::MulChannelF32(v) => b *= v.iter().map(|x| (*x as f64).abs()).fold(0.0, f64::max),
             // |hard_swish(x)| <= max(|x|, 3/8): the identity from 3 on, at most 3/8 in size below
             Step::HardSwish => b = b.max(0.375),
+            // |x * sigmoid(x)| <= |x|: the sigmoid is in [0, 1]
+            Step::Silu => {}
             Step::Lut8 { .. } => b = 256.0,
             Step::AddResidualF32 | Step::AddResidualBf16 => b = f64::INFINITY,
             Step::RoundBf16 => b *= 1.0 + 1.0 / 256.0,
@@ -310,6 +341,7 @@ pub fn describe_steps(steps: &[Step]) -> String {
             Step::MinF32(v) => format!("min({v})"),
             Step::MulChannelF32(_) => "mul_f32".to_string(),
             Step::HardSwish => "hard_swish".to_string(),
+            Step::Silu => "silu".to_string(),
             Step::Lut8 { per_channel: false, .. } => "lut8".to_string(),
             Step::Lut8 { per_channel: true, .. } => "lut8(per channel)".to_string(),
             Step::RoundToInt { zp, lo, hi, .. } => format!("round(zp={zp}, {lo}..{hi})"),

@@ -310,6 +310,20 @@ fn apply(
                 Lanes::F(hard_swish_f64(em, x))
             }
         }
+        Step::Silu => {
+            // the interpreter's sigmoid is not Cranelift code: the lanes go through a stack slot
+            // to `spec::silu_in_place` and back
+            use cranelift_codegen::ir::{StackSlotData, StackSlotKind};
+            let x = to_f(em, v, fty);
+            let lanes = fty.lane_count();
+            let slot = em.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 4 * lanes, 4));
+            let ptr = em.ptr;
+            em.b.ins().stack_store(ptr, x, slot, 0);
+            let addr = em.b.ins().stack_addr(ptr, slot, 0);
+            let n = em.iconst(lanes as i64);
+            em.call("qf_silu", &[addr, n])?;
+            Lanes::F(em.b.ins().stack_load(ptr, fty, slot, 0))
+        }
         Step::Lut8 { per_channel, signed, .. } => {
             let Lanes::I(x) = v else { return Err(JitError::Codegen("a table step on floats".into())) };
             let base = need(param)?;

@@ -54,13 +54,12 @@ fn claim(
 }
 
 impl Lowerer<'_> {
-    /// Fusion groups of float convolutions, dequantizing quantized ones and float matrix
-    /// products with a constant right operand over the schedule `order`: each with the chain of
-    /// nodes it absorbs, keyed by the chain's last node (where the group runs). The nodes of
-    /// `tables` (the byte tables' regions, claimed before) join no group, but for a region a
-    /// quantized convolution absorbs whole.
-    /// Also returns the roots of the regions of `tables` a quantized convolution absorbs as a
-    /// byte function of its result ([`Self::byte_function`]).
+    /// Fusion groups of float and quantized convolutions and of float matrix products with a
+    /// constant right operand over the schedule `order`: each with the chain of nodes it
+    /// absorbs, keyed by the chain's last node (where the group runs). The nodes of `tables`
+    /// (the byte tables' regions, claimed before) join no group, but for a region a quantized
+    /// convolution absorbs whole as a byte function of its result ([`Self::byte_function`]):
+    /// those regions' roots are returned too.
     pub(super) fn fusion_groups(
         &self,
         order: &[NodeId],
@@ -164,6 +163,25 @@ impl Lowerer<'_> {
         Some(if v.len() == 1 { vec![v[0]; d[1]] } else { v })
     }
 
+    /// The SiLU of the f32 value `v`, `mul(v, sigmoid(v))` in either operand order, when the
+    /// sigmoid and the product are `v`'s only readers and the sigmoid is read by the product
+    /// only: the sigmoid's node and the product's.
+    fn silu_at(&self, v: Value) -> Option<(NodeId, NodeId)> {
+        if self.outputs.contains(&v) || self.users.get(&v).copied() != Some(2) || self.ty(v)?.dtype != DType::F32 {
+            return None;
+        }
+        let users = self.g.value_users(v);
+        let s = users.iter().map(|u| u.0).find(|&u| matches!(self.g.node(u).op, Op::Unary(UnaryOp::Sigmoid)))?;
+        let m = self.only_user(Value::new(s, 0))?;
+        let n = self.g.node(m);
+        let ins: Vec<Value> = n.inputs().iter().flatten().copied().collect();
+        let pair = ins.len() == 2 && ins.contains(&v) && ins.contains(&Value::new(s, 0));
+        let same = self
+            .ty(Value::new(m, 0))
+            .is_some_and(|t| t.dtype == DType::F32 && Some(&t.shape) == self.ty(v).map(|t| &t.shape));
+        (matches!(n.op, Op::Binary(BinaryOp::Mul)) && pair && same && users.iter().any(|u| u.0 == m)).then_some((s, m))
+    }
+
     /// The nodes a float conv or matrix product at `id` absorbs (empty: none; the last one is
     /// where it runs): ReLU, Clip, one residual add of the result's shape, and for an f32 kernel
     /// hard-swish and constants added or multiplied along the output channel (a matrix product's
@@ -182,7 +200,15 @@ impl Lowerer<'_> {
             return chain;
         }
         let mut residual = false;
-        while let Some(u) = self.only_user(cur) {
+        loop {
+            // a SiLU: the value's sigmoid and the product of the two, its only readers
+            if let Some((s, m)) = self.silu_at(cur).filter(|_| dtype == DType::F32) {
+                chain.push(s);
+                chain.push(m);
+                cur = Value::new(m, 0);
+                continue;
+            }
+            let Some(u) = self.only_user(cur) else { break };
             let n = self.g.node(u);
             if n.outputs.first().map(|t| t.dtype) != Some(ty.dtype) {
                 break;
@@ -289,24 +315,14 @@ impl Lowerer<'_> {
         };
         let ((sx, zx), (sk, zk), (sc, zc)) = (per_tensor(&tx.quant)?, per_tensor(&tk.quant)?, per_tensor(&to.quant)?);
         let p = numerics::QAddParams::new(sx, zx, sk, zk, sc, zc);
-        let signed = tx.dtype == DType::I8;
-        let table = kv
-            .iter()
-            .flat_map(|&kc| {
-                (0..=255u8).map(move |byte| {
-                    let q = if signed { byte as i8 as i64 } else { byte as i64 };
-                    // the stored byte of the result (an i8 in two's complement)
-                    p.apply(q, kc, to.dtype) as u8
-                })
-            })
-            .collect();
-        Some((table, per_channel))
+        Some((super::elementwise::qadd_lut(&p, &kv, tx.dtype, to.dtype), per_channel))
     }
 
-    /// A dequantizing quantized convolution's (`id`'s) chain: `chain` (its [`Self::float_chain`]) up to a
-    /// residual add (the integer store has no residual operand), then the quantize that reads
-    /// the last value, if it is the only reader and quantizes per tensor to u8/i8 with constant
-    /// parameters: the kernel then rounds back to bytes and the float values never reach memory.
+    /// A dequantizing quantized convolution's (`id`'s) chain: `chain` (its
+    /// [`Self::float_chain`]) up to a residual add (the integer store has no residual operand),
+    /// then the quantize that reads the last value, if it is the only reader and quantizes per
+    /// tensor to u8/i8 with constant parameters: the kernel then rounds back to bytes and the
+    /// float values never reach memory.
     fn quantized_chain(&self, id: NodeId, mut chain: Vec<NodeId>) -> Vec<NodeId> {
         if let Some(p) = chain.iter().position(|&c| {
             let n = self.g.node(c);
@@ -332,8 +348,9 @@ impl Lowerer<'_> {
         chain
     }
 
-    /// A dequantizing quantized convolution at `id` followed by the absorbed nodes `chain`; if no
-    /// kernel covers it, the convolution and the chain's nodes are lowered one by one.
+    /// A quantized convolution at `id` followed by the absorbed nodes `chain`; if no kernel
+    /// covers it, the convolution and the chain's nodes are lowered one by one (a byte table's
+    /// region at its end as its own table step).
     pub(super) fn lower_qconv_chain(&mut self, id: NodeId, chain: &[NodeId]) -> Result<(), JitError> {
         let g = self.g;
         let node = g.node(id);
@@ -345,7 +362,17 @@ impl Lowerer<'_> {
             }
             _ => host("not a quantized convolution"),
         };
-        self.group_or_nodes(fused, id, chain)
+        let region = chain.last().and_then(|l| self.fused_tables.get(l)).cloned();
+        match (fused, region) {
+            (Err(Skip::Host(_)), Some(r)) => {
+                self.lower_or_host(id)?;
+                for &c in chain.iter().filter(|c| !r.nodes.contains(c)) {
+                    self.lower_or_host(c)?;
+                }
+                self.lower_table_region(&r)
+            }
+            (fused, _) => self.group_or_nodes(fused, id, chain),
+        }
     }
 
     /// The epilogue steps of the nodes `chain` absorbed after a quantized kernel's result `out`
@@ -418,6 +445,9 @@ impl Lowerer<'_> {
             match &n.op {
                 Op::Unary(UnaryOp::Relu) => steps.push(Step::MaxF32(0.0)),
                 Op::Unary(UnaryOp::HardSwish) if !bf16 => steps.push(Step::HardSwish),
+                // a SiLU's sigmoid: its step is the product's, next
+                Op::Unary(UnaryOp::Sigmoid) if self.silu_at(cur).is_some_and(|(s, _)| s == c) => continue,
+                Op::Binary(BinaryOp::Mul) if self.silu_at(cur).is_some_and(|(_, m)| m == c) => steps.push(Step::Silu),
                 Op::Binary(BinaryOp::Mul) if !bf16 => {
                     let i = n.inputs();
                     let other = if i.first().copied().flatten() == Some(cur) { i.get(1) } else { i.first() };

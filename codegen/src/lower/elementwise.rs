@@ -12,6 +12,21 @@ fn plain_cast(t: DType) -> bool {
     matches!(t, DType::Bool | DType::U8 | DType::I8 | DType::I32 | DType::I64 | DType::F32)
 }
 
+/// The tables of the quantized add `p` of an activation stored as `x` (u8 or i8) and the
+/// constant values `kv` (one table per value): entry `b` of table `c` is the result's stored byte
+/// (an i8 in two's complement) for the activation's stored byte `b` (ONNX Runtime's QLinearAdd,
+/// the activation as its `a`).
+pub(super) fn qadd_lut(p: &numerics::QAddParams, kv: &[i64], x: DType, out: DType) -> Vec<u8> {
+    kv.iter()
+        .flat_map(|&kc| {
+            (0..=255u8).map(move |byte| {
+                let q = if x == DType::I8 { byte as i8 as i64 } else { byte as i64 };
+                p.apply(q, kc, out) as u8
+            })
+        })
+        .collect()
+}
+
 impl Lowerer<'_> {
     /// The quantized add of two per-tensor quantized activations of the result's shape.
     pub(super) fn qadd(&mut self, n: &At) -> Lw {
@@ -60,16 +75,7 @@ impl Lowerer<'_> {
             )?,
         };
         let p = numerics::QAddParams::new(sx, zx, sk, zk, sc, zc);
-        let lut: Vec<u8> = kv
-            .iter()
-            .flat_map(|&kc| {
-                (0..=255u8).map(move |byte| {
-                    let q = if tx.dtype == DType::I8 { byte as i8 as i64 } else { byte as i64 };
-                    // the stored byte of the result (an i8 in two's complement)
-                    p.apply(q, kc, n.oty.dtype) as u8
-                })
-            })
-            .collect();
+        let lut = qadd_lut(&p, &kv, tx.dtype, n.oty.dtype);
         self.tables_step(n, x, layout, lut, (kv.len(), plane))
     }
 

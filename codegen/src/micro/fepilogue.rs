@@ -23,11 +23,15 @@
 //! A quantized kernel's list that turns float runs here too: an i32 accumulator takes its
 //! correction in i32 (wrapping) and converts to nearest at the first float step (a
 //! dequantization's scale); float steps follow (hard-swish in f64 lanes, constant multiplies and
-//! adds, bounds); a byte store ends with the rounding of `Step::RoundToInt` (NaN to 0, the clamp
-//! before the rounding, which is the same for integer bounds, half to even, the zero point) and
-//! optionally a byte table (`Step::Lut8`: `vpermt2b` on a CPU with AVX512-VBMI, else a gather).
-//! So a convolution, its activation, a learnable affine, the quantize and a quantized add of a
-//! constant after it write bytes once.
+//! adds, bounds, a SiLU with the interpreter's sigmoid); a byte store ends with the rounding of
+//! `Step::RoundToInt` (NaN to 0, the clamp before the rounding, which is the same for integer
+//! bounds, half to even, the zero point) and optionally a byte table (`Step::Lut8`: `vpermt2b` on
+//! a CPU with AVX512-VBMI, else a gather). So a convolution, its activation, a learnable affine,
+//! the quantize and a quantized add of a constant after it write bytes once.
+//!
+//! A list with a SiLU runs a block of 16 columns at a time over a buffer of rows: the steps
+//! before it, the sigmoid kernel of [`super::transcendental`] on the whole buffer (the
+//! interpreter's values, including its rounding fallback), then the product and the rest.
 
 use crate::spec::{fmax, fmin, Step, Store};
 
@@ -56,6 +60,9 @@ pub enum FloatOp {
     Mul(Vec<f32>),
     /// `hard_swish(x)` in f64 lanes ([`crate::spec::hard_swish`]).
     HardSwish,
+    /// `x * sigmoid(x)` with the interpreter's sigmoid ([`crate::spec::silu`]), at most once in
+    /// a list (which then runs row by row).
+    Silu,
 }
 
 /// The integer end of a quantized kernel's list: `RoundToInt { zp, lo, hi }` and a byte store.
@@ -237,9 +244,13 @@ impl FloatEpilogue {
                 Step::MinF32(c) if !c.is_nan() => Some(FloatOp::Min(*c)),
                 Step::ScaleToF32(v) | Step::MulChannelF32(v) => Some(FloatOp::Mul(pad(v))),
                 Step::HardSwish => Some(FloatOp::HardSwish),
+                Step::Silu => Some(FloatOp::Silu),
                 _ => None,
             })
             .collect::<Option<Vec<_>>>()?;
+        if ops.iter().filter(|o| **o == FloatOp::Silu).count() > 1 {
+            return None;
+        }
         let canon = if int_in.is_none() && int_out.is_none() { Canon::of(&ops) } else { None };
         (ops.len() <= MAX_OPS).then_some(FloatEpilogue { ops, bf16, int_in, int_out, canon })
     }
@@ -260,6 +271,7 @@ impl FloatEpilogue {
                 FloatOp::AddResidualBf16 => x + residual,
                 FloatOp::Mul(v) => x * v[col],
                 FloatOp::HardSwish => crate::spec::hard_swish(x),
+                FloatOp::Silu => crate::spec::silu(x),
             };
         }
         x
@@ -474,7 +486,9 @@ fn lut_vbmi(b: std::arch::x86_64::__m128i, t: &[std::arch::x86_64::__m512i; 4]) 
 }
 
 /// The step-by-step loop over a tile, inlined into [`epilogue_avx512`] and (with `VBMI`, for a
-/// single table) [`epilogue_vbmi`], which enable the features its intrinsics need.
+/// single table) [`epilogue_vbmi`], which enable the features its intrinsics need. A list with a
+/// SiLU runs row by row ([`rows_with_silu`]); the others column block by column block, each
+/// block's per-channel values loaded once for all rows.
 ///
 /// # Safety
 /// As [`epilogue_f32`]; the CPU has AVX-512F, and with `VBMI` also AVX512-BW and -VBMI.
@@ -495,13 +509,12 @@ unsafe fn epilogue_body<const VBMI: bool>(
     // SAFETY: the caller (`epilogue_f32`) guarantees the ranges: tile loads read columns `j..j + 16`
     // with `j + 16 <= round_up(nr, 16) <= ldc`; residual loads and output stores are masked to
     // columns below `nr` of rows below `rows`; per-channel arrays are padded past `n0 + nr` to a
-    // multiple of 16. The target feature is enabled on this function and checked by `available`,
-    // which for a bf16 list (the only one with bf16 steps or store) also checks AVX512-BW and -VL.
+    // multiple of 16. The target feature is enabled on this function's callers and checked by
+    // `available`, which for a bf16 list (the only one with bf16 steps or store) also checks
+    // AVX512-BW and -VL.
     unsafe {
         use std::arch::x86_64::*;
         let ops = &p.ops[..p.ops.len().min(MAX_OPS)];
-        let sign = _mm512_set1_epi32(i32::MIN);
-        let es = if p.bf16 { 2 } else { 4 };
         let vt = match &p.int_out {
             Some(io) if VBMI && io.vbmi_table.len() == 256 => {
                 let t = io.vbmi_table.as_ptr();
@@ -509,116 +522,293 @@ unsafe fn epilogue_body<const VBMI: bool>(
             }
             _ => [_mm512_setzero_si512(); 4],
         };
+        let es = if p.int_out.is_some() {
+            1
+        } else if p.bf16 {
+            2
+        } else {
+            4
+        };
+        if let Some(k) = ops.iter().position(|o| *o == FloatOp::Silu) {
+            let t = Tile { tile, ldc, rows, n0, nr, out, out_stride, res, es };
+            return rows_with_silu::<VBMI>(p, &ops[..k], &ops[k + 1..], &t, &vt);
+        }
         let mut j = 0;
         while j < nr {
             let left = nr - j;
             let full = left >= 16;
             let mask: __mmask16 = if full { 0xffff } else { (1u16 << left) - 1 };
-            // Per-op vectors of this column block: the constant or the per-channel values.
-            let mut pv = [_mm512_setzero_ps(); MAX_OPS];
-            for (i, op) in ops.iter().enumerate() {
-                pv[i] = match op {
-                    FloatOp::Div(d) => _mm512_set1_ps(*d),
-                    FloatOp::AddChannel(v) => _mm512_loadu_ps(v.as_ptr().add(n0 + j)),
-                    FloatOp::Max(c) | FloatOp::Min(c) => _mm512_set1_ps(*c),
-                    FloatOp::Mul(v) => _mm512_loadu_ps(v.as_ptr().add(n0 + j)),
-                    FloatOp::AddResidual | FloatOp::RoundBf16 | FloatOp::AddResidualBf16 | FloatOp::HardSwish => {
-                        _mm512_setzero_ps()
-                    }
-                };
-            }
-            // per-channel tables: lane `l` reads table `n0 + j + l`
-            let chan = match &p.int_out {
-                Some(io) if io.per_channel => _mm512_slli_epi32::<8>(_mm512_add_epi32(
-                    _mm512_set1_epi32((n0 + j) as i32),
-                    _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                )),
-                _ => _mm512_setzero_si512(),
-            };
-            let corr = match &p.int_in {
-                Some(c) if !c.is_empty() => _mm512_loadu_si512(c.as_ptr().add(n0 + j).cast()),
-                _ => _mm512_setzero_si512(),
-            };
+            let pv = op_params(ops, n0 + j);
+            let (corr, chan) = int_params(p, n0 + j);
             for r in 0..rows {
-                let mut v = if p.int_in.is_some() {
-                    // an i32 tile (the same pointer): add the correction, wrapping, and convert
-                    // to nearest, as `acc as f32` does
-                    let acc = _mm512_loadu_si512(tile.add(r * ldc + j).cast());
-                    _mm512_cvtepi32_ps(_mm512_add_epi32(acc, corr))
-                } else {
-                    _mm512_loadu_ps(tile.add(r * ldc + j))
-                };
-                let rrow = res.wrapping_add(r * out_stride + j * es);
-                for (i, op) in ops.iter().enumerate() {
-                    v = match op {
-                        FloatOp::Div(_) => _mm512_div_ps(v, pv[i]),
-                        FloatOp::AddChannel(_) => _mm512_add_ps(v, pv[i]),
-                        FloatOp::AddResidual => {
-                            let x = if full {
-                                _mm512_loadu_ps(rrow as *const f32)
-                            } else {
-                                _mm512_maskz_loadu_ps(mask, rrow as *const f32)
-                            };
-                            _mm512_add_ps(v, x)
-                        }
-                        FloatOp::RoundBf16 => round_bf16(v),
-                        FloatOp::AddResidualBf16 => _mm512_add_ps(v, load_bf16(rrow, mask)),
-                        FloatOp::Mul(_) => _mm512_mul_ps(v, pv[i]),
-                        FloatOp::HardSwish => hard_swish(v),
-                        FloatOp::Max(c) => {
-                            let m = _mm512_max_ps(pv[i], v);
-                            if c.to_bits() == 0 {
-                                _mm512_castsi512_ps(_mm512_andnot_si512(sign, _mm512_castps_si512(m)))
-                            } else {
-                                m
-                            }
-                        }
-                        FloatOp::Min(c) => {
-                            let m = _mm512_min_ps(pv[i], v);
-                            if c.to_bits() == 0x8000_0000 {
-                                _mm512_castsi512_ps(_mm512_or_si512(sign, _mm512_castps_si512(m)))
-                            } else {
-                                m
-                            }
-                        }
-                    };
-                }
-                if let Some(io) = &p.int_out {
-                    let mut q = round_to_int(v, io);
-                    if VBMI {
-                        let bytes = lut_vbmi(_mm512_cvtepi32_epi8(q), &vt);
-                        let o = out.add(r * out_stride + j);
-                        if full {
-                            _mm_storeu_si128(o.cast(), bytes);
-                        } else {
-                            _mm512_mask_cvtepi32_storeu_epi8(o.cast(), mask, _mm512_cvtepu8_epi32(bytes));
-                        }
-                        continue;
-                    }
-                    if !io.table.is_empty() {
-                        // the byte (0..=255 also for an i8's two's complement), in this lane's
-                        // channel's table when there is one per channel
-                        let idx = _mm512_add_epi32(_mm512_and_si512(q, _mm512_set1_epi32(0xff)), chan);
-                        q = _mm512_i32gather_epi32::<4>(idx, io.table.as_ptr().cast());
-                    }
-                    let o = out.add(r * out_stride + j);
-                    if full {
-                        _mm_storeu_si128(o.cast(), _mm512_cvtepi32_epi8(q));
-                    } else {
-                        _mm512_mask_cvtepi32_storeu_epi8(o.cast(), mask, q);
-                    }
-                    continue;
-                }
-                let o = out.add(r * out_stride + j * es);
-                if p.bf16 {
-                    store_bf16(o, mask, v);
-                } else if full {
-                    _mm512_storeu_ps(o as *mut f32, v);
-                } else {
-                    _mm512_mask_storeu_ps(o as *mut f32, mask, v);
-                }
+                let v = load_acc(p, tile.add(r * ldc + j), corr);
+                let v = run_ops(ops, &pv, v, res.wrapping_add(r * out_stride + j * es), mask, full);
+                store_out::<VBMI>(p, v, out.add(r * out_stride + j * es), mask, full, chan, &vt);
             }
             j += 16;
+        }
+    }
+}
+
+/// A tile's addresses and sizes, as [`epilogue_f32`] takes them (`es`: bytes per output element).
+#[cfg(target_arch = "x86_64")]
+struct Tile {
+    tile: *const f32,
+    ldc: usize,
+    rows: usize,
+    n0: usize,
+    nr: usize,
+    out: *mut u8,
+    out_stride: usize,
+    res: *const u8,
+    es: usize,
+}
+
+/// How many values the loop of a list with a SiLU takes into its buffer at once.
+const SILU_CHUNK: usize = 512;
+
+/// A tile through a list with a SiLU, one block of 16 columns at a time (each op's per-channel
+/// values loaded once for the block): `before` on as many rows as fill the buffer (the block's
+/// `cb <= 16` valid lanes of each row packed without gaps), the interpreter's sigmoid on the
+/// whole buffer at once ([`super::transcendental::map`]), then `x * sigmoid(x)`, `after` and the
+/// store row by row. One call of the sigmoid kernel per buffer, so a depthwise kernel's few
+/// channels per row still fill it.
+///
+/// # Safety
+/// As [`epilogue_body`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn rows_with_silu<const VBMI: bool>(
+    p: &FloatEpilogue,
+    before: &[FloatOp],
+    after: &[FloatOp],
+    t: &Tile,
+    vt: &[std::arch::x86_64::__m512i; 4],
+) {
+    // SAFETY: as `epilogue_body`: tile loads read columns below `round_up(nr, 16) <= ldc`,
+    // residual loads and stores are masked to columns below `nr` of rows below `rows`; the
+    // buffers hold `SILU_CHUNK + 16` values and a block of rows uses `rn * cb <= SILU_CHUNK` of
+    // them (a whole-vector load at `rr * cb` reaches at most 16 past its row).
+    unsafe {
+        use std::arch::x86_64::*;
+        let mut xs = [0f32; SILU_CHUNK + 16];
+        let mut sig = [0f32; SILU_CHUNK + 16];
+        let mut j = 0;
+        while j < t.nr {
+            let cb = (t.nr - j).min(16);
+            let full = cb == 16;
+            let mask: __mmask16 = if full { 0xffff } else { (1u16 << cb) - 1 };
+            let (pa, pb) = (op_params(before, t.n0 + j), op_params(after, t.n0 + j));
+            let (corr, chan) = int_params(p, t.n0 + j);
+            let per = SILU_CHUNK / cb;
+            let mut r0 = 0;
+            while r0 < t.rows {
+                let rn = per.min(t.rows - r0);
+                for rr in 0..rn {
+                    let r = r0 + rr;
+                    let v = load_acc(p, t.tile.add(r * t.ldc + j), corr);
+                    let v = run_ops(before, &pa, v, t.res.wrapping_add(r * t.out_stride + j * t.es), mask, full);
+                    // the lanes past `nr` are not kept (the next row's values follow)
+                    _mm512_mask_storeu_ps(xs.as_mut_ptr().add(rr * cb), mask, v);
+                }
+                let n = rn * cb;
+                super::transcendental::map(qforge_ir::UnaryOp::Sigmoid, &xs[..n], &mut sig[..n]);
+                for rr in 0..rn {
+                    let r = r0 + rr;
+                    let at = rr * cb;
+                    // lanes past `nr` hold the next row's values: computed, never stored
+                    let v = _mm512_mul_ps(_mm512_loadu_ps(xs.as_ptr().add(at)), _mm512_loadu_ps(sig.as_ptr().add(at)));
+                    let v = run_ops(after, &pb, v, t.res.wrapping_add(r * t.out_stride + j * t.es), mask, full);
+                    store_out::<VBMI>(p, v, t.out.add(r * t.out_stride + j * t.es), mask, full, chan, vt);
+                }
+                r0 += rn;
+            }
+            j += 16;
+        }
+    }
+}
+
+/// Each op's vector for the 16 columns from `col`: its constant, or its per-channel values.
+///
+/// # Safety
+/// The per-channel arrays are padded past `col + 16`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn op_params(ops: &[FloatOp], col: usize) -> [std::arch::x86_64::__m512; MAX_OPS] {
+    // SAFETY: the caller's padding guarantee; the callers enable AVX-512F.
+    unsafe {
+        use std::arch::x86_64::*;
+        let mut pv = [_mm512_setzero_ps(); MAX_OPS];
+        for (i, op) in ops.iter().take(MAX_OPS).enumerate() {
+            pv[i] = match op {
+                FloatOp::Div(d) => _mm512_set1_ps(*d),
+                FloatOp::AddChannel(v) | FloatOp::Mul(v) => _mm512_loadu_ps(v.as_ptr().add(col)),
+                FloatOp::Max(c) | FloatOp::Min(c) => _mm512_set1_ps(*c),
+                FloatOp::AddResidual
+                | FloatOp::RoundBf16
+                | FloatOp::AddResidualBf16
+                | FloatOp::HardSwish
+                | FloatOp::Silu => _mm512_setzero_ps(),
+            };
+        }
+        pv
+    }
+}
+
+/// The i32 correction of an i32 tile and the per-channel table offsets (`(col + lane) * 256`)
+/// for the 16 columns from `col` (zeros where the list has none).
+///
+/// # Safety
+/// The correction is padded past `col + 16`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn int_params(p: &FloatEpilogue, col: usize) -> (std::arch::x86_64::__m512i, std::arch::x86_64::__m512i) {
+    // SAFETY: the caller's padding guarantee; the callers enable AVX-512F.
+    unsafe {
+        use std::arch::x86_64::*;
+        let corr = match &p.int_in {
+            Some(c) if !c.is_empty() => _mm512_loadu_si512(c.as_ptr().add(col).cast()),
+            _ => _mm512_setzero_si512(),
+        };
+        // per-channel tables: lane `l` reads table `col + l`
+        let chan = match &p.int_out {
+            Some(io) if io.per_channel => _mm512_slli_epi32::<8>(_mm512_add_epi32(
+                _mm512_set1_epi32(col as i32),
+                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            )),
+            _ => _mm512_setzero_si512(),
+        };
+        (corr, chan)
+    }
+}
+
+/// Sixteen accumulators at `at` as f32: an i32 tile's with the correction added (wrapping) and
+/// converted to nearest, as `acc as f32` does, or an f32 tile's as they are.
+///
+/// # Safety
+/// Sixteen elements are readable at `at`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn load_acc(p: &FloatEpilogue, at: *const f32, corr: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512 {
+    // SAFETY: the caller's guarantee; the callers enable AVX-512F.
+    unsafe {
+        use std::arch::x86_64::*;
+        if p.int_in.is_some() {
+            _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_loadu_si512(at.cast()), corr))
+        } else {
+            _mm512_loadu_ps(at)
+        }
+    }
+}
+
+/// `ops` on one vector, in order (`pv`: [`op_params`]; `rrow`: the residual at this vector's
+/// first column, read in the lanes of `mask`).
+///
+/// # Safety
+/// The residual, when an op reads it, is readable in the lanes of `mask` at `rrow`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn run_ops(
+    ops: &[FloatOp],
+    pv: &[std::arch::x86_64::__m512; MAX_OPS],
+    mut v: std::arch::x86_64::__m512,
+    rrow: *const u8,
+    mask: std::arch::x86_64::__mmask16,
+    full: bool,
+) -> std::arch::x86_64::__m512 {
+    // SAFETY: the caller's guarantee for the residual; the callers enable AVX-512F (and, for a
+    // bf16 list, BW and VL: `available`).
+    unsafe {
+        use std::arch::x86_64::*;
+        let sign = _mm512_set1_epi32(i32::MIN);
+        for (i, op) in ops.iter().take(MAX_OPS).enumerate() {
+            v = match op {
+                FloatOp::Div(_) => _mm512_div_ps(v, pv[i]),
+                FloatOp::AddChannel(_) => _mm512_add_ps(v, pv[i]),
+                FloatOp::AddResidual => {
+                    let x = if full {
+                        _mm512_loadu_ps(rrow as *const f32)
+                    } else {
+                        _mm512_maskz_loadu_ps(mask, rrow as *const f32)
+                    };
+                    _mm512_add_ps(v, x)
+                }
+                FloatOp::RoundBf16 => round_bf16(v),
+                FloatOp::AddResidualBf16 => _mm512_add_ps(v, load_bf16(rrow, mask)),
+                FloatOp::Mul(_) => _mm512_mul_ps(v, pv[i]),
+                FloatOp::HardSwish => hard_swish(v),
+                // row by row only (`rows_with_silu` splits the list at it)
+                FloatOp::Silu => v,
+                FloatOp::Max(c) => {
+                    let m = _mm512_max_ps(pv[i], v);
+                    if c.to_bits() == 0 {
+                        _mm512_castsi512_ps(_mm512_andnot_si512(sign, _mm512_castps_si512(m)))
+                    } else {
+                        m
+                    }
+                }
+                FloatOp::Min(c) => {
+                    let m = _mm512_min_ps(pv[i], v);
+                    if c.to_bits() == 0x8000_0000 {
+                        _mm512_castsi512_ps(_mm512_or_si512(sign, _mm512_castps_si512(m)))
+                    } else {
+                        m
+                    }
+                }
+            };
+        }
+        v
+    }
+}
+
+/// Stores one vector at `o` in the lanes of `mask`: rounded to bytes (and looked up in the
+/// table, by VBMI permutes or a gather), rounded to bf16, or as f32.
+///
+/// # Safety
+/// The output is writable in the lanes of `mask` at `o`; with `VBMI`, the CPU has AVX512-BW and
+/// -VBMI and `vt` holds the table.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store_out<const VBMI: bool>(
+    p: &FloatEpilogue,
+    v: std::arch::x86_64::__m512,
+    o: *mut u8,
+    mask: std::arch::x86_64::__mmask16,
+    full: bool,
+    chan: std::arch::x86_64::__m512i,
+    vt: &[std::arch::x86_64::__m512i; 4],
+) {
+    // SAFETY: the caller's guarantees; the callers enable AVX-512F (bf16: also BW and VL).
+    unsafe {
+        use std::arch::x86_64::*;
+        if let Some(io) = &p.int_out {
+            let mut q = round_to_int(v, io);
+            if VBMI {
+                let bytes = lut_vbmi(_mm512_cvtepi32_epi8(q), vt);
+                if full {
+                    _mm_storeu_si128(o.cast(), bytes);
+                } else {
+                    _mm512_mask_cvtepi32_storeu_epi8(o.cast(), mask, _mm512_cvtepu8_epi32(bytes));
+                }
+                return;
+            }
+            if !io.table.is_empty() {
+                // the byte (0..=255 also for an i8's two's complement), in this lane's
+                // channel's table when there is one per channel
+                let idx = _mm512_add_epi32(_mm512_and_si512(q, _mm512_set1_epi32(0xff)), chan);
+                q = _mm512_i32gather_epi32::<4>(idx, io.table.as_ptr().cast());
+            }
+            if full {
+                _mm_storeu_si128(o.cast(), _mm512_cvtepi32_epi8(q));
+            } else {
+                _mm512_mask_cvtepi32_storeu_epi8(o.cast(), mask, q);
+            }
+        } else if p.bf16 {
+            store_bf16(o, mask, v);
+        } else if full {
+            _mm512_storeu_ps(o as *mut f32, v);
+        } else {
+            _mm512_mask_storeu_ps(o as *mut f32, mask, v);
         }
     }
 }
@@ -970,7 +1160,69 @@ mod tests {
                 Step::AddChannelF32(vec![-0.125; 40]),
             ],
             vec![Step::HardSwish, Step::AddResidualF32],
+            vec![Step::AddChannelF32(vec![0.5; 40]), Step::Silu, Step::AddResidualF32, Step::MaxF32(0.0)],
+            vec![Step::Silu],
         ]
+    }
+
+    /// A SiLU list on rows wider than the row loop's buffer (column chunks) and on narrow ones
+    /// (several rows per buffer), an i32 tile rounded to bytes and an f32 one, against the
+    /// definition.
+    #[test]
+    fn silu_lists_on_wide_and_narrow_tiles() {
+        use crate::spec::{apply_scalar, Acc, Lane};
+        if !available(Store::U8) {
+            return;
+        }
+        for (cols, rows) in [(600usize, 3usize), (8, 70), (40, 30)] {
+            let ldc = cols.div_ceil(16) * 16;
+            let m: Vec<f32> = (0..cols).map(|i| 1e-3 * (1.0 + (i % 7) as f32)).collect();
+            let int_list = vec![
+                Step::AddChannelI32((0..cols as i32).map(|i| i * 31 - 500).collect()),
+                Step::ScaleToF32(m.clone()),
+                Step::Silu,
+                Step::DivF32(0.02),
+                Step::RoundToInt { zp: 7, lo: 0, hi: 255, bounded: false },
+            ];
+            let float_list = vec![Step::MulChannelF32(m), Step::Silu, Step::AddChannelF32(vec![0.25; cols])];
+            for (steps, acc, store) in [(int_list, Acc::I32, Store::U8), (float_list, Acc::F32, Store::F32)] {
+                let p = FloatEpilogue::from_kernel(acc, &steps, store).expect("a SiLU list");
+                let tile: Vec<i32> = (0..rows * ldc)
+                    .map(|i| {
+                        let v = (i as i32 % 4001 - 2000) * 37;
+                        if acc == Acc::I32 {
+                            v
+                        } else {
+                            (v as f32 * 1e-3).to_bits() as i32
+                        }
+                    })
+                    .collect();
+                let es = store.bytes();
+                let mut out = vec![0u8; rows * cols * es];
+                // SAFETY: `rows` rows of `ldc >= cols` elements in the tile, of `cols` in the
+                // output; per-channel arrays of `cols` values (padded by `from_kernel`).
+                unsafe {
+                    let t = tile.as_ptr() as *const f32;
+                    epilogue_f32(&p, t, ldc, rows, 0, cols, out.as_mut_ptr(), cols * es, std::ptr::null());
+                }
+                for r in 0..rows {
+                    for c in 0..cols {
+                        let a = tile[r * ldc + c];
+                        let at = (r * cols + c) * es;
+                        match apply_scalar(&steps, if acc == Acc::I32 { a } else { 0 }, c) {
+                            Some(Lane::I(w)) if acc == Acc::I32 => assert_eq!(out[at], w as u8, "row {r} col {c}"),
+                            _ => {
+                                // the f32 list: the definition from the f32 accumulator
+                                let x = f32::from_bits(a as u32);
+                                let want = p.apply_scalar(x, c, 0.0);
+                                let got = f32::from_le_bytes([out[at], out[at + 1], out[at + 2], out[at + 3]]);
+                                assert_eq!(got.to_bits(), want.to_bits(), "row {r} col {c}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Lists of an i32 accumulator (a quantized kernel's dequantization and the float steps after
