@@ -417,11 +417,13 @@ unsafe fn resize_nhwc(
     let mut px = vec![0f64; c];
     let mut acc = vec![0f64; c];
     let mut i = s;
+    // the position of element `i`, found once and then stepped pixel by pixel (no divisions
+    // per pixel)
+    let (pixel, mut c0) = (i / c, i % c);
+    let (mut ow, r) = (pixel % ow_n, pixel / ow_n);
+    let (mut oh, mut n) = (r % oh_n, r / oh_n);
     while i < e {
-        let (pixel, c0) = (i / c, i % c);
         let run = (c - c0).min(e - i);
-        let (ow, r) = (pixel % ow_n, pixel / ow_n);
-        let (oh, n) = (r % oh_n, r / oh_n);
         if row_of != Some((n, oh)) {
             for (ww, out) in hrow.chunks_exact_mut(c).enumerate() {
                 let at = |hh: usize| offset(din, true, n, 0, hh, ww);
@@ -453,6 +455,14 @@ unsafe fn resize_nhwc(
             Some(Taps::Extrapolate) => out.fill(extrapolation),
             Some(Taps::Pick(None)) => out.fill(0.0),
             Some(Taps::Pick(Some(j))) => out.copy_from_slice(col(*j)),
+            // linear interpolation's two taps in one pass: `(0 + w0 * a) + w1 * b`, the
+            // interpreter's sum from 0 in tap order
+            Some(Taps::Weighted(ws)) if ws.len() == 2 => {
+                let ((j0, w0), (j1, w1)) = (ws[0], ws[1]);
+                for ((o, &a), &b) in out.iter_mut().zip(col(j0)).zip(col(j1)) {
+                    *o = (0.0 + w0 * a) + w1 * b;
+                }
+            }
             Some(Taps::Weighted(ws)) => {
                 out.fill(0.0);
                 for &(j, wt) in ws {
@@ -484,6 +494,16 @@ unsafe fn resize_nhwc(
             }
         }
         i += run;
+        c0 = 0;
+        ow += 1;
+        if ow == ow_n {
+            ow = 0;
+            oh += 1;
+            if oh == oh_n {
+                oh = 0;
+                n += 1;
+            }
+        }
     }
 }
 
