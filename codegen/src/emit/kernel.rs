@@ -194,9 +194,10 @@ pub fn scratch_bytes(spec: &KernelSpec) -> usize {
                 MainOp::GemmBf16 { .. } => (2, ROW_BLOCK),
                 _ => (4, F32_ROW_BLOCK),
             };
-            let a = match rows {
-                Rows::Direct { .. } => 0,
-                Rows::Im2col { geom, .. } => blk * im2col_ld(geom) * elem,
+            let a = match (rows, &spec.main) {
+                (Rows::Direct { .. }, _) => 0,
+                (Rows::Im2col { geom, .. }, MainOp::GemmF32 { .. }) => blk * float::im2col_ld_f32(geom) * elem,
+                (Rows::Im2col { geom, .. }, _) => blk * im2col_ld(geom) * elem,
             };
             blk * float::PANEL * 4 + a + 64
         }
@@ -401,9 +402,10 @@ fn gemm_loops(
                 (a, *lda as i64)
             }
             Rows::Im2col { geom, pad, xor } => {
-                // u8 rows leave room for im2col's whole-vector stores of narrow kernel rows
+                // u8 and f32 rows leave room for im2col's whole-vector stores of narrow kernel rows
                 let ld = match kind {
                     GemmKind::U8I8 { .. } => int8::im2col_ld_u8(geom),
+                    GemmKind::F32 { .. } => float::im2col_ld_f32(geom),
                     _ => im2col_ld(geom),
                 } as i64;
                 let g = em.iconst(consts.geom);

@@ -250,6 +250,22 @@ pub fn gemm_f32_best() -> (GemmF32, &'static str) {
     (gemm_f32_scalar as GemmF32, "scalar")
 }
 
+/// Whether [`im2col_f32`] writes each kernel row of `g` with one whole 16-float vector: a kernel
+/// row contiguous in the input (`dw <= 1`, `cin == c`) of `kw * cin <= 16` floats (the 3-channel
+/// stems: 3x3 rows of 9 floats, 4x4 of 12, 5x5 of 15).
+pub fn im2col_narrow_f32(g: &ConvGeom) -> bool {
+    let rb = g.kw * g.cin;
+    g.dw <= 1 && g.cin == g.c && g.kh > 0 && rb > 0 && rb <= 16
+}
+
+/// The leading dimension of an f32 im2col buffer for `g`: `g.k()` rounded up to 16, or, for the
+/// narrow kernel rows of [`im2col_narrow_f32`], enough that the last kernel row's 16-float store
+/// stays inside the row (`(kh - 1) * kw * cin + 16`).
+pub fn im2col_ld_f32(g: &ConvGeom) -> usize {
+    let span = if im2col_narrow_f32(g) { (g.kh - 1) * g.kw * g.cin + 16 } else { 0 };
+    round_up_16(g.k().max(span).max(1))
+}
+
 /// im2col for rows `m0..m0+rows` of the convolution `*g` over the NHWC f32 input `x` (images
 /// back to back, each `h*w*c` floats).
 ///
@@ -257,12 +273,15 @@ pub fn gemm_f32_best() -> (GemmF32, &'static str) {
 /// `x[img][iy][ix][cin_offset + ci]` or 0.0 when `(iy, ix)` is outside the image, where
 /// `iy = oy*sh + ky*dh - ph`, `ix = ox*sw + kx*dw - pw` and `m = m0 + r` splits as
 /// `img = m / (oh*ow)`, `oy = m / ow % oh`, `ox = m % ow`. Contiguous runs are copied with
-/// `copy_nonoverlapping` (whole `kx` ranges at once when `dw == 1` and `cin == c`). Writes exactly
-/// `g.k()` floats per output row; reads only the pixels of the images touched.
+/// `copy_nonoverlapping` (whole `kx` ranges at once when `dw == 1` and `cin == c`); with AVX-512
+/// a narrow kernel row ([`im2col_narrow_f32`]) of a window inside the image is one 16-float load
+/// and store when `ld >= (kh - 1) * kw * cin + 16` ([`im2col_ld_f32`] gives such an `ld`), which
+/// may leave other input floats in `g.k()..ld` (a GEMM reads `g.k()` floats per row). Reads only
+/// the pixels of the images touched.
 ///
 /// # Safety
 /// `g` must point at a valid geometry; `x` must hold every image referenced by the rows; `out`
-/// must be writable for `rows` rows of `g.k()` floats at stride `ld`.
+/// must be writable for `rows` rows of `ld` floats at stride `ld`.
 pub unsafe extern "C" fn im2col_f32(
     g: *const ConvGeom,
     x: *const f32,
@@ -278,7 +297,11 @@ pub unsafe extern "C" fn im2col_f32(
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
-                return x86::im2col512(&*g, x, m0, rows, out, ld);
+                let g = &*g;
+                if im2col_narrow_f32(g) && ld >= (g.kh - 1) * g.kw * g.cin + 16 {
+                    return x86::im2col_narrow512(g, x, m0, rows, out, ld);
+                }
+                return x86::im2col512(g, x, m0, rows, out, ld);
             }
         }
         im2col_body::<f32, StdCopy>(&*g, x, m0, rows, out, ld)
@@ -639,6 +662,88 @@ mod x86 {
         // SAFETY: the caller (`im2col_f32`) guarantees its ranges and has checked AVX-512F, which
         // `Avx512Copy` needs.
         unsafe { im2col_body::<f32, Avx512Copy>(g, x, m0, rows, out, ld) }
+    }
+
+    /// [`im2col512`] for a narrow kernel row of `rb = kw * cin <= 16` contiguous floats
+    /// (`super::im2col_narrow_f32`) when `ld >= (kh - 1) * rb + 16`: a row whose whole window lies
+    /// inside the image is `kh` loads of `rb` floats (whole vectors while 16 floats stay inside
+    /// the image, masked near its end), each stored as one 16-float vector at float `ky * rb` of
+    /// the row in increasing `ky`, so what a store writes beyond its kernel row is overwritten by
+    /// the next one's, and the last one's stays in `k..ld`. Rows touching the padding go through
+    /// the general loop, one row at a time. (The masked forms cost several times a plain access
+    /// on some cores, Zen 4 among them, and a 9-float run was one masked load and store.)
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn im2col_narrow512(g: &ConvGeom, x: *const f32, m0: usize, rows: usize, out: *mut f32, ld: usize) {
+        // SAFETY: the caller (`im2col_f32`) guarantees its ranges (`rows` rows of `ld` writable floats
+        // at `out`, `x` covering every image the rows touch) and `ld >= (kh - 1) * rb + 16`, so every
+        // store (floats `ky * rb .. ky * rb + 16` of a row, `ky < kh`) stays in its row; an interior
+        // row's loads read the `rb` floats (masked) of in-image pixels `ix0 .. ix0 + kw` of rows
+        // `iy0 + ky * dh` of its image, or 16 floats where those stay inside the image (`whole`).
+        unsafe {
+            let hw = g.oh * g.ow;
+            if hw == 0 || rows == 0 {
+                return;
+            }
+            let (c, kh, kw) = (g.c, g.kh, g.kw);
+            let rb = kw * g.cin;
+            let dh = g.dh.max(1);
+            let sw = g.sw.max(1);
+            let mask = lane_mask(rb);
+            let img_stride = g.h * g.w * c;
+            let ky_stride = dh * g.w * c;
+            let span = ((kh - 1) * dh) as isize;
+            // output columns whose window lies inside the image horizontally:
+            // ox * sw >= pw and ox * sw - pw + kw <= w
+            let ox_lo = g.pw.div_ceil(sw).min(g.ow);
+            let ox_hi = if g.w + g.pw >= kw { ((g.w + g.pw - kw) / sw + 1).min(g.ow) } else { 0 }.max(ox_lo);
+            let mut img = m0 / hw;
+            let rem = m0 % hw;
+            let (mut oy, mut ox) = (rem / g.ow, rem % g.ow);
+            let mut r = 0;
+            while r < rows {
+                // the rest of this output row, or of the rows asked for
+                let run = (g.ow - ox).min(rows - r);
+                let iy0 = (oy * g.sh) as isize - g.ph as isize;
+                let row_in = iy0 >= 0 && iy0 + span < g.h as isize;
+                let (lo, hi) = if row_in {
+                    let lo = ox_lo.clamp(ox, ox + run);
+                    (lo, ox_hi.clamp(lo, ox + run))
+                } else {
+                    (ox + run, ox + run)
+                };
+                for o in (ox..lo).chain(hi..ox + run) {
+                    let orow = out.add((r + (o - ox)) * ld);
+                    im2col_body::<f32, Avx512Copy>(g, x, m0 + r + (o - ox), 1, orow, ld);
+                }
+                if lo < hi {
+                    let img_end = (img + 1) * img_stride;
+                    let mut first = img * img_stride + g.cin_offset + (iy0 as usize * g.w + lo * sw - g.pw) * c;
+                    let mut dst = out.add((r + (lo - ox)) * ld);
+                    let last_ky = (kh - 1) * ky_stride;
+                    for _ in lo..hi {
+                        let whole = first + last_ky + 16 <= img_end;
+                        let src = x.add(first);
+                        for ky in 0..kh {
+                            let p = src.add(ky * ky_stride);
+                            let v = if whole { _mm512_loadu_ps(p) } else { _mm512_maskz_loadu_ps(mask, p) };
+                            _mm512_storeu_ps(dst.add(ky * rb), v);
+                        }
+                        first += sw * c;
+                        dst = dst.add(ld);
+                    }
+                }
+                r += run;
+                ox += run;
+                if ox == g.ow {
+                    ox = 0;
+                    oy += 1;
+                    if oy == g.oh {
+                        oy = 0;
+                        img += 1;
+                    }
+                }
+            }
+        }
     }
 
     /// `MR x (NV zmm [+ 1 ymm])` register block: rows `0..MR` of `a` (stride `lda`), `NV` zmm
@@ -1479,13 +1584,21 @@ mod tests {
             geom(9, 9, 8, 1, 1, (2, 2), (0, 0), (1, 1), 8, 0),
             geom(12, 12, 40, 3, 3, (1, 1), (1, 1), (1, 1), 40, 0),
             geom(3, 3, 2, 5, 5, (1, 1), (2, 2), (1, 1), 2, 0),
+            // 3-channel stems: narrow kernel rows (one 16-float vector each)
+            geom(16, 16, 3, 3, 3, (2, 2), (1, 1), (1, 1), 3, 0),
+            geom(12, 12, 3, 4, 4, (4, 4), (0, 0), (1, 1), 3, 0),
+            geom(9, 9, 3, 5, 5, (1, 1), (2, 2), (1, 1), 3, 0),
+            geom(7, 5, 3, 3, 3, (1, 1), (0, 0), (1, 1), 3, 0),
         ];
-        for g in cases {
+        // each geometry with a row two floats longer than `k` (the copy loop, nothing written past
+        // `k`, unless that is already room for the narrow rows' stores) and with `im2col_ld_f32`'s
+        // (the narrow rows' whole-vector stores, where they apply)
+        for (g, wide) in cases.into_iter().flat_map(|g| [(g, false), (g, true)]) {
             let imgs = 2;
             let x = rng.vec(imgs * g.h * g.w * g.c);
             let mtot = imgs * g.oh * g.ow;
             let k = g.k();
-            let ld = k + 2;
+            let ld = if wide { im2col_ld_f32(&g) } else { k + 2 };
             let mut want = vec![0.0f32; mtot * k];
             for m in 0..mtot {
                 let img = m / (g.oh * g.ow);
@@ -1529,7 +1642,10 @@ mod tests {
                 }
                 for m in 0..mtot {
                     assert_eq!(&out[m * ld..m * ld + k], &want[m * k..m * k + k], "{g:?} row {m}");
-                    assert!(out[m * ld + k].is_nan() && out[m * ld + k + 1].is_nan());
+                    // only the narrow rows' whole-vector stores write past `k`
+                    let narrow = im2col_narrow_f32(&g) && ld >= (g.kh - 1) * g.kw * g.cin + 16;
+                    let untouched = out[m * ld + k].is_nan() && out[m * ld + k + 1].is_nan();
+                    assert!(narrow || untouched, "{g:?} ld {ld} row {m}");
                 }
             }
         }
