@@ -230,7 +230,9 @@ pub fn emit(
         MainOp::GemmU8I8 { rows, .. } | MainOp::GemmF32 { rows, .. } | MainOp::GemmBf16 { rows, .. } => {
             let kind = match &spec.main {
                 MainOp::GemmU8I8 { weights, .. } => GemmKind::U8I8 { kp: weights.kp as i64 },
-                MainOp::GemmF32 { weights, .. } => GemmKind::F32 { k: weights.k as i64 },
+                MainOp::GemmF32 { weights, .. } => {
+                    GemmKind::F32 { k: weights.k as i64, narrow: weights.n > 0 && weights.n <= float::NARROW }
+                }
                 MainOp::GemmBf16 { weights, .. } => GemmKind::Bf16 { k: weights.k as i64 },
                 _ => return Err(JitError::Codegen("not a GEMM".into())),
             };
@@ -354,9 +356,17 @@ fn tile_at(
 
 #[derive(Clone, Copy)]
 enum GemmKind {
-    U8I8 { kp: i64 },
-    F32 { k: i64 },
-    Bf16 { k: i64 },
+    U8I8 {
+        kp: i64,
+    },
+    /// `narrow`: weights of at most [`float::NARROW`] columns (their own GEMM).
+    F32 {
+        k: i64,
+        narrow: bool,
+    },
+    Bf16 {
+        k: i64,
+    },
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -381,7 +391,7 @@ fn gemm_loops(
     // kernel takes, and the packed values per panel column.
     let (panel, ab, kred, kpacked) = match kind {
         GemmKind::U8I8 { kp } => (PANEL_I8 as i64, 1i64, kp, kp),
-        GemmKind::F32 { k } => (float::PANEL as i64, 4i64, k, k),
+        GemmKind::F32 { k, .. } => (float::PANEL as i64, 4i64, k, k),
         GemmKind::Bf16 { k } => (bf16::PANEL as i64, 2i64, k, 2 * bf16::pairs(k as usize) as i64),
     };
     let ldc = panel;
@@ -439,6 +449,7 @@ fn gemm_loops(
             let ldc_v = em.iconst(ldc);
             let f = match kind {
                 GemmKind::U8I8 { .. } => "qf_gemm_u8i8",
+                GemmKind::F32 { narrow: true, .. } => "qf_gemm_f32_narrow",
                 GemmKind::F32 { .. } => "qf_gemm_f32",
                 GemmKind::Bf16 { .. } => "qf_gemm_bf16",
             };

@@ -99,12 +99,14 @@ impl Jit {
         let (gemm_i8, gemm_i8_name) = micro::int8::gemm_u8i8_best();
         let (dw_i8, dw_i8_name) = micro::int8::depthwise_u8i8_best();
         let (gemm_f32, gemm_f32_name) = micro::float::gemm_f32_best();
+        let (gemm_f32_narrow, gemm_f32_narrow_name) = micro::float::gemm_f32_narrow_best();
         let (dw_f32, dw_f32_name) = micro::float::depthwise_f32_best();
         let (gemm_bf16, gemm_bf16_name) = micro::bf16::gemm_bf16_best();
         let (dw_bf16, dw_bf16_name) = micro::bf16::depthwise_bf16_best();
         let imports = [
             Import { name: "qf_gemm_u8i8", ptr: gemm_i8 as *const u8, params: 8, i32_params: &[] },
             Import { name: "qf_gemm_f32", ptr: gemm_f32 as *const u8, params: 8, i32_params: &[] },
+            Import { name: "qf_gemm_f32_narrow", ptr: gemm_f32_narrow as *const u8, params: 8, i32_params: &[] },
             Import { name: "qf_im2col_u8", ptr: micro::int8::im2col_u8 as *const u8, params: 8, i32_params: &[6, 7] },
             Import { name: "qf_im2col_f32", ptr: micro::float::im2col_f32 as *const u8, params: 6, i32_params: &[] },
             Import { name: "qf_gemm_bf16", ptr: gemm_bf16 as *const u8, params: 8, i32_params: &[] },
@@ -172,11 +174,13 @@ impl Jit {
             let id = gemm_clif::define_gemm_f32(&mut module, "qf_clif_gemm_f32")
                 .map_err(|e| JitError::Codegen(format!("the Cranelift f32 GEMM: {e}")))?;
             ids.insert("qf_gemm_f32", id);
+            ids.insert("qf_gemm_f32_narrow", id);
         }
         let kernel_names = match microkernels {
             Microkernels::Native => vec![
                 ("gemm_u8i8", gemm_i8_name),
                 ("gemm_f32", gemm_f32_name),
+                ("gemm_f32_narrow", gemm_f32_narrow_name),
                 // without the instruction, bf16 GEMMs are widened to f32 (bf16 is storage only)
                 ("gemm_bf16", if micro::bf16::native_available() { gemm_bf16_name } else { "f32 (storage only)" }),
                 ("depthwise_u8i8", dw_i8_name),
@@ -186,6 +190,7 @@ impl Jit {
             Microkernels::Cranelift => vec![
                 ("gemm_u8i8", "cranelift-128"),
                 ("gemm_f32", "cranelift-128"),
+                ("gemm_f32_narrow", "cranelift-128"),
                 ("gemm_bf16", "f32 (storage only)"),
                 ("depthwise_u8i8", dw_i8_name),
                 ("depthwise_f32", dw_f32_name),

@@ -48,6 +48,20 @@ use std::collections::TryReserveError;
 /// instead of 48 + 16, 128, 256, 512), and twice the (row block, panel) tasks for threading.
 pub const PANEL: usize = 32;
 
+/// The most columns of a narrow GEMM ([`gemm_f32_narrow_avx512`]): its weights also keep their
+/// rows ([`PackedF32`]).
+pub const NARROW: usize = 8;
+
+/// How many weight rows the narrow GEMM reads for `n` columns (4 or [`NARROW`]; 0 beyond).
+const fn narrow_rows(n: usize) -> usize {
+    match n {
+        0 => 0,
+        1..=4 => 4,
+        5..=NARROW => NARROW,
+        _ => 0,
+    }
+}
+
 /// Rounds up to a multiple of 16 (one zmm of f32).
 #[inline]
 const fn round_up_16(x: usize) -> usize {
@@ -59,7 +73,9 @@ const fn round_up_16(x: usize) -> usize {
 /// Source layout `w[j*k + t]` (`n` rows = output channels, `k` = reduction length). Panel `p`
 /// covers columns `[PANEL*p, PANEL*p + width)` with `width = panel_width(n, p)`; its floats start
 /// at `panel_offset(p, k)`, and inside it, for each `t in 0..k`, `width` consecutive floats hold
-/// `w[col][t]` (0.0 for padding columns `>= n`).
+/// `w[col][t]` (0.0 for padding columns `>= n`). With at most [`NARROW`] columns the one panel
+/// (16 wide) is followed by the weights as they came, 4 rows (for up to 4 columns) or `NARROW`
+/// of `round_up_16(k)` floats (zeros past `n` and `k`): the rows [`gemm_f32_narrow_avx512`] reads.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PackedF32 {
     /// Number of output channels (columns of the GEMM).
@@ -108,7 +124,17 @@ pub fn pack_weights_f32_kn(w: &[f32], k: usize, n: usize) -> Result<PackedF32, T
 fn pack_f32_by(n: usize, k: usize, get: impl Fn(usize, usize) -> Option<f32>) -> Result<PackedF32, TryReserveError> {
     let np = panel_count(n);
     let len = if np == 0 { 0 } else { panel_offset(np - 1, k) + panel_width(n, np - 1) * k };
-    let mut data = try_zeroed::<f32>(len)?;
+    let rows_len = narrow_rows(n) * round_up_16(k);
+    let mut data = try_zeroed::<f32>(len + rows_len)?;
+    if rows_len > 0 {
+        // the narrow GEMM's rows: `w[j][t]` at `len + j * round_up_16(k) + t`
+        let kp = round_up_16(k);
+        for j in 0..n {
+            for t in 0..k {
+                data[len + j * kp + t] = get(j, t).unwrap_or(0.0);
+            }
+        }
+    }
     for p in 0..np {
         let width = panel_width(n, p);
         let base = panel_offset(p, k);
@@ -125,9 +151,11 @@ fn pack_f32_by(n: usize, k: usize, get: impl Fn(usize, usize) -> Option<f32>) ->
 }
 
 /// Bytes of [`PackedF32::data`] for `n` columns and reduction length `k`, computed without
-/// packing: `round_up_16(n) * k` floats (full [`PANEL`]-column panels, the last rounded up to 16).
+/// packing: `round_up_16(n) * k` floats (full [`PANEL`]-column panels, the last rounded up to 16),
+/// and with at most [`NARROW`] columns the rows of the narrow GEMM.
 pub fn packed_bytes(n: usize, k: usize) -> u128 {
-    (n as u128).div_ceil(16) * 16 * (k as u128) * 4
+    let rows = (narrow_rows(n) * round_up_16(k)) as u128;
+    ((n as u128).div_ceil(16) * 16 * (k as u128) + rows) * 4
 }
 
 /// Signature shared by the GEMM kernels:
@@ -206,6 +234,53 @@ pub unsafe extern "C" fn gemm_f32_avx512(
             gemm_f32_scalar(a, lda, m, b, k, c, ldc, nr)
         }
     }
+}
+
+/// The GEMM of at most [`NARROW`] columns (`nr <= 8`) with AVX-512F and FMA, for weights of at
+/// most `NARROW` columns packed by [`pack_weights_f32`] (`b` at the start of their data, whose
+/// rows follow the 16-wide panel): the panel's broadcast-and-FMA kernel uses half a vector or
+/// less per multiply there, so this one takes dot products instead: sixteen `t` at a time, a
+/// row of `a` against each weight row, the partial sums reduced across lanes at the end. Same
+/// contract as [`gemm_f32_avx512`], but the sums are in another order (lane by lane, then a
+/// tree), so the results differ from the panel kernels' by rounding.
+///
+/// # Safety
+/// As [`gemm_f32_avx512`], with `b` the start of a [`PackedF32`]'s data of at most `NARROW`
+/// columns and reduction length `k`; the CPU has AVX-512F and FMA.
+pub unsafe extern "C" fn gemm_f32_narrow_avx512(
+    a: *const f32,
+    lda: usize,
+    m: usize,
+    b: *const f32,
+    k: usize,
+    c: *mut f32,
+    ldc: usize,
+    nr: usize,
+) {
+    // SAFETY: the caller's contract; `x86::narrow512` requires AVX-512F and FMA, which the caller
+    // checked (`gemm_f32_narrow_best`).
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            x86::narrow512(a, lda, m, b.add(16 * k), k, c, ldc, nr)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            gemm_f32_scalar(a, lda, m, b, k, c, ldc, nr)
+        }
+    }
+}
+
+/// The GEMM for weights of at most [`NARROW`] columns: [`gemm_f32_narrow_avx512`] on a CPU with
+/// AVX-512F and FMA, else [`gemm_f32_best`]'s (which reads the panel and ignores the rows).
+pub fn gemm_f32_narrow_best() -> (GemmF32, &'static str) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+            return (gemm_f32_narrow_avx512 as GemmF32, "avx512f dot");
+        }
+    }
+    gemm_f32_best()
 }
 
 /// AVX2+FMA GEMM (8-wide) with the same contract as [`gemm_f32_avx512`].
@@ -746,6 +821,130 @@ mod x86 {
         }
     }
 
+    /// The narrow GEMM (see `gemm_f32_narrow_avx512`): `bt` the weight rows (4 rows of
+    /// `round_up_16(k)` floats for `nr <= 4`, else `NARROW`; zeros past the weights), rows of `a`
+    /// in blocks of `R`.
+    #[target_feature(enable = "avx512f,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn narrow512(
+        a: *const f32,
+        lda: usize,
+        m: usize,
+        bt: *const f32,
+        k: usize,
+        c: *mut f32,
+        ldc: usize,
+        nr: usize,
+    ) {
+        // SAFETY: the caller's ranges (`gemm_f32_narrow_avx512`): rows `0..m` of `k` floats of `a`,
+        // 4 (`nr <= 4`) or `NARROW` rows of `round_up_16(k)` floats at `bt`, rows `0..m` of `nr`
+        // floats of `c`.
+        unsafe {
+            let mut r = 0;
+            if nr <= 4 {
+                while r < m {
+                    let rows = (m - r).min(6);
+                    let (ar, cr) = (a.add(r * lda), c.add(r * ldc));
+                    match rows {
+                        6 => narrow_block::<6, 4>(ar, lda, bt, k, cr, ldc, nr),
+                        5 => narrow_block::<5, 4>(ar, lda, bt, k, cr, ldc, nr),
+                        4 => narrow_block::<4, 4>(ar, lda, bt, k, cr, ldc, nr),
+                        3 => narrow_block::<3, 4>(ar, lda, bt, k, cr, ldc, nr),
+                        2 => narrow_block::<2, 4>(ar, lda, bt, k, cr, ldc, nr),
+                        _ => narrow_block::<1, 4>(ar, lda, bt, k, cr, ldc, nr),
+                    }
+                    r += rows;
+                }
+            } else {
+                while r < m {
+                    let rows = (m - r).min(3);
+                    let (ar, cr) = (a.add(r * lda), c.add(r * ldc));
+                    match rows {
+                        3 => narrow_block::<3, 8>(ar, lda, bt, k, cr, ldc, nr),
+                        2 => narrow_block::<2, 8>(ar, lda, bt, k, cr, ldc, nr),
+                        _ => narrow_block::<1, 8>(ar, lda, bt, k, cr, ldc, nr),
+                    }
+                    r += rows;
+                }
+            }
+        }
+    }
+
+    /// `R` rows of `a` against the first `NJ` weight rows: `R x NJ` zmm accumulators of partial
+    /// sums over `t` (sixteen at a time, the last block's lanes past `k` masked to zero in `a`),
+    /// each reduced across its lanes (halves added, then `vhaddps` pairwise) into `NJ` sums per
+    /// row, of which the first `nr` are stored.
+    #[target_feature(enable = "avx512f,fma")]
+    #[inline]
+    unsafe fn narrow_block<const R: usize, const NJ: usize>(
+        a: *const f32,
+        lda: usize,
+        bt: *const f32,
+        k: usize,
+        c: *mut f32,
+        ldc: usize,
+        nr: usize,
+    ) {
+        // SAFETY: `R` rows of `k` readable floats at `a` (stride `lda`; the last block's loads are
+        // masked to `t < k`), weight rows of `round_up_16(k)` readable floats at `bt`, and `R`
+        // rows of `c` writable for the `nr` stored lanes (a masked store unless `nr == 8`).
+        unsafe {
+            let kp = (k + 15) & !15;
+            let mut acc = [[_mm512_setzero_ps(); NJ]; R];
+            let mut t = 0;
+            while t < k {
+                let full = t + 16 <= k;
+                let mask = lane_mask(k - t);
+                let mut av = [_mm512_setzero_ps(); R];
+                for (i, v) in av.iter_mut().enumerate() {
+                    let p = a.add(i * lda + t);
+                    *v = if full { _mm512_loadu_ps(p) } else { _mm512_maskz_loadu_ps(mask, p) };
+                }
+                for j in 0..NJ {
+                    let bv = _mm512_loadu_ps(bt.add(j * kp + t));
+                    for i in 0..R {
+                        acc[i][j] = _mm512_fmadd_ps(av[i], bv, acc[i][j]);
+                    }
+                }
+                t += 16;
+            }
+            let half = |z: __m512| -> __m256 {
+                _mm256_add_ps(
+                    _mm512_castps512_ps256(z),
+                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(z))),
+                )
+            };
+            for i in 0..R {
+                let cr = c.add(i * ldc);
+                let y: [__m256; NJ] = std::array::from_fn(|j| half(acc[i][j]));
+                if NJ == 8 {
+                    let h01 = _mm256_hadd_ps(y[0], y[1]);
+                    let h23 = _mm256_hadd_ps(y[2], y[3]);
+                    let h45 = _mm256_hadd_ps(y[4], y[5]);
+                    let h67 = _mm256_hadd_ps(y[6], y[7]);
+                    let h0123 = _mm256_hadd_ps(h01, h23);
+                    let h4567 = _mm256_hadd_ps(h45, h67);
+                    // lanes j: sum of y[j]'s first four lanes plus its last four
+                    let s = _mm256_add_ps(
+                        _mm256_permute2f128_ps::<0x20>(h0123, h4567),
+                        _mm256_permute2f128_ps::<0x31>(h0123, h4567),
+                    );
+                    if nr >= 8 {
+                        _mm256_storeu_ps(cr, s);
+                    } else {
+                        _mm512_mask_storeu_ps(cr, lane_mask(nr), _mm512_castps256_ps512(s));
+                    }
+                } else {
+                    let h01 = _mm256_hadd_ps(y[0], y[1]);
+                    let h23 = _mm256_hadd_ps(y[2], y[3]);
+                    let h = _mm256_hadd_ps(h01, h23);
+                    let s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+                    _mm512_mask_storeu_ps(cr, lane_mask(nr.min(4)), _mm512_castps128_ps512(s));
+                }
+            }
+        }
+    }
+
     /// `MR x (NV zmm [+ 1 ymm])` register block: rows `0..MR` of `a` (stride `lda`), `NV` zmm
     /// columns of `b` (stride `ldb`) and, with `HALF`, 8 more columns in a ymm (on Zen4 a ymm FMA
     /// costs half a zmm FMA, so a 24-column panel runs at full speed). Stores `NV` zmm (the last
@@ -799,6 +998,12 @@ mod x86 {
                 let bh = if HALF { _mm256_loadu_ps(bp.add(16 * NV)) } else { _mm256_setzero_ps() };
                 for i in 0..MR {
                     let s = *ap.add(i * lda);
+                    if NV == 0 {
+                        // a ymm-only block broadcasts into a ymm (a zmm broadcast costs more on
+                        // Zen 4 and its upper half would go unused)
+                        hacc[i] = _mm256_fmadd_ps(_mm256_set1_ps(s), bh, hacc[i]);
+                        continue;
+                    }
                     let av = _mm512_set1_ps(s);
                     for v in 0..NV {
                         acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
@@ -1518,6 +1723,56 @@ mod tests {
         }
         for o in &outs[1..] {
             assert!(o.iter().zip(&outs[0]).all(|(x, y)| x.to_bits() == y.to_bits()));
+        }
+    }
+
+    /// The narrow GEMM (dot products, another order of sums) against f64 sums, within f32
+    /// rounding of the sum of magnitudes, on every row-block and column count, reductions that
+    /// end mid-vector (the masked last block, with NaN after `k` in each row of `a` that a missed
+    /// mask would spread), and rows stored into a wider `c` (nothing past `nr` written).
+    #[test]
+    fn narrow_gemm_matches_f64_sums() {
+        let (g, name) = gemm_f32_narrow_best();
+        let mut rng = Rng(4242);
+        for n in [1usize, 3, 4, 5, 8] {
+            for k in [1usize, 9, 16, 27, 72, 144, 150] {
+                for m in [1usize, 2, 3, 4, 5, 6, 7, 13] {
+                    let w = rng.vec(n * k);
+                    let packed = pack_weights_f32(&w, n, k).expect("pack");
+                    let lda = k + 3;
+                    let mut a = rng.vec(m * lda);
+                    for r in 0..m {
+                        for t in k..lda {
+                            a[r * lda + t] = f32::NAN;
+                        }
+                    }
+                    let ldc = 16;
+                    let mut c = vec![7.5f32; m * ldc];
+                    // SAFETY: `a` has `m` rows of `lda >= k` floats, the packed data its panel and rows,
+                    // `c` `m` rows of `ldc >= n` floats.
+                    unsafe { g(a.as_ptr(), lda, m, packed.data.as_ptr(), k, c.as_mut_ptr(), ldc, n) };
+                    for r in 0..m {
+                        for j in 0..ldc {
+                            let got = c[r * ldc + j];
+                            if j >= n {
+                                assert_eq!(got, 7.5, "{name}: n{n} k{k} m{m}: column {j} past nr written");
+                                continue;
+                            }
+                            let (mut want, mut mag) = (0f64, 0f64);
+                            for t in 0..k {
+                                let p = a[r * lda + t] as f64 * w[j * k + t] as f64;
+                                want += p;
+                                mag += p.abs();
+                            }
+                            let tol = mag * 1e-6 + 1e-30;
+                            assert!(
+                                (got as f64 - want).abs() <= tol,
+                                "{name}: n{n} k{k} m{m} row {r} col {j}: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 
