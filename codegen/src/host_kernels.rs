@@ -880,7 +880,7 @@ mod tests {
             let want = pack_weights_f32_kn(&m, k, n).expect("packs").data;
             let mut got = vec![f32::NAN; packed_len(k, n)];
             pack_rows(&m, k, n, &mut got);
-            // the panels (a packer's data of at most `NARROW` columns goes on with the narrow
+            // the panels (where `narrow_fits`, a packer's data goes on with the narrow
             // GEMM's rows, which the host kernels' panel GEMM does not read)
             assert_eq!(got, want[..got.len()], "{k} x {n}");
         }

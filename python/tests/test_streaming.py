@@ -85,8 +85,8 @@ def measure(tmp_path, features: int, rows: int, batches: int) -> dict:
 def test_generator_of_1000_batches_keeps_memory_bounded(tmp_path):
     machinery = measure(tmp_path, 1024, 1, 1000)["grew"]
     features = 65536
-    # the JIT's packed weights: columns rounded up to 16, and with at most 8 columns the narrow
-    # GEMM's rows after them (4 rows up to 4 columns, else 8)
+    # the JIT's packed weights: columns rounded up to 16, and with at most 8 columns (and a long
+    # reduction, as here) the narrow GEMM's rows after them (4 rows up to 4 columns, else 8)
     narrow_rows = 4 if CLASSES <= 4 else 8 if CLASSES <= 8 else 0
     packed = features * (-(-CLASSES // 16) * 16 + narrow_rows) * 4
     one_run = 2 * RUN_INPUT_BYTES  # the run's input tensor and its copy in the arena

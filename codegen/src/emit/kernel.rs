@@ -231,7 +231,7 @@ pub fn emit(
             let kind = match &spec.main {
                 MainOp::GemmU8I8 { weights, .. } => GemmKind::U8I8 { kp: weights.kp as i64 },
                 MainOp::GemmF32 { weights, .. } => {
-                    GemmKind::F32 { k: weights.k as i64, narrow: weights.n > 0 && weights.n <= float::NARROW }
+                    GemmKind::F32 { k: weights.k as i64, narrow: float::narrow_fits(weights.n, weights.k) }
                 }
                 MainOp::GemmBf16 { weights, .. } => GemmKind::Bf16 { k: weights.k as i64 },
                 _ => return Err(JitError::Codegen("not a GEMM".into())),
@@ -359,7 +359,7 @@ enum GemmKind {
     U8I8 {
         kp: i64,
     },
-    /// `narrow`: weights of at most [`float::NARROW`] columns (their own GEMM).
+    /// `narrow`: weights the narrow GEMM takes ([`float::narrow_fits`]).
     F32 {
         k: i64,
         narrow: bool,

@@ -52,13 +52,26 @@ pub const PANEL: usize = 32;
 /// rows ([`PackedF32`]).
 pub const NARROW: usize = 8;
 
-/// How many weight rows the narrow GEMM reads for `n` columns (4 or [`NARROW`]; 0 beyond).
-const fn narrow_rows(n: usize) -> usize {
-    match n {
-        0 => 0,
-        1..=4 => 4,
-        5..=NARROW => NARROW,
-        _ => 0,
+/// The shortest reduction the narrow GEMM takes: below three vectors of `t` its lane reduction
+/// costs more than the panel kernel's half-empty FMAs save (measured on Zen 4: at `k = 8`
+/// 2.4x slower, at 27 about even, at 72 and 144 1.9x and 2.3x faster).
+pub const NARROW_MIN_K: usize = 48;
+
+/// Whether weights of `n` columns and reduction length `k` run the narrow GEMM
+/// ([`gemm_f32_narrow_avx512`]), and so keep its rows ([`PackedF32`]).
+pub const fn narrow_fits(n: usize, k: usize) -> bool {
+    n > 0 && n <= NARROW && k >= NARROW_MIN_K
+}
+
+/// How many weight rows the narrow GEMM reads for `n` columns and reduction length `k` (4 or
+/// [`NARROW`]; 0 where it does not run).
+const fn narrow_rows(n: usize, k: usize) -> usize {
+    if !narrow_fits(n, k) {
+        0
+    } else if n <= 4 {
+        4
+    } else {
+        NARROW
     }
 }
 
@@ -73,9 +86,10 @@ const fn round_up_16(x: usize) -> usize {
 /// Source layout `w[j*k + t]` (`n` rows = output channels, `k` = reduction length). Panel `p`
 /// covers columns `[PANEL*p, PANEL*p + width)` with `width = panel_width(n, p)`; its floats start
 /// at `panel_offset(p, k)`, and inside it, for each `t in 0..k`, `width` consecutive floats hold
-/// `w[col][t]` (0.0 for padding columns `>= n`). With at most [`NARROW`] columns the one panel
-/// (16 wide) is followed by the weights as they came, 4 rows (for up to 4 columns) or `NARROW`
-/// of `round_up_16(k)` floats (zeros past `n` and `k`): the rows [`gemm_f32_narrow_avx512`] reads.
+/// `w[col][t]` (0.0 for padding columns `>= n`). With at most [`NARROW`] columns and a reduction
+/// of at least [`NARROW_MIN_K`] ([`narrow_fits`]) the one panel (16 wide) is followed by the
+/// weights as they came, 4 rows (for up to 4 columns) or `NARROW` of `round_up_16(k)` floats
+/// (zeros past `n` and `k`): the rows [`gemm_f32_narrow_avx512`] reads.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PackedF32 {
     /// Number of output channels (columns of the GEMM).
@@ -124,7 +138,7 @@ pub fn pack_weights_f32_kn(w: &[f32], k: usize, n: usize) -> Result<PackedF32, T
 fn pack_f32_by(n: usize, k: usize, get: impl Fn(usize, usize) -> Option<f32>) -> Result<PackedF32, TryReserveError> {
     let np = panel_count(n);
     let len = if np == 0 { 0 } else { panel_offset(np - 1, k) + panel_width(n, np - 1) * k };
-    let rows_len = narrow_rows(n) * round_up_16(k);
+    let rows_len = narrow_rows(n, k) * round_up_16(k);
     let mut data = try_zeroed::<f32>(len + rows_len)?;
     if rows_len > 0 {
         // the narrow GEMM's rows: `w[j][t]` at `len + j * round_up_16(k) + t`
@@ -152,9 +166,9 @@ fn pack_f32_by(n: usize, k: usize, get: impl Fn(usize, usize) -> Option<f32>) ->
 
 /// Bytes of [`PackedF32::data`] for `n` columns and reduction length `k`, computed without
 /// packing: `round_up_16(n) * k` floats (full [`PANEL`]-column panels, the last rounded up to 16),
-/// and with at most [`NARROW`] columns the rows of the narrow GEMM.
+/// and, where [`narrow_fits`], the rows of the narrow GEMM.
 pub fn packed_bytes(n: usize, k: usize) -> u128 {
-    let rows = (narrow_rows(n) * round_up_16(k)) as u128;
+    let rows = (narrow_rows(n, k) * round_up_16(k)) as u128;
     ((n as u128).div_ceil(16) * 16 * (k as u128) + rows) * 4
 }
 
@@ -245,8 +259,8 @@ pub unsafe extern "C" fn gemm_f32_avx512(
 /// tree), so the results differ from the panel kernels' by rounding.
 ///
 /// # Safety
-/// As [`gemm_f32_avx512`], with `b` the start of a [`PackedF32`]'s data of at most `NARROW`
-/// columns and reduction length `k`; the CPU has AVX-512F and FMA.
+/// As [`gemm_f32_avx512`], with `b` the start of a [`PackedF32`]'s data for which [`narrow_fits`]
+/// (reduction length `k`); the CPU has AVX-512F and FMA.
 pub unsafe extern "C" fn gemm_f32_narrow_avx512(
     a: *const f32,
     lda: usize,
@@ -1727,15 +1741,15 @@ mod tests {
     }
 
     /// The narrow GEMM (dot products, another order of sums) against f64 sums, within f32
-    /// rounding of the sum of magnitudes, on every row-block and column count, reductions that
-    /// end mid-vector (the masked last block, with NaN after `k` in each row of `a` that a missed
+    /// rounding of the sum of magnitudes, on every row-block and column count, on reductions it
+    /// takes ([`narrow_fits`]) that end mid-vector (the masked last block, with NaN after `k` in each row of `a` that a missed
     /// mask would spread), and rows stored into a wider `c` (nothing past `nr` written).
     #[test]
     fn narrow_gemm_matches_f64_sums() {
         let (g, name) = gemm_f32_narrow_best();
         let mut rng = Rng(4242);
         for n in [1usize, 3, 4, 5, 8] {
-            for k in [1usize, 9, 16, 27, 72, 144, 150] {
+            for k in [48usize, 50, 64, 72, 144, 150] {
                 for m in [1usize, 2, 3, 4, 5, 6, 7, 13] {
                     let w = rng.vec(n * k);
                     let packed = pack_weights_f32(&w, n, k).expect("pack");
