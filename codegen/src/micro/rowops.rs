@@ -355,6 +355,20 @@ fn apply_taps(t: &Taps, extrapolation: f64, mut get: impl FnMut(usize) -> f64) -
     }
 }
 
+/// [`numerics::saturate_f64_wide`] of `v` into the integer range `lo..=hi` of an 8-bit type:
+/// clamped first (the bounds are integers, so clamping before rounding is clamping after it),
+/// then rounded half to even by adding and subtracting 1.5 * 2^52, where the f64 spacing is 1
+/// (round-to-nearest-even arithmetic); NaN gives 0. Without the rounding call and the f64 to
+/// i128 conversion (a library call) the saturating form makes per element.
+#[inline(always)]
+fn byte_of(v: f64, lo: f64, hi: f64) -> i32 {
+    const MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
+    if v.is_nan() {
+        return 0;
+    }
+    ((v.clamp(lo, hi) + MAGIC) - MAGIC) as i32
+}
+
 /// `out[t] = x[t]` widened to f64 (exact), for the `out.len()` elements of an f32, u8 or i8
 /// buffer from element `at`.
 ///
@@ -483,12 +497,12 @@ unsafe fn resize_nhwc(
                 }
                 DType::U8 => {
                     for (t, &v) in out.iter().enumerate() {
-                        yb.add(i + t).write(numerics::saturate_f64_wide(v, dtype) as u8);
+                        yb.add(i + t).write(byte_of(v, 0.0, 255.0) as u8);
                     }
                 }
                 _ => {
                     for (t, &v) in out.iter().enumerate() {
-                        (yb as *mut i8).add(i + t).write(numerics::saturate_f64_wide(v, dtype) as i8);
+                        (yb as *mut i8).add(i + t).write(byte_of(v, -128.0, 127.0) as i8);
                     }
                 }
             }
@@ -1548,8 +1562,8 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                         unsafe {
                             match dtype {
                                 DType::F32 => (yb as *mut f32).add(i).write(v as f32),
-                                DType::U8 => yb.add(i).write(numerics::saturate_f64_wide(v, dtype) as u8),
-                                _ => (yb as *mut i8).add(i).write(numerics::saturate_f64_wide(v, dtype) as i8),
+                                DType::U8 => yb.add(i).write(byte_of(v, 0.0, 255.0) as u8),
+                                _ => (yb as *mut i8).add(i).write(byte_of(v, -128.0, 127.0) as i8),
                             }
                         }
                     }
@@ -1844,6 +1858,21 @@ unsafe fn strided_copy<T: Copy>(x: *const u8, y: *mut u8, src: usize, step: usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The byte of a resized value is the interpreter's saturating rounding: halves (both
+    /// parities), the range's edges and beyond, infinities, NaN and signed zeros, for u8 and i8.
+    #[test]
+    fn byte_of_is_the_saturating_rounding() {
+        let mut xs = vec![f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.0, 0.0, 1e300, -1e300];
+        for i in -600..600 {
+            let b = i as f64 * 0.5;
+            xs.extend([b, b + 1e-9, b - 1e-9, f64::from_bits(b.to_bits() + 1), f64::from_bits(b.to_bits().max(1) - 1)]);
+        }
+        for v in xs {
+            assert_eq!(byte_of(v, 0.0, 255.0) as i128, numerics::saturate_f64_wide(v, DType::U8), "u8 {v:e}");
+            assert_eq!(byte_of(v, -128.0, 127.0) as i128, numerics::saturate_f64_wide(v, DType::I8), "i8 {v:e}");
+        }
+    }
 
     /// The contiguous softmax equals the interpreter's lane function bit for bit: lanes of
     /// several lengths with wide ranges (exponents that underflow to 0), ties at the maximum,
