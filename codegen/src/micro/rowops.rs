@@ -355,6 +355,10 @@ fn apply_taps(t: &Taps, extrapolation: f64, mut get: impl FnMut(usize) -> f64) -
     }
 }
 
+/// The longest reduction of products of two centered bytes whose sums f32 holds exactly:
+/// `258 * 255 * 255 < 2^24`.
+const EXACT_F32_TERMS: usize = 258;
+
 /// [`numerics::saturate_f64_wide`] of `v` into the integer range `lo..=hi` of an 8-bit type:
 /// clamped first (the bounds are integers, so clamping before rounding is clamping after it),
 /// then rounded half to even by adding and subtracting 1.5 * 2^52, where the f64 spacing is 1
@@ -1255,10 +1259,19 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                 [Step::ScaleToF32(mul), Step::RoundToInt { zp, lo, hi, .. }] => Some((None, mul, *zp, *lo, *hi)),
                 _ => None,
             };
+            // the dequantizing one `[bias?, scale]` with a value per column
+            let dequant = match op.epilogue.as_slice() {
+                [Step::AddChannelI32(bias), Step::ScaleToF32(mul)] if bias.len() >= n && mul.len() >= n => {
+                    Some((Some(bias.as_slice()), mul.as_slice()))
+                }
+                [Step::ScaleToF32(mul)] if mul.len() >= n => Some((None, mul.as_slice())),
+                _ => None,
+            };
             let rows_max = (end - begin).min(m);
             let mut acc = vec![0i32; rows_max * n];
             let mut ac = vec![0i32; rows_max * k];
             let mut bc = vec![0i32; k * n];
+            let (mut af, mut bf, mut rowf) = (Vec::new(), Vec::new(), vec![0f32; n]);
             let mut u = begin;
             while u < end {
                 // the rows of this call in one batch: its right matrix centered once, the rows'
@@ -1281,7 +1294,24 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                 for (c, &av) in ac.iter_mut().zip(arows) {
                     *c = int(av, a_signed) - za;
                 }
-                super::int8::accumulate_products(&mut acc, &ac, &bc, rows, k, n);
+                if k <= EXACT_F32_TERMS {
+                    // every product of two centered bytes (at most 255 in magnitude each) and
+                    // every partial sum of at most EXACT_F32_TERMS of them is an integer below
+                    // 2^24, exact in f32: the f32 row kernel (vector multiplies and adds) gives
+                    // the i32 sums, in any order
+                    bf.clear();
+                    bf.extend(bc.iter().map(|&v| v as f32));
+                    af.clear();
+                    af.extend(ac[..rows * k].iter().map(|&v| v as f32));
+                    for r in 0..rows {
+                        matmul_row_f32(&mut rowf, &af[r * k..(r + 1) * k], &bf);
+                        for (o, &v) in acc[r * n..(r + 1) * n].iter_mut().zip(&rowf) {
+                            *o = v as i32;
+                        }
+                    }
+                } else {
+                    super::int8::accumulate_products(&mut acc, &ac, &bc, rows, k, n);
+                }
                 match (requant, store) {
                     (Some((bias, mul, zp, lo, hi)), Store::U8 | Store::I8) => {
                         // SAFETY: output rows `u..u + rows` (units of this call) are bytes
@@ -1290,6 +1320,30 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                         let bias: &[i32] = bias.map_or(&[], |b| b.as_slice());
                         let r = super::int8::Requant { bias, mul, zp, lo, hi, n };
                         super::int8::requantize_products(&acc[..rows * n], out, &r);
+                    }
+                    (_, Store::F32) if dequant.is_some() => {
+                        // the dequantizing epilogue `[bias?, scale]` inlined: `(acc + bias[j]) as
+                        // f32 * scale[j]`, apply_scalar's arithmetic (i32 add wrapping, the
+                        // conversion to nearest, one f32 multiply) in a loop per row
+                        let (bias, mul) = dequant.unwrap_or((None, &[]));
+                        // SAFETY: output rows `u..u + rows` (units of this call) are f32 elements
+                        // `u * n..(u + rows) * n`.
+                        let out = unsafe { std::slice::from_raw_parts_mut((yb as *mut f32).add(u * n), rows * n) };
+                        for (orow, arow) in out.chunks_exact_mut(n).zip(acc[..rows * n].chunks_exact(n)) {
+                            match bias {
+                                Some(b) => {
+                                    for (((o, &a), &bj), &mj) in orow.iter_mut().zip(arow).zip(b.iter()).zip(mul.iter())
+                                    {
+                                        *o = a.wrapping_add(bj) as f32 * mj;
+                                    }
+                                }
+                                None => {
+                                    for ((o, &a), &mj) in orow.iter_mut().zip(arow).zip(mul.iter()) {
+                                        *o = a as f32 * mj;
+                                    }
+                                }
+                            }
+                        }
                     }
                     _ => {
                         for (t, &a) in acc[..rows * n].iter().enumerate() {
