@@ -1,6 +1,6 @@
 //! The exhaustive check of `micro::transcendental`: its exp, sigmoid and erf against the
 //! interpreter's (`unary_scalar`) on every f32 input, bit for bit, on the kernels this CPU runs
-//! (AVX-512, AVX2 or the baseline). A check too slow for the test suite (about thirteen minutes in
+//! (AVX-512, AVX2 or the baseline). A check too slow for the test suite (about three minutes in
 //! a release build), so it lives behind `cargo bench -p qforge-codegen --bench transcendental`;
 //! it prints the kernel's time per element (over every bit pattern, most of them NaN or out of
 //! the polynomials' range and so computed again by the interpreter's function) and exits

@@ -17,7 +17,7 @@
 //! second runs only then.
 //!
 //! Invariants: the values are [`unary_scalar`]'s bit for bit (checked on every f32 input by
-//! `cargo bench -p qforge-codegen --bench transcendental`, about thirteen minutes, and on 2^24
+//! `cargo bench -p qforge-codegen --bench transcendental`, about three minutes, and on 2^24
 //! spread inputs by the unit tests).
 
 use qforge_ir::interp::elementwise::{erf, unary_scalar};
