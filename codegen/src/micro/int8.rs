@@ -999,49 +999,26 @@ mod x86 {
         // row's loads read the `rb` bytes (masked) of in-image pixels `ix0 .. ix0 + kw` of rows `iy0 + ky *
         // dh` of its image, or `width` bytes where those stay inside the image (`whole`), all inside `x`.
         unsafe {
-            let hw = g.oh * g.ow;
-            if hw == 0 || rows == 0 {
-                return;
-            }
-            let (c, kh, kw) = (g.c, g.kh, g.kw);
-            let rb = kw * g.cin;
-            let dh = g.dh.max(1);
-            let sw = g.sw.max(1);
+            let (c, kh) = (g.c, g.kh);
+            let rb = g.kw * g.cin;
             let mask: __mmask64 = if rb >= 64 { !0 } else { (1u64 << rb) - 1 };
             let xv = _mm512_set1_epi8(xor as i8);
             let img_stride = g.h * g.w * c;
-            let ky_stride = dh * g.w * c;
-            let span = ((kh - 1) * dh) as isize;
-            // output columns whose window lies inside the image horizontally:
-            // ox * sw >= pw and ox * sw - pw + kw <= w
-            let ox_lo = g.pw.div_ceil(sw).min(g.ow);
-            let ox_hi = if g.w + g.pw >= kw { ((g.w + g.pw - kw) / sw + 1).min(g.ow) } else { 0 }.max(ox_lo);
-            let mut img = m0 / hw;
-            let rem = m0 % hw;
-            let (mut oy, mut ox) = (rem / g.ow, rem % g.ow);
-            let mut r = 0;
-            while r < rows {
-                // the rest of this output row, or of the rows asked for
-                let run = (g.ow - ox).min(rows - r);
-                let iy0 = (oy * g.sh) as isize - g.ph as isize;
-                let row_in = iy0 >= 0 && iy0 + span < g.h as isize;
-                let (lo, hi) = if row_in {
-                    let lo = ox_lo.clamp(ox, ox + run);
-                    (lo, ox_hi.clamp(lo, ox + run))
-                } else {
-                    (ox + run, ox + run)
-                };
-                for o in (ox..lo).chain(hi..ox + run) {
-                    let (m, one) = (m0 + r + (o - ox), 1usize);
-                    let orow = out.add((r + (o - ox)) * ld);
+            let ky_stride = g.dh.max(1) * g.w * c;
+            let last_ky = (kh - 1) * ky_stride;
+            let step = g.sw.max(1) * c;
+            g.walk_windows(
+                m0,
+                rows,
+                |r, m| {
+                    let (orow, one) = (out.add(r * ld), 1usize);
                     im2col_body!(g, x, m, one, orow, ld, pad, xor, copy512, fill512);
-                }
-                if lo < hi {
-                    let img_end = (img + 1) * img_stride;
-                    let mut first = img * img_stride + g.cin_offset + (iy0 as usize * g.w + lo * sw - g.pw) * c;
-                    let mut dst = out.add((r + (lo - ox)) * ld);
-                    let (last_ky, step) = ((kh - 1) * ky_stride, sw * c);
-                    for _ in lo..hi {
+                },
+                |r, n, first| {
+                    let img_end = (first / img_stride + 1) * img_stride;
+                    let mut first = first;
+                    let mut dst = out.add(r * ld);
+                    for _ in 0..n {
                         // whole-vector loads where `width` bytes stay inside this image (masked
                         // byte loads cost more), masked ones near its end
                         let whole = first + last_ky + width <= img_end;
@@ -1054,18 +1031,8 @@ mod x86 {
                         first += step;
                         dst = dst.add(ld);
                     }
-                }
-                r += run;
-                ox += run;
-                if ox == g.ow {
-                    ox = 0;
-                    oy += 1;
-                    if oy == g.oh {
-                        oy = 0;
-                        img += 1;
-                    }
-                }
-            }
+                },
+            );
         }
     }
 

@@ -56,6 +56,66 @@ impl ConvGeom {
     pub fn k(&self) -> usize {
         self.kh * self.kw * self.cin
     }
+
+    /// Walks the im2col rows `m0..m0 + rows` an output row at a time: `edge(r, m)` for each row
+    /// whose window reaches into the padding (`r` counted from the first of the call, `m` its
+    /// row), and `inside(r, n, first)` for each run of `n` consecutive rows whose windows lie
+    /// inside the image, `first` the input element of the first window's top-left tap (its
+    /// image, row and column, plus `cin_offset`), each next window `sw * c` elements on. The
+    /// narrow-row im2cols (u8 and f32) copy whole vectors for the inside runs only.
+    #[inline]
+    pub(crate) fn walk_windows(
+        &self,
+        m0: usize,
+        rows: usize,
+        mut edge: impl FnMut(usize, usize),
+        mut inside: impl FnMut(usize, usize, usize),
+    ) {
+        let g = self;
+        let hw = g.oh * g.ow;
+        if hw == 0 || rows == 0 {
+            return;
+        }
+        let sw = g.sw.max(1);
+        let span = (g.kh.saturating_sub(1) * g.dh.max(1)) as isize;
+        // output columns whose window lies inside the image horizontally:
+        // ox * sw >= pw and ox * sw - pw + kw <= w
+        let ox_lo = g.pw.div_ceil(sw).min(g.ow);
+        let ox_hi = if g.w + g.pw >= g.kw { ((g.w + g.pw - g.kw) / sw + 1).min(g.ow) } else { 0 }.max(ox_lo);
+        let mut img = m0 / hw;
+        let rem = m0 % hw;
+        let (mut oy, mut ox) = (rem / g.ow, rem % g.ow);
+        let mut r = 0;
+        while r < rows {
+            // the rest of this output row, or of the rows asked for
+            let run = (g.ow - ox).min(rows - r);
+            let iy0 = (oy * g.sh) as isize - g.ph as isize;
+            let row_in = iy0 >= 0 && iy0 + span < g.h as isize;
+            let (lo, hi) = if row_in {
+                let lo = ox_lo.clamp(ox, ox + run);
+                (lo, ox_hi.clamp(lo, ox + run))
+            } else {
+                (ox + run, ox + run)
+            };
+            for o in (ox..lo).chain(hi..ox + run) {
+                edge(r + (o - ox), m0 + r + (o - ox));
+            }
+            if lo < hi {
+                let first = img * g.h * g.w * g.c + g.cin_offset + (iy0 as usize * g.w + lo * sw - g.pw) * g.c;
+                inside(r + (lo - ox), hi - lo, first);
+            }
+            r += run;
+            ox += run;
+            if ox == g.ow {
+                ox = 0;
+                oy += 1;
+                if oy == g.oh {
+                    oy = 0;
+                    img += 1;
+                }
+            }
+        }
+    }
 }
 
 /// `len` default values in a fallibly allocated vector: packing runs at compile time on sizes
@@ -73,7 +133,9 @@ mod tests {
 
     #[test]
     fn packed_sizes_match_the_packers() {
-        for (n, k) in [(0, 3), (1, 1), (15, 3), (16, 4), (17, 5), (64, 9), (65, 100), (130, 7)] {
+        for (n, k) in
+            [(0, 3), (1, 1), (15, 3), (16, 4), (17, 5), (64, 9), (65, 100), (130, 7), (3, 48), (8, 100), (8, 47)]
+        {
             let i8p = int8::pack_weights_i8(&[], n, k).unwrap();
             assert_eq!(int8::packed_bytes(n, k), i8p.data.len() as u128, "i8 {n}x{k}");
             let f32p = float::pack_weights_f32(&[], n, k).unwrap();
