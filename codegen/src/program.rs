@@ -432,7 +432,8 @@ impl Program {
                         }
                         None => 0,
                     };
-                    let float_epi = match native_float_epilogue(spec, microkernels).filter(|_| requant == 0) {
+                    // (built only where the requantization kernel does not take the list)
+                    let float_epi = match (requant == 0).then(|| native_float_epilogue(spec, microkernels)).flatten() {
                         Some(fe) => {
                             let b = Box::new(fe);
                             let a = &*b as *const FloatEpilogue as i64;

@@ -35,6 +35,29 @@ pub(super) fn conv_geom(a: &ConvAttrs, d: &[usize], od: &[usize], cin: usize) ->
     window_geom(&a.kernel, &a.strides, &a.pads, &a.dilations, d, od, cin)
 }
 
+/// Whether a constant of dims `kd`, broadcast against a 4-D NCHW value of `c` channels, varies
+/// along the channel axis only (right-aligned: every axis but axis 1 is 1).
+fn along_channels(kd: &[usize], c: usize) -> bool {
+    kd.len() <= 4 && kd.iter().enumerate().all(|(i, &m)| m == 1 || (i + 4 - kd.len() == 1 && m == c))
+}
+
+/// The quantized add of an activation and a constant a kernel can end with as a byte table: its
+/// parameters, the constant's values (one, or one per channel) and the operand types.
+pub(super) struct QAddConst {
+    p: numerics::QAddParams,
+    values: Vec<i64>,
+    x: DType,
+    out: DType,
+}
+
+impl QAddConst {
+    /// The tables (entry `b` of table `c`: the result's byte for the activation's byte `b`) and
+    /// whether there is one per channel.
+    fn table(&self) -> (Vec<u8>, bool) {
+        (super::elementwise::qadd_lut(&self.p, &self.values, self.x, self.out), self.values.len() > 1)
+    }
+}
+
 /// The nodes absorbed into float convolutions, and the groups: last node -> (conv, chain).
 pub(super) type FusionGroups = (HashSet<NodeId>, HashMap<NodeId, (NodeId, Vec<NodeId>)>);
 
@@ -66,6 +89,9 @@ impl Lowerer<'_> {
         tables: &HashMap<NodeId, TableRegion>,
     ) -> (FusionGroups, Vec<NodeId>) {
         let taken: HashSet<NodeId> = tables.values().flat_map(|r| r.nodes.iter().copied()).collect();
+        // the regions by their source value (where two read one value, neither can be absorbed:
+        // `byte_function` wants every reader of the value inside the region)
+        let by_src: HashMap<Value, &TableRegion> = tables.values().map(|r| (r.src, r)).collect();
         let mut fused = Vec::new();
         let mut absorbed: HashSet<NodeId> = taken.clone();
         let mut groups: HashMap<NodeId, (NodeId, Vec<NodeId>)> = HashMap::new();
@@ -101,7 +127,7 @@ impl Lowerer<'_> {
                         None => Value::new(id, 0),
                     };
                     let byte = self.ty(result).is_some_and(|t| int_ty(t.dtype).is_some());
-                    if let Some((nodes, region)) = self.byte_function(result, tables).filter(|_| byte) {
+                    if let Some((nodes, region)) = self.byte_function(result, &by_src).filter(|_| byte) {
                         let free = nodes.iter().all(|n| !groups.contains_key(n))
                             && (region || nodes.iter().all(|n| !absorbed.contains(n)));
                         if free {
@@ -149,15 +175,11 @@ impl Lowerer<'_> {
         }
         let d = dims(self.ty(cur)?)?;
         let kt = self.const_of(Some(k))?;
-        let kd = kt.shape();
-        if d.len() != 4 || kd.len() > 4 || kt.dtype() != DType::F32 {
+        if d.len() != 4 || kt.dtype() != DType::F32 || !along_channels(kt.shape(), d[1]) {
             return None;
         }
-        // right-aligned against [N, C, H, W]: every axis 1 but the channel's
-        let lead = 4 - kd.len();
-        let per_channel = kd.iter().enumerate().all(|(i, &m)| m == 1 || (i + lead == 1 && m == d[1]));
         let v = kt.as_f32()?.to_vec();
-        if !per_channel || (v.len() != 1 && v.len() != d[1]) {
+        if v.len() != 1 && v.len() != d[1] {
             return None;
         }
         Some(if v.len() == 1 { vec![v[0]; d[1]] } else { v })
@@ -262,18 +284,18 @@ impl Lowerer<'_> {
     /// value or one per channel (axis 1 of an NCHW result), or a region of `tables` whose source
     /// is `v` (of one table, or one per channel along axis 1). Its nodes (the one to lower
     /// last, last), and whether they are a region.
-    fn byte_function(&self, v: Value, tables: &HashMap<NodeId, TableRegion>) -> Option<(Vec<NodeId>, bool)> {
+    fn byte_function(&self, v: Value, regions: &HashMap<Value, &TableRegion>) -> Option<(Vec<NodeId>, bool)> {
         if self.outputs.contains(&v) {
             return None;
         }
         let d = dims(self.ty(v)?)?;
         if let Some(u) = self.only_user(v) {
             let n = self.g.node(u);
-            if matches!(n.op, Op::QAdd) && self.qadd_const_table(u, v, d.get(1).copied()).is_some() {
+            if matches!(n.op, Op::QAdd) && self.byte_qadd(u, v, d.get(1).copied()).is_some() {
                 return Some((vec![u], false));
             }
         }
-        let r = tables.values().find(|r| r.src == v)?;
+        let r = regions.get(&v)?;
         let inside: HashSet<NodeId> = r.nodes.iter().copied().collect();
         let users = self.g.value_users(v);
         let channels_ok = match r.channels {
@@ -284,11 +306,11 @@ impl Lowerer<'_> {
             .then(|| (r.nodes.clone(), true))
     }
 
-    /// The table of the quantized add `u` of the activation `x` and a constant, one table or
-    /// one per channel (of `channels`, along axis 1 of a 4-D NCHW activation), entry `b` the
-    /// result byte for the activation's byte `b` (ONNX Runtime's QLinearAdd formula,
-    /// [`numerics::QAddParams`], with the activation as `a`, as for a table step).
-    pub(super) fn qadd_const_table(&self, u: NodeId, x: Value, channels: Option<usize>) -> Option<(Vec<u8>, bool)> {
+    /// The quantized add `u` of the activation `x` and a constant of one value or one per
+    /// channel (of `channels`, along axis 1 of a 4-D NCHW activation), as a byte table's
+    /// ingredients (ONNX Runtime's QLinearAdd formula, [`numerics::QAddParams`], with the
+    /// activation as `a`, as for a table step); the table itself is built at lowering only.
+    fn byte_qadd(&self, u: NodeId, x: Value, channels: Option<usize>) -> Option<QAddConst> {
         let n = self.g.node(u);
         let ins = n.inputs();
         let k = ins.iter().flatten().copied().find(|&w| w != x && self.is_const(w))?;
@@ -299,23 +321,15 @@ impl Lowerer<'_> {
         if tx.shape != to.shape || int_ty(tx.dtype).is_none() || int_ty(to.dtype).is_none() {
             return None;
         }
-        let kv = self.const_of(Some(k))?.to_i64_vec()?;
-        let per_channel = match kv.len() {
-            1 => false,
-            c => {
-                // one value per channel along axis 1 of [N, C, H, W]
-                let kd = dims(tk)?;
-                let lead = 4usize.checked_sub(kd.len())?;
-                let along = kd.iter().enumerate().all(|(i, &m)| m == 1 || (i + lead == 1 && m == c));
-                if dims(tx)?.len() != 4 || channels != Some(c) || !along {
-                    return None;
-                }
-                true
-            }
-        };
+        let values = self.const_of(Some(k))?.to_i64_vec()?;
+        let c = values.len();
+        // one value, or one per channel along axis 1 of [N, C, H, W]
+        if c != 1 && (dims(tx)?.len() != 4 || channels != Some(c) || !along_channels(&dims(tk)?, c)) {
+            return None;
+        }
         let ((sx, zx), (sk, zk), (sc, zc)) = (per_tensor(&tx.quant)?, per_tensor(&tk.quant)?, per_tensor(&to.quant)?);
         let p = numerics::QAddParams::new(sx, zx, sk, zk, sc, zc);
-        Some((super::elementwise::qadd_lut(&p, &kv, tx.dtype, to.dtype), per_channel))
+        Some(QAddConst { p, values, x: tx.dtype, out: to.dtype })
     }
 
     /// A dequantizing quantized convolution's (`id`'s) chain: `chain` (its
@@ -411,7 +425,7 @@ impl Lowerer<'_> {
         let Some(&last) = rest.last() else { return Ok((steps, store, cur)) };
         let channels = dims(need(self.ty(cur), "a value has no type")?).and_then(|d| d.get(1).copied());
         let (table, per_channel) = match (rest, self.fused_tables.get(&last)) {
-            ([u], None) => need(self.qadd_const_table(*u, cur, channels), "not a quantized add of a constant")?,
+            ([u], None) => need(self.byte_qadd(*u, cur, channels), "not a quantized add of a constant")?.table(),
             (_, Some(r)) => {
                 ensure(r.src == cur && r.nodes == rest, "the region is not the kernel's")?;
                 (need(self.region_table(r), "the region did not evaluate on the bytes")?, r.channels.is_some())

@@ -769,32 +769,22 @@ mod x86 {
         // row's loads read the `rb` floats (masked) of in-image pixels `ix0 .. ix0 + kw` of rows
         // `iy0 + ky * dh` of its image, or 16 floats where those stay inside the image (`whole`).
         unsafe {
-            let (c, kh) = (g.c, g.kh);
             let rb = g.kw * g.cin;
             let mask = lane_mask(rb);
-            let img_stride = g.h * g.w * c;
-            let ky_stride = g.dh.max(1) * g.w * c;
-            let last_ky = (kh - 1) * ky_stride;
-            let step = g.sw.max(1) * c;
+            let ky_stride = g.dh.max(1) * g.w * g.c;
+            let last_ky = (g.kh - 1) * ky_stride;
             g.walk_windows(
                 m0,
                 rows,
                 |r, m| im2col_body::<f32, Avx512Copy>(g, x, m, 1, out.add(r * ld), ld),
-                |r, n, first| {
-                    let img_end = (first / img_stride + 1) * img_stride;
-                    let mut first = first;
-                    let mut dst = out.add(r * ld);
-                    for _ in 0..n {
-                        // whole-vector loads where 16 floats stay inside this image
-                        let whole = first + last_ky + 16 <= img_end;
-                        let src = x.add(first);
-                        for ky in 0..kh {
-                            let p = src.add(ky * ky_stride);
-                            let v = if whole { _mm512_loadu_ps(p) } else { _mm512_maskz_loadu_ps(mask, p) };
-                            _mm512_storeu_ps(dst.add(ky * rb), v);
-                        }
-                        first += step;
-                        dst = dst.add(ld);
+                |r, first, img_end| {
+                    // whole-vector loads where 16 floats stay inside this image
+                    let whole = first + last_ky + 16 <= img_end;
+                    let (src, dst) = (x.add(first), out.add(r * ld));
+                    for ky in 0..g.kh {
+                        let p = src.add(ky * ky_stride);
+                        let v = if whole { _mm512_loadu_ps(p) } else { _mm512_maskz_loadu_ps(mask, p) };
+                        _mm512_storeu_ps(dst.add(ky * rb), v);
                     }
                 },
             );

@@ -999,14 +999,12 @@ mod x86 {
         // row's loads read the `rb` bytes (masked) of in-image pixels `ix0 .. ix0 + kw` of rows `iy0 + ky *
         // dh` of its image, or `width` bytes where those stay inside the image (`whole`), all inside `x`.
         unsafe {
-            let (c, kh) = (g.c, g.kh);
+            let kh = g.kh;
             let rb = g.kw * g.cin;
             let mask: __mmask64 = if rb >= 64 { !0 } else { (1u64 << rb) - 1 };
             let xv = _mm512_set1_epi8(xor as i8);
-            let img_stride = g.h * g.w * c;
-            let ky_stride = g.dh.max(1) * g.w * c;
+            let ky_stride = g.dh.max(1) * g.w * g.c;
             let last_ky = (kh - 1) * ky_stride;
-            let step = g.sw.max(1) * c;
             g.walk_windows(
                 m0,
                 rows,
@@ -1014,22 +1012,15 @@ mod x86 {
                     let (orow, one) = (out.add(r * ld), 1usize);
                     im2col_body!(g, x, m, one, orow, ld, pad, xor, copy512, fill512);
                 },
-                |r, n, first| {
-                    let img_end = (first / img_stride + 1) * img_stride;
-                    let mut first = first;
-                    let mut dst = out.add(r * ld);
-                    for _ in 0..n {
-                        // whole-vector loads where `width` bytes stay inside this image (masked
-                        // byte loads cost more), masked ones near its end
-                        let whole = first + last_ky + width <= img_end;
-                        let src = x.add(first);
-                        match width {
-                            16 => narrow_row::<16>(src, dst, kh, ky_stride, rb, xv, mask, whole),
-                            32 => narrow_row::<32>(src, dst, kh, ky_stride, rb, xv, mask, whole),
-                            _ => narrow_row::<64>(src, dst, kh, ky_stride, rb, xv, mask, whole),
-                        }
-                        first += step;
-                        dst = dst.add(ld);
+                |r, first, img_end| {
+                    // whole-vector loads where `width` bytes stay inside this image (masked
+                    // byte loads cost more), masked ones near its end
+                    let whole = first + last_ky + width <= img_end;
+                    let (src, dst) = (x.add(first), out.add(r * ld));
+                    match width {
+                        16 => narrow_row::<16>(src, dst, kh, ky_stride, rb, xv, mask, whole),
+                        32 => narrow_row::<32>(src, dst, kh, ky_stride, rb, xv, mask, whole),
+                        _ => narrow_row::<64>(src, dst, kh, ky_stride, rb, xv, mask, whole),
                     }
                 },
             );

@@ -59,10 +59,10 @@ impl ConvGeom {
 
     /// Walks the im2col rows `m0..m0 + rows` an output row at a time: `edge(r, m)` for each row
     /// whose window reaches into the padding (`r` counted from the first of the call, `m` its
-    /// row), and `inside(r, n, first)` for each run of `n` consecutive rows whose windows lie
-    /// inside the image, `first` the input element of the first window's top-left tap (its
-    /// image, row and column, plus `cin_offset`), each next window `sw * c` elements on. The
-    /// narrow-row im2cols (u8 and f32) copy whole vectors for the inside runs only.
+    /// row), and `inside(r, first, img_end)` for each row whose window lies inside the image,
+    /// `first` the input element of its window's top-left tap (image, row and column, plus
+    /// `cin_offset`) and `img_end` the end of its image. The narrow-row im2cols (u8 and f32) copy
+    /// whole vectors for the inside rows only.
     #[inline]
     pub(crate) fn walk_windows(
         &self,
@@ -71,6 +71,7 @@ impl ConvGeom {
         mut edge: impl FnMut(usize, usize),
         mut inside: impl FnMut(usize, usize, usize),
     ) {
+        let img_len = self.h * self.w * self.c;
         let g = self;
         let hw = g.oh * g.ow;
         if hw == 0 || rows == 0 {
@@ -101,8 +102,11 @@ impl ConvGeom {
                 edge(r + (o - ox), m0 + r + (o - ox));
             }
             if lo < hi {
-                let first = img * g.h * g.w * g.c + g.cin_offset + (iy0 as usize * g.w + lo * sw - g.pw) * g.c;
-                inside(r + (lo - ox), hi - lo, first);
+                let mut first = img * img_len + g.cin_offset + (iy0 as usize * g.w + lo * sw - g.pw) * g.c;
+                for o in lo..hi {
+                    inside(r + (o - ox), first, (img + 1) * img_len);
+                    first += sw * g.c;
+                }
             }
             r += run;
             ox += run;
