@@ -6,6 +6,10 @@
 //! the polynomials' range and so computed again by the interpreter's function) and exits
 //! non-zero on the first difference. First, in under a minute, the hard-swish without a
 //! division: the row kernel's `spec::hard_swish_by_mul` and the 512-bit epilogue's f64 lanes.
+//!
+//! Before all that, the kernel's speed where it matters: nanoseconds per element on 2^20
+//! normally distributed inputs of a few spreads (activations, GELU's `x / sqrt 2`), the median of
+//! 15 runs. `cargo bench -p qforge-codegen --bench transcendental -- speed` stops after it.
 
 use qforge_codegen::micro::fepilogue::{available, epilogue_f32, FloatEpilogue};
 use qforge_codegen::micro::transcendental::map;
@@ -42,7 +46,45 @@ fn hard_swish_forms() {
     println!("HardSwish: {which} equal the interpreter's on all 2^32 f32 inputs ({:.0} s)", t0.elapsed().as_secs_f64());
 }
 
+/// Nanoseconds per element of `map` on `N(0, sigma^2)` inputs, for the spreads activations
+/// have; the median of 15 runs over 2^20 elements.
+fn speed() {
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut uniform = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        ((rng >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    // Box-Muller
+    let normal: Vec<f32> = (0..1 << 20)
+        .map(|_| ((-2.0 * uniform().ln()).sqrt() * (std::f64::consts::TAU * uniform()).cos()) as f32)
+        .collect();
+    let mut y = vec![0f32; normal.len()];
+    println!("ns per element, N(0, sigma^2) inputs:   sigma = 0.3     1     2     4");
+    for u in [UnaryOp::Exp, UnaryOp::Sigmoid, UnaryOp::Erf] {
+        let mut row = format!("{:<40}", format!("{u:?}"));
+        for sigma in [0.3f32, 1.0, 2.0, 4.0] {
+            let xs: Vec<f32> = normal.iter().map(|&v| v * sigma).collect();
+            let mut times: Vec<f64> = (0..15)
+                .map(|_| {
+                    let t = Instant::now();
+                    map(u, &xs, &mut y);
+                    t.elapsed().as_secs_f64()
+                })
+                .collect();
+            times.sort_by(f64::total_cmp);
+            row += &format!(" {:>5.2}", times[7] * 1e9 / xs.len() as f64);
+        }
+        println!("{row}");
+    }
+}
+
 fn main() {
+    speed();
+    if std::env::args().any(|a| a == "speed") {
+        return;
+    }
     hard_swish_forms();
     let mut y = vec![0f32; 1 << 24];
     for u in [UnaryOp::Exp, UnaryOp::Sigmoid, UnaryOp::Erf] {

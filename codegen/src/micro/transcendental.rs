@@ -3,10 +3,12 @@
 //! in loops the compiler vectorizes.
 //!
 //! Each element is computed in f64 with a polynomial `exp` (Cody-Waite range reduction
-//! `x = k ln 2 + r`, `|r| <= ln 2 / 2`, Taylor polynomial of degree 12, `2^k` built in the
-//! exponent bits) or, for `erf`, its Taylor series at 0 on `|x| <= 1` and around the centers of
-//! eighths of `[1, 4)` beyond (`±1` from 4 on; the interpreter's `erf` is fdlibm's, within an
-//! f64 ulp), whose relative errors are below 2^-50, far from f32's 2^-24
+//! `x = k ln 2 + r`, `|r| <= ln 2 / 2`, a degree-10 polynomial, `2^k` built in the exponent
+//! bits) or, for `erf`, `x P(x^2)` with `P` of degree 16 on `|x| <= 2` and the Taylor series
+//! around the centers of eighths of `[2, 4)` beyond (`±1` from 4 on; the interpreter's `erf` is
+//! fdlibm's, within an f64 ulp). The polynomials are Chebyshev fits made and measured by
+//! `scripts/transcendental_polys.py`: relative errors below 2^-50 in f64 Horner form, with fused
+//! multiply-adds (the AVX2 and AVX-512 versions) or without (the baseline), far from f32's 2^-24
 //! spacing. Two f64 values that close round to the same f32 unless an f32 rounding boundary lies
 //! between them, so each result is rounded twice, from `a (1 - EPS)` and `a (1 + EPS)` with
 //! `EPS` covering this error, libm's and the few f64 operations after (Ziv's rounding test):
@@ -16,20 +18,80 @@
 //! first pass only records whether any element needs that, so it stays a loop without calls; the
 //! second runs only then.
 //!
-//! Invariants: the values are [`unary_scalar`]'s bit for bit (checked on every f32 input by
-//! `cargo bench -p qforge-codegen --bench transcendental`, about three minutes, and on 2^24
-//! spread inputs by the unit tests).
+//! Invariants: the values are [`unary_scalar`]'s bit for bit, whichever way the polynomials are
+//! evaluated (checked on every f32 input by `cargo bench -p qforge-codegen --bench
+//! transcendental`, about three minutes, and on 2^24 spread inputs by the unit tests, both
+//! ways).
 
 use qforge_ir::interp::elementwise::{erf, unary_scalar};
 use qforge_ir::{multiversion, UnaryOp};
 
-/// The rounding test's relative margin: the polynomial (below 2^-50), libm's `exp` (below one
+/// The rounding test's relative margin: the polynomials (below 2^-50), libm's `exp` (below one
 /// f64 ulp, 2^-52) and the sigmoid's addition and division (two f64 roundings), with room.
 const EPS: f64 = 1.0 / (1u64 << 46) as f64;
 
+// The polynomials' coefficients, constant term first: `scripts/transcendental_polys.py`.
+/// `erf(x) / x` in `x^2` on `|x| <= 2.0`, degree 16 (relative error 8.02e-16, 2^-50.1).
+const ERF_POLY: [f64; 17] = [
+    1.1283791670955126,
+    -0.3761263890318329,
+    0.11283791670943988,
+    -0.026866170644069265,
+    0.005223977620103297,
+    -0.0008548326860291486,
+    0.00012055329686329773,
+    -1.4925603960432574e-05,
+    1.6461642709130725e-06,
+    -1.6362302229665498e-07,
+    1.478725591131933e-08,
+    -1.2205905837961665e-09,
+    9.151576260509744e-11,
+    -6.060071346338324e-12,
+    3.3058796986101817e-13,
+    -1.290558908799701e-14,
+    2.619882931797671e-16,
+];
+/// `exp(r)` on `|r| <= ln 2 / 2`, degree 10 (relative error 4.29e-16, 2^-51.0).
+const EXP_POLY: [f64; 11] = [
+    1.0,
+    1.0000000000000067,
+    0.5000000000000006,
+    0.16666666666554314,
+    0.041666666666573066,
+    0.008333333385699212,
+    0.001388888893251478,
+    0.00019841170230570286,
+    2.480150431378554e-05,
+    2.764019739169484e-06,
+    2.7626371065696354e-07,
+];
+
+/// `a * b + c`, fused (one rounding) when `FUSED`: the AVX2 and AVX-512 versions have the
+/// instruction; the baseline would call libm's software `fma`.
+#[inline(always)]
+fn mul_add<const FUSED: bool>(a: f64, b: f64, c: f64) -> f64 {
+    if FUSED {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// `c[0] + c[1] t + ...` in Horner form.
+#[inline(always)]
+fn horner<const FUSED: bool, const N: usize>(c: &[f64; N], t: f64) -> f64 {
+    let mut p = c[N - 1];
+    let mut i = N - 1;
+    while i > 0 {
+        i -= 1;
+        p = mul_add::<FUSED>(p, t, c[i]);
+    }
+    p
+}
+
 /// `exp(x)` in f64 for `|x| <= 700`, relative error below 2^-50.
 #[inline(always)]
-fn exp_f64(x: f64) -> f64 {
+fn exp_f64<const FUSED: bool>(x: f64) -> f64 {
     const LOG2E: f64 = std::f64::consts::LOG2_E;
     // ln 2 split so that k * LN2_HI is exact for |k| < 2^11 (Cody & Waite)
     const LN2_HI: f64 = 0.693_147_180_369_123_8;
@@ -39,65 +101,25 @@ fn exp_f64(x: f64) -> f64 {
     let t = x * LOG2E + MAGIC;
     let k = t - MAGIC;
     let r = (x - k * LN2_HI) - k * LN2_LO;
-    // Taylor coefficients 1/n!, Horner from degree 12: |r| <= 0.347, the first omitted term
-    // 0.347^13 / 13! < 2^-52
-    let mut p = 1.0 / 479_001_600.0;
-    for c in [
-        1.0 / 39_916_800.0,
-        1.0 / 3_628_800.0,
-        1.0 / 362_880.0,
-        1.0 / 40_320.0,
-        1.0 / 5_040.0,
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        0.5,
-        1.0,
-        1.0,
-    ] {
-        p = p * r + c;
-    }
+    let p = horner::<FUSED, 11>(&EXP_POLY, r);
     // 2^k: k + 2^51 sits in the low bits of t (|k| <= 1010 here)
     let kbits = t.to_bits().wrapping_sub(MAGIC.to_bits());
     let scale = f64::from_bits(kbits.wrapping_add(1023) << 52);
     p * scale
 }
 
-/// The Taylor coefficients of `erf(x) / (2/sqrt(pi) x)` in `x^2`: `(-1)^n / (n! (2n + 1))`.
-const ERF_TERMS: usize = 18;
-const ERF_COEFFS: [f64; ERF_TERMS] = {
-    let mut c = [0f64; ERF_TERMS];
-    let mut fact = 1f64;
-    let mut n = 0;
-    while n < ERF_TERMS {
-        if n > 0 {
-            fact *= n as f64;
-        }
-        let sign = if n % 2 == 0 { 1.0 } else { -1.0 };
-        c[n] = sign / (fact * (2 * n + 1) as f64);
-        n += 1;
-    }
-    c
-};
+/// Where [`ERF_POLY`] holds: `|x| <= ERF_POLY_TO`.
+const ERF_POLY_TO: f64 = 2.0;
 
-/// `erf(x)` in f64 for `|x| <= 1` by its Taylor series (18 terms: the first omitted one is below
-/// 2^-53 of the result; the terms fall fast enough that Horner's sums do not cancel).
+/// `erf(x)` in f64 for `|x| <= 2`: `x P(x^2)`, `x^2` exact (an f32 squared).
 #[inline(always)]
-fn erf_f64(x: f64) -> f64 {
-    let y = x * x;
-    let mut p = ERF_COEFFS[ERF_TERMS - 1];
-    let mut i = ERF_TERMS - 1;
-    while i > 0 {
-        i -= 1;
-        p = p * y + ERF_COEFFS[i];
-    }
-    std::f64::consts::FRAC_2_SQRT_PI * x * p
+fn erf_f64<const FUSED: bool>(x: f64) -> f64 {
+    x * horner::<FUSED, 17>(&ERF_POLY, x * x)
 }
 
-/// Intervals of `erf`'s middle range `[1, 4)`, each 1/8 wide (the table holds 32, so an index
-/// masked to 5 bits is always inside it).
-const ERF_MID_STEPS: usize = 24;
+/// Intervals of `erf`'s middle range `[2, 4)`, each 1/8 wide (a power of two, so an index
+/// masked to 4 bits is always inside the table).
+const ERF_MID_STEPS: usize = 16;
 /// Terms of the series around each interval's center.
 const ERF_MID_TERMS: usize = 13;
 
@@ -108,9 +130,9 @@ const ERF_MID_TERMS: usize = 13;
 /// H_(n-2)`, Abramowitz & Stegun 7.1.19). With `|x - c| <= 1/16`, twelve powers bring the
 /// relative error to about 1.3e-16 against libm over the range (ten already do; measured on
 /// 10^5 points), far inside the rounding test's margin.
-static ERF_MID: std::sync::LazyLock<[[f64; ERF_MID_TERMS]; 32]> = std::sync::LazyLock::new(|| {
-    let mut t = [[0f64; ERF_MID_TERMS]; 32];
-    for (j, b) in t.iter_mut().enumerate().take(ERF_MID_STEPS) {
+static ERF_MID: std::sync::LazyLock<MidTable> = std::sync::LazyLock::new(|| {
+    let mut t = [[0f64; ERF_MID_TERMS]; ERF_MID_STEPS];
+    for (j, b) in t.iter_mut().enumerate() {
         let c = erf_mid_center(j);
         let slope = std::f64::consts::FRAC_2_SQRT_PI * (-c * c).exp();
         b[0] = erf(c);
@@ -128,10 +150,13 @@ static ERF_MID: std::sync::LazyLock<[[f64; ERF_MID_TERMS]; 32]> = std::sync::Laz
     t
 });
 
-/// The center of middle-range interval `j`: `1 + (j + 1/2) / 8`.
+/// The middle range's series, one per interval.
+type MidTable = [[f64; ERF_MID_TERMS]; ERF_MID_STEPS];
+
+/// The center of middle-range interval `j`: `2 + (j + 1/2) / 8`.
 #[inline(always)]
 fn erf_mid_center(j: usize) -> f64 {
-    1.0 + (j as f64 + 0.5) * 0.125
+    ERF_POLY_TO + (j as f64 + 0.5) * 0.125
 }
 
 /// `a` rounded to f32, and whether every value within `EPS` of `a` rounds to that same f32
@@ -145,16 +170,16 @@ fn round_checked(a: f64) -> (f32, bool) {
 
 /// One element of `u` (`Exp`, `Sigmoid` or `Erf`) by the polynomials, and whether it is certain.
 /// `erf` of `|x| >= 4` is `±1` in f32: `1 - erf(4) = erfc(4) < 1.6e-8`, below half an f32 ulp
-/// under 1 (2^-25), and fdlibm's `erf` is exact to an f64 ulp there. `erf` of `1 < |x| < 4` is
+/// under 1 (2^-25), and fdlibm's `erf` is exact to an f64 ulp there. `erf` of `2 < |x| < 4` is
 /// left to [`slow_block`] (reported uncertain): its table lookups would keep this loop from
 /// being vectorized.
 #[inline(always)]
-fn fast(u: UnaryOp, x: f32) -> (f32, bool) {
+fn fast<const FUSED: bool>(u: UnaryOp, x: f32) -> (f32, bool) {
     let v = f64::from(x);
     if u == UnaryOp::Erf {
         let ax = v.abs();
-        let (small, large) = (ax <= 1.0, ax >= 4.0);
-        let a_small = erf_f64(if small { v } else { 0.0 });
+        let (small, large) = (ax <= ERF_POLY_TO, ax >= 4.0);
+        let a_small = erf_f64::<FUSED>(if small { v } else { 0.0 });
         let a = if small { a_small } else { 1f64.copysign(v) };
         let (y, sure) = round_checked(a);
         // NaN is in neither range
@@ -170,8 +195,8 @@ fn fast(u: UnaryOp, x: f32) -> (f32, bool) {
     let outside = if above { high } else { 0.0 };
     let v = if in_range { v } else { 0.0 };
     let a = match u {
-        UnaryOp::Exp => exp_f64(v),
-        _ => 1.0 / (1.0 + exp_f64(-v)),
+        UnaryOp::Exp => exp_f64::<FUSED>(v),
+        _ => 1.0 / (1.0 + exp_f64::<FUSED>(-v)),
     };
     let (y, sure) = round_checked(a);
     if in_range {
@@ -181,15 +206,15 @@ fn fast(u: UnaryOp, x: f32) -> (f32, bool) {
     }
 }
 
-/// `erf` of eight values of the middle range `1 <= |x| < 4` (signs kept): each by the series of
+/// `erf` of eight values of the middle range `2 <= |x| < 4` (signs kept): each by the series of
 /// its interval ([`ERF_MID`]) in Horner form, the eight chains side by side.
 #[inline(always)]
-fn erf_mid_lanes(x: &[f64; 8], t: &[[f64; ERF_MID_TERMS]; 32]) -> [f64; 8] {
+fn erf_mid_lanes(x: &[f64; 8], t: &MidTable) -> [f64; 8] {
     let mut j = [0usize; 8];
     let mut h = [0f64; 8];
     for l in 0..8 {
         let ax = x[l].abs();
-        j[l] = (((ax - 1.0) * 8.0) as i32).clamp(0, ERF_MID_STEPS as i32 - 1) as usize & 31;
+        j[l] = (((ax - ERF_POLY_TO) * 8.0) as i32).clamp(0, ERF_MID_STEPS as i32 - 1) as usize & (ERF_MID_STEPS - 1);
         h[l] = ax - erf_mid_center(j[l]);
     }
     let mut p = [0f64; 8];
@@ -207,11 +232,11 @@ fn erf_mid_lanes(x: &[f64; 8], t: &[[f64; ERF_MID_TERMS]; 32]) -> [f64; 8] {
     p
 }
 
-/// The elements [`fast`] left uncertain (`flags`) of a block: `erf` of `1 < |x| < 4` by the
+/// The elements [`fast`] left uncertain (`flags`) of a block: `erf` of `2 < |x| < 4` by the
 /// middle range's series, eight at a time, where the rounding test passes; everything else by
 /// the interpreter's own function.
 #[inline(always)]
-fn slow_block(u: UnaryOp, x: &[f32], y: &mut [f32], flags: &[bool], mid: &[[f64; ERF_MID_TERMS]; 32]) {
+fn slow_block(u: UnaryOp, x: &[f32], y: &mut [f32], flags: &[bool], mid: &MidTable) {
     let mut idx = [0usize; 8];
     let mut vals = [2f64; 8];
     let mut n = 0;
@@ -227,7 +252,7 @@ fn slow_block(u: UnaryOp, x: &[f32], y: &mut [f32], flags: &[bool], mid: &[[f64;
             continue;
         }
         let ax = f64::from(xv).abs();
-        if u == UnaryOp::Erf && ax > 1.0 && ax < 4.0 {
+        if u == UnaryOp::Erf && ax > ERF_POLY_TO && ax < 4.0 {
             idx[n] = i;
             vals[n] = f64::from(xv);
             n += 1;
@@ -249,15 +274,30 @@ pub fn supported(u: UnaryOp) -> bool {
     matches!(u, UnaryOp::Exp | UnaryOp::Sigmoid | UnaryOp::Erf)
 }
 
+/// `y[i] = unary_scalar(u, x[i])` for `u` [`supported`], bit for bit (see the module
+/// documentation): [`map_with`], the polynomials by fused multiply-adds where the CPU has them.
+pub fn map(u: UnaryOp, x: &[f32], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    let fused = std::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let fused = false;
+    map_with(u, x, y, fused)
+}
+
 multiversion! {
-    baseline = map_baseline;
-    /// `y[i] = unary_scalar(u, x[i])` for `u` [`supported`], bit for bit (see the module
-    /// documentation); compiled for AVX-512 and AVX2 as well, eight and four f64 lanes.
-    pub fn map(u: UnaryOp, x: &[f32], y: &mut [f32]) -> () {
+    baseline = map_with_baseline;
+    /// [`map`] with the polynomials evaluated by fused multiply-adds (`fused`) or by a multiply
+    /// and an add (the same values: see the module documentation); compiled for AVX-512 and
+    /// AVX2 as well, eight and four f64 lanes.
+    pub fn map_with(u: UnaryOp, x: &[f32], y: &mut [f32], fused: bool) -> () {
         /// Elements per block: the uncertain ones are flagged in a buffer of this size.
         const BLOCK: usize = 256;
         #[inline(always)]
-        fn pass<const KIND: u8>(x: &[f32], y: &mut [f32], uncertain: &mut [bool; BLOCK]) -> bool {
+        fn pass<const KIND: u8, const FUSED: bool>(
+            x: &[f32],
+            y: &mut [f32],
+            uncertain: &mut [bool; BLOCK],
+        ) -> bool {
             let u = match KIND {
                 0 => UnaryOp::Exp,
                 1 => UnaryOp::Sigmoid,
@@ -265,20 +305,23 @@ multiversion! {
             };
             let mut all = true;
             for ((yv, &xv), f) in y.iter_mut().zip(x).zip(uncertain.iter_mut()) {
-                let (r, sure) = fast(u, xv);
+                let (r, sure) = fast::<FUSED>(u, xv);
                 *yv = r;
                 *f = !sure;
                 all &= sure;
             }
             all
         }
-        let mid: &[[f64; ERF_MID_TERMS]; 32] = &ERF_MID;
+        let mid: &MidTable = &ERF_MID;
         let mut uncertain = [false; BLOCK];
         for (xb, yb) in x.chunks(BLOCK).zip(y.chunks_mut(BLOCK)) {
-            let all = match u {
-                UnaryOp::Exp => pass::<0>(xb, yb, &mut uncertain),
-                UnaryOp::Sigmoid => pass::<1>(xb, yb, &mut uncertain),
-                _ => pass::<2>(xb, yb, &mut uncertain),
+            let all = match (u, fused) {
+                (UnaryOp::Exp, true) => pass::<0, true>(xb, yb, &mut uncertain),
+                (UnaryOp::Exp, false) => pass::<0, false>(xb, yb, &mut uncertain),
+                (UnaryOp::Sigmoid, true) => pass::<1, true>(xb, yb, &mut uncertain),
+                (UnaryOp::Sigmoid, false) => pass::<1, false>(xb, yb, &mut uncertain),
+                (_, true) => pass::<2, true>(xb, yb, &mut uncertain),
+                (_, false) => pass::<2, false>(xb, yb, &mut uncertain),
             };
             if !all {
                 slow_block(u, xb, yb, &uncertain[..xb.len()], mid);
@@ -291,23 +334,26 @@ multiversion! {
 mod tests {
     use super::*;
 
+    /// `map` and both compilations of both polynomial evaluations against the interpreter.
     fn check(u: UnaryOp, xs: &[f32]) {
         let mut y = vec![0f32; xs.len()];
-        map(u, xs, &mut y);
-        let mut base = vec![0f32; xs.len()];
-        map_baseline(u, xs, &mut base);
-        for (&x, &got) in xs.iter().zip(&y) {
-            let want = unary_scalar(u, x);
-            assert!(
-                got.to_bits() == want.to_bits(),
-                "{u:?}({x:e} = {:#x}): {got:e}, the interpreter's {want:e}",
-                x.to_bits()
-            );
-        }
-        // the run-time choice (AVX-512 or AVX2 where the CPU has them) against the baseline
-        // compilation
-        for ((&x, &got), &b) in xs.iter().zip(&y).zip(&base) {
-            assert_eq!(got.to_bits(), b.to_bits(), "{u:?}({x:e}): the dispatched version against the baseline");
+        let ways: [(&str, &dyn Fn(&mut [f32])); 5] = [
+            ("map", &|y| map(u, xs, y)),
+            ("the dispatched version, fused", &|y| map_with(u, xs, y, true)),
+            ("the dispatched version, unfused", &|y| map_with(u, xs, y, false)),
+            ("the baseline, fused", &|y| map_with_baseline(u, xs, y, true)),
+            ("the baseline, unfused", &|y| map_with_baseline(u, xs, y, false)),
+        ];
+        for (way, run) in ways {
+            run(&mut y);
+            for (&x, &got) in xs.iter().zip(&y) {
+                let want = unary_scalar(u, x);
+                assert!(
+                    got.to_bits() == want.to_bits(),
+                    "{u:?}({x:e} = {:#x}) by {way}: {got:e}, the interpreter's {want:e}",
+                    x.to_bits()
+                );
+            }
         }
     }
 
@@ -333,12 +379,12 @@ mod tests {
         ]);
         xs.extend([88.72283, 88.72284, -87.33655, -103.97208, -103.97209, 16.635532, -16.635532]);
         xs.extend([1.0, -1.0, 1.0000001, -1.0000001, 0.99999994, 1e-30, -1e-30, 1e-45]);
-        // erf's ranges, densely: 2^20 values in [-1.25, 1.25] and 2^20 in [-4.5, 4.5]; the
-        // edges of the middle range's intervals
-        xs.extend((0..1u32 << 20).map(|i| (i as f32 / (1u32 << 19) as f32 - 1.0) * 1.25));
+        // erf's ranges, densely: 2^20 values in [-2.5, 2.5] and 2^20 in [-4.5, 4.5]; the
+        // edges of the polynomial's range and of the middle range's intervals
+        xs.extend((0..1u32 << 20).map(|i| (i as f32 / (1u32 << 19) as f32 - 1.0) * 2.5));
         xs.extend((0..1u32 << 20).map(|i| (i as f32 / (1u32 << 19) as f32 - 1.0) * 4.5));
         for j in 0..=ERF_MID_STEPS {
-            let edge = 1.0 + j as f32 * 0.125;
+            let edge = ERF_POLY_TO as f32 + j as f32 * 0.125;
             xs.extend([edge, -edge, f32::from_bits(edge.to_bits() - 1), f32::from_bits(edge.to_bits() + 1)]);
         }
         for u in [UnaryOp::Exp, UnaryOp::Sigmoid, UnaryOp::Erf] {
