@@ -806,17 +806,43 @@ fn softmax_contiguous(x: &[f32], y: &mut [f32], scratch: &mut [f32], log: bool) 
     }
 }
 
-/// `out[i] = sum_t arow[t] * b[t * n + i]` for `W` columns, the sums in registers.
+/// `out[r * n + c0 + i] = sum_t a[r * k + t] * b[t * n + c0 + i]` for `R` rows and `W` columns
+/// from `c0`, the `R * W` sums in registers, each over `t` in plain order (the rows side by side
+/// so that their additions overlap instead of each waiting on the one before).
 #[inline(always)]
-fn matmul_block<const W: usize>(out: &mut [f32], arow: &[f32], b: &[f32], n: usize) {
-    let mut acc = [0f32; W];
-    for (kk, &av) in arow.iter().enumerate() {
-        let bk = &b[kk * n..kk * n + W];
-        for i in 0..W {
-            acc[i] += av * bk[i];
+fn matmul_block<const R: usize, const W: usize>(out: &mut [f32], a: &[f32], b: &[f32], n: usize, k: usize, c0: usize) {
+    let mut acc = [[0f32; W]; R];
+    for kk in 0..k {
+        let bk = &b[kk * n + c0..kk * n + c0 + W];
+        for (r, accr) in acc.iter_mut().enumerate() {
+            let av = a[r * k + kk];
+            for i in 0..W {
+                accr[i] += av * bk[i];
+            }
         }
     }
-    out.copy_from_slice(&acc);
+    for (r, accr) in acc.iter().enumerate() {
+        out[r * n + c0..r * n + c0 + W].copy_from_slice(accr);
+    }
+}
+
+/// [`matmul_rows_f32`] on `R` rows: column blocks of 32 and 16, then the last columns one by one.
+#[inline(always)]
+fn matmul_rows<const R: usize>(out: &mut [f32], a: &[f32], b: &[f32], n: usize, k: usize) {
+    let mut c0 = 0;
+    while c0 + 32 <= n {
+        matmul_block::<R, 32>(out, a, b, n, k, c0);
+        c0 += 32;
+    }
+    while c0 + 16 <= n {
+        matmul_block::<R, 16>(out, a, b, n, k, c0);
+        c0 += 16;
+    }
+    for r in 0..R {
+        for j in c0..n {
+            out[r * n + j] = a[r * k..(r + 1) * k].iter().enumerate().fold(0.0, |s, (t, &av)| s + av * b[t * n + j]);
+        }
+    }
 }
 
 /// [`RowKind::Gelu`] of `x` into `y`, 256 elements at a time: the division into a stack
@@ -860,27 +886,26 @@ qforge_ir::multiversion! {
 }
 
 qforge_ir::multiversion! {
-    baseline = matmul_row_f32_baseline;
-    /// One output row of an f32 matrix product: `row[j] = sum_t arow[t] * bm[t * n + j]`
-    /// (`n = row.len()`), accumulated over `t` in plain order from zero with a separate multiply
-    /// and add, as the interpreter's matmul does; compiled for AVX-512 and AVX2 as well (Rust
-    /// never contracts `a * b + c` into a fused multiply-add), the same values in every version.
-    pub fn matmul_row_f32(row: &mut [f32], arow: &[f32], bm: &[f32]) -> () {
-        let n = row.len();
-        // columns in blocks of up to 64, each block's sums kept in registers over the whole
-        // of `k` (a sum stored and reloaded per term would wait on the store every time), then
-        // the columns past the last whole block of 16 one by one
-        let mut c0 = 0;
-        while c0 + 64 <= n {
-            matmul_block::<64>(&mut row[c0..c0 + 64], arow, &bm[c0..], n);
-            c0 += 64;
+    baseline = matmul_rows_f32_baseline;
+    /// Rows of an f32 matrix product: `out[r * n + j] = sum_t a[r * k + t] * b[t * n + j]` for
+    /// the `out.len() / n` rows of `a` (`k` values each), accumulated over `t` in plain order
+    /// from zero with a separate multiply and add, as the interpreter's matmul does; four rows
+    /// at a time. Compiled for AVX-512 and AVX2 as well (Rust never contracts `a * b + c` into a
+    /// fused multiply-add), the same values in every version.
+    pub fn matmul_rows_f32(out: &mut [f32], a: &[f32], b: &[f32], n: usize) -> () {
+        let rows = if n == 0 { 0 } else { out.len() / n };
+        if rows == 0 {
+            return;
         }
-        while c0 + 16 <= n {
-            matmul_block::<16>(&mut row[c0..c0 + 16], arow, &bm[c0..], n);
-            c0 += 16;
+        let k = a.len() / rows;
+        let mut r = 0;
+        while r + 4 <= rows {
+            matmul_rows::<4>(&mut out[r * n..(r + 4) * n], &a[r * k..(r + 4) * k], b, n, k);
+            r += 4;
         }
-        for (j, c) in row.iter_mut().enumerate().skip(c0) {
-            *c = arow.iter().enumerate().fold(0.0, |s, (kk, &av)| s + av * bm[kk * n + j]);
+        while r < rows {
+            matmul_rows::<1>(&mut out[r * n..(r + 1) * n], &a[r * k..(r + 1) * k], b, n, k);
+            r += 1;
         }
     }
 }
@@ -1271,7 +1296,7 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
             let mut acc = vec![0i32; rows_max * n];
             let mut ac = vec![0i32; rows_max * k];
             let mut bc = vec![0i32; k * n];
-            let (mut af, mut bf, mut rowf) = (Vec::new(), Vec::new(), vec![0f32; n]);
+            let (mut af, mut bf, mut rowf) = (Vec::new(), Vec::new(), Vec::new());
             let mut u = begin;
             while u < end {
                 // the rows of this call in one batch: its right matrix centered once, the rows'
@@ -1303,11 +1328,10 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                     bf.extend(bc.iter().map(|&v| v as f32));
                     af.clear();
                     af.extend(ac[..rows * k].iter().map(|&v| v as f32));
-                    for r in 0..rows {
-                        matmul_row_f32(&mut rowf, &af[r * k..(r + 1) * k], &bf);
-                        for (o, &v) in acc[r * n..(r + 1) * n].iter_mut().zip(&rowf) {
-                            *o = v as i32;
-                        }
+                    rowf.resize(rows * n, 0.0);
+                    matmul_rows_f32(&mut rowf, &af, &bf, n);
+                    for (o, &v) in acc[..rows * n].iter_mut().zip(&rowf) {
+                        *o = v as i32;
                     }
                 } else {
                     super::int8::accumulate_products(&mut acc, &ac, &bc, rows, k, n);
@@ -1374,20 +1398,25 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
             // SAFETY: `op.x2` is the offset of the second operand's buffer inside the arena.
             let b = unsafe { arena.add(op.x2) } as *const f32;
             let (a, y) = (xb as *const f32, yb as *mut f32);
-            for u in begin..end {
+            let mut u = begin;
+            while u < end {
+                // this call's rows of one batch in one kernel call
                 let (p, i) = (u / m, u % m);
+                let rows = (m - i).min(end - u);
                 let (Some(&oa), Some(&ob)) = (op.index.get(2 * p), op.index.get(2 * p + 1)) else { return };
-                // SAFETY: output row `u` (a unit of this call) is elements `u * n..(u + 1) * n` of
-                // the output; row `i` of batch `p`'s left matrix is `oa + i * k..` (k values) and
-                // its right matrix `ob..ob + k * n`, inside the (distinct) input buffers.
-                let (row, arow, bm) = unsafe {
+                // SAFETY: output rows `u..u + rows` (units of this call) are elements
+                // `u * n..(u + rows) * n` of the output; rows `i..i + rows` of batch `p`'s left
+                // matrix are `oa + i * k..` (`rows * k` values) and its right matrix
+                // `ob..ob + k * n`, inside the (distinct) input buffers.
+                let (out, arows, bm) = unsafe {
                     (
-                        std::slice::from_raw_parts_mut(y.add(u * n), n),
-                        std::slice::from_raw_parts(a.add(oa + i * k), k),
+                        std::slice::from_raw_parts_mut(y.add(u * n), rows * n),
+                        std::slice::from_raw_parts(a.add(oa + i * k), rows * k),
                         std::slice::from_raw_parts(b.add(ob), k * n),
                     )
                 };
-                matmul_row_f32(row, arow, bm);
+                matmul_rows_f32(out, arows, bm, n);
+                u += rows;
             }
         }
         RowKind::Gelu { div, one, half } => {
@@ -1977,21 +2006,27 @@ mod tests {
         }
     }
 
-    /// The dispatched row product is the baseline's bit for bit, and the plain-order sum.
+    /// The dispatched row product is the baseline's bit for bit, and the plain-order sum, for
+    /// row counts on and off the four-row blocks and columns on and off the vector blocks.
     #[test]
-    fn matmul_row_matches_its_baseline() {
-        let (k, n) = (37usize, 45usize);
-        let a: Vec<f32> = (0..k).map(|i| (i as f32 * 0.731).sin() * 3.0).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.123).cos()).collect();
-        let (mut got, mut base) = (vec![1f32; n], vec![2f32; n]);
-        matmul_row_f32(&mut got, &a, &b);
-        matmul_row_f32_baseline(&mut base, &a, &b);
-        for j in 0..n {
-            let want = (0..k).fold(0f32, |acc, t| acc + a[t] * b[t * n + j]);
-            assert_eq!(got[j].to_bits(), want.to_bits(), "column {j}");
-            assert_eq!(base[j].to_bits(), want.to_bits(), "column {j}");
+    fn matmul_rows_match_their_baseline() {
+        for (rows, k, n) in [(1usize, 37usize, 45usize), (7, 37, 45), (4, 32, 32), (9, 5, 70), (3, 1, 16)] {
+            let a: Vec<f32> = (0..rows * k).map(|i| (i as f32 * 0.731).sin() * 3.0).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.123).cos()).collect();
+            let (mut got, mut base) = (vec![1f32; rows * n], vec![2f32; rows * n]);
+            matmul_rows_f32(&mut got, &a, &b, n);
+            matmul_rows_f32_baseline(&mut base, &a, &b, n);
+            for r in 0..rows {
+                for j in 0..n {
+                    let want = (0..k).fold(0f32, |acc, t| acc + a[r * k + t] * b[t * n + j]);
+                    let at = format!("{rows}x{k}x{n}, row {r} column {j}");
+                    assert_eq!(got[r * n + j].to_bits(), want.to_bits(), "{at}");
+                    assert_eq!(base[r * n + j].to_bits(), want.to_bits(), "{at}");
+                }
+            }
         }
     }
+
 
     /// Per-channel tables over channels-last bytes give the same bytes from any starting
     /// element and length as the element-by-element walk.
