@@ -910,73 +910,77 @@ qforge_ir::multiversion! {
     }
 }
 
-/// `y[i] = f(x[i])` in blocks of 16 with no tail inside (then the tail), so that a short row
-/// compiles to vector code in the multiversioned caller it is inlined into.
+/// The maximum of a lane as [`softmax_contiguous`]'s plain-order scan finds it (`v > m` or `v`
+/// NaN replaces `m`), but in 16 independent columns: the largest value, or the lane's last NaN
+/// when it has one. Where the scan and the columns could differ, between `-0.0` and `+0.0`, the
+/// difference never reaches the result: `v - m` is the same for every nonzero `v` and a zero for
+/// a zero `v`, whose exponential is 1 whatever its sign.
 #[inline(always)]
-fn map16(y: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32) {
-    let mut ys = y.chunks_exact_mut(16);
-    let mut xs = x.chunks_exact(16);
-    for (yc, xc) in (&mut ys).zip(&mut xs) {
+fn lane_max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let mut nan = false;
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
         for i in 0..16 {
-            yc[i] = f(xc[i]);
+            nan |= c[i].is_nan();
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
         }
     }
-    for (yv, &xv) in ys.into_remainder().iter_mut().zip(xs.remainder()) {
-        *yv = f(xv);
+    for (i, &v) in chunks.remainder().iter().enumerate() {
+        nan |= v.is_nan();
+        acc[i] = if v > acc[i] { v } else { acc[i] };
     }
+    if nan {
+        return x.iter().rev().copied().find(|v| v.is_nan()).unwrap_or(f32::NAN);
+    }
+    acc.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
 qforge_ir::multiversion! {
     baseline = softmax_lanes_baseline;
     /// [`softmax_contiguous`] of every lane of `n` values of `x` (a whole number of lanes), with
     /// the exponentials of 16 lanes in one [`super::transcendental::map`] call (short lanes,
-    /// such as attention over a few tokens, would otherwise pay its setup per lane). The maxima
-    /// and sums of 16 lanes are kept side by side, each still taken over its own lane in plain
-    /// order (so the same results bit for bit), so that 16 independent chains overlap where one
-    /// lane's sum would wait on each addition; compiled for AVX-512 and AVX2 as well.
+    /// such as attention over a few tokens, would otherwise pay its setup per lane). Each lane's
+    /// maximum in vector columns ([`lane_max`]); the sums of 16 lanes side by side in one vector,
+    /// from a transposed copy of their exponentials, each still taken over its own lane in plain
+    /// order (so the same results bit for bit); compiled for AVX-512 and AVX2 as well.
     pub fn softmax_lanes(x: &[f32], y: &mut [f32], n: usize) -> () {
         const B: usize = 16;
         if n == 0 {
             return;
         }
         let lanes = x.len() / n;
-        // the shifted values of one block of lanes (a whole call's would be an allocation the
-        // size of the step, paid again on every call)
+        // the shifted values of one block of lanes, and their exponentials transposed (a whole
+        // call's would be an allocation the size of the step, paid again on every call)
         let mut d = vec![0f32; B * n];
+        let mut et = vec![0f32; B * n];
         let mut r0 = 0;
         while r0 < lanes {
             let b = B.min(lanes - r0);
             let (xb, db) = (&x[r0 * n..(r0 + b) * n], &mut d[..b * n]);
-            let mut m = [f32::NEG_INFINITY; B];
-            for j in 0..n {
-                for l in 0..b {
-                    let v = xb[l * n + j];
-                    if v > m[l] || v.is_nan() {
-                        m[l] = v;
-                    }
+            for (dl, xl) in db.chunks_exact_mut(n).zip(xb.chunks_exact(n)) {
+                let ml = lane_max(xl);
+                for (dv, &xv) in dl.iter_mut().zip(xl) {
+                    *dv = xv - ml;
                 }
-            }
-            for (l, (dl, xl)) in db.chunks_exact_mut(n).zip(xb.chunks_exact(n)).enumerate() {
-                let ml = m[l];
-                map16(dl, xl, |v| v - ml);
             }
             let yb = &mut y[r0 * n..(r0 + b) * n];
             super::transcendental::map(UnaryOp::Exp, db, yb);
+            // et[j * B + l] = the j-th exponential of lane l (lanes past `b` stay 0)
+            for (l, yl) in yb.chunks_exact(n).enumerate() {
+                for (j, &v) in yl.iter().enumerate() {
+                    et[j * B + l] = v;
+                }
+            }
             let mut sum = [0f32; B];
-            for j in 0..n {
-                for l in 0..b {
-                    sum[l] += yb[l * n + j];
+            for ej in et.chunks_exact(B) {
+                for l in 0..B {
+                    sum[l] += ej[l];
                 }
             }
             for (l, yl) in yb.chunks_exact_mut(n).enumerate() {
                 let sl = sum[l];
-                let mut ys = yl.chunks_exact_mut(16);
-                for c in &mut ys {
-                    for v in c.iter_mut() {
-                        *v /= sl;
-                    }
-                }
-                for v in ys.into_remainder() {
+                for v in yl.iter_mut() {
                     *v /= sl;
                 }
             }
@@ -1990,10 +1994,18 @@ mod tests {
         }
         // several lanes at once, each of the same length: fewer than a block of 16, and blocks
         // with a partial last one; a NaN and an infinity in two of the lanes
+        // (and in a third a quiet NaN with a payload after it: the lane's last NaN is the one
+        // that propagates); a lane whose largest values are -0.0 and +0.0, one of -infinities
         for (lanes, n) in [(5usize, 3usize), (5, 17), (5, 49), (37, 32), (16, 7)] {
             let mut x: Vec<f32> = (0..lanes * n).map(|_| next() * 30.0).collect();
             x[n + 1] = f32::NAN;
             x[2 * n] = f32::INFINITY;
+            x[2 * n + n / 2] = f32::NAN;
+            x[2 * n + n - 1] = f32::from_bits(0x7fc0_1234);
+            for (j, v) in x[3 * n..4 * n].iter_mut().enumerate() {
+                *v = [-0.0, 0.0, -1.5][j % 3];
+            }
+            x[4 * n..5 * n].fill(f32::NEG_INFINITY);
             let mut want = vec![0f32; x.len()];
             for (xl, wl) in x.chunks(n).zip(want.chunks_mut(n)) {
                 norm::softmax_lane(xl, wl, n, 1, false);
@@ -2026,7 +2038,6 @@ mod tests {
             }
         }
     }
-
 
     /// Per-channel tables over channels-last bytes give the same bytes from any starting
     /// element and length as the element-by-element walk.
