@@ -893,7 +893,7 @@ qforge_ir::multiversion! {
     /// at a time. Compiled for AVX-512 and AVX2 as well (Rust never contracts `a * b + c` into a
     /// fused multiply-add), the same values in every version.
     pub fn matmul_rows_f32(out: &mut [f32], a: &[f32], b: &[f32], n: usize) -> () {
-        let rows = if n == 0 { 0 } else { out.len() / n };
+        let rows = out.len().checked_div(n).unwrap_or(0);
         if rows == 0 {
             return;
         }
