@@ -1,5 +1,6 @@
 //! The exhaustive check of `micro::transcendental`: its exp, sigmoid and erf against the
-//! interpreter's (`unary_scalar`) on every f32 input, bit for bit, on the kernels this CPU runs
+//! interpreter's (`unary_scalar`) on every f32 input, bit for bit (and its GELU against the
+//! composition of GELU's nodes), on the kernels this CPU runs
 //! (AVX-512, AVX2 or the baseline). A check too slow for the test suite (about three minutes in
 //! a release build), so it lives behind `cargo bench -p qforge-codegen --bench transcendental`;
 //! it prints the kernel's time per element (over every bit pattern, most of them NaN or out of
@@ -12,7 +13,7 @@
 //! 15 runs. `cargo bench -p qforge-codegen --bench transcendental -- speed` stops after it.
 
 use qforge_codegen::micro::fepilogue::{available, epilogue_f32, FloatEpilogue};
-use qforge_codegen::micro::transcendental::map;
+use qforge_codegen::micro::transcendental::{gelu, map, Gelu};
 use qforge_codegen::spec::{hard_swish_by_mul, Step, Store};
 use qforge_ir::interp::elementwise::unary_scalar;
 use qforge_ir::UnaryOp;
@@ -78,6 +79,21 @@ fn speed() {
         }
         println!("{row}");
     }
+    let k = Gelu { div: std::f32::consts::SQRT_2, one: 1.0, half: 0.5 };
+    let mut row = format!("{:<40}", "GELU (erf form, x / sqrt 2)");
+    for sigma in [0.3f32, 1.0, 2.0, 4.0] {
+        let xs: Vec<f32> = normal.iter().map(|&v| v * sigma).collect();
+        let mut times: Vec<f64> = (0..15)
+            .map(|_| {
+                let t = Instant::now();
+                gelu(&xs, &mut y, &k);
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        row += &format!(" {:>5.2}", times[7] * 1e9 / xs.len() as f64);
+    }
+    println!("{row}");
 }
 
 fn main() {
@@ -109,4 +125,25 @@ fn main() {
             t0.elapsed().as_secs_f64()
         );
     }
+    let k = Gelu { div: std::f32::consts::SQRT_2, one: 1.0, half: 0.5 };
+    let (mut kernel, t0) = (0f64, Instant::now());
+    for hi in 0..1u32 << 8 {
+        let xs: Vec<f32> = (0..1u32 << 24).map(|lo| f32::from_bits(hi << 24 | lo)).collect();
+        let t = Instant::now();
+        gelu(&xs, &mut y, &k);
+        kernel += t.elapsed().as_secs_f64();
+        for (&x, &got) in xs.iter().zip(&y) {
+            let want = k.exact(x);
+            if got.to_bits() != want.to_bits() && !(got.is_nan() && want.is_nan()) {
+                eprintln!("Gelu({x:e} = {:#x}): {got:e}, the nodes' {want:e}", x.to_bits());
+                std::process::exit(1);
+            }
+        }
+    }
+    println!(
+        "GELU: all 2^32 f32 inputs equal the nodes' composition (NaN for NaN); kernel {:.2} ns per element \
+         ({:.0} s in all)",
+        kernel * 1e9 / 2f64.powi(32),
+        t0.elapsed().as_secs_f64()
+    );
 }

@@ -845,46 +845,6 @@ fn matmul_rows<const R: usize>(out: &mut [f32], a: &[f32], b: &[f32], n: usize, 
     }
 }
 
-/// [`RowKind::Gelu`] of `x` into `y`, 256 elements at a time: the division into a stack
-/// buffer, erf from it into `y`, then the rest in place.
-fn gelu_rows(x: &[f32], y: &mut [f32], div: f32, tail: &GeluTail) {
-    let mut t = [0f32; 256];
-    for (xc, yc) in x.chunks(256).zip(y.chunks_mut(256)) {
-        let t = &mut t[..xc.len()];
-        gelu_head(xc, t, div);
-        super::transcendental::map(UnaryOp::Erf, t, yc);
-        gelu_tail(xc, yc, tail);
-    }
-}
-
-qforge_ir::multiversion! {
-    baseline = gelu_head_baseline;
-    /// `t = x / div`, GELU's first node, in f32; compiled for AVX-512 and AVX2 as well.
-    pub fn gelu_head(x: &[f32], t: &mut [f32], div: f32) -> () {
-        for (tv, &xv) in t.iter_mut().zip(x) {
-            *tv = xv / div;
-        }
-    }
-}
-
-/// The constants of GELU's last three nodes ([`RowKind::Gelu`]).
-#[derive(Clone, Copy, Debug)]
-pub struct GeluTail {
-    pub one: f32,
-    pub half: f32,
-}
-
-qforge_ir::multiversion! {
-    baseline = gelu_tail_baseline;
-    /// `y = ((y + one) * x) * half` with `y` holding `erf(x / div)`: GELU's last three nodes,
-    /// each rounded to f32; compiled for AVX-512 and AVX2 as well.
-    pub fn gelu_tail(x: &[f32], y: &mut [f32], k: &GeluTail) -> () {
-        for (yv, &xv) in y.iter_mut().zip(x) {
-            *yv = ((*yv + k.one) * xv) * k.half;
-        }
-    }
-}
-
 qforge_ir::multiversion! {
     baseline = matmul_rows_f32_baseline;
     /// Rows of an f32 matrix product: `out[r * n + j] = sum_t a[r * k + t] * b[t * n + j]` for
@@ -1432,7 +1392,7 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                         std::slice::from_raw_parts_mut((yb as *mut f32).add(s), e - s),
                     )
                 };
-                gelu_rows(x, y, div, &GeluTail { one, half });
+                super::transcendental::gelu(x, y, &super::transcendental::Gelu { div, one, half });
             }
         }
         RowKind::HardSigmoid { alpha, beta } => {
@@ -2061,21 +2021,19 @@ mod tests {
     /// dispatched and the baseline tail.
     #[test]
     fn gelu_is_its_nodes_bit_for_bit() {
+        use super::super::transcendental::{gelu, gelu_with_baseline, Gelu};
         use qforge_ir::interp::elementwise::unary_scalar;
         let mut x: Vec<f32> = (0..3000).map(|i| (i as f32 - 1500.0) * 0.004_37).collect();
         x.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1e-30, 6.5, -6.5]);
-        let (div, one, half) = (std::f32::consts::SQRT_2, 1.0f32, 0.5f32);
-        let tail = GeluTail { one, half };
-        let mut y = vec![0f32; x.len()];
-        gelu_rows(&x, &mut y, div, &tail);
-        for (&xv, &got) in x.iter().zip(&y) {
-            let want = ((unary_scalar(UnaryOp::Erf, xv / div) + one) * xv) * half;
-            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{xv}: {got} vs {want}");
+        let k = Gelu { div: std::f32::consts::SQRT_2, one: 1.0, half: 0.5 };
+        let (mut y, mut base) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+        gelu(&x, &mut y, &k);
+        gelu_with_baseline(&x, &mut base, &k, false);
+        for ((&xv, &got), &b) in x.iter().zip(&y).zip(&base) {
+            let want = ((unary_scalar(UnaryOp::Erf, xv / k.div) + k.one) * xv) * k.half;
+            for v in [got, b] {
+                assert!(v.to_bits() == want.to_bits() || (v.is_nan() && want.is_nan()), "{xv}: {v} vs {want}");
+            }
         }
-        let mut e: Vec<f32> = x.iter().map(|&v| unary_scalar(UnaryOp::Erf, v / div)).collect();
-        let mut eb = e.clone();
-        gelu_tail(&x, &mut e, &tail);
-        gelu_tail_baseline(&x, &mut eb, &tail);
-        assert!(e.iter().zip(&eb).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())));
     }
 }

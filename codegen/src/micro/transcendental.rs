@@ -18,7 +18,14 @@
 //! first pass only records whether any element needs that, so it stays a loop without calls; the
 //! second runs only then.
 //!
-//! Invariants: the values are [`unary_scalar`]'s bit for bit, whichever way the polynomials are
+//! GELU's erf form ([`gelu`]: `((erf(x / d) + one) * x) * half`, each node rounded to f32) needs
+//! `erf` only through `erf + one` rounded to f32, whose spacing is 2^-23 near 1: there the
+//! rounding test is made on that sum, from `a - GELU_EPS` and `a + GELU_EPS` (both rounded to f32
+//! and added to `one` as the graph does; the sum is monotone in `a`, so equal ends mean every
+//! value between gives it), and a polynomial of degree 13 with an absolute error below 2^-40
+//! serves where `erf` alone takes degree 16.
+//!
+//! Invariants: the values are [`unary_scalar`]'s bit for bit (the GELU's, its nodes'), whichever way the polynomials are
 //! evaluated (checked on every f32 input by `cargo bench -p qforge-codegen --bench
 //! transcendental`, about three minutes, and on 2^24 spread inputs by the unit tests, both
 //! ways).
@@ -29,6 +36,11 @@ use qforge_ir::{multiversion, UnaryOp};
 /// The rounding test's relative margin: the polynomials (below 2^-50), libm's `exp` (below one
 /// f64 ulp, 2^-52) and the sigmoid's addition and division (two f64 roundings), with room.
 const EPS: f64 = 1.0 / (1u64 << 46) as f64;
+
+/// The GELU rounding test's absolute margin on `erf`: [`GELU_ERF_POLY`] (below 2^-40), libm's
+/// `erf` (an f64 ulp) and the few f64 operations after, with room. About one element in 2^12
+/// (`erf + one` near 1 has a spacing of 2^-23 or 2^-24) fails the test and is computed again.
+const GELU_EPS: f64 = 1.0 / (1u64 << 36) as f64;
 
 // The polynomials' coefficients, constant term first: `scripts/transcendental_polys.py`.
 /// `erf(x) / x` in `x^2` on `|x| <= 2.0`, degree 16 (relative error 8.02e-16, 2^-50.1).
@@ -66,6 +78,26 @@ const EXP_POLY: [f64; 11] = [
     2.480150431378554e-05,
     2.764019739169484e-06,
     2.7626371065696354e-07,
+];
+
+/// `erf(x) / x` in `x^2` on `|x| <= 2.0` for GELU, degree 13 (absolute error 2.59e-13, 2^-41.8).
+// the fit's constant term is 2/sqrt(pi) to the last bit, as it should be
+#[allow(clippy::approx_constant)]
+const GELU_ERF_POLY: [f64; 14] = [
+    1.1283791670953467,
+    -0.37612638901556467,
+    0.11283791644418212,
+    -0.02686616893566635,
+    0.005223971860397843,
+    -0.000854821011013891,
+    0.00012053789448157154,
+    -1.4911727778921094e-05,
+    1.637378869646396e-06,
+    -1.5965614414537402e-07,
+    1.3506072631216452e-08,
+    -9.271691916012607e-10,
+    4.489274801157503e-11,
+    -1.1135555084236513e-12,
 ];
 
 /// `a * b + c`, fused (one rounding) when `FUSED`: the AVX2 and AVX-512 versions have the
@@ -332,6 +364,113 @@ multiversion! {
     }
 }
 
+/// The constants of GELU's erf form: `((erf(x / div) + one) * x) * half`.
+#[derive(Clone, Copy, Debug)]
+pub struct Gelu {
+    pub div: f32,
+    pub one: f32,
+    pub half: f32,
+}
+
+impl Gelu {
+    /// The composition as the interpreter computes it, node by node.
+    pub fn exact(&self, x: f32) -> f32 {
+        ((unary_scalar(UnaryOp::Erf, x / self.div) + self.one) * x) * self.half
+    }
+
+    /// The composition from `erf`'s value `a` (f64, within [`GELU_EPS`]), and whether it is
+    /// certain: `erf + one` the same from both ends of the margin.
+    #[inline(always)]
+    fn with_erf(&self, x: f32, a: f64) -> (f32, bool) {
+        let lo = (a - GELU_EPS) as f32 + self.one;
+        let hi = (a + GELU_EPS) as f32 + self.one;
+        ((hi * x) * self.half, lo.to_bits() == hi.to_bits())
+    }
+
+    /// One element `x` by the polynomial from `t = x / div`, and whether it is certain. `erf`
+    /// of `|t| >= 4` is `±1` (see [`fast`]); `2 < |t| < 4` and NaN are left uncertain.
+    #[inline(always)]
+    fn fast<const FUSED: bool>(&self, x: f32, t: f32) -> (f32, bool) {
+        let v = f64::from(t);
+        let ax = v.abs();
+        let (small, large) = (ax <= ERF_POLY_TO, ax >= 4.0);
+        let w = if small { v } else { 0.0 };
+        let a = if small { w * horner::<FUSED, 14>(&GELU_ERF_POLY, w * w) } else { 1f64.copysign(v) };
+        let (y, sure) = self.with_erf(x, a);
+        (y, sure && (small || large))
+    }
+}
+
+/// [`Gelu::exact`] of every `x` into `y`, bit for bit, by the polynomial and the rounding test
+/// on `erf + one` (see the module documentation); the polynomial by fused multiply-adds where
+/// the CPU has them.
+pub fn gelu(x: &[f32], y: &mut [f32], k: &Gelu) {
+    #[cfg(target_arch = "x86_64")]
+    let fused = std::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let fused = false;
+    gelu_with(x, y, k, fused)
+}
+
+multiversion! {
+    baseline = gelu_with_baseline;
+    /// [`gelu`] with the polynomial evaluated by fused multiply-adds (`fused`) or by a multiply
+    /// and an add (the same values); compiled for AVX-512 and AVX2 as well. The uncertain
+    /// elements of each block of 256: `2 < |x / div| < 4` by the middle range's series
+    /// ([`ERF_MID`]) eight at a time where the test passes, the rest by [`Gelu::exact`].
+    pub fn gelu_with(x: &[f32], y: &mut [f32], k: &Gelu, fused: bool) -> () {
+        const BLOCK: usize = 256;
+        #[inline(always)]
+        fn pass<const FUSED: bool>(x: &[f32], y: &mut [f32], k: &Gelu, uncertain: &mut [bool; BLOCK]) -> bool {
+            let mut all = true;
+            for ((yv, &xv), f) in y.iter_mut().zip(x).zip(uncertain.iter_mut()) {
+                let (r, sure) = k.fast::<FUSED>(xv, xv / k.div);
+                *yv = r;
+                *f = !sure;
+                all &= sure;
+            }
+            all
+        }
+        let mid: &MidTable = &ERF_MID;
+        let mut uncertain = [false; BLOCK];
+        for (xb, yb) in x.chunks(BLOCK).zip(y.chunks_mut(BLOCK)) {
+            let all = if fused { pass::<true>(xb, yb, k, &mut uncertain) } else { pass::<false>(xb, yb, k, &mut uncertain) };
+            if all {
+                continue;
+            }
+            let (mut idx, mut vals, mut n) = ([0usize; 8], [2f64; 8], 0);
+            let flush = |idx: &[usize; 8], vals: &[f64; 8], n: usize, y: &mut [f32]| {
+                let a = erf_mid_lanes(vals, mid);
+                for l in 0..n {
+                    let xv = xb[idx[l]];
+                    let (r, sure) = k.with_erf(xv, a[l]);
+                    y[idx[l]] = if sure { r } else { k.exact(xv) };
+                }
+            };
+            for (i, (&xv, &f)) in xb.iter().zip(&uncertain[..xb.len()]).enumerate() {
+                if !f {
+                    continue;
+                }
+                let t = f64::from(xv / k.div);
+                if t.abs() > ERF_POLY_TO && t.abs() < 4.0 {
+                    idx[n] = i;
+                    vals[n] = t;
+                    n += 1;
+                    if n == 8 {
+                        flush(&idx, &vals, n, yb);
+                        n = 0;
+                    }
+                } else {
+                    yb[i] = k.exact(xv);
+                }
+            }
+            if n > 0 {
+                flush(&idx, &vals, n, yb);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,6 +531,28 @@ mod tests {
         }
         for u in [UnaryOp::Exp, UnaryOp::Sigmoid, UnaryOp::Erf] {
             check(u, &xs);
+        }
+        // GELU (its argument divided by sqrt 2 first: the spread inputs, and GELU's own ranges
+        // densely) in both compilations, both ways
+        xs.extend((0..1u32 << 20).map(|i| (i as f32 / (1u32 << 19) as f32 - 1.0) * 6.5));
+        let k = Gelu { div: std::f32::consts::SQRT_2, one: 1.0, half: 0.5 };
+        let mut y = vec![0f32; xs.len()];
+        for (way, fused) in [("fused", true), ("unfused", false)] {
+            for base in [false, true] {
+                if base {
+                    gelu_with_baseline(&xs, &mut y, &k, fused);
+                } else {
+                    gelu_with(&xs, &mut y, &k, fused);
+                }
+                for (&x, &got) in xs.iter().zip(&y) {
+                    let want = k.exact(x);
+                    assert!(
+                        got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                        "Gelu({x:e} = {:#x}), {way}, baseline {base}: {got:e}, the nodes' {want:e}",
+                        x.to_bits()
+                    );
+                }
+            }
         }
     }
 }
