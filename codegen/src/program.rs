@@ -442,7 +442,8 @@ impl Program {
                         }
                         None => 0,
                     };
-                    let consts = kernel::Consts { params, weights, geom, requant, float_epi };
+                    let direct = microkernels == Microkernels::Native && direct_conv(&spec.main);
+                    let consts = kernel::Consts { params, weights, geom, requant, float_epi, direct };
                     let bind = kernel::Bindings {
                         input: off(*input) as i64,
                         output: off(*output) as i64,
@@ -459,6 +460,9 @@ impl Program {
                     }
                     if float_epi != 0 {
                         what.push_str(" (epilogue: 512-bit float microkernel)");
+                    }
+                    if direct {
+                        what.push_str(" (direct: no im2col)");
                     }
                     infos.push(StepInfo { name: s.name.clone(), kind: "kernel", what, macs: spec.macs() });
                 }
@@ -948,6 +952,13 @@ impl Program {
     pub fn steps(&self) -> usize {
         self.exec.len()
     }
+}
+
+/// Whether an f32 convolution over im2col rows runs as the direct convolution microkernel: at
+/// most [`crate::micro::float::DIRECT_MAX_N`] output columns, on a CPU that has it.
+fn direct_conv(main: &crate::spec::MainOp) -> bool {
+    use crate::spec::{MainOp, Rows};
+    matches!(main, MainOp::GemmF32 { rows: Rows::Im2col { .. }, weights } if crate::micro::float::direct_conv_fits(weights.n))
 }
 
 /// The 512-bit requantization epilogue's parameters, when `spec`'s epilogue is exactly the

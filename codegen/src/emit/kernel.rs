@@ -45,6 +45,9 @@ pub struct Consts {
     /// The [`crate::micro::fepilogue::FloatEpilogue`] when the f32 epilogue runs as the 512-bit
     /// microkernel instead of generated CLIF, or 0.
     pub float_epi: i64,
+    /// An f32 convolution over im2col rows computed by the direct convolution microkernel
+    /// ([`float::conv_f32_direct`]) instead of im2col and the GEMM.
+    pub direct: bool,
 }
 
 /// The epilogue of one tile: a call of the registered requantization or float epilogue kernel
@@ -237,6 +240,8 @@ pub fn emit(
                 _ => return Err(JitError::Codegen("not a GEMM".into())),
             };
             let split = gemm_split(spec, threads).ok_or_else(|| JitError::Codegen("not a GEMM".into()))?;
+            let direct = consts.direct && matches!(kind, GemmKind::F32 { .. }) && matches!(rows, Rows::Im2col { .. });
+            let kind = if direct { GemmKind::DirectF32 } else { kind };
             gemm_loops(em, x, out, res, scratch, begin, end, es, n, ldo_out, rows, kind, split, consts, |em, t| {
                 tile_epilogue(em, spec, consts, t)
             })
@@ -367,6 +372,9 @@ enum GemmKind {
     Bf16 {
         k: i64,
     },
+    /// An f32 convolution of at most [`float::DIRECT_MAX_N`] columns by
+    /// [`float::conv_f32_direct`] from the input itself (no im2col rows, one panel).
+    DirectF32,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -393,11 +401,12 @@ fn gemm_loops(
         GemmKind::U8I8 { kp } => (PANEL_I8 as i64, 1i64, kp, kp),
         GemmKind::F32 { k, .. } => (float::PANEL as i64, 4i64, k, k),
         GemmKind::Bf16 { k } => (bf16::PANEL as i64, 2i64, k, 2 * bf16::pairs(k as usize) as i64),
+        GemmKind::DirectF32 => (float::PANEL as i64, 4i64, 0, 0),
     };
     let ldc = panel;
     let tile = scratch;
     // the tile holds a whole row block (see `scratch_bytes`), the gathered rows follow it
-    let tile_rows = if matches!(kind, GemmKind::F32 { .. }) { F32_ROW_BLOCK } else { ROW_BLOCK };
+    let tile_rows = if matches!(kind, GemmKind::F32 { .. } | GemmKind::DirectF32) { F32_ROW_BLOCK } else { ROW_BLOCK };
     let abuf = em.offset(scratch, tile_rows as i64 * panel * 4);
     let npanels = (n + panel - 1) / panel;
     let (block, ppg) = (split.block as i64, split.panels_per_group as i64);
@@ -406,6 +415,20 @@ fn gemm_loops(
     // stream every weight panel again for a few rows; the others: blocks of `ROW_BLOCK`, the
     // last one shorter, unless threads need equal ones) times a group of weight panels.
     let block_fn = |em: &mut Emitter<'_, '_>, m0: Value, mb: Value, pg: Value| -> Result<(), JitError> {
+        if let GemmKind::DirectF32 = kind {
+            // the whole (single-panel) tile from the input; the im2col buffer's room holds the
+            // kernel's `cin` zeros
+            let g = em.iconst(consts.geom);
+            let w = em.iconst(consts.weights);
+            let (ldc_v, nv) = (em.iconst(ldc), em.iconst(n));
+            em.call("qf_conv_f32_direct", &[g, x, m0, mb, w, tile, ldc_v, abuf, nv])?;
+            let elem = em.b.ins().imul_imm_s(m0, ld_out);
+            let out_p = em.index(out, elem, es);
+            let res_p = res.map(|r| em.index(r, elem, es));
+            let n0 = em.iconst(0);
+            let t = Tile { tile, ldc, rows: mb, n0, nr: nv, out: out_p, out_stride: ld_out * es, residual: res_p };
+            return epi(em, &t);
+        }
         let (a, lda) = match rows {
             Rows::Direct { lda } => {
                 let a = em.index(x, m0, *lda as i64 * ab);
@@ -428,6 +451,9 @@ fn gemm_loops(
                     }
                     GemmKind::F32 { .. } => em.call("qf_im2col_f32", &[g, x, m0, mb, abuf, ldv])?,
                     GemmKind::Bf16 { .. } => em.call("qf_im2col_bf16", &[g, x, m0, mb, abuf, ldv])?,
+                    GemmKind::DirectF32 => {
+                        return Err(JitError::Codegen("the direct convolution has no im2col".into()))
+                    }
                 }
                 (abuf, ld)
             }
@@ -452,6 +478,9 @@ fn gemm_loops(
                 GemmKind::F32 { narrow: true, .. } => "qf_gemm_f32_narrow",
                 GemmKind::F32 { .. } => "qf_gemm_f32",
                 GemmKind::Bf16 { .. } => "qf_gemm_bf16",
+                GemmKind::DirectF32 => {
+                    return Err(JitError::Codegen("the direct convolution is not a GEMM call".into()))
+                }
             };
             em.call(f, &[a, lda_v, mb, b, kv, tile, ldc_v, nr])?;
             let elem = em.b.ins().imul_imm_s(m0, ld_out);

@@ -109,6 +109,12 @@ impl Jit {
             Import { name: "qf_gemm_f32_narrow", ptr: gemm_f32_narrow as *const u8, params: 8, i32_params: &[] },
             Import { name: "qf_im2col_u8", ptr: micro::int8::im2col_u8 as *const u8, params: 8, i32_params: &[6, 7] },
             Import { name: "qf_im2col_f32", ptr: micro::float::im2col_f32 as *const u8, params: 6, i32_params: &[] },
+            Import {
+                name: "qf_conv_f32_direct",
+                ptr: micro::float::conv_f32_direct as *const u8,
+                params: 9,
+                i32_params: &[],
+            },
             Import { name: "qf_gemm_bf16", ptr: gemm_bf16 as *const u8, params: 8, i32_params: &[] },
             Import { name: "qf_im2col_bf16", ptr: micro::bf16::im2col_bf16 as *const u8, params: 6, i32_params: &[] },
             Import { name: "qf_depthwise_u8i8", ptr: dw_i8 as *const u8, params: 7, i32_params: &[2] },
@@ -181,6 +187,10 @@ impl Jit {
                 ("gemm_u8i8", gemm_i8_name),
                 ("gemm_f32", gemm_f32_name),
                 ("gemm_f32_narrow", gemm_f32_narrow_name),
+                (
+                    "conv_f32_direct",
+                    if micro::float::direct_conv_available() { "avx512f" } else { "im2col + gemm_f32" },
+                ),
                 // without the instruction, bf16 GEMMs are widened to f32 (bf16 is storage only)
                 ("gemm_bf16", if micro::bf16::native_available() { gemm_bf16_name } else { "f32 (storage only)" }),
                 ("depthwise_u8i8", dw_i8_name),
@@ -191,6 +201,7 @@ impl Jit {
                 ("gemm_u8i8", "cranelift-128"),
                 ("gemm_f32", "cranelift-128"),
                 ("gemm_f32_narrow", "cranelift-128"),
+                ("conv_f32_direct", "im2col + cranelift-128"),
                 ("gemm_bf16", "f32 (storage only)"),
                 ("depthwise_u8i8", dw_i8_name),
                 ("depthwise_f32", dw_f32_name),

@@ -297,6 +297,70 @@ pub fn gemm_f32_narrow_best() -> (GemmF32, &'static str) {
     gemm_f32_best()
 }
 
+/// Output columns the direct convolution kernel takes at most: one 512-bit vector.
+pub const DIRECT_MAX_N: usize = 16;
+
+/// Whether [`conv_f32_direct`] computes a convolution of `n` output columns (one packed panel,
+/// its weights `w[t * 16 + j]`), on this CPU (AVX-512F and FMA).
+pub fn direct_conv_fits(n: usize) -> bool {
+    (1..=DIRECT_MAX_N).contains(&n) && direct_conv_available()
+}
+
+/// Whether this CPU runs [`conv_f32_direct`].
+pub fn direct_conv_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A convolution of at most 16 output columns computed from the NHWC input directly, without
+/// an im2col buffer: the rows `m0..m0 + rows` of what [`im2col_f32`] followed by the GEMM would
+/// give, `c[r * ldc + j] = sum_t im2col(m0 + r, t) * w[t * 16 + j]` for `j < 16` (`t` in im2col's
+/// order `(ky, kx, ci)`; a padding tap reads `cin` zeros from `zero`, as im2col writes zeros),
+/// summed in `t` order with one FMA each. Eight output pixels at a time, each a vector of its
+/// output columns (a 256-bit one when `n <= 8`): per tap, each pixel's source pixel (or the
+/// zeros), then per input channel one weight vector and a broadcast FMA per pixel. The layers
+/// this serves (3-channel stems, 8- and 16-channel convolutions) spend the GEMM on a reduction
+/// as long as the im2col copy, or half a vector per multiply.
+///
+/// # Safety
+/// The CPU must have AVX-512F and FMA ([`direct_conv_available`]); `g` a valid geometry, `x`
+/// every image the rows reference, `w` `g.k()` rows of 16 floats, `c` `rows` rows of 16 (`n > 8`)
+/// or 8 writable floats at stride `ldc`, `zero` `g.cin` writable floats.
+pub unsafe extern "C" fn conv_f32_direct(
+    g: *const ConvGeom,
+    x: *const f32,
+    m0: usize,
+    rows: usize,
+    w: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    zero: *mut f32,
+    n: usize,
+) {
+    // SAFETY: the caller's contract, which is `x86::conv_direct512`'s.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if n <= 8 {
+                x86::conv_direct512::<false>(&*g, x, m0, rows, w, c, ldc, zero)
+            } else {
+                x86::conv_direct512::<true>(&*g, x, m0, rows, w, c, ldc, zero)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (g, x, m0, rows, w, c, ldc, zero, n);
+            unreachable!("direct_conv_available is false off x86_64")
+        }
+    }
+}
+
 /// AVX2+FMA GEMM (8-wide) with the same contract as [`gemm_f32_avx512`].
 ///
 /// # Safety
@@ -663,6 +727,138 @@ mod x86 {
     //! `target_feature` attribute.
     use super::{im2col_body, round_up_16, valid_range, ConvGeom, RunCopy};
     use std::arch::x86_64::*;
+
+    /// Eight output pixels' state for [`conv_direct512`]: each one's image base, and its window's
+    /// top-left input row and column (possibly negative: padding).
+    const DIRECT_R: usize = 8;
+
+    /// `acc[r] += src[r][off + t] * w[t * 16..]` for `t < len`, each pixel `r` one FMA per term in
+    /// `t` order: 16 columns in zmm (`WIDE`), else 8 in ymm.
+    #[target_feature(enable = "avx512f,fma")]
+    #[inline]
+    unsafe fn fma_run<const WIDE: bool>(
+        acc: &mut [__m512; DIRECT_R],
+        acc8: &mut [__m256; DIRECT_R],
+        src: &[*const f32; DIRECT_R],
+        off: usize,
+        w: *const f32,
+        len: usize,
+    ) {
+        // SAFETY: the caller passes `len` readable floats at each `src[r] + off` and `len` rows
+        // of 16 at `w`.
+        unsafe {
+            let s: [*const f32; DIRECT_R] = std::array::from_fn(|r| src[r].add(off));
+            for t in 0..len {
+                if WIDE {
+                    let wv = _mm512_loadu_ps(w.add(t * 16));
+                    for r in 0..DIRECT_R {
+                        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(*s[r].add(t)), wv, acc[r]);
+                    }
+                } else {
+                    let wv = _mm256_loadu_ps(w.add(t * 16));
+                    for r in 0..DIRECT_R {
+                        acc8[r] = _mm256_fmadd_ps(_mm256_set1_ps(*s[r].add(t)), wv, acc8[r]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`super::conv_f32_direct`]: `WIDE` computes 16 columns in zmm accumulators, else 8 in ymm.
+    #[target_feature(enable = "avx512f,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn conv_direct512<const WIDE: bool>(
+        g: &ConvGeom,
+        x: *const f32,
+        m0: usize,
+        rows: usize,
+        w: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        zero: *mut f32,
+    ) {
+        // SAFETY: `conv_f32_direct`'s contract: the source pointers are the images' in-range
+        // pixels (`iy` in `0..h`, `ix` in `0..w`, channels `cin_offset..cin_offset + cin`) or the
+        // `cin` zeros; `w` has `g.k()` rows of 16 floats; each stored row is inside `c`.
+        unsafe {
+            std::ptr::write_bytes(zero, 0, g.cin);
+            let ohw = g.oh * g.ow;
+            if ohw == 0 || rows == 0 {
+                return;
+            }
+            let img_len = g.h * g.w * g.c;
+            let (h, wd) = (g.h as isize, g.w as isize);
+            let mut img = m0 / ohw;
+            let (mut oy, mut ox) = (m0 % ohw / g.ow, m0 % g.ow);
+            let mut r0 = 0;
+            while r0 < rows {
+                let nr = DIRECT_R.min(rows - r0);
+                let mut base = [x; DIRECT_R];
+                let mut iy0 = [isize::MIN / 2; DIRECT_R];
+                let mut ix0 = [0isize; DIRECT_R];
+                for r in 0..nr {
+                    base[r] = x.add(img * img_len + g.cin_offset);
+                    iy0[r] = (oy * g.sh) as isize - g.ph as isize;
+                    ix0[r] = (ox * g.sw) as isize - g.pw as isize;
+                    ox += 1;
+                    if ox == g.ow {
+                        ox = 0;
+                        oy += 1;
+                        if oy == g.oh {
+                            oy = 0;
+                            img += 1;
+                        }
+                    }
+                }
+                let mut acc = [_mm512_setzero_ps(); DIRECT_R];
+                let mut acc8 = [_mm256_setzero_ps(); DIRECT_R];
+                // every pixel's window inside the image, kernel rows contiguous: one pointer per
+                // pixel and kernel row, `kw * cin` terms from it without a check per tap (the
+                // pixels past `nr` repeat the first one's, their sums unused)
+                let (span_y, span_x) = ((g.kh - 1) * g.dh, (g.kw - 1) * g.dw);
+                let inside = (0..nr).all(|r| {
+                    iy0[r] >= 0 && iy0[r] + (span_y as isize) < h && ix0[r] >= 0 && ix0[r] + (span_x as isize) < wd
+                });
+                if inside && g.dw == 1 && g.cin == g.c {
+                    let mut p = [x; DIRECT_R];
+                    for r in 0..DIRECT_R {
+                        let q = r.min(nr - 1);
+                        p[r] = base[q].add((iy0[q] as usize * g.w + ix0[q] as usize) * g.c);
+                    }
+                    let run = g.kw * g.cin;
+                    for ky in 0..g.kh {
+                        let wt = w.add(ky * run * 16);
+                        let off = ky * g.dh * g.w * g.c;
+                        fma_run::<WIDE>(&mut acc, &mut acc8, &p, off, wt, run);
+                    }
+                } else {
+                    let mut wt = w;
+                    for ky in 0..g.kh {
+                        for kx in 0..g.kw {
+                            let mut src = [zero as *const f32; DIRECT_R];
+                            for r in 0..DIRECT_R {
+                                let iy = iy0[r] + (ky * g.dh) as isize;
+                                let ix = ix0[r] + (kx * g.dw) as isize;
+                                if iy >= 0 && iy < h && ix >= 0 && ix < wd {
+                                    src[r] = base[r].add((iy as usize * g.w + ix as usize) * g.c);
+                                }
+                            }
+                            fma_run::<WIDE>(&mut acc, &mut acc8, &src, 0, wt, g.cin);
+                            wt = wt.add(g.cin * 16);
+                        }
+                    }
+                }
+                for r in 0..nr {
+                    if WIDE {
+                        _mm512_storeu_ps(c.add((r0 + r) * ldc), acc[r]);
+                    } else {
+                        _mm256_storeu_ps(c.add((r0 + r) * ldc), acc8[r]);
+                    }
+                }
+                r0 += nr;
+            }
+        }
+    }
 
     /// Mask selecting the first `n` (<= 16) lanes.
     #[inline(always)]
@@ -1871,6 +2067,61 @@ mod tests {
                     let narrow = im2col_narrow_f32(&g) && ld >= (g.kh - 1) * g.kw * g.cin + 16;
                     let untouched = out[m * ld + k].is_nan() && out[m * ld + k + 1].is_nan();
                     assert!(narrow || untouched, "{g:?} ld {ld} row {m}");
+                }
+            }
+        }
+    }
+
+    /// The direct convolution is im2col followed by the portable GEMM bit for bit (both sum each
+    /// output over the im2col row in order with one FMA per term): padding, strides, dilation,
+    /// a channel group, 3-channel stems, 8 and 16 output columns and fewer, row blocks on and
+    /// off its eight pixels. Under `CI=true` a CPU without AVX-512F fails it.
+    #[test]
+    fn direct_conv_is_im2col_and_the_gemm() {
+        let ok = direct_conv_available();
+        assert!(ok || std::env::var("CI").as_deref() != Ok("true"), "this test needs AVX-512F and FMA");
+        if !ok {
+            return;
+        }
+        let mut rng = Rng(99);
+        let cases = [
+            geom(7, 6, 5, 3, 3, (1, 1), (1, 1), (1, 1), 5, 0),
+            geom(9, 10, 4, 3, 3, (2, 1), (1, 2), (2, 2), 4, 0),
+            geom(8, 8, 12, 3, 3, (1, 1), (1, 1), (1, 1), 4, 4),
+            geom(16, 16, 3, 3, 3, (2, 2), (1, 1), (1, 1), 3, 0),
+            geom(9, 9, 8, 1, 1, (2, 2), (0, 0), (1, 1), 8, 0),
+            geom(12, 11, 16, 3, 3, (1, 1), (1, 1), (1, 1), 16, 0),
+        ];
+        for g in cases {
+            for n in [3usize, 8, 12, 16] {
+                let imgs = 2;
+                let x = rng.vec(imgs * g.h * g.w * g.c);
+                let (mtot, k) = (imgs * g.oh * g.ow, g.k());
+                let wts = rng.vec(n * k);
+                let packed = pack_weights_f32(&wts, n, k).unwrap();
+                let mut cols = vec![0f32; mtot * k];
+                let (mut want, mut got) = (vec![0f32; mtot * PANEL], vec![f32::NAN; mtot * PANEL]);
+                let mut zero = vec![f32::NAN; g.cin];
+                // SAFETY: `cols` has `mtot` rows of `k` floats, `want` and `got` `mtot` rows of
+                // `PANEL >= 16` floats; `x` holds both images; the CPU has AVX-512F and FMA.
+                unsafe {
+                    im2col_f32(&g, x.as_ptr(), 0, mtot, cols.as_mut_ptr(), k);
+                    gemm_f32_scalar(cols.as_ptr(), k, mtot, packed.data.as_ptr(), k, want.as_mut_ptr(), PANEL, n);
+                    let mut m0 = 0;
+                    let mut step = 5;
+                    while m0 < mtot {
+                        let rows = step.min(mtot - m0);
+                        let c = got.as_mut_ptr().add(m0 * PANEL);
+                        conv_f32_direct(&g, x.as_ptr(), m0, rows, packed.data.as_ptr(), c, PANEL, zero.as_mut_ptr(), n);
+                        m0 += rows;
+                        step = step % 13 + 4;
+                    }
+                }
+                for m in 0..mtot {
+                    for j in 0..n {
+                        let (a, b) = (got[m * PANEL + j], want[m * PANEL + j]);
+                        assert_eq!(a.to_bits(), b.to_bits(), "{g:?} n {n} row {m} column {j}: {a} against {b}");
+                    }
                 }
             }
         }
