@@ -826,7 +826,8 @@ fn matmul_block<const R: usize, const W: usize>(out: &mut [f32], a: &[f32], b: &
     }
 }
 
-/// [`matmul_rows_f32`] on `R` rows: column blocks of 32 and 16, then the last columns one by one.
+/// [`matmul_rows_f32`] on `R` rows: column blocks of 32, 16 and 8, then the last columns one by
+/// one.
 #[inline(always)]
 fn matmul_rows<const R: usize>(out: &mut [f32], a: &[f32], b: &[f32], n: usize, k: usize) {
     let mut c0 = 0;
@@ -837,6 +838,10 @@ fn matmul_rows<const R: usize>(out: &mut [f32], a: &[f32], b: &[f32], n: usize, 
     while c0 + 16 <= n {
         matmul_block::<R, 16>(out, a, b, n, k, c0);
         c0 += 16;
+    }
+    while c0 + 8 <= n {
+        matmul_block::<R, 8>(out, a, b, n, k, c0);
+        c0 += 8;
     }
     for r in 0..R {
         for j in c0..n {
@@ -898,13 +903,14 @@ fn lane_max(x: &[f32]) -> f32 {
 
 qforge_ir::multiversion! {
     baseline = softmax_lanes_baseline;
-    /// [`softmax_contiguous`] of every lane of `n` values of `x` (a whole number of lanes), with
+    /// [`softmax_contiguous`] of every lane of `n` values of `x` (a whole number of lanes; `log`:
+    /// log-softmax, as the interpreter's lane function computes it), with
     /// the exponentials of 16 lanes in one [`super::transcendental::map`] call (short lanes,
     /// such as attention over a few tokens, would otherwise pay its setup per lane). Each lane's
     /// maximum in vector columns ([`lane_max`]); the sums of 16 lanes side by side in one vector,
     /// from a transposed copy of their exponentials, each still taken over its own lane in plain
     /// order (so the same results bit for bit); compiled for AVX-512 and AVX2 as well.
-    pub fn softmax_lanes(x: &[f32], y: &mut [f32], n: usize) -> () {
+    pub fn softmax_lanes(x: &[f32], y: &mut [f32], n: usize, log: bool) -> () {
         const B: usize = 16;
         if n == 0 {
             return;
@@ -938,10 +944,20 @@ qforge_ir::multiversion! {
                     sum[l] += ej[l];
                 }
             }
-            for (l, yl) in yb.chunks_exact_mut(n).enumerate() {
-                let sl = sum[l];
-                for v in yl.iter_mut() {
-                    *v /= sl;
+            if log {
+                // log-softmax: `(x - max) - ln(sum)`, the logarithm in f64 rounded once
+                for (l, (yl, dl)) in yb.chunks_exact_mut(n).zip(db.chunks_exact(n)).enumerate() {
+                    let ls = (sum[l] as f64).ln() as f32;
+                    for (v, &dv) in yl.iter_mut().zip(dl) {
+                        *v = dv - ls;
+                    }
+                }
+            } else {
+                for (l, yl) in yb.chunks_exact_mut(n).enumerate() {
+                    let sl = sum[l];
+                    for v in yl.iter_mut() {
+                        *v /= sl;
+                    }
                 }
             }
             r0 += b;
@@ -1709,7 +1725,7 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                 return;
             }
             let (x, y) = (xb as *const f32, yb as *mut f32);
-            if inner == 1 && !log && begin < end {
+            if inner == 1 && begin < end {
                 // contiguous lanes: this call's lanes are one block of both buffers
                 // SAFETY: lanes `begin..end` (this call's units) are elements `begin * n..end *
                 // n` of both buffers, which no other call touches; the buffers are distinct.
@@ -1719,7 +1735,7 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                         std::slice::from_raw_parts_mut(y.add(begin * n), (end - begin) * n),
                     )
                 };
-                softmax_lanes(xs, ys, n);
+                softmax_lanes(xs, ys, n, log);
                 return;
             }
             // A lane over a strided axis interleaves with its neighbours (which other threads may
@@ -1966,14 +1982,17 @@ mod tests {
                 *v = [-0.0, 0.0, -1.5][j % 3];
             }
             x[4 * n..5 * n].fill(f32::NEG_INFINITY);
-            let mut want = vec![0f32; x.len()];
-            for (xl, wl) in x.chunks(n).zip(want.chunks_mut(n)) {
-                norm::softmax_lane(xl, wl, n, 1, false);
-            }
-            for f in [softmax_lanes, softmax_lanes_baseline] {
-                let mut got = vec![0f32; x.len()];
-                f(&x, &mut got, n);
-                assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{lanes} lanes of {n}");
+            for log in [false, true] {
+                let mut want = vec![0f32; x.len()];
+                for (xl, wl) in x.chunks(n).zip(want.chunks_mut(n)) {
+                    norm::softmax_lane(xl, wl, n, 1, log);
+                }
+                for f in [softmax_lanes, softmax_lanes_baseline] {
+                    let mut got = vec![0f32; x.len()];
+                    f(&x, &mut got, n, log);
+                    let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{lanes} lanes of {n}, log {log}");
+                }
             }
         }
     }
@@ -1982,7 +2001,9 @@ mod tests {
     /// row counts on and off the four-row blocks and columns on and off the vector blocks.
     #[test]
     fn matmul_rows_match_their_baseline() {
-        for (rows, k, n) in [(1usize, 37usize, 45usize), (7, 37, 45), (4, 32, 32), (9, 5, 70), (3, 1, 16)] {
+        for (rows, k, n) in
+            [(1usize, 37usize, 45usize), (7, 37, 45), (4, 32, 32), (9, 5, 70), (3, 1, 16), (5, 32, 8), (6, 9, 13)]
+        {
             let a: Vec<f32> = (0..rows * k).map(|i| (i as f32 * 0.731).sin() * 3.0).collect();
             let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.123).cos()).collect();
             let (mut got, mut base) = (vec![1f32; rows * n], vec![2f32; rows * n]);
