@@ -494,6 +494,10 @@ struct Lowerer<'g> {
     winograd: bool,
     /// The byte-table regions a quantized kernel absorbs as its last epilogue step, by root.
     fused_tables: HashMap<NodeId, tables::TableRegion>,
+    /// Strided views whose result only another view reads ([`movement::PendingView`]).
+    views: HashMap<Value, movement::PendingView>,
+    /// Steps a later view made redundant (it reads their source), dropped at the end.
+    dead_steps: HashSet<usize>,
 }
 
 /// Lowers `g` for inputs of the given concrete types (already checked against the graph).
@@ -591,7 +595,9 @@ pub fn lower(
     }
     let mut host_ops: Vec<(String, usize)> = lw.host.into_iter().collect();
     host_ops.sort();
-    Ok(Lowered { buffers: lw.buffers, steps: lw.steps, inputs, outputs, taps: tapped, host_ops })
+    let dead = lw.dead_steps;
+    let steps = lw.steps.into_iter().enumerate().filter(|(i, _)| !dead.contains(i)).map(|(_, s)| s).collect();
+    Ok(Lowered { buffers: lw.buffers, steps, inputs, outputs, taps: tapped, host_ops })
 }
 
 /// Checks every constant and result of `g` (for inputs of the given concrete types) against
@@ -629,6 +635,8 @@ impl<'g> Lowerer<'g> {
             outputs: g.outputs().iter().map(|o| o.value).collect(),
             winograd: false,
             fused_tables: HashMap::new(),
+            views: HashMap::new(),
+            dead_steps: HashSet::new(),
         };
         lw.concrete_types(&order, input_types)?;
         Ok((lw, order))
