@@ -5,14 +5,15 @@
 //! a release build), so it lives behind `cargo bench -p qforge-codegen --bench transcendental`;
 //! it prints the kernel's time per element (over every bit pattern, most of them NaN or out of
 //! the polynomials' range and so computed again by the interpreter's function) and exits
-//! non-zero on the first difference. First, in under a minute, the hard-swish without a
-//! division: the row kernel's `spec::hard_swish_by_mul` and the 512-bit epilogue's f64 lanes.
+//! non-zero on the first difference. First, in under a minute, the bound of the quantized
+//! SiLU's approximate sigmoid on every f32 it takes, and the hard-swish without a division: the
+//! row kernel's `spec::hard_swish_by_mul` and the 512-bit epilogue's f64 lanes.
 //!
 //! Before all that, the kernel's speed where it matters: nanoseconds per element on 2^20
 //! normally distributed inputs of a few spreads (activations, GELU's `x / sqrt 2`), the median of
 //! 15 runs. `cargo bench -p qforge-codegen --bench transcendental -- speed` stops after it.
 
-use qforge_codegen::micro::fepilogue::{available, epilogue_f32, FloatEpilogue};
+use qforge_codegen::micro::fepilogue::{available, epilogue_f32, sigmoid_approx, FloatEpilogue};
 use qforge_codegen::micro::transcendental::{gelu, map, Gelu};
 use qforge_codegen::spec::{hard_swish_by_mul, Step, Store};
 use qforge_ir::interp::elementwise::unary_scalar;
@@ -96,11 +97,52 @@ fn speed() {
     println!("{row}");
 }
 
+/// Every f32 in `[-40, 40]`: the quantized SiLU's approximate sigmoid (`fepilogue::sigmoid_approx`)
+/// within 2^-20 of the interpreter's, the bound its rounding check's margin (2^-17) assumes;
+/// exits non-zero past it. Needs AVX-512F (skipped with a note otherwise).
+fn sigmoid_approx_bound() {
+    if !available(Store::F32) {
+        println!("sigmoid_approx: not checked (the CPU has no AVX-512F, so it never runs)");
+        return;
+    }
+    let t0 = Instant::now();
+    let mut worst = 0f64;
+    let mut x = -40f32;
+    let mut block = [0f32; 16];
+    let mut got = [0f32; 16];
+    while x <= 40.0 {
+        for b in block.iter_mut() {
+            *b = x;
+            x = x.next_up();
+        }
+        // SAFETY: the CPU has AVX-512F (`available`); 16 floats each way.
+        unsafe {
+            use std::arch::x86_64::*;
+            _mm512_storeu_ps(got.as_mut_ptr(), sigmoid_approx(_mm512_loadu_ps(block.as_ptr())));
+        }
+        for (&xv, &g) in block.iter().zip(&got) {
+            let want = unary_scalar(UnaryOp::Sigmoid, xv) as f64;
+            let e = (g as f64 - want).abs() / want;
+            if e >= 2f64.powi(-20) {
+                eprintln!("sigmoid_approx({xv:e}) = {g:e}, the interpreter's {want:e}: relative error {e:e}");
+                std::process::exit(1);
+            }
+            worst = worst.max(e);
+        }
+    }
+    println!(
+        "sigmoid_approx: every f32 in [-40, 40] within 2^{:.1} of the interpreter's sigmoid ({:.0} s)",
+        worst.log2(),
+        t0.elapsed().as_secs_f64()
+    );
+}
+
 fn main() {
     speed();
     if std::env::args().any(|a| a == "speed") {
         return;
     }
+    sigmoid_approx_bound();
     hard_swish_forms();
     let mut y = vec![0f32; 1 << 24];
     for u in [UnaryOp::Exp, UnaryOp::Sigmoid, UnaryOp::Erf] {
