@@ -776,36 +776,6 @@ unsafe fn broadcast_runs<A: Copy, B: Copy, Y>(
     });
 }
 
-/// [`norm::softmax_lane`] of one contiguous lane, bit for bit: the maximum, then every
-/// `exp(x - max)` through [`super::transcendental::map`] (the interpreter's f64 `exp` rounded to
-/// f32, eight at a time) instead of one libm call per value, the sum in order, the division.
-/// Log-softmax takes the interpreter's own lane function.
-fn softmax_contiguous(x: &[f32], y: &mut [f32], scratch: &mut [f32], log: bool) {
-    let n = x.len();
-    if log || scratch.len() < n {
-        norm::softmax_lane(x, y, n, 1, log);
-        return;
-    }
-    let mut m = f32::NEG_INFINITY;
-    for &v in x {
-        if v > m || v.is_nan() {
-            m = v;
-        }
-    }
-    let d = &mut scratch[..n];
-    for (dv, &v) in d.iter_mut().zip(x) {
-        *dv = v - m;
-    }
-    super::transcendental::map(UnaryOp::Exp, d, y);
-    let mut sum = 0f32;
-    for &e in y.iter() {
-        sum += e;
-    }
-    for v in y.iter_mut() {
-        *v /= sum;
-    }
-}
-
 /// `out[r * n + c0 + i] = sum_t a[r * k + t] * b[t * n + c0 + i]` for `R` rows and `W` columns
 /// from `c0`, the `R * W` sums in registers, each over `t` in plain order (the rows side by side
 /// so that their additions overlap instead of each waiting on the one before).
@@ -875,7 +845,7 @@ qforge_ir::multiversion! {
     }
 }
 
-/// The maximum of a lane as [`softmax_contiguous`]'s plain-order scan finds it (`v > m` or `v`
+/// The maximum of a lane as [`norm::softmax_lane`]'s plain-order scan finds it (`v > m` or `v`
 /// NaN replaces `m`), but in 16 independent columns: the largest value, or the lane's last NaN
 /// when it has one. Where the scan and the columns could differ, between `-0.0` and `+0.0`, the
 /// difference never reaches the result: `v - m` is the same for every nonzero `v` and a zero for
@@ -902,8 +872,60 @@ fn lane_max(x: &[f32]) -> f32 {
 }
 
 qforge_ir::multiversion! {
+    baseline = softmax_columns_baseline;
+    /// Softmax (`log`: log-softmax) of `w <= 64` lanes side by side: lane `i` is
+    /// `x[k * w + i]` for the `x.len() / w` rows `k`, each computed as the interpreter's lane
+    /// function computes it (the maximum by its scan in order, `exp(x - max)` through
+    /// [`super::transcendental::map`], the sum in order, then the division, or `(x - max) -
+    /// ln(sum)`), the lanes in vector columns; `d` is scratch of `x`'s size. Compiled for
+    /// AVX-512 and AVX2 as well.
+    pub fn softmax_columns(x: &[f32], y: &mut [f32], d: &mut [f32], w: usize, log: bool) -> () {
+        if w == 0 || w > 64 {
+            return;
+        }
+        let mut m = [f32::NEG_INFINITY; 64];
+        for row in x.chunks_exact(w) {
+            for (mv, &v) in m.iter_mut().zip(row) {
+                if v > *mv || v.is_nan() {
+                    *mv = v;
+                }
+            }
+        }
+        for (dr, xr) in d.chunks_exact_mut(w).zip(x.chunks_exact(w)) {
+            for ((dv, &xv), &mv) in dr.iter_mut().zip(xr).zip(&m) {
+                *dv = xv - mv;
+            }
+        }
+        super::transcendental::map(UnaryOp::Exp, d, y);
+        let mut sum = [0f32; 64];
+        for row in y.chunks_exact(w) {
+            for (sv, &e) in sum.iter_mut().zip(row) {
+                *sv += e;
+            }
+        }
+        if log {
+            let mut ls = [0f32; 64];
+            for (l, &sv) in ls.iter_mut().zip(&sum).take(w) {
+                *l = (sv as f64).ln() as f32;
+            }
+            for (yr, dr) in y.chunks_exact_mut(w).zip(d.chunks_exact(w)) {
+                for ((yv, &dv), &l) in yr.iter_mut().zip(dr).zip(&ls) {
+                    *yv = dv - l;
+                }
+            }
+        } else {
+            for yr in y.chunks_exact_mut(w) {
+                for (yv, &sv) in yr.iter_mut().zip(&sum) {
+                    *yv /= sv;
+                }
+            }
+        }
+    }
+}
+
+qforge_ir::multiversion! {
     baseline = softmax_lanes_baseline;
-    /// [`softmax_contiguous`] of every lane of `n` values of `x` (a whole number of lanes; `log`:
+    /// [`norm::softmax_lane`] of every lane of `n` values of `x` (a whole number of lanes; `log`:
     /// log-softmax, as the interpreter's lane function computes it), with
     /// the exponentials of 16 lanes in one [`super::transcendental::map`] call (short lanes,
     /// such as attention over a few tokens, would otherwise pay its setup per lane). Each lane's
@@ -1738,33 +1760,33 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                 softmax_lanes(xs, ys, n, log);
                 return;
             }
-            // A lane over a strided axis interleaves with its neighbours (which other threads may
-            // be writing), so it is gathered into scratch, computed there and scattered back.
-            let mut lane_in = if inner > 1 { vec![0f32; n] } else { Vec::new() };
-            let mut lane_out = if inner > 1 { vec![0f32; n] } else { Vec::new() };
-            let mut scratch = vec![0f32; n];
-            for lane in begin..end {
-                let (o, i) = (lane / inner, lane % inner);
-                let base = o * n * inner + i;
-                if inner == 1 {
-                    // SAFETY: the lane is the contiguous elements `base..base + n` of both
-                    // buffers (inside them: `lane` is a unit of the step), which no other call
-                    // touches; the buffers are distinct.
-                    let (xs, ys) = unsafe {
-                        (std::slice::from_raw_parts(x.add(base), n), std::slice::from_raw_parts_mut(y.add(base), n))
-                    };
-                    softmax_contiguous(xs, ys, &mut scratch, log);
-                } else {
-                    for (k, v) in lane_in.iter_mut().enumerate() {
-                        // SAFETY: element `base + k * inner` of the lane lies in the input buffer.
-                        *v = unsafe { x.add(base + k * inner).read() };
+            if inner > 1 {
+                // lanes over a strided axis: runs of up to COLS neighbouring lanes (one block
+                // `o`, consecutive `i`) gathered as `n` rows of the run's width, computed side by
+                // side ([`softmax_columns`]) and scattered back; other calls may be writing the
+                // lanes beside the run, so only the run's elements are touched
+                const COLS: usize = 64;
+                let mut xs = vec![0f32; n * COLS];
+                let mut ys = vec![0f32; n * COLS];
+                let mut ds = vec![0f32; n * COLS];
+                let mut lane = begin;
+                while lane < end {
+                    let (o, i0) = (lane / inner, lane % inner);
+                    let w = (inner - i0).min(end - lane).min(COLS);
+                    let base = o * n * inner + i0;
+                    for k in 0..n {
+                        // SAFETY: elements `base + k * inner..+ w` are lanes `i0..i0 + w` of row
+                        // `k` of block `o`, inside the input buffer.
+                        let src = unsafe { std::slice::from_raw_parts(x.add(base + k * inner), w) };
+                        xs[k * w..(k + 1) * w].copy_from_slice(src);
                     }
-                    softmax_contiguous(&lane_in, &mut lane_out, &mut scratch, log);
-                    for (k, v) in lane_out.iter().enumerate() {
-                        // SAFETY: element `base + k * inner` of the lane lies in the output buffer
-                        // and belongs to this call's lanes only.
-                        unsafe { y.add(base + k * inner).write(*v) };
+                    softmax_columns(&xs[..n * w], &mut ys[..n * w], &mut ds[..n * w], w, log);
+                    for k in 0..n {
+                        // SAFETY: the same elements of the output buffer, this call's lanes only.
+                        let dst = unsafe { std::slice::from_raw_parts_mut(y.add(base + k * inner), w) };
+                        dst.copy_from_slice(&ys[k * w..(k + 1) * w]);
                     }
+                    lane += w;
                 }
             }
         }
@@ -1941,7 +1963,7 @@ mod tests {
     /// several lengths with wide ranges (exponents that underflow to 0), ties at the maximum,
     /// infinities and NaN.
     #[test]
-    fn softmax_contiguous_is_the_interpreters_lane() {
+    fn softmax_lanes_one_at_a_time_are_the_interpreters_lane() {
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut next = || {
             state ^= state << 13;
@@ -1962,9 +1984,9 @@ mod tests {
             }
         }
         for x in &lanes {
-            let (mut want, mut got, mut scratch) = (vec![0f32; x.len()], vec![0f32; x.len()], vec![0f32; x.len()]);
+            let (mut want, mut got) = (vec![0f32; x.len()], vec![0f32; x.len()]);
             norm::softmax_lane(x, &mut want, x.len(), 1, false);
-            softmax_contiguous(x, &mut got, &mut scratch, false);
+            softmax_lanes(x, &mut got, x.len(), false);
             let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "lane {x:?}: {got:?} against {want:?}");
         }
@@ -1992,6 +2014,50 @@ mod tests {
                     f(&x, &mut got, n, log);
                     let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(same, "{lanes} lanes of {n}, log {log}");
+                }
+            }
+        }
+    }
+
+    /// Lanes side by side (a strided softmax axis) are the interpreter's lane function bit for
+    /// bit, softmax and log-softmax, with a NaN (and a payload NaN after it), an infinity, signed
+    /// zeros as the maximum and a lane of -infinities, at widths on and off the vector sizes.
+    #[test]
+    fn softmax_columns_are_the_interpreters_lanes() {
+        let mut seed = 7u32;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
+        };
+        for (n, w) in [(16usize, 64usize), (5, 3), (17, 20), (1, 9)] {
+            let mut x: Vec<f32> = (0..n * w).map(|_| next() * 30.0).collect();
+            let at = |k: usize, i: usize| k * w + i;
+            if w > 4 && n > 2 {
+                x[at(1, 0)] = f32::NAN;
+                x[at(2, 0)] = f32::from_bits(0x7fc0_4321);
+                x[at(0, 1)] = f32::INFINITY;
+                for k in 0..n {
+                    x[at(k, 2)] = [-0.0, 0.0, -2.5][k % 3];
+                    x[at(k, 3)] = f32::NEG_INFINITY;
+                }
+            }
+            for log in [false, true] {
+                let mut want = vec![0f32; n * w];
+                for i in 0..w {
+                    let lane: Vec<f32> = (0..n).map(|k| x[at(k, i)]).collect();
+                    let mut out = vec![0f32; n];
+                    norm::softmax_lane(&lane, &mut out, n, 1, log);
+                    for k in 0..n {
+                        want[at(k, i)] = out[k];
+                    }
+                }
+                for f in [softmax_columns, softmax_columns_baseline] {
+                    let (mut got, mut d) = (vec![0f32; n * w], vec![0f32; n * w]);
+                    f(&x, &mut got, &mut d, w, log);
+                    let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{n} rows of {w} lanes, log {log}");
                 }
             }
         }
