@@ -434,6 +434,18 @@ unsafe fn resize_nhwc(
     let mut row_of: Option<(usize, usize)> = None;
     let mut px = vec![0f64; c];
     let mut acc = vec![0f64; c];
+    // linear interpolation's two W taps for every output column, when every column has two
+    // (f32 results): whole pixels of a row then go through one vector loop
+    let taps2: Option<Vec<(usize, f64, usize, f64)>> = match (dtype, w) {
+        (DType::F32, Some(t)) => t
+            .iter()
+            .map(|tp| match tp {
+                Taps::Weighted(ws) if ws.len() == 2 => Some((ws[0].0, ws[0].1, ws[1].0, ws[1].1)),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    };
     let mut i = s;
     // the position of element `i`, found once and then stepped pixel by pixel (no divisions
     // per pixel)
@@ -465,6 +477,27 @@ unsafe fn resize_nhwc(
                 }
             }
             row_of = Some((n, oh));
+        }
+        if let Some(t2) = taps2.as_deref().filter(|_| c0 == 0 && run == c) {
+            // the whole pixels of this output row inside `i..e`
+            let px_n = ((e - i) / c).min(ow_n - ow);
+            if px_n > 1 {
+                // SAFETY: output elements `i..i + px_n * c` (whole pixels of this row) belong
+                // to this call's units only.
+                let y = unsafe { std::slice::from_raw_parts_mut((yb as *mut f32).add(i), px_n * c) };
+                resize_row_w2(&hrow, c, &t2[ow..ow + px_n], y);
+                i += px_n * c;
+                ow += px_n;
+                if ow == ow_n {
+                    ow = 0;
+                    oh += 1;
+                    if oh == oh_n {
+                        oh = 0;
+                        n += 1;
+                    }
+                }
+                continue;
+            }
         }
         let col = |j: usize| &hrow[j * c + c0..j * c + c0 + run];
         let out = &mut acc[..run];
@@ -520,6 +553,25 @@ unsafe fn resize_nhwc(
             if oh == oh_n {
                 oh = 0;
                 n += 1;
+            }
+        }
+    }
+}
+
+qforge_ir::multiversion! {
+    baseline = resize_row_w2_baseline;
+    /// The W pass of linear interpolation over whole output pixels of one NHWC row: pixel `p`'s
+    /// `c` channels are `(0 + w0 * h[j0]) + w1 * h[j1]` of the H pass `h` (`c` values per input
+    /// column), `taps[p] = (j0, w0, j1, w1)`, in f64 and rounded once to f32 ([`resize_nhwc`]'s
+    /// arithmetic); compiled for AVX-512 and AVX2 as well.
+    pub fn resize_row_w2(h: &[f64], c: usize, taps: &[(usize, f64, usize, f64)], out: &mut [f32]) -> () {
+        if c == 0 {
+            return;
+        }
+        for (o, &(j0, w0, j1, w1)) in out.chunks_exact_mut(c).zip(taps) {
+            let (a, b) = (&h[j0 * c..j0 * c + c], &h[j1 * c..j1 * c + c]);
+            for ((ov, &av), &bv) in o.iter_mut().zip(a).zip(b) {
+                *ov = ((0.0 + w0 * av) + w1 * bv) as f32;
             }
         }
     }
@@ -2015,6 +2067,48 @@ mod tests {
                     let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(same, "{lanes} lanes of {n}, log {log}");
                 }
+            }
+        }
+    }
+
+    /// The NHWC resize (its W pass over whole pixels in the vector loop, partial pixels and the
+    /// rest element by element) is the per-element formula bit for bit: linear taps both ways,
+    /// 5, 16 and 21 channels, calls over uneven ranges of the output.
+    #[test]
+    fn nhwc_resize_is_the_per_element_formula() {
+        let taps = |n_out: usize, n_in: usize| -> Vec<Taps> {
+            (0..n_out)
+                .map(|o| {
+                    let x = ((o as f64 + 0.5) * n_in as f64 / n_out as f64 - 0.5).max(0.0);
+                    let j0 = (x.floor() as usize).min(n_in - 1);
+                    let f = x - j0 as f64;
+                    Taps::Weighted(vec![(j0, 1.0 - f), ((j0 + 1).min(n_in - 1), f)])
+                })
+                .collect()
+        };
+        for c in [5usize, 16, 21] {
+            let (din, dout) = ([2, c, 3, 4], [2, c, 5, 9]);
+            let (h, w) = (taps(5, 3), taps(9, 4));
+            let x: Vec<f32> = (0..2 * c * 12).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.37).collect();
+            let len = 2 * c * 45;
+            let mut y = vec![f32::NAN; len];
+            let (mut s, mut step) = (0, 7);
+            while s < len {
+                let e = (s + step).min(len);
+                // SAFETY: the taps index inside the input's axes; `s..e` lie in the output.
+                unsafe {
+                    let (xb, yb) = (x.as_ptr() as *const u8, y.as_mut_ptr() as *mut u8);
+                    resize_nhwc(xb, yb, s, e, &din, &dout, DType::F32, Some(&h), Some(&w), 0.0);
+                }
+                s = e;
+                step = step * 3 % 97 + 5;
+            }
+            for (i, &got) in y.iter().enumerate() {
+                let (n, ch, oh, ow) = position(&dout, true, i);
+                let at = |hh: usize, ww: usize| x[offset(&din, true, n, ch, hh, ww)] as f64;
+                let hval = |ww: usize| apply_taps(&h[oh], 0.0, |hh| at(hh, ww));
+                let want = apply_taps(&w[ow], 0.0, hval) as f32;
+                assert_eq!(got.to_bits(), want.to_bits(), "{c} channels, element {i}");
             }
         }
     }
