@@ -446,6 +446,18 @@ unsafe fn resize_nhwc(
             .collect(),
         _ => None,
     };
+    // `k` pixels on along an output row (not past its end), then to the next row or image
+    let advance = |k: usize, ow: &mut usize, oh: &mut usize, n: &mut usize| {
+        *ow += k;
+        if *ow == ow_n {
+            *ow = 0;
+            *oh += 1;
+            if *oh == oh_n {
+                *oh = 0;
+                *n += 1;
+            }
+        }
+    };
     let mut i = s;
     // the position of element `i`, found once and then stepped pixel by pixel (no divisions
     // per pixel)
@@ -487,15 +499,7 @@ unsafe fn resize_nhwc(
                 let y = unsafe { std::slice::from_raw_parts_mut((yb as *mut f32).add(i), px_n * c) };
                 resize_row_w2(&hrow, c, &t2[ow..ow + px_n], y);
                 i += px_n * c;
-                ow += px_n;
-                if ow == ow_n {
-                    ow = 0;
-                    oh += 1;
-                    if oh == oh_n {
-                        oh = 0;
-                        n += 1;
-                    }
-                }
+                advance(px_n, &mut ow, &mut oh, &mut n);
                 continue;
             }
         }
@@ -546,15 +550,7 @@ unsafe fn resize_nhwc(
         }
         i += run;
         c0 = 0;
-        ow += 1;
-        if ow == ow_n {
-            ow = 0;
-            oh += 1;
-            if oh == oh_n {
-                oh = 0;
-                n += 1;
-            }
-        }
+        advance(1, &mut ow, &mut oh, &mut n);
     }
 }
 
