@@ -1404,9 +1404,9 @@ mod tests {
         let tile: Vec<i32> = (0..rows * ldc)
             .map(|i| {
                 if i < rows * ldc / 2 {
-                    (i as i32 * 9377) % 900_001 - 450_000
+                    ((i as i64 * 9377) % 900_001 - 450_000) as i32
                 } else {
-                    (i as i32 * 7919) % 160_001 - 80_000
+                    ((i as i64 * 7919) % 160_001 - 80_000) as i32
                 }
             })
             .collect();
