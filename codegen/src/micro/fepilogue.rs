@@ -1389,7 +1389,9 @@ mod tests {
     /// on a fine grid across `[-45, 45]` (past the approximation's range on both sides) and
     /// across `[-8, 8]`, scales
     /// that put the results inside the byte range, across it and past it, whole and partial
-    /// column blocks; and the approximation itself within 2^-20 of the interpreter's sigmoid.
+    /// column blocks; inputs around every rounding boundary of the result (where the rounding
+    /// check decides: a build without it, or with a margin below the approximation's error,
+    /// fails here); and the approximation itself within 2^-20 of the interpreter's sigmoid.
     #[test]
     fn quantized_silu_is_the_definition() {
         use crate::spec::{apply_scalar, Acc, Lane};
@@ -1441,6 +1443,61 @@ mod tests {
                         Some(Lane::I(w)) => assert_eq!(out[r * cols + c], w as u8, "scale {scale} row {r} col {c}"),
                         other => panic!("the definition gave {other:?}"),
                     }
+                }
+            }
+        }
+        // near the rounding boundaries: for each half-integer `k + 1/2` of the result, the
+        // accumulators around the `x` (on a grid of 1e-7) where `x * sigmoid(x) / scale` meets
+        // it, so that the f32 rounding of the sigmoid decides bytes; every one checked
+        let m = 1e-7f32;
+        for (scale, zp) in [(0.02f32, 7), (0.05, 0), (0.0037, 3)] {
+            let silu = |x: f64| x / (1.0 + (-x).exp());
+            let mut accs: Vec<i32> = Vec::new();
+            for k in 0..(255 - zp) {
+                let target = (k as f64 + 0.5) * scale as f64;
+                let (mut lo, mut hi) = (0.0f64, 60.0f64);
+                for _ in 0..80 {
+                    let mid = 0.5 * (lo + hi);
+                    if silu(mid) < target {
+                        lo = mid;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                let a = (lo / m as f64).round() as i64;
+                if a.abs() < i32::MAX as i64 - 64 {
+                    accs.extend((-24..24).map(|d| (a + d) as i32));
+                }
+            }
+            let cols = 16;
+            let rows = accs.len().div_ceil(cols);
+            accs.resize(rows * cols, 0);
+            let steps = vec![
+                Step::ScaleToF32(vec![m; cols]),
+                Step::Silu,
+                Step::DivF32(scale),
+                Step::RoundToInt { zp, lo: 0, hi: 255, bounded: false },
+            ];
+            let p = FloatEpilogue::from_kernel(Acc::I32, &steps, Store::U8).expect("a quantized SiLU list");
+            let mut out = vec![0u8; rows * cols];
+            // SAFETY: `rows` rows of 16 accumulators and of 16 output bytes.
+            unsafe {
+                epilogue_f32(
+                    &p,
+                    accs.as_ptr() as *const f32,
+                    cols,
+                    rows,
+                    0,
+                    cols,
+                    out.as_mut_ptr(),
+                    cols,
+                    std::ptr::null(),
+                )
+            };
+            for (i, (&a, &got)) in accs.iter().zip(&out).enumerate() {
+                match apply_scalar(&steps, a, i % cols) {
+                    Some(Lane::I(w)) => assert_eq!(got, w as u8, "scale {scale}: accumulator {a}"),
+                    other => panic!("the definition gave {other:?}"),
                 }
             }
         }
