@@ -488,13 +488,25 @@ impl Program {
                             keep.push(c);
                             Some(addr)
                         }
+                        elementwise::Elementwise::Quantize { scale, zp, out }
+                            if microkernels == Microkernels::Native && crate::micro::requant::available() =>
+                        {
+                            let (lo, hi) = if *out == elementwise::IntTy::U8 { (0, 255) } else { (-128, 127) };
+                            let c = Box::new(crate::micro::requant::QuantizeConsts { scale: *scale, zp: *zp, lo, hi });
+                            let addr = &*c as *const crate::micro::requant::QuantizeConsts as i64;
+                            keep.push(c);
+                            Some(addr)
+                        }
                         _ => None,
                     };
-                    let id = match native {
-                        Some(c) => {
+                    let id = match (native, op) {
+                        (Some(c), elementwise::Elementwise::Quantize { .. }) => {
+                            jit.define_step(&s.name, |em, p| elementwise::emit_native_quantize(em, c, &ins, o, p))?
+                        }
+                        (Some(c), _) => {
                             jit.define_step(&s.name, |em, p| elementwise::emit_native_qadd(em, c, &ins, o, p))?
                         }
-                        None => jit.define_step(&s.name, |em, p| elementwise::emit(em, *op, &ins, o, p))?,
+                        (None, _) => jit.define_step(&s.name, |em, p| elementwise::emit(em, *op, &ins, o, p))?,
                     };
                     funcs.push((i, id, *len, 1024, false));
                     let what = if native.is_some() {

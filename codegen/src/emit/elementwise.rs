@@ -285,6 +285,21 @@ pub fn emit_native_qadd(
     em.call("qf_qadd", &[p, pa, pb, pc, begin, end])
 }
 
+/// A quantize as one call of the registered 512-bit kernel over elements `begin..end`.
+pub fn emit_native_quantize(
+    em: &mut Emitter<'_, '_>,
+    consts: i64,
+    inputs: &[i64],
+    output: i64,
+    [arena, _scratch, begin, end]: [Value; 4],
+) -> Result<(), JitError> {
+    let [x] = inputs else { return Err(JitError::Codegen("quantize needs one input".into())) };
+    let px = em.offset(arena, *x);
+    let py = em.offset(arena, output);
+    let p = em.iconst(consts);
+    em.call("qf_quantize", &[p, px, py, begin, end])
+}
+
 /// Concatenation: for each input, one call of the registered block copy over the blocks
 /// `begin..end` into its slice of the output blocks.
 pub fn emit_concat(

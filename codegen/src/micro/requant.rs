@@ -189,3 +189,102 @@ unsafe fn qadd_avx512(p: &QAddConsts, a: *const u8, b: *const u8, c: *mut u8, be
         }
     }
 }
+
+/// Constants of the 512-bit quantize: the scale, the zero point and the result's storage range.
+#[repr(C)]
+#[derive(Clone, Debug)]
+pub struct QuantizeConsts {
+    pub scale: f32,
+    pub zp: i32,
+    pub lo: i32,
+    pub hi: i32,
+}
+
+/// `y[i] = sat(round_half_even(x[i] / scale) + zp)` for `i` in `begin..end` (the numerics
+/// contract's quantize: a true f32 division, NaN to the zero point), sixteen lanes at a time:
+/// NaN lanes set to 0, clamped to `[lo - zp, hi - zp]` (integer bounds, so clamping before the
+/// rounding is clamping after it), rounded half to even, `zp` added, the low byte stored.
+///
+/// # Safety
+/// `x` holds at least `end` f32 and `y` `end` bytes; call only when [`available`] is true.
+pub unsafe extern "C" fn quantize(p: *const QuantizeConsts, x: *const f32, y: *mut u8, begin: usize, end: usize) {
+    // SAFETY: the caller's contract, which `quantize_avx512` requires; `p` points to valid
+    // constants.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            quantize_avx512(&*p, x, y, begin, end)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (p, x, y, begin, end);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_avx512(p: &QuantizeConsts, x: *const f32, y: *mut u8, begin: usize, end: usize) {
+    // SAFETY: whole loads and stores touch elements `i..i + 16 <= end`, masked ones only elements
+    // below `end`, of `x` and `y` (the caller's contract); the target features are enabled here
+    // and checked by `available`.
+    unsafe {
+        use std::arch::x86_64::*;
+        let s = _mm512_set1_ps(p.scale);
+        let lo = _mm512_set1_ps(p.lo.saturating_sub(p.zp) as f32);
+        let hi = _mm512_set1_ps(p.hi.saturating_sub(p.zp) as f32);
+        let zp = _mm512_set1_epi32(p.zp);
+        let q = |v: __m512| -> __m128i {
+            let v = _mm512_div_ps(v, s);
+            let v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v), _mm512_setzero_ps());
+            let v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+            let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+            _mm512_cvtepi32_epi8(_mm512_add_epi32(r, zp))
+        };
+        let mut i = begin;
+        while i + 16 <= end {
+            _mm_storeu_si128(y.add(i).cast(), q(_mm512_loadu_ps(x.add(i))));
+            i += 16;
+        }
+        if i < end {
+            let mask: __mmask16 = (1u16 << (end - i)) - 1;
+            _mm_mask_storeu_epi8(y.add(i) as *mut i8, mask, q(_mm512_maskz_loadu_ps(mask, x.add(i))));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qforge_ir::{numerics, DType};
+
+    /// The 512-bit quantize is the contract's quantize on every value kind: ties at half
+    /// integers (to even), values past both ends of the range, infinities, NaN, signed zeros,
+    /// subnormals; u8 and i8 with several zero points; ranges starting off a vector boundary.
+    /// Under `CI=true` a CPU without AVX-512BW fails it.
+    #[test]
+    fn quantize_is_the_contracts() {
+        let ok = available();
+        assert!(ok || std::env::var("CI").as_deref() != Ok("true"), "this test needs AVX-512F and BW");
+        if !ok {
+            return;
+        }
+        let mut x: Vec<f32> = (-4000..4000).map(|i| i as f32 * 0.0625).collect();
+        x.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1e-40, -1e-40, f32::MAX, f32::MIN]);
+        x.extend((0..777).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 0.013_7));
+        for (scale, zp, dtype) in
+            [(0.125f32, 0, DType::U8), (0.125, 128, DType::U8), (0.05, -3, DType::I8), (0.02, 0, DType::I8)]
+        {
+            let (lo, hi) = if dtype == DType::U8 { (0, 255) } else { (-128, 127) };
+            let p = QuantizeConsts { scale, zp, lo, hi };
+            let mut y = vec![0u8; x.len()];
+            let begin = 3;
+            // SAFETY: `x` and `y` hold `x.len()` elements; the CPU has AVX-512F and BW.
+            unsafe { quantize(&p, x.as_ptr(), y.as_mut_ptr(), begin, x.len()) };
+            for (i, (&v, &got)) in x.iter().zip(&y).enumerate().skip(begin) {
+                let want = numerics::quantize(v, scale, zp, dtype) as u8;
+                assert_eq!(got, want, "quantize({v:e}) scale {scale} zp {zp} {dtype:?} at {i}");
+            }
+        }
+    }
+}
