@@ -486,7 +486,7 @@ impl Program {
                             });
                             let addr = &*c as *const crate::micro::requant::QAddConsts as i64;
                             keep.push(c);
-                            Some(addr)
+                            Some(("qf_qadd", addr))
                         }
                         elementwise::Elementwise::Quantize { scale, zp, out }
                             if microkernels == Microkernels::Native && crate::micro::requant::available() =>
@@ -495,18 +495,15 @@ impl Program {
                             let c = Box::new(crate::micro::requant::QuantizeConsts { scale: *scale, zp: *zp, lo, hi });
                             let addr = &*c as *const crate::micro::requant::QuantizeConsts as i64;
                             keep.push(c);
-                            Some(addr)
+                            Some(("qf_quantize", addr))
                         }
                         _ => None,
                     };
-                    let id = match (native, op) {
-                        (Some(c), elementwise::Elementwise::Quantize { .. }) => {
-                            jit.define_step(&s.name, |em, p| elementwise::emit_native_quantize(em, c, &ins, o, p))?
+                    let id = match native {
+                        Some((kernel, c)) => {
+                            jit.define_step(&s.name, |em, p| elementwise::emit_native(em, kernel, c, &ins, o, p))?
                         }
-                        (Some(c), _) => {
-                            jit.define_step(&s.name, |em, p| elementwise::emit_native_qadd(em, c, &ins, o, p))?
-                        }
-                        (None, _) => jit.define_step(&s.name, |em, p| elementwise::emit(em, *op, &ins, o, p))?,
+                        None => jit.define_step(&s.name, |em, p| elementwise::emit(em, *op, &ins, o, p))?,
                     };
                     funcs.push((i, id, *len, 1024, false));
                     let what = if native.is_some() {

@@ -268,36 +268,25 @@ pub fn emit_row_op(
     em.call("qf_row_op", &[p, arena, begin, end])
 }
 
-/// A quantized add through the registered 512-bit kernel (`consts` addresses its
-/// [`crate::micro::requant::QAddConsts`]): one call for the units `begin..end`.
-pub fn emit_native_qadd(
+/// An element-wise step as one call of a registered 512-bit kernel `kernel` over the units
+/// `begin..end`: `kernel(consts, input pointers.., output pointer, begin, end)` (`consts`
+/// addresses its constants: [`crate::micro::requant::QAddConsts`] for `qf_qadd`,
+/// [`crate::micro::requant::QuantizeConsts`] for `qf_quantize`).
+pub fn emit_native(
     em: &mut Emitter<'_, '_>,
+    kernel: &'static str,
     consts: i64,
     inputs: &[i64],
     output: i64,
     [arena, _scratch, begin, end]: [Value; 4],
 ) -> Result<(), JitError> {
-    let [a, b] = inputs else { return Err(JitError::Codegen("qadd needs two inputs".into())) };
-    let pa = em.offset(arena, *a);
-    let pb = em.offset(arena, *b);
-    let pc = em.offset(arena, output);
-    let p = em.iconst(consts);
-    em.call("qf_qadd", &[p, pa, pb, pc, begin, end])
-}
-
-/// A quantize as one call of the registered 512-bit kernel over elements `begin..end`.
-pub fn emit_native_quantize(
-    em: &mut Emitter<'_, '_>,
-    consts: i64,
-    inputs: &[i64],
-    output: i64,
-    [arena, _scratch, begin, end]: [Value; 4],
-) -> Result<(), JitError> {
-    let [x] = inputs else { return Err(JitError::Codegen("quantize needs one input".into())) };
-    let px = em.offset(arena, *x);
-    let py = em.offset(arena, output);
-    let p = em.iconst(consts);
-    em.call("qf_quantize", &[p, px, py, begin, end])
+    let mut args = vec![em.iconst(consts)];
+    for &x in inputs {
+        args.push(em.offset(arena, x));
+    }
+    args.push(em.offset(arena, output));
+    args.extend([begin, end]);
+    em.call(kernel, &args)
 }
 
 /// Concatenation: for each input, one call of the registered block copy over the blocks

@@ -439,14 +439,23 @@ fn hard_swish(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
 #[target_feature(enable = "avx512f")]
 #[inline]
 fn round_to_int(v: std::arch::x86_64::__m512, o: &IntOut) -> std::arch::x86_64::__m512i {
+    round_lanes(v, o.zp, o.lo, o.hi)
+}
+
+/// [`round_to_int`] with its zero point and range given apart (the standalone quantize kernel
+/// of [`super::requant`] rounds the same way).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) fn round_lanes(v: std::arch::x86_64::__m512, zp: i32, lo: i32, hi: i32) -> std::arch::x86_64::__m512i {
     use std::arch::x86_64::*;
     let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
     let v = _mm512_mask_mov_ps(v, nan, _mm512_setzero_ps());
-    let lo = _mm512_set1_ps(o.lo.saturating_sub(o.zp) as f32);
-    let hi = _mm512_set1_ps(o.hi.saturating_sub(o.zp) as f32);
+    let lo = _mm512_set1_ps(lo.saturating_sub(zp) as f32);
+    let hi = _mm512_set1_ps(hi.saturating_sub(zp) as f32);
     let v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
     let q = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-    _mm512_add_epi32(q, _mm512_set1_epi32(o.zp))
+    _mm512_add_epi32(q, _mm512_set1_epi32(zp))
 }
 
 /// The step-by-step epilogue with AVX-512F: [`epilogue_body`].

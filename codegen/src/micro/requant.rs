@@ -201,9 +201,9 @@ pub struct QuantizeConsts {
 }
 
 /// `y[i] = sat(round_half_even(x[i] / scale) + zp)` for `i` in `begin..end` (the numerics
-/// contract's quantize: a true f32 division, NaN to the zero point), sixteen lanes at a time:
-/// NaN lanes set to 0, clamped to `[lo - zp, hi - zp]` (integer bounds, so clamping before the
-/// rounding is clamping after it), rounded half to even, `zp` added, the low byte stored.
+/// contract's quantize: a true f32 division, NaN to the zero point), sixteen lanes at a time,
+/// rounded as the float epilogue rounds to bytes ([`super::fepilogue::round_lanes`]), the low
+/// byte stored.
 ///
 /// # Safety
 /// `x` holds at least `end` f32 and `y` `end` bytes; call only when [`available`] is true.
@@ -231,15 +231,9 @@ unsafe fn quantize_avx512(p: &QuantizeConsts, x: *const f32, y: *mut u8, begin: 
     unsafe {
         use std::arch::x86_64::*;
         let s = _mm512_set1_ps(p.scale);
-        let lo = _mm512_set1_ps(p.lo.saturating_sub(p.zp) as f32);
-        let hi = _mm512_set1_ps(p.hi.saturating_sub(p.zp) as f32);
-        let zp = _mm512_set1_epi32(p.zp);
+        // the float epilogue's rounding to bytes (NaN to 0, clamp, half to even, zero point)
         let q = |v: __m512| -> __m128i {
-            let v = _mm512_div_ps(v, s);
-            let v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v), _mm512_setzero_ps());
-            let v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
-            let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-            _mm512_cvtepi32_epi8(_mm512_add_epi32(r, zp))
+            _mm512_cvtepi32_epi8(super::fepilogue::round_lanes(_mm512_div_ps(v, s), p.zp, p.lo, p.hi))
         };
         let mut i = begin;
         while i + 16 <= end {
