@@ -4,17 +4,15 @@
 //! sum and its sum of squared deviations in f32, one value after the other. One row at a time,
 //! that is a chain of dependent additions the CPU cannot overlap (a transformer's row of 384
 //! values waits about 1,500 cycles on it). Here blocks of [`LANES`] rows are transposed into
-//! scratch so that lane `l` of every vector holds row `l`: each lane still adds its own row's
+//! scratch ([`rows_to_lanes`]) so that lane `l` of every vector holds row `l`: each lane still adds its own row's
 //! values in order, so every row gets the interpreter's statistics bit for bit, while the
 //! [`LANES`] rows' additions run side by side. The normalization itself is element-wise, row by
 //! row, with the interpreter's formula `(v - mean) / denom * scale[k] + bias[k]` (no fused
 //! multiply-add: Rust never contracts), so it vectorizes along the row.
 
+use super::transpose::{rows_to_lanes, LANES};
 use qforge_ir::interp::norm::layer_norm_row;
 use qforge_ir::multiversion;
-
-/// Rows normalized together (one AVX-512 vector of f32).
-pub const LANES: usize = 16;
 
 multiversion! {
     baseline = layer_norm_rows_baseline;
@@ -44,16 +42,9 @@ multiversion! {
             // a last partial block takes the lanes it has; the other lanes hold zeros, whose
             // statistics are computed and never stored
             let live = LANES.min(rows - r0);
-            if live < LANES {
-                scratch.fill(0.0);
-            }
             let block = &x[r0 * n..(r0 + live) * n];
             // scratch[k * LANES + l] = row l's value k
-            for (l, row) in block.chunks_exact(n).enumerate() {
-                for (k, &v) in row.iter().enumerate() {
-                    scratch[k * LANES + l] = v;
-                }
-            }
+            rows_to_lanes(block, n, scratch);
             let mut sum = [0f32; LANES];
             for col in scratch.chunks_exact(LANES) {
                 for (s, &v) in sum.iter_mut().zip(col) {

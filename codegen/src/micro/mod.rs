@@ -23,6 +23,7 @@ pub mod pool;
 pub mod requant;
 pub mod rowops;
 pub mod transcendental;
+pub mod transpose;
 pub mod winograd;
 
 /// Geometry of one 2-D convolution over an NHWC input, shared by the im2col and depthwise

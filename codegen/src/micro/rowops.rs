@@ -981,7 +981,7 @@ qforge_ir::multiversion! {
     /// from a transposed copy of their exponentials, each still taken over its own lane in plain
     /// order (so the same results bit for bit); compiled for AVX-512 and AVX2 as well.
     pub fn softmax_lanes(x: &[f32], y: &mut [f32], n: usize, log: bool) -> () {
-        const B: usize = 16;
+        const B: usize = super::transpose::LANES;
         if n == 0 {
             return;
         }
@@ -1002,12 +1002,8 @@ qforge_ir::multiversion! {
             }
             let yb = &mut y[r0 * n..(r0 + b) * n];
             super::transcendental::map(UnaryOp::Exp, db, yb);
-            // et[j * B + l] = the j-th exponential of lane l (lanes past `b` stay 0)
-            for (l, yl) in yb.chunks_exact(n).enumerate() {
-                for (j, &v) in yl.iter().enumerate() {
-                    et[j * B + l] = v;
-                }
-            }
+            // et[j * B + l] = the j-th exponential of lane l (lanes past `b` are 0)
+            super::transpose::rows_to_lanes(yb, n, &mut et);
             let mut sum = [0f32; B];
             for ej in et.chunks_exact(B) {
                 for l in 0..B {
