@@ -4,7 +4,7 @@
 //!
 //! Each element is computed in f64 with a polynomial `exp` (Cody-Waite range reduction
 //! `x = k ln 2 + r`, `|r| <= ln 2 / 2`, a degree-10 polynomial, `2^k` built in the exponent
-//! bits) or, for `erf`, `x P(x^2)` with `P` of degree 16 on `|x| <= 2` and the Taylor series
+//! bits; with AVX-512, sixteenths of `ln 2`, a degree-6 polynomial and a table of `2^(j/16)`) or, for `erf`, `x P(x^2)` with `P` of degree 16 on `|x| <= 2` and the Taylor series
 //! around the centers of eighths of `[2, 4)` beyond (`±1` from 4 on; the interpreter's `erf` is
 //! fdlibm's, within an f64 ulp). The polynomials are Chebyshev fits made and measured by
 //! `scripts/transcendental_polys.py`: relative errors below 2^-50 in f64 Horner form, with fused
@@ -78,6 +78,19 @@ const EXP_POLY: [f64; 11] = [
     2.480150431378554e-05,
     2.764019739169484e-06,
     2.7626371065696354e-07,
+];
+
+/// `exp(r)` on `|r| <= ln 2 / 32`, degree 6 (relative error 1.17e-16, 2^-52.9): the AVX-512
+/// kernel's, after a reduction by sixteenths of `ln 2` and a table of `2^(j/16)`.
+#[cfg(target_arch = "x86_64")]
+const EXP16_POLY: [f64; 7] = [
+    1.0,
+    1.0000000000000022,
+    0.5000000000000003,
+    0.16666666662829413,
+    0.04166666666187011,
+    0.008333496574683201,
+    0.001388909294024313,
 ];
 
 /// `erf(x) / x` in `x^2` on `|x| <= 2.0` for GELU, degree 13 (absolute error 2.59e-13, 2^-41.8).
@@ -312,6 +325,11 @@ pub fn supported(u: UnaryOp) -> bool {
 /// documentation): [`map_with`], the polynomials by fused multiply-adds where the CPU has them.
 pub fn map(u: UnaryOp, x: &[f32], y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
+    if matches!(u, UnaryOp::Exp | UnaryOp::Sigmoid) && x86::available() {
+        // SAFETY: `available` checked the CPU's features.
+        return unsafe { x86::map512(u, x, y) };
+    }
+    #[cfg(target_arch = "x86_64")]
     let fused = std::is_x86_feature_detected!("fma");
     #[cfg(not(target_arch = "x86_64"))]
     let fused = false;
@@ -359,6 +377,145 @@ multiversion! {
             };
             if !all {
                 slow_block(u, xb, yb, &uncertain[..xb.len()], mid);
+            }
+        }
+    }
+}
+
+/// `exp` and `sigmoid` with AVX-512: sixteen f32 elements a step as two vectors of eight f64,
+/// `exp` reduced by sixteenths of `ln 2` instead of whole ones (`x = (16m + j) ln 2 / 16 + r`,
+/// `|r| <= ln 2 / 32`), so that [`EXP16_POLY`] of degree 6 replaces [`EXP_POLY`]'s 10, times
+/// `2^(j/16)` from a 16-entry table (one `vpermt2pd`) and scaled by `2^m` (`vscalefpd`). Its
+/// error (the polynomial's 2^-52.9, the table's and the few roundings, each below 2^-52) is
+/// inside the same rounding test's margin, and the same elements go to [`slow_block`].
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{slow_block, EPS, ERF_MID, EXP16_POLY};
+    use qforge_ir::UnaryOp;
+    use std::arch::x86_64::*;
+
+    /// Whether the CPU has what [`map512`] is compiled for.
+    pub fn available() -> bool {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512dq")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+    }
+
+    /// `2^(j/16)` for `j < 16`, each rounded to f64 (within an f64 ulp).
+    static EXP2_SIXTEENTHS: std::sync::LazyLock<[f64; 16]> =
+        std::sync::LazyLock::new(|| std::array::from_fn(|j| (j as f64 / 16.0).exp2()));
+
+    /// `exp(v)` for `|v| <= 700` (see the module's `x86` documentation).
+    #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
+    #[inline]
+    fn exp8(v: __m512d, t0: __m512d, t1: __m512d) -> __m512d {
+        // 16 / ln 2; ln 2 / 16 split so that k * LN2_16_HI is exact for |k| < 2^22 (fdlibm's
+        // ln2_hi, 31 significant bits, over 16); 1.5 * 2^52 rounds to an integer in the low bits
+        const INV: f64 = 16.0 * std::f64::consts::LOG2_E;
+        const LN2_16_HI: f64 = 0.693_147_180_369_123_8 / 16.0;
+        const LN2_16_LO: f64 = 1.908_214_929_270_587_7e-10 / 16.0;
+        const MAGIC: f64 = 6_755_399_441_055_744.0;
+        let t = _mm512_fmadd_pd(v, _mm512_set1_pd(INV), _mm512_set1_pd(MAGIC));
+        let k = _mm512_sub_pd(t, _mm512_set1_pd(MAGIC));
+        let r = _mm512_fnmadd_pd(k, _mm512_set1_pd(LN2_16_HI), v);
+        let r = _mm512_fnmadd_pd(k, _mm512_set1_pd(LN2_16_LO), r);
+        let mut p = _mm512_set1_pd(EXP16_POLY[6]);
+        for &c in EXP16_POLY[..6].iter().rev() {
+            p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(c));
+        }
+        // j = k mod 16 is in the low four bits of t (two's complement), the table index
+        let tj = _mm512_permutex2var_pd(t0, _mm512_castpd_si512(t), t1);
+        // times 2^floor(k / 16)
+        _mm512_scalef_pd(_mm512_mul_pd(p, tj), _mm512_mul_pd(k, _mm512_set1_pd(1.0 / 16.0)))
+    }
+
+    /// `fast` of sixteen elements (`live` of them read and written): the results into `y`,
+    /// the uncertain ones flagged in `flags`; returns the lanes left certain.
+    ///
+    /// # Safety
+    /// `x`, `y` and `flags` have the `live` elements the mask `live` names.
+    #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn step16(
+        sigmoid: bool,
+        x: *const f32,
+        y: *mut f32,
+        flags: *mut bool,
+        live: __mmask16,
+        t0: __m512d,
+        t1: __m512d,
+    ) -> __mmask16 {
+        // SAFETY: the caller's contract; the loads and stores are masked by `live`.
+        unsafe {
+            let xv = _mm512_maskz_loadu_ps(live, x);
+            let in_range = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(_mm512_abs_ps(xv), _mm512_set1_ps(700.0));
+            let below = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(xv, _mm512_set1_ps(-700.0));
+            let above = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(xv, _mm512_set1_ps(700.0));
+            // beyond ±700 exp is 0 or infinity in f32 and the sigmoid 0 or 1; NaN stays open
+            let high = _mm512_set1_ps(if sigmoid { 1.0 } else { f32::INFINITY });
+            let outside = _mm512_maskz_mov_ps(above, high);
+            let mut v = _mm512_maskz_mov_ps(in_range, xv);
+            if sigmoid {
+                v = _mm512_xor_ps(v, _mm512_set1_ps(-0.0));
+            }
+            let (lo_eps, hi_eps) = (_mm512_set1_pd(1.0 - EPS), _mm512_set1_pd(1.0 + EPS));
+            let one = _mm512_set1_pd(1.0);
+            let mut lo = _mm512_setzero_ps();
+            let mut hi = _mm512_setzero_ps();
+            for h in 0..2 {
+                let half = if h == 0 { _mm512_castps512_ps256(v) } else { _mm512_extractf32x8_ps::<1>(v) };
+                let e = exp8(_mm512_cvtps_pd(half), t0, t1);
+                let a = if sigmoid { _mm512_div_pd(one, _mm512_add_pd(one, e)) } else { e };
+                let l = _mm512_cvtpd_ps(_mm512_mul_pd(a, lo_eps));
+                let u = _mm512_cvtpd_ps(_mm512_mul_pd(a, hi_eps));
+                if h == 0 {
+                    lo = _mm512_castps256_ps512(l);
+                    hi = _mm512_castps256_ps512(u);
+                } else {
+                    lo = _mm512_insertf32x8::<1>(lo, l);
+                    hi = _mm512_insertf32x8::<1>(hi, u);
+                }
+            }
+            let same = _mm512_cmpeq_epi32_mask(_mm512_castps_si512(lo), _mm512_castps_si512(hi));
+            let res = _mm512_mask_blend_ps(in_range, outside, lo);
+            let sure = (in_range & same) | below | above;
+            _mm512_mask_storeu_ps(y, live, res);
+            // a bool is the byte 0 or 1
+            _mm_mask_storeu_epi8(flags.cast(), live, _mm_maskz_mov_epi8(!sure, _mm_set1_epi8(1)));
+            sure
+        }
+    }
+
+    /// [`super::map`] of `Exp` or `Sigmoid`: blocks of 256 elements by [`step16`], then the
+    /// uncertain ones of a block by [`slow_block`].
+    ///
+    /// # Safety
+    /// The CPU has the features [`available`] checks.
+    #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
+    pub unsafe fn map512(u: UnaryOp, x: &[f32], y: &mut [f32]) {
+        const BLOCK: usize = 256;
+        let sigmoid = u == UnaryOp::Sigmoid;
+        let table = &*EXP2_SIXTEENTHS;
+        // SAFETY: 16 f64 in two loads of 8.
+        let (t0, t1) = unsafe { (_mm512_loadu_pd(table.as_ptr()), _mm512_loadu_pd(table.as_ptr().add(8))) };
+        let mut flags = [false; BLOCK];
+        for (xb, yb) in x.chunks(BLOCK).zip(y.chunks_mut(BLOCK)) {
+            let n = xb.len().min(yb.len());
+            let mut all = true;
+            let mut i = 0;
+            while i < n {
+                let live: __mmask16 = if n - i >= 16 { 0xffff } else { (1u16 << (n - i)) - 1 };
+                // SAFETY: `live` names elements `i..min(i + 16, n)` of the block's slices and
+                // of `flags` (n <= BLOCK).
+                let sure = unsafe {
+                    step16(sigmoid, xb.as_ptr().add(i), yb.as_mut_ptr().add(i), flags.as_mut_ptr().add(i), live, t0, t1)
+                };
+                all &= sure & live == live;
+                i += 16;
+            }
+            if !all {
+                slow_block(u, &xb[..n], &mut yb[..n], &flags[..n], &ERF_MID);
             }
         }
     }
