@@ -616,47 +616,6 @@ unsafe fn rows_with_silu<const VBMI: bool>(
     // them (a whole-vector load at `rr * cb` reaches at most 16 past its row).
     unsafe {
         use std::arch::x86_64::*;
-        // quantized right after the product (a division by a positive scale, the rounding):
-        // the sigmoid approximated and the rounding checked ([`silu_quantized`])
-        let quantized = match &p.int_out {
-            Some(io)
-                if !after.is_empty()
-                    && after.iter().all(|o| matches!(o, FloatOp::Div(d) if *d > 0.0 && d.is_finite())) =>
-            {
-                Some(io)
-            }
-            _ => None,
-        };
-        if let Some(io) = quantized {
-            let mut j = 0;
-            while j < t.nr {
-                let cb = (t.nr - j).min(16);
-                let full = cb == 16;
-                let mask: __mmask16 = if full { 0xffff } else { (1u16 << cb) - 1 };
-                let (pa, pb) = (op_params(before, t.n0 + j), op_params(after, t.n0 + j));
-                let (corr, chan) = int_params(p, t.n0 + j);
-                for r in 0..t.rows {
-                    let rrow = t.res.wrapping_add(r * t.out_stride + j * t.es);
-                    let x = load_acc(p, t.tile.add(r * t.ldc + j), corr);
-                    let x = run_ops(before, &pa, x, rrow, mask, full);
-                    let o = t.out.add(r * t.out_stride + j * t.es);
-                    let (q, unsure) = silu_quantized(x, after, &pb, rrow, mask, full, io);
-                    if unsure & mask == 0 {
-                        store_q::<VBMI>(io, q, o, mask, full, chan, vt);
-                    } else {
-                        // the interpreter's sigmoid for this vector
-                        let (mut xv, mut sv) = ([0f32; 16], [0f32; 16]);
-                        _mm512_storeu_ps(xv.as_mut_ptr(), x);
-                        super::transcendental::map(qforge_ir::UnaryOp::Sigmoid, &xv, &mut sv);
-                        let v = _mm512_mul_ps(x, _mm512_loadu_ps(sv.as_ptr()));
-                        let v = run_ops(after, &pb, v, rrow, mask, full);
-                        store_out::<VBMI>(p, v, o, mask, full, chan, vt);
-                    }
-                }
-                j += 16;
-            }
-            return;
-        }
         let mut xs = [0f32; SILU_CHUNK + 16];
         let mut sig = [0f32; SILU_CHUNK + 16];
         let mut j = 0;
@@ -691,73 +650,6 @@ unsafe fn rows_with_silu<const VBMI: bool>(
             }
             j += 16;
         }
-    }
-}
-
-/// `sigmoid(x)` in f32 lanes to a relative error below 2^-20 for `|x| <= 40`: `e^-x` by
-/// Cody-Waite reduction (`-x = n ln 2 + r`, `ln 2` split so `n * LN2_HI` is exact for
-/// `|n| <= 2^9`), a degree-6 Taylor polynomial of `e^r` (`|r| <= 0.35`: the first omitted term
-/// is below 2^-23), `2^n` by `vscalefps`, then `1 / (1 + e^-x)`; checked on every f32 in
-/// `[-40, 40]` by `cargo bench -p qforge-codegen --bench transcendental`.
-///
-/// # Safety
-/// The CPU must have AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-pub fn sigmoid_approx(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
-    use std::arch::x86_64::*;
-    // ln 2 = LN2_HI + LN2_LO: 0.693145751953125 (15 significant bits), then the f32 nearest
-    // the rest, 1.4286068e-6
-    let (ln2_hi, ln2_lo) = (f32::from_bits(0x3f31_7200), f32::from_bits(0x35bf_be8e));
-    let t = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN)));
-    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
-        t,
-        _mm512_set1_ps(std::f32::consts::LOG2_E),
-    ));
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(ln2_hi), t);
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(ln2_lo), r);
-    let mut p = _mm512_set1_ps(1.0 / 720.0);
-    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-    }
-    let e = _mm512_scalef_ps(p, n);
-    _mm512_div_ps(_mm512_set1_ps(1.0), _mm512_add_ps(_mm512_set1_ps(1.0), e))
-}
-
-/// The rounded integers of `x * sigmoid(x)` through `after` (divisions by positive scales) and
-/// the rounding `io`, from [`sigmoid_approx`], and the lanes where they may differ from the
-/// interpreter's (which rounds the sigmoid to f32, multiplies, divides and rounds, each step in
-/// f32): each step is monotone in the sigmoid for a fixed `x`, so the interpreter's integer lies
-/// between those of the ends of an interval that holds its f32 sigmoid, `sigmoid_approx(x)
-/// (1 -+ 2^-17)` (eight times the approximation's error); where the two ends give one integer,
-/// that is it. `|x| > 40` and NaN are always reported.
-///
-/// # Safety
-/// As [`run_ops`] for `after` (which reads no residual).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn silu_quantized(
-    x: std::arch::x86_64::__m512,
-    after: &[FloatOp],
-    pb: &[std::arch::x86_64::__m512; MAX_OPS],
-    rrow: *const u8,
-    mask: std::arch::x86_64::__mmask16,
-    full: bool,
-    io: &IntOut,
-) -> (std::arch::x86_64::__m512i, std::arch::x86_64::__mmask16) {
-    // SAFETY: the caller's guarantees; the callers enable AVX-512F.
-    unsafe {
-        use std::arch::x86_64::*;
-        let sa = sigmoid_approx(x);
-        let d = _mm512_mul_ps(sa, _mm512_set1_ps(1.0 / 131_072.0));
-        let (lo, hi) = (_mm512_sub_ps(sa, d), _mm512_add_ps(sa, d));
-        let v1 = run_ops(after, pb, _mm512_mul_ps(x, lo), rrow, mask, full);
-        let v2 = run_ops(after, pb, _mm512_mul_ps(x, hi), rrow, mask, full);
-        let (q1, q2) = (round_to_int(v1, io), round_to_int(v2, io));
-        let ax = _mm512_castsi512_ps(_mm512_andnot_si512(_mm512_set1_epi32(i32::MIN), _mm512_castps_si512(x)));
-        let far = _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(ax, _mm512_set1_ps(40.0));
-        (q1, far | _mm512_cmpneq_epi32_mask(q1, q2))
     }
 }
 
@@ -1393,25 +1285,20 @@ mod tests {
         }
     }
 
-    /// The quantized SiLU (dequantize, SiLU, divide by the scale, round) through the
-    /// approximated sigmoid and its rounding check, against the definition bit for bit: inputs
-    /// on a fine grid across `[-45, 45]` (past the approximation's range on both sides) and
-    /// across `[-8, 8]`, scales
-    /// that put the results inside the byte range, across it and past it, whole and partial
-    /// column blocks; inputs around every rounding boundary of the result (where the rounding
-    /// check decides: a build without it, or with a margin below the approximation's error,
-    /// fails here); and the approximation itself within 2^-20 of the interpreter's sigmoid.
+    /// The quantized SiLU (dequantize, SiLU, divide by the scale, round) against the definition
+    /// bit for bit: inputs on a fine grid across `[-45, 45]` and across `[-8, 8]`, scales that
+    /// put the results inside the byte range, across it and past it, whole and partial column
+    /// blocks; inputs around every rounding boundary of the result (where a sigmoid one ulp off
+    /// the contract's changes the byte).
     #[test]
     fn quantized_silu_is_the_definition() {
         use crate::spec::{apply_scalar, Acc, Lane};
-        use std::arch::x86_64::*;
         if !runs(Store::U8) {
             return;
         }
         let (cols, rows) = (40usize, 20_000usize);
         let ldc = 48;
-        // half the rows across [-45, 45], half across [-8, 8] (where activations are: every lane
-        // of a vector inside the approximation's range)
+        // half the rows across [-45, 45], half across [-8, 8] (where activations are)
         let tile: Vec<i32> = (0..rows * ldc)
             .map(|i| {
                 if i < rows * ldc / 2 {
@@ -1510,18 +1397,6 @@ mod tests {
                 }
             }
         }
-        let mut worst = 0f64;
-        for i in 0..(1 << 18) {
-            let x: [f32; 16] = std::array::from_fn(|l| ((i * 16 + l) as f32 / (1 << 22) as f32 - 0.5) * 80.0);
-            let mut got = [0f32; 16];
-            // SAFETY: the CPU has AVX-512F (`runs`).
-            unsafe { _mm512_storeu_ps(got.as_mut_ptr(), sigmoid_approx(_mm512_loadu_ps(x.as_ptr()))) };
-            for (&xv, &g) in x.iter().zip(&got) {
-                let want = qforge_ir::interp::elementwise::unary_scalar(qforge_ir::UnaryOp::Sigmoid, xv) as f64;
-                worst = worst.max((g as f64 - want).abs() / want);
-            }
-        }
-        assert!(worst < 2f64.powi(-20), "the approximation's relative error {worst:e}");
     }
 
     /// Lists of an i32 accumulator (a quantized kernel's dequantization and the float steps after

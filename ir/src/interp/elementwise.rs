@@ -165,12 +165,20 @@ pub(crate) fn unary(cx: &Cx, u: UnaryOp) -> R<Tensor> {
 }
 
 /// One float unary function on one f32 value: the element formula of [`UnaryOp`] for every engine
-/// (the JIT's activation kernels call this too): [`unary_f64`] rounded to f32 once. For the
-/// functions exact or correctly rounded in both widths (ReLU, neg, abs, floor, ceil, reciprocal,
-/// square root) that is the f32 operation itself; the others are evaluated in f64 and rounded.
+/// (the JIT's activation kernels call this too): `Exp`, `Sigmoid` and `Erf` are the numerics
+/// contract's f32 functions ([`numerics::exp_f32`], [`numerics::sigmoid_f32`],
+/// [`numerics::erf_f32`]); the others are
+/// [`unary_f64`] rounded to f32 once. For the functions exact or correctly rounded in both widths
+/// (ReLU, neg, abs, floor, ceil, reciprocal, square root) that is the f32 operation itself; the
+/// others are evaluated in f64 and rounded.
 #[inline]
 pub fn unary_scalar(u: UnaryOp, v: f32) -> f32 {
-    unary_f64(u, v as f64) as f32
+    match u {
+        UnaryOp::Exp => numerics::exp_f32(v),
+        UnaryOp::Sigmoid => numerics::sigmoid_f32(v),
+        UnaryOp::Erf => numerics::erf_f32(v),
+        _ => unary_f64(u, v as f64) as f32,
+    }
 }
 
 /// One float unary function on one f64 value (f64 tensors compute in f64). `Not` (bool) is the

@@ -67,7 +67,8 @@ pub(crate) fn softmax(cx: &Cx, axis: i64, log: bool) -> R<Tensor> {
 
 /// Softmax (or log-softmax) of one lane: the `n` values `x[k * stride]`, written to
 /// `y[k * stride]`. The formula for every engine: the maximum is subtracted first, each
-/// exponential is evaluated in f64 and rounded to f32, the sum accumulates in f32 in order.
+/// exponential is the contract's [`crate::numerics::exp_f32`], the sum accumulates in f32 in
+/// order.
 pub fn softmax_lane(x: &[f32], y: &mut [f32], n: usize, stride: usize, log: bool) {
     let at = |k: usize| k * stride;
     let mut m = f32::NEG_INFINITY;
@@ -79,7 +80,7 @@ pub fn softmax_lane(x: &[f32], y: &mut [f32], n: usize, stride: usize, log: bool
     }
     let mut sum = 0f32;
     for k in 0..n {
-        let e = ((x[at(k)] - m) as f64).exp() as f32;
+        let e = crate::numerics::exp_f32(x[at(k)] - m);
         y[at(k)] = e;
         sum += e;
     }
