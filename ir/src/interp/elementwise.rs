@@ -3,9 +3,10 @@
 //!
 //! The element formulas are [`crate::numerics`]'s ([`numerics::float_binary`],
 //! [`numerics::int_binary`]) and [`unary_f64`]'s. Floats: f16/bf16 widen to f32; `+ - * /` give
-//! the correctly rounded f32 result; transcendental functions (`exp`, `log`, `tanh`, `sigmoid`,
-//! `erf`, `gelu`, `pow`, ...) are evaluated in f64 and rounded to f32; every result is then rounded
-//! once to the storage type. f64 tensors compute in f64. `max`/`min` propagate NaN. The float maps
+//! the correctly rounded f32 result; `exp`, `sigmoid` and `erf` are the contract's f32 functions
+//! ([`numerics::exp_f32`] and the others); the other transcendental functions (`log`, `tanh`,
+//! `gelu`, `pow`, ...) are evaluated in f64 and rounded to f32; every result is then rounded once
+//! to the storage type. f64 tensors compute in f64. `max`/`min` propagate NaN. The float maps
 //! (leaky ReLU, clip, hard sigmoid) take f32, f16 and bf16 only.
 //!
 //! Integers (and bool, as 0/1) compute on i64 bits and wrap into the storage type (two's
