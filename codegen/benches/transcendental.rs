@@ -20,7 +20,7 @@ use qforge_codegen::micro::transcendental::{gelu, map, Gelu};
 use qforge_codegen::spec::{hard_swish_by_mul, Step, Store};
 use qforge_ir::interp::elementwise::erf;
 use qforge_ir::interp::elementwise::unary_scalar;
-use qforge_ir::numerics::{ERF_ULPS, EXP_ULPS, SIGMOID_ULPS};
+use qforge_ir::numerics::{f32_ulps, ERF_ULPS, EXP_ULPS, SIGMOID_ULPS};
 use qforge_ir::UnaryOp;
 use std::time::Instant;
 
@@ -122,20 +122,6 @@ fn truth(u: UnaryOp, x: f32) -> f64 {
     }
 }
 
-/// `|got - t|` in units of the last place of `t` in f32 (subnormal spacing below the normal
-/// range); 0 where both are the same infinity, NaN or `t` rounds to infinity and `got` is one.
-fn ulps(got: f32, t: f64) -> f64 {
-    if t.is_nan() || got.to_bits() == (t as f32).to_bits() {
-        return 0.0;
-    }
-    if got.is_infinite() || t.is_infinite() {
-        return f64::INFINITY;
-    }
-    let at = t.abs();
-    let e = if at < f64::from(f32::MIN_POSITIVE) { -149 } else { at.log2().floor() as i32 - 23 };
-    (f64::from(got) - t).abs() / 2f64.powi(e)
-}
-
 fn main() {
     speed();
     if std::env::args().any(|a| a == "speed") {
@@ -163,7 +149,7 @@ fn main() {
                     std::process::exit(1);
                 }
                 if let Some(bound) = contract_bound(u) {
-                    let e = ulps(got, truth(u, x));
+                    let e = f32_ulps(got, truth(u, x));
                     if e > worst.0 {
                         worst = (e, x);
                     }

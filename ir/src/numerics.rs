@@ -232,6 +232,21 @@ pub const SIGMOID_ULPS: f64 = 2.5;
 /// ulps (checked likewise).
 pub const ERF_ULPS: f64 = 1.5;
 
+/// `|got - truth|` in units of the last place of `truth` in f32 (the subnormal spacing below the
+/// normal range): how the ulp bounds above are measured. 0 where `got` is `truth` rounded to f32
+/// (infinity included) or `truth` is NaN; infinite where only one of them is infinite.
+pub fn f32_ulps(got: f32, truth: f64) -> f64 {
+    if truth.is_nan() || got.to_bits() == (truth as f32).to_bits() {
+        return 0.0;
+    }
+    if got.is_infinite() || truth.is_infinite() {
+        return f64::INFINITY;
+    }
+    let at = truth.abs();
+    let e = if at < f64::from(f32::MIN_POSITIVE) { -149 } else { at.log2().floor() as i32 - 23 };
+    (f64::from(got) - truth).abs() / 2f64.powi(e)
+}
+
 /// The logistic function of the numerics contract, in f32: with `e = exp_f32(-|x|)` (never above
 /// 1), `1 / (1 + e)` for `x >= 0` and `e / (1 + e)` below, so that a large negative `x` gives
 /// `e^x`'s (subnormal) value where `1 / (1 + e^-x)` would overflow to 0. NaN stays NaN.
@@ -565,6 +580,43 @@ pub fn quantize_zp_inside(x: f32, scale: f32, zero_point: i32, dtype: DType) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The contract's exp, sigmoid and erf within their ulp bounds of libm's f64 values on 2^20
+    /// points spread over each function's working range, the subnormal results of exp and
+    /// sigmoid, and the seams of erf's pieces (the bench checks every f32).
+    #[test]
+    fn f32_functions_are_within_their_ulp_bounds() {
+        let spread =
+            |lo: f32, hi: f32| (0..=1u32 << 20).map(move |i| lo + (hi - lo) * (i as f32 / (1u32 << 20) as f32));
+        type Case = (&'static str, fn(f32) -> f32, fn(f64) -> f64, f64, Vec<f32>);
+        let cases: [Case; 3] = [
+            ("exp", exp_f32, f64::exp, EXP_ULPS, spread(-104.0, 89.0).chain(spread(-104.0, -87.0)).collect()),
+            (
+                "sigmoid",
+                sigmoid_f32,
+                |v| 1.0 / (1.0 + (-v).exp()),
+                SIGMOID_ULPS,
+                spread(-110.0, 40.0).chain(spread(-8.0, 8.0)).collect(),
+            ),
+            (
+                "erf",
+                erf_f32,
+                crate::interp::elementwise::erf,
+                ERF_ULPS,
+                spread(-5.0, 5.0).chain(spread(0.9, 1.1)).chain(spread(3.9, 4.1)).collect(),
+            ),
+        ];
+        for (name, f, truth, bound, xs) in cases {
+            let (mut worst, mut at) = (0f64, 0f32);
+            for x in xs {
+                let e = f32_ulps(f(x), truth(f64::from(x)));
+                if e > worst {
+                    (worst, at) = (e, x);
+                }
+            }
+            assert!(worst <= bound, "{name}({at:e}) is {worst:.2} ulp from libm's value, above {bound}");
+        }
+    }
 
     #[test]
     fn round_half_even_is_round_ties_even() {
