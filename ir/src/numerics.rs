@@ -122,7 +122,7 @@ use crate::{BinaryOp, DType};
 /// with fused multiply-adds).
 const EXP_F32_POLY: [f32; 7] = [1.0, 1.0, 0.5, 0.166_664_15, 0.041_666_35, 0.008_375_134, 0.001_394_111_9];
 
-/// `e^x` of the numerics contract ("Exponential and sigmoid" above): `n = round_half_even(x
+/// `e^x` of the numerics contract ("Exponential, sigmoid and erf" above): `n = round_half_even(x
 /// log2(e))` on `x` clamped to `[-104, 89]` (beyond, the result is 0 or infinity), `r = x - n
 /// ln2_hi - n ln2_lo` by two fused multiply-adds, the polynomial, then `(p * 2^(n >> 1)) *
 /// 2^(n - (n >> 1))`: two factors of normal powers of two, so the first product is exact and the
