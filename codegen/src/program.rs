@@ -474,7 +474,7 @@ impl Program {
                             if microkernels == Microkernels::Native && crate::micro::requant::available() =>
                         {
                             use elementwise::IntTy;
-                            let (lo, hi) = if *out == IntTy::U8 { (0, 255) } else { (-128, 127) };
+                            let (lo, hi) = out.range();
                             let c = Box::new(crate::micro::requant::QAddConsts {
                                 ra: p.ra,
                                 rb: p.rb,
@@ -491,7 +491,7 @@ impl Program {
                         elementwise::Elementwise::Quantize { scale, zp, out }
                             if microkernels == Microkernels::Native && crate::micro::requant::available() =>
                         {
-                            let (lo, hi) = if *out == elementwise::IntTy::U8 { (0, 255) } else { (-128, 127) };
+                            let (lo, hi) = out.range();
                             let c = Box::new(crate::micro::requant::QuantizeConsts { scale: *scale, zp: *zp, lo, hi });
                             let addr = &*c as *const crate::micro::requant::QuantizeConsts as i64;
                             keep.push(c);

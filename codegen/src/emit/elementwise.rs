@@ -17,6 +17,16 @@ pub enum IntTy {
     I8,
 }
 
+impl IntTy {
+    /// The storage range, `(lo, hi)`.
+    pub fn range(self) -> (i32, i32) {
+        match self {
+            IntTy::U8 => (0, 255),
+            IntTy::I8 => (-128, 127),
+        }
+    }
+}
+
 /// What an element-wise step computes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Elementwise {
@@ -42,13 +52,6 @@ impl Elementwise {
             Elementwise::AddF32 { relu: true } => "add_relu_f32",
             Elementwise::ClampF32 { .. } => "clamp_f32",
         }
-    }
-}
-
-fn range(t: IntTy) -> (i32, i32) {
-    match t {
-        IntTy::U8 => (0, 255),
-        IntTy::I8 => (-128, 127),
     }
 }
 
@@ -103,7 +106,7 @@ fn load_ints(em: &mut Emitter<'_, '_>, base: Value, i: Value, t: IntTy, vector: 
 /// Rounds, saturates into `t`'s range and stores the lanes at element `i`.
 fn store_ints(em: &mut Emitter<'_, '_>, base: Value, i: Value, t: IntTy, vals: &[Value], zp: i32, vector: bool) {
     let ity = if vector { types::I32X4 } else { types::I32 };
-    let (lo, hi) = range(t);
+    let (lo, hi) = t.range();
     let ints: Vec<Value> = vals
         .iter()
         .map(|&f| {

@@ -67,7 +67,7 @@ impl Lowerer<'_> {
                 let (Some(ii), Some(io)) = (int_ty(xt.dtype), int_ty(n.oty.dtype)) else {
                     return host("an operand is not u8 or i8");
                 };
-                let (lo, hi) = if io == IntTy::U8 { (0, 255) } else { (-128, 127) };
+                let (lo, hi) = io.range();
                 let mult = numerics::global_average_multiplier(sx, sy, hw);
                 let mut steps = vec![
                     Step::AddChannelI32(vec![(zx as i64 * hw as i64).wrapping_neg() as i32; c]),
