@@ -809,37 +809,7 @@ unsafe fn store_out<const VBMI: bool>(
     unsafe {
         use std::arch::x86_64::*;
         if let Some(io) = &p.int_out {
-            store_q::<VBMI>(io, round_to_int(v, io), o, mask, full, chan, vt);
-        } else if p.bf16 {
-            store_bf16(o, mask, v);
-        } else if full {
-            _mm512_storeu_ps(o as *mut f32, v);
-        } else {
-            _mm512_mask_storeu_ps(o as *mut f32, mask, v);
-        }
-    }
-}
-
-/// Stores rounded integers `q` (in `lo..=hi`) as bytes at `o` in the lanes of `mask`, looked up
-/// in the table first when there is one ([`store_out`]'s integer end).
-///
-/// # Safety
-/// As [`store_out`].
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn store_q<const VBMI: bool>(
-    io: &IntOut,
-    mut q: std::arch::x86_64::__m512i,
-    o: *mut u8,
-    mask: std::arch::x86_64::__mmask16,
-    full: bool,
-    chan: std::arch::x86_64::__m512i,
-    vt: &[std::arch::x86_64::__m512i; 4],
-) {
-    // SAFETY: the caller's guarantees; the callers enable AVX-512F (and BW, VBMI with `VBMI`).
-    unsafe {
-        use std::arch::x86_64::*;
-        {
+            let mut q = round_to_int(v, io);
             if VBMI {
                 let bytes = lut_vbmi(_mm512_cvtepi32_epi8(q), vt);
                 if full {
@@ -860,6 +830,12 @@ unsafe fn store_q<const VBMI: bool>(
             } else {
                 _mm512_mask_cvtepi32_storeu_epi8(o.cast(), mask, q);
             }
+        } else if p.bf16 {
+            store_bf16(o, mask, v);
+        } else if full {
+            _mm512_storeu_ps(o as *mut f32, v);
+        } else {
+            _mm512_mask_storeu_ps(o as *mut f32, mask, v);
         }
     }
 }
@@ -1296,34 +1272,24 @@ mod tests {
         if !runs(Store::U8) {
             return;
         }
-        let (cols, rows) = (40usize, 20_000usize);
-        let ldc = 48;
-        // half the rows across [-45, 45], half across [-8, 8] (where activations are)
-        let tile: Vec<i32> = (0..rows * ldc)
-            .map(|i| {
-                if i < rows * ldc / 2 {
-                    ((i as i64 * 9377) % 900_001 - 450_000) as i32
-                } else {
-                    ((i as i64 * 7919) % 160_001 - 80_000) as i32
-                }
-            })
-            .collect();
-        for (scale, zp, lo, hi, store) in
-            [(0.02f32, 7, 0, 255, Store::U8), (0.05, -20, -128, 127, Store::I8), (0.0037, 0, 0, 255, Store::U8)]
-        {
+        // the list with `m` per accumulator over `cols` columns, on `accs` (rows of `ldc`):
+        // every byte against the definition's
+        let check = |m: f32, scale: f32, zp: i32, store: Store, accs: &[i32], ldc: usize, cols: usize| {
+            let (lo, hi) = if store == Store::U8 { (0, 255) } else { (-128, 127) };
             let steps = vec![
-                Step::ScaleToF32(vec![1e-4; cols]),
+                Step::ScaleToF32(vec![m; cols]),
                 Step::Silu,
                 Step::DivF32(scale),
                 Step::RoundToInt { zp, lo, hi, bounded: false },
             ];
             let p = FloatEpilogue::from_kernel(Acc::I32, &steps, store).expect("a quantized SiLU list");
+            let rows = accs.len() / ldc;
             let mut out = vec![0u8; rows * cols];
             // SAFETY: `rows` rows of `ldc >= cols` accumulators, of `cols` output bytes.
             unsafe {
                 epilogue_f32(
                     &p,
-                    tile.as_ptr() as *const f32,
+                    accs.as_ptr() as *const f32,
                     ldc,
                     rows,
                     0,
@@ -1335,12 +1301,27 @@ mod tests {
             };
             for r in 0..rows {
                 for c in 0..cols {
-                    match apply_scalar(&steps, tile[r * ldc + c], c) {
-                        Some(Lane::I(w)) => assert_eq!(out[r * cols + c], w as u8, "scale {scale} row {r} col {c}"),
+                    let a = accs[r * ldc + c];
+                    match apply_scalar(&steps, a, c) {
+                        Some(Lane::I(w)) => assert_eq!(out[r * cols + c], w as u8, "scale {scale}: accumulator {a}"),
                         other => panic!("the definition gave {other:?}"),
                     }
                 }
             }
+        };
+        // half the rows across [-45, 45], half across [-8, 8] (where activations are)
+        let (rows, ldc) = (20_000usize, 48usize);
+        let tile: Vec<i32> = (0..rows * ldc)
+            .map(|i| {
+                if i < rows * ldc / 2 {
+                    ((i as i64 * 9377) % 900_001 - 450_000) as i32
+                } else {
+                    ((i as i64 * 7919) % 160_001 - 80_000) as i32
+                }
+            })
+            .collect();
+        for (scale, zp, store) in [(0.02f32, 7, Store::U8), (0.05, -20, Store::I8), (0.0037, 0, Store::U8)] {
+            check(1e-4, scale, zp, store, &tile, ldc, 40);
         }
         // near the rounding boundaries: for each half-integer `k + 1/2` of the result, the
         // accumulators around the `x` (on a grid of 1e-7) where `x * sigmoid(x) / scale` meets
@@ -1365,37 +1346,8 @@ mod tests {
                     accs.extend((-24..24).map(|d| (a + d) as i32));
                 }
             }
-            let cols = 16;
-            let rows = accs.len().div_ceil(cols);
-            accs.resize(rows * cols, 0);
-            let steps = vec![
-                Step::ScaleToF32(vec![m; cols]),
-                Step::Silu,
-                Step::DivF32(scale),
-                Step::RoundToInt { zp, lo: 0, hi: 255, bounded: false },
-            ];
-            let p = FloatEpilogue::from_kernel(Acc::I32, &steps, Store::U8).expect("a quantized SiLU list");
-            let mut out = vec![0u8; rows * cols];
-            // SAFETY: `rows` rows of 16 accumulators and of 16 output bytes.
-            unsafe {
-                epilogue_f32(
-                    &p,
-                    accs.as_ptr() as *const f32,
-                    cols,
-                    rows,
-                    0,
-                    cols,
-                    out.as_mut_ptr(),
-                    cols,
-                    std::ptr::null(),
-                )
-            };
-            for (i, (&a, &got)) in accs.iter().zip(&out).enumerate() {
-                match apply_scalar(&steps, a, i % cols) {
-                    Some(Lane::I(w)) => assert_eq!(got, w as u8, "scale {scale}: accumulator {a}"),
-                    other => panic!("the definition gave {other:?}"),
-                }
-            }
+            accs.resize(accs.len().div_ceil(16) * 16, 0);
+            check(m, scale, zp, Store::U8, &accs, 16, 16);
         }
     }
 
