@@ -11,46 +11,7 @@ pub fn slice_batch(x: &Tensor, start: usize, end: usize) -> Result<Tensor> {
 
 /// Joins tensors of equal trailing shape along axis 0.
 pub fn concat_batch(parts: &[Tensor]) -> Result<Tensor> {
-    let Some(first) = parts.first() else { bail!("nothing to join") };
-    let mut shape = first.shape().to_vec();
-    if shape.is_empty() {
-        bail!("cannot join scalars along a batch axis");
-    }
-    shape[0] = 0;
-    let mut all = Vec::with_capacity(parts.len());
-    for p in parts {
-        if p.dtype() != first.dtype() || p.shape().get(1..) != first.shape().get(1..) {
-            bail!("batch outputs differ in type: {:?} vs {:?}", p.shape(), first.shape());
-        }
-        shape[0] += p.shape()[0];
-        all.push(p.data().clone());
-    }
-    let data = join(all)?;
-    Tensor::new(shape, data).ok_or_else(|| anyhow::anyhow!("internal: joined shape mismatch"))
-}
-
-fn join(parts: Vec<TensorData>) -> Result<TensorData> {
-    let mut it = parts.into_iter();
-    let Some(mut acc) = it.next() else { bail!("nothing to join") };
-    for p in it {
-        match (&mut acc, p) {
-            (TensorData::F32(a), TensorData::F32(b)) => a.extend(b),
-            (TensorData::F16(a), TensorData::F16(b)) => a.extend(b),
-            (TensorData::BF16(a), TensorData::BF16(b)) => a.extend(b),
-            (TensorData::I8(a), TensorData::I8(b)) => a.extend(b),
-            (TensorData::U8(a), TensorData::U8(b)) => a.extend(b),
-            (TensorData::I32(a), TensorData::I32(b)) => a.extend(b),
-            (TensorData::I64(a), TensorData::I64(b)) => a.extend(b),
-            (TensorData::Bool(a), TensorData::Bool(b)) => a.extend(b),
-            (TensorData::F64(a), TensorData::F64(b)) => a.extend(b),
-            (TensorData::I16(a), TensorData::I16(b)) => a.extend(b),
-            (TensorData::U16(a), TensorData::U16(b)) => a.extend(b),
-            (TensorData::U32(a), TensorData::U32(b)) => a.extend(b),
-            (TensorData::U64(a), TensorData::U64(b)) => a.extend(b),
-            _ => bail!("batch outputs differ in dtype"),
-        }
-    }
-    Ok(acc)
+    Tensor::concat_rows(parts).map_err(|e| anyhow::anyhow!("joining batch outputs: {e}"))
 }
 
 /// Index of the largest score in each row of a `[N, C]` (or `[N, C, 1, 1]`) tensor; ties go to

@@ -206,6 +206,54 @@ impl Tensor {
         Tensor::new(shape, data)
     }
 
+    /// Joins tensors of one dtype and equal trailing shape along axis 0 (the rows of a
+    /// batch computed in slices); the error says which condition failed.
+    pub fn concat_rows(parts: &[Tensor]) -> Result<Tensor, String> {
+        let Some(first) = parts.first() else { return Err("nothing to join".into()) };
+        let mut out = first.clone();
+        for p in &parts[1..] {
+            out.append_rows(p)?;
+        }
+        if out.shape.is_empty() {
+            return Err("cannot join scalars along axis 0".into());
+        }
+        Ok(out)
+    }
+
+    /// Appends the rows (axis 0) of `more`, of this tensor's dtype and trailing shape.
+    pub fn append_rows(&mut self, more: &Tensor) -> Result<(), String> {
+        if self.shape.is_empty() || more.shape.is_empty() {
+            return Err("cannot join scalars along axis 0".into());
+        }
+        if more.dtype() != self.dtype() || more.shape[1..] != self.shape[1..] {
+            return Err(format!(
+                "{} {:?} and {} {:?} differ",
+                self.dtype().name(),
+                self.shape,
+                more.dtype().name(),
+                more.shape
+            ));
+        }
+        match (&mut self.data, &more.data) {
+            (TensorData::F32(a), TensorData::F32(b)) => a.extend_from_slice(b),
+            (TensorData::F16(a), TensorData::F16(b)) => a.extend_from_slice(b),
+            (TensorData::BF16(a), TensorData::BF16(b)) => a.extend_from_slice(b),
+            (TensorData::I8(a), TensorData::I8(b)) => a.extend_from_slice(b),
+            (TensorData::U8(a), TensorData::U8(b)) => a.extend_from_slice(b),
+            (TensorData::I32(a), TensorData::I32(b)) => a.extend_from_slice(b),
+            (TensorData::I64(a), TensorData::I64(b)) => a.extend_from_slice(b),
+            (TensorData::Bool(a), TensorData::Bool(b)) => a.extend_from_slice(b),
+            (TensorData::F64(a), TensorData::F64(b)) => a.extend_from_slice(b),
+            (TensorData::I16(a), TensorData::I16(b)) => a.extend_from_slice(b),
+            (TensorData::U16(a), TensorData::U16(b)) => a.extend_from_slice(b),
+            (TensorData::U32(a), TensorData::U32(b)) => a.extend_from_slice(b),
+            (TensorData::U64(a), TensorData::U64(b)) => a.extend_from_slice(b),
+            _ => return Err("the elements differ in type".into()),
+        }
+        self.shape[0] += more.shape[0];
+        Ok(())
+    }
+
     pub fn as_f32(&self) -> Option<&[f32]> {
         match &self.data {
             TensorData::F32(v) => Some(v),
