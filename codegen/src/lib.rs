@@ -52,7 +52,7 @@ pub mod spec;
 pub mod widen;
 
 pub use emit::Microkernels;
-pub use program::{Program, ProgramReport, StepInfo};
+pub use program::{reusing_arenas, Program, ProgramReport, StepInfo};
 
 use qforge_ir::{interp, Graph, IrError, Tensor, TensorType};
 use std::collections::HashMap;

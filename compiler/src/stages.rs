@@ -281,8 +281,10 @@ fn accuracy_guard(
     let batches = c.calib_batches(g)?;
     let cfg = PrecisionConfig { ranges: ranges.clone(), ..cfg.clone() };
     let t = std::time::Instant::now();
-    let o = qforge_passes::precision::f32_prefix_for(g, &cfg, target, &batches, c.evaluator(), &c.pass_context())
-        .map_err(|e| anyhow::anyhow!("the accuracy guard: {e}"))?;
+    let o = qforge_codegen::reusing_arenas(|| {
+        qforge_passes::precision::f32_prefix_for(g, &cfg, target, &batches, c.evaluator(), &c.pass_context())
+    })
+    .map_err(|e| anyhow::anyhow!("the accuracy guard: {e}"))?;
     tracing::info!(
         "accuracy guard: {} of {} low-precision ops kept f32 for {target} dB ({:.1} dB; all low {:.1} dB) in {} runs, {:.1} s",
         o.prefix.count,
