@@ -1062,6 +1062,63 @@ fn corpus_quantization_parameters_are_stable() {
     });
 }
 
+/// The sensitivity study runs each probe, and each step of the `--min-sqnr` search, from where
+/// the quantized graph departs from the float one, on float values from watched runs of the
+/// float graph. On the JIT, for every layer of zoo models with channel split, shuffle and
+/// concatenation (ShuffleNetV2), squeeze-excitation gates and residual adds (RegNetY), and
+/// skip concatenations (UNet), and for the search's answer, its figures must be those of the
+/// whole quantized graph, bit for bit.
+#[test]
+fn probes_from_the_float_prefix_are_the_whole_graphs_figures() {
+    use qforge::compiler::Stage;
+    use qforge_passes::quantize::{quantizing_only, skipping, EvalSet, Study};
+    let zoo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/zoo");
+    for (model, images) in
+        [("shufflenet_v2", "64x64_96x96"), ("regnet_y_400mf", "64x64_96x96"), ("unet", "64x64_96x64")]
+    {
+        let o = PipelineOptions {
+            quantize: QuantizeMode::Int8,
+            calib: Some(zoo.join(format!("images_{images}_calib.npy"))),
+            ..PipelineOptions::default()
+        };
+        let c = Compiler::new(o).unwrap();
+        let g = qforge::load_model(&zoo.join(format!("{model}.onnx"))).unwrap();
+        let st = c.run_until(g, Stage::Calibrate, &mut |_, _| {}).unwrap();
+        let batches = c.calib_batches(&st.graph).unwrap();
+        let reference = qforge_passes::evaluator::Evaluator::first_outputs(c.evaluator(), &st.graph, &batches).unwrap();
+        let study = Study {
+            graph: &st.graph,
+            config: c.qconfig(),
+            calibration: st.calibration.as_ref().unwrap(),
+            eval: c.evaluator(),
+            set: EvalSet { batches: &batches, reference: &reference, labels: None },
+        };
+        let ranked = study.analyze(&mut |_, _| {}).unwrap();
+        let mut probes = vec![];
+        for l in &ranked {
+            let (whole, _) = study.evaluate(&quantizing_only(c.qconfig(), std::slice::from_ref(&l.node))).unwrap();
+            probes.push((l.node.clone(), l.sqnr_db, whole));
+        }
+        let differ: Vec<_> = probes.iter().filter(|(_, a, b)| a.to_bits() != b.to_bits()).collect();
+        assert!(differ.is_empty(), "{model}: {} of {} probes differ: {differ:?}", differ.len(), probes.len());
+        // a target 3 dB above the all-int8 figure: the search stops inside the ranking
+        let (all, _) = study.evaluate(c.qconfig()).unwrap();
+        let target = all + 3.0;
+        let (kept, reached) = study.keep_float_until_sqnr(&ranked, target).unwrap();
+        let (whole, _) = study.evaluate(&skipping(c.qconfig(), &kept)).unwrap();
+        println!(
+            "{model}: {} probes the same ({:.2} to {:.2} dB); all int8 {all:.2} dB, {} of {} float for {target:.2} dB: {reached:.4} dB",
+            probes.len(),
+            ranked[0].sqnr_db,
+            ranked[ranked.len() - 1].sqnr_db,
+            kept.len(),
+            ranked.len()
+        );
+        assert!(all.is_finite() && !kept.is_empty() && kept.len() < ranked.len(), "{model}: {kept:?}");
+        assert_eq!(reached.to_bits(), whole.to_bits(), "{model}: {reached} against {whole}");
+    }
+}
+
 /// Bias correction from the input means calibration observes against the reference, each layer
 /// run with its weight error on the calibration set and its output averaged (one more pass), on
 /// ResNet-18 and MobileNetV2: the two are the same sum, exact in f64 against the JIT's f32 outputs

@@ -23,7 +23,9 @@
 //!   set to reconstruct each layer's float output, for the layers whose rule says
 //!   `rounding = "adaround"` (after calibration, before bias correction).
 //! * [`sensitivity`]: one layer quantized at a time, ranked by output SQNR; the most sensitive
-//!   layers kept in float until an accuracy budget or an output SQNR target is met.
+//!   layers kept in float until an accuracy budget or an output SQNR target is met. Each
+//!   evaluation runs only from where the quantized graph departs from the float one
+//!   ([`float_prefix`]).
 //!
 //! The pipeline (in `qforge`): canonicalize, [`FoldBatchNorm`], [`SmoothQuant`] (when asked),
 //! calibrate (int8), [`Study::keep_float_until_sqnr`] (with `--min-sqnr`), [`BiasCorrection`]
@@ -37,6 +39,7 @@ pub mod attention;
 pub mod bias_correction;
 pub mod calibrate;
 pub mod dynamic;
+pub mod float_prefix;
 pub mod histogram;
 pub mod observer;
 pub mod plan;
@@ -67,6 +70,6 @@ pub use observer::{
 pub use plan::{plan, Decision, NodePlan, WeightInput};
 pub use policy::{NodeRule, NodeSettings, Pattern, PolicyError, Precision, QConfig, Rounding, Rule, WeightGranularity};
 pub use scheme::{Granularity, GroupParams, Params, QType, QuantResult, Scheme, SchemeError};
-pub use sensitivity::{skipping, EvalSet, LayerSensitivity, Study, StudyError};
+pub use sensitivity::{quantizing_only, skipping, EvalSet, LayerSensitivity, Study, StudyError};
 pub use smooth::{smooth_sites, ChannelStats, NormStats, SmoothError, SmoothQuant, SmoothSite};
 pub use static_quant::{activation_plan, ActivationPlan, QuantizeStatic};
