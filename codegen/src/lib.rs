@@ -18,6 +18,10 @@
 //!    runtime dispatch) or, with [`Microkernels::Cranelift`], GEMMs emitted as 128-bit CLIF;
 //! 4. [`program`]: the executor runs the steps, splitting each over threads.
 //!
+//! Programs compiled one after another on a thread share a dropped program's arena and packed
+//! float weights inside [`reuse::between_programs`] (for callers that compile many variants of
+//! one model, such as the sensitivity study).
+//!
 //! ## Invariants
 //! * Depends on `qforge-ir` only; never changes the graph it is given.
 //! * Follows [`qforge_ir::numerics`] exactly: on integer graphs the JIT agrees with the reference
@@ -48,11 +52,12 @@ pub mod lower;
 pub mod memory;
 pub mod micro;
 pub mod program;
+pub mod reuse;
 pub mod spec;
 pub mod widen;
 
 pub use emit::Microkernels;
-pub use program::{reusing_arenas, Program, ProgramReport, StepInfo};
+pub use program::{Program, ProgramReport, StepInfo};
 
 use qforge_ir::{interp, Graph, IrError, Tensor, TensorType};
 use std::collections::HashMap;

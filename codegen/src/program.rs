@@ -8,6 +8,7 @@ use crate::memory;
 use crate::micro::fepilogue::FloatEpilogue;
 use crate::micro::requant::RequantParams;
 use crate::micro::ConvGeom;
+use crate::reuse;
 use crate::spec::Step;
 use crate::JitError;
 use qforge_ir::{interp, DType, Op, Tensor, TensorData, TensorType};
@@ -69,7 +70,7 @@ pub struct ProgramReport {
 
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
-struct Line([u8; 64]);
+pub(crate) struct Line(pub(crate) [u8; 64]);
 
 /// Zeroed 64-byte lines covering `bytes` (at least one line).
 fn lines(bytes: usize) -> Vec<Line> {
@@ -77,10 +78,11 @@ fn lines(bytes: usize) -> Vec<Line> {
 }
 
 /// [`lines`] for the arena, whose size comes from the model: a failed allocation is an error.
-/// Inside [`reusing_arenas`], a spare arena large enough is zeroed and reused instead.
+/// Inside [`crate::reuse::between_programs`], a spare arena large enough is zeroed and reused
+/// instead.
 fn try_lines(bytes: usize) -> Result<Vec<Line>, JitError> {
     let n = bytes.div_ceil(64).max(1);
-    if let Some(mut v) = take_spare(n) {
+    if let Some(mut v) = reuse::take_arena(n) {
         v.truncate(n);
         v.fill(Line([0; 64]));
         return Ok(v);
@@ -89,70 +91,6 @@ fn try_lines(bytes: usize) -> Result<Vec<Line>, JitError> {
     v.try_reserve_exact(n).map_err(|_| JitError::Alloc { what: "the arena".into(), bytes: n.saturating_mul(64) })?;
     v.resize(n, Line([0; 64]));
     Ok(v)
-}
-
-thread_local! {
-    /// Arenas of programs dropped on this thread while [`reusing_arenas`] runs (`None` outside
-    /// it): at most [`SPARE_ARENAS`], the largest kept.
-    static SPARE: RefCell<Option<Vec<Vec<Line>>>> = const { RefCell::new(None) };
-}
-
-/// How many dropped arenas [`reusing_arenas`] keeps.
-const SPARE_ARENAS: usize = 1;
-
-/// Runs `f` with the arenas of programs dropped on this thread kept for the next programs' first
-/// runs, zeroed, and freed when `f` returns. For callers that compile and drop one program after
-/// another on the same shapes (the sensitivity study's probes): a fresh arena of tens of
-/// megabytes costs a page fault per 4 KiB page on its first run and an unmap when dropped, about
-/// a fifth of such a probe's time, where zeroing a reused one costs a few milliseconds. What
-/// the programs compute does not change: a reused arena starts zeroed, as a fresh one does.
-pub fn reusing_arenas<R>(f: impl FnOnce() -> R) -> R {
-    struct Scope(bool);
-    impl Drop for Scope {
-        fn drop(&mut self) {
-            if self.0 {
-                SPARE.with(|s| s.borrow_mut().take());
-            }
-        }
-    }
-    let outermost = SPARE.with(|s| {
-        let mut s = s.borrow_mut();
-        s.is_none().then(|| *s = Some(Vec::new())).is_some()
-    });
-    let _scope = Scope(outermost);
-    f()
-}
-
-/// A spare arena of at least `n` lines (the smallest such), inside [`reusing_arenas`]. When
-/// none is that large, the spares are freed before the caller allocates: the larger arena
-/// replaces them when its program is dropped, and they are not held beside it meanwhile.
-fn take_spare(n: usize) -> Option<Vec<Line>> {
-    SPARE.with(|s| {
-        let mut s = s.borrow_mut();
-        let spare = s.as_mut()?;
-        match (0..spare.len()).filter(|&i| spare[i].len() >= n).min_by_key(|&i| spare[i].len()) {
-            Some(i) => Some(spare.swap_remove(i)),
-            None => {
-                spare.clear();
-                None
-            }
-        }
-    })
-}
-
-/// Keeps `lines` for reuse inside [`reusing_arenas`] (dropping the smallest beyond
-/// [`SPARE_ARENAS`]); outside it, frees them.
-fn give_spare(lines: Vec<Line>) {
-    if lines.is_empty() {
-        return;
-    }
-    SPARE.with(|s| {
-        if let Some(spare) = s.borrow_mut().as_mut() {
-            spare.push(lines);
-            spare.sort_by_key(|v| std::cmp::Reverse(v.len()));
-            spare.truncate(SPARE_ARENAS);
-        }
-    });
 }
 
 /// The arena during one run: a raw pointer to its bytes and their count. Generated code writes
@@ -333,7 +271,7 @@ unsafe impl Sync for JitCode {}
 impl Drop for Program {
     fn drop(&mut self) {
         if let Ok(lines) = self.arena.get_mut() {
-            give_spare(std::mem::take(lines));
+            reuse::give_arena(std::mem::take(lines));
         }
         if let Some(jit) = self.jit.take() {
             // SAFETY: no function of this module can run any more: `run` borrows the program, so

@@ -6,7 +6,7 @@
 use crate::compiler::{Compiler, Stage, State};
 use crate::data;
 use anyhow::{Context, Result};
-use qforge_codegen::reusing_arenas;
+use qforge_codegen::reuse;
 use qforge_ir::Tensor;
 use qforge_passes::quantize::{Calibration, EvalSet, LayerSensitivity, QConfig, Study};
 
@@ -88,7 +88,7 @@ impl Prepared<'_> {
         tracing::info!("sensitivity: quantizing one layer at a time, evaluated on {} batches", self.batches.len());
         let t = std::time::Instant::now();
         let mut bar = self.compiler.progress("sensitivity", "layers");
-        let (layers, (all_sqnr_db, all_top1)) = reusing_arenas(|| -> Result<_> {
+        let (layers, (all_sqnr_db, all_top1)) = reuse::between_programs(|| -> Result<_> {
             let layers = study.analyze(&mut *bar).map_err(anyhow::Error::msg)?;
             tracing::info!("sensitivity: {} layers ranked in {:.1} ms", layers.len(), t.elapsed().as_secs_f64() * 1e3);
             Ok((layers, study.evaluate(study.config).map_err(anyhow::Error::msg)?))
@@ -100,15 +100,16 @@ impl Prepared<'_> {
     /// `max_drop` (needs labels).
     pub fn keep_float_for_accuracy(&self, ranked: &Sensitivity, max_drop: f64) -> Result<KeptFloat> {
         let fp32 = self.fp32_top1.context("an accuracy budget needs labels")?;
-        let (layers, reached) = reusing_arenas(|| self.study().keep_float_until(&ranked.layers, fp32, max_drop))
-            .map_err(anyhow::Error::msg)?;
+        let (layers, reached) =
+            reuse::between_programs(|| self.study().keep_float_until(&ranked.layers, fp32, max_drop))
+                .map_err(anyhow::Error::msg)?;
         Ok(KeptFloat { layers, reached })
     }
 
     /// The most sensitive layers kept float, as many as a bisection over the ranking finds the
     /// output SQNR to reach `min_db` with ([`Study::keep_float_until_sqnr`]).
     pub fn keep_float_for_sqnr(&self, ranked: &Sensitivity, min_db: f64) -> Result<KeptFloat> {
-        let (layers, reached) = reusing_arenas(|| self.study().keep_float_until_sqnr(&ranked.layers, min_db))
+        let (layers, reached) = reuse::between_programs(|| self.study().keep_float_until_sqnr(&ranked.layers, min_db))
             .map_err(anyhow::Error::msg)?;
         Ok(KeptFloat { layers, reached })
     }

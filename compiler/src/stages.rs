@@ -281,7 +281,7 @@ fn accuracy_guard(
     let batches = c.calib_batches(g)?;
     let cfg = PrecisionConfig { ranges: ranges.clone(), ..cfg.clone() };
     let t = std::time::Instant::now();
-    let o = qforge_codegen::reusing_arenas(|| {
+    let o = qforge_codegen::reuse::between_programs(|| {
         qforge_passes::precision::f32_prefix_for(g, &cfg, target, &batches, c.evaluator(), &c.pass_context())
     })
     .map_err(|e| anyhow::anyhow!("the accuracy guard: {e}"))?;

@@ -15,6 +15,7 @@ use super::{dims, ensure, host, int_ty, need, per_tensor, window_geom, At, Layou
 use crate::emit::elementwise::IntTy;
 use crate::micro::rowops::{RowKind, RowOp};
 use crate::micro::{self, ConvGeom};
+use crate::reuse;
 use crate::spec::{mark_bounded, KernelSpec, MainOp, Rows, Step, Store};
 use crate::JitError;
 use qforge_ir::{
@@ -589,23 +590,21 @@ impl Lowerer<'_> {
             geom.cin = 1;
             let bytes = micro::float::packed_dw_bytes(cout, kh, kw);
             self.check_size(&name, Allocation::PackedWeights, bytes)?;
-            let packed = micro::float::pack_depthwise_f32(wdata, cout, kh, kw).map_err(alloc_failed(
-                &name,
-                "packed weights",
-                bytes,
-            ))?;
-            let main = MainOp::DepthwiseF32 { geom, weights: Arc::new(packed) };
+            let packed = reuse::packed(&w, "depthwise f32", &[cout, kh, kw], bytes, || {
+                micro::float::pack_depthwise_f32(wdata, cout, kh, kw)
+            })
+            .map_err(alloc_failed(&name, "packed weights", bytes))?;
+            let main = MainOp::DepthwiseF32 { geom, weights: packed };
             kernels.push((KernelSpec { main, epilogue: steps, store: Store::F32, rows: rows_out, cols: cout }, 0));
         } else if !bf16 && group == 1 && self.winograd && winograd_fits(&geom, cout) {
             // Winograd F(2x2, 3x3): 2.25x fewer multiplies than the GEMM over im2col rows
             let bytes = micro::winograd::packed_bytes(cout, cin_g);
             self.check_size(&name, Allocation::PackedWeights, bytes)?;
-            let plan = micro::winograd::WinogradF32::new(wdata, cout, geom).map_err(alloc_failed(
-                &name,
-                "transformed weights",
-                bytes,
-            ))?;
-            let main = MainOp::WinogradF32 { plan: Arc::new(plan) };
+            let key = [&[cout][..], &geom.fields()].concat();
+            let plan =
+                reuse::packed(&w, "winograd f32", &key, bytes, || micro::winograd::WinogradF32::new(wdata, cout, geom))
+                    .map_err(alloc_failed(&name, "transformed weights", bytes))?;
+            let main = MainOp::WinogradF32 { plan };
             kernels.push((KernelSpec { main, epilogue: steps, store: Store::F32, rows: rows_out, cols: cout }, 0));
         } else {
             // one GEMM per group, over bf16 or f32 weights reordered to (ky, kx, ci)
@@ -626,9 +625,12 @@ impl Lowerer<'_> {
                     let packed = micro::bf16::pack_weights_bf16(&wk, cout_g, k).map_err(packing)?;
                     (MainOp::GemmBf16 { rows, weights: Arc::new(packed) }, Store::Bf16)
                 } else {
-                    let wk = to_ohwi(wdata, range.clone(), cin_g, kh, kw).map_err(reordered)?;
-                    let packed = micro::float::pack_weights_f32(&wk, cout_g, k).map_err(packing)?;
-                    (MainOp::GemmF32 { rows, weights: Arc::new(packed) }, Store::F32)
+                    let key = [range.start, range.end, cin_g, kh, kw];
+                    let packed = reuse::packed(&w, "conv gemm f32", &key, bytes, || {
+                        let wk = to_ohwi(wdata, range.clone(), cin_g, kh, kw).map_err(reordered)?;
+                        micro::float::pack_weights_f32(&wk, cout_g, k).map_err(packing)
+                    })?;
+                    (MainOp::GemmF32 { rows, weights: packed }, Store::F32)
                 };
                 let spec = KernelSpec {
                     main,
@@ -973,13 +975,15 @@ impl Lowerer<'_> {
             (MainOp::GemmBf16 { rows, weights: Arc::new(packed) }, Store::Bf16)
         } else {
             let bdata = need(b.as_f32(), "the right operand's data are not f32")?;
-            let packed = if trans_b {
-                micro::float::pack_weights_f32(bdata, cols, k)
-            } else {
-                micro::float::pack_weights_f32_kn(bdata, k, cols)
-            }
+            let packed = reuse::packed(&b, "gemm f32", &[usize::from(trans_b), k, cols], bytes, || {
+                if trans_b {
+                    micro::float::pack_weights_f32(bdata, cols, k)
+                } else {
+                    micro::float::pack_weights_f32_kn(bdata, k, cols)
+                }
+            })
             .map_err(alloc_failed(name, "packed weights", bytes))?;
-            (MainOp::GemmF32 { rows, weights: Arc::new(packed) }, Store::F32)
+            (MainOp::GemmF32 { rows, weights: packed }, Store::F32)
         };
         let (residual, cur) = self.chain_steps(n.out, chain, bf16, &mut steps)?;
         let spec = KernelSpec { main, epilogue: steps, store, rows: m, cols };

@@ -53,6 +53,12 @@ pub struct ConvGeom {
 }
 
 impl ConvGeom {
+    /// Every field, in declaration order (a key for what is derived from the whole geometry).
+    pub(crate) fn fields(&self) -> [usize; 15] {
+        let ConvGeom { h, w, c, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, cin, cin_offset } = *self;
+        [h, w, c, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, cin, cin_offset]
+    }
+
     /// Length of one im2col row: `kh * kw * cin`.
     pub fn k(&self) -> usize {
         self.kh * self.kw * self.cin
