@@ -17,7 +17,6 @@ use qforge_codegen::{JitExecutable, JitOptions, Microkernels};
 use qforge_ir::interp::RunOptions;
 use qforge_ir::{Dim, Graph, NodeId, Tensor, Value};
 use qforge_passes::evaluator::{first, EvalError, Evaluator, Interpreter, ObservedWatcher, Runner, Watched, Watcher};
-use std::collections::HashMap;
 
 /// The engine a pipeline runs graphs on, with the user's options.
 #[derive(Clone, Debug)]
@@ -183,31 +182,11 @@ impl JitWatcher {
     /// graph input is the batch), when every watched shape follows from the input shapes.
     fn bytes_per_sample(&self, inputs: &[Tensor]) -> Option<u128> {
         let g = self.exe.graph();
-        let mut bind: HashMap<String, usize> = HashMap::new();
-        for (&id, t) in g.inputs().iter().zip(inputs) {
-            for (d, &n) in g.node(id).outputs[0].shape.dims().iter().zip(t.shape()) {
-                if let Dim::Sym(s) = d {
-                    bind.insert(s.clone(), n);
-                }
-            }
-        }
+        let mut bind = g.input_dim_sizes(inputs);
         let first = g.inputs().first()?;
         let Some(Dim::Sym(batch)) = g.node(*first).outputs[0].shape.dims().first() else { return None };
         bind.insert(batch.clone(), 1);
-        let mut total = 0u128;
-        for &v in &self.values {
-            let ty = g.value_type(v);
-            let mut bytes = ty.dtype.size_bytes() as u128;
-            for d in ty.shape.dims() {
-                let (k, syms) = d.factors()?;
-                bytes = bytes.saturating_mul(k as u128);
-                for s in syms {
-                    bytes = bytes.saturating_mul(*bind.get(&s)? as u128);
-                }
-            }
-            total = total.saturating_add(bytes);
-        }
-        Some(total)
+        self.values.iter().try_fold(0u128, |total, &v| Some(total.saturating_add(g.value_type(v).bytes_with(&bind)?)))
     }
 
     fn run_once(&self, inputs: &[Tensor], each: &mut dyn FnMut(usize, Watched<'_>)) -> Result<(), EvalError> {

@@ -231,6 +231,21 @@ impl Graph {
         self.outputs[i].value = value;
     }
 
+    /// The size of each symbolic dimension of the graph inputs' declared shapes, read from
+    /// `inputs` (tensors for the graph inputs, in order); the first tensor to size a symbol
+    /// wins.
+    pub fn input_dim_sizes(&self, inputs: &[Tensor]) -> std::collections::HashMap<String, usize> {
+        let mut bind = std::collections::HashMap::new();
+        for (&id, t) in self.inputs.iter().zip(inputs) {
+            for (d, &n) in self.node(id).outputs[0].shape.dims().iter().zip(t.shape()) {
+                if let crate::Dim::Sym(s) = d {
+                    bind.entry(s.clone()).or_insert(n);
+                }
+            }
+        }
+        bind
+    }
+
     pub fn inputs(&self) -> &[NodeId] {
         &self.inputs
     }

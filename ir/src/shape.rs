@@ -693,6 +693,19 @@ impl TensorType {
     pub fn new(dtype: DType, shape: Shape) -> Self {
         TensorType { dtype, shape, quant: None }
     }
+    /// Bytes of a value of this type with its symbols (and products of symbols, `2*N`) sized
+    /// by `bind`; None when one is not bound.
+    pub fn bytes_with(&self, bind: &std::collections::HashMap<String, usize>) -> Option<u128> {
+        let mut bytes = self.dtype.size_bytes() as u128;
+        for d in self.shape.dims() {
+            let (k, syms) = d.factors()?;
+            bytes = bytes.saturating_mul(k as u128);
+            for s in syms {
+                bytes = bytes.saturating_mul(*bind.get(&s)? as u128);
+            }
+        }
+        Some(bytes)
+    }
     pub fn quantized(dtype: DType, shape: Shape, quant: QuantParams) -> Self {
         TensorType { dtype, shape, quant: Some(quant) }
     }

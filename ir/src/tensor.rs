@@ -208,31 +208,31 @@ impl Tensor {
 
     /// Joins tensors of one dtype and equal trailing shape along axis 0 (the rows of a
     /// batch computed in slices); the error says which condition failed.
-    pub fn concat_rows(parts: &[Tensor]) -> Result<Tensor, String> {
-        let Some(first) = parts.first() else { return Err("nothing to join".into()) };
+    pub fn concat_rows(parts: &[Tensor]) -> Result<Tensor, crate::IrError> {
+        let Some(first) = parts.first() else { return Err(crate::IrError::Join("nothing to join".into())) };
         let mut out = first.clone();
         for p in &parts[1..] {
             out.append_rows(p)?;
         }
         if out.shape.is_empty() {
-            return Err("cannot join scalars along axis 0".into());
+            return Err(crate::IrError::Join("scalars have no axis 0".into()));
         }
         Ok(out)
     }
 
     /// Appends the rows (axis 0) of `more`, of this tensor's dtype and trailing shape.
-    pub fn append_rows(&mut self, more: &Tensor) -> Result<(), String> {
+    pub fn append_rows(&mut self, more: &Tensor) -> Result<(), crate::IrError> {
         if self.shape.is_empty() || more.shape.is_empty() {
-            return Err("cannot join scalars along axis 0".into());
+            return Err(crate::IrError::Join("scalars have no axis 0".into()));
         }
         if more.dtype() != self.dtype() || more.shape[1..] != self.shape[1..] {
-            return Err(format!(
+            return Err(crate::IrError::Join(format!(
                 "{} {:?} and {} {:?} differ",
                 self.dtype().name(),
                 self.shape,
                 more.dtype().name(),
                 more.shape
-            ));
+            )));
         }
         match (&mut self.data, &more.data) {
             (TensorData::F32(a), TensorData::F32(b)) => a.extend_from_slice(b),
@@ -248,7 +248,7 @@ impl Tensor {
             (TensorData::U16(a), TensorData::U16(b)) => a.extend_from_slice(b),
             (TensorData::U32(a), TensorData::U32(b)) => a.extend_from_slice(b),
             (TensorData::U64(a), TensorData::U64(b)) => a.extend_from_slice(b),
-            _ => return Err("the elements differ in type".into()),
+            _ => return Err(crate::IrError::Join("the elements differ in type".into())),
         }
         self.shape[0] += more.shape[0];
         Ok(())

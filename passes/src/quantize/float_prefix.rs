@@ -13,7 +13,7 @@
 //! MobileNetV2 checks it end to end.)
 
 use super::calibrate::{EvalError, Evaluator};
-use qforge_ir::{Dim, Graph, IrError, NodeId, Op, Tensor, Value};
+use qforge_ir::{Graph, IrError, NodeId, Op, Tensor, Value};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
@@ -113,31 +113,13 @@ impl<'a> FloatValues<'a> {
         *self.runs.borrow()
     }
 
-    /// Bytes of value `v` over all the batches, from its type with the batches' input shapes
-    /// bound to its symbolic dimensions (None when a dimension stays unknown).
+    /// Bytes of value `v` over all the batches, from its type with each batch's input shapes
+    /// sizing its symbolic dimensions (None when one stays unknown).
     fn bytes(&self, v: Value) -> Option<u128> {
         let ty = self.g.value_type(v);
-        let mut total = 0u128;
-        for batch in self.batches {
-            let mut bind: HashMap<&str, usize> = HashMap::new();
-            for (&id, t) in self.g.inputs().iter().zip(batch) {
-                for (d, &n) in self.g.node(id).outputs[0].shape.dims().iter().zip(t.shape()) {
-                    if let Dim::Sym(s) = d {
-                        bind.insert(s, n);
-                    }
-                }
-            }
-            let mut bytes = ty.dtype.size_bytes() as u128;
-            for d in ty.shape.dims() {
-                let (k, syms) = d.factors()?;
-                bytes = bytes.saturating_mul(k as u128);
-                for s in syms {
-                    bytes = bytes.saturating_mul(*bind.get(s.as_str())? as u128);
-                }
-            }
-            total = total.saturating_add(bytes);
-        }
-        Some(total)
+        self.batches
+            .iter()
+            .try_fold(0u128, |total, batch| Some(total.saturating_add(ty.bytes_with(&self.g.input_dim_sizes(batch))?)))
     }
 
     /// Runs `f` on the evaluation batches with the tensors of `values` appended to each batch's
@@ -225,7 +207,7 @@ impl<'a> FloatValues<'a> {
                         *slot = Some(t.into_owned());
                         Ok(())
                     }
-                    (Some(t), Some(acc)) => acc.append_rows(&t),
+                    (Some(t), Some(acc)) => acc.append_rows(&t).map_err(|e| e.to_string()),
                 };
                 if let Err(e) = appended {
                     failed = failed.take().or(Some((i, e)));
