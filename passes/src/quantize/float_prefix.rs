@@ -8,9 +8,10 @@
 //!
 //! The suffix computes what the whole copy computes, bit for bit: its nodes are the copy's own,
 //! and the values fed in are those the float graph computes with the same nodes on the same
-//! inputs. (An engine must compute a node the same whatever produced its inputs; the JIT
-//! does, and the sensitivity study's snapshot of the layers `--min-sqnr` keeps float on
-//! MobileNetV2 checks it end to end.)
+//! inputs. (An engine must compute a node the same whatever produced its inputs. The JIT does:
+//! `tests/quantize.rs` compares every probe of three zoo models with the whole graph's figure,
+//! bit for bit, and the snapshot of the layers `--min-sqnr` keeps float on MobileNetV2 checks
+//! the study end to end.)
 
 use super::calibrate::{EvalError, Evaluator};
 use qforge_ir::{Graph, IrError, NodeId, Op, Tensor, Value};
