@@ -7,10 +7,10 @@ pub enum IrError {
     /// A node is malformed (wrong arity, types that do not fit the op, bad attributes).
     #[error("node `{node}` ({op}): {msg}")]
     Node { node: String, op: &'static str, msg: String },
-    /// The graph has a cycle.
     /// Tensors that cannot be joined along axis 0 (a batch's rows computed in slices).
     #[error("cannot join tensors along axis 0: {0}")]
     Join(String),
+    /// The graph has a cycle.
     #[error("graph has a cycle through node `{0}`")]
     Cycle(String),
     /// The graph as a whole is malformed (dangling values, outputs, duplicate names).

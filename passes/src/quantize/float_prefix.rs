@@ -15,7 +15,7 @@
 
 use super::calibrate::{EvalError, Evaluator};
 use qforge_ir::{Graph, IrError, NodeId, Op, Tensor, Value};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 
 /// Whether node `id` of `q` computes what node `id` of `g` computes, given which of `q`'s nodes
@@ -100,18 +100,18 @@ pub struct FloatValues<'a> {
     /// Each value's tensor on every batch.
     kept: RefCell<HashMap<Value, Vec<Tensor>>>,
     /// Watched runs made so far.
-    runs: RefCell<usize>,
+    runs: Cell<usize>,
 }
 
 impl<'a> FloatValues<'a> {
     /// Values of `g` on `batches`, through `eval`, within `budget` bytes.
     pub fn new(g: &'a Graph, eval: &'a dyn Evaluator, batches: &'a [Vec<Tensor>], budget: u128) -> FloatValues<'a> {
-        FloatValues { g, eval, batches, budget, kept: RefCell::default(), runs: RefCell::new(0) }
+        FloatValues { g, eval, batches, budget, kept: RefCell::default(), runs: Cell::new(0) }
     }
 
     /// Watched runs of the float graph made so far.
     pub fn runs(&self) -> usize {
-        *self.runs.borrow()
+        self.runs.get()
     }
 
     /// Bytes of value `v` over all the batches, from its type with each batch's input shapes
@@ -189,7 +189,7 @@ impl<'a> FloatValues<'a> {
         if todo.is_empty() {
             return Ok(());
         }
-        *self.runs.borrow_mut() += 1;
+        self.runs.set(self.runs.get() + 1);
         let watcher = self.eval.watch(self.g, &todo)?;
         // a watcher may run a batch in slices of samples: each value's rows are appended as
         // they come, so no more than one slice is held beside what is kept
@@ -222,8 +222,11 @@ impl<'a> FloatValues<'a> {
             }
         }
         kept.extend(todo.into_iter().zip(got));
-        let bytes: usize = kept.values().flat_map(|ts| ts.iter()).map(|t| t.len() * t.dtype().size_bytes()).sum();
-        tracing::debug!("float prefix: {} values of the float graph kept, {bytes} bytes", kept.len());
+        tracing::debug!(
+            "float prefix: {} values of the float graph kept, {} bytes",
+            kept.len(),
+            kept.values().flatten().map(|t| t.len() * t.dtype().size_bytes()).sum::<usize>()
+        );
         Ok(())
     }
 }
