@@ -30,6 +30,7 @@
 
 pub mod autodiff;
 pub mod batchnorm;
+pub mod bisect;
 pub mod canonicalize;
 pub mod conv_transpose;
 pub mod egraph;

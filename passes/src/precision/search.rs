@@ -8,14 +8,13 @@
 //! reaches the target against the f32 graph. A prefix of the schedule is also where the fewest
 //! casts are needed: the f32 region ends at one frontier of f32-to-low casts.
 //!
-//! `k` is found by bisection between 0 (everything low) and the number of lowered nodes
-//! (everything f32, which reaches any target): about log2(n) + 2 runs of the calibration set.
-//! Bisection assumes that longer prefixes do not lose accuracy; where that fails locally, the
-//! `k` returned still reaches the target (every accepted `k` was measured), it may just not be
-//! the smallest.
+//! `k` is found by bisection ([`crate::bisect::count_reaching`]) between 0 (everything low) and
+//! the number of lowered nodes (everything f32, which reaches any target): about log2(n) + 2 runs
+//! of the calibration set.
 
 use super::amp::{AssignPrecision, F32Prefix, PrecisionConfig, STAT_LOW};
 use super::PrecisionError;
+use crate::bisect::count_reaching;
 use crate::evaluator::Evaluator;
 use crate::pass::{Pass, PassContext};
 use crate::quantize::sensitivity::score;
@@ -54,24 +53,12 @@ pub fn f32_prefix_for(
         Ok((db, lowered))
     };
     let (all_low_db, lowered) = probe(0)?;
-    let mut probes = vec![(0, all_low_db)];
-    let (mut chosen, mut chosen_db) = (0, all_low_db);
-    if all_low_db < target_db && lowered > 0 {
-        // invariant: `lo` misses the target, `hi` reaches it (everything f32 reaches any target)
-        let (mut lo, mut hi) = (0usize, lowered);
-        let (mut hi_db, _) = probe(hi)?;
-        probes.push((hi, hi_db));
-        while hi - lo > 1 {
-            let mid = lo + (hi - lo) / 2;
-            let (db, _) = probe(mid)?;
-            probes.push((mid, db));
-            if db >= target_db {
-                (hi, hi_db) = (mid, db);
-            } else {
-                lo = mid;
-            }
-        }
-        (chosen, chosen_db) = (hi, hi_db);
-    }
-    Ok(GuardOutcome { prefix: F32Prefix { count: chosen, target_db }, lowered, all_low_db, chosen_db, probes })
+    let found = count_reaching(lowered, target_db, all_low_db, |count| probe(count).map(|(db, _)| db))?;
+    Ok(GuardOutcome {
+        prefix: F32Prefix { count: found.count, target_db },
+        lowered,
+        all_low_db,
+        chosen_db: found.score,
+        probes: found.probes,
+    })
 }

@@ -19,6 +19,7 @@ use super::calibrate::{Calibration, EvalError, Evaluator};
 use super::float_prefix::{cut_at_float_prefix, FloatValues, FLOAT_VALUES_BYTES};
 use super::policy::{NodeRule, Pattern, Precision, QConfig, Rule};
 use super::static_quant::{activation_plan, QuantizeStatic};
+use crate::bisect::count_reaching;
 use crate::pass::{Pass, PassContext, PassError};
 use qforge_ir::{Graph, IrError, NodeId, Op, Tensor, Value};
 
@@ -175,12 +176,13 @@ impl Study<'_> {
         let varying = |v: &Value| !matches!(g.node(v.node).op, Op::Const(_));
         let (mut values, mut starts) = (Vec::<Value>::new(), vec![]);
         for &id in ops {
-            starts.push(values.len());
+            let start = values.len();
+            starts.push(start);
             for &x in g.node(id).inputs().iter().flatten().filter(|v| varying(v)) {
                 let readers = g.value_users(x).into_iter().map(|(r, _)| r);
                 let around = readers.flat_map(|r| g.node(r).inputs().iter().flatten().copied().collect::<Vec<_>>());
                 for v in std::iter::once(x).chain(around).filter(|v| varying(v) && !g.inputs().contains(&v.node)) {
-                    if !values[starts[starts.len() - 1]..].contains(&v) {
+                    if !values[start..].contains(&v) {
                         values.push(v);
                     }
                 }
@@ -254,9 +256,10 @@ impl Study<'_> {
     /// when the target is never met: then the quantized part is only what the ranking did not
     /// cover).
     ///
-    /// `k` is found by bisection between 0 (nothing float) and `ranked.len()` (every ranked layer
-    /// float): about log2(n) + 2 evaluations instead of one per layer kept, as the accuracy guard
-    /// of mixed precision finds its f32 prefix. The output SQNR grows with `k` but not strictly:
+    /// `k` is found by bisection ([`count_reaching`], as mixed precision's accuracy guard finds its
+    /// f32 prefix) between 0 (nothing float) and `ranked.len()` (every ranked layer float): about
+    /// log2(n) + 2 evaluations instead of one per layer kept. The output SQNR grows with `k` but
+    /// not strictly:
     /// each layer added to the float set removes its own quantization noise, and also moves the
     /// rounding of every quantized layer after it, which can cost a tenth of a dB (measured on
     /// MobileNetV2). Where it dips across the target, the `k` returned is still measured to reach
@@ -273,24 +276,7 @@ impl Study<'_> {
             tracing::debug!("--min-sqnr search: {k} of {} layers float: {db:.4} dB", ranked.len());
             Ok(db)
         };
-        let none_db = sqnr(0)?;
-        if none_db >= min_db || ranked.is_empty() {
-            return Ok((vec![], none_db));
-        }
-        // invariant: `lo` misses the target; `hi` reaches it, or is every ranked layer
-        let (mut lo, mut hi) = (0usize, ranked.len());
-        let mut hi_db = sqnr(hi)?;
-        if hi_db >= min_db {
-            while hi - lo > 1 {
-                let mid = lo + (hi - lo) / 2;
-                let db = sqnr(mid)?;
-                if db >= min_db {
-                    (hi, hi_db) = (mid, db);
-                } else {
-                    lo = mid;
-                }
-            }
-        }
-        Ok((first(hi), hi_db))
+        let found = count_reaching(ranked.len(), min_db, sqnr(0)?, sqnr)?;
+        Ok((first(found.count), found.score))
     }
 }
