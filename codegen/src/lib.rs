@@ -57,6 +57,7 @@ pub mod spec;
 pub mod widen;
 
 pub use emit::Microkernels;
+
 pub use program::{Program, ProgramReport, StepInfo};
 
 use qforge_ir::{interp, Graph, IrError, Tensor, TensorType};
@@ -114,6 +115,37 @@ pub struct JitOptions {
     /// [`interp::RunOptions::max_tensor_bytes`]). Checked while lowering, before any buffer
     /// exists.
     pub max_tensor_bytes: u64,
+    /// How bf16 convolutions and matrix products compute (`--bf16-kernels`).
+    pub bf16: Bf16Kernels,
+}
+
+/// How bf16 convolutions and matrix products compute. Both ways compute the bf16 dot product of
+/// the numerics contract (exact products summed in f32, one rounding of the result); they
+/// differ in speed and in summation order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Bf16Kernels {
+    /// The bf16 kernels where `vdpbf16ps` is faster than f32 FMA on this CPU
+    /// ([`micro::bf16::dot_rate`]), the f32 kernels elsewhere.
+    #[default]
+    Auto,
+    /// The bf16 GEMM (`vdpbf16ps`) and the bf16 depthwise kernel wherever the CPU has AVX512-BF16.
+    Dot,
+    /// The f32 kernels on bf16 values widened exactly, each result rounded once to bf16 in the
+    /// kernel's epilogue.
+    F32,
+}
+
+impl JitOptions {
+    /// Whether bf16 convolutions and matrix products run as bf16 kernels (see [`Bf16Kernels`];
+    /// only with the native microkernels on a CPU with AVX512-BF16).
+    pub fn bf16_compute(&self) -> bool {
+        let native = self.microkernels == Microkernels::Native && micro::bf16::native_available();
+        match self.bf16 {
+            Bf16Kernels::Auto => native && micro::bf16::dot_rate() > 1.0,
+            Bf16Kernels::Dot => native,
+            Bf16Kernels::F32 => false,
+        }
+    }
 }
 
 impl Default for JitOptions {
@@ -123,6 +155,7 @@ impl Default for JitOptions {
             threads: 1,
             check_guards: false,
             max_tensor_bytes: qforge_ir::DEFAULT_MAX_TENSOR_BYTES,
+            bf16: Bf16Kernels::Auto,
         }
     }
 }
@@ -179,11 +212,12 @@ impl JitExecutable {
         let t = std::time::Instant::now();
         let limit = self.opts.max_tensor_bytes as u128;
         lower::check_sizes(&self.graph, types, limit)?;
-        let widened = widen::widen_low_precision(&self.graph, self.opts.microkernels.bf16_compute());
+        let bf16_compute = self.opts.bf16_compute();
+        let widened = widen::widen_low_precision(&self.graph, bf16_compute);
         let folded = fold::fold_constants(&widened, types, limit);
         let winograd = self.opts.microkernels == Microkernels::Native && micro::winograd::available();
         let lw = lower::lower(&folded, types, limit, winograd, self.taps)?;
-        let mut p = Program::build(lw, self.opts.microkernels, self.opts.threads)?;
+        let mut p = Program::build(lw, self.opts.microkernels, bf16_compute, self.opts.threads)?;
         p.check_guards = self.opts.check_guards;
         p.max_tensor_bytes = self.opts.max_tensor_bytes as u128;
         tracing::info!(

@@ -290,7 +290,12 @@ fn pad16<T: Copy + Default>(v: &[T]) -> Vec<T> {
 
 impl Program {
     /// Generates code for `lw` (the lowered graph).
-    pub fn build(lw: Lowered, microkernels: Microkernels, threads: usize) -> Result<Program, JitError> {
+    pub fn build(
+        lw: Lowered,
+        microkernels: Microkernels,
+        bf16_compute: bool,
+        threads: usize,
+    ) -> Result<Program, JitError> {
         let t0 = Instant::now();
         let Lowered { buffers, steps, inputs, outputs, taps, host_ops } = lw;
         let nsteps = steps.len();
@@ -399,7 +404,7 @@ impl Program {
             .collect();
         let off = |b: usize| plan.offsets[resolve(b)];
 
-        let mut jit = Jit::new(microkernels)?;
+        let mut jit = Jit::new(microkernels, bf16_compute)?;
         let mut keep: Vec<Box<dyn Any + Send + Sync>> = Vec::new();
         let mut funcs = Vec::new(); // (step index, FuncId, units, grain, scratch)
         let mut faults = Vec::new(); // (step index, the row step's fault flag and message)
@@ -1287,7 +1292,8 @@ fn read_tensor(ty: &TensorType, mem: &[u8]) -> Result<Tensor, JitError> {
 
 /// Compiles `lw`-style programs; exposed for tests of single steps.
 pub fn compile_lowered(lw: Lowered, microkernels: Microkernels, threads: usize) -> Result<Program, JitError> {
-    Program::build(lw, microkernels, threads)
+    let bf16_compute = crate::JitOptions { microkernels, ..crate::JitOptions::default() }.bf16_compute();
+    Program::build(lw, microkernels, bf16_compute, threads)
 }
 
 #[cfg(test)]
@@ -1346,7 +1352,7 @@ mod tests {
             taps: vec![],
             host_ops: vec![],
         };
-        let p = Program::build(lw, Microkernels::Native, 1).unwrap();
+        let p = Program::build(lw, Microkernels::Native, false, 1).unwrap();
         let e = p.run(&[Tensor::from_f32(vec![1], vec![1.0])], None).unwrap_err().to_string();
         assert!(e.starts_with("step 0 (`x.layout`): layout conversion reads arena bytes"), "{e}");
         assert!(e.contains("outside the arena of"), "{e}");

@@ -109,6 +109,11 @@ pub enum Step {
     /// `acc = round_bf16(acc)` kept in f32: the rounding of a bf16 op's result before another op
     /// of the chain reads it (a residual add after a bf16 convolution).
     RoundBf16,
+    /// `acc = round_f16(acc)` kept in f32 (nearest even, f16 subnormals kept, overflow to
+    /// infinity, a NaN quieted with its low 13 payload bits dropped: the `half` crate's and F16C's
+    /// `vcvtps2ph`): an f16 op's result rounded and read back as f32 by the next op, which then
+    /// never exists in f16 in memory (the widening pass's rounding and widening, fused).
+    RoundF16,
     /// `acc += residual[row][c]` for a bf16 residual of the output's shape and layout, widened
     /// exactly; the sum rounds once more at the bf16 store (f32 holds more than twice bf16's
     /// precision, so rounding the f32 sum to bf16 is the rounding of the exact sum).
@@ -196,6 +201,7 @@ pub fn apply_scalar(steps: &[Step], acc: i32, c: usize) -> Option<Lane> {
             Step::DivF32(d) => Lane::F(f(v) / d),
             Step::AddChannelF32(b) => Lane::F(f(v) + b.get(c)?),
             Step::RoundBf16 => Lane::F(half::bf16::from_f32(f(v)).to_f32()),
+            Step::RoundF16 => Lane::F(half::f16::from_f32(f(v)).to_f32()),
             Step::MaxF32(m) => Lane::F(fmax(f(v), *m)),
             Step::MinF32(m) => Lane::F(fmin(f(v), *m)),
             Step::MulChannelF32(m) => Lane::F(f(v) * m.get(c)?),
@@ -317,6 +323,8 @@ pub fn mark_bounded(steps: &mut [Step], acc_bound: f64) {
             Step::Lut8 { .. } => b = 256.0,
             Step::AddResidualF32 | Step::AddResidualBf16 => b = f64::INFINITY,
             Step::RoundBf16 => b *= 1.0 + 1.0 / 256.0,
+            // rounding past the largest f16 gives infinity
+            Step::RoundF16 => b = if b < 65504.0 { b * (1.0 + 1.0 / 2048.0) } else { f64::INFINITY },
             Step::RoundToInt { bounded, .. } => {
                 *bounded = b.is_finite() && b < (1u64 << 30) as f64;
                 b = (1u64 << 31) as f64;
@@ -336,6 +344,7 @@ pub fn describe_steps(steps: &[Step]) -> String {
             Step::AddChannelF32(_) => "add_f32".to_string(),
             Step::AddResidualF32 => "add_residual".to_string(),
             Step::RoundBf16 => "round_bf16".to_string(),
+            Step::RoundF16 => "round_f16".to_string(),
             Step::AddResidualBf16 => "add_residual_bf16".to_string(),
             Step::MaxF32(v) => format!("max({v})"),
             Step::MinF32(v) => format!("min({v})"),

@@ -4,7 +4,14 @@
 //! semantics for low-precision float ops (see `qforge_ir::interp`). Constant inputs are widened
 //! at compile time. Ops without an f32 kernel stay as they are (the host runs them in f16).
 //!
-//! With bf16 compute ([`crate::Microkernels::bf16_compute`]: the CPU has AVX512-BF16), bf16
+//! The rounding of a widened op's result and the next op's widening of it meet as a pair of
+//! casts (`f32 -> f16 -> f32`); where the op is a float kernel, the lowering folds the pair into
+//! the kernel's epilogue as one rounding step kept in f32 (`round_f16`, `round_bf16`), so the
+//! low-precision tensor is never written and the next kernel reads the f32 values it would have
+//! widened, and a model in f16 storage costs what its f32 version does.
+//!
+//! With bf16 compute ([`crate::JitOptions::bf16_compute`]: the CPU has AVX512-BF16 and
+//! `vdpbf16ps` is faster there than f32 FMA, or `--bf16-kernels dot` asks for it), bf16
 //! convolutions, GEMMs and matrix products with constant bf16 weights stay bf16: they run as the
 //! bf16 GEMM or (depthwise convolutions) the bf16 depthwise kernel (f32 accumulation, one rounding
 //! of the output, the contract of [`crate::micro::bf16`]), so a depthwise convolution between two

@@ -12,7 +12,7 @@
 //! each probed graph once for all its batches.
 
 use crate::data::slice_batch;
-use crate::options::{Engine, Kernels, PipelineOptions};
+use crate::options::{Bf16Kernels, Engine, Kernels, PipelineOptions};
 use qforge_codegen::{JitExecutable, JitOptions, Microkernels};
 use qforge_ir::interp::RunOptions;
 use qforge_ir::{Dim, Graph, NodeId, Tensor, Value};
@@ -83,6 +83,11 @@ pub fn jit_options(opts: &PipelineOptions) -> JitOptions {
             Kernels::Cranelift => Microkernels::Cranelift,
         },
         max_tensor_bytes: opts.max_tensor_bytes,
+        bf16: match opts.bf16_kernels {
+            Bf16Kernels::Auto => qforge_codegen::Bf16Kernels::Auto,
+            Bf16Kernels::Dot => qforge_codegen::Bf16Kernels::Dot,
+            Bf16Kernels::F32 => qforge_codegen::Bf16Kernels::F32,
+        },
         ..JitOptions::default()
     }
 }

@@ -91,6 +91,20 @@ pub enum Kernels {
     Cranelift,
 }
 
+/// How bf16 convolutions and matrix products compute on the JIT (`--bf16-kernels`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bf16Kernels {
+    /// bf16 kernels (`vdpbf16ps`) where this CPU runs them faster than f32 FMA (measured once
+    /// per process), the f32 kernels elsewhere.
+    #[default]
+    Auto,
+    /// bf16 kernels wherever the CPU has AVX512-BF16.
+    Dot,
+    /// f32 kernels on the exactly widened bf16 values, each result rounded once to bf16.
+    F32,
+}
+
 /// Options that choose what happens between import and execution.
 #[derive(Clone, Debug, Args, serde::Serialize)]
 pub struct PipelineOptions {
@@ -171,6 +185,10 @@ pub struct PipelineOptions {
     /// JIT: which GEMM microkernels generated code calls.
     #[arg(long, value_enum, default_value_t = Kernels::Native)]
     pub kernels: Kernels,
+    /// JIT: how bf16 convolutions and matrix products compute (the same bf16 dot product, a
+    /// different speed and summation order).
+    #[arg(long, value_enum, default_value_t = Bf16Kernels::Auto)]
+    pub bf16_kernels: Bf16Kernels,
     /// 0: the graph as imported; 1 and 2: the optimizations that exist (2 is the default).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub opt_level: u8,
@@ -222,6 +240,7 @@ impl Default for PipelineOptions {
             engine: Engine::Jit,
             threads: 1,
             kernels: Kernels::Native,
+            bf16_kernels: Bf16Kernels::Auto,
             opt_level: 2,
             max_tensor_bytes: DEFAULT_MAX_TENSOR_BYTES,
             strict: false,

@@ -111,10 +111,10 @@ fn cranelift_gemm_inner_loops_use_vpdpbusd() {
     });
 }
 
-/// f16 storage on the JIT (widen, compute in f32, round back once per op): the JIT and the
-/// interpreter sum in different orders, so an f16 result may land one f16 step apart; over
-/// MobileNetV2 that keeps the two engines above 40 dB SQNR of each other and both at the same
-/// distance from FP32.
+/// f16 storage on the JIT (widen, compute in f32, round back once per op, the rounding in the
+/// kernel's epilogue): the JIT and the interpreter sum in different orders, so an f16 result may
+/// land one f16 step apart; over MobileNetV2 that keeps the two engines above 40 dB SQNR of each
+/// other and both at the same distance from FP32.
 #[test]
 fn fp16_mobilenet_v2_on_the_jit_tracks_the_interpreter() {
     let opts = PipelineOptions { precision: qforge::options::Precision::Fp16, ..PipelineOptions::default() };
@@ -127,6 +127,7 @@ fn fp16_mobilenet_v2_on_the_jit_tracks_the_interpreter() {
     let exe = qforge_codegen::JitExecutable::new(g, qforge_codegen::JitOptions::default());
     let program = exe.program(std::slice::from_ref(&x)).expect("program");
     assert!(program.report.host_ops.is_empty(), "f16 ops left to the interpreter: {:?}", program.report.host_ops);
+    assert_rounds_in_kernels(&program.report, "F16", "mobilenet_v2");
     let jit = exe.run(&[x]).expect("jit").remove(0);
     let a = qforge_tests::agreement(&jit, &interp, None).expect("same shape");
     println!("fp16 mobilenet_v2, JIT vs interpreter: {a}");
@@ -185,11 +186,32 @@ fn bf16_conv(
 /// interpreter sum the same exact products in different orders before one rounding to bf16, so
 /// every element is within one bf16 step (2^-7 of the larger magnitude's binade) of the
 /// interpreter's and nearly all are identical (the depthwise kernel sums in the interpreter's tap
-/// order: all of them). On a CPU with AVX512-BF16 the JIT must run these as bf16 kernels; on one
-/// without, as widened f32 kernels (bf16 is storage only there): the test checks which path ran.
+/// order: all of them). Every way of computing bf16 this CPU has runs them (`bf16_rungs`): the
+/// bf16 kernels where it has AVX512-BF16, and the f32 kernels on widened values everywhere; the
+/// test checks which path ran.
 #[test]
 fn bf16_kernels_round_once_like_the_interpreter() -> Result<()> {
-    let native = qforge_codegen::Microkernels::Native.bf16_compute();
+    for rung in bf16_rungs() {
+        bf16_single_ops(qforge_codegen::JitOptions { bf16: rung, ..Default::default() })?;
+    }
+    Ok(())
+}
+
+/// The ways of computing bf16 this CPU has, one option each: the bf16 kernels (with
+/// AVX512-BF16) and the f32 kernels on widened values.
+fn bf16_rungs() -> Vec<qforge_codegen::Bf16Kernels> {
+    use qforge_codegen::Bf16Kernels::{Dot, F32};
+    let has_dot = qforge_codegen::JitOptions { bf16: Dot, ..Default::default() }.bf16_compute();
+    println!("bf16 rungs: {}", if has_dot { "bf16 kernels, f32 kernels" } else { "f32 kernels" });
+    if has_dot {
+        vec![Dot, F32]
+    } else {
+        vec![F32]
+    }
+}
+
+fn bf16_single_ops(opts: qforge_codegen::JitOptions) -> Result<()> {
+    let native = opts.bf16_compute();
     let gemm = format!(
         "graph gemm(%x: bf16[5,300]) -> (y: bf16[5,70]) {{\n  %0 = const bf16[70,300] = [{}]  # \"w\"\n  %1 = const bf16[70] = [{}]  # \"b\"\n  %2 = gemm %x, %0, %1 {{alpha=1.0, beta=1.0, trans_a=false, trans_b=true}} : bf16[5,70]  # \"gemm\"\n  return %2\n}}\n",
         values_text(70 * 300, 11),
@@ -215,7 +237,7 @@ fn bf16_kernels_round_once_like_the_interpreter() -> Result<()> {
         let g = qforge_ir::text::parse(&text).map_err(|e| anyhow::anyhow!("{what}: parse: {e}"))?;
         let x = fixture_inputs(&g);
         let want = qforge_ir::interp::run(&g, &x).with_context(|| format!("{what}: interpreter"))?.remove(0);
-        let exe = qforge_codegen::JitExecutable::new(g, qforge_codegen::JitOptions::default());
+        let exe = qforge_codegen::JitExecutable::new(g, opts);
         let program = exe.program(&x).with_context(|| format!("{what}: JIT"))?;
         let kernels: Vec<&str> =
             program.report.steps.iter().filter(|s| s.kind == "kernel").map(|s| s.what.as_str()).collect();
@@ -228,7 +250,7 @@ fn bf16_kernels_round_once_like_the_interpreter() -> Result<()> {
                 "{what}: not all bf16 kernels: {kernels:?}"
             );
         } else {
-            anyhow::ensure!(bf16_kernels == 0, "{what}: bf16 kernels without AVX512-BF16: {kernels:?}");
+            anyhow::ensure!(bf16_kernels == 0, "{what}: bf16 kernels with {:?}: {kernels:?}", opts.bf16);
         }
         let got = exe.run(&x)?.remove(0);
         anyhow::ensure!(got.dtype() == qforge_ir::DType::BF16, "{what}: a {} result", got.dtype().name());
@@ -240,7 +262,7 @@ fn bf16_kernels_round_once_like_the_interpreter() -> Result<()> {
             anyhow::ensure!((p - q).abs() <= step, "{what}: element {i}: JIT {p}, interpreter {q}");
             same += usize::from(p.to_bits() == q.to_bits());
         }
-        println!("{what}: {same} of {} identical, {bf16_kernels} bf16 kernel step(s)", a.len());
+        println!("{:?}: {what}: {same} of {} identical, {bf16_kernels} bf16 kernel step(s)", opts.bf16, a.len());
         anyhow::ensure!(same * 100 >= a.len() * 99, "{what}: only {same} of {} identical", a.len());
         if what.starts_with("depthwise") {
             anyhow::ensure!(
@@ -256,25 +278,33 @@ fn bf16_kernels_round_once_like_the_interpreter() -> Result<()> {
 /// bf16 on the JIT over whole models: as for fp16, an element may land one bf16 step from the
 /// interpreter's (different summation orders), and the steps travel through the depth; over
 /// MobileNetV2 and ResNet-18 the two engines stay above 30 dB SQNR of each other with the same
-/// top-1, and every op runs in generated code. With AVX512-BF16, MobileNetV2's depthwise
-/// convolutions run on the bf16 depthwise kernel (none is widened to the f32 one).
+/// top-1, and every op runs in generated code, on every way of computing bf16 this CPU has. With
+/// the bf16 kernels, MobileNetV2's depthwise convolutions run on the bf16 depthwise kernel (none
+/// is widened to the f32 one); with the f32 kernels, each kernel rounds its result in its
+/// epilogue, so no rounding or widening step is left but around the pools and at the input.
 #[test]
 fn bf16_models_on_the_jit_track_the_interpreter() {
-    for model in ["mobilenet_v2.onnx", "resnet18.onnx"] {
+    for (model, rung) in
+        ["mobilenet_v2.onnx", "resnet18.onnx"].into_iter().flat_map(|m| bf16_rungs().into_iter().map(move |r| (m, r)))
+    {
         let opts = PipelineOptions { precision: qforge::options::Precision::Bf16, ..PipelineOptions::default() };
         let g =
             Compiler::new(opts).and_then(|c| c.optimize(qforge::load_model(&corpus_file(model))?)).expect("bf16 graph");
         let x = qforge::npy::read(&corpus_file("imagenet_like_test_x.npy")).expect("test input");
         let x = qforge::data::slice_batch(&x, 0, 1).expect("one image");
         let interp = qforge_ir::interp::run(&g, std::slice::from_ref(&x)).expect("interpreter").remove(0);
-        let exe = qforge_codegen::JitExecutable::new(g, qforge_codegen::JitOptions::default());
+        let opts = qforge_codegen::JitOptions { bf16: rung, ..Default::default() };
+        let exe = qforge_codegen::JitExecutable::new(g, opts);
         let program = exe.program(std::slice::from_ref(&x)).expect("program");
         assert!(
             program.report.host_ops.is_empty(),
             "{model}: bf16 ops left to the interpreter: {:?}",
             program.report.host_ops
         );
-        let native = qforge_codegen::Microkernels::Native.bf16_compute();
+        let native = opts.bf16_compute();
+        if !native {
+            assert_rounds_in_kernels(&program.report, "Bf16", model);
+        }
         let bf16_steps = program.report.steps.iter().filter(|s| s.what.starts_with("gemm_bf16")).count();
         assert_eq!(bf16_steps > 0, native, "{model}: {bf16_steps} bf16 GEMMs");
         let count = |p: &str| program.report.steps.iter().filter(|s| s.what.starts_with(p)).count();
@@ -285,10 +315,55 @@ fn bf16_models_on_the_jit_track_the_interpreter() {
         }
         let jit = exe.run(&[x]).expect("jit").remove(0);
         let a = qforge_tests::agreement(&jit, &interp, None).expect("same shape");
-        println!("bf16 {model}, JIT vs interpreter: {a}; {bf16_steps} bf16 GEMM steps, {dw_bf16} bf16 depthwise steps");
+        println!(
+            "bf16 {model} ({rung:?}), JIT vs interpreter: {a}; {bf16_steps} bf16 GEMM steps, {dw_bf16} bf16 depthwise steps"
+        );
         assert!(a.sqnr_db > 30.0, "{model}: {a}");
         assert_eq!(a.top1_same, a.rows, "{model}: {a}");
     }
+}
+
+/// An f16/bf16 (`low`: the row step's suffix) model computed by the f32 kernels: every kernel
+/// rounds its own result in its epilogue (the rounding and the next op's widening fused), so at
+/// most the roundings and widenings of the input, of ResNet-18's max pool and of the global
+/// pool before the classifier are left as steps of their own.
+fn assert_rounds_in_kernels(report: &qforge_codegen::ProgramReport, low: &str, model: &str) {
+    let rows = |kind: &str| report.steps.iter().filter(|s| s.what == format!("{kind}{low}")).count();
+    let (round, widen) = (rows("Round"), rows("Widen"));
+    assert!(round <= 3 && widen <= 3, "{model}: {round} rounding and {widen} widening steps");
+    let fused = report.steps.iter().filter(|s| s.what.contains(&format!("round_{}", low.to_lowercase()))).count();
+    assert!(fused > 10, "{model}: {fused} kernels round in their epilogue");
+}
+
+/// `fixtures/precision/depthwise_f16.qir`, depthwise_bf16.qir's f16 twin: the f32 depthwise
+/// kernel sums each output's taps in the interpreter's order and the epilogue rounds each result
+/// to f16 as `half` does (`vcvtps2ph` in the 512-bit epilogue, integer and f32 lanes in the
+/// Cranelift one under `--kernels cranelift`), so on every set of microkernels and on two
+/// threads the result is the interpreter's bit for bit, with no rounding or widening step
+/// between the three convolutions.
+#[test]
+fn f16_depthwise_fixture_is_the_interpreters_bit_for_bit() -> Result<()> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/precision/depthwise_f16.qir");
+    let g = fixture(&path);
+    let x = fixture_inputs(&g);
+    let want = qforge_ir::interp::run(&g, &x)?.remove(0);
+    use qforge_codegen::Microkernels::{Cranelift, Native};
+    for (mk, threads) in [(Native, 1), (Cranelift, 1), (Native, 2)] {
+        let opts = qforge_codegen::JitOptions { microkernels: mk, threads, ..Default::default() };
+        let exe = qforge_codegen::JitExecutable::new(g.clone(), opts);
+        let program = exe.program(&x)?;
+        let steps: Vec<&str> = program.report.steps.iter().map(|s| s.what.as_str()).collect();
+        anyhow::ensure!(program.report.host_ops.is_empty(), "{mk:?}: host steps {:?}", program.report.host_ops);
+        let rounding = steps.iter().filter(|w| w.contains("round_f16")).count();
+        let apart = steps.iter().filter(|w| **w == "RoundF16" || **w == "WidenF16").count();
+        anyhow::ensure!(rounding == 2 && apart == 2, "{mk:?}: not two rounding kernels between the edges: {steps:?}");
+        let got = exe.run(&x)?.remove(0);
+        anyhow::ensure!(got.dtype() == qforge_ir::DType::F16, "{mk:?}: a {} result", got.dtype().name());
+        let (a, b) = (got.to_f32_vec(), want.to_f32_vec());
+        let differ = a.iter().zip(&b).filter(|(p, q)| p.to_bits() != q.to_bits()).count();
+        anyhow::ensure!(differ == 0, "{mk:?} ({threads} threads): {differ} of {} elements differ", a.len());
+    }
+    Ok(())
 }
 
 /// `fixtures/precision/depthwise_bf16.qir` (bf16 depthwise convolutions with bias, Clip, a
@@ -303,25 +378,31 @@ fn bf16_depthwise_fixture_is_the_interpreters_bit_for_bit() -> Result<()> {
     let g = fixture(&path);
     let x = fixture_inputs(&g);
     let want = qforge_ir::interp::run(&g, &x)?.remove(0);
+    use qforge_codegen::Bf16Kernels::{Auto, Dot, F32};
     use qforge_codegen::Microkernels::{Cranelift, Native};
-    for (mk, threads) in [(Native, 1), (Cranelift, 1), (Native, 2)] {
-        let opts = qforge_codegen::JitOptions { microkernels: mk, threads, ..Default::default() };
+    for (mk, threads, bf16) in [(Native, 1, Dot), (Native, 1, F32), (Cranelift, 1, Auto), (Native, 2, Auto)] {
+        let opts = qforge_codegen::JitOptions { microkernels: mk, threads, bf16, ..Default::default() };
         let exe = qforge_codegen::JitExecutable::new(g.clone(), opts);
         let program = exe.program(&x)?;
         let steps: Vec<&str> = program.report.steps.iter().map(|s| s.what.as_str()).collect();
         anyhow::ensure!(program.report.host_ops.is_empty(), "{mk:?}: host steps {:?}", program.report.host_ops);
-        if mk.bf16_compute() {
+        if opts.bf16_compute() {
             // the layout conversions of the input and output besides three bf16 depthwise steps
             let dw = steps.iter().filter(|w| w.starts_with("depthwise_bf16")).count();
             let others: Vec<&&str> =
                 steps.iter().filter(|w| !w.starts_with("depthwise_bf16") && !w.contains("nhwc")).collect();
             anyhow::ensure!(dw == 3 && others.is_empty(), "{mk:?}: not three bf16 depthwise steps alone: {steps:?}");
+        } else {
+            // the f32 kernels round in their epilogues: widened at the input, rounded at the output
+            let rounding = steps.iter().filter(|w| w.contains("round_bf16")).count();
+            let apart = steps.iter().filter(|w| **w == "RoundBf16" || **w == "WidenBf16").count();
+            anyhow::ensure!(rounding == 2 && apart == 2, "{mk:?} {bf16:?}: rounding steps {steps:?}");
         }
         let got = exe.run(&x)?.remove(0);
         anyhow::ensure!(got.dtype() == qforge_ir::DType::BF16, "{mk:?}: a {} result", got.dtype().name());
         let (a, b) = (got.to_f32_vec(), want.to_f32_vec());
         let differ = a.iter().zip(&b).filter(|(p, q)| p.to_bits() != q.to_bits()).count();
-        anyhow::ensure!(differ == 0, "{mk:?} ({threads} threads): {differ} of {} elements differ", a.len());
+        anyhow::ensure!(differ == 0, "{mk:?} {bf16:?} ({threads} threads): {differ} of {} elements differ", a.len());
     }
     Ok(())
 }

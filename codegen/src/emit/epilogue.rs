@@ -172,6 +172,58 @@ fn bf16_bits(em: &mut Emitter<'_, '_>, x: Value, ity: Type) -> Value {
     }
 }
 
+/// `x` rounded to f16 and widened back to f32, as `vcvtps2ph` (nearest even) and `vcvtph2ps` do
+/// and the `half` crate computes, in f32 and i32 lanes: the magnitude's bits rounded to 10
+/// fraction bits (`+ 0xfff + lsb`, then the 13 low bits cleared) in f16's normal range; below
+/// 2^-14 (f16 subnormals, a fixed step of 2^-24) `(|x| + 0.5) - 0.5`, whose f32 sum has exactly
+/// that step and rounds to nearest even; from 65520 (half-way past the largest f16, 65504, to an
+/// even neighbour outside the range) infinity; a NaN quieted with its low 13 bits cleared; the
+/// sign put back.
+fn round_f16(em: &mut Emitter<'_, '_>, x: Value, ity: Type, fty: Type) -> Value {
+    use cranelift_codegen::ir::condcodes::IntCC;
+    let b = em.b.ins().bitcast(ity, le(), x);
+    let sign_mask = splat_i(em, ity, i32::MIN);
+    let sign = em.b.ins().band(b, sign_mask);
+    let abs_mask = splat_i(em, ity, i32::MAX);
+    let a = em.b.ins().band(b, abs_mask);
+    // normal f16 range
+    let kept = em.b.ins().ushr_imm_u(a, 13);
+    let one = splat_i(em, ity, 1);
+    let lsb = em.b.ins().band(kept, one);
+    let bias = splat_i(em, ity, 0xfff);
+    let n = em.b.ins().iadd(a, bias);
+    let n = em.b.ins().iadd(n, lsb);
+    let low = splat_i(em, ity, 0xffff_e000_u32 as i32);
+    let n = em.b.ins().band(n, low);
+    // subnormal f16 range
+    let ax = em.b.ins().bitcast(fty, le(), a);
+    let half = splat_f(em, fty, 0.5);
+    let s = em.b.ins().fadd(ax, half);
+    let s = em.b.ins().fsub(s, half);
+    let sb = em.b.ins().bitcast(ity, le(), s);
+    // NaN
+    let quiet = splat_i(em, ity, 0x0040_0000);
+    let nan = em.b.ins().bor(a, quiet);
+    let nan = em.b.ins().band(nan, low);
+    let inf = splat_i(em, ity, 0x7f80_0000);
+    let min_normal = splat_i(em, ity, 0x3880_0000);
+    let overflow = splat_i(em, ity, 0x477f_f000);
+    let is_sub = em.b.ins().icmp(IntCC::SignedLessThan, a, min_normal);
+    let is_big = em.b.ins().icmp(IntCC::SignedGreaterThanOrEqual, a, overflow);
+    let is_nan = em.b.ins().icmp(IntCC::SignedGreaterThan, a, inf);
+    let r = if ity.is_vector() {
+        let r = em.b.ins().bitselect(is_sub, sb, n);
+        let r = em.b.ins().bitselect(is_big, inf, r);
+        em.b.ins().bitselect(is_nan, nan, r)
+    } else {
+        let r = em.b.ins().select(is_sub, sb, n);
+        let r = em.b.ins().select(is_big, inf, r);
+        em.b.ins().select(is_nan, nan, r)
+    };
+    let r = em.b.ins().bor(r, sign);
+    em.b.ins().bitcast(fty, le(), r)
+}
+
 /// Flags of a lane-preserving bitcast.
 fn le() -> cranelift_codegen::ir::MemFlagsData {
     cranelift_codegen::ir::MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little)
@@ -265,6 +317,10 @@ fn apply(
             let bits = bf16_bits(em, x, ity);
             let wide = em.b.ins().ishl_imm_u(bits, 16);
             Lanes::F(em.b.ins().bitcast(fty, le(), wide))
+        }
+        Step::RoundF16 => {
+            let x = to_f(em, v, fty);
+            Lanes::F(round_f16(em, x, ity, fty))
         }
         Step::AddResidualBf16 => {
             let x = to_f(em, v, fty);

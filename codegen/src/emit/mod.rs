@@ -38,13 +38,18 @@ pub enum Microkernels {
     Cranelift,
 }
 
-impl Microkernels {
-    /// Whether bf16 convolutions and matrix products compute on bf16 operands (the AVX512-BF16
-    /// GEMM, [`crate::micro::bf16`]) rather than widened to f32: with the native kernels on a
-    /// CPU that has the instruction.
-    pub fn bf16_compute(self) -> bool {
-        self == Microkernels::Native && crate::micro::bf16::native_available()
-    }
+/// The report's name for bf16 ops computed by the f32 kernels: `f32 (storage only)` without
+/// AVX512-BF16; with it, the measured rate of `vdpbf16ps` that made f32 the faster choice (or
+/// that `--bf16-kernels f32` chose it).
+fn bf16_as_f32() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        if micro::bf16::native_available() {
+            format!("f32 fma (vdpbf16ps at {:.2}x the f32 fma rate)", micro::bf16::dot_rate())
+        } else {
+            "f32 (storage only)".to_string()
+        }
+    })
 }
 
 /// Memory flags for arena and parameter accesses: never trapping, alignment not assumed.
@@ -83,7 +88,9 @@ pub fn step_signature(ptr: Type, cc: cranelift_codegen::isa::CallConv) -> Signat
 }
 
 impl Jit {
-    pub fn new(microkernels: Microkernels) -> Result<Jit, JitError> {
+    /// The module with the microkernels `microkernels` selects; `bf16_compute` says whether bf16
+    /// ops run as bf16 kernels ([`crate::JitOptions::bf16_compute`]), for the report.
+    pub fn new(microkernels: Microkernels, bf16_compute: bool) -> Result<Jit, JitError> {
         let mut flag_builder = settings::builder();
         let set = |fb: &mut settings::Builder, k: &str, v: &str| {
             fb.set(k, v).map_err(|e| JitError::Codegen(format!("setting {k}={v}: {e}")))
@@ -192,11 +199,12 @@ impl Jit {
                     "conv_f32_direct",
                     if micro::float::direct_conv_available() { "avx512f" } else { "im2col + gemm_f32" },
                 ),
-                // without the instruction, bf16 GEMMs are widened to f32 (bf16 is storage only)
-                ("gemm_bf16", if micro::bf16::native_available() { gemm_bf16_name } else { "f32 (storage only)" }),
+                // without the instruction, or where it is slower than f32 FMA, bf16 GEMMs are
+                // widened to f32
+                ("gemm_bf16", if bf16_compute { gemm_bf16_name } else { bf16_as_f32() }),
                 ("depthwise_u8i8", dw_i8_name),
                 ("depthwise_f32", dw_f32_name),
-                ("depthwise_bf16", if micro::bf16::native_available() { dw_bf16_name } else { "f32 (storage only)" }),
+                ("depthwise_bf16", if bf16_compute { dw_bf16_name } else { bf16_as_f32() }),
             ],
             Microkernels::Cranelift => vec![
                 ("gemm_u8i8", "cranelift-128"),

@@ -205,10 +205,24 @@ impl Lowerer<'_> {
         (matches!(n.op, Op::Binary(BinaryOp::Mul)) && pair && same && users.iter().any(|u| u.0 == m)).then_some((s, m))
     }
 
+    /// When `u` is a cast of an f32 value to f16 or bf16 whose only reader casts it back to f32,
+    /// that reader: the pair is a rounding to the low type kept in f32 (widening is exact).
+    fn round_trip(&self, u: NodeId) -> Option<NodeId> {
+        let n = self.g.node(u);
+        let Op::Cast { to: DType::F16 | DType::BF16 } = n.op else { return None };
+        let x = n.inputs().first().copied().flatten()?;
+        if self.ty(x)?.dtype != DType::F32 {
+            return None;
+        }
+        let back = self.only_user(Value::new(u, 0))?;
+        matches!(self.g.node(back).op, Op::Cast { to: DType::F32 }).then_some(back)
+    }
+
     /// The nodes a float conv or matrix product at `id` absorbs (empty: none; the last one is
     /// where it runs): ReLU, Clip, one residual add of the result's shape, and for an f32 kernel
-    /// hard-swish and constants added or multiplied along the output channel (a matrix product's
-    /// bias; a learnable affine's scale and shift).
+    /// hard-swish, constants added or multiplied along the output channel (a matrix product's
+    /// bias; a learnable affine's scale and shift) and the f16/bf16 roundings of the widening
+    /// pass read back as f32 ([`Self::round_trip`]).
     fn float_chain(&self, id: NodeId) -> Vec<NodeId> {
         let mut chain = Vec::new();
         let mut cur = Value::new(id, 0);
@@ -233,6 +247,14 @@ impl Lowerer<'_> {
             }
             let Some(u) = self.only_user(cur) else { break };
             let n = self.g.node(u);
+            // an f16/bf16 rounding read back only as f32 (the widening pass's rounding of an op's
+            // result and the next op's widening): a rounding step, the value staying f32
+            if let Some(back) = self.round_trip(u).filter(|_| dtype == DType::F32) {
+                chain.push(u);
+                chain.push(back);
+                cur = Value::new(back, 0);
+                continue;
+            }
             if n.outputs.first().map(|t| t.dtype) != Some(ty.dtype) {
                 break;
             }
@@ -492,6 +514,10 @@ impl Lowerer<'_> {
                         steps.push(Step::AddResidualF32);
                     }
                 }
+                Op::Cast { to: DType::F16 } => steps.push(Step::RoundF16),
+                Op::Cast { to: DType::BF16 } => steps.push(Step::RoundBf16),
+                // the widening back of a rounding (`round_trip`): exact
+                Op::Cast { to: DType::F32 } => {}
                 op => return host(format!("{} cannot be absorbed", op.name())),
             }
             cur = Value::new(c, 0);

@@ -54,6 +54,8 @@ pub enum FloatOp {
     Min(f32),
     /// `round_bf16(x)` kept in f32.
     RoundBf16,
+    /// `round_f16(x)` kept in f32 ([`Step::RoundF16`]).
+    RoundF16,
     /// `x + residual[row][c]` of a bf16 residual, widened exactly.
     AddResidualBf16,
     /// `x * v[c]` (`v` padded as `AddChannel`'s): a dequantization's scale or a constant multiply.
@@ -125,7 +127,8 @@ pub struct FloatEpilogue {
     /// The rounding and byte store that end a quantized list, or `None` for a float store.
     pub int_out: Option<IntOut>,
     /// The same list when it is a bias, a residual add, a lower and an upper bound, each at most
-    /// once and in that order (every fused convolution's list): the kernel then runs a version
+    /// once and in that order, and for an f16/bf16 op computed in f32 a rounding at the end and
+    /// before the residual add (every fused convolution's list): the kernel then runs a version
     /// compiled for exactly those steps instead of dispatching on each step per vector.
     canon: Option<Canon>,
 }
@@ -153,21 +156,48 @@ struct Canon {
     /// `fmin(x, min)`, when present: `vminps` and then the bits ORed with `min_or`
     /// (`0x8000_0000` for `-0.0`; else 0).
     min: Option<(f32, u32)>,
+    /// An f32-stored list of an f16 or bf16 op computed in f32 (the widening pass's ops): the
+    /// rounding to that type kept in f32 last, and before an f32 residual add when the list
+    /// has one (the kernel's own result rounded before the add reads it).
+    round: Round,
+}
+
+/// The rounding of a canonical f32 list ([`Canon::round`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Round {
+    None,
+    F16,
+    Bf16,
+}
+
+impl Round {
+    fn of(op: &FloatOp) -> Option<Round> {
+        match op {
+            FloatOp::RoundF16 => Some(Round::F16),
+            FloatOp::RoundBf16 => Some(Round::Bf16),
+            _ => None,
+        }
+    }
 }
 
 impl Canon {
     fn of(ops: &[FloatOp]) -> Option<Canon> {
-        let mut c = Canon { bias: Vec::new(), residual: Residual::None, max: None, min: None };
+        let mut c = Canon { bias: Vec::new(), residual: Residual::None, max: None, min: None, round: Round::None };
         let mut rest = ops;
         if let [FloatOp::AddChannel(v), tail @ ..] = rest {
             c.bias = v.clone();
             rest = tail;
         }
+        let mut before_residual = Round::None;
         if let [FloatOp::AddResidual, tail @ ..] = rest {
             c.residual = Residual::F32;
             rest = tail;
         } else if let [FloatOp::RoundBf16, FloatOp::AddResidualBf16, tail @ ..] = rest {
             c.residual = Residual::Bf16;
+            rest = tail;
+        } else if let [r, FloatOp::AddResidual, tail @ ..] = rest {
+            before_residual = Round::of(r)?;
+            c.residual = Residual::F32;
             rest = tail;
         }
         if let [FloatOp::Max(m), tail @ ..] = rest {
@@ -178,7 +208,12 @@ impl Canon {
             c.min = Some((*m, if m.to_bits() == 0x8000_0000 { 0x8000_0000 } else { 0 }));
             rest = tail;
         }
-        rest.is_empty().then_some(c)
+        if let [r] = rest {
+            c.round = Round::of(r)?;
+            rest = &[];
+        }
+        // the kernel rounds before an f32 residual exactly when it rounds at the end
+        (rest.is_empty() && (c.residual != Residual::F32 || before_residual == c.round)).then_some(c)
     }
 }
 
@@ -254,7 +289,8 @@ impl FloatEpilogue {
                 Step::DivF32(d) => Some(FloatOp::Div(*d)),
                 Step::AddChannelF32(v) => Some(FloatOp::AddChannel(pad(v))),
                 Step::AddResidualF32 if !bf16 && int_out.is_none() => Some(FloatOp::AddResidual),
-                Step::RoundBf16 if bf16 => Some(FloatOp::RoundBf16),
+                Step::RoundBf16 => Some(FloatOp::RoundBf16),
+                Step::RoundF16 => Some(FloatOp::RoundF16),
                 Step::AddResidualBf16 if bf16 => Some(FloatOp::AddResidualBf16),
                 Step::MaxF32(c) if !c.is_nan() => Some(FloatOp::Max(*c)),
                 Step::MinF32(c) if !c.is_nan() => Some(FloatOp::Min(*c)),
@@ -267,7 +303,9 @@ impl FloatEpilogue {
         if ops.iter().filter(|o| **o == FloatOp::Silu).count() > 1 {
             return None;
         }
-        let canon = if int_in.is_none() && int_out.is_none() { Canon::of(&ops) } else { None };
+        // a bf16-stored list rounds at its store, never in f32 before it
+        let canon = if int_in.is_none() && int_out.is_none() { Canon::of(&ops) } else { None }
+            .filter(|c| !bf16 || c.round == Round::None);
         (ops.len() <= MAX_OPS).then_some(FloatEpilogue { ops, bf16, int_in, int_out, canon })
     }
 
@@ -284,6 +322,7 @@ impl FloatEpilogue {
                 FloatOp::Max(c) => fmax(x, *c),
                 FloatOp::Min(c) => fmin(x, *c),
                 FloatOp::RoundBf16 => half::bf16::from_f32(x).to_f32(),
+                FloatOp::RoundF16 => half::f16::from_f32(x).to_f32(),
                 FloatOp::AddResidualBf16 => x + residual,
                 FloatOp::Mul(v) => x * v[col],
                 FloatOp::HardSwish => crate::spec::hard_swish(x),
@@ -378,6 +417,17 @@ fn bf16_bits(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512i {
 fn round_bf16(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
     _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bf16_bits(v)))
+}
+
+/// `v` rounded to f16 and widened back to f32: `vcvtps2ph` with round to nearest even (f16
+/// subnormals kept, overflow to infinity, a NaN quieted with its low payload bits dropped, as the
+/// `half` crate converts) and `vcvtph2ps`, which is exact.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn round_f16(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    _mm512_cvtph_ps(_mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v))
 }
 
 /// The bf16 values at `p` (the lanes of `mask`, 0 elsewhere) widened exactly to f32.
@@ -671,6 +721,7 @@ unsafe fn op_params(ops: &[FloatOp], col: usize) -> [std::arch::x86_64::__m512; 
                 FloatOp::Max(c) | FloatOp::Min(c) => _mm512_set1_ps(*c),
                 FloatOp::AddResidual
                 | FloatOp::RoundBf16
+                | FloatOp::RoundF16
                 | FloatOp::AddResidualBf16
                 | FloatOp::HardSwish
                 | FloatOp::Silu => _mm512_setzero_ps(),
@@ -761,6 +812,7 @@ unsafe fn run_ops(
                     _mm512_add_ps(v, x)
                 }
                 FloatOp::RoundBf16 => round_bf16(v),
+                FloatOp::RoundF16 => round_f16(v),
                 FloatOp::AddResidualBf16 => _mm512_add_ps(v, load_bf16(rrow, mask)),
                 FloatOp::Mul(_) => _mm512_mul_ps(v, pv[i]),
                 FloatOp::HardSwish => hard_swish(v),
@@ -859,26 +911,58 @@ unsafe fn canon_avx512(
     // target feature is enabled on this function and checked by `available`.
     unsafe {
         let args = (c, tile, ldc, rows, n0, nr, out, out_stride, res);
-        // an f32-stored list has no bf16 residual (`from_steps`)
-        let residual = c.residual == Residual::F32;
-        match (!c.bias.is_empty(), residual, c.max.is_some(), c.min.is_some()) {
-            (false, false, false, false) => canon_run::<false, false, false, false>(args),
-            (false, false, false, true) => canon_run::<false, false, false, true>(args),
-            (false, false, true, false) => canon_run::<false, false, true, false>(args),
-            (false, false, true, true) => canon_run::<false, false, true, true>(args),
-            (false, true, false, false) => canon_run::<false, true, false, false>(args),
-            (false, true, false, true) => canon_run::<false, true, false, true>(args),
-            (false, true, true, false) => canon_run::<false, true, true, false>(args),
-            (false, true, true, true) => canon_run::<false, true, true, true>(args),
-            (true, false, false, false) => canon_run::<true, false, false, false>(args),
-            (true, false, false, true) => canon_run::<true, false, false, true>(args),
-            (true, false, true, false) => canon_run::<true, false, true, false>(args),
-            (true, false, true, true) => canon_run::<true, false, true, true>(args),
-            (true, true, false, false) => canon_run::<true, true, false, false>(args),
-            (true, true, false, true) => canon_run::<true, true, false, true>(args),
-            (true, true, true, false) => canon_run::<true, true, true, false>(args),
-            (true, true, true, true) => canon_run::<true, true, true, true>(args),
+        match c.round {
+            Round::None => canon_rounded::<ROUND_NONE>(args),
+            Round::F16 => canon_rounded::<ROUND_F16>(args),
+            Round::Bf16 => canon_rounded::<ROUND_BF16>(args),
         }
+    }
+}
+
+/// [`Canon::round`] as a const parameter of [`canon_run`].
+const ROUND_NONE: u8 = 0;
+const ROUND_F16: u8 = 1;
+const ROUND_BF16: u8 = 2;
+
+/// [`canon_avx512`] for the rounding `R`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn canon_rounded<const R: u8>(args: CanonArgs<'_>) {
+    let c = args.0;
+    // an f32-stored list has no bf16 residual (`from_steps`)
+    let residual = c.residual == Residual::F32;
+    // SAFETY: the caller's (`canon_avx512`'s) guarantees, passed on unchanged.
+    unsafe {
+        match (!c.bias.is_empty(), residual, c.max.is_some(), c.min.is_some()) {
+            (false, false, false, false) => canon_run::<false, false, false, false, R>(args),
+            (false, false, false, true) => canon_run::<false, false, false, true, R>(args),
+            (false, false, true, false) => canon_run::<false, false, true, false, R>(args),
+            (false, false, true, true) => canon_run::<false, false, true, true, R>(args),
+            (false, true, false, false) => canon_run::<false, true, false, false, R>(args),
+            (false, true, false, true) => canon_run::<false, true, false, true, R>(args),
+            (false, true, true, false) => canon_run::<false, true, true, false, R>(args),
+            (false, true, true, true) => canon_run::<false, true, true, true, R>(args),
+            (true, false, false, false) => canon_run::<true, false, false, false, R>(args),
+            (true, false, false, true) => canon_run::<true, false, false, true, R>(args),
+            (true, false, true, false) => canon_run::<true, false, true, false, R>(args),
+            (true, false, true, true) => canon_run::<true, false, true, true, R>(args),
+            (true, true, false, false) => canon_run::<true, true, false, false, R>(args),
+            (true, true, false, true) => canon_run::<true, true, false, true, R>(args),
+            (true, true, true, false) => canon_run::<true, true, true, false, R>(args),
+            (true, true, true, true) => canon_run::<true, true, true, true, R>(args),
+        }
+    }
+}
+
+/// `v` rounded as `R` says (kept in f32).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn round_as<const R: u8>(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    match R {
+        ROUND_F16 => round_f16(v),
+        ROUND_BF16 => round_bf16(v),
+        _ => v,
     }
 }
 
@@ -888,7 +972,7 @@ type CanonArgs<'a> = (&'a Canon, *const f32, usize, usize, usize, usize, *mut f3
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn canon_run<const BIAS: bool, const RES: bool, const MAX: bool, const MIN: bool>(
+unsafe fn canon_run<const BIAS: bool, const RES: bool, const MAX: bool, const MIN: bool, const R: u8>(
     (c, tile, ldc, rows, n0, nr, out, out_stride, res): CanonArgs<'_>,
 ) {
     // SAFETY: as `epilogue_avx512`: tile loads read columns `j..j + 16 <= round_up(nr, 16) <= ldc`;
@@ -914,7 +998,7 @@ unsafe fn canon_run<const BIAS: bool, const RES: bool, const MAX: bool, const MI
                 if RES {
                     let rrow = (res as *const u8).add(r * out_stride) as *const f32;
                     let x = if full { _mm512_loadu_ps(rrow.add(j)) } else { _mm512_maskz_loadu_ps(mask, rrow.add(j)) };
-                    v = _mm512_add_ps(v, x);
+                    v = _mm512_add_ps(round_as::<R>(v), x);
                 }
                 if MAX {
                     let m = _mm512_castps_si512(_mm512_max_ps(maxv, v));
@@ -924,6 +1008,7 @@ unsafe fn canon_run<const BIAS: bool, const RES: bool, const MAX: bool, const MI
                     let m = _mm512_castps_si512(_mm512_min_ps(minv, v));
                     v = _mm512_castsi512_ps(_mm512_or_si512(m, minor));
                 }
+                v = round_as::<R>(v);
                 let o = (out as *mut u8).add(r * out_stride) as *mut f32;
                 if full {
                     _mm512_storeu_ps(o.add(j), v);
@@ -1043,7 +1128,7 @@ mod tests {
         assert!(fmax(f32::NAN, 1.0).is_nan() && fmin(1.0, f32::NAN).is_nan());
         assert_eq!((fmax(-3.0, 0.0), fmin(7.0, 6.0)), (0.0, 6.0));
         assert!(FloatEpilogue::from_steps(&[Step::MaxF32(f32::NAN)], Store::F32).is_none());
-        assert!(FloatEpilogue::from_steps(&[Step::RoundBf16], Store::F32).is_none());
+        assert!(FloatEpilogue::from_steps(&[Step::AddResidualBf16], Store::F32).is_none());
         assert!(FloatEpilogue::from_steps(&[Step::AddResidualF32], Store::Bf16).is_none());
         assert!(FloatEpilogue::from_steps(&[Step::MaxF32(0.0)], Store::U8).is_none());
     }
@@ -1181,6 +1266,7 @@ mod tests {
 
     /// Epilogue lists of every step kind, in orders the lowering produces and others.
     fn test_lists() -> Vec<Vec<Step>> {
+        let odd: Vec<f32> = (0..40).map(|i| i as f32 * 0.1 - 1.7).collect();
         vec![
             vec![Step::AddChannelF32((0..40).map(|i| i as f32 * 0.25 - 3.0).collect()), Step::MaxF32(0.0)],
             vec![Step::MaxF32(0.0), Step::MinF32(6.0)],
@@ -1197,7 +1283,90 @@ mod tests {
             vec![Step::HardSwish, Step::AddResidualF32],
             vec![Step::AddChannelF32(vec![0.5; 40]), Step::Silu, Step::AddResidualF32, Step::MaxF32(0.0)],
             vec![Step::Silu],
+            // the canonical lists of f16/bf16 ops computed in f32 (inexact biases, so that
+            // the roundings round), and others
+            vec![Step::AddChannelF32(odd.clone()), Step::MaxF32(0.0), Step::MinF32(6.0), Step::RoundF16],
+            vec![
+                Step::AddChannelF32(odd.clone()),
+                Step::RoundF16,
+                Step::AddResidualF32,
+                Step::MaxF32(0.0),
+                Step::RoundF16,
+            ],
+            vec![Step::RoundBf16, Step::AddResidualF32, Step::RoundBf16],
+            vec![Step::AddChannelF32(odd.clone()), Step::RoundBf16],
+            vec![Step::AddChannelF32(odd), Step::RoundF16, Step::AddResidualF32],
+            vec![Step::AddResidualF32, Step::RoundF16, Step::MaxF32(0.0)],
+            vec![Step::DivF32(3.0), Step::RoundBf16, Step::AddResidualF32, Step::RoundBf16],
         ]
+    }
+
+    /// The lists of an f16/bf16 op computed in f32 that the lowering forms run the compiled
+    /// canonical versions; a rounding before the residual without one at the end does not.
+    #[test]
+    fn rounded_lists_are_canonical() {
+        let b = vec![0.5f32; 16];
+        let canon = |steps: &[Step]| FloatEpilogue::from_steps(steps, Store::F32).and_then(|p| p.canon);
+        let (f16, bf16) = (Step::RoundF16, Step::RoundBf16);
+        let res = Step::AddResidualF32;
+        let bias = Step::AddChannelF32(b);
+        assert_eq!(canon(&[bias.clone(), Step::MaxF32(0.0), f16.clone()]).map(|c| c.round), Some(Round::F16));
+        let c = canon(&[bias.clone(), bf16.clone(), res.clone(), Step::MaxF32(0.0), bf16.clone()]);
+        assert_eq!(c.map(|c| (c.round, c.residual)), Some((Round::Bf16, Residual::F32)));
+        assert!(canon(&[bias.clone(), f16.clone(), res.clone()]).is_none());
+        assert!(canon(&[bias.clone(), res.clone(), f16.clone()]).is_none());
+        assert!(canon(&[bias, f16, res, bf16]).is_none());
+    }
+
+    /// The f16 rounding kept in f32 ([`Step::RoundF16`], `vcvtps2ph` then `vcvtph2ps`) against
+    /// `half::f16` on the cases that decide it: ties of the 13 dropped bits with both parities of
+    /// the kept ones and their neighbours, the f16 subnormal range (down to ties at half the
+    /// smallest subnormal), the largest finite f16 and the first value that rounds to infinity,
+    /// infinities and NaN payloads; bit for bit, NaN included.
+    #[test]
+    fn f16_rounding_matches_the_half_crate() {
+        if !runs(Store::F32) {
+            return;
+        }
+        let mut bits = Vec::new();
+        for base in [0x3f80_0000u32, 0x3f80_2000, 0x4780_0000 - 0x4000, 0x3880_0000, 0x3300_0000, 0x3380_0000] {
+            for low in [0x0fffu32, 0x1000, 0x1001, 0x0, 0x1fff] {
+                for sign in [0, 0x8000_0000] {
+                    bits.push((base + low) | sign);
+                }
+            }
+        }
+        bits.extend([
+            0x477f_efffu32, // just below 65520: 65504
+            0x477f_f000,    // 65520: a tie that rounds to infinity
+            0xc77f_f000,
+            0x3800_0000, // 2^-15, an f16 subnormal
+            0x3380_0000, // 2^-24, the smallest f16 subnormal
+            0x3300_0000, // 2^-25: a tie that rounds to 0
+            0x3300_0001,
+            0x0000_0001,
+            0x7f80_0000,
+            0xff80_0000,
+            0x7fc0_0000,
+            0x7f80_0001, // a signalling NaN, quieted
+            0xffc0_1fff,
+            0x7fff_ffff,
+        ]);
+        let p = FloatEpilogue::from_steps(&[Step::RoundF16], Store::F32).expect("a float list");
+        let ldc = bits.len().div_ceil(16) * 16;
+        let mut tile = vec![0f32; ldc];
+        for (t, b) in tile.iter_mut().zip(&bits) {
+            *t = f32::from_bits(*b);
+        }
+        let mut out = vec![0f32; bits.len()];
+        // SAFETY: one row of `ldc` floats; the output holds `bits.len()` floats; no residual.
+        unsafe {
+            epilogue_f32(&p, tile.as_ptr(), ldc, 1, 0, bits.len(), out.as_mut_ptr() as *mut u8, 0, std::ptr::null())
+        };
+        for (b, got) in bits.iter().zip(&out) {
+            let want = half::f16::from_f32(f32::from_bits(*b)).to_f32();
+            assert_eq!(got.to_bits(), want.to_bits(), "{b:#010x}: {got} vs {want}");
+        }
     }
 
     /// A SiLU list on rows wider than the row loop's buffer (column chunks) and on narrow ones
