@@ -6,6 +6,10 @@
 //! layout conversions of the graph's input and output excluded), the median of the timed runs.
 //!
 //! `QFORGE_BENCH_FILTER=substring` runs only the matching cases.
+//!
+//! First it prints the peak multiply-add rate of one core for each dot-product instruction the
+//! CPU has (`peak` lines: twelve independent accumulator chains of one instruction in a loop, the
+//! best of three runs), the ceiling each kernel's GMAC/s is read against.
 
 use qforge_codegen::{JitExecutable, JitOptions, Microkernels};
 use qforge_ir::{ConvAttrs, DType, Epilogue, Graph, Op, QuantParams, Shape, Tensor, TensorData, TensorType};
@@ -143,7 +147,87 @@ fn measure(g: &Graph, mk: Microkernels, rng: &mut Rng) -> Option<(Duration, u64,
     Some((samples[samples.len() / 2], macs, what))
 }
 
+/// One instruction's peak: `$insn zmm_acc, zmm30, zmm31` on twelve accumulators, `iters` times;
+/// (instructions per second, multiply-adds per second).
+#[cfg(target_arch = "x86_64")]
+macro_rules! peak_loop {
+    ($insn:literal, $reg:literal) => {{
+        let iters: u64 = 20_000_000;
+        let t = std::time::Instant::now();
+        // SAFETY: the loop reads and writes only the listed vector registers and the counter; the
+        // caller checked that the CPU has the instruction.
+        unsafe {
+            std::arch::asm!(
+                concat!("vpxord ", $reg, "0, ", $reg, "0, ", $reg, "0"),
+                concat!("vmovdqa64 ", $reg, "1, ", $reg, "0"), concat!("vmovdqa64 ", $reg, "2, ", $reg, "0"),
+                concat!("vmovdqa64 ", $reg, "3, ", $reg, "0"), concat!("vmovdqa64 ", $reg, "4, ", $reg, "0"),
+                concat!("vmovdqa64 ", $reg, "5, ", $reg, "0"), concat!("vmovdqa64 ", $reg, "6, ", $reg, "0"),
+                concat!("vmovdqa64 ", $reg, "7, ", $reg, "0"), concat!("vmovdqa64 ", $reg, "8, ", $reg, "0"),
+                concat!("vmovdqa64 ", $reg, "9, ", $reg, "0"), concat!("vmovdqa64 ", $reg, "10, ", $reg, "0"),
+                concat!("vmovdqa64 ", $reg, "11, ", $reg, "0"), concat!("vmovdqa64 ", $reg, "30, ", $reg, "0"),
+                concat!("vmovdqa64 ", $reg, "31, ", $reg, "0"),
+                "2:",
+                concat!($insn, " ", $reg, "0, ", $reg, "30, ", $reg, "31"),
+                concat!($insn, " ", $reg, "1, ", $reg, "30, ", $reg, "31"),
+                concat!($insn, " ", $reg, "2, ", $reg, "30, ", $reg, "31"),
+                concat!($insn, " ", $reg, "3, ", $reg, "30, ", $reg, "31"),
+                concat!($insn, " ", $reg, "4, ", $reg, "30, ", $reg, "31"),
+                concat!($insn, " ", $reg, "5, ", $reg, "30, ", $reg, "31"),
+                concat!($insn, " ", $reg, "6, ", $reg, "30, ", $reg, "31"),
+                concat!($insn, " ", $reg, "7, ", $reg, "30, ", $reg, "31"),
+                concat!($insn, " ", $reg, "8, ", $reg, "30, ", $reg, "31"),
+                concat!($insn, " ", $reg, "9, ", $reg, "30, ", $reg, "31"),
+                concat!($insn, " ", $reg, "10, ", $reg, "30, ", $reg, "31"),
+                concat!($insn, " ", $reg, "11, ", $reg, "30, ", $reg, "31"),
+                "dec {n}",
+                "jnz 2b",
+                n = inout(reg) iters => _,
+                out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _, out("zmm5") _,
+                out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
+                out("zmm30") _, out("zmm31") _,
+                options(nomem, nostack),
+            );
+        }
+        (iters as f64 * 12.0) / t.elapsed().as_secs_f64()
+    }};
+}
+
+/// The `peak` lines (see the module docs): instruction, the CPU feature it needs, multiply-adds
+/// per instruction.
+fn peaks() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        type Probe = fn() -> f64;
+        let probes: [(&str, bool, f64, Probe); 5] = [
+            ("vfmadd231ps zmm (f32)", std::is_x86_feature_detected!("avx512f"), 16.0, || {
+                peak_loop!("vfmadd231ps", "zmm")
+            }),
+            ("vdpbf16ps zmm (bf16, f32 sums)", std::is_x86_feature_detected!("avx512bf16"), 32.0, || {
+                peak_loop!("vdpbf16ps", "zmm")
+            }),
+            ("vfmadd231ph zmm (f16 sums)", std::is_x86_feature_detected!("avx512fp16"), 32.0, || {
+                peak_loop!("vfmadd231ph", "zmm")
+            }),
+            ("vpdpbusd zmm (u8 x i8)", std::is_x86_feature_detected!("avx512vnni"), 64.0, || {
+                peak_loop!("vpdpbusd", "zmm")
+            }),
+            ("vpdpwssd zmm (i16 x i16)", std::is_x86_feature_detected!("avx512vnni"), 32.0, || {
+                peak_loop!("vpdpwssd", "zmm")
+            }),
+        ];
+        for (name, has, macs, probe) in probes {
+            if !has {
+                println!("peak {name:<32} (not on this CPU)");
+                continue;
+            }
+            let best = (0..3).map(|_| probe()).fold(0.0, f64::max);
+            println!("peak {name:<32} {:>8.2} G instr/s {:>8.1} GMAC/s", best / 1e9, best * macs / 1e9);
+        }
+    }
+}
+
 fn main() {
+    peaks();
     let filter = std::env::var("QFORGE_BENCH_FILTER").unwrap_or_default();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let convs = [
