@@ -96,9 +96,18 @@ pub fn load_model_specialized(
     Ok(g)
 }
 
+/// This CPU as the JIT computes on it: bf16 arithmetic only where the JIT runs the bf16 kernels
+/// by default ([`qforge_codegen::JitOptions::bf16_compute`]).
+pub fn host_profile() -> Profile {
+    Profile::host_for(qforge_codegen::JitOptions::default().bf16_compute())
+}
+
 /// `--profile NAME|FILE`: a shipped profile by name, else a TOML file; `host` when not given.
 pub fn resolve_profile(arg: Option<&str>) -> Result<Profile> {
-    let Some(arg) = arg else { return Ok(Profile::host()) };
+    let Some(arg) = arg else { return Ok(host_profile()) };
+    if arg == "host" {
+        return Ok(host_profile());
+    }
     if profile::shipped_names().contains(&arg) {
         return Ok(Profile::shipped(arg)?);
     }

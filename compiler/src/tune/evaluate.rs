@@ -237,7 +237,7 @@ impl Context {
             fp32_top1,
             profile,
             table,
-            host: Profile::host(),
+            host: crate::compiler::host_profile(),
             families: HashMap::new(),
             cache: BTreeMap::new(),
             counters: Counters::default(),

@@ -351,12 +351,23 @@ impl Profile {
         Profile::parse(SHIPPED[0].1, "host").expect("host.toml parses")
     }
 
-    /// This CPU: `host.toml` with VNNI (int8 dot product), AVX512-FP16 and AVX512-BF16 detected;
-    /// where one is present its costs drop (int8 matmul/conv halve with VNNI; f16/bf16 arithmetic
-    /// costs half of f32 when the CPU computes in it).
+    /// This CPU with bf16 compute wherever it has AVX512-BF16 ([`Profile::host_for`]); the
+    /// compiler asks the JIT instead, which computes bf16 as f32 where that is faster.
     pub fn host() -> Profile {
+        Profile::host_for(detect().1)
+    }
+
+    /// This CPU as qforge's JIT computes on it: `host.toml` with VNNI (int8 dot product)
+    /// detected, and `bf16_compute` as the JIT says (the bf16 kernels run: AVX512-BF16 present
+    /// and faster there than f32 FMA); where one is present its costs drop (int8 matmul/conv
+    /// halve with VNNI, bf16 ones cost half of f32). f16 arithmetic never costs less: the JIT
+    /// computes f16 ops in f32, since the numerics contract sums products in f32 and the one
+    /// faster f16 instruction, AVX512-FP16's FMA, sums in f16.
+    pub fn host_for(bf16_compute: bool) -> Profile {
         let mut p = Profile::host_base();
-        let (vnni, fp16, bf16) = detect();
+        let (vnni, has_bf16) = detect();
+        let bf16 = bf16_compute && has_bf16;
+        let fp16 = false;
         p.features.vnni = vnni;
         p.features.int8_dot_product = vnni;
         p.features.fp16_compute = fp16;
@@ -538,19 +549,19 @@ fn class_name(c: CostClass) -> &'static str {
 
 /// (int8 dot product via VNNI, fp16 arithmetic, bf16 arithmetic) on this CPU.
 #[cfg(target_arch = "x86_64")]
-fn detect() -> (bool, bool, bool) {
+fn detect() -> (bool, bool) {
     let vnni = std::is_x86_feature_detected!("avx512vnni") || std::is_x86_feature_detected!("avxvnni");
-    (vnni, std::is_x86_feature_detected!("avx512fp16"), std::is_x86_feature_detected!("avx512bf16"))
+    (vnni, std::is_x86_feature_detected!("avx512bf16"))
 }
 
 #[cfg(target_arch = "aarch64")]
-fn detect() -> (bool, bool, bool) {
-    (false, std::arch::is_aarch64_feature_detected!("fp16"), std::arch::is_aarch64_feature_detected!("bf16"))
+fn detect() -> (bool, bool) {
+    (false, std::arch::is_aarch64_feature_detected!("bf16"))
 }
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-fn detect() -> (bool, bool, bool) {
-    (false, false, false)
+fn detect() -> (bool, bool) {
+    (false, false)
 }
 
 #[cfg(test)]
@@ -589,6 +600,12 @@ mod tests {
             }
         }
         assert_eq!(host.features.vnni, host.features.int8_dot_product);
+        // f16 costs what f32 does on every CPU; bf16 less only where the JIT computes in it
+        assert!(!host.features.fp16_compute && !Profile::host_for(false).features.bf16_compute);
+        for class in CostClass::ALL {
+            assert_eq!(host.cost(class, NumType::F16), base.cost(class, NumType::F16));
+            assert_eq!(Profile::host_for(false).cost(class, NumType::Bf16), base.cost(class, NumType::Bf16));
+        }
     }
 
     #[test]
