@@ -449,17 +449,20 @@ impl Program {
                         None => 0,
                     };
                     // (built only where the requantization kernel does not take the list)
-                    let float_epi = match (requant == 0).then(|| native_float_epilogue(spec, microkernels)).flatten() {
-                        Some(fe) => {
-                            let b = Box::new(fe);
-                            let a = &*b as *const FloatEpilogue as i64;
-                            keep.push(b);
-                            a
-                        }
-                        None => 0,
-                    };
+                    let (float_epi, float_epi_in_regs) =
+                        match (requant == 0).then(|| native_float_epilogue(spec, microkernels)).flatten() {
+                            Some(fe) => {
+                                let in_regs = fe.in_registers().is_some();
+                                let b = Box::new(fe);
+                                let a = &*b as *const FloatEpilogue as i64;
+                                keep.push(b);
+                                (a, in_regs)
+                            }
+                            None => (0, false),
+                        };
                     let direct = microkernels == Microkernels::Native && direct_conv(&spec.main);
-                    let consts = kernel::Consts { params, weights, geom, requant, float_epi, direct };
+                    let consts =
+                        kernel::Consts { params, weights, geom, requant, float_epi, float_epi_in_regs, direct };
                     let bind = kernel::Bindings {
                         input: off(*input) as i64,
                         output: off(*output) as i64,
@@ -474,7 +477,9 @@ impl Program {
                     if requant != 0 {
                         what.push_str(" (epilogue: 512-bit requant microkernel)");
                     }
-                    if float_epi != 0 {
+                    if kernel::epilogue_in_gemm(spec, &consts) {
+                        what.push_str(" (epilogue: in the f32 GEMM's registers)");
+                    } else if float_epi != 0 {
                         what.push_str(" (epilogue: 512-bit float microkernel)");
                     }
                     if direct {

@@ -45,9 +45,21 @@ pub struct Consts {
     /// The [`crate::micro::fepilogue::FloatEpilogue`] when the f32 epilogue runs as the 512-bit
     /// microkernel instead of generated CLIF, or 0.
     pub float_epi: i64,
+    /// Whether the float epilogue is one the f32 GEMM applies to its accumulators in registers
+    /// ([`crate::micro::fepilogue::FloatEpilogue::in_registers`]).
+    pub float_epi_in_regs: bool,
     /// An f32 convolution over im2col rows computed by the direct convolution microkernel
     /// ([`float::conv_f32_direct`]) instead of im2col and the GEMM.
     pub direct: bool,
+}
+
+/// Whether the f32 GEMM of `spec` applies its float epilogue to the accumulators in registers
+/// and stores the output itself (`qf_gemm_f32_epi`): a GEMM over weights the panel kernel takes
+/// (not the narrow GEMM's, not the direct convolution) with a list it applies.
+pub fn epilogue_in_gemm(spec: &KernelSpec, consts: &Consts) -> bool {
+    let MainOp::GemmF32 { weights, rows } = &spec.main else { return false };
+    let direct = consts.direct && matches!(rows, Rows::Im2col { .. });
+    consts.float_epi != 0 && consts.float_epi_in_regs && !direct && !float::narrow_fits(weights.n, weights.k)
 }
 
 /// The epilogue of one tile: a call of the registered requantization or float epilogue kernel
@@ -242,6 +254,10 @@ pub fn emit(
             let split = gemm_split(spec, threads).ok_or_else(|| JitError::Codegen("not a GEMM".into()))?;
             let direct = consts.direct && matches!(kind, GemmKind::F32 { .. }) && matches!(rows, Rows::Im2col { .. });
             let kind = if direct { GemmKind::DirectF32 } else { kind };
+            let kind = match kind {
+                GemmKind::F32 { k, narrow: false } if epilogue_in_gemm(spec, consts) => GemmKind::F32Epi { k },
+                kind => kind,
+            };
             gemm_loops(em, x, out, res, scratch, begin, end, es, n, ldo_out, rows, kind, split, consts, |em, t| {
                 tile_epilogue(em, spec, consts, t)
             })
@@ -369,6 +385,10 @@ enum GemmKind {
         k: i64,
         narrow: bool,
     },
+    /// The f32 panel GEMM applying the float epilogue in registers ([`epilogue_in_gemm`]).
+    F32Epi {
+        k: i64,
+    },
     Bf16 {
         k: i64,
     },
@@ -399,14 +419,18 @@ fn gemm_loops(
     // kernel takes, and the packed values per panel column.
     let (panel, ab, kred, kpacked) = match kind {
         GemmKind::U8I8 { kp } => (PANEL_I8 as i64, 1i64, kp, kp),
-        GemmKind::F32 { k, .. } => (float::PANEL as i64, 4i64, k, k),
+        GemmKind::F32 { k, .. } | GemmKind::F32Epi { k } => (float::PANEL as i64, 4i64, k, k),
         GemmKind::Bf16 { k } => (bf16::PANEL as i64, 2i64, k, 2 * bf16::pairs(k as usize) as i64),
         GemmKind::DirectF32 => (float::PANEL as i64, 4i64, 0, 0),
     };
     let ldc = panel;
     let tile = scratch;
     // the tile holds a whole row block (see `scratch_bytes`), the gathered rows follow it
-    let tile_rows = if matches!(kind, GemmKind::F32 { .. } | GemmKind::DirectF32) { F32_ROW_BLOCK } else { ROW_BLOCK };
+    let tile_rows = if matches!(kind, GemmKind::F32 { .. } | GemmKind::F32Epi { .. } | GemmKind::DirectF32) {
+        F32_ROW_BLOCK
+    } else {
+        ROW_BLOCK
+    };
     let abuf = em.offset(scratch, tile_rows as i64 * panel * 4);
     let npanels = (n + panel - 1) / panel;
     let (block, ppg) = (split.block as i64, split.panels_per_group as i64);
@@ -438,7 +462,7 @@ fn gemm_loops(
                 // u8 and f32 rows leave room for im2col's whole-vector stores of narrow kernel rows
                 let ld = match kind {
                     GemmKind::U8I8 { .. } => int8::im2col_ld_u8(geom),
-                    GemmKind::F32 { .. } => float::im2col_ld_f32(geom),
+                    GemmKind::F32 { .. } | GemmKind::F32Epi { .. } => float::im2col_ld_f32(geom),
                     _ => im2col_ld(geom),
                 } as i64;
                 let g = em.iconst(consts.geom);
@@ -449,7 +473,9 @@ fn gemm_loops(
                         let xor = em.b.ins().iconst(types::I32, *xor as i64);
                         em.call("qf_im2col_u8", &[g, x, m0, mb, abuf, ldv, pad, xor])?;
                     }
-                    GemmKind::F32 { .. } => em.call("qf_im2col_f32", &[g, x, m0, mb, abuf, ldv])?,
+                    GemmKind::F32 { .. } | GemmKind::F32Epi { .. } => {
+                        em.call("qf_im2col_f32", &[g, x, m0, mb, abuf, ldv])?
+                    }
                     GemmKind::Bf16 { .. } => em.call("qf_im2col_bf16", &[g, x, m0, mb, abuf, ldv])?,
                     GemmKind::DirectF32 => {
                         return Err(JitError::Codegen("the direct convolution has no im2col".into()))
@@ -473,20 +499,31 @@ fn gemm_loops(
             let b = em.index(wbase, p, panel * kpacked * ab);
             let kv = em.iconst(kred);
             let ldc_v = em.iconst(ldc);
+            let elem = em.b.ins().imul_imm_s(m0, ld_out);
+            let elem = em.b.ins().iadd(elem, n0);
+            let out_p = em.index(out, elem, es);
+            let res_p = res.map(|r| em.index(r, elem, es));
             let f = match kind {
                 GemmKind::U8I8 { .. } => "qf_gemm_u8i8",
                 GemmKind::F32 { narrow: true, .. } => "qf_gemm_f32_narrow",
                 GemmKind::F32 { .. } => "qf_gemm_f32",
                 GemmKind::Bf16 { .. } => "qf_gemm_bf16",
+                GemmKind::F32Epi { .. } => {
+                    // the GEMM stores the output through the epilogue itself
+                    let p = em.iconst(consts.float_epi);
+                    let stride = em.iconst(ld_out * es);
+                    let res = match res_p {
+                        Some(r) => r,
+                        None => em.iconst(0),
+                    };
+                    return em
+                        .call("qf_gemm_f32_epi", &[a, lda_v, mb, b, kv, tile, ldc_v, nr, p, n0, out_p, stride, res]);
+                }
                 GemmKind::DirectF32 => {
                     return Err(JitError::Codegen("the direct convolution is not a GEMM call".into()))
                 }
             };
             em.call(f, &[a, lda_v, mb, b, kv, tile, ldc_v, nr])?;
-            let elem = em.b.ins().imul_imm_s(m0, ld_out);
-            let elem = em.b.ins().iadd(elem, n0);
-            let out_p = em.index(out, elem, es);
-            let res_p = res.map(|r| em.index(r, elem, es));
             epi(em, &Tile { tile, ldc, rows: mb, n0, nr, out: out_p, out_stride: ld_out * es, residual: res_p })
         })
     };

@@ -151,6 +151,12 @@ impl Jit {
             Import { name: "qf_row_op", ptr: micro::rowops::row_op as *const u8, params: 4, i32_params: &[] },
             Import { name: "qf_requant", ptr: micro::requant::requant_tile as *const u8, params: 8, i32_params: &[] },
             Import { name: "qf_epi_f32", ptr: micro::fepilogue::epilogue_f32 as *const u8, params: 9, i32_params: &[] },
+            Import {
+                name: "qf_gemm_f32_epi",
+                ptr: micro::float::gemm_f32_epi_avx512 as *const u8,
+                params: 13,
+                i32_params: &[],
+            },
             Import { name: "qf_qadd", ptr: micro::requant::qadd as *const u8, params: 6, i32_params: &[] },
             Import { name: "qf_quantize", ptr: micro::requant::quantize as *const u8, params: 5, i32_params: &[] },
             Import { name: "qf_silu", ptr: crate::spec::silu_in_place as *const u8, params: 2, i32_params: &[] },

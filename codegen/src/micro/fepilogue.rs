@@ -145,7 +145,7 @@ enum Residual {
 
 /// A list of the canonical form (see [`FloatEpilogue`]).
 #[derive(Clone, Debug, PartialEq)]
-struct Canon {
+pub(crate) struct Canon {
     /// Per-channel bias, padded past the last column (empty without one).
     bias: Vec<f32>,
     /// An f32 residual add, or (bf16 kernels) the rounding to bf16 and a bf16 residual add.
@@ -307,6 +307,13 @@ impl FloatEpilogue {
         let canon = if int_in.is_none() && int_out.is_none() { Canon::of(&ops) } else { None }
             .filter(|c| !bf16 || c.round == Round::None);
         (ops.len() <= MAX_OPS).then_some(FloatEpilogue { ops, bf16, int_in, int_out, canon })
+    }
+
+    /// The canonical list of an f32 accumulator stored as f32, which a GEMM may apply to its
+    /// accumulators in registers ([`canon_in_registers`]) instead of storing a tile for
+    /// [`epilogue_f32`]; `None` for any other list.
+    pub(crate) fn in_registers(&self) -> Option<&Canon> {
+        self.canon.as_ref().filter(|_| !self.bf16 && self.int_in.is_none() && self.int_out.is_none())
     }
 
     /// The steps' values applied to one element of an f32 accumulator, in order, before the
@@ -1019,6 +1026,52 @@ unsafe fn canon_run<const BIAS: bool, const RES: bool, const MAX: bool, const MI
             j += 16;
         }
     }
+}
+
+/// `v`, the f32 accumulators of one row's columns `col..col + 16` (column `col` of the layer,
+/// which indexes the bias), through the canonical list `c` of an f32 store: the values
+/// [`canon_run`] computes from a tile, bit for bit (the same operations in the same order). `res`
+/// points at the row's residual element of column `col`, read in the lanes of `mask` (all of them
+/// when it is full); unused without a residual step.
+///
+/// # Safety
+/// The bias is padded past `col + 16`; with a residual step, `res` is readable in the lanes of
+/// `mask`. The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) unsafe fn canon_in_registers(
+    c: &Canon,
+    mut v: std::arch::x86_64::__m512,
+    col: usize,
+    res: *const f32,
+    mask: std::arch::x86_64::__mmask16,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let round = |v: __m512| match c.round {
+        Round::None => v,
+        Round::F16 => round_f16(v),
+        Round::Bf16 => round_bf16(v),
+    };
+    // SAFETY: the caller's padding and residual guarantees.
+    unsafe {
+        if !c.bias.is_empty() {
+            v = _mm512_add_ps(v, _mm512_loadu_ps(c.bias.as_ptr().add(col)));
+        }
+        if c.residual == Residual::F32 {
+            let x = if mask == 0xffff { _mm512_loadu_ps(res) } else { _mm512_maskz_loadu_ps(mask, res) };
+            v = _mm512_add_ps(round(v), x);
+        }
+    }
+    if let Some((m, and)) = c.max {
+        let r = _mm512_castps_si512(_mm512_max_ps(_mm512_set1_ps(m), v));
+        v = _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32(and as i32)));
+    }
+    if let Some((m, or)) = c.min {
+        let r = _mm512_castps_si512(_mm512_min_ps(_mm512_set1_ps(m), v));
+        v = _mm512_castsi512_ps(_mm512_or_si512(r, _mm512_set1_epi32(or as i32)));
+    }
+    round(v)
 }
 
 /// [`canon_avx512`] for a list stored as bf16, whose residual (if any) is bf16.

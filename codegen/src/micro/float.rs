@@ -250,6 +250,47 @@ pub unsafe extern "C" fn gemm_f32_avx512(
     }
 }
 
+/// [`gemm_f32_avx512`] with the float epilogue `p` applied to the accumulators in registers: the
+/// results go to `out` (`out_stride` bytes per row, column `j` of the call at element `j`, which
+/// is column `n0 + j` of the layer) as [`super::fepilogue::epilogue_f32`] would store them from
+/// the tile, bit for bit, without the tile's store and reload; `res` is the residual's element of
+/// (row 0, column `n0`) in the output's layout, or null. `c` (`ldc`) holds the partial sums of a
+/// reduction longer than one k block. A list the GEMM cannot apply in registers
+/// ([`super::fepilogue::FloatEpilogue::in_registers`]) takes the tile and the epilogue kernel.
+///
+/// # Safety
+/// As for [`gemm_f32_avx512`] and for [`super::fepilogue::epilogue_f32`] over the same rows and
+/// columns (`p` valid, its per-channel arrays covering columns `n0..n0 + nr` rounded up to 16;
+/// `out` and `res` holding `m` rows of `nr` floats at stride `out_stride`).
+pub unsafe extern "C" fn gemm_f32_epi_avx512(
+    a: *const f32,
+    lda: usize,
+    m: usize,
+    b: *const f32,
+    k: usize,
+    c: *mut f32,
+    ldc: usize,
+    nr: usize,
+    p: *const super::fepilogue::FloatEpilogue,
+    n0: usize,
+    out: *mut u8,
+    out_stride: usize,
+    res: *const u8,
+) {
+    // SAFETY: the caller's contract, passed on (`x86::gemm512_epi` keeps `gemm512`'s ranges and
+    // writes `out` where the epilogue kernel would).
+    unsafe {
+        let fe = &*p;
+        #[cfg(target_arch = "x86_64")]
+        if let Some(canon) = fe.in_registers() {
+            let epi = x86::Epi { canon, col: n0, out: out as *mut f32, ld: out_stride / 4, res: res as *const f32 };
+            return x86::gemm512_epi(a, lda, m, b, k, c, ldc, nr, &epi);
+        }
+        gemm_f32_avx512(a, lda, m, b, k, c, ldc, nr);
+        super::fepilogue::epilogue_f32(fe, c, ldc, m, n0, nr, out, out_stride, res);
+    }
+}
+
 /// The GEMM of at most [`NARROW`] columns (`nr <= 8`) with AVX-512F and FMA, for weights of at
 /// most `NARROW` columns packed by [`pack_weights_f32`] (`b` at the start of their data, whose
 /// rows follow the 16-wide panel): the panel's broadcast-and-FMA kernel uses half a vector or
@@ -725,6 +766,7 @@ pub fn depthwise_f32_best() -> (DepthwiseF32, &'static str) {
 mod x86 {
     //! x86_64 SIMD implementations; every function here requires the CPU features named in its
     //! `target_feature` attribute.
+    use super::super::fepilogue::{canon_in_registers, Canon};
     use super::{im2col_body, round_up_16, valid_range, ConvGeom, RunCopy};
     use std::arch::x86_64::*;
 
@@ -1128,6 +1170,7 @@ mod x86 {
         c: *mut f32,
         ldc: usize,
         last: u16,
+        epi: Option<&Epi<'_>>,
     ) {
         // SAFETY: the caller (`rows512`) passes `MR` rows of the current k block of `a` (readable at stride
         // `lda`), the panel rows of that block at `b` (`16 * NV` floats each, or 8 in the last half vector),
@@ -1181,6 +1224,28 @@ mod x86 {
                 ap = ap.add(1);
                 bp = bp.add(ldb);
                 t += 1;
+            }
+            if let Some(e) = epi {
+                // the epilogue on the accumulators, stored to the output (the ymm's upper lanes,
+                // undefined, are computed and never stored)
+                for i in 0..MR {
+                    let (orow, rrow) = (e.out.add(i * e.ld), e.res.wrapping_add(i * e.ld));
+                    for v in 0..NV {
+                        let m = if v + 1 < NV { 0xffff } else { zlast };
+                        let x = canon_in_registers(e.canon, acc[i][v], e.col + 16 * v, rrow.wrapping_add(16 * v), m);
+                        if m == 0xffff {
+                            _mm512_storeu_ps(orow.add(16 * v), x);
+                        } else {
+                            _mm512_mask_storeu_ps(orow.add(16 * v), m, x);
+                        }
+                    }
+                    if HALF {
+                        let h = _mm512_castps256_ps512(hacc[i]);
+                        let x = canon_in_registers(e.canon, h, e.col + 16 * NV, rrow.wrapping_add(16 * NV), last);
+                        _mm512_mask_storeu_ps(orow.add(16 * NV), last, x);
+                    }
+                }
+                return;
             }
             for i in 0..MR {
                 let cr = c.add(i * ldc);
@@ -1243,6 +1308,7 @@ mod x86 {
         c: *mut f32,
         ldc: usize,
         last: u16,
+        epi: Option<&Epi<'_>>,
     ) {
         // SAFETY: the caller (`gemm512`) passes `gemm_f32_avx512`'s ranges for one column chunk; row blocks
         // `i..i + MR` and the remainder stay below `m`, and k blocks stay below `k`.
@@ -1257,6 +1323,8 @@ mod x86 {
             loop {
                 let kc = (k - k0).min(KC);
                 let acc = k0 > 0;
+                // the epilogue goes with the last k block
+                let final_block = k0 + kc >= k;
                 let (ak, bk) = (a.add(k0), b.add(k0 * ldb));
                 let mut r = 0;
                 let mut bi = 0;
@@ -1264,20 +1332,27 @@ mod x86 {
                     let rows = m / nblk + usize::from(bi < m % nblk);
                     bi += 1;
                     let (ar, cr) = (ak.add(r * lda), c.add(r * ldc));
+                    let er = epi.filter(|_| final_block).map(|e| e.at(r, 0));
+                    let er = er.as_ref();
                     match mr {
                         24 => rows_dispatch!(
                             rows,
                             acc,
-                            (ar, lda, bk, ldb, kc, cr, ldc, last),
+                            (ar, lda, bk, ldb, kc, cr, ldc, last, er),
                             [24, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23]
                         ),
                         12 => rows_dispatch!(
                             rows,
                             acc,
-                            (ar, lda, bk, ldb, kc, cr, ldc, last),
+                            (ar, lda, bk, ldb, kc, cr, ldc, last, er),
                             [12, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
                         ),
-                        _ => rows_dispatch!(rows, acc, (ar, lda, bk, ldb, kc, cr, ldc, last), [8, 1, 2, 3, 4, 5, 6, 7]),
+                        _ => rows_dispatch!(
+                            rows,
+                            acc,
+                            (ar, lda, bk, ldb, kc, cr, ldc, last, er),
+                            [8, 1, 2, 3, 4, 5, 6, 7]
+                        ),
                     }
                     r += rows;
                 }
@@ -1311,19 +1386,55 @@ mod x86 {
                 // SAFETY: `a` is M x K, `b` K rows of 32 (the panel stride of 24 columns), `c` M
                 // rows of 32 floats; the caller of `gemm512` checked AVX-512F and FMA.
                 unsafe {
-                    rows512::<1, true>(a.as_ptr(), K, M, b.as_ptr(), 32, K, c.as_mut_ptr(), 32, lane_mask(N - 16))
+                    rows512::<1, true>(a.as_ptr(), K, M, b.as_ptr(), 32, K, c.as_mut_ptr(), 32, lane_mask(N - 16), None)
                 };
                 half = half.min(t.elapsed().as_secs_f64());
                 let t = std::time::Instant::now();
                 // SAFETY: as above.
                 unsafe {
-                    rows512::<2, false>(a.as_ptr(), K, M, b.as_ptr(), 32, K, c.as_mut_ptr(), 32, lane_mask(N - 16))
+                    rows512::<2, false>(
+                        a.as_ptr(),
+                        K,
+                        M,
+                        b.as_ptr(),
+                        32,
+                        K,
+                        c.as_mut_ptr(),
+                        32,
+                        lane_mask(N - 16),
+                        None,
+                    )
                 };
                 full = full.min(t.elapsed().as_secs_f64());
             }
             std::hint::black_box(&c);
             half < full
         })
+    }
+
+    /// A float epilogue applied in registers (`gemm_f32_epi_avx512`): the canonical list, the
+    /// layer column of the first column, the output and residual (row 0 of the block, that
+    /// column) and their row stride in floats.
+    pub(crate) struct Epi<'a> {
+        pub(crate) canon: &'a Canon,
+        pub(crate) col: usize,
+        pub(crate) out: *mut f32,
+        pub(crate) ld: usize,
+        pub(crate) res: *const f32,
+    }
+
+    impl Epi<'_> {
+        /// The same epilogue `rows` rows and `cols` columns further.
+        fn at(&self, rows: usize, cols: usize) -> Self {
+            let off = rows * self.ld + cols;
+            Epi {
+                canon: self.canon,
+                col: self.col + cols,
+                out: self.out.wrapping_add(off),
+                ld: self.ld,
+                res: if self.res.is_null() { self.res } else { self.res.wrapping_add(off) },
+            }
+        }
     }
 
     /// AVX-512 GEMM driver (see `gemm_f32_avx512`): columns in chunks of up to 48; a chunk
@@ -1340,6 +1451,39 @@ mod x86 {
         ldc: usize,
         nr: usize,
     ) {
+        // SAFETY: the caller's (`gemm_f32_avx512`'s) ranges.
+        unsafe { gemm512_with(a, lda, m, b, k, c, ldc, nr, None) }
+    }
+
+    /// [`gemm512`] storing through the epilogue `epi` (see `gemm_f32_epi_avx512`).
+    #[target_feature(enable = "avx512f,fma")]
+    pub(crate) unsafe fn gemm512_epi(
+        a: *const f32,
+        lda: usize,
+        m: usize,
+        b: *const f32,
+        k: usize,
+        c: *mut f32,
+        ldc: usize,
+        nr: usize,
+        epi: &Epi<'_>,
+    ) {
+        // SAFETY: the caller's (`gemm_f32_epi_avx512`'s) ranges.
+        unsafe { gemm512_with(a, lda, m, b, k, c, ldc, nr, Some(epi)) }
+    }
+
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn gemm512_with(
+        a: *const f32,
+        lda: usize,
+        m: usize,
+        b: *const f32,
+        k: usize,
+        c: *mut f32,
+        ldc: usize,
+        nr: usize,
+        epi: Option<&Epi<'_>>,
+    ) {
         // SAFETY: the caller (`gemm_f32_avx512`) guarantees its ranges; each column chunk starts inside the
         // panel (`col < nr`) and is written only up to `nr`.
         unsafe {
@@ -1353,16 +1497,18 @@ mod x86 {
                 let cols = (nr - j).min(48);
                 let (full, tail) = (cols / 16, cols % 16);
                 let (bj, cj) = (b.add(j), c.add(j));
+                let ej = epi.map(|e| e.at(0, j));
+                let ej = ej.as_ref();
                 match (full, if half || tail == 0 { tail } else { 16 }) {
-                    (1, 0) => rows512::<1, false>(a, lda, m, bj, ldb, k, cj, ldc, 0xffff),
-                    (2, 0) => rows512::<2, false>(a, lda, m, bj, ldb, k, cj, ldc, 0xffff),
-                    (3, 0) => rows512::<3, false>(a, lda, m, bj, ldb, k, cj, ldc, 0xffff),
-                    (0, 1..=8) => rows512::<0, true>(a, lda, m, bj, ldb, k, cj, ldc, lane_mask(tail)),
-                    (1, 1..=8) => rows512::<1, true>(a, lda, m, bj, ldb, k, cj, ldc, lane_mask(tail)),
-                    (2, 1..=8) => rows512::<2, true>(a, lda, m, bj, ldb, k, cj, ldc, lane_mask(tail)),
-                    (0, _) => rows512::<1, false>(a, lda, m, bj, ldb, k, cj, ldc, lane_mask(tail)),
-                    (1, _) => rows512::<2, false>(a, lda, m, bj, ldb, k, cj, ldc, lane_mask(tail)),
-                    _ => rows512::<3, false>(a, lda, m, bj, ldb, k, cj, ldc, lane_mask(tail)),
+                    (1, 0) => rows512::<1, false>(a, lda, m, bj, ldb, k, cj, ldc, 0xffff, ej),
+                    (2, 0) => rows512::<2, false>(a, lda, m, bj, ldb, k, cj, ldc, 0xffff, ej),
+                    (3, 0) => rows512::<3, false>(a, lda, m, bj, ldb, k, cj, ldc, 0xffff, ej),
+                    (0, 1..=8) => rows512::<0, true>(a, lda, m, bj, ldb, k, cj, ldc, lane_mask(tail), ej),
+                    (1, 1..=8) => rows512::<1, true>(a, lda, m, bj, ldb, k, cj, ldc, lane_mask(tail), ej),
+                    (2, 1..=8) => rows512::<2, true>(a, lda, m, bj, ldb, k, cj, ldc, lane_mask(tail), ej),
+                    (0, _) => rows512::<1, false>(a, lda, m, bj, ldb, k, cj, ldc, lane_mask(tail), ej),
+                    (1, _) => rows512::<2, false>(a, lda, m, bj, ldb, k, cj, ldc, lane_mask(tail), ej),
+                    _ => rows512::<3, false>(a, lda, m, bj, ldb, k, cj, ldc, lane_mask(tail), ej),
                 }
                 j += cols;
             }
@@ -1832,17 +1978,110 @@ mod tests {
                 // and FMA checked above.
                 unsafe {
                     if n > 16 {
-                        x86::rows512::<1, true>(a.as_ptr(), k, m, b.as_ptr(), ldb, k, c1.as_mut_ptr(), ldb, tail);
-                        x86::rows512::<2, false>(a.as_ptr(), k, m, b.as_ptr(), ldb, k, c2.as_mut_ptr(), ldb, tail);
+                        x86::rows512::<1, true>(a.as_ptr(), k, m, b.as_ptr(), ldb, k, c1.as_mut_ptr(), ldb, tail, None);
+                        x86::rows512::<2, false>(
+                            a.as_ptr(),
+                            k,
+                            m,
+                            b.as_ptr(),
+                            ldb,
+                            k,
+                            c2.as_mut_ptr(),
+                            ldb,
+                            tail,
+                            None,
+                        );
                     } else {
-                        x86::rows512::<0, true>(a.as_ptr(), k, m, b.as_ptr(), ldb, k, c1.as_mut_ptr(), ldb, tail);
-                        x86::rows512::<1, false>(a.as_ptr(), k, m, b.as_ptr(), ldb, k, c2.as_mut_ptr(), ldb, tail);
+                        x86::rows512::<0, true>(a.as_ptr(), k, m, b.as_ptr(), ldb, k, c1.as_mut_ptr(), ldb, tail, None);
+                        x86::rows512::<1, false>(
+                            a.as_ptr(),
+                            k,
+                            m,
+                            b.as_ptr(),
+                            ldb,
+                            k,
+                            c2.as_mut_ptr(),
+                            ldb,
+                            tail,
+                            None,
+                        );
                     }
                 }
                 for r in 0..m {
                     for j in 0..n {
                         let (x, y) = (c1[r * ldb + j], c2[r * ldb + j]);
                         assert_eq!(x.to_bits(), y.to_bits(), "{m}x{k}x{n}: row {r} col {j}: {x} vs {y}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The epilogue applied in the GEMM's registers (`gemm_f32_epi_avx512`) stores what the GEMM
+    /// and the epilogue kernel over its tile store, bit for bit: every canonical list (bias,
+    /// residual, bounds with signed zeros, f16/bf16 roundings), column counts with a ymm or a
+    /// masked tail, a panel that starts at column 32 of the layer, row counts that split into
+    /// unequal blocks and a reduction longer than one k block (the epilogue on the last one).
+    #[test]
+    fn the_epilogue_in_registers_is_the_tile_epilogue() {
+        use super::super::fepilogue::{epilogue_f32, FloatEpilogue};
+        use crate::spec::{Step, Store};
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !(std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma")) {
+                assert!(std::env::var("CI").as_deref() != Ok("true"), "this test needs AVX-512F");
+                return;
+            }
+            let mut rng = Rng(0xe91);
+            let cols = 72;
+            let bias: Vec<f32> = rng.vec(cols).iter().map(|v| v * 3.0).collect();
+            let lists = vec![
+                vec![Step::AddChannelF32(bias.clone())],
+                vec![Step::AddChannelF32(bias.clone()), Step::MaxF32(0.0), Step::MinF32(6.0)],
+                vec![Step::AddResidualF32, Step::MaxF32(-0.0)],
+                vec![Step::AddChannelF32(bias.clone()), Step::AddResidualF32, Step::MinF32(-0.0)],
+                vec![Step::AddChannelF32(bias.clone()), Step::MaxF32(0.0), Step::RoundF16],
+                vec![Step::AddChannelF32(bias.clone()), Step::RoundF16, Step::AddResidualF32, Step::RoundF16],
+                vec![Step::RoundBf16, Step::AddResidualF32, Step::MaxF32(0.0), Step::RoundBf16],
+            ];
+            for steps in &lists {
+                let p = FloatEpilogue::from_steps(steps, Store::F32).expect("a float list");
+                assert!(p.in_registers().is_some(), "{steps:?} is canonical");
+                for (m, k, nr, n0) in
+                    [(49usize, 27usize, 32usize, 0usize), (30, 300, 24, 32), (13, 64, 8, 0), (72, 16, 20, 32)]
+                {
+                    let ldb = round_up_16(nr);
+                    let a = rng.vec(m * k);
+                    let b = rng.vec(k * ldb);
+                    let ld = 80usize;
+                    let res = rng.vec(m * ld);
+                    let (mut t1, mut t2) = (vec![0f32; m * 32], vec![0f32; m * 32]);
+                    let (mut o1, mut o2) = (vec![7.5f32; m * ld], vec![7.5f32; m * ld]);
+                    let r = res.as_ptr() as *const u8;
+                    // SAFETY: `a` m x k, `b` k rows of `ldb`, tiles m rows of 32, outputs and residual
+                    // m rows of `ld >= nr` floats; the bias covers columns up to 72, padded; AVX-512F
+                    // and FMA checked above.
+                    unsafe {
+                        gemm_f32_avx512(a.as_ptr(), k, m, b.as_ptr(), k, t1.as_mut_ptr(), 32, nr);
+                        epilogue_f32(&p, t1.as_ptr(), 32, m, n0, nr, o1.as_mut_ptr() as *mut u8, ld * 4, r);
+                        gemm_f32_epi_avx512(
+                            a.as_ptr(),
+                            k,
+                            m,
+                            b.as_ptr(),
+                            k,
+                            t2.as_mut_ptr(),
+                            32,
+                            nr,
+                            &p,
+                            n0,
+                            o2.as_mut_ptr() as *mut u8,
+                            ld * 4,
+                            r,
+                        );
+                    }
+                    for (i, (x, y)) in o1.iter().zip(&o2).enumerate() {
+                        assert_eq!(x.to_bits(), y.to_bits(), "{steps:?} {m}x{k}x{nr}+{n0}: element {i}: {x} vs {y}");
                     }
                 }
             }
