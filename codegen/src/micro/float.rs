@@ -1974,38 +1974,20 @@ mod tests {
                 let b = rng.vec(k * ldb);
                 let (mut c1, mut c2) = (vec![0f32; m * ldb], vec![0f32; m * ldb]);
                 let tail: u16 = (1u16 << (n % 16)) - 1;
-                // SAFETY: `a` is m x k, `b` k rows of `ldb` floats, `c` m rows of `ldb`; AVX-512F
-                // and FMA checked above.
-                unsafe {
-                    if n > 16 {
-                        x86::rows512::<1, true>(a.as_ptr(), k, m, b.as_ptr(), ldb, k, c1.as_mut_ptr(), ldb, tail, None);
-                        x86::rows512::<2, false>(
-                            a.as_ptr(),
-                            k,
-                            m,
-                            b.as_ptr(),
-                            ldb,
-                            k,
-                            c2.as_mut_ptr(),
-                            ldb,
-                            tail,
-                            None,
-                        );
-                    } else {
-                        x86::rows512::<0, true>(a.as_ptr(), k, m, b.as_ptr(), ldb, k, c1.as_mut_ptr(), ldb, tail, None);
-                        x86::rows512::<1, false>(
-                            a.as_ptr(),
-                            k,
-                            m,
-                            b.as_ptr(),
-                            ldb,
-                            k,
-                            c2.as_mut_ptr(),
-                            ldb,
-                            tail,
-                            None,
-                        );
-                    }
+                let (ap, bp) = (a.as_ptr(), b.as_ptr());
+                macro_rules! run {
+                    ($nv:literal, $half:literal, $c:expr) => {
+                        // SAFETY: `a` is m x k, `b` k rows of `ldb` floats, `c` m rows of `ldb`;
+                        // AVX-512F and FMA checked above.
+                        unsafe { x86::rows512::<$nv, $half>(ap, k, m, bp, ldb, k, $c.as_mut_ptr(), ldb, tail, None) }
+                    };
+                }
+                if n > 16 {
+                    run!(1, true, c1);
+                    run!(2, false, c2);
+                } else {
+                    run!(0, true, c1);
+                    run!(1, false, c2);
                 }
                 for r in 0..m {
                     for j in 0..n {
