@@ -477,8 +477,8 @@ impl Program {
                     if requant != 0 {
                         what.push_str(" (epilogue: 512-bit requant microkernel)");
                     }
-                    if kernel::epilogue_in_gemm(spec, &consts) {
-                        what.push_str(" (epilogue: in the f32 GEMM's registers)");
+                    if kernel::epilogue_in_kernel(spec, &consts) {
+                        what.push_str(" (epilogue: in the f32 kernel's registers)");
                     } else if float_epi != 0 {
                         what.push_str(" (epilogue: 512-bit float microkernel)");
                     }

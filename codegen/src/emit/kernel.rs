@@ -53,13 +53,20 @@ pub struct Consts {
     pub direct: bool,
 }
 
-/// Whether the f32 GEMM of `spec` applies its float epilogue to the accumulators in registers
-/// and stores the output itself (`qf_gemm_f32_epi`): a GEMM over weights the panel kernel takes
-/// (not the narrow GEMM's, not the direct convolution) with a list it applies.
-pub fn epilogue_in_gemm(spec: &KernelSpec, consts: &Consts) -> bool {
-    let MainOp::GemmF32 { weights, rows } = &spec.main else { return false };
-    let direct = consts.direct && matches!(rows, Rows::Im2col { .. });
-    consts.float_epi != 0 && consts.float_epi_in_regs && !direct && !float::narrow_fits(weights.n, weights.k)
+/// Whether the f32 kernel of `spec` applies its float epilogue to the accumulators in registers
+/// and stores the output itself (`qf_gemm_f32_epi`, `qf_depthwise_f32_epi`): a GEMM over weights
+/// the panel kernel takes (not the narrow GEMM's, not the direct convolution) or an f32
+/// depthwise convolution, with a list it applies.
+pub fn epilogue_in_kernel(spec: &KernelSpec, consts: &Consts) -> bool {
+    let fits = match &spec.main {
+        MainOp::GemmF32 { weights, rows } => {
+            let direct = consts.direct && matches!(rows, Rows::Im2col { .. });
+            !direct && !float::narrow_fits(weights.n, weights.k)
+        }
+        MainOp::DepthwiseF32 { .. } => true,
+        _ => false,
+    };
+    fits && consts.float_epi != 0 && consts.float_epi_in_regs
 }
 
 /// The epilogue of one tile: a call of the registered requantization or float epilogue kernel
@@ -255,7 +262,7 @@ pub fn emit(
             let direct = consts.direct && matches!(kind, GemmKind::F32 { .. }) && matches!(rows, Rows::Im2col { .. });
             let kind = if direct { GemmKind::DirectF32 } else { kind };
             let kind = match kind {
-                GemmKind::F32 { k, narrow: false } if epilogue_in_gemm(spec, consts) => GemmKind::F32Epi { k },
+                GemmKind::F32 { k, narrow: false } if epilogue_in_kernel(spec, consts) => GemmKind::F32Epi { k },
                 kind => kind,
             };
             gemm_loops(em, x, out, res, scratch, begin, end, es, n, ldo_out, rows, kind, split, consts, |em, t| {
@@ -274,10 +281,23 @@ pub fn emit(
             } else {
                 "qf_depthwise_f32"
             };
+            let in_regs = epilogue_in_kernel(spec, consts);
             em.for_range(begin, end, 1, |em, row| {
                 let g = em.iconst(consts.geom);
                 let w = em.iconst(consts.weights);
                 let ldo_v = em.iconst(ldo);
+                if in_regs {
+                    // the kernel stores the output row through the epilogue itself
+                    let first = em.b.ins().imul_imm_s(row, ow);
+                    let t = tile_at(em, scratch, ldo, ow, 0, n, out, res, first, ldo_out, es)?;
+                    let p = em.iconst(consts.float_epi);
+                    let stride = em.iconst(t.out_stride);
+                    let r = match t.residual {
+                        Some(r) => r,
+                        None => em.iconst(0),
+                    };
+                    return em.call("qf_depthwise_f32_epi", &[g, x, w, row, t.out, stride, p, r]);
+                }
                 match zx {
                     Some(z) => {
                         let z = em.b.ins().iconst(types::I32, z as i64);
@@ -385,7 +405,7 @@ enum GemmKind {
         k: i64,
         narrow: bool,
     },
-    /// The f32 panel GEMM applying the float epilogue in registers ([`epilogue_in_gemm`]).
+    /// The f32 panel GEMM applying the float epilogue in registers ([`epilogue_in_kernel`]).
     F32Epi {
         k: i64,
     },

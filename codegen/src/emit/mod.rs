@@ -152,6 +152,12 @@ impl Jit {
             Import { name: "qf_requant", ptr: micro::requant::requant_tile as *const u8, params: 8, i32_params: &[] },
             Import { name: "qf_epi_f32", ptr: micro::fepilogue::epilogue_f32 as *const u8, params: 9, i32_params: &[] },
             Import {
+                name: "qf_depthwise_f32_epi",
+                ptr: micro::float::depthwise_f32_epi_avx512 as *const u8,
+                params: 8,
+                i32_params: &[],
+            },
+            Import {
                 name: "qf_gemm_f32_epi",
                 ptr: micro::float::gemm_f32_epi_avx512 as *const u8,
                 params: 13,

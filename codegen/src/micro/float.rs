@@ -751,6 +751,47 @@ pub unsafe extern "C" fn depthwise_f32_avx512(
     }
 }
 
+/// [`depthwise_f32_avx512`] with the float epilogue `p` applied before each store: output row
+/// `row` goes to `out` (`out_stride` bytes per pixel, the channels contiguous) as
+/// [`super::fepilogue::epilogue_f32`] would store it from the kernel's tile, bit for bit; `res`
+/// is the residual's row in the output's layout, or null. A list that cannot run in registers
+/// ([`super::fepilogue::FloatEpilogue::in_registers`]; the emitter never passes one) is applied
+/// element by element by its scalar definition.
+///
+/// # Safety
+/// As for [`depthwise_f32_avx512`] with `out` writable (and `res` readable) for `ow` pixels of
+/// `c` floats at stride `out_stride`; `p` valid, its per-channel arrays covering the channels.
+pub unsafe extern "C" fn depthwise_f32_epi_avx512(
+    g: *const ConvGeom,
+    x: *const f32,
+    w: *const f32,
+    row: usize,
+    out: *mut u8,
+    out_stride: usize,
+    p: *const super::fepilogue::FloatEpilogue,
+    res: *const u8,
+) {
+    // SAFETY: the caller's contract, passed on; the scalar fallback reads and writes the same
+    // elements.
+    unsafe {
+        let (fe, ld) = (&*p, out_stride / 4);
+        let (out, res) = (out as *mut f32, res as *const f32);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(canon) = fe.in_registers() {
+            return x86::dw512_with(&*g, x, w, row, out, ld, Some(canon), res);
+        }
+        depthwise_f32_avx512(g, x, w, row, out, ld);
+        let g = &*g;
+        for ox in 0..g.ow {
+            for ch in 0..g.c {
+                let o = out.add(ox * ld + ch);
+                let r = if res.is_null() { 0.0 } else { *res.add(ox * ld + ch) };
+                *o = fe.apply_scalar(*o, ch, r);
+            }
+        }
+    }
+}
+
 /// Best depthwise kernel for the running CPU and its name (`"avx512f"` or `"scalar"`).
 pub fn depthwise_f32_best() -> (DepthwiseF32, &'static str) {
     #[cfg(target_arch = "x86_64")]
@@ -1655,6 +1696,24 @@ mod x86 {
     /// AVX-512 depthwise row (see `depthwise_f32_avx512`).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dw512(g: &ConvGeom, x: *const f32, w: *const f32, row: usize, out: *mut f32, ldo: usize) {
+        // SAFETY: the caller's (`depthwise_f32_avx512`'s) ranges.
+        unsafe { dw512_with(g, x, w, row, out, ldo, None, std::ptr::null()) }
+    }
+
+    /// [`dw512`] storing each pixel through the canonical epilogue `epi` (`out` the output row,
+    /// `res` the residual's row in the same layout, or null; see `depthwise_f32_epi_avx512`).
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn dw512_with(
+        g: &ConvGeom,
+        x: *const f32,
+        w: *const f32,
+        row: usize,
+        out: *mut f32,
+        ldo: usize,
+        epi: Option<&Canon>,
+        res: *const f32,
+    ) {
         // SAFETY: the caller (`depthwise_f32_avx512`) guarantees its ranges: taps are clipped to the image
         // (`valid_range`), channels are masked to `c`, and each output pixel writes `c` floats at `out + ox *
         // ldo`.
@@ -1675,7 +1734,7 @@ mod x86 {
             let ox_lo = g.pw.div_ceil(sw).min(g.ow);
             let span = (g.kw.max(1) - 1) * g.dw;
             let ox_hi = if g.w + g.pw > span { ((g.w - 1 + g.pw - span) / sw + 1).min(g.ow).max(ox_lo) } else { ox_lo };
-            let d = DwRow { g, xi, by, ky0, ky1, ox_lo, ox_hi };
+            let d = DwRow { g, xi, by, ky0, ky1, ox_lo, ox_hi, epi, res };
             // Pixel chunks outer, channel blocks inner: each chunk reads whole input pixels (all
             // their channels, contiguous in NHWC) once, so the input streams through the cache in
             // address order; a channel block's weights are loaded again per chunk (from L1). With
@@ -1718,6 +1777,26 @@ mod x86 {
         /// ox range whose taps are all inside the image horizontally.
         ox_lo: usize,
         ox_hi: usize,
+        /// The canonical epilogue applied before each store, and the residual row it reads
+        /// (channel 0 of pixel 0, the output's layout), when the kernel stores the output itself.
+        epi: Option<&'a Canon>,
+        res: *const f32,
+    }
+
+    /// Stores the accumulators `v` of channels `cb..cb + 16` (lanes of `mask`) at `o`, the
+    /// element `px + cb` of the row, through `d`'s epilogue when it has one.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn put(d: &DwRow, o: *mut f32, mask: u16, v: __m512, cb: usize, px: usize) {
+        // SAFETY: the caller's store range; the residual, in the output's layout, is readable
+        // where the output is written.
+        unsafe {
+            let v = match d.epi {
+                Some(c) => canon_in_registers(c, v, cb, d.res.wrapping_add(px + cb), mask),
+                None => v,
+            };
+            _mm512_mask_storeu_ps(o, mask, v);
+        }
     }
 
     /// One output pixel of one channel block, generic over the kernel size (`wv` holds all taps).
@@ -1800,7 +1879,7 @@ mod x86 {
                 }
             }
             for (j, aj) in acc.iter().enumerate() {
-                _mm512_mask_storeu_ps(out.add((ox + j) * ldo), mask, *aj);
+                put(d, out.add((ox + j) * ldo), mask, *aj, cb, (ox + j) * ldo);
             }
         }
     }
@@ -1832,7 +1911,7 @@ mod x86 {
             let (lo, hi) = (b0.max(d.ox_lo), b1.min(d.ox_hi).max(b0.max(d.ox_lo)));
             for ox in b0..b1.min(d.ox_lo) {
                 let v = dw_pixel::<KH, KW, true>(d, cb, mask, &wv, ox);
-                _mm512_mask_storeu_ps(out.add(ox * ldo), mask, v);
+                put(d, out.add(ox * ldo), mask, v, cb, ox * ldo);
             }
             let unit = d.g.sw == 1 && d.g.dw == 1;
             let full = mask == 0xffff;
@@ -1869,12 +1948,12 @@ mod x86 {
             }
             while ox < hi {
                 let v = dw_pixel::<KH, KW, false>(d, cb, mask, &wv, ox);
-                _mm512_mask_storeu_ps(out.add(ox * ldo), mask, v);
+                put(d, out.add(ox * ldo), mask, v, cb, ox * ldo);
                 ox += 1;
             }
             for ox in b0.max(d.ox_hi)..b1 {
                 let v = dw_pixel::<KH, KW, true>(d, cb, mask, &wv, ox);
-                _mm512_mask_storeu_ps(out.add(ox * ldo), mask, v);
+                put(d, out.add(ox * ldo), mask, v, cb, ox * ldo);
             }
         }
     }
@@ -1910,7 +1989,7 @@ mod x86 {
                         acc = _mm512_fmadd_ps(xv, wv, acc);
                     }
                 }
-                _mm512_mask_storeu_ps(out.add(ox * ldo), mask, acc);
+                put(d, out.add(ox * ldo), mask, acc, cb, ox * ldo);
             }
         }
     }
@@ -2433,6 +2512,75 @@ mod tests {
             v.push((depthwise_f32_avx512, "avx512f"));
         }
         v
+    }
+
+    /// The depthwise kernel storing through the epilogue in registers
+    /// (`depthwise_f32_epi_avx512`) writes what the kernel and the epilogue kernel over its tile
+    /// write, bit for bit, for every canonical list (with a residual, bounds, f16/bf16
+    /// roundings), a partial channel block, 3x3 and 5x5 kernels at strides 1 and 2 (edge and
+    /// interior pixels), and leaves the padding between pixels alone.
+    #[test]
+    fn the_depthwise_epilogue_in_registers_is_the_tile_epilogue() {
+        use super::super::fepilogue::{epilogue_f32, FloatEpilogue};
+        use crate::spec::{Step, Store};
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !std::arch::is_x86_feature_detected!("avx512f") {
+                assert!(std::env::var("CI").as_deref() != Ok("true"), "this test needs AVX-512F");
+                return;
+            }
+            let mut rng = Rng(0xd3);
+            let c = 40;
+            let bias: Vec<f32> = rng.vec(c).iter().map(|v| v * 2.0).collect();
+            let lists = vec![
+                vec![Step::AddChannelF32(bias.clone()), Step::MaxF32(0.0), Step::MinF32(6.0)],
+                vec![Step::AddChannelF32(bias.clone()), Step::AddResidualF32, Step::MaxF32(-0.0)],
+                vec![Step::AddChannelF32(bias.clone()), Step::MaxF32(0.0), Step::MinF32(6.0), Step::RoundF16],
+                vec![Step::RoundBf16, Step::AddResidualF32, Step::RoundBf16],
+            ];
+            for steps in &lists {
+                let p = FloatEpilogue::from_steps(steps, Store::F32).expect("a float list");
+                assert!(p.in_registers().is_some(), "{steps:?} is canonical");
+                for &(kk, st, pad) in &[(3usize, 1usize, 1usize), (3, 2, 1), (5, 1, 2), (5, 2, 2)] {
+                    let (h, w) = (9, 21);
+                    let g = geom(h, w, c, kk, kk, (st, st), (pad, pad), (1, 1), 1, 0);
+                    let x = rng.vec(h * w * c);
+                    let wt = rng.vec(c * kk * kk);
+                    let pw = pack_depthwise_f32(&wt, c, kk, kk).unwrap();
+                    let (ldt, ld) = (48usize, c + 3);
+                    let res = rng.vec(g.ow * ld);
+                    for row in 0..g.oh {
+                        let mut tile = vec![0f32; g.ow * ldt];
+                        let (mut o1, mut o2) = (vec![7.5f32; g.ow * ld], vec![7.5f32; g.ow * ld]);
+                        let r = res.as_ptr() as *const u8;
+                        // SAFETY: `x` holds the image of `g`, `pw.data` its packed weights; the tile
+                        // `ow` pixels of 48 >= c floats, the outputs and residual `ow` pixels of `ld`;
+                        // the bias covers the channels, padded; AVX-512F checked above.
+                        unsafe {
+                            depthwise_f32_avx512(&g, x.as_ptr(), pw.data.as_ptr(), row, tile.as_mut_ptr(), ldt);
+                            epilogue_f32(&p, tile.as_ptr(), ldt, g.ow, 0, c, o1.as_mut_ptr() as *mut u8, ld * 4, r);
+                            depthwise_f32_epi_avx512(
+                                &g,
+                                x.as_ptr(),
+                                pw.data.as_ptr(),
+                                row,
+                                o2.as_mut_ptr() as *mut u8,
+                                ld * 4,
+                                &p,
+                                r,
+                            );
+                        }
+                        for (i, (a, b)) in o1.iter().zip(&o2).enumerate() {
+                            assert_eq!(
+                                a.to_bits(),
+                                b.to_bits(),
+                                "{steps:?} k={kk} s={st} row {row}: element {i}: {a} vs {b}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
