@@ -335,74 +335,54 @@ fn assert_rounds_in_kernels(report: &qforge_codegen::ProgramReport, low: &str, m
     assert!(fused > 10, "{model}: {fused} kernels round in their epilogue");
 }
 
-/// `fixtures/precision/depthwise_f16.qir`, depthwise_bf16.qir's f16 twin: the f32 depthwise
-/// kernel sums each output's taps in the interpreter's order and the epilogue rounds each result
-/// to f16 as `half` does (`vcvtps2ph` in the 512-bit epilogue, integer and f32 lanes in the
-/// Cranelift one under `--kernels cranelift`), so on every set of microkernels and on two
-/// threads the result is the interpreter's bit for bit, with no rounding or widening step
-/// between the three convolutions.
-#[test]
-fn f16_depthwise_fixture_is_the_interpreters_bit_for_bit() -> Result<()> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/precision/depthwise_f16.qir");
-    let g = fixture(&path);
-    let x = fixture_inputs(&g);
-    let want = qforge_ir::interp::run(&g, &x)?.remove(0);
-    use qforge_codegen::Microkernels::{Cranelift, Native};
-    for (mk, threads) in [(Native, 1), (Cranelift, 1), (Native, 2)] {
-        let opts = qforge_codegen::JitOptions { microkernels: mk, threads, ..Default::default() };
-        let exe = qforge_codegen::JitExecutable::new(g.clone(), opts);
-        let program = exe.program(&x)?;
-        let steps: Vec<&str> = program.report.steps.iter().map(|s| s.what.as_str()).collect();
-        anyhow::ensure!(program.report.host_ops.is_empty(), "{mk:?}: host steps {:?}", program.report.host_ops);
-        let rounding = steps.iter().filter(|w| w.contains("round_f16")).count();
-        let apart = steps.iter().filter(|w| **w == "RoundF16" || **w == "WidenF16").count();
-        anyhow::ensure!(rounding == 2 && apart == 2, "{mk:?}: not two rounding kernels between the edges: {steps:?}");
-        let got = exe.run(&x)?.remove(0);
-        anyhow::ensure!(got.dtype() == qforge_ir::DType::F16, "{mk:?}: a {} result", got.dtype().name());
-        let (a, b) = (got.to_f32_vec(), want.to_f32_vec());
-        let differ = a.iter().zip(&b).filter(|(p, q)| p.to_bits() != q.to_bits()).count();
-        anyhow::ensure!(differ == 0, "{mk:?} ({threads} threads): {differ} of {} elements differ", a.len());
-    }
-    Ok(())
-}
-
 /// `fixtures/precision/depthwise_bf16.qir` (bf16 depthwise convolutions with bias, Clip, a
-/// residual add, stride 2 and ReLU): with AVX512-BF16 every convolution is a bf16 depthwise step
-/// with its activation and residual in the epilogue and no widening or rounding step between
-/// them; the kernel sums each output's taps in the interpreter's order, so on every set of
-/// microkernels (the bf16 kernel, the f32 one on widened values under `--kernels cranelift`, two
-/// threads) the result is the interpreter's bit for bit.
+/// residual add, stride 2 and ReLU) and its f16 twin `depthwise_f16.qir`. Both depthwise kernels
+/// sum each output's taps in the interpreter's order, and the epilogue rounds each result as
+/// `half` does (bf16 stores and `round_bf16`; `vcvtps2ph` in the 512-bit epilogue, integer and f32
+/// lanes in the Cranelift one), so on every set of microkernels (the bf16 kernel with
+/// AVX512-BF16, the f32 one on widened values, `--kernels cranelift`, two threads) the result is
+/// the interpreter's bit for bit. The bf16 kernel runs the three convolutions with their
+/// activation and residual in the epilogue and no other step; the f32 kernels round in their
+/// epilogues, leaving one widening at the input and one rounding at the output.
 #[test]
-fn bf16_depthwise_fixture_is_the_interpreters_bit_for_bit() -> Result<()> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/precision/depthwise_bf16.qir");
-    let g = fixture(&path);
-    let x = fixture_inputs(&g);
-    let want = qforge_ir::interp::run(&g, &x)?.remove(0);
+fn low_precision_depthwise_fixtures_are_the_interpreters_bit_for_bit() -> Result<()> {
     use qforge_codegen::Bf16Kernels::{Auto, Dot, F32};
     use qforge_codegen::Microkernels::{Cranelift, Native};
-    for (mk, threads, bf16) in [(Native, 1, Dot), (Native, 1, F32), (Cranelift, 1, Auto), (Native, 2, Auto)] {
-        let opts = qforge_codegen::JitOptions { microkernels: mk, threads, bf16, ..Default::default() };
-        let exe = qforge_codegen::JitExecutable::new(g.clone(), opts);
-        let program = exe.program(&x)?;
-        let steps: Vec<&str> = program.report.steps.iter().map(|s| s.what.as_str()).collect();
-        anyhow::ensure!(program.report.host_ops.is_empty(), "{mk:?}: host steps {:?}", program.report.host_ops);
-        if opts.bf16_compute() {
-            // the layout conversions of the input and output besides three bf16 depthwise steps
-            let dw = steps.iter().filter(|w| w.starts_with("depthwise_bf16")).count();
-            let others: Vec<&&str> =
-                steps.iter().filter(|w| !w.starts_with("depthwise_bf16") && !w.contains("nhwc")).collect();
-            anyhow::ensure!(dw == 3 && others.is_empty(), "{mk:?}: not three bf16 depthwise steps alone: {steps:?}");
-        } else {
-            // the f32 kernels round in their epilogues: widened at the input, rounded at the output
-            let rounding = steps.iter().filter(|w| w.contains("round_bf16")).count();
-            let apart = steps.iter().filter(|w| **w == "RoundBf16" || **w == "WidenBf16").count();
-            anyhow::ensure!(rounding == 2 && apart == 2, "{mk:?} {bf16:?}: rounding steps {steps:?}");
+    use qforge_ir::DType;
+    for (file, dtype, low) in [("depthwise_bf16.qir", DType::BF16, "Bf16"), ("depthwise_f16.qir", DType::F16, "F16")] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/precision").join(file);
+        let g = fixture(&path);
+        let x = fixture_inputs(&g);
+        let want = qforge_ir::interp::run(&g, &x)?.remove(0);
+        for (mk, threads, bf16) in [(Native, 1, Dot), (Native, 1, F32), (Cranelift, 1, Auto), (Native, 2, Auto)] {
+            let what = format!("{file} {mk:?} {bf16:?} ({threads} threads)");
+            let opts = qforge_codegen::JitOptions { microkernels: mk, threads, bf16, ..Default::default() };
+            let exe = qforge_codegen::JitExecutable::new(g.clone(), opts);
+            let program = exe.program(&x)?;
+            let steps: Vec<&str> = program.report.steps.iter().map(|s| s.what.as_str()).collect();
+            anyhow::ensure!(program.report.host_ops.is_empty(), "{what}: host steps {:?}", program.report.host_ops);
+            if dtype == DType::BF16 && opts.bf16_compute() {
+                // the layout conversions of the input and output besides three bf16 depthwise steps
+                let dw = steps.iter().filter(|w| w.starts_with("depthwise_bf16")).count();
+                let others: Vec<&&str> =
+                    steps.iter().filter(|w| !w.starts_with("depthwise_bf16") && !w.contains("nhwc")).collect();
+                anyhow::ensure!(
+                    dw == 3 && others.is_empty(),
+                    "{what}: not three bf16 depthwise steps alone: {steps:?}"
+                );
+            } else {
+                let fused = format!("round_{}", low.to_lowercase());
+                let rounding = steps.iter().filter(|w| w.contains(&fused)).count();
+                let (round, widen) = (format!("Round{low}"), format!("Widen{low}"));
+                let apart = steps.iter().filter(|w| **w == round || **w == widen).count();
+                anyhow::ensure!(rounding == 2 && apart == 2, "{what}: rounding steps {steps:?}");
+            }
+            let got = exe.run(&x)?.remove(0);
+            anyhow::ensure!(got.dtype() == dtype, "{what}: a {} result", got.dtype().name());
+            let (a, b) = (got.to_f32_vec(), want.to_f32_vec());
+            let differ = a.iter().zip(&b).filter(|(p, q)| p.to_bits() != q.to_bits()).count();
+            anyhow::ensure!(differ == 0, "{what}: {differ} of {} elements differ", a.len());
         }
-        let got = exe.run(&x)?.remove(0);
-        anyhow::ensure!(got.dtype() == qforge_ir::DType::BF16, "{mk:?}: a {} result", got.dtype().name());
-        let (a, b) = (got.to_f32_vec(), want.to_f32_vec());
-        let differ = a.iter().zip(&b).filter(|(p, q)| p.to_bits() != q.to_bits()).count();
-        anyhow::ensure!(differ == 0, "{mk:?} {bf16:?} ({threads} threads): {differ} of {} elements differ", a.len());
     }
     Ok(())
 }

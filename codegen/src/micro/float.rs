@@ -2044,6 +2044,30 @@ mod tests {
         ok
     }
 
+    /// Canonical f32 epilogue lists over a bias of `bias.len()` channels, each as the kernels
+    /// take it (checked to run in registers): bias with bounds, a residual with signed-zero
+    /// bounds, and the f16/bf16 roundings of ops computed in f32, before a residual and at the end.
+    fn canonical_lists(bias: &[f32]) -> Vec<(Vec<crate::spec::Step>, super::super::fepilogue::FloatEpilogue)> {
+        use crate::spec::{Step, Store};
+        let b = || Step::AddChannelF32(bias.to_vec());
+        [
+            vec![b()],
+            vec![b(), Step::MaxF32(0.0), Step::MinF32(6.0)],
+            vec![Step::AddResidualF32, Step::MaxF32(-0.0)],
+            vec![b(), Step::AddResidualF32, Step::MinF32(-0.0)],
+            vec![b(), Step::MaxF32(0.0), Step::MinF32(6.0), Step::RoundF16],
+            vec![b(), Step::RoundF16, Step::AddResidualF32, Step::RoundF16],
+            vec![Step::RoundBf16, Step::AddResidualF32, Step::MaxF32(0.0), Step::RoundBf16],
+        ]
+        .into_iter()
+        .map(|steps| {
+            let p = super::super::fepilogue::FloatEpilogue::from_steps(&steps, Store::F32).expect("a float list");
+            assert!(p.in_registers().is_some(), "{steps:?} is canonical");
+            (steps, p)
+        })
+        .collect()
+    }
+
     /// A column group of at most 8 columns as a ymm beside a zmm and as a masked zmm (the two
     /// forms `half_pays` chooses between) give the same sums bit for bit, on 8 and 24 columns,
     /// row counts that split into blocks unevenly and a reduction longer than a k block.
@@ -2093,28 +2117,15 @@ mod tests {
     /// unequal blocks and a reduction longer than one k block (the epilogue on the last one).
     #[test]
     fn the_epilogue_in_registers_is_the_tile_epilogue() {
-        use super::super::fepilogue::{epilogue_f32, FloatEpilogue};
-        use crate::spec::{Step, Store};
+        use super::super::fepilogue::epilogue_f32;
         #[cfg(target_arch = "x86_64")]
         {
             if !avx512_runs() {
                 return;
             }
             let mut rng = Rng(0xe91);
-            let cols = 72;
-            let bias: Vec<f32> = rng.vec(cols).iter().map(|v| v * 3.0).collect();
-            let lists = vec![
-                vec![Step::AddChannelF32(bias.clone())],
-                vec![Step::AddChannelF32(bias.clone()), Step::MaxF32(0.0), Step::MinF32(6.0)],
-                vec![Step::AddResidualF32, Step::MaxF32(-0.0)],
-                vec![Step::AddChannelF32(bias.clone()), Step::AddResidualF32, Step::MinF32(-0.0)],
-                vec![Step::AddChannelF32(bias.clone()), Step::MaxF32(0.0), Step::RoundF16],
-                vec![Step::AddChannelF32(bias.clone()), Step::RoundF16, Step::AddResidualF32, Step::RoundF16],
-                vec![Step::RoundBf16, Step::AddResidualF32, Step::MaxF32(0.0), Step::RoundBf16],
-            ];
-            for steps in &lists {
-                let p = FloatEpilogue::from_steps(steps, Store::F32).expect("a float list");
-                assert!(p.in_registers().is_some(), "{steps:?} is canonical");
+            let bias: Vec<f32> = rng.vec(72).iter().map(|v| v * 3.0).collect();
+            for (steps, p) in &canonical_lists(&bias) {
                 for (m, k, nr, n0) in
                     [(49usize, 27usize, 32usize, 0usize), (30, 300, 24, 32), (13, 64, 8, 0), (72, 16, 20, 32)]
                 {
@@ -2131,7 +2142,7 @@ mod tests {
                     // and FMA checked above.
                     unsafe {
                         gemm_f32_avx512(a.as_ptr(), k, m, b.as_ptr(), k, t1.as_mut_ptr(), 32, nr);
-                        epilogue_f32(&p, t1.as_ptr(), 32, m, n0, nr, o1.as_mut_ptr() as *mut u8, ld * 4, r);
+                        epilogue_f32(p, t1.as_ptr(), 32, m, n0, nr, o1.as_mut_ptr() as *mut u8, ld * 4, r);
                         gemm_f32_epi_avx512(
                             a.as_ptr(),
                             k,
@@ -2141,7 +2152,7 @@ mod tests {
                             t2.as_mut_ptr(),
                             32,
                             nr,
-                            &p,
+                            p,
                             n0,
                             o2.as_mut_ptr() as *mut u8,
                             ld * 4,
@@ -2528,8 +2539,7 @@ mod tests {
     /// interior pixels), and leaves the padding between pixels alone.
     #[test]
     fn the_depthwise_epilogue_in_registers_is_the_tile_epilogue() {
-        use super::super::fepilogue::{epilogue_f32, FloatEpilogue};
-        use crate::spec::{Step, Store};
+        use super::super::fepilogue::epilogue_f32;
         #[cfg(target_arch = "x86_64")]
         {
             if !avx512_runs() {
@@ -2538,15 +2548,7 @@ mod tests {
             let mut rng = Rng(0xd3);
             let c = 40;
             let bias: Vec<f32> = rng.vec(c).iter().map(|v| v * 2.0).collect();
-            let lists = vec![
-                vec![Step::AddChannelF32(bias.clone()), Step::MaxF32(0.0), Step::MinF32(6.0)],
-                vec![Step::AddChannelF32(bias.clone()), Step::AddResidualF32, Step::MaxF32(-0.0)],
-                vec![Step::AddChannelF32(bias.clone()), Step::MaxF32(0.0), Step::MinF32(6.0), Step::RoundF16],
-                vec![Step::RoundBf16, Step::AddResidualF32, Step::RoundBf16],
-            ];
-            for steps in &lists {
-                let p = FloatEpilogue::from_steps(steps, Store::F32).expect("a float list");
-                assert!(p.in_registers().is_some(), "{steps:?} is canonical");
+            for (steps, p) in &canonical_lists(&bias) {
                 for &(kk, st, pad) in &[(3usize, 1usize, 1usize), (3, 2, 1), (5, 1, 2), (5, 2, 2)] {
                     let (h, w) = (9, 21);
                     let g = geom(h, w, c, kk, kk, (st, st), (pad, pad), (1, 1), 1, 0);
@@ -2564,7 +2566,7 @@ mod tests {
                         // the bias covers the channels, padded; AVX-512F checked above.
                         unsafe {
                             depthwise_f32_avx512(&g, x.as_ptr(), pw.data.as_ptr(), row, tile.as_mut_ptr(), ldt);
-                            epilogue_f32(&p, tile.as_ptr(), ldt, g.ow, 0, c, o1.as_mut_ptr() as *mut u8, ld * 4, r);
+                            epilogue_f32(p, tile.as_ptr(), ldt, g.ow, 0, c, o1.as_mut_ptr() as *mut u8, ld * 4, r);
                             depthwise_f32_epi_avx512(
                                 &g,
                                 x.as_ptr(),
@@ -2572,7 +2574,7 @@ mod tests {
                                 row,
                                 o2.as_mut_ptr() as *mut u8,
                                 ld * 4,
-                                &p,
+                                p,
                                 r,
                             );
                         }
