@@ -923,8 +923,8 @@ qforge_ir::multiversion! {
     baseline = softmax_columns_baseline;
     /// Softmax (`log`: log-softmax) of `w <= 64` lanes side by side: lane `i` is
     /// `x[k * w + i]` for the `x.len() / w` rows `k`, each computed as the interpreter's lane
-    /// function computes it (the maximum by its scan in order, `exp(x - max)` through
-    /// [`super::transcendental::map`], the sum in order, then the division, or `(x - max) -
+    /// function computes it (the maximum by its scan in order, the exponentials of `x - max` through
+    /// [`super::transcendental::softmax_exps`], the sum in order, then the division, or `(x - max) -
     /// ln(sum)`), the lanes in vector columns; `d` is scratch of `x`'s size. Compiled for
     /// AVX-512 and AVX2 as well.
     pub fn softmax_columns(x: &[f32], y: &mut [f32], d: &mut [f32], w: usize, log: bool) -> () {
@@ -944,7 +944,7 @@ qforge_ir::multiversion! {
                 *dv = xv - mv;
             }
         }
-        super::transcendental::map(UnaryOp::Exp, d, y);
+        super::transcendental::softmax_exps(d, y);
         let mut sum = [0f32; 64];
         for row in y.chunks_exact(w) {
             for (sv, &e) in sum.iter_mut().zip(row) {
@@ -964,7 +964,7 @@ qforge_ir::multiversion! {
         } else {
             for yr in y.chunks_exact_mut(w) {
                 for (yv, &sv) in yr.iter_mut().zip(&sum) {
-                    *yv /= sv;
+                    *yv = numerics::flush_subnormal(*yv / sv);
                 }
             }
         }
@@ -975,7 +975,7 @@ qforge_ir::multiversion! {
     baseline = softmax_lanes_baseline;
     /// [`norm::softmax_lane`] of every lane of `n` values of `x` (a whole number of lanes; `log`:
     /// log-softmax, as the interpreter's lane function computes it), with
-    /// the exponentials of 16 lanes in one [`super::transcendental::map`] call (short lanes,
+    /// the exponentials of 16 lanes in one [`super::transcendental::softmax_exps`] call (short lanes,
     /// such as attention over a few tokens, would otherwise pay its setup per lane). Each lane's
     /// maximum in vector columns ([`lane_max`]); the sums of 16 lanes side by side in one vector,
     /// from a transposed copy of their exponentials, each still taken over its own lane in plain
@@ -1001,7 +1001,7 @@ qforge_ir::multiversion! {
                 }
             }
             let yb = &mut y[r0 * n..(r0 + b) * n];
-            super::transcendental::map(UnaryOp::Exp, db, yb);
+            super::transcendental::softmax_exps(db, yb);
             // et[j * B + l] = the j-th exponential of lane l (lanes past `b` are 0)
             super::transpose::rows_to_lanes(yb, n, &mut et);
             let mut sum = [0f32; B];
@@ -1022,7 +1022,7 @@ qforge_ir::multiversion! {
                 for (l, yl) in yb.chunks_exact_mut(n).enumerate() {
                     let sl = sum[l];
                     for v in yl.iter_mut() {
-                        *v /= sl;
+                        *v = numerics::flush_subnormal(*v / sl);
                     }
                 }
             }
@@ -2021,6 +2021,11 @@ mod tests {
             vec![f32::INFINITY, 0.0],
             vec![0.5, f32::NAN, 2.0],
             vec![-200.0, 0.0, -90.0, -103.0, -87.3],
+            // an attention lane masked with -100 (Swin's shifted windows), and one whose
+            // exponentials straddle the contract's cut, the last normal one (-87.2) giving a
+            // subnormal quotient of the sum of 17
+            (0..16).map(|i| if i % 3 == 0 { -100.0 + i as f32 * 0.1 } else { i as f32 * 0.2 }).collect(),
+            [0.0; 16].into_iter().chain([-87.2, qforge_ir::numerics::SOFTMAX_EXP_CUT, -87.336_55]).collect(),
         ];
         for &n in &[1usize, 7, 16, 49, 384] {
             for scale in [1.0f32, 10.0, 60.0] {
@@ -2030,6 +2035,7 @@ mod tests {
         for x in &lanes {
             let (mut want, mut got) = (vec![0f32; x.len()], vec![0f32; x.len()]);
             norm::softmax_lane(x, &mut want, x.len(), 1, false);
+            assert!(!want.iter().any(|v| v.is_subnormal()), "a subnormal probability in {want:?}");
             softmax_lanes(x, &mut got, x.len(), false);
             let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "lane {x:?}: {got:?} against {want:?}");

@@ -20,6 +20,7 @@
 
 use super::{broadcast_strides, float_tensor, floats, int_tensor, numel, tensor, Cx, Nums, Walker, R};
 use crate::infer::norm_axis;
+use crate::numerics;
 use crate::{DType, Tensor, TensorData};
 
 pub(crate) fn batch_norm(cx: &Cx, eps: f32) -> R<Tensor> {
@@ -66,9 +67,9 @@ pub(crate) fn softmax(cx: &Cx, axis: i64, log: bool) -> R<Tensor> {
 }
 
 /// Softmax (or log-softmax) of one lane: the `n` values `x[k * stride]`, written to
-/// `y[k * stride]`. The formula for every engine: the maximum is subtracted first, each
-/// exponential is the contract's [`crate::numerics::exp_f32`], the sum accumulates in f32 in
-/// order.
+/// `y[k * stride]`, as the numerics contract's "Softmax" writes it for every engine: the maximum
+/// is subtracted first, each exponential is [`numerics::softmax_exp`] (no subnormals), the sum
+/// accumulates in f32 in order, and a softmax quotient below 2^-126 is 0.
 pub fn softmax_lane(x: &[f32], y: &mut [f32], n: usize, stride: usize, log: bool) {
     let at = |k: usize| k * stride;
     let mut m = f32::NEG_INFINITY;
@@ -80,7 +81,7 @@ pub fn softmax_lane(x: &[f32], y: &mut [f32], n: usize, stride: usize, log: bool
     }
     let mut sum = 0f32;
     for k in 0..n {
-        let e = crate::numerics::exp_f32(x[at(k)] - m);
+        let e = numerics::softmax_exp(x[at(k)] - m);
         y[at(k)] = e;
         sum += e;
     }
@@ -91,7 +92,7 @@ pub fn softmax_lane(x: &[f32], y: &mut [f32], n: usize, stride: usize, log: bool
         }
     } else {
         for k in 0..n {
-            y[at(k)] /= sum;
+            y[at(k)] = numerics::flush_subnormal(y[at(k)] / sum);
         }
     }
 }
