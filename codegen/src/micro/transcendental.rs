@@ -17,7 +17,7 @@
 //! compilations). Never allocates.
 
 use qforge_ir::interp::elementwise::unary_scalar;
-use qforge_ir::numerics::{erf_f32, exp_f32, sigmoid_f32, softmax_exp, SOFTMAX_EXP_CUT};
+use qforge_ir::numerics::{erf_f32, exp_f32, sigmoid_f32, SOFTMAX_EXP_CUT};
 use qforge_ir::{multiversion, UnaryOp};
 
 /// Whether [`map`] computes `u` (the others are [`unary_scalar`]'s loop).
@@ -100,6 +100,7 @@ multiversion! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qforge_ir::numerics::softmax_exp;
 
     /// 2^24 inputs spread over every exponent and sign (every 256th bit pattern), the special
     /// values, the edges of f32's range and of the functions' pieces, and dense ranges, through
@@ -109,7 +110,17 @@ mod tests {
         let mut xs: Vec<f32> =
             (0..1u32 << 24).map(|i| f32::from_bits(i.wrapping_mul(256).wrapping_add(i % 251))).collect();
         xs.extend([0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MIN_POSITIVE, f32::MAX, f32::MIN]);
-        xs.extend([88.72283, 88.72284, -87.33655, SOFTMAX_EXP_CUT, -87.336_55, -103.97208, -103.97209, 16.635532, -16.635532]);
+        xs.extend([
+            88.72283,
+            88.72284,
+            -87.33655,
+            SOFTMAX_EXP_CUT,
+            -87.336_55,
+            -103.97208,
+            -103.97209,
+            16.635532,
+            -16.635532,
+        ]);
         xs.extend([1.0, -1.0, 1.0000001, -1.0000001, 0.99999994, 4.0, -4.0, 3.9999998, 1e-30, -1e-30, 1e-45]);
         xs.extend((0..1u32 << 20).map(|i| (i as f32 / (1u32 << 19) as f32 - 1.0) * 6.5));
         let mut y = vec![0f32; xs.len()];
@@ -126,7 +137,8 @@ mod tests {
                 }
             }
         }
-        for (way, run) in [("dispatched", softmax_exps as fn(&[f32], &mut [f32])), ("baseline", softmax_exps_baseline)] {
+        for (way, run) in [("dispatched", softmax_exps as fn(&[f32], &mut [f32])), ("baseline", softmax_exps_baseline)]
+        {
             run(&xs, &mut y);
             for (&x, &got) in xs.iter().zip(&y) {
                 let want = softmax_exp(x);
