@@ -1157,7 +1157,10 @@ pub(super) fn to_ohwi<T: Copy + Default>(
 /// at least [`WINOGRAD_MIN_CHANNELS`] input and output channels (with fewer, each tile's
 /// transforms weigh more against its products, and the GEMMs' reductions are short). Measured on Zen 4 at one thread, every 3x3 stride-1
 /// layer of ResNet-18 is faster this way, the 7x7 maps of 512 channels too (2.65 -> 1.95 ms),
-/// although their 16 tiles per image stream 16/9 times the weights the im2col GEMM reads.
+/// although their 16 tiles per image stream 16/9 times the weights the im2col GEMM reads. On a
+/// Sapphire Rapids core, where those weights come from memory in the whole model, the 7x7 maps
+/// measured 2.1 ms as im2col and 2.25 as Winograd (after the GEMM's prefetch; 2.7 and 3.0-3.2
+/// before it), and every larger map is faster as Winograd; the rule stays one rule.
 fn winograd_fits(g: &ConvGeom, cout: usize) -> bool {
     g.kh == 3
         && g.kw == 3
