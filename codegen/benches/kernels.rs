@@ -241,6 +241,7 @@ fn main() {
         Conv { name: "mobilenet.project 1x1", cin: 144, hw: 56, cout: 24, k: 1, stride: 1, depthwise: false },
         Conv { name: "mobilenet.project 1x1 112", cin: 32, hw: 112, cout: 16, k: 1, stride: 1, depthwise: false },
         Conv { name: "mobilenet.dw 3x3 112", cin: 32, hw: 112, cout: 32, k: 3, stride: 1, depthwise: true },
+        Conv { name: "mobilenet.dw 3x3/2 112", cin: 96, hw: 112, cout: 96, k: 3, stride: 2, depthwise: true },
         Conv { name: "mobilenet.dw 3x3 14", cin: 384, hw: 14, cout: 384, k: 3, stride: 1, depthwise: true },
     ];
     println!("{:<28} {:<6} {:<10} {:>10} {:>10}  kernel", "shape", "type", "gemm", "ms", "GMAC/s");
