@@ -1,6 +1,5 @@
-//! The loops around a fused kernel's main op. A GEMM step walks its rows in blocks (at most
-//! [`F32_ROW_BLOCK`], [`U8_ROW_BLOCK`] or [`ROW_BLOCK`] rows; gathering them with im2col when the
-//! rows are not the input itself) and its
+//! The loops around a fused kernel's main op. A GEMM step walks its rows in equal blocks of at
+//! most [`ROW_BLOCK`] (gathering them with im2col when the rows are not the input itself) and its
 //! columns in weight panels, calling the GEMM microkernel into a scratch tile and the epilogue
 //! from the tile to the output; a depthwise step (int8, f32 or bf16) does one output image row per microkernel call,
 //! a global-sum step one image.
@@ -12,16 +11,12 @@ use crate::spec::{KernelSpec, MainOp, Rows};
 use crate::JitError;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 
-/// Rows of a bf16 GEMM gathered and computed per block.
-pub const ROW_BLOCK: usize = 48;
-/// The most rows of an f32 GEMM computed per block (its range is split into equal blocks of at
-/// most this many rows).
-pub const F32_ROW_BLOCK: usize = 72;
-/// The most rows of a u8 x i8 GEMM computed per block (equal blocks, as [`F32_ROW_BLOCK`]). Each
-/// block streams all the weights, so ResNet-18's 49-row layer4 convolutions in blocks of 48 and 1
-/// read their 2.4 MB of weights twice: 0.52-0.55 ms each against 0.40-0.44 in one block of 49 on
-/// a Sapphire Rapids core (the whole model 7.3 -> 6.8 ms; blocks of at most 128 were no faster).
-pub const U8_ROW_BLOCK: usize = 72;
+/// The most rows of a GEMM gathered and computed per block: a step's rows are split into equal
+/// blocks of at most this many. Each block streams all the weights, so ResNet-18's 49-row layer4
+/// convolutions, in blocks of 48 and 1, read their weights twice: INT8 0.52-0.55 ms each against
+/// 0.40-0.44 in one block of 49 on a Sapphire Rapids core (the whole model 7.3 -> 6.8 ms; bf16
+/// 3.5-3.6 -> 3.2-3.3 ms each; blocks of at most 128 were no faster).
+pub const ROW_BLOCK: usize = 72;
 /// Columns of an int8 weight panel.
 pub const PANEL_I8: usize = 64;
 
@@ -106,9 +101,8 @@ fn round_up(x: usize, a: usize) -> usize {
 /// `u % blocks` of panel group `u / blocks`).
 ///
 /// One thread takes blocks of the maximum height (or of equal heights below it) and all panels
-/// (one group). With more threads, a
-/// GEMM with fewer than four row blocks per thread (ResNet-18's last stage: 49 rows, one
-/// block of 48 and one of 1) would leave threads idle or unbalanced, so its rows are cut into
+/// (one group). With more threads, a GEMM with fewer than four row blocks per thread
+/// (ResNet-18's last stage: 49 rows, one block) would leave threads idle, so its rows are cut into
 /// blocks of equal size and its panels into groups until there are enough units; each unit
 /// gathers its own rows (im2col), so a row block's gather is repeated once per panel group,
 /// which is why panels are split only when rows alone do not give the threads enough work.
@@ -168,14 +162,11 @@ fn gemm_panels(spec: &KernelSpec) -> usize {
     spec.cols.div_ceil(panel)
 }
 
-/// The [`GemmSplit`] of a GEMM step for `threads` threads (f32 and int8: equal blocks of at most
-/// [`F32_ROW_BLOCK`] and [`U8_ROW_BLOCK`] rows; bf16: blocks of [`ROW_BLOCK`]), `None` for other
-/// main ops.
+/// The [`GemmSplit`] of a GEMM step for `threads` threads (equal blocks of at most [`ROW_BLOCK`]
+/// rows), `None` for other main ops.
 pub fn gemm_split(spec: &KernelSpec, threads: usize) -> Option<GemmSplit> {
     let (max_block, equal) = match &spec.main {
-        MainOp::GemmF32 { .. } => (F32_ROW_BLOCK, true),
-        MainOp::GemmU8I8 { .. } => (U8_ROW_BLOCK, true),
-        MainOp::GemmBf16 { .. } => (ROW_BLOCK, false),
+        MainOp::GemmF32 { .. } | MainOp::GemmU8I8 { .. } | MainOp::GemmBf16 { .. } => (ROW_BLOCK, true),
         _ => return None,
     };
     Some(GemmSplit::new(spec.rows, gemm_panels(spec), threads, max_block, equal))
@@ -216,14 +207,14 @@ pub fn scratch_bytes(spec: &KernelSpec) -> usize {
         MainOp::GemmU8I8 { rows, .. } => {
             let a = match rows {
                 Rows::Direct { .. } => 0,
-                Rows::Im2col { geom, .. } => U8_ROW_BLOCK * int8::im2col_ld_u8(geom),
+                Rows::Im2col { geom, .. } => ROW_BLOCK * int8::im2col_ld_u8(geom),
             };
-            U8_ROW_BLOCK * PANEL_I8 * 4 + a + 64
+            ROW_BLOCK * PANEL_I8 * 4 + a + 64
         }
         MainOp::GemmF32 { rows, .. } | MainOp::GemmBf16 { rows, .. } => {
             let (elem, blk) = match spec.main {
                 MainOp::GemmBf16 { .. } => (2, ROW_BLOCK),
-                _ => (4, F32_ROW_BLOCK),
+                _ => (4, ROW_BLOCK),
             };
             let a = match (rows, &spec.main) {
                 (Rows::Direct { .. }, _) => 0,
@@ -455,19 +446,13 @@ fn gemm_loops(
     let ldc = panel;
     let tile = scratch;
     // the tile holds a whole row block (see `scratch_bytes`), the gathered rows follow it
-    let tile_rows = match kind {
-        GemmKind::F32 { .. } | GemmKind::F32Epi { .. } | GemmKind::DirectF32 => F32_ROW_BLOCK,
-        GemmKind::U8I8 { .. } => U8_ROW_BLOCK,
-        GemmKind::Bf16 { .. } => ROW_BLOCK,
-    };
+    let tile_rows = ROW_BLOCK;
     let abuf = em.offset(scratch, tile_rows as i64 * panel * 4);
     let npanels = (n + panel - 1) / panel;
     let (block, ppg) = (split.block as i64, split.panels_per_group as i64);
-    // One unit: a row block of `split` (f32 and int8: the rows in equal blocks of at most
-    // `F32_ROW_BLOCK` or `U8_ROW_BLOCK`, so a 49-row layer is one block, not 48 + 1, whose short
-    // last block would stream every weight panel again for a few rows; bf16: blocks of
-    // `ROW_BLOCK`, the last one shorter, unless threads need equal ones) times a group of weight
-    // panels.
+    // One unit: a row block of `split` (the rows in equal blocks of at most `ROW_BLOCK`, so a
+    // 49-row layer is one block, not 48 + 1, whose short last block would stream every weight
+    // panel again for a few rows) times a group of weight panels.
     let block_fn = |em: &mut Emitter<'_, '_>, m0: Value, mb: Value, pg: Value| -> Result<(), JitError> {
         if let GemmKind::DirectF32 = kind {
             // the whole (single-panel) tile from the input; the im2col buffer's room holds the
@@ -587,7 +572,7 @@ mod tests {
         for rows in [0, 1, 5, 47, 48, 49, 96, 196, 784, 3136] {
             for panels in [1, 2, 3, 8, 16] {
                 for threads in [1, 2, 3, 4, 8] {
-                    for (max_block, equal) in [(ROW_BLOCK, false), (F32_ROW_BLOCK, true)] {
+                    for (max_block, equal) in [(48, false), (ROW_BLOCK, true)] {
                         let s = GemmSplit::new(rows, panels, threads, max_block, equal);
                         if threads == 1 {
                             assert_eq!(s.groups, 1, "{s:?}");
