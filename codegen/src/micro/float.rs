@@ -283,7 +283,14 @@ pub unsafe extern "C" fn gemm_f32_epi_avx512(
         let fe = &*p;
         #[cfg(target_arch = "x86_64")]
         if let Some(canon) = fe.in_registers() {
-            let epi = x86::Epi { canon, col: n0, out: out as *mut f32, ld: out_stride / 4, res: res as *const f32 };
+            let epi = x86::Epi {
+                canon,
+                lanes: canon.lanes(),
+                col: n0,
+                out: out as *mut f32,
+                ld: out_stride / 4,
+                res: res as *const f32,
+            };
             return x86::gemm512_epi(a, lda, m, b, k, c, ldc, nr, &epi);
         }
         gemm_f32_avx512(a, lda, m, b, k, c, ldc, nr);
@@ -807,7 +814,7 @@ pub fn depthwise_f32_best() -> (DepthwiseF32, &'static str) {
 mod x86 {
     //! x86_64 SIMD implementations; every function here requires the CPU features named in its
     //! `target_feature` attribute.
-    use super::super::fepilogue::{canon_in_registers, Canon};
+    use super::super::fepilogue::{canon_in_registers, Canon, Lanes};
     use super::{im2col_body, round_up_16, valid_range, ConvGeom, RunCopy};
     use std::arch::x86_64::*;
 
@@ -1272,23 +1279,32 @@ mod x86 {
             }
             if let Some(e) = epi {
                 // the epilogue on the accumulators, stored to the output (the ymm's upper lanes,
-                // undefined, are computed and never stored)
-                for i in 0..MR {
-                    let (orow, rrow) = (e.out.add(i * e.ld), e.res.wrapping_add(i * e.ld));
-                    for v in 0..NV {
-                        let m = if v + 1 < NV { 0xffff } else { zlast };
-                        let x = canon_in_registers(e.canon, acc[i][v], e.col + 16 * v, rrow.wrapping_add(16 * v), m);
-                        if m == 0xffff {
-                            _mm512_storeu_ps(orow.add(16 * v), x);
-                        } else {
-                            _mm512_mask_storeu_ps(orow.add(16 * v), m, x);
+                // undefined, are computed and never stored); one loop per form of the list, so
+                // the branch-free one keeps the accumulators in registers
+                macro_rules! store_through {
+                    ($f:expr) => {
+                        for i in 0..MR {
+                            let (orow, rrow) = (e.out.add(i * e.ld), e.res.wrapping_add(i * e.ld));
+                            for v in 0..NV {
+                                let m = if v + 1 < NV { 0xffff } else { zlast };
+                                let x = $f(acc[i][v], e.col + 16 * v, rrow.wrapping_add(16 * v), m);
+                                if m == 0xffff {
+                                    _mm512_storeu_ps(orow.add(16 * v), x);
+                                } else {
+                                    _mm512_mask_storeu_ps(orow.add(16 * v), m, x);
+                                }
+                            }
+                            if HALF {
+                                let h = _mm512_castps256_ps512(hacc[i]);
+                                let x = $f(h, e.col + 16 * NV, rrow.wrapping_add(16 * NV), last);
+                                _mm512_mask_storeu_ps(orow.add(16 * NV), last, x);
+                            }
                         }
-                    }
-                    if HALF {
-                        let h = _mm512_castps256_ps512(hacc[i]);
-                        let x = canon_in_registers(e.canon, h, e.col + 16 * NV, rrow.wrapping_add(16 * NV), last);
-                        _mm512_mask_storeu_ps(orow.add(16 * NV), last, x);
-                    }
+                    };
+                }
+                match e.lanes {
+                    Some(l) => store_through!(|x, col, res, m| l.apply(x, col, res, m)),
+                    None => store_through!(|x, col, res, m| canon_in_registers(e.canon, x, col, res, m)),
                 }
                 return;
             }
@@ -1473,6 +1489,8 @@ mod x86 {
     /// column) and their row stride in floats.
     pub(crate) struct Epi<'a> {
         pub(crate) canon: &'a Canon,
+        /// `canon` in its branch-free form, where it has one.
+        pub(crate) lanes: Option<Lanes>,
         pub(crate) col: usize,
         pub(crate) out: *mut f32,
         pub(crate) ld: usize,
@@ -1485,6 +1503,7 @@ mod x86 {
             let off = rows * self.ld + cols;
             Epi {
                 canon: self.canon,
+                lanes: self.lanes,
                 col: self.col + cols,
                 out: self.out.wrapping_add(off),
                 ld: self.ld,
@@ -1749,7 +1768,8 @@ mod x86 {
             let ox_lo = g.pw.div_ceil(sw).min(g.ow);
             let span = (g.kw.max(1) - 1) * g.dw;
             let ox_hi = if g.w + g.pw > span { ((g.w - 1 + g.pw - span) / sw + 1).min(g.ow).max(ox_lo) } else { ox_lo };
-            let d = DwRow { g, xi, by, ky0, ky1, ox_lo, ox_hi, epi, res };
+            let lanes = epi.and_then(Canon::lanes);
+            let d = DwRow { g, xi, by, ky0, ky1, ox_lo, ox_hi, epi, lanes, res };
             // Pixel chunks outer, channel blocks inner: each chunk reads whole input pixels (all
             // their channels, contiguous in NHWC) once, so the input streams through the cache in
             // address order; a channel block's weights are loaded again per chunk (from L1). With
@@ -1795,6 +1815,8 @@ mod x86 {
         /// The canonical epilogue applied before each store, and the residual row it reads
         /// (channel 0 of pixel 0, the output's layout), when the kernel stores the output itself.
         epi: Option<&'a Canon>,
+        /// `epi` in its branch-free form, where it has one.
+        lanes: Option<Lanes>,
         res: *const f32,
     }
 
@@ -1806,9 +1828,10 @@ mod x86 {
         // SAFETY: the caller's store range; the residual, in the output's layout, is readable
         // where the output is written.
         unsafe {
-            let v = match d.epi {
-                Some(c) => canon_in_registers(c, v, cb, d.res.wrapping_add(px + cb), mask),
-                None => v,
+            let v = match (d.lanes, d.epi) {
+                (Some(l), _) => l.apply(v, cb, d.res.wrapping_add(px + cb), mask),
+                (None, Some(c)) => canon_in_registers(c, v, cb, d.res.wrapping_add(px + cb), mask),
+                (None, None) => v,
             };
             _mm512_mask_storeu_ps(o, mask, v);
         }
@@ -2145,7 +2168,12 @@ mod tests {
                     [(49usize, 27usize, 32usize, 0usize), (30, 300, 24, 32), (13, 64, 8, 0), (72, 16, 20, 32)]
                 {
                     let ldb = round_up_16(nr);
-                    let a = rng.vec(m * k);
+                    // a negative NaN (x86's default NaN, which a bound's AND or OR turns positive)
+                    // and infinities through rows 0-2
+                    let mut a = rng.vec(m * k);
+                    a[0] = f32::from_bits(0xffc0_0000);
+                    a[k + 1] = f32::INFINITY;
+                    a[2 * k] = f32::NEG_INFINITY;
                     let b = rng.vec(k * ldb);
                     let ld = 80usize;
                     let res = rng.vec(m * ld);
@@ -2567,7 +2595,11 @@ mod tests {
                 for &(kk, st, pad) in &[(3usize, 1usize, 1usize), (3, 2, 1), (5, 1, 2), (5, 2, 2)] {
                     let (h, w) = (9, 21);
                     let g = geom(h, w, c, kk, kk, (st, st), (pad, pad), (1, 1), 1, 0);
-                    let x = rng.vec(h * w * c);
+                    // a negative NaN and infinities in the first pixels' channels
+                    let mut x = rng.vec(h * w * c);
+                    x[0] = f32::from_bits(0xffc0_0000);
+                    x[c + 1] = f32::INFINITY;
+                    x[2 * c + 2] = f32::NEG_INFINITY;
                     let wt = rng.vec(c * kk * kk);
                     let pw = pack_depthwise_f32(&wt, c, kk, kk).unwrap();
                     let (ldt, ld) = (48usize, c + 3);
