@@ -1328,11 +1328,13 @@ mod x86 {
     /// whole layer's width (`ldb` floats: 2 KiB apart for 512 columns), so a column chunk's k
     /// steps touch a new page every row or two, which the hardware prefetchers (they stay inside
     /// a page) do not follow; the first row block of each k block then waits on memory for
-    /// every row (ResNet-18's layer4 streams 9.4 MB of weights per convolution). Measured on a
-    /// Sapphire Rapids core in the whole model, where the weights come from beyond L2: 16, 48,
-    /// 96 and 160 steps ahead took ResNet-18 from 25.3-25.7 ms to 22.9, 22.4, 23.1 and 23.2 ms
-    /// (layer4's 3x3 convolutions 2.6-2.8 -> 2.1-2.3 ms) and MobileNetV2 from 6.4-6.7 to 6.3 ms.
-    /// A prefetch is a hint: past the panel's end it reads nothing the kernel relies on.
+    /// every row (ResNet-18's layer4 streams 9.4 MB of weights per convolution, 16.8 MB as
+    /// Winograd). Measured on a Sapphire Rapids core in the whole model, where the weights come
+    /// from beyond L2, with layer4's 3x3 convolutions as im2col GEMMs: 16, 48, 96 and 160 steps
+    /// ahead took ResNet-18 from 25.3-25.7 ms to 22.9, 22.4, 23.1 and 23.2 ms (those layers
+    /// 2.6-2.8 -> 2.1-2.3 ms each); as shipped (Winograd), layer4's 3.0-3.2 -> 2.25 ms each,
+    /// ResNet-18 25.5 -> 20.2-22.4 ms and MobileNetV2 6.4-6.7 -> 6.3 ms. A prefetch is a hint:
+    /// past the panel's end it reads nothing the kernel relies on.
     const PREFETCH_K: usize = 48;
 
     /// Reduction block of the AVX-512 GEMM: a 48-column B sub-panel of `KC` steps is 48 KiB, so
