@@ -1102,10 +1102,52 @@ pub(crate) struct Lanes {
     or: u32,
 }
 
+/// How a kernel applies a canonical f32 list to its accumulators: branch-free ([`Lanes`]), or
+/// by [`canon_in_registers`] for a list with a rounding step.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum RegisterEpilogue<'a> {
+    Lanes(Lanes),
+    Canon(&'a Canon),
+}
+
+#[cfg(target_arch = "x86_64")]
+impl RegisterEpilogue<'_> {
+    /// [`canon_in_registers`] of `v` (the same arguments), by this form.
+    ///
+    /// # Safety
+    /// As [`canon_in_registers`]'s.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(crate) unsafe fn apply(
+        &self,
+        v: std::arch::x86_64::__m512,
+        col: usize,
+        res: *const f32,
+        mask: std::arch::x86_64::__mmask16,
+    ) -> std::arch::x86_64::__m512 {
+        // SAFETY: the caller's guarantees, passed on.
+        unsafe {
+            match self {
+                RegisterEpilogue::Lanes(l) => l.apply(v, col, res, mask),
+                RegisterEpilogue::Canon(c) => canon_in_registers(c, v, col, res, mask),
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 impl Canon {
+    /// The form a kernel applies this list in: [`Lanes`] where it has one.
+    pub(crate) fn for_registers(&self) -> RegisterEpilogue<'_> {
+        match self.lanes() {
+            Some(l) => RegisterEpilogue::Lanes(l),
+            None => RegisterEpilogue::Canon(self),
+        }
+    }
+
     /// The list as [`Lanes`], unless it rounds (to f16 or bf16) or adds a bf16 residual.
-    pub(crate) fn lanes(&self) -> Option<Lanes> {
+    fn lanes(&self) -> Option<Lanes> {
         if self.round != Round::None || self.residual == Residual::Bf16 {
             return None;
         }

@@ -284,8 +284,7 @@ pub unsafe extern "C" fn gemm_f32_epi_avx512(
         #[cfg(target_arch = "x86_64")]
         if let Some(canon) = fe.in_registers() {
             let epi = x86::Epi {
-                canon,
-                lanes: canon.lanes(),
+                form: canon.for_registers(),
                 col: n0,
                 out: out as *mut f32,
                 ld: out_stride / 4,
@@ -814,7 +813,7 @@ pub fn depthwise_f32_best() -> (DepthwiseF32, &'static str) {
 mod x86 {
     //! x86_64 SIMD implementations; every function here requires the CPU features named in its
     //! `target_feature` attribute.
-    use super::super::fepilogue::{canon_in_registers, Canon, Lanes};
+    use super::super::fepilogue::{canon_in_registers, Canon, RegisterEpilogue};
     use super::{im2col_body, round_up_16, valid_range, ConvGeom, RunCopy};
     use std::arch::x86_64::*;
 
@@ -1302,9 +1301,11 @@ mod x86 {
                         }
                     };
                 }
-                match e.lanes {
-                    Some(l) => store_through!(|x, col, res, m| l.apply(x, col, res, m)),
-                    None => store_through!(|x, col, res, m| canon_in_registers(e.canon, x, col, res, m)),
+                match e.form {
+                    RegisterEpilogue::Lanes(l) => store_through!(|x, col, res, m| l.apply(x, col, res, m)),
+                    RegisterEpilogue::Canon(c) => {
+                        store_through!(|x, col, res, m| canon_in_registers(c, x, col, res, m))
+                    }
                 }
                 return;
             }
@@ -1486,13 +1487,11 @@ mod x86 {
         })
     }
 
-    /// A float epilogue applied in registers (`gemm_f32_epi_avx512`): the canonical list, the
-    /// layer column of the first column, the output and residual (row 0 of the block, that
-    /// column) and their row stride in floats.
+    /// A float epilogue applied in registers (`gemm_f32_epi_avx512`): the canonical list in the
+    /// form the kernel applies it, the layer column of the first column, the output and residual
+    /// (row 0 of the block, that column) and their row stride in floats.
     pub(crate) struct Epi<'a> {
-        pub(crate) canon: &'a Canon,
-        /// `canon` in its branch-free form, where it has one.
-        pub(crate) lanes: Option<Lanes>,
+        pub(crate) form: RegisterEpilogue<'a>,
         pub(crate) col: usize,
         pub(crate) out: *mut f32,
         pub(crate) ld: usize,
@@ -1504,8 +1503,7 @@ mod x86 {
         fn at(&self, rows: usize, cols: usize) -> Self {
             let off = rows * self.ld + cols;
             Epi {
-                canon: self.canon,
-                lanes: self.lanes,
+                form: self.form,
                 col: self.col + cols,
                 out: self.out.wrapping_add(off),
                 ld: self.ld,
@@ -1770,8 +1768,8 @@ mod x86 {
             let ox_lo = g.pw.div_ceil(sw).min(g.ow);
             let span = (g.kw.max(1) - 1) * g.dw;
             let ox_hi = if g.w + g.pw > span { ((g.w - 1 + g.pw - span) / sw + 1).min(g.ow).max(ox_lo) } else { ox_lo };
-            let lanes = epi.and_then(Canon::lanes);
-            let d = DwRow { g, xi, by, ky0, ky1, ox_lo, ox_hi, epi, lanes, res };
+            let epi = epi.map(Canon::for_registers);
+            let d = DwRow { g, xi, by, ky0, ky1, ox_lo, ox_hi, epi, res };
             // Pixel chunks outer, channel blocks inner: each chunk reads whole input pixels (all
             // their channels, contiguous in NHWC) once, so the input streams through the cache in
             // address order; a channel block's weights are loaded again per chunk (from L1). With
@@ -1816,9 +1814,7 @@ mod x86 {
         ox_hi: usize,
         /// The canonical epilogue applied before each store, and the residual row it reads
         /// (channel 0 of pixel 0, the output's layout), when the kernel stores the output itself.
-        epi: Option<&'a Canon>,
-        /// `epi` in its branch-free form, where it has one.
-        lanes: Option<Lanes>,
+        epi: Option<RegisterEpilogue<'a>>,
         res: *const f32,
     }
 
@@ -1830,10 +1826,9 @@ mod x86 {
         // SAFETY: the caller's store range; the residual, in the output's layout, is readable
         // where the output is written.
         unsafe {
-            let v = match (d.lanes, d.epi) {
-                (Some(l), _) => l.apply(v, cb, d.res.wrapping_add(px + cb), mask),
-                (None, Some(c)) => canon_in_registers(c, v, cb, d.res.wrapping_add(px + cb), mask),
-                (None, None) => v,
+            let v = match d.epi {
+                Some(e) => e.apply(v, cb, d.res.wrapping_add(px + cb), mask),
+                None => v,
             };
             _mm512_mask_storeu_ps(o, mask, v);
         }
@@ -2084,6 +2079,14 @@ mod tests {
         ok
     }
 
+    /// A negative NaN (x86's default NaN, which a bound's AND or OR turns positive), +infinity
+    /// and -infinity at the starts of the first three rows of `stride` values (offsets 0, 1, 2).
+    fn put_specials(v: &mut [f32], stride: usize) {
+        v[0] = f32::from_bits(0xffc0_0000);
+        v[stride + 1] = f32::INFINITY;
+        v[2 * stride + 2] = f32::NEG_INFINITY;
+    }
+
     /// Canonical f32 epilogue lists over a bias of `bias.len()` channels, each as the kernels
     /// take it (checked to run in registers): bias with bounds, a residual with signed-zero
     /// bounds, and the f16/bf16 roundings of ops computed in f32, before a residual and at the end.
@@ -2170,12 +2173,8 @@ mod tests {
                     [(49usize, 27usize, 32usize, 0usize), (30, 300, 24, 32), (13, 64, 8, 0), (72, 16, 20, 32)]
                 {
                     let ldb = round_up_16(nr);
-                    // a negative NaN (x86's default NaN, which a bound's AND or OR turns positive)
-                    // and infinities through rows 0-2
                     let mut a = rng.vec(m * k);
-                    a[0] = f32::from_bits(0xffc0_0000);
-                    a[k + 1] = f32::INFINITY;
-                    a[2 * k] = f32::NEG_INFINITY;
+                    put_specials(&mut a, k);
                     let b = rng.vec(k * ldb);
                     let ld = 80usize;
                     let res = rng.vec(m * ld);
@@ -2597,11 +2596,8 @@ mod tests {
                 for &(kk, st, pad) in &[(3usize, 1usize, 1usize), (3, 2, 1), (5, 1, 2), (5, 2, 2)] {
                     let (h, w) = (9, 21);
                     let g = geom(h, w, c, kk, kk, (st, st), (pad, pad), (1, 1), 1, 0);
-                    // a negative NaN and infinities in the first pixels' channels
                     let mut x = rng.vec(h * w * c);
-                    x[0] = f32::from_bits(0xffc0_0000);
-                    x[c + 1] = f32::INFINITY;
-                    x[2 * c + 2] = f32::NEG_INFINITY;
+                    put_specials(&mut x, c);
                     let wt = rng.vec(c * kk * kk);
                     let pw = pack_depthwise_f32(&wt, c, kk, kk).unwrap();
                     let (ldt, ld) = (48usize, c + 3);
