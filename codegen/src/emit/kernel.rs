@@ -212,10 +212,7 @@ pub fn scratch_bytes(spec: &KernelSpec) -> usize {
             ROW_BLOCK * PANEL_I8 * 4 + a + 64
         }
         MainOp::GemmF32 { rows, .. } | MainOp::GemmBf16 { rows, .. } => {
-            let (elem, blk) = match spec.main {
-                MainOp::GemmBf16 { .. } => (2, ROW_BLOCK),
-                _ => (4, ROW_BLOCK),
-            };
+            let (elem, blk) = (if matches!(spec.main, MainOp::GemmBf16 { .. }) { 2 } else { 4 }, ROW_BLOCK);
             let a = match (rows, &spec.main) {
                 (Rows::Direct { .. }, _) => 0,
                 (Rows::Im2col { geom, .. }, MainOp::GemmF32 { .. }) => blk * float::im2col_ld_f32(geom) * elem,
