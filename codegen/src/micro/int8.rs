@@ -1479,7 +1479,8 @@ qforge_ir::multiversion! {
 }
 
 /// The requantizing epilogue [`requantize_products`] applies: a bias per column (empty: none),
-/// the multiplier per column, the zero point and the clamp (stored values), rows of `n`.
+/// the multiplier per column, the zero point and the clamp (stored values of an 8-bit type, at
+/// most 2^16 in magnitude), rows of `n`.
 #[derive(Clone, Copy, Debug)]
 pub struct Requant<'a> {
     pub bias: &'a [i32],
@@ -1499,13 +1500,22 @@ qforge_ir::multiversion! {
     /// baseline target); a NaN product, which `apply_scalar` converts to 0, is 0 here too.
     pub fn requantize_products(acc: &[i32], out: &mut [u8], r: &Requant<'_>) -> () {
         const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+        // the clamp of 8-bit stored values (`lo`, `hi` and `zp` within -128..=255, at most 2^16
+        // by the contract); bounds are also kept within 2^22, where the rounding below is exact
+        // and the conversion cannot overflow, whatever a caller passes
+        const BOUND: f32 = 4_194_304.0; // 2^22
         let (lo, hi) = (r.lo.saturating_sub(r.zp) as f32, r.hi.saturating_sub(r.zp) as f32);
+        let (lo, hi) = (lo.clamp(-BOUND, BOUND), hi.clamp(-BOUND, BOUND));
         for (orow, arow) in out.chunks_exact_mut(r.n).zip(acc.chunks_exact(r.n)) {
             for (j, (o, &a)) in orow.iter_mut().zip(arow).enumerate() {
                 let a = if r.bias.is_empty() { a } else { a.wrapping_add(r.bias[j]) };
                 let v = a as f32 * r.mul[j];
                 let c = if v.is_nan() { 0.0 } else { v.clamp(lo, hi) };
-                *o = (((c + MAGIC) - MAGIC) as i32).wrapping_add(r.zp) as u8;
+                // SAFETY: `c` is finite and within 2^22 (the clamp), and so is its rounding, an
+                // integer; the unchecked conversion lets the loop vectorize (`as` checks each
+                // lane for saturation)
+                let q = unsafe { ((c + MAGIC) - MAGIC).to_int_unchecked::<i32>() };
+                *o = q.wrapping_add(r.zp) as u8;
             }
         }
     }

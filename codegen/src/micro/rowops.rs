@@ -893,6 +893,97 @@ qforge_ir::multiversion! {
     }
 }
 
+/// One batch of an integer product of two u8/i8 activations ([`RowKind::QMatMul`]): `rows`
+/// rows of the left matrix (`k` bytes each), the right matrix (`k` rows of `n` bytes), their
+/// types and zero points.
+pub(crate) struct QMatMulBatch<'a> {
+    pub a: &'a [u8],
+    pub b: &'a [u8],
+    pub k: usize,
+    pub n: usize,
+    pub a_signed: bool,
+    pub b_signed: bool,
+    pub za: i32,
+    pub zb: i32,
+}
+
+/// Reusable buffers of [`qmatmul_sums`]: the centered operands as f32 and the f32 sums.
+#[derive(Default)]
+pub(crate) struct QMatMulScratch {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    /// `(k, n, ld)` of the right matrix in `b`, whose padding columns are zero.
+    b_shape: (usize, usize, usize),
+    sums: Vec<f32>,
+}
+
+/// `dst[i] = (src[i] - zp) as f32`, the bytes read as i8 where `signed`: a centered byte
+/// (magnitude at most 383) is an exact f32.
+#[inline(always)]
+fn center_f32(dst: &mut [f32], src: &[u8], signed: bool, zp: i32) {
+    if signed {
+        for (o, &v) in dst.iter_mut().zip(src) {
+            *o = (v as i8 as i32 - zp) as f32;
+        }
+    } else {
+        for (o, &v) in dst.iter_mut().zip(src) {
+            *o = (v as i32 - zp) as f32;
+        }
+    }
+}
+
+qforge_ir::multiversion! {
+    baseline = qmatmul_sums_baseline;
+    /// The i32 sums of one batch of [`RowKind::QMatMul`] with `q.k <= EXACT_F32_TERMS`:
+    /// `acc[r * ld + j] = sum_t (a[r * k + t] - za) * (b[t * n + j] - zb)` for the `acc.len() /
+    /// ld` rows (`ld >= n`; the sums of columns `n..ld` are 0). Every product of two centered
+    /// bytes and every partial sum of at most `EXACT_F32_TERMS` of them is an integer below 2^24,
+    /// exact in f32, so the f32 row kernel (vector multiplies and adds, any order) gives the
+    /// integer sums. The right matrix's rows are padded with zero columns to `ld` (a multiple of
+    /// 8 spares the row kernel its column-by-column tail). Compiled for AVX-512 and AVX2 as well,
+    /// the same sums in every version.
+    pub(crate) fn qmatmul_sums(acc: &mut [i32], ld: usize, q: &QMatMulBatch<'_>, s: &mut QMatMulScratch) -> () {
+        let (k, n) = (q.k, q.n);
+        let rows = acc.len().checked_div(ld).unwrap_or(0);
+        if rows == 0 || ld < n || q.a.len() < rows * k || q.b.len() < k * n {
+            return;
+        }
+        if k == 0 {
+            acc.fill(0);
+            return;
+        }
+        // the padding columns are zero from the first batch of a shape on: only columns `..n` of
+        // a row are written
+        if s.b_shape != (k, n, ld) {
+            s.b.clear();
+            s.b.resize(k * ld, 0.0);
+            s.b_shape = (k, n, ld);
+        }
+        if ld == n {
+            center_f32(&mut s.b, &q.b[..k * n], q.b_signed, q.zb);
+        } else {
+            // centered in one pass (a loop of `k * n`, not `k` loops of `n`), then spread into
+            // the padded rows
+            s.sums.resize(k * n, 0.0);
+            center_f32(&mut s.sums[..k * n], &q.b[..k * n], q.b_signed, q.zb);
+            for (drow, srow) in s.b.chunks_exact_mut(ld).zip(s.sums.chunks_exact(n)) {
+                drow[..n].copy_from_slice(srow);
+            }
+        }
+        // every element of these is written before it is read
+        s.a.resize(rows * k, 0.0);
+        center_f32(&mut s.a[..rows * k], &q.a[..rows * k], q.a_signed, q.za);
+        s.sums.resize(rows * ld, 0.0);
+        let sums = &mut s.sums[..rows * ld];
+        matmul_rows_f32_baseline(sums, &s.a[..rows * k], &s.b, ld);
+        for (o, &v) in acc.iter_mut().zip(sums.iter()) {
+            // SAFETY: `v` is an integer sum below 2^24 in magnitude (see above), finite and
+            // inside i32's range
+            *o = unsafe { v.to_int_unchecked::<i32>() };
+        }
+    }
+}
+
 /// The maximum of a lane as [`norm::softmax_lane`]'s plain-order scan finds it (`v > m` or `v`
 /// NaN replaces `m`), but in 16 independent columns: the largest value, or the lane's last NaN
 /// when it has one. Where the scan and the columns could differ, between `-0.0` and `+0.0`, the
@@ -1321,14 +1412,48 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
             let b = unsafe { arena.add(op.x2) } as *const u8;
             let a = xb as *const u8;
             let int = |v: u8, signed: bool| if signed { v as i8 as i32 } else { v as i32 };
-            // the requantizing epilogue `[bias?, scale, round]` inlined: `apply_scalar`'s
-            // arithmetic without its walk over the step list per element
-            let requant = match op.epilogue.as_slice() {
-                [Step::AddChannelI32(bias), Step::ScaleToF32(mul), Step::RoundToInt { zp, lo, hi, .. }] => {
-                    Some((Some(bias), mul, *zp, *lo, *hi))
+            // the sums of a row are `ld` apart: `n` rounded up to 8 on the f32 path (its padding
+            // columns are zero sums), `n` on the i32 one
+            let exact_f32 = k <= EXACT_F32_TERMS;
+            let ld = if exact_f32 { n.next_multiple_of(8) } else { n };
+            let rows_max = (end - begin).min(m);
+            // the requantizing epilogue `[bias?, scale, round]` with a value per column, inlined
+            // (`apply_scalar`'s arithmetic without its walk over the step list per element) over
+            // all the rows of a batch at once: the per-column values repeated for every row (and
+            // zero for the padding columns), so the loop runs over `rows * ld` sums
+            let requant = match (op.epilogue.as_slice(), store) {
+                (
+                    [Step::AddChannelI32(bias), Step::ScaleToF32(mul), Step::RoundToInt { zp, lo, hi, .. }],
+                    Store::U8 | Store::I8,
+                ) if bias.len() >= n && mul.len() >= n => Some((Some(bias.as_slice()), mul.as_slice(), *zp, *lo, *hi)),
+                ([Step::ScaleToF32(mul), Step::RoundToInt { zp, lo, hi, .. }], Store::U8 | Store::I8)
+                    if mul.len() >= n =>
+                {
+                    Some((None, mul.as_slice(), *zp, *lo, *hi))
                 }
-                [Step::ScaleToF32(mul), Step::RoundToInt { zp, lo, hi, .. }] => Some((None, mul, *zp, *lo, *hi)),
                 _ => None,
+            }
+            // `requantize_products` takes the clamp of 8-bit stored values
+            .filter(|&(_, _, zp, lo, hi)| [zp, lo, hi].iter().all(|v| v.unsigned_abs() <= 1 << 16));
+            let repeat = |v: &[f32]| {
+                let mut r = vec![0f32; rows_max * ld];
+                for row in r.chunks_exact_mut(ld) {
+                    row[..n].copy_from_slice(&v[..n]);
+                }
+                r
+            };
+            let (rep_mul, rep_bias) = match requant {
+                Some((bias, mul, ..)) => {
+                    let mut rb = Vec::new();
+                    if let Some(bias) = bias {
+                        rb = vec![0i32; rows_max * ld];
+                        for row in rb.chunks_exact_mut(ld) {
+                            row[..n].copy_from_slice(&bias[..n]);
+                        }
+                    }
+                    (repeat(mul), rb)
+                }
+                None => (Vec::new(), Vec::new()),
             };
             // the dequantizing one `[bias?, scale]` with a value per column
             let dequant = match op.epilogue.as_slice() {
@@ -1338,11 +1463,10 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                 [Step::ScaleToF32(mul)] if mul.len() >= n => Some((None, mul.as_slice())),
                 _ => None,
             };
-            let rows_max = (end - begin).min(m);
-            let mut acc = vec![0i32; rows_max * n];
-            let mut ac = vec![0i32; rows_max * k];
-            let mut bc = vec![0i32; k * n];
-            let (mut af, mut bf, mut rowf) = (Vec::new(), Vec::new(), Vec::new());
+            let mut acc = vec![0i32; rows_max * ld];
+            let mut bytes = Vec::new();
+            let mut scratch = QMatMulScratch::default();
+            let (mut ac, mut bc) = (Vec::new(), Vec::new());
             let mut u = begin;
             while u < end {
                 // the rows of this call in one batch: its right matrix centered once, the rows'
@@ -1359,39 +1483,50 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                         std::slice::from_raw_parts(b.add(ob), k * n),
                     )
                 };
-                for (c, &bv) in bc.iter_mut().zip(bm) {
-                    *c = int(bv, b_signed) - zb;
-                }
-                for (c, &av) in ac.iter_mut().zip(arows) {
-                    *c = int(av, a_signed) - za;
-                }
-                if k <= EXACT_F32_TERMS {
-                    // every product of two centered bytes (at most 255 in magnitude each) and
-                    // every partial sum of at most EXACT_F32_TERMS of them is an integer below
-                    // 2^24, exact in f32: the f32 row kernel (vector multiplies and adds) gives
-                    // the i32 sums, in any order
-                    bf.clear();
-                    bf.extend(bc.iter().map(|&v| v as f32));
-                    af.clear();
-                    af.extend(ac[..rows * k].iter().map(|&v| v as f32));
-                    rowf.resize(rows * n, 0.0);
-                    matmul_rows_f32(&mut rowf, &af, &bf, n);
-                    for (o, &v) in acc[..rows * n].iter_mut().zip(&rowf) {
-                        *o = v as i32;
-                    }
+                let acc = &mut acc[..rows * ld];
+                if exact_f32 {
+                    let q = QMatMulBatch { a: arows, b: bm, k, n, a_signed, b_signed, za, zb };
+                    qmatmul_sums(acc, ld, &q, &mut scratch);
                 } else {
-                    super::int8::accumulate_products(&mut acc, &ac, &bc, rows, k, n);
+                    bc.clear();
+                    bc.extend(bm.iter().map(|&v| int(v, b_signed) - zb));
+                    ac.clear();
+                    ac.extend(arows.iter().map(|&v| int(v, a_signed) - za));
+                    super::int8::accumulate_products(acc, &ac, &bc, rows, k, n);
                 }
-                match (requant, store) {
-                    (Some((bias, mul, zp, lo, hi)), Store::U8 | Store::I8) => {
-                        // SAFETY: output rows `u..u + rows` (units of this call) are bytes
-                        // `u * n..(u + rows) * n`.
-                        let out = unsafe { std::slice::from_raw_parts_mut(yb.add(u * n), rows * n) };
-                        let bias: &[i32] = bias.map_or(&[], |b| b.as_slice());
-                        let r = super::int8::Requant { bias, mul, zp, lo, hi, n };
-                        super::int8::requantize_products(&acc[..rows * n], out, &r);
+                if let Some((_, _, zp, lo, hi)) = requant {
+                    let r = super::int8::Requant {
+                        bias: if rep_bias.is_empty() { &[] } else { &rep_bias[..rows * ld] },
+                        mul: &rep_mul[..rows * ld],
+                        zp,
+                        lo,
+                        hi,
+                        n: rows * ld,
+                    };
+                    // SAFETY: output rows `u..u + rows` (units of this call) are bytes
+                    // `u * n..(u + rows) * n`.
+                    let out = unsafe { std::slice::from_raw_parts_mut(yb.add(u * n), rows * n) };
+                    if ld == n {
+                        super::int8::requantize_products(acc, out, &r);
+                    } else {
+                        bytes.resize(rows * ld, 0u8);
+                        super::int8::requantize_products(acc, &mut bytes, &r);
+                        for (o, q) in out.chunks_exact_mut(n).zip(bytes.chunks_exact(ld)) {
+                            o.copy_from_slice(&q[..n]);
+                        }
                     }
-                    (_, Store::F32) if dequant.is_some() => {
+                    u += rows;
+                    continue;
+                }
+                if ld != n {
+                    // the remaining epilogues read rows of `n` sums
+                    for r in 1..rows {
+                        acc.copy_within(r * ld..r * ld + n, r * n);
+                    }
+                }
+                let acc = &acc[..rows * n];
+                match store {
+                    Store::F32 if dequant.is_some() => {
                         // the dequantizing epilogue `[bias?, scale]` inlined: `(acc + bias[j]) as
                         // f32 * scale[j]`, apply_scalar's arithmetic (i32 add wrapping, the
                         // conversion to nearest, one f32 multiply) in a loop per row
@@ -1399,7 +1534,7 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                         // SAFETY: output rows `u..u + rows` (units of this call) are f32 elements
                         // `u * n..(u + rows) * n`.
                         let out = unsafe { std::slice::from_raw_parts_mut((yb as *mut f32).add(u * n), rows * n) };
-                        for (orow, arow) in out.chunks_exact_mut(n).zip(acc[..rows * n].chunks_exact(n)) {
+                        for (orow, arow) in out.chunks_exact_mut(n).zip(acc.chunks_exact(n)) {
                             match bias {
                                 Some(b) => {
                                     for (((o, &a), &bj), &mj) in orow.iter_mut().zip(arow).zip(b.iter()).zip(mul.iter())
@@ -1416,7 +1551,7 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                         }
                     }
                     _ => {
-                        for (t, &a) in acc[..rows * n].iter().enumerate() {
+                        for (t, &a) in acc.iter().enumerate() {
                             let j = t % n;
                             let v = apply_scalar(&op.epilogue, a, j).unwrap_or(Lane::I(0));
                             let at = u * n + t;
@@ -2157,6 +2292,47 @@ mod tests {
 
     /// The dispatched row product is the baseline's bit for bit, and the plain-order sum, for
     /// row counts on and off the four-row blocks and columns on and off the vector blocks.
+    /// The centered integer sums of an activation product through the f32 row kernel are the
+    /// i32 sums, both signednesses, at widths on and off the padding multiple and at the longest
+    /// reduction f32 holds exactly, with one scratch reused across shapes whose padded right
+    /// matrices have the same size (stale padding columns would show as wrong sums).
+    #[test]
+    fn qmatmul_sums_are_the_integer_sums() {
+        let mut seed = 11u32;
+        let mut byte = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed >> 24) as u8
+        };
+        let mut scratch = QMatMulScratch::default();
+        let shapes = [(16usize, 16usize, 12usize), (3, 32, 8), (16, 8, 30), (5, 1, 1), (2, 258, 17), (7, 12, 16)];
+        for (rows, k, n) in shapes {
+            for (a_signed, b_signed, za, zb) in [(false, false, 129, 3), (true, false, -5, 255), (true, true, 0, -128)]
+            {
+                let a: Vec<u8> = (0..rows * k).map(|_| byte()).collect();
+                let b: Vec<u8> = (0..k * n).map(|_| byte()).collect();
+                let int = |v: u8, signed: bool| if signed { v as i8 as i32 } else { v as i32 };
+                let ld = n.next_multiple_of(8);
+                let mut got = vec![-1i32; rows * ld];
+                let q = QMatMulBatch { a: &a, b: &b, k, n, a_signed, b_signed, za, zb };
+                qmatmul_sums(&mut got, ld, &q, &mut scratch);
+                for r in 0..rows {
+                    for j in 0..ld {
+                        let want: i32 = if j < n {
+                            (0..k)
+                                .map(|t| (int(a[r * k + t], a_signed) - za) * (int(b[t * n + j], b_signed) - zb))
+                                .sum()
+                        } else {
+                            0
+                        };
+                        assert_eq!(got[r * ld + j], want, "{rows}x{k}x{n}, row {r}, column {j}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn matmul_rows_match_their_baseline() {
         for (rows, k, n) in
