@@ -450,19 +450,26 @@ pub fn gemm_f32_best() -> (GemmF32, &'static str) {
     (gemm_f32_scalar as GemmF32, "scalar")
 }
 
-/// Whether [`im2col_f32`] writes each kernel row of `g` with one whole 16-float vector: a kernel
-/// row contiguous in the input (`dw <= 1`, `cin == c`) of `kw * cin <= 16` floats (the 3-channel
-/// stems: 3x3 rows of 9 floats, 4x4 of 12, 5x5 of 15).
+/// Whether [`im2col_f32`] writes each kernel row of `g` with whole 16-float vectors: a kernel
+/// row contiguous in the input (`dw <= 1`, `cin == c`) of `kw * cin <= 32` floats, one or two
+/// vectors (the 3-channel stems: 3x3 rows of 9 floats, 4x4 of 12, 5x5 of 15, 7x7 of 21).
 pub fn im2col_narrow_f32(g: &ConvGeom) -> bool {
     let rb = g.kw * g.cin;
-    g.dw <= 1 && g.cin == g.c && g.kh > 0 && rb > 0 && rb <= 16
+    g.dw <= 1 && g.cin == g.c && g.kh > 0 && rb > 0 && rb <= 32
+}
+
+/// The floats of an im2col row the narrow kernel rows of [`im2col_narrow_f32`] write: up to the
+/// end of the last kernel row's whole vectors, `(kh - 1) * kw * cin + 16 * ceil(kw * cin / 16)`.
+pub fn im2col_narrow_span(g: &ConvGeom) -> usize {
+    let rb = g.kw * g.cin;
+    g.kh.saturating_sub(1) * rb + 16 * rb.div_ceil(16)
 }
 
 /// The leading dimension of an f32 im2col buffer for `g`: `g.k()` rounded up to 16, or, for the
-/// narrow kernel rows of [`im2col_narrow_f32`], enough that the last kernel row's 16-float store
-/// stays inside the row (`(kh - 1) * kw * cin + 16`).
+/// narrow kernel rows of [`im2col_narrow_f32`], enough that the last kernel row's whole-vector
+/// stores stay inside the row ([`im2col_narrow_span`]).
 pub fn im2col_ld_f32(g: &ConvGeom) -> usize {
-    let span = if im2col_narrow_f32(g) { (g.kh - 1) * g.kw * g.cin + 16 } else { 0 };
+    let span = if im2col_narrow_f32(g) { im2col_narrow_span(g) } else { 0 };
     round_up_16(g.k().max(span).max(1))
 }
 
@@ -474,10 +481,10 @@ pub fn im2col_ld_f32(g: &ConvGeom) -> usize {
 /// `iy = oy*sh + ky*dh - ph`, `ix = ox*sw + kx*dw - pw` and `m = m0 + r` splits as
 /// `img = m / (oh*ow)`, `oy = m / ow % oh`, `ox = m % ow`. Contiguous runs are copied with
 /// `copy_nonoverlapping` (whole `kx` ranges at once when `dw == 1` and `cin == c`); with AVX-512
-/// a narrow kernel row ([`im2col_narrow_f32`]) of a window inside the image is one 16-float load
-/// and store when `ld >= (kh - 1) * kw * cin + 16` ([`im2col_ld_f32`] gives such an `ld`), which
-/// may leave other input floats in `g.k()..ld` (a GEMM reads `g.k()` floats per row). Reads only
-/// the pixels of the images touched.
+/// a narrow kernel row ([`im2col_narrow_f32`]) of a window inside the image is one or two 16-float
+/// loads and stores when `ld >=` [`im2col_narrow_span`] ([`im2col_ld_f32`] gives such an `ld`),
+/// which may leave other input floats in `g.k()..ld` (a GEMM reads `g.k()` floats per row). Reads
+/// only the pixels of the images touched.
 ///
 /// # Safety
 /// `g` must point at a valid geometry; `x` must hold every image referenced by the rows; `out`
@@ -498,7 +505,7 @@ pub unsafe extern "C" fn im2col_f32(
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
                 let g = &*g;
-                if im2col_narrow_f32(g) && ld >= (g.kh - 1) * g.kw * g.cin + 16 {
+                if im2col_narrow_f32(g) && ld >= im2col_narrow_span(g) {
                     return x86::im2col_narrow512(g, x, m0, rows, out, ld);
                 }
                 return x86::im2col512(g, x, m0, rows, out, ld);
@@ -1038,24 +1045,29 @@ mod x86 {
         unsafe { im2col_body::<f32, Avx512Copy>(g, x, m0, rows, out, ld) }
     }
 
-    /// [`im2col512`] for a narrow kernel row of `rb = kw * cin <= 16` contiguous floats
-    /// (`super::im2col_narrow_f32`) when `ld >= (kh - 1) * rb + 16`: a row whose whole window lies
-    /// inside the image is `kh` loads of `rb` floats (whole vectors while 16 floats stay inside
-    /// the image, masked near its end), each stored as one 16-float vector at float `ky * rb` of
-    /// the row in increasing `ky`, so what a store writes beyond its kernel row is overwritten by
-    /// the next one's, and the last one's stays in `k..ld`. Rows touching the padding go through
-    /// the general loop, one row at a time. (The masked forms cost several times a plain access
-    /// on some cores, Zen 4 among them, and a 9-float run was one masked load and store.)
+    /// [`im2col512`] for a narrow kernel row of `rb = kw * cin <= 32` contiguous floats
+    /// (`super::im2col_narrow_f32`) when `ld >=` [`super::im2col_narrow_span`]: a row whose whole
+    /// window lies inside the image is `kh` loads of `rb` floats (whole vectors while they stay
+    /// inside the image, masked near its end), each stored as one or two (`rb > 16`) 16-float
+    /// vectors at float `ky * rb` of the row in increasing `ky`, so what a store writes beyond its
+    /// kernel row is overwritten by the next one's, and the last one's stays in `k..ld`. Rows
+    /// touching the padding go through the general loop, one row at a time. (The masked forms
+    /// cost several times a plain access on some cores, Zen 4 among them, and a 9-float run was
+    /// one masked load and store; a 21-float run, ResNet's 7x7 stem, was a whole and a masked
+    /// copy after the run-length arithmetic.)
     #[target_feature(enable = "avx512f")]
     pub unsafe fn im2col_narrow512(g: &ConvGeom, x: *const f32, m0: usize, rows: usize, out: *mut f32, ld: usize) {
         // SAFETY: the caller (`im2col_f32`) guarantees its ranges (`rows` rows of `ld` writable floats
-        // at `out`, `x` covering every image the rows touch) and `ld >= (kh - 1) * rb + 16`, so every
-        // store (floats `ky * rb .. ky * rb + 16` of a row, `ky < kh`) stays in its row; an interior
-        // row's loads read the `rb` floats (masked) of in-image pixels `ix0 .. ix0 + kw` of rows
-        // `iy0 + ky * dh` of its image, or 16 floats where those stay inside the image (`whole`).
+        // at `out`, `x` covering every image the rows touch) and `ld >= (kh - 1) * rb + 16 * nv`, so
+        // every store (floats `ky * rb .. ky * rb + 16 * nv` of a row, `ky < kh`) stays in its row;
+        // an interior row's loads read the `rb` floats (masked) of in-image pixels `ix0 .. ix0 + kw`
+        // of rows `iy0 + ky * dh` of its image, or `16 * nv` floats where those stay inside the image
+        // (`whole`).
         unsafe {
             let rb = g.kw * g.cin;
-            let mask = lane_mask(rb);
+            let two = rb > 16;
+            let (mask0, mask1) = (lane_mask(rb.min(16)), lane_mask(rb.saturating_sub(16)));
+            let span = if two { 32 } else { 16 };
             let ky_stride = g.dh.max(1) * g.w * g.c;
             let last_ky = (g.kh - 1) * ky_stride;
             g.walk_windows(
@@ -1063,13 +1075,18 @@ mod x86 {
                 rows,
                 |r, m| im2col_body::<f32, Avx512Copy>(g, x, m, 1, out.add(r * ld), ld),
                 |r, first, img_end| {
-                    // whole-vector loads where 16 floats stay inside this image
-                    let whole = first + last_ky + 16 <= img_end;
+                    // whole-vector loads where they stay inside this image
+                    let whole = first + last_ky + span <= img_end;
                     let (src, dst) = (x.add(first), out.add(r * ld));
                     for ky in 0..g.kh {
-                        let p = src.add(ky * ky_stride);
-                        let v = if whole { _mm512_loadu_ps(p) } else { _mm512_maskz_loadu_ps(mask, p) };
-                        _mm512_storeu_ps(dst.add(ky * rb), v);
+                        let (p, d) = (src.add(ky * ky_stride), dst.add(ky * rb));
+                        let v = if whole { _mm512_loadu_ps(p) } else { _mm512_maskz_loadu_ps(mask0, p) };
+                        _mm512_storeu_ps(d, v);
+                        if two {
+                            let p = p.add(16);
+                            let v = if whole { _mm512_loadu_ps(p) } else { _mm512_maskz_loadu_ps(mask1, p) };
+                            _mm512_storeu_ps(d.add(16), v);
+                        }
                     }
                 },
             );
@@ -2445,11 +2462,15 @@ mod tests {
             geom(9, 9, 8, 1, 1, (2, 2), (0, 0), (1, 1), 8, 0),
             geom(12, 12, 40, 3, 3, (1, 1), (1, 1), (1, 1), 40, 0),
             geom(3, 3, 2, 5, 5, (1, 1), (2, 2), (1, 1), 2, 0),
-            // 3-channel stems: narrow kernel rows (one 16-float vector each)
+            // narrow kernel rows: one 16-float vector each (3-channel stems), two for 21 floats
+            // (ResNet's 7x7 stem), 32 and 24
             geom(16, 16, 3, 3, 3, (2, 2), (1, 1), (1, 1), 3, 0),
             geom(12, 12, 3, 4, 4, (4, 4), (0, 0), (1, 1), 3, 0),
             geom(9, 9, 3, 5, 5, (1, 1), (2, 2), (1, 1), 3, 0),
             geom(7, 5, 3, 3, 3, (1, 1), (0, 0), (1, 1), 3, 0),
+            geom(19, 17, 3, 7, 7, (2, 2), (3, 3), (1, 1), 3, 0),
+            geom(11, 12, 4, 2, 8, (1, 1), (0, 0), (1, 1), 4, 0),
+            geom(9, 10, 4, 3, 6, (1, 2), (1, 2), (1, 1), 4, 0),
         ];
         // each geometry with a row two floats longer than `k` (the copy loop, nothing written past
         // `k`, unless that is already room for the narrow rows' stores) and with `im2col_ld_f32`'s
@@ -2504,8 +2525,8 @@ mod tests {
                 for m in 0..mtot {
                     assert_eq!(&out[m * ld..m * ld + k], &want[m * k..m * k + k], "{g:?} row {m}");
                     // only the narrow rows' whole-vector stores write past `k`
-                    let narrow = im2col_narrow_f32(&g) && ld >= (g.kh - 1) * g.kw * g.cin + 16;
-                    let untouched = out[m * ld + k].is_nan() && out[m * ld + k + 1].is_nan();
+                    let narrow = im2col_narrow_f32(&g) && ld >= im2col_narrow_span(&g);
+                    let untouched = out[m * ld + k..(m + 1) * ld].iter().all(|v| v.is_nan());
                     assert!(narrow || untouched, "{g:?} ld {ld} row {m}");
                 }
             }
