@@ -917,8 +917,8 @@ pub(crate) struct QMatMulScratch {
     sums: Vec<f32>,
 }
 
-/// `dst[i] = (src[i] - zp) as f32`, the bytes read as i8 where `signed`: a centered byte
-/// (magnitude at most 383) is an exact f32.
+/// `dst[i] = (src[i] - zp) as f32`, the bytes read as i8 where `signed`: a byte centered on a
+/// zero point of its type (magnitude at most 255) is an exact f32.
 #[inline(always)]
 fn center_f32(dst: &mut [f32], src: &[u8], signed: bool, zp: i32) {
     if signed {
@@ -932,9 +932,18 @@ fn center_f32(dst: &mut [f32], src: &[u8], signed: bool, zp: i32) {
     }
 }
 
+/// Whether [`qmatmul_sums`] computes `q`'s sums exactly: at most `EXACT_F32_TERMS` products,
+/// and each zero point in its operand type's range (u8: 0..=255, i8: -128..=127), so that a
+/// centered byte is at most 255 in magnitude.
+pub(crate) fn qmatmul_exact_in_f32(q: &QMatMulBatch<'_>) -> bool {
+    let in_range = |signed: bool, z: i32| if signed { (-128..=127).contains(&z) } else { (0..=255).contains(&z) };
+    q.k <= EXACT_F32_TERMS && in_range(q.a_signed, q.za) && in_range(q.b_signed, q.zb)
+}
+
 qforge_ir::multiversion! {
     baseline = qmatmul_sums_baseline;
-    /// The i32 sums of one batch of [`RowKind::QMatMul`] with `q.k <= EXACT_F32_TERMS`:
+    /// The i32 sums of one batch of [`RowKind::QMatMul`] with `q.k <= EXACT_F32_TERMS` and zero
+    /// points in their types' ranges ([`qmatmul_exact_in_f32`]):
     /// `acc[r * ld + j] = sum_t (a[r * k + t] - za) * (b[t * n + j] - zb)` for the `acc.len() /
     /// ld` rows (`ld >= n`; the sums of columns `n..ld` are 0). Every product of two centered
     /// bytes and every partial sum of at most `EXACT_F32_TERMS` of them is an integer below 2^24,
@@ -945,7 +954,7 @@ qforge_ir::multiversion! {
     pub(crate) fn qmatmul_sums(acc: &mut [i32], ld: usize, q: &QMatMulBatch<'_>, s: &mut QMatMulScratch) -> () {
         let (k, n) = (q.k, q.n);
         let rows = acc.len().checked_div(ld).unwrap_or(0);
-        if rows == 0 || ld < n || q.a.len() < rows * k || q.b.len() < k * n {
+        if rows == 0 || ld < n || q.a.len() < rows * k || q.b.len() < k * n || !qmatmul_exact_in_f32(q) {
             return;
         }
         if k == 0 {
@@ -1414,7 +1423,7 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
             let int = |v: u8, signed: bool| if signed { v as i8 as i32 } else { v as i32 };
             // the sums of a row are `ld` apart: `n` rounded up to 8 on the f32 path (its padding
             // columns are zero sums), `n` on the i32 one
-            let exact_f32 = k <= EXACT_F32_TERMS;
+            let exact_f32 = qmatmul_exact_in_f32(&QMatMulBatch { a: &[], b: &[], k, n, a_signed, b_signed, za, zb });
             let ld = if exact_f32 { n.next_multiple_of(8) } else { n };
             let rows_max = (end - begin).min(m);
             // the requantizing epilogue `[bias?, scale, round]` with a value per column, inlined
@@ -1489,9 +1498,9 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                     qmatmul_sums(acc, ld, &q, &mut scratch);
                 } else {
                     bc.clear();
-                    bc.extend(bm.iter().map(|&v| int(v, b_signed) - zb));
+                    bc.extend(bm.iter().map(|&v| int(v, b_signed).wrapping_sub(zb)));
                     ac.clear();
-                    ac.extend(arows.iter().map(|&v| int(v, a_signed) - za));
+                    ac.extend(arows.iter().map(|&v| int(v, a_signed).wrapping_sub(za)));
                     super::int8::accumulate_products(acc, &ac, &bc, rows, k, n);
                 }
                 if let Some((_, _, zp, lo, hi)) = requant {
@@ -2290,8 +2299,6 @@ mod tests {
         }
     }
 
-    /// The dispatched row product is the baseline's bit for bit, and the plain-order sum, for
-    /// row counts on and off the four-row blocks and columns on and off the vector blocks.
     /// The centered integer sums of an activation product through the f32 row kernel are the
     /// i32 sums, both signednesses, at widths on and off the padding multiple and at the longest
     /// reduction f32 holds exactly, with one scratch reused across shapes whose padded right
@@ -2331,8 +2338,17 @@ mod tests {
                 }
             }
         }
+        // past the exact range (a longer reduction, a zero point outside its type) the f32 path
+        // declines and the caller sums in i32
+        let (a, b) = ([0u8; 259], [0u8; 259]);
+        for (k, a_signed, za, zb) in [(259, false, 0, 0), (4, false, 256, 0), (4, true, 128, 0), (4, false, 0, -1)] {
+            let q = QMatMulBatch { a: &a[..k], b: &b[..k], k, n: 1, a_signed, b_signed: false, za, zb };
+            assert!(!qmatmul_exact_in_f32(&q), "k {k}, zero points {za} {zb}");
+        }
     }
 
+    /// The dispatched row product is the baseline's bit for bit, and the plain-order sum, for
+    /// row counts on and off the four-row blocks and columns on and off the vector blocks.
     #[test]
     fn matmul_rows_match_their_baseline() {
         for (rows, k, n) in
