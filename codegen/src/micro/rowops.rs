@@ -893,18 +893,27 @@ qforge_ir::multiversion! {
     }
 }
 
-/// One batch of an integer product of two u8/i8 activations ([`RowKind::QMatMul`]): `rows`
-/// rows of the left matrix (`k` bytes each), the right matrix (`k` rows of `n` bytes), their
-/// types and zero points.
-pub(crate) struct QMatMulBatch<'a> {
-    pub a: &'a [u8],
-    pub b: &'a [u8],
+/// The shape and operand types of an integer product of two u8/i8 activations
+/// ([`RowKind::QMatMul`]): rows of `k` bytes times a `k x n` matrix, each operand's signedness
+/// and zero point.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QMatMulParams {
     pub k: usize,
     pub n: usize,
     pub a_signed: bool,
     pub b_signed: bool,
     pub za: i32,
     pub zb: i32,
+}
+
+impl QMatMulParams {
+    /// Whether [`qmatmul_sums`] computes these sums exactly: at most `EXACT_F32_TERMS` products,
+    /// and each zero point in its operand type's range (u8: 0..=255, i8: -128..=127), so that a
+    /// centered byte is at most 255 in magnitude.
+    pub(crate) fn exact_in_f32(&self) -> bool {
+        let in_range = |signed: bool, z: i32| if signed { (-128..=127).contains(&z) } else { (0..=255).contains(&z) };
+        self.k <= EXACT_F32_TERMS && in_range(self.a_signed, self.za) && in_range(self.b_signed, self.zb)
+    }
 }
 
 /// Reusable buffers of [`qmatmul_sums`]: the centered operands as f32 and the f32 sums.
@@ -932,29 +941,28 @@ fn center_f32(dst: &mut [f32], src: &[u8], signed: bool, zp: i32) {
     }
 }
 
-/// Whether [`qmatmul_sums`] computes `q`'s sums exactly: at most `EXACT_F32_TERMS` products,
-/// and each zero point in its operand type's range (u8: 0..=255, i8: -128..=127), so that a
-/// centered byte is at most 255 in magnitude.
-pub(crate) fn qmatmul_exact_in_f32(q: &QMatMulBatch<'_>) -> bool {
-    let in_range = |signed: bool, z: i32| if signed { (-128..=127).contains(&z) } else { (0..=255).contains(&z) };
-    q.k <= EXACT_F32_TERMS && in_range(q.a_signed, q.za) && in_range(q.b_signed, q.zb)
-}
-
 qforge_ir::multiversion! {
     baseline = qmatmul_sums_baseline;
-    /// The i32 sums of one batch of [`RowKind::QMatMul`] with `q.k <= EXACT_F32_TERMS` and zero
-    /// points in their types' ranges ([`qmatmul_exact_in_f32`]):
+    /// The i32 sums of one batch of [`RowKind::QMatMul`] whose parameters `q` are
+    /// [`QMatMulParams::exact_in_f32`] (nothing is written otherwise):
     /// `acc[r * ld + j] = sum_t (a[r * k + t] - za) * (b[t * n + j] - zb)` for the `acc.len() /
-    /// ld` rows (`ld >= n`; the sums of columns `n..ld` are 0). Every product of two centered
+    /// ld` rows of `a` (`ld >= n`; the sums of columns `n..ld` are 0). Every product of two centered
     /// bytes and every partial sum of at most `EXACT_F32_TERMS` of them is an integer below 2^24,
     /// exact in f32, so the f32 row kernel (vector multiplies and adds, any order) gives the
     /// integer sums. The right matrix's rows are padded with zero columns to `ld` (a multiple of
     /// 8 spares the row kernel its column-by-column tail). Compiled for AVX-512 and AVX2 as well,
     /// the same sums in every version.
-    pub(crate) fn qmatmul_sums(acc: &mut [i32], ld: usize, q: &QMatMulBatch<'_>, s: &mut QMatMulScratch) -> () {
+    pub(crate) fn qmatmul_sums(
+        acc: &mut [i32],
+        ld: usize,
+        a: &[u8],
+        b: &[u8],
+        q: &QMatMulParams,
+        s: &mut QMatMulScratch,
+    ) -> () {
         let (k, n) = (q.k, q.n);
         let rows = acc.len().checked_div(ld).unwrap_or(0);
-        if rows == 0 || ld < n || q.a.len() < rows * k || q.b.len() < k * n || !qmatmul_exact_in_f32(q) {
+        if rows == 0 || ld < n || a.len() < rows * k || b.len() < k * n || !q.exact_in_f32() {
             return;
         }
         if k == 0 {
@@ -969,19 +977,19 @@ qforge_ir::multiversion! {
             s.b_shape = (k, n, ld);
         }
         if ld == n {
-            center_f32(&mut s.b, &q.b[..k * n], q.b_signed, q.zb);
+            center_f32(&mut s.b, &b[..k * n], q.b_signed, q.zb);
         } else {
             // centered in one pass (a loop of `k * n`, not `k` loops of `n`), then spread into
             // the padded rows
             s.sums.resize(k * n, 0.0);
-            center_f32(&mut s.sums[..k * n], &q.b[..k * n], q.b_signed, q.zb);
+            center_f32(&mut s.sums[..k * n], &b[..k * n], q.b_signed, q.zb);
             for (drow, srow) in s.b.chunks_exact_mut(ld).zip(s.sums.chunks_exact(n)) {
                 drow[..n].copy_from_slice(srow);
             }
         }
         // every element of these is written before it is read
         s.a.resize(rows * k, 0.0);
-        center_f32(&mut s.a[..rows * k], &q.a[..rows * k], q.a_signed, q.za);
+        center_f32(&mut s.a[..rows * k], &a[..rows * k], q.a_signed, q.za);
         s.sums.resize(rows * ld, 0.0);
         let sums = &mut s.sums[..rows * ld];
         matmul_rows_f32_baseline(sums, &s.a[..rows * k], &s.b, ld);
@@ -1423,7 +1431,8 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
             let int = |v: u8, signed: bool| if signed { v as i8 as i32 } else { v as i32 };
             // the sums of a row are `ld` apart: `n` rounded up to 8 on the f32 path (its padding
             // columns are zero sums), `n` on the i32 one
-            let exact_f32 = qmatmul_exact_in_f32(&QMatMulBatch { a: &[], b: &[], k, n, a_signed, b_signed, za, zb });
+            let params = QMatMulParams { k, n, a_signed, b_signed, za, zb };
+            let exact_f32 = params.exact_in_f32();
             let ld = if exact_f32 { n.next_multiple_of(8) } else { n };
             let rows_max = (end - begin).min(m);
             // the requantizing epilogue `[bias?, scale, round]` with a value per column, inlined
@@ -1494,8 +1503,7 @@ pub unsafe extern "C" fn row_op(op: *const RowOp, arena: *mut u8, begin: usize, 
                 };
                 let acc = &mut acc[..rows * ld];
                 if exact_f32 {
-                    let q = QMatMulBatch { a: arows, b: bm, k, n, a_signed, b_signed, za, zb };
-                    qmatmul_sums(acc, ld, &q, &mut scratch);
+                    qmatmul_sums(acc, ld, arows, bm, &params, &mut scratch);
                 } else {
                     bc.clear();
                     bc.extend(bm.iter().map(|&v| int(v, b_signed).wrapping_sub(zb)));
@@ -2255,18 +2263,23 @@ mod tests {
         }
     }
 
+    /// Marsaglia's 32-bit xorshift (13, 17, 5) from `seed`: the tests' reproducible values.
+    fn xorshift32(mut seed: u32) -> impl FnMut() -> u32 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        }
+    }
+
     /// Lanes side by side (a strided softmax axis) are the interpreter's lane function bit for
     /// bit, softmax and log-softmax, with a NaN (and a payload NaN after it), an infinity, signed
     /// zeros as the maximum and a lane of -infinities, at widths on and off the vector sizes.
     #[test]
     fn softmax_columns_are_the_interpreters_lanes() {
-        let mut seed = 7u32;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
-        };
+        let mut bits = xorshift32(7);
+        let mut next = move || (bits() as f32 / u32::MAX as f32) * 2.0 - 1.0;
         for (n, w) in [(16usize, 64usize), (5, 3), (17, 20), (1, 9)] {
             let mut x: Vec<f32> = (0..n * w).map(|_| next() * 30.0).collect();
             let at = |k: usize, i: usize| k * w + i;
@@ -2305,13 +2318,8 @@ mod tests {
     /// matrices have the same size (stale padding columns would show as wrong sums).
     #[test]
     fn qmatmul_sums_are_the_integer_sums() {
-        let mut seed = 11u32;
-        let mut byte = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            (seed >> 24) as u8
-        };
+        let mut bits = xorshift32(11);
+        let mut byte = move || (bits() >> 24) as u8;
         let mut scratch = QMatMulScratch::default();
         let shapes = [(16usize, 16usize, 12usize), (3, 32, 8), (16, 8, 30), (5, 1, 1), (2, 258, 17), (7, 12, 16)];
         for (rows, k, n) in shapes {
@@ -2322,8 +2330,8 @@ mod tests {
                 let int = |v: u8, signed: bool| if signed { v as i8 as i32 } else { v as i32 };
                 let ld = n.next_multiple_of(8);
                 let mut got = vec![-1i32; rows * ld];
-                let q = QMatMulBatch { a: &a, b: &b, k, n, a_signed, b_signed, za, zb };
-                qmatmul_sums(&mut got, ld, &q, &mut scratch);
+                let q = QMatMulParams { k, n, a_signed, b_signed, za, zb };
+                qmatmul_sums(&mut got, ld, &a, &b, &q, &mut scratch);
                 for r in 0..rows {
                     for j in 0..ld {
                         let want: i32 = if j < n {
@@ -2340,10 +2348,9 @@ mod tests {
         }
         // past the exact range (a longer reduction, a zero point outside its type) the f32 path
         // declines and the caller sums in i32
-        let (a, b) = ([0u8; 259], [0u8; 259]);
         for (k, a_signed, za, zb) in [(259, false, 0, 0), (4, false, 256, 0), (4, true, 128, 0), (4, false, 0, -1)] {
-            let q = QMatMulBatch { a: &a[..k], b: &b[..k], k, n: 1, a_signed, b_signed: false, za, zb };
-            assert!(!qmatmul_exact_in_f32(&q), "k {k}, zero points {za} {zb}");
+            let q = QMatMulParams { k, n: 1, a_signed, b_signed: false, za, zb };
+            assert!(!q.exact_in_f32(), "k {k}, zero points {za} {zb}");
         }
     }
 
