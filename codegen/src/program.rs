@@ -475,7 +475,7 @@ impl Program {
                     funcs.push((i, id, kernel::units(spec, threads), 1, true));
                     let mut what = spec.describe();
                     if requant != 0 {
-                        what.push_str(" (epilogue: 512-bit requant microkernel)");
+                        what.push_str(&format!(" (epilogue: {} requant microkernel)", requant_width()));
                     }
                     if kernel::epilogue_in_kernel(spec, &consts) {
                         what.push_str(" (epilogue: in the f32 kernel's registers)");
@@ -528,7 +528,7 @@ impl Program {
                     };
                     funcs.push((i, id, *len, 1024, false));
                     let what = if native.is_some() {
-                        format!("{} (512-bit microkernel)", op.name())
+                        format!("{} ({} microkernel)", op.name(), requant_width())
                     } else {
                         op.name().into()
                     };
@@ -1015,11 +1015,49 @@ fn native_requant(spec: &crate::spec::KernelSpec, mk: Microkernels) -> Option<Re
 /// for `spec`'s store (AVX-512F; for bf16 also BW and VL) and it computes `spec`'s epilogue list:
 /// an f32 accumulator's float list, or an i32 accumulator's list that turns float (a
 /// dequantization and the float ops after it, stored as f32 or rounded back to bytes).
+///
+/// On a CPU with AVX2 but not AVX-512 there is no tile kernel, but the AVX2 f32 GEMM (over the
+/// panel) and the depthwise kernel apply a branch-free f32 list (bias, residual, bounds) before
+/// their stores: the list is taken for those kernels only.
 fn native_float_epilogue(spec: &crate::spec::KernelSpec, mk: Microkernels) -> Option<FloatEpilogue> {
-    if mk != Microkernels::Native || !crate::micro::fepilogue::available(spec.store) {
+    use crate::spec::{Acc, MainOp, Store};
+    if mk != Microkernels::Native {
         return None;
     }
-    FloatEpilogue::from_kernel(spec.main.acc(), &spec.epilogue, spec.store)
+    if crate::micro::fepilogue::available(spec.store) {
+        return FloatEpilogue::from_kernel(spec.main.acc(), &spec.epilogue, spec.store);
+    }
+    let in_kernel = match &spec.main {
+        MainOp::GemmF32 { weights, .. } => {
+            !crate::micro::float::narrow_fits(weights.n, weights.k) && !direct_conv(&spec.main)
+        }
+        MainOp::DepthwiseF32 { .. } => true,
+        _ => false,
+    };
+    if !in_kernel || spec.store != Store::F32 || spec.main.acc() != Acc::F32 || !avx2_here() {
+        return None;
+    }
+    FloatEpilogue::from_kernel(Acc::F32, &spec.epilogue, Store::F32).filter(FloatEpilogue::lanes_form)
+}
+
+/// The vector width of the requantization, quantized add and quantize kernels on this CPU.
+fn requant_width() -> &'static str {
+    match crate::micro::requant::Rung::best() {
+        Some(crate::micro::requant::Rung::Avx512) => "512-bit",
+        _ => "256-bit",
+    }
+}
+
+/// Whether this CPU has AVX2 and FMA.
+fn avx2_here() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 fn kernel_consts(main: &crate::spec::MainOp, keep: &mut Vec<Box<dyn Any + Send + Sync>>) -> (i64, i64) {

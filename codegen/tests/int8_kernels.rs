@@ -140,7 +140,7 @@ fn dispatch_names() {
     let (_, g) = gemm_u8i8_best();
     let (_, d) = depthwise_u8i8_best();
     assert!(["avx512vnni", "avx2", "scalar"].contains(&g));
-    assert!(["avx512", "scalar"].contains(&d));
+    assert!(["avx512", "avx2", "scalar"].contains(&d));
 }
 
 #[test]
@@ -334,6 +334,9 @@ fn depthwise() {
         && is_x86_feature_detected!("avx512vnni")
     {
         variants.push((depthwise_u8i8_avx512, "avx512"));
+    }
+    if is_x86_feature_detected!("avx2") {
+        variants.push((depthwise_u8i8_blocks, "avx2"));
     }
     for &c in &[1usize, 8, 17, 32, 96, 144, 960] {
         for &(k, p) in &[(3usize, 1usize), (5, 2), (3, 0), (5, 1)] {

@@ -153,13 +153,13 @@ impl Jit {
             Import { name: "qf_epi_f32", ptr: micro::fepilogue::epilogue_f32 as *const u8, params: 9, i32_params: &[] },
             Import {
                 name: "qf_depthwise_f32_epi",
-                ptr: micro::float::depthwise_f32_epi_avx512 as *const u8,
+                ptr: micro::float::depthwise_f32_epi as *const u8,
                 params: 8,
                 i32_params: &[],
             },
             Import {
                 name: "qf_gemm_f32_epi",
-                ptr: micro::float::gemm_f32_epi_avx512 as *const u8,
+                ptr: micro::float::gemm_f32_epi as *const u8,
                 params: 13,
                 i32_params: &[],
             },

@@ -1147,7 +1147,7 @@ impl Canon {
     }
 
     /// The list as [`Lanes`], unless it rounds (to f16 or bf16) or adds a bf16 residual.
-    fn lanes(&self) -> Option<Lanes> {
+    pub(crate) fn lanes(&self) -> Option<Lanes> {
         if self.round != Round::None || self.residual == Residual::Bf16 {
             return None;
         }
@@ -1196,6 +1196,45 @@ impl Lanes {
             let r = _mm512_castps_si512(_mm512_min_ps(_mm512_set1_ps(self.hi), v));
             _mm512_castsi512_ps(_mm512_or_si512(r, _mm512_set1_epi32(self.or as i32)))
         }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes {
+    /// [`Lanes::apply`] on eight lanes (AVX2): the same operations in the same order, so the
+    /// same bits; `valid` holds all ones in the lanes whose residual may be read.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; the bias is readable at `col..col + 8` (padded past the last column),
+    /// and with a residual step `res` at the lanes of `valid`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(crate) unsafe fn apply256(
+        &self,
+        v: std::arch::x86_64::__m256,
+        col: usize,
+        res: *const f32,
+        valid: std::arch::x86_64::__m256i,
+    ) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's padding and residual guarantees; without a bias the load reads
+        // `ZEROS` and the add is not taken (adding +0.0 would turn -0.0 positive).
+        unsafe {
+            let v = if self.bias_on != 0 { _mm256_add_ps(v, _mm256_loadu_ps(self.bias.add(col))) } else { v };
+            let v = if self.res_on != 0 { _mm256_add_ps(v, _mm256_maskload_ps(res, valid)) } else { v };
+            let r = _mm256_castps_si256(_mm256_max_ps(_mm256_set1_ps(self.lo), v));
+            let v = _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32(self.and as i32)));
+            let r = _mm256_castps_si256(_mm256_min_ps(_mm256_set1_ps(self.hi), v));
+            _mm256_castsi256_ps(_mm256_or_si256(r, _mm256_set1_epi32(self.or as i32)))
+        }
+    }
+}
+
+impl FloatEpilogue {
+    /// Whether the list is an f32 list applied in registers without a rounding step or a bf16
+    /// residual (bias, f32 residual, bounds): the form the AVX2 kernels apply themselves.
+    pub fn lanes_form(&self) -> bool {
+        self.in_registers().is_some_and(|c| c.round == Round::None && c.residual != Residual::Bf16)
     }
 }
 
