@@ -590,6 +590,12 @@ pub unsafe extern "C" fn im2col_f32(
                 }
                 return x86::im2col512(g, x, m0, rows, out, ld);
             }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                let g = &*g;
+                if im2col_narrow_f32(g) && ld >= im2col_narrow_span(g) {
+                    return x86::im2col_narrow256(g, x, m0, rows, out, ld);
+                }
+            }
         }
         im2col_body::<f32, StdCopy>(&*g, x, m0, rows, out, ld)
     }
@@ -1201,6 +1207,40 @@ mod x86 {
         // SAFETY: the caller (`im2col_f32`) guarantees its ranges and has checked AVX-512F, which
         // `Avx512Copy` needs.
         unsafe { im2col_body::<f32, Avx512Copy>(g, x, m0, rows, out, ld) }
+    }
+
+    /// [`im2col_narrow512`] with 256-bit vectors (AVX2): a narrow kernel row (`rb <= 32` floats)
+    /// of a window inside the image is up to four 8-float loads and stores, where the loads stay
+    /// inside the image; other rows take the portable copier. A store may run past the kernel
+    /// row into the next one's place (written after it) or past `g.k()` (within `ld`).
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn im2col_narrow256(g: &ConvGeom, x: *const f32, m0: usize, rows: usize, out: *mut f32, ld: usize) {
+        // SAFETY: the caller (`im2col_f32`) guarantees its ranges and `ld >= im2col_narrow_span(g) >= (kh -
+        // 1) * rb + 8 * nv`, so every store (floats `ky * rb .. ky * rb + 8 * nv` of a row) stays in its row;
+        // the loads read `8 * nv` floats from each kernel row's first tap, checked to end inside the image.
+        unsafe {
+            let rb = g.kw * g.cin;
+            let nv = rb.div_ceil(8);
+            let ky_stride = g.dh.max(1) * g.w * g.c;
+            let last_ky = (g.kh - 1) * ky_stride;
+            g.walk_windows(
+                m0,
+                rows,
+                |r, m| im2col_body::<f32, super::StdCopy>(g, x, m, 1, out.add(r * ld), ld),
+                |r, first, img_end| {
+                    let (src, dst) = (x.add(first), out.add(r * ld));
+                    if first + last_ky + 8 * nv > img_end {
+                        return im2col_body::<f32, super::StdCopy>(g, x, m0 + r, 1, dst, ld);
+                    }
+                    for ky in 0..g.kh {
+                        let (p, d) = (src.add(ky * ky_stride), dst.add(ky * rb));
+                        for v in 0..nv {
+                            _mm256_storeu_ps(d.add(8 * v), _mm256_loadu_ps(p.add(8 * v)));
+                        }
+                    }
+                },
+            );
+        }
     }
 
     /// [`im2col512`] for a narrow kernel row of `rb = kw * cin <= 32` contiguous floats
