@@ -84,12 +84,13 @@ pub fn packed_bytes(k: usize, c: usize) -> u128 {
     16 * super::float::packed_bytes(k, c)
 }
 
-/// Whether the Winograd kernels' fast path runs on this CPU (AVX-512F and FMA, the f32 GEMM's
-/// native version).
+/// Whether the Winograd kernels' fast path runs on this CPU: the f32 GEMM's native version and
+/// vector transforms, 512-bit (AVX-512F and FMA) or 256-bit (AVX2 and FMA).
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma")
+        std::is_x86_feature_detected!("fma")
+            && (std::is_x86_feature_detected!("avx512f") || std::is_x86_feature_detected!("avx2"))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -262,7 +263,8 @@ pub unsafe extern "C" fn winograd_f32(
         let zeros = m.add(16 * tmax * kp);
         std::ptr::write_bytes(zeros, 0, cp);
         let xi = x.add(img * g.h * g.w * c);
-        let native = available();
+        #[cfg(target_arch = "x86_64")]
+        let (wide, narrow) = (std::is_x86_feature_detected!("avx512f"), std::is_x86_feature_detected!("avx2"));
         // input transform: V[pos][tile][ch]
         for tr in r0..r1 {
             for tx in 0..tw {
@@ -283,8 +285,11 @@ pub unsafe extern "C" fn winograd_f32(
                 let dst = v.add(t * cp);
                 let stride = tmax * cp;
                 #[cfg(target_arch = "x86_64")]
-                if native {
+                if wide {
                     x86::input_tile512(&src, c, dst, stride);
+                    continue;
+                } else if narrow {
+                    x86::input_tile256(&src, c, dst, stride);
                     continue;
                 }
                 input_tile_scalar(&src, c, dst, stride);
@@ -317,8 +322,11 @@ pub unsafe extern "C" fn winograd_f32(
                 let src = m.add(t * kp + k0);
                 let stride = tmax * kp;
                 #[cfg(target_arch = "x86_64")]
-                if native {
+                if wide {
                     x86::output_tile512(src, stride, k1 - k0, &dst);
+                    continue;
+                } else if narrow {
+                    x86::output_tile256(src, stride, k1 - k0, &dst);
                     continue;
                 }
                 output_tile_scalar(src, stride, k1 - k0, &dst);
@@ -362,6 +370,76 @@ mod x86 {
         }
     }
 
+    /// [`super::input_tile_scalar`] with 256-bit vectors (AVX2), the last `n % 8` channels by
+    /// the scalar version.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn input_tile256(src: &[*const f32; 16], n: usize, dst: *mut f32, stride: usize) {
+        // SAFETY: as `input_tile_scalar`; whole vectors touch channels `ch..ch + 8 <= n` only, and the
+        // scalar version the rest.
+        unsafe {
+            let mut ch = 0;
+            while ch + 8 <= n {
+                let d = |p: usize| _mm256_loadu_ps(src[p].add(ch));
+                let mut t = [_mm256_setzero_ps(); 16];
+                for j in 0..4 {
+                    let (d0, d1, d2, d3) = (d(j), d(4 + j), d(8 + j), d(12 + j));
+                    t[j] = _mm256_sub_ps(d0, d2);
+                    t[4 + j] = _mm256_add_ps(d1, d2);
+                    t[8 + j] = _mm256_sub_ps(d2, d1);
+                    t[12 + j] = _mm256_sub_ps(d1, d3);
+                }
+                for i in 0..4 {
+                    let (t0, t1, t2, t3) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
+                    _mm256_storeu_ps(dst.add((4 * i) * stride + ch), _mm256_sub_ps(t0, t2));
+                    _mm256_storeu_ps(dst.add((4 * i + 1) * stride + ch), _mm256_add_ps(t1, t2));
+                    _mm256_storeu_ps(dst.add((4 * i + 2) * stride + ch), _mm256_sub_ps(t2, t1));
+                    _mm256_storeu_ps(dst.add((4 * i + 3) * stride + ch), _mm256_sub_ps(t1, t3));
+                }
+                ch += 8;
+            }
+            if ch < n {
+                let rest: [*const f32; 16] = std::array::from_fn(|p| src[p].add(ch));
+                super::input_tile_scalar(&rest, n - ch, dst.add(ch), stride);
+            }
+        }
+    }
+
+    /// [`super::output_tile_scalar`] with 256-bit vectors (AVX2), the last `n % 8` channels by
+    /// the scalar version.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn output_tile256(src: *const f32, stride: usize, n: usize, dst: &[*mut f32; 4]) {
+        // SAFETY: as `output_tile_scalar`; whole vectors touch channels `ch..ch + 8 <= n` only, and the
+        // scalar version the rest.
+        unsafe {
+            let mut ch = 0;
+            while ch + 8 <= n {
+                let m = |p: usize| _mm256_loadu_ps(src.add(p * stride + ch));
+                let mut s = [_mm256_setzero_ps(); 8];
+                for j in 0..4 {
+                    let (m0, m1, m2, m3) = (m(j), m(4 + j), m(8 + j), m(12 + j));
+                    s[j] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
+                    s[4 + j] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
+                }
+                for a in 0..2 {
+                    let (s0, s1, s2, s3) = (s[4 * a], s[4 * a + 1], s[4 * a + 2], s[4 * a + 3]);
+                    let y = [_mm256_add_ps(_mm256_add_ps(s0, s1), s2), _mm256_sub_ps(_mm256_sub_ps(s1, s2), s3)];
+                    for b in 0..2 {
+                        let p = dst[2 * a + b];
+                        if !p.is_null() {
+                            _mm256_storeu_ps(p.add(ch), y[b]);
+                        }
+                    }
+                }
+                ch += 8;
+            }
+            if ch < n {
+                let rest: [*mut f32; 4] =
+                    std::array::from_fn(|i| if dst[i].is_null() { dst[i] } else { dst[i].add(ch) });
+                super::output_tile_scalar(src.add(ch), stride, n - ch, &rest);
+            }
+        }
+    }
+
     /// [`super::output_tile_scalar`] with 512-bit vectors.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn output_tile512(src: *const f32, stride: usize, n: usize, dst: &[*mut f32; 4]) {
@@ -397,14 +475,28 @@ mod x86 {
 mod tests {
     use super::*;
 
-    /// The 512-bit transforms compute the scalar versions' operations in the same order: equal
-    /// bit for bit, channel tails included (where this CPU has AVX-512F).
+    /// The vector transforms (512-bit where this CPU has AVX-512F, 256-bit where it has AVX2)
+    /// compute the scalar versions' operations in the same order: equal bit for bit, channel
+    /// tails included.
     #[test]
-    #[ignore = "needs an x86-64 CPU with AVX-512F"]
+    #[ignore = "needs an x86-64 CPU with AVX2 or AVX-512F"]
     fn vector_transforms_match_the_scalar_ones_bit_for_bit() {
-        assert!(available(), "this test needs an x86-64 CPU with AVX-512F and FMA");
+        assert!(available(), "this test needs an x86-64 CPU with AVX2 or AVX-512F, and FMA");
         #[cfg(target_arch = "x86_64")]
-        for n in [1usize, 15, 16, 17, 40] {
+        for wide in [true, false] {
+            let runs =
+                if wide { std::is_x86_feature_detected!("avx512f") } else { std::is_x86_feature_detected!("avx2") };
+            if runs {
+                transforms_match(wide);
+            }
+        }
+    }
+
+    /// [`vector_transforms_match_the_scalar_ones_bit_for_bit`] for the 512-bit (`wide`) or the
+    /// 256-bit transforms.
+    #[cfg(target_arch = "x86_64")]
+    fn transforms_match(wide: bool) {
+        for n in [1usize, 7, 8, 9, 15, 16, 17, 40] {
             let src: Vec<Vec<f32>> =
                 (0..16).map(|p| (0..n).map(|c| ((p * 31 + c * 7) % 23) as f32 * 0.37 - 4.1).collect()).collect();
             let ptrs: [*const f32; 16] = std::array::from_fn(|p| src[p].as_ptr());
@@ -412,7 +504,11 @@ mod tests {
             // SAFETY: 16 rows of `n` floats read, 16 rows of `n` floats written at stride `n`.
             unsafe {
                 input_tile_scalar(&ptrs, n, a.as_mut_ptr(), n);
-                x86::input_tile512(&ptrs, n, b.as_mut_ptr(), n);
+                if wide {
+                    x86::input_tile512(&ptrs, n, b.as_mut_ptr(), n);
+                } else {
+                    x86::input_tile256(&ptrs, n, b.as_mut_ptr(), n);
+                }
             }
             assert_eq!(
                 a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
@@ -424,7 +520,11 @@ mod tests {
                 let da: [*mut f32; 4] = std::array::from_fn(|i| ya.as_mut_ptr().add(i * n));
                 let db: [*mut f32; 4] = std::array::from_fn(|i| yb.as_mut_ptr().add(i * n));
                 output_tile_scalar(a.as_ptr(), n, n, &da);
-                x86::output_tile512(a.as_ptr(), n, n, &db);
+                if wide {
+                    x86::output_tile512(a.as_ptr(), n, n, &db);
+                } else {
+                    x86::output_tile256(a.as_ptr(), n, n, &db);
+                }
             }
             assert_eq!(
                 ya.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
