@@ -452,7 +452,13 @@ impl Program {
                     let (float_epi, float_epi_in_regs) =
                         match (requant == 0).then(|| native_float_epilogue(spec, microkernels)).flatten() {
                             Some(fe) => {
-                                let in_regs = fe.in_registers().is_some();
+                                // the 512-bit kernels apply every canonical list in registers, the
+                                // AVX2 ones the branch-free lists
+                                let in_regs = if crate::micro::fepilogue::available(spec.store) {
+                                    fe.in_registers().is_some()
+                                } else {
+                                    fe.lanes_form()
+                                };
                                 let b = Box::new(fe);
                                 let a = &*b as *const FloatEpilogue as i64;
                                 keep.push(b);
@@ -1016,28 +1022,22 @@ fn native_requant(spec: &crate::spec::KernelSpec, mk: Microkernels) -> Option<Re
 /// an f32 accumulator's float list, or an i32 accumulator's list that turns float (a
 /// dequantization and the float ops after it, stored as f32 or rounded back to bytes).
 ///
-/// On a CPU with AVX2 but not AVX-512 there is no tile kernel, but the AVX2 f32 GEMM (over the
-/// panel) and the depthwise kernel apply a branch-free f32 list (bias, residual, bounds) before
-/// their stores: the list is taken for those kernels only.
+/// On a CPU with AVX2 but not AVX-512: an f32 list stored as f32, which the AVX2 f32 GEMM (over
+/// the panel) and depthwise kernel apply before their stores when it is branch-free (bias,
+/// residual, bounds), and the row-wise tile kernel ([`crate::micro::fepilogue::epilogue_f32_rows`])
+/// otherwise.
 fn native_float_epilogue(spec: &crate::spec::KernelSpec, mk: Microkernels) -> Option<FloatEpilogue> {
-    use crate::spec::{Acc, MainOp, Store};
+    use crate::spec::{Acc, Store};
     if mk != Microkernels::Native {
         return None;
     }
     if crate::micro::fepilogue::available(spec.store) {
         return FloatEpilogue::from_kernel(spec.main.acc(), &spec.epilogue, spec.store);
     }
-    let in_kernel = match &spec.main {
-        MainOp::GemmF32 { weights, .. } => {
-            !crate::micro::float::narrow_fits(weights.n, weights.k) && !direct_conv(&spec.main)
-        }
-        MainOp::DepthwiseF32 { .. } => true,
-        _ => false,
-    };
-    if !in_kernel || spec.store != Store::F32 || spec.main.acc() != Acc::F32 || !avx2_here() {
+    if spec.store != Store::F32 || spec.main.acc() != Acc::F32 || !avx2_here() {
         return None;
     }
-    FloatEpilogue::from_kernel(Acc::F32, &spec.epilogue, Store::F32).filter(FloatEpilogue::lanes_form)
+    FloatEpilogue::from_kernel(Acc::F32, &spec.epilogue, Store::F32).filter(FloatEpilogue::rows_form)
 }
 
 /// The vector width of the requantization, quantized add and quantize kernels on this CPU.

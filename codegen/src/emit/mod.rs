@@ -150,7 +150,12 @@ impl Jit {
             Import { name: "qf_max_pool_f32", ptr: micro::pool::max_pool_f32 as *const u8, params: 4, i32_params: &[] },
             Import { name: "qf_row_op", ptr: micro::rowops::row_op as *const u8, params: 4, i32_params: &[] },
             Import { name: "qf_requant", ptr: micro::requant::requant_tile as *const u8, params: 8, i32_params: &[] },
-            Import { name: "qf_epi_f32", ptr: micro::fepilogue::epilogue_f32 as *const u8, params: 9, i32_params: &[] },
+            Import {
+                name: "qf_epi_f32",
+                ptr: micro::fepilogue::epilogue_f32_any as *const u8,
+                params: 9,
+                i32_params: &[],
+            },
             Import {
                 name: "qf_depthwise_f32_epi",
                 ptr: micro::float::depthwise_f32_epi as *const u8,

@@ -1231,6 +1231,123 @@ impl Lanes {
 }
 
 impl FloatEpilogue {
+    /// Whether [`epilogue_f32_rows`] computes this list: an f32 accumulator stored as f32.
+    pub fn rows_form(&self) -> bool {
+        !self.bf16 && self.int_in.is_none() && self.int_out.is_none()
+    }
+}
+
+/// Columns of a row [`epilogue_f32_rows`] takes at once.
+const ROW_CHUNK: usize = 64;
+
+/// The tile epilogue without the 512-bit kernel: [`epilogue_f32`]'s contract for a list of an
+/// f32 accumulator stored as f32 ([`FloatEpilogue::rows_form`]), each row in chunks of up to 64
+/// columns, one op at a time over the chunk (loops a compiler vectorizes, compiled for AVX2 by
+/// [`qforge_ir::multiversion`]), a SiLU by one call of the sigmoid kernel per chunk: every value is
+/// [`FloatEpilogue::apply_scalar`]'s (its steps in order, each one IEEE operation or the
+/// definition's function). A list outside that form is applied element by element by the
+/// scalar definition.
+///
+/// # Safety
+/// As [`epilogue_f32`]'s ranges (without its CPU requirement).
+pub unsafe extern "C" fn epilogue_f32_rows(
+    p: *const FloatEpilogue,
+    tile: *const f32,
+    ldc: usize,
+    rows: usize,
+    n0: usize,
+    nr: usize,
+    out: *mut u8,
+    out_stride: usize,
+    res: *const u8,
+) {
+    // SAFETY: the caller guarantees `epilogue_f32`'s ranges: `rows` rows of `nr` floats of the tile at stride
+    // `ldc`, of the output (and residual, unless null) at stride `out_stride` bytes; the slices below are
+    // those rows' chunks.
+    unsafe {
+        let p = &*p;
+        let ld = out_stride / 4;
+        let (out, res) = (out as *mut f32, res as *const f32);
+        for r in 0..rows {
+            let mut c0 = 0;
+            while c0 < nr {
+                let n = (nr - c0).min(ROW_CHUNK);
+                let t = std::slice::from_raw_parts(tile.add(r * ldc + c0), n);
+                let o = std::slice::from_raw_parts_mut(out.add(r * ld + c0), n);
+                let rs: &[f32] = if res.is_null() { &[] } else { std::slice::from_raw_parts(res.add(r * ld + c0), n) };
+                if p.rows_form() {
+                    rows_chunk(p, t, n0 + c0, rs, o);
+                } else {
+                    for j in 0..n {
+                        o[j] = p.apply_scalar(t[j], n0 + c0 + j, rs.get(j).copied().unwrap_or(0.0));
+                    }
+                }
+                c0 += n;
+            }
+        }
+    }
+}
+
+qforge_ir::multiversion! {
+    baseline = rows_chunk_baseline;
+    /// One chunk of a row (see [`epilogue_f32_rows`]): `t` the accumulators of columns `col..`,
+    /// `r` their residual (or empty), `o` the output.
+    fn rows_chunk(p: &FloatEpilogue, t: &[f32], col: usize, r: &[f32], o: &mut [f32]) -> () {
+        let n = t.len();
+        let mut x = [0f32; ROW_CHUNK];
+        let x = &mut x[..n];
+        x.copy_from_slice(t);
+        for op in &p.ops {
+            match op {
+                FloatOp::Div(d) => x.iter_mut().for_each(|v| *v /= d),
+                FloatOp::AddChannel(b) => x.iter_mut().zip(&b[col..col + n]).for_each(|(v, b)| *v += b),
+                FloatOp::AddResidual | FloatOp::AddResidualBf16 => x.iter_mut().zip(r).for_each(|(v, r)| *v += r),
+                FloatOp::Max(c) => x.iter_mut().for_each(|v| *v = fmax(*v, *c)),
+                FloatOp::Min(c) => x.iter_mut().for_each(|v| *v = fmin(*v, *c)),
+                FloatOp::RoundBf16 => x.iter_mut().for_each(|v| *v = half::bf16::from_f32(*v).to_f32()),
+                FloatOp::RoundF16 => x.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
+                FloatOp::Mul(m) => x.iter_mut().zip(&m[col..col + n]).for_each(|(v, m)| *v *= m),
+                FloatOp::HardSwish => x.iter_mut().for_each(|v| *v = crate::spec::hard_swish(*v)),
+                FloatOp::Silu => {
+                    let mut s = [0f32; ROW_CHUNK];
+                    super::transcendental::map(qforge_ir::UnaryOp::Sigmoid, x, &mut s[..n]);
+                    x.iter_mut().zip(&s).for_each(|(v, s)| *v *= s);
+                }
+            }
+        }
+        o.copy_from_slice(x);
+    }
+}
+
+/// The tile epilogue generated code calls (`qf_epi_f32`): [`epilogue_f32`] on a CPU with
+/// AVX-512F (and, for a bf16 store, BW and VL), else [`epilogue_f32_rows`] (the emitter selects
+/// only lists of its form there).
+///
+/// # Safety
+/// As [`epilogue_f32`]'s ranges.
+pub unsafe extern "C" fn epilogue_f32_any(
+    p: *const FloatEpilogue,
+    tile: *const f32,
+    ldc: usize,
+    rows: usize,
+    n0: usize,
+    nr: usize,
+    out: *mut u8,
+    out_stride: usize,
+    res: *const u8,
+) {
+    // SAFETY: the caller's ranges; the 512-bit kernel runs only where `available` says it does.
+    unsafe {
+        let store = if (*p).bf16 { Store::Bf16 } else { Store::F32 };
+        if available(store) {
+            epilogue_f32(p, tile, ldc, rows, n0, nr, out, out_stride, res)
+        } else {
+            epilogue_f32_rows(p, tile, ldc, rows, n0, nr, out, out_stride, res)
+        }
+    }
+}
+
+impl FloatEpilogue {
     /// Whether the list is an f32 list applied in registers without a rounding step or a bf16
     /// residual (bias, f32 residual, bounds): the form the AVX2 kernels apply themselves.
     pub fn lanes_form(&self) -> bool {
@@ -1516,6 +1633,68 @@ mod tests {
             vec![Step::AddResidualF32, Step::RoundF16, Step::MaxF32(0.0)],
             vec![Step::DivF32(3.0), Step::RoundBf16, Step::AddResidualF32, Step::RoundBf16],
         ]
+    }
+
+    /// The row-wise tile epilogue (the kernel of CPUs without AVX-512) is the scalar definition
+    /// on every f32 list of [`test_lists`] (bias, bounds with signed zeros, division, residual,
+    /// hard-swish, SiLU, f16/bf16 roundings): rows wider than one chunk and ending mid-chunk, a
+    /// first column off zero, tiles with NaN, infinities and signed zeros; nothing past `nr` in
+    /// an output row written. A NaN is any NaN (the definition's `fmax` returns the canonical
+    /// one). Runs on every CPU.
+    #[test]
+    fn row_wise_kernel_matches_the_definition() {
+        for steps in test_lists() {
+            let p = FloatEpilogue::from_steps(&steps, Store::F32).expect("an f32 list");
+            assert!(p.rows_form());
+            for (rows, nr, n0) in [(3usize, 5usize, 0usize), (2, 64, 0), (4, 39, 1), (2, 130, 0)] {
+                let ldc = nr + 7;
+                let ld = nr + 3;
+                let mut tile: Vec<f32> = (0..rows * ldc).map(|i| ((i * 7919) % 2001) as f32 * 0.01 - 10.0).collect();
+                tile[0] = f32::NAN;
+                tile[1.min(nr - 1)] = -0.0;
+                tile[ldc] = f32::INFINITY;
+                tile[ldc + 2.min(nr - 1)] = f32::NEG_INFINITY;
+                let res: Vec<f32> = (0..rows * ld).map(|i| ((i * 104_729) % 997) as f32 * 0.02 - 9.0).collect();
+                let mut out = vec![7.5f32; rows * ld];
+                // the lists' per-channel arrays cover 40 columns (padded): wider rows only without one
+                let fits = steps.iter().all(|s| match s {
+                    Step::AddChannelF32(v) | Step::MulChannelF32(v) => n0 + nr <= v.len().div_ceil(16) * 16 + 16,
+                    _ => true,
+                });
+                if !fits {
+                    continue;
+                }
+                // SAFETY: `rows` rows of `nr` floats of the tile at stride `ldc`, of the output and the
+                // residual at stride `ld`; the per-channel arrays cover `n0 + nr` (checked above).
+                unsafe {
+                    epilogue_f32_rows(
+                        &p,
+                        tile.as_ptr(),
+                        ldc,
+                        rows,
+                        n0,
+                        nr,
+                        out.as_mut_ptr() as *mut u8,
+                        ld * 4,
+                        res.as_ptr() as *const u8,
+                    )
+                };
+                for r in 0..rows {
+                    for j in 0..ld {
+                        let got = out[r * ld + j];
+                        if j >= nr {
+                            assert_eq!(got, 7.5, "{steps:?}: wrote past nr at row {r} col {j}");
+                            continue;
+                        }
+                        let want = p.apply_scalar(tile[r * ldc + j], n0 + j, res[r * ld + j]);
+                        assert!(
+                            got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                            "{steps:?} {rows}x{nr}+{n0}: row {r} col {j}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     /// The lists of an f16/bf16 op computed in f32 that the lowering forms run the compiled
