@@ -449,6 +449,23 @@ pub fn onnx_check(model: &std::path::Path) -> Result<(), String> {
     Err(format!("onnx.checker: {}", err.lines().last().unwrap_or_default()))
 }
 
+/// Whether this CPU has an int8 dot-product instruction without intermediate saturation
+/// (AVX-512 VNNI or AVX-VNNI). Without one, ONNX Runtime's u8 x i8 kernels (and OpenVINO's
+/// oneDNN ones) multiply with `vpmaddubsw`, which saturates each pair of products to i16, so
+/// they do not compute the ONNX operators exactly (ONNX Runtime's quantization guide: "This
+/// instruction might suffer from saturation issues"; qforge's integer kernels are exact on every
+/// CPU): tests that use them as an oracle need this.
+pub fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512vnni") || std::is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// The first thing a test marked `#[ignore = "needs ..."]` does: it runs only when asked for
 /// (`cargo test -- --include-ignored`, as CI does after installing the tools), and then a missing
 /// tool is a failure, never a silent pass.

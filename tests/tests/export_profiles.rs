@@ -291,9 +291,11 @@ fn choices_a_toolchain_does_not_take_are_refused_in_one_line() {
 }
 
 #[test]
-#[ignore = "needs python3 with onnxruntime (pip install onnxruntime numpy)"]
+#[ignore = "needs python3 with onnxruntime (pip install onnxruntime numpy) and a CPU with VNNI"]
 fn every_profiles_export_runs_in_onnx_runtime_as_qforge_runs_it() {
     qforge_tests::require(qforge_tests::onnxruntime_available(), "python3 with onnxruntime");
+    // ONNX Runtime is the oracle here only where its u8 x i8 kernels are exact
+    qforge_tests::require(qforge_tests::has_vnni(), "a CPU with AVX-512 VNNI or AVX-VNNI (see `has_vnni`)");
     let mut failures = vec![];
     println!("| model | profile | weight bits | max error | SQNR (dB) | bit-exact | top-1 same |");
     println!("|---|---|---|---|---|---|---|");
@@ -351,9 +353,11 @@ fn within_one_step(y: &Tensor, reference: &Tensor, step: f32) -> f64 {
 }
 
 #[test]
-#[ignore = "needs python3 with openvino (pip install openvino numpy)"]
+#[ignore = "needs python3 with openvino (pip install openvino numpy) and a CPU with VNNI"]
 fn intel_export_compiles_to_int8_kernels_in_openvino() {
     qforge_tests::require(qforge_tests::openvino_available(), "python3 with openvino");
+    // OpenVINO's int8 convolutions are the oracle here only where they are exact
+    qforge_tests::require(qforge_tests::has_vnni(), "a CPU with AVX-512 VNNI or AVX-VNNI (see `has_vnni`)");
     for m in [&DIGITS, &MOBILENET] {
         let (x, input) = test_input(m);
         // the output quantized too, so it has a step to compare in

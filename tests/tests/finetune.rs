@@ -180,9 +180,11 @@ fn digits_int8_and_w4a8_reach_their_targets_on_both_engines() {
 }
 
 #[test]
-#[ignore = "needs onnxruntime (pip install onnxruntime)"]
+#[ignore = "needs onnxruntime (pip install onnxruntime) and a CPU with VNNI"]
 fn exported_finetuned_models_run_in_onnxruntime() {
     require(onnxruntime_available(), "onnxruntime");
+    // ONNX Runtime is the oracle here only where its u8 x i8 kernels are exact
+    require(qforge_tests::has_vnni(), "a CPU with AVX-512 VNNI or AVX-VNNI (see `qforge_tests::has_vnni`)");
     let dir = std::env::temp_dir().join(format!("qforge-finetune-ort-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let x = qforge::npy::read(&corpus_file("digits_test_x.npy")).unwrap();

@@ -427,9 +427,11 @@ fn qdq_export_round_trips_through_qforge() {
 
 /// ONNX Runtime runs the exported QDQ ONNX of digits_cnn to the same top-1 accuracy as qforge.
 #[test]
-#[ignore = "needs python3 with onnxruntime (pip install onnxruntime numpy)"]
+#[ignore = "needs python3 with onnxruntime (pip install onnxruntime numpy) and a CPU with VNNI"]
 fn qdq_export_runs_in_onnxruntime() {
     qforge_tests::require(qforge_tests::onnxruntime_available(), "python3 with onnxruntime");
+    // ONNX Runtime is the oracle here only where its u8 x i8 kernels are exact
+    qforge_tests::require(qforge_tests::has_vnni(), "a CPU with AVX-512 VNNI or AVX-VNNI (see `has_vnni`)");
     let (g, y, bytes) = digits_qdq_export();
     let acc = top1(&y, "digits_test_y.npy").unwrap();
     let dir = std::env::temp_dir().join(format!("qforge-qdq-export-ort-{}", std::process::id()));

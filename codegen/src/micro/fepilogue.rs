@@ -1231,22 +1231,23 @@ impl Lanes {
 }
 
 impl FloatEpilogue {
-    /// Whether [`epilogue_f32_rows`] computes this list: an f32 accumulator stored as f32.
+    /// Whether [`epilogue_f32_rows`] computes this list: any but a bf16-stored one.
     pub fn rows_form(&self) -> bool {
-        !self.bf16 && self.int_in.is_none() && self.int_out.is_none()
+        !self.bf16
     }
 }
 
 /// Columns of a row [`epilogue_f32_rows`] takes at once.
 const ROW_CHUNK: usize = 64;
 
-/// The tile epilogue without the 512-bit kernel: [`epilogue_f32`]'s contract for a list of an
-/// f32 accumulator stored as f32 ([`FloatEpilogue::rows_form`]), each row in chunks of up to 64
-/// columns, one op at a time over the chunk (loops a compiler vectorizes, compiled for AVX2 by
+/// The tile epilogue without the 512-bit kernel: [`epilogue_f32`]'s contract for a list stored
+/// as f32 or bytes ([`FloatEpilogue::rows_form`]), each row in chunks of up to 64 columns, one
+/// op at a time over the chunk (loops a compiler vectorizes, compiled for AVX2 by
 /// [`qforge_ir::multiversion`]), a SiLU by one call of the sigmoid kernel per chunk: every value is
-/// [`FloatEpilogue::apply_scalar`]'s (its steps in order, each one IEEE operation or the
-/// definition's function). A list outside that form is applied element by element by the
-/// scalar definition.
+/// the definition's (its steps in order, each one IEEE operation or the definition's function;
+/// an i32 accumulator's correction added wrapping and converted to nearest; a byte store's
+/// rounding as [`round_lanes`]: NaN to 0, the clamp, half to even, the zero point, then the byte
+/// table). A bf16-stored list is applied element by element by the scalar definition.
 ///
 /// # Safety
 /// As [`epilogue_f32`]'s ranges (without its CPU requirement).
@@ -1267,14 +1268,22 @@ pub unsafe extern "C" fn epilogue_f32_rows(
     unsafe {
         let p = &*p;
         let ld = out_stride / 4;
-        let (out, res) = (out as *mut f32, res as *const f32);
+        let res = res as *const f32;
         for r in 0..rows {
             let mut c0 = 0;
             while c0 < nr {
                 let n = (nr - c0).min(ROW_CHUNK);
                 let t = std::slice::from_raw_parts(tile.add(r * ldc + c0), n);
-                let o = std::slice::from_raw_parts_mut(out.add(r * ld + c0), n);
                 let rs: &[f32] = if res.is_null() { &[] } else { std::slice::from_raw_parts(res.add(r * ld + c0), n) };
+                if let Some(io) = p.int_out.as_ref().filter(|_| !p.bf16) {
+                    let o = std::slice::from_raw_parts_mut(out.add(r * out_stride + c0), n);
+                    let mut x = [0f32; ROW_CHUNK];
+                    rows_chunk(p, t, n0 + c0, rs, &mut x[..n]);
+                    round_to_bytes(io, &x[..n], n0 + c0, o);
+                    c0 += n;
+                    continue;
+                }
+                let o = std::slice::from_raw_parts_mut((out as *mut f32).add(r * ld + c0), n);
                 if p.rows_form() {
                     rows_chunk(p, t, n0 + c0, rs, o);
                 } else {
@@ -1296,7 +1305,16 @@ qforge_ir::multiversion! {
         let n = t.len();
         let mut x = [0f32; ROW_CHUNK];
         let x = &mut x[..n];
-        x.copy_from_slice(t);
+        match &p.int_in {
+            // an i32 accumulator (the tile's bits), its correction added wrapping, to nearest f32
+            Some(corr) if corr.is_empty() => {
+                x.iter_mut().zip(t).for_each(|(v, a)| *v = a.to_bits() as i32 as f32);
+            }
+            Some(corr) => x.iter_mut().zip(t).zip(&corr[col..col + n]).for_each(|((v, a), c)| {
+                *v = (a.to_bits() as i32).wrapping_add(*c) as f32;
+            }),
+            None => x.copy_from_slice(t),
+        }
         for op in &p.ops {
             match op {
                 FloatOp::Div(d) => x.iter_mut().for_each(|v| *v /= d),
@@ -1307,7 +1325,8 @@ qforge_ir::multiversion! {
                 FloatOp::RoundBf16 => x.iter_mut().for_each(|v| *v = half::bf16::from_f32(*v).to_f32()),
                 FloatOp::RoundF16 => x.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
                 FloatOp::Mul(m) => x.iter_mut().zip(&m[col..col + n]).for_each(|(v, m)| *v *= m),
-                FloatOp::HardSwish => x.iter_mut().for_each(|v| *v = crate::spec::hard_swish(*v)),
+                // the same f32 as `hard_swish` on every input, without a division
+                FloatOp::HardSwish => x.iter_mut().for_each(|v| *v = crate::spec::hard_swish_by_mul(*v)),
                 FloatOp::Silu => {
                     let mut s = [0f32; ROW_CHUNK];
                     super::transcendental::map(qforge_ir::UnaryOp::Sigmoid, x, &mut s[..n]);
@@ -1316,6 +1335,31 @@ qforge_ir::multiversion! {
             }
         }
         o.copy_from_slice(x);
+    }
+}
+
+qforge_ir::multiversion! {
+    baseline = round_to_bytes_baseline;
+    /// A byte store's end of [`epilogue_f32_rows`] for the values `x` of columns `col..`: the
+    /// rounding of [`round_lanes`] (NaN to 0, the clamp to the range less the zero point, half
+    /// to even, the zero point), the byte table if any, the low byte stored.
+    fn round_to_bytes(io: &IntOut, x: &[f32], col: usize, o: &mut [u8]) -> () {
+        let (lo, hi) = (io.lo.saturating_sub(io.zp) as f32, io.hi.saturating_sub(io.zp) as f32);
+        let round = |v: f32| {
+            let v = if v.is_nan() { 0.0 } else { v };
+            (v.max(lo).min(hi).round_ties_even() as i32).wrapping_add(io.zp)
+        };
+        // one loop per table form, so the plain rounding's loop vectorizes
+        match &io.table {
+            ByteTable::None => o.iter_mut().zip(x).for_each(|(b, &v)| *b = round(v) as u8),
+            ByteTable::Vbmi(t) => o.iter_mut().zip(x).for_each(|(b, &v)| *b = t[(round(v) & 0xff) as usize]),
+            ByteTable::Gather { table, per_channel } => {
+                for (j, (b, &v)) in o.iter_mut().zip(x).enumerate() {
+                    let chan = if *per_channel { (col + j) * 256 } else { 0 };
+                    *b = table[chan + (round(v) & 0xff) as usize] as u8;
+                }
+            }
+        }
     }
 }
 
@@ -1918,13 +1962,26 @@ mod tests {
 
     /// Lists of an i32 accumulator (a quantized kernel's dequantization and the float steps after
     /// it, stored as f32 or rounded back to u8/i8) on accumulators of every size, the extremes
-    /// among them, and a ragged tile: the vector kernel against [`crate::spec::apply_scalar`] bit
-    /// for bit (NaN as NaN), on a CPU with AVX-512F.
+    /// among them, and a ragged tile: the row-wise kernel, and the 512-bit one on a CPU with
+    /// AVX-512F, against [`crate::spec::apply_scalar`] bit for bit (NaN as NaN).
     #[test]
     fn integer_accumulators_match_the_definition() {
         use crate::spec::{apply_scalar, Acc, Lane};
-        if !runs(Store::U8) {
-            return;
+        type Kernel = unsafe extern "C" fn(
+            *const FloatEpilogue,
+            *const f32,
+            usize,
+            usize,
+            usize,
+            usize,
+            *mut u8,
+            usize,
+            *const u8,
+        );
+        // the row-wise kernel everywhere, the 512-bit one where the CPU has it
+        let mut kernels: Vec<(Kernel, &str)> = vec![(epilogue_f32_rows, "rows")];
+        if available(Store::U8) {
+            kernels.push((epilogue_f32, "avx512"));
         }
         let corr: Vec<i32> = (0..40).map(|i| (i - 20) * 977).collect();
         let m: Vec<f32> = (0..40).map(|i| 1e-4 * (1.0 + i as f32 * 0.37)).collect();
@@ -2005,9 +2062,10 @@ mod tests {
                     io.table = ByteTable::gather(t, false);
                 }
             }
-            for (p, (n0, nr)) in [&p, &gather]
+            for ((p, (n0, nr)), (kern, kname)) in [&p, &gather]
                 .into_iter()
                 .flat_map(|p| [(0usize, 40usize), (3, 17), (0, 5), (8, 32)].into_iter().map(move |c| (p, c)))
+                .flat_map(|c| kernels.iter().map(move |k| (c, *k)))
             {
                 let tile: Vec<i32> = (0..rows * ldc)
                     .map(|i| if i % 4 == 0 { extremes[i % extremes.len()] } else { (i as i32 - 120) * 2_531 })
@@ -2018,7 +2076,7 @@ mod tests {
                 // `stride >= nr` elements; per-channel arrays cover 40 columns padded to 64.
                 unsafe {
                     let t = tile.as_ptr() as *const f32;
-                    epilogue_f32(p, t, ldc, rows, n0, nr, out.as_mut_ptr(), stride * es, std::ptr::null());
+                    kern(p, t, ldc, rows, n0, nr, out.as_mut_ptr(), stride * es, std::ptr::null());
                 }
                 for r in 0..rows {
                     for j in 0..stride {
@@ -2035,13 +2093,18 @@ mod tests {
                                 // portable epilogue's saturating narrowing is exact)
                                 let range = if *store == Store::I8 { -128..=127 } else { 0..=255 };
                                 assert!(range.contains(&w), "{steps:?}: lane {w} outside the store's range");
-                                assert_eq!(got[0], w as u8, "{steps:?} row {r} col {j}: acc {}", tile[r * ldc + j])
+                                assert_eq!(
+                                    got[0],
+                                    w as u8,
+                                    "{kname} {steps:?} row {r} col {j}: acc {}",
+                                    tile[r * ldc + j]
+                                )
                             }
                             (Lane::F(w), Store::F32) => {
                                 let g = f32::from_le_bytes([got[0], got[1], got[2], got[3]]);
                                 assert!(
                                     g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
-                                    "{steps:?} row {r} col {j}: {g} vs {w}"
+                                    "{kname} {steps:?} row {r} col {j}: {g} vs {w}"
                                 );
                             }
                             other => panic!("unexpected lane and store {other:?}"),
