@@ -4,12 +4,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import corpus
+from conftest import corpus, require_vnni
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "compare_with_ort.py"
 
 
 def test_compare_with_ort_prints_the_table():
+    require_vnni()
     args = [sys.executable, str(EXAMPLE), "--iters", "5"]
     for flag, f in (("--model", "digits_cnn.onnx"), ("--calib", "digits_calib_x.npy"), ("--test-x", "digits_test_x.npy"), ("--test-y", "digits_test_y.npy")):
         args += [flag, str(corpus(f))]

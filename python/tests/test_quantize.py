@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 
 import qforge
-from conftest import cli, corpus, top1
+from conftest import cli, corpus, require_vnni, top1
 from models import two_inputs
 
 
@@ -112,6 +112,7 @@ def test_dict_calibration_for_two_inputs():
 def test_export_onnx_runs_in_onnxruntime_with_the_same_top1(int8, int8_exe, test_x, test_y, tmp_path):
     """The ONNX Runtime cross-check: the QDQ export of qforge's quantization, run by ORT, gets
     the top-1 qforge gets on the digits test set."""
+    require_vnni()
     path = tmp_path / "digits_int8.onnx"
     assert int8.export_onnx(path) is None
     data = int8.export_onnx()
