@@ -352,6 +352,7 @@ pub unsafe extern "C" fn gemm_f32_epi(
 /// # Safety
 /// The tile holds `rows` rows of `nr` floats at stride `ldc`; `out` (and `res`, unless null)
 /// `rows` rows of `nr` floats at stride `out_stride` bytes; `p`'s arrays cover `n0..n0 + nr`.
+/// The tile may be the output itself (raw pointers, each element read before it is written).
 #[allow(clippy::too_many_arguments)]
 unsafe fn apply_scalar_epilogue(
     p: &super::fepilogue::FloatEpilogue,
@@ -880,14 +881,8 @@ pub unsafe extern "C" fn depthwise_f32_epi_avx512(
             return x86::dw512_with(&*g, x, w, row, out, ld, Some(canon), res);
         }
         depthwise_f32_avx512(g, x, w, row, out, ld);
-        let g = &*g;
-        for ox in 0..g.ow {
-            for ch in 0..g.c {
-                let o = out.add(ox * ld + ch);
-                let r = if res.is_null() { 0.0 } else { *res.add(ox * ld + ch) };
-                *o = fe.apply_scalar(*o, ch, r);
-            }
-        }
+        // in place: each element is read before it is written
+        apply_scalar_epilogue(fe, out, ld, (*g).ow, 0, (*g).c, out as *mut u8, out_stride, res as *const u8);
     }
 }
 
@@ -954,14 +949,8 @@ pub unsafe extern "C" fn depthwise_f32_epi(
         }
         let (dw, _) = depthwise_f32_best();
         dw(g, x, w, row, out as *mut f32, ld);
-        let gr = &*g;
-        for ox in 0..gr.ow {
-            for ch in 0..gr.c {
-                let o = (out as *mut f32).add(ox * ld + ch);
-                let r = if res.is_null() { 0.0 } else { *(res as *const f32).add(ox * ld + ch) };
-                *o = fe.apply_scalar(*o, ch, r);
-            }
-        }
+        // in place: each element is read before it is written
+        apply_scalar_epilogue(fe, out as *const f32, ld, (*g).ow, 0, (*g).c, out, out_stride, res);
     }
 }
 

@@ -50,14 +50,6 @@ impl Rung {
         static BEST: std::sync::OnceLock<Option<Rung>> = std::sync::OnceLock::new();
         *BEST.get_or_init(|| Rung::all_here().first().copied())
     }
-
-    /// The report's name of the rung.
-    pub fn name(self) -> &'static str {
-        match self {
-            Rung::Avx512 => "avx512",
-            Rung::Avx2 => "avx2",
-        }
-    }
 }
 
 /// Whether a vector version (512- or 256-bit) can run on this CPU.
